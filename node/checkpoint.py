@@ -1,0 +1,163 @@
+"""Crash-safe checkpoints of one node.
+
+A checkpoint is a directory `ckpt-<round>` holding the adapter in the PEFT format
+(`adapter_config.json`, `adapter_model.safetensors`, `declora.json`) and `state.pt`
+(round, optimizer, sampler position, gossip public copy and sequence). A file
+`LATEST` names the newest complete checkpoint; it is replaced by rename only after
+the directory is fully written and fsynced, so a crash at any moment leaves `LATEST`
+pointing at a complete checkpoint (or absent, before the first). The two newest
+checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from declora.node.adapter import AdapterSchema, fsync_tree, new_build_dir
+from declora.node.trainer import LocalTrainer, LoraModel
+
+LATEST = "LATEST"
+KEEP = 2
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint, or one written for another adapter."""
+
+
+@dataclass
+class NodeState:
+    """What a node needs to continue: adapter, optimizer, sampler and gossip state."""
+
+    round: int
+    seq: int
+    vector: np.ndarray
+    public: np.ndarray
+    trainer: dict[str, Any]
+    fingerprint: str
+
+
+def trainer_state(trainer: LocalTrainer) -> dict[str, Any]:
+    return {
+        "optimizer": trainer.optimizer.state_dict(),
+        "step": trainer.step,
+        "epoch": trainer.epoch,
+        "cursor": trainer.cursor,
+        "order": trainer.order.copy(),
+    }
+
+
+def restore_trainer(trainer: LocalTrainer, state: dict[str, Any], vector: np.ndarray) -> None:
+    trainer.set_vector(vector)
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.step = int(state["step"])
+    trainer.epoch = int(state["epoch"])
+    trainer.cursor = int(state["cursor"])
+    trainer.order = np.asarray(state["order"], dtype=np.int64)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save(root: Path, lm: LoraModel, state: NodeState, meta: dict[str, Any]) -> Path:
+    """Write checkpoint `ckpt-<round>` and point LATEST at it; returns its path."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"ckpt-{state.round:08d}"
+    build = new_build_dir(final)
+    try:
+        peft_dir = build / "adapter"
+        lm.save_adapter(state.vector, peft_dir, {"round": state.round, **meta})
+        torch.save(
+            {
+                "round": state.round,
+                "seq": state.seq,
+                "public": torch.from_numpy(state.public.copy()),
+                "trainer": state.trainer,
+                "fingerprint": state.fingerprint,
+            },
+            build / "state.pt",
+        )
+        fsync_tree(build)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(build, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        raise
+    tmp = root / f".{LATEST}.tmp"
+    with tmp.open("w") as fh:
+        fh.write(final.name + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, root / LATEST)
+    _fsync_dir(root)
+    _prune(root, keep=final.name)
+    return final
+
+
+def _prune(root: Path, keep: str) -> None:
+    ckpts = sorted(p for p in root.glob("ckpt-*") if p.is_dir())
+    for old in ckpts[:-KEEP]:
+        if old.name != keep:
+            shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".ckpt-*"):  # half-written builds from a crash
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def latest(root: Path) -> Path | None:
+    """The newest complete checkpoint directory, or None if there is none."""
+    pointer = root / LATEST
+    if not pointer.is_file():
+        return None
+    path = root / pointer.read_text().strip()
+    return path if (path / "state.pt").is_file() else None
+
+
+def load(root: Path, lm: LoraModel) -> NodeState:
+    """Read the newest checkpoint; refuses one made for another adapter."""
+    path = latest(root)
+    if path is None:
+        raise CheckpointError(f"no checkpoint in {root}")
+    raw = torch.load(path / "state.pt", weights_only=False)
+    if raw["fingerprint"] != lm.fingerprint:
+        raise CheckpointError(
+            f"{path} was written for fingerprint {raw['fingerprint']}, "
+            f"this node has {lm.fingerprint}"
+        )
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path / "adapter" / "adapter_model.safetensors"))
+    return NodeState(
+        round=int(raw["round"]),
+        seq=int(raw["seq"]),
+        vector=peft_tensors_to_vector(tensors, lm.schema),
+        public=raw["public"].numpy(),
+        trainer=raw["trainer"],
+        fingerprint=raw["fingerprint"],
+    )
+
+
+def peft_name(name: str) -> str:
+    """Our parameter name -> the key PEFT writes in adapter_model.safetensors."""
+    return name.replace(".default.", ".").replace(".modules_to_save.", ".")
+
+
+def peft_tensors_to_vector(tensors: dict[str, torch.Tensor], schema: AdapterSchema) -> np.ndarray:
+    """Flatten a PEFT safetensors mapping in our schema order."""
+    by_peft = {peft_name(n): n for n in schema.names}
+    missing = sorted(set(by_peft) - set(tensors))
+    if missing:
+        raise CheckpointError(f"adapter file lacks tensors {missing[:3]}")
+    return schema.flatten({by_peft[k]: tensors[k] for k in by_peft})

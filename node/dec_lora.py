@@ -1,0 +1,62 @@
+"""One Dec-LoRA participant: local training, compressed gossip, mixing.
+
+`DecLoraNode` is the algorithm of one node with no I/O. A round is
+
+    loss = node.train(K)            # K local AdamW steps on the node's data
+    payload = node.outgoing()       # compressed delta of the adapter, sent to neighbours
+    node.receive(peer, payload)     # for each neighbour's payload of this round
+    node.mix(weights)               # x_i <- x_i + gamma * sum_j w_ij (x̂_j - x̂_i)
+
+The simulator and the daemon both call exactly this sequence, so for the same seeds
+and the same live neighbour sets they produce the same adapters. A gossip-only round
+(the consensus finish) skips `train`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping
+from typing import Generic, TypeVar
+
+import numpy as np
+
+from declora.node.gossip import GossipState
+from declora.node.trainer import LocalTrainer
+
+K = TypeVar("K", bound=Hashable)
+
+
+class DecLoraNode(Generic[K]):
+    """A node's trainer plus its gossip state; `peers` are keyed by any hashable id."""
+
+    def __init__(self, trainer: LocalTrainer, codec: str, consensus_step: float, seed: int) -> None:
+        self.trainer = trainer
+        x0 = trainer.vector()
+        self.gossip: GossipState[K] = GossipState(x0, codec, consensus_step)
+        self.initial = x0
+        self._rng = np.random.default_rng([seed, 0x5EED])
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def add_peer(self, peer: K, public: np.ndarray | None = None) -> None:
+        """Track a neighbour, from the shared seeded init unless `public` is given."""
+        self.gossip.add_peer(peer, self.initial if public is None else public)
+
+    def train(self, steps: int, should_stop: Callable[[], bool] | None = None) -> float:
+        """K local steps (fewer if `should_stop()` turns true); the mean loss."""
+        return self.trainer.train_steps(steps, should_stop)
+
+    def outgoing(self) -> bytes:
+        """This round's payload: the compressed change of the adapter since the last one."""
+        return self.gossip.encode_update(self.trainer.vector(), self._rng)
+
+    def receive(self, peer: K, payload: bytes) -> None:
+        """Apply a neighbour's payload; raises GossipError and changes nothing if invalid."""
+        self.gossip.apply_update(peer, payload)
+        self.bytes_received += len(payload)
+
+    def mix(self, weights: Mapping[K, float]) -> None:
+        """Mix with the neighbours in `weights` (the self weight is implied)."""
+        self.trainer.set_vector(self.gossip.mix(self.trainer.vector(), weights))
+
+    def vector(self) -> np.ndarray:
+        return self.trainer.vector()

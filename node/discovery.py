@@ -1,0 +1,578 @@
+"""Peer discovery: a static list (``--peers``) or mDNS / DNS-SD on a LAN.
+
+Rules callers rely on:
+
+* Every discovery implements :class:`Discovery`: ``await start()``, ``peers()``,
+  ``await stop()``. ``peers()`` is a cheap snapshot of the current candidates, never
+  includes this node, and may be called at any time (an empty list before ``start()``
+  and after ``stop()``). ``stop()`` is idempotent and safe after a failed or cancelled
+  ``start()``; an object is started at most once.
+* :class:`StaticDiscovery` returns one :class:`PeerInfo` per configured address, in the
+  configured order, without duplicates and without this node's own advertise address
+  (compared after normalising host case and IP-literal spelling; no DNS lookups). Its
+  entries carry only ``address``: node id, swarm, fingerprint and protocol version are
+  learned at the handshake.
+* :class:`MdnsDiscovery` announces this node as a ``_declora._tcp.local.`` service
+  (instance name derived from the node id, TXT ``node_id``, ``swarm_id``, ``proto``,
+  ``fp``, ``addr``) and browses for others. ``peers()`` holds only services with the same
+  swarm id, protocol version and fingerprint, sorted by node id; each ignored peer is
+  logged once per (peer, reason) at INFO, saying why. A peer that unregisters (sends
+  mDNS goodbyes) leaves ``peers()`` as soon as the goodbye arrives; one that vanishes
+  silently leaves when its records expire (:attr:`MdnsDiscovery.ttl`, 120 s).
+  ``PeerInfo.address`` is the peer's advertised ``addr`` (its ``--advertise``).
+* Node ids must be unique. ``start()`` raises zeroconf's ``NonUniqueNameException``
+  when its probe finds the name taken; probe answers are unicast, so with several
+  nodes on one host (loopback) they can miss, and then both nodes log a WARNING once
+  the other's announcement arrives.
+* :func:`select_neighbors` is for mDNS candidates (those with a node id); static peers
+  are not subject to selection. It is deterministic, bounded by ``max_neighbors``,
+  independent of the input order, and symmetric (i keeps j iff j keeps i) when every
+  node sees the same node set and ``max_neighbors`` is even or at least the number of
+  other nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import ipaddress
+import logging
+import re
+import socket
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from zeroconf import (
+    InterfaceChoice,
+    IPVersion,
+    ServiceInfo,
+    ServiceStateChange,
+    Zeroconf,
+)
+from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+
+__all__ = [
+    "SERVICE_TYPE",
+    "Discovery",
+    "MdnsDiscovery",
+    "PeerInfo",
+    "StaticDiscovery",
+    "instance_name",
+    "select_neighbors",
+]
+
+SERVICE_TYPE = "_declora._tcp.local."
+
+_LOG = logging.getLogger(__name__)
+_ADDRESS = re.compile(
+    r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>\d{1,5})$"
+)
+_MAX_LABEL = 63  # bytes in one DNS label (the service instance name)
+_MAX_TXT_ENTRY = 255  # bytes in one TXT "key=value" string
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """A peer to dial."""
+
+    address: str  # "host:port" to dial
+    node_id: str = ""  # empty for static entries (learned at handshake)
+    swarm_id: str = ""
+    fingerprint: str = ""
+    protocol_version: int = 0
+
+
+class Discovery(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def peers(self) -> list[PeerInfo]:
+        """Current candidates, never including this node."""
+        ...
+
+
+# --------------------------------------------------------------------------- addresses
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``"host:port"`` or ``"[v6]:port"`` -> ``(host, port)``; ValueError if malformed."""
+    m = _ADDRESS.match(address.strip())
+    port = int(m.group("port")) if m else 0
+    if not m or not 0 < port < 65536:
+        raise ValueError(f"{address!r} is not host:port")
+    host = m.group("v6") or m.group("host")
+    if m.group("v6"):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{address!r}: {host!r} is not an IPv6 address") from None
+    return host, port
+
+
+def join_address(host: str, port: int) -> str:
+    """``(host, port)`` -> ``"host:port"``, bracketing IPv6 literals."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def _is_loopback(host: str) -> bool:
+    ip = _ip(host)
+    return ip is not None and ip.is_loopback
+
+
+def normalize_address(address: str) -> str:
+    """Canonical spelling of an address: lower-case host, compressed IP literal."""
+    host, port = split_address(address)
+    ip = _ip(host)
+    return join_address(str(ip) if ip is not None else host.lower(), port)
+
+
+# --------------------------------------------------------------------------- static
+
+
+class StaticDiscovery:
+    """Peers from ``--peers host:port,...``, minus this node's own advertise address.
+
+    Order is kept, later duplicates are dropped; malformed addresses raise ValueError.
+    """
+
+    def __init__(self, addresses: Sequence[str], self_address: str) -> None:
+        own = normalize_address(self_address) if self_address else ""
+        seen: set[str] = set()
+        peers: list[PeerInfo] = []
+        for address in addresses:
+            key = normalize_address(address)
+            if key == own or key in seen:
+                continue
+            seen.add(key)
+            peers.append(PeerInfo(address=address.strip()))
+        self._peers = peers
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def peers(self) -> list[PeerInfo]:
+        return list(self._peers)
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def _ring_key(node_id: str) -> tuple[bytes, str]:
+    return hashlib.sha256(node_id.encode("utf-8")).digest(), node_id
+
+
+def _peer_key(peer: PeerInfo) -> tuple[str, str, str, str, int]:
+    return (peer.node_id, peer.address, peer.swarm_id, peer.fingerprint, peer.protocol_version)
+
+
+def select_neighbors(
+    candidates: Sequence[PeerInfo], self_id: str, max_neighbors: int
+) -> list[PeerInfo]:
+    """Choose at most ``max_neighbors`` of the mDNS ``candidates`` to connect to.
+
+    All node ids (``self_id`` included) are placed on a ring ordered by
+    ``sha256(node_id)``; this node keeps the nearest ring positions, alternating
+    nearest successor, nearest predecessor, 2nd successor, 2nd predecessor, ... If
+    there are at most ``max_neighbors`` other nodes, all are kept.
+
+    * The result is sorted by node id and does not depend on the input order.
+      Candidates equal to ``self_id`` are dropped; of several candidates with one node
+      id, the smallest by (node_id, address, swarm_id, fingerprint, protocol_version)
+      is kept.
+    * Symmetry: if every node sees the same set of node ids, i keeps j iff j keeps i
+      whenever ``max_neighbors`` is even (each keeps ``max_neighbors / 2`` successors
+      and as many predecessors) or there are at most ``max_neighbors`` other nodes.
+      With an odd ``max_neighbors`` and more other nodes than that, the extra successor
+      is not reciprocated: use an even bound for symmetric links.
+    * Only for candidates with a node id (mDNS). Static peers (empty node id) are not
+      subject to selection and raise ValueError here.
+    """
+    if max_neighbors < 0:
+        raise ValueError(f"max_neighbors must be >= 0, got {max_neighbors}")
+    by_id: dict[str, PeerInfo] = {}
+    for peer in candidates:
+        if not peer.node_id:
+            raise ValueError(
+                f"select_neighbors needs node ids; static peer {peer.address} is not "
+                "subject to selection"
+            )
+        if peer.node_id == self_id:
+            continue
+        old = by_id.get(peer.node_id)
+        if old is None or _peer_key(peer) < _peer_key(old):
+            by_id[peer.node_id] = peer
+    if len(by_id) <= max_neighbors:
+        return [by_id[i] for i in sorted(by_id)]
+    ring = sorted([self_id, *by_id], key=_ring_key)
+    n, pos = len(ring), ring.index(self_id)
+    chosen: list[str] = []
+    step = 1
+    while len(chosen) < max_neighbors:
+        for node_id in (ring[(pos + step) % n], ring[(pos - step) % n]):
+            if len(chosen) < max_neighbors and node_id not in chosen:
+                chosen.append(node_id)
+        step += 1
+    return [by_id[i] for i in sorted(chosen)]
+
+
+# --------------------------------------------------------------------------- mDNS
+
+
+def instance_name(node_id: str) -> str:
+    """The mDNS service instance name for ``node_id``.
+
+    Lower-case letters, digits and single hyphens, at most 63 bytes. mDNS compares names
+    case-insensitively, so whenever the node id is not already in that form a short hash
+    of the exact node id is appended, keeping distinct node ids distinct
+    (``node-127.0.0.1-7070`` -> ``node-127-0-0-1-7070-<8 hex>``).
+    """
+    if not node_id:
+        raise ValueError("node_id must not be empty")
+    base = re.sub(r"[^a-z0-9]+", "-", node_id.lower()).strip("-")
+    if base == node_id and len(base) <= _MAX_LABEL:
+        return base
+    digest = hashlib.sha256(node_id.encode("utf-8")).hexdigest()[:8]
+    base = base[: _MAX_LABEL - len(digest) - 1].rstrip("-")
+    return f"{base}-{digest}" if base else f"node-{digest}"
+
+
+class MdnsDiscovery:
+    """Announce this node and find the others of its swarm by mDNS (DNS-SD).
+
+    ``interface`` is an IP to bind zeroconf to (e.g. ``"127.0.0.1"``); empty means all
+    interfaces. ``advertise`` is this node's ``host:port``; a host name is resolved at
+    ``start()``, and an unspecified address (``0.0.0.0``) needs an ``interface``, whose
+    address is then announced instead. See the module docstring for the rules.
+    """
+
+    ttl: int = 120
+    """Seconds a silently vanished peer may linger (TTL of all announced records)."""
+    resolve_timeout_ms: int = 3000
+    """How long one resolution of a found service may take."""
+    resolve_attempts: int = 3
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        swarm_id: str,
+        fingerprint: str,
+        protocol_version: int,
+        advertise: str,
+        interface: str = "",
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.swarm_id = swarm_id
+        self.fingerprint = fingerprint
+        self.protocol_version = protocol_version
+        self.interface = interface.strip()
+        self.log = logger or _LOG
+        self.instance = instance_name(node_id)
+        self.service_name = f"{self.instance}.{SERVICE_TYPE}"
+        host, self.port = split_address(advertise)
+        if self.interface and _ip(self.interface) is None:
+            raise ValueError(f"mDNS interface must be an IP address, got {interface!r}")
+        ip = _ip(host)
+        if ip is not None and ip.is_unspecified:
+            if not self.interface:
+                raise ValueError(
+                    f"advertise {advertise!r} is not dialable; give a routable address "
+                    "or an mDNS interface"
+                )
+            host = self.interface
+        self.host = host
+        self.advertise = join_address(host, self.port)
+        self.properties = {
+            "node_id": node_id,
+            "swarm_id": swarm_id,
+            "proto": str(protocol_version),
+            "fp": fingerprint,
+            "addr": self.advertise,
+        }
+        for key, value in self.properties.items():
+            if len(f"{key}={value}".encode()) > _MAX_TXT_ENTRY:
+                raise ValueError(f"mDNS TXT entry {key!r} is longer than {_MAX_TXT_ENTRY} bytes")
+        self._aiozc: AsyncZeroconf | None = None
+        self._browser: AsyncServiceBrowser | None = None
+        self._info: ServiceInfo | None = None
+        self._start_task: asyncio.Task[Any] | None = None
+        self._started = False
+        self._stopped = False
+        self._peers: dict[str, PeerInfo] = {}  # service name -> accepted peer
+        self._generation: dict[str, int] = {}  # service name -> events seen
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # service name -> resolution
+        self._logged: set[tuple[str, str]] = set()
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Bind, browse, and register this node's service (returns once announced)."""
+        if self._started or self._stopped:
+            raise RuntimeError("MdnsDiscovery can be started only once")
+        self._started = True
+        self._start_task = asyncio.current_task()
+        try:
+            addresses = await self._host_addresses()
+            if self.interface:
+                version = IPVersion.V6Only if ":" in self.interface else IPVersion.V4Only
+                self._aiozc = AsyncZeroconf(interfaces=[self.interface], ip_version=version)
+            else:
+                v6 = any(":" in a for a in addresses)
+                self._aiozc = AsyncZeroconf(
+                    interfaces=InterfaceChoice.All, ip_version=IPVersion.All if v6 else None
+                )
+            self._browser = AsyncServiceBrowser(
+                self._aiozc.zeroconf, SERVICE_TYPE, handlers=[self._on_service_state_change]
+            )
+            info = ServiceInfo(
+                SERVICE_TYPE,
+                self.service_name,
+                port=self.port,
+                properties=dict(self.properties),
+                server=f"{self.instance}.local.",
+                host_ttl=self.ttl,
+                other_ttl=self.ttl,
+                parsed_addresses=addresses,
+            )
+            self._info = info
+            if not self.interface and any(_is_loopback(a) for a in addresses):
+                self.log.warning(
+                    "mDNS: announcing loopback address %s on all interfaces; "
+                    "peers on other hosts cannot dial it",
+                    self.advertise,
+                )
+            announced = await self._aiozc.async_register_service(info)
+            await announced
+            self.log.info(
+                "mDNS: announced %s as %s on %s",
+                self.node_id,
+                self.advertise,
+                self.interface or "all interfaces",
+            )
+        except BaseException:
+            await self.stop()
+            raise
+        finally:
+            self._start_task = None
+
+    async def stop(self) -> None:
+        """Unregister (mDNS goodbyes), stop browsing, close; idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        starting = self._start_task
+        if starting is not None and starting is not asyncio.current_task() and not starting.done():
+            starting.cancel()
+            await asyncio.wait([starting])
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        aiozc, browser, info = self._aiozc, self._browser, self._info
+        self._aiozc = self._browser = self._info = None
+        if browser is not None:
+            with self._logged_errors("cancel the mDNS browser"):
+                await browser.async_cancel()
+        if aiozc is not None:
+            if info is not None and self._registered(aiozc.zeroconf, info):
+                with self._logged_errors("unregister the mDNS service"):
+                    await (await aiozc.async_unregister_service(info))
+            with self._logged_errors("close zeroconf"):
+                await aiozc.async_close()
+        self._peers.clear()
+
+    # ----------------------------------------------------------------- queries
+
+    def peers(self) -> list[PeerInfo]:
+        """Accepted peers, sorted by node id (then address); never this node."""
+        return sorted(self._peers.values(), key=_peer_key)
+
+    # ----------------------------------------------------------------- internals
+
+    @staticmethod
+    def _registered(zc: Zeroconf, info: ServiceInfo) -> bool:
+        return zc.registry.async_get_info_name(info.name) is not None
+
+    @contextlib.contextmanager
+    def _logged_errors(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except Exception as exc:  # shutting down: report, carry on
+            self.log.warning("mDNS: could not %s: %s", what, exc)
+
+    async def _host_addresses(self) -> list[str]:
+        ip = _ip(self.host)
+        if ip is not None:
+            return [str(ip)]
+        loop = asyncio.get_running_loop()
+        family = socket.AF_UNSPEC
+        if self.interface:
+            family = socket.AF_INET6 if ":" in self.interface else socket.AF_INET
+        try:
+            infos = await loop.getaddrinfo(
+                self.host, self.port, family=family, type=socket.SOCK_STREAM
+            )
+        except OSError as exc:
+            raise OSError(f"cannot resolve advertise host {self.host!r}: {exc}") from exc
+        addresses = list(dict.fromkeys(str(i[4][0]).split("%")[0] for i in infos))
+        if not addresses:
+            raise OSError(f"advertise host {self.host!r} has no usable address")
+        return addresses
+
+    def _on_service_state_change(
+        self,
+        zeroconf: Zeroconf,
+        service_type: str,
+        name: str,
+        state_change: ServiceStateChange,
+    ) -> None:
+        """Browser callback (runs in the event loop)."""
+        if self._stopped:
+            return
+        if name.lower() == self.service_name.lower():
+            if state_change is not ServiceStateChange.Removed:
+                self._check_own_name(zeroconf, name)
+            return
+        self._generation[name] = generation = self._generation.get(name, 0) + 1
+        old = self._tasks.pop(name, None)
+        if old is not None:
+            old.cancel()
+        if state_change is ServiceStateChange.Removed:
+            gone = self._peers.pop(name, None)
+            if gone is not None:
+                self.log.info("mDNS peer %s at %s left", gone.node_id, gone.address)
+            return
+        task = asyncio.get_running_loop().create_task(self._resolve(zeroconf, name, generation))
+        self._tasks[name] = task
+        task.add_done_callback(functools.partial(self._resolved, name))
+
+    def _resolved(self, name: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(name) is task:
+            del self._tasks[name]
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.log.warning("mDNS: resolving %s failed: %r", name, exc)
+
+    def _check_own_name(self, zc: Zeroconf, name: str) -> None:
+        """Warn if another node announces this node's instance name (a duplicate node id)."""
+        info = AsyncServiceInfo(SERVICE_TYPE, name)
+        if not info.load_from_cache(zc):
+            return
+        props = info.decoded_properties
+        theirs = (props.get("node_id") or "", props.get("addr") or "")
+        if theirs != (self.node_id, self.advertise):
+            self._log_once(
+                logging.WARNING,
+                name,
+                f"duplicate:{theirs}",
+                f"another mDNS node announces this node's name {self.instance!r} "
+                f"(node_id {theirs[0]!r} at {theirs[1]}); node ids must be unique",
+            )
+
+    def _log_once(self, level: int, peer: str, reason: str, message: str) -> None:
+        if (peer, reason) not in self._logged:
+            self._logged.add((peer, reason))
+            self.log.log(level, "%s", message)
+
+    async def _resolve(self, zc: Zeroconf, name: str, generation: int) -> None:
+        info = AsyncServiceInfo(SERVICE_TYPE, name)
+        resolved = False
+        for _ in range(self.resolve_attempts):
+            resolved = await info.async_request(zc, self.resolve_timeout_ms)
+            if resolved or self._generation.get(name) != generation:
+                break
+        if self._stopped or self._generation.get(name) != generation:
+            return  # superseded by a later event for this service
+        if not resolved:
+            self._log_once(
+                logging.INFO, name, "unresolved", f"mDNS: could not resolve service {name!r}"
+            )
+            return
+        previous = self._peers.pop(name, None)
+        peer = self._accept(name, info)
+        if peer is not None:
+            if peer != previous:
+                self.log.info("mDNS peer %s at %s found", peer.node_id, peer.address)
+            self._peers[name] = peer
+
+    def _accept(self, name: str, info: ServiceInfo) -> PeerInfo | None:
+        """The peer described by a resolved service, or None (logged once) if ignored."""
+        props = info.decoded_properties
+        node_id = props.get("node_id") or ""
+        address = self._dial_address(info, props.get("addr") or "")
+        self.log.debug("mDNS: resolved %s -> %s at %s %s", name, node_id, address, props)
+        if not node_id or address is None:
+            self._log_once(
+                logging.INFO,
+                name,
+                "malformed",
+                f"ignoring mDNS service {name!r}: no node_id or address in {props}",
+            )
+            return None
+        if node_id == self.node_id:
+            self._log_once(
+                logging.WARNING,
+                node_id,
+                f"self:{address}",
+                f"ignoring mDNS peer {node_id} at {address}: it has this node's id",
+            )
+            return None
+        swarm_id = props.get("swarm_id") or ""
+        fingerprint = props.get("fp") or ""
+        proto_text = props.get("proto") or ""
+        try:
+            proto = int(proto_text)
+        except ValueError:
+            proto = -1
+        reasons = []
+        if swarm_id != self.swarm_id:
+            reasons.append(f"swarm {swarm_id!r} != {self.swarm_id!r}")
+        if proto != self.protocol_version:
+            reasons.append(f"protocol version {proto_text!r} != '{self.protocol_version}'")
+        if fingerprint != self.fingerprint:
+            reasons.append(f"fingerprint {fingerprint!r} != {self.fingerprint!r}")
+        if reasons:
+            reason = "; ".join(reasons)
+            self._log_once(
+                logging.INFO,
+                node_id,
+                reason,
+                f"ignoring mDNS peer {node_id} at {address}: {reason}",
+            )
+            return None
+        return PeerInfo(
+            address=address,
+            node_id=node_id,
+            swarm_id=swarm_id,
+            fingerprint=fingerprint,
+            protocol_version=proto,
+        )
+
+    @staticmethod
+    def _dial_address(info: ServiceInfo, addr: str) -> str | None:
+        """The TXT ``addr`` if usable, else the first resolved address and SRV port."""
+        with contextlib.suppress(ValueError):
+            host, port = split_address(addr)
+            ip = _ip(host)
+            if ip is None or not ip.is_unspecified:
+                return join_address(host, port)
+        addresses = info.parsed_addresses()
+        if addresses and info.port:
+            return join_address(addresses[0], info.port)
+        return None

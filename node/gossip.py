@@ -1,0 +1,118 @@
+"""Compressed gossip (CHOCO-style) and the Dec-LoRA mixing step, for one node.
+
+Every node i keeps a public copy x̂_i of its adapter, which all its neighbours also
+hold. Each round it sends `codec(x_i - x̂_i)` and everyone holding x̂_i (itself
+included) adds the decoded delta, so x̂ follows x with error feedback built in:
+what rounding lost this round is still in x_i - x̂_i next round. The mixing step is
+
+    x_i <- x_i + gamma * sum_j w_ij (x̂_j - x̂_i)
+
+With the exact fp32 codec and gamma = 1 this is plain gossip x_i <- sum_j w_ij x_j,
+which mixes the LoRA factors A and B (and the head) separately with the same
+weights, as Dec-LoRA does. A keyframe (the full x̂_i in fp32) starts a neighbour
+that is new or out of step. Nothing here does I/O; the simulator and the daemon both
+drive this class, so equal inputs give equal adapters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Generic, TypeVar
+
+import numpy as np
+
+from declora.node.codecs import Codec, CodecError, decode, make_codec
+
+K = TypeVar("K", bound=Hashable)
+
+KEYFRAME_CODEC = "fp32"
+
+
+class GossipError(ValueError):
+    """A received message cannot be applied (unknown peer, wrong size, non-finite)."""
+
+
+class GossipState(Generic[K]):
+    """One node's public copy and its neighbours' public copies."""
+
+    def __init__(self, x0: np.ndarray, codec: Codec | str, consensus_step: float = 1.0) -> None:
+        if not 0.0 < consensus_step <= 1.0:
+            raise ValueError(f"consensus_step must be in (0, 1], got {consensus_step}")
+        self.codec = make_codec(codec) if isinstance(codec, str) else codec
+        self.consensus_step = consensus_step
+        self.public = np.array(x0, dtype=np.float32, copy=True)
+        self.peers: dict[K, np.ndarray] = {}
+
+    @property
+    def size(self) -> int:
+        return int(self.public.shape[0])
+
+    def encode_update(self, x: np.ndarray, rng: np.random.Generator) -> bytes:
+        """Compress x - x̂_i, advance x̂_i by what receivers will decode; return the payload."""
+        payload = self.codec.encode(np.asarray(x, np.float32) - self.public, rng)
+        self.public += decode(payload)
+        return payload
+
+    def keyframe(self) -> bytes:
+        """The full public copy x̂_i, exactly (fp32), for a new or out-of-step neighbour."""
+        return make_codec(KEYFRAME_CODEC).encode(self.public, np.random.default_rng(0))
+
+    def add_peer(self, peer: K, public: np.ndarray) -> None:
+        """Start tracking `peer` from a known public copy (e.g. the shared seeded init)."""
+        self.set_copy(peer, public)
+
+    def drop_peer(self, peer: K) -> None:
+        self.peers.pop(peer, None)
+
+    def decode_checked(self, peer: K, payload: bytes) -> np.ndarray:
+        """Decode a payload from `peer` and validate it; raises GossipError, changes nothing."""
+        try:
+            vec = decode(payload, max_n=self.size)
+        except CodecError as exc:
+            raise GossipError(f"payload from {peer!r}: {exc}") from exc
+        return self._checked(vec, peer)
+
+    def apply_update(self, peer: K, payload: bytes) -> None:
+        """Decode a delta and add it to peer's public copy; unchanged on error."""
+        self.add_delta(peer, self.decode_checked(peer, payload))
+
+    def add_delta(self, peer: K, delta: np.ndarray) -> None:
+        """Add an already validated delta to peer's public copy."""
+        if peer not in self.peers:
+            raise GossipError(f"no public copy of {peer!r}: a keyframe must come first")
+        self.peers[peer] = self._checked(self.peers[peer] + self._checked(delta, peer), peer)
+
+    def apply_keyframe(self, peer: K, payload: bytes) -> None:
+        self.set_copy(peer, self.decode_checked(peer, payload))
+
+    def set_copy(self, peer: K, public: np.ndarray) -> None:
+        """Replace peer's public copy with a validated full vector."""
+        self.peers[peer] = self._checked(np.array(public, dtype=np.float32, copy=True), peer)
+
+    def mix(self, x: np.ndarray, weights: Mapping[K, float]) -> np.ndarray:
+        """x + gamma * sum_j w_j (x̂_j - x̂_i) over the given neighbours (a new array)."""
+        acc = np.zeros_like(self.public)
+        for peer, w in weights.items():
+            if peer not in self.peers:
+                raise GossipError(f"no public copy of {peer!r} to mix")
+            acc += np.float32(w) * (self.peers[peer] - self.public)
+        return np.asarray(x, np.float32) + np.float32(self.consensus_step) * acc
+
+    def _checked(self, vec: np.ndarray, peer: K) -> np.ndarray:
+        if vec.shape != self.public.shape:
+            raise GossipError(
+                f"payload from {peer!r} has {vec.shape[0] if vec.ndim else 0} values, "
+                f"expected {self.size}"
+            )
+        if not np.isfinite(vec).all():
+            raise GossipError(f"payload from {peer!r} has non-finite values")
+        return vec
+
+
+def consensus_distance(xs: list[np.ndarray]) -> tuple[float, float]:
+    """(mean, max) over nodes of ||x_i - mean|| / ||mean|| (0 when all agree)."""
+    stack = np.stack(xs).astype(np.float64)
+    mean = stack.mean(axis=0)
+    scale = max(float(np.linalg.norm(mean)), 1e-12)
+    dist = np.linalg.norm(stack - mean, axis=1) / scale
+    return float(dist.mean()), float(dist.max())

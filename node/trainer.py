@@ -1,0 +1,269 @@
+"""Local training: one shared frozen model, many nodes' adapters and optimizers.
+
+`LoraModel` wraps a PEFT model and its tokenizer. `LocalTrainer` is one node: its own
+adapter tensors, its own AdamW state and its own data sampler. Several trainers may
+share one `LoraModel` (the simulator); activating a trainer points the model's
+trainable parameters at that trainer's tensors, so nothing is copied and the base
+model exists once. Every step's randomness (batch order, dropout) derives from the
+trainer's seed and step count, so the same seed gives the same adapter in the
+simulator and in the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from declora.node.adapter import (
+    AdapterSchema,
+    atomic_replace_dir,
+    base_digest,
+    fingerprint,
+    fsync_tree,
+    new_build_dir,
+    trainable,
+)
+from declora.node.data import TextDataset
+from declora.node.models import BaseModel, default_targets, load_base, wrap_lora
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """The swarm-wide model shape: every node must agree on all of it."""
+
+    model: str = "minilm"
+    task: str = "cls"
+    rank: int = 8
+    alpha: int = 16
+    targets: tuple[str, ...] = ()
+    max_length: int = 64
+    seed: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "model": self.model,
+            "task": self.task,
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "targets": list(self.targets),
+            "max_length": self.max_length,
+            "seed": self.seed,
+        }
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A tokenized dataset held as tensors (labels are -100-masked ids for LM)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def take(self, idx: np.ndarray | torch.Tensor) -> Encoded:
+        i = torch.as_tensor(idx, dtype=torch.long)
+        return Encoded(self.input_ids[i], self.attention_mask[i], self.labels[i])
+
+
+class LoraModel:
+    """A frozen base with LoRA applied; the adapter is the trainable tensors in order."""
+
+    def __init__(self, spec: LoraSpec, num_labels: int, device: str = "cpu") -> None:
+        base: BaseModel = load_base(spec.model, spec.task, num_labels, spec.seed)  # type: ignore[arg-type]
+        targets = spec.targets or default_targets(base.family)
+        self.spec = LoraSpec(**{**spec.as_dict(), "targets": tuple(targets)})  # type: ignore[arg-type]
+        self.base = base
+        self.tokenizer = base.tokenizer
+        self.task = base.task
+        self.device = torch.device(device)
+        self.model: nn.Module = wrap_lora(base, spec.rank, spec.alpha, tuple(targets), spec.seed)
+        self.model.to(self.device)
+        self.params = [p for _, p in trainable(self.model)]
+        self.schema = AdapterSchema.of(trainable(self.model))
+        self.fingerprint = fingerprint(
+            spec.model, base_digest(self.model), self.spec.as_dict(), self.schema
+        )
+        self.num_labels = num_labels
+        use_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        self._initial = [p.detach().clone() for p in self.params]
+        self._owner: object | None = None
+
+    def initial_tensors(self) -> list[torch.Tensor]:
+        """Copies of the seeded initial adapter (identical on every node)."""
+        return [t.clone() for t in self._initial]
+
+    def bind(self, tensors: Sequence[torch.Tensor], owner: object) -> None:
+        """Point the trainable parameters at `tensors` (no copy)."""
+        if self._owner is owner:
+            return
+        for p, t in zip(self.params, tensors, strict=True):
+            p.data = t
+        self._owner = owner
+
+    def encode(self, data: TextDataset) -> Encoded:
+        ids, mask = self.tokenizer(list(data.texts), self.spec.max_length)
+        if self.task == "cls":
+            if data.labels is None:
+                raise ValueError("classification data needs labels")
+            labels = torch.as_tensor(data.labels, dtype=torch.long)
+        else:
+            labels = ids.masked_fill(mask == 0, -100)
+        return Encoded(ids, mask, labels)
+
+    def vector_to_tensors(self, vec: np.ndarray) -> list[torch.Tensor]:
+        return [t.to(self.device) for t in self.schema.unflatten(vec).values()]
+
+    def autocast(self) -> AbstractContextManager[object]:
+        """bf16 autocast on GPUs that support it; a no-op elsewhere."""
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    @contextmanager
+    def using(self, vec: np.ndarray) -> Iterator[None]:
+        """Evaluate or save with the adapter `vec` bound, then unbind."""
+        self.bind(self.vector_to_tensors(vec), owner=object())
+        try:
+            yield
+        finally:
+            self._owner = None
+
+    @torch.no_grad()
+    def evaluate(self, vec: np.ndarray, data: Encoded, batch_size: int = 64) -> dict[str, float]:
+        """Accuracy and macro-F1 (cls) or loss and perplexity (lm) of adapter `vec`."""
+        with self.using(vec):
+            self.model.eval()
+            losses, preds = [], []
+            for start in range(0, len(data), batch_size):
+                b = data.take(np.arange(start, min(start + batch_size, len(data))))
+                with self.autocast():
+                    out = self.model(
+                        input_ids=b.input_ids.to(self.device),
+                        attention_mask=b.attention_mask.to(self.device),
+                        labels=b.labels.to(self.device),
+                    )
+                losses.append(float(out.loss) * len(b))
+                if self.task == "cls":
+                    preds.append(out.logits.float().argmax(-1).cpu())
+        loss = sum(losses) / max(len(data), 1)
+        if self.task != "cls":
+            return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+        pred = torch.cat(preds).numpy()
+        return {"loss": loss, **classification_metrics(pred, data.labels.numpy(), self.num_labels)}
+
+    def save_adapter(self, vec: np.ndarray, path: Path, meta: dict[str, object]) -> None:
+        """Write a PEFT adapter directory atomically (`PeftModel.from_pretrained` loads it).
+
+        `declora.json` beside the PEFT files records the fingerprint and `meta`.
+        """
+        build = new_build_dir(path)
+        with self.using(vec):
+            self.model.save_pretrained(str(build))  # type: ignore[operator]
+        info = {"fingerprint": self.fingerprint, "spec": self.spec.as_dict(), **meta}
+        (build / "declora.json").write_text(json.dumps(info, indent=2, default=str))
+        fsync_tree(build)
+        atomic_replace_dir(build, path)
+
+
+def classification_metrics(pred: np.ndarray, true: np.ndarray, num_labels: int) -> dict[str, float]:
+    """Accuracy and macro-F1 (classes absent from both pred and true are skipped)."""
+    acc = float((pred == true).mean()) if len(true) else 0.0
+    f1s = []
+    for c in range(num_labels):
+        tp = int(((pred == c) & (true == c)).sum())
+        fp = int(((pred == c) & (true != c)).sum())
+        fn = int(((pred != c) & (true == c)).sum())
+        if tp + fp + fn == 0:
+            continue
+        f1s.append(2 * tp / (2 * tp + fp + fn))
+    return {"accuracy": acc, "macro_f1": float(np.mean(f1s)) if f1s else 0.0}
+
+
+class LocalTrainer:
+    """One node's adapter, AdamW state and batch sampler over a shared `LoraModel`."""
+
+    def __init__(
+        self,
+        lm: LoraModel,
+        data: Encoded,
+        lr: float,
+        batch_size: int,
+        seed: int,
+        weight_decay: float = 0.0,
+    ) -> None:
+        if len(data) == 0:
+            raise ValueError("a node needs at least one training example")
+        self.lm = lm
+        self.data = data
+        self.batch_size = batch_size
+        self.seed = seed
+        self.tensors = lm.initial_tensors()
+        self.step = 0
+        self.order = np.zeros(0, dtype=np.int64)
+        self.cursor = 0
+        self.epoch = 0
+        lm.bind(self.tensors, owner=self)
+        self.optimizer = torch.optim.AdamW(lm.params, lr=lr, weight_decay=weight_decay)
+
+    def _next_batch(self) -> Encoded:
+        idx: list[np.ndarray] = []
+        need = self.batch_size
+        while need > 0:
+            if self.cursor >= len(self.order):
+                rng = np.random.default_rng([self.seed, self.epoch])
+                self.order = rng.permutation(len(self.data))
+                self.cursor, self.epoch = 0, self.epoch + 1
+            take = self.order[self.cursor : self.cursor + need]
+            self.cursor += len(take)
+            need -= len(take)
+            idx.append(take)
+        return self.data.take(np.concatenate(idx))
+
+    def train_steps(self, k: int, should_stop: Callable[[], bool] | None = None) -> float:
+        """Run `k` AdamW steps (fewer if `should_stop()` turns true); mean training loss."""
+        self.lm.bind(self.tensors, owner=self)
+        model = self.lm.model
+        model.train()
+        total = 0.0
+        done = 0
+        for _ in range(k):
+            if should_stop is not None and should_stop():
+                break
+            torch.manual_seed(self.seed * 1_000_003 + self.step)
+            b = self._next_batch()
+            dev = self.lm.device
+            with self.lm.autocast():
+                out = model(
+                    input_ids=b.input_ids.to(dev),
+                    attention_mask=b.attention_mask.to(dev),
+                    labels=b.labels.to(dev),
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            self.optimizer.step()
+            total += out.loss.item()
+            self.step += 1
+            done += 1
+        return total / max(done, 1)
+
+    def vector(self) -> np.ndarray:
+        """A float32 copy of this node's adapter in schema order."""
+        return torch.cat(
+            [t.detach().reshape(-1).to("cpu", torch.float32) for t in self.tensors]
+        ).numpy()
+
+    def set_vector(self, vec: np.ndarray) -> None:
+        """Overwrite this node's adapter in place (optimizer state is kept)."""
+        for t, new in zip(self.tensors, self.lm.vector_to_tensors(vec), strict=True):
+            t.copy_(new)

@@ -1,0 +1,173 @@
+"""Adapter payloads on the wire: chunked streams, and every check before state.
+
+A push is a stream of `Chunk`s: one `PayloadHeader`, then data chunks of at most
+`chunk_bytes`. `read_stream` reassembles it and refuses (with `WireError`, whose
+`code` is the gRPC status to answer with) anything malformed: no header first, a
+second header, more bytes than announced or than the size limit, a checksum
+mismatch, a tensor schema that is not ours, an unknown codec. The decoded vector is
+checked for size and finite values by the gossip layer before it is applied.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import grpc
+
+from declora.node.adapter import AdapterSchema
+from declora.node.codecs import CodecError, make_codec
+from declora.proto import pb
+
+
+class WireError(Exception):
+    """A message refused; `code` is the gRPC status, `reason` the operator's text."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str, counter: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.counter = counter
+
+
+@dataclass(frozen=True)
+class Payload:
+    header: pb.PayloadHeader
+    data: bytes
+
+
+def tensor_meta(schema: AdapterSchema) -> list[pb.TensorMeta]:
+    return [pb.TensorMeta(name=t.name, shape=list(t.shape), dtype=t.dtype) for t in schema.tensors]
+
+
+def chunks(header: pb.PayloadHeader, data: bytes, chunk_bytes: int) -> Iterator[pb.Chunk]:
+    """The header chunk, then the data in slices of at most `chunk_bytes`."""
+    yield pb.Chunk(header=header)
+    view = memoryview(data)
+    for start in range(0, len(data), chunk_bytes):
+        yield pb.Chunk(data=bytes(view[start : start + chunk_bytes]))
+
+
+def make_header(
+    *,
+    sender_id: str,
+    swarm_id: str,
+    fingerprint: str,
+    round: int,
+    sender_degree: int,
+    kind: int,
+    codec: str,
+    seq: int,
+    data: bytes,
+    schema: AdapterSchema,
+) -> pb.PayloadHeader:
+    return pb.PayloadHeader(
+        sender_id=sender_id,
+        swarm_id=swarm_id,
+        fingerprint=fingerprint,
+        round=round,
+        sender_degree=sender_degree,
+        kind=kind,  # type: ignore[arg-type]
+        codec=codec,
+        seq=seq,
+        total_bytes=len(data),
+        crc32=zlib.crc32(data),
+        tensors=tensor_meta(schema),
+    )
+
+
+def check_header(
+    header: pb.PayloadHeader,
+    *,
+    swarm_id: str,
+    fingerprint: str,
+    schema: AdapterSchema,
+    max_bytes: int,
+) -> None:
+    """Refuse a header that cannot belong to this swarm's adapter."""
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    if header.swarm_id != swarm_id:
+        raise WireError(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"swarm {header.swarm_id!r} is not this node's swarm {swarm_id!r}",
+            "wrong_swarm",
+        )
+    if header.fingerprint != fingerprint:
+        raise WireError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"fingerprint {header.fingerprint!r} != {fingerprint!r}: "
+            "another base model or LoRA config",
+            "wrong_fingerprint",
+        )
+    if header.kind not in (pb.PAYLOAD_KIND_DELTA, pb.PAYLOAD_KIND_KEYFRAME, pb.PAYLOAD_KIND_STATE):
+        raise WireError(invalid, f"unknown payload kind {header.kind}", "malformed")
+    if header.total_bytes > max_bytes:
+        raise WireError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"payload of {header.total_bytes} bytes exceeds the limit of {max_bytes}",
+            "too_large",
+        )
+    try:
+        make_codec(header.codec)
+    except CodecError as exc:
+        raise WireError(invalid, f"codec: {exc}", "malformed") from exc
+    theirs = [(t.name, tuple(t.shape), t.dtype) for t in header.tensors]
+    ours = [(t.name, t.shape, t.dtype) for t in schema.tensors]
+    if theirs != ours:
+        diff = next(
+            (f"{a} != {b}" for a, b in zip(theirs, ours, strict=False) if a != b),
+            f"{len(theirs)} tensors, expected {len(ours)}",
+        )
+        raise WireError(invalid, f"tensor schema differs: {diff}", "wrong_schema")
+
+
+async def read_stream(
+    stream: AsyncIterator[pb.Chunk],
+    *,
+    swarm_id: str,
+    fingerprint: str,
+    schema: AdapterSchema,
+    max_bytes: int,
+) -> Payload:
+    """Reassemble and verify one pushed payload; raises WireError, keeps nothing."""
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    header: pb.PayloadHeader | None = None
+    parts: list[bytes] = []
+    received = 0
+    async for chunk in stream:
+        which = chunk.WhichOneof("body")
+        if which == "header":
+            if header is not None:
+                raise WireError(invalid, "a second header in one stream", "malformed")
+            check_header(
+                chunk.header,
+                swarm_id=swarm_id,
+                fingerprint=fingerprint,
+                schema=schema,
+                max_bytes=max_bytes,
+            )
+            header = chunk.header
+        elif which == "data":
+            if header is None:
+                raise WireError(invalid, "data before the header", "malformed")
+            received += len(chunk.data)
+            if received > header.total_bytes:
+                raise WireError(
+                    invalid,
+                    f"stream carries more than the announced {header.total_bytes} bytes",
+                    "malformed",
+                )
+            parts.append(chunk.data)
+        else:
+            raise WireError(invalid, "an empty chunk", "malformed")
+    if header is None:
+        raise WireError(invalid, "an empty stream (no header)", "malformed")
+    if received != header.total_bytes:
+        raise WireError(
+            invalid, f"truncated stream: {received} of {header.total_bytes} bytes", "truncated"
+        )
+    data = b"".join(parts)
+    if zlib.crc32(data) != header.crc32:
+        raise WireError(invalid, "checksum mismatch", "bad_checksum")
+    return Payload(header, data)
