@@ -1,0 +1,1 @@
+"""declora.cli: the `declora-node` command (typer)."""

@@ -316,7 +316,7 @@ def lab(
     batch_size: Annotated[int, typer.Option()] = 16,
     seed: Annotated[int, typer.Option()] = 0,
     max_eval: Annotated[int, typer.Option(help="Test examples each node evaluates on.")] = 200,
-    base_port: Annotated[int, typer.Option()] = 7300,
+    base_port: Annotated[int, typer.Option(help="First port (0: any free ports).")] = 7300,
     round_deadline: Annotated[float, typer.Option()] = 120.0,
     consensus_rounds: Annotated[int, typer.Option()] = 30,
     centralized: Annotated[
@@ -360,6 +360,10 @@ def lab(
 
 
 def main() -> None:
+    import warnings
+
+    # transformers deprecation chatter is not the user's business
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     app(prog_name="declora-node")
 
 

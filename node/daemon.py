@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -686,8 +687,10 @@ class Daemon:
         s = self.s
         while not self.stop_requested and (s.rounds == 0 or self.round < s.rounds):
             await self.run_round(train=True)
-            if s.eval_every and self.round % s.eval_every == 0:
+            evaluated = bool(s.eval_every and self.round % s.eval_every == 0)
+            if evaluated:
                 await self.evaluate()
+            self.record_round("train", evaluated)
             if self.round % s.checkpoint_every == 0:
                 await asyncio.to_thread(self.save_checkpoint)
         if self.stop_requested:
@@ -701,8 +704,30 @@ class Daemon:
             ):
                 break
             await self.run_round(train=False)
+            self.record_round("consensus", False)
         await self.evaluate()
+        self.record_round("final", True)
         self.state = "done"
+
+    def record_round(self, phase: str, evaluated: bool) -> None:
+        """Append one JSON line to `<checkpoint_dir>/rounds.jsonl` (the node's history)."""
+        entry = {
+            "time": time.time(),
+            "round": self.round,
+            "phase": phase,
+            "step": self.trainer.step,
+            "loss": None if np.isnan(self.loss) else self.loss,
+            "eval": self.last_eval if evaluated else None,
+            "live_neighbors": [p.node_id for p in self.live_peers],
+            "self_weight": self.self_weight,
+            "bytes_sent": self.node.bytes_sent,
+            "bytes_received": self.node.bytes_received,
+            "seconds": self.last_round_seconds,
+            "disagreement": self.local_disagreement(),
+        }
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        with (self.checkpoint_dir / "rounds.jsonl").open("a") as fh:
+            fh.write(json.dumps(entry) + "\n")
 
     async def _shutdown(self) -> None:
         self.state = "stopping"

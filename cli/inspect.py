@@ -1,0 +1,143 @@
+"""`declora-node inspect`: what is in a saved adapter or checkpoint, or a node's peer view.
+
+PATH may be a PEFT adapter folder (adapter_config.json + adapter_model.safetensors,
+optionally declora.json), a checkpoint folder (`ckpt-*` with adapter/ and state.pt)
+or a checkpoint root (with LATEST). Nothing is modified.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from declora.node.checkpoint import LATEST
+
+
+class InspectError(RuntimeError):
+    """PATH is not an adapter or checkpoint, or the target cannot be reached."""
+
+
+def _adapter_dir(path: Path) -> tuple[Path, Path | None]:
+    """(adapter folder, checkpoint folder or None) for any accepted PATH."""
+    if not path.exists():
+        raise InspectError(f"{path} does not exist")
+    if (path / LATEST).is_file():
+        path = path / (path / LATEST).read_text().strip()
+    if (path / "state.pt").is_file() and (path / "adapter").is_dir():
+        return path / "adapter", path
+    if (path / "adapter_config.json").is_file():
+        return path, None
+    raise InspectError(
+        f"{path} is neither a PEFT adapter (adapter_config.json) nor a declora checkpoint"
+    )
+
+
+def inspect_path(path: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    adapter, ckpt = _adapter_dir(path)
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise InspectError(f"{adapter} has no adapter_model.safetensors")
+    try:
+        config = json.loads((adapter / "adapter_config.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise InspectError(f"{adapter}/adapter_config.json is not valid JSON: {exc}") from exc
+    meta_file = adapter / "declora.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    tensors = []
+    total = 0
+    with safe_open(str(weights), "pt") as fh:
+        for name in fh.keys():  # noqa: SIM118 - safe_open has no __iter__
+            t = fh.get_tensor(name)
+            total += t.numel()
+            tensors.append(
+                {
+                    "name": name,
+                    "shape": list(t.shape),
+                    "dtype": str(t.dtype).replace("torch.", ""),
+                    "norm": float(t.float().norm()),
+                    "finite": bool(t.isfinite().all()),
+                }
+            )
+    info: dict[str, Any] = {
+        "path": str(adapter),
+        "kind": "checkpoint" if ckpt else "adapter",
+        "fingerprint": meta.get("fingerprint", ""),
+        "round": meta.get("round"),
+        "node_id": meta.get("node_id"),
+        "eval": meta.get("eval"),
+        "spec": meta.get("spec"),
+        "lora": {
+            k: config.get(k)
+            for k in ("r", "lora_alpha", "target_modules", "task_type", "modules_to_save")
+        },
+        "base_model": config.get("base_model_name_or_path"),
+        "parameters": total,
+        "tensors": tensors,
+    }
+    if ckpt is not None:
+        import torch
+
+        state = torch.load(ckpt / "state.pt", weights_only=False)
+        info["checkpoint"] = {"path": str(ckpt), "round": state["round"], "seq": state["seq"]}
+        info["round"] = state["round"]
+    return info
+
+
+def inspect_target(target: str) -> dict[str, Any]:
+    from declora.cli.client import StatusError, fetch_status, status_to_dict
+
+    try:
+        return {"kind": "node", **status_to_dict(fetch_status(target))}
+    except StatusError as exc:
+        raise InspectError(str(exc)) from exc
+
+
+def render(info: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if info["kind"] == "node":
+        console.print(
+            f"[bold]{info['node_id']}[/] swarm {info['swarm_id']} round {info['round']} "
+            f"fingerprint {info['fingerprint']}"
+        )
+        table = Table(
+            "peer", "address", "live", "weight", "degree", "round", "missed", "sent B", "recv B"
+        )
+        for n in info.get("neighbors", []):
+            table.add_row(
+                n["node_id"],
+                n["address"],
+                "yes" if n["live"] else "no",
+                f"{n['weight']:.3f}",
+                str(n["degree"]),
+                str(n["round"]),
+                str(n["missed_deadlines"]),
+                f"{int(n['bytes_sent']):,}",
+                f"{int(n['bytes_received']):,}",
+            )
+        console.print(table)
+        return
+    lora = info["lora"]
+    console.print(
+        f"[bold]{info['kind']}[/] {info['path']}\n"
+        f"fingerprint {info['fingerprint'] or '(none: not written by declora)'}  "
+        f"round {info['round']}  node {info['node_id']}\n"
+        f"LoRA r={lora['r']} alpha={lora['lora_alpha']} targets={lora['target_modules']} "
+        f"task={lora['task_type']}  base={info['base_model']}\n"
+        f"{info['parameters']:,} parameters; eval {info['eval']}"
+    )
+    table = Table("tensor", "shape", "dtype", "L2 norm", "finite")
+    for t in info["tensors"]:
+        table.add_row(
+            t["name"],
+            "x".join(map(str, t["shape"])),
+            t["dtype"],
+            f"{t['norm']:.4f}",
+            str(t["finite"]),
+        )
+    console.print(table)

@@ -1,0 +1,342 @@
+"""`declora-node lab`: a swarm of real daemons on 127.0.0.1.
+
+Starts N `declora-node start` processes wired by a topology (static peers), each on
+its own partition of the data, shows a live table of every node (from the Status
+RPC), and when all have finished writes `results.json` and `results.png` in the
+output folder beside each node's folder (logs, checkpoints, final PEFT adapter,
+rounds.jsonl). Ctrl-C (or any failure) stops every process with SIGTERM, so each
+one checkpoints; a second Ctrl-C kills them. The centralized reference trains one
+adapter on all of the nodes' data for the swarm's total number of samples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from declora.node.topology import from_spec
+
+
+@dataclass
+class LabConfig:
+    nodes: int = 4
+    topology: str = "ring"
+    partition: str = "dirichlet:0.5"
+    rounds: int = 10
+    local_steps: int = 5
+    model: str = "minilm"
+    data: str = "bbcnews"
+    codec: str = "fp32"
+    rank: int = 8
+    lr: float = 2e-3
+    batch_size: int = 16
+    seed: int = 0
+    max_eval: int = 200
+    base_port: int = 7300
+    round_deadline: float = 120.0
+    consensus_rounds: int = 30
+    centralized: bool = True
+    output: Path = Path("runs/lab")
+    extra_args: list[str] = field(default_factory=list)
+    timeout: float = 3600.0
+
+
+@dataclass
+class LabNode:
+    index: int
+    node_id: str
+    address: str
+    folder: Path
+    process: subprocess.Popen[bytes]
+    log: Any
+
+
+def _free_port(preferred: int) -> int:
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise RuntimeError("no free port on 127.0.0.1")
+
+
+def node_command(
+    cfg: LabConfig, i: int, address: str, peers: list[str], folder: Path, swarm: str
+) -> list[str]:
+    """The `declora-node start` command line of lab node `i`."""
+    return [
+        sys.executable,
+        "-m",
+        "declora.cli",
+        "start",
+        "--node-id", f"lab-{i}",
+        "--swarm-id", swarm,
+        "--listen", address,
+        "--peers", ",".join(peers),
+        "--model", cfg.model,
+        "--data", cfg.data,
+        "--partition", f"{i}/{cfg.nodes}",
+        "--partition-scheme", cfg.partition,
+        "--rounds", str(cfg.rounds),
+        "--local-steps", str(cfg.local_steps),
+        "--codec", cfg.codec,
+        "--rank", str(cfg.rank),
+        "--alpha", str(2 * cfg.rank),
+        "--lr", str(cfg.lr),
+        "--batch-size", str(cfg.batch_size),
+        "--seed", str(cfg.seed),
+        "--max-eval", str(cfg.max_eval),
+        "--round-deadline", str(cfg.round_deadline),
+        "--consensus-rounds", str(cfg.consensus_rounds),
+        "--checkpoint-dir", str(folder),
+        "--threads", "1",
+        *cfg.extra_args,
+    ]  # fmt: skip
+
+
+def _read_rounds(folder: Path) -> list[dict[str, Any]]:
+    path = folder / "rounds.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line being written right now
+    return out
+
+
+def _table(nodes: list[LabNode], statuses: dict[str, Any], title: str) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("node", "state", "round", "loss", "accuracy", "live neighbours", "sent", "pid"):
+        table.add_column(col)
+    for n in nodes:
+        st = statuses.get(n.node_id)
+        code = n.process.poll()
+        if st is None:
+            state = "exited" if code is not None else "starting"
+            table.add_row(
+                n.node_id,
+                f"{state} ({code})" if code is not None else state,
+                "",
+                "",
+                "",
+                "",
+                "",
+                str(n.process.pid),
+            )
+            continue
+        acc = st.last_eval.get("accuracy")
+        live = [p.node_id for p in st.neighbors if p.live]
+        table.add_row(
+            n.node_id,
+            st.state if code is None else f"exited ({code})",
+            f"{st.round}/{st.total_rounds or '∞'}",
+            f"{st.loss:.4f}",
+            "" if acc is None else f"{acc:.3f}",
+            ", ".join(live),
+            f"{st.bytes_sent / 1024:,.0f} KiB",
+            str(n.process.pid),
+        )
+    return table
+
+
+def _stop(nodes: list[LabNode], grace: float = 60.0) -> None:
+    for n in nodes:
+        if n.process.poll() is None:
+            n.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for n in nodes:
+        left = max(deadline - time.monotonic(), 0.1)
+        try:
+            n.process.wait(timeout=left)
+        except subprocess.TimeoutExpired:
+            n.process.kill()
+            n.process.wait()
+
+
+def centralized_reference(cfg: LabConfig) -> dict[str, Any]:
+    """One adapter on all the nodes' data, for the swarm's total samples."""
+    import numpy as np
+
+    from declora.node.data import load_dataset
+    from declora.node.partition import partition
+    from declora.node.trainer import LocalTrainer, LoraModel, LoraSpec
+
+    train, test = load_dataset(cfg.data)
+    assert train.labels is not None
+    parts = partition(cfg.partition, train.labels, cfg.nodes, seed=cfg.seed)
+    union = np.unique(np.concatenate(parts))
+    if cfg.max_eval and cfg.max_eval < len(test):
+        keep = np.random.default_rng(cfg.seed).permutation(len(test))[: cfg.max_eval]
+        test = test.subset(np.sort(keep))
+    spec = LoraSpec(model=cfg.model, rank=cfg.rank, alpha=2 * cfg.rank, seed=cfg.seed)
+    lm = LoraModel(spec, num_labels=train.num_labels)
+    trainer = LocalTrainer(
+        lm, lm.encode(train.subset(union)), cfg.lr, cfg.batch_size, seed=cfg.seed
+    )
+    steps = cfg.nodes * cfg.rounds * cfg.local_steps
+    t0 = time.perf_counter()
+    trainer.train_steps(steps)
+    return {
+        "steps": steps,
+        "batch_size": cfg.batch_size,
+        "seconds": time.perf_counter() - t0,
+        "eval": lm.evaluate(trainer.vector(), lm.encode(test)),
+    }
+
+
+def plot_lab(
+    histories: dict[str, list[dict[str, Any]]], central: dict[str, Any] | None, path: Path
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for node_id, rows in sorted(histories.items()):
+        pts = [
+            (r["round"], r["eval"]["accuracy"])
+            for r in rows
+            if r.get("eval") and "accuracy" in r["eval"]
+        ]
+        if pts:
+            ax1.plot(*zip(*pts, strict=True), marker=".", label=node_id)
+        dis = [(r["round"], max(r["disagreement"], 1e-12)) for r in rows]
+        if dis:
+            ax2.semilogy(*zip(*dis, strict=True), label=node_id)
+    if central:
+        ax1.axhline(
+            central["eval"]["accuracy"], color="r", ls="--", label="centralized (same samples)"
+        )
+    ax1.set_xlabel("round")
+    ax1.set_ylabel("test accuracy")
+    ax1.set_ylim(0, 1)
+    ax1.grid(alpha=0.3)
+    ax1.legend(loc="lower right")
+    ax2.set_xlabel("round")
+    ax2.set_ylabel("max ||x̂_j - x_i|| / ||x_i|| over neighbours")
+    ax2.grid(alpha=0.3)
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_lab(cfg: LabConfig) -> dict[str, Any]:
+    """Run the lab to the end (or Ctrl-C); returns the summary written to results.json."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from declora.cli.client import StatusError, fetch_status
+
+    console = Console(stderr=True)
+    topo = from_spec(cfg.topology, cfg.nodes, seed=cfg.seed)
+    out = cfg.output.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    swarm = f"lab-{uuid.uuid4().hex[:8]}"
+    ports = []
+    for i in range(cfg.nodes):
+        port = _free_port(cfg.base_port + i if cfg.base_port else 0)
+        while port in ports:
+            port = _free_port(0)
+        ports.append(port)
+    addresses = [f"127.0.0.1:{p}" for p in ports]
+    nodes: list[LabNode] = []
+    interrupted = False
+    t0 = time.time()
+    try:
+        for i in range(cfg.nodes):
+            folder = out / f"lab-{i}"
+            if folder.exists():
+                import shutil
+
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True)
+            cmd = node_command(
+                cfg, i, addresses[i], [addresses[j] for j in topo.neighbors(i)], folder, swarm
+            )
+            log = (out / f"lab-{i}.log").open("wb")
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            nodes.append(LabNode(i, f"lab-{i}", addresses[i], folder, proc, log))
+        console.print(
+            f"lab: {cfg.nodes} daemons ({cfg.topology}, {cfg.partition}, {cfg.rounds} rounds x "
+            f"{cfg.local_steps} steps, {cfg.model}) on {', '.join(addresses)}; logs in {out}"
+        )
+        statuses: dict[str, Any] = {}
+        with Live(console=console, refresh_per_second=2) as live:
+            while any(n.process.poll() is None for n in nodes):
+                if time.time() - t0 > cfg.timeout:
+                    raise TimeoutError(f"lab did not finish within {cfg.timeout:.0f}s")
+                for n in nodes:
+                    if n.process.poll() is None:
+                        with contextlib.suppress(StatusError):
+                            statuses[n.node_id] = fetch_status(n.address, timeout=1.0)
+                live.update(
+                    _table(nodes, statuses, f"declora lab {swarm} ({time.time() - t0:.0f}s)")
+                )
+                time.sleep(1.0)
+            live.update(_table(nodes, statuses, f"declora lab {swarm} ({time.time() - t0:.0f}s)"))
+    except KeyboardInterrupt:
+        interrupted = True
+        console.print("lab: interrupted, stopping every node (Ctrl-C again to kill)")
+    finally:
+        try:
+            _stop(nodes)
+        except KeyboardInterrupt:
+            for n in nodes:
+                n.process.kill()
+        for n in nodes:
+            n.log.close()
+    histories = {n.node_id: _read_rounds(n.folder) for n in nodes}
+    finals = {}
+    for n in nodes:
+        meta = n.folder / "adapter" / "declora.json"
+        finals[n.node_id] = json.loads(meta.read_text()) if meta.is_file() else None
+    central = None
+    if cfg.centralized and not interrupted:
+        console.print("lab: training the centralized reference (same samples, all data)...")
+        central = centralized_reference(cfg)
+    accs = {k: (v or {}).get("eval", {}).get("accuracy") for k, v in finals.items()}
+    summary: dict[str, Any] = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "swarm_id": swarm,
+        "seconds": time.time() - t0,
+        "interrupted": interrupted,
+        "exit_codes": {n.node_id: n.process.returncode for n in nodes},
+        "final_accuracy": accs,
+        "centralized": central,
+        "histories": histories,
+        "ok": not interrupted
+        and all(n.process.returncode == 0 for n in nodes)
+        and all(a is not None for a in accs.values()),
+    }
+    (out / "results.json").write_text(json.dumps(summary, indent=1, default=str))
+    plot_lab(histories, central, out / "results.png")
+    lines = [
+        f"  {k}: accuracy {a:.4f}" if a is not None else f"  {k}: no final adapter"
+        for k, a in accs.items()
+    ]
+    if central:
+        lines.append(f"  centralized reference: accuracy {central['eval']['accuracy']:.4f}")
+    console.print(
+        "lab finished in {:.0f}s\n{}\nresults: {}".format(summary["seconds"], "\n".join(lines), out)
+    )
+    return summary
