@@ -45,6 +45,9 @@ experiment: $(VENV)/.installed
 bench: $(VENV)/.dev
 	$(PY) bench/bench_codecs.py
 	$(PY) bench/bench_simulator.py
+	$(PY) bench/bench_daemon_overhead.py
+	$(PY) bench/bench_transport.py
+	$(PY) bench/bench_round_latency.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache runs

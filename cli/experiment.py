@@ -37,18 +37,18 @@ def _variant(**changes: Any) -> SimConfig:
     return BASE.model_copy(update=changes)
 
 
-PAPER_GRID: dict[str, SimConfig] = {
+PAPER_GRID: dict[str, SimConfig] = {  # in the order they run: the targets first
     "base": BASE,
-    "er-0.3": _variant(topology="er:0.3"),
+    "q4": _variant(codec="q4"),
+    "q8": _variant(codec="q8"),
+    "q2": _variant(codec="q2"),
     "iid": _variant(partition="iid"),
+    "er-0.3": _variant(topology="er:0.3"),
     "skew": _variant(partition="skew:0.85"),
+    "k-1": _variant(local_steps=1, rounds=75, eval_every=15),
     "rank-2": _variant(rank=2, alpha=4),
     "rank-4": _variant(rank=4, alpha=8),
     "rank-16": _variant(rank=16, alpha=32),
-    "k-1": _variant(local_steps=1, rounds=75, eval_every=15),
-    "q8": _variant(codec="q8"),
-    "q4": _variant(codec="q4"),
-    "q2": _variant(codec="q2"),
 }
 
 

@@ -43,7 +43,7 @@ from declora.node.codecs import make_codec
 from declora.node.data import load_dataset
 from declora.node.dec_lora import DecLoraNode
 from declora.node.discovery import Discovery, MdnsDiscovery, StaticDiscovery, select_neighbors
-from declora.node.gossip import GossipError
+from declora.node.gossip import GossipError, update_scale
 from declora.node.metrics import NodeMetrics
 from declora.node.mixing import local_mh_weights
 from declora.node.partition import partition
@@ -70,6 +70,9 @@ def grpc_options(settings: NodeSettings) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        # A new channel to a peer that is back connects at once, instead of sharing a
+        # process-wide subchannel that still sits in reconnect backoff (up to 120 s).
+        ("grpc.use_local_subchannel_pool", 1),
     ]
 
 
@@ -100,6 +103,7 @@ class Inbound:
     vector: np.ndarray
     degree: int
     seq: int
+    scale: float = 1.0  # update_scale of the sender's codec (deltas only)
 
 
 @dataclass
@@ -127,7 +131,9 @@ class Daemon:
         self.counters = Counters()
         self.peers: dict[str, Peer] = {}
         self.inbox: dict[int, dict[str, Inbound]] = {}
+        self.leaving: dict[str, str] = {}  # left after sending this round's payload: why
         self.round = 0  # rounds completed (mixed)
+        self.saved_round = -1  # round of the newest checkpoint written or resumed from
         self.seq = 0  # payloads produced
         self.state = "starting"
         self.loss = float("nan")
@@ -142,6 +148,7 @@ class Daemon:
         self._health = health.HealthServicer()
         self._discovery: Discovery | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._closing: set[asyncio.Task[None]] = set()
         self.checkpoint_dir = settings.checkpoint_dir or Path("declora-state") / self.node_id
         self.max_bytes = settings.max_message_mib * 1024 * 1024
 
@@ -150,12 +157,15 @@ class Daemon:
         s = self.s
         if s.threads:
             torch.set_num_threads(s.threads)
-        train, test = load_dataset(s.data)
+        train, test = load_dataset(s.data, label_column="label" if s.task == "cls" else None)
         index, total = s.partition_index or (0, 1)
         if total > 1:
-            if train.labels is None:
-                raise ValueError("partitioning needs labelled data")
-            parts = partition(s.partition_scheme, train.labels, total, seed=s.seed)
+            labels = train.labels
+            if labels is None:  # text only (causal LM): only label-free schemes apply
+                if s.partition_scheme != "iid":
+                    raise ValueError("unlabelled data can only be partitioned 'iid'")
+                labels = np.zeros(len(train), dtype=np.int64)
+            parts = partition(s.partition_scheme, labels, total, seed=s.seed)
             train = train.subset(parts[index])
         if s.max_eval and s.max_eval < len(test):
             keep = np.random.default_rng(s.seed).permutation(len(test))[: s.max_eval]
@@ -186,6 +196,7 @@ class Daemon:
         checkpoint.restore_trainer(self.trainer, state.trainer, state.vector)
         self.node.gossip.public = state.public.astype(np.float32)
         self.round, self.seq = state.round, state.seq
+        self.saved_round = self.round
         log.info("resumed from %s at round %d", checkpoint.latest(self.checkpoint_dir), self.round)
 
     # ---------------------------------------------------------------- identity
@@ -253,6 +264,15 @@ class Daemon:
         self.metrics.neighbors.set(len(self.live_peers))
         return peer
 
+    def on_leave(self, peer: Peer, why: str) -> None:
+        """A neighbour said goodbye; what it sent for the round in progress still counts."""
+        in_round = self.state in ("training", "exchanging")
+        if in_round and peer.live and peer.node_id in self.inbox.get(self.round + 1, {}):
+            self.leaving[peer.node_id] = why  # dropped right after this round's mix
+        else:
+            self.drop(peer, why)
+        self._arrived.set()
+
     def drop(self, peer: Peer, why: str) -> None:
         if peer.live:
             log.warning("neighbour %s left the live set: %s", peer.node_id, why)
@@ -260,6 +280,11 @@ class Daemon:
         peer.expected_seq = None
         self.node.gossip.drop_peer(peer.node_id)
         self.metrics.neighbors.set(len(self.live_peers))
+        if peer.channel is not None:  # it may sit in reconnect backoff: a new one on return
+            task = asyncio.get_running_loop().create_task(peer.channel.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+            peer.channel, peer.stub = None, None
 
     # ---------------------------------------------------------------- client side
     def _stub(self, peer: Peer) -> pb_grpc.SwarmStub:
@@ -373,12 +398,16 @@ class Daemon:
                 f"{h.sender_id!r} has not shaken hands with {self.node_id!r}",
                 "no_handshake",
             )
-        if h.round <= self.round or h.round > self.round + MAX_ROUNDS_AHEAD:
+        # Before its first round this node may still catch up (`_bootstrap`) while a
+        # neighbour ahead already pushes the rounds after its handshake round.
+        starting = self.state in ("loading", "connecting")
+        base = max(self.round, peer.round) if starting else self.round
+        if h.round <= self.round or h.round > base + MAX_ROUNDS_AHEAD:
             peer.expected_seq = None  # the delta is lost to us: resync by keyframe
             self.node.gossip.drop_peer(peer.node_id)
             raise WireError(
                 grpc.StatusCode.OUT_OF_RANGE,
-                f"round {h.round} outside ({self.round}, {self.round + MAX_ROUNDS_AHEAD}]",
+                f"round {h.round} outside ({self.round}, {base + MAX_ROUNDS_AHEAD}]",
                 "stale_round" if h.round <= self.round else "future_round",
             )
         if h.kind == pb.PAYLOAD_KIND_DELTA and (
@@ -392,7 +421,7 @@ class Daemon:
         except GossipError as exc:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), "bad_values") from exc
         self.inbox.setdefault(int(h.round), {})[peer.node_id] = Inbound(
-            int(h.kind), vec, int(h.sender_degree), int(h.seq)
+            int(h.kind), vec, int(h.sender_degree), int(h.seq), update_scale(h.codec)
         )
         peer.expected_seq = int(h.seq) + 1
         peer.bytes_received += len(payload.data)
@@ -473,7 +502,7 @@ class Daemon:
                 continue
             try:
                 if msg.kind == pb.PAYLOAD_KIND_DELTA:
-                    self.node.gossip.add_delta(pid, msg.vector)
+                    self.node.gossip.add_delta(pid, msg.vector, msg.scale)
                 else:
                     self.node.gossip.set_copy(pid, msg.vector)
             except GossipError as exc:
@@ -488,6 +517,9 @@ class Daemon:
             p.weight = weights.get(p.node_id, 0.0)
         for old in [k for k in self.inbox if k <= r]:
             del self.inbox[old]
+        for pid, why in self.leaving.items():
+            self.drop(self.peers[pid], why)
+        self.leaving.clear()
 
     async def run_round(self, train: bool) -> None:
         r = self.round + 1
@@ -541,6 +573,7 @@ class Daemon:
             fingerprint=self.lm.fingerprint,
         )
         path = checkpoint.save(self.checkpoint_dir, self.lm, state, {"node_id": self.node_id})
+        self.saved_round = state.round
         log.info("checkpoint written: %s", path)
 
     def save_final(self) -> Path:
@@ -744,7 +777,8 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await self._discovery.stop()
         if hasattr(self, "lm"):
-            await asyncio.to_thread(self.save_checkpoint)
+            if self.saved_round != self.round:  # never rewrite the checkpoint LATEST names
+                await asyncio.to_thread(self.save_checkpoint)
             await asyncio.to_thread(self.save_final)
         for p in self.peers.values():
             if p.channel is not None:
@@ -819,8 +853,7 @@ class SwarmService(pb_grpc.SwarmServicer):
     ) -> pb.LeaveAck:
         peer = self.d.peers.get(request.node_id)
         if peer is not None and request.swarm_id == self.d.s.swarm_id:
-            self.d.drop(peer, f"it left after round {request.round}")
-            self.d._arrived.set()
+            self.d.on_leave(peer, f"it left after round {request.round}")
         return pb.LeaveAck()
 
     async def Status(

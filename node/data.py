@@ -132,9 +132,17 @@ def load_file(
     rows = _read_rows(p)
     if not rows:
         raise DataError(f"{p}: no rows")
-    for column in (text_column, label_column):
-        if column is not None and column not in rows[0]:
-            raise DataError(f"{p}: no column {column!r}; columns are {sorted(rows[0])}")
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise DataError(
+                f"{p}: row {number} is a {type(row).__name__}, not a mapping of columns"
+            )
+        for column in (text_column, label_column):
+            if column is not None and row.get(column) is None:
+                raise DataError(
+                    f"{p}: row {number} has no column {column!r}; "
+                    f"columns are {sorted(map(str, row))}"
+                )
     texts = tuple(str(r[text_column]) for r in rows)
     if label_column is None:
         return TextDataset(texts, None, ())
@@ -155,14 +163,17 @@ def _natural_key(value: str) -> tuple[int, float | str]:
 
 
 def load_dataset(
-    spec: str, test_fraction: float = BBC_TEST_FRACTION
+    spec: str, test_fraction: float = BBC_TEST_FRACTION, label_column: str | None = "label"
 ) -> tuple[TextDataset, TextDataset]:
-    """(train, test) for `spec`: "bbcnews" or a file path (seeded stratified split)."""
+    """(train, test) for `spec`: "bbcnews" or a file path (seeded stratified split).
+
+    `label_column=None` reads a file's texts only (causal LM): a seeded random split.
+    """
     if spec == EMBEDDED_DATA:
         full = load_bbcnews()
         seed = BBC_SPLIT_SEED
     else:
-        full = load_file(spec)
+        full = load_file(spec, label_column=label_column)
         seed = 0
     if full.labels is None:
         rng = np.random.default_rng(seed)

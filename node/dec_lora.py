@@ -28,7 +28,9 @@ K = TypeVar("K", bound=Hashable)
 class DecLoraNode(Generic[K]):
     """A node's trainer plus its gossip state; `peers` are keyed by any hashable id."""
 
-    def __init__(self, trainer: LocalTrainer, codec: str, consensus_step: float, seed: int) -> None:
+    def __init__(
+        self, trainer: LocalTrainer, codec: str, consensus_step: float | None, seed: int
+    ) -> None:
         self.trainer = trainer
         x0 = trainer.vector()
         self.gossip: GossipState[K] = GossipState(x0, codec, consensus_step)

@@ -9,9 +9,13 @@ what rounding lost this round is still in x_i - x̂_i next round. The mixing ste
 
 With the exact fp32 codec and gamma = 1 this is plain gossip x_i <- sum_j w_ij x_j,
 which mixes the LoRA factors A and B (and the head) separately with the same
-weights, as Dec-LoRA does. A keyframe (the full x̂_i in fp32) starts a neighbour
-that is new or out of step. Nothing here does I/O; the simulator and the daemon both
-drive this class, so equal inputs give equal adapters.
+weights, as Dec-LoRA does. Coarse codecs (q2, top-k) are not contractions, so their
+decoded deltas are applied scaled by `update_scale` (CHOCO's 1/(1+omega) factor) and
+they mix with a smaller default gamma; without both, compressed gossip diverges.
+The scale is a function of the codec spec, so every holder of x̂_i applies the same.
+A keyframe (the full x̂_i in fp32) starts a neighbour that is new or out of step.
+Nothing here does I/O; the simulator and the daemon both drive this class, so equal
+inputs give equal adapters.
 """
 
 from __future__ import annotations
@@ -28,6 +32,19 @@ K = TypeVar("K", bound=Hashable)
 KEYFRAME_CODEC = "fp32"
 
 
+COARSE = ("q2", "topk")
+
+
+def update_scale(codec_spec: str) -> float:
+    """Factor applied to every decoded delta of `codec_spec` (same at all holders)."""
+    return 0.5 if codec_spec.startswith(COARSE) else 1.0
+
+
+def default_consensus_step(codec_spec: str) -> float:
+    """A gamma that converges for `codec_spec` (measured on rings; see tests)."""
+    return 0.5 if codec_spec.startswith(COARSE) else 1.0
+
+
 class GossipError(ValueError):
     """A received message cannot be applied (unknown peer, wrong size, non-finite)."""
 
@@ -35,11 +52,16 @@ class GossipError(ValueError):
 class GossipState(Generic[K]):
     """One node's public copy and its neighbours' public copies."""
 
-    def __init__(self, x0: np.ndarray, codec: Codec | str, consensus_step: float = 1.0) -> None:
+    def __init__(
+        self, x0: np.ndarray, codec: Codec | str, consensus_step: float | None = None
+    ) -> None:
+        self.codec = make_codec(codec) if isinstance(codec, str) else codec
+        if consensus_step is None:
+            consensus_step = default_consensus_step(self.codec.spec)
         if not 0.0 < consensus_step <= 1.0:
             raise ValueError(f"consensus_step must be in (0, 1], got {consensus_step}")
-        self.codec = make_codec(codec) if isinstance(codec, str) else codec
         self.consensus_step = consensus_step
+        self.update_scale = update_scale(self.codec.spec)
         self.public = np.array(x0, dtype=np.float32, copy=True)
         self.peers: dict[K, np.ndarray] = {}
 
@@ -50,7 +72,7 @@ class GossipState(Generic[K]):
     def encode_update(self, x: np.ndarray, rng: np.random.Generator) -> bytes:
         """Compress x - x̂_i, advance x̂_i by what receivers will decode; return the payload."""
         payload = self.codec.encode(np.asarray(x, np.float32) - self.public, rng)
-        self.public += decode(payload)
+        self.public += np.float32(self.update_scale) * decode(payload)
         return payload
 
     def keyframe(self) -> bytes:
@@ -73,14 +95,18 @@ class GossipState(Generic[K]):
         return self._checked(vec, peer)
 
     def apply_update(self, peer: K, payload: bytes) -> None:
-        """Decode a delta and add it to peer's public copy; unchanged on error."""
-        self.add_delta(peer, self.decode_checked(peer, payload))
+        """Decode a delta (made with this node's codec) into peer's copy; unchanged on error."""
+        self.add_delta(peer, self.decode_checked(peer, payload), self.update_scale)
 
-    def add_delta(self, peer: K, delta: np.ndarray) -> None:
-        """Add an already validated delta to peer's public copy."""
+    def add_delta(self, peer: K, delta: np.ndarray, scale: float) -> None:
+        """Add `scale` x an already validated delta to peer's public copy.
+
+        `scale` is `update_scale(spec)` of the codec the sender used.
+        """
         if peer not in self.peers:
             raise GossipError(f"no public copy of {peer!r}: a keyframe must come first")
-        self.peers[peer] = self._checked(self.peers[peer] + self._checked(delta, peer), peer)
+        new = self.peers[peer] + np.float32(scale) * self._checked(delta, peer)
+        self.peers[peer] = self._checked(new, peer)
 
     def apply_keyframe(self, peer: K, payload: bytes) -> None:
         self.set_copy(peer, self.decode_checked(peer, payload))

@@ -113,7 +113,7 @@ class NodeSettings(BaseSettings):
     batch_size: int = Field(16, ge=1)
     seed: int = Field(0, ge=0)
     codec: str = "fp32"
-    consensus_step: float = Field(1.0, gt=0, le=1)
+    consensus_step: float | None = Field(None, gt=0, le=1, description="None: by codec")
     round_deadline: float = Field(60.0, gt=0, description="seconds to wait for neighbours")
     consensus_tol: float = Field(1e-3, gt=0)
     consensus_rounds: int = Field(0, ge=0, description="gossip-only rounds after the last one")

@@ -1,0 +1,134 @@
+"""Share of a simulated Dec-LoRA round spent in gossip (codecs + mixing), per codec.
+
+Runs a short simulation per codec and prints, over the training rounds, the mean
+round time, the mean time of the gossip step (encode, apply neighbours' payloads,
+mix: the simulator's `mix_seconds`) and their ratio (`final["mix_fraction"]`) next to
+the goal (< 5% of the round). Evaluation is outside both figures. Nothing is asserted.
+
+    python bench/bench_simulator.py                     # tiny-bert, synthetic data, seconds
+    python bench/bench_simulator.py --model minilm      # MiniLM + BBC News, minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from declora.node.simulator import SimConfig, Simulation
+from declora.node.trainer import LoraModel
+
+GOAL = 0.05
+
+WORDS = (
+    ("aaa", "abba", "baba", "aab"),
+    ("ccc", "cdc", "dcd", "ddc"),
+    ("eee", "efe", "fef", "ffe"),
+    ("ggg", "ghg", "hgh", "hhg"),
+    ("iii", "iji", "jij", "jji"),
+)
+
+
+def write_synthetic(path: Path, n: int, seed: int = 0) -> Path:
+    """Short texts of class-specific words, 5 balanced classes, as JSONL."""
+    rng = np.random.default_rng(seed)
+    with path.open("w", encoding="utf-8") as fh:
+        for i in range(n):
+            c = i % len(WORDS)
+            text = " ".join(str(w) for w in rng.choice(WORDS[c], size=5))
+            fh.write(json.dumps({"text": text, "label": f"class{c}"}) + "\n")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("tiny-bert", "minilm"), default="tiny-bert")
+    parser.add_argument("--codecs", nargs="+", default=["fp32", "q4"])
+    parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument("--topology", default="ring")
+    parser.add_argument("--rounds", type=int, default=None, help="default: 4 tiny, 2 minilm")
+    parser.add_argument("--local-steps", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--rank", type=int, default=None, help="default: 4 tiny, 8 minilm")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+
+    tiny = args.model == "tiny-bert"
+    rounds = args.rounds or (4 if tiny else 2)
+    rank = args.rank or (4 if tiny else 8)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = str(write_synthetic(Path(tmp) / "synthetic.jsonl", 400)) if tiny else "bbcnews"
+        base = SimConfig.model_validate(
+            {
+                "nodes": args.nodes,
+                "topology": args.topology,
+                "partition": "iid",
+                "rounds": rounds,
+                "local_steps": args.local_steps,
+                "batch_size": args.batch_size,
+                "lr": 3e-2 if tiny else 2e-3,
+                "model": args.model,
+                "data": data,
+                "rank": rank,
+                "alpha": 2 * rank,
+                "max_length": 32 if tiny else 64,
+                "max_test": 50,
+                "eval_every": rounds,
+                "node_eval_every": max(rounds, 1),
+                "max_consensus_rounds": 0,
+                "centralized": False,
+                "threads": args.threads,
+            }
+        )
+        lm: LoraModel | None = None
+        rows = []
+        for codec in args.codecs:
+            cfg = base.model_copy(update={"codec": codec})
+            sim = Simulation(cfg, lm=lm)
+            lm = sim.lm
+            t0 = time.perf_counter()
+            res = sim.run()
+            wall = time.perf_counter() - t0
+            train = [r for r in res.rounds if r.phase == "train"]
+            rows.append(
+                (
+                    codec,
+                    float(np.mean([r.seconds for r in train])),
+                    float(np.mean([r.mix_seconds for r in train])),
+                    float(res.final["mix_fraction"]),
+                    res.final["bytes_sent_per_node"] / max(len(res.rounds), 1),
+                    wall,
+                )
+            )
+        numel = lm.schema.numel if lm else 0
+
+    try:
+        load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        load = "n/a"
+    print(
+        f"simulator: {args.model}, {args.nodes} nodes {args.topology}, {rounds} rounds x "
+        f"{args.local_steps} steps x batch {args.batch_size}, adapter {numel:,} values; "
+        f"load average {load} on {os.cpu_count()} CPUs"
+    )
+    header = (
+        f"{'codec':<8} {'round s':>9} {'gossip ms':>10} {'mix fraction':>13} {'goal':>6}"
+        f" {'bytes/node/round':>17} {'run s':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for codec, sec, mix, frac, sent, wall in rows:
+        verdict = "ok" if frac < GOAL else "MISSED"
+        print(
+            f"{codec:<8} {sec:>9.3f} {1e3 * mix:>10.2f} {100 * frac:>12.2f}% "
+            f"{'<' + format(100 * GOAL, '.0f') + '%':>6} {sent:>17,.0f} {wall:>7.1f}  {verdict}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Shared fixtures: one tiny-bert LoRA model per session and a small learnable dataset.
+
+Tests marked ``@pytest.mark.slow`` (real MiniLM + BBC News) run by default, as in CI;
+deselect them locally with ``-m "not slow"``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from declora.node.data import TextDataset
+from declora.node.trainer import LoraModel, LoraSpec
+
+TINY_SPEC = LoraSpec(model="tiny-bert", rank=4, alpha=8, max_length=32, seed=0)
+NUM_CLASSES = 5
+
+# Each class has its own words, spelled with letters the other classes rarely use, so
+# even a byte-level tokenizer and a frozen random encoder can tell the classes apart.
+CLASS_WORDS: tuple[tuple[str, ...], ...] = (
+    ("aaa", "abba", "baba", "aab"),
+    ("ccc", "cdc", "dcd", "ddc"),
+    ("eee", "efe", "fef", "ffe"),
+    ("ggg", "ghg", "hgh", "hhg"),
+    ("iii", "iji", "jij", "jji"),
+)
+SHARED_WORDS: tuple[str, ...] = ("the", "of", "news", "and")
+CLASS_NAMES: tuple[str, ...] = ("alpha", "bravo", "charlie", "delta", "echo")
+
+
+def make_synthetic(n: int = 200, seed: int = 0) -> TextDataset:
+    """`n` short texts, classes balanced and shuffled; 4 class words and one shared word."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(n) % NUM_CLASSES).astype(np.int64)
+    texts = []
+    for c in labels:
+        words = [str(w) for w in rng.choice(CLASS_WORDS[c], size=4)]
+        words.insert(int(rng.integers(0, 5)), str(rng.choice(SHARED_WORDS)))
+        texts.append(" ".join(words))
+    return TextDataset(tuple(texts), labels, CLASS_NAMES)
+
+
+def write_jsonl(data: TextDataset, path: Path) -> Path:
+    """Write `data` as JSONL rows {"text", "label"} with string labels."""
+    assert data.labels is not None
+    with path.open("w", encoding="utf-8") as fh:
+        for text, label in zip(data.texts, data.labels, strict=True):
+            fh.write(json.dumps({"text": text, "label": data.label_names[int(label)]}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_lm() -> LoraModel:
+    """The shared frozen tiny-bert with LoRA r=4 on query/value and a 5-way head."""
+    return LoraModel(TINY_SPEC, num_labels=NUM_CLASSES)
+
+
+@pytest.fixture(scope="session")
+def synthetic() -> TextDataset:
+    return make_synthetic(200, seed=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_test() -> TextDataset:
+    """Held-out texts from the same distribution (a different seed)."""
+    return make_synthetic(100, seed=1)
+
+
+@pytest.fixture(scope="session")
+def synthetic_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic data as a JSONL file (for `Simulation(data=...)`)."""
+    path = tmp_path_factory.mktemp("data") / "synthetic.jsonl"
+    return write_jsonl(make_synthetic(250, seed=2), path)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register `slow` even when pytest runs without pyproject.toml (it is not skipped)."""
+    config.addinivalue_line(
+        "markers", "slow: uses the real MiniLM model and BBC News (runs by default, as in CI)"
+    )

@@ -1,0 +1,184 @@
+"""Tests for declora.node.settings: precedence, list parsing and validation messages."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from declora.node.settings import ConfigFileError, NodeSettings, load_settings, read_config_file
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No DECLORA_* variable of the calling shell leaks into a test."""
+    for key in list(os.environ):
+        if key.upper().startswith("DECLORA_"):
+            monkeypatch.delenv(key)
+
+
+def write_config(tmp_path: Path, kind: str, options: dict[str, object]) -> Path:
+    path = tmp_path / f"node.{kind}"
+    if kind == "json":
+        path.write_text(json.dumps(options))
+    else:
+
+        def toml_value(v: object) -> str:
+            if isinstance(v, bool):
+                return "true" if v else "false"
+            if isinstance(v, str):
+                return json.dumps(v)
+            if isinstance(v, list):
+                return "[" + ", ".join(toml_value(x) for x in v) + "]"
+            return str(v)
+
+        path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in options.items()))
+    return path
+
+
+def test_defaults() -> None:
+    s = load_settings({})
+    assert (s.model, s.data, s.rank, s.alpha, s.codec) == ("minilm", "bbcnews", 8, 16, "fp32")
+    assert s.listen == s.advertise == "127.0.0.1:7070"
+    assert s.node_id == "node-127.0.0.1-7070"
+    assert s.peers == [] and s.targets == []
+    assert s.partition_index is None
+    assert s.checkpoint_dir is None and not s.resume
+
+
+@pytest.mark.parametrize("kind", ["toml", "json"])
+def test_precedence_cli_env_file_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    cfg = write_config(
+        tmp_path, kind, {"rank": 4, "alpha": 32, "lr": 0.01, "codec": "q8", "local-steps": 7}
+    )
+    monkeypatch.setenv("DECLORA_RANK", "12")
+    monkeypatch.setenv("DECLORA_ALPHA", "24")
+    s = load_settings({"rank": 16, "alpha": None, "lr": None}, cfg)
+    assert s.rank == 16  # CLI beats env and file
+    assert s.alpha == 24  # env beats file (CLI None means "not given")
+    assert s.lr == 0.01  # file beats default
+    assert s.codec == "q8"
+    assert s.local_steps == 7  # dashed keys in files
+    assert s.batch_size == 16  # default
+
+    monkeypatch.delenv("DECLORA_RANK")
+    assert load_settings({}, cfg).rank == 4
+    assert load_settings({}).rank == 8  # the file applies only to the call that names it
+
+
+def test_yaml_config(tmp_path: Path) -> None:
+    pytest.importorskip("yaml")
+    path = tmp_path / "node.yaml"
+    path.write_text("rank: 6\npeers:\n  - 10.0.0.1:7070\n")
+    s = load_settings({}, path)
+    assert s.rank == 6 and s.peers == ["10.0.0.1:7070"]
+
+
+def test_lists_from_comma_separated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DECLORA_PEERS", "127.0.0.1:7001, [::1]:7002,,host-b.local:7003 ")
+    monkeypatch.setenv("DECLORA_TARGETS", "query,value")
+    s = load_settings({})
+    assert s.peers == ["127.0.0.1:7001", "[::1]:7002", "host-b.local:7003"]
+    assert s.targets == ["query", "value"]
+    # CLI strings are split the same way, lists are taken as they are
+    assert load_settings({"targets": "q_proj,v_proj"}).targets == ["q_proj", "v_proj"]
+    assert load_settings({"targets": ["k_proj"]}).targets == ["k_proj"]
+
+
+def test_env_types(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DECLORA_MDNS", "true")
+    monkeypatch.setenv("DECLORA_LR", "5e-4")
+    monkeypatch.setenv("DECLORA_CHECKPOINT_DIR", str(tmp_path))
+    monkeypatch.setenv("DECLORA_RESUME", "1")
+    monkeypatch.setenv("DECLORA_PARTITION", "2/4")
+    s = load_settings({})
+    assert s.mdns is True and s.lr == 5e-4 and s.resume is True
+    assert s.checkpoint_dir == tmp_path
+    assert s.partition_index == (2, 4)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("listen", "127.0.0.1:70000", "not host:port"),
+        ("listen", "localhost", "not host:port"),
+        ("peers", "127.0.0.1:0", "not host:port"),
+        ("metrics_port", 70000, "less than or equal to 65535"),
+        ("codec", "q9", "bad codec spec 'q9'"),
+        ("partition", "3/2", "need 0 <= i < N"),
+        ("partition", "1-4", "'i/N'"),
+        ("device", "tpu", "device must be"),
+        ("task", "seq2seq", "'cls' or 'lm'"),
+        ("rank", 0, "greater than or equal to 1"),
+    ],
+)
+def test_bad_cli_values_name_the_option(option: str, value: object, message: str) -> None:
+    with pytest.raises(ValidationError, match=message) as info:
+        load_settings({option: value})
+    assert [e["loc"][0] for e in info.value.errors()] == [option]
+
+
+def test_bad_env_value_names_the_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DECLORA_CODEC", "q9")
+    with pytest.raises(ValidationError, match="codec") as info:
+        load_settings({})
+    assert info.value.errors()[0]["loc"] == ("codec",)
+    # a valid CLI value overrides the bad env value
+    assert load_settings({"codec": "q4"}).codec == "q4"
+
+
+def test_resume_needs_checkpoint_dir(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="--resume needs --checkpoint-dir"):
+        load_settings({"resume": True})
+    s = load_settings({"resume": True, "checkpoint_dir": str(tmp_path)})
+    assert s.resume and s.checkpoint_dir == tmp_path
+
+
+@pytest.mark.parametrize("kind", ["toml", "json"])
+def test_unknown_key_in_file_is_named(tmp_path: Path, kind: str) -> None:
+    cfg = write_config(tmp_path, kind, {"rank": 4, "rnak": 5})
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted") as info:
+        load_settings({}, cfg)
+    assert [e["loc"] for e in info.value.errors()] == [("rnak",)]
+
+
+def test_bad_value_in_file_is_named(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, "toml", {"partition": "3/2"})
+    with pytest.raises(ValidationError, match="partition"):
+        load_settings({}, cfg)
+
+
+def test_missing_or_garbage_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigFileError, match="not found"):
+        load_settings({}, tmp_path / "nope.toml")
+    garbage = {
+        "bad.toml": "rank = = 4\n",
+        "bad.json": "{rank: 4",
+        "list.json": "[1, 2]",
+        "scalar.toml.json": "42",
+        "node.ini": "[node]\nrank=4\n",
+    }
+    for name, text in garbage.items():
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(ConfigFileError, match=name.replace(".", r"\.")):
+            load_settings({}, path)
+    # a failed load leaves no file options behind for the next call
+    assert load_settings({}).rank == 8
+
+
+def test_read_config_file_normalizes_keys(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "json", {"max-neighbors": 3, "swarm_id": "s"})
+    assert read_config_file(path) == {"max_neighbors": 3, "swarm_id": "s"}
+
+
+def test_explicit_advertise_and_node_id() -> None:
+    s = load_settings({"listen": "0.0.0.0:9000", "advertise": "[fe80::1]:9000"})
+    assert s.node_id == "node-fe80--1-9000"
+    assert load_settings({"node_id": "n1"}).node_id == "n1"
+    assert isinstance(s, NodeSettings)
