@@ -1,0 +1,237 @@
+"""Helpers for the multi-process daemon tests: real `declora-node start` subprocesses.
+
+Every node is `python -m declora.cli start ...` on 127.0.0.1 with a port picked by
+binding to port 0, its stderr (the daemon's log) captured to a file. Tests wait by
+polling (the Status RPC or process exit) until a deadline, and a failed wait names
+what was awaited and shows the tail of every node's log. `Cluster` kills whatever is
+still running when the test ends, so no test leaves processes behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import pytest
+
+from declora.cli.client import StatusError, fetch_status
+from declora.proto import pb
+
+HOST = "127.0.0.1"
+CLI = [sys.executable, "-m", "declora.cli"]
+POLL = 0.2  # seconds between polls
+LOG_TAIL = 25  # log lines shown per node when a wait fails
+
+# The swarm's model and training shape; the simulator test passes the same values.
+MODEL = "tiny-bert"
+RANK = 4
+ALPHA = 8
+MAX_LENGTH = 32
+LR = 0.05
+BATCH = 16
+LOCAL_STEPS = 5
+SEED = 0
+
+T = TypeVar("T")
+
+
+def uid() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct ports the kernel had free a moment ago (all bound at once)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((HOST, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def train_args(data: Path) -> list[str]:
+    """Model, data and training flags shared by every node of a swarm."""
+    flags = (
+        f"--model {MODEL} --rank {RANK} --alpha {ALPHA} --max-length {MAX_LENGTH} --lr {LR} "
+        f"--batch-size {BATCH} --local-steps {LOCAL_STEPS} --seed {SEED} --threads 1 --device cpu"
+    )
+    return ["--data", str(data), *flags.split()]
+
+
+def status_or_none(address: str, timeout: float = 2.0) -> pb.StatusReply | None:
+    """The node's Status, or None while it cannot answer (loading, stopped)."""
+    try:
+        return fetch_status(address, timeout)
+    except StatusError:
+        return None
+
+
+def live_ids(reply: pb.StatusReply | None) -> set[str]:
+    return set() if reply is None else {n.node_id for n in reply.neighbors if n.live}
+
+
+def known_ids(reply: pb.StatusReply | None) -> set[str]:
+    return set() if reply is None else {n.node_id for n in reply.neighbors}
+
+
+@dataclass
+class Node:
+    """One daemon subprocess and its files."""
+
+    node_id: str
+    port: int
+    workdir: Path
+    args: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    @property
+    def ckpt(self) -> Path:
+        return self.workdir / "state"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"stderr-{self.starts}.log"
+
+    def start(self, extra: Sequence[str] = ()) -> Node:
+        assert self.proc is None or self.proc.poll() is not None, f"{self.node_id} is running"
+        self.starts += 1
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        own = ["--node-id", self.node_id, "--listen", self.address]
+        own += ["--checkpoint-dir", str(self.ckpt)]
+        cmd = [*CLI, "start", *own, *self.args, *extra]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        with self.log_path.open("wb") as err, (self.workdir / "stdout.log").open("ab") as out:
+            self.proc = subprocess.Popen(
+                cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=self.workdir, env=env
+            )
+        return self
+
+    def status(self) -> pb.StatusReply | None:
+        return status_or_none(self.address)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self, start: int | None = None) -> str:
+        """The daemon log of one start (default: the latest)."""
+        path = self.workdir / f"stderr-{start or self.starts}.log"
+        return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+
+    def tail(self, lines: int = LOG_TAIL) -> str:
+        state = "not started" if self.proc is None else f"returncode={self.proc.poll()}"
+        body = "\n".join(self.log().splitlines()[-lines:])
+        return f"----- {self.node_id} ({self.address}, {state}) log tail:\n{body}"
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        if self.running():
+            assert self.proc is not None
+            self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+class Cluster:
+    """Nodes of one test; `close()` kills leftovers. Waits fail with every node's log."""
+
+    def __init__(self, root: Path, data: Path) -> None:
+        self.root = root
+        self.data = data
+        self.swarm_id = f"test-{uid()}"
+        self.nodes: list[Node] = []
+
+    def add(self, node_id: str, port: int, args: Sequence[str]) -> Node:
+        node = Node(node_id, port, self.root / node_id, list(args))
+        self.nodes.append(node)
+        return node
+
+    def static(
+        self, n: int, edges: Iterable[tuple[int, int]], extra: Sequence[str] = ()
+    ) -> list[Node]:
+        """`n` nodes `n0..` of this swarm with static peers along `edges`, partition i/n."""
+        ports = free_ports(n)
+        peers: list[set[int]] = [set() for _ in range(n)]
+        for a, b in edges:
+            peers[a].add(b)
+            peers[b].add(a)
+        nodes = []
+        for i in range(n):
+            static = ",".join(f"{HOST}:{ports[j]}" for j in sorted(peers[i]))
+            swarm = ["--swarm-id", self.swarm_id, "--peers", static, "--partition", f"{i}/{n}"]
+            args = [*train_args(self.data), *swarm, *extra]
+            nodes.append(self.add(f"n{i}", ports[i], args))
+        return nodes
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.signal(signal.SIGKILL)
+        for node in self.nodes:
+            node.kill()
+
+    def report(self) -> str:
+        return "\n".join(node.tail() for node in self.nodes)
+
+    def fail(self, message: str) -> None:
+        pytest.fail(f"{message}\n{self.report()}", pytrace=False)
+
+    def wait_until(
+        self,
+        what: str,
+        check: Callable[[], T | None],
+        timeout: float,
+        running: Sequence[Node] = (),
+    ) -> T:
+        """Poll `check` until it returns a truthy value; fail after `timeout` seconds or
+        as soon as one of `running` has exited."""
+        deadline = time.monotonic() + timeout
+        last: T | None = None
+        while True:
+            last = check()
+            if last:
+                return last
+            for node in running:
+                if not node.running():
+                    self.fail(f"{node.node_id} exited while waiting for: {what}")
+            if time.monotonic() > deadline:
+                self.fail(f"timed out after {timeout:g}s waiting for: {what} (last: {last!r})")
+            time.sleep(POLL)
+
+    def wait_exit(self, nodes: Sequence[Node], timeout: float) -> list[int]:
+        """Wait for every node in `nodes` to exit; their return codes."""
+
+        def done() -> list[int] | None:
+            codes = [n.proc.poll() if n.proc is not None else None for n in nodes]
+            return None if any(c is None for c in codes) else [int(c) for c in codes]  # type: ignore[arg-type]
+
+        return self.wait_until(f"{[n.node_id for n in nodes]} to exit", done, timeout)
+
+
+def read_adapter(path: Path) -> dict[str, np.ndarray]:
+    """The tensors of a saved PEFT adapter directory, by name, as float32 arrays."""
+    from safetensors.numpy import load_file
+
+    return {
+        k: v.astype(np.float32)
+        for k, v in load_file(str(path / "adapter_model.safetensors")).items()
+    }
