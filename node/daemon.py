@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 import time
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -338,9 +339,10 @@ class Daemon:
             await asyncio.sleep(RECONNECT_SECONDS)
 
     async def _push_one(
-        self, peer: Peer, r: int, kind: int, data: bytes, degree: int
+        self, peer: Peer, r: int, kind: int, data: bytes, degree: int, crc: int | None = None
     ) -> pb.PushAck:
         header = make_header(
+            crc32=crc,
             sender_id=self.node_id,
             swarm_id=self.s.swarm_id,
             fingerprint=self.lm.fingerprint,
@@ -361,11 +363,11 @@ class Daemon:
             self.metrics.bytes_sent.inc(len(data))
         return ack
 
-    async def push(self, peer: Peer, r: int, delta: bytes, degree: int) -> None:
-        """Send this round's payload; a keyframe instead when the peer is out of step."""
+    async def push(self, peer: Peer, r: int, delta: bytes, degree: int, crc: int) -> None:
+        """Send this round's payload (CRC `crc`); a keyframe instead when out of step."""
         try:
             if not peer.send_keyframe:
-                ack = await self._push_one(peer, r, pb.PAYLOAD_KIND_DELTA, delta, degree)
+                ack = await self._push_one(peer, r, pb.PAYLOAD_KIND_DELTA, delta, degree, crc)
                 if ack.accepted or not ack.need_keyframe:
                     if not ack.accepted:
                         log.info("%s refused round %d: %s", peer.node_id, r, ack.reason)
@@ -416,10 +418,17 @@ class Daemon:
             return pb.PushAck(
                 accepted=False, reason="out of step: send a keyframe", need_keyframe=True
             )
-        try:
-            vec = self.node.gossip.decode_checked(peer.node_id, payload.data)
+        try:  # decoding a large payload must not stall the event loop
+            vec = await asyncio.to_thread(
+                self.node.gossip.decode_checked, peer.node_id, payload.data
+            )
         except GossipError as exc:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), "bad_values") from exc
+        in_step = h.kind != pb.PAYLOAD_KIND_DELTA or peer.expected_seq == h.seq
+        if not peer.live or h.round <= self.round or not in_step:  # changed while decoding
+            raise WireError(
+                grpc.StatusCode.ABORTED, "state moved on while the payload was checked", "raced"
+            )
         self.inbox.setdefault(int(h.round), {})[peer.node_id] = Inbound(
             int(h.kind), vec, int(h.sender_degree), int(h.seq), update_scale(h.codec)
         )
@@ -536,7 +545,8 @@ class Daemon:
         self.seq += 1
         degree = len(self.live_peers)
         deadline = time.monotonic() + self.s.round_deadline
-        await asyncio.gather(*(self.push(p, r, delta, degree) for p in self.live_peers))
+        crc = zlib.crc32(delta)
+        await asyncio.gather(*(self.push(p, r, delta, degree, crc) for p in self.live_peers))
         await self._wait_for(r, deadline)
         self._mix(r, degree)
         self.round = r
@@ -599,7 +609,7 @@ class Daemon:
     async def catch_up(self) -> None:
         """A node behind its neighbours starts from the most advanced one's full state."""
         ahead = max(self.live_peers, key=lambda p: p.round, default=None)
-        if ahead is None or ahead.round <= self.round + 1:
+        if ahead is None or ahead.round <= self.round:
             return
         stream = self._stub(ahead).Pull(
             pb.PullRequest(

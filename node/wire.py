@@ -61,7 +61,9 @@ def make_header(
     seq: int,
     data: bytes,
     schema: AdapterSchema,
+    crc32: int | None = None,
 ) -> pb.PayloadHeader:
+    """The header for `data`; pass `crc32` when it is already known (one payload, many peers)."""
     return pb.PayloadHeader(
         sender_id=sender_id,
         swarm_id=swarm_id,
@@ -72,7 +74,7 @@ def make_header(
         codec=codec,
         seq=seq,
         total_bytes=len(data),
-        crc32=zlib.crc32(data),
+        crc32=zlib.crc32(data) if crc32 is None else crc32,
         tensors=tensor_meta(schema),
     )
 
