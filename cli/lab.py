@@ -41,6 +41,7 @@ class LabConfig:
     batch_size: int = 16
     seed: int = 0
     max_eval: int = 200
+    eval_every: int = 2
     base_port: int = 7300
     round_deadline: float = 120.0
     consensus_rounds: int = 30
@@ -97,6 +98,7 @@ def node_command(
         "--batch-size", str(cfg.batch_size),
         "--seed", str(cfg.seed),
         "--max-eval", str(cfg.max_eval),
+        "--eval-every", str(cfg.eval_every),
         "--round-deadline", str(cfg.round_deadline),
         "--consensus-rounds", str(cfg.consensus_rounds),
         "--checkpoint-dir", str(folder),
