@@ -24,7 +24,7 @@ dev: $(VENV)/.dev
 
 ## make run: a 4-node lab on the embedded default (MiniLM + BBC News), a few minutes
 run: $(VENV)/.installed
-	$(VENV)/bin/declora-node lab --nodes 4 --output runs/lab
+	$(VENV)/bin/declora-node lab --nodes 4 --rounds 8 --output runs/lab
 
 ## make test: lint, type-check and the whole test suite
 test: $(VENV)/.dev
