@@ -284,13 +284,19 @@ def experiment(
     ),
     only: Annotated[str | None, typer.Option(help="Comma-separated run names to (re)run.")] = None,
     list_runs: Annotated[bool, typer.Option("--list", help="List the runs and exit.")] = False,
+    table: Annotated[
+        bool, typer.Option("--table", help="Only rebuild table.md from finished runs.")
+    ] = False,
 ) -> None:
     """Reproduce the paper's comparison on the embedded default (resumable)."""
-    from declora.cli.experiment import PAPER_GRID, run_grid
+    from declora.cli.experiment import PAPER_GRID, run_grid, write_table
 
     if list_runs:
         for name, cfg in PAPER_GRID.items():
             typer.echo(f"{name:18s} {cfg.label}")
+        return
+    if table:
+        typer.echo(write_table(output))
         return
     names = [n.strip() for n in only.split(",")] if only else None
     unknown = sorted(set(names or []) - set(PAPER_GRID))

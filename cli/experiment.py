@@ -120,18 +120,29 @@ def _central(cfg: SimConfig, output: Path) -> dict[str, Any]:
     return result
 
 
-def run_grid(output: Path, names: list[str] | None = None) -> str:
-    """Run (or resume) the grid; writes and returns `table.md`."""
+def write_table(output: Path) -> str:
+    """`table.md` from the finished runs in `output` (grid order); returns it."""
     import json
 
-    rows: list[tuple[str, dict[str, Any]]] = []
+    rows = [
+        (name, json.loads((output / f"{name}.json").read_text()))
+        for name in PAPER_GRID
+        if (output / f"{name}.json").is_file()
+    ]
+    missing = [name for name in PAPER_GRID if not (output / f"{name}.json").is_file()]
+    table = markdown_table(rows)
+    if missing:
+        table += f"\nNot run yet: {', '.join(missing)}.\n"
+    (output / "table.md").write_text(table)
+    return table
+
+
+def run_grid(output: Path, names: list[str] | None = None) -> str:
+    """Run (or resume) the grid; writes and returns `table.md`."""
     for name, cfg in PAPER_GRID.items():
         path = output / f"{name}.json"
         rerun = names is not None and name in names
         if rerun or (names is None and not path.is_file()):
             run_one(cfg, output, name, _central(cfg, output))
-        if path.is_file():
-            rows.append((name, json.loads(path.read_text())))
-    table = markdown_table(rows)
-    (output / "table.md").write_text(table)
-    return table
+            write_table(output)
+    return write_table(output)

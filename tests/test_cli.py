@@ -80,3 +80,12 @@ def test_lab_runs_real_daemons_and_inspect_reads_their_adapters(tmp_path: Path) 
     assert all(t["finite"] for t in data["tensors"])
     ckpt = run("inspect", str(out / "lab-1"), "--format", "json")
     assert ckpt.returncode == 0 and json.loads(ckpt.stdout)["kind"] == "checkpoint"
+
+
+def test_experiment_lists_runs_and_tables_what_is_finished(tmp_path: Path) -> None:
+    listed = run("experiment", "--list")
+    assert listed.returncode == 0 and "base" in listed.stdout and "q4" in listed.stdout
+    res = run("experiment", "--output", str(tmp_path), "--table")
+    assert res.returncode == 0, res.stderr
+    assert "Not run yet: base, q4" in res.stdout and (tmp_path / "table.md").is_file()
+    assert run("experiment", "--only", "nope").returncode == 2
