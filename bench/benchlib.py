@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import os
 import signal
 import socket
@@ -26,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from declora.cli.lab import LabConfig, node_command
+from declora.cli.lab import LabConfig, node_command, read_rounds
 from declora.node.mixing import local_mh_weights
 from declora.node.topology import Topology, from_spec
 
@@ -214,17 +213,6 @@ class CpuSampler:
             if t0 <= t <= t1:
                 return c0 if t1 == t0 else c0 + (c1 - c0) * (t - t0) / (t1 - t0)
         return float("nan")
-
-
-def read_rounds(folder: Path) -> list[dict[str, Any]]:
-    path = folder / "rounds.jsonl"
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            out.append(json.loads(line))
-    return out
 
 
 def train_rounds(

@@ -107,16 +107,15 @@ def node_command(
     ]  # fmt: skip
 
 
-def _read_rounds(folder: Path) -> list[dict[str, Any]]:
+def read_rounds(folder: Path) -> list[dict[str, Any]]:
+    """A node's `rounds.jsonl` history (a line still being written is skipped)."""
     path = folder / "rounds.jsonl"
     if not path.is_file():
         return []
     out = []
     for line in path.read_text().splitlines():
-        try:
+        with contextlib.suppress(json.JSONDecodeError):
             out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line being written right now
     return out
 
 
@@ -307,7 +306,7 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
                 n.process.kill()
         for n in nodes:
             n.log.close()
-    histories = {n.node_id: _read_rounds(n.folder) for n in nodes}
+    histories = {n.node_id: read_rounds(n.folder) for n in nodes}
     finals = {}
     for n in nodes:
         meta = n.folder / "adapter" / "declora.json"
