@@ -13,12 +13,12 @@ Nothing is asserted; the figures depend on the machine and its load.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 from collections.abc import Callable
 
 import numpy as np
+from benchlib import load_average
 
 from declora.node.codecs import Codec, encoded_size, make_codec
 
@@ -66,13 +66,10 @@ def main() -> None:
     copy_s = median_seconds(lambda: np.copyto(dst, x), args.repeat)
     raw = 4 * args.n
 
-    try:
-        load = " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        load = "n/a"
+    load = load_average()
     print(
         f"codec encode+decode, n={args.n:,} float32 ({raw / 2**20:.1f} MiB), "
-        f"median of {args.repeat}, load average {load} on {os.cpu_count()} CPUs"
+        f"median of {args.repeat}, load average {load}"
     )
     print(f"np.copyto baseline: {1e3 * copy_s:.2f} ms")
     print()

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from benchlib import load_average
 
 from declora.node.simulator import SimConfig, Simulation
 from declora.node.trainer import LoraModel
@@ -107,14 +107,11 @@ def main() -> None:
             )
         numel = lm.schema.numel if lm else 0
 
-    try:
-        load = " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        load = "n/a"
+    load = load_average()
     print(
         f"simulator: {args.model}, {args.nodes} nodes {args.topology}, {rounds} rounds x "
         f"{args.local_steps} steps x batch {args.batch_size}, adapter {numel:,} values; "
-        f"load average {load} on {os.cpu_count()} CPUs"
+        f"load average {load}"
     )
     header = (
         f"{'codec':<8} {'round s':>9} {'gossip ms':>10} {'mix fraction':>13} {'goal':>6}"
