@@ -15,12 +15,12 @@ class StatusError(RuntimeError):
     """The node could not be reached or did not answer."""
 
 
-def fetch_status(target: str, timeout: float = 5.0) -> pb.StatusReply:
+def fetch_status(target: str, timeout: float = 5.0, include_digest: bool = False) -> pb.StatusReply:
     """One Status call to `target` (host:port) over a fresh channel."""
     with grpc.insecure_channel(target) as channel:
         try:
             reply: pb.StatusReply = pb_grpc.SwarmStub(channel).Status(
-                pb.StatusRequest(), timeout=timeout
+                pb.StatusRequest(include_digest=include_digest), timeout=timeout
             )
         except grpc.RpcError as exc:
             code = exc.code().name if hasattr(exc, "code") else "ERROR"

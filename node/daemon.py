@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -445,7 +446,21 @@ class Daemon:
         self.metrics.rejected.labels(exc.counter).inc()
         log.warning("refused a message: %s", exc.reason)
 
-    def status(self) -> pb.StatusReply:
+    def state_digest(self) -> str:
+        """SHA-256 over the adapter, every public copy and every queued payload."""
+        h = hashlib.sha256()
+        h.update(self.node.vector().tobytes())
+        h.update(self.node.gossip.public.tobytes())
+        for pid in sorted(self.node.gossip.peers):
+            h.update(pid.encode() + b"\0" + self.node.gossip.peers[pid].tobytes())
+        for r in sorted(self.inbox):
+            for pid in sorted(self.inbox[r]):
+                msg = self.inbox[r][pid]
+                h.update(f"{r}/{pid}/{msg.kind}/{msg.seq}/{msg.degree}\0".encode())
+                h.update(msg.vector.tobytes())
+        return h.hexdigest()
+
+    def status(self, include_digest: bool = False) -> pb.StatusReply:
         reply = pb.StatusReply(
             node_id=self.node_id,
             swarm_id=self.s.swarm_id,
@@ -465,6 +480,8 @@ class Daemon:
             last_round_seconds=self.last_round_seconds,
             keyframes_sent=self.counters.keyframes_sent,
         )
+        if include_digest and hasattr(self, "node"):
+            reply.state_digest = self.state_digest()
         reply.last_eval.update(self.last_eval)
         reply.rejected.update(self.counters.rejected)
         for p in sorted(self.peers.values(), key=lambda p: p.node_id):
@@ -869,7 +886,7 @@ class SwarmService(pb_grpc.SwarmServicer):
     async def Status(
         self, request: pb.StatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.StatusReply:
-        return self.d.status()
+        return self.d.status(request.include_digest)
 
 
 def serve(settings: NodeSettings) -> int:

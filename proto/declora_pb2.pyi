@@ -65,7 +65,7 @@ class TensorMeta(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ...) -> None: ...
 
 class PayloadHeader(_message.Message):
-    __slots__ = ("sender_id", "swarm_id", "fingerprint", "round", "sender_degree", "kind", "codec", "seq", "total_bytes", "crc32", "tensors")
+    __slots__ = ("sender_id", "swarm_id", "fingerprint", "round", "sender_degree", "kind", "codec", "seq", "total_bytes", "crc32", "tensors", "mac")
     SENDER_ID_FIELD_NUMBER: _ClassVar[int]
     SWARM_ID_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,7 @@ class PayloadHeader(_message.Message):
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     CRC32_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
     sender_id: str
     swarm_id: str
     fingerprint: str
@@ -88,7 +89,8 @@ class PayloadHeader(_message.Message):
     total_bytes: int
     crc32: int
     tensors: _containers.RepeatedCompositeFieldContainer[TensorMeta]
-    def __init__(self, sender_id: _Optional[str] = ..., swarm_id: _Optional[str] = ..., fingerprint: _Optional[str] = ..., round: _Optional[int] = ..., sender_degree: _Optional[int] = ..., kind: _Optional[_Union[PayloadKind, str]] = ..., codec: _Optional[str] = ..., seq: _Optional[int] = ..., total_bytes: _Optional[int] = ..., crc32: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorMeta, _Mapping]]] = ...) -> None: ...
+    mac: bytes
+    def __init__(self, sender_id: _Optional[str] = ..., swarm_id: _Optional[str] = ..., fingerprint: _Optional[str] = ..., round: _Optional[int] = ..., sender_degree: _Optional[int] = ..., kind: _Optional[_Union[PayloadKind, str]] = ..., codec: _Optional[str] = ..., seq: _Optional[int] = ..., total_bytes: _Optional[int] = ..., crc32: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorMeta, _Mapping]]] = ..., mac: _Optional[bytes] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("header", "data")
@@ -109,32 +111,42 @@ class PushAck(_message.Message):
     def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., need_keyframe: _Optional[bool] = ...) -> None: ...
 
 class PullRequest(_message.Message):
-    __slots__ = ("node_id", "swarm_id", "kind")
+    __slots__ = ("node_id", "swarm_id", "kind", "nonce", "mac")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SWARM_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     swarm_id: str
     kind: PayloadKind
-    def __init__(self, node_id: _Optional[str] = ..., swarm_id: _Optional[str] = ..., kind: _Optional[_Union[PayloadKind, str]] = ...) -> None: ...
+    nonce: bytes
+    mac: bytes
+    def __init__(self, node_id: _Optional[str] = ..., swarm_id: _Optional[str] = ..., kind: _Optional[_Union[PayloadKind, str]] = ..., nonce: _Optional[bytes] = ..., mac: _Optional[bytes] = ...) -> None: ...
 
 class LeaveNotice(_message.Message):
-    __slots__ = ("node_id", "swarm_id", "round")
+    __slots__ = ("node_id", "swarm_id", "round", "nonce", "mac")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SWARM_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     swarm_id: str
     round: int
-    def __init__(self, node_id: _Optional[str] = ..., swarm_id: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
+    nonce: bytes
+    mac: bytes
+    def __init__(self, node_id: _Optional[str] = ..., swarm_id: _Optional[str] = ..., round: _Optional[int] = ..., nonce: _Optional[bytes] = ..., mac: _Optional[bytes] = ...) -> None: ...
 
 class LeaveAck(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class StatusRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("include_digest",)
+    INCLUDE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    include_digest: bool
+    def __init__(self, include_digest: _Optional[bool] = ...) -> None: ...
 
 class NeighborStatus(_message.Message):
     __slots__ = ("node_id", "address", "live", "weight", "degree", "last_seen_unix", "bytes_sent", "bytes_received", "round", "missed_deadlines")
@@ -161,7 +173,7 @@ class NeighborStatus(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., live: _Optional[bool] = ..., weight: _Optional[float] = ..., degree: _Optional[int] = ..., last_seen_unix: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., round: _Optional[int] = ..., missed_deadlines: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("node_id", "swarm_id", "fingerprint", "package_version", "state", "round", "step", "loss", "last_eval", "self_weight", "neighbors", "bytes_sent", "bytes_received", "rejected", "listen_address", "codec", "started_unix", "total_rounds", "last_round_seconds", "keyframes_sent")
+    __slots__ = ("node_id", "swarm_id", "fingerprint", "package_version", "state", "round", "step", "loss", "last_eval", "self_weight", "neighbors", "bytes_sent", "bytes_received", "rejected", "listen_address", "codec", "started_unix", "total_rounds", "last_round_seconds", "keyframes_sent", "state_digest", "auth")
     class LastEvalEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -196,6 +208,8 @@ class StatusReply(_message.Message):
     TOTAL_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     LAST_ROUND_SECONDS_FIELD_NUMBER: _ClassVar[int]
     KEYFRAMES_SENT_FIELD_NUMBER: _ClassVar[int]
+    STATE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     swarm_id: str
     fingerprint: str
@@ -216,4 +230,6 @@ class StatusReply(_message.Message):
     total_rounds: int
     last_round_seconds: float
     keyframes_sent: int
-    def __init__(self, node_id: _Optional[str] = ..., swarm_id: _Optional[str] = ..., fingerprint: _Optional[str] = ..., package_version: _Optional[str] = ..., state: _Optional[str] = ..., round: _Optional[int] = ..., step: _Optional[int] = ..., loss: _Optional[float] = ..., last_eval: _Optional[_Mapping[str, float]] = ..., self_weight: _Optional[float] = ..., neighbors: _Optional[_Iterable[_Union[NeighborStatus, _Mapping]]] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., rejected: _Optional[_Mapping[str, int]] = ..., listen_address: _Optional[str] = ..., codec: _Optional[str] = ..., started_unix: _Optional[float] = ..., total_rounds: _Optional[int] = ..., last_round_seconds: _Optional[float] = ..., keyframes_sent: _Optional[int] = ...) -> None: ...
+    state_digest: str
+    auth: str
+    def __init__(self, node_id: _Optional[str] = ..., swarm_id: _Optional[str] = ..., fingerprint: _Optional[str] = ..., package_version: _Optional[str] = ..., state: _Optional[str] = ..., round: _Optional[int] = ..., step: _Optional[int] = ..., loss: _Optional[float] = ..., last_eval: _Optional[_Mapping[str, float]] = ..., self_weight: _Optional[float] = ..., neighbors: _Optional[_Iterable[_Union[NeighborStatus, _Mapping]]] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., rejected: _Optional[_Mapping[str, int]] = ..., listen_address: _Optional[str] = ..., codec: _Optional[str] = ..., started_unix: _Optional[float] = ..., total_rounds: _Optional[int] = ..., last_round_seconds: _Optional[float] = ..., keyframes_sent: _Optional[int] = ..., state_digest: _Optional[str] = ..., auth: _Optional[str] = ...) -> None: ...
