@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from declora.node import __version__
+
+if TYPE_CHECKING:
+    from declora.node.security import TlsFiles
 
 app = typer.Typer(
     name="declora-node",
@@ -23,6 +26,13 @@ NET = "Network"
 MODEL = "Model and data"
 TRAIN = "Training and rounds"
 OPS = "Operations"
+SEC = "Security"
+
+TlsCert = Annotated[Path | None, typer.Option(rich_help_panel=SEC, help="PEM certificate (mTLS).")]
+TlsKey = Annotated[Path | None, typer.Option(rich_help_panel=SEC, help="Its PEM private key.")]
+TlsCa = Annotated[
+    Path | None, typer.Option(rich_help_panel=SEC, help="The swarm CA's PEM certificate.")
+]
 
 
 def _version(value: bool) -> None:
@@ -44,6 +54,24 @@ def main_callback(
 def fail(message: str, code: int = 2) -> None:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code)
+
+
+def _problem(loc: tuple[int | str, ...], msg: str) -> str:
+    """One validation error as the user would fix it: `--option: message`."""
+    msg = msg.removeprefix("Value error, ")
+    option = "-".join(str(p) for p in loc).replace("_", "-")
+    return f"--{option}: {msg}" if option else msg  # model-level checks name their options
+
+
+def _client_tls(cert: Path | None, key: Path | None, ca: Path | None) -> TlsFiles | None:
+    """The CLI's own TLS files (exit 2 naming the option when they are bad)."""
+    from declora.node.security import TlsError, TlsFiles
+
+    try:
+        return TlsFiles.load(cert, key, ca)
+    except TlsError as exc:
+        fail(str(exc))
+        raise  # unreachable: fail exits
 
 
 @app.command()
@@ -115,6 +143,10 @@ def start(
         typer.Option(rich_help_panel=TRAIN, help="fp32, fp16, bf16, q8, q4, q2, topk:F[+q4]."),
     ] = None,
     consensus_step: Annotated[float | None, typer.Option(rich_help_panel=TRAIN)] = None,
+    robust_mixing: Annotated[
+        str | None,
+        typer.Option(rich_help_panel=TRAIN, help="none, clip[:C] or trim[:F] (Byzantine peers)."),
+    ] = None,
     round_deadline: Annotated[
         float | None, typer.Option(rich_help_panel=TRAIN, help="Seconds to wait for neighbours.")
     ] = None,
@@ -144,6 +176,29 @@ def start(
     log_level: Annotated[str | None, typer.Option(rich_help_panel=OPS)] = None,
     max_message_mib: Annotated[int | None, typer.Option(rich_help_panel=OPS)] = None,
     chunk_kib: Annotated[int | None, typer.Option(rich_help_panel=OPS)] = None,
+    max_concurrent_streams: Annotated[
+        int | None, typer.Option(rich_help_panel=OPS, help="RPCs served at once.")
+    ] = None,
+    max_pushes_per_round: Annotated[
+        int | None, typer.Option(rich_help_panel=OPS, help="Per sender and round.")
+    ] = None,
+    max_handshakes_per_minute: Annotated[
+        int | None, typer.Option(rich_help_panel=OPS, help="Per remote host.")
+    ] = None,
+    max_pulls_per_minute: Annotated[
+        int | None, typer.Option(rich_help_panel=OPS, help="Per requesting node.")
+    ] = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_ca: TlsCa = None,
+    swarm_secret: Annotated[
+        str | None,
+        typer.Option(
+            rich_help_panel=SEC,
+            help="Shared secret (>= 16 characters) that signs every message; "
+            "prefer DECLORA_SWARM_SECRET (flags show in ps).",
+        ),
+    ] = None,
 ) -> None:
     """Run a node: train LoRA locally and mix with live neighbours every round."""
     from pydantic import ValidationError
@@ -158,10 +213,7 @@ def start(
     try:
         settings = load_settings(values, config)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}"
-            for e in exc.errors()
-        )
+        problems = "; ".join(_problem(e["loc"], e["msg"]) for e in exc.errors())
         fail(f"bad configuration: {problems}")
         return
     except ConfigFileError as exc:
@@ -177,12 +229,16 @@ def status(
     target: Annotated[str, typer.Option(help="host:port of a running node.")] = "127.0.0.1:7070",
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds.")] = 5.0,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_ca: TlsCa = None,
 ) -> None:
     """Show a node's round, loss, last evaluation and neighbours."""
     from declora.cli.client import StatusError, fetch_status, render_status, status_to_dict
 
+    tls = _client_tls(tls_cert, tls_key, tls_ca)
     try:
-        reply = fetch_status(target, timeout)
+        reply = fetch_status(target, timeout, tls=tls)
     except StatusError as exc:
         fail(str(exc), 1)
         return
@@ -201,14 +257,18 @@ def inspect(
         str | None, typer.Option(help="host:port: show that node's peer view.")
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_ca: TlsCa = None,
 ) -> None:
     """Describe a saved adapter/checkpoint (config, tensors, fingerprint) or a node's peers."""
     from declora.cli.inspect import InspectError, inspect_path, inspect_target
 
     if (path is None) == (target is None):
         fail("give either PATH or --target")
+    tls = _client_tls(tls_cert, tls_key, tls_ca)
     try:
-        info = inspect_path(path) if path is not None else inspect_target(str(target))
+        info = inspect_path(path) if path is not None else inspect_target(str(target), tls)
     except InspectError as exc:
         fail(str(exc), 1)
         return
@@ -218,6 +278,30 @@ def inspect(
         typer.echo(json.dumps(info, indent=2, default=str))
     else:
         render(info)
+
+
+@app.command()
+def certs(
+    out: Annotated[Path, typer.Option(help="Folder to write the PEM files into.")],
+    nodes: Annotated[str, typer.Option(help="Node names, comma-separated: node-0,node-1.")],
+    hosts: Annotated[
+        str, typer.Option(help="Every host name or IP the nodes are dialled at, comma-separated.")
+    ] = "127.0.0.1,localhost",
+    days: Annotated[int, typer.Option(help="Validity in days.")] = 365,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing files.")] = False,
+) -> None:
+    """Mint a swarm CA and mTLS certificates for nodes and for this CLI (`cli.pem`)."""
+    from declora.cli.certs import CertsError, mint, usage
+
+    def split(v: str) -> list[str]:
+        return [x.strip() for x in v.split(",") if x.strip()]
+
+    try:
+        minted = mint(out, split(nodes), split(hosts), days, force)
+    except CertsError as exc:
+        fail(str(exc))
+        return
+    typer.echo(usage(minted))
 
 
 @app.command()
@@ -242,6 +326,13 @@ def simulate(
     centralized: Annotated[bool, typer.Option("--centralized/--no-centralized")] = True,
     consensus_tol: Annotated[float, typer.Option()] = 1e-3,
     max_test: Annotated[int | None, typer.Option(help="Cap on test examples.")] = None,
+    robust: Annotated[str, typer.Option(help="Mixing rule: none, clip[:C], trim[:F].")] = "none",
+    byzantine: Annotated[
+        str, typer.Option(help="Attacking node indices, comma-separated (e.g. 0,4).")
+    ] = "",
+    attack: Annotated[
+        str | None, typer.Option(help="What they send: scale:S or noise:SIGMA.")
+    ] = None,
     output: Annotated[
         Path, typer.Option(help="Folder for results.json, results.md, plot.png.")
     ] = Path("runs/simulate"),
@@ -270,11 +361,22 @@ def simulate(
             centralized=centralized,
             consensus_tol=consensus_tol,
             max_test=max_test,
+            robust=robust,
+            byzantine=_indices("--byzantine", byzantine),
+            attack=attack,
         )
     except (ValidationError, ValueError) as exc:
         fail(str(exc))
         return
     run_one(cfg, output)
+
+
+def _indices(option: str, text: str) -> tuple[int, ...]:
+    """'0, 4' -> (0, 4); ValueError naming `option` for anything else."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not all(p.isdigit() for p in parts):
+        raise ValueError(f"{option}: expected node indices like 0,4, got {text!r}")
+    return tuple(int(p) for p in parts)
 
 
 @app.command()

@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from declora.node.security import TlsFiles
 from declora.proto import pb, pb_grpc
 
 
@@ -15,16 +16,28 @@ class StatusError(RuntimeError):
     """The node could not be reached or did not answer."""
 
 
-def fetch_status(target: str, timeout: float = 5.0, include_digest: bool = False) -> pb.StatusReply:
-    """One Status call to `target` (host:port) over a fresh channel."""
-    with grpc.insecure_channel(target) as channel:
+def fetch_status(
+    target: str, timeout: float = 5.0, include_digest: bool = False, tls: TlsFiles | None = None
+) -> pb.StatusReply:
+    """One Status call to `target` (host:port) over a fresh channel (mTLS with `tls`)."""
+    channel = (
+        grpc.insecure_channel(target)
+        if tls is None
+        else grpc.secure_channel(target, tls.channel_credentials())
+    )
+    with channel:
         try:
             reply: pb.StatusReply = pb_grpc.SwarmStub(channel).Status(
                 pb.StatusRequest(include_digest=include_digest), timeout=timeout
             )
         except grpc.RpcError as exc:
             code = exc.code().name if hasattr(exc, "code") else "ERROR"
-            raise StatusError(f"cannot get status from {target}: {code}") from exc
+            extra = ""
+            if tls is None and code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+                extra = " (if the node serves mTLS, pass --tls-cert, --tls-key and --tls-ca)"
+            elif tls is not None and code == "UNAVAILABLE" and hasattr(exc, "details"):
+                extra = f": {exc.details()}"  # e.g. why the TLS handshake failed
+            raise StatusError(f"cannot get status from {target}: {code}{extra}") from exc
     return reply
 
 

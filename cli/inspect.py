@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from declora.node.checkpoint import LATEST
+
+if TYPE_CHECKING:
+    from declora.node.security import TlsFiles
 
 
 class InspectError(RuntimeError):
@@ -86,11 +89,11 @@ def inspect_path(path: Path) -> dict[str, Any]:
     return info
 
 
-def inspect_target(target: str) -> dict[str, Any]:
+def inspect_target(target: str, tls: TlsFiles | None = None) -> dict[str, Any]:
     from declora.cli.client import StatusError, fetch_status, status_to_dict
 
     try:
-        return {"kind": "node", **status_to_dict(fetch_status(target))}
+        return {"kind": "node", **status_to_dict(fetch_status(target, tls=tls))}
     except StatusError as exc:
         raise InspectError(str(exc)) from exc
 

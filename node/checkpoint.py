@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from declora.node import faults
 from declora.node.adapter import AdapterSchema, fsync_tree, new_build_dir
 from declora.node.trainer import LocalTrainer, LoraModel
 
@@ -89,6 +90,7 @@ def save(root: Path, lm: LoraModel, state: NodeState, meta: dict[str, Any]) -> P
             build / "state.pt",
         )
         fsync_tree(build)
+        faults.crash_point("checkpoint")
         if final.exists():
             shutil.rmtree(final)
         os.replace(build, final)
@@ -101,6 +103,7 @@ def save(root: Path, lm: LoraModel, state: NodeState, meta: dict[str, Any]) -> P
         fh.write(final.name + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+    faults.crash_point("checkpoint_pointer")
     os.replace(tmp, root / LATEST)
     _fsync_dir(root)
     _prune(root, keep=final.name)

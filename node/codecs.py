@@ -659,15 +659,21 @@ def _decode(payload: object, expect: _CodecImpl | None = None, max_n: int | None
     return out
 
 
-def decode(payload: bytes, *, max_n: int | None = None) -> np.ndarray:
+def decode(payload: bytes, *, max_n: int | None = None, spec: str | None = None) -> np.ndarray:
     """Decode any payload from its header alone; new 1-D float32 array.
 
     Raises :class:`CodecError` on any malformed or corrupted payload.  Dense payloads
     can only declare as many elements as their bytes hold, but a top-k header may
     declare up to 2**32; pass ``max_n`` (e.g. the adapter size) to refuse anything
-    longer before allocating when the payload comes from an untrusted peer.
+    longer before allocating when the payload comes from an untrusted peer.  Pass
+    ``spec`` to also refuse a payload that ``make_codec(spec)`` did not write (a
+    sender's declared codec that its bytes contradict).
     """
-    return _decode(payload, max_n=max_n)
+    if spec is None:
+        return _decode(payload, max_n=max_n)
+    codec = make_codec(spec)
+    assert isinstance(codec, _Dense | _TopK)
+    return _decode(payload, expect=codec, max_n=max_n)
 
 
 # --------------------------------------------------------------------------- specs

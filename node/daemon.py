@@ -15,7 +15,14 @@ Invariants callers may rely on:
 - public copies stay in step: a neighbour that is new, restarted or out of step gets
   a keyframe (the full public copy) instead of a delta;
 - checkpoints are written atomically (see `checkpoint`); SIGTERM/SIGINT finish the
-  current step, tell neighbours, checkpoint and exit 0.
+  current step, tell neighbours, checkpoint and exit 0;
+- with TLS files every connection, both ways, is mutual TLS; with a swarm secret every
+  handshake (both Hellos), pull, leave notice and payload must carry a valid mac
+  (`security`), and a refusal is counted (`bad_auth`, `replay`, `stale_nonce`);
+- no peer gets more than its share: RPCs served at once, pushes per neighbour and
+  round, handshakes per host and pulls per node per minute are capped (`limits`);
+  the excess is refused RESOURCE_EXHAUSTED and counted `rate_limited`;
+- `robust_mixing` picks the mixing step's rule (`robust`); `none` is plain gossip.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import os
 import signal
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,15 +47,24 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from declora.node import PROTOCOL_VERSION, __version__, checkpoint, logs
+from declora.node import PROTOCOL_VERSION, __version__, checkpoint, faults, logs
 from declora.node.codecs import make_codec
 from declora.node.data import load_dataset
 from declora.node.dec_lora import DecLoraNode
 from declora.node.discovery import Discovery, MdnsDiscovery, StaticDiscovery, select_neighbors
 from declora.node.gossip import GossipError, update_scale
+from declora.node.limits import RATE_LIMITED, NodeLimits
 from declora.node.metrics import NodeMetrics
 from declora.node.mixing import local_mh_weights
 from declora.node.partition import partition
+from declora.node.security import (
+    AuthError,
+    Signed,
+    SignedT,
+    SwarmAuth,
+    auth_mode,
+    is_loopback,
+)
 from declora.node.settings import NodeSettings
 from declora.node.trainer import Encoded, LocalTrainer, LoraModel, LoraSpec
 from declora.node.wire import WireError, chunks, make_header, read_stream
@@ -153,6 +169,15 @@ class Daemon:
         self._closing: set[asyncio.Task[None]] = set()
         self.checkpoint_dir = settings.checkpoint_dir or Path("declora-state") / self.node_id
         self.max_bytes = settings.max_message_mib * 1024 * 1024
+        self.limits = NodeLimits(
+            handshakes_per_minute=settings.max_handshakes_per_minute,
+            pushes_per_round=settings.max_pushes_per_round,
+            pulls_per_minute=settings.max_pulls_per_minute,
+            rounds_ahead=MAX_ROUNDS_AHEAD,
+        )
+        self.tls = settings.tls()
+        secret = settings.swarm_secret
+        self.auth = SwarmAuth(secret.get_secret_value().encode()) if secret else None
 
     # ---------------------------------------------------------------- setup
     def _build(self) -> None:
@@ -188,7 +213,7 @@ class Daemon:
             self.lm, self.lm.encode(train), s.lr, s.batch_size, seed=s.seed * 1000 + index
         )
         self.node: DecLoraNode[str] = DecLoraNode(
-            self.trainer, s.codec, s.consensus_step, seed=s.seed * 1000 + index
+            self.trainer, s.codec, s.consensus_step, s.seed * 1000 + index, s.robust_mixing
         )
         self.test: Encoded | None = self.lm.encode(test) if len(test) else None
         self.codec_spec = make_codec(s.codec).spec
@@ -207,17 +232,41 @@ class Daemon:
         return sorted((p for p in self.peers.values() if p.live), key=lambda p: p.node_id)
 
     def hello(self) -> pb.Hello:
-        return pb.Hello(
-            protocol_version=PROTOCOL_VERSION,
-            package_version=__version__,
-            node_id=self.node_id,
-            swarm_id=self.s.swarm_id,
-            fingerprint=self.lm.fingerprint,
-            round=self.round,
-            live_degree=len(self.live_peers),
-            listen_address=self.s.advertise,
-            seq=self.seq,
+        """This node's Hello; signed (with a fresh nonce) when a swarm secret is set."""
+        return self.sign(
+            pb.Hello(
+                protocol_version=PROTOCOL_VERSION,
+                package_version=__version__,
+                node_id=self.node_id,
+                swarm_id=self.s.swarm_id,
+                fingerprint=self.lm.fingerprint,
+                round=self.round,
+                live_degree=len(self.live_peers),
+                listen_address=self.s.advertise,
+                seq=self.seq,
+            )
         )
+
+    # ---------------------------------------------------------------- authentication
+    def sign(self, msg: SignedT) -> SignedT:
+        """`msg` with a nonce and mac when a swarm secret is set, else unchanged."""
+        return msg if self.auth is None else self.auth.sign(msg)
+
+    def sign_payload(self, header: pb.PayloadHeader, data: bytes) -> pb.PayloadHeader:
+        return header if self.auth is None else self.auth.sign_payload(header, data)
+
+    def auth_refusal(self, msg: Signed, what: str) -> str:
+        """'' when no secret is set or `msg` is authentic and fresh; else the reason,
+        counted (`bad_auth`, `replay`, `stale_nonce`) and logged."""
+        if self.auth is None:
+            return ""
+        try:
+            self.auth.verify(msg)
+        except AuthError as exc:
+            code = grpc.StatusCode.UNAUTHENTICATED
+            self.on_reject(WireError(code, f"{what}: {exc.reason}", exc.counter))
+            return exc.reason
+        return ""
 
     def check_hello(self, h: pb.Hello) -> str:
         """'' when `h` may join this node's swarm, else the reason it may not."""
@@ -289,24 +338,33 @@ class Daemon:
             peer.channel, peer.stub = None, None
 
     # ---------------------------------------------------------------- client side
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        """A channel to `address`: mTLS when configured, else plaintext."""
+        if self.tls is None:
+            return grpc.aio.insecure_channel(address, options=grpc_options(self.s))
+        credentials = self.tls.channel_credentials()
+        return grpc.aio.secure_channel(address, credentials, options=grpc_options(self.s))
+
     def _stub(self, peer: Peer) -> pb_grpc.SwarmStub:
         if peer.stub is None:
-            peer.channel = grpc.aio.insecure_channel(peer.address, options=grpc_options(self.s))
+            peer.channel = self._channel(peer.address)
             peer.stub = pb_grpc.SwarmStub(peer.channel)
         return peer.stub
 
     async def dial(self, address: str) -> Peer | None:
-        """Handshake with `address`; admit the peer on success."""
-        channel = grpc.aio.insecure_channel(address, options=grpc_options(self.s))
+        """Handshake with `address`; admit the peer on success (its Welcome authentic)."""
+        channel = self._channel(address)
         try:
             welcome = await pb_grpc.SwarmStub(channel).Handshake(self.hello(), timeout=5)
         except grpc.aio.AioRpcError as exc:
             await channel.close()
-            log.debug("handshake with %s failed: %s", address, exc.code().name)
+            log.debug("handshake with %s failed: %s %s", address, exc.code().name, exc.details())
             return None
         await channel.close()
         if not welcome.accepted:
             log.warning("%s refused the handshake: %s", address, welcome.reason)
+            return None
+        if self.auth_refusal(welcome.node, f"the welcome of {address}"):
             return None
         reason = self.check_hello(welcome.node)
         if reason:
@@ -355,17 +413,27 @@ class Daemon:
             data=data,
             schema=self.lm.schema,
         )
-        ack: pb.PushAck = await self._stub(peer).Push(
-            chunks(header, data, self.s.chunk_kib * 1024), timeout=self.s.round_deadline
-        )
+        self.sign_payload(header, data)
+        stream: Any = chunks(header, data, self.s.chunk_kib * 1024)
+        if faults.armed("mid_stream"):
+            stream = _crash_mid_stream(stream)
+        ack: pb.PushAck = await self._stub(peer).Push(stream, timeout=self.s.round_deadline)
         if ack.accepted:
             peer.bytes_sent += len(data)
             self.node.bytes_sent += len(data)
             self.metrics.bytes_sent.inc(len(data))
         return ack
 
-    async def push(self, peer: Peer, r: int, delta: bytes, degree: int, crc: int) -> None:
-        """Send this round's payload (CRC `crc`); a keyframe instead when out of step."""
+    async def push(
+        self, peer: Peer, r: int, delta: bytes, degree: int, crc: int, retry: bool = True
+    ) -> None:
+        """Send this round's payload (CRC `crc`); a keyframe instead when out of step.
+
+        A refusal for being out of range or unknown renews the handshake instead of
+        dropping the neighbour: the renewed round aligns the two at the next round
+        start (`_align_round`), and an unknown sender (the receiver restarted, or has
+        not finished its side of the handshake) retries once.
+        """
         try:
             if not peer.send_keyframe:
                 ack = await self._push_one(peer, r, pb.PAYLOAD_KIND_DELTA, delta, degree, crc)
@@ -381,7 +449,14 @@ class Daemon:
             if not ack.accepted:
                 log.info("%s refused a keyframe: %s", peer.node_id, ack.reason)
         except grpc.aio.AioRpcError as exc:
-            self.drop(peer, f"push failed: {exc.code().name} {exc.details() or ''}".strip())
+            code = exc.code()
+            renew = code in (grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.UNAUTHENTICATED)
+            if renew and not self.stop_requested and await self.dial(peer.address) is not None:
+                log.info("%s refused round %d (%s): handshake renewed", peer.node_id, r, code.name)
+                if code == grpc.StatusCode.UNAUTHENTICATED and retry:
+                    await self.push(peer, r, delta, degree, crc, retry=False)
+                return
+            self.drop(peer, f"push failed: {code.name} {exc.details() or ''}".strip())
 
     # ---------------------------------------------------------------- server side
     async def on_push(self, stream: AsyncIterator[pb.Chunk]) -> pb.PushAck:
@@ -392,8 +467,15 @@ class Daemon:
             fingerprint=self.lm.fingerprint,
             schema=self.lm.schema,
             max_bytes=self.max_bytes,
+            auth=self.auth,
         )
         h = payload.header
+        if h.kind == pb.PAYLOAD_KIND_STATE:
+            raise WireError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "a STATE payload is served by Pull, never pushed",
+                "bad_kind",
+            )
         peer = self.peers.get(h.sender_id)
         if peer is None or not peer.live:
             raise WireError(
@@ -401,13 +483,14 @@ class Daemon:
                 f"{h.sender_id!r} has not shaken hands with {self.node_id!r}",
                 "no_handshake",
             )
+        self.limits.check_push(peer.node_id, int(h.round), self.round)
         # Before its first round this node may still catch up (`_bootstrap`) while a
         # neighbour ahead already pushes the rounds after its handshake round.
         starting = self.state in ("loading", "connecting")
         base = max(self.round, peer.round) if starting else self.round
         if h.round <= self.round or h.round > base + MAX_ROUNDS_AHEAD:
-            peer.expected_seq = None  # the delta is lost to us: resync by keyframe
-            self.node.gossip.drop_peer(peer.node_id)
+            # Refused unchanged: the sender's next delta fails the seq check below, so
+            # it resyncs by keyframe; its renewed handshake tells us its round.
             raise WireError(
                 grpc.StatusCode.OUT_OF_RANGE,
                 f"round {h.round} outside ({self.round}, {base + MAX_ROUNDS_AHEAD}]",
@@ -421,7 +504,7 @@ class Daemon:
             )
         try:  # decoding a large payload must not stall the event loop
             vec = await asyncio.to_thread(
-                self.node.gossip.decode_checked, peer.node_id, payload.data
+                self.node.gossip.decode_checked, peer.node_id, payload.data, h.codec
             )
         except GossipError as exc:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), "bad_values") from exc
@@ -433,6 +516,7 @@ class Daemon:
         self.inbox.setdefault(int(h.round), {})[peer.node_id] = Inbound(
             int(h.kind), vec, int(h.sender_degree), int(h.seq), update_scale(h.codec)
         )
+        peer.round = int(h.round) - 1  # what the sender has completed: aligns rounds
         peer.expected_seq = int(h.seq) + 1
         peer.bytes_received += len(payload.data)
         peer.last_seen = time.time()
@@ -442,9 +526,14 @@ class Daemon:
         return pb.PushAck(accepted=True)
 
     def on_reject(self, exc: WireError) -> None:
-        self.counters.reject(exc.counter)
-        self.metrics.rejected.labels(exc.counter).inc()
-        log.warning("refused a message: %s", exc.reason)
+        self.count_reject(exc.counter)
+        quiet = exc.counter == RATE_LIMITED  # a flood must not flood the log too
+        log.log(logging.DEBUG if quiet else logging.WARNING, "refused a message: %s", exc.reason)
+
+    def count_reject(self, counter: str) -> None:
+        """Count one refusal by reason: Status `rejected` and `declora_rejected_total`."""
+        self.counters.reject(counter)
+        self.metrics.rejected.labels(counter).inc()
 
     def state_digest(self) -> str:
         """SHA-256 over the adapter, every public copy and every queued payload."""
@@ -479,6 +568,7 @@ class Daemon:
             total_rounds=self.s.rounds,
             last_round_seconds=self.last_round_seconds,
             keyframes_sent=self.counters.keyframes_sent,
+            auth=auth_mode(self.tls is not None, self.auth is not None),
         )
         if include_digest and hasattr(self, "node"):
             reply.state_digest = self.state_digest()
@@ -505,7 +595,10 @@ class Daemon:
     async def _wait_for(self, r: int, deadline: float) -> None:
         """Until every live neighbour's round-r payload is in, or the deadline."""
         while True:
-            waiting = [p for p in self.live_peers if p.node_id not in self.inbox.get(r, {})]
+            got = self.inbox.get(r, {})
+            # A neighbour that already completed round r without us sends no round-r
+            # payload: it is mixed again once this node has aligned (`_align_round`).
+            waiting = [p for p in self.live_peers if p.node_id not in got and p.round < r]
             if not waiting or self.stop_requested:
                 return
             left = deadline - time.monotonic()
@@ -547,7 +640,21 @@ class Daemon:
             self.drop(self.peers[pid], why)
         self.leaving.clear()
 
+    def _align_round(self) -> None:
+        """Skip ahead to the most advanced live neighbour's round (re-join after a fault).
+
+        In step, no live neighbour has completed more rounds than this node at the
+        start of a round (each waits for this node's payload); one that has was cut
+        off (partition, stall, restart). Skipping ahead keeps this node's own adapter
+        and loses only the skipped rounds' local steps.
+        """
+        ahead = max((p.round for p in self.live_peers), default=0)
+        if ahead > self.round:
+            log.warning("neighbours are at round %d: skipping ahead from %d", ahead, self.round)
+            self.round = ahead
+
     async def run_round(self, train: bool) -> None:
+        self._align_round()
         r = self.round + 1
         logs.set_round(r)
         t0 = time.perf_counter()
@@ -558,12 +665,14 @@ class Daemon:
             )
             self.metrics.loss.set(self.loss)
         self.state = "exchanging"
+        faults.crash_point("before_send")
         delta = self.node.outgoing()
         self.seq += 1
         degree = len(self.live_peers)
         deadline = time.monotonic() + self.s.round_deadline
         crc = zlib.crc32(delta)
         await asyncio.gather(*(self.push(p, r, delta, degree, crc) for p in self.live_peers))
+        faults.crash_point("after_send")
         await self._wait_for(r, deadline)
         self._mix(r, degree)
         self.round = r
@@ -628,18 +737,17 @@ class Daemon:
         ahead = max(self.live_peers, key=lambda p: p.round, default=None)
         if ahead is None or ahead.round <= self.round:
             return
-        stream = self._stub(ahead).Pull(
-            pb.PullRequest(
-                node_id=self.node_id, swarm_id=self.s.swarm_id, kind=pb.PAYLOAD_KIND_STATE
-            ),
-            timeout=max(self.s.round_deadline, 30),
+        request = pb.PullRequest(
+            node_id=self.node_id, swarm_id=self.s.swarm_id, kind=pb.PAYLOAD_KIND_STATE
         )
+        stream = self._stub(ahead).Pull(self.sign(request), timeout=max(self.s.round_deadline, 30))
         payload = await read_stream(
             stream,
             swarm_id=self.s.swarm_id,
             fingerprint=self.lm.fingerprint,
             schema=self.lm.schema,
             max_bytes=self.max_bytes,
+            auth=self.auth,
         )
         vec = self.node.gossip.decode_checked(ahead.node_id, payload.data)
         self.trainer.set_vector(vec)
@@ -654,13 +762,18 @@ class Daemon:
 
     # ---------------------------------------------------------------- lifecycle
     async def _start_server(self) -> None:
-        server = grpc.aio.server(options=grpc_options(self.s))
+        server = grpc.aio.server(
+            options=grpc_options(self.s), maximum_concurrent_rpcs=self.s.max_concurrent_streams
+        )
         pb_grpc.add_SwarmServicer_to_server(SwarmService(self), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        server.add_insecure_port(self.s.listen)
+        if self.tls is None:
+            server.add_insecure_port(self.s.listen)
+        else:
+            server.add_secure_port(self.s.listen, self.tls.server_credentials())
         await server.start()
         self._server = server
         self._health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -705,6 +818,13 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
+        if self.tls is None and self.auth is None and not is_loopback(self.s.listen):
+            log.warning(
+                "serving %s with neither mTLS nor a swarm secret: anyone who reaches this "
+                "port can join the swarm and read the adapter; set DECLORA_SWARM_SECRET or "
+                "--tls-cert/--tls-key/--tls-ca (`declora-node certs` mints them)",
+                self.s.listen,
+            )
         self.state = "loading"
         await asyncio.to_thread(self._build)
         if self.s.resume:
@@ -728,12 +848,14 @@ class Daemon:
         await self._discovery.start()
         self._set_serving(True)
         log.info(
-            "serving on %s (swarm %s, fingerprint %s, %d adapter values, codec %s)",
+            "serving on %s (swarm %s, fingerprint %s, %d adapter values, codec %s, "
+            "robust mixing %s)",
             self.s.listen,
             self.s.swarm_id,
             self.lm.fingerprint,
             self.lm.schema.numel,
             self.codec_spec,
+            self.node.gossip.robust.spec,
         )
         try:
             await self._bootstrap()
@@ -794,7 +916,9 @@ class Daemon:
         self._set_serving(False)
         for task in self._tasks:
             task.cancel()
-        notice = pb.LeaveNotice(node_id=self.node_id, swarm_id=self.s.swarm_id, round=self.round)
+        notice = self.sign(
+            pb.LeaveNotice(node_id=self.node_id, swarm_id=self.s.swarm_id, round=self.round)
+        )
         live = self.live_peers
         if live:
             await asyncio.gather(
@@ -816,6 +940,15 @@ class Daemon:
         log.info("stopped after round %d", self.round)
 
 
+async def _crash_mid_stream(stream: Iterator[pb.Chunk]) -> AsyncIterator[pb.Chunk]:
+    """Pass the header and first data chunk, give them time to leave, then crash."""
+    for i, chunk in enumerate(stream):
+        if i == 2:
+            await asyncio.sleep(0.3)
+            faults.crash_point("mid_stream")
+        yield chunk
+
+
 class SwarmService(pb_grpc.SwarmServicer):
     """The gRPC face of a `Daemon`; every refusal carries a status code and a reason."""
 
@@ -824,11 +957,15 @@ class SwarmService(pb_grpc.SwarmServicer):
 
     async def Handshake(self, request: pb.Hello, context: grpc.aio.ServicerContext) -> pb.Welcome:
         d = self.d
+        await self._limit(context, d.limits.check_handshake, context.peer())
         if not hasattr(d, "lm"):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "node is still loading its model")
+        refusal = d.auth_refusal(request, f"handshake from {request.node_id or '?'}")
+        if refusal:  # nothing about this node for a stranger
+            return pb.Welcome(accepted=False, reason=f"not authenticated: {refusal}")
         reason = d.check_hello(request)
         if reason:
-            d.counters.reject("handshake")
+            d.count_reject("handshake")
             log.warning("refused handshake from %s: %s", request.node_id or "?", reason)
             return pb.Welcome(accepted=False, reason=reason, node=d.hello())
         if d.admit(request) is None:
@@ -853,9 +990,23 @@ class SwarmService(pb_grpc.SwarmServicer):
         self, request: pb.PullRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.Chunk]:
         d = self.d
+        refusal = d.auth_refusal(request, f"pull from {request.node_id or '?'}")
+        if refusal:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
         if request.swarm_id != d.s.swarm_id or request.node_id not in d.peers:
-            d.counters.reject("no_handshake")
+            d.count_reject("no_handshake")
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "pull needs a handshake first")
+        await self._limit(context, d.limits.check_pull, request.node_id)
+        if request.kind not in (
+            pb.PAYLOAD_KIND_UNSPECIFIED,
+            pb.PAYLOAD_KIND_STATE,
+            pb.PAYLOAD_KIND_KEYFRAME,
+        ):
+            d.count_reject("bad_kind")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"pull serves STATE or KEYFRAME, not kind {request.kind}",
+            )
         if request.kind == pb.PAYLOAD_KIND_STATE:
             data = make_codec("fp32").encode(d.node.vector(), np.random.default_rng(0))
         else:
@@ -872,12 +1023,26 @@ class SwarmService(pb_grpc.SwarmServicer):
             data=data,
             schema=d.lm.schema,
         )
+        d.sign_payload(header, data)
         for chunk in chunks(header, data, d.s.chunk_kib * 1024):
             yield chunk
+
+    async def _limit(
+        self, context: grpc.aio.ServicerContext, check: Callable[[str], None], key: str
+    ) -> None:
+        """Abort with RESOURCE_EXHAUSTED (counted `rate_limited`) when `check(key)` refuses."""
+        try:
+            check(key)
+        except WireError as exc:
+            self.d.on_reject(exc)
+            await context.abort(exc.code, exc.reason)
 
     async def Leave(
         self, request: pb.LeaveNotice, context: grpc.aio.ServicerContext
     ) -> pb.LeaveAck:
+        refusal = self.d.auth_refusal(request, f"leave notice from {request.node_id or '?'}")
+        if refusal:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
         peer = self.d.peers.get(request.node_id)
         if peer is not None and request.swarm_id == self.d.s.swarm_id:
             self.d.on_leave(peer, f"it left after round {request.round}")

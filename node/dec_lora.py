@@ -5,7 +5,7 @@
     loss = node.train(K)            # K local AdamW steps on the node's data
     payload = node.outgoing()       # compressed delta of the adapter, sent to neighbours
     node.receive(peer, payload)     # for each neighbour's payload of this round
-    node.mix(weights)               # x_i <- x_i + gamma * sum_j w_ij (x̂_j - x̂_i)
+    node.mix(weights)               # x_i <- x_i + gamma * sum_j w_ij (x̂_j - x̂_i), or robust
 
 The simulator and the daemon both call exactly this sequence, so for the same seeds
 and the same live neighbour sets they produce the same adapters. A gossip-only round
@@ -29,11 +29,16 @@ class DecLoraNode(Generic[K]):
     """A node's trainer plus its gossip state; `peers` are keyed by any hashable id."""
 
     def __init__(
-        self, trainer: LocalTrainer, codec: str, consensus_step: float | None, seed: int
+        self,
+        trainer: LocalTrainer,
+        codec: str,
+        consensus_step: float | None,
+        seed: int,
+        robust: str = "none",
     ) -> None:
         self.trainer = trainer
         x0 = trainer.vector()
-        self.gossip: GossipState[K] = GossipState(x0, codec, consensus_step)
+        self.gossip: GossipState[K] = GossipState(x0, codec, consensus_step, robust)
         self.initial = x0
         self._rng = np.random.default_rng([seed, 0x5EED])
         self.bytes_sent = 0
@@ -47,9 +52,11 @@ class DecLoraNode(Generic[K]):
         """K local steps (fewer if `should_stop()` turns true); the mean loss."""
         return self.trainer.train_steps(steps, should_stop)
 
-    def outgoing(self) -> bytes:
-        """This round's payload: the compressed change of the adapter since the last one."""
-        return self.gossip.encode_update(self.trainer.vector(), self._rng)
+    def outgoing(self, forged: np.ndarray | None = None) -> bytes:
+        """This round's payload: the compressed change of the adapter since the last one
+        (of `forged` instead, for a Byzantine node in the simulator)."""
+        x = self.trainer.vector() if forged is None else forged
+        return self.gossip.encode_update(x, self._rng)
 
     def receive(self, peer: K, payload: bytes) -> None:
         """Apply a neighbour's payload; raises GossipError and changes nothing if invalid."""
@@ -57,7 +64,8 @@ class DecLoraNode(Generic[K]):
         self.bytes_received += len(payload)
 
     def mix(self, weights: Mapping[K, float]) -> None:
-        """Mix with the neighbours in `weights` (the self weight is implied)."""
+        """Mix with the neighbours in `weights` (the self weight is implied) by the
+        gossip state's rule (plain or robust)."""
         self.trainer.set_vector(self.gossip.mix(self.trainer.vector(), weights))
 
     def vector(self) -> np.ndarray:

@@ -7,11 +7,12 @@ what rounding lost this round is still in x_i - x̂_i next round. The mixing ste
 
     x_i <- x_i + gamma * sum_j w_ij (x̂_j - x̂_i)
 
-With the exact fp32 codec and gamma = 1 this is plain gossip x_i <- sum_j w_ij x_j,
-which mixes the LoRA factors A and B (and the head) separately with the same
-weights, as Dec-LoRA does. Coarse codecs (q2, top-k) are not contractions, so their
-decoded deltas are applied scaled by `update_scale` (CHOCO's 1/(1+omega) factor) and
-they mix with a smaller default gamma; without both, compressed gossip diverges.
+(or a robust variant of that step, `robust.make_robust`). With the exact fp32 codec
+and gamma = 1 this is plain gossip x_i <- sum_j w_ij x_j, which mixes the LoRA
+factors A and B (and the head) separately with the same weights, as Dec-LoRA does.
+Coarse codecs (q2, top-k) are not contractions, so their decoded deltas are applied
+scaled by `update_scale` (CHOCO's 1/(1+omega) factor) and they mix with a smaller
+default gamma; without both, compressed gossip diverges.
 The scale is a function of the codec spec, so every holder of x̂_i applies the same.
 A keyframe (the full x̂_i in fp32) starts a neighbour that is new or out of step.
 Nothing here does I/O; the simulator and the daemon both drive this class, so equal
@@ -26,6 +27,7 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from declora.node.codecs import Codec, CodecError, decode, make_codec
+from declora.node.robust import RobustMixer, make_robust
 
 K = TypeVar("K", bound=Hashable)
 
@@ -53,9 +55,14 @@ class GossipState(Generic[K]):
     """One node's public copy and its neighbours' public copies."""
 
     def __init__(
-        self, x0: np.ndarray, codec: Codec | str, consensus_step: float | None = None
+        self,
+        x0: np.ndarray,
+        codec: Codec | str,
+        consensus_step: float | None = None,
+        robust: RobustMixer | str = "none",
     ) -> None:
         self.codec = make_codec(codec) if isinstance(codec, str) else codec
+        self.robust = make_robust(robust) if isinstance(robust, str) else robust
         if consensus_step is None:
             consensus_step = default_consensus_step(self.codec.spec)
         if not 0.0 < consensus_step <= 1.0:
@@ -64,6 +71,7 @@ class GossipState(Generic[K]):
         self.update_scale = update_scale(self.codec.spec)
         self.public = np.array(x0, dtype=np.float32, copy=True)
         self.peers: dict[K, np.ndarray] = {}
+        self.last_update_norm = 0.0  # ||change of x̂_i|| at the last encode_update
 
     @property
     def size(self) -> int:
@@ -72,7 +80,9 @@ class GossipState(Generic[K]):
     def encode_update(self, x: np.ndarray, rng: np.random.Generator) -> bytes:
         """Compress x - x̂_i, advance x̂_i by what receivers will decode; return the payload."""
         payload = self.codec.encode(np.asarray(x, np.float32) - self.public, rng)
-        self.public += np.float32(self.update_scale) * decode(payload)
+        update = np.float32(self.update_scale) * decode(payload)
+        self.public += update
+        self.last_update_norm = float(np.linalg.norm(update))
         return payload
 
     def keyframe(self) -> bytes:
@@ -86,10 +96,13 @@ class GossipState(Generic[K]):
     def drop_peer(self, peer: K) -> None:
         self.peers.pop(peer, None)
 
-    def decode_checked(self, peer: K, payload: bytes) -> np.ndarray:
-        """Decode a payload from `peer` and validate it; raises GossipError, changes nothing."""
+    def decode_checked(self, peer: K, payload: bytes, spec: str | None = None) -> np.ndarray:
+        """Decode a payload from `peer` and validate it; raises GossipError, changes nothing.
+
+        With `spec`, a payload written by any other codec is refused too.
+        """
         try:
-            vec = decode(payload, max_n=self.size)
+            vec = decode(payload, max_n=self.size, spec=spec)
         except CodecError as exc:
             raise GossipError(f"payload from {peer!r}: {exc}") from exc
         return self._checked(vec, peer)
@@ -116,13 +129,14 @@ class GossipState(Generic[K]):
         self.peers[peer] = self._checked(np.array(public, dtype=np.float32, copy=True), peer)
 
     def mix(self, x: np.ndarray, weights: Mapping[K, float]) -> np.ndarray:
-        """x + gamma * sum_j w_j (x̂_j - x̂_i) over the given neighbours (a new array)."""
-        acc = np.zeros_like(self.public)
-        for peer, w in weights.items():
+        """x + gamma * sum_j w_j (x̂_j - x̂_i) over the given neighbours (a new array),
+        or the robust rule's step in place of the sum."""
+        for peer in weights:
             if peer not in self.peers:
                 raise GossipError(f"no public copy of {peer!r} to mix")
-            acc += np.float32(w) * (self.peers[peer] - self.public)
-        return np.asarray(x, np.float32) + np.float32(self.consensus_step) * acc
+        neighbours = [(w, self.peers[peer]) for peer, w in weights.items()]
+        step = self.robust.step(self.public, neighbours, self.last_update_norm)
+        return np.asarray(x, np.float32) + np.float32(self.consensus_step) * step
 
     def _checked(self, vec: np.ndarray, peer: K) -> np.ndarray:
         if vec.shape != self.public.shape:

@@ -39,8 +39,14 @@ ROW_HEADER = (
 )
 
 
+def _honest(summary: dict[str, float], key: str) -> float:
+    """The honest nodes' figure; results written before Byzantine runs have only all."""
+    return summary.get(f"honest_{key}", summary[key])
+
+
 def table_row(name: str, res: dict[str, Any]) -> str:
-    """One markdown row from a result dict (as written by `to_jsonable`)."""
+    """One markdown row from a result dict (as written by `to_jsonable`); node
+    accuracies are the honest nodes'."""
     final = res["final"]
     central = res.get("centralized") or {}
     train_rounds = [r for r in res["rounds"] if r["phase"] == "train"]
@@ -48,9 +54,9 @@ def table_row(name: str, res: dict[str, Any]) -> str:
     return (
         f"| {name} | {_pct(final['average']['accuracy'])} "
         f"| {_pct(final['best_average_accuracy'])} "
-        f"| {_pct(final['after_consensus']['mean_accuracy'])} "
-        f"| {_pct(final['after_consensus']['worst_accuracy'])} "
-        f"| {_pct(final['before_consensus']['worst_accuracy'])} "
+        f"| {_pct(_honest(final['after_consensus'], 'mean_accuracy'))} "
+        f"| {_pct(_honest(final['after_consensus'], 'worst_accuracy'))} "
+        f"| {_pct(_honest(final['before_consensus'], 'worst_accuracy'))} "
         f"| {_pct((central.get('final') or {}).get('accuracy'))} "
         f"| {final['bytes_sent_per_node'] / 1024:,.0f} | {dist:.2e} |\n"
     )

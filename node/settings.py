@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -23,6 +23,8 @@ from pydantic_settings import (
 )
 
 from declora.node.codecs import make_codec
+from declora.node.robust import make_robust
+from declora.node.security import TlsFiles
 
 ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 
@@ -114,6 +116,7 @@ class NodeSettings(BaseSettings):
     seed: int = Field(0, ge=0)
     codec: str = "fp32"
     consensus_step: float | None = Field(None, gt=0, le=1, description="None: by codec")
+    robust_mixing: str = Field("none", description="none, clip[:C] or trim[:F] (node/robust.py)")
     round_deadline: float = Field(60.0, gt=0, description="seconds to wait for neighbours")
     consensus_tol: float = Field(1e-3, gt=0)
     consensus_rounds: int = Field(0, ge=0, description="gossip-only rounds after the last one")
@@ -130,7 +133,19 @@ class NodeSettings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     max_message_mib: int = Field(256, ge=1, le=4096)
-    chunk_kib: int = Field(1024, ge=16, le=4096)
+    chunk_kib: int = Field(1024, ge=1, le=4096)
+    # limits (see node/limits.py); an honest peer never reaches them
+    max_concurrent_streams: int = Field(64, ge=4, le=4096, description="RPCs served at once")
+    max_pushes_per_round: int = Field(6, ge=3, le=1000, description="per sender and round")
+    max_handshakes_per_minute: int = Field(600, ge=1, description="per remote host")
+    max_pulls_per_minute: int = Field(12, ge=1, description="per requesting node")
+    # security (see node/security.py)
+    tls_cert: Path | None = Field(None, description="this node's PEM certificate (mTLS)")
+    tls_key: Path | None = Field(None, description="its PEM private key")
+    tls_ca: Path | None = Field(None, description="the swarm CA's PEM certificate")
+    swarm_secret: SecretStr | None = Field(
+        None, description="shared secret (>= 16 characters) that signs every message"
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -170,6 +185,11 @@ class NodeSettings(BaseSettings):
     def _codec_ok(cls, v: str) -> str:
         return make_codec(v).spec
 
+    @field_validator("robust_mixing")
+    @classmethod
+    def _robust_ok(cls, v: str) -> str:
+        return make_robust(v).spec
+
     @field_validator("partition")
     @classmethod
     def _partition_ok(cls, v: str) -> str:
@@ -179,6 +199,13 @@ class NodeSettings(BaseSettings):
             i, n = map(int, v.split("/"))
             if not 0 <= i < n:
                 raise ValueError(f"partition {v}: need 0 <= i < N")
+        return v
+
+    @field_validator("swarm_secret")
+    @classmethod
+    def _secret_ok(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (e.g. `openssl rand -hex 32`)")
         return v
 
     @field_validator("device")
@@ -198,7 +225,12 @@ class NodeSettings(BaseSettings):
             )
         if self.resume and self.checkpoint_dir is None:
             raise ValueError("--resume needs --checkpoint-dir")
+        self.tls()  # TlsError is a ValueError: reported like any bad option
         return self
+
+    def tls(self) -> TlsFiles | None:
+        """The TLS files read and checked (TlsError naming the option); None without TLS."""
+        return TlsFiles.load(self.tls_cert, self.tls_key, self.tls_ca)
 
     @property
     def partition_index(self) -> tuple[int, int] | None:

@@ -9,6 +9,11 @@ gossip-only rounds until every node is within `consensus_tol` of the swarm mean,
 every user ends with the swarm's model, not just the average. A centralized LoRA
 baseline trains one adapter on the union of the nodes' data for the same number of
 samples (same batch size, N x rounds x K steps).
+
+For robustness experiments, `robust` picks the mixing rule (`robust.make_robust`) and
+the nodes in `byzantine` train but send `attack`'s forgery (`attacks.make_attack`)
+instead of their adapter, and never mix. Consensus distance, the averaged model, the
+consensus finish and the `honest_*` accuracies cover the honest nodes only.
 """
 
 from __future__ import annotations
@@ -20,14 +25,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from declora.node.attacks import Attack, make_attack
 from declora.node.codecs import make_codec
 from declora.node.data import load_dataset
 from declora.node.dec_lora import DecLoraNode
 from declora.node.gossip import consensus_distance
 from declora.node.mixing import local_mh_weights, mixing_matrix
 from declora.node.partition import format_label_counts, label_counts, partition
+from declora.node.robust import make_robust
 from declora.node.topology import Topology, from_spec
 from declora.node.trainer import Encoded, LocalTrainer, LoraModel, LoraSpec
 
@@ -62,6 +69,32 @@ class SimConfig(BaseModel):
     max_train: int | None = Field(None, ge=1)
     centralized: bool = True
     threads: int | None = Field(None, ge=1)
+    robust: str = Field("none", description="none, clip[:C] or trim[:F]")
+    byzantine: tuple[int, ...] = Field((), description="indices of the attacking nodes")
+    attack: str | None = Field(None, description="what they send: scale:S or noise:SIGMA")
+
+    @field_validator("robust")
+    @classmethod
+    def _robust_ok(cls, v: str) -> str:
+        return make_robust(v).spec
+
+    @field_validator("attack")
+    @classmethod
+    def _attack_ok(cls, v: str | None) -> str | None:
+        return None if v is None else make_attack(v).spec
+
+    @model_validator(mode="after")
+    def _byzantine_ok(self) -> SimConfig:
+        bad = [i for i in self.byzantine if not 0 <= i < self.nodes]
+        if bad:
+            raise ValueError(f"byzantine: node indices {bad} not in 0..{self.nodes - 1}")
+        if len(set(self.byzantine)) != len(self.byzantine):
+            raise ValueError("byzantine: a node index is listed twice")
+        if len(self.byzantine) >= self.nodes:
+            raise ValueError("byzantine: at least one node must be honest")
+        if bool(self.byzantine) != (self.attack is not None):
+            raise ValueError("byzantine and attack go together: give both or neither")
+        return self
 
     @field_validator("codec")
     @classmethod
@@ -88,10 +121,15 @@ class SimConfig(BaseModel):
 
     @property
     def label(self) -> str:
-        return (
+        label = (
             f"n={self.nodes} {self.topology} {self.partition} r={self.rank} "
             f"K={self.local_steps} {self.codec}"
         )
+        if self.robust != "none":
+            label += f" robust={self.robust}"
+        if self.byzantine:
+            label += f" byzantine={list(self.byzantine)} {self.attack}"
+        return label
 
 
 @dataclass
@@ -135,22 +173,6 @@ def _weights_for(topo: Topology, mixing: str) -> list[dict[int, float]]:
     return [{j: float(w[i, j]) for j in topo.neighbors(i)} for i in range(topo.n)]
 
 
-def _gossip_round(
-    nodes: list[DecLoraNode[int]], topo: Topology, weights: list[dict[int, float]]
-) -> float:
-    """Exchange and mix once; returns the bytes each node sent, averaged."""
-    payloads = [node.outgoing() for node in nodes]
-    sent = 0
-    for i, node in enumerate(nodes):
-        for j in topo.neighbors(i):
-            node.receive(j, payloads[j])
-        sent += len(payloads[i]) * topo.degree(i)
-        node.bytes_sent += len(payloads[i]) * topo.degree(i)
-    for i, node in enumerate(nodes):
-        node.mix(weights[i])
-    return sent / len(nodes)
-
-
 class Simulation:
     """Build once, then `run()`; exposes nodes and model for tests and the experiment."""
 
@@ -174,21 +196,51 @@ class Simulation:
         self.train_enc: Encoded = self.lm.encode(train)
         self.test_enc: Encoded = self.lm.encode(test)
         self.weights = _weights_for(self.topology, cfg.mixing)
+        self.honest = [i for i in range(cfg.nodes) if i not in cfg.byzantine]
+        self.attacks: dict[int, tuple[Attack, np.random.Generator]] = {
+            i: (make_attack(cfg.attack), np.random.default_rng([cfg.seed, i, 0xBAD]))
+            for i in cfg.byzantine
+            if cfg.attack is not None
+        }
         self.nodes: list[DecLoraNode[int]] = []
         for i, idx in enumerate(self.parts):
             trainer = LocalTrainer(
                 self.lm, self.train_enc.take(idx), cfg.lr, cfg.batch_size, seed=cfg.seed * 1000 + i
             )
             self.nodes.append(
-                DecLoraNode(trainer, cfg.codec, cfg.consensus_step, seed=cfg.seed * 1000 + i)
+                DecLoraNode(trainer, cfg.codec, cfg.consensus_step, cfg.seed * 1000 + i, cfg.robust)
             )
         for i, node in enumerate(self.nodes):
             for j in self.topology.neighbors(i):
                 node.add_peer(j)
 
+    def honest_vectors(self) -> list[np.ndarray]:
+        return [self.nodes[i].vector() for i in self.honest]
+
     def average(self) -> np.ndarray:
-        """The Dec-LoRA averaged model: A, B and head averaged separately."""
-        return np.mean(np.stack([n.vector() for n in self.nodes]), axis=0).astype(np.float32)
+        """The Dec-LoRA averaged model of the honest nodes: A, B and head averaged
+        separately."""
+        return np.mean(np.stack(self.honest_vectors()), axis=0).astype(np.float32)
+
+    def _gossip_round(self) -> float:
+        """Exchange and mix once; returns the bytes each node sent, averaged."""
+        topo = self.topology
+        payloads = [self._outgoing(i, node) for i, node in enumerate(self.nodes)]
+        sent = 0
+        for i, node in enumerate(self.nodes):
+            for j in topo.neighbors(i):
+                node.receive(j, payloads[j])
+            sent += len(payloads[i]) * topo.degree(i)
+            node.bytes_sent += len(payloads[i]) * topo.degree(i)
+        for i in self.honest:
+            self.nodes[i].mix(self.weights[i])
+        return sent / len(self.nodes)
+
+    def _outgoing(self, i: int, node: DecLoraNode[int]) -> bytes:
+        if i not in self.attacks:
+            return node.outgoing()
+        attack, rng = self.attacks[i]
+        return node.outgoing(attack.forge(node.vector(), rng))
 
     def _eval_nodes(self) -> list[dict[str, float]]:
         return [self.lm.evaluate(n.vector(), self.test_enc) for n in self.nodes]
@@ -211,7 +263,7 @@ class Simulation:
             t0 = time.perf_counter()
             losses = [node.train(cfg.local_steps) for node in self.nodes]
             t1 = time.perf_counter()
-            sent = _gossip_round(self.nodes, self.topology, self.weights)
+            sent = self._gossip_round()
             t2 = time.perf_counter()
             rec = self._record(r, "train", float(np.mean(losses)), sent, t2 - t0, t2 - t1)
             if r % cfg.eval_every == 0 or r == cfg.rounds:
@@ -222,14 +274,14 @@ class Simulation:
             if progress:
                 progress("train", r, cfg.rounds)
         before = self._eval_nodes()
-        result.final["before_consensus"] = _summary(before)
+        result.final["before_consensus"] = _summary(before, self.honest)
         result.final["nodes_before_consensus"] = before
         self._consensus_finish(result, progress)
         after = self._eval_nodes()
         result.final.update(
             {
                 "nodes": after,
-                "after_consensus": _summary(after),
+                "after_consensus": _summary(after, self.honest),
                 "average": self.lm.evaluate(self.average(), self.test_enc),
                 "best_average_accuracy": max(
                     (r.average["accuracy"] for r in result.rounds if r.average),
@@ -246,12 +298,12 @@ class Simulation:
 
     def _consensus_finish(self, result: SimResult, progress: ProgressFn | None) -> None:
         cfg = self.cfg
-        _, worst = consensus_distance([n.vector() for n in self.nodes])
+        _, worst = consensus_distance(self.honest_vectors())
         r = cfg.rounds
         done = 0
         while worst > cfg.consensus_tol and done < cfg.max_consensus_rounds and self.topology.n > 1:
             t0 = time.perf_counter()
-            sent = _gossip_round(self.nodes, self.topology, self.weights)
+            sent = self._gossip_round()
             r += 1
             done += 1
             elapsed = time.perf_counter() - t0
@@ -270,7 +322,7 @@ class Simulation:
         seconds: float,
         mix_seconds: float,
     ) -> RoundRecord:
-        mean_d, max_d = consensus_distance([n.vector() for n in self.nodes])
+        mean_d, max_d = consensus_distance(self.honest_vectors())
         return RoundRecord(r, phase, loss, mean_d, max_d, sent, seconds, mix_seconds)
 
     def run_centralized(self, progress: ProgressFn | None = None) -> dict[str, Any]:
@@ -302,9 +354,16 @@ class Simulation:
         }
 
 
-def _summary(per_node: list[dict[str, float]]) -> dict[str, float]:
+def _summary(per_node: list[dict[str, float]], honest: list[int]) -> dict[str, float]:
+    """Mean and worst accuracy over all nodes and over the honest ones."""
     acc = [m["accuracy"] for m in per_node]
-    return {"mean_accuracy": float(np.mean(acc)), "worst_accuracy": float(np.min(acc))}
+    good = [acc[i] for i in honest]
+    return {
+        "mean_accuracy": float(np.mean(acc)),
+        "worst_accuracy": float(np.min(acc)),
+        "honest_mean_accuracy": float(np.mean(good)),
+        "honest_worst_accuracy": float(np.min(good)),
+    }
 
 
 def _mix_fraction(rounds: list[RoundRecord]) -> float:

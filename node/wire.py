@@ -18,6 +18,7 @@ import grpc
 
 from declora.node.adapter import AdapterSchema
 from declora.node.codecs import CodecError, make_codec
+from declora.node.security import AuthError, SwarmAuth
 from declora.proto import pb
 
 
@@ -103,7 +104,7 @@ def check_header(
             "wrong_fingerprint",
         )
     if header.kind not in (pb.PAYLOAD_KIND_DELTA, pb.PAYLOAD_KIND_KEYFRAME, pb.PAYLOAD_KIND_STATE):
-        raise WireError(invalid, f"unknown payload kind {header.kind}", "malformed")
+        raise WireError(invalid, f"unknown payload kind {header.kind}", "bad_kind")
     if header.total_bytes > max_bytes:
         raise WireError(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -111,9 +112,15 @@ def check_header(
             "too_large",
         )
     try:
-        make_codec(header.codec)
+        canonical = make_codec(header.codec).spec
     except CodecError as exc:
-        raise WireError(invalid, f"codec: {exc}", "malformed") from exc
+        raise WireError(invalid, f"codec: {exc}", "unknown_codec") from exc
+    if header.codec != canonical:  # receivers derive the update scale from this string
+        raise WireError(
+            invalid,
+            f"codec {header.codec!r} is not in canonical form {canonical!r}",
+            "unknown_codec",
+        )
     theirs = [(t.name, tuple(t.shape), t.dtype) for t in header.tensors]
     ours = [(t.name, t.shape, t.dtype) for t in schema.tensors]
     if theirs != ours:
@@ -131,8 +138,12 @@ async def read_stream(
     fingerprint: str,
     schema: AdapterSchema,
     max_bytes: int,
+    auth: SwarmAuth | None = None,
 ) -> Payload:
-    """Reassemble and verify one pushed payload; raises WireError, keeps nothing."""
+    """Reassemble and verify one pushed payload; raises WireError, keeps nothing.
+
+    With `auth`, the header's mac must cover the header and the data (UNAUTHENTICATED,
+    counted `bad_auth`, otherwise)."""
     invalid = grpc.StatusCode.INVALID_ARGUMENT
     header: pb.PayloadHeader | None = None
     parts: list[bytes] = []
@@ -172,4 +183,9 @@ async def read_stream(
     data = b"".join(parts)
     if zlib.crc32(data) != header.crc32:
         raise WireError(invalid, "checksum mismatch", "bad_checksum")
+    if auth is not None:
+        try:
+            auth.verify_payload(header, data)
+        except AuthError as exc:
+            raise WireError(grpc.StatusCode.UNAUTHENTICATED, exc.reason, exc.counter) from exc
     return Payload(header, data)

@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from declora.cli.client import StatusError, fetch_status
+from declora.node.security import TlsFiles
 from declora.proto import pb
 
 HOST = "127.0.0.1"
@@ -72,10 +73,12 @@ def train_args(data: Path) -> list[str]:
     return ["--data", str(data), *flags.split()]
 
 
-def status_or_none(address: str, timeout: float = 2.0) -> pb.StatusReply | None:
-    """The node's Status, or None while it cannot answer (loading, stopped)."""
+def status_or_none(
+    address: str, timeout: float = 2.0, tls: TlsFiles | None = None
+) -> pb.StatusReply | None:
+    """The node's Status (over mTLS with `tls`), or None while it cannot answer."""
     try:
-        return fetch_status(address, timeout)
+        return fetch_status(address, timeout, tls=tls)
     except StatusError:
         return None
 
@@ -96,12 +99,15 @@ class Node:
     port: int
     workdir: Path
     args: list[str]
+    host: str = HOST
+    prefix: list[str] = field(default_factory=list)  # e.g. `ip netns exec NS`
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    tls: TlsFiles | None = None  # the client files `status()` uses (a node serving mTLS)
 
     @property
     def address(self) -> str:
-        return f"{HOST}:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def ckpt(self) -> Path:
@@ -111,22 +117,27 @@ class Node:
     def log_path(self) -> Path:
         return self.workdir / f"stderr-{self.starts}.log"
 
-    def start(self, extra: Sequence[str] = ()) -> Node:
+    def start(self, extra: Sequence[str] = (), env: dict[str, str] | None = None) -> Node:
         assert self.proc is None or self.proc.poll() is not None, f"{self.node_id} is running"
         self.starts += 1
         self.workdir.mkdir(parents=True, exist_ok=True)
         own = ["--node-id", self.node_id, "--listen", self.address]
         own += ["--checkpoint-dir", str(self.ckpt)]
-        cmd = [*CLI, "start", *own, *self.args, *extra]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        cmd = [*self.prefix, *CLI, "start", *own, *self.args, *extra]
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
         with self.log_path.open("wb") as err, (self.workdir / "stdout.log").open("ab") as out:
             self.proc = subprocess.Popen(
-                cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=self.workdir, env=env
+                cmd,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
+                env=full_env,
             )
         return self
 
     def status(self) -> pb.StatusReply | None:
-        return status_or_none(self.address)
+        return status_or_none(self.address, tls=self.tls)
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -161,8 +172,15 @@ class Cluster:
         self.swarm_id = f"test-{uid()}"
         self.nodes: list[Node] = []
 
-    def add(self, node_id: str, port: int, args: Sequence[str]) -> Node:
-        node = Node(node_id, port, self.root / node_id, list(args))
+    def add(
+        self,
+        node_id: str,
+        port: int,
+        args: Sequence[str],
+        host: str = HOST,
+        prefix: Sequence[str] = (),
+    ) -> Node:
+        node = Node(node_id, port, self.root / node_id, list(args), host, list(prefix))
         self.nodes.append(node)
         return node
 

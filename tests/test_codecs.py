@@ -492,6 +492,9 @@ def test_codec_decode_rejects_other_codecs_payload() -> None:
     with pytest.raises(CodecError):
         make_codec("topk:0.5").decode(make_codec("topk:0.3").encode(_X, rng()))
     assert decode(q8).shape == _X.shape  # the module-level decoder accepts anything
+    assert decode(q8, spec="q8").shape == _X.shape  # ... or only the codec a sender declared
+    with pytest.raises(CodecError, match=r"encoded as q8, not with this codec \(fp32\)"):
+        decode(q8, spec="fp32")
 
 
 def test_wire_format_matches_documentation() -> None:

@@ -1,0 +1,241 @@
+"""Rate limits (node/limits.py): the buckets in isolation, then a flood of handshakes,
+pushes and pulls from a raw gRPC client against a live, training pair of daemons (the
+flooded one mixing with `--robust-mixing clip`, the other with plain gossip)."""
+
+from __future__ import annotations
+
+import re
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from daemon_helpers import Cluster, Node, live_ids
+
+from declora.node import PROTOCOL_VERSION
+from declora.node.limits import (
+    RATE_LIMITED,
+    KeyedBuckets,
+    NodeLimits,
+    RoundCounter,
+    TokenBucket,
+    peer_host,
+)
+from declora.node.trainer import LoraModel
+from declora.node.wire import WireError, chunks, make_header
+from declora.proto import pb, pb_grpc
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# --------------------------------------------------------------------------- units
+
+
+def test_token_bucket_spends_refills_and_caps() -> None:
+    b = TokenBucket(capacity=3, rate=0.5, tokens=3, stamp=0.0)
+    assert [b.take(0.0) for _ in range(4)] == [True, True, True, False]
+    assert b.tokens == 0.0  # a refusal spends nothing
+    assert not b.take(1.0)  # half a token
+    assert b.take(2.0) and not b.take(2.0)
+    assert not b.full(7.0) and b.full(8.0)
+    assert b.tokens == 3  # capped at capacity however long it waited
+    assert b.take(1.0) and b.tokens == 2  # a clock going back neither adds nor removes
+
+
+def test_keyed_buckets_are_independent_and_bounded() -> None:
+    clock = FakeClock()
+    kb = KeyedBuckets(per_minute=2, clock=clock, max_keys=2)
+    assert [kb.allow("a"), kb.allow("a"), kb.allow("a")] == [True, True, False]
+    assert kb.allow("b")
+    assert not kb.allow("c")  # two active keys already: a newcomer is refused
+    clock.now += 60  # both refilled: forgotten, room again
+    assert kb.allow("c") and set(kb.buckets) == {"c"}
+    clock.now += 30  # one token back per 30 s at 2 a minute
+    assert kb.allow("c") and kb.allow("c") and not kb.allow("c")
+
+
+def test_round_counter_per_sender_and_round() -> None:
+    rc = RoundCounter(limit=3, window=9)
+    assert all(rc.allow("b", 1, current=0) for _ in range(3))
+    assert not rc.allow("b", 1, current=0)
+    assert rc.allow("c", 1, current=0)  # another sender has its own allowance
+    assert rc.allow("b", 2, current=0)  # and another round
+    # stale rounds share the current slot, far-future ones the last slot of the window
+    assert all(rc.allow("b", r, current=0) for r in (-5, -1, 0))
+    assert not rc.allow("b", -7, current=0)
+    assert all(rc.allow("b", r, current=0) for r in (9, 100, 10**9))
+    assert not rc.allow("b", 50, current=0)
+    # round 1 done: its counts are forgotten and late pushes for it start a fresh slot
+    assert all(rc.allow("b", 1, current=1) for _ in range(3))
+    assert not rc.allow("b", 0, current=1)
+    assert min(k[1] for k in rc.counts) == 1
+
+
+def test_an_honest_sender_is_never_limited() -> None:
+    """Delta, keyframe and one resend a round, sent while this node is one round behind
+    or two, then late ones after it moved on."""
+    limits = NodeLimits(
+        handshakes_per_minute=1, pushes_per_round=3, pulls_per_minute=1, rounds_ahead=8
+    )
+    for current in range(200):
+        for r in (current + 1, current + 1, current + 2, current, current - 1, current - 2):
+            limits.check_push("b", r, current)
+
+
+def test_node_limits_raise_resource_exhausted() -> None:
+    clock = FakeClock()
+    limits = NodeLimits(
+        handshakes_per_minute=2, pushes_per_round=3, pulls_per_minute=1, rounds_ahead=8, clock=clock
+    )
+    limits.check_handshake("ipv4:10.0.0.5:4000")
+    limits.check_handshake("ipv4:10.0.0.5:4001")  # a new connection: same host, same bucket
+    limits.check_handshake("ipv4:10.0.0.6:4000")
+    with pytest.raises(WireError) as info:
+        limits.check_handshake("ipv4:10.0.0.5:4002")
+    assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert info.value.counter == RATE_LIMITED
+    assert info.value.reason == "more than 2 handshakes a minute from ipv4:10.0.0.5"
+    limits.check_pull("n1")
+    with pytest.raises(WireError, match="more than 1 pulls a minute from 'n1'"):
+        limits.check_pull("n1")
+    for _ in range(3):
+        limits.check_push("n1", 5, 4)
+    with pytest.raises(WireError, match="more than 3 pushes for round 5 from 'n1'"):
+        limits.check_push("n1", 5, 4)
+
+
+@pytest.mark.parametrize(
+    ("peer", "host"),
+    [
+        ("ipv4:127.0.0.1:54321", "ipv4:127.0.0.1"),
+        ("ipv6:[::1]:7070", "ipv6:[::1]"),
+        ("unix:/tmp/sock", "unix:/tmp/sock"),
+    ],
+)
+def test_peer_host(peer: str, host: str) -> None:
+    assert peer_host(peer) == host
+
+
+# --------------------------------------------------------------------------- a live pair
+
+START = 150.0  # seconds for two daemons to load and pair (tests/test_daemon.py's bound)
+HANDSHAKES, PUSHES, PULLS = 10, 3, 2  # the limits of the flooded node
+FLOOD = 30
+
+
+def codes(calls: Callable[[], object], n: int) -> list[grpc.StatusCode]:
+    """The status code of each of `n` calls (OK when it returned)."""
+    out = []
+    for _ in range(n):
+        try:
+            calls()
+            out.append(grpc.StatusCode.OK)
+        except grpc.RpcError as exc:
+            out.append(exc.code())  # type: ignore[attr-defined]
+    return out
+
+
+@pytest.fixture
+def pair(tmp_path: Path, synthetic_jsonl: Path) -> Iterator[tuple[Cluster, Node, Node]]:
+    cluster = Cluster(tmp_path, synthetic_jsonl)
+    try:
+        limits = f"--max-handshakes-per-minute {HANDSHAKES} --max-pushes-per-round {PUSHES} "
+        limits += f"--max-pulls-per-minute {PULLS} --robust-mixing clip"
+        run = ["--rounds", "0", "--eval-every", "0", "--round-deadline", "60"]
+        a, b = cluster.static(2, [(0, 1)], run)
+        a.start(limits.split())
+        b.start()
+        yield cluster, a, b
+    finally:
+        cluster.close()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(360)
+def test_flood_is_refused_counted_and_the_node_keeps_mixing(
+    pair: tuple[Cluster, Node, Node], tiny_lm: LoraModel
+) -> None:
+    cluster, a, b = pair
+
+    def mixing_with_b() -> pb.StatusReply | None:
+        reply = a.status()
+        ok = reply is not None and b.node_id in live_ids(reply) and reply.round >= 2
+        return reply if ok else None
+
+    before = cluster.wait_until("a and b mixing", mixing_with_b, START, running=[a, b])
+    assert before.fingerprint == tiny_lm.fingerprint  # the raw client's header matches
+    assert "robust mixing clip:1.0)" in a.log() and "robust mixing none)" in b.log()
+    with grpc.insecure_channel(a.address) as channel:
+        stub = pb_grpc.SwarmStub(channel)
+
+        # pushes impersonating b, for a round far ahead: refused OUT_OF_RANGE (nothing
+        # changes), and after PUSHES of them in one round, RESOURCE_EXHAUSTED
+        def push() -> object:
+            r = (a.status() or before).round
+            data = b"\0" * 64
+            header = make_header(
+                sender_id=b.node_id,
+                swarm_id=cluster.swarm_id,
+                fingerprint=tiny_lm.fingerprint,
+                round=r + 100,
+                sender_degree=1,
+                kind=pb.PAYLOAD_KIND_DELTA,
+                codec="fp32",
+                seq=1,
+                data=data,
+                schema=tiny_lm.schema,
+            )
+            return stub.Push(chunks(header, data, 1024), timeout=10)
+
+        round0 = (a.status() or before).round
+        pushes = codes(push, FLOOD)
+        rounds_spanned = (a.status() or before).round - round0 + 1
+        assert set(pushes) == {grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert pushes.count(grpc.StatusCode.OUT_OF_RANGE) <= PUSHES * rounds_spanned
+        assert pushes[:PUSHES] == [grpc.StatusCode.OUT_OF_RANGE] * PUSHES, pushes
+
+        request = pb.PullRequest(
+            node_id=b.node_id, swarm_id=cluster.swarm_id, kind=pb.PAYLOAD_KIND_STATE
+        )
+        pulls = codes(lambda: list(stub.Pull(request, timeout=10)), 6)
+        served = pulls.count(grpc.StatusCode.OK)  # PULLS, or one less if b pulled at start
+        assert served in (PULLS - 1, PULLS), pulls
+        assert pulls == [grpc.StatusCode.OK] * served + [grpc.StatusCode.RESOURCE_EXHAUSTED] * (
+            6 - served
+        )
+
+        # handshakes from another swarm: refused with a reason until the limit, then
+        # RESOURCE_EXHAUSTED (b's own handshake at start-up came from the same host)
+        hello = pb.Hello(
+            protocol_version=PROTOCOL_VERSION, node_id="flooder", swarm_id="other", seq=0
+        )
+        shakes = codes(lambda: stub.Handshake(hello, timeout=10), FLOOD)
+        accepted = shakes.count(grpc.StatusCode.OK)
+        assert HANDSHAKES - 3 <= accepted <= HANDSHAKES, shakes
+        assert shakes[:accepted] == [grpc.StatusCode.OK] * accepted
+        assert set(shakes[accepted:]) == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+    limited = sum(c == grpc.StatusCode.RESOURCE_EXHAUSTED for c in [*pushes, *pulls, *shakes])
+    after = a.status()
+    assert after is not None, "a stopped answering Status after the flood"
+    assert after.rejected[RATE_LIMITED] == limited
+    assert after.rejected["future_round"] == pushes.count(grpc.StatusCode.OUT_OF_RANGE)
+    # and it keeps mixing with b: two more rounds with b live
+    cluster.wait_until(
+        "a to mix two more rounds with b",
+        lambda: (r := mixing_with_b()) is not None and r.round >= after.round + 2,
+        START,
+        running=[a, b],
+    )
+    assert "refused a message: more than" not in a.log()  # refusals of a flood log at DEBUG
+    assert not re.search(rf"neighbour {b.node_id} left the live set", a.log()), cluster.report()
+    for node in (a, b):
+        node.signal(signal.SIGTERM)
+    assert cluster.wait_exit([a, b], 60) == [0, 0], cluster.report()
