@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 CONSTRAINTS := constraints.txt
 
-.PHONY: run test install dev lint typecheck unit proto experiment bench clean
+.PHONY: run test test-faults install dev lint typecheck unit proto experiment bench clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ test: $(VENV)/.dev
 	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml \
 		-p declora.node -p declora.cli -p declora.proto
 	$(PY) -m pytest
+
+## make test-faults: the fault matrix with real processes and network namespaces (root)
+test-faults: $(VENV)/.dev
+	$(PY) -m pytest -m faults -s
 
 proto: $(VENV)/.dev
 	$(PY) -m declora.proto.codegen

@@ -802,7 +802,11 @@ class Daemon:
                 await asyncio.sleep(0.2)
         if len(self.live_peers) < want:
             log.warning("starting with %d of %d wanted neighbours", len(self.live_peers), want)
-        await self.catch_up()
+        try:
+            await self.catch_up()
+        except (WireError, GossipError, grpc.aio.AioRpcError) as exc:  # keep our own state
+            why = exc.reason if isinstance(exc, WireError) else str(exc)
+            log.warning("could not take a neighbour's state (%s): going on from our own", why)
 
     def request_stop(self) -> None:
         if self.stop_requested:

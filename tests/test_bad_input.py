@@ -631,3 +631,54 @@ def test_valid_round_1_message_completes_the_round(probe: Probe) -> None:
     print(f"\n{'case':<{width}}  {'status':<20}  counter")
     for name, code, counter in ROWS:
         print(f"{name:<{width}}  {code:<20}  {counter}")
+
+
+# ---------------------------------------------------------------- a bad state at catch-up
+
+
+class AheadPeer(FakePeer):
+    """A neighbour that claims round 5 and serves a state without any tensors."""
+
+    def hello(self, swarm_id: str, fingerprint: str) -> pb.Hello:
+        hello = super().hello(swarm_id, fingerprint)
+        hello.round = 5
+        self.swarm_id, self.fingerprint = swarm_id, fingerprint
+        return hello
+
+    def Pull(self, request: pb.PullRequest, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
+        data = b"\0" * 64
+        header = pb.PayloadHeader(
+            sender_id=F_ID,
+            swarm_id=self.swarm_id,
+            fingerprint=self.fingerprint,
+            round=5,
+            kind=pb.PAYLOAD_KIND_STATE,
+            codec="fp32",
+            total_bytes=len(data),
+            crc32=zlib.crc32(data),
+        )
+        yield from chunks(header, data, 1024)
+
+
+def test_corrupt_state_at_catch_up_is_refused_and_the_node_goes_on(
+    tmp_path: Path, synthetic_jsonl: Path
+) -> None:
+    f_port, d_port = free_ports(2)
+    fake = AheadPeer(f"{HOST}:{f_port}")
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_SwarmServicer_to_server(fake, server)
+    server.add_insecure_port(fake.address)
+    server.start()
+    cluster = Cluster(tmp_path, synthetic_jsonl)
+    args = [*train_args(synthetic_jsonl), "--swarm-id", cluster.swarm_id, "--peers", fake.address]
+    args += ["--round-deadline", "600", "--rounds", "0", "--eval-every", "0"]
+    node = cluster.add("d", d_port, args)
+    try:
+        node.start()
+        cluster.wait_until("D to push to F", lambda: fake.pushed_rounds, START, [node])
+        assert "could not take a neighbour's state (tensor schema differs" in node.log()
+        # D kept its own adapter and joined F's round: its first push is for round 6.
+        assert fake.pushed_rounds[0] == 6, fake.pushed_rounds
+    finally:
+        cluster.close()
+        server.stop(grace=None)
