@@ -52,6 +52,7 @@ bench: $(VENV)/.dev
 	$(PY) bench/bench_daemon_overhead.py
 	$(PY) bench/bench_transport.py
 	$(PY) bench/bench_round_latency.py
+	$(PY) bench/bench_load.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache runs

@@ -149,21 +149,25 @@ class Swarm:
     def histories(self) -> dict[str, list[dict[str, Any]]]:
         return {n.node_id: read_rounds(n.folder) for n in self.nodes}
 
+    def log_lines(self) -> Iterator[tuple[str, str]]:
+        """(node id, line) for every line of every node's log, node by node."""
+        for n in self.nodes:
+            if n.log_path.is_file():
+                for line in n.log_path.read_text(errors="replace").splitlines():
+                    yield n.node_id, line.strip()
+
     def log_problems(self, expected: str = "", limit: int = 12) -> list[str]:
         """WARNING/ERROR lines and tracebacks from the nodes' logs (at most `limit`).
 
         Lines containing `expected` (e.g. the normal goodbye of a neighbour that
         finished its last round) are left out.
         """
-        found: list[str] = []
-        for n in self.nodes:
-            if not n.log_path.is_file():
-                continue
-            for line in n.log_path.read_text(errors="replace").splitlines():
-                if expected and expected in line:
-                    continue
-                if " WARNING " in line or " ERROR " in line or line.startswith("Traceback"):
-                    found.append(f"{n.node_id}: {line.strip()}")
+        found = [
+            f"{node_id}: {line}"
+            for node_id, line in self.log_lines()
+            if not (expected and expected in line)
+            and (" WARNING " in line or " ERROR " in line or line.startswith("Traceback"))
+        ]
         return found[:limit] + ([f"... {len(found) - limit} more"] if len(found) > limit else [])
 
 

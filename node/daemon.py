@@ -457,6 +457,9 @@ class Daemon:
                     await self.push(peer, r, delta, degree, crc, retry=False)
                 return
             self.drop(peer, f"push failed: {code.name} {exc.details() or ''}".strip())
+        except Exception:  # one neighbour's failure never takes the node down
+            log.exception("push to %s failed unexpectedly", peer.node_id)
+            self.drop(peer, "push failed unexpectedly (traceback above)")
 
     # ---------------------------------------------------------------- server side
     async def on_push(self, stream: AsyncIterator[pb.Chunk]) -> pb.PushAck:

@@ -7,10 +7,12 @@ deselect them locally with ``-m "not slow"``.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from daemon_helpers import Cluster
 
 from declora.node.data import TextDataset
 from declora.node.trainer import LoraModel, LoraSpec
@@ -81,3 +83,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "slow: uses the real MiniLM model and BBC News (runs by default, as in CI)"
     )
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, synthetic_jsonl: Path) -> Iterator[Cluster]:
+    """Real daemon processes of one test (tests/daemon_helpers.py); killed at its end."""
+    c = Cluster(tmp_path, synthetic_jsonl)
+    try:
+        yield c
+    finally:
+        c.close()

@@ -59,15 +59,6 @@ def data(synthetic_jsonl: Path) -> Path:
     return synthetic_jsonl
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, data: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path, data)
-    try:
-        yield c
-    finally:
-        c.close()
-
-
 def ring(n: int) -> list[tuple[int, int]]:
     return [(i, (i + 1) % n) for i in range(n)] if n > 2 else [(0, 1)]
 

@@ -28,7 +28,6 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -64,15 +63,6 @@ ARGS = [
     "--startup-timeout",
     "120",
 ]
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, synthetic_jsonl: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path, synthetic_jsonl)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 @dataclass

@@ -22,7 +22,7 @@ import re
 import stat
 import zlib
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -369,15 +369,6 @@ def test_tls_options_refused_with_the_option_named(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- real processes
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, synthetic_jsonl: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path, synthetic_jsonl)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def pair(cluster: Cluster, names: tuple[str, str], extra: list[str]) -> list[Node]:
