@@ -147,6 +147,15 @@ def start(
         str | None,
         typer.Option(rich_help_panel=TRAIN, help="none, clip[:C] or trim[:F] (Byzantine peers)."),
     ] = None,
+    gradient_tracking: Annotated[
+        bool | None,
+        typer.Option(
+            "--gradient-tracking/--no-gradient-tracking",
+            rich_help_panel=TRAIN,
+            help="Correct local steps toward the swarm's gradient (non-IID data; the same "
+            "on every node; twice the bytes).",
+        ),
+    ] = None,
     round_deadline: Annotated[
         float | None, typer.Option(rich_help_panel=TRAIN, help="Seconds to wait for neighbours.")
     ] = None,
@@ -327,6 +336,9 @@ def simulate(
     consensus_tol: Annotated[float, typer.Option()] = 1e-3,
     max_test: Annotated[int | None, typer.Option(help="Cap on test examples.")] = None,
     robust: Annotated[str, typer.Option(help="Mixing rule: none, clip[:C], trim[:F].")] = "none",
+    tracking: Annotated[
+        bool, typer.Option("--tracking/--no-tracking", help="Gradient tracking (non-IID data).")
+    ] = False,
     byzantine: Annotated[
         str, typer.Option(help="Attacking node indices, comma-separated (e.g. 0,4).")
     ] = "",
@@ -362,6 +374,7 @@ def simulate(
             consensus_tol=consensus_tol,
             max_test=max_test,
             robust=robust,
+            tracking=tracking,
             byzantine=_indices("--byzantine", byzantine),
             attack=attack,
         )
@@ -428,6 +441,10 @@ def lab(
     base_port: Annotated[int, typer.Option(help="First port (0: any free ports).")] = 7300,
     round_deadline: Annotated[float, typer.Option()] = 120.0,
     consensus_rounds: Annotated[int, typer.Option()] = 30,
+    gradient_tracking: Annotated[
+        bool,
+        typer.Option("--gradient-tracking/--no-gradient-tracking", help="On every node."),
+    ] = False,
     centralized: Annotated[
         bool,
         typer.Option(
@@ -460,6 +477,7 @@ def lab(
         base_port=base_port,
         round_deadline=round_deadline,
         consensus_rounds=consensus_rounds,
+        gradient_tracking=gradient_tracking,
         centralized=centralized,
         output=output,
     )

@@ -57,6 +57,7 @@ def render_status(reply: pb.StatusReply) -> None:
 
     console = Console()
     total = f"/{reply.total_rounds}" if reply.total_rounds else ""
+    tracking = "  gradient tracking" if reply.gradient_tracking else ""
     evals = ", ".join(f"{k} {v:.4f}" for k, v in sorted(reply.last_eval.items())) or "none yet"
     console.print(
         f"[bold]{reply.node_id}[/] on {reply.listen_address}  swarm {reply.swarm_id}  "
@@ -64,7 +65,8 @@ def render_status(reply: pb.StatusReply) -> None:
         f"state {reply.state}  round {reply.round}{total}  step {reply.step}  "
         f"loss {reply.loss:.4f}  last round {reply.last_round_seconds:.2f}s\n"
         f"eval: {evals}\n"
-        f"codec {reply.codec}  sent {reply.bytes_sent:,} B  received {reply.bytes_received:,} B  "
+        f"codec {reply.codec}{tracking}  sent {reply.bytes_sent:,} B  "
+        f"received {reply.bytes_received:,} B  "
         f"keyframes {reply.keyframes_sent}  self weight {reply.self_weight:.3f}  "
         f"fingerprint {reply.fingerprint}"
     )

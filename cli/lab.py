@@ -45,6 +45,7 @@ class LabConfig:
     base_port: int = 7300
     round_deadline: float = 120.0
     consensus_rounds: int = 30
+    gradient_tracking: bool = False
     centralized: bool = True
     output: Path = Path("runs/lab")
     extra_args: list[str] = field(default_factory=list)
@@ -103,6 +104,7 @@ def node_command(
         "--consensus-rounds", str(cfg.consensus_rounds),
         "--checkpoint-dir", str(folder),
         "--threads", "1",
+        *(["--gradient-tracking"] if cfg.gradient_tracking else []),
         *cfg.extra_args,
     ]  # fmt: skip
 

@@ -2,7 +2,8 @@
 
 A checkpoint is a directory `ckpt-<round>` holding the adapter in the PEFT format
 (`adapter_config.json`, `adapter_model.safetensors`, `declora.json`) and `state.pt`
-(round, optimizer, sampler position, gossip public copy and sequence). A file
+(round, optimizer, sampler position, gossip public copy and sequence, and the
+gradient-tracking correction when the node tracks). A file
 `LATEST` names the newest complete checkpoint; it is replaced by rename only after
 the directory is fully written and fsynced, so a crash at any moment leaves `LATEST`
 pointing at a complete checkpoint (or absent, before the first). The two newest
@@ -42,6 +43,7 @@ class NodeState:
     public: np.ndarray
     trainer: dict[str, Any]
     fingerprint: str
+    correction: np.ndarray | None = None  # gradient tracking's c_i, when tracking
 
 
 def trainer_state(trainer: LocalTrainer) -> dict[str, Any]:
@@ -86,6 +88,9 @@ def save(root: Path, lm: LoraModel, state: NodeState, meta: dict[str, Any]) -> P
                 "public": torch.from_numpy(state.public.copy()),
                 "trainer": state.trainer,
                 "fingerprint": state.fingerprint,
+                "correction": None
+                if state.correction is None
+                else torch.from_numpy(state.correction.copy()),
             },
             build / "state.pt",
         )
@@ -149,6 +154,7 @@ def load(root: Path, lm: LoraModel) -> NodeState:
         public=raw["public"].numpy(),
         trainer=raw["trainer"],
         fingerprint=raw["fingerprint"],
+        correction=None if raw.get("correction") is None else raw["correction"].numpy(),
     )
 
 

@@ -22,7 +22,10 @@ Invariants callers may rely on:
 - no peer gets more than its share: RPCs served at once, pushes per neighbour and
   round, handshakes per host and pulls per node per minute are capped (`limits`);
   the excess is refused RESOURCE_EXHAUSTED and counted `rate_limited`;
-- `robust_mixing` picks the mixing step's rule (`robust`); `none` is plain gossip.
+- `robust_mixing` picks the mixing step's rule (`robust`); `none` is plain gossip;
+- with `gradient_tracking` every payload of a training round also carries the round's
+  z message (`tracking`), checked like the adapter message; nodes whose settings differ
+  refuse each other's handshakes, and the correction c_i is checkpointed.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ from declora.node.security import (
     is_loopback,
 )
 from declora.node.settings import NodeSettings
+from declora.node.tracking import TrackingError
 from declora.node.trainer import Encoded, LocalTrainer, LoraModel, LoraSpec
 from declora.node.wire import WireError, chunks, make_header, read_stream
 from declora.proto import pb, pb_grpc
@@ -122,6 +126,7 @@ class Inbound:
     degree: int
     seq: int
     scale: float = 1.0  # update_scale of the sender's codec (deltas only)
+    tracker: np.ndarray | None = None  # the sender's z (gradient tracking), checked
 
 
 @dataclass
@@ -213,7 +218,12 @@ class Daemon:
             self.lm, self.lm.encode(train), s.lr, s.batch_size, seed=s.seed * 1000 + index
         )
         self.node: DecLoraNode[str] = DecLoraNode(
-            self.trainer, s.codec, s.consensus_step, s.seed * 1000 + index, s.robust_mixing
+            self.trainer,
+            s.codec,
+            s.consensus_step,
+            s.seed * 1000 + index,
+            s.robust_mixing,
+            s.gradient_tracking,
         )
         self.test: Encoded | None = self.lm.encode(test) if len(test) else None
         self.codec_spec = make_codec(s.codec).spec
@@ -222,6 +232,8 @@ class Daemon:
         state = checkpoint.load(self.checkpoint_dir, self.lm)
         checkpoint.restore_trainer(self.trainer, state.trainer, state.vector)
         self.node.gossip.public = state.public.astype(np.float32)
+        if self.node.tracker is not None and state.correction is not None:
+            self.node.tracker.set_correction(state.correction)
         self.round, self.seq = state.round, state.seq
         self.saved_round = self.round
         log.info("resumed from %s at round %d", checkpoint.latest(self.checkpoint_dir), self.round)
@@ -244,6 +256,7 @@ class Daemon:
                 live_degree=len(self.live_peers),
                 listen_address=self.s.advertise,
                 seq=self.seq,
+                gradient_tracking=self.s.gradient_tracking,
             )
         )
 
@@ -281,6 +294,12 @@ class Daemon:
             return (
                 f"fingerprint {h.fingerprint} != {self.lm.fingerprint}: base model, LoRA config "
                 "or tensor schema differ (same --model, --rank, --alpha, --targets, --seed?)"
+            )
+        if h.gradient_tracking != self.s.gradient_tracking:
+            there, here = ("on", "off") if h.gradient_tracking else ("off", "on")
+            return (
+                f"gradient tracking is {there} there and {here} here: start every node of "
+                "the swarm with the same --gradient-tracking"
             )
         if not h.node_id:
             return "empty node id"
@@ -332,7 +351,11 @@ class Daemon:
         self.node.gossip.drop_peer(peer.node_id)
         self.metrics.neighbors.set(len(self.live_peers))
         if peer.channel is not None:  # it may sit in reconnect backoff: a new one on return
-            task = asyncio.get_running_loop().create_task(peer.channel.close())
+            # Calls still in flight on it (this round's push) end by their own deadline:
+            # closing without grace would cancel them, and a cancelled grpc.aio call
+            # raises CancelledError into the round (the node would exit).
+            grace = self.s.round_deadline + 1.0
+            task = asyncio.get_running_loop().create_task(peer.channel.close(grace=grace))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
             peer.channel, peer.stub = None, None
@@ -398,9 +421,18 @@ class Daemon:
             await asyncio.sleep(RECONNECT_SECONDS)
 
     async def _push_one(
-        self, peer: Peer, r: int, kind: int, data: bytes, degree: int, crc: int | None = None
+        self,
+        peer: Peer,
+        r: int,
+        kind: int,
+        data: bytes,
+        degree: int,
+        crc: int | None = None,
+        tracker_bytes: int = 0,
     ) -> pb.PushAck:
+        """Stream `data` (an adapter message, then `tracker_bytes` of z) to `peer`."""
         header = make_header(
+            tracker_bytes=tracker_bytes,
             crc32=crc,
             sender_id=self.node_id,
             swarm_id=self.s.swarm_id,
@@ -425,9 +457,17 @@ class Daemon:
         return ack
 
     async def push(
-        self, peer: Peer, r: int, delta: bytes, degree: int, crc: int, retry: bool = True
+        self,
+        peer: Peer,
+        r: int,
+        delta: bytes,
+        degree: int,
+        crc: int,
+        tracker: bytes = b"",
+        retry: bool = True,
     ) -> None:
-        """Send this round's payload (CRC `crc`); a keyframe instead when out of step.
+        """Send this round's payload `delta + tracker` (CRC `crc`); a keyframe instead of
+        the delta when out of step. `tracker` is the round's z (gradient tracking) or b"".
 
         A refusal for being out of range or unknown renews the handshake instead of
         dropping the neighbour: the renewed round aligns the two at the next round
@@ -435,15 +475,17 @@ class Daemon:
         not finished its side of the handshake) retries once.
         """
         try:
+            t = len(tracker)
             if not peer.send_keyframe:
-                ack = await self._push_one(peer, r, pb.PAYLOAD_KIND_DELTA, delta, degree, crc)
+                ack = await self._push_one(
+                    peer, r, pb.PAYLOAD_KIND_DELTA, delta + tracker, degree, crc, t
+                )
                 if ack.accepted or not ack.need_keyframe:
                     if not ack.accepted:
                         log.info("%s refused round %d: %s", peer.node_id, r, ack.reason)
                     return
-            ack = await self._push_one(
-                peer, r, pb.PAYLOAD_KIND_KEYFRAME, self.node.gossip.keyframe(), degree
-            )
+            keyframe = self.node.gossip.keyframe() + tracker
+            ack = await self._push_one(peer, r, pb.PAYLOAD_KIND_KEYFRAME, keyframe, degree, None, t)
             self.counters.keyframes_sent += 1
             peer.send_keyframe = not ack.accepted
             if not ack.accepted:
@@ -454,7 +496,7 @@ class Daemon:
             if renew and not self.stop_requested and await self.dial(peer.address) is not None:
                 log.info("%s refused round %d (%s): handshake renewed", peer.node_id, r, code.name)
                 if code == grpc.StatusCode.UNAUTHENTICATED and retry:
-                    await self.push(peer, r, delta, degree, crc, retry=False)
+                    await self.push(peer, r, delta, degree, crc, tracker, retry=False)
                 return
             self.drop(peer, f"push failed: {code.name} {exc.details() or ''}".strip())
         except Exception:  # one neighbour's failure never takes the node down
@@ -505,11 +547,21 @@ class Daemon:
             return pb.PushAck(
                 accepted=False, reason="out of step: send a keyframe", need_keyframe=True
             )
+        tracker = self.node.tracker
+        if h.tracker_bytes and tracker is None:
+            raise WireError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "a gradient-tracking message, but this node does not track",
+                "bad_tracking",
+            )
         try:  # decoding a large payload must not stall the event loop
             vec = await asyncio.to_thread(
-                self.node.gossip.decode_checked, peer.node_id, payload.data, h.codec
+                self.node.gossip.decode_checked, peer.node_id, payload.adapter, h.codec
             )
-        except GossipError as exc:
+            z = None
+            if h.tracker_bytes and tracker is not None:
+                z = await asyncio.to_thread(tracker.decode_checked, peer.node_id, payload.tracker)
+        except (GossipError, TrackingError) as exc:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), "bad_values") from exc
         in_step = h.kind != pb.PAYLOAD_KIND_DELTA or peer.expected_seq == h.seq
         if not peer.live or h.round <= self.round or not in_step:  # changed while decoding
@@ -517,7 +569,7 @@ class Daemon:
                 grpc.StatusCode.ABORTED, "state moved on while the payload was checked", "raced"
             )
         self.inbox.setdefault(int(h.round), {})[peer.node_id] = Inbound(
-            int(h.kind), vec, int(h.sender_degree), int(h.seq), update_scale(h.codec)
+            int(h.kind), vec, int(h.sender_degree), int(h.seq), update_scale(h.codec), z
         )
         peer.round = int(h.round) - 1  # what the sender has completed: aligns rounds
         peer.expected_seq = int(h.seq) + 1
@@ -545,11 +597,15 @@ class Daemon:
         h.update(self.node.gossip.public.tobytes())
         for pid in sorted(self.node.gossip.peers):
             h.update(pid.encode() + b"\0" + self.node.gossip.peers[pid].tobytes())
+        if self.node.tracker is not None:
+            h.update(self.node.tracker.correction().tobytes())
         for r in sorted(self.inbox):
             for pid in sorted(self.inbox[r]):
                 msg = self.inbox[r][pid]
                 h.update(f"{r}/{pid}/{msg.kind}/{msg.seq}/{msg.degree}\0".encode())
                 h.update(msg.vector.tobytes())
+                if msg.tracker is not None:
+                    h.update(msg.tracker.tobytes())
         return h.hexdigest()
 
     def status(self, include_digest: bool = False) -> pb.StatusReply:
@@ -572,6 +628,7 @@ class Daemon:
             last_round_seconds=self.last_round_seconds,
             keyframes_sent=self.counters.keyframes_sent,
             auth=auth_mode(self.tls is not None, self.auth is not None),
+            gradient_tracking=self.s.gradient_tracking,
         )
         if include_digest and hasattr(self, "node"):
             reply.state_digest = self.state_digest()
@@ -627,6 +684,8 @@ class Daemon:
                     self.node.gossip.add_delta(pid, msg.vector, msg.scale)
                 else:
                     self.node.gossip.set_copy(pid, msg.vector)
+                if msg.tracker is not None:
+                    self.node.receive_tracker(pid, msg.tracker)
             except GossipError as exc:
                 self.drop(peer, str(exc))
                 continue
@@ -670,11 +729,14 @@ class Daemon:
         self.state = "exchanging"
         faults.crash_point("before_send")
         delta = self.node.outgoing()
+        tracker = self.node.tracker_outgoing() or b""  # after outgoing: the rng's order
         self.seq += 1
         degree = len(self.live_peers)
         deadline = time.monotonic() + self.s.round_deadline
-        crc = zlib.crc32(delta)
-        await asyncio.gather(*(self.push(p, r, delta, degree, crc) for p in self.live_peers))
+        crc = zlib.crc32(delta + tracker)
+        await asyncio.gather(
+            *(self.push(p, r, delta, degree, crc, tracker) for p in self.live_peers)
+        )
         faults.crash_point("after_send")
         await self._wait_for(r, deadline)
         self._mix(r, degree)
@@ -710,6 +772,7 @@ class Daemon:
             public=self.node.gossip.public.copy(),
             trainer=checkpoint.trainer_state(self.trainer),
             fingerprint=self.lm.fingerprint,
+            correction=None if self.node.tracker is None else self.node.tracker.correction(),
         )
         path = checkpoint.save(self.checkpoint_dir, self.lm, state, {"node_id": self.node_id})
         self.saved_round = state.round

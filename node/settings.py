@@ -117,6 +117,9 @@ class NodeSettings(BaseSettings):
     codec: str = "fp32"
     consensus_step: float | None = Field(None, gt=0, le=1, description="None: by codec")
     robust_mixing: str = Field("none", description="none, clip[:C] or trim[:F] (node/robust.py)")
+    gradient_tracking: bool = Field(
+        False, description="correct local steps toward the swarm's gradient (node/tracking.py)"
+    )
     round_deadline: float = Field(60.0, gt=0, description="seconds to wait for neighbours")
     consensus_tol: float = Field(1e-3, gt=0)
     consensus_rounds: int = Field(0, ge=0, description="gossip-only rounds after the last one")
@@ -225,6 +228,11 @@ class NodeSettings(BaseSettings):
             )
         if self.resume and self.checkpoint_dir is None:
             raise ValueError("--resume needs --checkpoint-dir")
+        if self.gradient_tracking and self.robust_mixing != "none":
+            raise ValueError(
+                "--gradient-tracking cannot be combined with --robust-mixing: tracking "
+                "trusts every neighbour's gradient message"
+            )
         self.tls()  # TlsError is a ValueError: reported like any bad option
         return self
 

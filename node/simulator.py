@@ -72,6 +72,7 @@ class SimConfig(BaseModel):
     robust: str = Field("none", description="none, clip[:C] or trim[:F]")
     byzantine: tuple[int, ...] = Field((), description="indices of the attacking nodes")
     attack: str | None = Field(None, description="what they send: scale:S or noise:SIGMA")
+    tracking: bool = Field(False, description="gradient tracking (tracking.py)")
 
     @field_validator("robust")
     @classmethod
@@ -94,6 +95,8 @@ class SimConfig(BaseModel):
             raise ValueError("byzantine: at least one node must be honest")
         if bool(self.byzantine) != (self.attack is not None):
             raise ValueError("byzantine and attack go together: give both or neither")
+        if self.tracking and self.robust != "none":
+            raise ValueError("tracking cannot be combined with robust mixing (it trusts every z)")
         return self
 
     @field_validator("codec")
@@ -125,6 +128,8 @@ class SimConfig(BaseModel):
             f"n={self.nodes} {self.topology} {self.partition} r={self.rank} "
             f"K={self.local_steps} {self.codec}"
         )
+        if self.tracking:
+            label += " +tracking"
         if self.robust != "none":
             label += f" robust={self.robust}"
         if self.byzantine:
@@ -208,7 +213,14 @@ class Simulation:
                 self.lm, self.train_enc.take(idx), cfg.lr, cfg.batch_size, seed=cfg.seed * 1000 + i
             )
             self.nodes.append(
-                DecLoraNode(trainer, cfg.codec, cfg.consensus_step, cfg.seed * 1000 + i, cfg.robust)
+                DecLoraNode(
+                    trainer,
+                    cfg.codec,
+                    cfg.consensus_step,
+                    cfg.seed * 1000 + i,
+                    cfg.robust,
+                    cfg.tracking,
+                )
             )
         for i, node in enumerate(self.nodes):
             for j in self.topology.neighbors(i):
@@ -226,12 +238,16 @@ class Simulation:
         """Exchange and mix once; returns the bytes each node sent, averaged."""
         topo = self.topology
         payloads = [self._outgoing(i, node) for i, node in enumerate(self.nodes)]
+        trackers = [node.tracker_outgoing() for node in self.nodes]  # after outgoing: rng order
         sent = 0
         for i, node in enumerate(self.nodes):
             for j in topo.neighbors(i):
                 node.receive(j, payloads[j])
-            sent += len(payloads[i]) * topo.degree(i)
-            node.bytes_sent += len(payloads[i]) * topo.degree(i)
+                if trackers[j] is not None:
+                    node.receive_tracker(j, trackers[j])  # type: ignore[arg-type]
+            size = len(payloads[i]) + len(trackers[i] or b"")
+            sent += size * topo.degree(i)
+            node.bytes_sent += size * topo.degree(i)
         for i in self.honest:
             self.nodes[i].mix(self.weights[i])
         return sent / len(self.nodes)

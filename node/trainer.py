@@ -230,8 +230,16 @@ class LocalTrainer:
             idx.append(take)
         return self.data.take(np.concatenate(idx))
 
-    def train_steps(self, k: int, should_stop: Callable[[], bool] | None = None) -> float:
-        """Run `k` AdamW steps (fewer if `should_stop()` turns true); mean training loss."""
+    def train_steps(
+        self,
+        k: int,
+        should_stop: Callable[[], bool] | None = None,
+        grad_hook: Callable[[list[torch.Tensor]], None] | None = None,
+    ) -> float:
+        """Run `k` AdamW steps (fewer if `should_stop()` turns true); mean training loss.
+
+        `grad_hook` sees every step's gradients (schema order) before the optimizer
+        does and may change them in place (gradient tracking's correction)."""
         self.lm.bind(self.tensors, owner=self)
         model = self.lm.model
         model.train()
@@ -251,6 +259,11 @@ class LocalTrainer:
                 )
             self.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
+            if grad_hook is not None:
+                for p in self.lm.params:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                grad_hook([p.grad for p in self.lm.params])  # type: ignore[misc]
             self.optimizer.step()
             total += out.loss.item()
             self.step += 1

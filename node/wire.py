@@ -4,8 +4,11 @@ A push is a stream of `Chunk`s: one `PayloadHeader`, then data chunks of at most
 `chunk_bytes`. `read_stream` reassembles it and refuses (with `WireError`, whose
 `code` is the gRPC status to answer with) anything malformed: no header first, a
 second header, more bytes than announced or than the size limit, a checksum
-mismatch, a tensor schema that is not ours, an unknown codec. The decoded vector is
-checked for size and finite values by the gossip layer before it is applied.
+mismatch, a tensor schema that is not ours, an unknown codec, a `tracker_bytes` that
+does not fit. With gradient tracking the payload is the adapter message followed by
+`tracker_bytes` of the round's z message (`Payload.adapter`, `Payload.tracker`). The
+decoded vectors are checked for size and finite values by the gossip and tracking
+layers before they are applied.
 """
 
 from __future__ import annotations
@@ -37,6 +40,16 @@ class Payload:
     header: pb.PayloadHeader
     data: bytes
 
+    @property
+    def adapter(self) -> bytes:
+        """The adapter message (delta, keyframe or state)."""
+        return self.data[: len(self.data) - self.header.tracker_bytes]
+
+    @property
+    def tracker(self) -> bytes:
+        """The gradient-tracking message that follows it (b"" when there is none)."""
+        return self.data[len(self.data) - self.header.tracker_bytes :]
+
 
 def tensor_meta(schema: AdapterSchema) -> list[pb.TensorMeta]:
     return [pb.TensorMeta(name=t.name, shape=list(t.shape), dtype=t.dtype) for t in schema.tensors]
@@ -63,8 +76,11 @@ def make_header(
     data: bytes,
     schema: AdapterSchema,
     crc32: int | None = None,
+    tracker_bytes: int = 0,
 ) -> pb.PayloadHeader:
-    """The header for `data`; pass `crc32` when it is already known (one payload, many peers)."""
+    """The header for `data`; pass `crc32` when it is already known (one payload, many peers).
+
+    `tracker_bytes`: how many of the last bytes of `data` are a gradient-tracking message."""
     return pb.PayloadHeader(
         sender_id=sender_id,
         swarm_id=swarm_id,
@@ -77,6 +93,7 @@ def make_header(
         total_bytes=len(data),
         crc32=zlib.crc32(data) if crc32 is None else crc32,
         tensors=tensor_meta(schema),
+        tracker_bytes=tracker_bytes,
     )
 
 
@@ -105,6 +122,15 @@ def check_header(
         )
     if header.kind not in (pb.PAYLOAD_KIND_DELTA, pb.PAYLOAD_KIND_KEYFRAME, pb.PAYLOAD_KIND_STATE):
         raise WireError(invalid, f"unknown payload kind {header.kind}", "bad_kind")
+    if header.tracker_bytes > header.total_bytes or (
+        header.tracker_bytes and header.kind == pb.PAYLOAD_KIND_STATE
+    ):
+        raise WireError(
+            invalid,
+            f"tracker_bytes {header.tracker_bytes} does not fit a "
+            f"{header.total_bytes}-byte payload of kind {header.kind}",
+            "malformed",
+        )
     if header.total_bytes > max_bytes:
         raise WireError(
             grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -19,7 +19,7 @@ PAYLOAD_KIND_KEYFRAME: PayloadKind
 PAYLOAD_KIND_STATE: PayloadKind
 
 class Hello(_message.Message):
-    __slots__ = ("protocol_version", "package_version", "node_id", "swarm_id", "fingerprint", "round", "live_degree", "listen_address", "seq", "nonce", "mac")
+    __slots__ = ("protocol_version", "package_version", "node_id", "swarm_id", "fingerprint", "round", "live_degree", "listen_address", "seq", "nonce", "mac", "gradient_tracking")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     PACKAGE_VERSION_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class Hello(_message.Message):
     SEQ_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     MAC_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_TRACKING_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     package_version: str
     node_id: str
@@ -42,7 +43,8 @@ class Hello(_message.Message):
     seq: int
     nonce: bytes
     mac: bytes
-    def __init__(self, protocol_version: _Optional[int] = ..., package_version: _Optional[str] = ..., node_id: _Optional[str] = ..., swarm_id: _Optional[str] = ..., fingerprint: _Optional[str] = ..., round: _Optional[int] = ..., live_degree: _Optional[int] = ..., listen_address: _Optional[str] = ..., seq: _Optional[int] = ..., nonce: _Optional[bytes] = ..., mac: _Optional[bytes] = ...) -> None: ...
+    gradient_tracking: bool
+    def __init__(self, protocol_version: _Optional[int] = ..., package_version: _Optional[str] = ..., node_id: _Optional[str] = ..., swarm_id: _Optional[str] = ..., fingerprint: _Optional[str] = ..., round: _Optional[int] = ..., live_degree: _Optional[int] = ..., listen_address: _Optional[str] = ..., seq: _Optional[int] = ..., nonce: _Optional[bytes] = ..., mac: _Optional[bytes] = ..., gradient_tracking: _Optional[bool] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("accepted", "reason", "node")
@@ -65,7 +67,7 @@ class TensorMeta(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ...) -> None: ...
 
 class PayloadHeader(_message.Message):
-    __slots__ = ("sender_id", "swarm_id", "fingerprint", "round", "sender_degree", "kind", "codec", "seq", "total_bytes", "crc32", "tensors", "mac")
+    __slots__ = ("sender_id", "swarm_id", "fingerprint", "round", "sender_degree", "kind", "codec", "seq", "total_bytes", "crc32", "tensors", "mac", "tracker_bytes")
     SENDER_ID_FIELD_NUMBER: _ClassVar[int]
     SWARM_ID_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +80,7 @@ class PayloadHeader(_message.Message):
     CRC32_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     MAC_FIELD_NUMBER: _ClassVar[int]
+    TRACKER_BYTES_FIELD_NUMBER: _ClassVar[int]
     sender_id: str
     swarm_id: str
     fingerprint: str
@@ -90,7 +93,8 @@ class PayloadHeader(_message.Message):
     crc32: int
     tensors: _containers.RepeatedCompositeFieldContainer[TensorMeta]
     mac: bytes
-    def __init__(self, sender_id: _Optional[str] = ..., swarm_id: _Optional[str] = ..., fingerprint: _Optional[str] = ..., round: _Optional[int] = ..., sender_degree: _Optional[int] = ..., kind: _Optional[_Union[PayloadKind, str]] = ..., codec: _Optional[str] = ..., seq: _Optional[int] = ..., total_bytes: _Optional[int] = ..., crc32: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorMeta, _Mapping]]] = ..., mac: _Optional[bytes] = ...) -> None: ...
+    tracker_bytes: int
+    def __init__(self, sender_id: _Optional[str] = ..., swarm_id: _Optional[str] = ..., fingerprint: _Optional[str] = ..., round: _Optional[int] = ..., sender_degree: _Optional[int] = ..., kind: _Optional[_Union[PayloadKind, str]] = ..., codec: _Optional[str] = ..., seq: _Optional[int] = ..., total_bytes: _Optional[int] = ..., crc32: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorMeta, _Mapping]]] = ..., mac: _Optional[bytes] = ..., tracker_bytes: _Optional[int] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("header", "data")
@@ -173,7 +177,7 @@ class NeighborStatus(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., live: _Optional[bool] = ..., weight: _Optional[float] = ..., degree: _Optional[int] = ..., last_seen_unix: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., round: _Optional[int] = ..., missed_deadlines: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("node_id", "swarm_id", "fingerprint", "package_version", "state", "round", "step", "loss", "last_eval", "self_weight", "neighbors", "bytes_sent", "bytes_received", "rejected", "listen_address", "codec", "started_unix", "total_rounds", "last_round_seconds", "keyframes_sent", "state_digest", "auth")
+    __slots__ = ("node_id", "swarm_id", "fingerprint", "package_version", "state", "round", "step", "loss", "last_eval", "self_weight", "neighbors", "bytes_sent", "bytes_received", "rejected", "listen_address", "codec", "started_unix", "total_rounds", "last_round_seconds", "keyframes_sent", "state_digest", "auth", "gradient_tracking")
     class LastEvalEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +214,7 @@ class StatusReply(_message.Message):
     KEYFRAMES_SENT_FIELD_NUMBER: _ClassVar[int]
     STATE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     AUTH_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_TRACKING_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     swarm_id: str
     fingerprint: str
@@ -232,4 +237,5 @@ class StatusReply(_message.Message):
     keyframes_sent: int
     state_digest: str
     auth: str
-    def __init__(self, node_id: _Optional[str] = ..., swarm_id: _Optional[str] = ..., fingerprint: _Optional[str] = ..., package_version: _Optional[str] = ..., state: _Optional[str] = ..., round: _Optional[int] = ..., step: _Optional[int] = ..., loss: _Optional[float] = ..., last_eval: _Optional[_Mapping[str, float]] = ..., self_weight: _Optional[float] = ..., neighbors: _Optional[_Iterable[_Union[NeighborStatus, _Mapping]]] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., rejected: _Optional[_Mapping[str, int]] = ..., listen_address: _Optional[str] = ..., codec: _Optional[str] = ..., started_unix: _Optional[float] = ..., total_rounds: _Optional[int] = ..., last_round_seconds: _Optional[float] = ..., keyframes_sent: _Optional[int] = ..., state_digest: _Optional[str] = ..., auth: _Optional[str] = ...) -> None: ...
+    gradient_tracking: bool
+    def __init__(self, node_id: _Optional[str] = ..., swarm_id: _Optional[str] = ..., fingerprint: _Optional[str] = ..., package_version: _Optional[str] = ..., state: _Optional[str] = ..., round: _Optional[int] = ..., step: _Optional[int] = ..., loss: _Optional[float] = ..., last_eval: _Optional[_Mapping[str, float]] = ..., self_weight: _Optional[float] = ..., neighbors: _Optional[_Iterable[_Union[NeighborStatus, _Mapping]]] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., rejected: _Optional[_Mapping[str, int]] = ..., listen_address: _Optional[str] = ..., codec: _Optional[str] = ..., started_unix: _Optional[float] = ..., total_rounds: _Optional[int] = ..., last_round_seconds: _Optional[float] = ..., keyframes_sent: _Optional[int] = ..., state_digest: _Optional[str] = ..., auth: _Optional[str] = ..., gradient_tracking: _Optional[bool] = ...) -> None: ...

@@ -407,6 +407,28 @@ def _cases() -> list[Case]:
             "not with this codec (q8)",
             "bad_values",
         ),
+        # gradient tracking (D does not track)
+        Case(
+            "tracking message to a node that does not track",
+            lambda p: push(p, p.stream(p.delta() + p.delta(), tracker_bytes=len(p.delta()))),
+            invalid,
+            "this node does not track",
+            "bad_tracking",
+        ),
+        Case(
+            "tracker_bytes beyond the payload",
+            stream(tracker_bytes=10**9),
+            invalid,
+            "does not fit",
+            "malformed",
+        ),
+        Case(
+            "handshake: gradient tracking on",
+            lambda p: handshake(p, p.hello(node_id="h4", gradient_tracking=True)),
+            Code.OK,
+            "gradient tracking is on there and off here",
+            "handshake",
+        ),
         # rounds
         Case("stale round", stream(round=0), out_of_range, "round 0 outside (0, ", "stale_round"),
         Case(

@@ -14,10 +14,13 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from daemon_helpers import (
@@ -37,9 +40,13 @@ from daemon_helpers import (
     known_ids,
     live_ids,
     read_adapter,
+    status_or_none,
     train_args,
     uid,
 )
+
+from declora.node import PROTOCOL_VERSION, __version__
+from declora.proto import pb, pb_grpc
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(360)]
 
@@ -143,10 +150,15 @@ def test_static_swarm_trains_agrees_and_saves_peft(cluster: Cluster, n: int) -> 
 # ---------------------------------------------------------------- 3: simulator == daemon
 
 
-@pytest.mark.parametrize("codec", ["fp32", "q8"])
-def test_daemons_match_simulator(cluster: Cluster, data: Path, codec: str) -> None:
+@pytest.mark.parametrize(
+    ("codec", "tracking"),
+    [("fp32", False), ("q8", False), ("q8", True)],
+    ids=["fp32", "q8", "q8+gt"],
+)
+def test_daemons_match_simulator(cluster: Cluster, data: Path, codec: str, tracking: bool) -> None:
     """Same seed, data, partition and flags: each daemon ends with its virtual node's
-    adapter (measured bit-identical for fp32 and q8, whose rounding rngs are per node)."""
+    adapter (measured bit-identical for fp32 and q8, whose rounding rngs are per node),
+    with gradient tracking too (its z messages share that rng)."""
     import torch
     from safetensors.torch import load_file
 
@@ -158,7 +170,8 @@ def test_daemons_match_simulator(cluster: Cluster, data: Path, codec: str) -> No
         3,
         ring(3),
         f"--rounds {rounds} --consensus-rounds 0 --codec {codec} --partition-scheme {scheme} "
-        "--eval-every 0 --round-deadline 60".split(),
+        "--eval-every 0 --round-deadline 60".split()
+        + (["--gradient-tracking"] if tracking else []),
     )
     for node in nodes:
         node.start()
@@ -180,6 +193,7 @@ def test_daemons_match_simulator(cluster: Cluster, data: Path, codec: str) -> No
         max_consensus_rounds=0,
         centralized=False,
         threads=1,
+        tracking=tracking,
     )
     threads = torch.get_num_threads()
     try:
@@ -197,9 +211,13 @@ def test_daemons_match_simulator(cluster: Cluster, data: Path, codec: str) -> No
         tensors = load_file(str(final_adapter(node) / "adapter_model.safetensors"))
         got = peft_tensors_to_vector(tensors, sim.lm.schema)
         want = sim.nodes[i].vector()
-        print(f"{codec} {node.node_id}: max |daemon - sim| = {np.max(np.abs(got - want)):.3e}")
+        diff = np.max(np.abs(got - want))
+        print(f"{codec} tracking={tracking} {node.node_id}: max |daemon - sim| = {diff:.3e}")
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=node.node_id)
         assert np.abs(want - sim.nodes[i].initial).max() > 1e-2, "the adapter never trained"
+        tracker = sim.nodes[i].tracker
+        assert (tracker is not None) == tracking
+        assert tracker is None or np.abs(tracker.correction()).max() > 0, "never corrected"
 
 
 # ---------------------------------------------------------------- 4: mDNS
@@ -412,3 +430,72 @@ def test_sigterm_checkpoints_leaves_and_resumes(cluster: Cluster) -> None:
     cluster.wait_until("b to receive from the restarted node", b_hears_a, START, running=[a, b])
     assert "push failed" not in a.log() + b.log()[b_log_before:], cluster.report()
     stop_all(cluster, [a, b])
+
+
+# ---------------------------------------------------------------- 7: a leave during a push
+
+
+class LeavingPeer(pb_grpc.SwarmServicer):
+    """A fake neighbour that, on the node's first push, says goodbye and holds that push
+    open until the node has dropped it; it refuses any handshake after that."""
+
+    node_id = "leaver"
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.node_address = ""
+        self.swarm_id = ""
+        self.left = threading.Event()
+
+    def Handshake(self, request: pb.Hello, context: grpc.ServicerContext) -> pb.Welcome:
+        if self.left.is_set():
+            return pb.Welcome(accepted=False, reason="gone")
+        self.node_address, self.swarm_id = request.listen_address, request.swarm_id
+        hello = pb.Hello(
+            protocol_version=PROTOCOL_VERSION,
+            package_version=__version__,
+            node_id=self.node_id,
+            swarm_id=request.swarm_id,
+            fingerprint=request.fingerprint,
+            listen_address=self.address,
+        )
+        return pb.Welcome(accepted=True, node=hello)
+
+    def Push(
+        self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext
+    ) -> pb.PushAck:
+        for _ in request_iterator:
+            pass
+        if not self.left.is_set():
+            self.left.set()
+            notice = pb.LeaveNotice(node_id=self.node_id, swarm_id=self.swarm_id, round=0)
+            with grpc.insecure_channel(self.node_address) as channel:
+                pb_grpc.SwarmStub(channel).Leave(notice, timeout=30)
+            deadline = time.monotonic() + 30
+            while self.node_id in live_ids(status_or_none(self.node_address)):
+                assert time.monotonic() < deadline, "the node never dropped the leaver"
+                time.sleep(0.05)  # polling the node's Status, not waiting for time to pass
+        return pb.PushAck(accepted=True)
+
+
+def test_a_neighbour_leaving_during_a_push_does_not_stop_the_node(cluster: Cluster) -> None:
+    """Dropping a neighbour closes its channel while this round's push to it is in flight;
+    a cancelled grpc.aio call raises CancelledError, which once ended the node (exit 1)."""
+    f_port, d_port = free_ports(2)
+    fake = LeavingPeer(f"{HOST}:{f_port}")
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_SwarmServicer_to_server(fake, server)
+    server.add_insecure_port(fake.address)
+    server.start()
+    try:
+        args = [*train_args(cluster.data), "--swarm-id", cluster.swarm_id, "--peers"]
+        args += [fake.address, "--rounds", "3", "--eval-every", "0", "--round-deadline", "30"]
+        node = cluster.add("d", d_port, args).start()
+        [code] = cluster.wait_exit([node], START + RUN)
+    finally:
+        server.stop(grace=None)
+    assert fake.left.is_set(), cluster.report()
+    log = node.log()
+    assert "neighbour leaver left the live set: it left after round 0" in log, cluster.report()
+    assert code == 0, cluster.report()
+    assert "round 3 done" in log and "Traceback" not in log, cluster.report()

@@ -1,0 +1,216 @@
+"""Gradient tracking (node/tracking.py): its invariants, its checks, and the simulator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_SPEC
+from pydantic import ValidationError
+
+from declora.node.codecs import encoded_size, make_codec
+from declora.node.gossip import GossipError
+from declora.node.mixing import local_mh_weights
+from declora.node.simulator import SimConfig, Simulation
+from declora.node.topology import from_spec
+from declora.node.tracking import GradientTracker, TrackingError
+from declora.node.trainer import LoraModel
+
+SHAPES = [torch.Size([3, 2]), torch.Size([4])]
+SIZE = 10
+
+
+def ring_weights(n: int) -> list[dict[int, float]]:
+    topo = from_spec("ring", n)
+    return [
+        local_mh_weights(2, {j: topo.degree(j) for j in topo.neighbors(i)})[1] for i in range(n)
+    ]
+
+
+def split(vec: np.ndarray) -> list[torch.Tensor]:
+    return [torch.tensor(vec[:6]).reshape(3, 2), torch.tensor(vec[6:])]
+
+
+def tracking_round(
+    trackers: list[GradientTracker[int]],
+    grads: list[np.ndarray],
+    weights: list[dict[int, float]],
+    codec: str = "fp32",
+    rng: np.random.Generator | None = None,
+) -> list[np.ndarray]:
+    """One round of 2 local steps with constant gradients; returns the corrected ones."""
+    rng = rng or np.random.default_rng(0)
+    corrected = []
+    for t, g in zip(trackers, grads, strict=True):
+        t.begin_round()
+        for _ in range(2):
+            gs = split(g.copy())
+            t.correct(gs)
+        corrected.append(torch.cat([x.reshape(-1) for x in gs]).numpy())
+    c = make_codec(codec)
+    payloads = [t.encode(c, rng) for t in trackers]
+    for i, t in enumerate(trackers):
+        received = {j: t.decode_checked(j, payloads[j]) for j in weights[i]}  # type: ignore[arg-type]
+        t.update(weights[i], received)
+    return corrected
+
+
+@pytest.mark.parametrize("codec", ["fp32", "q4"])
+def test_corrections_sum_to_zero_and_reach_the_mean_gradient(codec: str) -> None:
+    n = 6
+    rng = np.random.default_rng(1)
+    grads = [rng.normal(size=SIZE).astype(np.float32) for _ in range(n)]
+    mean = np.mean(grads, axis=0)
+    trackers = [GradientTracker[int](SHAPES) for _ in range(n)]
+    weights = ring_weights(n)
+    for _ in range(300):
+        corrected = tracking_round(trackers, grads, weights, codec, rng)
+        total = np.sum([t.correction() for t in trackers], axis=0)
+        np.testing.assert_allclose(total, 0.0, atol=1e-4)  # the average model is not moved
+    if codec == "fp32":  # exact messages: every node follows the swarm's mean gradient
+        for c in corrected:
+            np.testing.assert_allclose(c, mean, atol=1e-4)
+        for t, g in zip(trackers, grads, strict=True):
+            np.testing.assert_allclose(t.correction(), mean - g, atol=1e-4)
+    else:  # unbiased quantization noise only
+        err = max(float(np.abs(c - mean).max()) for c in corrected)
+        assert err < 0.5 * float(np.abs(np.array(grads) - mean).max())
+
+
+def test_a_round_without_local_steps_sends_nothing_and_changes_nothing() -> None:
+    t = GradientTracker[int](SHAPES)
+    t.set_correction(np.arange(SIZE, dtype=np.float32))
+    t.begin_round()
+    assert t.encode(make_codec("fp32"), np.random.default_rng(0)) is None
+    t.update({1: 0.5}, {1: np.ones(SIZE, np.float32)})
+    np.testing.assert_array_equal(t.correction(), np.arange(SIZE))
+    # a round's z is sent once: a second encode (a gossip-only round) sends nothing
+    t.correct(split(np.ones(SIZE, np.float32)))
+    assert t.encode(make_codec("fp32"), np.random.default_rng(0)) is not None
+    assert t.encode(make_codec("fp32"), np.random.default_rng(0)) is None
+
+
+def test_an_edge_without_a_message_is_skipped() -> None:
+    t = GradientTracker[int](SHAPES)
+    t.correct(split(np.ones(SIZE, np.float32)))
+    t.encode(make_codec("fp32"), np.random.default_rng(0))
+    t.update({1: 0.25, 2: 0.25}, {1: np.full(SIZE, 3.0, np.float32)})
+    np.testing.assert_allclose(t.correction(), 0.25 * (3.0 - 1.0))
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (make_codec("fp32").encode(np.ones(SIZE + 1, np.float32), np.random.default_rng()), "11"),
+        (make_codec("fp32").encode(np.ones(SIZE - 1, np.float32), np.random.default_rng()), "9"),
+        (b"garbage", "tracking message from 7"),
+    ],
+)
+def test_bad_messages_are_refused(payload: bytes, message: str) -> None:
+    t = GradientTracker[int](SHAPES)
+    with pytest.raises(TrackingError, match=message):
+        t.decode_checked(7, payload)
+
+
+def test_non_finite_messages_and_corrections_are_refused() -> None:
+    t = GradientTracker[int](SHAPES)
+    bad = np.ones(SIZE, np.float32)
+    bad[3] = np.nan
+    raw = bytearray(make_codec("fp32").encode(np.ones(SIZE, np.float32), np.random.default_rng()))
+    with pytest.raises(TrackingError):
+        t.set_correction(bad)
+    with pytest.raises(TrackingError):
+        t.set_correction(np.ones(SIZE + 1, np.float32))
+    raw[30] ^= 0xFF  # a flipped byte fails the codec's CRC
+    with pytest.raises(TrackingError):
+        t.decode_checked(1, bytes(raw))
+    np.testing.assert_array_equal(t.correction(), 0.0)
+
+
+# --------------------------------------------------------------------------- simulator
+
+
+def tracking_config(data: Path, tracking: bool, **extra: object) -> SimConfig:
+    return SimConfig.model_validate(
+        {
+            "nodes": 4,
+            "topology": "ring",
+            "partition": "skew:0.9",
+            "rounds": 3,
+            "local_steps": 3,
+            "batch_size": 16,
+            "lr": 3e-2,
+            "model": TINY_SPEC.model,
+            "data": str(data),
+            "rank": TINY_SPEC.rank,
+            "alpha": TINY_SPEC.alpha,
+            "max_length": TINY_SPEC.max_length,
+            "seed": 0,
+            "node_eval_every": 1000,
+            "max_consensus_rounds": 4,
+            "centralized": False,
+            "tracking": tracking,
+            **extra,
+        }
+    )
+
+
+def test_simulator_tracking_keeps_the_sum_and_sends_twice_the_bytes(
+    tiny_lm: LoraModel, synthetic_jsonl: Path
+) -> None:
+    plain = Simulation(tracking_config(synthetic_jsonl, False), lm=tiny_lm)
+    plain_res = plain.run()
+    sim = Simulation(tracking_config(synthetic_jsonl, True), lm=tiny_lm)
+    res = sim.run()
+    corrections = [n.tracker.correction() for n in sim.nodes]  # type: ignore[union-attr]
+    assert all(np.abs(c).max() > 0 for c in corrections)  # the skewed nodes were corrected
+    np.testing.assert_allclose(np.sum(corrections, axis=0), 0.0, atol=1e-5)
+    size = encoded_size("fp32", sim.lm.schema.numel)
+    train_rounds, finish = 3, res.final["consensus_rounds"]
+    # degree 2; a training round carries the adapter delta and z, a finish round the delta
+    assert res.final["bytes_sent_per_node"] == 2 * size * (2 * train_rounds + finish)
+    assert plain_res.final["bytes_sent_per_node"] == 2 * size * (
+        train_rounds + plain_res.final["consensus_rounds"]
+    )
+    assert not np.array_equal(sim.average(), plain.average())
+    assert "+tracking" in sim.cfg.label
+
+
+def test_tracking_with_robust_mixing_is_refused(synthetic_jsonl: Path) -> None:
+    with pytest.raises(ValidationError, match="robust"):
+        tracking_config(synthetic_jsonl, True, robust="clip")
+
+
+def test_a_node_without_tracking_refuses_tracking_messages(
+    tiny_lm: LoraModel, synthetic_jsonl: Path
+) -> None:
+    sim = Simulation(tracking_config(synthetic_jsonl, False), lm=tiny_lm)
+    with pytest.raises(GossipError, match="does not track"):
+        sim.nodes[0].receive_tracker(1, b"")
+
+
+def test_checkpoints_keep_the_correction(tiny_lm: LoraModel, tmp_path: Path) -> None:
+    from declora.node import checkpoint
+
+    vec = np.concatenate([t.reshape(-1).numpy() for t in tiny_lm.initial_tensors()])
+    correction = np.random.default_rng(0).normal(size=vec.shape).astype(np.float32)
+    trainer_state = {"optimizer": {}, "step": 0, "epoch": 0, "cursor": 0, "order": np.zeros(0)}
+    for name, corr in [("with", correction), ("without", None)]:
+        state = checkpoint.NodeState(
+            round=3,
+            seq=3,
+            vector=vec,
+            public=vec.copy(),
+            trainer=trainer_state,
+            fingerprint=tiny_lm.fingerprint,
+            correction=corr,
+        )
+        checkpoint.save(tmp_path / name, tiny_lm, state, {"node_id": name})
+        loaded = checkpoint.load(tmp_path / name, tiny_lm)
+        if corr is None:
+            assert loaded.correction is None
+        else:
+            assert loaded.correction is not None
+            np.testing.assert_array_equal(loaded.correction, corr)
