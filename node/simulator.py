@@ -128,6 +128,8 @@ class SimConfig(BaseModel):
             f"n={self.nodes} {self.topology} {self.partition} r={self.rank} "
             f"K={self.local_steps} {self.codec}"
         )
+        if self.lr != SimConfig.model_fields["lr"].default:
+            label += f" lr={self.lr:g}"
         if self.tracking:
             label += " +tracking"
         if self.robust != "none":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -214,3 +215,22 @@ def test_checkpoints_keep_the_correction(tiny_lm: LoraModel, tmp_path: Path) -> 
         else:
             assert loaded.correction is not None
             np.testing.assert_array_equal(loaded.correction, corr)
+
+
+def test_settings_and_cli_refuse_tracking_with_robust_mixing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from typer.testing import CliRunner
+
+    from declora.cli.app import app
+    from declora.node.settings import NodeSettings
+
+    for key in [k for k in os.environ if k.startswith("DECLORA_")]:
+        monkeypatch.delenv(key)
+    assert NodeSettings(gradient_tracking=True).gradient_tracking
+    with pytest.raises(ValidationError, match="cannot be combined with --robust-mixing"):
+        NodeSettings(gradient_tracking=True, robust_mixing="trim")
+    res = CliRunner().invoke(app, ["start", "--gradient-tracking", "--robust-mixing", "clip"])
+    assert res.exit_code == 2 and "cannot be combined with --robust-mixing" in res.output
+    res = CliRunner().invoke(app, ["simulate", "--tracking", "--robust", "clip"])
+    assert res.exit_code == 2 and "robust" in res.output
