@@ -153,7 +153,7 @@ def start(
             "--gradient-tracking/--no-gradient-tracking",
             rich_help_panel=TRAIN,
             help="Correct local steps toward the swarm's gradient (non-IID data; the same "
-            "on every node; twice the bytes).",
+            "on every node; twice the bytes of a training round).",
         ),
     ] = None,
     round_deadline: Annotated[

@@ -6,8 +6,8 @@ number of samples every run sees is the same (8 nodes x 75 local steps x 16), so
 K = 1 runs 75 rounds. The `gt-*` runs add gradient tracking (`node/tracking.py`).
 Each run writes `<name>.json` and `<name>.png`; a finished run is not repeated, so an
 interrupted experiment resumes where it stopped. The centralized baseline trains once
-per (rank, training data, learning rate) and is shared by the runs that have the
-same; a run at another learning rate than the base is compared with the better of
+per (rank, training data, learning rate, seed) and is shared by the runs that have
+the same; a run at another learning rate than the base is compared with the better of
 centralized at the base rate and at its own.
 """
 
@@ -49,6 +49,8 @@ PAPER_GRID: dict[str, SimConfig] = {  # in the order they run: the targets first
     "gt": _variant(tracking=True),
     "gt-lr-5.7e-3": _variant(tracking=True, lr=5.7e-3),
     "gt-lr-5.7e-3-q4": _variant(tracking=True, lr=5.7e-3, codec="q4"),
+    # the same with another seed: another Dirichlet draw, init and batch order
+    "gt-lr-5.7e-3-seed-1": _variant(tracking=True, lr=5.7e-3, seed=1),
     "q8": _variant(codec="q8"),
     "q2": _variant(codec="q2"),
     "iid": _variant(partition="iid"),
@@ -66,7 +68,9 @@ def _central_key(cfg: SimConfig, lr: float) -> str:
     data = "skew" if cfg.partition.startswith("skew") else "all"  # iid/dirichlet use every sample
     samples = cfg.nodes * cfg.rounds * cfg.local_steps * cfg.batch_size
     key = f"central-r{cfg.rank}-{data}-{samples}"
-    return key if lr == BASE.lr else f"{key}-lr-{lr:g}"
+    if lr != BASE.lr:
+        key += f"-lr-{lr:g}"
+    return key if cfg.seed == BASE.seed else f"{key}-seed-{cfg.seed}"
 
 
 def _central_lrs(cfg: SimConfig) -> list[float]:

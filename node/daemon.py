@@ -460,14 +460,15 @@ class Daemon:
         self,
         peer: Peer,
         r: int,
-        delta: bytes,
+        message: bytes,
         degree: int,
         crc: int,
-        tracker: bytes = b"",
+        tracker_bytes: int = 0,
         retry: bool = True,
     ) -> None:
-        """Send this round's payload `delta + tracker` (CRC `crc`); a keyframe instead of
-        the delta when out of step. `tracker` is the round's z (gradient tracking) or b"".
+        """Send this round's payload `message` (CRC `crc`): the adapter delta, then
+        `tracker_bytes` of the round's z (gradient tracking). A keyframe replaces the
+        delta when the neighbour is out of step.
 
         A refusal for being out of range or unknown renews the handshake instead of
         dropping the neighbour: the renewed round aligns the two at the next round
@@ -475,16 +476,14 @@ class Daemon:
         not finished its side of the handshake) retries once.
         """
         try:
-            t = len(tracker)
+            t = tracker_bytes
             if not peer.send_keyframe:
-                ack = await self._push_one(
-                    peer, r, pb.PAYLOAD_KIND_DELTA, delta + tracker, degree, crc, t
-                )
+                ack = await self._push_one(peer, r, pb.PAYLOAD_KIND_DELTA, message, degree, crc, t)
                 if ack.accepted or not ack.need_keyframe:
                     if not ack.accepted:
                         log.info("%s refused round %d: %s", peer.node_id, r, ack.reason)
                     return
-            keyframe = self.node.gossip.keyframe() + tracker
+            keyframe = self.node.gossip.keyframe() + message[len(message) - t :]
             ack = await self._push_one(peer, r, pb.PAYLOAD_KIND_KEYFRAME, keyframe, degree, None, t)
             self.counters.keyframes_sent += 1
             peer.send_keyframe = not ack.accepted
@@ -496,7 +495,7 @@ class Daemon:
             if renew and not self.stop_requested and await self.dial(peer.address) is not None:
                 log.info("%s refused round %d (%s): handshake renewed", peer.node_id, r, code.name)
                 if code == grpc.StatusCode.UNAUTHENTICATED and retry:
-                    await self.push(peer, r, delta, degree, crc, tracker, retry=False)
+                    await self.push(peer, r, message, degree, crc, tracker_bytes, retry=False)
                 return
             self.drop(peer, f"push failed: {code.name} {exc.details() or ''}".strip())
         except Exception:  # one neighbour's failure never takes the node down
@@ -730,13 +729,13 @@ class Daemon:
         faults.crash_point("before_send")
         delta = self.node.outgoing()
         tracker = self.node.tracker_outgoing() or b""  # after outgoing: the rng's order
+        message = delta + tracker if tracker else delta
         self.seq += 1
         degree = len(self.live_peers)
         deadline = time.monotonic() + self.s.round_deadline
-        crc = zlib.crc32(delta + tracker)
-        await asyncio.gather(
-            *(self.push(p, r, delta, degree, crc, tracker) for p in self.live_peers)
-        )
+        crc = zlib.crc32(message)
+        t = len(tracker)
+        await asyncio.gather(*(self.push(p, r, message, degree, crc, t) for p in self.live_peers))
         faults.crash_point("after_send")
         await self._wait_for(r, deadline)
         self._mix(r, degree)

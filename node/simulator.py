@@ -132,6 +132,8 @@ class SimConfig(BaseModel):
             label += f" lr={self.lr:g}"
         if self.tracking:
             label += " +tracking"
+        if self.seed:
+            label += f" seed={self.seed}"
         if self.robust != "none":
             label += f" robust={self.robust}"
         if self.byzantine:

@@ -17,16 +17,18 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+import grpc
 import numpy as np
 import pytest
 
 from declora.cli.client import StatusError, fetch_status
 from declora.node.security import TlsFiles
-from declora.proto import pb
+from declora.proto import pb, pb_grpc
 
 HOST = "127.0.0.1"
 CLI = [sys.executable, "-m", "declora.cli"]
@@ -44,6 +46,15 @@ LOCAL_STEPS = 5
 SEED = 0
 
 T = TypeVar("T")
+
+
+def serve_fake_peer(servicer: pb_grpc.SwarmServicer, address: str) -> grpc.Server:
+    """An in-test gRPC server for a fake neighbour on `address`, started; stop it after."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_SwarmServicer_to_server(servicer, server)
+    server.add_insecure_port(address)
+    server.start()
+    return server
 
 
 def uid() -> str:

@@ -20,14 +20,13 @@ import struct
 import urllib.request
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from daemon_helpers import HOST, Cluster, Node, free_ports, train_args
+from daemon_helpers import HOST, Cluster, Node, free_ports, serve_fake_peer, train_args
 from grpc import StatusCode as Code
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -559,10 +558,7 @@ def probe(tmp_path_factory: pytest.TempPathFactory, synthetic_jsonl: Path) -> It
     f_port, d_port, metrics_port = free_ports(3)
     f_address = f"{HOST}:{f_port}"
     fake = FakePeer(f_address)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    pb_grpc.add_SwarmServicer_to_server(fake, server)
-    server.add_insecure_port(f_address)
-    server.start()
+    server = serve_fake_peer(fake, f_address)
     cluster = Cluster(tmp_path_factory.mktemp("bad-input"), synthetic_jsonl)
     args = [*train_args(synthetic_jsonl), "--swarm-id", cluster.swarm_id, "--peers", f_address]
     args += ["--round-deadline", "600", "--rounds", "0", "--eval-every", "0"]
@@ -687,10 +683,7 @@ def test_corrupt_state_at_catch_up_is_refused_and_the_node_goes_on(
 ) -> None:
     f_port, d_port = free_ports(2)
     fake = AheadPeer(f"{HOST}:{f_port}")
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    pb_grpc.add_SwarmServicer_to_server(fake, server)
-    server.add_insecure_port(fake.address)
-    server.start()
+    server = serve_fake_peer(fake, fake.address)
     cluster = Cluster(tmp_path, synthetic_jsonl)
     args = [*train_args(synthetic_jsonl), "--swarm-id", cluster.swarm_id, "--peers", fake.address]
     args += ["--round-deadline", "600", "--rounds", "0", "--eval-every", "0"]

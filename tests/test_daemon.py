@@ -17,7 +17,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -40,6 +39,7 @@ from daemon_helpers import (
     known_ids,
     live_ids,
     read_adapter,
+    serve_fake_peer,
     status_or_none,
     train_args,
     uid,
@@ -483,10 +483,7 @@ def test_a_neighbour_leaving_during_a_push_does_not_stop_the_node(cluster: Clust
     a cancelled grpc.aio call raises CancelledError, which once ended the node (exit 1)."""
     f_port, d_port = free_ports(2)
     fake = LeavingPeer(f"{HOST}:{f_port}")
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    pb_grpc.add_SwarmServicer_to_server(fake, server)
-    server.add_insecure_port(fake.address)
-    server.start()
+    server = serve_fake_peer(fake, fake.address)
     try:
         args = [*train_args(cluster.data), "--swarm-id", cluster.swarm_id, "--peers"]
         args += [fake.address, "--rounds", "3", "--eval-every", "0", "--round-deadline", "30"]

@@ -271,7 +271,7 @@ def valid_stream(src: Source, sender: str = "peer", data: bytes | None = None) -
 
 def mutate_header(header: pb.PayloadHeader, src: Source, senders: Sequence[str]) -> None:
     """Set one field of `header` to a random or edge value."""
-    field = src.integer(0, 11)
+    field = src.integer(0, 12)
     if field == 0:
         header.sender_id = pick(src, [*senders, "", "x" * 300])
     elif field == 1:
@@ -294,6 +294,8 @@ def mutate_header(header: pb.PayloadHeader, src: Source, senders: Sequence[str])
         header.crc32 = edge_int(src, 2**32 - 1)
     elif field == 10:
         header.mac = src.blob(40)
+    elif field == 11:
+        header.tracker_bytes = edge_int(src, U64)
     elif header.tensors:
         t = header.tensors[src.integer(0, len(header.tensors) - 1)]
         change = src.integer(0, 4)
@@ -378,6 +380,8 @@ def check_read(stream: list[pb.Chunk]) -> None:
     event("accepted")
     assert len(payload.data) == payload.header.total_bytes
     assert zlib.crc32(payload.data) == payload.header.crc32
+    assert len(payload.tracker) == payload.header.tracker_bytes
+    assert payload.adapter + payload.tracker == payload.data
     check_header(
         payload.header, swarm_id=SWARM, fingerprint=FINGERPRINT, schema=SCHEMA, max_bytes=MAX_BYTES
     )
