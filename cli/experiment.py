@@ -51,6 +51,7 @@ PAPER_GRID: dict[str, SimConfig] = {  # in the order they run: the targets first
     "gt-lr-5.7e-3-q4": _variant(tracking=True, lr=5.7e-3, codec="q4"),
     # the same with another seed: another Dirichlet draw, init and batch order
     "gt-lr-5.7e-3-seed-1": _variant(tracking=True, lr=5.7e-3, seed=1),
+    "base-lr-5.7e-3-seed-1": _variant(lr=5.7e-3, seed=1),
     "q8": _variant(codec="q8"),
     "q2": _variant(codec="q2"),
     "iid": _variant(partition="iid"),
