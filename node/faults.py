@@ -9,7 +9,10 @@ time (default: the first) it reaches `point`. Points, in the order a round meets
 - `checkpoint`: a checkpoint's files are written but not yet renamed into place;
 - `checkpoint_pointer`: the new `LATEST` is in its temporary file, not yet renamed.
 
-Unset (the default), `crash_point` is a no-op. A malformed value is refused at import.
+With `DECLORA_CRASH_ARM_FILE=<path>` as well, visits count only while that file
+exists, so a test can arm the crash when it is ready for it (not after a guessed
+number of rounds). Unset (the default), `crash_point` is a no-op. A malformed value is
+refused at import.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 import signal
 
 ENV = "DECLORA_CRASH_AT"
+ARM_ENV = "DECLORA_CRASH_ARM_FILE"
 POINTS = ("before_send", "mid_stream", "after_send", "checkpoint", "checkpoint_pointer")
 
 
@@ -32,12 +36,15 @@ def parse(value: str) -> tuple[str, int] | None:
 
 
 _plan = parse(os.environ.get(ENV, ""))
+_arm_file = os.environ.get(ARM_ENV, "")
 _seen: dict[str, int] = {}
 
 
 def armed(point: str) -> bool:
-    """Whether this process is set to crash at `point`."""
-    return _plan is not None and _plan[0] == point
+    """Whether this process is set to crash at `point` (and its arm file, if any, exists)."""
+    if _plan is None or _plan[0] != point:
+        return False
+    return not _arm_file or os.path.exists(_arm_file)
 
 
 def crash_point(point: str) -> None:
