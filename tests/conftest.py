@@ -15,6 +15,7 @@ import pytest
 from daemon_helpers import Cluster
 
 from declora.node.data import TextDataset
+from declora.node.simulator import SimConfig
 from declora.node.trainer import LoraModel, LoraSpec
 
 TINY_SPEC = LoraSpec(model="tiny-bert", rank=4, alpha=8, max_length=32, seed=0)
@@ -31,6 +32,28 @@ CLASS_WORDS: tuple[tuple[str, ...], ...] = (
 )
 SHARED_WORDS: tuple[str, ...] = ("the", "of", "news", "and")
 CLASS_NAMES: tuple[str, ...] = ("alpha", "bravo", "charlie", "delta", "echo")
+
+
+def tiny_sim_config(data: Path, **changes: object) -> SimConfig:
+    """A 4-node tiny-bert ring on `data` for 3 rounds of 5 steps; `changes` override."""
+    base: dict[str, object] = {
+        "nodes": 4,
+        "topology": "ring",
+        "partition": "iid",
+        "rounds": 3,
+        "local_steps": 5,
+        "batch_size": 16,
+        "lr": 3e-2,
+        "model": TINY_SPEC.model,
+        "data": str(data),
+        "rank": TINY_SPEC.rank,
+        "alpha": TINY_SPEC.alpha,
+        "max_length": TINY_SPEC.max_length,
+        "seed": 0,
+        "node_eval_every": 2,
+        "centralized": False,
+    }
+    return SimConfig.model_validate({**base, **changes})
 
 
 def make_synthetic(n: int = 200, seed: int = 0) -> TextDataset:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_SPEC
+from conftest import TINY_SPEC, tiny_sim_config
 from pydantic import ValidationError
 
 from declora.node.codecs import encoded_size
@@ -21,26 +21,7 @@ ROUNDS = 3
 
 
 def tiny_config(data: Path, codec: str) -> SimConfig:
-    return SimConfig.model_validate(
-        {
-            "nodes": 4,
-            "topology": "ring",
-            "partition": "iid",
-            "rounds": ROUNDS,
-            "local_steps": 5,
-            "batch_size": 16,
-            "lr": 3e-2,
-            "codec": codec,
-            "model": TINY_SPEC.model,
-            "data": str(data),
-            "rank": TINY_SPEC.rank,
-            "alpha": TINY_SPEC.alpha,
-            "max_length": TINY_SPEC.max_length,
-            "seed": 0,
-            "node_eval_every": 2,
-            "centralized": False,
-        }
-    )
+    return tiny_sim_config(data, rounds=ROUNDS, codec=codec)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_SPEC
+from conftest import tiny_sim_config
 from pydantic import ValidationError
 
 from declora.node.codecs import encoded_size, make_codec
@@ -134,27 +134,14 @@ def test_non_finite_messages_and_corrections_are_refused() -> None:
 
 
 def tracking_config(data: Path, tracking: bool, **extra: object) -> SimConfig:
-    return SimConfig.model_validate(
-        {
-            "nodes": 4,
-            "topology": "ring",
-            "partition": "skew:0.9",
-            "rounds": 3,
-            "local_steps": 3,
-            "batch_size": 16,
-            "lr": 3e-2,
-            "model": TINY_SPEC.model,
-            "data": str(data),
-            "rank": TINY_SPEC.rank,
-            "alpha": TINY_SPEC.alpha,
-            "max_length": TINY_SPEC.max_length,
-            "seed": 0,
-            "node_eval_every": 1000,
-            "max_consensus_rounds": 4,
-            "centralized": False,
-            "tracking": tracking,
-            **extra,
-        }
+    return tiny_sim_config(
+        data,
+        partition="skew:0.9",
+        local_steps=3,
+        node_eval_every=1000,
+        max_consensus_rounds=4,
+        tracking=tracking,
+        **extra,
     )
 
 
