@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_SPEC
+from conftest import tiny_sim_config
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -288,29 +288,17 @@ ATTACK = "scale:-20"
 
 def ring_config(data: Path, robust: str, attacked: bool) -> SimConfig:
     """A ring of NODES tiny-bert nodes on iid shares; node 0 attacks when `attacked`."""
-    return SimConfig.model_validate(
-        {
-            "nodes": NODES,
-            "topology": "ring",
-            "partition": "iid",
-            "rounds": ROUNDS,
-            "local_steps": 5,
-            "batch_size": 16,
-            "lr": 0.05,
-            "model": TINY_SPEC.model,
-            "data": str(data),
-            "rank": TINY_SPEC.rank,
-            "alpha": TINY_SPEC.alpha,
-            "max_length": TINY_SPEC.max_length,
-            "seed": 0,
-            "node_eval_every": 1000,
-            "centralized": False,
-            "max_consensus_rounds": 0,
-            "threads": 1,
-            "robust": robust,
-            "byzantine": (0,) if attacked else (),
-            "attack": ATTACK if attacked else None,
-        }
+    return tiny_sim_config(
+        data,
+        nodes=NODES,
+        rounds=ROUNDS,
+        lr=0.05,
+        node_eval_every=1000,
+        max_consensus_rounds=0,
+        threads=1,
+        robust=robust,
+        byzantine=(0,) if attacked else (),
+        attack=ATTACK if attacked else None,
     )
 
 
