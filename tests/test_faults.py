@@ -220,6 +220,14 @@ def test_faults_crash_every_phase_straggle_leave_resume(cluster: Cluster) -> Non
     for node in nodes:
         node.start(env=crash_env(victim, CRASHES[0][1]) if node is victim else None)
     wait_ring(cluster, nodes, min_round=1)
+    # The first crash must find a checkpoint to check and resume from (the daemon
+    # writes its first one at round CKPT_EVERY); arming earlier raced that write.
+    cluster.wait_until(
+        f"{victim.node_id}'s first checkpoint",
+        lambda: checkpoint.latest(victim.ckpt),
+        RECOVER,
+        running=nodes,
+    )
     arm(victim)
     survivors = [n for n in nodes if n is not victim]
     rows: list[Row] = []
