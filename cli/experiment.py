@@ -39,6 +39,10 @@ def _variant(**changes: Any) -> SimConfig:
     return BASE.model_copy(update=changes)
 
 
+# K = 1: 75 rounds of one local step each (the same 9,600 samples)
+K1: dict[str, Any] = {"local_steps": 1, "rounds": 75, "eval_every": 15}
+GT_K1: dict[str, Any] = {**K1, "tracking": True, "lr": 5.7e-3}
+
 PAPER_GRID: dict[str, SimConfig] = {  # in the order they run: the targets first
     "base": BASE,
     "q4": _variant(codec="q4"),
@@ -52,12 +56,20 @@ PAPER_GRID: dict[str, SimConfig] = {  # in the order they run: the targets first
     # the same with another seed: another Dirichlet draw, init and batch order
     "gt-lr-5.7e-3-seed-1": _variant(tracking=True, lr=5.7e-3, seed=1),
     "base-lr-5.7e-3-seed-1": _variant(lr=5.7e-3, seed=1),
+    # seed 1 is still climbing at the last round: one gossip step per local step
+    # (K = 1 closed 6 points without tracking), three seeds, fp32 and q4
+    "gt-lr-5.7e-3-k-1": _variant(**GT_K1),
+    "gt-lr-5.7e-3-k-1-seed-1": _variant(**GT_K1, seed=1),
+    "gt-lr-5.7e-3-k-1-q4": _variant(**GT_K1, codec="q4"),
+    "gt-lr-5.7e-3-k-1-q4-seed-1": _variant(**GT_K1, codec="q4", seed=1),
+    "gt-lr-5.7e-3-k-1-seed-2": _variant(**GT_K1, seed=2),
+    "gt-lr-5.7e-3-k-1-q4-seed-2": _variant(**GT_K1, codec="q4", seed=2),
     "q8": _variant(codec="q8"),
     "q2": _variant(codec="q2"),
     "iid": _variant(partition="iid"),
     "er-0.3": _variant(topology="er:0.3"),
     "skew": _variant(partition="skew:0.85"),
-    "k-1": _variant(local_steps=1, rounds=75, eval_every=15),
+    "k-1": _variant(**K1),
     "rank-2": _variant(rank=2, alpha=4),
     "rank-4": _variant(rank=4, alpha=8),
     "rank-16": _variant(rank=16, alpha=32),
