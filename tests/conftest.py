@@ -34,24 +34,31 @@ SHARED_WORDS: tuple[str, ...] = ("the", "of", "news", "and")
 CLASS_NAMES: tuple[str, ...] = ("alpha", "bravo", "charlie", "delta", "echo")
 
 
+# The shape of the small simulations in the tests: a 4-node ring, iid, 3 rounds of 5
+# steps of 16, no centralized baseline.
+SMALL_RING: dict[str, object] = {
+    "nodes": 4,
+    "topology": "ring",
+    "partition": "iid",
+    "rounds": 3,
+    "local_steps": 5,
+    "batch_size": 16,
+    "seed": 0,
+    "centralized": False,
+}
+
+
 def tiny_sim_config(data: Path, **changes: object) -> SimConfig:
     """A 4-node tiny-bert ring on `data` for 3 rounds of 5 steps; `changes` override."""
     base: dict[str, object] = {
-        "nodes": 4,
-        "topology": "ring",
-        "partition": "iid",
-        "rounds": 3,
-        "local_steps": 5,
-        "batch_size": 16,
+        **SMALL_RING,
         "lr": 3e-2,
         "model": TINY_SPEC.model,
         "data": str(data),
         "rank": TINY_SPEC.rank,
         "alpha": TINY_SPEC.alpha,
         "max_length": TINY_SPEC.max_length,
-        "seed": 0,
         "node_eval_every": 2,
-        "centralized": False,
     }
     return SimConfig.model_validate({**base, **changes})
 
