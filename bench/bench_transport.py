@@ -3,16 +3,16 @@
 The payload is the LoRA r=16 adapter of q_proj and v_proj in a 7B Llama: 32 layers x
 2 modules x (A: 16x4096, B: 4096x16) = 8,388,608 float32 values (33.6 MB as fp32).
 
-- gRPC: a server subprocess runs a real `declora.node.daemon.Daemon`'s gRPC server
-  (`Daemon._start_server`: the real `SwarmService`, health and reflection, the
-  options of `daemon.grpc_options`). Its model and trainer are stand-ins that carry
-  only the fingerprint, the tensor schema and the gossip state, so `Push` runs the
-  real `Daemon.on_push`: `wire.read_stream` (reassembly, header checks, CRC32), then
-  `GossipState.decode_checked` (decode, size and finite checks), then queues it. The
-  client is a second `Daemon` whose `_push_one` builds the header (`wire.make_header`,
-  CRC32), streams `wire.chunks` of `chunk_kib` over a `grpc.aio` channel and waits
-  for the `PushAck`: the time is from the call to the ack, so it includes the
-  receiver's checks and decode.
+- gRPC: a server subprocess serves a `Push` whose receiving path is the daemon's
+  (`daemon.exchange.Exchange.receive`) without the round bookkeeping: the public
+  `wire.read_stream` (reassembly, header checks, CRC32) and
+  `GossipState.decode_checked` (decode, size and finite checks), on a grpc.aio server
+  with the daemon's `transport.grpc_options`. The client sends the way
+  `Exchange.push_one` does: a `wire.make_header` header (CRC32), then `wire.chunks`
+  of `chunk_kib` over a `grpc.aio` channel, and waits for the `PushAck`: the time is
+  from the call to the ack, so it includes the receiver's checks and decode. (A
+  daemon's adapter comes from a real model, and no model here has an 8M-value
+  adapter; the bookkeeping skipped is a few dict updates.)
 - gRPC, receiver drains only: the same client against a minimal server with the same
   `grpc_options` whose `Push` only iterates the stream and acks; it separates the
   transport (plus the sender's header and CRC32) from the receiver's checks.
@@ -26,13 +26,13 @@ Nothing is asserted.
 
     python bench/bench_transport.py               # ~30 s
     python bench/bench_transport.py --reps 20 --chunk-kib 4096
+    python bench/bench_transport.py --smoke       # a few seconds: the paths still work
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import signal
 import socket
 import struct
@@ -42,7 +42,6 @@ import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -59,10 +58,10 @@ SWARM, FINGERPRINT = "bench-transport", "bench0000fingerp"
 LEN = struct.Struct("<Q")
 
 
-def llama7b_qv_schema() -> AdapterSchema:
-    """32 layers x {q_proj, v_proj} x (lora_A 16x4096, lora_B 4096x16)."""
+def llama7b_qv_schema(layers: int = LAYERS) -> AdapterSchema:
+    """`layers` (32) x {q_proj, v_proj} x (lora_A 16x4096, lora_B 4096x16)."""
     specs = []
-    for layer in range(LAYERS):
+    for layer in range(layers):
         for module in ("q_proj", "v_proj"):
             prefix = f"base_model.model.model.layers.{layer}.self_attn.{module}"
             specs.append(TensorSpec(f"{prefix}.lora_A.default.weight", (RANK, HIDDEN)))
@@ -76,61 +75,45 @@ def settings(node_id: str, listen: str, chunk_kib: int) -> NodeSettings:
     )
 
 
-def stand_in_daemon(node_id: str, listen: str, chunk_kib: int) -> Any:
-    """A real `Daemon` with stand-ins for the parts that need a model."""
-    from declora.node.daemon import Daemon
-
-    schema = llama7b_qv_schema()
-    d = Daemon(settings(node_id, listen, chunk_kib))
-    d.lm = SimpleNamespace(fingerprint=FINGERPRINT, schema=schema)
-    d.node = SimpleNamespace(
-        gossip=GossipState(np.zeros(schema.numel, np.float32), "fp32"),
-        bytes_sent=0,
-        bytes_received=0,
-    )
-    d.codec_spec = "fp32"
-    return d
-
-
 # ------------------------------------------------------------------- servers
 
 
-async def grpc_server(port: int, chunk_kib: int, client_id: str) -> None:
-    from declora.node.daemon import Peer
-
-    d = stand_in_daemon("bench-server", f"127.0.0.1:{port}", chunk_kib)
-    # the sender has shaken hands: live, and its public copy is known (next seq 1)
-    d.peers[client_id] = Peer(node_id=client_id, address="", live=True, expected_seq=1)
-    await d._start_server()
-    print("ready", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=0.5)
-        d.inbox.clear()  # only the newest payload matters; keep memory flat
-    assert d._server is not None
-    await d._server.stop(grace=0.5)
-
-
-async def drain_server(port: int, chunk_kib: int) -> None:
-    """Same server options as the daemon; `Push` reads every chunk and acks, no checks."""
+async def serve(port: int, chunk_kib: int, checks: bool, layers: int) -> None:
+    """`Push` with the daemon's receiving checks (`checks`), or one that only drains."""
     import grpc
 
-    from declora.node.daemon import grpc_options
+    from declora.node.daemon.transport import grpc_options
+    from declora.node.wire import WireError, read_stream
     from declora.proto import pb, pb_grpc
 
-    class Drain(pb_grpc.SwarmServicer):
-        async def Push(self, request_iterator: Any, context: Any) -> Any:
-            received = 0
-            async for chunk in request_iterator:
-                received += len(chunk.data)
-            return pb.PushAck(accepted=received > 0)
+    schema = llama7b_qv_schema(layers)
+    gossip = GossipState(np.zeros(schema.numel, np.float32), "fp32")
 
-    options = grpc_options(settings("drain", f"127.0.0.1:{port}", chunk_kib))
+    class Receiver(pb_grpc.SwarmServicer):
+        async def Push(self, request_iterator: Any, context: Any) -> Any:
+            if not checks:
+                received = 0
+                async for chunk in request_iterator:
+                    received += len(chunk.data)
+                return pb.PushAck(accepted=received > 0)
+            try:
+                payload = await read_stream(
+                    request_iterator,
+                    swarm_id=SWARM,
+                    fingerprint=FINGERPRINT,
+                    schema=schema,
+                    max_bytes=1 << 30,
+                    auth=None,
+                )
+            except WireError as exc:
+                await context.abort(exc.code, exc.reason)
+            h = payload.header
+            await asyncio.to_thread(gossip.decode_checked, h.sender_id, payload.adapter, h.codec)
+            return pb.PushAck(accepted=True)
+
+    options = grpc_options(settings("server", f"127.0.0.1:{port}", chunk_kib))
     server = grpc.aio.server(options=options)
-    pb_grpc.add_SwarmServicer_to_server(Drain(), server)
+    pb_grpc.add_SwarmServicer_to_server(Receiver(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     print("ready", flush=True)
@@ -189,29 +172,46 @@ class RawClient:
 
 
 class GrpcClient:
-    """Pushes through `Daemon._push_one`, the daemon's own client path."""
+    """Pushes the way `Exchange.push_one` does: header with CRC32, chunks, one ack."""
 
-    def __init__(self, port: int, chunk_kib: int, client_id: str) -> None:
-        from declora.node.daemon import Peer
+    def __init__(self, port: int, chunk_kib: int, client_id: str, layers: int) -> None:
+        import grpc
 
-        self.d = stand_in_daemon(client_id, "127.0.0.1:1", chunk_kib)
-        self.peer = Peer(node_id="bench-server", address=f"127.0.0.1:{port}", live=True)
+        from declora.node.daemon.transport import grpc_options
+        from declora.proto import pb_grpc
+
+        options = grpc_options(settings(client_id, "127.0.0.1:1", chunk_kib))
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
+        self.stub = pb_grpc.SwarmStub(self.channel)
+        self.client_id, self.chunk_bytes, self.seq = client_id, chunk_kib * 1024, 0
+        self.schema = llama7b_qv_schema(layers)
 
     async def send(self, data: bytes, codec: str) -> float:
+        from declora.node.wire import chunks, make_header
         from declora.proto import pb
 
-        self.d.codec_spec = codec
-        self.d.seq += 1
+        self.seq += 1
         t0 = time.perf_counter()
-        ack = await self.d._push_one(self.peer, 1, pb.PAYLOAD_KIND_DELTA, data, 1)
+        header = make_header(
+            sender_id=self.client_id,
+            swarm_id=SWARM,
+            fingerprint=FINGERPRINT,
+            round=1,
+            sender_degree=1,
+            kind=pb.PAYLOAD_KIND_DELTA,
+            codec=codec,
+            seq=self.seq,
+            data=data,
+            schema=self.schema,
+        )
+        ack = await self.stub.Push(chunks(header, data, self.chunk_bytes), timeout=120)
         elapsed = time.perf_counter() - t0
         if not ack.accepted:
             raise RuntimeError(f"push refused: {ack.reason}")
         return elapsed
 
     async def close(self) -> None:
-        if self.peer.channel is not None:
-            await self.peer.channel.close()
+        await self.channel.close()
 
 
 def spawn_server(args: list[str]) -> subprocess.Popen[bytes]:
@@ -239,7 +239,7 @@ def mbps(size: int, seconds: float) -> float:
 
 
 async def measure(args: argparse.Namespace) -> None:
-    schema = llama7b_qv_schema()
+    schema = llama7b_qv_schema(args.layers)
     n = schema.numel
     rng = np.random.default_rng(0)
     vec = (rng.standard_normal(n) * 0.01).astype(np.float32)
@@ -248,7 +248,7 @@ async def measure(args: argparse.Namespace) -> None:
     q4 = q4_codec.encode(vec, rng)
     print(
         f"payload: {len(schema.tensors)} tensors, {n:,} values (LoRA r={RANK} q,v of a "
-        f"{LAYERS}-layer, {HIDDEN}-wide Llama); fp32 {len(fp32):,} B, q4 {len(q4):,} B "
+        f"{args.layers}-layer, {HIDDEN}-wide Llama); fp32 {len(fp32):,} B, q4 {len(q4):,} B "
         f"({len(q4) / len(fp32):.3f} of fp32); chunks of {args.chunk_kib} KiB"
     )
     print(f"load average at start: {load_average()}")
@@ -259,21 +259,14 @@ async def measure(args: argparse.Namespace) -> None:
     raw: RawClient | None = None
     gc: GrpcClient | None = None
     dc: GrpcClient | None = None
+    server_args = ["--chunk-kib", str(args.chunk_kib), "--layers", str(args.layers)]
     try:
-        procs.append(
-            spawn_server(
-                ["--serve", "grpc", "--port", str(grpc_port), "--chunk-kib", str(args.chunk_kib)]
-            )
-        )
-        procs.append(
-            spawn_server(
-                ["--serve", "drain", "--port", str(drain_port), "--chunk-kib", str(args.chunk_kib)]
-            )
-        )
+        procs.append(spawn_server(["--serve", "grpc", "--port", str(grpc_port), *server_args]))
+        procs.append(spawn_server(["--serve", "drain", "--port", str(drain_port), *server_args]))
         procs.append(spawn_server(["--serve", "raw", "--port", str(raw_port)]))
         raw = RawClient(raw_port)
-        gc = GrpcClient(grpc_port, args.chunk_kib, client_id)
-        dc = GrpcClient(drain_port, args.chunk_kib, client_id)
+        gc = GrpcClient(grpc_port, args.chunk_kib, client_id, args.layers)
+        dc = GrpcClient(drain_port, args.chunk_kib, client_id, args.layers)
         times: dict[str, list[float]] = {
             k: [] for k in ("raw32", "drain32", "grpc32", "raw4", "grpc4")
         }
@@ -312,7 +305,7 @@ async def measure(args: argparse.Namespace) -> None:
     )
     print(
         f"  gRPC Push  {t['grpc32']:.4f}s  {mbps(len(fp32), t['grpc32']):8.1f} MB/s"
-        "  (real SwarmService: read_stream + CRC32 + decode_checked before the ack)"
+        "  (the daemon's checks: read_stream + CRC32 + decode_checked before the ack)"
     )
     ratio32 = t["raw32"] / t["grpc32"]
     print(
@@ -351,9 +344,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=10, help="timed pushes per path and payload")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--chunk-kib", type=int, default=1024, help="the daemon's --chunk-kib")
+    ap.add_argument("--layers", type=int, default=LAYERS, help="Llama layers of the adapter")
+    ap.add_argument(
+        "--smoke", action="store_true", help="2 layers, 2 pushes: checks the paths, not speed"
+    )
     ap.add_argument("--serve", choices=("grpc", "drain", "raw"), help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.layers, args.reps, args.warmup = 2, 2, 1
     if args.serve == "raw":
         raw_server(args.port)
         return 0
@@ -364,11 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         run = uvloop.run
     except ImportError:
         run = asyncio.run
-    if args.serve == "grpc":
-        run(grpc_server(args.port, args.chunk_kib, "bench-client"))
-        return 0
-    if args.serve == "drain":
-        run(drain_server(args.port, args.chunk_kib))
+    if args.serve in ("grpc", "drain"):
+        run(serve(args.port, args.chunk_kib, args.serve == "grpc", args.layers))
         return 0
     with sigterm_as_exit():
         run(measure(args))

@@ -320,7 +320,7 @@ def simulate(
         str, typer.Option(help="ring, complete, er:P, torus[:RxC], star.")
     ] = "ring",
     partition_scheme: Annotated[
-        str, typer.Option("--partition", help="iid, dirichlet:A, skew[:P], shards:K.")
+        str, typer.Option(help="iid, dirichlet:A, skew[:P], shards:K.")
     ] = "dirichlet:0.1",
     rounds: Annotated[int, typer.Option()] = 15,
     local_steps: Annotated[int, typer.Option(help="K local steps a round.")] = 5,
@@ -334,10 +334,15 @@ def simulate(
     seed: Annotated[int, typer.Option()] = 0,
     centralized: Annotated[bool, typer.Option("--centralized/--no-centralized")] = True,
     consensus_tol: Annotated[float, typer.Option()] = 1e-3,
-    max_test: Annotated[int | None, typer.Option(help="Cap on test examples.")] = None,
-    robust: Annotated[str, typer.Option(help="Mixing rule: none, clip[:C], trim[:F].")] = "none",
-    tracking: Annotated[
-        bool, typer.Option("--tracking/--no-tracking", help="Gradient tracking (non-IID data).")
+    max_eval: Annotated[int, typer.Option(help="Cap on test examples (0 = all).")] = 0,
+    robust_mixing: Annotated[
+        str, typer.Option(help="Mixing rule: none, clip[:C], trim[:F].")
+    ] = "none",
+    gradient_tracking: Annotated[
+        bool,
+        typer.Option(
+            "--gradient-tracking/--no-gradient-tracking", help="Gradient tracking (non-IID data)."
+        ),
     ] = False,
     byzantine: Annotated[
         str, typer.Option(help="Attacking node indices, comma-separated (e.g. 0,4).")
@@ -359,7 +364,7 @@ def simulate(
         cfg = SimConfig(
             nodes=nodes,
             topology=topology,
-            partition=partition_scheme,
+            partition_scheme=partition_scheme,
             rounds=rounds,
             local_steps=local_steps,
             rank=rank,
@@ -372,9 +377,9 @@ def simulate(
             seed=seed,
             centralized=centralized,
             consensus_tol=consensus_tol,
-            max_test=max_test,
-            robust=robust,
-            tracking=tracking,
+            max_eval=max_eval,
+            robust_mixing=robust_mixing,
+            gradient_tracking=gradient_tracking,
             byzantine=_indices("--byzantine", byzantine),
             attack=attack,
         )
@@ -425,7 +430,7 @@ def lab(
     nodes: Annotated[int, typer.Option(help="Daemons to start on 127.0.0.1.")] = 4,
     topology: Annotated[str, typer.Option(help="ring, complete, er:P, torus, star.")] = "ring",
     partition_scheme: Annotated[
-        str, typer.Option("--partition", help="Partition scheme.")
+        str, typer.Option(help="iid, dirichlet:A, skew[:P], shards:K.")
     ] = "dirichlet:0.5",
     rounds: Annotated[int, typer.Option()] = 10,
     local_steps: Annotated[int, typer.Option()] = 5,
@@ -457,34 +462,108 @@ def lab(
     ] = "text",
 ) -> None:
     """Start N real daemons on 127.0.0.1, show them live, and report their accuracy."""
+    from pydantic import ValidationError
+
     from declora.cli.lab import LabConfig, run_lab
 
-    cfg = LabConfig(
-        nodes=nodes,
-        topology=topology,
-        partition=partition_scheme,
-        rounds=rounds,
-        local_steps=local_steps,
-        model=model,
-        data=data,
-        codec=codec,
-        rank=rank,
-        lr=lr,
-        batch_size=batch_size,
-        seed=seed,
-        max_eval=max_eval,
-        eval_every=eval_every,
-        base_port=base_port,
-        round_deadline=round_deadline,
-        consensus_rounds=consensus_rounds,
-        gradient_tracking=gradient_tracking,
-        centralized=centralized,
-        output=output,
-    )
+    try:
+        cfg = LabConfig(
+            nodes=nodes,
+            topology=topology,
+            partition_scheme=partition_scheme,
+            rounds=rounds,
+            local_steps=local_steps,
+            model=model,
+            data=data,
+            codec=codec,
+            rank=rank,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed,
+            max_eval=max_eval,
+            eval_every=eval_every,
+            base_port=base_port,
+            round_deadline=round_deadline,
+            consensus_rounds=consensus_rounds,
+            gradient_tracking=gradient_tracking,
+            centralized=centralized,
+            output=output,
+        )
+    except ValidationError as exc:
+        fail("bad configuration: " + "; ".join(_problem(e["loc"], e["msg"]) for e in exc.errors()))
+        return
     summary: dict[str, Any] = run_lab(cfg)
     if fmt == "json":
         typer.echo(json.dumps(summary, indent=2, default=str))
     raise typer.Exit(0 if summary.get("ok") else 1)
+
+
+AdapterArg = Annotated[
+    Path, typer.Argument(help="A saved adapter folder, a checkpoint, or a checkpoint root.")
+]
+BaseOpt = Annotated[
+    str | None,
+    typer.Option(help="A local copy of the base model (default: the base the adapter records)."),
+]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+
+
+@app.command()
+def predict(
+    adapter: AdapterArg,
+    input_: Annotated[
+        str,
+        typer.Option(
+            "--input", "-i", help="A .txt (a text a line), .jsonl, .csv or .parquet file; - stdin."
+        ),
+    ] = "-",
+    text_column: Annotated[str, typer.Option(help="The column that holds the texts.")] = "text",
+    fmt: Annotated[
+        str, typer.Option("--format", help="text (tab-separated) or json (one object a line).")
+    ] = "text",
+    base: BaseOpt = None,
+    batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 32,
+    debug: DebugOpt = False,
+) -> None:
+    """Classify texts with a saved adapter: label and probability per line (an LM adapter:
+    each text's mean token loss and perplexity)."""
+    from declora.cli.predict import USER_ERRORS, run_predict
+
+    try:
+        run_predict(adapter, input_, text_column, fmt, sys.stdout, sys.stdin, base, batch_size)
+    except USER_ERRORS as exc:
+        if debug:
+            raise
+        fail(str(exc))
+
+
+@app.command()
+def export(
+    adapter: AdapterArg,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="New folder.")] = None,
+    merge: Annotated[
+        bool,
+        typer.Option(
+            "--merge/--no-merge",
+            help="Merge LoRA into the base: a plain transformers model folder (else: a copy "
+            "of the PEFT adapter).",
+        ),
+    ] = False,
+    base: BaseOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Export a saved adapter: with --merge, a model transformers loads on its own."""
+    from declora.cli.predict import USER_ERRORS, run_export
+
+    if output is None:
+        fail("--output is required: the folder to write")
+        return
+    try:
+        typer.echo(run_export(adapter, output, merge, base))
+    except USER_ERRORS as exc:
+        if debug:
+            raise
+        fail(str(exc))
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from declora.node.simulator import SimConfig, Simulation, describe_partition
 BASE = SimConfig(
     nodes=8,
     topology="ring",
-    partition="dirichlet:0.1",
+    partition_scheme="dirichlet:0.1",
     rounds=15,
     local_steps=5,
     rank=8,
@@ -41,7 +41,7 @@ def _variant(**changes: Any) -> SimConfig:
 
 # K = 1: 75 rounds of one local step each (the same 9,600 samples)
 K1: dict[str, Any] = {"local_steps": 1, "rounds": 75, "eval_every": 15}
-GT_K1: dict[str, Any] = {**K1, "tracking": True, "lr": 5.7e-3}
+GT_K1: dict[str, Any] = {**K1, "gradient_tracking": True, "lr": 5.7e-3}
 
 PAPER_GRID: dict[str, SimConfig] = {  # in the order they run: the targets first
     "base": BASE,
@@ -50,11 +50,11 @@ PAPER_GRID: dict[str, SimConfig] = {  # in the order they run: the targets first
     # scale Adam's learning rate by sqrt(8) for it
     "base-lr-5.7e-3": _variant(lr=5.7e-3),
     # gradient tracking: local steps follow the swarm's gradient, not the node's own
-    "gt": _variant(tracking=True),
-    "gt-lr-5.7e-3": _variant(tracking=True, lr=5.7e-3),
-    "gt-lr-5.7e-3-q4": _variant(tracking=True, lr=5.7e-3, codec="q4"),
+    "gt": _variant(gradient_tracking=True),
+    "gt-lr-5.7e-3": _variant(gradient_tracking=True, lr=5.7e-3),
+    "gt-lr-5.7e-3-q4": _variant(gradient_tracking=True, lr=5.7e-3, codec="q4"),
     # the same with another seed: another Dirichlet draw, init and batch order
-    "gt-lr-5.7e-3-seed-1": _variant(tracking=True, lr=5.7e-3, seed=1),
+    "gt-lr-5.7e-3-seed-1": _variant(gradient_tracking=True, lr=5.7e-3, seed=1),
     "base-lr-5.7e-3-seed-1": _variant(lr=5.7e-3, seed=1),
     # seed 1 is still climbing at the last round: one gossip step per local step
     # (K = 1 closed 6 points without tracking), three seeds, fp32 and q4
@@ -66,9 +66,9 @@ PAPER_GRID: dict[str, SimConfig] = {  # in the order they run: the targets first
     "gt-lr-5.7e-3-k-1-q4-seed-2": _variant(**GT_K1, codec="q4", seed=2),
     "q8": _variant(codec="q8"),
     "q2": _variant(codec="q2"),
-    "iid": _variant(partition="iid"),
+    "iid": _variant(partition_scheme="iid"),
     "er-0.3": _variant(topology="er:0.3"),
-    "skew": _variant(partition="skew:0.85"),
+    "skew": _variant(partition_scheme="skew:0.85"),
     "k-1": _variant(**K1),
     "rank-2": _variant(rank=2, alpha=4),
     "rank-4": _variant(rank=4, alpha=8),
@@ -78,7 +78,9 @@ PAPER_GRID: dict[str, SimConfig] = {  # in the order they run: the targets first
 
 def _central_key(cfg: SimConfig, lr: float) -> str:
     """Runs whose centralized baselines are identical share one."""
-    data = "skew" if cfg.partition.startswith("skew") else "all"  # iid/dirichlet use every sample
+    data = (
+        "skew" if cfg.partition_scheme.startswith("skew") else "all"
+    )  # iid/dirichlet use every sample
     samples = cfg.nodes * cfg.rounds * cfg.local_steps * cfg.batch_size
     key = f"central-r{cfg.rank}-{data}-{samples}"
     if lr != BASE.lr:

@@ -19,36 +19,36 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ConfigDict, Field
+
+from declora.node.recipe import Recipe
 from declora.node.topology import from_spec
+from declora.node.workload import load_workload
 
 
-@dataclass
-class LabConfig:
-    nodes: int = 4
+class LabConfig(Recipe):
+    """A lab: the swarm's `Recipe` (lab defaults) plus how many daemons, wired how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    nodes: int = Field(4, ge=1, le=64)
     topology: str = "ring"
-    partition: str = "dirichlet:0.5"
-    rounds: int = 10
-    local_steps: int = 5
-    model: str = "minilm"
-    data: str = "bbcnews"
-    codec: str = "fp32"
-    rank: int = 8
-    lr: float = 2e-3
-    batch_size: int = 16
-    seed: int = 0
-    max_eval: int = 200
-    eval_every: int = 2
-    base_port: int = 7300
-    round_deadline: float = 120.0
-    consensus_rounds: int = 30
-    gradient_tracking: bool = False
+    partition_scheme: str = "dirichlet:0.5"
+    rounds: int = Field(10, ge=1)
+    max_eval: int = Field(200, ge=0)
+    eval_every: int = Field(2, ge=0)
+    consensus_rounds: int = Field(30, ge=0)
+    base_port: int = Field(7300, ge=0, le=65535, description="first port (0: any free)")
+    round_deadline: float = Field(120.0, gt=0)
     centralized: bool = True
     output: Path = Path("runs/lab")
-    extra_args: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="more `start` options for every node (config keys)"
+    )
     timeout: float = 3600.0
 
 
@@ -73,40 +73,35 @@ def _free_port(preferred: int) -> int:
     raise RuntimeError("no free port on 127.0.0.1")
 
 
+def node_config(
+    cfg: LabConfig, i: int, address: str, peers: list[str], folder: Path, swarm: str
+) -> dict[str, Any]:
+    """The `declora-node start` options of lab node `i` (config-file keys)."""
+    recipe = cfg.recipe().model_dump(mode="json", exclude_defaults=True)
+    return {
+        **recipe,
+        "node_id": f"lab-{i}",
+        "swarm_id": swarm,
+        "listen": address,
+        "peers": peers,
+        "partition": f"{i}/{cfg.nodes}",
+        "partition_scheme": cfg.partition_scheme,
+        "rounds": cfg.rounds,
+        "round_deadline": cfg.round_deadline,
+        "checkpoint_dir": str(folder),
+        "threads": 1,
+        **cfg.extra,
+    }
+
+
 def node_command(
     cfg: LabConfig, i: int, address: str, peers: list[str], folder: Path, swarm: str
 ) -> list[str]:
-    """The `declora-node start` command line of lab node `i`."""
-    return [
-        sys.executable,
-        "-m",
-        "declora.cli",
-        "start",
-        "--node-id", f"lab-{i}",
-        "--swarm-id", swarm,
-        "--listen", address,
-        "--peers", ",".join(peers),
-        "--model", cfg.model,
-        "--data", cfg.data,
-        "--partition", f"{i}/{cfg.nodes}",
-        "--partition-scheme", cfg.partition,
-        "--rounds", str(cfg.rounds),
-        "--local-steps", str(cfg.local_steps),
-        "--codec", cfg.codec,
-        "--rank", str(cfg.rank),
-        "--alpha", str(2 * cfg.rank),
-        "--lr", str(cfg.lr),
-        "--batch-size", str(cfg.batch_size),
-        "--seed", str(cfg.seed),
-        "--max-eval", str(cfg.max_eval),
-        "--eval-every", str(cfg.eval_every),
-        "--round-deadline", str(cfg.round_deadline),
-        "--consensus-rounds", str(cfg.consensus_rounds),
-        "--checkpoint-dir", str(folder),
-        "--threads", "1",
-        *(["--gradient-tracking"] if cfg.gradient_tracking else []),
-        *cfg.extra_args,
-    ]  # fmt: skip
+    """Write lab node `i`'s config file into `folder`; its `declora-node start` command."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "node.json"
+    path.write_text(json.dumps(node_config(cfg, i, address, peers, folder, swarm), indent=1))
+    return [sys.executable, "-m", "declora.cli", "start", "--config", str(path)]
 
 
 def read_rounds(folder: Path) -> list[dict[str, Any]]:
@@ -174,32 +169,17 @@ def _stop(nodes: list[LabNode], grace: float = 60.0) -> None:
 
 def centralized_reference(cfg: LabConfig) -> dict[str, Any]:
     """One adapter on all the nodes' data, for the swarm's total samples."""
-    import numpy as np
-
-    from declora.node.data import load_dataset
-    from declora.node.partition import partition
-    from declora.node.trainer import LocalTrainer, LoraModel, LoraSpec
-
-    train, test = load_dataset(cfg.data)
-    assert train.labels is not None
-    parts = partition(cfg.partition, train.labels, cfg.nodes, seed=cfg.seed)
-    union = np.unique(np.concatenate(parts))
-    if cfg.max_eval and cfg.max_eval < len(test):
-        keep = np.random.default_rng(cfg.seed).permutation(len(test))[: cfg.max_eval]
-        test = test.subset(np.sort(keep))
-    spec = LoraSpec(model=cfg.model, rank=cfg.rank, alpha=2 * cfg.rank, seed=cfg.seed)
-    lm = LoraModel(spec, num_labels=train.num_labels)
-    trainer = LocalTrainer(
-        lm, lm.encode(train.subset(union)), cfg.lr, cfg.batch_size, seed=cfg.seed
-    )
-    steps = cfg.nodes * cfg.rounds * cfg.local_steps
+    work = load_workload(cfg.recipe(), cfg.nodes)
+    trainer = work.centralized_trainer()
+    steps = work.centralized_steps()
     t0 = time.perf_counter()
     trainer.train_steps(steps)
+    test = work.encoded_test()
     return {
         "steps": steps,
         "batch_size": cfg.batch_size,
         "seconds": time.perf_counter() - t0,
-        "eval": lm.evaluate(trainer.vector(), lm.encode(test)),
+        "eval": work.lm.evaluate(trainer.vector(), test) if test is not None else {},
     }
 
 
@@ -280,8 +260,9 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
             )
             nodes.append(LabNode(i, f"lab-{i}", addresses[i], folder, proc, log))
         console.print(
-            f"lab: {cfg.nodes} daemons ({cfg.topology}, {cfg.partition}, {cfg.rounds} rounds x "
-            f"{cfg.local_steps} steps, {cfg.model}) on {', '.join(addresses)}; logs in {out}"
+            f"lab: {cfg.nodes} daemons ({cfg.topology}, {cfg.partition_scheme}, "
+            f"{cfg.rounds} rounds x {cfg.local_steps} steps, {cfg.model}) on "
+            f"{', '.join(addresses)}; logs in {out}"
         )
         statuses: dict[str, Any] = {}
         with Live(console=console, refresh_per_second=2) as live:
@@ -319,7 +300,7 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
         central = centralized_reference(cfg)
     accs = {k: (v or {}).get("eval", {}).get("accuracy") for k, v in finals.items()}
     summary: dict[str, Any] = {
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "config": cfg.model_dump(mode="json"),
         "swarm_id": swarm,
         "seconds": time.time() - t0,
         "interrupted": interrupted,

@@ -25,8 +25,8 @@ What callers may rely on:
 * ``topk`` keeps exactly ``ceil(F*n)`` entries of largest magnitude (ties: lowest
   index first), zeros the rest, and stores indices as uint32.  With ``+qB`` the
   kept values are quantized as one vector in index order (blocks of kept values).
-* :class:`ErrorFeedback` wraps any codec so that what compression drops is carried
-  into the next call instead of lost.
+* Error feedback is not here: the gossip state keeps it (`gossip.GossipState`: what
+  rounding lost stays in x_i - x̂_i and is sent next round).
 * Any malformed payload -- bad magic, unknown codec id, truncation, wrong length,
   a flipped byte (CRC32), out-of-range fields, non-finite values -- raises
   :class:`CodecError`; numpy never sees an unchecked length.
@@ -65,7 +65,6 @@ import numpy.typing as npt
 __all__ = [
     "Codec",
     "CodecError",
-    "ErrorFeedback",
     "compressed_size_ratio",
     "decode",
     "encoded_size",
@@ -736,53 +735,3 @@ def compressed_size_ratio(spec: str, n: int) -> float:
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     return encoded_size(spec, n) / (4 * n)
-
-
-# --------------------------------------------------------------------------- error feedback
-
-
-class ErrorFeedback:
-    """Error-feedback wrapper: what compression drops is carried into the next call.
-
-    ``encode(x, rng)`` compresses ``y = x + residual`` (cast to float32) and sets
-    ``residual = x + residual - decode(payload)`` in float64, so after any number of
-    calls ``sum(decoded) + residual == sum(inputs)`` up to float64 rounding.  All
-    inputs must have the same length until :meth:`reset`.
-    """
-
-    def __init__(self, codec: Codec) -> None:
-        self.codec = codec
-        self.spec = codec.spec
-        self._residual = np.zeros(0, np.float64)
-        self._started = False
-
-    @property
-    def residual(self) -> np.ndarray:
-        """Copy of the carried error (float64); empty before the first encode."""
-        return self._residual.copy()
-
-    def reset(self) -> None:
-        """Drop the residual; the next encode may use any length."""
-        self._residual = np.zeros(0, np.float64)
-        self._started = False
-
-    def encode(self, x: np.ndarray, rng: np.random.Generator) -> bytes:
-        xs = _check_input(x)
-        _require_finite(xs)
-        if not self._started:
-            self._residual = np.zeros(xs.size, np.float64)
-        elif xs.size != self._residual.size:
-            raise CodecError(
-                f"ErrorFeedback got length {xs.size}, residual has {self._residual.size};"
-                " call reset() first"
-            )
-        target = xs.astype(np.float64)
-        target += self._residual
-        payload = self.codec.encode(target.astype(np.float32), rng)
-        target -= self.codec.decode(payload)
-        self._residual = target
-        self._started = True
-        return payload
-
-    def decode(self, payload: bytes) -> np.ndarray:
-        return self.codec.decode(payload)

@@ -19,7 +19,9 @@ and the same live neighbour sets they produce the same adapters. A gossip-only r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping
+import hashlib
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -29,6 +31,15 @@ from declora.node.tracking import GradientTracker, TrackingError
 from declora.node.trainer import LocalTrainer
 
 K = TypeVar("K", bound=Hashable)
+
+
+@dataclass
+class NodeSnapshot:
+    """What a node's gossip needs to continue after a restart (see `checkpoint`)."""
+
+    vector: np.ndarray  # the adapter x_i
+    public: np.ndarray  # the public copy x̂_i every neighbour also holds
+    correction: np.ndarray | None  # gradient tracking's c_i, when tracking
 
 
 class DecLoraNode(Generic[K]):
@@ -114,3 +125,97 @@ class DecLoraNode(Generic[K]):
 
     def vector(self) -> np.ndarray:
         return self.trainer.vector()
+
+    # ------------------------------------------------------------ the daemon's API
+    # A networked node receives payloads concurrently and checks them off the event
+    # loop before they may touch state; these methods split `receive` into a pure
+    # check and an apply, so nothing outside the core touches gossip internals.
+
+    @property
+    def codec_spec(self) -> str:
+        return self.gossip.codec.spec
+
+    @property
+    def robust_spec(self) -> str:
+        return self.gossip.robust.spec
+
+    @property
+    def size(self) -> int:
+        """Number of values in the adapter vector."""
+        return self.gossip.size
+
+    def keyframe(self) -> bytes:
+        """The full public copy x̂_i (fp32), for a neighbour that is new or out of step."""
+        return self.gossip.keyframe()
+
+    def forget_peer(self, peer: K) -> None:
+        """Drop `peer`'s public copy: its next message must be a keyframe."""
+        self.gossip.drop_peer(peer)
+        self._tracker_in.pop(peer, None)
+
+    def knows_peer(self, peer: K) -> bool:
+        """Whether this node holds `peer`'s public copy."""
+        return peer in self.gossip.peers
+
+    def check_payload(self, peer: K, payload: bytes, spec: str | None = None) -> np.ndarray:
+        """Decode and validate an adapter message without applying it (GossipError)."""
+        return self.gossip.decode_checked(peer, payload, spec)
+
+    def check_tracker(self, peer: K, payload: bytes) -> np.ndarray:
+        """Decode and validate a tracking message without keeping it (GossipError)."""
+        if self.tracker is None:
+            raise GossipError(f"{peer!r} sent a tracking message; this node does not track")
+        try:
+            return self.tracker.decode_checked(peer, payload)
+        except TrackingError as exc:
+            raise GossipError(str(exc)) from exc
+
+    def accept_delta(self, peer: K, delta: np.ndarray, scale: float) -> None:
+        """Add a checked delta (sent with a codec of update scale `scale`) to peer's copy."""
+        self.gossip.add_delta(peer, delta, scale)
+
+    def accept_keyframe(self, peer: K, public: np.ndarray) -> None:
+        """Replace peer's public copy with a checked full vector."""
+        self.gossip.set_copy(peer, public)
+
+    def take_state(self, vector: np.ndarray) -> None:
+        """Continue from another node's full state (catch-up): adapter and public copy
+        become `vector`; every neighbour's copy is forgotten (keyframes follow)."""
+        self.trainer.set_vector(vector)
+        self.gossip.public = np.array(vector, dtype=np.float32, copy=True)
+        for peer in list(self.gossip.peers):
+            self.forget_peer(peer)
+
+    def snapshot(self) -> NodeSnapshot:
+        """Copies of the state a checkpoint keeps beside the trainer's."""
+        correction = None if self.tracker is None else self.tracker.correction()
+        return NodeSnapshot(self.vector(), self.gossip.public.copy(), correction)
+
+    def restore(self, snap: NodeSnapshot) -> None:
+        """Undo to `snap` (the trainer's vector, public copy and correction)."""
+        self.trainer.set_vector(snap.vector)
+        self.gossip.public = np.array(snap.public, dtype=np.float32, copy=True)
+        if self.tracker is not None and snap.correction is not None:
+            self.tracker.set_correction(snap.correction)
+
+    def disagreement(self, peers: Iterable[K]) -> float:
+        """max over `peers` of ||x̂_j - x_i|| / ||x_i|| (0 without copies)."""
+        x = self.vector()
+        scale = max(float(np.linalg.norm(x)), 1e-12)
+        dists = [
+            float(np.linalg.norm(self.gossip.peers[p] - x)) / scale
+            for p in peers
+            if p in self.gossip.peers
+        ]
+        return max(dists, default=0.0)
+
+    def digest(self, h: hashlib._Hash | None = None) -> hashlib._Hash:
+        """SHA-256 fed with the adapter, the public copies and the correction."""
+        h = h or hashlib.sha256()
+        h.update(self.vector().tobytes())
+        h.update(self.gossip.public.tobytes())
+        for pid in sorted(self.gossip.peers, key=repr):
+            h.update(repr(pid).encode() + b"\0" + self.gossip.peers[pid].tobytes())
+        if self.tracker is not None:
+            h.update(self.tracker.correction().tobytes())
+        return h

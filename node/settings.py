@@ -22,8 +22,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from declora.node.codecs import make_codec
-from declora.node.robust import make_robust
+from declora.node.recipe import Recipe
 from declora.node.security import TlsFiles
 
 ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
@@ -80,8 +79,9 @@ class _FileSource(PydanticBaseSettingsSource):
         return dict(self._data)
 
 
-class NodeSettings(BaseSettings):
-    """Everything `declora-node start` can be told."""
+class NodeSettings(BaseSettings, Recipe):
+    """Everything `declora-node start` can be told: the swarm's `Recipe`, and this
+    node's network, persistence, operations and security options."""
 
     model_config = SettingsConfigDict(env_prefix="DECLORA_", extra="forbid", validate_default=True)
 
@@ -98,33 +98,10 @@ class NodeSettings(BaseSettings):
     max_neighbors: int = Field(8, ge=1, le=256)
     min_peers: int = Field(-1, ge=-1, description="wait for this many at start (-1: all static)")
     startup_timeout: float = Field(60.0, ge=0, description="seconds to wait for min_peers")
-    # model and data
-    model: str = "minilm"
-    task: Literal["cls", "lm"] = "cls"
-    data: str = "bbcnews"
+    # this node's share of a dataset (labs and experiments)
     partition: str = Field("", description="this node's share: 'i/N' (0-based), empty = all")
-    partition_scheme: str = "iid"
-    rank: int = Field(8, ge=1, le=1024)
-    alpha: int = Field(16, ge=1)
-    targets: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    max_length: int = Field(64, ge=8, le=8192)
-    # training and rounds
-    local_steps: int = Field(5, ge=1)
-    rounds: int = Field(0, ge=0, description="0 = run until stopped")
-    lr: float = Field(2e-3, gt=0, le=1)
-    batch_size: int = Field(16, ge=1)
-    seed: int = Field(0, ge=0)
-    codec: str = "fp32"
-    consensus_step: float | None = Field(None, gt=0, le=1, description="None: by codec")
-    robust_mixing: str = Field("none", description="none, clip[:C] or trim[:F] (node/robust.py)")
-    gradient_tracking: bool = Field(
-        False, description="correct local steps toward the swarm's gradient (node/tracking.py)"
-    )
+    # rounds and devices
     round_deadline: float = Field(60.0, gt=0, description="seconds to wait for neighbours")
-    consensus_tol: float = Field(1e-3, gt=0)
-    consensus_rounds: int = Field(0, ge=0, description="gossip-only rounds after the last one")
-    eval_every: int = Field(1, ge=0, description="evaluate every N rounds (0 = never)")
-    max_eval: int = Field(0, ge=0, description="cap on test examples (0 = all)")
     # persistence
     checkpoint_dir: Path | None = None
     checkpoint_every: int = Field(5, ge=1)
@@ -161,9 +138,9 @@ class NodeSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _FileSource(settings_cls, _FILE_DATA.get({})))
 
-    @field_validator("peers", "targets", mode="before")
+    @field_validator("peers", mode="before")
     @classmethod
-    def _split(cls, v: object) -> object:
+    def _split_peers(cls, v: object) -> object:
         if isinstance(v, str):
             return [p.strip() for p in v.split(",") if p.strip()]
         return v
@@ -182,16 +159,6 @@ class NodeSettings(BaseSettings):
     @classmethod
     def _advertise_ok(cls, v: str) -> str:
         return check_address(v) if v else v
-
-    @field_validator("codec")
-    @classmethod
-    def _codec_ok(cls, v: str) -> str:
-        return make_codec(v).spec
-
-    @field_validator("robust_mixing")
-    @classmethod
-    def _robust_ok(cls, v: str) -> str:
-        return make_robust(v).spec
 
     @field_validator("partition")
     @classmethod
@@ -228,11 +195,6 @@ class NodeSettings(BaseSettings):
             )
         if self.resume and self.checkpoint_dir is None:
             raise ValueError("--resume needs --checkpoint-dir")
-        if self.gradient_tracking and self.robust_mixing != "none":
-            raise ValueError(
-                "--gradient-tracking cannot be combined with --robust-mixing: tracking "
-                "trusts every neighbour's gradient message"
-            )
         self.tls()  # TlsError is a ValueError: reported like any bad option
         return self
 

@@ -10,7 +10,7 @@ every user ends with the swarm's model, not just the average. A centralized LoRA
 baseline trains one adapter on the union of the nodes' data for the same number of
 samples (same batch size, N x rounds x K steps).
 
-For robustness experiments, `robust` picks the mixing rule (`robust.make_robust`) and
+For robustness experiments, `robust_mixing` picks the mixing rule (`robust.make_robust`) and
 the nodes in `byzantine` train but send `attack`'s forgery (`attacks.make_attack`)
 instead of their adapter, and never mix. Consensus distance, the averaged model, the
 consensus finish and the `honest_*` accuracies cover the honest nodes only.
@@ -25,59 +25,38 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from declora.node.attacks import Attack, make_attack
-from declora.node.codecs import make_codec
-from declora.node.data import load_dataset
 from declora.node.dec_lora import DecLoraNode
 from declora.node.gossip import consensus_distance
 from declora.node.mixing import local_mh_weights, mixing_matrix
-from declora.node.partition import format_label_counts, label_counts, partition
-from declora.node.robust import make_robust
+from declora.node.partition import format_label_counts, label_counts
+from declora.node.recipe import Recipe
 from declora.node.topology import Topology, from_spec
-from declora.node.trainer import Encoded, LocalTrainer, LoraModel, LoraSpec
+from declora.node.trainer import Encoded, LoraModel
+from declora.node.workload import load_workload
 
 
-class SimConfig(BaseModel):
-    """One simulated run. Every field has a default that runs on a laptop CPU."""
+class SimConfig(Recipe):
+    """One simulated run: the swarm's `Recipe` plus the simulated swarm's shape.
+    Every field has a default that runs on a laptop CPU."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     nodes: int = Field(8, ge=1)
     topology: str = "ring"
     mixing: str = "mh"
-    partition: str = "dirichlet:0.1"
+    partition_scheme: str = "dirichlet:0.1"
     rounds: int = Field(15, ge=0)
-    local_steps: int = Field(5, ge=1)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(2e-3, gt=0)
-    codec: str = "fp32"
-    consensus_step: float | None = Field(None, gt=0, le=1, description="None: by codec")
-    consensus_tol: float = Field(1e-3, gt=0)
-    max_consensus_rounds: int = Field(300, ge=0)
-    model: str = "minilm"
-    data: str = "bbcnews"
-    rank: int = Field(8, ge=1)
-    alpha: int = Field(16, ge=1)
-    targets: tuple[str, ...] = ()
-    max_length: int = Field(64, ge=8)
-    seed: int = 0
+    consensus_rounds: int = Field(300, ge=0, description="most gossip-only rounds at the end")
     eval_every: int = Field(1, ge=1)
     node_eval_every: int = Field(5, ge=1)
-    max_test: int | None = Field(None, ge=1)
-    max_train: int | None = Field(None, ge=1)
+    max_train: int = Field(0, ge=0, description="cap on training examples (0 = all)")
     centralized: bool = True
     threads: int | None = Field(None, ge=1)
-    robust: str = Field("none", description="none, clip[:C] or trim[:F]")
     byzantine: tuple[int, ...] = Field((), description="indices of the attacking nodes")
     attack: str | None = Field(None, description="what they send: scale:S or noise:SIGMA")
-    tracking: bool = Field(False, description="gradient tracking (tracking.py)")
-
-    @field_validator("robust")
-    @classmethod
-    def _robust_ok(cls, v: str) -> str:
-        return make_robust(v).spec
 
     @field_validator("attack")
     @classmethod
@@ -95,14 +74,9 @@ class SimConfig(BaseModel):
             raise ValueError("byzantine: at least one node must be honest")
         if bool(self.byzantine) != (self.attack is not None):
             raise ValueError("byzantine and attack go together: give both or neither")
-        if self.tracking and self.robust != "none":
-            raise ValueError("tracking cannot be combined with robust mixing (it trusts every z)")
+        if self.task != "cls":
+            raise ValueError("the simulator runs classification (--task cls)")
         return self
-
-    @field_validator("codec")
-    @classmethod
-    def _codec_ok(cls, v: str) -> str:
-        return make_codec(v).spec
 
     @field_validator("mixing")
     @classmethod
@@ -111,31 +85,20 @@ class SimConfig(BaseModel):
             raise ValueError("mixing must be one of mh, laplacian, uniform")
         return v
 
-    def lora_spec(self) -> LoraSpec:
-        return LoraSpec(
-            model=self.model,
-            task="cls",
-            rank=self.rank,
-            alpha=self.alpha,
-            targets=self.targets,
-            max_length=self.max_length,
-            seed=self.seed,
-        )
-
     @property
     def label(self) -> str:
         label = (
-            f"n={self.nodes} {self.topology} {self.partition} r={self.rank} "
+            f"n={self.nodes} {self.topology} {self.partition_scheme} r={self.rank} "
             f"K={self.local_steps} {self.codec}"
         )
         if self.lr != SimConfig.model_fields["lr"].default:
             label += f" lr={self.lr:g}"
-        if self.tracking:
+        if self.gradient_tracking:
             label += " +tracking"
         if self.seed:
             label += f" seed={self.seed}"
-        if self.robust != "none":
-            label += f" robust={self.robust}"
+        if self.robust_mixing != "none":
+            label += f" robust={self.robust_mixing}"
         if self.byzantine:
             label += f" byzantine={list(self.byzantine)} {self.attack}"
         return label
@@ -189,21 +152,17 @@ class Simulation:
         self.cfg = cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        train, test = load_dataset(cfg.data)
-        if cfg.max_train is not None and cfg.max_train < len(train):
-            train = train.subset(
-                np.random.default_rng(cfg.seed).permutation(len(train))[: cfg.max_train]
-            )
-        if cfg.max_test is not None and cfg.max_test < len(test):
-            keep = np.random.default_rng(cfg.seed).permutation(len(test))[: cfg.max_test]
-            test = test.subset(np.sort(keep))
-        assert train.labels is not None
-        self.train_data, self.test_data = train, test
-        self.lm = lm or LoraModel(cfg.lora_spec(), num_labels=train.num_labels)
+        self.workload = load_workload(cfg, cfg.nodes, lm=lm, max_train=cfg.max_train)
+        work = self.workload
+        self.train_data, self.test_data = work.train, work.test
+        assert work.train.labels is not None
+        self.lm = work.lm
         self.topology = from_spec(cfg.topology, cfg.nodes, seed=cfg.seed)
-        self.parts = partition(cfg.partition, train.labels, cfg.nodes, seed=cfg.seed)
-        self.train_enc: Encoded = self.lm.encode(train)
-        self.test_enc: Encoded = self.lm.encode(test)
+        self.parts = work.parts
+        self.train_enc: Encoded = work.encoded_train()
+        test_enc = work.encoded_test()
+        assert test_enc is not None, "the simulator needs a test set"
+        self.test_enc: Encoded = test_enc
         self.weights = _weights_for(self.topology, cfg.mixing)
         self.honest = [i for i in range(cfg.nodes) if i not in cfg.byzantine]
         self.attacks: dict[int, tuple[Attack, np.random.Generator]] = {
@@ -211,21 +170,7 @@ class Simulation:
             for i in cfg.byzantine
             if cfg.attack is not None
         }
-        self.nodes: list[DecLoraNode[int]] = []
-        for i, idx in enumerate(self.parts):
-            trainer = LocalTrainer(
-                self.lm, self.train_enc.take(idx), cfg.lr, cfg.batch_size, seed=cfg.seed * 1000 + i
-            )
-            self.nodes.append(
-                DecLoraNode(
-                    trainer,
-                    cfg.codec,
-                    cfg.consensus_step,
-                    cfg.seed * 1000 + i,
-                    cfg.robust,
-                    cfg.tracking,
-                )
-            )
+        self.nodes: list[DecLoraNode[int]] = [work.node(i) for i in range(cfg.nodes)]
         for i, node in enumerate(self.nodes):
             for j in self.topology.neighbors(i):
                 node.add_peer(j)
@@ -321,7 +266,7 @@ class Simulation:
         _, worst = consensus_distance(self.honest_vectors())
         r = cfg.rounds
         done = 0
-        while worst > cfg.consensus_tol and done < cfg.max_consensus_rounds and self.topology.n > 1:
+        while worst > cfg.consensus_tol and done < cfg.consensus_rounds and self.topology.n > 1:
             t0 = time.perf_counter()
             sent = self._gossip_round()
             r += 1
@@ -331,7 +276,7 @@ class Simulation:
             worst = rec.consensus_max
             result.rounds.append(rec)
             if progress:
-                progress("consensus", done, cfg.max_consensus_rounds)
+                progress("consensus", done, cfg.consensus_rounds)
 
     def _record(
         self,
@@ -348,11 +293,8 @@ class Simulation:
     def run_centralized(self, progress: ProgressFn | None = None) -> dict[str, Any]:
         """One adapter, the union of the nodes' data, the swarm's number of samples."""
         cfg = self.cfg
-        union = np.unique(np.concatenate(self.parts))
-        trainer = LocalTrainer(
-            self.lm, self.train_enc.take(union), cfg.lr, cfg.batch_size, seed=cfg.seed
-        )
-        steps = cfg.nodes * cfg.rounds * cfg.local_steps
+        trainer = self.workload.centralized_trainer()
+        steps = self.workload.centralized_steps()
         curve = []
         chunk = max(1, -(-steps // CENTRAL_EVALS))
         done = 0

@@ -39,7 +39,7 @@ CLASS_NAMES: tuple[str, ...] = ("alpha", "bravo", "charlie", "delta", "echo")
 SMALL_RING: dict[str, object] = {
     "nodes": 4,
     "topology": "ring",
-    "partition": "iid",
+    "partition_scheme": "iid",
     "rounds": 3,
     "local_steps": 5,
     "batch_size": 16,

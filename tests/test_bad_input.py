@@ -34,7 +34,7 @@ from declora.cli.client import fetch_status
 from declora.node import PROTOCOL_VERSION, __version__
 from declora.node.adapter import AdapterSchema, TensorSpec
 from declora.node.codecs import HEADER_SIZE, make_codec
-from declora.node.daemon import MAX_ROUNDS_AHEAD
+from declora.node.daemon.exchange import MAX_ROUNDS_AHEAD
 from declora.node.wire import chunks, make_header
 from declora.proto import pb, pb_grpc
 

@@ -17,7 +17,6 @@ from hypothesis.extra import numpy as hnp
 from declora.node.codecs import (
     Codec,
     CodecError,
-    ErrorFeedback,
     compressed_size_ratio,
     decode,
     encoded_size,
@@ -341,56 +340,6 @@ def test_topk_q4_is_unbiased_on_kept_entries() -> None:
     np.testing.assert_array_equal(mean[~mask], 0.0)
 
 
-# --------------------------------------------------------------------------- error feedback
-
-
-@pytest.mark.parametrize("spec", ["q2", "q4:block=32", "topk:0.05", "topk:0.1+q2", "bf16"])
-def test_error_feedback_loses_nothing(spec: str) -> None:
-    gen = rng(7)
-    n, rounds = 500, 150
-    ef = ErrorFeedback(make_codec(spec))
-    assert isinstance(ef, Codec) and ef.spec == make_codec(spec).spec
-    assert ef.residual.size == 0
-    sent = np.zeros(n)
-    fed = np.zeros(n)
-    for t in range(rounds):
-        x = gen.standard_normal(n).astype(np.float32) if t % 2 else np.full(n, 0.5, np.float32)
-        sent += decode(ef.encode(x, gen))
-        fed += x
-    residual = ef.residual
-    # exact bookkeeping: what was sent plus what is still owed equals what came in
-    np.testing.assert_allclose(sent + residual, fed, rtol=0, atol=1e-9)
-    # and what is owed stays bounded, so the running mean converges to the inputs'
-    assert np.abs(residual).max() < 40
-    assert np.abs(sent - fed).max() / rounds < 0.3
-
-
-def test_error_feedback_beats_plain_topk() -> None:
-    x = rng(4).standard_normal(400).astype(np.float32)
-    plain, ef = make_codec("topk:0.05"), ErrorFeedback(make_codec("topk:0.05"))
-    rounds = 200
-    plain_sum = sum(decode(plain.encode(x, rng())).astype(np.float64) for _ in range(rounds))
-    ef_sum = sum(decode(ef.encode(x, rng())).astype(np.float64) for _ in range(rounds))
-    plain_err = np.abs(plain_sum / rounds - x).max()
-    ef_err = np.abs(ef_sum / rounds - x).max()
-    assert plain_err > 1.0  # plain top-k never sends 95% of the coordinates
-    assert ef_err < 0.1 * plain_err
-
-
-def test_error_feedback_length_and_reset() -> None:
-    ef = ErrorFeedback(make_codec("q4"))
-    ef.encode(np.ones(10, np.float32), rng())
-    with pytest.raises(CodecError, match="reset"):
-        ef.encode(np.ones(11, np.float32), rng())
-    ef.reset()
-    assert ef.residual.size == 0
-    out = ef.decode(ef.encode(np.ones(11, np.float32), rng()))
-    assert out.shape == (11,)
-    snapshot = ef.residual
-    snapshot[:] = 99.0  # residual returns a copy
-    assert np.all(ef.residual != 99.0)
-
-
 # --------------------------------------------------------------------------- corruption
 
 SPECS = ["fp32", "fp16", "bf16", "q8", "q4", "q2:block=3", "topk:0.3", "topk:0.3+q4:block=4"]
@@ -564,8 +513,6 @@ def test_non_finite_input_is_refused(spec: str, bad: float) -> None:
     x[517] = bad
     with pytest.raises(CodecError, match="NaN or Inf"):
         make_codec(spec).encode(x, rng())
-    with pytest.raises(CodecError, match="NaN or Inf"):
-        ErrorFeedback(make_codec(spec)).encode(x, rng())
 
 
 @pytest.mark.parametrize(

@@ -180,7 +180,7 @@ def test_daemons_match_simulator(cluster: Cluster, data: Path, codec: str, track
         data=str(data),
         nodes=3,
         topology="ring",
-        partition=scheme,
+        partition_scheme=scheme,
         rounds=rounds,
         local_steps=LOCAL_STEPS,
         batch_size=BATCH,
@@ -190,10 +190,10 @@ def test_daemons_match_simulator(cluster: Cluster, data: Path, codec: str, track
         max_length=MAX_LENGTH,
         seed=SEED,
         codec=codec,
-        max_consensus_rounds=0,
+        consensus_rounds=0,
         centralized=False,
         threads=1,
-        tracking=tracking,
+        gradient_tracking=tracking,
     )
     threads = torch.get_num_threads()
     try:

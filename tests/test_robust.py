@@ -238,7 +238,7 @@ def test_gossip_state_uses_its_rule_and_records_its_update_norm() -> None:
 @pytest.mark.parametrize(
     ("update", "message"),
     [
-        ({"robust": "median"}, "bad robust mixing spec"),
+        ({"robust_mixing": "median"}, "bad robust mixing spec"),
         ({"attack": "flip:1", "byzantine": (0,)}, "bad attack spec"),
         ({"byzantine": (9,), "attack": "scale:-20"}, r"node indices \[9\] not in 0..7"),
         ({"byzantine": (1, 1), "attack": "scale:-20"}, "listed twice"),
@@ -294,9 +294,9 @@ def ring_config(data: Path, robust: str, attacked: bool) -> SimConfig:
         rounds=ROUNDS,
         lr=0.05,
         node_eval_every=1000,
-        max_consensus_rounds=0,
+        consensus_rounds=0,
         threads=1,
-        robust=robust,
+        robust_mixing=robust,
         byzantine=(0,) if attacked else (),
         attack=ATTACK if attacked else None,
     )

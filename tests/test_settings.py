@@ -41,10 +41,10 @@ def write_config(tmp_path: Path, kind: str, options: dict[str, object]) -> Path:
 
 def test_defaults() -> None:
     s = load_settings({})
-    assert (s.model, s.data, s.rank, s.alpha, s.codec) == ("minilm", "bbcnews", 8, 16, "fp32")
+    assert (s.model, s.data, s.rank, s.lora_alpha, s.codec) == ("minilm", "bbcnews", 8, 16, "fp32")
     assert s.listen == s.advertise == "127.0.0.1:7070"
     assert s.node_id == "node-127.0.0.1-7070"
-    assert s.peers == [] and s.targets == []
+    assert s.peers == [] and s.targets == ()
     assert s.partition_index is None
     assert s.checkpoint_dir is None and not s.resume
 
@@ -84,10 +84,10 @@ def test_lists_from_comma_separated_env(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("DECLORA_TARGETS", "query,value")
     s = load_settings({})
     assert s.peers == ["127.0.0.1:7001", "[::1]:7002", "host-b.local:7003"]
-    assert s.targets == ["query", "value"]
+    assert s.targets == ("query", "value")
     # CLI strings are split the same way, lists are taken as they are
-    assert load_settings({"targets": "q_proj,v_proj"}).targets == ["q_proj", "v_proj"]
-    assert load_settings({"targets": ["k_proj"]}).targets == ["k_proj"]
+    assert load_settings({"targets": "q_proj,v_proj"}).targets == ("q_proj", "v_proj")
+    assert load_settings({"targets": ["k_proj"]}).targets == ("k_proj",)
 
 
 def test_env_types(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -143,7 +143,7 @@ def test_same_config_same_adapters(
     runs: dict[str, tuple[Simulation, SimResult]], tiny_lm: LoraModel, synthetic_jsonl: Path
 ) -> None:
     sim, _ = runs["q4"]
-    cfg = sim.cfg.model_copy(update={"rounds": 1, "max_consensus_rounds": 0})
+    cfg = sim.cfg.model_copy(update={"rounds": 1, "consensus_rounds": 0})
     one = Simulation(cfg, lm=tiny_lm)
     two = Simulation(cfg, lm=tiny_lm)
     one.run()
@@ -187,7 +187,7 @@ def test_report_plot_with_centralized_baseline(
     tiny_lm: LoraModel, synthetic_jsonl: Path, tmp_path: Path
 ) -> None:
     cfg = tiny_config(synthetic_jsonl, "fp32").model_copy(
-        update={"rounds": 1, "local_steps": 2, "centralized": True, "max_consensus_rounds": 3}
+        update={"rounds": 1, "local_steps": 2, "centralized": True, "consensus_rounds": 3}
     )
     res = Simulation(cfg, lm=tiny_lm).run()
     assert res.centralized is not None

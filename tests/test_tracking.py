@@ -136,11 +136,11 @@ def test_non_finite_messages_and_corrections_are_refused() -> None:
 def tracking_config(data: Path, tracking: bool, **extra: object) -> SimConfig:
     return tiny_sim_config(
         data,
-        partition="skew:0.9",
+        partition_scheme="skew:0.9",
         local_steps=3,
         node_eval_every=1000,
-        max_consensus_rounds=4,
-        tracking=tracking,
+        consensus_rounds=4,
+        gradient_tracking=tracking,
         **extra,
     )
 
@@ -168,7 +168,7 @@ def test_simulator_tracking_keeps_the_sum_and_sends_twice_the_bytes(
 
 def test_tracking_with_robust_mixing_is_refused(synthetic_jsonl: Path) -> None:
     with pytest.raises(ValidationError, match="robust"):
-        tracking_config(synthetic_jsonl, True, robust="clip")
+        tracking_config(synthetic_jsonl, True, robust_mixing="clip")
 
 
 def test_a_node_without_tracking_refuses_tracking_messages(
@@ -219,5 +219,5 @@ def test_settings_and_cli_refuse_tracking_with_robust_mixing(
         NodeSettings(gradient_tracking=True, robust_mixing="trim")
     res = CliRunner().invoke(app, ["start", "--gradient-tracking", "--robust-mixing", "clip"])
     assert res.exit_code == 2 and "cannot be combined with --robust-mixing" in res.output
-    res = CliRunner().invoke(app, ["simulate", "--tracking", "--robust", "clip"])
+    res = CliRunner().invoke(app, ["simulate", "--gradient-tracking", "--robust-mixing", "clip"])
     assert res.exit_code == 2 and "robust" in res.output

@@ -1,0 +1,180 @@
+"""What a daemon tells about itself: refusal counters, the Status reply, the state
+digest and the round history (`rounds.jsonl`).
+
+- every refusal is counted by reason, in `Status.rejected` and in
+  `declora_rejected_total{reason}`;
+- the state digest is a SHA-256 over the adapter, every public copy, the tracking
+  correction and every queued payload: equal digests mean nothing was touched;
+- `rounds.jsonl` gets one JSON line per completed round, appended.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from declora.node import __version__
+from declora.node.daemon.peers import PeerTable
+from declora.node.daemon.state import Progress
+from declora.node.dec_lora import DecLoraNode
+from declora.node.limits import RATE_LIMITED
+from declora.node.metrics import NodeMetrics
+from declora.node.wire import WireError
+from declora.proto import pb
+
+if TYPE_CHECKING:
+    from declora.node.daemon.exchange import Inbound
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Counters:
+    """Refusals by reason and keyframes sent; mirrored into the metrics."""
+
+    metrics: NodeMetrics
+    rejected: dict[str, int] = field(default_factory=dict)
+    keyframes_sent: int = 0
+
+    def count(self, counter: str) -> None:
+        """Count one refusal by reason."""
+        self.rejected[counter] = self.rejected.get(counter, 0) + 1
+        self.metrics.rejected.labels(counter).inc()
+
+    def refused(self, exc: WireError) -> None:
+        """Count and log a refused message (rate limiting at DEBUG: a flood must not
+        flood the log too)."""
+        self.count(exc.counter)
+        quiet = exc.counter == RATE_LIMITED
+        log.log(logging.DEBUG if quiet else logging.WARNING, "refused a message: %s", exc.reason)
+
+
+@dataclass
+class RoundReport:
+    """The latest figures of the node's rounds (what Status and the history show)."""
+
+    loss: float = float("nan")
+    last_eval: dict[str, float] = field(default_factory=dict)
+    self_weight: float = 1.0
+    last_round_seconds: float = 0.0
+
+
+def state_digest(node: DecLoraNode[str], inbox: Mapping[int, Mapping[str, Inbound]]) -> str:
+    """SHA-256 over the adapter, every public copy, the correction and the queue."""
+    h = node.digest(hashlib.sha256())
+    for r in sorted(inbox):
+        for pid in sorted(inbox[r]):
+            msg = inbox[r][pid]
+            h.update(f"{r}/{pid}/{msg.kind}/{msg.seq}/{msg.degree}\0".encode())
+            h.update(msg.vector.tobytes())
+            if msg.tracker is not None:
+                h.update(msg.tracker.tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class NodeFacts:
+    """What Status reports that never changes while the node runs."""
+
+    node_id: str
+    swarm_id: str
+    fingerprint: str
+    listen_address: str
+    codec: str
+    total_rounds: int
+    auth: str
+    gradient_tracking: bool
+    started_unix: float = field(default_factory=time.time)
+
+
+def status_reply(
+    facts: NodeFacts,
+    progress: Progress,
+    report: RoundReport,
+    counters: Counters,
+    node: DecLoraNode[str],
+    peers: PeerTable,
+    digest: str = "",
+) -> pb.StatusReply:
+    """The Status RPC's answer."""
+    reply = pb.StatusReply(
+        node_id=facts.node_id,
+        swarm_id=facts.swarm_id,
+        fingerprint=facts.fingerprint,
+        package_version=__version__,
+        state=progress.state.value,
+        round=progress.round,
+        step=node.trainer.step,
+        loss=report.loss,
+        self_weight=report.self_weight,
+        bytes_sent=node.bytes_sent,
+        bytes_received=node.bytes_received,
+        listen_address=facts.listen_address,
+        codec=facts.codec,
+        started_unix=facts.started_unix,
+        total_rounds=facts.total_rounds,
+        last_round_seconds=report.last_round_seconds,
+        keyframes_sent=counters.keyframes_sent,
+        auth=facts.auth,
+        gradient_tracking=facts.gradient_tracking,
+        state_digest=digest,
+    )
+    reply.last_eval.update(report.last_eval)
+    reply.rejected.update(counters.rejected)
+    for p in peers.all():
+        reply.neighbors.append(
+            pb.NeighborStatus(
+                node_id=p.node_id,
+                address=p.address,
+                live=p.live,
+                weight=p.weight,
+                degree=p.degree,
+                last_seen_unix=p.last_seen,
+                bytes_sent=p.bytes_sent,
+                bytes_received=p.bytes_received,
+                round=p.round,
+                missed_deadlines=p.missed,
+            )
+        )
+    return reply
+
+
+def append_round(folder: Path, entry: dict[str, Any]) -> None:
+    """Append one JSON line to `<folder>/rounds.jsonl` (the node's history)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "rounds.jsonl").open("a") as fh:
+        fh.write(json.dumps(entry) + "\n")
+
+
+def round_entry(
+    progress: Progress,
+    report: RoundReport,
+    node: DecLoraNode[str],
+    peers: PeerTable,
+    phase: str,
+    evaluated: bool,
+) -> dict[str, Any]:
+    """One line of the history: round, phase, loss, eval, live set, bytes, seconds."""
+    live = [p.node_id for p in peers.live]
+    return {
+        "time": time.time(),
+        "round": progress.round,
+        "phase": phase,
+        "step": node.trainer.step,
+        "loss": None if np.isnan(report.loss) else report.loss,
+        "eval": report.last_eval if evaluated else None,
+        "live_neighbors": live,
+        "self_weight": report.self_weight,
+        "bytes_sent": node.bytes_sent,
+        "bytes_received": node.bytes_received,
+        "seconds": report.last_round_seconds,
+        "disagreement": node.disagreement(live),
+    }

@@ -1,0 +1,107 @@
+"""The training recipe: the options every node of a swarm shares, under one name each.
+
+`Recipe` is one pydantic model; the daemon's settings (`NodeSettings`), the
+simulator's config (`SimConfig`) and the lab's (`LabConfig`) extend it, so an option
+has the same name as a flag (`--robust-mixing`), an environment variable
+(`DECLORA_ROBUST_MIXING`), a config-file key (`robust_mixing`) and in JSON output.
+Subclasses may change a default (a lab runs a fixed number of rounds), never a
+meaning. Bad values raise a ValidationError naming the option.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import NoDecode
+
+from declora.node.codecs import make_codec
+from declora.node.robust import make_robust
+from declora.node.trainer import LoraSpec
+
+Task = Literal["cls", "lm"]
+
+
+class Recipe(BaseModel):
+    """Model, data, LoRA shape, local training and mixing: what a swarm agrees on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # model and data
+    model: str = Field("minilm", description="minilm, tiny-bert, tiny-llama or a local path")
+    task: Task = Field("cls", description="cls (classification) or lm (causal LM)")
+    data: str = Field("bbcnews", description="bbcnews or a .jsonl/.csv/.parquet file")
+    partition_scheme: str = Field(
+        "iid", description="how a dataset is shared out: iid, dirichlet:A, skew[:P], shards:K"
+    )
+    rank: int = Field(8, ge=1, le=1024, description="LoRA rank r")
+    alpha: int | None = Field(None, ge=1, description="LoRA alpha (default: 2 x rank)")
+    targets: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="LoRA target modules (default: by model family)"
+    )
+    max_length: int = Field(64, ge=8, le=8192, description="tokens per example")
+    # local training
+    local_steps: int = Field(5, ge=1, description="K local steps between exchanges")
+    rounds: int = Field(0, ge=0, description="training rounds (0 = until stopped)")
+    lr: float = Field(2e-3, gt=0, le=1, description="AdamW learning rate")
+    batch_size: int = Field(16, ge=1, description="examples per local step")
+    seed: int = Field(0, ge=0, description="swarm-wide seed (adapter init, data split)")
+    # mixing
+    codec: str = Field("fp32", description="message codec: fp32, fp16, bf16, q8, q4, q2, topk:F")
+    consensus_step: float | None = Field(
+        None, gt=0, le=1, description="gamma of the mixing step (default: by codec)"
+    )
+    robust_mixing: str = Field("none", description="none, clip[:C] or trim[:F] (node/robust.py)")
+    gradient_tracking: bool = Field(
+        False, description="correct local steps toward the swarm's gradient (node/tracking.py)"
+    )
+    consensus_rounds: int = Field(0, ge=0, description="gossip-only rounds after the last one")
+    consensus_tol: float = Field(1e-3, gt=0, description="consensus finish stops below this")
+    # evaluation
+    eval_every: int = Field(1, ge=0, description="evaluate every N rounds (0 = only at the end)")
+    max_eval: int = Field(0, ge=0, description="cap on test examples (0 = all)")
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _split(cls, v: object) -> object:
+        if isinstance(v, str):
+            return tuple(p.strip() for p in v.split(",") if p.strip())
+        return v
+
+    @field_validator("codec")
+    @classmethod
+    def _codec_ok(cls, v: str) -> str:
+        return make_codec(v).spec
+
+    @field_validator("robust_mixing")
+    @classmethod
+    def _robust_ok(cls, v: str) -> str:
+        return make_robust(v).spec
+
+    @model_validator(mode="after")
+    def _recipe_ok(self) -> Recipe:
+        if self.gradient_tracking and self.robust_mixing != "none":
+            raise ValueError(
+                "--gradient-tracking cannot be combined with --robust-mixing: tracking "
+                "trusts every neighbour's gradient message"
+            )
+        return self
+
+    @property
+    def lora_alpha(self) -> int:
+        return self.alpha if self.alpha is not None else 2 * self.rank
+
+    def lora_spec(self) -> LoraSpec:
+        return LoraSpec(
+            model=self.model,
+            task=self.task,
+            rank=self.rank,
+            alpha=self.lora_alpha,
+            targets=tuple(self.targets),
+            max_length=self.max_length,
+            seed=self.seed,
+        )
+
+    def recipe(self) -> Recipe:
+        """Just the recipe's fields (of a subclass's instance)."""
+        return Recipe(**{k: getattr(self, k) for k in Recipe.model_fields})

@@ -1,0 +1,132 @@
+"""One builder of a run's workload, used by the daemon, the simulator, the lab's
+centralized reference and the benchmarks.
+
+For a recipe and a number of nodes, `Workload` holds the train/test split, each
+node's share of the training data (`partition_scheme`, seeded by the recipe's seed),
+the test set capped at `max_eval` examples (a seeded choice, the same everywhere),
+and the model. Node `i` trains with the seed `node_seed(seed, i)` on its share; the
+centralized reference trains one adapter on the union of the shares with the seed
+itself. Two callers with the same recipe therefore build the same nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from declora.node.data import TextDataset, load_dataset
+from declora.node.dec_lora import DecLoraNode
+from declora.node.partition import partition
+from declora.node.recipe import Recipe
+from declora.node.trainer import Encoded, LocalTrainer, LoraModel
+
+
+def node_seed(seed: int, index: int) -> int:
+    """The seed of node `index`'s sampler, dropout and codec randomness."""
+    return seed * 1000 + index
+
+
+def cap(data: TextDataset, limit: int, seed: int) -> TextDataset:
+    """At most `limit` examples (0 = all), a seeded choice kept in file order."""
+    if not limit or limit >= len(data):
+        return data
+    keep = np.random.default_rng(seed).permutation(len(data))[:limit]
+    return data.subset(np.sort(keep))
+
+
+@dataclass
+class Workload:
+    """The data and the model of one run of `nodes` nodes."""
+
+    recipe: Recipe
+    nodes: int
+    train: TextDataset
+    test: TextDataset
+    parts: list[np.ndarray]
+    lm: LoraModel
+    _encoded: dict[str, Encoded] = field(default_factory=dict)
+
+    def encoded_train(self) -> Encoded:
+        """The whole training set, tokenized once (the simulator's nodes share it)."""
+        if "train" not in self._encoded:
+            self._encoded["train"] = self.lm.encode(self.train)
+        return self._encoded["train"]
+
+    def encoded_test(self) -> Encoded | None:
+        if not len(self.test):
+            return None
+        if "test" not in self._encoded:
+            self._encoded["test"] = self.lm.encode(self.test)
+        return self._encoded["test"]
+
+    def _encoded_rows(self, rows: np.ndarray) -> Encoded:
+        if "train" in self._encoded:
+            return self._encoded["train"].take(rows)
+        return self.lm.encode(self.train.subset(rows))
+
+    def trainer(self, index: int) -> LocalTrainer:
+        """Node `index`'s trainer on its share, from the shared seeded adapter."""
+        r = self.recipe
+        return LocalTrainer(
+            self.lm,
+            self._encoded_rows(self.parts[index]),
+            r.lr,
+            r.batch_size,
+            seed=node_seed(r.seed, index),
+        )
+
+    def node(self, index: int) -> DecLoraNode[Any]:
+        """Node `index`: its trainer plus gossip state (codec, mixing rule, tracking)."""
+        r = self.recipe
+        return DecLoraNode(
+            self.trainer(index),
+            r.codec,
+            r.consensus_step,
+            node_seed(r.seed, index),
+            r.robust_mixing,
+            r.gradient_tracking,
+        )
+
+    def centralized_trainer(self) -> LocalTrainer:
+        """One adapter on the union of every node's share (the reference)."""
+        r = self.recipe
+        union = np.unique(np.concatenate(self.parts))
+        return LocalTrainer(self.lm, self._encoded_rows(union), r.lr, r.batch_size, seed=r.seed)
+
+    def centralized_steps(self) -> int:
+        """The swarm's total number of local steps: the reference's budget."""
+        return self.nodes * self.recipe.rounds * self.recipe.local_steps
+
+
+def load_workload(
+    recipe: Recipe,
+    nodes: int = 1,
+    *,
+    device: str = "cpu",
+    lm: LoraModel | None = None,
+    max_train: int = 0,
+) -> Workload:
+    """Read the data, share it out among `nodes`, cap the test set, build the model.
+
+    `max_train` keeps a seeded subset of the training set first (0 = all); `lm`
+    reuses an already built model (same recipe).
+    """
+    label_column = "label" if recipe.task == "cls" else None
+    train, test = load_dataset(recipe.data, label_column=label_column)
+    if max_train and max_train < len(train):  # a seeded subset, in the permuted order
+        train = train.subset(np.random.default_rng(recipe.seed).permutation(len(train))[:max_train])
+    test = cap(test, recipe.max_eval, recipe.seed)
+    if nodes > 1:
+        labels = train.labels
+        if labels is None:  # text only (causal LM): only label-free schemes apply
+            if recipe.partition_scheme != "iid":
+                raise ValueError("unlabelled data can only be partitioned 'iid'")
+            labels = np.zeros(len(train), dtype=np.int64)
+        parts = partition(recipe.partition_scheme, labels, nodes, seed=recipe.seed)
+    else:
+        parts = [np.arange(len(train))]
+    if lm is None:
+        lm = LoraModel(recipe.lora_spec(), num_labels=max(train.num_labels, 2), device=device)
+    return Workload(recipe, nodes, train, test, parts, lm)
