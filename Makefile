@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 CONSTRAINTS := constraints.txt
 
-.PHONY: run test test-faults install dev lint typecheck unit proto experiment bench clean
+.PHONY: run test test-faults install dev lint typecheck unit proto experiment bench bench-smoke clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ dev: $(VENV)/.dev
 run: $(VENV)/.installed
 	$(VENV)/bin/declora-node lab --nodes 4 --rounds 8 --output runs/lab
 
-## make test: lint, type-check and the whole test suite
+## make test: lint, type-check, the whole test suite and every benchmark's smoke run
 test: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -35,6 +35,7 @@ test: $(VENV)/.dev
 	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml \
 		-p declora.node -p declora.cli -p declora.proto
 	$(PY) -m pytest
+	$(MAKE) bench-smoke
 
 ## make test-faults: the fault matrix with real processes and network namespaces (root)
 test-faults: $(VENV)/.dev
@@ -53,6 +54,15 @@ bench: $(VENV)/.dev
 	$(PY) bench/bench_transport.py
 	$(PY) bench/bench_round_latency.py
 	$(PY) bench/bench_load.py
+
+## make bench-smoke: every benchmark at tiny sizes (seconds each), so none of them rots
+bench-smoke: $(VENV)/.dev
+	$(PY) bench/bench_codecs.py --smoke
+	$(PY) bench/bench_simulator.py --smoke
+	$(PY) bench/bench_daemon_overhead.py --smoke
+	$(PY) bench/bench_transport.py --smoke
+	$(PY) bench/bench_round_latency.py --smoke
+	$(PY) bench/bench_load.py --smoke
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache runs

@@ -8,6 +8,7 @@ as a multiple of a plain `np.copyto` of the same vector measured in the same run
 Nothing is asserted; the figures depend on the machine and its load.
 
     python bench/bench_codecs.py --repeat 5
+    python bench/bench_codecs.py --smoke       # 65,536 values, every codec, a second
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from benchlib import load_average
+from benchlib import load_average, parse_args
 
 from declora.node.codecs import Codec, encoded_size, make_codec
 
 LAYERS, MODULES, HIDDEN, RANK = 32, 2, 4096, 16
 N = LAYERS * MODULES * (HIDDEN * RANK + RANK * HIDDEN)  # 8,388,608
 CODECS = ("fp32", "fp16", "bf16", "q8", "q4", "q2", "topk:0.01", "topk:0.01+q4")
+SMOKE = {"n": 65_536, "repeat": 2}
 
 
 def median_seconds(fn: Callable[[], object], repeat: int) -> float:
@@ -51,12 +53,12 @@ def time_codec(codec: Codec, x: np.ndarray, repeat: int) -> tuple[float, int, fl
     return seconds, size, float(np.max(np.abs(last[0] - x)))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per codec (median)")
     parser.add_argument("--n", type=int, default=N, help="vector length (default: %(default)s)")
     parser.add_argument("--codecs", nargs="+", default=list(CODECS))
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE, argv)
 
     rng = np.random.default_rng(0)
     # a LoRA-delta-like vector: mostly small values with a heavier tail

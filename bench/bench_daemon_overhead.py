@@ -3,20 +3,24 @@
 Measures, in one run and under the same process settings (one torch thread per
 process, two processes at once so both CPU cores are busy in both phases):
 
-- plain: two subprocesses each run the same K-step `LocalTrainer.train_steps` loop
-  (same model, partition, LoRA shape, batch size, max_length, lr and seed as a
-  daemon node), timed per K steps, started together behind a file barrier;
+- plain: two subprocesses each run the same K-step `LocalTrainer.train_steps` loop,
+  the trainer built by the daemon's own builder from the lab's recipe
+  (`load_workload(cfg.recipe(), 2).trainer(i)`: same model, share of the data, LoRA
+  shape, batch size, max_length, lr and seed as daemon node i), timed per K steps,
+  started together behind a file barrier;
 - daemon: a real 2-node lab, two `declora-node start` subprocesses on 127.0.0.1 with
-  static peers, `--eval-every 0`, `--threads 1`; the round seconds come from each
-  node's `<checkpoint-dir>/rounds.jsonl` (phase "train").
+  static peers, eval off (`eval_every` 0), one torch thread; the round seconds come
+  from each node's `<checkpoint-dir>/rounds.jsonl` (phase "train").
 
 Round 1 (and the first plain chunk) is warm-up and skipped. The default runs the
 phases plain, daemon, plain, so that a drift in the machine's load hits both sides
-alike. Prints the medians and their ratio; the goal is a ratio <= 1.10. Nothing is
-asserted.
+alike. Prints the medians and their ratio; the goal is a ratio <= 1.10. No time is
+asserted: the exit code is 1 only when a daemon exited non-zero, was still running at
+the timeout or recorded no training round.
 
     python bench/bench_daemon_overhead.py                 # tiny-bert, K=5, ~1-2 min
     python bench/bench_daemon_overhead.py --model minilm --rounds 4 --local-steps 2
+    python bench/bench_daemon_overhead.py --smoke         # plain then daemon, 3 rounds, K=1
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from benchlib import (
     Swarm,
     load_average,
     median,
+    parse_args,
     quantile,
     read_rounds,
     round_problems,
@@ -50,34 +55,52 @@ from declora.node.topology import from_spec
 
 GOAL = 1.10
 NODES = 2
+SMOKE = {
+    "rounds": 3,
+    "local_steps": 1,
+    "rank": 4,
+    "batch_size": 8,
+    "max_length": 32,
+    "phases": "plain,daemon",
+    "round_deadline": 30.0,
+    "timeout": 90.0,
+}
+
+
+def lab_config(args: argparse.Namespace, output: Path) -> LabConfig:
+    """The 2-node lab of the daemon phase; the plain phase trains from its recipe."""
+    return LabConfig(
+        nodes=NODES,
+        topology="complete",
+        partition_scheme="iid",
+        rounds=args.rounds,
+        local_steps=args.local_steps,
+        model=args.model,
+        data=args.data,
+        rank=args.rank,
+        max_length=args.max_length,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        max_eval=16,
+        eval_every=0,
+        round_deadline=args.round_deadline,
+        consensus_rounds=0,
+        output=output,
+        extra={"device": "cpu", "checkpoint_every": args.rounds + 1},
+    )
 
 
 def plain_worker(args: argparse.Namespace) -> None:
-    """One plain training process: the daemon's `_build`, then R x K timed steps."""
+    """One plain training process: daemon node i's trainer, then R x K timed steps."""
     import torch
 
     torch.set_num_threads(1)
-    from declora.node.data import load_dataset
-    from declora.node.partition import partition
-    from declora.node.trainer import LocalTrainer, LoraModel, LoraSpec
+    from declora.node.workload import load_workload
 
     index = args.worker
-    train, _ = load_dataset(args.data)
-    assert train.labels is not None
-    parts = partition("iid", train.labels, NODES, seed=args.seed)
-    train = train.subset(parts[index])
-    spec = LoraSpec(
-        model=args.model,
-        task="cls",
-        rank=args.rank,
-        alpha=2 * args.rank,
-        max_length=args.max_length,
-        seed=args.seed,
-    )
-    lm = LoraModel(spec, num_labels=max(train.num_labels, 2), device="cpu")
-    trainer = LocalTrainer(
-        lm, lm.encode(train), args.lr, args.batch_size, seed=args.seed * 1000 + index
-    )
+    recipe = lab_config(args, Path(args.barrier)).recipe()
+    trainer = load_workload(recipe, NODES, device="cpu").trainer(index)
     barrier = Path(args.barrier)
     (barrier / f"ready-{index}").touch()
     while not (barrier / "go").exists():
@@ -100,12 +123,14 @@ class Phase:
     cpu: list[float] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    failed: bool = False  # a process failed (exit code, timeout, no round): not a timing
 
     def extend(self, other: Phase) -> None:
         self.wall += other.wall
         self.cpu += other.cpu
         self.problems += other.problems
         self.notes += other.notes
+        self.failed = self.failed or other.failed
 
 
 def run_plain(args: argparse.Namespace, work: Path) -> Phase:
@@ -150,40 +175,19 @@ def run_plain(args: argparse.Namespace, work: Path) -> Phase:
 
 def run_daemons(args: argparse.Namespace, work: Path, tag: str) -> Phase:
     """A real 2-node lab; per-round wall and CPU seconds (round 1 skipped), problems."""
-    extra = [
-        "--eval-every", "0",
-        "--device", "cpu",
-        "--max-length", str(args.max_length),
-        "--checkpoint-every", str(args.rounds + 1),
-    ]  # fmt: skip
-    cfg = LabConfig(
-        nodes=NODES,
-        topology="complete",
-        partition="iid",
-        rounds=args.rounds,
-        local_steps=args.local_steps,
-        model=args.model,
-        data=args.data,
-        rank=args.rank,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        max_eval=16,
-        round_deadline=args.round_deadline,
-        consensus_rounds=0,
-        output=work / tag,
-        extra_args=extra,
-    )
+    cfg = lab_config(args, work / tag)
     out = Phase()
     with Swarm(cfg, cfg.output) as swarm:
         swarm.start()
         with CpuSampler([n.process.pid for n in swarm.nodes]) as sampler:
             if not swarm.wait(args.timeout):
                 out.problems.append(f"daemons still running after {args.timeout:.0f}s; stopped")
+                out.failed = True
         swarm.stop()
         codes = swarm.exit_codes()
         if any(c != 0 for c in codes.values()):
             out.problems.append(f"exit codes {codes}")
+            out.failed = True
         histories = {n.node_id: read_rounds(n.folder) for n in swarm.nodes}
         for n in swarm.nodes:
             rows = train_rounds({n.node_id: histories[n.node_id]}, skip_first=0)
@@ -198,6 +202,8 @@ def run_daemons(args: argparse.Namespace, work: Path, tag: str) -> Phase:
                 )
                 if not math.isnan(cpu):
                     out.cpu.append(cpu)
+        if not out.wall:
+            out.failed = True
         topo = from_spec(cfg.topology, NODES, seed=cfg.seed)
         found, notes = round_problems(histories, topo, args.rounds, args.round_deadline)
         out.problems += found + swarm.log_problems(expected=f"it left after round {args.rounds}")
@@ -233,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", type=Path, default=None, help="keep node folders here")
     ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--barrier", default="", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    args = parse_args(ap, SMOKE, argv)
     if args.worker is not None:
         plain_worker(args)
         return 0
@@ -300,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     for note in daemon.notes:
         print(f"note: {note}")
-    return 0
+    return 1 if daemon.failed else 0
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Load: 16 real daemons on one machine run 50 rounds; does any round stall?
 
 The swarm is started the way `declora-node lab` starts one (its `node_command`):
-`declora-node start` subprocesses on 127.0.0.1 with static peers, tiny-bert,
-`--threads 1`, `--local-steps 1`, iid partitions of the default data, eval only at
+`declora-node start` subprocesses on 127.0.0.1 with static peers, tiny-bert, one
+torch thread, K = 1 local step, iid partitions of the default data, eval only at
 the end, checkpoints at the daemon's default interval, a consensus finish of up to 5
 rounds and a generous `--round-deadline` (30 s), so that a stall shows up as a round
 near the deadline rather than as a dropped neighbour. The topology is a ring of 16
@@ -22,6 +22,7 @@ CPU (16 processes importing torch make start-up the slowest part).
 
     python bench/bench_load.py                        # 16 nodes, 50 rounds, a few minutes
     python bench/bench_load.py --nodes 8 --rounds 10 --chord 0   # a smaller plain ring
+    python bench/bench_load.py --smoke                # 4 nodes, chords i -- i+2, 3 rounds
 """
 
 from __future__ import annotations
@@ -35,7 +36,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import Swarm, load_average, median, quantile, round_problems, sigterm_as_exit
+from benchlib import (
+    Swarm,
+    load_average,
+    median,
+    parse_args,
+    quantile,
+    round_problems,
+    sigterm_as_exit,
+)
 
 from declora.cli.lab import LabConfig
 from declora.node.topology import from_spec
@@ -43,6 +52,15 @@ from declora.node.topology import from_spec
 MIB = 1024 * 1024
 NAN = float("nan")
 GOODBYE = re.compile(r"left the live set: it left after round (\d+)")
+SMOKE = {
+    "nodes": 4,
+    "chord": 2,
+    "rounds": 3,
+    "consensus_rounds": 2,
+    "startup_timeout": 60.0,
+    "max_eval": 16,
+    "timeout": 120.0,
+}
 
 
 def write_chorded_ring(n: int, chord: int, path: Path) -> str:
@@ -90,22 +108,19 @@ def run(args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], bool]:
     cfg = LabConfig(
         nodes=args.nodes,
         topology=topology,
-        partition="iid",
+        partition_scheme="iid",
         rounds=args.rounds,
         local_steps=args.local_steps,
         model=args.model,
         data=args.data,
         seed=0,
         max_eval=args.max_eval,
+        eval_every=0,
         round_deadline=args.round_deadline,
         consensus_rounds=args.consensus_rounds,
         output=out,
-        extra_args=[
-            "--eval-every", "0",
-            "--device", "cpu",
-            "--startup-timeout", str(args.startup_timeout),
-        ],
-    )  # fmt: skip
+        extra={"device": "cpu", "startup_timeout": args.startup_timeout},
+    )
     topo = from_spec(topology, args.nodes, seed=cfg.seed)
     t0 = time.time()
     with Swarm(cfg, out) as swarm:
@@ -230,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-eval", type=int, default=64, help="test examples per node")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds for the whole swarm")
     ap.add_argument("--output", type=Path, default=None, help="keep node folders here")
-    args = ap.parse_args(argv)
+    args = parse_args(ap, SMOKE, argv)
     if args.nodes < 3:
         ap.error("--nodes must be >= 3")
     if not 0 <= args.chord < args.nodes:

@@ -1,18 +1,20 @@
 """Round latency of real swarms: 4 and then 8 daemons in a ring on 127.0.0.1.
 
 Each swarm is started the way `declora-node lab` starts one (its `node_command`):
-`declora-node start` subprocesses with static ring peers, tiny-bert, `--threads 1`,
-`--local-steps 1`, `--eval-every 0`, `--rounds 8`, iid partitions of the default
-data. The per-round wall seconds come from every node's `rounds.jsonl` (phase
-"train"); round 1 (start-up skew) is skipped. Prints, per swarm size, the
+`declora-node start` subprocesses with static ring peers, tiny-bert, one torch
+thread, K = 1 local step, eval off, 8 rounds, iid partitions of the default data.
+The per-round wall seconds come from every node's `rounds.jsonl` (phase "train");
+round 1 (start-up skew) is skipped. Prints, per swarm size, the
 distribution over all nodes and rounds (median, p90, max), how far apart the nodes
 finish the same round, and any problem seen: a neighbour missing from a round's live
-set, a round near the deadline, a non-zero exit, warnings in the logs. Nothing is
-asserted. On a machine with fewer cores than nodes the figures include waiting for
-a CPU; the load average is printed with them.
+set, a round near the deadline, a non-zero exit, warnings in the logs. No time is
+asserted: the exit code is 1 only when a node exited non-zero, was still running at
+the timeout or recorded no training round. On a machine with fewer cores than nodes
+the figures include waiting for a CPU; the load average is printed with them.
 
     python bench/bench_round_latency.py                 # 4 then 8 nodes, ~2 min
     python bench/bench_round_latency.py --sizes 4 --rounds 12
+    python bench/bench_round_latency.py --smoke         # 3 nodes, 3 rounds, ~15 s
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from benchlib import (
     Swarm,
     load_average,
     median,
+    parse_args,
     quantile,
     round_problems,
     sigterm_as_exit,
@@ -39,27 +42,26 @@ from benchlib import (
 from declora.cli.lab import LabConfig
 from declora.node.topology import from_spec
 
+SMOKE = {"sizes": "3", "rounds": 3, "round_deadline": 30.0, "timeout": 90.0}
+
 
 def run_swarm(args: argparse.Namespace, n: int, out: Path) -> dict[str, Any]:
     cfg = LabConfig(
         nodes=n,
         topology=args.topology,
-        partition="iid",
+        partition_scheme="iid",
         rounds=args.rounds,
         local_steps=args.local_steps,
         model=args.model,
         data=args.data,
         seed=0,
         max_eval=16,
+        eval_every=0,
         round_deadline=args.round_deadline,
         consensus_rounds=0,
         output=out,
-        extra_args=[
-            "--eval-every", "0",
-            "--device", "cpu",
-            "--checkpoint-every", str(args.rounds + 1),
-        ],
-    )  # fmt: skip
+        extra={"device": "cpu", "checkpoint_every": args.rounds + 1},
+    )
     topo = from_spec(args.topology, n, seed=cfg.seed)
     problems: list[str] = []
     t0 = time.perf_counter()
@@ -71,6 +73,7 @@ def run_swarm(args: argparse.Namespace, n: int, out: Path) -> dict[str, Any]:
             problems.append(f"still running after {args.timeout:.0f}s; stopped")
         swarm.stop()
         codes = swarm.exit_codes()
+        failed = not finished or any(c != 0 for c in codes.values())
         if any(c != 0 for c in codes.values()):
             problems.append(f"exit codes {codes}")
         histories = swarm.histories()
@@ -93,6 +96,7 @@ def run_swarm(args: argparse.Namespace, n: int, out: Path) -> dict[str, Any]:
         "first_round_done": (min(first) if first else float("nan")),
         "problems": problems,
         "notes": notes,
+        "failed": failed or not seconds,
     }
 
 
@@ -107,11 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--round-deadline", type=float, default=60.0)
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per swarm")
     ap.add_argument("--output", type=Path, default=None, help="keep node folders here")
-    args = ap.parse_args(argv)
+    args = parse_args(ap, SMOKE, argv)
     sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
     if args.rounds < 2:
         ap.error("--rounds must be >= 2 (round 1 is skipped)")
     work = args.output or Path(tempfile.mkdtemp(prefix="declora-bench-latency-"))
+    failed = False
     print(
         f"round latency: {args.model}, {args.topology}, K={args.local_steps}, {args.rounds} "
         f"rounds (round 1 skipped), --threads 1 each, fp32, eval off"
@@ -122,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 before = load_average()
                 t_start = time.time()
                 res = run_swarm(args, n, work / f"n{n}")
+                failed = failed or res["failed"]
                 xs = res["seconds"]
                 print(f"{n} nodes (load average before: {before})")
                 print(
@@ -151,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.output is None:
             shutil.rmtree(work, ignore_errors=True)
     print(f"load average at end: {load_average()}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

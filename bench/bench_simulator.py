@@ -7,6 +7,7 @@ the goal (< 5% of the round). Evaluation is outside both figures. Nothing is ass
 
     python bench/bench_simulator.py                     # tiny-bert, synthetic data, seconds
     python bench/bench_simulator.py --model minilm      # MiniLM + BBC News, minutes
+    python bench/bench_simulator.py --smoke             # tiny-bert, 3 nodes, 2 rounds x 1 step
 """
 
 from __future__ import annotations
@@ -18,12 +19,21 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchlib import load_average
+from benchlib import load_average, parse_args
 
 from declora.node.simulator import SimConfig, Simulation
 from declora.node.trainer import LoraModel
 
 GOAL = 0.05
+SMOKE = {
+    "model": "tiny-bert",
+    "nodes": 3,
+    "rounds": 2,
+    "local_steps": 1,
+    "batch_size": 8,
+    "examples": 60,
+    "max_eval": 20,
+}
 
 WORDS = (
     ("aaa", "abba", "baba", "aab"),
@@ -45,7 +55,7 @@ def write_synthetic(path: Path, n: int, seed: int = 0) -> Path:
     return path
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("tiny-bert", "minilm"), default="tiny-bert")
     parser.add_argument("--codecs", nargs="+", default=["fp32", "q4"])
@@ -56,18 +66,21 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rank", type=int, default=None, help="default: 4 tiny, 8 minilm")
     parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
+    parser.add_argument("--examples", type=int, default=400, help="synthetic texts (tiny-bert)")
+    parser.add_argument("--max-eval", type=int, default=50, help="test examples evaluated")
+    args = parse_args(parser, SMOKE, argv)
 
     tiny = args.model == "tiny-bert"
     rounds = args.rounds or (4 if tiny else 2)
     rank = args.rank or (4 if tiny else 8)
     with tempfile.TemporaryDirectory() as tmp:
-        data = str(write_synthetic(Path(tmp) / "synthetic.jsonl", 400)) if tiny else "bbcnews"
+        synthetic = Path(tmp) / "synthetic.jsonl"
+        data = str(write_synthetic(synthetic, args.examples)) if tiny else "bbcnews"
         base = SimConfig.model_validate(
             {
                 "nodes": args.nodes,
                 "topology": args.topology,
-                "partition": "iid",
+                "partition_scheme": "iid",
                 "rounds": rounds,
                 "local_steps": args.local_steps,
                 "batch_size": args.batch_size,
@@ -77,10 +90,10 @@ def main() -> None:
                 "rank": rank,
                 "alpha": 2 * rank,
                 "max_length": 32 if tiny else 64,
-                "max_test": 50,
+                "max_eval": args.max_eval,
                 "eval_every": rounds,
                 "node_eval_every": max(rounds, 1),
-                "max_consensus_rounds": 0,
+                "consensus_rounds": 0,
                 "centralized": False,
                 "threads": args.threads,
             }

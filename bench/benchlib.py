@@ -5,10 +5,16 @@ command line built by `declora.cli.lab.node_command` (the one `declora-node lab`
 uses), in its own session so a terminal Ctrl-C reaches only the benchmark, which then
 stops the nodes itself: SIGTERM, then SIGKILL after a grace period. Nothing here
 asserts a time; the benchmarks print what they measure.
+
+Every benchmark parses its flags with `parse_args`, which adds `--smoke`: the same
+code path at tiny sizes (a few seconds; about 30 s where real daemons start), so that
+`make bench-smoke` (part of `make test`) notices a benchmark that no longer runs.
+Only public names of `declora` are used here and in the benchmarks.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import itertools
 import os
@@ -30,6 +36,34 @@ from declora.node.mixing import local_mh_weights
 from declora.node.topology import Topology, from_spec
 
 HOST = "127.0.0.1"
+SMOKE_NOTE = "smoke run: tiny sizes; the figures only show that the benchmark still runs"
+
+
+def parse_args(
+    ap: argparse.ArgumentParser, smoke: dict[str, Any], argv: Sequence[str] | None = None
+) -> argparse.Namespace:
+    """Parse `argv` with an added `--smoke` flag that swaps in the `smoke` defaults.
+
+    `smoke` maps option destinations (e.g. "rounds") to their smoke-run values; flags
+    given explicitly still win (`--smoke --rounds 5` runs 5 rounds). A key that is not
+    an option of `ap` is an error, so a renamed option cannot silently drop out of the
+    smoke run. With `--smoke` the note `SMOKE_NOTE` is printed first.
+    """
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the same code path at tiny sizes, a few seconds; figures mean nothing",
+    )
+    known, _ = ap.parse_known_args(argv)
+    unknown = sorted(set(smoke) - set(vars(known)))
+    if unknown:
+        raise ValueError(f"smoke defaults for options that do not exist: {unknown}")
+    if known.smoke:
+        ap.set_defaults(**smoke)
+    args = ap.parse_args(argv)
+    if args.smoke:
+        print(SMOKE_NOTE, flush=True)
+    return args
 
 
 def free_ports(n: int) -> list[int]:
