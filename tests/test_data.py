@@ -17,6 +17,7 @@ from declora.node.data import (
     load_bbcnews,
     load_dataset,
     load_file,
+    read_label_file,
     stratified_split,
 )
 
@@ -209,14 +210,6 @@ def test_unsupported_suffix_and_empty_file(tmp_path: Path) -> None:
         load_file(empty)
 
 
-@pytest.mark.skipif(HAS_PYARROW, reason="checks the message shown when pyarrow is absent")
-def test_parquet_without_pyarrow_says_what_to_install(tmp_path: Path) -> None:
-    path = tmp_path / "d.parquet"
-    path.write_bytes(b"PAR1 not really")
-    with pytest.raises(DataError, match="pyarrow"):
-        load_file(path)
-
-
 def test_column_missing_in_a_later_row(tmp_path: Path) -> None:
     rows: list[dict[str, object]] = [{"text": "a", "label": "x"}, {"text": "b"}]
     with pytest.raises(DataError, match="row 2 has no column 'label'"):
@@ -261,3 +254,235 @@ def test_load_dataset_from_file_is_a_seeded_stratified_split(tmp_path: Path) -> 
     assert test.labels is not None and np.bincount(test.labels).tolist() == [5, 5]
     assert set(train.texts).isdisjoint(test.texts)
     assert load_dataset(str(path))[1].texts == test.texts
+
+
+# --------------------------------------------------------------------------- datasets-backed
+# reading, declared label sets and the one-line errors
+
+
+def assert_one_line_with_hint(exc: pytest.ExceptionInfo[DataError]) -> str:
+    text = str(exc.value)
+    assert "\n" not in text and "(hint: " in text, text
+    assert isinstance(exc.value, ValueError)
+    return text
+
+
+def test_csv_category_column_with_label_column(tmp_path: Path) -> None:
+    rows: list[dict[str, object]] = [
+        {"text": "stocks rise", "category": "business"},
+        {"text": "a new film", "category": "film"},
+        {"text": "shares fall", "category": "business"},
+    ]
+    path = write_csv(tmp_path / "news.csv", rows)
+    data = load_file(path, label_column="category")
+    assert data.label_names == ("business", "film")
+    assert data.labels is not None and data.labels.tolist() == [0, 1, 0]
+    with pytest.raises(DataError) as exc:
+        load_file(path)  # the default label column is "label"
+    text = assert_one_line_with_hint(exc)
+    assert "'label'" in text and "['category', 'text']" in text and "--label-column" in text
+
+
+def test_csv_keeps_the_spelling_of_texts_and_labels(tmp_path: Path) -> None:
+    # numbers, "NA" and quoted commas stay the strings they are in the file
+    path = tmp_path / "d.csv"
+    path.write_text('text,label\n1.50,NA\n"a, b",007\nNA,NA\n', encoding="utf-8")
+    data = load_file(path)
+    assert data.texts == ("1.50", "a, b", "NA")
+    assert data.label_names == ("007", "NA")
+    assert data.labels is not None and data.labels.tolist() == [1, 0, 1]
+
+
+def test_integer_labels_with_a_declared_label_set(tmp_path: Path) -> None:
+    rows: list[dict[str, object]] = [{"text": f"t{i}", "label": i % 3} for i in range(30)]
+    path = write_jsonl(tmp_path / "ints.jsonl", rows)
+    train, test = load_dataset(str(path), labels=["2", "0", "1"])
+    assert train.label_names == test.label_names == ("2", "0", "1")
+    assert train.labels is not None and test.labels is not None
+    ids = dict(
+        zip(train.texts + test.texts, [*train.labels.tolist(), *test.labels.tolist()], strict=True)
+    )
+    # the integer label i is the name str(i): its id is its place in the declared set
+    assert ids == {f"t{i}": ("2", "0", "1").index(str(i % 3)) for i in range(30)}
+    # the split is the same as without the declared set
+    assert load_dataset(str(path))[1].texts == test.texts
+
+
+def test_declared_labels_cover_a_shard_that_lacks_a_class(tmp_path: Path) -> None:
+    swarm = ("business", "film", "sport", "tech")
+    shard = [r for r in ROWS * 5 if r["label"] != "film"]  # this node never saw "film"
+    path = write_jsonl(tmp_path / "shard.jsonl", shard)
+    inferred, _ = load_dataset(str(path))
+    assert inferred.label_names == ("business", "sport")  # without the set: ids drift
+    train, test = load_dataset(str(path), labels=swarm)
+    assert train.label_names == test.label_names == swarm
+    assert train.num_labels == 4
+    assert train.labels is not None and test.labels is not None
+    ids = set(train.labels.tolist()) | set(test.labels.tolist())
+    assert ids == {0, 2}  # business and sport keep their swarm-wide ids
+
+
+def test_label_outside_the_declared_set_is_named(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    with pytest.raises(DataError) as exc:
+        load_dataset(str(path), labels=("business", "sport", "tech"))
+    text = assert_one_line_with_hint(exc)
+    assert "['film']" in text and "declared" in text
+
+
+def test_declared_set_must_be_a_real_set() -> None:
+    with pytest.raises(DataError, match="more than once"):
+        load_dataset("bbcnews", labels=("tech", "tech", "sport"))
+    with pytest.raises(DataError, match="at least 2"):
+        load_dataset("bbcnews", labels=("tech",))
+
+
+def test_bbcnews_with_declared_labels_follows_their_order(
+    bbc_split: tuple[TextDataset, ...],
+) -> None:
+    order = tuple(reversed(BBC_LABELS))
+    train, _ = load_dataset("bbcnews", labels=order)
+    base_train = bbc_split[0]
+    assert train.texts == base_train.texts and train.label_names == order
+    assert train.labels is not None and base_train.labels is not None
+    assert (train.labels == 4 - base_train.labels).all()
+    with pytest.raises(DataError, match="tech"):
+        load_dataset("bbcnews", labels=("business", "entertainment", "politics", "sports"))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "needle"),
+    [
+        ("d.txt", "hello\n", "unsupported data file type '.txt'"),
+        ("e.jsonl", "", "no rows"),
+        ("blank.jsonl", "\n  \n", "no rows"),
+        ("e.csv", "", "no rows"),
+        ("header.csv", "text,label\n", "no rows"),
+        ("bad.jsonl", '{"text": "a", "label": 0}\n\n{"text": "b" "label": 1}\n', "bad.jsonl:3:"),
+        ("ragged.csv", "text,label\na,b\nc,d,e\n", "cannot read it as csv"),
+        ("junk.parquet", "not parquet at all", "cannot read it as parquet"),
+    ],
+)
+def test_bad_files_are_one_line_errors(
+    tmp_path: Path, name: str, content: str, needle: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError) as exc:
+        load_file(path)
+    assert needle in assert_one_line_with_hint(exc)
+
+
+def test_missing_file_and_plain_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as exc:
+        load_dataset(str(tmp_path / "nope.jsonl"))
+    assert "not found" in assert_one_line_with_hint(exc)
+    with pytest.raises(DataError) as exc:
+        load_dataset(str(tmp_path))
+    assert "save_to_disk" in assert_one_line_with_hint(exc)
+
+
+@pytest.mark.parametrize("kind", sorted(WRITERS))
+def test_missing_text_column_lists_the_columns(tmp_path: Path, kind: str) -> None:
+    path = WRITERS[kind](tmp_path / f"d.{kind}", ROWS)
+    with pytest.raises(DataError) as exc:
+        load_dataset(str(path), text_column="body")
+    text = assert_one_line_with_hint(exc)
+    assert "no text column 'body'" in text and "['label', 'text']" in text
+    assert "--text-column" in text
+
+
+@pytest.mark.parametrize("kind", sorted(WRITERS))
+def test_empty_text_is_refused(tmp_path: Path, kind: str) -> None:
+    rows: list[dict[str, object]] = [{"text": "ok", "label": "a"}, {"text": "  ", "label": "b"}]
+    with pytest.raises(DataError) as exc:
+        load_file(WRITERS[kind](tmp_path / f"d.{kind}", rows))
+    assert "row 2 has an empty text" in assert_one_line_with_hint(exc)
+
+
+def test_text_column_option_reaches_load_dataset(tmp_path: Path) -> None:
+    rows: list[dict[str, object]] = [{"body": f"b{i}", "label": "xy"[i % 2]} for i in range(10)]
+    train, test = load_dataset(str(write_jsonl(tmp_path / "d.jsonl", rows)), text_column="body")
+    assert sorted(train.texts + test.texts) == sorted(f"b{i}" for i in range(10))
+
+
+def test_save_to_disk_dataset_and_its_class_label_names(tmp_path: Path) -> None:
+    import datasets
+
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
+    )
+    ds = datasets.Dataset.from_dict(
+        {"text": [f"t{i}" for i in range(10)], "label": [i % 2 for i in range(10)]}, features
+    )
+    ds.save_to_disk(str(tmp_path / "saved"))
+    data = load_file(tmp_path / "saved")
+    # a ClassLabel declares the label set: "neg" stays id 0 even if sorting says otherwise
+    assert data.label_names == ("neg", "pos")
+    assert data.labels is not None and data.labels.tolist() == [i % 2 for i in range(10)]
+    train, test = load_dataset(str(tmp_path / "saved"))
+    assert (len(train), len(test)) == (8, 2)
+
+
+def test_save_to_disk_dataset_dict_keeps_its_splits(tmp_path: Path) -> None:
+    import datasets
+
+    dd = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_list(ROWS),
+            "test": datasets.Dataset.from_list([{"text": "match report", "label": "sport"}]),
+        }
+    )
+    dd.save_to_disk(str(tmp_path / "dd"))
+    train, test = load_dataset(str(tmp_path / "dd"))
+    assert train.texts == tuple(str(r["text"]) for r in ROWS) and test.texts == ("match report",)
+    assert train.label_names == test.label_names == ("business", "film", "sport")
+    assert test.labels is not None and test.labels.tolist() == [2]
+    assert len(load_file(tmp_path / "dd")) == 5  # load_file reads every split
+
+
+def test_read_label_file_lines_and_json(tmp_path: Path) -> None:
+    lines = tmp_path / "labels.txt"
+    lines.write_text("\ufeffsport\n  film \n\nbusiness\n", encoding="utf-8")
+    assert read_label_file(lines) == ("sport", "film", "business")
+    as_json = tmp_path / "labels.json"
+    as_json.write_text('["neg", "pos", 2]')
+    assert read_label_file(as_json) == ("neg", "pos", "2")
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ("", "empty"),
+        ("a\nb\na\n", "more than once"),
+        ("only\n", "at least 2"),
+        ('["a", "b"', "not a valid JSON list"),
+        ('["a", {"b": 1}]', "label names"),
+    ],
+)
+def test_read_label_file_errors(tmp_path: Path, content: str, needle: str) -> None:
+    path = tmp_path / "labels.txt"
+    path.write_text(content)
+    with pytest.raises(DataError, match=needle) as exc:
+        read_label_file(path)
+    assert "\n" not in str(exc.value)
+    with pytest.raises(DataError, match="not found"):
+        read_label_file(tmp_path / "none.txt")
+
+
+@pytest.mark.parametrize("name", ["latin1.jsonl", "latin1.csv"])
+def test_non_utf8_file_is_named(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    body = '{"text": "café", "label": "a"}\n' if name.endswith("jsonl") else "text,label\ncafé,a\n"
+    path.write_bytes(body.encode("latin-1"))
+    with pytest.raises(DataError) as exc:
+        load_file(path)
+    assert "not UTF-8" in assert_one_line_with_hint(exc)
+
+
+def test_repeated_csv_header_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("text,text,label\na,b,c\n")
+    with pytest.raises(DataError) as exc:
+        load_file(path)
+    assert "repeats column(s) ['text']" in assert_one_line_with_hint(exc)

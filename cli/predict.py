@@ -1,0 +1,155 @@
+"""`declora-node predict` and `declora-node export`: use a saved adapter outside the swarm.
+
+`predict` reads texts (a .txt file of one text per line, any data file `load_file`
+reads, or standard input: plain lines, or JSON lines when the first line is an
+object), loads the adapter with `load_adapter` and prints one line per text: the
+label and its probability (classifier), or the mean token loss and perplexity
+(causal LM); `--format json` prints one JSON object per line instead.
+
+`export --merge` writes a plain transformers model folder (`export_merged`); without
+`--merge` it copies the PEFT adapter folder (out of a checkpoint, say).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TextIO
+
+from declora.node.adapter_card import ADAPTER_CONFIG, ADAPTER_WEIGHTS, DECLORA_INFO, MODEL_CARD
+from declora.node.adapter_io import AdapterError, adapter_folder, export_merged, perplexity
+from declora.node.data import DataError, load_file
+from declora.node.models import ModelError
+
+# what `predict` and `export` report as one line `error: ...` (exit 2)
+USER_ERRORS = (AdapterError, DataError, ModelError)
+FORMATS = ("text", "json")
+STDIN = "<stdin>"
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No transformers progress bars or load reports while the command runs."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _jsonl_texts(lines: list[str], text_column: str, source: str) -> list[str]:
+    texts = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{source}:{lineno}: not valid JSON: {exc.msg}", "one JSON object per line"
+            ) from exc
+        if not isinstance(row, dict):
+            raise DataError(f"{source}:{lineno}: a {type(row).__name__}, not a JSON object")
+        if text_column not in row:
+            raise DataError(
+                f"{source}:{lineno}: no text column {text_column!r}; columns are {sorted(row)}",
+                "name the text column with --text-column",
+            )
+        text = "" if row[text_column] is None else str(row[text_column])
+        if not text.strip():
+            raise DataError(f"{source}:{lineno}: empty text in column {text_column!r}")
+        texts.append(text)
+    return texts
+
+
+def read_texts(source: str, text_column: str, stdin: TextIO) -> list[str]:
+    """The texts to predict, in input order; `DataError` if there are none or they are bad.
+
+    `source` "-" reads `stdin`: JSON lines when its first non-blank line starts with
+    "{", else one text per non-blank line. A `.txt` file is one text per non-blank
+    line; any other file goes through `load_file` with `text_column` (labels ignored).
+    """
+    if source == "-":
+        lines = stdin.read().splitlines()
+        label = STDIN
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise DataError(f"input file not found: {path}", "check the --input path")
+        if path.suffix.lower() != ".txt":
+            return list(load_file(path, text_column=text_column, label_column=None).texts)
+        lines = path.read_text(encoding="utf-8").splitlines()
+        label = str(path)
+    first = next((line for line in lines if line.strip()), None)
+    if first is None:
+        raise DataError(f"{label}: no texts", "give one text per line, or JSON lines")
+    if source == "-" and first.lstrip().startswith("{"):
+        return _jsonl_texts(lines, text_column, label)
+    return [line.strip() for line in lines if line.strip()]
+
+
+def run_predict(
+    adapter: Path,
+    source: str,
+    text_column: str,
+    fmt: str,
+    out: TextIO,
+    stdin: TextIO,
+    base: str | None = None,
+    batch_size: int = 32,
+) -> int:
+    """Print one prediction line per text to `out`; returns how many texts there were."""
+    from declora.node.adapter_io import load_adapter
+
+    if fmt not in FORMATS:
+        raise DataError(f"--format must be text or json, got {fmt!r}")
+    if batch_size < 1:
+        raise DataError(f"--batch-size must be >= 1, got {batch_size}")
+    adapter_folder(adapter)  # a wrong path fails before reading stdin
+    texts = read_texts(source, text_column, stdin)  # bad input fails before the model loads
+    with quiet_transformers():
+        loaded = load_adapter(adapter, base=base)
+    if loaded.task == "cls":
+        for text, p in zip(texts, loaded.predict(texts, batch_size), strict=True):
+            if fmt == "json":
+                row = {"text": text, "label": p.label, "probability": p.probability}
+                out.write(json.dumps({**row, "scores": p.scores}) + "\n")
+            else:
+                out.write(f"{p.label}\t{p.probability:.4f}\n")
+    else:
+        for text, loss in zip(texts, loaded.text_losses(texts, batch_size), strict=True):
+            if fmt == "json":
+                out.write(
+                    json.dumps({"text": text, "loss": loss, "perplexity": perplexity(loss)}) + "\n"
+                )
+            else:
+                out.write(f"{loss:.4f}\t{perplexity(loss):.2f}\n")
+    return len(texts)
+
+
+def run_export(adapter: Path, output: Path, merge: bool, base: str | None = None) -> str:
+    """Write `output` (merged model, or a copy of the adapter); returns a summary line."""
+    if not merge:
+        folder = adapter_folder(adapter)
+        if output.exists():
+            raise AdapterError(f"{output} already exists (hint: choose a new --output)")
+        output.mkdir(parents=True)
+        names = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, DECLORA_INFO, MODEL_CARD)
+        for name in names:
+            if (folder / name).is_file():
+                shutil.copy2(folder / name, output / name)
+        return f"copied the adapter {folder} to {output}"
+    with quiet_transformers():
+        out, loaded = export_merged(adapter, output, base=base)
+    what = f"{len(loaded.labels)} labels" if loaded.task == "cls" else "causal LM"
+    return f"wrote the merged model to {out} ({what})"

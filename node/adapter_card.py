@@ -1,0 +1,203 @@
+"""What a saved adapter says about itself: base record, weights hash and model card.
+
+`LoraModel.save_adapter` calls `describe_adapter` on the folder PEFT just wrote; it
+adds `declora.json` (fingerprint, spec, labels, base, weights hash, the caller's
+meta) and a `README.md` model card, and, for an embedded base, puts the base's
+portable hub id in `adapter_config.json` (PEFT writes this machine's path there).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+DECLORA_INFO = "declora.json"
+MODEL_CARD = "README.md"
+WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
+# a local base's weight files are hashed only up to this size in all (the first save of
+# a node would otherwise stall a round reading a multi-GB base); beyond it, sizes only
+MAX_HASH_BYTES = 2 << 30
+
+
+def weights_sha256(path: Path) -> str:
+    """sha256 of a safetensors file's tensors: names sorted, each name, dtype, shape, bytes.
+
+    Independent of the file's header layout and metadata, so two adapters with equal
+    tensors hash equal however they were written.
+    """
+    import torch
+    from safetensors import safe_open
+
+    h = hashlib.sha256()
+    with safe_open(str(path), "pt") as fh:
+        for name in sorted(fh.keys()):
+            t = fh.get_tensor(name).contiguous()
+            h.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{list(t.shape)}\n".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def describe_base(name: str, digest: str) -> dict[str, object]:
+    """The base of an adapter: declora name, hub id, local folder, file hashes, digest.
+
+    `files` maps each top-level weight file of a local base to {"bytes", "sha256"}
+    (the sha256 the hub shows for that file; None when the files together exceed
+    `MAX_HASH_BYTES`); `digest` is declora's sampled digest of the loaded weights
+    (`adapter.base_digest`), which the loader checks.
+    """
+    from declora.node.models import HUB_IDS, TINY_MODELS, resolve_path
+
+    record: dict[str, object] = {
+        "name": name,
+        "hub_id": HUB_IDS.get(name),
+        "local_path": None,
+        "files": {},
+        "digest": digest,
+    }
+    if name in TINY_MODELS:
+        return record
+    folder = Path(resolve_path(name))
+    if folder.is_dir():
+        record["local_path"] = str(folder.resolve())
+        weights = sorted({p for g in WEIGHT_GLOBS for p in folder.glob(g)})
+        sizes = {p.name: p.stat().st_size for p in weights}
+        small = sum(sizes.values()) <= MAX_HASH_BYTES
+        record["files"] = {
+            p.name: {"bytes": sizes[p.name], "sha256": file_sha256(p) if small else None}
+            for p in weights
+        }
+    elif record["hub_id"] is None:
+        record["hub_id"] = name  # a hub id transformers resolved itself
+    return record
+
+
+def describe_adapter(folder: Path, info: dict[str, Any], final_path: Path) -> None:
+    """Complete a PEFT folder: hub id in its config, `declora.json` and `README.md`."""
+    base = info.get("base") or {}
+    config_file = folder / ADAPTER_CONFIG
+    if base.get("hub_id") and base.get("local_path"):  # an embedded base: portable name
+        config = json.loads(config_file.read_text())
+        config["base_model_name_or_path"] = base["hub_id"]
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True))
+    info = {**info, "weights_sha256": weights_sha256(folder / ADAPTER_WEIGHTS)}
+    (folder / DECLORA_INFO).write_text(json.dumps(info, indent=2, default=str))
+    (folder / MODEL_CARD).write_text(model_card(info, str(final_path)))
+
+
+def _fmt_eval(value: object) -> str:
+    if not isinstance(value, Mapping) or not value:
+        return "-"
+    parts = []
+    for k, v in value.items():
+        parts.append(f"{k} {v:.4g}" if isinstance(v, (int, float)) else f"{k} {v}")
+    return ", ".join(parts)
+
+
+def model_card(info: Mapping[str, Any], path: str) -> str:
+    """A README.md for the adapter in `path`: what it is, where it came from, how to load."""
+    base = info.get("base") or {}
+    spec = info.get("spec") or {}
+    task = info.get("task") or spec.get("task", "cls")
+    labels = list(info.get("labels") or [])
+    base_name = base.get("hub_id") or base.get("local_path") or base.get("name") or "?"
+    is_cls = task == "cls"
+    title_task = "text classification" if is_cls else "causal language modelling"
+    rows = [
+        ("base model", f"`{base_name}` (declora `--model {base.get('name', spec.get('model'))}`)"),
+        ("task", f"{title_task}" + (f", {info.get('num_labels')} labels" if is_cls else "")),
+    ]
+    if is_cls:
+        rows.append(("labels", ", ".join(f"{i} `{n}`" for i, n in enumerate(labels)) or "-"))
+    rows += [
+        (
+            "LoRA",
+            f"r={spec.get('rank')}, alpha={spec.get('alpha')}, targets "
+            f"{', '.join(spec.get('targets') or [])}; max length {spec.get('max_length')}; "
+            f"seed {spec.get('seed')}",
+        ),
+        ("swarm", str(info.get("swarm_id") or "-")),
+        ("node", str(info.get("node_id") or "-")),
+        ("rounds", str(info.get("round") if info.get("round") is not None else "-")),
+        ("evaluation", _fmt_eval(info.get("eval"))),
+        ("fingerprint", f"`{info.get('fingerprint', '')}`"),
+        ("weights sha256", f"`{info.get('weights_sha256', '')}`"),
+    ]
+    files = base.get("files") or {}
+    if files:
+        described = [
+            f"{k} sha256 `{v.get('sha256')}`" if v.get("sha256") else f"{k} {v.get('bytes')} bytes"
+            for k, v in files.items()
+        ]
+        rows.append(("base files", ", ".join(described)))
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    front = [
+        "---",
+        f"base_model: {base_name}",
+        "library_name: peft",
+        f"pipeline_tag: {'text-classification' if is_cls else 'text-generation'}",
+        "tags:",
+        "- lora",
+        "- declora",
+        "---",
+    ]
+    load = [
+        "```python",
+        "from declora.node.adapter_io import load_adapter",
+        f"adapter = load_adapter({path!r})  # .model, .tokenizer, .labels, .predict(texts)",
+        "```",
+    ]
+    if base.get("hub_id") or base.get("local_path"):
+        peft_class = (
+            "AutoPeftModelForSequenceClassification" if is_cls else "AutoPeftModelForCausalLM"
+        )
+        kwargs = ""
+        if is_cls:
+            id2label = dict(enumerate(labels)) if labels else None
+            kwargs = f", num_labels={info.get('num_labels')}"
+            if id2label:
+                label2id = {n: i for i, n in id2label.items()}
+                kwargs += f", id2label={id2label!r}, label2id={label2id!r}"
+        load += [
+            "",
+            f"With PEFT alone, where `{base_name}` resolves (the hub, or a local copy):",
+            "",
+            "```python",
+            f"from peft import {peft_class}",
+            f"model = {peft_class}.from_pretrained({path!r}{kwargs})",
+            "```",
+        ]
+    else:
+        load += [
+            "",
+            f"The base `{base.get('name')}` is declora's seeded random model: "
+            "only declora rebuilds it.",
+        ]
+    body = [
+        f"# LoRA adapter: {base_name}, {title_task}",
+        "",
+        "Trained with declora (decentralized LoRA: every node trains on its own data and "
+        "mixes adapters with its neighbours).",
+        "",
+        "| | |",
+        "|---|---|",
+        table,
+        "",
+        "## Load it",
+        "",
+        *load,
+        "",
+    ]
+    return "\n".join([*front, "", *body])

@@ -1,0 +1,279 @@
+"""Load a saved declora adapter in one line, run it, and export it merged.
+
+    from declora.node.adapter_io import load_adapter
+    adapter = load_adapter("runs/lab/node-0/adapter")
+    adapter.predict(["shares rose 3% today"])   # [Prediction(label='business', ...)]
+
+`load_adapter` rebuilds the base the adapter records in `declora.json` (the embedded
+MiniLM from its package, a tiny test model from its seed, a local folder by its path,
+or `base=` given by the caller), checks that it is the base the adapter was trained
+on (fingerprint, or weight digest for a `base=` override), and loads the adapter
+tensors. `export_merged` writes a plain transformers model folder with the LoRA
+update merged into the base weights and the labels in its config.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from declora.node.adapter import atomic_replace_dir, new_build_dir
+from declora.node.adapter_card import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    DECLORA_INFO,
+    weights_sha256,
+)
+from declora.node.models import HFTokenizer, ModelError, Tokenizer
+from declora.node.trainer import LoraModel, LoraSpec
+
+EXPORT_INFO = "declora_export.json"
+HEAD_SUFFIXES = (".classifier.weight", ".score.weight", ".classifier.out_proj.weight")
+
+
+class AdapterError(ValueError):
+    """An adapter cannot be loaded or exported; `str()` is one line with a hint."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One text's class: the top label, its probability and every label's probability."""
+
+    label: str
+    probability: float
+    scores: dict[str, float]
+
+
+@dataclass
+class LoadedAdapter:
+    """A ready adapter: `model` (PEFT, eval mode), `tokenizer`, `labels` and helpers.
+
+    `tokenizer(texts, max_length)` returns padded (input_ids, attention_mask) tensors,
+    the encoding the adapter was trained with; `labels` are the class names in id
+    order (empty for causal LM); `info` is the adapter's `declora.json`.
+    """
+
+    model: nn.Module
+    tokenizer: Tokenizer
+    labels: tuple[str, ...]
+    task: str
+    max_length: int
+    info: dict[str, Any]
+    path: Path
+    lora: LoraModel = field(repr=False)
+
+    @torch.no_grad()
+    def logits(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
+        """Float32 logits on the CPU: (n, labels) for cls, (n, length, vocab) for LM."""
+        self.model.eval()
+        out = []
+        dev = self.lora.device
+        for start in range(0, len(texts), batch_size):
+            ids, mask = self.tokenizer(list(texts[start : start + batch_size]), self.max_length)
+            res = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev))
+            out.append(res.logits.float().cpu())
+        if not out:
+            return torch.zeros((0, len(self.labels)))
+        return torch.cat(out)
+
+    def predict(self, texts: Sequence[str], batch_size: int = 32) -> list[Prediction]:
+        """The most probable label of each text (classification adapters only)."""
+        if self.task != "cls":
+            raise AdapterError(f"{self.path} is a causal LM adapter: it has no labels to predict")
+        probs = torch.softmax(self.logits(texts, batch_size), dim=-1).numpy()
+        out = []
+        for row in probs:
+            top = int(row.argmax())
+            scores = {name: float(p) for name, p in zip(self.labels, row, strict=True)}
+            out.append(Prediction(self.labels[top], float(row[top]), scores))
+        return out
+
+    @torch.no_grad()
+    def text_losses(self, texts: Sequence[str], batch_size: int = 16) -> list[float]:
+        """Mean next-token cross-entropy of each text (causal LM adapters only)."""
+        if self.task == "cls":
+            raise AdapterError(f"{self.path} is a classifier: use predict")
+        self.model.eval()
+        dev = self.lora.device
+        losses: list[float] = []
+        for start in range(0, len(texts), batch_size):
+            ids, mask = self.tokenizer(list(texts[start : start + batch_size]), self.max_length)
+            logits = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
+            logits = logits.float()[:, :-1]
+            target, keep = ids[:, 1:].to(dev), mask[:, 1:].to(dev).float()
+            ce = nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+            per_text = (ce * keep).sum(1) / keep.sum(1).clamp(min=1.0)
+            losses.extend(float(v) for v in per_text.cpu())
+        return losses
+
+    def merge(self) -> nn.Module:
+        """Merge the LoRA update into the base weights in place; returns the plain
+        transformers model (also `self.model` from then on: predictions are unchanged)."""
+        merged: nn.Module = self.model.merge_and_unload()  # type: ignore[operator]
+        self.model = merged
+        return merged
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), capped like `LoraModel.evaluate` so it stays finite."""
+    return math.exp(min(loss, 50.0))
+
+
+def adapter_folder(path: str | Path) -> Path:
+    """The PEFT folder of `path`: an adapter folder, a checkpoint, or a checkpoint root."""
+    p = Path(path)
+    if not p.exists():
+        raise AdapterError(f"{p} does not exist (hint: pass the folder that save_adapter wrote)")
+    if (p / "LATEST").is_file():
+        p = p / (p / "LATEST").read_text().strip()
+    if (p / "adapter" / ADAPTER_CONFIG).is_file():
+        p = p / "adapter"
+    if not (p / ADAPTER_CONFIG).is_file():
+        raise AdapterError(
+            f"{p} is not a PEFT adapter folder (no {ADAPTER_CONFIG}) "
+            "(hint: pass a node's adapter/ or a checkpoint folder)"
+        )
+    if not (p / ADAPTER_WEIGHTS).is_file():
+        raise AdapterError(f"{p} has no {ADAPTER_WEIGHTS} (hint: the save did not finish)")
+    return p
+
+
+def _read_info(folder: Path) -> dict[str, Any]:
+    info_file = folder / DECLORA_INFO
+    if not info_file.is_file():
+        raise AdapterError(
+            f"{folder} has no {DECLORA_INFO}: it was not written by declora "
+            "(hint: load it with peft.PeftModel.from_pretrained)"
+        )
+    try:
+        info: dict[str, Any] = json.loads(info_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise AdapterError(f"{info_file} is not valid JSON: {exc.msg}") from exc
+    if not isinstance(info.get("spec"), dict):
+        raise AdapterError(f"{info_file} has no spec (hint: an adapter from an older declora?)")
+    return info
+
+
+def _num_labels(info: dict[str, Any], tensors: dict[str, torch.Tensor]) -> int:
+    if info.get("num_labels"):
+        return int(info["num_labels"])
+    for name, t in tensors.items():  # adapters written before labels were recorded
+        if name.endswith(HEAD_SUFFIXES):
+            return int(t.shape[0])
+    raise AdapterError("cannot tell how many labels the adapter's head has")
+
+
+def load_adapter(
+    path: str | Path, *, base: str | None = None, device: str = "cpu"
+) -> LoadedAdapter:
+    """Rebuild the recorded base, check it, load the adapter: ready to predict.
+
+    `path` is an adapter folder (or a checkpoint, or a checkpoint root). `base`
+    replaces the recorded base (a local folder or hub id holding the same weights: its
+    digest must match the recorded one). Raises `AdapterError` (one line, with a hint)
+    when the folder is not a declora adapter, the base cannot be loaded, or the base
+    is not the one the adapter was trained on.
+    """
+    from safetensors.torch import load_file
+
+    from declora.node.checkpoint import CheckpointError, peft_tensors_to_vector
+
+    folder = adapter_folder(path)
+    info = _read_info(folder)
+    spec_dict = dict(info["spec"])
+    recorded = str(spec_dict.get("model"))
+    if base is not None:
+        spec_dict["model"] = base
+    spec_dict["targets"] = tuple(spec_dict.get("targets") or ())
+    try:
+        spec = LoraSpec(**spec_dict)
+    except TypeError as exc:
+        raise AdapterError(f"{folder}/{DECLORA_INFO}: bad spec: {exc}") from exc
+    tensors = load_file(str(folder / ADAPTER_WEIGHTS))
+    labels = tuple(str(n) for n in info.get("labels") or ())
+    num_labels = _num_labels(info, tensors) if spec.task == "cls" else 2
+    try:
+        lm = LoraModel(spec, num_labels, device, label_names=labels)
+    except (ModelError, OSError) as exc:
+        raise AdapterError(
+            f"cannot load the base {spec.model!r} of {folder}: {exc} "
+            "(hint: pass base= / --base with a local copy of it)"
+        ) from exc
+    _check_base(lm, info, folder, same_name=spec.model == recorded)
+    try:
+        vec = peft_tensors_to_vector(tensors, lm.schema)
+    except (CheckpointError, ValueError) as exc:
+        raise AdapterError(f"{folder}: {exc}") from exc
+    lm.bind(lm.vector_to_tensors(vec), owner=folder)
+    lm.model.eval()
+    if spec.task == "cls" and not labels:
+        id2label: Any = getattr(lm.base.model.config, "id2label", {})
+        labels = tuple(str(id2label[i]) for i in range(num_labels))
+    return LoadedAdapter(
+        model=lm.model,
+        tokenizer=lm.tokenizer,
+        labels=labels if spec.task == "cls" else (),
+        task=spec.task,
+        max_length=spec.max_length,
+        info=info,
+        path=folder,
+        lora=lm,
+    )
+
+
+def _check_base(lm: LoraModel, info: dict[str, Any], folder: Path, same_name: bool) -> None:
+    if same_name:
+        if info.get("fingerprint") and lm.fingerprint != info["fingerprint"]:
+            raise AdapterError(
+                f"{folder} was trained with fingerprint {info['fingerprint']}, the rebuilt "
+                f"base gives {lm.fingerprint} (hint: a different base model or declora version)"
+            )
+        return
+    digest = (info.get("base") or {}).get("digest")
+    if digest and digest != lm.base_digest:
+        raise AdapterError(
+            f"the base {lm.spec.model!r} has other weights than the base {folder} was "
+            "trained on (hint: pass the same model, e.g. its hub copy)"
+        )
+
+
+def export_merged(
+    path: str | Path, output: str | Path, *, base: str | None = None
+) -> tuple[Path, LoadedAdapter]:
+    """Write `output`: the base with the adapter merged in, as plain transformers files.
+
+    `AutoModelForSequenceClassification.from_pretrained(output)` (or `...ForCausalLM`)
+    loads it with the labels in its config; a transformers tokenizer is saved beside
+    it (the tiny test models' byte tokenizer is not a transformers one: `declora_export.
+    json` says so). Refuses a non-empty `output`. Returns (output, the merged adapter).
+    """
+    out = Path(output)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise AdapterError(f"{out} already exists (hint: choose a new --output or remove it)")
+    adapter = load_adapter(path, base=base)
+    merged = adapter.merge()
+    build = new_build_dir(out)
+    merged.save_pretrained(str(build))  # type: ignore[operator]
+    tokenizer = "byte (declora.node.models.ByteTokenizer)"
+    if isinstance(adapter.tokenizer, HFTokenizer):
+        adapter.tokenizer.hf.save_pretrained(str(build))
+        tokenizer = "transformers (saved here)"
+    export_info = {
+        "source": str(adapter.path),
+        "fingerprint": adapter.info.get("fingerprint"),
+        "adapter_weights_sha256": weights_sha256(adapter.path / ADAPTER_WEIGHTS),
+        "task": adapter.task,
+        "labels": list(adapter.labels),
+        "max_length": adapter.max_length,
+        "tokenizer": tokenizer,
+    }
+    (build / EXPORT_INFO).write_text(json.dumps(export_info, indent=2))
+    atomic_replace_dir(build, out)
+    return out, adapter
