@@ -22,9 +22,13 @@ install: $(VENV)/.installed
 
 dev: $(VENV)/.dev
 
-## make run: a 4-node lab on the embedded default (MiniLM + BBC News), a few minutes
+## make run: a lab of NODES daemons (MiniLM + BBC News) on 127.0.0.1 beside a centralized
+## reference; ROUNDS= overrides the lab's rounds. ~0.9 GB per node, ~5 min on 2 cores.
+NODES ?= 4
+ROUNDS ?=
 run: $(VENV)/.installed
-	$(VENV)/bin/declora-node lab --nodes 4 --rounds 8 --output runs/lab
+	$(VENV)/bin/declora-node lab --nodes $(NODES) $(if $(ROUNDS),--rounds $(ROUNDS)) \
+		--output runs/lab
 
 ## make test: lint, type-check, the whole test suite and every benchmark's smoke run
 test: $(VENV)/.dev

@@ -8,31 +8,50 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from declora.node import __version__
 
 if TYPE_CHECKING:
+    from typer import _click as click  # the click typer bundles
+
     from declora.node.security import TlsFiles
+    from declora.node.settings import Resolved
+
+
+class _LazyGroup(TyperGroup):
+    """Builds `start`, `config` and `lab` only when one is invoked or help lists them:
+    their options come from the settings models (pydantic-settings, numpy), which
+    `status` and the other commands need not load."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*LAZY, *(n for n in super().list_commands(ctx) if n not in LAZY)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY and cmd_name not in self.commands:
+            self.commands[cmd_name] = LAZY[cmd_name]()
+        return super().get_command(ctx, cmd_name)
+
 
 app = typer.Typer(
     name="declora-node",
+    cls=_LazyGroup,
     help="Peer-to-peer decentralized LoRA fine-tuning (Dec-LoRA).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-NET = "Network"
-MODEL = "Model and data"
-TRAIN = "Training and rounds"
-OPS = "Operations"
-SEC = "Security"
+SEC = "Security"  # the help panel of the TLS options (cli/options.py: the others)
 
 TlsCert = Annotated[Path | None, typer.Option(rich_help_panel=SEC, help="PEM certificate (mTLS).")]
 TlsKey = Annotated[Path | None, typer.Option(rich_help_panel=SEC, help="Its PEM private key.")]
 TlsCa = Annotated[
     Path | None, typer.Option(rich_help_panel=SEC, help="The swarm CA's PEM certificate.")
 ]
+
+
+STATE = {"debug": False}
 
 
 def _version(value: bool) -> None:
@@ -47,12 +66,19 @@ def main_callback(
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show a traceback with an error (for bug reports).")
+    ] = False,
 ) -> None:
     """Peer-to-peer decentralized LoRA fine-tuning (Dec-LoRA)."""
+    STATE["debug"] = debug
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2, hint: str = "") -> None:
+    """Print `error: message` (and `hint: ...`) on stderr and exit with `code`."""
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    if hint:
+        typer.echo(f"hint: {hint}", err=True)
     raise typer.Exit(code)
 
 
@@ -74,163 +100,84 @@ def _client_tls(cert: Path | None, key: Path | None, ca: Path | None) -> TlsFile
         raise  # unreachable: fail exits
 
 
-@app.command()
-def start(
-    config: Annotated[Path | None, typer.Option(help="TOML, JSON or YAML file of options.")] = None,
-    node_id: Annotated[str | None, typer.Option(rich_help_panel=NET, help="Unique id.")] = None,
-    swarm_id: Annotated[
-        str | None, typer.Option(rich_help_panel=NET, help="Swarm to join.")
-    ] = None,
-    listen: Annotated[
-        str | None, typer.Option(rich_help_panel=NET, help="host:port to serve on.")
-    ] = None,
-    advertise: Annotated[
-        str | None,
-        typer.Option(rich_help_panel=NET, help="host:port peers dial (default: listen)."),
-    ] = None,
-    peers: Annotated[
-        str | None, typer.Option(rich_help_panel=NET, help="Static peers, host:port,host:port.")
-    ] = None,
-    mdns: Annotated[
-        bool | None,
-        typer.Option("--mdns/--no-mdns", rich_help_panel=NET, help="Find peers by mDNS."),
-    ] = None,
-    mdns_interface: Annotated[
-        str | None, typer.Option(rich_help_panel=NET, help="IP to use for mDNS (e.g. 127.0.0.1).")
-    ] = None,
-    max_neighbors: Annotated[int | None, typer.Option(rich_help_panel=NET)] = None,
-    min_peers: Annotated[
-        int | None,
-        typer.Option(rich_help_panel=NET, help="Wait for this many at start (-1: all static)."),
-    ] = None,
-    startup_timeout: Annotated[float | None, typer.Option(rich_help_panel=NET)] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(rich_help_panel=MODEL, help="minilm, tiny-bert, tiny-llama or a path."),
-    ] = None,
-    task: Annotated[str | None, typer.Option(rich_help_panel=MODEL, help="cls or lm.")] = None,
-    data: Annotated[
-        str | None,
-        typer.Option(rich_help_panel=MODEL, help="bbcnews or a .jsonl/.csv/.parquet file."),
-    ] = None,
-    partition: Annotated[
-        str | None, typer.Option(rich_help_panel=MODEL, help="This node's share i/N (0-based).")
-    ] = None,
-    partition_scheme: Annotated[
-        str | None,
-        typer.Option(rich_help_panel=MODEL, help="iid, dirichlet:A, skew[:P], shards:K."),
-    ] = None,
-    rank: Annotated[int | None, typer.Option(rich_help_panel=MODEL)] = None,
-    alpha: Annotated[int | None, typer.Option(rich_help_panel=MODEL)] = None,
-    targets: Annotated[
-        str | None,
-        typer.Option(rich_help_panel=MODEL, help="LoRA target modules, comma-separated."),
-    ] = None,
-    max_length: Annotated[int | None, typer.Option(rich_help_panel=MODEL)] = None,
-    local_steps: Annotated[
-        int | None, typer.Option(rich_help_panel=TRAIN, help="K steps a round.")
-    ] = None,
-    rounds: Annotated[
-        int | None, typer.Option(rich_help_panel=TRAIN, help="0 = until stopped.")
-    ] = None,
-    lr: Annotated[float | None, typer.Option(rich_help_panel=TRAIN)] = None,
-    batch_size: Annotated[int | None, typer.Option(rich_help_panel=TRAIN)] = None,
-    seed: Annotated[
-        int | None, typer.Option(rich_help_panel=TRAIN, help="Swarm-wide seed.")
-    ] = None,
-    codec: Annotated[
-        str | None,
-        typer.Option(rich_help_panel=TRAIN, help="fp32, fp16, bf16, q8, q4, q2, topk:F[+q4]."),
-    ] = None,
-    consensus_step: Annotated[float | None, typer.Option(rich_help_panel=TRAIN)] = None,
-    robust_mixing: Annotated[
-        str | None,
-        typer.Option(rich_help_panel=TRAIN, help="none, clip[:C] or trim[:F] (Byzantine peers)."),
-    ] = None,
-    gradient_tracking: Annotated[
-        bool | None,
-        typer.Option(
-            "--gradient-tracking/--no-gradient-tracking",
-            rich_help_panel=TRAIN,
-            help="Correct local steps toward the swarm's gradient (non-IID data; the same "
-            "on every node; twice the bytes of a training round).",
-        ),
-    ] = None,
-    round_deadline: Annotated[
-        float | None, typer.Option(rich_help_panel=TRAIN, help="Seconds to wait for neighbours.")
-    ] = None,
-    consensus_rounds: Annotated[
-        int | None, typer.Option(rich_help_panel=TRAIN, help="Gossip-only rounds at the end.")
-    ] = None,
-    consensus_tol: Annotated[float | None, typer.Option(rich_help_panel=TRAIN)] = None,
-    eval_every: Annotated[int | None, typer.Option(rich_help_panel=TRAIN)] = None,
-    max_eval: Annotated[int | None, typer.Option(rich_help_panel=TRAIN)] = None,
-    checkpoint_dir: Annotated[Path | None, typer.Option(rich_help_panel=OPS)] = None,
-    checkpoint_every: Annotated[
-        int | None, typer.Option(rich_help_panel=OPS, help="Rounds.")
-    ] = None,
-    resume: Annotated[
-        bool | None, typer.Option("--resume/--no-resume", rich_help_panel=OPS, help="Continue.")
-    ] = None,
-    metrics_port: Annotated[
-        int | None, typer.Option(rich_help_panel=OPS, help="Prometheus port.")
-    ] = None,
-    device: Annotated[
-        str | None, typer.Option(rich_help_panel=OPS, help="auto, cpu, cuda[:i].")
-    ] = None,
-    threads: Annotated[int | None, typer.Option(rich_help_panel=OPS, help="torch threads.")] = None,
-    log_format: Annotated[
-        str | None, typer.Option(rich_help_panel=OPS, help="text or json.")
-    ] = None,
-    log_level: Annotated[str | None, typer.Option(rich_help_panel=OPS)] = None,
-    max_message_mib: Annotated[int | None, typer.Option(rich_help_panel=OPS)] = None,
-    chunk_kib: Annotated[int | None, typer.Option(rich_help_panel=OPS)] = None,
-    max_concurrent_streams: Annotated[
-        int | None, typer.Option(rich_help_panel=OPS, help="RPCs served at once.")
-    ] = None,
-    max_pushes_per_round: Annotated[
-        int | None, typer.Option(rich_help_panel=OPS, help="Per sender and round.")
-    ] = None,
-    max_handshakes_per_minute: Annotated[
-        int | None, typer.Option(rich_help_panel=OPS, help="Per remote host.")
-    ] = None,
-    max_pulls_per_minute: Annotated[
-        int | None, typer.Option(rich_help_panel=OPS, help="Per requesting node.")
-    ] = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
-    tls_ca: TlsCa = None,
-    swarm_secret: Annotated[
-        str | None,
-        typer.Option(
-            rich_help_panel=SEC,
-            help="Shared secret (>= 16 characters) that signs every message; "
-            "prefer DECLORA_SWARM_SECRET (flags show in ps).",
-        ),
-    ] = None,
-) -> None:
-    """Run a node: train LoRA locally and mix with live neighbours every round."""
-    from pydantic import ValidationError
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", help="TOML, JSON or YAML file of options (keys as the flags)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
-    from declora.node.settings import ConfigFileError, load_settings
 
-    values = dict(locals())
-    values.pop("config")
-    values.pop("ValidationError")
-    values.pop("ConfigFileError")
-    values.pop("load_settings")
+def _settings(options: dict[str, Any], config: Path | None) -> Resolved:
+    """Settings from flags, environment, file, defaults (exit 2 naming a bad value);
+    warns about DECLORA_* variables that are no option."""
+    import os
+
+    from declora.node.settings import (
+        ConfigFileError,
+        SettingsError,
+        resolve_settings,
+        unknown_env_vars,
+    )
+
+    for line in unknown_env_vars(dict(os.environ)):
+        typer.secho(f"warning: {line}", err=True, fg=typer.colors.YELLOW)
     try:
-        settings = load_settings(values, config)
-    except ValidationError as exc:
-        problems = "; ".join(_problem(e["loc"], e["msg"]) for e in exc.errors())
-        fail(f"bad configuration: {problems}")
-        return
-    except ConfigFileError as exc:
+        return resolve_settings(options, config)
+    except (SettingsError, ConfigFileError) as exc:
+        if STATE["debug"]:
+            raise
         fail(str(exc))
-        return
-    from declora.node.daemon import serve
+        raise  # unreachable: fail exits
 
-    raise typer.Exit(serve(settings))
+
+def start(config: ConfigOpt = None, options: dict[str, Any] | None = None) -> None:
+    """Run a node: train LoRA locally and mix with live neighbours every round.
+
+    Every option is also an environment variable (DECLORA_RANK for --rank) and a config
+    file key (rank); a flag wins over the environment, which wins over the file.
+    `declora-node config` shows what applies and where it came from.
+    """
+    settings = _settings(options or {}, config).settings
+    from declora.node.daemon.launch import launch
+    from declora.node.daemon.startup import as_user_error
+
+    try:
+        code = launch(settings)
+    except Exception as exc:
+        mistake = as_user_error(exc)
+        if mistake is None or STATE["debug"]:
+            raise
+        fail(mistake.message, mistake.code, mistake.hint)
+        return
+    raise typer.Exit(code)
+
+
+def config_command(
+    config: ConfigOpt = None, json_out: JsonOpt = False, options: dict[str, Any] | None = None
+) -> None:
+    """Print the settings `start` would use, and where each came from.
+
+    Sources: flag, env (the variable), file (the config file) or default.
+    """
+    resolved = _settings(options or {}, config)
+    values = resolved.settings.model_dump(mode="json")
+    rows = {k: {"value": values[k], "source": resolved.sources[k]} for k in values}
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from declora.node.settings import default_text
+
+    table = Table("option", "value", "source", box=None, pad_edge=False)
+    for name, row in rows.items():
+        value = row["value"]
+        shown = ",".join(map(str, value)) if isinstance(value, list) else value
+        if shown in (None, ""):
+            shown = f"({default_text(name)})"
+        table.add_row(name.replace("_", "-"), str(shown), row["source"])
+    Console().print(table)
 
 
 @app.command()
@@ -242,19 +189,14 @@ def status(
     tls_key: TlsKey = None,
     tls_ca: TlsCa = None,
 ) -> None:
-    """Show a node's round, loss, last evaluation and neighbours."""
-    from declora.cli.client import StatusError, fetch_status, render_status, status_to_dict
+    """Show a node's round, loss, last evaluation and neighbours.
 
-    tls = _client_tls(tls_cert, tls_key, tls_ca)
-    try:
-        reply = fetch_status(target, timeout, tls=tls)
-    except StatusError as exc:
-        fail(str(exc), 1)
-        return
-    if json_out:
-        typer.echo(json.dumps(status_to_dict(reply), indent=2))
-    else:
-        render_status(reply)
+    `main` answers the plain forms without this app (`cli/fast.py`), in a fraction of
+    the time; both end in `client.show_status`.
+    """
+    from declora.cli.client import show_status
+
+    raise typer.Exit(show_status(target, json_out, timeout, _client_tls(tls_cert, tls_key, tls_ca)))
 
 
 @app.command()
@@ -425,70 +367,63 @@ def experiment(
     run_grid(output, names)
 
 
-@app.command()
+def _lab_option(name: str, *decls: str, help: str = "") -> Any:
+    """An option of `lab` whose default (shown) is LabConfig's: one source."""
+    from declora.cli.lab import LabConfig
+
+    info = LabConfig.model_fields[name]
+    value = info.get_default(call_default_factory=True)
+    shown = ("on" if value else "off") if isinstance(value, bool) else str(value)
+    if name == "lr":
+        shown = "2e-3 x sqrt(nodes)"
+    return typer.Option(*decls, help=help or (info.description or ""), show_default=shown)
+
+
 def lab(
-    nodes: Annotated[int, typer.Option(help="Daemons to start on 127.0.0.1.")] = 4,
-    topology: Annotated[str, typer.Option(help="ring, complete, er:P, torus, star.")] = "ring",
-    partition_scheme: Annotated[
-        str, typer.Option(help="iid, dirichlet:A, skew[:P], shards:K.")
-    ] = "dirichlet:0.5",
-    rounds: Annotated[int, typer.Option()] = 10,
-    local_steps: Annotated[int, typer.Option()] = 5,
-    model: Annotated[str, typer.Option()] = "minilm",
-    data: Annotated[str, typer.Option()] = "bbcnews",
-    codec: Annotated[str, typer.Option()] = "fp32",
-    rank: Annotated[int, typer.Option()] = 8,
-    lr: Annotated[float, typer.Option()] = 2e-3,
-    batch_size: Annotated[int, typer.Option()] = 16,
-    seed: Annotated[int, typer.Option()] = 0,
-    max_eval: Annotated[int, typer.Option(help="Test examples each node evaluates on.")] = 200,
-    eval_every: Annotated[int, typer.Option(help="Evaluate every N rounds (and at the end).")] = 2,
-    base_port: Annotated[int, typer.Option(help="First port (0: any free ports).")] = 7300,
-    round_deadline: Annotated[float, typer.Option()] = 120.0,
-    consensus_rounds: Annotated[int, typer.Option()] = 30,
+    nodes: Annotated[int | None, _lab_option("nodes")] = None,
+    topology: Annotated[str | None, _lab_option("topology")] = None,
+    partition_scheme: Annotated[str | None, _lab_option("partition_scheme")] = None,
+    rounds: Annotated[int | None, _lab_option("rounds")] = None,
+    local_steps: Annotated[int | None, _lab_option("local_steps")] = None,
+    model: Annotated[str | None, _lab_option("model")] = None,
+    data: Annotated[str | None, _lab_option("data")] = None,
+    codec: Annotated[str | None, _lab_option("codec")] = None,
+    rank: Annotated[int | None, _lab_option("rank")] = None,
+    lr: Annotated[float | None, _lab_option("lr")] = None,
+    batch_size: Annotated[int | None, _lab_option("batch_size")] = None,
+    seed: Annotated[int | None, _lab_option("seed")] = None,
+    max_eval: Annotated[int | None, _lab_option("max_eval")] = None,
+    eval_every: Annotated[int | None, _lab_option("eval_every")] = None,
+    base_port: Annotated[int | None, _lab_option("base_port")] = None,
+    round_deadline: Annotated[float | None, _lab_option("round_deadline")] = None,
+    consensus_rounds: Annotated[int | None, _lab_option("consensus_rounds")] = None,
     gradient_tracking: Annotated[
-        bool,
-        typer.Option("--gradient-tracking/--no-gradient-tracking", help="On every node."),
-    ] = False,
+        bool | None,
+        _lab_option("gradient_tracking", "--gradient-tracking/--no-gradient-tracking"),
+    ] = None,
     centralized: Annotated[
-        bool,
-        typer.Option(
-            "--centralized/--no-centralized", help="Also train the centralized reference."
-        ),
-    ] = True,
-    output: Annotated[Path, typer.Option()] = Path("runs/lab"),
+        bool | None, _lab_option("centralized", "--centralized/--no-centralized")
+    ] = None,
+    output: Annotated[
+        Path | None, _lab_option("output", help="Folder for logs and results.")
+    ] = None,
     fmt: Annotated[
         str, typer.Option("--format", help="text or json for the final summary.")
     ] = "text",
 ) -> None:
-    """Start N real daemons on 127.0.0.1, show them live, and report their accuracy."""
+    """Start N real daemons on 127.0.0.1 and compare them with centralized LoRA.
+
+    Shows every node live, then each node's accuracy and its gap in points to a
+    centralized reference trained on the same samples.
+    """
     from pydantic import ValidationError
 
     from declora.cli.lab import LabConfig, run_lab
 
+    given = {k: v for k, v in locals().items() if k not in ("fmt",) and v is not None}
+    given = {k: v for k, v in given.items() if k in LabConfig.model_fields}
     try:
-        cfg = LabConfig(
-            nodes=nodes,
-            topology=topology,
-            partition_scheme=partition_scheme,
-            rounds=rounds,
-            local_steps=local_steps,
-            model=model,
-            data=data,
-            codec=codec,
-            rank=rank,
-            lr=lr,
-            batch_size=batch_size,
-            seed=seed,
-            max_eval=max_eval,
-            eval_every=eval_every,
-            base_port=base_port,
-            round_deadline=round_deadline,
-            consensus_rounds=consensus_rounds,
-            gradient_tracking=gradient_tracking,
-            centralized=centralized,
-            output=output,
-        )
+        cfg = LabConfig(**given)
     except ValidationError as exc:
         fail("bad configuration: " + "; ".join(_problem(e["loc"], e["msg"]) for e in exc.errors()))
         return
@@ -496,6 +431,24 @@ def lab(
     if fmt == "json":
         typer.echo(json.dumps(summary, indent=2, default=str))
     raise typer.Exit(0 if summary.get("ok") else 1)
+
+
+def _one_command(func: Any, name: str, settings: bool = False) -> click.Command:
+    """`func` as a click command named `name` (with every NodeSettings option)."""
+    from declora.cli.options import settings_command
+
+    single = typer.Typer(
+        pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]}
+    )
+    single.command(name)(settings_command(func) if settings else func)
+    return typer.main.get_command(single)
+
+
+LAZY = {
+    "start": lambda: _one_command(start, "start", settings=True),
+    "config": lambda: _one_command(config_command, "config", settings=True),
+    "lab": lambda: _one_command(lab, "lab"),
+}
 
 
 AdapterArg = Annotated[
@@ -532,7 +485,7 @@ def predict(
     try:
         run_predict(adapter, input_, text_column, fmt, sys.stdout, sys.stdin, base, batch_size)
     except USER_ERRORS as exc:
-        if debug:
+        if debug or STATE["debug"]:
             raise
         fail(str(exc))
 
@@ -561,7 +514,7 @@ def export(
     try:
         typer.echo(run_export(adapter, output, merge, base))
     except USER_ERRORS as exc:
-        if debug:
+        if debug or STATE["debug"]:
             raise
         fail(str(exc))
 
@@ -571,6 +524,12 @@ def main() -> None:
 
     # transformers deprecation chatter is not the user's business
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    if sys.argv[1:2] == ["status"]:  # the plain forms without building the app
+        from declora.cli.fast import status_main
+
+        code = status_main(sys.argv[2:])
+        if code is not None:
+            sys.exit(code)
     app(prog_name="declora-node")
 
 

@@ -2,24 +2,59 @@
 
 from __future__ import annotations
 
+import base64
+import math
+import os
 import time
 from typing import Any
 
 import grpc
-from google.protobuf.json_format import MessageToDict
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
-from declora.node.security import TlsFiles
+from declora.node.security import SwarmAuth, TlsFiles
 from declora.proto import pb, pb_grpc
+
+STATUS_TARGET = "127.0.0.1:7070"
+STATUS_TIMEOUT = 5.0  # seconds
 
 
 class StatusError(RuntimeError):
     """The node could not be reached or did not answer."""
 
 
+def show_status(target: str, json_out: bool, timeout: float, tls: TlsFiles | None) -> int:
+    """`declora-node status`: print the node's status (a table or JSON); the exit code
+    (1, with one `error:` line, when the node cannot be asked)."""
+    import json
+    import sys
+
+    try:
+        reply = fetch_status(target, timeout, tls=tls)
+    except StatusError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if json_out:
+        print(json.dumps(status_to_dict(reply), indent=2))
+    else:
+        render_status(reply)
+    return 0
+
+
 def fetch_status(
-    target: str, timeout: float = 5.0, include_digest: bool = False, tls: TlsFiles | None = None
+    target: str,
+    timeout: float = 5.0,
+    include_digest: bool = False,
+    tls: TlsFiles | None = None,
+    secret: str | None = None,
 ) -> pb.StatusReply:
-    """One Status call to `target` (host:port) over a fresh channel (mTLS with `tls`)."""
+    """One Status call to `target` (host:port) over a fresh channel (mTLS with `tls`);
+    signed with the swarm `secret` (default: DECLORA_SWARM_SECRET, when set), which a
+    node with a secret requires."""
+    request = pb.StatusRequest(include_digest=include_digest)
+    secret = secret if secret is not None else os.environ.get("DECLORA_SWARM_SECRET")
+    if secret:
+        SwarmAuth(secret.encode()).sign(request)
     channel = (
         grpc.insecure_channel(target)
         if tls is None
@@ -27,11 +62,14 @@ def fetch_status(
     )
     with channel:
         try:
-            reply: pb.StatusReply = pb_grpc.SwarmStub(channel).Status(
-                pb.StatusRequest(include_digest=include_digest), timeout=timeout
-            )
+            reply: pb.StatusReply = pb_grpc.SwarmStub(channel).Status(request, timeout=timeout)
         except grpc.RpcError as exc:
             code = exc.code().name if hasattr(exc, "code") else "ERROR"
+            details = (exc.details() if hasattr(exc, "details") else "") or ""
+            if code == "UNAUTHENTICATED":
+                raise StatusError(f"{target} refused the status request: {details}") from exc
+            if code == "UNAVAILABLE" and "still loading" in details:
+                raise StatusError(f"{target} is {details}: try again in a moment") from exc
             extra = ""
             if tls is None and code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
                 extra = " (if the node serves mTLS, pass --tls-cert, --tls-key and --tls-ca)"
@@ -41,62 +79,96 @@ def fetch_status(
     return reply
 
 
+def message_to_dict(msg: Message) -> dict[str, Any]:
+    """A protobuf message as JSON-ready Python values of its own types: 64-bit integers
+    stay numbers (MessageToDict writes them as strings), a NaN or infinite float is
+    None, every field is present."""
+    out: dict[str, Any] = {}
+    for f in msg.DESCRIPTOR.fields:
+        value = getattr(msg, f.name)
+        if f.message_type is not None and f.message_type.GetOptions().map_entry:
+            inner = f.message_type.fields_by_name["value"]
+            out[f.name] = {k: _field_value(inner, v) for k, v in value.items()}
+        elif f.is_repeated:
+            out[f.name] = [_field_value(f, v) for v in value]
+        else:
+            out[f.name] = _field_value(f, value)
+    return out
+
+
+def _field_value(f: FieldDescriptor, value: Any) -> Any:
+    if f.message_type is not None:
+        return message_to_dict(value)
+    if f.type == FieldDescriptor.TYPE_ENUM:
+        return (
+            f.enum_type.values_by_number[value].name
+            if value in f.enum_type.values_by_number
+            else value
+        )
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    return value
+
+
 def status_to_dict(reply: pb.StatusReply) -> dict[str, Any]:
-    return MessageToDict(
-        reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
+    """The Status reply for `status --json`: numbers as numbers."""
+    return message_to_dict(reply)
 
 
 def _ago(ts: float) -> str:
-    return "never" if ts <= 0 else f"{max(time.time() - ts, 0):.1f}s ago"
+    if ts <= 0:
+        return "-"
+    seconds = max(time.time() - ts, 0.0)
+    return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.0f}m"
 
 
-def render_status(reply: pb.StatusReply) -> None:
+def _size(n: float) -> str:
+    for unit in ("B", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return f"{n:.1f}G"  # unreachable
+
+
+def render_status(reply: pb.StatusReply, width: int | None = None) -> None:
+    """A node's status in short lines and a neighbour table, within 80 columns."""
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=width)
     total = f"/{reply.total_rounds}" if reply.total_rounds else ""
-    tracking = "  gradient tracking" if reply.gradient_tracking else ""
+    tracking = ", gradient tracking" if reply.gradient_tracking else ""
     evals = ", ".join(f"{k} {v:.4f}" for k, v in sorted(reply.last_eval.items())) or "none yet"
-    console.print(
-        f"[bold]{reply.node_id}[/] on {reply.listen_address}  swarm {reply.swarm_id}  "
-        f"declora {reply.package_version}\n"
+    lines = [
+        f"[bold]{reply.node_id}[/] on {reply.listen_address}  swarm {reply.swarm_id}",
         f"state {reply.state}  round {reply.round}{total}  step {reply.step}  "
-        f"loss {reply.loss:.4f}  last round {reply.last_round_seconds:.2f}s\n"
-        f"eval: {evals}\n"
-        f"codec {reply.codec}{tracking}  sent {reply.bytes_sent:,} B  "
-        f"received {reply.bytes_received:,} B  "
-        f"keyframes {reply.keyframes_sent}  self weight {reply.self_weight:.3f}  "
-        f"fingerprint {reply.fingerprint}"
-    )
+        f"loss {reply.loss:.4f}  last round {reply.last_round_seconds:.2f}s",
+        f"eval: {evals}",
+        f"codec {reply.codec}{tracking}  self weight {reply.self_weight:.3f}  "
+        f"keyframes {reply.keyframes_sent}",
+        f"sent {_size(reply.bytes_sent)}  received {_size(reply.bytes_received)}  "
+        f"fingerprint {reply.fingerprint}  declora {reply.package_version}",
+    ]
     if reply.rejected:
-        console.print(
-            "refused: " + ", ".join(f"{k} {v}" for k, v in sorted(reply.rejected.items()))
-        )
-    table = Table(
-        "neighbour",
-        "address",
-        "live",
-        "weight",
-        "degree",
-        "round",
-        "last seen",
-        "sent B",
-        "recv B",
-        "missed",
-    )
+        lines.append("refused: " + ", ".join(f"{k} {v}" for k, v in sorted(reply.rejected.items())))
+    console.print("\n".join(lines))
+    table = Table(box=None, pad_edge=False, header_style="bold underline")
+    for column in ("neighbour", "address", "live", "weight", "round", "seen"):
+        table.add_column(column)
+    for column in ("sent", "recv", "missed"):
+        table.add_column(column, justify="right")
     for n in reply.neighbors:
         table.add_row(
             n.node_id,
             n.address,
             "yes" if n.live else "no",
             f"{n.weight:.3f}",
-            str(n.degree),
             str(n.round),
             _ago(n.last_seen_unix),
-            f"{n.bytes_sent:,}",
-            f"{n.bytes_received:,}",
+            _size(n.bytes_sent),
+            _size(n.bytes_received),
             str(n.missed_deadlines),
         )
     console.print(table)

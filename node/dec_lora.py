@@ -32,6 +32,9 @@ from declora.node.trainer import LocalTrainer
 
 K = TypeVar("K", bound=Hashable)
 
+VALUE_RATIO = 100.0  # a peer's values may be this many times this node's largest
+VALUE_FLOOR = 1.0  # ...and at least this large
+
 
 @dataclass
 class NodeSnapshot:
@@ -69,6 +72,7 @@ class DecLoraNode(Generic[K]):
         )
         self._tracker_in: dict[K, np.ndarray] = {}
         self.initial = x0
+        self._initial_max = float(np.abs(x0).max(initial=0.0))
         self._rng = np.random.default_rng([seed, 0x5EED])
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -157,18 +161,33 @@ class DecLoraNode(Generic[K]):
         """Whether this node holds `peer`'s public copy."""
         return peer in self.gossip.peers
 
-    def check_payload(self, peer: K, payload: bytes, spec: str | None = None) -> np.ndarray:
-        """Decode and validate an adapter message without applying it (GossipError)."""
-        return self.gossip.decode_checked(peer, payload, spec)
+    def value_limit(self, cap: float = float("inf")) -> float:
+        """The largest |value| a peer's adapter or delta may hold: `VALUE_RATIO` times
+        this node's largest (public copy or initial adapter), at least `VALUE_FLOOR`,
+        at most `cap`."""
+        own = max(float(np.abs(self.gossip.public).max(initial=0.0)), self._initial_max)
+        return min(cap, max(VALUE_FLOOR, VALUE_RATIO * own))
 
-    def check_tracker(self, peer: K, payload: bytes) -> np.ndarray:
-        """Decode and validate a tracking message without keeping it (GossipError)."""
+    def check_payload(
+        self, peer: K, payload: bytes, spec: str | None = None, cap: float = float("inf")
+    ) -> np.ndarray:
+        """Decode and validate an adapter message without applying it (GossipError):
+        sizes, finite values, and every |value| within `value_limit(cap)`."""
+        vec = self.gossip.decode_checked(peer, payload, spec)
+        _check_bound(peer, vec, self.value_limit(cap))
+        return vec
+
+    def check_tracker(self, peer: K, payload: bytes, cap: float = float("inf")) -> np.ndarray:
+        """Decode and validate a tracking message without keeping it (GossipError);
+        every |value| within `cap`."""
         if self.tracker is None:
             raise GossipError(f"{peer!r} sent a tracking message; this node does not track")
         try:
-            return self.tracker.decode_checked(peer, payload)
+            vec = self.tracker.decode_checked(peer, payload)
         except TrackingError as exc:
             raise GossipError(str(exc)) from exc
+        _check_bound(peer, vec, cap)
+        return vec
 
     def accept_delta(self, peer: K, delta: np.ndarray, scale: float) -> None:
         """Add a checked delta (sent with a codec of update scale `scale`) to peer's copy."""
@@ -198,6 +217,13 @@ class DecLoraNode(Generic[K]):
         if self.tracker is not None and snap.correction is not None:
             self.tracker.set_correction(snap.correction)
 
+    def is_finite(self) -> bool:
+        """Whether the adapter (and the tracking correction) hold finite values only."""
+        ok = bool(np.isfinite(self.vector()).all())
+        if self.tracker is not None:
+            ok = ok and bool(np.isfinite(self.tracker.correction()).all())
+        return ok
+
     def disagreement(self, peers: Iterable[K]) -> float:
         """max over `peers` of ||x̂_j - x_i|| / ||x_i|| (0 without copies)."""
         x = self.vector()
@@ -219,3 +245,12 @@ class DecLoraNode(Generic[K]):
         if self.tracker is not None:
             h.update(self.tracker.correction().tobytes())
         return h
+
+
+def _check_bound(peer: object, vec: np.ndarray, limit: float) -> None:
+    biggest = float(np.abs(vec).max(initial=0.0))
+    if biggest > limit:
+        raise GossipError(
+            f"payload from {peer!r} holds |value| {biggest:.3g}, above the bound {limit:.3g} "
+            "(100x this node's largest, or --max-value)"
+        )

@@ -10,14 +10,15 @@ meaning. Bad values raise a ValidationError naming the option.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from declora.node.codecs import make_codec
-from declora.node.robust import make_robust
-from declora.node.trainer import LoraSpec
+from declora.node.data import declared_labels, read_label_file
+
+if TYPE_CHECKING:  # the trainer imports torch: not needed to read a configuration
+    from declora.node.trainer import LoraSpec
 
 Task = Literal["cls", "lm"]
 
@@ -30,14 +31,26 @@ class Recipe(BaseModel):
     # model and data
     model: str = Field("minilm", description="minilm, tiny-bert, tiny-llama or a local path")
     task: Task = Field("cls", description="cls (classification) or lm (causal LM)")
-    data: str = Field("bbcnews", description="bbcnews or a .jsonl/.csv/.parquet file")
+    data: str = Field(
+        "bbcnews", description="bbcnews, a .jsonl/.csv/.parquet file or a saved dataset folder"
+    )
+    text_column: str = Field("text", min_length=1, description="the data's text column")
+    label_column: str = Field("label", min_length=1, description="the data's label column (cls)")
+    labels: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="the swarm's label set, in order: a,b,c or @FILE (default: from the data)",
+    )
     partition_scheme: str = Field(
         "iid", description="how a dataset is shared out: iid, dirichlet:A, skew[:P], shards:K"
     )
     rank: int = Field(8, ge=1, le=1024, description="LoRA rank r")
-    alpha: int | None = Field(None, ge=1, description="LoRA alpha (default: 2 x rank)")
+    alpha: int | None = Field(
+        None, ge=1, description="LoRA alpha", json_schema_extra={"default_text": "2 x rank"}
+    )
     targets: Annotated[tuple[str, ...], NoDecode] = Field(
-        (), description="LoRA target modules (default: by model family)"
+        (),
+        description="LoRA target modules, comma-separated",
+        json_schema_extra={"default_text": "by model family"},
     )
     max_length: int = Field(64, ge=8, le=8192, description="tokens per example")
     # local training
@@ -49,7 +62,11 @@ class Recipe(BaseModel):
     # mixing
     codec: str = Field("fp32", description="message codec: fp32, fp16, bf16, q8, q4, q2, topk:F")
     consensus_step: float | None = Field(
-        None, gt=0, le=1, description="gamma of the mixing step (default: by codec)"
+        None,
+        gt=0,
+        le=1,
+        description="gamma of the mixing step",
+        json_schema_extra={"default_text": "by codec"},
     )
     robust_mixing: str = Field("none", description="none, clip[:C] or trim[:F] (node/robust.py)")
     gradient_tracking: bool = Field(
@@ -68,14 +85,27 @@ class Recipe(BaseModel):
             return tuple(p.strip() for p in v.split(",") if p.strip())
         return v
 
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels(cls, v: object) -> object:
+        if isinstance(v, str):
+            if v.startswith("@"):
+                return read_label_file(v[1:])
+            v = [p.strip() for p in v.split(",") if p.strip()]
+        return declared_labels(v, "--labels") if v else ()  # type: ignore[arg-type]
+
     @field_validator("codec")
     @classmethod
     def _codec_ok(cls, v: str) -> str:
+        from declora.node.codecs import make_codec  # only when a value is checked
+
         return make_codec(v).spec
 
     @field_validator("robust_mixing")
     @classmethod
     def _robust_ok(cls, v: str) -> str:
+        from declora.node.robust import make_robust
+
         return make_robust(v).spec
 
     @model_validator(mode="after")
@@ -92,6 +122,8 @@ class Recipe(BaseModel):
         return self.alpha if self.alpha is not None else 2 * self.rank
 
     def lora_spec(self) -> LoraSpec:
+        from declora.node.trainer import LoraSpec
+
         return LoraSpec(
             model=self.model,
             task=self.task,

@@ -50,8 +50,8 @@ class AuthError(Exception):
         self.counter = counter
 
 
-SignedT = TypeVar("SignedT", pb.Hello, pb.PullRequest, pb.LeaveNotice)
-Signed = pb.Hello | pb.PullRequest | pb.LeaveNotice  # the messages with nonce and mac
+SignedT = TypeVar("SignedT", pb.Hello, pb.PullRequest, pb.LeaveNotice, pb.StatusRequest)
+Signed = pb.Hello | pb.PullRequest | pb.LeaveNotice | pb.StatusRequest  # nonce + mac
 
 
 # ---------------------------------------------------------------- TLS

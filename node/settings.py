@@ -9,7 +9,9 @@ that names the option, before anything starts.
 from __future__ import annotations
 
 import json
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,6 +24,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from declora.node.identity import node_id_problem
 from declora.node.recipe import Recipe
 from declora.node.security import TlsFiles
 
@@ -87,35 +90,75 @@ class NodeSettings(BaseSettings, Recipe):
 
     # identity and network
     node_id: str = Field(
-        "", description="unique id in the swarm; default: derived from the address"
+        "",
+        description="unique id in the swarm",
+        json_schema_extra={"default_text": "from the advertise address"},
     )
-    swarm_id: str = Field("default", min_length=1, max_length=128)
-    listen: str = "127.0.0.1:7070"
-    advertise: str = Field("", description="address peers dial; default: the listen address")
-    peers: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    mdns: bool = False
-    mdns_interface: str = Field("", description="IP to announce and browse on (e.g. 127.0.0.1)")
-    max_neighbors: int = Field(8, ge=1, le=256)
-    min_peers: int = Field(-1, ge=-1, description="wait for this many at start (-1: all static)")
-    startup_timeout: float = Field(60.0, ge=0, description="seconds to wait for min_peers")
+    swarm_id: str = Field(
+        "default", min_length=1, max_length=128, description="nodes mix only within one swarm"
+    )
+    listen: str = Field("127.0.0.1:7070", description="host:port the gRPC server binds")
+    advertise: str = Field(
+        "", description="host:port peers dial", json_schema_extra={"default_text": "--listen"}
+    )
+    peers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="static peers: host:port,host:port"
+    )
+    mdns: bool = Field(False, description="find peers on the LAN by mDNS")
+    mdns_interface: str = Field(
+        "",
+        description="IP to announce and browse on (e.g. 127.0.0.1)",
+        json_schema_extra={"default_text": "every interface"},
+    )
+    solo: bool = Field(False, description="train alone on purpose: no peers, no warning")
+    max_neighbors: int = Field(8, ge=1, le=256, description="mix with at most this many peers")
+    min_peers: int | None = Field(
+        None,
+        ge=-1,
+        description="live neighbours to wait for at start; -1: every static peer",
+        json_schema_extra={"default_text": "1 with --peers or --mdns, 0 with --solo"},
+    )
+    startup_timeout: float = Field(
+        60.0, ge=0, description="seconds to wait for --min-peers, then exit 1 saying why"
+    )
     # this node's share of a dataset (labs and experiments)
     partition: str = Field("", description="this node's share: 'i/N' (0-based), empty = all")
     # rounds and devices
     round_deadline: float = Field(60.0, gt=0, description="seconds to wait for neighbours")
+    consensus_rounds: int = Field(
+        50, ge=0, description="gossip-only rounds after the last one, until neighbours agree"
+    )
     # persistence
-    checkpoint_dir: Path | None = None
-    checkpoint_every: int = Field(5, ge=1)
-    resume: bool = False
+    checkpoint_dir: Path | None = Field(
+        None,
+        description="checkpoints, rounds.jsonl and the final adapter",
+        json_schema_extra={"default_text": "declora-state/<node-id>"},
+    )
+    checkpoint_every: int = Field(5, ge=1, description="rounds between checkpoints")
+    resume: bool = Field(False, description="continue from the latest checkpoint")
     # operations
     metrics_port: int = Field(0, ge=0, le=65535, description="0 = no metrics endpoint")
-    device: str = "auto"
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     threads: int = Field(0, ge=0, description="torch threads (0 = torch default)")
-    log_format: Literal["text", "json"] = "text"
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    max_message_mib: int = Field(256, ge=1, le=4096)
-    chunk_kib: int = Field(1024, ge=1, le=4096)
+    log_format: Literal["text", "json"] = Field("text", description="text or json lines")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="DEBUG, INFO, WARNING or ERROR"
+    )
+    max_message_mib: int = Field(
+        0, ge=0, le=4096, description="largest payload accepted (0 = from the adapter's size)"
+    )
+    chunk_kib: int = Field(1024, ge=1, le=4096, description="chunk size of a streamed payload")
     # limits (see node/limits.py); an honest peer never reaches them
-    max_concurrent_streams: int = Field(64, ge=4, le=4096, description="RPCs served at once")
+    max_concurrent_streams: int = Field(
+        64, ge=4, le=4096, description="push streams served at once (other RPCs: own pools)"
+    )
+    stream_idle_seconds: float = Field(
+        10.0, gt=0, le=600, description="a push stream silent this long is cut"
+    )
+    max_known_peers: int = Field(64, ge=1, le=4096, description="peer table size")
+    max_value: float = Field(
+        1e4, gt=0, description="largest |value| accepted in a peer's adapter or z message"
+    )
     max_pushes_per_round: int = Field(6, ge=3, le=1000, description="per sender and round")
     max_handshakes_per_minute: int = Field(600, ge=1, description="per remote host")
     max_pulls_per_minute: int = Field(12, ge=1, description="per requesting node")
@@ -193,14 +236,36 @@ class NodeSettings(BaseSettings, Recipe):
             self.node_id = "node-" + self.advertise.replace(":", "-").replace("[", "").replace(
                 "]", ""
             )
-        if self.resume and self.checkpoint_dir is None:
-            raise ValueError("--resume needs --checkpoint-dir")
+        problem = node_id_problem(self.node_id)
+        if problem:
+            raise ValueError(f"--node-id: {problem}")
+        if self.solo and (self.peers or self.mdns):
+            raise ValueError("--solo trains alone: drop --peers and --mdns, or drop --solo")
         self.tls()  # TlsError is a ValueError: reported like any bad option
         return self
 
     def tls(self) -> TlsFiles | None:
         """The TLS files read and checked (TlsError naming the option); None without TLS."""
         return TlsFiles.load(self.tls_cert, self.tls_key, self.tls_ca)
+
+    @property
+    def wanted_peers(self) -> int:
+        """Live neighbours to wait for at start: --min-peers, -1 = every static peer
+        (one with mDNS alone), default 1 with --peers or --mdns, else 0."""
+        if self.solo:
+            return 0
+        if self.min_peers is None:
+            want = 1 if self.peers or self.mdns else 0
+        elif self.min_peers == -1:
+            want = len(self.peers) or (1 if self.mdns else 0)
+        else:
+            want = self.min_peers
+        return min(want, self.max_neighbors)
+
+    @property
+    def state_dir(self) -> Path:
+        """Checkpoints, history and final adapter: --checkpoint-dir or declora-state/<id>."""
+        return self.checkpoint_dir or Path("declora-state") / self.node_id
 
     @property
     def partition_index(self) -> tuple[int, int] | None:
@@ -233,3 +298,119 @@ def load_settings(cli: dict[str, Any], config_file: Path | None = None) -> NodeS
         return NodeSettings(**{k: v for k, v in cli.items() if v is not None})
     finally:
         _FILE_DATA.set({})
+
+
+# ---------------------------------------------------------------- where a value came from
+ENV_PREFIX = "DECLORA_"
+# variables the daemon reads that are not options (fault injection, node/faults.py)
+OTHER_VARIABLES = frozenset({"DECLORA_CRASH_AT", "DECLORA_CRASH_ARM_FILE"})
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be built; `str()` is one line naming each bad value where it
+    was given: `--flag`, `DECLORA_VARIABLE` or `file: key 'k'`."""
+
+
+def option_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def default_text(field: str) -> str:
+    """The default of option `field` as `--help` and `config` show it."""
+    info = NodeSettings.model_fields[field]
+    extra = info.json_schema_extra
+    if isinstance(extra, dict) and "default_text" in extra:
+        return str(extra["default_text"])
+    value = info.get_default(call_default_factory=True)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None or value in ("", [], ()):
+        return "none"
+    return str(value)
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def unknown_env_vars(environ: dict[str, str]) -> list[str]:
+    """One warning line per `DECLORA_*` variable that is not an option."""
+    known = {env_name(f) for f in NodeSettings.model_fields} | OTHER_VARIABLES
+    out = []
+    for var in sorted(environ):
+        if var.upper().startswith(ENV_PREFIX) and var.upper() not in known:
+            hint = _suggest(var.upper(), sorted(known - OTHER_VARIABLES))
+            out.append(f"environment variable {var} is not an option (ignored){hint}")
+    return out
+
+
+@dataclass
+class Resolved:
+    """Settings and, per option, where its value came from."""
+
+    settings: NodeSettings
+    sources: dict[str, str]
+
+
+def _env_var(field: str, environ: dict[str, str]) -> str | None:
+    return next((k for k in environ if k.upper() == env_name(field)), None)
+
+
+def _origins(
+    cli: dict[str, Any], data: dict[str, Any], environ: dict[str, str], config_file: Path | None
+) -> dict[str, str]:
+    """Per option: 'flag', 'env DECLORA_X', 'file <name>' or 'default'."""
+    out = {}
+    for field in NodeSettings.model_fields:
+        var = _env_var(field, environ)
+        if cli.get(field) is not None:
+            out[field] = "flag"
+        elif var is not None:
+            out[field] = f"env {var}"
+        elif field in data and config_file is not None:
+            out[field] = f"file {config_file.name}"
+        else:
+            out[field] = "default"
+    return out
+
+
+def _problem(error: Any, origins: dict[str, str], config_file: Path | None) -> str:
+    """One validation error, named where the user gave the value."""
+    loc = error["loc"]
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    if not loc:
+        return msg  # model-level checks name their options
+    field = str(loc[0])
+    where = origins.get(field, "")
+    if error["type"] == "extra_forbidden":
+        name = config_file.name if config_file else "config"
+        return f"{name}: key {field!r} is not an option" + _suggest(
+            field, list(NodeSettings.model_fields)
+        )
+    if where.startswith("env "):
+        return f"{where.removeprefix('env ')}: {msg}"
+    if where.startswith("file ") and config_file is not None:
+        return f"{config_file.name}: key {field!r}: {msg}"
+    return f"{option_name(field)}: {msg}"
+
+
+def resolve_settings(cli: dict[str, Any], config_file: Path | None = None) -> Resolved:
+    """`load_settings` with each value's origin; SettingsError (one line) naming every bad
+    value as the user gave it, ConfigFileError for a missing or unreadable file."""
+    from pydantic import ValidationError
+
+    data = read_config_file(config_file) if config_file else {}
+    origins = _origins(cli, data, dict(os.environ), config_file)
+    try:
+        settings = load_settings(cli, config_file)
+    except ValidationError as exc:
+        problems = "; ".join(_problem(e, origins, config_file) for e in exc.errors())
+        raise SettingsError(f"bad configuration: {problems}") from exc
+    return Resolved(settings, origins)

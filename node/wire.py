@@ -13,8 +13,9 @@ layers before they are applied.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -77,10 +78,13 @@ def make_header(
     schema: AdapterSchema,
     crc32: int | None = None,
     tracker_bytes: int = 0,
+    session: bytes = b"",
+    receiver_id: str = "",
 ) -> pb.PayloadHeader:
     """The header for `data`; pass `crc32` when it is already known (one payload, many peers).
 
-    `tracker_bytes`: how many of the last bytes of `data` are a gradient-tracking message."""
+    `tracker_bytes`: how many of the last bytes of `data` are a gradient-tracking message;
+    `session`, `receiver_id`: the receiver's token and id (see `PayloadHeader`)."""
     return pb.PayloadHeader(
         sender_id=sender_id,
         swarm_id=swarm_id,
@@ -94,6 +98,8 @@ def make_header(
         crc32=zlib.crc32(data) if crc32 is None else crc32,
         tensors=tensor_meta(schema),
         tracker_bytes=tracker_bytes,
+        session=session,
+        receiver_id=receiver_id,
     )
 
 
@@ -157,6 +163,41 @@ def check_header(
         raise WireError(invalid, f"tensor schema differs: {diff}", "wrong_schema")
 
 
+class ByteBudget:
+    """Bytes that all streams being read may buffer together; `take` refuses beyond."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, n: int) -> None:
+        if self.used + n > self.limit:
+            raise WireError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.used + n} bytes buffered across streams would exceed {self.limit}",
+                "too_large",
+            )
+        self.used += n
+
+    def give(self, n: int) -> None:
+        self.used = max(self.used - n, 0)
+
+
+async def _next_chunk(it: AsyncIterator[pb.Chunk], idle: float | None) -> pb.Chunk | None:
+    try:
+        if idle is None:
+            return await anext(it)
+        return await asyncio.wait_for(anext(it), timeout=idle)
+    except StopAsyncIteration:
+        return None
+    except TimeoutError:
+        raise WireError(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            f"stream idle for more than {idle:g}s",
+            "idle_stream",
+        ) from None
+
+
 async def read_stream(
     stream: AsyncIterator[pb.Chunk],
     *,
@@ -165,41 +206,58 @@ async def read_stream(
     schema: AdapterSchema,
     max_bytes: int,
     auth: SwarmAuth | None = None,
+    on_header: Callable[[pb.PayloadHeader], None] | None = None,
+    idle_seconds: float | None = None,
+    budget: ByteBudget | None = None,
 ) -> Payload:
     """Reassemble and verify one pushed payload; raises WireError, keeps nothing.
 
     With `auth`, the header's mac must cover the header and the data (UNAUTHENTICATED,
-    counted `bad_auth`, otherwise)."""
+    counted `bad_auth`, otherwise). `on_header` may refuse the header (raising
+    WireError) before any data is buffered; a stream silent for `idle_seconds` is cut
+    (`idle_stream`); the announced size is reserved in `budget` while the stream is
+    read and refused when it does not fit."""
     invalid = grpc.StatusCode.INVALID_ARGUMENT
     header: pb.PayloadHeader | None = None
     parts: list[bytes] = []
     received = 0
-    async for chunk in stream:
-        which = chunk.WhichOneof("body")
-        if which == "header":
-            if header is not None:
-                raise WireError(invalid, "a second header in one stream", "malformed")
-            check_header(
-                chunk.header,
-                swarm_id=swarm_id,
-                fingerprint=fingerprint,
-                schema=schema,
-                max_bytes=max_bytes,
-            )
-            header = chunk.header
-        elif which == "data":
-            if header is None:
-                raise WireError(invalid, "data before the header", "malformed")
-            received += len(chunk.data)
-            if received > header.total_bytes:
-                raise WireError(
-                    invalid,
-                    f"stream carries more than the announced {header.total_bytes} bytes",
-                    "malformed",
+    reserved = 0
+    it = aiter(stream)
+    try:
+        while (chunk := await _next_chunk(it, idle_seconds)) is not None:
+            which = chunk.WhichOneof("body")
+            if which == "header":
+                if header is not None:
+                    raise WireError(invalid, "a second header in one stream", "malformed")
+                check_header(
+                    chunk.header,
+                    swarm_id=swarm_id,
+                    fingerprint=fingerprint,
+                    schema=schema,
+                    max_bytes=max_bytes,
                 )
-            parts.append(chunk.data)
-        else:
-            raise WireError(invalid, "an empty chunk", "malformed")
+                if on_header is not None:
+                    on_header(chunk.header)
+                if budget is not None:
+                    budget.take(chunk.header.total_bytes)
+                    reserved = chunk.header.total_bytes
+                header = chunk.header
+            elif which == "data":
+                if header is None:
+                    raise WireError(invalid, "data before the header", "malformed")
+                received += len(chunk.data)
+                if received > header.total_bytes:
+                    raise WireError(
+                        invalid,
+                        f"stream carries more than the announced {header.total_bytes} bytes",
+                        "malformed",
+                    )
+                parts.append(chunk.data)
+            else:
+                raise WireError(invalid, "an empty chunk", "malformed")
+    finally:
+        if budget is not None:
+            budget.give(reserved)
     if header is None:
         raise WireError(invalid, "an empty stream (no header)", "malformed")
     if received != header.total_bytes:

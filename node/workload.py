@@ -113,8 +113,13 @@ def load_workload(
     `max_train` keeps a seeded subset of the training set first (0 = all); `lm`
     reuses an already built model (same recipe).
     """
-    label_column = "label" if recipe.task == "cls" else None
-    train, test = load_dataset(recipe.data, label_column=label_column)
+    cls = recipe.task == "cls"
+    train, test = load_dataset(
+        recipe.data,
+        label_column=recipe.label_column if cls else None,
+        text_column=recipe.text_column,
+        labels=recipe.labels or None,
+    )
     if max_train and max_train < len(train):  # a seeded subset, in the permuted order
         train = train.subset(np.random.default_rng(recipe.seed).permutation(len(train))[:max_train])
     test = cap(test, recipe.max_eval, recipe.seed)
@@ -128,5 +133,9 @@ def load_workload(
     else:
         parts = [np.arange(len(train))]
     if lm is None:
-        lm = LoraModel(recipe.lora_spec(), num_labels=max(train.num_labels, 2), device=device)
+        names = train.label_names if cls else ()
+        lm = LoraModel(
+            recipe.lora_spec(), num_labels=max(train.num_labels, 2), device=device,
+            label_names=names if len(names) >= 2 else (),
+        )  # fmt: skip
     return Workload(recipe, nodes, train, test, parts, lm)

@@ -19,7 +19,14 @@ PAYLOAD_KIND_KEYFRAME: PayloadKind
 PAYLOAD_KIND_STATE: PayloadKind
 
 class Hello(_message.Message):
-    __slots__ = ("protocol_version", "package_version", "node_id", "swarm_id", "fingerprint", "round", "live_degree", "listen_address", "seq", "nonce", "mac", "gradient_tracking")
+    __slots__ = ("protocol_version", "package_version", "node_id", "swarm_id", "fingerprint", "round", "live_degree", "listen_address", "seq", "nonce", "mac", "gradient_tracking", "receiver", "session", "recipe")
+    class RecipeEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     PACKAGE_VERSION_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +39,9 @@ class Hello(_message.Message):
     NONCE_FIELD_NUMBER: _ClassVar[int]
     MAC_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_TRACKING_FIELD_NUMBER: _ClassVar[int]
+    RECEIVER_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     package_version: str
     node_id: str
@@ -44,7 +54,10 @@ class Hello(_message.Message):
     nonce: bytes
     mac: bytes
     gradient_tracking: bool
-    def __init__(self, protocol_version: _Optional[int] = ..., package_version: _Optional[str] = ..., node_id: _Optional[str] = ..., swarm_id: _Optional[str] = ..., fingerprint: _Optional[str] = ..., round: _Optional[int] = ..., live_degree: _Optional[int] = ..., listen_address: _Optional[str] = ..., seq: _Optional[int] = ..., nonce: _Optional[bytes] = ..., mac: _Optional[bytes] = ..., gradient_tracking: _Optional[bool] = ...) -> None: ...
+    receiver: str
+    session: bytes
+    recipe: _containers.ScalarMap[str, str]
+    def __init__(self, protocol_version: _Optional[int] = ..., package_version: _Optional[str] = ..., node_id: _Optional[str] = ..., swarm_id: _Optional[str] = ..., fingerprint: _Optional[str] = ..., round: _Optional[int] = ..., live_degree: _Optional[int] = ..., listen_address: _Optional[str] = ..., seq: _Optional[int] = ..., nonce: _Optional[bytes] = ..., mac: _Optional[bytes] = ..., gradient_tracking: _Optional[bool] = ..., receiver: _Optional[str] = ..., session: _Optional[bytes] = ..., recipe: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("accepted", "reason", "node")
@@ -67,7 +80,7 @@ class TensorMeta(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ...) -> None: ...
 
 class PayloadHeader(_message.Message):
-    __slots__ = ("sender_id", "swarm_id", "fingerprint", "round", "sender_degree", "kind", "codec", "seq", "total_bytes", "crc32", "tensors", "mac", "tracker_bytes")
+    __slots__ = ("sender_id", "swarm_id", "fingerprint", "round", "sender_degree", "kind", "codec", "seq", "total_bytes", "crc32", "tensors", "mac", "tracker_bytes", "session", "receiver_id")
     SENDER_ID_FIELD_NUMBER: _ClassVar[int]
     SWARM_ID_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +94,8 @@ class PayloadHeader(_message.Message):
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     MAC_FIELD_NUMBER: _ClassVar[int]
     TRACKER_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    RECEIVER_ID_FIELD_NUMBER: _ClassVar[int]
     sender_id: str
     swarm_id: str
     fingerprint: str
@@ -94,7 +109,9 @@ class PayloadHeader(_message.Message):
     tensors: _containers.RepeatedCompositeFieldContainer[TensorMeta]
     mac: bytes
     tracker_bytes: int
-    def __init__(self, sender_id: _Optional[str] = ..., swarm_id: _Optional[str] = ..., fingerprint: _Optional[str] = ..., round: _Optional[int] = ..., sender_degree: _Optional[int] = ..., kind: _Optional[_Union[PayloadKind, str]] = ..., codec: _Optional[str] = ..., seq: _Optional[int] = ..., total_bytes: _Optional[int] = ..., crc32: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorMeta, _Mapping]]] = ..., mac: _Optional[bytes] = ..., tracker_bytes: _Optional[int] = ...) -> None: ...
+    session: bytes
+    receiver_id: str
+    def __init__(self, sender_id: _Optional[str] = ..., swarm_id: _Optional[str] = ..., fingerprint: _Optional[str] = ..., round: _Optional[int] = ..., sender_degree: _Optional[int] = ..., kind: _Optional[_Union[PayloadKind, str]] = ..., codec: _Optional[str] = ..., seq: _Optional[int] = ..., total_bytes: _Optional[int] = ..., crc32: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorMeta, _Mapping]]] = ..., mac: _Optional[bytes] = ..., tracker_bytes: _Optional[int] = ..., session: _Optional[bytes] = ..., receiver_id: _Optional[str] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("header", "data")
@@ -115,42 +132,54 @@ class PushAck(_message.Message):
     def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., need_keyframe: _Optional[bool] = ...) -> None: ...
 
 class PullRequest(_message.Message):
-    __slots__ = ("node_id", "swarm_id", "kind", "nonce", "mac")
+    __slots__ = ("node_id", "swarm_id", "kind", "nonce", "mac", "session", "receiver_id")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SWARM_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     MAC_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    RECEIVER_ID_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     swarm_id: str
     kind: PayloadKind
     nonce: bytes
     mac: bytes
-    def __init__(self, node_id: _Optional[str] = ..., swarm_id: _Optional[str] = ..., kind: _Optional[_Union[PayloadKind, str]] = ..., nonce: _Optional[bytes] = ..., mac: _Optional[bytes] = ...) -> None: ...
+    session: bytes
+    receiver_id: str
+    def __init__(self, node_id: _Optional[str] = ..., swarm_id: _Optional[str] = ..., kind: _Optional[_Union[PayloadKind, str]] = ..., nonce: _Optional[bytes] = ..., mac: _Optional[bytes] = ..., session: _Optional[bytes] = ..., receiver_id: _Optional[str] = ...) -> None: ...
 
 class LeaveNotice(_message.Message):
-    __slots__ = ("node_id", "swarm_id", "round", "nonce", "mac")
+    __slots__ = ("node_id", "swarm_id", "round", "nonce", "mac", "session", "receiver_id")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SWARM_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     MAC_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    RECEIVER_ID_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     swarm_id: str
     round: int
     nonce: bytes
     mac: bytes
-    def __init__(self, node_id: _Optional[str] = ..., swarm_id: _Optional[str] = ..., round: _Optional[int] = ..., nonce: _Optional[bytes] = ..., mac: _Optional[bytes] = ...) -> None: ...
+    session: bytes
+    receiver_id: str
+    def __init__(self, node_id: _Optional[str] = ..., swarm_id: _Optional[str] = ..., round: _Optional[int] = ..., nonce: _Optional[bytes] = ..., mac: _Optional[bytes] = ..., session: _Optional[bytes] = ..., receiver_id: _Optional[str] = ...) -> None: ...
 
 class LeaveAck(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class StatusRequest(_message.Message):
-    __slots__ = ("include_digest",)
+    __slots__ = ("include_digest", "nonce", "mac")
     INCLUDE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
     include_digest: bool
-    def __init__(self, include_digest: _Optional[bool] = ...) -> None: ...
+    nonce: bytes
+    mac: bytes
+    def __init__(self, include_digest: _Optional[bool] = ..., nonce: _Optional[bytes] = ..., mac: _Optional[bytes] = ...) -> None: ...
 
 class NeighborStatus(_message.Message):
     __slots__ = ("node_id", "address", "live", "weight", "degree", "last_seen_unix", "bytes_sent", "bytes_received", "round", "missed_deadlines")

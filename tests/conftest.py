@@ -87,7 +87,7 @@ def write_jsonl(data: TextDataset, path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_lm() -> LoraModel:
     """The shared frozen tiny-bert with LoRA r=4 on query/value and a 5-way head."""
-    return LoraModel(TINY_SPEC, num_labels=NUM_CLASSES)
+    return LoraModel(TINY_SPEC, num_labels=NUM_CLASSES, label_names=CLASS_NAMES)
 
 
 @pytest.fixture(scope="session")

@@ -34,6 +34,7 @@ HOST = "127.0.0.1"
 CLI = [sys.executable, "-m", "declora.cli"]
 POLL = 0.2  # seconds between polls
 LOG_TAIL = 25  # log lines shown per node when a wait fails
+STARTUP_TIMEOUT = 300  # static swarms wait for every peer this long (a loaded machine)
 
 # The swarm's model and training shape; the simulator test passes the same values.
 MODEL = "tiny-bert"
@@ -85,11 +86,12 @@ def train_args(data: Path) -> list[str]:
 
 
 def status_or_none(
-    address: str, timeout: float = 2.0, tls: TlsFiles | None = None
+    address: str, timeout: float = 2.0, tls: TlsFiles | None = None, secret: str = ""
 ) -> pb.StatusReply | None:
-    """The node's Status (over mTLS with `tls`), or None while it cannot answer."""
+    """The node's Status (over mTLS with `tls`, signed with `secret`), or None while it
+    cannot answer."""
     try:
-        return fetch_status(address, timeout, tls=tls)
+        return fetch_status(address, timeout, tls=tls, secret=secret)
     except StatusError:
         return None
 
@@ -115,6 +117,7 @@ class Node:
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     tls: TlsFiles | None = None  # the client files `status()` uses (a node serving mTLS)
+    secret: str = ""  # the swarm secret `status()` signs with (set by `start` from its env)
 
     @property
     def address(self) -> str:
@@ -136,6 +139,7 @@ class Node:
         own += ["--checkpoint-dir", str(self.ckpt)]
         cmd = [*self.prefix, *CLI, "start", *own, *self.args, *extra]
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+        self.secret = full_env.get("DECLORA_SWARM_SECRET", "")
         with self.log_path.open("wb") as err, (self.workdir / "stdout.log").open("ab") as out:
             self.proc = subprocess.Popen(
                 cmd,
@@ -148,7 +152,7 @@ class Node:
         return self
 
     def status(self) -> pb.StatusReply | None:
-        return status_or_none(self.address, tls=self.tls)
+        return status_or_none(self.address, tls=self.tls, secret=self.secret)
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -198,7 +202,8 @@ class Cluster:
     def static(
         self, n: int, edges: Iterable[tuple[int, int]], extra: Sequence[str] = ()
     ) -> list[Node]:
-        """`n` nodes `n0..` of this swarm with static peers along `edges`, partition i/n."""
+        """`n` nodes `n0..` of this swarm with static peers along `edges`, partition i/n;
+        each waits for all of its peers at start (`extra` may say otherwise)."""
         ports = free_ports(n)
         peers: list[set[int]] = [set() for _ in range(n)]
         for a, b in edges:
@@ -208,7 +213,8 @@ class Cluster:
         for i in range(n):
             static = ",".join(f"{HOST}:{ports[j]}" for j in sorted(peers[i]))
             swarm = ["--swarm-id", self.swarm_id, "--peers", static, "--partition", f"{i}/{n}"]
-            args = [*train_args(self.data), *swarm, *extra]
+            wait = ["--min-peers", "-1", "--startup-timeout", str(STARTUP_TIMEOUT)]
+            args = [*train_args(self.data), *swarm, *wait, *extra]
             nodes.append(self.add(f"n{i}", ports[i], args))
         return nodes
 

@@ -27,6 +27,12 @@ REQUESTS: dict[str, Any] = {
 }
 
 
+async def _serving(request: Any, context: Any) -> Any:
+    from grpc_health.v1 import health_pb2
+
+    return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+
 class _Abort(Exception):
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(details)
@@ -75,6 +81,8 @@ class MemoryChannel:
         service = self.network.services.get(self.address)
         if service is None:
             raise _rpc_error(grpc.StatusCode.UNAVAILABLE, f"connection to {self.address} refused")
+        if method not in REQUESTS:  # e.g. grpc.health.v1: served, and answers SERVING
+            return _serving
         return getattr(service, method)  # type: ignore[no-any-return]
 
     def unary_unary(self, path: str, request_serializer: Any, response_deserializer: Any, **_: Any):  # type: ignore[no-untyped-def]
@@ -82,7 +90,8 @@ class MemoryChannel:
 
         async def call(request: Any, timeout: float | None = None) -> Any:
             handler = self._service(method)
-            wire = REQUESTS[method].FromString(request_serializer(request))
+            kind = REQUESTS.get(method)
+            wire = request if kind is None else kind.FromString(request_serializer(request))
             try:
                 reply = await handler(wire, MemoryContext(self.caller))
             except _Abort as exc:
@@ -91,10 +100,14 @@ class MemoryChannel:
 
         return call
 
-    def stream_unary(self, path: str, request_serializer: Any, response_deserializer: Any, **_: Any):  # type: ignore[no-untyped-def]
+    def stream_unary(
+        self, path: str, request_serializer: Any, response_deserializer: Any, **_: Any
+    ):  # type: ignore[no-untyped-def]
         method = path.rsplit("/", 1)[1]
 
-        async def call(requests: Iterable[Any] | AsyncIterator[Any], timeout: float | None = None) -> Any:
+        async def call(
+            requests: Iterable[Any] | AsyncIterator[Any], timeout: float | None = None
+        ) -> Any:
             handler = self._service(method)
 
             async def stream() -> AsyncIterator[Any]:
@@ -113,7 +126,9 @@ class MemoryChannel:
 
         return call
 
-    def unary_stream(self, path: str, request_serializer: Any, response_deserializer: Any, **_: Any):  # type: ignore[no-untyped-def]
+    def unary_stream(
+        self, path: str, request_serializer: Any, response_deserializer: Any, **_: Any
+    ):  # type: ignore[no-untyped-def]
         method = path.rsplit("/", 1)[1]
 
         def call(request: Any, timeout: float | None = None) -> AsyncIterator[Any]:

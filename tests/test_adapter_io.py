@@ -46,8 +46,9 @@ def python_blocks(card: str) -> list[str]:
 # --------------------------------------------------------------------------- identity
 
 
-def test_label_names_are_part_of_the_fingerprint(tiny_lm: LoraModel) -> None:
+def test_label_names_are_part_of_the_fingerprint() -> None:
     named = LoraModel(TINY_SPEC, label_names=CLASS_NAMES)
+    unnamed = LoraModel(TINY_SPEC, NUM_CLASSES)
     assert named.label_names == CLASS_NAMES and named.num_labels == NUM_CLASSES
     assert named.model.config.id2label == dict(enumerate(CLASS_NAMES))
     assert LoraModel(TINY_SPEC, NUM_CLASSES, label_names=CLASS_NAMES).fingerprint == (
@@ -56,11 +57,11 @@ def test_label_names_are_part_of_the_fingerprint(tiny_lm: LoraModel) -> None:
     others = {
         "order": LoraModel(TINY_SPEC, label_names=tuple(reversed(CLASS_NAMES))).fingerprint,
         "names": LoraModel(TINY_SPEC, label_names=("a", "b", "c", "d", "e")).fingerprint,
-        "none": tiny_lm.fingerprint,  # num_labels only: the fingerprint it always had
+        "none": unnamed.fingerprint,  # num_labels only: the fingerprint it always had
     }
     for what, fp in others.items():
         assert fp != named.fingerprint, what
-    assert tiny_lm.label_names == ()
+    assert unnamed.label_names == ()
     with pytest.raises(ModelError, match="3 label names"):
         LoraModel(TINY_SPEC, num_labels=5, label_names=("a", "b", "c"))
     with pytest.raises(ModelError, match="num_labels or label_names"):

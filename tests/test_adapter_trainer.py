@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import NUM_CLASSES, TINY_SPEC
+from conftest import CLASS_NAMES, NUM_CLASSES, TINY_SPEC
 
 from declora.node.adapter import AdapterSchema, SchemaError, TensorSpec, trainable
 from declora.node.data import TextDataset
@@ -109,7 +109,7 @@ def test_scalar_and_empty_schema() -> None:
 def test_fingerprint_stable_and_sensitive(tiny_lm: LoraModel) -> None:
     def fp(**changes: Any) -> str:
         spec = dataclasses.replace(TINY_SPEC, **changes)
-        return LoraModel(spec, num_labels=NUM_CLASSES).fingerprint
+        return LoraModel(spec, num_labels=NUM_CLASSES, label_names=CLASS_NAMES).fingerprint
 
     assert len(tiny_lm.fingerprint) == 16
     # stable: a fresh build, with the default targets spelled out, gives the same id

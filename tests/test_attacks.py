@@ -576,12 +576,6 @@ def test_cli_certificate_reads_status_but_cannot_pull_or_leave(mtls: Pair) -> No
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a Hello with node id 'cli' from the CLI's certificate is admitted as a member "
-    "(handshake.py `_identity_refusal` checks only cert name == node id), which may then "
-    "Pull the adapter and Push as a neighbour",
-)
 def test_cli_certificate_cannot_join_as_a_member(mtls: Pair) -> None:
     cli = mtls.attacker(mtls.a, tls_files(mtls.pki, "cli"))
     welcome = cli.stub.Handshake(cli.hello("cli", listen_address=mtls.member), timeout=RPC)

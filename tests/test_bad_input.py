@@ -34,7 +34,7 @@ from declora.cli.client import fetch_status
 from declora.node import PROTOCOL_VERSION, __version__
 from declora.node.adapter import AdapterSchema, TensorSpec
 from declora.node.codecs import HEADER_SIZE, make_codec
-from declora.node.daemon.exchange import MAX_ROUNDS_AHEAD
+from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD
 from declora.node.wire import chunks, make_header
 from declora.proto import pb, pb_grpc
 
@@ -56,6 +56,7 @@ class FakePeer(pb_grpc.SwarmServicer):
     def __init__(self, address: str) -> None:
         self.address = address
         self.pushed_rounds: list[int] = []  # rounds of the payloads D pushed to F
+        self.session = b""  # the token D gave F in its Hello: F presents it to D
 
     def hello(self, swarm_id: str, fingerprint: str) -> pb.Hello:
         return pb.Hello(
@@ -68,6 +69,7 @@ class FakePeer(pb_grpc.SwarmServicer):
         )
 
     def Handshake(self, request: pb.Hello, context: grpc.ServicerContext) -> pb.Welcome:
+        self.session = request.session
         return pb.Welcome(accepted=True, node=self.hello(request.swarm_id, request.fingerprint))
 
     def Push(
@@ -116,6 +118,8 @@ class Probe:
             seq=1,
             data=data,
             schema=schema or self.schema,
+            session=self.fake.session,
+            receiver_id=self.node.node_id,
         )
         for name, value in fields.items():
             setattr(h, name, value)
@@ -127,6 +131,19 @@ class Probe:
         """The chunks of one push: `data` (a valid delta by default) under its header."""
         payload = self.delta() if data is None else data
         return list(chunks(self.header(payload, schema, **fields), payload, CHUNK_KIB * 1024))
+
+    def pull_request(self, **fields: int | str | bytes) -> pb.PullRequest:
+        """F's valid pull of D's state, then `fields` overwritten."""
+        request = pb.PullRequest(
+            node_id=F_ID,
+            swarm_id=self.swarm_id,
+            kind=pb.PAYLOAD_KIND_STATE,
+            session=self.fake.session,
+            receiver_id=self.node.node_id,
+        )
+        for name, value in fields.items():
+            setattr(request, name, value)
+        return request
 
     def hello(self, **fields: int | str) -> pb.Hello:
         h = self.fake.hello(self.swarm_id, self.fingerprint)
@@ -504,7 +521,7 @@ def _cases() -> list[Case]:
             "handshake: wrong fingerprint",
             lambda p: handshake(p, p.hello(node_id="h3", fingerprint="0" * 16)),
             Code.OK,
-            "base model, LoRA config",
+            "the swarm's recipe differs: --model is '?' there",
             "handshake",
         ),
         Case(
@@ -529,17 +546,66 @@ def _cases() -> list[Case]:
                 pb.PullRequest(node_id="stranger", swarm_id=p.swarm_id, kind=pb.PAYLOAD_KIND_STATE),
             ),
             Code.PERMISSION_DENIED,
-            "pull needs a handshake first",
+            "needs a handshake first",
             "no_handshake",
         ),
         Case(
-            "pull of kind DELTA",
+            "pull in a neighbour's name without its session",
             lambda p: pull(
-                p, pb.PullRequest(node_id=F_ID, swarm_id=p.swarm_id, kind=pb.PAYLOAD_KIND_DELTA)
+                p,
+                pb.PullRequest(
+                    node_id=F_ID,
+                    swarm_id=p.swarm_id,
+                    kind=pb.PAYLOAD_KIND_STATE,
+                    receiver_id=p.node.node_id,
+                    session=b"x" * 16,
+                ),
             ),
+            Code.UNAUTHENTICATED,
+            "without its session",
+            "bad_session",
+        ),
+        Case(
+            "pull of kind DELTA",
+            lambda p: pull(p, p.pull_request(kind=pb.PAYLOAD_KIND_DELTA)),
             invalid,
             "pull serves STATE or KEYFRAME",
             "bad_kind",
+        ),
+        Case(
+            "push in a neighbour's name without its session",
+            stream(session=b"y" * 16),
+            Code.UNAUTHENTICATED,
+            "without its session",
+            "bad_session",
+        ),
+        Case(
+            "push meant for another node",
+            stream(receiver_id="someone-else"),
+            Code.UNAUTHENTICATED,
+            "without its session",
+            "bad_session",
+        ),
+        Case(
+            "huge but finite values",
+            payload(lambda p: with_value(p, 1e30)),
+            invalid,
+            "above the bound",
+            "bad_values",
+        ),
+        Case(
+            "handshake: a 10 kB node id",
+            lambda p: handshake(p, p.hello(node_id="x" * 10_000)),
+            Code.OK,
+            "at most 64",
+            "handshake",
+        ),
+        Case(
+            "handshake: round 2^64 - 1",
+            lambda p: handshake(p, p.hello(node_id="h5", round=2**64 - 1)),
+            Code.OK,
+            "out of range",
+            "handshake",
         ),
         # not a refusal: a delta out of sequence asks for a keyframe and changes nothing
         Case("delta out of sequence", stream(seq=7), Code.OK, "send a keyframe", None),
@@ -578,13 +644,17 @@ def probe(tmp_path_factory: pytest.TempPathFactory, synthetic_jsonl: Path) -> It
         assert (status.round, status.state) == (0, "exchanging"), status
         stub = pb_grpc.SwarmStub(channel)
         hello = fake.hello(cluster.swarm_id, status.fingerprint)
-        assert stub.Handshake(hello, timeout=RPC).accepted, "D refused F's handshake"
-        state = list(
-            stub.Pull(
-                pb.PullRequest(node_id=F_ID, swarm_id=cluster.swarm_id, kind=pb.PAYLOAD_KIND_STATE),
-                timeout=RPC,
-            )
+        welcome = stub.Handshake(hello, timeout=RPC)
+        assert welcome.accepted, "D refused F's handshake"
+        assert welcome.node.session == fake.session, "D's token for F changed"
+        request = pb.PullRequest(
+            node_id=F_ID,
+            swarm_id=cluster.swarm_id,
+            kind=pb.PAYLOAD_KIND_STATE,
+            session=fake.session,
+            receiver_id=node.node_id,
         )
+        state = list(stub.Pull(request, timeout=RPC))
         schema = AdapterSchema(
             tuple(TensorSpec(t.name, tuple(t.shape), t.dtype) for t in state[0].header.tensors)
         )
@@ -692,8 +762,9 @@ def test_corrupt_state_at_catch_up_is_refused_and_the_node_goes_on(
         node.start()
         cluster.wait_until("D to push to F", lambda: fake.pushed_rounds, START, [node])
         assert "could not take a neighbour's state (tensor schema differs" in node.log()
-        # D kept its own adapter and joined F's round: its first push is for round 6.
-        assert fake.pushed_rounds[0] == 6, fake.pushed_rounds
+        # D kept its own adapter, and F's claim of round 5 alone moves nothing (no
+        # validated payload backs it): D's first push is for round 1.
+        assert fake.pushed_rounds[0] == 1, fake.pushed_rounds
     finally:
         cluster.close()
         server.stop(grace=None)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +35,7 @@ def test_version_and_help() -> None:
         (["--listen", "127.0.0.1:70000"], "--listen"),
         (["--codec", "q9"], "--codec"),
         (["--partition", "3/2"], "--partition"),
-        (["--resume"], "--checkpoint-dir"),
+        (["--solo", "--peers", "127.0.0.1:7001"], "--solo"),
         (["--rank", "0"], "--rank"),
     ],
 )
@@ -41,6 +43,49 @@ def test_start_refuses_bad_config(args: list[str], needle: str) -> None:
     res = run("start", *args)
     assert res.returncode == 2
     assert "bad configuration" in res.stderr and needle in res.stderr
+
+
+def test_start_help_shows_every_option_with_help_and_default() -> None:
+    from declora.cli.options import help_text
+    from declora.node.settings import NodeSettings, default_text, option_name
+
+    env = {**os.environ, "COLUMNS": "400"}  # one row per option, nothing wrapped
+    res = subprocess.run(
+        [*CLI, "start", "--help"], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert res.returncode == 0, res.stderr
+    rows = {
+        m.group(1): line
+        for line in res.stdout.splitlines()
+        if (m := re.search(r"(--[a-z-]+)(?:\s+--no-[a-z-]+)?\s+<", line))
+    }
+    for name in NodeSettings.model_fields:
+        row = rows.get(option_name(name))
+        assert row is not None, f"{option_name(name)} missing from start --help"
+        assert help_text(name) in row, row
+        assert f"[default: ({default_text(name)})]" in row, row
+
+
+def test_config_prints_each_value_and_where_it_came_from(tmp_path: Path) -> None:
+    node = tmp_path / "node.toml"
+    node.write_text("rank = 4\nseed = 3\n")
+    env = {**os.environ, "DECLORA_LR": "0.01"}
+    res = subprocess.run(
+        [*CLI, "config", "--config", str(node), "--seed", "5", "--json"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout)
+    assert got["seed"] == {"value": 5, "source": "flag"}
+    assert got["lr"] == {"value": 0.01, "source": "env DECLORA_LR"}
+    assert got["rank"] == {"value": 4, "source": "file node.toml"}
+    assert got["codec"] == {"value": "fp32", "source": "default"}
+    table = subprocess.run(
+        [*CLI, "config", "--config", str(node)], capture_output=True, text=True, timeout=120
+    )
+    assert table.returncode == 0, table.stderr
+    [row] = [line.split() for line in table.stdout.splitlines() if line.startswith("rank ")]
+    assert row == ["rank", "4", "file", "node.toml"]
 
 
 def test_start_refuses_missing_config_file(tmp_path: Path) -> None:
@@ -89,3 +134,20 @@ def test_experiment_lists_runs_and_tables_what_is_finished(tmp_path: Path) -> No
     assert res.returncode == 0, res.stderr
     assert "Not run yet: base, q4" in res.stdout and (tmp_path / "table.md").is_file()
     assert run("experiment", "--only", "nope").returncode == 2
+
+
+def test_lab_nodes_get_the_whole_recipe_and_wait_for_every_neighbour(tmp_path: Path) -> None:
+    from declora.cli.lab import LabConfig, node_config, summary_line
+    from declora.node.settings import NodeSettings
+
+    cfg = LabConfig(nodes=3, model="tiny-bert")
+    assert cfg.lr == round(4e-3 * 3**0.5, 6) and cfg.gradient_tracking and cfg.local_steps == 1
+    ring = node_config(cfg, 0, "127.0.0.1:7001", ["127.0.0.1:7002"], tmp_path, "s")
+    settings = NodeSettings(**ring)
+    assert settings.wanted_peers == 1 and settings.min_peers == -1
+    assert (settings.consensus_rounds, settings.lr) == (50, cfg.lr)
+    alone = NodeSettings(**node_config(LabConfig(nodes=1), 0, "127.0.0.1:7001", [], tmp_path, "s"))
+    assert alone.solo and alone.wanted_peers == 0
+    assert summary_line("lab-0", 0.965, -0.5) == (
+        "  lab-0: accuracy 0.9650 (-0.5 points vs centralized)"
+    )

@@ -10,13 +10,17 @@ import numpy as np
 import pytest
 from conftest import TINY_SPEC
 from memory_transport import MemoryNetwork, MemoryTransport
+from pydantic import ValidationError
 
 from declora.node import PROTOCOL_VERSION
+from declora.node.codecs import make_codec
 from declora.node.daemon import Daemon
 from declora.node.daemon.daemon import Parts
 from declora.node.daemon.handshake import check_hello
+from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD
 from declora.node.daemon.service import SwarmService
 from declora.node.daemon.status import state_digest
+from declora.node.identity import node_id_problem
 from declora.node.settings import NodeSettings
 from declora.node.wire import WireError, chunks, make_header
 from declora.proto import pb
@@ -44,6 +48,8 @@ def hello(**changes: object) -> pb.Hello:
         ({"gradient_tracking": True}, "gradient tracking is on there and off here"),
         ({"node_id": ""}, "empty node id"),
         ({"node_id": "me"}, "this node's own id"),
+        ({"round": 2**64 - 1}, "out of range"),
+        ({"node_id": "x" * 300_000}, "characters (at most 64)"),
     ],
 )
 def test_check_hello_names_the_reason(changes: dict[str, object], reason: str) -> None:
@@ -52,6 +58,7 @@ def test_check_hello_names_the_reason(changes: dict[str, object], reason: str) -
 
 
 def settings(name: str, data: Path, i: int, peers: list[str], **extra: object) -> NodeSettings:
+    options: dict[str, object] = {"round_deadline": 2.0, **extra}
     return NodeSettings(
         node_id=name,
         swarm_id="parts",
@@ -65,8 +72,7 @@ def settings(name: str, data: Path, i: int, peers: list[str], **extra: object) -
         partition=f"{i}/2",
         local_steps=2,
         lr=0.05,
-        round_deadline=2.0,
-        **extra,  # type: ignore[arg-type]
+        **options,  # type: ignore[arg-type]
     )
 
 
@@ -143,33 +149,192 @@ def test_a_silent_neighbour_is_dropped_at_the_deadline(synthetic_jsonl: Path) ->
     assert a.report.self_weight == 1.0  # nobody delivered: the node keeps its own
 
 
-def test_a_refused_push_changes_nothing(synthetic_jsonl: Path) -> None:
+def push_stream(a: Parts, round: int, **changes: object):  # type: ignore[no-untyped-def]
+    """`a`'s next delta to b as a stream, with header fields changed by `changes`."""
+    data = a.node.outgoing()
+    peer = a.peers.get("b")
+    assert peer is not None
+    fields: dict[str, object] = {
+        "sender_id": "a",
+        "swarm_id": "parts",
+        "fingerprint": a.lm.fingerprint,
+        "round": round,
+        "sender_degree": 1,
+        "kind": pb.PAYLOAD_KIND_DELTA,
+        "codec": "fp32",
+        "seq": 1,
+        "data": data,
+        "schema": a.lm.schema,
+        "session": peer.token_out,
+        "receiver_id": "b",
+    }
+    header = make_header(**{**fields, **changes})  # type: ignore[arg-type]
+
+    async def stream():  # type: ignore[no-untyped-def]
+        for c in chunks(header, data, 1 << 20):
+            yield c
+
+    return stream()
+
+
+@pytest.mark.parametrize(
+    ("round", "changes", "counter"),
+    [
+        (0, {}, "stale_round"),  # not after b's round 0
+        (1, {"session": b"x" * 16}, "bad_session"),  # a third party in a's name
+        (1, {"receiver_id": "c"}, "bad_session"),  # meant for another node
+        (1, {"sender_id": "zz"}, "no_handshake"),
+        (10**12, {}, "future_round"),
+    ],
+)
+def test_a_refused_push_changes_nothing(
+    synthetic_jsonl: Path, round: int, changes: dict[str, object], counter: str
+) -> None:
     _, (a, b) = pair(synthetic_jsonl)
 
     async def go() -> None:
         assert await a.handshaker.dial(b.settings.advertise) is not None
-        before = state_digest(b.node, b.exchange.inbox)
-        data = a.node.outgoing()
+        before = state_digest(b.node, b.inbox.queued)
+        with pytest.raises(WireError) as info:
+            await b.inbox.receive(push_stream(a, round, **changes))
+        assert info.value.counter == counter
+        assert state_digest(b.node, b.inbox.queued) == before
+        assert b.inbox.open_streams == {}
+
+    asyncio.run(go())
+
+
+def test_a_huge_but_finite_keyframe_is_refused(synthetic_jsonl: Path) -> None:
+    _, (a, b) = pair(synthetic_jsonl)
+
+    async def go() -> None:
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+        huge = np.full(a.node.size, 1e30, np.float32)
+        data = make_codec("fp32").encode(huge, np.random.default_rng(0))
+        peer = a.peers.get("b")
+        assert peer is not None
         header = make_header(
-            sender_id="a",
-            swarm_id="parts",
-            fingerprint=a.lm.fingerprint,
-            round=0,  # not after b's round 0: stale
-            sender_degree=1,
-            kind=pb.PAYLOAD_KIND_DELTA,
-            codec="fp32",
-            seq=1,
-            data=data,
-            schema=a.lm.schema,
-        )
+            sender_id="a", swarm_id="parts", fingerprint=a.lm.fingerprint, round=1,
+            sender_degree=1, kind=pb.PAYLOAD_KIND_KEYFRAME, codec="fp32", seq=1, data=data,
+            schema=a.lm.schema, session=peer.token_out, receiver_id="b",
+        )  # fmt: skip
 
         async def stream():  # type: ignore[no-untyped-def]
             for c in chunks(header, data, 1 << 20):
                 yield c
 
+        before = state_digest(b.node, b.inbox.queued)
         with pytest.raises(WireError) as info:
-            await b.exchange.receive(stream())
-        assert info.value.counter == "stale_round"
-        assert state_digest(b.node, b.exchange.inbox) == before
+            await b.inbox.receive(stream())
+        assert info.value.counter == "bad_values" and "above the bound" in info.value.reason
+        assert state_digest(b.node, b.inbox.queued) == before
 
     asyncio.run(go())
+
+
+def test_a_crashed_neighbour_is_dropped_by_the_probe_not_the_deadline(
+    synthetic_jsonl: Path,
+) -> None:
+    (da, _db), (a, b) = pair(synthetic_jsonl, round_deadline=30.0)
+    network = da.transport.network  # type: ignore[attr-defined]
+
+    async def go() -> float:
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+        network.take_down(b.settings.advertise)  # its port now refuses connections
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await da.run_round(a, train=False)
+        return loop.time() - t0
+
+    took = asyncio.run(go())
+    peer = a.peers.get("b")
+    assert peer is not None and not peer.live
+    assert took < 5.0, f"waited {took:.1f}s for a neighbour whose port refuses connections"
+
+
+def test_one_neighbour_moves_a_node_by_at_most_the_window(synthetic_jsonl: Path) -> None:
+    _, (a, b) = pair(synthetic_jsonl)
+
+    async def go() -> None:
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+
+    asyncio.run(go())
+    peer = b.peers.get("a")
+    assert peer is not None
+    peer.claimed_round = 10**9  # what a Hello may claim: moves nothing
+    b.exchange.align_round()
+    assert b.progress.round == 0
+    peer.round = 10**9  # even a verified round moves it by the window at most
+    b.exchange.align_round()
+    assert b.progress.round == MAX_ROUNDS_AHEAD
+    b.exchange.align_round()  # ...and the next skip waits that many rounds
+    assert b.progress.round == MAX_ROUNDS_AHEAD
+    b.progress.round = 2 * MAX_ROUNDS_AHEAD
+    b.exchange.align_round()
+    assert b.progress.round == 3 * MAX_ROUNDS_AHEAD
+
+
+def test_with_three_neighbours_one_alone_cannot_move_a_node(synthetic_jsonl: Path) -> None:
+    _, (_a, b) = pair(synthetic_jsonl)
+    peers = [
+        b.peers.admit(hello(node_id=f"p{i}", listen_address=f"127.0.0.1:{i + 1}")) for i in range(3)
+    ]
+    assert all(p is not None for p in peers)
+    peers[0].round = 5  # type: ignore[union-attr]
+    b.exchange.align_round()
+    assert b.progress.round == 0
+    peers[1].round = 3  # type: ignore[union-attr]
+    b.exchange.align_round()
+    assert b.progress.round == 3  # the second-most-advanced
+
+
+def test_catch_up_needs_a_second_claim_where_there_are_several(synthetic_jsonl: Path) -> None:
+    _, (a, _b) = pair(synthetic_jsonl)
+    liar = a.peers.admit(hello(node_id="liar", listen_address="127.0.0.1:1", round=10**9))
+    honest = a.peers.admit(hello(node_id="honest", listen_address="127.0.0.1:2", round=40))
+    assert liar is not None and honest is not None
+    target = a.transfer.catch_up_target()
+    assert target is not None and target[0] is honest and target[1] == 40
+    liar.proven = True  # a neighbour that delivered valid payloads is trusted more
+    target = a.transfer.catch_up_target()
+    assert target is not None and target[0] is liar
+    liar.proven = False
+    a.peers.drop(honest, "test")
+    target = a.transfer.catch_up_target()  # one neighbour: it is the swarm
+    assert target is not None and target[1] == 10**9
+
+
+def test_peer_table_is_bounded_merges_and_backs_off(synthetic_jsonl: Path) -> None:
+    _, (a, _b) = pair(synthetic_jsonl, max_neighbors=2, max_known_peers=3)
+    table = a.peers
+    for i in range(50):  # a flood of fresh ids, each dropped after its handshake
+        p = table.admit(hello(node_id=f"fake-{i}", listen_address=f"127.0.0.9:{1000 + i}"))
+        assert p is not None
+        table.drop(p, "test")
+    assert len(table.peers) <= 3
+    # a new id at the address of an entry that is not live replaces it
+    table.admit(hello(node_id="moved", listen_address="127.0.0.9:1049"))
+    assert "fake-49" not in table.peers and "moved" in table.peers
+    # an id that introduced itself and proved nothing is re-dialled once, then never
+    intro = table.get("fake-48")
+    assert intro is not None and not intro.live
+    now = intro.next_dial + 1
+    assert intro in table.due_for_dial(now)
+    assert intro not in table.due_for_dial(now + 1000)
+    # a configured address backs off: 2, 4, 8, 8 s
+    intro.configured = True
+    gaps = []
+    for _ in range(4):
+        t = intro.next_dial
+        assert intro in table.due_for_dial(t)
+        gaps.append(intro.next_dial - t)
+    assert gaps == [4.0, 8.0, 8.0, 8.0]
+
+
+def test_node_ids_are_bounded() -> None:
+    for bad in ("x" * 65, "a b", "a\nb", "-lead", ""):
+        assert node_id_problem(bad), bad
+        assert check_hello(hello(node_id=bad), **RULE)  # type: ignore[arg-type]
+    assert node_id_problem("lab-0") == "" and node_id_problem("node-127.0.0.1-7070") == ""
+    with pytest.raises(ValidationError):
+        NodeSettings(node_id="x" * 300)

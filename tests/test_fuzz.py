@@ -42,6 +42,7 @@ from declora.cli.client import fetch_status
 from declora.node import PROTOCOL_VERSION
 from declora.node.adapter import AdapterSchema, TensorSpec
 from declora.node.codecs import HEADER_SIZE, CodecError, decode, make_codec
+from declora.node.trainer import LoraModel
 from declora.node.wire import Payload, WireError, check_header, chunks, make_header, read_stream
 from declora.proto import pb, pb_grpc
 
@@ -430,9 +431,8 @@ class Target:
 def fuzz_push(src: Source, t: Target) -> tuple[Code, bool]:
     """A random, valid-looking or mutated push around n0's current round.
 
-    Its codec payload never decodes (the codec's own CRC is broken), so even a push
-    claiming to come from the real neighbour n1 cannot be accepted: the fuzzer tests
-    refusals, not the missing sender authentication.
+    Its codec payload never decodes (the codec's own CRC is broken), and a push in the
+    real neighbour n1's name lacks n1's session token, so none can be accepted.
     """
     x = np.random.default_rng(src.integer(0, 2**16)).normal(0, 1e-3, t.schema.numel)
     good = make_codec("fp32").encode(x.astype(np.float32), np.random.default_rng(0))
@@ -524,7 +524,9 @@ def tcp_garbage(address: str, src: Source) -> None:
 
 @pytest.mark.integration
 @pytest.mark.timeout(360)
-def test_live_swarm_survives_fuzzing(tmp_path: Path, synthetic_jsonl: Path) -> None:
+def test_live_swarm_survives_fuzzing(
+    tmp_path: Path, synthetic_jsonl: Path, tiny_lm: LoraModel
+) -> None:
     cluster = Cluster(tmp_path, synthetic_jsonl)
     try:
         args = ["--rounds", "0", "--eval-every", "0", "--local-steps", "1"]
@@ -543,11 +545,8 @@ def test_live_swarm_survives_fuzzing(tmp_path: Path, synthetic_jsonl: Path) -> N
         before = fetch_status(n0.address, RPC)
         channel = grpc.insecure_channel(n0.address)
         stub = pb_grpc.SwarmStub(channel)
-        request = pb.PullRequest(node_id=n1.node_id, swarm_id=cluster.swarm_id)
-        state = list(stub.Pull(request, timeout=RPC))  # n0's tensor schema, as n1 would
-        schema = AdapterSchema(
-            tuple(TensorSpec(t.name, tuple(t.shape), t.dtype) for t in state[0].header.tensors)
-        )
+        assert before.fingerprint == tiny_lm.fingerprint
+        schema = tiny_lm.schema  # n0's tensor schema, as n1 knows it
         target = Target(stub, cluster.swarm_id, before.fingerprint, schema, n0.node_id, n1.node_id)
         src = Seeded(20240)
         senders = {"push": fuzz_push, "handshake": fuzz_handshake, "pull": fuzz_pull}

@@ -529,9 +529,15 @@ def test_secret_swarm_mixes_and_refuses_forgeries_and_replays(
             swarm_id=cluster.swarm_id,
             fingerprint=before.fingerprint,
             listen_address=f"{HOST}:{closed}",
+            receiver=s1.address,  # signed: this Hello is for s1 only
         )
     )
     raw = ghost.SerializeToString()
+    with grpc.insecure_channel(s0.address) as channel:  # replayed to another node: refused
+        to_s0 = channel.unary_unary(
+            "/declora.v1.Swarm/Handshake", response_deserializer=pb.Welcome.FromString
+        )(raw, timeout=10)
+        assert not to_s0.accepted and "not this node" in to_s0.reason, to_s0
     data = np.zeros(tiny_lm.schema.numel, dtype=np.float32).tobytes()
     header = make_header(
         sender_id="ghost",
@@ -557,15 +563,32 @@ def test_secret_swarm_mixes_and_refuses_forgeries_and_replays(
         assert first.node.node_id == "s1"
         assert not second.accepted and "replayed nonce" in second.reason
         assert not second.HasField("node")  # a refused stranger learns nothing
+        session = first.node.session  # what ghost must present to s1 from now on
+        header.session, header.receiver_id = session, "s1"
 
         stub = pb_grpc.SwarmStub(channel)
         forged_calls = {
             "leave": lambda: stub.Leave(
-                forger.sign(pb.LeaveNotice(node_id="ghost", swarm_id=cluster.swarm_id)),
+                forger.sign(
+                    pb.LeaveNotice(
+                        node_id="ghost",
+                        swarm_id=cluster.swarm_id,
+                        session=session,
+                        receiver_id="s1",
+                    )
+                ),
                 timeout=10,
             ),
             "pull": lambda: list(
-                stub.Pull(pb.PullRequest(node_id="ghost", swarm_id=cluster.swarm_id), timeout=10)
+                stub.Pull(
+                    pb.PullRequest(
+                        node_id="ghost",
+                        swarm_id=cluster.swarm_id,
+                        session=session,
+                        receiver_id="s1",
+                    ),
+                    timeout=10,
+                )
             ),
             "push": lambda: stub.Push(
                 chunks(forger.sign_payload(header, data), data, 1 << 20), timeout=10
@@ -575,7 +598,13 @@ def test_secret_swarm_mixes_and_refuses_forgeries_and_replays(
             with pytest.raises(grpc.RpcError) as info:
                 call()
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, (what, info.value)
-        stub.Leave(auth.sign(pb.LeaveNotice(node_id="ghost", swarm_id=cluster.swarm_id)))
+        stub.Leave(
+            auth.sign(
+                pb.LeaveNotice(
+                    node_id="ghost", swarm_id=cluster.swarm_id, session=session, receiver_id="s1"
+                )
+            )
+        )
 
     after = s1.status()
     assert after is not None

@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from declora.node.settings import ConfigFileError, NodeSettings, load_settings, read_config_file
+from declora.node.settings import (
+    ConfigFileError,
+    NodeSettings,
+    SettingsError,
+    default_text,
+    load_settings,
+    read_config_file,
+    resolve_settings,
+    unknown_env_vars,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -47,6 +56,8 @@ def test_defaults() -> None:
     assert s.peers == [] and s.targets == ()
     assert s.partition_index is None
     assert s.checkpoint_dir is None and not s.resume
+    assert s.state_dir == Path("declora-state/node-127.0.0.1-7070")
+    assert s.consensus_rounds == 50 and s.min_peers is None and s.startup_timeout == 60.0
 
 
 @pytest.mark.parametrize("kind", ["toml", "json"])
@@ -132,11 +143,73 @@ def test_bad_env_value_names_the_option(monkeypatch: pytest.MonkeyPatch) -> None
     assert load_settings({"codec": "q4"}).codec == "q4"
 
 
-def test_resume_needs_checkpoint_dir(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="--resume needs --checkpoint-dir"):
-        load_settings({"resume": True})
+def test_resume_uses_the_default_state_dir(tmp_path: Path) -> None:
+    s = load_settings({"resume": True, "node_id": "n1"})
+    assert s.resume and s.state_dir == Path("declora-state/n1")
     s = load_settings({"resume": True, "checkpoint_dir": str(tmp_path)})
-    assert s.resume and s.checkpoint_dir == tmp_path
+    assert s.resume and s.state_dir == tmp_path
+
+
+@pytest.mark.parametrize(
+    ("options", "wanted"),
+    [
+        ({}, 0),
+        ({"solo": True}, 0),
+        ({"peers": "a:1,b:2,c:3"}, 1),
+        ({"mdns": True}, 1),
+        ({"peers": "a:1,b:2,c:3", "min_peers": -1}, 3),
+        ({"mdns": True, "min_peers": -1}, 1),
+        ({"peers": "a:1,b:2", "min_peers": 0}, 0),
+        ({"peers": "a:1", "min_peers": 5, "max_neighbors": 2}, 2),
+    ],
+)
+def test_wanted_peers(options: dict[str, object], wanted: int) -> None:
+    assert load_settings(options).wanted_peers == wanted
+
+
+def test_solo_with_peers_is_refused() -> None:
+    with pytest.raises(ValidationError, match="--solo trains alone"):
+        load_settings({"solo": True, "peers": "a:1"})
+
+
+def test_every_option_has_a_description_and_a_shown_default() -> None:
+    for name, info in NodeSettings.model_fields.items():
+        assert info.description, f"{name} has no description"
+        assert default_text(name), name
+    assert default_text("min_peers") == "1 with --peers or --mdns, 0 with --solo"
+    assert default_text("mdns") == "off" and default_text("rank") == "8"
+
+
+def test_sources_and_errors_name_where_a_value_came_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = write_config(tmp_path, "toml", {"rank": 4, "seed": 3})
+    monkeypatch.setenv("DECLORA_LR", "0.01")
+    resolved = resolve_settings({"seed": 5, "rank": None}, cfg)
+    assert resolved.sources["seed"] == "flag"
+    assert resolved.sources["lr"] == "env DECLORA_LR"
+    assert resolved.sources["rank"] == "file node.toml"
+    assert resolved.sources["codec"] == "default"
+    assert (resolved.settings.seed, resolved.settings.rank, resolved.settings.lr) == (5, 4, 0.01)
+
+    bad = write_config(tmp_path, "toml", {"rnak": 4, "rank": 0})
+    monkeypatch.setenv("DECLORA_CODEC", "q9")
+    with pytest.raises(SettingsError) as info:
+        resolve_settings({"partition": "3/2"}, bad)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "node.toml: key 'rnak' is not an option (did you mean 'rank'?)" in message
+    assert "node.toml: key 'rank': Input should be greater than or equal to 1" in message
+    assert "DECLORA_CODEC: bad codec spec 'q9'" in message
+    assert "--partition: partition 3/2: need 0 <= i < N" in message
+
+
+def test_unknown_env_vars() -> None:
+    env = {"DECLORA_RNAK": "1", "DECLORA_RANK": "2", "DECLORA_CRASH_AT": "x", "HOME": "/"}
+    assert unknown_env_vars(env) == [
+        "environment variable DECLORA_RNAK is not an option (ignored) "
+        "(did you mean 'DECLORA_RANK'?)"
+    ]
 
 
 @pytest.mark.parametrize("kind", ["toml", "json"])

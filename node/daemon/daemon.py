@@ -13,8 +13,8 @@ Invariants callers may rely on:
 - after the last training round, gossip-only rounds (the consensus finish) run
   until every live neighbour is within `consensus_tol`, then the final adapter is
   written in the PEFT format to `<checkpoint_dir>/adapter`.
-The parts: `transport` (gRPC), `peers` (the live set), `handshake` (who may join),
-`exchange` (one round), `service` (the RPCs), `status` (what the node reports).
+It owns the lifecycle only; `parts` builds the node, `rounds` runs its rounds and
+`persistence` keeps its files (the package docstring lists every part).
 """
 
 from __future__ import annotations
@@ -25,73 +25,38 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import grpc
-import torch
-
-from declora.node import PROTOCOL_VERSION, checkpoint, logs
-from declora.node.daemon.exchange import MAX_ROUNDS_AHEAD, Exchange, Identity
-from declora.node.daemon.handshake import Auth, Handshaker
-from declora.node.daemon.peers import PeerTable
-from declora.node.daemon.service import SwarmService
+from declora.node import PROTOCOL_VERSION, logs
+from declora.node.daemon.gate import LoadingGate
+from declora.node.daemon.handshake import Auth
+from declora.node.daemon.parts import Parts, build_parts
+from declora.node.daemon.peers import Peer
+from declora.node.daemon.persistence import Persistence
+from declora.node.daemon.rounds import RoundLoop
+from declora.node.daemon.service import SwarmService, pool_total
+from declora.node.daemon.startup import (
+    DialLog,
+    StartupError,
+    check_device,
+    serve_metrics,
+    startup_failure,
+)
 from declora.node.daemon.state import NodeState, Progress
 from declora.node.daemon.status import (
     Counters,
-    NodeFacts,
     RoundReport,
-    append_round,
-    round_entry,
-    state_digest,
-    status_reply,
 )
 from declora.node.daemon.transport import Transport
-from declora.node.dec_lora import DecLoraNode, NodeSnapshot
 from declora.node.discovery import Discovery, MdnsDiscovery, StaticDiscovery
-from declora.node.gossip import GossipError
-from declora.node.limits import NodeLimits
 from declora.node.metrics import NodeMetrics
-from declora.node.security import SwarmAuth, auth_mode, is_loopback
+from declora.node.security import SwarmAuth, is_loopback
 from declora.node.settings import NodeSettings
-from declora.node.trainer import Encoded, LoraModel
-from declora.node.wire import WireError
-from declora.node.workload import load_workload
 from declora.proto import pb
 
 log = logging.getLogger(__name__)
 
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
-@dataclass
-class Parts:
-    """A running node's parts, wired together (what the servicer hands RPCs to)."""
-
-    settings: NodeSettings
-    lm: LoraModel
-    node: DecLoraNode[str]
-    test: Encoded | None
-    progress: Progress
-    report: RoundReport
-    counters: Counters
-    facts: NodeFacts
-    limits: NodeLimits
-    auth: Auth
-    peers: PeerTable
-    handshaker: Handshaker
-    exchange: Exchange
-
-    def status(self, include_digest: bool = False) -> Any:
-        digest = state_digest(self.node, self.exchange.inbox) if include_digest else ""
-        return status_reply(
-            self.facts, self.progress, self.report, self.counters, self.node, self.peers, digest
-        )
+STOP_GRACE = 30.0  # seconds a polite stop waits for the round in progress to mix
 
 
 class Daemon:
@@ -108,86 +73,34 @@ class Daemon:
         self.auth = Auth(
             SwarmAuth(secret.get_secret_value().encode()) if secret else None, self.counters
         )
-        self.checkpoint_dir = settings.checkpoint_dir or Path("declora-state") / settings.node_id
-        self.saved_round = -1  # round of the newest checkpoint written or resumed from
+        self.dial_log = DialLog()  # how each handshake this node dialled ended
+        self.transport.dial_log = self.dial_log
+        self.gate = LoadingGate()  # what the server answers until the parts exist
+        self.store = Persistence(settings.state_dir)
         self.parts: Parts | None = None
+        self.rounds: RoundLoop | None = None
         self._discovery: Discovery | None = None
         self._tasks: list[asyncio.Task[Any]] = []
 
-    # ------------------------------------------------------------ building
     def build(self) -> Parts:
         """Load data and model and wire the parts (blocking: `run` calls it in a thread)."""
-        s = self.settings
-        if s.threads:
-            torch.set_num_threads(s.threads)
-        index, total = s.partition_index or (0, 1)
-        work = load_workload(s.recipe(), total, device=resolve_device(s.device))
-        node = work.node(index)
-        lm = work.lm
-        limits = NodeLimits(
-            handshakes_per_minute=s.max_handshakes_per_minute,
-            pushes_per_round=s.max_pushes_per_round,
-            pulls_per_minute=s.max_pulls_per_minute,
-            rounds_ahead=MAX_ROUNDS_AHEAD,
-        )
-        peers = PeerTable(
-            node,
+        parts = build_parts(
+            self.settings,
             self.progress,
+            self.report,
+            self.counters,
+            self.metrics,
             self.transport,
-            self.metrics,
-            s.max_neighbors,
-            close_grace=s.round_deadline + 1.0,
-        )
-        handshaker = Handshaker(
-            s, lm.fingerprint, self.progress, peers, self.transport, self.auth, self.counters
-        )
-        identity = Identity(s.node_id, s.swarm_id, lm.fingerprint, lm.schema, node.codec_spec)
-        exchange = Exchange(
-            s,
-            identity,
-            node,
-            self.progress,
-            peers,
-            handshaker,
             self.auth,
-            limits,
-            self.counters,
-            self.report,
-            self.metrics,
         )
-        facts = NodeFacts(
-            node_id=s.node_id,
-            swarm_id=s.swarm_id,
-            fingerprint=lm.fingerprint,
-            listen_address=s.advertise,
-            codec=s.codec,
-            total_rounds=s.rounds,
-            auth=auth_mode(self.transport.tls is not None, self.auth.secret is not None),
-            gradient_tracking=s.gradient_tracking,
-        )
-        return Parts(
-            s,
-            lm,
-            node,
-            work.encoded_test(),
-            self.progress,
-            self.report,
-            self.counters,
-            facts,
-            limits,
-            self.auth,
-            peers,
-            handshaker,
-            exchange,
-        )
+        self.store.attach(parts)
+        self.rounds = RoundLoop(parts, self.store, self.metrics)
+        return parts
 
-    def _resume(self, parts: Parts) -> None:
-        state = checkpoint.load(self.checkpoint_dir, parts.lm)
-        checkpoint.restore_trainer(parts.node.trainer, state.trainer, state.vector)
-        parts.node.restore(NodeSnapshot(state.vector, state.public, state.correction))
-        self.progress.round, self.progress.seq = state.round, state.seq
-        self.saved_round = state.round
-        log.info("resumed from %s at round %d", checkpoint.latest(self.checkpoint_dir), state.round)
+    async def run_round(self, parts: Parts, train: bool) -> None:
+        """One round of a built node (see `rounds.RoundLoop.run_round`)."""
+        assert self.rounds is not None and self.rounds.parts is parts
+        await self.rounds.run_round(train)
 
     def _discovery_for(self, parts: Parts) -> Discovery:
         s = self.settings
@@ -205,6 +118,9 @@ class Daemon:
 
     # ------------------------------------------------------------ lifecycle
     async def run(self) -> int:
+        """Bind (answering "still loading"), load, find the wanted neighbours, train,
+        stop; the exit code. A user's mistake raises `UserError` (port in use, bad data
+        file, too few neighbours by the startup timeout, ...)."""
         s = self.settings
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -218,14 +134,15 @@ class Daemon:
                 s.listen,
             )
         self.progress.state = NodeState.LOADING
-        parts = await asyncio.to_thread(self.build)
-        if s.resume:
-            self._resume(parts)
+        await self.transport.start(self.gate, pool_total(s.max_concurrent_streams))
+        try:
+            parts = await self._load()
+        except BaseException:
+            await self.transport.stop(grace=0)
+            raise
         self.parts = parts
         logs.set_round(self.progress.round)
-        await self.transport.start(SwarmService(parts))
-        if s.metrics_port:
-            self.metrics.serve(s.metrics_port)
+        self.gate.open(SwarmService(parts))
         self._discovery = self._discovery_for(parts)
         parts.handshaker.discovery = self._discovery
         await self._discovery.start()
@@ -240,141 +157,66 @@ class Daemon:
             parts.node.codec_spec,
             parts.node.robust_spec,
         )
+        save = True
         try:
             await self._bootstrap(parts)
             self._tasks.append(asyncio.create_task(parts.handshaker.reconnect_forever()))
-            await self._train_loop(parts)
+            assert self.rounds is not None
+            await self.rounds.train_loop()
+        except StartupError:
+            save = False  # nothing trained: no checkpoint, no adapter
+            raise
         finally:
-            await self._shutdown()
+            await self._shutdown(save)
         return 0
 
-    async def _bootstrap(self, parts: Parts) -> None:
-        """Wait for the wanted neighbours (or the startup timeout), then catch up."""
+    async def _load(self) -> Parts:
+        """The metrics port, the device, data and model, the checkpoint (UserError)."""
         s = self.settings
-        want = s.min_peers if s.min_peers >= 0 else (len(s.peers) if not s.mdns else 1)
-        want = min(want, s.max_neighbors)
+        serve_metrics(self.metrics, s.metrics_port)
+        check_device(s.device)
+        parts = await asyncio.to_thread(self.build)
+        if s.resume:
+            self.store.resume(parts)
+        return parts
+
+    async def _bootstrap(self, parts: Parts) -> None:
+        """Wait for the wanted neighbours, then catch up; at the startup timeout with
+        too few, StartupError naming why each missing peer failed."""
+        s = self.settings
+        want = s.wanted_peers
         deadline = time.monotonic() + s.startup_timeout
         self.progress.state = NodeState.CONNECTING
-        while (
-            len(parts.peers.live) < want
-            and time.monotonic() < deadline
-            and not self.progress.stop_requested
-        ):
+        while len(parts.peers.live) < want and not self.progress.stop_requested:
             await parts.handshaker.connect_known()
-            if len(parts.peers.live) < want:
-                await asyncio.sleep(0.2)
-        if len(parts.peers.live) < want:
-            log.warning("starting with %d of %d wanted neighbours", len(parts.peers.live), want)
-        try:
-            await parts.exchange.catch_up()
-        except (WireError, GossipError, grpc.aio.AioRpcError) as exc:  # keep our own state
-            why = exc.reason if isinstance(exc, WireError) else str(exc)
-            log.warning("could not take a neighbour's state (%s): going on from our own", why)
+            if len(parts.peers.live) >= want:
+                break
+            if time.monotonic() >= deadline:
+                wanted = [*s.peers, *parts.handshaker.candidates()]
+                live = {p.address for p in parts.peers.live}
+                raise startup_failure(s, want, wanted, live, self.dial_log.outcomes)
+            await asyncio.sleep(0.2)  # between rounds of dialling
+        assert self.rounds is not None
+        await self.rounds.catch_up()
 
     def request_stop(self) -> None:
-        if self.progress.stop_requested:
+        """SIGTERM/SIGINT: finish the round in progress, its local steps and its mix
+        (at most `STOP_GRACE` s), then leave; a second signal exits at once (130)."""
+        progress = self.progress
+        if progress.stop_requested or progress.stop_pending:
             log.warning("second interrupt: exiting now")
             os._exit(130)
-        log.info("stop requested: finishing the current step")
-        self.progress.stop_requested = True
-        self.progress.wake()
+        if progress.in_round:
+            log.info("stop requested: finishing round %d first (steps and mix)", progress.round + 1)
+            progress.stop_after_round()
+            asyncio.get_running_loop().call_later(STOP_GRACE, progress.stop_now)
+        else:
+            log.info("stop requested")
+            progress.stop_now()
 
-    async def run_round(self, parts: Parts, train: bool) -> None:
-        """Train K local steps (unless `train` is false), then one exchange and mix."""
-        progress, report, metrics = self.progress, self.report, self.metrics
-        parts.exchange.align_round()
-        r = progress.round + 1
-        logs.set_round(r)
-        t0 = time.perf_counter()
-        if train:
-            progress.state = NodeState.TRAINING
-            report.loss = await asyncio.to_thread(
-                parts.node.train, self.settings.local_steps, lambda: progress.stop_requested
-            )
-            metrics.loss.set(report.loss)
-        progress.state = NodeState.EXCHANGING
-        await parts.exchange.exchange(r)
-        progress.round = r
-        report.last_round_seconds = time.perf_counter() - t0
-        metrics.rounds.inc()
-        metrics.round.set(r)
-        metrics.round_seconds.observe(report.last_round_seconds)
-        log.info(
-            "round %d done in %.2fs: loss %.4f, %d live neighbours, self weight %.3f",
-            r,
-            report.last_round_seconds,
-            report.loss,
-            len(parts.peers.live),
-            report.self_weight,
-        )
-
-    async def _train_loop(self, parts: Parts) -> None:
-        s, progress = self.settings, self.progress
-        while not progress.stop_requested and (s.rounds == 0 or progress.round < s.rounds):
-            await self.run_round(parts, train=True)
-            evaluated = bool(s.eval_every and progress.round % s.eval_every == 0)
-            if evaluated:
-                await self._evaluate(parts)
-            self._record(parts, "train", evaluated)
-            if progress.round % s.checkpoint_every == 0:
-                await asyncio.to_thread(self._save_checkpoint, parts)
-        if progress.stop_requested:
-            return
-        progress.state = NodeState.CONSENSUS
-        for _ in range(s.consensus_rounds):
-            live = [p.node_id for p in parts.peers.live]
-            if progress.stop_requested or not live:
-                break
-            if parts.node.disagreement(live) <= s.consensus_tol:
-                break
-            await self.run_round(parts, train=False)
-            self._record(parts, "consensus", False)
-        await self._evaluate(parts)
-        self._record(parts, "final", True)
-        progress.state = NodeState.DONE
-
-    async def _evaluate(self, parts: Parts) -> None:
-        if parts.test is None:
-            return
-        self.progress.state = NodeState.EVALUATING
-        vec = parts.node.vector()
-        self.report.last_eval = await asyncio.to_thread(parts.lm.evaluate, vec, parts.test)
-        if "accuracy" in self.report.last_eval:
-            self.metrics.accuracy.set(self.report.last_eval["accuracy"])
-        log.info("eval %s", {k: round(v, 4) for k, v in self.report.last_eval.items()})
-
-    def _record(self, parts: Parts, phase: str, evaluated: bool) -> None:
-        entry = round_entry(self.progress, self.report, parts.node, parts.peers, phase, evaluated)
-        append_round(self.checkpoint_dir, entry)
-
-    def _save_checkpoint(self, parts: Parts) -> None:
-        snap = parts.node.snapshot()
-        state = checkpoint.NodeState(
-            round=self.progress.round,
-            seq=self.progress.seq,
-            vector=snap.vector,
-            public=snap.public,
-            trainer=checkpoint.trainer_state(parts.node.trainer),
-            fingerprint=parts.lm.fingerprint,
-            correction=snap.correction,
-        )
-        meta = {"node_id": self.settings.node_id}
-        path = checkpoint.save(self.checkpoint_dir, parts.lm, state, meta)
-        self.saved_round = state.round
-        log.info("checkpoint written: %s", path)
-
-    def _save_final(self, parts: Parts) -> Path:
-        path = self.checkpoint_dir / "adapter"
-        meta = {
-            "node_id": self.settings.node_id,
-            "round": self.progress.round,
-            "eval": self.report.last_eval,
-        }
-        parts.lm.save_adapter(parts.node.vector(), path, meta)
-        log.info("final adapter written: %s", path)
-        return path
-
-    async def _shutdown(self) -> None:
+    async def _shutdown(self, save: bool = True) -> None:
+        """Tell live neighbours, stop discovery, checkpoint and write the final adapter
+        (unless not `save`), stop serving."""
         self.progress.state = NodeState.STOPPING
         self.transport.set_serving(False)
         for task in self._tasks:
@@ -382,13 +224,22 @@ class Daemon:
         parts = self.parts
         if parts is not None:
             s = self.settings
-            notice = parts.auth.sign(
-                pb.LeaveNotice(node_id=s.node_id, swarm_id=s.swarm_id, round=self.progress.round)
-            )
+
+            def notice(peer: Peer) -> pb.LeaveNotice:
+                return parts.auth.sign(
+                    pb.LeaveNotice(
+                        node_id=s.node_id,
+                        swarm_id=s.swarm_id,
+                        round=self.progress.round,
+                        session=peer.token_out,
+                        receiver_id=peer.node_id,
+                    )
+                )
+
             live = parts.peers.live
             if live:
                 await asyncio.gather(
-                    *(parts.peers.stub(p).Leave(notice, timeout=2) for p in live),
+                    *(parts.peers.stub(p).Leave(notice(p), timeout=2) for p in live),
                     return_exceptions=True,
                 )
         if self._discovery is not None:
@@ -396,21 +247,21 @@ class Daemon:
                 await self._discovery.stop()
             except Exception:  # stopping must go on to the checkpoint
                 log.exception("stopping discovery failed")
+        if parts is not None and save:
+            if self.store.saved_round != self.progress.round:  # never rewrite LATEST's
+                await asyncio.to_thread(self.store.save_checkpoint)
+            await asyncio.to_thread(self.store.save_final)
         if parts is not None:
-            if self.saved_round != self.progress.round:  # never rewrite what LATEST names
-                await asyncio.to_thread(self._save_checkpoint, parts)
-            await asyncio.to_thread(self._save_final, parts)
             await parts.peers.close()
         await self.transport.stop(grace=1.0)
         self.progress.state = NodeState.STOPPED
+        logs.flush_repeats()
         log.info("stopped after round %d", self.progress.round)
 
 
 def serve(settings: NodeSettings) -> int:
-    """Run a daemon until it finishes or is stopped; the process exit code."""
-    logs.configure(settings.node_id, settings.log_format, settings.log_level)
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is optional off Linux/macOS
-        return asyncio.run(Daemon(settings).run())
-    return uvloop.run(Daemon(settings).run())
+    """Run a daemon until it finishes or is stopped; the process exit code (UserError
+    for a user's mistake). See `launch`: the port is bound before torch loads."""
+    from declora.node.daemon.launch import launch
+
+    return launch(settings)

@@ -1,18 +1,21 @@
-"""One round's exchange: push this round's payload, accept the neighbours', wait, mix.
+"""One round's exchange: push this round's payload, wait for the neighbours', mix.
 
 Invariants callers may rely on:
-- nothing received touches state before it passed every check (`wire.read_stream`,
-  the sender's handshake, the round window, sequence checks, and the core's
-  `check_payload`/`check_tracker`, run off the event loop); state is re-checked after
-  that await; a refused message changes nothing and is counted by reason;
-- a round never waits longer than `round_deadline` for a neighbour; a neighbour that
-  misses it leaves the live set and returns after a successful handshake;
+- a round never waits longer than its deadline for a neighbour: `round_deadline`
+  until 3 rounds were seen, then `ADAPTIVE_FACTOR` x the recent median round (at
+  least `ADAPTIVE_FLOOR`, at most `round_deadline`); a neighbour that misses it leaves
+  the live set and returns after a successful handshake;
+- a neighbour whose port refuses connections while this node waits for it (a health
+  probe every `PROBE_EVERY` s after `PROBE_AFTER` s) is dropped at once;
 - public copies stay in step: a neighbour that is new, restarted or out of step gets
   a keyframe (the full public copy) instead of a delta;
 - mixing uses Metropolis-Hastings weights over the neighbours that delivered, from
-  the live degrees their messages carry;
-- a node behind a live neighbour skips ahead (`align_round`), or, before its first
-  round, takes the most advanced neighbour's full state (`catch_up`).
+  the live degrees their messages carry; a mix that gives non-finite values is undone
+  and its contributors dropped;
+- a round number moves this node only when a validated payload backs it, by at most
+  `MAX_ROUNDS_AHEAD` per `MAX_ROUNDS_AHEAD` rounds, and with 3 or more neighbours only
+  when two of them are ahead (`align_round`).
+Receiving and checking payloads is `inbox`'s; full states are `catchup`'s.
 """
 
 from __future__ import annotations
@@ -23,58 +26,39 @@ import logging
 import time
 import zlib
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import numpy as np
 
 from declora.node import faults
-from declora.node.adapter import AdapterSchema
-from declora.node.codecs import make_codec
 from declora.node.daemon.handshake import Auth, Handshaker
+from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD, Inbox
 from declora.node.daemon.peers import Peer, PeerTable
-from declora.node.daemon.state import Progress
+from declora.node.daemon.state import Identity, Progress
 from declora.node.daemon.status import Counters, RoundReport
 from declora.node.dec_lora import DecLoraNode
-from declora.node.gossip import GossipError, update_scale
-from declora.node.limits import NodeLimits
+from declora.node.gossip import GossipError
 from declora.node.metrics import NodeMetrics
 from declora.node.mixing import local_mh_weights
 from declora.node.settings import NodeSettings
-from declora.node.wire import WireError, chunks, make_header, read_stream
+from declora.node.wire import chunks, make_header
 from declora.proto import pb
+
+try:  # grpc's health service: the liveness probe of a neighbour a round waits for
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+except ImportError:  # pragma: no cover - a dependency of the package
+    health_pb2 = health_pb2_grpc = None
 
 log = logging.getLogger(__name__)
 
-MAX_ROUNDS_AHEAD = 8
-
-
-@dataclass
-class Inbound:
-    """A neighbour's checked payload, queued for the mix of its round."""
-
-    kind: int
-    vector: np.ndarray
-    degree: int
-    seq: int
-    scale: float = 1.0  # update_scale of the sender's codec (deltas only)
-    tracker: np.ndarray | None = None  # the sender's z (gradient tracking), checked
-
-
-@dataclass
-class Identity:
-    """What every payload header carries about this node and its adapter."""
-
-    node_id: str
-    swarm_id: str
-    fingerprint: str
-    schema: AdapterSchema
-    codec: str
+PROBE_AFTER, PROBE_EVERY, PROBE_TIMEOUT = 1.0, 1.0, 2.0  # seconds (liveness probes)
+ADAPTIVE_FACTOR, ADAPTIVE_FLOOR = 8.0, 10.0  # deadline: factor x median round, >= floor
+RECENT_ROUNDS = 16
 
 
 class Exchange:
-    """The round protocol of one node over its peer table."""
+    """The round protocol of one node over its peer table and inbox."""
 
     def __init__(
         self,
@@ -84,8 +68,8 @@ class Exchange:
         progress: Progress,
         peers: PeerTable,
         handshaker: Handshaker,
+        inbox: Inbox,
         auth: Auth,
-        limits: NodeLimits,
         counters: Counters,
         report: RoundReport,
         metrics: NodeMetrics,
@@ -96,13 +80,14 @@ class Exchange:
         self.progress = progress
         self.peers = peers
         self.handshaker = handshaker
+        self.inbox = inbox
         self.auth = auth
-        self.limits = limits
         self.counters = counters
         self.report = report
         self.metrics = metrics
-        self.max_bytes = settings.max_message_mib * 1024 * 1024
-        self.inbox: dict[int, dict[str, Inbound]] = {}
+        self.recent: list[float] = []  # seconds of the last rounds (adaptive deadline)
+        self.last_contributors: list[str] = []  # whose payloads the last mix used
+        self.next_skip = 0  # the round from which `align_round` may skip ahead again
 
     # ------------------------------------------------------------ one round
     async def exchange(self, r: int) -> None:
@@ -114,7 +99,8 @@ class Exchange:
         self.progress.seq += 1
         live = self.peers.live
         degree = len(live)
-        deadline = time.monotonic() + self.settings.round_deadline
+        t0 = time.monotonic()
+        deadline = t0 + self.deadline_seconds()
         crc = zlib.crc32(message)
         t = len(tracker)
         await asyncio.gather(*(self.push(p, r, message, degree, crc, t) for p in live))
@@ -122,45 +108,94 @@ class Exchange:
         await self.wait_for(r, deadline)
         self.mix(r, degree)
 
+    def observe_round(self, seconds: float) -> None:
+        """Record a completed round's wall time (train + exchange) for the deadline."""
+        self.recent = [*self.recent[-(RECENT_ROUNDS - 1) :], seconds]
+
+    def deadline_seconds(self) -> float:
+        """How long this round waits for neighbours: `ADAPTIVE_FACTOR` x the median
+        of the recent rounds, at least `ADAPTIVE_FLOOR`, at most `round_deadline`
+        (which alone applies until 3 rounds were seen)."""
+        cap = self.settings.round_deadline
+        if len(self.recent) < 3:
+            return cap
+        median = float(np.median(self.recent))
+        return min(cap, max(ADAPTIVE_FLOOR, ADAPTIVE_FACTOR * median))
+
     def align_round(self) -> None:
-        """Skip ahead to the most advanced live neighbour's round (re-join after a fault).
+        """Skip ahead to an advanced live neighbour's round (re-join after a fault).
 
         In step, no live neighbour has completed more rounds than this node at the
         start of a round (each waits for this node's payload); one that has was cut
         off (partition, stall, restart). Skipping ahead keeps this node's own adapter
-        and loses only the skipped rounds' local steps.
+        and loses only the skipped rounds' local steps. Only validated payloads set a
+        neighbour's round; one skip moves at most `MAX_ROUNDS_AHEAD` rounds, the next
+        skip waits that many rounds, and with 3 or more live neighbours the target is
+        the second-most-advanced round (one neighbour alone cannot move the node).
         """
-        ahead = max((p.round for p in self.peers.live), default=0)
-        if ahead > self.progress.round:
+        rounds = sorted((p.round for p in self.peers.live), reverse=True)
+        if not rounds:
+            return
+        ahead = rounds[1] if len(rounds) >= 3 else rounds[0]
+        current = self.progress.round
+        if ahead > current and current >= self.next_skip:
+            target = min(ahead, current + MAX_ROUNDS_AHEAD)
             log.warning(
-                "neighbours are at round %d: skipping ahead from %d", ahead, self.progress.round
+                "neighbours are at round %d: skipping ahead from %d to %d", ahead, current, target
             )
-            self.progress.round = ahead
+            self.progress.round = target
+            self.next_skip = target + MAX_ROUNDS_AHEAD
 
     async def wait_for(self, r: int, deadline: float) -> None:
-        """Until every live neighbour's round-r payload is in, or the deadline."""
-        while True:
-            got = self.inbox.get(r, {})
-            # A neighbour that already completed round r without us sends no round-r
-            # payload: it is mixed again once this node has aligned (`align_round`).
-            waiting = [p for p in self.peers.live if p.node_id not in got and p.round < r]
-            if not waiting or self.progress.stop_requested:
-                return
-            left = deadline - time.monotonic()
-            if left <= 0:
-                for p in waiting:
-                    p.missed += 1
-                    self.peers.drop(
-                        p, f"no payload for round {r} within {self.settings.round_deadline:g}s"
+        """Until every live neighbour's round-r payload is in, or the deadline; a
+        neighbour whose connection is refused meanwhile is dropped at once."""
+        probes: dict[str, asyncio.Task[None]] = {}
+        next_probe = time.monotonic() + PROBE_AFTER
+        try:
+            while True:
+                got = self.inbox.arrived(r)
+                # A neighbour that already completed round r without us sends no round-r
+                # payload: it is mixed again once this node has aligned (`align_round`).
+                waiting = [p for p in self.peers.live if p.node_id not in got and p.round < r]
+                if not waiting or self.progress.stop_requested:
+                    return
+                now = time.monotonic()
+                left = deadline - now
+                if left <= 0:
+                    for p in waiting:
+                        p.missed += 1
+                        self.peers.drop(p, f"no payload for round {r} within the deadline")
+                    return
+                if now >= next_probe:
+                    next_probe = now + PROBE_EVERY
+                    for p in waiting:
+                        task = probes.get(p.node_id)
+                        if task is None or task.done():
+                            probes[p.node_id] = asyncio.create_task(self._probe(p))
+                self.progress.arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self.progress.arrived.wait(), timeout=min(left, PROBE_EVERY / 2)
                     )
-                return
-            self.progress.arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.progress.arrived.wait(), timeout=min(left, 0.5))
+        finally:
+            for task in probes.values():
+                task.cancel()
+
+    async def _probe(self, peer: Peer) -> None:
+        """Drop `peer` when its port refuses a health check (it crashed or left)."""
+        if health_pb2_grpc is None or not peer.live:
+            return
+        stub = health_pb2_grpc.HealthStub(self.peers.channel(peer))
+        try:
+            await stub.Check(health_pb2.HealthCheckRequest(), timeout=PROBE_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE and peer.live:
+                self.peers.drop(peer, f"its port refuses connections ({exc.details() or ''})")
+                self.progress.wake()
 
     def mix(self, r: int, own_degree: int) -> None:
         """Apply round r's payloads and mix with MH weights over those who delivered."""
-        arrived = self.inbox.pop(r, {})
+        arrived = self.inbox.take(r)
         degrees: dict[str, int] = {}
         for pid in sorted(arrived):
             msg = arrived[pid]
@@ -180,25 +215,39 @@ class Exchange:
             degrees[pid] = max(msg.degree, 1)
             peer.degree = msg.degree
         self_w, weights = local_mh_weights(own_degree, degrees)
+        before = self.node.snapshot()
         self.node.mix(weights)
+        if not self.node.is_finite():  # what they sent passed every check, yet...
+            self.node.restore(before)
+            for pid in degrees:
+                self.peers.drop(self.peers.peers[pid], "mixing its payload gave non-finite values")
+            self_w, weights = 1.0, {}
+        self.last_contributors = sorted(degrees)
         self.report.self_weight = self_w
         for p in self.peers.all():
             p.weight = weights.get(p.node_id, 0.0)
-        for old in [k for k in self.inbox if k <= r]:
-            del self.inbox[old]
         self.peers.drop_leaving()
 
     def on_leave(self, peer: Peer, why: str) -> None:
         """A neighbour said goodbye; what it sent for the round in progress still counts."""
-        has_payload = peer.node_id in self.inbox.get(self.progress.round + 1, {})
+        has_payload = peer.node_id in self.inbox.arrived(self.progress.round + 1)
         self.peers.leave(peer, why, after_mix=self.progress.in_round and peer.live and has_payload)
         self.progress.wake()
 
     # ------------------------------------------------------------ sending
     def _header(
-        self, r: int, kind: int, data: bytes, degree: int, crc: int | None, tracker_bytes: int
+        self,
+        peer: Peer,
+        r: int,
+        kind: int,
+        data: bytes,
+        degree: int,
+        crc: int | None,
+        tracker_bytes: int,
     ) -> pb.PayloadHeader:
         header = make_header(
+            session=peer.token_out,
+            receiver_id=peer.node_id,
             tracker_bytes=tracker_bytes,
             crc32=crc,
             sender_id=self.me.node_id,
@@ -225,7 +274,7 @@ class Exchange:
         tracker_bytes: int = 0,
     ) -> pb.PushAck:
         """Stream `data` (an adapter message, then `tracker_bytes` of z) to `peer`."""
-        header = self._header(r, kind, data, degree, crc, tracker_bytes)
+        header = self._header(peer, r, kind, data, degree, crc, tracker_bytes)
         stream: Any = chunks(header, data, self.settings.chunk_kib * 1024)
         if faults.armed("mid_stream"):
             stream = _crash_mid_stream(stream)
@@ -283,133 +332,6 @@ class Exchange:
         except Exception:  # one neighbour's failure never takes the node down
             log.exception("push to %s failed unexpectedly", peer.node_id)
             self.peers.drop(peer, "push failed unexpectedly (traceback above)")
-
-    # ------------------------------------------------------------ receiving
-    async def receive(self, stream: AsyncIterator[pb.Chunk]) -> pb.PushAck:
-        """Validate, then queue one payload for the mix of its round (raises WireError)."""
-        me = self.me
-        payload = await read_stream(
-            stream,
-            swarm_id=me.swarm_id,
-            fingerprint=me.fingerprint,
-            schema=me.schema,
-            max_bytes=self.max_bytes,
-            auth=self.auth.secret,
-        )
-        h = payload.header
-        if h.kind == pb.PAYLOAD_KIND_STATE:
-            raise WireError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "a STATE payload is served by Pull, never pushed",
-                "bad_kind",
-            )
-        peer = self.peers.get(h.sender_id)
-        if peer is None or not peer.live:
-            raise WireError(
-                grpc.StatusCode.UNAUTHENTICATED,
-                f"{h.sender_id!r} has not shaken hands with {me.node_id!r}",
-                "no_handshake",
-            )
-        current = self.progress.round
-        self.limits.check_push(peer.node_id, int(h.round), current)
-        # Before its first round this node may still catch up (`catch_up`) while a
-        # neighbour ahead already pushes the rounds after its handshake round.
-        base = max(current, peer.round) if self.progress.before_first_round else current
-        if h.round <= current or h.round > base + MAX_ROUNDS_AHEAD:
-            # Refused unchanged: the sender's next delta fails the seq check below, so
-            # it resyncs by keyframe; its renewed handshake tells us its round.
-            raise WireError(
-                grpc.StatusCode.OUT_OF_RANGE,
-                f"round {h.round} outside ({current}, {base + MAX_ROUNDS_AHEAD}]",
-                "stale_round" if h.round <= current else "future_round",
-            )
-        if h.kind == pb.PAYLOAD_KIND_DELTA and (
-            peer.expected_seq is None or h.seq != peer.expected_seq
-        ):
-            return pb.PushAck(
-                accepted=False, reason="out of step: send a keyframe", need_keyframe=True
-            )
-        if h.tracker_bytes and self.node.tracker is None:
-            raise WireError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "a gradient-tracking message, but this node does not track",
-                "bad_tracking",
-            )
-        try:  # decoding a large payload must not stall the event loop
-            vec = await asyncio.to_thread(
-                self.node.check_payload, peer.node_id, payload.adapter, h.codec
-            )
-            z = None
-            if h.tracker_bytes:
-                z = await asyncio.to_thread(self.node.check_tracker, peer.node_id, payload.tracker)
-        except GossipError as exc:
-            raise WireError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), "bad_values") from exc
-        in_step = h.kind != pb.PAYLOAD_KIND_DELTA or peer.expected_seq == h.seq
-        if not peer.live or h.round <= self.progress.round or not in_step:  # moved meanwhile
-            raise WireError(
-                grpc.StatusCode.ABORTED, "state moved on while the payload was checked", "raced"
-            )
-        self.inbox.setdefault(int(h.round), {})[peer.node_id] = Inbound(
-            int(h.kind), vec, int(h.sender_degree), int(h.seq), update_scale(h.codec), z
-        )
-        peer.round = int(h.round) - 1  # what the sender has completed: aligns rounds
-        peer.expected_seq = int(h.seq) + 1
-        peer.bytes_received += len(payload.data)
-        peer.last_seen = time.time()
-        self.node.bytes_received += len(payload.data)
-        self.metrics.bytes_received.inc(len(payload.data))
-        self.progress.wake()
-        return pb.PushAck(accepted=True)
-
-    # ------------------------------------------------------------ full state
-    def state_chunks(self, kind: int) -> Iterator[pb.Chunk]:
-        """This node's adapter (STATE) or public copy (KEYFRAME) as a signed stream."""
-        if kind == pb.PAYLOAD_KIND_STATE:
-            data = make_codec("fp32").encode(self.node.vector(), np.random.default_rng(0))
-        else:
-            data = self.node.keyframe()
-        header = make_header(
-            sender_id=self.me.node_id,
-            swarm_id=self.me.swarm_id,
-            fingerprint=self.me.fingerprint,
-            round=self.progress.round,
-            sender_degree=len(self.peers.live),
-            kind=kind,
-            codec="fp32",
-            seq=self.progress.seq,
-            data=data,
-            schema=self.me.schema,
-        )
-        self.auth.sign_payload(header, data)
-        return chunks(header, data, self.settings.chunk_kib * 1024)
-
-    async def catch_up(self) -> None:
-        """A node behind its neighbours starts from the most advanced one's full state."""
-        ahead = max(self.peers.live, key=lambda p: p.round, default=None)
-        if ahead is None or ahead.round <= self.progress.round:
-            return
-        me = self.me
-        request = pb.PullRequest(
-            node_id=me.node_id, swarm_id=me.swarm_id, kind=pb.PAYLOAD_KIND_STATE
-        )
-        timeout = max(self.settings.round_deadline, 30)
-        stream = self.peers.stub(ahead).Pull(self.auth.sign(request), timeout=timeout)
-        payload = await read_stream(
-            stream,
-            swarm_id=me.swarm_id,
-            fingerprint=me.fingerprint,
-            schema=me.schema,
-            max_bytes=self.max_bytes,
-            auth=self.auth.secret,
-        )
-        vec = self.node.check_payload(ahead.node_id, payload.data)
-        self.node.take_state(vec)
-        self.peers.forget_all_copies()
-        self.progress.round = int(payload.header.round)
-        self.progress.seq += 1  # our public copy jumped: peers must take a keyframe
-        log.info(
-            "caught up from %s: starting after its round %d", ahead.node_id, self.progress.round
-        )
 
 
 async def _crash_mid_stream(stream: Iterator[pb.Chunk]) -> AsyncIterator[pb.Chunk]:

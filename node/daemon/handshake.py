@@ -6,9 +6,20 @@
 - with a swarm secret every Hello, Welcome, pull and leave notice must carry a valid
   mac (`Auth`); a refusal is counted (`bad_auth`, `replay`, `stale_nonce`) and a
   stranger learns nothing about this node;
-- `dial` admits a peer only when its Welcome is authentic and passes `check_hello`;
-- the reconnect loop re-dials every candidate and known peer that is not live every
-  `RECONNECT_SECONDS`; an unexpected error is logged, never swallowed, and the loop
+- every number and id in a Hello is bounded (`identity`) before it is used; a
+  refused Welcome carries the reason and nothing about this node;
+- a Hello names its receiver (the address dialled; a Welcome: the dialler's id) and
+  carries a session token the receiver must present in later calls; with a swarm
+  secret a Hello for another receiver is refused, so a signed Hello seen on the wire
+  cannot be replayed to another node;
+- with mTLS, a node id must be its certificate's common name, and the CLI's
+  certificate (`cli`) may only read Status;
+- a Hello for an id that is live at another address is refused (an impostor cannot
+  take over a live neighbour's entry);
+- `dial` admits a peer only when its Welcome is authentic, names this node and
+  passes `check_hello` (how each dial ended is recorded by `startup.DialLog`);
+- the reconnect loop re-dials candidates and known peers that are not live, with the
+  peer table's backoff; an unexpected error is logged, never swallowed, and the loop
   goes on.
 """
 
@@ -25,6 +36,14 @@ from declora.node.daemon.state import Progress
 from declora.node.daemon.status import Counters
 from declora.node.daemon.transport import Transport
 from declora.node.discovery import Discovery, select_neighbors
+from declora.node.identity import (
+    MAX_DEGREE,
+    MAX_ROUND,
+    MAX_SEQ,
+    escaped,
+    node_id_problem,
+    shown,
+)
 from declora.node.security import AuthError, Signed, SignedT, SwarmAuth
 from declora.node.settings import NodeSettings
 from declora.node.wire import WireError
@@ -34,6 +53,7 @@ log = logging.getLogger(__name__)
 
 RECONNECT_SECONDS = 2.0
 DIAL_TIMEOUT = 5.0
+CLI_CERT = "cli"  # the common name `declora-node certs` gives the CLI's certificate
 
 
 class Auth:
@@ -64,21 +84,52 @@ class Auth:
         return ""
 
 
+RECIPE_KEYS = ("model", "task", "rank", "alpha", "targets", "max_length", "seed", "labels")
+
+
+def recipe_facts(spec: dict[str, object], labels: tuple[str, ...]) -> dict[str, str]:
+    """What a Hello says the fingerprint is made of, as text (see `recipe_differences`)."""
+    facts = {k: str(spec[k]) for k in RECIPE_KEYS if k in spec}
+    facts["targets"] = ",".join(map(str, spec.get("targets", ()) or ()))  # type: ignore[call-overload]
+    facts["labels"] = ",".join(labels)
+    return facts
+
+
+def recipe_differences(theirs: dict[str, str], ours: dict[str, str]) -> str:
+    """The options that differ, each with the peer's and this node's value."""
+    out = []
+    for key in RECIPE_KEYS:
+        a, b = theirs.get(key, "?"), ours.get(key, "?")
+        if a != b:
+            out.append(f"--{key.replace('_', '-')} is {shown(a, 60)} there, {shown(b, 60)} here")
+    return "; ".join(out)
+
+
 def check_hello(
-    h: pb.Hello, *, node_id: str, swarm_id: str, fingerprint: str, gradient_tracking: bool
+    h: pb.Hello,
+    *,
+    node_id: str,
+    swarm_id: str,
+    fingerprint: str,
+    gradient_tracking: bool,
+    recipe: dict[str, str] | None = None,
 ) -> str:
-    """'' when `h` may join this node's swarm, else the reason it may not."""
+    """'' when `h` may join this node's swarm, else the reason it may not; a recipe
+    mismatch names the options that differ on both sides."""
     if h.protocol_version != PROTOCOL_VERSION:
         return (
             f"protocol version {h.protocol_version} != {PROTOCOL_VERSION} "
             f"(peer runs declora {h.package_version or '?'}, this node {__version__})"
         )
     if h.swarm_id != swarm_id:
-        return f"swarm {h.swarm_id!r} != {swarm_id!r}"
+        return f"swarm {shown(h.swarm_id)} != {swarm_id!r}"
     if h.fingerprint != fingerprint:
+        differ = recipe_differences(dict(h.recipe), recipe or {})
+        if differ:
+            return f"the swarm's recipe differs: {differ}"
         return (
-            f"fingerprint {h.fingerprint} != {fingerprint}: base model, LoRA config "
-            "or tensor schema differ (same --model, --rank, --alpha, --targets, --seed?)"
+            f"fingerprint {shown(h.fingerprint)} != {fingerprint}: the base model's weights "
+            "or the tensor schema differ (the same --model files everywhere?)"
         )
     if h.gradient_tracking != gradient_tracking:
         there, here = ("on", "off") if h.gradient_tracking else ("off", "on")
@@ -86,10 +137,17 @@ def check_hello(
             f"gradient tracking is {there} there and {here} here: start every node of "
             "the swarm with the same --gradient-tracking"
         )
-    if not h.node_id:
-        return "empty node id"
+    problem = node_id_problem(h.node_id)
+    if problem:
+        return problem
     if h.node_id == node_id:
         return f"node id {h.node_id!r} is this node's own id"
+    if h.round > MAX_ROUND or h.seq > MAX_SEQ or h.live_degree > MAX_DEGREE:
+        return f"round {h.round}, seq {h.seq} or degree {h.live_degree} out of range"
+    if len(h.listen_address) > 300 or len(h.session) > 64 or len(h.receiver) > 300:
+        return "listen address, session or receiver too long"
+    if len(h.recipe) > 32 or any(len(k) > 64 or len(v) > 4096 for k, v in h.recipe.items()):
+        return "recipe too long"
     return ""
 
 
@@ -100,6 +158,7 @@ class Handshaker:
         self,
         settings: NodeSettings,
         fingerprint: str,
+        recipe: dict[str, str],
         progress: Progress,
         peers: PeerTable,
         transport: Transport,
@@ -109,6 +168,7 @@ class Handshaker:
     ) -> None:
         self.settings = settings
         self.fingerprint = fingerprint
+        self.recipe = recipe
         self.progress = progress
         self.peers = peers
         self.transport = transport
@@ -116,8 +176,9 @@ class Handshaker:
         self.counters = counters
         self.discovery = discovery
 
-    def hello(self) -> pb.Hello:
-        """This node's Hello; signed (with a fresh nonce) when a swarm secret is set."""
+    def hello(self, receiver: str = "", session: bytes = b"") -> pb.Hello:
+        """This node's Hello for `receiver` with the token it must present to us;
+        signed (with a fresh nonce) when a swarm secret is set."""
         s = self.settings
         return self.auth.sign(
             pb.Hello(
@@ -131,6 +192,9 @@ class Handshaker:
                 listen_address=s.advertise,
                 seq=self.progress.seq,
                 gradient_tracking=s.gradient_tracking,
+                receiver=receiver,
+                session=session,
+                recipe=self.recipe,
             )
         )
 
@@ -143,44 +207,77 @@ class Handshaker:
             swarm_id=s.swarm_id,
             fingerprint=self.fingerprint,
             gradient_tracking=s.gradient_tracking,
+            recipe=self.recipe,
         )
 
-    def answer(self, request: pb.Hello) -> pb.Welcome:
-        """The Welcome for a peer's Hello; admits the peer when it may join."""
-        refusal = self.auth.refusal(request, f"handshake from {request.node_id or '?'}")
+    def names_me(self, receiver: str) -> bool:
+        """Whether `receiver` (a Hello's) is this node: its id, advertised or listen
+        address. Enforced with a swarm secret, where the mac makes it binding."""
+        s = self.settings
+        return self.auth.secret is None or receiver in (s.node_id, s.advertise, s.listen)
+
+    def answer(self, request: pb.Hello, cert_name: str | None = None) -> pb.Welcome:
+        """The Welcome for a peer's Hello; admits the peer when it may join.
+
+        `cert_name`: the common name of the caller's TLS certificate (mTLS), else None.
+        A refusal carries its reason only."""
+        who = shown(request.node_id or "?")
+        refusal = self.auth.refusal(request, f"handshake from {who}")
         if refusal:  # nothing about this node for a stranger
             return pb.Welcome(accepted=False, reason=f"not authenticated: {refusal}")
-        reason = self.check(request)
+        reason = self.check(request) or self._identity_refusal(request, cert_name)
         if reason:
             self.counters.count("handshake")
-            log.warning("refused handshake from %s: %s", request.node_id or "?", reason)
-            return pb.Welcome(accepted=False, reason=reason, node=self.hello())
-        if self.peers.admit(request) is None:
-            return pb.Welcome(
-                accepted=False, reason="node has its maximum of neighbours", node=self.hello()
+            log.warning("refused handshake from %s: %s", who, reason)
+            return pb.Welcome(accepted=False, reason=reason)
+        peer = self.peers.admit(request)
+        if peer is None:
+            return pb.Welcome(accepted=False, reason="node has its maximum of neighbours")
+        return pb.Welcome(
+            accepted=True, node=self.hello(receiver=request.node_id, session=peer.token_in)
+        )
+
+    def _identity_refusal(self, h: pb.Hello, cert_name: str | None) -> str:
+        if cert_name == CLI_CERT:
+            return "the CLI's certificate may only read Status"
+        if cert_name is not None and cert_name != h.node_id:
+            return f"node id {shown(h.node_id)} is not the certificate's name {shown(cert_name)}"
+        if not self.names_me(h.receiver):
+            return (
+                f"this Hello is for {shown(h.receiver)}, not this node: dial its advertised "
+                f"address {self.settings.advertise}"
             )
-        return pb.Welcome(accepted=True, node=self.hello())
+        known = self.peers.get(h.node_id)
+        if known is not None and known.live and known.address != h.listen_address:
+            return f"node id {shown(h.node_id)} is live at another address"
+        return ""
 
     async def dial(self, address: str) -> Peer | None:
-        """Handshake with `address`; admit the peer on success (its Welcome authentic)."""
+        """Handshake with `address`; admit the peer on success (its Welcome authentic
+        and naming this node)."""
         channel = self.transport.channel(address)
+        hello = self.hello(receiver=address, session=self.peers.token_for_dial(address))
         try:
-            welcome = await pb_grpc.SwarmStub(channel).Handshake(self.hello(), timeout=DIAL_TIMEOUT)
+            welcome = await pb_grpc.SwarmStub(channel).Handshake(hello, timeout=DIAL_TIMEOUT)
         except grpc.aio.AioRpcError as exc:
-            log.debug("handshake with %s failed: %s %s", address, exc.code().name, exc.details())
+            why = f"{exc.code().name}: {exc.details() or ''}".strip()
+            log.debug("handshake with %s failed: %s", address, why)
             return None
         finally:
             await channel.close()
         if not welcome.accepted:
-            log.warning("%s refused the handshake: %s", address, welcome.reason)
+            log.warning("%s refused the handshake: %s", address, escaped(welcome.reason))
             return None
-        if self.auth.refusal(welcome.node, f"the welcome of {address}"):
+        node = welcome.node
+        if self.auth.refusal(node, f"the welcome of {address}"):
             return None
-        reason = self.check(welcome.node)
+        reason = self.check(node)
+        if not reason and self.auth.secret is not None and node.receiver != self.settings.node_id:
+            reason = f"its welcome is for {shown(node.receiver)}, not this node"
         if reason:
             log.warning("not joining %s: %s", address, reason)
             return None
-        return self.peers.admit(welcome.node)
+        return self.peers.admit(node, dialled=address)
 
     def candidates(self) -> list[str]:
         """Addresses discovery offers: unnamed ones, and the chosen named ones."""
@@ -194,10 +291,11 @@ class Handshaker:
         return list(dict.fromkeys(addresses))
 
     async def connect_known(self) -> None:
-        """Handshake with every candidate or known peer that is not live."""
+        """Handshake with every candidate not live, and with known peers due a re-dial."""
         live_addresses = {p.address for p in self.peers.live}
-        targets = [a for a in self.candidates() if a not in live_addresses]
-        targets += [p.address for p in self.peers.all() if not p.live and p.address not in targets]
+        known = {p.address for p in self.peers.all()}
+        targets = [a for a in self.candidates() if a not in live_addresses and a not in known]
+        targets += [p.address for p in self.peers.due_for_dial() if p.address not in targets]
         if targets:
             await asyncio.gather(*(self.dial(a) for a in targets))
 

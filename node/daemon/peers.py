@@ -2,12 +2,22 @@
 
 Invariants callers may rely on:
 - a peer is live only after a good handshake (`admit`); it leaves the live set by
-  `drop` (missed deadline, failed push, bad message) or a leave notice, and returns
-  only through another handshake;
+  `drop` (missed deadline, failed push, bad message, refused connection) or a leave
+  notice, and returns only through another handshake;
 - `admit` decides how the two public copies get in step: both at the shared seeded
   init (seq 0) means no keyframe; a peer that is new, restarted or out of step is
   forgotten by the core and gets a keyframe next;
-- at most `max_neighbors` peers are live at once;
+- the table is bounded: at most `max_neighbors` live peers and `max_known` entries;
+  a newcomer evicts the longest-unseen peer that is not live, entries unseen for
+  `FORGET_SECONDS` are pruned, and a new id at the address of a peer that is not live
+  replaces that entry (a restart under another id);
+- every peer has a session token this node issued (`token_in`): its pushes, pulls
+  and leave notices must carry it (the current or the previous one);
+- `round` is what this node verified (a validated payload's round - 1); `claimed_round`
+  is what the peer's Hello said, bounded, and moves nothing by itself;
+- a peer that is not live is re-dialled with exponential backoff; one that introduced
+  itself (an inbound Hello) and never delivered a validated payload is re-dialled at
+  most once;
 - a dropped peer's channel closes with a grace longer than a push's deadline, so a
   push in flight ends by its own deadline instead of being cancelled.
 """
@@ -15,8 +25,9 @@ Invariants callers may rely on:
 from __future__ import annotations
 
 import logging
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -28,6 +39,16 @@ from declora.proto import pb, pb_grpc
 
 log = logging.getLogger(__name__)
 
+FORGET_SECONDS = 600.0  # a peer unseen this long (and not live) leaves the table
+BACKOFF_FIRST = 2.0  # seconds before the first re-dial of a peer not live, then doubling
+BACKOFF_MAX = 60.0  # up to this for peers that introduced themselves
+BACKOFF_MAX_CONFIGURED = 8.0  # and this for static or discovered addresses
+TOKEN_BYTES = 16
+
+
+def new_token() -> bytes:
+    return os.urandom(TOKEN_BYTES)
+
 
 @dataclass
 class Peer:
@@ -37,7 +58,8 @@ class Peer:
     address: str
     live: bool = False
     degree: int = 0
-    round: int = 0
+    round: int = 0  # verified: the last validated payload's round - 1
+    claimed_round: int = 0  # what its Hello said (bounded); moves nothing by itself
     seq: int = 0
     last_seen: float = 0.0
     missed: int = 0
@@ -46,8 +68,18 @@ class Peer:
     weight: float = 0.0
     send_keyframe: bool = False
     expected_seq: int | None = None  # None: no copy of its public state yet
+    token_in: bytes = field(default_factory=new_token)  # what it must present to us
+    token_prev: bytes = b""  # the token before the current one (a renewal in flight)
+    token_out: bytes = b""  # what we present to it (its Hello's session)
+    configured: bool = False  # a static or discovered address: always re-dialled
+    proven: bool = False  # delivered a validated payload at least once
+    dials: int = 0  # dials since it was last live
+    next_dial: float = 0.0  # monotonic time of the next re-dial
     channel: grpc.aio.Channel | None = None
     stub: pb_grpc.SwarmStub | None = None
+
+    def token_ok(self, token: bytes) -> bool:
+        return bool(token) and token in (self.token_in, self.token_prev)
 
 
 class PeerTable:
@@ -61,15 +93,18 @@ class PeerTable:
         metrics: NodeMetrics,
         max_neighbors: int,
         close_grace: float,
+        max_known: int = 64,
     ) -> None:
         self.node = node
         self.progress = progress
         self.transport = transport
         self.metrics = metrics
         self.max_neighbors = max_neighbors
+        self.max_known = max(max_known, max_neighbors)
         self.close_grace = close_grace
         self.peers: dict[str, Peer] = {}
         self.leaving: dict[str, str] = {}  # left after sending this round's payload: why
+        self.pending_tokens: dict[str, bytes] = {}  # address -> token offered in a dial
 
     def get(self, node_id: str) -> Peer | None:
         return self.peers.get(node_id)
@@ -83,23 +118,56 @@ class PeerTable:
         """The live set, by node id."""
         return [p for p in self.all() if p.live]
 
-    def stub(self, peer: Peer) -> pb_grpc.SwarmStub:
-        """The peer's stub, on a channel opened on first use."""
-        if peer.stub is None:
+    def by_address(self, address: str) -> Peer | None:
+        return next((p for p in self.peers.values() if p.address == address), None)
+
+    def channel(self, peer: Peer) -> grpc.aio.Channel:
+        """The peer's channel, opened on first use."""
+        if peer.channel is None:
             peer.channel = self.transport.channel(peer.address)
             peer.stub = pb_grpc.SwarmStub(peer.channel)
+        return peer.channel
+
+    def stub(self, peer: Peer) -> pb_grpc.SwarmStub:
+        """The peer's stub, on its channel."""
+        self.channel(peer)
+        assert peer.stub is not None
         return peer.stub
 
-    def admit(self, hello: pb.Hello) -> Peer | None:
-        """Add or refresh a neighbour after a good handshake; None when at capacity."""
+    # ------------------------------------------------------------ tokens
+    def token_for_dial(self, address: str) -> bytes:
+        """The session token to offer in a Hello to `address` (the known peer's there)."""
+        peer = self.by_address(address)
+        if peer is not None:
+            return peer.token_in
+        token = self.pending_tokens.get(address)
+        if token is None:
+            if len(self.pending_tokens) >= self.max_known:
+                self.pending_tokens.clear()
+            token = self.pending_tokens[address] = new_token()
+        return token
+
+    # ------------------------------------------------------------ membership
+    def admit(self, hello: pb.Hello, dialled: str = "") -> Peer | None:
+        """Add or refresh a neighbour after a good handshake; None when this node has
+        its maximum of neighbours (or of known peers, all live).
+
+        `dialled`: the address this node dialled (an outbound handshake), whose
+        offered token becomes the peer's `token_in`."""
         peer = self.peers.get(hello.node_id)
         if peer is None:
-            if len(self.live) >= self.max_neighbors:
+            if len(self.live) >= self.max_neighbors or not self._make_room(hello):
                 return None
             peer = Peer(node_id=hello.node_id, address=hello.listen_address)
             self.peers[hello.node_id] = peer
+        if dialled:
+            token = self.pending_tokens.pop(dialled, None)
+            if token is not None and token != peer.token_in:
+                peer.token_prev, peer.token_in = peer.token_in, token
+            peer.configured = True
         if hello.listen_address:
             peer.address = hello.listen_address
+        peer.token_out = bytes(hello.session)
         in_step = peer.live and peer.expected_seq is not None and peer.expected_seq == hello.seq + 1
         if not in_step:
             if self.progress.seq == 0 and hello.seq == 0:
@@ -112,10 +180,39 @@ class PeerTable:
                 log.info("neighbour %s (%s) joined the live set", peer.node_id, peer.address)
         peer.live = True
         peer.missed = 0
-        peer.round, peer.seq, peer.degree = hello.round, hello.seq, hello.live_degree
+        peer.dials = 0
+        peer.claimed_round, peer.seq, peer.degree = hello.round, hello.seq, hello.live_degree
         peer.last_seen = time.time()
         self.metrics.neighbors.set(len(self.live))
         return peer
+
+    def _make_room(self, hello: pb.Hello) -> bool:
+        """Prune, merge a stale entry at the newcomer's address, evict if full."""
+        self.prune()
+        if hello.listen_address:
+            old = self.by_address(hello.listen_address)
+            if old is not None and not old.live:
+                self._forget(old)
+        if len(self.peers) < self.max_known:
+            return True
+        idle = [p for p in self.peers.values() if not p.live]
+        if not idle:
+            return False
+        self._forget(min(idle, key=lambda p: p.last_seen))
+        return True
+
+    def prune(self, now: float | None = None) -> None:
+        """Forget peers that are not live and were unseen for `FORGET_SECONDS`."""
+        now = time.time() if now is None else now
+        for p in [p for p in self.peers.values() if not p.live]:
+            if now - p.last_seen > FORGET_SECONDS:
+                self._forget(p)
+
+    def _forget(self, peer: Peer) -> None:
+        self.node.forget_peer(peer.node_id)
+        self.peers.pop(peer.node_id, None)
+        if peer.channel is not None:
+            self.transport.close_later(peer.channel, self.close_grace)
 
     def drop(self, peer: Peer, why: str) -> None:
         """Take `peer` out of the live set; its public copy is forgotten."""
@@ -123,6 +220,7 @@ class PeerTable:
             log.warning("neighbour %s left the live set: %s", peer.node_id, why)
         peer.live = False
         peer.expected_seq = None
+        peer.next_dial = time.monotonic() + BACKOFF_FIRST
         self.node.forget_peer(peer.node_id)
         self.metrics.neighbors.set(len(self.live))
         if peer.channel is not None:  # it may sit in reconnect backoff: a new one on return
@@ -139,7 +237,9 @@ class PeerTable:
 
     def drop_leaving(self) -> None:
         for pid, why in self.leaving.items():
-            self.drop(self.peers[pid], why)
+            peer = self.peers.get(pid)
+            if peer is not None:
+                self.drop(peer, why)
         self.leaving.clear()
 
     def forget_all_copies(self) -> None:
@@ -147,6 +247,24 @@ class PeerTable:
         for p in self.peers.values():
             p.send_keyframe = True
             p.expected_seq = None
+
+    # ------------------------------------------------------------ re-dialling
+    def due_for_dial(self, now: float | None = None) -> list[Peer]:
+        """Peers not live whose backoff has passed and that may still be dialled; each
+        one returned is counted as dialled (its next backoff doubles)."""
+        now = time.monotonic() if now is None else now
+        self.prune()
+        due = []
+        for p in self.all():
+            if p.live or now < p.next_dial or not p.address:
+                continue
+            if not p.configured and not p.proven and p.dials >= 1:
+                continue  # introduced itself, never proved anything: dialled once
+            p.dials += 1
+            cap = BACKOFF_MAX_CONFIGURED if p.configured else BACKOFF_MAX
+            p.next_dial = now + min(BACKOFF_FIRST * 2 ** min(p.dials - 1, 16), cap)
+            due.append(p)
+        return due
 
     async def close(self) -> None:
         for p in self.peers.values():

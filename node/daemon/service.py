@@ -1,17 +1,29 @@
 """The gRPC face of a daemon: each RPC handed to the part that owns it.
 
-Every refusal carries a status code and a reason and is counted; rate limits
-(`limits`) are checked here, before the owning part sees the call.
+Every refusal carries a status code and a reason and is counted. Before the owning
+part sees a call, this servicer checks what is the same for every RPC:
+- concurrency: each RPC kind has its own pool (`POOLS`; pushes: `--max-concurrent-
+  streams`, at most `per_host` of them from one remote host), so a flood of one kind
+  never starves Status or Handshake;
+- rate limits (`limits`), keyed by the remote host for handshakes and pulls;
+- identity: under mTLS the caller's certificate name must be the node id it claims
+  (the CLI's certificate may only read Status); a Pull or a Leave must come from a
+  live neighbour and carry the session token this node gave it and this node's id;
+  with a swarm secret, Status requests must be signed too.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import grpc
 
+from declora.node.daemon.handshake import CLI_CERT
+from declora.node.identity import shown
+from declora.node.limits import limited, peer_host
 from declora.node.wire import WireError
 from declora.proto import pb, pb_grpc
 
@@ -21,6 +33,52 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PULL_KINDS = (pb.PAYLOAD_KIND_UNSPECIFIED, pb.PAYLOAD_KIND_STATE, pb.PAYLOAD_KIND_KEYFRAME)
+POOLS = {"Handshake": 32, "Pull": 8, "Leave": 16, "Status": 16}  # Push: settings
+
+
+def pool_total(max_push_streams: int) -> int:
+    """RPCs the server may run at once: every pool full (gRPC's own cap)."""
+    return max_push_streams + sum(POOLS.values())
+
+
+class Pools:
+    """RPCs in flight by kind, and pushes by remote host; `hold` refuses beyond."""
+
+    def __init__(self, push_streams: int, per_host: int) -> None:
+        self.limits = {**POOLS, "Push": push_streams}
+        self.per_host = per_host
+        self.in_use: dict[str, int] = {}
+        self.push_hosts: dict[str, int] = {}
+
+    @contextmanager
+    def hold(self, kind: str, host: str = "") -> Iterator[None]:
+        if self.in_use.get(kind, 0) >= self.limits[kind]:
+            raise limited(f"{self.limits[kind]} {kind} calls already in flight")
+        if kind == "Push" and self.push_hosts.get(host, 0) >= self.per_host:
+            raise limited(f"{self.per_host} pushes from {host} already in flight")
+        self.in_use[kind] = self.in_use.get(kind, 0) + 1
+        if kind == "Push":
+            self.push_hosts[host] = self.push_hosts.get(host, 0) + 1
+        try:
+            yield
+        finally:
+            self.in_use[kind] -= 1
+            if kind == "Push":
+                self.push_hosts[host] -= 1
+                if not self.push_hosts[host]:
+                    del self.push_hosts[host]
+
+
+def cert_name(context: grpc.aio.ServicerContext) -> str | None:
+    """The common name of the caller's TLS certificate; None without TLS."""
+    try:
+        auth = context.auth_context()
+    except Exception:  # not every context (in-memory tests) has one
+        return None
+    names = auth.get("x509_common_name") if auth else None
+    if not names:
+        return None
+    return bytes(names[0]).decode("utf-8", "replace")
 
 
 class SwarmService(pb_grpc.SwarmServicer):
@@ -28,6 +86,12 @@ class SwarmService(pb_grpc.SwarmServicer):
 
     def __init__(self, parts: Parts) -> None:
         self.parts = parts
+        s = parts.settings
+        self.pools = Pools(s.max_concurrent_streams, max(16, 2 * s.max_neighbors))
+
+    async def _refuse(self, context: grpc.aio.ServicerContext, exc: WireError) -> None:
+        self.parts.counters.refused(exc)
+        await context.abort(exc.code, exc.reason)
 
     async def _limit(
         self, context: grpc.aio.ServicerContext, check: Callable[[str], None], key: str
@@ -36,57 +100,125 @@ class SwarmService(pb_grpc.SwarmServicer):
         try:
             check(key)
         except WireError as exc:
-            self.parts.counters.refused(exc)
-            await context.abort(exc.code, exc.reason)
+            await self._refuse(context, exc)
 
     async def Handshake(self, request: pb.Hello, context: grpc.aio.ServicerContext) -> pb.Welcome:
-        await self._limit(context, self.parts.limits.check_handshake, context.peer())
-        return self.parts.handshaker.answer(request)
+        try:
+            with self.pools.hold("Handshake"):
+                await self._limit(context, self.parts.limits.check_handshake, context.peer())
+                return self.parts.handshaker.answer(request, cert_name(context))
+        except WireError as exc:
+            await self._refuse(context, exc)
+            raise  # unreachable: abort raises
 
     async def Push(
         self, request_iterator: AsyncIterator[pb.Chunk], context: grpc.aio.ServicerContext
     ) -> pb.PushAck:
         try:
-            return await self.parts.exchange.receive(request_iterator)
+            with self.pools.hold("Push", peer_host(context.peer())):
+                return await self.parts.inbox.receive(request_iterator, cert_name(context))
         except WireError as exc:
-            self.parts.counters.refused(exc)
-            await context.abort(exc.code, exc.reason)
+            await self._refuse(context, exc)
             raise  # unreachable: abort raises
+
+    def _caller_refusal(
+        self,
+        context: grpc.aio.ServicerContext,
+        node_id: str,
+        swarm_id: str,
+        session: bytes,
+        receiver_id: str,
+    ) -> WireError | None:
+        """Why a Pull or Leave claiming `node_id` is not from that live neighbour."""
+        parts = self.parts
+        name = cert_name(context)
+        if name is not None and (name != node_id or name == CLI_CERT):
+            why = (
+                "the CLI's certificate may only read Status"
+                if name == CLI_CERT
+                else (
+                    f"a call in the name of {shown(node_id)} from the certificate of {shown(name)}"
+                )
+            )
+            return WireError(grpc.StatusCode.PERMISSION_DENIED, why, "bad_identity")
+        peer = parts.peers.get(node_id)
+        if swarm_id != parts.settings.swarm_id or peer is None or not peer.live:
+            return WireError(
+                grpc.StatusCode.PERMISSION_DENIED, "needs a handshake first", "no_handshake"
+            )
+        if not peer.token_ok(session) or receiver_id != parts.settings.node_id:
+            return WireError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"a call in the name of {shown(node_id)} without its session: renew the handshake",
+                "bad_session",
+            )
+        return None
 
     async def Pull(
         self, request: pb.PullRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.Chunk]:
         parts = self.parts
-        refusal = parts.auth.refusal(request, f"pull from {request.node_id or '?'}")
-        if refusal:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
-        known = parts.peers.get(request.node_id) is not None
-        if request.swarm_id != parts.settings.swarm_id or not known:
-            parts.counters.count("no_handshake")
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "pull needs a handshake first")
-        await self._limit(context, parts.limits.check_pull, request.node_id)
-        if request.kind not in PULL_KINDS:
-            parts.counters.count("bad_kind")
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"pull serves STATE or KEYFRAME, not kind {request.kind}",
-            )
-        for chunk in parts.exchange.state_chunks(request.kind or pb.PAYLOAD_KIND_STATE):
+        try:
+            with self.pools.hold("Pull"):
+                refusal = parts.auth.refusal(request, f"pull from {shown(request.node_id)}")
+                if refusal:
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
+                bad = self._caller_refusal(
+                    context, request.node_id, request.swarm_id, request.session,
+                    request.receiver_id,
+                )  # fmt: skip
+                if bad is not None:
+                    raise bad
+                parts.limits.check_pull(peer_host(context.peer()))
+                if request.kind not in PULL_KINDS:
+                    raise WireError(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"pull serves STATE or KEYFRAME, not kind {request.kind}",
+                        "bad_kind",
+                    )
+                stream = parts.transfer.state_chunks(request.kind or pb.PAYLOAD_KIND_STATE)
+        except WireError as exc:
+            await self._refuse(context, exc)
+            return
+        for chunk in stream:
             yield chunk
 
     async def Leave(
         self, request: pb.LeaveNotice, context: grpc.aio.ServicerContext
     ) -> pb.LeaveAck:
         parts = self.parts
-        refusal = parts.auth.refusal(request, f"leave notice from {request.node_id or '?'}")
-        if refusal:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
-        peer = parts.peers.get(request.node_id)
-        if peer is not None and request.swarm_id == parts.settings.swarm_id:
-            parts.exchange.on_leave(peer, f"it left after round {request.round}")
-        return pb.LeaveAck()
+        try:
+            with self.pools.hold("Leave"):
+                refusal = parts.auth.refusal(request, f"leave from {shown(request.node_id)}")
+                if refusal:
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
+                bad = self._caller_refusal(
+                    context, request.node_id, request.swarm_id, request.session,
+                    request.receiver_id,
+                )  # fmt: skip
+                if bad is not None:
+                    raise bad
+                peer = parts.peers.get(request.node_id)
+                assert peer is not None
+                parts.exchange.on_leave(peer, f"it left after round {request.round}")
+                return pb.LeaveAck()
+        except WireError as exc:
+            await self._refuse(context, exc)
+            raise  # unreachable: abort raises
 
     async def Status(
         self, request: pb.StatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.StatusReply:
-        return self.parts.status(request.include_digest)
+        try:
+            with self.pools.hold("Status"):
+                refusal = self.parts.auth.refusal(request, "status request")
+                if refusal:
+                    await context.abort(
+                        grpc.StatusCode.UNAUTHENTICATED,
+                        f"{refusal} (this node answers Status only to holders of the swarm "
+                        "secret: set DECLORA_SWARM_SECRET)",
+                    )
+                return self.parts.status(request.include_digest)
+        except WireError as exc:
+            await self._refuse(context, exc)
+            raise  # unreachable: abort raises

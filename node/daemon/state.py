@@ -8,8 +8,10 @@ orchestrator (`daemon`) and the round exchange (`exchange`) advance it.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
+
+from declora.node.adapter import AdapterSchema
 
 
 class NodeState(str, Enum):
@@ -27,15 +29,40 @@ class NodeState(str, Enum):
     STOPPED = "stopped"
 
 
-@dataclass
 class Progress:
-    """Rounds completed (mixed), payloads produced, state, and the wake-up event."""
+    """Rounds completed (mixed), payloads produced, state, and the wake-up event.
 
-    round: int = 0
-    seq: int = 0
-    state: NodeState = NodeState.STARTING
-    stop_requested: bool = False
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    A polite stop (`stop_after_round`) lets the round in progress finish, its local
+    steps and its mix included: `stop_requested` turns true when `round` next advances.
+    """
+
+    def __init__(self) -> None:
+        self._round = 0
+        self.seq = 0
+        self.state = NodeState.STARTING
+        self.stop_requested = False
+        self.stop_pending = False
+        self.arrived = asyncio.Event()
+
+    @property
+    def round(self) -> int:
+        return self._round
+
+    @round.setter
+    def round(self, value: int) -> None:
+        advanced = value > self._round
+        self._round = value
+        if advanced and self.stop_pending:
+            self.stop_now()
+
+    def stop_after_round(self) -> None:
+        """Stop once the round in progress has mixed."""
+        self.stop_pending = True
+
+    def stop_now(self) -> None:
+        """Stop at the next check (local steps stop, a round stops waiting)."""
+        self.stop_requested = True
+        self.wake()
 
     @property
     def in_round(self) -> bool:
@@ -50,3 +77,14 @@ class Progress:
     def wake(self) -> None:
         """Wake a round waiting for payloads (a payload, a leave or a stop arrived)."""
         self.arrived.set()
+
+
+@dataclass
+class Identity:
+    """What every payload header carries about this node and its adapter."""
+
+    node_id: str
+    swarm_id: str
+    fingerprint: str
+    schema: AdapterSchema
+    codec: str

@@ -31,7 +31,7 @@ from declora.node.wire import WireError
 from declora.proto import pb
 
 if TYPE_CHECKING:
-    from declora.node.daemon.exchange import Inbound
+    from declora.node.daemon.inbox import Inbound
 
 log = logging.getLogger(__name__)
 

@@ -6,17 +6,25 @@
 - `close_later` closes a channel with a grace period, so calls still in flight end by
   their own deadline instead of being cancelled (a cancelled grpc.aio call raises
   CancelledError into the caller);
-- `start` returns the port actually bound (`:0` picks a free one).
+- `start` returns the port actually bound (`:0` picks a free one); `reserve` binds a
+  plain socket first, at once (a port in use fails before anything heavy loads), and
+  `start` swaps it for the gRPC server; the server never shares its port
+  (`grpc.so_reuseport` off: a second node on a port in use is an error, not a twin);
+- with a `DialLog` every channel records how its handshakes end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
+import socket
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from declora.node.daemon.startup import CONFIG, DialLog, UserError
 from declora.node.security import TlsFiles
 from declora.node.settings import NodeSettings
 from declora.proto import pb_grpc
@@ -24,8 +32,47 @@ from declora.proto import pb_grpc
 SERVICE_NAME = "declora.v1.Swarm"
 
 
-class ServerError(RuntimeError):
+class ServerError(UserError):
     """The server could not bind its address (in use, not local, not permitted)."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message, CONFIG, hint)
+
+
+BIND_HINTS = {
+    errno.EADDRINUSE: "another process (another node?) holds that port: stop it or pick "
+    "another --listen",
+    errno.EADDRNOTAVAIL: "--listen must name an address of this machine (0.0.0.0: all)",
+    errno.EACCES: "ports below 1024 need privileges: pick a higher --listen port",
+}
+
+
+def reserve_port(listen: str) -> socket.socket | None:
+    """Bind and listen on `listen` with a plain socket (ServerError when it cannot);
+    None for port 0 (any free port: nothing to reserve)."""
+    host, _, port = listen.rpartition(":")
+    if int(port) == 0:
+        return None
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]"), int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise ServerError(
+            f"cannot listen on {listen}: {exc.strerror}", BIND_HINTS[errno.EADDRNOTAVAIL]
+        ) from exc
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen()
+    except OSError as exc:
+        sock.close()
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ServerError(
+            f"cannot listen on {listen}: {why}", BIND_HINTS.get(exc.errno or 0, "")
+        ) from exc
+    return sock
 
 
 def grpc_options(settings: NodeSettings) -> list[tuple[str, int]]:
@@ -53,14 +100,22 @@ class Transport:
         self.tls = tls
         self.health = health.HealthServicer()
         self.server: grpc.aio.Server | None = None
+        self.dial_log: DialLog | None = None
+        self.reserved: socket.socket | None = None
         self._closing: set[asyncio.Task[None]] = set()
+
+    def reserve(self) -> None:
+        """Hold the listen port now (ServerError when it is taken); `start` binds it."""
+        self.reserved = reserve_port(self.settings.listen)
 
     def channel(self, address: str) -> grpc.aio.Channel:
         """A channel to `address`: mTLS when configured, else plaintext."""
         options = grpc_options(self.settings)
+        watch = [self.dial_log.interceptor(address)] if self.dial_log is not None else None
         if self.tls is None:
-            return grpc.aio.insecure_channel(address, options=options)
-        return grpc.aio.secure_channel(address, self.tls.channel_credentials(), options=options)
+            return grpc.aio.insecure_channel(address, options=options, interceptors=watch)
+        credentials = self.tls.channel_credentials()
+        return grpc.aio.secure_channel(address, credentials, options=options, interceptors=watch)
 
     def close_later(self, channel: grpc.aio.Channel, grace: float) -> None:
         """Close `channel` once its calls in flight are done (at most `grace` seconds)."""
@@ -68,17 +123,20 @@ class Transport:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    async def start(self, servicer: pb_grpc.SwarmServicer) -> int:
-        """Serve `servicer`, health and reflection on the listen address; the bound port."""
+    async def start(self, servicer: pb_grpc.SwarmServicer, max_rpcs: int) -> int:
+        """Serve `servicer`, health and reflection on the listen address (at most
+        `max_rpcs` calls at once, gRPC's own cap); the bound port."""
         s = self.settings
-        server = grpc.aio.server(
-            options=grpc_options(s), maximum_concurrent_rpcs=s.max_concurrent_streams
-        )
+        options = [*grpc_options(s), ("grpc.so_reuseport", 0)]
+        server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_rpcs)
         pb_grpc.add_SwarmServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
+        if self.reserved is not None:  # hand the reserved port over to gRPC
+            self.reserved.close()
+            self.reserved = None
         try:
             if self.tls is None:
                 port = server.add_insecure_port(s.listen)
@@ -104,5 +162,8 @@ class Transport:
         self.health.set(SERVICE_NAME, status)
 
     async def stop(self, grace: float = 1.0) -> None:
+        if self.reserved is not None:
+            self.reserved.close()
+            self.reserved = None
         if self.server is not None:
             await self.server.stop(grace=grace)

@@ -1,0 +1,108 @@
+"""The options of `start` and `config`, built from `NodeSettings` (one source).
+
+Every field of `NodeSettings` becomes a flag of the same name (`rank` -> `--rank`,
+a bool -> `--mdns/--no-mdns`) whose help is the field's description and whose shown
+default is `settings.default_text`. The command receives the flags' values as
+`options`, None for every flag not given, so environment variables and the config
+file still apply underneath (`settings.resolve_settings`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from pydantic.fields import FieldInfo
+
+from declora.node.recipe import Recipe
+from declora.node.settings import NodeSettings, default_text, option_name
+
+NET = "Network"
+MODEL = "Model and data"
+TRAIN = "Training and rounds"
+OPS = "Operations"
+SEC = "Security"
+
+PANELS = {
+    **dict.fromkeys(
+        [
+            *("node_id", "swarm_id", "listen", "advertise", "peers", "mdns"),
+            *("mdns_interface", "solo", "max_neighbors", "min_peers", "startup_timeout"),
+        ],
+        NET,
+    ),
+    **dict.fromkeys(
+        [
+            *("model", "task", "data", "text_column", "label_column", "labels"),
+            *("partition", "partition_scheme", "rank", "alpha", "targets", "max_length"),
+        ],
+        MODEL,
+    ),
+    **dict.fromkeys(["tls_cert", "tls_key", "tls_ca", "swarm_secret"], SEC),
+}
+EXTRA_HELP = {"swarm_secret": "prefer DECLORA_SWARM_SECRET: flags show in ps"}
+
+
+def _panel(name: str) -> str:
+    return PANELS.get(name, TRAIN if name in Recipe.model_fields else OPS)
+
+
+def _cli_type(info: FieldInfo) -> type[Any]:
+    """The type the flag parses: bool, int, float, Path or str (lists as a,b,c)."""
+    annotation = info.annotation
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]
+    if annotation in (bool, int, float, Path):
+        return annotation  # type: ignore[return-value]
+    if typing.get_origin(annotation) is Literal:
+        return str
+    return str
+
+
+def help_text(name: str) -> str:
+    info = NodeSettings.model_fields[name]
+    text = info.description or name.replace("_", " ")
+    extra = EXTRA_HELP.get(name)
+    return text + (f"; {extra}" if extra else "")
+
+
+def _parameter(name: str, info: FieldInfo) -> inspect.Parameter:
+    kind = _cli_type(info)
+    flag = option_name(name)
+    decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
+    option = typer.Option(
+        *decls,
+        help=help_text(name),
+        show_default=default_text(name),
+        rich_help_panel=_panel(name),
+    )
+    annotation = Annotated[kind | None, option]  # type: ignore[valid-type]
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
+    )
+
+
+def settings_command(func: Callable[..., None]) -> Callable[..., None]:
+    """`func` with every `NodeSettings` option added; they arrive as `options`."""
+    own = [
+        p for p in inspect.signature(func, eval_str=True).parameters.values() if p.name != "options"
+    ]
+    fields = list(NodeSettings.model_fields)
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
+    params += [_parameter(name, info) for name, info in NodeSettings.model_fields.items()]
+
+    def command(**kwargs: Any) -> None:
+        options = {name: kwargs.pop(name, None) for name in fields}
+        func(**kwargs, options=options)
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__name__ = func.__name__
+    command.__doc__ = func.__doc__
+    return command

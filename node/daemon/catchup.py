@@ -1,0 +1,142 @@
+"""Full states: serving this node's adapter (Pull), and catching up to a neighbour.
+
+A node behind its neighbours (before its first round, or later more than
+`MAX_ROUNDS_AHEAD` rounds behind, where validated pushes cannot align it) takes an
+advanced neighbour's full state instead of trading stale refusals with it. A claimed
+round alone moves little: the state comes from the most advanced neighbour that has
+delivered a validated payload before, or, among newcomers only, from the
+second-most-advanced claimant where there are several; it is accepted only up to the
+claim (plus the rounds run meanwhile), its values are checked like a payload's
+(`DecLoraNode.check_payload`), and every neighbour gets a keyframe afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+
+from declora.node.codecs import make_codec
+from declora.node.daemon.handshake import Auth
+from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD
+from declora.node.daemon.peers import Peer, PeerTable
+from declora.node.daemon.state import Identity, Progress
+from declora.node.dec_lora import DecLoraNode
+from declora.node.identity import shown
+from declora.node.settings import NodeSettings
+from declora.node.wire import WireError, chunks, make_header, read_stream
+from declora.proto import pb
+
+log = logging.getLogger(__name__)
+
+
+class StateTransfer:
+    """This node's full state out (Pull), a neighbour's in (catch-up)."""
+
+    def __init__(
+        self,
+        settings: NodeSettings,
+        identity: Identity,
+        node: DecLoraNode[str],
+        progress: Progress,
+        peers: PeerTable,
+        auth: Auth,
+        max_bytes: int,
+    ) -> None:
+        self.settings = settings
+        self.me = identity
+        self.node = node
+        self.progress = progress
+        self.peers = peers
+        self.auth = auth
+        self.max_bytes = max_bytes
+
+    def state_chunks(self, kind: int) -> Iterator[pb.Chunk]:
+        """This node's adapter (STATE) or public copy (KEYFRAME) as a signed stream."""
+        if kind == pb.PAYLOAD_KIND_STATE:
+            data = make_codec("fp32").encode(self.node.vector(), np.random.default_rng(0))
+        else:
+            data = self.node.keyframe()
+        header = make_header(
+            sender_id=self.me.node_id,
+            swarm_id=self.me.swarm_id,
+            fingerprint=self.me.fingerprint,
+            round=self.progress.round,
+            sender_degree=len(self.peers.live),
+            kind=kind,
+            codec="fp32",
+            seq=self.progress.seq,
+            data=data,
+            schema=self.me.schema,
+        )
+        self.auth.sign_payload(header, data)
+        return chunks(header, data, self.settings.chunk_kib * 1024)
+
+    def catch_up_target(self) -> tuple[Peer, int] | None:
+        """The neighbour to take a full state from and the round it claims: the most
+        advanced claim of a neighbour that delivered a validated payload before
+        (`proven`); without one, the claim of the only neighbour, or where there are
+        several the second-highest claim and its claimant (one newcomer alone cannot
+        move a node far). None when no such claim is ahead of this node."""
+        live = sorted(self.peers.live, key=lambda p: p.claimed_round, reverse=True)
+        proven = [p for p in live if p.proven]
+        if proven:
+            source = proven[0]
+        elif live:
+            source = live[0] if len(live) == 1 else live[1]
+        else:
+            return None
+        if source.claimed_round <= self.progress.round:
+            return None
+        return source, source.claimed_round
+
+    def far_behind(self) -> bool:
+        """Whether the claims (as `catch_up_target` weighs them) put this node more than
+        `MAX_ROUNDS_AHEAD` rounds behind: too far for validated pushes to align it."""
+        target = self.catch_up_target()
+        return target is not None and target[1] > self.progress.round + MAX_ROUNDS_AHEAD
+
+    async def catch_up(self) -> None:
+        """A node behind its neighbours starts from an advanced one's full state."""
+        target = self.catch_up_target()
+        if target is None:
+            return
+        ahead, bound = target
+        me = self.me
+        request = pb.PullRequest(
+            node_id=me.node_id,
+            swarm_id=me.swarm_id,
+            kind=pb.PAYLOAD_KIND_STATE,
+            session=ahead.token_out,
+            receiver_id=ahead.node_id,
+        )
+        timeout = max(self.settings.round_deadline, 30)
+        stream = self.peers.stub(ahead).Pull(self.auth.sign(request), timeout=timeout)
+        payload = await read_stream(
+            stream,
+            swarm_id=me.swarm_id,
+            fingerprint=me.fingerprint,
+            schema=me.schema,
+            max_bytes=self.max_bytes,
+            auth=self.auth.secret,
+            idle_seconds=self.settings.stream_idle_seconds,
+        )
+        state_round = int(payload.header.round)
+        # it went on since its claim: a few rounds more than it claimed are fine
+        if not self.progress.round < state_round <= bound + MAX_ROUNDS_AHEAD:
+            raise WireError(
+                grpc.StatusCode.OUT_OF_RANGE,
+                f"{shown(ahead.node_id)} sent the state of round {state_round}, outside "
+                f"({self.progress.round}, {bound + MAX_ROUNDS_AHEAD}]",
+                "future_round",
+            )
+        vec = self.node.check_payload(ahead.node_id, payload.data, cap=self.settings.max_value)
+        self.node.take_state(vec)
+        self.peers.forget_all_copies()
+        self.progress.round = state_round
+        self.progress.seq += 1  # our public copy jumped: peers must take a keyframe
+        log.info(
+            "caught up from %s: starting after its round %d", ahead.node_id, self.progress.round
+        )

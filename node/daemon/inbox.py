@@ -1,0 +1,242 @@
+"""Receiving pushes: every check before a neighbour's payload is queued for its round.
+
+Invariants callers may rely on:
+- nothing received touches state before it passed every check (`wire.read_stream`,
+  the sender's handshake and session, the round window, sequence checks, and the
+  core's `check_payload`/`check_tracker`, run off the event loop); state is re-checked
+  after that await; a refused message changes nothing and is counted by reason;
+- before any data of a push is buffered, its header must name a live neighbour, carry
+  the session token this node gave it and this node's id, match the caller's
+  certificate (mTLS), and fit the per-round push limit; a neighbour has at most
+  `STREAMS_PER_PEER` pushes open at once, a stream silent for `stream_idle_seconds`
+  is cut, and all streams together buffer at most `BUFFERED_MESSAGES` messages;
+- a peer's values are bounded, not only finite (`DecLoraNode.check_payload`);
+- only a validated payload sets a neighbour's (verified) round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from declora.node.daemon.handshake import CLI_CERT, Auth
+from declora.node.daemon.peers import Peer, PeerTable
+from declora.node.daemon.state import Identity, Progress
+from declora.node.dec_lora import DecLoraNode
+from declora.node.gossip import GossipError, update_scale
+from declora.node.identity import MAX_DEGREE, MAX_ROUND, MAX_SEQ, shown
+from declora.node.limits import NodeLimits
+from declora.node.metrics import NodeMetrics
+from declora.node.settings import NodeSettings
+from declora.node.wire import ByteBudget, Payload, WireError, read_stream
+from declora.proto import pb
+
+MAX_ROUNDS_AHEAD = 8
+STREAMS_PER_PEER = 2  # push streams one neighbour may hold open at once
+BUFFERED_MESSAGES = 4  # all push streams together buffer at most this many max messages
+
+
+@dataclass
+class Inbound:
+    """A neighbour's checked payload, queued for the mix of its round."""
+
+    kind: int
+    vector: np.ndarray
+    degree: int
+    seq: int
+    scale: float = 1.0  # update_scale of the sender's codec (deltas only)
+    tracker: np.ndarray | None = None  # the sender's z (gradient tracking), checked
+
+
+def max_message_bytes(settings: NodeSettings, numel: int) -> int:
+    """`--max-message-mib`, or (0) what this adapter needs: a fp32 keyframe and a fp32
+    tracking message with headroom (twice that, plus 1 MiB)."""
+    if settings.max_message_mib:
+        return settings.max_message_mib * 1024 * 1024
+    return 2 * (2 * 4 * numel + 4096) + (1 << 20)
+
+
+class Inbox:
+    """Payloads queued by round, and the checks that admit them."""
+
+    def __init__(
+        self,
+        settings: NodeSettings,
+        identity: Identity,
+        node: DecLoraNode[str],
+        progress: Progress,
+        peers: PeerTable,
+        auth: Auth,
+        limits: NodeLimits,
+        metrics: NodeMetrics,
+    ) -> None:
+        self.settings = settings
+        self.me = identity
+        self.node = node
+        self.progress = progress
+        self.peers = peers
+        self.auth = auth
+        self.limits = limits
+        self.metrics = metrics
+        self.max_bytes = max_message_bytes(settings, identity.schema.numel)
+        self.budget = ByteBudget(BUFFERED_MESSAGES * self.max_bytes)
+        self.open_streams: dict[str, int] = {}
+        self.queued: dict[int, dict[str, Inbound]] = {}
+
+    def arrived(self, r: int) -> dict[str, Inbound]:
+        """Round r's payloads so far, by sender (do not modify)."""
+        return self.queued.get(r, {})
+
+    def take(self, r: int) -> dict[str, Inbound]:
+        """Round r's payloads, removed with every older round's."""
+        arrived = self.queued.pop(r, {})
+        for old in [k for k in self.queued if k <= r]:
+            del self.queued[old]
+        return arrived
+
+    def _check_sender(self, h: pb.PayloadHeader, cert_name: str | None) -> Peer:
+        """Header-level checks, before any data is buffered (raises WireError)."""
+        me = self.me
+        if h.kind == pb.PAYLOAD_KIND_STATE:
+            raise WireError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "a STATE payload is served by Pull, never pushed",
+                "bad_kind",
+            )
+        peer = self.peers.get(h.sender_id)
+        if peer is None or not peer.live:
+            raise WireError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"{shown(h.sender_id)} has not shaken hands with {me.node_id!r}",
+                "no_handshake",
+            )
+        if not peer.token_ok(h.session) or h.receiver_id != me.node_id:
+            raise WireError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"a push in the name of {shown(h.sender_id)} without its session with "
+                f"{me.node_id!r}: renew the handshake",
+                "bad_session",
+            )
+        if cert_name is not None and (cert_name != h.sender_id or cert_name == CLI_CERT):
+            raise WireError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"a push in the name of {shown(h.sender_id)} from the certificate of "
+                f"{shown(cert_name)}",
+                "bad_identity",
+            )
+        if self.open_streams.get(peer.node_id, 0) >= STREAMS_PER_PEER:
+            raise WireError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{shown(h.sender_id)} already has {STREAMS_PER_PEER} pushes open",
+                "rate_limited",
+            )
+        if h.sender_degree > MAX_DEGREE or h.seq > MAX_SEQ:
+            raise WireError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"degree {h.sender_degree} or seq {h.seq} out of range",
+                "malformed",
+            )
+        current = self.progress.round
+        self.limits.check_push(peer.node_id, min(int(h.round), MAX_ROUND), current)
+        # Before its first round this node may still catch up (`catch_up`) while a
+        # neighbour ahead already pushes the rounds after its handshake round.
+        claimed = min(peer.claimed_round, current + MAX_ROUNDS_AHEAD)
+        base = max(current, peer.round, claimed) if self.progress.before_first_round else current
+        if h.round <= current or h.round > base + MAX_ROUNDS_AHEAD:
+            # Refused unchanged: the sender's next delta fails the seq check below, so
+            # it resyncs by keyframe; its renewed handshake tells us its round.
+            raise WireError(
+                grpc.StatusCode.OUT_OF_RANGE,
+                f"round {h.round} outside ({current}, {base + MAX_ROUNDS_AHEAD}]",
+                "stale_round" if h.round <= current else "future_round",
+            )
+        if h.tracker_bytes and self.node.tracker is None:
+            raise WireError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "a gradient-tracking message, but this node does not track",
+                "bad_tracking",
+            )
+        return peer
+
+    async def receive(
+        self, stream: AsyncIterator[pb.Chunk], cert_name: str | None = None
+    ) -> pb.PushAck:
+        """Validate, then queue one payload for the mix of its round (raises WireError).
+
+        `cert_name`: the common name of the caller's certificate under mTLS."""
+        me = self.me
+        held: list[str] = []
+
+        def on_header(h: pb.PayloadHeader) -> None:
+            peer = self._check_sender(h, cert_name)
+            self.open_streams[peer.node_id] = self.open_streams.get(peer.node_id, 0) + 1
+            held.append(peer.node_id)
+
+        try:
+            payload = await read_stream(
+                stream,
+                swarm_id=me.swarm_id,
+                fingerprint=me.fingerprint,
+                schema=me.schema,
+                max_bytes=self.max_bytes,
+                auth=self.auth.secret,
+                on_header=on_header,
+                idle_seconds=self.settings.stream_idle_seconds,
+                budget=self.budget,
+            )
+            return await self._accept(payload)
+        finally:
+            for pid in held:
+                left = self.open_streams.get(pid, 1) - 1
+                if left > 0:
+                    self.open_streams[pid] = left
+                else:
+                    self.open_streams.pop(pid, None)
+
+    async def _accept(self, payload: Payload) -> pb.PushAck:
+        h = payload.header
+        peer = self.peers.get(h.sender_id)
+        if peer is None or not peer.live:  # dropped while the data arrived
+            raise WireError(
+                grpc.StatusCode.ABORTED, "state moved on while the payload arrived", "raced"
+            )
+        if h.kind == pb.PAYLOAD_KIND_DELTA and (
+            peer.expected_seq is None or h.seq != peer.expected_seq
+        ):
+            return pb.PushAck(
+                accepted=False, reason="out of step: send a keyframe", need_keyframe=True
+            )
+        cap = self.settings.max_value
+        try:  # decoding a large payload must not stall the event loop
+            vec = await asyncio.to_thread(
+                self.node.check_payload, peer.node_id, payload.adapter, h.codec, cap
+            )
+            z = None
+            if h.tracker_bytes:
+                z = await asyncio.to_thread(
+                    self.node.check_tracker, peer.node_id, payload.tracker, cap
+                )
+        except GossipError as exc:
+            raise WireError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), "bad_values") from exc
+        in_step = h.kind != pb.PAYLOAD_KIND_DELTA or peer.expected_seq == h.seq
+        if not peer.live or h.round <= self.progress.round or not in_step:  # moved meanwhile
+            raise WireError(
+                grpc.StatusCode.ABORTED, "state moved on while the payload was checked", "raced"
+            )
+        self.queued.setdefault(int(h.round), {})[peer.node_id] = Inbound(
+            int(h.kind), vec, int(h.sender_degree), int(h.seq), update_scale(h.codec), z
+        )
+        peer.round = int(h.round) - 1  # validated: what the sender has completed
+        peer.proven = True
+        peer.expected_seq = int(h.seq) + 1
+        peer.bytes_received += len(payload.data)
+        peer.last_seen = time.time()
+        self.node.bytes_received += len(payload.data)
+        self.metrics.bytes_received.inc(len(payload.data))
+        self.progress.wake()
+        return pb.PushAck(accepted=True)

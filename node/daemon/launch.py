@@ -1,0 +1,38 @@
+"""`declora-node start`'s path into a daemon: check, bind, then load.
+
+`launch` checks the configuration (someone to train with, a checkpoint to resume),
+reserves the listen port with a plain socket, and only then imports torch and builds
+the daemon, which swaps the reservation for its gRPC server before the model loads.
+So a port in use or a bad configuration fails within a second, with a `UserError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from declora.node import logs
+from declora.node.daemon.startup import check_config
+from declora.node.daemon.transport import Transport
+from declora.node.settings import NodeSettings
+
+
+def launch(settings: NodeSettings) -> int:
+    """Run a node until it finishes or is stopped; the exit code (UserError: a mistake)."""
+    logs.configure(settings.node_id, settings.log_format, settings.log_level)
+    check_config(settings)
+    transport = Transport(settings, settings.tls())
+    transport.reserve()
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is optional off Linux/macOS
+        return asyncio.run(_run(settings, transport))
+    return uvloop.run(_run(settings, transport))
+
+
+async def _run(settings: NodeSettings, transport: Transport) -> int:
+    try:
+        from declora.node.daemon.daemon import Daemon
+    except BaseException:
+        await transport.stop()
+        raise
+    return await Daemon(settings, transport).run()

@@ -1,0 +1,156 @@
+"""Building a node: its workload (data share, model, trainer) and its parts, wired.
+
+`build_parts` is the one place that knows how the parts depend on each other; `Parts`
+is what the servicer and the round loop use. Building is blocking (it loads the model)
+and touches no network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from declora.node.daemon.catchup import StateTransfer
+from declora.node.daemon.exchange import Exchange
+from declora.node.daemon.handshake import Auth, Handshaker, recipe_facts
+from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD, Inbox
+from declora.node.daemon.peers import PeerTable
+from declora.node.daemon.state import Identity, Progress
+from declora.node.daemon.status import (
+    Counters,
+    NodeFacts,
+    RoundReport,
+    state_digest,
+    status_reply,
+)
+from declora.node.daemon.transport import Transport
+from declora.node.dec_lora import DecLoraNode
+from declora.node.limits import NodeLimits
+from declora.node.metrics import NodeMetrics
+from declora.node.security import auth_mode
+from declora.node.settings import NodeSettings
+from declora.node.trainer import Encoded, LoraModel
+from declora.node.workload import load_workload
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+@dataclass
+class Parts:
+    """A running node's parts, wired together (what the servicer hands RPCs to)."""
+
+    settings: NodeSettings
+    lm: LoraModel
+    node: DecLoraNode[str]
+    test: Encoded | None
+    progress: Progress
+    report: RoundReport
+    counters: Counters
+    facts: NodeFacts
+    limits: NodeLimits
+    auth: Auth
+    peers: PeerTable
+    handshaker: Handshaker
+    inbox: Inbox
+    exchange: Exchange
+    transfer: StateTransfer
+
+    def status(self, include_digest: bool = False) -> Any:
+        digest = state_digest(self.node, self.inbox.queued) if include_digest else ""
+        return status_reply(
+            self.facts, self.progress, self.report, self.counters, self.node, self.peers, digest
+        )
+
+
+def build_parts(
+    settings: NodeSettings,
+    progress: Progress,
+    report: RoundReport,
+    counters: Counters,
+    metrics: NodeMetrics,
+    transport: Transport,
+    auth: Auth,
+) -> Parts:
+    """Load data and model and wire a node's parts (blocking: call it in a thread)."""
+    s = settings
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    index, total = s.partition_index or (0, 1)
+    work = load_workload(s.recipe(), total, device=resolve_device(s.device))
+    node = work.node(index)
+    lm = work.lm
+    limits = NodeLimits(
+        handshakes_per_minute=s.max_handshakes_per_minute,
+        pushes_per_round=s.max_pushes_per_round,
+        pulls_per_minute=s.max_pulls_per_minute,
+        rounds_ahead=MAX_ROUNDS_AHEAD,
+    )
+    peers = PeerTable(
+        node,
+        progress,
+        transport,
+        metrics,
+        s.max_neighbors,
+        close_grace=s.round_deadline + 1.0,
+        max_known=s.max_known_peers,
+    )
+    recipe = recipe_facts(lm.spec.as_dict(), lm.label_names)
+    handshaker = Handshaker(
+        s,
+        lm.fingerprint,
+        recipe,
+        progress,
+        peers,
+        transport,
+        auth,
+        counters,
+    )
+    identity = Identity(s.node_id, s.swarm_id, lm.fingerprint, lm.schema, node.codec_spec)
+    inbox = Inbox(s, identity, node, progress, peers, auth, limits, metrics)
+    exchange = Exchange(
+        s,
+        identity,
+        node,
+        progress,
+        peers,
+        handshaker,
+        inbox,
+        auth,
+        counters,
+        report,
+        metrics,
+    )
+    transfer = StateTransfer(s, identity, node, progress, peers, auth, inbox.max_bytes)
+    facts = NodeFacts(
+        node_id=s.node_id,
+        swarm_id=s.swarm_id,
+        fingerprint=lm.fingerprint,
+        listen_address=s.advertise,
+        codec=s.codec,
+        total_rounds=s.rounds,
+        auth=auth_mode(transport.tls is not None, auth.secret is not None),
+        gradient_tracking=s.gradient_tracking,
+    )
+    return Parts(
+        s,
+        lm,
+        node,
+        work.encoded_test(),
+        progress,
+        report,
+        counters,
+        facts,
+        limits,
+        auth,
+        peers,
+        handshaker,
+        inbox,
+        exchange,
+        transfer,
+    )

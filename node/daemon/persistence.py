@@ -1,0 +1,83 @@
+"""What a node keeps on disk: checkpoints, the final adapter, the round history.
+
+- checkpoints are written atomically (see `checkpoint`); `saved_round` is the round
+  of the newest one written or resumed from, so a stop never rewrites what LATEST
+  names;
+- the final adapter is written in the PEFT format to `<checkpoint_dir>/adapter`;
+- `rounds.jsonl` gets one JSON line per completed round.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from declora.node import checkpoint
+from declora.node.daemon.parts import Parts
+from declora.node.daemon.status import append_round, round_entry
+from declora.node.dec_lora import NodeSnapshot
+
+log = logging.getLogger(__name__)
+
+
+class Persistence:
+    """A node's checkpoints, final adapter and history in `folder` (its state dir)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.checkpoint_dir = folder
+        self.saved_round = -1
+        self._parts: Parts | None = None
+
+    @property
+    def parts(self) -> Parts:
+        assert self._parts is not None, "attach() the built parts first"
+        return self._parts
+
+    def attach(self, parts: Parts) -> None:
+        self._parts = parts
+
+    def resume(self, parts: Parts) -> None:
+        """Continue from the newest complete checkpoint (CheckpointError without one)."""
+        state = checkpoint.load(self.checkpoint_dir, parts.lm)
+        checkpoint.restore_trainer(parts.node.trainer, state.trainer, state.vector)
+        parts.node.restore(NodeSnapshot(state.vector, state.public, state.correction))
+        parts.progress.round, parts.progress.seq = state.round, state.seq
+        self.saved_round = state.round
+        log.info("resumed from %s at round %d", checkpoint.latest(self.checkpoint_dir), state.round)
+
+    def record(self, phase: str, evaluated: bool) -> None:
+        """Append the round just completed to `rounds.jsonl`."""
+        parts = self.parts
+        entry = round_entry(parts.progress, parts.report, parts.node, parts.peers, phase, evaluated)
+        append_round(self.checkpoint_dir, entry)
+
+    def save_checkpoint(self) -> None:
+        """Write a checkpoint of the current round (atomically, see `checkpoint`)."""
+        parts = self.parts
+        snap = parts.node.snapshot()
+        state = checkpoint.NodeState(
+            round=parts.progress.round,
+            seq=parts.progress.seq,
+            vector=snap.vector,
+            public=snap.public,
+            trainer=checkpoint.trainer_state(parts.node.trainer),
+            fingerprint=parts.lm.fingerprint,
+            correction=snap.correction,
+        )
+        meta = {"node_id": parts.settings.node_id}
+        path = checkpoint.save(self.checkpoint_dir, parts.lm, state, meta)
+        self.saved_round = state.round
+        log.info("checkpoint written: %s", path)
+
+    def save_final(self) -> Path:
+        """Write the final adapter (PEFT format) to `<checkpoint_dir>/adapter`."""
+        parts = self.parts
+        path = self.checkpoint_dir / "adapter"
+        meta = {
+            "node_id": parts.settings.node_id,
+            "round": parts.progress.round,
+            "eval": parts.report.last_eval,
+        }
+        parts.lm.save_adapter(parts.node.vector(), path, meta)
+        log.info("final adapter written: %s", path)
+        return path

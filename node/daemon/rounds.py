@@ -1,0 +1,169 @@
+"""The train loop of a running node: rounds, the consensus finish, evaluation.
+
+Invariants callers may rely on:
+- a round is: (when far behind) a catch-up, alignment, K local steps, one exchange;
+- if training goes non-finite the node rolls back to the state before the round's
+  steps (adapter, public copy, correction, optimizer) and drops the neighbours whose
+  payloads its last mix used; it never exits because of what a peer sent;
+- after the last training round, gossip-only rounds run until every live neighbour
+  is within `consensus_tol` (at most `consensus_rounds`), then a final evaluation;
+- every completed round is appended to the history and checkpoints are written every
+  `checkpoint_every` rounds (`persistence`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+
+from declora.node import logs
+from declora.node.daemon.parts import Parts
+from declora.node.daemon.persistence import Persistence
+from declora.node.daemon.state import NodeState
+from declora.node.dec_lora import DecLoraNode, NodeSnapshot
+from declora.node.gossip import GossipError
+from declora.node.metrics import NodeMetrics
+from declora.node.wire import WireError
+
+log = logging.getLogger(__name__)
+
+CATCH_UP_EVERY = 10.0  # seconds between catch-up attempts of a node far behind
+
+
+@dataclass
+class TrainerSnapshot:
+    """A node's gossip state and optimizer state, to roll back to."""
+
+    node: NodeSnapshot
+    optimizer: dict[str, Any]
+
+    @classmethod
+    def of(cls, node: DecLoraNode[str]) -> TrainerSnapshot:
+        return cls(node.snapshot(), copy.deepcopy(node.trainer.optimizer.state_dict()))
+
+    def restore(self, node: DecLoraNode[str]) -> None:
+        node.restore(self.node)
+        node.trainer.optimizer.load_state_dict(self.optimizer)
+
+
+class RoundLoop:
+    """Runs a built node's rounds."""
+
+    def __init__(self, parts: Parts, store: Persistence, metrics: NodeMetrics) -> None:
+        self.parts = parts
+        self.store = store
+        self.metrics = metrics
+        self.settings = parts.settings
+        self.progress = parts.progress
+        self.report = parts.report
+        self._next_catch_up = 0.0  # monotonic time a node far behind may try again
+
+    async def catch_up(self) -> None:
+        """Take an advanced neighbour's state (`catchup`); on failure keep our own."""
+        parts = self.parts
+        try:
+            await parts.transfer.catch_up()
+        except (WireError, GossipError, grpc.aio.AioRpcError) as exc:
+            why = exc.reason if isinstance(exc, WireError) else str(exc)
+            log.warning("could not take a neighbour's state (%s): going on from our own", why)
+
+    async def run_round(self, train: bool) -> None:
+        """Train K local steps (unless `train` is false), then one exchange and mix."""
+        parts = self.parts
+        progress, report, metrics = self.progress, self.report, self.metrics
+        if parts.transfer.far_behind() and time.monotonic() >= self._next_catch_up:
+            self._next_catch_up = time.monotonic() + CATCH_UP_EVERY
+            target = parts.transfer.catch_up_target()
+            log.warning(
+                "neighbours are at round %d: skipping ahead from %d by taking a state",
+                target[1] if target else -1,
+                progress.round,
+            )
+            await self.catch_up()
+        parts.exchange.align_round()
+        r = progress.round + 1
+        logs.set_round(r)
+        t0 = time.perf_counter()
+        if train:
+            progress.state = NodeState.TRAINING
+            good = TrainerSnapshot.of(parts.node)
+            report.loss = await asyncio.to_thread(
+                parts.node.train, self.settings.local_steps, lambda: progress.stop_requested
+            )
+            if not (np.isfinite(report.loss) and parts.node.is_finite()):
+                self._roll_back(good)
+            metrics.loss.set(report.loss)
+        progress.state = NodeState.EXCHANGING
+        await parts.exchange.exchange(r)
+        progress.round = r
+        report.last_round_seconds = time.perf_counter() - t0
+        parts.exchange.observe_round(report.last_round_seconds)
+        metrics.rounds.inc()
+        metrics.round.set(r)
+        metrics.round_seconds.observe(report.last_round_seconds)
+        log.info(
+            "round %d done in %.2fs: loss %.4f, %d live neighbours, self weight %.3f",
+            r,
+            report.last_round_seconds,
+            report.loss,
+            len(parts.peers.live),
+            report.self_weight,
+        )
+
+    def _roll_back(self, good: TrainerSnapshot) -> None:
+        """Training went non-finite: back to the state before it, and drop the
+        neighbours whose payloads the last mix used (the likely cause)."""
+        parts = self.parts
+        good.restore(parts.node)
+        suspects = [p for p in parts.exchange.last_contributors if parts.peers.get(p)]
+        log.error(
+            "training gave non-finite values: rolled back to the last good state and dropped %s",
+            ", ".join(suspects) or "no neighbour",
+        )
+        for pid in suspects:
+            parts.peers.drop(parts.peers.peers[pid], "training on its payload went non-finite")
+        self.report.loss = float("nan")
+
+    async def train_loop(self) -> None:
+        s, progress, parts = self.settings, self.progress, self.parts
+        while not progress.stop_requested and (s.rounds == 0 or progress.round < s.rounds):
+            await self.run_round(train=True)
+            evaluated = bool(s.eval_every and progress.round % s.eval_every == 0)
+            if evaluated:
+                await self.evaluate()
+            self.store.record("train", evaluated)
+            if progress.round % s.checkpoint_every == 0:
+                await asyncio.to_thread(self.store.save_checkpoint)
+        if progress.stop_requested:
+            return
+        progress.state = NodeState.CONSENSUS
+        for _ in range(s.consensus_rounds):
+            live = [p.node_id for p in parts.peers.live]
+            if progress.stop_requested or not live:
+                break
+            if parts.node.disagreement(live) <= s.consensus_tol:
+                break
+            await self.run_round(train=False)
+            self.store.record("consensus", False)
+        await self.evaluate()
+        self.store.record("final", True)
+        progress.state = NodeState.DONE
+
+    async def evaluate(self) -> None:
+        """Evaluate the adapter on the test set (when there is one)."""
+        parts = self.parts
+        if parts.test is None:
+            return
+        self.progress.state = NodeState.EVALUATING
+        vec = parts.node.vector()
+        self.report.last_eval = await asyncio.to_thread(parts.lm.evaluate, vec, parts.test)
+        if "accuracy" in self.report.last_eval:
+            self.metrics.accuracy.set(self.report.last_eval["accuracy"])
+        log.info("eval %s", {k: round(v, 4) for k, v in self.report.last_eval.items()})
