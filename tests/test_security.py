@@ -235,7 +235,7 @@ def test_secret_setting_env_length_and_never_shown(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("DECLORA_SWARM_SECRET", "short")
     res = runner.invoke(app, ["start"])
     assert res.exit_code == 2
-    assert "--swarm-secret: must be at least 16 characters" in res.stderr
+    assert "DECLORA_SWARM_SECRET: must be at least 16 characters" in res.stderr  # as given
     assert "short" not in res.stderr
 
 
