@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 CONSTRAINTS := constraints.txt
 
-.PHONY: run test test-faults install dev lint typecheck unit proto experiment bench bench-smoke clean
+.PHONY: run test test-faults test-slow install dev lint typecheck unit proto experiment bench bench-smoke clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,8 @@ run: $(VENV)/.installed
 	$(VENV)/bin/declora-node lab --nodes $(NODES) $(if $(ROUNDS),--rounds $(ROUNDS)) \
 		--output runs/lab
 
-## make test: lint, type-check, the whole test suite and every benchmark's smoke run
+## make test: lint, type-check, the test suite (less the slow MiniLM and fault suites)
+## and every benchmark's smoke run
 test: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -38,8 +39,12 @@ test: $(VENV)/.dev
 	cp -r node cli proto build/typecheck/declora/
 	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml \
 		-p declora.node -p declora.cli -p declora.proto
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not slow and not faults"
 	$(MAKE) bench-smoke
+
+## make test-slow: the tests on the real MiniLM model and BBC News (minutes)
+test-slow: $(VENV)/.dev
+	$(PY) -m pytest -m slow
 
 ## make test-faults: the fault matrix with real processes and network namespaces (root)
 test-faults: $(VENV)/.dev

@@ -10,6 +10,7 @@ command handles help and mistakes. Both end in `client.show_status`.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def status_main(argv: list[str]) -> int | None:
@@ -30,13 +31,11 @@ def status_main(argv: list[str]) -> int | None:
     if rest:
         return None
     try:
-        tls = TlsFiles.load(*(p and _path(p) for p in (args.tls_cert, args.tls_key, args.tls_ca)))
+        tls = TlsFiles.load(_path(args.tls_cert), _path(args.tls_key), _path(args.tls_ca))
     except TlsError:
         return None  # the typer command names the bad option
     return show_status(args.target, args.json_out, args.timeout, tls)
 
 
-def _path(text: str) -> object:
-    from pathlib import Path
-
-    return Path(text)
+def _path(text: str | None) -> Path | None:
+    return Path(text) if text else None

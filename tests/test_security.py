@@ -29,7 +29,16 @@ import grpc
 import numpy as np
 import pytest
 from cryptography import x509
-from daemon_helpers import HOST, Cluster, Node, free_ports, known_ids, live_ids, train_args
+from daemon_helpers import (
+    HOST,
+    Cluster,
+    Node,
+    free_ports,
+    known_ids,
+    live_ids,
+    serve_fake_peer,
+    train_args,
+)
 from typer.testing import CliRunner
 
 from declora.cli.app import app
@@ -434,7 +443,7 @@ def test_mtls_swarm_mixes_and_strangers_cannot_join(cluster: Cluster, tmp_path: 
     other_ca = stranger(cluster, "x", [n0, n1], node_tls(other_pki, "x")).start()
     plain = stranger(cluster, "plain", [n0, n1], []).start()
     exposed = stranger(cluster, "exposed", [], [])
-    exposed.start(["--listen", f"0.0.0.0:{exposed.port}"])  # the last --listen wins
+    exposed.start(["--listen", f"0.0.0.0:{exposed.port}", "--solo"])  # the last --listen wins
 
     # The open-port warning: only for a non-loopback listener with neither TLS nor secret,
     # logged before the model loads (the node is not needed after that).
@@ -497,6 +506,13 @@ def test_mtls_swarm_mixes_and_strangers_cannot_join(cluster: Cluster, tmp_path: 
 
 @pytest.mark.integration
 @pytest.mark.timeout(300)
+class TakesPushes(pb_grpc.SwarmServicer):
+    def Push(self, request_iterator: object, context: object) -> pb.PushAck:
+        for _ in request_iterator:  # type: ignore[attr-defined]
+            pass
+        return pb.PushAck(accepted=True)
+
+
 def test_secret_swarm_mixes_and_refuses_forgeries_and_replays(
     cluster: Cluster, tiny_lm: LoraModel
 ) -> None:
@@ -521,14 +537,15 @@ def test_secret_swarm_mixes_and_refuses_forgeries_and_replays(
     auth, forger = SwarmAuth(SECRET.encode()), SwarmAuth(b"not the swarm secret")
     before = s1.status()
     assert before is not None
-    [closed] = free_ports(1)
+    [port] = free_ports(1)  # ghost's server takes s1's pushes, so s1 keeps it live
+    server = serve_fake_peer(TakesPushes(), f"{HOST}:{port}")
     ghost = auth.sign(
         pb.Hello(
             protocol_version=PROTOCOL_VERSION,
             node_id="ghost",
             swarm_id=cluster.swarm_id,
             fingerprint=before.fingerprint,
-            listen_address=f"{HOST}:{closed}",
+            listen_address=f"{HOST}:{port}",
             receiver=s1.address,  # signed: this Hello is for s1 only
         )
     )
@@ -543,7 +560,7 @@ def test_secret_swarm_mixes_and_refuses_forgeries_and_replays(
         sender_id="ghost",
         swarm_id=cluster.swarm_id,
         fingerprint=before.fingerprint,
-        round=before.round + 1,
+        round=before.round + 4,  # ahead of s1 (ghost is live and silent: s1 waits)
         sender_degree=1,
         kind=pb.PAYLOAD_KIND_DELTA,
         codec="fp32",
@@ -598,13 +615,15 @@ def test_secret_swarm_mixes_and_refuses_forgeries_and_replays(
             with pytest.raises(grpc.RpcError) as info:
                 call()
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, (what, info.value)
-        stub.Leave(
+        stub.Leave(  # ghost's own, valid leave
             auth.sign(
                 pb.LeaveNotice(
                     node_id="ghost", swarm_id=cluster.swarm_id, session=session, receiver_id="s1"
                 )
-            )
+            ),
+            timeout=10,
         )
+    server.stop(grace=None)
 
     after = s1.status()
     assert after is not None

@@ -260,7 +260,7 @@ class Handshaker:
         try:
             welcome = await pb_grpc.SwarmStub(channel).Handshake(hello, timeout=DIAL_TIMEOUT)
         except grpc.aio.AioRpcError as exc:
-            why = f"{exc.code().name}: {exc.details() or ''}".strip()
+            why = f"{exc.code().name} {exc.details() or ''}".strip()
             log.debug("handshake with %s failed: %s", address, why)
             return None
         finally:
