@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -36,7 +37,8 @@ from declora.node.recipe import Recipe
 
 BASE_LR = 2e-3  # AdamW for one adapter at batch 16 (the centralized reference)
 SWARM_LR = 4e-3  # per sqrt(node): the swarm's averaged model steps on a 16 x nodes batch
-MIB_PER_MINILM_NODE = 900  # resident memory of one MiniLM daemon, measured
+LAB_MINUTES = "about 5"  # `make run` on 2 idle cores (620 CPU-s measured; 7.5 min when busy)
+MIB_PER_MINILM_NODE = 1050  # memory of one MiniLM daemon (PSS 1.0-1.08 GB, RSS 1.2 GB)
 
 
 class LabConfig(Recipe):
@@ -197,9 +199,13 @@ def _stop(nodes: list[LabNode], grace: float = 60.0) -> None:
 
 def centralized_reference(cfg: LabConfig) -> dict[str, Any]:
     """One adapter on all the nodes' data, for the swarm's total samples, at the
-    learning rate for one adapter (`central_lr`), not the swarm's scaled one."""
+    learning rate for one adapter (`central_lr`), not the swarm's scaled one; one torch
+    thread, as each node (two threads beside busy cores measured 2.4x slower a step)."""
+    import torch
+
     from declora.node.workload import load_workload
 
+    torch.set_num_threads(1)
     work = load_workload(cfg.recipe().model_copy(update={"lr": cfg.central_lr}), cfg.nodes)
     trainer = work.centralized_trainer()
     steps = work.centralized_steps()
@@ -221,6 +227,23 @@ def summary_line(node_id: str, accuracy: float | None, gap: float | None) -> str
         return f"  {node_id}: no final adapter"
     versus = "" if gap is None else f" ({gap:+.1f} points vs centralized)"
     return f"  {node_id}: accuracy {accuracy:.4f}{versus}"
+
+
+class Reference(threading.Thread):
+    """The centralized reference, trained beside the nodes (it fills a core the nodes
+    leave idle while they wait for each other); `result` once done."""
+
+    def __init__(self, cfg: LabConfig) -> None:
+        super().__init__(name="centralized-reference", daemon=True)  # Ctrl-C: no wait
+        self.cfg = cfg
+        self.result: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = centralized_reference(self.cfg)
+        except BaseException as exc:  # reported by the lab, never lost in a thread
+            self.error = exc
 
 
 def plot_lab(
@@ -284,12 +307,14 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
     nodes: list[LabNode] = []
     interrupted = False
     t0 = time.time()
+    reference = Reference(cfg) if cfg.centralized else None
     if cfg.model == "minilm":
-        gib = cfg.nodes * MIB_PER_MINILM_NODE / 1024
+        models = cfg.nodes + int(cfg.centralized)
         console.print(
-            f"lab: needs about {gib:.1f} GB of memory ({cfg.nodes} MiniLM daemons, "
+            f"lab: needs about {models * MIB_PER_MINILM_NODE / 1024:.1f} GB of memory "
+            f"({models} MiniLM models: the daemons and the centralized reference, "
             f"~{MIB_PER_MINILM_NODE / 1024:.1f} GB each) and minutes of CPU "
-            "(about 5 on 2 cores at the defaults)"
+            f"({LAB_MINUTES} on 2 idle cores at the defaults, more when they are busy)"
         )
     try:
         for i in range(cfg.nodes):
@@ -313,6 +338,9 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
             f"{cfg.rounds} rounds x {cfg.local_steps} steps, {cfg.model}) on "
             f"{', '.join(addresses)}; logs in {out}"
         )
+        if reference is not None:
+            console.print("lab: training the centralized reference (same samples) beside them")
+            reference.start()
         statuses: dict[str, Any] = {}
         with Live(console=console, refresh_per_second=2) as live:
             while any(n.process.poll() is None for n in nodes):
@@ -344,9 +372,13 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
         meta = n.folder / "adapter" / "declora.json"
         finals[n.node_id] = json.loads(meta.read_text()) if meta.is_file() else None
     central = None
-    if cfg.centralized and not interrupted:
-        console.print("lab: training the centralized reference (same samples, all data)...")
-        central = centralized_reference(cfg)
+    if reference is not None and reference.is_alive() and not interrupted:
+        console.print("lab: waiting for the centralized reference...")
+        reference.join()
+    if reference is not None and reference.error is not None:
+        raise reference.error
+    if reference is not None and not interrupted:
+        central = reference.result
     accs = {k: (v or {}).get("eval", {}).get("accuracy") for k, v in finals.items()}
     ref = (central or {}).get("eval", {}).get("accuracy")
     gaps = {k: None if a is None or ref is None else 100 * (a - ref) for k, a in accs.items()}
