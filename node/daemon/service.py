@@ -121,16 +121,28 @@ class SwarmService(pb_grpc.SwarmServicer):
             await self._refuse(context, exc)
             raise  # unreachable: abort raises
 
-    def _caller_refusal(
+    async def _member_only(
         self,
         context: grpc.aio.ServicerContext,
-        node_id: str,
-        swarm_id: str,
-        session: bytes,
-        receiver_id: str,
+        request: pb.PullRequest | pb.LeaveNotice,
+        what: str,
+    ) -> None:
+        """Abort a Pull or Leave that is not authentic (swarm secret); raise WireError
+        for one that is not from the live neighbour it names (`_caller_refusal`)."""
+        refusal = self.parts.auth.refusal(request, f"{what} from {shown(request.node_id)}")
+        if refusal:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
+        bad = self._caller_refusal(context, request)
+        if bad is not None:
+            raise bad
+
+    def _caller_refusal(
+        self, context: grpc.aio.ServicerContext, request: pb.PullRequest | pb.LeaveNotice
     ) -> WireError | None:
-        """Why a Pull or Leave claiming `node_id` is not from that live neighbour."""
+        """Why a Pull or Leave is not from the live neighbour it names."""
         parts = self.parts
+        node_id, swarm_id = request.node_id, request.swarm_id
+        session, receiver_id = request.session, request.receiver_id
         name = cert_name(context)
         if name is not None and (name != node_id or name == CLI_CERT):
             why = (
@@ -160,15 +172,7 @@ class SwarmService(pb_grpc.SwarmServicer):
         parts = self.parts
         try:
             with self.pools.hold("Pull"):
-                refusal = parts.auth.refusal(request, f"pull from {shown(request.node_id)}")
-                if refusal:
-                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
-                bad = self._caller_refusal(
-                    context, request.node_id, request.swarm_id, request.session,
-                    request.receiver_id,
-                )  # fmt: skip
-                if bad is not None:
-                    raise bad
+                await self._member_only(context, request, "pull")
                 parts.limits.check_pull(peer_host(context.peer()))
                 if request.kind not in PULL_KINDS:
                     raise WireError(
@@ -189,15 +193,7 @@ class SwarmService(pb_grpc.SwarmServicer):
         parts = self.parts
         try:
             with self.pools.hold("Leave"):
-                refusal = parts.auth.refusal(request, f"leave from {shown(request.node_id)}")
-                if refusal:
-                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
-                bad = self._caller_refusal(
-                    context, request.node_id, request.swarm_id, request.session,
-                    request.receiver_id,
-                )  # fmt: skip
-                if bad is not None:
-                    raise bad
+                await self._member_only(context, request, "leave")
                 peer = parts.peers.get(request.node_id)
                 assert peer is not None
                 parts.exchange.on_leave(peer, f"it left after round {request.round}")
