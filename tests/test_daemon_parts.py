@@ -274,6 +274,32 @@ def test_one_neighbour_moves_a_node_by_at_most_the_window(synthetic_jsonl: Path)
     assert b.progress.round == 3 * MAX_ROUNDS_AHEAD
 
 
+def test_a_node_far_behind_takes_the_state_instead_of_waiting(synthetic_jsonl: Path) -> None:
+    """A healed partition: a neighbour that joins mid-round from beyond the window sends
+    rounds this node refuses, so the round does not wait for it (nor drop it at the
+    deadline, just as its renewed handshake re-admits it); the next round takes its
+    state."""
+    (_da, db), (a, b) = pair(synthetic_jsonl)
+    far = 5 * MAX_ROUNDS_AHEAD
+    a.node.train(3)  # a state that differs from b's
+    a.progress.round = far
+
+    async def go() -> float:
+        assert await a.handshaker.dial(b.settings.advertise) is not None  # mid-round
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await b.exchange.exchange(1)
+        return loop.time() - t0
+
+    took = asyncio.run(go())
+    peer = b.peers.get("a")
+    assert peer is not None and peer.live, "dropped as if it had been silent"
+    assert took < b.settings.round_deadline / 2
+    asyncio.run(db.run_round(b, train=False))  # a does not run: b mixes with nobody
+    assert b.progress.round == far + 1
+    np.testing.assert_array_equal(b.node.vector(), a.node.vector())
+
+
 def test_with_three_neighbours_one_alone_cannot_move_a_node(synthetic_jsonl: Path) -> None:
     _, (_a, b) = pair(synthetic_jsonl)
     peers = [

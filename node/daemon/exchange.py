@@ -154,9 +154,7 @@ class Exchange:
         try:
             while True:
                 got = self.inbox.arrived(r)
-                # A neighbour that already completed round r without us sends no round-r
-                # payload: it is mixed again once this node has aligned (`align_round`).
-                waiting = [p for p in self.peers.live if p.node_id not in got and p.round < r]
+                waiting = [p for p in self.peers.live if p.node_id not in got and self.due(p, r)]
                 if not waiting or self.progress.stop_requested:
                     return
                 now = time.monotonic()
@@ -180,6 +178,18 @@ class Exchange:
         finally:
             for task in probes.values():
                 task.cancel()
+
+    @staticmethod
+    def due(peer: Peer, r: int) -> bool:
+        """Whether `peer` can still deliver a round-r payload this node accepts.
+
+        One that already completed round r without us sends none: it is mixed again
+        once this node has aligned (`align_round`). One that claims to be more than
+        `MAX_ROUNDS_AHEAD` rounds ahead (the other side of a healed partition) sends
+        rounds the inbox refuses: waiting for it would hold every round to the
+        deadline and drop it just as its renewed handshake re-admits it; the next
+        round start takes its state instead (`catchup`)."""
+        return peer.round < r and peer.claimed_round < r - 1 + MAX_ROUNDS_AHEAD
 
     async def _probe(self, peer: Peer) -> None:
         """Drop `peer` when its port refuses a health check (it crashed or left)."""
