@@ -98,11 +98,12 @@ def base_digest(model: nn.Module, sample_bytes: int = 4096) -> str:
     """Digest of the frozen weights: names, shapes, dtypes and a sample of each tensor.
 
     Sampling (first and last `sample_bytes` of each tensor) keeps this fast on
-    multi-GB models while still telling different checkpoints apart.
+    multi-GB models while still telling different checkpoints apart. LoRA factors are
+    never part of it, even frozen ones (ConLoRA's A): they are the adapter's.
     """
     h = hashlib.sha256()
     for name, p in model.named_parameters():
-        if p.requires_grad:
+        if p.requires_grad or ".lora_" in name:
             continue
         raw = p.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy()
         h.update(f"{name}|{tuple(p.shape)}|{p.dtype}|".encode())

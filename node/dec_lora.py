@@ -7,6 +7,10 @@
     node.receive(peer, payload)     # for each neighbour's payload of this round
     node.mix(weights)               # x_i <- x_i + gamma * sum_j w_ij (x̂_j - x̂_i), or robust
 
+The method (`methods.py`) is the trainer's model's: ConLoRA's frozen A simply is not
+in the adapter vector; DeCAF's `mix` replaces each LoRA module's factor-wise mix by
+the refactorised weighted sum of products (`product_mixing.py`).
+
 With gradient tracking (`tracking=True`, `tracking.py`) every local step's gradient
 is corrected by c_i, `tracker_outgoing()` (called right after `outgoing()`) gives the
 round's z_i message, `receive_tracker` takes a neighbour's, and `mix` also updates
@@ -27,6 +31,8 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from declora.node.gossip import GossipError, GossipState
+from declora.node.methods import combination_problem
+from declora.node.product_mixing import LoraPair, lora_pairs, product_mix
 from declora.node.tracking import GradientTracker, TrackingError
 from declora.node.trainer import LocalTrainer
 
@@ -65,6 +71,15 @@ class DecLoraNode(Generic[K]):
                 "gradient tracking trusts every neighbour's gradient message: "
                 "it cannot be combined with robust mixing"
             )
+        self.method = trainer.lm.spec.method
+        problem = combination_problem(
+            self.method, self.gossip.codec.spec, consensus_step, self.gossip.robust.spec, tracking
+        )
+        if problem:
+            raise ValueError(problem)
+        self._pairs: tuple[LoraPair, ...] | None = (
+            lora_pairs(trainer.lm.schema) if self.method == "decaf" else None
+        )
         self.tracker: GradientTracker[K] | None = (
             GradientTracker([t.shape for t in trainer.tensors], trainer.lm.device)
             if tracking
@@ -121,8 +136,15 @@ class DecLoraNode(Generic[K]):
 
     def mix(self, weights: Mapping[K, float]) -> None:
         """Mix with the neighbours in `weights` (the self weight is implied) by the
-        gossip state's rule (plain or robust); with tracking, update c_i too."""
-        self.trainer.set_vector(self.gossip.mix(self.trainer.vector(), weights))
+        gossip state's rule (plain or robust); with tracking, update c_i too. DeCAF
+        mixes each LoRA module in product space (`product_mixing`) instead; without
+        neighbours it leaves the adapter as it is."""
+        x = self.trainer.vector()
+        mixed = self.gossip.mix(x, weights)
+        if self._pairs is not None and weights:
+            neighbours = [(w, self.gossip.peers[p]) for p, w in weights.items()]
+            mixed = product_mix(self._pairs, x, mixed, neighbours)
+        self.trainer.set_vector(mixed)
         if self.tracker is not None:
             self.tracker.update(weights, self._tracker_in)
             self._tracker_in = {}

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import NoDecode
 
 from declora.node.data import declared_labels, read_label_file
+from declora.node.methods import DEFAULT_METHOD, Method, combination_problem
 
 if TYPE_CHECKING:  # the trainer imports torch: not needed to read a configuration
     from declora.node.trainer import LoraSpec
@@ -59,6 +60,10 @@ class Recipe(BaseModel):
     lr: float = Field(2e-3, gt=0, le=1, description="AdamW learning rate")
     batch_size: int = Field(16, ge=1, description="examples per local step")
     seed: int = Field(0, ge=0, description="swarm-wide seed (adapter init, data split)")
+    method: Method = Field(
+        DEFAULT_METHOD,
+        description="dec-lora, conlora (A frozen, B gossiped) or decaf (product mixing)",
+    )
     # mixing
     codec: str = Field("fp32", description="message codec: fp32, fp16, bf16, q8, q4, q2, topk:F")
     consensus_step: float | None = Field(
@@ -117,6 +122,15 @@ class Recipe(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _method_ok(self) -> Recipe:
+        problem = combination_problem(
+            self.method, self.codec, self.consensus_step, self.robust_mixing, self.gradient_tracking
+        )
+        if problem:
+            raise ValueError(problem)
+        return self
+
     @property
     def lora_alpha(self) -> int:
         return self.alpha if self.alpha is not None else 2 * self.rank
@@ -132,6 +146,7 @@ class Recipe(BaseModel):
             targets=tuple(self.targets),
             max_length=self.max_length,
             seed=self.seed,
+            method=self.method,
         )
 
     def recipe(self) -> Recipe:

@@ -33,6 +33,7 @@ from declora.node.adapter import (
 )
 from declora.node.adapter_card import describe_adapter, describe_base
 from declora.node.data import TextDataset
+from declora.node.methods import DEFAULT_METHOD, freeze_lora_a
 from declora.node.models import BaseModel, ModelError, default_targets, load_base, wrap_lora
 
 
@@ -47,9 +48,12 @@ class LoraSpec:
     targets: tuple[str, ...] = ()
     max_length: int = 64
     seed: int = 0
+    method: str = DEFAULT_METHOD  # methods.py; "conlora" freezes the A factors
 
     def as_dict(self) -> dict[str, object]:
-        return {
+        """The spec as the fingerprint sees it (`method` only when not the default,
+        so fingerprints made before methods existed are unchanged)."""
+        out: dict[str, object] = {
             "model": self.model,
             "task": self.task,
             "rank": self.rank,
@@ -58,6 +62,9 @@ class LoraSpec:
             "max_length": self.max_length,
             "seed": self.seed,
         }
+        if self.method != DEFAULT_METHOD:
+            out["method"] = self.method
+        return out
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,8 @@ class LoraModel:
         self.label_names: tuple[str, ...] = names
         self.device = torch.device(device)
         self.model: nn.Module = wrap_lora(base, spec.rank, spec.alpha, tuple(targets), spec.seed)
+        if spec.method == "conlora" and not freeze_lora_a(self.model):
+            raise ModelError("--method conlora: the model has no LoRA A factor to freeze")
         self.model.to(self.device)
         self.params = [p for _, p in trainable(self.model)]
         self.schema = AdapterSchema.of(trainable(self.model))

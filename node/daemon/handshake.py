@@ -44,6 +44,7 @@ from declora.node.identity import (
     node_id_problem,
     shown,
 )
+from declora.node.methods import DEFAULT_METHOD
 from declora.node.security import AuthError, Signed, SignedT, SwarmAuth
 from declora.node.settings import NodeSettings
 from declora.node.wire import WireError
@@ -84,7 +85,10 @@ class Auth:
         return ""
 
 
-RECIPE_KEYS = ("model", "task", "rank", "alpha", "targets", "max_length", "seed", "labels")
+RECIPE_KEYS = (
+    *("model", "task", "rank", "alpha", "targets", "max_length", "seed", "labels"),
+    "method",
+)
 
 
 def recipe_facts(spec: dict[str, object], labels: tuple[str, ...]) -> dict[str, str]:
@@ -92,6 +96,7 @@ def recipe_facts(spec: dict[str, object], labels: tuple[str, ...]) -> dict[str, 
     facts = {k: str(spec[k]) for k in RECIPE_KEYS if k in spec}
     facts["targets"] = ",".join(map(str, spec.get("targets", ()) or ()))  # type: ignore[call-overload]
     facts["labels"] = ",".join(labels)
+    facts["method"] = str(spec.get("method", DEFAULT_METHOD))  # the spec omits the default
     return facts
 
 

@@ -1,0 +1,65 @@
+"""The decentralized fine-tuning methods a swarm can run (`--method`), and their rules.
+
+- `dec-lora` (the default): every LoRA factor A and B (and a classification head)
+  trains and is gossiped; mixing averages A and B separately with the same weights.
+- `conlora`: A is frozen at the shared seeded init (identical on every node, so it is
+  never sent); only B (and a head) trains and is gossiped. Mixing B then averages the
+  update B·A exactly, and messages carry about half the values.
+- `decaf`: factors train and are gossiped as in Dec-LoRA, but a node mixes in product
+  space: sum_j w_ij B_j A_j, refactorised to rank r by a truncated SVD
+  (`product_mixing.py`).
+
+The method is part of the fingerprint (only when not the default, so Dec-LoRA's
+fingerprints never changed) and of the recipe a Hello carries, so nodes running
+different methods refuse each other naming `--method`. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from torch import nn
+
+Method = Literal["dec-lora", "conlora", "decaf"]
+DEFAULT_METHOD: Method = "dec-lora"
+METHODS: tuple[str, ...] = ("dec-lora", "conlora", "decaf")
+FROZEN_A_MARK = ".lora_A."  # the PEFT parameter names of the A factors
+
+
+def combination_problem(
+    method: str, codec: str, consensus_step: float | None, robust: str, tracking: bool
+) -> str:
+    """'' when `method` works with these mixing options, else the one-line reason.
+
+    DeCAF refactorises the exact weighted sum of the neighbours' products: it needs
+    exact public copies (fp32, gamma 1) and plain weights. CHOCO's gamma < 1 step and
+    coarse codecs are linear corrections in factor space, robust rules clip factor
+    distances, and tracking's correction lives in the factors' gauge, which every
+    refactorisation changes; none of them has a product-space meaning, so they are
+    refused rather than silently mixed.
+    """
+    if method != "decaf":
+        return ""
+    if codec != "fp32":
+        return f"--method decaf mixes exact products: it needs --codec fp32, not {codec}"
+    if consensus_step not in (None, 1.0):
+        return f"--method decaf needs --consensus-step 1 (exact mixing), not {consensus_step}"
+    if robust != "none":
+        return "--method decaf cannot be combined with --robust-mixing (it mixes products)"
+    if tracking:
+        return "--method decaf cannot be combined with --gradient-tracking (it mixes products)"
+    return ""
+
+
+def freeze_lora_a(model: nn.Module) -> int:
+    """Freeze every LoRA A factor of a PEFT model in place (ConLoRA); the count frozen.
+
+    The frozen A stays a parameter of the model, so PEFT still saves it with the
+    adapter; it is just no longer trainable, hence not in the adapter vector."""
+    frozen = 0
+    for name, p in model.named_parameters():
+        if FROZEN_A_MARK in name:
+            p.requires_grad_(False)
+            frozen += 1
+    return frozen
