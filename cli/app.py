@@ -255,175 +255,81 @@ def certs(
     typer.echo(usage(minted))
 
 
-@app.command()
 def simulate(
-    nodes: Annotated[int, typer.Option(help="Virtual nodes.")] = 8,
-    topology: Annotated[
-        str, typer.Option(help="ring, complete, er:P, torus[:RxC], star.")
-    ] = "ring",
-    partition_scheme: Annotated[
-        str, typer.Option(help="iid, dirichlet:A, skew[:P], shards:K.")
-    ] = "dirichlet:0.1",
-    rounds: Annotated[int, typer.Option()] = 15,
-    local_steps: Annotated[int, typer.Option(help="K local steps a round.")] = 5,
-    rank: Annotated[int, typer.Option()] = 8,
-    codec: Annotated[str, typer.Option()] = "fp32",
-    mixing: Annotated[str, typer.Option(help="mh, laplacian or uniform.")] = "mh",
-    lr: Annotated[float, typer.Option()] = 2e-3,
-    batch_size: Annotated[int, typer.Option()] = 16,
-    model: Annotated[str, typer.Option()] = "minilm",
-    data: Annotated[str, typer.Option()] = "bbcnews",
-    seed: Annotated[int, typer.Option()] = 0,
-    centralized: Annotated[bool, typer.Option("--centralized/--no-centralized")] = True,
-    consensus_tol: Annotated[float, typer.Option()] = 1e-3,
-    max_eval: Annotated[int, typer.Option(help="Cap on test examples (0 = all).")] = 0,
-    robust_mixing: Annotated[
-        str, typer.Option(help="Mixing rule: none, clip[:C], trim[:F].")
-    ] = "none",
-    gradient_tracking: Annotated[
-        bool,
-        typer.Option(
-            "--gradient-tracking/--no-gradient-tracking", help="Gradient tracking (non-IID data)."
-        ),
-    ] = False,
-    byzantine: Annotated[
-        str, typer.Option(help="Attacking node indices, comma-separated (e.g. 0,4).")
-    ] = "",
-    attack: Annotated[
-        str | None, typer.Option(help="What they send: scale:S or noise:SIGMA.")
-    ] = None,
     output: Annotated[
         Path, typer.Option(help="Folder for results.json, results.md, plot.png.")
     ] = Path("runs/simulate"),
+    options: dict[str, Any] | None = None,
 ) -> None:
     """Run Dec-LoRA with N virtual nodes in this process, beside centralized LoRA."""
     from pydantic import ValidationError
 
     from declora.cli.experiment import run_one
+    from declora.cli.options import given
     from declora.node.simulator import SimConfig
 
     try:
-        cfg = SimConfig(
-            nodes=nodes,
-            topology=topology,
-            partition_scheme=partition_scheme,
-            rounds=rounds,
-            local_steps=local_steps,
-            rank=rank,
-            codec=codec,
-            mixing=mixing,
-            lr=lr,
-            batch_size=batch_size,
-            model=model,
-            data=data,
-            seed=seed,
-            centralized=centralized,
-            consensus_tol=consensus_tol,
-            max_eval=max_eval,
-            robust_mixing=robust_mixing,
-            gradient_tracking=gradient_tracking,
-            byzantine=_indices("--byzantine", byzantine),
-            attack=attack,
-        )
-    except (ValidationError, ValueError) as exc:
-        fail(str(exc))
+        cfg = SimConfig(**given(options or {}))
+    except ValidationError as exc:
+        fail("bad configuration: " + "; ".join(_problem(e["loc"], e["msg"]) for e in exc.errors()))
         return
     run_one(cfg, output)
 
 
-def _indices(option: str, text: str) -> tuple[int, ...]:
-    """'0, 4' -> (0, 4); ValueError naming `option` for anything else."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not all(p.isdigit() for p in parts):
-        raise ValueError(f"{option}: expected node indices like 0,4, got {text!r}")
-    return tuple(int(p) for p in parts)
-
-
 @app.command()
 def experiment(
-    output: Annotated[Path, typer.Option(help="Folder for every run and the table.")] = Path(
-        "results/paper"
-    ),
+    task: Annotated[
+        str, typer.Option(help="cls: the paper's grid (MiniLM); lm: the causal-LM grid (SmolLM2).")
+    ] = "cls",
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Folder for every run and the table [default: results/paper or llm]."),
+    ] = None,
     only: Annotated[str | None, typer.Option(help="Comma-separated run names to (re)run.")] = None,
     list_runs: Annotated[bool, typer.Option("--list", help="List the runs and exit.")] = False,
     table: Annotated[
         bool, typer.Option("--table", help="Only rebuild table.md from finished runs.")
     ] = False,
 ) -> None:
-    """Reproduce the paper's comparison on the embedded default (resumable)."""
-    from declora.cli.experiment import PAPER_GRID, run_grid, write_table
+    """Reproduce a comparison of Dec-LoRA with centralized LoRA (resumable)."""
+    from declora.cli.experiment import GRIDS, run_grid, write_table
 
+    if task not in GRIDS:
+        fail(f"--task must be one of {', '.join(GRIDS)}, got {task!r}")
+    grid = GRIDS[task]
+    folder = output or grid.output
     if list_runs:
-        for name, cfg in PAPER_GRID.items():
+        for name, cfg in grid.runs.items():
             typer.echo(f"{name:18s} {cfg.label}")
         return
     if table:
-        typer.echo(write_table(output))
+        typer.echo(write_table(folder, grid))
         return
     names = [n.strip() for n in only.split(",")] if only else None
-    unknown = sorted(set(names or []) - set(PAPER_GRID))
+    unknown = sorted(set(names or []) - set(grid.runs))
     if unknown:
         fail(f"unknown runs {unknown}; see --list")
-    run_grid(output, names)
-
-
-def _lab_option(name: str, *decls: str, help: str = "") -> Any:
-    """An option of `lab` whose default (shown) is LabConfig's: one source."""
-    from declora.cli.lab import LabConfig
-
-    info = LabConfig.model_fields[name]
-    value = info.get_default(call_default_factory=True)
-    shown = ("on" if value else "off") if isinstance(value, bool) else str(value)
-    if name == "lr":
-        shown = "2e-3 x sqrt(nodes)"
-    return typer.Option(*decls, help=help or (info.description or ""), show_default=shown)
+    run_grid(folder, names, grid)
 
 
 def lab(
-    nodes: Annotated[int | None, _lab_option("nodes")] = None,
-    topology: Annotated[str | None, _lab_option("topology")] = None,
-    partition_scheme: Annotated[str | None, _lab_option("partition_scheme")] = None,
-    rounds: Annotated[int | None, _lab_option("rounds")] = None,
-    local_steps: Annotated[int | None, _lab_option("local_steps")] = None,
-    model: Annotated[str | None, _lab_option("model")] = None,
-    data: Annotated[str | None, _lab_option("data")] = None,
-    codec: Annotated[str | None, _lab_option("codec")] = None,
-    rank: Annotated[int | None, _lab_option("rank")] = None,
-    lr: Annotated[float | None, _lab_option("lr")] = None,
-    batch_size: Annotated[int | None, _lab_option("batch_size")] = None,
-    seed: Annotated[int | None, _lab_option("seed")] = None,
-    max_eval: Annotated[int | None, _lab_option("max_eval")] = None,
-    eval_every: Annotated[int | None, _lab_option("eval_every")] = None,
-    base_port: Annotated[int | None, _lab_option("base_port")] = None,
-    round_deadline: Annotated[float | None, _lab_option("round_deadline")] = None,
-    consensus_rounds: Annotated[int | None, _lab_option("consensus_rounds")] = None,
-    gradient_tracking: Annotated[
-        bool | None,
-        _lab_option("gradient_tracking", "--gradient-tracking/--no-gradient-tracking"),
-    ] = None,
-    centralized: Annotated[
-        bool | None, _lab_option("centralized", "--centralized/--no-centralized")
-    ] = None,
-    output: Annotated[
-        Path | None, _lab_option("output", help="Folder for logs and results.")
-    ] = None,
     fmt: Annotated[
         str, typer.Option("--format", help="text or json for the final summary.")
     ] = "text",
+    options: dict[str, Any] | None = None,
 ) -> None:
     """Start N real daemons on 127.0.0.1 and compare them with centralized LoRA.
 
-    Shows every node live, then each node's accuracy and its gap in points to a
-    centralized reference trained on the same samples.
+    Shows every node live, then each node's accuracy (perplexity for --task lm) and
+    its gap to a centralized reference trained on the same samples.
     """
     from pydantic import ValidationError
 
     from declora.cli.lab import LabConfig, run_lab
+    from declora.cli.options import given
 
-    given = {k: v for k, v in locals().items() if k not in ("fmt",) and v is not None}
-    given = {k: v for k, v in given.items() if k in LabConfig.model_fields}
     try:
-        cfg = LabConfig(**given)
+        cfg = LabConfig(**given(options or {}))
     except ValidationError as exc:
         fail("bad configuration: " + "; ".join(_problem(e["loc"], e["msg"]) for e in exc.errors()))
         return
@@ -433,21 +339,45 @@ def lab(
     raise typer.Exit(0 if summary.get("ok") else 1)
 
 
-def _one_command(func: Any, name: str, settings: bool = False) -> click.Command:
-    """`func` as a click command named `name` (with every NodeSettings option)."""
-    from declora.cli.options import settings_command
+def _one_command(
+    func: Any, name: str, model: Any = None, skip: tuple[str, ...] = ()
+) -> click.Command:
+    """`func` as a click command named `name`, with a flag for every field of `model`
+    (a config class, imported only when the command is used)."""
+    from declora.cli.options import fields_command
 
     single = typer.Typer(
-        pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]}
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
     )
-    single.command(name)(settings_command(func) if settings else func)
+    single.command(name)(fields_command(model(), func, skip) if model else func)
     return typer.main.get_command(single)
 
 
+def _node_settings() -> Any:
+    from declora.node.settings import NodeSettings
+
+    return NodeSettings
+
+
+def _sim_config() -> Any:
+    from declora.node.simulator import SimConfig
+
+    return SimConfig
+
+
+def _lab_config() -> Any:
+    from declora.cli.lab import LabConfig
+
+    return LabConfig
+
+
 LAZY = {
-    "start": lambda: _one_command(start, "start", settings=True),
-    "config": lambda: _one_command(config_command, "config", settings=True),
-    "lab": lambda: _one_command(lab, "lab"),
+    "start": lambda: _one_command(start, "start", _node_settings),
+    "config": lambda: _one_command(config_command, "config", _node_settings),
+    "simulate": lambda: _one_command(simulate, "simulate", _sim_config),
+    "lab": lambda: _one_command(lab, "lab", _lab_config, skip=("extra",)),
 }
 
 

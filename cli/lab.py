@@ -34,6 +34,7 @@ from typing import Any
 from pydantic import ConfigDict, Field, model_validator
 
 from declora.node.recipe import Recipe
+from declora.node.scores import Score, score_for
 
 BASE_LR = 2e-3  # AdamW for one adapter at batch 16 (the centralized reference)
 SWARM_LR = 4e-3  # per sqrt(node): the swarm's averaged model steps on a 16 x nodes batch
@@ -53,7 +54,13 @@ class LabConfig(Recipe):
     )
     rounds: int = Field(60, ge=1, description="training rounds")
     local_steps: int = Field(1, ge=1, description="K local steps a round")
-    lr: float = Field(SWARM_LR * 2, gt=0, le=1, description="AdamW learning rate")
+    lr: float = Field(
+        SWARM_LR * 2,
+        gt=0,
+        le=1,
+        description="AdamW learning rate of every node",
+        json_schema_extra={"default_text": f"{SWARM_LR:g} x sqrt(nodes)"},
+    )
     gradient_tracking: bool = Field(True, description="gradient tracking on every node")
     max_eval: int = Field(200, ge=0, description="test examples each node evaluates on")
     eval_every: int = Field(20, ge=0, description="evaluate every N rounds (and at the end)")
@@ -64,11 +71,11 @@ class LabConfig(Recipe):
     central_lr: float = Field(
         BASE_LR, gt=0, le=1, description="AdamW learning rate of the centralized reference"
     )
-    output: Path = Path("runs/lab")
+    output: Path = Field(Path("runs/lab"), description="folder for logs and results")
     extra: dict[str, Any] = Field(
         default_factory=dict, description="more `start` options for every node (config keys)"
     )
-    timeout: float = 3600.0
+    timeout: float = Field(3600.0, gt=0, description="seconds before the lab gives up")
 
     @model_validator(mode="before")
     @classmethod
@@ -76,7 +83,7 @@ class LabConfig(Recipe):
         """`lr` not given: 4e-3 x sqrt(nodes), for the averaged model's larger batch."""
         if isinstance(data, dict) and data.get("lr") is None:
             nodes = data.get("nodes", cls.model_fields["nodes"].default)
-            data = {**data, "lr": round(SWARM_LR * math.sqrt(nodes), 6)}
+            data = {**data, "lr": round(SWARM_LR * math.sqrt(max(nodes, 1)), 6)}
         return data
 
 
@@ -146,11 +153,11 @@ def read_rounds(folder: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _table(nodes: list[LabNode], statuses: dict[str, Any], title: str) -> Any:
+def _table(nodes: list[LabNode], statuses: dict[str, Any], title: str, key: str) -> Any:
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("node", "state", "round", "loss", "accuracy", "live neighbours", "sent", "pid"):
+    for col in ("node", "state", "round", "loss", key, "live neighbours", "sent", "pid"):
         table.add_column(col)
     for n in nodes:
         st = statuses.get(n.node_id)
@@ -168,7 +175,7 @@ def _table(nodes: list[LabNode], statuses: dict[str, Any], title: str) -> Any:
                 str(n.process.pid),
             )
             continue
-        acc = st.last_eval.get("accuracy")
+        acc = st.last_eval.get(key)
         live = [p.node_id for p in st.neighbors if p.live]
         table.add_row(
             n.node_id,
@@ -221,12 +228,16 @@ def centralized_reference(cfg: LabConfig) -> dict[str, Any]:
     }
 
 
-def summary_line(node_id: str, accuracy: float | None, gap: float | None) -> str:
-    """One node's line of the lab summary: accuracy and gap to centralized in points."""
-    if accuracy is None:
+def summary_line(
+    node_id: str, value: float | None, reference: float | None, score: Score | None = None
+) -> str:
+    """One node's line of the lab summary: its figure (accuracy or perplexity) and its
+    gap to the centralized reference (`Score.gap_text`)."""
+    score = score or score_for("cls")
+    if value is None:
         return f"  {node_id}: no final adapter"
-    versus = "" if gap is None else f" ({gap:+.1f} points vs centralized)"
-    return f"  {node_id}: accuracy {accuracy:.4f}{versus}"
+    versus = "" if reference is None else f" ({score.gap_text(value, reference)} vs centralized)"
+    return f"  {node_id}: {score.key} {value:.4f}{versus}"
 
 
 class Reference(threading.Thread):
@@ -247,7 +258,10 @@ class Reference(threading.Thread):
 
 
 def plot_lab(
-    histories: dict[str, list[dict[str, Any]]], central: dict[str, Any] | None, path: Path
+    histories: dict[str, list[dict[str, Any]]],
+    central: dict[str, Any] | None,
+    path: Path,
+    score: Score,
 ) -> None:
     import matplotlib
 
@@ -256,11 +270,7 @@ def plot_lab(
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for node_id, rows in sorted(histories.items()):
-        pts = [
-            (r["round"], r["eval"]["accuracy"])
-            for r in rows
-            if r.get("eval") and "accuracy" in r["eval"]
-        ]
+        pts = [(r["round"], r["eval"][score.key]) for r in rows if score.key in r.get("eval", {})]
         if pts:
             ax1.plot(*zip(*pts, strict=True), marker=".", label=node_id)
         dis = [(r["round"], max(r["disagreement"], 1e-12)) for r in rows]
@@ -268,13 +278,14 @@ def plot_lab(
             ax2.semilogy(*zip(*dis, strict=True), label=node_id)
     if central:
         ax1.axhline(
-            central["eval"]["accuracy"], color="r", ls="--", label="centralized (same samples)"
+            central["eval"][score.key], color="r", ls="--", label="centralized (same samples)"
         )
     ax1.set_xlabel("round")
-    ax1.set_ylabel("test accuracy")
-    ax1.set_ylim(0, 1)
+    ax1.set_ylabel(f"test {score.key}")
+    if score.percent:
+        ax1.set_ylim(0, 1)
     ax1.grid(alpha=0.3)
-    ax1.legend(loc="lower right")
+    ax1.legend(loc="lower right" if score.higher_is_better else "upper right")
     ax2.set_xlabel("round")
     ax2.set_ylabel("max ||x̂_j - x_i|| / ||x_i|| over neighbours")
     ax2.grid(alpha=0.3)
@@ -293,6 +304,7 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
     from declora.node.topology import from_spec
 
     console = Console(stderr=True)
+    key = score_for(cfg.task).key
     topo = from_spec(cfg.topology, cfg.nodes, seed=cfg.seed)
     out = cfg.output.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -351,10 +363,12 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
                         with contextlib.suppress(StatusError):
                             statuses[n.node_id] = fetch_status(n.address, timeout=1.0)
                 live.update(
-                    _table(nodes, statuses, f"declora lab {swarm} ({time.time() - t0:.0f}s)")
+                    _table(nodes, statuses, f"declora lab {swarm} ({time.time() - t0:.0f}s)", key)
                 )
                 time.sleep(1.0)
-            live.update(_table(nodes, statuses, f"declora lab {swarm} ({time.time() - t0:.0f}s)"))
+            live.update(
+                _table(nodes, statuses, f"declora lab {swarm} ({time.time() - t0:.0f}s)", key)
+            )
     except KeyboardInterrupt:
         interrupted = True
         console.print("lab: interrupted, stopping every node (Ctrl-C again to kill)")
@@ -379,17 +393,18 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
         raise reference.error
     if reference is not None and not interrupted:
         central = reference.result
-    accs = {k: (v or {}).get("eval", {}).get("accuracy") for k, v in finals.items()}
-    ref = (central or {}).get("eval", {}).get("accuracy")
-    gaps = {k: None if a is None or ref is None else 100 * (a - ref) for k, a in accs.items()}
+    score = score_for(cfg.task)
+    accs = {k: (v or {}).get("eval", {}).get(score.key) for k, v in finals.items()}
+    ref = (central or {}).get("eval", {}).get(score.key)
+    gaps = {k: None if a is None or ref is None else score.gap(a, ref) for k, a in accs.items()}
     summary: dict[str, Any] = {
         "config": cfg.model_dump(mode="json"),
         "swarm_id": swarm,
         "seconds": time.time() - t0,
         "interrupted": interrupted,
         "exit_codes": {n.node_id: n.process.returncode for n in nodes},
-        "final_accuracy": accs,
-        "gap_points": gaps,
+        f"final_{score.key}": accs,
+        "gap_points" if score.percent else "gap_percent": gaps,  # positive: worse
         "centralized": central,
         "histories": histories,
         "ok": not interrupted
@@ -397,11 +412,11 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
         and all(a is not None for a in accs.values()),
     }
     (out / "results.json").write_text(json.dumps(summary, indent=1, default=str))
-    plot_lab(histories, central, out / "results.png")
-    lines = [summary_line(k, a, gaps[k]) for k, a in accs.items()]
+    plot_lab(histories, central, out / "results.png", score)
+    lines = [summary_line(k, a, ref, score) for k, a in accs.items()]
     if ref is not None:
         lines.append(
-            f"  centralized reference: accuracy {ref:.4f} "
+            f"  centralized reference: {score.key} {ref:.4f} "
             f"({central['steps'] if central else '?'} steps of {cfg.batch_size} at lr "
             f"{cfg.central_lr:g}, all the data)"
         )

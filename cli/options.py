@@ -1,6 +1,7 @@
-"""The options of `start` and `config`, built from `NodeSettings` (one source).
+"""Commands whose options are a config model's fields: `start` and `config` from
+`NodeSettings`, `simulate` from `SimConfig`, `lab` from `LabConfig` (one source each).
 
-Every field of `NodeSettings` becomes a flag of the same name (`rank` -> `--rank`,
+Every field becomes a flag of the same name (`rank` -> `--rank`,
 a bool -> `--mdns/--no-mdns`) whose help is the field's description and whose shown
 default is `settings.default_text`. The command receives the flags' values as
 `options`, None for every flag not given, so environment variables and the config
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
+from pydantic import BaseModel as PydanticModel
 from pydantic.fields import FieldInfo
 
 from declora.node.recipe import Recipe
@@ -65,21 +67,21 @@ def _cli_type(info: FieldInfo) -> type[Any]:
     return str
 
 
-def help_text(name: str) -> str:
-    info = NodeSettings.model_fields[name]
+def help_text(name: str, model: type[PydanticModel] = NodeSettings) -> str:
+    info = model.model_fields[name]
     text = info.description or name.replace("_", " ")
     extra = EXTRA_HELP.get(name)
     return text + (f"; {extra}" if extra else "")
 
 
-def _parameter(name: str, info: FieldInfo) -> inspect.Parameter:
-    kind = _cli_type(info)
+def _parameter(name: str, model: type[PydanticModel]) -> inspect.Parameter:
+    kind = _cli_type(model.model_fields[name])
     flag = option_name(name)
     decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
     option = typer.Option(
         *decls,
-        help=help_text(name),
-        show_default=default_text(name),
+        help=help_text(name, model),
+        show_default=default_text(name, model),
         rich_help_panel=_panel(name),
     )
     annotation = Annotated[kind | None, option]  # type: ignore[valid-type]
@@ -88,14 +90,17 @@ def _parameter(name: str, info: FieldInfo) -> inspect.Parameter:
     )
 
 
-def settings_command(func: Callable[..., None]) -> Callable[..., None]:
-    """`func` with every `NodeSettings` option added; they arrive as `options`."""
+def fields_command(
+    model: type[PydanticModel], func: Callable[..., None], skip: tuple[str, ...] = ()
+) -> Callable[..., None]:
+    """`func` with a flag for every field of `model` (less `skip`); the flags' values
+    arrive as `options`, None for every flag not given."""
     own = [
         p for p in inspect.signature(func, eval_str=True).parameters.values() if p.name != "options"
     ]
-    fields = list(NodeSettings.model_fields)
+    fields = [name for name in model.model_fields if name not in skip]
     params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
-    params += [_parameter(name, info) for name, info in NodeSettings.model_fields.items()]
+    params += [_parameter(name, model) for name in fields]
 
     def command(**kwargs: Any) -> None:
         options = {name: kwargs.pop(name, None) for name in fields}
@@ -106,3 +111,13 @@ def settings_command(func: Callable[..., None]) -> Callable[..., None]:
     command.__name__ = func.__name__
     command.__doc__ = func.__doc__
     return command
+
+
+def settings_command(func: Callable[..., None]) -> Callable[..., None]:
+    """`func` with every `NodeSettings` option added; they arrive as `options`."""
+    return fields_command(NodeSettings, func)
+
+
+def given(options: dict[str, Any]) -> dict[str, Any]:
+    """The options a user gave (the rest are None: the model's defaults apply)."""
+    return {k: v for k, v in options.items() if v is not None}

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from declora.node.scores import Score, score_for
 from declora.node.simulator import SimResult
 
 
@@ -28,15 +28,16 @@ def write_json(path: Path, obj: object) -> None:
     os.replace(tmp, path)
 
 
-def _pct(x: float | None) -> str:
-    return "—" if x is None or math.isnan(x) else f"{100 * x:.1f}"
+def _score(res: dict[str, Any]) -> Score:
+    return score_for(res.get("config", {}).get("task", "cls"))
 
 
-ROW_HEADER = (
-    "| setting | final avg | best avg | mean node | worst node | worst before finish | "
-    "centralized | KiB sent/node | consensus dist. |\n"
-    "|---|---|---|---|---|---|---|---|---|\n"
-)
+def _header(score: Score) -> str:
+    best = "| best avg " if score.percent else ""
+    return (
+        f"| setting | final avg {best}| mean node | worst node | worst before finish | "
+        "centralized | KiB sent/node | consensus dist. |\n" + "|---" * (8 + bool(best)) + "|\n"
+    )
 
 
 def _honest(summary: dict[str, float], key: str) -> float:
@@ -46,29 +47,35 @@ def _honest(summary: dict[str, float], key: str) -> float:
 
 def table_row(name: str, res: dict[str, Any]) -> str:
     """One markdown row from a result dict (as written by `to_jsonable`); node
-    accuracies are the honest nodes'."""
+    figures are the honest nodes'. Classification rows also show the best round's
+    average (selected on the test set: a ceiling, not a result)."""
+    score = _score(res)
+    key, show = score.key, score.shown
     final = res["final"]
     central = res.get("centralized") or {}
     train_rounds = [r for r in res["rounds"] if r["phase"] == "train"]
     dist = train_rounds[-1]["consensus_mean"] if train_rounds else 0.0
+    best = f"| {show(final[f'best_average_{key}'])} " if score.percent else ""
     return (
-        f"| {name} | {_pct(final['average']['accuracy'])} "
-        f"| {_pct(final['best_average_accuracy'])} "
-        f"| {_pct(_honest(final['after_consensus'], 'mean_accuracy'))} "
-        f"| {_pct(_honest(final['after_consensus'], 'worst_accuracy'))} "
-        f"| {_pct(_honest(final['before_consensus'], 'worst_accuracy'))} "
-        f"| {_pct((central.get('final') or {}).get('accuracy'))} "
+        f"| {name} | {show(final['average'][key])} {best}"
+        f"| {show(_honest(final['after_consensus'], f'mean_{key}'))} "
+        f"| {show(_honest(final['after_consensus'], f'worst_{key}'))} "
+        f"| {show(_honest(final['before_consensus'], f'worst_{key}'))} "
+        f"| {show((central.get('final') or {}).get(key))} "
         f"| {final['bytes_sent_per_node'] / 1024:,.0f} | {dist:.2e} |\n"
     )
 
 
 def markdown_table(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
-    """Accuracies in percent on the test split; consensus distance before the finish."""
-    return ROW_HEADER + "".join(table_row(name, res) for name, res in rows)
+    """Accuracies in percent (classification) or perplexities (causal LM) on the test
+    split; consensus distance before the finish. Rows share the first row's task."""
+    score = _score(rows[0][1]) if rows else score_for("cls")
+    return _header(score) + "".join(table_row(name, res) for name, res in rows)
 
 
 def plot(res: dict[str, Any], path: Path, title: str = "") -> None:
-    """Accuracy per round (centralized, average, each node) and consensus distance."""
+    """The task's figure per round (centralized, average, each node) and consensus
+    distance."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -79,25 +86,30 @@ def plot(res: dict[str, Any], path: Path, title: str = "") -> None:
     final = res["final"]
     last_train = max((r["round"] for r in rounds if r["phase"] == "train"), default=0)
     last = rounds[-1]["round"] if rounds else 0
-    avg = [(r["round"], r["average"]["accuracy"]) for r in rounds if r.get("average")]
+    score = _score(res)
+    key = score.key
+    avg = [(r["round"], r["average"][key]) for r in rounds if r.get("average")]
     if avg:
         ax1.plot(*zip(*avg, strict=True), "k-", lw=2, label="Dec-LoRA average")
     for i in range(len(final.get("nodes", []))):
-        pts = [(r["round"], r["nodes"][i]["accuracy"]) for r in rounds if r.get("nodes")]
-        pts.append((last_train, final["nodes_before_consensus"][i]["accuracy"]))
-        pts.append((last, final["nodes"][i]["accuracy"]))
+        pts = [(r["round"], r["nodes"][i][key]) for r in rounds if r.get("nodes")]
+        pts.append((last_train, final["nodes_before_consensus"][i][key]))
+        pts.append((last, final["nodes"][i][key]))
         ax1.plot(*zip(*pts, strict=True), "-", alpha=0.4, lw=1, label="nodes" if i == 0 else None)
     central = res.get("centralized")
     if central:
         cfg = res["config"]
         per_round = cfg["nodes"] * cfg["local_steps"]
-        pts = [(c["step"] / per_round, c["accuracy"]) for c in central["curve"]]
+        pts = [(c["step"] / per_round, c[key]) for c in central["curve"]]
         ax1.plot(*zip(*pts, strict=True), "r--", lw=1.5, label="centralized (same samples)")
     ax1.set_xlabel("round")
-    ax1.set_ylabel("test accuracy")
-    ax1.set_ylim(0, 1)
+    ax1.set_ylabel(f"test {key}")
+    if score.percent:
+        ax1.set_ylim(0, 1)
+    else:
+        ax1.set_yscale("log")
     ax1.grid(alpha=0.3)
-    ax1.legend(loc="lower right")
+    ax1.legend(loc="lower right" if score.higher_is_better else "upper right")
     ax2.semilogy([r["round"] for r in rounds], [max(r["consensus_mean"], 1e-12) for r in rounds])
     ax2.axvline(last_train + 0.5, color="gray", ls=":", label="consensus finish starts")
     ax2.set_xlabel("round")

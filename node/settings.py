@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -319,9 +319,10 @@ def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
-def default_text(field: str) -> str:
-    """The default of option `field` as `--help` and `config` show it."""
-    info = NodeSettings.model_fields[field]
+def default_text(field: str, model: type[BaseModel] | None = None) -> str:
+    """The default of option `field` of `model` (`NodeSettings` unless given) as
+    `--help` and `config` show it."""
+    info = (model or NodeSettings).model_fields[field]
     extra = info.json_schema_extra
     if isinstance(extra, dict) and "default_text" in extra:
         return str(extra["default_text"])

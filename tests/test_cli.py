@@ -138,6 +138,7 @@ def test_experiment_lists_runs_and_tables_what_is_finished(tmp_path: Path) -> No
 
 def test_lab_nodes_get_the_whole_recipe_and_wait_for_every_neighbour(tmp_path: Path) -> None:
     from declora.cli.lab import LabConfig, node_config, summary_line
+    from declora.node.scores import score_for
     from declora.node.settings import NodeSettings
 
     cfg = LabConfig(nodes=3, model="tiny-bert")
@@ -148,6 +149,10 @@ def test_lab_nodes_get_the_whole_recipe_and_wait_for_every_neighbour(tmp_path: P
     assert (settings.consensus_rounds, settings.lr) == (50, cfg.lr)
     alone = NodeSettings(**node_config(LabConfig(nodes=1), 0, "127.0.0.1:7001", [], tmp_path, "s"))
     assert alone.solo and alone.wanted_peers == 0
-    assert summary_line("lab-0", 0.965, -0.5) == (
+    assert summary_line("lab-0", 0.965, 0.97) == (
         "  lab-0: accuracy 0.9650 (-0.5 points vs centralized)"
+    )
+    lm = score_for("lm")
+    assert summary_line("lab-0", 36.9, 36.0, lm) == (
+        "  lab-0: perplexity 36.9000 (+2.5% perplexity vs centralized)"
     )

@@ -1,0 +1,58 @@
+"""The headline figure of a task and how results compare on it.
+
+Classification is judged by accuracy (higher is better, shown in percent, gaps in
+points); causal LM by held-out perplexity (lower is better, gaps relative, in percent
+of the reference). Reports, the simulator's summaries and the lab read the figure's
+name and direction from here, so no caller hard-codes "accuracy".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Score:
+    """One task's headline figure (`key` in the evaluation dicts)."""
+
+    key: str
+    higher_is_better: bool
+    percent: bool  # shown as 100 x the value
+
+    def worst(self, values: Iterable[float]) -> float:
+        vals = list(values)
+        return min(vals) if self.higher_is_better else max(vals)
+
+    def best(self, values: Iterable[float]) -> float:
+        vals = list(values)
+        return max(vals) if self.higher_is_better else min(vals)
+
+    def shown(self, value: float | None) -> str:
+        """`value` as a table shows it: '96.5' (accuracy), '36.81' (perplexity)."""
+        if value is None or math.isnan(value):
+            return "—"
+        return f"{100 * value:.1f}" if self.percent else f"{value:.2f}"
+
+    def gap(self, value: float, reference: float) -> float:
+        """How much worse `value` is than `reference` (positive = worse): points of
+        accuracy, or percent of the reference's perplexity."""
+        if self.percent:
+            return 100 * (reference - value)
+        return 100 * (value - reference) / reference
+
+    def gap_text(self, value: float, reference: float) -> str:
+        g = self.gap(value, reference)
+        return f"{-g:+.1f} points" if self.percent else f"{g:+.1f}% perplexity"
+
+
+SCORES = {
+    "cls": Score("accuracy", higher_is_better=True, percent=True),
+    "lm": Score("perplexity", higher_is_better=False, percent=False),
+}
+
+
+def score_for(task: str) -> Score:
+    """The headline figure of `task` ("cls" or "lm")."""
+    return SCORES[task]
