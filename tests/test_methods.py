@@ -1,0 +1,328 @@
+"""The fine-tuning methods beside Dec-LoRA (`--method`, node/methods.py): ConLoRA (A
+frozen, only B gossiped) and DeCAF (product-space mixing, node/product_mixing.py), in
+the core, the simulator and the daemon."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import CLASS_NAMES, NUM_CLASSES, TINY_SPEC, tiny_sim_config
+from pydantic import ValidationError
+from safetensors.numpy import load_file
+from test_daemon_parts import pair
+
+from declora.node.adapter_io import load_adapter
+from declora.node.codecs import OVERHEAD
+from declora.node.daemon.handshake import recipe_differences, recipe_facts
+from declora.node.data import TextDataset
+from declora.node.dec_lora import DecLoraNode
+from declora.node.gossip import consensus_distance
+from declora.node.product_mixing import lora_pairs, refactorise
+from declora.node.recipe import Recipe
+from declora.node.simulator import Simulation
+from declora.node.trainer import LocalTrainer, LoraModel, LoraSpec
+from declora.node.workload import load_workload
+
+OLD_SPEC_KEYS = {"model", "task", "rank", "alpha", "targets", "max_length", "seed"}
+
+
+def model_for(method: str) -> LoraModel:
+    spec = LoraSpec(**{**TINY_SPEC.as_dict(), "targets": (), "method": method})  # type: ignore[arg-type]
+    return LoraModel(spec, num_labels=NUM_CLASSES, label_names=CLASS_NAMES)
+
+
+@pytest.fixture(scope="module")
+def conlora_lm() -> LoraModel:
+    return model_for("conlora")
+
+
+@pytest.fixture(scope="module")
+def decaf_lm() -> LoraModel:
+    return model_for("decaf")
+
+
+def nodes_on(lm: LoraModel, data: TextDataset, n: int) -> list[DecLoraNode[int]]:
+    """`n` fp32 nodes on `lm`, each knowing all the others (a complete graph)."""
+    enc = lm.encode(data)
+    nodes: list[DecLoraNode[int]] = [
+        DecLoraNode(LocalTrainer(lm, enc, 1e-2, 8, seed=i), "fp32", None, seed=i) for i in range(n)
+    ]
+    for i, node in enumerate(nodes):
+        for j in range(n):
+            if j != i:
+                node.add_peer(j)
+    return nodes
+
+
+def exchange(nodes: list[DecLoraNode[int]]) -> None:
+    """Every node sends its update to every other (public copies become the vectors)."""
+    payloads = [node.outgoing() for node in nodes]
+    for i, node in enumerate(nodes):
+        for j, payload in enumerate(payloads):
+            if j != i:
+                node.receive(j, payload)
+
+
+def randomise(nodes: list[DecLoraNode[int]], seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    vecs = [rng.normal(0, 0.1, node.size).astype(np.float32) for node in nodes]
+    for node, v in zip(nodes, vecs, strict=True):
+        node.trainer.set_vector(v)
+    return vecs
+
+
+def frozen_a(lm: LoraModel) -> dict[str, np.ndarray]:
+    """The model's LoRA A factors by module prefix (ConLoRA: never bound, never trained)."""
+    return {
+        n.split(".lora_A.")[0]: p.detach().numpy().copy()
+        for n, p in lm.model.named_parameters()
+        if ".lora_A." in n
+    }
+
+
+def b_factors(lm: LoraModel, vec: np.ndarray) -> dict[str, np.ndarray]:
+    return {
+        n.split(".lora_B.")[0]: t.numpy()
+        for n, t in lm.schema.unflatten(vec).items()
+        if ".lora_B." in n
+    }
+
+
+def best_rank(m: np.ndarray, r: int) -> np.ndarray:
+    u, s, vt = np.linalg.svd(m)
+    return (u[:, :r] * s[:r]) @ vt[:r]
+
+
+# --------------------------------------------------------------------- the option
+def test_default_method_keeps_the_fingerprint(tiny_lm: LoraModel, decaf_lm: LoraModel) -> None:
+    assert set(TINY_SPEC.as_dict()) == OLD_SPEC_KEYS  # Dec-LoRA's identity is unchanged
+    again = LoraModel(
+        LoraSpec(**{**TINY_SPEC.as_dict(), "targets": (), "method": "dec-lora"}),  # type: ignore[arg-type]
+        num_labels=NUM_CLASSES,
+        label_names=CLASS_NAMES,
+    )
+    assert again.fingerprint == tiny_lm.fingerprint
+    assert decaf_lm.schema == tiny_lm.schema  # same tensors, yet nodes must not mix
+    assert decaf_lm.fingerprint != tiny_lm.fingerprint
+    assert decaf_lm.base_digest == tiny_lm.base_digest
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"method": "fedavg"}, "method"),
+        ({"method": "decaf", "codec": "q8"}, "needs --codec fp32, not q8"),
+        ({"method": "decaf", "consensus_step": 0.5}, "needs --consensus-step 1"),
+        ({"method": "decaf", "robust_mixing": "clip"}, "--robust-mixing"),
+        ({"method": "decaf", "gradient_tracking": True}, "--gradient-tracking"),
+    ],
+)
+def test_recipe_refuses_what_a_method_cannot_do(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Recipe(**changes)  # type: ignore[arg-type]
+    assert Recipe(method="conlora", codec="q4", gradient_tracking=True).method == "conlora"
+    assert Recipe(method="decaf", consensus_step=1.0).lora_spec().method == "decaf"
+
+
+def test_hello_names_a_method_mismatch() -> None:
+    ours = recipe_facts(LoraSpec().as_dict(), ())
+    theirs = recipe_facts(LoraSpec(method="conlora").as_dict(), ())
+    assert ours["method"] == "dec-lora"
+    assert recipe_differences(theirs, ours) == "--method is 'conlora' there, 'dec-lora' here"
+
+
+# --------------------------------------------------------------------- ConLoRA
+def test_conlora_trains_and_sends_only_b(
+    conlora_lm: LoraModel, tiny_lm: LoraModel, synthetic: TextDataset
+) -> None:
+    assert not any(".lora_A." in n for n in conlora_lm.schema.names)
+    assert sum(".lora_B." in n for n in conlora_lm.schema.names) == 4
+    a_before = frozen_a(conlora_lm)
+    assert all(not p.requires_grad for n, p in conlora_lm.model.named_parameters() if "lora_A" in n)
+    con = nodes_on(conlora_lm, synthetic, 1)[0]
+    dec = nodes_on(tiny_lm, synthetic, 1)[0]
+    loss = con.train(3)
+    dec.train(3)
+    assert np.isfinite(loss) and not np.allclose(con.vector(), con.initial)  # B moved
+    for key, a in frozen_a(conlora_lm).items():
+        np.testing.assert_array_equal(a, a_before[key])  # A did not
+    con_bytes, dec_bytes = len(con.outgoing()), len(dec.outgoing())
+    n_a = sum(a.size for a in a_before.values())
+    assert dec.size - con.size == n_a == 512  # 4 modules x r=4 x 32
+    assert (dec_bytes - OVERHEAD, con_bytes - OVERHEAD) == (4 * dec.size, 4 * con.size)
+    lora_dec = 4 * sum(t.numel for t in tiny_lm.schema.tensors if ".lora_" in t.name)
+    lora_con = 4 * sum(t.numel for t in conlora_lm.schema.tensors if ".lora_" in t.name)
+    assert lora_con * 2 == lora_dec  # the LoRA part is exactly half; the head is the same
+    assert con_bytes < 0.6 * dec_bytes
+
+
+def test_conlora_mixing_b_averages_the_products(
+    conlora_lm: LoraModel, synthetic: TextDataset
+) -> None:
+    nodes = nodes_on(conlora_lm, synthetic, 3)
+    vecs = randomise(nodes, seed=1)
+    exchange(nodes)
+    weights = {1: 0.25, 2: 0.35}
+    nodes[0].mix(weights)
+    w = [0.4, 0.25, 0.35]
+    a = frozen_a(conlora_lm)
+    mixed = b_factors(conlora_lm, nodes[0].vector())
+    bs = [b_factors(conlora_lm, v) for v in vecs]
+    for key, a_k in a.items():
+        mean_of_products = sum(wj * (b[key] @ a_k) for wj, b in zip(w, bs, strict=True))
+        np.testing.assert_allclose(mixed[key] @ a_k, mean_of_products, rtol=0, atol=1e-6)
+
+
+def test_conlora_saves_a_full_peft_adapter(
+    conlora_lm: LoraModel, synthetic: TextDataset, tmp_path: Path
+) -> None:
+    node = nodes_on(conlora_lm, synthetic, 1)[0]
+    node.train(2)
+    conlora_lm.save_adapter(node.vector(), tmp_path / "adapter", {})
+    saved = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    a = frozen_a(conlora_lm)
+    a_saved = {k.split(".lora_A.")[0]: v for k, v in saved.items() if ".lora_A." in k}
+    assert len(a_saved) == len(a) == 4
+    for key, value in a.items():
+        np.testing.assert_array_equal(a_saved[key], value)
+    loaded = load_adapter(tmp_path / "adapter")
+    assert loaded.info["spec"]["method"] == "conlora"
+    assert loaded.info["fingerprint"] == conlora_lm.fingerprint
+    texts = list(synthetic.texts[:8])
+    ids, mask = conlora_lm.tokenizer(texts, conlora_lm.spec.max_length)
+    with conlora_lm.using(node.vector()), torch.no_grad():
+        conlora_lm.model.eval()
+        want = conlora_lm.model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(loaded.logits(texts), want, rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------- DeCAF
+def test_refactorise_is_the_best_rank_r_approximation() -> None:
+    rng = np.random.default_rng(0)
+    out, inn, r, m = 24, 17, 3, 4
+    bs = [rng.normal(size=(out, r)) for _ in range(m)]
+    as_ = [rng.normal(size=(r, inn)) for _ in range(m)]
+    w = [0.4, 0.3, 0.2, 0.1]
+    got = refactorise(bs, as_, w, r)
+    assert got is not None
+    b_new, a_new = got
+    assert b_new.shape == (out, r) and a_new.shape == (r, inn) and b_new.dtype == np.float32
+    dense = sum(wj * (b @ a) for wj, b, a in zip(w, bs, as_, strict=True))
+    best = best_rank(dense, r)
+    scale = float(np.abs(best).max())
+    np.testing.assert_allclose(b_new @ a_new, best, rtol=0, atol=1e-5 * scale)
+    # balanced split: column k of B' and row k of A' carry sqrt(s_k) each
+    s = np.linalg.svd(dense, compute_uv=False)[:r]
+    np.testing.assert_allclose(np.linalg.norm(b_new, axis=0), np.sqrt(s), rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(a_new, axis=1), np.sqrt(s), rtol=1e-5)
+
+
+def test_refactorise_of_an_agreed_product_is_that_product() -> None:
+    rng = np.random.default_rng(1)
+    b, a = rng.normal(size=(32, 4)), rng.normal(size=(4, 32))
+    got = refactorise([b, b, b], [a, a, a], [0.5, 0.25, 0.25], 4)
+    assert got is not None
+    np.testing.assert_allclose(got[0] @ got[1], b @ a, rtol=0, atol=1e-5 * np.abs(b @ a).max())
+    assert refactorise([np.zeros((8, 2))] * 2, [a[:2, :8]] * 2, [0.5, 0.5], 2) is None
+
+
+def test_decaf_node_mixes_in_product_space(decaf_lm: LoraModel, synthetic: TextDataset) -> None:
+    nodes = nodes_on(decaf_lm, synthetic, 3)
+    vecs = randomise(nodes, seed=2)
+    exchange(nodes)
+    weights = {1: 0.25, 2: 0.35}
+    nodes[0].mix(weights)
+    w = [0.4, 0.25, 0.35]
+    got = nodes[0].vector()
+    pairs = lora_pairs(decaf_lm.schema)
+    assert len(pairs) == 4
+    for p in pairs:
+        dense = sum(
+            wj * (v[p.b].reshape(p.b_shape) @ v[p.a].reshape(p.a_shape))
+            for wj, v in zip(w, vecs, strict=True)
+        )
+        mixed = got[p.b].reshape(p.b_shape) @ got[p.a].reshape(p.a_shape)
+        np.testing.assert_allclose(mixed, best_rank(dense, 4), rtol=0, atol=1e-5)
+    head = np.ones(got.size, dtype=bool)
+    for p in pairs:
+        head[p.a] = head[p.b] = False
+    mean = sum(wj * v for wj, v in zip(w, vecs, strict=True))
+    np.testing.assert_allclose(got[head], mean[head], rtol=0, atol=1e-6)  # head: as Dec-LoRA
+    before = nodes[1].vector()
+    nodes[1].mix({})  # no neighbour delivered: nothing to refactorise
+    np.testing.assert_array_equal(nodes[1].vector(), before)
+
+
+def test_decaf_node_refuses_inexact_gossip(decaf_lm: LoraModel, synthetic: TextDataset) -> None:
+    trainer = LocalTrainer(decaf_lm, decaf_lm.encode(synthetic), 1e-2, 8, seed=0)
+    with pytest.raises(ValueError, match="needs --codec fp32, not q8"):
+        DecLoraNode(trainer, "q8", None, seed=0)
+
+
+# --------------------------------------------------------------------- both shells
+def products(lm: LoraModel, vec: np.ndarray) -> np.ndarray:
+    """What a node's adapter does: every module's B·A (a frozen A from the model) and
+    the head, flat: comparable across nodes whatever the factors' gauge."""
+    frozen = frozen_a(lm)
+    tensors = lm.schema.unflatten(vec)
+    out = []
+    for name, t in tensors.items():
+        if ".lora_A." in name:
+            continue
+        if ".lora_B." in name:
+            key = name.split(".lora_B.")[0]
+            a_name = name.replace(".lora_B.", ".lora_A.")
+            a = tensors[a_name].numpy() if a_name in tensors else frozen[key]
+            out.append((t.numpy() @ a).reshape(-1))
+        else:
+            out.append(t.numpy().reshape(-1))
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("method", ["conlora", "decaf"])
+def test_simulated_rounds_move_nodes_together(synthetic_jsonl: Path, method: str) -> None:
+    sim = Simulation(tiny_sim_config(synthetic_jsonl, method=method, rounds=2))
+    assert sim.lm.spec.method == method and sim.nodes[0].method == method
+    for _ in range(2):
+        losses = [node.train(sim.cfg.local_steps) for node in sim.nodes]
+        assert all(np.isfinite(loss) for loss in losses)
+        before = consensus_distance([products(sim.lm, n.vector()) for n in sim.nodes])[0]
+        sim._gossip_round()
+        after = consensus_distance([products(sim.lm, n.vector()) for n in sim.nodes])[0]
+        assert 0 < after < 0.8 * before
+
+
+@pytest.mark.parametrize("method", ["conlora", "decaf"])
+def test_one_daemon_round_is_the_core_round(synthetic_jsonl: Path, method: str) -> None:
+    """Two in-process daemons exchange and mix once: each ends with exactly the vector
+    the core gives for the same workload, training and weights (1/2 each). Both train
+    first, one after the other: two trainers in threads would race on torch's global
+    seed (dropout), which real daemons, one a process, never do."""
+    (da, db), (a, b) = pair(synthetic_jsonl, method=method)
+    steps = a.settings.local_steps
+    work = load_workload(a.settings.recipe(), 2)
+    core = [work.node(0), work.node(1)]
+    core[0].add_peer(1)
+    core[1].add_peer(0)
+    for daemon_node, node in zip((a.node, b.node), core, strict=True):
+        assert np.isfinite(daemon_node.train(steps))
+        node.train(steps)
+
+    async def go() -> None:
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+        await asyncio.gather(da.run_round(a, train=False), db.run_round(b, train=False))
+
+    asyncio.run(go())
+    assert a.lm.spec.method == method and a.report.self_weight == pytest.approx(0.5)
+    payloads = [node.outgoing() for node in core]
+    core[0].receive(1, payloads[1])
+    core[1].receive(0, payloads[0])
+    core[0].mix({1: 0.5})
+    core[1].mix({0: 0.5})
+    np.testing.assert_array_equal(a.node.vector(), core[0].vector())
+    np.testing.assert_array_equal(b.node.vector(), core[1].vector())
+    assert a.node.bytes_sent == len(payloads[0]) == OVERHEAD + 4 * a.node.size
