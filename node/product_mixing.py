@@ -11,8 +11,10 @@ never formed: QR of the stacked weighted B's (out x m·r) and of the stacked A's
 transposed (in x m·r), the SVD of the small product of the two R factors, the top r
 singular triplets kept, and sqrt(S) put into each factor (B' = Q_B U sqrt(S),
 A' = sqrt(S) V^T Q_A^T, a balanced split; the paper's text available here did not fix
-the split, so this is our choice). Ties of the truncation and the factors' gauge
-(signs, rotations) are whatever LAPACK returns, the same for equal inputs.
+the split, so this is our choice). Each singular pair's sign is fixed (the largest
+|entry| of B's column positive), so with distinct singular values the factors depend
+on the product only, not on the order the neighbours were stacked in: nodes that
+agree on B·A agree on (B, A), and factor-space consensus still means consensus.
 
 A module whose weighted sum is exactly zero (every B still at PEFT's zero init) keeps
 this node's factors: B A = 0 already is the best approximation, and a zero A would
@@ -79,8 +81,13 @@ def refactorise(
     if s.size == 0 or s[0] == 0.0:
         return None
     root = np.sqrt(s[:rank])
-    b_new = (q_b @ u[:, :rank]) * root
-    a_new = root[:, None] * (vt[:rank] @ q_a.T)
+    left, right = q_b @ u[:, :rank], vt[:rank] @ q_a.T
+    # canonical signs (each left vector's largest |entry| positive): the factors are
+    # then a function of the product alone, so nodes that agree on it agree on them
+    peak = left[np.abs(left).argmax(axis=0), np.arange(left.shape[1])]
+    flip = np.where(peak < 0, -1.0, 1.0)
+    b_new = left * (flip * root)
+    a_new = (flip * root)[:, None] * right
     if a_new.shape[0] < rank:  # fewer directions than the rank: pad with zeros
         b_new = np.pad(b_new, ((0, 0), (0, rank - b_new.shape[1])))
         a_new = np.pad(a_new, ((0, rank - a_new.shape[0]), (0, 0)))

@@ -221,6 +221,19 @@ def test_refactorise_is_the_best_rank_r_approximation() -> None:
     np.testing.assert_allclose(np.linalg.norm(a_new, axis=1), np.sqrt(s), rtol=1e-5)
 
 
+def test_refactorise_gives_factors_of_the_product_alone() -> None:
+    """The same weighted sum stacked in another order (another node's view) gives the
+    same factors, signs included."""
+    rng = np.random.default_rng(3)
+    bs = [rng.normal(size=(20, 3)) for _ in range(3)]
+    as_ = [rng.normal(size=(3, 12)) for _ in range(3)]
+    w = [0.5, 0.3, 0.2]
+    one, two = refactorise(bs, as_, w, 3), refactorise(bs[::-1], as_[::-1], w[::-1], 3)
+    assert one is not None and two is not None
+    np.testing.assert_allclose(one[0], two[0], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(one[1], two[1], rtol=0, atol=1e-5)
+
+
 def test_refactorise_of_an_agreed_product_is_that_product() -> None:
     rng = np.random.default_rng(1)
     b, a = rng.normal(size=(32, 4)), rng.normal(size=(4, 32))
@@ -294,6 +307,11 @@ def test_simulated_rounds_move_nodes_together(synthetic_jsonl: Path, method: str
         sim._gossip_round()
         after = consensus_distance([products(sim.lm, n.vector()) for n in sim.nodes])[0]
         assert 0 < after < 0.8 * before
+    # gossip-only rounds (the consensus finish): the factors themselves agree too
+    start = consensus_distance([n.vector() for n in sim.nodes])[1]
+    for _ in range(5):
+        sim._gossip_round()
+    assert consensus_distance([n.vector() for n in sim.nodes])[1] < 0.5 * start
 
 
 @pytest.mark.parametrize("method", ["conlora", "decaf"])
