@@ -41,6 +41,7 @@ PANELS = {
     **dict.fromkeys(
         [
             *("model", "task", "data", "text_column", "label_column", "labels"),
+            *("data_format", "messages_column", "prompt_column", "response_column", "packing"),
             *("partition", "partition_scheme", "rank", "alpha", "targets", "max_length"),
         ],
         MODEL,

@@ -31,6 +31,8 @@ from declora.node.adapter_card import (
     DECLORA_INFO,
     weights_sha256,
 )
+from declora.node.data import TextDataset
+from declora.node.lm_data import IGNORE, encode_lm
 from declora.node.models import HFTokenizer, ModelError, Tokenizer
 from declora.node.trainer import LoraModel, LoraSpec
 
@@ -97,18 +99,22 @@ class LoadedAdapter:
 
     @torch.no_grad()
     def text_losses(self, texts: Sequence[str], batch_size: int = 16) -> list[float]:
-        """Mean next-token cross-entropy of each text (causal LM adapters only)."""
+        """Mean next-token cross-entropy of each text, EOS included, as training encodes
+        one text per example (causal LM adapters only)."""
         if self.task == "cls":
             raise AdapterError(f"{self.path} is a classifier: use predict")
         self.model.eval()
         dev = self.lora.device
         losses: list[float] = []
         for start in range(0, len(texts), batch_size):
-            ids, mask = self.tokenizer(list(texts[start : start + batch_size]), self.max_length)
+            batch = TextDataset(tuple(texts[start : start + batch_size]), None, ())
+            ids, mask, labels = encode_lm(self.tokenizer, batch, self.max_length, packing=False)
             logits = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
             logits = logits.float()[:, :-1]
-            target, keep = ids[:, 1:].to(dev), mask[:, 1:].to(dev).float()
-            ce = nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+            target, keep = labels[:, 1:].to(dev), (labels[:, 1:] != IGNORE).to(dev).float()
+            ce = nn.functional.cross_entropy(
+                logits.transpose(1, 2), target.clamp(min=0), reduction="none"
+            )
             per_text = (ce * keep).sum(1) / keep.sum(1).clamp(min=1.0)
             losses.extend(float(v) for v in per_text.cpu())
         return losses

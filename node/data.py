@@ -10,6 +10,8 @@ User data is read with the Hugging Face `datasets` library: JSON lines (`.jsonl`
 `Dataset.save_to_disk` / `DatasetDict.save_to_disk`. Every user mistake (missing file,
 unsupported type, empty file, bad JSON line, missing column, empty text, a label
 outside the declared set) raises `DataError` with a one-line message and a hint.
+Causal-LM formats (chat messages, prompt/response, instruction) are read by an
+`ExampleReader` (`lm_data.LmFormat`) handed to `load_dataset`; rows then carry `chats`.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ import csv
 import json
 import re
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -44,6 +46,12 @@ SUPPORTED_HINT = "use .jsonl, .json, .csv, .tsv, .parquet, .arrow or a save_to_d
 TRAIN_SPLIT = "train"
 TEST_SPLITS = ("test", "validation")
 
+# causal-LM data formats (read by `lm_data.LmFormat`); auto picks one from the columns
+DataFormat = Literal["auto", "text", "messages", "prompt-response", "instruction"]
+Chat = tuple[tuple[str, str], ...]  # one conversation: (role, content) turns
+# reads a split's examples: (datasets.Dataset, where) -> (texts, chats or None)
+ExampleReader = Callable[[Any, str], tuple[tuple[str, ...], tuple[Chat, ...] | None]]
+
 
 class DataError(ValueError):
     """A dataset could not be read; `str()` is one line: the problem, then a hint."""
@@ -60,15 +68,21 @@ def _one_line(text: str) -> str:
 
 @dataclass(frozen=True)
 class TextDataset:
-    """Texts with optional integer labels indexed into `label_names`."""
+    """Texts with optional integer labels indexed into `label_names`.
+
+    `chats` (conversational causal-LM data) holds each row's turns; `texts` then holds
+    a readable "role: content" rendering of them, and encoders read `chats`."""
 
     texts: tuple[str, ...]
     labels: np.ndarray | None
     label_names: tuple[str, ...]
+    chats: tuple[Chat, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.labels is not None and len(self.labels) != len(self.texts):
             raise DataError(f"{len(self.texts)} texts but {len(self.labels)} labels")
+        if self.chats is not None and len(self.chats) != len(self.texts):
+            raise DataError(f"{len(self.texts)} texts but {len(self.chats)} conversations")
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -80,7 +94,8 @@ class TextDataset:
     def subset(self, indices: np.ndarray) -> TextDataset:
         idx = np.asarray(indices, dtype=np.int64)
         labels = None if self.labels is None else self.labels[idx]
-        return TextDataset(tuple(self.texts[i] for i in idx), labels, self.label_names)
+        chats = None if self.chats is None else tuple(self.chats[i] for i in idx)
+        return TextDataset(tuple(self.texts[i] for i in idx), labels, self.label_names, chats)
 
 
 def _bbc_root() -> Path:
@@ -190,11 +205,12 @@ def _natural_key(value: str) -> tuple[int, float | str]:
 
 @dataclass(frozen=True)
 class _Raw:
-    """One split as read: texts, raw label strings and a label set the data declares."""
+    """One split as read: texts, raw label strings, a declared label set, chats."""
 
     texts: tuple[str, ...]
     labels: tuple[str, ...] | None
     declared: tuple[str, ...] | None
+    chats: tuple[Chat, ...] | None = None
 
 
 @contextmanager
@@ -331,10 +347,15 @@ def _read_splits(path: Path) -> dict[str, Any]:
         return {"all": loaded}
 
 
-def _column(
-    ds: Any, path: Path, split: str, column: str, what: str, option: str
+def _where(path: Path, split: str) -> str:
+    return f"{path}" if split == "all" else f"{path} [{split}]"
+
+
+def column_values(
+    ds: Any, where: str, column: str, what: str, option: str
 ) -> tuple[list[Any], Any]:
-    where = f"{path}" if split == "all" else f"{path} [{split}]"
+    """The values and the feature of `column` of a `datasets.Dataset`; a `DataError`
+    naming the columns and the `option` that names it when it is missing."""
     if column not in ds.column_names:
         raise DataError(
             f"{where}: no {what} column {column!r}; columns are {sorted(ds.column_names)}",
@@ -347,11 +368,9 @@ def _column(
     return values, ds.features[column]
 
 
-def _raw(ds: Any, path: Path, split: str, text_column: str, label_column: str | None) -> _Raw:
-    where = f"{path}" if split == "all" else f"{path} [{split}]"
-    if len(ds) == 0:
-        raise DataError(f"{where}: no rows", "write one example per row")
-    texts, _ = _column(ds, path, split, text_column, "text", "--text-column")
+def read_texts(ds: Any, where: str, text_column: str) -> tuple[str, ...]:
+    """The non-empty texts of `text_column`; a `DataError` naming the first bad row."""
+    texts, _ = column_values(ds, where, text_column, "text", "--text-column")
     for number, text in enumerate(texts, 1):
         if text is None:
             raise DataError(
@@ -363,9 +382,27 @@ def _raw(ds: Any, path: Path, split: str, text_column: str, label_column: str | 
                 f"{where}: row {number} has an empty text in column {text_column!r}",
                 "remove the row or give it a text",
             )
+    return tuple(str(t) for t in texts)
+
+
+def _raw(
+    ds: Any,
+    path: Path,
+    split: str,
+    text_column: str,
+    label_column: str | None,
+    examples: ExampleReader | None = None,
+) -> _Raw:
+    where = _where(path, split)
+    if len(ds) == 0:
+        raise DataError(f"{where}: no rows", "write one example per row")
+    if examples is None:
+        texts, chats = read_texts(ds, where, text_column), None
+    else:
+        texts, chats = examples(ds, where)
     if label_column is None:
-        return _Raw(tuple(str(t) for t in texts), None, None)
-    values, feature = _column(ds, path, split, label_column, "label", "--label-column")
+        return _Raw(texts, None, None, chats)
+    values, feature = column_values(ds, where, label_column, "label", "--label-column")
     names = getattr(feature, "names", None)  # a ClassLabel feature declares its names
     labels: list[str] = []
     for number, value in enumerate(values, 1):
@@ -377,7 +414,7 @@ def _raw(ds: Any, path: Path, split: str, text_column: str, label_column: str | 
         if names is not None and isinstance(value, int):
             value = names[value]
         labels.append(str(value).strip())
-    return _Raw(tuple(str(t) for t in texts), tuple(labels), tuple(names) if names else None)
+    return _Raw(texts, tuple(labels), tuple(names) if names else None, chats)
 
 
 def _label_datasets(
@@ -385,7 +422,7 @@ def _label_datasets(
 ) -> list[TextDataset]:
     """Map raw label strings onto ids: declared names in order, else the data's own."""
     if raws[0].labels is None:
-        return [TextDataset(r.texts, None, ()) for r in raws]
+        return [TextDataset(r.texts, None, (), r.chats) for r in raws]
     if label_names:
         names = declared_labels(label_names)
     elif raws[0].declared:
@@ -404,7 +441,7 @@ def _label_datasets(
                 "add them to the swarm's label set, or fix the rows",
             )
         ids = np.asarray([index[v] for v in r.labels], dtype=np.int64)
-        out.append(TextDataset(r.texts, ids, names))
+        out.append(TextDataset(r.texts, ids, names, r.chats))
     return out
 
 
@@ -432,14 +469,18 @@ def _from_splits(
     text_column: str,
     label_column: str | None,
     label_names: Sequence[str] | None,
+    examples: ExampleReader | None = None,
 ) -> TextDataset:
-    raws = [_raw(ds, p, name, text_column, label_column) for name, ds in splits.items()]
+    raws = [_raw(ds, p, name, text_column, label_column, examples) for name, ds in splits.items()]
     parts = _label_datasets(raws, label_names, str(p))
     if len(parts) == 1:
         return parts[0]
     arrays = [d.labels for d in parts if d.labels is not None]
     labels = np.concatenate(arrays) if arrays else None
-    return TextDataset(tuple(t for d in parts for t in d.texts), labels, parts[0].label_names)
+    chats = [d.chats for d in parts]
+    joined = None if any(c is None for c in chats) else tuple(c for cs in chats for c in cs or ())
+    texts = tuple(t for d in parts for t in d.texts)
+    return TextDataset(texts, labels, parts[0].label_names, joined)
 
 
 def _relabel(data: TextDataset, names: tuple[str, ...], source: str) -> TextDataset:
@@ -452,7 +493,7 @@ def _relabel(data: TextDataset, names: tuple[str, ...], source: str) -> TextData
         )
     assert data.labels is not None
     remap = np.asarray([names.index(n) for n in data.label_names], dtype=np.int64)
-    return TextDataset(data.texts, remap[data.labels], names)
+    return TextDataset(data.texts, remap[data.labels], names, data.chats)
 
 
 def _split(full: TextDataset, test_fraction: float, seed: int) -> tuple[TextDataset, TextDataset]:
@@ -472,6 +513,7 @@ def load_dataset(
     *,
     text_column: str = "text",
     labels: Sequence[str] | None = None,
+    examples: ExampleReader | None = None,
 ) -> tuple[TextDataset, TextDataset]:
     """(train, test) for `spec`: "bbcnews", a data file or a `save_to_disk` folder.
 
@@ -481,7 +523,9 @@ def load_dataset(
     set, fixes the label ids to its order and the label names to all of it, even for a
     shard that lacks some classes; a label in the data outside it is a `DataError`.
     The split does not depend on `labels`. `labels` is ignored for texts-only data;
-    None or empty means "infer from the data".
+    None or empty means "infer from the data". `examples` reads each split's examples
+    instead of `text_column` (causal-LM formats, `lm_data.LmFormat`); the embedded
+    BBC News data is always text.
     """
     source = str(spec)
     if source == EMBEDDED_DATA:  # labelled even for causal LM (the split stays the same)
@@ -492,12 +536,12 @@ def load_dataset(
         test_name = next((n for n in TEST_SPLITS if n in splits), None)
         if TRAIN_SPLIT in splits and test_name is not None:
             raws = [
-                _raw(splits[name], p, name, text_column, label_column)
+                _raw(splits[name], p, name, text_column, label_column, examples)
                 for name in (TRAIN_SPLIT, test_name)
             ]
             train, test = _label_datasets(raws, None, source)
         else:
-            full = _from_splits(p, splits, text_column, label_column, None)
+            full = _from_splits(p, splits, text_column, label_column, None, examples)
             train, test = _split(full, test_fraction, 0)
     if labels and label_column is not None and train.labels is not None:
         # split first, relabel after: the split does not depend on the declared order

@@ -38,16 +38,41 @@ class ModelError(ValueError):
 
 
 class Tokenizer(Protocol):
-    """The part of a tokenizer declora uses: texts -> padded id and mask tensors."""
+    """The part of a tokenizer declora uses: texts -> padded id and mask tensors; for
+    causal LM also unpadded ids, the EOS token and a chat template (node/lm_data.py)."""
+
+    @property
+    def pad_id(self) -> int: ...
+    @property
+    def eos_id(self) -> int | None: ...
+    @property
+    def eos_token(self) -> str | None: ...
+    @property
+    def has_chat_template(self) -> bool: ...
 
     def __call__(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]: ...
 
+    def encode(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
+        """Each text's ids, unpadded and untruncated; the EOS token's text maps to `eos_id`."""
+        ...
+
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool = False
+    ) -> str:
+        """The conversation rendered as text (only when `has_chat_template`)."""
+        ...
+
 
 class ByteTokenizer:
-    """UTF-8 bytes as ids (0 = pad, 1 = bos, bytes at 3..258); for the tiny test models."""
+    """UTF-8 bytes as ids (0 = pad, 1 = bos, 2 = eos, bytes at 3..258); for the tiny
+    test models. `encode` reads the text "</s>" as EOS; the built-in chat template
+    renders each turn as "<|role|>\\n" + content + "</s>\\n"."""
 
     vocab_size = 259
     pad_id = 0
+    eos_id = 2
+    eos_token = "</s>"
+    has_chat_template = True
 
     def __call__(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         ids = torch.zeros((len(texts), max_length), dtype=torch.long)
@@ -58,6 +83,22 @@ class ByteTokenizer:
             mask[row, : len(raw)] = 1
         return ids, mask
 
+    def encode(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
+        out = []
+        for text in texts:
+            ids = [1] if add_special_tokens else []
+            for k, piece in enumerate(text.split(self.eos_token)):
+                ids.extend([self.eos_id] if k else [])
+                ids.extend(b + 3 for b in piece.encode("utf-8"))
+            out.append(ids)
+        return out
+
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool = False
+    ) -> str:
+        turns = "".join(f"<|{m['role']}|>\n{m['content']}{self.eos_token}\n" for m in messages)
+        return turns + ("<|assistant|>\n" if add_generation_prompt else "")
+
 
 class HFTokenizer:
     """Adapter around a transformers tokenizer with right padding and truncation."""
@@ -67,6 +108,12 @@ class HFTokenizer:
         if getattr(tokenizer, "pad_token", None) is None:
             tokenizer.pad_token = tokenizer.eos_token  # type: ignore[attr-defined]
         self.pad_id = int(tokenizer.pad_token_id)  # type: ignore[attr-defined]
+        self.eos_id: int | None = getattr(tokenizer, "eos_token_id", None)
+        self.eos_token: str | None = getattr(tokenizer, "eos_token", None)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self._tok, "chat_template", None))
 
     @property
     def hf(self) -> Any:
@@ -82,6 +129,20 @@ class HFTokenizer:
             return_tensors="pt",
         )
         return out["input_ids"], out["attention_mask"]
+
+    def encode(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
+        if not texts:
+            return []
+        out = self._tok(texts, add_special_tokens=add_special_tokens, verbose=False)  # type: ignore[operator]
+        return [list(ids) for ids in out["input_ids"]]
+
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool = False
+    ) -> str:
+        rendered = self._tok.apply_chat_template(  # type: ignore[attr-defined]
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+        return str(rendered)
 
 
 @dataclass

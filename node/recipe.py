@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from declora.node.data import declared_labels, read_label_file
+from declora.node.data import EMBEDDED_DATA, DataFormat, declared_labels, read_label_file
 from declora.node.methods import DEFAULT_METHOD, Method, combination_problem
 
 if TYPE_CHECKING:  # the trainer imports torch: not needed to read a configuration
@@ -40,6 +40,26 @@ class Recipe(BaseModel):
     labels: Annotated[tuple[str, ...], NoDecode] = Field(
         (),
         description="the swarm's label set, in order: a,b,c or @FILE (default: from the data)",
+    )
+    # causal-LM data (node/lm_data.py)
+    data_format: DataFormat = Field(
+        "auto",
+        description="lm data: auto, text, messages, prompt-response or instruction "
+        "(instruction, input, output columns); auto picks one by the columns",
+    )
+    messages_column: str = Field(
+        "messages", min_length=1, description="the data's chat column (lm): {role, content} turns"
+    )
+    prompt_column: str = Field("prompt", min_length=1, description="the data's prompt column (lm)")
+    response_column: str = Field(
+        "response",
+        min_length=1,
+        description="the data's response column (lm; by default 'completion' also does)",
+    )
+    packing: bool = Field(
+        True,
+        description="lm text: pack documents into max_length blocks, EOS after each "
+        "(--no-packing: one example per row); conversations are one per row",
     )
     partition_scheme: str = Field(
         "iid", description="how a dataset is shared out: iid, dirichlet:A, skew[:P], shards:K"
@@ -112,6 +132,15 @@ class Recipe(BaseModel):
         from declora.node.robust import make_robust
 
         return make_robust(v).spec
+
+    @model_validator(mode="after")
+    def _data_format_ok(self) -> Recipe:
+        if self.data == EMBEDDED_DATA and self.data_format not in ("auto", "text"):
+            raise ValueError(
+                f"--data-format {self.data_format} needs a data file: the embedded "
+                f"{EMBEDDED_DATA} data is text"
+            )
+        return self
 
     @model_validator(mode="after")
     def _recipe_ok(self) -> Recipe:

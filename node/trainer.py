@@ -33,6 +33,7 @@ from declora.node.adapter import (
 )
 from declora.node.adapter_card import describe_adapter, describe_base
 from declora.node.data import TextDataset
+from declora.node.lm_data import encode_lm
 from declora.node.methods import DEFAULT_METHOD, freeze_lora_a
 from declora.node.models import BaseModel, ModelError, default_targets, load_base, wrap_lora
 
@@ -152,15 +153,15 @@ class LoraModel:
             p.data = t
         self._owner = owner
 
-    def encode(self, data: TextDataset) -> Encoded:
+    def encode(self, data: TextDataset, *, packing: bool = False) -> Encoded:
+        """Tensors of `data`: for "lm" as `lm_data.encode_lm` makes them (texts packed
+        into `max_length` blocks when `packing`, else one example per row)."""
+        if self.task != "cls":
+            return Encoded(*encode_lm(self.tokenizer, data, self.spec.max_length, packing=packing))
         ids, mask = self.tokenizer(list(data.texts), self.spec.max_length)
-        if self.task == "cls":
-            if data.labels is None:
-                raise ValueError("classification data needs labels")
-            labels = torch.as_tensor(data.labels, dtype=torch.long)
-        else:
-            labels = ids.masked_fill(mask == 0, -100)
-        return Encoded(ids, mask, labels)
+        if data.labels is None:
+            raise ValueError("classification data needs labels")
+        return Encoded(ids, mask, torch.as_tensor(data.labels, dtype=torch.long))
 
     def vector_to_tensors(self, vec: np.ndarray) -> list[torch.Tensor]:
         return [t.to(self.device) for t in self.schema.unflatten(vec).values()]

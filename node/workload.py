@@ -7,6 +7,11 @@ the test set capped at `max_eval` examples (a seeded choice, the same everywhere
 and the model. Node `i` trains with the seed `node_seed(seed, i)` on its share; the
 centralized reference trains one adapter on the union of the shares with the seed
 itself. Two callers with the same recipe therefore build the same nodes.
+
+Causal-LM rows are read in `data_format` (node/lm_data.py). Packed text (`packing`)
+becomes blocks that are not rows, so each node's share, and the reference's union,
+is packed on its own (packing never crosses a share); everything else is tokenized
+once and a share takes its rows.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 
 from declora.node.data import TextDataset, load_dataset
 from declora.node.dec_lora import DecLoraNode
+from declora.node.lm_data import LmFormat
 from declora.node.partition import partition
 from declora.node.recipe import Recipe
 from declora.node.trainer import Encoded, LocalTrainer, LoraModel
@@ -51,20 +57,24 @@ class Workload:
     def encoded_train(self) -> Encoded:
         """The whole training set, tokenized once (the simulator's nodes share it)."""
         if "train" not in self._encoded:
-            self._encoded["train"] = self.lm.encode(self.train)
+            self._encoded["train"] = self._encode(self.train)
         return self._encoded["train"]
 
     def encoded_test(self) -> Encoded | None:
         if not len(self.test):
             return None
         if "test" not in self._encoded:
-            self._encoded["test"] = self.lm.encode(self.test)
+            self._encoded["test"] = self._encode(self.test)
         return self._encoded["test"]
 
+    def _encode(self, data: TextDataset) -> Encoded:
+        return self.lm.encode(data, packing=self.recipe.packing)
+
     def _encoded_rows(self, rows: np.ndarray) -> Encoded:
-        if "train" in self._encoded:
+        packed = self.recipe.task == "lm" and self.recipe.packing and self.train.chats is None
+        if "train" in self._encoded and not packed:
             return self._encoded["train"].take(rows)
-        return self.lm.encode(self.train.subset(rows))
+        return self._encode(self.train.subset(rows))
 
     def trainer(self, index: int) -> LocalTrainer:
         """Node `index`'s trainer on its share, from the shared seeded adapter."""
@@ -119,7 +129,11 @@ def load_workload(
         label_column=recipe.label_column if cls else None,
         text_column=recipe.text_column,
         labels=recipe.labels or None,
-    )
+        examples=None if cls else LmFormat(
+            recipe.data_format, recipe.text_column, recipe.messages_column,
+            recipe.prompt_column, recipe.response_column,
+        ),
+    )  # fmt: skip
     if max_train and max_train < len(train):  # a seeded subset, in the permuted order
         train = train.subset(np.random.default_rng(recipe.seed).permutation(len(train))[:max_train])
     test = cap(test, recipe.max_eval, recipe.seed)

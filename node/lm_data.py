@@ -1,0 +1,345 @@
+"""Causal-LM data: the formats a user's rows come in, and their encoding for training.
+
+Formats (`Recipe.data_format`; `auto` picks the first whose columns are present):
+- `messages`: a list of {role, content} turns in `messages_column`;
+- `prompt-response`: `prompt_column` and `response_column` (auto and an absent default
+  "response" column also accept "completion");
+- `instruction`: the conventional `instruction`, optional `input` and `output` columns
+  (the user turn is the instruction, then a blank line and the input when there is one);
+- `text`: one document per row in `text_column` (the fallback, and the embedded BBC News).
+The last three conversational formats become one user/assistant turn each. Every
+malformed row raises `DataError` naming the row, with a hint.
+
+Encoding (`encode_lm`), what training relies on:
+- text, packed (`packing`, the default): every document is tokenized, followed by EOS,
+  concatenated in row order and cut into `max_length` blocks; no token is lost but the
+  final partial block; every token carries a label.
+- text, one example per row: the document plus EOS, truncated to `max_length`.
+- conversations, one example per row, truncated to `max_length`: rendered with the
+  tokenizer's chat template when it has one (else "content\\n" per turn and
+  content + EOS for the assistant's); only the assistant turns' tokens, through the
+  EOS text that closes each one, carry labels. Spans are found by rendering the
+  conversation's prefixes and counting their tokens, so the trained ids are exactly the
+  tokenization of the whole rendered text.
+- padding never carries a label (labels are -100 wherever no loss is taken).
+
+`render_prompt`/`encode_prompt` render a conversation for generation the way training
+rendered it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from declora.node.data import Chat, DataError, DataFormat, TextDataset, column_values, read_texts
+from declora.node.models import ModelError, Tokenizer
+
+IGNORE = -100  # the label of a token that carries no loss
+INSTRUCTION, INPUT, OUTPUT = "instruction", "input", "output"
+COMPLETION = "completion"  # accepted for prompt-response when "response" is absent
+CHAT_EXAMPLE = '[{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]'
+
+
+@dataclass(frozen=True)
+class LmFormat:
+    """How causal-LM rows are read: a format (or auto) and its columns.
+
+    Called on a `datasets.Dataset` (`data.ExampleReader`), it returns the split's texts
+    and, for the conversational formats, its chats."""
+
+    data_format: DataFormat = "auto"
+    text_column: str = "text"
+    messages_column: str = "messages"
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+
+    def detect(self, columns: Sequence[str]) -> str:
+        """The format of a split with these columns ("text" when nothing else fits)."""
+        if self.data_format != "auto":
+            return self.data_format
+        if self.messages_column in columns:
+            return "messages"
+        if self.prompt_column in columns and self._response(columns) in columns:
+            return "prompt-response"
+        if INSTRUCTION in columns and OUTPUT in columns:
+            return "instruction"
+        return "text"
+
+    def _response(self, columns: Sequence[str]) -> str:
+        if self.response_column == "response" and "response" not in columns:
+            return COMPLETION if COMPLETION in columns else self.response_column
+        return self.response_column
+
+    def __call__(self, ds: Any, where: str) -> tuple[tuple[str, ...], tuple[Chat, ...] | None]:
+        columns = list(ds.column_names)
+        fmt = self.detect(columns)
+        if fmt == "text":
+            if self.data_format == "auto" and self.text_column not in columns:
+                raise DataError(
+                    f"{where}: no causal-LM columns; columns are {sorted(columns)}",
+                    f"give a {self.text_column!r} column, {self.messages_column!r}, "
+                    f"{self.prompt_column!r} + {self.response_column!r}, or instruction + "
+                    "output (or name yours with --text-column, --messages-column, ...)",
+                )
+            return read_texts(ds, where, self.text_column), None
+        if fmt == "messages":
+            values, _ = column_values(ds, where, self.messages_column, "chat", "--messages-column")
+            chats = tuple(_chat(v, n, where, self.messages_column) for n, v in enumerate(values, 1))
+        elif fmt == "prompt-response":
+            prompts = _strings(ds, where, self.prompt_column, "prompt", "--prompt-column")
+            responses = _strings(
+                ds, where, self._response(columns), "response", "--response-column"
+            )
+            chats = tuple(_one_turn(p, r) for p, r in zip(prompts, responses, strict=True))
+        else:
+            for column in (INSTRUCTION, OUTPUT):
+                if column not in columns:
+                    raise DataError(
+                        f"{where}: no {column!r} column; columns are {sorted(columns)}",
+                        "the instruction format reads instruction, input (optional) and output",
+                    )
+            asks = _strings(ds, where, INSTRUCTION, "instruction", "--data-format")
+            outputs = _strings(ds, where, OUTPUT, "output", "--data-format")
+            inputs = _inputs(ds, where) if INPUT in columns else [""] * len(asks)
+            chats = tuple(
+                _one_turn(f"{a}\n\n{i}" if i else a, o)
+                for a, i, o in zip(asks, inputs, outputs, strict=True)
+            )
+        texts = tuple("\n".join(f"{role}: {content}" for role, content in c) for c in chats)
+        return texts, chats
+
+
+def _one_turn(prompt: str, response: str) -> Chat:
+    return (("user", prompt), ("assistant", response))
+
+
+def _strings(ds: Any, where: str, column: str, what: str, option: str) -> list[str]:
+    """Non-empty strings of `column` (numbers are read as their text)."""
+    values, _ = column_values(ds, where, column, what, option)
+    out = []
+    for number, value in enumerate(values, 1):
+        if value is None:
+            raise DataError(
+                f"{where}: row {number} has no column {column!r}",
+                f"every row needs a {what} in {column!r}",
+            )
+        if isinstance(value, (list, dict)):
+            raise DataError(
+                f"{where}: row {number}: the {what} in {column!r} is a "
+                f"{type(value).__name__}, not a text",
+                f"write the {what} as a string",
+            )
+        if not str(value).strip():
+            raise DataError(
+                f"{where}: row {number} has an empty {what} in column {column!r}",
+                f"remove the row or give it a {what}",
+            )
+        out.append(str(value))
+    return out
+
+
+def _inputs(ds: Any, where: str) -> list[str]:
+    values, _ = column_values(ds, where, INPUT, "input", "--data-format")
+    for number, value in enumerate(values, 1):
+        if isinstance(value, (list, dict)):
+            raise DataError(
+                f"{where}: row {number}: the input is a {type(value).__name__}, not a text",
+                "write the input as a string (or leave it empty)",
+            )
+    return ["" if v is None else str(v).strip() for v in values]
+
+
+def _chat(value: object, row: int, where: str, column: str) -> Chat:
+    """A validated conversation: >= 1 turn, each a role and a text, >= 1 assistant reply."""
+    at = f"{where}: row {row}"
+    if value is None:
+        raise DataError(f"{at} has no column {column!r}", f"every row needs a {column!r} list")
+    if not isinstance(value, (list, tuple)) or not value:
+        what = "an empty list" if isinstance(value, (list, tuple)) else f"a {type(value).__name__}"
+        raise DataError(
+            f"{at}: {column!r} is {what}, not a list of {{role, content}} turns",
+            f"write {CHAT_EXAMPLE}",
+        )
+    turns: list[tuple[str, str]] = []
+    for t, turn in enumerate(value, 1):
+        if not isinstance(turn, Mapping):
+            raise DataError(
+                f"{at}: turn {t} is a {type(turn).__name__}, not a {{role, content}} mapping",
+                f"write {CHAT_EXAMPLE}",
+            )
+        role, content = turn.get("role"), turn.get("content")
+        if not isinstance(role, str) or not role.strip():
+            raise DataError(f"{at}: turn {t} has no role", "give every turn a 'role' string")
+        if not isinstance(content, str):
+            raise DataError(
+                f"{at}: turn {t} ({role}) has no text 'content'",
+                "give every turn a 'content' string",
+            )
+        if role == "assistant" and not content.strip():
+            raise DataError(
+                f"{at}: turn {t} is an empty assistant reply",
+                "remove the row or write the reply",
+            )
+        turns.append((role, content))
+    if not any(role == "assistant" for role, _ in turns):
+        raise DataError(
+            f"{at} has no assistant turn (nothing to train on)",
+            "end each conversation with the assistant's reply",
+        )
+    return tuple(turns)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _messages(chat: Chat) -> list[dict[str, str]]:
+    return [{"role": role, "content": content} for role, content in chat]
+
+
+def _as_chat(messages: str | Sequence[Mapping[str, str]]) -> Chat:
+    if isinstance(messages, str):
+        return (("user", messages),)
+    return tuple((str(m["role"]), str(m["content"])) for m in messages)
+
+
+def _eos(tok: Tokenizer) -> tuple[int, str]:
+    """The EOS token's id and text."""
+    if tok.eos_token is None or tok.eos_id is None:
+        raise ModelError("the tokenizer has no EOS token, which causal-LM training needs")
+    return tok.eos_id, tok.eos_token
+
+
+def _template(tok: Tokenizer, messages: list[dict[str, str]], generation: bool) -> str:
+    try:
+        return tok.apply_chat_template(messages, add_generation_prompt=generation)
+    except Exception as exc:  # a template's own checks (turn order, roles) raise anything
+        first = messages[0]["content"][:40] if messages else ""
+        raise DataError(
+            f"the chat template refuses the conversation starting {first!r}: {exc}",
+            "check its roles and their order",
+        ) from exc
+
+
+def _segments(tok: Tokenizer, chat: Chat) -> list[tuple[str, bool]]:
+    """The rendered conversation in pieces (text, trained); trained = an assistant turn
+    through the EOS text that closes it."""
+    _, eos = _eos(tok)
+    if not tok.has_chat_template:
+        return [(c + eos, True) if r == "assistant" else (c + "\n", False) for r, c in chat]
+    msgs = _messages(chat)
+    full = _template(tok, msgs, False)
+    out: list[tuple[str, bool]] = []
+    pos = 0
+    for i, (role, _) in enumerate(chat):
+        if role != "assistant":
+            continue
+        before = _template(tok, msgs[:i], True)
+        after = _template(tok, msgs[: i + 1], False)
+        if not (after.startswith(before) and full.startswith(after) and len(before) >= pos):
+            raise DataError(
+                "the chat template renders earlier turns differently once later ones "
+                "follow, so the assistant's tokens cannot be located",
+                "use a template whose rendering of a conversation's prefix is a prefix of it",
+            )
+        turn = after[len(before) :]
+        end = turn.rfind(eos)
+        cut = end + len(eos) if end >= 0 else len(turn)
+        out += [(full[pos : len(before)], False), (turn[:cut], True)]
+        pos = len(before) + cut
+    out.append((full[pos:], False))
+    return [(text, trained) for text, trained in out if text]
+
+
+def render_prompt(tok: Tokenizer, messages: str | Sequence[Mapping[str, str]]) -> str:
+    """The text a model continues to answer `messages` (a string is one user turn):
+    the chat template with its generation prompt, or the plain rendering training uses."""
+    chat = _as_chat(messages)
+    if tok.has_chat_template:
+        return _template(tok, _messages(chat), True)
+    return "".join(text for text, _ in _segments(tok, chat))
+
+
+def encode_prompt(tok: Tokenizer, messages: str | Sequence[Mapping[str, str]]) -> list[int]:
+    """`render_prompt`'s ids, tokenized as training tokenizes (special tokens added only
+    without a chat template, whose text holds its own)."""
+    text = render_prompt(tok, messages)
+    return tok.encode([text], add_special_tokens=not tok.has_chat_template)[0]
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def encode_lm(
+    tok: Tokenizer, data: TextDataset, max_length: int, *, packing: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, labels) for causal-LM `data` (see the module doc)."""
+    if data.chats is not None:
+        return _encode_chats(tok, data.chats, max_length)
+    eos, _ = _eos(tok)
+    docs = [[*ids, eos] for ids in tok.encode(list(data.texts))]
+    if not packing:
+        seqs = [d[:max_length] for d in docs]
+        return _padded(seqs, seqs, max_length, tok.pad_id)
+    stream = [t for d in docs for t in d]
+    blocks = len(stream) // max_length
+    if blocks == 0:
+        raise DataError(
+            f"{len(data)} text(s) hold {len(stream)} tokens, less than one block of "
+            f"max_length={max_length}",
+            "give this node more text, lower --max-length or pass --no-packing",
+        )
+    ids = torch.tensor(stream[: blocks * max_length], dtype=torch.long).view(blocks, max_length)
+    return ids, torch.ones_like(ids), ids.clone()
+
+
+def _encode_chats(
+    tok: Tokenizer, chats: Sequence[Chat], max_length: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    pieces = [_segments(tok, chat) for chat in chats]
+    # every prefix at a piece boundary, tokenized from the start (the last is the whole)
+    prefixes = [
+        "".join(text for text, _ in segs[: k + 1]) for segs in pieces for k in range(len(segs))
+    ]
+    encoded = iter(_encode(tok, prefixes))
+    seqs: list[list[int]] = []
+    labels: list[list[int]] = []
+    for chat, segs in zip(chats, pieces, strict=True):
+        prefix_ids = [next(encoded) for _ in segs]
+        ends, ids = [len(p) for p in prefix_ids], prefix_ids[-1]
+        lab = [IGNORE] * len(ids)
+        start = 0
+        for (_, trained), end in zip(segs, ends, strict=True):
+            if trained:
+                lab[start:end] = ids[start:end]
+            start = max(start, end)
+        if all(v == IGNORE for v in lab[:max_length]):
+            raise DataError(
+                f"the prompt of the conversation starting {chat[0][1][:40]!r} fills all "
+                f"{max_length} tokens, so no response token is trained",
+                "raise --max-length or shorten the conversation",
+            )
+        seqs.append(ids[:max_length])
+        labels.append(lab[:max_length])
+    return _padded(seqs, labels, max_length, tok.pad_id)
+
+
+def _encode(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
+    """Conversation texts: a chat template's text holds its own special tokens."""
+    return tok.encode(texts, add_special_tokens=not tok.has_chat_template)
+
+
+def _padded(
+    seqs: Sequence[list[int]], labels: Sequence[list[int]], max_length: int, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ids = torch.full((len(seqs), max_length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), max_length), dtype=torch.long)
+    lab = torch.full((len(seqs), max_length), IGNORE, dtype=torch.long)
+    for row, (seq, label) in enumerate(zip(seqs, labels, strict=True)):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+        lab[row, : len(label)] = torch.tensor(label, dtype=torch.long)
+    return ids, mask, lab
