@@ -421,6 +421,63 @@ def predict(
 
 
 @app.command()
+def generate(
+    adapter: AdapterArg,
+    prompt: Annotated[
+        str | None, typer.Option("--prompt", "-p", help="The text to continue.")
+    ] = None,
+    input_: Annotated[
+        str | None,
+        typer.Option(
+            "--input",
+            "-i",
+            help="A file of prompts: one a line, or .jsonl with a prompt or messages field; "
+            "- stdin (the default without --prompt).",
+        ),
+    ] = None,
+    chat_template: Annotated[
+        bool,
+        typer.Option(
+            "--chat-template/--no-chat-template",
+            help="Render prompts with the tokenizer's chat template (chat models).",
+        ),
+    ] = True,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate at most.")] = 128,
+    temperature: Annotated[float, typer.Option(help="0 = greedy; > 0 samples.")] = 0.0,
+    top_p: Annotated[
+        float, typer.Option(help="Nucleus sampling mass (with temperature > 0).")
+    ] = 1.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed (set before each prompt).")] = 0,
+    fmt: Annotated[
+        str, typer.Option("--format", help="text (completions) or jsonl (one object a line).")
+    ] = "text",
+    base: BaseOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Continue prompts with a saved causal-LM adapter (chat models: as a user turn)."""
+    from declora.cli.generate import Sampling, run_generate
+    from declora.cli.predict import USER_ERRORS
+
+    sampling = Sampling(max_new_tokens, temperature, top_p, seed)
+    try:
+        run_generate(
+            adapter,
+            prompt,
+            input_,
+            sys.stdout,
+            sys.stdin,
+            sampling=sampling,
+            chat_template=chat_template,
+            fmt=fmt,
+            base=base,
+        )
+    except USER_ERRORS as exc:
+        if debug or STATE["debug"]:
+            raise
+        fail(str(exc))
+
+
+@app.command()
 def export(
     adapter: AdapterArg,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="New folder.")] = None,

@@ -1,0 +1,219 @@
+"""`declora-node generate`: continue prompts with a saved causal-LM adapter.
+
+Prompts come from `--prompt`, from a file (`--input`: one prompt a non-blank line, or,
+for a `.jsonl` file, one JSON object a line with a `prompt` string or a `messages`
+list of {role, content} turns) or from standard input (plain lines, or JSON lines
+when the first line is an object). All input is read and checked before the model
+loads.
+
+For a tokenizer with a chat template, a prompt becomes one user turn rendered with the
+template and its generation prompt, as training rendered conversations
+(`lm_data.encode_prompt`); `--no-chat-template` sends plain prompts as they are.
+Each prompt is generated on its own; sampling (`temperature` > 0) reseeds with `seed`
+before each prompt, so a prompt's output does not depend on the others; temperature 0
+is greedy decoding, the same tokens as `model.generate(do_sample=False)`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from declora.node.adapter_io import AdapterError, LoadedAdapter, adapter_folder
+from declora.node.data import DataError
+from declora.node.models import ByteTokenizer, HFTokenizer, Tokenizer
+
+FORMATS = ("text", "jsonl")
+STDIN = "<stdin>"
+# a prompt: plain text, or a conversation as {role, content} turns
+Prompt = str | list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How tokens are chosen: greedy at temperature 0, else sampled (nucleus `top_p`)."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def check(self) -> None:
+        """`DataError` naming the option that is out of range."""
+        if self.max_new_tokens < 1:
+            raise DataError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise DataError(f"--temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise DataError(f"--top-p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One prompt's continuation: its text, how many tokens, and why it stopped."""
+
+    text: str
+    tokens: int
+    stop: str  # "eos" or "length"
+
+
+def _messages(value: object, where: str) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise DataError(
+            f"{where}: 'messages' is not a non-empty list of turns",
+            'write [{"role": "user", "content": ...}]',
+        )
+    turns = []
+    for t, turn in enumerate(value, 1):
+        ok = isinstance(turn, dict) and all(
+            isinstance(turn.get(k), str) for k in ("role", "content")
+        )
+        if not ok:
+            raise DataError(f"{where}: turn {t} is not a {{role, content}} object of strings")
+        turns.append({"role": turn["role"], "content": turn["content"]})
+    return turns
+
+
+def _jsonl_prompts(lines: Sequence[str], source: str) -> list[Prompt]:
+    prompts: list[Prompt] = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{source}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{where}: not valid JSON: {exc.msg}", "one JSON object a line"
+            ) from exc
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: a {type(row).__name__}, not a JSON object")
+        if "messages" in row:
+            prompts.append(_messages(row["messages"], where))
+        elif isinstance(row.get("prompt"), str) and row["prompt"].strip():
+            prompts.append(row["prompt"])
+        else:
+            raise DataError(
+                f"{where}: no non-empty 'prompt' string or 'messages' list; keys are {sorted(row)}",
+                "give each line a prompt or messages field",
+            )
+    return prompts
+
+
+def read_prompts(prompt: str | None, source: str | None, stdin: TextIO) -> list[Prompt]:
+    """The prompts in input order; `DataError` when there are none or one is malformed."""
+    if prompt is not None and source is not None:
+        raise DataError("give --prompt or --input, not both")
+    if prompt is not None:
+        if not prompt.strip():
+            raise DataError("empty prompt", "give the text to continue with --prompt")
+        return [prompt]
+    if source in (None, "-"):
+        lines, label, jsonl = stdin.read().splitlines(), STDIN, None
+    else:
+        path = Path(str(source))
+        if not path.is_file():
+            raise DataError(f"input file not found: {path}", "check the --input path")
+        lines, label = path.read_text(encoding="utf-8").splitlines(), str(path)
+        jsonl = path.suffix.lower() == ".jsonl"
+    first = next((line for line in lines if line.strip()), None)
+    if first is None:
+        raise DataError(f"{label}: no prompts", "give one prompt a line, or JSON lines")
+    if jsonl or (jsonl is None and first.lstrip().startswith("{")):
+        return _jsonl_prompts(lines, label)
+    return [line for line in lines if line.strip()]
+
+
+def prompt_ids(tok: Tokenizer, prompt: Prompt, chat_template: bool) -> list[int]:
+    """The ids the model continues: a chat model's template (with the generation prompt)
+    unless `chat_template` is off; otherwise the plain text with the special tokens."""
+    from declora.node.lm_data import encode_prompt
+
+    if isinstance(prompt, str) and not (chat_template and tok.has_chat_template):
+        return tok.encode([prompt])[0]
+    return encode_prompt(tok, prompt)
+
+
+def decode(tok: Tokenizer, ids: Sequence[int]) -> str:
+    """Generated ids as text, special tokens dropped."""
+    if isinstance(tok, HFTokenizer):
+        return str(tok.hf.decode(list(ids), skip_special_tokens=True))
+    if isinstance(tok, ByteTokenizer):  # ids 3..258 are the bytes; below are specials
+        return bytes(i - 3 for i in ids if 3 <= i < ByteTokenizer.vocab_size).decode(
+            "utf-8", errors="replace"
+        )
+    raise TypeError(f"cannot decode with {type(tok).__name__}")
+
+
+@torch.no_grad()
+def complete(adapter: LoadedAdapter, ids: list[int], sampling: Sampling) -> Completion:
+    """Continue `ids` with the adapter's model (eval mode, its device)."""
+    from transformers import GenerationConfig
+
+    tok = adapter.tokenizer
+    eos = tok.eos_id
+    kw: dict[str, Any] = {"do_sample": sampling.temperature > 0}
+    if kw["do_sample"]:
+        kw.update(temperature=sampling.temperature, top_p=sampling.top_p)
+        torch.manual_seed(sampling.seed)
+    config = GenerationConfig(
+        max_new_tokens=sampling.max_new_tokens, eos_token_id=eos, pad_token_id=tok.pad_id, **kw
+    )
+    adapter.model.eval()
+    inputs = torch.tensor([ids], dtype=torch.long, device=adapter.lora.device)
+    out = adapter.model.generate(  # type: ignore[operator]
+        input_ids=inputs, attention_mask=torch.ones_like(inputs), generation_config=config
+    )
+    new = [int(i) for i in out[0, len(ids) :]]
+    stop = "eos" if new and new[-1] == eos else "length"
+    return Completion(decode(tok, new), len(new), stop)
+
+
+def run_generate(
+    adapter: Path,
+    prompt: str | None,
+    source: str | None,
+    out: TextIO,
+    stdin: TextIO,
+    *,
+    sampling: Sampling,
+    chat_template: bool = True,
+    fmt: str = "text",
+    base: str | None = None,
+) -> int:
+    """Write one completion per prompt to `out`; returns how many prompts there were.
+
+    `text` writes each completion followed by a newline (a completion may hold
+    newlines: use `jsonl` to tell them apart); `jsonl` writes one object a line:
+    prompt, completion, tokens and stop ("eos" or "length").
+    """
+    from declora.cli.predict import quiet_transformers
+    from declora.node.adapter_io import load_adapter
+
+    if fmt not in FORMATS:
+        raise DataError(f"--format must be text or jsonl, got {fmt!r}")
+    sampling.check()
+    adapter_folder(adapter)  # a wrong path fails before reading stdin
+    prompts = read_prompts(prompt, source, stdin)
+    if not chat_template and any(not isinstance(p, str) for p in prompts):
+        raise DataError("--no-chat-template takes plain prompts, not messages")
+    with quiet_transformers():
+        loaded = load_adapter(adapter, base=base)
+    if loaded.task != "lm":
+        raise AdapterError(
+            f"{loaded.path} is a classifier, not a causal LM adapter (hint: use predict)"
+        )
+    for p in prompts:
+        done = complete(loaded, prompt_ids(loaded.tokenizer, p, chat_template), sampling)
+        if fmt == "jsonl":
+            row = {"prompt": p, "completion": done.text, "tokens": done.tokens, "stop": done.stop}
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        else:
+            out.write(done.text + "\n")
+        out.flush()
+    return len(prompts)
