@@ -115,3 +115,11 @@ def product_mix(
         else:
             out[p.b], out[p.a] = got[0].reshape(-1), got[1].reshape(-1)
     return out
+
+
+def product_average(pairs: Sequence[LoraPair], vectors: Sequence[np.ndarray]) -> np.ndarray:
+    """The swarm's averaged adapter in product space: every LoRA module refactorised
+    from the mean of the nodes' B·A, every other entry the plain mean."""
+    mean = np.mean(np.stack(vectors), axis=0).astype(np.float32)
+    share = 1.0 / len(vectors)
+    return product_mix(pairs, vectors[0], mean, [(share, v) for v in vectors[1:]])

@@ -32,6 +32,7 @@ from declora.node.dec_lora import DecLoraNode
 from declora.node.gossip import consensus_distance
 from declora.node.mixing import local_mh_weights, mixing_matrix
 from declora.node.partition import format_label_counts, label_counts
+from declora.node.product_mixing import lora_pairs, product_average
 from declora.node.recipe import Recipe
 from declora.node.topology import Topology, from_spec
 from declora.node.trainer import Encoded, LoraModel
@@ -93,6 +94,8 @@ class SimConfig(Recipe):
         )
         if self.lr != SimConfig.model_fields["lr"].default:
             label += f" lr={self.lr:g}"
+        if self.method != "dec-lora":
+            label += f" {self.method}"
         if self.gradient_tracking:
             label += " +tracking"
         if self.seed:
@@ -179,9 +182,12 @@ class Simulation:
         return [self.nodes[i].vector() for i in self.honest]
 
     def average(self) -> np.ndarray:
-        """The Dec-LoRA averaged model of the honest nodes: A, B and head averaged
-        separately."""
-        return np.mean(np.stack(self.honest_vectors()), axis=0).astype(np.float32)
+        """The averaged model of the honest nodes: A, B and head averaged separately
+        (Dec-LoRA, ConLoRA), or in product space for DeCAF (`product_average`)."""
+        vectors = self.honest_vectors()
+        if self.cfg.method == "decaf":
+            return product_average(lora_pairs(self.lm.schema), vectors)
+        return np.mean(np.stack(vectors), axis=0).astype(np.float32)
 
     def _gossip_round(self) -> float:
         """Exchange and mix once; returns the bytes each node sent, averaged."""

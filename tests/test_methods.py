@@ -21,7 +21,7 @@ from declora.node.daemon.handshake import recipe_differences, recipe_facts
 from declora.node.data import TextDataset
 from declora.node.dec_lora import DecLoraNode
 from declora.node.gossip import consensus_distance
-from declora.node.product_mixing import lora_pairs, refactorise
+from declora.node.product_mixing import lora_pairs, product_average, refactorise
 from declora.node.recipe import Recipe
 from declora.node.simulator import Simulation
 from declora.node.trainer import LocalTrainer, LoraModel, LoraSpec
@@ -268,6 +268,19 @@ def test_decaf_node_mixes_in_product_space(decaf_lm: LoraModel, synthetic: TextD
     before = nodes[1].vector()
     nodes[1].mix({})  # no neighbour delivered: nothing to refactorise
     np.testing.assert_array_equal(nodes[1].vector(), before)
+
+
+def test_product_average_averages_the_products(decaf_lm: LoraModel) -> None:
+    rng = np.random.default_rng(4)
+    vecs = [rng.normal(0, 0.1, decaf_lm.schema.numel).astype(np.float32) for _ in range(3)]
+    pairs = lora_pairs(decaf_lm.schema)
+    got = product_average(pairs, vecs)
+    for p in pairs:
+        dense = np.mean(
+            [v[p.b].reshape(p.b_shape) @ v[p.a].reshape(p.a_shape) for v in vecs], axis=0
+        )
+        mixed = got[p.b].reshape(p.b_shape) @ got[p.a].reshape(p.a_shape)
+        np.testing.assert_allclose(mixed, best_rank(dense, 4), rtol=0, atol=1e-5)
 
 
 def test_decaf_node_refuses_inexact_gossip(decaf_lm: LoraModel, synthetic: TextDataset) -> None:
