@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 EMBEDDED_DATA = "bbcnews"
+EMBEDDED_CHAT = "bbc-headlines"  # the same articles as headline chats (node/headlines.py)
 BBC_TEST_FRACTION = 0.2
 BBC_SPLIT_SEED = 0
 
@@ -515,7 +516,8 @@ def load_dataset(
     labels: Sequence[str] | None = None,
     examples: ExampleReader | None = None,
 ) -> tuple[TextDataset, TextDataset]:
-    """(train, test) for `spec`: "bbcnews", a data file or a `save_to_disk` folder.
+    """(train, test) for `spec`: "bbcnews", "bbc-headlines", a data file or a
+    `save_to_disk` folder.
 
     Files are split with a seeded stratified split (a seeded random one for
     `label_column=None`, causal LM); a saved `DatasetDict` with a "train" and a "test"
@@ -528,8 +530,12 @@ def load_dataset(
     BBC News data is always text.
     """
     source = str(spec)
-    if source == EMBEDDED_DATA:  # labelled even for causal LM (the split stays the same)
+    if source in (EMBEDDED_DATA, EMBEDDED_CHAT):  # labelled even for causal LM
         train, test = _split(load_bbcnews(), test_fraction, BBC_SPLIT_SEED)
+        if source == EMBEDDED_CHAT:
+            from declora.node.headlines import as_headlines
+
+            train, test = as_headlines(train), as_headlines(test)
     else:
         p = Path(spec)
         splits = _read_splits(p)
