@@ -26,7 +26,7 @@ import torch
 
 from declora.node.adapter_io import AdapterError, LoadedAdapter, adapter_folder
 from declora.node.data import DataError
-from declora.node.models import ByteTokenizer, HFTokenizer, Tokenizer
+from declora.node.models import Tokenizer
 
 FORMATS = ("text", "jsonl")
 STDIN = "<stdin>"
@@ -139,17 +139,6 @@ def prompt_ids(tok: Tokenizer, prompt: Prompt, chat_template: bool) -> list[int]
     return encode_prompt(tok, prompt)
 
 
-def decode(tok: Tokenizer, ids: Sequence[int]) -> str:
-    """Generated ids as text, special tokens dropped."""
-    if isinstance(tok, HFTokenizer):
-        return str(tok.hf.decode(list(ids), skip_special_tokens=True))
-    if isinstance(tok, ByteTokenizer):  # ids 3..258 are the bytes; below are specials
-        return bytes(i - 3 for i in ids if 3 <= i < ByteTokenizer.vocab_size).decode(
-            "utf-8", errors="replace"
-        )
-    raise TypeError(f"cannot decode with {type(tok).__name__}")
-
-
 @torch.no_grad()
 def complete(adapter: LoadedAdapter, ids: list[int], sampling: Sampling) -> Completion:
     """Continue `ids` with the adapter's model (eval mode, its device)."""
@@ -171,7 +160,7 @@ def complete(adapter: LoadedAdapter, ids: list[int], sampling: Sampling) -> Comp
     )
     new = [int(i) for i in out[0, len(ids) :]]
     stop = "eos" if new and new[-1] == eos else "length"
-    return Completion(decode(tok, new), len(new), stop)
+    return Completion(tok.decode(new), len(new), stop)
 
 
 def run_generate(

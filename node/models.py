@@ -62,6 +62,10 @@ class Tokenizer(Protocol):
         """The conversation rendered as text (only when `has_chat_template`)."""
         ...
 
+    def decode(self, ids: list[int]) -> str:
+        """Ids back to text, special tokens dropped."""
+        ...
+
 
 class ByteTokenizer:
     """UTF-8 bytes as ids (0 = pad, 1 = bos, 2 = eos, bytes at 3..258); for the tiny
@@ -98,6 +102,9 @@ class ByteTokenizer:
     ) -> str:
         turns = "".join(f"<|{m['role']}|>\n{m['content']}{self.eos_token}\n" for m in messages)
         return turns + ("<|assistant|>\n" if add_generation_prompt else "")
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(i - 3 for i in ids if 3 <= i < self.vocab_size).decode(errors="replace")
 
 
 class HFTokenizer:
@@ -143,6 +150,9 @@ class HFTokenizer:
             messages, tokenize=False, add_generation_prompt=add_generation_prompt
         )
         return str(rendered)
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self._tok.decode(ids, skip_special_tokens=True))  # type: ignore[attr-defined]
 
 
 @dataclass
