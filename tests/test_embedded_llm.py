@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,21 @@ def test_the_folder_is_converted_once_and_named_by_version(
     assert calls == [Path(first)]
     assert Path(first).parent == cache and Path(first).name.startswith("smollm2-135m-instruct-")
     assert HUB_IDS["smollm2"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+@needs_smollm2
+def test_two_starts_at_once_convert_once(monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
+    calls: list[Path] = []
+    convert = fake_convert(calls)
+
+    def slow_convert(source: Path, final: Path) -> None:
+        time.sleep(0.3)  # long enough for the other thread to reach the lock
+        convert(source, final)
+
+    monkeypatch.setattr(embedded_llm, "_convert", slow_convert)
+    with ThreadPoolExecutor(2) as pool:
+        folders = list(pool.map(lambda _: resolve_path("smollm2"), range(2)))
+    assert folders[0] == folders[1] and len(calls) == 1
 
 
 @needs_smollm2

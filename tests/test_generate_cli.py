@@ -166,6 +166,8 @@ def test_smollm2_answers_a_chat_prompt(tmp_path: Path, monkeypatch: pytest.Monke
     lm = LoraModel(spec)
     vec = lm.schema.flatten(dict(zip(lm.schema.names, lm.initial_tensors(), strict=True)))
     lm.save_adapter(vec, tmp_path / "adapter", {})
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     question = "What is the capital of France? Answer in one word."
     args = ["generate", str(tmp_path / "adapter"), "-p", question, "--max-new-tokens", "16"]
     res = runner.invoke(app, [*args, "--format", "jsonl"])
