@@ -33,6 +33,7 @@ import numpy as np
 from declora.node.gossip import GossipError, GossipState
 from declora.node.methods import combination_problem
 from declora.node.product_mixing import LoraPair, lora_pairs, product_mix
+from declora.node.schedule import at_round
 from declora.node.tracking import GradientTracker, TrackingError
 from declora.node.trainer import LocalTrainer
 
@@ -96,12 +97,22 @@ class DecLoraNode(Generic[K]):
         """Track a neighbour, from the shared seeded init unless `public` is given."""
         self.gossip.add_peer(peer, self.initial if public is None else public)
 
-    def train(self, steps: int, should_stop: Callable[[], bool] | None = None) -> float:
-        """K local steps (fewer if `should_stop()` turns true); the mean loss."""
+    def train(
+        self,
+        steps: int,
+        should_stop: Callable[[], bool] | None = None,
+        round_number: int | None = None,
+    ) -> float:
+        """K local steps (fewer if `should_stop()` turns true); the mean loss.
+
+        `round_number` (1-based) places the steps on the lr schedule at
+        `(round_number - 1) x steps`, so nodes at the same round use the same lr
+        whatever rounds they skipped; without it, the trainer's own step count."""
+        first = None if round_number is None else at_round(round_number, steps)
         if self.tracker is None:
-            return self.trainer.train_steps(steps, should_stop)
+            return self.trainer.train_steps(steps, should_stop, first_step=first)
         self.tracker.begin_round()
-        return self.trainer.train_steps(steps, should_stop, self.tracker.correct)
+        return self.trainer.train_steps(steps, should_stop, self.tracker.correct, first)
 
     def outgoing(self, forged: np.ndarray | None = None) -> bytes:
         """This round's payload: the compressed change of the adapter since the last one

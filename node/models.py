@@ -218,11 +218,24 @@ def _model_class(task: Task) -> Any:
     return AutoModelForSequenceClassification if task == "cls" else AutoModelForCausalLM
 
 
-def load_base(name: str, task: Task, num_labels: int, seed: int) -> BaseModel:
-    """Load a frozen base model; random parts (tiny weights, a new head) come from `seed`."""
+def load_base(
+    name: str,
+    task: Task,
+    num_labels: int,
+    seed: int,
+    *,
+    quantize: str = "none",
+    device: str = "cpu",
+) -> BaseModel:
+    """Load a frozen base model; random parts (tiny weights, a new head) come from `seed`.
+
+    With `quantize` (nf4, fp4, int8) a pretrained base loads through bitsandbytes onto
+    the CUDA `device` (`quantize.py`; check `check_runtime` first)."""
     if task == "cls" and num_labels < 2:
         raise ModelError(f"sequence classification needs >= 2 labels, got {num_labels}")
     torch.manual_seed(seed)
+    if name in TINY_MODELS and quantize != "none":
+        raise ModelError(f"--quantize {quantize} needs a pretrained model, not {name}")
     if name in TINY_MODELS:
         model, family = _tiny(name, task, num_labels)
         tokenizer: Tokenizer = ByteTokenizer()
@@ -241,7 +254,12 @@ def load_base(name: str, task: Task, num_labels: int, seed: int) -> BaseModel:
         hf_logging.set_verbosity_error()  # a new task head is expected, not news
         try:
             kw: dict[str, Any] = {"num_labels": num_labels} if task == "cls" else {}
-            model = _model_class(task).from_pretrained(path, **kw)
+            if quantize != "none":
+                from declora.node.quantize import load_quantized
+
+                model = load_quantized(_model_class(task), path, quantize, device, **kw)
+            else:
+                model = _model_class(task).from_pretrained(path, **kw)
         finally:
             hf_logging.set_verbosity(verbosity)
         tokenizer = HFTokenizer(hf_tok)
@@ -252,34 +270,82 @@ def load_base(name: str, task: Task, num_labels: int, seed: int) -> BaseModel:
     return BaseModel(model=model, tokenizer=tokenizer, task=task, name=name, family=family)
 
 
+ALL_LINEAR = "all-linear"  # every linear layer but the output head (PEFT's shorthand)
+QV = ("q_proj", "v_proj")
 DEFAULT_TARGETS = {
     "bert": ("query", "value"),
-    "llama": ("q_proj", "v_proj"),
+    "llama": QV,
+    "qwen2": QV,
+    "mistral": QV,
+    "gemma": QV,
+    "gemma2": QV,
+    "phi3": ("qkv_proj",),  # q, k and v fused in one projection
+    "gpt2": ("c_attn",),  # likewise (a Conv1D)
 }
+QV_NAMES = (QV, ("query", "value"), ("q_lin", "v_lin"), ("q", "v"), ("wq", "wv"))
 
 
-def default_targets(family: str) -> tuple[str, ...]:
-    """LoRA target modules for a model family (q and v projections, as in the paper)."""
-    if family not in DEFAULT_TARGETS:
+def default_targets(family: str, model: nn.Module | None = None) -> tuple[str, ...]:
+    """LoRA target modules for a model family (q and v projections, as in the paper);
+    for a family not in `DEFAULT_TARGETS`, derived from `model` (`derive_targets`)."""
+    if family in DEFAULT_TARGETS:
+        return DEFAULT_TARGETS[family]
+    if model is None:
         raise ModelError(
             f"no default LoRA targets for model family {family!r}; pass --targets explicitly"
         )
-    return DEFAULT_TARGETS[family]
+    return derive_targets(model)
+
+
+def derive_targets(model: nn.Module) -> tuple[str, ...]:
+    """Targets from the linear layers inside the attention blocks (modules named
+    *attn* / *attention*): a q/v pair when there is one, else every such layer (as
+    `parent.leaf`); without attention-named modules, every linear layer but the
+    output head (`all-linear`)."""
+    from transformers.pytorch_utils import Conv1D
+
+    in_attention: set[tuple[str, str]] = set()
+    for name, module in model.named_modules():
+        parts = name.split(".")
+        attention = any(w in p.lower() for p in parts[:-1] for w in ("attn", "attention"))
+        if isinstance(module, nn.Linear | Conv1D) and attention:
+            in_attention.add((parts[-2], parts[-1]))
+    leaves = {leaf for _, leaf in in_attention}
+    for q, v in QV_NAMES:
+        if q in leaves and v in leaves:
+            return (q, v)
+    if in_attention:
+        return tuple(sorted(f"{parent}.{leaf}" for parent, leaf in in_attention))
+    return (ALL_LINEAR,)
 
 
 def wrap_lora(
-    base: BaseModel, rank: int, alpha: int, targets: tuple[str, ...], seed: int
+    base: BaseModel,
+    rank: int,
+    alpha: int,
+    targets: tuple[str, ...],
+    seed: int,
+    *,
+    dropout: float = 0.0,
+    rslora: bool = False,
+    dora: bool = False,
 ) -> nn.Module:
-    """Return the PEFT model; only LoRA factors (and a classification head) train."""
+    """Return the PEFT model; only LoRA factors (DoRA: and magnitudes; and a
+    classification head) train. `targets` ("all-linear",) is PEFT's shorthand."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     if rank < 1:
         raise ModelError(f"LoRA rank must be >= 1, got {rank}")
+    if ALL_LINEAR in targets and len(targets) > 1:
+        raise ModelError(f"--targets {ALL_LINEAR} cannot be combined with other targets")
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha,
-        target_modules=list(targets),
-        lora_dropout=0.0,
+        target_modules=ALL_LINEAR if targets == (ALL_LINEAR,) else list(targets),
+        lora_dropout=dropout,
+        use_rslora=rslora,
+        use_dora=dora,
+        fan_in_fan_out=base.family == "gpt2",  # its Conv1D stores weights transposed
         task_type=TaskType.SEQ_CLS if base.task == "cls" else TaskType.CAUSAL_LM,
     )
     torch.manual_seed(seed)

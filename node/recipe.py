@@ -17,11 +17,14 @@ from pydantic_settings import NoDecode
 
 from declora.node.data import EMBEDDED_DATA, DataFormat, declared_labels, read_label_file
 from declora.node.methods import DEFAULT_METHOD, Method, combination_problem
+from declora.node.schedule import DECAYING, LrSchedule, Schedule
 
 if TYPE_CHECKING:  # the trainer imports torch: not needed to read a configuration
     from declora.node.trainer import LoraSpec
 
 Task = Literal["cls", "lm"]
+Quantize = Literal["none", "nf4", "fp4", "int8"]
+Precision = Literal["fp32", "bf16", "fp16"]
 
 
 class Recipe(BaseModel):
@@ -74,12 +77,37 @@ class Recipe(BaseModel):
         json_schema_extra={"default_text": "by model family"},
     )
     max_length: int = Field(64, ge=8, le=8192, description="tokens per example")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA path's input")
+    rslora: bool = Field(False, description="rank-stabilised LoRA: scale by alpha / sqrt(rank)")
+    dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (a magnitude vector too)")
+    quantize: Quantize = Field(
+        "none", description="load the base in none, nf4, fp4 or int8 (QLoRA; CUDA + bitsandbytes)"
+    )
+    precision: Precision = Field(
+        "fp32", description="fp32, bf16 or fp16 autocast (fp16: CUDA only, with a grad scaler)"
+    )
     # local training
     local_steps: int = Field(5, ge=1, description="K local steps between exchanges")
     rounds: int = Field(0, ge=0, description="training rounds (0 = until stopped)")
     lr: float = Field(2e-3, gt=0, le=1, description="AdamW learning rate")
     batch_size: int = Field(16, ge=1, description="examples per local step")
     seed: int = Field(0, ge=0, description="swarm-wide seed (adapter init, data split)")
+    grad_accumulation: int = Field(
+        1, ge=1, description="micro-batches of --batch-size per local step (optimizer step)"
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass (less memory, slower)"
+    )
+    lr_schedule: LrSchedule = Field(
+        "constant",
+        description="constant, linear or cosine decay to 0 over rounds x local steps "
+        "(decay needs --rounds > 0); the default keeps the lr fixed",
+    )
+    warmup_steps: int = Field(
+        0, ge=0, description="optimizer steps of linear warmup from the start of round 1"
+    )
+    max_grad_norm: float = Field(0.0, ge=0, description="clip gradients to this norm (0 = off)")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     method: Method = Field(
         DEFAULT_METHOD,
         description="dec-lora, conlora (A frozen, B gossiped) or decaf (product mixing)",
@@ -149,6 +177,17 @@ class Recipe(BaseModel):
                 "--gradient-tracking cannot be combined with --robust-mixing: tracking "
                 "trusts every neighbour's gradient message"
             )
+        if self.lr_schedule in DECAYING:
+            if self.rounds == 0:
+                raise ValueError(
+                    f"--lr-schedule {self.lr_schedule} needs --rounds > 0: it decays over "
+                    "rounds x local steps (use constant to train until stopped)"
+                )
+            if self.warmup_steps >= self.rounds * self.local_steps:
+                raise ValueError(
+                    f"--warmup-steps {self.warmup_steps} leaves no step to decay over: "
+                    f"rounds x local steps is {self.rounds * self.local_steps}"
+                )
         return self
 
     @model_validator(mode="after")
@@ -176,7 +215,31 @@ class Recipe(BaseModel):
             max_length=self.max_length,
             seed=self.seed,
             method=self.method,
+            lora_dropout=self.lora_dropout,
+            rslora=self.rslora,
+            dora=self.dora,
+            quantize=self.quantize,
         )
+
+    def schedule(self, nodes: int = 1) -> Schedule:
+        """The lr schedule over rounds x local steps; with `nodes` > 1 the centralized
+        reference's, which takes `nodes` times the steps (and the warmup)."""
+        total = self.rounds * self.local_steps * nodes
+        return Schedule(self.lr_schedule, self.warmup_steps * nodes, total)
+
+    def schedule_facts(self) -> dict[str, object]:
+        """The schedule as nodes must agree on it: nothing for the default (constant, no
+        warmup), so fingerprints without a schedule stay what they were."""
+        if self.schedule().is_flat:
+            return {}
+        facts: dict[str, object] = {
+            "lr_schedule": self.lr_schedule,
+            "warmup_steps": self.warmup_steps,
+            "local_steps": self.local_steps,
+        }
+        if self.lr_schedule in DECAYING:
+            facts["rounds"] = self.rounds
+        return facts
 
     def recipe(self) -> Recipe:
         """Just the recipe's fields (of a subclass's instance)."""

@@ -232,7 +232,7 @@ class Simulation:
             result.centralized = self.run_centralized(progress)
         for r in range(1, cfg.rounds + 1):
             t0 = time.perf_counter()
-            losses = [node.train(cfg.local_steps) for node in self.nodes]
+            losses = [node.train(cfg.local_steps, round_number=r) for node in self.nodes]
             t1 = time.perf_counter()
             sent = self._gossip_round()
             t2 = time.perf_counter()

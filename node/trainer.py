@@ -12,7 +12,7 @@ simulator and in the daemon.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +36,10 @@ from declora.node.data import TextDataset
 from declora.node.lm_data import encode_lm
 from declora.node.methods import DEFAULT_METHOD, freeze_lora_a
 from declora.node.models import BaseModel, ModelError, default_targets, load_base, wrap_lora
+from declora.node.quantize import check_runtime
+from declora.node.schedule import Schedule
+
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,10 @@ class LoraSpec:
     max_length: int = 64
     seed: int = 0
     method: str = DEFAULT_METHOD  # methods.py; "conlora" freezes the A factors
+    lora_dropout: float = 0.0
+    rslora: bool = False
+    dora: bool = False
+    quantize: str = "none"  # none | nf4 | fp4 | int8 (QLoRA: a quantized base)
 
     def as_dict(self) -> dict[str, object]:
         """The spec as the fingerprint sees it (`method` only when not the default,
@@ -65,6 +73,14 @@ class LoraSpec:
         }
         if self.method != DEFAULT_METHOD:
             out["method"] = self.method
+        # the LoRA variants and a quantized base, likewise only when not the default
+        variants = (
+            ("lora_dropout", self.lora_dropout, 0.0),
+            ("rslora", self.rslora, False),
+            ("dora", self.dora, False),
+            ("quantize", self.quantize, "none"),
+        )
+        out.update({key: value for key, value, default in variants if value != default})
         return out
 
 
@@ -94,6 +110,9 @@ class LoraModel:
         device: str = "cpu",
         *,
         label_names: Sequence[str] = (),
+        precision: str = "fp32",
+        gradient_checkpointing: bool = False,
+        agreed: Mapping[str, object] | None = None,
     ) -> None:
         """Build the base and its LoRA shape; nothing is trained.
 
@@ -103,7 +122,16 @@ class LoraModel:
         them the fingerprint is the same as before label names existed; `num_labels`
         alone still works and, when both are given, they must agree. Label names are
         ignored for causal LM.
+
+        `precision` (fp32, bf16, fp16) is the autocast dtype of training and
+        evaluation; fp32 is plain fp32 everywhere, GPUs included (bf16 is never turned
+        on behind the user's back). `gradient_checkpointing` recomputes activations in
+        the backward pass (HF's, non-reentrant). `agreed` are further recipe options
+        the swarm must agree on (the lr schedule when not the default): they join the
+        fingerprint and `identity`. What this machine cannot run (a quantized base
+        without CUDA, fp16 off CUDA) is refused before anything loads (ModelError).
         """
+        check_runtime(spec.quantize, precision, device)
         names = tuple(str(n) for n in label_names) if spec.task == "cls" else ()
         if num_labels is None:
             if spec.task == "cls" and not names:
@@ -111,32 +139,42 @@ class LoraModel:
             num_labels = len(names) if names else 2
         if names and len(names) != num_labels:
             raise ModelError(f"{len(names)} label names {list(names)} but num_labels={num_labels}")
-        base: BaseModel = load_base(spec.model, spec.task, num_labels, spec.seed)  # type: ignore[arg-type]
+        base: BaseModel = load_base(
+            spec.model, spec.task, num_labels, spec.seed,  # type: ignore[arg-type]
+            quantize=spec.quantize, device=device,
+        )  # fmt: skip
         if names:
             config: Any = base.model.config
             config.id2label = dict(enumerate(names))
             config.label2id = {n: i for i, n in enumerate(names)}
-        targets = spec.targets or default_targets(base.family)
+        targets = spec.targets or default_targets(base.family, base.model)
         self.spec = LoraSpec(**{**spec.as_dict(), "targets": tuple(targets)})  # type: ignore[arg-type]
         self.base = base
         self.tokenizer = base.tokenizer
         self.task = base.task
         self.label_names: tuple[str, ...] = names
         self.device = torch.device(device)
-        self.model: nn.Module = wrap_lora(base, spec.rank, spec.alpha, tuple(targets), spec.seed)
+        self.model: nn.Module = wrap_lora(
+            base, spec.rank, spec.alpha, tuple(targets), spec.seed,
+            dropout=spec.lora_dropout, rslora=spec.rslora, dora=spec.dora,
+        )  # fmt: skip
+        if gradient_checkpointing:
+            _enable_checkpointing(base)
         if spec.method == "conlora" and not freeze_lora_a(self.model):
             raise ModelError("--method conlora: the model has no LoRA A factor to freeze")
-        self.model.to(self.device)
+        if spec.quantize == "none":  # a quantized base is already on its GPU
+            self.model.to(self.device)
         self.params = [p for _, p in trainable(self.model)]
         self.schema = AdapterSchema.of(trainable(self.model))
         self.base_digest = base_digest(self.model)
-        identity: dict[str, object] = self.spec.as_dict()
+        identity: dict[str, object] = {**self.spec.as_dict(), **(agreed or {})}
         if names:
             identity = {**identity, "labels": list(names)}
+        self.identity = identity  # what the fingerprint covers besides weights and schema
         self.fingerprint = fingerprint(spec.model, self.base_digest, identity, self.schema)
         self.num_labels = num_labels
-        use_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
-        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        self.precision = precision
+        self.autocast_dtype = AUTOCAST[precision]
         self._initial = [p.detach().clone() for p in self.params]
         self._owner: object | None = None
         self._base_record: dict[str, object] | None = None
@@ -167,7 +205,7 @@ class LoraModel:
         return [t.to(self.device) for t in self.schema.unflatten(vec).values()]
 
     def autocast(self) -> AbstractContextManager[object]:
-        """bf16 autocast on GPUs that support it; a no-op elsewhere."""
+        """Autocast to the `precision` (bf16 or fp16); a no-op for fp32."""
         if self.autocast_dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
@@ -237,6 +275,27 @@ class LoraModel:
         atomic_replace_dir(build, path)
 
 
+def _targets(batch: Encoded, task: str) -> int:
+    """What a batch's mean loss averages over: examples (cls) or target tokens (lm)."""
+    if task == "cls":
+        return len(batch)
+    return int((batch.labels[:, 1:] != -100).sum())  # HF shifts the labels by one
+
+
+def _enable_checkpointing(base: BaseModel) -> None:
+    model: Any = base.model
+    kw = {"use_reentrant": False}
+    try:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5's name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+    except ValueError as exc:
+        raise ModelError(f"--gradient-checkpointing: {base.name!r} cannot: {exc}") from exc
+    model.enable_input_require_grads()  # PEFT: the frozen embeddings' output must need grad
+    model.config.use_cache = False  # no KV cache in training (HF warns otherwise)
+
+
 def classification_metrics(pred: np.ndarray, true: np.ndarray, num_labels: int) -> dict[str, float]:
     """Accuracy and macro-F1 (classes absent from both pred and true are skipped)."""
     acc = float((pred == true).mean()) if len(true) else 0.0
@@ -252,7 +311,14 @@ def classification_metrics(pred: np.ndarray, true: np.ndarray, num_labels: int) 
 
 
 class LocalTrainer:
-    """One node's adapter, AdamW state and batch sampler over a shared `LoraModel`."""
+    """One node's adapter, AdamW state and batch sampler over a shared `LoraModel`.
+
+    One step is one optimizer step over `batch_size` x `grad_accumulation` examples
+    (micro-batches of `batch_size`); the step's lr is `lr` times `schedule`'s factor
+    at the step's position; gradients are clipped to `max_grad_norm` (0 = off) and,
+    in fp16, scaled by a `GradScaler`. With the defaults a step is a plain AdamW step
+    on one batch at `lr`.
+    """
 
     def __init__(
         self,
@@ -262,12 +328,20 @@ class LocalTrainer:
         batch_size: int,
         seed: int,
         weight_decay: float = 0.0,
+        *,
+        grad_accumulation: int = 1,
+        max_grad_norm: float = 0.0,
+        schedule: Schedule | None = None,
     ) -> None:
         if len(data) == 0:
             raise ValueError("a node needs at least one training example")
         self.lm = lm
         self.data = data
+        self.lr = lr
         self.batch_size = batch_size
+        self.grad_accumulation = grad_accumulation
+        self.max_grad_norm = max_grad_norm
+        self.schedule = schedule or Schedule()
         self.seed = seed
         self.tensors = lm.initial_tensors()
         self.step = 0
@@ -276,10 +350,12 @@ class LocalTrainer:
         self.epoch = 0
         lm.bind(self.tensors, owner=self)
         self.optimizer = torch.optim.AdamW(lm.params, lr=lr, weight_decay=weight_decay)
+        fp16 = lm.precision == "fp16"
+        self.scaler = torch.amp.GradScaler(lm.device.type) if fp16 else None
 
     def _next_batch(self) -> Encoded:
         idx: list[np.ndarray] = []
-        need = self.batch_size
+        need = self.batch_size * self.grad_accumulation
         while need > 0:
             if self.cursor >= len(self.order):
                 rng = np.random.default_rng([self.seed, self.epoch])
@@ -291,45 +367,83 @@ class LocalTrainer:
             idx.append(take)
         return self.data.take(np.concatenate(idx))
 
+    def lr_at(self, position: int) -> float:
+        """The learning rate of the step at schedule position `position`."""
+        return self.lr * self.schedule.factor(position)
+
     def train_steps(
         self,
         k: int,
         should_stop: Callable[[], bool] | None = None,
         grad_hook: Callable[[list[torch.Tensor]], None] | None = None,
+        first_step: int | None = None,
     ) -> float:
-        """Run `k` AdamW steps (fewer if `should_stop()` turns true); mean training loss.
+        """Run `k` optimizer steps (fewer if `should_stop()` turns true); mean training loss.
 
         `grad_hook` sees every step's gradients (schema order) before the optimizer
-        does and may change them in place (gradient tracking's correction)."""
+        does and may change them in place (gradient tracking's correction).
+        `first_step` is the schedule position of the first step (a round's:
+        `schedule.at_round`); by default this trainer's own step count."""
         self.lm.bind(self.tensors, owner=self)
-        model = self.lm.model
-        model.train()
+        self.lm.model.train()
+        position = self.step if first_step is None else first_step
         total = 0.0
         done = 0
-        for _ in range(k):
+        for i in range(k):
             if should_stop is not None and should_stop():
                 break
             torch.manual_seed(self.seed * 1_000_003 + self.step)
-            b = self._next_batch()
-            dev = self.lm.device
-            with self.lm.autocast():
-                out = model(
-                    input_ids=b.input_ids.to(dev),
-                    attention_mask=b.attention_mask.to(dev),
-                    labels=b.labels.to(dev),
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            if grad_hook is not None:
-                for p in self.lm.params:
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
-                grad_hook([p.grad for p in self.lm.params])  # type: ignore[misc]
-            self.optimizer.step()
-            total += out.loss.item()
+            if not self.schedule.is_flat:
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.lr_at(position + i)
+            total += self._backward(self._next_batch())
+            self._optimizer_step(grad_hook)
             self.step += 1
             done += 1
         return total / max(done, 1)
+
+    def _backward(self, batch: Encoded) -> float:
+        """Gradients of the step's loss, micro-batch by micro-batch; the loss.
+
+        Each micro-batch's mean loss is weighted by its share of the step's targets
+        (tokens for LM, examples for cls): the sum is the mean over the whole batch."""
+        self.optimizer.zero_grad(set_to_none=True)
+        g, size = self.grad_accumulation, self.batch_size
+        micro = [batch]
+        if g > 1:
+            micro = [batch.take(np.arange(j * size, (j + 1) * size)) for j in range(g)]
+        counts = [_targets(m, self.lm.task) for m in micro]
+        whole = sum(counts)
+        dev, loss_sum = self.lm.device, 0.0
+        for m, n in zip(micro, counts, strict=True):
+            if g > 1 and n == 0:
+                continue  # nothing to learn from (and a mean over nothing is nan)
+            with self.lm.autocast():
+                out = self.lm.model(
+                    input_ids=m.input_ids.to(dev),
+                    attention_mask=m.attention_mask.to(dev),
+                    labels=m.labels.to(dev),
+                )
+            loss = out.loss if g == 1 else out.loss * (n / whole)
+            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+            loss_sum += loss.item()
+        return loss_sum
+
+    def _optimizer_step(self, grad_hook: Callable[[list[torch.Tensor]], None] | None) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if grad_hook is not None:
+            for p in self.lm.params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            grad_hook([p.grad for p in self.lm.params])  # type: ignore[misc]
+        if self.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.lm.params, self.max_grad_norm)
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
 
     def vector(self) -> np.ndarray:
         """A float32 copy of this node's adapter in schema order."""

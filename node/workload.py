@@ -6,7 +6,8 @@ node's share of the training data (`partition_scheme`, seeded by the recipe's se
 the test set capped at `max_eval` examples (a seeded choice, the same everywhere),
 and the model. Node `i` trains with the seed `node_seed(seed, i)` on its share; the
 centralized reference trains one adapter on the union of the shares with the seed
-itself. Two callers with the same recipe therefore build the same nodes.
+itself (its lr schedule spans the swarm's total steps). Two callers with the same
+recipe therefore build the same nodes.
 
 Causal-LM rows are read in `data_format` (node/lm_data.py). Packed text (`packing`)
 becomes blocks that are not rows, so each node's share, and the reference's union,
@@ -78,14 +79,17 @@ class Workload:
 
     def trainer(self, index: int) -> LocalTrainer:
         """Node `index`'s trainer on its share, from the shared seeded adapter."""
+        return self._trainer(self.parts[index], node_seed(self.recipe.seed, index))
+
+    def _trainer(self, rows: np.ndarray, seed: int, nodes: int = 1) -> LocalTrainer:
+        """A trainer on `rows` with the recipe's training options; its lr schedule
+        spans `nodes` x rounds x local steps (`Recipe.schedule`)."""
         r = self.recipe
         return LocalTrainer(
-            self.lm,
-            self._encoded_rows(self.parts[index]),
-            r.lr,
-            r.batch_size,
-            seed=node_seed(r.seed, index),
-        )
+            self.lm, self._encoded_rows(rows), r.lr, r.batch_size, seed, r.weight_decay,
+            grad_accumulation=r.grad_accumulation, max_grad_norm=r.max_grad_norm,
+            schedule=r.schedule(nodes),
+        )  # fmt: skip
 
     def node(self, index: int) -> DecLoraNode[Any]:
         """Node `index`: its trainer plus gossip state (codec, mixing rule, tracking)."""
@@ -101,9 +105,8 @@ class Workload:
 
     def centralized_trainer(self) -> LocalTrainer:
         """One adapter on the union of every node's share (the reference)."""
-        r = self.recipe
         union = np.unique(np.concatenate(self.parts))
-        return LocalTrainer(self.lm, self._encoded_rows(union), r.lr, r.batch_size, seed=r.seed)
+        return self._trainer(union, self.recipe.seed, self.nodes)
 
     def centralized_steps(self) -> int:
         """The swarm's total number of local steps: the reference's budget."""
@@ -150,6 +153,7 @@ def load_workload(
         names = train.label_names if cls else ()
         lm = LoraModel(
             recipe.lora_spec(), num_labels=max(train.num_labels, 2), device=device,
-            label_names=names if len(names) >= 2 else (),
+            label_names=names if len(names) >= 2 else (), precision=recipe.precision,
+            gradient_checkpointing=recipe.gradient_checkpointing, agreed=recipe.schedule_facts(),
         )  # fmt: skip
     return Workload(recipe, nodes, train, test, parts, lm)

@@ -30,7 +30,7 @@ from typing import Any
 from declora.node import PROTOCOL_VERSION, logs
 from declora.node.daemon.gate import LoadingGate
 from declora.node.daemon.handshake import Auth
-from declora.node.daemon.parts import Parts, build_parts
+from declora.node.daemon.parts import Parts, build_parts, resolve_device
 from declora.node.daemon.peers import Peer
 from declora.node.daemon.persistence import Persistence
 from declora.node.daemon.rounds import RoundLoop
@@ -50,6 +50,7 @@ from declora.node.daemon.status import (
 from declora.node.daemon.transport import Transport
 from declora.node.discovery import Discovery, MdnsDiscovery, StaticDiscovery
 from declora.node.metrics import NodeMetrics
+from declora.node.quantize import check_runtime
 from declora.node.security import SwarmAuth, is_loopback
 from declora.node.settings import NodeSettings
 from declora.proto import pb
@@ -175,6 +176,7 @@ class Daemon:
         s = self.settings
         serve_metrics(self.metrics, s.metrics_port)
         check_device(s.device)
+        check_runtime(s.quantize, s.precision, resolve_device(s.device))  # before data loads
         parts = await asyncio.to_thread(self.build)
         if s.resume:
             self.store.resume(parts)

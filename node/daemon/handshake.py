@@ -88,7 +88,16 @@ class Auth:
 RECIPE_KEYS = (
     *("model", "task", "rank", "alpha", "targets", "max_length", "seed", "labels"),
     "method",
+    *("lora_dropout", "rslora", "dora", "quantize", "lr_schedule", "warmup_steps"),
+    *("rounds", "local_steps"),  # the span of a schedule: compared when both state it
 )
+# the value of a key the spec omits when it is the default (see `LoraSpec.as_dict`,
+# `Recipe.schedule_facts`)
+RECIPE_DEFAULTS = {
+    **{"lora_dropout": "0.0", "rslora": "False", "dora": "False", "quantize": "none"},
+    **{"lr_schedule": "constant", "warmup_steps": "0"},
+}
+SCHEDULE_SPAN = ("rounds", "local_steps")
 
 
 def recipe_facts(spec: dict[str, object], labels: tuple[str, ...]) -> dict[str, str]:
@@ -97,13 +106,16 @@ def recipe_facts(spec: dict[str, object], labels: tuple[str, ...]) -> dict[str, 
     facts["targets"] = ",".join(map(str, spec.get("targets", ()) or ()))  # type: ignore[call-overload]
     facts["labels"] = ",".join(labels)
     facts["method"] = str(spec.get("method", DEFAULT_METHOD))  # the spec omits the default
-    return facts
+    return {**RECIPE_DEFAULTS, **facts}
 
 
 def recipe_differences(theirs: dict[str, str], ours: dict[str, str]) -> str:
     """The options that differ, each with the peer's and this node's value."""
     out = []
+    theirs, ours = {**RECIPE_DEFAULTS, **theirs}, {**RECIPE_DEFAULTS, **ours}
     for key in RECIPE_KEYS:
+        if key in SCHEDULE_SPAN and not (key in theirs and key in ours):
+            continue
         a, b = theirs.get(key, "?"), ours.get(key, "?")
         if a != b:
             out.append(f"--{key.replace('_', '-')} is {shown(a, 60)} there, {shown(b, 60)} here")

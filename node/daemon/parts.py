@@ -100,7 +100,7 @@ def build_parts(
         close_grace=s.round_deadline + 1.0,
         max_known=s.max_known_peers,
     )
-    recipe = recipe_facts(lm.spec.as_dict(), lm.label_names)
+    recipe = recipe_facts(lm.identity, lm.label_names)
     handshaker = Handshaker(
         s,
         lm.fingerprint,

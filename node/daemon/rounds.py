@@ -95,7 +95,7 @@ class RoundLoop:
             progress.state = NodeState.TRAINING
             good = TrainerSnapshot.of(parts.node)
             report.loss = await asyncio.to_thread(
-                parts.node.train, self.settings.local_steps, lambda: progress.stop_requested
+                parts.node.train, self.settings.local_steps, lambda: progress.stop_requested, r
             )
             if not (np.isfinite(report.loss) and parts.node.is_finite()):
                 self._roll_back(good)
