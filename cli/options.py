@@ -43,6 +43,7 @@ PANELS = {
             *("model", "task", "data", "text_column", "label_column", "labels"),
             *("data_format", "messages_column", "prompt_column", "response_column", "packing"),
             *("partition", "partition_scheme", "rank", "alpha", "targets", "max_length"),
+            *("lora_dropout", "rslora", "dora", "quantize", "precision"),
         ],
         MODEL,
     ),

@@ -9,6 +9,7 @@ modules, QLoRA by its refusal on this (CPU) machine and by its config arguments.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 import socket
@@ -459,3 +460,22 @@ def test_start_refuses_quantize_on_cpu_in_one_line(tmp_path: Path) -> None:
     assert errors == ["error: --quantize nf4 needs a CUDA GPU (bitsandbytes); this node runs on "
                       "cpu: use --quantize none"]  # fmt: skip
     assert "Traceback" not in res.stderr
+
+
+def test_the_daemon_places_its_round_on_the_schedule(synthetic_jsonl: Path) -> None:
+    from test_daemon_parts import pair
+
+    (da, db), (a, b) = pair(synthetic_jsonl, lr_schedule="cosine", rounds=4, warmup_steps=1)
+    assert a.handshaker.recipe["lr_schedule"] == "cosine" and a.handshaker.recipe["rounds"] == "4"
+    used = [lrs_used(p.node.trainer) for p in (a, b)]
+    for p in (a, b):
+        p.progress.round = 2  # as if both had taken a neighbour's state at round 2
+
+    async def go() -> None:
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+        await asyncio.gather(da.run_round(a, train=True), db.run_round(b, train=True))
+
+    asyncio.run(go())
+    plan = a.settings.schedule()
+    assert used[0] == used[1] == [0.05 * plan.factor(s) for s in (4, 5)]  # round 3, K = 2
+    assert a.progress.round == 3 and a.node.trainer.step == 2  # not the trainer's own count
