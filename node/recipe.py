@@ -33,7 +33,11 @@ class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # model and data
-    model: str = Field("minilm", description="minilm, tiny-bert, tiny-llama or a local path")
+    model: str = Field(
+        "minilm",
+        description="minilm, smollm2 (a chat LM, --task lm), tiny-bert, tiny-llama, or a "
+        "local path or hub id",
+    )
     task: Task = Field("cls", description="cls (classification) or lm (causal LM)")
     data: str = Field(
         "bbcnews", description="bbcnews, a .jsonl/.csv/.parquet file or a saved dataset folder"
