@@ -270,7 +270,8 @@ def plot_lab(
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for node_id, rows in sorted(histories.items()):
-        pts = [(r["round"], r["eval"][score.key]) for r in rows if score.key in r.get("eval", {})]
+        evals = [(r["round"], r.get("eval") or {}) for r in rows]  # None: not evaluated
+        pts = [(n, e[score.key]) for n, e in evals if score.key in e]
         if pts:
             ax1.plot(*zip(*pts, strict=True), marker=".", label=node_id)
         dis = [(r["round"], max(r["disagreement"], 1e-12)) for r in rows]
