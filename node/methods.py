@@ -8,6 +8,9 @@
 - `decaf`: factors train and are gossiped as in Dec-LoRA, but a node mixes in product
   space: sum_j w_ij B_j A_j, refactorised to rank r by a truncated SVD
   (`product_mixing.py`).
+- `kill-revive`: DLoRA's Kill-and-Revive: each round only the LoRA modules whose
+  update changed most train and are sent; the others are frozen, and revived
+  periodically (`kill_revive.py`).
 
 The method is part of the fingerprint (only when not the default, so Dec-LoRA's
 fingerprints never changed) and of the recipe a Hello carries, so nodes running
@@ -21,9 +24,8 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from torch import nn
 
-Method = Literal["dec-lora", "conlora", "decaf"]
+Method = Literal["dec-lora", "conlora", "decaf", "kill-revive"]
 DEFAULT_METHOD: Method = "dec-lora"
-METHODS: tuple[str, ...] = ("dec-lora", "conlora", "decaf")
 FROZEN_A_MARK = ".lora_A."  # the PEFT parameter names of the A factors
 
 
@@ -37,8 +39,16 @@ def combination_problem(
     coarse codecs are linear corrections in factor space, robust rules clip factor
     distances, and tracking's correction lives in the factors' gauge, which every
     refactorisation changes; none of them has a product-space meaning, so they are
-    refused rather than silently mixed.
+    refused rather than silently mixed. Kill-and-Revive mixes each module with the
+    neighbours that sent it: robust rules and tracking's correction assume every
+    entry is mixed every round, so they are refused too.
     """
+    if method == "kill-revive":
+        if robust != "none":
+            return "--method kill-revive cannot be combined with --robust-mixing"
+        if tracking:
+            return "--method kill-revive cannot be combined with --gradient-tracking"
+        return ""
     if method != "decaf":
         return ""
     if codec != "fp32":

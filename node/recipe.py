@@ -114,7 +114,8 @@ class Recipe(BaseModel):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     method: Method = Field(
         DEFAULT_METHOD,
-        description="dec-lora, conlora (A frozen, B gossiped) or decaf (product mixing)",
+        description="dec-lora, conlora (A frozen, B gossiped), decaf (product mixing) or "
+        "kill-revive (only the most-changing LoRA modules train and are sent)",
     )
     # mixing
     codec: str = Field("fp32", description="message codec: fp32, fp16, bf16, q8, q4, q2, topk:F")

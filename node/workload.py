@@ -24,6 +24,7 @@ import numpy as np
 
 from declora.node.data import TextDataset, load_dataset
 from declora.node.dec_lora import DecLoraNode
+from declora.node.kill_revive import node_type
 from declora.node.lm_data import LmFormat
 from declora.node.partition import partition
 from declora.node.recipe import Recipe
@@ -94,7 +95,7 @@ class Workload:
     def node(self, index: int) -> DecLoraNode[Any]:
         """Node `index`: its trainer plus gossip state (codec, mixing rule, tracking)."""
         r = self.recipe
-        return DecLoraNode(
+        return node_type(r.method)(
             self.trainer(index),
             r.codec,
             r.consensus_step,

@@ -20,7 +20,8 @@ from declora.node.codecs import OVERHEAD
 from declora.node.daemon.handshake import recipe_differences, recipe_facts
 from declora.node.data import TextDataset
 from declora.node.dec_lora import DecLoraNode
-from declora.node.gossip import consensus_distance
+from declora.node.gossip import GossipError, consensus_distance
+from declora.node.kill_revive import KillReviveNode, pack_mask, update_change
 from declora.node.product_mixing import lora_pairs, product_average, refactorise
 from declora.node.recipe import Recipe
 from declora.node.simulator import Simulation
@@ -119,6 +120,8 @@ def test_default_method_keeps_the_fingerprint(tiny_lm: LoraModel, decaf_lm: Lora
         ({"method": "decaf", "consensus_step": 0.5}, "needs --consensus-step 1"),
         ({"method": "decaf", "robust_mixing": "clip"}, "--robust-mixing"),
         ({"method": "decaf", "gradient_tracking": True}, "--gradient-tracking"),
+        ({"method": "kill-revive", "robust_mixing": "trim"}, "kill-revive cannot be combined"),
+        ({"method": "kill-revive", "gradient_tracking": True}, "kill-revive cannot be combined"),
     ],
 )
 def test_recipe_refuses_what_a_method_cannot_do(changes: dict[str, object], message: str) -> None:
@@ -327,33 +330,130 @@ def test_simulated_rounds_move_nodes_together(synthetic_jsonl: Path, method: str
     assert consensus_distance([n.vector() for n in sim.nodes])[1] < 0.5 * start
 
 
-@pytest.mark.parametrize("method", ["conlora", "decaf"])
-def test_one_daemon_round_is_the_core_round(synthetic_jsonl: Path, method: str) -> None:
-    """Two in-process daemons exchange and mix once: each ends with exactly the vector
-    the core gives for the same workload, training and weights (1/2 each). Both train
-    first, one after the other: two trainers in threads would race on torch's global
-    seed (dropout), which real daemons, one a process, never do."""
+@pytest.mark.parametrize("method", ["conlora", "decaf", "kill-revive"])
+def test_daemon_rounds_are_the_core_rounds(synthetic_jsonl: Path, method: str) -> None:
+    """Two in-process daemons exchange and mix twice: each ends every round with
+    exactly the vector the core gives for the same workload, training and weights
+    (1/2 each). Both train first, one after the other: two trainers in threads would
+    race on torch's global seed (dropout), which real daemons, one a process, never do.
+    Kill-and-Revive's second round kills modules: the daemon carries its masks."""
     (da, db), (a, b) = pair(synthetic_jsonl, method=method)
     steps = a.settings.local_steps
     work = load_workload(a.settings.recipe(), 2)
     core = [work.node(0), work.node(1)]
+    assert type(core[0]) is type(a.node)
     core[0].add_peer(1)
     core[1].add_peer(0)
-    for daemon_node, node in zip((a.node, b.node), core, strict=True):
-        assert np.isfinite(daemon_node.train(steps))
-        node.train(steps)
+    sent = 0
 
     async def go() -> None:
+        nonlocal sent
         assert await a.handshaker.dial(b.settings.advertise) is not None
-        await asyncio.gather(da.run_round(a, train=False), db.run_round(b, train=False))
+        for _ in range(2):
+            for daemon_node, node in zip((a.node, b.node), core, strict=True):
+                assert np.isfinite(daemon_node.train(steps))
+                node.train(steps)
+            await asyncio.gather(da.run_round(a, train=False), db.run_round(b, train=False))
+            payloads = [node.outgoing() for node in core]
+            sent += len(payloads[0])
+            core[0].receive(1, payloads[1])
+            core[1].receive(0, payloads[0])
+            core[0].mix({1: 0.5})
+            core[1].mix({0: 0.5})
+            np.testing.assert_array_equal(a.node.vector(), core[0].vector())
+            np.testing.assert_array_equal(b.node.vector(), core[1].vector())
 
     asyncio.run(go())
     assert a.lm.spec.method == method and a.report.self_weight == pytest.approx(0.5)
-    payloads = [node.outgoing() for node in core]
-    core[0].receive(1, payloads[1])
-    core[1].receive(0, payloads[0])
-    core[0].mix({1: 0.5})
-    core[1].mix({0: 0.5})
-    np.testing.assert_array_equal(a.node.vector(), core[0].vector())
-    np.testing.assert_array_equal(b.node.vector(), core[1].vector())
-    assert a.node.bytes_sent == len(payloads[0]) == OVERHEAD + 4 * a.node.size
+    assert a.node.bytes_sent == sent
+    if method != "kill-revive":
+        assert sent == 2 * (OVERHEAD + 4 * a.node.size)
+    else:  # round 2 sent the mask, one module of four and the head
+        assert sent == 2 * (OVERHEAD + 6) + 4 * (2 * a.node.size - 3 * 256)
+
+
+# --------------------------------------------------------------------- Kill-and-Revive
+def test_update_change_is_the_dense_norm() -> None:
+    rng = np.random.default_rng(5)
+    a0, a1 = rng.normal(size=(3, 11)), rng.normal(size=(3, 11))
+    b0, b1 = rng.normal(size=(9, 3)), rng.normal(size=(9, 3))
+    want = float(np.linalg.norm(b1 @ a1 - b0 @ a0))
+    assert update_change(a0, b0, a1, b1) == pytest.approx(want, rel=1e-9)
+    assert update_change(a0, b0, a0, b0) == pytest.approx(0.0, abs=1e-9)
+
+
+def kill_revive_nodes(data: TextDataset, n: int) -> list[KillReviveNode[int]]:
+    lm = model_for("kill-revive")
+    enc = lm.encode(data)
+    nodes = [
+        KillReviveNode[int](LocalTrainer(lm, enc, 1e-2, 8, seed=i), "fp32", None, seed=i)
+        for i in range(n)
+    ]
+    for i, node in enumerate(nodes):
+        for j in range(n):
+            if j != i:
+                node.add_peer(j)
+    return nodes
+
+
+def test_a_killed_module_takes_no_gradient_and_sends_no_bytes(synthetic: TextDataset) -> None:
+    node, other = kill_revive_nodes(synthetic, 2)
+    lm = node.trainer.lm
+    node.train(2)  # round 1 revives every module and scores it
+    assert node.active.all() and (node.scores > 0).all()
+    full = node.outgoing()
+    assert len(full) == 5 + 1 + OVERHEAD + 4 * node.size
+    before, best = node.vector(), int(np.argmax(node.scores))
+    node.train(2)  # round 2: the top 1/8 (one of four modules) trains
+    assert node.active.tolist() == [k == best for k in range(4)]
+    after = node.vector()
+    killed = ~node.entries(node.active)
+    np.testing.assert_array_equal(after[killed], before[killed])
+    assert not np.array_equal(after[~killed], before[~killed])
+    for on, idx in zip(node.active, node._params, strict=True):
+        for i in idx:
+            assert (lm.params[i].grad is None) == (not on)  # no gradient when killed
+    payload = node.outgoing()
+    assert len(payload) == 5 + 1 + OVERHEAD + 4 * int((~killed).sum())
+    assert int(killed.sum()) == 3 * 256  # three modules of A (4 x 32) and B (32 x 4)
+    delta = other.check_payload(0, payload)
+    assert np.isnan(delta[killed]).all() and np.isfinite(delta[~killed]).all()
+    with pytest.raises(GossipError, match="mask for 3 modules"):
+        other.check_payload(0, pack_mask(np.ones(3, dtype=bool)) + payload[6:])
+    with pytest.raises(GossipError, match="values for a mask"):
+        other.check_payload(0, pack_mask(np.ones(4, dtype=bool)) + payload[6:])
+
+
+def test_kill_revive_mixing_preserves_the_average(synthetic: TextDataset) -> None:
+    nodes = kill_revive_nodes(synthetic, 3)
+    for k, node in enumerate(nodes):  # node k keeps module k alive (after a revive round)
+        node.train(0)
+        node.scores[:] = 0.0
+        node.scores[k] = 1.0
+        node.train(0)
+        assert node.active.tolist() == [i == k for i in range(4)]
+    vecs = randomise(nodes, seed=6)
+    exchange(nodes)
+    for i, node in enumerate(nodes):
+        node.mix({j: 1 / 3 for j in range(3) if j != i})
+    total = sum(n.vector().astype(np.float64) for n in nodes)
+    np.testing.assert_allclose(total, sum(v.astype(np.float64) for v in vecs), atol=1e-5)
+    for i, node in enumerate(nodes):  # modules killed here (all but module i) kept
+        killed = ~node.entries(node.active)
+        np.testing.assert_array_equal(node.vector()[killed], vecs[i][killed])
+    head = nodes[0].entries(np.zeros(4, dtype=bool))  # only the non-LoRA entries
+    mean = sum(vecs) / 3
+    for node in nodes:  # the head is mixed by everyone: the exact mean
+        np.testing.assert_allclose(node.vector()[head], mean[head], atol=1e-6)
+
+
+def test_simulated_kill_revive_rounds(synthetic_jsonl: Path) -> None:
+    sim = Simulation(tiny_sim_config(synthetic_jsonl, method="kill-revive", rounds=3))
+    assert all(isinstance(n, KillReviveNode) for n in sim.nodes)
+    for r in range(3):
+        losses = [node.train(sim.cfg.local_steps) for node in sim.nodes]
+        assert all(np.isfinite(loss) for loss in losses)
+        assert all(n.active.sum() == (4 if r == 0 else 1) for n in sim.nodes)  # type: ignore[attr-defined]
+        before = consensus_distance([n.vector() for n in sim.nodes])[0]
+        sim._gossip_round()
+        assert consensus_distance([n.vector() for n in sim.nodes])[0] < before

@@ -1,0 +1,211 @@
+"""Kill-and-Revive active-module selection (DLoRA: Gao & Zhang, EMNLP 2024 Findings,
+arXiv 2404.05182, "Halt and Proceed" in its final version), as a `DecLoraNode`.
+
+Only a chosen subset of the LoRA modules trains and is sent each round. The paper's
+exact scoring, budget and schedule were not available here; what is implemented:
+
+- score of a module: ||B1 A1 - B0 A0||_F, the change of its update B·A over the last
+  round in which it trained (from 2r x 2r Gram matrices, never the dense matrix);
+- budget: the `KEEP_FRACTION` (1/8, at least one) highest-scoring modules are active;
+  the others are killed: frozen during training (requires_grad off, so no gradient
+  and no backward through their factors), and not sent;
+- revive: every `REVIVE_EVERY`-th training round (8; the first included) every module
+  is active and re-scored. A gossip-only round (no training since the last message:
+  the consensus finish) sends and mixes every module;
+- message: `MAGIC`, the module count (u16), the module mask (bits, little-endian),
+  then the codec payload of the active entries (the active modules' A and B and every
+  non-LoRA entry, e.g. the head): a killed module sends no bytes. A keyframe stays
+  the full public copy;
+- mixing: module m of neighbour j enters node i's step only if both had m active this
+  round (a keyframe sender counts as all-active); the self weight keeps the rest, so
+  per entry the weights stay symmetric and doubly stochastic and the swarm's average
+  is preserved (CHOCO's step with gamma and the public copies, as for Dec-LoRA).
+
+The daemon needs no change: `check_payload` returns the full-size delta with NaN at
+the entries the sender did not send (a value no valid delta holds), and
+`accept_delta` reads the sender's mask back from it. Robust mixing and gradient
+tracking are refused (`methods.combination_problem`).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, TypeVar
+
+import numpy as np
+
+from declora.node.codecs import CodecError, decode
+from declora.node.dec_lora import DecLoraNode, _check_bound
+from declora.node.gossip import GossipError
+from declora.node.product_mixing import LoraPair, lora_pairs
+from declora.node.trainer import LocalTrainer
+
+K = TypeVar("K", bound=Hashable)
+
+KEEP_FRACTION = 1 / 8
+REVIVE_EVERY = 8
+MAGIC = b"KR1"
+_HEAD = struct.Struct("<3sH")
+
+
+def update_change(a0: np.ndarray, b0: np.ndarray, a1: np.ndarray, b1: np.ndarray) -> float:
+    """||B1 A1 - B0 A0||_F without forming either product."""
+    x = np.concatenate([b1, -b0], axis=1).astype(np.float64)  # out x 2r
+    y = np.concatenate([a1, a0], axis=0).astype(np.float64)  # 2r x in
+    return math.sqrt(max(float(np.sum((x.T @ x) * (y @ y.T))), 0.0))
+
+
+def pack_mask(modules: np.ndarray) -> bytes:
+    return _HEAD.pack(MAGIC, len(modules)) + np.packbits(modules, bitorder="little").tobytes()
+
+
+def unpack_mask(payload: bytes, count: int) -> tuple[np.ndarray, bytes]:
+    """(module mask, the codec payload after it); GossipError if malformed."""
+    need = _HEAD.size + (count + 7) // 8
+    if len(payload) < need:
+        raise GossipError(f"kill-revive message of {len(payload)} bytes lacks its mask")
+    magic, n = _HEAD.unpack_from(payload)
+    if magic != MAGIC or n != count:
+        raise GossipError(f"kill-revive mask for {n} modules, this adapter has {count}")
+    bits = np.frombuffer(payload, np.uint8, need - _HEAD.size, _HEAD.size)
+    mask = np.unpackbits(bits, bitorder="little").astype(bool)
+    if mask[count:].any():
+        raise GossipError("kill-revive mask has bits beyond its modules")
+    return mask[:count], payload[need:]
+
+
+class KillReviveNode(DecLoraNode[K]):
+    """A Dec-LoRA node that trains, sends and mixes only its active LoRA modules."""
+
+    def __init__(self, trainer: LocalTrainer, *args: Any, **kwargs: Any) -> None:
+        super().__init__(trainer, *args, **kwargs)
+        schema = trainer.lm.schema
+        self.pairs: tuple[LoraPair, ...] = lora_pairs(schema)
+        names = schema.names
+        self._params = [  # each module's (A, B) indices among the trainer's tensors
+            tuple(i for i, n in enumerate(names) if n.startswith(prefix))
+            for prefix in [n.split(".lora_A.")[0] + ".lora_" for n in names if ".lora_A." in n]
+        ]
+        m = len(self.pairs)
+        self.keep = max(1, math.ceil(KEEP_FRACTION * m))
+        self.scores = np.zeros(m)
+        self.rounds_trained = 0
+        self.active = np.ones(m, dtype=bool)  # this round's modules (after `train`)
+        self._trained = False  # trained since the last message
+        self._own = np.ones(self.size, dtype=bool)  # entries of this round's message
+        self._sent_in: dict[K, np.ndarray] = {}  # entries each neighbour sent this round
+
+    # -------------------------------------------------------------- selection
+    def choose(self) -> np.ndarray:
+        """The modules of the next training round: all on a revive round, else the
+        `keep` highest scores (ties: the lower index)."""
+        if self.rounds_trained % REVIVE_EVERY == 0:
+            return np.ones(len(self.pairs), dtype=bool)
+        mask = np.zeros(len(self.pairs), dtype=bool)
+        mask[np.argsort(-self.scores, kind="stable")[: self.keep]] = True
+        return mask
+
+    def entries(self, modules: np.ndarray) -> np.ndarray:
+        """The vector entries of `modules`, plus every non-LoRA entry (always active)."""
+        out = np.ones(self.size, dtype=bool)
+        for on, p in zip(modules, self.pairs, strict=True):
+            out[p.a] = out[p.b] = bool(on)
+        return out
+
+    def train(self, steps: int, *args: Any, **kwargs: Any) -> float:
+        """K local steps on the active modules only (the killed ones frozen); then the
+        active modules are re-scored."""
+        self.active = self.choose()
+        before = self.vector()
+        params = self.trainer.lm.params
+        for on, idx in zip(self.active, self._params, strict=True):
+            for i in idx:
+                params[i].requires_grad_(bool(on))
+        try:
+            loss = super().train(steps, *args, **kwargs)
+        finally:
+            for param in params:
+                param.requires_grad_(True)
+        after = self.vector()
+        for k, p in enumerate(self.pairs):
+            if self.active[k]:
+                a0, a1 = before[p.a].reshape(p.a_shape), after[p.a].reshape(p.a_shape)
+                b0, b1 = before[p.b].reshape(p.b_shape), after[p.b].reshape(p.b_shape)
+                self.scores[k] = update_change(a0, b0, a1, b1)
+        self.rounds_trained += 1
+        self._trained = True
+        return loss
+
+    # -------------------------------------------------------------- messages
+    def outgoing(self, forged: np.ndarray | None = None) -> bytes:
+        """The mask and the compressed change of the active entries (every entry in a
+        gossip-only round); the public copy advances on those entries only."""
+        modules = self.active if self._trained else np.ones(len(self.pairs), dtype=bool)
+        self._own = self.entries(modules)
+        self._trained = False
+        x = self.trainer.vector() if forged is None else forged
+        g = self.gossip
+        body = g.codec.encode(np.asarray(x, np.float32)[self._own] - g.public[self._own], self._rng)
+        update = np.float32(g.update_scale) * decode(body)
+        g.public[self._own] += update
+        g.last_update_norm = float(np.linalg.norm(update))
+        return pack_mask(modules) + body
+
+    def check_payload(
+        self, peer: K, payload: bytes, spec: str | None = None, cap: float = float("inf")
+    ) -> np.ndarray:
+        """The full-size delta, NaN where the sender sent nothing (GossipError if
+        the mask, the sizes or the values are wrong)."""
+        modules, body = unpack_mask(payload, len(self.pairs))
+        sent = self.entries(modules)
+        try:
+            part = decode(body, max_n=self.size, spec=spec)
+        except CodecError as exc:
+            raise GossipError(f"payload from {peer!r}: {exc}") from exc
+        if part.shape != (int(sent.sum()),) or not np.isfinite(part).all():
+            raise GossipError(
+                f"payload from {peer!r} holds {part.size} values for a mask of {sent.sum()}, "
+                "or non-finite ones"
+            )
+        _check_bound(peer, part, self.value_limit(cap))
+        delta = np.full(self.size, np.nan, dtype=np.float32)
+        delta[sent] = part
+        return delta
+
+    def accept_delta(self, peer: K, delta: np.ndarray, scale: float) -> None:
+        sent = np.isfinite(delta)
+        super().accept_delta(peer, np.where(sent, delta, 0.0).astype(np.float32), scale)
+        self._sent_in[peer] = sent
+
+    def receive(self, peer: K, payload: bytes) -> None:
+        self.accept_delta(peer, self.check_payload(peer, payload), self.gossip.update_scale)
+        self.bytes_received += len(payload)
+
+    def accept_keyframe(self, peer: K, public: np.ndarray) -> None:
+        super().accept_keyframe(peer, public)
+        self._sent_in.pop(peer, None)  # a keyframe sender counts as all-active
+
+    def forget_peer(self, peer: K) -> None:
+        super().forget_peer(peer)
+        self._sent_in.pop(peer, None)
+
+    # -------------------------------------------------------------- mixing
+    def mix(self, weights: Mapping[K, float]) -> None:
+        """x_i + gamma * sum_j w_ij [entries active at both] (x̂_j - x̂_i)."""
+        g = self.gossip
+        step = np.zeros(self.size, dtype=np.float32)
+        for peer, w in weights.items():
+            if peer not in g.peers:
+                raise GossipError(f"no public copy of {peer!r} to mix")
+            both = self._own & self._sent_in.get(peer, self._own)
+            step += np.float32(w) * np.where(both, g.peers[peer] - g.public, np.float32(0))
+        x = self.trainer.vector() + np.float32(g.consensus_step) * step
+        self.trainer.set_vector(x)
+        self._sent_in = {}
+
+
+def node_type(method: str) -> Callable[..., DecLoraNode[Any]]:
+    """The node class of `method` (Kill-and-Revive's own, else `DecLoraNode`)."""
+    return KillReviveNode if method == "kill-revive" else DecLoraNode
