@@ -9,7 +9,8 @@
 
 The method (`methods.py`) is the trainer's model's: ConLoRA's frozen A simply is not
 in the adapter vector; DeCAF's `mix` replaces each LoRA module's factor-wise mix by
-the refactorised weighted sum of products (`product_mixing.py`).
+the refactorised weighted sum of products (`product_mixing.py`); Kill-and-Revive is
+the subclass `kill_revive.KillReviveNode` (`Workload.node` picks the class).
 
 With gradient tracking (`tracking=True`, `tracking.py`) every local step's gradient
 is corrected by c_i, `tracker_outgoing()` (called right after `outgoing()`) gives the
