@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # the trainer imports torch: not needed to read a configurati
 Task = Literal["cls", "lm"]
 Quantize = Literal["none", "nf4", "fp4", "int8"]
 Precision = Literal["fp32", "bf16", "fp16"]
+LM_EVAL_CAP = 128  # held-out texts a causal LM evaluates on unless told (a forward pass each)
 
 
 class Recipe(BaseModel):
@@ -40,7 +41,9 @@ class Recipe(BaseModel):
     )
     task: Task = Field("cls", description="cls (classification) or lm (causal LM)")
     data: str = Field(
-        "bbcnews", description="bbcnews, a .jsonl/.csv/.parquet file or a saved dataset folder"
+        "bbcnews",
+        description="bbcnews, bbc-headlines (lm chats), a .jsonl/.csv/.parquet file or a "
+        "saved dataset folder",
     )
     text_column: str = Field("text", min_length=1, description="the data's text column")
     label_column: str = Field("label", min_length=1, description="the data's label column (cls)")
@@ -134,7 +137,12 @@ class Recipe(BaseModel):
     consensus_tol: float = Field(1e-3, gt=0, description="consensus finish stops below this")
     # evaluation
     eval_every: int = Field(1, ge=0, description="evaluate every N rounds (0 = only at the end)")
-    max_eval: int = Field(0, ge=0, description="cap on test examples (0 = all)")
+    max_eval: int | None = Field(
+        None,
+        ge=0,
+        description="cap on test examples (0 = all)",
+        json_schema_extra={"default_text": f"all for cls, {LM_EVAL_CAP} for lm"},
+    )
 
     @field_validator("targets", mode="before")
     @classmethod
@@ -194,6 +202,13 @@ class Recipe(BaseModel):
                     f"rounds x local steps is {self.rounds * self.local_steps}"
                 )
         return self
+
+    @property
+    def eval_cap(self) -> int:
+        """Test examples to evaluate on (0 = all): `max_eval`, or the task's default."""
+        if self.max_eval is not None:
+            return self.max_eval
+        return 0 if self.task == "cls" else LM_EVAL_CAP
 
     @model_validator(mode="after")
     def _method_ok(self) -> Recipe:

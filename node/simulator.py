@@ -21,11 +21,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from declora.node.attacks import Attack, make_attack
 from declora.node.dec_lora import DecLoraNode
@@ -34,6 +35,7 @@ from declora.node.mixing import local_mh_weights, mixing_matrix
 from declora.node.partition import format_label_counts, label_counts
 from declora.node.product_mixing import lora_pairs, product_average
 from declora.node.recipe import Recipe
+from declora.node.scores import Score, score_for
 from declora.node.topology import Topology, from_spec
 from declora.node.trainer import Encoded, LoraModel
 from declora.node.workload import load_workload
@@ -45,19 +47,34 @@ class SimConfig(Recipe):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    nodes: int = Field(8, ge=1)
-    topology: str = "ring"
-    mixing: str = "mh"
-    partition_scheme: str = "dirichlet:0.1"
-    rounds: int = Field(15, ge=0)
+    nodes: int = Field(8, ge=1, description="virtual nodes")
+    topology: str = Field("ring", description="ring, complete, er:P, torus[:RxC], star")
+    mixing: str = Field("mh", description="mixing weights: mh, laplacian or uniform")
+    partition_scheme: str = Field(
+        "dirichlet:0.1",
+        description="how a dataset is shared out: iid, dirichlet:A, skew[:P], shards:K",
+    )
+    rounds: int = Field(15, ge=0, description="training rounds")
     consensus_rounds: int = Field(300, ge=0, description="most gossip-only rounds at the end")
-    eval_every: int = Field(1, ge=1)
-    node_eval_every: int = Field(5, ge=1)
+    eval_every: int = Field(1, ge=1, description="evaluate the averaged model every N rounds")
+    node_eval_every: int = Field(5, ge=1, description="evaluate every node every N rounds")
     max_train: int = Field(0, ge=0, description="cap on training examples (0 = all)")
-    centralized: bool = True
-    threads: int | None = Field(None, ge=1)
-    byzantine: tuple[int, ...] = Field((), description="indices of the attacking nodes")
+    centralized: bool = Field(True, description="also train centralized LoRA on the same samples")
+    threads: int | None = Field(None, ge=1, description="torch threads (default: torch's)")
+    byzantine: Annotated[tuple[int, ...], NoDecode] = Field(
+        (), description="indices of the attacking nodes, e.g. 0,4"
+    )
     attack: str | None = Field(None, description="what they send: scale:S or noise:SIGMA")
+
+    @field_validator("byzantine", mode="before")
+    @classmethod
+    def _indices(cls, v: object) -> object:
+        if not isinstance(v, str):
+            return v
+        parts = [p.strip() for p in v.split(",") if p.strip()]
+        if not all(p.isdigit() for p in parts):
+            raise ValueError(f"expected node indices like 0,4, got {v!r}")
+        return tuple(int(p) for p in parts)
 
     @field_validator("attack")
     @classmethod
@@ -75,8 +92,6 @@ class SimConfig(Recipe):
             raise ValueError("byzantine: at least one node must be honest")
         if bool(self.byzantine) != (self.attack is not None):
             raise ValueError("byzantine and attack go together: give both or neither")
-        if self.task != "cls":
-            raise ValueError("the simulator runs classification (--task cls)")
         return self
 
     @field_validator("mixing")
@@ -92,6 +107,8 @@ class SimConfig(Recipe):
             f"n={self.nodes} {self.topology} {self.partition_scheme} r={self.rank} "
             f"K={self.local_steps} {self.codec}"
         )
+        if self.task != "cls":
+            label = f"{self.model} {self.task} {label}"
         if self.lr != SimConfig.model_fields["lr"].default:
             label += f" lr={self.lr:g}"
         if self.method != "dec-lora":
@@ -158,7 +175,7 @@ class Simulation:
         self.workload = load_workload(cfg, cfg.nodes, lm=lm, max_train=cfg.max_train)
         work = self.workload
         self.train_data, self.test_data = work.train, work.test
-        assert work.train.labels is not None
+        self.score = score_for(cfg.task)
         self.lm = work.lm
         self.topology = from_spec(cfg.topology, cfg.nodes, seed=cfg.seed)
         self.parts = work.parts
@@ -218,7 +235,7 @@ class Simulation:
 
     def run(self, progress: ProgressFn | None = None) -> SimResult:
         cfg = self.cfg
-        counts = label_counts(self.train_data.labels, self.parts, self.train_data.num_labels)  # type: ignore[arg-type]
+        counts = _counts(self)
         w = mixing_matrix(cfg.mixing, self.topology)
         eig = np.sort(np.abs(np.linalg.eigvalsh(w)))
         result = SimResult(
@@ -245,19 +262,20 @@ class Simulation:
             if progress:
                 progress("train", r, cfg.rounds)
         before = self._eval_nodes()
-        result.final["before_consensus"] = _summary(before, self.honest)
+        result.final["before_consensus"] = _summary(before, self.honest, self.score)
         result.final["nodes_before_consensus"] = before
         self._consensus_finish(result, progress)
         after = self._eval_nodes()
         result.final.update(
             {
                 "nodes": after,
-                "after_consensus": _summary(after, self.honest),
+                "after_consensus": _summary(after, self.honest, self.score),
                 "average": self.lm.evaluate(self.average(), self.test_enc),
-                "best_average_accuracy": max(
-                    (r.average["accuracy"] for r in result.rounds if r.average),
-                    default=float("nan"),
-                ),
+                f"best_average_{self.score.key}": self.score.best(
+                    r.average[self.score.key] for r in result.rounds if r.average
+                )
+                if any(r.average for r in result.rounds)
+                else float("nan"),
                 "bytes_sent_per_node": float(np.mean([n.bytes_sent for n in self.nodes])),
                 "consensus_rounds": sum(r.phase == "consensus" for r in result.rounds),
                 "consensus_max": result.rounds[-1].consensus_max if result.rounds else 0.0,
@@ -318,20 +336,30 @@ class Simulation:
             "seconds": time.perf_counter() - t0,
             "curve": curve,
             "final": curve[-1] if curve else self.lm.evaluate(trainer.vector(), self.test_enc),
-            "best_accuracy": max((c["accuracy"] for c in curve), default=float("nan")),
+            f"best_{self.score.key}": self.score.best(c[self.score.key] for c in curve)
+            if curve
+            else float("nan"),
         }
 
 
-def _summary(per_node: list[dict[str, float]], honest: list[int]) -> dict[str, float]:
-    """Mean and worst accuracy over all nodes and over the honest ones."""
-    acc = [m["accuracy"] for m in per_node]
-    good = [acc[i] for i in honest]
+def _summary(per_node: list[dict[str, float]], honest: list[int], score: Score) -> dict[str, float]:
+    """Mean and worst of the task's figure (`score`) over all nodes and the honest ones."""
+    values = [m[score.key] for m in per_node]
+    good = [values[i] for i in honest]
     return {
-        "mean_accuracy": float(np.mean(acc)),
-        "worst_accuracy": float(np.min(acc)),
-        "honest_mean_accuracy": float(np.mean(good)),
-        "honest_worst_accuracy": float(np.min(good)),
+        f"mean_{score.key}": float(np.mean(values)),
+        f"worst_{score.key}": float(score.worst(values)),
+        f"honest_mean_{score.key}": float(np.mean(good)),
+        f"honest_worst_{score.key}": float(score.worst(good)),
     }
+
+
+def _counts(sim: Simulation) -> np.ndarray:
+    """Examples per node and label (one column of all rows for unlabelled text)."""
+    data = sim.train_data
+    if data.labels is None:
+        return np.array([[len(p)] for p in sim.parts])
+    return label_counts(data.labels, sim.parts, data.num_labels)
 
 
 def _mix_fraction(rounds: list[RoundRecord]) -> float:
@@ -341,5 +369,5 @@ def _mix_fraction(rounds: list[RoundRecord]) -> float:
 
 
 def describe_partition(sim: Simulation) -> str:
-    counts = label_counts(sim.train_data.labels, sim.parts, sim.train_data.num_labels)  # type: ignore[arg-type]
-    return format_label_counts(counts, sim.train_data.label_names)
+    names = sim.train_data.label_names if sim.train_data.labels is not None else ("texts",)
+    return format_label_counts(_counts(sim), names)

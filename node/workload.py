@@ -3,7 +3,7 @@ centralized reference and the benchmarks.
 
 For a recipe and a number of nodes, `Workload` holds the train/test split, each
 node's share of the training data (`partition_scheme`, seeded by the recipe's seed),
-the test set capped at `max_eval` examples (a seeded choice, the same everywhere),
+the test set capped at `eval_cap` examples (a seeded choice, the same everywhere),
 and the model. Node `i` trains with the seed `node_seed(seed, i)` on its share; the
 centralized reference trains one adapter on the union of the shares with the seed
 itself (its lr schedule spans the swarm's total steps). Two callers with the same
@@ -128,9 +128,11 @@ def load_workload(
     reuses an already built model (same recipe).
     """
     cls = recipe.task == "cls"
+    # causal LM: labels (e.g. a topic) only to share the data out by them
+    labelled = cls or recipe.partition_scheme != "iid"
     train, test = load_dataset(
         recipe.data,
-        label_column=recipe.label_column if cls else None,
+        label_column=recipe.label_column if labelled else None,
         text_column=recipe.text_column,
         labels=recipe.labels or None,
         examples=None if cls else LmFormat(
@@ -140,7 +142,7 @@ def load_workload(
     )  # fmt: skip
     if max_train and max_train < len(train):  # a seeded subset, in the permuted order
         train = train.subset(np.random.default_rng(recipe.seed).permutation(len(train))[:max_train])
-    test = cap(test, recipe.max_eval, recipe.seed)
+    test = cap(test, recipe.eval_cap, recipe.seed)
     if nodes > 1:
         labels = train.labels
         if labels is None:  # text only (causal LM): only label-free schemes apply
