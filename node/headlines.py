@@ -10,6 +10,7 @@ so the same articles are held out as for classification.
 from __future__ import annotations
 
 from declora.node.data import Chat, TextDataset
+
 STORY_WORDS = 40
 PROMPT = "Write a headline for this news story:\n\n{story}"
 
