@@ -28,9 +28,7 @@ def test_the_same_split_and_labels_as_bbcnews() -> None:
 
 def test_only_the_headline_carries_loss() -> None:
     """tiny-llama's byte tokenizer: the labelled ids are the title's bytes, then EOS."""
-    recipe = Recipe(
-        model="tiny-llama", task="lm", data="bbc-headlines", max_length=400, max_eval=4
-    )
+    recipe = Recipe(model="tiny-llama", task="lm", data="bbc-headlines", max_length=400, max_eval=4)
     work = load_workload(recipe, 5)
     enc = work.encoded_test()
     assert enc is not None and len(enc) == 4
