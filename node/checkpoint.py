@@ -3,7 +3,9 @@
 A checkpoint is a directory `ckpt-<round>` holding the adapter in the PEFT format
 (`adapter_config.json`, `adapter_model.safetensors`, `declora.json`) and `state.pt`
 (round, optimizer, sampler position, gossip public copy and sequence, and the
-gradient-tracking correction when the node tracks). A file
+gradient-tracking correction when the node tracks). For DECA the folder holds the
+full model and `state.pt` also the active block's vector, the block and the node's
+trained copies of every block it visited. A file
 `LATEST` names the newest complete checkpoint; it is replaced by rename only after
 the directory is fully written and fsynced, so a crash at any moment leaves `LATEST`
 pointing at a complete checkpoint (or absent, before the first). The two newest
@@ -23,6 +25,7 @@ import torch
 
 from declora.node import faults
 from declora.node.adapter import AdapterSchema, fsync_tree, new_build_dir
+from declora.node.deca_model import BlockTrainer
 from declora.node.trainer import LocalTrainer, LoraModel
 
 LATEST = "LATEST"
@@ -44,19 +47,27 @@ class NodeState:
     trainer: dict[str, Any]
     fingerprint: str
     correction: np.ndarray | None = None  # gradient tracking's c_i, when tracking
+    # the vector the model folder holds when it is not `vector` (DECA's whole model);
+    # `vector` then goes into state.pt
+    saved: np.ndarray | None = None
 
 
 def trainer_state(trainer: LocalTrainer) -> dict[str, Any]:
+    """Optimizer and sampler (and a DECA trainer's block and trained copies)."""
+    blocks = trainer.block_state() if isinstance(trainer, BlockTrainer) else {}
     return {
         "optimizer": trainer.optimizer.state_dict(),
         "step": trainer.step,
         "epoch": trainer.epoch,
         "cursor": trainer.cursor,
         "order": trainer.order.copy(),
+        **blocks,
     }
 
 
 def restore_trainer(trainer: LocalTrainer, state: dict[str, Any], vector: np.ndarray) -> None:
+    if isinstance(trainer, BlockTrainer):
+        trainer.restore_blocks(state)  # first: the vector and optimizer are its block's
     trainer.set_vector(vector)
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.step = int(state["step"])
@@ -80,9 +91,12 @@ def save(root: Path, lm: LoraModel, state: NodeState, meta: dict[str, Any]) -> P
     build = new_build_dir(final)
     try:
         peft_dir = build / "adapter"
-        lm.save_adapter(state.vector, peft_dir, {"round": state.round, **meta})
+        folder = state.vector if state.saved is None else state.saved
+        lm.save_adapter(folder, peft_dir, {"round": state.round, **meta})
+        extra = {} if state.saved is None else {"vector": torch.from_numpy(state.vector.copy())}
         torch.save(
             {
+                **extra,
                 "round": state.round,
                 "seq": state.seq,
                 "public": torch.from_numpy(state.public.copy()),
@@ -144,13 +158,17 @@ def load(root: Path, lm: LoraModel) -> NodeState:
             f"{path} was written for fingerprint {raw['fingerprint']}, "
             f"this node has {lm.fingerprint}"
         )
-    from safetensors.torch import load_file
+    if "vector" in raw:  # the folder holds a full model (DECA): the vector is here
+        vector = raw["vector"].numpy()
+    else:
+        from safetensors.torch import load_file
 
-    tensors = load_file(str(path / "adapter" / "adapter_model.safetensors"))
+        tensors = load_file(str(path / "adapter" / "adapter_model.safetensors"))
+        vector = peft_tensors_to_vector(tensors, lm.schema)
     return NodeState(
         round=int(raw["round"]),
         seq=int(raw["seq"]),
-        vector=peft_tensors_to_vector(tensors, lm.schema),
+        vector=vector,
         public=raw["public"].numpy(),
         trainer=raw["trainer"],
         fingerprint=raw["fingerprint"],

@@ -10,7 +10,8 @@
 The method (`methods.py`) is the trainer's model's: ConLoRA's frozen A simply is not
 in the adapter vector; DeCAF's `mix` replaces each LoRA module's factor-wise mix by
 the refactorised weighted sum of products (`product_mixing.py`); Kill-and-Revive is
-the subclass `kill_revive.KillReviveNode` (`Workload.node` picks the class).
+the subclass `kill_revive.KillReviveNode` and DECA's block-wise full fine-tuning
+`deca.DecaNode` (`Workload.node` picks the class).
 
 With gradient tracking (`tracking=True`, `tracking.py`) every local step's gradient
 is corrected by c_i, `tracker_outgoing()` (called right after `outgoing()`) gives the
@@ -55,6 +56,8 @@ class NodeSnapshot:
 
 class DecLoraNode(Generic[K]):
     """A node's trainer plus its gossip state; `peers` are keyed by any hashable id."""
+
+    full_model = False  # whether `model_vector` is more than the adapter (DECA's)
 
     def __init__(
         self,
@@ -162,6 +165,11 @@ class DecLoraNode(Generic[K]):
             self._tracker_in = {}
 
     def vector(self) -> np.ndarray:
+        return self.trainer.vector()
+
+    def model_vector(self) -> np.ndarray:
+        """What `lm.evaluate` and `lm.save_adapter` take for this node: the adapter
+        (DECA: every block, `deca.DecaNode`)."""
         return self.trainer.vector()
 
     # ------------------------------------------------------------ the daemon's API

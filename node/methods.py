@@ -11,6 +11,10 @@
 - `kill-revive`: DLoRA's Kill-and-Revive: each round only the LoRA modules whose
   update changed most train and are sent; the others are frozen, and revived
   periodically (`kill_revive.py`).
+- `deca`: DECA's decentralized block-wise full fine-tuning: no LoRA; one block of
+  consecutive transformer layers (and the classification head) trains with block-wise
+  Adam and is gossiped at a time, the block cycling by the round number (`deca.py`,
+  `deca_model.py`).
 
 The method is part of the fingerprint (only when not the default, so Dec-LoRA's
 fingerprints never changed) and of the recipe a Hello carries, so nodes running
@@ -24,7 +28,7 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from torch import nn
 
-Method = Literal["dec-lora", "conlora", "decaf", "kill-revive"]
+Method = Literal["dec-lora", "conlora", "decaf", "kill-revive", "deca"]
 DEFAULT_METHOD: Method = "dec-lora"
 FROZEN_A_MARK = ".lora_A."  # the PEFT parameter names of the A factors
 
@@ -41,8 +45,15 @@ def combination_problem(
     refactorisation changes; none of them has a product-space meaning, so they are
     refused rather than silently mixed. Kill-and-Revive mixes each module with the
     neighbours that sent it: robust rules and tracking's correction assume every
-    entry is mixed every round, so they are refused too.
+    entry is mixed every round, so they are refused too. DECA's robust rules and
+    tracking would need their state per block (reset at every block switch): refused.
     """
+    if method == "deca":
+        if robust != "none":
+            return "--method deca cannot be combined with --robust-mixing"
+        if tracking:
+            return "--method deca cannot be combined with --gradient-tracking"
+        return ""
     if method == "kill-revive":
         if robust != "none":
             return "--method kill-revive cannot be combined with --robust-mixing"

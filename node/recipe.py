@@ -117,8 +117,19 @@ class Recipe(BaseModel):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     method: Method = Field(
         DEFAULT_METHOD,
-        description="dec-lora, conlora (A frozen, B gossiped), decaf (product mixing) or "
-        "kill-revive (only the most-changing LoRA modules train and are sent)",
+        description="dec-lora, conlora (A frozen, B gossiped), decaf (product mixing), "
+        "kill-revive (only the most-changing LoRA modules train and are sent) or deca "
+        "(full fine-tuning, one block of layers at a time)",
+    )
+    deca_blocks: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="--method deca: blocks of consecutive transformer layers (0 = one per "
+        "2 layers)",
+    )
+    deca_block_rounds: int = Field(
+        5, ge=1, le=1_000_000, description="--method deca: rounds each block trains in turn"
     )
     # mixing
     codec: str = Field("fp32", description="message codec: fp32, fp16, bf16, q8, q4, q2, topk:F")
@@ -239,6 +250,8 @@ class Recipe(BaseModel):
             rslora=self.rslora,
             dora=self.dora,
             quantize=self.quantize,
+            deca_blocks=self.deca_blocks,
+            deca_block_rounds=self.deca_block_rounds,
         )
 
     def schedule(self, nodes: int = 1) -> Schedule:

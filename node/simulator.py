@@ -30,6 +30,7 @@ from pydantic_settings import NoDecode
 
 from declora.node.attacks import Attack, make_attack
 from declora.node.dec_lora import DecLoraNode
+from declora.node.deca_model import model_vector
 from declora.node.gossip import consensus_distance
 from declora.node.mixing import local_mh_weights, mixing_matrix
 from declora.node.partition import format_label_counts, label_counts
@@ -196,7 +197,8 @@ class Simulation:
                 node.add_peer(j)
 
     def honest_vectors(self) -> list[np.ndarray]:
-        return [self.nodes[i].vector() for i in self.honest]
+        """Each honest node's model vector (its adapter; DECA: every block)."""
+        return [self.nodes[i].model_vector() for i in self.honest]
 
     def average(self) -> np.ndarray:
         """The averaged model of the honest nodes: A, B and head averaged separately
@@ -231,7 +233,7 @@ class Simulation:
         return node.outgoing(attack.forge(node.vector(), rng))
 
     def _eval_nodes(self) -> list[dict[str, float]]:
-        return [self.lm.evaluate(n.vector(), self.test_enc) for n in self.nodes]
+        return [self.lm.evaluate(n.model_vector(), self.test_enc) for n in self.nodes]
 
     def run(self, progress: ProgressFn | None = None) -> SimResult:
         cfg = self.cfg
@@ -327,7 +329,7 @@ class Simulation:
             k = min(chunk, steps - done)
             trainer.train_steps(k)
             done += k
-            curve.append({"step": done, **self.lm.evaluate(trainer.vector(), self.test_enc)})
+            curve.append({"step": done, **self.lm.evaluate(model_vector(trainer), self.test_enc)})
             if progress:
                 progress("centralized", done, steps)
         return {
@@ -335,7 +337,7 @@ class Simulation:
             "batch_size": cfg.batch_size,
             "seconds": time.perf_counter() - t0,
             "curve": curve,
-            "final": curve[-1] if curve else self.lm.evaluate(trainer.vector(), self.test_enc),
+            "final": curve[-1] if curve else self.lm.evaluate(model_vector(trainer), self.test_enc),
             f"best_{self.score.key}": self.score.best(c[self.score.key] for c in curve)
             if curve
             else float("nan"),

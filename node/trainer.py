@@ -58,6 +58,8 @@ class LoraSpec:
     rslora: bool = False
     dora: bool = False
     quantize: str = "none"  # none | nf4 | fp4 | int8 (QLoRA: a quantized base)
+    deca_blocks: int = 0  # --method deca: blocks of layers (0 = one per 2 layers)
+    deca_block_rounds: int = 5  # --method deca: rounds a block trains in turn
 
     def as_dict(self) -> dict[str, object]:
         """The spec as the fingerprint sees it (`method` only when not the default,
@@ -81,6 +83,8 @@ class LoraSpec:
             ("quantize", self.quantize, "none"),
         )
         out.update({key: value for key, value, default in variants if value != default})
+        if self.method == "deca":  # DECA's block schedule, only where it applies
+            out.update(deca_blocks=self.deca_blocks, deca_block_rounds=self.deca_block_rounds)
         return out
 
 
@@ -154,10 +158,7 @@ class LoraModel:
         self.task = base.task
         self.label_names: tuple[str, ...] = names
         self.device = torch.device(device)
-        self.model: nn.Module = wrap_lora(
-            base, spec.rank, spec.alpha, tuple(targets), spec.seed,
-            dropout=spec.lora_dropout, rslora=spec.rslora, dora=spec.dora,
-        )  # fmt: skip
+        self.model: nn.Module = self._trainable_model(base, spec, tuple(targets))
         if gradient_checkpointing:
             _enable_checkpointing(base)
         if spec.method == "conlora" and not freeze_lora_a(self.model):
@@ -178,6 +179,16 @@ class LoraModel:
         self._initial = [p.detach().clone() for p in self.params]
         self._owner: object | None = None
         self._base_record: dict[str, object] | None = None
+
+    def _trainable_model(
+        self, base: BaseModel, spec: LoraSpec, targets: tuple[str, ...]
+    ) -> nn.Module:
+        """The model to train: the base with LoRA (PEFT); DECA's subclass trains the
+        base itself (`deca_model.BlockModel`)."""
+        return wrap_lora(
+            base, spec.rank, spec.alpha, targets, spec.seed,
+            dropout=spec.lora_dropout, rslora=spec.rslora, dora=spec.dora,
+        )  # fmt: skip
 
     def initial_tensors(self) -> list[torch.Tensor]:
         """Copies of the seeded initial adapter (identical on every node)."""

@@ -24,6 +24,8 @@ import numpy as np
 
 from declora.node.data import TextDataset, load_dataset
 from declora.node.dec_lora import DecLoraNode
+from declora.node.deca import DecaNode
+from declora.node.deca_model import BlockModel, BlockTrainer
 from declora.node.kill_revive import node_type
 from declora.node.lm_data import LmFormat
 from declora.node.partition import partition
@@ -86,6 +88,12 @@ class Workload:
         """A trainer on `rows` with the recipe's training options; its lr schedule
         spans `nodes` x rounds x local steps (`Recipe.schedule`)."""
         r = self.recipe
+        if isinstance(self.lm, BlockModel):  # DECA: full fine-tuning, block by block
+            return BlockTrainer(
+                self.lm, self._encoded_rows(rows), r.lr, r.batch_size, seed, r.weight_decay,
+                grad_accumulation=r.grad_accumulation, max_grad_norm=r.max_grad_norm,
+                schedule=r.schedule(nodes),
+            )  # fmt: skip
         return LocalTrainer(
             self.lm, self._encoded_rows(rows), r.lr, r.batch_size, seed, r.weight_decay,
             grad_accumulation=r.grad_accumulation, max_grad_norm=r.max_grad_norm,
@@ -95,7 +103,8 @@ class Workload:
     def node(self, index: int) -> DecLoraNode[Any]:
         """Node `index`: its trainer plus gossip state (codec, mixing rule, tracking)."""
         r = self.recipe
-        return node_type(r.method)(
+        cls = DecaNode if r.method == "deca" else node_type(r.method)
+        return cls(
             self.trainer(index),
             r.codec,
             r.consensus_step,
@@ -107,7 +116,10 @@ class Workload:
     def centralized_trainer(self) -> LocalTrainer:
         """One adapter on the union of every node's share (the reference)."""
         union = np.unique(np.concatenate(self.parts))
-        return self._trainer(union, self.recipe.seed, self.nodes)
+        trainer = self._trainer(union, self.recipe.seed, self.nodes)
+        if isinstance(trainer, BlockTrainer):  # DECA's: blocks switch by its own steps
+            trainer.round_steps = self.recipe.local_steps
+        return trainer
 
     def centralized_steps(self) -> int:
         """The swarm's total number of local steps: the reference's budget."""
@@ -154,7 +166,7 @@ def load_workload(
         parts = [np.arange(len(train))]
     if lm is None:
         names = train.label_names if cls else ()
-        lm = LoraModel(
+        lm = (BlockModel if recipe.method == "deca" else LoraModel)(
             recipe.lora_spec(), num_labels=max(train.num_labels, 2), device=device,
             label_names=names if len(names) >= 2 else (), precision=recipe.precision,
             gradient_checkpointing=recipe.gradient_checkpointing, agreed=recipe.schedule_facts(),

@@ -87,7 +87,7 @@ class Auth:
 
 RECIPE_KEYS = (
     *("model", "task", "rank", "alpha", "targets", "max_length", "seed", "labels"),
-    "method",
+    *("method", "deca_blocks", "deca_block_rounds"),  # DECA's only when it runs
     *("lora_dropout", "rslora", "dora", "quantize", "lr_schedule", "warmup_steps"),
     *("rounds", "local_steps"),  # the span of a schedule: compared when both state it
 )

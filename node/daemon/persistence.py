@@ -3,7 +3,8 @@
 - checkpoints are written atomically (see `checkpoint`); `saved_round` is the round
   of the newest one written or resumed from, so a stop never rewrites what LATEST
   names;
-- the final adapter is written in the PEFT format to `<checkpoint_dir>/adapter`;
+- the final adapter is written in the PEFT format to `<checkpoint_dir>/adapter`
+  (DECA: the full model folder, `deca_model.BlockModel.save_adapter`);
 - `rounds.jsonl` gets one JSON line per completed round.
 """
 
@@ -63,6 +64,7 @@ class Persistence:
             trainer=checkpoint.trainer_state(parts.node.trainer),
             fingerprint=parts.lm.fingerprint,
             correction=snap.correction,
+            saved=parts.node.model_vector() if parts.node.full_model else None,
         )
         meta = {"node_id": parts.settings.node_id}
         path = checkpoint.save(self.checkpoint_dir, parts.lm, state, meta)
@@ -78,6 +80,6 @@ class Persistence:
             "round": parts.progress.round,
             "eval": parts.report.last_eval,
         }
-        parts.lm.save_adapter(parts.node.vector(), path, meta)
+        parts.lm.save_adapter(parts.node.model_vector(), path, meta)
         log.info("final adapter written: %s", path)
         return path

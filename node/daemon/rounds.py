@@ -162,7 +162,7 @@ class RoundLoop:
         if parts.test is None:
             return
         self.progress.state = NodeState.EVALUATING
-        vec = parts.node.vector()
+        vec = parts.node.model_vector()
         self.report.last_eval = await asyncio.to_thread(parts.lm.evaluate, vec, parts.test)
         if "accuracy" in self.report.last_eval:
             self.metrics.accuracy.set(self.report.last_eval["accuracy"])
