@@ -152,6 +152,28 @@ def test_mixing_preserves_the_block_average(bert: BlockModel, synthetic: TextDat
     np.testing.assert_allclose(nodes[0].vector(), want, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("codec", "per_value", "rel_error"), [("fp16", 2.0, 2e-3), ("q8", 1.0, 0.02), ("q4", 0.5, 0.25)]
+)
+def test_compressed_codecs_carry_the_block(
+    bert: BlockModel, synthetic: TextDataset, codec: str, per_value: float, rel_error: float
+) -> None:
+    enc = bert.encode(synthetic)
+    a, b = (
+        DecaNode[int](BlockTrainer(bert, enc, 1e-2, 8, seed=i), codec, None, seed=i)
+        for i in range(2)
+    )
+    a.add_peer(1)
+    b.add_peer(0)
+    a.train(2)
+    payload = a.outgoing()
+    assert len(payload) < per_value * a.size + 4096  # about `per_value` bytes a value
+    b.receive(0, payload)
+    error = np.abs(b.gossip.peers[0] - a.vector()).max()
+    change = np.abs(a.vector() - a.initial).max()
+    assert 0 < error < rel_error * change  # x̂ tracks x to the codec's precision
+
+
 def test_the_consensus_signal_enters_the_moments(bert: BlockModel, synthetic: TextDataset) -> None:
     a, b = deca_nodes(bert, synthetic, 2)
     for node in (a, b):
