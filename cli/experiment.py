@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from declora.node.lm_data import IGNORE
 from declora.node.report import markdown_table, plot, to_jsonable, write_json
 from declora.node.scores import score_for
 from declora.node.simulator import SimConfig, Simulation, describe_partition
@@ -110,7 +111,11 @@ LM_GRID: dict[str, SimConfig] = {
     "lm-q4": LM_BASE.model_copy(update={"codec": "q4"}),
     "lm-gt": LM_BASE.model_copy(update={"gradient_tracking": True}),
     "lm-gt-q4": LM_BASE.model_copy(update={"gradient_tracking": True, "codec": "q4"}),
+    # chat format: the headline chats of the same articles, loss on the headline only;
+    # the run records greedy headlines of held-out stories before and after
+    "lm-chat": LM_BASE.model_copy(update={"data": "bbc-headlines", "max_length": 160}),
 }
+SAMPLES = 3  # held-out conversations a chat run answers before and after training
 
 
 @dataclass(frozen=True)
@@ -189,6 +194,9 @@ def run_one(
     if central is not None:
         res["centralized"] = central
     res["seconds"] = time.perf_counter() - t0
+    if sim.test_data.chats is not None:
+        res["loss_token_fraction"] = loss_token_fraction(sim)
+        res["samples"] = chat_samples(sim, SAMPLES)
     output.mkdir(parents=True, exist_ok=True)
     write_json(output / f"{name}.json", res)
     plot(res, output / f"{name}.png", title=f"{name}: {cfg.label}")
@@ -196,6 +204,42 @@ def run_one(
     (output / f"{name}.md").write_text(table)
     console.print(table)
     return res
+
+
+def loss_token_fraction(sim: Simulation) -> float:
+    """The share of the training tokens (padding excluded) that carry loss."""
+    enc = sim.train_enc
+    return float((enc.labels != IGNORE).sum() / enc.attention_mask.sum())
+
+
+def chat_samples(sim: Simulation, count: int) -> list[dict[str, str]]:
+    """Greedy answers to the first `count` held-out conversations: by the base model
+    (the shared initial adapter, whose B factors are zero) and by the swarm's averaged
+    adapter; with the reference answer."""
+    import numpy as np
+    import torch
+
+    from declora.node.lm_data import encode_prompt
+
+    lm, tok = sim.lm, sim.lm.tokenizer
+    initial = torch.cat([t.reshape(-1).float() for t in lm.initial_tensors()]).numpy()
+    chats = (sim.test_data.chats or ())[:count]
+    out: list[dict[str, str]] = [{"prompt": c[0][1], "reference": c[-1][1]} for c in chats]
+    for key, vec in (("base", initial), ("swarm", sim.average())):
+        with lm.using(np.asarray(vec, dtype=np.float32)), torch.no_grad():
+            lm.model.eval()
+            for row, chat in zip(out, chats, strict=True):
+                ids = torch.tensor([encode_prompt(tok, [{"role": "user", "content": chat[0][1]}])])
+                new = lm.model.generate(  # type: ignore[operator]
+                    input_ids=ids.to(lm.device),
+                    attention_mask=torch.ones_like(ids).to(lm.device),
+                    max_new_tokens=32,
+                    do_sample=False,
+                    eos_token_id=tok.eos_id,
+                    pad_token_id=tok.pad_id,
+                )[0, ids.shape[1] :]
+                row[key] = tok.decode([int(i) for i in new if int(i) != tok.eos_id]).strip()
+    return out
 
 
 def _best_central(cfg: SimConfig, output: Path) -> dict[str, Any] | None:
@@ -207,12 +251,11 @@ def _best_central(cfg: SimConfig, output: Path) -> dict[str, Any] | None:
         path = output / f"{_central_key(cfg, lr)}.json"
         if path.is_file():
             found.append({"lr": lr, **json.loads(path.read_text())})
+    if not found:
+        return None
     score = score_for(cfg.task)
-    return max(
-        found,
-        key=lambda c: c["final"][score.key] * (1 if score.higher_is_better else -1),
-        default=None,
-    )
+    best = score.best(c["final"][score.key] for c in found)
+    return next(c for c in found if c["final"][score.key] == best)
 
 
 def _central(cfg: SimConfig, output: Path) -> dict[str, Any]:

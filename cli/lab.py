@@ -399,6 +399,9 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
     accs = {k: (v or {}).get("eval", {}).get(score.key) for k, v in finals.items()}
     ref = (central or {}).get("eval", {}).get(score.key)
     gaps = {k: None if a is None or ref is None else score.gap(a, ref) for k, a in accs.items()}
+    # results.json keeps its meaning: accuracy points above the reference (negative:
+    # below), or for perplexity the percent above the reference (positive: worse)
+    signed = {k: None if g is None else (-g if score.percent else g) for k, g in gaps.items()}
     summary: dict[str, Any] = {
         "config": cfg.model_dump(mode="json"),
         "swarm_id": swarm,
@@ -406,7 +409,7 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
         "interrupted": interrupted,
         "exit_codes": {n.node_id: n.process.returncode for n in nodes},
         f"final_{score.key}": accs,
-        "gap_points" if score.percent else "gap_percent": gaps,  # positive: worse
+        "gap_points" if score.percent else "perplexity_gap_percent": signed,
         "centralized": central,
         "histories": histories,
         "ok": not interrupted

@@ -115,11 +115,6 @@ def fields_command(
     return command
 
 
-def settings_command(func: Callable[..., None]) -> Callable[..., None]:
-    """`func` with every `NodeSettings` option added; they arrive as `options`."""
-    return fields_command(NodeSettings, func)
-
-
 def given(options: dict[str, Any]) -> dict[str, Any]:
     """The options a user gave (the rest are None: the model's defaults apply)."""
     return {k: v for k, v in options.items() if v is not None}

@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from declora.node.data import EMBEDDED_DATA, DataFormat, declared_labels, read_label_file
+from declora.node.data import (
+    EMBEDDED_CHAT,
+    EMBEDDED_DATA,
+    DataFormat,
+    declared_labels,
+    read_label_file,
+)
 from declora.node.methods import DEFAULT_METHOD, Method, combination_problem
 from declora.node.schedule import DECAYING, LrSchedule, Schedule
 
@@ -191,6 +197,11 @@ class Recipe(BaseModel):
             raise ValueError(
                 f"--data-format {self.data_format} needs a data file: the embedded "
                 f"{EMBEDDED_DATA} data is text"
+            )
+        if self.data == EMBEDDED_CHAT and self.data_format not in ("auto", "messages"):
+            raise ValueError(
+                f"--data-format {self.data_format} needs a data file: the embedded "
+                f"{EMBEDDED_CHAT} data is messages"
             )
         return self
 

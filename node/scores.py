@@ -22,10 +22,12 @@ class Score:
     percent: bool  # shown as 100 x the value
 
     def worst(self, values: Iterable[float]) -> float:
+        """The worst of `values` (the lowest accuracy, the highest perplexity)."""
         vals = list(values)
         return min(vals) if self.higher_is_better else max(vals)
 
     def best(self, values: Iterable[float]) -> float:
+        """The best of `values` (the highest accuracy, the lowest perplexity)."""
         vals = list(values)
         return max(vals) if self.higher_is_better else min(vals)
 
@@ -43,6 +45,7 @@ class Score:
         return 100 * (value - reference) / reference
 
     def gap_text(self, value: float, reference: float) -> str:
+        """`value` against `reference` in words: '-0.5 points', '+2.5% perplexity'."""
         g = self.gap(value, reference)
         return f"{-g:+.1f} points" if self.percent else f"{g:+.1f}% perplexity"
 

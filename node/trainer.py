@@ -232,10 +232,15 @@ class LoraModel:
 
     @torch.no_grad()
     def evaluate(self, vec: np.ndarray, data: Encoded, batch_size: int = 64) -> dict[str, float]:
-        """Accuracy and macro-F1 (cls) or loss and perplexity (lm) of adapter `vec`."""
+        """Accuracy and macro-F1 (cls) or loss and perplexity (lm) of adapter `vec`.
+
+        The loss is the mean over examples (cls) or over every target token (lm: each
+        batch's mean weighted by its number of labelled next tokens), so an LM's
+        perplexity does not depend on the batch size or on how long each example is."""
         with self.using(vec):
             self.model.eval()
             losses, preds = [], []
+            weights: list[int] = []
             for start in range(0, len(data), batch_size):
                 b = data.take(np.arange(start, min(start + batch_size, len(data))))
                 with self.autocast():
@@ -244,10 +249,12 @@ class LoraModel:
                         attention_mask=b.attention_mask.to(self.device),
                         labels=b.labels.to(self.device),
                     )
-                losses.append(float(out.loss) * len(b))
+                weight = len(b) if self.task == "cls" else int((b.labels[:, 1:] != -100).sum())
+                losses.append(float(out.loss) * weight if weight else 0.0)
+                weights.append(weight)
                 if self.task == "cls":
                     preds.append(out.logits.float().argmax(-1).cpu())
-        loss = sum(losses) / max(len(data), 1)
+        loss = sum(losses) / max(sum(weights), 1)
         if self.task != "cls":
             return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
         pred = torch.cat(preds).numpy()
