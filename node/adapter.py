@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from declora.node.lora_names import LORA_MARK
+
 
 class SchemaError(ValueError):
     """Tensors do not match the adapter schema (names, shapes or dtypes)."""
@@ -103,7 +105,7 @@ def base_digest(model: nn.Module, sample_bytes: int = 4096) -> str:
     """
     h = hashlib.sha256()
     for name, p in model.named_parameters():
-        if p.requires_grad or ".lora_" in name:
+        if p.requires_grad or LORA_MARK in name:
             continue
         raw = p.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy()
         h.update(f"{name}|{tuple(p.shape)}|{p.dtype}|".encode())

@@ -2,8 +2,9 @@
 
 A checkpoint is a directory `ckpt-<round>` holding the adapter in the PEFT format
 (`adapter_config.json`, `adapter_model.safetensors`, `declora.json`) and `state.pt`
-(round, optimizer, sampler position, gossip public copy and sequence, and the
-gradient-tracking correction when the node tracks). For DECA the folder holds the
+(round, optimizer, sampler position, gossip public copy and sequence, the
+gradient-tracking correction when the node tracks, and the method's own state:
+Kill-and-Revive's module scores). For DECA the folder holds the
 full model and `state.pt` also the active block's vector, the block and the node's
 trained copies of every block it visited. A file
 `LATEST` names the newest complete checkpoint; it is replaced by rename only after
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,8 @@ class NodeState:
     # the vector the model folder holds when it is not `vector` (DECA's whole model);
     # `vector` then goes into state.pt
     saved: np.ndarray | None = None
+    # the method's own state (`NodeSnapshot.method_state`: Kill-and-Revive's scores)
+    method_state: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def trainer_state(trainer: LocalTrainer) -> dict[str, Any]:
@@ -105,6 +108,9 @@ def save(root: Path, lm: LoraModel, state: NodeState, meta: dict[str, Any]) -> P
                 "correction": None
                 if state.correction is None
                 else torch.from_numpy(state.correction.copy()),
+                "method_state": {
+                    k: torch.from_numpy(v.copy()) for k, v in state.method_state.items()
+                },
             },
             build / "state.pt",
         )
@@ -173,6 +179,7 @@ def load(root: Path, lm: LoraModel) -> NodeState:
         trainer=raw["trainer"],
         fingerprint=raw["fingerprint"],
         correction=None if raw.get("correction") is None else raw["correction"].numpy(),
+        method_state={k: v.numpy() for k, v in raw.get("method_state", {}).items()},
     )
 
 

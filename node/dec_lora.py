@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import numpy as np
 
-from declora.node.gossip import GossipError, GossipState
+from declora.node.codecs import make_codec
+from declora.node.gossip import KEYFRAME_CODEC, GossipError, GossipState
 from declora.node.methods import combination_problem
 from declora.node.product_mixing import LoraPair, lora_pairs, product_mix
 from declora.node.schedule import at_round
@@ -52,6 +53,8 @@ class NodeSnapshot:
     vector: np.ndarray  # the adapter x_i
     public: np.ndarray  # the public copy x̂_i every neighbour also holds
     correction: np.ndarray | None  # gradient tracking's c_i, when tracking
+    # what the method keeps beside (Kill-and-Revive's module scores), by name
+    method_state: dict[str, np.ndarray] = field(default_factory=dict, kw_only=True)
 
 
 class DecLoraNode(Generic[K]):
@@ -193,6 +196,10 @@ class DecLoraNode(Generic[K]):
     def keyframe(self) -> bytes:
         """The full public copy x̂_i (fp32), for a neighbour that is new or out of step."""
         return self.gossip.keyframe()
+
+    def full_state(self) -> bytes:
+        """The adapter x_i in full (fp32), for a neighbour catching up (`take_state`)."""
+        return make_codec(KEYFRAME_CODEC).encode(self.vector(), np.random.default_rng(0))
 
     def forget_peer(self, peer: K) -> None:
         """Drop `peer`'s public copy: its next message must be a keyframe."""

@@ -77,11 +77,17 @@ class GossipState(Generic[K]):
     def size(self) -> int:
         return int(self.public.shape[0])
 
-    def encode_update(self, x: np.ndarray, rng: np.random.Generator) -> bytes:
-        """Compress x - x̂_i, advance x̂_i by what receivers will decode; return the payload."""
-        payload = self.codec.encode(np.asarray(x, np.float32) - self.public, rng)
+    def encode_update(
+        self, x: np.ndarray, rng: np.random.Generator, mask: np.ndarray | None = None
+    ) -> bytes:
+        """Compress x - x̂_i, advance x̂_i by what receivers will decode; return the payload.
+
+        With a boolean `mask`, only the entries it selects (in order) are sent and
+        advanced; the rest of x̂_i stays as it is."""
+        sel = slice(None) if mask is None else mask
+        payload = self.codec.encode(np.asarray(x, np.float32)[sel] - self.public[sel], rng)
         update = np.float32(self.update_scale) * decode(payload)
-        self.public += update
+        self.public[sel] += update
         self.last_update_norm = float(np.linalg.norm(update))
         return payload
 

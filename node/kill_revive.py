@@ -6,25 +6,35 @@ exact scoring, budget and schedule were not available here; what is implemented:
 
 - score of a module: ||B1 A1 - B0 A0||_F, the change of its update B·A over the last
   round in which it trained (from 2r x 2r Gram matrices, never the dense matrix);
+- a module is every LoRA parameter of one adapted layer (`lora_names.lora_module`):
+  A, B and, with DoRA, its magnitude vector;
 - budget: the `KEEP_FRACTION` (1/8, at least one) highest-scoring modules are active;
   the others are killed: frozen during training (requires_grad off, so no gradient
-  and no backward through their factors), and not sent;
-- revive: every `REVIVE_EVERY`-th training round (8; the first included) every module
-  is active and re-scored. A gossip-only round (no training since the last message:
-  the consensus finish) sends and mixes every module;
-- message: `MAGIC`, the module count (u16), the module mask (bits, little-endian),
-  then the codec payload of the active entries (the active modules' A and B and every
-  non-LoRA entry, e.g. the head): a killed module sends no bytes. A keyframe stays
-  the full public copy;
+  and no backward through their parameters), and not sent;
+- revive: in rounds 1, 9, 17, ... (`revives`: every `REVIVE_EVERY`-th of the
+  swarm-wide round number the simulator and the daemon pass to `train`, so
+  neighbours revive together whatever rounds they skipped or jumped by a catch-up)
+  every module is active and re-scored. A gossip-only round (no training since the
+  last message: the consensus finish) sends and mixes every module;
+- state: the scores are all a node keeps beyond its adapter and gossip; `snapshot`
+  and `restore` carry them (`NodeSnapshot.method_state`), so a rolled-back round
+  leaves them as they were and a checkpoint resumes them;
+- message: every adapter message is `MAGIC`, the module count (u16), the module mask
+  (bits, little-endian), then the codec payload of the entries the mask selects (its
+  modules' parameters and every non-LoRA entry, e.g. the head): a killed module sends
+  no bytes. A keyframe (the public copy) and a state (the adapter, for a catch-up)
+  carry every module;
 - mixing: module m of neighbour j enters node i's step only if both had m active this
   round (a keyframe sender counts as all-active); the self weight keeps the rest, so
   per entry the weights stay symmetric and doubly stochastic and the swarm's average
   is preserved (CHOCO's step with gamma and the public copies, as for Dec-LoRA).
 
-The daemon needs no change: `check_payload` returns the full-size delta with NaN at
-the entries the sender did not send (a value no valid delta holds), and
-`accept_delta` reads the sender's mask back from it. Robust mixing and gradient
-tracking are refused (`methods.combination_problem`).
+The daemon needs nothing of its own: it sends `outgoing`, `keyframe` and `full_state`
+and checks all of them with `check_payload`, which returns the full-size vector with
+NaN at the entries the sender did not send (a value no valid delta holds);
+`accept_delta` reads the sender's mask back from it. A catch-up (`take_state`) keeps
+this node's scores. Robust mixing and gradient tracking are refused
+(`methods.combination_problem`).
 """
 
 from __future__ import annotations
@@ -37,8 +47,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from declora.node.codecs import CodecError, decode
-from declora.node.dec_lora import DecLoraNode, _check_bound
+from declora.node.dec_lora import DecLoraNode, NodeSnapshot, _check_bound
 from declora.node.gossip import GossipError
+from declora.node.lora_names import A_MARK, lora_module
 from declora.node.product_mixing import LoraPair, lora_pairs
 from declora.node.trainer import LocalTrainer
 
@@ -47,7 +58,13 @@ K = TypeVar("K", bound=Hashable)
 KEEP_FRACTION = 1 / 8
 REVIVE_EVERY = 8
 MAGIC = b"KR1"
+SCORES = "kill_revive_scores"  # the scores' key in `NodeSnapshot.method_state`
 _HEAD = struct.Struct("<3sH")
+
+
+def revives(round_number: int) -> bool:
+    """Whether round `round_number` (1-based) trains and sends every module."""
+    return (round_number - 1) % REVIVE_EVERY == 0
 
 
 def update_change(a0: np.ndarray, b0: np.ndarray, a1: np.ndarray, b1: np.ndarray) -> float:
@@ -83,25 +100,28 @@ class KillReviveNode(DecLoraNode[K]):
         super().__init__(trainer, *args, **kwargs)
         schema = trainer.lm.schema
         self.pairs: tuple[LoraPair, ...] = lora_pairs(schema)
-        names = schema.names
-        self._params = [  # each module's (A, B) indices among the trainer's tensors
-            tuple(i for i, n in enumerate(names) if n.startswith(prefix))
-            for prefix in [n.split(".lora_A.")[0] + ".lora_" for n in names if ".lora_A." in n]
+        modules = [lora_module(n) for n in schema.names if A_MARK in n]  # the pairs' order
+        index = {name: k for k, name in enumerate(modules)}
+        # each tensor's module (len(modules) for a non-LoRA tensor, e.g. the head)
+        owner = [index.get(lora_module(n), len(modules)) for n in schema.names]
+        self._params = [  # each module's indices among the trainer's tensors
+            tuple(i for i, o in enumerate(owner) if o == k) for k in range(len(modules))
         ]
+        self._module = np.repeat(owner, [t.numel for t in schema.tensors])  # per entry
         m = len(self.pairs)
         self.keep = max(1, math.ceil(KEEP_FRACTION * m))
         self.scores = np.zeros(m)
-        self.rounds_trained = 0
+        self.round = 0  # the round last trained
         self.active = np.ones(m, dtype=bool)  # this round's modules (after `train`)
         self._trained = False  # trained since the last message
         self._own = np.ones(self.size, dtype=bool)  # entries of this round's message
         self._sent_in: dict[K, np.ndarray] = {}  # entries each neighbour sent this round
 
     # -------------------------------------------------------------- selection
-    def choose(self) -> np.ndarray:
-        """The modules of the next training round: all on a revive round, else the
+    def choose(self, round_number: int) -> np.ndarray:
+        """The modules round `round_number` trains: all on a revive round, else the
         `keep` highest scores (ties: the lower index)."""
-        if self.rounds_trained % REVIVE_EVERY == 0:
+        if revives(round_number):
             return np.ones(len(self.pairs), dtype=bool)
         mask = np.zeros(len(self.pairs), dtype=bool)
         mask[np.argsort(-self.scores, kind="stable")[: self.keep]] = True
@@ -109,22 +129,26 @@ class KillReviveNode(DecLoraNode[K]):
 
     def entries(self, modules: np.ndarray) -> np.ndarray:
         """The vector entries of `modules`, plus every non-LoRA entry (always active)."""
-        out = np.ones(self.size, dtype=bool)
-        for on, p in zip(modules, self.pairs, strict=True):
-            out[p.a] = out[p.b] = bool(on)
-        return out
+        return np.append(np.asarray(modules, dtype=bool), True)[self._module]
 
-    def train(self, steps: int, *args: Any, **kwargs: Any) -> float:
-        """K local steps on the active modules only (the killed ones frozen); then the
-        active modules are re-scored."""
-        self.active = self.choose()
+    def train(
+        self,
+        steps: int,
+        should_stop: Callable[[], bool] | None = None,
+        round_number: int | None = None,
+    ) -> float:
+        """K local steps of round `round_number` (by default the round after the last
+        trained) on its active modules only (the killed ones frozen); then the active
+        modules are re-scored."""
+        self.round = self.round + 1 if round_number is None else round_number
+        self.active = self.choose(self.round)
         before = self.vector()
         params = self.trainer.lm.params
         for on, idx in zip(self.active, self._params, strict=True):
             for i in idx:
                 params[i].requires_grad_(bool(on))
         try:
-            loss = super().train(steps, *args, **kwargs)
+            loss = super().train(steps, should_stop, round_number)
         finally:
             for param in params:
                 param.requires_grad_(True)
@@ -134,7 +158,6 @@ class KillReviveNode(DecLoraNode[K]):
                 a0, a1 = before[p.a].reshape(p.a_shape), after[p.a].reshape(p.a_shape)
                 b0, b1 = before[p.b].reshape(p.b_shape), after[p.b].reshape(p.b_shape)
                 self.scores[k] = update_change(a0, b0, a1, b1)
-        self.rounds_trained += 1
         self._trained = True
         return loss
 
@@ -142,16 +165,22 @@ class KillReviveNode(DecLoraNode[K]):
     def outgoing(self, forged: np.ndarray | None = None) -> bytes:
         """The mask and the compressed change of the active entries (every entry in a
         gossip-only round); the public copy advances on those entries only."""
-        modules = self.active if self._trained else np.ones(len(self.pairs), dtype=bool)
+        modules = self.active if self._trained else self._every()
         self._own = self.entries(modules)
         self._trained = False
         x = self.trainer.vector() if forged is None else forged
-        g = self.gossip
-        body = g.codec.encode(np.asarray(x, np.float32)[self._own] - g.public[self._own], self._rng)
-        update = np.float32(g.update_scale) * decode(body)
-        g.public[self._own] += update
-        g.last_update_norm = float(np.linalg.norm(update))
-        return pack_mask(modules) + body
+        return pack_mask(modules) + self.gossip.encode_update(x, self._rng, self._own)
+
+    def keyframe(self) -> bytes:
+        """The full public copy, under a mask of every module."""
+        return pack_mask(self._every()) + super().keyframe()
+
+    def full_state(self) -> bytes:
+        """The full adapter, under a mask of every module."""
+        return pack_mask(self._every()) + super().full_state()
+
+    def _every(self) -> np.ndarray:
+        return np.ones(len(self.pairs), dtype=bool)
 
     def check_payload(
         self, peer: K, payload: bytes, spec: str | None = None, cap: float = float("inf")
@@ -190,6 +219,18 @@ class KillReviveNode(DecLoraNode[K]):
     def forget_peer(self, peer: K) -> None:
         super().forget_peer(peer)
         self._sent_in.pop(peer, None)
+
+    # -------------------------------------------------------------- state
+    def snapshot(self) -> NodeSnapshot:
+        snap = super().snapshot()
+        snap.method_state[SCORES] = self.scores.copy()
+        return snap
+
+    def restore(self, snap: NodeSnapshot) -> None:
+        """Undo to `snap`, the module scores included (where it holds them)."""
+        super().restore(snap)
+        if SCORES in snap.method_state:
+            self.scores = np.array(snap.method_state[SCORES], dtype=np.float64, copy=True)
 
     # -------------------------------------------------------------- mixing
     def mix(self, weights: Mapping[K, float]) -> None:

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
+from declora.node.lora_names import A_MARK
+
 if TYPE_CHECKING:
     from torch import nn
 
 Method = Literal["dec-lora", "conlora", "decaf", "kill-revive", "deca"]
 DEFAULT_METHOD: Method = "dec-lora"
-FROZEN_A_MARK = ".lora_A."  # the PEFT parameter names of the A factors
 
 
 def combination_problem(
@@ -80,7 +81,7 @@ def freeze_lora_a(model: nn.Module) -> int:
     adapter; it is just no longer trainable, hence not in the adapter vector."""
     frozen = 0
     for name, p in model.named_parameters():
-        if FROZEN_A_MARK in name:
+        if A_MARK in name:
             p.requires_grad_(False)
             frozen += 1
     return frozen

@@ -31,8 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from declora.node.adapter import AdapterSchema
-
-A_MARK, B_MARK = ".lora_A.", ".lora_B."
+from declora.node.lora_names import A_MARK, B_MARK
 
 
 @dataclass(frozen=True)

@@ -258,3 +258,21 @@ def test_coarse_codecs_converge_with_their_default_steps(spec: str) -> None:
         xs = [s.mix(x, weights[i]) for i, (s, x) in enumerate(zip(states, xs, strict=True))]
     assert consensus_distance(xs)[1] < 1e-3 * start
     np.testing.assert_allclose(np.mean(xs, axis=0), mean0, atol=1e-4)
+
+
+def test_a_masked_update_sends_and_advances_only_its_entries() -> None:
+    rng = np.random.default_rng(3)
+    x0 = rng.normal(size=40).astype(np.float32)
+    x = x0 + rng.normal(size=40).astype(np.float32)
+    mask = np.arange(40) % 3 == 0
+    for spec in ("fp32", "q2"):
+        full, part = GossipState[str](x0, spec), GossipState[str](x0, spec)
+        want = full.encode_update(x, np.random.default_rng(0))
+        sent = part.encode_update(x, np.random.default_rng(0), mask)
+        assert want == make_codec(spec).encode(x - x0, np.random.default_rng(0))
+        assert sent == make_codec(spec).encode(x[mask] - x0[mask], np.random.default_rng(0))
+        np.testing.assert_array_equal(part.public[~mask], x0[~mask])
+        np.testing.assert_array_equal(
+            part.public[mask],
+            x0[mask] + make_codec(spec).decode(sent) * np.float32(part.update_scale),
+        )

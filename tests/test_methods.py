@@ -18,10 +18,13 @@ from test_daemon_parts import pair
 from declora.node.adapter_io import load_adapter
 from declora.node.codecs import OVERHEAD
 from declora.node.daemon.handshake import recipe_differences, recipe_facts
+from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD
+from declora.node.daemon.rounds import TrainerSnapshot
 from declora.node.data import TextDataset
 from declora.node.dec_lora import DecLoraNode
 from declora.node.gossip import GossipError, consensus_distance
-from declora.node.kill_revive import KillReviveNode, pack_mask, update_change
+from declora.node.kill_revive import KillReviveNode, pack_mask, revives, update_change
+from declora.node.lora_names import A_MARK, B_MARK, LORA_MARK, lora_module
 from declora.node.product_mixing import lora_pairs, product_average, refactorise
 from declora.node.recipe import Recipe
 from declora.node.simulator import Simulation
@@ -31,8 +34,9 @@ from declora.node.workload import load_workload
 OLD_SPEC_KEYS = {"model", "task", "rank", "alpha", "targets", "max_length", "seed"}
 
 
-def model_for(method: str) -> LoraModel:
-    spec = LoraSpec(**{**TINY_SPEC.as_dict(), "targets": (), "method": method})  # type: ignore[arg-type]
+def model_for(method: str, **extra: object) -> LoraModel:
+    fields = {**TINY_SPEC.as_dict(), "targets": (), "method": method, **extra}
+    spec = LoraSpec(**fields)  # type: ignore[arg-type]
     return LoraModel(spec, num_labels=NUM_CLASSES, label_names=CLASS_NAMES)
 
 
@@ -79,17 +83,15 @@ def randomise(nodes: list[DecLoraNode[int]], seed: int) -> list[np.ndarray]:
 def frozen_a(lm: LoraModel) -> dict[str, np.ndarray]:
     """The model's LoRA A factors by module prefix (ConLoRA: never bound, never trained)."""
     return {
-        n.split(".lora_A.")[0]: p.detach().numpy().copy()
+        n.split(A_MARK)[0]: p.detach().numpy().copy()
         for n, p in lm.model.named_parameters()
-        if ".lora_A." in n
+        if A_MARK in n
     }
 
 
 def b_factors(lm: LoraModel, vec: np.ndarray) -> dict[str, np.ndarray]:
     return {
-        n.split(".lora_B.")[0]: t.numpy()
-        for n, t in lm.schema.unflatten(vec).items()
-        if ".lora_B." in n
+        n.split(B_MARK)[0]: t.numpy() for n, t in lm.schema.unflatten(vec).items() if B_MARK in n
     }
 
 
@@ -300,11 +302,11 @@ def products(lm: LoraModel, vec: np.ndarray) -> np.ndarray:
     tensors = lm.schema.unflatten(vec)
     out = []
     for name, t in tensors.items():
-        if ".lora_A." in name:
+        if A_MARK in name:
             continue
-        if ".lora_B." in name:
-            key = name.split(".lora_B.")[0]
-            a_name = name.replace(".lora_B.", ".lora_A.")
+        if B_MARK in name:
+            key = name.split(B_MARK)[0]
+            a_name = name.replace(B_MARK, A_MARK)
             a = tensors[a_name].numpy() if a_name in tensors else frozen[key]
             out.append((t.numpy() @ a).reshape(-1))
         else:
@@ -382,8 +384,8 @@ def test_update_change_is_the_dense_norm() -> None:
     assert update_change(a0, b0, a0, b0) == pytest.approx(0.0, abs=1e-9)
 
 
-def kill_revive_nodes(data: TextDataset, n: int) -> list[KillReviveNode[int]]:
-    lm = model_for("kill-revive")
+def kill_revive_nodes(data: TextDataset, n: int, **extra: object) -> list[KillReviveNode[int]]:
+    lm = model_for("kill-revive", **extra)
     enc = lm.encode(data)
     nodes = [
         KillReviveNode[int](LocalTrainer(lm, enc, 1e-2, 8, seed=i), "fp32", None, seed=i)
@@ -457,3 +459,153 @@ def test_simulated_kill_revive_rounds(synthetic_jsonl: Path) -> None:
         before = consensus_distance([n.vector() for n in sim.nodes])[0]
         sim._gossip_round()
         assert consensus_distance([n.vector() for n in sim.nodes])[0] < before
+
+
+def test_kill_revive_keyframes_and_states_carry_every_module(synthetic: TextDataset) -> None:
+    """A keyframe (public copy) and a state (adapter) are checked like any message:
+    they carry a mask of every module, even in a round that killed modules."""
+    node, other = kill_revive_nodes(synthetic, 2)
+    node.train(2, round_number=1)
+    node.outgoing()
+    node.train(2, round_number=2)
+    node.outgoing()
+    assert node.active.sum() == 1
+    np.testing.assert_array_equal(other.check_payload(0, node.keyframe()), node.gossip.public)
+    np.testing.assert_array_equal(other.check_payload(0, node.full_state()), node.vector())
+    with pytest.raises(GossipError, match="mask"):  # one format: no mask, no message
+        other.check_payload(0, node.keyframe()[6:])
+
+
+def test_kill_revive_daemons_exchange_keyframes(synthetic_jsonl: Path) -> None:
+    """Two daemons whose public copies left the shared init before they met send each
+    other keyframes in a round that kills modules, take them, mix, and go on by
+    deltas in step."""
+    (da, db), (a, b) = pair(synthetic_jsonl, method="kill-revive")
+    for p in (a, b):
+        p.node.train(p.settings.local_steps, round_number=1)
+        p.node.outgoing()  # alone: its public copy leaves the init
+        p.progress.round = p.progress.seq = 1
+
+    async def go() -> None:
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+        for _ in range(2):
+            await asyncio.gather(da.run_round(a, train=True), db.run_round(b, train=True))
+            for me, other in ((a, b), (b, a)):
+                assert me.report.self_weight == pytest.approx(0.5)
+                copy = me.node.gossip.peers[other.settings.node_id]
+                np.testing.assert_array_equal(copy, other.node.gossip.public)
+
+    asyncio.run(go())
+    assert a.progress.round == b.progress.round == 3
+    assert a.counters.keyframes_sent == b.counters.keyframes_sent == 1
+    assert a.node.active.sum() == b.node.active.sum() == 1  # type: ignore[attr-defined]
+
+
+def test_kill_revive_catches_up_from_a_state(synthetic_jsonl: Path) -> None:
+    (_, _), (a, b) = pair(synthetic_jsonl, method="kill-revive")
+    far = 5 * MAX_ROUNDS_AHEAD
+    a.node.train(a.settings.local_steps, round_number=1)
+    a.progress.round = far
+
+    async def go() -> None:
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+        await b.transfer.catch_up()
+
+    asyncio.run(go())
+    assert b.progress.round == far
+    np.testing.assert_array_equal(b.node.vector(), a.node.vector())
+    np.testing.assert_array_equal(b.node.gossip.public, a.node.vector())
+
+
+def test_neighbours_revive_in_the_same_round_whatever_they_skipped(
+    synthetic: TextDataset,
+) -> None:
+    steady, skipper = kill_revive_nodes(synthetic, 2)
+    for r in range(1, 11):
+        steady.train(0, round_number=r)
+        assert steady.active.all() == (r in (1, 9))
+    for r in (1, 2, 9, 10):  # rounds 3 to 8 skipped (a catch-up, an outage)
+        skipper.train(0, round_number=r)
+        assert skipper.active.all() == revives(r) == (r in (1, 9))
+
+
+def test_a_rolled_back_round_leaves_the_scores(synthetic: TextDataset) -> None:
+    (node,) = kill_revive_nodes(synthetic, 1)
+    node.train(2, round_number=1)
+    scores = node.scores.copy()
+    good = TrainerSnapshot.of(node)
+    node.train(2, round_number=2)
+    node.scores[node.active] = np.nan  # what a round gone non-finite leaves
+    good.restore(node)
+    np.testing.assert_array_equal(node.scores, scores)
+    assert node.choose(2).tolist() == [k == int(np.argmax(scores)) for k in range(4)]
+
+
+def test_a_kill_revive_checkpoint_resumes_the_active_set(
+    synthetic_jsonl: Path, tmp_path: Path
+) -> None:
+    """Resumed from a checkpoint, a node trains the modules (and reaches the adapter)
+    the node that went on does."""
+    opts = {"method": "kill-revive", "checkpoint_dir": tmp_path / "a"}
+    (da, _), (a, _) = pair(synthetic_jsonl, **opts)
+    steps = a.settings.local_steps
+    for r in (1, 2):
+        a.node.train(steps, round_number=r)
+        a.node.outgoing()
+        a.node.mix({})
+    a.progress.round = 2
+    da.store.save_checkpoint()
+    (db, _), (b, _) = pair(synthetic_jsonl, **{**opts, "resume": True})
+    db.store.resume(b)
+    np.testing.assert_array_equal(b.node.scores, a.node.scores)  # type: ignore[attr-defined]
+    for node in (a.node, b.node):
+        node.train(steps, round_number=3)
+    assert a.node.active.sum() == 1  # type: ignore[attr-defined]
+    assert b.node.active.tolist() == a.node.active.tolist()  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(b.node.vector(), a.node.vector())
+
+
+def test_dora_magnitudes_belong_to_their_module(synthetic: TextDataset) -> None:
+    """With --dora a killed module's magnitude vector is frozen and sent no more than
+    its factors."""
+    node, other = kill_revive_nodes(synthetic, 2, dora=True)
+    schema = node.trainer.lm.schema
+    ends = np.cumsum([t.numel for t in schema.tensors])
+    magnitudes = {
+        lora_module(t.name): np.arange(end - t.numel, end)
+        for t, end in zip(schema.tensors, ends, strict=True)
+        if "lora_magnitude_vector" in t.name
+    }
+    assert len(magnitudes) == 4
+    node.train(2, round_number=1)
+    node.outgoing()
+    before = node.vector()
+    node.train(2, round_number=2)
+    killed = ~node.entries(node.active)
+    assert int(killed.sum()) == 3 * (256 + 32)  # three modules: A, B and 32 magnitudes
+    modules = [lora_module(n) for n in schema.names if A_MARK in n]
+    for on, module in zip(node.active, modules, strict=True):
+        idx = magnitudes[module]
+        assert killed[idx].all() != on
+        if not on:
+            np.testing.assert_array_equal(node.vector()[idx], before[idx])
+    payload = node.outgoing()
+    assert len(payload) == 5 + 1 + OVERHEAD + 4 * int((~killed).sum())
+    delta = other.check_payload(0, payload)
+    assert np.isnan(delta[killed]).all() and np.isfinite(delta[~killed]).all()
+
+
+def test_the_lora_marks_name_every_lora_parameter() -> None:
+    """A, B and DoRA's magnitude of each adapted module share its path; the head holds
+    no mark."""
+    names = model_for("dec-lora", dora=True).schema.names
+    lora = [n for n in names if LORA_MARK in n]
+    assert len(lora) == 12 and len(names) > len(lora)
+    by_module: dict[str | None, list[str]] = {}
+    for n in lora:
+        by_module.setdefault(lora_module(n), []).append(n)
+    assert len(by_module) == 4
+    for module, group in by_module.items():
+        assert module is not None and all(n.startswith(module + LORA_MARK) for n in group)
+        assert sum(A_MARK in n for n in group) == sum(B_MARK in n for n in group) == 1
+    assert all(lora_module(n) is None for n in names if n not in lora)

@@ -16,9 +16,7 @@ import logging
 from collections.abc import Iterator
 
 import grpc
-import numpy as np
 
-from declora.node.codecs import make_codec
 from declora.node.daemon.handshake import Auth
 from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD
 from declora.node.daemon.peers import Peer, PeerTable
@@ -55,10 +53,8 @@ class StateTransfer:
 
     def state_chunks(self, kind: int) -> Iterator[pb.Chunk]:
         """This node's adapter (STATE) or public copy (KEYFRAME) as a signed stream."""
-        if kind == pb.PAYLOAD_KIND_STATE:
-            data = make_codec("fp32").encode(self.node.vector(), np.random.default_rng(0))
-        else:
-            data = self.node.keyframe()
+        node = self.node
+        data = node.full_state() if kind == pb.PAYLOAD_KIND_STATE else node.keyframe()
         header = make_header(
             sender_id=self.me.node_id,
             swarm_id=self.me.swarm_id,

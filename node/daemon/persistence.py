@@ -41,7 +41,10 @@ class Persistence:
         """Continue from the newest complete checkpoint (CheckpointError without one)."""
         state = checkpoint.load(self.checkpoint_dir, parts.lm)
         checkpoint.restore_trainer(parts.node.trainer, state.trainer, state.vector)
-        parts.node.restore(NodeSnapshot(state.vector, state.public, state.correction))
+        snap = NodeSnapshot(
+            state.vector, state.public, state.correction, method_state=state.method_state
+        )
+        parts.node.restore(snap)
         parts.progress.round, parts.progress.seq = state.round, state.seq
         self.saved_round = state.round
         log.info("resumed from %s at round %d", checkpoint.latest(self.checkpoint_dir), state.round)
@@ -65,6 +68,7 @@ class Persistence:
             fingerprint=parts.lm.fingerprint,
             correction=snap.correction,
             saved=parts.node.model_vector() if parts.node.full_model else None,
+            method_state=snap.method_state,
         )
         meta = {"node_id": parts.settings.node_id}
         path = checkpoint.save(self.checkpoint_dir, parts.lm, state, meta)
