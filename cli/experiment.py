@@ -159,6 +159,8 @@ def _central_key(cfg: SimConfig, lr: float) -> str:
     key = f"central-r{cfg.rank}-{data}-{samples}"
     if cfg.task != "cls":
         key = f"{cfg.task}-{key}"
+    if cfg.data != base.data:
+        key += f"-{cfg.data}"
     if lr != base.lr:
         key += f"-lr-{lr:g}"
     return key if cfg.seed == base.seed else f"{key}-seed-{cfg.seed}"
