@@ -40,7 +40,7 @@ PANELS = {
     ),
     **dict.fromkeys(
         [
-            *("model", "task", "data", "text_column", "label_column", "labels"),
+            *("model", "task", "data", "text_column", "label_column", "labels", "dedupe"),
             *("data_format", "messages_column", "prompt_column", "response_column", "packing"),
             *("partition", "partition_scheme", "rank", "alpha", "targets", "max_length"),
             *("lora_dropout", "rslora", "dora", "quantize", "precision"),

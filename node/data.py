@@ -12,12 +12,16 @@ unsupported type, empty file, bad JSON line, missing column, empty text, a label
 outside the declared set) raises `DataError` with a one-line message and a hint.
 Causal-LM formats (chat messages, prompt/response, instruction) are read by an
 `ExampleReader` (`lm_data.LmFormat`) handed to `load_dataset`; rows then carry `chats`.
+`load_dataset` drops exact and near-duplicate texts before it splits (node/dedupe.py),
+so no test text is a copy of a training text.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import json
+import logging
 import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +36,7 @@ EMBEDDED_DATA = "bbcnews"
 EMBEDDED_CHAT = "bbc-headlines"  # the same articles as headline chats (node/headlines.py)
 BBC_TEST_FRACTION = 0.2
 BBC_SPLIT_SEED = 0
+_log = logging.getLogger(__name__)
 
 # file suffix -> the `datasets` packaged builder that reads it
 BUILDERS = {
@@ -497,6 +502,18 @@ def _relabel(data: TextDataset, names: tuple[str, ...], source: str) -> TextData
     return TextDataset(data.texts, remap[data.labels], names, data.chats)
 
 
+@functools.cache
+def _bbcnews_unique() -> tuple[TextDataset, int]:
+    """The embedded corpus without duplicates, and how many were dropped (once a process)."""
+    from declora.node.dedupe import dedupe
+
+    return dedupe(load_bbcnews())
+
+
+def _log_dropped(source: str, dropped: int) -> None:
+    _log.info("%s: dropped %d exact or near-duplicate texts before the split", source, dropped)
+
+
 def _split(full: TextDataset, test_fraction: float, seed: int) -> tuple[TextDataset, TextDataset]:
     if full.labels is None:
         rng = np.random.default_rng(seed)
@@ -515,6 +532,7 @@ def load_dataset(
     text_column: str = "text",
     labels: Sequence[str] | None = None,
     examples: ExampleReader | None = None,
+    dedupe: bool = True,
 ) -> tuple[TextDataset, TextDataset]:
     """(train, test) for `spec`: "bbcnews", "bbc-headlines", a data file or a
     `save_to_disk` folder.
@@ -527,11 +545,19 @@ def load_dataset(
     The split does not depend on `labels`. `labels` is ignored for texts-only data;
     None or empty means "infer from the data". `examples` reads each split's examples
     instead of `text_column` (causal-LM formats, `lm_data.LmFormat`); the embedded
-    BBC News data is always text.
+    BBC News data is always text. `dedupe` drops exact and near-duplicate texts
+    (`dedupe.duplicate_rows`, first occurrence kept) before the split; of a saved
+    train/test pair it dedupes each and drops the test rows that copy a train row.
     """
+    from declora.node.dedupe import dedupe as drop_duplicates
+    from declora.node.dedupe import dedupe_split
+
     source = str(spec)
     if source in (EMBEDDED_DATA, EMBEDDED_CHAT):  # labelled even for causal LM
-        train, test = _split(load_bbcnews(), test_fraction, BBC_SPLIT_SEED)
+        full, dropped = _bbcnews_unique() if dedupe else (load_bbcnews(), 0)
+        if dedupe:
+            _log_dropped(source, dropped)
+        train, test = _split(full, test_fraction, BBC_SPLIT_SEED)
         if source == EMBEDDED_CHAT:
             from declora.node.headlines import as_headlines
 
@@ -546,8 +572,14 @@ def load_dataset(
                 for name in (TRAIN_SPLIT, test_name)
             ]
             train, test = _label_datasets(raws, None, source)
+            if dedupe:
+                train, test, dropped = dedupe_split(train, test)
+                _log_dropped(source, dropped)
         else:
             full = _from_splits(p, splits, text_column, label_column, None, examples)
+            if dedupe:
+                full, dropped = drop_duplicates(full)
+                _log_dropped(source, dropped)
             train, test = _split(full, test_fraction, 0)
     if labels and label_column is not None and train.labels is not None:
         # split first, relabel after: the split does not depend on the declared order

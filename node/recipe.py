@@ -77,6 +77,11 @@ class Recipe(BaseModel):
         description="lm text: pack documents into max_length blocks, EOS after each "
         "(--no-packing: one example per row); conversations are one per row",
     )
+    dedupe: bool = Field(
+        True,
+        description="drop exact and near-duplicate texts (Jaccard >= 0.8 of word 5-grams) "
+        "before the train/test split",
+    )
     partition_scheme: str = Field(
         "iid", description="how a dataset is shared out: iid, dirichlet:A, skew[:P], shards:K"
     )

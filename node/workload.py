@@ -151,6 +151,7 @@ def load_workload(
             recipe.data_format, recipe.text_column, recipe.messages_column,
             recipe.prompt_column, recipe.response_column,
         ),
+        dedupe=recipe.dedupe,
     )  # fmt: skip
     if max_train and max_train < len(train):  # a seeded subset, in the permuted order
         train = train.subset(np.random.default_rng(recipe.seed).permutation(len(train))[:max_train])

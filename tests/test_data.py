@@ -20,6 +20,7 @@ from declora.node.data import (
     read_label_file,
     stratified_split,
 )
+from declora.node.dedupe import dedupe
 
 BBC_LABELS = ("business", "entertainment", "politics", "sports", "tech")
 HAS_PYARROW = importlib.util.find_spec("pyarrow") is not None
@@ -52,10 +53,10 @@ def test_bbcnews_split_sizes_and_determinism(
     bbc: TextDataset, bbc_split: tuple[TextDataset, TextDataset]
 ) -> None:
     train, test = bbc_split
-    assert (len(train), len(test)) == (1781, 444)
+    assert (len(train), len(test)) == (1654, 414)  # 157 duplicates dropped before the split
     assert train.label_names == test.label_names == BBC_LABELS
-    # the split is a partition of the corpus
-    assert sorted(train.texts + test.texts) == sorted(bbc.texts)
+    # the split is a partition of the deduplicated corpus
+    assert sorted(train.texts + test.texts) == sorted(dedupe(bbc)[0].texts)
     again_train, again_test = load_dataset("bbcnews")
     assert again_train.texts == train.texts and again_test.texts == test.texts
     assert train.labels is not None and again_train.labels is not None
@@ -64,8 +65,10 @@ def test_bbcnews_split_sizes_and_determinism(
 
 def test_bbcnews_split_is_stratified(bbc: TextDataset, bbc_split: tuple[TextDataset, ...]) -> None:
     train, test = bbc_split
-    assert bbc.labels is not None and train.labels is not None and test.labels is not None
-    total = np.bincount(bbc.labels, minlength=5)
+    assert train.labels is not None and test.labels is not None
+    unique = dedupe(bbc)[0]
+    assert unique.labels is not None
+    total = np.bincount(unique.labels, minlength=5)
     n_test = np.bincount(test.labels, minlength=5)
     assert n_test.tolist() == [round(c * BBC_TEST_FRACTION) for c in total]
     assert (np.bincount(train.labels, minlength=5) + n_test).tolist() == total.tolist()

@@ -107,7 +107,7 @@ def test_messages_label_every_assistant_turn_and_nothing_else(
         {"role": "assistant", "content": "bye"},
     ]
     rows = [{"messages": chat, "id": i} for i in range(10)]
-    work = workload(llama, write_rows(tmp_path / "chat.jsonl", rows))
+    work = workload(llama, write_rows(tmp_path / "chat.jsonl", rows), dedupe=False)  # 10 copies
     assert work.train.chats is not None
     assert work.train.chats[0] == tuple((m["role"], m["content"]) for m in chat)
     enc = work.encoded_train()
@@ -221,7 +221,8 @@ def test_auto_detects_the_format(
     tmp_path: Path, llama: LoraModel, row: dict[str, Any], fmt: str
 ) -> None:
     assert LmFormat().detect(list(row)) == fmt
-    work = workload(llama, write_rows(tmp_path / "d.jsonl", [row] * 40), packing=False)
+    rows = [row] * 40  # copies: kept with --no-dedupe
+    work = workload(llama, write_rows(tmp_path / "d.jsonl", rows), packing=False, dedupe=False)
     assert (work.train.chats is None) == (fmt == "text")
     if fmt == "prompt-response":
         assert work.train.chats is not None and work.train.chats[0][1] == ("assistant", "r")
@@ -230,7 +231,7 @@ def test_auto_detects_the_format(
 def test_columns_by_option_and_bbcnews_is_text(tmp_path: Path, llama: LoraModel) -> None:
     rows = [{"q": "why?", "a": "because"}] * 10
     path = write_rows(tmp_path / "qa.jsonl", rows)
-    work = workload(llama, path, prompt_column="q", response_column="a")
+    work = workload(llama, path, prompt_column="q", response_column="a", dedupe=False)
     assert work.train.chats is not None and work.train.chats[0] == (
         ("user", "why?"),
         ("assistant", "because"),
