@@ -45,7 +45,7 @@ def run() -> tuple[Simulation, SimResult]:
 def test_minilm_dec_lora_learns_bbc_news(run: tuple[Simulation, SimResult]) -> None:
     sim, res = run
     assert sim.lm.spec.model == "minilm" and sim.lm.spec.targets == ("query", "value")
-    assert len(sim.train_data) == 1781 and len(sim.test_data) == CONFIG.max_eval
+    assert len(sim.train_data) == 1654 and len(sim.test_data) == CONFIG.max_eval  # deduped
     assert [r.phase for r in res.rounds[:3]] == ["train"] * 3
     losses = [r.mean_loss for r in res.rounds if r.mean_loss is not None]
     assert len(losses) == 3 and losses[2] < losses[0]
