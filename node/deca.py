@@ -40,7 +40,8 @@ at its round's mix checks the size exactly. A node far behind cannot take a
 neighbour's state (it is the whole model): `take_state` refuses and it goes on from
 its own. The consensus finish mixes the block of each gossip-only round (blocks go on
 cycling by round number); the daemon's stopping test compares the active block.
-Robust mixing and gradient tracking are refused (`methods.combination_problem`).
+Robust mixing and gradient tracking are refused (`methods.combination_problem`), and
+so is `gossip_steps` > 1 (`methods.gossip_steps_problem`: blocks switch by message count).
 """
 
 from __future__ import annotations

@@ -74,6 +74,21 @@ def combination_problem(
     return ""
 
 
+def gossip_steps_problem(method: str, exchanges_per_round: int) -> str:
+    """'' when `method` works with `exchanges_per_round` exchanges a training round,
+    else the one-line reason. DECA moves to the next block by its message count
+    (`deca.DecaNode.outgoing`), so the gossip-only exchanges after a block's last
+    training round would mix the next block instead: refused. Kill-and-Revive needs
+    nothing: its revives go by the training round, and a gossip-only exchange sends
+    every module, as in the consensus finish."""
+    if method == "deca" and exchanges_per_round > 1:
+        return (
+            "--method deca cannot be combined with --gossip-steps > 1 (its blocks switch "
+            "by message count, not by training round)"
+        )
+    return ""
+
+
 def freeze_lora_a(model: nn.Module) -> int:
     """Freeze every LoRA A factor of a PEFT model in place (ConLoRA); the count frozen.
 

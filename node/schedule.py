@@ -6,6 +6,11 @@ A position on the schedule is an optimizer step counted over the planned run
 that skipped rounds or took a neighbour's state lands at the same learning rate as
 its neighbours. Pure arithmetic; no torch.
 
+Rounds here are TRAINING rounds. With `gossip_steps` G > 1 a training round takes G
+exchanges (`Recipe.exchanges_per_round`) and the daemon's round number counts
+exchanges: exchange `e` (1-based) trains iff `is_training_exchange(e, G)` (the first
+of each group of G) and belongs to training round `training_round(e, G)`.
+
 - warmup: step `s < warmup_steps` runs at `(s + 1) / warmup_steps` of the peak lr;
 - decay (linear, cosine) runs from the peak at `warmup_steps` toward 0 at
   `total_steps`; a step at or past `total_steps` runs at 0;
@@ -60,3 +65,14 @@ class Schedule:
 def at_round(round_number: int, local_steps: int) -> int:
     """The schedule position of the first local step of round `round_number` (1-based)."""
     return max(round_number - 1, 0) * local_steps
+
+
+def is_training_exchange(exchange: int, per_round: int) -> bool:
+    """Whether exchange `exchange` (1-based) follows K local steps: the first of each
+    group of `per_round` exchanges; the others only mix."""
+    return (exchange - 1) % per_round == 0
+
+
+def training_round(exchange: int, per_round: int) -> int:
+    """The training round (1-based) exchange `exchange` (1-based) belongs to."""
+    return (max(exchange, 1) - 1) // per_round + 1

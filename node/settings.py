@@ -25,6 +25,7 @@ from pydantic_settings import (
 )
 
 from declora.node.identity import node_id_problem
+from declora.node.methods import gossip_steps_problem
 from declora.node.recipe import Recipe
 from declora.node.security import TlsFiles
 
@@ -134,7 +135,7 @@ class NodeSettings(BaseSettings, Recipe):
         description="checkpoints, rounds.jsonl and the final adapter",
         json_schema_extra={"default_text": "declora-state/<node-id>"},
     )
-    checkpoint_every: int = Field(5, ge=1, description="rounds between checkpoints")
+    checkpoint_every: int = Field(5, ge=1, description="training rounds between checkpoints")
     resume: bool = Field(False, description="continue from the latest checkpoint")
     # operations
     metrics_port: int = Field(0, ge=0, le=65535, description="0 = no metrics endpoint")
@@ -242,6 +243,9 @@ class NodeSettings(BaseSettings, Recipe):
         if self.solo and (self.peers or self.mdns):
             raise ValueError("--solo trains alone: drop --peers and --mdns, or drop --solo")
         self.tls()  # TlsError is a ValueError: reported like any bad option
+        problem = gossip_steps_problem(self.method, self.exchanges_per_round)
+        if problem:
+            raise ValueError(problem)
         return self
 
     def tls(self) -> TlsFiles | None:

@@ -151,27 +151,30 @@ def test_static_swarm_trains_agrees_and_saves_peft(cluster: Cluster, n: int) -> 
 
 
 @pytest.mark.parametrize(
-    ("codec", "tracking"),
-    [("fp32", False), ("q8", False), ("q8", True)],
-    ids=["fp32", "q8", "q8+gt"],
+    ("codec", "tracking", "gossip_steps"),
+    [("fp32", False, 1), ("q8", False, 1), ("q8", True, 1), ("q8", True, 2)],
+    ids=["fp32", "q8", "q8+gt", "q8+gt+2-gossip-steps"],
 )
-def test_daemons_match_simulator(cluster: Cluster, data: Path, codec: str, tracking: bool) -> None:
+def test_daemons_match_simulator(
+    cluster: Cluster, data: Path, codec: str, tracking: bool, gossip_steps: int
+) -> None:
     """Same seed, data, partition and flags: each daemon ends with its virtual node's
     adapter (measured bit-identical for fp32 and q8, whose rounding rngs are per node),
-    with gradient tracking too (its z messages share that rng)."""
+    with gradient tracking too (its z messages share that rng), and with 2 exchanges a
+    training round (the daemons' round numbers count exchanges)."""
     import torch
     from safetensors.torch import load_file
 
     from declora.node.checkpoint import peft_tensors_to_vector
     from declora.node.simulator import SimConfig, Simulation
 
-    rounds, scheme = 6, "dirichlet:1.0"
+    rounds, scheme = 6 // gossip_steps, "dirichlet:1.0"
     nodes = cluster.static(
         3,
         ring(3),
         f"--rounds {rounds} --consensus-rounds 0 --codec {codec} --partition-scheme {scheme} "
-        "--eval-every 0 --round-deadline 60".split()
-        + (["--gradient-tracking"] if tracking else []),
+        f"--eval-every 0 --round-deadline 60 --swarm-size 3 --gossip-steps {gossip_steps}".split()
+        + (["--gradient-tracking"] if tracking else ["--no-gradient-tracking"]),
     )
     for node in nodes:
         node.start()
@@ -194,6 +197,8 @@ def test_daemons_match_simulator(cluster: Cluster, data: Path, codec: str, track
         centralized=False,
         threads=1,
         gradient_tracking=tracking,
+        swarm_size=3,
+        gossip_steps=gossip_steps,
     )
     threads = torch.get_num_threads()
     try:
@@ -204,15 +209,17 @@ def test_daemons_match_simulator(cluster: Cluster, data: Path, codec: str, track
     codes = cluster.wait_exit(nodes, START + RUN)
     if codes != [0, 0, 0]:
         cluster.fail(f"exit codes {codes}, expected all 0")
+    exchanges = rounds * gossip_steps  # the daemon's round numbers
     for i, node in enumerate(nodes):
-        done = rf"round {rounds} done in \S+: loss \S+, 2 live neighbours"
+        done = rf"round {exchanges} done in \S+: loss \S+, 2 live neighbours"
         assert re.search(done, node.log()), cluster.report()
-        assert "left the live set" not in node.log().split(f"round {rounds} done")[0]
+        assert "left the live set" not in node.log().split(f"round {exchanges} done")[0]
         tensors = load_file(str(final_adapter(node) / "adapter_model.safetensors"))
         got = peft_tensors_to_vector(tensors, sim.lm.schema)
         want = sim.nodes[i].vector()
         diff = np.max(np.abs(got - want))
-        print(f"{codec} tracking={tracking} {node.node_id}: max |daemon - sim| = {diff:.3e}")
+        case = f"{codec} tracking={tracking} gossip_steps={gossip_steps}"
+        print(f"{case} {node.node_id}: max |daemon - sim| = {diff:.3e}")
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=node.node_id)
         assert np.abs(want - sim.nodes[i].initial).max() > 1e-2, "the adapter never trained"
         tracker = sim.nodes[i].tracker

@@ -4,6 +4,7 @@ exchange, wired through an in-memory transport (`memory_transport`), no sockets.
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -364,3 +365,77 @@ def test_node_ids_are_bounded() -> None:
     assert node_id_problem("lab-0") == "" and node_id_problem("node-127.0.0.1-7070") == ""
     with pytest.raises(ValidationError):
         NodeSettings(node_id="x" * 300)
+
+
+# ---------------------------------------------------------------- gossip steps
+
+
+def test_exchange_numbers_map_to_training_rounds() -> None:
+    from declora.node.schedule import is_training_exchange, training_round
+
+    assert [is_training_exchange(e, 1) for e in (1, 2, 3)] == [True, True, True]
+    assert [training_round(e, 1) for e in (1, 2, 3)] == [1, 2, 3]
+    trains = [e for e in range(1, 10) if is_training_exchange(e, 3)]
+    assert trains == [1, 4, 7]
+    assert [training_round(e, 3) for e in range(1, 10)] == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+
+
+def test_deca_refuses_gossip_steps(synthetic_jsonl: Path) -> None:
+    with pytest.raises(ValidationError, match="--method deca cannot be combined with --gossip"):
+        settings("a", synthetic_jsonl, 0, [], method="deca", gossip_steps=2)
+    assert settings("a", synthetic_jsonl, 0, [], method="kill-revive", gossip_steps=2)
+
+
+def test_gossip_steps_daemons_match_simulator(
+    synthetic_jsonl: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gossip_steps 2, 2 training rounds: each daemon runs exchanges 1-4, trains at 1
+    and 3 (training rounds 1 and 2, so the lr schedule's), evaluates and checkpoints
+    after 2 and 4, and ends with its virtual node's adapter, bit for bit."""
+    import json
+
+    from declora.node.simulator import SimConfig, Simulation
+
+    monkeypatch.chdir(tmp_path)  # each node's state dir: declora-state/<node-id>
+    recipe: dict[str, object] = {"rounds": 2, "gossip_steps": 2, "swarm_size": 2}
+    recipe |= {"consensus_rounds": 0, "gradient_tracking": True, "lr_schedule": "cosine"}
+    (da, db), (a, b) = pair(synthetic_jsonl, round_deadline=60.0, checkpoint_every=1, **recipe)
+    assert a.handshaker.recipe["gossip_steps"] == "2"
+    trained: dict[str, list[int]] = {"a": [], "b": []}
+    one_at_a_time = threading.Lock()  # torch's global rng (dropout) is per process
+    for p in (a, b):
+        train = p.node.train
+
+        def spy(steps: int, stop: object, r: int, name: str = p.settings.node_id, f=train) -> float:
+            trained[name].append(r)
+            with one_at_a_time:
+                return f(steps, stop, r)
+
+        p.node.train = spy  # type: ignore[method-assign]
+
+    async def go() -> None:
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+        assert da.rounds is not None and db.rounds is not None
+        await asyncio.gather(da.rounds.train_loop(), db.rounds.train_loop())
+
+    asyncio.run(go())
+    cfg = SimConfig(
+        model=TINY_SPEC.model, data=str(synthetic_jsonl), nodes=2, topology="complete",
+        rank=TINY_SPEC.rank, alpha=TINY_SPEC.alpha, max_length=TINY_SPEC.max_length,
+        partition_scheme="iid", local_steps=2, lr=0.05, centralized=False, **recipe,  # type: ignore[arg-type]
+    )  # fmt: skip
+    sim = Simulation(cfg)
+    sim.run()
+    assert trained == {"a": [1, 2], "b": [1, 2]}
+    for i, p in enumerate((a, b)):
+        assert p.progress.round == 4 and p.node.trainer.step == 4
+        history = [json.loads(line) for line in (p.settings.state_dir / "rounds.jsonl").open()]
+        assert [(e["round"], e["phase"]) for e in history] == [
+            (1, "train"), (2, "gossip"), (3, "train"), (4, "gossip"), (4, "final")
+        ]  # fmt: skip
+        assert [e["eval"] is not None for e in history] == [False, True, False, True, True]
+        assert p.node.tracker is not None and np.abs(p.node.tracker.correction()).max() > 0
+        np.testing.assert_array_equal(p.node.vector(), sim.nodes[i].vector())
+    assert sorted(c.name for c in (a.settings.state_dir).glob("ckpt-*")) == [
+        "ckpt-00000002", "ckpt-00000004"
+    ]  # fmt: skip

@@ -479,3 +479,28 @@ def test_the_daemon_places_its_round_on_the_schedule(synthetic_jsonl: Path) -> N
     plan = a.settings.schedule()
     assert used[0] == used[1] == [0.05 * plan.factor(s) for s in (4, 5)]  # round 3, K = 2
     assert a.progress.round == 3 and a.node.trainer.step == 2  # not the trainer's own count
+
+
+def test_a_node_mid_group_goes_on_with_its_exchange_number(synthetic_jsonl: Path) -> None:
+    """gossip_steps 2: a node put at exchange 3 (a catch-up, a resume) only mixes at
+    exchange 4, then trains at exchange 5, on training round 3's place on the schedule."""
+    from test_daemon_parts import pair
+
+    recipe = {"lr_schedule": "cosine", "rounds": 4, "warmup_steps": 1, "gossip_steps": 2}
+    (da, db), (a, b) = pair(synthetic_jsonl, **recipe)
+    used = [lrs_used(p.node.trainer) for p in (a, b)]
+    for p in (a, b):
+        p.progress.round = 3
+
+    async def go() -> list[int]:
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+        steps = []
+        for _ in range(2):
+            await asyncio.gather(da.run_round(a, train=True), db.run_round(b, train=True))
+            steps.append(a.node.trainer.step)
+        return steps
+
+    assert asyncio.run(go()) == [0, 2]  # exchange 4 only mixed, exchange 5 trained
+    plan = a.settings.schedule()
+    assert used[0] == used[1] == [0.05 * plan.factor(s) for s in (4, 5)]  # round 3, K = 2
+    assert a.progress.round == b.progress.round == 5

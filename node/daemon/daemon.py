@@ -8,7 +8,7 @@ all have arrived or `round_deadline` passes, mix with Metropolis-Hastings weight
 Invariants callers may rely on:
 - `await Daemon(settings).run()` returns the process exit code;
 - checkpoints are written atomically (see `checkpoint`) every `checkpoint_every`
-  rounds and at exit; SIGTERM/SIGINT finish the current step, tell neighbours,
+  training rounds and at exit; SIGTERM/SIGINT finish the current step, tell neighbours,
   checkpoint and exit 0; a second signal exits at once (130);
 - after the last training round, gossip-only rounds (the consensus finish) run
   until every live neighbour is within `consensus_tol`, then the final adapter is

@@ -133,9 +133,9 @@ def build_parts(
         fingerprint=lm.fingerprint,
         listen_address=s.advertise,
         codec=s.codec,
-        total_rounds=s.rounds,
+        total_rounds=s.rounds * s.exchanges_per_round,  # round numbers count exchanges
         auth=auth_mode(transport.tls is not None, auth.secret is not None),
-        gradient_tracking=s.gradient_tracking,
+        gradient_tracking=bool(s.gradient_tracking),  # resolved: never None
     )
     return Parts(
         s,

@@ -2,13 +2,22 @@
 
 Invariants callers may rely on:
 - a round is: (when far behind) a catch-up, alignment, K local steps, one exchange;
+- with `gossip_steps` G > 1 the round number (`progress.round`: messages,
+  checkpoints, catch-up, status) counts exchanges: exchange e trains only when
+  `schedule.is_training_exchange(e, G)` (e = 1, G + 1, 2G + 1, ...), at training
+  round `schedule.training_round(e, G)` (the lr schedule and Kill-and-Revive's revives
+  go by it); the other exchanges only mix (no tracking message), as in the simulator.
+  A node that resumed or caught up mid-group simply goes on with its exchange number;
+- `rounds` counts training rounds: the train loop ends at exchange `rounds` x G;
 - if training goes non-finite the node rolls back to the state before the round's
   steps (adapter, public copy, correction, optimizer) and drops the neighbours whose
   payloads its last mix used; it never exits because of what a peer sent;
 - after the last training round, gossip-only rounds run until every live neighbour
   is within `consensus_tol` (at most `consensus_rounds`), then a final evaluation;
-- every completed round is appended to the history and checkpoints are written every
-  `checkpoint_every` rounds (`persistence`).
+- every completed round is appended to the history (phase "train", or "gossip" for
+  an exchange that only mixed); `eval_every` and `checkpoint_every` count training
+  rounds: evaluation and checkpoints come after the last exchange of every N-th
+  training round, i.e. at exchanges that are multiples of N x G (`persistence`).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from declora.node.daemon.state import NodeState
 from declora.node.dec_lora import DecLoraNode, NodeSnapshot
 from declora.node.gossip import GossipError
 from declora.node.metrics import NodeMetrics
+from declora.node.schedule import is_training_exchange, training_round
 from declora.node.wire import WireError
 
 log = logging.getLogger(__name__)
@@ -74,8 +84,10 @@ class RoundLoop:
             why = exc.reason if isinstance(exc, WireError) else str(exc)
             log.warning("could not take a neighbour's state (%s): going on from our own", why)
 
-    async def run_round(self, train: bool) -> None:
-        """Train K local steps (unless `train` is false), then one exchange and mix."""
+    async def run_round(self, train: bool) -> bool:
+        """One exchange and mix, after K local steps when `train` is true and the
+        exchange number says so (`is_training_exchange`); false: gossip only (the
+        consensus finish). Whether it trained."""
         parts = self.parts
         progress, report, metrics = self.progress, self.report, self.metrics
         if parts.transfer.far_behind() and time.monotonic() >= self._next_catch_up:
@@ -91,11 +103,16 @@ class RoundLoop:
         r = progress.round + 1
         logs.set_round(r)
         t0 = time.perf_counter()
+        per_round = self.settings.exchanges_per_round
+        train = train and is_training_exchange(r, per_round)
         if train:
             progress.state = NodeState.TRAINING
             good = TrainerSnapshot.of(parts.node)
             report.loss = await asyncio.to_thread(
-                parts.node.train, self.settings.local_steps, lambda: progress.stop_requested, r
+                parts.node.train,
+                self.settings.local_steps,
+                lambda: progress.stop_requested,
+                training_round(r, per_round),
             )
             if not (np.isfinite(report.loss) and parts.node.is_finite()):
                 self._roll_back(good)
@@ -116,6 +133,7 @@ class RoundLoop:
             len(parts.peers.live),
             report.self_weight,
         )
+        return train
 
     def _roll_back(self, good: TrainerSnapshot) -> None:
         """Training went non-finite: back to the state before it, and drop the
@@ -132,14 +150,18 @@ class RoundLoop:
         self.report.loss = float("nan")
 
     async def train_loop(self) -> None:
+        """Training rounds (`rounds` of them: `rounds` x G exchanges; 0 = until
+        stopped), then the consensus finish and the final evaluation."""
         s, progress, parts = self.settings, self.progress, self.parts
-        while not progress.stop_requested and (s.rounds == 0 or progress.round < s.rounds):
-            await self.run_round(train=True)
-            evaluated = bool(s.eval_every and progress.round % s.eval_every == 0)
+        per_round = s.exchanges_per_round
+        last = s.rounds * per_round
+        while not progress.stop_requested and (s.rounds == 0 or progress.round < last):
+            trained = await self.run_round(train=True)
+            evaluated = bool(s.eval_every and progress.round % (s.eval_every * per_round) == 0)
             if evaluated:
                 await self.evaluate()
-            self.store.record("train", evaluated)
-            if progress.round % s.checkpoint_every == 0:
+            self.store.record("train" if trained else "gossip", evaluated)
+            if progress.round % (s.checkpoint_every * per_round) == 0:
                 await asyncio.to_thread(self.store.save_checkpoint)
         if progress.stop_requested:
             return
