@@ -279,7 +279,11 @@ def simulate(
 @app.command()
 def experiment(
     task: Annotated[
-        str, typer.Option(help="cls: the paper's grid (MiniLM); lm: the causal-LM grid (SmolLM2).")
+        str,
+        typer.Option(
+            help="cls: the paper's grid (MiniLM); lm: the causal-LM grid (SmolLM2); swarm: "
+            "the generalization study (4 topologies x 3 seeds, chosen on validation)."
+        ),
     ] = "cls",
     output: Annotated[
         Path | None,
@@ -290,9 +294,18 @@ def experiment(
     table: Annotated[
         bool, typer.Option("--table", help="Only rebuild table.md from finished runs.")
     ] = False,
+    workers: Annotated[
+        int, typer.Option(min=1, help="runs at a time (--task swarm; one thread each)")
+    ] = 2,
 ) -> None:
     """Reproduce a comparison of Dec-LoRA with centralized LoRA (resumable)."""
     from declora.cli.experiment import GRIDS, run_grid, write_table
+
+    if task == "swarm":
+        from declora.cli.generalization import SWARM_STUDY, run_study
+
+        typer.echo(run_study(SWARM_STUDY, output, workers, say=typer.echo))
+        return
 
     if task not in GRIDS:
         fail(f"--task must be one of {', '.join(GRIDS)}, got {task!r}")

@@ -23,7 +23,22 @@ from declora.node.report import markdown_table, plot, to_jsonable, write_json
 from declora.node.scores import score_for
 from declora.node.simulator import SimConfig, Simulation, describe_partition
 
+# The grids below were run before the adaptive recipe, the dedupe and the validation
+# split (issue 14, `cli/generalization.py`): they pin what they ran with, so their
+# committed results stay reproducible.
+PUBLISHED: dict[str, Any] = {
+    "gradient_tracking": False,
+    "gossip_steps": 1,
+    "swarm_size": 1,
+    "lr_schedule": "constant",
+    "warmup_steps": 0,
+    "dedupe": False,
+    "validation_fraction": 0.0,
+    "eval_before_consensus": True,
+}
+
 BASE = SimConfig(
+    **PUBLISHED,
     nodes=8,
     topology="ring",
     partition_scheme="dirichlet:0.1",
@@ -85,6 +100,7 @@ PAPER_GRID: dict[str, SimConfig] = {  # in the order they run: the targets first
 # before any run, not tuned: lr 1e-3 (a common LoRA rate for a 135M model at this
 # batch) with 2 warmup steps and cosine decay; centralized LoRA uses the same.
 LM_BASE = SimConfig(
+    **{**PUBLISHED, "lr_schedule": "cosine", "warmup_steps": 2},
     model="smollm2",
     task="lm",
     nodes=5,
@@ -96,8 +112,6 @@ LM_BASE = SimConfig(
     max_length=128,
     rank=8,
     lr=1e-3,
-    lr_schedule="cosine",
-    warmup_steps=2,
     codec="fp32",
     max_eval=32,
     eval_every=12,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import signal
 import socket
 import subprocess
@@ -55,13 +54,8 @@ class LabConfig(Recipe):
     rounds: int = Field(60, ge=1, description="training rounds")
     local_steps: int = Field(1, ge=1, description="K local steps a round")
     lr: float = Field(
-        SWARM_LR * 2,
-        gt=0,
-        le=1,
-        description="AdamW learning rate of every node",
-        json_schema_extra={"default_text": f"{SWARM_LR:g} x sqrt(nodes)"},
+        SWARM_LR, gt=0, le=1, description="AdamW learning rate; each node's is lr x sqrt(nodes)"
     )
-    gradient_tracking: bool = Field(True, description="gradient tracking on every node")
     max_eval: int = Field(200, ge=0, description="test examples each node evaluates on")
     eval_every: int = Field(20, ge=0, description="evaluate every N rounds (and at the end)")
     consensus_rounds: int = Field(50, ge=0, description="most gossip-only rounds at the end")
@@ -77,14 +71,11 @@ class LabConfig(Recipe):
     )
     timeout: float = Field(3600.0, gt=0, description="seconds before the lab gives up")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _scaled_lr(cls, data: Any) -> Any:
-        """`lr` not given: 4e-3 x sqrt(nodes), for the averaged model's larger batch."""
-        if isinstance(data, dict) and data.get("lr") is None:
-            nodes = data.get("nodes", cls.model_fields["nodes"].default)
-            data = {**data, "lr": round(SWARM_LR * math.sqrt(max(nodes, 1)), 6)}
-        return data
+    @model_validator(mode="after")
+    def _swarm_defaults(self) -> LabConfig:
+        """`swarm_size` (lr x sqrt(nodes)) and `gossip_steps` from the lab's swarm."""
+        self.fill_swarm_defaults(self.nodes, self.topology)
+        return self
 
 
 @dataclass

@@ -8,6 +8,7 @@ diagonal) with a strictly positive diagonal, so for a connected graph
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable, Mapping
 from typing import TypeVar
 
@@ -138,6 +139,22 @@ def second_eigenvalue(w: np.ndarray) -> float:
 def spectral_gap(w: np.ndarray) -> float:
     """``1 - second_eigenvalue(w)``; positive iff gossip with ``w`` reaches consensus."""
     return 1.0 - second_eigenvalue(w)
+
+
+GOSSIP_CONTRACTION = 0.5  # a training round's exchanges shrink disagreement at least this much
+GOSSIP_STEPS_CAP = 4  # ...with at most this many exchanges a round
+
+
+def gossip_steps_for(w: np.ndarray) -> int:
+    """Exchanges per training round for mixing matrix `w`: the fewest g with
+    second_eigenvalue(w)^g <= GOSSIP_CONTRACTION, at most GOSSIP_STEPS_CAP (and 1 for
+    a graph that never mixes). A ring of 4 or a torus mixes fast enough in one
+    exchange or two; a ring of 8 or a star of 6 needs the cap."""
+    lam = second_eigenvalue(w)
+    if lam <= GOSSIP_CONTRACTION or lam >= 1.0 - 1e-9:
+        return 1
+    steps = math.ceil(math.log(GOSSIP_CONTRACTION) / math.log(lam) - 1e-9)
+    return int(min(max(steps, 1), GOSSIP_STEPS_CAP))
 
 
 def check_mixing_matrix(w: np.ndarray, atol: float = 1e-9) -> None:

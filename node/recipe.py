@@ -10,6 +10,7 @@ meaning. Bad values raise a ValidationError naming the option.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -22,7 +23,7 @@ from declora.node.data import (
     declared_labels,
     read_label_file,
 )
-from declora.node.methods import DEFAULT_METHOD, Method, combination_problem
+from declora.node.methods import DEFAULT_METHOD, Method, combination_problem, gossip_steps_problem
 from declora.node.schedule import DECAYING, LrSchedule, Schedule
 
 if TYPE_CHECKING:  # the trainer imports torch: not needed to read a configuration
@@ -32,6 +33,8 @@ Task = Literal["cls", "lm"]
 Quantize = Literal["none", "nf4", "fp4", "int8"]
 Precision = Literal["fp32", "bf16", "fp16"]
 LM_EVAL_CAP = 128  # held-out texts a causal LM evaluates on unless told (a forward pass each)
+WARMUP_SHARE = 0.1  # of a decaying schedule's steps warm up, unless --warmup-steps says
+MAX_GOSSIP_STEPS = 16
 
 
 class Recipe(BaseModel):
@@ -82,6 +85,13 @@ class Recipe(BaseModel):
         description="drop exact and near-duplicate texts (Jaccard >= 0.8 of word 5-grams) "
         "before the train/test split",
     )
+    validation_fraction: float = Field(
+        0.1,
+        ge=0,
+        le=0.5,
+        description="share of each node's training data held out for validation (model "
+        "selection; the test set is only for the final figure); 0 = none",
+    )
     partition_scheme: str = Field(
         "iid", description="how a dataset is shared out: iid, dirichlet:A, skew[:P], shards:K"
     )
@@ -116,13 +126,23 @@ class Recipe(BaseModel):
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in the backward pass (less memory, slower)"
     )
-    lr_schedule: LrSchedule = Field(
-        "constant",
-        description="constant, linear or cosine decay to 0 over rounds x local steps "
-        "(decay needs --rounds > 0); the default keeps the lr fixed",
+    swarm_size: int = Field(
+        0,
+        ge=0,
+        le=100_000,
+        description="the swarm's planned number of nodes: each node's lr is lr x "
+        "sqrt(swarm size) (0: no scaling; simulate and lab use --nodes)",
     )
-    warmup_steps: int = Field(
-        0, ge=0, description="optimizer steps of linear warmup from the start of round 1"
+    lr_schedule: LrSchedule | Literal["auto"] = Field(
+        "auto",
+        description="constant, linear or cosine decay to 0 over rounds x local steps "
+        "(decay needs --rounds > 0); auto: cosine when --rounds > 0, else constant",
+    )
+    warmup_steps: int | None = Field(
+        None,
+        ge=0,
+        description="optimizer steps of linear warmup from the start of round 1",
+        json_schema_extra={"default_text": f"{WARMUP_SHARE:.0%} of a decaying schedule"},
     )
     max_grad_norm: float = Field(0.0, ge=0, description="clip gradients to this norm (0 = off)")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
@@ -152,8 +172,17 @@ class Recipe(BaseModel):
         json_schema_extra={"default_text": "by codec"},
     )
     robust_mixing: str = Field("none", description="none, clip[:C] or trim[:F] (node/robust.py)")
-    gradient_tracking: bool = Field(
-        False, description="correct local steps toward the swarm's gradient (node/tracking.py)"
+    gradient_tracking: bool | None = Field(
+        None,
+        description="correct local steps toward the swarm's gradient (node/tracking.py); "
+        "default: on where the method and mixing allow it",
+    )
+    gossip_steps: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_GOSSIP_STEPS,
+        description="exchanges per training round (the extra ones only mix); default: "
+        "from the topology's spectral gap where it is known (simulate, lab), else 1",
     )
     consensus_rounds: int = Field(0, ge=0, description="gossip-only rounds after the last one")
     consensus_tol: float = Field(1e-3, gt=0, description="consensus finish stops below this")
@@ -211,6 +240,24 @@ class Recipe(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _resolve_defaults(self) -> Recipe:
+        """Fill in the adaptive defaults (`None`/"auto") from the other options, so a
+        dump of the recipe states every value a run used."""
+        if self.lr_schedule == "auto":
+            _fill(self, "lr_schedule", "cosine" if self.rounds > 0 else "constant")
+        if self.warmup_steps is None:
+            total = self.rounds * self.local_steps
+            decaying = self.lr_schedule in DECAYING and total > 1
+            warmup = min(math.ceil(WARMUP_SHARE * total), total - 1) if decaying else 0
+            _fill(self, "warmup_steps", warmup)
+        if self.gradient_tracking is None:
+            allowed = self.robust_mixing == "none" and not combination_problem(
+                self.method, self.codec, self.consensus_step, self.robust_mixing, True
+            )
+            _fill(self, "gradient_tracking", allowed)
+        return self
+
+    @model_validator(mode="after")
     def _recipe_ok(self) -> Recipe:
         if self.gradient_tracking and self.robust_mixing != "none":
             raise ValueError(
@@ -223,7 +270,7 @@ class Recipe(BaseModel):
                     f"--lr-schedule {self.lr_schedule} needs --rounds > 0: it decays over "
                     "rounds x local steps (use constant to train until stopped)"
                 )
-            if self.warmup_steps >= self.rounds * self.local_steps:
+            if (self.warmup_steps or 0) >= self.rounds * self.local_steps:
                 raise ValueError(
                     f"--warmup-steps {self.warmup_steps} leaves no step to decay over: "
                     f"rounds x local steps is {self.rounds * self.local_steps}"
@@ -240,11 +287,40 @@ class Recipe(BaseModel):
     @model_validator(mode="after")
     def _method_ok(self) -> Recipe:
         problem = combination_problem(
-            self.method, self.codec, self.consensus_step, self.robust_mixing, self.gradient_tracking
-        )
+            self.method,
+            self.codec,
+            self.consensus_step,
+            self.robust_mixing,
+            bool(self.gradient_tracking),
+        ) or gossip_steps_problem(self.method, self.exchanges_per_round)
         if problem:
             raise ValueError(problem)
         return self
+
+    def fill_swarm_defaults(self, nodes: int, topology: str, mixing: str = "mh") -> None:
+        """For a caller that knows the swarm (simulate, lab): `swarm_size` 0 becomes
+        `nodes`, `gossip_steps` unset comes from the topology's spectral gap
+        (`mixing.gossip_steps_for`). Call it from a validator."""
+        from declora.node.mixing import gossip_steps_for, mixing_matrix
+        from declora.node.topology import from_spec
+
+        if self.swarm_size == 0:
+            _fill(self, "swarm_size", nodes)
+        if self.gossip_steps is None:
+            topo = from_spec(topology, nodes, seed=self.seed)
+            steps = gossip_steps_for(mixing_matrix(mixing, topo))
+            _fill(self, "gossip_steps", 1 if gossip_steps_problem(self.method, steps) else steps)
+
+    @property
+    def node_lr(self) -> float:
+        """A node's learning rate: `lr` x sqrt(`swarm_size`); the averaged model steps
+        on a swarm-size times larger batch (a centralized reference trains at `lr`)."""
+        return self.lr * math.sqrt(max(self.swarm_size, 1))
+
+    @property
+    def exchanges_per_round(self) -> int:
+        """Exchanges a training round takes: 1, plus `gossip_steps` - 1 that only mix."""
+        return self.gossip_steps or 1
 
     @property
     def lora_alpha(self) -> int:
@@ -274,7 +350,8 @@ class Recipe(BaseModel):
         """The lr schedule over rounds x local steps; with `nodes` > 1 the centralized
         reference's, which takes `nodes` times the steps (and the warmup)."""
         total = self.rounds * self.local_steps * nodes
-        return Schedule(self.lr_schedule, self.warmup_steps * nodes, total)
+        kind = "constant" if self.lr_schedule == "auto" else self.lr_schedule
+        return Schedule(kind, (self.warmup_steps or 0) * nodes, total)
 
     def schedule_facts(self) -> dict[str, object]:
         """The schedule as nodes must agree on it: nothing for the default (constant, no
@@ -290,6 +367,19 @@ class Recipe(BaseModel):
             facts["rounds"] = self.rounds
         return facts
 
+    def agreed_facts(self) -> dict[str, object]:
+        """What nodes must agree on beyond the model: the schedule's span, and the
+        exchanges per round when more than one (round numbers count exchanges)."""
+        facts = self.schedule_facts()
+        if self.exchanges_per_round > 1:
+            facts["gossip_steps"] = self.exchanges_per_round
+        return facts
+
     def recipe(self) -> Recipe:
         """Just the recipe's fields (of a subclass's instance)."""
         return Recipe(**{k: getattr(self, k) for k in Recipe.model_fields})
+
+
+def _fill(model: BaseModel, name: str, value: object) -> None:
+    """Set a resolved default on a (possibly frozen) model during its validation."""
+    object.__setattr__(model, name, value)

@@ -33,7 +33,7 @@ def _score(res: dict[str, Any]) -> Score:
 
 
 def _header(score: Score) -> str:
-    best = "| best avg " if score.percent else ""
+    best = "| best avg (round picked on test) " if score.percent else ""
     return (
         f"| setting | final avg {best}| mean node | worst node | worst before finish | "
         "centralized | KiB sent/node | consensus dist. |\n" + "|---" * (8 + bool(best)) + "|\n"
@@ -56,11 +56,12 @@ def table_row(name: str, res: dict[str, Any]) -> str:
     train_rounds = [r for r in res["rounds"] if r["phase"] == "train"]
     dist = train_rounds[-1]["consensus_mean"] if train_rounds else 0.0
     best = f"| {show(final[f'best_average_{key}'])} " if score.percent else ""
+    before = final.get("before_consensus")
     return (
         f"| {name} | {show(final['average'][key])} {best}"
         f"| {show(_honest(final['after_consensus'], f'mean_{key}'))} "
         f"| {show(_honest(final['after_consensus'], f'worst_{key}'))} "
-        f"| {show(_honest(final['before_consensus'], f'worst_{key}'))} "
+        f"| {show(_honest(before, f'worst_{key}') if before else None)} "
         f"| {show((central.get('final') or {}).get(key))} "
         f"| {final['bytes_sent_per_node'] / 1024:,.0f} | {dist:.2e} |\n"
     )
@@ -93,7 +94,8 @@ def plot(res: dict[str, Any], path: Path, title: str = "") -> None:
         ax1.plot(*zip(*avg, strict=True), "k-", lw=2, label="Dec-LoRA average")
     for i in range(len(final.get("nodes", []))):
         pts = [(r["round"], r["nodes"][i][key]) for r in rounds if r.get("nodes")]
-        pts.append((last_train, final["nodes_before_consensus"][i][key]))
+        if "nodes_before_consensus" in final:
+            pts.append((last_train, final["nodes_before_consensus"][i][key]))
         pts.append((last, final["nodes"][i][key]))
         ax1.plot(*zip(*pts, strict=True), "-", alpha=0.4, lw=1, label="nodes" if i == 0 else None)
     central = res.get("centralized")

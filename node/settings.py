@@ -25,7 +25,6 @@ from pydantic_settings import (
 )
 
 from declora.node.identity import node_id_problem
-from declora.node.methods import gossip_steps_problem
 from declora.node.recipe import Recipe
 from declora.node.security import TlsFiles
 
@@ -243,9 +242,6 @@ class NodeSettings(BaseSettings, Recipe):
         if self.solo and (self.peers or self.mdns):
             raise ValueError("--solo trains alone: drop --peers and --mdns, or drop --solo")
         self.tls()  # TlsError is a ValueError: reported like any bad option
-        problem = gossip_steps_problem(self.method, self.exchanges_per_round)
-        if problem:
-            raise ValueError(problem)
         return self
 
     def tls(self) -> TlsFiles | None:

@@ -61,6 +61,9 @@ class SimConfig(Recipe):
     node_eval_every: int = Field(5, ge=1, description="evaluate every node every N rounds")
     max_train: int = Field(0, ge=0, description="cap on training examples (0 = all)")
     centralized: bool = Field(True, description="also train centralized LoRA on the same samples")
+    eval_before_consensus: bool = Field(
+        True, description="also evaluate every node before the consensus finish"
+    )
     threads: int | None = Field(None, ge=1, description="torch threads (default: torch's)")
     byzantine: Annotated[tuple[int, ...], NoDecode] = Field(
         (), description="indices of the attacking nodes, e.g. 0,4"
@@ -93,6 +96,13 @@ class SimConfig(Recipe):
             raise ValueError("byzantine: at least one node must be honest")
         if bool(self.byzantine) != (self.attack is not None):
             raise ValueError("byzantine and attack go together: give both or neither")
+        return self
+
+    @model_validator(mode="after")
+    def _swarm_defaults(self) -> SimConfig:
+        """`swarm_size` 0 is the simulated swarm's; `gossip_steps` unset comes from the
+        topology's spectral gap (`mixing.gossip_steps_for`)."""
+        self.fill_swarm_defaults(self.nodes, self.topology, self.mixing)
         return self
 
     @field_validator("mixing")
@@ -184,6 +194,7 @@ class Simulation:
         test_enc = work.encoded_test()
         assert test_enc is not None, "the simulator needs a test set"
         self.test_enc: Encoded = test_enc
+        self.validation_enc = work.encoded_validation()
         self.weights = _weights_for(self.topology, cfg.mixing)
         self.honest = [i for i in range(cfg.nodes) if i not in cfg.byzantine]
         self.attacks: dict[int, tuple[Attack, np.random.Generator]] = {
@@ -235,6 +246,24 @@ class Simulation:
     def _eval_nodes(self) -> list[dict[str, float]]:
         return [self.lm.evaluate(n.model_vector(), self.test_enc) for n in self.nodes]
 
+    def _final_evaluation(self, result: SimResult) -> list[dict[str, float]]:
+        """Every node and the average on the test set (cls: which examples each got
+        right, as 0/1 text, in `result.final["correct"]`) and on the validation rows."""
+        per_node, correct = [], []
+        for vec in [n.model_vector() for n in self.nodes] + [self.average()]:
+            metrics, right = self.lm.evaluate_examples(vec, self.test_enc)
+            per_node.append(metrics)
+            if right is not None:
+                correct.append("".join("1" if x else "0" for x in right))
+        result.final["average"] = per_node.pop()
+        if correct:
+            result.final["correct"] = {"nodes": correct[:-1], "average": correct[-1]}
+        if self.validation_enc is not None:
+            val = [self.lm.evaluate(n.model_vector(), self.validation_enc) for n in self.nodes]
+            result.final["validation"] = _summary(val, self.honest, self.score)
+            result.final["validation_examples"] = len(self.validation_enc)
+        return per_node
+
     def run(self, progress: ProgressFn | None = None) -> SimResult:
         cfg = self.cfg
         counts = _counts(self)
@@ -253,7 +282,7 @@ class Simulation:
             t0 = time.perf_counter()
             losses = [node.train(cfg.local_steps, round_number=r) for node in self.nodes]
             t1 = time.perf_counter()
-            sent = self._gossip_round()
+            sent = sum(self._gossip_round() for _ in range(cfg.exchanges_per_round))
             t2 = time.perf_counter()
             rec = self._record(r, "train", float(np.mean(losses)), sent, t2 - t0, t2 - t1)
             if r % cfg.eval_every == 0 or r == cfg.rounds:
@@ -263,16 +292,16 @@ class Simulation:
             result.rounds.append(rec)
             if progress:
                 progress("train", r, cfg.rounds)
-        before = self._eval_nodes()
-        result.final["before_consensus"] = _summary(before, self.honest, self.score)
-        result.final["nodes_before_consensus"] = before
+        if cfg.eval_before_consensus:
+            before = self._eval_nodes()
+            result.final["before_consensus"] = _summary(before, self.honest, self.score)
+            result.final["nodes_before_consensus"] = before
         self._consensus_finish(result, progress)
-        after = self._eval_nodes()
+        after = self._final_evaluation(result)
         result.final.update(
             {
                 "nodes": after,
                 "after_consensus": _summary(after, self.honest, self.score),
-                "average": self.lm.evaluate(self.average(), self.test_enc),
                 f"best_average_{self.score.key}": self.score.best(
                     r.average[self.score.key] for r in result.rounds if r.average
                 )
@@ -317,10 +346,14 @@ class Simulation:
         return RoundRecord(r, phase, loss, mean_d, max_d, sent, seconds, mix_seconds)
 
     def run_centralized(self, progress: ProgressFn | None = None) -> dict[str, Any]:
-        """One adapter, the union of the nodes' data, the swarm's number of samples."""
+        """One adapter, the union of the nodes' data, the swarm's number of samples.
+        Its curve is on the validation rows (the test set when there are none); its
+        final figures on the test set (cls: which examples it got right, as 0/1 text,
+        in "correct") and on the validation rows."""
         cfg = self.cfg
         trainer = self.workload.centralized_trainer()
         steps = self.workload.centralized_steps()
+        watch = self.validation_enc if self.validation_enc is not None else self.test_enc
         curve = []
         chunk = max(1, -(-steps // CENTRAL_EVALS))
         done = 0
@@ -329,19 +362,25 @@ class Simulation:
             k = min(chunk, steps - done)
             trainer.train_steps(k)
             done += k
-            curve.append({"step": done, **self.lm.evaluate(model_vector(trainer), self.test_enc)})
+            curve.append({"step": done, **self.lm.evaluate(model_vector(trainer), watch)})
             if progress:
                 progress("centralized", done, steps)
-        return {
+        seconds = time.perf_counter() - t0
+        final, right = self.lm.evaluate_examples(model_vector(trainer), self.test_enc)
+        out: dict[str, Any] = {
             "steps": steps,
             "batch_size": cfg.batch_size,
-            "seconds": time.perf_counter() - t0,
+            "lr": cfg.lr,
+            "seconds": seconds,
+            "curve_on": "validation" if self.validation_enc is not None else "test",
             "curve": curve,
-            "final": curve[-1] if curve else self.lm.evaluate(model_vector(trainer), self.test_enc),
-            f"best_{self.score.key}": self.score.best(c[self.score.key] for c in curve)
-            if curve
-            else float("nan"),
+            "final": final,
         }
+        if right is not None:
+            out["correct"] = "".join("1" if x else "0" for x in right)
+        if self.validation_enc is not None:
+            out["validation"] = curve[-1] if curve else {}
+        return out
 
 
 def _summary(per_node: list[dict[str, float]], honest: list[int], score: Score) -> dict[str, float]:

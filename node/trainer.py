@@ -237,6 +237,13 @@ class LoraModel:
         The loss is the mean over examples (cls) or over every target token (lm: each
         batch's mean weighted by its number of labelled next tokens), so an LM's
         perplexity does not depend on the batch size or on how long each example is."""
+        return self.evaluate_examples(vec, data, batch_size)[0]
+
+    def evaluate_examples(
+        self, vec: np.ndarray, data: Encoded, batch_size: int = 64
+    ) -> tuple[dict[str, float], np.ndarray | None]:
+        """`evaluate`'s figures and, for cls, whether each example was predicted
+        right (a bool array in `data`'s order; None for lm)."""
         with self.using(vec):
             self.model.eval()
             losses, preds = [], []
@@ -256,9 +263,11 @@ class LoraModel:
                     preds.append(out.logits.float().argmax(-1).cpu())
         loss = sum(losses) / max(sum(weights), 1)
         if self.task != "cls":
-            return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+            return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}, None
         pred = torch.cat(preds).numpy()
-        return {"loss": loss, **classification_metrics(pred, data.labels.numpy(), self.num_labels)}
+        truth = data.labels.numpy()
+        metrics = {"loss": loss, **classification_metrics(pred, truth, self.num_labels)}
+        return metrics, pred == truth
 
     def base_record(self) -> dict[str, object]:
         """Where the base came from: name, hub id, local path, file hash, weight digest.

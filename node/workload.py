@@ -4,10 +4,11 @@ centralized reference and the benchmarks.
 For a recipe and a number of nodes, `Workload` holds the train/test split, each
 node's share of the training data (`partition_scheme`, seeded by the recipe's seed),
 the test set capped at `eval_cap` examples (a seeded choice, the same everywhere),
-and the model. Node `i` trains with the seed `node_seed(seed, i)` on its share; the
-centralized reference trains one adapter on the union of the shares with the seed
-itself (its lr schedule spans the swarm's total steps). Two callers with the same
-recipe therefore build the same nodes.
+the validation rows (`validation_fraction` of every share, held out from training:
+model selection never looks at the test set), and the model. Node `i` trains with
+the seed `node_seed(seed, i)` on its share; the centralized reference trains one
+adapter on the union of the shares with the seed itself (its lr schedule spans the
+swarm's total steps). Two callers with the same recipe therefore build the same nodes.
 
 Causal-LM rows are read in `data_format` (node/lm_data.py). Packed text (`packing`)
 becomes blocks that are not rows, so each node's share, and the reference's union,
@@ -56,6 +57,7 @@ class Workload:
     test: TextDataset
     parts: list[np.ndarray]
     lm: LoraModel
+    validation_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     _encoded: dict[str, Encoded] = field(default_factory=dict)
 
     def encoded_train(self) -> Encoded:
@@ -70,6 +72,14 @@ class Workload:
         if "test" not in self._encoded:
             self._encoded["test"] = self._encode(self.test)
         return self._encoded["test"]
+
+    def encoded_validation(self) -> Encoded | None:
+        """The validation rows (carved from every node's share), tokenized once."""
+        if not len(self.validation_rows):
+            return None
+        if "validation" not in self._encoded:
+            self._encoded["validation"] = self._encoded_rows(self.validation_rows)
+        return self._encoded["validation"]
 
     def _encode(self, data: TextDataset) -> Encoded:
         return self.lm.encode(data, packing=self.recipe.packing)
@@ -86,16 +96,18 @@ class Workload:
 
     def _trainer(self, rows: np.ndarray, seed: int, nodes: int = 1) -> LocalTrainer:
         """A trainer on `rows` with the recipe's training options; its lr schedule
-        spans `nodes` x rounds x local steps (`Recipe.schedule`)."""
+        spans `nodes` x rounds x local steps (`Recipe.schedule`). A node trains at
+        `Recipe.node_lr`, the centralized reference (`nodes` > 1) at `lr`."""
         r = self.recipe
+        lr = r.lr if nodes > 1 else r.node_lr
         if isinstance(self.lm, BlockModel):  # DECA: full fine-tuning, block by block
             return BlockTrainer(
-                self.lm, self._encoded_rows(rows), r.lr, r.batch_size, seed, r.weight_decay,
+                self.lm, self._encoded_rows(rows), lr, r.batch_size, seed, r.weight_decay,
                 grad_accumulation=r.grad_accumulation, max_grad_norm=r.max_grad_norm,
                 schedule=r.schedule(nodes),
             )  # fmt: skip
         return LocalTrainer(
-            self.lm, self._encoded_rows(rows), r.lr, r.batch_size, seed, r.weight_decay,
+            self.lm, self._encoded_rows(rows), lr, r.batch_size, seed, r.weight_decay,
             grad_accumulation=r.grad_accumulation, max_grad_norm=r.max_grad_norm,
             schedule=r.schedule(nodes),
         )  # fmt: skip
@@ -165,11 +177,26 @@ def load_workload(
         parts = partition(recipe.partition_scheme, labels, nodes, seed=recipe.seed)
     else:
         parts = [np.arange(len(train))]
+    parts, validation = carve_validation(parts, recipe.validation_fraction, recipe.seed)
     if lm is None:
         names = train.label_names if cls else ()
         lm = (BlockModel if recipe.method == "deca" else LoraModel)(
             recipe.lora_spec(), num_labels=max(train.num_labels, 2), device=device,
             label_names=names if len(names) >= 2 else (), precision=recipe.precision,
-            gradient_checkpointing=recipe.gradient_checkpointing, agreed=recipe.schedule_facts(),
+            gradient_checkpointing=recipe.gradient_checkpointing, agreed=recipe.agreed_facts(),
         )  # fmt: skip
-    return Workload(recipe, nodes, train, test, parts, lm)
+    return Workload(recipe, nodes, train, test, parts, lm, validation)
+
+
+def carve_validation(
+    parts: list[np.ndarray], fraction: float, seed: int
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Hold out `fraction` of every share (a seeded choice; each keeps >= 1 row to
+    train on): the shares that remain and the sorted union of the held-out rows."""
+    kept, held = [], []
+    for i, rows in enumerate(parts):
+        n = min(round(len(rows) * fraction), max(len(rows) - 1, 0))
+        order = np.random.default_rng([seed, i, 0x7A1]).permutation(len(rows))
+        held.append(rows[order[:n]])
+        kept.append(np.sort(rows[order[n:]]))
+    return kept, np.sort(np.concatenate(held)).astype(np.int64) if held else np.zeros(0, np.int64)

@@ -59,6 +59,13 @@ def tiny_sim_config(data: Path, **changes: object) -> SimConfig:
         "alpha": TINY_SPEC.alpha,
         "max_length": TINY_SPEC.max_length,
         "node_eval_every": 2,
+        # Dec-LoRA as published (the tests count its bytes and rounds); the adaptive
+        # defaults have their own tests (tests/test_swarm_recipe.py)
+        "gradient_tracking": False,
+        "gossip_steps": 1,
+        "swarm_size": 1,
+        "lr_schedule": "constant",
+        "validation_fraction": 0.0,
     }
     return SimConfig.model_validate({**base, **changes})
 

@@ -142,11 +142,18 @@ def test_lab_nodes_get_the_whole_recipe_and_wait_for_every_neighbour(tmp_path: P
     from declora.node.settings import NodeSettings
 
     cfg = LabConfig(nodes=3, model="tiny-bert")
-    assert cfg.lr == round(4e-3 * 3**0.5, 6) and cfg.gradient_tracking and cfg.local_steps == 1
+    assert cfg.node_lr == pytest.approx(cfg.lr * 3**0.5) and cfg.swarm_size == 3
+    assert cfg.gradient_tracking and cfg.local_steps == 1 and cfg.lr_schedule == "cosine"
+    assert cfg.gossip_steps == 1  # a ring of 3 is complete: one exchange mixes
     ring = node_config(cfg, 0, "127.0.0.1:7001", ["127.0.0.1:7002"], tmp_path, "s")
     settings = NodeSettings(**ring)
     assert settings.wanted_peers == 1 and settings.min_peers == -1
-    assert (settings.consensus_rounds, settings.lr) == (50, cfg.lr)
+    assert (settings.consensus_rounds, settings.node_lr) == (50, cfg.node_lr)
+    assert (settings.swarm_size, settings.warmup_steps) == (3, cfg.warmup_steps)
+    star = LabConfig(nodes=6, topology="star", model="tiny-bert")
+    assert (
+        NodeSettings(**node_config(star, 1, "127.0.0.1:7002", [], tmp_path, "s")).gossip_steps == 4
+    )
     alone = NodeSettings(**node_config(LabConfig(nodes=1), 0, "127.0.0.1:7001", [], tmp_path, "s"))
     assert alone.solo and alone.wanted_peers == 0
     assert summary_line("lab-0", 0.965, 0.97) == (

@@ -59,7 +59,9 @@ def test_check_hello_names_the_reason(changes: dict[str, object], reason: str) -
 
 
 def settings(name: str, data: Path, i: int, peers: list[str], **extra: object) -> NodeSettings:
-    options: dict[str, object] = {"round_deadline": 2.0, **extra}
+    # Dec-LoRA as published unless a test asks (the adaptive defaults: test_swarm_recipe)
+    plain = {"gradient_tracking": False, "validation_fraction": 0.0}
+    options: dict[str, object] = {"round_deadline": 2.0, **plain, **extra}
     return NodeSettings(
         node_id=name,
         swarm_id="parts",
@@ -399,6 +401,7 @@ def test_gossip_steps_daemons_match_simulator(
     monkeypatch.chdir(tmp_path)  # each node's state dir: declora-state/<node-id>
     recipe: dict[str, object] = {"rounds": 2, "gossip_steps": 2, "swarm_size": 2}
     recipe |= {"consensus_rounds": 0, "gradient_tracking": True, "lr_schedule": "cosine"}
+    recipe |= {"validation_fraction": 0.1}  # both hold out the same rows
     (da, db), (a, b) = pair(synthetic_jsonl, round_deadline=60.0, checkpoint_every=1, **recipe)
     assert a.handshaker.recipe["gossip_steps"] == "2"
     trained: dict[str, list[int]] = {"a": [], "b": []}

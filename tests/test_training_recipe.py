@@ -187,7 +187,7 @@ def test_simulator_passes_the_round(synthetic_jsonl: Path) -> None:
 
 def test_schedule_joins_the_fingerprint_and_names_the_option(synthetic_jsonl: Path) -> None:
     plain = load_workload(tiny_sim_config(synthetic_jsonl), 2).lm
-    cos_cfg = tiny_sim_config(synthetic_jsonl, lr_schedule="cosine")
+    cos_cfg = tiny_sim_config(synthetic_jsonl, lr_schedule="cosine", warmup_steps=0)
     cosine = load_workload(cos_cfg, 2).lm
     assert plain.identity == plain.spec.as_dict() | {"labels": list(plain.label_names)}
     assert cosine.fingerprint != plain.fingerprint

@@ -90,12 +90,13 @@ RECIPE_KEYS = (
     *("method", "deca_blocks", "deca_block_rounds"),  # DECA's only when it runs
     *("lora_dropout", "rslora", "dora", "quantize", "lr_schedule", "warmup_steps"),
     *("rounds", "local_steps"),  # the span of a schedule: compared when both state it
+    "gossip_steps",  # exchanges per round (`Recipe.agreed_facts`)
 )
 # the value of a key the spec omits when it is the default (see `LoraSpec.as_dict`,
-# `Recipe.schedule_facts`)
+# `Recipe.agreed_facts`)
 RECIPE_DEFAULTS = {
     **{"lora_dropout": "0.0", "rslora": "False", "dora": "False", "quantize": "none"},
-    **{"lr_schedule": "constant", "warmup_steps": "0"},
+    **{"lr_schedule": "constant", "warmup_steps": "0", "gossip_steps": "1"},
 }
 SCHEDULE_SPAN = ("rounds", "local_steps")
 
@@ -223,7 +224,7 @@ class Handshaker:
             node_id=s.node_id,
             swarm_id=s.swarm_id,
             fingerprint=self.fingerprint,
-            gradient_tracking=s.gradient_tracking,
+            gradient_tracking=bool(s.gradient_tracking),
             recipe=self.recipe,
         )
 

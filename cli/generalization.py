@@ -1,0 +1,293 @@
+"""Does parity with centralized LoRA hold where nobody tuned for it? (`experiment --task swarm`)
+
+Four swarms under Dirichlet(0.1) label skew: a ring of 8, a star of 6, G(12, 0.3)
+(resampled until connected) and a 4 x 4 torus. Rows, each on the same samples:
+
+- `plain`: Dec-LoRA as published (constant lr, no tracking, one exchange a round);
+- `recipe`: the defaults of `simulate`, `lab` and `start` (`Recipe`): gradient tracking,
+  warmup + cosine decay over the planned rounds, lr x sqrt(nodes), and as many
+  exchanges a round as the topology's spectral gap asks (`mixing.gossip_steps_for`);
+- `recipe-q4`: the recipe with 4-bit messages;
+- `central`: one adapter on the union of the nodes' shares, the swarm's total steps.
+
+Selection (phase 1, seed 0) reads validation figures only (10% of every node's
+share, held out from training; `Workload.validation_rows`): `plain` and `recipe`
+pick lr and K on the ring of 8 (the other settings are not tuned on); every
+setting's centralized reference picks its lr. Rounds follow from K: every node takes
+`STEPS` local steps. Phase 2 runs every row on every setting with seeds 0, 1, 2 at
+the chosen values; the table reports the final round after the consensus finish,
+mean ± std over seeds and a 95% bootstrap interval over seeds and test examples
+(`node/stats.py`). Finished runs are not repeated (a run is one JSON file).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from declora.node.report import to_jsonable, write_json
+from declora.node.simulator import SimConfig, Simulation
+from declora.node.stats import Interval, format_interval, summarize, verdict
+
+PLAIN: dict[str, Any] = {  # Dec-LoRA as published: none of the recipe's parts
+    "gradient_tracking": False,
+    "gossip_steps": 1,
+    "swarm_size": 1,
+    "lr_schedule": "constant",
+    "warmup_steps": 0,
+}
+ROWS: dict[str, dict[str, Any]] = {
+    "plain": PLAIN,
+    "recipe": {},
+    "recipe-q4": {"codec": "q4"},
+}
+SELECTED_ROWS = ("plain", "recipe")  # rows with their own selection; q4 takes the recipe's
+PARITY_MARGIN = 1.5  # points: the recipe's worst node vs centralized
+Q4_MARGIN = 1.0  # points: q4 vs fp32
+
+
+@dataclass(frozen=True)
+class Study:
+    """The settings, grids and seeds of one study; `SWARM_STUDY` is the README's."""
+
+    settings: dict[str, dict[str, Any]]
+    common: dict[str, Any]
+    steps: int  # local steps every node takes (rounds = steps / K)
+    lrs: tuple[float, ...]
+    ks: tuple[int, ...]
+    seeds: tuple[int, ...]
+    tune_on: str  # the setting the swarm rows select lr and K on
+    output: Path = Path("results/swarm")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def config(self, setting: str, row: str, lr: float, k: int, seed: int) -> SimConfig:
+        """A row's run (validated afresh: the adaptive defaults see its own values)."""
+        over = ROWS.get(row, {})
+        return SimConfig(
+            **{**self.common, **self.settings[setting], **over},
+            lr=lr,
+            local_steps=k,
+            rounds=self.steps // k,
+            eval_every=self.steps // k,
+            seed=seed,
+        )
+
+
+SWARM_STUDY = Study(
+    settings={
+        "ring-8": {"nodes": 8, "topology": "ring"},
+        "star-6": {"nodes": 6, "topology": "star"},
+        "er-12": {"nodes": 12, "topology": "er:0.3"},
+        "torus-16": {"nodes": 16, "topology": "torus"},
+    },
+    common={
+        "partition_scheme": "dirichlet:0.1",
+        "rank": 8,
+        "max_length": 32,
+        "batch_size": 16,
+        "consensus_rounds": 300,
+        "node_eval_every": 1000,
+        "eval_before_consensus": False,
+        "centralized": False,
+        "threads": 1,
+    },
+    steps=30,
+    lrs=(1e-3, 2e-3, 4e-3),
+    ks=(1, 2),
+    seeds=(0, 1, 2),
+    tune_on="ring-8",
+)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run: a swarm row or a centralized reference, written to `path`."""
+
+    name: str
+    cfg: SimConfig
+    central: bool
+
+    def path(self, output: Path) -> Path:
+        return output / "runs" / f"{self.name}.json"
+
+
+def _job(study: Study, setting: str, row: str, lr: float, k: int, seed: int) -> Job:
+    if row == "central":
+        cfg = study.config(setting, "recipe", lr, 1, seed)
+        return Job(f"central-{setting}-lr{lr:g}-seed{seed}", cfg, True)
+    cfg = study.config(setting, row, lr, k, seed)
+    return Job(f"{row}-{setting}-lr{lr:g}-k{k}-seed{seed}", cfg, False)
+
+
+def run_job(job: Job, output: Path) -> str:
+    """Run `job` (in a worker process) and write its JSON; returns the name."""
+    t0 = time.perf_counter()
+    sim = Simulation(job.cfg)
+    if job.central:
+        res: dict[str, Any] = {"config": job.cfg.model_dump(), **sim.run_centralized()}
+    else:
+        res = to_jsonable(sim.run())
+    res["seconds"] = time.perf_counter() - t0
+    write_json(job.path(output), res)
+    return job.name
+
+
+def run_jobs(
+    jobs: Iterable[Job], output: Path, workers: int, say: Callable[[str], None] = print
+) -> None:
+    """Run the jobs whose JSON is missing, `workers` at a time (spawned processes)."""
+    todo = [j for j in jobs if not j.path(output).is_file()]
+    if not todo:
+        return
+    say(f"{len(todo)} runs to do ({workers} at a time)")
+    if workers <= 1:
+        for job in todo:
+            say(f"done {run_job(job, output)}")
+        return
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(run_job, job, output) for job in todo]
+        for fut in futures:
+            say(f"done {fut.result()}")
+
+
+def _load(job: Job, output: Path) -> dict[str, Any]:
+    return dict(json.loads(job.path(output).read_text()))
+
+
+def selection_jobs(study: Study) -> list[Job]:
+    """Phase 1 (seed 0): the swarm rows' lr x K grid on `tune_on`; every setting's
+    centralized lr grid."""
+    seed = study.seeds[0]
+    jobs = [
+        _job(study, study.tune_on, row, lr, k, seed)
+        for row in SELECTED_ROWS
+        for lr in study.lrs
+        for k in study.ks
+    ]
+    jobs += [_job(study, s, "central", lr, 1, seed) for s in study.settings for lr in study.lrs]
+    return jobs
+
+
+def select(study: Study, output: Path) -> dict[str, Any]:
+    """The chosen values, from validation figures only: the swarm rows by their worst
+    node's validation accuracy after the consensus finish, the references by their
+    final validation accuracy; ties go to the smaller lr and K. Writes selection.json."""
+    seed = study.seeds[0]
+    chosen: dict[str, Any] = {"rows": {}, "central": {}, "grid": []}
+    for row in SELECTED_ROWS:
+        scored = []
+        for lr in study.lrs:
+            for k in study.ks:
+                res = _load(_job(study, study.tune_on, row, lr, k, seed), output)
+                val = res["final"]["validation"]["honest_worst_accuracy"]
+                scored.append((val, -lr, -k))
+                chosen["grid"].append({"row": row, "lr": lr, "k": k, "worst_validation": val})
+        best = max(scored)
+        chosen["rows"][row] = {"lr": -best[1], "k": -best[2], "worst_validation": best[0]}
+    for setting in study.settings:
+        by_lr = []
+        for lr in study.lrs:
+            res = _load(_job(study, setting, "central", lr, 1, seed), output)
+            val = res["validation"]["accuracy"]
+            by_lr.append((val, -lr))
+            chosen["grid"].append(
+                {"row": "central", "setting": setting, "lr": lr, "validation": val}
+            )
+        top = max(by_lr)
+        chosen["central"][setting] = {"lr": -top[1], "validation": top[0]}
+    chosen["rows"]["recipe-q4"] = chosen["rows"]["recipe"]
+    write_json(output / "selection.json", chosen)
+    return chosen
+
+
+def final_jobs(study: Study, chosen: dict[str, Any]) -> dict[tuple[str, str, int], Job]:
+    """Phase 2: every row on every setting and seed at the chosen values."""
+    jobs = {}
+    for setting in study.settings:
+        for seed in study.seeds:
+            for row in ROWS:
+                c = chosen["rows"][row]
+                jobs[(setting, row, seed)] = _job(study, setting, row, c["lr"], c["k"], seed)
+            lr = chosen["central"][setting]["lr"]
+            jobs[(setting, "central", seed)] = _job(study, setting, "central", lr, 1, seed)
+    return jobs
+
+
+def _correct(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode(), dtype=np.uint8) == ord("1")
+
+
+def _worst_node(res: dict[str, Any]) -> np.ndarray:
+    """The test predictions (right or not) of the node with the lowest test accuracy."""
+    nodes = res["final"]["nodes"]
+    worst = min(range(len(nodes)), key=lambda i: nodes[i]["accuracy"])
+    return _correct(res["final"]["correct"]["nodes"][worst])
+
+
+def table(study: Study, output: Path, chosen: dict[str, Any]) -> str:
+    """The generalization table (markdown) from the finished phase-2 runs."""
+    jobs = final_jobs(study, chosen)
+    lines = [
+        "| setting | row | worst node (%) | vs centralized (points) | verdict | KiB sent/node |",
+        "|---|---|---|---|---|---|",
+    ]
+    for setting in study.settings:
+        central = [_load(jobs[(setting, "central", s)], output) for s in study.seeds]
+        ref = [_correct(c["correct"]) for c in central]
+        iv = summarize(ref)
+        lr = chosen["central"][setting]["lr"]
+        lines.append(f"| {setting} | centralized (lr {lr:g}) | {format_interval(iv)} | | | |")
+        fp32: list[np.ndarray] = []
+        for row in ROWS:
+            runs = [_load(jobs[(setting, row, s)], output) for s in study.seeds]
+            worst = [_worst_node(r) for r in runs]
+            diff = summarize(worst, ref)
+            note = verdict(diff, PARITY_MARGIN) if row.startswith("recipe") else ""
+            if row == "recipe":
+                fp32 = worst
+            if row == "recipe-q4":
+                q4 = summarize(worst, fp32)
+                note += f"; vs fp32 {format_interval(q4)}: {verdict(q4, Q4_MARGIN)}"
+            kib = np.mean([r["final"]["bytes_sent_per_node"] for r in runs]) / 1024
+            cfg = runs[0]["config"]
+            label = f"{row} (lr {cfg['lr']:g}, K {cfg['local_steps']}, G {cfg['gossip_steps']})"
+            lines.append(
+                f"| {setting} | {label} | {format_interval(summarize(worst))} "
+                f"| {format_interval(diff)} | {note} | {kib:,.0f} |"
+            )
+    text = "\n".join(lines) + "\n"
+    (output / "table.md").write_text(text)
+    return text
+
+
+def interval_of(
+    study: Study, output: Path, chosen: dict[str, Any], setting: str, row: str
+) -> Interval:
+    """The worst node's difference to centralized for one row of the table."""
+    jobs = final_jobs(study, chosen)
+    ref = [_correct(_load(jobs[(setting, "central", s)], output)["correct"]) for s in study.seeds]
+    worst = [_worst_node(_load(jobs[(setting, row, s)], output)) for s in study.seeds]
+    return summarize(worst, ref)
+
+
+def run_study(
+    study: Study = SWARM_STUDY,
+    output: Path | None = None,
+    workers: int = 2,
+    say: Callable[[str], None] = print,
+) -> str:
+    """Phase 1, selection, phase 2, table (each resumes where it stopped)."""
+    out = output or study.output
+    run_jobs(selection_jobs(study), out, workers, say)
+    chosen = select(study, out)
+    say(f"chosen on validation: {json.dumps(chosen['rows'])} {json.dumps(chosen['central'])}")
+    run_jobs(final_jobs(study, chosen).values(), out, workers, say)
+    return table(study, out, chosen)
