@@ -86,6 +86,7 @@ def lab_config(args: argparse.Namespace, output: Path) -> LabConfig:
         eval_every=0,
         round_deadline=args.round_deadline,
         consensus_rounds=0,
+        gradient_tracking=False,  # the plain loop has no tracking: compare like with like
         output=output,
         extra={"device": "cpu", "checkpoint_every": args.rounds + 1},
     )

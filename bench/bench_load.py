@@ -119,6 +119,7 @@ def run(args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], bool]:
         round_deadline=args.round_deadline,
         consensus_rounds=args.consensus_rounds,
         output=out,
+        gossip_steps=1,  # one exchange a round: round latency, not mixing strength
         extra={"device": "cpu", "startup_timeout": args.startup_timeout},
     )
     topo = from_spec(topology, args.nodes, seed=cfg.seed)

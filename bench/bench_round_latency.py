@@ -60,6 +60,7 @@ def run_swarm(args: argparse.Namespace, n: int, out: Path) -> dict[str, Any]:
         round_deadline=args.round_deadline,
         consensus_rounds=0,
         output=out,
+        gossip_steps=1,  # one exchange a round: round latency, not mixing strength
         extra={"device": "cpu", "checkpoint_every": args.rounds + 1},
     )
     topo = from_spec(args.topology, n, seed=cfg.seed)

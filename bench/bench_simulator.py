@@ -96,6 +96,11 @@ def main(argv: list[str] | None = None) -> None:
                 "consensus_rounds": 0,
                 "centralized": False,
                 "threads": args.threads,
+                # Dec-LoRA as published: one exchange, no tracking, fixed lr
+                "gradient_tracking": False,
+                "gossip_steps": 1,
+                "swarm_size": 1,
+                "lr_schedule": "constant",
             }
         )
         lm: LoraModel | None = None

@@ -123,6 +123,12 @@ class NodeSettings(BaseSettings, Recipe):
     )
     # this node's share of a dataset (labs and experiments)
     partition: str = Field("", description="this node's share: 'i/N' (0-based), empty = all")
+    validation_fraction: float = Field(
+        0.0,
+        ge=0,
+        le=0.5,
+        description="share of the node's data held out for validation (lab, simulate: 0.1)",
+    )
     # rounds and devices
     round_deadline: float = Field(60.0, gt=0, description="seconds to wait for neighbours")
     consensus_rounds: int = Field(

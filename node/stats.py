@@ -27,10 +27,26 @@ class Interval:
     seeds: int
 
 
+# two-sided 95% Student-t quantiles by degrees of freedom (beyond 30: the normal's)
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+       9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}  # fmt: skip
+
+
+def t95(df: int) -> float:
+    """The 97.5% Student-t quantile for `df` degrees of freedom (table; conservative
+    between its entries: the next smaller df's value)."""
+    if df < 1:
+        raise ValueError(f"t95: df must be >= 1, got {df}")
+    if df > 30:
+        return 1.96
+    return T95[max(k for k in T95 if k <= df)]
+
+
 def _as_arrays(
     correct: Sequence[np.ndarray], reference: Sequence[np.ndarray] | None
 ) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """Per seed: the outcomes as float arrays, checked (non-empty 1-D, paired lengths)."""
+    """Per seed: the outcomes as 2-D float arrays (rows: nodes; one row for a 1-D
+    input), checked (non-empty, paired lengths)."""
     if len(correct) == 0:
         raise ValueError("summarize: no seeds given (correct is empty)")
     if reference is not None and len(reference) != len(correct):
@@ -40,37 +56,53 @@ def _as_arrays(
     out: list[tuple[np.ndarray, np.ndarray | None]] = []
     for s, c in enumerate(correct):
         ca = np.asarray(c, dtype=np.float64)
-        if ca.ndim != 1 or ca.size == 0:
-            raise ValueError(f"summarize: seed {s} needs a non-empty 1-D array, got {ca.shape}")
+        if ca.ndim == 1:
+            ca = ca[None, :]
+        if ca.ndim != 2 or ca.size == 0:
+            raise ValueError(
+                f"summarize: seed {s} needs a non-empty 1-D or 2-D array, got {ca.shape}"
+            )
         ra = None
         if reference is not None:
             ra = np.asarray(reference[s], dtype=np.float64)
-            if ra.shape != ca.shape:
+            if ra.ndim != 1 or ra.shape[0] != ca.shape[1]:
                 raise ValueError(
-                    f"summarize: seed {s} has {ca.shape} outcomes but its reference {ra.shape}"
-                    " (they must be scored on the same examples)"
+                    f"summarize: seed {s} has {ca.shape[1]} outcomes per node but its "
+                    f"reference {ra.shape} (they must be scored on the same examples)"
                 )
         out.append((ca, ra))
     return out
+
+
+def _figure(c: np.ndarray, r: np.ndarray | None) -> float:
+    """A seed's figure: the worst row's accuracy (minus the reference's), in points."""
+    return float(100 * (c.mean(axis=1).min() - (0.0 if r is None else r.mean())))
 
 
 def summarize(
     correct: Sequence[np.ndarray],
     reference: Sequence[np.ndarray] | None = None,
     *,
+    shared_examples: bool = False,
     reps: int = 4000,
     level: float = 0.95,
     seed: int = 0,
 ) -> Interval:
-    """Summarize per-seed outcomes: `correct[s]` holds seed s's 0/1 outcomes per example.
+    """Summarize per-seed outcomes: `correct[s]` holds seed s's 0/1 outcomes per example,
+    or one row per node (nodes x examples): the seed's figure is then its worst node's.
 
-    The figure of seed s is 100 * mean(correct[s]), or with `reference` (same examples,
-    paired) 100 * (mean(correct[s]) - mean(reference[s])). Each of `reps` bootstrap
-    replicates draws the seeds with replacement and, for every draw, that seed's
-    examples with replacement (the same indices for correct and reference), and takes
-    the mean of the figures; [low, high] is the central `level` percentile interval of
-    those means. Deterministic for a given `seed`. Raises ValueError on empty input,
-    a reference of another length, reps < 1 or level outside (0, 1).
+    The figure of seed s is 100 * (worst) mean(correct[s]), or with `reference` (same
+    examples, paired) that minus 100 * mean(reference[s]). Each of `reps` bootstrap
+    replicates draws the seeds with replacement and the examples with replacement (the
+    same indices for every node and the reference; with `shared_examples`, the seeds
+    are scored on one test set and share the replicate's indices too, so a hard
+    example counts for every seed), takes each drawn seed's figure (the worst node
+    again inside the replicate) and their mean. [low, high] is the central `level`
+    percentile interval of those means, widened at level 0.95 to at least the
+    Student-t interval mean ± t(S-1) std / sqrt(S) over the S seeds (a percentile
+    bootstrap of 3 seeds understates their spread). Deterministic for a given `seed`.
+    Raises ValueError on empty input, mismatched lengths, reps < 1 or level outside
+    (0, 1).
     """
     if reps < 1:
         raise ValueError(f"summarize: reps must be >= 1, got {reps}")
@@ -78,27 +110,36 @@ def summarize(
         raise ValueError(f"summarize: level must be in (0, 1), got {level}")
     seeds = _as_arrays(correct, reference)
     n_seeds = len(seeds)
-    figures = np.array(
-        [100 * (c.mean() - (0.0 if r is None else r.mean())) for c, r in seeds], dtype=np.float64
-    )
+    sizes = {c.shape[1] for c, _ in seeds}
+    if shared_examples and len(sizes) != 1:
+        raise ValueError(f"summarize: shared_examples needs one test set, got sizes {sizes}")
+    figures = np.array([_figure(c, r) for c, r in seeds], dtype=np.float64)
     rng = np.random.default_rng(seed)
     drawn = rng.integers(0, n_seeds, size=(reps, n_seeds))
+    shared = (
+        rng.integers(0, sizes.pop(), size=(reps, seeds[0][0].shape[1])) if shared_examples else None
+    )
     boot = np.empty((reps, n_seeds), dtype=np.float64)
     for s, (c, r) in enumerate(seeds):
         where = drawn == s
-        idx = rng.integers(0, c.size, size=(int(where.sum()), c.size))
-        diff = c[idx] if r is None else c[idx] - r[idx]
-        boot[where] = 100 * diff.mean(axis=1)
+        rows = np.nonzero(where)[0]
+        idx = (
+            shared[rows]
+            if shared is not None
+            else rng.integers(0, c.shape[1], (rows.size, c.shape[1]))
+        )
+        worst = c[:, idx].mean(axis=2).min(axis=0)  # (draws,)
+        base = 0.0 if r is None else r[idx].mean(axis=1)
+        boot[where] = 100 * (worst - base)
     means = boot.mean(axis=1)
     tail = 100 * (1 - level) / 2
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return Interval(
-        mean=float(figures.mean()),
-        std=float(figures.std(ddof=1)) if n_seeds > 1 else 0.0,
-        low=float(low),
-        high=float(high),
-        seeds=n_seeds,
-    )
+    low, high = (float(x) for x in np.percentile(means, [tail, 100 - tail]))
+    mean = float(figures.mean())
+    std = float(figures.std(ddof=1)) if n_seeds > 1 else 0.0
+    if n_seeds > 1 and level == 0.95:
+        half = t95(n_seeds - 1) * std / np.sqrt(n_seeds)
+        low, high = min(low, mean - half), max(high, mean + half)
+    return Interval(mean=mean, std=std, low=low, high=high, seeds=n_seeds)
 
 
 def verdict(diff: Interval, margin: float) -> str:

@@ -199,6 +199,7 @@ def test_daemons_match_simulator(
         gradient_tracking=tracking,
         swarm_size=3,
         gossip_steps=gossip_steps,
+        validation_fraction=0.0,  # as train_args
     )
     threads = torch.get_num_threads()
     try:

@@ -21,9 +21,12 @@ def test_all_correct_vs_all_wrong_is_exact_and_degenerate() -> None:
 def test_seeds_are_resampled() -> None:
     # Each seed is constant, so only resampling the seeds spreads the replicates over
     # {0, 50, 100}, with 0 and 100 each a quarter of the time.
-    iv = summarize([np.ones(40, dtype=bool), np.zeros(60, dtype=bool)])
+    iv = summarize([np.ones(40, dtype=bool), np.zeros(60, dtype=bool)], level=0.9)
     assert (iv.mean, iv.low, iv.high) == (50.0, 0.0, 100.0)
     assert iv.std == pytest.approx(100 / np.sqrt(2))
+    # at 0.95 the interval is at least Student's: 50 +- t(1) 100 / sqrt(2) / sqrt(2)
+    wide = summarize([np.ones(40, dtype=bool), np.zeros(60, dtype=bool)])
+    assert (wide.low, wide.high) == pytest.approx((50 - 12.706 * 50, 50 + 12.706 * 50))
 
 
 def test_mean_and_std_are_over_per_seed_accuracies() -> None:
@@ -33,7 +36,8 @@ def test_mean_and_std_are_over_per_seed_accuracies() -> None:
     assert iv.mean == pytest.approx(np.mean(per_seed))
     assert iv.std == pytest.approx(np.std(per_seed, ddof=1))
     assert iv.seeds == 3
-    assert 0.0 <= iv.low < iv.mean < iv.high <= 100.0
+    half = 4.303 * iv.std / np.sqrt(3)  # Student's t, 2 degrees of freedom
+    assert iv.low <= iv.mean - half and iv.high >= iv.mean + half
     one = summarize([np.array([1, 0, 1, 1])], reps=500)
     assert (one.mean, one.std) == (75.0, 0.0)
 
@@ -52,7 +56,7 @@ def test_difference_figure_and_identical_arrays_give_zero_interval() -> None:
 
 def test_pairing_narrows_the_interval_for_correlated_outcomes() -> None:
     rng = np.random.default_rng(2)
-    correct = _bernoulli(0.85, 3, 450, rng)
+    correct = _bernoulli(0.85, 1, 450, rng)  # one seed: only the examples spread
     reference = []
     for c in correct:
         r = c.copy()
@@ -118,7 +122,8 @@ def test_format_interval() -> None:
     [
         ([], None, "no seeds"),
         ([np.array([], dtype=bool)], None, "seed 0 needs a non-empty"),
-        ([np.ones((2, 2))], None, "seed 0 needs a non-empty 1-D"),
+        ([np.ones((2, 2, 2))], None, "seed 0 needs a non-empty 1-D or 2-D"),
+        ([np.ones((2, 3))], [np.ones(4)], "3 outcomes per node"),
         ([np.ones(3)], [np.ones(3), np.ones(3)], "1 seeds in correct but 2 in reference"),
         ([np.ones(3), np.ones(4)], [np.ones(3), np.ones(5)], "seed 1 has"),
     ],
@@ -135,3 +140,30 @@ def test_bad_reps_or_level_raises() -> None:
         summarize([np.ones(3)], reps=0)
     with pytest.raises(ValueError, match="level"):
         summarize([np.ones(3)], level=1.0)
+
+
+def test_worst_node_is_taken_inside_each_replicate() -> None:
+    rng = np.random.default_rng(7)
+    nodes = [np.stack([rng.random(300) < 0.9, rng.random(300) < 0.85]) for _ in range(3)]
+    iv = summarize(nodes, shared_examples=True)
+    per_seed = [100 * n.mean(axis=1).min() for n in nodes]
+    assert iv.mean == pytest.approx(np.mean(per_seed))
+    # a single node per seed gives that node's figure
+    alone = summarize([n[1] for n in nodes], shared_examples=True)
+    assert alone.mean == pytest.approx(np.mean([100 * n[1].mean() for n in nodes]))
+
+
+def test_shared_examples_widen_when_seeds_share_hard_examples() -> None:
+    """Seeds scored on one test set share its hard examples: drawing the examples once
+    per replicate for every seed keeps that correlation (a wider interval)."""
+    rng = np.random.default_rng(8)
+    hard = rng.random(400) < 0.1  # the same hard examples fail for every seed
+    seeds = [~hard & (rng.random(400) < 0.98) for _ in range(3)]
+    shared = summarize(seeds, shared_examples=True, level=0.9)
+    separate = summarize(seeds, level=0.9)
+    assert (shared.high - shared.low) > 1.3 * (separate.high - separate.low)
+
+
+def test_shared_examples_need_one_test_set() -> None:
+    with pytest.raises(ValueError, match="one test set"):
+        summarize([np.ones(3), np.ones(4)], shared_examples=True)

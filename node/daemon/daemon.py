@@ -158,6 +158,22 @@ class Daemon:
             parts.node.codec_spec,
             parts.node.robust_spec,
         )
+        log.info(
+            "recipe: lr %g a node (--lr %g x sqrt(--swarm-size %d)), %s schedule, %d warmup "
+            "steps, gradient tracking %s, %d exchange(s) a training round",
+            s.node_lr,
+            s.lr,
+            max(s.swarm_size, 1),
+            s.lr_schedule,
+            s.warmup_steps or 0,
+            "on" if s.gradient_tracking else "off",
+            s.exchanges_per_round,
+        )
+        if s.swarm_size == 0:
+            log.info(
+                "--swarm-size not given: the lr is not scaled for the swarm (simulate "
+                "and lab scale it by sqrt(nodes))"
+            )
         save = True
         try:
             await self._bootstrap(parts)

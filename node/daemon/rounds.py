@@ -104,7 +104,8 @@ class RoundLoop:
         logs.set_round(r)
         t0 = time.perf_counter()
         per_round = self.settings.exchanges_per_round
-        train = train and is_training_exchange(r, per_round)
+        mixing_only = train and not is_training_exchange(r, per_round)  # within a round
+        train = train and not mixing_only
         if train:
             progress.state = NodeState.TRAINING
             good = TrainerSnapshot.of(parts.node)
@@ -121,7 +122,8 @@ class RoundLoop:
         await parts.exchange.exchange(r)
         progress.round = r
         report.last_round_seconds = time.perf_counter() - t0
-        parts.exchange.observe_round(report.last_round_seconds)
+        if not mixing_only:  # the deadline follows rounds that train (or the finish's)
+            parts.exchange.observe_round(report.last_round_seconds)
         metrics.rounds.inc()
         metrics.round.set(r)
         metrics.round_seconds.observe(report.last_round_seconds)
