@@ -62,6 +62,7 @@ class Study:
     common: dict[str, Any]
     steps: int  # local steps every node takes (rounds = steps / K)
     lrs: tuple[float, ...]  # the swarm rows' grid
+    plain_extra_lrs: tuple[float, ...]  # ...and plain's beyond it (its best was at the edge)
     central_lrs: tuple[float, ...]  # the references' grid
     ks: tuple[int, ...]
     seeds: tuple[int, ...]
@@ -102,6 +103,7 @@ SWARM_STUDY = Study(
     },
     steps=30,
     lrs=(1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2),
+    plain_extra_lrs=(3.2e-2,),
     central_lrs=(1e-3, 2e-3, 4e-3, 8e-3),
     ks=(1, 2),
     seeds=(0, 1, 2),
@@ -164,6 +166,11 @@ def _load(job: Job, output: Path) -> dict[str, Any]:
     return dict(json.loads(job.path(output).read_text()))
 
 
+def row_lrs(study: Study, row: str) -> tuple[float, ...]:
+    """The lr grid a swarm row selects from."""
+    return study.lrs + (study.plain_extra_lrs if row == "plain" else ())
+
+
 def selection_jobs(study: Study) -> list[Job]:
     """Phase 1 (seed 0): the swarm rows' lr x K grid on `tune_on`; every setting's
     centralized lr grid."""
@@ -171,7 +178,7 @@ def selection_jobs(study: Study) -> list[Job]:
     jobs = [
         _job(study, study.tune_on, row, lr, k, seed)
         for row in SELECTED_ROWS
-        for lr in study.lrs
+        for lr in row_lrs(study, row)
         for k in study.ks
     ]
     jobs += [
@@ -188,7 +195,7 @@ def select(study: Study, output: Path) -> dict[str, Any]:
     chosen: dict[str, Any] = {"rows": {}, "central": {}, "grid": []}
     for row in SELECTED_ROWS:
         scored = []
-        for lr in study.lrs:
+        for lr in row_lrs(study, row):
             for k in study.ks:
                 res = _load(_job(study, study.tune_on, row, lr, k, seed), output)
                 val = res["final"]["validation"]["honest_worst_accuracy"]

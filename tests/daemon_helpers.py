@@ -78,11 +78,11 @@ def free_ports(n: int) -> list[int]:
 
 def train_args(data: Path) -> list[str]:
     """Model, data and training flags shared by every node of a swarm: Dec-LoRA as
-    published (no tracking, every row trained on) unless a test adds flags after."""
+    published (no tracking, a fixed lr, every row trained on) unless a test adds flags after."""
     flags = (
         f"--model {MODEL} --rank {RANK} --alpha {ALPHA} --max-length {MAX_LENGTH} --lr {LR} "
         f"--batch-size {BATCH} --local-steps {LOCAL_STEPS} --seed {SEED} --threads 1 --device cpu "
-        "--no-gradient-tracking --validation-fraction 0"
+        "--no-gradient-tracking --validation-fraction 0 --lr-schedule constant"
     )
     return ["--data", str(data), *flags.split()]
 

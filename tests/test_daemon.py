@@ -200,6 +200,7 @@ def test_daemons_match_simulator(
         swarm_size=3,
         gossip_steps=gossip_steps,
         validation_fraction=0.0,  # as train_args
+        lr_schedule="constant",
     )
     threads = torch.get_num_threads()
     try:

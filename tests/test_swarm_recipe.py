@@ -170,6 +170,7 @@ def test_the_study_selects_on_validation_and_tables_every_setting(tmp_path: Path
         },
         steps=2,
         lrs=(1e-3, 3e-3),
+        plain_extra_lrs=(),
         central_lrs=(1e-3, 3e-3),
         ks=(1, 2),
         seeds=(0, 1),
