@@ -216,7 +216,25 @@ def select(study: Study, output: Path) -> dict[str, Any]:
         chosen["central"][setting] = {"lr": -top[1], "validation": top[0]}
     chosen["rows"]["recipe-q4"] = chosen["rows"]["recipe"]
     write_json(output / "selection.json", chosen)
+    (output / "selection.md").write_text(selection_table(chosen))
     return chosen
+
+
+def selection_table(chosen: dict[str, Any]) -> str:
+    """The grid's validation figures (markdown): worst node's for the swarm rows, the
+    reference's for each setting; the chosen value in bold."""
+    lines = ["| row | setting | lr | K | validation (%) |", "|---|---|---|---|---|"]
+    for g in chosen["grid"]:
+        if g["row"] == "central":
+            pick = chosen["central"][g["setting"]]["lr"] == g["lr"]
+            setting, k, val = g["setting"], "", g["validation"]
+        else:
+            c = chosen["rows"][g["row"]]
+            pick = (c["lr"], c["k"]) == (g["lr"], g["k"])
+            setting, k, val = "(tuned on)", str(g["k"]), g["worst_validation"]
+        cell = f"**{100 * val:.1f}**" if pick else f"{100 * val:.1f}"
+        lines.append(f"| {g['row']} | {setting} | {g['lr']:g} | {k} | {cell} |")
+    return "\n".join(lines) + "\n"
 
 
 def final_jobs(study: Study, chosen: dict[str, Any]) -> dict[tuple[str, str, int], Job]:

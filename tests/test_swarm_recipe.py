@@ -186,6 +186,8 @@ def test_the_study_selects_on_validation_and_tables_every_setting(tmp_path: Path
         best["k"],
     )
     assert chosen["rows"]["recipe-q4"] == chosen["rows"]["recipe"]
+    grid_md = (tmp_path / "selection.md").read_text()
+    assert grid_md.count("**") == 2 * (2 + 2)  # one pick per swarm row and per setting
     assert set(chosen["central"]) == {"ring-3", "star-3"}
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
     # phase 2 reuses seed 0's selection runs: 12 grid runs + 4 references, then the
