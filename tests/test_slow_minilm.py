@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 CONFIG = SimConfig.model_validate(
     {
         **SMALL_RING,
-        "lr": 2e-3,
+        "lr": 4e-3,
         "max_eval": 100,
         "eval_every": 3,  # the averaged model is evaluated after the last round only
         # Dec-LoRA as published (the figures below were measured so)
@@ -36,8 +36,9 @@ CONFIG = SimConfig.model_validate(
         "validation_fraction": 0.0,
     }
 )
-# Measured with this config: averaged-model accuracy 0.89 (macro-F1 0.89) on the 100 test
-# articles, every node 0.89 after the finish; 0.2 is chance on 5 classes. The bar sits
+# Measured with this config: averaged-model accuracy 0.90 on the 100 test articles (at lr
+# 2e-3 it was 0.89 before the corpus was deduplicated and 0.59 after: 15 steps a node are
+# few, so the batch order matters; 4e-3 learns within them); 0.2 is chance on 5 classes. The bar sits
 # well below the measurement (room for other CPUs and library versions) and far above chance.
 ACCURACY_BAR = 0.7
 
