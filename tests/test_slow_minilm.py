@@ -38,8 +38,9 @@ CONFIG = SimConfig.model_validate(
 )
 # Measured with this config: averaged-model accuracy 0.90 on the 100 test articles (at lr
 # 2e-3 it was 0.89 before the corpus was deduplicated and 0.59 after: 15 steps a node are
-# few, so the batch order matters; 4e-3 learns within them); 0.2 is chance on 5 classes. The bar sits
-# well below the measurement (room for other CPUs and library versions) and far above chance.
+# few, so the batch order matters; 4e-3 learns within them); 0.2 is chance on 5 classes.
+# The bar sits well below the measurement (room for other CPUs and library versions) and
+# far above chance.
 ACCURACY_BAR = 0.7
 
 
