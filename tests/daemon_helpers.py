@@ -10,6 +10,7 @@ still running when the test ends, so no test leaves processes behind.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -62,13 +63,23 @@ def uid() -> str:
     return uuid.uuid4().hex[:12]
 
 
+PORT_RANGE = (20000, 32000)  # below Linux's ephemeral range (32768-60999): a port picked
+# here cannot be handed to some process's outgoing connection before a node binds it
+
+
 def free_ports(n: int) -> list[int]:
-    """`n` distinct ports the kernel had free a moment ago (all bound at once)."""
-    socks = []
+    """`n` distinct ports the kernel had free a moment ago (all bound at once), drawn
+    from `PORT_RANGE`."""
+    rng = random.Random()
+    socks: list[socket.socket] = []
     try:
-        for _ in range(n):
+        while len(socks) < n:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((HOST, 0))
+            try:
+                s.bind((HOST, rng.randrange(*PORT_RANGE)))
+            except OSError:
+                s.close()
+                continue
             socks.append(s)
         return [s.getsockname()[1] for s in socks]
     finally:
