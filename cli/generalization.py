@@ -265,6 +265,16 @@ def _worst_node(res: dict[str, Any]) -> np.ndarray:
     return nodes[int(nodes.mean(axis=1).argmin())]
 
 
+def _done(
+    study: Study, jobs: dict[tuple[str, str, int], Job], output: Path, setting: str
+) -> list[int]:
+    """The seeds of `setting` whose every row and reference has finished."""
+    rows = [*ROWS, "central"]
+    return [
+        s for s in study.seeds if all(jobs[(setting, r, s)].path(output).is_file() for r in rows)
+    ]
+
+
 def table(study: Study, output: Path, chosen: dict[str, Any]) -> str:
     """The generalization table (markdown) from the finished phase-2 runs.
 
@@ -272,22 +282,28 @@ def table(study: Study, output: Path, chosen: dict[str, Any]) -> str:
     the centralized reference of the same seed is paired by test example. Every seed
     scores the same test set, so the bootstrap draws one set of examples per replicate
     for all seeds, and takes the worst node inside each replicate (`stats.summarize`).
-    q4 is compared with the fp32 recipe's worst node of the same seed."""
+    q4 is compared with the fp32 recipe's worst node of the same seed. A setting with
+    unfinished seeds shows the finished ones (and says how many)."""
     jobs = final_jobs(study, chosen)
     lines = [
         "| setting | row | worst node (%) | vs centralized (points) | verdict | KiB sent/node |",
         "|---|---|---|---|---|---|",
     ]
     for setting in study.settings:
-        central = [_load(jobs[(setting, "central", s)], output) for s in study.seeds]
+        seeds = _done(study, jobs, output, setting)
+        if not seeds:
+            lines.append(f"| {setting} | not run yet | | | | |")
+            continue
+        name = setting if len(seeds) == len(study.seeds) else f"{setting} ({len(seeds)} seeds)"
+        central = [_load(jobs[(setting, "central", s)], output) for s in seeds]
         ref = [_correct(c["correct"]) for c in central]
         lr = chosen["central"][setting]["lr"]
         iv = summarize(ref, shared_examples=True)
-        lines.append(f"| {setting} | centralized (lr {lr:g}) | {format_interval(iv)} | | | |")
+        lines.append(f"| {name} | centralized (lr {lr:g}) | {format_interval(iv)} | | | |")
         fp32: list[np.ndarray] = []
         fp32_kib = 0.0
         for row in ROWS:
-            runs = [_load(jobs[(setting, row, s)], output) for s in study.seeds]
+            runs = [_load(jobs[(setting, row, s)], output) for s in seeds]
             nodes = [_nodes(r) for r in runs]
             diff = summarize(nodes, ref, shared_examples=True)
             note = f"{verdict(diff, PARITY_MARGIN)} at {PARITY_MARGIN:g}"
@@ -304,7 +320,7 @@ def table(study: Study, output: Path, chosen: dict[str, Any]) -> str:
             label = f"{row} (lr {cfg['lr']:g}, K {cfg['local_steps']}, G {cfg['gossip_steps']})"
             alone = format_interval(summarize(nodes, shared_examples=True))
             lines.append(
-                f"| {setting} | {label} | {alone} | {format_interval(diff)} | {note} | {kib:,.0f} |"
+                f"| {name} | {label} | {alone} | {format_interval(diff)} | {note} | {kib:,.0f} |"
             )
     text = "\n".join(lines) + "\n"
     (output / "table.md").write_text(text)

@@ -201,3 +201,9 @@ def test_the_study_selects_on_validation_and_tables_every_setting(tmp_path: Path
     assert recipe["config"]["gradient_tracking"] is True
     assert recipe["config"]["lr"] == chosen["rows"]["recipe"]["lr"]
     assert math.isclose(recipe["config"]["swarm_size"], 3)
+    # a setting with an unfinished seed shows the finished ones and says so
+    from declora.cli.generalization import table as make_table
+
+    next((tmp_path / "runs").glob("plain-star-3-*-seed1.json")).unlink()
+    partial = make_table(study, tmp_path, chosen)
+    assert "| star-3 (1 seeds) |" in partial and "| ring-3 |" in partial
