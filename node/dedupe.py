@@ -98,6 +98,9 @@ class _Signer:
         return signature
 
 
+MAX_BUCKET = 512  # rows of one LSH bucket compared pairwise; beyond, a linear chain
+
+
 def _rows_per_band(threshold: float) -> int:
     """The most rows per band that still find a pair at `threshold` (fewest candidates)."""
     for rows in range(NUM_PERM, 1, -1):
@@ -122,6 +125,12 @@ def _candidates(signatures: np.ndarray, rows: int) -> np.ndarray:
         bounds = np.concatenate(([0], np.cumsum(counts)))
         for bucket in shared:
             members = order[bounds[bucket] : bounds[bucket + 1]]  # ascending (stable sort)
+            if len(members) > MAX_BUCKET:  # bounded work: each row meets the first and
+                # the one before it, not all (a file of many similar rows stays linear)
+                later = members[1:]
+                codes.append(later * n + members[0])
+                codes.append(later[1:] * n + members[1:-1])
+                continue
             i, j = np.triu_indices(len(members), k=1)
             codes.append(members[j] * n + members[i])
     if not codes:

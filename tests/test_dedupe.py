@@ -200,3 +200,17 @@ def test_a_data_file_is_deduped_before_its_split(tmp_path: Path) -> None:
     assert (len(train), len(test)) == (16, 4)
     train, test = load_dataset(str(path), dedupe=False)
     assert len(train) + len(test) == 50
+
+
+def test_a_huge_bucket_is_compared_in_linear_work() -> None:
+    """Many rows with one MinHash signature meet the first and their predecessor only:
+    candidates grow linearly, and copies are still found."""
+    from declora.node.dedupe import MAX_BUCKET, NUM_PERM, _candidates
+
+    n = 4 * MAX_BUCKET
+    signatures = np.zeros((n, NUM_PERM), dtype=np.uint64)
+    pairs = _candidates(signatures, 4)
+    assert len(pairs) <= 2 * n
+    assert set(map(tuple, pairs[:3].tolist())) <= {(0, 1), (0, 2), (1, 2)}
+    texts = ["the same long report about the quarterly numbers of the firm"] * n
+    assert len(duplicate_rows(texts)) == n - 1
