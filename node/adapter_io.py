@@ -206,7 +206,8 @@ def load_adapter(
     labels = tuple(str(n) for n in info.get("labels") or ())
     num_labels = _num_labels(info, tensors) if spec.task == "cls" else 2
     try:
-        lm = LoraModel(spec, num_labels, device, label_names=labels)
+        agreed = info.get("agreed") or None  # the recipe facts the fingerprint covers
+        lm = LoraModel(spec, num_labels, device, label_names=labels, agreed=agreed)
     except (ModelError, OSError) as exc:
         raise AdapterError(
             f"cannot load the base {spec.model!r} of {folder}: {exc} "

@@ -168,7 +168,8 @@ class LoraModel:
         self.params = [p for _, p in trainable(self.model)]
         self.schema = AdapterSchema.of(trainable(self.model))
         self.base_digest = base_digest(self.model)
-        identity: dict[str, object] = {**self.spec.as_dict(), **(agreed or {})}
+        self.agreed: dict[str, object] = dict(agreed or {})
+        identity: dict[str, object] = {**self.spec.as_dict(), **self.agreed}
         if names:
             identity = {**identity, "labels": list(names)}
         self.identity = identity  # what the fingerprint covers besides weights and schema
@@ -281,6 +282,7 @@ class LoraModel:
         """Write a PEFT adapter directory atomically (`PeftModel.from_pretrained` loads it).
 
         Beside the PEFT files, `declora.json` records the fingerprint, the spec, the
+        agreed recipe facts (so `load_adapter` rebuilds the same fingerprint), the
         labels, the base (`base_record`), the weights' sha256 and `meta`; `README.md`
         is a model card. For the embedded MiniLM, `adapter_config.json` names the
         portable hub id of the base instead of this machine's path.
@@ -291,6 +293,7 @@ class LoraModel:
         info: dict[str, object] = {
             "fingerprint": self.fingerprint,
             "spec": self.spec.as_dict(),
+            "agreed": self.agreed,
             "task": self.task,
             "labels": list(self.label_names),
             "num_labels": self.num_labels if self.task == "cls" else 0,

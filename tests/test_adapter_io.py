@@ -27,7 +27,7 @@ from declora.node.adapter_card import file_sha256, weights_sha256
 from declora.node.adapter_io import AdapterError, adapter_folder, load_adapter
 from declora.node.data import TextDataset
 from declora.node.models import ModelError, load_base
-from declora.node.trainer import LoraModel, LoraSpec
+from declora.node.trainer import LocalTrainer, LoraModel, LoraSpec
 
 TEXTS = list(make_synthetic(12, seed=3).texts)
 
@@ -99,6 +99,22 @@ def test_saved_adapter_describes_itself(saved: tuple[LoraModel, np.ndarray, Path
     assert "4 `echo`" in card and lm.fingerprint in card and info["weights_sha256"] in card
     (load_lines,) = python_blocks(card)  # tiny-bert has no hub name: only declora's line
     assert "load_adapter(" in load_lines
+
+
+def test_an_adapter_trained_under_agreed_recipe_facts_loads(tmp_path: Path) -> None:
+    """The defaults' schedule and gossip steps join the fingerprint; the saved adapter
+    records them, so loading rebuilds the same fingerprint instead of refusing."""
+    agreed = {"lr_schedule": "cosine", "warmup_steps": 1, "rounds": 3, "gossip_steps": 2}
+    lm = LoraModel(TINY_SPEC, label_names=CLASS_NAMES, agreed=agreed)
+    assert lm.fingerprint != LoraModel(TINY_SPEC, label_names=CLASS_NAMES).fingerprint
+    trainer = LocalTrainer(lm, lm.encode(make_synthetic(50)), lr=3e-2, batch_size=16, seed=0)
+    trainer.train_steps(2)
+    vec = trainer.vector()
+    lm.save_adapter(vec, tmp_path / "adapter", META)
+    adapter = load_adapter(tmp_path / "adapter")
+    assert adapter.info["agreed"] == agreed
+    assert adapter.lora.fingerprint == lm.fingerprint
+    torch.testing.assert_close(adapter.logits(TEXTS), in_process_logits(lm, vec, TEXTS))
 
 
 def test_load_adapter_gives_the_in_process_logits(
