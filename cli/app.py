@@ -282,7 +282,8 @@ def experiment(
         str,
         typer.Option(
             help="cls: the paper's grid (MiniLM); lm: the causal-LM grid (SmolLM2); swarm: "
-            "the generalization study (4 topologies x 3 seeds, chosen on validation)."
+            "the generalization study (4 topologies x 3 seeds, chosen on validation); "
+            "lm-parity: SmolLM2 swarm vs centralized LoRA (3 seeds, chosen on validation)."
         ),
     ] = "cls",
     output: Annotated[
@@ -295,7 +296,7 @@ def experiment(
         bool, typer.Option("--table", help="Only rebuild table.md from finished runs.")
     ] = False,
     workers: Annotated[
-        int, typer.Option(min=1, help="runs at a time (--task swarm; one thread each)")
+        int, typer.Option(min=1, help="runs at a time (--task swarm, lm-parity; one thread each)")
     ] = 2,
 ) -> None:
     """Reproduce a comparison of Dec-LoRA with centralized LoRA (resumable)."""
@@ -305,6 +306,11 @@ def experiment(
         from declora.cli.generalization import SWARM_STUDY, run_study
 
         typer.echo(run_study(SWARM_STUDY, output, workers, say=typer.echo))
+        return
+    if task == "lm-parity":
+        from declora.cli import lm_parity
+
+        typer.echo(lm_parity.run_study(output, workers, say=typer.echo))
         return
 
     if task not in GRIDS:

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from declora.node.report import to_jsonable, write_json
-from declora.node.simulator import SimConfig, Simulation
+from declora.node.simulator import CENTRAL_EVALS, SimConfig, Simulation
 from declora.node.stats import format_interval, summarize, verdict
 
 PLAIN: dict[str, Any] = {  # Dec-LoRA as published: none of the recipe's parts
@@ -118,6 +118,7 @@ class Job:
     name: str
     cfg: SimConfig
     central: bool
+    validate: bool = True  # also score the validation rows (selection runs need them)
 
     def path(self, output: Path) -> Path:
         return output / "runs" / f"{self.name}.json"
@@ -136,9 +137,10 @@ def run_job(job: Job, output: Path) -> str:
     t0 = time.perf_counter()
     sim = Simulation(job.cfg)
     if job.central:
-        res: dict[str, Any] = {"config": job.cfg.model_dump(), **sim.run_centralized()}
+        evals = CENTRAL_EVALS if job.validate else 0
+        res: dict[str, Any] = {"config": job.cfg.model_dump(), **sim.run_centralized(evals=evals)}
     else:
-        res = to_jsonable(sim.run())
+        res = to_jsonable(sim.run(validate=job.validate))
     res["seconds"] = time.perf_counter() - t0
     write_json(job.path(output), res)
     return job.name

@@ -246,9 +246,10 @@ class Simulation:
     def _eval_nodes(self) -> list[dict[str, float]]:
         return [self.lm.evaluate(n.model_vector(), self.test_enc) for n in self.nodes]
 
-    def _final_evaluation(self, result: SimResult) -> list[dict[str, float]]:
+    def _final_evaluation(self, result: SimResult, validate: bool) -> list[dict[str, float]]:
         """Every node and the average on the test set (cls: which examples each got
-        right, as 0/1 text, in `result.final["correct"]`) and on the validation rows."""
+        right, as 0/1 text, in `result.final["correct"]`) and, with `validate`, on the
+        validation rows."""
         per_node, correct = [], []
         for vec in [n.model_vector() for n in self.nodes] + [self.average()]:
             metrics, right = self.lm.evaluate_examples(vec, self.test_enc)
@@ -258,13 +259,15 @@ class Simulation:
         result.final["average"] = per_node.pop()
         if correct:
             result.final["correct"] = {"nodes": correct[:-1], "average": correct[-1]}
-        if self.validation_enc is not None:
+        if validate and self.validation_enc is not None:
             val = [self.lm.evaluate(n.model_vector(), self.validation_enc) for n in self.nodes]
             result.final["validation"] = _summary(val, self.honest, self.score)
             result.final["validation_examples"] = len(self.validation_enc)
         return per_node
 
-    def run(self, progress: ProgressFn | None = None) -> SimResult:
+    def run(self, progress: ProgressFn | None = None, validate: bool = True) -> SimResult:
+        """Train, finish to consensus, evaluate (on the validation rows too unless
+        `validate` is False: a study's runs after its selection skip that cost)."""
         cfg = self.cfg
         counts = _counts(self)
         w = mixing_matrix(cfg.mixing, self.topology)
@@ -297,7 +300,7 @@ class Simulation:
             result.final["before_consensus"] = _summary(before, self.honest, self.score)
             result.final["nodes_before_consensus"] = before
         self._consensus_finish(result, progress)
-        after = self._final_evaluation(result)
+        after = self._final_evaluation(result, validate)
         result.final.update(
             {
                 "nodes": after,
@@ -345,24 +348,28 @@ class Simulation:
         mean_d, max_d = consensus_distance(self.honest_vectors())
         return RoundRecord(r, phase, loss, mean_d, max_d, sent, seconds, mix_seconds)
 
-    def run_centralized(self, progress: ProgressFn | None = None) -> dict[str, Any]:
+    def run_centralized(
+        self, progress: ProgressFn | None = None, evals: int = CENTRAL_EVALS
+    ) -> dict[str, Any]:
         """One adapter, the union of the nodes' data, the swarm's number of samples.
-        Its curve is on the validation rows (the test set when there are none); its
-        final figures on the test set (cls: which examples it got right, as 0/1 text,
-        in "correct") and on the validation rows."""
+        Its curve (`evals` points, 0 = none) is on the validation rows (the test set
+        when there are none), and its last point is its "validation" figure; its
+        final figures are on the test set (cls: which examples it got right, as 0/1
+        text, in "correct")."""
         cfg = self.cfg
         trainer = self.workload.centralized_trainer()
         steps = self.workload.centralized_steps()
         watch = self.validation_enc if self.validation_enc is not None else self.test_enc
         curve = []
-        chunk = max(1, -(-steps // CENTRAL_EVALS))
+        chunk = max(1, -(-steps // evals)) if evals else steps
         done = 0
         t0 = time.perf_counter()
         while done < steps:
             k = min(chunk, steps - done)
             trainer.train_steps(k)
             done += k
-            curve.append({"step": done, **self.lm.evaluate(model_vector(trainer), watch)})
+            if evals:
+                curve.append({"step": done, **self.lm.evaluate(model_vector(trainer), watch)})
             if progress:
                 progress("centralized", done, steps)
         seconds = time.perf_counter() - t0
@@ -378,8 +385,8 @@ class Simulation:
         }
         if right is not None:
             out["correct"] = "".join("1" if x else "0" for x in right)
-        if self.validation_enc is not None:
-            out["validation"] = curve[-1] if curve else {}
+        if self.validation_enc is not None and curve:
+            out["validation"] = curve[-1]
         return out
 
 

@@ -74,11 +74,16 @@ class Workload:
         return self._encoded["test"]
 
     def encoded_validation(self) -> Encoded | None:
-        """The validation rows (carved from every node's share), tokenized once."""
+        """The validation rows (carved from every node's share) that are evaluated, at
+        most the recipe's `eval_cap` of them (a seeded choice), tokenized once."""
         if not len(self.validation_rows):
             return None
         if "validation" not in self._encoded:
-            self._encoded["validation"] = self._encoded_rows(self.validation_rows)
+            rows, limit = self.validation_rows, self.recipe.eval_cap
+            if limit and limit < len(rows):
+                pick = np.random.default_rng([self.recipe.seed, 0x7A2]).permutation(len(rows))
+                rows = np.sort(rows[pick[:limit]])
+            self._encoded["validation"] = self._encoded_rows(rows)
         return self._encoded["validation"]
 
     def _encode(self, data: TextDataset) -> Encoded:
