@@ -1,11 +1,12 @@
 """`declora-node inspect`: what is in a saved adapter or checkpoint, or a node's peer view.
 
 PATH may be a PEFT adapter folder (adapter_config.json + adapter_model.safetensors,
-optionally declora.json), a checkpoint folder (`ckpt-*` with adapter/ and state.pt)
-or a checkpoint root (with LATEST). Nothing is modified. Beside the config
-fingerprint it shows `weights_sha256`, a hash of the adapter's tensors (names sorted;
-name, dtype, shape and bytes of each), equal for two adapters exactly when their
-weights agree; and the hash `declora.json` recorded at save time, if any.
+optionally declora.json), a DECA full model folder (model.safetensors + declora.json),
+a checkpoint folder (`ckpt-*` with adapter/ and state.pt) or a checkpoint root (with
+LATEST). Nothing is modified. Beside the config fingerprint it shows `weights_sha256`,
+a hash of the weights file's tensors (names sorted; name, dtype, shape and bytes of
+each), equal for two adapters exactly when their weights agree; and the hash
+`declora.json` recorded at save time, if any.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from declora.node.adapter_card import weights_sha256
+from declora.node.adapter_card import ADAPTER_CONFIG, ADAPTER_WEIGHTS, DECLORA_INFO, weights_sha256
 from declora.node.checkpoint import LATEST
+from declora.node.deca_model import FULL_MODEL, MODEL_WEIGHTS
 
 if TYPE_CHECKING:
     from declora.node.security import TlsFiles
@@ -33,26 +35,31 @@ def _adapter_dir(path: Path) -> tuple[Path, Path | None]:
         path = path / (path / LATEST).read_text().strip()
     if (path / "state.pt").is_file() and (path / "adapter").is_dir():
         return path / "adapter", path
-    if (path / "adapter_config.json").is_file():
+    if (path / ADAPTER_CONFIG).is_file() or (path / MODEL_WEIGHTS).is_file():
         return path, None
     raise InspectError(
-        f"{path} is neither a PEFT adapter (adapter_config.json) nor a declora checkpoint"
+        f"{path} is neither a PEFT adapter ({ADAPTER_CONFIG}), a full model folder "
+        f"({MODEL_WEIGHTS}) nor a declora checkpoint"
     )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads(path.read_text())) if path.is_file() else {}
+    except (json.JSONDecodeError, TypeError, ValueError) as exc:
+        raise InspectError(f"{path} is not a JSON object: {exc}") from exc
 
 
 def inspect_path(path: Path) -> dict[str, Any]:
     from safetensors import safe_open
 
     adapter, ckpt = _adapter_dir(path)
-    weights = adapter / "adapter_model.safetensors"
+    meta = _read_json(adapter / DECLORA_INFO)
+    full = meta.get("format") == FULL_MODEL or not (adapter / ADAPTER_CONFIG).is_file()
+    weights = adapter / (MODEL_WEIGHTS if full else ADAPTER_WEIGHTS)
     if not weights.is_file():
-        raise InspectError(f"{adapter} has no adapter_model.safetensors")
-    try:
-        config = json.loads((adapter / "adapter_config.json").read_text())
-    except json.JSONDecodeError as exc:
-        raise InspectError(f"{adapter}/adapter_config.json is not valid JSON: {exc}") from exc
-    meta_file = adapter / "declora.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        raise InspectError(f"{adapter} has no {weights.name}")
+    config = {} if full else _read_json(adapter / ADAPTER_CONFIG)
     try:
         digest = weights_sha256(weights)
     except Exception as exc:  # a truncated or foreign file: say so, do not trace back
@@ -72,6 +79,7 @@ def inspect_path(path: Path) -> dict[str, Any]:
                     "finite": bool(t.isfinite().all()),
                 }
             )
+    spec = meta.get("spec") or {}
     info: dict[str, Any] = {
         "path": str(adapter),
         "kind": "checkpoint" if ckpt else "adapter",
@@ -82,13 +90,18 @@ def inspect_path(path: Path) -> dict[str, Any]:
         "round": meta.get("round"),
         "node_id": meta.get("node_id"),
         "eval": meta.get("eval"),
-        "spec": meta.get("spec"),
-        "lora": {
+        "spec": spec,
+        "method": spec.get("method", "dec-lora"),
+        "task": meta.get("task") or spec.get("task"),
+        "lora": None
+        if full
+        else {
             k: config.get(k)
             for k in ("r", "lora_alpha", "target_modules", "task_type", "modules_to_save")
         },
-        "base_model": config.get("base_model_name_or_path"),
+        "base_model": spec.get("model") if full else config.get("base_model_name_or_path"),
         "parameters": total,
+        "bytes": weights.stat().st_size,
         "tensors": tensors,
     }
     if ckpt is not None:
@@ -145,15 +158,20 @@ def render(info: dict[str, Any]) -> None:
         else ""
     )
     labels = f"labels {escape(', '.join(info['labels']))}\n" if info.get("labels") else ""
+    model = (
+        f"full model (method {info['method']}, no LoRA) task={info['task']}"
+        if lora is None
+        else f"LoRA r={lora['r']} alpha={lora['lora_alpha']} targets={lora['target_modules']} "
+        f"task={lora['task_type']}"
+    )
     console.print(
         f"[bold]{info['kind']}[/] {info['path']}\n"
         f"fingerprint {info['fingerprint'] or '(none: not written by declora)'}  "
         f"weights sha256 {info['weights_sha256'][:16]}{changed}\n"
         f"round {info['round']}  node {info['node_id']}\n"
         f"{labels}"
-        f"LoRA r={lora['r']} alpha={lora['lora_alpha']} targets={lora['target_modules']} "
-        f"task={lora['task_type']}  base={info['base_model']}\n"
-        f"{info['parameters']:,} parameters; eval {info['eval']}"
+        f"{model}  base={info['base_model']}\n"
+        f"{info['parameters']:,} parameters ({info['bytes']:,} bytes); eval {info['eval']}"
     )
     table = Table("tensor", "shape", "dtype", "L2 norm", "finite")
     for t in info["tensors"]:

@@ -7,7 +7,8 @@ label and its probability (classifier), or the mean token loss and perplexity
 (causal LM); `--format json` prints one JSON object per line instead.
 
 `export --merge` writes a plain transformers model folder (`export_merged`); without
-`--merge` it copies the PEFT adapter folder (out of a checkpoint, say).
+`--merge` it copies the PEFT adapter folder (out of a checkpoint, say). A DECA full
+model folder loads, predicts and copies the same way; `--merge` re-saves it as is.
 """
 
 from __future__ import annotations
@@ -144,7 +145,9 @@ def run_export(adapter: Path, output: Path, merge: bool, base: str | None = None
         if output.exists():
             raise AdapterError(f"{output} already exists (hint: choose a new --output)")
         output.mkdir(parents=True)
-        names = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, DECLORA_INFO, MODEL_CARD)
+        names: tuple[str, ...] = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, DECLORA_INFO, MODEL_CARD)
+        if not (folder / ADAPTER_CONFIG).is_file():  # a DECA full model folder: all of it
+            names = tuple(sorted(p.name for p in folder.iterdir()))
         for name in names:
             if (folder / name).is_file():
                 shutil.copy2(folder / name, output / name)

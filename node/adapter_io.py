@@ -8,8 +8,11 @@
 MiniLM from its package, a tiny test model from its seed, a local folder by its path,
 or `base=` given by the caller), checks that it is the base the adapter was trained
 on (fingerprint, or weight digest for a `base=` override), and loads the adapter
-tensors. `export_merged` writes a plain transformers model folder with the LoRA
-update merged into the base weights and the labels in its config.
+tensors. A DECA result (a full model folder, `deca_model.BlockModel.save_adapter`)
+loads the same way: the recorded base rebuilt and checked, then every trained block
+and the head from its `model.safetensors`. `export_merged` writes a plain
+transformers model folder with the LoRA update merged into the base weights and the
+labels in its config.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from declora.node.adapter import atomic_replace_dir, new_build_dir
+from declora.node.adapter import AdapterSchema, SchemaError, atomic_replace_dir, new_build_dir
 from declora.node.adapter_card import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -32,6 +36,7 @@ from declora.node.adapter_card import (
     weights_sha256,
 )
 from declora.node.data import TextDataset
+from declora.node.deca_model import FULL_MODEL, MODEL_WEIGHTS, BlockModel
 from declora.node.lm_data import IGNORE, encode_lm
 from declora.node.models import HFTokenizer, ModelError, Tokenizer
 from declora.node.trainer import LoraModel, LoraSpec
@@ -119,9 +124,22 @@ class LoadedAdapter:
             losses.extend(float(v) for v in per_text.cpu())
         return losses
 
+    @property
+    def full_model(self) -> bool:
+        """A DECA full model folder: the model itself trained, no LoRA."""
+        return isinstance(self.lora, BlockModel)
+
+    @property
+    def weights(self) -> Path:
+        """The folder's weights file (PEFT adapter, or the full model)."""
+        return self.path / (MODEL_WEIGHTS if self.full_model else ADAPTER_WEIGHTS)
+
     def merge(self) -> nn.Module:
         """Merge the LoRA update into the base weights in place; returns the plain
-        transformers model (also `self.model` from then on: predictions are unchanged)."""
+        transformers model (also `self.model` from then on: predictions are unchanged).
+        A full model has nothing to merge: it is returned as it is."""
+        if self.full_model:
+            return self.model
         merged: nn.Module = self.model.merge_and_unload()  # type: ignore[operator]
         self.model = merged
         return merged
@@ -133,18 +151,21 @@ def perplexity(loss: float) -> float:
 
 
 def adapter_folder(path: str | Path) -> Path:
-    """The PEFT folder of `path`: an adapter folder, a checkpoint, or a checkpoint root."""
+    """The adapter folder of `path`: a PEFT adapter or DECA full model folder, a
+    checkpoint, or a checkpoint root."""
     p = Path(path)
     if not p.exists():
         raise AdapterError(f"{p} does not exist (hint: pass the folder that save_adapter wrote)")
     if (p / "LATEST").is_file():
         p = p / (p / "LATEST").read_text().strip()
-    if (p / "adapter" / ADAPTER_CONFIG).is_file():
+    if any((p / "adapter" / name).is_file() for name in (ADAPTER_CONFIG, MODEL_WEIGHTS)):
         p = p / "adapter"
+    if (p / MODEL_WEIGHTS).is_file() and not (p / ADAPTER_CONFIG).is_file():
+        return p  # a full model folder (DECA)
     if not (p / ADAPTER_CONFIG).is_file():
         raise AdapterError(
-            f"{p} is not a PEFT adapter folder (no {ADAPTER_CONFIG}) "
-            "(hint: pass a node's adapter/ or a checkpoint folder)"
+            f"{p} is not a PEFT adapter folder (no {ADAPTER_CONFIG}) nor a DECA model "
+            f"folder (no {MODEL_WEIGHTS}) (hint: pass a node's adapter/ or a checkpoint folder)"
         )
     if not (p / ADAPTER_WEIGHTS).is_file():
         raise AdapterError(f"{p} has no {ADAPTER_WEIGHTS} (hint: the save did not finish)")
@@ -154,9 +175,11 @@ def adapter_folder(path: str | Path) -> Path:
 def _read_info(folder: Path) -> dict[str, Any]:
     info_file = folder / DECLORA_INFO
     if not info_file.is_file():
+        peft = (folder / ADAPTER_CONFIG).is_file()
+        loader = "peft.PeftModel.from_pretrained" if peft else "transformers' from_pretrained"
         raise AdapterError(
             f"{folder} has no {DECLORA_INFO}: it was not written by declora "
-            "(hint: load it with peft.PeftModel.from_pretrained)"
+            f"(hint: load it with {loader})"
         )
     try:
         info: dict[str, Any] = json.loads(info_file.read_text())
@@ -187,12 +210,9 @@ def load_adapter(
     when the folder is not a declora adapter, the base cannot be loaded, or the base
     is not the one the adapter was trained on.
     """
-    from safetensors.torch import load_file
-
-    from declora.node.checkpoint import CheckpointError, peft_tensors_to_vector
-
     folder = adapter_folder(path)
     info = _read_info(folder)
+    full = info.get("format") == FULL_MODEL
     spec_dict = dict(info["spec"])
     recorded = str(spec_dict.get("model"))
     if base is not None:
@@ -202,22 +222,22 @@ def load_adapter(
         spec = LoraSpec(**spec_dict)
     except TypeError as exc:
         raise AdapterError(f"{folder}/{DECLORA_INFO}: bad spec: {exc}") from exc
-    tensors = load_file(str(folder / ADAPTER_WEIGHTS))
+    weights = folder / (MODEL_WEIGHTS if full else ADAPTER_WEIGHTS)
+    tensors = _load_tensors(weights)
     labels = tuple(str(n) for n in info.get("labels") or ())
     num_labels = _num_labels(info, tensors) if spec.task == "cls" else 2
     try:
         agreed = info.get("agreed") or None  # the recipe facts the fingerprint covers
-        lm = LoraModel(spec, num_labels, device, label_names=labels, agreed=agreed)
+        lm = (BlockModel if full else LoraModel)(
+            spec, num_labels, device=device, label_names=labels, agreed=agreed
+        )
     except (ModelError, OSError) as exc:
         raise AdapterError(
             f"cannot load the base {spec.model!r} of {folder}: {exc} "
             "(hint: pass base= / --base with a local copy of it)"
         ) from exc
     _check_base(lm, info, folder, same_name=spec.model == recorded)
-    try:
-        vec = peft_tensors_to_vector(tensors, lm.schema)
-    except (CheckpointError, ValueError) as exc:
-        raise AdapterError(f"{folder}: {exc}") from exc
+    vec = _vector(tensors, lm.schema, weights, peft=not full)
     lm.bind(lm.vector_to_tensors(vec), owner=folder)
     lm.model.eval()
     if spec.task == "cls" and not labels:
@@ -233,6 +253,32 @@ def load_adapter(
         path=folder,
         lora=lm,
     )
+
+
+def _load_tensors(weights: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(weights))
+    except Exception as exc:  # a truncated or foreign file: one line, no traceback
+        raise AdapterError(f"{weights} is not a readable safetensors file: {exc}") from exc
+
+
+def _vector(
+    tensors: dict[str, torch.Tensor], schema: AdapterSchema, weights: Path, peft: bool
+) -> np.ndarray:
+    """The adapter vector in `schema` order: PEFT-named tensors, or the trained blocks
+    and head among a full model's tensors (the rest is the checked base)."""
+    from declora.node.checkpoint import CheckpointError, peft_tensors_to_vector
+
+    try:
+        if peft:
+            return peft_tensors_to_vector(tensors, schema)
+        trained = {n: tensors[n] for n in schema.names if n in tensors}
+        schema.check(trained)
+        return schema.flatten(trained)
+    except (CheckpointError, SchemaError) as exc:
+        raise AdapterError(f"{weights}: {exc}") from exc
 
 
 def _check_base(lm: LoraModel, info: dict[str, Any], folder: Path, same_name: bool) -> None:
@@ -254,7 +300,8 @@ def _check_base(lm: LoraModel, info: dict[str, Any], folder: Path, same_name: bo
 def export_merged(
     path: str | Path, output: str | Path, *, base: str | None = None
 ) -> tuple[Path, LoadedAdapter]:
-    """Write `output`: the base with the adapter merged in, as plain transformers files.
+    """Write `output`: the base with the adapter merged in (a DECA full model as it
+    is), as plain transformers files.
 
     `AutoModelForSequenceClassification.from_pretrained(output)` (or `...ForCausalLM`)
     loads it with the labels in its config; a transformers tokenizer is saved beside
@@ -275,7 +322,7 @@ def export_merged(
     export_info = {
         "source": str(adapter.path),
         "fingerprint": adapter.info.get("fingerprint"),
-        "adapter_weights_sha256": weights_sha256(adapter.path / ADAPTER_WEIGHTS),
+        "adapter_weights_sha256": weights_sha256(adapter.weights),
         "task": adapter.task,
         "labels": list(adapter.labels),
         "max_length": adapter.max_length,

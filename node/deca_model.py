@@ -55,6 +55,7 @@ from declora.node.trainer import Encoded, LocalTrainer, LoraModel, LoraSpec
 LAYER = re.compile(r"^(.*?\.(?:layer|layers|h|block|blocks))\.(\d+)\.")
 HEADS = ("classifier.", "score.")  # what PEFT's SEQ_CLS also trains: the task head
 MODEL_WEIGHTS = "model.safetensors"
+FULL_MODEL = "full-model"  # declora.json's "format" of a full model folder
 
 
 def layer_groups(names: Iterable[str]) -> list[list[str]]:
@@ -148,17 +149,18 @@ class BlockModel(LoraModel):
     def save_adapter(self, vec: np.ndarray, path: Path, meta: dict[str, object]) -> None:
         """Write the full model with the union vector `vec` atomically: transformers'
         `save_pretrained` files (`from_pretrained` loads them), the tokenizer when it
-        is a transformers one, and `declora.json` (fingerprint, spec, labels, base,
-        the weights' sha256, `meta`)."""
+        is a transformers one, and `declora.json` (fingerprint, spec, agreed recipe
+        facts, labels, base, the weights' sha256, `meta`): what `load_adapter` reads."""
         build = new_build_dir(path)
         with self.using(vec):
             self.model.save_pretrained(str(build))  # type: ignore[operator]
         if isinstance(self.tokenizer, HFTokenizer):
             self.tokenizer.hf.save_pretrained(str(build))
         info = {
-            "format": "full-model",
+            "format": FULL_MODEL,
             "fingerprint": self.fingerprint,
             "spec": self.spec.as_dict(),
+            "agreed": self.agreed,
             "task": self.task,
             "labels": list(self.label_names),
             "num_labels": self.num_labels if self.task == "cls" else 0,
