@@ -42,7 +42,8 @@ test: $(VENV)/.dev
 	$(PY) -m pytest -m "not slow and not faults"
 	$(MAKE) bench-smoke
 
-## make test-slow: the tests on the real MiniLM model and BBC News (minutes)
+## make test-slow: the tests on the real MiniLM model and BBC News, and every method
+## with real daemon processes (minutes)
 test-slow: $(VENV)/.dev
 	$(PY) -m pytest -m slow
 

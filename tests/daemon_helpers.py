@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 import numpy as np
@@ -30,6 +30,9 @@ import pytest
 from declora.cli.client import StatusError, fetch_status
 from declora.node.security import TlsFiles
 from declora.proto import pb, pb_grpc
+
+if TYPE_CHECKING:
+    from declora.node.simulator import SimConfig, Simulation
 
 HOST = "127.0.0.1"
 CLI = [sys.executable, "-m", "declora.cli"]
@@ -96,6 +99,47 @@ def train_args(data: Path) -> list[str]:
         "--no-gradient-tracking --validation-fraction 0 --lr-schedule constant"
     )
     return ["--data", str(data), *flags.split()]
+
+
+def sim_config(data: Path, nodes: int, **changes: object) -> SimConfig:
+    """The simulator's recipe for `nodes` daemons on a ring started with
+    `train_args(data)`; `changes` are the fields of the flags a test adds after."""
+    from declora.node.simulator import SimConfig
+
+    fields: dict[str, object] = {
+        "model": MODEL,
+        "data": str(data),
+        "nodes": nodes,
+        "topology": "ring",
+        "local_steps": LOCAL_STEPS,
+        "batch_size": BATCH,
+        "lr": LR,
+        "rank": RANK,
+        "alpha": ALPHA,
+        "max_length": MAX_LENGTH,
+        "seed": SEED,
+        "centralized": False,
+        "threads": 1,
+        "gradient_tracking": False,
+        "validation_fraction": 0.0,
+        "lr_schedule": "constant",
+    }
+    return SimConfig.model_validate({**fields, **changes})
+
+
+def simulate(cfg: SimConfig) -> Simulation:
+    """`cfg` run in this process on one torch thread, as the daemons (restored after)."""
+    import torch
+
+    from declora.node.simulator import Simulation
+
+    threads = torch.get_num_threads()
+    try:
+        sim = Simulation(cfg)
+        sim.run()
+    finally:
+        torch.set_num_threads(threads)
+    return sim
 
 
 def status_or_none(

@@ -23,13 +23,8 @@ import grpc
 import numpy as np
 import pytest
 from daemon_helpers import (
-    ALPHA,
-    BATCH,
     CLI,
     HOST,
-    LOCAL_STEPS,
-    LR,
-    MAX_LENGTH,
     MODEL,
     RANK,
     SEED,
@@ -40,6 +35,8 @@ from daemon_helpers import (
     live_ids,
     read_adapter,
     serve_fake_peer,
+    sim_config,
+    simulate,
     status_or_none,
     train_args,
     uid,
@@ -162,11 +159,9 @@ def test_daemons_match_simulator(
     adapter (measured bit-identical for fp32 and q8, whose rounding rngs are per node),
     with gradient tracking too (its z messages share that rng), and with 2 exchanges a
     training round (the daemons' round numbers count exchanges)."""
-    import torch
     from safetensors.torch import load_file
 
     from declora.node.checkpoint import peft_tensors_to_vector
-    from declora.node.simulator import SimConfig, Simulation
 
     rounds, scheme = 6 // gossip_steps, "dirichlet:1.0"
     nodes = cluster.static(
@@ -178,36 +173,18 @@ def test_daemons_match_simulator(
     )
     for node in nodes:
         node.start()
-    cfg = SimConfig(
-        model=MODEL,
-        data=str(data),
-        nodes=3,
-        topology="ring",
+    cfg = sim_config(
+        data,
+        3,
         partition_scheme=scheme,
         rounds=rounds,
-        local_steps=LOCAL_STEPS,
-        batch_size=BATCH,
-        lr=LR,
-        rank=RANK,
-        alpha=ALPHA,
-        max_length=MAX_LENGTH,
-        seed=SEED,
         codec=codec,
         consensus_rounds=0,
-        centralized=False,
-        threads=1,
         gradient_tracking=tracking,
         swarm_size=3,
         gossip_steps=gossip_steps,
-        validation_fraction=0.0,  # as train_args
-        lr_schedule="constant",
     )
-    threads = torch.get_num_threads()
-    try:
-        sim = Simulation(cfg)  # one torch thread, as the daemons; runs while they start
-        sim.run()
-    finally:
-        torch.set_num_threads(threads)
+    sim = simulate(cfg)  # runs while the daemons start
     codes = cluster.wait_exit(nodes, START + RUN)
     if codes != [0, 0, 0]:
         cluster.fail(f"exit codes {codes}, expected all 0")

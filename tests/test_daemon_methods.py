@@ -1,0 +1,96 @@
+"""The methods beside Dec-LoRA with real daemon processes: three `declora-node start`
+processes on a ring (real gRPC on 127.0.0.1) end bit-identical to the simulator's
+virtual nodes for the same recipe: adapter, public copy, the method's state and the
+saved folder (tests/test_daemon.py does the same for Dec-LoRA). About 25-40 s a case
+on a busy 2-core machine: marked slow (`make test-slow`)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from daemon_helpers import Cluster, sim_config, simulate
+from test_daemon import RUN, START, ring
+
+from declora.node import checkpoint
+from declora.node.trainer import LoraModel
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(360)]
+
+NODES, ROUNDS, SCHEME = 3, 4, "dirichlet:1.0"
+
+# q8 (per-node rounding rngs) wherever the method takes it, tracking where it is
+# allowed (ConLoRA); DECA switches blocks every 2 rounds, so both of its blocks train.
+METHODS = {
+    "conlora": {"codec": "q8", "gradient_tracking": True},
+    "decaf": {"codec": "fp32"},
+    "kill-revive": {"codec": "q8"},
+    "deca": {"codec": "q8", "deca_blocks": 2, "deca_block_rounds": 2},
+}
+
+
+def flags(method: str, fields: dict[str, object]) -> list[str]:
+    """The daemon flags of `fields` (a bool is a --X / --no-X switch)."""
+    out = ["--method", method]
+    for key, value in fields.items():
+        name = key.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(f"--{name}" if value else f"--no-{name}")
+        else:
+            out += [f"--{name}", str(value)]
+    return out
+
+
+def saved_vector(path: Path, lm: LoraModel) -> np.ndarray:
+    """The vector a node's final folder holds: a PEFT adapter, or DECA's full model."""
+    from safetensors.torch import load_file
+
+    if (path / "adapter_model.safetensors").is_file():
+        tensors = load_file(str(path / "adapter_model.safetensors"))
+        return checkpoint.peft_tensors_to_vector(tensors, lm.schema)
+    tensors = load_file(str(path / "model.safetensors"))
+    return lm.schema.flatten({n: tensors[n] for n in lm.schema.names})
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_daemon_processes_match_simulator(cluster: Cluster, method: str) -> None:
+    fields = METHODS[method]
+    extra = f"--rounds {ROUNDS} --consensus-rounds 0 --partition-scheme {SCHEME} --eval-every 0 "
+    extra += f"--round-deadline 60 --swarm-size {NODES} --gossip-steps 1"
+    nodes = cluster.static(NODES, ring(NODES), extra.split() + flags(method, fields))
+    for node in nodes:
+        node.start()
+    cfg = sim_config(
+        cluster.data,
+        NODES,
+        method=method,
+        partition_scheme=SCHEME,
+        rounds=ROUNDS,
+        consensus_rounds=0,
+        swarm_size=NODES,
+        gossip_steps=1,
+        **fields,
+    )
+    sim = simulate(cfg)  # runs while the daemons start
+    codes = cluster.wait_exit(nodes, START + RUN)
+    if codes != [0] * NODES:
+        cluster.fail(f"exit codes {codes}, expected all 0")
+    for i, node in enumerate(nodes):
+        log = node.log()
+        done = rf"round {ROUNDS} done in \S+: loss \S+, {NODES - 1} live neighbours"
+        assert re.search(done, log), cluster.report()
+        assert "left the live set" not in log.split(f"round {ROUNDS} done")[0], cluster.report()
+        want, got = sim.nodes[i].snapshot(), checkpoint.load(node.ckpt, sim.lm)
+        assert got.round == ROUNDS
+        np.testing.assert_array_equal(got.vector, want.vector, err_msg=node.node_id)
+        np.testing.assert_array_equal(got.public, want.public, err_msg=node.node_id)
+        assert sorted(got.method_state) == sorted(want.method_state)
+        for key, value in want.method_state.items():
+            np.testing.assert_array_equal(got.method_state[key], value, err_msg=key)
+        saved = saved_vector(node.ckpt / "adapter", sim.lm)
+        np.testing.assert_array_equal(saved, sim.nodes[i].model_vector(), err_msg=node.node_id)
+        assert np.abs(want.vector - sim.nodes[i].initial).max() > 1e-2, "never trained"
+    if method == "kill-revive":  # the last rounds trained and sent some modules only
+        assert all(not node.active.all() for node in sim.nodes)  # type: ignore[attr-defined]
