@@ -40,6 +40,7 @@ from declora.node.quantize import check_runtime
 from declora.node.schedule import Schedule
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+LM_EVAL_LOGITS = 1 << 24  # logits an LM evaluation batch may hold (64 MiB in fp32)
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,11 @@ class LoraModel:
         self, vec: np.ndarray, data: Encoded, batch_size: int = 64
     ) -> tuple[dict[str, float], np.ndarray | None]:
         """`evaluate`'s figures and, for cls, whether each example was predicted
-        right (a bool array in `data`'s order; None for lm)."""
+        right (a bool array in `data`'s order; None for lm). An LM's batches are cut
+        so their logits stay near `LM_EVAL_LOGITS` values (memory, not figures)."""
+        if self.task != "cls":
+            row = max(int(data.input_ids.shape[1]), 1) * self.vocab_size
+            batch_size = max(1, min(batch_size, LM_EVAL_LOGITS // row))
         with self.using(vec):
             self.model.eval()
             losses, preds = [], []
@@ -269,6 +274,12 @@ class LoraModel:
         truth = data.labels.numpy()
         metrics = {"loss": loss, **classification_metrics(pred, truth, self.num_labels)}
         return metrics, pred == truth
+
+    @property
+    def vocab_size(self) -> int:
+        """The size of the output vocabulary (a classifier's: its labels)."""
+        head: Any = self.base.model.get_output_embeddings()
+        return int(head.weight.shape[0]) if head is not None else self.num_labels
 
     def base_record(self) -> dict[str, object]:
         """Where the base came from: name, hub id, local path, file hash, weight digest.

@@ -265,3 +265,33 @@ def test_tiny_llama_causal_lm_trains_and_evaluates() -> None:
     assert after["loss"] < before["loss"] - 0.15
     assert after["perplexity"] == pytest.approx(np.exp(after["loss"]), rel=1e-9)
     assert after["perplexity"] < before["perplexity"]
+
+
+def test_lm_evaluation_batches_are_cut_to_bound_logits_not_figures(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An LM's evaluation batch holds at most LM_EVAL_LOGITS logits (SmolLM2's vocab
+    at 64 rows x 128 tokens was 1.6 GB of logits, and a study was killed for memory);
+    the perplexity is the same whatever the batches."""
+    import declora.node.trainer as trainer_module
+
+    spec = LoraSpec(model="tiny-llama", task="lm", rank=4, alpha=8, max_length=32, seed=0)
+    lm = LoraModel(spec, num_labels=2)
+    rng = np.random.default_rng(1)
+    texts = tuple(" ".join(rng.choice(["abc", "abd", "xyz"], size=6)) for _ in range(20))
+    data = lm.encode(TextDataset(texts, None, ()))
+    vec = np.asarray(
+        lm.schema.flatten(dict(zip(lm.schema.names, lm.initial_tensors(), strict=True)))
+    )
+    whole = lm.evaluate(vec, data)
+    rows: list[int] = []
+    forward = lm.model.forward
+    monkeypatch.setattr(
+        lm.model, "forward", lambda **kw: rows.append(len(kw["input_ids"])) or forward(**kw)
+    )
+    monkeypatch.setattr(
+        trainer_module, "LM_EVAL_LOGITS", 3 * data.input_ids.shape[1] * lm.vocab_size
+    )
+    cut = lm.evaluate(vec, data)
+    assert max(rows) == 3 and sum(rows) == len(data)
+    assert cut["perplexity"] == pytest.approx(whole["perplexity"], rel=1e-6)
