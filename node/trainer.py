@@ -241,6 +241,7 @@ class LoraModel:
         perplexity does not depend on the batch size or on how long each example is."""
         return self.evaluate_examples(vec, data, batch_size)[0]
 
+    @torch.no_grad()
     def evaluate_examples(
         self, vec: np.ndarray, data: Encoded, batch_size: int = 64
     ) -> tuple[dict[str, float], np.ndarray | None]:

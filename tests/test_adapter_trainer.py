@@ -295,3 +295,22 @@ def test_lm_evaluation_batches_are_cut_to_bound_logits_not_figures(
     cut = lm.evaluate(vec, data)
     assert max(rows) == 3 and sum(rows) == len(data)
     assert cut["perplexity"] == pytest.approx(whole["perplexity"], rel=1e-6)
+
+
+def test_evaluation_builds_no_autograd_graph(tiny_lm: LoraModel) -> None:
+    """The simulator's final evaluation calls `evaluate_examples` directly: it must not
+    record a graph (memory and time for nothing)."""
+    from conftest import make_synthetic
+
+    seen: list[bool] = []
+    hook = tiny_lm.model.register_forward_hook(lambda *_: seen.append(torch.is_grad_enabled()))
+    try:
+        vec = np.asarray(
+            tiny_lm.schema.flatten(
+                dict(zip(tiny_lm.schema.names, tiny_lm.initial_tensors(), strict=True))
+            )
+        )
+        tiny_lm.evaluate_examples(vec, tiny_lm.encode(make_synthetic(20)))
+    finally:
+        hook.remove()
+    assert seen and not any(seen)
