@@ -283,7 +283,9 @@ def experiment(
         typer.Option(
             help="cls: the paper's grid (MiniLM); lm: the causal-LM grid (SmolLM2); swarm: "
             "the generalization study (4 topologies x 3 seeds, chosen on validation); "
-            "lm-parity: SmolLM2 swarm vs centralized LoRA (3 seeds, chosen on validation)."
+            "lm-parity: SmolLM2 swarm vs centralized LoRA (3 seeds, chosen on validation); "
+            "methods: every --method vs centralized LoRA and full fine-tuning (MiniLM ring "
+            "of 8, 3 seeds, chosen on validation)."
         ),
     ] = "cls",
     output: Annotated[
@@ -296,7 +298,10 @@ def experiment(
         bool, typer.Option("--table", help="Only rebuild table.md from finished runs.")
     ] = False,
     workers: Annotated[
-        int, typer.Option(min=1, help="runs at a time (--task swarm, lm-parity; one thread each)")
+        int,
+        typer.Option(
+            min=1, help="runs at a time (--task swarm, lm-parity, methods; one thread each)"
+        ),
     ] = 2,
 ) -> None:
     """Reproduce a comparison of Dec-LoRA with centralized LoRA (resumable)."""
@@ -311,6 +316,11 @@ def experiment(
         from declora.cli import lm_parity
 
         typer.echo(lm_parity.run_study(output, workers, say=typer.echo))
+        return
+    if task == "methods":
+        from declora.cli import methods_study
+
+        typer.echo(methods_study.run_study(output, workers, say=typer.echo))
         return
 
     if task not in GRIDS:

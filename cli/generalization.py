@@ -147,19 +147,24 @@ def run_job(job: Job, output: Path) -> str:
 
 
 def run_jobs(
-    jobs: Iterable[Job], output: Path, workers: int, say: Callable[[str], None] = print
+    jobs: Iterable[Job],
+    output: Path,
+    workers: int,
+    say: Callable[[str], None] = print,
+    run: Callable[[Job, Path], str] = run_job,
 ) -> None:
-    """Run the jobs whose JSON is missing, `workers` at a time (spawned processes)."""
+    """Run the jobs whose JSON is missing, `workers` at a time (spawned processes), each
+    with `run` (a module-level function: it is pickled to the workers)."""
     todo = [j for j in jobs if not j.path(output).is_file()]
     if not todo:
         return
     say(f"{len(todo)} runs to do ({workers} at a time)")
     if workers <= 1:
         for job in todo:
-            say(f"done {run_job(job, output)}")
+            say(f"done {run(job, output)}")
         return
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(run_job, job, output) for job in todo]
+        futures = [pool.submit(run, job, output) for job in todo]
         for fut in futures:
             say(f"done {fut.result()}")
 
@@ -252,18 +257,19 @@ def final_jobs(study: Study, chosen: dict[str, Any]) -> dict[tuple[str, str, int
     return jobs
 
 
-def _correct(text: str) -> np.ndarray:
+def outcomes(text: str) -> np.ndarray:
+    """A run's 0/1 text of test outcomes as booleans (True = right)."""
     return np.frombuffer(text.encode(), dtype=np.uint8) == ord("1")
 
 
-def _nodes(res: dict[str, Any]) -> np.ndarray:
+def node_outcomes(res: dict[str, Any]) -> np.ndarray:
     """Every node's test outcomes (nodes x examples, 1 = right)."""
-    return np.stack([_correct(t) for t in res["final"]["correct"]["nodes"]])
+    return np.stack([outcomes(t) for t in res["final"]["correct"]["nodes"]])
 
 
-def _worst_node(res: dict[str, Any]) -> np.ndarray:
+def worst_node_outcomes(res: dict[str, Any]) -> np.ndarray:
     """The test outcomes of the node with the lowest test accuracy."""
-    nodes = _nodes(res)
+    nodes = node_outcomes(res)
     return nodes[int(nodes.mean(axis=1).argmin())]
 
 
@@ -298,7 +304,7 @@ def table(study: Study, output: Path, chosen: dict[str, Any]) -> str:
             continue
         name = setting if len(seeds) == len(study.seeds) else f"{setting} ({len(seeds)} seeds)"
         central = [_load(jobs[(setting, "central", s)], output) for s in seeds]
-        ref = [_correct(c["correct"]) for c in central]
+        ref = [outcomes(c["correct"]) for c in central]
         lr = chosen["central"][setting]["lr"]
         iv = summarize(ref, shared_examples=True)
         lines.append(f"| {name} | centralized (lr {lr:g}) | {format_interval(iv)} | | | |")
@@ -306,12 +312,12 @@ def table(study: Study, output: Path, chosen: dict[str, Any]) -> str:
         fp32_kib = 0.0
         for row in ROWS:
             runs = [_load(jobs[(setting, row, s)], output) for s in seeds]
-            nodes = [_nodes(r) for r in runs]
+            nodes = [node_outcomes(r) for r in runs]
             diff = summarize(nodes, ref, shared_examples=True)
             note = f"{verdict(diff, PARITY_MARGIN)} at {PARITY_MARGIN:g}"
             kib = float(np.mean([r["final"]["bytes_sent_per_node"] for r in runs])) / 1024
             if row == "recipe":
-                fp32, fp32_kib = [_worst_node(r) for r in runs], kib
+                fp32, fp32_kib = [worst_node_outcomes(r) for r in runs], kib
             if row == "recipe-q4":
                 q4 = summarize(nodes, fp32, shared_examples=True)
                 note += (

@@ -39,7 +39,7 @@ from declora.node.recipe import Recipe
 from declora.node.scores import Score, score_for
 from declora.node.topology import Topology, from_spec
 from declora.node.trainer import Encoded, LoraModel
-from declora.node.workload import load_workload
+from declora.node.workload import Workload, load_workload
 
 
 class SimConfig(Recipe):
@@ -351,43 +351,58 @@ class Simulation:
     def run_centralized(
         self, progress: ProgressFn | None = None, evals: int = CENTRAL_EVALS
     ) -> dict[str, Any]:
-        """One adapter, the union of the nodes' data, the swarm's number of samples.
-        Its curve (`evals` points, 0 = none) is on the validation rows (the test set
-        when there are none), and its last point is its "validation" figure; its
-        final figures are on the test set (cls: which examples it got right, as 0/1
-        text, in "correct")."""
-        cfg = self.cfg
-        trainer = self.workload.centralized_trainer()
-        steps = self.workload.centralized_steps()
-        watch = self.validation_enc if self.validation_enc is not None else self.test_enc
-        curve = []
-        chunk = max(1, -(-steps // evals)) if evals else steps
-        done = 0
-        t0 = time.perf_counter()
-        while done < steps:
-            k = min(chunk, steps - done)
-            trainer.train_steps(k)
-            done += k
-            if evals:
-                curve.append({"step": done, **self.lm.evaluate(model_vector(trainer), watch)})
-            if progress:
-                progress("centralized", done, steps)
-        seconds = time.perf_counter() - t0
-        final, right = self.lm.evaluate_examples(model_vector(trainer), self.test_enc)
-        out: dict[str, Any] = {
-            "steps": steps,
-            "batch_size": cfg.batch_size,
-            "lr": cfg.lr,
-            "seconds": seconds,
-            "curve_on": "validation" if self.validation_enc is not None else "test",
-            "curve": curve,
-            "final": final,
-        }
-        if right is not None:
-            out["correct"] = "".join("1" if x else "0" for x in right)
-        if self.validation_enc is not None and curve:
-            out["validation"] = curve[-1]
-        return out
+        """The centralized reference on this run's data (`train_centralized`)."""
+        return train_centralized(self.workload, progress, evals)
+
+
+def train_centralized(
+    work: Workload, progress: ProgressFn | None = None, evals: int = CENTRAL_EVALS
+) -> dict[str, Any]:
+    """One adapter (or `work.lm`'s whole trainable model), the union of the nodes'
+    data, the swarm's number of samples. Its curve (`evals` points, 0 = none) is on
+    the validation rows (the test set when there are none), and its last point is
+    its "validation" figure; its final figures are on the test set (cls: which
+    examples it got right, as 0/1 text, in "correct"). "seconds" is the whole loop,
+    "train_seconds" its training steps alone (the curve's evaluations left out)."""
+    cfg, lm = work.recipe, work.lm
+    test = work.encoded_test()
+    assert test is not None, "the centralized reference needs a test set"
+    validation = work.encoded_validation()
+    trainer = work.centralized_trainer()
+    steps = work.centralized_steps()
+    watch = validation if validation is not None else test
+    curve = []
+    chunk = max(1, -(-steps // evals)) if evals else steps
+    done = 0
+    train_seconds = 0.0
+    t0 = time.perf_counter()
+    while done < steps:
+        k = min(chunk, steps - done)
+        t1 = time.perf_counter()
+        trainer.train_steps(k)
+        train_seconds += time.perf_counter() - t1
+        done += k
+        if evals:
+            curve.append({"step": done, **lm.evaluate(model_vector(trainer), watch)})
+        if progress:
+            progress("centralized", done, steps)
+    seconds = time.perf_counter() - t0
+    final, right = lm.evaluate_examples(model_vector(trainer), test)
+    out: dict[str, Any] = {
+        "steps": steps,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "seconds": seconds,
+        "train_seconds": train_seconds,
+        "curve_on": "validation" if validation is not None else "test",
+        "curve": curve,
+        "final": final,
+    }
+    if right is not None:
+        out["correct"] = "".join("1" if x else "0" for x in right)
+    if validation is not None and curve:
+        out["validation"] = curve[-1]
+    return out
 
 
 def _summary(per_node: list[dict[str, float]], honest: list[int], score: Score) -> dict[str, float]:

@@ -150,11 +150,13 @@ def load_workload(
     device: str = "cpu",
     lm: LoraModel | None = None,
     max_train: int = 0,
+    model_type: type[LoraModel] | None = None,
 ) -> Workload:
     """Read the data, share it out among `nodes`, cap the test set, build the model.
 
     `max_train` keeps a seeded subset of the training set first (0 = all); `lm`
-    reuses an already built model (same recipe).
+    reuses an already built model (same recipe); `model_type` builds another kind
+    than the method's (`full_finetune.FullModel`: the full fine-tuning reference).
     """
     cls = recipe.task == "cls"
     # causal LM: labels (e.g. a topic) only to share the data out by them
@@ -185,7 +187,8 @@ def load_workload(
     parts, validation = carve_validation(parts, recipe.validation_fraction, recipe.seed)
     if lm is None:
         names = train.label_names if cls else ()
-        lm = (BlockModel if recipe.method == "deca" else LoraModel)(
+        kind = model_type or (BlockModel if recipe.method == "deca" else LoraModel)
+        lm = kind(
             recipe.lora_spec(), num_labels=max(train.num_labels, 2), device=device,
             label_names=names if len(names) >= 2 else (), precision=recipe.precision,
             gradient_checkpointing=recipe.gradient_checkpointing, agreed=recipe.agreed_facts(),

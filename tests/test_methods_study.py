@@ -1,0 +1,103 @@
+"""The methods study's machinery (`experiment --task methods`) on tiny-bert: full
+fine-tuning trains every parameter, selection reads validation only, every row and
+seed runs, the table and the verdicts are computed from the runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import CLASS_NAMES, NUM_CLASSES, TINY_SPEC, make_synthetic, write_jsonl
+
+from declora.cli import methods_study as ms
+from declora.node.data import TextDataset
+from declora.node.full_finetune import FullModel
+from declora.node.trainer import LocalTrainer
+
+
+def test_full_fine_tuning_changes_every_parameter(synthetic: TextDataset) -> None:
+    lm = FullModel(TINY_SPEC, num_labels=NUM_CLASSES, label_names=CLASS_NAMES)
+    names = [n for n, _ in lm.model.named_parameters()]
+    assert lm.schema.names == tuple(names)  # embeddings, layers, norms, pooler, head
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    LocalTrainer(lm, lm.encode(synthetic), 1e-3, 16, seed=0).train_steps(1)
+    after = dict(lm.model.named_parameters())
+    assert all(not torch.equal(before[n], after[n]) for n in names)
+
+
+def _rewrite(path: Path, change: dict[str, object]) -> None:
+    res = json.loads(path.read_text())
+    for keys, value in change.items():
+        *head, last = keys.split(".")
+        d = res
+        for k in head:
+            d = d[k]
+        d[last] = value
+    path.write_text(json.dumps(res))
+
+
+def test_the_study_selects_on_validation_and_tables_every_row_and_seed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = write_jsonl(make_synthetic(160), tmp_path / "texts.jsonl")
+    tiny = {"model": "tiny-bert", "data": str(data), "rank": 4, "alpha": 8, "rounds": 3,
+            "eval_every": 3, "nodes": 4, "consensus_rounds": 20}  # fmt: skip
+    monkeypatch.setattr(ms, "SETTING", {**ms.SETTING, **tiny})
+    monkeypatch.setattr(ms, "LORA_LRS", (1e-3, 3e-2))
+    monkeypatch.setattr(ms, "FULL_LRS", (1e-4, 1e-3))
+    monkeypatch.setattr(ms, "SEEDS", (0, 1))
+    out = tmp_path / "study"
+    text = ms.run_study(out, workers=1, say=lambda _: None)
+
+    runs = out / "runs"
+    assert len(list(runs.iterdir())) == 7 * 2 + 7 + 7  # selection, seed 1, memory
+    chosen = json.loads((out / "selection.json").read_text())
+    for row in ms.rows():
+        grid = [(ms.validation_of(json.loads(ms.job(row, lr, 0).path(out).read_text())), -lr)
+                for lr in ms.lrs(row)]  # fmt: skip
+        assert chosen["rows"][row]["lr"] == -max(grid)[1]
+        seed1 = json.loads(ms.job(row, chosen["rows"][row]["lr"], 1, False).path(out).read_text())
+        assert seed1["config"]["seed"] == 1
+        assert "validation" not in seed1 and "validation" not in seed1.get("final", {})
+    configs = {r: json.loads(ms.job(r, ms.lrs(r)[0], 0).path(out).read_text())["config"]
+               for r in ms.rows()}  # fmt: skip
+    assert [configs[r]["method"] for r in ms.ROWS] == list(ms.ROWS)
+    assert (
+        configs["dec-lora"]["gradient_tracking"] and not configs["kill-revive"]["gradient_tracking"]
+    )
+    assert configs["deca"]["gossip_steps"] == 1
+    full = json.loads(ms.job("central-full", 1e-4, 0).path(out).read_text())
+    assert full["full_finetune"] and full["train_seconds"] > 0
+    memory = json.loads((runs / "memory-deca.json").read_text())
+    assert memory["peak"] >= memory["rss_loaded"] > 0
+
+    # selection reads validation only: test figures do not move it, validation does
+    row, (low, high) = "dec-lora", ms.LORA_LRS
+    other = low if chosen["rows"][row]["lr"] == high else high
+    path = ms.job(row, other, 0).path(out)
+    original = path.read_text()
+    _rewrite(
+        path, {"final.after_consensus.honest_worst_accuracy": 1.0, "final.average.accuracy": 1.0}
+    )
+    assert ms.select(out)["rows"][row]["lr"] != other
+    _rewrite(path, {"final.validation.honest_worst_accuracy": 1.01})
+    assert ms.select(out)["rows"][row]["lr"] == other
+    path.write_text(original)
+    assert ms.select(out) == chosen
+
+    # the table and the verdicts read the runs
+    lines = {line.split(" | ")[0].strip("| †"): line for line in text.splitlines()}
+    assert all(lines[r].split(" | ")[2] == "2" for r in ms.rows())
+    done = ms.finished_runs(chosen, out)
+    dl, kr = done["dec-lora"], done["kill-revive"]
+    worst = np.mean([min(n["accuracy"] for n in r["final"]["nodes"]) for r in dl.runs.values()])
+    assert lines["dec-lora"].split(" | ")[3].startswith(f"{100 * worst:.1f} ± ")
+    assert f"{100 * (1 - kr.kib() / dl.kib()):.0f}% fewer bytes" in text
+    for seed in ms.SEEDS:
+        _rewrite(ms.final_jobs(chosen)[("kill-revive", seed)].path(out),
+                 {"final.bytes_sent_per_node": 0.0})  # fmt: skip
+    again = ms.table(out, chosen)
+    assert "100% fewer bytes" in again and "bytes at least 75% fewer: met" in again
