@@ -279,7 +279,8 @@ class LoraModel:
     @property
     def vocab_size(self) -> int:
         """The size of the output vocabulary (a classifier's: its labels)."""
-        head: Any = self.base.model.get_output_embeddings()
+        model: Any = self.base.model
+        head = model.get_output_embeddings()
         return int(head.weight.shape[0]) if head is not None else self.num_labels
 
     def base_record(self) -> dict[str, object]:
