@@ -56,9 +56,12 @@ class NodeState:
 
 
 def trainer_state(trainer: LocalTrainer) -> dict[str, Any]:
-    """Optimizer and sampler (and a DECA trainer's block and trained copies)."""
+    """Optimizer, sampler, fp16's loss scaler (and a DECA trainer's block and trained
+    copies)."""
     blocks = trainer.block_state() if isinstance(trainer, BlockTrainer) else {}
+    scaler = {} if trainer.scaler is None else {"scaler": trainer.scaler.state_dict()}
     return {
+        **scaler,
         "optimizer": trainer.optimizer.state_dict(),
         "step": trainer.step,
         "epoch": trainer.epoch,
@@ -73,6 +76,8 @@ def restore_trainer(trainer: LocalTrainer, state: dict[str, Any], vector: np.nda
         trainer.restore_blocks(state)  # first: the vector and optimizer are its block's
     trainer.set_vector(vector)
     trainer.optimizer.load_state_dict(state["optimizer"])
+    if trainer.scaler is not None and "scaler" in state:  # older checkpoints lack it
+        trainer.scaler.load_state_dict(state["scaler"])
     trainer.step = int(state["step"])
     trainer.epoch = int(state["epoch"])
     trainer.cursor = int(state["cursor"])

@@ -26,6 +26,7 @@ from conftest import tiny_sim_config
 from pydantic import ValidationError
 from torch import nn
 
+from declora.node import checkpoint
 from declora.node.adapter import fingerprint
 from declora.node.daemon.handshake import recipe_differences, recipe_facts
 from declora.node.models import BaseModel, ByteTokenizer, ModelError, default_targets, wrap_lora
@@ -504,3 +505,21 @@ def test_a_node_mid_group_goes_on_with_its_exchange_number(synthetic_jsonl: Path
     plan = a.settings.schedule()
     assert used[0] == used[1] == [0.05 * plan.factor(s) for s in (4, 5)]  # round 3, K = 2
     assert a.progress.round == b.progress.round == 5
+
+
+def test_a_checkpoint_keeps_the_fp16_loss_scale() -> None:
+    """fp16 needs CUDA; the CPU scaler stands in for it: the scale it has learnt (after
+    overflows) survives a checkpoint instead of restarting at 65536."""
+    data = encoded()
+    saved = LocalTrainer(LoraModel(LLAMA), data, lr=1e-2, batch_size=4, seed=0)
+    saved.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    saved.train_steps(1)
+    saved.scaler.update(new_scale=128.0)
+    state = checkpoint.trainer_state(saved)
+    fresh = LocalTrainer(LoraModel(LLAMA), data, lr=1e-2, batch_size=4, seed=0)
+    fresh.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    checkpoint.restore_trainer(fresh, state, saved.vector())
+    assert fresh.scaler.get_scale() == 128.0
+    without = {k: v for k, v in state.items() if k != "scaler"}  # a checkpoint from before
+    checkpoint.restore_trainer(fresh, without, saved.vector())
+    assert fresh.step == saved.step
