@@ -276,6 +276,34 @@ def simulate(
     run_one(cfg, output)
 
 
+STUDIES = ("swarm", "lm-parity", "methods")  # experiment --task: selection, then seeds
+
+
+def _study(task: str, output: Path | None, workers: int, table_only: bool) -> str:
+    """Run study `task` (resumable) and return its table; with `table_only` rebuild
+    the table from its finished runs and selection.json instead, running nothing."""
+    from declora.cli import generalization, lm_parity, methods_study
+
+    if task == "swarm":
+        study = generalization.SWARM_STUDY
+        folder = output or study.output
+        if not table_only:
+            return generalization.run_study(study, output, workers, say=typer.echo)
+        return generalization.table(study, folder, _selection(folder))
+    module = lm_parity if task == "lm-parity" else methods_study
+    folder = output or module.OUTPUT
+    if not table_only:
+        return module.run_study(output, workers, say=typer.echo)
+    return module.table(folder, _selection(folder))
+
+
+def _selection(folder: Path) -> dict[str, Any]:
+    path = folder / "selection.json"
+    if not path.is_file():
+        fail(f"{path} does not exist: no lr chosen yet (hint: run the study without --table)")
+    return dict(json.loads(path.read_text()))
+
+
 @app.command()
 def experiment(
     task: Annotated[
@@ -307,24 +335,17 @@ def experiment(
     """Reproduce a comparison of Dec-LoRA with centralized LoRA (resumable)."""
     from declora.cli.experiment import GRIDS, run_grid, write_table
 
-    if task == "swarm":
-        from declora.cli.generalization import SWARM_STUDY, run_study
-
-        typer.echo(run_study(SWARM_STUDY, output, workers, say=typer.echo))
-        return
-    if task == "lm-parity":
-        from declora.cli import lm_parity
-
-        typer.echo(lm_parity.run_study(output, workers, say=typer.echo))
-        return
-    if task == "methods":
-        from declora.cli import methods_study
-
-        typer.echo(methods_study.run_study(output, workers, say=typer.echo))
+    if task in STUDIES:
+        if only or list_runs:
+            fail(
+                f"--only and --list are for --task {' or '.join(GRIDS)}: --task {task} runs "
+                "its whole study (resumable; --table rebuilds its table)"
+            )
+        typer.echo(_study(task, output, workers, table))
         return
 
     if task not in GRIDS:
-        fail(f"--task must be one of {', '.join(GRIDS)}, got {task!r}")
+        fail(f"--task must be one of {', '.join([*GRIDS, *STUDIES])}, got {task!r}")
     grid = GRIDS[task]
     folder = output or grid.output
     if list_runs:

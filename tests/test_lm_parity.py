@@ -57,3 +57,29 @@ def test_the_study_selects_on_validation_and_tables_every_seed(
     rows = [line for line in text.splitlines() if line.startswith("| recipe")]
     assert [r.split(" | ")[1] for r in rows] == ["2", "2", "2"]
     assert "x fewer bytes" in rows[1]
+
+
+def test_experiment_table_of_a_study_runs_nothing(tmp_path: Path) -> None:
+    """`experiment --task lm-parity|methods|swarm --table` rebuilds the table from the
+    finished runs and selection.json; it used to start the whole study (hours)."""
+    from typer.testing import CliRunner
+
+    from declora.cli.app import app
+
+    runner = CliRunner()
+    chosen = {"recipe_lr": 2e-3, "central_lr": 4e-3, "grid": []}
+    (tmp_path / "selection.json").write_text(json.dumps(chosen))
+    res = runner.invoke(
+        app, ["experiment", "--task", "lm-parity", "--table", "--output", str(tmp_path)]
+    )
+    assert res.exit_code == 0, res.output
+    assert "| recipe | 0 | not run yet |" in res.stdout and (tmp_path / "table.md").is_file()
+    assert not (tmp_path / "runs").exists()
+    empty = tmp_path / "empty"
+    res = runner.invoke(app, ["experiment", "--task", "methods", "--table", "--output", str(empty)])
+    assert res.exit_code == 2 and "selection.json" in res.output
+    assert not empty.exists()
+    res = runner.invoke(
+        app, ["experiment", "--task", "swarm", "--only", "x", "--output", str(empty)]
+    )
+    assert res.exit_code == 2 and not empty.exists()
