@@ -19,8 +19,9 @@ round's z_i message, `receive_tracker` takes a neighbour's, and `mix` also updat
 c_i with the same weights.
 
 The simulator and the daemon both call exactly this sequence, so for the same seeds
-and the same live neighbour sets they produce the same adapters. A gossip-only round
-(the consensus finish) skips `train` and sends no tracking message.
+and the same live neighbour sets they produce the same adapters. The consensus finish is
+announced by `begin_finish()`; its gossip-only rounds skip `train` and send no
+tracking message.
 """
 
 from __future__ import annotations
@@ -120,6 +121,11 @@ class DecLoraNode(Generic[K]):
             return self.trainer.train_steps(steps, should_stop, first_step=first)
         self.tracker.begin_round()
         return self.trainer.train_steps(steps, should_stop, self.tracker.correct, first)
+
+    def begin_finish(self) -> None:
+        """The consensus finish starts: every exchange from here on is gossip only.
+        Dec-LoRA needs nothing; a method that sends part of its adapter in a training
+        round (Kill-and-Revive) sends all of it from here."""
 
     def outgoing(self, forged: np.ndarray | None = None) -> bytes:
         """This round's payload: the compressed change of the adapter since the last one

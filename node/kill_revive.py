@@ -14,8 +14,9 @@ exact scoring, budget and schedule were not available here; what is implemented:
 - revive: in rounds 1, 9, 17, ... (`revives`: every `REVIVE_EVERY`-th of the
   swarm-wide round number the simulator and the daemon pass to `train`, so
   neighbours revive together whatever rounds they skipped or jumped by a catch-up)
-  every module is active and re-scored. A gossip-only round (no training since the
-  last message: the consensus finish) sends and mixes every module;
+  every module is active and re-scored. Every exchange of a round (G of them with
+  `gossip_steps`) sends and mixes that round's modules; the consensus finish
+  (`begin_finish`) sends and mixes every module;
 - state: the scores are all a node keeps beyond its adapter and gossip; `snapshot`
   and `restore` carry them (`NodeSnapshot.method_state`), so a rolled-back round
   leaves them as they were and a checkpoint resumes them;
@@ -113,7 +114,7 @@ class KillReviveNode(DecLoraNode[K]):
         self.scores = np.zeros(m)
         self.round = 0  # the round last trained
         self.active = np.ones(m, dtype=bool)  # this round's modules (after `train`)
-        self._trained = False  # trained since the last message
+        self.finishing = False  # in the consensus finish: every module travels
         self._own = np.ones(self.size, dtype=bool)  # entries of this round's message
         self._sent_in: dict[K, np.ndarray] = {}  # entries each neighbour sent this round
 
@@ -142,6 +143,7 @@ class KillReviveNode(DecLoraNode[K]):
         modules are re-scored."""
         self.round = self.round + 1 if round_number is None else round_number
         self.active = self.choose(self.round)
+        self.finishing = False
         before = self.vector()
         params = self.trainer.lm.params
         for on, idx in zip(self.active, self._params, strict=True):
@@ -158,16 +160,18 @@ class KillReviveNode(DecLoraNode[K]):
                 a0, a1 = before[p.a].reshape(p.a_shape), after[p.a].reshape(p.a_shape)
                 b0, b1 = before[p.b].reshape(p.b_shape), after[p.b].reshape(p.b_shape)
                 self.scores[k] = update_change(a0, b0, a1, b1)
-        self._trained = True
         return loss
+
+    def begin_finish(self) -> None:
+        """The consensus finish: from here every message carries every module."""
+        self.finishing = True
 
     # -------------------------------------------------------------- messages
     def outgoing(self, forged: np.ndarray | None = None) -> bytes:
-        """The mask and the compressed change of the active entries (every entry in a
-        gossip-only round); the public copy advances on those entries only."""
-        modules = self.active if self._trained else self._every()
+        """The mask and the compressed change of the round's active entries (every
+        entry in the consensus finish); the public copy advances on those only."""
+        modules = self._every() if self.finishing else self.active
         self._own = self.entries(modules)
-        self._trained = False
         x = self.trainer.vector() if forged is None else forged
         return pack_mask(modules) + self.gossip.encode_update(x, self._rng, self._own)
 

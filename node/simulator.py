@@ -324,6 +324,8 @@ class Simulation:
         _, worst = consensus_distance(self.honest_vectors())
         r = cfg.rounds
         done = 0
+        for node in self.nodes:
+            node.begin_finish()
         while worst > cfg.consensus_tol and done < cfg.consensus_rounds and self.topology.n > 1:
             t0 = time.perf_counter()
             sent = self._gossip_round()

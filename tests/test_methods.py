@@ -426,6 +426,31 @@ def test_a_killed_module_takes_no_gradient_and_sends_no_bytes(synthetic: TextDat
         other.check_payload(0, pack_mask(np.ones(4, dtype=bool)) + payload[6:])
 
 
+def test_every_exchange_of_a_round_sends_its_modules_and_the_finish_sends_all(
+    synthetic: TextDataset,
+) -> None:
+    """With several exchanges a round (`gossip_steps`), the second and later exchanges
+    send the round's active modules too; only the consensus finish sends every one."""
+    node, other = kill_revive_nodes(synthetic, 2)
+    node.train(1)  # round 1: a revive round
+    node.train(1)  # round 2: one module of four
+    sizes = []
+    for _ in range(3):  # three exchanges of round 2
+        payload, reply = node.outgoing(), other.outgoing()
+        node.receive(1, reply)
+        other.receive(0, payload)
+        node.mix({1: 0.5})
+        other.mix({0: 0.5})
+        sizes.append(len(payload))
+    active = int(node.entries(node.active).sum())
+    assert active < node.size
+    assert sizes == [5 + 1 + OVERHEAD + 4 * active] * 3
+    node.begin_finish()
+    assert len(node.outgoing()) == 5 + 1 + OVERHEAD + 4 * node.size
+    node.train(1)  # a node that trains again is back to its round's modules
+    assert len(node.outgoing()) == 5 + 1 + OVERHEAD + 4 * active
+
+
 def test_kill_revive_mixing_preserves_the_average(synthetic: TextDataset) -> None:
     nodes = kill_revive_nodes(synthetic, 3)
     for k, node in enumerate(nodes):  # node k keeps module k alive (after a revive round)

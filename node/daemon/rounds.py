@@ -168,6 +168,7 @@ class RoundLoop:
         if progress.stop_requested:
             return
         progress.state = NodeState.CONSENSUS
+        parts.node.begin_finish()
         for _ in range(s.consensus_rounds):
             live = [p.node_id for p in parts.peers.live]
             if progress.stop_requested or not live:
