@@ -91,7 +91,7 @@ def inspect_path(path: Path) -> dict[str, Any]:
         "node_id": meta.get("node_id"),
         "eval": meta.get("eval"),
         "spec": spec,
-        "method": spec.get("method", "dec-lora"),
+        "method": spec.get("method", "dec-lora") if spec else None,  # None: not declora's
         "task": meta.get("task") or spec.get("task"),
         "lora": None
         if full
@@ -158,8 +158,9 @@ def render(info: dict[str, Any]) -> None:
         else ""
     )
     labels = f"labels {escape(', '.join(info['labels']))}\n" if info.get("labels") else ""
+    method = f"method {info['method']}, " if info["method"] else ""
     model = (
-        f"full model (method {info['method']}, no LoRA) task={info['task']}"
+        f"full model ({method}no LoRA) task={info['task']}"
         if lora is None
         else f"LoRA r={lora['r']} alpha={lora['lora_alpha']} targets={lora['target_modules']} "
         f"task={lora['task_type']}"

@@ -182,13 +182,13 @@ def table(output: Path, chosen: dict[str, Any]) -> str:
         kib = float(np.mean([r["final"]["bytes_sent_per_node"] for r in done.values()])) / 1024
         if row == "recipe-q4" and all(s in worst_fp32 for s in done):
             qm, qs, ql, qh = gap_interval([_gap(worst[s], worst_fp32[s]) for s in done])
-            fp32_kib = np.mean(
+            fp32_bytes = np.mean(
                 [_load(jobs[("recipe", s)], output)["final"]["bytes_sent_per_node"] for s in done]
             )
             note += (
                 f"; vs fp32 {qm:+.2f} ± {qs:.2f} [{ql:+.2f}, {qh:+.2f}]%: "
                 f"{parity_verdict(qh, ql, len(done), Q4_MARGIN)} at {Q4_MARGIN:g}%, "
-                f"{fp32_kib / 1024 / kib:.1f}x fewer bytes"
+                f"{fp32_bytes / 1024 / kib:.1f}x fewer bytes"
             )
         cells = [
             row,

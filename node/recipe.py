@@ -191,7 +191,7 @@ class Recipe(BaseModel):
     max_eval: int | None = Field(
         None,
         ge=0,
-        description="cap on test examples (0 = all)",
+        description="cap on test and validation examples each (0 = all)",
         json_schema_extra={"default_text": f"all for cls, {LM_EVAL_CAP} for lm"},
     )
 
@@ -279,7 +279,8 @@ class Recipe(BaseModel):
 
     @property
     def eval_cap(self) -> int:
-        """Test examples to evaluate on (0 = all): `max_eval`, or the task's default."""
+        """Test (and validation) examples to evaluate on (0 = all): `max_eval`, or the
+        task's default."""
         if self.max_eval is not None:
             return self.max_eval
         return 0 if self.task == "cls" else LM_EVAL_CAP

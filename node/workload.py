@@ -5,7 +5,8 @@ For a recipe and a number of nodes, `Workload` holds the train/test split, each
 node's share of the training data (`partition_scheme`, seeded by the recipe's seed),
 the test set capped at `eval_cap` examples (a seeded choice, the same everywhere),
 the validation rows (`validation_fraction` of every share, held out from training:
-model selection never looks at the test set), and the model. Node `i` trains with
+model selection never looks at the test set; scored up to `eval_cap` of them too),
+and the model. Node `i` trains with
 the seed `node_seed(seed, i)` on its share; the centralized reference trains one
 adapter on the union of the shares with the seed itself (its lr schedule spans the
 swarm's total steps). Two callers with the same recipe therefore build the same nodes.

@@ -138,6 +138,9 @@ def test_export_merge_loads_in_plain_transformers(
     assert [g[0] for g in parse_text_lines(pred.stdout)] == labels
     info = json.loads((out / "declora_export.json").read_text())
     assert info["labels"] == list(CLASS_NAMES) and info["tokenizer"].startswith("byte")
+    shown = runner.invoke(app, ["inspect", str(out)])  # a plain model: no declora method
+    assert shown.exit_code == 0, shown.output
+    assert "full model (no LoRA)" in shown.stdout and "method" not in shown.stdout
 
     again = runner.invoke(app, ["export", str(path), "--merge", "--output", str(out)])
     assert_user_error(again, "already exists")
