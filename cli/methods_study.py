@@ -32,11 +32,13 @@ Measured per row (mean over the seeds):
   on one thread), summed and divided by 8; a reference's `train_seconds` (all 240
   steps, its curve's evaluations left out);
 - peak memory (`node_memory`, once per row at its chosen lr): a fresh spawned process
-  builds the workload and one node (references: their trainer) and runs its whole
-  schedule of 30 steps; a node also gossips with its two ring neighbours (its own
-  messages stand in for theirs: same sizes, same state kept). Its peak resident set
+  builds the workload and one node (references: their trainer) and runs a node's
+  schedule of 30 steps (a reference's optimizer state is whole after its first); a
+  node also gossips with its two ring neighbours (its own messages stand in for
+  theirs: same sizes, same state kept). Its peak resident set
   (Linux VmHWM) includes Python, torch and the tokenized data set; "state" is the
-  peak minus the resident set right after loading (VmRSS): what training adds.
+  peak minus the resident set right after loading (VmRSS; the high-water mark is reset
+  there, so loading's transient peak is not counted): what training adds.
 
 Rows with gradient tracking are marked †. Below the table: Kill-and-Revive against
 Dec-LoRA (`KR_BYTES`, `KR_TIME`, `KR_POINTS`) and DECA against Dec-LoRA, from the
@@ -116,7 +118,7 @@ def lrs(row: str) -> tuple[float, ...]:
 def job(row: str, lr: float, seed: int, validate: bool = True, memory: bool = False) -> MethodJob:
     """A row's run at `lr` and `seed` (its memory measurement with `memory`)."""
     cfg = SimConfig(**{**SETTING, **ROWS.get(row, {})}, lr=lr, seed=seed)
-    name = f"memory-{row}" if memory else f"{row}-lr{lr:g}-seed{seed}"
+    name = f"memory-{row}-lr{lr:g}" if memory else f"{row}-lr{lr:g}-seed{seed}"
     return MethodJob(name, cfg, row in REFERENCES, validate, row == "central-full", memory)
 
 
@@ -161,6 +163,7 @@ def node_memory(j: MethodJob) -> dict[str, Any]:
     work.encoded_train()
     gc.collect()
     loaded = _vm("VmRSS")
+    reset = _reset_peak()
     steps = cfg.rounds * cfg.local_steps
     if j.central:
         work.centralized_trainer().train_steps(steps)
@@ -180,7 +183,22 @@ def node_memory(j: MethodJob) -> dict[str, Any]:
                     if tracker is not None:
                         node.receive_tracker(p, tracker)
                 node.mix(weights)
-    return {"config": cfg.model_dump(), "steps": steps, "rss_loaded": loaded, "peak": _vm("VmHWM")}
+    return {
+        "config": cfg.model_dump(),
+        "steps": steps,
+        "rss_loaded": loaded,
+        "peak": _vm("VmHWM"),
+        "peak_reset_after_loading": reset,
+    }
+
+
+def _reset_peak() -> bool:
+    """Set VmHWM to the current VmRSS (Linux `clear_refs` 5); False where refused."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
 
 
 def measure_memory(

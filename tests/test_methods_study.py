@@ -71,8 +71,9 @@ def test_the_study_selects_on_validation_and_tables_every_row_and_seed(
     assert configs["deca"]["gossip_steps"] == 1
     full = json.loads(ms.job("central-full", 1e-4, 0).path(out).read_text())
     assert full["full_finetune"] and full["train_seconds"] > 0
-    memory = json.loads((runs / "memory-deca.json").read_text())
-    assert memory["peak"] >= memory["rss_loaded"] > 0
+    deca_lr = chosen["rows"]["deca"]["lr"]
+    memory = json.loads(ms.job("deca", deca_lr, 0, memory=True).path(out).read_text())
+    assert memory["peak"] >= memory["rss_loaded"] > 0 and memory["peak_reset_after_loading"]
 
     # selection reads validation only: test figures do not move it, validation does
     row, (low, high) = "dec-lora", ms.LORA_LRS
