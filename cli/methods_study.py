@@ -20,6 +20,8 @@ ties go to the smaller lr. LoRA rows take `LORA_LRS` (the generalization study's
 grid); full fine-tuning rows (deca, central-full) take `FULL_LRS`, about 100x
 smaller: full fine-tuning of BERT-size encoders is stable at 1e-5..1e-4 (BERT's own
 grid is 2e-5..5e-5), whereas LoRA's few, zero-started parameters need 1e-3..1e-2.
+A grid whose best validation figure is its top lr is extended by doubling the top
+(`next_lr`, at most `EXTEND` times), so no pick sits at an edge the grid cut short.
 Then every row runs seeds 1 and 2 at its chosen lr (seed 0 is the selection's run).
 
 Measured per row (mean over the seeds):
@@ -92,6 +94,7 @@ FULL_ROWS = ("deca", "central-full")  # every weight of a layer trains: `FULL_LR
 LORA_LRS: tuple[float, ...] = SWARM_STUDY.lrs
 FULL_LRS: tuple[float, ...] = (1.25e-5, 2.5e-5, 5e-5, 1e-4, 2e-4)
 SEEDS: tuple[int, ...] = (0, 1, 2)
+EXTEND = 3  # a grid whose best lr is its top doubles the top, at most this often
 KR_BYTES = 0.75  # Kill-and-Revive: at least this much fewer bytes than Dec-LoRA...
 KR_TIME = 0.5  # ...this much less training time...
 KR_POINTS = 1.0  # ...and its worst node within this many points
@@ -232,13 +235,34 @@ def validation_of(res: dict[str, Any]) -> float:
     return float(res["validation"]["accuracy"])
 
 
+def next_lr(row: str, output: Path) -> tuple[float | None, list[float]]:
+    """(the lr `row` should try next, its grid so far): twice the grid's top while the
+    top has the best validation accuracy (ties: the smaller lr) and fewer than `EXTEND`
+    doublings were made, else None (the grid is settled). Reads finished runs only."""
+    grid = list(lrs(row))
+    while True:
+        best = max((validation_of(_load(job(row, lr, SEEDS[0]), output)), -lr) for lr in grid)
+        if -best[1] != grid[-1] or len(grid) - len(lrs(row)) >= EXTEND:
+            return None, grid
+        nxt = 2 * grid[-1]
+        if not job(row, nxt, SEEDS[0]).path(output).is_file():
+            return nxt, grid
+        grid.append(nxt)
+
+
+def extension_jobs(output: Path) -> list[MethodJob]:
+    """The next extension run of every row whose grid is not settled."""
+    nexts = [(row, next_lr(row, output)[0]) for row in rows()]
+    return [job(row, lr, SEEDS[0]) for row, lr in nexts if lr is not None]
+
+
 def select(output: Path) -> dict[str, Any]:
-    """Each row's lr with the best validation accuracy (ties: the smaller lr); writes
-    selection.json and selection.md and returns the choice."""
+    """Each row's lr with the best validation accuracy over its settled grid (ties: the
+    smaller lr); writes selection.json and selection.md and returns the choice."""
     chosen: dict[str, Any] = {"rows": {}, "grid": []}
     for row in rows():
         scored = []
-        for lr in lrs(row):
+        for lr in next_lr(row, output)[1]:
             val = validation_of(_load(job(row, lr, SEEDS[0]), output))
             scored.append((val, -lr))
             chosen["grid"].append({"row": row, "lr": lr, "validation": val})
@@ -429,6 +453,8 @@ def run_study(
     (resumable)."""
     out = output or OUTPUT
     run_jobs(selection_jobs(), out, workers, say, run)
+    while extra := extension_jobs(out):
+        run_jobs(extra, out, workers, say, run)
     chosen = select(out)
     say("chosen on validation: " + json.dumps({r: c["lr"] for r, c in chosen["rows"].items()}))
     run_jobs(final_jobs(chosen).values(), out, workers, say, run)

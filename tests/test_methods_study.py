@@ -49,6 +49,7 @@ def test_the_study_selects_on_validation_and_tables_every_row_and_seed(
     monkeypatch.setattr(ms, "LORA_LRS", (1e-3, 3e-2))
     monkeypatch.setattr(ms, "FULL_LRS", (1e-4, 1e-3))
     monkeypatch.setattr(ms, "SEEDS", (0, 1))
+    monkeypatch.setattr(ms, "EXTEND", 0)  # the grids as given (extension: its own test)
     out = tmp_path / "study"
     text = ms.run_study(out, workers=1, say=lambda _: None)
 
@@ -102,3 +103,32 @@ def test_the_study_selects_on_validation_and_tables_every_row_and_seed(
                  {"final.bytes_sent_per_node": 0.0})  # fmt: skip
     again = ms.table(out, chosen)
     assert "100% fewer bytes" in again and "bytes at least 75% fewer: met" in again
+
+
+def test_a_pick_at_the_top_of_its_grid_extends_the_grid(tmp_path: Path) -> None:
+    """Selection runs are faked (validation figures only): a row whose best lr is the
+    top of its grid tries twice the top, until the best is inside or EXTEND is spent."""
+
+    def fake(row: str, lr: float, accuracy: float) -> None:
+        path = ms.job(row, lr, 0).path(tmp_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"validation": {"accuracy": accuracy}}))
+
+    grid = ms.lrs("central-lora")
+    for k, lr in enumerate(grid):
+        fake("central-lora", lr, 0.5 + 0.01 * k)  # rising: the top is best
+    assert ms.next_lr("central-lora", tmp_path) == (2 * grid[-1], list(grid))
+    fake("central-lora", 2 * grid[-1], 0.4)  # worse: settled at the old top
+    assert ms.next_lr("central-lora", tmp_path) == (None, [*grid, 2 * grid[-1]])
+
+    full = ms.lrs("central-full")
+    for lr in full:
+        fake("central-full", lr, 0.7)  # a tie everywhere goes to the smallest lr: settled
+    assert ms.next_lr("central-full", tmp_path)[0] is None
+    for k, lr in enumerate(full):
+        fake("central-full", lr, 0.5 + 0.01 * k)
+    doubled = [full[-1] * 2**d for d in range(1, ms.EXTEND + 1)]
+    for k, lr in enumerate(doubled):  # always rising: stops after EXTEND doublings
+        assert ms.next_lr("central-full", tmp_path)[0] == lr
+        fake("central-full", lr, 0.9 + 0.01 * k)
+    assert ms.next_lr("central-full", tmp_path) == (None, [*full, *doubled])
