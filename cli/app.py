@@ -300,8 +300,14 @@ def _study(task: str, output: Path | None, workers: int, table_only: bool) -> st
 def _selection(folder: Path) -> dict[str, Any]:
     path = folder / "selection.json"
     if not path.is_file():
-        fail(f"{path} does not exist: no lr chosen yet (hint: run the study without --table)")
-    return dict(json.loads(path.read_text()))
+        fail(f"{path} does not exist: no lr chosen yet", hint="run the study without --table")
+    try:
+        chosen = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        chosen = None
+    if not isinstance(chosen, dict):
+        fail(f"{path} is not a JSON object", hint="delete it and run the study again")
+    return dict(chosen)
 
 
 @app.command()

@@ -79,6 +79,14 @@ def test_experiment_table_of_a_study_runs_nothing(tmp_path: Path) -> None:
     res = runner.invoke(app, ["experiment", "--task", "methods", "--table", "--output", str(empty)])
     assert res.exit_code == 2 and "selection.json" in res.output
     assert not empty.exists()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "selection.json").write_text('{"rows": ')  # a truncated file: one line
+    res = runner.invoke(
+        app, ["experiment", "--task", "methods", "--table", "--output", str(broken)]
+    )
+    assert res.exit_code == 2 and "not a JSON object" in res.output
+    assert "Traceback" not in res.output
     res = runner.invoke(
         app, ["experiment", "--task", "swarm", "--only", "x", "--output", str(empty)]
     )
