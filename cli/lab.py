@@ -270,7 +270,11 @@ def plot_lab(
         pts = [(n, e[score.key]) for n, e in evals if score.key in e]
         if pts:
             ax1.plot(*zip(*pts, strict=True), marker=".", label=node_id)
-        dis = [(r["round"], max(r["disagreement"], 1e-12)) for r in rows]
+        dis = [  # None: not yet measured (DECA after a resume)
+            (r["round"], max(r["disagreement"], 1e-12))
+            for r in rows
+            if r.get("disagreement") is not None
+        ]
         if dis:
             ax2.semilogy(*zip(*dis, strict=True), label=node_id)
     if central:

@@ -181,6 +181,11 @@ class DecLoraNode(Generic[K]):
         (DECA: every block, `deca.DecaNode`)."""
         return self.trainer.vector()
 
+    def agreement_vector(self) -> np.ndarray:
+        """What the consensus finish compares across nodes: the adapter (DECA: the
+        whole model's change from the shared base, `deca.DecaNode`)."""
+        return self.trainer.vector()
+
     # ------------------------------------------------------------ the daemon's API
     # A networked node receives payloads concurrently and checks them off the event
     # loop before they may touch state; these methods split `receive` into a pure

@@ -39,14 +39,18 @@ neighbour may send the next round's payload before this node has mixed); applyin
 at its round's mix checks the size exactly. A node far behind cannot take a
 neighbour's state (it is the whole model): `take_state` refuses and it goes on from
 its own. The consensus finish mixes the block of each gossip-only round (blocks go on
-cycling by round number); the daemon's stopping test compares the active block.
+cycling by round number) until the whole model agrees: the simulator measures the
+change from the base (`agreement_vector`; the raw weights' norm would hide any
+disagreement), and the daemon's stopping test (`disagreement`) takes every block this
+node has trained, each as measured after its last mix (no training happens between a
+block's last mix and the finish, so that figure is still current).
 Robust mixing and gradient tracking are refused (`methods.combination_problem`), and
 so is `gossip_steps` > 1 (`methods.gossip_steps_problem`: blocks switch by message count).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -84,6 +88,7 @@ class DecaNode(DecLoraNode[K]):
         self.block = trainer.block  # the block the gossip state belongs to
         self.next_round = 1  # the round of this node's next message
         self._start: np.ndarray | None = None  # the block before this round's steps
+        self._gaps: dict[int, dict[K, float]] = {}  # block -> peer -> gap after its last mix
         lm = trainer.lm
         self._sizes = {lm.block_schema(b).numel for b in range(len(lm.blocks))}
 
@@ -138,10 +143,39 @@ class DecaNode(DecLoraNode[K]):
         x = self.vector()
         if not np.isfinite(x).all():
             return
+        self._gaps[self.block] = self._block_gaps(weights)
         if self._start is not None:
             self.deca.inject(np.float32(CONSENSUS_SIGN) * (x - self._start), CONSENSUS_BETAS)
             self._start = None
         self._enter(self.next_round)
+
+    def _block_gaps(self, peers: Iterable[K]) -> dict[K, float]:
+        """||x̂_j - x_i|| / ||x_i - base|| of the active block, per neighbour."""
+        x = self.vector()
+        scale = max(float(np.linalg.norm(x - self.initial)), 1e-12)
+        g = self.gossip
+        return {p: float(np.linalg.norm(g.peers[p] - x)) / scale for p in peers if p in g.peers}
+
+    def disagreement(self, peers: Iterable[K]) -> float:
+        """The largest gap to `peers` over every block this node has trained, each
+        relative to the block's change from the base and as measured after the
+        block's last mix; inf when a trained block has not been mixed since this
+        process started (after a resume, until its next turn)."""
+        wanted = list(peers)
+        worst = 0.0
+        for block in range(len(self.deca.lm.blocks)):
+            gaps = self._gaps.get(block)
+            if gaps is None:
+                if self.deca.trained(block):
+                    return float("inf")
+                continue
+            worst = max([worst, *(gaps[p] for p in wanted if p in gaps)])
+        return worst
+
+    def agreement_vector(self) -> np.ndarray:
+        """The whole model's change from the shared base (the base's norm would hide
+        any disagreement)."""
+        return self.deca.full_vector() - self.deca.lm.full_base_vector()
 
     # -------------------------------------------------------------- checks
     def check_payload(

@@ -104,6 +104,7 @@ class BlockModel(LoraModel):
         self._named = {n: p for n, p in named.items() if n in members}
         self._base = {n: p.data for n, p in self._named.items()}
         self.schema = AdapterSchema.of(self._named.items())
+        self._full_base: np.ndarray | None = None
         self.spec = LoraSpec(**{**self.spec.as_dict(), "deca_blocks": len(self.blocks)})  # type: ignore[arg-type]
         self.identity = {**self.identity, "deca_blocks": len(self.blocks)}
         self.fingerprint = fingerprint(spec.model, self.base_digest, self.identity, self.schema)
@@ -119,6 +120,14 @@ class BlockModel(LoraModel):
     def block_schema(self, block: int) -> AdapterSchema:
         """The active block's parameters and then the head: a trainer's vector."""
         return AdapterSchema.of((n, self._named[n]) for n in (*self.blocks[block], *self.head))
+
+    def full_base_vector(self) -> np.ndarray:
+        """Every block's base values and the head's seeded init, in union order
+        (computed once; never to be written)."""
+        if self._full_base is None:
+            self._full_base = _flat([self._base[n] for n in self.schema.names])
+            self._full_base.flags.writeable = False
+        return self._full_base
 
     def base_values(self, names: Iterable[str]) -> list[torch.Tensor]:
         """The base's (shared, seeded) tensors of `names`; never to be written."""
@@ -268,6 +277,14 @@ class BlockTrainer(LocalTrainer):
         """The active block's base values and the head's seeded init: what every node
         starts the block's gossip from."""
         return _flat(self.lm.base_values(self.names))
+
+    def trained(self, block: int) -> bool:
+        """Whether this trainer's copy of `block` differs from the base."""
+        base = self.lm._base
+        return any(
+            n in self.values and not torch.equal(self.values[n], base[n])
+            for n in self.lm.blocks[block]
+        )
 
     def full_vector(self) -> np.ndarray:
         """Every block and the head (the base where this trainer never trained), in

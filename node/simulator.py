@@ -211,6 +211,10 @@ class Simulation:
         """Each honest node's model vector (its adapter; DECA: every block)."""
         return [self.nodes[i].model_vector() for i in self.honest]
 
+    def agreement_vectors(self) -> list[np.ndarray]:
+        """What the consensus distance compares (`DecLoraNode.agreement_vector`)."""
+        return [self.nodes[i].agreement_vector() for i in self.honest]
+
     def average(self) -> np.ndarray:
         """The averaged model of the honest nodes: A, B and head averaged separately
         (Dec-LoRA, ConLoRA), or in product space for DeCAF (`product_average`)."""
@@ -321,7 +325,7 @@ class Simulation:
 
     def _consensus_finish(self, result: SimResult, progress: ProgressFn | None) -> None:
         cfg = self.cfg
-        _, worst = consensus_distance(self.honest_vectors())
+        _, worst = consensus_distance(self.agreement_vectors())
         r = cfg.rounds
         done = 0
         for node in self.nodes:
@@ -347,7 +351,7 @@ class Simulation:
         seconds: float,
         mix_seconds: float,
     ) -> RoundRecord:
-        mean_d, max_d = consensus_distance(self.honest_vectors())
+        mean_d, max_d = consensus_distance(self.agreement_vectors())
         return RoundRecord(r, phase, loss, mean_d, max_d, sent, seconds, mix_seconds)
 
     def run_centralized(

@@ -20,7 +20,7 @@ from declora.node.daemon.handshake import recipe_differences, recipe_facts
 from declora.node.data import TextDataset
 from declora.node.deca import CONSENSUS_BETAS, DecaNode
 from declora.node.deca_model import BlockModel, BlockTrainer, block_at
-from declora.node.gossip import GossipError
+from declora.node.gossip import GossipError, consensus_distance
 from declora.node.models import ModelError
 from declora.node.recipe import Recipe
 from declora.node.simulator import Simulation
@@ -108,6 +108,61 @@ def test_simulated_nodes_switch_blocks_together(synthetic_jsonl: Path) -> None:
         sim._gossip_round()
         assert {n.deca.block for n in sim.nodes} == {sim.lm.block_at(r + 1)}  # type: ignore[attr-defined]
     assert seen == {0, 1}
+
+
+def test_the_finish_agrees_on_every_block_not_only_the_active_one(synthetic_jsonl: Path) -> None:
+    """The simulator's finish measures the whole model's change from the base: it runs
+    until every block agrees (the raw weights' norm hid the disagreement before)."""
+    cfg = tiny_sim_config(
+        synthetic_jsonl,
+        method="deca",
+        deca_blocks=2,
+        deca_block_rounds=1,
+        nodes=4,
+        rounds=4,
+        consensus_rounds=300,
+        consensus_tol=1e-3,
+    )
+    sim = Simulation(cfg)
+    result = sim.run()
+    before = sim.nodes[0].agreement_vector()
+    assert np.abs(before).max() > 0  # it trained
+    raw = consensus_distance(sim.honest_vectors())[1]
+    base = sim.lm.full_base_vector()  # type: ignore[attr-defined]
+    change = consensus_distance([v - base for v in sim.honest_vectors()])[1]
+    assert change <= 1e-3 and raw <= change
+    assert result.final["consensus_rounds"] > 2  # more than one pass over the blocks
+    first = result.rounds[cfg.rounds - 1]  # the last training round
+    assert first.phase == "train" and first.consensus_max > 1e-3
+
+
+def test_daemon_disagreement_covers_every_trained_block(synthetic: TextDataset) -> None:
+    """`disagreement` (the daemon's finish test) is the worst gap over every block the
+    node trained, each as measured after its last mix, relative to its change from
+    the base; a trained block not yet mixed counts as not agreed."""
+    lm = deca_model(blocks=2, rounds=1)
+    nodes = deca_nodes(lm, synthetic, 3)
+    weights = {i: {j: 1 / 3 for j in range(3) if j != i} for i in range(3)}
+    for node in nodes:
+        node.train(2, round_number=1)
+    first = nodes[0].deca.block
+    assert nodes[0].disagreement([1, 2]) == float("inf")  # trained, not yet mixed
+    exchange(nodes)
+    for i, node in enumerate(nodes):
+        node.mix(weights[i])
+    assert nodes[0].deca.block != first  # switched: the new block's copies are the base
+    gap = nodes[0].disagreement([1, 2])
+    assert 0 < gap < float("inf")  # the mixed block's gap, not the new block's
+    assert nodes[0].disagreement([]) == 0.0
+    rounds = 0
+    while max(n.disagreement([j for j in range(3) if j != i]) for i, n in enumerate(nodes)) > 1e-3:
+        exchange(nodes)
+        for i, node in enumerate(nodes):
+            node.mix(weights[i])
+        rounds += 1
+        assert rounds < 100
+    change = consensus_distance([n.agreement_vector() for n in nodes])[1]
+    assert change < 1e-2
 
 
 # --------------------------------------------------------------------- a round

@@ -176,5 +176,5 @@ def round_entry(
         "bytes_sent": node.bytes_sent,
         "bytes_received": node.bytes_received,
         "seconds": report.last_round_seconds,
-        "disagreement": node.disagreement(live),
+        "disagreement": gap if np.isfinite(gap := node.disagreement(live)) else None,
     }
