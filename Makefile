@@ -64,6 +64,7 @@ bench: $(VENV)/.dev
 	$(PY) bench/bench_transport.py
 	$(PY) bench/bench_round_latency.py
 	$(PY) bench/bench_load.py
+	$(PY) bench/bench_kill_revive.py
 
 ## make bench-smoke: every benchmark at tiny sizes (seconds each), so none of them rots
 bench-smoke: $(VENV)/.dev
@@ -73,6 +74,7 @@ bench-smoke: $(VENV)/.dev
 	$(PY) bench/bench_transport.py --smoke
 	$(PY) bench/bench_round_latency.py --smoke
 	$(PY) bench/bench_load.py --smoke
+	$(PY) bench/bench_kill_revive.py --smoke
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache runs
