@@ -8,10 +8,10 @@ v, batch 16, max_length 32, its BBC share, one torch thread) times a local step 
 
 - `dec-lora`: every module, a plain `DecLoraNode`'s step (what Dec-LoRA runs);
 - `revive`: Kill-and-Revive's revive round (every module, then the re-scoring);
-- `budget-top`: the budget (1/8 of the modules) in the top layer: the backward stops
-  there, the best case of any score;
-- `budget-bottom`: the budget in the bottom layer: the backward goes through every
-  layer, the worst case;
+- `budget-top`: the budget (1/8 of the modules) on the topmost modules: the backward
+  stops at the lowest of them, the best case of any score;
+- `budget-bottom`: the budget on the bottommost modules: the backward goes through
+  every layer, the worst case;
 - `head-only`: no LoRA module (only the classification head trains): the floor no
   active set can go below.
 

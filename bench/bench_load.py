@@ -173,7 +173,9 @@ def run(args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], bool]:
             for f in finals.values()
             if f and f.get("eval") and "accuracy" in f["eval"]
         ],
-        "disagreement": [float(f["disagreement"]) for f in finals.values() if f],
+        "disagreement": [  # null: not yet measured (DECA)
+            float(f["disagreement"]) for f in finals.values() if f and f["disagreement"] is not None
+        ],
         "problems": problems,
         "notes": notes,
         "failed_logs": {k: logs[k].read_text(errors="replace").splitlines()[-15:] for k in failed},

@@ -42,8 +42,12 @@ its own. The consensus finish mixes the block of each gossip-only round (blocks 
 cycling by round number) until the whole model agrees: the simulator measures the
 change from the base (`agreement_vector`; the raw weights' norm would hide any
 disagreement), and the daemon's stopping test (`disagreement`) takes every block this
-node has trained, each as measured after its last mix (no training happens between a
-block's last mix and the finish, so that figure is still current).
+node has trained, each as measured at its last mix against the neighbours heard then
+(a block trains no more after its last training round's mix, so in the finish that
+figure is current for the block; the head, sent with every block, is current in the
+newest one). With a lossy codec and short block turns the neighbours' copies restart
+coarse at every switch, so the daemon's figure can level off above `consensus_tol`
+(q8 with one-round turns: about 1e-2): the finish then ends at `consensus_rounds`.
 Robust mixing and gradient tracking are refused (`methods.combination_problem`), and
 so is `gossip_steps` > 1 (`methods.gossip_steps_problem`: blocks switch by message count).
 """
@@ -126,6 +130,7 @@ class DecaNode(DecLoraNode[K]):
         if round_number is not None:
             self.next_round = round_number
         self._enter(self.next_round)
+        self._gaps.pop(self.block, None)  # training makes the block's last figure stale
         self._start = self.vector()
         return super().train(steps, should_stop, round_number)
 
@@ -158,9 +163,10 @@ class DecaNode(DecLoraNode[K]):
 
     def disagreement(self, peers: Iterable[K]) -> float:
         """The largest gap to `peers` over every block this node has trained, each
-        relative to the block's change from the base and as measured after the
-        block's last mix; inf when a trained block has not been mixed since this
-        process started (after a resume, until its next turn)."""
+        relative to the block's change from the base and as measured at the block's
+        last mix. inf (not agreed) for a trained block not mixed since it last
+        trained or since this process started (a resume), and for a peer that block's
+        last mix did not hear from (or that was dropped since)."""
         wanted = list(peers)
         worst = 0.0
         for block in range(len(self.deca.lm.blocks)):
@@ -169,8 +175,13 @@ class DecaNode(DecLoraNode[K]):
                 if self.deca.trained(block):
                     return float("inf")
                 continue
-            worst = max([worst, *(gaps[p] for p in wanted if p in gaps)])
+            worst = max([worst, *(gaps.get(p, float("inf")) for p in wanted)])
         return worst
+
+    def forget_peer(self, peer: K) -> None:
+        super().forget_peer(peer)
+        for gaps in self._gaps.values():
+            gaps.pop(peer, None)
 
     def agreement_vector(self) -> np.ndarray:
         """The whole model's change from the shared base (the base's norm would hide

@@ -163,6 +163,16 @@ def test_daemon_disagreement_covers_every_trained_block(synthetic: TextDataset) 
         assert rounds < 100
     change = consensus_distance([n.agreement_vector() for n in nodes])[1]
     assert change < 1e-2
+    # no current figure is no agreement: a mix that heard nobody, a dropped peer, training
+    assert nodes[1].disagreement([0, 2]) <= 1e-3
+    nodes[1].mix({})
+    assert nodes[1].disagreement([0, 2]) == float("inf")
+    assert nodes[2].disagreement([0, 1]) <= 1e-3
+    nodes[2].forget_peer(0)
+    assert nodes[2].disagreement([0, 1]) == float("inf")
+    assert nodes[0].disagreement([1, 2]) <= 1e-3
+    nodes[0].train(1, round_number=rounds + 2)
+    assert nodes[0].disagreement([1, 2]) == float("inf")
 
 
 # --------------------------------------------------------------------- a round

@@ -151,7 +151,8 @@ def wait_consensus(cluster: Cluster, nodes: list[Node], since: float) -> float:
                 return None
             for e in recent:
                 assert e["loss"] is None or math.isfinite(float(e["loss"])), (node.node_id, e)  # type: ignore[arg-type]
-            values.append(max(float(e["disagreement"]) for e in recent))  # type: ignore[arg-type]
+            gaps = [e["disagreement"] for e in recent]  # null: not yet measured (DECA)
+            values.append(max(math.inf if g is None else float(g) for g in gaps))  # type: ignore[arg-type]
         top = max(values)
         return top if top <= MAX_DISAGREEMENT else None
 

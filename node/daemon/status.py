@@ -162,7 +162,8 @@ def round_entry(
     phase: str,
     evaluated: bool,
 ) -> dict[str, Any]:
-    """One line of the history: round, phase, loss, eval, live set, bytes, seconds."""
+    """One line of the history: round, phase, loss, eval, live set, bytes, seconds,
+    disagreement (null while not measured: DECA after a resume)."""
     live = [p.node_id for p in peers.live]
     return {
         "time": time.time(),
