@@ -156,9 +156,16 @@ class GossipState(Generic[K]):
 
 
 def consensus_distance(xs: list[np.ndarray]) -> tuple[float, float]:
-    """(mean, max) over nodes of ||x_i - mean|| / ||mean|| (0 when all agree)."""
-    stack = np.stack(xs).astype(np.float64)
-    mean = stack.mean(axis=0)
+    """(mean, max) over nodes of ||x_i - mean|| / ||mean|| (0 when all agree), in
+    float64; one vector at a time, so a full model (DECA) needs no stacked copy."""
+    total = np.zeros(np.shape(xs[0]), np.float64)
+    for x in xs:
+        total += x
+    mean = total / len(xs)
     scale = max(float(np.linalg.norm(mean)), 1e-12)
-    dist = np.linalg.norm(stack - mean, axis=1) / scale
+    dist = np.empty(len(xs))
+    for i, x in enumerate(xs):
+        np.subtract(x, mean, out=total)
+        dist[i] = np.sqrt(np.add.reduce(total * total))
+    dist /= scale
     return float(dist.mean()), float(dist.max())
