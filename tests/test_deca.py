@@ -327,6 +327,33 @@ def test_daemon_rounds_are_the_core_rounds(synthetic_jsonl: Path) -> None:
     assert a.lm.fingerprint == b.lm.fingerprint == work.lm.fingerprint
 
 
+def test_the_daemon_finish_runs_until_every_block_agrees(synthetic_jsonl: Path) -> None:
+    """Two in-process daemons run their whole train loop: 2 training rounds (one per
+    block), then the finish (each mix halves a block's gap: consensus step 0.5), which
+    stops only once the whole model's change from the base agrees."""
+    (da, db), (a, b) = pair(
+        synthetic_jsonl,
+        **DAEMON,
+        rounds=2,
+        consensus_step=0.5,
+        consensus_rounds=60,
+        consensus_tol=1e-3,
+    )
+
+    async def go() -> None:
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+        assert da.rounds is not None and db.rounds is not None
+        await asyncio.gather(da.rounds.train_loop(), db.rounds.train_loop())
+
+    asyncio.run(go())
+    finish = [a.progress.round - 2, b.progress.round - 2]
+    assert all(2 <= f < 60 for f in finish), finish
+    assert a.node.disagreement(["b"]) <= 1e-3 and b.node.disagreement(["a"]) <= 1e-3
+    base = a.lm.full_base_vector()  # type: ignore[attr-defined]
+    change = [a.node.model_vector() - base, b.node.model_vector() - base]
+    assert consensus_distance(change)[1] <= 1e-3 and np.abs(change[0]).max() > 0
+
+
 def test_a_checkpoint_round_trips(synthetic_jsonl: Path, tmp_path: Path) -> None:
     """A node checkpointed after a round and resumed elsewhere continues exactly as
     the node that went on (same block, copies, moments, gossip state)."""
