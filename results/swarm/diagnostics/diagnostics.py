@@ -1,0 +1,108 @@
+"""Two diagnostics of the parity study (README "What holds the swarm back"), run once.
+
+Not part of the product: the record of how those figures were made. Each run writes
+one JSON here and is skipped when it exists; the summary is printed at the end.
+
+1. `large-batch`: centralized LoRA with the swarm's number of optimizer steps. On
+   ring-8 the swarm makes 30 steps a node of batch 16, so its average moves like 30
+   steps of batch 128; this trains one adapter on the union of the 8 shares for 30
+   steps of batch 128 (the schedule a node uses). Its lr is chosen on validation on
+   seed 0 (the references' grid, doubled while the top wins), then seeds 0-2.
+2. `g12`: the recipe as the study chose it (lr 8e-3, K 2, tracking) with 12 gossip
+   steps a round instead of the 4 (`mixing.gossip_steps_for`) the ring and the star
+   get, seeds 0-2, on both.
+
+    python results/swarm/diagnostics/diagnostics.py   # from the repo root, declora installed
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from declora.cli.generalization import SWARM_STUDY
+from declora.node.simulator import SimConfig, Simulation
+from declora.node.trainer import LocalTrainer
+from declora.node.workload import load_workload
+
+OUT = Path(__file__).parent
+SEEDS = (0, 1, 2)
+
+
+def cached(name: str, make: Any, *args: Any) -> dict[str, Any]:
+    """`make(*args)`, written to `name`.json the first time, read from it after."""
+    path = OUT / f"{name}.json"
+    if not path.is_file():
+        path.write_text(json.dumps(make(*args), indent=1))
+    return json.loads(path.read_text())
+
+
+def large_batch(lr: float, seed: int) -> dict[str, Any]:
+    cfg = SimConfig(
+        **SWARM_STUDY.common, **SWARM_STUDY.settings["ring-8"], rounds=SWARM_STUDY.steps,
+        local_steps=1, seed=seed, lr=lr, gradient_tracking=False, gossip_steps=1,
+    )  # fmt: skip
+    work = load_workload(cfg, cfg.nodes, max_train=cfg.max_train)
+    union = np.unique(np.concatenate(work.parts))
+    batch = cfg.batch_size * cfg.nodes
+    trainer = LocalTrainer(
+        work.lm, work._encoded_rows(union), lr, batch, seed, cfg.weight_decay,
+        grad_accumulation=cfg.grad_accumulation, max_grad_norm=cfg.max_grad_norm,
+        schedule=cfg.schedule(1),
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    trainer.train_steps(cfg.rounds)
+    validation, test = work.encoded_validation(), work.encoded_test()
+    assert validation is not None and test is not None
+    return {
+        "lr": lr, "seed": seed, "steps": trainer.step, "batch": batch,
+        "seconds": time.perf_counter() - t0,
+        "validation": work.lm.evaluate(trainer.vector(), validation),
+        "test": work.lm.evaluate(trainer.vector(), test),
+    }  # fmt: skip
+
+
+def g12(setting: str, seed: int) -> dict[str, Any]:
+    cfg = SWARM_STUDY.config(setting, "recipe", 8e-3, 2, seed)
+    cfg = SimConfig(**{**cfg.model_dump(), "gossip_steps": 12})
+    fin = Simulation(cfg).run().final
+    keep = ("after_consensus", "validation", "bytes_sent_per_node", "consensus_rounds")
+    return {"setting": setting, "gossip_steps": 12, "seed": seed, **{k: fin[k] for k in keep}}
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    grid = [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2]
+    val = {lr: cached(f"large-batch-lr{lr:g}-seed0", large_batch, lr, 0) for lr in grid}
+    while max(grid, key=lambda x: (val[x]["validation"]["accuracy"], -x)) == grid[-1]:
+        grid.append(2 * grid[-1])
+        top = grid[-1]
+        val[top] = cached(f"large-batch-lr{top:g}-seed0", large_batch, top, 0)
+    best = max(grid, key=lambda x: (val[x]["validation"]["accuracy"], -x))
+    tests = [
+        cached(f"large-batch-lr{best:g}-seed{s}", large_batch, best, s)["test"]["accuracy"]
+        for s in SEEDS
+    ]
+    print(
+        "large-batch validation:",
+        {f"{k:g}": round(v["validation"]["accuracy"], 4) for k, v in val.items()},
+    )
+    print(f"large-batch lr {best:g}, test per seed", [round(100 * t, 1) for t in tests],
+          f"mean {100 * np.mean(tests):.1f} std {100 * np.std(tests, ddof=1):.1f}")  # fmt: skip
+    for setting in ("ring-8", "star-6"):
+        runs = [cached(f"g12-{setting}-seed{s}", g12, setting, s) for s in SEEDS]
+        worst = [100 * r["after_consensus"]["worst_accuracy"] for r in runs]
+        kib = np.mean([r["bytes_sent_per_node"] for r in runs]) / 1024
+        print(
+            f"g12 {setting}: worst node per seed {[round(w, 1) for w in worst]}, "
+            f"mean {np.mean(worst):.1f} std {np.std(worst, ddof=1):.1f}, {kib:,.0f} KiB/node"
+        )
+
+
+if __name__ == "__main__":
+    main()
