@@ -100,6 +100,7 @@ def test_inspect_rejects_non_adapter(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # 40 s of real daemon processes; in make test-slow
 def test_lab_runs_real_daemons_and_inspect_reads_their_adapters(tmp_path: Path) -> None:
     out = tmp_path / "lab"
     res = run(

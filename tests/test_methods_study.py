@@ -39,6 +39,7 @@ def _rewrite(path: Path, change: dict[str, object]) -> None:
     path.write_text(json.dumps(res))
 
 
+@pytest.mark.slow  # 76 s: the whole study on tiny-bert, every row; in make test-slow
 def test_the_study_selects_on_validation_and_tables_every_row_and_seed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
