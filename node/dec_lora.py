@@ -71,6 +71,7 @@ class DecLoraNode(Generic[K]):
         seed: int,
         robust: str = "none",
         tracking: bool = False,
+        exchanges: int = 1,
     ) -> None:
         self.trainer = trainer
         x0 = trainer.vector()
@@ -90,7 +91,7 @@ class DecLoraNode(Generic[K]):
             lora_pairs(trainer.lm.schema) if self.method == "decaf" else None
         )
         self.tracker: GradientTracker[K] | None = (
-            GradientTracker([t.shape for t in trainer.tensors], trainer.lm.device)
+            GradientTracker([t.shape for t in trainer.tensors], trainer.lm.device, exchanges)
             if tracking
             else None
         )
@@ -124,8 +125,10 @@ class DecLoraNode(Generic[K]):
 
     def begin_finish(self) -> None:
         """The consensus finish starts: every exchange from here on is gossip only.
-        Dec-LoRA needs nothing; a method that sends part of its adapter in a training
+        Tracking sends no more z; a method that sends part of its adapter in a training
         round (Kill-and-Revive) sends all of it from here."""
+        if self.tracker is not None:
+            self.tracker.end_round()
 
     def outgoing(self, forged: np.ndarray | None = None) -> bytes:
         """This round's payload: the compressed change of the adapter since the last one
@@ -276,6 +279,7 @@ class DecLoraNode(Generic[K]):
         self.gossip.public = np.array(snap.public, dtype=np.float32, copy=True)
         if self.tracker is not None and snap.correction is not None:
             self.tracker.set_correction(snap.correction)
+            self.tracker.end_round()  # a z mixed from the undone state is not sent
 
     def is_finite(self) -> bool:
         """Whether the adapter (and the tracking correction) hold finite values only."""

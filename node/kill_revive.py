@@ -164,6 +164,7 @@ class KillReviveNode(DecLoraNode[K]):
 
     def begin_finish(self) -> None:
         """The consensus finish: from here every message carries every module."""
+        super().begin_finish()
         self.finishing = True
 
     # -------------------------------------------------------------- messages

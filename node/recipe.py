@@ -370,12 +370,15 @@ class Recipe(BaseModel):
 
     def agreed_facts(self) -> dict[str, object]:
         """What nodes must agree on beyond the model: the schedule's span, the exchanges
-        per round when more than one (round numbers count exchanges), and how the data
+        per round when more than one (round numbers count exchanges; with tracking, z is
+        mixed in each of them, which nodes before that change did not do), and how the data
         is shared out when not the plain way (a held-out share, no dedupe: every node
         must carve the same rows)."""
         facts = self.schedule_facts()
         if self.exchanges_per_round > 1:
             facts["gossip_steps"] = self.exchanges_per_round
+            if self.gradient_tracking:
+                facts["tracking_exchanges"] = self.exchanges_per_round
         if self.validation_fraction:
             facts["validation_fraction"] = self.validation_fraction
         if not self.dedupe:

@@ -12,7 +12,13 @@ optimizer sees it:
     c_i <- c_i + sum_j w_ij (z^_j - z^_i)            (after the exchange)
 
 with the round's mixing weights w_ij and z^ what the codec delivers (every holder
-of z_i decodes the same z^_i, the sender included). What callers may rely on:
+of z_i decodes the same z^_i, the sender included). A round of G exchanges
+(`exchanges`, the recipe's gossip steps) mixes z in every one of them, as the model
+is (multi-consensus tracking, as in DeTAG: Lu & De Sa, ICML 2021): exchange g sends
+z^(g), c_i grows by sum_j w_ij (z^(g)^_j - z^(g)^_i) and z^(g+1)_i is z^(g)^_i plus that
+growth, so over the round c_i grows by (W^G z)_i - z_i (without compression) and the
+correction is near mean_j z_j - z_i after one round instead of after many. What
+callers may rely on:
 
 - with symmetric weights (Metropolis-Hastings over the same live sets) sum_i c_i
   stays exactly what it was, zero, so the corrections do not move the average model:
@@ -21,10 +27,11 @@ of z_i decodes the same z^_i, the sender included). What callers may rely on:
   at both ends, which keeps the sum;
 - at a fixed point c_i = mean_j g_j - g_i: every node steps along the swarm's mean
   gradient instead of its own, which is what removes the drift;
-- gossip-only rounds (the consensus finish) carry no z and leave c unchanged.
+- z travels in the G exchanges that follow a round's local steps and no others:
+  gossip-only rounds (the consensus finish) carry no z and leave c unchanged.
 
-The price is one more vector per message (the size of the adapter message before
-error feedback; with fp32 messages, twice the bytes). A neighbour's z moves c_i
+The price is one more vector in each of those messages (the size of the adapter
+message before error feedback; with fp32 messages, twice the bytes). A neighbour's z moves c_i
 linearly, so gradient tracking trusts every neighbour: it is not combined with
 robust mixing. Nothing here does I/O.
 """
@@ -49,7 +56,15 @@ class TrackingError(ValueError):
 class GradientTracker(Generic[K]):
     """One node's correction c_i and this round's z_i; `size` values, schema order."""
 
-    def __init__(self, shapes: Sequence[torch.Size], device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        shapes: Sequence[torch.Size],
+        device: torch.device | str = "cpu",
+        exchanges: int = 1,
+    ) -> None:
+        if exchanges < 1:
+            raise ValueError("a round has at least one exchange")
+        self.exchanges = exchanges  # the exchanges a round's z is mixed in
         self.shapes = [torch.Size(s) for s in shapes]
         self.size = int(sum(s.numel() for s in self.shapes))
         self.device = torch.device(device)
@@ -57,6 +72,8 @@ class GradientTracker(Generic[K]):
         self._sums = [torch.zeros(s, device=self.device) for s in self.shapes]
         self._steps = 0
         self.sent: np.ndarray | None = None  # z^_i of the round in progress, once encoded
+        self._next: np.ndarray | None = None  # z^(g+1)_i, for the round's next exchange
+        self._left = 0  # the round's exchanges still to carry z
 
     # ------------------------------------------------------------- local steps
     def begin_round(self) -> None:
@@ -64,7 +81,14 @@ class GradientTracker(Generic[K]):
         for s in self._sums:
             s.zero_()
         self._steps = 0
+        self.end_round()
+
+    def end_round(self) -> None:
+        """Send no more z until the next local steps (a new round, the consensus
+        finish, a state rolled back)."""
         self.sent = None
+        self._next = None
+        self._left = 0
 
     def correct(self, grads: Sequence[torch.Tensor]) -> None:
         """Add c_i to one step's gradients in place (the trainer's gradient hook)."""
@@ -80,15 +104,23 @@ class GradientTracker(Generic[K]):
 
     # ------------------------------------------------------------- messages
     def encode(self, codec: Codec, rng: np.random.Generator) -> bytes | None:
-        """z_i compressed with `codec`, or None when no local step ran since the last
-        `begin_round` (each round's z is sent once). Remembers z^_i (what every
+        """This exchange's z compressed with `codec`: the round's mean corrected
+        gradient right after local steps, then what the last `update` mixed it into,
+        for `exchanges` exchanges in all; else None. Remembers z^_i (what every
         receiver decodes) for `update`."""
-        if self._steps == 0:
-            self.sent = None
+        if self._steps > 0:
+            z = torch.cat([s.reshape(-1) for s in self._sums]).div_(self._steps)
+            z_np = z.to("cpu", torch.float32).numpy()
+            self._steps = 0
+            self._left = self.exchanges
+        elif self._next is not None and self._left > 0:
+            z_np = self._next
+        else:
+            self.end_round()
             return None
-        z = torch.cat([s.reshape(-1) for s in self._sums]).div_(self._steps)
-        self._steps = 0
-        payload = codec.encode(z.to("cpu", torch.float32).numpy(), rng)
+        self._next = None
+        self._left -= 1
+        payload = codec.encode(z_np, rng)
         self.sent = decode(payload)
         return payload
 
@@ -107,9 +139,10 @@ class GradientTracker(Generic[K]):
         return z
 
     def update(self, weights: Mapping[K, float], received: Mapping[K, np.ndarray]) -> None:
-        """c_i += sum_j w_j (z^_j - z^_i) over the neighbours in both mappings.
+        """c_i += sum_j w_j (z^_j - z^_i) over the neighbours in both mappings; the
+        round's next exchange sends z^_i plus the same sum.
 
-        Does nothing in a round where this node sent no z (it did not train)."""
+        Does nothing in an exchange where this node sent no z (it did not train)."""
         if self.sent is None:
             return
         own = self.sent
@@ -120,6 +153,7 @@ class GradientTracker(Generic[K]):
                 step += np.float32(w) * (z - own)
         self.set_correction(self.correction() + step)
         self.sent = None
+        self._next = (own + step).astype(np.float32) if self._left > 0 else None
 
     # ------------------------------------------------------------- state
     def correction(self) -> np.ndarray:

@@ -129,6 +129,7 @@ class Workload:
             node_seed(r.seed, index),
             r.robust_mixing,
             r.gradient_tracking,
+            r.exchanges_per_round,
         )
 
     def centralized_trainer(self) -> LocalTrainer:

@@ -40,8 +40,10 @@ def tracking_round(
     weights: list[dict[int, float]],
     codec: str = "fp32",
     rng: np.random.Generator | None = None,
+    exchanges: int = 1,
 ) -> list[np.ndarray]:
-    """One round of 2 local steps with constant gradients; returns the corrected ones."""
+    """One round of 2 local steps with constant gradients, then `exchanges` exchanges
+    of z; returns the corrected gradients."""
     rng = rng or np.random.default_rng(0)
     corrected = []
     for t, g in zip(trackers, grads, strict=True):
@@ -51,10 +53,15 @@ def tracking_round(
             t.correct(gs)
         corrected.append(torch.cat([x.reshape(-1) for x in gs]).numpy())
     c = make_codec(codec)
-    payloads = [t.encode(c, rng) for t in trackers]
-    for i, t in enumerate(trackers):
-        received = {j: t.decode_checked(j, payloads[j]) for j in weights[i]}  # type: ignore[arg-type]
-        t.update(weights[i], received)
+    for _ in range(exchanges):
+        payloads = [t.encode(c, rng) for t in trackers]
+        for i, t in enumerate(trackers):
+            received = {
+                j: t.decode_checked(j, payloads[j])  # type: ignore[arg-type]
+                for j in weights[i]
+                if payloads[j] is not None
+            }
+            t.update(weights[i], received)
     return corrected
 
 
@@ -78,6 +85,57 @@ def test_corrections_sum_to_zero_and_reach_the_mean_gradient(codec: str) -> None
     else:  # unbiased quantization noise only
         err = max(float(np.abs(c - mean).max()) for c in corrected)
         assert err < 0.5 * float(np.abs(np.array(grads) - mean).max())
+
+
+@pytest.mark.parametrize("codec", ["fp32", "q4"])
+def test_z_mixed_in_every_exchange_of_a_round_keeps_the_sum(codec: str) -> None:
+    n, g = 6, 4
+    rng = np.random.default_rng(2)
+    grads = [rng.normal(size=SIZE).astype(np.float32) for _ in range(n)]
+    trackers = [GradientTracker[int](SHAPES, exchanges=g) for _ in range(n)]
+    weights = ring_weights(n)
+    c = make_codec(codec)
+    for t, grad in zip(trackers, grads, strict=True):
+        t.begin_round()
+        t.correct(split(grad.copy()))
+    for _ in range(g):
+        payloads = [t.encode(c, rng) for t in trackers]
+        assert all(p is not None for p in payloads)
+        for i, t in enumerate(trackers):
+            t.update(weights[i], {j: t.decode_checked(j, payloads[j]) for j in weights[i]})  # type: ignore[arg-type]
+        total = np.sum([t.correction() for t in trackers], axis=0)
+        np.testing.assert_allclose(total, 0.0, atol=1e-4)
+    # the round's exchanges are spent: a gossip-only exchange after them carries no z
+    assert all(t.encode(c, rng) is None for t in trackers)
+
+
+def test_one_round_of_many_exchanges_corrects_to_the_mean_at_once() -> None:
+    """(W^G z) - z with G large: the correction is the swarm's mean gradient minus the
+    node's own after one round, where one exchange a round gets only part of the way."""
+    n = 6
+    rng = np.random.default_rng(3)
+    grads = [rng.normal(size=SIZE).astype(np.float32) for _ in range(n)]
+    mean = np.mean(grads, axis=0)
+    weights = ring_weights(n)  # lambda_2 = 2/3: (2/3)^40 < 1e-7
+    many = [GradientTracker[int](SHAPES, exchanges=40) for _ in range(n)]
+    tracking_round(many, grads, weights, exchanges=40)
+    for t, grad in zip(many, grads, strict=True):
+        np.testing.assert_allclose(t.correction(), mean - grad, atol=1e-5)
+    one = [GradientTracker[int](SHAPES) for _ in range(n)]
+    tracking_round(one, grads, weights, exchanges=40)  # z sent in the first exchange only
+    err = max(float(np.abs(t.correction() - (mean - g)).max()) for t, g in zip(one, grads))
+    assert err > 0.1
+
+
+def test_the_finish_and_a_rolled_back_state_end_the_rounds_z() -> None:
+    t = GradientTracker[int](SHAPES, exchanges=3)
+    c, rng = make_codec("fp32"), np.random.default_rng(0)
+    t.correct(split(np.ones(SIZE, np.float32)))
+    assert t.encode(c, rng) is not None
+    t.update({1: 0.5}, {1: np.zeros(SIZE, np.float32)})
+    t.end_round()  # what DecLoraNode.begin_finish and restore do
+    assert t.encode(c, rng) is None
+    np.testing.assert_allclose(t.correction(), -0.5)
 
 
 def test_a_round_without_local_steps_sends_nothing_and_changes_nothing() -> None:
@@ -164,6 +222,19 @@ def test_simulator_tracking_keeps_the_sum_and_sends_twice_the_bytes(
     )
     assert not np.array_equal(sim.average(), plain.average())
     assert "+tracking" in sim.cfg.label
+
+
+def test_simulator_tracking_sends_z_in_each_of_a_rounds_exchanges(
+    tiny_lm: LoraModel, synthetic_jsonl: Path
+) -> None:
+    sim = Simulation(tracking_config(synthetic_jsonl, True, gossip_steps=2), lm=tiny_lm)
+    res = sim.run()
+    corrections = [n.tracker.correction() for n in sim.nodes]  # type: ignore[union-attr]
+    np.testing.assert_allclose(np.sum(corrections, axis=0), 0.0, atol=1e-5)
+    size = encoded_size("fp32", sim.lm.schema.numel)
+    train_rounds, finish = 3, res.final["consensus_rounds"]
+    # 2 exchanges a training round, each with the delta and z; the finish's the delta
+    assert res.final["bytes_sent_per_node"] == 2 * size * (2 * 2 * train_rounds + finish)
 
 
 def test_tracking_with_robust_mixing_is_refused(synthetic_jsonl: Path) -> None:
