@@ -85,7 +85,9 @@ class GradientTracker(Generic[K]):
 
     def end_round(self) -> None:
         """Send no more z until the next local steps (a new round, the consensus
-        finish, a state rolled back)."""
+        finish, a state rolled back): local steps collected and not yet sent are
+        dropped too (a rolled-back round's, which `restore` undid)."""
+        self._steps = 0
         self.sent = None
         self._next = None
         self._left = 0

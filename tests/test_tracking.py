@@ -292,3 +292,27 @@ def test_settings_and_cli_refuse_tracking_with_robust_mixing(
     assert res.exit_code == 2 and "cannot be combined with --robust-mixing" in res.output
     res = CliRunner().invoke(app, ["simulate", "--gradient-tracking", "--robust-mixing", "clip"])
     assert res.exit_code == 2 and "robust" in res.output
+
+
+def test_a_rolled_back_round_sends_no_z(tiny_lm: LoraModel, synthetic_jsonl: Path) -> None:
+    """The daemon's roll-back (`RoundLoop._roll_back`: training went non-finite) restores
+    the state before the round's steps; the exchange that follows must not send the z
+    of those undone steps (non-finite, its neighbours refuse the whole payload and the
+    node loses them all), in none of the round's G exchanges."""
+    from declora.node.daemon.rounds import TrainerSnapshot
+
+    sim = Simulation(tracking_config(synthetic_jsonl, True, gossip_steps=2), lm=tiny_lm)
+    node = sim.nodes[0]
+    assert node.tracker is not None
+    good = TrainerSnapshot.of(node)
+    node.train(2, round_number=1)
+    assert node.tracker.steps == 2
+    good.restore(node)  # what _roll_back does
+    for _ in range(2):  # the round's G = 2 exchanges
+        node.outgoing()
+        assert node.tracker_outgoing() is None
+        node.mix({})
+    np.testing.assert_array_equal(node.tracker.correction(), 0.0)
+    node.train(2, round_number=2)  # the next round's steps are sent again
+    node.outgoing()
+    assert node.tracker_outgoing() is not None
