@@ -15,8 +15,8 @@ the subclass `kill_revive.KillReviveNode` and DECA's block-wise full fine-tuning
 
 With gradient tracking (`tracking=True`, `tracking.py`) every local step's gradient
 is corrected by c_i, `tracker_outgoing()` (called right after `outgoing()`) gives the
-round's z_i message, `receive_tracker` takes a neighbour's, and `mix` also updates
-c_i with the same weights.
+exchange's z_i message (in each of a round's G exchanges), `receive_tracker` takes a
+neighbour's, and `mix` also updates c_i with the same weights.
 
 The simulator and the daemon both call exactly this sequence, so for the same seeds
 and the same live neighbour sets they produce the same adapters. The consensus finish is
@@ -127,6 +127,11 @@ class DecLoraNode(Generic[K]):
         """The consensus finish starts: every exchange from here on is gossip only.
         Tracking sends no more z; a method that sends part of its adapter in a training
         round (Kill-and-Revive) sends all of it from here."""
+        self.end_round()
+
+    def end_round(self) -> None:
+        """Send no more of the current round's tracking z (the finish, a skip ahead, a
+        state taken or rolled back): it starts again with the next local steps."""
         if self.tracker is not None:
             self.tracker.end_round()
 
@@ -137,7 +142,8 @@ class DecLoraNode(Generic[K]):
         return self.gossip.encode_update(x, self._rng)
 
     def tracker_outgoing(self) -> bytes | None:
-        """This round's tracking message z_i (None without tracking or local steps)."""
+        """This exchange's tracking message z_i (None without tracking, and after the G
+        exchanges that follow a round's local steps)."""
         if self.tracker is None:
             return None
         return self.tracker.encode(self.gossip.codec, self._rng)
@@ -265,6 +271,7 @@ class DecLoraNode(Generic[K]):
         become `vector`; every neighbour's copy is forgotten (keyframes follow)."""
         self.trainer.set_vector(vector)
         self.gossip.public = np.array(vector, dtype=np.float32, copy=True)
+        self.end_round()
         for peer in list(self.gossip.peers):
             self.forget_peer(peer)
 
@@ -279,7 +286,7 @@ class DecLoraNode(Generic[K]):
         self.gossip.public = np.array(snap.public, dtype=np.float32, copy=True)
         if self.tracker is not None and snap.correction is not None:
             self.tracker.set_correction(snap.correction)
-            self.tracker.end_round()  # a z mixed from the undone state is not sent
+        self.end_round()  # a z mixed from the undone state is not sent
 
     def is_finite(self) -> bool:
         """Whether the adapter (and the tracking correction) hold finite values only."""

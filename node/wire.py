@@ -6,7 +6,7 @@ A push is a stream of `Chunk`s: one `PayloadHeader`, then data chunks of at most
 second header, more bytes than announced or than the size limit, a checksum
 mismatch, a tensor schema that is not ours, an unknown codec, a `tracker_bytes` that
 does not fit. With gradient tracking the payload is the adapter message followed by
-`tracker_bytes` of the round's z message (`Payload.adapter`, `Payload.tracker`). The
+`tracker_bytes` of the exchange's z message (`Payload.adapter`, `Payload.tracker`). The
 decoded vectors are checked for size and finite values by the gossip and tracking
 layers before they are applied.
 """

@@ -145,7 +145,7 @@ def test_a_round_without_local_steps_sends_nothing_and_changes_nothing() -> None
     assert t.encode(make_codec("fp32"), np.random.default_rng(0)) is None
     t.update({1: 0.5}, {1: np.ones(SIZE, np.float32)})
     np.testing.assert_array_equal(t.correction(), np.arange(SIZE))
-    # a round's z is sent once: a second encode (a gossip-only round) sends nothing
+    # with one exchange a round (G = 1) z is sent once: a second encode sends nothing
     t.correct(split(np.ones(SIZE, np.float32)))
     assert t.encode(make_codec("fp32"), np.random.default_rng(0)) is not None
     assert t.encode(make_codec("fp32"), np.random.default_rng(0)) is None
@@ -316,3 +316,20 @@ def test_a_rolled_back_round_sends_no_z(tiny_lm: LoraModel, synthetic_jsonl: Pat
     node.train(2, round_number=2)  # the next round's steps are sent again
     node.outgoing()
     assert node.tracker_outgoing() is not None
+
+
+def test_a_skip_ahead_or_a_taken_state_ends_the_rounds_z(
+    tiny_lm: LoraModel, synthetic_jsonl: Path
+) -> None:
+    """A daemon that skips ahead (`Exchange.align_round`) or takes a neighbour's state
+    (catch-up) mid-round sends no more of the old round's z; the next local steps do."""
+    sim = Simulation(tracking_config(synthetic_jsonl, True, gossip_steps=3), lm=tiny_lm)
+    node = sim.nodes[0]
+    for leave in (node.end_round, lambda: node.take_state(node.vector())):
+        node.train(2, round_number=1)
+        node.outgoing()
+        assert node.tracker_outgoing() is not None
+        node.mix({})
+        leave()
+        node.outgoing()
+        assert node.tracker_outgoing() is None  # 2 of the 3 exchanges were left

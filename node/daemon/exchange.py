@@ -145,6 +145,7 @@ class Exchange:
             )
             self.progress.round = target
             self.next_skip = target + MAX_ROUNDS_AHEAD
+            self.node.end_round()  # the skipped group's z is not sent into later ones
 
     async def wait_for(self, r: int, deadline: float) -> None:
         """Until every live neighbour's round-r payload is in, or the deadline; a
@@ -307,7 +308,7 @@ class Exchange:
         retry: bool = True,
     ) -> None:
         """Send this round's payload `message` (CRC `crc`): the adapter delta, then
-        `tracker_bytes` of the round's z (gradient tracking). A keyframe replaces the
+        `tracker_bytes` of the exchange's z (gradient tracking). A keyframe replaces the
         delta when the neighbour is out of step.
 
         A refusal for being out of range or unknown renews the handshake instead of

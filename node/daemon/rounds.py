@@ -6,7 +6,8 @@ Invariants callers may rely on:
   checkpoints, catch-up, status) counts exchanges: exchange e trains only when
   `schedule.is_training_exchange(e, G)` (e = 1, G + 1, 2G + 1, ...), at training
   round `schedule.training_round(e, G)` (the lr schedule and Kill-and-Revive's revives
-  go by it); the other exchanges only mix (no tracking message), as in the simulator.
+  go by it); the other exchanges only mix (with tracking, z is mixed in every exchange
+  of the round: `tracking.py`), as in the simulator.
   A node that resumed or caught up mid-group simply goes on with its exchange number;
 - `rounds` counts training rounds: the train loop ends at exchange `rounds` x G;
 - if training goes non-finite the node rolls back to the state before the round's
