@@ -123,7 +123,9 @@ def test_one_round_of_many_exchanges_corrects_to_the_mean_at_once() -> None:
         np.testing.assert_allclose(t.correction(), mean - grad, atol=1e-5)
     one = [GradientTracker[int](SHAPES) for _ in range(n)]
     tracking_round(one, grads, weights, exchanges=40)  # z sent in the first exchange only
-    err = max(float(np.abs(t.correction() - (mean - g)).max()) for t, g in zip(one, grads))
+    err = max(
+        float(np.abs(t.correction() - (mean - g)).max()) for t, g in zip(one, grads, strict=True)
+    )
     assert err > 0.1
 
 
