@@ -10,7 +10,8 @@ one JSON here and is skipped when it exists; the summary is printed at the end.
    seed 0 (the references' grid, doubled while the top wins), then seeds 0-2.
 2. `g12`: the recipe as the study chose it (lr 8e-3, K 2, tracking) with 12 gossip
    steps a round instead of the 4 (`mixing.gossip_steps_for`) the ring and the star
-   get, seeds 0-2, on both.
+   get, seeds 0-2, on both. Made before 150120b, when tracking mixed z in the first
+   exchange of a round only; deleting the g12 JSONs re-runs it with today's tracking.
 
     python results/swarm/diagnostics/diagnostics.py   # from the repo root, declora installed
 """
