@@ -31,9 +31,10 @@ callers may rely on:
   gossip-only rounds (the consensus finish) carry no z and leave c unchanged.
 
 The price is one more vector in each of those messages (the size of the adapter
-message before error feedback; with fp32 messages, twice the bytes). A neighbour's z moves c_i
-linearly, so gradient tracking trusts every neighbour: it is not combined with
-robust mixing. Nothing here does I/O.
+message before error feedback; with fp32 messages, twice the bytes). A neighbour's z
+moves c_i linearly, so gradient tracking trusts every neighbour: it is not combined
+with robust mixing. Each z sent after the first is a convex mix of checked ones, so it
+stays within their bounds. Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -80,7 +81,6 @@ class GradientTracker(Generic[K]):
         """Start collecting this round's corrected gradients."""
         for s in self._sums:
             s.zero_()
-        self._steps = 0
         self.end_round()
 
     def end_round(self) -> None:
