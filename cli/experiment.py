@@ -28,6 +28,7 @@ from declora.node.simulator import SimConfig, Simulation, describe_partition
 # committed results stay reproducible.
 PUBLISHED: dict[str, Any] = {
     "gradient_tracking": False,
+    "weighting": "nodes",  # the grids' tracked variants (copies of BASE) keep it
     "gossip_steps": 1,
     "swarm_size": 1,
     "lr_schedule": "constant",

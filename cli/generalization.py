@@ -4,7 +4,8 @@ Four swarms under Dirichlet(0.1) label skew: a ring of 8, a star of 6, G(12, 0.3
 (resampled until connected) and a 4 x 4 torus. Rows, each on the same samples:
 
 - `plain`: Dec-LoRA as published (constant lr, no tracking, one exchange a round);
-- `recipe`: the defaults of `simulate`, `lab` and `start` (`Recipe`): gradient tracking,
+- `recipe`: the defaults of `simulate`, `lab` and `start` (`Recipe`): gradient tracking
+  with each node's gradient weighed by its training examples (`--weighting examples`),
   warmup + cosine decay over the planned rounds, lr x sqrt(nodes), and as many
   exchanges a round as the topology's spectral gap asks (`mixing.gossip_steps_for`);
 - `recipe-q4`: the recipe with 4-bit messages;

@@ -36,7 +36,8 @@ from declora.node.recipe import Recipe
 from declora.node.scores import Score, score_for
 
 BASE_LR = 2e-3  # AdamW for one adapter at batch 16 (the centralized reference)
-RESOLVED = ("lr_schedule", "warmup_steps", "gradient_tracking")  # Recipe's adaptive defaults
+# Recipe's adaptive defaults
+RESOLVED = ("lr_schedule", "warmup_steps", "gradient_tracking", "weighting")
 SWARM_LR = 4e-3  # per sqrt(node): the swarm's averaged model steps on a 16 x nodes batch
 LAB_MINUTES = "about 5"  # `make run` on 2 idle cores (620 CPU-s measured; 7.5 min when busy)
 MIB_PER_MINILM_NODE = 1050  # memory of one MiniLM daemon (PSS 1.0-1.08 GB, RSS 1.2 GB)

@@ -6,7 +6,8 @@ with EOS), five nodes on a ring that each hold one category (non-IID by topic), 
 adapter on the union of the shares for the same 480 samples (120 steps). Rows:
 
 - `recipe`: the defaults (`Recipe`): gradient tracking, warmup + cosine decay,
-  lr x sqrt(5), two exchanges a round on this ring (`mixing.gossip_steps_for`), K = 1;
+  lr x sqrt(5), two exchanges a round on this ring (`mixing.gossip_steps_for`), K = 1,
+  but every node weighed the same (`SETTING`: the runs predate `--weighting examples`);
 - `recipe-q4`: the same with 4-bit messages;
 - `recipe-no-tracking`: the same lr and schedule without gradient tracking;
 - `central`: centralized LoRA on the same samples.
@@ -53,6 +54,10 @@ SETTING: dict[str, Any] = {
     "eval_before_consensus": False,
     "centralized": False,
     "threads": 1,
+    # as run: every node weighs the same (the rows predate `--weighting examples`, the
+    # default with tracking since; the five shares are one category each, 386-511
+    # articles before dedupe)
+    "weighting": "nodes",
 }
 ROWS: dict[str, dict[str, Any]] = {
     "recipe": {},

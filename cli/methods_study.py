@@ -9,7 +9,8 @@ samples for every row. Rows:
 - one per `--method` (`ROWS`) with the recipe's defaults where the method allows
   them: the recipe resolves what a method refuses (tracking off for decaf,
   kill-revive and deca; one exchange a round for deca) and every run's JSON records
-  the values it used;
+  the values it used; every row weighs the nodes the same (`--weighting nodes`: only
+  the tracked methods could weigh by examples, and the rows share one objective);
 - `central-lora`: one adapter on the union of the shares, the swarm's 240 steps;
 - `central-full`: the same with every parameter trained by AdamW
   (`full_finetune.FullModel`).
@@ -85,6 +86,9 @@ SETTING: dict[str, Any] = {
     "local_steps": 1,
     "rounds": SWARM_STUDY.steps,
     "eval_every": SWARM_STUDY.steps,
+    # every node counts the same for every row: only the tracked methods could weigh
+    # by examples (`--weighting`), and the table compares methods on one objective
+    "weighting": "nodes",
 }
 ROWS: dict[str, dict[str, Any]] = {
     m: {"method": m} for m in ("dec-lora", "conlora", "decaf", "kill-revive", "deca")

@@ -177,6 +177,13 @@ class Recipe(BaseModel):
         description="correct local steps toward the swarm's gradient (node/tracking.py); "
         "default: on where the method and mixing allow it",
     )
+    weighting: Literal["auto", "examples", "nodes"] = Field(
+        "auto",
+        description="whose average the swarm minimises: examples (a node's gradient counts "
+        "in proportion to its training examples: the union's loss, as centralized training; "
+        "needs gradient tracking) or nodes (every node the same, as published); auto: "
+        "examples with gradient tracking, else nodes",
+    )
     gossip_steps: int | None = Field(
         None,
         ge=1,
@@ -255,6 +262,8 @@ class Recipe(BaseModel):
                 self.method, self.codec, self.consensus_step, self.robust_mixing, True
             )
             _fill(self, "gradient_tracking", allowed)
+        if self.weighting == "auto":
+            _fill(self, "weighting", "examples" if self.gradient_tracking else "nodes")
         return self
 
     @model_validator(mode="after")
@@ -263,6 +272,11 @@ class Recipe(BaseModel):
             raise ValueError(
                 "--gradient-tracking cannot be combined with --robust-mixing: tracking "
                 "trusts every neighbour's gradient message"
+            )
+        if self.weighting == "examples" and not self.gradient_tracking:
+            raise ValueError(
+                "--weighting examples needs --gradient-tracking: without it AdamW's "
+                "per-node step normalises a node's weight away (use --weighting nodes)"
             )
         if self.lr_schedule in DECAYING:
             if self.rounds == 0:
@@ -371,7 +385,8 @@ class Recipe(BaseModel):
     def agreed_facts(self) -> dict[str, object]:
         """What nodes must agree on beyond the model: the schedule's span, the exchanges
         per round when more than one (round numbers count exchanges; with tracking, z is
-        mixed in each of them, which nodes before that change did not do), and how the data
+        mixed in each of them, which nodes before that change did not do), weighting by
+        examples, and how the data
         is shared out when not the plain way (a held-out share, no dedupe: every node
         must carve the same rows)."""
         facts = self.schedule_facts()
@@ -379,6 +394,8 @@ class Recipe(BaseModel):
             facts["gossip_steps"] = self.exchanges_per_round
             if self.gradient_tracking:
                 facts["tracking_exchanges"] = self.exchanges_per_round
+        if self.weighting == "examples":
+            facts["weighting"] = "examples"
         if self.validation_fraction:
             facts["validation_fraction"] = self.validation_fraction
         if not self.dedupe:

@@ -26,7 +26,9 @@ callers may rely on:
   end sent no z this round (it did not train, or its message is missing) is skipped
   at both ends, which keeps the sum;
 - at a fixed point c_i = mean_j g_j - g_i: every node steps along the swarm's mean
-  gradient instead of its own, which is what removes the drift;
+  gradient instead of its own, which is what removes the drift (with `--weighting
+  examples` the trainer hands over g_i times the node's training examples, so the
+  mean is the union's gradient up to a common scale);
 - z travels in the G exchanges that follow a round's local steps and no others:
   gossip-only rounds (the consensus finish) carry no z and leave c unchanged.
 

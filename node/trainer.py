@@ -358,10 +358,13 @@ class LocalTrainer:
 
     One step is one optimizer step over `batch_size` x `grad_accumulation` examples
     (micro-batches of `batch_size`); the step's lr is `lr` times `schedule`'s factor
-    at the step's position; gradients are clipped to `max_grad_norm` (0 = off) and,
-    in fp16, scaled by a `GradScaler`. With the defaults a step is a plain AdamW step
-    on one batch at `lr`.
+    at the step's position; the gradient is multiplied by `grad_weight` (a node's
+    weight under `--weighting examples`) before the step's hook (gradient tracking)
+    sees it, then clipped to `max_grad_norm` (0 = off) and, in fp16, scaled by a
+    `GradScaler`. With the defaults a step is a plain AdamW step on one batch at `lr`.
     """
+
+    grad_weight: float = 1.0
 
     def __init__(
         self,
@@ -375,9 +378,13 @@ class LocalTrainer:
         grad_accumulation: int = 1,
         max_grad_norm: float = 0.0,
         schedule: Schedule | None = None,
+        grad_weight: float = 1.0,
     ) -> None:
         if len(data) == 0:
             raise ValueError("a node needs at least one training example")
+        if not (math.isfinite(grad_weight) and grad_weight > 0):
+            raise ValueError(f"grad_weight must be finite and > 0, got {grad_weight}")
+        self.grad_weight = grad_weight
         self.lm = lm
         self.data = data
         self.lr = lr
@@ -475,6 +482,10 @@ class LocalTrainer:
     def _optimizer_step(self, grad_hook: Callable[[list[torch.Tensor]], None] | None) -> None:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
+        if self.grad_weight != 1.0:
+            for p in self.lm.params:
+                if p.grad is not None:
+                    p.grad.mul_(self.grad_weight)
         if grad_hook is not None:
             for p in self.lm.params:
                 if p.grad is None:

@@ -112,10 +112,12 @@ class Workload:
                 grad_accumulation=r.grad_accumulation, max_grad_norm=r.max_grad_norm,
                 schedule=r.schedule(nodes),
             )  # fmt: skip
+        data = self._encoded_rows(rows)
+        weight = float(len(data)) if nodes == 1 and r.weighting == "examples" else 1.0
         return LocalTrainer(
-            self.lm, self._encoded_rows(rows), lr, r.batch_size, seed, r.weight_decay,
+            self.lm, data, lr, r.batch_size, seed, r.weight_decay,
             grad_accumulation=r.grad_accumulation, max_grad_norm=r.max_grad_norm,
-            schedule=r.schedule(nodes),
+            schedule=r.schedule(nodes), grad_weight=weight,
         )  # fmt: skip
 
     def node(self, index: int) -> DecLoraNode[Any]:

@@ -204,6 +204,12 @@ def test_daemons_match_simulator(
         tracker = sim.nodes[i].tracker
         assert (tracker is not None) == tracking
         assert tracker is None or np.abs(tracker.correction()).max() > 0, "never corrected"
+        # with tracking each node weighs its own share's examples (`--weighting`)
+        weight = float(len(sim.nodes[i].trainer.data)) if tracking else 1.0
+        assert sim.nodes[i].trainer.grad_weight == weight
+        assert re.search(rf"weighting \S+ \(gradient x {weight:g}\)", node.log())
+    if tracking:  # unequal shares (Dirichlet 1.0), so the weights matter
+        assert len({n.trainer.grad_weight for n in sim.nodes}) > 1
 
 
 # ---------------------------------------------------------------- 4: mDNS

@@ -52,7 +52,7 @@ def test_a_dump_states_every_resolved_value() -> None:
     assert again == SimConfig.model_validate(dumped)
     assert (dumped["lr_schedule"], dumped["warmup_steps"]) == ("cosine", 3)
     assert (dumped["gossip_steps"], dumped["swarm_size"]) == (4, 6)
-    assert dumped["gradient_tracking"] is True
+    assert (dumped["gradient_tracking"], dumped["weighting"]) == (True, "examples")
 
 
 def test_lr_scales_with_the_swarm_size() -> None:
@@ -199,6 +199,9 @@ def test_the_study_selects_on_validation_and_tables_every_setting(tmp_path: Path
     star3 = gossip_steps_for(metropolis_hastings(from_spec("star", 3)))
     assert recipe["config"]["gossip_steps"] == star3
     assert recipe["config"]["gradient_tracking"] is True
+    assert recipe["config"]["weighting"] == "examples"
+    plain = json.loads(next((tmp_path / "runs").glob("plain-star-3-*-seed1.json")).read_text())
+    assert plain["config"]["weighting"] == "nodes"  # Dec-LoRA as published
     assert recipe["config"]["lr"] == chosen["rows"]["recipe"]["lr"]
     assert math.isclose(recipe["config"]["swarm_size"], 3)
     # a setting with an unfinished seed shows the finished ones and says so

@@ -160,7 +160,8 @@ class Daemon:
         )
         log.info(
             "recipe: lr %g a node (--lr %g x sqrt(--swarm-size %d)), %s schedule, %d warmup "
-            "steps, gradient tracking %s, %d exchange(s) a training round",
+            "steps, gradient tracking %s, %d exchange(s) a training round, weighting %s "
+            "(gradient x %g)",
             s.node_lr,
             s.lr,
             max(s.swarm_size, 1),
@@ -168,6 +169,8 @@ class Daemon:
             s.warmup_steps or 0,
             "on" if s.gradient_tracking else "off",
             s.exchanges_per_round,
+            s.weighting,
+            parts.node.trainer.grad_weight,
         )
         if s.swarm_size == 0:
             log.info(

@@ -90,14 +90,14 @@ RECIPE_KEYS = (
     *("method", "deca_blocks", "deca_block_rounds"),  # DECA's only when it runs
     *("lora_dropout", "rslora", "dora", "quantize", "lr_schedule", "warmup_steps"),
     *("rounds", "local_steps"),  # the span of a schedule: compared when both state it
-    *("gossip_steps", "validation_fraction", "dedupe"),  # `Recipe.agreed_facts`
+    *("gossip_steps", "weighting", "validation_fraction", "dedupe"),  # `Recipe.agreed_facts`
 )
 # the value of a key the spec omits when it is the default (see `LoraSpec.as_dict`,
 # `Recipe.agreed_facts`)
 RECIPE_DEFAULTS = {
     **{"lora_dropout": "0.0", "rslora": "False", "dora": "False", "quantize": "none"},
     **{"lr_schedule": "constant", "warmup_steps": "0", "gossip_steps": "1"},
-    **{"validation_fraction": "0.0", "dedupe": "True"},
+    **{"weighting": "nodes", "validation_fraction": "0.0", "dedupe": "True"},
 }
 SCHEDULE_SPAN = ("rounds", "local_steps")
 
