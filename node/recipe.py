@@ -144,7 +144,11 @@ class Recipe(BaseModel):
         description="optimizer steps of linear warmup from the start of round 1",
         json_schema_extra={"default_text": f"{WARMUP_SHARE:.0%} of a decaying schedule"},
     )
-    max_grad_norm: float = Field(0.0, ge=0, description="clip gradients to this norm (0 = off)")
+    max_grad_norm: float = Field(
+        0.0,
+        ge=0,
+        description="clip gradients to this norm, in units of a batch's mean gradient (0 = off)",
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     method: Method = Field(
         DEFAULT_METHOD,
@@ -180,9 +184,10 @@ class Recipe(BaseModel):
     weighting: Literal["auto", "examples", "nodes"] = Field(
         "auto",
         description="whose average the swarm minimises: examples (a node's gradient counts "
-        "in proportion to its training examples: the union's loss, as centralized training; "
-        "needs gradient tracking) or nodes (every node the same, as published); auto: "
-        "examples with gradient tracking, else nodes",
+        "in proportion to its training examples, target tokens for lm: the union's mean "
+        "loss, as centralized training; needs gradient tracking) or nodes (every node the "
+        "same, as published); auto: examples with gradient tracking (unless --codec is "
+        "fp16), else nodes",
     )
     gossip_steps: int | None = Field(
         None,
@@ -263,7 +268,8 @@ class Recipe(BaseModel):
             )
             _fill(self, "gradient_tracking", allowed)
         if self.weighting == "auto":
-            _fill(self, "weighting", "examples" if self.gradient_tracking else "nodes")
+            weigh = self.gradient_tracking and "fp16" not in self.codec  # z's range: below
+            _fill(self, "weighting", "examples" if weigh else "nodes")
         return self
 
     @model_validator(mode="after")
@@ -277,6 +283,12 @@ class Recipe(BaseModel):
             raise ValueError(
                 "--weighting examples needs --gradient-tracking: without it AdamW's "
                 "per-node step normalises a node's weight away (use --weighting nodes)"
+            )
+        if self.weighting == "examples" and "fp16" in self.codec:
+            raise ValueError(
+                f"--codec {self.codec} cannot carry tracking's z under --weighting examples: "
+                "z scales with the share's examples and fp16 refuses |x| >= 65520 (use bf16, q8 "
+                "or fp32, or --weighting nodes)"
             )
         if self.lr_schedule in DECAYING:
             if self.rounds == 0:

@@ -318,7 +318,7 @@ class LoraModel:
         atomic_replace_dir(build, path)
 
 
-def _targets(batch: Encoded, task: str) -> int:
+def count_targets(batch: Encoded, task: str) -> int:
     """What a batch's mean loss averages over: examples (cls) or target tokens (lm)."""
     if task == "cls":
         return len(batch)
@@ -360,7 +360,8 @@ class LocalTrainer:
     (micro-batches of `batch_size`); the step's lr is `lr` times `schedule`'s factor
     at the step's position; the gradient is multiplied by `grad_weight` (a node's
     weight under `--weighting examples`) before the step's hook (gradient tracking)
-    sees it, then clipped to `max_grad_norm` (0 = off) and, in fp16, scaled by a
+    sees it, then clipped to `max_grad_norm` x `grad_weight` (the threshold stays in
+    the units of a batch's mean gradient; 0 = off) and, in fp16, scaled by a
     `GradScaler`. With the defaults a step is a plain AdamW step on one batch at `lr`.
     """
 
@@ -462,7 +463,7 @@ class LocalTrainer:
         micro = [batch]
         if g > 1:
             micro = [batch.take(np.arange(j * size, (j + 1) * size)) for j in range(g)]
-        counts = [_targets(m, self.lm.task) for m in micro]
+        counts = [count_targets(m, self.lm.task) for m in micro]
         whole = sum(counts)
         dev, loss_sum = self.lm.device, 0.0
         for m, n in zip(micro, counts, strict=True):
@@ -491,8 +492,8 @@ class LocalTrainer:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
             grad_hook([p.grad for p in self.lm.params])  # type: ignore[misc]
-        if self.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.lm.params, self.max_grad_norm)
+        if self.max_grad_norm > 0:  # in the units of a batch's mean gradient
+            torch.nn.utils.clip_grad_norm_(self.lm.params, self.max_grad_norm * self.grad_weight)
         if self.scaler is None:
             self.optimizer.step()
         else:

@@ -32,7 +32,7 @@ from declora.node.kill_revive import node_type
 from declora.node.lm_data import LmFormat
 from declora.node.partition import partition
 from declora.node.recipe import Recipe
-from declora.node.trainer import Encoded, LocalTrainer, LoraModel
+from declora.node.trainer import Encoded, LocalTrainer, LoraModel, count_targets
 
 
 def node_seed(seed: int, index: int) -> int:
@@ -97,13 +97,17 @@ class Workload:
         return self._encode(self.train.subset(rows))
 
     def trainer(self, index: int) -> LocalTrainer:
-        """Node `index`'s trainer on its share, from the shared seeded adapter."""
-        return self._trainer(self.parts[index], node_seed(self.recipe.seed, index))
+        """Node `index`'s trainer on its share, from the shared seeded adapter; its
+        gradient weighs `share_weight` of the share."""
+        return self._trainer(self.parts[index], node_seed(self.recipe.seed, index), node=True)
 
-    def _trainer(self, rows: np.ndarray, seed: int, nodes: int = 1) -> LocalTrainer:
+    def _trainer(
+        self, rows: np.ndarray, seed: int, nodes: int = 1, *, node: bool = False
+    ) -> LocalTrainer:
         """A trainer on `rows` with the recipe's training options; its lr schedule
         spans `nodes` x rounds x local steps (`Recipe.schedule`). A node trains at
-        `Recipe.node_lr`, the centralized reference (`nodes` > 1) at `lr`."""
+        `Recipe.node_lr`, the centralized reference (`nodes` > 1) at `lr`. Only a
+        `node`'s gradient is weighted (the reference's union needs no weight)."""
         r = self.recipe
         lr = r.lr if nodes > 1 else r.node_lr
         if isinstance(self.lm, BlockModel):  # DECA: full fine-tuning, block by block
@@ -113,7 +117,7 @@ class Workload:
                 schedule=r.schedule(nodes),
             )  # fmt: skip
         data = self._encoded_rows(rows)
-        weight = float(len(data)) if nodes == 1 and r.weighting == "examples" else 1.0
+        weight = share_weight(data, r) if node else 1.0
         return LocalTrainer(
             self.lm, data, lr, r.batch_size, seed, r.weight_decay,
             grad_accumulation=r.grad_accumulation, max_grad_norm=r.max_grad_norm,
@@ -145,6 +149,19 @@ class Workload:
     def centralized_steps(self) -> int:
         """The swarm's total number of local steps: the reference's budget."""
         return self.nodes * self.recipe.rounds * self.recipe.local_steps
+
+
+def share_weight(data: Encoded, recipe: Recipe) -> float:
+    """A node's gradient weight: under `--weighting examples` what its share's loss
+    averages over (training examples for cls, target tokens for lm: `count_targets`),
+    so with tracking the swarm follows the gradient of the union's mean loss, as the
+    centralized reference does (AdamW ignores the scale all nodes share, up to its
+    eps); else 1 (every node the same)."""
+    if recipe.weighting != "examples":
+        return 1.0
+    if not recipe.gradient_tracking:  # a config copied without validation
+        raise ValueError("--weighting examples needs --gradient-tracking")
+    return float(count_targets(data, recipe.task))
 
 
 def load_workload(

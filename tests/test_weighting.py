@@ -12,16 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_sim_config
 from pydantic import ValidationError
-from test_training_recipe import LLAMA, encoded, grads_seen
+from test_training_recipe import LLAMA, encoded, grads_seen, on_step
 
 from declora.node.codecs import decode
 from declora.node.daemon.handshake import recipe_differences, recipe_facts
 from declora.node.recipe import Recipe
 from declora.node.simulator import Simulation
 from declora.node.trainer import LocalTrainer, LoraModel
-from declora.node.workload import load_workload
+from declora.node.workload import load_workload, share_weight
 
 
 def test_auto_weighs_examples_where_tracking_is_on() -> None:
@@ -33,6 +34,11 @@ def test_auto_weighs_examples_where_tracking_is_on() -> None:
         Recipe(gradient_tracking=False, weighting="examples")
     with pytest.raises(ValidationError, match="weighting"):
         Recipe(weighting="samples")  # type: ignore[arg-type]
+    # fp16 cannot hold z's scale: auto leaves it at nodes, examples is refused
+    assert Recipe(codec="fp16").weighting == "nodes"
+    with pytest.raises(ValidationError, match="cannot carry tracking's z"):
+        Recipe(codec="fp16", weighting="examples")
+    assert Recipe(codec="bf16").weighting == "examples"
 
 
 def test_a_node_weighs_its_training_examples(synthetic_jsonl: Path) -> None:
@@ -48,6 +54,34 @@ def test_a_node_weighs_its_training_examples(synthetic_jsonl: Path) -> None:
     assert work.centralized_trainer().grad_weight == 1.0  # the union needs no weight
     same = load_workload(cfg.model_copy(update={"weighting": "nodes"}), 3)
     assert same.trainer(0).grad_weight == 1.0
+    # a one-node workload's reference is still the union's, unweighted
+    one = tiny_sim_config(synthetic_jsonl, nodes=1, topology="complete", gradient_tracking=True)
+    assert load_workload(one, 1).centralized_trainer().grad_weight == 1.0
+    assert load_workload(one, 1).trainer(0).grad_weight > 1.0
+    # a copy that skipped validation cannot weigh without tracking
+    stale = cfg.model_copy(update={"gradient_tracking": False})
+    with pytest.raises(ValueError, match="needs --gradient-tracking"):
+        load_workload(stale, 3).trainer(0)
+
+
+def test_an_lm_node_weighs_its_target_tokens() -> None:
+    data = encoded(n=12)
+    recipe = Recipe(model="tiny-llama", task="lm")
+    assert recipe.weighting == "examples"
+    tokens = int((data.labels[:, 1:] != -100).sum())
+    assert share_weight(data, recipe) == tokens != len(data)
+    assert share_weight(data, Recipe(model="tiny-llama", task="lm", weighting="nodes")) == 1.0
+
+
+def test_max_grad_norm_stays_in_units_of_a_batchs_mean_gradient() -> None:
+    lm, data = LoraModel(LLAMA), encoded()
+    norms = {}
+    for w in (1.0, 50.0):
+        t = LocalTrainer(lm, data, lr=1e-2, batch_size=4, seed=0, max_grad_norm=1e-3, grad_weight=w)
+        norms[w] = on_step(t, lambda: float(torch.stack([p.grad.norm() for p in lm.params]).norm()))
+        t.train_steps(1)
+    assert norms[1.0][0] == pytest.approx(1e-3, rel=1e-3)
+    assert norms[50.0][0] == pytest.approx(50 * 1e-3, rel=1e-3)
 
 
 def test_the_weight_scales_what_the_hook_sees_and_adamw_ignores_a_common_scale() -> None:
@@ -104,12 +138,17 @@ def test_the_simulator_records_and_uses_the_weighting(synthetic_jsonl: Path) -> 
         synthetic_jsonl, nodes=3, rounds=1, local_steps=1, partition_scheme="dirichlet:0.3",
         gradient_tracking=True, consensus_rounds=0, max_eval=8,
     )  # fmt: skip
-    sim = Simulation(cfg)
-    result = sim.run()
+    sims = {w: Simulation(cfg.model_copy(update={"weighting": w})) for w in ("examples", "nodes")}
+    result = sims["examples"].run()
+    sims["nodes"].run()
     assert result.config["weighting"] == "examples"
-    assert [n.trainer.grad_weight for n in sim.nodes] == [
-        float(len(n.trainer.data)) for n in sim.nodes
-    ]
+    nodes = sims["examples"].nodes
+    assert [n.trainer.grad_weight for n in nodes] == [float(len(n.trainer.data)) for n in nodes]
+    corrections = {w: [n.tracker.correction() for n in s.nodes] for w, s in sims.items()}  # type: ignore[union-attr]
+    # the corrections still sum to zero, and they follow the weighted gradients
+    scale = np.abs(corrections["examples"]).max()
+    np.testing.assert_allclose(np.sum(corrections["examples"], axis=0), 0.0, atol=1e-5 * scale)
+    assert not np.allclose(corrections["examples"][0], corrections["nodes"][0], atol=1e-3)
 
 
 def test_start_and_simulate_refuse_examples_without_tracking_in_one_line(

@@ -11,7 +11,15 @@ one JSON here and is skipped when it exists; the summary is printed at the end.
 2. `g12`: the recipe as the study chose it (lr 8e-3, K 2, tracking) with 12 gossip
    steps a round instead of the 4 (`mixing.gossip_steps_for`) the ring and the star
    get, seeds 0-2, on both. Made before 150120b, when tracking mixed z in the first
-   exchange of a round only; deleting the g12 JSONs re-runs it with today's tracking.
+   exchange of a round only; deleting the g12 JSONs re-runs it with today's tracking
+   (every node weighed the same, as then: `--weighting nodes`).
+
+3. `complete`: what held seed 1 back after that change. The recipe as the study then
+   chose it (lr 4e-3, K 1, tracking in every exchange) on ring-8's seed-1 partition,
+   on a complete graph (exact averaging every exchange), with `--weighting nodes`
+   (every node the same, as that study ran) and `examples` (today's default); prints
+   the worst node, the business class's test accuracy, and the share each class has
+   in the objective each weighting minimises (from the partition alone).
 
     python results/swarm/diagnostics/diagnostics.py   # from the repo root, declora installed
 """
@@ -70,10 +78,31 @@ def large_batch(lr: float, seed: int) -> dict[str, Any]:
 
 def g12(setting: str, seed: int) -> dict[str, Any]:
     cfg = SWARM_STUDY.config(setting, "recipe", 8e-3, 2, seed)
-    cfg = SimConfig(**{**cfg.model_dump(), "gossip_steps": 12})
+    cfg = SimConfig(**{**cfg.model_dump(), "gossip_steps": 12, "weighting": "nodes"})
     fin = Simulation(cfg).run().final
     keep = ("after_consensus", "validation", "bytes_sent_per_node", "consensus_rounds")
     return {"setting": setting, "gossip_steps": 12, "seed": seed, **{k: fin[k] for k in keep}}
+
+
+def complete(weighting: str) -> dict[str, Any]:
+    cfg = SWARM_STUDY.config("ring-8", "recipe", 4e-3, 1, 1)
+    cfg = SimConfig(
+        **{**cfg.model_dump(), "topology": "complete", "gossip_steps": 1, "weighting": weighting}
+    )
+    sim = Simulation(cfg)
+    fin = sim.run().final
+    labels = sim.test_enc.labels.numpy()
+    right = np.array([c == "1" for c in fin["correct"]["average"]])
+    per_class = {n: float(right[labels == k].mean()) for k, n in enumerate(sim.lm.label_names)}
+    train = sim.workload.train.labels
+    counts = np.array([np.bincount(train[p], minlength=len(per_class)) for p in sim.parts])
+    shares = {
+        "nodes": (counts / counts.sum(1, keepdims=True)).mean(0).tolist(),
+        "examples": (counts.sum(0) / counts.sum()).tolist(),
+    }
+    keep = ("after_consensus", "validation", "bytes_sent_per_node")
+    return {"weighting": weighting, "seed": 1, "test_per_class": per_class,
+            "objective_class_shares": shares, **{k: fin[k] for k in keep}}  # fmt: skip
 
 
 def main() -> None:
@@ -102,6 +131,16 @@ def main() -> None:
         print(
             f"g12 {setting}: worst node per seed {[round(w, 1) for w in worst]}, "
             f"mean {np.mean(worst):.1f} std {np.std(worst, ddof=1):.1f}, {kib:,.0f} KiB/node"
+        )
+    for weighting in ("nodes", "examples"):
+        run = cached(f"complete-ring-8-seed1-{weighting}", complete, weighting)
+        names = list(run["test_per_class"])
+        share = dict(zip(names, run["objective_class_shares"][weighting], strict=True))
+        print(
+            f"complete graph, seed 1, --weighting {weighting}: worst node "
+            f"{100 * run['after_consensus']['worst_accuracy']:.1f}, business test accuracy "
+            f"{100 * run['test_per_class']['business']:.0f}%, class shares of the objective "
+            + ", ".join(f"{n} {100 * v:.0f}%" for n, v in share.items())
         )
 
 
