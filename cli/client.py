@@ -140,6 +140,7 @@ def render_status(reply: pb.StatusReply, width: int | None = None) -> None:
     console = Console(width=width)
     total = f"/{reply.total_rounds}" if reply.total_rounds else ""
     tracking = ", gradient tracking" if reply.gradient_tracking else ""
+    tracking += f", weighting {reply.weighting}" if reply.weighting else ""
     evals = ", ".join(f"{k} {v:.4f}" for k, v in sorted(reply.last_eval.items())) or "none yet"
     lines = [
         f"[bold]{reply.node_id}[/] on {reply.listen_address}  swarm {reply.swarm_id}",

@@ -10,8 +10,9 @@ adapter on all of the nodes' data for the swarm's total number of samples, and t
 summary gives each node's gap to it in points.
 
 The defaults are the recipe that closes that gap under label skew (README, Results):
-gradient tracking, one local step per round, AdamW at 4e-3 x sqrt(nodes) (`lr` unless
-given), 60 rounds; the reference trains at 2e-3, the better rate for one adapter.
+gradient tracking with every node's gradient weighed by its examples (`--weighting`),
+one local step per round, AdamW at 4e-3 x sqrt(nodes) (`lr` unless given), 60 rounds;
+the reference trains at 2e-3, the better rate for one adapter.
 They were picked on seeds 1 and 2 (README, Quick start); `make run` reports seed 0.
 """
 

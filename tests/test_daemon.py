@@ -303,12 +303,15 @@ def test_status_cli(idle_pair: tuple[Cluster, Node, Node]) -> None:
     assert reply["node_id"] == a.node_id and reply["swarm_id"] == cluster.swarm_id
     assert int(reply["round"]) == 0 and reply["state"] == "connecting"
     assert reply["listen_address"] == a.address
+    tracking = bool(reply.get("gradient_tracking", False))
+    assert reply["weighting"] == ("examples" if tracking else "nodes")  # resolved, never auto
     [peer] = reply["neighbors"]
     assert peer["node_id"] == b.node_id and peer["address"] == b.address and peer["live"]
 
     text = cli("status", "--target", b.address)
     assert text.returncode == 0, text.stderr
     assert b.node_id in text.stdout and "round 0" in text.stdout
+    assert f"weighting {reply['weighting']}" in text.stdout
     [row] = [line for line in text.stdout.splitlines() if a.node_id in line]
     assert a.address in row and "yes" in row, text.stdout
 

@@ -136,6 +136,7 @@ def build_parts(
         total_rounds=s.rounds * s.exchanges_per_round,  # round numbers count exchanges
         auth=auth_mode(transport.tls is not None, auth.secret is not None),
         gradient_tracking=bool(s.gradient_tracking),  # resolved: never None
+        weighting=s.weighting,  # resolved: never "auto"
     )
     return Parts(
         s,

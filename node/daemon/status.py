@@ -92,6 +92,7 @@ class NodeFacts:
     total_rounds: int
     auth: str
     gradient_tracking: bool
+    weighting: str
     started_unix: float = field(default_factory=time.time)
 
 
@@ -125,6 +126,7 @@ def status_reply(
         keyframes_sent=counters.keyframes_sent,
         auth=facts.auth,
         gradient_tracking=facts.gradient_tracking,
+        weighting=facts.weighting,
         state_digest=digest,
     )
     reply.last_eval.update(report.last_eval)
