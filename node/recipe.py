@@ -183,11 +183,9 @@ class Recipe(BaseModel):
     )
     weighting: Literal["auto", "examples", "nodes"] = Field(
         "auto",
-        description="whose average the swarm minimises: examples (a node's gradient counts "
-        "in proportion to its training examples, target tokens for lm: the union's mean "
-        "loss, as centralized training; needs gradient tracking) or nodes (every node the "
-        "same, as published); auto: examples with gradient tracking (unless --codec is "
-        "fp16), else nodes",
+        description="whose loss the swarm minimises: examples (each node's gradient weighs "
+        "its examples, lm: tokens; needs tracking) or nodes (each the same); auto: examples "
+        "with tracking, unless the codec is fp16",
     )
     gossip_steps: int | None = Field(
         None,
