@@ -10,9 +10,9 @@ addresses), took 300 kB ids, obeyed anyone's leave notice in a neighbour's name,
 served pulls in a neighbour's name, and waited the whole 60 s deadline for a killed
 neighbour.
 
-- an mTLS pair, `--rounds 80`, n1 mixing with `--robust-mixing clip`: the CLI's
+- an mTLS pair, `--rounds 120`, n1 mixing with `--robust-mixing clip`: the CLI's
   certificate (6), a keyframe of 1e30 (2), round claims (1); it must then end after
-  its 40 real rounds with exit 0 and finite adapters;
+  its 120 real rounds with exit 0 and finite adapters;
 - an open pair (no auth, `--stream-idle-seconds 2`): idle push streams (3), a
   handshake flood (4), huge node ids (5), a third party speaking for a neighbour (6),
   pulls (7). Its attacker connects through a relay from 127.0.0.2, so the node's
@@ -462,7 +462,7 @@ def finite_adapter(node: Node) -> bool:
 
 @pytest.fixture(scope="module")
 def mtls(tmp_path_factory: pytest.TempPathFactory, synthetic_jsonl: Path) -> Iterator[Pair]:
-    """n0 (victim, plain mixing) and n1 (`--robust-mixing clip`) over mTLS, 40 rounds of
+    """n0 (victim, plain mixing) and n1 (`--robust-mixing clip`) over mTLS, `ROUNDS` rounds of
     10 local steps; the attacker holds the certificates of `mallory` and of the CLI."""
     root = tmp_path_factory.mktemp("attacks-mtls")
     pki = root / "pki"
@@ -617,7 +617,7 @@ def test_keyframe_of_1e30_is_refused_by_plain_and_clip_mixing(mtls: Pair) -> Non
         "2",
         "a member pushes a keyframe of 1e30 everywhere (finite), to n0 (plain) and n1 (clip)",
         f"both {answers[0].code.name} `bad_values` ({answers[0].details.split(':')[-1].strip()})",
-        f"kept mixing (rounds {before[0].round} -> {after[0].round}); exit 0 after 40 "
+        f"kept mixing (rounds {before[0].round} -> {after[0].round}); exit 0 after {ROUNDS} "
         "rounds, adapters finite (test 1)",
         (rss0, rss_mib(a)),
     )
