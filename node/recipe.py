@@ -396,9 +396,8 @@ class Recipe(BaseModel):
         """What nodes must agree on beyond the model: the schedule's span, the exchanges
         per round when more than one (round numbers count exchanges; with tracking, z is
         mixed in each of them, which nodes before that change did not do), weighting by
-        examples, and how the data
-        is shared out when not the plain way (a held-out share, no dedupe: every node
-        must carve the same rows)."""
+        examples, and how the data is shared out when not the plain way (a held-out
+        share, no dedupe: every node must carve the same rows)."""
         facts = self.schedule_facts()
         if self.exchanges_per_round > 1:
             facts["gossip_steps"] = self.exchanges_per_round

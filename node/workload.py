@@ -156,12 +156,13 @@ def share_weight(data: Encoded, recipe: Recipe) -> float:
     averages over (training examples for cls, target tokens for lm: `count_targets`),
     so with tracking the swarm follows the gradient of the union's mean loss, as the
     centralized reference does (AdamW ignores the scale all nodes share, up to its
-    eps); else 1 (every node the same)."""
+    eps); else 1 (every node the same). A share with no targets weighs 1: its
+    gradient is zero whatever the weight."""
     if recipe.weighting != "examples":
         return 1.0
     if not recipe.gradient_tracking:  # a config copied without validation
         raise ValueError("--weighting examples needs --gradient-tracking")
-    return float(count_targets(data, recipe.task))
+    return float(max(count_targets(data, recipe.task), 1))
 
 
 def load_workload(

@@ -21,7 +21,7 @@ from declora.node.codecs import decode
 from declora.node.daemon.handshake import recipe_differences, recipe_facts
 from declora.node.recipe import Recipe
 from declora.node.simulator import Simulation
-from declora.node.trainer import LocalTrainer, LoraModel
+from declora.node.trainer import Encoded, LocalTrainer, LoraModel
 from declora.node.workload import load_workload, share_weight
 
 
@@ -71,6 +71,10 @@ def test_an_lm_node_weighs_its_target_tokens() -> None:
     tokens = int((data.labels[:, 1:] != -100).sum())
     assert share_weight(data, recipe) == tokens != len(data)
     assert share_weight(data, Recipe(model="tiny-llama", task="lm", weighting="nodes")) == 1.0
+    # a share whose every target is masked (a user's file of over-long prompts) weighs
+    # 1, not 0, which the trainer would refuse
+    masked = Encoded(data.input_ids, data.attention_mask, torch.full_like(data.labels, -100))
+    assert share_weight(masked, recipe) == 1.0
 
 
 def test_max_grad_norm_stays_in_units_of_a_batchs_mean_gradient() -> None:
