@@ -11,14 +11,17 @@ Four swarms under Dirichlet(0.1) label skew: a ring of 8, a star of 6, G(12, 0.3
 - `recipe-q4`: the recipe with 4-bit messages;
 - `central`: one adapter on the union of the nodes' shares, the swarm's total steps.
 
-Selection (phase 1, seed 0) reads validation figures only (10% of every node's
-share, held out from training; `Workload.validation_rows`): `plain` and `recipe`
-pick lr and K on the ring of 8 (the other settings are not tuned on); every
-setting's centralized reference picks its lr. Rounds follow from K: every node takes
-`STEPS` local steps. Phase 2 runs every row on every setting with seeds 0, 1, 2 at
-the chosen values; the table reports the final round after the consensus finish,
-mean ± std over seeds and a 95% bootstrap interval over seeds and test examples
-(`node/stats.py`). Finished runs are not repeated (a run is one JSON file).
+Selection reads validation figures only (10% of every node's share, held out from
+training; `Workload.validation_rows`): `plain` and `recipe` pick lr and K on the ring
+of 8 (the other settings are not tuned on); every setting's centralized reference
+picks its lr. Phase 1 runs every grid value with seed 0; its `finalists` best values
+then run with the other seeds too, and the pick is the best mean validation over all
+seeds (one seed's 166-200 validation articles cannot separate neighbouring values).
+Rounds follow from K: every node takes `steps` local steps. Phase 2 runs every row
+on every setting with seeds 0, 1, 2 at the chosen values; the table reports the
+final round after the consensus finish, mean ± std over seeds and a 95% bootstrap
+interval over seeds and test examples (`node/stats.py`).
+Finished runs are not repeated (a run is one JSON file).
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ class Study:
     ks: tuple[int, ...]
     seeds: tuple[int, ...]
     tune_on: str  # the setting the swarm rows select lr and K on
+    finalists: int = 2  # seed 0's best values, re-run with every seed before the pick
     output: Path = Path("results/swarm")
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -179,49 +183,85 @@ def row_lrs(study: Study, row: str) -> tuple[float, ...]:
     return study.lrs + (study.plain_extra_lrs if row == "plain" else ())
 
 
+def _candidates(study: Study, row: str, setting: str) -> list[tuple[float, int]]:
+    """The (lr, K) values a row selects from on `setting` (references: K = 1)."""
+    if row == "central":
+        return [(lr, 1) for lr in study.central_lrs]
+    return [(lr, k) for lr in row_lrs(study, row) for k in study.ks]
+
+
+def _selections(study: Study) -> list[tuple[str, str]]:
+    """Every selection the study makes: (row, setting)."""
+    return [(row, study.tune_on) for row in SELECTED_ROWS] + [
+        ("central", s) for s in study.settings
+    ]
+
+
+def _validation(
+    study: Study, output: Path, row: str, setting: str, lr: float, k: int, seed: int
+) -> float:
+    """A selection run's validation accuracy: the swarm rows' worst node after the
+    consensus finish, the reference's model."""
+    res = _load(_job(study, setting, row, lr, k, seed), output)
+    if row == "central":
+        return float(res["validation"]["accuracy"])
+    return float(res["final"]["validation"]["honest_worst_accuracy"])
+
+
+def _ranked(study: Study, output: Path, row: str, setting: str) -> list[tuple[float, int]]:
+    """The candidates by seed 0's validation, best first; ties go to the smaller lr and K."""
+    seed = study.seeds[0]
+    candidates = _candidates(study, row, setting)
+    scores = {c: _validation(study, output, row, setting, *c, seed) for c in candidates}
+    return sorted(scores, key=lambda c: (-scores[c], c[0], c[1]))
+
+
 def selection_jobs(study: Study) -> list[Job]:
     """Phase 1 (seed 0): the swarm rows' lr x K grid on `tune_on`; every setting's
     centralized lr grid."""
     seed = study.seeds[0]
-    jobs = [
-        _job(study, study.tune_on, row, lr, k, seed)
-        for row in SELECTED_ROWS
-        for lr in row_lrs(study, row)
-        for k in study.ks
+    return [
+        _job(study, setting, row, lr, k, seed)
+        for row, setting in _selections(study)
+        for lr, k in _candidates(study, row, setting)
     ]
-    jobs += [
-        _job(study, s, "central", lr, 1, seed) for s in study.settings for lr in study.central_lrs
+
+
+def finalist_jobs(study: Study, output: Path) -> list[Job]:
+    """Phase 1b (after phase 1): each selection's `finalists` best values by seed 0's
+    validation, with the other seeds."""
+    return [
+        _job(study, setting, row, lr, k, seed)
+        for row, setting in _selections(study)
+        for lr, k in _ranked(study, output, row, setting)[: study.finalists]
+        for seed in study.seeds[1:]
     ]
-    return jobs
 
 
 def select(study: Study, output: Path) -> dict[str, Any]:
-    """The chosen values, from validation figures only: the swarm rows by their worst
-    node's validation accuracy after the consensus finish, the references by their
-    final validation accuracy; ties go to the smaller lr and K. Writes selection.json."""
-    seed = study.seeds[0]
+    """The chosen values, from validation figures only (phases 1 and 1b done): among
+    each selection's finalists, the best mean validation accuracy over the seeds; ties
+    go to the smaller lr and K. Writes selection.json and selection.md."""
     chosen: dict[str, Any] = {"rows": {}, "central": {}, "grid": []}
-    for row in SELECTED_ROWS:
-        scored = []
-        for lr in row_lrs(study, row):
-            for k in study.ks:
-                res = _load(_job(study, study.tune_on, row, lr, k, seed), output)
-                val = res["final"]["validation"]["honest_worst_accuracy"]
-                scored.append((val, -lr, -k))
-                chosen["grid"].append({"row": row, "lr": lr, "k": k, "worst_validation": val})
-        best = max(scored)
-        chosen["rows"][row] = {"lr": -best[1], "k": -best[2], "worst_validation": best[0]}
-    for setting in study.settings:
-        by_lr = []
-        for lr in study.central_lrs:
-            res = _load(_job(study, setting, "central", lr, 1, seed), output)
-            val = res["validation"]["accuracy"]
-            by_lr.append((val, -lr))
-            chosen["grid"].append(
-                {"row": "central", "setting": setting, "lr": lr, "validation": val}
-            )
-        top = max(by_lr)
-        chosen["central"][setting] = {"lr": -top[1], "validation": top[0]}
+    for row, setting in _selections(study):
+        ranked = _ranked(study, output, row, setting)
+        means = {}
+        for lr, k in ranked[: study.finalists]:
+            vals = [_validation(study, output, row, setting, lr, k, s) for s in study.seeds]
+            means[(lr, k)] = (float(np.mean(vals)), vals)
+        lr, k = max(means, key=lambda c: (means[c][0], -c[0], -c[1]))
+        mean, per_seed = means[(lr, k)]
+        for c in _candidates(study, row, setting):
+            seed0 = _validation(study, output, row, setting, *c, study.seeds[0])
+            entry = {"row": row, "setting": setting, "lr": c[0], "k": c[1], "seed0": seed0}
+            if c in means:
+                entry["per_seed"], entry["mean"] = means[c][1], means[c][0]
+            chosen["grid"].append(entry)
+        pick = {"lr": lr, "k": k, "mean_validation": mean, "per_seed": per_seed}
+        if row == "central":
+            chosen["central"][setting] = pick
+        else:
+            chosen["rows"][row] = pick
     chosen["rows"]["recipe-q4"] = chosen["rows"]["recipe"]
     write_json(output / "selection.json", chosen)
     (output / "selection.md").write_text(selection_table(chosen))
@@ -229,19 +269,26 @@ def select(study: Study, output: Path) -> dict[str, Any]:
 
 
 def selection_table(chosen: dict[str, Any]) -> str:
-    """The grid's validation figures (markdown): worst node's for the swarm rows, the
-    reference's for each setting; the chosen value in bold."""
-    lines = ["| row | setting | lr | K | validation (%) |", "|---|---|---|---|---|"]
+    """The grid's validation figures (markdown): the swarm rows' worst node, each
+    reference's model; seed 0 for every value, each seed and the mean for the
+    finalists; the pick's mean in bold."""
+    lines = [
+        "| row | setting | lr | K | validation, seed 0 (%) | finalists: per seed (%) | mean (%) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for g in chosen["grid"]:
-        if g["row"] == "central":
-            pick = chosen["central"][g["setting"]]["lr"] == g["lr"]
-            setting, k, val = g["setting"], "", g["validation"]
-        else:
-            c = chosen["rows"][g["row"]]
-            pick = (c["lr"], c["k"]) == (g["lr"], g["k"])
-            setting, k, val = "(tuned on)", str(g["k"]), g["worst_validation"]
-        cell = f"**{100 * val:.1f}**" if pick else f"{100 * val:.1f}"
-        lines.append(f"| {g['row']} | {setting} | {g['lr']:g} | {k} | {cell} |")
+        central = g["row"] == "central"
+        c = chosen["central"][g["setting"]] if central else chosen["rows"][g["row"]]
+        pick = (c["lr"], c["k"]) == (g["lr"], g["k"])
+        per_seed = " / ".join(f"{100 * v:.1f}" for v in g.get("per_seed", []))
+        mean = f"{100 * g['mean']:.1f}" if "mean" in g else ""
+        mean = f"**{mean}**" if pick else mean
+        setting = g["setting"] if central else f"{g['setting']} (tuned on)"
+        k = "" if central else str(g["k"])
+        lines.append(
+            f"| {g['row']} | {setting} | {g['lr']:g} | {k} | {100 * g['seed0']:.1f} | "
+            f"{per_seed} | {mean} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -342,9 +389,11 @@ def run_study(
     workers: int = 2,
     say: Callable[[str], None] = print,
 ) -> str:
-    """Phase 1, selection, phase 2, table (each resumes where it stopped)."""
+    """Phase 1, its finalists, selection, phase 2, table (each resumes where it
+    stopped)."""
     out = output or study.output
     run_jobs(selection_jobs(study), out, workers, say)
+    run_jobs(finalist_jobs(study, out), out, workers, say)
     chosen = select(study, out)
     say(f"chosen on validation: {json.dumps(chosen['rows'])} {json.dumps(chosen['central'])}")
     run_jobs(final_jobs(study, chosen).values(), out, workers, say)

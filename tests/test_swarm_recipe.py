@@ -180,19 +180,24 @@ def test_the_study_selects_on_validation_and_tables_every_setting(tmp_path: Path
     chosen = json.loads((tmp_path / "selection.json").read_text())
     grid = [g for g in chosen["grid"] if g["row"] == "recipe"]
     assert len(grid) == 4
-    best = max(grid, key=lambda g: (g["worst_validation"], -g["lr"], -g["k"]))
-    assert (chosen["rows"]["recipe"]["lr"], chosen["rows"]["recipe"]["k"]) == (
-        best["lr"],
-        best["k"],
-    )
+    # the two best of seed 0 are the finalists; the pick is the best mean over the seeds
+    ranked = sorted(grid, key=lambda g: (-g["seed0"], g["lr"], g["k"]))
+    finalists = [g for g in grid if "mean" in g]
+    assert [(g["lr"], g["k"]) for g in finalists] == sorted((g["lr"], g["k"]) for g in ranked[:2])
+    for g in finalists:
+        assert g["per_seed"][0] == g["seed0"]
+        assert g["mean"] == pytest.approx(sum(g["per_seed"]) / 2)
+    best = max(finalists, key=lambda g: (g["mean"], -g["lr"], -g["k"]))
+    pick = chosen["rows"]["recipe"]
+    assert (pick["lr"], pick["k"], pick["mean_validation"]) == (best["lr"], best["k"], best["mean"])
     assert chosen["rows"]["recipe-q4"] == chosen["rows"]["recipe"]
     grid_md = (tmp_path / "selection.md").read_text()
     assert grid_md.count("**") == 2 * (2 + 2)  # one pick per swarm row and per setting
     assert set(chosen["central"]) == {"ring-3", "star-3"}
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
-    # phase 2 reuses seed 0's selection runs: 12 grid runs + 4 references, then the
-    # q4 rows and seed 1's
-    assert len([r for r in runs if r.endswith("seed1.json")]) == 2 * 4
+    # seed 1: phase 2's 4 rows on 2 settings, and the finalist each of the 4 selections
+    # (plain, recipe, 2 references) did not pick
+    assert len([r for r in runs if r.endswith("seed1.json")]) == 2 * 4 + 4
     assert all(f"| {s} |" in table for s in study.settings)
     assert table.count("\n") == 2 + 2 * 4
     recipe = json.loads(next((tmp_path / "runs").glob("recipe-star-3-*-seed1.json")).read_text())
