@@ -249,7 +249,7 @@ class BlockTrainer(LocalTrainer):
         self,
         k: int,
         should_stop: Callable[[], bool] | None = None,
-        grad_hook: Callable[[list[torch.Tensor]], None] | None = None,
+        grad_hook: Callable[[list[torch.Tensor | None]], None] | None = None,
         first_step: int | None = None,
     ) -> float:
         """As `LocalTrainer.train_steps`, on the active block; with `round_steps`, each

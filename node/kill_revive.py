@@ -34,8 +34,12 @@ The daemon needs nothing of its own: it sends `outgoing`, `keyframe` and `full_s
 and checks all of them with `check_payload`, which returns the full-size vector with
 NaN at the entries the sender did not send (a value no valid delta holds);
 `accept_delta` reads the sender's mask back from it. A catch-up (`take_state`) keeps
-this node's scores. Robust mixing and gradient tracking are refused
-(`methods.combination_problem`).
+this node's scores. Robust mixing is refused (`methods.combination_problem`).
+
+Gradient tracking (`tracking.py`) works entry by entry: a killed module takes no
+gradient, so no correction either (its c_i waits); the round's z carries the same
+mask and the active entries only (`tracker_outgoing`), and c_i moves at an entry only
+where both ends sent it, so sum_i c_i stays zero as in Dec-LoRA.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from declora.node.dec_lora import DecLoraNode, NodeSnapshot, _check_bound
 from declora.node.gossip import GossipError
 from declora.node.lora_names import A_MARK, lora_module
 from declora.node.product_mixing import LoraPair, lora_pairs
+from declora.node.tracking import TrackingError
 from declora.node.trainer import LocalTrainer
 
 K = TypeVar("K", bound=Hashable)
@@ -116,6 +121,7 @@ class KillReviveNode(DecLoraNode[K]):
         self.active = np.ones(m, dtype=bool)  # this round's modules (after `train`)
         self.finishing = False  # in the consensus finish: every module travels
         self._own = np.ones(self.size, dtype=bool)  # entries of this round's message
+        self._own_modules = np.ones(m, dtype=bool)  # ...and its module mask
         self._sent_in: dict[K, np.ndarray] = {}  # entries each neighbour sent this round
 
     # -------------------------------------------------------------- selection
@@ -172,9 +178,40 @@ class KillReviveNode(DecLoraNode[K]):
         """The mask and the compressed change of the round's active entries (every
         entry in the consensus finish); the public copy advances on those only."""
         modules = self._every() if self.finishing else self.active
-        self._own = self.entries(modules)
+        self._own_modules, self._own = modules, self.entries(modules)
         x = self.trainer.vector() if forged is None else forged
         return pack_mask(modules) + self.gossip.encode_update(x, self._rng, self._own)
+
+    def tracker_outgoing(self) -> bytes | None:
+        """This exchange's z (gradient tracking) of the entries `outgoing` sent, under
+        the same mask; None without tracking or without a z this exchange."""
+        if self.tracker is None:
+            return None
+        payload = self.tracker.encode(self.gossip.codec, self._rng, self._own)
+        return None if payload is None else pack_mask(self._own_modules) + payload
+
+    def check_tracker(self, peer: K, payload: bytes, cap: float = float("inf")) -> np.ndarray:
+        """A neighbour's z, full size with NaN where its mask sent nothing
+        (GossipError if the mask, the sizes or the values are wrong)."""
+        if self.tracker is None:
+            raise GossipError(f"{peer!r} sent a tracking message; this node does not track")
+        modules, body = unpack_mask(payload, len(self.pairs))
+        sent = self.entries(modules)
+        try:
+            part = self.tracker.decode_checked(peer, body, count=int(sent.sum()))
+        except TrackingError as exc:
+            raise GossipError(str(exc)) from exc
+        _check_bound(peer, part, cap)
+        z = np.full(self.size, np.nan, dtype=np.float32)
+        z[sent] = part
+        return z
+
+    def receive_tracker(self, peer: K, payload: bytes | np.ndarray) -> None:
+        if isinstance(payload, np.ndarray):
+            super().receive_tracker(peer, payload)
+            return
+        super().receive_tracker(peer, self.check_tracker(peer, payload))
+        self.bytes_received += len(payload)
 
     def keyframe(self) -> bytes:
         """The full public copy, under a mask of every module."""
@@ -239,7 +276,8 @@ class KillReviveNode(DecLoraNode[K]):
 
     # -------------------------------------------------------------- mixing
     def mix(self, weights: Mapping[K, float]) -> None:
-        """x_i + gamma * sum_j w_ij [entries active at both] (x̂_j - x̂_i)."""
+        """x_i + gamma * sum_j w_ij [entries active at both] (x̂_j - x̂_i); with
+        tracking, c_i moves too (at the entries both z hold)."""
         g = self.gossip
         step = np.zeros(self.size, dtype=np.float32)
         for peer, w in weights.items():
@@ -250,6 +288,9 @@ class KillReviveNode(DecLoraNode[K]):
         x = self.trainer.vector() + np.float32(g.consensus_step) * step
         self.trainer.set_vector(x)
         self._sent_in = {}
+        if self.tracker is not None:
+            self.tracker.update(weights, self._tracker_in)
+            self._tracker_in = {}
 
 
 def node_type(method: str) -> Callable[..., DecLoraNode[Any]]:

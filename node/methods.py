@@ -45,9 +45,10 @@ def combination_problem(
     distances, and tracking's correction lives in the factors' gauge, which every
     refactorisation changes; none of them has a product-space meaning, so they are
     refused rather than silently mixed. Kill-and-Revive mixes each module with the
-    neighbours that sent it: robust rules and tracking's correction assume every
-    entry is mixed every round, so they are refused too. DECA's robust rules and
-    tracking would need their state per block (reset at every block switch): refused.
+    neighbours that sent it: robust rules assume every entry is mixed every round, so
+    they are refused too (tracking works entry by entry: `kill_revive.py`). DECA's
+    robust rules and tracking would need their state per block (reset at every block
+    switch): refused.
     """
     if method == "deca":
         if robust != "none":
@@ -58,8 +59,6 @@ def combination_problem(
     if method == "kill-revive":
         if robust != "none":
             return "--method kill-revive cannot be combined with --robust-mixing"
-        if tracking:
-            return "--method kill-revive cannot be combined with --gradient-tracking"
         return ""
     if method != "decaf":
         return ""

@@ -24,7 +24,8 @@ callers may rely on:
   stays exactly what it was, zero, so the corrections do not move the average model:
   each edge adds w (z^_j - z^_i) at i and w (z^_i - z^_j) at j. An edge whose far
   end sent no z this round (it did not train, or its message is missing) is skipped
-  at both ends, which keeps the sum;
+  at both ends, which keeps the sum; so is, entry by entry, a value that either end
+  left out of its z (Kill-and-Revive sends its active modules' entries only);
 - at a fixed point c_i = mean_j g_j - g_i: every node steps along the swarm's mean
   gradient instead of its own, which is what removes the drift (with `--weighting
   examples` the trainer hands over g_i times the node's training examples, so the
@@ -94,11 +95,13 @@ class GradientTracker(Generic[K]):
         self._next = None
         self._left = 0
 
-    def correct(self, grads: Sequence[torch.Tensor]) -> None:
-        """Add c_i to one step's gradients in place (the trainer's gradient hook)."""
+    def correct(self, grads: Sequence[torch.Tensor | None]) -> None:
+        """Add c_i to one step's gradients in place (the trainer's gradient hook); a
+        frozen tensor's (None: Kill-and-Revive's killed modules) stays untouched."""
         for g, c, s in zip(grads, self._correction, self._sums, strict=True):
-            g.add_(c)
-            s.add_(g)
+            if g is not None:
+                g.add_(c)
+                s.add_(g)
         self._steps += 1
 
     @property
@@ -107,11 +110,14 @@ class GradientTracker(Generic[K]):
         return self._steps
 
     # ------------------------------------------------------------- messages
-    def encode(self, codec: Codec, rng: np.random.Generator) -> bytes | None:
+    def encode(
+        self, codec: Codec, rng: np.random.Generator, entries: np.ndarray | None = None
+    ) -> bytes | None:
         """This exchange's z compressed with `codec`: the round's mean corrected
         gradient right after local steps, then what the last `update` mixed it into,
         for `exchanges` exchanges in all; else None. Remembers z^_i (what every
-        receiver decodes) for `update`."""
+        receiver decodes) for `update`. With `entries` (a boolean mask) only those
+        values are sent, and z^_i is NaN at the others (Kill-and-Revive)."""
         if self._steps > 0:
             z = torch.cat([s.reshape(-1) for s in self._sums]).div_(self._steps)
             z_np = z.to("cpu", torch.float32).numpy()
@@ -124,27 +130,37 @@ class GradientTracker(Generic[K]):
             return None
         self._next = None
         self._left -= 1
-        payload = codec.encode(z_np, rng)
-        self.sent = decode(payload)
+        if entries is None:
+            payload = codec.encode(z_np, rng)
+            self.sent = decode(payload)
+            return payload
+        payload = codec.encode(np.ascontiguousarray(z_np[entries], dtype=np.float32), rng)
+        self.sent = np.full(self.size, np.nan, dtype=np.float32)
+        self.sent[entries] = decode(payload)
         return payload
 
-    def decode_checked(self, peer: K, payload: bytes, spec: str | None = None) -> np.ndarray:
-        """A neighbour's z^_j, validated (size, finite, codec); raises TrackingError."""
+    def decode_checked(
+        self, peer: K, payload: bytes, spec: str | None = None, count: int | None = None
+    ) -> np.ndarray:
+        """A neighbour's z^_j, validated (`count` values, by default `size`; finite;
+        codec); raises TrackingError."""
+        count = self.size if count is None else count
         try:
             z = decode(payload, max_n=self.size, spec=spec)
         except CodecError as exc:
             raise TrackingError(f"tracking message from {peer!r}: {exc}") from exc
-        if z.shape != (self.size,):
+        if z.shape != (count,):
             raise TrackingError(
-                f"tracking message from {peer!r} has {z.shape[0]} values, expected {self.size}"
+                f"tracking message from {peer!r} has {z.shape[0]} values, expected {count}"
             )
         if not np.isfinite(z).all():
             raise TrackingError(f"tracking message from {peer!r} has non-finite values")
         return z
 
     def update(self, weights: Mapping[K, float], received: Mapping[K, np.ndarray]) -> None:
-        """c_i += sum_j w_j (z^_j - z^_i) over the neighbours in both mappings; the
-        round's next exchange sends z^_i plus the same sum.
+        """c_i += sum_j w_j (z^_j - z^_i) over the neighbours in both mappings, per
+        entry only where both z hold a value (not NaN: an entry a Kill-and-Revive node
+        did not send); the round's next exchange sends z^_i plus the same sum.
 
         Does nothing in an exchange where this node sent no z (it did not train)."""
         if self.sent is None:
@@ -154,7 +170,8 @@ class GradientTracker(Generic[K]):
         for peer, w in weights.items():
             z = received.get(peer)
             if z is not None:
-                step += np.float32(w) * (z - own)
+                diff = z - own
+                step += np.float32(w) * np.where(np.isnan(diff), np.float32(0), diff)
         self.set_correction(self.correction() + step)
         self.sent = None
         self._next = (own + step).astype(np.float32) if self._left > 0 else None

@@ -426,13 +426,14 @@ class LocalTrainer:
         self,
         k: int,
         should_stop: Callable[[], bool] | None = None,
-        grad_hook: Callable[[list[torch.Tensor]], None] | None = None,
+        grad_hook: Callable[[list[torch.Tensor | None]], None] | None = None,
         first_step: int | None = None,
     ) -> float:
         """Run `k` optimizer steps (fewer if `should_stop()` turns true); mean training loss.
 
-        `grad_hook` sees every step's gradients (schema order) before the optimizer
-        does and may change them in place (gradient tracking's correction).
+        `grad_hook` sees every step's gradients (schema order; None for a frozen
+        tensor) before the optimizer does and may change them in place (gradient
+        tracking's correction).
         `first_step` is the schedule position of the first step (a round's:
         `schedule.at_round`); by default this trainer's own step count."""
         self.lm.bind(self.tensors, owner=self)
@@ -480,7 +481,9 @@ class LocalTrainer:
             loss_sum += loss.item()
         return loss_sum
 
-    def _optimizer_step(self, grad_hook: Callable[[list[torch.Tensor]], None] | None) -> None:
+    def _optimizer_step(
+        self, grad_hook: Callable[[list[torch.Tensor | None]], None] | None
+    ) -> None:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.grad_weight != 1.0:
@@ -489,9 +492,9 @@ class LocalTrainer:
                     p.grad.mul_(self.grad_weight)
         if grad_hook is not None:
             for p in self.lm.params:
-                if p.grad is None:
+                if p.grad is None and p.requires_grad:
                     p.grad = torch.zeros_like(p)
-            grad_hook([p.grad for p in self.lm.params])  # type: ignore[misc]
+            grad_hook([p.grad for p in self.lm.params])
         if self.max_grad_norm > 0:  # in the units of a batch's mean gradient
             torch.nn.utils.clip_grad_norm_(self.lm.params, self.max_grad_norm * self.grad_weight)
         if self.scaler is None:

@@ -22,12 +22,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(360
 NODES, ROUNDS, SCHEME = 3, 4, "dirichlet:1.0"
 
 # q8 (per-node rounding rngs) wherever the method takes it, tracking where it is
-# allowed (ConLoRA); DECA switches blocks every 2 rounds, so both of its blocks train.
-METHODS = {
-    "conlora": {"codec": "q8", "gradient_tracking": True},
-    "decaf": {"codec": "fp32"},
-    "kill-revive": {"codec": "q8"},
-    "deca": {"codec": "q8", "deca_blocks": 2, "deca_block_rounds": 2},
+# allowed (ConLoRA, Kill-and-Revive: with and without); DECA switches blocks every 2
+# rounds, so both of its blocks train. Case name: (method, recipe fields).
+METHODS: dict[str, tuple[str, dict[str, object]]] = {
+    "conlora": ("conlora", {"codec": "q8", "gradient_tracking": True}),
+    "decaf": ("decaf", {"codec": "fp32"}),
+    "kill-revive": ("kill-revive", {"codec": "q8", "gradient_tracking": False}),
+    "kill-revive+tracking": ("kill-revive", {"codec": "q8", "gradient_tracking": True}),
+    "deca": ("deca", {"codec": "q8", "deca_blocks": 2, "deca_block_rounds": 2}),
 }
 
 
@@ -54,9 +56,9 @@ def saved_vector(path: Path, lm: LoraModel) -> np.ndarray:
     return lm.schema.flatten({n: tensors[n] for n in lm.schema.names})
 
 
-@pytest.mark.parametrize("method", list(METHODS))
-def test_daemon_processes_match_simulator(cluster: Cluster, method: str) -> None:
-    fields = METHODS[method]
+@pytest.mark.parametrize("case", list(METHODS))
+def test_daemon_processes_match_simulator(cluster: Cluster, case: str) -> None:
+    method, fields = METHODS[case]
     extra = f"--rounds {ROUNDS} --consensus-rounds 0 --partition-scheme {SCHEME} --eval-every 0 "
     extra += f"--round-deadline 60 --swarm-size {NODES} --gossip-steps 1"
     nodes = cluster.static(NODES, ring(NODES), extra.split() + flags(method, fields))
@@ -92,5 +94,9 @@ def test_daemon_processes_match_simulator(cluster: Cluster, method: str) -> None
         saved = saved_vector(node.ckpt / "adapter", sim.lm)
         np.testing.assert_array_equal(saved, sim.nodes[i].model_vector(), err_msg=node.node_id)
         assert np.abs(want.vector - sim.nodes[i].initial).max() > 1e-2, "never trained"
+        if fields.get("gradient_tracking"):
+            assert got.correction is not None and want.correction is not None
+            np.testing.assert_array_equal(got.correction, want.correction, err_msg=node.node_id)
+            assert np.abs(want.correction).max() > 0, "never corrected"
     if method == "kill-revive":  # the last rounds trained and sent some modules only
         assert all(not node.active.all() for node in sim.nodes)  # type: ignore[attr-defined]

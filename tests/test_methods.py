@@ -123,7 +123,6 @@ def test_default_method_keeps_the_fingerprint(tiny_lm: LoraModel, decaf_lm: Lora
         ({"method": "decaf", "robust_mixing": "clip"}, "--robust-mixing"),
         ({"method": "decaf", "gradient_tracking": True}, "--gradient-tracking"),
         ({"method": "kill-revive", "robust_mixing": "trim"}, "kill-revive cannot be combined"),
-        ({"method": "kill-revive", "gradient_tracking": True}, "kill-revive cannot be combined"),
     ],
 )
 def test_recipe_refuses_what_a_method_cannot_do(changes: dict[str, object], message: str) -> None:
@@ -384,11 +383,15 @@ def test_update_change_is_the_dense_norm() -> None:
     assert update_change(a0, b0, a0, b0) == pytest.approx(0.0, abs=1e-9)
 
 
-def kill_revive_nodes(data: TextDataset, n: int, **extra: object) -> list[KillReviveNode[int]]:
+def kill_revive_nodes(
+    data: TextDataset, n: int, tracking: bool = False, **extra: object
+) -> list[KillReviveNode[int]]:
     lm = model_for("kill-revive", **extra)
     enc = lm.encode(data)
     nodes = [
-        KillReviveNode[int](LocalTrainer(lm, enc, 1e-2, 8, seed=i), "fp32", None, seed=i)
+        KillReviveNode[int](
+            LocalTrainer(lm, enc, 1e-2, 8, seed=i), "fp32", None, seed=i, tracking=tracking
+        )
         for i in range(n)
     ]
     for i, node in enumerate(nodes):
@@ -424,6 +427,69 @@ def test_a_killed_module_takes_no_gradient_and_sends_no_bytes(synthetic: TextDat
         other.check_payload(0, pack_mask(np.ones(3, dtype=bool)) + payload[6:])
     with pytest.raises(GossipError, match="values for a mask"):
         other.check_payload(0, pack_mask(np.ones(4, dtype=bool)) + payload[6:])
+
+
+def tracked_exchange(nodes: list[KillReviveNode[int]]) -> list[bytes]:
+    """One exchange with tracking among all `nodes` (equal weights); their z messages."""
+    payloads = [node.outgoing() for node in nodes]
+    zs = [node.tracker_outgoing() for node in nodes]
+    n = len(nodes)
+    for i, node in enumerate(nodes):
+        for j in range(n):
+            if j != i:
+                node.receive(j, payloads[j])
+                node.receive_tracker(j, zs[j])  # type: ignore[arg-type]
+        node.mix({j: 1 / n for j in range(n) if j != i})
+    return zs  # type: ignore[return-value]
+
+
+def test_tracking_corrects_only_the_active_modules(synthetic: TextDataset) -> None:
+    """Kill-and-Revive with gradient tracking: a killed module takes neither gradient
+    nor correction, its z entries are not sent, c_i moves only where both ends sent,
+    and the corrections still sum to zero."""
+    nodes = kill_revive_nodes(synthetic, 2, tracking=True)
+    node, other = nodes
+    for n in nodes:
+        n.train(2)  # round 1 revives every module
+    tracked_exchange(nodes)
+    c1 = [n.tracker.correction() for n in nodes]  # type: ignore[union-attr]
+    assert (np.abs(c1[0]) > 0).mean() > 0.9  # every module was corrected
+    np.testing.assert_allclose(c1[0] + c1[1], 0.0, atol=1e-6)
+    node.scores[:] = [0, 0, 0, 1]  # round 2: node keeps module 3, other module 0
+    other.scores[:] = [1, 0, 0, 0]
+    before = node.vector()
+    for n in nodes:
+        n.train(2)
+    killed = ~node.entries(node.active)
+    np.testing.assert_array_equal(node.vector()[killed], before[killed])  # c_i != 0 there
+    zs = tracked_exchange(nodes)
+    assert len(zs[0]) == 5 + 1 + OVERHEAD + 4 * int((~killed).sum())
+    z = other.check_tracker(0, zs[0])
+    assert np.isnan(z[killed]).all() and np.isfinite(z[~killed]).all()
+    c2 = [n.tracker.correction() for n in nodes]  # type: ignore[union-attr]
+    both = node.entries(node.active) & other.entries(other.active)  # the head only
+    assert both.sum() < (~killed).sum()
+    np.testing.assert_array_equal(c2[0][~both], c1[0][~both])
+    assert not np.array_equal(c2[0][both], c1[0][both])
+    np.testing.assert_allclose(c2[0] + c2[1], 0.0, atol=1e-6)
+    with pytest.raises(GossipError, match="mask for 3 modules"):
+        other.check_tracker(0, pack_mask(np.ones(3, dtype=bool)) + zs[0][6:])
+    with pytest.raises(GossipError, match="values, expected"):
+        other.check_tracker(0, pack_mask(np.ones(4, dtype=bool)) + zs[0][6:])
+
+
+def test_a_simulated_tracked_kill_revive_swarm_keeps_the_corrections_sum(
+    synthetic_jsonl: Path,
+) -> None:
+    cfg = tiny_sim_config(
+        synthetic_jsonl, method="kill-revive", rounds=3, consensus_rounds=0, gradient_tracking=True
+    )
+    sim = Simulation(cfg)
+    sim.run()
+    corrections = [n.tracker.correction() for n in sim.nodes]  # type: ignore[union-attr]
+    assert max(float(np.abs(c).max()) for c in corrections) > 0
+    np.testing.assert_allclose(np.sum(corrections, axis=0), 0.0, atol=1e-5)
+    assert not all(n.active.all() for n in sim.nodes)  # type: ignore[attr-defined]
 
 
 def test_every_exchange_of_a_round_sends_its_modules_and_the_finish_sends_all(

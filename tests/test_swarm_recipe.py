@@ -39,7 +39,7 @@ def test_schedule_defaults_follow_the_planned_rounds() -> None:
 def test_tracking_is_on_where_the_method_and_mixing_allow_it() -> None:
     assert Recipe().gradient_tracking is True
     assert Recipe(robust_mixing="clip").gradient_tracking is False
-    assert Recipe(method="kill-revive").gradient_tracking is False
+    assert Recipe(method="kill-revive").gradient_tracking is True  # tracks entry by entry
     assert Recipe(method="decaf").gradient_tracking is False
     assert Recipe(gradient_tracking=False).gradient_tracking is False
     with pytest.raises(ValueError, match="cannot be combined"):

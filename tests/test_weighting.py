@@ -28,7 +28,7 @@ from declora.node.workload import load_workload, share_weight
 def test_auto_weighs_examples_where_tracking_is_on() -> None:
     assert Recipe().gradient_tracking and Recipe().weighting == "examples"
     assert Recipe(gradient_tracking=False).weighting == "nodes"
-    assert Recipe(method="kill-revive").weighting == "nodes"  # refuses tracking
+    assert Recipe(method="decaf").weighting == "nodes"  # refuses tracking
     assert Recipe(weighting="nodes").gradient_tracking  # tracking on, nodes weigh the same
     with pytest.raises(ValidationError, match="--weighting examples needs --gradient-tracking"):
         Recipe(gradient_tracking=False, weighting="examples")
