@@ -258,6 +258,10 @@ class DecLoraNode(Generic[K]):
         _check_bound(peer, vec, cap)
         return vec
 
+    def check_pair(self, peer: K, delta: np.ndarray, z: np.ndarray) -> None:
+        """Raise GossipError if a checked delta and the z that came with it disagree
+        (Kill-and-Revive: their entries); Dec-LoRA's always agree."""
+
     def accept_delta(self, peer: K, delta: np.ndarray, scale: float) -> None:
         """Add a checked delta (sent with a codec of update scale `scale`) to peer's copy."""
         self.gossip.add_delta(peer, delta, scale)

@@ -206,11 +206,20 @@ class KillReviveNode(DecLoraNode[K]):
         z[sent] = part
         return z
 
+    def check_pair(self, peer: K, delta: np.ndarray, z: np.ndarray) -> None:
+        """GossipError unless the z sent with a delta holds the delta's entries."""
+        _same_entries(peer, np.isfinite(delta), z)
+
     def receive_tracker(self, peer: K, payload: bytes | np.ndarray) -> None:
+        """Keep a neighbour's z (GossipError, nothing kept, if invalid or, after its
+        delta this exchange, under another mask)."""
         if isinstance(payload, np.ndarray):
             super().receive_tracker(peer, payload)
             return
-        super().receive_tracker(peer, self.check_tracker(peer, payload))
+        z = self.check_tracker(peer, payload)
+        if peer in self._sent_in:  # its delta of this exchange came first
+            _same_entries(peer, self._sent_in[peer], z)
+        super().receive_tracker(peer, z)
         self.bytes_received += len(payload)
 
     def keyframe(self) -> bytes:
@@ -291,6 +300,11 @@ class KillReviveNode(DecLoraNode[K]):
         if self.tracker is not None:
             self.tracker.update(weights, self._tracker_in)
             self._tracker_in = {}
+
+
+def _same_entries(peer: object, sent: np.ndarray, z: np.ndarray) -> None:
+    if not np.array_equal(sent, ~np.isnan(z)):
+        raise GossipError(f"tracking message from {peer!r} under another mask than its delta")
 
 
 def node_type(method: str) -> Callable[..., DecLoraNode[Any]]:

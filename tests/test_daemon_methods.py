@@ -98,5 +98,8 @@ def test_daemon_processes_match_simulator(cluster: Cluster, case: str) -> None:
             assert got.correction is not None and want.correction is not None
             np.testing.assert_array_equal(got.correction, want.correction, err_msg=node.node_id)
             assert np.abs(want.correction).max() > 0, "never corrected"
+    if fields.get("gradient_tracking"):  # symmetric per entry: the corrections sum to 0
+        total = np.sum([n.snapshot().correction for n in sim.nodes], axis=0)
+        np.testing.assert_allclose(total, 0.0, atol=1e-5)
     if method == "kill-revive":  # the last rounds trained and sent some modules only
         assert all(not node.active.all() for node in sim.nodes)  # type: ignore[attr-defined]

@@ -478,11 +478,41 @@ def test_tracking_corrects_only_the_active_modules(synthetic: TextDataset) -> No
         other.check_tracker(0, pack_mask(np.ones(4, dtype=bool)) + zs[0][6:])
 
 
+def test_a_z_under_another_mask_than_its_delta_is_refused(synthetic: TextDataset) -> None:
+    """A z whose mask differs from its delta's (same size: one module for another) is
+    refused and keeps nothing; the daemon checks the pair before queueing either."""
+    node, other = kill_revive_nodes(synthetic, 2, tracking=True)
+    for n in (node, other):
+        n.train(1)
+    tracked_exchange([node, other])
+    node.scores[:] = [0, 0, 0, 1]
+    for n in (node, other):
+        n.train(1)
+    delta, z = node.outgoing(), node.tracker_outgoing()
+    assert z is not None
+    swapped = pack_mask(np.array([True, False, False, False])) + z[6:]  # module 0's size
+    checked = other.check_tracker(0, swapped)  # well-formed on its own
+    with pytest.raises(GossipError, match="another mask"):
+        other.check_pair(0, other.check_payload(0, delta), checked)
+    other.check_pair(0, other.check_payload(0, delta), other.check_tracker(0, z))
+    other.receive(0, delta)
+    with pytest.raises(GossipError, match="another mask"):
+        other.receive_tracker(0, swapped)
+    assert 0 not in other._tracker_in
+    other.receive_tracker(0, z)
+    assert 0 in other._tracker_in
+
+
 def test_a_simulated_tracked_kill_revive_swarm_keeps_the_corrections_sum(
     synthetic_jsonl: Path,
 ) -> None:
     cfg = tiny_sim_config(
-        synthetic_jsonl, method="kill-revive", rounds=3, consensus_rounds=0, gradient_tracking=True
+        synthetic_jsonl,
+        method="kill-revive",
+        rounds=3,
+        consensus_rounds=2,
+        gradient_tracking=True,
+        gossip_steps=3,  # later exchanges send z mixed from a masked one
     )
     sim = Simulation(cfg)
     sim.run()

@@ -221,6 +221,8 @@ class Inbox:
                 z = await asyncio.to_thread(
                     self.node.check_tracker, peer.node_id, payload.tracker, cap
                 )
+                if h.kind == pb.PAYLOAD_KIND_DELTA:
+                    self.node.check_pair(peer.node_id, vec, z)
         except GossipError as exc:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), "bad_values") from exc
         in_step = h.kind != pb.PAYLOAD_KIND_DELTA or peer.expected_seq == h.seq
