@@ -8,10 +8,14 @@ runs are shared.
 - `previous/`: before multi-exchange tracking (150120b: z mixed in the first exchange
   of a round only); that study selected lr 8e-3, K 2;
 - `node-weighted/`: before `--weighting examples` (every node weighed the same);
-  that study selected lr 4e-3, K 1.
+  that study selected lr 4e-3, K 1;
+- `single-seed/`: the same recipe as today, selected on seed 0's validation alone
+  (lr 8e-3, K 1), before the selection's finalists ran with every seed. Its ring
+  runs (seeds 1 and 2 are today's finalists) stay in `runs/`, where this reads them.
 
     python results/swarm/compare.py previous        # from the repo root
     python results/swarm/compare.py node-weighted
+    python results/swarm/compare.py single-seed
 """
 
 from __future__ import annotations
@@ -23,7 +27,11 @@ from pathlib import Path
 HERE = Path(__file__).parent
 RUNS = HERE / "runs"
 SETTINGS = ("ring-8", "star-6", "er-12", "torus-16")
-SELECTED = {"previous": "lr0.008-k2", "node-weighted": "lr0.004-k1"}  # what each chose
+SELECTED = {  # what each chose
+    "previous": "lr0.008-k2",
+    "node-weighted": "lr0.004-k1",
+    "single-seed": "lr0.008-k1",
+}
 
 
 def worst_and_bytes(path: Path) -> tuple[float, float]:
@@ -34,7 +42,10 @@ def worst_and_bytes(path: Path) -> tuple[float, float]:
 def one(
     folder: Path, row: str, setting: str, seed: int, chosen: str
 ) -> tuple[str, float, float] | None:
-    path = folder / f"{row}-{setting}-{chosen}-seed{seed}.json"
+    name = f"{row}-{setting}-{chosen}-seed{seed}.json"
+    path = folder / name
+    if folder.name == "single-seed" and not path.is_file():
+        path = RUNS / name  # its ring runs are today's selection runs
     return (chosen, *worst_and_bytes(path)) if path.is_file() else None
 
 
