@@ -7,10 +7,11 @@ a round (K = 1: DECA's inner step, and every row the same bytes schedule), the s
 samples for every row. Rows:
 
 - one per `--method` (`ROWS`) with the recipe's defaults where the method allows
-  them: the recipe resolves what a method refuses (tracking off for decaf,
-  kill-revive and deca; one exchange a round for deca) and every run's JSON records
-  the values it used; every row weighs the nodes the same (`--weighting nodes`: only
-  the tracked methods could weigh by examples, and the rows share one objective);
+  them: the recipe resolves what a method refuses (tracking off for decaf and deca;
+  one exchange a round for deca) and every run's JSON records the values it used;
+  every row weighs the nodes the same (`--weighting nodes`: only the tracked methods
+  could weigh by examples, and the rows share one objective); `kill-revive-untracked`
+  is Kill-and-Revive without tracking (as it ran before it could track);
 - `central-lora`: one adapter on the union of the shares, the swarm's 240 steps;
 - `central-full`: the same with every parameter trained by AdamW
   (`full_finetune.FullModel`).
@@ -91,7 +92,13 @@ SETTING: dict[str, Any] = {
     "weighting": "nodes",
 }
 ROWS: dict[str, dict[str, Any]] = {
-    m: {"method": m} for m in ("dec-lora", "conlora", "decaf", "kill-revive", "deca")
+    "dec-lora": {"method": "dec-lora"},
+    "conlora": {"method": "conlora"},
+    "decaf": {"method": "decaf"},
+    "kill-revive": {"method": "kill-revive"},
+    # Kill-and-Revive as it ran before it could track: what tracking adds, and costs
+    "kill-revive-untracked": {"method": "kill-revive", "gradient_tracking": False},
+    "deca": {"method": "deca"},
 }
 REFERENCES = ("central-lora", "central-full")
 FULL_ROWS = ("deca", "central-full")  # every weight of a layer trains: `FULL_LRS`
@@ -411,7 +418,7 @@ def verdicts(done: dict[str, RowRuns]) -> list[str]:
     """Kill-and-Revive's targets and DECA against Dec-LoRA, on their common seeds."""
     base = done["dec-lora"]
     out = []
-    for row in ("kill-revive", "deca"):
+    for row in ("kill-revive", "kill-revive-untracked", "deca"):
         rr = done[row]
         seeds = sorted(set(rr.runs) & set(base.runs))
         if not seeds:
@@ -425,12 +432,12 @@ def verdicts(done: dict[str, RowRuns]) -> list[str]:
             f"worst node {format_interval(worst)} points, averaged model "
             f"{format_interval(avg)} points ({len(seeds)} seeds)"
         )
-        if row == "kill-revive":
+        if row.startswith("kill-revive"):
             fewer = 1 - sub.kib() / ref.kib()
             fewer_train = 1 - sub.kib("train") / ref.kib("train")
             faster = 1 - sub.train_seconds() / ref.train_seconds()
             out.append(
-                f"- kill-revive vs dec-lora: {accuracy}; {100 * fewer:.0f}% fewer bytes "
+                f"- {row} vs dec-lora: {accuracy}; {100 * fewer:.0f}% fewer bytes "
                 f"({100 * fewer_train:.0f}% in training), {100 * faster:.0f}% less training time."
             )
             out.append(

@@ -55,7 +55,7 @@ def test_the_study_selects_on_validation_and_tables_every_row_and_seed(
     text = ms.run_study(out, workers=1, say=lambda _: None)
 
     runs = out / "runs"
-    assert len(list(runs.iterdir())) == 7 * 2 + 7 + 7  # selection, seed 1, memory
+    assert len(list(runs.iterdir())) == 8 * 2 + 8 + 8  # selection, seed 1, memory
     chosen = json.loads((out / "selection.json").read_text())
     for row in ms.rows():
         grid = [(ms.validation_of(json.loads(ms.job(row, lr, 0).path(out).read_text())), -lr)
@@ -66,8 +66,10 @@ def test_the_study_selects_on_validation_and_tables_every_row_and_seed(
         assert "validation" not in seed1 and "validation" not in seed1.get("final", {})
     configs = {r: json.loads(ms.job(r, ms.lrs(r)[0], 0).path(out).read_text())["config"]
                for r in ms.rows()}  # fmt: skip
-    assert [configs[r]["method"] for r in ms.ROWS] == list(ms.ROWS)
+    assert [configs[r]["method"] for r in ms.ROWS] == [v["method"] for v in ms.ROWS.values()]
     assert configs["dec-lora"]["gradient_tracking"] and configs["kill-revive"]["gradient_tracking"]
+    assert configs["kill-revive-untracked"]["method"] == "kill-revive"
+    assert not configs["kill-revive-untracked"]["gradient_tracking"]
     assert not configs["decaf"]["gradient_tracking"]
     assert configs["deca"]["gossip_steps"] == 1
     full = json.loads(ms.job("central-full", 1e-4, 0).path(out).read_text())
@@ -102,7 +104,9 @@ def test_the_study_selects_on_validation_and_tables_every_row_and_seed(
         _rewrite(ms.final_jobs(chosen)[("kill-revive", seed)].path(out),
                  {"final.bytes_sent_per_node": 0.0})  # fmt: skip
     again = ms.table(out, chosen)
-    assert "100% fewer bytes" in again and "bytes at least 75% fewer: met" in again
+    assert "- kill-revive vs dec-lora" in again and "- kill-revive-untracked vs dec-lora" in again
+    kr_lines = again.split("- kill-revive vs dec-lora")[1].split("- kill-revive-untracked")[0]
+    assert "100% fewer bytes" in kr_lines and "bytes at least 75% fewer: met" in kr_lines
 
 
 def test_a_pick_at_the_top_of_its_grid_extends_the_grid(tmp_path: Path) -> None:
