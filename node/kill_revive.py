@@ -193,18 +193,17 @@ class KillReviveNode(DecLoraNode[K]):
     def check_tracker(self, peer: K, payload: bytes, cap: float = float("inf")) -> np.ndarray:
         """A neighbour's z, full size with NaN where its mask sent nothing
         (GossipError if the mask, the sizes or the values are wrong)."""
-        if self.tracker is None:
+        tracker = self.tracker
+        if tracker is None:
             raise GossipError(f"{peer!r} sent a tracking message; this node does not track")
-        modules, body = unpack_mask(payload, len(self.pairs))
-        sent = self.entries(modules)
-        try:
-            part = self.tracker.decode_checked(peer, body, count=int(sent.sum()))
-        except TrackingError as exc:
-            raise GossipError(str(exc)) from exc
-        _check_bound(peer, part, cap)
-        z = np.full(self.size, np.nan, dtype=np.float32)
-        z[sent] = part
-        return z
+
+        def part(body: bytes, count: int) -> np.ndarray:
+            try:
+                return tracker.decode_checked(peer, body, count=count)
+            except TrackingError as exc:
+                raise GossipError(str(exc)) from exc
+
+        return self._unmask(peer, payload, part, cap)
 
     def check_pair(self, peer: K, delta: np.ndarray, z: np.ndarray) -> None:
         """GossipError unless the z sent with a delta holds the delta's entries."""
@@ -238,21 +237,37 @@ class KillReviveNode(DecLoraNode[K]):
     ) -> np.ndarray:
         """The full-size delta, NaN where the sender sent nothing (GossipError if
         the mask, the sizes or the values are wrong)."""
+
+        def part(body: bytes, count: int) -> np.ndarray:
+            try:
+                values = decode(body, max_n=self.size, spec=spec)
+            except CodecError as exc:
+                raise GossipError(f"payload from {peer!r}: {exc}") from exc
+            if values.shape != (count,) or not np.isfinite(values).all():
+                raise GossipError(
+                    f"payload from {peer!r} holds {values.size} values for a mask of {count}, "
+                    "or non-finite ones"
+                )
+            return values
+
+        return self._unmask(peer, payload, part, self.value_limit(cap))
+
+    def _unmask(
+        self,
+        peer: K,
+        payload: bytes,
+        part: Callable[[bytes, int], np.ndarray],
+        limit: float,
+    ) -> np.ndarray:
+        """A masked message as a full-size vector, NaN where the mask sent nothing:
+        `part(body, count)` decodes and checks the masked values, each within `limit`."""
         modules, body = unpack_mask(payload, len(self.pairs))
         sent = self.entries(modules)
-        try:
-            part = decode(body, max_n=self.size, spec=spec)
-        except CodecError as exc:
-            raise GossipError(f"payload from {peer!r}: {exc}") from exc
-        if part.shape != (int(sent.sum()),) or not np.isfinite(part).all():
-            raise GossipError(
-                f"payload from {peer!r} holds {part.size} values for a mask of {sent.sum()}, "
-                "or non-finite ones"
-            )
-        _check_bound(peer, part, self.value_limit(cap))
-        delta = np.full(self.size, np.nan, dtype=np.float32)
-        delta[sent] = part
-        return delta
+        values = part(body, int(sent.sum()))
+        _check_bound(peer, values, limit)
+        full = np.full(self.size, np.nan, dtype=np.float32)
+        full[sent] = values
+        return full
 
     def accept_delta(self, peer: K, delta: np.ndarray, scale: float) -> None:
         sent = np.isfinite(delta)
