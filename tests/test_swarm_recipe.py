@@ -173,8 +173,9 @@ def test_the_study_selects_on_validation_and_tables_every_setting(tmp_path: Path
         plain_extra_lrs=(),
         central_lrs=(1e-3, 3e-3),
         ks=(1, 2),
-        seeds=(0, 1),
+        seeds=(0, 1, 2),
         tune_on="ring-3",
+        tuning_seeds=(0, 1),
     )
     table = run_study(study, tmp_path, workers=1, say=lambda _: None)
     chosen = json.loads((tmp_path / "selection.json").read_text())
@@ -198,6 +199,8 @@ def test_the_study_selects_on_validation_and_tables_every_setting(tmp_path: Path
     # seed 1: phase 2's 4 rows on 2 settings, and the finalist each of the 4 selections
     # (plain, recipe, 2 references) did not pick
     assert len([r for r in runs if r.endswith("seed1.json")]) == 2 * 4 + 4
+    # seed 2 is reported, never tuned on: phase 2's rows only
+    assert len([r for r in runs if r.endswith("seed2.json")]) == 2 * 4
     assert all(f"| {s} |" in table for s in study.settings)
     assert table.count("\n") == 2 + 2 * 4
     recipe = json.loads(next((tmp_path / "runs").glob("recipe-star-3-*-seed1.json")).read_text())
@@ -214,4 +217,4 @@ def test_the_study_selects_on_validation_and_tables_every_setting(tmp_path: Path
 
     next((tmp_path / "runs").glob("plain-star-3-*-seed1.json")).unlink()
     partial = make_table(study, tmp_path, chosen)
-    assert "| star-3 (1 seeds) |" in partial and "| ring-3 |" in partial
+    assert "| star-3 (2 seeds) |" in partial and "| ring-3 |" in partial
