@@ -246,6 +246,13 @@ class DecLoraNode(Generic[K]):
         _check_bound(peer, vec, self.value_limit(cap))
         return vec
 
+    def check_keyframe(
+        self, peer: K, payload: bytes, spec: str | None = None, cap: float = float("inf")
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """A keyframe, checked as `check_payload`: the sender's full public copy, and
+        the entries it mixes this exchange (None: every entry; Kill-and-Revive says)."""
+        return self.check_payload(peer, payload, spec, cap), None
+
     def check_tracker(self, peer: K, payload: bytes, cap: float = float("inf")) -> np.ndarray:
         """Decode and validate a tracking message without keeping it (GossipError);
         every |value| within `cap`."""
@@ -266,8 +273,11 @@ class DecLoraNode(Generic[K]):
         """Add a checked delta (sent with a codec of update scale `scale`) to peer's copy."""
         self.gossip.add_delta(peer, delta, scale)
 
-    def accept_keyframe(self, peer: K, public: np.ndarray) -> None:
-        """Replace peer's public copy with a checked full vector."""
+    def accept_keyframe(
+        self, peer: K, public: np.ndarray, entries: np.ndarray | None = None
+    ) -> None:
+        """Replace peer's public copy with a checked full vector (`check_keyframe`:
+        `entries` are those its sender mixes this exchange)."""
         self.gossip.set_copy(peer, public)
 
     def take_state(self, vector: np.ndarray) -> None:

@@ -23,18 +23,20 @@ exact scoring, budget and schedule were not available here; what is implemented:
 - message: every adapter message is `MAGIC`, the module count (u16), the module mask
   (bits, little-endian), then the codec payload of the entries the mask selects (its
   modules' parameters and every non-LoRA entry, e.g. the head): a killed module sends
-  no bytes. A keyframe (the public copy) and a state (the adapter, for a catch-up)
-  carry every module;
+  no bytes. A state (the adapter, for a catch-up) carries every module. A keyframe
+  (the public copy) carries every entry after `KEYFRAME` and the mask of the modules
+  its sender mixes this exchange;
 - mixing: module m of neighbour j enters node i's step only if both had m active this
-  round (a keyframe sender counts as all-active); the self weight keeps the rest, so
+  exchange (a keyframe says which j had); the self weight keeps the rest, so
   per entry the weights stay symmetric and doubly stochastic and the swarm's average
   is preserved (CHOCO's step with gamma and the public copies, as for Dec-LoRA).
 
 The daemon needs nothing of its own: it sends `outgoing`, `keyframe` and `full_state`
-and checks all of them with `check_payload`, which returns the full-size vector with
-NaN at the entries the sender did not send (a value no valid delta holds);
-`accept_delta` reads the sender's mask back from it. A catch-up (`take_state`) keeps
-this node's scores. Robust mixing is refused (`methods.combination_problem`).
+and checks them with `check_payload` (a delta or a state: the full-size vector with
+NaN at the entries the sender did not send, a value no valid delta holds;
+`accept_delta` reads the sender's mask back from it) and `check_keyframe` (the
+public copy and the sender's entries, passed on to `accept_keyframe`). A catch-up
+(`take_state`) keeps this node's scores. Robust mixing is refused (`methods.combination_problem`).
 
 Gradient tracking (`tracking.py`) works entry by entry: a killed module takes no
 gradient, so no correction either (its c_i waits); the round's z carries the same
@@ -63,7 +65,8 @@ K = TypeVar("K", bound=Hashable)
 
 KEEP_FRACTION = 1 / 8
 REVIVE_EVERY = 8
-MAGIC = b"KR1"
+MAGIC = b"KR1"  # a delta or a state: the mask says which entries follow
+KEYFRAME = b"KRK"  # a keyframe: every entry follows; the mask is the round's modules
 SCORES = "kill_revive_scores"  # the scores' key in `NodeSnapshot.method_state`
 _HEAD = struct.Struct("<3sH")
 
@@ -80,17 +83,21 @@ def update_change(a0: np.ndarray, b0: np.ndarray, a1: np.ndarray, b1: np.ndarray
     return math.sqrt(max(float(np.sum((x.T @ x) * (y @ y.T))), 0.0))
 
 
-def pack_mask(modules: np.ndarray) -> bytes:
-    return _HEAD.pack(MAGIC, len(modules)) + np.packbits(modules, bitorder="little").tobytes()
+def pack_mask(modules: np.ndarray, magic: bytes = MAGIC) -> bytes:
+    return _HEAD.pack(magic, len(modules)) + np.packbits(modules, bitorder="little").tobytes()
 
 
-def unpack_mask(payload: bytes, count: int) -> tuple[np.ndarray, bytes]:
-    """(module mask, the codec payload after it); GossipError if malformed."""
+def unpack_mask(payload: bytes, count: int, magic: bytes = MAGIC) -> tuple[np.ndarray, bytes]:
+    """(module mask, the codec payload after it) of a message that must start with
+    `magic`; GossipError if malformed."""
     need = _HEAD.size + (count + 7) // 8
     if len(payload) < need:
         raise GossipError(f"kill-revive message of {len(payload)} bytes lacks its mask")
-    magic, n = _HEAD.unpack_from(payload)
-    if magic != MAGIC or n != count:
+    got, n = _HEAD.unpack_from(payload)
+    if got != magic:
+        kind = "keyframe" if magic == KEYFRAME else "delta or state"
+        raise GossipError(f"not a kill-revive {kind} message (its mask header is {got!r})")
+    if n != count:
         raise GossipError(f"kill-revive mask for {n} modules, this adapter has {count}")
     bits = np.frombuffer(payload, np.uint8, need - _HEAD.size, _HEAD.size)
     mask = np.unpackbits(bits, bitorder="little").astype(bool)
@@ -222,8 +229,17 @@ class KillReviveNode(DecLoraNode[K]):
         self.bytes_received += len(payload)
 
     def keyframe(self) -> bytes:
-        """The full public copy, under a mask of every module."""
-        return pack_mask(self._every()) + super().keyframe()
+        """The full public copy, headed by the modules this node mixes this exchange
+        (those of its last `outgoing`), so that the receiver mixes the same ones."""
+        return pack_mask(self._own_modules, KEYFRAME) + super().keyframe()
+
+    def check_keyframe(
+        self, peer: K, payload: bytes, spec: str | None = None, cap: float = float("inf")
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """A keyframe's full public copy and the entries its sender mixes this
+        exchange (GossipError if the mask, the sizes or the values are wrong)."""
+        modules, body = unpack_mask(payload, len(self.pairs), KEYFRAME)
+        return super().check_payload(peer, body, spec, cap), self.entries(modules)
 
     def full_state(self) -> bytes:
         """The full adapter, under a mask of every module."""
@@ -278,9 +294,14 @@ class KillReviveNode(DecLoraNode[K]):
         self.accept_delta(peer, self.check_payload(peer, payload), self.gossip.update_scale)
         self.bytes_received += len(payload)
 
-    def accept_keyframe(self, peer: K, public: np.ndarray) -> None:
+    def accept_keyframe(
+        self, peer: K, public: np.ndarray, entries: np.ndarray | None = None
+    ) -> None:
         super().accept_keyframe(peer, public)
-        self._sent_in.pop(peer, None)  # a keyframe sender counts as all-active
+        if entries is None:  # no round's modules said: mix this node's own
+            self._sent_in.pop(peer, None)
+        else:
+            self._sent_in[peer] = np.asarray(entries, dtype=bool)
 
     def forget_peer(self, peer: K) -> None:
         super().forget_peer(peer)

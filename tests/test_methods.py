@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,7 +24,13 @@ from declora.node.daemon.rounds import TrainerSnapshot
 from declora.node.data import TextDataset
 from declora.node.dec_lora import DecLoraNode
 from declora.node.gossip import GossipError, consensus_distance
-from declora.node.kill_revive import KillReviveNode, pack_mask, revives, update_change
+from declora.node.kill_revive import (
+    KEYFRAME,
+    KillReviveNode,
+    pack_mask,
+    revives,
+    update_change,
+)
 from declora.node.lora_names import A_MARK, B_MARK, LORA_MARK, lora_module
 from declora.node.product_mixing import lora_pairs, product_average, refactorise
 from declora.node.recipe import Recipe
@@ -583,18 +590,53 @@ def test_simulated_kill_revive_rounds(synthetic_jsonl: Path) -> None:
 
 
 def test_kill_revive_keyframes_and_states_carry_every_module(synthetic: TextDataset) -> None:
-    """A keyframe (public copy) and a state (adapter) are checked like any message:
-    they carry a mask of every module, even in a round that killed modules."""
+    """A keyframe (public copy) and a state (adapter) carry every entry, even in a round
+    that killed modules; a keyframe also names the modules its sender mixes."""
     node, other = kill_revive_nodes(synthetic, 2)
     node.train(2, round_number=1)
     node.outgoing()
     node.train(2, round_number=2)
-    node.outgoing()
+    delta = node.outgoing()
     assert node.active.sum() == 1
-    np.testing.assert_array_equal(other.check_payload(0, node.keyframe()), node.gossip.public)
+    public, entries = other.check_keyframe(0, node.keyframe())
+    np.testing.assert_array_equal(public, node.gossip.public)
+    np.testing.assert_array_equal(entries, node.entries(node.active))
     np.testing.assert_array_equal(other.check_payload(0, node.full_state()), node.vector())
     with pytest.raises(GossipError, match="mask"):  # one format: no mask, no message
-        other.check_payload(0, node.keyframe()[6:])
+        other.check_keyframe(0, node.keyframe()[6:])
+    with pytest.raises(GossipError, match="not a kill-revive delta"):
+        other.check_payload(0, node.keyframe())
+    with pytest.raises(GossipError, match="not a kill-revive keyframe"):
+        other.check_keyframe(0, delta)
+    with pytest.raises(GossipError, match="values, expected"):  # a keyframe holds every entry
+        other.check_keyframe(0, pack_mask(node.active, KEYFRAME) + delta[6:])
+
+
+def test_a_keyframe_in_a_killing_round_keeps_the_average(synthetic: TextDataset) -> None:
+    """Node 0 sends keyframes (as to neighbours out of step), the others deltas, each
+    with another module alive: both ends of every pair mix the same modules, so the
+    sum of the adapters is what it was."""
+    nodes = kill_revive_nodes(synthetic, 3)
+    for k, node in enumerate(nodes):
+        node.train(0)
+        node.scores[:] = 0.0
+        node.scores[k] = 1.0
+        node.train(0)
+    vecs = randomise(nodes, seed=7)
+    payloads = [node.outgoing() for node in nodes]
+    for peer in (1, 2):
+        nodes[peer].accept_keyframe(0, *nodes[peer].check_keyframe(0, nodes[0].keyframe()))
+        for j in (1, 2):
+            if j != peer:
+                nodes[peer].receive(j, payloads[j])
+        nodes[0].receive(peer, payloads[peer])
+    for i, node in enumerate(nodes):
+        node.mix({j: 1 / 3 for j in range(3) if j != i})
+    total = sum(n.vector().astype(np.float64) for n in nodes)
+    np.testing.assert_allclose(total, sum(v.astype(np.float64) for v in vecs), atol=1e-5)
+    for i, node in enumerate(nodes):  # what this node killed did not move
+        killed = ~node.entries(node.active)
+        np.testing.assert_array_equal(node.vector()[killed], vecs[i][killed])
 
 
 def test_kill_revive_daemons_exchange_keyframes(synthetic_jsonl: Path) -> None:
@@ -602,10 +644,19 @@ def test_kill_revive_daemons_exchange_keyframes(synthetic_jsonl: Path) -> None:
     other keyframes in a round that kills modules, take them, mix, and go on by
     deltas in step."""
     (da, db), (a, b) = pair(synthetic_jsonl, method="kill-revive")
-    for p in (a, b):
+    moves: list[list[np.ndarray]] = [[], []]
+    for k, (p, moved) in enumerate(zip((a, b), moves, strict=True)):
         p.node.train(p.settings.local_steps, round_number=1)
         p.node.outgoing()  # alone: its public copy leaves the init
         p.progress.round = p.progress.seq = 1
+        p.node.scores[:] = np.eye(4)[k]  # type: ignore[attr-defined]  # a keeps module 0, b 1
+
+        def mix(weights: Any, node: Any = p.node, moved: list[np.ndarray] = moved) -> None:
+            before = node.vector().astype(np.float64)
+            type(node).mix(node, weights)
+            moved.append(node.vector() - before)
+
+        p.node.mix = mix  # type: ignore[method-assign]
 
     async def go() -> None:
         assert await a.handshaker.dial(b.settings.advertise) is not None
@@ -619,7 +670,12 @@ def test_kill_revive_daemons_exchange_keyframes(synthetic_jsonl: Path) -> None:
     asyncio.run(go())
     assert a.progress.round == b.progress.round == 3
     assert a.counters.keyframes_sent == b.counters.keyframes_sent == 1
-    assert a.node.active.sum() == b.node.active.sum() == 1  # type: ignore[attr-defined]
+    assert a.node.active.tolist() == [True, False, False, False]  # type: ignore[attr-defined]
+    assert b.node.active.tolist() == [False, True, False, False]  # type: ignore[attr-defined]
+    # every mix, the keyframes' too, moved the two the same amount apart: sum kept
+    assert len(moves[0]) == len(moves[1]) == 2
+    for ma, mb in zip(*moves, strict=True):
+        np.testing.assert_allclose(ma + mb, 0.0, atol=1e-6)
 
 
 def test_kill_revive_catches_up_from_a_state(synthetic_jsonl: Path) -> None:

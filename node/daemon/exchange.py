@@ -217,7 +217,7 @@ class Exchange:
                 if msg.kind == pb.PAYLOAD_KIND_DELTA:
                     self.node.accept_delta(pid, msg.vector, msg.scale)
                 else:
-                    self.node.accept_keyframe(pid, msg.vector)
+                    self.node.accept_keyframe(pid, msg.vector, msg.entries)
                 if msg.tracker is not None:
                     self.node.receive_tracker(pid, msg.tracker)
             except GossipError as exc:

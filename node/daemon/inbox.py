@@ -3,8 +3,9 @@
 Invariants callers may rely on:
 - nothing received touches state before it passed every check (`wire.read_stream`,
   the sender's handshake and session, the round window, sequence checks, and the
-  core's `check_payload`/`check_tracker`, run off the event loop); state is re-checked
-  after that await; a refused message changes nothing and is counted by reason;
+  core's `check_payload` or `check_keyframe`, `check_tracker` and `check_pair`, run
+  off the event loop); state is re-checked after that await; a refused message
+  changes nothing and is counted by reason;
 - before any data of a push is buffered, its header must name a live neighbour, carry
   the session token this node gave it and this node's id, match the caller's
   certificate (mTLS), and fit the per-round push limit; a neighbour has at most
@@ -51,6 +52,7 @@ class Inbound:
     seq: int
     scale: float = 1.0  # update_scale of the sender's codec (deltas only)
     tracker: np.ndarray | None = None  # the sender's z (gradient tracking), checked
+    entries: np.ndarray | None = None  # keyframes: those the sender mixes (None: all)
 
 
 def max_message_bytes(settings: NodeSettings, numel: int) -> int:
@@ -212,17 +214,19 @@ class Inbox:
                 accepted=False, reason="out of step: send a keyframe", need_keyframe=True
             )
         cap = self.settings.max_value
+        pid, adapter = peer.node_id, payload.adapter
+        entries = None
         try:  # decoding a large payload must not stall the event loop
-            vec = await asyncio.to_thread(
-                self.node.check_payload, peer.node_id, payload.adapter, h.codec, cap
-            )
+            if h.kind == pb.PAYLOAD_KIND_KEYFRAME:
+                check = self.node.check_keyframe
+                vec, entries = await asyncio.to_thread(check, pid, adapter, h.codec, cap)
+            else:
+                vec = await asyncio.to_thread(self.node.check_payload, pid, adapter, h.codec, cap)
             z = None
             if h.tracker_bytes:
-                z = await asyncio.to_thread(
-                    self.node.check_tracker, peer.node_id, payload.tracker, cap
-                )
-                if h.kind == pb.PAYLOAD_KIND_DELTA:
-                    self.node.check_pair(peer.node_id, vec, z)
+                z = await asyncio.to_thread(self.node.check_tracker, pid, payload.tracker, cap)
+                sent = vec if entries is None else np.where(entries, vec, np.float32(np.nan))
+                self.node.check_pair(pid, sent, z)
         except GossipError as exc:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), "bad_values") from exc
         in_step = h.kind != pb.PAYLOAD_KIND_DELTA or peer.expected_seq == h.seq
@@ -231,7 +235,7 @@ class Inbox:
                 grpc.StatusCode.ABORTED, "state moved on while the payload was checked", "raced"
             )
         self.queued.setdefault(int(h.round), {})[peer.node_id] = Inbound(
-            int(h.kind), vec, int(h.sender_degree), int(h.seq), update_scale(h.codec), z
+            int(h.kind), vec, int(h.sender_degree), int(h.seq), update_scale(h.codec), z, entries
         )
         peer.round = int(h.round) - 1  # validated: what the sender has completed
         peer.proven = True
