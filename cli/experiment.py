@@ -45,6 +45,7 @@ BASE = SimConfig(
     partition_scheme="dirichlet:0.1",
     rounds=15,
     local_steps=5,
+    lr=2e-3,
     rank=8,
     alpha=16,
     codec="fp32",

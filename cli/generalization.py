@@ -249,9 +249,7 @@ def select(study: Study, output: Path) -> dict[str, Any]:
         ranked = _ranked(study, output, row, setting)
         means = {}
         for lr, k in ranked[: study.finalists]:
-            vals = [
-                _validation(study, output, row, setting, lr, k, s) for s in study.tuning_seeds
-            ]
+            vals = [_validation(study, output, row, setting, lr, k, s) for s in study.tuning_seeds]
             means[(lr, k)] = (float(np.mean(vals)), vals)
         lr, k = max(means, key=lambda c: (means[c][0], -c[0], -c[1]))
         mean, per_seed = means[(lr, k)]

@@ -39,7 +39,6 @@ from declora.node.scores import Score, score_for
 BASE_LR = 2e-3  # AdamW for one adapter at batch 16 (the centralized reference)
 # Recipe's adaptive defaults
 RESOLVED = ("lr_schedule", "warmup_steps", "gradient_tracking", "weighting")
-SWARM_LR = 4e-3  # per sqrt(node): the swarm's averaged model steps on a 16 x nodes batch
 LAB_MINUTES = "about 5"  # `make run` on 2 idle cores (620 CPU-s measured; 7.5 min when busy)
 MIB_PER_MINILM_NODE = 1050  # memory of one MiniLM daemon (PSS 1.0-1.08 GB, RSS 1.2 GB)
 
@@ -55,10 +54,6 @@ class LabConfig(Recipe):
         "dirichlet:0.5", description="iid, dirichlet:A, skew[:P], shards:K"
     )
     rounds: int = Field(60, ge=1, description="training rounds")
-    local_steps: int = Field(1, ge=1, description="K local steps a round")
-    lr: float = Field(
-        SWARM_LR, gt=0, le=1, description="AdamW learning rate; each node's is lr x sqrt(nodes)"
-    )
     max_eval: int = Field(200, ge=0, description="test examples each node evaluates on")
     eval_every: int = Field(20, ge=0, description="evaluate every N rounds (and at the end)")
     consensus_rounds: int = Field(50, ge=0, description="most gossip-only rounds at the end")

@@ -115,9 +115,11 @@ class Recipe(BaseModel):
         "fp32", description="fp32, bf16 or fp16 autocast (fp16: CUDA only, with a grad scaler)"
     )
     # local training
-    local_steps: int = Field(5, ge=1, description="K local steps between exchanges")
+    local_steps: int = Field(1, ge=1, description="K local steps between exchanges")
     rounds: int = Field(0, ge=0, description="training rounds (0 = until stopped)")
-    lr: float = Field(2e-3, gt=0, le=1, description="AdamW learning rate")
+    lr: float = Field(
+        4e-3, gt=0, le=1, description="AdamW learning rate (each node's: x sqrt(--swarm-size))"
+    )
     batch_size: int = Field(16, ge=1, description="examples per local step")
     seed: int = Field(0, ge=0, description="swarm-wide seed (adapter init, data split)")
     grad_accumulation: int = Field(

@@ -55,7 +55,7 @@ class SimConfig(Recipe):
         "dirichlet:0.1",
         description="how a dataset is shared out: iid, dirichlet:A, skew[:P], shards:K",
     )
-    rounds: int = Field(15, ge=0, description="training rounds")
+    rounds: int = Field(60, ge=0, description="training rounds")
     consensus_rounds: int = Field(300, ge=0, description="most gossip-only rounds at the end")
     eval_every: int = Field(1, ge=1, description="evaluate the averaged model every N rounds")
     node_eval_every: int = Field(5, ge=1, description="evaluate every node every N rounds")

@@ -189,7 +189,7 @@ def test_env_builds_valid_settings(
         assert s.node_id == node_name(i)
         assert s.partition_index == (i, NODES)
         assert s.partition_scheme == "dirichlet:0.5"
-        assert s.rounds == 10 and s.consensus_rounds == 30
+        assert s.rounds == 60 and s.consensus_rounds == 30
         assert s.threads == 1 and s.max_eval == 200
     assert len({s.node_id for s in built.values()}) == NODES
     assert {s.partition for s in built.values()} == {f"{i}/{NODES}" for i in range(NODES)}
