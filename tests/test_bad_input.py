@@ -35,6 +35,8 @@ from declora.node import PROTOCOL_VERSION, __version__
 from declora.node.adapter import AdapterSchema, TensorSpec
 from declora.node.codecs import HEADER_SIZE, make_codec
 from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD
+from declora.node.kill_revive import KEYFRAME, MAGIC, pack_mask
+from declora.node.lora_names import A_MARK, LORA_MARK
 from declora.node.wire import chunks, make_header
 from declora.proto import pb, pb_grpc
 
@@ -57,6 +59,7 @@ class FakePeer(pb_grpc.SwarmServicer):
         self.address = address
         self.pushed_rounds: list[int] = []  # rounds of the payloads D pushed to F
         self.session = b""  # the token D gave F in its Hello: F presents it to D
+        self.tracking = False  # F's gradient tracking: D's, as its Hello says
 
     def hello(self, swarm_id: str, fingerprint: str) -> pb.Hello:
         return pb.Hello(
@@ -66,10 +69,11 @@ class FakePeer(pb_grpc.SwarmServicer):
             swarm_id=swarm_id,
             fingerprint=fingerprint,
             listen_address=self.address,
+            gradient_tracking=self.tracking,
         )
 
     def Handshake(self, request: pb.Hello, context: grpc.ServicerContext) -> pb.Welcome:
-        self.session = request.session
+        self.session, self.tracking = request.session, request.gradient_tracking
         return pb.Welcome(accepted=True, node=self.hello(request.swarm_id, request.fingerprint))
 
     def Push(
@@ -621,16 +625,21 @@ ROWS: list[tuple[str, str, str]] = []  # (case, status code, counter) as observe
 
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory: pytest.TempPathFactory, synthetic_jsonl: Path) -> Iterator[Probe]:
+    yield from start_probe(tmp_path_factory.mktemp("bad-input"), synthetic_jsonl, [])
+
+
+def start_probe(folder: Path, data: Path, extra: list[str]) -> Iterator[Probe]:
+    """D (started with `extra` flags last) and F, F handshaken with D."""
     f_port, d_port, metrics_port = free_ports(3)
     f_address = f"{HOST}:{f_port}"
     fake = FakePeer(f_address)
     server = serve_fake_peer(fake, f_address)
-    cluster = Cluster(tmp_path_factory.mktemp("bad-input"), synthetic_jsonl)
-    args = [*train_args(synthetic_jsonl), "--swarm-id", cluster.swarm_id, "--peers", f_address]
+    cluster = Cluster(folder, data)
+    args = [*train_args(data), "--swarm-id", cluster.swarm_id, "--peers", f_address]
     args += ["--round-deadline", "600", "--rounds", "0", "--eval-every", "0"]
     args += ["--metrics-port", str(metrics_port), "--max-message-mib", str(MAX_MIB)]
     args += ["--chunk-kib", str(CHUNK_KIB), "--max-pushes-per-round", "1000"]  # no rate limit
-    node = cluster.add("d", d_port, args)
+    node = cluster.add("d", d_port, [*args, *extra])
     channel = grpc.insecure_channel(node.address)
     try:
         node.start()
@@ -719,6 +728,123 @@ def test_valid_round_1_message_completes_the_round(probe: Probe) -> None:
     print(f"\n{'case':<{width}}  {'status':<20}  counter")
     for name, code, counter in ROWS:
         print(f"{name:<{width}}  {code:<20}  {counter}")
+
+
+# ---------------------------------------------------------------- Kill-and-Revive's messages
+
+
+def kr_layout(schema: AdapterSchema) -> tuple[int, int]:
+    """(LoRA modules, non-LoRA entries) of a Kill-and-Revive adapter of `schema`."""
+    modules = sum(A_MARK in t.name for t in schema.tensors)
+    return modules, sum(t.numel for t in schema.tensors if LORA_MARK not in t.name)
+
+
+def _kr_cases() -> list[Case]:
+    """A Kill-and-Revive D (with tracking): its masked messages, each refused."""
+    invalid = Code.INVALID_ARGUMENT
+
+    def every(p: Probe, magic: bytes = MAGIC) -> bytes:
+        return pack_mask(np.ones(kr_layout(p.schema)[0], dtype=bool), magic)
+
+    def none(p: Probe) -> bytes:
+        return pack_mask(np.zeros(kr_layout(p.schema)[0], dtype=bool))
+
+    def send(make: Callable[[Probe], bytes], **fields: int | str) -> Callable[[Probe], Outcome]:
+        return lambda p: push(p, p.stream(make(p), **fields))
+
+    def stray_bits(p: Probe) -> bytes:
+        head = bytearray(every(p))
+        head[-1] |= 0x80  # a bit past the last module (tiny-bert has 4)
+        return bytes(head) + p.delta()
+
+    def z_under_another_mask(p: Probe) -> Outcome:
+        z = none(p) + make_codec("fp32").encode(
+            np.zeros(kr_layout(p.schema)[1], np.float32), np.random.default_rng(0)
+        )
+        return push(p, p.stream(every(p) + p.delta() + z, tracker_bytes=len(z)))
+
+    keyframe = {"kind": pb.PAYLOAD_KIND_KEYFRAME}
+    return [
+        Case(
+            "kill-revive: a delta without its mask",
+            send(lambda p: p.delta()),
+            invalid,
+            "not a kill-revive delta",
+            "bad_values",
+        ),
+        Case(
+            "kill-revive: a mask for 5 modules",
+            send(lambda p: pack_mask(np.ones(5, dtype=bool)) + p.delta()),
+            invalid,
+            "mask for 5 modules",
+            "bad_values",
+        ),
+        Case(
+            "kill-revive: mask bits past its modules",
+            send(stray_bits),
+            invalid,
+            "bits beyond its modules",
+            "bad_values",
+        ),
+        Case(
+            "kill-revive: every value under a mask of none",
+            send(lambda p: none(p) + p.delta()),
+            invalid,
+            "for a mask of",
+            "bad_values",
+        ),
+        Case(
+            "kill-revive: huge but finite values",
+            send(lambda p: every(p) + with_value(p, 1e30)),
+            invalid,
+            "above the bound",
+            "bad_values",
+        ),
+        Case(
+            "kill-revive: a keyframe's header on a delta",
+            send(lambda p: every(p, KEYFRAME) + p.delta()),
+            invalid,
+            "not a kill-revive delta",
+            "bad_values",
+        ),
+        Case(
+            "kill-revive: a delta's header on a keyframe",
+            send(lambda p: every(p) + p.delta(), **keyframe),
+            invalid,
+            "not a kill-revive keyframe",
+            "bad_values",
+        ),
+        Case(
+            "kill-revive: a keyframe of too few values",
+            send(lambda p: every(p, KEYFRAME) + other_length(p, p.n - 1), **keyframe),
+            invalid,
+            "values, expected",
+            "bad_values",
+        ),
+        Case(
+            "kill-revive: a z under another mask than its delta",
+            z_under_another_mask,
+            invalid,
+            "under another mask",
+            "bad_values",
+        ),
+    ]
+
+
+KR_CASES = _kr_cases()
+
+
+@pytest.fixture(scope="module")
+def kr_probe(tmp_path_factory: pytest.TempPathFactory, synthetic_jsonl: Path) -> Iterator[Probe]:
+    extra = ["--method", "kill-revive", "--gradient-tracking"]
+    yield from start_probe(tmp_path_factory.mktemp("bad-input-kr"), synthetic_jsonl, extra)
+
+
+@pytest.mark.parametrize("case", KR_CASES, ids=[c.name for c in KR_CASES])
+def test_kill_revive_bad_input_is_refused_counted_and_changes_nothing(
+    kr_probe: Probe, case: Case
+) -> None:
+    test_bad_input_is_refused_counted_and_changes_nothing(kr_probe, case)
 
 
 # ---------------------------------------------------------------- a bad state at catch-up
