@@ -21,6 +21,12 @@ one JSON here and is skipped when it exists; the summary is printed at the end.
    the worst node, the business class's test accuracy, and the share each class has
    in the objective each weighting minimises (from the partition alone).
 
+4. `g8`: is the ring still short of mixing? The recipe as the study chooses it now
+   (lr 4e-3, K 1, tracking, `--weighting examples`) with 8 exchanges a round instead
+   of the 4 `mixing.gossip_steps_for` gives the ring of 8, on its tuning seeds 0-2;
+   validation figures only (the worst node after the consensus finish), beside the
+   study's own (`results/swarm/selection.json`, G = 4).
+
     python results/swarm/diagnostics/diagnostics.py   # from the repo root, declora installed
 """
 
@@ -84,6 +90,14 @@ def g12(setting: str, seed: int) -> dict[str, Any]:
     return {"setting": setting, "gossip_steps": 12, "seed": seed, **{k: fin[k] for k in keep}}
 
 
+def g8(seed: int) -> dict[str, Any]:
+    cfg = SWARM_STUDY.config("ring-8", "recipe", 4e-3, 1, seed)
+    cfg = SimConfig(**{**cfg.model_dump(), "gossip_steps": 8})
+    fin = Simulation(cfg).run(validate=True).final
+    keep = ("validation", "bytes_sent_per_node", "consensus_rounds")
+    return {"setting": "ring-8", "gossip_steps": 8, "seed": seed, **{k: fin[k] for k in keep}}
+
+
 def complete(weighting: str) -> dict[str, Any]:
     cfg = SWARM_STUDY.config("ring-8", "recipe", 4e-3, 1, 1)
     cfg = SimConfig(
@@ -132,6 +146,15 @@ def main() -> None:
             f"g12 {setting}: worst node per seed {[round(w, 1) for w in worst]}, "
             f"mean {np.mean(worst):.1f} std {np.std(worst, ddof=1):.1f}, {kib:,.0f} KiB/node"
         )
+    g4 = json.loads((OUT.parent / "selection.json").read_text())["rows"]["recipe"]
+    runs = [cached(f"g8-ring-8-seed{s}", g8, s) for s in SEEDS]
+    val = [100 * r["validation"]["honest_worst_accuracy"] for r in runs]
+    print(
+        f"g8 ring-8 (validation, worst node): G 8 {[round(v, 1) for v in val]} mean "
+        f"{np.mean(val):.1f}; G 4 {[round(100 * v, 1) for v in g4['per_seed']]} mean "
+        f"{100 * g4['mean_validation']:.1f}; "
+        f"{np.mean([r['bytes_sent_per_node'] for r in runs]) / 1024:,.0f} KiB/node"
+    )
     for weighting in ("nodes", "examples"):
         run = cached(f"complete-ring-8-seed1-{weighting}", complete, weighting)
         names = list(run["test_per_class"])
