@@ -9,11 +9,12 @@ one checkpoints; a second Ctrl-C kills them. The centralized reference trains on
 adapter on all of the nodes' data for the swarm's total number of samples, and the
 summary gives each node's gap to it in points.
 
-The defaults are the recipe that closes that gap under label skew (README, Results):
+The defaults are the swarm's recipe (`Recipe`, as for `start` and `simulate`):
 gradient tracking with every node's gradient weighed by its examples (`--weighting`),
-one local step per round, AdamW at 4e-3 x sqrt(nodes) (`lr` unless given), 60 rounds;
-the reference trains at 2e-3, the better rate for one adapter.
-They were picked on seeds 1 and 2 (README, Quick start); `make run` reports seed 0.
+one local step per round, AdamW at 4e-3 x sqrt(nodes) (`lr` unless given), and here
+60 rounds; the reference trains at 2e-3, the better rate for one adapter. The lr and
+K were first picked on seeds 1 and 2 (README, Quick start), and the parity study chose
+the same on validation; `make run` reports seed 0.
 """
 
 from __future__ import annotations
