@@ -316,7 +316,7 @@ def experiment(
         str,
         typer.Option(
             help="cls: the paper's grid (MiniLM); lm: the causal-LM grid (SmolLM2); swarm: "
-            "the generalization study (4 topologies x 3 seeds, chosen on validation); "
+            "the generalization study (4 topologies x 5 seeds, chosen on validation); "
             "lm-parity: SmolLM2 swarm vs centralized LoRA (3 seeds, chosen on validation); "
             "methods: every --method vs centralized LoRA and full fine-tuning (MiniLM ring "
             "of 8, 3 seeds, chosen on validation)."
