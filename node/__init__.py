@@ -7,5 +7,5 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from an uninstalled tree
     __version__ = "0+unknown"
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3  # 3: Kill-and-Revive keyframes name their modules (`KRK`)
 """Wire protocol version; peers with another version are refused at handshake."""

@@ -757,11 +757,11 @@ def _kr_cases() -> list[Case]:
         head[-1] |= 0x80  # a bit past the last module (tiny-bert has 4)
         return bytes(head) + p.delta()
 
-    def z_under_another_mask(p: Probe) -> Outcome:
+    def z_under_another_mask(p: Probe, magic: bytes = MAGIC, **fields: int) -> Outcome:
         z = none(p) + make_codec("fp32").encode(
             np.zeros(kr_layout(p.schema)[1], np.float32), np.random.default_rng(0)
         )
-        return push(p, p.stream(every(p) + p.delta() + z, tracker_bytes=len(z)))
+        return push(p, p.stream(every(p, magic) + p.delta() + z, tracker_bytes=len(z), **fields))
 
     keyframe = {"kind": pb.PAYLOAD_KIND_KEYFRAME}
     return [
@@ -824,6 +824,13 @@ def _kr_cases() -> list[Case]:
         Case(
             "kill-revive: a z under another mask than its delta",
             z_under_another_mask,
+            invalid,
+            "under another mask",
+            "bad_values",
+        ),
+        Case(
+            "kill-revive: a z under another mask than its keyframe",
+            lambda p: z_under_another_mask(p, KEYFRAME, kind=pb.PAYLOAD_KIND_KEYFRAME),
             invalid,
             "under another mask",
             "bad_values",

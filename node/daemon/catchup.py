@@ -52,7 +52,8 @@ class StateTransfer:
         self.max_bytes = max_bytes
 
     def state_chunks(self, kind: int) -> Iterator[pb.Chunk]:
-        """This node's adapter (STATE) or public copy (KEYFRAME) as a signed stream."""
+        """This node's adapter (STATE) or public copy (KEYFRAME) as a signed stream; a
+        reader checks them with `check_payload` and `check_keyframe`."""
         node = self.node
         data = node.full_state() if kind == pb.PAYLOAD_KIND_STATE else node.keyframe()
         header = make_header(
