@@ -27,6 +27,23 @@ one JSON here and is skipped when it exists; the summary is printed at the end.
    validation figures only (the worst node after the consensus finish), beside the
    study's own (`results/swarm/selection.json`, G = 4).
 
+5. `conlora`: is factor-wise mixing (consensus interference) what the recipe lacks?
+   The recipe (tracking, K 1, G from the topology, `--weighting examples`) with
+   `--method conlora` (A frozen and shared, so averaging B averages B.A exactly; half
+   the bytes). Its lr is chosen as the study chooses: seed 0's validation over 8e-3 ...
+   6.4e-2 (the methods study's ConLoRA pick, 3.2e-2, bracketed; K stays 1), the best
+   two re-run with seeds 1 and 2, the pick by mean validation. Then the pick on the four
+   settings with seeds 0-2 (`conlora/runs/`), each seed's test figures paired with the
+   study's centralized reference and its Dec-LoRA recipe of the same seed.
+
+6. `complete-validation`: how much of the ring's shortfall is the ring? The recipe as
+   chosen (lr 4e-3, K 1) on a complete graph of the ring's 8 nodes (one exchange a
+   round averages exactly), on the tuning seeds 0-2; validation figures only, beside
+   the ring's (`selection.json`) and those of one centralized adapter with the swarm's
+   optimizer steps (`large-batch`, the same validation rows). On a complete graph the
+   mean of the nodes' corrected gradients is the union's gradient, so what separates it
+   from `large-batch` is each node's own AdamW state and the tracking's lag.
+
     python results/swarm/diagnostics/diagnostics.py   # from the repo root, declora installed
 """
 
@@ -40,8 +57,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from declora.cli.generalization import SWARM_STUDY
+from declora.cli.generalization import (
+    SWARM_STUDY,
+    Job,
+    final_jobs,
+    node_outcomes,
+    outcomes,
+    run_jobs,
+    worst_node_outcomes,
+)
 from declora.node.simulator import SimConfig, Simulation
+from declora.node.stats import format_interval, summarize
 from declora.node.trainer import LocalTrainer
 from declora.node.workload import load_workload
 
@@ -96,6 +122,77 @@ def g8(seed: int) -> dict[str, Any]:
     fin = Simulation(cfg).run(validate=True).final
     keep = ("validation", "bytes_sent_per_node", "consensus_rounds")
     return {"setting": "ring-8", "gossip_steps": 8, "seed": seed, **{k: fin[k] for k in keep}}
+
+
+def conlora_config(setting: str, lr: float, seed: int) -> SimConfig:
+    cfg = SWARM_STUDY.config(setting, "recipe", lr, 1, seed)
+    return SimConfig(**{**cfg.model_dump(), "method": "conlora"})
+
+
+def conlora_validation(lr: float, seed: int) -> dict[str, Any]:
+    fin = Simulation(conlora_config("ring-8", lr, seed)).run(validate=True).final
+    keep = ("validation", "bytes_sent_per_node", "consensus_rounds")
+    return {"setting": "ring-8", "method": "conlora", "lr": lr, "seed": seed,
+            **{k: fin[k] for k in keep}}  # fmt: skip
+
+
+def conlora_jobs(lr: float) -> dict[tuple[str, int], Job]:
+    """The pick on every setting with seeds 0-2 (seed-major, slow settings first)."""
+    settings = ("torus-16", "er-12", "ring-8", "star-6")
+    return {
+        (g, s): Job(f"conlora-{g}-lr{lr:g}-k1-seed{s}", conlora_config(g, lr, s), False, False)
+        for s in SEEDS
+        for g in settings
+    }
+
+
+def conlora(workers: int = 2) -> None:
+    def val(lr: float, seed: int) -> float:
+        run = cached(f"conlora-ring-8-lr{lr:g}-seed{seed}", conlora_validation, lr, seed)
+        return 100 * float(run["validation"]["honest_worst_accuracy"])
+
+    grid = [8e-3, 1.6e-2, 3.2e-2, 6.4e-2]
+    seed0 = {lr: val(lr, 0) for lr in grid}
+    finalists = sorted(grid, key=lambda lr: (-seed0[lr], lr))[:2]
+    means = {lr: [val(lr, s) for s in SEEDS] for lr in finalists}
+    pick = max(finalists, key=lambda lr: (np.mean(means[lr]), -lr))
+    dec_lora = json.loads((OUT.parent / "selection.json").read_text())["rows"]["recipe"]
+    print(
+        "conlora ring-8 validation (worst node): seed 0",
+        {f"{lr:g}": round(v, 1) for lr, v in seed0.items()},
+        "finalists", {f"{lr:g}": [round(v, 1) for v in vs] for lr, vs in means.items()},
+        f"pick {pick:g} (mean {np.mean(means[pick]):.1f}; the Dec-LoRA recipe's "
+        f"{100 * dec_lora['mean_validation']:.1f})",
+    )  # fmt: skip
+    out = OUT / "conlora"
+    jobs = conlora_jobs(pick)
+    run_jobs(jobs.values(), out, workers)
+    study = final_jobs(SWARM_STUDY, json.loads((OUT.parent / "selection.json").read_text()))
+    for setting in SWARM_STUDY.settings:
+        mine = [json.loads(jobs[(setting, s)].path(out).read_text()) for s in SEEDS]
+        ref, rec = ([
+            json.loads(study[(setting, row, s)].path(OUT.parent).read_text())
+            for s in SEEDS
+        ] for row in ("central", "recipe"))  # fmt: skip
+        nodes = [node_outcomes(r) for r in mine]
+        vs_central = summarize(nodes, [outcomes(r["correct"]) for r in ref], shared_examples=True)
+        worst = summarize(nodes, shared_examples=True)
+        dec = summarize(nodes, [worst_node_outcomes(r) for r in rec], shared_examples=True)
+        kib = np.mean([r["final"]["bytes_sent_per_node"] for r in mine]) / 1024
+        dec_kib = np.mean([r["final"]["bytes_sent_per_node"] for r in rec]) / 1024
+        print(
+            f"conlora {setting} (lr {pick:g}): worst node {format_interval(worst)}; vs "
+            f"centralized {format_interval(vs_central)}; vs the Dec-LoRA recipe "
+            f"{format_interval(dec)}; {kib:,.0f} KiB/node against its {dec_kib:,.0f}"
+        )
+
+
+def complete_validation(seed: int) -> dict[str, Any]:
+    cfg = SWARM_STUDY.config("ring-8", "recipe", 4e-3, 1, seed)
+    cfg = SimConfig(**{**cfg.model_dump(), "topology": "complete", "gossip_steps": 1})
+    fin = Simulation(cfg).run(validate=True).final
+    keep = ("validation", "bytes_sent_per_node", "consensus_rounds")
+    return {"topology": "complete", "seed": seed, **{k: fin[k] for k in keep}}
 
 
 def complete(weighting: str) -> dict[str, Any]:
@@ -154,6 +251,16 @@ def main() -> None:
         f"{np.mean(val):.1f}; G 4 {[round(100 * v, 1) for v in g4['per_seed']]} mean "
         f"{100 * g4['mean_validation']:.1f}; "
         f"{np.mean([r['bytes_sent_per_node'] for r in runs]) / 1024:,.0f} KiB/node"
+    )
+    conlora()
+    runs = [cached(f"complete-validation-seed{s}", complete_validation, s) for s in SEEDS]
+    full = [100 * r["validation"]["honest_worst_accuracy"] for r in runs]
+    big = [100 * cached(f"large-batch-lr{best:g}-seed{s}", large_batch, best, s)["validation"]
+           ["accuracy"] for s in SEEDS]  # fmt: skip
+    print(
+        f"complete graph (validation, worst node): {[round(v, 1) for v in full]} mean "
+        f"{np.mean(full):.1f}; the ring (G 4) mean {100 * g4['mean_validation']:.1f}; "
+        f"large-batch {[round(v, 1) for v in big]} mean {np.mean(big):.1f}"
     )
     for weighting in ("nodes", "examples"):
         run = cached(f"complete-ring-8-seed1-{weighting}", complete, weighting)
