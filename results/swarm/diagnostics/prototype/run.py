@@ -5,14 +5,17 @@ by an environment variable, so the product's own code path is unchanged.
 
 - `c` (control): the patch's hand-written AdamW step (PROTO_V with PROTO_NOMIX); it
   must give the recipe's own validation figure (it does: 88.6 on ring-8's seed 0).
-- `v`: AdamW's second moment from tracking's mixed z (the node's estimate of the
-  swarm's corrected gradient after the round's exchanges) instead of its own gradient.
+- `v`: AdamW's second moment from tracking's mixed z of the previous round (the node's
+  estimate of the swarm's corrected gradient after that round's exchanges) instead of
+  its own gradient.
 - `d` (step after mixing): a round's one local step computes its gradient (weighed,
   corrected, sent as z) but applies it only after the round's exchanges, with the
   correction c_i those exchanges produced: the step's direction is g_i + c_i(new),
   which on a complete graph is the union's gradient exactly (so every node keeps the
   same adapter and AdamW state: one adapter with the swarm's steps, `large-batch`).
-  K = 1 only.
+  K = 1 only. A known limit: the simulator's consensus finish measures the nodes'
+  distance before `begin_finish` applies the last deferred step, so where it runs no
+  finish round (the ring) that step (at 0.3% of the peak lr) is not mixed.
 
 Each run is the parity study's recipe (`SWARM_STUDY.config(setting, "recipe", lr, 1,
 seed)`: tracking, `--weighting examples`, warmup + cosine, lr x sqrt(nodes), G from the
