@@ -42,7 +42,8 @@ one JSON here and is skipped when it exists; the summary is printed at the end.
    the ring's (`selection.json`) and those of one centralized adapter with the swarm's
    optimizer steps (`large-batch`, the same validation rows). On a complete graph the
    mean of the nodes' corrected gradients is the union's gradient, so what separates it
-   from `large-batch` is each node's own AdamW state and the tracking's lag.
+   from `large-batch` is that each node takes its own AdamW step on its own corrected
+   gradient.
 
     python results/swarm/diagnostics/diagnostics.py   # from the repo root, declora installed
 """
@@ -116,12 +117,17 @@ def g12(setting: str, seed: int) -> dict[str, Any]:
     return {"setting": setting, "gossip_steps": 12, "seed": seed, **{k: fin[k] for k in keep}}
 
 
+def validation_run(cfg: SimConfig, **labels: Any) -> dict[str, Any]:
+    """`labels` and the run's final validation figures, bytes and finish rounds."""
+    fin = Simulation(cfg).run(validate=True).final
+    keep = ("validation", "bytes_sent_per_node", "consensus_rounds")
+    return {**labels, **{k: fin[k] for k in keep}}
+
+
 def g8(seed: int) -> dict[str, Any]:
     cfg = SWARM_STUDY.config("ring-8", "recipe", 4e-3, 1, seed)
     cfg = SimConfig(**{**cfg.model_dump(), "gossip_steps": 8})
-    fin = Simulation(cfg).run(validate=True).final
-    keep = ("validation", "bytes_sent_per_node", "consensus_rounds")
-    return {"setting": "ring-8", "gossip_steps": 8, "seed": seed, **{k: fin[k] for k in keep}}
+    return validation_run(cfg, setting="ring-8", gossip_steps=8, seed=seed)
 
 
 def conlora_config(setting: str, lr: float, seed: int) -> SimConfig:
@@ -130,10 +136,8 @@ def conlora_config(setting: str, lr: float, seed: int) -> SimConfig:
 
 
 def conlora_validation(lr: float, seed: int) -> dict[str, Any]:
-    fin = Simulation(conlora_config("ring-8", lr, seed)).run(validate=True).final
-    keep = ("validation", "bytes_sent_per_node", "consensus_rounds")
-    return {"setting": "ring-8", "method": "conlora", "lr": lr, "seed": seed,
-            **{k: fin[k] for k in keep}}  # fmt: skip
+    cfg = conlora_config("ring-8", lr, seed)
+    return validation_run(cfg, setting="ring-8", method="conlora", lr=lr, seed=seed)
 
 
 def conlora_jobs(lr: float) -> dict[tuple[str, int], Job]:
@@ -156,7 +160,8 @@ def conlora(workers: int = 2) -> None:
     finalists = sorted(grid, key=lambda lr: (-seed0[lr], lr))[:2]
     means = {lr: [val(lr, s) for s in SEEDS] for lr in finalists}
     pick = max(finalists, key=lambda lr: (np.mean(means[lr]), -lr))
-    dec_lora = json.loads((OUT.parent / "selection.json").read_text())["rows"]["recipe"]
+    chosen = json.loads((OUT.parent / "selection.json").read_text())
+    dec_lora = chosen["rows"]["recipe"]
     print(
         "conlora ring-8 validation (worst node): seed 0",
         {f"{lr:g}": round(v, 1) for lr, v in seed0.items()},
@@ -167,7 +172,7 @@ def conlora(workers: int = 2) -> None:
     out = OUT / "conlora"
     jobs = conlora_jobs(pick)
     run_jobs(jobs.values(), out, workers)
-    study = final_jobs(SWARM_STUDY, json.loads((OUT.parent / "selection.json").read_text()))
+    study = final_jobs(SWARM_STUDY, chosen)
     for setting in SWARM_STUDY.settings:
         mine = [json.loads(jobs[(setting, s)].path(out).read_text()) for s in SEEDS]
         ref, rec = ([
@@ -190,9 +195,7 @@ def conlora(workers: int = 2) -> None:
 def complete_validation(seed: int) -> dict[str, Any]:
     cfg = SWARM_STUDY.config("ring-8", "recipe", 4e-3, 1, seed)
     cfg = SimConfig(**{**cfg.model_dump(), "topology": "complete", "gossip_steps": 1})
-    fin = Simulation(cfg).run(validate=True).final
-    keep = ("validation", "bytes_sent_per_node", "consensus_rounds")
-    return {"topology": "complete", "seed": seed, **{k: fin[k] for k in keep}}
+    return validation_run(cfg, topology="complete", seed=seed)
 
 
 def complete(weighting: str) -> dict[str, Any]:
