@@ -1,4 +1,4 @@
-"""Two diagnostics of the parity study (README "What holds the swarm back"), run once.
+"""Diagnostics of the parity study (README "What holds the swarm back"), run once.
 
 Not part of the product: the record of how those figures were made. Each run writes
 one JSON here and is skipped when it exists; the summary is printed at the end.
@@ -44,6 +44,16 @@ one JSON here and is skipped when it exists; the summary is printed at the end.
    mean of the nodes' corrected gradients is the union's gradient, so what separates it
    from `large-batch` is that each node takes its own AdamW step on its own corrected
    gradient.
+
+7. `mixing`: are the star and G(12, 0.3) short of mixing under today's recipe? The
+   recipe as chosen (lr 4e-3, K 1, tracking, `--weighting examples`) with 12 exchanges
+   a round instead of the 4 `mixing.gossip_steps_for` gives both (`mixing/runs/`), on
+   seeds 0-2; validation figures only (the worst node after the consensus finish),
+   beside the study's own runs of the recipe at G = 4 (`../runs/`). Twelve plain
+   exchanges shrink the disagreement about as much as four Chebyshev-accelerated ones
+   (star: 0.11 against 0.16; G(12, 0.3): 0.26-0.30 against 0.28-0.31, seeds 0-2), so a
+   gain here bounds what acceleration could buy at today's bytes; `chebyshev/run.py`
+   prototypes that acceleration itself.
 
     python results/swarm/diagnostics/diagnostics.py   # from the repo root, declora installed
 """
@@ -192,6 +202,30 @@ def conlora(workers: int = 2) -> None:
         )
 
 
+def mixing(workers: int = 2) -> None:
+    settings = ("er-12", "star-6")
+    jobs = {}
+    for setting in settings:
+        for s in SEEDS:
+            cfg = SWARM_STUDY.config(setting, "recipe", 4e-3, 1, s)
+            cfg = SimConfig(**{**cfg.model_dump(), "gossip_steps": 12})
+            jobs[(setting, s)] = Job(f"g12-recipe-{setting}-seed{s}", cfg, False)
+    run_jobs(jobs.values(), OUT / "mixing", workers)
+    for setting in settings:
+        mine = [json.loads(jobs[(setting, s)].path(OUT / "mixing").read_text()) for s in SEEDS]
+        study = [
+            json.loads((OUT.parent / "runs" / f"recipe-{setting}-lr0.004-k1-seed{s}.json")
+                       .read_text()) for s in SEEDS
+        ]  # fmt: skip
+        for label, runs in (("G 12", mine), ("G 4", study)):
+            val = [100 * r["final"]["validation"]["honest_worst_accuracy"] for r in runs]
+            kib = np.mean([r["final"]["bytes_sent_per_node"] for r in runs]) / 1024
+            print(
+                f"mixing {setting} (validation, worst node) {label}: "
+                f"{[round(v, 1) for v in val]} mean {np.mean(val):.1f}, {kib:,.0f} KiB/node"
+            )
+
+
 def complete_validation(seed: int) -> dict[str, Any]:
     cfg = SWARM_STUDY.config("ring-8", "recipe", 4e-3, 1, seed)
     cfg = SimConfig(**{**cfg.model_dump(), "topology": "complete", "gossip_steps": 1})
@@ -265,6 +299,7 @@ def main() -> None:
         f"{np.mean(full):.1f}; the ring (G 4) mean {100 * g4['mean_validation']:.1f}; "
         f"large-batch {[round(v, 1) for v in big]} mean {np.mean(big):.1f}"
     )
+    mixing()
     for weighting in ("nodes", "examples"):
         run = cached(f"complete-ring-8-seed1-{weighting}", complete, weighting)
         names = list(run["test_per_class"])
