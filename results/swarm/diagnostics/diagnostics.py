@@ -51,9 +51,10 @@ one JSON here and is skipped when it exists; the summary is printed at the end.
    seeds 0-2; validation figures only (the worst node after the consensus finish),
    beside the study's own runs of the recipe at G = 4 (`../runs/`). Twelve plain
    exchanges shrink the disagreement about as much as four Chebyshev-accelerated ones
-   (star: 0.11 against 0.16; G(12, 0.3): 0.26-0.30 against 0.28-0.31, seeds 0-2), so a
-   gain here bounds what acceleration could buy at today's bytes; `chebyshev/run.py`
-   prototypes that acceleration itself.
+   (worst case a round; star: 0.11 against 0.16; G(12, 0.3): 0.26-0.30 against
+   0.28-0.31, seeds 0-2), so this asks what stronger mixing alone could buy;
+   `chebyshev/run.py` prototypes the acceleration itself (on the star it got more than
+   this: at this size the two differ by a few articles).
 
     python results/swarm/diagnostics/diagnostics.py   # from the repo root, declora installed
 """

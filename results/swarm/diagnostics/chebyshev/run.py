@@ -13,12 +13,19 @@ z by the Chebyshev semi-iteration
 stays 0), which leaves the average as it is and shrinks the disagreement by
 1 / T_G(1 / lambda) instead of lambda^G: on the star of 6 (lambda = 5/6) four
 exchanges give 0.16 instead of 0.48, for the same bytes. The consensus finish keeps
-iterating (omega tends to its limit). fp32 only (the study's recipe).
+iterating (omega tends to its limit). fp32 only (the study's recipe). Known limits,
+none reached by the stored runs: a node that skips `train` keeps its exchange count
+(its omega then differs from its neighbours' and the average moves), and a node with
+no neighbours is still extrapolated.
 
 Variant `d` adds the step after mixing of `../prototype/` (apply its patch first, then
 this one; PROTO_D): a round's gradient is sent as z but applied only after the round's
 exchanges, along the mixed z, which Chebyshev mixing brings closer to the swarm's
 mean gradient where G exchanges of plain gossip leave it far (the torus's G = 2).
+With a consensus finish of one round or more, `begin_finish` applies the last deferred
+step after the round's G exchanges, so the first finish exchange extrapolates against
+x^(G-1), which lacks it, and scales the step by omega; every stored run of `d` ended
+with no finish rounds.
 
 Each run is the parity study's recipe (`SWARM_STUDY.config(setting, "recipe", lr, 1,
 seed)`: tracking, `--weighting examples`, warmup + cosine, lr x sqrt(nodes), G from the
