@@ -9,10 +9,13 @@ Four swarms under Dirichlet(0.1) label skew: a ring of 8, a star of 6, G(12, 0.3
   warmup + cosine decay over the planned rounds, lr x sqrt(nodes), and as many
   exchanges a round as the topology's spectral gap asks (`mixing.gossip_steps_for`);
 - `recipe-q4`: the recipe with 4-bit messages;
+- `accelerated`: the recipe with Chebyshev-accelerated gossip and the step after
+  mixing (`node/acceleration.py`; K = 1 only, which the step after mixing needs);
 - `central`: one adapter on the union of the nodes' shares, the swarm's total steps.
 
 Selection reads validation figures only (10% of every node's share, held out from
-training; `Workload.validation_rows`): `plain` and `recipe` pick lr and K on the ring
+training; `Workload.validation_rows`): `plain`, `recipe` and `accelerated` pick lr
+and K on the ring
 of 8 (the other settings are not tuned on); every setting's centralized reference
 picks its lr. Phase 1 runs every grid value with seed 0; its `finalists` best values
 then run with the other tuning seeds (1, 2) too, and the pick is the best mean
@@ -53,8 +56,10 @@ ROWS: dict[str, dict[str, Any]] = {
     "plain": PLAIN,
     "recipe": {},
     "recipe-q4": {"codec": "q4"},
+    "accelerated": {"gossip_acceleration": "chebyshev", "step_after_mixing": True},
 }
-SELECTED_ROWS = ("plain", "recipe")  # rows with their own selection; q4 takes the recipe's
+# rows with their own selection; q4 takes the recipe's
+SELECTED_ROWS = ("plain", "recipe", "accelerated")
 PARITY_MARGIN = 1.5  # points: the recipe's worst node vs centralized
 Q4_MARGIN = 1.0  # points: q4 vs fp32
 
@@ -189,7 +194,8 @@ def _candidates(study: Study, row: str, setting: str) -> list[tuple[float, int]]
     """The (lr, K) values a row selects from on `setting` (references: K = 1)."""
     if row == "central":
         return [(lr, 1) for lr in study.central_lrs]
-    return [(lr, k) for lr in row_lrs(study, row) for k in study.ks]
+    ks = (1,) if ROWS.get(row, {}).get("step_after_mixing") else study.ks
+    return [(lr, k) for lr in row_lrs(study, row) for k in ks]
 
 
 def _selections(study: Study) -> list[tuple[str, str]]:

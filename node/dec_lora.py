@@ -18,6 +18,11 @@ is corrected by c_i, `tracker_outgoing()` (called right after `outgoing()`) give
 exchange's z_i message (in each of a round's G exchanges), `receive_tracker` takes a
 neighbour's, and `mix` also updates c_i with the same weights.
 
+Chebyshev-accelerated gossip (`acceleration=` lambda) extrapolates each exchange's
+mix against the one before; the step after mixing (`step_after_mixing=True`) holds a
+round's optimizer step back until the round's last exchange has mixed tracking's z
+(`acceleration.py`).
+
 The simulator and the daemon both call exactly this sequence, so for the same seeds
 and the same live neighbour sets they produce the same adapters. The consensus finish is
 announced by `begin_finish()`; its gossip-only rounds skip `train` and send no
@@ -33,6 +38,12 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
+from declora.node.acceleration import (
+    ChebyshevSequence,
+    acceleration_problem,
+    extrapolate,
+    step_after_mixing_problem,
+)
 from declora.node.codecs import make_codec
 from declora.node.gossip import KEYFRAME_CODEC, GossipError, GossipState
 from declora.node.methods import combination_problem
@@ -72,6 +83,9 @@ class DecLoraNode(Generic[K]):
         robust: str = "none",
         tracking: bool = False,
         exchanges: int = 1,
+        *,
+        acceleration: float | None = None,
+        step_after_mixing: bool = False,
     ) -> None:
         self.trainer = trainer
         x0 = trainer.vector()
@@ -85,8 +99,14 @@ class DecLoraNode(Generic[K]):
         problem = combination_problem(
             self.method, self.gossip.codec.spec, consensus_step, self.gossip.robust.spec, tracking
         )
+        if not problem and acceleration is not None:
+            problem = acceleration_problem(self.method, self.gossip.robust.spec)
+        if not problem and step_after_mixing:
+            problem = step_after_mixing_problem(self.method, tracking, 1, trainer.lm.precision)
         if problem:
             raise ValueError(problem)
+        self.chebyshev = None if acceleration is None else ChebyshevSequence(acceleration)
+        self.step_after_mixing = step_after_mixing
         self._pairs: tuple[LoraPair, ...] | None = (
             lora_pairs(trainer.lm.schema) if self.method == "decaf" else None
         )
@@ -118,22 +138,43 @@ class DecLoraNode(Generic[K]):
         `(round_number - 1) x steps`, so nodes at the same round use the same lr
         whatever rounds they skipped; without it, the trainer's own step count."""
         first = None if round_number is None else at_round(round_number, steps)
+        self._restart_sequence()
         if self.tracker is None:
             return self.trainer.train_steps(steps, should_stop, first_step=first)
+        self.apply_deferred_step()
         self.tracker.begin_round()
-        return self.trainer.train_steps(steps, should_stop, self.tracker.correct, first)
+        if not self.step_after_mixing:
+            return self.trainer.train_steps(steps, should_stop, self.tracker.correct, first)
+        if steps != 1:
+            raise ValueError(step_after_mixing_problem(self.method, True, steps, "fp32"))
+        if should_stop is not None and should_stop():
+            return 0.0
+        return self.trainer.defer_step(self.tracker.correct, first)
 
     def begin_finish(self) -> None:
         """The consensus finish starts: every exchange from here on is gossip only.
         Tracking sends no more z; a method that sends part of its adapter in a training
-        round (Kill-and-Revive) sends all of it from here."""
+        round (Kill-and-Revive) sends all of it from here. Chebyshev gossip starts a
+        new sequence for the finish's exchanges."""
         self.end_round()
 
     def end_round(self) -> None:
         """Send no more of the current round's tracking z (the finish, a skip ahead, a
-        state taken or rolled back): it starts again with the next local steps."""
+        state taken or rolled back): it starts again with the next local steps. A step
+        held back for after mixing is taken now, along the correction as it stands."""
+        self.apply_deferred_step()
+        self._restart_sequence()
         if self.tracker is not None:
             self.tracker.end_round()
+
+    def apply_deferred_step(self) -> None:
+        """Take the optimizer step held back by `--step-after-mixing` (none: nothing)."""
+        if self.tracker is not None and self.trainer.deferred is not None:
+            self.trainer.apply_deferred(self.tracker.correction_tensors())
+
+    def _restart_sequence(self) -> None:
+        if self.chebyshev is not None:
+            self.chebyshev.restart()
 
     def outgoing(self, forged: np.ndarray | None = None) -> bytes:
         """This round's payload: the compressed change of the adapter since the last one
@@ -171,16 +212,24 @@ class DecLoraNode(Generic[K]):
         """Mix with the neighbours in `weights` (the self weight is implied) by the
         gossip state's rule (plain or robust); with tracking, update c_i too. DeCAF
         mixes each LoRA module in product space (`product_mixing`) instead; without
-        neighbours it leaves the adapter as it is."""
+        neighbours it leaves the adapter as it is. With Chebyshev gossip the mix is
+        extrapolated (`acceleration.py`); with the step after mixing, the round's last
+        exchange takes the step held back."""
         x = self.trainer.vector()
         mixed = self.gossip.mix(x, weights)
         if self._pairs is not None and weights:
             neighbours = [(w, self.gossip.peers[p]) for p, w in weights.items()]
             mixed = product_mix(self._pairs, x, mixed, neighbours)
+        omega = 1.0
+        if self.chebyshev is not None:
+            omega, older = self.chebyshev.advance(x, alone=not weights)
+            mixed = extrapolate(mixed, older, omega)
         self.trainer.set_vector(mixed)
         if self.tracker is not None:
-            self.tracker.update(weights, self._tracker_in)
+            self.tracker.update(weights, self._tracker_in, omega)
             self._tracker_in = {}
+            if not self.tracker.carrying:
+                self.apply_deferred_step()
 
     def vector(self) -> np.ndarray:
         return self.trainer.vector()
@@ -283,6 +332,7 @@ class DecLoraNode(Generic[K]):
     def take_state(self, vector: np.ndarray) -> None:
         """Continue from another node's full state (catch-up): adapter and public copy
         become `vector`; every neighbour's copy is forgotten (keyframes follow)."""
+        self.trainer.deferred = None  # the state replaced is the one it would step
         self.trainer.set_vector(vector)
         self.gossip.public = np.array(vector, dtype=np.float32, copy=True)
         self.end_round()
@@ -295,7 +345,9 @@ class DecLoraNode(Generic[K]):
         return NodeSnapshot(self.vector(), self.gossip.public.copy(), correction)
 
     def restore(self, snap: NodeSnapshot) -> None:
-        """Undo to `snap` (the trainer's vector, public copy and correction)."""
+        """Undo to `snap` (the trainer's vector, public copy and correction); a step
+        held back for after mixing is dropped with the state it came from."""
+        self.trainer.deferred = None
         self.trainer.set_vector(snap.vector)
         self.gossip.public = np.array(snap.public, dtype=np.float32, copy=True)
         if self.tracker is not None and snap.correction is not None:
@@ -321,7 +373,8 @@ class DecLoraNode(Generic[K]):
         return max(dists, default=0.0)
 
     def digest(self, h: hashlib._Hash | None = None) -> hashlib._Hash:
-        """SHA-256 fed with the adapter, the public copies and the correction."""
+        """SHA-256 fed with the adapter, the public copies, the correction, a step held
+        back and Chebyshev's place."""
         h = h or hashlib.sha256()
         h.update(self.vector().tobytes())
         h.update(self.gossip.public.tobytes())
@@ -329,6 +382,12 @@ class DecLoraNode(Generic[K]):
             h.update(repr(pid).encode() + b"\0" + self.gossip.peers[pid].tobytes())
         if self.tracker is not None:
             h.update(self.tracker.correction().tobytes())
+        if self.trainer.deferred is not None:
+            for g in self.trainer.deferred[0]:
+                h.update(g.detach().to("cpu").numpy().tobytes())
+        if self.chebyshev is not None:
+            k, older = self.chebyshev.state()
+            h.update(k.to_bytes(8, "little") + (b"" if older is None else older.tobytes()))
         return h
 
 

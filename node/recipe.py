@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from declora.node.acceleration import acceleration_problem, step_after_mixing_problem
 from declora.node.data import (
     EMBEDDED_CHAT,
     EMBEDDED_DATA,
@@ -196,6 +197,17 @@ class Recipe(BaseModel):
         description="exchanges per training round (the extra ones only mix); default: "
         "from the topology's spectral gap where it is known (simulate, lab), else 1",
     )
+    gossip_acceleration: str = Field(
+        "none",
+        description="none, or chebyshev: Chebyshev-accelerated mixing within a round's "
+        "exchanges and the finish (node/acceleration.py); lambda from the topology where it "
+        "is known (simulate, lab), else give it: chebyshev:LAMBDA",
+    )
+    step_after_mixing: bool = Field(
+        False,
+        description="hold each round's optimizer step back until its exchanges have mixed "
+        "tracking's z: one step along the neighbours' mixed gradient (needs tracking, K=1)",
+    )
     consensus_rounds: int = Field(0, ge=0, description="gossip-only rounds after the last one")
     consensus_tol: float = Field(1e-3, gt=0, description="consensus finish stops below this")
     # evaluation
@@ -236,6 +248,25 @@ class Recipe(BaseModel):
         from declora.node.robust import make_robust
 
         return make_robust(v).spec
+
+    @field_validator("gossip_acceleration")
+    @classmethod
+    def _acceleration_ok(cls, v: str) -> str:
+        from declora.node.acceleration import NO_ACCELERATION, parse_acceleration
+
+        lam = parse_acceleration(v)
+        if lam is None:
+            return NO_ACCELERATION
+        return "chebyshev" if lam < 0 else f"chebyshev:{lam!r}"
+
+    @property
+    def chebyshev_lambda(self) -> float | None:
+        """The given lambda of Chebyshev gossip (None: off, or still to come from the
+        topology)."""
+        from declora.node.acceleration import parse_acceleration
+
+        lam = parse_acceleration(self.gossip_acceleration)
+        return None if lam is None or lam < 0 else lam
 
     @model_validator(mode="after")
     def _data_format_ok(self) -> Recipe:
@@ -320,6 +351,12 @@ class Recipe(BaseModel):
             self.robust_mixing,
             bool(self.gradient_tracking),
         ) or gossip_steps_problem(self.method, self.exchanges_per_round)
+        if not problem and self.gossip_acceleration != "none":
+            problem = acceleration_problem(self.method, self.robust_mixing)
+        if not problem and self.step_after_mixing:
+            problem = step_after_mixing_problem(
+                self.method, bool(self.gradient_tracking), self.local_steps, self.precision
+            )
         if problem:
             raise ValueError(problem)
         return self
@@ -327,16 +364,28 @@ class Recipe(BaseModel):
     def fill_swarm_defaults(self, nodes: int, topology: str, mixing: str = "mh") -> None:
         """For a caller that knows the swarm (simulate, lab): `swarm_size` 0 becomes
         `nodes`, `gossip_steps` unset comes from the topology's spectral gap
-        (`mixing.gossip_steps_for`). Call it from a validator."""
-        from declora.node.mixing import gossip_steps_for, mixing_matrix
+        (`mixing.gossip_steps_for`), and a bare `chebyshev` gets the topology's lambda
+        (`mixing.second_eigenvalue`). Call it from a validator."""
+        from declora.node.mixing import gossip_steps_for, mixing_matrix, second_eigenvalue
         from declora.node.topology import from_spec
 
         if self.swarm_size == 0:
             _fill(self, "swarm_size", nodes)
+        w = None
         if self.gossip_steps is None:
-            topo = from_spec(topology, nodes, seed=self.seed)
-            steps = gossip_steps_for(mixing_matrix(mixing, topo))
+            w = mixing_matrix(mixing, from_spec(topology, nodes, seed=self.seed))
+            steps = gossip_steps_for(w)
             _fill(self, "gossip_steps", 1 if gossip_steps_problem(self.method, steps) else steps)
+        if self.gossip_acceleration == "chebyshev":
+            if w is None:
+                w = mixing_matrix(mixing, from_spec(topology, nodes, seed=self.seed))
+            lam = second_eigenvalue(w)
+            if lam >= 1.0 - 1e-9:
+                raise ValueError(
+                    f"--gossip-acceleration chebyshev: the {topology} graph of {nodes} "
+                    "nodes does not mix (second eigenvalue 1)"
+                )
+            _fill(self, "gossip_acceleration", f"chebyshev:{lam!r}")
 
     @property
     def node_lr(self) -> float:
@@ -407,6 +456,10 @@ class Recipe(BaseModel):
                 facts["tracking_exchanges"] = self.exchanges_per_round
         if self.weighting == "examples":
             facts["weighting"] = "examples"
+        if self.gossip_acceleration != "none":
+            facts["gossip_acceleration"] = self.gossip_acceleration
+        if self.step_after_mixing:
+            facts["step_after_mixing"] = True
         if self.validation_fraction:
             facts["validation_fraction"] = self.validation_fraction
         if not self.dedupe:

@@ -247,6 +247,12 @@ class NodeSettings(BaseSettings, Recipe):
             raise ValueError(f"--node-id: {problem}")
         if self.solo and (self.peers or self.mdns):
             raise ValueError("--solo trains alone: drop --peers and --mdns, or drop --solo")
+        if self.gossip_acceleration == "chebyshev":
+            raise ValueError(
+                "--gossip-acceleration chebyshev needs the mixing matrix's second eigenvalue "
+                "of the swarm's graph, which a daemon does not know: give chebyshev:LAMBDA "
+                "(`declora-node lab` and `simulate` compute it from the topology)"
+            )
         self.tls()  # TlsError is a ValueError: reported like any bad option
         return self
 

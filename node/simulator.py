@@ -126,6 +126,10 @@ class SimConfig(Recipe):
             label += f" {self.method}"
         if self.gradient_tracking:
             label += " +tracking"
+        if self.gossip_acceleration != "none":
+            label += " +chebyshev"
+        if self.step_after_mixing:
+            label += " +step-after-mixing"
         if self.seed:
             label += f" seed={self.seed}"
         if self.robust_mixing != "none":

@@ -37,7 +37,8 @@ The price is one more vector in each of those messages (the size of the adapter
 message before error feedback; with fp32 messages, twice the bytes). A neighbour's z
 moves c_i linearly, so gradient tracking trusts every neighbour: it is not combined
 with robust mixing. Each z sent after the first is a convex mix of checked ones, so it
-stays within their bounds. Nothing here does I/O.
+stays within their bounds (with Chebyshev mixing an extrapolation, omega < 2: a
+receiver bounds every z it takes, `DecLoraNode.check_tracker`). Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class GradientTracker(Generic[K]):
         self.sent: np.ndarray | None = None  # z^_i of the round in progress, once encoded
         self._next: np.ndarray | None = None  # z^(g+1)_i, for the round's next exchange
         self._left = 0  # the round's exchanges still to carry z
+        self._growth: np.ndarray | None = None  # c_i's growth in the exchange before
 
     # ------------------------------------------------------------- local steps
     def begin_round(self) -> None:
@@ -94,6 +96,12 @@ class GradientTracker(Generic[K]):
         self.sent = None
         self._next = None
         self._left = 0
+        self._growth = None
+
+    @property
+    def carrying(self) -> bool:
+        """Whether this round's z still has exchanges to go (or is not sent yet)."""
+        return self._steps > 0 or self._left > 0
 
     def correct(self, grads: Sequence[torch.Tensor | None]) -> None:
         """Add c_i to one step's gradients in place (the trainer's gradient hook); a
@@ -123,6 +131,7 @@ class GradientTracker(Generic[K]):
             z_np = z.to("cpu", torch.float32).numpy()
             self._steps = 0
             self._left = self.exchanges
+            self._growth = None
         elif self._next is not None and self._left > 0:
             z_np = self._next
         else:
@@ -157,10 +166,16 @@ class GradientTracker(Generic[K]):
             raise TrackingError(f"tracking message from {peer!r} has non-finite values")
         return z
 
-    def update(self, weights: Mapping[K, float], received: Mapping[K, np.ndarray]) -> None:
+    def update(
+        self, weights: Mapping[K, float], received: Mapping[K, np.ndarray], omega: float = 1.0
+    ) -> None:
         """c_i += sum_j w_j (z^_j - z^_i) over the neighbours in both mappings, per
         entry only where both z hold a value (not NaN: an entry a Kill-and-Revive node
-        did not send); the round's next exchange sends z^_i plus the same sum.
+        did not send); the round's next exchange sends z^_i plus the same sum. With
+        Chebyshev's `omega` != 1 (`acceleration.py`) c_i (and so z) grows by omega x
+        that sum plus (omega - 1) x its growth in the exchange before: the
+        semi-iteration's extrapolation written in growths, which keeps sum_i c_i at zero
+        under any codec (each growth sums to zero over the nodes).
 
         Does nothing in an exchange where this node sent no z (it did not train)."""
         if self.sent is None:
@@ -172,9 +187,18 @@ class GradientTracker(Generic[K]):
             if z is not None:
                 diff = z - own
                 step += np.float32(w) * np.where(np.isnan(diff), np.float32(0), diff)
+        if omega != 1.0 and self._growth is not None:
+            step = (np.float32(omega) * step + np.float32(omega - 1.0) * self._growth).astype(
+                np.float32
+            )
+        self._growth = step
         self.set_correction(self.correction() + step)
         self.sent = None
         self._next = (own + step).astype(np.float32) if self._left > 0 else None
+
+    def correction_tensors(self) -> list[torch.Tensor]:
+        """c_i as the trainer's tensors (schema order; read only)."""
+        return self._correction
 
     # ------------------------------------------------------------- state
     def correction(self) -> np.ndarray:

@@ -396,6 +396,8 @@ class LocalTrainer:
         self.seed = seed
         self.tensors = lm.initial_tensors()
         self.step = 0
+        # a step held back by `defer_step`: its gradients (before any hook) and lr
+        self.deferred: tuple[list[torch.Tensor], float] | None = None
         self.order = np.zeros(0, dtype=np.int64)
         self.cursor = 0
         self.epoch = 0
@@ -454,6 +456,47 @@ class LocalTrainer:
             done += 1
         return total / max(done, 1)
 
+    def defer_step(
+        self, grad_hook: Callable[[list[torch.Tensor | None]], None], first_step: int | None = None
+    ) -> float:
+        """One local step's gradients, its optimizer step held back until
+        `apply_deferred` (the step after mixing); the loss. `grad_hook` sees the
+        gradients as in `train_steps`; what is kept is the gradient before it, at the
+        lr of schedule position `first_step` (by default this trainer's step count)."""
+        self.lm.bind(self.tensors, owner=self)
+        self.lm.model.train()
+        position = self.step if first_step is None else first_step
+        torch.manual_seed(self.seed * 1_000_003 + self.step)
+        loss = self._backward(self._next_batch())
+        self._weigh_gradients()
+        for p in self.lm.params:
+            if p.grad is None and p.requires_grad:
+                p.grad = torch.zeros_like(p)
+        kept = [p.grad.detach().clone() for p in self.lm.params]  # type: ignore[union-attr]
+        grad_hook([p.grad for p in self.lm.params])
+        self.optimizer.zero_grad(set_to_none=True)
+        self.deferred = (kept, self.lr_at(position))
+        self.step += 1
+        return loss
+
+    def apply_deferred(self, correction: Sequence[torch.Tensor]) -> None:
+        """Take the step `defer_step` held back, along its gradient plus `correction`
+        (schema order: tracking's c_i as it stands now), clipped as `train_steps`
+        clips; nothing when none is held back."""
+        if self.deferred is None:
+            return
+        kept, lr = self.deferred
+        self.deferred = None
+        self.lm.bind(self.tensors, owner=self)
+        for p, g, c in zip(self.lm.params, kept, correction, strict=True):
+            p.grad = g + c
+        if self.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.lm.params, self.max_grad_norm * self.grad_weight)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
     def _backward(self, batch: Encoded) -> float:
         """Gradients of the step's loss, micro-batch by micro-batch; the loss.
 
@@ -486,10 +529,7 @@ class LocalTrainer:
     ) -> None:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        if self.grad_weight != 1.0:
-            for p in self.lm.params:
-                if p.grad is not None:
-                    p.grad.mul_(self.grad_weight)
+        self._weigh_gradients()
         if grad_hook is not None:
             for p in self.lm.params:
                 if p.grad is None and p.requires_grad:
@@ -502,6 +542,12 @@ class LocalTrainer:
         else:
             self.scaler.step(self.optimizer)
             self.scaler.update()
+
+    def _weigh_gradients(self) -> None:
+        if self.grad_weight != 1.0:
+            for p in self.lm.params:
+                if p.grad is not None:
+                    p.grad.mul_(self.grad_weight)
 
     def vector(self) -> np.ndarray:
         """A float32 copy of this node's adapter in schema order."""

@@ -136,6 +136,8 @@ class Workload:
             r.robust_mixing,
             r.gradient_tracking,
             r.exchanges_per_round,
+            acceleration=r.chebyshev_lambda,
+            step_after_mixing=r.step_after_mixing,
         )
 
     def centralized_trainer(self) -> LocalTrainer:

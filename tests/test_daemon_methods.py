@@ -30,6 +30,20 @@ METHODS: dict[str, tuple[str, dict[str, object]]] = {
     "kill-revive": ("kill-revive", {"codec": "q8", "gradient_tracking": False}),
     "kill-revive+tracking": ("kill-revive", {"codec": "q8", "gradient_tracking": True}),
     "deca": ("deca", {"codec": "q8", "deca_blocks": 2, "deca_block_rounds": 2}),
+    # Dec-LoRA's options beside the method: 2 exchanges a round, each extrapolated (a
+    # triangle's lambda is 0: a given one makes omega_2 > 1), the step held back until
+    # the round's second exchange
+    "chebyshev+step-after-mixing": (
+        "dec-lora",
+        {
+            "codec": "q8",
+            "gradient_tracking": True,
+            "gossip_steps": 2,
+            "gossip_acceleration": "chebyshev:0.6",
+            "step_after_mixing": True,
+            "local_steps": 1,
+        },
+    ),
 }
 
 
@@ -59,8 +73,9 @@ def saved_vector(path: Path, lm: LoraModel) -> np.ndarray:
 @pytest.mark.parametrize("case", list(METHODS))
 def test_daemon_processes_match_simulator(cluster: Cluster, case: str) -> None:
     method, fields = METHODS[case]
+    fields = {"gossip_steps": 1, **fields}
     extra = f"--rounds {ROUNDS} --consensus-rounds 0 --partition-scheme {SCHEME} --eval-every 0 "
-    extra += f"--round-deadline 60 --swarm-size {NODES} --gossip-steps 1"
+    extra += f"--round-deadline 60 --swarm-size {NODES}"
     nodes = cluster.static(NODES, ring(NODES), extra.split() + flags(method, fields))
     for node in nodes:
         node.start()
@@ -72,7 +87,6 @@ def test_daemon_processes_match_simulator(cluster: Cluster, case: str) -> None:
         rounds=ROUNDS,
         consensus_rounds=0,
         swarm_size=NODES,
-        gossip_steps=1,
         **fields,
     )
     sim = simulate(cfg)  # runs while the daemons start
@@ -81,11 +95,12 @@ def test_daemon_processes_match_simulator(cluster: Cluster, case: str) -> None:
         cluster.fail(f"exit codes {codes}, expected all 0")
     for i, node in enumerate(nodes):
         log = node.log()
-        done = rf"round {ROUNDS} done in \S+: loss \S+, {NODES - 1} live neighbours"
+        last = ROUNDS * int(fields["gossip_steps"])
+        done = rf"round {last} done in \S+: loss \S+, {NODES - 1} live neighbours"
         assert re.search(done, log), cluster.report()
-        assert "left the live set" not in log.split(f"round {ROUNDS} done")[0], cluster.report()
+        assert "left the live set" not in log.split(f"round {last} done")[0], cluster.report()
         want, got = sim.nodes[i].snapshot(), checkpoint.load(node.ckpt, sim.lm)
-        assert got.round == ROUNDS
+        assert got.round == ROUNDS * int(fields["gossip_steps"])  # round numbers count exchanges
         np.testing.assert_array_equal(got.vector, want.vector, err_msg=node.node_id)
         np.testing.assert_array_equal(got.public, want.public, err_msg=node.node_id)
         assert sorted(got.method_state) == sorted(want.method_state)

@@ -193,16 +193,18 @@ def test_the_study_selects_on_validation_and_tables_every_setting(tmp_path: Path
     assert (pick["lr"], pick["k"], pick["mean_validation"]) == (best["lr"], best["k"], best["mean"])
     assert chosen["rows"]["recipe-q4"] == chosen["rows"]["recipe"]
     grid_md = (tmp_path / "selection.md").read_text()
-    assert grid_md.count("**") == 2 * (2 + 2)  # one pick per swarm row and per setting
+    assert grid_md.count("**") == 2 * (3 + 2)  # one pick per swarm row and per setting
+    accelerated = [g for g in chosen["grid"] if g["row"] == "accelerated"]
+    assert [g["k"] for g in accelerated] == [1, 1]  # the step after mixing needs K = 1
     assert set(chosen["central"]) == {"ring-3", "star-3"}
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
-    # seed 1: phase 2's 4 rows on 2 settings, and the finalist each of the 4 selections
-    # (plain, recipe, 2 references) did not pick
-    assert len([r for r in runs if r.endswith("seed1.json")]) == 2 * 4 + 4
+    # seed 1: phase 2's 5 rows on 2 settings, and the finalist each of the 5 selections
+    # (plain, recipe, accelerated, 2 references) did not pick
+    assert len([r for r in runs if r.endswith("seed1.json")]) == 2 * 5 + 5
     # seed 2 is reported, never tuned on: phase 2's rows only
-    assert len([r for r in runs if r.endswith("seed2.json")]) == 2 * 4
+    assert len([r for r in runs if r.endswith("seed2.json")]) == 2 * 5
     assert all(f"| {s} |" in table for s in study.settings)
-    assert table.count("\n") == 2 + 2 * 4
+    assert table.count("\n") == 2 + 2 * 5
     recipe = json.loads(next((tmp_path / "runs").glob("recipe-star-3-*-seed1.json")).read_text())
     star3 = gossip_steps_for(metropolis_hastings(from_spec("star", 3)))
     assert recipe["config"]["gossip_steps"] == star3
@@ -212,6 +214,10 @@ def test_the_study_selects_on_validation_and_tables_every_setting(tmp_path: Path
     assert plain["config"]["weighting"] == "nodes"  # Dec-LoRA as published
     assert recipe["config"]["lr"] == chosen["rows"]["recipe"]["lr"]
     assert math.isclose(recipe["config"]["swarm_size"], 3)
+    fast = json.loads(next((tmp_path / "runs").glob("accelerated-star-3-*-seed1.json")).read_text())
+    lam = second_eigenvalue(metropolis_hastings(from_spec("star", 3)))
+    assert fast["config"]["gossip_acceleration"] == f"chebyshev:{lam!r}"
+    assert fast["config"]["step_after_mixing"] is True
     # a setting with an unfinished seed shows the finished ones and says so
     from declora.cli.generalization import table as make_table
 

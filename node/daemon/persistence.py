@@ -56,8 +56,10 @@ class Persistence:
         append_round(self.checkpoint_dir, entry)
 
     def save_checkpoint(self) -> None:
-        """Write a checkpoint of the current round (atomically, see `checkpoint`)."""
+        """Write a checkpoint of the current round (atomically, see `checkpoint`); a
+        step held back for after mixing (a stop mid-round) is taken first."""
         parts = self.parts
+        parts.node.apply_deferred_step()
         snap = parts.node.snapshot()
         state = checkpoint.NodeState(
             round=parts.progress.round,
