@@ -13,24 +13,30 @@ with W x the plain mixing step and lambda the mixing matrix's second-largest
 instead of lambda^G (star of 6, G = 4: 0.16 instead of 0.48) for the same bytes.
 What callers may rely on:
 
-- every node uses the same omega_k, so a symmetric, doubly stochastic W keeps the
-  average of x exactly (up to float rounding) and, with tracking, the corrections'
-  sum at zero (under a lossy codec: zero in expectation, the codecs being unbiased);
-- a node with no neighbours in an exchange keeps its vectors as they are;
+- nodes in step use the same omega_k at the same exchange, also a node with no
+  neighbours in it (its W row is the identity: it extrapolates its own last change),
+  so a symmetric, doubly stochastic W keeps the average of x (CHOCO's public copies
+  included) and, with tracking, the corrections' zero sum, to float rounding, under
+  any codec;
 - a node whose exchange count broke off (a state rolled back or taken, a skip ahead)
   restarts its sequence with a plain exchange; its omega then differs from its
-  neighbours' for the rest of that round, which moves the average slightly.
+  neighbours' for the rest of that round, which moves the average and leaves the
+  corrections' sum off zero by the difference (a fault path; it never happens in the
+  simulator).
 
 lambda is a property of the whole graph: `simulate`, `lab` and `experiment` compute it
 from the topology (`chebyshev`); `start` needs it given (`chebyshev:LAMBDA`). A lambda
-below the true one amplifies the slowest modes, so the live graph must be the planned
-one. It is refused with robust mixing and with the methods whose mixing is not a
-linear map of the whole vector (DeCAF, Kill-and-Revive, DECA).
+off the live graph's (neighbours lost, or the adapter's (1 - gamma) I + gamma W under
+a consensus step gamma < 1) shrinks the slow directions less than 1 / T_G(1 / lambda),
+but a fixed W's polynomial never amplifies any of them. It is refused with robust
+mixing and with the methods whose mixing is not a linear map of the whole vector
+(DeCAF, Kill-and-Revive, DECA).
 
 **Step after mixing** (`--step-after-mixing`). With gradient tracking and K = 1 a
 round's gradient g_i is sent as z_i = g_i + c_i but applied only after the round's
 exchanges have mixed z: the AdamW step takes g_i + c_i with c_i after mixing, i.e.
-(W^G z)_i, the neighbours' mixed corrected gradient, instead of the node's own. The
+the mixed z_i (W^G z, or its Chebyshev polynomial), the neighbours' mixed corrected
+gradient, instead of the node's own. The
 sequence of operations is the same as stepping at the start of the next round, so
 nothing is pending at a round boundary (where checkpoints are taken).
 """
@@ -103,12 +109,11 @@ class ChebyshevSequence:
         self.k = 0
         self.older = None
 
-    def advance(self, before: np.ndarray, alone: bool) -> tuple[float, np.ndarray | None]:
-        """Enter the next exchange with the adapter `before` it: (omega_k, x^(k-2));
-        omega 1 when `alone` (no neighbours this exchange)."""
+    def advance(self, before: np.ndarray) -> tuple[float, np.ndarray | None]:
+        """Enter the next exchange with the adapter `before` it: (omega_k, x^(k-2))."""
         self.k += 1
         older, self.older = self.older, np.array(before, dtype=np.float32, copy=True)
-        return (1.0 if alone else chebyshev_omega(self.lam, self.k)), older
+        return chebyshev_omega(self.lam, self.k), older
 
     def state(self) -> tuple[int, np.ndarray | None]:
         """(k, x^(k-2)) for a state digest."""

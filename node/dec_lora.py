@@ -222,7 +222,7 @@ class DecLoraNode(Generic[K]):
             mixed = product_mix(self._pairs, x, mixed, neighbours)
         omega = 1.0
         if self.chebyshev is not None:
-            omega, older = self.chebyshev.advance(x, alone=not weights)
+            omega, older = self.chebyshev.advance(x)
             mixed = extrapolate(mixed, older, omega)
         self.trainer.set_vector(mixed)
         if self.tracker is not None:

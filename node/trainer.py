@@ -460,7 +460,8 @@ class LocalTrainer:
         self, grad_hook: Callable[[list[torch.Tensor | None]], None], first_step: int | None = None
     ) -> float:
         """One local step's gradients, its optimizer step held back until
-        `apply_deferred` (the step after mixing); the loss. `grad_hook` sees the
+        `apply_deferred` (the step after mixing); the loss (nan when a gradient is not
+        finite). `grad_hook` sees the
         gradients as in `train_steps`; what is kept is the gradient before it, at the
         lr of schedule position `first_step` (by default this trainer's step count)."""
         self.lm.bind(self.tensors, owner=self)
@@ -477,6 +478,8 @@ class LocalTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.deferred = (kept, self.lr_at(position))
         self.step += 1
+        if not all(bool(torch.isfinite(g).all()) for g in kept):
+            return float("nan")  # as a step that went non-finite: the caller rolls back
         return loss
 
     def apply_deferred(self, correction: Sequence[torch.Tensor]) -> None:

@@ -127,6 +127,11 @@ class Workload:
     def node(self, index: int) -> DecLoraNode[Any]:
         """Node `index`: its trainer plus gossip state (codec, mixing rule, tracking)."""
         r = self.recipe
+        if r.gossip_acceleration != "none" and r.chebyshev_lambda is None:
+            raise ValueError(
+                "--gossip-acceleration chebyshev needs a lambda: give chebyshev:LAMBDA, or "
+                "let the swarm's topology set it (simulate, lab)"
+            )
         cls = DecaNode if r.method == "deca" else node_type(r.method)
         return cls(
             self.trainer(index),

@@ -100,7 +100,11 @@ def test_recipe_resolves_lambda_from_the_topology(synthetic_jsonl: Path) -> None
     ("changes", "needle"),
     [
         ({"gossip_acceleration": "chebyshev", "robust_mixing": "trim:0.2"}, "robust"),
-        ({"gossip_acceleration": "chebyshev", "method": "decaf"}, "decaf"),
+        ({"gossip_acceleration": "chebyshev", "method": "decaf"}, "acceleration chebyshev"),
+        (
+            {"gossip_acceleration": "chebyshev:0.5", "method": "deca", "gossip_steps": 1},
+            "acceleration chebyshev",
+        ),
         ({"gossip_acceleration": "chebyshev", "method": "kill-revive"}, "kill-revive"),
         ({"gossip_acceleration": "chebyshev:2"}, "[0, 1)"),
         ({"step_after_mixing": True, "gradient_tracking": False}, "needs --gradient-tracking"),
@@ -112,8 +116,8 @@ def test_recipe_refuses_what_does_not_combine(
     synthetic_jsonl: Path, changes: dict[str, object], needle: str
 ) -> None:
     fields = {**STAR, **changes}
-    if "robust_mixing" in changes:
-        fields["gradient_tracking"] = False
+    if "robust_mixing" in changes or changes.get("method") in ("decaf", "deca"):
+        fields["gradient_tracking"] = False  # refused with these for its own reasons
     with pytest.raises(ValidationError, match=needle.replace("[", r"\[").replace(")", r"\)")):
         tiny_sim_config(synthetic_jsonl, **fields)
 
@@ -127,16 +131,20 @@ def test_start_needs_lambda_given() -> None:
 
 def run_rounds(sim: Simulation, rounds: int) -> list[np.ndarray]:
     """`rounds` training rounds as `Simulation.run` does them; the average of the
-    adapters before and after each round's exchanges, in turn."""
+    adapters before and after each round's exchanges, in turn. A step held back for
+    after mixing stays held until the round's last exchange, which takes it."""
     averages = []
     g = sim.cfg.exchanges_per_round
+    held = sim.cfg.step_after_mixing
     for r in range(1, rounds + 1):
         for node in sim.nodes:
             node.train(sim.cfg.local_steps, round_number=r)
         averages.append(sim.average())
         for k in range(g):
             sim._gossip_round()
-            if k < g - 1:  # before the last exchange (which may take a held-back step)
+            last = k == g - 1
+            assert all((n.trainer.deferred is not None) == (held and not last) for n in sim.nodes)
+            if not last:  # the last exchange may take a held-back step
                 np.testing.assert_allclose(sim.average(), averages[-1], atol=1e-6)
         averages.append(sim.average())
     return averages
@@ -164,6 +172,48 @@ def test_chebyshev_keeps_the_average_and_agrees_faster(synthetic_jsonl: Path, co
     total = np.sum([n.tracker.correction() for n in fast.nodes], axis=0)  # type: ignore[union-attr]
     np.testing.assert_allclose(total, 0.0, atol=1e-4)
     assert max(np.abs(n.tracker.correction()).max() for n in fast.nodes) > 1e-2  # type: ignore[union-attr]
+
+
+def test_step_after_mixing_waits_for_the_rounds_last_exchange(synthetic_jsonl: Path) -> None:
+    sim = Simulation(
+        tiny_sim_config(
+            synthetic_jsonl, **STAR, step_after_mixing=True, gossip_acceleration="chebyshev"
+        )
+    )
+    averages = run_rounds(sim, 2)
+    assert np.abs(averages[1] - averages[0]).max() > 1e-3  # the step moved the average
+
+
+def test_tracking_mixes_z_by_the_chebyshev_polynomial() -> None:
+    """With fp32 messages, c_i after a round's G exchanges is (p(W) z - z)_i with
+    p(W) = T_G(W / lambda) / T_G(1 / lambda): the semi-iteration on z, in growths."""
+    from declora.node.codecs import make_codec
+    from declora.node.mixing import local_mh_weights
+    from declora.node.tracking import GradientTracker
+
+    topo = from_spec("star", 6)
+    w = mixing_matrix("mh", topo)
+    lam, g = second_eigenvalue(w), 4
+    z0 = np.random.default_rng(1).normal(size=(6, 10)).astype(np.float32)
+    weights = [
+        local_mh_weights(topo.degree(i), {j: topo.degree(j) for j in topo.neighbors(i)})[1]
+        for i in range(6)
+    ]
+    trackers = [GradientTracker[int]([torch.Size([10])], exchanges=g) for _ in range(6)]
+    for t, z in zip(trackers, z0, strict=True):
+        t.begin_round()
+        t.correct([torch.from_numpy(z.copy())])
+    codec, rng = make_codec("fp32"), np.random.default_rng(0)
+    for k in range(1, g + 1):
+        sent = [t.encode(codec, rng) for t in trackers]
+        for i, t in enumerate(trackers):
+            received = {j: t.decode_checked(j, sent[j]) for j in weights[i]}  # type: ignore[arg-type]
+            t.update(weights[i], received, chebyshev_omega(lam, k))
+    p = chebyshev_polynomial(g, w / lam) / chebyshev_polynomial(g, np.array([[1 / lam]]))[0, 0]
+    got = np.stack([t.correction() for t in trackers])
+    np.testing.assert_allclose(got, p @ z0 - z0, atol=1e-5)
+    plain = np.linalg.matrix_power(w, g) @ z0 - z0  # what G plain exchanges would give
+    assert np.abs(got - plain).max() > 1e-2
 
 
 def test_a_held_back_step_equals_an_ordinary_step(synthetic_jsonl: Path) -> None:
@@ -219,8 +269,18 @@ def test_a_held_back_step_is_taken_at_the_finish_and_dropped_by_a_roll_back(
     assert node.digest().hexdigest() != plain_digest  # the held-back step is state
     node.restore(snap)
     assert node.trainer.deferred is None
+    node.end_round()  # nothing held back any more: nothing to take
     np.testing.assert_array_equal(node.vector(), snap.vector)
     node.train(1, round_number=1)
     node.begin_finish()  # a round cut short: the step is taken, not lost
     assert node.trainer.deferred is None
     assert np.abs(node.vector() - snap.vector).max() > 0
+
+
+def test_a_bare_chebyshev_that_skipped_validation_is_refused(synthetic_jsonl: Path) -> None:
+    """A config copied without validation (`model_copy`) keeps a bare `chebyshev`: the
+    nodes refuse it rather than mix without acceleration under its name."""
+    cfg = tiny_sim_config(synthetic_jsonl, **STAR)
+    bare = cfg.model_copy(update={"gossip_acceleration": "chebyshev"})
+    with pytest.raises(ValueError, match="needs a lambda"):
+        Simulation(bare)

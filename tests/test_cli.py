@@ -37,6 +37,9 @@ def test_version_and_help() -> None:
         (["--partition", "3/2"], "--partition"),
         (["--solo", "--peers", "127.0.0.1:7001"], "--solo"),
         (["--rank", "0"], "--rank"),
+        (["--gossip-acceleration", "chebyshev"], "chebyshev:LAMBDA"),
+        (["--gossip-acceleration", "chebyshev:1.2"], "[0, 1)"),
+        (["--step-after-mixing", "--local-steps", "3"], "--local-steps 1"),
     ],
 )
 def test_start_refuses_bad_config(args: list[str], needle: str) -> None:
@@ -155,6 +158,10 @@ def test_lab_nodes_get_the_whole_recipe_and_wait_for_every_neighbour(tmp_path: P
     assert (
         NodeSettings(**node_config(star, 1, "127.0.0.1:7002", [], tmp_path, "s")).gossip_steps == 4
     )
+    fast = LabConfig(nodes=6, topology="star", model="tiny-bert", gossip_acceleration="chebyshev")
+    fast_node = NodeSettings(**node_config(fast, 1, "127.0.0.1:7002", [], tmp_path, "s"))
+    assert fast_node.chebyshev_lambda == pytest.approx(5 / 6)  # the lab's graph's lambda
+    assert fast_node.agreed_facts() == fast.agreed_facts()
     alone = NodeSettings(**node_config(LabConfig(nodes=1), 0, "127.0.0.1:7001", [], tmp_path, "s"))
     assert alone.solo and alone.wanted_peers == 0
     assert summary_line("lab-0", 0.965, 0.97) == (

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import TINY_SPEC
 from memory_transport import MemoryNetwork, MemoryTransport
 from pydantic import ValidationError
@@ -61,7 +62,13 @@ def test_check_hello_names_the_reason(changes: dict[str, object], reason: str) -
 def settings(name: str, data: Path, i: int, peers: list[str], **extra: object) -> NodeSettings:
     # Dec-LoRA as published unless a test asks (the adaptive defaults: test_swarm_recipe)
     plain = {"gradient_tracking": False, "validation_fraction": 0.0}
-    options: dict[str, object] = {"round_deadline": 2.0, **plain, **extra}
+    options: dict[str, object] = {
+        "round_deadline": 2.0,
+        "local_steps": 2,
+        "lr": 0.05,
+        **plain,
+        **extra,
+    }
     return NodeSettings(
         node_id=name,
         swarm_id="parts",
@@ -73,8 +80,6 @@ def settings(name: str, data: Path, i: int, peers: list[str], **extra: object) -
         max_length=TINY_SPEC.max_length,
         data=str(data),
         partition=f"{i}/2",
-        local_steps=2,
-        lr=0.05,
         **options,  # type: ignore[arg-type]
     )
 
@@ -133,6 +138,35 @@ def test_one_round_in_memory_mixes_to_the_mean(synthetic_jsonl: Path) -> None:
     assert a.report.self_weight == pytest.approx(0.5)
     assert a.node.bytes_sent > 0 and a.node.bytes_received == b.node.bytes_sent
     assert a.peers.get("b").expected_seq == 2  # type: ignore[union-attr]
+
+
+def test_a_mix_gone_non_finite_drops_the_held_back_step_and_its_optimizer_move(
+    synthetic_jsonl: Path,
+) -> None:
+    """With the step after mixing, a round's last mix takes the held-back AdamW step;
+    if the result is not finite the node rolls back to before the mix: adapter, and
+    the optimizer state the step moved, and drops the neighbour."""
+    fields = {"gradient_tracking": True, "step_after_mixing": True, "local_steps": 1}
+    (da, db), (a, b) = pair(synthetic_jsonl, **fields)
+    take = a.node.trainer.apply_deferred
+
+    def poisoned(correction: list[torch.Tensor]) -> None:
+        take(correction)
+        assert a.node.trainer.optimizer.state  # AdamW moved its moments
+        a.node.trainer.tensors[0].data.fill_(float("nan"))
+
+    a.node.trainer.apply_deferred = poisoned  # type: ignore[method-assign]
+
+    async def go() -> None:
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+        await asyncio.gather(da.run_round(a, train=True), db.run_round(b, train=True))
+
+    asyncio.run(go())
+    assert a.node.is_finite() and a.node.trainer.deferred is None
+    np.testing.assert_array_equal(a.node.vector(), a.node.initial)  # as before the mix
+    assert not a.node.trainer.optimizer.state  # the step's moments were undone
+    assert not a.peers.get("b").live  # type: ignore[union-attr]
+    assert b.node.is_finite() and np.abs(b.node.vector() - b.node.initial).max() > 0
 
 
 def test_a_silent_neighbour_is_dropped_at_the_deadline(synthetic_jsonl: Path) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import time
 import zlib
@@ -227,9 +228,13 @@ class Exchange:
             peer.degree = msg.degree
         self_w, weights = local_mh_weights(own_degree, degrees)
         before = self.node.snapshot()
+        held = self.node.trainer.deferred is not None  # the round's last mix may take it
+        optimizer = copy.deepcopy(self.node.trainer.optimizer.state_dict()) if held else None
         self.node.mix(weights)
         if not self.node.is_finite():  # what they sent passed every check, yet...
-            self.node.restore(before)
+            self.node.restore(before)  # ...and the step held back is dropped with it
+            if optimizer is not None:
+                self.node.trainer.optimizer.load_state_dict(optimizer)
             for pid in degrees:
                 self.peers.drop(self.peers.peers[pid], "mixing its payload gave non-finite values")
             self_w, weights = 1.0, {}
