@@ -346,7 +346,8 @@ def table(study: Study, output: Path, chosen: dict[str, Any]) -> str:
     the centralized reference of the same seed is paired by test example. Every seed
     scores the same test set, so the bootstrap draws one set of examples per replicate
     for all seeds, and takes the worst node inside each replicate (`stats.summarize`).
-    q4 is compared with the fp32 recipe's worst node of the same seed. A setting with
+    q4 and `accelerated` are also compared with the fp32 recipe's worst node of the
+    same seed. A setting with
     unfinished seeds shows the finished ones (and says how many)."""
     jobs = final_jobs(study, chosen)
     lines = [
@@ -380,6 +381,9 @@ def table(study: Study, output: Path, chosen: dict[str, Any]) -> str:
                     f"; vs fp32 {format_interval(q4)}: {verdict(q4, Q4_MARGIN)} at "
                     f"{Q4_MARGIN:g}, {fp32_kib / kib:.1f}x fewer bytes"
                 )
+            if row == "accelerated":
+                gain = summarize(nodes, fp32, shared_examples=True)
+                note += f"; vs recipe {format_interval(gain)}"
             cfg = runs[0]["config"]
             label = f"{row} (lr {cfg['lr']:g}, K {cfg['local_steps']}, G {cfg['gossip_steps']})"
             alone = format_interval(summarize(nodes, shared_examples=True))

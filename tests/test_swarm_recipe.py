@@ -205,6 +205,7 @@ def test_the_study_selects_on_validation_and_tables_every_setting(tmp_path: Path
     assert len([r for r in runs if r.endswith("seed2.json")]) == 2 * 5
     assert all(f"| {s} |" in table for s in study.settings)
     assert table.count("\n") == 2 + 2 * 5
+    assert table.count("; vs recipe ") == 2  # the accelerated row, paired with the recipe
     recipe = json.loads(next((tmp_path / "runs").glob("recipe-star-3-*-seed1.json")).read_text())
     star3 = gossip_steps_for(metropolis_hastings(from_spec("star", 3)))
     assert recipe["config"]["gossip_steps"] == star3
