@@ -366,6 +366,8 @@ class LocalTrainer:
     """
 
     grad_weight: float = 1.0
+    # a step held back by `defer_step`: its gradients (before any hook) and lr
+    deferred: tuple[list[torch.Tensor], float] | None = None
 
     def __init__(
         self,
@@ -396,8 +398,6 @@ class LocalTrainer:
         self.seed = seed
         self.tensors = lm.initial_tensors()
         self.step = 0
-        # a step held back by `defer_step`: its gradients (before any hook) and lr
-        self.deferred: tuple[list[torch.Tensor], float] | None = None
         self.order = np.zeros(0, dtype=np.int64)
         self.cursor = 0
         self.epoch = 0
