@@ -461,9 +461,9 @@ class LocalTrainer:
     ) -> float:
         """One local step's gradients, its optimizer step held back until
         `apply_deferred` (the step after mixing); the loss (nan when a gradient is not
-        finite). `grad_hook` sees the
-        gradients as in `train_steps`; what is kept is the gradient before it, at the
-        lr of schedule position `first_step` (by default this trainer's step count)."""
+        finite). `grad_hook` sees the gradients as in `train_steps`; what is kept is
+        the gradient before it, at the lr of schedule position `first_step` (by
+        default this trainer's step count)."""
         self.lm.bind(self.tensors, owner=self)
         self.lm.model.train()
         position = self.step if first_step is None else first_step
