@@ -31,10 +31,11 @@ tracking message.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -67,6 +68,24 @@ class NodeSnapshot:
     correction: np.ndarray | None  # gradient tracking's c_i, when tracking
     # what the method keeps beside (Kill-and-Revive's module scores), by name
     method_state: dict[str, np.ndarray] = field(default_factory=dict, kw_only=True)
+
+
+@dataclass
+class TrainerSnapshot:
+    """A node's gossip state and its optimizer's state, to roll back to (the daemon's
+    undo of a round's steps, or of a mix that took a held-back step)."""
+
+    node: NodeSnapshot
+    optimizer: dict[str, Any] | None = None  # None: the optimizer is left as it is
+
+    @classmethod
+    def of(cls, node: DecLoraNode[Any]) -> TrainerSnapshot:
+        return cls(node.snapshot(), copy.deepcopy(node.trainer.optimizer.state_dict()))
+
+    def restore(self, node: DecLoraNode[Any]) -> None:
+        node.restore(self.node)
+        if self.optimizer is not None:
+            node.trainer.optimizer.load_state_dict(self.optimizer)
 
 
 class DecLoraNode(Generic[K]):

@@ -20,9 +20,8 @@ from declora.node.adapter_io import load_adapter
 from declora.node.codecs import OVERHEAD
 from declora.node.daemon.handshake import recipe_differences, recipe_facts
 from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD
-from declora.node.daemon.rounds import TrainerSnapshot
 from declora.node.data import TextDataset
-from declora.node.dec_lora import DecLoraNode
+from declora.node.dec_lora import DecLoraNode, TrainerSnapshot
 from declora.node.gossip import GossipError, consensus_distance
 from declora.node.kill_revive import (
     KEYFRAME,

@@ -301,7 +301,7 @@ def test_a_rolled_back_round_sends_no_z(tiny_lm: LoraModel, synthetic_jsonl: Pat
     the state before the round's steps; the exchange that follows must not send the z
     of those undone steps (non-finite, its neighbours refuse the whole payload and the
     node loses them all), in none of the round's G exchanges."""
-    from declora.node.daemon.rounds import TrainerSnapshot
+    from declora.node.dec_lora import TrainerSnapshot
 
     sim = Simulation(tracking_config(synthetic_jsonl, True, gossip_steps=2), lm=tiny_lm)
     node = sim.nodes[0]

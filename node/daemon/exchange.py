@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 import time
 import zlib
@@ -38,7 +37,7 @@ from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD, Inbox
 from declora.node.daemon.peers import Peer, PeerTable
 from declora.node.daemon.state import Identity, Progress
 from declora.node.daemon.status import Counters, RoundReport
-from declora.node.dec_lora import DecLoraNode
+from declora.node.dec_lora import DecLoraNode, TrainerSnapshot
 from declora.node.gossip import GossipError
 from declora.node.metrics import NodeMetrics
 from declora.node.mixing import local_mh_weights
@@ -227,14 +226,14 @@ class Exchange:
             degrees[pid] = max(msg.degree, 1)
             peer.degree = msg.degree
         self_w, weights = local_mh_weights(own_degree, degrees)
-        before = self.node.snapshot()
-        held = self.node.trainer.deferred is not None  # the round's last mix may take it
-        optimizer = copy.deepcopy(self.node.trainer.optimizer.state_dict()) if held else None
+        # a mix that may take a held-back step moves the optimizer too: keep its state
+        if self.node.trainer.deferred is not None:
+            before = TrainerSnapshot.of(self.node)
+        else:
+            before = TrainerSnapshot(self.node.snapshot())
         self.node.mix(weights)
         if not self.node.is_finite():  # what they sent passed every check, yet...
-            self.node.restore(before)  # ...and the step held back is dropped with it
-            if optimizer is not None:
-                self.node.trainer.optimizer.load_state_dict(optimizer)
+            before.restore(self.node)  # ...and the step held back is dropped with it
             for pid in degrees:
                 self.peers.drop(self.peers.peers[pid], "mixing its payload gave non-finite values")
             self_w, weights = 1.0, {}

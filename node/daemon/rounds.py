@@ -24,11 +24,8 @@ Invariants callers may rely on:
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any
 
 import grpc
 import numpy as np
@@ -37,7 +34,7 @@ from declora.node import logs
 from declora.node.daemon.parts import Parts
 from declora.node.daemon.persistence import Persistence
 from declora.node.daemon.state import NodeState
-from declora.node.dec_lora import DecLoraNode, NodeSnapshot
+from declora.node.dec_lora import TrainerSnapshot
 from declora.node.gossip import GossipError
 from declora.node.metrics import NodeMetrics
 from declora.node.schedule import is_training_exchange, training_round
@@ -46,22 +43,6 @@ from declora.node.wire import WireError
 log = logging.getLogger(__name__)
 
 CATCH_UP_EVERY = 10.0  # seconds between catch-up attempts of a node far behind
-
-
-@dataclass
-class TrainerSnapshot:
-    """A node's gossip state and optimizer state, to roll back to."""
-
-    node: NodeSnapshot
-    optimizer: dict[str, Any]
-
-    @classmethod
-    def of(cls, node: DecLoraNode[str]) -> TrainerSnapshot:
-        return cls(node.snapshot(), copy.deepcopy(node.trainer.optimizer.state_dict()))
-
-    def restore(self, node: DecLoraNode[str]) -> None:
-        node.restore(self.node)
-        node.trainer.optimizer.load_state_dict(self.optimizer)
 
 
 class RoundLoop:
