@@ -4,13 +4,16 @@ Four swarms under Dirichlet(0.1) label skew: a ring of 8, a star of 6, G(12, 0.3
 (resampled until connected) and a 4 x 4 torus. Rows, each on the same samples:
 
 - `plain`: Dec-LoRA as published (constant lr, no tracking, one exchange a round);
-- `recipe`: the defaults of `simulate`, `lab` and `start` (`Recipe`): gradient tracking
-  with each node's gradient weighed by its training examples (`--weighting examples`),
-  warmup + cosine decay over the planned rounds, lr x sqrt(nodes), and as many
-  exchanges a round as the topology's spectral gap asks (`mixing.gossip_steps_for`);
+- `recipe`: the defaults of `start` (`Recipe`), and of `simulate` and `lab` before
+  they accelerated: gradient tracking with each node's gradient weighed by its
+  training examples (`--weighting examples`), warmup + cosine decay over the planned
+  rounds, lr x sqrt(nodes), and as many exchanges a round as the topology's spectral
+  gap asks (`mixing.gossip_steps_for`);
 - `recipe-q4`: the recipe with 4-bit messages;
 - `accelerated`: the recipe with Chebyshev-accelerated gossip and the step after
-  mixing (`node/acceleration.py`; K = 1 only, which the step after mixing needs);
+  mixing (`node/acceleration.py`; K = 1 only, which the step after mixing needs): the
+  defaults of `simulate` and `lab` since this row's results;
+- `accelerated-q4`: `accelerated` with 4-bit messages;
 - `central`: one adapter on the union of the nodes' shares, the swarm's total steps.
 
 Selection reads validation figures only (10% of every node's share, held out from
@@ -45,21 +48,30 @@ from declora.node.report import to_jsonable, write_json
 from declora.node.simulator import CENTRAL_EVALS, SimConfig, Simulation
 from declora.node.stats import format_interval, summarize, verdict
 
+# the recipe without Chebyshev gossip and the step after mixing (`simulate`'s and
+# `lab`'s defaults before the `accelerated` row; every study run before it pins this)
+UNACCELERATED: dict[str, Any] = {"gossip_acceleration": "none", "step_after_mixing": False}
 PLAIN: dict[str, Any] = {  # Dec-LoRA as published: none of the recipe's parts
+    **UNACCELERATED,
     "gradient_tracking": False,
     "gossip_steps": 1,
     "swarm_size": 1,
     "lr_schedule": "constant",
     "warmup_steps": 0,
 }
+ACCELERATED: dict[str, Any] = {"gossip_acceleration": "chebyshev", "step_after_mixing": True}
 ROWS: dict[str, dict[str, Any]] = {
     "plain": PLAIN,
-    "recipe": {},
-    "recipe-q4": {"codec": "q4"},
-    "accelerated": {"gossip_acceleration": "chebyshev", "step_after_mixing": True},
+    "recipe": UNACCELERATED,
+    "recipe-q4": {**UNACCELERATED, "codec": "q4"},
+    "accelerated": ACCELERATED,
+    "accelerated-q4": {**ACCELERATED, "codec": "q4"},
 }
-# rows with their own selection; q4 takes the recipe's
+# rows with their own selection; each q4 row takes its fp32 row's values
 SELECTED_ROWS = ("plain", "recipe", "accelerated")
+FP32_OF = {"recipe-q4": "recipe", "accelerated-q4": "accelerated"}
+# the accelerated rows, each paired with the recipe's row of its codec
+UNACCELERATED_OF = {"accelerated": "recipe", "accelerated-q4": "recipe-q4"}
 PARITY_MARGIN = 1.5  # points: the recipe's worst node vs centralized
 Q4_MARGIN = 1.0  # points: q4 vs fp32
 
@@ -270,7 +282,8 @@ def select(study: Study, output: Path) -> dict[str, Any]:
             chosen["central"][setting] = pick
         else:
             chosen["rows"][row] = pick
-    chosen["rows"]["recipe-q4"] = chosen["rows"]["recipe"]
+    for q4, fp32 in FP32_OF.items():
+        chosen["rows"][q4] = chosen["rows"][fp32]
     write_json(output / "selection.json", chosen)
     (output / "selection.md").write_text(selection_table(chosen))
     return chosen
@@ -346,9 +359,10 @@ def table(study: Study, output: Path, chosen: dict[str, Any]) -> str:
     the centralized reference of the same seed is paired by test example. Every seed
     scores the same test set, so the bootstrap draws one set of examples per replicate
     for all seeds, and takes the worst node inside each replicate (`stats.summarize`).
-    q4 and `accelerated` are also compared with the fp32 recipe's worst node of the
-    same seed. A setting with
-    unfinished seeds shows the finished ones (and says how many)."""
+    A q4 row is also compared with its fp32 row's worst node of the same seed
+    (`FP32_OF`), and an accelerated row with the recipe's of its codec
+    (`UNACCELERATED_OF`). A setting with unfinished seeds shows the finished ones (and
+    says how many)."""
     jobs = final_jobs(study, chosen)
     lines = [
         "| setting | row | worst node (%) | vs centralized (points) | verdict | KiB sent/node |",
@@ -365,25 +379,25 @@ def table(study: Study, output: Path, chosen: dict[str, Any]) -> str:
         lr = chosen["central"][setting]["lr"]
         iv = summarize(ref, shared_examples=True)
         lines.append(f"| {name} | centralized (lr {lr:g}) | {format_interval(iv)} | | | |")
-        fp32: list[np.ndarray] = []
-        fp32_kib = 0.0
+        worst: dict[str, tuple[list[np.ndarray], float]] = {}  # row: worst nodes, KiB
         for row in ROWS:
             runs = [_load(jobs[(setting, row, s)], output) for s in seeds]
             nodes = [node_outcomes(r) for r in runs]
             diff = summarize(nodes, ref, shared_examples=True)
             note = f"{verdict(diff, PARITY_MARGIN)} at {PARITY_MARGIN:g}"
             kib = float(np.mean([r["final"]["bytes_sent_per_node"] for r in runs])) / 1024
-            if row == "recipe":
-                fp32, fp32_kib = [worst_node_outcomes(r) for r in runs], kib
-            if row == "recipe-q4":
+            worst[row] = [worst_node_outcomes(r) for r in runs], kib
+            if row in FP32_OF:
+                fp32, fp32_kib = worst[FP32_OF[row]]
                 q4 = summarize(nodes, fp32, shared_examples=True)
                 note += (
                     f"; vs fp32 {format_interval(q4)}: {verdict(q4, Q4_MARGIN)} at "
                     f"{Q4_MARGIN:g}, {fp32_kib / kib:.1f}x fewer bytes"
                 )
-            if row == "accelerated":
-                gain = summarize(nodes, fp32, shared_examples=True)
-                note += f"; vs recipe {format_interval(gain)}"
+            if row in UNACCELERATED_OF:
+                base = UNACCELERATED_OF[row]
+                gain = summarize(nodes, worst[base][0], shared_examples=True)
+                note += f"; vs {base} {format_interval(gain)}"
             cfg = runs[0]["config"]
             label = f"{row} (lr {cfg['lr']:g}, K {cfg['local_steps']}, G {cfg['gossip_steps']})"
             alone = format_interval(summarize(nodes, shared_examples=True))

@@ -48,11 +48,12 @@ def test_tracking_is_on_where_the_method_and_mixing_allow_it() -> None:
 
 def test_a_dump_states_every_resolved_value() -> None:
     dumped = SimConfig(nodes=6, topology="star", rounds=30, local_steps=1).model_dump()
-    again = SimConfig.model_validate(dumped)
-    assert again == SimConfig.model_validate(dumped)
+    assert SimConfig.model_validate(dumped).model_dump() == dumped  # read back unchanged
     assert (dumped["lr_schedule"], dumped["warmup_steps"]) == ("cosine", 3)
     assert (dumped["gossip_steps"], dumped["swarm_size"]) == (4, 6)
     assert (dumped["gradient_tracking"], dumped["weighting"]) == (True, "examples")
+    assert dumped["gossip_acceleration"] == "chebyshev:0.833333333333"  # 5/6, 12 decimals
+    assert dumped["step_after_mixing"] is True
 
 
 def test_lr_scales_with_the_swarm_size() -> None:
@@ -192,20 +193,27 @@ def test_the_study_selects_on_validation_and_tables_every_setting(tmp_path: Path
     pick = chosen["rows"]["recipe"]
     assert (pick["lr"], pick["k"], pick["mean_validation"]) == (best["lr"], best["k"], best["mean"])
     assert chosen["rows"]["recipe-q4"] == chosen["rows"]["recipe"]
+    assert chosen["rows"]["accelerated-q4"] == chosen["rows"]["accelerated"]
     grid_md = (tmp_path / "selection.md").read_text()
     assert grid_md.count("**") == 2 * (3 + 2)  # one pick per swarm row and per setting
     accelerated = [g for g in chosen["grid"] if g["row"] == "accelerated"]
     assert [g["k"] for g in accelerated] == [1, 1]  # the step after mixing needs K = 1
     assert set(chosen["central"]) == {"ring-3", "star-3"}
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
-    # seed 1: phase 2's 5 rows on 2 settings, and the finalist each of the 5 selections
+    # seed 1: phase 2's 6 rows on 2 settings, and the finalist each of the 5 selections
     # (plain, recipe, accelerated, 2 references) did not pick
-    assert len([r for r in runs if r.endswith("seed1.json")]) == 2 * 5 + 5
+    assert len([r for r in runs if r.endswith("seed1.json")]) == 2 * 6 + 5
     # seed 2 is reported, never tuned on: phase 2's rows only
-    assert len([r for r in runs if r.endswith("seed2.json")]) == 2 * 5
+    assert len([r for r in runs if r.endswith("seed2.json")]) == 2 * 6
     assert all(f"| {s} |" in table for s in study.settings)
-    assert table.count("\n") == 2 + 2 * 5
+    assert table.count("\n") == 2 + 2 * 6
     assert table.count("; vs recipe ") == 2  # the accelerated row, paired with the recipe
+    assert table.count("; vs recipe-q4 ") == 2  # ...and its q4 row with the recipe's
+    assert table.count("; vs fp32 ") == 2 * 2  # each q4 row, paired with its fp32 row
+    fast_q4 = json.loads(
+        next((tmp_path / "runs").glob("accelerated-q4-star-3-*-seed1.json")).read_text()
+    )
+    assert fast_q4["config"]["codec"] == "q4" and fast_q4["config"]["step_after_mixing"] is True
     recipe = json.loads(next((tmp_path / "runs").glob("recipe-star-3-*-seed1.json")).read_text())
     star3 = gossip_steps_for(metropolis_hastings(from_spec("star", 3)))
     assert recipe["config"]["gossip_steps"] == star3
@@ -216,7 +224,7 @@ def test_the_study_selects_on_validation_and_tables_every_setting(tmp_path: Path
     assert recipe["config"]["lr"] == chosen["rows"]["recipe"]["lr"]
     assert math.isclose(recipe["config"]["swarm_size"], 3)
     fast = json.loads(next((tmp_path / "runs").glob("accelerated-star-3-*-seed1.json")).read_text())
-    lam = second_eigenvalue(metropolis_hastings(from_spec("star", 3)))
+    lam = round(second_eigenvalue(metropolis_hastings(from_spec("star", 3))), 12)
     assert fast["config"]["gossip_acceleration"] == f"chebyshev:{lam!r}"
     assert fast["config"]["step_after_mixing"] is True
     # a setting with an unfinished seed shows the finished ones and says so

@@ -56,6 +56,13 @@ one JSON here and is skipped when it exists; the summary is printed at the end.
    `chebyshev/run.py` prototypes the acceleration itself (on the star it got more than
    this: at this size the two differ by a few articles).
 
+8. `torus-lr`: why does `accelerated` gain nothing on the torus? Its rival causes are
+   mixing (G = 2 exchanges leave 0.22 of the disagreement a round) and the lr scaled
+   by sqrt(16), the largest of the four settings; but G(12, 0.3) leaves more (0.28-0.31)
+   and gains. So this asks the lr: `accelerated` on the torus at lr 2e-3 (each node
+   8e-3) instead of 4e-3, seeds 0-2 (`torus-lr/runs/`); validation figures only, beside
+   the study's own runs at 4e-3 (`../runs/`).
+
     python results/swarm/diagnostics/diagnostics.py   # from the repo root, declora installed
 """
 
@@ -227,6 +234,24 @@ def mixing(workers: int = 2) -> None:
             )
 
 
+def torus_lr(workers: int = 2) -> None:
+    jobs = {s: _torus_job(2e-3, s) for s in SEEDS}
+    run_jobs(jobs.values(), OUT / "torus-lr", workers)
+    study = OUT.parent
+    for lr, out in ((2e-3, OUT / "torus-lr"), (4e-3, study)):
+        runs = [json.loads(_torus_job(lr, s).path(out).read_text()) for s in SEEDS]
+        val = [100 * r["final"]["validation"]["honest_worst_accuracy"] for r in runs]
+        print(
+            f"torus-lr accelerated torus-16 (validation, worst node) lr {lr:g}: "
+            f"{[round(v, 1) for v in val]} mean {np.mean(val):.1f}"
+        )
+
+
+def _torus_job(lr: float, seed: int) -> Job:
+    cfg = SWARM_STUDY.config("torus-16", "accelerated", lr, 1, seed)
+    return Job(f"accelerated-torus-16-lr{lr:g}-k1-seed{seed}", cfg, False)
+
+
 def complete_validation(seed: int) -> dict[str, Any]:
     cfg = SWARM_STUDY.config("ring-8", "recipe", 4e-3, 1, seed)
     cfg = SimConfig(**{**cfg.model_dump(), "topology": "complete", "gossip_steps": 1})
@@ -301,6 +326,7 @@ def main() -> None:
         f"large-batch {[round(v, 1) for v in big]} mean {np.mean(big):.1f}"
     )
     mixing()
+    torus_lr()
     for weighting in ("nodes", "examples"):
         run = cached(f"complete-ring-8-seed1-{weighting}", complete, weighting)
         names = list(run["test_per_class"])
