@@ -23,7 +23,7 @@ install: $(VENV)/.installed
 dev: $(VENV)/.dev
 
 ## make run: a lab of NODES daemons (MiniLM + BBC News) on 127.0.0.1 beside a centralized
-## reference; ROUNDS= overrides the lab's rounds. ~0.9 GB per node, ~5 min on 2 cores.
+## reference; ROUNDS= overrides the lab's rounds. ~0.9 GB per node, ~4 min on 2 cores.
 NODES ?= 4
 ROUNDS ?=
 run: $(VENV)/.installed

@@ -61,6 +61,8 @@ def run_swarm(args: argparse.Namespace, n: int, out: Path) -> dict[str, Any]:
         consensus_rounds=0,
         output=out,
         gossip_steps=1,  # one exchange a round: round latency, not mixing strength
+        gossip_acceleration="none",  # ...as measured before the lab accelerated
+        step_after_mixing=False,
         extra={"device": "cpu", "checkpoint_every": args.rounds + 1},
     )
     topo = from_spec(args.topology, n, seed=cfg.seed)

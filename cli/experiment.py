@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from declora.cli.generalization import UNACCELERATED
 from declora.node.lm_data import IGNORE
 from declora.node.report import markdown_table, plot, to_jsonable, write_json
 from declora.node.scores import score_for
@@ -27,6 +28,7 @@ from declora.node.simulator import SimConfig, Simulation, describe_partition
 # split (issue 14, `cli/generalization.py`): they pin what they ran with, so their
 # committed results stay reproducible.
 PUBLISHED: dict[str, Any] = {
+    **UNACCELERATED,
     "gradient_tracking": False,
     "weighting": "nodes",  # the grids' tracked variants (copies of BASE) keep it
     "gossip_steps": 1,

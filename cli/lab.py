@@ -9,12 +9,14 @@ one checkpoints; a second Ctrl-C kills them. The centralized reference trains on
 adapter on all of the nodes' data for the swarm's total number of samples, and the
 summary gives each node's gap to it in points.
 
-The defaults are the swarm's recipe (`Recipe`, as for `start` and `simulate`):
-gradient tracking with every node's gradient weighed by its examples (`--weighting`),
-one local step per round, AdamW at 4e-3 x sqrt(nodes) (`lr` unless given), and here
-60 rounds; the reference trains at 2e-3, the better rate for one adapter. The lr and
-K were first picked on seeds 1 and 2 (README, Quick start), and the parity study chose
-the same on validation; `make run` reports seed 0.
+The defaults are the swarm's recipe (`Recipe`, as for `simulate`): gradient tracking
+with every node's gradient weighed by its examples (`--weighting`), one local step per
+round, AdamW at 4e-3 x sqrt(nodes) (`lr` unless given), Chebyshev-accelerated gossip
+with the topology's lambda and the step after mixing (handed to every node, whose
+`start` cannot work lambda out), and here 60 rounds; the reference trains at 2e-3,
+the better rate for one adapter. The lr and K were first picked on seeds 1 and 2
+(README, Quick start), and the parity study chose the same on validation; `make run`
+reports seed 0.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from declora.node.scores import Score, score_for
 BASE_LR = 2e-3  # AdamW for one adapter at batch 16 (the centralized reference)
 # Recipe's adaptive defaults
 RESOLVED = ("lr_schedule", "warmup_steps", "gradient_tracking", "weighting")
-LAB_MINUTES = "about 5"  # `make run` on 2 idle cores (620 CPU-s measured; 7.5 min when busy)
+LAB_MINUTES = "about 4"  # `make run` on 2 idle cores (3 min 33 s measured; 7.5 min when busy)
 MIB_PER_MINILM_NODE = 1050  # memory of one MiniLM daemon (PSS 1.0-1.08 GB, RSS 1.2 GB)
 
 
@@ -72,7 +74,8 @@ class LabConfig(Recipe):
 
     @model_validator(mode="after")
     def _swarm_defaults(self) -> LabConfig:
-        """`swarm_size` (lr x sqrt(nodes)) and `gossip_steps` from the lab's swarm."""
+        """`swarm_size` (lr x sqrt(nodes)), `gossip_steps` and the acceleration
+        (`Recipe.fill_swarm_defaults`) from the lab's swarm."""
         self.fill_swarm_defaults(self.nodes, self.topology)
         return self
 
@@ -102,7 +105,12 @@ def node_config(
     cfg: LabConfig, i: int, address: str, peers: list[str], folder: Path, swarm: str
 ) -> dict[str, Any]:
     """The `declora-node start` options of lab node `i` (config-file keys): the whole
-    recipe, and every neighbour awaited at start (a lone node trains --solo)."""
+    recipe, and every neighbour awaited at start (a lone node trains --solo). Recipe
+    options in `extra` count as the lab's own: the swarm's defaults are resolved with
+    them."""
+    own = {k: v for k, v in cfg.extra.items() if k in Recipe.model_fields}
+    if own:
+        cfg = LabConfig.model_validate({**cfg.model_dump(exclude_unset=True), **own})
     recipe = cfg.recipe().model_dump(mode="json", exclude_none=True)
     for key in RESOLVED:  # each node resolves these from its final options (`extra` too)
         if key not in cfg.model_fields_set:

@@ -5,9 +5,11 @@ with EOS), five nodes on a ring that each hold one category (non-IID by topic), 
 8, batch 4, 24 local steps a node (480 samples); the centralized reference trains one
 adapter on the union of the shares for the same 480 samples (120 steps). Rows:
 
-- `recipe`: the defaults (`Recipe`): gradient tracking, warmup + cosine decay,
-  lr x sqrt(5), two exchanges a round on this ring (`mixing.gossip_steps_for`), K = 1,
-  but every node weighed the same (`SETTING`: the runs predate `--weighting examples`);
+- `recipe`: the defaults (`Recipe`) as they were when it ran: gradient tracking,
+  warmup + cosine decay, lr x sqrt(5), two exchanges a round on this ring
+  (`mixing.gossip_steps_for`), K = 1, but every node weighed the same and no Chebyshev
+  gossip or step after mixing (`SETTING`: the runs predate `--weighting examples` and
+  `simulate`'s acceleration);
 - `recipe-q4`: the same with 4-bit messages;
 - `recipe-no-tracking`: the same lr and schedule without gradient tracking;
 - `central`: centralized LoRA on the same samples.
@@ -30,12 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from declora.cli.generalization import Job, run_jobs
+from declora.cli.generalization import UNACCELERATED, Job, run_jobs
 from declora.node.report import write_json
 from declora.node.simulator import SimConfig
 from declora.node.stats import t95
 
 SETTING: dict[str, Any] = {
+    **UNACCELERATED,  # as run: before simulate's default accelerated
     "model": "smollm2",
     "task": "lm",
     "nodes": 5,

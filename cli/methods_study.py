@@ -7,11 +7,13 @@ a round (K = 1: DECA's inner step, and every row the same bytes schedule), the s
 samples for every row. Rows:
 
 - one per `--method` (`ROWS`) with the recipe's defaults where the method allows
-  them: the recipe resolves what a method refuses (tracking off for decaf and deca;
-  one exchange a round for deca) and every run's JSON records the values it used;
-  every row weighs the nodes the same (`--weighting nodes`: only the tracked methods
-  could weigh by examples, and the rows share one objective); `kill-revive-untracked`
-  is Kill-and-Revive without tracking (as it ran before it could track);
+  them, as they were when it ran (no Chebyshev gossip or step after mixing, which
+  `SETTING` pins: `UNACCELERATED`): the recipe resolves what a method refuses
+  (tracking off for decaf and deca; one exchange a round for deca) and every run's
+  JSON records the values it used; every row weighs the nodes the same (`--weighting
+  nodes`: only the tracked methods could weigh by examples, and the rows share one
+  objective); `kill-revive-untracked` is Kill-and-Revive without tracking (as it ran
+  before it could track);
 - `central-lora`: one adapter on the union of the shares, the swarm's 240 steps;
 - `central-full`: the same with every parameter trained by AdamW
   (`full_finetune.FullModel`).
@@ -66,6 +68,7 @@ import torch
 
 from declora.cli.generalization import (
     SWARM_STUDY,
+    UNACCELERATED,
     Job,
     node_outcomes,
     outcomes,
@@ -82,6 +85,7 @@ from declora.node.topology import from_spec
 from declora.node.workload import Workload, load_workload
 
 SETTING: dict[str, Any] = {
+    **UNACCELERATED,  # as run: before simulate's default accelerated
     **SWARM_STUDY.common,
     **SWARM_STUDY.settings["ring-8"],
     "local_steps": 1,

@@ -25,7 +25,9 @@ What callers may rely on:
   simulator).
 
 lambda is a property of the whole graph: `simulate`, `lab` and `experiment` compute it
-from the topology (`chebyshev`); `start` needs it given (`chebyshev:LAMBDA`). A lambda
+from the topology (`chebyshev`); `start` needs it given (`chebyshev:LAMBDA`).
+`simulate` and `lab` use both options by default where `accelerated_by_default` allows
+them; `start` does not (it cannot know lambda; `lab` hands its nodes both, resolved). A lambda
 off the live graph's (neighbours lost, or the adapter's (1 - gamma) I + gamma W under
 a consensus step gamma < 1) shrinks the slow directions less than 1 / T_G(1 / lambda),
 but a fixed W's polynomial never amplifies any of them. It is refused with robust
@@ -43,10 +45,14 @@ nothing is pending at a round boundary (where checkpoints are taken).
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 NO_ACCELERATION = "none"
 CHEBYSHEV = "chebyshev"
+AUTO = "auto"  # the default: `Recipe.fill_swarm_defaults` or `fill_daemon_defaults` resolve it
+LAMBDA_DECIMALS = 12  # a lambda computed from a topology is rounded to this many decimals
 
 
 class AccelerationError(ValueError):
@@ -95,10 +101,11 @@ def extrapolate(mixed: np.ndarray, older: np.ndarray | None, omega: float) -> np
 
 class ChebyshevSequence:
     """One node's place in the semi-iteration: the exchange index since the last
-    restart and x^(k-2), the adapter before the previous exchange."""
+    restart and x^(k-2), the adapter before the previous exchange. With `lam` None
+    (no acceleration) every exchange is a plain one: omega 1, nothing kept."""
 
-    def __init__(self, lam: float) -> None:
-        if not 0.0 <= lam < 1.0:
+    def __init__(self, lam: float | None) -> None:
+        if lam is not None and not 0.0 <= lam < 1.0:
             raise AccelerationError(f"lambda must be in [0, 1), got {lam}")
         self.lam = lam
         self.k = 0
@@ -111,13 +118,17 @@ class ChebyshevSequence:
 
     def advance(self, before: np.ndarray) -> tuple[float, np.ndarray | None]:
         """Enter the next exchange with the adapter `before` it: (omega_k, x^(k-2))."""
+        if self.lam is None:
+            return 1.0, None
         self.k += 1
         older, self.older = self.older, np.array(before, dtype=np.float32, copy=True)
         return chebyshev_omega(self.lam, self.k), older
 
-    def state(self) -> tuple[int, np.ndarray | None]:
-        """(k, x^(k-2)) for a state digest."""
-        return self.k, self.older
+    def feed(self, h: hashlib._Hash) -> None:
+        """Add (k, x^(k-2)) to a state digest (nothing without acceleration)."""
+        if self.lam is not None:
+            h.update(self.k.to_bytes(8, "little"))
+            h.update(b"" if self.older is None else self.older.tobytes())
 
 
 def acceleration_problem(method: str, robust: str) -> str:
@@ -146,3 +157,16 @@ def step_after_mixing_problem(method: str, tracking: bool, local_steps: int, pre
     if precision == "fp16":
         return "--step-after-mixing cannot be combined with --precision fp16 (its grad scaler)"
     return ""
+
+
+def accelerated_by_default(
+    method: str, tracking: bool, local_steps: int, precision: str, robust: str
+) -> bool:
+    """Whether `simulate` and `lab` turn both options on when left to their defaults:
+    Dec-LoRA (the method the parity study measured them with) and every condition
+    either needs (tracking, K = 1, no robust mixing, no fp16)."""
+    return (
+        method == "dec-lora"
+        and not acceleration_problem(method, robust)
+        and not step_after_mixing_problem(method, tracking, local_steps, precision)
+    )

@@ -124,7 +124,7 @@ class DecLoraNode(Generic[K]):
             problem = step_after_mixing_problem(self.method, tracking, 1, trainer.lm.precision)
         if problem:
             raise ValueError(problem)
-        self.chebyshev = None if acceleration is None else ChebyshevSequence(acceleration)
+        self.chebyshev = ChebyshevSequence(acceleration)
         self.step_after_mixing = step_after_mixing
         self._pairs: tuple[LoraPair, ...] | None = (
             lora_pairs(trainer.lm.schema) if self.method == "decaf" else None
@@ -157,7 +157,7 @@ class DecLoraNode(Generic[K]):
         `(round_number - 1) x steps`, so nodes at the same round use the same lr
         whatever rounds they skipped; without it, the trainer's own step count."""
         first = None if round_number is None else at_round(round_number, steps)
-        self._restart_sequence()
+        self.chebyshev.restart()
         if self.tracker is None:
             return self.trainer.train_steps(steps, should_stop, first_step=first)
         self.apply_deferred_step()
@@ -182,7 +182,7 @@ class DecLoraNode(Generic[K]):
         state taken or rolled back): it starts again with the next local steps. A step
         held back for after mixing is taken now, along the correction as it stands."""
         self.apply_deferred_step()
-        self._restart_sequence()
+        self.chebyshev.restart()
         if self.tracker is not None:
             self.tracker.end_round()
 
@@ -190,10 +190,6 @@ class DecLoraNode(Generic[K]):
         """Take the optimizer step held back by `--step-after-mixing` (none: nothing)."""
         if self.tracker is not None and self.trainer.deferred is not None:
             self.trainer.apply_deferred(self.tracker.correction_tensors())
-
-    def _restart_sequence(self) -> None:
-        if self.chebyshev is not None:
-            self.chebyshev.restart()
 
     def outgoing(self, forged: np.ndarray | None = None) -> bytes:
         """This round's payload: the compressed change of the adapter since the last one
@@ -216,10 +212,7 @@ class DecLoraNode(Generic[K]):
         if isinstance(payload, np.ndarray):
             self._tracker_in[peer] = payload
             return
-        try:
-            self._tracker_in[peer] = self.tracker.decode_checked(peer, payload)
-        except TrackingError as exc:
-            raise GossipError(str(exc)) from exc
+        self._tracker_in[peer] = self.check_tracker(peer, payload)
         self.bytes_received += len(payload)
 
     def receive(self, peer: K, payload: bytes) -> None:
@@ -239,11 +232,8 @@ class DecLoraNode(Generic[K]):
         if self._pairs is not None and weights:
             neighbours = [(w, self.gossip.peers[p]) for p, w in weights.items()]
             mixed = product_mix(self._pairs, x, mixed, neighbours)
-        omega = 1.0
-        if self.chebyshev is not None:
-            omega, older = self.chebyshev.advance(x)
-            mixed = extrapolate(mixed, older, omega)
-        self.trainer.set_vector(mixed)
+        omega, older = self.chebyshev.advance(x)
+        self.trainer.set_vector(extrapolate(mixed, older, omega))
         if self.tracker is not None:
             self.tracker.update(weights, self._tracker_in, omega)
             self._tracker_in = {}
@@ -404,9 +394,7 @@ class DecLoraNode(Generic[K]):
         if self.trainer.deferred is not None:
             for g in self.trainer.deferred[0]:
                 h.update(g.detach().to("cpu").numpy().tobytes())
-        if self.chebyshev is not None:
-            k, older = self.chebyshev.state()
-            h.update(k.to_bytes(8, "little") + (b"" if older is None else older.tobytes()))
+        self.chebyshev.feed(h)
         return h
 
 

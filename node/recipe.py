@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from declora.node.acceleration import acceleration_problem, step_after_mixing_problem
+from declora.node.acceleration import (
+    AUTO,
+    LAMBDA_DECIMALS,
+    accelerated_by_default,
+    acceleration_problem,
+    step_after_mixing_problem,
+)
 from declora.node.data import (
     EMBEDDED_CHAT,
     EMBEDDED_DATA,
@@ -198,15 +204,20 @@ class Recipe(BaseModel):
         "from the topology's spectral gap where it is known (simulate, lab), else 1",
     )
     gossip_acceleration: str = Field(
-        "none",
-        description="none, or chebyshev: Chebyshev-accelerated mixing within a round's "
+        AUTO,
+        description="auto, none, or chebyshev: Chebyshev-accelerated mixing within a round's "
         "exchanges and the finish (node/acceleration.py); lambda from the topology where it "
-        "is known (simulate, lab), else give it: chebyshev:LAMBDA",
+        "is known (simulate, lab), else give it: chebyshev:LAMBDA; auto: chebyshev where "
+        "the topology is known and the step after mixing is allowed, else none",
+        json_schema_extra={"default_text": "chebyshev in simulate/lab where allowed, else none"},
     )
-    step_after_mixing: bool = Field(
-        False,
+    step_after_mixing: bool | None = Field(
+        None,
         description="hold each round's optimizer step back until its exchanges have mixed "
-        "tracking's z: one step along the neighbours' mixed gradient (needs tracking, K=1)",
+        "tracking's z: one step along the neighbours' mixed gradient (needs tracking, K=1); "
+        "default: on where the topology is known (simulate, lab) and Dec-LoRA, tracking "
+        "and K=1 allow it",
+        json_schema_extra={"default_text": "on in simulate/lab where allowed, else off"},
     )
     consensus_rounds: int = Field(0, ge=0, description="gossip-only rounds after the last one")
     consensus_tol: float = Field(1e-3, gt=0, description="consensus finish stops below this")
@@ -254,6 +265,8 @@ class Recipe(BaseModel):
     def _acceleration_ok(cls, v: str) -> str:
         from declora.node.acceleration import NO_ACCELERATION, parse_acceleration
 
+        if v.strip().lower() == AUTO:
+            return AUTO
         lam = parse_acceleration(v)
         if lam is None:
             return NO_ACCELERATION
@@ -262,9 +275,11 @@ class Recipe(BaseModel):
     @property
     def chebyshev_lambda(self) -> float | None:
         """The given lambda of Chebyshev gossip (None: off, or still to come from the
-        topology)."""
+        topology, or `auto` still to be resolved)."""
         from declora.node.acceleration import parse_acceleration
 
+        if self.gossip_acceleration == AUTO:
+            return None
         lam = parse_acceleration(self.gossip_acceleration)
         return None if lam is None or lam < 0 else lam
 
@@ -351,7 +366,7 @@ class Recipe(BaseModel):
             self.robust_mixing,
             bool(self.gradient_tracking),
         ) or gossip_steps_problem(self.method, self.exchanges_per_round)
-        if not problem and self.gossip_acceleration != "none":
+        if not problem and self.gossip_acceleration not in (AUTO, "none"):
             problem = acceleration_problem(self.method, self.robust_mixing)
         if not problem and self.step_after_mixing:
             problem = step_after_mixing_problem(
@@ -364,8 +379,10 @@ class Recipe(BaseModel):
     def fill_swarm_defaults(self, nodes: int, topology: str, mixing: str = "mh") -> None:
         """For a caller that knows the swarm (simulate, lab): `swarm_size` 0 becomes
         `nodes`, `gossip_steps` unset comes from the topology's spectral gap
-        (`mixing.gossip_steps_for`), and a bare `chebyshev` gets the topology's lambda
-        (`mixing.second_eigenvalue`). Call it from a validator."""
+        (`mixing.gossip_steps_for`), the step after mixing and Chebyshev gossip left to
+        their defaults are on where `accelerated_by_default` allows them, and a bare
+        `chebyshev` gets the topology's lambda (`mixing.second_eigenvalue`). Call it
+        from a validator."""
         from declora.node.mixing import gossip_steps_for, mixing_matrix, second_eigenvalue
         from declora.node.topology import from_spec
 
@@ -376,16 +393,41 @@ class Recipe(BaseModel):
             w = mixing_matrix(mixing, from_spec(topology, nodes, seed=self.seed))
             steps = gossip_steps_for(w)
             _fill(self, "gossip_steps", 1 if gossip_steps_problem(self.method, steps) else steps)
+        accelerate = accelerated_by_default(
+            self.method,
+            bool(self.gradient_tracking),
+            self.local_steps,
+            self.precision,
+            self.robust_mixing,
+        )
+        if self.step_after_mixing is None:
+            _fill(self, "step_after_mixing", accelerate)
+        auto = self.gossip_acceleration == AUTO
+        if auto:
+            _fill(self, "gossip_acceleration", "chebyshev" if accelerate else "none")
         if self.gossip_acceleration == "chebyshev":
             if w is None:
                 w = mixing_matrix(mixing, from_spec(topology, nodes, seed=self.seed))
-            lam = second_eigenvalue(w)
-            if lam >= 1.0 - 1e-9:
+            # 12 decimals: the same value on every machine (an eigensolver's last digits
+            # are not), which every node must agree on
+            lam = round(second_eigenvalue(w), LAMBDA_DECIMALS)
+            mixes = lam < 1.0
+            if not mixes and not auto:
                 raise ValueError(
                     f"--gossip-acceleration chebyshev: the {topology} graph of {nodes} "
                     "nodes does not mix (second eigenvalue 1)"
                 )
-            _fill(self, "gossip_acceleration", f"chebyshev:{lam!r}")
+            # auto: nothing to accelerate where one exchange mixes exactly (lambda 0)
+            useful = mixes and (lam > 0.0 or not auto)
+            _fill(self, "gossip_acceleration", f"chebyshev:{lam!r}" if useful else "none")
+
+    def fill_daemon_defaults(self) -> None:
+        """For a daemon (`start`), which does not know the swarm's graph: Chebyshev
+        gossip and the step after mixing left to their defaults are off."""
+        if self.gossip_acceleration == AUTO:
+            _fill(self, "gossip_acceleration", "none")
+        if self.step_after_mixing is None:
+            _fill(self, "step_after_mixing", False)
 
     @property
     def node_lr(self) -> float:
@@ -456,7 +498,7 @@ class Recipe(BaseModel):
                 facts["tracking_exchanges"] = self.exchanges_per_round
         if self.weighting == "examples":
             facts["weighting"] = "examples"
-        if self.gossip_acceleration != "none":
+        if self.gossip_acceleration not in (AUTO, "none"):
             facts["gossip_acceleration"] = self.gossip_acceleration
         if self.step_after_mixing:
             facts["step_after_mixing"] = True

@@ -253,6 +253,7 @@ class NodeSettings(BaseSettings, Recipe):
                 "of the swarm's graph, which a daemon does not know: give chebyshev:LAMBDA "
                 "(`declora-node lab` and `simulate` compute it from the topology)"
             )
+        self.fill_daemon_defaults()
         self.tls()  # TlsError is a ValueError: reported like any bad option
         return self
 

@@ -101,7 +101,8 @@ class SimConfig(Recipe):
     @model_validator(mode="after")
     def _swarm_defaults(self) -> SimConfig:
         """`swarm_size` 0 is the simulated swarm's; `gossip_steps` unset comes from the
-        topology's spectral gap (`mixing.gossip_steps_for`)."""
+        topology's spectral gap, and the acceleration left to its defaults from the
+        topology and the options (`Recipe.fill_swarm_defaults`)."""
         self.fill_swarm_defaults(self.nodes, self.topology, self.mixing)
         return self
 

@@ -127,7 +127,7 @@ class Workload:
     def node(self, index: int) -> DecLoraNode[Any]:
         """Node `index`: its trainer plus gossip state (codec, mixing rule, tracking)."""
         r = self.recipe
-        if r.gossip_acceleration != "none" and r.chebyshev_lambda is None:
+        if r.gossip_acceleration == "chebyshev":
             raise ValueError(
                 "--gossip-acceleration chebyshev needs a lambda: give chebyshev:LAMBDA, or "
                 "let the swarm's topology set it (simulate, lab)"
@@ -142,7 +142,7 @@ class Workload:
             r.gradient_tracking,
             r.exchanges_per_round,
             acceleration=r.chebyshev_lambda,
-            step_after_mixing=r.step_after_mixing,
+            step_after_mixing=bool(r.step_after_mixing),
         )
 
     def centralized_trainer(self) -> LocalTrainer:

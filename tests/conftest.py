@@ -66,6 +66,8 @@ def tiny_sim_config(data: Path, **changes: object) -> SimConfig:
         "swarm_size": 1,
         "lr_schedule": "constant",
         "validation_fraction": 0.0,
+        "gossip_acceleration": "none",
+        "step_after_mixing": False,
     }
     return SimConfig.model_validate({**base, **changes})
 

@@ -123,6 +123,9 @@ def sim_config(data: Path, nodes: int, **changes: object) -> SimConfig:
         "gradient_tracking": False,
         "validation_fraction": 0.0,
         "lr_schedule": "constant",
+        # `start`'s defaults, which cannot know the swarm's graph
+        "gossip_acceleration": "none",
+        "step_after_mixing": False,
     }
     return SimConfig.model_validate({**fields, **changes})
 

@@ -97,9 +97,41 @@ def test_recipe_resolves_lambda_from_the_topology(synthetic_jsonl: Path) -> None
 
 
 @pytest.mark.parametrize(
+    ("changes", "accelerated", "after_mixing"),
+    [
+        ({}, True, True),  # Dec-LoRA, tracking, K = 1: the pair the parity study measured
+        ({"step_after_mixing": False}, True, False),  # a part set leaves the other's default
+        ({"gossip_acceleration": "none"}, False, True),
+        ({"local_steps": 2}, False, False),
+        ({"gradient_tracking": False}, False, False),
+        ({"method": "conlora"}, False, False),  # not measured with ConLoRA
+        ({"robust_mixing": "trim:1", "gradient_tracking": None}, False, False),
+    ],
+)
+def test_simulate_accelerates_by_default_where_both_parts_are_allowed(
+    synthetic_jsonl: Path, changes: dict[str, object], accelerated: bool, after_mixing: bool
+) -> None:
+    defaults = {"gossip_acceleration": "auto", "step_after_mixing": None}  # simulate's
+    cfg = tiny_sim_config(synthetic_jsonl, **{**STAR, **defaults, **changes})
+    lam = round(second_eigenvalue(mixing_matrix("mh", from_spec("star", 6))), 12)
+    expected = f"chebyshev:{lam!r}" if accelerated else "none"
+    assert (cfg.gossip_acceleration, cfg.step_after_mixing) == (expected, after_mixing)
+    assert ("gossip_acceleration" in cfg.agreed_facts()) == accelerated
+
+
+def test_start_does_not_accelerate_by_default() -> None:
+    s = NodeSettings(peers=["127.0.0.1:9"])
+    assert (s.gossip_acceleration, s.step_after_mixing, s.chebyshev_lambda) == ("none", False, None)
+    assert "gossip_acceleration" not in s.agreed_facts()
+
+
+@pytest.mark.parametrize(
     ("changes", "needle"),
     [
-        ({"gossip_acceleration": "chebyshev", "robust_mixing": "trim:0.2"}, "robust"),
+        (
+            {"gossip_acceleration": "chebyshev", "robust_mixing": "trim:1"},
+            "combined with --robust-mixing",
+        ),
         ({"gossip_acceleration": "chebyshev", "method": "decaf"}, "acceleration chebyshev"),
         (
             {"gossip_acceleration": "chebyshev:0.5", "method": "deca", "gossip_steps": 1},

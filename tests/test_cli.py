@@ -158,10 +158,22 @@ def test_lab_nodes_get_the_whole_recipe_and_wait_for_every_neighbour(tmp_path: P
     assert (
         NodeSettings(**node_config(star, 1, "127.0.0.1:7002", [], tmp_path, "s")).gossip_steps == 4
     )
-    fast = LabConfig(nodes=6, topology="star", model="tiny-bert", gossip_acceleration="chebyshev")
-    fast_node = NodeSettings(**node_config(fast, 1, "127.0.0.1:7002", [], tmp_path, "s"))
-    assert fast_node.chebyshev_lambda == pytest.approx(5 / 6)  # the lab's graph's lambda
-    assert fast_node.agreed_facts() == fast.agreed_facts()
+    fast_node = NodeSettings(**node_config(star, 1, "127.0.0.1:7002", [], tmp_path, "s"))
+    # the lab accelerates by default and hands its nodes the graph's lambda
+    assert fast_node.chebyshev_lambda == pytest.approx(5 / 6) and fast_node.step_after_mixing
+    assert fast_node.agreed_facts() == star.agreed_facts()
+    # off with K = 2, also given in `extra` (whose recipe options count as the lab's own,
+    # so no node refuses what the lab resolved)
+    slow_labs = [LabConfig(nodes=6, topology="star", model="tiny-bert", local_steps=2)] + [
+        LabConfig(nodes=6, topology="star", model="tiny-bert", extra=extra)
+        for extra in ({"local_steps": 2}, {"gradient_tracking": False}, {"precision": "fp16"})
+    ]
+    for slow in slow_labs:
+        slow_node = NodeSettings(**node_config(slow, 1, "127.0.0.1:7002", [], tmp_path, "s"))
+        assert (slow_node.gossip_acceleration, slow_node.step_after_mixing) == ("none", False)
+    ring3 = NodeSettings(**node_config(cfg, 0, "127.0.0.1:7001", [], tmp_path, "s"))
+    assert ring3.gossip_acceleration == "none"  # 3 nodes average exactly: nothing to speed
+    assert ring3.step_after_mixing
     alone = NodeSettings(**node_config(LabConfig(nodes=1), 0, "127.0.0.1:7001", [], tmp_path, "s"))
     assert alone.solo and alone.wanted_peers == 0
     assert summary_line("lab-0", 0.965, 0.97) == (

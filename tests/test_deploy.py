@@ -21,6 +21,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from declora.cli.lab import LabConfig
 from declora.node.settings import NodeSettings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,6 +179,7 @@ def test_env_names_are_settings(services: dict[str, dict[str, Any]]) -> None:
 def test_env_builds_valid_settings(
     services: dict[str, dict[str, Any]], clean_env: pytest.MonkeyPatch
 ) -> None:
+    lab = LabConfig(nodes=NODES, topology="ring", consensus_rounds=30, validation_fraction=0)
     built = {}
     for name, svc in services.items():
         with clean_env.context() as mp:
@@ -191,6 +193,8 @@ def test_env_builds_valid_settings(
         assert s.partition_scheme == "dirichlet:0.5"
         assert s.rounds == 60 and s.consensus_rounds == 30
         assert s.threads == 1 and s.max_eval == 200
+        # the recipe the lab gives a ring of 4 (Chebyshev's lambda, the step after mixing)
+        assert s.agreed_facts() == lab.agreed_facts()
     assert len({s.node_id for s in built.values()}) == NODES
     assert {s.partition for s in built.values()} == {f"{i}/{NODES}" for i in range(NODES)}
     dirs = {s.checkpoint_dir for s in built.values()}
