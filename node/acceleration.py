@@ -46,13 +46,18 @@ nothing is pending at a round boundary (where checkpoints are taken).
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from declora.node.recipe import Recipe
 
 NO_ACCELERATION = "none"
 CHEBYSHEV = "chebyshev"
 AUTO = "auto"  # the default: `Recipe.fill_swarm_defaults` or `fill_daemon_defaults` resolve it
 LAMBDA_DECIMALS = 12  # a lambda computed from a topology is rounded to this many decimals
+MEASURED_CODECS = ("fp32", "fp16", "bf16", "q8", "q4")  # no coarser than the study's q4
 
 
 class AccelerationError(ValueError):
@@ -159,14 +164,17 @@ def step_after_mixing_problem(method: str, tracking: bool, local_steps: int, pre
     return ""
 
 
-def accelerated_by_default(
-    method: str, tracking: bool, local_steps: int, precision: str, robust: str
-) -> bool:
+def accelerated_by_default(r: Recipe) -> bool:
     """Whether `simulate` and `lab` turn both options on when left to their defaults:
-    Dec-LoRA (the method the parity study measured them with) and every condition
-    either needs (tracking, K = 1, no robust mixing, no fp16)."""
+    where the parity study measured them (Dec-LoRA classification, fp32 and q4
+    messages) and every condition either needs holds (tracking, K = 1, no robust
+    mixing, no fp16 precision); messages no coarser than q4 (not q2 or top-k)."""
     return (
-        method == "dec-lora"
-        and not acceleration_problem(method, robust)
-        and not step_after_mixing_problem(method, tracking, local_steps, precision)
+        r.method == "dec-lora"
+        and r.task == "cls"
+        and r.codec.split(":")[0] in MEASURED_CODECS
+        and not acceleration_problem(r.method, r.robust_mixing)
+        and not step_after_mixing_problem(
+            r.method, bool(r.gradient_tracking), r.local_steps, r.precision
+        )
     )

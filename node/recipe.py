@@ -205,19 +205,16 @@ class Recipe(BaseModel):
     )
     gossip_acceleration: str = Field(
         AUTO,
-        description="auto, none, or chebyshev: Chebyshev-accelerated mixing within a round's "
-        "exchanges and the finish (node/acceleration.py); lambda from the topology where it "
-        "is known (simulate, lab), else give it: chebyshev:LAMBDA; auto: chebyshev where "
-        "the topology is known and the step after mixing is allowed, else none",
-        json_schema_extra={"default_text": "chebyshev in simulate/lab where allowed, else none"},
+        description="chebyshev[:LAMBDA] or none: Chebyshev-accelerated mixing of a round's "
+        "exchanges and the finish (node/acceleration.py); lambda from the topology in "
+        "simulate and lab, else give chebyshev:LAMBDA",
+        json_schema_extra={"default_text": "auto: chebyshev in simulate/lab where allowed"},
     )
     step_after_mixing: bool | None = Field(
         None,
         description="hold each round's optimizer step back until its exchanges have mixed "
-        "tracking's z: one step along the neighbours' mixed gradient (needs tracking, K=1); "
-        "default: on where the topology is known (simulate, lab) and Dec-LoRA, tracking "
-        "and K=1 allow it",
-        json_schema_extra={"default_text": "on in simulate/lab where allowed, else off"},
+        "tracking's z: one step along the neighbours' mixed gradient (needs tracking, K=1)",
+        json_schema_extra={"default_text": "on in simulate/lab where allowed"},
     )
     consensus_rounds: int = Field(0, ge=0, description="gossip-only rounds after the last one")
     consensus_tol: float = Field(1e-3, gt=0, description="consensus finish stops below this")
@@ -393,13 +390,7 @@ class Recipe(BaseModel):
             w = mixing_matrix(mixing, from_spec(topology, nodes, seed=self.seed))
             steps = gossip_steps_for(w)
             _fill(self, "gossip_steps", 1 if gossip_steps_problem(self.method, steps) else steps)
-        accelerate = accelerated_by_default(
-            self.method,
-            bool(self.gradient_tracking),
-            self.local_steps,
-            self.precision,
-            self.robust_mixing,
-        )
+        accelerate = accelerated_by_default(self)
         if self.step_after_mixing is None:
             _fill(self, "step_after_mixing", accelerate)
         auto = self.gossip_acceleration == AUTO

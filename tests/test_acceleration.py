@@ -106,6 +106,10 @@ def test_recipe_resolves_lambda_from_the_topology(synthetic_jsonl: Path) -> None
         ({"gradient_tracking": False}, False, False),
         ({"method": "conlora"}, False, False),  # not measured with ConLoRA
         ({"robust_mixing": "trim:1", "gradient_tracking": None}, False, False),
+        ({"codec": "q4"}, True, True),  # the study's coarsest
+        ({"codec": "q2"}, False, False),  # coarser than measured
+        ({"codec": "topk:0.1"}, False, False),
+        ({"model": "tiny-llama", "task": "lm"}, False, False),  # measured on classification
     ],
 )
 def test_simulate_accelerates_by_default_where_both_parts_are_allowed(

@@ -56,12 +56,13 @@ one JSON here and is skipped when it exists; the summary is printed at the end.
    `chebyshev/run.py` prototypes the acceleration itself (on the star it got more than
    this: at this size the two differ by a few articles).
 
-8. `torus-lr`: why does `accelerated` gain nothing on the torus? Its rival causes are
-   mixing (G = 2 exchanges leave 0.22 of the disagreement a round) and the lr scaled
-   by sqrt(16), the largest of the four settings; but G(12, 0.3) leaves more (0.28-0.31)
-   and gains. So this asks the lr: `accelerated` on the torus at lr 2e-3 (each node
-   8e-3) instead of 4e-3, seeds 0-2 (`torus-lr/runs/`); validation figures only, beside
-   the study's own runs at 4e-3 (`../runs/`).
+8. `torus-lr`: why does `accelerated` gain nothing on the torus? Two candidate causes
+   are mixing (G = 2 exchanges leave 0.22 of the disagreement a round) and the lr scaled
+   by sqrt(16), the largest of the four settings; G(12, 0.3)'s graphs leave 0.15-0.42
+   and gain, also where they mix less. So this asks the lr: `accelerated` on the torus
+   at lr 2e-3 (each node 8e-3) instead of 4e-3, seeds 0-2 (`torus-lr/runs/`);
+   validation figures, beside the study's own runs at 4e-3 (`../runs/`). It found the
+   same validation mean (95.6); the runs' test figures (README) are not a selection.
 
     python results/swarm/diagnostics/diagnostics.py   # from the repo root, declora installed
 """
