@@ -64,6 +64,13 @@ one JSON here and is skipped when it exists; the summary is printed at the end.
    validation figures, beside the study's own runs at 4e-3 (`../runs/`). It found the
    same validation mean (95.6); the runs' test figures (README) are not a selection.
 
+9. `lab-ring-4`: the lab's defaults on its own swarm (`make run`: MiniLM, 4 nodes on a
+   ring, Dirichlet(0.5), 60 rounds of K = 1, lr 4e-3, 64 tokens, a finish of at most 50
+   rounds), where one exchange a round leaves Chebyshev nothing to extrapolate and the
+   step after mixing acts alone: the defaults against `UNACCELERATED` on seeds 0-2
+   (`lab-ring-4/runs/`), the worst node's validation accuracy, and its test accuracy
+   beside it (which chose nothing).
+
     python results/swarm/diagnostics/diagnostics.py   # from the repo root, declora installed
 """
 
@@ -79,6 +86,7 @@ import torch
 
 from declora.cli.generalization import (
     SWARM_STUDY,
+    UNACCELERATED,
     Job,
     final_jobs,
     node_outcomes,
@@ -248,6 +256,40 @@ def torus_lr(workers: int = 2) -> None:
         )
 
 
+LAB_RING_4 = {
+    "nodes": 4,
+    "topology": "ring",
+    "partition_scheme": "dirichlet:0.5",
+    "rounds": 60,
+    "eval_every": 60,
+    "node_eval_every": 1000,
+    "consensus_rounds": 50,
+    "eval_before_consensus": False,
+    "centralized": False,
+    "threads": 1,
+}
+
+
+def lab_ring_4(workers: int = 2) -> None:
+    rows = {"defaults": {}, "unaccelerated": UNACCELERATED}
+    jobs = {
+        (row, s): Job(f"{row}-ring-4-seed{s}", SimConfig(**LAB_RING_4, **over, seed=s), False)
+        for row, over in rows.items()
+        for s in SEEDS
+    }
+    run_jobs(jobs.values(), OUT / "lab-ring-4", workers)
+    for row in rows:
+        runs = [json.loads(jobs[(row, s)].path(OUT / "lab-ring-4").read_text()) for s in SEEDS]
+        cfg = runs[0]["config"]
+        val = [100 * r["final"]["validation"]["honest_worst_accuracy"] for r in runs]
+        test = [float(100 * node_outcomes(r).mean(axis=1).min()) for r in runs]
+        print(
+            f"lab-ring-4 {row} ({cfg['gossip_acceleration']}, step after mixing "
+            f"{cfg['step_after_mixing']}): validation {[round(v, 1) for v in val]} mean "
+            f"{np.mean(val):.1f}; test {[round(v, 1) for v in test]} mean {np.mean(test):.1f}"
+        )
+
+
 def _torus_job(lr: float, seed: int) -> Job:
     cfg = SWARM_STUDY.config("torus-16", "accelerated", lr, 1, seed)
     return Job(f"accelerated-torus-16-lr{lr:g}-k1-seed{seed}", cfg, False)
@@ -328,6 +370,7 @@ def main() -> None:
     )
     mixing()
     torus_lr()
+    lab_ring_4()
     for weighting in ("nodes", "examples"):
         run = cached(f"complete-ring-8-seed1-{weighting}", complete, weighting)
         names = list(run["test_per_class"])
