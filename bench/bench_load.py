@@ -47,6 +47,7 @@ from benchlib import (
 )
 
 from declora.cli.lab import LabConfig
+from declora.node.acceleration import UNACCELERATED
 from declora.node.topology import from_spec
 
 MIB = 1024 * 1024
@@ -120,8 +121,7 @@ def run(args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], bool]:
         consensus_rounds=args.consensus_rounds,
         output=out,
         gossip_steps=1,  # one exchange a round: round latency, not mixing strength
-        gossip_acceleration="none",  # ...as measured before the lab accelerated
-        step_after_mixing=False,
+        **UNACCELERATED,  # ...as measured before the lab accelerated
         extra={"device": "cpu", "startup_timeout": args.startup_timeout},
     )
     topo = from_spec(topology, args.nodes, seed=cfg.seed)

@@ -40,6 +40,7 @@ from benchlib import (
 )
 
 from declora.cli.lab import LabConfig
+from declora.node.acceleration import UNACCELERATED
 from declora.node.topology import from_spec
 
 SMOKE = {"sizes": "3", "rounds": 3, "round_deadline": 30.0, "timeout": 90.0}
@@ -61,8 +62,7 @@ def run_swarm(args: argparse.Namespace, n: int, out: Path) -> dict[str, Any]:
         consensus_rounds=0,
         output=out,
         gossip_steps=1,  # one exchange a round: round latency, not mixing strength
-        gossip_acceleration="none",  # ...as measured before the lab accelerated
-        step_after_mixing=False,
+        **UNACCELERATED,  # ...as measured before the lab accelerated
         extra={"device": "cpu", "checkpoint_every": args.rounds + 1},
     )
     topo = from_spec(args.topology, n, seed=cfg.seed)

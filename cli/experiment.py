@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from declora.cli.generalization import UNACCELERATED
+from declora.node.acceleration import UNACCELERATED
 from declora.node.lm_data import IGNORE
 from declora.node.report import markdown_table, plot, to_jsonable, write_json
 from declora.node.scores import score_for

@@ -44,13 +44,11 @@ from typing import Any
 
 import numpy as np
 
+from declora.node.acceleration import UNACCELERATED
 from declora.node.report import to_jsonable, write_json
 from declora.node.simulator import CENTRAL_EVALS, SimConfig, Simulation
 from declora.node.stats import format_interval, summarize, verdict
 
-# the recipe without Chebyshev gossip and the step after mixing (`simulate`'s and
-# `lab`'s defaults before the `accelerated` row; every study run before it pins this)
-UNACCELERATED: dict[str, Any] = {"gossip_acceleration": "none", "step_after_mixing": False}
 PLAIN: dict[str, Any] = {  # Dec-LoRA as published: none of the recipe's parts
     **UNACCELERATED,
     "gradient_tracking": False,

@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from declora.cli.generalization import UNACCELERATED, Job, run_jobs
+from declora.cli.generalization import Job, run_jobs
+from declora.node.acceleration import UNACCELERATED
 from declora.node.report import write_json
 from declora.node.simulator import SimConfig
 from declora.node.stats import t95

@@ -68,7 +68,6 @@ import torch
 
 from declora.cli.generalization import (
     SWARM_STUDY,
-    UNACCELERATED,
     Job,
     node_outcomes,
     outcomes,
@@ -76,6 +75,7 @@ from declora.cli.generalization import (
     run_jobs,
     worst_node_outcomes,
 )
+from declora.node.acceleration import UNACCELERATED
 from declora.node.full_finetune import FullModel
 from declora.node.mixing import local_mh_weights
 from declora.node.report import write_json

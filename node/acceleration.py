@@ -46,7 +46,7 @@ nothing is pending at a round boundary (where checkpoints are taken).
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -58,6 +58,12 @@ CHEBYSHEV = "chebyshev"
 AUTO = "auto"  # the default: `Recipe.fill_swarm_defaults` or `fill_daemon_defaults` resolve it
 LAMBDA_DECIMALS = 12  # a lambda computed from a topology is rounded to this many decimals
 MEASURED_CODECS = ("fp32", "fp16", "bf16", "q8", "q4")  # no coarser than the study's q4
+# both options off: `start`'s defaults, and every run made before `simulate` and `lab`
+# accelerated by default (the studies, benchmarks and tests that pin it)
+UNACCELERATED: dict[str, Any] = {
+    "gossip_acceleration": NO_ACCELERATION,
+    "step_after_mixing": False,
+}
 
 
 class AccelerationError(ValueError):

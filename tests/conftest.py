@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from daemon_helpers import Cluster
 
+from declora.node.acceleration import UNACCELERATED
 from declora.node.data import TextDataset
 from declora.node.simulator import SimConfig
 from declora.node.trainer import LoraModel, LoraSpec
@@ -66,8 +67,7 @@ def tiny_sim_config(data: Path, **changes: object) -> SimConfig:
         "swarm_size": 1,
         "lr_schedule": "constant",
         "validation_fraction": 0.0,
-        "gossip_acceleration": "none",
-        "step_after_mixing": False,
+        **UNACCELERATED,
     }
     return SimConfig.model_validate({**base, **changes})
 

@@ -104,6 +104,7 @@ def train_args(data: Path) -> list[str]:
 def sim_config(data: Path, nodes: int, **changes: object) -> SimConfig:
     """The simulator's recipe for `nodes` daemons on a ring started with
     `train_args(data)`; `changes` are the fields of the flags a test adds after."""
+    from declora.node.acceleration import UNACCELERATED
     from declora.node.simulator import SimConfig
 
     fields: dict[str, object] = {
@@ -123,9 +124,7 @@ def sim_config(data: Path, nodes: int, **changes: object) -> SimConfig:
         "gradient_tracking": False,
         "validation_fraction": 0.0,
         "lr_schedule": "constant",
-        # `start`'s defaults, which cannot know the swarm's graph
-        "gossip_acceleration": "none",
-        "step_after_mixing": False,
+        **UNACCELERATED,  # `start`'s defaults, which cannot know the swarm's graph
     }
     return SimConfig.model_validate({**fields, **changes})
 

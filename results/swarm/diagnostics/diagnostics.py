@@ -86,7 +86,6 @@ import torch
 
 from declora.cli.generalization import (
     SWARM_STUDY,
-    UNACCELERATED,
     Job,
     final_jobs,
     node_outcomes,
@@ -94,6 +93,7 @@ from declora.cli.generalization import (
     run_jobs,
     worst_node_outcomes,
 )
+from declora.node.acceleration import UNACCELERATED
 from declora.node.simulator import SimConfig, Simulation
 from declora.node.stats import format_interval, summarize
 from declora.node.trainer import LocalTrainer
