@@ -230,7 +230,9 @@ class KillReviveNode(DecLoraNode[K]):
 
     def keyframe(self) -> bytes:
         """The full public copy, headed by the modules this node mixes this exchange
-        (those of its last `outgoing`), so that the receiver mixes the same ones."""
+        (those of its last `outgoing`), so that the receiver mixes the same ones; the
+        daemon sends it by Push in place of that exchange's delta (a Pull serves states
+        only, so no keyframe leaves between exchanges with a stale mask)."""
         return pack_mask(self._own_modules, KEYFRAME) + super().keyframe()
 
     def check_keyframe(

@@ -573,7 +573,14 @@ def _cases() -> list[Case]:
             "pull of kind DELTA",
             lambda p: pull(p, p.pull_request(kind=pb.PAYLOAD_KIND_DELTA)),
             invalid,
-            "pull serves STATE or KEYFRAME",
+            "pull serves STATE only",
+            "bad_kind",
+        ),
+        Case(
+            "pull of kind KEYFRAME (keyframes travel by Push)",
+            lambda p: pull(p, p.pull_request(kind=pb.PAYLOAD_KIND_KEYFRAME)),
+            invalid,
+            "pull serves STATE only",
             "bad_kind",
         ),
         Case(

@@ -51,18 +51,17 @@ class StateTransfer:
         self.auth = auth
         self.max_bytes = max_bytes
 
-    def state_chunks(self, kind: int) -> Iterator[pb.Chunk]:
-        """This node's adapter (STATE) or public copy (KEYFRAME) as a signed stream; a
-        reader checks them with `check_payload` and `check_keyframe`."""
-        node = self.node
-        data = node.full_state() if kind == pb.PAYLOAD_KIND_STATE else node.keyframe()
+    def state_chunks(self) -> Iterator[pb.Chunk]:
+        """This node's full adapter (STATE) as a signed stream; a reader checks it with
+        `check_payload`."""
+        data = self.node.full_state()
         header = make_header(
             sender_id=self.me.node_id,
             swarm_id=self.me.swarm_id,
             fingerprint=self.me.fingerprint,
             round=self.progress.round,
             sender_degree=len(self.peers.live),
-            kind=kind,
+            kind=pb.PAYLOAD_KIND_STATE,
             codec="fp32",
             seq=self.progress.seq,
             data=data,

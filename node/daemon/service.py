@@ -32,7 +32,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PULL_KINDS = (pb.PAYLOAD_KIND_UNSPECIFIED, pb.PAYLOAD_KIND_STATE, pb.PAYLOAD_KIND_KEYFRAME)
+# a pull serves the full adapter only: keyframes travel by Push, built with the exchange
+# they belong to (a Kill-and-Revive keyframe names that exchange's modules)
+PULL_KINDS = (pb.PAYLOAD_KIND_UNSPECIFIED, pb.PAYLOAD_KIND_STATE)
 POOLS = {"Handshake": 32, "Pull": 8, "Leave": 16, "Status": 16}  # Push: settings
 
 
@@ -177,10 +179,10 @@ class SwarmService(pb_grpc.SwarmServicer):
                 if request.kind not in PULL_KINDS:
                     raise WireError(
                         grpc.StatusCode.INVALID_ARGUMENT,
-                        f"pull serves STATE or KEYFRAME, not kind {request.kind}",
+                        f"pull serves STATE only (keyframes go by Push), not kind {request.kind}",
                         "bad_kind",
                     )
-                stream = parts.transfer.state_chunks(request.kind or pb.PAYLOAD_KIND_STATE)
+                stream = parts.transfer.state_chunks()
         except WireError as exc:
             await self._refuse(context, exc)
             return
