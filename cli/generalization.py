@@ -35,12 +35,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -70,6 +70,7 @@ SELECTED_ROWS = ("plain", "recipe", "accelerated")
 FP32_OF = {"recipe-q4": "recipe", "accelerated-q4": "accelerated"}
 # the accelerated rows, each paired with the recipe's row of its codec
 UNACCELERATED_OF = {"accelerated": "recipe", "accelerated-q4": "recipe-q4"}
+C = TypeVar("C", float, tuple[float, int])  # a selection's candidate: lr, or (lr, K)
 PARITY_MARGIN = 1.5  # points: the recipe's worst node vs centralized
 Q4_MARGIN = 1.0  # points: q4 vs fp32
 
@@ -145,6 +146,18 @@ class Job:
     def path(self, output: Path) -> Path:
         return output / "runs" / f"{self.name}.json"
 
+    def done(self, output: Path) -> bool:
+        """Whether its JSON exists and holds what the job asks: validation figures where
+        `validate` (a run stored without them is run again; its other figures are
+        reproduced, the runs being deterministic)."""
+        path = self.path(output)
+        if not path.is_file():
+            return False
+        if not self.validate:
+            return True
+        res = json.loads(path.read_text())
+        return "validation" in res or "validation" in res.get("final", {})
+
 
 def _job(study: Study, setting: str, row: str, lr: float, k: int, seed: int) -> Job:
     if row == "central":
@@ -175,9 +188,9 @@ def run_jobs(
     say: Callable[[str], None] = print,
     run: Callable[[Job, Path], str] = run_job,
 ) -> None:
-    """Run the jobs whose JSON is missing, `workers` at a time (spawned processes), each
-    with `run` (a module-level function: it is pickled to the workers)."""
-    todo = [j for j in jobs if not j.path(output).is_file()]
+    """Run the jobs not `done`, `workers` at a time (spawned processes), each with `run`
+    (a module-level function: it is pickled to the workers)."""
+    todo = [j for j in jobs if not j.done(output)]
     if not todo:
         return
     say(f"{len(todo)} runs to do ({workers} at a time)")
@@ -226,12 +239,17 @@ def _validation(
     return float(res["final"]["validation"]["honest_worst_accuracy"])
 
 
+def best_first(scores: Mapping[C, float]) -> list[C]:
+    """The candidates (an lr, or an (lr, K) pair) by score, best first; ties go to the
+    smaller candidate (the smaller lr, then the smaller K)."""
+    return sorted(scores, key=lambda c: (-scores[c], c))
+
+
 def _ranked(study: Study, output: Path, row: str, setting: str) -> list[tuple[float, int]]:
     """The candidates by seed 0's validation, best first; ties go to the smaller lr and K."""
     seed = study.tuning_seeds[0]
     candidates = _candidates(study, row, setting)
-    scores = {c: _validation(study, output, row, setting, *c, seed) for c in candidates}
-    return sorted(scores, key=lambda c: (-scores[c], c[0], c[1]))
+    return best_first({c: _validation(study, output, row, setting, *c, seed) for c in candidates})
 
 
 def selection_jobs(study: Study) -> list[Job]:
@@ -267,7 +285,7 @@ def select(study: Study, output: Path) -> dict[str, Any]:
         for lr, k in ranked[: study.finalists]:
             vals = [_validation(study, output, row, setting, lr, k, s) for s in study.tuning_seeds]
             means[(lr, k)] = (float(np.mean(vals)), vals)
-        lr, k = max(means, key=lambda c: (means[c][0], -c[0], -c[1]))
+        lr, k = best_first({c: m for c, (m, _) in means.items()})[0]
         mean, per_seed = means[(lr, k)]
         for c in _candidates(study, row, setting):
             seed0 = _validation(study, output, row, setting, *c, study.tuning_seeds[0])

@@ -18,15 +18,18 @@ samples for every row. Rows:
 - `central-full`: the same with every parameter trained by AdamW
   (`full_finetune.FullModel`).
 
-Selection (seed 0) reads validation figures only: each row's lr from its grid, by its
-worst node's validation accuracy after the consensus finish (references: their own);
-ties go to the smaller lr. LoRA rows take `LORA_LRS` (the generalization study's
+Selection reads validation figures only: each row's lr from its grid, by its worst
+node's validation accuracy after the consensus finish (references: their own); ties
+go to the smaller lr. LoRA rows take `LORA_LRS` (the generalization study's
 grid); full fine-tuning rows (deca, central-full) take `FULL_LRS`, about 100x
 smaller: full fine-tuning of BERT-size encoders is stable at 1e-5..1e-4 (BERT's own
 grid is 2e-5..5e-5), whereas LoRA's few, zero-started parameters need 1e-3..1e-2.
 A grid whose best validation figure is its top lr is extended by doubling the top
 (`next_lr`, at most `EXTEND` times), so no pick sits at an edge the grid cut short.
-Then every row runs seeds 1 and 2 at its chosen lr (seed 0 is the selection's run).
+The grid runs with seed 0; its `FINALISTS` best lrs run with seeds 1 and 2 too, and the
+pick is the best mean validation over the three seeds (one seed's 166 validation
+articles cannot separate neighbouring lrs), as in the generalization study. The
+pick's three runs are the row's results.
 
 Measured per row (mean over the seeds):
 
@@ -69,6 +72,7 @@ import torch
 from declora.cli.generalization import (
     SWARM_STUDY,
     Job,
+    best_first,
     node_outcomes,
     outcomes,
     run_job,
@@ -108,7 +112,8 @@ REFERENCES = ("central-lora", "central-full")
 FULL_ROWS = ("deca", "central-full")  # every weight of a layer trains: `FULL_LRS`
 LORA_LRS: tuple[float, ...] = SWARM_STUDY.lrs
 FULL_LRS: tuple[float, ...] = (1.25e-5, 2.5e-5, 5e-5, 1e-4, 2e-4)
-SEEDS: tuple[int, ...] = (0, 1, 2)
+SEEDS: tuple[int, ...] = (0, 1, 2)  # the selection's seeds and the reported ones
+FINALISTS = 2  # seed 0's best lrs of a row, re-run with the other seeds before the pick
 EXTEND = 3  # a grid whose best lr is its top doubles the top, at most this often
 KR_BYTES = 0.75  # Kill-and-Revive: at least this much fewer bytes than Dec-LoRA...
 KR_TIME = 0.5  # ...this much less training time...
@@ -137,7 +142,8 @@ def job(row: str, lr: float, seed: int, validate: bool = True, memory: bool = Fa
     """A row's run at `lr` and `seed` (its memory measurement with `memory`)."""
     cfg = SimConfig(**{**SETTING, **ROWS.get(row, {})}, lr=lr, seed=seed)
     name = f"memory-{row}-lr{lr:g}" if memory else f"{row}-lr{lr:g}-seed{seed}"
-    return MethodJob(name, cfg, row in REFERENCES, validate, row == "central-full", memory)
+    full = row == "central-full"
+    return MethodJob(name, cfg, row in REFERENCES, validate and not memory, full, memory)
 
 
 def run(j: Job, output: Path) -> str:
@@ -223,7 +229,7 @@ def measure_memory(
     jobs: list[MethodJob], output: Path, workers: int, say: Callable[[str], None]
 ) -> None:
     """Run the missing memory jobs, each in a fresh spawned process."""
-    todo = [j for j in jobs if not j.path(output).is_file()]
+    todo = [j for j in jobs if not j.done(output)]
     if not todo:
         return
     say(f"{len(todo)} memory measurements ({workers} at a time, a fresh process each)")
@@ -256,8 +262,8 @@ def next_lr(row: str, output: Path) -> tuple[float | None, list[float]]:
     doublings were made, else None (the grid is settled). Reads finished runs only."""
     grid = list(lrs(row))
     while True:
-        best = max((validation_of(_load(job(row, lr, SEEDS[0]), output)), -lr) for lr in grid)
-        if -best[1] != grid[-1] or len(grid) - len(lrs(row)) >= EXTEND:
+        scores = {lr: validation_of(_load(job(row, lr, SEEDS[0]), output)) for lr in grid}
+        if best_first(scores)[0] != grid[-1] or len(grid) - len(lrs(row)) >= EXTEND:
             return None, grid
         nxt = 2 * grid[-1]
         if not job(row, nxt, SEEDS[0]).path(output).is_file():
@@ -271,36 +277,62 @@ def extension_jobs(output: Path) -> list[MethodJob]:
     return [job(row, lr, SEEDS[0]) for row, lr in nexts if lr is not None]
 
 
+def _seed0(row: str, output: Path) -> dict[float, float]:
+    """A row's settled grid: seed 0's validation accuracy at every lr."""
+    grid = next_lr(row, output)[1]
+    return {lr: validation_of(_load(job(row, lr, SEEDS[0]), output)) for lr in grid}
+
+
+def finalists(row: str, output: Path) -> list[float]:
+    """The `FINALISTS` lrs of `row` with the best seed-0 validation (ties: the smaller)."""
+    return best_first(_seed0(row, output))[:FINALISTS]
+
+
+def finalist_jobs(output: Path) -> list[MethodJob]:
+    """Every row's finalists with the other seeds (grids settled)."""
+    return [job(row, lr, s) for row in rows() for lr in finalists(row, output) for s in SEEDS[1:]]
+
+
 def select(output: Path) -> dict[str, Any]:
-    """Each row's lr with the best validation accuracy over its settled grid (ties: the
+    """Each row's finalist with the best mean validation accuracy over `SEEDS` (ties: the
     smaller lr); writes selection.json and selection.md and returns the choice."""
     chosen: dict[str, Any] = {"rows": {}, "grid": []}
     for row in rows():
-        scored = []
-        for lr in next_lr(row, output)[1]:
-            val = validation_of(_load(job(row, lr, SEEDS[0]), output))
-            scored.append((val, -lr))
-            chosen["grid"].append({"row": row, "lr": lr, "validation": val})
-        val, neg = max(scored)
-        chosen["rows"][row] = {"lr": -neg, "validation": val}
+        means = {}
+        for lr in finalists(row, output):
+            per_seed = [validation_of(_load(job(row, lr, s), output)) for s in SEEDS]
+            means[lr] = (float(np.mean(per_seed)), per_seed)
+        lr = best_first({c: m for c, (m, _) in means.items()})[0]
+        chosen["rows"][row] = {"lr": lr, "mean_validation": means[lr][0], "per_seed": means[lr][1]}
+        for c, seed0 in _seed0(row, output).items():
+            entry: dict[str, Any] = {"row": row, "lr": c, "seed0": seed0}
+            if c in means:
+                entry["mean"], entry["per_seed"] = means[c]
+            chosen["grid"].append(entry)
     write_json(output / "selection.json", chosen)
-    lines = ["| row | lr | validation (%) |", "|---|---|---|"]
-    for g in chosen["grid"]:
-        cell = f"{100 * g['validation']:.1f}"
-        if chosen["rows"][g["row"]]["lr"] == g["lr"]:
-            cell = f"**{cell}**"
-        lines.append(f"| {g['row']} | {g['lr']:g} | {cell} |")
-    (output / "selection.md").write_text("\n".join(lines) + "\n")
+    (output / "selection.md").write_text(selection_table(chosen))
     return chosen
 
 
+def selection_table(chosen: dict[str, Any]) -> str:
+    """The grids' validation figures (markdown): seed 0 at every lr, each seed and the
+    mean for the finalists; the pick's mean in bold."""
+    lines = [
+        "| row | lr | validation, seed 0 (%) | finalists: per seed (%) | mean (%) |",
+        "|---|---|---|---|---|",
+    ]
+    for g in chosen["grid"]:
+        per_seed = " / ".join(f"{100 * v:.1f}" for v in g.get("per_seed", []))
+        mean = f"{100 * g['mean']:.1f}" if "mean" in g else ""
+        if chosen["rows"][g["row"]]["lr"] == g["lr"]:
+            mean = f"**{mean}**"
+        lines.append(f"| {g['row']} | {g['lr']:g} | {100 * g['seed0']:.1f} | {per_seed} | {mean} |")
+    return "\n".join(lines) + "\n"
+
+
 def final_jobs(chosen: dict[str, Any]) -> dict[tuple[str, int], MethodJob]:
-    """Every row on every seed at its chosen lr (seed 0: the selection's run)."""
-    return {
-        (row, s): job(row, chosen["rows"][row]["lr"], s, validate=s == SEEDS[0])
-        for s in SEEDS
-        for row in rows()
-    }
+    """Every row on every seed at its chosen lr (the selection's runs)."""
+    return {(row, s): job(row, chosen["rows"][row]["lr"], s) for s in SEEDS for row in rows()}
 
 
 def memory_jobs(chosen: dict[str, Any]) -> list[MethodJob]:
@@ -411,7 +443,7 @@ def table(output: Path, chosen: dict[str, Any]) -> str:
             mem = f"{_mib(m['peak'])} ({_mib(m['peak'] - m['rss_loaded'])})"
         cells = [row + mark, lr, str(len(rr.runs)), worst, avg, kib, secs, mem]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "† gradient tracking. Every lr was chosen on validation (seed 0).", ""]
+    lines += ["", "† gradient tracking. Every lr was chosen on validation (seeds 0-2).", ""]
     lines += verdicts(done)
     text = "\n".join(lines) + "\n"
     (output / "table.md").write_text(text)
@@ -470,6 +502,7 @@ def run_study(
     run_jobs(selection_jobs(), out, workers, say, run)
     while extra := extension_jobs(out):
         run_jobs(extra, out, workers, say, run)
+    run_jobs(finalist_jobs(out), out, workers, say, run)
     chosen = select(out)
     say("chosen on validation: " + json.dumps({r: c["lr"] for r, c in chosen["rows"].items()}))
     run_jobs(final_jobs(chosen).values(), out, workers, say, run)

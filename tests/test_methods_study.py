@@ -55,15 +55,16 @@ def test_the_study_selects_on_validation_and_tables_every_row_and_seed(
     text = ms.run_study(out, workers=1, say=lambda _: None)
 
     runs = out / "runs"
-    assert len(list(runs.iterdir())) == 8 * 2 + 8 + 8  # selection, seed 1, memory
+    # both lrs of every grid are finalists: seeds 0 and 1 each, and the memory runs
+    assert len(list(runs.iterdir())) == 8 * 2 * 2 + 8
     chosen = json.loads((out / "selection.json").read_text())
     for row in ms.rows():
-        grid = [(ms.validation_of(json.loads(ms.job(row, lr, 0).path(out).read_text())), -lr)
-                for lr in ms.lrs(row)]  # fmt: skip
-        assert chosen["rows"][row]["lr"] == -max(grid)[1]
-        seed1 = json.loads(ms.job(row, chosen["rows"][row]["lr"], 1, False).path(out).read_text())
-        assert seed1["config"]["seed"] == 1
-        assert "validation" not in seed1 and "validation" not in seed1.get("final", {})
+        means = {lr: np.mean([ms.validation_of(json.loads(ms.job(row, lr, s).path(out).read_text()))
+                              for s in ms.SEEDS]) for lr in ms.lrs(row)}  # fmt: skip
+        best = max(means.values())
+        assert chosen["rows"][row]["lr"] == min(lr for lr, m in means.items() if m == best)
+        seed1 = json.loads(ms.job(row, chosen["rows"][row]["lr"], 1).path(out).read_text())
+        assert seed1["config"]["seed"] == 1 and ms.job(row, 1e-3, 1).done(out)
     configs = {r: json.loads(ms.job(r, ms.lrs(r)[0], 0).path(out).read_text())["config"]
                for r in ms.rows()}  # fmt: skip
     assert [configs[r]["method"] for r in ms.ROWS] == [v["method"] for v in ms.ROWS.values()]
@@ -81,15 +82,17 @@ def test_the_study_selects_on_validation_and_tables_every_row_and_seed(
     # selection reads validation only: test figures do not move it, validation does
     row, (low, high) = "dec-lora", ms.LORA_LRS
     other = low if chosen["rows"][row]["lr"] == high else high
-    path = ms.job(row, other, 0).path(out)
-    original = path.read_text()
-    _rewrite(
-        path, {"final.after_consensus.honest_worst_accuracy": 1.0, "final.average.accuracy": 1.0}
-    )
+    paths = [ms.job(row, other, s).path(out) for s in ms.SEEDS]
+    originals = [path.read_text() for path in paths]
+    test_only = {"final.after_consensus.honest_worst_accuracy": 1.0, "final.average.accuracy": 1.0}
+    for path in paths:
+        _rewrite(path, test_only)
     assert ms.select(out)["rows"][row]["lr"] != other
-    _rewrite(path, {"final.validation.honest_worst_accuracy": 1.01})
+    for path in paths:
+        _rewrite(path, {"final.validation.honest_worst_accuracy": 1.01})
     assert ms.select(out)["rows"][row]["lr"] == other
-    path.write_text(original)
+    for path, original in zip(paths, originals, strict=True):
+        path.write_text(original)
     assert ms.select(out) == chosen
 
     # the table and the verdicts read the runs
@@ -136,3 +139,46 @@ def test_a_pick_at_the_top_of_its_grid_extends_the_grid(tmp_path: Path) -> None:
         assert ms.next_lr("central-full", tmp_path)[0] == lr
         fake("central-full", lr, 0.9 + 0.01 * k)
     assert ms.next_lr("central-full", tmp_path) == (None, [*full, *doubled])
+
+
+def _fake(out: Path, row: str, lr: float, seed: int, accuracy: float | None) -> None:
+    """A stored run of `row` holding only a validation figure (None: none at all)."""
+    path = ms.job(row, lr, seed).path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({} if accuracy is None else {"validation": {"accuracy": accuracy}}))
+
+
+def test_the_pick_is_the_best_mean_over_the_seeds_among_seed_0s_finalists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seed 0 ranks the grid; its FINALISTS best run every seed; the best mean wins,
+    though seed 0 alone preferred another lr; a run stored without validation is not
+    done (it is run again)."""
+    monkeypatch.setattr(ms, "FINALISTS", 2)
+    row, grid = "central-lora", ms.lrs("central-lora")
+    for other in ms.rows():  # every other row: the same figure everywhere
+        for lr in ms.lrs(other) if other != row else ():
+            for s in ms.SEEDS:
+                _fake(tmp_path, other, lr, s, 0.5)
+    seed0 = {grid[0]: 0.80, grid[1]: 0.90, grid[2]: 0.88, grid[3]: 0.70, grid[4]: 0.85}
+    for lr, acc in seed0.items():
+        _fake(tmp_path, row, lr, 0, acc)
+    assert ms.finalists(row, tmp_path) == [grid[1], grid[2]]
+    jobs = [j for j in ms.finalist_jobs(tmp_path) if j.name.startswith(row)]
+    assert {(j.cfg.lr, j.cfg.seed) for j in jobs} == {
+        (lr, s) for lr in (grid[1], grid[2]) for s in ms.SEEDS[1:]
+    }
+    later = {grid[1]: (0.86, 0.86), grid[2]: (0.92, 0.90)}  # means 0.873 vs 0.9
+    for lr, accs in later.items():
+        for s, acc in zip(ms.SEEDS[1:], accs, strict=True):
+            _fake(tmp_path, row, lr, s, acc)
+    chosen = ms.select(tmp_path)
+    assert chosen["rows"][row]["lr"] == grid[2]
+    assert chosen["rows"][row]["per_seed"] == [0.88, 0.92, 0.90]
+    assert (
+        "| central-lora | 0.004 | 88.0 | 88.0 / 92.0 / 90.0 | **90.0** |"
+        in (tmp_path / "selection.md").read_text()
+    )
+    _fake(tmp_path, row, grid[2], 1, None)  # stored without its validation figures
+    assert not ms.job(row, grid[2], 1).done(tmp_path) and ms.job(row, grid[1], 1).done(tmp_path)
+    assert ms.job(row, grid[2], 1, validate=False).done(tmp_path)
