@@ -28,7 +28,8 @@ steps. Phase 2 runs every row on every setting with seeds 0-4 at the chosen valu
 (seeds 3 and 4 chose nothing, on any setting); the table reports the
 final round after the consensus finish, mean ± std over seeds and a 95% bootstrap
 interval over seeds and test examples (`node/stats.py`).
-Finished runs are not repeated (a run is one JSON file).
+Finished runs are not repeated (a run is one JSON file), except one stored without the
+validation figures its job asks for (`Job.done`).
 """
 
 from __future__ import annotations
@@ -147,16 +148,19 @@ class Job:
         return output / "runs" / f"{self.name}.json"
 
     def done(self, output: Path) -> bool:
-        """Whether its JSON exists and holds what the job asks: validation figures where
-        `validate` (a run stored without them is run again; its other figures are
-        reproduced, the runs being deterministic)."""
+        """Whether its JSON exists and was run as the job asks: a job that wants the
+        validation figures is not done by a run stored without them (it is run again;
+        its other figures are reproduced, the runs being deterministic). A run records
+        whether it was asked (`validated`), so one whose shares held no validation rows
+        is not run again."""
         path = self.path(output)
         if not path.is_file():
             return False
         if not self.validate:
             return True
         res = json.loads(path.read_text())
-        return "validation" in res or "validation" in res.get("final", {})
+        asked = res.get("validated", False)
+        return asked or "validation" in res or "validation" in res.get("final", {})
 
 
 def _job(study: Study, setting: str, row: str, lr: float, k: int, seed: int) -> Job:
@@ -177,6 +181,7 @@ def run_job(job: Job, output: Path) -> str:
     else:
         res = to_jsonable(sim.run(validate=job.validate))
     res["seconds"] = time.perf_counter() - t0
+    res["validated"] = job.validate
     write_json(job.path(output), res)
     return job.name
 

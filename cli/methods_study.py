@@ -25,9 +25,10 @@ grid); full fine-tuning rows (deca, central-full) take `FULL_LRS`, about 100x
 smaller: full fine-tuning of BERT-size encoders is stable at 1e-5..1e-4 (BERT's own
 grid is 2e-5..5e-5), whereas LoRA's few, zero-started parameters need 1e-3..1e-2.
 A grid whose best validation figure is its top lr is extended by doubling the top
-(`next_lr`, at most `EXTEND` times), so no pick sits at an edge the grid cut short.
+(`next_lr`, at most `EXTEND` times; `selection.md` shows a grid that hit the cap still
+rising, or a pick by the mean at its top).
 The grid runs with seed 0; its `FINALISTS` best lrs run with seeds 1 and 2 too, and the
-pick is the best mean validation over the three seeds (one seed's 166 validation
+pick is the best mean validation over the three seeds (one seed's 164-166 validation
 articles cannot separate neighbouring lrs), as in the generalization study. The
 pick's three runs are the row's results.
 
@@ -51,7 +52,8 @@ Measured per row (mean over the seeds):
 
 Rows with gradient tracking are marked †. Below the table: Kill-and-Revive against
 Dec-LoRA (`KR_BYTES`, `KR_TIME`, `KR_POINTS`) and DECA against Dec-LoRA, from the
-runs. Finished runs are not repeated (a run is one JSON file).
+runs. Finished runs are not repeated (a run is one JSON file), except one stored without
+the validation figures its job asks for (`Job.done`).
 """
 
 from __future__ import annotations
@@ -157,6 +159,7 @@ def run(j: Job, output: Path) -> str:
         work = _workload(j)
         res = {"config": j.cfg.model_dump(), "full_finetune": True, **_central(work, j.validate)}
     res["seconds"] = time.perf_counter() - t0
+    res["validated"] = j.validate
     write_json(j.path(output), res)
     return j.name
 
@@ -266,7 +269,7 @@ def next_lr(row: str, output: Path) -> tuple[float | None, list[float]]:
         if best_first(scores)[0] != grid[-1] or len(grid) - len(lrs(row)) >= EXTEND:
             return None, grid
         nxt = 2 * grid[-1]
-        if not job(row, nxt, SEEDS[0]).path(output).is_file():
+        if not job(row, nxt, SEEDS[0]).done(output):
             return nxt, grid
         grid.append(nxt)
 
@@ -443,7 +446,8 @@ def table(output: Path, chosen: dict[str, Any]) -> str:
             mem = f"{_mib(m['peak'])} ({_mib(m['peak'] - m['rss_loaded'])})"
         cells = [row + mark, lr, str(len(rr.runs)), worst, avg, kib, secs, mem]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "† gradient tracking. Every lr was chosen on validation (seeds 0-2).", ""]
+    seeds = f"seeds {SEEDS[0]}-{SEEDS[-1]}" if len(SEEDS) > 1 else f"seed {SEEDS[0]}"
+    lines += ["", f"† gradient tracking. Every lr was chosen on validation ({seeds}).", ""]
     lines += verdicts(done)
     text = "\n".join(lines) + "\n"
     (output / "table.md").write_text(text)
@@ -451,10 +455,11 @@ def table(output: Path, chosen: dict[str, Any]) -> str:
 
 
 def verdicts(done: dict[str, RowRuns]) -> list[str]:
-    """Kill-and-Revive's targets and DECA against Dec-LoRA, on their common seeds."""
+    """Every other swarm row against Dec-LoRA on their common seeds: Kill-and-Revive's
+    targets, whether DECA beats it, ConLoRA's and DeCAF's differences."""
     base = done["dec-lora"]
     out = []
-    for row in ("kill-revive", "kill-revive-untracked", "deca"):
+    for row in ("conlora", "decaf", "kill-revive", "kill-revive-untracked", "deca"):
         rr = done[row]
         seeds = sorted(set(rr.runs) & set(base.runs))
         if not seeds:
@@ -481,6 +486,10 @@ def verdicts(done: dict[str, RowRuns]) -> list[str]:
                 f"{'met' if fewer >= KR_BYTES else 'missed'}; training time at least "
                 f"{100 * KR_TIME:.0f}% less: {'met' if faster >= KR_TIME else 'missed'}; "
                 f"worst node within {KR_POINTS:g} point: {verdict(worst, KR_POINTS)}"
+            )
+        elif row != "deca":
+            out.append(
+                f"- {row} vs dec-lora: {accuracy}; {100 * sub.kib() / ref.kib():.0f}% of the bytes."
             )
         else:
             beats = "beats" if worst.low > 0 else "is worse than" if worst.high < 0 else ""

@@ -83,7 +83,8 @@ class SwarmServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Pull(self, request, context):
-        """Fetch the node's full current adapter (late joiners, keyframes on demand).
+        """Fetch the node's full current adapter (late joiners, nodes far behind): STATE
+        only; keyframes travel by Push.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

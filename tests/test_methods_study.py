@@ -13,6 +13,7 @@ import torch
 from conftest import CLASS_NAMES, NUM_CLASSES, TINY_SPEC, make_synthetic, write_jsonl
 
 from declora.cli import methods_study as ms
+from declora.cli.generalization import best_first
 from declora.node.data import TextDataset
 from declora.node.full_finetune import FullModel
 from declora.node.trainer import LocalTrainer
@@ -94,6 +95,11 @@ def test_the_study_selects_on_validation_and_tables_every_row_and_seed(
     for path, original in zip(paths, originals, strict=True):
         path.write_text(original)
     assert ms.select(out) == chosen
+
+    # a resumed study finds every run done: none is repeated, memory runs included
+    said: list[str] = []
+    assert ms.run_study(out, workers=1, say=said.append) == text
+    assert not [m for m in said if m.startswith(("done", "4 memory")) or "to do" in m]
 
     # the table and the verdicts read the runs
     lines = {line.split(" | ")[0].strip("| †"): line for line in text.splitlines()}
@@ -179,6 +185,16 @@ def test_the_pick_is_the_best_mean_over_the_seeds_among_seed_0s_finalists(
         "| central-lora | 0.004 | 88.0 | 88.0 / 92.0 / 90.0 | **90.0** |"
         in (tmp_path / "selection.md").read_text()
     )
+    tie = {grid[1]: (0.875, 0.75, 0.75), grid[2]: (0.875, 0.625, 0.875)}  # exact means
+    for lr, accs in tie.items():
+        for s, acc in zip(ms.SEEDS, accs, strict=True):
+            _fake(tmp_path, row, lr, s, acc)
+    assert ms.select(tmp_path)["rows"][row]["lr"] == grid[1]  # a tie goes to the smaller lr
     _fake(tmp_path, row, grid[2], 1, None)  # stored without its validation figures
     assert not ms.job(row, grid[2], 1).done(tmp_path) and ms.job(row, grid[1], 1).done(tmp_path)
     assert ms.job(row, grid[2], 1, validate=False).done(tmp_path)
+
+
+def test_best_first_breaks_ties_towards_the_smaller_candidate() -> None:
+    assert best_first({2e-3: 0.9, 1e-3: 0.9, 4e-3: 0.95}) == [4e-3, 1e-3, 2e-3]
+    assert best_first({(1e-3, 2): 0.9, (1e-3, 1): 0.9, (2e-3, 1): 0.9})[0] == (1e-3, 1)

@@ -71,6 +71,13 @@ one JSON here and is skipped when it exists; the summary is printed at the end.
    (`lab-ring-4/runs/`), the worst node's validation accuracy, and its test accuracy
    beside it (which chose nothing).
 
+10. `validation-gaps`: is the torus's test gap to centralized its own? The study's
+   phase-2 runs (`../runs/`, no new run) also score the validation rows, and so does
+   each centralized reference (the union of the same rows). This prints, per setting and
+   row, the worst node's gap to the reference of its seed on validation beside the same
+   gap on test, seeds 0-4. Validation chose only the ring's lr, so on the other three
+   settings it is a second, smaller held-out set (164-166 articles against 414).
+
     python results/swarm/diagnostics/diagnostics.py   # from the repo root, declora installed
 """
 
@@ -290,6 +297,27 @@ def lab_ring_4(workers: int = 2) -> None:
         )
 
 
+def validation_gaps() -> None:
+    study = OUT.parent
+    chosen = json.loads((study / "selection.json").read_text())
+    jobs = final_jobs(SWARM_STUDY, chosen)
+    for setting in SWARM_STUDY.settings:
+        for row in ("recipe", "accelerated", "accelerated-q4"):
+            val, test = [], []
+            for s in SWARM_STUDY.seeds:
+                run = json.loads(jobs[(setting, row, s)].path(study).read_text())
+                ref = json.loads(jobs[(setting, "central", s)].path(study).read_text())
+                worst = run["final"]["validation"]["honest_worst_accuracy"]
+                val.append(100 * (worst - ref["validation"]["accuracy"]))
+                node = node_outcomes(run).mean(axis=1).min()
+                test.append(100 * float(node - outcomes(ref["correct"]).mean()))
+            print(
+                f"validation-gaps {setting} {row} (worst node minus centralized, seeds 0-4): "
+                f"validation {[round(v, 1) for v in val]} mean {np.mean(val):.1f}; "
+                f"test {[round(t, 1) for t in test]} mean {np.mean(test):.1f}"
+            )
+
+
 def _torus_job(lr: float, seed: int) -> Job:
     cfg = SWARM_STUDY.config("torus-16", "accelerated", lr, 1, seed)
     return Job(f"accelerated-torus-16-lr{lr:g}-k1-seed{seed}", cfg, False)
@@ -371,6 +399,7 @@ def main() -> None:
     mixing()
     torus_lr()
     lab_ring_4()
+    validation_gaps()
     for weighting in ("nodes", "examples"):
         run = cached(f"complete-ring-8-seed1-{weighting}", complete, weighting)
         names = list(run["test_per_class"])
