@@ -78,6 +78,16 @@ one JSON here and is skipped when it exists; the summary is printed at the end.
    gap on test, seeds 0-4. Validation chose only the ring's lr, so on the other three
    settings it is a second, smaller held-out set (164-166 articles against 414).
 
+11. `steps`: is the rest of the gap the number of optimizer steps? On every setting the
+   swarm's models agree at the end (worst node = the averaged model), and each node takes
+   30 steps, so the average moves like 30 steps on n x 16 examples, while the
+   centralized reference takes 30 n steps of 16. This is `large-batch` on each of the
+   four settings (one adapter on the union of the shares, 30 steps of batch 16 n, the
+   recipe's schedule). Its lr is chosen as the study chooses (seed 0 over the
+   references' grid, doubled while its top wins; the two best over seeds 0-2; the best
+   mean validation), then seeds 0-4 on test (`steps/`), each paired with the study's
+   centralized reference and its `accelerated` row of the same seed.
+
     python results/swarm/diagnostics/diagnostics.py   # from the repo root, declora installed
 """
 
@@ -94,6 +104,7 @@ import torch
 from declora.cli.generalization import (
     SWARM_STUDY,
     Job,
+    best_first,
     final_jobs,
     node_outcomes,
     outcomes,
@@ -102,7 +113,7 @@ from declora.cli.generalization import (
 )
 from declora.node.acceleration import UNACCELERATED
 from declora.node.simulator import SimConfig, Simulation
-from declora.node.stats import format_interval, summarize
+from declora.node.stats import format_interval, summarize, t95
 from declora.node.trainer import LocalTrainer
 from declora.node.workload import load_workload
 
@@ -118,9 +129,9 @@ def cached(name: str, make: Any, *args: Any) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def large_batch(lr: float, seed: int) -> dict[str, Any]:
+def large_batch(lr: float, seed: int, setting: str = "ring-8") -> dict[str, Any]:
     cfg = SimConfig(
-        **SWARM_STUDY.common, **SWARM_STUDY.settings["ring-8"], rounds=SWARM_STUDY.steps,
+        **SWARM_STUDY.common, **SWARM_STUDY.settings[setting], rounds=SWARM_STUDY.steps,
         local_steps=1, seed=seed, lr=lr, gradient_tracking=False, gossip_steps=1,
     )  # fmt: skip
     work = load_workload(cfg, cfg.nodes, max_train=cfg.max_train)
@@ -318,6 +329,83 @@ def validation_gaps() -> None:
             )
 
 
+def _steps_run(setting: str, lr: float, seed: int) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    path = OUT / "steps" / f"large-batch-{setting}-lr{lr:g}-seed{seed}.json"
+    if not path.is_file():
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(large_batch(lr, seed, setting), indent=1))
+    return dict(json.loads(path.read_text()))
+
+
+def _steps_runs(todo: list[tuple[str, float, int]], workers: int) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        for fut in [pool.submit(_steps_run, *t) for t in todo]:
+            fut.result()
+
+
+def steps(workers: int = 2) -> None:
+    study = OUT.parent
+    chosen = json.loads((study / "selection.json").read_text())
+    jobs = final_jobs(SWARM_STUDY, chosen)
+    tuning, seeds = SWARM_STUDY.tuning_seeds, SWARM_STUDY.seeds
+    grid = list(SWARM_STUDY.central_lrs)
+    settings = list(SWARM_STUDY.settings)[::-1]  # the torus first
+    _steps_runs([(st, lr, tuning[0]) for st in settings for lr in grid], workers)
+    picks = {}
+    for setting in settings:
+        lrs = list(grid)
+        while True:
+            val = {lr: _steps_run(setting, lr, tuning[0])["validation"]["accuracy"] for lr in lrs}
+            if best_first(val)[0] != lrs[-1]:
+                break
+            _steps_runs([(setting, 2 * lrs[-1], tuning[0])], 1)
+            lrs.append(2 * lrs[-1])
+        finalists = best_first(val)[:2]
+        _steps_runs([(setting, lr, s) for lr in finalists for s in tuning[1:]], workers)
+        means = {
+            lr: float(
+                np.mean([_steps_run(setting, lr, s)["validation"]["accuracy"] for s in tuning])
+            )
+            for lr in finalists
+        }
+        picks[setting] = best_first(means)[0]
+        print(
+            f"steps {setting} (large-batch, batch {16 * SWARM_STUDY.settings[setting]['nodes']}): "
+            f"seed 0 validation { ({f'{k:g}': round(100 * v, 1) for k, v in val.items()}) }, "
+            f"finalists' means { ({f'{k:g}': round(100 * v, 1) for k, v in means.items()}) }, "
+            f"pick {picks[setting]:g}"
+        )
+    _steps_runs([(st, picks[st], s) for st in settings for s in seeds], workers)
+    for setting in settings:
+        big, central, swarm = [], [], []
+        for s in seeds:
+            run = _steps_run(setting, picks[setting], s)
+            big.append(100 * run["test"]["accuracy"])
+            ref = json.loads(jobs[(setting, "central", s)].path(study).read_text())
+            central.append(100 * float(outcomes(ref["correct"]).mean()))
+            acc = json.loads(jobs[(setting, "accelerated", s)].path(study).read_text())
+            swarm.append(100 * float(node_outcomes(acc).mean(axis=1).min()))
+        print(
+            f"steps {setting} (test, seeds 0-4): large-batch {[round(b, 1) for b in big]} mean "
+            f"{np.mean(big):.1f}; centralized {np.mean(central):.1f}; accelerated's worst node "
+            f"{np.mean(swarm):.1f}; large-batch minus centralized "
+            f"{_seed_interval(np.subtract(big, central))}, accelerated minus large-batch "
+            f"{_seed_interval(np.subtract(swarm, big))}"
+        )
+
+
+def _seed_interval(diff: np.ndarray) -> str:
+    """'mean [low, high]': a Student-t 95% interval over the seeds (the test articles'
+    own noise, shared by every seed, is not in it)."""
+    half = t95(len(diff) - 1) * float(np.std(diff, ddof=1)) / np.sqrt(len(diff))
+    mean = float(np.mean(diff))
+    return f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]"
+
+
 def _torus_job(lr: float, seed: int) -> Job:
     cfg = SWARM_STUDY.config("torus-16", "accelerated", lr, 1, seed)
     return Job(f"accelerated-torus-16-lr{lr:g}-k1-seed{seed}", cfg, False)
@@ -400,6 +488,7 @@ def main() -> None:
     torus_lr()
     lab_ring_4()
     validation_gaps()
+    steps()
     for weighting in ("nodes", "examples"):
         run = cached(f"complete-ring-8-seed1-{weighting}", complete, weighting)
         names = list(run["test_per_class"])
