@@ -78,10 +78,10 @@ one JSON here and is skipped when it exists; the summary is printed at the end.
    gap on test, seeds 0-4. Validation chose only the ring's lr, so on the other three
    settings it is a second, smaller held-out set (164-166 articles against 414).
 
-11. `steps`: is the rest of the gap the number of optimizer steps? On every setting the
-   swarm's models agree at the end (worst node = the averaged model), and each node takes
-   30 steps, so the average moves like 30 steps on n x 16 examples, while the
-   centralized reference takes 30 n steps of 16. This is `large-batch` on each of the
+11. `steps`: how far is the swarm from one adapter taking its steps? `accelerated`'s
+   nodes end identical (worst node = the averaged model), and each node takes 30 steps,
+   so the average moves like 30 steps on n x 16 examples, while the centralized
+   reference takes 30 n steps of 16. This is `large-batch` on each of the
    four settings (one adapter on the union of the shares, 30 steps of batch 16 n, the
    recipe's schedule). Its lr is chosen as the study chooses (seed 0 over the
    references' grid, doubled while its top wins; the two best over seeds 0-2; the best
