@@ -88,6 +88,12 @@ one JSON here and is skipped when it exists; the summary is printed at the end.
    mean validation), then seeds 0-4 on test (`steps/`), each paired with the study's
    centralized reference and its `accelerated` row of the same seed.
 
+12. `torus-g4`: is the torus short of mixing? `accelerated` on the torus with 4
+   exchanges a round instead of the 2 `mixing.gossip_steps_for` gives it (Chebyshev
+   over 4 exchanges leaves about 0.02 of the disagreement a round instead of 0.22),
+   seeds 0-4 (`torus-g4/runs/`): validation on the tuning seeds 0-2, and the test
+   difference to the study's `accelerated` runs of the same seeds (which chose nothing).
+
     python results/swarm/diagnostics/diagnostics.py   # from the repo root, declora installed
 """
 
@@ -406,6 +412,35 @@ def _seed_interval(diff: np.ndarray) -> str:
     return f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]"
 
 
+def _g4_job(seed: int) -> Job:
+    cfg = SWARM_STUDY.config("torus-16", "accelerated", 4e-3, 1, seed)
+    cfg = SimConfig(**{**cfg.model_dump(), "gossip_steps": 4})
+    return Job(f"accelerated-g4-torus-16-lr0.004-k1-seed{seed}", cfg, False)
+
+
+def torus_g4(workers: int = 2) -> None:
+    seeds = SWARM_STUDY.seeds
+    run_jobs([_g4_job(s) for s in seeds], OUT / "torus-g4", workers)
+    g4 = [json.loads(_g4_job(s).path(OUT / "torus-g4").read_text()) for s in seeds]
+    g2 = [json.loads(_torus_job(4e-3, s).path(OUT.parent).read_text()) for s in seeds]
+    for label, runs in (("G 2 (the study's)", g2), ("G 4", g4)):
+        val = [100 * r["final"]["validation"]["honest_worst_accuracy"] for r in runs[:3]]
+        kib = np.mean([r["final"]["bytes_sent_per_node"] for r in runs]) / 1024
+        print(
+            f"torus-g4 accelerated torus-16 {label}: validation (seeds 0-2) "
+            f"{[round(v, 1) for v in val]} mean {np.mean(val):.1f}; {kib:,.0f} KiB/node"
+        )
+    diff = summarize([node_outcomes(r) for r in g4], [worst_node_outcomes(r) for r in g2],
+                     shared_examples=True)  # fmt: skip
+    print(f"torus-g4 test, G 4 minus G 2 (worst node, seeds 0-4): {format_interval(diff)}")
+    chosen = json.loads((OUT.parent / "selection.json").read_text())
+    jobs = final_jobs(SWARM_STUDY, chosen)
+    ref = [json.loads(jobs[("torus-16", "central", s)].path(OUT.parent).read_text()) for s in seeds]
+    gap = summarize([node_outcomes(r) for r in g4], [outcomes(r["correct"]) for r in ref],
+                    shared_examples=True)  # fmt: skip
+    print(f"torus-g4 test, G 4 minus centralized (worst node, seeds 0-4): {format_interval(gap)}")
+
+
 def _torus_job(lr: float, seed: int) -> Job:
     cfg = SWARM_STUDY.config("torus-16", "accelerated", lr, 1, seed)
     return Job(f"accelerated-torus-16-lr{lr:g}-k1-seed{seed}", cfg, False)
@@ -489,6 +524,7 @@ def main() -> None:
     lab_ring_4()
     validation_gaps()
     steps()
+    torus_g4()
     for weighting in ("nodes", "examples"):
         run = cached(f"complete-ring-8-seed1-{weighting}", complete, weighting)
         names = list(run["test_per_class"])
