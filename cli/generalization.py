@@ -250,6 +250,18 @@ def best_first(scores: Mapping[C, float]) -> list[C]:
     return sorted(scores, key=lambda c: (-scores[c], c))
 
 
+def mean_pick(
+    finalists: Iterable[C], score: Callable[[C, int], float], seeds: Iterable[int]
+) -> tuple[C, dict[C, tuple[float, list[float]]]]:
+    """(the finalist with the best mean of `score(candidate, seed)` over `seeds`, ties to
+    the smaller; every finalist's (mean, per-seed scores))."""
+    means = {}
+    for c in finalists:
+        per_seed = [score(c, s) for s in seeds]
+        means[c] = (float(np.mean(per_seed)), per_seed)
+    return best_first({c: m for c, (m, _) in means.items()})[0], means
+
+
 def _ranked(study: Study, output: Path, row: str, setting: str) -> list[tuple[float, int]]:
     """The candidates by seed 0's validation, best first; ties go to the smaller lr and K."""
     seed = study.tuning_seeds[0]
@@ -286,11 +298,11 @@ def select(study: Study, output: Path) -> dict[str, Any]:
     chosen: dict[str, Any] = {"rows": {}, "central": {}, "grid": []}
     for row, setting in _selections(study):
         ranked = _ranked(study, output, row, setting)
-        means = {}
-        for lr, k in ranked[: study.finalists]:
-            vals = [_validation(study, output, row, setting, lr, k, s) for s in study.tuning_seeds]
-            means[(lr, k)] = (float(np.mean(vals)), vals)
-        lr, k = best_first({c: m for c, (m, _) in means.items()})[0]
+        (lr, k), means = mean_pick(
+            ranked[: study.finalists],
+            lambda c, s: _validation(study, output, row, setting, *c, s),  # noqa: B023
+            study.tuning_seeds,
+        )
         mean, per_seed = means[(lr, k)]
         for c in _candidates(study, row, setting):
             seed0 = _validation(study, output, row, setting, *c, study.tuning_seeds[0])

@@ -75,6 +75,7 @@ from declora.cli.generalization import (
     SWARM_STUDY,
     Job,
     best_first,
+    mean_pick,
     node_outcomes,
     outcomes,
     run_job,
@@ -301,11 +302,11 @@ def select(output: Path) -> dict[str, Any]:
     smaller lr); writes selection.json and selection.md and returns the choice."""
     chosen: dict[str, Any] = {"rows": {}, "grid": []}
     for row in rows():
-        means = {}
-        for lr in finalists(row, output):
-            per_seed = [validation_of(_load(job(row, lr, s), output)) for s in SEEDS]
-            means[lr] = (float(np.mean(per_seed)), per_seed)
-        lr = best_first({c: m for c, (m, _) in means.items()})[0]
+        lr, means = mean_pick(
+            finalists(row, output),
+            lambda c, s: validation_of(_load(job(row, c, s), output)),  # noqa: B023
+            SEEDS,
+        )
         chosen["rows"][row] = {"lr": lr, "mean_validation": means[lr][0], "per_seed": means[lr][1]}
         for c, seed0 in _seed0(row, output).items():
             entry: dict[str, Any] = {"row": row, "lr": c, "seed0": seed0}

@@ -101,6 +101,8 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +114,7 @@ from declora.cli.generalization import (
     Job,
     best_first,
     final_jobs,
+    mean_pick,
     node_outcomes,
     outcomes,
     run_jobs,
@@ -345,9 +348,6 @@ def _steps_run(setting: str, lr: float, seed: int) -> dict[str, Any]:
 
 
 def _steps_runs(todo: list[tuple[str, float, int]], workers: int) -> None:
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         for fut in [pool.submit(_steps_run, *t) for t in todo]:
             fut.result()
@@ -372,13 +372,12 @@ def steps(workers: int = 2) -> None:
             lrs.append(2 * lrs[-1])
         finalists = best_first(val)[:2]
         _steps_runs([(setting, lr, s) for lr in finalists for s in tuning[1:]], workers)
-        means = {
-            lr: float(
-                np.mean([_steps_run(setting, lr, s)["validation"]["accuracy"] for s in tuning])
-            )
-            for lr in finalists
-        }
-        picks[setting] = best_first(means)[0]
+        picks[setting], found = mean_pick(
+            finalists,
+            lambda lr, s: _steps_run(setting, lr, s)["validation"]["accuracy"],  # noqa: B023
+            tuning,
+        )
+        means = {lr: m for lr, (m, _) in found.items()}
         print(
             f"steps {setting} (large-batch, batch {16 * SWARM_STUDY.settings[setting]['nodes']}): "
             f"seed 0 validation { ({f'{k:g}': round(100 * v, 1) for k, v in val.items()}) }, "
