@@ -64,10 +64,10 @@ def _san(host: str) -> x509.GeneralName:
 
 def _write(path: Path, data: bytes, private: bool) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    if private:  # before the key is written: the file may exist with wider permissions
+        os.fchmod(fd, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
-    if private:
-        os.chmod(path, 0o600)  # also when the file existed with other permissions (--force)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

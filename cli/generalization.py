@@ -147,6 +147,10 @@ class Job:
     def path(self, output: Path) -> Path:
         return output / "runs" / f"{self.name}.json"
 
+    def result(self, output: Path) -> dict[str, Any]:
+        """Its stored run (a JSON object)."""
+        return dict(json.loads(self.path(output).read_text()))
+
     def done(self, output: Path) -> bool:
         """Whether its JSON exists and was run as the job asks: a job that wants the
         validation figures is not done by a run stored without them (it is run again;
@@ -209,10 +213,6 @@ def run_jobs(
             say(f"done {fut.result()}")
 
 
-def _load(job: Job, output: Path) -> dict[str, Any]:
-    return dict(json.loads(job.path(output).read_text()))
-
-
 def row_lrs(study: Study, row: str) -> tuple[float, ...]:
     """The lr grid a swarm row selects from."""
     return study.lrs + (study.plain_extra_lrs if row == "plain" else ())
@@ -238,7 +238,7 @@ def _validation(
 ) -> float:
     """A selection run's validation accuracy: the swarm rows' worst node after the
     consensus finish, the reference's model."""
-    res = _load(_job(study, setting, row, lr, k, seed), output)
+    res = _job(study, setting, row, lr, k, seed).result(output)
     if row == "central":
         return float(res["validation"]["accuracy"])
     return float(res["final"]["validation"]["honest_worst_accuracy"])
@@ -407,14 +407,14 @@ def table(study: Study, output: Path, chosen: dict[str, Any]) -> str:
             lines.append(f"| {setting} | not run yet | | | | |")
             continue
         name = setting if len(seeds) == len(study.seeds) else f"{setting} ({len(seeds)} seeds)"
-        central = [_load(jobs[(setting, "central", s)], output) for s in seeds]
+        central = [jobs[(setting, "central", s)].result(output) for s in seeds]
         ref = [outcomes(c["correct"]) for c in central]
         lr = chosen["central"][setting]["lr"]
         iv = summarize(ref, shared_examples=True)
         lines.append(f"| {name} | centralized (lr {lr:g}) | {format_interval(iv)} | | | |")
         worst: dict[str, tuple[list[np.ndarray], float]] = {}  # row: worst nodes, KiB
         for row in ROWS:
-            runs = [_load(jobs[(setting, row, s)], output) for s in seeds]
+            runs = [jobs[(setting, row, s)].result(output) for s in seeds]
             nodes = [node_outcomes(r) for r in runs]
             diff = summarize(nodes, ref, shared_examples=True)
             note = f"{verdict(diff, PARITY_MARGIN)} at {PARITY_MARGIN:g}"

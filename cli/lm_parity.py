@@ -25,7 +25,6 @@ reference, mean ± std over seeds and a Student-t 95% interval of the mean gap.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -90,23 +89,19 @@ def selection_jobs() -> list[Job]:
     ]
 
 
-def _load(j: Job, output: Path) -> dict[str, Any]:
-    return dict(json.loads(j.path(output).read_text()))
-
-
 def select(output: Path) -> dict[str, Any]:
     """The lrs with the lowest validation perplexity (the recipe's worst node after the
     finish; the reference's own); writes selection.json and returns it."""
     grid: list[dict[str, Any]] = []
     recipe = []
     for lr in RECIPE_LRS:
-        val = _load(job("recipe", lr, SEEDS[0], True), output)["final"]["validation"]
+        val = job("recipe", lr, SEEDS[0], True).result(output)["final"]["validation"]
         ppl = val["honest_worst_perplexity"]
         recipe.append((ppl, lr))
         grid.append({"row": "recipe", "lr": lr, "worst_validation_perplexity": ppl})
     central = []
     for lr in CENTRAL_LRS:
-        ppl = _load(job("central", lr, SEEDS[0], True), output)["validation"]["perplexity"]
+        ppl = job("central", lr, SEEDS[0], True).result(output)["validation"]["perplexity"]
         central.append((ppl, lr))
         grid.append({"row": "central", "lr": lr, "validation_perplexity": ppl})
     chosen = {"recipe_lr": min(recipe)[1], "central_lr": min(central)[1], "grid": grid}
@@ -160,7 +155,7 @@ def table(output: Path, chosen: dict[str, Any]) -> str:
     show the finished ones and say how many."""
     jobs = final_jobs(chosen)
     central = {
-        s: _load(jobs[("central", s)], output)["final"]["perplexity"]
+        s: jobs[("central", s)].result(output)["final"]["perplexity"]
         for s in SEEDS
         if jobs[("central", s)].path(output).is_file()
     }
@@ -177,7 +172,7 @@ def table(output: Path, chosen: dict[str, Any]) -> str:
         done = {}
         for s in central:
             if jobs[(row, s)].path(output).is_file():
-                done[s] = _load(jobs[(row, s)], output)
+                done[s] = jobs[(row, s)].result(output)
         if not done:
             lines.append(f"| {row} | 0 | not run yet | | | | | |")
             continue
@@ -192,7 +187,7 @@ def table(output: Path, chosen: dict[str, Any]) -> str:
         if row == "recipe-q4" and all(s in worst_fp32 for s in done):
             qm, qs, ql, qh = gap_interval([_gap(worst[s], worst_fp32[s]) for s in done])
             fp32_bytes = np.mean(
-                [_load(jobs[("recipe", s)], output)["final"]["bytes_sent_per_node"] for s in done]
+                [jobs[("recipe", s)].result(output)["final"]["bytes_sent_per_node"] for s in done]
             )
             note += (
                 f"; vs fp32 {qm:+.2f} ± {qs:.2f} [{ql:+.2f}, {qh:+.2f}]%: "

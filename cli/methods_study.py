@@ -248,10 +248,6 @@ def selection_jobs() -> list[MethodJob]:
     return [job(row, lr, SEEDS[0]) for row in rows() for lr in lrs(row)]
 
 
-def _load(j: Job, output: Path) -> dict[str, Any]:
-    return dict(json.loads(j.path(output).read_text()))
-
-
 def validation_of(res: dict[str, Any]) -> float:
     """A selection run's validation accuracy: a swarm's worst node after the
     consensus finish, a reference's own."""
@@ -266,7 +262,7 @@ def next_lr(row: str, output: Path) -> tuple[float | None, list[float]]:
     doublings were made, else None (the grid is settled). Reads finished runs only."""
     grid = list(lrs(row))
     while True:
-        scores = {lr: validation_of(_load(job(row, lr, SEEDS[0]), output)) for lr in grid}
+        scores = {lr: validation_of(job(row, lr, SEEDS[0]).result(output)) for lr in grid}
         if best_first(scores)[0] != grid[-1] or len(grid) - len(lrs(row)) >= EXTEND:
             return None, grid
         nxt = 2 * grid[-1]
@@ -284,7 +280,7 @@ def extension_jobs(output: Path) -> list[MethodJob]:
 def _seed0(row: str, output: Path) -> dict[float, float]:
     """A row's settled grid: seed 0's validation accuracy at every lr."""
     grid = next_lr(row, output)[1]
-    return {lr: validation_of(_load(job(row, lr, SEEDS[0]), output)) for lr in grid}
+    return {lr: validation_of(job(row, lr, SEEDS[0]).result(output)) for lr in grid}
 
 
 def finalists(row: str, output: Path) -> list[float]:
@@ -304,7 +300,7 @@ def select(output: Path) -> dict[str, Any]:
     for row in rows():
         lr, means = mean_pick(
             finalists(row, output),
-            lambda c, s: validation_of(_load(job(row, c, s), output)),  # noqa: B023
+            lambda c, s: validation_of(job(row, c, s).result(output)),  # noqa: B023
             SEEDS,
         )
         chosen["rows"][row] = {"lr": lr, "mean_validation": means[lr][0], "per_seed": means[lr][1]}
@@ -402,7 +398,7 @@ def finished_runs(chosen: dict[str, Any], output: Path) -> dict[str, RowRuns]:
         row: RowRuns(
             row,
             {
-                s: _load(jobs[(row, s)], output)
+                s: jobs[(row, s)].result(output)
                 for s in SEEDS
                 if jobs[(row, s)].path(output).is_file()
             },
@@ -443,7 +439,7 @@ def table(output: Path, chosen: dict[str, Any]) -> str:
         mem_job = job(row, chosen["rows"][row]["lr"], SEEDS[0], memory=True)
         mem = ""
         if mem_job.path(output).is_file():
-            m = _load(mem_job, output)
+            m = mem_job.result(output)
             mem = f"{_mib(m['peak'])} ({_mib(m['peak'] - m['rss_loaded'])})"
         cells = [row + mark, lr, str(len(rr.runs)), worst, avg, kib, secs, mem]
         lines.append("| " + " | ".join(cells) + " |")

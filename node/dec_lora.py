@@ -92,6 +92,7 @@ class DecLoraNode(Generic[K]):
     """A node's trainer plus its gossip state; `peers` are keyed by any hashable id."""
 
     full_model = False  # whether `model_vector` is more than the adapter (DECA's)
+    takes_state = True  # whether `take_state` can go on from a neighbour's (catch-up)
 
     def __init__(
         self,
@@ -304,6 +305,15 @@ class DecLoraNode(Generic[K]):
         _check_bound(peer, vec, self.value_limit(cap))
         return vec
 
+    def check_state(self, peer: K, payload: bytes, cap: float = float("inf")) -> np.ndarray:
+        """A full state (`full_state`, for `take_state`), checked as `check_payload` in
+        the fp32 codec states travel in; GossipError unless it holds every entry (a
+        masked delta passed off as a state does not)."""
+        vec = self.check_payload(peer, payload, KEYFRAME_CODEC, cap)
+        if not np.isfinite(vec).all():
+            raise GossipError(f"state from {peer!r} lacks entries: not a full state")
+        return vec
+
     def check_keyframe(
         self, peer: K, payload: bytes, spec: str | None = None, cap: float = float("inf")
     ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -400,7 +410,7 @@ class DecLoraNode(Generic[K]):
 
 def _check_bound(peer: object, vec: np.ndarray, limit: float) -> None:
     biggest = float(np.abs(vec).max(initial=0.0))
-    if biggest > limit:
+    if not biggest <= limit:  # NaN too
         raise GossipError(
             f"payload from {peer!r} holds |value| {biggest:.3g}, above the bound {limit:.3g} "
             "(100x this node's largest, or --max-value)"

@@ -37,8 +37,9 @@ snapshots of the next round already see its block), and at the start of `train` 
 a node that never mixes). Payload checks accept a vector of any block's size (a
 neighbour may send the next round's payload before this node has mixed); applying it
 at its round's mix checks the size exactly. A node far behind cannot take a
-neighbour's state (it is the whole model): `take_state` refuses and it goes on from
-its own. The consensus finish mixes the block of each gossip-only round (blocks go on
+neighbour's state (it is one block, not the whole model): `takes_state` is false, so
+the daemon never pulls one (`take_state` refuses too) and it goes on from its own.
+The consensus finish mixes the block of each gossip-only round (blocks go on
 cycling by round number) until the whole model agrees: the simulator measures the
 change from the base (`agreement_vector`; the raw weights' norm would hide any
 disagreement), and the daemon's stopping test (`disagreement`) takes every block this
@@ -61,7 +62,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from declora.node.codecs import CodecError, decode
-from declora.node.dec_lora import DecLoraNode, NodeSnapshot, _check_bound
+from declora.node.dec_lora import VALUE_RATIO, DecLoraNode, NodeSnapshot, _check_bound
 from declora.node.deca_model import BlockTrainer
 from declora.node.gossip import GossipError
 from declora.node.trainer import LocalTrainer
@@ -83,6 +84,7 @@ class DecaNode(DecLoraNode[K]):
     """A node that trains, gossips and mixes one block of its full model at a time."""
 
     full_model = True
+    takes_state = False  # a neighbour's state is one block: no catch-up
 
     def __init__(self, trainer: LocalTrainer, *args: Any, **kwargs: Any) -> None:
         if not isinstance(trainer, BlockTrainer):
@@ -209,7 +211,7 @@ class DecaNode(DecLoraNode[K]):
     def value_limit(self, cap: float = float("inf")) -> float:
         """As Dec-LoRA's, with this node's own block values counted too."""
         own = float(np.abs(self.vector()).max(initial=0.0))
-        return min(cap, max(super().value_limit(), 100.0 * own))
+        return min(cap, max(super().value_limit(), VALUE_RATIO * own))
 
     def take_state(self, vector: np.ndarray) -> None:
         raise GossipError(

@@ -54,6 +54,8 @@ from zeroconf import (
 )
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from declora.node.identity import node_id_problem, shown
+
 __all__ = [
     "SERVICE_TYPE",
     "Discovery",
@@ -72,6 +74,8 @@ _ADDRESS = re.compile(
 )
 _MAX_LABEL = 63  # bytes in one DNS label (the service instance name)
 _MAX_TXT_ENTRY = 255  # bytes in one TXT "key=value" string
+MAX_SERVICES = 1024  # services tracked at once (the LAN's announcements bound nothing)
+MAX_LOGGED = 4096  # (peer, reason) pairs remembered for logging once; then forgotten
 
 
 @dataclass(frozen=True)
@@ -450,15 +454,21 @@ class MdnsDiscovery:
             if state_change is not ServiceStateChange.Removed:
                 self._check_own_name(zeroconf, name)
             return
-        self._generation[name] = generation = self._generation.get(name, 0) + 1
         old = self._tasks.pop(name, None)
         if old is not None:
             old.cancel()
         if state_change is ServiceStateChange.Removed:
+            self._generation.pop(name, None)
             gone = self._peers.pop(name, None)
             if gone is not None:
                 self.log.info("mDNS peer %s at %s left", gone.node_id, gone.address)
             return
+        if name not in self._generation and len(self._generation) >= MAX_SERVICES:
+            self._log_once(
+                logging.WARNING, "", "full", f"mDNS: over {MAX_SERVICES} services; ignoring more"
+            )
+            return
+        self._generation[name] = generation = self._generation.get(name, 0) + 1
         task = asyncio.get_running_loop().create_task(self._resolve(zeroconf, name, generation))
         self._tasks[name] = task
         task.add_done_callback(functools.partial(self._resolved, name))
@@ -487,6 +497,8 @@ class MdnsDiscovery:
 
     def _log_once(self, level: int, peer: str, reason: str, message: str) -> None:
         if (peer, reason) not in self._logged:
+            if len(self._logged) >= MAX_LOGGED:
+                self._logged.clear()
             self._logged.add((peer, reason))
             self.log.log(level, "%s", message)
 
@@ -517,12 +529,14 @@ class MdnsDiscovery:
         node_id = props.get("node_id") or ""
         address = self._dial_address(info, props.get("addr") or "")
         self.log.debug("mDNS: resolved %s -> %s at %s %s", name, node_id, address, props)
-        if not node_id or address is None:
+        problem = node_id_problem(node_id)
+        if problem or address is None:
             self._log_once(
                 logging.INFO,
                 name,
                 "malformed",
-                f"ignoring mDNS service {name!r}: no node_id or address in {props}",
+                f"ignoring mDNS service {shown(name)}: {problem or 'no address'} in "
+                f"{shown(props, 300)}",
             )
             return None
         if node_id == self.node_id:

@@ -7,14 +7,17 @@
   (`max_handshakes_per_minute` = 600, bucket of the same size) covers 20 such
   nodes behind one address (a local lab, NAT).
 - Pushes: at most `max_pushes_per_round` push streams per live neighbour and round,
-  counted once the stream passed the wire checks (and the swarm MAC, when one is
-  set, so nobody can spend a neighbour's allowance) and before it is decoded or
-  queued. An honest sender needs at most 3 for a round: its delta, a keyframe when
+  counted at the stream's header, once it named a live neighbour with that
+  neighbour's session token (and, under mTLS, its certificate), so a flood past the
+  limit is refused before its data is read. Only a holder of the session can spend a
+  neighbour's allowance; under a swarm secret without TLS the token travels in clear
+  (the MAC over header and data is checked after the data), so an eavesdropper on the
+  path could. An honest sender needs at most 3 for a round: its delta, a keyframe when
   the delta was refused as out of step, and one resend after a renewed handshake.
   Pushes for a round at or before this node's round, or too far ahead, are counted
   under the nearest accepted round, so the table stays small. Pushes from a sender
   that is not a live neighbour are refused before they are counted.
-- Pulls (a full state, the most expensive reply): a token bucket per requesting node,
+- Pulls (a full state, the most expensive reply): a token bucket per remote host,
   `max_pulls_per_minute`; an honest node pulls once when it (re)joins behind.
 
 A refused call changes nothing; the daemon answers RESOURCE_EXHAUSTED with the reason
@@ -147,6 +150,7 @@ class NodeLimits:
         if not self.pushes.allow(sender, round, current):
             raise limited(f"more than {self.pushes.limit} pushes for round {round} from {sender!r}")
 
-    def check_pull(self, node_id: str) -> None:
-        if not self.pulls.allow(node_id):
-            raise limited(f"more than {self.pulls.per_minute} pulls a minute from {node_id!r}")
+    def check_pull(self, host: str) -> None:
+        """One pull from remote `host`."""
+        if not self.pulls.allow(host):
+            raise limited(f"more than {self.pulls.per_minute} pulls a minute from {host!r}")

@@ -167,7 +167,7 @@ class NodeSettings(BaseSettings, Recipe):
     )
     max_pushes_per_round: int = Field(6, ge=3, le=1000, description="per sender and round")
     max_handshakes_per_minute: int = Field(600, ge=1, description="per remote host")
-    max_pulls_per_minute: int = Field(12, ge=1, description="per requesting node")
+    max_pulls_per_minute: int = Field(12, ge=1, description="per remote host")
     # security (see node/security.py)
     tls_cert: Path | None = Field(None, description="this node's PEM certificate (mTLS)")
     tls_key: Path | None = Field(None, description="its PEM private key")

@@ -384,6 +384,13 @@ def test_peer_table_is_bounded_merges_and_backs_off(synthetic_jsonl: Path) -> No
     now = intro.next_dial + 1
     assert intro in table.due_for_dial(now)
     assert intro not in table.due_for_dial(now + 1000)
+    # ...also when that one dial succeeded: answering a dial does not make it configured
+    table.admit(hello(node_id="fake-48", listen_address=intro.address), dialled=intro.address)
+    assert not intro.configured
+    table.drop(intro, "test")
+    later = intro.next_dial + 1
+    assert intro in table.due_for_dial(later)  # a good handshake earns one more dial...
+    assert intro not in table.due_for_dial(later + 1000)  # ...not a configured one's
     # a configured address backs off: 2, 4, 8, 8 s
     intro.configured = True
     gaps = []

@@ -406,3 +406,48 @@ def test_select_neighbors_edge_cases() -> None:
         select_neighbors([PeerInfo("h:1")], "n0", 3)
     with pytest.raises(ValueError):
         select_neighbors(peers_of(ids), "n0", -1)
+
+
+def test_bad_ids_are_ignored_and_services_are_bounded(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service whose node id is no valid id is ignored (logged escaped); past
+    MAX_SERVICES tracked services, more are ignored."""
+    from declora.node import discovery
+
+    caplog.set_level(logging.DEBUG, logger=LOG_NAME)
+    swarm = f"swarm-{uid()}"
+
+    def warnings(node: MdnsDiscovery, text: str) -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == f"{LOG_NAME}.a" and text in r.getMessage()
+        ]
+
+    async def main() -> None:
+        a = make_node("a", swarm=swarm, port=17211)
+        bad = make_node("bad", swarm=swarm, port=17212, node_id=f"bad id\x1b[31m{uid()}")
+        nodes = [a, bad]
+        try:
+            await asyncio.gather(*(n.start() for n in nodes))
+            await wait_for(
+                lambda: bool(warnings(a, "characters outside")),
+                lambda: f"a logs the bad id ({caplog.text[-500:]})",
+            )
+            assert a.peers() == []
+            assert "\x1b" not in caplog.text
+            monkeypatch.setattr(discovery, "MAX_SERVICES", 2)  # a tracks bad's already
+            more = [make_node(f"m{i}", swarm=swarm, port=17213 + i) for i in range(2)]
+            nodes += more
+            await asyncio.gather(*(n.start() for n in more))
+            await wait_for(
+                lambda: bool(warnings(a, "over 2 services")) and len(a.peers()) == 1,
+                lambda: f"a tracks one more ({a.peers()}) and warns ({caplog.text[-500:]})",
+            )
+            await asyncio.sleep(1.0)
+            assert len(a.peers()) == 1 and len(warnings(a, "over 2 services")) == 1
+        finally:
+            await stop_all(nodes)
+
+    asyncio.run(main())

@@ -500,14 +500,15 @@ def fuzz_handshake(src: Source, t: Target) -> tuple[Code, bool]:
 
 
 def fuzz_pull(src: Source, t: Target) -> tuple[Code, bool]:
-    """A Pull by a stranger or by n1's name, of a random kind (reading changes nothing)."""
+    """A Pull by a stranger or in n1's name, of a random kind, never with a session:
+    none may be served (a served one counts as accepted)."""
     kind = src.integer(0, 9)
     request = pb.PullRequest(node_id=pick(src, t.senders), swarm_id=t.swarm, kind=kind)  # type: ignore[arg-type]
     try:
         list(t.stub.Pull(request, timeout=RPC))
     except grpc.RpcError as exc:
         return exc.code(), False
-    return Code.OK, request.node_id == t.n1 and kind in (0, 3)  # n1 may read n0's state
+    return Code.OK, True
 
 
 def tcp_garbage(address: str, src: Source) -> None:
@@ -562,7 +563,7 @@ def test_live_swarm_survives_fuzzing(
                 code, ok = senders[what](src, target)
                 codes[f"{what} {code.name}"] += 1
                 assert code in LIVE_CODES, f"message #{i} ({what}) answered {code.name}"
-                if ok and what != "pull":
+                if ok:
                     accepted.append(f"#{i} {what}")
                 if i % (MESSAGES // GARBAGE) == 0:
                     tcp_garbage(n0.address, src)

@@ -693,6 +693,25 @@ def test_kill_revive_catches_up_from_a_state(synthetic_jsonl: Path) -> None:
     np.testing.assert_array_equal(b.node.gossip.public, a.node.vector())
 
 
+def test_a_masked_delta_is_no_state(synthetic: TextDataset) -> None:
+    """A catch-up takes full states only: a delta that leaves out killed modules (NaN
+    there, as `check_payload` reads it) is refused, and a full state is taken whole."""
+    sender, taker = kill_revive_nodes(synthetic, 2)
+    sender.train(2, round_number=1)
+    sender.outgoing()
+    sender.train(2, round_number=2)  # kills modules
+    delta = sender.outgoing()
+    assert not sender.active.all()
+    assert np.isnan(taker.check_payload(0, delta)).any()
+    before = taker.vector().copy()
+    with pytest.raises(GossipError, match="lacks entries: not a full state"):
+        taker.check_state(0, delta)
+    np.testing.assert_array_equal(taker.vector(), before)
+    taker.take_state(taker.check_state(0, sender.full_state()))
+    np.testing.assert_array_equal(taker.vector(), sender.vector())
+    assert taker.is_finite()
+
+
 def test_neighbours_revive_in_the_same_round_whatever_they_skipped(
     synthetic: TextDataset,
 ) -> None:

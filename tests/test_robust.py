@@ -308,7 +308,7 @@ def ring_runs(tiny_lm: LoraModel, synthetic_jsonl: Path) -> dict[str, SimResult]
 
     threads = torch.get_num_threads()
     try:
-        return {
+        runs = {
             f"{robust}{'+attack' if attacked else ''}": Simulation(
                 ring_config(synthetic_jsonl, robust, attacked), lm=tiny_lm
             ).run()
@@ -319,6 +319,9 @@ def ring_runs(tiny_lm: LoraModel, synthetic_jsonl: Path) -> dict[str, SimResult]
                 ("trim", True),
             ]
         }
+        for name, res in runs.items():  # the README's figures (pytest -s)
+            print(f"ring of {NODES}, {name}: honest worst node {honest_worst(res):.2f}")
+        return runs
     finally:
         torch.set_num_threads(threads)
 

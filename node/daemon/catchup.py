@@ -12,6 +12,7 @@ claim (plus the rounds run meanwhile), its values are checked like a payload's
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 
@@ -50,11 +51,15 @@ class StateTransfer:
         self.peers = peers
         self.auth = auth
         self.max_bytes = max_bytes
+        # held while local steps run off the event loop (`RoundLoop`): a state read
+        # meanwhile would mix tensors from before and after an optimizer step
+        self.training = asyncio.Lock()
 
-    def state_chunks(self) -> Iterator[pb.Chunk]:
-        """This node's full adapter (STATE) as a signed stream; a reader checks it with
-        `check_payload`."""
-        data = self.node.full_state()
+    async def state_chunks(self) -> Iterator[pb.Chunk]:
+        """This node's full adapter (STATE) between training steps, as a signed stream;
+        a reader checks it with `check_state`."""
+        async with self.training:
+            data = self.node.full_state()
         header = make_header(
             sender_id=self.me.node_id,
             swarm_id=self.me.swarm_id,
@@ -75,7 +80,10 @@ class StateTransfer:
         advanced claim of a neighbour that delivered a validated payload before
         (`proven`); without one, the claim of the only neighbour, or where there are
         several the second-highest claim and its claimant (one newcomer alone cannot
-        move a node far). None when no such claim is ahead of this node."""
+        move a node far). None when no such claim is ahead of this node, or when its
+        method cannot take a state (`takes_state`)."""
+        if not self.node.takes_state:
+            return None
         live = sorted(self.peers.live, key=lambda p: p.claimed_round, reverse=True)
         proven = [p for p in live if p.proven]
         if proven:
@@ -119,7 +127,15 @@ class StateTransfer:
             auth=self.auth.secret,
             idle_seconds=self.settings.stream_idle_seconds,
         )
-        state_round = int(payload.header.round)
+        header = payload.header
+        if header.kind != pb.PAYLOAD_KIND_STATE or header.sender_id != ahead.node_id:
+            raise WireError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"asked {shown(ahead.node_id)} for its state, got kind {header.kind} from "
+                f"{shown(header.sender_id)}",
+                "bad_kind",
+            )
+        state_round = int(header.round)
         # it went on since its claim: a few rounds more than it claimed are fine
         if not self.progress.round < state_round <= bound + MAX_ROUNDS_AHEAD:
             raise WireError(
@@ -128,7 +144,7 @@ class StateTransfer:
                 f"({self.progress.round}, {bound + MAX_ROUNDS_AHEAD}]",
                 "future_round",
             )
-        vec = self.node.check_payload(ahead.node_id, payload.data, cap=self.settings.max_value)
+        vec = self.node.check_state(ahead.node_id, payload.data, cap=self.settings.max_value)
         self.node.take_state(vec)
         self.peers.forget_all_copies()
         self.progress.round = state_round

@@ -146,7 +146,11 @@ class Daemon:
         self.gate.open(SwarmService(parts))
         self._discovery = self._discovery_for(parts)
         parts.handshaker.discovery = self._discovery
-        await self._discovery.start()
+        try:
+            await self._discovery.start()
+        except BaseException:  # nothing trained: stop serving, save nothing
+            await self._shutdown(save=False)
+            raise
         self.transport.set_serving(True)
         log.info(
             "serving on %s (swarm %s, fingerprint %s, %d adapter values, codec %s, "

@@ -138,7 +138,8 @@ def check_hello(
     if h.protocol_version != PROTOCOL_VERSION:
         return (
             f"protocol version {h.protocol_version} != {PROTOCOL_VERSION} "
-            f"(peer runs declora {h.package_version or '?'}, this node {__version__})"
+            f"(peer runs declora {shown(h.package_version, 40) if h.package_version else '?'}, "
+            f"this node {__version__})"
         )
     if h.swarm_id != swarm_id:
         return f"swarm {shown(h.swarm_id)} != {swarm_id!r}"
@@ -271,9 +272,9 @@ class Handshaker:
             return f"node id {shown(h.node_id)} is live at another address"
         return ""
 
-    async def dial(self, address: str) -> Peer | None:
+    async def dial(self, address: str, configured: bool = False) -> Peer | None:
         """Handshake with `address`; admit the peer on success (its Welcome authentic
-        and naming this node)."""
+        and naming this node); `configured`: a static or discovered address."""
         channel = self.transport.channel(address)
         hello = self.hello(receiver=address, session=self.peers.token_for_dial(address))
         try:
@@ -296,7 +297,7 @@ class Handshaker:
         if reason:
             log.warning("not joining %s: %s", address, reason)
             return None
-        return self.peers.admit(node, dialled=address)
+        return self.peers.admit(node, dialled=address, configured=configured)
 
     def candidates(self) -> list[str]:
         """Addresses discovery offers: unnamed ones, and the chosen named ones."""
@@ -311,12 +312,16 @@ class Handshaker:
 
     async def connect_known(self) -> None:
         """Handshake with every candidate not live, and with known peers due a re-dial."""
-        live_addresses = {p.address for p in self.peers.live}
+        candidates = self.candidates()
+        for p in self.peers.all():  # one that introduced itself at a configured address
+            p.configured = p.configured or p.address in candidates
         known = {p.address for p in self.peers.all()}
-        targets = [a for a in self.candidates() if a not in live_addresses and a not in known]
-        targets += [p.address for p in self.peers.due_for_dial() if p.address not in targets]
-        if targets:
-            await asyncio.gather(*(self.dial(a) for a in targets))
+        fresh = [a for a in candidates if a not in known]
+        due = [p for p in self.peers.due_for_dial() if p.address not in fresh]
+        dials = [self.dial(a, configured=True) for a in fresh]
+        dials += [self.dial(p.address, configured=p.configured) for p in due]
+        if dials:
+            await asyncio.gather(*dials)
 
     async def reconnect_forever(self) -> None:
         """Re-dial peers that are not live until the node stops."""

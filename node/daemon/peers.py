@@ -148,12 +148,13 @@ class PeerTable:
         return token
 
     # ------------------------------------------------------------ membership
-    def admit(self, hello: pb.Hello, dialled: str = "") -> Peer | None:
+    def admit(self, hello: pb.Hello, dialled: str = "", configured: bool = False) -> Peer | None:
         """Add or refresh a neighbour after a good handshake; None when this node has
         its maximum of neighbours (or of known peers, all live).
 
         `dialled`: the address this node dialled (an outbound handshake), whose
-        offered token becomes the peer's `token_in`."""
+        offered token becomes the peer's `token_in`; `configured`: that address is a
+        static or discovered one (the peer is then always re-dialled)."""
         peer = self.peers.get(hello.node_id)
         if peer is None:
             if len(self.live) >= self.max_neighbors or not self._make_room(hello):
@@ -164,7 +165,7 @@ class PeerTable:
             token = self.pending_tokens.pop(dialled, None)
             if token is not None and token != peer.token_in:
                 peer.token_prev, peer.token_in = peer.token_in, token
-            peer.configured = True
+        peer.configured = peer.configured or configured
         if hello.listen_address:
             peer.address = hello.listen_address
         peer.token_out = bytes(hello.session)

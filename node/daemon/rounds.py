@@ -91,12 +91,13 @@ class RoundLoop:
         if train:
             progress.state = NodeState.TRAINING
             good = TrainerSnapshot.of(parts.node)
-            report.loss = await asyncio.to_thread(
-                parts.node.train,
-                self.settings.local_steps,
-                lambda: progress.stop_requested,
-                training_round(r, per_round),
-            )
+            async with parts.transfer.training:  # no state is served mid-step
+                report.loss = await asyncio.to_thread(
+                    parts.node.train,
+                    self.settings.local_steps,
+                    lambda: progress.stop_requested,
+                    training_round(r, per_round),
+                )
             if not (np.isfinite(report.loss) and parts.node.is_finite()):
                 self._roll_back(good)
             metrics.loss.set(report.loss)

@@ -173,7 +173,7 @@ class SwarmService(pb_grpc.SwarmServicer):
     ) -> AsyncIterator[pb.Chunk]:
         parts = self.parts
         try:
-            with self.pools.hold("Pull"):
+            with self.pools.hold("Pull"):  # held until the whole state is streamed
                 await self._member_only(context, request, "pull")
                 parts.limits.check_pull(peer_host(context.peer()))
                 if request.kind not in PULL_KINDS:
@@ -182,12 +182,10 @@ class SwarmService(pb_grpc.SwarmServicer):
                         f"pull serves STATE only (keyframes go by Push), not kind {request.kind}",
                         "bad_kind",
                     )
-                stream = parts.transfer.state_chunks()
+                for chunk in await parts.transfer.state_chunks():
+                    yield chunk
         except WireError as exc:
             await self._refuse(context, exc)
-            return
-        for chunk in stream:
-            yield chunk
 
     async def Leave(
         self, request: pb.LeaveNotice, context: grpc.aio.ServicerContext

@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 
+from declora.node.identity import escaped
 from declora.node.settings import NodeSettings
 
 CONFIG = 2  # exit code: a configuration mistake
@@ -171,7 +172,7 @@ class _HandshakeWatch(grpc.aio.UnaryUnaryClientInterceptor):
             why = dial_failure(self.address, exc.code(), exc.details() or "")
             self.log.outcomes[self.address] = why
             raise
-        reason = "" if welcome.accepted else f"refused the handshake: {welcome.reason}"
+        reason = "" if welcome.accepted else f"refused the handshake: {escaped(welcome.reason)}"
         self.log.outcomes[self.address] = reason
         return call
 
