@@ -367,6 +367,56 @@ def test_catch_up_needs_a_second_claim_where_there_are_several(synthetic_jsonl: 
     assert target is not None and target[1] == 10**9
 
 
+def test_a_catch_up_stays_within_the_plan_and_a_failed_one_drops_the_claim(
+    synthetic_jsonl: Path,
+) -> None:
+    """A neighbour claiming round 10^9 (and serving that state) cannot move a node past
+    its planned rounds; the refused state sets its claim back to what it has proven."""
+    (_, _), (a, b) = pair(synthetic_jsonl, rounds=20, consensus_rounds=5)
+    end = 20 * a.settings.exchanges_per_round + 5
+    b.node.train(2)
+    b.progress.round = 10**9
+    before = a.node.vector().copy()
+
+    async def go() -> None:
+        source = await a.handshaker.dial(b.settings.advertise)
+        assert source is not None and source.claimed_round == 10**9
+        assert a.transfer.catch_up_target() == (source, end)
+        with pytest.raises(WireError, match=rf"round {10**9}, outside \(0, {end}\]"):
+            await a.transfer.catch_up()
+        assert source.claimed_round == source.round == 0
+        assert a.transfer.catch_up_target() is None
+        source.claimed_round = 10**9  # claimed again (a new handshake)
+        a.progress.round = end  # at its planned end a node takes no state
+        assert a.transfer.catch_up_target() is None
+
+    asyncio.run(go())
+    np.testing.assert_array_equal(a.node.vector(), before)
+
+
+def test_failed_catch_ups_back_off(synthetic_jsonl: Path) -> None:
+    """Each failed catch-up doubles the wait before the next (to CATCH_UP_MAX_WAIT),
+    counted from its end; a good one resets it."""
+    (da, _), (a, b) = pair(synthetic_jsonl)
+    assert da.rounds is not None
+    loop = da.rounds
+    b.node.train(2)
+
+    async def attempt(claim: int) -> float:
+        source = await a.handshaker.dial(b.settings.advertise)
+        assert source is not None
+        source.claimed_round = claim
+        await loop.catch_up()
+        return loop.catch_up_wait
+
+    b.progress.round = 10**9  # its state is refused: far outside any claim but its own
+    waits = [asyncio.run(attempt(5 * MAX_ROUNDS_AHEAD)) for _ in range(6)]
+    assert waits == [20.0, 40.0, 80.0, 160.0, 160.0, 160.0]
+    b.progress.round = 5 * MAX_ROUNDS_AHEAD
+    assert asyncio.run(attempt(5 * MAX_ROUNDS_AHEAD)) == 10.0
+    assert a.progress.round == 5 * MAX_ROUNDS_AHEAD
+
+
 def test_peer_table_is_bounded_merges_and_backs_off(synthetic_jsonl: Path) -> None:
     _, (a, _b) = pair(synthetic_jsonl, max_neighbors=2, max_known_peers=3)
     table = a.peers

@@ -6,8 +6,16 @@ advanced neighbour's full state instead of trading stale refusals with it. A cla
 round alone moves little: the state comes from the most advanced neighbour that has
 delivered a validated payload before, or, among newcomers only, from the
 second-most-advanced claimant where there are several; it is accepted only up to the
-claim (plus the rounds run meanwhile), its values are checked like a payload's
-(`DecLoraNode.check_payload`), and every neighbour gets a keyframe afterwards.
+claim (plus the rounds run meanwhile) and never past the planned end of this node's
+rounds (`planned_end`), its values are checked like a full state's
+(`DecLoraNode.check_state`), and every neighbour gets a keyframe afterwards. A failed
+catch-up (a refused state, a timeout) sets the source's claim back to the round it
+has proven, so the same claim is not tried again until its next handshake.
+
+What this trusts: a neighbour that delivered valid payloads (or the only one) can move
+this node's round forward, within the plan, and hand it its adapter (bounded like any
+payload). Robust mixing does not cover a catch-up; keep strangers out with
+`--swarm-secret` or mTLS.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD
 from declora.node.daemon.peers import Peer, PeerTable
 from declora.node.daemon.state import Identity, Progress
 from declora.node.dec_lora import DecLoraNode
-from declora.node.identity import shown
+from declora.node.identity import MAX_ROUND, shown
 from declora.node.settings import NodeSettings
 from declora.node.wire import WireError, chunks, make_header, read_stream
 from declora.proto import pb
@@ -82,7 +90,7 @@ class StateTransfer:
         several the second-highest claim and its claimant (one newcomer alone cannot
         move a node far). None when no such claim is ahead of this node, or when its
         method cannot take a state (`takes_state`)."""
-        if not self.node.takes_state:
+        if not self.node.takes_state or self.progress.round >= self.planned_end():
             return None
         live = sorted(self.peers.live, key=lambda p: p.claimed_round, reverse=True)
         proven = [p for p in live if p.proven]
@@ -94,7 +102,15 @@ class StateTransfer:
             return None
         if source.claimed_round <= self.progress.round:
             return None
-        return source, source.claimed_round
+        return source, min(source.claimed_round, self.planned_end())
+
+    def planned_end(self) -> int:
+        """The last round this node can reach: its training exchanges plus the consensus
+        finish's (unbounded with `--rounds 0`)."""
+        s = self.settings
+        if s.rounds == 0:
+            return MAX_ROUND
+        return s.rounds * s.exchanges_per_round + s.consensus_rounds
 
     def far_behind(self) -> bool:
         """Whether the claims (as `catch_up_target` weighs them) put this node more than
@@ -103,11 +119,19 @@ class StateTransfer:
         return target is not None and target[1] > self.progress.round + MAX_ROUNDS_AHEAD
 
     async def catch_up(self) -> None:
-        """A node behind its neighbours starts from an advanced one's full state."""
+        """A node behind its neighbours starts from an advanced one's full state; on
+        failure (raised) the source's claim falls back to the round it has proven."""
         target = self.catch_up_target()
         if target is None:
             return
         ahead, bound = target
+        try:
+            await self._take_state(ahead, bound)
+        except Exception:
+            ahead.claimed_round = min(ahead.claimed_round, ahead.round)
+            raise
+
+    async def _take_state(self, ahead: Peer, bound: int) -> None:
         me = self.me
         request = pb.PullRequest(
             node_id=me.node_id,
@@ -137,11 +161,12 @@ class StateTransfer:
             )
         state_round = int(header.round)
         # it went on since its claim: a few rounds more than it claimed are fine
-        if not self.progress.round < state_round <= bound + MAX_ROUNDS_AHEAD:
+        last = min(bound + MAX_ROUNDS_AHEAD, self.planned_end())
+        if not self.progress.round < state_round <= last:
             raise WireError(
                 grpc.StatusCode.OUT_OF_RANGE,
                 f"{shown(ahead.node_id)} sent the state of round {state_round}, outside "
-                f"({self.progress.round}, {bound + MAX_ROUNDS_AHEAD}]",
+                f"({self.progress.round}, {last}]",
                 "future_round",
             )
         vec = self.node.check_state(ahead.node_id, payload.data, cap=self.settings.max_value)

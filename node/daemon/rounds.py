@@ -42,7 +42,8 @@ from declora.node.wire import WireError
 
 log = logging.getLogger(__name__)
 
-CATCH_UP_EVERY = 10.0  # seconds between catch-up attempts of a node far behind
+CATCH_UP_EVERY = 10.0  # seconds between catch-up attempts of a node far behind...
+CATCH_UP_MAX_WAIT = 160.0  # ...doubling after each failed one up to this
 
 
 class RoundLoop:
@@ -56,15 +57,22 @@ class RoundLoop:
         self.progress = parts.progress
         self.report = parts.report
         self._next_catch_up = 0.0  # monotonic time a node far behind may try again
+        self.catch_up_wait = CATCH_UP_EVERY  # ...after this many seconds
 
     async def catch_up(self) -> None:
-        """Take an advanced neighbour's state (`catchup`); on failure keep our own."""
+        """Take an advanced neighbour's state (`catchup`); on failure keep our own and
+        wait twice as long before the next attempt (a source that trickles its state
+        costs this node one pull timeout per wait, not one per round)."""
         parts = self.parts
         try:
             await parts.transfer.catch_up()
         except (WireError, GossipError, grpc.aio.AioRpcError) as exc:
             why = exc.reason if isinstance(exc, WireError) else str(exc)
             log.warning("could not take a neighbour's state (%s): going on from our own", why)
+            self.catch_up_wait = min(2 * self.catch_up_wait, CATCH_UP_MAX_WAIT)
+        else:
+            self.catch_up_wait = CATCH_UP_EVERY
+        self._next_catch_up = time.monotonic() + self.catch_up_wait  # from its end
 
     async def run_round(self, train: bool) -> bool:
         """One exchange and mix, after K local steps when `train` is true and the
@@ -73,7 +81,6 @@ class RoundLoop:
         parts = self.parts
         progress, report, metrics = self.progress, self.report, self.metrics
         if parts.transfer.far_behind() and time.monotonic() >= self._next_catch_up:
-            self._next_catch_up = time.monotonic() + CATCH_UP_EVERY
             target = parts.transfer.catch_up_target()
             log.warning(
                 "neighbours are at round %d: skipping ahead from %d by taking a state",
