@@ -127,7 +127,9 @@ def fingerprint(
 
 
 def atomic_replace_dir(build: Path, final: Path) -> None:
-    """Move a fully written directory into place; an old `final` is replaced whole."""
+    """Move a fully written directory into place, durably. An old `final` is replaced
+    whole: moved aside to `final.old` first, so a crash between the two renames leaves
+    the old one there, never a mix of both."""
     final.parent.mkdir(parents=True, exist_ok=True)
     backup = final.with_name(final.name + ".old")
     if final.exists():
@@ -135,7 +137,12 @@ def atomic_replace_dir(build: Path, final: Path) -> None:
         os.replace(final, backup)
     os.replace(build, final)
     shutil.rmtree(backup, ignore_errors=True)
-    fd = os.open(final.parent, os.O_RDONLY)
+    fsync_dir(final.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory (its entries: renames into it become durable)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

@@ -25,7 +25,13 @@ import numpy as np
 import torch
 
 from declora.node import faults
-from declora.node.adapter import AdapterSchema, fsync_tree, new_build_dir
+from declora.node.adapter import (
+    AdapterSchema,
+    atomic_replace_dir,
+    fsync_dir,
+    fsync_tree,
+    new_build_dir,
+)
 from declora.node.deca_model import BlockTrainer
 from declora.node.trainer import LocalTrainer, LoraModel
 
@@ -84,14 +90,6 @@ def restore_trainer(trainer: LocalTrainer, state: dict[str, Any], vector: np.nda
     trainer.order = np.asarray(state["order"], dtype=np.int64)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save(root: Path, lm: LoraModel, state: NodeState, meta: dict[str, Any]) -> Path:
     """Write checkpoint `ckpt-<round>` and point LATEST at it; returns its path."""
     root.mkdir(parents=True, exist_ok=True)
@@ -121,10 +119,7 @@ def save(root: Path, lm: LoraModel, state: NodeState, meta: dict[str, Any]) -> P
         )
         fsync_tree(build)
         faults.crash_point("checkpoint")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(build, final)
-        _fsync_dir(root)
+        atomic_replace_dir(build, final)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         raise
@@ -135,7 +130,7 @@ def save(root: Path, lm: LoraModel, state: NodeState, meta: dict[str, Any]) -> P
         os.fsync(fh.fileno())
     faults.crash_point("checkpoint_pointer")
     os.replace(tmp, root / LATEST)
-    _fsync_dir(root)
+    fsync_dir(root)
     _prune(root, keep=final.name)
     return final
 
