@@ -105,9 +105,12 @@ def inspect_path(path: Path) -> dict[str, Any]:
         "tensors": tensors,
     }
     if ckpt is not None:
-        import torch
+        from declora.node.checkpoint import CheckpointError, read_state
 
-        state = torch.load(ckpt / "state.pt", weights_only=False)
+        try:
+            state = read_state(ckpt)
+        except CheckpointError as exc:
+            raise InspectError(str(exc)) from exc
         info["checkpoint"] = {"path": str(ckpt), "round": state["round"], "seq": state["seq"]}
         info["round"] = state["round"]
     return info

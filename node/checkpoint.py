@@ -153,12 +153,34 @@ def latest(root: Path) -> Path | None:
     return path if (path / "state.pt").is_file() else None
 
 
+def read_state(path: Path) -> dict[str, Any]:
+    """The `state.pt` of checkpoint directory `path` (CheckpointError if it cannot be
+    read: truncated, corrupt, or not a checkpoint)."""
+    try:
+        raw = torch.load(path / "state.pt", weights_only=False)
+    except Exception as exc:  # torch raises many kinds for a damaged file
+        raise CheckpointError(
+            f"{path / 'state.pt'} cannot be read ({type(exc).__name__}): truncated or corrupt"
+        ) from exc
+    if not isinstance(raw, dict) or not {"round", "seq", "fingerprint"} <= raw.keys():
+        raise CheckpointError(f"{path / 'state.pt'} is not a declora checkpoint")
+    return raw
+
+
 def load(root: Path, lm: LoraModel) -> NodeState:
-    """Read the newest checkpoint; refuses one made for another adapter."""
+    """Read the newest checkpoint; refuses one made for another adapter, or one that
+    cannot be read."""
     path = latest(root)
     if path is None:
-        raise CheckpointError(f"no checkpoint in {root}")
-    raw = torch.load(path / "state.pt", weights_only=False)
+        pointer = root / LATEST
+        named = pointer.read_text().strip() if pointer.is_file() else ""
+        others = sorted(p.name for p in root.glob("ckpt-*") if (p / "state.pt").is_file())
+        raise CheckpointError(
+            f"no checkpoint in {root}"
+            + (f": {LATEST} names {named!r}, which is missing or incomplete" if named else "")
+            + (f" (complete ones: {', '.join(others)})" if others else "")
+        )
+    raw = read_state(path)
     if raw["fingerprint"] != lm.fingerprint:
         raise CheckpointError(
             f"{path} was written for fingerprint {raw['fingerprint']}, "
@@ -169,7 +191,12 @@ def load(root: Path, lm: LoraModel) -> NodeState:
     else:
         from safetensors.torch import load_file
 
-        tensors = load_file(str(path / "adapter" / "adapter_model.safetensors"))
+        try:
+            tensors = load_file(str(path / "adapter" / "adapter_model.safetensors"))
+        except Exception as exc:  # a missing, truncated or corrupt file
+            raise CheckpointError(
+                f"{path / 'adapter'} holds no readable adapter ({type(exc).__name__}): {exc}"
+            ) from exc
         vector = peft_tensors_to_vector(tensors, lm.schema)
     return NodeState(
         round=int(raw["round"]),

@@ -121,6 +121,31 @@ def test_resume_with_nothing_to_resume_uses_the_default_folder(
     assert "Traceback" not in res.stderr
 
 
+def test_a_fresh_start_never_replaces_an_earlier_run(tmp_path: Path, synthetic_jsonl: Path) -> None:
+    """Without --resume a folder holding checkpoints is refused, as is a file given
+    as the folder; both stay as they were."""
+    [port] = free_ports(1)
+    folder = tmp_path / "state"
+    (folder / "adapter").mkdir(parents=True)
+    (folder / "LATEST").write_text("ckpt-00000009\n")
+    (folder / "adapter" / "mine.txt").write_text("kept")
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    res = run(*solo(synthetic_jsonl, port, "--checkpoint-dir", str(folder)))
+    assert res.returncode == 2, res.stderr
+    [line] = errors(res.stderr)
+    assert f"{folder} (--checkpoint-dir) holds an earlier run's checkpoints" in line, line
+    assert "--resume" in res.stderr and "Traceback" not in res.stderr
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
+    assert (folder / "adapter" / "mine.txt").read_text() == "kept"
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    res = run(*solo(synthetic_jsonl, port, "--checkpoint-dir", str(afile / "sub")))
+    assert res.returncode == 2, res.stderr
+    [line] = errors(res.stderr)
+    assert f"cannot use {afile / 'sub'} (--checkpoint-dir) for checkpoints" in line, line
+    assert afile.read_text() == "mine"
+
+
 def test_port_in_use_fails_before_loading(held_port: int, tmp_path: Path) -> None:
     """The port is bound before the data and model load: a missing data file is never
     reached, and the error comes at once."""

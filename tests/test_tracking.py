@@ -277,6 +277,35 @@ def test_checkpoints_keep_the_correction(tiny_lm: LoraModel, tmp_path: Path) -> 
             np.testing.assert_array_equal(loaded.correction, corr)
 
 
+def test_a_damaged_checkpoint_is_one_clear_error(tiny_lm: LoraModel, tmp_path: Path) -> None:
+    """A truncated state.pt, a LATEST naming a missing checkpoint, and a truncated
+    adapter file each raise CheckpointError naming what is wrong (no torch traceback)."""
+    from declora.node import checkpoint
+
+    vec = np.concatenate([t.reshape(-1).numpy() for t in tiny_lm.initial_tensors()])
+    trainer_state = {"optimizer": {}, "step": 0, "epoch": 0, "cursor": 0, "order": np.zeros(0)}
+    root = tmp_path / "ckpt"
+    for r in (1, 2):
+        state = checkpoint.NodeState(r, r, vec, vec.copy(), trainer_state, tiny_lm.fingerprint)
+        checkpoint.save(root, tiny_lm, state, {})
+    newest = root / "ckpt-00000002"
+    weights = newest / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(checkpoint.CheckpointError, match="holds no readable adapter"):
+        checkpoint.load(root, tiny_lm)
+    data = (newest / "state.pt").read_bytes()
+    (newest / "state.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(checkpoint.CheckpointError, match=r"cannot be read .*truncated or corrupt"):
+        checkpoint.load(root, tiny_lm)
+    (root / "LATEST").write_text("ckpt-00000077\n")
+    with pytest.raises(
+        checkpoint.CheckpointError,
+        match="LATEST names 'ckpt-00000077', which is missing or incomplete "
+        r"\(complete ones: ckpt-00000001, ckpt-00000002\)",
+    ):
+        checkpoint.load(root, tiny_lm)
+
+
 def test_settings_and_cli_refuse_tracking_with_robust_mixing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -68,12 +68,16 @@ def as_user_error(exc: BaseException) -> UserError | None:
             return UserError(str(exc), CONFIG)
     checkpoint_error = _error_class("declora.node.checkpoint", "CheckpointError")
     if checkpoint_error is not None and isinstance(exc, checkpoint_error):
-        return UserError(str(exc), RUNTIME, "start without --resume to begin afresh")
+        return UserError(
+            str(exc), RUNTIME, "begin afresh in another --checkpoint-dir (this one is kept)"
+        )
     return None
 
 
 def check_config(settings: NodeSettings) -> None:
-    """Before anything loads: someone to train with, and a checkpoint to resume."""
+    """Before anything loads: someone to train with; a checkpoint folder that can be
+    written, holding a checkpoint to resume with --resume and none without (an earlier
+    run's checkpoints and adapter are never replaced by a fresh start)."""
     s = settings
     if not (s.peers or s.mdns or s.solo):
         raise UserError(
@@ -81,12 +85,30 @@ def check_config(settings: NodeSettings) -> None:
             CONFIG,
             "give --peers HOST:PORT[,...] or --mdns to join a swarm, or --solo to train alone",
         )
-    if s.resume and not (s.state_dir / "LATEST").is_file():
-        flag = "--checkpoint-dir" if s.checkpoint_dir else "--checkpoint-dir (default)"
+    flag = "--checkpoint-dir" if s.checkpoint_dir else "--checkpoint-dir (default)"
+    where = f"{s.state_dir} ({flag})"
+    try:
+        s.state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
         raise UserError(
-            f"--resume: nothing to resume in {s.state_dir} ({flag})",
+            f"cannot use {where} for checkpoints: {exc.strerror or exc}",
+            CONFIG,
+            "pass a folder this user can write (it is created if missing)",
+        ) from None
+    held = (s.state_dir / "LATEST").is_file()
+    if s.resume and not held:
+        raise UserError(
+            f"--resume: nothing to resume in {where}",
             CONFIG,
             "start without --resume to begin afresh, or pass the --checkpoint-dir it used",
+        )
+    if held and not s.resume:
+        raise UserError(
+            f"{where} holds an earlier run's checkpoints and adapter: a fresh start would "
+            "replace them",
+            CONFIG,
+            "pass --resume to continue that run, or another --checkpoint-dir (delete the "
+            "old folder to start over in it)",
         )
 
 
