@@ -285,10 +285,6 @@ class DecLoraNode(Generic[K]):
         self.gossip.drop_peer(peer)
         self._tracker_in.pop(peer, None)
 
-    def knows_peer(self, peer: K) -> bool:
-        """Whether this node holds `peer`'s public copy."""
-        return peer in self.gossip.peers
-
     def value_limit(self, cap: float = float("inf")) -> float:
         """The largest |value| a peer's adapter or delta may hold: `VALUE_RATIO` times
         this node's largest (public copy or initial adapter), at least `VALUE_FLOOR`,

@@ -127,9 +127,6 @@ class GossipState(Generic[K]):
         new = self.peers[peer] + np.float32(scale) * self._checked(delta, peer)
         self.peers[peer] = self._checked(new, peer)
 
-    def apply_keyframe(self, peer: K, payload: bytes) -> None:
-        self.set_copy(peer, self.decode_checked(peer, payload))
-
     def set_copy(self, peer: K, public: np.ndarray) -> None:
         """Replace peer's public copy with a validated full vector."""
         self.peers[peer] = self._checked(np.array(public, dtype=np.float32, copy=True), peer)

@@ -110,16 +110,16 @@ def test_handshake_admits_both_sides_at_the_shared_init(synthetic_jsonl: Path) -
     assert pa is not None and pb_ is not None and pa.live and pb_.live
     # both still at the seeded init: no keyframe, the next delta is seq 1
     assert (pa.expected_seq, pa.send_keyframe) == (1, False)
-    assert a.node.knows_peer("b") and b.node.knows_peer("a")
+    assert "b" in a.node.gossip.peers and "a" in b.node.gossip.peers
 
 
 def test_peer_table_drop_forgets_the_copy_and_caps_neighbours(synthetic_jsonl: Path) -> None:
     _, (a, _b) = pair(synthetic_jsonl, max_neighbors=1)
     first = a.peers.admit(hello(node_id="x", listen_address="127.0.0.1:1", fingerprint="?"))
-    assert first is not None and a.node.knows_peer("x")
+    assert first is not None and "x" in a.node.gossip.peers
     assert a.peers.admit(hello(node_id="y", listen_address="127.0.0.1:2")) is None  # at capacity
     a.peers.drop(first, "test")
-    assert not first.live and first.expected_seq is None and not a.node.knows_peer("x")
+    assert not first.live and first.expected_seq is None and not "x" in a.node.gossip.peers
     assert a.peers.live == []
 
 

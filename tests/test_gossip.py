@@ -174,7 +174,7 @@ def test_bad_payload_raises_and_changes_nothing(receiver: GossipState[str], kind
     with pytest.raises(GossipError, match="alice"):
         receiver.apply_update("alice", BAD_PAYLOADS[kind](good))
     with pytest.raises(GossipError):
-        receiver.apply_keyframe("alice", BAD_PAYLOADS[kind](good))
+        receiver.set_copy("alice", receiver.decode_checked("alice", BAD_PAYLOADS[kind](good)))
     assert np.array_equal(receiver.peers["alice"], before)
     assert np.array_equal(receiver.public, public)
     receiver.apply_update("alice", good)  # a valid one still applies afterwards
@@ -205,7 +205,7 @@ def test_keyframe_starts_a_new_peer_exactly() -> None:
     for _ in range(3):
         sender.encode_update(rng.standard_normal(100).astype(np.float32), rng)
     receiver: GossipState[str] = GossipState(np.zeros(100, np.float32), "q4")
-    receiver.apply_keyframe("s", sender.keyframe())
+    receiver.set_copy("s", receiver.decode_checked("s", sender.keyframe()))
     assert np.array_equal(receiver.peers["s"], sender.public)
     receiver.apply_update("s", sender.encode_update(np.ones(100, np.float32), rng))
     assert np.array_equal(receiver.peers["s"], sender.public)
