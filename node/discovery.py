@@ -527,7 +527,7 @@ class MdnsDiscovery:
         """The peer described by a resolved service, or None (logged once) if ignored."""
         props = info.decoded_properties
         node_id = props.get("node_id") or ""
-        address = self._dial_address(info, props.get("addr") or "")
+        address = service_address(info, props.get("addr") or "")
         self.log.debug("mDNS: resolved %s -> %s at %s %s", name, node_id, address, props)
         problem = node_id_problem(node_id)
         if problem or address is None:
@@ -547,22 +547,15 @@ class MdnsDiscovery:
                 f"ignoring mDNS peer {node_id} at {address}: it has this node's id",
             )
             return None
-        swarm_id = props.get("swarm_id") or ""
-        fingerprint = props.get("fp") or ""
-        proto_text = props.get("proto") or ""
-        try:
-            proto = int(proto_text)
-        except ValueError:
-            proto = -1
-        reasons = []
-        if swarm_id != self.swarm_id:
-            reasons.append(f"swarm {swarm_id!r} != {self.swarm_id!r}")
-        if proto != self.protocol_version:
-            reasons.append(f"protocol version {proto_text!r} != '{self.protocol_version}'")
-        if fingerprint != self.fingerprint:
-            reasons.append(f"fingerprint {fingerprint!r} != {self.fingerprint!r}")
-        if reasons:
-            reason = "; ".join(reasons)
+        peer = PeerInfo(
+            address=address,
+            node_id=node_id,
+            swarm_id=props.get("swarm_id") or "",
+            fingerprint=props.get("fp") or "",
+            protocol_version=_int_or(props.get("proto") or "", -1),
+        )
+        reason = mismatches(peer, self.swarm_id, self.fingerprint, self.protocol_version)
+        if reason:
             self._log_once(
                 logging.INFO,
                 node_id,
@@ -570,23 +563,37 @@ class MdnsDiscovery:
                 f"ignoring mDNS peer {node_id} at {address}: {reason}",
             )
             return None
-        return PeerInfo(
-            address=address,
-            node_id=node_id,
-            swarm_id=swarm_id,
-            fingerprint=fingerprint,
-            protocol_version=proto,
-        )
+        return peer
 
-    @staticmethod
-    def _dial_address(info: ServiceInfo, addr: str) -> str | None:
-        """The TXT ``addr`` if usable, else the first resolved address and SRV port."""
-        with contextlib.suppress(ValueError):
-            host, port = split_address(addr)
-            ip = _ip(host)
-            if ip is None or not ip.is_unspecified:
-                return join_address(host, port)
-        addresses = info.parsed_addresses()
-        if addresses and info.port:
-            return join_address(addresses[0], info.port)
-        return None
+
+def service_address(info: ServiceInfo, addr: str) -> str | None:
+    """The dial address of a resolved service: its TXT ``addr`` if usable, else the
+    first resolved address and the SRV port; None without either."""
+    with contextlib.suppress(ValueError):
+        host, port = split_address(addr)
+        ip = _ip(host)
+        if ip is None or not ip.is_unspecified:
+            return join_address(host, port)
+    addresses = info.parsed_addresses()
+    if addresses and info.port:
+        return join_address(addresses[0], info.port)
+    return None
+
+
+def mismatches(peer: PeerInfo, swarm_id: str, fingerprint: str, protocol_version: int) -> str:
+    """Why an announced peer belongs to another swarm ('' when it does not)."""
+    reasons = []
+    if peer.swarm_id != swarm_id:
+        reasons.append(f"swarm {shown(peer.swarm_id)} != {swarm_id!r}")
+    if peer.protocol_version != protocol_version:
+        reasons.append(f"protocol version '{peer.protocol_version}' != '{protocol_version}'")
+    if peer.fingerprint != fingerprint:
+        reasons.append(f"fingerprint {shown(peer.fingerprint)} != {fingerprint!r}")
+    return "; ".join(reasons)
+
+
+def _int_or(text: str, default: int) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return default
