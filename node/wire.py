@@ -5,8 +5,9 @@ A push is a stream of `Chunk`s: one `PayloadHeader`, then data chunks of at most
 `code` is the gRPC status to answer with) anything malformed: no header first, a
 second header, more bytes than announced or than the size limit, a checksum
 mismatch, a tensor schema that is not ours, an unknown codec, a `tracker_bytes` that
-does not fit. With gradient tracking the payload is the adapter message followed by
-`tracker_bytes` of the exchange's z message (`Payload.adapter`, `Payload.tracker`). The
+does not fit, a stream idle too long or slower than its `Pace`, bytes beyond the
+shared `ByteBudget`. With gradient tracking the payload is the adapter message followed
+by `tracker_bytes` of the exchange's z message (`Payload.adapter`, `Payload.tracker`). The
 decoded vectors are checked for size and finite values by the gossip and tracking
 layers before they are applied.
 """
@@ -164,7 +165,12 @@ def check_header(
 
 
 class ByteBudget:
-    """Bytes that all streams being read may buffer together; `take` refuses beyond."""
+    """Bytes that all streams being read may buffer together; `take` refuses beyond.
+
+    Streams take what has arrived, chunk by chunk, not what their header announces:
+    a stream holds only bytes it has sent, so slow or stalled streams cannot starve
+    the others (refused RESOURCE_EXHAUSTED, counted `busy`: the node's load, not the
+    sender's fault)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -175,7 +181,7 @@ class ByteBudget:
             raise WireError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{self.used + n} bytes buffered across streams would exceed {self.limit}",
-                "too_large",
+                "busy",
             )
         self.used += n
 
@@ -183,14 +189,36 @@ class ByteBudget:
         self.used = max(self.used - n, 0)
 
 
-async def _next_chunk(it: AsyncIterator[pb.Chunk], idle: float | None) -> pb.Chunk | None:
+@dataclass(frozen=True)
+class Pace:
+    """The slowest transfer accepted: a stream must end within `seconds(total_bytes)`
+    of its start, `min_seconds` or the announced size at `bytes_per_second`, whichever
+    is longer. A sender that trickles (one byte now and then, never idle for long) is
+    cut then (DEADLINE_EXCEEDED, `slow_stream`), so it holds a stream slot and its
+    buffered bytes for a bounded time."""
+
+    min_seconds: float
+    bytes_per_second: float
+
+    def seconds(self, total_bytes: int) -> float:
+        return max(self.min_seconds, total_bytes / self.bytes_per_second)
+
+
+async def _next_chunk(
+    it: AsyncIterator[pb.Chunk], idle: float | None, left: float | None, slow: str
+) -> pb.Chunk | None:
+    """The next chunk (None at the end): cut after `idle` s of silence (`idle_stream`),
+    or after `left` s, what remains of the stream's time (`slow_stream`, reason `slow`)."""
+    waits = [w for w in (idle, left) if w is not None]
     try:
-        if idle is None:
+        if not waits:
             return await anext(it)
-        return await asyncio.wait_for(anext(it), timeout=idle)
+        return await asyncio.wait_for(anext(it), timeout=max(min(waits), 0.0))
     except StopAsyncIteration:
         return None
     except TimeoutError:
+        if left is not None and (idle is None or left < idle):
+            raise WireError(grpc.StatusCode.DEADLINE_EXCEEDED, slow, "slow_stream") from None
         raise WireError(
             grpc.StatusCode.DEADLINE_EXCEEDED,
             f"stream idle for more than {idle:g}s",
@@ -209,22 +237,30 @@ async def read_stream(
     on_header: Callable[[pb.PayloadHeader], None] | None = None,
     idle_seconds: float | None = None,
     budget: ByteBudget | None = None,
+    pace: Pace | None = None,
 ) -> Payload:
     """Reassemble and verify one pushed payload; raises WireError, keeps nothing.
 
     With `auth`, the header's mac must cover the header and the data (UNAUTHENTICATED,
     counted `bad_auth`, otherwise). `on_header` may refuse the header (raising
     WireError) before any data is buffered; a stream silent for `idle_seconds` is cut
-    (`idle_stream`); the announced size is reserved in `budget` while the stream is
-    read and refused when it does not fit."""
+    (`idle_stream`), one that has not ended within `pace.seconds` of the announced size
+    (never less than `idle_seconds`) too (`slow_stream`); each chunk's bytes are taken
+    from `budget` as they arrive (refused when they do not fit, `busy`) and given back
+    when the stream ends."""
     invalid = grpc.StatusCode.INVALID_ARGUMENT
     header: pb.PayloadHeader | None = None
     parts: list[bytes] = []
     received = 0
     reserved = 0
+    loop = asyncio.get_running_loop()
+    start, deadline, slow = loop.time(), None, ""
     it = aiter(stream)
     try:
-        while (chunk := await _next_chunk(it, idle_seconds)) is not None:
+        while True:
+            left = None if deadline is None else deadline - loop.time()
+            if (chunk := await _next_chunk(it, idle_seconds, left, slow)) is None:
+                break
             which = chunk.WhichOneof("body")
             if which == "header":
                 if header is not None:
@@ -238,9 +274,14 @@ async def read_stream(
                 )
                 if on_header is not None:
                     on_header(chunk.header)
-                if budget is not None:
-                    budget.take(chunk.header.total_bytes)
-                    reserved = chunk.header.total_bytes
+                if pace is not None:
+                    total = chunk.header.total_bytes
+                    seconds = max(pace.seconds(total), idle_seconds or 0.0)
+                    deadline = start + seconds
+                    slow = (
+                        f"stream too slow: {total} bytes not received within {seconds:g}s "
+                        f"(at least {pace.bytes_per_second:g} bytes/s)"
+                    )
                 header = chunk.header
             elif which == "data":
                 if header is None:
@@ -252,6 +293,9 @@ async def read_stream(
                         f"stream carries more than the announced {header.total_bytes} bytes",
                         "malformed",
                     )
+                if budget is not None:
+                    budget.take(len(chunk.data))
+                    reserved += len(chunk.data)
                 parts.append(chunk.data)
             else:
                 raise WireError(invalid, "an empty chunk", "malformed")

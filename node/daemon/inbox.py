@@ -10,7 +10,10 @@ Invariants callers may rely on:
   the session token this node gave it and this node's id, match the caller's
   certificate (mTLS), and fit the per-round push limit; a neighbour has at most
   `STREAMS_PER_PEER` pushes open at once, a stream silent for `stream_idle_seconds`
-  is cut, and all streams together buffer at most `BUFFERED_MESSAGES` messages;
+  or slower than `PUSH_PACE` is cut, and all streams together buffer at most
+  `BUFFERED_MESSAGES` messages, counting the bytes that arrived (not the announced
+  size), so streams that trickle hold what they sent, for a bounded time, and never
+  crowd out a neighbour's push;
 - a peer's values are bounded, not only finite (`DecLoraNode.check_payload`);
 - only a validated payload sets a neighbour's (verified) round.
 """
@@ -34,12 +37,20 @@ from declora.node.identity import MAX_DEGREE, MAX_ROUND, MAX_SEQ, shown
 from declora.node.limits import NodeLimits
 from declora.node.metrics import NodeMetrics
 from declora.node.settings import NodeSettings
-from declora.node.wire import ByteBudget, Payload, WireError, read_stream
+from declora.node.wire import ByteBudget, Pace, Payload, WireError, read_stream
 from declora.proto import pb
 
 MAX_ROUNDS_AHEAD = 8
 STREAMS_PER_PEER = 2  # push streams one neighbour may hold open at once
 BUFFERED_MESSAGES = 4  # all push streams together buffer at most this many max messages
+# A push must end within 30 s, or its announced size at 32 KiB/s (256 kbit/s) when that
+# is longer (and never before `--stream-idle-seconds`). An honest push is one message
+# sent at link speed: 256 kbit/s is well below the links a swarm trains over (a
+# 4 MB fp32 keyframe, about a million LoRA parameters, then takes 2 minutes, twice the
+# default `--round-deadline` after which its sender gives up anyway), and 30 s is far
+# beyond the round trip of a small delta. A trickle (a byte every few seconds, never
+# idle long enough to be cut as idle) is cut then (`slow_stream`).
+PUSH_PACE = Pace(min_seconds=30.0, bytes_per_second=32 * 1024)
 
 
 @dataclass
@@ -190,6 +201,7 @@ class Inbox:
                 on_header=on_header,
                 idle_seconds=self.settings.stream_idle_seconds,
                 budget=self.budget,
+                pace=PUSH_PACE,
             )
             return await self._accept(payload)
         finally:
