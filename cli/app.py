@@ -82,6 +82,38 @@ def fail(message: str, code: int = 2, hint: str = "") -> None:
     raise typer.Exit(code)
 
 
+FORMATS = ("text", "json")  # --format of inspect and lab
+OUTPUT_HINT = "give a folder that exists or can be created (not a file, nor inside one)"
+
+
+def _check_format(fmt: str) -> None:
+    """Exit 2 unless `fmt` is one of FORMATS (before any work)."""
+    if fmt not in FORMATS:
+        fail(f"--format must be {' or '.join(FORMATS)}, got {fmt!r}")
+
+
+def output_problem(path: Path) -> str | None:
+    """Why `path` cannot be an output folder (an existing file, or below one; an
+    unwritable parent), or None when it is a folder or can be made one. Creates nothing."""
+    import os
+
+    if path.exists() and not path.is_dir():
+        return f"{path} is a file, not a folder"
+    existing = next((p for p in path.parents if p.exists()), Path.cwd())
+    if not existing.is_dir():
+        return f"{path}: {existing} is a file, not a folder"
+    if not path.exists() and not os.access(existing, os.W_OK | os.X_OK):
+        return f"{path}: cannot create it in {existing} (not writable)"
+    return None
+
+
+def _check_output(path: Path, option: str) -> None:
+    """Exit 2 with a hint when `path` cannot be an output folder (before any work)."""
+    problem = output_problem(path)
+    if problem:
+        fail(f"{option} {problem}", hint=OUTPUT_HINT)
+
+
 def _problem(loc: tuple[int | str, ...], msg: str) -> str:
     """One validation error as the user would fix it: `--option: message`."""
     msg = msg.removeprefix("Value error, ")
@@ -215,6 +247,7 @@ def inspect(
     """Describe a saved adapter/checkpoint (config, tensors, fingerprint) or a node's peers."""
     from declora.cli.inspect import InspectError, inspect_path, inspect_target
 
+    _check_format(fmt)
     if (path is None) == (target is None):
         fail("give either PATH or --target")
     tls = _client_tls(tls_cert, tls_key, tls_ca)
@@ -247,6 +280,7 @@ def certs(
     def split(v: str) -> list[str]:
         return [x.strip() for x in v.split(",") if x.strip()]
 
+    _check_output(out, "--out")
     try:
         minted = mint(out, split(nodes), split(hosts), days, force)
     except CertsError as exc:
@@ -266,6 +300,7 @@ def simulate(
 
     from declora.cli.experiment import run_one
     from declora.cli.options import given
+    from declora.node.data import DataError
     from declora.node.simulator import SimConfig
 
     try:
@@ -273,7 +308,13 @@ def simulate(
     except ValidationError as exc:
         fail("bad configuration: " + "; ".join(_problem(e["loc"], e["msg"]) for e in exc.errors()))
         return
-    run_one(cfg, output)
+    _check_output(output, "--output")
+    try:
+        run_one(cfg, output)
+    except DataError as exc:  # the data, or the data shared out among --nodes
+        if STATE["debug"]:
+            raise
+        fail(exc.message, hint=exc.hint)
 
 
 STUDIES = ("swarm", "lm-parity", "methods")  # experiment --task: selection, then seeds
@@ -384,11 +425,13 @@ def lab(
     from declora.cli.lab import LabConfig, run_lab
     from declora.cli.options import given
 
+    _check_format(fmt)
     try:
         cfg = LabConfig(**given(options or {}))
     except ValidationError as exc:
         fail("bad configuration: " + "; ".join(_problem(e["loc"], e["msg"]) for e in exc.errors()))
         return
+    _check_output(cfg.output, "--output")
     summary: dict[str, Any] = run_lab(cfg)
     if fmt == "json":
         typer.echo(json.dumps(summary, indent=2, default=str))
@@ -554,6 +597,7 @@ def export(
     if output is None:
         fail("--output is required: the folder to write")
         return
+    _check_output(output, "--output")
     try:
         typer.echo(run_export(adapter, output, merge, base))
     except USER_ERRORS as exc:

@@ -9,12 +9,17 @@ and ``shards`` use every sample.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
+from declora.node.data import DataError
+
 __all__ = [
     "SCHEME_FORMS",
+    "PartitionError",
+    "check_scheme",
     "dirichlet",
     "format_label_counts",
     "iid",
@@ -28,6 +33,15 @@ __all__ = [
 SCHEME_FORMS = ("iid", "dirichlet:ALPHA (ALPHA > 0)", "skew or skew:MAJOR", "shards:K")
 
 DEFAULT_MIN_SIZE = 8
+SHARE_HINT = (
+    "fewer nodes (simulate/lab --nodes, or N of start --partition i/N), more data, "
+    "or another --partition-scheme"
+)
+
+
+class PartitionError(DataError):
+    """The data cannot be shared out as asked (more nodes than rows, a scheme that
+    leaves a node empty): a one-line message and a hint, reported like a bad data file."""
 
 
 def _check_labels(labels: np.ndarray) -> np.ndarray:
@@ -220,38 +234,75 @@ def _bad_scheme(scheme: str, why: str) -> ValueError:
     )
 
 
-def partition(scheme: str, labels: np.ndarray, n_nodes: int, seed: int) -> list[np.ndarray]:
-    """Split ``labels`` by a scheme string (see ``SCHEME_FORMS``; kind case-insensitive).
-
-    ``skew`` uses ``skew_proportions(n_nodes, max(labels) + 1, major)`` with
-    ``label_proportions``. Bad schemes and ``n_nodes`` outside ``1..len(labels)``
-    raise ``ValueError``.
-    """
-    labels = _check_labels(labels)
-    _check_nodes(labels, n_nodes)
+def _parse_scheme(scheme: str) -> tuple[str, float | None]:
+    """`scheme`'s kind (lower case) and argument (None: none given); ValueError naming
+    the accepted forms for a bad one."""
     kind, sep, arg = scheme.strip().partition(":")
     kind, arg = kind.strip().lower(), arg.strip()
     if kind == "iid":
         if sep:
             raise _bad_scheme(scheme, "iid takes no argument")
-        return iid(labels, n_nodes, seed)
+        return kind, None
     if kind == "dirichlet":
         alpha = _scheme_arg(scheme, arg, float)
-        if not alpha > 0:
+        if not (alpha > 0 and math.isfinite(alpha)):
             raise _bad_scheme(scheme, "alpha must be > 0")
-        return dirichlet(labels, n_nodes, alpha, seed)
+        return kind, alpha
     if kind == "skew":
-        major = _scheme_arg(scheme, arg, float) if sep else 0.85
-        if not 0.0 <= major <= 1.0:
+        major = _scheme_arg(scheme, arg, float) if sep else None
+        if major is not None and not 0.0 <= major <= 1.0:
             raise _bad_scheme(scheme, "major must be in [0, 1]")
-        props = skew_proportions(n_nodes, int(labels.max()) + 1, major)
-        return label_proportions(labels, props, seed)
+        return kind, major
     if kind == "shards":
         k = int(_scheme_arg(scheme, arg, int))
         if k < 1:
             raise _bad_scheme(scheme, "shards per node must be >= 1")
-        return shards(labels, n_nodes, k, seed)
+        return kind, k
     raise _bad_scheme(scheme, f"unknown kind {kind!r}")
+
+
+def check_scheme(scheme: str) -> str:
+    """`scheme` in its plain form (kind in lower case, no spaces) if it is one of
+    `SCHEME_FORMS`, else ValueError naming the accepted forms; needs no data."""
+    _parse_scheme(scheme)
+    kind, sep, arg = scheme.strip().partition(":")
+    return kind.strip().lower() + (f":{arg.strip()}" if sep else "")
+
+
+def partition(scheme: str, labels: np.ndarray, n_nodes: int, seed: int) -> list[np.ndarray]:
+    """Split ``labels`` by a scheme string (see ``SCHEME_FORMS``; kind case-insensitive).
+
+    ``skew`` uses ``skew_proportions(n_nodes, max(labels) + 1, major)`` with
+    ``label_proportions``. Bad schemes and ``n_nodes`` < 1 raise ``ValueError``; data
+    that cannot be shared out so (``n_nodes`` above ``len(labels)``, a node left without
+    rows) raises ``PartitionError``, a ``DataError`` with a hint.
+    """
+    labels = _check_labels(labels)
+    kind, arg = _parse_scheme(scheme)
+    if n_nodes > len(labels) >= 1:
+        raise PartitionError(
+            f"cannot share {len(labels)} training rows among {n_nodes} nodes: each needs at "
+            f"least one (n_nodes must be in 1..{len(labels)})",
+            "use " + SHARE_HINT,
+        )
+    _check_nodes(labels, n_nodes)
+    try:
+        if kind == "iid":
+            return iid(labels, n_nodes, seed)
+        if kind == "dirichlet":
+            return dirichlet(labels, n_nodes, float(arg or 0), seed)
+        if kind == "skew":
+            major = 0.85 if arg is None else float(arg)
+            props = skew_proportions(n_nodes, int(labels.max()) + 1, major)
+            return label_proportions(labels, props, seed)
+        return shards(labels, n_nodes, int(arg or 0), seed)
+    except ValueError as exc:  # the data do not fit the scheme
+        why = str(exc).split("; use ")[0]  # dirichlet's advice: in the hint
+        raise PartitionError(
+            f"--partition-scheme {scheme.strip()}: cannot share {len(labels)} training rows "
+            f"among {n_nodes} nodes: {why}",
+            "use " + ("a larger alpha, " if kind == "dirichlet" else "") + SHARE_HINT,
+        ) from exc
 
 
 def label_counts(labels: np.ndarray, parts: Sequence[np.ndarray], n_classes: int) -> np.ndarray:

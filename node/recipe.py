@@ -243,6 +243,13 @@ class Recipe(BaseModel):
             v = [p.strip() for p in v.split(",") if p.strip()]
         return declared_labels(v, "--labels") if v else ()  # type: ignore[arg-type]
 
+    @field_validator("partition_scheme")
+    @classmethod
+    def _scheme_ok(cls, v: str) -> str:
+        from declora.node.partition import check_scheme
+
+        return check_scheme(v)
+
     @field_validator("codec")
     @classmethod
     def _codec_ok(cls, v: str) -> str:
@@ -279,6 +286,22 @@ class Recipe(BaseModel):
             return None
         lam = parse_acceleration(self.gossip_acceleration)
         return None if lam is None or lam < 0 else lam
+
+    @model_validator(mode="after")
+    def _task_options_ok(self) -> Recipe:
+        """Options of the other task are refused, not silently ignored."""
+        if self.task == "cls" and self.data_format != "auto":
+            raise ValueError(
+                f"--data-format {self.data_format} is for --task lm: a classifier reads "
+                "--text-column and --label-column (drop --data-format, or use --task lm)"
+            )
+        if self.task == "lm" and self.labels and self.partition_scheme == "iid":
+            raise ValueError(
+                "--labels is for --task cls, or --task lm with a label-based "
+                "--partition-scheme (dirichlet, skew, shards): an iid share of lm data "
+                "reads no labels (drop --labels)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _data_format_ok(self) -> Recipe:
