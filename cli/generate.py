@@ -114,12 +114,15 @@ def read_prompts(prompt: str | None, source: str | None, stdin: TextIO) -> list[
             raise DataError("empty prompt", "give the text to continue with --prompt")
         return [prompt]
     if source in (None, "-"):
-        lines, label, jsonl = stdin.read().splitlines(), STDIN, None
+        lines, label, jsonl = stdin.read().removeprefix("\ufeff").splitlines(), STDIN, None
     else:
         path = Path(str(source))
         if not path.is_file():
             raise DataError(f"input file not found: {path}", "check the --input path")
-        lines, label = path.read_text(encoding="utf-8").splitlines(), str(path)
+        try:
+            lines, label = path.read_text(encoding="utf-8-sig").splitlines(), str(path)
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text ({exc.reason})", "save it as UTF-8") from exc
         jsonl = path.suffix.lower() == ".jsonl"
     first = next((line for line in lines if line.strip()), None)
     if first is None:

@@ -73,6 +73,14 @@ def _jsonl_texts(lines: list[str], text_column: str, source: str) -> list[str]:
     return texts
 
 
+def _text_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file, without a byte-order mark."""
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason})", "save it as UTF-8") from exc
+
+
 def read_texts(source: str, text_column: str, stdin: TextIO) -> list[str]:
     """The texts to predict, in input order; `DataError` if there are none or they are bad.
 
@@ -81,7 +89,7 @@ def read_texts(source: str, text_column: str, stdin: TextIO) -> list[str]:
     line; any other file goes through `load_file` with `text_column` (labels ignored).
     """
     if source == "-":
-        lines = stdin.read().splitlines()
+        lines = stdin.read().removeprefix("\ufeff").splitlines()
         label = STDIN
     else:
         path = Path(source)
@@ -89,7 +97,7 @@ def read_texts(source: str, text_column: str, stdin: TextIO) -> list[str]:
             raise DataError(f"input file not found: {path}", "check the --input path")
         if path.suffix.lower() != ".txt":
             return list(load_file(path, text_column=text_column, label_column=None).texts)
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = _text_lines(path)
         label = str(path)
     first = next((line for line in lines if line.strip()), None)
     if first is None:

@@ -275,15 +275,44 @@ def _diagnose_json(path: Path) -> DataError | None:
 
 
 def _csv_features(datasets: Any, path: Path, sep: str) -> Any:
-    """Every column read as a string, so texts and labels keep their spelling."""
+    """Every column read as a string, so texts and labels keep their spelling.
+
+    A row with more fields than the header is refused (pandas would otherwise take the
+    first column as an index and shift every column of every row by one)."""
     with path.open(encoding="utf-8-sig", newline="") as fh:
-        header = next(csv.reader(fh, delimiter=sep), None)
-    if not header:
-        return None
-    repeated = sorted({name for name in header if header.count(name) > 1})
-    if repeated:
-        raise DataError(f"{path}: the header repeats column(s) {repeated}", "name each column once")
+        reader = csv.reader(fh, delimiter=sep)
+        header = next(reader, None)
+        if not header:
+            return None
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        if repeated:
+            raise DataError(
+                f"{path}: the header repeats column(s) {repeated}", "name each column once"
+            )
+        _check_field_counts(reader, path, len(header))
     return datasets.Features({name: datasets.Value("string") for name in header})
+
+
+def _check_field_counts(reader: Any, path: Path, width: int) -> None:
+    """A `DataError` naming the first row of `reader` with more than `width` fields."""
+    row = 0
+    try:
+        for fields in reader:
+            if not fields:  # a blank line: skipped by the reader too
+                continue
+            row += 1
+            if len(fields) > width:
+                raise DataError(
+                    f"{path}:{reader.line_num}: cannot read it as csv: row {row} has "
+                    f"{len(fields)} fields "
+                    f"but the header has {width}",
+                    "check the quoting and the number of fields on every line; "
+                    "quote a text that holds the separator",
+                )
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text", "save the file as UTF-8") from exc
+    except csv.Error:
+        return  # left to the reader, which reports what it cannot parse
 
 
 def _read_file(path: Path) -> Any:
@@ -300,7 +329,7 @@ def _read_file(path: Path) -> Any:
             if builder == "csv":
                 sep = "\t" if suffix == ".tsv" else ","
                 features = _csv_features(datasets, path, sep)
-                kwargs = {"sep": sep, "na_filter": False, "features": features}
+                kwargs = {"sep": sep, "na_filter": False, "features": features, "index_col": False}
             return datasets.load_dataset(
                 builder,
                 data_files=str(path),
@@ -374,6 +403,18 @@ def column_values(
     return values, ds.features[column]
 
 
+def _check_scalar(value: Any, where: str, number: int, what: str, column: str) -> None:
+    """A `DataError` when a row's `what` is a list or a mapping, not one value (e.g.
+    column-oriented JSON, {"text": [...], "label": [...]}, read as a single row)."""
+    if isinstance(value, (list, tuple, dict)):
+        raise DataError(
+            f"{where}: row {number}: the {what} in column {column!r} is a "
+            f"{type(value).__name__}, not a single value",
+            'write one object per record, e.g. JSON Lines: {"text": "...", "label": "..."} '
+            'a line, or a JSON array of such objects; not {"text": [...], "label": [...]}',
+        )
+
+
 def read_texts(ds: Any, where: str, text_column: str) -> tuple[str, ...]:
     """The non-empty texts of `text_column`; a `DataError` naming the first bad row."""
     texts, _ = column_values(ds, where, text_column, "text", "--text-column")
@@ -383,6 +424,7 @@ def read_texts(ds: Any, where: str, text_column: str) -> tuple[str, ...]:
                 f"{where}: row {number} has no column {text_column!r}",
                 f"every row needs a {text_column!r} value",
             )
+        _check_scalar(text, where, number, "text", text_column)
         if not str(text).strip():
             raise DataError(
                 f"{where}: row {number} has an empty text in column {text_column!r}",
@@ -417,10 +459,41 @@ def _raw(
                 f"{where}: row {number} has no column {label_column!r}",
                 f"every row needs a {label_column!r} value",
             )
+        _check_scalar(value, where, number, "label", label_column)
         if names is not None and isinstance(value, int):
             value = names[value]
         labels.append(str(value).strip())
     return _Raw(texts, tuple(labels), tuple(names) if names else None, chats)
+
+
+def label_variants(names: Sequence[str]) -> list[list[str]]:
+    """Groups (sorted) of the label names that differ only by case or whitespace."""
+    groups: dict[str, set[str]] = {}
+    for name in names:
+        groups.setdefault(" ".join(name.split()).casefold(), set()).add(name)
+    return sorted(sorted(g) for g in groups.values() if len(g) > 1)
+
+
+def _warn_label_variants(names: set[str], source: str) -> None:
+    """Log a warning for labels that differ only by case or whitespace: they stay separate
+    classes (never merged), but are most likely one class spelled two ways."""
+    variants = label_variants(sorted(names))
+    if variants:
+        _log.warning(
+            "%s: label(s) that differ only by case or whitespace are separate classes: %s "
+            "(fix the rows if each group is one class)",
+            source,
+            "; ".join(", ".join(repr(n) for n in group) for group in variants),
+        )
+
+
+def _same_columns(text_column: str, label_column: str | None) -> None:
+    """A `DataError` when the text column is also the label column."""
+    if label_column is not None and label_column == text_column:
+        raise DataError(
+            f"--text-column and --label-column both name the column {text_column!r}",
+            "the label is a column of its own: name it with --label-column",
+        )
 
 
 def _label_datasets(
@@ -436,6 +509,7 @@ def _label_datasets(
     else:
         seen = {v for r in raws for v in r.labels or ()}
         names = tuple(sorted(seen, key=_natural_key))
+    _warn_label_variants({v for r in raws for v in r.labels or ()}, source)
     index = {name: i for i, name in enumerate(names)}
     out = []
     for r in raws:
@@ -465,6 +539,7 @@ def load_file(
     order). `label_column=None` reads texts only (causal LM). All splits of a saved
     `DatasetDict` are read, in its order.
     """
+    _same_columns(text_column, label_column)
     p = Path(path)
     return _from_splits(p, _read_splits(p), text_column, label_column, label_names)
 
@@ -553,6 +628,8 @@ def load_dataset(
     from declora.node.dedupe import dedupe_split
 
     source = str(spec)
+    if examples is None:  # an `ExampleReader` may not read `text_column` at all
+        _same_columns(text_column, label_column)
     if source in (EMBEDDED_DATA, EMBEDDED_CHAT):  # labelled even for causal LM
         full, dropped = _bbcnews_unique() if dedupe else (load_bbcnews(), 0)
         if dedupe:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from declora.node.data import TextDataset, load_dataset
+from declora.node.data import DataError, TextDataset, load_dataset
 from declora.node.dec_lora import DecLoraNode
 from declora.node.deca import DecaNode
 from declora.node.deca_model import BlockModel, BlockTrainer
@@ -201,6 +201,14 @@ def load_workload(
         ),
         dedupe=recipe.dedupe,
     )  # fmt: skip
+    if cls and train.num_labels < 2:
+        found = list(train.label_names)
+        raise DataError(
+            f"{recipe.data}: {len(found)} class(es) {found} in column {recipe.label_column!r}; "
+            "classification needs at least 2",
+            "declare the swarm's classes with --labels a,b,... (or --labels @FILE) when this "
+            "node's shard lacks some, or check --label-column",
+        )
     if max_train and max_train < len(train):  # a seeded subset, in the permuted order
         train = train.subset(np.random.default_rng(recipe.seed).permutation(len(train))[:max_train])
     test = cap(test, recipe.eval_cap, recipe.seed)
