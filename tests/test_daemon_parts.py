@@ -119,7 +119,7 @@ def test_peer_table_drop_forgets_the_copy_and_caps_neighbours(synthetic_jsonl: P
     assert first is not None and "x" in a.node.gossip.peers
     assert a.peers.admit(hello(node_id="y", listen_address="127.0.0.1:2")) is None  # at capacity
     a.peers.drop(first, "test")
-    assert not first.live and first.expected_seq is None and not "x" in a.node.gossip.peers
+    assert not first.live and first.expected_seq is None and "x" not in a.node.gossip.peers
     assert a.peers.live == []
 
 
