@@ -146,6 +146,16 @@ def test_a_fresh_start_never_replaces_an_earlier_run(tmp_path: Path, synthetic_j
     assert afile.read_text() == "mine"
 
 
+def test_a_failed_start_leaves_no_folder_behind(tmp_path: Path, synthetic_jsonl: Path) -> None:
+    [port] = free_ports(1)
+    folder = tmp_path / "new" / "state"
+    more = ("--checkpoint-dir", str(folder), "--partition", "0/100000")
+    res = run(*solo(synthetic_jsonl, port, *more))
+    assert res.returncode == 2, res.stderr
+    assert "cannot share" in errors(res.stderr)[0]
+    assert not (tmp_path / "new").exists()
+
+
 def test_port_in_use_fails_before_loading(held_port: int, tmp_path: Path) -> None:
     """The port is bound before the data and model load: a missing data file is never
     reached, and the error comes at once."""

@@ -9,6 +9,7 @@ So a port in use or a bad configuration fails within a second, with a `UserError
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from declora.node import logs
 from declora.node.daemon.startup import check_config
@@ -19,14 +20,20 @@ from declora.node.settings import NodeSettings
 def launch(settings: NodeSettings) -> int:
     """Run a node until it finishes or is stopped; the exit code (UserError: a mistake)."""
     logs.configure(settings.node_id, settings.log_format, settings.log_level)
-    check_config(settings)
-    transport = Transport(settings, settings.tls())
-    transport.reserve()
+    created = check_config(settings)
     try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is optional off Linux/macOS
-        return asyncio.run(_run(settings, transport))
-    return uvloop.run(_run(settings, transport))
+        transport = Transport(settings, settings.tls())
+        transport.reserve()
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is optional off Linux/macOS
+            return asyncio.run(_run(settings, transport))
+        return uvloop.run(_run(settings, transport))
+    except BaseException:
+        for folder in created:  # a start that failed leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only while empty
+        raise
 
 
 async def _run(settings: NodeSettings, transport: Transport) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -74,10 +75,11 @@ def as_user_error(exc: BaseException) -> UserError | None:
     return None
 
 
-def check_config(settings: NodeSettings) -> None:
+def check_config(settings: NodeSettings) -> list[Path]:
     """Before anything loads: someone to train with; a checkpoint folder that can be
     written, holding a checkpoint to resume with --resume and none without (an earlier
-    run's checkpoints and adapter are never replaced by a fresh start)."""
+    run's checkpoints and adapter are never replaced by a fresh start). The folders it
+    created, innermost first (`launch` removes those still empty when the start fails)."""
     s = settings
     if not (s.peers or s.mdns or s.solo):
         raise UserError(
@@ -87,6 +89,7 @@ def check_config(settings: NodeSettings) -> None:
         )
     flag = "--checkpoint-dir" if s.checkpoint_dir else "--checkpoint-dir (default)"
     where = f"{s.state_dir} ({flag})"
+    created = [d for d in (s.state_dir, *s.state_dir.parents) if not d.exists()]
     try:
         s.state_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -110,6 +113,7 @@ def check_config(settings: NodeSettings) -> None:
             "pass --resume to continue that run, or another --checkpoint-dir (delete the "
             "old folder to start over in it)",
         )
+    return created
 
 
 def check_device(name: str) -> None:
