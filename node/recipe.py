@@ -1,7 +1,8 @@
 """The training recipe: the options every node of a swarm shares, under one name each.
 
-`Recipe` is one pydantic model; the daemon's settings (`NodeSettings`), the
-simulator's config (`SimConfig`) and the lab's (`LabConfig`) extend it, so an option
+`Recipe` is one pydantic model, its fields in three parts (`DataRecipe`,
+`TrainingRecipe`, then mixing and evaluation); the daemon's settings (`NodeSettings`),
+the simulator's config (`SimConfig`) and the lab's (`LabConfig`) extend it, so an option
 has the same name as a flag (`--robust-mixing`), an environment variable
 (`DECLORA_ROBUST_MIXING`), a config-file key (`robust_mixing`) and in JSON output.
 Subclasses may change a default (a lab runs a fixed number of rounds), never a
@@ -44,8 +45,8 @@ WARMUP_SHARE = 0.1  # of a decaying schedule's steps warm up, unless --warmup-st
 MAX_GOSSIP_STEPS = 16
 
 
-class Recipe(BaseModel):
-    """Model, data, LoRA shape, local training and mixing: what a swarm agrees on."""
+class DataRecipe(BaseModel):
+    """The model, the data and the LoRA shape: what every node of a swarm trains."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -121,6 +122,69 @@ class Recipe(BaseModel):
     precision: Precision = Field(
         "fp32", description="fp32, bf16 or fp16 autocast (fp16: CUDA only, with a grad scaler)"
     )
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _split(cls, v: object) -> object:
+        if isinstance(v, str):
+            return tuple(p.strip() for p in v.split(",") if p.strip())
+        return v
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels(cls, v: object) -> object:
+        if isinstance(v, str):
+            if v.startswith("@"):
+                return read_label_file(v[1:])
+            v = [p.strip() for p in v.split(",") if p.strip()]
+        return declared_labels(v, "--labels") if v else ()  # type: ignore[arg-type]
+
+    @field_validator("partition_scheme")
+    @classmethod
+    def _scheme_ok(cls, v: str) -> str:
+        from declora.node.partition import check_scheme
+
+        return check_scheme(v)
+
+    @model_validator(mode="after")
+    def _task_options_ok(self) -> DataRecipe:
+        """Options of the other task are refused, not silently ignored."""
+        if self.task == "cls" and self.data_format != "auto":
+            raise ValueError(
+                f"--data-format {self.data_format} is for --task lm: a classifier reads "
+                "--text-column and --label-column (drop --data-format, or use --task lm)"
+            )
+        if self.task == "lm" and self.labels and self.partition_scheme == "iid":
+            raise ValueError(
+                "--labels is for --task cls, or --task lm with a label-based "
+                "--partition-scheme (dirichlet, skew, shards): an iid share of lm data "
+                "reads no labels (drop --labels)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _data_format_ok(self) -> DataRecipe:
+        if self.data == EMBEDDED_DATA and self.data_format not in ("auto", "text"):
+            raise ValueError(
+                f"--data-format {self.data_format} needs a data file: the embedded "
+                f"{EMBEDDED_DATA} data is text"
+            )
+        if self.data == EMBEDDED_CHAT and self.data_format not in ("auto", "messages"):
+            raise ValueError(
+                f"--data-format {self.data_format} needs a data file: the embedded "
+                f"{EMBEDDED_CHAT} data is messages"
+            )
+        return self
+
+    @property
+    def lora_alpha(self) -> int:
+        return self.alpha if self.alpha is not None else 2 * self.rank
+
+
+class TrainingRecipe(DataRecipe):
+    """Local training, beside the model and data: steps, rounds, lr and its schedule,
+    the method."""
+
     # local training
     local_steps: int = Field(1, ge=1, description="K local steps between exchanges")
     rounds: int = Field(0, ge=0, description="training rounds (0 = until stopped)")
@@ -175,6 +239,58 @@ class Recipe(BaseModel):
     deca_block_rounds: int = Field(
         5, ge=1, le=1_000_000, description="--method deca: rounds each block trains in turn"
     )
+
+    @property
+    def node_lr(self) -> float:
+        """A node's learning rate: `lr` x sqrt(`swarm_size`); the averaged model steps
+        on a swarm-size times larger batch (a centralized reference trains at `lr`)."""
+        return self.lr * math.sqrt(max(self.swarm_size, 1))
+
+    def lora_spec(self) -> LoraSpec:
+        from declora.node.trainer import LoraSpec
+
+        return LoraSpec(
+            model=self.model,
+            task=self.task,
+            rank=self.rank,
+            alpha=self.lora_alpha,
+            targets=tuple(self.targets),
+            max_length=self.max_length,
+            seed=self.seed,
+            method=self.method,
+            lora_dropout=self.lora_dropout,
+            rslora=self.rslora,
+            dora=self.dora,
+            quantize=self.quantize,
+            deca_blocks=self.deca_blocks,
+            deca_block_rounds=self.deca_block_rounds,
+        )
+
+    def schedule(self, nodes: int = 1) -> Schedule:
+        """The lr schedule over rounds x local steps; with `nodes` > 1 the centralized
+        reference's, which takes `nodes` times the steps (and the warmup)."""
+        total = self.rounds * self.local_steps * nodes
+        kind = "constant" if self.lr_schedule == "auto" else self.lr_schedule
+        return Schedule(kind, (self.warmup_steps or 0) * nodes, total)
+
+    def schedule_facts(self) -> dict[str, object]:
+        """The schedule as nodes must agree on it: nothing for the default (constant, no
+        warmup), so fingerprints without a schedule stay what they were."""
+        if self.schedule().is_flat:
+            return {}
+        facts: dict[str, object] = {
+            "lr_schedule": self.lr_schedule,
+            "warmup_steps": self.warmup_steps,
+            "local_steps": self.local_steps,
+        }
+        if self.lr_schedule in DECAYING:
+            facts["rounds"] = self.rounds
+        return facts
+
+
+class Recipe(TrainingRecipe):
+    """Model, data, LoRA shape, local training and mixing: what a swarm agrees on."""
+
     # mixing
     codec: str = Field("fp32", description="message codec: fp32, fp16, bf16, q8, q4, q2, topk:F")
     consensus_step: float | None = Field(
@@ -227,29 +343,6 @@ class Recipe(BaseModel):
         json_schema_extra={"default_text": f"all for cls, {LM_EVAL_CAP} for lm"},
     )
 
-    @field_validator("targets", mode="before")
-    @classmethod
-    def _split(cls, v: object) -> object:
-        if isinstance(v, str):
-            return tuple(p.strip() for p in v.split(",") if p.strip())
-        return v
-
-    @field_validator("labels", mode="before")
-    @classmethod
-    def _labels(cls, v: object) -> object:
-        if isinstance(v, str):
-            if v.startswith("@"):
-                return read_label_file(v[1:])
-            v = [p.strip() for p in v.split(",") if p.strip()]
-        return declared_labels(v, "--labels") if v else ()  # type: ignore[arg-type]
-
-    @field_validator("partition_scheme")
-    @classmethod
-    def _scheme_ok(cls, v: str) -> str:
-        from declora.node.partition import check_scheme
-
-        return check_scheme(v)
-
     @field_validator("codec")
     @classmethod
     def _codec_ok(cls, v: str) -> str:
@@ -286,36 +379,6 @@ class Recipe(BaseModel):
             return None
         lam = parse_acceleration(self.gossip_acceleration)
         return None if lam is None or lam < 0 else lam
-
-    @model_validator(mode="after")
-    def _task_options_ok(self) -> Recipe:
-        """Options of the other task are refused, not silently ignored."""
-        if self.task == "cls" and self.data_format != "auto":
-            raise ValueError(
-                f"--data-format {self.data_format} is for --task lm: a classifier reads "
-                "--text-column and --label-column (drop --data-format, or use --task lm)"
-            )
-        if self.task == "lm" and self.labels and self.partition_scheme == "iid":
-            raise ValueError(
-                "--labels is for --task cls, or --task lm with a label-based "
-                "--partition-scheme (dirichlet, skew, shards): an iid share of lm data "
-                "reads no labels (drop --labels)"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _data_format_ok(self) -> Recipe:
-        if self.data == EMBEDDED_DATA and self.data_format not in ("auto", "text"):
-            raise ValueError(
-                f"--data-format {self.data_format} needs a data file: the embedded "
-                f"{EMBEDDED_DATA} data is text"
-            )
-        if self.data == EMBEDDED_CHAT and self.data_format not in ("auto", "messages"):
-            raise ValueError(
-                f"--data-format {self.data_format} needs a data file: the embedded "
-                f"{EMBEDDED_CHAT} data is messages"
-            )
-        return self
 
     @model_validator(mode="after")
     def _resolve_defaults(self) -> Recipe:
@@ -444,60 +507,9 @@ class Recipe(BaseModel):
             _fill(self, "step_after_mixing", False)
 
     @property
-    def node_lr(self) -> float:
-        """A node's learning rate: `lr` x sqrt(`swarm_size`); the averaged model steps
-        on a swarm-size times larger batch (a centralized reference trains at `lr`)."""
-        return self.lr * math.sqrt(max(self.swarm_size, 1))
-
-    @property
     def exchanges_per_round(self) -> int:
         """Exchanges a training round takes: 1, plus `gossip_steps` - 1 that only mix."""
         return self.gossip_steps or 1
-
-    @property
-    def lora_alpha(self) -> int:
-        return self.alpha if self.alpha is not None else 2 * self.rank
-
-    def lora_spec(self) -> LoraSpec:
-        from declora.node.trainer import LoraSpec
-
-        return LoraSpec(
-            model=self.model,
-            task=self.task,
-            rank=self.rank,
-            alpha=self.lora_alpha,
-            targets=tuple(self.targets),
-            max_length=self.max_length,
-            seed=self.seed,
-            method=self.method,
-            lora_dropout=self.lora_dropout,
-            rslora=self.rslora,
-            dora=self.dora,
-            quantize=self.quantize,
-            deca_blocks=self.deca_blocks,
-            deca_block_rounds=self.deca_block_rounds,
-        )
-
-    def schedule(self, nodes: int = 1) -> Schedule:
-        """The lr schedule over rounds x local steps; with `nodes` > 1 the centralized
-        reference's, which takes `nodes` times the steps (and the warmup)."""
-        total = self.rounds * self.local_steps * nodes
-        kind = "constant" if self.lr_schedule == "auto" else self.lr_schedule
-        return Schedule(kind, (self.warmup_steps or 0) * nodes, total)
-
-    def schedule_facts(self) -> dict[str, object]:
-        """The schedule as nodes must agree on it: nothing for the default (constant, no
-        warmup), so fingerprints without a schedule stay what they were."""
-        if self.schedule().is_flat:
-            return {}
-        facts: dict[str, object] = {
-            "lr_schedule": self.lr_schedule,
-            "warmup_steps": self.warmup_steps,
-            "local_steps": self.local_steps,
-        }
-        if self.lr_schedule in DECAYING:
-            facts["rounds"] = self.rounds
-        return facts
 
     def agreed_facts(self) -> dict[str, object]:
         """What nodes must agree on beyond the model: the schedule's span, the exchanges
