@@ -14,19 +14,45 @@
   cannot be replayed to another node;
 - with mTLS, a node id must be its certificate's common name, and the CLI's
   certificate (`cli`) may only read Status;
-- a Hello for an id that is live at another address is refused (an impostor cannot
-  take over a live neighbour's entry);
+- a Hello's `listen_address` is `host:port` only (an IPv4 or [IPv6] literal or a DNS
+  name, port 1-65535): never another gRPC target (`unix:`, `dns:///`, a list), so a
+  peer cannot make this node dial a local socket or look up a name of its choosing;
+- a Hello for an id that is live at another address is refused, and so is one from
+  another remote host (the IP of `context.peer()`) than the one the id's accepted
+  Hellos came from (or, for a peer this node dialled, its address's IP) unless it
+  repeats the session this node holds for that id (a renewal; only the peer knows
+  it); a re-handshake without that session gets a fresh token, never the one issued
+  before (`PeerTable.admit`);
+- refused Hellos are logged in full at most `REFUSALS_LOGGED` times a minute, then
+  counted and summed up in one line (`RefusalLog`); the `handshake` counter has them all;
 - `dial` admits a peer only when its Welcome is authentic, names this node and
   passes `check_hello` (how each dial ended is recorded by `startup.DialLog`);
 - the reconnect loop re-dials candidates and known peers that are not live, with the
   peer table's backoff; an unexpected error is logged, never swallowed, and the loop
   goes on.
+
+What open mode (no swarm secret, no mTLS) can and cannot protect. Nothing in a Hello
+proves who sent it, so the remote host is the only evidence: while a neighbour is
+live, a third party on another host can neither take over its entry nor receive its
+token (its Hello is refused: "live from another host"), nor push, pull or leave in
+its name (no token). A third party on the neighbour's own host (every node of a local
+lab shares 127.0.0.1), or one that can spoof source addresses or read the traffic
+(tokens travel in clear), can handshake in its name and push with the fresh token it
+gets (it never learns the neighbour's own token, which stays valid beside it); and
+anyone may claim the id of a neighbour that is not live. Only a swarm secret or mTLS
+binds an id to a key. The host check needs the caller's `context.peer()`
+(`answer(..., peer=)`); where the servicer passes none, only the address check holds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import re
+import time
+from collections.abc import Callable
+from urllib.parse import unquote
 
 import grpc
 
@@ -35,7 +61,7 @@ from declora.node.daemon.peers import Peer, PeerTable
 from declora.node.daemon.state import Progress
 from declora.node.daemon.status import Counters
 from declora.node.daemon.transport import Transport
-from declora.node.discovery import Discovery, select_neighbors
+from declora.node.discovery import Discovery, select_neighbors, split_address
 from declora.node.identity import (
     MAX_DEGREE,
     MAX_ROUND,
@@ -47,7 +73,6 @@ from declora.node.identity import (
 from declora.node.methods import DEFAULT_METHOD
 from declora.node.security import AuthError, Signed, SignedT, SwarmAuth
 from declora.node.settings import NodeSettings
-from declora.node.wire import WireError
 from declora.proto import pb, pb_grpc
 
 log = logging.getLogger(__name__)
@@ -55,6 +80,106 @@ log = logging.getLogger(__name__)
 RECONNECT_SECONDS = 2.0
 DIAL_TIMEOUT = 5.0
 CLI_CERT = "cli"  # the common name `declora-node certs` gives the CLI's certificate
+REFUSALS_LOGGED = 20  # refused Hellos logged in full per window; the rest counted
+REFUSAL_WINDOW = 60.0  # seconds
+_DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+class RefusalLog:
+    """Warnings about refusals (each one differs: ids, reasons), at most `limit` per
+    `window` seconds in full; the rest are counted and written as one summary line
+    when the window has passed (at the next refusal or `flush`)."""
+
+    def __init__(
+        self,
+        what: str,
+        limit: int = REFUSALS_LOGGED,
+        window: float = REFUSAL_WINDOW,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.what = what
+        self.limit, self.window, self.clock = limit, window, clock
+        self.start = clock()
+        self.logged = 0
+        self.suppressed = 0
+
+    def warning(self, msg: str, *args: object) -> None:
+        self.flush()
+        if self.logged < self.limit:
+            self.logged += 1
+            log.warning(msg, *args)
+        else:
+            self.suppressed += 1
+
+    def flush(self) -> None:
+        """Start a new window once the current one has passed, summing up the last."""
+        now = self.clock()
+        if now - self.start < self.window:
+            return
+        if self.suppressed:
+            log.warning(
+                "%d more %s not logged in the last %.0f s (over %d a window; "
+                "`declora-node status` counts them all)",
+                self.suppressed,
+                self.what,
+                now - self.start,
+                self.limit,
+            )
+        self.start, self.logged, self.suppressed = now, 0, 0
+
+
+def remote_host(peer: str) -> str:
+    """The host of `context.peer()`: 'ipv4:10.0.0.5:50012' -> '10.0.0.5',
+    'ipv6:[::1]:50012' -> '::1'; anything else unchanged."""
+    text = unquote(peer)
+    if text.startswith("ipv4:"):
+        return text[5:].rsplit(":", 1)[0]
+    if text.startswith("ipv6:[") and "]" in text:
+        return text[6 : text.index("]")]
+    return text
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+_LOCALHOST = {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
+
+
+def same_host(a: str, b: str) -> bool:
+    """Whether two remote hosts are one: equal IPs (IPv4-mapped IPv6 as IPv4), or
+    127.0.0.1 and ::1 (localhost either way; other loopback addresses, 127.0.0.2 and
+    on, count as hosts of their own, as in the per-host limits); other text as is."""
+    ia, ib = _ip(a), _ip(b)
+    if ia is None or ib is None:
+        return a == b
+    return ia == ib or {ia, ib} <= _LOCALHOST
+
+
+def listen_address_problem(address: str) -> str:
+    """'' when `address` is `host:port` (an IPv4 or [IPv6] literal or a DNS name of
+    letters, digits, '-' and '_', port 1-65535) or empty, else what is wrong."""
+    if not address:
+        return ""
+    try:
+        if address != address.strip():
+            raise ValueError
+        host, _port = split_address(address)
+    except ValueError:
+        return f"listen address {shown(address)} is not host:port"
+    if _ip(host) is None and (
+        len(host) > 253
+        or not all(_DNS_LABEL.fullmatch(label) for label in host.removesuffix(".").split("."))
+        or re.fullmatch(r"[0-9.]+", host)
+    ):
+        return f"listen address {shown(address)}: {shown(host)} is not a host name or IP"
+    return ""
 
 
 class Auth:
@@ -63,6 +188,7 @@ class Auth:
     def __init__(self, secret: SwarmAuth | None, counters: Counters) -> None:
         self.secret = secret
         self.counters = counters
+        self.refusals = RefusalLog("unauthenticated messages")
 
     def sign(self, msg: SignedT) -> SignedT:
         """`msg` with a nonce and mac when a swarm secret is set, else unchanged."""
@@ -79,8 +205,8 @@ class Auth:
         try:
             self.secret.verify(msg)
         except AuthError as exc:
-            code = grpc.StatusCode.UNAUTHENTICATED
-            self.counters.refused(WireError(code, f"{what}: {exc.reason}", exc.counter))
+            self.counters.count(exc.counter)  # logged here, bounded: each `what` differs
+            self.refusals.warning("refused a message: %s: %s", what, exc.reason)
             return exc.reason
         return ""
 
@@ -166,6 +292,9 @@ def check_hello(
         return f"round {h.round}, seq {h.seq} or degree {h.live_degree} out of range"
     if len(h.listen_address) > 300 or len(h.session) > 64 or len(h.receiver) > 300:
         return "listen address, session or receiver too long"
+    problem = listen_address_problem(h.listen_address)
+    if problem:
+        return problem
     if len(h.recipe) > 32 or any(len(k) > 64 or len(v) > 4096 for k, v in h.recipe.items()):
         return "recipe too long"
     return ""
@@ -195,6 +324,7 @@ class Handshaker:
         self.auth = auth
         self.counters = counters
         self.discovery = discovery
+        self.refusals = RefusalLog("refused handshakes")
 
     def hello(self, receiver: str = "", session: bytes = b"") -> pb.Hello:
         """This node's Hello for `receiver` with the token it must present to us;
@@ -236,28 +366,33 @@ class Handshaker:
         s = self.settings
         return self.auth.secret is None or receiver in (s.node_id, s.advertise, s.listen)
 
-    def answer(self, request: pb.Hello, cert_name: str | None = None) -> pb.Welcome:
+    def answer(
+        self, request: pb.Hello, cert_name: str | None = None, peer: str | None = None
+    ) -> pb.Welcome:
         """The Welcome for a peer's Hello; admits the peer when it may join.
 
-        `cert_name`: the common name of the caller's TLS certificate (mTLS), else None.
-        A refusal carries its reason only."""
+        `cert_name`: the common name of the caller's TLS certificate (mTLS), else None;
+        `peer`: the caller's `context.peer()` (its remote host is bound to the id
+        while the id is live), None where unknown. A refusal carries its reason only;
+        an accepted Welcome carries a session token issued for this Hello alone."""
         who = shown(request.node_id or "?")
         refusal = self.auth.refusal(request, f"handshake from {who}")
         if refusal:  # nothing about this node for a stranger
             return pb.Welcome(accepted=False, reason=f"not authenticated: {refusal}")
-        reason = self.check(request) or self._identity_refusal(request, cert_name)
+        host = remote_host(peer) if peer else ""
+        reason = self.check(request) or self._identity_refusal(request, cert_name, host)
         if reason:
             self.counters.count("handshake")
-            log.warning("refused handshake from %s: %s", who, reason)
+            self.refusals.warning("refused handshake from %s: %s", who, reason)
             return pb.Welcome(accepted=False, reason=reason)
-        peer = self.peers.admit(request)
-        if peer is None:
+        admitted = self.peers.admit(request, host=host)
+        if admitted is None:
             return pb.Welcome(accepted=False, reason="node has its maximum of neighbours")
         return pb.Welcome(
-            accepted=True, node=self.hello(receiver=request.node_id, session=peer.token_in)
+            accepted=True, node=self.hello(receiver=request.node_id, session=admitted.token_in)
         )
 
-    def _identity_refusal(self, h: pb.Hello, cert_name: str | None) -> str:
+    def _identity_refusal(self, h: pb.Hello, cert_name: str | None, host: str = "") -> str:
         if cert_name == CLI_CERT:
             return "the CLI's certificate may only read Status"
         if cert_name is not None and cert_name != h.node_id:
@@ -267,10 +402,28 @@ class Handshaker:
                 f"this Hello is for {shown(h.receiver)}, not this node: dial its advertised "
                 f"address {self.settings.advertise}"
             )
+        if h.listen_address in (self.settings.advertise, self.settings.listen):
+            return f"listen address {shown(h.listen_address)} is this node's own"
         known = self.peers.get(h.node_id)
-        if known is not None and known.live and known.address != h.listen_address:
+        if known is None or not known.live:
+            return ""
+        if known.address != h.listen_address:
             return f"node id {shown(h.node_id)} is live at another address"
+        renewal = bool(h.session) and h.session == known.token_out
+        expected = known.host or self._address_host(known.address)
+        if host and expected and not same_host(host, expected) and not renewal:
+            return f"node id {shown(h.node_id)} is live from another host"
         return ""
+
+    @staticmethod
+    def _address_host(address: str) -> str:
+        """The IP literal of `address` (where a peer we dialled should call from),
+        '' for a DNS name: those learn their host from their first inbound Hello."""
+        try:
+            host, _port = split_address(address)
+        except ValueError:
+            return ""
+        return host if _ip(host) is not None else ""
 
     async def dial(self, address: str, configured: bool = False) -> Peer | None:
         """Handshake with `address`; admit the peer on success (its Welcome authentic
@@ -326,6 +479,8 @@ class Handshaker:
     async def reconnect_forever(self) -> None:
         """Re-dial peers that are not live until the node stops."""
         while not self.progress.stop_requested:
+            self.refusals.flush()
+            self.auth.refusals.flush()
             try:
                 await self.connect_known()
             except Exception:  # one bad round of dialling must not end reconnecting

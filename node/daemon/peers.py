@@ -12,7 +12,14 @@ Invariants callers may rely on:
   `FORGET_SECONDS` are pruned, and a new id at the address of a peer that is not live
   replaces that entry (a restart under another id);
 - every peer has a session token this node issued (`token_in`): its pushes, pulls
-  and leave notices must carry it (the current or the previous one);
+  and leave notices must carry it (the current or the previous one); an inbound
+  Hello for a known id gets a fresh one (the one before stays valid as `token_prev`,
+  for a push already in flight) unless it repeats the session this node holds for
+  that id (`token_out`: the same incarnation renewing), so a Hello never learns the
+  token another caller of that id holds;
+- `host` is the remote host (the IP of `context.peer()`) the peer's last accepted
+  inbound Hello came from; `handshake` refuses a Hello for a live id from another
+  host;
 - `round` is what this node verified (a validated payload's round - 1); `claimed_round`
   is what the peer's Hello said, bounded, and moves nothing by itself;
 - a peer that is not live is re-dialled with exponential backoff; one that introduced
@@ -71,6 +78,7 @@ class Peer:
     token_in: bytes = field(default_factory=new_token)  # what it must present to us
     token_prev: bytes = b""  # the token before the current one (a renewal in flight)
     token_out: bytes = b""  # what we present to it (its Hello's session)
+    host: str = ""  # the remote host of its last accepted inbound Hello ('' if none yet)
     configured: bool = False  # a static or discovered address: always re-dialled
     proven: bool = False  # delivered a validated payload at least once
     dials: int = 0  # dials since it was last live
@@ -148,14 +156,24 @@ class PeerTable:
         return token
 
     # ------------------------------------------------------------ membership
-    def admit(self, hello: pb.Hello, dialled: str = "", configured: bool = False) -> Peer | None:
+    def admit(
+        self, hello: pb.Hello, dialled: str = "", configured: bool = False, host: str = ""
+    ) -> Peer | None:
         """Add or refresh a neighbour after a good handshake; None when this node has
         its maximum of neighbours (or of known peers, all live).
 
         `dialled`: the address this node dialled (an outbound handshake), whose
         offered token becomes the peer's `token_in`; `configured`: that address is a
-        static or discovered one (the peer is then always re-dialled)."""
+        static or discovered one (the peer is then always re-dialled); `host`: the
+        remote host an inbound Hello came from (remembered as the peer's `host`).
+
+        An inbound Hello (no `dialled`) for a known id gets a fresh `token_in`, the
+        current one kept as `token_prev`, unless its session is the `token_out` on
+        record (only that peer and this node know it: a renewal): the answer to a
+        stranger's Hello never hands out a token that was issued before it."""
         peer = self.peers.get(hello.node_id)
+        if peer is not None and not dialled and bytes(hello.session) != peer.token_out:
+            peer.token_prev, peer.token_in = peer.token_in, new_token()
         if peer is None:
             if len(self.live) >= self.max_neighbors or not self._make_room(hello):
                 return None
@@ -166,6 +184,8 @@ class PeerTable:
             if token is not None and token != peer.token_in:
                 peer.token_prev, peer.token_in = peer.token_in, token
         peer.configured = peer.configured or configured
+        if host:
+            peer.host = host
         if hello.listen_address:
             peer.address = hello.listen_address
         peer.token_out = bytes(hello.session)
