@@ -914,6 +914,8 @@ def test_a_third_party_cannot_speak_for_a_neighbour(open_pair: Pair) -> None:
         sessions = (b"", os.urandom(16), own)
         leaves = [att.leave(b.node_id, s) for s in sessions]
         takeover = att.handshake(b.node_id, listen_address=p.member)
+        # n1's own address (Status shows it to anyone), from the attacker's host
+        spoof = att.handshake(b.node_id, listen_address=b.address)
         r = (a.status() or before[0]).round + 2
         pushes = [att.push(att.keyframe(b.node_id, s, r, 0.0)) for s in sessions]
     finally:
@@ -923,6 +925,8 @@ def test_a_third_party_cannot_speak_for_a_neighbour(open_pair: Pair) -> None:
         assert "without its session" in answer.details, answer
     assert not takeover.accepted and "live at another address" in takeover.details, takeover
     assert not takeover.about_node, takeover
+    assert not spoof.accepted and "live from another host" in spoof.details, spoof
+    assert not spoof.about_node, spoof
     after = p.mixing(before[0].round + 2)
     assert a.log().count(f"neighbour {b.node_id} left the live set") == dropped, p.cluster.report()
     assert after[0].rejected["bad_session"] - before[0].rejected["bad_session"] == 6
@@ -931,10 +935,10 @@ def test_a_third_party_cannot_speak_for_a_neighbour(open_pair: Pair) -> None:
     record(
         "6a",
         "no auth: a third party (itself a member) sends Leave in n1's name (no session, a "
-        "wrong one, its own), re-handshakes as n1 from its own address, pushes a keyframe "
-        "in n1's name (the same three sessions)",
-        f"Leave and Push {leaves[0].code.name} `bad_session` (6 of 6); Hello refused "
-        f"({takeover.details})",
+        "wrong one, its own), re-handshakes as n1 from its own address and with n1's "
+        "address from its own host, pushes a keyframe in n1's name (the same three sessions)",
+        f"Leave and Push {leaves[0].code.name} `bad_session` (6 of 6); Hellos refused "
+        f"({takeover.details}; {spoof.details})",
         f"n1 stayed live at its address (rounds {before[0].round} -> {after[0].round})",
         (rss0, rss_mib(a)),
     )

@@ -108,7 +108,7 @@ class SwarmService(pb_grpc.SwarmServicer):
         try:
             with self.pools.hold("Handshake"):
                 await self._limit(context, self.parts.limits.check_handshake, context.peer())
-                return self.parts.handshaker.answer(request, cert_name(context))
+                return self.parts.handshaker.answer(request, cert_name(context), context.peer())
         except WireError as exc:
             await self._refuse(context, exc)
             raise  # unreachable: abort raises
