@@ -446,7 +446,7 @@ def _cases() -> list[Case]:
             "handshake: gradient tracking on",
             lambda p: handshake(p, p.hello(node_id="h4", gradient_tracking=True)),
             Code.OK,
-            "gradient tracking is on there and off here",
+            "gradient tracking is on at 'h4' and off at",
             "handshake",
         ),
         # rounds
@@ -525,7 +525,7 @@ def _cases() -> list[Case]:
             "handshake: wrong fingerprint",
             lambda p: handshake(p, p.hello(node_id="h3", fingerprint="0" * 16)),
             Code.OK,
-            "the swarm's recipe differs: --model is '?' there",
+            "the swarm's recipe differs: --model is '?' at 'h3'",
             "handshake",
         ),
         Case(

@@ -354,7 +354,7 @@ def test_handshake_refuses_other_fingerprint_and_swarm(
         assert "swarm" in why.group(1) or "recipe" in why.group(1) or "fingerprint" in why.group(1)
     assert re.search(
         rf"{host.address} refused the handshake: the swarm's recipe differs: "
-        rf"--rank is '{2 * RANK}' there, '{RANK}' here",
+        rf"--rank is '{2 * RANK}' at '{other_rank.node_id}', '{RANK}' at '{host.node_id}'",
         other_rank.log(),
     ), cluster.report()
     assert (

@@ -47,7 +47,7 @@ def hello(**changes: object) -> pb.Hello:
         ({"protocol_version": PROTOCOL_VERSION + 1}, "protocol version"),
         ({"swarm_id": "other"}, "swarm 'other' != 's'"),
         ({"fingerprint": "0" * 16}, "fingerprint"),
-        ({"gradient_tracking": True}, "gradient tracking is on there and off here"),
+        ({"gradient_tracking": True}, "gradient tracking is on at 'peer' and off at 'me'"),
         ({"node_id": ""}, "empty node id"),
         ({"node_id": "me"}, "this node's own id"),
         ({"round": 2**64 - 1}, "out of range"),

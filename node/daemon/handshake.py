@@ -237,8 +237,11 @@ def recipe_facts(spec: dict[str, object], labels: tuple[str, ...]) -> dict[str, 
     return {**RECIPE_DEFAULTS, **facts}
 
 
-def recipe_differences(theirs: dict[str, str], ours: dict[str, str]) -> str:
-    """The options that differ, each with the peer's and this node's value."""
+def recipe_differences(
+    theirs: dict[str, str], ours: dict[str, str], where: tuple[str, str] = ("there", "here")
+) -> str:
+    """The options that differ, each with the peer's and this node's value, the two
+    sides called `where` (a refusal names both nodes: it is read on both sides)."""
     out = []
     theirs, ours = {**RECIPE_DEFAULTS, **theirs}, {**RECIPE_DEFAULTS, **ours}
     for key in RECIPE_KEYS:
@@ -246,7 +249,9 @@ def recipe_differences(theirs: dict[str, str], ours: dict[str, str]) -> str:
             continue
         a, b = theirs.get(key, "?"), ours.get(key, "?")
         if a != b:
-            out.append(f"--{key.replace('_', '-')} is {shown(a, 60)} there, {shown(b, 60)} here")
+            out.append(
+                f"--{key.replace('_', '-')} is {shown(a, 60)} {where[0]}, {shown(b, 60)} {where[1]}"
+            )
     return "; ".join(out)
 
 
@@ -260,7 +265,9 @@ def check_hello(
     recipe: dict[str, str] | None = None,
 ) -> str:
     """'' when `h` may join this node's swarm, else the reason it may not; a recipe
-    mismatch names the options that differ on both sides."""
+    mismatch names the options that differ on both sides, by node id (the reason is
+    logged here and read by the peer)."""
+    sides = (f"at {shown(h.node_id, 40)}", f"at {node_id!r}")
     if h.protocol_version != PROTOCOL_VERSION:
         return (
             f"protocol version {h.protocol_version} != {PROTOCOL_VERSION} "
@@ -270,7 +277,7 @@ def check_hello(
     if h.swarm_id != swarm_id:
         return f"swarm {shown(h.swarm_id)} != {swarm_id!r}"
     if h.fingerprint != fingerprint:
-        differ = recipe_differences(dict(h.recipe), recipe or {})
+        differ = recipe_differences(dict(h.recipe), recipe or {}, sides)
         if differ:
             return f"the swarm's recipe differs: {differ}"
         return (
@@ -278,10 +285,10 @@ def check_hello(
             "or the tensor schema differ (the same --model files everywhere?)"
         )
     if h.gradient_tracking != gradient_tracking:
-        there, here = ("on", "off") if h.gradient_tracking else ("off", "on")
+        theirs, ours = ("on", "off") if h.gradient_tracking else ("off", "on")
         return (
-            f"gradient tracking is {there} there and {here} here: start every node of "
-            "the swarm with the same --gradient-tracking"
+            f"gradient tracking is {theirs} {sides[0]} and {ours} {sides[1]}: start every "
+            "node of the swarm with the same --gradient-tracking"
         )
     problem = node_id_problem(h.node_id)
     if problem:
