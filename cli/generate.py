@@ -24,12 +24,12 @@ from typing import Any, TextIO
 
 import torch
 
+from declora.cli.predict import text_lines
 from declora.node.adapter_io import AdapterError, LoadedAdapter, adapter_folder
 from declora.node.data import DataError
 from declora.node.models import Tokenizer
 
 FORMATS = ("text", "jsonl")
-STDIN = "<stdin>"
 # a prompt: plain text, or a conversation as {role, content} turns
 Prompt = str | list[dict[str, str]]
 
@@ -113,17 +113,13 @@ def read_prompts(prompt: str | None, source: str | None, stdin: TextIO) -> list[
         if not prompt.strip():
             raise DataError("empty prompt", "give the text to continue with --prompt")
         return [prompt]
-    if source in (None, "-"):
-        lines, label, jsonl = stdin.read().removeprefix("\ufeff").splitlines(), STDIN, None
-    else:
+    jsonl: bool | None = None  # None: stdin, JSON lines when its first line is an object
+    if source not in (None, "-"):
         path = Path(str(source))
         if not path.is_file():
             raise DataError(f"input file not found: {path}", "check the --input path")
-        try:
-            lines, label = path.read_text(encoding="utf-8-sig").splitlines(), str(path)
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text ({exc.reason})", "save it as UTF-8") from exc
         jsonl = path.suffix.lower() == ".jsonl"
+    lines, label = text_lines(source or "-", stdin)
     first = next((line for line in lines if line.strip()), None)
     if first is None:
         raise DataError(f"{label}: no prompts", "give one prompt a line, or JSON lines")

@@ -73,12 +73,16 @@ def _jsonl_texts(lines: list[str], text_column: str, source: str) -> list[str]:
     return texts
 
 
-def _text_lines(path: Path) -> list[str]:
-    """The lines of a UTF-8 text file, without a byte-order mark."""
+def text_lines(source: str, stdin: TextIO) -> tuple[list[str], str]:
+    """The lines of UTF-8 text file `source` ("-": `stdin`) without a byte-order mark,
+    and the name to report it by; `DataError` when it is not UTF-8."""
+    label = STDIN if source == "-" else source
     try:
-        return path.read_text(encoding="utf-8-sig").splitlines()
+        if source == "-":
+            return stdin.read().removeprefix("\ufeff").splitlines(), label
+        return Path(source).read_text(encoding="utf-8-sig").splitlines(), label
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason})", "save it as UTF-8") from exc
+        raise DataError(f"{label}: not UTF-8 text ({exc.reason})", "save it as UTF-8") from exc
 
 
 def read_texts(source: str, text_column: str, stdin: TextIO) -> list[str]:
@@ -88,17 +92,13 @@ def read_texts(source: str, text_column: str, stdin: TextIO) -> list[str]:
     "{", else one text per non-blank line. A `.txt` file is one text per non-blank
     line; any other file goes through `load_file` with `text_column` (labels ignored).
     """
-    if source == "-":
-        lines = stdin.read().removeprefix("\ufeff").splitlines()
-        label = STDIN
-    else:
+    if source != "-":
         path = Path(source)
         if not path.exists():
             raise DataError(f"input file not found: {path}", "check the --input path")
         if path.suffix.lower() != ".txt":
             return list(load_file(path, text_column=text_column, label_column=None).texts)
-        lines = _text_lines(path)
-        label = str(path)
+    lines, label = text_lines(source, stdin)
     first = next((line for line in lines if line.strip()), None)
     if first is None:
         raise DataError(f"{label}: no texts", "give one text per line, or JSON lines")

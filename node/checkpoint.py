@@ -178,7 +178,7 @@ def load(root: Path, lm: LoraModel) -> NodeState:
         raise CheckpointError(
             f"no checkpoint in {root}"
             + (f": {LATEST} names {named!r}, which is missing or incomplete" if named else "")
-            + (f" (complete ones: {', '.join(others)})" if others else "")
+            + (f" (other checkpoints: {', '.join(others)})" if others else "")
         )
     raw = read_state(path)
     if raw["fingerprint"] != lm.fingerprint:

@@ -122,22 +122,26 @@ def join_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def ip_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP literal `host` (an IPv4-mapped IPv6 address as IPv4), None for a name."""
     try:
-        return ipaddress.ip_address(host)
+        ip = ipaddress.ip_address(host)
     except ValueError:
         return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def _is_loopback(host: str) -> bool:
-    ip = _ip(host)
+    ip = ip_of(host)
     return ip is not None and ip.is_loopback
 
 
 def normalize_address(address: str) -> str:
     """Canonical spelling of an address: lower-case host, compressed IP literal."""
     host, port = split_address(address)
-    ip = _ip(host)
+    ip = ip_of(host)
     return join_address(str(ip) if ip is not None else host.lower(), port)
 
 
@@ -289,9 +293,9 @@ class MdnsDiscovery:
         self.instance = instance_name(node_id)
         self.service_name = f"{self.instance}.{SERVICE_TYPE}"
         host, self.port = split_address(advertise)
-        if self.interface and _ip(self.interface) is None:
+        if self.interface and ip_of(self.interface) is None:
             raise ValueError(f"mDNS interface must be an IP address, got {interface!r}")
-        ip = _ip(host)
+        ip = ip_of(host)
         if ip is not None and ip.is_unspecified:
             if not self.interface:
                 raise ValueError(
@@ -422,7 +426,7 @@ class MdnsDiscovery:
             self.log.warning("mDNS: could not %s: %s", what, exc)
 
     async def _host_addresses(self) -> list[str]:
-        ip = _ip(self.host)
+        ip = ip_of(self.host)
         if ip is not None:
             return [str(ip)]
         loop = asyncio.get_running_loop()
@@ -571,7 +575,7 @@ def service_address(info: ServiceInfo, addr: str) -> str | None:
     first resolved address and the SRV port; None without either."""
     with contextlib.suppress(ValueError):
         host, port = split_address(addr)
-        ip = _ip(host)
+        ip = ip_of(host)
         if ip is None or not ip.is_unspecified:
             return join_address(host, port)
     addresses = info.parsed_addresses()

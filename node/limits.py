@@ -27,10 +27,10 @@ stays bounded by `MAX_KEYS` active keys.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 import grpc
 
@@ -38,13 +38,17 @@ from declora.node.wire import WireError
 
 MAX_KEYS = 4096
 RATE_LIMITED = "rate_limited"
-_PORT = re.compile(r"^(ipv4:.+|ipv6:\[.+\]):\d+$")
 
 
 def peer_host(peer: str) -> str:
-    """`context.peer()` without the port: 'ipv4:10.0.0.5:50012' -> 'ipv4:10.0.0.5'."""
-    m = _PORT.match(peer)
-    return m.group(1) if m else peer
+    """The remote host of `context.peer()`: 'ipv4:10.0.0.5:50012' -> '10.0.0.5',
+    'ipv6:[::1]:50012' (or percent-encoded) -> '::1'; anything else unchanged."""
+    text = unquote(peer)
+    if text.startswith("ipv4:"):
+        return text[5:].rsplit(":", 1)[0]
+    if text.startswith("ipv6:[") and "]" in text:
+        return text[6 : text.index("]")]
+    return text
 
 
 def limited(reason: str) -> WireError:

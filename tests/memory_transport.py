@@ -44,12 +44,16 @@ class MemoryContext:
 
     def __init__(self, caller: str) -> None:
         self.caller = caller
+        self.written: list[Any] = []  # a streaming reply's messages (`write`)
 
     def peer(self) -> str:
         return self.caller
 
     async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
         raise _Abort(code, details)
+
+    async def write(self, message: Any) -> None:
+        self.written.append(message)
 
 
 def _rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
@@ -135,8 +139,10 @@ class MemoryChannel:
             async def replies() -> AsyncIterator[Any]:
                 handler = self._service(method)
                 wire = REQUESTS[method].FromString(request_serializer(request))
+                context = MemoryContext(self.caller)
                 try:
-                    async for reply in handler(wire, MemoryContext(self.caller)):
+                    await handler(wire, context)  # it writes its replies (`write`)
+                    for reply in context.written:
                         yield response_deserializer(reply.SerializeToString())
                 except _Abort as exc:
                     raise _rpc_error(exc.code, exc.details) from None

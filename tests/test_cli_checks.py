@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from daemon_helpers import free_ports
 from typer.testing import CliRunner, Result
 
 from declora.cli.app import app
@@ -90,13 +91,14 @@ def test_start_with_a_partition_beyond_the_rows(tmp_path: Path) -> None:
         "0",
         "--solo",
         "--listen",
-        "127.0.0.1:17391",
+        f"127.0.0.1:{free_ports(1)[0]}",
         "--data",
         str(data),
     ]
     args += ["--checkpoint-dir", str(tmp_path / "state"), "--partition", "99/100"]
     res = runner.invoke(app, ["start", *args])
     assert_refused(res, "among 100 nodes", hint=True)
+    assert not (tmp_path / "state").exists()  # a failed start leaves no folder
 
 
 # B: --format

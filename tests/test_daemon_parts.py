@@ -7,6 +7,7 @@ import asyncio
 import threading
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import torch
@@ -138,6 +139,8 @@ def test_one_round_in_memory_mixes_to_the_mean(synthetic_jsonl: Path) -> None:
     assert a.report.self_weight == pytest.approx(0.5)
     assert a.node.bytes_sent > 0 and a.node.bytes_received == b.node.bytes_sent
     assert a.peers.get("b").expected_seq == 2  # type: ignore[union-attr]
+    # the token of a validated payload is remembered (`PeerTable.admit` keeps it valid)
+    assert b.peers.get("a").token_used == a.peers.get("b").token_out  # type: ignore[union-attr]
 
 
 def test_a_mix_gone_non_finite_drops_the_held_back_step_and_its_optimizer_move(
@@ -392,6 +395,48 @@ def test_a_catch_up_stays_within_the_plan_and_a_failed_one_drops_the_claim(
 
     asyncio.run(go())
     np.testing.assert_array_equal(a.node.vector(), before)
+
+
+def test_a_pull_that_is_not_read_is_cut_and_frees_its_slot(
+    synthetic_jsonl: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller that stops reading a pulled state holds its Pull slot at most
+    max(PULL_SECONDS, round deadline): then DEADLINE_EXCEEDED `slow_stream`."""
+    from declora.node.daemon import service
+
+    monkeypatch.setattr(service, "PULL_SECONDS", 0.2)
+    _, (a, b) = pair(synthetic_jsonl, round_deadline=0.1)
+    aborted: list[tuple[object, str]] = []
+
+    class Stuck:  # a reader that never takes the first chunk
+        def peer(self) -> str:
+            return "ipv4:127.0.0.1:1"
+
+        async def write(self, message: object) -> None:
+            await asyncio.Event().wait()
+
+        async def abort(self, code: object, details: str = "") -> None:
+            aborted.append((code, details))
+
+    async def go() -> None:
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+        peer = a.peers.get("b")
+        assert peer is not None
+        request = pb.PullRequest(
+            node_id="a",
+            swarm_id="parts",
+            kind=pb.PAYLOAD_KIND_STATE,
+            session=peer.token_out,
+            receiver_id="b",
+        )
+        service_b = service.SwarmService(b)
+        await asyncio.wait_for(service_b.Pull(request, Stuck()), timeout=5)  # type: ignore[arg-type]
+        assert service_b.pools.in_use.get("Pull", 0) == 0
+
+    asyncio.run(go())
+    [(code, details)] = aborted
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "not read within 0.2s" in details
+    assert b.counters.rejected.get("slow_stream") == 1
 
 
 def test_failed_catch_ups_back_off(synthetic_jsonl: Path) -> None:

@@ -16,10 +16,10 @@ from test_daemon_parts import RULE, hello, pair
 from declora.node.daemon.handshake import (
     RefusalLog,
     check_hello,
-    remote_host,
     same_host,
 )
 from declora.node.daemon.parts import Parts
+from declora.node.limits import peer_host
 from declora.proto import pb
 
 
@@ -76,6 +76,33 @@ def test_a_live_id_cannot_be_taken_over_from_another_host(synthetic_jsonl: Path)
     assert not w.accepted and "live from another host" in w.reason
 
 
+def test_strangers_hellos_never_evict_the_token_in_use(synthetic_jsonl: Path) -> None:
+    """However many same-host Hellos in a's name (each gets a fresh token), the token
+    of a's last validated payload stays valid."""
+    a, b = introduced(synthetic_jsonl)
+    peer, held = b.peers.get("a"), a.peers.get("b")
+    assert peer is not None and held is not None
+    peer.token_used = held.token_out  # what the inbox records from a validated push
+    for i in range(3):
+        w = b.handshaker.answer(as_a(a, b, session=bytes([i + 1]) * 16), None, "ipv4:127.0.0.1:1")
+        assert w.accepted and w.node.session != held.token_out
+    assert peer.token_ok(held.token_out)
+
+
+def test_a_peer_dialled_by_name_is_renewed_only(synthetic_jsonl: Path) -> None:
+    """A live peer this node dialled by DNS name and never heard from has no known
+    host: a Hello in its name is accepted only as a renewal."""
+    a, b = introduced(synthetic_jsonl)
+    peer = b.peers.get("a")
+    assert peer is not None
+    peer.host, peer.address = "", "node-a.lan:7070"
+    w = b.handshaker.answer(as_a(a, b, listen_address="node-a.lan:7070"), None, "ipv4:10.9.9.9:1")
+    assert not w.accepted and "only it can renew" in w.reason
+    renewal = as_a(a, b, listen_address="node-a.lan:7070", session=peer.token_out)
+    w = b.handshaker.answer(renewal, None, "ipv4:10.9.9.9:1")
+    assert w.accepted and peer.host == "10.9.9.9"
+
+
 def test_a_renewal_keeps_its_token_and_may_come_from_another_host(synthetic_jsonl: Path) -> None:
     a, b = introduced(synthetic_jsonl)
     peer, held = b.peers.get("a"), a.peers.get("b")
@@ -128,10 +155,10 @@ def test_a_hello_may_not_name_this_nodes_own_address(synthetic_jsonl: Path) -> N
 
 
 def test_remote_hosts() -> None:
-    assert remote_host("ipv4:10.0.0.5:50012") == "10.0.0.5"
-    assert remote_host("ipv6:[::1]:50012") == "::1"
-    assert remote_host("ipv6:%5B::1%5D:50012") == "::1"
-    assert remote_host("unix:/tmp/x") == "unix:/tmp/x"
+    assert peer_host("ipv4:10.0.0.5:50012") == "10.0.0.5"
+    assert peer_host("ipv6:[::1]:50012") == "::1"
+    assert peer_host("ipv6:%5B::1%5D:50012") == "::1"
+    assert peer_host("unix:/tmp/x") == "unix:/tmp/x"
     assert same_host("127.0.0.1", "::1") and same_host("::ffff:10.0.0.5", "10.0.0.5")
     assert not same_host("10.0.0.5", "10.0.0.6") and not same_host("mem-a", "mem-b")
     assert not same_host("127.0.0.1", "127.0.0.2")  # as the per-host limits count them

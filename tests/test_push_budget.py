@@ -1,6 +1,6 @@
 """Push streams that trickle (a header announcing the largest message, then a byte now
-and then) hold only the bytes they sent, and only until their `Pace` runs out: they
-never crowd out a neighbour's push (audit: four such streams from two member ids held
+and then) hold only the bytes they sent, and only until their `Pace` runs out, so a
+neighbour's push still fits (audit: four such streams from two member ids held
 the whole shared buffer, and every honest push was refused)."""
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from daemon_helpers import (
 
 from declora.cli.client import StatusError, fetch_status
 from declora.node import PROTOCOL_VERSION
+from declora.node.daemon.handshake import REFUSALS_LOGGED
 from declora.proto import pb, pb_grpc
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -300,7 +301,8 @@ def intruder_hello(swarm: str) -> pb.Hello:
 
 def test_refused_handshakes_are_logged_once_then_counted(cluster: Cluster) -> None:
     """A peer that keeps dialling with the wrong swarm is refused each time, counted each
-    time, and logged once; the repeats are summed up when the node stops."""
+    time, and logged once; the repeats are summed up when the node stops (the first
+    `REFUSALS_LOGGED` by the repeat filter, the rest by the refusal log)."""
     closed, port = free_ports(2)
     args = [*train_args(cluster.data), "--peers", f"{HOST}:{closed}"]
     node = cluster.add("host", port, [*args, "--startup-timeout", "600"]).start()
@@ -316,9 +318,11 @@ def test_refused_handshakes_are_logged_once_then_counted(cluster: Cluster) -> No
     node.signal(signal.SIGTERM)
     assert cluster.wait_exit([node], STOP) == [0], cluster.report()
     assert re.search(
-        rf"refused handshake from .*swarm.* \(repeated {tries - 1} times in the last \d+ s\)",
+        rf"refused handshake from .*swarm.* \(repeated {REFUSALS_LOGGED - 1} times in the "
+        r"last \d+ s\)",
         node.log(),
     ), node.log()
+    assert f"{tries - REFUSALS_LOGGED} more refused handshakes not logged" in node.log()
 
 
 # ---------------------------------------------------------------- status

@@ -301,7 +301,7 @@ def test_a_damaged_checkpoint_is_one_clear_error(tiny_lm: LoraModel, tmp_path: P
     with pytest.raises(
         checkpoint.CheckpointError,
         match="LATEST names 'ckpt-00000077', which is missing or incomplete "
-        r"\(complete ones: ckpt-00000001, ckpt-00000002\)",
+        r"\(other checkpoints: ckpt-00000001, ckpt-00000002\)",
     ):
         checkpoint.load(root, tiny_lm)
 

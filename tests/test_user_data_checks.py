@@ -118,3 +118,23 @@ def test_text_and_label_cannot_be_the_same_column(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="both name the column 'text'"):
         load_file(data, text_column="text", label_column="text")
     assert len(load_file(data, text_column="label", label_column=None)) == 4
+
+
+def test_input_that_is_not_utf8_is_one_data_error(tmp_path: Path) -> None:
+    """Latin-1 bytes on stdin or in a .txt file: a DataError naming the input, for
+    predict and generate alike (never a UnicodeDecodeError traceback)."""
+    latin = "café\n".encode("latin-1")
+    stdin = io.TextIOWrapper(io.BytesIO(latin), encoding="utf-8")
+    with pytest.raises(DataError, match="<stdin>: not UTF-8 text"):
+        read_texts("-", "text", stdin)
+    stdin = io.TextIOWrapper(io.BytesIO(latin), encoding="utf-8")
+    with pytest.raises(DataError, match="<stdin>: not UTF-8 text"):
+        read_prompts(None, "-", stdin)
+    path = tmp_path / "latin.txt"
+    path.write_bytes(latin)
+    for read in (
+        lambda: read_texts(str(path), "text", io.StringIO()),
+        lambda: read_prompts(None, str(path), io.StringIO()),
+    ):
+        with pytest.raises(DataError, match=r"latin\.txt: not UTF-8 text"):
+            read()

@@ -38,8 +38,9 @@ def test_label_sets_must_agree_and_can_be_declared(tmp_path: Path, synthetic_jso
         assert codes == [1, 1], cluster.report()  # neither found its neighbour
         theirs = ",".join(CLASS_NAMES)
         ours = ",".join(CLASS_NAMES[:-1])
-        assert f"--labels is '{theirs}' there, '{ours}' here" in b.log(), cluster.report()
-        assert f"--labels is '{ours}' there, '{theirs}' here" in a.log(), cluster.report()
+        named = f"--labels is '{theirs}' at '{a.node_id}', '{ours}' at '{b.node_id}'"
+        assert named in b.log(), cluster.report()  # b refused a; a reads the same words
+        assert named in a.log(), cluster.report()
     finally:
         cluster.close()
 

@@ -278,6 +278,7 @@ class Daemon:
             await asyncio.to_thread(self.store.save_final)
         if parts is not None:
             await parts.peers.close()
+            parts.handshaker.flush_refusals(final=True)
         await self.transport.stop(grace=1.0)
         self.progress.state = NodeState.STOPPED
         logs.flush_repeats()

@@ -9,7 +9,7 @@ here.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -36,24 +36,16 @@ class LoadingGate(pb_grpc.SwarmServicer):
         return self.service
 
 
-def _forward(name: str, server_streaming: bool) -> Callable[..., Any]:
-    if server_streaming:
+def _forward(name: str) -> Callable[..., Any]:
+    """A method that waits for the service, then hands the call over (a streaming
+    reply too: the service writes it with `context.write`)."""
 
-        async def stream(
-            self: LoadingGate, request: Any, context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[Any]:
-            service = await self.ready(context)
-            async for item in getattr(service, name)(request, context):
-                yield item
-
-        return stream
-
-    async def unary(self: LoadingGate, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def forward(self: LoadingGate, request: Any, context: grpc.aio.ServicerContext) -> Any:
         service = await self.ready(context)
         return await getattr(service, name)(request, context)
 
-    return unary
+    return forward
 
 
 for _method in SWARM.methods:
-    setattr(LoadingGate, _method.name, _forward(_method.name, _method.server_streaming))
+    setattr(LoadingGate, _method.name, _forward(_method.name))

@@ -19,10 +19,12 @@
   peer cannot make this node dial a local socket or look up a name of its choosing;
 - a Hello for an id that is live at another address is refused, and so is one from
   another remote host (the IP of `context.peer()`) than the one the id's accepted
-  Hellos came from (or, for a peer this node dialled, its address's IP) unless it
-  repeats the session this node holds for that id (a renewal; only the peer knows
-  it); a re-handshake without that session gets a fresh token, never the one issued
-  before (`PeerTable.admit`);
+  Hellos came from (or, for a peer this node dialled, its address's IP; one dialled
+  by DNS name and never heard from has no known host: only a renewal is accepted)
+  unless it repeats the session this node holds for that id (a renewal; only the
+  peer knows it); a re-handshake without that session gets a fresh token, never the
+  one issued before, and the token of the peer's last validated payload stays valid
+  (`PeerTable.admit`);
 - refused Hellos are logged in full at most `REFUSALS_LOGGED` times a minute, then
   counted and summed up in one line (`RefusalLog`); the `handshake` counter has them all;
 - `dial` admits a peer only when its Welcome is authentic, names this node and
@@ -38,7 +40,8 @@ token (its Hello is refused: "live from another host"), nor push, pull or leave 
 its name (no token). A third party on the neighbour's own host (every node of a local
 lab shares 127.0.0.1), or one that can spoof source addresses or read the traffic
 (tokens travel in clear), can handshake in its name and push with the fresh token it
-gets (it never learns the neighbour's own token, which stays valid beside it); and
+gets (it never learns the neighbour's own token, which stays valid beside it, though
+its Hello's session replaces the one this node pushes with: the neighbour renews); and
 anyone may claim the id of a neighbour that is not live. Only a swarm secret or mTLS
 binds an id to a key. The host check needs the caller's `context.peer()`
 (`answer(..., peer=)`); where the servicer passes none, only the address check holds.
@@ -52,7 +55,6 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from urllib.parse import unquote
 
 import grpc
 
@@ -61,7 +63,7 @@ from declora.node.daemon.peers import Peer, PeerTable
 from declora.node.daemon.state import Progress
 from declora.node.daemon.status import Counters
 from declora.node.daemon.transport import Transport
-from declora.node.discovery import Discovery, select_neighbors, split_address
+from declora.node.discovery import Discovery, ip_of, select_neighbors, split_address
 from declora.node.identity import (
     MAX_DEGREE,
     MAX_ROUND,
@@ -70,6 +72,7 @@ from declora.node.identity import (
     node_id_problem,
     shown,
 )
+from declora.node.limits import peer_host
 from declora.node.methods import DEFAULT_METHOD
 from declora.node.security import AuthError, Signed, SignedT, SwarmAuth
 from declora.node.settings import NodeSettings
@@ -88,7 +91,8 @@ _DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 class RefusalLog:
     """Warnings about refusals (each one differs: ids, reasons), at most `limit` per
     `window` seconds in full; the rest are counted and written as one summary line
-    when the window has passed (at the next refusal or `flush`)."""
+    when the window has passed (at the next refusal or `flush`), or at `flush(True)`
+    (the node stopping)."""
 
     def __init__(
         self,
@@ -111,10 +115,11 @@ class RefusalLog:
         else:
             self.suppressed += 1
 
-    def flush(self) -> None:
-        """Start a new window once the current one has passed, summing up the last."""
+    def flush(self, final: bool = False) -> None:
+        """Start a new window once the current one has passed (or now, `final`),
+        summing up the last."""
         now = self.clock()
-        if now - self.start < self.window:
+        if not final and now - self.start < self.window:
             return
         if self.suppressed:
             log.warning(
@@ -128,25 +133,13 @@ class RefusalLog:
         self.start, self.logged, self.suppressed = now, 0, 0
 
 
-def remote_host(peer: str) -> str:
-    """The host of `context.peer()`: 'ipv4:10.0.0.5:50012' -> '10.0.0.5',
-    'ipv6:[::1]:50012' -> '::1'; anything else unchanged."""
-    text = unquote(peer)
-    if text.startswith("ipv4:"):
-        return text[5:].rsplit(":", 1)[0]
-    if text.startswith("ipv6:[") and "]" in text:
-        return text[6 : text.index("]")]
-    return text
-
-
-def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def _unspecified(address: str) -> bool:
+    """Whether `address` is host:port with an unspecified IP (0.0.0.0, ::)."""
     try:
-        ip = ipaddress.ip_address(host)
+        ip = ip_of(split_address(address)[0])
     except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
+        return False
+    return ip is not None and ip.is_unspecified
 
 
 _LOCALHOST = {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
@@ -156,7 +149,7 @@ def same_host(a: str, b: str) -> bool:
     """Whether two remote hosts are one: equal IPs (IPv4-mapped IPv6 as IPv4), or
     127.0.0.1 and ::1 (localhost either way; other loopback addresses, 127.0.0.2 and
     on, count as hosts of their own, as in the per-host limits); other text as is."""
-    ia, ib = _ip(a), _ip(b)
+    ia, ib = ip_of(a), ip_of(b)
     if ia is None or ib is None:
         return a == b
     return ia == ib or {ia, ib} <= _LOCALHOST
@@ -173,7 +166,7 @@ def listen_address_problem(address: str) -> str:
         host, _port = split_address(address)
     except ValueError:
         return f"listen address {shown(address)} is not host:port"
-    if _ip(host) is None and (
+    if ip_of(host) is None and (
         len(host) > 253
         or not all(_DNS_LABEL.fullmatch(label) for label in host.removesuffix(".").split("."))
         or re.fullmatch(r"[0-9.]+", host)
@@ -386,7 +379,7 @@ class Handshaker:
         refusal = self.auth.refusal(request, f"handshake from {who}")
         if refusal:  # nothing about this node for a stranger
             return pb.Welcome(accepted=False, reason=f"not authenticated: {refusal}")
-        host = remote_host(peer) if peer else ""
+        host = peer_host(peer) if peer else ""
         reason = self.check(request) or self._identity_refusal(request, cert_name, host)
         if reason:
             self.counters.count("handshake")
@@ -409,7 +402,9 @@ class Handshaker:
                 f"this Hello is for {shown(h.receiver)}, not this node: dial its advertised "
                 f"address {self.settings.advertise}"
             )
-        if h.listen_address in (self.settings.advertise, self.settings.listen):
+        if h.listen_address in (self.settings.advertise, self.settings.listen) and not (
+            _unspecified(h.listen_address)  # 0.0.0.0:7070 on two machines: no clash
+        ):
             return f"listen address {shown(h.listen_address)} is this node's own"
         known = self.peers.get(h.node_id)
         if known is None or not known.live:
@@ -417,8 +412,12 @@ class Handshaker:
         if known.address != h.listen_address:
             return f"node id {shown(h.node_id)} is live at another address"
         renewal = bool(h.session) and h.session == known.token_out
+        if not host or renewal:
+            return ""
         expected = known.host or self._address_host(known.address)
-        if host and expected and not same_host(host, expected) and not renewal:
+        if not expected:  # dialled by name, never called: its host is unknown
+            return f"node id {shown(h.node_id)} is live and only it can renew (its session)"
+        if not same_host(host, expected):
             return f"node id {shown(h.node_id)} is live from another host"
         return ""
 
@@ -430,7 +429,7 @@ class Handshaker:
             host, _port = split_address(address)
         except ValueError:
             return ""
-        return host if _ip(host) is not None else ""
+        return host if ip_of(host) is not None else ""
 
     async def dial(self, address: str, configured: bool = False) -> Peer | None:
         """Handshake with `address`; admit the peer on success (its Welcome authentic
@@ -483,11 +482,15 @@ class Handshaker:
         if dials:
             await asyncio.gather(*dials)
 
+    def flush_refusals(self, final: bool = False) -> None:
+        """Sum up the refusals not logged in full (`RefusalLog`); `final` at exit."""
+        self.refusals.flush(final)
+        self.auth.refusals.flush(final)
+
     async def reconnect_forever(self) -> None:
         """Re-dial peers that are not live until the node stops."""
         while not self.progress.stop_requested:
-            self.refusals.flush()
-            self.auth.refusals.flush()
+            self.flush_refusals()
             try:
                 await self.connect_known()
             except Exception:  # one bad round of dialling must not end reconnecting

@@ -12,8 +12,7 @@ Invariants callers may rely on:
   `STREAMS_PER_PEER` pushes open at once, a stream silent for `stream_idle_seconds`
   or slower than `PUSH_PACE` is cut, and all streams together buffer at most
   `BUFFERED_MESSAGES` messages, counting the bytes that arrived (not the announced
-  size), so streams that trickle hold what they sent, for a bounded time, and never
-  crowd out a neighbour's push;
+  size), so streams that trickle hold what they sent, and only for a bounded time;
 - a peer's values are bounded, not only finite (`DecLoraNode.check_payload`);
 - only a validated payload sets a neighbour's (verified) round.
 """
@@ -251,6 +250,7 @@ class Inbox:
         )
         peer.round = int(h.round) - 1  # validated: what the sender has completed
         peer.proven = True
+        peer.token_used = bytes(h.session)
         peer.expected_seq = int(h.seq) + 1
         peer.bytes_received += len(payload.data)
         peer.last_seen = time.time()

@@ -77,6 +77,7 @@ class Peer:
     expected_seq: int | None = None  # None: no copy of its public state yet
     token_in: bytes = field(default_factory=new_token)  # what it must present to us
     token_prev: bytes = b""  # the token before the current one (a renewal in flight)
+    token_used: bytes = b""  # the token of its last validated payload (kept valid)
     token_out: bytes = b""  # what we present to it (its Hello's session)
     host: str = ""  # the remote host of its last accepted inbound Hello ('' if none yet)
     configured: bool = False  # a static or discovered address: always re-dialled
@@ -167,13 +168,14 @@ class PeerTable:
         static or discovered one (the peer is then always re-dialled); `host`: the
         remote host an inbound Hello came from (remembered as the peer's `host`).
 
-        An inbound Hello (no `dialled`) for a known id gets a fresh `token_in`, the
-        current one kept as `token_prev`, unless its session is the `token_out` on
-        record (only that peer and this node know it: a renewal): the answer to a
-        stranger's Hello never hands out a token that was issued before it."""
+        An inbound Hello (no `dialled`) for a known id gets a fresh `token_in`, unless
+        its session is the `token_out` on record (only that peer and this node know it:
+        a renewal): the answer to a stranger's Hello never hands out a token that was
+        issued before it. The token of the peer's last validated payload (else the
+        current one) stays valid as `token_prev`, however many such Hellos come."""
         peer = self.peers.get(hello.node_id)
         if peer is not None and not dialled and bytes(hello.session) != peer.token_out:
-            peer.token_prev, peer.token_in = peer.token_in, new_token()
+            peer.token_prev, peer.token_in = peer.token_used or peer.token_in, new_token()
         if peer is None:
             if len(self.live) >= self.max_neighbors or not self._make_room(hello):
                 return None

@@ -14,6 +14,7 @@ part sees a call, this servicer checks what is the same for every RPC:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 # they belong to (a Kill-and-Revive keyframe names that exchange's modules)
 PULL_KINDS = (pb.PAYLOAD_KIND_UNSPECIFIED, pb.PAYLOAD_KIND_STATE)
 POOLS = {"Handshake": 32, "Pull": 8, "Leave": 16, "Status": 16}  # Push: settings
+PULL_SECONDS = 30.0  # a state must be read within max(this, --round-deadline)
 
 
 def pool_total(max_push_streams: int) -> int:
@@ -168,12 +170,14 @@ class SwarmService(pb_grpc.SwarmServicer):
             )
         return None
 
-    async def Pull(
-        self, request: pb.PullRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.Chunk]:
+    async def Pull(self, request: pb.PullRequest, context: grpc.aio.ServicerContext) -> None:
+        """The full state, written chunk by chunk; the Pool slot is held until it is all
+        written, at most `max(round_deadline, PULL_SECONDS)` s (a caller that stops
+        reading is cut, DEADLINE_EXCEEDED `slow_stream`, and frees its slot)."""
         parts = self.parts
+        limit = max(parts.settings.round_deadline, PULL_SECONDS)
         try:
-            with self.pools.hold("Pull"):  # held until the whole state is streamed
+            with self.pools.hold("Pull"):
                 await self._member_only(context, request, "pull")
                 parts.limits.check_pull(peer_host(context.peer()))
                 if request.kind not in PULL_KINDS:
@@ -182,8 +186,17 @@ class SwarmService(pb_grpc.SwarmServicer):
                         f"pull serves STATE only (keyframes go by Push), not kind {request.kind}",
                         "bad_kind",
                     )
-                for chunk in await parts.transfer.state_chunks():
-                    yield chunk
+                chunks = await parts.transfer.state_chunks()  # between training steps
+                try:
+                    async with asyncio.timeout(limit):
+                        for chunk in chunks:
+                            await context.write(chunk)
+                except TimeoutError:
+                    raise WireError(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"the state was not read within {limit:g}s",
+                        "slow_stream",
+                    ) from None
         except WireError as exc:
             await self._refuse(context, exc)
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -89,16 +90,7 @@ def check_config(settings: NodeSettings) -> list[Path]:
         )
     flag = "--checkpoint-dir" if s.checkpoint_dir else "--checkpoint-dir (default)"
     where = f"{s.state_dir} ({flag})"
-    created = [d for d in (s.state_dir, *s.state_dir.parents) if not d.exists()]
-    try:
-        s.state_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(
-            f"cannot use {where} for checkpoints: {exc.strerror or exc}",
-            CONFIG,
-            "pass a folder this user can write (it is created if missing)",
-        ) from None
-    held = (s.state_dir / "LATEST").is_file()
+    held = s.state_dir.is_dir() and (s.state_dir / "LATEST").is_file()
     if s.resume and not held:
         raise UserError(
             f"--resume: nothing to resume in {where}",
@@ -113,6 +105,18 @@ def check_config(settings: NodeSettings) -> list[Path]:
             "pass --resume to continue that run, or another --checkpoint-dir (delete the "
             "old folder to start over in it)",
         )
+    created = [d for d in (s.state_dir, *s.state_dir.parents) if not d.exists()]
+    try:
+        s.state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        for folder in created:  # what mkdir made before it failed
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise UserError(
+            f"cannot use {where} for checkpoints: {exc.strerror or exc}",
+            CONFIG,
+            "pass a folder this user can write (it is created if missing)",
+        ) from None
     return created
 
 
