@@ -441,10 +441,13 @@ def test_a_pull_that_is_not_read_is_cut_and_frees_its_slot(
 
 def test_failed_catch_ups_back_off(synthetic_jsonl: Path) -> None:
     """Each failed catch-up doubles the wait before the next (to CATCH_UP_MAX_WAIT),
-    counted from its end; a good one resets it."""
+    counted from its end; a good one resets it; with nobody ahead nothing is tried and
+    nothing delays the next try (a start's catch-up must not hold back a later one)."""
     (da, _), (a, b) = pair(synthetic_jsonl)
     assert da.rounds is not None
     loop = da.rounds
+    asyncio.run(loop.catch_up())  # no neighbour yet
+    assert loop.next_catch_up == 0.0 and loop.catch_up_wait == 10.0
     b.node.train(2)
 
     async def attempt(claim: int) -> float:

@@ -118,18 +118,20 @@ class StateTransfer:
         target = self.catch_up_target()
         return target is not None and target[1] > self.progress.round + MAX_ROUNDS_AHEAD
 
-    async def catch_up(self) -> None:
+    async def catch_up(self) -> bool:
         """A node behind its neighbours starts from an advanced one's full state; on
-        failure (raised) the source's claim falls back to the round it has proven."""
+        failure (raised) the source's claim falls back to the round it has proven.
+        Whether it tried (False: no neighbour is ahead)."""
         target = self.catch_up_target()
         if target is None:
-            return
+            return False
         ahead, bound = target
         try:
             await self._take_state(ahead, bound)
         except Exception:
             ahead.claimed_round = min(ahead.claimed_round, ahead.round)
             raise
+        return True
 
     async def _take_state(self, ahead: Peer, bound: int) -> None:
         me = self.me

@@ -56,7 +56,7 @@ class RoundLoop:
         self.settings = parts.settings
         self.progress = parts.progress
         self.report = parts.report
-        self._next_catch_up = 0.0  # monotonic time a node far behind may try again
+        self.next_catch_up = 0.0  # monotonic time a node far behind may try again
         self.catch_up_wait = CATCH_UP_EVERY  # ...after this many seconds
 
     async def catch_up(self) -> None:
@@ -65,14 +65,15 @@ class RoundLoop:
         costs this node one pull timeout per wait, not one per round)."""
         parts = self.parts
         try:
-            await parts.transfer.catch_up()
+            if not await parts.transfer.catch_up():
+                return  # nobody ahead: nothing tried, nothing to wait for
         except (WireError, GossipError, grpc.aio.AioRpcError) as exc:
             why = exc.reason if isinstance(exc, WireError) else str(exc)
             log.warning("could not take a neighbour's state (%s): going on from our own", why)
             self.catch_up_wait = min(2 * self.catch_up_wait, CATCH_UP_MAX_WAIT)
         else:
             self.catch_up_wait = CATCH_UP_EVERY
-        self._next_catch_up = time.monotonic() + self.catch_up_wait  # from its end
+        self.next_catch_up = time.monotonic() + self.catch_up_wait  # from its end
 
     async def run_round(self, train: bool) -> bool:
         """One exchange and mix, after K local steps when `train` is true and the
@@ -80,7 +81,7 @@ class RoundLoop:
         consensus finish). Whether it trained."""
         parts = self.parts
         progress, report, metrics = self.progress, self.report, self.metrics
-        if parts.transfer.far_behind() and time.monotonic() >= self._next_catch_up:
+        if parts.transfer.far_behind() and time.monotonic() >= self.next_catch_up:
             target = parts.transfer.catch_up_target()
             log.warning(
                 "neighbours are at round %d: skipping ahead from %d by taking a state",
