@@ -4,6 +4,7 @@ exchange, wired through an in-memory transport (`memory_transport`), no sockets.
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import threading
 from pathlib import Path
 
@@ -64,6 +65,8 @@ def settings(name: str, data: Path, i: int, peers: list[str], **extra: object) -
     # Dec-LoRA as published unless a test asks (the adaptive defaults: test_swarm_recipe)
     plain = {"gradient_tracking": False, "validation_fraction": 0.0}
     options: dict[str, object] = {
+        # beside the test data (a pytest temp folder), never in the working tree
+        "checkpoint_dir": Path(tempfile.mkdtemp(prefix=f"{name}-", dir=data.parent)),
         "round_deadline": 2.0,
         "local_steps": 2,
         "lr": 0.05,
