@@ -70,21 +70,30 @@ PORT_RANGE = (20000, 32000)  # below Linux's ephemeral range (32768-60999): a po
 # here cannot be handed to some process's outgoing connection before a node binds it
 
 
+_HANDED_OUT: set[int] = set()  # ports this process gave out (maybe not bound yet)
+
+
 def free_ports(n: int) -> list[int]:
     """`n` distinct ports the kernel had free a moment ago (all bound at once), drawn
-    from `PORT_RANGE`."""
+    from `PORT_RANGE`, never one this process handed out before: two calls before
+    anything binds (a pair's ports, then an attacker's) cannot collide."""
     rng = random.Random()
     socks: list[socket.socket] = []
     try:
         while len(socks) < n:
+            port = rng.randrange(*PORT_RANGE)
+            if port in _HANDED_OUT:
+                continue
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
-                s.bind((HOST, rng.randrange(*PORT_RANGE)))
+                s.bind((HOST, port))
             except OSError:
                 s.close()
                 continue
             socks.append(s)
-        return [s.getsockname()[1] for s in socks]
+        ports = [s.getsockname()[1] for s in socks]
+        _HANDED_OUT.update(ports)
+        return ports
     finally:
         for s in socks:
             s.close()
