@@ -253,8 +253,8 @@ def inspect(
     tls = _client_tls(tls_cert, tls_key, tls_ca)
     try:
         info = inspect_path(path) if path is not None else inspect_target(str(target), tls)
-    except InspectError as exc:
-        fail(str(exc), 1)
+    except InspectError as exc:  # a path that is no adapter: the user's; a node: runtime
+        fail(str(exc), 2 if path is not None else 1)
         return
     from declora.cli.inspect import render
 

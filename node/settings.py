@@ -187,6 +187,11 @@ class NodeSettings(BaseSettings, Recipe):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _FileSource(settings_cls, _FILE_DATA.get({})))
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_upper(cls, v: object) -> object:
+        return v.strip().upper() if isinstance(v, str) else v  # --log-level debug
+
     @field_validator("peers", mode="before")
     @classmethod
     def _split_peers(cls, v: object) -> object:

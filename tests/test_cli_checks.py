@@ -83,6 +83,12 @@ def test_simulate_with_more_nodes_than_rows(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+def test_log_level_is_read_in_any_case() -> None:
+    from declora.node.settings import NodeSettings
+
+    assert NodeSettings(log_level="debug").log_level == "DEBUG"  # type: ignore[arg-type]
+
+
 def test_start_with_a_partition_beyond_the_rows(tmp_path: Path) -> None:
     data = write_rows(tmp_path / "rows.jsonl", 20)
     args = [
