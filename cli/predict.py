@@ -146,16 +146,31 @@ def run_predict(
     return len(texts)
 
 
+def _check_weights(path: Path) -> None:
+    """AdapterError unless `path` is a readable safetensors file (a truncated or foreign
+    one is refused)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "np") as fh:
+            fh.keys()
+    except Exception as exc:  # safetensors raises its own error kinds
+        raise AdapterError(f"{path} is not a readable safetensors file: {exc}") from exc
+
+
 def run_export(adapter: Path, output: Path, merge: bool, base: str | None = None) -> str:
     """Write `output` (merged model, or a copy of the adapter); returns a summary line."""
     if not merge:
         folder = adapter_folder(adapter)
         if output.exists():
             raise AdapterError(f"{output} already exists (hint: choose a new --output)")
-        output.mkdir(parents=True)
         names: tuple[str, ...] = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, DECLORA_INFO, MODEL_CARD)
         if not (folder / ADAPTER_CONFIG).is_file():  # a DECA full model folder: all of it
             names = tuple(sorted(p.name for p in folder.iterdir()))
+        for name in names:  # checked first: a damaged folder is refused, nothing copied
+            if name.endswith(".safetensors"):
+                _check_weights(folder / name)
+        output.mkdir(parents=True)
         for name in names:
             if (folder / name).is_file():
                 shutil.copy2(folder / name, output / name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +156,16 @@ def test_export_without_merge_copies_the_adapter(
     assert res.exit_code == 0, res.output
     for name in ("adapter_config.json", "adapter_model.safetensors", "declora.json", "README.md"):
         assert (tmp_path / "copy" / name).read_bytes() == (path / name).read_bytes()
+
+
+def test_export_refuses_a_truncated_adapter_and_copies_nothing(
+    saved: tuple[LoraModel, np.ndarray, Path], tmp_path: Path
+) -> None:
+    _, _, path = saved
+    damaged = tmp_path / "damaged"
+    shutil.copytree(path, damaged)
+    weights = damaged / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    res = runner.invoke(app, ["export", str(damaged), "-o", str(tmp_path / "copy")])
+    assert_user_error(res, "is not a readable safetensors file")
+    assert not (tmp_path / "copy").exists()
