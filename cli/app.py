@@ -83,7 +83,6 @@ def fail(message: str, code: int = 2, hint: str = "") -> None:
 
 
 FORMATS = ("text", "json")  # --format of inspect and lab
-OUTPUT_HINT = "give a folder that exists or can be created (not a file, nor inside one)"
 
 
 def _check_format(fmt: str) -> None:
@@ -92,23 +91,10 @@ def _check_format(fmt: str) -> None:
         fail(f"--format must be {' or '.join(FORMATS)}, got {fmt!r}")
 
 
-def output_problem(path: Path) -> str | None:
-    """Why `path` cannot be an output folder (an existing file, or below one; an
-    unwritable parent), or None when it is a folder or can be made one. Creates nothing."""
-    import os
-
-    if path.exists() and not path.is_dir():
-        return f"{path} is a file, not a folder"
-    existing = next((p for p in path.parents if p.exists()), Path.cwd())
-    if not existing.is_dir():
-        return f"{path}: {existing} is a file, not a folder"
-    if not path.exists() and not os.access(existing, os.W_OK | os.X_OK):
-        return f"{path}: cannot create it in {existing} (not writable)"
-    return None
-
-
 def _check_output(path: Path, option: str) -> None:
     """Exit 2 with a hint when `path` cannot be an output folder (before any work)."""
+    from declora.node.adapter import OUTPUT_HINT, output_problem
+
     problem = output_problem(path)
     if problem:
         fail(f"{option} {problem}", hint=OUTPUT_HINT)

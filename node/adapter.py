@@ -126,6 +126,22 @@ def fingerprint(
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+OUTPUT_HINT = "give a folder that exists or can be created (not a file, nor inside one)"
+
+
+def output_problem(path: Path) -> str | None:
+    """Why `path` cannot be an output folder (an existing file, or below one; an
+    unwritable parent), or None when it is a folder or can be made one. Creates nothing."""
+    if path.exists() and not path.is_dir():
+        return f"{path} is a file, not a folder"
+    existing = next((p for p in path.parents if p.exists()), Path.cwd())
+    if not existing.is_dir():
+        return f"{path}: {existing} is a file, not a folder"
+    if not path.exists() and not os.access(existing, os.W_OK | os.X_OK):
+        return f"{path}: cannot create it in {existing} (not writable)"
+    return None
+
+
 def atomic_replace_dir(build: Path, final: Path) -> None:
     """Move a fully written directory into place, durably. An old `final` is replaced
     whole: moved aside to `final.old` first, so a crash between the two renames leaves

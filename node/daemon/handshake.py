@@ -133,13 +133,12 @@ class RefusalLog:
         self.start, self.logged, self.suppressed = now, 0, 0
 
 
-def _unspecified(address: str) -> bool:
-    """Whether `address` is host:port with an unspecified IP (0.0.0.0, ::)."""
+def address_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP of host:port `address`; None for a DNS name or a malformed address."""
     try:
-        ip = ip_of(split_address(address)[0])
+        return ip_of(split_address(address)[0])
     except ValueError:
-        return False
-    return ip is not None and ip.is_unspecified
+        return None
 
 
 _LOCALHOST = {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
@@ -402,9 +401,9 @@ class Handshaker:
                 f"this Hello is for {shown(h.receiver)}, not this node: dial its advertised "
                 f"address {self.settings.advertise}"
             )
-        if h.listen_address in (self.settings.advertise, self.settings.listen) and not (
-            _unspecified(h.listen_address)  # 0.0.0.0:7070 on two machines: no clash
-        ):
+        ip = address_ip(h.listen_address)
+        own = h.listen_address in (self.settings.advertise, self.settings.listen)
+        if own and not (ip is not None and ip.is_unspecified):  # 0.0.0.0:7070 twice: fine
             return f"listen address {shown(h.listen_address)} is this node's own"
         known = self.peers.get(h.node_id)
         if known is None or not known.live:
@@ -414,22 +413,13 @@ class Handshaker:
         renewal = bool(h.session) and h.session == known.token_out
         if not host or renewal:
             return ""
-        expected = known.host or self._address_host(known.address)
+        dialled = address_ip(known.address)  # a peer this node dialled calls from there
+        expected = known.host or ("" if dialled is None else str(dialled))
         if not expected:  # dialled by name, never called: its host is unknown
             return f"node id {shown(h.node_id)} is live and only it can renew (its session)"
         if not same_host(host, expected):
             return f"node id {shown(h.node_id)} is live from another host"
         return ""
-
-    @staticmethod
-    def _address_host(address: str) -> str:
-        """The IP literal of `address` (where a peer we dialled should call from),
-        '' for a DNS name: those learn their host from their first inbound Hello."""
-        try:
-            host, _port = split_address(address)
-        except ValueError:
-            return ""
-        return host if ip_of(host) is not None else ""
 
     async def dial(self, address: str, configured: bool = False) -> Peer | None:
         """Handshake with `address`; admit the peer on success (its Welcome authentic

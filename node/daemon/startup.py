@@ -105,8 +105,13 @@ def check_config(settings: NodeSettings) -> list[Path]:
             "pass --resume to continue that run, or another --checkpoint-dir (delete the "
             "old folder to start over in it)",
         )
+    from declora.node.adapter import OUTPUT_HINT, output_problem
+
+    problem = output_problem(s.state_dir)
+    if problem:
+        raise UserError(f"cannot use {where} for checkpoints: {problem}", CONFIG, OUTPUT_HINT)
     created = [d for d in (s.state_dir, *s.state_dir.parents) if not d.exists()]
-    try:
+    try:  # what output_problem cannot see (a read-only file system, root on /proc)
         s.state_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         for folder in created:  # what mkdir made before it failed
@@ -115,7 +120,7 @@ def check_config(settings: NodeSettings) -> list[Path]:
         raise UserError(
             f"cannot use {where} for checkpoints: {exc.strerror or exc}",
             CONFIG,
-            "pass a folder this user can write (it is created if missing)",
+            OUTPUT_HINT,
         ) from None
     return created
 
