@@ -62,6 +62,8 @@ def _cli_type(info: FieldInfo) -> type[Any]:
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
         annotation = args[0]
+    if bool in args:  # --resume: a flag; its other value, auto, comes from env or file
+        return bool
     if annotation in (bool, int, float, Path):
         return annotation  # type: ignore[return-value]
     if typing.get_origin(annotation) is Literal:

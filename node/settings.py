@@ -28,6 +28,7 @@ from declora.node.identity import node_id_problem
 from declora.node.recipe import Recipe
 from declora.node.security import TlsFiles
 
+BOOL_WORDS = frozenset({"true", "false", "1", "0", "yes", "no", "on", "off", "t", "f", "y", "n"})
 ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 
 
@@ -141,7 +142,11 @@ class NodeSettings(BaseSettings, Recipe):
         json_schema_extra={"default_text": "declora-state/<node-id>"},
     )
     checkpoint_every: int = Field(5, ge=1, description="training rounds between checkpoints")
-    resume: bool = Field(False, description="continue from the latest checkpoint")
+    resume: bool | Literal["auto"] = Field(
+        False,
+        description="continue from the latest checkpoint (auto, set in the environment or a "
+        "config file: if there is one, else start afresh; for restart policies)",
+    )
     # operations
     metrics_port: int = Field(0, ge=0, le=65535, description="0 = no metrics endpoint")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
@@ -232,6 +237,13 @@ class NodeSettings(BaseSettings, Recipe):
             raise ValueError("must be at least 16 characters (e.g. `openssl rand -hex 32`)")
         return v
 
+    @field_validator("resume", mode="before")
+    @classmethod
+    def _resume_ok(cls, v: object) -> object:
+        if isinstance(v, str) and v.strip().lower() not in BOOL_WORDS | {"auto"}:
+            raise ValueError("must be true, false or auto")
+        return v.strip().lower() if isinstance(v, str) else v
+
     @field_validator("device")
     @classmethod
     def _device_ok(cls, v: str) -> str:
@@ -258,6 +270,8 @@ class NodeSettings(BaseSettings, Recipe):
                 "of the swarm's graph, which a daemon does not know: give chebyshev:LAMBDA "
                 "(`declora-node lab` and `simulate` compute it from the topology)"
             )
+        if self.resume == "auto":  # resolved once, here: the rest of the node sees a bool
+            self.resume = (self.state_dir / "LATEST").is_file()
         self.fill_daemon_defaults()
         self.tls()  # TlsError is a ValueError: reported like any bad option
         return self

@@ -202,6 +202,23 @@ def test_env_builds_valid_settings(
     assert all(d is not None and d.parent == Path("/results") for d in dirs)
 
 
+def test_a_restarted_node_resumes(
+    services: dict[str, dict[str, Any]], clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """restart: on-failure needs resume = auto: a node restarted after a checkpoint
+    continues, where a plain start would refuse its folder (exit 2) at every restart."""
+    for name, svc in services.items():
+        assert svc.get("restart") == "on-failure", name
+        with clean_env.context() as mp:
+            for key, value in env_of(svc).items():
+                mp.setenv(key, value)
+            mp.setenv("DECLORA_CHECKPOINT_DIR", str(tmp_path / name))
+            assert load_settings({}).resume is False, f"{name}: the first start"
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "LATEST").write_text("ckpt-00000005\n")
+            assert load_settings({}).resume is True, f"{name}: a restart"
+
+
 def test_only_node0_is_published_on_loopback(services: dict[str, dict[str, Any]]) -> None:
     for name, svc in services.items():
         ports = svc.get("ports", [])

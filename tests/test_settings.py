@@ -150,6 +150,25 @@ def test_resume_uses_the_default_state_dir(tmp_path: Path) -> None:
     assert s.resume and s.state_dir == tmp_path
 
 
+def test_resume_auto_continues_only_where_a_checkpoint_is(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """auto (environment or file) is resolved to a bool once, from the checkpoint folder:
+    what a restart policy needs (the first start begins afresh, a restart continues)."""
+    monkeypatch.setenv("DECLORA_RESUME", "auto")
+    assert load_settings({"checkpoint_dir": str(tmp_path)}).resume is False
+    (tmp_path / "LATEST").write_text("ckpt-00000005\n")
+    assert load_settings({"checkpoint_dir": str(tmp_path)}).resume is True
+    assert load_settings({"checkpoint_dir": str(tmp_path), "resume": False}).resume is False
+    config = tmp_path / "node.toml"
+    config.write_text('resume = "AUTO"\n')
+    monkeypatch.delenv("DECLORA_RESUME")
+    assert resolve_settings({"checkpoint_dir": str(tmp_path)}, config).settings.resume is True
+    monkeypatch.setenv("DECLORA_RESUME", "sometimes")
+    with pytest.raises(SettingsError, match="DECLORA_RESUME: must be true, false or auto"):
+        resolve_settings({}, None)
+
+
 @pytest.mark.parametrize(
     ("options", "wanted"),
     [
