@@ -38,7 +38,7 @@ from declora.node.adapter_card import (
 from declora.node.data import TextDataset
 from declora.node.deca_model import FULL_MODEL, MODEL_WEIGHTS, BlockModel
 from declora.node.lm_data import IGNORE, encode_lm
-from declora.node.models import HFTokenizer, ModelError, Tokenizer
+from declora.node.models import HeadSizeError, HFTokenizer, ModelError, Tokenizer
 from declora.node.trainer import LoraModel, LoraSpec
 
 EXPORT_INFO = "declora_export.json"
@@ -199,6 +199,59 @@ def _num_labels(info: dict[str, Any], tensors: dict[str, torch.Tensor]) -> int:
     raise AdapterError("cannot tell how many labels the adapter's head has")
 
 
+def recorded_differences(folder: Path, lm: LoraModel) -> list[str]:
+    """What the adapter saved in `folder` (a checkpoint's `adapter`) records otherwise
+    than `lm`: its labels first (count and names), then each spec field and agreed
+    recipe fact, e.g. "labels: 3 ['a', 'b', 'c'] there, 2 ['a', 'b'] here". Empty
+    when nothing differs or `folder` holds no readable record. For a refusal to say
+    why two fingerprints differ (a --resume with another label set)."""
+    try:
+        info = _read_info(folder)
+    except AdapterError:
+        return []
+    out: list[str] = []
+    if lm.task == "cls":
+        theirs = [str(n) for n in info.get("labels") or ()]
+        ours = list(lm.label_names)
+        if theirs != ours:
+            out.append(f"labels: {len(theirs)} {theirs[:10]} there, {len(ours)} {ours[:10]} here")
+    spec, recorded = lm.spec.as_dict(), dict(info.get("spec") or {})
+    for key in sorted(set(spec) | set(recorded)):
+        a, b = recorded.get(key), spec.get(key)
+        if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+            a, b = list(a), list(b)
+        if a != b:
+            out.append(f"{key}: {a!r} there, {b!r} here")
+    agreed = dict(info.get("agreed") or {})
+    for key in sorted(set(agreed) | set(lm.agreed)):
+        if agreed.get(key) != lm.agreed.get(key):
+            out.append(f"{key}: {agreed.get(key)!r} there, {lm.agreed.get(key)!r} here")
+    return out
+
+
+def _check_labels(
+    folder: Path, labels: tuple[str, ...], num_labels: int, tensors: dict[str, torch.Tensor]
+) -> None:
+    """An `AdapterError` naming what disagrees when the recorded label names, the
+    recorded label count and the saved head's rows are not one number (the model
+    would refuse it blaming the base, or the fingerprint would differ)."""
+    info = folder / DECLORA_INFO
+    if labels and len(labels) != num_labels:
+        raise AdapterError(
+            f"{info} lists {len(labels)} labels {list(labels)} but num_labels {num_labels} "
+            "(hint: the file was edited or damaged: save the adapter again, or make "
+            "'labels' and 'num_labels' agree)"
+        )
+    for name, t in tensors.items():
+        if name.endswith(HEAD_SUFFIXES) and t.ndim == 2 and int(t.shape[0]) != num_labels:
+            named = f" {list(labels)}" if labels else ""
+            raise AdapterError(
+                f"{folder}: the saved classification head has {int(t.shape[0])} outputs but "
+                f"{info.name} records {num_labels} labels{named} (hint: the folder mixes "
+                "files of two adapters: save the adapter again)"
+            )
+
+
 def load_adapter(
     path: str | Path, *, base: str | None = None, device: str = "cpu"
 ) -> LoadedAdapter:
@@ -226,11 +279,20 @@ def load_adapter(
     tensors = _load_tensors(weights)
     labels = tuple(str(n) for n in info.get("labels") or ())
     num_labels = _num_labels(info, tensors) if spec.task == "cls" else 2
+    if spec.task == "cls":
+        _check_labels(folder, labels, num_labels, tensors)
     try:
         agreed = info.get("agreed") or None  # the recipe facts the fingerprint covers
         lm = (BlockModel if full else LoraModel)(
             spec, num_labels, device=device, label_names=labels, agreed=agreed
         )
+    except HeadSizeError as exc:
+        raise AdapterError(
+            f"the base {spec.model!r} has a classification head for {len(exc.head_labels)} "
+            f"labels {list(exc.head_labels[:10])}, the adapter {folder} one for "
+            f"{num_labels}{f' {list(labels)}' if labels else ''} (hint: pass base= / --base "
+            "with the model the adapter was trained on)"
+        ) from exc
     except (ModelError, OSError) as exc:
         raise AdapterError(
             f"cannot load the base {spec.model!r} of {folder}: {exc} "

@@ -151,7 +151,8 @@ def declared_labels(labels: Sequence[str], source: str = "the label set") -> tup
     """Check a declared label set: >= 2 distinct non-empty names; returned as a tuple."""
     if isinstance(labels, str):
         raise DataError(f"{source}: a label set is a sequence of names, not the string {labels!r}")
-    names = tuple(str(n).strip() for n in labels)
+    names = tuple(label_name(n) for n in labels)
+    _warn_renamed({str(o).strip(): n for o, n in zip(labels, names, strict=True)}, source)
     if len(names) < 2:
         raise DataError(
             f"{source} declares {len(names)} label(s); classification needs at least 2",
@@ -189,14 +190,55 @@ def read_label_file(path: str | Path) -> tuple[str, ...]:
                 f"{p}:{exc.lineno}: not a valid JSON list: {exc.msg}",
                 'write ["a", "b", ...] or one label per line',
             ) from exc
-        if not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in raw):
+        if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in raw):
             raise DataError(
                 f"{p}: the JSON list must hold label names (strings)", 'write ["a", "b", ...]'
             )
-        names = [str(v) for v in raw]
+        names = [v if isinstance(v, str) else label_name(v) for v in raw]
     else:
         names = [line.strip() for line in text.splitlines() if line.strip()]
     return declared_labels(names, source=str(p))
+
+
+# a whole number written as a decimal: "2.0", "2.", "-3.00" (not "2.5", "1e3" or "02")
+_WHOLE_DECIMAL = re.compile(r"[+-]?\d+\.0*")
+_NAN_NAMES = frozenset({"nan", "+nan", "-nan"})
+
+
+def label_name(value: Any) -> str:
+    """A label value's class name: its text, stripped, with a whole number written as a
+    float (2.0 read from JSON or parquet, "2.0" in a CSV) in its integer form ("2"),
+    so 2 and 2.0 are one class wherever labels are read (data, --labels). Other values
+    keep their spelling ("2.5", "02", "Tech"). A NaN stays "nan" (callers refuse it)."""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (float, np.floating)):
+        number = float(value)
+        if number.is_integer():
+            return str(int(number))
+        return "nan" if number != number else str(number)
+    text = str(value).strip()
+    if _WHOLE_DECIMAL.fullmatch(text):
+        whole = text.split(".")[0]
+        return str(int(whole))  # "-0.0" -> "0", "+2.0" -> "2"
+    return text
+
+
+def _is_nan(name: str) -> bool:
+    return name.casefold() in _NAN_NAMES
+
+
+def _warn_renamed(renamed: dict[str, str], source: str) -> None:
+    """Log a warning naming labels read in their integer form ("2.0" -> "2")."""
+    changed = sorted({(o, n) for o, n in renamed.items() if o != n}, key=lambda p: p[1])
+    if changed:
+        _log.warning(
+            "%s: whole-number label(s) written as decimals are read as integers: %s "
+            "(2 and 2.0 are one class)",
+            source,
+            ", ".join(f"{o!r} -> {n!r}" for o, n in changed[:5])
+            + (f" and {len(changed) - 5} more" if len(changed) > 5 else ""),
+        )
 
 
 def _natural_key(value: str) -> tuple[int, float | str]:
@@ -217,6 +259,7 @@ class _Raw:
     labels: tuple[str, ...] | None
     declared: tuple[str, ...] | None
     chats: tuple[Chat, ...] | None = None
+    renamed: tuple[tuple[str, str], ...] = ()  # (as written, as read) for "2.0" -> "2"
 
 
 @contextmanager
@@ -407,10 +450,16 @@ def _check_scalar(value: Any, where: str, number: int, what: str, column: str) -
     """A `DataError` when a row's `what` is a list or a mapping, not one value (e.g.
     column-oriented JSON, {"text": [...], "label": [...]}, read as a single row)."""
     if isinstance(value, (list, tuple, dict)):
+        turns = isinstance(value, (list, tuple)) and all(
+            isinstance(t, dict) and "role" in t for t in value
+        )
         raise DataError(
             f"{where}: row {number}: the {what} in column {column!r} is a "
             f"{type(value).__name__}, not a single value",
-            'write one object per record, e.g. JSON Lines: {"text": "...", "label": "..."} '
+            "these are chat turns: causal-LM chat data is read from a 'messages' column "
+            "(--task lm; name yours with --messages-column)"
+            if turns and value
+            else 'write one object per record, e.g. JSON Lines: {"text": "...", "label": "..."} '
             'a line, or a JSON array of such objects; not {"text": [...], "label": [...]}',
         )
 
@@ -425,6 +474,12 @@ def read_texts(ds: Any, where: str, text_column: str) -> tuple[str, ...]:
                 f"every row needs a {text_column!r} value",
             )
         _check_scalar(text, where, number, "text", text_column)
+        if isinstance(text, bool):  # a JSON true/false: never a document
+            raise DataError(
+                f"{where}: row {number}: the text in column {text_column!r} is the boolean "
+                f"{str(text).lower()}, not a text",
+                "write the text as a string, or name the text column with --text-column",
+            )
         if not str(text).strip():
             raise DataError(
                 f"{where}: row {number} has an empty text in column {text_column!r}",
@@ -453,17 +508,34 @@ def _raw(
     values, feature = column_values(ds, where, label_column, "label", "--label-column")
     names = getattr(feature, "names", None)  # a ClassLabel feature declares its names
     labels: list[str] = []
+    renamed: dict[str, str] = {}
     for number, value in enumerate(values, 1):
-        if value is None or (isinstance(value, str) and not value.strip()):
+        if value is None:  # a missing key, a JSON null, or a NaN pandas wrote as null
             raise DataError(
-                f"{where}: row {number} has no column {label_column!r}",
-                f"every row needs a {label_column!r} value",
+                f"{where}: row {number} has no value in column {label_column!r} "
+                "(missing, null or NaN)",
+                f"every row needs a {label_column!r} value: give the row its label or remove it",
             )
         _check_scalar(value, where, number, "label", label_column)
-        if names is not None and isinstance(value, int):
+        if names is not None and isinstance(value, int) and not isinstance(value, bool):
             value = names[value]
-        labels.append(str(value).strip())
-    return _Raw(texts, tuple(labels), tuple(names) if names else None, chats)
+        name = label_name(value)
+        if not name:
+            raise DataError(
+                f"{where}: row {number} has an empty label in column {label_column!r}",
+                "give the row its label or remove it",
+            )
+        if _is_nan(name) or (isinstance(value, float) and not np.isfinite(value)):
+            raise DataError(
+                f"{where}: row {number} has the label {str(value).strip()!r} in column "
+                f"{label_column!r}: a missing value, not a class",
+                "give the row its label or remove it (rename a class really called that)",
+            )
+        if name != str(value).strip():
+            renamed.setdefault(str(value).strip(), name)
+        labels.append(name)
+    declared = tuple(label_name(n) for n in names) if names else None
+    return _Raw(texts, tuple(labels), declared, chats, tuple(renamed.items()))
 
 
 def label_variants(names: Sequence[str]) -> list[list[str]]:
@@ -509,6 +581,7 @@ def _label_datasets(
     else:
         seen = {v for r in raws for v in r.labels or ()}
         names = tuple(sorted(seen, key=_natural_key))
+    _warn_renamed(dict(p for r in raws for p in r.renamed), source)
     _warn_label_variants({v for r in raws for v in r.labels or ()}, source)
     index = {name: i for i, name in enumerate(names)}
     out = []

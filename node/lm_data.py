@@ -127,12 +127,7 @@ def _strings(ds: Any, where: str, column: str, what: str, option: str) -> list[s
                 f"{where}: row {number} has no column {column!r}",
                 f"every row needs a {what} in {column!r}",
             )
-        if isinstance(value, (list, dict)):
-            raise DataError(
-                f"{where}: row {number}: the {what} in {column!r} is a "
-                f"{type(value).__name__}, not a text",
-                f"write the {what} as a string",
-            )
+        _check_text(value, where, number, what, column)
         if not str(value).strip():
             raise DataError(
                 f"{where}: row {number} has an empty {what} in column {column!r}",
@@ -142,14 +137,46 @@ def _strings(ds: Any, where: str, column: str, what: str, option: str) -> list[s
     return out
 
 
+def _is_turns(value: object) -> bool:
+    """Whether `value` looks like chat turns: a list of mappings with a role."""
+    return (
+        isinstance(value, (list, tuple))
+        and bool(value)
+        and all(isinstance(t, Mapping) and "role" in t for t in value)
+    )
+
+
+def _check_text(value: object, where: str, number: int, what: str, column: str) -> None:
+    """A `DataError` naming the row when a prompt, response, instruction, input or
+    output is a list, a mapping or a boolean: never stringified ("['a', 'b']") and
+    trained on. Chat turns get a hint to the `messages` format."""
+    if isinstance(value, (list, tuple, dict)):
+        hint = (
+            "these are chat turns: put each whole conversation (the prompt's turns, then "
+            "the assistant's) in one 'messages' column (--data-format messages), e.g. "
+            f"{CHAT_EXAMPLE}"
+            if _is_turns(value) or _is_turns([value])
+            else f"write the {what} as one string (chat data: a 'messages' column of "
+            "{role, content} turns)"
+        )
+        raise DataError(
+            f"{where}: row {number}: the {what} in {column!r} is a "
+            f"{type(value).__name__}, not a text",
+            hint,
+        )
+    if isinstance(value, bool):
+        raise DataError(
+            f"{where}: row {number}: the {what} in {column!r} is the boolean "
+            f"{str(value).lower()}, not a text",
+            f"write the {what} as a string (or check the column names)",
+        )
+
+
 def _inputs(ds: Any, where: str) -> list[str]:
     values, _ = column_values(ds, where, INPUT, "input", "--data-format")
     for number, value in enumerate(values, 1):
-        if isinstance(value, (list, dict)):
-            raise DataError(
-                f"{where}: row {number}: the input is a {type(value).__name__}, not a text",
-                "write the input as a string (or leave it empty)",
-            )
+        if value is not None:
+            _check_text(value, where, number, "input", INPUT)
     return ["" if v is None else str(v).strip() for v in values]
 
 
@@ -175,9 +202,11 @@ def _chat(value: object, row: int, where: str, column: str) -> Chat:
         if not isinstance(role, str) or not role.strip():
             raise DataError(f"{at}: turn {t} has no role", "give every turn a 'role' string")
         if not isinstance(content, str):
+            kind = "none" if content is None else f"a {type(content).__name__}"
             raise DataError(
-                f"{at}: turn {t} ({role}) has no text 'content'",
-                "give every turn a 'content' string",
+                f"{at}: turn {t} ({role}) has no text 'content' (it is {kind})",
+                "give every turn a 'content' string (content parts such as "
+                '[{"type": "text", "text": ...}] are not read: join them into one string)',
             )
         if role == "assistant" and not content.strip():
             raise DataError(

@@ -37,6 +37,37 @@ class ModelError(ValueError):
     """A model could not be loaded or wrapped (unknown name, missing asset, bad target)."""
 
 
+class HeadSizeError(ModelError):
+    """A base model folder already holds a classification head for another number of
+    labels than the run asks for (`head_labels` its names, `asked` the count)."""
+
+    def __init__(self, name: str, head_labels: tuple[str, ...], asked: int) -> None:
+        self.name, self.head_labels, self.asked = name, head_labels, asked
+        shown = list(head_labels[:10]) + (["..."] if len(head_labels) > 10 else [])
+        super().__init__(
+            f"the model {name!r} already has a classification head for {len(head_labels)} "
+            f"labels {shown}, but {asked} classes are to be trained (the data's classes, "
+            f"or --labels) (hint: give data or --labels with the head's {len(head_labels)} "
+            "classes in its order, or start from the model without a classification head, "
+            "e.g. the one it was fine-tuned from)"
+        )
+
+
+def check_head(name: str, config: Any, num_labels: int) -> None:
+    """`HeadSizeError` when `config` is a sequence classifier's (a saved head) whose
+    number of labels is not `num_labels` (transformers would refuse it with a
+    RuntimeError about mismatched sizes, naming neither the data nor the labels)."""
+    archs = getattr(config, "architectures", None) or []
+    if not any(str(a).endswith("ForSequenceClassification") for a in archs):
+        return
+    have = int(getattr(config, "num_labels", num_labels))
+    if have == num_labels:
+        return
+    id2label = dict(getattr(config, "id2label", None) or {})
+    names = tuple(str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(have))
+    raise HeadSizeError(name, names, num_labels)
+
+
 class Tokenizer(Protocol):
     """The part of a tokenizer declora uses: texts -> padded id and mask tensors; for
     causal LM also unpadded ids, the EOS token and a chat template (node/lm_data.py)."""
@@ -250,6 +281,8 @@ def load_base(
         except OSError as exc:
             raise ModelError(f"cannot load model {name!r}: {exc}") from exc
         family = str(config.model_type)
+        if task == "cls":
+            check_head(name, config, num_labels)
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # a new task head is expected, not news
         try:

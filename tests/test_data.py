@@ -215,12 +215,12 @@ def test_unsupported_suffix_and_empty_file(tmp_path: Path) -> None:
 
 def test_column_missing_in_a_later_row(tmp_path: Path) -> None:
     rows: list[dict[str, object]] = [{"text": "a", "label": "x"}, {"text": "b"}]
-    with pytest.raises(DataError, match="row 2 has no column 'label'"):
+    with pytest.raises(DataError, match="row 2 has no value in column 'label'"):
         load_file(write_jsonl(tmp_path / "d.jsonl", rows))
 
 
 def test_null_label_and_non_object_rows_refused(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="row 2 has no column 'label'"):
+    with pytest.raises(DataError, match="row 2 has no value in column 'label'"):
         load_file(
             write_jsonl(
                 tmp_path / "n.jsonl", [{"text": "a", "label": "x"}, {"text": "b", "label": None}]
