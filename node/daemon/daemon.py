@@ -20,10 +20,8 @@ It owns the lifecycle only; `parts` builds the node, `rounds` runs its rounds an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import time
 from typing import Any
 
@@ -35,6 +33,7 @@ from declora.node.daemon.peers import Peer
 from declora.node.daemon.persistence import Persistence
 from declora.node.daemon.rounds import RoundLoop
 from declora.node.daemon.service import SwarmService, pool_total
+from declora.node.daemon.signals import take_over
 from declora.node.daemon.startup import (
     DialLog,
     StartupError,
@@ -124,9 +123,7 @@ class Daemon:
         file, too few neighbours by the startup timeout, ...)."""
         s = self.settings
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.request_stop)
+        take_over(loop, self.request_stop)  # and act on a signal that came before
         if self.transport.tls is None and self.auth.secret is None and not is_loopback(s.listen):
             log.warning(
                 "serving %s with neither mTLS nor a swarm secret: anyone who reaches this "

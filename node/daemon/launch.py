@@ -4,6 +4,7 @@
 reserves the listen port with a plain socket, and only then imports torch and builds
 the daemon, which swaps the reservation for its gRPC server before the model loads.
 So a port in use or a bad configuration fails within a second, with a `UserError`.
+A stop signal from here on is remembered until the daemon handles it (`signals`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 
 from declora.node import logs
+from declora.node.daemon.signals import stop_signals
 from declora.node.daemon.startup import check_config
 from declora.node.daemon.transport import Transport
 from declora.node.settings import NodeSettings
@@ -22,13 +24,14 @@ def launch(settings: NodeSettings) -> int:
     logs.configure(settings.node_id, settings.log_format, settings.log_level)
     created = check_config(settings)
     try:
-        transport = Transport(settings, settings.tls())
-        transport.reserve()
-        try:
-            import uvloop
-        except ImportError:  # pragma: no cover - uvloop is optional off Linux/macOS
-            return asyncio.run(_run(settings, transport))
-        return uvloop.run(_run(settings, transport))
+        with stop_signals():
+            transport = Transport(settings, settings.tls())
+            transport.reserve()
+            try:
+                import uvloop
+            except ImportError:  # pragma: no cover - uvloop is optional off Linux/macOS
+                return asyncio.run(_run(settings, transport))
+            return uvloop.run(_run(settings, transport))
     except BaseException:
         for folder in created:  # a start that failed leaves no empty folder behind
             with contextlib.suppress(OSError):

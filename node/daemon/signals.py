@@ -1,0 +1,78 @@
+"""SIGINT/SIGTERM from `declora-node start`'s first instant to its exit.
+
+`launch` installs the handlers (`stop_signals`) before it imports torch and starts the
+event loop, and they stay for the whole run: a signal before the daemon exists is
+remembered, not raised (a KeyboardInterrupt inside asyncio's or grpc's start exited
+130 with grpc's InvalidStateError printed), and `Daemon.run` then acts on it as on
+one that comes later (`take_over`: stop requested, exit 0 once stopped). Each later
+signal is handed to the daemon on its loop, so a second one exits at once (130)
+whenever both came. One handler for the whole run, not the loop's own from
+`Daemon.run` on: a signal in between would reach both (counted twice: 130).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from types import FrameType
+from typing import Any
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StopSignals:
+    """Where a stop signal goes: to the daemon once it has taken over, else remembered."""
+
+    installed = False  # `stop_signals` is in force
+    requested = False  # one came before the daemon took over
+    deliver: Callable[[], None] | None = None
+
+    @classmethod
+    def handle(cls, signum: int, frame: FrameType | None) -> None:
+        if cls.deliver is not None:
+            cls.deliver()
+        elif cls.requested:
+            os._exit(130)  # a second interrupt before the daemon: at once
+        else:
+            cls.requested = True
+
+
+@contextmanager
+def stop_signals() -> Iterator[None]:
+    """`StopSignals` handle SIGINT and SIGTERM until the end of the block; the handlers
+    before are restored then (nothing is installed off the main thread)."""
+    before: dict[signal.Signals, Any] = {}
+    with suppress(ValueError):  # not the main thread
+        for sig in STOP_SIGNALS:
+            before[sig] = signal.signal(sig, StopSignals.handle)
+    StopSignals.installed = len(before) == len(STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        for old, handler in before.items():
+            signal.signal(old, handler)
+        StopSignals.installed = StopSignals.requested = False
+        StopSignals.deliver = None
+
+
+def take_over(loop: asyncio.AbstractEventLoop, request_stop: Callable[[], None]) -> None:
+    """From now on stop signals call `request_stop` on `loop`; one that came before
+    calls it now. Without `stop_signals` (a daemon run in-process) the loop's own
+    signal handlers do it."""
+    if not StopSignals.installed:
+        for sig in STOP_SIGNALS:
+            with suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, request_stop)
+        return
+
+    def deliver() -> None:
+        with suppress(RuntimeError):  # the loop has closed: the run is over
+            loop.call_soon_threadsafe(request_stop)
+
+    StopSignals.deliver = deliver
+    if StopSignals.requested:
+        StopSignals.requested = False
+        request_stop()
