@@ -584,3 +584,55 @@ def test_gossip_steps_daemons_match_simulator(
     assert sorted(c.name for c in (a.settings.state_dir).glob("ckpt-*")) == [
         "ckpt-00000002", "ckpt-00000004"
     ]  # fmt: skip
+
+
+def test_a_pull_during_slow_steps_serves_the_state_before_them(synthetic_jsonl: Path) -> None:
+    """Local steps that take 3 s (an LLM on CPU) and have half-updated the adapter:
+    a Pull meanwhile answers at once with the state from before them (it waited for
+    the steps before, and a puller's timeout could run out)."""
+    import time
+
+    from declora.node.wire import read_stream
+
+    (_da, db), (a, b) = pair(synthetic_jsonl)
+    before = b.node.vector().copy()
+    mid_step = threading.Event()
+    train = b.node.train
+
+    def slow(steps: int, stop: object, r: int) -> float:
+        with torch.no_grad():
+            b.node.trainer.tensors[0].add_(1.0)  # half-way through an update...
+        mid_step.set()
+        time.sleep(3.0)  # ...for a while
+        return train(steps, stop, r)
+
+    b.node.train = slow  # type: ignore[method-assign]
+
+    async def go() -> tuple[np.ndarray, float]:
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+        steps = asyncio.create_task(db.run_round(b, train=True))
+        while not mid_step.is_set():
+            await asyncio.sleep(0.01)
+        assert np.abs(b.node.vector() - before).max() > 0.5  # the live state is mid-step
+        peer = a.peers.get("b")
+        assert peer is not None
+        request = pb.PullRequest(
+            node_id="a", swarm_id="parts", kind=pb.PAYLOAD_KIND_STATE,
+            session=peer.token_out, receiver_id="b",
+        )  # fmt: skip
+        t0 = time.monotonic()
+        stream = a.peers.stub(peer).Pull(request, timeout=10)
+        payload = await read_stream(
+            stream, swarm_id="parts", fingerprint=a.lm.fingerprint, schema=a.lm.schema,
+            max_bytes=a.inbox.max_bytes,
+        )  # fmt: skip
+        took = time.monotonic() - t0
+        assert not steps.done()
+        await steps
+        assert payload.header.round == 0
+        return a.node.check_state("b", payload.data), took
+
+    served, took = asyncio.run(go())
+    assert took < 1.5, f"the pull waited {took:.1f}s for the steps"
+    np.testing.assert_array_equal(served, before)
+    assert b.progress.round == 1 and np.abs(b.node.vector() - before).max() > 0.5

@@ -12,6 +12,10 @@ rounds (`planned_end`), its values are checked like a full state's
 catch-up (a refused state, a timeout) sets the source's claim back to the round it
 has proven, so the same claim is not tried again until its next handshake.
 
+A Pull never waits for local steps: while they run (off the event loop) it serves the
+state taken when they began (`stepping`), immutable bytes, so no half-updated state is
+served and slow steps (an LLM on CPU: seconds each) do not time a puller out.
+
 What this trusts: a neighbour that delivered valid payloads (or the only one) can move
 this node's round forward, within the plan, and hand it its adapter (bounded like any
 payload). Robust mixing does not cover a catch-up; keep strangers out with
@@ -20,9 +24,9 @@ payload). Robust mixing does not cover a catch-up; keep strangers out with
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import grpc
 
@@ -59,24 +63,38 @@ class StateTransfer:
         self.peers = peers
         self.auth = auth
         self.max_bytes = max_bytes
-        # held while local steps run off the event loop (`RoundLoop`): a state read
-        # meanwhile would mix tensors from before and after an optimizer step
-        self.training = asyncio.Lock()
+        # this node's state as of the last step boundary, kept while local steps run
+        # off the event loop (`stepping`): a Pull then serves it instead of waiting
+        self.published: tuple[bytes, int, int] | None = None
+
+    @asynccontextmanager
+    async def stepping(self) -> AsyncIterator[None]:
+        """Local steps run (off the event loop) within this block: a Pull meanwhile
+        serves the state as it was when the block began, never one mid-step."""
+        self.published = self._snapshot()  # on the event loop: between steps
+        try:
+            yield
+        finally:
+            self.published = None
+
+    def _snapshot(self) -> tuple[bytes, int, int]:
+        """The full adapter (immutable bytes), with the round and seq it belongs to."""
+        return self.node.full_state(), self.progress.round, self.progress.seq
 
     async def state_chunks(self) -> Iterator[pb.Chunk]:
-        """This node's full adapter (STATE) between training steps, as a signed stream;
-        a reader checks it with `check_state`."""
-        async with self.training:
-            data = self.node.full_state()
+        """This node's full adapter (STATE) as a signed stream: the current one, or
+        while local steps run the one before them (`stepping`); a reader checks it
+        with `check_state`."""
+        data, round_, seq = self.published or self._snapshot()
         header = make_header(
             sender_id=self.me.node_id,
             swarm_id=self.me.swarm_id,
             fingerprint=self.me.fingerprint,
-            round=self.progress.round,
+            round=round_,
             sender_degree=len(self.peers.live),
             kind=pb.PAYLOAD_KIND_STATE,
             codec="fp32",
-            seq=self.progress.seq,
+            seq=seq,
             data=data,
             schema=self.me.schema,
         )

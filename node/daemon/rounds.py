@@ -99,7 +99,7 @@ class RoundLoop:
         if train:
             progress.state = NodeState.TRAINING
             good = TrainerSnapshot.of(parts.node)
-            async with parts.transfer.training:  # no state is served mid-step
+            async with parts.transfer.stepping():  # a Pull serves the state before
                 report.loss = await asyncio.to_thread(
                     parts.node.train,
                     self.settings.local_steps,
