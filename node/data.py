@@ -468,12 +468,18 @@ def read_texts(ds: Any, where: str, text_column: str) -> tuple[str, ...]:
     """The non-empty texts of `text_column`; a `DataError` naming the first bad row."""
     texts, _ = column_values(ds, where, text_column, "text", "--text-column")
     for number, text in enumerate(texts, 1):
-        if text is None:
+        if text is None:  # a missing key, a JSON null, or a NaN pandas wrote as null
             raise DataError(
-                f"{where}: row {number} has no column {text_column!r}",
+                f"{where}: row {number} has no value in column {text_column!r} "
+                "(missing, null or NaN)",
                 f"every row needs a {text_column!r} value",
             )
         _check_scalar(text, where, number, "text", text_column)
+        if isinstance(text, float) and text != text:  # NaN: a missing value, not "nan"
+            raise DataError(
+                f"{where}: row {number} has no value in column {text_column!r} (NaN)",
+                "remove the row or give it a text",
+            )
         if isinstance(text, bool):  # a JSON true/false: never a document
             raise DataError(
                 f"{where}: row {number}: the text in column {text_column!r} is the boolean "
@@ -518,6 +524,14 @@ def _raw(
             )
         _check_scalar(value, where, number, "label", label_column)
         if names is not None and isinstance(value, int) and not isinstance(value, bool):
+            if not 0 <= value < len(names):  # -1: datasets' mark of an unlabelled row
+                raise DataError(
+                    f"{where}: row {number} has the label id {value} in column "
+                    f"{label_column!r}, outside its {len(names)} ClassLabel names 0.."
+                    f"{len(names) - 1}" + (" (-1 marks an unlabelled row)" if value == -1 else ""),
+                    "drop the unlabelled rows (e.g. a benchmark's hidden test split) or fix "
+                    "the label ids",
+                )
             value = names[value]
         name = label_name(value)
         if not name:

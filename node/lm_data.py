@@ -164,6 +164,11 @@ def _check_text(value: object, where: str, number: int, what: str, column: str) 
             f"{type(value).__name__}, not a text",
             hint,
         )
+    if isinstance(value, float) and value != value:  # NaN: a missing value, not "nan"
+        raise DataError(
+            f"{where}: row {number} has no {what} in column {column!r} (NaN)",
+            f"remove the row or give it a {what}",
+        )
     if isinstance(value, bool):
         raise DataError(
             f"{where}: row {number}: the {what} in {column!r} is the boolean "

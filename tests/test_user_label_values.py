@@ -315,3 +315,31 @@ def test_recorded_differences_name_the_label_sets(saved_adapter: Path) -> None:
     assert recorded_differences(saved_adapter, fewer) == [
         f"labels: 5 {list(CLASS_NAMES)} there, 3 {list(CLASS_NAMES[:3])} here"
     ]
+
+
+def test_a_classlabel_id_outside_its_names_is_refused(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
+    )
+    rows = {"text": texts(4), "label": [0, 1, -1, 1]}  # -1: an unlabelled row
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "saved"))
+    with pytest.raises(DataError, match=r"row 3 has the label id -1 .* 0\.\.1 \(-1 marks"):
+        load_file(tmp_path / "saved")
+    ok = {"text": texts(4), "label": [0, 1, 0, 1]}
+    datasets.Dataset.from_dict(ok, features=features).save_to_disk(str(tmp_path / "ok"))
+    assert load_file(tmp_path / "ok").label_names == ("neg", "pos")
+
+
+def test_a_nan_text_is_refused_not_read_as_nan(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "a doc", "label": "x"}\n{"text": NaN, "label": "y"}\n')
+    with pytest.raises(DataError, match=r"row 2 has no value in column 'text' \(missing, null"):
+        load_file(path)  # a NaN among strings: read as null
+    path.write_text('{"text": 1.5, "label": "x"}\n{"text": NaN, "label": "y"}\n')
+    with pytest.raises(DataError, match=r"row 2 has no value in column 'text' \(NaN\)"):
+        load_file(path)  # among numbers: read as a float NaN, once the text "nan"
+    lm = tmp_path / "p.jsonl"
+    lm.write_text('{"prompt": "p", "response": 1.5}\n{"prompt": "p", "response": NaN}\n')
+    with pytest.raises(DataError, match=r"row 2 has no response in column 'response' \(NaN\)"):
+        load_dataset(lm, label_column=None, examples=LmFormat(), dedupe=False)
