@@ -182,9 +182,12 @@ def load(root: Path, lm: LoraModel) -> NodeState:
         )
     raw = read_state(path)
     if raw["fingerprint"] != lm.fingerprint:
+        from declora.node.adapter_io import recorded_differences
+
+        diffs = recorded_differences(path / "adapter", lm)  # "there": the checkpoint's
         raise CheckpointError(
             f"{path} was written for fingerprint {raw['fingerprint']}, "
-            f"this node has {lm.fingerprint}"
+            f"this node has {lm.fingerprint}" + (f": {'; '.join(diffs)}" if diffs else "")
         )
     if "vector" in raw:  # the folder holds a full model (DECA): the vector is here
         vector = raw["vector"].numpy()

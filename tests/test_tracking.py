@@ -306,6 +306,31 @@ def test_a_damaged_checkpoint_is_one_clear_error(tiny_lm: LoraModel, tmp_path: P
         checkpoint.load(root, tiny_lm)
 
 
+def test_a_checkpoint_of_another_configuration_names_what_differs(
+    tiny_lm: LoraModel, tmp_path: Path
+) -> None:
+    """--resume with other labels or rank: the refusal names each difference (the
+    checkpoint's value 'there', this start's 'here'), not only two fingerprints."""
+    from dataclasses import replace
+
+    from conftest import CLASS_NAMES, NUM_CLASSES, TINY_SPEC
+
+    from declora.node import checkpoint
+
+    vec = np.concatenate([t.reshape(-1).numpy() for t in tiny_lm.initial_tensors()])
+    trainer_state = {"optimizer": {}, "step": 0, "epoch": 0, "cursor": 0, "order": np.zeros(0)}
+    state = checkpoint.NodeState(1, 1, vec, vec.copy(), trainer_state, tiny_lm.fingerprint)
+    checkpoint.save(tmp_path, tiny_lm, state, {})
+    other = LoraModel(
+        replace(TINY_SPEC, rank=2), num_labels=NUM_CLASSES - 1, label_names=CLASS_NAMES[:-1]
+    )
+    with pytest.raises(checkpoint.CheckpointError) as info:
+        checkpoint.load(tmp_path, other)
+    message = str(info.value)
+    assert f"labels: 5 {list(CLASS_NAMES)} there, 4 {list(CLASS_NAMES[:-1])} here" in message
+    assert "rank: 4 there, 2 here" in message
+
+
 def test_settings_and_cli_refuse_tracking_with_robust_mixing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
