@@ -11,13 +11,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-from test_daemon_parts import hello, pair, push_stream
+from daemon_helpers import HOST, free_ports
+from test_daemon_parts import hello, pair, push_stream, settings
 
 from declora.node.adapter import AdapterSchema, TensorSpec
-from declora.node.daemon import inbox
+from declora.node.daemon import Daemon, inbox
 from declora.node.daemon.daemon import Parts
+from declora.node.daemon.service import SwarmService, pool_total
 from declora.node.wire import Pace, WireError, chunks, make_header, read_stream
-from declora.proto import pb
+from declora.proto import pb, pb_grpc
 
 ATTACKERS = ("m1", "m2")
 
@@ -139,3 +141,131 @@ def test_pace_allows_the_announced_size_at_the_minimum_rate() -> None:
     assert asyncio.run(read(0.1, Pace(0.3, 100.0))) == "slow_stream"
     # a silent stream is still cut as idle first
     assert asyncio.run(read(2.0, Pace(0.5, 100.0))) == "idle_stream"
+
+
+# ---------------------------------------------------------------- one host's share
+
+
+async def serve_real(name: str, data: Path, i: int, port: int) -> tuple[Daemon, Parts]:
+    """A daemon's parts served by gRPC on 127.0.0.1:`port` (real sockets)."""
+    address = f"{HOST}:{port}"
+    s = settings(name, data, i, []).model_copy(update={"listen": address, "advertise": address})
+    d = Daemon(s)
+    p = d.build()
+    assert await d.transport.start(SwarmService(p), pool_total(s.max_concurrent_streams)) == port
+    return d, p
+
+
+def stalled_push(b: Parts, hello: pb.Hello, session: bytes, sent: int, release: asyncio.Event):  # type: ignore[no-untyped-def]
+    """A member's push announcing b's largest message: `sent` bytes fast, then silence."""
+    header = make_header(
+        sender_id=hello.node_id, swarm_id="parts", fingerprint=b.lm.fingerprint, round=1,
+        sender_degree=1, kind=pb.PAYLOAD_KIND_DELTA, codec="fp32", seq=1, data=b"",
+        schema=b.lm.schema, session=session, receiver_id="b",
+    )  # fmt: skip
+    header.total_bytes = b.inbox.max_bytes
+
+    async def stream():  # type: ignore[no-untyped-def]
+        yield pb.Chunk(header=header)
+        for at in range(0, sent, 1 << 16):
+            yield pb.Chunk(data=bytes(min(1 << 16, sent - at)))
+        await release.wait()
+
+    return stream()
+
+
+def test_one_host_cannot_crowd_out_a_neighbours_push_over_grpc(synthetic_jsonl: Path) -> None:
+    """An attacker on 127.0.0.2 joins as 4 member ids, each opens its 2 pushes, sends
+    half a largest message on each (all 8: the whole buffer) and stalls. Before the
+    per-sender and per-host shares b refused its honest neighbour's push as `busy`;
+    now the attacker holds at most HOST_SHARE messages and the push is taken."""
+    from test_attacks import ATTACKER_HOST, HostAlias
+
+    from declora.node.daemon.pushbuffer import HOST_SHARE
+
+    port_a, port_b = free_ports(2)
+
+    async def go() -> tuple[pb.PushAck, list[object], int, int]:
+        (da, a), (db, b) = [
+            await serve_real(n, synthetic_jsonl, i, p)
+            for i, (n, p) in enumerate((("a", port_a), ("b", port_b)))
+        ]
+        relay = HostAlias(b.settings.advertise)
+        release = asyncio.Event()
+        channel = grpc.aio.insecure_channel(relay.address)
+        try:
+            assert await a.handshaker.dial(b.settings.advertise) is not None
+            stub = pb_grpc.SwarmStub(channel)
+            half = b.inbox.max_bytes // 2
+            calls = []
+            for k in range(4):
+                hello = a.handshaker.hello(receiver="b", session=bytes(16))
+                hello.node_id, hello.listen_address = f"m{k}", f"{ATTACKER_HOST}:{2000 + k}"
+                welcome = await stub.Handshake(hello, timeout=10)
+                assert welcome.accepted, welcome.reason
+                session = welcome.node.session
+                for _ in range(2):
+                    stream = stalled_push(b, hello, session, half, release)
+                    calls.append(asyncio.ensure_future(stub.Push(stream, timeout=30)))
+            # every attack stream has either been refused or buffered all it sent
+            deadline = time.monotonic() + 30
+            while b.inbox.budget.used + half * sum(c.done() for c in calls) < half * len(calls):
+                assert time.monotonic() < deadline, (b.inbox.budget.used, calls)
+                await asyncio.sleep(0.05)
+            held = b.inbox.budget.used
+            peer = a.peers.get("b")
+            assert peer is not None
+            try:
+                ack = await a.peers.stub(peer).Push(push_stream(a, 1), timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                ack = pb.PushAck(accepted=False, reason=f"{exc.code().name} {exc.details()}")
+            release.set()
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            return ack, results, held, b.inbox.max_bytes
+        finally:
+            release.set()
+            await channel.close()
+            relay.close()
+            for d in (da, db):
+                await d.transport.stop(grace=0)
+
+    ack, results, held, largest = asyncio.run(go())
+    refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert ack.accepted, f"{ack.reason} (the attacker held {held} bytes)"
+    assert held <= HOST_SHARE * largest
+    shares = [r for r in refused if "share of this node's push buffer" in (r.details() or "")]
+    assert len(shares) >= 4, results  # the host's share: 4 of its 8 half-messages
+    assert all(r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for r in shares)
+    print(f"\nattacker held {held} of {4 * largest} bytes; {len(shares)} of 8 streams refused")
+
+
+def test_shares_per_sender_and_host_never_refuse_a_lone_largest_message() -> None:
+    from declora.node.daemon.pushbuffer import BUFFERED_MESSAGES, HOST_SHARE, PushBuffer
+
+    largest = 100
+    buf = PushBuffer(largest)
+    alone = buf.stream("10.0.0.1")
+    alone.sender = "honest"
+    alone.take(largest)  # the largest message, with the buffer otherwise idle
+    alone.give(largest)
+    assert buf.used == 0 and buf.by_sender == {} and buf.by_host == {}
+
+    first, second = buf.stream("10.0.0.2"), buf.stream("10.0.0.2")
+    first.sender = second.sender = "m1"
+    first.take(60)
+    with pytest.raises(WireError) as info:  # one id: one largest message at most
+        second.take(50)
+    assert info.value.counter == "rate_limited"
+    others = [buf.stream("10.0.0.2") for _ in range(3)]
+    for k, s in enumerate(others):
+        s.sender = f"m{k + 2}"
+    others[0].take(largest)
+    with pytest.raises(WireError):  # one host: HOST_SHARE largest messages at most
+        others[1].take(HOST_SHARE * largest - 160 + 1)
+    other_host = buf.stream("10.0.0.3")
+    other_host.sender = "honest"
+    other_host.take(largest)  # the rest stays free for other hosts
+    assert buf.used == 160 + largest <= BUFFERED_MESSAGES * largest
+    for s in (first, second, *others, other_host):
+        s.give(s.used)
+    assert buf.used == 0 and buf.by_sender == {} and buf.by_host == {}

@@ -13,6 +13,7 @@ Invariants callers may rely on:
   or slower than `PUSH_PACE` is cut, and all streams together buffer at most
   `BUFFERED_MESSAGES` messages, counting the bytes that arrived (not the announced
   size), so streams that trickle hold what they sent, and only for a bounded time;
+  one sender, and one remote host, may hold only a share of that (`pushbuffer`);
 - a peer's values are bounded, not only finite (`DecLoraNode.check_payload`);
 - only a validated payload sets a neighbour's (verified) round.
 """
@@ -29,6 +30,7 @@ import numpy as np
 
 from declora.node.daemon.handshake import CLI_CERT, Auth
 from declora.node.daemon.peers import Peer, PeerTable
+from declora.node.daemon.pushbuffer import PushBuffer
 from declora.node.daemon.state import Identity, Progress
 from declora.node.dec_lora import DecLoraNode
 from declora.node.gossip import GossipError, update_scale
@@ -36,12 +38,11 @@ from declora.node.identity import MAX_DEGREE, MAX_ROUND, MAX_SEQ, shown
 from declora.node.limits import NodeLimits
 from declora.node.metrics import NodeMetrics
 from declora.node.settings import NodeSettings
-from declora.node.wire import ByteBudget, Pace, Payload, WireError, read_stream
+from declora.node.wire import Pace, Payload, WireError, read_stream
 from declora.proto import pb
 
 MAX_ROUNDS_AHEAD = 8
 STREAMS_PER_PEER = 2  # push streams one neighbour may hold open at once
-BUFFERED_MESSAGES = 4  # all push streams together buffer at most this many max messages
 # A push must end within 30 s, or its announced size at 32 KiB/s (256 kbit/s) when that
 # is longer (and never before `--stream-idle-seconds`). An honest push is one message
 # sent at link speed: 256 kbit/s is well below the links a swarm trains over (a
@@ -96,7 +97,7 @@ class Inbox:
         self.limits = limits
         self.metrics = metrics
         self.max_bytes = max_message_bytes(settings, identity.schema.numel)
-        self.budget = ByteBudget(BUFFERED_MESSAGES * self.max_bytes)
+        self.budget = PushBuffer(self.max_bytes)
         self.open_streams: dict[str, int] = {}
         self.queued: dict[int, dict[str, Inbound]] = {}
 
@@ -176,18 +177,21 @@ class Inbox:
         return peer
 
     async def receive(
-        self, stream: AsyncIterator[pb.Chunk], cert_name: str | None = None
+        self, stream: AsyncIterator[pb.Chunk], cert_name: str | None = None, host: str = ""
     ) -> pb.PushAck:
         """Validate, then queue one payload for the mix of its round (raises WireError).
 
-        `cert_name`: the common name of the caller's certificate under mTLS."""
+        `cert_name`: the common name of the caller's certificate under mTLS; `host`:
+        the caller's remote host (its share of the push buffer; '' unknown)."""
         me = self.me
         held: list[str] = []
+        share = self.budget.stream(host)
 
         def on_header(h: pb.PayloadHeader) -> None:
             peer = self._check_sender(h, cert_name)
             self.open_streams[peer.node_id] = self.open_streams.get(peer.node_id, 0) + 1
             held.append(peer.node_id)
+            share.sender = peer.node_id
 
         try:
             payload = await read_stream(
@@ -199,7 +203,7 @@ class Inbox:
                 auth=self.auth.secret,
                 on_header=on_header,
                 idle_seconds=self.settings.stream_idle_seconds,
-                budget=self.budget,
+                budget=share,
                 pace=PUSH_PACE,
             )
             return await self._accept(payload)

@@ -119,8 +119,9 @@ class SwarmService(pb_grpc.SwarmServicer):
         self, request_iterator: AsyncIterator[pb.Chunk], context: grpc.aio.ServicerContext
     ) -> pb.PushAck:
         try:
-            with self.pools.hold("Push", peer_host(context.peer())):
-                return await self.parts.inbox.receive(request_iterator, cert_name(context))
+            host = peer_host(context.peer())
+            with self.pools.hold("Push", host):
+                return await self.parts.inbox.receive(request_iterator, cert_name(context), host)
         except WireError as exc:
             await self._refuse(context, exc)
             raise  # unreachable: abort raises
