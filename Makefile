@@ -24,11 +24,12 @@ dev: $(VENV)/.dev
 
 ## make run: a lab of NODES daemons (MiniLM + BBC News) on 127.0.0.1 beside a centralized
 ## reference; ROUNDS= overrides the lab's rounds. ~0.9 GB per node, ~4 min on 2 cores.
+## Each run replaces the last one's runs/lab (--force).
 NODES ?= 4
 ROUNDS ?=
 run: $(VENV)/.installed
 	$(VENV)/bin/declora-node lab --nodes $(NODES) $(if $(ROUNDS),--rounds $(ROUNDS)) \
-		--output runs/lab
+		--output runs/lab --force
 
 ## make test: lint, type-check, the test suite (less the slow MiniLM and fault suites)
 ## and every benchmark's smoke run

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+from declora.cli.fast import FORMATS
 from declora.node import __version__
 
 if TYPE_CHECKING:
@@ -82,22 +83,42 @@ def fail(message: str, code: int = 2, hint: str = "") -> None:
     raise typer.Exit(code)
 
 
-FORMATS = ("text", "json")  # --format of inspect and lab
-
-
 def _check_format(fmt: str) -> None:
-    """Exit 2 unless `fmt` is one of FORMATS (before any work)."""
+    """Exit 2 unless `fmt` is one of FORMATS, the values of every --format (before any
+    work)."""
     if fmt not in FORMATS:
-        fail(f"--format must be {' or '.join(FORMATS)}, got {fmt!r}")
+        hint = "use --format json" if fmt == "jsonl" else ""
+        fail(f"--format must be {' or '.join(FORMATS)}, got {fmt!r}", hint=hint)
 
 
-def _check_output(path: Path, option: str) -> None:
-    """Exit 2 with a hint when `path` cannot be an output folder (before any work)."""
+def _check_output(path: Path, option: str, force: bool | None = None) -> None:
+    """Exit 2 with a hint when `path` cannot be an output folder (before any work); and,
+    for a command with --force (`force` not None), unless --force, when it already holds
+    files (nothing a user wrote is replaced without asking)."""
     from declora.node.adapter import OUTPUT_HINT, output_problem
 
     problem = output_problem(path)
     if problem:
         fail(f"{option} {problem}", hint=OUTPUT_HINT)
+    if force is False and path.is_dir():
+        names = sorted(p.name for p in path.iterdir())
+        if names:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            fail(
+                f"{option} {path} already holds files ({shown})",
+                hint=f"pass --force to replace them, or choose another {option}",
+            )
+
+
+def _check_call(target: str | None, timeout: float | None = None) -> None:
+    """Exit 2 when --target is not host:port or --timeout is out of range (before any call)."""
+    from declora.cli.client import target_problem, timeout_problem
+
+    problem = (target_problem(target) if target is not None else None) or (
+        timeout_problem(timeout) if timeout is not None else None
+    )
+    if problem:
+        fail(problem)
 
 
 def _problem(loc: tuple[int | str, ...], msg: str) -> str:
@@ -122,7 +143,8 @@ ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", help="TOML, JSON or YAML file of options (keys as the flags)."),
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+FormatOpt = Annotated[str, typer.Option("--format", help="text or json.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace existing files.")]
 
 
 def _settings(options: dict[str, Any], config: Path | None) -> Resolved:
@@ -171,16 +193,17 @@ def start(config: ConfigOpt = None, options: dict[str, Any] | None = None) -> No
 
 
 def config_command(
-    config: ConfigOpt = None, json_out: JsonOpt = False, options: dict[str, Any] | None = None
+    config: ConfigOpt = None, fmt: FormatOpt = "text", options: dict[str, Any] | None = None
 ) -> None:
     """Print the settings `start` would use, and where each came from.
 
     Sources: flag, env (the variable), file (the config file) or default.
     """
+    _check_format(fmt)
     resolved = _settings(options or {}, config)
     values = resolved.settings.model_dump(mode="json")
     rows = {k: {"value": values[k], "source": resolved.sources[k]} for k in values}
-    if json_out:
+    if fmt == "json":
         typer.echo(json.dumps(rows, indent=2))
         return
     from rich.console import Console
@@ -201,8 +224,10 @@ def config_command(
 @app.command()
 def status(
     target: Annotated[str, typer.Option(help="host:port of a running node.")] = "127.0.0.1:7070",
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    timeout: Annotated[float, typer.Option(help="Seconds.")] = 5.0,
+    fmt: FormatOpt = "text",
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the answer (at most 3600).")
+    ] = 5.0,
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
     tls_ca: TlsCa = None,
@@ -214,7 +239,10 @@ def status(
     """
     from declora.cli.client import show_status
 
-    raise typer.Exit(show_status(target, json_out, timeout, _client_tls(tls_cert, tls_key, tls_ca)))
+    _check_format(fmt)
+    _check_call(target, timeout)
+    tls = _client_tls(tls_cert, tls_key, tls_ca)
+    raise typer.Exit(show_status(target, fmt == "json", timeout, tls))
 
 
 @app.command()
@@ -225,7 +253,7 @@ def inspect(
     target: Annotated[
         str | None, typer.Option(help="host:port: show that node's peer view.")
     ] = None,
-    fmt: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
+    fmt: FormatOpt = "text",
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
     tls_ca: TlsCa = None,
@@ -236,11 +264,12 @@ def inspect(
     _check_format(fmt)
     if (path is None) == (target is None):
         fail("give either PATH or --target")
+    _check_call(target)
     tls = _client_tls(tls_cert, tls_key, tls_ca)
     try:
         info = inspect_path(path) if path is not None else inspect_target(str(target), tls)
     except InspectError as exc:  # a path that is no adapter: the user's; a node: runtime
-        fail(str(exc), 2 if path is not None else 1)
+        fail(str(exc), 2 if path is not None else 1, exc.hint)
         return
     from declora.cli.inspect import render
 
@@ -277,8 +306,9 @@ def certs(
 
 def simulate(
     output: Annotated[
-        Path, typer.Option(help="Folder for results.json, results.md, plot.png.")
+        Path, typer.Option(help="Folder for the results: run.json, run.md, run.png.")
     ] = Path("runs/simulate"),
+    force: ForceOpt = False,
     options: dict[str, Any] | None = None,
 ) -> None:
     """Run Dec-LoRA with N virtual nodes in this process, beside centralized LoRA."""
@@ -294,7 +324,7 @@ def simulate(
     except ValidationError as exc:
         fail("bad configuration: " + "; ".join(_problem(e["loc"], e["msg"]) for e in exc.errors()))
         return
-    _check_output(output, "--output")
+    _check_output(output, "--output", force)
     try:
         run_one(cfg, output)
     except DataError as exc:  # the data, or the data shared out among --nodes
@@ -399,6 +429,7 @@ def lab(
     fmt: Annotated[
         str, typer.Option("--format", help="text or json for the final summary.")
     ] = "text",
+    force: ForceOpt = False,
     options: dict[str, Any] | None = None,
 ) -> None:
     """Start N real daemons on 127.0.0.1 and compare them with centralized LoRA.
@@ -417,7 +448,7 @@ def lab(
     except ValidationError as exc:
         fail("bad configuration: " + "; ".join(_problem(e["loc"], e["msg"]) for e in exc.errors()))
         return
-    _check_output(cfg.output, "--output")
+    _check_output(cfg.output, "--output", force)
     summary: dict[str, Any] = run_lab(cfg)
     if fmt == "json":
         typer.echo(json.dumps(summary, indent=2, default=str))
@@ -487,7 +518,10 @@ def predict(
     ] = "-",
     text_column: Annotated[str, typer.Option(help="The column that holds the texts.")] = "text",
     fmt: Annotated[
-        str, typer.Option("--format", help="text (tab-separated) or json (one object a line).")
+        str,
+        typer.Option(
+            "--format", help="text (tab-separated) or json (JSON Lines: one object a line)."
+        ),
     ] = "text",
     base: BaseOpt = None,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 32,
@@ -497,6 +531,7 @@ def predict(
     each text's mean token loss and perplexity)."""
     from declora.cli.predict import USER_ERRORS, run_predict
 
+    _check_format(fmt)
     try:
         run_predict(adapter, input_, text_column, fmt, sys.stdout, sys.stdin, base, batch_size)
     except USER_ERRORS as exc:
@@ -534,7 +569,10 @@ def generate(
     ] = 1.0,
     seed: Annotated[int, typer.Option(help="Sampling seed (set before each prompt).")] = 0,
     fmt: Annotated[
-        str, typer.Option("--format", help="text (completions) or jsonl (one object a line).")
+        str,
+        typer.Option(
+            "--format", help="text (completions) or json (JSON Lines: one object a line)."
+        ),
     ] = "text",
     base: BaseOpt = None,
     debug: DebugOpt = False,
@@ -543,6 +581,7 @@ def generate(
     from declora.cli.generate import Sampling, run_generate
     from declora.cli.predict import USER_ERRORS
 
+    _check_format(fmt)
     sampling = Sampling(max_new_tokens, temperature, top_p, seed)
     try:
         run_generate(
@@ -575,6 +614,7 @@ def export(
         ),
     ] = False,
     base: BaseOpt = None,
+    force: ForceOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Export a saved adapter: with --merge, a model transformers loads on its own."""
@@ -583,7 +623,7 @@ def export(
     if output is None:
         fail("--output is required: the folder to write")
         return
-    _check_output(output, "--output")
+    _check_output(output, "--output", force)
     try:
         typer.echo(run_export(adapter, output, merge, base))
     except USER_ERRORS as exc:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import math
 import os
+import re
 import time
 from typing import Any
 
@@ -17,15 +19,45 @@ from declora.proto import pb, pb_grpc
 
 STATUS_TARGET = "127.0.0.1:7070"
 STATUS_TIMEOUT = 5.0  # seconds
+MAX_TIMEOUT = 3600.0  # seconds: the longest --timeout of a call to a node
+# host:port, [IPv6]:port (node/settings.py ADDRESS, without importing pydantic)
+_TARGET = re.compile(
+    r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>\d{1,5})$"
+)
 
 
 class StatusError(RuntimeError):
-    """The node could not be reached or did not answer."""
+    """The node could not be reached or did not answer; `hint` says what to check."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
-def show_status(target: str, json_out: bool, timeout: float, tls: TlsFiles | None) -> int:
+def target_problem(target: str) -> str | None:
+    """Why `target` is not a node's address (host:port, [IPv6]:port), or None."""
+    m = _TARGET.match(target)
+    if m and 0 < int(m.group("port")) < 65536:
+        if not m.group("v6"):
+            return None
+        try:
+            ipaddress.IPv6Address(m.group("v6"))
+            return None
+        except ValueError:
+            pass
+    return f"--target must be host:port (127.0.0.1:7070, [::1]:7070), got {target!r}"
+
+
+def timeout_problem(timeout: float) -> str | None:
+    """Why `timeout` is no --timeout (seconds, > 0 and at most MAX_TIMEOUT), or None."""
+    if 0 < timeout <= MAX_TIMEOUT:  # NaN fails both
+        return None
+    return f"--timeout must be > 0 and at most {MAX_TIMEOUT:g} seconds, got {timeout:g}"
+
+
+def show_status(target: str, as_json: bool, timeout: float, tls: TlsFiles | None) -> int:
     """`declora-node status`: print the node's status (a table or JSON); the exit code
-    (1, with one `error:` line, when the node cannot be asked)."""
+    (1, with one `error:` line and a `hint:` line, when the node cannot be asked)."""
     import json
     import sys
 
@@ -33,8 +65,10 @@ def show_status(target: str, json_out: bool, timeout: float, tls: TlsFiles | Non
         reply = fetch_status(target, timeout, tls=tls)
     except StatusError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
         return 1
-    if json_out:
+    if as_json:
         print(json.dumps(status_to_dict(reply), indent=2))
     else:
         render_status(reply)
@@ -50,7 +84,7 @@ def fetch_status(
 ) -> pb.StatusReply:
     """One Status call to `target` (host:port) over a fresh channel (mTLS with `tls`);
     signed with the swarm `secret` (default: DECLORA_SWARM_SECRET, when set), which a
-    node with a secret requires."""
+    node with a secret requires. StatusError says why it failed, with a hint."""
     request = pb.StatusRequest(include_digest=include_digest)
     secret = secret if secret is not None else os.environ.get("DECLORA_SWARM_SECRET")
     if secret:
@@ -66,17 +100,66 @@ def fetch_status(
         except grpc.RpcError as exc:
             code = exc.code().name if hasattr(exc, "code") else "ERROR"
             details = (exc.details() if hasattr(exc, "details") else "") or ""
-            if code == "UNAUTHENTICATED":
-                raise StatusError(f"{target} refused the status request: {details}") from exc
-            if code == "UNAVAILABLE" and "still loading" in details:
-                raise StatusError(f"{target} is {details}: try again in a moment") from exc
-            extra = ""
-            if tls is None and code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
-                extra = " (if the node serves mTLS, pass --tls-cert, --tls-key and --tls-ca)"
-            elif tls is not None and code == "UNAVAILABLE" and hasattr(exc, "details"):
-                extra = f": {exc.details()}"  # e.g. why the TLS handshake failed
-            raise StatusError(f"cannot get status from {target}: {code}{extra}") from exc
+            why, hint = status_failure(code, details, timeout, tls is not None)
+            raise StatusError(f"cannot get status from {target}: {why}", hint) from exc
     return reply
+
+
+def status_failure(code: str, details: str, timeout: float, tls: bool) -> tuple[str, str]:
+    """(why, hint) for a failed Status call: gRPC status `code` (its name) and `details`,
+    made with mTLS files (`tls`) or without."""
+    text = details.lower()
+    if code == "UNAUTHENTICATED":
+        return (
+            f"the node refused the request: {details}",
+            "set DECLORA_SWARM_SECRET to the swarm's secret",
+        )
+    if "still loading" in text:
+        return f"the node is {details}", "try again in a moment"
+    if "connection refused" in text:
+        return (
+            "connection refused (nothing listens on that port)",
+            "is the node running, and is --target its --listen host:port?",
+        )
+    if "errors resolving" in text or "lookup" in text or "dns" in text:
+        return f"cannot resolve the host ({details})", "check the host name in --target"
+    if "unreachable" in text or "no route" in text:
+        return f"the host is unreachable ({details})", "check --target and the network between"
+    if code == "DEADLINE_EXCEEDED":
+        return (
+            f"no answer within {timeout:g}s",
+            "the node may be busy, or a firewall drops the connection: raise --timeout",
+        )
+    if tls and "wrong_version_number" in text:
+        return (
+            "the TLS handshake failed: the node does not serve TLS",
+            "leave out --tls-cert, --tls-key and --tls-ca for this node",
+        )
+    if tls and "certificate_verify_failed" in text:
+        return (
+            "the TLS handshake failed: the node's certificate is not signed by --tls-ca "
+            "(CERTIFICATE_VERIFY_FAILED)",
+            "give the CA of the node's swarm as --tls-ca",
+        )
+    if tls and ("handshake" in text or "ssl" in text or "certificate" in text):
+        return (
+            f"the TLS handshake failed: {details}",
+            "give --tls-cert, --tls-key and --tls-ca of the node's swarm",
+        )
+    closed = "socket closed" in text or "connection reset" in text
+    if tls and closed:
+        return (
+            "the node closed the connection in the TLS handshake: it refused this certificate",
+            "give a --tls-cert and --tls-key signed by the node's swarm CA "
+            "(`declora-node certs` mints cli.pem)",
+        )
+    if closed:
+        return (
+            "the node closed the connection (a node that serves mTLS does so without TLS)",
+            "the node wants mTLS: give --tls-cert, --tls-key and --tls-ca "
+            "(`declora-node certs` mints cli.pem)",
+        )
+    return f"{code}: {details}".strip(), "check --target, and that the node is running"
 
 
 def message_to_dict(msg: Message) -> dict[str, Any]:
@@ -113,7 +196,7 @@ def _field_value(f: FieldDescriptor, value: Any) -> Any:
 
 
 def status_to_dict(reply: pb.StatusReply) -> dict[str, Any]:
-    """The Status reply for `status --json`: numbers as numbers."""
+    """The Status reply for `status --format json`: numbers as numbers."""
     return message_to_dict(reply)
 
 

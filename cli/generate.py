@@ -29,7 +29,6 @@ from declora.node.adapter_io import AdapterError, LoadedAdapter, adapter_folder
 from declora.node.data import DataError
 from declora.node.models import Tokenizer
 
-FORMATS = ("text", "jsonl")
 # a prompt: plain text, or a conversation as {role, content} turns
 Prompt = str | list[dict[str, str]]
 
@@ -177,14 +176,12 @@ def run_generate(
     """Write one completion per prompt to `out`; returns how many prompts there were.
 
     `text` writes each completion followed by a newline (a completion may hold
-    newlines: use `jsonl` to tell them apart); `jsonl` writes one object a line:
+    newlines: use `json` to tell them apart); `json` writes one object a line (JSON Lines):
     prompt, completion, tokens and stop ("eos" or "length").
     """
     from declora.cli.predict import quiet_transformers
     from declora.node.adapter_io import load_adapter
 
-    if fmt not in FORMATS:
-        raise DataError(f"--format must be text or jsonl, got {fmt!r}")
     sampling.check()
     adapter_folder(adapter)  # a wrong path fails before reading stdin
     prompts = read_prompts(prompt, source, stdin)
@@ -198,7 +195,7 @@ def run_generate(
         )
     for p in prompts:
         done = complete(loaded, prompt_ids(loaded.tokenizer, p, chat_template), sampling)
-        if fmt == "jsonl":
+        if fmt == "json":
             row = {"prompt": p, "completion": done.text, "tokens": done.tokens, "stop": done.stop}
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
         else:

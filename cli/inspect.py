@@ -24,7 +24,12 @@ if TYPE_CHECKING:
 
 
 class InspectError(RuntimeError):
-    """PATH is not an adapter or checkpoint, or the target cannot be reached."""
+    """PATH is not an adapter or checkpoint, or the target cannot be reached (`hint`:
+    what to check)."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 def _adapter_dir(path: Path) -> tuple[Path, Path | None]:
@@ -122,7 +127,7 @@ def inspect_target(target: str, tls: TlsFiles | None = None) -> dict[str, Any]:
     try:
         return {"kind": "node", **status_to_dict(fetch_status(target, tls=tls))}
     except StatusError as exc:
-        raise InspectError(str(exc)) from exc
+        raise InspectError(str(exc), exc.hint) from exc
 
 
 def render(info: dict[str, Any]) -> None:

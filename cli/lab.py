@@ -70,7 +70,9 @@ class LabConfig(Recipe):
     extra: dict[str, Any] = Field(
         default_factory=dict, description="more `start` options for every node (config keys)"
     )
-    timeout: float = Field(3600.0, gt=0, description="seconds before the lab gives up")
+    timeout: float = Field(
+        3600.0, gt=0, le=7 * 86400, description="seconds before the lab gives up (a week at most)"
+    )
 
     @model_validator(mode="after")
     def _swarm_defaults(self) -> LabConfig:

@@ -27,7 +27,6 @@ from declora.node.models import ModelError
 
 # what `predict` and `export` report as one line `error: ...` (exit 2)
 USER_ERRORS = (AdapterError, DataError, ModelError)
-FORMATS = ("text", "json")
 STDIN = "<stdin>"
 
 
@@ -120,8 +119,6 @@ def run_predict(
     """Print one prediction line per text to `out`; returns how many texts there were."""
     from declora.node.adapter_io import load_adapter
 
-    if fmt not in FORMATS:
-        raise DataError(f"--format must be text or json, got {fmt!r}")
     if batch_size < 1:
         raise DataError(f"--batch-size must be >= 1, got {batch_size}")
     adapter_folder(adapter)  # a wrong path fails before reading stdin
@@ -159,10 +156,29 @@ def _check_weights(path: Path) -> None:
 
 
 def run_export(adapter: Path, output: Path, merge: bool, base: str | None = None) -> str:
-    """Write `output` (merged model, or a copy of the adapter); returns a summary line."""
+    """Write `output` (merged model, or a copy of the adapter); returns a summary line.
+    An `output` that holds files is replaced whole, once the new one is written (the CLI
+    refuses it without --force); an empty one is filled."""
+    from declora.node.adapter import atomic_replace_dir, new_build_dir
+
+    target = output
+    if output.is_dir() and any(output.iterdir()):
+        target = new_build_dir(output)  # written beside it, then moved into its place
+    try:
+        line = _export(adapter, target, merge, base)
+        if target != output:
+            atomic_replace_dir(target, output)
+    finally:
+        if target != output:
+            shutil.rmtree(target, ignore_errors=True)
+    return line.replace(str(target), str(output))
+
+
+def _export(adapter: Path, output: Path, merge: bool, base: str | None) -> str:
+    """`run_export` into `output`, a folder that does not exist or is empty."""
     if not merge:
         folder = adapter_folder(adapter)
-        if output.exists():
+        if output.exists() and (not output.is_dir() or any(output.iterdir())):
             raise AdapterError(f"{output} already exists (hint: choose a new --output)")
         names: tuple[str, ...] = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, DECLORA_INFO, MODEL_CARD)
         if not (folder / ADAPTER_CONFIG).is_file():  # a DECA full model folder: all of it
@@ -170,7 +186,7 @@ def run_export(adapter: Path, output: Path, merge: bool, base: str | None = None
         for name in names:  # checked first: a damaged folder is refused, nothing copied
             if name.endswith(".safetensors"):
                 _check_weights(folder / name)
-        output.mkdir(parents=True)
+        output.mkdir(parents=True, exist_ok=True)
         for name in names:
             if (folder / name).is_file():
                 shutil.copy2(folder / name, output / name)

@@ -74,7 +74,7 @@ def test_config_prints_each_value_and_where_it_came_from(tmp_path: Path) -> None
     node.write_text("rank = 4\nseed = 3\n")
     env = {**os.environ, "DECLORA_LR": "0.01"}
     res = subprocess.run(
-        [*CLI, "config", "--config", str(node), "--seed", "5", "--json"],
+        [*CLI, "config", "--config", str(node), "--seed", "5", "--format", "json"],
         capture_output=True, text=True, timeout=120, env=env,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -60,7 +62,7 @@ def test_good_partition_schemes_pass_in_their_plain_form() -> None:
         "skew",
         "shards:2",
     ]
-    res = runner.invoke(app, ["config", "--json", "--partition-scheme", "Dirichlet:0.3"])
+    res = runner.invoke(app, ["config", "--format", "json", "--partition-scheme", "Dirichlet:0.3"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["partition_scheme"]["value"] == "dirichlet:0.3"
 
@@ -107,12 +109,41 @@ def test_start_with_a_partition_beyond_the_rows(tmp_path: Path) -> None:
     assert not (tmp_path / "state").exists()  # a failed start leaves no folder
 
 
-# B: --format
-def test_inspect_and_lab_refuse_unknown_formats(tmp_path: Path) -> None:
-    assert_refused(
-        runner.invoke(app, ["inspect", str(tmp_path), "--format", "xml"]), "text or json"
-    )
-    assert_refused(runner.invoke(app, ["lab", "--format", "xml"]), "text or json")
+# B: --format, one name everywhere: text or json
+FORMAT_COMMANDS = [
+    ["status", "--target", "127.0.0.1:1"],
+    ["config"],
+    ["inspect", "PATH"],
+    ["lab"],
+    ["predict", "PATH"],
+    ["generate", "PATH", "-p", "x"],
+]
+
+
+@pytest.mark.parametrize("command", FORMAT_COMMANDS, ids=lambda c: c[0])
+@pytest.mark.parametrize("fmt", ["xml", "jsonl", "JSON"])
+def test_every_format_is_text_or_json(tmp_path: Path, command: list[str], fmt: str) -> None:
+    args = [str(tmp_path) if a == "PATH" else a for a in command]
+    res = runner.invoke(app, [*args, "--format", fmt])
+    assert_refused(res, f"--format must be text or json, got {fmt!r}", hint=fmt == "jsonl")
+    if fmt == "jsonl":
+        assert res.stderr.strip().splitlines()[1] == "hint: use --format json"
+
+
+@pytest.mark.parametrize("command", [["status"], ["config"]])
+def test_the_old_json_flag_is_gone(command: list[str]) -> None:
+    res = runner.invoke(app, [*command, "--json"])
+    assert res.exit_code == 2 and "No such option: --json" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_config_format_json_is_the_settings(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["config", "--format", "json", "--rank", "5"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert rows["rank"] == {"value": 5, "source": "flag"}
+    text = runner.invoke(app, ["config", "--rank", "5"], env={"COLUMNS": "200"})
+    assert text.exit_code == 0 and not text.stdout.lstrip().startswith("{")
 
 
 # C: output folders
@@ -163,5 +194,150 @@ def test_defaults_and_meaningful_combinations_pass() -> None:
         ["--task", "lm"],
         ["--task", "lm", "--labels", "a,b", "--partition-scheme", "skew"],
     ):
-        res = runner.invoke(app, ["config", "--json", *args])
+        res = runner.invoke(app, ["config", "--format", "json", *args])
         assert res.exit_code == 0, res.output
+
+
+# E: status: --timeout and --target are checked before any call; each failure to reach
+# a node says why, with its own hint (real sockets on 127.0.0.1)
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "3601"])
+def test_status_timeout_must_be_positive_and_bounded(value: str) -> None:
+    [closed] = free_ports(1)
+    res = runner.invoke(app, ["status", "--target", f"127.0.0.1:{closed}", "--timeout", value])
+    assert_refused(res, "--timeout must be > 0 and at most 3600 seconds")
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf", "1e9"])
+def test_lab_timeout_must_be_positive_and_bounded(value: str) -> None:
+    assert_refused(runner.invoke(app, ["lab", "--timeout", value]), "--timeout")
+
+
+@pytest.mark.parametrize(
+    "target", ["127.0.0.1", "127.0.0.1:0", "127.0.0.1:70000", "http://h:1", "[zz]:1", "a b:1", ""]
+)
+@pytest.mark.parametrize("command", [["status"], ["inspect"]])
+def test_a_target_that_is_not_host_port_is_refused(command: list[str], target: str) -> None:
+    assert_refused(runner.invoke(app, [*command, "--target", target]), "--target must be host:port")
+
+
+def test_the_fast_status_path_leaves_mistakes_to_the_app() -> None:
+    from declora.cli.fast import status_main
+
+    [closed] = free_ports(1)
+    target = ["--target", f"127.0.0.1:{closed}"]
+    for bad in (["--json"], ["--format", "jsonl"], ["--timeout", "0"], ["--target", "x"]):
+        assert status_main([*target, *bad]) is None, bad
+    assert status_main([*target, "--format", "json", "--timeout", "1"]) == 1  # answered here
+
+
+def refused_with(res: Result, error: str, hint: str) -> None:
+    """Exit 1 (runtime): `error: ...` naming `error`, then `hint: ...` naming `hint`."""
+    assert res.exit_code == 1, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 2 and "Traceback" not in res.output, res.stderr
+    assert lines[0].startswith("error: cannot get status from ") and error in lines[0], lines
+    assert lines[1].startswith("hint: ") and hint in lines[1], lines
+    assert res.stdout == ""
+
+
+def test_status_of_a_closed_port_asks_whether_the_node_runs() -> None:
+    [closed] = free_ports(1)
+    res = runner.invoke(app, ["status", "--target", f"127.0.0.1:{closed}", "--timeout", "2"])
+    refused_with(res, "connection refused", "is the node running, and is --target its")
+
+
+def test_status_of_a_silent_port_says_raise_the_timeout() -> None:
+    import socket
+    import time
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()  # accepts, never answers
+        port = listener.getsockname()[1]
+        t0 = time.monotonic()
+        res = runner.invoke(app, ["status", "--target", f"127.0.0.1:{port}", "--timeout", "0.5"])
+    assert time.monotonic() - t0 < 5
+    refused_with(res, "no answer within 0.5s", "raise --timeout")
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A fake node's Status over plain gRPC and over mTLS; CLI certificates of its swarm
+    and of another one."""
+    from concurrent import futures
+
+    import grpc
+
+    from declora.cli.certs import mint
+    from declora.proto import pb, pb_grpc
+
+    root = tmp_path_factory.mktemp("status-tls")
+    mint(root / "ours", ["n0"], ["127.0.0.1"], 1, False)
+    mint(root / "theirs", ["n0"], ["127.0.0.1"], 1, False)
+
+    class Node(pb_grpc.SwarmServicer):
+        def Status(self, request: object, context: object) -> pb.StatusReply:
+            return pb.StatusReply(node_id="fake", round=3, state="training")
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    pb_grpc.add_SwarmServicer_to_server(Node(), server)
+    plain = server.add_insecure_port("127.0.0.1:0")
+    pki = root / "ours"
+    creds = grpc.ssl_server_credentials(
+        [((pki / "n0-key.pem").read_bytes(), (pki / "n0.pem").read_bytes())],
+        root_certificates=(pki / "ca.pem").read_bytes(),
+        require_client_auth=True,
+    )
+    mtls = server.add_secure_port("127.0.0.1:0", creds)
+    server.start()
+
+    def tls(name: str, ca: str = "") -> list[str]:
+        pki = root / name
+        return [
+            *("--tls-cert", str(pki / "cli.pem"), "--tls-key", str(pki / "cli-key.pem")),
+            *("--tls-ca", str(root / (ca or name) / "ca.pem")),
+        ]
+
+    yield f"127.0.0.1:{plain}", f"127.0.0.1:{mtls}", tls
+    server.stop(None)
+
+
+def test_status_prints_text_or_json(nodes: Any) -> None:
+    plain, mtls, tls = nodes
+    res = runner.invoke(app, ["status", "--target", plain, "--format", "json"])
+    assert res.exit_code == 0, res.output
+    reply = json.loads(res.stdout)
+    assert reply["node_id"] == "fake" and reply["round"] == 3
+    text = runner.invoke(app, ["status", "--target", mtls, *tls("ours")])
+    assert text.exit_code == 0, text.output
+    assert "fake" in text.stdout and "round 3" in text.stdout
+
+
+def test_status_without_certificates_of_an_mtls_node_asks_for_them(nodes: Any) -> None:
+    _, mtls, _ = nodes
+    res = runner.invoke(app, ["status", "--target", mtls, "--timeout", "3"])
+    refused_with(res, "the node closed the connection", "give --tls-cert, --tls-key and --tls-ca")
+
+
+def test_status_with_another_swarms_ca_names_tls_ca(nodes: Any) -> None:
+    _, mtls, tls = nodes
+    res = runner.invoke(app, ["status", "--target", mtls, "--timeout", "3", *tls("theirs")])
+    refused_with(res, "not signed by --tls-ca (CERTIFICATE_VERIFY_FAILED)", "as --tls-ca")
+
+
+def test_status_with_a_certificate_the_node_refuses_says_so(nodes: Any) -> None:
+    _, mtls, tls = nodes
+    res = runner.invoke(app, ["status", "--target", mtls, "--timeout", "3", *tls("theirs", "ours")])
+    refused_with(res, "it refused this certificate", "signed by the node's swarm CA")
+
+
+def test_status_with_certificates_of_a_plain_node_says_it_serves_no_tls(nodes: Any) -> None:
+    plain, _, tls = nodes
+    res = runner.invoke(app, ["status", "--target", plain, "--timeout", "3", *tls("ours")])
+    refused_with(res, "the node does not serve TLS", "leave out --tls-cert")
+
+
+def test_inspect_of_a_node_gives_the_same_hint() -> None:
+    [closed] = free_ports(1)
+    res = runner.invoke(app, ["inspect", "--target", f"127.0.0.1:{closed}"])
+    refused_with(res, "connection refused", "is the node running")

@@ -297,7 +297,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_status_cli(idle_pair: tuple[Cluster, Node, Node]) -> None:
     cluster, a, b = idle_pair
-    out = cli("status", "--target", a.address, "--json")
+    out = cli("status", "--target", a.address, "--format", "json")
     assert out.returncode == 0, out.stderr
     reply = json.loads(out.stdout)
     assert reply["node_id"] == a.node_id and reply["swarm_id"] == cluster.swarm_id
@@ -318,7 +318,8 @@ def test_status_cli(idle_pair: tuple[Cluster, Node, Node]) -> None:
     [closed] = free_ports(1)
     down = cli("status", "--target", f"{HOST}:{closed}", "--timeout", "2")
     assert down.returncode == 1 and not down.stdout
-    assert f"error: cannot get status from {HOST}:{closed}: UNAVAILABLE" in down.stderr
+    assert f"error: cannot get status from {HOST}:{closed}: connection refused" in down.stderr
+    assert "hint: is the node running" in down.stderr
 
 
 def test_handshake_refuses_other_fingerprint_and_swarm(

@@ -149,7 +149,7 @@ def test_predict_cli_on_a_deca_folder(cls_folder: Saved) -> None:
 def test_generate_cli_on_a_deca_folder(lm_folder: Saved) -> None:
     lm, vec, path = lm_folder
     prompt = "the cat sat on"
-    args = ["generate", str(path), "-p", prompt, "--no-chat-template", "--format", "jsonl"]
+    args = ["generate", str(path), "-p", prompt, "--no-chat-template", "--format", "json"]
     res = runner.invoke(app, [*args, "--max-new-tokens", "8"])
     assert res.exit_code == 0, res.output
     want = direct(lm, vec, lm.tokenizer.encode([prompt])[0], steps=8)

@@ -67,7 +67,7 @@ def test_greedy_output_is_model_generate_and_deterministic(
     data = tmp_path / "prompts.txt"
     data.write_text("\n".join(PROMPTS) + "\n\n")
     args = ["generate", str(path), "-i", str(data), "--max-new-tokens", str(STEPS)]
-    res = runner.invoke(app, [*args, "--format", "jsonl"])
+    res = runner.invoke(app, [*args, "--format", "json"])
     assert res.exit_code == 0, res.output
     got = rows(res.stdout)
     assert [r["prompt"] for r in got] == PROMPTS
@@ -76,7 +76,7 @@ def test_greedy_output_is_model_generate_and_deterministic(
         assert row["completion"] == as_text(want)
         assert row["tokens"] == len(want)
         assert row["stop"] == ("eos" if want[-1] == lm.tokenizer.eos_id else "length")
-    again = runner.invoke(app, [*args, "--format", "jsonl"])
+    again = runner.invoke(app, [*args, "--format", "json"])
     assert again.stdout == res.stdout
     plain = runner.invoke(app, args)
     assert plain.exit_code == 0, plain.output
@@ -87,7 +87,7 @@ def test_no_chat_template_continues_the_plain_text(
     saved: tuple[LoraModel, np.ndarray, Path],
 ) -> None:
     lm, vec, path = saved
-    args = ["generate", str(path), "-p", PROMPTS[1], "--no-chat-template", "--format", "jsonl"]
+    args = ["generate", str(path), "-p", PROMPTS[1], "--no-chat-template", "--format", "json"]
     res = runner.invoke(app, [*args, "--max-new-tokens", str(STEPS)])
     assert res.exit_code == 0, res.output
     want = direct(lm, vec, lm.tokenizer.encode([PROMPTS[1]])[0])
@@ -101,7 +101,7 @@ def test_messages_from_stdin_and_seeded_sampling(
     lm, vec, path = saved
     turns = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
     stdin = json.dumps({"messages": turns}) + "\n" + json.dumps({"prompt": PROMPTS[0]}) + "\n"
-    args = ["generate", str(path), "--format", "jsonl", "--max-new-tokens", str(STEPS)]
+    args = ["generate", str(path), "--format", "json", "--max-new-tokens", str(STEPS)]
     res = runner.invoke(app, args, input=stdin)
     assert res.exit_code == 0, res.output
     got = rows(res.stdout)
@@ -111,7 +111,7 @@ def test_messages_from_stdin_and_seeded_sampling(
     assert got[0]["completion"] == as_text(direct(lm, vec, rendered))
     assert got[1]["completion"] == as_text(direct(lm, vec, chat_ids(lm, PROMPTS[0])))
 
-    sample = ["generate", str(path), "-p", "abc", "--temperature", "1.5", "--format", "jsonl"]
+    sample = ["generate", str(path), "-p", "abc", "--temperature", "1.5", "--format", "json"]
     first = runner.invoke(app, [*sample, "--seed", "3", "--max-new-tokens", "40"])
     same = runner.invoke(app, [*sample, "--seed", "3", "--max-new-tokens", "40"])
     other = runner.invoke(app, [*sample, "--seed", "4", "--max-new-tokens", "40"])
@@ -170,7 +170,7 @@ def test_smollm2_answers_a_chat_prompt(tmp_path: Path, monkeypatch: pytest.Monke
     assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     question = "What is the capital of France? Answer in one word."
     args = ["generate", str(tmp_path / "adapter"), "-p", question, "--max-new-tokens", "16"]
-    res = runner.invoke(app, [*args, "--format", "jsonl"])
+    res = runner.invoke(app, [*args, "--format", "json"])
     assert res.exit_code == 0, res.output
     row = rows(res.stdout)[0]
     assert "Paris" in str(row["completion"]) and row["stop"] == "eos"

@@ -144,7 +144,7 @@ def test_export_merge_loads_in_plain_transformers(
     assert "full model (no LoRA)" in shown.stdout and "method" not in shown.stdout
 
     again = runner.invoke(app, ["export", str(path), "--merge", "--output", str(out)])
-    assert_user_error(again, "already exists")
+    assert again.exit_code == 2 and "already holds files" in again.stderr, again.output
     assert_user_error(runner.invoke(app, ["export", str(path), "--merge"]), "--output")
 
 

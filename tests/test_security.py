@@ -487,7 +487,7 @@ def test_mtls_swarm_mixes_and_strangers_cannot_join(cluster: Cluster, tmp_path: 
 
     # The CLI reads status over mTLS with the cli cert, and says what is missing without.
     cli = node_tls(pki, "cli")
-    ok = runner.invoke(app, ["status", "--target", n0.address, "--json", *cli])
+    ok = runner.invoke(app, ["status", "--target", n0.address, "--format", "json", *cli])
     assert ok.exit_code == 0, ok.output
     reply = json.loads(ok.stdout)
     assert reply["node_id"] == "n0" and reply["auth"] == "mtls"
@@ -496,8 +496,8 @@ def test_mtls_swarm_mixes_and_strangers_cannot_join(cluster: Cluster, tmp_path: 
     assert peers.exit_code == 0 and json.loads(peers.stdout)["node_id"] == "n1", peers.output
     bare = runner.invoke(app, ["status", "--target", n0.address, "--timeout", "3"])
     assert bare.exit_code == 1 and not bare.stdout
-    assert f"cannot get status from {n0.address}" in bare.stderr
-    assert "if the node serves mTLS, pass --tls-cert, --tls-key and --tls-ca" in bare.stderr
+    assert f"cannot get status from {n0.address}: the node closed the connection" in bare.stderr
+    assert "hint: the node wants mTLS: give --tls-cert, --tls-key and --tls-ca" in bare.stderr
     foreign = runner.invoke(
         app, ["status", "--target", n0.address, "--timeout", "3", *node_tls(other_pki, "x")]
     )

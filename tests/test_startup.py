@@ -213,7 +213,7 @@ def test_configuration_mistakes_name_where_they_were_made(tmp_path: Path) -> Non
 
 
 def test_unknown_environment_variables_are_warned_about_once(tmp_path: Path) -> None:
-    res = run("config", "--json", env={"DECLORA_RNAK": "4", "DECLORA_LR": "0.01"})
+    res = run("config", "--format", "json", env={"DECLORA_RNAK": "4", "DECLORA_LR": "0.01"})
     assert res.returncode == 0, res.stderr
     warnings = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
     assert warnings == [
@@ -354,7 +354,7 @@ def idle_pair(
 
 def test_status_json_keeps_types(idle_pair: tuple[Cluster, Node, Node]) -> None:
     _, a, b = idle_pair
-    res = run("status", "--target", a.address, "--json")
+    res = run("status", "--target", a.address, "--format", "json")
     assert res.returncode == 0, res.stderr
     reply = json.loads(res.stdout)
     for key in ("round", "step", "bytes_sent", "bytes_received", "total_rounds"):
@@ -385,13 +385,14 @@ def test_status_answers_without_building_the_cli(idle_pair: tuple[Cluster, Node,
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     res = subprocess.run(
-        [sys.executable, "-X", "importtime", *CLI[1:], "status", "--target", a.address, "--json"],
+        [sys.executable, "-X", "importtime", *CLI[1:], "status", "--target", a.address,
+         "--format", "json"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     wall = time.monotonic() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-    print(f"status --json: {wall:.2f}s wall, {cpu:.2f}s CPU (with -X importtime)")
+    print(f"status --format json: {wall:.2f}s wall, {cpu:.2f}s CPU (with -X importtime)")
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads(res.stdout)["node_id"] == a.node_id
     imported = {
