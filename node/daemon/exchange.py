@@ -34,7 +34,7 @@ import numpy as np
 from declora.node import faults
 from declora.node.daemon.handshake import Auth, Handshaker
 from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD, Inbox
-from declora.node.daemon.peers import Peer, PeerTable
+from declora.node.daemon.peers import SILENT_GRACE, SILENT_ROUNDS, Peer, PeerTable
 from declora.node.daemon.state import Identity, Progress
 from declora.node.daemon.status import Counters, RoundReport
 from declora.node.dec_lora import DecLoraNode, TrainerSnapshot
@@ -93,6 +93,8 @@ class Exchange:
     async def exchange(self, r: int) -> None:
         """Push round `r`'s payload to every live neighbour, wait for theirs, mix."""
         faults.crash_point("before_send")
+        if self.peers.rounds_began is None:  # neighbours' silence counts from now
+            self.peers.rounds_began = time.monotonic()
         delta = self.node.outgoing()
         tracker = self.node.tracker_outgoing() or b""  # after outgoing: the rng's order
         message = delta + tracker if tracker else delta
@@ -111,6 +113,7 @@ class Exchange:
     def observe_round(self, seconds: float) -> None:
         """Record a completed round's wall time (train + exchange) for the deadline."""
         self.recent = [*self.recent[-(RECENT_ROUNDS - 1) :], seconds]
+        self.peers.silence_limit = max(SILENT_GRACE, SILENT_ROUNDS * max(self.recent))
 
     def deadline_seconds(self) -> float:
         """How long this round waits for neighbours: `ADAPTIVE_FACTOR` x the median

@@ -55,6 +55,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 
@@ -324,6 +325,7 @@ class Handshaker:
         self.counters = counters
         self.discovery = discovery
         self.refusals = RefusalLog("refused handshakes")
+        self.releases = RefusalLog("released slots of silent neighbours")
 
     def hello(self, receiver: str = "", session: bytes = b"") -> pb.Hello:
         """This node's Hello for `receiver` with the token it must present to us;
@@ -384,7 +386,7 @@ class Handshaker:
             self.counters.count("handshake")
             self.refusals.warning("refused handshake from %s: %s", who, reason)
             return pb.Welcome(accepted=False, reason=reason)
-        admitted = self.peers.admit(request, host=host)
+        admitted = self._admit(request, host=host)
         if admitted is None:
             return pb.Welcome(accepted=False, reason="node has its maximum of neighbours")
         return pb.Welcome(
@@ -446,7 +448,24 @@ class Handshaker:
         if reason:
             log.warning("not joining %s: %s", address, reason)
             return None
-        return self.peers.admit(node, dialled=address, configured=configured)
+        return self._admit(node, dialled=address, configured=configured)
+
+    def _admit(self, hello: pb.Hello, **how: Any) -> Peer | None:
+        """`PeerTable.admit`; when the live set is full, a silent neighbour's slot is
+        released for it (`PeerTable.release_silent`), logged rate-limited."""
+        peer = self.peers.admit(hello, **how)
+        if peer is not None or len(self.peers.live) < self.peers.max_neighbors:
+            return peer
+        released = self.peers.release_silent()
+        if released is None:
+            return None
+        self.releases.warning(
+            "released the slot of neighbour %s (no valid payload for %.0f s) for %s",
+            released.node_id,
+            time.monotonic() - max(released.quiet_since, self.peers.rounds_began or 0.0),
+            shown(hello.node_id),
+        )
+        return self.peers.admit(hello, **how)
 
     def candidates(self) -> list[str]:
         """Addresses discovery offers: unnamed ones, and the chosen named ones."""
@@ -475,6 +494,7 @@ class Handshaker:
     def flush_refusals(self, final: bool = False) -> None:
         """Sum up the refusals not logged in full (`RefusalLog`); `final` at exit."""
         self.refusals.flush(final)
+        self.releases.flush(final)
         self.auth.refusals.flush(final)
 
     async def reconnect_forever(self) -> None:

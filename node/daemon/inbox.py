@@ -258,6 +258,7 @@ class Inbox:
         peer.expected_seq = int(h.seq) + 1
         peer.bytes_received += len(payload.data)
         peer.last_seen = time.time()
+        peer.quiet_since = time.monotonic()  # it holds its slot (`PeerTable.silent`)
         self.node.bytes_received += len(payload.data)
         self.metrics.bytes_received.inc(len(payload.data))
         self.progress.wake()

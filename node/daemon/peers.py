@@ -22,6 +22,12 @@ Invariants callers may rely on:
   host;
 - `round` is what this node verified (a validated payload's round - 1); `claimed_round`
   is what the peer's Hello said, bounded, and moves nothing by itself;
+- a live peer that has delivered no validated payload for `silence_limit` s of this
+  node's rounds (`SILENT_GRACE`, or `SILENT_ROUNDS` of its recent rounds when longer;
+  counted from its handshake, or from its last payload) holds its slot only until
+  another peer wants it (`release_silent`): ids that shake hands and then stay silent
+  cannot keep honest peers out; an id that never delivered keeps its clock across
+  re-handshakes, so re-joining does not buy it a new grace;
 - a peer that is not live is re-dialled with exponential backoff; one that introduced
   itself (an inbound Hello) and never delivered a validated payload is re-dialled at
   most once;
@@ -51,6 +57,8 @@ BACKOFF_FIRST = 2.0  # seconds before the first re-dial of a peer not live, then
 BACKOFF_MAX = 60.0  # up to this for peers that introduced themselves
 BACKOFF_MAX_CONFIGURED = 8.0  # and this for static or discovered addresses
 TOKEN_BYTES = 16
+SILENT_GRACE = 60.0  # seconds a live neighbour may deliver nothing before its slot is free...
+SILENT_ROUNDS = 3  # ...or this many of this node's recent rounds, when that is longer
 
 
 def new_token() -> bytes:
@@ -69,6 +77,7 @@ class Peer:
     claimed_round: int = 0  # what its Hello said (bounded); moves nothing by itself
     seq: int = 0
     last_seen: float = 0.0
+    quiet_since: float = field(default_factory=time.monotonic)  # no valid payload since
     missed: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
@@ -114,6 +123,8 @@ class PeerTable:
         self.peers: dict[str, Peer] = {}
         self.leaving: dict[str, str] = {}  # left after sending this round's payload: why
         self.pending_tokens: dict[str, bytes] = {}  # address -> token offered in a dial
+        self.silence_limit = SILENT_GRACE  # seconds (`release_silent`); `Exchange` raises it
+        self.rounds_began: float | None = None  # monotonic: silence counts from then on
 
     def get(self, node_id: str) -> Peer | None:
         return self.peers.get(node_id)
@@ -176,8 +187,10 @@ class PeerTable:
         peer = self.peers.get(hello.node_id)
         if peer is not None and not dialled and bytes(hello.session) != peer.token_out:
             peer.token_prev, peer.token_in = peer.token_used or peer.token_in, new_token()
+        if (peer is None or not peer.live) and len(self.live) >= self.max_neighbors:
+            return None  # a known id that is not live takes a slot too
         if peer is None:
-            if len(self.live) >= self.max_neighbors or not self._make_room(hello):
+            if not self._make_room(hello):
                 return None
             peer = Peer(node_id=hello.node_id, address=hello.listen_address)
             self.peers[hello.node_id] = peer
@@ -201,6 +214,8 @@ class PeerTable:
                 peer.expected_seq, peer.send_keyframe = None, True
             if not peer.live:
                 log.info("neighbour %s (%s) joined the live set", peer.node_id, peer.address)
+                if peer.proven:  # it delivered before: a new grace (one that never did: none)
+                    peer.quiet_since = time.monotonic()
         peer.live = True
         peer.missed = 0
         peer.dials = 0
@@ -237,9 +252,32 @@ class PeerTable:
         if peer.channel is not None:
             self.transport.close_later(peer.channel, self.close_grace)
 
-    def drop(self, peer: Peer, why: str) -> None:
-        """Take `peer` out of the live set; its public copy is forgotten."""
-        if peer.live:
+    def silent(self, now: float | None = None) -> list[Peer]:
+        """Live peers that delivered no validated payload for `silence_limit` s of this
+        node's rounds (none before its first round), the longest silent first."""
+        if self.rounds_began is None:
+            return []
+        now = time.monotonic() if now is None else now
+        began = self.rounds_began
+
+        def since(p: Peer) -> float:
+            return max(p.quiet_since, began)
+
+        return sorted((p for p in self.live if now - since(p) > self.silence_limit), key=since)
+
+    def release_silent(self) -> Peer | None:
+        """Drop the longest silent live peer (`silent`) to free its slot; it, or None.
+        Logged by the caller (the handshake, rate-limited)."""
+        silent = self.silent()
+        if not silent:
+            return None
+        self.drop(silent[0], "silent: its slot was released", quiet=True)
+        return silent[0]
+
+    def drop(self, peer: Peer, why: str, quiet: bool = False) -> None:
+        """Take `peer` out of the live set; its public copy is forgotten (`quiet`: the
+        caller logs it)."""
+        if peer.live and not quiet:
             log.warning("neighbour %s left the live set: %s", peer.node_id, why)
         peer.live = False
         peer.expected_seq = None
