@@ -281,7 +281,7 @@ def inspect(
 
 @app.command()
 def certs(
-    out: Annotated[Path, typer.Option(help="Folder to write the PEM files into.")],
+    out: Annotated[Path, typer.Option("--output", help="Folder to write the PEM files into.")],
     nodes: Annotated[str, typer.Option(help="Node names, comma-separated: node-0,node-1.")],
     hosts: Annotated[
         str, typer.Option(help="Every host name or IP the nodes are dialled at, comma-separated.")
@@ -295,7 +295,7 @@ def certs(
     def split(v: str) -> list[str]:
         return [x.strip() for x in v.split(",") if x.strip()]
 
-    _check_output(out, "--out")
+    _check_output(out, "--output")
     try:
         minted = mint(out, split(nodes), split(hosts), days, force)
     except CertsError as exc:

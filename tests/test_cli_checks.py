@@ -155,8 +155,8 @@ def test_config_format_json_is_the_settings(tmp_path: Path) -> None:
         (["simulate", *TINY, "--output", "afile"], "--output"),
         (["lab", *TINY, "--output", "afile"], "--output"),
         (["lab", *TINY, "--output", "afile/sub"], "--output"),
-        (["certs", "--out", "afile", "--nodes", "n0"], "--out"),
-        (["certs", "--out", "afile/sub", "--nodes", "n0"], "--out"),
+        (["certs", "--output", "afile", "--nodes", "n0"], "--output"),
+        (["certs", "--output", "afile/sub", "--nodes", "n0"], "--output"),
     ],
 )
 def test_unusable_output_folders(

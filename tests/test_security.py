@@ -265,7 +265,7 @@ def test_auth_mode_and_loopback() -> None:
 
 
 def mint(out: Path, nodes: str, *more: str) -> None:
-    res = runner.invoke(app, ["certs", "--out", str(out), "--nodes", nodes, *more])
+    res = runner.invoke(app, ["certs", "--output", str(out), "--nodes", nodes, *more])
     assert res.exit_code == 0, res.output
 
 
@@ -286,7 +286,7 @@ def test_certs_command_mints_a_ca_and_node_and_client_certs(tmp_path: Path) -> N
         app,
         [
             "certs",
-            "--out",
+            "--output",
             str(out),
             "--nodes",
             "node-0,node-1",
@@ -326,13 +326,13 @@ def test_certs_command_mints_a_ca_and_node_and_client_certs(tmp_path: Path) -> N
     assert stat.S_IMODE((out / "ca-key.pem").stat().st_mode) == 0o600
 
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    again = runner.invoke(app, ["certs", "--out", str(out), "--nodes", "node-0"])
+    again = runner.invoke(app, ["certs", "--output", str(out), "--nodes", "node-0"])
     assert again.exit_code == 2 and "not overwriting" in again.stderr and "--force" in again.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    forced = runner.invoke(app, ["certs", "--out", str(out), "--nodes", "node-0", "--force"])
+    forced = runner.invoke(app, ["certs", "--output", str(out), "--nodes", "node-0", "--force"])
     assert forced.exit_code == 0, forced.output
     assert (out / "ca.pem").read_bytes() != before["ca.pem"]
-    bad = runner.invoke(app, ["certs", "--out", str(tmp_path / "x"), "--nodes", "cli"])
+    bad = runner.invoke(app, ["certs", "--output", str(tmp_path / "x"), "--nodes", "cli"])
     assert bad.exit_code == 2 and "reserved" in bad.stderr and not (tmp_path / "x").exists()
 
 
