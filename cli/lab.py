@@ -56,12 +56,20 @@ class LabConfig(Recipe):
     partition_scheme: str = Field(
         "dirichlet:0.5", description="iid, dirichlet:A, skew[:P], shards:K"
     )
-    rounds: int = Field(60, ge=1, description="training rounds")
-    max_eval: int = Field(200, ge=0, description="test examples each node evaluates on")
-    eval_every: int = Field(20, ge=0, description="evaluate every N rounds (and at the end)")
-    consensus_rounds: int = Field(50, ge=0, description="most gossip-only rounds at the end")
+    rounds: int = Field(60, ge=1, le=10_000_000, description="training rounds")
+    max_eval: int = Field(
+        200, ge=0, le=10_000_000, description="test examples each node evaluates on"
+    )
+    eval_every: int = Field(
+        20, ge=0, le=1_000_000, description="evaluate every N rounds (and at the end)"
+    )
+    consensus_rounds: int = Field(
+        50, ge=0, le=1_000_000, description="most gossip-only rounds at the end"
+    )
     base_port: int = Field(7300, ge=0, le=65535, description="first port (0: any free)")
-    round_deadline: float = Field(120.0, gt=0, description="seconds to wait for neighbours")
+    round_deadline: float = Field(
+        120.0, gt=0, le=86_400, description="seconds to wait for neighbours"
+    )
     centralized: bool = Field(True, description="also train the centralized reference")
     central_lr: float = Field(
         BASE_LR, gt=0, le=1, description="AdamW learning rate of the centralized reference"

@@ -105,7 +105,11 @@ class DataRecipe(BaseModel):
     )
     rank: int = Field(8, ge=1, le=1024, description="LoRA rank r")
     alpha: int | None = Field(
-        None, ge=1, description="LoRA alpha", json_schema_extra={"default_text": "2 x rank"}
+        None,
+        ge=1,
+        le=4096,
+        description="LoRA alpha",
+        json_schema_extra={"default_text": "2 x rank"},
     )
     targets: Annotated[tuple[str, ...], NoDecode] = Field(
         (),
@@ -186,15 +190,20 @@ class TrainingRecipe(DataRecipe):
     the method."""
 
     # local training
-    local_steps: int = Field(1, ge=1, description="K local steps between exchanges")
-    rounds: int = Field(0, ge=0, description="training rounds (0 = until stopped)")
+    local_steps: int = Field(1, ge=1, le=100_000, description="K local steps between exchanges")
+    rounds: int = Field(0, ge=0, le=10_000_000, description="training rounds (0 = until stopped)")
     lr: float = Field(
         4e-3, gt=0, le=1, description="AdamW learning rate (each node's: x sqrt(--swarm-size))"
     )
-    batch_size: int = Field(16, ge=1, description="examples per local step")
-    seed: int = Field(0, ge=0, description="swarm-wide seed (adapter init, data split)")
+    batch_size: int = Field(16, ge=1, le=65_536, description="examples per local step")
+    seed: int = Field(
+        0, ge=0, le=2**32 - 1, description="swarm-wide seed (adapter init, data split)"
+    )
     grad_accumulation: int = Field(
-        1, ge=1, description="micro-batches of --batch-size per local step (optimizer step)"
+        1,
+        ge=1,
+        le=4096,
+        description="micro-batches of --batch-size per local step (optimizer step)",
     )
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in the backward pass (less memory, slower)"
@@ -214,15 +223,17 @@ class TrainingRecipe(DataRecipe):
     warmup_steps: int | None = Field(
         None,
         ge=0,
+        le=10_000_000,
         description="optimizer steps of linear warmup from the start of round 1",
         json_schema_extra={"default_text": f"{WARMUP_SHARE:.0%} of a decaying schedule"},
     )
     max_grad_norm: float = Field(
         0.0,
         ge=0,
+        le=1e6,
         description="clip gradients to this norm, in units of a batch's mean gradient (0 = off)",
     )
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    weight_decay: float = Field(0.0, ge=0, le=1.0, description="AdamW weight decay")
     method: Method = Field(
         DEFAULT_METHOD,
         description="dec-lora, conlora (A frozen, B gossiped), decaf (product mixing), "
@@ -332,13 +343,20 @@ class Recipe(TrainingRecipe):
         "tracking's z: one step along the neighbours' mixed gradient (needs tracking, K=1)",
         json_schema_extra={"default_text": "on in simulate/lab where allowed"},
     )
-    consensus_rounds: int = Field(0, ge=0, description="gossip-only rounds after the last one")
-    consensus_tol: float = Field(1e-3, gt=0, description="consensus finish stops below this")
+    consensus_rounds: int = Field(
+        0, ge=0, le=1_000_000, description="gossip-only rounds after the last one"
+    )
+    consensus_tol: float = Field(
+        1e-3, gt=0, le=1e6, description="consensus finish stops below this"
+    )
     # evaluation
-    eval_every: int = Field(1, ge=0, description="evaluate every N rounds (0 = only at the end)")
+    eval_every: int = Field(
+        1, ge=0, le=1_000_000, description="evaluate every N rounds (0 = only at the end)"
+    )
     max_eval: int | None = Field(
         None,
         ge=0,
+        le=10_000_000,
         description="cap on test and validation examples each (0 = all)",
         json_schema_extra={"default_text": f"all for cls, {LM_EVAL_CAP} for lm"},
     )

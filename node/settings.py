@@ -116,11 +116,15 @@ class NodeSettings(BaseSettings, Recipe):
     min_peers: int | None = Field(
         None,
         ge=-1,
+        le=4096,
         description="live neighbours to wait for at start; -1: every static peer",
         json_schema_extra={"default_text": "1 with --peers or --mdns, 0 with --solo"},
     )
     startup_timeout: float = Field(
-        60.0, ge=0, description="seconds to wait for --min-peers, then exit 1 saying why"
+        60.0,
+        ge=0,
+        le=604_800,
+        description="seconds to wait for --min-peers, then exit 1 saying why",
     )
     # this node's share of a dataset (labs and experiments)
     partition: str = Field("", description="this node's share: 'i/N' (0-based), empty = all")
@@ -131,9 +135,14 @@ class NodeSettings(BaseSettings, Recipe):
         description="share of the node's data held out for validation (lab, simulate: 0.1)",
     )
     # rounds and devices
-    round_deadline: float = Field(60.0, gt=0, description="seconds to wait for neighbours")
+    round_deadline: float = Field(
+        60.0, gt=0, le=86_400, description="seconds to wait for neighbours"
+    )
     consensus_rounds: int = Field(
-        50, ge=0, description="gossip-only rounds after the last one, until neighbours agree"
+        50,
+        ge=0,
+        le=1_000_000,
+        description="gossip-only rounds after the last one, until neighbours agree",
     )
     # persistence
     checkpoint_dir: Path | None = Field(
@@ -141,7 +150,9 @@ class NodeSettings(BaseSettings, Recipe):
         description="checkpoints, rounds.jsonl and the final adapter",
         json_schema_extra={"default_text": "declora-state/<node-id>"},
     )
-    checkpoint_every: int = Field(5, ge=1, description="training rounds between checkpoints")
+    checkpoint_every: int = Field(
+        5, ge=1, le=1_000_000, description="training rounds between checkpoints"
+    )
     resume: bool | Literal["auto"] = Field(
         False,
         description="continue from the latest checkpoint (auto, set in the environment or a "
@@ -150,7 +161,7 @@ class NodeSettings(BaseSettings, Recipe):
     # operations
     metrics_port: int = Field(0, ge=0, le=65535, description="0 = no metrics endpoint")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
-    threads: int = Field(0, ge=0, description="torch threads (0 = torch default)")
+    threads: int = Field(0, ge=0, le=1024, description="torch threads (0 = torch default)")
     log_format: Literal["text", "json"] = Field("text", description="text or json lines")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="DEBUG, INFO, WARNING or ERROR"
@@ -168,11 +179,11 @@ class NodeSettings(BaseSettings, Recipe):
     )
     max_known_peers: int = Field(64, ge=1, le=4096, description="peer table size")
     max_value: float = Field(
-        1e4, gt=0, description="largest |value| accepted in a peer's adapter or z message"
+        1e4, gt=0, le=1e30, description="largest |value| accepted in a peer's adapter or z message"
     )
     max_pushes_per_round: int = Field(6, ge=3, le=1000, description="per sender and round")
-    max_handshakes_per_minute: int = Field(600, ge=1, description="per remote host")
-    max_pulls_per_minute: int = Field(12, ge=1, description="per remote host")
+    max_handshakes_per_minute: int = Field(600, ge=1, le=1_000_000, description="per remote host")
+    max_pulls_per_minute: int = Field(12, ge=1, le=100_000, description="per remote host")
     # security (see node/security.py)
     tls_cert: Path | None = Field(None, description="this node's PEM certificate (mTLS)")
     tls_key: Path | None = Field(None, description="its PEM private key")

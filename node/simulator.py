@@ -48,23 +48,29 @@ class SimConfig(Recipe):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    nodes: int = Field(8, ge=1, description="virtual nodes")
+    nodes: int = Field(8, ge=1, le=1024, description="virtual nodes")
     topology: str = Field("ring", description="ring, complete, er:P, torus[:RxC], star")
     mixing: str = Field("mh", description="mixing weights: mh, laplacian or uniform")
     partition_scheme: str = Field(
         "dirichlet:0.1",
         description="how a dataset is shared out: iid, dirichlet:A, skew[:P], shards:K",
     )
-    rounds: int = Field(60, ge=0, description="training rounds")
-    consensus_rounds: int = Field(300, ge=0, description="most gossip-only rounds at the end")
-    eval_every: int = Field(1, ge=1, description="evaluate the averaged model every N rounds")
-    node_eval_every: int = Field(5, ge=1, description="evaluate every node every N rounds")
-    max_train: int = Field(0, ge=0, description="cap on training examples (0 = all)")
+    rounds: int = Field(60, ge=0, le=10_000_000, description="training rounds")
+    consensus_rounds: int = Field(
+        300, ge=0, le=1_000_000, description="most gossip-only rounds at the end"
+    )
+    eval_every: int = Field(
+        1, ge=1, le=1_000_000, description="evaluate the averaged model every N rounds"
+    )
+    node_eval_every: int = Field(
+        5, ge=1, le=1_000_000, description="evaluate every node every N rounds"
+    )
+    max_train: int = Field(0, ge=0, le=10_000_000, description="cap on training examples (0 = all)")
     centralized: bool = Field(True, description="also train centralized LoRA on the same samples")
     eval_before_consensus: bool = Field(
         True, description="also evaluate every node before the consensus finish"
     )
-    threads: int | None = Field(None, ge=1, description="torch threads (default: torch's)")
+    threads: int | None = Field(None, ge=1, le=1024, description="torch threads (default: torch's)")
     byzantine: Annotated[tuple[int, ...], NoDecode] = Field(
         (), description="indices of the attacking nodes, e.g. 0,4"
     )

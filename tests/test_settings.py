@@ -274,3 +274,30 @@ def test_explicit_advertise_and_node_id() -> None:
     assert s.node_id == "node-fe80--1-9000"
     assert load_settings({"node_id": "n1"}).node_id == "n1"
     assert isinstance(s, NodeSettings)
+
+
+def test_every_number_a_user_gives_is_bounded() -> None:
+    """Every int or float option of start, simulate and lab has an upper bound (a huge
+    value or inf is one clear error before anything starts, never an overflow later)."""
+    import types
+
+    import annotated_types
+
+    from declora.cli.lab import LabConfig
+    from declora.node.simulator import SimConfig
+
+    unbounded = []
+    for model in (NodeSettings, SimConfig, LabConfig):
+        for name, info in model.model_fields.items():
+            ann = info.annotation
+            kinds = ann.__args__ if isinstance(ann, types.UnionType) else (ann,)
+            if not {int, float} & set(kinds):
+                continue
+            if not any(
+                isinstance(m, annotated_types.Le | annotated_types.Lt) for m in info.metadata
+            ):
+                unbounded.append(f"{model.__name__}.{name}")
+    assert unbounded == []
+    for option, value in (("round_deadline", "inf"), ("seed", str(2**40)), ("threads", "10000")):
+        with pytest.raises(SettingsError, match=f"--{option.replace('_', '-')}"):
+            resolve_settings({option: value}, None)
