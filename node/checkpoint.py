@@ -43,6 +43,11 @@ class CheckpointError(RuntimeError):
     """No usable checkpoint, or one written for another adapter."""
 
 
+class CheckpointMismatch(CheckpointError):
+    """The checkpoint was written for another configuration (labels, spec, recipe): the
+    user's options, not the files, are what to change."""
+
+
 @dataclass
 class NodeState:
     """What a node needs to continue: adapter, optimizer, sampler and gossip state."""
@@ -185,7 +190,7 @@ def load(root: Path, lm: LoraModel) -> NodeState:
         from declora.node.adapter_io import recorded_differences
 
         diffs = recorded_differences(path / "adapter", lm)  # "there": the checkpoint's
-        raise CheckpointError(
+        raise CheckpointMismatch(
             f"{path} was written for fingerprint {raw['fingerprint']}, "
             f"this node has {lm.fingerprint}" + (f": {'; '.join(diffs)}" if diffs else "")
         )

@@ -324,8 +324,12 @@ def test_a_checkpoint_of_another_configuration_names_what_differs(
     other = LoraModel(
         replace(TINY_SPEC, rank=2), num_labels=NUM_CLASSES - 1, label_names=CLASS_NAMES[:-1]
     )
-    with pytest.raises(checkpoint.CheckpointError) as info:
+    with pytest.raises(checkpoint.CheckpointMismatch) as info:
         checkpoint.load(tmp_path, other)
+    from declora.node.daemon.startup import CONFIG, as_user_error
+
+    mistake = as_user_error(info.value)
+    assert mistake is not None and mistake.code == CONFIG and "resume with" in mistake.hint
     message = str(info.value)
     assert f"labels: 5 {list(CLASS_NAMES)} there, 4 {list(CLASS_NAMES[:-1])} here" in message
     assert "rank: 4 there, 2 here" in message

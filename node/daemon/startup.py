@@ -68,6 +68,14 @@ def as_user_error(exc: BaseException) -> UserError | None:
         cls = _error_class(module, name)
         if cls is not None and isinstance(exc, cls):
             return UserError(str(exc), CONFIG)
+    mismatch = _error_class("declora.node.checkpoint", "CheckpointMismatch")
+    if mismatch is not None and isinstance(exc, mismatch):
+        return UserError(
+            str(exc),
+            CONFIG,
+            "resume with the data, --labels and options that run used, or begin afresh in "
+            "another --checkpoint-dir (this one is kept)",
+        )
     checkpoint_error = _error_class("declora.node.checkpoint", "CheckpointError")
     if checkpoint_error is not None and isinstance(exc, checkpoint_error):
         return UserError(
