@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import base64
-import ipaddress
 import math
 import os
-import re
 import time
 from typing import Any
 
@@ -14,16 +12,13 @@ import grpc
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from declora.node.address import split_address
 from declora.node.security import SwarmAuth, TlsFiles
 from declora.proto import pb, pb_grpc
 
 STATUS_TARGET = "127.0.0.1:7070"
 STATUS_TIMEOUT = 5.0  # seconds
 MAX_TIMEOUT = 3600.0  # seconds: the longest --timeout of a call to a node
-# host:port, [IPv6]:port (node/settings.py ADDRESS, without importing pydantic)
-_TARGET = re.compile(
-    r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>\d{1,5})$"
-)
 
 
 class StatusError(RuntimeError):
@@ -36,16 +31,11 @@ class StatusError(RuntimeError):
 
 def target_problem(target: str) -> str | None:
     """Why `target` is not a node's address (host:port, [IPv6]:port), or None."""
-    m = _TARGET.match(target)
-    if m and 0 < int(m.group("port")) < 65536:
-        if not m.group("v6"):
-            return None
-        try:
-            ipaddress.IPv6Address(m.group("v6"))
-            return None
-        except ValueError:
-            pass
-    return f"--target must be host:port (127.0.0.1:7070, [::1]:7070), got {target!r}"
+    try:
+        split_address(target)
+    except ValueError:
+        return f"--target must be host:port (127.0.0.1:7070, [::1]:7070), got {target!r}"
+    return None
 
 
 def timeout_problem(timeout: float) -> str | None:

@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import functools
 import hashlib
-import ipaddress
 import logging
 import re
 import socket
@@ -54,6 +53,7 @@ from zeroconf import (
 )
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from declora.node.address import ip_of, join_address, split_address
 from declora.node.identity import node_id_problem, shown
 
 __all__ = [
@@ -69,9 +69,6 @@ __all__ = [
 SERVICE_TYPE = "_declora._tcp.local."
 
 _LOG = logging.getLogger(__name__)
-_ADDRESS = re.compile(
-    r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>\d{1,5})$"
-)
 _MAX_LABEL = 63  # bytes in one DNS label (the service instance name)
 _MAX_TXT_ENTRY = 255  # bytes in one TXT "key=value" string
 MAX_SERVICES = 1024  # services tracked at once (the LAN's announcements bound nothing)
@@ -100,37 +97,6 @@ class Discovery(Protocol):
 
 
 # --------------------------------------------------------------------------- addresses
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """``"host:port"`` or ``"[v6]:port"`` -> ``(host, port)``; ValueError if malformed."""
-    m = _ADDRESS.match(address.strip())
-    port = int(m.group("port")) if m else 0
-    if not m or not 0 < port < 65536:
-        raise ValueError(f"{address!r} is not host:port")
-    host = m.group("v6") or m.group("host")
-    if m.group("v6"):
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"{address!r}: {host!r} is not an IPv6 address") from None
-    return host, port
-
-
-def join_address(host: str, port: int) -> str:
-    """``(host, port)`` -> ``"host:port"``, bracketing IPv6 literals."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def ip_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The IP literal `host` (an IPv4-mapped IPv6 address as IPv4), None for a name."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 def _is_loopback(host: str) -> bool:

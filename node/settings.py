@@ -24,12 +24,12 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from declora.node.address import split_address
 from declora.node.identity import node_id_problem
 from declora.node.recipe import Recipe
 from declora.node.security import TlsFiles
 
 BOOL_WORDS = frozenset({"true", "false", "1", "0", "yes", "no", "on", "off", "t", "f", "y", "n"})
-ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 
 
 class ConfigFileError(ValueError):
@@ -65,10 +65,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 def check_address(value: str) -> str:
-    m = ADDRESS.match(value)
-    if not m or not 0 < int(m.group(2)) < 65536:
-        raise ValueError(f"{value!r} is not host:port")
-    return value
+    """`value` if it is host:port or [IPv6]:port (ValueError naming it otherwise)."""
+    split_address(value)
+    return value.strip()
 
 
 class _FileSource(PydanticBaseSettingsSource):

@@ -60,11 +60,12 @@ from typing import Any
 import grpc
 
 from declora.node import PROTOCOL_VERSION, __version__
+from declora.node.address import ip_of, split_address
 from declora.node.daemon.peers import Peer, PeerTable
 from declora.node.daemon.state import Progress
 from declora.node.daemon.status import Counters
 from declora.node.daemon.transport import Transport
-from declora.node.discovery import Discovery, ip_of, select_neighbors, split_address
+from declora.node.discovery import Discovery, select_neighbors
 from declora.node.identity import (
     MAX_DEGREE,
     MAX_ROUND,
