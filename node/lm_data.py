@@ -1,9 +1,12 @@
 """Causal-LM data: the formats a user's rows come in, and their encoding for training.
 
 Formats (`Recipe.data_format`; `auto` picks the first whose columns are present):
-- `messages`: a list of {role, content} turns in `messages_column`;
+- `messages`: a list of {role, content} turns in `messages_column` (ShareGPT's
+  {from, value} turns too, and its "conversations" column when the default "messages"
+  is absent);
 - `prompt-response`: `prompt_column` and `response_column` (auto and an absent default
-  "response" column also accept "completion");
+  "response" column also accept "completion"): two texts, or TRL's conversational
+  prompt-completion (the prompt's turns, then the completion's assistant turns);
 - `instruction`: the conventional `instruction`, optional `input` and `output` columns
   (the user turn is the instruction, then a blank line and the input when there is one);
 - `text`: one document per row in `text_column` (the fallback, and the embedded BBC News).
@@ -41,6 +44,7 @@ from declora.node.models import ModelError, Tokenizer
 IGNORE = -100  # the label of a token that carries no loss
 INSTRUCTION, INPUT, OUTPUT = "instruction", "input", "output"
 COMPLETION = "completion"  # accepted for prompt-response when "response" is absent
+CONVERSATIONS = "conversations"  # ShareGPT's chat column, when "messages" is absent
 CHAT_EXAMPLE = '[{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]'
 
 
@@ -61,13 +65,20 @@ class LmFormat:
         """The format of a split with these columns ("text" when nothing else fits)."""
         if self.data_format != "auto":
             return self.data_format
-        if self.messages_column in columns:
+        if self._messages(columns) in columns:
             return "messages"
         if self.prompt_column in columns and self._response(columns) in columns:
             return "prompt-response"
         if INSTRUCTION in columns and OUTPUT in columns:
             return "instruction"
         return "text"
+
+    def _messages(self, columns: Sequence[str]) -> str:
+        """The chat column: `messages_column`, or ShareGPT's "conversations" when the
+        default "messages" is absent."""
+        if self.messages_column == "messages" and "messages" not in columns:
+            return CONVERSATIONS if CONVERSATIONS in columns else self.messages_column
+        return self.messages_column
 
     def _response(self, columns: Sequence[str]) -> str:
         if self.response_column == "response" and "response" not in columns:
@@ -87,14 +98,11 @@ class LmFormat:
                 )
             return read_texts(ds, where, self.text_column), None
         if fmt == "messages":
-            values, _ = column_values(ds, where, self.messages_column, "chat", "--messages-column")
-            chats = tuple(_chat(v, n, where, self.messages_column) for n, v in enumerate(values, 1))
+            column = self._messages(columns)
+            values, _ = column_values(ds, where, column, "chat", "--messages-column")
+            chats = tuple(_chat(v, n, where, column) for n, v in enumerate(values, 1))
         elif fmt == "prompt-response":
-            prompts = _strings(ds, where, self.prompt_column, "prompt", "--prompt-column")
-            responses = _strings(
-                ds, where, self._response(columns), "response", "--response-column"
-            )
-            chats = tuple(_one_turn(p, r) for p, r in zip(prompts, responses, strict=True))
+            chats = self._pairs(ds, where, columns)
         else:
             for column in (INSTRUCTION, OUTPUT):
                 if column not in columns:
@@ -111,6 +119,48 @@ class LmFormat:
             )
         texts = tuple("\n".join(f"{role}: {content}" for role, content in c) for c in chats)
         return texts, chats
+
+    def _pairs(self, ds: Any, where: str, columns: Sequence[str]) -> tuple[Chat, ...]:
+        """prompt-response rows: two texts (one user turn and its reply), or TRL's
+        conversational form: the prompt a list of turns (no assistant turn: only the
+        completion is trained), the completion a list of assistant turns or a text."""
+        response = self._response(columns)
+        raw, _ = column_values(ds, where, self.prompt_column, "prompt", "--prompt-column")
+        if not raw or not _is_turns(raw[0]):  # row 1 decides: texts or turns
+            prompts = _strings(ds, where, self.prompt_column, "prompt", "--prompt-column")
+            responses = _strings(ds, where, response, "response", "--response-column")
+            return tuple(_one_turn(p, r) for p, r in zip(prompts, responses, strict=True))
+        replies, _ = column_values(ds, where, response, "response", "--response-column")
+        chats = []
+        for number, (prompt, reply) in enumerate(zip(raw, replies, strict=True), 1):
+            at = f"{where}: row {number}"
+            if not _is_turns(prompt):
+                raise DataError(
+                    f"{at}: the prompt in {self.prompt_column!r} is not a list of turns "
+                    "(row 1's is)",
+                    "write every prompt as chat turns, or every prompt as a text",
+                )
+            turns = _chat_turns(list(prompt), number, where, self.prompt_column)
+            if any(role == "assistant" for role, _ in turns):
+                raise DataError(
+                    f"{at}: the prompt in {self.prompt_column!r} holds an assistant turn",
+                    "only the completion is trained: put such a conversation in a 'messages' "
+                    "column instead, where every assistant turn is",
+                )
+            reply_turns = (
+                [{"role": "assistant", "content": reply}] if isinstance(reply, str) else reply
+            )
+            if isinstance(reply_turns, list) and any(
+                role != "assistant" for role, _ in _chat_turns(reply_turns, number, where, response)
+            ):
+                raise DataError(
+                    f"{at}: the completion in {response!r} holds a turn that is not the "
+                    "assistant's",
+                    "the completion is what the model learns to write: assistant turns only",
+                )
+            completion = _chat(reply_turns, number, where, response)
+            chats.append((*turns, *completion))
+        return tuple(chats)
 
 
 def _one_turn(prompt: str, response: str) -> Chat:
@@ -142,7 +192,7 @@ def _is_turns(value: object) -> bool:
     return (
         isinstance(value, (list, tuple))
         and bool(value)
-        and all(isinstance(t, Mapping) and "role" in t for t in value)
+        and all(isinstance(t, Mapping) and ("role" in t or "from" in t) for t in value)
     )
 
 
@@ -152,9 +202,9 @@ def _check_text(value: object, where: str, number: int, what: str, column: str) 
     trained on. Chat turns get a hint to the `messages` format."""
     if isinstance(value, (list, tuple, dict)):
         hint = (
-            "these are chat turns: put each whole conversation (the prompt's turns, then "
-            "the assistant's) in one 'messages' column (--data-format messages), e.g. "
-            f"{CHAT_EXAMPLE}"
+            "these are chat turns: write every row's prompt as turns (row 1's too: TRL's "
+            "conversational prompt-completion), or put each whole conversation in one "
+            f"'messages' column (--data-format messages), e.g. {CHAT_EXAMPLE}"
             if _is_turns(value) or _is_turns([value])
             else f"write the {what} as one string (chat data: a 'messages' column of "
             "{role, content} turns)"
@@ -196,6 +246,22 @@ def _chat(value: object, row: int, where: str, column: str) -> Chat:
             f"{at}: {column!r} is {what}, not a list of {{role, content}} turns",
             f"write {CHAT_EXAMPLE}",
         )
+    turns = _chat_turns(list(value), row, where, column)
+    if not any(role == "assistant" for role, _ in turns):
+        raise DataError(
+            f"{at} has no assistant turn (nothing to train on)",
+            "end each conversation with the assistant's reply",
+        )
+    return turns
+
+
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant"}  # ShareGPT's "from" -> role
+
+
+def _chat_turns(value: list[object], row: int, where: str, column: str) -> Chat:
+    """Each turn a role and a text: {role, content}, or ShareGPT's {from, value} (human
+    and gpt read as user and assistant); an assistant reply is never empty."""
+    at = f"{where}: row {row}"
     turns: list[tuple[str, str]] = []
     for t, turn in enumerate(value, 1):
         if not isinstance(turn, Mapping):
@@ -203,9 +269,12 @@ def _chat(value: object, row: int, where: str, column: str) -> Chat:
                 f"{at}: turn {t} is a {type(turn).__name__}, not a {{role, content}} mapping",
                 f"write {CHAT_EXAMPLE}",
             )
-        role, content = turn.get("role"), turn.get("content")
+        sharegpt = "role" not in turn and "from" in turn
+        role = turn.get("from") if sharegpt else turn.get("role")
+        content = turn.get("value") if sharegpt else turn.get("content")
         if not isinstance(role, str) or not role.strip():
             raise DataError(f"{at}: turn {t} has no role", "give every turn a 'role' string")
+        role = SHAREGPT_ROLES.get(role, role) if sharegpt else role
         if not isinstance(content, str):
             kind = "none" if content is None else f"a {type(content).__name__}"
             raise DataError(
@@ -219,11 +288,6 @@ def _chat(value: object, row: int, where: str, column: str) -> Chat:
                 "remove the row or write the reply",
             )
         turns.append((role, content))
-    if not any(role == "assistant" for role, _ in turns):
-        raise DataError(
-            f"{at} has no assistant turn (nothing to train on)",
-            "end each conversation with the assistant's reply",
-        )
     return tuple(turns)
 
 

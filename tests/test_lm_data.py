@@ -124,6 +124,75 @@ def test_messages_label_every_assistant_turn_and_nothing_else(
     assert start == len(ids_of(tok, prefix))
 
 
+def test_conversational_prompt_completion_trains_only_the_completion(
+    tmp_path: Path, llama: LoraModel
+) -> None:
+    """TRL's conversational form: the prompt's turns, then the completion's; only the
+    completion carries labels, exactly as a prompt-response row of the same texts."""
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"question {i}?"}],
+            "completion": [{"role": "assistant", "content": f"answer {i} is {i * 7}"}],
+        }
+        for i in range(20)
+    ]
+    conv = workload(llama, write_rows(tmp_path / "conv.jsonl", rows)).encoded_train()
+    plain = [{"prompt": f"question {i}?", "response": f"answer {i} is {i * 7}"} for i in range(20)]
+    flat = workload(llama, write_rows(tmp_path / "qa.jsonl", plain)).encoded_train()
+    assert torch.equal(conv.input_ids, flat.input_ids) and torch.equal(conv.labels, flat.labels)
+    system = [{"role": "system", "content": "be brief"}, *rows[0]["prompt"]]
+    text_reply = [{"prompt": system, "completion": "four"}] * 3
+    work = workload(llama, write_rows(tmp_path / "sys.jsonl", text_reply), dedupe=False)
+    assert work.train.chats is not None
+    assert work.train.chats[0] == (
+        ("system", "be brief"), ("user", "question 0?"), ("assistant", "four"),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (
+            {
+                "prompt": [
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": "a"},
+                    {"role": "user", "content": "q2"},
+                ],
+                "completion": [{"role": "assistant", "content": "a2"}],
+            },
+            "the prompt in 'prompt' holds an assistant turn",
+        ),
+        (
+            {
+                "prompt": [{"role": "user", "content": "q"}],
+                "completion": [{"role": "user", "content": "a"}],
+            },
+            "the completion in 'completion' holds a turn that is not the assistant's",
+        ),
+    ],
+)
+def test_conversational_prompt_completion_refusals(
+    tmp_path: Path, llama: LoraModel, row: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(DataError, match=f"row 1: {message}"):
+        workload(llama, write_rows(tmp_path / "bad.jsonl", [row] * 3), dedupe=False)
+
+
+def test_sharegpt_conversations_read_as_messages(tmp_path: Path, llama: LoraModel) -> None:
+    """ShareGPT's "conversations" of {from, value} turns (human, gpt) is the messages
+    format with user and assistant turns: the same encoding."""
+    turns = [("system", "brief"), ("user", "hi"), ("assistant", "hey you")]
+    names = {"user": "human", "assistant": "gpt", "system": "system"}
+    share = [{"conversations": [{"from": names[r], "value": c} for r, c in turns]}] * 4
+    chat = [{"messages": [{"role": r, "content": c} for r, c in turns]}] * 4
+    a = workload(llama, write_rows(tmp_path / "s.jsonl", share), dedupe=False)
+    b = workload(llama, write_rows(tmp_path / "m.jsonl", chat), dedupe=False)
+    assert a.train.chats == b.train.chats and a.train.chats is not None
+    assert a.train.chats[0] == tuple(turns)
+    assert torch.equal(a.encoded_train().labels, b.encoded_train().labels)
+
+
 def test_instruction_with_and_without_input(tmp_path: Path, llama: LoraModel) -> None:
     rows = [
         {"instruction": f"add {i} and 2", "input": "" if i % 2 else f"x={i}", "output": str(i + 2)}

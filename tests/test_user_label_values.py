@@ -190,10 +190,12 @@ def test_lm_values_that_are_no_text_are_refused_with_their_row(
     assert message in text and hint in text, text
 
 
-def test_conversational_prompt_completion_points_at_messages(tmp_path: Path) -> None:
-    rows = [{"prompt": CONV_TURNS, "completion": [{"role": "assistant", "content": "a"}]}] * 3
-    path = write_rows(tmp_path / "d.jsonl", rows)
-    with pytest.raises(DataError, match=r"row 1: the prompt in 'prompt' is a list.*'messages'"):
+def test_a_conversational_prompt_mixed_with_texts_is_refused(tmp_path: Path) -> None:
+    """TRL's conversational prompt-completion is read (tests/test_lm_data.py); a file
+    mixing it with plain-text prompts is refused with the row."""
+    turns = {"prompt": CONV_TURNS, "completion": [{"role": "assistant", "content": "a"}]}
+    path = write_rows(tmp_path / "d.jsonl", [turns, {"prompt": "p", "completion": "c"}])
+    with pytest.raises(DataError, match=r"row 2: the prompt in 'prompt' is not a list of turns"):
         load_dataset(path, label_column=None, examples=LmFormat(), dedupe=False)
 
 
