@@ -272,6 +272,12 @@ class NodeSettings(BaseSettings, Recipe):
         problem = node_id_problem(self.node_id)
         if problem:
             raise ValueError(f"--node-id: {problem}")
+        if self.partition_scheme != "iid" and not self.partition:
+            raise ValueError(
+                f"--partition-scheme {self.partition_scheme} shares a dataset out among nodes, "
+                "but there is no --partition i/N: this node would train on all of --data "
+                "(give --partition, or drop --partition-scheme)"
+            )
         if self.solo and (self.peers or self.mdns):
             raise ValueError("--solo trains alone: drop --peers and --mdns, or drop --solo")
         if self.gossip_acceleration == "chebyshev":

@@ -62,7 +62,10 @@ def test_good_partition_schemes_pass_in_their_plain_form() -> None:
         "skew",
         "shards:2",
     ]
-    res = runner.invoke(app, ["config", "--format", "json", "--partition-scheme", "Dirichlet:0.3"])
+    res = runner.invoke(
+        app,
+        ["config", "--format", "json", "--partition", "0/2", "--partition-scheme", "Dirichlet:0.3"],
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["partition_scheme"]["value"] == "dirichlet:0.3"
 
@@ -192,7 +195,7 @@ def test_defaults_and_meaningful_combinations_pass() -> None:
     for args in (
         [],
         ["--task", "lm"],
-        ["--task", "lm", "--labels", "a,b", "--partition-scheme", "skew"],
+        ["--task", "lm", "--labels", "a,b", "--partition", "0/2", "--partition-scheme", "skew"],
     ):
         res = runner.invoke(app, ["config", "--format", "json", *args])
         assert res.exit_code == 0, res.output

@@ -186,6 +186,14 @@ def test_wanted_peers(options: dict[str, object], wanted: int) -> None:
     assert load_settings(options).wanted_peers == wanted
 
 
+def test_a_partition_scheme_without_a_partition_is_refused() -> None:
+    """It shares nothing out without --partition: the node would silently train on all."""
+    with pytest.raises(ValidationError, match="no --partition i/N"):
+        load_settings({"partition_scheme": "dirichlet:0.1"})
+    assert load_settings({"partition_scheme": "dirichlet:0.1", "partition": "0/4"}).partition
+    assert load_settings({"partition_scheme": "iid"}).partition == ""
+
+
 def test_solo_with_peers_is_refused() -> None:
     with pytest.raises(ValidationError, match="--solo trains alone"):
         load_settings({"solo": True, "peers": "a:1"})
