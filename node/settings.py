@@ -243,7 +243,7 @@ class NodeSettings(BaseSettings, Recipe):
     @field_validator("swarm_secret")
     @classmethod
     def _secret_ok(cls, v: SecretStr | None) -> SecretStr | None:
-        if v is not None and len(v.get_secret_value()) < 16:
+        if v is not None and len(v.get_secret_value().strip()) < 16:
             raise ValueError("must be at least 16 characters (e.g. `openssl rand -hex 32`)")
         return v
 

@@ -194,6 +194,11 @@ def test_a_partition_scheme_without_a_partition_is_refused() -> None:
     assert load_settings({"partition_scheme": "iid"}).partition == ""
 
 
+def test_a_blank_swarm_secret_is_refused() -> None:
+    with pytest.raises(ValidationError, match="at least 16 characters"):
+        load_settings({"swarm_secret": " " * 20})
+
+
 def test_solo_with_peers_is_refused() -> None:
     with pytest.raises(ValidationError, match="--solo trains alone"):
         load_settings({"solo": True, "peers": "a:1"})
