@@ -3,8 +3,9 @@
 A checkpoint is a directory `ckpt-<round>` holding the adapter in the PEFT format
 (`adapter_config.json`, `adapter_model.safetensors`, `declora.json`) and `state.pt`
 (round, optimizer, sampler position, gossip public copy and sequence, the
-gradient-tracking correction when the node tracks, and the method's own state:
-Kill-and-Revive's module scores). For DECA the folder holds the
+gradient-tracking correction when the node tracks, the method's own state:
+Kill-and-Revive's module scores, and what identifies the node's training share:
+`training_share`, checked by `check_share` before a resume). For DECA the folder holds the
 full model and `state.pt` also the active block's vector, the block and the node's
 trained copies of every block it visited. A file
 `LATEST` names the newest complete checkpoint; it is replaced by rename only after
@@ -15,6 +16,7 @@ checkpoints are kept.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -33,7 +35,7 @@ from declora.node.adapter import (
     new_build_dir,
 )
 from declora.node.deca_model import BlockTrainer
-from declora.node.trainer import LocalTrainer, LoraModel
+from declora.node.trainer import Encoded, LocalTrainer, LoraModel
 
 LATEST = "LATEST"
 KEEP = 2
@@ -44,8 +46,13 @@ class CheckpointError(RuntimeError):
 
 
 class CheckpointMismatch(CheckpointError):
-    """The checkpoint was written for another configuration (labels, spec, recipe): the
-    user's options, not the files, are what to change."""
+    """The checkpoint was written for another configuration (labels, spec, recipe,
+    training share) or is past --rounds: the user's options, not the files, are what to
+    change (`hint`: how, when more precise than "resume with that run's options")."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 @dataclass
@@ -64,6 +71,9 @@ class NodeState:
     saved: np.ndarray | None = None
     # the method's own state (`NodeSnapshot.method_state`: Kill-and-Revive's scores)
     method_state: dict[str, np.ndarray] = field(default_factory=dict)
+    # what identifies the node's training share (`training_share`); None: a checkpoint
+    # written before it was recorded
+    share: dict[str, Any] | None = None
 
 
 def trainer_state(trainer: LocalTrainer) -> dict[str, Any]:
@@ -83,10 +93,18 @@ def trainer_state(trainer: LocalTrainer) -> dict[str, Any]:
 
 
 def restore_trainer(trainer: LocalTrainer, state: dict[str, Any], vector: np.ndarray) -> None:
+    """Back to a checkpoint's trainer state: adapter, AdamW moments, sampler position.
+    The optimizer's hyperparameters (lr, weight decay, betas, eps) stay the ones this
+    start built it with: `load_state_dict` would bring back the checkpoint's, so a
+    resume with another --lr or --weight-decay would silently train with the old ones
+    (a decaying schedule sets each step's lr itself; a flat one never does)."""
     if isinstance(trainer, BlockTrainer):
         trainer.restore_blocks(state)  # first: the vector and optimizer are its block's
     trainer.set_vector(vector)
+    given = [{k: v for k, v in g.items() if k != "params"} for g in trainer.optimizer.param_groups]
     trainer.optimizer.load_state_dict(state["optimizer"])
+    for group, options in zip(trainer.optimizer.param_groups, given, strict=True):
+        group.update(options)  # the moments (optimizer.state) stay the checkpoint's
     if trainer.scaler is not None and "scaler" in state:  # older checkpoints lack it
         trainer.scaler.load_state_dict(state["scaler"])
     trainer.step = int(state["step"])
@@ -119,6 +137,7 @@ def save(root: Path, lm: LoraModel, state: NodeState, meta: dict[str, Any]) -> P
                 "method_state": {
                     k: torch.from_numpy(v.copy()) for k, v in state.method_state.items()
                 },
+                **({} if state.share is None else {"share": dict(state.share)}),
             },
             build / "state.pt",
         )
@@ -215,6 +234,7 @@ def load(root: Path, lm: LoraModel) -> NodeState:
         fingerprint=raw["fingerprint"],
         correction=None if raw.get("correction") is None else raw["correction"].numpy(),
         method_state={k: v.numpy() for k, v in raw.get("method_state", {}).items()},
+        share=raw.get("share"),
     )
 
 
@@ -230,3 +250,53 @@ def peft_tensors_to_vector(tensors: dict[str, torch.Tensor], schema: AdapterSche
     if missing:
         raise CheckpointError(f"adapter file lacks tensors {missing[:3]}")
     return schema.flatten({by_peft[k]: tensors[k] for k in by_peft})
+
+
+# ------------------------------------------------------------ the training share
+SHARE_NAMES = ("data", "partition", "partition_scheme", "validation_fraction")
+SHARE_ROWS = 4096  # rows hashed at a time (bounded memory on a large share)
+
+
+def training_share(encoded: Encoded, /, **named: Any) -> dict[str, Any]:
+    """What identifies a node's training share: the options that chose it (`named`:
+    --data as given, --partition, ...), its number of examples and a digest of their
+    tokens and labels in order (the sampler's order and cursor index these rows)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for tensor in (encoded.input_ids, encoded.attention_mask, encoded.labels):
+        digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+        for start in range(0, int(tensor.shape[0]), SHARE_ROWS):
+            chunk = tensor[start : start + SHARE_ROWS].detach().cpu().contiguous()
+            digest.update(chunk.numpy().tobytes())
+    return {**named, "examples": len(encoded), "digest": digest.hexdigest()}
+
+
+def check_share(
+    path: Path, recorded: dict[str, Any] | None, here: dict[str, Any], order: np.ndarray
+) -> bool:
+    """Refuse (CheckpointMismatch) to resume checkpoint `path` on another training
+    share than the one it was written on, naming what differs ("partition: '0/1'
+    there, '0/2' here"). Whether the share could be checked: a checkpoint written
+    before the share was recorded (`recorded` None) is only checked against the size
+    of its sampler `order` (a permutation of the share's rows, empty before the first
+    step)."""
+    if recorded is None:
+        if len(order) and len(order) != here["examples"]:
+            raise CheckpointMismatch(
+                f"{path} was written on a training share of {len(order)} examples, "
+                f"this node has {here['examples']} (--data {here.get('data')!s}, "
+                f"--partition {here.get('partition') or 'none'})"
+            )
+        return False
+    if recorded.get("digest") == here["digest"]:
+        return True  # the same examples in the same order, whatever the file is called now
+    diffs = [
+        f"{name}: {recorded[name]!r} there, {here.get(name)!r} here"
+        for name in (*SHARE_NAMES, "examples")
+        if name in recorded and recorded[name] != here.get(name)
+    ]
+    if not diffs:  # the same options and size: the file's contents changed
+        diffs.append(
+            f"the contents of its {here['examples']} training examples differ "
+            f"(--data {here.get('data')!s} has changed since)"
+        )
+    raise CheckpointMismatch(f"{path} was written on another training share: {'; '.join(diffs)}")

@@ -3,7 +3,8 @@
 - `UserError` is a mistake the user can fix: one line, an exit code (2: the
   configuration, 1: at run time) and a hint; `as_user_error` maps the library's own
   errors (bad data file, unknown model, missing checkpoint, port in use) to one;
-- `check_config` runs before anything loads (peers or --solo, --resume), `check_device`
+- `check_config` runs before anything loads (peers or --solo, --resume, an earlier
+  run's files: `earlier_run`), `check_device`
   before the model loads;
 - `DialLog` records, per address, how this node's last handshake with it ended (as a
   gRPC client interceptor on the transport's channels), and `startup_failure` turns
@@ -73,8 +74,9 @@ def as_user_error(exc: BaseException) -> UserError | None:
         return UserError(
             str(exc),
             CONFIG,
-            "resume with the data, --labels and options that run used, or begin afresh in "
-            "another --checkpoint-dir (this one is kept)",
+            getattr(exc, "hint", "")
+            or "resume with the data, --partition, --labels and options that run used, or "
+            "begin afresh in another --checkpoint-dir (this one is kept)",
         )
     checkpoint_error = _error_class("declora.node.checkpoint", "CheckpointError")
     if checkpoint_error is not None and isinstance(exc, checkpoint_error):
@@ -84,10 +86,26 @@ def as_user_error(exc: BaseException) -> UserError | None:
     return None
 
 
+RUN_FILES = ("LATEST", "adapter", "rounds.jsonl")  # besides ckpt-* folders
+
+
+def earlier_run(folder: Path) -> list[str]:
+    """What in `folder` an earlier run wrote: those of LATEST, the final adapter and
+    rounds.jsonl it holds, then its ckpt-* checkpoints (sorted); empty when nothing (or
+    no such folder). Pure (no torch): for `settings` (`resume = auto`) as for
+    `check_config`."""
+    if not folder.is_dir():
+        return []
+    found = [name for name in RUN_FILES if (folder / name).exists()]
+    found += sorted(p.name for p in folder.glob("ckpt-*") if p.is_dir())
+    return found
+
+
 def check_config(settings: NodeSettings) -> list[Path]:
     """Before anything loads: someone to train with; a checkpoint folder that can be
     written, holding a checkpoint to resume with --resume and none without (an earlier
-    run's checkpoints and adapter are never replaced by a fresh start). The folders it
+    run's checkpoints, adapter and history are never replaced by a fresh start, LATEST
+    or not: `earlier_run`). The folders it
     created, innermost first (`launch` removes those still empty when the start fails)."""
     s = settings
     if not (s.peers or s.mdns or s.solo):
@@ -98,12 +116,31 @@ def check_config(settings: NodeSettings) -> list[Path]:
         )
     flag = "--checkpoint-dir" if s.checkpoint_dir else "--checkpoint-dir (default)"
     where = f"{s.state_dir} ({flag})"
-    held = s.state_dir.is_dir() and (s.state_dir / "LATEST").is_file()
-    if s.resume and not held:
+    found = earlier_run(s.state_dir)
+    held = "LATEST" in found and (s.state_dir / "LATEST").is_file()
+    if s.resume and not found:
         raise UserError(
             f"--resume: nothing to resume in {where}",
             CONFIG,
             "start without --resume to begin afresh, or pass the --checkpoint-dir it used",
+        )
+    if found and not held:  # an earlier run's files, but no checkpoint LATEST names
+        complete = [
+            n for n in found if n.startswith("ckpt-") and (s.state_dir / n / "state.pt").is_file()
+        ]
+        raise UserError(
+            f"{where} holds an earlier run's files ({', '.join(found[:4])}"
+            f"{', ...' if len(found) > 4 else ''}) but no LATEST naming a checkpoint: "
+            + ("it cannot be resumed" if s.resume else "a fresh start would replace them"),
+            CONFIG,
+            (
+                f"to resume from its newest checkpoint, write its name to LATEST "
+                f"(echo {complete[-1]} > {s.state_dir / 'LATEST'}) and pass --resume; or "
+                if complete
+                else ""
+            )
+            + "pass another --checkpoint-dir to begin afresh (delete the old folder to "
+            "start over in it)",
         )
     if held and not s.resume:
         raise UserError(
