@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -32,6 +35,54 @@ class _LazyGroup(TyperGroup):
         if cmd_name in LAZY and cmd_name not in self.commands:
             self.commands[cmd_name] = LAZY[cmd_name]()
         return super().get_command(ctx, cmd_name)
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Click's own handling, except that a usage error (a bad value, an unknown
+        option, a missing argument) is our two lines, `error:` and `hint:`, exit 2,
+        rather than a boxed panel (help, and a bare `declora-node`, stay as they are)."""
+        from typer._click import exceptions as errors
+        from typer.exceptions import Abort
+
+        def run(standalone: bool) -> Any:
+            return super(_LazyGroup, self).main(
+                args, prog_name, complete_var, standalone, windows_expand_args, **extra
+            )
+
+        if not standalone_mode:
+            return run(False)
+        try:
+            code = run(False)
+        except errors.NoArgsIsHelpError:
+            return run(True)  # the help, exactly as before
+        except errors.UsageError as exc:
+            message = " ".join(exc.format_message().split())
+            typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+            typer.echo(f"hint: see `{self._where(exc.ctx, args)} --help`", err=True)
+            sys.exit(exc.exit_code)
+        except errors.ClickException as exc:
+            typer.secho(f"error: {exc.format_message()}", err=True, fg=typer.colors.RED)
+            sys.exit(exc.exit_code)
+        except Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+    def _where(self, ctx: click.Context | None, args: Sequence[str] | None) -> str:
+        """The command a usage error is about: `declora-node lab` (click leaves the
+        context out of some errors: then the first command named in the arguments)."""
+        if ctx is not None and ctx.parent is not None:
+            return f"declora-node {ctx.info_name}"
+        words = list(sys.argv[1:] if args is None else args)
+        named = [w for w in words if w in LAZY or w in self.commands]
+        return f"declora-node {named[0]}" if named else "declora-node"
 
 
 app = typer.Typer(
@@ -81,6 +132,26 @@ def fail(message: str, code: int = 2, hint: str = "") -> None:
     if hint:
         typer.echo(f"hint: {hint}", err=True)
     raise typer.Exit(code)
+
+
+_INLINE_HINT = re.compile(r"^(?P<message>.*?)\s*\(hint: (?P<hint>[^()]*)\)$", re.DOTALL)
+
+
+def fail_with(exc: BaseException, code: int = 2) -> None:
+    """`fail` for an exception whose hint rides along: `.message`/`.hint` (DataError,
+    InspectError), or a trailing `(hint: ...)` in its text (AdapterError, ModelError),
+    printed as the `hint:` line like every other."""
+    message, hint = str(getattr(exc, "message", "") or exc), str(getattr(exc, "hint", "") or "")
+    inline = _INLINE_HINT.match(message)
+    if inline and not hint:
+        message, hint = inline["message"], inline["hint"]
+    fail(message, code, hint)
+
+
+def config_hint(command: str, config: bool = False) -> str:
+    """The hint of a bad configuration of `command`."""
+    shown = "; `declora-node config` shows where each value came from" if config else ""
+    return f"see `declora-node {command} --help` for what each option accepts{shown}"
 
 
 def _check_format(fmt: str) -> None:
@@ -135,7 +206,11 @@ def _client_tls(cert: Path | None, key: Path | None, ca: Path | None) -> TlsFile
     try:
         return TlsFiles.load(cert, key, ca)
     except TlsError as exc:
-        fail(str(exc))
+        fail(
+            str(exc),
+            hint="give --tls-cert, --tls-key and --tls-ca of one `declora-node certs` run "
+            "(cli.pem, cli-key.pem and ca.pem)",
+        )
         raise  # unreachable: fail exits
 
 
@@ -147,7 +222,7 @@ FormatOpt = Annotated[str, typer.Option("--format", help="text or json.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace existing files.")]
 
 
-def _settings(options: dict[str, Any], config: Path | None) -> Resolved:
+def _settings(options: dict[str, Any], config: Path | None, command: str = "start") -> Resolved:
     """Settings from flags, environment, file, defaults (exit 2 naming a bad value);
     warns about DECLORA_* variables that are no option."""
     import os
@@ -166,7 +241,7 @@ def _settings(options: dict[str, Any], config: Path | None) -> Resolved:
     except (SettingsError, ConfigFileError) as exc:
         if STATE["debug"]:
             raise
-        fail(str(exc))
+        fail(str(exc), hint=config_hint(command, config=command == "start"))
         raise  # unreachable: fail exits
 
 
@@ -200,7 +275,7 @@ def config_command(
     Sources: flag, env (the variable), file (the config file) or default.
     """
     _check_format(fmt)
-    resolved = _settings(options or {}, config)
+    resolved = _settings(options or {}, config, "config")
     values = resolved.settings.model_dump(mode="json")
     rows = {k: {"value": values[k], "source": resolved.sources[k]} for k in values}
     if fmt == "json":
@@ -269,7 +344,7 @@ def inspect(
     try:
         info = inspect_path(path) if path is not None else inspect_target(str(target), tls)
     except InspectError as exc:  # a path that is no adapter: the user's; a node: runtime
-        fail(str(exc), 2 if path is not None else 1, exc.hint)
+        fail_with(exc, 2 if path is not None else 1)
         return
     from declora.cli.inspect import render
 
@@ -322,7 +397,10 @@ def simulate(
     try:
         cfg = SimConfig(**given(options or {}))
     except ValidationError as exc:
-        fail("bad configuration: " + "; ".join(_problem(e["loc"], e["msg"]) for e in exc.errors()))
+        fail(
+            "bad configuration: " + "; ".join(_problem(e["loc"], e["msg"]) for e in exc.errors()),
+            hint=config_hint("simulate"),
+        )
         return
     _check_output(output, "--output", force)
     try:
@@ -330,7 +408,7 @@ def simulate(
     except DataError as exc:  # the data, or the data shared out among --nodes
         if STATE["debug"]:
             raise
-        fail(exc.message, hint=exc.hint)
+        fail_with(exc)
 
 
 STUDIES = ("swarm", "lm-parity", "methods")  # experiment --task: selection, then seeds
@@ -389,26 +467,45 @@ def experiment(
         bool, typer.Option("--table", help="Only rebuild table.md from finished runs.")
     ] = False,
     workers: Annotated[
-        int,
+        int | None,
         typer.Option(
-            min=1, help="runs at a time (--task swarm, lm-parity, methods; one thread each)"
+            min=1,
+            help="runs at a time (--task swarm, lm-parity, methods; one thread each) [default: 2]",
         ),
-    ] = 2,
+    ] = None,
 ) -> None:
     """Reproduce a comparison of Dec-LoRA with centralized LoRA (resumable)."""
     from declora.cli.experiment import GRIDS, run_grid, write_table
 
+    help_hint = "see `declora-node experiment --help`"
     if task in STUDIES:
-        if only or list_runs:
+        if only is not None or list_runs:
             fail(
                 f"--only and --list are for --task {' or '.join(GRIDS)}: --task {task} runs "
-                "its whole study (resumable; --table rebuilds its table)"
+                "its whole study (resumable; --table rebuilds its table)",
+                hint=help_hint,
             )
-        typer.echo(_study(task, output, workers, table))
+        if table and workers is not None:
+            fail("--workers runs studies: --table runs nothing", hint="leave out --workers")
+        typer.echo(_study(task, output, workers or 2, table))
         return
 
     if task not in GRIDS:
         fail(f"--task must be one of {', '.join([*GRIDS, *STUDIES])}, got {task!r}")
+    if workers is not None:
+        fail(
+            f"--workers is for --task {', '.join(STUDIES)}: --task {task} runs its grid one "
+            "run at a time",
+            hint="leave out --workers",
+        )
+    if list_runs and table:
+        fail("give --list or --table, not both", hint=help_hint)
+    if only is not None and (list_runs or table):
+        flag = "--list" if list_runs else "--table"
+        fail(
+            f"--only picks runs to (re)run: {flag} runs nothing",
+            hint=f"leave out --only, or {flag}",
+        )
     grid = GRIDS[task]
     folder = output or grid.output
     if list_runs:
@@ -416,12 +513,29 @@ def experiment(
             typer.echo(f"{name:18s} {cfg.label}")
         return
     if table:
+        if not folder.is_dir():
+            fail(
+                f"{folder} is no folder: no finished runs of --task {task} to tabulate",
+                hint=f"run `declora-node experiment --task {task}` first, or give the --output "
+                "it wrote",
+            )
         typer.echo(write_table(folder, grid))
         return
-    names = [n.strip() for n in only.split(",")] if only else None
+    names = None
+    if only is not None:
+        names = [n.strip() for n in only.split(",")]
+        if not all(names):
+            fail(
+                f"--only needs run names, comma-separated, got {only!r}",
+                hint=f"`declora-node experiment --task {task} --list` lists them; leave out "
+                "--only to run them all",
+            )
     unknown = sorted(set(names or []) - set(grid.runs))
     if unknown:
-        fail(f"unknown runs {unknown}; see --list")
+        fail(
+            f"unknown runs {unknown}",
+            hint=f"`declora-node experiment --task {task} --list` lists them",
+        )
     run_grid(folder, names, grid)
 
 
@@ -446,7 +560,10 @@ def lab(
     try:
         cfg = LabConfig(**given(options or {}))
     except ValidationError as exc:
-        fail("bad configuration: " + "; ".join(_problem(e["loc"], e["msg"]) for e in exc.errors()))
+        fail(
+            "bad configuration: " + "; ".join(_problem(e["loc"], e["msg"]) for e in exc.errors()),
+            hint=config_hint("lab"),
+        )
         return
     _check_output(cfg.output, "--output", force)
     summary: dict[str, Any] = run_lab(cfg)
@@ -537,7 +654,7 @@ def predict(
     except USER_ERRORS as exc:
         if debug or STATE["debug"]:
             raise
-        fail(str(exc))
+        fail_with(exc)
 
 
 @app.command()
@@ -598,7 +715,7 @@ def generate(
     except USER_ERRORS as exc:
         if debug or STATE["debug"]:
             raise
-        fail(str(exc))
+        fail_with(exc)
 
 
 @app.command()
@@ -629,12 +746,16 @@ def export(
     except USER_ERRORS as exc:
         if debug or STATE["debug"]:
             raise
-        fail(str(exc))
+        fail_with(exc)
 
 
 def main() -> None:
     import warnings
 
+    # gRPC's C core logs every failed TLS handshake (hundreds of lines a minute when
+    # certificates do not match); errors only, unless the user asks for more. Set
+    # before grpc is imported, and inherited by `lab`'s daemons.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     # transformers deprecation chatter is not the user's business
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     if sys.argv[1:2] == ["status"]:  # the plain forms without building the app

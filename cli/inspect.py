@@ -2,11 +2,12 @@
 
 PATH may be a PEFT adapter folder (adapter_config.json + adapter_model.safetensors,
 optionally declora.json), a DECA full model folder (model.safetensors + declora.json),
-a checkpoint folder (`ckpt-*` with adapter/ and state.pt) or a checkpoint root (with
-LATEST). Nothing is modified. Beside the config fingerprint it shows `weights_sha256`,
-a hash of the weights file's tensors (names sorted; name, dtype, shape and bytes of
-each), equal for two adapters exactly when their weights agree; and the hash
-`declora.json` recorded at save time, if any.
+a checkpoint folder (`ckpt-*` with adapter/ and state.pt) or a checkpoint root (its
+LATEST checkpoint, else its final adapter/): the folders predict and export accept,
+found by the same `adapter_io.adapter_folder`. Nothing is modified. Beside the config
+fingerprint it shows `weights_sha256`, a hash of the weights file's tensors (names
+sorted; name, dtype, shape and bytes of each), equal for two adapters exactly when their
+weights agree; and the hash `declora.json` recorded at save time, if any.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from declora.node.adapter_card import ADAPTER_CONFIG, ADAPTER_WEIGHTS, DECLORA_INFO, weights_sha256
-from declora.node.checkpoint import LATEST
 from declora.node.deca_model import FULL_MODEL, MODEL_WEIGHTS
 
 if TYPE_CHECKING:
@@ -33,19 +33,30 @@ class InspectError(RuntimeError):
 
 
 def _adapter_dir(path: Path) -> tuple[Path, Path | None]:
-    """(adapter folder, checkpoint folder or None) for any accepted PATH."""
-    if not path.exists():
-        raise InspectError(f"{path} does not exist")
-    if (path / LATEST).is_file():
-        path = path / (path / LATEST).read_text().strip()
-    if (path / "state.pt").is_file() and (path / "adapter").is_dir():
-        return path / "adapter", path
-    if (path / ADAPTER_CONFIG).is_file() or (path / MODEL_WEIGHTS).is_file():
-        return path, None
-    raise InspectError(
-        f"{path} is neither a PEFT adapter ({ADAPTER_CONFIG}), a full model folder "
-        f"({MODEL_WEIGHTS}) nor a declora checkpoint"
-    )
+    """(adapter folder, checkpoint folder or None) for any PATH predict and export
+    accept (`adapter_folder`, one resolver for the three commands)."""
+    from declora.node.adapter_io import AdapterError, adapter_folder
+
+    try:
+        adapter = adapter_folder(path)
+    except (AdapterError, OSError) as exc:
+        message, _, hint = str(exc).partition(" (hint: ")
+        raise InspectError(message, hint.removesuffix(")")) from None
+    ckpt = adapter.parent
+    if adapter.name == "adapter" and (ckpt / "state.pt").is_file():
+        return adapter, ckpt
+    return adapter, None
+
+
+def base_of(meta: dict[str, Any], config: dict[str, Any], full: bool) -> str | None:
+    """The base model an adapter was trained on: the PEFT config's, else what
+    declora.json records (hub id, local copy, then declora's --model name)."""
+    base, spec = meta.get("base"), meta.get("spec")
+    base = base if isinstance(base, dict) else {}
+    spec = spec if isinstance(spec, dict) else {}
+    names = [] if full else [config.get("base_model_name_or_path")]
+    names += [base.get("hub_id"), base.get("local_path"), base.get("name"), spec.get("model")]
+    return next((str(n) for n in names if n), None)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -104,7 +115,7 @@ def inspect_path(path: Path) -> dict[str, Any]:
             k: config.get(k)
             for k in ("r", "lora_alpha", "target_modules", "task_type", "modules_to_save")
         },
-        "base_model": spec.get("model") if full else config.get("base_model_name_or_path"),
+        "base_model": base_of(meta, config, full),
         "parameters": total,
         "bytes": weights.stat().st_size,
         "tensors": tensors,
@@ -171,7 +182,7 @@ def render(info: dict[str, Any]) -> None:
         f"full model ({method}no LoRA) task={info['task']}"
         if lora is None
         else f"LoRA r={lora['r']} alpha={lora['lora_alpha']} targets={lora['target_modules']} "
-        f"task={lora['task_type']}"
+        f"task={lora['task_type']}" + (f" method={info['method']}" if info["method"] else "")
     )
     console.print(
         f"[bold]{info['kind']}[/] {info['path']}\n"

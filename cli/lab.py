@@ -38,6 +38,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from declora.node.recipe import Recipe
 from declora.node.scores import Score, score_for
+from declora.node.topology import SPEC_FORMS
 
 BASE_LR = 2e-3  # AdamW for one adapter at batch 16 (the centralized reference)
 # Recipe's adaptive defaults
@@ -52,7 +53,12 @@ class LabConfig(Recipe):
     model_config = ConfigDict(extra="forbid")
 
     nodes: int = Field(4, ge=1, le=64, description="daemons on 127.0.0.1")
-    topology: str = Field("ring", description="ring, complete, er:P, torus, star")
+    topology: str = Field(
+        "ring",
+        description="the graph: "
+        + "; ".join(SPEC_FORMS)
+        + " (an edge list file: a line 'i j' per edge, # comments)",
+    )
     partition_scheme: str = Field(
         "dirichlet:0.5", description="iid, dirichlet:A, skew[:P], shards:K"
     )
@@ -66,7 +72,12 @@ class LabConfig(Recipe):
     consensus_rounds: int = Field(
         50, ge=0, le=1_000_000, description="most gossip-only rounds at the end"
     )
-    base_port: int = Field(7300, ge=0, le=65535, description="first port (0: any free)")
+    base_port: int = Field(
+        7300,
+        ge=0,
+        le=65535,
+        description="first port: the nodes listen on it and the next ones (0: any free)",
+    )
     round_deadline: float = Field(
         120.0, gt=0, le=86_400, description="seconds to wait for neighbours"
     )
@@ -81,6 +92,18 @@ class LabConfig(Recipe):
     timeout: float = Field(
         3600.0, gt=0, le=7 * 86400, description="seconds before the lab gives up (a week at most)"
     )
+
+    @model_validator(mode="after")
+    def _ports_fit(self) -> LabConfig:
+        """The nodes' ports, --base-port and the next --nodes - 1, must all exist."""
+        last = self.base_port + self.nodes - 1
+        if self.base_port and last > 65535:
+            raise ValueError(
+                f"--base-port {self.base_port} with --nodes {self.nodes} needs ports up to "
+                f"{last}, past 65535: give --base-port at most {65536 - self.nodes} (or 0: "
+                "any free ports)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _swarm_defaults(self) -> LabConfig:

@@ -213,11 +213,23 @@ def from_edge_list_file(path: str | Path, n: int | None = None) -> Topology:
     """Read an edge list: one ``i j`` pair per line; ``#`` starts a comment.
 
     ``n`` defaults to the largest index + 1; when given, indices must lie in
-    ``0..n-1``. Malformed lines raise ``ValueError`` naming the line number.
+    ``0..n-1``. A file that cannot be read (missing, a folder, not text) raises
+    ``ValueError`` naming it; malformed lines raise ``ValueError`` naming the line
+    number; an edge outside ``0..n-1`` or a self loop, naming the file.
     """
     path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"edge list {path} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"edge list {path} is a folder, not a file of 'i j' lines") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"edge list {path} is not a text file of 'i j' lines") from None
+    except OSError as exc:
+        raise ValueError(f"edge list {path} cannot be read: {exc.strerror or exc}") from None
     edges: list[tuple[int, int]] = []
-    for lineno, raw in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
@@ -232,7 +244,10 @@ def from_edge_list_file(path: str | Path, n: int | None = None) -> Topology:
         if not edges:
             raise ValueError(f"{path}: no edges and no n given")
         n = max(max(e) for e in edges) + 1
-    return from_edges(n, edges, name=f"edges:{path}")
+    try:
+        return from_edges(n, edges, name=f"edges:{path}")
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def _near_square(n: int) -> tuple[int, int]:

@@ -98,7 +98,8 @@ def test_start_refuses_missing_config_file(tmp_path: Path) -> None:
 
 def test_inspect_rejects_non_adapter(tmp_path: Path) -> None:
     res = run("inspect", str(tmp_path))
-    assert res.returncode == 2 and "neither a PEFT adapter" in res.stderr
+    assert res.returncode == 2 and "is not a PEFT adapter folder" in res.stderr
+    assert res.stderr.splitlines()[1].startswith("hint: "), res.stderr
     assert run("inspect").returncode == 2
 
 

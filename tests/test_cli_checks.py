@@ -24,11 +24,13 @@ TINY = ["--model", "tiny-bert", "--rounds", "1"]
 
 
 def assert_refused(res: Result, needle: str, hint: bool = False) -> None:
-    """Exit 2, `error: ...` on one line naming `needle` (and a `hint:` line), no traceback."""
+    """Exit 2, `error: ...` on one line naming `needle` (and a `hint:` line: always
+    after a bad configuration), no traceback."""
     assert res.exit_code == 2, res.output
     log = re.compile(r"\d{4}-\d\d-\d\d \d\d:")  # a daemon's log lines come first
     lines = [line for line in res.stderr.strip().splitlines() if not log.match(line)]
     assert lines and lines[0].startswith("error: "), res.stderr
+    hint = hint or lines[0].startswith("error: bad configuration: ")
     assert len(lines) == (2 if hint else 1), res.stderr
     if hint:
         assert lines[1].startswith("hint: ")

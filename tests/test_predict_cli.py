@@ -38,11 +38,15 @@ def parse_text_lines(out: str) -> list[tuple[str, float]]:
 
 
 def assert_user_error(res: Result, needle: str) -> None:
-    """Exit 2 and one line `error: ...` on stderr naming `needle`; no traceback."""
+    """Exit 2 and one line `error: ...` on stderr naming `needle`, perhaps a `hint: ...`
+    line after it (never inline); no traceback."""
     assert res.exit_code == 2, res.output
     err = res.stderr.strip()
-    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
-    assert needle in err and "Traceback" not in res.output
+    lines = err.splitlines()
+    assert err.startswith("error: ") and len(lines) in (1, 2), err
+    assert len(lines) == 1 or lines[1].startswith("hint: "), err
+    assert needle in lines[0] and "(hint:" not in lines[0], err
+    assert "Traceback" not in res.output
     assert res.exception is None or isinstance(res.exception, SystemExit)
 
 

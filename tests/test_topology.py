@@ -195,3 +195,31 @@ def test_from_spec_round_trips_through_name(spec: str, n: int, seed: int) -> Non
     again = from_spec(t.name, t.n, seed)
     assert again == t
     assert again.name == t.name
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (None, "does not exist"),
+        ("folder", "is a folder"),
+        (b"\xff\xfe\x00\x81", "is not a text file"),
+        ("0 1\n1 9\n", "endpoint outside 0..3"),
+        ("2 2\n", "self loop"),
+    ],
+)
+def test_an_unreadable_or_impossible_edge_list_is_a_value_error(
+    tmp_path: Path, content: str | bytes | None, match: str
+) -> None:
+    """`lab`/`simulate` turn a ValueError into a configuration error (exit 2); an
+    OSError would be a traceback. Each names the file."""
+    path = tmp_path / "graph.txt"
+    if content == "folder":
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    for build in (lambda: from_edge_list_file(path, n=4), lambda: from_spec(f"edges:{path}", 4)):
+        with pytest.raises(ValueError, match=match) as info:
+            build()
+        assert str(path) in str(info.value)
