@@ -8,6 +8,9 @@
   with a byte-level tokenizer; the seed fixes their weights, so every node agrees;
 - any local directory or hub id that transformers can load.
 
+For task "lm" only causal LMs load: a model whose logits at a position change when a
+later token does (an encoder such as BERT) is refused (`check_causal`).
+
 `wrap_lora` applies one LoRA shape with a fixed seed: every node that uses the same
 (base, LoRA config, seed) starts from identical adapter tensors, which lets the swarm
 skip sending a first full copy.
@@ -268,6 +271,8 @@ def load_base(
     if name in TINY_MODELS and quantize != "none":
         raise ModelError(f"--quantize {quantize} needs a pretrained model, not {name}")
     if name in TINY_MODELS:
+        if task == "lm" and name == "tiny-bert":
+            raise not_causal(name, "bert", "it is an encoder, each token seeing the whole text")
         model, family = _tiny(name, task, num_labels)
         tokenizer: Tokenizer = ByteTokenizer()
     else:
@@ -281,6 +286,7 @@ def load_base(
         except OSError as exc:
             raise ModelError(f"cannot load model {name!r}: {exc}") from exc
         family = str(config.model_type)
+        check_task(name, config, task)
         if task == "cls":
             check_head(name, config, num_labels)
         verbosity = hf_logging.get_verbosity()
@@ -300,7 +306,101 @@ def load_base(
             model.config.pad_token_id = tokenizer.pad_id
     for p in model.parameters():
         p.requires_grad_(False)
+    if task == "lm":
+        check_causal(name, family, model)
     return BaseModel(model=model, tokenizer=tokenizer, task=task, name=name, family=family)
+
+
+CAUSAL_HINT = (
+    "--task lm needs a decoder-only causal LM: --model smollm2, tiny-llama or a local "
+    "folder of one, such as Llama, Qwen2, Mistral, Gemma, Phi-3 or GPT-2; an encoder "
+    "such as BERT trains with --task cls"
+)
+
+
+def not_causal(name: str, family: str, why: str) -> ModelError:
+    """The one-line refusal of `name` for --task lm, saying `why`."""
+    return ModelError(
+        f"the model {name!r} ({family}) is not a causal (decoder) LM: {why}, so --task lm "
+        f"would train it to predict tokens it is shown (hint: {CAUSAL_HINT})"
+    )
+
+
+def check_task(name: str, config: Any, task: Task) -> None:
+    """ModelError, before any weights load, when transformers has no class for
+    `config`'s model type and `task` (a causal LM for "lm", a sequence classifier for
+    "cls"; from_pretrained would raise a bare ValueError)."""
+    from transformers import (
+        MODEL_FOR_CAUSAL_LM_MAPPING,
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING,
+    )
+
+    family = str(getattr(config, "model_type", type(config).__name__))
+    if task == "lm":
+        if getattr(config, "is_encoder_decoder", False):
+            raise not_causal(name, family, "it is an encoder-decoder (sequence-to-sequence) model")
+        if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+            raise not_causal(name, family, f"transformers has no causal-LM class for {family!r}")
+    elif type(config) not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING:
+        raise ModelError(
+            f"the model {name!r} ({family}) has no sequence-classification class in "
+            "transformers, which --task cls needs (hint: a causal LM trains with --task lm)"
+        )
+
+
+PROBE_LENGTH = 8  # the leak probe's tokens: the second half differs between two texts
+
+
+def future_leak(model: nn.Module) -> tuple[float, float]:
+    """(change, scale): the largest change of the logits at the first half of a probe
+    text when only its second half changes, and the largest logit. A causal LM's
+    prediction at a position sees no later token, so its change is 0 (each text runs
+    alone, so nothing depends on the batch)."""
+    hf: Any = model
+    vocab = int(getattr(hf.get_input_embeddings(), "num_embeddings", 0) or hf.config.vocab_size)
+    device = next(model.parameters()).device
+    first = torch.tensor([(3 + 7 * k) % vocab for k in range(PROBE_LENGTH)])
+    second = first.clone()
+    half = PROBE_LENGTH // 2
+    second[half:] = (first[half:] + max(1, vocab // 2)) % vocab
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = [
+                hf(
+                    input_ids=ids[None].to(device),
+                    attention_mask=torch.ones(1, PROBE_LENGTH, dtype=torch.long, device=device),
+                    use_cache=False,
+                ).logits.float()[0, :half]
+                for ids in (first, second)
+            ]
+    finally:
+        model.train(was_training)
+    return float((logits[0] - logits[1]).abs().max()), float(logits[0].abs().max())
+
+
+def _probe_tolerance(model: nn.Module, scale: float) -> float:
+    """How far a causal LM's early logits may move from rounding alone: a few ulps
+    of the least precise float its parameters hold (fp16 for quantized weights),
+    at the logits' scale (running the same shapes twice gives 0 in practice)."""
+    dtypes = {p.dtype if p.is_floating_point() else torch.float16 for p in model.parameters()}
+    eps = max(torch.finfo(d).eps for d in dtypes)
+    return 4 * eps * (1.0 + scale)
+
+
+def check_causal(name: str, family: str, model: nn.Module) -> None:
+    """ModelError unless `model` is causal: its logits at a position must not change
+    when a later token does (an encoder's LM head, e.g. BERT without is_decoder, sees
+    the whole text and would train as a "language model" reading its answer)."""
+    change, scale = future_leak(model)
+    if change > _probe_tolerance(model, scale):
+        raise not_causal(
+            name,
+            family,
+            f"its predictions for a position change when a later token changes "
+            f"(by {change:.3g}; its largest logit is {scale:.3g})",
+        )
 
 
 ALL_LINEAR = "all-linear"  # every linear layer but the output head (PEFT's shorthand)
@@ -352,6 +452,68 @@ def derive_targets(model: nn.Module) -> tuple[str, ...]:
     return (ALL_LINEAR,)
 
 
+CLS_HEADS = ("classifier", "score")  # PEFT trains these whole for sequence classification
+TARGETS_SHOWN = 30  # layer names a refusal lists at most
+
+
+def lora_layers(model: nn.Module, task: Task) -> list[str]:
+    """The paths of the modules LoRA can adapt (what PEFT's LoRA supports: linear
+    layers, quantized ones included, GPT-2's Conv1D, embeddings, convolutions,
+    nn.MultiheadAttention), leaving out a classifier's head for "cls" (PEFT trains it
+    whole and never adapts it)."""
+    from transformers.pytorch_utils import Conv1D
+
+    kinds = (
+        nn.Linear,
+        Conv1D,
+        nn.Embedding,
+        nn.Conv1d,
+        nn.Conv2d,
+        nn.Conv3d,
+        nn.MultiheadAttention,
+    )
+    out = []
+    for path, module in model.named_modules():
+        if not path or not (isinstance(module, kinds) or "Linear" in type(module).__name__):
+            continue
+        if task == "cls" and any(part in CLS_HEADS for part in path.split(".")):
+            continue
+        out.append(path)
+    return out
+
+
+def check_targets(base: BaseModel, targets: tuple[str, ...]) -> None:
+    """ModelError, before LoRA is built, for any name in `targets` that matches no
+    layer LoRA can adapt (PEFT's rule: a layer matches a name that is its path or a
+    dotted suffix of it), listing the model's layer names; PEFT itself would adapt the
+    names that match and silently skip the others. ("all-linear",) stands alone."""
+    if not targets:
+        raise ModelError("--targets: no LoRA target given (hint: name layers, or all-linear)")
+    if ALL_LINEAR in targets:
+        if len(targets) > 1:
+            raise ModelError(f"--targets {ALL_LINEAR} cannot be combined with other targets")
+        return
+    layers = lora_layers(base.model, base.task)
+    unknown = [t for t in targets if not any(p == t or p.endswith("." + t) for p in layers)]
+    if not unknown:
+        return
+    names = sorted({p.rsplit(".", 1)[-1] for p in layers})
+    shown = ", ".join(names[:TARGETS_SHOWN]) + (
+        f" and {len(names) - TARGETS_SHOWN} more" if len(names) > TARGETS_SHOWN else ""
+    )
+    pairs = [p.split(".")[-2:] for p in layers if "." in p]
+    pairs = [pair for pair in pairs if not pair[0].isdigit()]
+    attention = [pair for pair in pairs if "att" in pair[0] or pair[0] == "self"]
+    example = ".".join((attention or pairs or [[""]])[0])
+    suffix = f", a dotted end of a layer's path such as {example}" if example else ""
+    raise ModelError(
+        f"--targets {','.join(unknown)}: the model {base.name!r} has no layer that LoRA can "
+        f"adapt (linear, Conv1D, embedding, convolution) by "
+        f"{'that name' if len(unknown) == 1 else 'those names'} "
+        f"(hint: its layer names are {shown or 'none'}{suffix}, or {ALL_LINEAR})"
+    )
+
+
 def wrap_lora(
     base: BaseModel,
     rank: int,
@@ -364,13 +526,13 @@ def wrap_lora(
     dora: bool = False,
 ) -> nn.Module:
     """Return the PEFT model; only LoRA factors (DoRA: and magnitudes; and a
-    classification head) train. `targets` ("all-linear",) is PEFT's shorthand."""
+    classification head) train. `targets` ("all-linear",) is PEFT's shorthand; every
+    other name must match a layer (`check_targets`)."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     if rank < 1:
         raise ModelError(f"LoRA rank must be >= 1, got {rank}")
-    if ALL_LINEAR in targets and len(targets) > 1:
-        raise ModelError(f"--targets {ALL_LINEAR} cannot be combined with other targets")
+    check_targets(base, targets)
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha,

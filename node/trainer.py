@@ -35,7 +35,14 @@ from declora.node.adapter_card import describe_adapter, describe_base
 from declora.node.data import TextDataset
 from declora.node.lm_data import encode_lm
 from declora.node.methods import DEFAULT_METHOD, freeze_lora_a
-from declora.node.models import BaseModel, ModelError, default_targets, load_base, wrap_lora
+from declora.node.models import (
+    BaseModel,
+    ModelError,
+    check_targets,
+    default_targets,
+    load_base,
+    wrap_lora,
+)
 from declora.node.quantize import check_runtime
 from declora.node.schedule import Schedule
 
@@ -153,6 +160,7 @@ class LoraModel:
             config.id2label = dict(enumerate(names))
             config.label2id = {n: i for i, n in enumerate(names)}
         targets = spec.targets or default_targets(base.family, base.model)
+        check_targets(base, tuple(targets))  # each name a layer (DECA/full FT record them too)
         self.spec = LoraSpec(**{**spec.as_dict(), "targets": tuple(targets)})  # type: ignore[arg-type]
         self.base = base
         self.tokenizer = base.tokenizer
