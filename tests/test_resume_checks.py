@@ -154,10 +154,9 @@ def _listing(folder: Path) -> list[tuple[str, str]]:
 def test_a_folder_with_an_earlier_runs_files_but_no_latest_is_not_empty(
     tmp_path: Path, held: str
 ) -> None:
-    """Before: only LATEST counted, so a fresh start replaced a run that crashed
-    before its first checkpoint or lost its LATEST. Now a fresh start and --resume are
-    refused (exit 2) naming the files, which stay; `earlier_run` (for resume = auto)
-    sees them."""
+    """Before: only LATEST counted, so a fresh start replaced a run that lost its
+    LATEST. Now a fresh start and --resume are refused (exit 2) naming the files, which
+    stay; a rounds.jsonl alone refuses only --resume (a fresh start appends to it)."""
     folder = tmp_path / "state"
     folder.mkdir()
     assert earlier_run(folder) == [] and earlier_run(tmp_path / "none") == []
@@ -170,6 +169,12 @@ def test_a_folder_with_an_earlier_runs_files_but_no_latest_is_not_empty(
     assert earlier_run(folder) == [held]
     for resume in (False, True, "auto"):  # auto: a restart policy's start
         settings = _settings(folder, resume=resume)
+        if held == "rounds.jsonl" and not settings.resume:
+            # a history alone (a crash before the first checkpoint): a fresh start
+            # appends to it, so a restart policy can start over
+            check_config(settings)
+            assert _listing(folder) == before
+            continue
         with pytest.raises(UserError) as info:
             check_config(settings)
         err = info.value

@@ -104,8 +104,8 @@ def earlier_run(folder: Path) -> list[str]:
 def check_config(settings: NodeSettings) -> list[Path]:
     """Before anything loads: someone to train with; a checkpoint folder that can be
     written, holding a checkpoint to resume with --resume and none without (an earlier
-    run's checkpoints, adapter and history are never replaced by a fresh start, LATEST
-    or not: `earlier_run`). The folders it
+    run's checkpoints and adapter are never replaced by a fresh start, LATEST or not:
+    `earlier_run`; a rounds.jsonl alone is appended to). The folders it
     created, innermost first (`launch` removes those still empty when the start fails)."""
     s = settings
     if not (s.peers or s.mdns or s.solo):
@@ -124,7 +124,9 @@ def check_config(settings: NodeSettings) -> list[Path]:
             CONFIG,
             "start without --resume to begin afresh, or pass the --checkpoint-dir it used",
         )
-    if found and not held:  # an earlier run's files, but no checkpoint LATEST names
+    # a history alone (a crash before the first checkpoint) is appended to by a fresh
+    # start, so a restart policy (resume = auto) can start over; anything else is kept
+    if found and not held and (s.resume or found != ["rounds.jsonl"]):
         complete = [
             n for n in found if n.startswith("ckpt-") and (s.state_dir / n / "state.pt").is_file()
         ]
