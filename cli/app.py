@@ -470,7 +470,8 @@ def experiment(
         int | None,
         typer.Option(
             min=1,
-            help="runs at a time (--task swarm, lm-parity, methods; one thread each) [default: 2]",
+            show_default="2",
+            help="runs at a time (--task swarm, lm-parity, methods; one thread each)",
         ),
     ] = None,
 ) -> None:
