@@ -392,6 +392,7 @@ def simulate(
     from declora.cli.experiment import run_one
     from declora.cli.options import given
     from declora.node.data import DataError
+    from declora.node.models import ModelError
     from declora.node.simulator import SimConfig
 
     try:
@@ -405,7 +406,7 @@ def simulate(
     _check_output(output, "--output", force)
     try:
         run_one(cfg, output)
-    except DataError as exc:  # the data, or the data shared out among --nodes
+    except (DataError, ModelError) as exc:  # the data (shared out among --nodes), the model
         if STATE["debug"]:
             raise
         fail_with(exc)
@@ -567,7 +568,16 @@ def lab(
         )
         return
     _check_output(cfg.output, "--output", force)
-    summary: dict[str, Any] = run_lab(cfg)
+    from declora.node.data import DataError
+    from declora.node.models import ModelError
+
+    try:
+        summary: dict[str, Any] = run_lab(cfg)
+    except (DataError, ModelError) as exc:  # the reference's data or model, in process
+        if STATE["debug"]:
+            raise
+        fail_with(exc)
+        return
     if fmt == "json":
         typer.echo(json.dumps(summary, indent=2, default=str))
     raise typer.Exit(0 if summary.get("ok") else 1)

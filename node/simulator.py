@@ -37,7 +37,7 @@ from declora.node.partition import format_label_counts, label_counts
 from declora.node.product_mixing import lora_pairs, product_average
 from declora.node.recipe import Recipe
 from declora.node.scores import Score, score_for
-from declora.node.topology import Topology, from_spec
+from declora.node.topology import SPEC_FORMS, Topology, from_spec
 from declora.node.trainer import Encoded, LoraModel
 from declora.node.workload import Workload, load_workload
 
@@ -49,7 +49,12 @@ class SimConfig(Recipe):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     nodes: int = Field(8, ge=1, le=1024, description="virtual nodes")
-    topology: str = Field("ring", description="ring, complete, er:P, torus[:RxC], star")
+    topology: str = Field(
+        "ring",
+        description="the graph: "
+        + "; ".join(SPEC_FORMS)
+        + " (an edge list file: a line 'i j' per edge, # comments)",
+    )
     mixing: str = Field("mh", description="mixing weights: mh, laplacian or uniform")
     partition_scheme: str = Field(
         "dirichlet:0.1",

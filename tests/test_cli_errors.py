@@ -315,3 +315,25 @@ def test_inspect_predict_and_export_accept_the_same_checkpoint_root(
     assert json.loads(root.stdout)["kind"] == "adapter"
     exported = runner.invoke(app, ["export", str(saved), "-o", str(tmp_path / "copy")])
     assert exported.exit_code == 0, exported.output
+
+
+def test_a_model_error_of_simulate_and_lab_is_two_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """simulate and lab build models in process (the nodes, the reference): a ModelError
+    there is the user's (exit 2, two lines), as it is in `start`."""
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"text": f"w{i} x y", "label": "ab"[i % 2]}) + "\n"
+                            for i in range(40)))  # fmt: skip
+    args = ["--task", "lm", "--model", "tiny-bert", "--data", str(data), "--nodes", "2"]
+    res = runner.invoke(app, ["simulate", *args, "--output", str(tmp_path / "sim")])
+    two_lines(res, "is not a causal (decoder) LM", "--task lm needs a decoder-only causal LM")
+
+    from declora.node.models import ModelError
+
+    def model_error(*_: Any, **__: Any) -> None:
+        raise ModelError("the model 'm' is not there (hint: give a local folder)")
+
+    monkeypatch.setattr("declora.cli.lab.run_lab", model_error)
+    res = runner.invoke(app, ["lab", "--output", str(tmp_path / "lab")])
+    two_lines(res, "the model 'm' is not there", "give a local folder")
