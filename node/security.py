@@ -1,7 +1,11 @@
 """Who may talk to a node: mutual TLS and a shared swarm secret.
 
 - mTLS (`TlsFiles`): every connection, in both directions, needs a certificate
-  signed by the swarm's CA; it encrypts and authenticates the transport.
+  signed by the swarm's CA; it encrypts and authenticates the transport. The files
+  are checked against each other when loaded (`certificate_problem`: dates, the CA's
+  signature, a CA's or the CLI's certificate as a node's, the node id);
+  `TlsFiles.server_name` reads the name of the certificate a server presents (a
+  dialler checks a Welcome's node id against it).
 - Swarm secret (`SwarmAuth`): HMAC-SHA256 over each Hello, PullRequest and
   LeaveNotice (with a fresh nonce: an 8-byte big-endian unix-ms timestamp and 16
   random bytes) and over each payload header together with its data. It
@@ -14,22 +18,30 @@ covers the message type, so a signed message of one kind is never valid as anoth
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import datetime as dt
 import hashlib
 import heapq
 import hmac
 import ipaddress
 import os
+import ssl
 import struct
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 from google.protobuf.message import Message
 
 from declora.proto import pb
+
+if TYPE_CHECKING:  # cryptography is imported where it is used: `status` starts fast
+    from cryptography import x509
 
 NONCE_BYTES = 24  # 8-byte timestamp (unix ms, big-endian) + 16 random bytes
 WINDOW_SECONDS = 120.0
@@ -77,18 +89,170 @@ def _read_pem(option: str, path: Path, kind: str) -> bytes:
     return data
 
 
+def _when(t: dt.datetime) -> str:
+    return t.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def common_name(cert: x509.Certificate) -> str:
+    """The certificate's subject common name ('' when it has none)."""
+    from cryptography import x509
+
+    names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    value = names[0].value if names else ""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _anchor(chain: list[x509.Certificate], cas: list[x509.Certificate]) -> x509.Certificate | None:
+    """The CA of `cas` that `chain` (leaf first, then intermediates) leads to, if any."""
+    current, rest = chain[0], list(chain[1:])
+    for _ in range(len(chain)):
+        anchor = next((ca for ca in cas if _issued_by(current, ca)), None)
+        if anchor is not None:
+            return anchor
+        parent = next((c for c in rest if _issued_by(current, c)), None)
+        if parent is None:
+            return None
+        rest.remove(parent)
+        current = parent
+    return None
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    from cryptography import x509
+
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _usages(cert: x509.Certificate) -> set[str] | None:
+    """The extended key usages by name ('serverAuth', 'clientAuth', ...); None when the
+    certificate has no such extension (any use allowed)."""
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID as EKU
+
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return None
+    names = {EKU.SERVER_AUTH: "serverAuth", EKU.CLIENT_AUTH: "clientAuth"}
+    return {names.get(oid, oid.dotted_string) for oid in eku}
+
+
+def _dates_problem(option: str, path: Path, c: x509.Certificate, now: dt.datetime) -> str:
+    if now < c.not_valid_before_utc:
+        return (
+            f"{option}: {path} is not valid before {_when(c.not_valid_before_utc)} "
+            f"(now {_when(now)}): is this machine's clock right?"
+        )
+    if now > c.not_valid_after_utc:
+        return (
+            f"{option}: {path} expired on {_when(c.not_valid_after_utc)} (now "
+            f"{_when(now)}): mint new certificates (`declora-node certs`)"
+        )
+    return ""
+
+
+def certificate_problem(
+    chain: list[x509.Certificate],
+    cas: list[x509.Certificate],
+    *,
+    cert: Path,
+    ca: Path,
+    role: str | None = None,
+    node_id: str | None = None,
+    now: dt.datetime | None = None,
+) -> str:
+    """'' when `chain` (from --tls-cert `cert`) may serve as `role` under the CA(s) of
+    --tls-ca `ca`, else what is wrong, naming the option. Any role: a certificate (or
+    the CA that signed it) not yet valid or expired, a CA certificate as this end's
+    (other CAs in a --tls-ca bundle, a retired one, are not checked). "node" (both ends
+    of a connection) and "client" (the CLI) also: a certificate the CA did not sign
+    (directly or through the intermediates after it in --tls-cert), one without the
+    extended key usage the role needs; "node": a common name other than `node_id`."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    leaf = chain[0]
+    problem = _dates_problem("--tls-cert", cert, leaf, now)
+    if problem:
+        return problem
+    if _is_ca(leaf):
+        return (
+            f"--tls-cert: {cert} is a CA certificate (CA:TRUE), not a node's or the CLI's: "
+            f"give this end's own certificate (NAME.pem of `declora-node certs`)"
+        )
+    anchor = _anchor(chain, cas)
+    if anchor is None and role is not None:  # role None: the CLI's own diagnosis at
+        # connect time ("it refused this certificate") stays as it is
+        return (
+            f"--tls-cert: {cert} is not signed by the CA of --tls-ca {ca}: give the "
+            "certificate and the CA of the same `declora-node certs` run"
+        )
+    problem = "" if anchor is None else _dates_problem("--tls-ca", ca, anchor, now)
+    if problem:
+        return problem
+    name = common_name(leaf)
+    usages = _usages(leaf)
+    if role == "node":
+        missing = (
+            [] if usages is None else [u for u in ("serverAuth", "clientAuth") if u not in usages]
+        )
+        if missing:
+            cli = " (the CLI's cli.pem?)" if usages == {"clientAuth"} else ""
+            return (
+                f"--tls-cert: {cert} ({name or 'no name'}) is not a node certificate{cli}: "
+                f"it lacks the extended key usage {' and '.join(missing)} a node needs to "
+                "serve and to dial; give the node's NAME.pem of `declora-node certs`"
+            )
+        if not name:
+            return f"--tls-cert: {cert} has no common name: a node's id is its certificate's name"
+        if node_id and node_id != name:
+            return (
+                f"--node-id {node_id!r} is not the name of --tls-cert {cert} ({name!r}): under "
+                f"mTLS peers admit a node only as its certificate's name: give --node-id "
+                f"{name}, or the certificate of {node_id!r}"
+            )
+    if role == "client" and usages is not None and "clientAuth" not in usages:
+        return f"--tls-cert: {cert} is not a client certificate (no clientAuth usage)"
+    return ""
+
+
 @dataclass(frozen=True)
 class TlsFiles:
-    """PEM bytes of this end's certificate chain, its private key and the swarm CA."""
+    """PEM bytes of this end's certificate chain, its private key and the swarm CA
+    (and the paths they were read from, where known)."""
 
     cert: bytes
     key: bytes
     ca: bytes
+    cert_path: Path | None = field(default=None, compare=False)
+    key_path: Path | None = field(default=None, compare=False)
 
     @classmethod
-    def load(cls, cert: Path | None, key: Path | None, ca: Path | None) -> TlsFiles | None:
+    def load(
+        cls,
+        cert: Path | None,
+        key: Path | None,
+        ca: Path | None,
+        *,
+        role: str | None = None,
+        node_id: str | None = None,
+    ) -> TlsFiles | None:
         """None when no file is given; TlsError (naming the option) when only some are,
-        when one cannot be read or parsed, or when the key does not match the cert."""
+        when one cannot be read or parsed, when the key does not match the cert, or
+        when the certificate may not serve as `role` (`certificate_problem`: dates,
+        the CA's signature, a CA or client-only certificate for a node, a name other
+        than `node_id`)."""
         given = [p is not None for p in (cert, key, ca)]
         if not any(given):
             return None
@@ -100,6 +264,8 @@ class TlsFiles:
             _read_pem("--tls-cert", cert, "cert"),
             _read_pem("--tls-key", key, "key"),
             _read_pem("--tls-ca", ca, "cert"),
+            cert,
+            key,
         )
         from cryptography import x509
         from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
@@ -112,11 +278,72 @@ class TlsFiles:
         def spki(public_key: PublicKeyTypes) -> bytes:
             return public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
-        leaf = x509.load_pem_x509_certificate(files.cert)
+        chain = x509.load_pem_x509_certificates(files.cert)
         private = load_pem_private_key(files.key, password=None)
-        if spki(leaf.public_key()) != spki(private.public_key()):
+        if spki(chain[0].public_key()) != spki(private.public_key()):
             raise TlsError(f"--tls-key: {key} is not the private key of --tls-cert {cert}")
+        problem = certificate_problem(
+            chain,
+            x509.load_pem_x509_certificates(files.ca),
+            cert=cert,
+            ca=ca,
+            role=role,
+            node_id=node_id,
+        )
+        if problem:
+            raise TlsError(problem)
         return files
+
+    @property
+    def name(self) -> str:
+        """The common name of this end's certificate (a node's id under mTLS)."""
+        from cryptography import x509
+
+        return common_name(x509.load_pem_x509_certificate(self.cert))
+
+    def _probe_context(self) -> ssl.SSLContext:
+        """A client TLS context with this end's cert that verifies the peer's chain
+        against the CA (not its host name: gRPC checks that on its own channel)."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cadata=self.ca.decode("ascii", "replace"))
+        ctx.set_alpn_protocols(["h2"])
+        if self.cert_path is not None and self.key_path is not None:
+            ctx.load_cert_chain(self.cert_path, self.key_path)
+        else:  # built from bytes: ssl reads a chain and key only from files
+            with tempfile.TemporaryDirectory() as tmp:
+                pem = Path(tmp) / "end.pem"
+                fd = os.open(pem, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(self.cert + b"\n" + self.key)
+                ctx.load_cert_chain(pem)
+        return ctx
+
+    async def server_name(self, host: str, port: int, timeout: float) -> str:
+        """The common name of the certificate the server at host:port presents, once
+        its chain verifies against the CA; TlsError when it cannot be read (a TLS
+        connection of its own, closed at once: gRPC's channels do not expose it)."""
+        from cryptography import x509
+
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    host, port, ssl=self._probe_context(), server_hostname=host or None
+                ),
+                timeout,
+            )
+        except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+            raise TlsError(f"cannot read the certificate of {host}:{port}: {exc}") from exc
+        try:
+            der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+        if not der:
+            raise TlsError(f"{host}:{port} presented no certificate")
+        return common_name(x509.load_der_x509_certificate(der))
 
     def server_credentials(self) -> grpc.ServerCredentials:
         """Serve with this cert; every client must present a cert signed by the CA."""

@@ -5,7 +5,10 @@
   refused with a reason the operator can act on;
 - with a swarm secret every Hello, Welcome, pull and leave notice must carry a valid
   mac (`Auth`); a refusal is counted (`bad_auth`, `replay`, `stale_nonce`) and a
-  stranger learns nothing about this node;
+  stranger learns nothing about this node; without one, a signed Hello or Welcome is
+  refused too ("'a' uses --swarm-secret, this node has none"), so a swarm whose nodes
+  disagree about the secret refuses on both sides and neither counts the other
+  towards `--min-peers`;
 - every number and id in a Hello is bounded (`identity`) before it is used; a
   refused Welcome carries the reason and nothing about this node;
 - a Hello names its receiver (the address dialled; a Welcome: the dialler's id) and
@@ -13,7 +16,9 @@
   secret a Hello for another receiver is refused, so a signed Hello seen on the wire
   cannot be replayed to another node;
 - with mTLS, a node id must be its certificate's common name, and the CLI's
-  certificate (`cli`) may only read Status;
+  certificate (`cli`) may only read Status: checked on a Hello (the caller's
+  certificate) and, when dialling, on the Welcome (the certificate the server presents,
+  read by a TLS connection of its own: `TlsFiles.server_name`);
 - a Hello's `listen_address` is `host:port` only (an IPv4 or [IPv6] literal or a DNS
   name, port 1-65535): never another gRPC target (`unix:`, `dns:///`, a list), so a
   peer cannot make this node dial a local socket or look up a name of its choosing;
@@ -28,7 +33,9 @@
 - refused Hellos are logged in full at most `REFUSALS_LOGGED` times a minute, then
   counted and summed up in one line (`RefusalLog`); the `handshake` counter has them all;
 - `dial` admits a peer only when its Welcome is authentic, names this node and
-  passes `check_hello` (how each dial ended is recorded by `startup.DialLog`);
+  passes `check_hello` (how each dial ended is recorded by `startup.DialLog`); a
+  Welcome accepted there but refused here is recorded as "not joining: ..." and
+  followed by a Leave, so the peer drops this node again;
 - the reconnect loop re-dials candidates and known peers that are not live, with the
   peer table's backoff; an unexpected error is logged, never swallowed, and the loop
   goes on.
@@ -76,7 +83,7 @@ from declora.node.identity import (
 )
 from declora.node.limits import peer_host
 from declora.node.methods import DEFAULT_METHOD
-from declora.node.security import AuthError, Signed, SignedT, SwarmAuth
+from declora.node.security import AuthError, Signed, SignedT, SwarmAuth, TlsError
 from declora.node.settings import NodeSettings
 from declora.proto import pb, pb_grpc
 
@@ -87,6 +94,7 @@ DIAL_TIMEOUT = 5.0
 CLI_CERT = "cli"  # the common name `declora-node certs` gives the CLI's certificate
 REFUSALS_LOGGED = 20  # refused Hellos logged in full per window; the rest counted
 REFUSAL_WINDOW = 60.0  # seconds
+SAME_SECRET = "give every node the same secret"
 _DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
@@ -362,6 +370,15 @@ class Handshaker:
             recipe=self.recipe,
         )
 
+    def secret_mismatch(self, h: pb.Hello, who: str) -> str:
+        """Why a signed Hello or Welcome cannot join this open-mode node ('' when this
+        node has a secret, whose check is `Auth.refusal`, or `h` carries no mac): the
+        sender uses a swarm secret, so it refuses this node's unsigned messages; refused
+        here too, so that neither side counts the other as a neighbour."""
+        if self.auth.secret is not None or not (h.mac or h.nonce):
+            return ""
+        return f"{who} uses --swarm-secret, this node has none: {SAME_SECRET}"
+
     def names_me(self, receiver: str) -> bool:
         """Whether `receiver` (a Hello's) is this node: its id, advertised or listen
         address. Enforced with a swarm secret, where the mac makes it binding."""
@@ -380,9 +397,15 @@ class Handshaker:
         who = shown(request.node_id or "?")
         refusal = self.auth.refusal(request, f"handshake from {who}")
         if refusal:  # nothing about this node for a stranger
+            if not request.mac:  # the operator's mistake, read on both sides
+                refusal += f" ({who} has none, this node has one: {SAME_SECRET})"
             return pb.Welcome(accepted=False, reason=f"not authenticated: {refusal}")
         host = peer_host(peer) if peer else ""
-        reason = self.check(request) or self._identity_refusal(request, cert_name, host)
+        reason = (
+            self.secret_mismatch(request, who)
+            or self.check(request)
+            or self._identity_refusal(request, cert_name, host)
+        )
         if reason:
             self.counters.count("handshake")
             self.refusals.warning("refused handshake from %s: %s", who, reason)
@@ -426,30 +449,80 @@ class Handshaker:
 
     async def dial(self, address: str, configured: bool = False) -> Peer | None:
         """Handshake with `address`; admit the peer on success (its Welcome authentic
-        and naming this node); `configured`: a static or discovered address."""
+        and naming this node, under mTLS its node id the name of the certificate its
+        server presents); `configured`: a static or discovered address. A Welcome
+        accepted there and refused here is recorded as this dial's outcome (the
+        startup message names it) and followed by a Leave, so the peer does not count
+        this node either."""
         channel = self.transport.channel(address)
         hello = self.hello(receiver=address, session=self.peers.token_for_dial(address))
         try:
-            welcome = await pb_grpc.SwarmStub(channel).Handshake(hello, timeout=DIAL_TIMEOUT)
-        except grpc.aio.AioRpcError as exc:
-            why = f"{exc.code().name} {exc.details() or ''}".strip()
-            log.debug("handshake with %s failed: %s", address, why)
-            return None
+            try:
+                welcome = await pb_grpc.SwarmStub(channel).Handshake(hello, timeout=DIAL_TIMEOUT)
+            except grpc.aio.AioRpcError as exc:
+                why = f"{exc.code().name} {exc.details() or ''}".strip()
+                log.debug("handshake with %s failed: %s", address, why)
+                return None
+            if not welcome.accepted:
+                log.warning("%s refused the handshake: %s", address, escaped(welcome.reason))
+                return None
+            node = welcome.node
+            if self.auth.refusal(node, f"the welcome of {address}"):
+                return None
+            reason = self.secret_mismatch(node, shown(node.node_id or address)) or self.check(node)
+            if (
+                not reason
+                and self.auth.secret is not None
+                and node.receiver != self.settings.node_id
+            ):
+                reason = f"its welcome is for {shown(node.receiver)}, not this node"
+            if not reason:
+                reason = await self._certificate_refusal(address, node.node_id)
+            if reason:
+                log.warning("not joining %s: %s", address, reason)
+                await self._refused_welcome(channel, address, node, reason)
+                return None
         finally:
             await channel.close()
-        if not welcome.accepted:
-            log.warning("%s refused the handshake: %s", address, escaped(welcome.reason))
-            return None
-        node = welcome.node
-        if self.auth.refusal(node, f"the welcome of {address}"):
-            return None
-        reason = self.check(node)
-        if not reason and self.auth.secret is not None and node.receiver != self.settings.node_id:
-            reason = f"its welcome is for {shown(node.receiver)}, not this node"
-        if reason:
-            log.warning("not joining %s: %s", address, reason)
-            return None
         return self._admit(node, dialled=address, configured=configured)
+
+    async def _certificate_refusal(self, address: str, node_id: str) -> str:
+        """Under mTLS: '' when the server at `address` presents the certificate of
+        `node_id` (what its Welcome claims), else why not; '' without mTLS."""
+        tls = getattr(self.transport, "tls", None)
+        if tls is None:
+            return ""
+        try:
+            host, port = split_address(address)
+            name = await tls.server_name(host, port, DIAL_TIMEOUT)
+        except (ValueError, TlsError) as exc:  # TlsError is a ValueError
+            return f"cannot check its certificate: {exc}"
+        if name == CLI_CERT:
+            return "it serves with the CLI's certificate, which may only read Status"
+        if name != node_id:
+            return f"node id {shown(node_id)} is not its certificate's name {shown(name)}"
+        return ""
+
+    async def _refused_welcome(
+        self, channel: grpc.aio.Channel, address: str, node: pb.Hello, reason: str
+    ) -> None:
+        """Record `reason` as how dialling `address` ended, and tell the peer, which
+        accepted this node, that it left (best effort: never raises)."""
+        dial_log = getattr(self.transport, "dial_log", None)
+        if dial_log is not None:
+            dial_log.outcomes[address] = f"not joining: {reason}"
+        s = self.settings
+        notice = pb.LeaveNotice(
+            node_id=s.node_id,
+            swarm_id=s.swarm_id,
+            round=self.progress.round,
+            session=node.session,
+            receiver_id=node.node_id,
+        )
+        try:
+            await pb_grpc.SwarmStub(channel).Leave(self.auth.sign(notice), timeout=DIAL_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            log.debug("leave to %s failed: %s", address, exc.code().name)
 
     def _admit(self, hello: pb.Hello, **how: Any) -> Peer | None:
         """`PeerTable.admit`; when the live set is full, a silent neighbour's slot is
