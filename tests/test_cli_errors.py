@@ -326,8 +326,21 @@ def test_a_model_error_of_simulate_and_lab_is_two_lines(
     data.write_text("".join(json.dumps({"text": f"w{i} x y", "label": "ab"[i % 2]}) + "\n"
                             for i in range(40)))  # fmt: skip
     args = ["--task", "lm", "--model", "tiny-bert", "--data", str(data), "--nodes", "2"]
-    res = runner.invoke(app, ["simulate", *args, "--output", str(tmp_path / "sim")])
-    two_lines(res, "is not a causal (decoder) LM", "--task lm needs a decoder-only causal LM")
+    cli = [
+        sys.executable,
+        "-m",
+        "declora.cli",
+        "simulate",
+        *args,
+        "--output",
+        str(tmp_path / "sim"),
+    ]
+    proc = subprocess.run(cli, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2, proc.stderr
+    error, hint = proc.stderr.strip().splitlines()[-2:]
+    assert error.startswith("error: ") and "is not a causal (decoder) LM" in error
+    assert hint.startswith("hint: --task lm needs a decoder-only causal LM")
+    assert "Traceback" not in proc.stderr
 
     from declora.node.models import ModelError
 
