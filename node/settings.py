@@ -92,7 +92,9 @@ class NodeSettings(BaseSettings, Recipe):
     node_id: str = Field(
         "",
         description="unique id in the swarm",
-        json_schema_extra={"default_text": "from the advertise address"},
+        json_schema_extra={
+            "default_text": "its certificate's name under mTLS, else from the advertise address"
+        },
     )
     swarm_id: str = Field(
         "default", min_length=1, max_length=128, description="nodes mix only within one swarm"
@@ -265,9 +267,12 @@ class NodeSettings(BaseSettings, Recipe):
     def _fill(self) -> NodeSettings:
         if not self.advertise:
             self.advertise = self.listen
-        if not self.node_id:
-            self.node_id = "node-" + self.advertise.replace(":", "-").replace("[", "").replace(
-                "]", ""
+        if not self.node_id:  # under mTLS a node's id is its certificate's name
+            tls = self.tls()
+            self.node_id = (
+                tls.name
+                if tls is not None
+                else "node-" + self.advertise.replace(":", "-").replace("[", "").replace("]", "")
             )
         problem = node_id_problem(self.node_id)
         if problem:
@@ -293,8 +298,12 @@ class NodeSettings(BaseSettings, Recipe):
         return self
 
     def tls(self) -> TlsFiles | None:
-        """The TLS files read and checked (TlsError naming the option); None without TLS."""
-        return TlsFiles.load(self.tls_cert, self.tls_key, self.tls_ca)
+        """The TLS files read and checked for a node (TlsError naming the option): valid
+        now, signed by --tls-ca, a node's certificate (not a CA's, not the CLI's), named
+        --node-id; None without TLS."""
+        return TlsFiles.load(
+            self.tls_cert, self.tls_key, self.tls_ca, role="node", node_id=self.node_id or None
+        )
 
     @property
     def wanted_peers(self) -> int:

@@ -156,10 +156,6 @@ def test_start_refuses_certificates_that_do_not_fit_in_one_line(pki: Path) -> No
         assert "Traceback" not in res.output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs node/settings.py to call TlsFiles.load(..., role='node', node_id=...)",
-)
 def test_start_refuses_a_node_id_or_cert_that_is_not_the_nodes(pki: Path) -> None:
     other_ca = pki.parent / "other" / "ca.pem"
     for args, needle in (
@@ -329,3 +325,14 @@ def test_secret_on_one_node_only_fails_both_starts(cluster: Cluster) -> None:
     assert f"WARNING [b r0] {a.address} {told_b}" in b.log(), b.log()
     for node in (a, b):
         assert "joined the live set" not in node.log(), node.log()
+
+
+def test_a_node_under_mtls_without_node_id_takes_its_certificates_name(pki: Path) -> None:
+    """Peers check a node's id against its certificate: the address-derived default
+    could never join, so the certificate's name is the default under mTLS."""
+    from declora.node.settings import load_settings
+
+    cert, key, ca = files(pki, "b")
+    s = load_settings({"tls_cert": str(cert), "tls_key": str(key), "tls_ca": str(ca)})
+    assert s.node_id == "b"
+    assert load_settings({}).node_id == "node-127.0.0.1-7070"

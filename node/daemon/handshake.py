@@ -510,7 +510,7 @@ class Handshaker:
         accepted this node, that it left (best effort: never raises)."""
         dial_log = getattr(self.transport, "dial_log", None)
         if dial_log is not None:
-            dial_log.outcomes[address] = f"not joining: {reason}"
+            dial_log.record(address, f"not joining: {reason}")
         s = self.settings
         notice = pb.LeaveNotice(
             node_id=s.node_id,

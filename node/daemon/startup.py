@@ -226,11 +226,26 @@ def dial_failure(address: str, code: grpc.StatusCode, details: str) -> str:
     return f"{code.name}: {details}".strip()
 
 
+REFUSED = ("refused the handshake", "not joining")  # a dial outcome that says why
+
+
 class DialLog:
     """How this node's last handshake with each address ended ('' = accepted)."""
 
     def __init__(self) -> None:
         self.outcomes: dict[str, str] = {}
+        self.refused: dict[str, str] = {}  # each address's last refusal
+
+    def record(self, address: str, why: str) -> None:
+        """How dialling `address` ended ('' = accepted); a later failure (the peer gave
+        up first) keeps the refusal that came before it."""
+        if why.startswith(REFUSED):
+            self.refused[address] = why
+        elif not why:
+            self.refused.pop(address, None)
+        elif address in self.refused:
+            why = f"{why}; before that: {self.refused[address]}"
+        self.outcomes[address] = why
 
     def interceptor(self, address: str) -> grpc.aio.UnaryUnaryClientInterceptor:
         """A client interceptor for a channel to `address` that records Handshakes."""
@@ -252,10 +267,10 @@ class _HandshakeWatch(grpc.aio.UnaryUnaryClientInterceptor):
             welcome = await call
         except grpc.aio.AioRpcError as exc:
             why = dial_failure(self.address, exc.code(), exc.details() or "")
-            self.log.outcomes[self.address] = why
+            self.log.record(self.address, why)
             raise
         reason = "" if welcome.accepted else f"refused the handshake: {escaped(welcome.reason)}"
-        self.log.outcomes[self.address] = reason
+        self.log.record(self.address, reason)
         return call
 
 
