@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -134,17 +133,10 @@ def fail(message: str, code: int = 2, hint: str = "") -> None:
     raise typer.Exit(code)
 
 
-_INLINE_HINT = re.compile(r"^(?P<message>.*?)\s*\(hint: (?P<hint>[^()]*)\)$", re.DOTALL)
-
-
 def fail_with(exc: BaseException, code: int = 2) -> None:
-    """`fail` for an exception whose hint rides along: `.message`/`.hint` (DataError,
-    InspectError), or a trailing `(hint: ...)` in its text (AdapterError, ModelError),
-    printed as the `hint:` line like every other."""
+    """`fail` for an error that carries its hint apart (`errors.HintedError`: data,
+    model and adapter errors; InspectError), printed as the `hint:` line."""
     message, hint = str(getattr(exc, "message", "") or exc), str(getattr(exc, "hint", "") or "")
-    inline = _INLINE_HINT.match(message)
-    if inline and not hint:
-        message, hint = inline["message"], inline["hint"]
     fail(message, code, hint)
 
 

@@ -190,9 +190,7 @@ def run_generate(
     with quiet_transformers():
         loaded = load_adapter(adapter, base=base)
     if loaded.task != "lm":
-        raise AdapterError(
-            f"{loaded.path} is a classifier, not a causal LM adapter (hint: use predict)"
-        )
+        raise AdapterError(f"{loaded.path} is a classifier, not a causal LM adapter", "use predict")
     for p in prompts:
         done = complete(loaded, prompt_ids(loaded.tokenizer, p, chat_template), sampling)
         if fmt == "json":

@@ -39,9 +39,10 @@ def _adapter_dir(path: Path) -> tuple[Path, Path | None]:
 
     try:
         adapter = adapter_folder(path)
-    except (AdapterError, OSError) as exc:
-        message, _, hint = str(exc).partition(" (hint: ")
-        raise InspectError(message, hint.removesuffix(")")) from None
+    except AdapterError as exc:
+        raise InspectError(exc.message, exc.hint) from None
+    except OSError as exc:
+        raise InspectError(str(exc)) from None
     ckpt = adapter.parent
     if adapter.name == "adapter" and (ckpt / "state.pt").is_file():
         return adapter, ckpt

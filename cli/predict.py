@@ -179,7 +179,7 @@ def _export(adapter: Path, output: Path, merge: bool, base: str | None) -> str:
     if not merge:
         folder = adapter_folder(adapter)
         if output.exists() and (not output.is_dir() or any(output.iterdir())):
-            raise AdapterError(f"{output} already exists (hint: choose a new --output)")
+            raise AdapterError(f"{output} already exists", "choose a new --output")
         names: tuple[str, ...] = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, DECLORA_INFO, MODEL_CARD)
         if not (folder / ADAPTER_CONFIG).is_file():  # a DECA full model folder: all of it
             names = tuple(sorted(p.name for p in folder.iterdir()))

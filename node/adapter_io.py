@@ -37,6 +37,7 @@ from declora.node.adapter_card import (
 )
 from declora.node.data import TextDataset
 from declora.node.deca_model import FULL_MODEL, MODEL_WEIGHTS, BlockModel
+from declora.node.errors import HintedError
 from declora.node.lm_data import IGNORE, encode_lm
 from declora.node.models import HeadSizeError, HFTokenizer, ModelError, Tokenizer
 from declora.node.trainer import LoraModel, LoraSpec
@@ -45,8 +46,8 @@ EXPORT_INFO = "declora_export.json"
 HEAD_SUFFIXES = (".classifier.weight", ".score.weight", ".classifier.out_proj.weight")
 
 
-class AdapterError(ValueError):
-    """An adapter cannot be loaded or exported; `str()` is one line with a hint."""
+class AdapterError(HintedError):
+    """An adapter cannot be loaded or exported: `message`, then `hint`."""
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ def adapter_folder(path: str | Path) -> Path:
     checkpoint, or a checkpoint root."""
     p = Path(path)
     if not p.exists():
-        raise AdapterError(f"{p} does not exist (hint: pass the folder that save_adapter wrote)")
+        raise AdapterError(f"{p} does not exist", "pass the folder that save_adapter wrote")
     if (p / "LATEST").is_file():
         p = p / (p / "LATEST").read_text().strip()
     if any((p / "adapter" / name).is_file() for name in (ADAPTER_CONFIG, MODEL_WEIGHTS)):
@@ -165,10 +166,11 @@ def adapter_folder(path: str | Path) -> Path:
     if not (p / ADAPTER_CONFIG).is_file():
         raise AdapterError(
             f"{p} is not a PEFT adapter folder (no {ADAPTER_CONFIG}) nor a DECA model "
-            f"folder (no {MODEL_WEIGHTS}) (hint: pass a node's adapter/ or a checkpoint folder)"
+            f"folder (no {MODEL_WEIGHTS})",
+            "pass a node's adapter/ or a checkpoint folder",
         )
     if not (p / ADAPTER_WEIGHTS).is_file():
-        raise AdapterError(f"{p} has no {ADAPTER_WEIGHTS} (hint: the save did not finish)")
+        raise AdapterError(f"{p} has no {ADAPTER_WEIGHTS}", "the save did not finish")
     return p
 
 
@@ -178,15 +180,15 @@ def _read_info(folder: Path) -> dict[str, Any]:
         peft = (folder / ADAPTER_CONFIG).is_file()
         loader = "peft.PeftModel.from_pretrained" if peft else "transformers' from_pretrained"
         raise AdapterError(
-            f"{folder} has no {DECLORA_INFO}: it was not written by declora "
-            f"(hint: load it with {loader})"
+            f"{folder} has no {DECLORA_INFO}: it was not written by declora",
+            f"load it with {loader}",
         )
     try:
         info: dict[str, Any] = json.loads(info_file.read_text())
     except json.JSONDecodeError as exc:
         raise AdapterError(f"{info_file} is not valid JSON: {exc.msg}") from exc
     if not isinstance(info.get("spec"), dict):
-        raise AdapterError(f"{info_file} has no spec (hint: an adapter from an older declora?)")
+        raise AdapterError(f"{info_file} has no spec", "an adapter from an older declora?")
     return info
 
 
@@ -238,17 +240,17 @@ def _check_labels(
     info = folder / DECLORA_INFO
     if labels and len(labels) != num_labels:
         raise AdapterError(
-            f"{info} lists {len(labels)} labels {list(labels)} but num_labels {num_labels} "
-            "(hint: the file was edited or damaged: save the adapter again, or make "
-            "'labels' and 'num_labels' agree)"
+            f"{info} lists {len(labels)} labels {list(labels)} but num_labels {num_labels}",
+            "the file was edited or damaged: save the adapter again, or make 'labels' and "
+            "'num_labels' agree",
         )
     for name, t in tensors.items():
         if name.endswith(HEAD_SUFFIXES) and t.ndim == 2 and int(t.shape[0]) != num_labels:
             named = f" {list(labels)}" if labels else ""
             raise AdapterError(
                 f"{folder}: the saved classification head has {int(t.shape[0])} outputs but "
-                f"{info.name} records {num_labels} labels{named} (hint: the folder mixes "
-                "files of two adapters: save the adapter again)"
+                f"{info.name} records {num_labels} labels{named}",
+                "the folder mixes files of two adapters: save the adapter again",
             )
 
 
@@ -290,13 +292,14 @@ def load_adapter(
         raise AdapterError(
             f"the base {spec.model!r} has a classification head for {len(exc.head_labels)} "
             f"labels {list(exc.head_labels[:10])}, the adapter {folder} one for "
-            f"{num_labels}{f' {list(labels)}' if labels else ''} (hint: pass base= / --base "
-            "with the model the adapter was trained on)"
+            f"{num_labels}{f' {list(labels)}' if labels else ''}",
+            "pass base= / --base with the model the adapter was trained on",
         ) from exc
     except (ModelError, OSError) as exc:
         raise AdapterError(
-            f"cannot load the base {spec.model!r} of {folder}: {exc} "
-            "(hint: pass base= / --base with a local copy of it)"
+            f"cannot load the base {spec.model!r} of {folder}: "
+            + (exc.message if isinstance(exc, ModelError) else str(exc)),
+            "pass base= / --base with a local copy of it",
         ) from exc
     _check_base(lm, info, folder, same_name=spec.model == recorded)
     vec = _vector(tensors, lm.schema, weights, peft=not full)
@@ -348,14 +351,15 @@ def _check_base(lm: LoraModel, info: dict[str, Any], folder: Path, same_name: bo
         if info.get("fingerprint") and lm.fingerprint != info["fingerprint"]:
             raise AdapterError(
                 f"{folder} was trained with fingerprint {info['fingerprint']}, the rebuilt "
-                f"base gives {lm.fingerprint} (hint: a different base model or declora version)"
+                f"base gives {lm.fingerprint}",
+                "a different base model or declora version",
             )
         return
     digest = (info.get("base") or {}).get("digest")
     if digest and digest != lm.base_digest:
         raise AdapterError(
-            f"the base {lm.spec.model!r} has other weights than the base {folder} was "
-            "trained on (hint: pass the same model, e.g. its hub copy)"
+            f"the base {lm.spec.model!r} has other weights than the base {folder} was trained on",
+            "pass the same model, e.g. its hub copy",
         )
 
 
@@ -372,7 +376,7 @@ def export_merged(
     """
     out = Path(output)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise AdapterError(f"{out} already exists (hint: choose a new --output or remove it)")
+        raise AdapterError(f"{out} already exists", "choose a new --output or remove it")
     adapter = load_adapter(path, base=base)
     merged = adapter.merge()
     build = new_build_dir(out)

@@ -32,6 +32,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from declora.node.errors import HintedError
+
 EMBEDDED_DATA = "bbcnews"
 EMBEDDED_CHAT = "bbc-headlines"  # the same articles as headline chats (node/headlines.py)
 BBC_TEST_FRACTION = 0.2
@@ -59,17 +61,8 @@ Chat = tuple[tuple[str, str], ...]  # one conversation: (role, content) turns
 ExampleReader = Callable[[Any, str], tuple[tuple[str, ...], tuple[Chat, ...] | None]]
 
 
-class DataError(ValueError):
-    """A dataset could not be read; `str()` is one line: the problem, then a hint."""
-
-    def __init__(self, message: str, hint: str = "") -> None:
-        self.message = _one_line(message)
-        self.hint = _one_line(hint)
-        super().__init__(f"{self.message} (hint: {self.hint})" if self.hint else self.message)
-
-
-def _one_line(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip()
+class DataError(HintedError):
+    """A dataset could not be read: `message`, then `hint` (`errors.HintedError`)."""
 
 
 @dataclass(frozen=True)

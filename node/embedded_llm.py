@@ -79,8 +79,8 @@ def smollm2_folder() -> str:
                 _convert(source, final)
     except OSError as exc:
         raise ModelError(
-            f"cannot write the converted smollm2 to {final}: {exc.strerror or exc} "
-            "(hint: set XDG_CACHE_HOME to a writable folder)"
+            f"cannot write the converted smollm2 to {final}: {exc.strerror or exc}",
+            "set XDG_CACHE_HOME to a writable folder",
         ) from exc
     return str(final)
 

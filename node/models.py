@@ -24,6 +24,8 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import nn
 
+from declora.node.errors import HintedError
+
 Task = Literal["cls", "lm"]
 
 EMBEDDED_MODEL = "minilm"
@@ -36,8 +38,9 @@ HUB_IDS = {
 }
 
 
-class ModelError(ValueError):
-    """A model could not be loaded or wrapped (unknown name, missing asset, bad target)."""
+class ModelError(HintedError):
+    """A model could not be loaded or wrapped (unknown name, missing asset, bad target):
+    `message`, then `hint`."""
 
 
 class HeadSizeError(ModelError):
@@ -50,9 +53,10 @@ class HeadSizeError(ModelError):
         super().__init__(
             f"the model {name!r} already has a classification head for {len(head_labels)} "
             f"labels {shown}, but {asked} classes are to be trained (the data's classes, "
-            f"or --labels) (hint: give data or --labels with the head's {len(head_labels)} "
-            "classes in its order, or start from the model without a classification head, "
-            "e.g. the one it was fine-tuned from)"
+            f"or --labels)",
+            f"give data or --labels with the head's {len(head_labels)} classes in its order, "
+            "or start from the model without a classification head, e.g. the one it was "
+            "fine-tuned from",
         )
 
 
@@ -322,7 +326,8 @@ def not_causal(name: str, family: str, why: str) -> ModelError:
     """The one-line refusal of `name` for --task lm, saying `why`."""
     return ModelError(
         f"the model {name!r} ({family}) is not a causal (decoder) LM: {why}, so --task lm "
-        f"would train it to predict tokens it is shown (hint: {CAUSAL_HINT})"
+        f"would train it to predict tokens it is shown",
+        CAUSAL_HINT,
     )
 
 
@@ -344,7 +349,8 @@ def check_task(name: str, config: Any, task: Task) -> None:
     elif type(config) not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING:
         raise ModelError(
             f"the model {name!r} ({family}) has no sequence-classification class in "
-            "transformers, which --task cls needs (hint: a causal LM trains with --task lm)"
+            "transformers, which --task cls needs",
+            "a causal LM trains with --task lm",
         )
 
 
@@ -488,7 +494,7 @@ def check_targets(base: BaseModel, targets: tuple[str, ...]) -> None:
     dotted suffix of it), listing the model's layer names; PEFT itself would adapt the
     names that match and silently skip the others. ("all-linear",) stands alone."""
     if not targets:
-        raise ModelError("--targets: no LoRA target given (hint: name layers, or all-linear)")
+        raise ModelError("--targets: no LoRA target given", "name layers, or all-linear")
     if ALL_LINEAR in targets:
         if len(targets) > 1:
             raise ModelError(f"--targets {ALL_LINEAR} cannot be combined with other targets")
@@ -509,8 +515,8 @@ def check_targets(base: BaseModel, targets: tuple[str, ...]) -> None:
     raise ModelError(
         f"--targets {','.join(unknown)}: the model {base.name!r} has no layer that LoRA can "
         f"adapt (linear, Conv1D, embedding, convolution) by "
-        f"{'that name' if len(unknown) == 1 else 'those names'} "
-        f"(hint: its layer names are {shown or 'none'}{suffix}, or {ALL_LINEAR})"
+        f"{'that name' if len(unknown) == 1 else 'those names'}",
+        f"its layer names are {shown or 'none'}{suffix}, or {ALL_LINEAR}",
     )
 
 

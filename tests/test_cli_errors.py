@@ -345,7 +345,7 @@ def test_a_model_error_of_simulate_and_lab_is_two_lines(
     from declora.node.models import ModelError
 
     def model_error(*_: Any, **__: Any) -> None:
-        raise ModelError("the model 'm' is not there (hint: give a local folder)")
+        raise ModelError("the model 'm' is not there", "give a local folder")
 
     monkeypatch.setattr("declora.cli.lab.run_lab", model_error)
     res = runner.invoke(app, ["lab", "--output", str(tmp_path / "lab")])

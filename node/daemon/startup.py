@@ -57,11 +57,10 @@ def as_user_error(exc: BaseException) -> UserError | None:
     """`exc` as the user's mistake it reports, or None for anything else (a bug)."""
     if isinstance(exc, UserError):
         return exc
-    data_error = _error_class("declora.node.data", "DataError")
-    if data_error is not None and isinstance(exc, data_error):
+    hinted = _error_class("declora.node.errors", "HintedError")  # data, model, adapter
+    if hinted is not None and isinstance(exc, hinted):
         return UserError(getattr(exc, "message", str(exc)), CONFIG, getattr(exc, "hint", ""))
     for module, name in (
-        ("declora.node.models", "ModelError"),
         ("declora.node.security", "TlsError"),
         ("declora.node.settings", "ConfigFileError"),
         ("declora.node.settings", "SettingsError"),
