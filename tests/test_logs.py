@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from declora.node.logs import RepeatFilter
+from declora.node.logs import RepeatFilter, SafeFilter, safe_text
 
 
 class Clock:
@@ -51,3 +51,29 @@ def test_info_passes_and_pending_repeats_are_flushed() -> None:
     assert pending.getMessage() == "peer down (repeated 3 times in the last 12 s)"
     assert pending.levelno == logging.ERROR
     assert f.pending() == []
+
+
+def test_safe_text_escapes_what_could_forge_a_line_and_cuts_with_a_count() -> None:
+    assert safe_text("a\nb\r\x1b[2J\u2028\u202e\x85c") == "a\\nb\\r\\x1b[2J\\u2028\\u202e\\x85c"
+    assert safe_text("already \\n escaped, caf\u00e9") == "already \\n escaped, caf\u00e9"
+    assert safe_text("x" * 50, limit=10) == "x" * 10 + "... [40 more characters cut]"
+    assert len(safe_text("\x1b" * 50, limit=10)) == len("... [40 more characters cut]") + 10
+
+
+def test_a_format_that_does_not_fit_its_args_is_written_not_raised() -> None:
+    r = record("peer %s sent %d", logging.WARNING, "b")  # one arg short
+    assert SafeFilter().filter(r)
+    assert r.getMessage() == "'peer %s sent %d' % ('b',)"
+    assert r.template == "peer %s sent %d"  # type: ignore[attr-defined]
+
+
+def test_distinct_messages_of_one_template_are_held_back_then_counted() -> None:
+    clock = Clock()
+    f = RepeatFilter(window=30.0, clock=clock, per_template=3)
+    written = [f.filter(record("refused %s", logging.WARNING, str(i))) for i in range(10)]
+    assert written == [True] * 3 + [False] * 7
+    assert f.filter(record("another template"))
+    clock.now = 31.0
+    later = record("refused %s", logging.WARNING, "late")
+    assert f.filter(later)
+    assert later.getMessage() == "refused late (7 like it held back in the last 31 s)"
