@@ -23,12 +23,16 @@ import grpc
 
 from declora.node.adapter import AdapterSchema
 from declora.node.codecs import CodecError, make_codec
+from declora.node.identity import shown
 from declora.node.security import AuthError, SwarmAuth
 from declora.proto import pb
 
+MAX_CODEC = 64  # characters of a codec spec; the longest real one is far shorter
+
 
 class WireError(Exception):
-    """A message refused; `code` is the gRPC status, `reason` the operator's text."""
+    """A message refused; `code` is the gRPC status, `reason` the operator's text (any
+    string the peer sent in it bounded and escaped, `shown`: it is logged and echoed)."""
 
     def __init__(self, code: grpc.StatusCode, reason: str, counter: str) -> None:
         super().__init__(reason)
@@ -117,13 +121,13 @@ def check_header(
     if header.swarm_id != swarm_id:
         raise WireError(
             grpc.StatusCode.PERMISSION_DENIED,
-            f"swarm {header.swarm_id!r} is not this node's swarm {swarm_id!r}",
+            f"swarm {shown(header.swarm_id)} is not this node's swarm {shown(swarm_id)}",
             "wrong_swarm",
         )
     if header.fingerprint != fingerprint:
         raise WireError(
             grpc.StatusCode.FAILED_PRECONDITION,
-            f"fingerprint {header.fingerprint!r} != {fingerprint!r}: "
+            f"fingerprint {shown(header.fingerprint)} != {shown(fingerprint)}: "
             "another base model or LoRA config",
             "wrong_fingerprint",
         )
@@ -144,6 +148,12 @@ def check_header(
             f"payload of {header.total_bytes} bytes exceeds the limit of {max_bytes}",
             "too_large",
         )
+    if len(header.codec) > MAX_CODEC:  # a codec error names the spec: bound it first
+        raise WireError(
+            invalid,
+            f"codec {shown(header.codec)} of {len(header.codec)} characters is not a codec spec",
+            "unknown_codec",
+        )
     try:
         canonical = make_codec(header.codec).spec
     except CodecError as exc:
@@ -151,14 +161,18 @@ def check_header(
     if header.codec != canonical:  # receivers derive the update scale from this string
         raise WireError(
             invalid,
-            f"codec {header.codec!r} is not in canonical form {canonical!r}",
+            f"codec {shown(header.codec)} is not in canonical form {shown(canonical)}",
             "unknown_codec",
         )
     theirs = [(t.name, tuple(t.shape), t.dtype) for t in header.tensors]
     ours = [(t.name, t.shape, t.dtype) for t in schema.tensors]
     if theirs != ours:
         diff = next(
-            (f"{a} != {b}" for a, b in zip(theirs, ours, strict=False) if a != b),
+            (
+                f"{shown(a, 200)} != {shown(b, 200)}"
+                for a, b in zip(theirs, ours, strict=False)
+                if a != b
+            ),
             f"{len(theirs)} tensors, expected {len(ours)}",
         )
         raise WireError(invalid, f"tensor schema differs: {diff}", "wrong_schema")

@@ -61,12 +61,11 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import Callable
 from typing import Any
 
 import grpc
 
-from declora.node import PROTOCOL_VERSION, __version__
+from declora.node import PROTOCOL_VERSION, __version__, logs
 from declora.node.address import ip_of, split_address
 from declora.node.daemon.peers import Peer, PeerTable
 from declora.node.daemon.state import Progress
@@ -82,6 +81,7 @@ from declora.node.identity import (
     shown,
 )
 from declora.node.limits import peer_host
+from declora.node.logs import REFUSALS_LOGGED as REFUSALS_LOGGED  # re-exported
 from declora.node.methods import DEFAULT_METHOD
 from declora.node.security import AuthError, Signed, SignedT, SwarmAuth, TlsError
 from declora.node.settings import NodeSettings
@@ -92,55 +92,16 @@ log = logging.getLogger(__name__)
 RECONNECT_SECONDS = 2.0
 DIAL_TIMEOUT = 5.0
 CLI_CERT = "cli"  # the common name `declora-node certs` gives the CLI's certificate
-REFUSALS_LOGGED = 20  # refused Hellos logged in full per window; the rest counted
-REFUSAL_WINDOW = 60.0  # seconds
 SAME_SECRET = "give every node the same secret"
 _DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
-class RefusalLog:
-    """Warnings about refusals (each one differs: ids, reasons), at most `limit` per
-    `window` seconds in full; the rest are counted and written as one summary line
-    when the window has passed (at the next refusal or `flush`), or at `flush(True)`
-    (the node stopping)."""
+class RefusalLog(logs.RefusalLog):
+    """`logs.RefusalLog` writing to this module's log."""
 
-    def __init__(
-        self,
-        what: str,
-        limit: int = REFUSALS_LOGGED,
-        window: float = REFUSAL_WINDOW,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.what = what
-        self.limit, self.window, self.clock = limit, window, clock
-        self.start = clock()
-        self.logged = 0
-        self.suppressed = 0
-
-    def warning(self, msg: str, *args: object) -> None:
-        self.flush()
-        if self.logged < self.limit:
-            self.logged += 1
-            log.warning(msg, *args)
-        else:
-            self.suppressed += 1
-
-    def flush(self, final: bool = False) -> None:
-        """Start a new window once the current one has passed (or now, `final`),
-        summing up the last."""
-        now = self.clock()
-        if not final and now - self.start < self.window:
-            return
-        if self.suppressed:
-            log.warning(
-                "%d more %s not logged in the last %.0f s (over %d a window; "
-                "`declora-node status` counts them all)",
-                self.suppressed,
-                self.what,
-                now - self.start,
-                self.limit,
-            )
-        self.start, self.logged, self.suppressed = now, 0, 0
+    def __init__(self, what: str, **kw: Any) -> None:
+        kw.setdefault("logger", log)
+        super().__init__(what, **kw)
 
 
 def address_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -460,7 +421,7 @@ class Handshaker:
             try:
                 welcome = await pb_grpc.SwarmStub(channel).Handshake(hello, timeout=DIAL_TIMEOUT)
             except grpc.aio.AioRpcError as exc:
-                why = f"{exc.code().name} {exc.details() or ''}".strip()
+                why = f"{exc.code().name} {escaped(exc.details() or '')}".strip()
                 log.debug("handshake with %s failed: %s", address, why)
                 return None
             if not welcome.accepted:
@@ -570,6 +531,7 @@ class Handshaker:
         self.refusals.flush(final)
         self.releases.flush(final)
         self.auth.refusals.flush(final)
+        self.counters.flush_refusals(final)
 
     async def reconnect_forever(self) -> None:
         """Re-dial peers that are not live until the node stops."""

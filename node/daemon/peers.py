@@ -47,6 +47,7 @@ import grpc
 from declora.node.daemon.state import Progress
 from declora.node.daemon.transport import Transport
 from declora.node.dec_lora import DecLoraNode
+from declora.node.logs import safe_text
 from declora.node.metrics import NodeMetrics
 from declora.proto import pb, pb_grpc
 
@@ -57,6 +58,7 @@ BACKOFF_FIRST = 2.0  # seconds before the first re-dial of a peer not live, then
 BACKOFF_MAX = 60.0  # up to this for peers that introduced themselves
 BACKOFF_MAX_CONFIGURED = 8.0  # and this for static or discovered addresses
 TOKEN_BYTES = 16
+WHY = 500  # characters of why a neighbour left, as logged
 SILENT_GRACE = 60.0  # seconds a live neighbour may deliver nothing before its slot is free...
 SILENT_ROUNDS = 3  # ...or this many of this node's recent rounds, when that is longer
 
@@ -276,9 +278,10 @@ class PeerTable:
 
     def drop(self, peer: Peer, why: str, quiet: bool = False) -> None:
         """Take `peer` out of the live set; its public copy is forgotten (`quiet`: the
-        caller logs it)."""
+        caller logs it). `why` may carry what the peer sent (an error's details): it is
+        logged escaped and bounded."""
         if peer.live and not quiet:
-            log.warning("neighbour %s left the live set: %s", peer.node_id, why)
+            log.warning("neighbour %s left the live set: %s", peer.node_id, safe_text(why, WHY))
         peer.live = False
         peer.expected_seq = None
         peer.next_dial = time.monotonic() + BACKOFF_FIRST

@@ -68,8 +68,16 @@ class RoundLoop:
             if not await parts.transfer.catch_up():
                 return  # nobody ahead: nothing tried, nothing to wait for
         except (WireError, GossipError, grpc.aio.AioRpcError) as exc:
-            why = exc.reason if isinstance(exc, WireError) else str(exc)
-            log.warning("could not take a neighbour's state (%s): going on from our own", why)
+            if isinstance(exc, WireError):
+                why = exc.reason
+            elif isinstance(exc, grpc.aio.AioRpcError):
+                why = f"{exc.code().name} {exc.details() or ''}".strip()
+            else:
+                why = str(exc)
+            log.warning(  # the reason may quote what the peer sent: escaped, bounded
+                "could not take a neighbour's state (%s): going on from our own",
+                logs.safe_text(why, 500),
+            )
             self.catch_up_wait = min(2 * self.catch_up_wait, CATCH_UP_MAX_WAIT)
         else:
             self.catch_up_wait = CATCH_UP_EVERY

@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +26,7 @@ from declora.node.daemon.peers import PeerTable
 from declora.node.daemon.state import Progress
 from declora.node.dec_lora import DecLoraNode
 from declora.node.limits import RATE_LIMITED
+from declora.node.logs import RefusalLog
 from declora.node.metrics import NodeMetrics
 from declora.node.wire import WireError
 from declora.proto import pb
@@ -43,6 +44,9 @@ class Counters:
     metrics: NodeMetrics
     rejected: dict[str, int] = field(default_factory=dict)
     keyframes_sent: int = 0
+    # refused messages logged in full at most 20 a minute per counter, the rest summed up
+    refusals: dict[str, RefusalLog] = field(default_factory=dict, repr=False)
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
 
     def count(self, counter: str) -> None:
         """Count one refusal by reason."""
@@ -50,11 +54,23 @@ class Counters:
         self.metrics.rejected.labels(counter).inc()
 
     def refused(self, exc: WireError) -> None:
-        """Count and log a refused message (rate limiting at DEBUG: a flood must not
-        flood the log too)."""
+        """Count and log a refused message: rate limiting at DEBUG, the rest at WARNING
+        at most `REFUSALS_LOGGED` a minute per counter in full, then counted in one
+        line (`RefusalLog`): a flood, even a stranger's, must not flood the log too."""
         self.count(exc.counter)
-        quiet = exc.counter == RATE_LIMITED
-        log.log(logging.DEBUG if quiet else logging.WARNING, "refused a message: %s", exc.reason)
+        if exc.counter == RATE_LIMITED:
+            log.debug("refused a message: %s", exc.reason)
+            return
+        refusals = self.refusals.get(exc.counter)
+        if refusals is None:  # counters are the code's names: a bounded set
+            refusals = RefusalLog(f"refused messages ({exc.counter})", clock=self.clock, logger=log)
+            self.refusals[exc.counter] = refusals
+        refusals.warning("refused a message: %s", exc.reason)
+
+    def flush_refusals(self, final: bool = False) -> None:
+        """Sum up the refused messages not logged in full; `final` at exit."""
+        for refusals in self.refusals.values():
+            refusals.flush(final)
 
 
 @dataclass
