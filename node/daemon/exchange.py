@@ -1,7 +1,8 @@
 """One round's exchange: push this round's payload, wait for the neighbours', mix.
 
 Invariants callers may rely on:
-- a round never waits longer than its deadline for a neighbour: `round_deadline`
+- a round never waits longer than its deadline for a neighbour, its pushes included
+  (`sending`: an ack that has not come by then is not waited for): `round_deadline`
   until 3 rounds were seen, then `ADAPTIVE_FACTOR` x the recent median round (at
   least `ADAPTIVE_FLOOR`, at most `round_deadline`); a neighbour that misses it leaves
   the live set and returns after a successful handshake;
@@ -15,7 +16,7 @@ Invariants callers may rely on:
 - a round number moves this node only when a validated payload backs it, by at most
   `MAX_ROUNDS_AHEAD` per `MAX_ROUNDS_AHEAD` rounds, and with 3 or more neighbours only
   when two of them are ahead (`align_round`).
-Receiving and checking payloads is `inbox`'s; full states are `catchup`'s.
+Pushing is `sending`'s, receiving and checking payloads `inbox`'s, full states `catchup`'s.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ import contextlib
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import grpc
 import numpy as np
@@ -35,14 +34,15 @@ from declora.node import faults
 from declora.node.daemon.handshake import Auth, Handshaker
 from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD, Inbox
 from declora.node.daemon.peers import SILENT_GRACE, SILENT_ROUNDS, Peer, PeerTable
+from declora.node.daemon.sending import Sender
 from declora.node.daemon.state import Identity, Progress
 from declora.node.daemon.status import Counters, RoundReport
 from declora.node.dec_lora import DecLoraNode, TrainerSnapshot
 from declora.node.gossip import GossipError
+from declora.node.identity import escaped
 from declora.node.metrics import NodeMetrics
 from declora.node.mixing import local_mh_weights
 from declora.node.settings import NodeSettings
-from declora.node.wire import chunks, make_header
 from declora.proto import pb
 
 try:  # grpc's health service: the liveness probe of a neighbour a round waits for
@@ -88,6 +88,9 @@ class Exchange:
         self.recent: list[float] = []  # seconds of the last rounds (adaptive deadline)
         self.last_contributors: list[str] = []  # whose payloads the last mix used
         self.next_skip = 0  # the round from which `align_round` may skip ahead again
+        self.sender = Sender(
+            settings, identity, node, progress, peers, handshaker, auth, counters, metrics
+        )
 
     # ------------------------------------------------------------ one round
     async def exchange(self, r: int) -> None:
@@ -104,8 +107,7 @@ class Exchange:
         t0 = time.monotonic()
         deadline = t0 + self.deadline_seconds()
         crc = zlib.crc32(message)
-        t = len(tracker)
-        await asyncio.gather(*(self.push(p, r, message, degree, crc, t) for p in live))
+        await self.sender.send_round(live, r, message, degree, crc, len(tracker), deadline)
         faults.crash_point("after_send")
         await self.wait_for(r, deadline)
         self.mix(r, degree)
@@ -204,7 +206,8 @@ class Exchange:
             await stub.Check(health_pb2.HealthCheckRequest(), timeout=PROBE_TIMEOUT)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE and peer.live:
-                self.peers.drop(peer, f"its port refuses connections ({exc.details() or ''})")
+                why = escaped(exc.details() or "", 200)
+                self.peers.drop(peer, f"its port refuses connections ({why})")
                 self.progress.wake()
 
     def mix(self, r: int, own_degree: int) -> None:
@@ -251,111 +254,3 @@ class Exchange:
         has_payload = peer.node_id in self.inbox.arrived(self.progress.round + 1)
         self.peers.leave(peer, why, after_mix=self.progress.in_round and peer.live and has_payload)
         self.progress.wake()
-
-    # ------------------------------------------------------------ sending
-    def _header(
-        self,
-        peer: Peer,
-        r: int,
-        kind: int,
-        data: bytes,
-        degree: int,
-        crc: int | None,
-        tracker_bytes: int,
-    ) -> pb.PayloadHeader:
-        header = make_header(
-            session=peer.token_out,
-            receiver_id=peer.node_id,
-            tracker_bytes=tracker_bytes,
-            crc32=crc,
-            sender_id=self.me.node_id,
-            swarm_id=self.me.swarm_id,
-            fingerprint=self.me.fingerprint,
-            round=r,
-            sender_degree=degree,
-            kind=kind,
-            codec=self.me.codec if kind == pb.PAYLOAD_KIND_DELTA else "fp32",
-            seq=self.progress.seq,
-            data=data,
-            schema=self.me.schema,
-        )
-        return self.auth.sign_payload(header, data)
-
-    async def push_one(
-        self,
-        peer: Peer,
-        r: int,
-        kind: int,
-        data: bytes,
-        degree: int,
-        crc: int | None = None,
-        tracker_bytes: int = 0,
-    ) -> pb.PushAck:
-        """Stream `data` (an adapter message, then `tracker_bytes` of z) to `peer`."""
-        header = self._header(peer, r, kind, data, degree, crc, tracker_bytes)
-        stream: Any = chunks(header, data, self.settings.chunk_kib * 1024)
-        if faults.armed("mid_stream"):
-            stream = _crash_mid_stream(stream)
-        stub = self.peers.stub(peer)
-        ack: pb.PushAck = await stub.Push(stream, timeout=self.settings.round_deadline)
-        if ack.accepted:
-            peer.bytes_sent += len(data)
-            self.node.bytes_sent += len(data)
-            self.metrics.bytes_sent.inc(len(data))
-        return ack
-
-    async def push(
-        self,
-        peer: Peer,
-        r: int,
-        message: bytes,
-        degree: int,
-        crc: int,
-        tracker_bytes: int = 0,
-        retry: bool = True,
-    ) -> None:
-        """Send this round's payload `message` (CRC `crc`): the adapter delta, then
-        `tracker_bytes` of the exchange's z (gradient tracking). A keyframe replaces the
-        delta when the neighbour is out of step.
-
-        A refusal for being out of range or unknown renews the handshake instead of
-        dropping the neighbour: the renewed round aligns the two at the next round
-        start (`align_round`), and an unknown sender (the receiver restarted, or has
-        not finished its side of the handshake) retries once.
-        """
-        try:
-            t = tracker_bytes
-            if not peer.send_keyframe:
-                ack = await self.push_one(peer, r, pb.PAYLOAD_KIND_DELTA, message, degree, crc, t)
-                if ack.accepted or not ack.need_keyframe:
-                    if not ack.accepted:
-                        log.info("%s refused round %d: %s", peer.node_id, r, ack.reason)
-                    return
-            keyframe = self.node.keyframe() + message[len(message) - t :]
-            ack = await self.push_one(peer, r, pb.PAYLOAD_KIND_KEYFRAME, keyframe, degree, None, t)
-            self.counters.keyframes_sent += 1
-            peer.send_keyframe = not ack.accepted
-            if not ack.accepted:
-                log.info("%s refused a keyframe: %s", peer.node_id, ack.reason)
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            renew = code in (grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.UNAUTHENTICATED)
-            stopping = self.progress.stop_requested
-            if renew and not stopping and await self.handshaker.dial(peer.address) is not None:
-                log.info("%s refused round %d (%s): handshake renewed", peer.node_id, r, code.name)
-                if code == grpc.StatusCode.UNAUTHENTICATED and retry:
-                    await self.push(peer, r, message, degree, crc, tracker_bytes, retry=False)
-                return
-            self.peers.drop(peer, f"push failed: {code.name} {exc.details() or ''}".strip())
-        except Exception:  # one neighbour's failure never takes the node down
-            log.exception("push to %s failed unexpectedly", peer.node_id)
-            self.peers.drop(peer, "push failed unexpectedly (traceback above)")
-
-
-async def _crash_mid_stream(stream: Iterator[pb.Chunk]) -> AsyncIterator[pb.Chunk]:
-    """Pass the header and first data chunk, give them time to leave, then crash."""
-    for i, chunk in enumerate(stream):
-        if i == 2:
-            await asyncio.sleep(0.3)
-            faults.crash_point("mid_stream")
-        yield chunk

@@ -1,0 +1,258 @@
+"""Sending one round's payload to the live neighbours, within the round's deadline.
+
+Invariants callers may rely on:
+- every push of a round (the delta, a keyframe, retries, the retry after a renewed
+  handshake) ends by the round's deadline, the one the wait for the neighbours'
+  payloads uses: a push whose ack has not come by then is cancelled and counted
+  (`push_timeout`); the round goes on without that ack, and a neighbour whose acks
+  overran `OVERRUNS_TO_DROP` rounds running leaves the live set (a timely ack clears
+  the count, a renewed handshake does not), so one slow ack never holds a round past
+  its deadline and an honest slow link is not dropped for one late ack;
+- RESOURCE_EXHAUSTED (the receiver's push buffer is full, `busy`, or one of its own
+  limits, `rate_limited`) is the receiver's load, never by itself a reason to drop it:
+  the push is retried after `BUSY_BACKOFF` s (doubling, at most `BUSY_RETRIES` times)
+  while the deadline allows, else skipped this round (counted `push_busy`);
+- a peer's free text (an ack's reason, a status's details) reaches the log escaped
+  and bounded (`identity.escaped`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+
+from declora.node import faults
+from declora.node.daemon.handshake import Auth, Handshaker
+from declora.node.daemon.peers import Peer, PeerTable
+from declora.node.daemon.state import Identity, Progress
+from declora.node.daemon.status import Counters
+from declora.node.dec_lora import DecLoraNode
+from declora.node.identity import escaped
+from declora.node.metrics import NodeMetrics
+from declora.node.settings import NodeSettings
+from declora.node.wire import chunks, make_header
+from declora.proto import pb
+
+log = logging.getLogger(__name__)
+
+OVERRUNS_TO_DROP = 2  # rounds running whose ack a neighbour did not send in time
+BUSY_RETRIES, BUSY_BACKOFF = 2, 0.25  # a RESOURCE_EXHAUSTED push: retries, first wait (s)
+REASON_CHARS = 200  # of a peer's free text in a log line
+
+
+class PushOverdue(Exception):
+    """The round's deadline came before the push's ack."""
+
+
+class Sender:
+    """Pushes of one node's round payloads, each bounded by the round's deadline."""
+
+    def __init__(
+        self,
+        settings: NodeSettings,
+        identity: Identity,
+        node: DecLoraNode[str],
+        progress: Progress,
+        peers: PeerTable,
+        handshaker: Handshaker,
+        auth: Auth,
+        counters: Counters,
+        metrics: NodeMetrics,
+    ) -> None:
+        self.settings = settings
+        self.me = identity
+        self.node = node
+        self.progress = progress
+        self.peers = peers
+        self.handshaker = handshaker
+        self.auth = auth
+        self.counters = counters
+        self.metrics = metrics
+        self.overruns: dict[str, int] = {}  # node id -> rounds running its ack came late
+
+    async def send_round(
+        self,
+        live: list[Peer],
+        r: int,
+        message: bytes,
+        degree: int,
+        crc: int,
+        tracker_bytes: int,
+        deadline: float,
+    ) -> None:
+        """Push round `r`'s payload to each of `live` at once; by `deadline` (monotonic
+        time) every push has ended: those still waiting for an ack are cancelled."""
+        for pid in [pid for pid in self.overruns if self.peers.get(pid) is None]:
+            del self.overruns[pid]
+        tasks = {
+            asyncio.create_task(self.push(p, r, message, degree, crc, tracker_bytes, deadline)): p
+            for p in live
+        }
+        if not tasks:
+            return
+        pending = set(tasks)
+        try:
+            _, pending = await asyncio.wait(tasks, timeout=max(deadline - time.monotonic(), 0))
+        finally:  # also when the round itself is cancelled (the node stops)
+            for task in pending:
+                task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+        for task in pending:
+            if task.cancelled():  # else it ended (and counted itself) meanwhile
+                self.overran(tasks[task], r)
+
+    def overran(self, peer: Peer, r: int) -> None:
+        """`peer`'s ack for round `r` did not come by the deadline: count it; drop the
+        peer when its acks overran `OVERRUNS_TO_DROP` rounds running."""
+        self.counters.count("push_timeout")
+        n = self.overruns[peer.node_id] = self.overruns.get(peer.node_id, 0) + 1
+        if n >= OVERRUNS_TO_DROP:
+            self.peers.drop(peer, f"no ack for its push within the round deadline in {n} rounds")
+        else:
+            log.info("%s sent no ack for round %d within the deadline", peer.node_id, r)
+
+    def _header(
+        self,
+        peer: Peer,
+        r: int,
+        kind: int,
+        data: bytes,
+        degree: int,
+        crc: int | None,
+        tracker_bytes: int,
+    ) -> pb.PayloadHeader:
+        header = make_header(
+            session=peer.token_out,
+            receiver_id=peer.node_id,
+            tracker_bytes=tracker_bytes,
+            crc32=crc,
+            sender_id=self.me.node_id,
+            swarm_id=self.me.swarm_id,
+            fingerprint=self.me.fingerprint,
+            round=r,
+            sender_degree=degree,
+            kind=kind,
+            codec=self.me.codec if kind == pb.PAYLOAD_KIND_DELTA else "fp32",
+            seq=self.progress.seq,
+            data=data,
+            schema=self.me.schema,
+        )
+        return self.auth.sign_payload(header, data)
+
+    async def push_one(
+        self,
+        peer: Peer,
+        r: int,
+        kind: int,
+        data: bytes,
+        degree: int,
+        crc: int | None,
+        tracker_bytes: int,
+        deadline: float,
+    ) -> pb.PushAck:
+        """Stream `data` (an adapter message, then `tracker_bytes` of z) to `peer`;
+        a RESOURCE_EXHAUSTED answer is retried with backoff while `deadline` allows."""
+        wait = BUSY_BACKOFF
+        for attempt in range(BUSY_RETRIES + 1):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise PushOverdue
+            header = self._header(peer, r, kind, data, degree, crc, tracker_bytes)
+            stream: Any = chunks(header, data, self.settings.chunk_kib * 1024)
+            if faults.armed("mid_stream"):
+                stream = _crash_mid_stream(stream)
+            try:
+                ack: pb.PushAck = await self.peers.stub(peer).Push(stream, timeout=left)
+            except grpc.aio.AioRpcError as exc:
+                busy = exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                if not busy or attempt == BUSY_RETRIES or deadline - time.monotonic() < wait:
+                    raise
+                await asyncio.sleep(wait)
+                wait *= 2
+                continue
+            if ack.accepted:
+                peer.bytes_sent += len(data)
+                self.node.bytes_sent += len(data)
+                self.metrics.bytes_sent.inc(len(data))
+            return ack
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def push(
+        self,
+        peer: Peer,
+        r: int,
+        message: bytes,
+        degree: int,
+        crc: int,
+        tracker_bytes: int,
+        deadline: float,
+        retry: bool = True,
+    ) -> None:
+        """Send this round's payload `message` (CRC `crc`): the adapter delta, then
+        `tracker_bytes` of the exchange's z (gradient tracking). A keyframe replaces the
+        delta when the neighbour is out of step.
+
+        A refusal for being out of range or unknown renews the handshake instead of
+        dropping the neighbour: the renewed round aligns the two at the next round
+        start (`align_round`), and an unknown sender (the receiver restarted, or has
+        not finished its side of the handshake) retries once. RESOURCE_EXHAUSTED skips
+        the neighbour this round; a timeout counts as an overrun (`overran`).
+        """
+        try:
+            t = tracker_bytes
+            if not peer.send_keyframe:
+                delta = pb.PAYLOAD_KIND_DELTA
+                ack = await self.push_one(peer, r, delta, message, degree, crc, t, deadline)
+                if ack.accepted or not ack.need_keyframe:
+                    if not ack.accepted:
+                        why = escaped(ack.reason, REASON_CHARS)
+                        log.info("%s refused round %d: %s", peer.node_id, r, why)
+                    self.overruns.pop(peer.node_id, None)
+                    return
+            keyframe = self.node.keyframe() + message[len(message) - t :]
+            kind = pb.PAYLOAD_KIND_KEYFRAME
+            ack = await self.push_one(peer, r, kind, keyframe, degree, None, t, deadline)
+            self.counters.keyframes_sent += 1
+            self.overruns.pop(peer.node_id, None)
+            peer.send_keyframe = not ack.accepted
+            if not ack.accepted:
+                why = escaped(ack.reason, REASON_CHARS)
+                log.info("%s refused a keyframe: %s", peer.node_id, why)
+        except PushOverdue:
+            self.overran(peer, r)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            details = escaped(exc.details() or "", REASON_CHARS)
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                self.overran(peer, r)
+                return
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # its load: skip this round
+                self.counters.count("push_busy")
+                log.info("%s is busy, round %d not sent: %s", peer.node_id, r, details)
+                return
+            renew = code in (grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.UNAUTHENTICATED)
+            stopping = self.progress.stop_requested
+            if renew and not stopping and await self.handshaker.dial(peer.address) is not None:
+                log.info("%s refused round %d (%s): handshake renewed", peer.node_id, r, code.name)
+                if code == grpc.StatusCode.UNAUTHENTICATED and retry:
+                    await self.push(peer, r, message, degree, crc, t, deadline, retry=False)
+                return
+            self.peers.drop(peer, f"push failed: {code.name} {details}".strip())
+        except Exception:  # one neighbour's failure never takes the node down
+            log.exception("push to %s failed unexpectedly", peer.node_id)
+            self.peers.drop(peer, "push failed unexpectedly (traceback above)")
+
+
+async def _crash_mid_stream(stream: Iterator[pb.Chunk]) -> AsyncIterator[pb.Chunk]:
+    """Pass the header and first data chunk, give them time to leave, then crash."""
+    for i, chunk in enumerate(stream):
+        if i == 2:
+            await asyncio.sleep(0.3)
+            faults.crash_point("mid_stream")
+        yield chunk
