@@ -1,11 +1,12 @@
 """Per-peer rate limits of the daemon's RPCs, sized so that an honest peer never hits them.
 
-- Handshakes: a token bucket per remote host (the IP of `context.peer()`; every dial
+- Handshakes: a token bucket per remote host (`host_key`: the network of the IP of
+  `context.peer()`, a /24 for IPv4, a /64 for IPv6, a loopback address itself; every dial
   opens a new connection with a new port, so the port is not part of the key). An
   honest node dials a neighbour once to join, again every 2 s only while it is not
   live, and every 0.2 s while it waits at start-up; the default
   (`max_handshakes_per_minute` = 600, bucket of the same size) covers 20 such
-  nodes behind one address (a local lab, NAT).
+  nodes behind one address or network (a local lab, NAT).
 - Pushes: at most `max_pushes_per_round` push streams per live neighbour and round,
   counted at the stream's header, once it named a live neighbour with that
   neighbour's session token (and, under mTLS, its certificate), so a flood past the
@@ -14,11 +15,15 @@
   (the MAC over header and data is checked after the data), so an eavesdropper on the
   path could. An honest sender needs at most 3 for a round: its delta, a keyframe when
   the delta was refused as out of step, and one resend after a renewed handshake.
-  Pushes for a round at or before this node's round, or too far ahead, are counted
-  under the nearest accepted round, so the table stays small. Pushes from a sender
-  that is not a live neighbour are refused before they are counted.
-- Pulls (a full state, the most expensive reply): a token bucket per remote host,
-  `max_pulls_per_minute`; an honest node pulls once when it (re)joins behind.
+  Only pushes the node would read are counted: pushes for a round at or before this
+  node's round (stale) or beyond its window are refused from their header first and
+  count nothing, so a neighbour whose rounds diverged from this node's, retrying, never
+  exhausts an allowance; rounds past `window` share its last slot, so the table stays
+  small. Pushes from a sender that is not a live neighbour are refused before they are
+  counted.
+- Pulls (a full state, the most expensive reply): a token bucket per remote host
+  (`host_key`), `max_pulls_per_minute`; an honest node pulls once when it (re)joins
+  behind.
 
 A refused call changes nothing; the daemon answers RESOURCE_EXHAUSTED with the reason
 and counts it as `rate_limited`. Buckets that have refilled are forgotten, so memory
@@ -27,6 +32,7 @@ stays bounded by `MAX_KEYS` active keys.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +55,30 @@ def peer_host(peer: str) -> str:
     if text.startswith("ipv6:[") and "]" in text:
         return text[6 : text.index("]")]
     return text
+
+
+IPV4_PREFIX = 24  # one host for the per-host limits: a /24 (one allocation, one attacker)
+IPV6_PREFIX = 64  # ...or a /64 (what one IPv6 site or machine is given)
+
+
+def host_key(host: str) -> str:
+    """The key of the per-host limits for remote `host` (`peer_host`): its network, so
+    an attacker cannot multiply its share by the addresses of one allocation.
+    '10.0.0.5' -> '10.0.0.0/24', '2001:db8::1' -> '2001:db8::/64', an IPv4-mapped
+    IPv6 address as its IPv4 one; a loopback address is its own key ('127.0.0.1':
+    only this machine's processes connect from one, and a local lab or test may stand
+    for other hosts by other loopback addresses); anything that is not an IP
+    unchanged."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return str(ip)
+    prefix = IPV4_PREFIX if ip.version == 4 else IPV6_PREFIX
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
 
 def limited(reason: str) -> WireError:
@@ -106,10 +136,11 @@ class KeyedBuckets:
 
 @dataclass
 class RoundCounter:
-    """At most `limit` events per (key, round), for rounds clamped to
-    [current, current + window]: every round at or before `current` (this node's
-    completed rounds) shares the slot `current`, which starts empty each time
-    `current` moves on; counts of finished rounds are dropped then."""
+    """At most `limit` events per (key, round) for rounds after `current` (this node's
+    last completed round), those past `current + window` sharing the last slot; a
+    round at or before `current` is finished: always allowed and never counted (the
+    caller refuses it, stale, before reading anything). Counts of finished rounds are
+    dropped when `current` moves on."""
 
     limit: int
     window: int
@@ -120,7 +151,9 @@ class RoundCounter:
         if current != self.current:
             self.current = current
             self.counts = {k: n for k, n in self.counts.items() if k[1] > current}
-        slot = (key, min(max(round, current), current + self.window))
+        if round <= current:
+            return True
+        slot = (key, min(round, current + self.window))
         if self.counts.get(slot, 0) >= self.limit:
             return False
         self.counts[slot] = self.counts.get(slot, 0) + 1
@@ -141,10 +174,12 @@ class NodeLimits:
     ) -> None:
         self.handshakes = KeyedBuckets(handshakes_per_minute, clock)
         self.pulls = KeyedBuckets(pulls_per_minute, clock)
-        self.pushes = RoundCounter(pushes_per_round, rounds_ahead + 1)
+        # before its first round a node reads pushes up to twice `rounds_ahead` ahead
+        # (`Inbox._check_sender`): each of those rounds has its own slot
+        self.pushes = RoundCounter(pushes_per_round, 2 * rounds_ahead)
 
     def check_handshake(self, peer: str) -> None:
-        host = peer_host(peer)
+        host = host_key(peer_host(peer))
         if not self.handshakes.allow(host):
             raise limited(f"more than {self.handshakes.per_minute} handshakes a minute from {host}")
 
@@ -155,6 +190,7 @@ class NodeLimits:
             raise limited(f"more than {self.pushes.limit} pushes for round {round} from {sender!r}")
 
     def check_pull(self, host: str) -> None:
-        """One pull from remote `host`."""
+        """One pull from remote `host` (`peer_host`), counted for its network."""
+        host = host_key(host)
         if not self.pulls.allow(host):
             raise limited(f"more than {self.pulls.per_minute} pulls a minute from {host!r}")

@@ -262,7 +262,7 @@ def test_shares_per_sender_and_host_never_refuse_a_lone_largest_message() -> Non
     others[0].take(largest)
     with pytest.raises(WireError):  # one host: HOST_SHARE largest messages at most
         others[1].take(HOST_SHARE * largest - 160 + 1)
-    other_host = buf.stream("10.0.0.3")
+    other_host = buf.stream("10.0.1.3")  # another /24 (10.0.0.3: the same network)
     other_host.sender = "honest"
     other_host.take(largest)  # the rest stays free for other hosts
     assert buf.used == 160 + largest <= BUFFERED_MESSAGES * largest

@@ -13,7 +13,10 @@ Invariants callers may rely on:
   or slower than `PUSH_PACE` is cut, and all streams together buffer at most
   `BUFFERED_MESSAGES` messages, counting the bytes that arrived (not the announced
   size), so streams that trickle hold what they sent, and only for a bounded time;
-  one sender, and one remote host, may hold only a share of that (`pushbuffer`);
+  one sender, and one remote network, may hold only a share of that, and a proven
+  neighbour's pushes use a reservation of their own (`pushbuffer`);
+- the bytes of a push arriving at `PUSH_PACE` count as its sender's activity (its
+  slot is not released as silent while they arrive, `_active`);
 - a peer's values are bounded, not only finite (`DecLoraNode.check_payload`);
 - only a validated payload sets a neighbour's (verified) round.
 """
@@ -97,7 +100,7 @@ class Inbox:
         self.limits = limits
         self.metrics = metrics
         self.max_bytes = max_message_bytes(settings, identity.schema.numel)
-        self.budget = PushBuffer(self.max_bytes)
+        self.budget = PushBuffer(self.max_bytes, settings.max_neighbors)
         self.open_streams: dict[str, int] = {}
         self.queued: dict[int, dict[str, Inbound]] = {}
 
@@ -155,7 +158,6 @@ class Inbox:
                 "malformed",
             )
         current = self.progress.round
-        self.limits.check_push(peer.node_id, min(int(h.round), MAX_ROUND), current)
         # Before its first round this node may still catch up (`catch_up`) while a
         # neighbour ahead already pushes the rounds after its handshake round.
         claimed = min(peer.claimed_round, current + MAX_ROUNDS_AHEAD)
@@ -168,6 +170,8 @@ class Inbox:
                 f"round {h.round} outside ({current}, {base + MAX_ROUNDS_AHEAD}]",
                 "stale_round" if h.round <= current else "future_round",
             )
+        # only pushes it would read count: a stale or far-ahead one spends nothing
+        self.limits.check_push(peer.node_id, min(int(h.round), MAX_ROUND), current)
         if h.tracker_bytes and self.node.tracker is None:
             raise WireError(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -191,7 +195,8 @@ class Inbox:
             peer = self._check_sender(h, cert_name)
             self.open_streams[peer.node_id] = self.open_streams.get(peer.node_id, 0) + 1
             held.append(peer.node_id)
-            share.sender = peer.node_id
+            share.sender, share.peer = peer.node_id, peer
+            share.on_take = lambda n: self._active(peer, n)
 
         try:
             payload = await read_stream(
@@ -214,6 +219,17 @@ class Inbox:
                     self.open_streams[pid] = left
                 else:
                     self.open_streams.pop(pid, None)
+
+    def _active(self, peer: Peer, n: int) -> None:
+        """`n` bytes of a push from `peer` arrived: they buy it `n / PUSH_PACE` seconds
+        of its silence clock (`PeerTable.silent`), never past now. A push at the pace
+        this node accepts keeps its sender's slot while it arrives (an honest first
+        keyframe may take longer than the silence limit); holding a slot without
+        delivering costs an upload at that pace."""
+        now = time.monotonic()
+        began = self.peers.rounds_began
+        since = peer.quiet_since if began is None else max(peer.quiet_since, began)
+        peer.quiet_since = min(now, since + n / PUSH_PACE.bytes_per_second)
 
     async def _accept(self, payload: Payload) -> pb.PushAck:
         h = payload.header

@@ -1,49 +1,74 @@
-"""The bytes push streams buffer: one shared budget, and a fair share of it per sender.
+"""The bytes push streams buffer: a reserved share per proven neighbour, one shared pool,
+and a fair share of the pool per sender and per network.
 
-All push streams together buffer at most `BUFFERED_MESSAGES` largest messages, bytes
-counted as they arrive (`wire.ByteBudget`: beyond it `busy`, the node's load). One
-sender may hold at most `SENDER_SHARE` of them at once and one remote host at most
-`HOST_SHARE`, over all its streams and member ids; beyond, RESOURCE_EXHAUSTED
-`rate_limited` (that sender's doing). So streams that send most of a message fast and
-then stall, from one id or from many ids on one host, leave at least
-`BUFFERED_MESSAGES - HOST_SHARE` largest messages free for other hosts' pushes.
+A live neighbour that has already delivered a validated payload (`Peer.proven`) buffers
+its pushes in its own reservation: one largest message (`RESERVED_SHARE`), from a
+reserve of `--max-neighbors` largest messages. What other ids send (newcomers, and
+every id an attacker holds that never delivered) shares one pool: all their streams
+together buffer at most `BUFFERED_MESSAGES` largest messages (`wire.ByteBudget`: beyond
+it `busy`, the node's load). In the pool one sender may hold at most `SENDER_SHARE` of
+them and one network (`limits.host_key`: a /24 for IPv4, a /64 for IPv6) at most
+`HOST_SHARE`, over all its streams and member ids; beyond,
+RESOURCE_EXHAUSTED `rate_limited` (that sender's doing). Bytes count as they arrive.
+So memory stays at most (`--max-neighbors` + `BUFFERED_MESSAGES`) largest messages;
+streams that send most of a message fast and then stall, from any number of ids and
+addresses, never touch a proven neighbour's reservation, and leave at least
+`BUFFERED_MESSAGES - HOST_SHARE` largest messages of the pool to other networks.
 
 An honest sender never reaches its shares: it has one push in flight to a node (the
 next waits for its ack) and no message is larger than the largest (refused
-`too_large` before), so with the buffer otherwise idle its push always fits. Nodes
-of one lab share a host: together they may buffer `HOST_SHARE` largest messages (8
-fp32 keyframes at `--max-message-mib 0`, which allows twice a keyframe).
+`too_large` before), so its push always fits its reservation once it has delivered,
+and, before that, the pool when the pool is otherwise idle. Nodes of one lab share a
+host: their first pushes together may buffer `HOST_SHARE` largest messages of the pool
+(8 fp32 keyframes at `--max-message-mib 0`, which allows twice a keyframe); after their
+first delivery each uses its own reservation. A reservation is taken only while its
+neighbour is live and proven (a dropped neighbour's push in flight keeps what it holds
+until its stream ends, and takes any further bytes from the pool).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from declora.node.identity import shown
-from declora.node.limits import limited
+from declora.node.limits import host_key, limited
 from declora.node.wire import ByteBudget, WireError
 
-BUFFERED_MESSAGES = 4  # all push streams together buffer at most this many max messages
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from declora.node.daemon.peers import Peer
+
+BUFFERED_MESSAGES = 4  # the pool: all unproven senders together, this many max messages
 SENDER_SHARE = 1  # ...one member id at most this many (an honest one: one push at a time)
-HOST_SHARE = 2  # ...one remote host at most this many, whatever ids it sends as
+HOST_SHARE = 2  # ...one network at most this many, whatever ids it sends as
+RESERVED_SHARE = 1  # each proven live neighbour's own room (= SENDER_SHARE: all it may hold)
 
 
 class PushBuffer:
-    """The shared budget and what each sender and host holds of it."""
+    """The reserve, the shared pool and what each sender and network holds."""
 
-    def __init__(self, max_message: int) -> None:
+    def __init__(self, max_message: int, neighbors: int = 0) -> None:
         self.shared = ByteBudget(BUFFERED_MESSAGES * max_message)
+        self.reserve = ByteBudget(neighbors * RESERVED_SHARE * max_message)
         self.sender_limit = SENDER_SHARE * max_message
         self.host_limit = HOST_SHARE * max_message
-        self.by_sender: dict[str, int] = {}
-        self.by_host: dict[str, int] = {}
+        self.by_sender: dict[str, int] = {}  # pool and reserve
+        self.by_host: dict[str, int] = {}  # the pool only
 
     @property
     def used(self) -> int:
         """Bytes buffered by all streams."""
-        return self.shared.used
+        return self.shared.used + self.reserve.used
+
+    @property
+    def limit(self) -> int:
+        """The most all streams may buffer together."""
+        return self.shared.limit + self.reserve.limit
 
     def stream(self, host: str) -> StreamShare:
         """The budget of one push stream from remote `host` ('' unknown: no host share)."""
-        return StreamShare(self, host)
+        return StreamShare(self, host_key(host) if host else "")
 
 
 def _add(table: dict[str, int], key: str, n: int) -> None:
@@ -56,37 +81,55 @@ def _add(table: dict[str, int], key: str, n: int) -> None:
 
 class StreamShare(ByteBudget):
     """One stream's view of a `PushBuffer` (what `wire.read_stream` takes and gives):
-    its bytes count against its sender (named by its header, before any data), its
-    host and the shared budget."""
+    its bytes count against its sender (named by its header, before any data: `peer`),
+    and against the sender's reservation while it is a live proven neighbour, else
+    against its network and the pool. `on_take(n)` (if set) is told of bytes taken."""
 
     def __init__(self, buffer: PushBuffer, host: str) -> None:
-        super().__init__(buffer.shared.limit)
+        super().__init__(buffer.limit)
         self.buffer = buffer
         self.host = host
         self.sender = ""
+        self.peer: Peer | None = None  # the sender's entry, set with `sender`
+        self.pooled = 0  # of `used`, in the pool (the rest: in the reserve)
+        self.on_take: Callable[[int], None] | None = None
 
     def take(self, n: int) -> None:
         buf = self.buffer
         if self.sender and buf.by_sender.get(self.sender, 0) + n > buf.sender_limit:
             raise self._refusal(f"{shown(self.sender)} already buffers", buf.sender_limit)
-        if self.host and buf.by_host.get(self.host, 0) + n > buf.host_limit:
-            raise self._refusal(f"pushes from {self.host} already buffer", buf.host_limit)
-        buf.shared.take(n)  # `busy` when the node's buffer is full
+        if self._reserved() and buf.reserve.used + n <= buf.reserve.limit:
+            buf.reserve.take(n)
+        else:
+            if self.host and buf.by_host.get(self.host, 0) + n > buf.host_limit:
+                raise self._refusal(f"pushes from {self.host} already buffer", buf.host_limit)
+            buf.shared.take(n)  # `busy` when the pool is full
+            self.pooled += n
+            if self.host:
+                _add(buf.by_host, self.host, n)
         self.used += n
         if self.sender:
             _add(buf.by_sender, self.sender, n)
-        if self.host:
-            _add(buf.by_host, self.host, n)
+        if self.on_take is not None:
+            self.on_take(n)
+
+    def _reserved(self) -> bool:
+        """Whether the sender may use a reservation now: a live, proven neighbour."""
+        peer = self.peer
+        return peer is not None and peer.live and peer.proven
 
     def give(self, n: int) -> None:
         n = min(n, self.used)
+        pooled = min(n, self.pooled)
         self.used -= n
+        self.pooled -= pooled
         buf = self.buffer
-        buf.shared.give(n)
+        buf.shared.give(pooled)
+        buf.reserve.give(n - pooled)
         if self.sender:
             _add(buf.by_sender, self.sender, -n)
         if self.host:
-            _add(buf.by_host, self.host, -n)
+            _add(buf.by_host, self.host, -pooled)
 
     @staticmethod
     def _refusal(what: str, limit: int) -> WireError:

@@ -3,9 +3,9 @@
 Every refusal carries a status code and a reason and is counted. Before the owning
 part sees a call, this servicer checks what is the same for every RPC:
 - concurrency: each RPC kind has its own pool (`POOLS`; pushes: `--max-concurrent-
-  streams`, at most `per_host` of them from one remote host), so a flood of one kind
-  never starves Status or Handshake;
-- rate limits (`limits`), keyed by the remote host for handshakes and pulls;
+  streams`, at most `per_host` of them from one remote network, `limits.host_key`), so
+  a flood of one kind never starves Status or Handshake;
+- rate limits (`limits`), keyed by the remote network for handshakes and pulls;
 - identity: under mTLS the caller's certificate name must be the node id it claims
   (the CLI's certificate may only read Status); a Pull or a Leave must come from a
   live neighbour and carry the session token this node gave it and this node's id;
@@ -24,7 +24,7 @@ import grpc
 
 from declora.node.daemon.handshake import CLI_CERT
 from declora.node.identity import shown
-from declora.node.limits import limited, peer_host
+from declora.node.limits import host_key, limited, peer_host
 from declora.node.wire import WireError
 from declora.proto import pb, pb_grpc
 
@@ -120,7 +120,7 @@ class SwarmService(pb_grpc.SwarmServicer):
     ) -> pb.PushAck:
         try:
             host = peer_host(context.peer())
-            with self.pools.hold("Push", host):
+            with self.pools.hold("Push", host_key(host)):
                 return await self.parts.inbox.receive(request_iterator, cert_name(context), host)
         except WireError as exc:
             await self._refuse(context, exc)
