@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, TypeVar
 import grpc
 from google.protobuf.message import Message
 
+from declora.node.address import split_address
 from declora.proto import pb
 
 if TYPE_CHECKING:  # cryptography is imported where it is used: `status` starts fast
@@ -483,7 +484,10 @@ def auth_mode(tls: bool, secret: bool) -> str:
 
 def is_loopback(listen: str) -> bool:
     """Whether the host of `listen` (host:port) is 127.0.0.0/8, ::1 or localhost."""
-    host = listen.rsplit(":", 1)[0].strip("[]")
+    try:
+        host = split_address(listen)[0]
+    except ValueError:
+        return False
     if host.lower() == "localhost":
         return True
     try:

@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 
+from declora.node.address import split_address
 from declora.node.identity import escaped
 from declora.node.settings import NodeSettings
 
@@ -212,7 +213,10 @@ def serve_metrics(metrics: Any, port: int) -> None:
 # ---------------------------------------------------------------- dial outcomes
 def dial_failure(address: str, code: grpc.StatusCode, details: str) -> str:
     """Why a handshake call to `address` failed, in the user's words."""
-    host = address.rsplit(":", 1)[0].strip("[]")
+    try:
+        host = split_address(address)[0]
+    except ValueError:
+        host = address
     text = details.lower()
     if "still loading" in text:
         return LOADING

@@ -24,6 +24,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from declora.node.address import split_address
 from declora.node.daemon.startup import CONFIG, DialLog, UserError
 from declora.node.security import TlsFiles
 from declora.node.settings import NodeSettings
@@ -50,12 +51,12 @@ BIND_HINTS = {
 def reserve_port(listen: str) -> socket.socket | None:
     """Bind and listen on `listen` with a plain socket (ServerError when it cannot);
     None for port 0 (any free port: nothing to reserve)."""
-    host, _, port = listen.rpartition(":")
-    if int(port) == 0:
+    if listen.endswith(":0"):  # any free port: nothing to reserve
         return None
+    host, port = split_address(listen)
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
-            host.strip("[]"), int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
     except socket.gaierror as exc:
         raise ServerError(
