@@ -23,7 +23,7 @@ from declora.node.daemon import Daemon, exchange, sending
 from declora.node.daemon.daemon import Parts
 from declora.proto import pb, pb_grpc
 
-DEADLINE = 1.0  # the adaptive round deadline these tests set (s)
+DEADLINE = 2.0  # the adaptive round deadline these tests set (s)
 HOLD = 6.0  # how long the slow neighbour holds an ack (s); --round-deadline is 30
 
 
@@ -69,21 +69,23 @@ def node_a(data: Path) -> Parts:
 
 
 def rounds_with(
-    data: Path, neighbour: Neighbour, rounds: int, claimed: int = 10**6
+    data: Path, neighbour: Neighbour, rounds: int, rejoin: bool = False
 ) -> tuple[Parts, list[float], list[bool]]:
-    """Node a, with `neighbour` its only live neighbour (claiming round `claimed`: by
-    default far ahead, so a never waits for its payloads), runs `rounds` exchanges;
-    each one's seconds and whether the neighbour was still live after it."""
+    """Node a, with `neighbour` its only live neighbour (claiming a round far ahead, so
+    a never waits for its payloads), runs `rounds` exchanges (`rejoin`: the neighbour
+    shakes hands again before each one when it was dropped); each one's seconds and
+    whether the neighbour was still live after it."""
     (port,) = free_ports(1)
     server = serve_fake_peer(neighbour, f"{HOST}:{port}")
     a = node_a(data)
-    a.peers.admit(
-        hello(node_id="n", swarm_id="parts", listen_address=f"{HOST}:{port}", round=claimed)
-    )
+    welcome = hello(node_id="n", swarm_id="parts", listen_address=f"{HOST}:{port}", round=10**6)
+    a.peers.admit(welcome)
 
     async def go() -> tuple[list[float], list[bool]]:
         took, live = [], []
         for r in range(1, rounds + 1):
+            if rejoin and not a.peers.peers["n"].live:
+                assert a.peers.admit(welcome) is not None
             t0 = time.monotonic()
             await a.exchange.exchange(r)
             took.append(time.monotonic() - t0)
@@ -107,6 +109,21 @@ def test_a_slow_ack_holds_no_round_past_the_deadline(
     # one late ack is not enough to drop a neighbour; two rounds running are
     assert live == [True, False]
     assert a.counters.rejected["push_timeout"] == 2
+
+
+def test_rejoining_buys_no_new_deadline(
+    synthetic_jsonl: Path, fast_deadline: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dropped for late acks, a neighbour that shakes hands again is on probation: its
+    next late ack holds the round only PROBATION_GRACE beyond its other work, and
+    drops it again; one in time clears it."""
+    monkeypatch.setattr(sending, "PROBATION_GRACE", 0.2)
+    monkeypatch.setattr(exchange, "PROBATION_GRACE", 0.2)
+    a, took, live = rounds_with(synthetic_jsonl, Neighbour(HOLD), rounds=4, rejoin=True)
+    assert live == [True, False, False, False]
+    assert min(took[:2]) >= DEADLINE - 0.1 and max(took[2:]) < DEADLINE / 2, took
+    a, took, live = rounds_with(synthetic_jsonl, Neighbour(HOLD, HOLD, 0.0), 4, rejoin=True)
+    assert live == [True, False, True, True] and not a.exchange.sender.overruns, took
 
 
 def test_an_honest_slow_ack_keeps_its_neighbour(synthetic_jsonl: Path, fast_deadline: None) -> None:

@@ -7,7 +7,10 @@ Invariants callers may rely on:
   (`push_timeout`); the round goes on without that ack, and a neighbour whose acks
   overran `OVERRUNS_TO_DROP` rounds running leaves the live set (a timely ack clears
   the count, a renewed handshake does not), so one slow ack never holds a round past
-  its deadline and an honest slow link is not dropped for one late ack;
+  its deadline and an honest slow link is not dropped for one late ack; once it is
+  back, such a neighbour is on probation: the round waits for its ack only until its
+  other work is done and `PROBATION_GRACE` s more (or one recent round, if longer),
+  so re-joining buys no new full deadline;
 - RESOURCE_EXHAUSTED (the receiver's push buffer is full, `busy`, or one of its own
   limits, `rate_limited`) is the receiver's load, never by itself a reason to drop it:
   the push is retried after `BUSY_BACKOFF` s (doubling, at most `BUSY_RETRIES` times)
@@ -43,6 +46,7 @@ log = logging.getLogger(__name__)
 OVERRUNS_TO_DROP = 2  # rounds running whose ack a neighbour did not send in time
 BUSY_RETRIES, BUSY_BACKOFF = 2, 0.25  # a RESOURCE_EXHAUSTED push: retries, first wait (s)
 REASON_CHARS = 200  # of a peer's free text in a log line
+PROBATION_GRACE = 1.0  # s a neighbour on probation may take beyond the round's other work
 
 
 class PushOverdue(Exception):
@@ -75,6 +79,10 @@ class Sender:
         self.metrics = metrics
         self.overruns: dict[str, int] = {}  # node id -> rounds running its ack came late
 
+    def on_probation(self, peer: Peer) -> bool:
+        """Whether `peer` was dropped for late acks and has not acked in time since."""
+        return self.overruns.get(peer.node_id, 0) >= OVERRUNS_TO_DROP
+
     async def send_round(
         self,
         live: list[Peer],
@@ -84,20 +92,28 @@ class Sender:
         crc: int,
         tracker_bytes: int,
         deadline: float,
-    ) -> None:
+    ) -> dict[asyncio.Task[None], Peer]:
         """Push round `r`'s payload to each of `live` at once; by `deadline` (monotonic
-        time) every push has ended: those still waiting for an ack are cancelled."""
+        time) every push has ended (those still waiting for an ack are cancelled), but
+        those to neighbours on probation, returned for `settle`."""
         for pid in [pid for pid in self.overruns if self.peers.get(pid) is None]:
             del self.overruns[pid]
         tasks = {
             asyncio.create_task(self.push(p, r, message, degree, crc, tracker_bytes, deadline)): p
             for p in live
         }
+        held = {t: p for t, p in tasks.items() if not self.on_probation(p)}
+        await self.settle(held, r, deadline)
+        return {t: p for t, p in tasks.items() if t not in held}
+
+    async def settle(self, tasks: dict[asyncio.Task[None], Peer], r: int, until: float) -> None:
+        """Wait for the pushes `tasks` until `until` (monotonic time); those still
+        waiting for an ack then are cancelled, and count as overruns."""
         if not tasks:
             return
         pending = set(tasks)
         try:
-            _, pending = await asyncio.wait(tasks, timeout=max(deadline - time.monotonic(), 0))
+            _, pending = await asyncio.wait(tasks, timeout=max(until - time.monotonic(), 0))
         finally:  # also when the round itself is cancelled (the node stops)
             for task in pending:
                 task.cancel()
