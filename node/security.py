@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -171,17 +171,17 @@ def certificate_problem(
     *,
     cert: Path,
     ca: Path,
-    role: str | None = None,
+    role: Literal["node"] | None = None,
     node_id: str | None = None,
     now: dt.datetime | None = None,
 ) -> str:
     """'' when `chain` (from --tls-cert `cert`) may serve as `role` under the CA(s) of
     --tls-ca `ca`, else what is wrong, naming the option. Any role: a certificate (or
     the CA that signed it) not yet valid or expired, a CA certificate as this end's
-    (other CAs in a --tls-ca bundle, a retired one, are not checked). "node" (both ends
-    of a connection) and "client" (the CLI) also: a certificate the CA did not sign
-    (directly or through the intermediates after it in --tls-cert), one without the
-    extended key usage the role needs; "node": a common name other than `node_id`."""
+    (other CAs in a --tls-ca bundle, a retired one, are not checked). "node" (a node's
+    own files; the CLI's are diagnosed when it connects) also: a certificate the CA did
+    not sign (directly or through the intermediates after it in --tls-cert), one
+    without serverAuth and clientAuth, a common name other than `node_id`."""
     now = now or dt.datetime.now(dt.timezone.utc)
     leaf = chain[0]
     problem = _dates_problem("--tls-cert", cert, leaf, now)
@@ -223,8 +223,6 @@ def certificate_problem(
                 f"mTLS peers admit a node only as its certificate's name: give --node-id "
                 f"{name}, or the certificate of {node_id!r}"
             )
-    if role == "client" and usages is not None and "clientAuth" not in usages:
-        return f"--tls-cert: {cert} is not a client certificate (no clientAuth usage)"
     return ""
 
 
@@ -246,7 +244,7 @@ class TlsFiles:
         key: Path | None,
         ca: Path | None,
         *,
-        role: str | None = None,
+        role: Literal["node"] | None = None,
         node_id: str | None = None,
     ) -> TlsFiles | None:
         """None when no file is given; TlsError (naming the option) when only some are,

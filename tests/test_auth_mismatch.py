@@ -39,7 +39,7 @@ from declora.node.daemon.transport import Transport
 from declora.node.security import TlsError, TlsFiles, certificate_problem
 
 SECRET = "correct horse battery staple"
-NODE, CLIENT = {"role": "node"}, {"role": "client"}
+NODE = {"role": "node"}
 runner = CliRunner()
 
 
@@ -98,7 +98,6 @@ def test_tls_files_are_checked_against_each_other(pki: Path) -> None:
     now = dt.datetime.now(dt.timezone.utc)
     ok = TlsFiles.load(*files(pki, "a"), role="node", node_id="a")
     assert ok is not None and ok.name == "a"
-    assert TlsFiles.load(*files(pki, "cli"), role="client") is not None
     assert TlsFiles.load(*files(pki, "cli")) is not None  # either role: the CLI's own
     old = sign_node_cert(pki, "old", now - dt.timedelta(days=60), now - dt.timedelta(days=30))
     soon = sign_node_cert(pki, "soon", now + dt.timedelta(days=2), now + dt.timedelta(days=30))
@@ -111,7 +110,6 @@ def test_tls_files_are_checked_against_each_other(pki: Path) -> None:
         ((*soon, pki / "ca.pem"), {}, r"--tls-cert: .*soon\.pem is not valid before"),
         (files(pki, "a", other_ca), NODE, r"--tls-cert: .*a\.pem is not signed by the CA of"),
         (files(pki.parent / "other", "a", pki / "ca.pem"), NODE, r"is not signed by the CA"),
-        (files(pki.parent / "other", "cli", pki / "ca.pem"), CLIENT, r"is not signed by the CA"),
         ((pki / "ca.pem", pki / "ca-key.pem", pki / "ca.pem"), {}, r"is a CA certificate"),
         (files(pki, "cli"), {"role": "node"}, r"not a node certificate \(the CLI's cli\.pem\?\)"),
         (
