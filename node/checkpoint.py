@@ -35,6 +35,7 @@ from declora.node.adapter import (
     new_build_dir,
 )
 from declora.node.deca_model import BlockTrainer
+from declora.node.errors import HintedError
 from declora.node.trainer import Encoded, LocalTrainer, LoraModel
 
 LATEST = "LATEST"
@@ -45,14 +46,18 @@ class CheckpointError(RuntimeError):
     """No usable checkpoint, or one written for another adapter."""
 
 
-class CheckpointMismatch(CheckpointError):
+class CheckpointMismatch(HintedError, CheckpointError):
     """The checkpoint was written for another configuration (labels, spec, recipe,
     training share) or is past --rounds: the user's options, not the files, are what to
     change (`hint`: how, when more precise than "resume with that run's options")."""
 
     def __init__(self, message: str, hint: str = "") -> None:
-        super().__init__(message)
-        self.hint = hint
+        super().__init__(
+            message,
+            hint
+            or "resume with the data, --partition, --labels and options that run used, or "
+            "begin afresh in another --checkpoint-dir (this one is kept)",
+        )
 
 
 @dataclass

@@ -58,7 +58,7 @@ def as_user_error(exc: BaseException) -> UserError | None:
     """`exc` as the user's mistake it reports, or None for anything else (a bug)."""
     if isinstance(exc, UserError):
         return exc
-    hinted = _error_class("declora.node.errors", "HintedError")  # data, model, adapter
+    hinted = _error_class("declora.node.errors", "HintedError")  # data, model, checkpoint..
     if hinted is not None and isinstance(exc, hinted):
         return UserError(getattr(exc, "message", str(exc)), CONFIG, getattr(exc, "hint", ""))
     for module, name in (
@@ -69,15 +69,6 @@ def as_user_error(exc: BaseException) -> UserError | None:
         cls = _error_class(module, name)
         if cls is not None and isinstance(exc, cls):
             return UserError(str(exc), CONFIG)
-    mismatch = _error_class("declora.node.checkpoint", "CheckpointMismatch")
-    if mismatch is not None and isinstance(exc, mismatch):
-        return UserError(
-            str(exc),
-            CONFIG,
-            getattr(exc, "hint", "")
-            or "resume with the data, --partition, --labels and options that run used, or "
-            "begin afresh in another --checkpoint-dir (this one is kept)",
-        )
     checkpoint_error = _error_class("declora.node.checkpoint", "CheckpointError")
     if checkpoint_error is not None and isinstance(exc, checkpoint_error):
         return UserError(
