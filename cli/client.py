@@ -13,6 +13,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from declora.node.address import split_address
+from declora.node.errors import HintedError
 from declora.node.security import SwarmAuth, TlsFiles
 from declora.proto import pb, pb_grpc
 
@@ -21,12 +22,8 @@ STATUS_TIMEOUT = 5.0  # seconds
 MAX_TIMEOUT = 3600.0  # seconds: the longest --timeout of a call to a node
 
 
-class StatusError(RuntimeError):
+class StatusError(HintedError):
     """The node could not be reached or did not answer; `hint` says what to check."""
-
-    def __init__(self, message: str, hint: str = "") -> None:
-        super().__init__(message)
-        self.hint = hint
 
 
 def target_problem(target: str) -> str | None:
@@ -54,7 +51,7 @@ def show_status(target: str, as_json: bool, timeout: float, tls: TlsFiles | None
     try:
         reply = fetch_status(target, timeout, tls=tls)
     except StatusError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc.message}", file=sys.stderr)
         if exc.hint:
             print(f"hint: {exc.hint}", file=sys.stderr)
         return 1

@@ -18,18 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 from declora.node.adapter_card import ADAPTER_CONFIG, ADAPTER_WEIGHTS, DECLORA_INFO, weights_sha256
 from declora.node.deca_model import FULL_MODEL, MODEL_WEIGHTS
+from declora.node.errors import HintedError
 
 if TYPE_CHECKING:
     from declora.node.security import TlsFiles
 
 
-class InspectError(RuntimeError):
+class InspectError(HintedError):
     """PATH is not an adapter or checkpoint, or the target cannot be reached (`hint`:
     what to check)."""
-
-    def __init__(self, message: str, hint: str = "") -> None:
-        super().__init__(message)
-        self.hint = hint
 
 
 def _adapter_dir(path: Path) -> tuple[Path, Path | None]:
@@ -139,7 +136,7 @@ def inspect_target(target: str, tls: TlsFiles | None = None) -> dict[str, Any]:
     try:
         return {"kind": "node", **status_to_dict(fetch_status(target, tls=tls))}
     except StatusError as exc:
-        raise InspectError(str(exc), exc.hint) from exc
+        raise InspectError(exc.message, exc.hint) from exc
 
 
 def render(info: dict[str, Any]) -> None:
