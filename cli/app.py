@@ -463,6 +463,7 @@ def experiment(
         int | None,
         typer.Option(
             min=1,
+            max=64,
             show_default="2",
             help="runs at a time (--task swarm, lm-parity, methods; one thread each)",
         ),

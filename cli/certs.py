@@ -27,6 +27,9 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 CLOCK_SKEW = dt.timedelta(minutes=5)  # certs are valid from a little before now
 
 
+MAX_DAYS = 36_500  # validity of a minted certificate at most
+
+
 class CertsError(ValueError):
     """Bad names, hosts or days, or files that exist already; nothing was written."""
 
@@ -51,8 +54,8 @@ def _check(nodes: list[str], hosts: list[str], days: int) -> None:
         raise CertsError(f"--nodes: {sorted(reserved)} are reserved for the client and the CA")
     if not hosts:
         raise CertsError("--hosts: give at least one host name or IP address")
-    if days < 1:
-        raise CertsError("--days: must be at least 1")
+    if not 1 <= days <= MAX_DAYS:
+        raise CertsError(f"--days: must be from 1 to {MAX_DAYS} (100 years)")
 
 
 def _san(host: str) -> x509.GeneralName:

@@ -33,6 +33,10 @@ from declora.node.models import Tokenizer
 Prompt = str | list[dict[str, str]]
 
 
+MAX_NEW_TOKENS = 100_000  # tokens a prompt may ask for at most
+MAX_TEMPERATURE = 100.0
+
+
 @dataclass(frozen=True)
 class Sampling:
     """How tokens are chosen: greedy at temperature 0, else sampled (nucleus `top_p`)."""
@@ -44,10 +48,17 @@ class Sampling:
 
     def check(self) -> None:
         """`DataError` naming the option that is out of range."""
-        if self.max_new_tokens < 1:
-            raise DataError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise DataError(f"--temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+            raise DataError(
+                f"--max-new-tokens must be in [1, {MAX_NEW_TOKENS}], got {self.max_new_tokens}"
+            )
+        if not 0 <= self.temperature <= MAX_TEMPERATURE:  # NaN fails both
+            raise DataError(
+                f"--temperature must be in [0, {MAX_TEMPERATURE:g}] (0 = greedy), "
+                f"got {self.temperature}"
+            )
+        if not 0 <= self.seed < 2**32:
+            raise DataError(f"--seed must be in [0, 2**32), got {self.seed}")
         if not 0 < self.top_p <= 1:
             raise DataError(f"--top-p must be in (0, 1], got {self.top_p}")
 

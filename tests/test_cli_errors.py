@@ -350,3 +350,25 @@ def test_a_model_error_of_simulate_and_lab_is_two_lines(
     monkeypatch.setattr("declora.cli.lab.run_lab", model_error)
     res = runner.invoke(app, ["lab", "--output", str(tmp_path / "lab")])
     two_lines(res, "the model 'm' is not there", "give a local folder")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["certs", "--nodes", "a", "--days", "4000000"], "--days: must be from 1 to 36500"),
+        (["generate", "x", "-p", "hi", "--temperature", "nan"], "--temperature must be in"),
+        (["generate", "x", "-p", "hi", "--seed", str(2**40)], "--seed must be in"),
+        (["generate", "x", "-p", "hi", "--max-new-tokens", "0"], "--max-new-tokens must be in"),
+    ],
+)
+def test_numbers_of_the_other_commands_are_bounded(
+    tmp_path: Path, args: list[str], needle: str
+) -> None:
+    """certs and generate bound their numbers too (--days 4000000 was an OverflowError
+    traceback that left an empty folder; --temperature nan reached transformers)."""
+    out = tmp_path / "pki"
+    full = [*args, "--output", str(out)] if args[0] == "certs" else args
+    res = runner.invoke(app, full)
+    assert res.exit_code == 2, res.output
+    assert needle in res.stderr and "Traceback" not in res.output
+    assert not out.exists()
