@@ -154,7 +154,9 @@ def _check_format(fmt: str) -> None:
         fail(f"--format must be {' or '.join(FORMATS)}, got {fmt!r}", hint=hint)
 
 
-def _check_output(path: Path, option: str, force: bool | None = None) -> None:
+def _check_output(
+    path: Path, option: str, force: bool | None = None, replaced: str = "what it writes there"
+) -> None:
     """Exit 2 with a hint when `path` cannot be an output folder (before any work); and,
     for a command with --force (`force` not None), unless --force, when it already holds
     files (nothing a user wrote is replaced without asking)."""
@@ -169,7 +171,7 @@ def _check_output(path: Path, option: str, force: bool | None = None) -> None:
             shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
             fail(
                 f"{option} {path} already holds files ({shown})",
-                hint=f"pass --force to replace them, or choose another {option}",
+                hint=f"pass --force to replace {replaced}, or choose another {option}",
             )
 
 
@@ -354,7 +356,7 @@ def certs(
         str, typer.Option(help="Every host name or IP the nodes are dialled at, comma-separated.")
     ] = "127.0.0.1,localhost",
     days: Annotated[int, typer.Option(help="Validity in days.")] = 365,
-    force: Annotated[bool, typer.Option("--force", help="Replace existing files.")] = False,
+    force: ForceOpt = False,
 ) -> None:
     """Mint a swarm CA and mTLS certificates for nodes and for this CLI (`cli.pem`)."""
     from declora.cli.certs import CertsError, mint, usage
@@ -744,7 +746,7 @@ def export(
     if output is None:
         fail("--output is required: the folder to write")
         return
-    _check_output(output, "--output", force)
+    _check_output(output, "--output", force, replaced="the whole folder")
     try:
         typer.echo(run_export(adapter, output, merge, base))
     except USER_ERRORS as exc:

@@ -71,12 +71,13 @@ def command(name: str, tmp_path: Path, adapter: Path, out: Path) -> list[str]:
     }[name]
 
 
-def assert_refused_output(res: Result, out: Path) -> None:
+def assert_refused_output(res: Result, out: Path, name: str) -> None:
     assert res.exit_code == 2, res.output
     lines = res.stderr.strip().splitlines()
+    replaced = "the whole folder" if name.startswith("export") else "what it writes there"
     assert lines == [
         f"error: --output {out} already holds files (lab-0, notes.txt, run.json)",
-        "hint: pass --force to replace them, or choose another --output",
+        f"hint: pass --force to replace {replaced}, or choose another --output",
     ], res.stderr
     assert res.stdout == "" and "Traceback" not in res.output
 
@@ -95,7 +96,7 @@ def test_an_output_that_holds_files_is_refused_and_left_as_it_was(
     monkeypatch.setattr("declora.cli.experiment.run_one", no_work)
     monkeypatch.setattr("declora.cli.lab.run_lab", no_work)
     monkeypatch.setattr("declora.cli.predict.run_export", no_work)
-    assert_refused_output(runner.invoke(app, args), out)
+    assert_refused_output(runner.invoke(app, args), out, name)
     assert files(out) == before  # byte-identical
     assert tree(tmp_path) == around  # nothing created beside it either
 
