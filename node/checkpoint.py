@@ -301,7 +301,8 @@ def check_share(
     ]
     if not diffs:  # the same options and size: the file's contents changed
         diffs.append(
-            f"the contents of its {here['examples']} training examples differ "
-            f"(--data {here.get('data')!s} has changed since)"
+            f"the contents of its {here['examples']} training examples differ (the file "
+            f"--data {here.get('data')!s} changed since, or how it is read: the columns, "
+            "--data-format, --packing, --max-length, the tokenizer)"
         )
     raise CheckpointMismatch(f"{path} was written on another training share: {'; '.join(diffs)}")
