@@ -24,7 +24,7 @@ import json
 import logging
 import re
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -439,19 +439,26 @@ def column_values(
     return values, ds.features[column]
 
 
+def is_chat_turns(value: object) -> bool:
+    """Whether `value` looks like chat turns: a non-empty list of mappings with a role
+    ({role, content}) or a speaker (ShareGPT's {from, value})."""
+    return (
+        isinstance(value, (list, tuple))
+        and bool(value)
+        and all(isinstance(t, Mapping) and ("role" in t or "from" in t) for t in value)
+    )
+
+
 def _check_scalar(value: Any, where: str, number: int, what: str, column: str) -> None:
     """A `DataError` when a row's `what` is a list or a mapping, not one value (e.g.
     column-oriented JSON, {"text": [...], "label": [...]}, read as a single row)."""
     if isinstance(value, (list, tuple, dict)):
-        turns = isinstance(value, (list, tuple)) and all(
-            isinstance(t, dict) and "role" in t for t in value
-        )
         raise DataError(
             f"{where}: row {number}: the {what} in column {column!r} is a "
             f"{type(value).__name__}, not a single value",
             "these are chat turns: causal-LM chat data is read from a 'messages' column "
             "(--task lm; name yours with --messages-column)"
-            if turns and value
+            if is_chat_turns(value)
             else 'write one object per record, e.g. JSON Lines: {"text": "...", "label": "..."} '
             'a line, or a JSON array of such objects; not {"text": [...], "label": [...]}',
         )

@@ -38,7 +38,15 @@ from typing import Any
 
 import torch
 
-from declora.node.data import Chat, DataError, DataFormat, TextDataset, column_values, read_texts
+from declora.node.data import (
+    Chat,
+    DataError,
+    DataFormat,
+    TextDataset,
+    column_values,
+    is_chat_turns,
+    read_texts,
+)
 from declora.node.models import ModelError, Tokenizer
 
 IGNORE = -100  # the label of a token that carries no loss
@@ -126,7 +134,7 @@ class LmFormat:
         completion is trained), the completion a list of assistant turns or a text."""
         response = self._response(columns)
         raw, _ = column_values(ds, where, self.prompt_column, "prompt", "--prompt-column")
-        if not raw or not _is_turns(raw[0]):  # row 1 decides: texts or turns
+        if not raw or not is_chat_turns(raw[0]):  # row 1 decides: texts or turns
             prompts = _strings(ds, where, self.prompt_column, "prompt", "--prompt-column")
             responses = _strings(ds, where, response, "response", "--response-column")
             return tuple(_one_turn(p, r) for p, r in zip(prompts, responses, strict=True))
@@ -134,7 +142,7 @@ class LmFormat:
         chats = []
         for number, (prompt, reply) in enumerate(zip(raw, replies, strict=True), 1):
             at = f"{where}: row {number}"
-            if not _is_turns(prompt):
+            if not is_chat_turns(prompt):
                 raise DataError(
                     f"{at}: the prompt in {self.prompt_column!r} is not a list of turns "
                     "(row 1's is)",
@@ -187,15 +195,6 @@ def _strings(ds: Any, where: str, column: str, what: str, option: str) -> list[s
     return out
 
 
-def _is_turns(value: object) -> bool:
-    """Whether `value` looks like chat turns: a list of mappings with a role."""
-    return (
-        isinstance(value, (list, tuple))
-        and bool(value)
-        and all(isinstance(t, Mapping) and ("role" in t or "from" in t) for t in value)
-    )
-
-
 def _check_text(value: object, where: str, number: int, what: str, column: str) -> None:
     """A `DataError` naming the row when a prompt, response, instruction, input or
     output is a list, a mapping or a boolean: never stringified ("['a', 'b']") and
@@ -205,7 +204,7 @@ def _check_text(value: object, where: str, number: int, what: str, column: str) 
             "these are chat turns: write every row's prompt as turns (row 1's too: TRL's "
             "conversational prompt-completion), or put each whole conversation in one "
             f"'messages' column (--data-format messages), e.g. {CHAT_EXAMPLE}"
-            if _is_turns(value) or _is_turns([value])
+            if is_chat_turns(value) or is_chat_turns([value])
             else f"write the {what} as one string (chat data: a 'messages' column of "
             "{role, content} turns)"
         )
