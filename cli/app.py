@@ -350,7 +350,9 @@ def inspect(
 
 @app.command()
 def certs(
-    out: Annotated[Path, typer.Option("--output", help="Folder to write the PEM files into.")],
+    out: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder to write the PEM files into.")
+    ],
     nodes: Annotated[str, typer.Option(help="Node names, comma-separated: node-0,node-1.")],
     hosts: Annotated[
         str, typer.Option(help="Every host name or IP the nodes are dialled at, comma-separated.")
@@ -375,7 +377,8 @@ def certs(
 
 def simulate(
     output: Annotated[
-        Path, typer.Option(help="Folder for the results: run.json, run.md, run.png.")
+        Path,
+        typer.Option("--output", "-o", help="Folder for the results: run.json, run.md, run.png."),
     ] = Path("runs/simulate"),
     force: ForceOpt = False,
     options: dict[str, Any] | None = None,
@@ -454,7 +457,11 @@ def experiment(
     ] = "cls",
     output: Annotated[
         Path | None,
-        typer.Option(help="Folder for every run and the table [default: results/paper or llm]."),
+        typer.Option(
+            "--output",
+            "-o",
+            help="Folder for every run and the table [default: results/paper or llm].",
+        ),
     ] = None,
     only: Annotated[str | None, typer.Option(help="Comma-separated run names to (re)run.")] = None,
     list_runs: Annotated[bool, typer.Option("--list", help="List the runs and exit.")] = False,

@@ -82,6 +82,8 @@ def _parameter(name: str, model: type[PydanticModel]) -> inspect.Parameter:
     kind = _cli_type(model.model_fields[name])
     flag = option_name(name)
     decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
+    if name == "output":  # -o on every command with an output folder
+        decls.append("-o")
     option = typer.Option(
         *decls,
         help=help_text(name, model),

@@ -372,3 +372,13 @@ def test_numbers_of_the_other_commands_are_bounded(
     assert res.exit_code == 2, res.output
     assert needle in res.stderr and "Traceback" not in res.output
     assert not out.exists()
+
+
+def test_every_output_folder_option_is_output_or_o() -> None:
+    """One name for an output folder on every command that writes one: --output, -o."""
+    for command in ("simulate", "lab", "certs", "export", "experiment"):
+        res = runner.invoke(app, [command, "--help"], terminal_width=200)
+        assert res.exit_code == 0, res.output
+        assert any("--output" in line and "-o " in line for line in res.output.splitlines()), (
+            command
+        )
