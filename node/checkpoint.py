@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from declora.node import faults
+from declora.node import faults, run_folder
 from declora.node.adapter import (
     AdapterSchema,
     atomic_replace_dir,
@@ -174,12 +174,10 @@ def _prune(root: Path, keep: str) -> None:
 
 
 def latest(root: Path) -> Path | None:
-    """The newest complete checkpoint directory, or None if there is none."""
-    pointer = root / LATEST
-    if not pointer.is_file():
-        return None
-    path = root / pointer.read_text().strip()
-    return path if (path / "state.pt").is_file() else None
+    """The checkpoint a resume continues from (`run_folder.resume_point`): the one
+    LATEST names when it is complete, or without LATEST (a crash before it was
+    written) the newest complete ckpt-*; None if there is none."""
+    return run_folder.resume_point(root)
 
 
 def read_state(path: Path) -> dict[str, Any]:
@@ -197,13 +195,12 @@ def read_state(path: Path) -> dict[str, Any]:
 
 
 def load(root: Path, lm: LoraModel) -> NodeState:
-    """Read the newest checkpoint; refuses one made for another adapter, or one that
-    cannot be read."""
+    """Read the checkpoint `latest` picks; refuses one made for another adapter, or one
+    that cannot be read."""
     path = latest(root)
     if path is None:
-        pointer = root / LATEST
-        named = pointer.read_text().strip() if pointer.is_file() else ""
-        others = sorted(p.name for p in root.glob("ckpt-*") if (p / "state.pt").is_file())
+        named = run_folder.named(root) or ""
+        others = [p.name for p in run_folder.complete_checkpoints(root)]
         raise CheckpointError(
             f"no checkpoint in {root}"
             + (f": {LATEST} names {named!r}, which is missing or incomplete" if named else "")

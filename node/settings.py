@@ -292,7 +292,9 @@ class NodeSettings(BaseSettings, Recipe):
                 "(`declora-node lab` and `simulate` compute it from the topology)"
             )
         if self.resume == "auto":  # resolved once, here: the rest of the node sees a bool
-            self.resume = (self.state_dir / "LATEST").is_file()
+            from declora.node.run_folder import resumable  # LATEST or a complete ckpt-*
+
+            self.resume = resumable(self.state_dir)
         self.fill_daemon_defaults()
         self.tls()  # TlsError is a ValueError: reported like any bad option
         return self

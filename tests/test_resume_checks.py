@@ -1,8 +1,10 @@
 """What a resume keeps and what it refuses (node/checkpoint.py, daemon/persistence.py,
-daemon/startup.py): this start's optimizer options over the checkpoint's, the
-training share a checkpoint was written on, an earlier run's files without LATEST,
-and a checkpoint already past --rounds. Each refusal is one `error:` line, exit 2,
-and leaves the checkpoint folder as it was."""
+daemon/startup.py, run_folder.py): this start's optimizer options over the
+checkpoint's, the training share a checkpoint was written on, an earlier run's files
+without a complete checkpoint, a checkpoint that lost its LATEST (resumed, not
+refused), and a checkpoint trained past --rounds (one of the consensus finish is
+resumed). Each refusal is one `error:` line, exit 2, and leaves the checkpoint folder
+as it was."""
 
 from __future__ import annotations
 
@@ -10,15 +12,18 @@ import copy
 import hashlib
 import json
 import os
+import shutil
+import signal
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from daemon_helpers import CLI, HOST, free_ports, train_args
+from daemon_helpers import CLI, HOST, Cluster, free_ports, train_args
 
-from declora.node import checkpoint
+from declora.node import checkpoint, run_folder
+from declora.node.daemon.persistence import TRAINED, check_rounds, trained_round
 from declora.node.daemon.startup import CONFIG, UserError, as_user_error, check_config, earlier_run
 from declora.node.data import TextDataset
 from declora.node.settings import NodeSettings
@@ -151,22 +156,23 @@ def _listing(folder: Path) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("held", ["rounds.jsonl", "adapter", "ckpt-00000004"])
-def test_a_folder_with_an_earlier_runs_files_but_no_latest_is_not_empty(
+def test_a_folder_with_an_earlier_runs_files_but_no_checkpoint_is_not_empty(
     tmp_path: Path, held: str
 ) -> None:
     """Before: only LATEST counted, so a fresh start replaced a run that lost its
-    LATEST. Now a fresh start and --resume are refused (exit 2) naming the files, which
-    stay; a rounds.jsonl alone refuses only --resume (a fresh start appends to it)."""
+    LATEST. Now, without a complete checkpoint (a ckpt-* holding state.pt), a fresh
+    start and --resume are refused (exit 2) naming the files, which stay; a
+    rounds.jsonl alone refuses only --resume (a fresh start appends to it)."""
     folder = tmp_path / "state"
     folder.mkdir()
     assert earlier_run(folder) == [] and earlier_run(tmp_path / "none") == []
     if held == "rounds.jsonl":
         (folder / held).write_text('{"round": 1}\n')
-    else:
-        (folder / held).mkdir()
-        (folder / held / "state.pt").write_bytes(b"mine")
+    else:  # an adapter, or a checkpoint folder without its state.pt
+        (folder / held / "adapter").mkdir(parents=True)
+        (folder / held / "adapter" / "weights").write_bytes(b"mine")
     before = _listing(folder)
-    assert earlier_run(folder) == [held]
+    assert earlier_run(folder) == [held] and run_folder.resume_point(folder) is None
     for resume in (False, True, "auto"):  # auto: a restart policy's start
         settings = _settings(folder, resume=resume)
         if held == "rounds.jsonl" and not settings.resume:
@@ -180,23 +186,115 @@ def test_a_folder_with_an_earlier_runs_files_but_no_latest_is_not_empty(
         err = info.value
         assert err.code == CONFIG, err.message
         assert f"{folder} (--checkpoint-dir) holds an earlier run's files ({held})" in err.message
+        assert "but no complete checkpoint" in err.message
         assert (
             "cannot be resumed" if settings.resume else "a fresh start would replace them"
         ) in err.message
         assert "another --checkpoint-dir" in err.hint
-        if held.startswith("ckpt-"):
-            assert f"echo {held} > {folder / 'LATEST'}" in err.hint
         assert _listing(folder) == before
+
+
+def test_a_checkpoint_without_latest_is_resumed_not_replaced(
+    tiny_lm: LoraModel, tmp_path: Path
+) -> None:
+    """A stop between renaming ckpt-N into place and writing LATEST (the first
+    checkpoint): before, auto began afresh and check_config refused that (exit 2) at
+    every restart. Now --resume and auto resume from the newest complete checkpoint
+    (`checkpoint.load` picks it), a plain start is refused naming it, and a LATEST
+    naming a checkpoint still decides."""
+    folder = tmp_path / "state"
+    vec = np.concatenate([t.reshape(-1).numpy() for t in tiny_lm.initial_tensors()])
+    trainer_state = {"optimizer": {}, "step": 0, "epoch": 1, "cursor": 0, "order": np.arange(4)}
+    for r in (3, 4):
+        state = checkpoint.NodeState(r, r, vec, vec.copy(), trainer_state, tiny_lm.fingerprint)
+        checkpoint.save(folder, tiny_lm, state, {})
+    (folder / "ckpt-00000009").mkdir()  # a folder without its state.pt: not complete
+    (folder / "ckpt-00000009" / "adapter").mkdir()
+    (folder / "LATEST").unlink()
+    before = _listing(folder)
+    assert run_folder.resume_point(folder) == folder / "ckpt-00000004"
+    assert checkpoint.latest(folder) == folder / "ckpt-00000004"
+    assert checkpoint.load(folder, tiny_lm).round == 4
+    for resume in (True, "auto"):
+        settings = _settings(folder, resume=resume)
+        assert settings.resume is True
+        check_config(settings)
+    with pytest.raises(UserError) as info:
+        check_config(_settings(folder))
+    err = info.value
+    assert err.code == CONFIG
+    assert "holds an earlier run's checkpoints and adapter" in err.message
+    assert "a fresh start would replace them" in err.message
+    assert "--resume" in err.hint and "(from ckpt-00000004)" in err.hint
+    assert _listing(folder) == before
+    (folder / "LATEST").write_text("ckpt-00000003\n")  # LATEST decides when present
+    assert checkpoint.load(folder, tiny_lm).round == 3
+    (folder / "LATEST").write_text("ckpt-00000009\n")  # ...even naming an incomplete one
+    with pytest.raises(checkpoint.CheckpointError, match="names 'ckpt-00000009'"):
+        checkpoint.load(folder, tiny_lm)
+
+
+# ------------------------------------------------------------ past --rounds
+
+
+@pytest.mark.parametrize(
+    ("rounds", "per_round", "at", "trained", "refused"),
+    [
+        (2, 1, 2, 2, False),  # the last training round
+        (2, 1, 5, 2, False),  # a consensus-finish checkpoint: resumes into the finish
+        (2, 1, 40, 2, False),  # ... even past --consensus-rounds (restarts in the finish)
+        (2, 1, 3, 3, True),  # trained past --rounds: the user lowered it
+        (2, 1, 9, 4, True),  # the finish of a run with more --rounds
+        (2, 2, 6, 6, True),  # gossip steps: exchanges
+        (2, 2, 7, 4, False),
+        (0, 1, 99, 99, False),  # --rounds 0: until stopped
+        (2, 1, 5, None, False),  # written before trained_round: up to the planned end
+        (2, 1, 8, None, True),  # ... 2 + --consensus-rounds 5 = 7
+    ],
+)
+def test_only_a_checkpoint_trained_past_rounds_is_refused(
+    tmp_path: Path, rounds: int, per_round: int, at: int, trained: int | None, refused: bool
+) -> None:
+    """Before: any checkpoint past --rounds x G was refused, so one the consensus
+    finish wrote (a stop during it, or a finished run) made a restart exit 2, and a
+    restart policy loop. Now only one trained past it is (or, for checkpoints that do
+    not record how far they trained, one past the planned end)."""
+    settings = _settings(tmp_path, rounds=rounds, gossip_steps=per_round, consensus_rounds=5)
+    assert settings.exchanges_per_round == per_round
+    path = tmp_path / f"ckpt-{at:08d}"
+    if not refused:
+        check_rounds(path, settings, at, trained)
+        return
+    with pytest.raises(checkpoint.CheckpointMismatch) as info:
+        check_rounds(path, settings, at, trained)
+    mistake = as_user_error(info.value)
+    assert mistake is not None and mistake.code == CONFIG
+    assert f"past --rounds {rounds}: resuming would train nothing" in mistake.message
+    assert "--rounds" in mistake.hint and "or more to train on" in mistake.hint
+
+
+def test_a_checkpoint_records_how_far_it_trained(tiny_lm: LoraModel, tmp_path: Path) -> None:
+    """`trained_round` reads what `Persistence.save_checkpoint` records in the
+    checkpoint's declora.json; None for a checkpoint written before."""
+    vec = np.concatenate([t.reshape(-1).numpy() for t in tiny_lm.initial_tensors()])
+    trainer_state = {"optimizer": {}, "step": 0, "epoch": 1, "cursor": 0, "order": np.arange(4)}
+    state = checkpoint.NodeState(6, 6, vec, vec.copy(), trainer_state, tiny_lm.fingerprint)
+    old = checkpoint.save(tmp_path / "old", tiny_lm, state, {})
+    new = checkpoint.save(tmp_path / "new", tiny_lm, state, {TRAINED: 4})
+    assert trained_round(old) is None and trained_round(new) == 4
+    assert trained_round(tmp_path / "none") is None
 
 
 # ------------------------------------------------------------ real nodes
 
 
-def _node(data: Path, folder: Path, *more: str) -> subprocess.CompletedProcess[str]:
+def _node(
+    data: Path, folder: Path, *more: str, **env_more: str
+) -> subprocess.CompletedProcess[str]:
     [port] = free_ports(1)
     args = [*CLI, "start", "--solo", *train_args(data), "--listen", f"{HOST}:{port}"]
     args += ["--checkpoint-dir", str(folder), "--eval-every", "0", *more]
-    env = {**os.environ, "COLUMNS": "80"}
+    env = {**os.environ, "COLUMNS": "80", **env_more}
     return subprocess.run(args, capture_output=True, text=True, timeout=START, env=env)
 
 
@@ -209,6 +307,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, synthetic_jsonl: Path
     )
     assert res.returncode == 0, res.stderr
     assert (folder / "LATEST").read_text().strip() == "ckpt-00000002"
+    assert trained_round(folder / "ckpt-00000002") == 2  # recorded by the node
     return folder
 
 
@@ -237,3 +336,50 @@ def test_a_refused_resume_writes_nothing(
     assert "final adapter written" not in res.stderr
     assert _listing(finished_run) == before
     json.loads((finished_run / "rounds.jsonl").read_text().splitlines()[-1])
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(400)
+def test_auto_resumes_a_checkpoint_that_lost_its_latest(
+    finished_run: Path, synthetic_jsonl: Path, tmp_path: Path
+) -> None:
+    """A restart policy's start (DECLORA_RESUME=auto) in a folder whose LATEST is gone
+    (a stop between the checkpoint's rename and LATEST's): before, exit 2 at every
+    restart. Now it resumes from the newest complete checkpoint, warning, and trains on."""
+    folder = tmp_path / "state"
+    shutil.copytree(finished_run, folder)
+    (folder / "LATEST").unlink()
+    more = ("--rounds", "3", "--local-steps", "2", "--checkpoint-every", "1")
+    res = _node(synthetic_jsonl, folder, *more, DECLORA_RESUME="auto")
+    assert res.returncode == 0, res.stderr
+    assert "holds no LATEST" in res.stderr and "ckpt-00000002" in res.stderr, res.stderr
+    assert f"resumed from {folder / 'ckpt-00000002'} at round 2" in res.stderr, res.stderr
+    assert (folder / "LATEST").read_text().strip() == "ckpt-00000003"
+    assert trained_round(folder / "ckpt-00000003") == 3
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(400)
+def test_a_stop_in_the_consensus_finish_resumes_into_it(cluster: Cluster) -> None:
+    """A SIGTERM during the consensus finish checkpoints a round past --rounds x G
+    (gossip rounds advance the round). Before: the restart (DECLORA_RESUME=auto, as
+    docker-compose.yml) was refused, exit 2 at every restart. Now it resumes into the
+    finish and ends it (exit 0, final adapter); the checkpoint records how far it
+    trained."""
+    # a path of 3 (Metropolis weights 1/3: no exact consensus) finishing for long
+    finish = ["--rounds", "1", "--consensus-rounds", "1000000", "--consensus-tol", "1e-30"]
+    nodes = cluster.static(3, [(0, 1), (1, 2)], [*finish, "--eval-every", "0"])
+    for node in nodes:
+        node.start()
+    first = nodes[0]
+    cluster.wait_until("a consensus round", lambda: "round 3 done" in first.log(), START, nodes)
+    for node in nodes:
+        node.signal(signal.SIGTERM)
+    assert cluster.wait_exit(nodes, START) == [0, 0, 0], cluster.report()
+    path = checkpoint.latest(first.ckpt)
+    assert path is not None and int(path.name.removeprefix("ckpt-")) >= 3, cluster.report()
+    assert trained_round(path) == 1
+    first.start(["--min-peers", "0"], env={"DECLORA_RESUME": "auto"})
+    assert cluster.wait_exit([first], START) == [0], cluster.report()
+    assert f"resumed from {path}" in first.log() and "past --rounds" not in first.log()
+    assert "final adapter written" in first.log(), cluster.report()

@@ -157,6 +157,14 @@ def test_resume_auto_continues_only_where_a_checkpoint_is(
     what a restart policy needs (the first start begins afresh, a restart continues)."""
     monkeypatch.setenv("DECLORA_RESUME", "auto")
     assert load_settings({"checkpoint_dir": str(tmp_path)}).resume is False
+    # a history alone, or a checkpoint folder without its state.pt: begin afresh
+    (tmp_path / "rounds.jsonl").write_text('{"round": 1}\n')
+    (tmp_path / "ckpt-00000004" / "adapter").mkdir(parents=True)
+    assert load_settings({"checkpoint_dir": str(tmp_path)}).resume is False
+    # a complete checkpoint without LATEST (a stop before LATEST was written): resume
+    (tmp_path / "ckpt-00000004" / "state.pt").write_bytes(b"state")
+    assert load_settings({"checkpoint_dir": str(tmp_path)}).resume is True
+    (tmp_path / "ckpt-00000004" / "state.pt").unlink()
     (tmp_path / "LATEST").write_text("ckpt-00000005\n")
     assert load_settings({"checkpoint_dir": str(tmp_path)}).resume is True
     assert load_settings({"checkpoint_dir": str(tmp_path), "resume": False}).resume is False

@@ -4,8 +4,10 @@
   of the newest one written or resumed from, so a stop never rewrites what LATEST
   names;
 - a checkpoint records what identifies the node's training share (--data,
-  --partition, the examples' digest); a resume on another share, or from a round
-  past --rounds, is refused before anything changes;
+  --partition, the examples' digest) and, in its declora.json, the round its training
+  reached (`trained_round`: past it, only the consensus finish mixed); a resume on
+  another share, or of a checkpoint trained past --rounds, is refused before anything
+  changes (`check_rounds`), one of the consensus finish resumes into the finish;
 - the final adapter is written in the PEFT format to `<checkpoint_dir>/adapter`
   (DECA: the full model folder, `deca_model.BlockModel.save_adapter`);
 - `rounds.jsonl` gets one JSON line per completed round.
@@ -13,17 +15,20 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from declora.node import checkpoint
+from declora.node import checkpoint, run_folder
+from declora.node.adapter_card import DECLORA_INFO
 from declora.node.daemon.parts import Parts
 from declora.node.daemon.status import append_round, round_entry
 from declora.node.dec_lora import NodeSnapshot
 from declora.node.schedule import training_round
+from declora.node.settings import NodeSettings
 
 log = logging.getLogger(__name__)
 
@@ -60,28 +65,21 @@ class Persistence:
         return self._share
 
     def resume(self, parts: Parts) -> None:
-        """Continue from the newest complete checkpoint (CheckpointError without one;
-        CheckpointMismatch, before anything changes, for a checkpoint written on
-        another training share or at a round past --rounds)."""
+        """Continue from the checkpoint `checkpoint.latest` picks (CheckpointError
+        without one; CheckpointMismatch, before anything changes, for a checkpoint
+        written on another training share or trained past --rounds: `check_rounds`)."""
         state = checkpoint.load(self.checkpoint_dir, parts.lm)
         path = checkpoint.latest(self.checkpoint_dir)
         assert path is not None  # load found it
-        s = parts.settings
-        last = s.rounds * s.exchanges_per_round
-        if s.rounds and state.round > last:
-            at = (
-                f"round {state.round}"
-                if s.exchanges_per_round == 1
-                else f"exchange {state.round} (training round "
-                f"{training_round(state.round, s.exchanges_per_round)})"
+        if run_folder.named(self.checkpoint_dir) is None:
+            log.warning(
+                "%s holds no LATEST (a stop between writing %s and pointing LATEST at "
+                "it): resuming from its newest complete checkpoint, %s",
+                self.checkpoint_dir,
+                path.name,
+                path,
             )
-            final = self.checkpoint_dir / "adapter"
-            raise checkpoint.CheckpointMismatch(
-                f"{path} is at {at}, past --rounds {s.rounds}: resuming would train nothing",
-                f"resume with --rounds {training_round(state.round, s.exchanges_per_round) + 1} "
-                "or more to train on (0: until stopped)"
-                + (f"; that run's final adapter is in {final}" if final.is_dir() else ""),
-            )
+        check_rounds(path, parts.settings, state.round, trained_round(path))
         self.attach(parts)
         order = np.asarray(state.trainer.get("order", ()))
         if not checkpoint.check_share(path, state.share, self.share(), order):
@@ -97,7 +95,7 @@ class Persistence:
         parts.node.restore(snap)
         parts.progress.round, parts.progress.seq = state.round, state.seq
         self.saved_round = state.round
-        log.info("resumed from %s at round %d", checkpoint.latest(self.checkpoint_dir), state.round)
+        log.info("resumed from %s at round %d", path, state.round)
 
     def record(self, phase: str, evaluated: bool) -> None:
         """Append the round just completed to `rounds.jsonl`."""
@@ -123,7 +121,11 @@ class Persistence:
             method_state=snap.method_state,
             share=self.share(),
         )
-        meta = {"node_id": parts.settings.node_id}
+        s = parts.settings
+        last = s.rounds * s.exchanges_per_round  # 0: trains until stopped
+        # how far it trained: past this only the consensus finish mixed (`check_rounds`)
+        trained = min(state.round, last) if s.rounds else state.round
+        meta = {"node_id": s.node_id, TRAINED: trained}
         path = checkpoint.save(self.checkpoint_dir, parts.lm, state, meta)
         self.saved_round = state.round
         log.info("checkpoint written: %s", path)
@@ -140,3 +142,50 @@ class Persistence:
         parts.lm.save_adapter(parts.node.model_vector(), path, meta)
         log.info("final adapter written: %s", path)
         return path
+
+
+TRAINED = "trained_round"  # a checkpoint's declora.json: the round its training reached
+
+
+def trained_round(path: Path) -> int | None:
+    """The round (exchange) checkpoint `path`'s training reached, as recorded in its
+    adapter's declora.json; None for one written before it was recorded."""
+    try:
+        info = json.loads((path / "adapter" / DECLORA_INFO).read_text())
+    except (OSError, ValueError):
+        return None
+    value = info.get(TRAINED) if isinstance(info, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def check_rounds(path: Path, settings: NodeSettings, at: int, trained: int | None) -> None:
+    """CheckpointMismatch when checkpoint `path` (at round `at`, trained up to round
+    `trained`) is past what this start plans: trained past --rounds (the user lowered
+    it). A checkpoint of the consensus finish (`at` past --rounds, `trained` not) resumes
+    into the finish. One written before `trained` was recorded is refused only past
+    the planned end (training exchanges + --consensus-rounds)."""
+    s = settings
+    per_round = s.exchanges_per_round
+    last = s.rounds * per_round
+    if not s.rounds:
+        return
+    if trained is not None:
+        if trained <= last:
+            return
+    elif at <= last + s.consensus_rounds:
+        return
+    reached = trained if trained is not None else at
+    where = (
+        f"round {at}"
+        if per_round == 1
+        else f"exchange {at} (training round {training_round(at, per_round)})"
+    )
+    if trained is not None and trained != at:
+        where += f", trained to {'round' if per_round == 1 else 'exchange'} {trained}"
+    final = path.parent / "adapter"
+    raise checkpoint.CheckpointMismatch(
+        f"{path} is at {where}, past --rounds {s.rounds}: resuming would train nothing",
+        f"resume with --rounds {training_round(reached, per_round) + 1} "
+        "or more to train on (0: until stopped)"
+        + (f"; that run's final adapter is in {final}" if final.is_dir() else ""),
+    )

@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 
+from declora.node import run_folder
 from declora.node.address import split_address
 from declora.node.identity import escaped
 from declora.node.settings import NodeSettings
@@ -77,26 +78,20 @@ def as_user_error(exc: BaseException) -> UserError | None:
     return None
 
 
-RUN_FILES = ("LATEST", "adapter", "rounds.jsonl")  # besides ckpt-* folders
-
-
 def earlier_run(folder: Path) -> list[str]:
-    """What in `folder` an earlier run wrote: those of LATEST, the final adapter and
-    rounds.jsonl it holds, then its ckpt-* checkpoints (sorted); empty when nothing (or
-    no such folder). Pure (no torch): for `settings` (`resume = auto`) as for
-    `check_config`."""
-    if not folder.is_dir():
-        return []
-    found = [name for name in RUN_FILES if (folder / name).exists()]
-    found += sorted(p.name for p in folder.glob("ckpt-*") if p.is_dir())
-    return found
+    """What in `folder` an earlier run wrote (`run_folder.earlier_run`: LATEST, the
+    final adapter, rounds.jsonl, ckpt-* folders). `run_folder` is what `settings`
+    (`resume = auto`: `resumable`), `check_config` and `checkpoint.load`
+    (`resume_point`) all read the folder with."""
+    return run_folder.earlier_run(folder)
 
 
 def check_config(settings: NodeSettings) -> list[Path]:
     """Before anything loads: someone to train with; a checkpoint folder that can be
-    written, holding a checkpoint to resume with --resume and none without (an earlier
-    run's checkpoints and adapter are never replaced by a fresh start, LATEST or not:
-    `earlier_run`; a rounds.jsonl alone is appended to). The folders it
+    written, holding a checkpoint to resume with --resume (`run_folder.resume_point`:
+    LATEST's, or without LATEST the newest complete ckpt-*) and none without (an
+    earlier run's checkpoints and adapter are never replaced by a fresh start, LATEST
+    or not: `earlier_run`; a rounds.jsonl alone is appended to). The folders it
     created, innermost first (`launch` removes those still empty when the start fails)."""
     s = settings
     if not (s.peers or s.mdns or s.solo):
@@ -108,40 +103,34 @@ def check_config(settings: NodeSettings) -> list[Path]:
     flag = "--checkpoint-dir" if s.checkpoint_dir else "--checkpoint-dir (default)"
     where = f"{s.state_dir} ({flag})"
     found = earlier_run(s.state_dir)
-    held = "LATEST" in found and (s.state_dir / "LATEST").is_file()
+    held = run_folder.resumable(s.state_dir)  # LATEST, or a complete checkpoint
     if s.resume and not found:
         raise UserError(
             f"--resume: nothing to resume in {where}",
             CONFIG,
             "start without --resume to begin afresh, or pass the --checkpoint-dir it used",
         )
+    listed = f"{', '.join(found[:4])}{', ...' if len(found) > 4 else ''}"
     # a history alone (a crash before the first checkpoint) is appended to by a fresh
     # start, so a restart policy (resume = auto) can start over; anything else is kept
     if found and not held and (s.resume or found != ["rounds.jsonl"]):
-        complete = [
-            n for n in found if n.startswith("ckpt-") and (s.state_dir / n / "state.pt").is_file()
-        ]
         raise UserError(
-            f"{where} holds an earlier run's files ({', '.join(found[:4])}"
-            f"{', ...' if len(found) > 4 else ''}) but no LATEST naming a checkpoint: "
+            f"{where} holds an earlier run's files ({listed}) but no complete checkpoint "
+            "(a ckpt-* folder holding state.pt): "
             + ("it cannot be resumed" if s.resume else "a fresh start would replace them"),
             CONFIG,
-            (
-                f"to resume from its newest checkpoint, write its name to LATEST "
-                f"(echo {complete[-1]} > {s.state_dir / 'LATEST'}) and pass --resume; or "
-                if complete
-                else ""
-            )
-            + "pass another --checkpoint-dir to begin afresh (delete the old folder to "
+            "pass another --checkpoint-dir to begin afresh (delete the old folder to "
             "start over in it)",
         )
     if held and not s.resume:
+        point = run_folder.resume_point(s.state_dir)
         raise UserError(
-            f"{where} holds an earlier run's checkpoints and adapter: a fresh start would "
-            "replace them",
+            f"{where} holds an earlier run's checkpoints and adapter ({listed}): a fresh "
+            "start would replace them",
             CONFIG,
-            "pass --resume to continue that run, or another --checkpoint-dir (delete the "
-            "old folder to start over in it)",
+            "pass --resume to continue that run"
+            + (f" (from {point.name})" if point is not None else "")
+            + ", or another --checkpoint-dir (delete the old folder to start over in it)",
         )
     from declora.node.adapter import OUTPUT_HINT, output_problem
 
