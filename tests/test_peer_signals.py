@@ -3,7 +3,8 @@
 The early one comes as soon as the node's port accepts connections (`launch` reserves
 it before it imports torch and starts the event loop): before this fix a
 KeyboardInterrupt there exited 130 with grpc's InvalidStateError printed, or was
-lost. Now it is a stop like any later one: `stop requested`, exit 0.
+lost. Now it is a stop like any later one: `stop requested`, exit 0, and as nothing
+was trained, no checkpoint or adapter is written (the folder still takes a plain start).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from pathlib import Path
 
 import pytest
 from daemon_helpers import HOST, Cluster, free_ports, train_args
+
+from declora.node.daemon.startup import check_config
+from declora.node.settings import NodeSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -47,6 +51,14 @@ def test_sigint_right_after_start_stops_like_a_later_one(
     stopped_cleanly(cluster, node.log(), code)
     assert "round 1 done" not in node.log()  # it did not train on
     print(f"\nexit {code} {time.monotonic() - t0:.1f}s after an early SIGINT")
+    # nothing trained: no untrained checkpoint or adapter (before: ckpt-00000000,
+    # LATEST and adapter/, and the folder then refused a plain start, exit 2)
+    left = sorted(p.name for p in node.ckpt.iterdir()) if node.ckpt.exists() else []
+    assert not [n for n in left if n in ("LATEST", "adapter") or n.startswith("ckpt-")], left
+    assert "checkpoint written" not in node.log() and "final adapter written" not in node.log()
+    settings = NodeSettings(solo=True, checkpoint_dir=node.ckpt, data=str(synthetic_jsonl))
+    check_config(settings)  # a plain start in it is not refused
+    assert settings.resume is False
 
 
 def test_sigint_while_training_still_finishes_the_round(

@@ -8,8 +8,10 @@ all have arrived or `round_deadline` passes, mix with Metropolis-Hastings weight
 Invariants callers may rely on:
 - `await Daemon(settings).run()` returns the process exit code;
 - checkpoints are written atomically (see `checkpoint`) every `checkpoint_every`
-  training rounds and at exit; SIGTERM/SIGINT finish the current step, tell neighbours,
-  checkpoint and exit 0; a second signal exits at once (130);
+  training rounds and at exit, unless nothing was trained, mixed or taken since this
+  start (then neither checkpoint nor adapter: a folder stays as the start found it);
+  SIGTERM/SIGINT finish the current step, tell neighbours, checkpoint and exit 0; a
+  second signal exits at once (130);
 - after the last training round, gossip-only rounds (the consensus finish) run
   until every live neighbour is within `consensus_tol`, then the final adapter is
   written in the PEFT format to `<checkpoint_dir>/adapter`.
@@ -78,6 +80,7 @@ class Daemon:
         self.gate = LoadingGate()  # what the server answers until the parts exist
         self.store = Persistence(settings.state_dir)
         self.parts: Parts | None = None
+        self.started_at = 0  # the round this start began at (`_shutdown` saves past it)
         self.rounds: RoundLoop | None = None
         self._discovery: Discovery | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -139,6 +142,7 @@ class Daemon:
             await self.transport.stop(grace=0)
             raise
         self.parts = parts
+        self.started_at = self.progress.round  # 0, or the round resumed at
         logs.set_round(self.progress.round)
         self.gate.open(SwarmService(parts))
         self._discovery = self._discovery_for(parts)
@@ -238,7 +242,13 @@ class Daemon:
 
     async def _shutdown(self, save: bool = True) -> None:
         """Tell live neighbours, stop discovery, checkpoint and write the final adapter
-        (unless not `save`), stop serving."""
+        (unless not `save`, or nothing changed since this start and the run did not
+        finish), stop serving."""
+        # nothing trained, mixed or taken since this start (a stop before the first
+        # round): nothing to save, so a fresh folder stays fresh and a resumed one as it
+        # was; a finished run (DONE) writes its adapter even so
+        moved = self.progress.round != self.started_at
+        finished = self.progress.state == NodeState.DONE
         self.progress.state = NodeState.STOPPING
         self.transport.set_serving(False)
         for task in self._tasks:
@@ -269,8 +279,8 @@ class Daemon:
                 await self._discovery.stop()
             except Exception:  # stopping must go on to the checkpoint
                 log.exception("stopping discovery failed")
-        if parts is not None and save:
-            if self.store.saved_round != self.progress.round:  # never rewrite LATEST's
+        if parts is not None and save and (moved or finished):
+            if moved and self.store.saved_round != self.progress.round:  # not LATEST's
                 await asyncio.to_thread(self.store.save_checkpoint)
             await asyncio.to_thread(self.store.save_final)
         if parts is not None:
