@@ -637,3 +637,73 @@ def test_a_pull_during_slow_steps_serves_the_state_before_them(synthetic_jsonl: 
     assert took < 1.5, f"the pull waited {took:.1f}s for the steps"
     np.testing.assert_array_equal(served, before)
     assert b.progress.round == 1 and np.abs(b.node.vector() - before).max() > 0.5
+
+
+def test_a_round_encodes_no_state_until_a_pull_asks(
+    synthetic_jsonl: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state a Pull may want is taken as a vector copy when steps begin and encoded
+    only when a Pull comes (before: every round encoded the whole adapter on the event
+    loop), off the event loop, once for all Pulls during those steps."""
+    from declora.node.dec_lora import DecLoraNode
+    from declora.node.wire import read_stream
+
+    (_da, db), (a, b) = pair(synthetic_jsonl)
+    encodes: list[str] = []
+    full_state = DecLoraNode.full_state
+
+    def counted(node: DecLoraNode[str]) -> bytes:
+        encodes.append(threading.current_thread().name)
+        return full_state(node)
+
+    monkeypatch.setattr(DecLoraNode, "full_state", counted)
+    mid_step, go_on = threading.Event(), threading.Event()
+    train = b.node.train
+
+    def slow(steps: int, stop: object, r: int) -> float:
+        if r == 3:  # the third round's steps: half-way, until the pulls are served
+            with torch.no_grad():
+                b.node.trainer.tensors[0].add_(1.0)
+            mid_step.set()
+            go_on.wait(10)
+        return train(steps, stop, r)
+
+    b.node.train = slow  # type: ignore[method-assign]
+
+    async def pull() -> np.ndarray:
+        peer = a.peers.get("b")
+        assert peer is not None
+        request = pb.PullRequest(
+            node_id="a", swarm_id="parts", kind=pb.PAYLOAD_KIND_STATE,
+            session=peer.token_out, receiver_id="b",
+        )  # fmt: skip
+        stream = a.peers.stub(peer).Pull(request, timeout=10)
+        payload = await read_stream(
+            stream, swarm_id="parts", fingerprint=a.lm.fingerprint, schema=a.lm.schema,
+            max_bytes=a.inbox.max_bytes,
+        )  # fmt: skip
+        return a.node.check_state("b", payload.data)
+
+    async def go() -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+        for _ in range(2):  # rounds (alone: no neighbour yet) that no Pull asks about
+            await db.run_round(b, train=True)
+        assert encodes == [] and b.transfer.published is None
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+        before = b.node.vector().copy()
+        steps = asyncio.create_task(db.run_round(b, train=True))
+        while not mid_step.is_set():
+            await asyncio.sleep(0.01)
+        served = list(await asyncio.gather(pull(), pull(), pull()))
+        go_on.set()
+        await steps
+        out = list(await b.transfer.state_chunks())  # between steps: the state now
+        assert out[0].header.round == 3
+        return before, served, a.node.check_state("b", b"".join(c.data for c in out[1:]))
+
+    before, served, after = asyncio.run(go())
+    assert len(encodes) == 2, encodes  # one for the three pulls during steps, one after
+    assert all(name != threading.main_thread().name for name in encodes)  # off the loop
+    for state in served:
+        np.testing.assert_array_equal(state, before)
+    np.testing.assert_array_equal(after, b.node.vector())
+    assert np.abs(after - before).max() > 0.5

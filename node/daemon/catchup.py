@@ -13,8 +13,11 @@ catch-up (a refused state, a timeout) sets the source's claim back to the round 
 has proven, so the same claim is not tried again until its next handshake.
 
 A Pull never waits for local steps: while they run (off the event loop) it serves the
-state taken when they began (`stepping`), immutable bytes, so no half-updated state is
-served and slow steps (an LLM on CPU: seconds each) do not time a puller out.
+state taken when they began (`stepping`), so no half-updated state is served and slow
+steps (an LLM on CPU: seconds each) do not time a puller out. What is taken then is a
+copy of the adapter vector only (`Taken`, copied off the event loop); the state is
+encoded and signed when a Pull asks for it, off the event loop, once per taking
+however many Pulls come: a round without a Pull encodes nothing.
 
 What this trusts: a neighbour that delivered valid payloads (or the only one) can move
 this node's round forward, within the plan, and hand it its adapter (bounded like any
@@ -24,11 +27,15 @@ payload). Robust mixing does not cover a catch-up; keep strangers out with
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import grpc
+import numpy as np
 
 from declora.node.daemon.handshake import Auth
 from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD
@@ -41,6 +48,28 @@ from declora.node.wire import WireError, chunks, make_header, read_stream
 from declora.proto import pb
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Taken:
+    """This node's state as of one moment: a copy of its adapter vector, the round and
+    seq it belongs to, and (once a Pull asked) its signed encoding, shared by every
+    Pull of this taking."""
+
+    node: DecLoraNode[str]  # a shallow copy whose `vector()` is the copy below
+    vector: np.ndarray
+    round: int
+    seq: int
+    signed: asyncio.Future[tuple[pb.PayloadHeader, bytes]] | None = None
+
+
+def taken(node: DecLoraNode[str], vector: np.ndarray, round_: int, seq: int) -> Taken:
+    """`node`'s state as of `vector` (a copy of its adapter: `vector()` returns one),
+    cheaply: a shallow copy of the node that reports `vector`, so that its own
+    `full_state` (a subclass's mask included) encodes it later."""
+    frozen = copy.copy(node)
+    frozen.vector = lambda: vector  # type: ignore[method-assign]
+    return Taken(frozen, vector, round_, seq)
 
 
 class StateTransfer:
@@ -65,41 +94,55 @@ class StateTransfer:
         self.max_bytes = max_bytes
         # this node's state as of the last step boundary, kept while local steps run
         # off the event loop (`stepping`): a Pull then serves it instead of waiting
-        self.published: tuple[bytes, int, int] | None = None
+        self.published: Taken | None = None
 
     @asynccontextmanager
     async def stepping(self) -> AsyncIterator[None]:
         """Local steps run (off the event loop) within this block: a Pull meanwhile
         serves the state as it was when the block began, never one mid-step."""
-        self.published = self._snapshot()  # on the event loop: between steps
+        round_, seq = self.progress.round, self.progress.seq
+        # between steps: nothing changes the adapter until they run, so the copy may be
+        # taken off the event loop (a Pull meanwhile takes its own, `state_chunks`)
+        vector = await asyncio.to_thread(self.node.vector)
+        self.published = taken(self.node, vector, round_, seq)
         try:
             yield
         finally:
             self.published = None
 
-    def _snapshot(self) -> tuple[bytes, int, int]:
-        """The full adapter (immutable bytes), with the round and seq it belongs to."""
-        return self.node.full_state(), self.progress.round, self.progress.seq
+    def _snapshot(self) -> Taken:
+        """The adapter now (a copy taken on the event loop, not yet encoded), with its
+        round and seq."""
+        return taken(self.node, self.node.vector(), self.progress.round, self.progress.seq)
 
     async def state_chunks(self) -> Iterator[pb.Chunk]:
         """This node's full adapter (STATE) as a signed stream: the current one, or
         while local steps run the one before them (`stepping`); a reader checks it
-        with `check_state`."""
-        data, round_, seq = self.published or self._snapshot()
+        with `check_state`. Encoded and signed off the event loop, once per taking."""
+        state = self.published or self._snapshot()
+        if state.signed is None:
+            degree = len(self.peers.live)
+            state.signed = asyncio.ensure_future(asyncio.to_thread(self._signed, state, degree))
+        header, data = await asyncio.shield(state.signed)  # one Pull cut: the rest go on
+        return chunks(header, data, self.settings.chunk_kib * 1024)
+
+    def _signed(self, state: Taken, degree: int) -> tuple[pb.PayloadHeader, bytes]:
+        """The STATE payload of `state` and its signed header (in a worker thread:
+        touches nothing the event loop changes)."""
+        data = state.node.full_state()
         header = make_header(
             sender_id=self.me.node_id,
             swarm_id=self.me.swarm_id,
             fingerprint=self.me.fingerprint,
-            round=round_,
-            sender_degree=len(self.peers.live),
+            round=state.round,
+            sender_degree=degree,
             kind=pb.PAYLOAD_KIND_STATE,
             codec="fp32",
-            seq=seq,
+            seq=state.seq,
             data=data,
             schema=self.me.schema,
         )
-        self.auth.sign_payload(header, data)
-        return chunks(header, data, self.settings.chunk_kib * 1024)
+        return self.auth.sign_payload(header, data), data
 
     def catch_up_target(self) -> tuple[Peer, int] | None:
         """The neighbour to take a full state from and the round it claims: the most
