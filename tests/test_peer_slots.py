@@ -12,12 +12,15 @@ from pathlib import Path
 import pytest
 from test_daemon_parts import hello, pair, push_stream
 
-from declora.node.daemon.peers import SILENT_GRACE
+from declora.node.daemon.peers import SILENT_GRACE, Peer
+from declora.proto import pb
 
 
-def answer(b, node_id: str, port: int):  # type: ignore[no-untyped-def]
+def answer(b, node_id: str, port: int, session: bytes = b""):  # type: ignore[no-untyped-def]
     """b's Welcome to a Hello from `node_id` (from host 127.0.0.9)."""
-    h = hello(node_id=node_id, swarm_id="parts", listen_address=f"127.0.0.9:{port}")
+    h = hello(
+        node_id=node_id, swarm_id="parts", listen_address=f"127.0.0.9:{port}", session=session
+    )
     h.fingerprint = b.lm.fingerprint
     h.recipe.update(b.handshaker.recipe)
     return b.handshaker.answer(h, None, f"ipv4:127.0.0.9:{port + 1000}")
@@ -62,3 +65,75 @@ def test_a_silent_slot_holder_gives_way_to_a_later_hello(
     assert answer(b, "honest2", 3001).accepted  # and given up again
     assert {p.node_id for p in table.live} == {"a", "honest", "honest2"}
     assert not answer(b, "mute2", 2002).accepted  # full, and nobody silent for long
+
+
+def tokens(peer: Peer | None) -> tuple[bytes, bytes, bytes]:
+    assert peer is not None
+    return peer.token_in, peer.token_prev, peer.token_out
+
+
+def test_a_refused_hello_changes_nothing(synthetic_jsonl: Path) -> None:
+    """A Hello refused for want of a slot leaves the table as it was: the known id's
+    tokens (before: rotated on every refused Hello), the entries, the live set."""
+    _, (_a, b) = pair(synthetic_jsonl, max_neighbors=2)
+    table = b.peers
+    table.max_known = 3
+    assert answer(b, "old", 2000, session=b"s-old").accepted
+    old = table.get("old")
+    assert old is not None
+    table.drop(old, "test")  # known, not live
+    for k in (1, 2):
+        assert answer(b, f"live{k}", 2000 + k).accepted
+    before = tokens(old)
+    entries = {pid: tokens(p) for pid, p in table.peers.items()}
+    for session in (b"another", b"s-old", b""):  # a stranger's, a renewal's, none
+        welcome = answer(b, "old", 2000, session=session)
+        assert not welcome.accepted and "maximum" in welcome.reason
+        assert tokens(table.get("old")) == before and not old.live
+    assert not answer(b, "new", 2003).accepted  # the table is full too (3 of 3)
+    assert {pid: tokens(p) for pid, p in table.peers.items()} == entries
+    assert {p.node_id for p in table.live} == {"live1", "live2"}
+
+
+def test_a_silent_slot_is_released_only_to_admit_the_newcomer(
+    synthetic_jsonl: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One `admit` per Hello: a silent neighbour is dropped only when that admits the
+    Hello, and a known id admitted so keeps the token it was given as `token_prev`
+    (before: two rotations left there a token never handed out)."""
+    _, (_a, b) = pair(synthetic_jsonl, max_neighbors=2)
+    table = b.peers
+    table.max_known = 3
+    admits: list[str] = []
+    admit = table.admit
+
+    def counted(h: pb.Hello, **how: object) -> Peer | None:
+        admits.append(h.node_id)
+        return admit(h, **how)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(table, "admit", counted)
+    assert answer(b, "old", 2000, session=b"s-old").accepted
+    old = table.get("old")
+    assert old is not None
+    given = old.token_in  # what its Welcome handed out
+    table.drop(old, "test")
+    assert answer(b, "mute", 2001).accepted
+    table.rounds_began = time.monotonic() - SILENT_GRACE - 10
+    mute = table.get("mute")
+    assert mute is not None
+    mute.quiet_since = table.rounds_began  # silent for longer than the grace
+    assert table.silent() == [mute]
+    admits.clear()
+    assert answer(b, "room", 2002).accepted  # a free slot: nobody is released
+    assert mute.live and admits == ["room"]
+
+    admits.clear()  # full now, mute silent: its slot goes to the known id, in one admit
+    welcome = answer(b, "old", 2000, session=b"s-old-2")
+    assert welcome.accepted and admits == ["old"]
+    assert not mute.live and old.live
+    assert old.token_prev == given and welcome.node.session == old.token_in != given
+
+    admits.clear()  # full, nobody silent: refused, nothing dropped
+    assert not answer(b, "late", 2003).accepted and admits == ["late"]
+    assert {p.node_id for p in table.live} == {"room", "old"}
+    assert set(table.peers) == {"room", "old", "mute"}

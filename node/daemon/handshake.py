@@ -486,20 +486,17 @@ class Handshaker:
             log.debug("leave to %s failed: %s", address, exc.code().name)
 
     def _admit(self, hello: pb.Hello, **how: Any) -> Peer | None:
-        """`PeerTable.admit`; when the live set is full, a silent neighbour's slot is
-        released for it (`PeerTable.release_silent`), logged rate-limited."""
-        peer = self.peers.admit(hello, **how)
-        if peer is not None or len(self.peers.live) < self.peers.max_neighbors:
-            return peer
-        released = self.peers.release_silent()
-        if released is None:
-            return None
-        self.releases.warning(
-            "released the slot of neighbour %s (no valid payload for %.0f s) for %s",
-            released.node_id,
-            time.monotonic() - max(released.quiet_since, self.peers.rounds_began or 0.0),
-            shown(hello.node_id),
-        )
+        """`PeerTable.admit`, once; where there is no room for `hello`, a silent
+        neighbour's slot is released for it first (`PeerTable.release_silent`, only
+        when that makes room), logged rate-limited. A refusal changes nothing."""
+        released = self.peers.release_silent(hello)
+        if released is not None:
+            self.releases.warning(
+                "released the slot of neighbour %s (no valid payload for %.0f s) for %s",
+                released.node_id,
+                time.monotonic() - max(released.quiet_since, self.peers.rounds_began or 0.0),
+                shown(hello.node_id),
+            )
         return self.peers.admit(hello, **how)
 
     def candidates(self) -> list[str]:

@@ -16,7 +16,8 @@ Invariants callers may rely on:
   Hello for a known id gets a fresh one (the one before stays valid as `token_prev`,
   for a push already in flight) unless it repeats the session this node holds for
   that id (`token_out`: the same incarnation renewing), so a Hello never learns the
-  token another caller of that id holds;
+  token another caller of that id holds; a Hello refused for want of room (`room_for`)
+  changes nothing, tokens included;
 - `host` is the remote host (the IP of `context.peer()`) the peer's last accepted
   inbound Hello came from; `handshake` refuses a Hello for a live id from another
   host;
@@ -25,9 +26,10 @@ Invariants callers may rely on:
 - a live peer that has delivered no validated payload for `silence_limit` s of this
   node's rounds (`SILENT_GRACE`, or `SILENT_ROUNDS` of its recent rounds when longer;
   counted from its handshake, or from its last payload) holds its slot only until
-  another peer wants it (`release_silent`): ids that shake hands and then stay silent
-  cannot keep honest peers out; an id that never delivered keeps its clock across
-  re-handshakes, so re-joining does not buy it a new grace;
+  another peer wants it and releasing it admits that peer (`release_silent`): ids
+  that shake hands and then stay silent cannot keep honest peers out; an id that
+  never delivered keeps its clock across re-handshakes, so re-joining does not buy it
+  a new grace;
 - a peer that is not live is re-dialled with exponential backoff; one that introduced
   itself (an inbound Hello) and never delivered a validated payload is re-dialled at
   most once;
@@ -185,17 +187,18 @@ class PeerTable:
         its session is the `token_out` on record (only that peer and this node know it:
         a renewal): the answer to a stranger's Hello never hands out a token that was
         issued before it. The token of the peer's last validated payload (else the
-        current one) stays valid as `token_prev`, however many such Hellos come."""
+        current one) stays valid as `token_prev`, however many such Hellos come.
+
+        A refusal (`room_for` false) changes nothing: no token, no entry."""
+        if not self.room_for(hello):
+            return None
         peer = self.peers.get(hello.node_id)
-        if peer is not None and not dialled and bytes(hello.session) != peer.token_out:
-            peer.token_prev, peer.token_in = peer.token_used or peer.token_in, new_token()
-        if (peer is None or not peer.live) and len(self.live) >= self.max_neighbors:
-            return None  # a known id that is not live takes a slot too
         if peer is None:
-            if not self._make_room(hello):
-                return None
+            self._make_room(hello)  # cannot fail: `room_for` said so
             peer = Peer(node_id=hello.node_id, address=hello.listen_address)
             self.peers[hello.node_id] = peer
+        elif not dialled and bytes(hello.session) != peer.token_out:
+            peer.token_prev, peer.token_in = peer.token_used or peer.token_in, new_token()
         if dialled:
             token = self.pending_tokens.pop(dialled, None)
             if token is not None and token != peer.token_in:
@@ -226,20 +229,32 @@ class PeerTable:
         self.metrics.neighbors.set(len(self.live))
         return peer
 
-    def _make_room(self, hello: pb.Hello) -> bool:
-        """Prune, merge a stale entry at the newcomer's address, evict if full."""
+    def room_for(self, hello: pb.Hello, freed: Peer | None = None) -> bool:
+        """Whether `admit` takes `hello` in (it changes nothing): its id is live, or a
+        live slot is free and, for a new id, so is an entry of the table or one held
+        by a peer that is not live (`_make_room` evicts it). `freed`: as if that live
+        peer were dropped first (`release_silent`)."""
+        peer = self.peers.get(hello.node_id)
+        if peer is not None and peer.live:
+            return True
+        live = sum(p.live and p is not freed for p in self.peers.values())
+        if live >= self.max_neighbors:
+            return False  # a known id that is not live takes a slot too
+        if peer is not None or len(self.peers) < self.max_known:
+            return True
+        return any(not p.live or p is freed for p in self.peers.values())
+
+    def _make_room(self, hello: pb.Hello) -> None:
+        """Prune, merge a stale entry at the newcomer's address, evict if full (the
+        longest-unseen peer that is not live: `room_for` says there is one)."""
         self.prune()
         if hello.listen_address:
             old = self.by_address(hello.listen_address)
             if old is not None and not old.live:
                 self._forget(old)
-        if len(self.peers) < self.max_known:
-            return True
         idle = [p for p in self.peers.values() if not p.live]
-        if not idle:
-            return False
-        self._forget(min(idle, key=lambda p: p.last_seen))
-        return True
+        if len(self.peers) >= self.max_known and idle:
+            self._forget(min(idle, key=lambda p: p.last_seen))
 
     def prune(self, now: float | None = None) -> None:
         """Forget peers that are not live and were unseen for `FORGET_SECONDS`."""
@@ -267,11 +282,12 @@ class PeerTable:
 
         return sorted((p for p in self.live if now - since(p) > self.silence_limit), key=since)
 
-    def release_silent(self) -> Peer | None:
-        """Drop the longest silent live peer (`silent`) to free its slot; it, or None.
-        Logged by the caller (the handshake, rate-limited)."""
+    def release_silent(self, hello: pb.Hello) -> Peer | None:
+        """Drop the longest silent live peer (`silent`) when that, and only that, lets
+        `admit` take `hello` in (`room_for`); it, or None (nothing dropped). Logged by
+        the caller (the handshake, rate-limited)."""
         silent = self.silent()
-        if not silent:
+        if not silent or self.room_for(hello) or not self.room_for(hello, freed=silent[0]):
             return None
         self.drop(silent[0], "silent: its slot was released", quiet=True)
         return silent[0]
