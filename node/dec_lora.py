@@ -276,9 +276,11 @@ class DecLoraNode(Generic[K]):
         """The full public copy x̂_i (fp32), for a neighbour that is new or out of step."""
         return self.gossip.keyframe()
 
-    def full_state(self) -> bytes:
-        """The adapter x_i in full (fp32), for a neighbour catching up (`take_state`)."""
-        return make_codec(KEYFRAME_CODEC).encode(self.vector(), np.random.default_rng(0))
+    def full_state(self, vector: np.ndarray | None = None) -> bytes:
+        """The adapter x_i in full (fp32), for a neighbour catching up (`take_state`);
+        `vector`: a copy of it taken earlier (reads nothing else of the node)."""
+        vec = self.vector() if vector is None else vector
+        return make_codec(KEYFRAME_CODEC).encode(vec, np.random.default_rng(0))
 
     def forget_peer(self, peer: K) -> None:
         """Drop `peer`'s public copy: its next message must be a keyframe."""

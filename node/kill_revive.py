@@ -243,9 +243,9 @@ class KillReviveNode(DecLoraNode[K]):
         modules, body = unpack_mask(payload, len(self.pairs), KEYFRAME)
         return super().check_payload(peer, body, spec, cap), self.entries(modules)
 
-    def full_state(self) -> bytes:
+    def full_state(self, vector: np.ndarray | None = None) -> bytes:
         """The full adapter, under a mask of every module."""
-        return pack_mask(self._every()) + super().full_state()
+        return pack_mask(self._every()) + super().full_state(vector)
 
     def _every(self) -> np.ndarray:
         return np.ones(len(self.pairs), dtype=bool)

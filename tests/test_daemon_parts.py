@@ -652,9 +652,9 @@ def test_a_round_encodes_no_state_until_a_pull_asks(
     encodes: list[str] = []
     full_state = DecLoraNode.full_state
 
-    def counted(node: DecLoraNode[str]) -> bytes:
+    def counted(node: DecLoraNode[str], vector: np.ndarray | None = None) -> bytes:
         encodes.append(threading.current_thread().name)
-        return full_state(node)
+        return full_state(node, vector)
 
     monkeypatch.setattr(DecLoraNode, "full_state", counted)
     mid_step, go_on = threading.Event(), threading.Event()

@@ -28,7 +28,6 @@ payload). Robust mixing does not cover a catch-up; keep strangers out with
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -56,20 +55,10 @@ class Taken:
     seq it belongs to, and (once a Pull asked) its signed encoding, shared by every
     Pull of this taking."""
 
-    node: DecLoraNode[str]  # a shallow copy whose `vector()` is the copy below
     vector: np.ndarray
     round: int
     seq: int
     signed: asyncio.Future[tuple[pb.PayloadHeader, bytes]] | None = None
-
-
-def taken(node: DecLoraNode[str], vector: np.ndarray, round_: int, seq: int) -> Taken:
-    """`node`'s state as of `vector` (a copy of its adapter: `vector()` returns one),
-    cheaply: a shallow copy of the node that reports `vector`, so that its own
-    `full_state` (a subclass's mask included) encodes it later."""
-    frozen = copy.copy(node)
-    frozen.vector = lambda: vector  # type: ignore[method-assign]
-    return Taken(frozen, vector, round_, seq)
 
 
 class StateTransfer:
@@ -104,7 +93,7 @@ class StateTransfer:
         # between steps: nothing changes the adapter until they run, so the copy may be
         # taken off the event loop (a Pull meanwhile takes its own, `state_chunks`)
         vector = await asyncio.to_thread(self.node.vector)
-        self.published = taken(self.node, vector, round_, seq)
+        self.published = Taken(vector, round_, seq)
         try:
             yield
         finally:
@@ -113,7 +102,7 @@ class StateTransfer:
     def _snapshot(self) -> Taken:
         """The adapter now (a copy taken on the event loop, not yet encoded), with its
         round and seq."""
-        return taken(self.node, self.node.vector(), self.progress.round, self.progress.seq)
+        return Taken(self.node.vector(), self.progress.round, self.progress.seq)
 
     async def state_chunks(self) -> Iterator[pb.Chunk]:
         """This node's full adapter (STATE) as a signed stream: the current one, or
@@ -129,7 +118,7 @@ class StateTransfer:
     def _signed(self, state: Taken, degree: int) -> tuple[pb.PayloadHeader, bytes]:
         """The STATE payload of `state` and its signed header (in a worker thread:
         touches nothing the event loop changes)."""
-        data = state.node.full_state()
+        data = self.node.full_state(state.vector)  # reads only the copy (and the method)
         header = make_header(
             sender_id=self.me.node_id,
             swarm_id=self.me.swarm_id,
