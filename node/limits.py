@@ -1,12 +1,12 @@
 """Per-peer rate limits of the daemon's RPCs, sized so that an honest peer never hits them.
 
-- Handshakes: a token bucket per remote host (`host_key`: the network of the IP of
-  `context.peer()`, a /24 for IPv4, a /64 for IPv6, a loopback address itself; every dial
-  opens a new connection with a new port, so the port is not part of the key). An
+- Handshakes: a token bucket per remote address (the IP of `context.peer()`; every
+  dial opens a new connection with a new port, so the port is not part of the key;
+  per address, not per network, so the nodes of one LAN never share a bucket). An
   honest node dials a neighbour once to join, again every 2 s only while it is not
   live, and every 0.2 s while it waits at start-up; the default
   (`max_handshakes_per_minute` = 600, bucket of the same size) covers 20 such
-  nodes behind one address or network (a local lab, NAT).
+  nodes behind one address (a local lab, NAT).
 - Pushes: at most `max_pushes_per_round` push streams per live neighbour and round,
   counted at the stream's header, once it named a live neighbour with that
   neighbour's session token (and, under mTLS, its certificate), so a flood past the
@@ -21,9 +21,8 @@
   exhausts an allowance; rounds past `window` share its last slot, so the table stays
   small. Pushes from a sender that is not a live neighbour are refused before they are
   counted.
-- Pulls (a full state, the most expensive reply): a token bucket per remote host
-  (`host_key`), `max_pulls_per_minute`; an honest node pulls once when it (re)joins
-  behind.
+- Pulls (a full state, the most expensive reply): a token bucket per remote address,
+  `max_pulls_per_minute`; an honest node pulls once when it (re)joins behind.
 
 A refused call changes nothing; the daemon answers RESOURCE_EXHAUSTED with the reason
 and counts it as `rate_limited`. Buckets that have refilled are forgotten, so memory
@@ -179,7 +178,7 @@ class NodeLimits:
         self.pushes = RoundCounter(pushes_per_round, 2 * rounds_ahead)
 
     def check_handshake(self, peer: str) -> None:
-        host = host_key(peer_host(peer))
+        host = peer_host(peer)
         if not self.handshakes.allow(host):
             raise limited(f"more than {self.handshakes.per_minute} handshakes a minute from {host}")
 
@@ -190,7 +189,6 @@ class NodeLimits:
             raise limited(f"more than {self.pushes.limit} pushes for round {round} from {sender!r}")
 
     def check_pull(self, host: str) -> None:
-        """One pull from remote `host` (`peer_host`), counted for its network."""
-        host = host_key(host)
+        """One pull from remote `host` (`peer_host`)."""
         if not self.pulls.allow(host):
             raise limited(f"more than {self.pulls.per_minute} pulls a minute from {host!r}")

@@ -1,10 +1,10 @@
-"""What peers send cannot keep a proven neighbour's pushes out, exhaust an honest
+"""What peers send cannot keep a live neighbour's pushes out, exhaust an honest
 neighbour's push allowance, or get an honest newcomer released mid-upload (audit of
 the push buffer and the limits, /tmp/audit_peer2):
 
 1. four member ids on two networks, each pushing all but 40 bytes of the largest
    message and stalling, filled the shared buffer: the honest neighbour's pushes were
-   refused `busy` for as long as they kept it up. A proven neighbour now pushes into
+   refused `busy` for as long as they kept it up. A live neighbour now pushes into
    its own reservation.
 2. a neighbour whose rounds diverged from this node's kept pushing finished rounds;
    each was counted under the current round, and it hit "more than 6 pushes for round
@@ -94,42 +94,62 @@ def test_proven_neighbour_pushes_while_two_networks_fill_the_pool(synthetic_json
     print(f"\nattackers held {held} of the pool's {BUFFERED_MESSAGES * largest} bytes")
 
 
-def test_reservations_are_bounded_and_only_for_live_proven_neighbours() -> None:
+def test_reservations_are_bounded_and_for_every_live_neighbour() -> None:
+    """Every live neighbour, proven or not (its first round, after this node restarted),
+    has its own largest message; senders that are not live use the pool."""
+
     class P:  # the fields of `Peer` a reservation looks at
-        def __init__(self, live: bool, proven: bool) -> None:
-            self.live, self.proven = live, proven
+        def __init__(self, live: bool) -> None:
+            self.live = live
 
     largest = 100
-    buf = PushBuffer(largest, neighbors=2)
-    assert buf.limit == (BUFFERED_MESSAGES + 2) * largest
-    attackers = []
-    for k in range(4):  # unproven ids on four networks fill the pool
+    buf = PushBuffer(largest, neighbors=3)
+    assert buf.limit == (BUFFERED_MESSAGES + 3) * largest
+    dropped = []
+    for k in range(4):  # senders dropped mid-push, on four networks, fill the pool
         s = buf.stream(f"10.0.{k}.1")
-        s.sender = f"m{k}"
+        s.sender, s.peer = f"m{k}", P(live=False)
         s.take(largest)
-        attackers.append(s)
-    newcomer = buf.stream("10.9.0.1")
-    newcomer.sender, newcomer.peer = "new", P(live=True, proven=False)
+        dropped.append(s)
     with pytest.raises(WireError) as info:
-        newcomer.take(1)
-    assert info.value.counter == "busy"  # the pool is for ids that never delivered
-    proven = []
-    for k in range(2):  # each proven neighbour: its own largest message
-        s = buf.stream("10.0.0.1")  # even from an attacker's network
-        s.sender, s.peer = f"n{k}", P(live=True, proven=True)
+        late = buf.stream("10.9.0.1")
+        late.sender, late.peer = "late", P(live=False)
+        late.take(1)
+    assert info.value.counter == "busy"
+    live = []
+    for k in range(3):  # each live neighbour: its own largest message, pool full or not
+        s = buf.stream("10.0.0.1")  # even from a network that filled its pool share
+        s.sender, s.peer = f"n{k}", P(live=True)
         s.take(largest)
-        proven.append(s)
-    assert buf.reserve.used == 2 * largest and buf.used == buf.limit
+        live.append(s)
+    assert buf.reserve.used == 3 * largest and buf.used == buf.limit
     with pytest.raises(WireError) as info:  # one id: still one largest message
-        proven[0].take(1)
+        live[0].take(1)
     assert info.value.counter == "rate_limited"
-    dropped = buf.stream("10.0.0.1")
-    dropped.sender, dropped.peer = "gone", P(live=False, proven=True)
-    with pytest.raises(WireError):  # not live: the pool (full), never the reserve
-        dropped.take(1)
-    for s in (*attackers, *proven, newcomer, dropped):
+    for s in (*dropped, *live):
         s.give(s.used)
     assert buf.used == 0 and buf.by_sender == {} and buf.by_host == {}
+
+
+def test_neighbours_on_one_network_all_push_their_first_messages_at_once() -> None:
+    """Eight live neighbours of one /24 (a LAN), none proven yet (round 1, or this node
+    restarted), each pushing a largest message in interleaved chunks: all accepted (the
+    review's case: with reservations for proven neighbours only, 4 of 8 were refused)."""
+
+    class P:
+        live = True
+
+    largest, chunk = 1_000_000, 65_536
+    buf = PushBuffer(largest, neighbors=8)
+    streams = []
+    for k in range(8):
+        s = buf.stream(f"10.0.0.{k + 1}")
+        s.sender, s.peer = f"n{k}", P()
+        streams.append(s)
+    for _ in range(0, largest, chunk):
+        for s in streams:
+            s.take(min(chunk, largest - s.used))
+    assert all(s.used == largest for s in streams)
 
 
 def test_addresses_of_one_network_share_its_pool_share() -> None:

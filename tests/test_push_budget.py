@@ -181,8 +181,6 @@ def test_one_host_cannot_crowd_out_a_neighbours_push_over_grpc(synthetic_jsonl: 
     now the attacker holds at most HOST_SHARE messages and the push is taken."""
     from test_attacks import ATTACKER_HOST, HostAlias
 
-    from declora.node.daemon.pushbuffer import HOST_SHARE
-
     port_a, port_b = free_ports(2)
 
     async def go() -> tuple[pb.PushAck, list[object], int, int]:
@@ -232,11 +230,11 @@ def test_one_host_cannot_crowd_out_a_neighbours_push_over_grpc(synthetic_jsonl: 
     ack, results, held, largest = asyncio.run(go())
     refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
     assert ack.accepted, f"{ack.reason} (the attacker held {held} bytes)"
-    assert held <= HOST_SHARE * largest
-    shares = [r for r in refused if "share of this node's push buffer" in (r.details() or "")]
-    assert len(shares) >= 4, results  # the host's share: 4 of its 8 half-messages
-    assert all(r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for r in shares)
-    print(f"\nattacker held {held} of {4 * largest} bytes; {len(shares)} of 8 streams refused")
+    # each of its 4 live ids holds at most its own reservation (one largest message);
+    # the honest neighbour's push went into its own
+    assert held <= 4 * largest
+    busy = [r for r in refused if r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED]
+    print(f"\nattacker held {held} of {4 * largest} bytes; {len(busy)} of 8 streams refused")
 
 
 def test_shares_per_sender_and_host_never_refuse_a_lone_largest_message() -> None:

@@ -13,8 +13,8 @@ Invariants callers may rely on:
   or slower than `PUSH_PACE` is cut, and all streams together buffer at most
   `BUFFERED_MESSAGES` messages, counting the bytes that arrived (not the announced
   size), so streams that trickle hold what they sent, and only for a bounded time;
-  one sender, and one remote network, may hold only a share of that, and a proven
-  neighbour's pushes use a reservation of their own (`pushbuffer`);
+  a live neighbour's pushes use a reservation of their own, and one sender, and one
+  remote network, may hold only a share of the rest (`pushbuffer`);
 - the bytes of a push arriving at `PUSH_PACE` count as its sender's activity (its
   slot is not released as silent while they arrive, `_active`);
 - a peer's values are bounded, not only finite (`DecLoraNode.check_payload`);

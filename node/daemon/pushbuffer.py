@@ -1,29 +1,24 @@
-"""The bytes push streams buffer: a reserved share per proven neighbour, one shared pool,
+"""The bytes push streams buffer: a reserved share per live neighbour, one shared pool,
 and a fair share of the pool per sender and per network.
 
-A live neighbour that has already delivered a validated payload (`Peer.proven`) buffers
-its pushes in its own reservation: one largest message (`RESERVED_SHARE`), from a
-reserve of `--max-neighbors` largest messages. What other ids send (newcomers, and
-every id an attacker holds that never delivered) shares one pool: all their streams
-together buffer at most `BUFFERED_MESSAGES` largest messages (`wire.ByteBudget`: beyond
-it `busy`, the node's load). In the pool one sender may hold at most `SENDER_SHARE` of
-them and one network (`limits.host_key`: a /24 for IPv4, a /64 for IPv6) at most
-`HOST_SHARE`, over all its streams and member ids; beyond,
-RESOURCE_EXHAUSTED `rate_limited` (that sender's doing). Bytes count as they arrive.
-So memory stays at most (`--max-neighbors` + `BUFFERED_MESSAGES`) largest messages;
-streams that send most of a message fast and then stall, from any number of ids and
-addresses, never touch a proven neighbour's reservation, and leave at least
-`BUFFERED_MESSAGES - HOST_SHARE` largest messages of the pool to other networks.
+A live neighbour (pushes from any other sender are refused at the header) buffers its
+pushes in its own reservation: one largest message (`RESERVED_SHARE`), from a reserve
+of `--max-neighbors` largest messages, so at most that many live ids exist to use it
+and none can take another's room. The pool holds what a reservation cannot: the rest
+of a push whose sender was dropped while it arrived. All its streams together buffer
+at most `BUFFERED_MESSAGES` largest messages (`wire.ByteBudget`: beyond it `busy`);
+there one sender may hold at most `SENDER_SHARE` of them and one network
+(`limits.host_key`: a /24 for IPv4, a /64 for IPv6) at most `HOST_SHARE`; beyond,
+RESOURCE_EXHAUSTED `rate_limited`. Bytes count as they arrive. So memory stays at most
+(`--max-neighbors` + `BUFFERED_MESSAGES`) largest messages, and streams that send most
+of a message fast and then stall, from any number of ids and addresses, hold only
+their own senders' reservations.
 
-An honest sender never reaches its shares: it has one push in flight to a node (the
+An honest sender never reaches its share: it has one push in flight to a node (the
 next waits for its ack) and no message is larger than the largest (refused
-`too_large` before), so its push always fits its reservation once it has delivered,
-and, before that, the pool when the pool is otherwise idle. Nodes of one lab share a
-host: their first pushes together may buffer `HOST_SHARE` largest messages of the pool
-(8 fp32 keyframes at `--max-message-mib 0`, which allows twice a keyframe); after their
-first delivery each uses its own reservation. A reservation is taken only while its
-neighbour is live and proven (a dropped neighbour's push in flight keeps what it holds
-until its stream ends, and takes any further bytes from the pool).
+`too_large` before), so its push always fits its reservation, at its first round and
+after a restart as later, and however many neighbours share its network (a LAN, a
+one-host lab).
 """
 
 from __future__ import annotations
@@ -39,10 +34,10 @@ if TYPE_CHECKING:
 
     from declora.node.daemon.peers import Peer
 
-BUFFERED_MESSAGES = 4  # the pool: all unproven senders together, this many max messages
+BUFFERED_MESSAGES = 4  # the pool: senders dropped mid-push together, this many max messages
 SENDER_SHARE = 1  # ...one member id at most this many (an honest one: one push at a time)
 HOST_SHARE = 2  # ...one network at most this many, whatever ids it sends as
-RESERVED_SHARE = 1  # each proven live neighbour's own room (= SENDER_SHARE: all it may hold)
+RESERVED_SHARE = 1  # each live neighbour's own room (= SENDER_SHARE: all it may hold)
 
 
 class PushBuffer:
@@ -82,7 +77,7 @@ def _add(table: dict[str, int], key: str, n: int) -> None:
 class StreamShare(ByteBudget):
     """One stream's view of a `PushBuffer` (what `wire.read_stream` takes and gives):
     its bytes count against its sender (named by its header, before any data: `peer`),
-    and against the sender's reservation while it is a live proven neighbour, else
+    and against the sender's reservation while it is a live neighbour, else
     against its network and the pool. `on_take(n)` (if set) is told of bytes taken."""
 
     def __init__(self, buffer: PushBuffer, host: str) -> None:
@@ -114,9 +109,9 @@ class StreamShare(ByteBudget):
             self.on_take(n)
 
     def _reserved(self) -> bool:
-        """Whether the sender may use a reservation now: a live, proven neighbour."""
+        """Whether the sender may use a reservation now: a live neighbour."""
         peer = self.peer
-        return peer is not None and peer.live and peer.proven
+        return peer is not None and peer.live
 
     def give(self, n: int) -> None:
         n = min(n, self.used)
