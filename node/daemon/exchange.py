@@ -108,8 +108,13 @@ class Exchange:
         deadline = t0 + self.deadline_seconds()
         crc = zlib.crc32(message)
         late = await self.sender.send_round(live, r, message, degree, crc, len(tracker), deadline)
-        faults.crash_point("after_send")
-        await self.wait_for(r, deadline)
+        try:
+            faults.crash_point("after_send")
+            await self.wait_for(r, deadline)
+        except BaseException:  # the round ends here (the node stops): no push outlives it
+            for task in late:
+                task.cancel()
+            raise
         if late:  # acks of neighbours on probation: a little beyond the round's work
             grace = max(PROBATION_GRACE, float(np.median(self.recent)) if self.recent else 0)
             await self.sender.settle(late, r, min(deadline, time.monotonic() + grace))

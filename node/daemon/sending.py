@@ -183,11 +183,15 @@ class Sender:
             stream: Any = chunks(header, data, self.settings.chunk_kib * 1024)
             if faults.armed("mid_stream"):
                 stream = _crash_mid_stream(stream)
+            started = time.monotonic()
             try:
                 ack: pb.PushAck = await self.peers.stub(peer).Push(stream, timeout=left)
             except grpc.aio.AioRpcError as exc:
                 busy = exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-                if not busy or attempt == BUSY_RETRIES or deadline - time.monotonic() < wait:
+                now = time.monotonic()
+                # a retry needs the backoff and as long again as this attempt took: one
+                # that could not finish would count as a late ack (busy never drops)
+                if not busy or attempt == BUSY_RETRIES or deadline - now < wait + (now - started):
                     raise
                 await asyncio.sleep(wait)
                 wait *= 2
