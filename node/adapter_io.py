@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from declora.node import run_folder
 from declora.node.adapter import AdapterSchema, SchemaError, atomic_replace_dir, new_build_dir
 from declora.node.adapter_card import (
     ADAPTER_CONFIG,
@@ -157,8 +158,9 @@ def adapter_folder(path: str | Path) -> Path:
     p = Path(path)
     if not p.exists():
         raise AdapterError(f"{p} does not exist", "pass the folder that save_adapter wrote")
-    if (p / "LATEST").is_file():
-        p = p / (p / "LATEST").read_text().strip()
+    latest = run_folder.named(p)  # a checkpoint root: the checkpoint LATEST names
+    if latest:
+        p = p / latest
     if any((p / "adapter" / name).is_file() for name in (ADAPTER_CONFIG, MODEL_WEIGHTS)):
         p = p / "adapter"
     if (p / MODEL_WEIGHTS).is_file() and not (p / ADAPTER_CONFIG).is_file():
