@@ -190,9 +190,14 @@ def test_daemons_match_simulator(
         cluster.fail(f"exit codes {codes}, expected all 0")
     exchanges = rounds * gossip_steps  # the daemon's round numbers
     for i, node in enumerate(nodes):
-        done = rf"round {exchanges} done in \S+: loss \S+, 2 live neighbours"
-        assert re.search(done, node.log()), cluster.report()
-        assert "left the live set" not in node.log().split(f"round {exchanges} done")[0]
+        text = node.log()
+        for k in range(1, exchanges):  # the last round: a neighbour may be gone already
+            done = rf"round {k} done in \S+: loss \S+, 2 live neighbours"
+            assert re.search(done, text), cluster.report()
+        assert f"round {exchanges} done in" in text, cluster.report()
+        # nobody was dropped: a neighbour may only have left politely after the last round
+        lefts = re.findall(r"left the live set: (.*)", text.split(f"round {exchanges} done")[0])
+        assert all(why == f"it left after round {exchanges}" for why in lefts), cluster.report()
         tensors = load_file(str(final_adapter(node) / "adapter_model.safetensors"))
         got = peft_tensors_to_vector(tensors, sim.lm.schema)
         want = sim.nodes[i].vector()
