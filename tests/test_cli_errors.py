@@ -196,13 +196,10 @@ def test_lab_ports_must_fit_below_65536(no_work: None) -> None:
 def test_lab_edge_list_problems_are_configuration_errors(
     tmp_path: Path, content: str | bytes | None, needle: str, no_work: None
 ) -> None:
+    from test_topology import write_edge_list
+
     path = tmp_path / "graph.txt"
-    if content == "folder":
-        path.mkdir()
-    elif isinstance(content, bytes):
-        path.write_bytes(content)
-    elif content is not None:
-        path.write_text(content)
+    write_edge_list(path, content)
     res = runner.invoke(app, ["lab", "--nodes", "2", "--topology", f"edges:{path}"])
     [error, _] = two_lines(res, needle, "declora-node lab --help")
     assert str(path) in error

@@ -197,6 +197,17 @@ def test_from_spec_round_trips_through_name(spec: str, n: int, seed: int) -> Non
     assert again.name == t.name
 
 
+def write_edge_list(path: Path, content: str | bytes | None) -> None:
+    """`path` as a case of a bad edge list: "folder" a folder, bytes or text written
+    as given, None absent."""
+    if content == "folder":
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+
+
 @pytest.mark.parametrize(
     ("content", "match"),
     [
@@ -213,12 +224,7 @@ def test_an_unreadable_or_impossible_edge_list_is_a_value_error(
     """`lab`/`simulate` turn a ValueError into a configuration error (exit 2); an
     OSError would be a traceback. Each names the file."""
     path = tmp_path / "graph.txt"
-    if content == "folder":
-        path.mkdir()
-    elif isinstance(content, bytes):
-        path.write_bytes(content)
-    elif content is not None:
-        path.write_text(content)
+    write_edge_list(path, content)
     for build in (lambda: from_edge_list_file(path, n=4), lambda: from_spec(f"edges:{path}", 4)):
         with pytest.raises(ValueError, match=match) as info:
             build()

@@ -63,7 +63,8 @@ def take_over(loop: asyncio.AbstractEventLoop, request_stop: Callable[[], None])
     calls it now. Without `stop_signals` (a daemon run in-process) the loop's own
     signal handlers do it."""
     if not StopSignals.installed:
-        for sig in STOP_SIGNALS:
+        for sig in STOP_SIGNALS:  # none off the main thread (RuntimeError: tests run
+            # daemons in threads) or where the loop has no signal support (NotImplemented)
             with suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, request_stop)
         return
