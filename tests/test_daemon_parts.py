@@ -400,6 +400,31 @@ def test_a_catch_up_stays_within_the_plan_and_a_failed_one_drops_the_claim(
     np.testing.assert_array_equal(a.node.vector(), before)
 
 
+def test_a_proven_source_further_on_than_its_stale_claim_is_taken(
+    synthetic_jsonl: Path,
+) -> None:
+    """A Hello sent during a partition arrives when it heals, with a round the sender has
+    long passed: a proven source's state is taken anywhere within the plan (seen in
+    tests/test_faults.py: the slower half trained alone for 20 s after refusing it); an
+    unproven one's must stay within a few rounds of its claim."""
+    (_, _), (a, b) = pair(synthetic_jsonl, rounds=40, consensus_rounds=5)
+    b.node.train(2)
+    b.progress.round = 30 * a.settings.exchanges_per_round
+
+    async def go(proven: bool) -> None:
+        source = await a.handshaker.dial(b.settings.advertise)
+        assert source is not None
+        source.claimed_round, source.proven = 2 * MAX_ROUNDS_AHEAD, proven
+        await a.transfer.catch_up()
+
+    with pytest.raises(WireError, match="outside"):
+        asyncio.run(go(proven=False))
+    assert a.progress.round == 0
+    asyncio.run(go(proven=True))
+    assert a.progress.round == b.progress.round
+    np.testing.assert_array_equal(a.node.vector(), b.node.vector())
+
+
 def test_a_pull_that_is_not_read_is_cut_and_frees_its_slot(
     synthetic_jsonl: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -212,8 +212,12 @@ class StateTransfer:
                 "bad_kind",
             )
         state_round = int(header.round)
-        # it went on since its claim: a few rounds more than it claimed are fine
-        last = min(bound + MAX_ROUNDS_AHEAD, self.planned_end())
+        # It went on since its claim: a few rounds more than it claimed are fine. A
+        # proven source may be further on (its Hello can be stale: one sent during a
+        # partition arrives when it heals); it could claim any round of the plan anyway.
+        last = self.planned_end()
+        if not ahead.proven:
+            last = min(bound + MAX_ROUNDS_AHEAD, last)
         if not self.progress.round < state_round <= last:
             raise WireError(
                 grpc.StatusCode.OUT_OF_RANGE,
