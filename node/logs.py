@@ -8,7 +8,8 @@ Every record's message is made safe before anything else sees it (`SafeFilter`):
 control characters, line and paragraph separators and bidirectional overrides are
 escaped (`\\n`, `\\x1b`, `\\u202e`), so text a peer sent can never start a line of its
 own or move the terminal's cursor, and it is cut at `MAX_MESSAGE` characters, saying
-how much was cut, so one record costs a bounded number of bytes.
+how much was cut, so one record costs a bounded number of bytes. An attached traceback
+is escaped line by line, each line indented, at most `MAX_TRACEBACK_LINES` lines.
 
 Warnings and errors are rate-limited (`RepeatFilter`): a message is written once, its
 repeats within `REPEAT_WINDOW` seconds are counted, and the next one after that window
@@ -41,6 +42,7 @@ _STANDARD = set(vars(logging.makeLogRecord({}))) | {
 
 MAX_MESSAGE = 2000  # characters of one record's message; the rest is cut
 MAX_TEMPLATE = 200  # characters of a message's template kept to group its repeats
+MAX_TRACEBACK_LINES = 200  # lines of a record's traceback kept (the last ones)
 # C0 and C1 controls (newline, ESC, NEL...), DEL, zero-width and bidirectional marks,
 # line and paragraph separators, BOM: what could forge or hide a line on a terminal
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
@@ -62,6 +64,9 @@ def safe_text(text: str, limit: int = MAX_MESSAGE) -> str:
         head = head[:limit]
     cut = len(text) - min(len(text), limit)
     return head if not cut else f"{head}... [{cut} more characters cut]"
+
+
+_plain = logging.Formatter()
 
 
 class _ContextFilter(logging.Filter):
@@ -88,7 +93,26 @@ class SafeFilter(logging.Filter):
             message = f"{record.msg!r} % {record.args!r}"
         record.msg = safe_text(message, self.limit)
         record.args = None
+        if record.exc_info or record.stack_info:  # an exception's text may quote a peer
+            record.exc_text = safe_traceback(record)
+            record.exc_info, record.stack_info = None, None
         return True
+
+
+def safe_traceback(record: logging.LogRecord) -> str:
+    """The record's traceback (and stack) as lines that each begin with two spaces and
+    are escaped like a message, at most `MAX_TRACEBACK_LINES` of them: an exception's
+    message cannot start a line of its own."""
+    parts = [record.exc_text or ""]
+    if record.exc_info and not record.exc_text:
+        parts = [_plain.formatException(record.exc_info)]
+    if record.stack_info:
+        parts.append(_plain.formatStack(record.stack_info))
+    lines = "\n".join(p for p in parts if p).splitlines()
+    kept = [f"  {safe_text(line, MAX_MESSAGE)}" for line in lines[-MAX_TRACEBACK_LINES:]]
+    if len(lines) > MAX_TRACEBACK_LINES:
+        kept.insert(0, f"  ... [{len(lines) - MAX_TRACEBACK_LINES} earlier lines cut]")
+    return "\n".join(kept)
 
 
 class JsonFormatter(logging.Formatter):
@@ -103,8 +127,10 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         out.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
+        if record.exc_info:  # a record that no SafeFilter saw
+            out["exc"] = safe_traceback(record)
+        elif record.exc_text:
+            out["exc"] = record.exc_text
         return json.dumps(out, default=str)
 
 

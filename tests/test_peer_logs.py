@@ -251,6 +251,47 @@ def test_a_forged_line_stays_one_json_line(log_json: io.StringIO) -> None:
     assert len(line) < MAX_MESSAGE + 400
 
 
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_traceback_quoting_a_peer_cannot_forge_a_line(
+    fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception whose message quotes a peer (a forged line, a terminal escape) and
+    is logged with its traceback: every traceback line is indented and escaped, and a
+    traceback deeper than `MAX_TRACEBACK_LINES` keeps its last lines."""
+
+    def deep(n: int) -> None:
+        if n == 0:
+            raise ValueError(f"bad payload from b: {FORGED}")
+        deep(n - 1)
+
+    for depth in (1, 300):
+        out = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", out)
+        logs.configure("victim", fmt, "INFO")
+        try:
+            deep(depth)
+        except ValueError:
+            logging.getLogger("declora.node.daemon.exchange").exception("mixing failed")
+        logging.getLogger("declora").handlers.clear()
+        text = out.getvalue()
+        assert "\x1b" not in text and "FORGED" in text
+        if fmt == "json":
+            [line] = text.splitlines()
+            traceback = json.loads(line)["exc"]
+        else:
+            line, *rest = text.splitlines()
+            assert line.endswith("mixing failed")
+            traceback = "\n".join(rest)
+        lines = traceback.splitlines()
+        assert all(t.startswith("  ") for t in lines), lines  # none starts a record
+        assert lines[-2:] == [
+            "  ValueError: bad payload from b: ",
+            "  2026-12-05 02:00:00,000 WARNING [victim r9] FORGED: the node was compromised"
+            "\\x1b[2J",
+        ]
+        assert len(lines) <= logs.MAX_TRACEBACK_LINES + 1
+
+
 def test_distinct_warnings_of_one_template_are_capped_and_memory_is_bounded() -> None:
     """A future mistake (a peer string logged raw at WARNING on every message) still
     costs at most `PER_TEMPLATE` lines a window, each bounded, and bounded memory."""

@@ -39,7 +39,7 @@ from declora.node.daemon.state import Identity, Progress
 from declora.node.daemon.status import Counters, RoundReport
 from declora.node.dec_lora import DecLoraNode, TrainerSnapshot
 from declora.node.gossip import GossipError
-from declora.node.identity import escaped
+from declora.node.logs import safe_text
 from declora.node.metrics import NodeMetrics
 from declora.node.mixing import local_mh_weights
 from declora.node.settings import NodeSettings
@@ -214,7 +214,7 @@ class Exchange:
             await stub.Check(health_pb2.HealthCheckRequest(), timeout=PROBE_TIMEOUT)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE and peer.live:
-                why = escaped(exc.details() or "", 200)
+                why = safe_text(exc.details() or "", 200)
                 self.peers.drop(peer, f"its port refuses connections ({why})")
                 self.progress.wake()
 

@@ -16,7 +16,7 @@ Invariants callers may rely on:
   the push is retried after `BUSY_BACKOFF` s (doubling, at most `BUSY_RETRIES` times)
   while the deadline allows, else skipped this round (counted `push_busy`);
 - a peer's free text (an ack's reason, a status's details) reaches the log escaped
-  and bounded (`identity.escaped`).
+  and bounded (`logs.safe_text`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from declora.node.daemon.peers import Peer, PeerTable
 from declora.node.daemon.state import Identity, Progress
 from declora.node.daemon.status import Counters
 from declora.node.dec_lora import DecLoraNode
-from declora.node.identity import escaped
+from declora.node.logs import safe_text
 from declora.node.metrics import NodeMetrics
 from declora.node.settings import NodeSettings
 from declora.node.wire import chunks, make_header
@@ -231,7 +231,7 @@ class Sender:
                 ack = await self.push_one(peer, r, delta, message, degree, crc, t, deadline)
                 if ack.accepted or not ack.need_keyframe:
                     if not ack.accepted:
-                        why = escaped(ack.reason, REASON_CHARS)
+                        why = safe_text(ack.reason, REASON_CHARS)
                         log.info("%s refused round %d: %s", peer.node_id, r, why)
                     self.overruns.pop(peer.node_id, None)
                     return
@@ -242,13 +242,13 @@ class Sender:
             self.overruns.pop(peer.node_id, None)
             peer.send_keyframe = not ack.accepted
             if not ack.accepted:
-                why = escaped(ack.reason, REASON_CHARS)
+                why = safe_text(ack.reason, REASON_CHARS)
                 log.info("%s refused a keyframe: %s", peer.node_id, why)
         except PushOverdue:
             self.overran(peer, r)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
-            details = escaped(exc.details() or "", REASON_CHARS)
+            details = safe_text(exc.details() or "", REASON_CHARS)
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 self.overran(peer, r)
                 return

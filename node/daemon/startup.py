@@ -24,7 +24,7 @@ import grpc
 
 from declora.node import run_folder
 from declora.node.address import split_address
-from declora.node.identity import escaped
+from declora.node.logs import safe_text
 from declora.node.settings import NodeSettings
 
 CONFIG = 2  # exit code: a configuration mistake
@@ -252,7 +252,8 @@ class _HandshakeWatch(grpc.aio.UnaryUnaryClientInterceptor):
             why = dial_failure(self.address, exc.code(), exc.details() or "")
             self.log.record(self.address, why)
             raise
-        reason = "" if welcome.accepted else f"refused the handshake: {escaped(welcome.reason)}"
+        refused = "refused the handshake: " + safe_text(welcome.reason, 300)
+        reason = "" if welcome.accepted else refused
         self.log.record(self.address, reason)
         return call
 
