@@ -14,6 +14,7 @@ from google.protobuf.message import Message
 
 from declora.node.address import split_address
 from declora.node.errors import HintedError
+from declora.node.rpc_failure import Cause, cause
 from declora.node.security import SwarmAuth, TlsFiles
 from declora.proto import pb, pb_grpc
 
@@ -95,52 +96,51 @@ def fetch_status(
 def status_failure(code: str, details: str, timeout: float, tls: bool) -> tuple[str, str]:
     """(why, hint) for a failed Status call: gRPC status `code` (its name) and `details`,
     made with mTLS files (`tls`) or without."""
-    text = details.lower()
-    if code == "UNAUTHENTICATED":
+    why = cause(code, details, tls)
+    if why is Cause.UNAUTHENTICATED:
         return (
             f"the node refused the request: {details}",
             "set DECLORA_SWARM_SECRET to the swarm's secret",
         )
-    if "still loading" in text:
+    if why is Cause.LOADING:
         return f"the node is {details}", "try again in a moment"
-    if "connection refused" in text:
+    if why is Cause.REFUSED:
         return (
             "connection refused (nothing listens on that port)",
             "is the node running, and is --target its --listen host:port?",
         )
-    if "errors resolving" in text or "lookup" in text or "dns" in text:
+    if why is Cause.DNS:
         return f"cannot resolve the host ({details})", "check the host name in --target"
-    if "unreachable" in text or "no route" in text:
+    if why is Cause.UNREACHABLE:
         return f"the host is unreachable ({details})", "check --target and the network between"
-    if code == "DEADLINE_EXCEEDED":
+    if why is Cause.TIMEOUT:
         return (
             f"no answer within {timeout:g}s",
             "the node may be busy, or a firewall drops the connection: raise --timeout",
         )
-    if tls and "wrong_version_number" in text:
+    if why is Cause.NOT_TLS:
         return (
             "the TLS handshake failed: the node does not serve TLS",
             "leave out --tls-cert, --tls-key and --tls-ca for this node",
         )
-    if tls and "certificate_verify_failed" in text:
+    if why is Cause.TLS_UNTRUSTED:
         return (
             "the TLS handshake failed: the node's certificate is not signed by --tls-ca "
             "(CERTIFICATE_VERIFY_FAILED)",
             "give the CA of the node's swarm as --tls-ca",
         )
-    if tls and ("handshake" in text or "ssl" in text or "certificate" in text):
+    if why is Cause.TLS:
         return (
             f"the TLS handshake failed: {details}",
             "give --tls-cert, --tls-key and --tls-ca of the node's swarm",
         )
-    closed = "socket closed" in text or "connection reset" in text
-    if tls and closed:
+    if why is Cause.CLOSED and tls:
         return (
             "the node closed the connection in the TLS handshake: it refused this certificate",
             "give a --tls-cert and --tls-key signed by the node's swarm CA "
             "(`declora-node certs` mints cli.pem)",
         )
-    if closed:
+    if why is Cause.CLOSED:
         return (
             "the node closed the connection (a node that serves mTLS does so without TLS)",
             "the node wants mTLS: give --tls-cert, --tls-key and --tls-ca "

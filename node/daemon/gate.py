@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from declora.node.daemon.startup import LOADING
+from declora.node.rpc_failure import LOADING
 from declora.proto import pb, pb_grpc
 
 SWARM = pb.DESCRIPTOR.services_by_name["Swarm"]

@@ -25,12 +25,12 @@ import grpc
 from declora.node import run_folder
 from declora.node.address import split_address
 from declora.node.logs import safe_text
+from declora.node.rpc_failure import LOADING, Cause, cause
 from declora.node.settings import NodeSettings
 
 CONFIG = 2  # exit code: a configuration mistake
 RUNTIME = 1  # exit code: a failure at run time
 HANDSHAKE_METHOD = "/declora.v1.Swarm/Handshake"
-LOADING = "still loading its model"
 
 
 class UserError(Exception):
@@ -193,18 +193,18 @@ def serve_metrics(metrics: Any, port: int) -> None:
 # ---------------------------------------------------------------- dial outcomes
 def dial_failure(address: str, code: grpc.StatusCode, details: str) -> str:
     """Why a handshake call to `address` failed, in the user's words."""
-    try:
-        host = split_address(address)[0]
-    except ValueError:
-        host = address
-    text = details.lower()
-    if "still loading" in text:
+    why = cause(code.name, details)
+    if why is Cause.LOADING:
         return LOADING
-    if "connection refused" in text:
+    if why is Cause.REFUSED:
         return "connection refused: nothing listens on that port"
-    if any(w in text for w in ("dns", "resolv", "lookup", "name not found")):
+    if why is Cause.DNS:
+        try:
+            host = split_address(address)[0]
+        except ValueError:
+            host = address
         return f"DNS lookup of {host} failed"
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+    if why is Cause.TIMEOUT:
         return "timed out: no answer to the handshake"
     return f"{code.name}: {details}".strip()
 
