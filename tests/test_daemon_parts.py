@@ -425,6 +425,35 @@ def test_a_proven_source_further_on_than_its_stale_claim_is_taken(
     np.testing.assert_array_equal(a.node.vector(), b.node.vector())
 
 
+@pytest.mark.parametrize("at, expected", [(2, 5), (5, 2), (7, 0), (9, 0)])
+def test_a_resumed_finish_runs_only_what_is_left_of_it(
+    synthetic_jsonl: Path, at: int, expected: int
+) -> None:
+    """--rounds 2 --consensus-rounds 5 plans rounds up to 7: a node resumed (or caught
+    up) at round `at` runs the finish's gossip rounds up to 7, not 5 more. Before: 5
+    more from wherever it was."""
+    (da, _), (a, b) = pair(synthetic_jsonl, rounds=2, consensus_rounds=5)
+    assert da.rounds is not None
+    loop = da.rounds
+    ran: list[int] = []
+
+    async def gossip(train: bool) -> bool:
+        assert not train
+        ran.append(a.progress.round)
+        a.progress.round += 1
+        return False
+
+    async def go() -> None:
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+        a.progress.round = at
+        loop.run_round = gossip  # type: ignore[method-assign]
+        a.node.disagreement = lambda live: 1.0  # type: ignore[method-assign]
+        await loop.train_loop()
+
+    asyncio.run(go())
+    assert ran == list(range(at, 7)) and len(ran) == expected
+
+
 def test_a_pull_that_is_not_read_is_cut_and_frees_its_slot(
     synthetic_jsonl: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -14,7 +14,9 @@ Invariants callers may rely on:
   steps (adapter, public copy, correction, optimizer) and drops the neighbours whose
   payloads its last mix used; it never exits because of what a peer sent;
 - after the last training round, gossip-only rounds run until every live neighbour
-  is within `consensus_tol` (at most `consensus_rounds`), then a final evaluation;
+  is within `consensus_tol`, at most up to round `rounds` x G + `consensus_rounds`
+  (a node resumed within the finish runs only what is left of it), then a final
+  evaluation;
 - every completed round is appended to the history (phase "train", or "gossip" for
   an exchange that only mixed); `eval_every` and `checkpoint_every` count training
   rounds: evaluation and checkpoints come after the last exchange of every N-th
@@ -168,7 +170,7 @@ class RoundLoop:
             return
         progress.state = NodeState.CONSENSUS
         parts.node.begin_finish()
-        for _ in range(s.consensus_rounds):
+        while progress.round < last + s.consensus_rounds:  # a resume runs what is left
             live = [p.node_id for p in parts.peers.live]
             if progress.stop_requested or not live:
                 break
