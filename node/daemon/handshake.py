@@ -36,9 +36,11 @@
   passes `check_hello` (how each dial ended is recorded by `startup.DialLog`); a
   Welcome accepted there but refused here is recorded as "not joining: ..." and
   followed by a Leave, so the peer drops this node again;
-- the reconnect loop re-dials candidates and known peers that are not live, with the
-  peer table's backoff; an unexpected error is logged, never swallowed, and the loop
-  goes on.
+- the reconnect loop re-dials known peers that are not live with the peer table's
+  backoff, and candidates not in the table on every call, except one whose live node
+  refused the handshake (`DialBackoff`: 2 s doubling to 8 s, forgotten on success);
+  one where nothing answers yet (not listening, still loading) is found at once; an
+  unexpected error is logged, never swallowed, and the loop goes on.
 
 What open mode (no swarm secret, no mTLS) can and cannot protect. Nothing in a Hello
 proves who sent it, so the remote host is the only evidence: while a neighbour is
@@ -61,13 +63,14 @@ import ipaddress
 import logging
 import re
 import time
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 import grpc
 
 from declora.node import PROTOCOL_VERSION, __version__, logs
 from declora.node.address import ip_of, split_address
-from declora.node.daemon.peers import Peer, PeerTable
+from declora.node.daemon.peers import BACKOFF_FIRST, BACKOFF_MAX_CONFIGURED, Peer, PeerTable
 from declora.node.daemon.state import Progress
 from declora.node.daemon.status import Counters
 from declora.node.daemon.transport import Transport
@@ -94,6 +97,9 @@ DIAL_TIMEOUT = 5.0
 CLI_CERT = "cli"  # the common name `declora-node certs` gives the CLI's certificate
 SAME_SECRET = "give every node the same secret"
 _DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+# a gRPC error of a Handshake that is a live node's refusal (anything else, e.g.
+# UNAVAILABLE: nothing listens yet or it is still loading, is no refusal)
+REFUSING_CODES = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 
 
 class RefusalLog(logs.RefusalLog):
@@ -143,6 +149,46 @@ def listen_address_problem(address: str) -> str:
     ):
         return f"listen address {shown(address)}: {shown(host)} is not a host name or IP"
     return ""
+
+
+class DialBackoff:
+    """When a candidate address whose live node refused this node's handshake may be
+    dialled again: `BACKOFF_FIRST` s after the first refusal, doubling with each
+    refusal in a row, at most `BACKOFF_MAX_CONFIGURED` s (as the peer table's backoff
+    for configured peers). An address without an entry is always due; only `refused`
+    adds or lengthens one, `succeeded` forgets it, and `keep` forgets those of
+    addresses no longer offered (`connect_known`: candidates not in the peer table),
+    so there is at most one entry per candidate."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[int, float]] = {}  # address: (refusals, next dial)
+
+    def due(self, address: str, now: float) -> bool:
+        """Whether `address` may be dialled at `now` (monotonic seconds)."""
+        entry = self.entries.get(address)
+        return entry is None or now >= entry[1]
+
+    def next_dial(self, address: str) -> float | None:
+        """When `address` is due next; None: it has no entry (always due)."""
+        entry = self.entries.get(address)
+        return None if entry is None else entry[1]
+
+    def refused(self, address: str, now: float) -> float:
+        """Count a refusal of a dial of `address` at `now`; the seconds to wait."""
+        count = self.entries.get(address, (0, 0.0))[0] + 1
+        wait = min(BACKOFF_FIRST * 2 ** min(count - 1, 16), BACKOFF_MAX_CONFIGURED)
+        self.entries[address] = (count, now + wait)
+        return wait
+
+    def succeeded(self, address: str) -> None:
+        """A dial of `address` joined: its entry is forgotten."""
+        self.entries.pop(address, None)
+
+    def keep(self, addresses: Iterable[str]) -> None:
+        """Forget the entries of addresses not among `addresses`."""
+        offered = set(addresses)
+        for address in [a for a in self.entries if a not in offered]:
+            del self.entries[address]
 
 
 class Auth:
@@ -296,6 +342,7 @@ class Handshaker:
         self.discovery = discovery
         self.refusals = RefusalLog("refused handshakes")
         self.releases = RefusalLog("released slots of silent neighbours")
+        self.backoff = DialBackoff()  # candidates whose node refused: `connect_known`
 
     def hello(self, receiver: str = "", session: bytes = b"") -> pb.Hello:
         """This node's Hello for `receiver` with the token it must present to us;
@@ -415,6 +462,11 @@ class Handshaker:
         accepted there and refused here is recorded as this dial's outcome (the
         startup message names it) and followed by a Leave, so the peer does not count
         this node either."""
+        return (await self._dial(address, configured))[0]
+
+    async def _dial(self, address: str, configured: bool) -> tuple[Peer | None, bool]:
+        """`dial`, and whether it was refused: a Welcome with accepted=false, one
+        refused here, or a gRPC error in `REFUSING_CODES` (a live node said no)."""
         channel = self.transport.channel(address)
         hello = self.hello(receiver=address, session=self.peers.token_for_dial(address))
         try:
@@ -423,13 +475,13 @@ class Handshaker:
             except grpc.aio.AioRpcError as exc:
                 why = f"{exc.code().name} {escaped(exc.details() or '')}".strip()
                 log.debug("handshake with %s failed: %s", address, why)
-                return None
+                return None, exc.code() in REFUSING_CODES
             if not welcome.accepted:
                 log.warning("%s refused the handshake: %s", address, escaped(welcome.reason))
-                return None
+                return None, True
             node = welcome.node
             if self.auth.refusal(node, f"the welcome of {address}"):
-                return None
+                return None, True
             reason = self.secret_mismatch(node, shown(node.node_id or address)) or self.check(node)
             if (
                 not reason
@@ -442,10 +494,10 @@ class Handshaker:
             if reason:
                 log.warning("not joining %s: %s", address, reason)
                 await self._refused_welcome(channel, address, node, reason)
-                return None
+                return None, True
         finally:
             await channel.close()
-        return self._admit(node, dialled=address, configured=configured)
+        return self._admit(node, dialled=address, configured=configured), False
 
     async def _certificate_refusal(self, address: str, node_id: str) -> str:
         """Under mTLS: '' when the server at `address` presents the certificate of
@@ -510,18 +562,34 @@ class Handshaker:
         addresses = [p.address for p in found if not p.node_id] + [p.address for p in chosen]
         return list(dict.fromkeys(addresses))
 
-    async def connect_known(self) -> None:
-        """Handshake with every candidate not live, and with known peers due a re-dial."""
+    async def connect_known(self, now: float | None = None) -> None:
+        """Handshake with known peers due a re-dial (`PeerTable.due_for_dial`) and with
+        every candidate not in the peer table, except one whose node refused the last
+        dial and is not yet due again (`backoff`); a candidate where nothing answers is
+        dialled on every call. `now`: monotonic seconds (default: the clock)."""
+        now = time.monotonic() if now is None else now
         candidates = self.candidates()
         for p in self.peers.all():  # one that introduced itself at a configured address
             p.configured = p.configured or p.address in candidates
         known = {p.address for p in self.peers.all()}
         fresh = [a for a in candidates if a not in known]
-        due = [p for p in self.peers.due_for_dial() if p.address not in fresh]
-        dials = [self.dial(a, configured=True) for a in fresh]
+        self.backoff.keep(fresh)
+        due = [p for p in self.peers.due_for_dial(now) if p.address not in fresh]
+        dials: list[Awaitable[object]] = [
+            self._dial_candidate(a, now) for a in fresh if self.backoff.due(a, now)
+        ]
         dials += [self.dial(p.address, configured=p.configured) for p in due]
         if dials:
             await asyncio.gather(*dials)
+
+    async def _dial_candidate(self, address: str, now: float) -> None:
+        """Dial candidate `address`: a refusal lengthens its backoff, a join forgets it."""
+        peer, refused = await self._dial(address, configured=True)
+        if peer is not None:
+            self.backoff.succeeded(address)
+        elif refused:
+            wait = self.backoff.refused(address, now)
+            log.debug("%s refused: next dial in %g s", address, wait)
 
     def flush_refusals(self, final: bool = False) -> None:
         """Sum up the refusals not logged in full (`RefusalLog`); `final` at exit."""
