@@ -32,10 +32,3 @@ def shown(value: object, limit: int = 80) -> str:
     """`value` for a log line: repr-escaped, at most `limit` characters."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def escaped(text: str, limit: int = 300) -> str:
-    """Peer-given free text (a refusal reason) for a log line: control characters
-    escaped, no quotes added, at most `limit` characters."""
-    out = text.encode("unicode_escape").decode("ascii")
-    return out if len(out) <= limit else out[: limit - 3] + "..."

@@ -79,7 +79,6 @@ from declora.node.identity import (
     MAX_DEGREE,
     MAX_ROUND,
     MAX_SEQ,
-    escaped,
     node_id_problem,
     shown,
 )
@@ -473,11 +472,13 @@ class Handshaker:
             try:
                 welcome = await pb_grpc.SwarmStub(channel).Handshake(hello, timeout=DIAL_TIMEOUT)
             except grpc.aio.AioRpcError as exc:
-                why = f"{exc.code().name} {escaped(exc.details() or '')}".strip()
+                why = f"{exc.code().name} {logs.safe_text(exc.details() or '', 300)}".strip()
                 log.debug("handshake with %s failed: %s", address, why)
                 return None, exc.code() in REFUSING_CODES
             if not welcome.accepted:
-                log.warning("%s refused the handshake: %s", address, escaped(welcome.reason))
+                log.warning(
+                    "%s refused the handshake: %s", address, logs.safe_text(welcome.reason, 300)
+                )
                 return None, True
             node = welcome.node
             if self.auth.refusal(node, f"the welcome of {address}"):
