@@ -47,8 +47,8 @@ def two_nodes(data: Path, b_refuses: str) -> tuple[MemoryNetwork, Parts, Parts |
     network.serve(sa.advertise, SwarmService(a))
     b: Parts | None = None
     address = "127.0.0.1:7401"
-    if b_refuses == "permission":
-        network.serve(address, Refusing(grpc.StatusCode.PERMISSION_DENIED, "go away"))
+    if b_refuses in CODES:
+        network.serve(address, Refusing(CODES[b_refuses], "go away"))
     else:
         extra: dict[str, dict[str, object]] = {
             "secret": {"swarm_secret": "another swarm's secret, long enough"},
@@ -74,11 +74,18 @@ def fill(b: Parts) -> None:
     assert b.peers.admit(hello(node_id="x", listen_address="127.0.0.1:1")) is not None
 
 
-@pytest.mark.parametrize("b_refuses", ["secret", "swarm", "full", "permission"])
+CODES = {
+    "permission": grpc.StatusCode.PERMISSION_DENIED,
+    "rate limit": grpc.StatusCode.RESOURCE_EXHAUSTED,  # its handshake bucket is empty
+}
+
+
+@pytest.mark.parametrize("b_refuses", ["secret", "swarm", "full", *CODES])
 def test_a_refusing_candidate_is_redialled_with_backoff_a_silent_one_at_once(
     synthetic_jsonl: Path, b_refuses: str
 ) -> None:
-    """b refuses (another secret, another swarm id, a full table, PERMISSION_DENIED):
+    """b refuses (another secret, another swarm id, a full table, PERMISSION_DENIED,
+    RESOURCE_EXHAUSTED):
     dialled at 0, 2, 6, 14, 22 s (waits 2, 4, 8, 8), and never in between; the
     addresses where nothing answers yet are dialled on every call."""
     network, a, b, address = two_nodes(synthetic_jsonl, b_refuses)

@@ -96,9 +96,15 @@ DIAL_TIMEOUT = 5.0
 CLI_CERT = "cli"  # the common name `declora-node certs` gives the CLI's certificate
 SAME_SECRET = "give every node the same secret"
 _DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
-# a gRPC error of a Handshake that is a live node's refusal (anything else, e.g.
-# UNAVAILABLE: nothing listens yet or it is still loading, is no refusal)
-REFUSING_CODES = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
+# a gRPC error of a Handshake that is a live node's refusal, or its rate limit (anything
+# else, e.g. UNAVAILABLE: nothing listens yet or it is still loading, is no refusal)
+REFUSING_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
 
 
 class RefusalLog(logs.RefusalLog):
