@@ -12,6 +12,16 @@ rounds (`planned_end`), its values are checked like a full state's
 catch-up (a refused state, a timeout) sets the source's claim back to the round it
 has proven, so the same claim is not tried again until its next handshake.
 
+A pulled state is held to a pace, as pushes are: its header must announce this
+adapter's own state size (`state_bytes`; another size is refused before any data is
+buffered, `bad_values`), and the stream must end within `STATE_PACE` of the pull's
+start: 5 s, or that size at 32 KiB/s (`PUSH_PACE`'s rate) when longer, never before
+`--stream-idle-seconds` (a silence that long is cut anyway, `idle_stream`) and never
+after the pull's timeout, max(`--round-deadline`, 30 s). A source that trickles a
+valid state (each chunk just inside the idle cut) is cut then (`slow_stream`): a
+catch-up holds the round loop for that long at most (`rounds.RoundLoop.catch_up`
+then backs off).
+
 A Pull never waits for local steps: while they run (off the event loop) it serves the
 state taken when they began (`stepping`), so no half-updated state is served and slow
 steps (an LLM on CPU: seconds each) do not time a puller out. What is taken then is a
@@ -37,16 +47,23 @@ import grpc
 import numpy as np
 
 from declora.node.daemon.handshake import Auth
-from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD
+from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD, PUSH_PACE
 from declora.node.daemon.peers import Peer, PeerTable
 from declora.node.daemon.state import Identity, Progress
 from declora.node.dec_lora import DecLoraNode
 from declora.node.identity import MAX_ROUND, shown
 from declora.node.settings import NodeSettings
-from declora.node.wire import WireError, chunks, make_header, read_stream
+from declora.node.wire import Pace, WireError, chunks, make_header, read_stream
 from declora.proto import pb
 
 log = logging.getLogger(__name__)
+
+# A pulled state must end within 5 s of the pull, or this adapter's state size at
+# 32 KiB/s when that is longer (a 4 MB fp32 state: 2 minutes, so the pull's timeout
+# comes first); `read_stream` never cuts before --stream-idle-seconds. An honest state
+# is one message at link speed, as a push is (`PUSH_PACE`), served without waiting for
+# local steps (`stepping`).
+STATE_PACE = Pace(min_seconds=5.0, bytes_per_second=PUSH_PACE.bytes_per_second)
 
 
 @dataclass
@@ -84,6 +101,7 @@ class StateTransfer:
         # this node's state as of the last step boundary, kept while local steps run
         # off the event loop (`stepping`): a Pull then serves it instead of waiting
         self.published: Taken | None = None
+        self._state_bytes: int | None = None  # `state_bytes`, once known
 
     @asynccontextmanager
     async def stepping(self) -> AsyncIterator[None]:
@@ -168,20 +186,28 @@ class StateTransfer:
         target = self.catch_up_target()
         return target is not None and target[1] > self.progress.round + MAX_ROUNDS_AHEAD
 
-    async def catch_up(self) -> bool:
+    def state_bytes(self) -> int:
+        """The size of a full state of this adapter (`full_state`: fp32, every entry),
+        the only size a pulled state may have."""
+        if self._state_bytes is None:
+            self._state_bytes = len(self.node.full_state())
+        return self._state_bytes
+
+    async def catch_up(self) -> Peer | None:
         """A node behind its neighbours starts from an advanced one's full state; on
         failure (raised) the source's claim falls back to the round it has proven.
-        Whether it tried (False: no neighbour is ahead)."""
+        The neighbour whose state it took (None: no neighbour is ahead, nothing
+        tried)."""
         target = self.catch_up_target()
         if target is None:
-            return False
+            return None
         ahead, bound = target
         try:
             await self._take_state(ahead, bound)
         except Exception:
             ahead.claimed_round = min(ahead.claimed_round, ahead.round)
             raise
-        return True
+        return ahead
 
     async def _take_state(self, ahead: Peer, bound: int) -> None:
         me = self.me
@@ -192,6 +218,16 @@ class StateTransfer:
             session=ahead.token_out,
             receiver_id=ahead.node_id,
         )
+        expected = self.state_bytes()
+
+        def sized(h: pb.PayloadHeader) -> None:  # before any data is buffered
+            if h.total_bytes != expected:
+                raise WireError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"a state of {h.total_bytes} bytes, not this adapter's {expected}",
+                    "bad_values",
+                )
+
         timeout = max(self.settings.round_deadline, 30)
         stream = self.peers.stub(ahead).Pull(self.auth.sign(request), timeout=timeout)
         payload = await read_stream(
@@ -201,7 +237,9 @@ class StateTransfer:
             schema=me.schema,
             max_bytes=self.max_bytes,
             auth=self.auth.secret,
+            on_header=sized,
             idle_seconds=self.settings.stream_idle_seconds,
+            pace=STATE_PACE,  # looked up here: tests shorten it
         )
         header = payload.header
         if header.kind != pb.PAYLOAD_KIND_STATE or header.sender_id != ahead.node_id:

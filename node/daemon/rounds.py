@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 
 CATCH_UP_EVERY = 10.0  # seconds between catch-up attempts of a node far behind...
 CATCH_UP_MAX_WAIT = 160.0  # ...doubling after each failed one up to this
+# A catch-up that took longer than this (seconds: an honest state comes at link
+# speed, in well under a second for a small adapter) backs off as a failed one does,
+# even when its state was taken.
+CATCH_UP_QUICK = 5.0
 
 
 class RoundLoop:
@@ -60,29 +64,62 @@ class RoundLoop:
         self.report = parts.report
         self.next_catch_up = 0.0  # monotonic time a node far behind may try again
         self.catch_up_wait = CATCH_UP_EVERY  # ...after this many seconds
+        # sources of the catch-ups that took a state within the last CATCH_UP_MAX_WAIT
+        # seconds: node id -> monotonic time it ended (at most one per CATCH_UP_EVERY)
+        self.caught_up_from: dict[str, float] = {}
 
     async def catch_up(self) -> None:
-        """Take an advanced neighbour's state (`catchup`); on failure keep our own and
-        wait twice as long before the next attempt (a source that trickles its state
-        costs this node one pull timeout per wait, not one per round)."""
+        """Take an advanced neighbour's state (`catchup`), then wait before the next
+        attempt: CATCH_UP_EVERY seconds after a good catch-up, twice the last wait (up
+        to CATCH_UP_MAX_WAIT) after any other, counted from its end. A good catch-up
+        took a state, within CATCH_UP_QUICK seconds, from a source this node has not
+        taken one from in the last CATCH_UP_MAX_WAIT seconds; a failed one (a refused
+        state, counted by reason, or a timeout: this node keeps its own), a slow one
+        or a repeat from the same source backs off. So a source that trickles its
+        state (cut at `catchup.STATE_PACE`), or serves it slowly but in time, or
+        claims to be far ahead again right after being caught up from, costs this node
+        one pull per wait, not one per round; the first catch-up (a start, a healed
+        partition) is never delayed."""
         parts = self.parts
+        start = time.monotonic()
         try:
-            if not await parts.transfer.catch_up():
+            source = await parts.transfer.catch_up()
+            if source is None:
                 return  # nobody ahead: nothing tried, nothing to wait for
         except (WireError, GossipError, grpc.aio.AioRpcError) as exc:
             if isinstance(exc, WireError):
                 why = exc.reason
+                parts.counters.count(exc.counter)
             elif isinstance(exc, grpc.aio.AioRpcError):
                 why = f"{exc.code().name} {exc.details() or ''}".strip()
             else:
                 why = str(exc)
+                parts.counters.count("bad_values")  # as a push's values are (inbox)
             log.warning(  # the reason may quote what the peer sent: escaped, bounded
                 "could not take a neighbour's state (%s): going on from our own",
                 logs.safe_text(why, 500),
             )
-            self.catch_up_wait = min(2 * self.catch_up_wait, CATCH_UP_MAX_WAIT)
+            good = False
         else:
+            end = time.monotonic()
+            recent = {k: t for k, t in self.caught_up_from.items() if end - t < CATCH_UP_MAX_WAIT}
+            repeat = source.node_id in recent
+            slow = end - start > CATCH_UP_QUICK
+            recent[source.node_id] = end
+            self.caught_up_from = recent
+            good = not (slow or repeat)
+            if not good:
+                why = f"within {CATCH_UP_MAX_WAIT:g}s of the last one from it" if repeat else ""
+                log.warning(
+                    "took %s's state in %.1fs%s: the next catch-up waits longer",
+                    source.node_id,
+                    end - start,
+                    f", {why}" if why else "",
+                )
+        if good:
             self.catch_up_wait = CATCH_UP_EVERY
+        else:
+            self.catch_up_wait = min(2 * self.catch_up_wait, CATCH_UP_MAX_WAIT)
         self.next_catch_up = time.monotonic() + self.catch_up_wait  # from its end
 
     async def run_round(self, train: bool) -> bool:

@@ -1,0 +1,172 @@
+"""A pulled state is held to a pace (`catchup.STATE_PACE`), and catch-ups back off
+unless quick and from a source not caught up from just before
+(`rounds.RoundLoop.catch_up`): a proven neighbour that serves a valid state slowly,
+or claims to be far ahead again and again, cannot freeze a node's rounds.
+
+Before: a state trickled in chunks each just inside the stream idle cut was read up
+to the pull's timeout (max(--round-deadline, 30 s)) and, being valid, taken; the
+success reset the wait to 10 s, so the attacker could repeat it every few seconds
+(48 s frozen per catch-up against real daemons). In-process over the in-memory
+transport, with the pace and thresholds shortened (the source's stub serves its real,
+signed state in slices, `gap` s apart: the in-memory channel delivers a server stream
+only once its handler ends, so it cannot trickle)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from test_daemon_parts import pair
+
+from declora.node.daemon import catchup, rounds
+from declora.node.daemon.daemon import Parts
+from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD
+from declora.node.daemon.rounds import CATCH_UP_EVERY, CATCH_UP_MAX_WAIT, RoundLoop
+from declora.node.wire import Pace, chunks
+from declora.proto import pb
+
+FAR = 5 * MAX_ROUNDS_AHEAD
+
+
+class Trickle:
+    """The source's stub, except that Pull serves its real state (valid and signed) in
+    `pieces` slices `gap` seconds apart (`extra` bytes announced beyond it)."""
+
+    def __init__(self, real: Any, source: Parts, pieces: int, gap: float, extra: int = 0) -> None:
+        self.real, self.source = real, source
+        self.pieces, self.gap, self.extra = pieces, gap, extra
+        self.pulls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def Pull(
+        self, request: pb.PullRequest, timeout: float | None = None
+    ) -> AsyncIterator[pb.Chunk]:
+        self.pulls += 1
+
+        async def replies() -> AsyncIterator[pb.Chunk]:
+            served = list(await self.source.transfer.state_chunks())
+            header = pb.PayloadHeader()
+            header.CopyFrom(served[0].header)
+            header.total_bytes += self.extra
+            data = b"".join(c.data for c in served[1:])
+            size = -(-len(data) // self.pieces)
+            first, *rest = chunks(header, data, size)
+            yield first
+            for chunk in rest:
+                await asyncio.sleep(self.gap)
+                yield chunk
+
+        return replies()
+
+
+def setup(
+    data: Path, pieces: int, gap: float, extra: int = 0, **settings: object
+) -> tuple[RoundLoop, Parts, Parts, Trickle]:
+    """a, b introduced; b trained and FAR rounds on, serving its state through a
+    Trickle; a's round loop."""
+    (da, _), (a, b) = pair(data, **settings)
+    assert da.rounds is not None
+    b.node.train(2)
+    b.progress.round = FAR
+
+    async def dial() -> None:
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+
+    asyncio.run(dial())
+    source = a.peers.get("b")
+    assert source is not None and source.claimed_round == FAR
+    trickle = Trickle(a.peers.stub(source), b, pieces, gap, extra)
+    source.stub = trickle  # type: ignore[assignment]
+    return da.rounds, a, b, trickle
+
+
+def test_a_trickled_valid_state_is_cut_at_the_pace_and_the_node_goes_on(
+    synthetic_jsonl: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A valid state in 6 slices 0.3 s apart (under the 0.5 s idle cut) would take
+    1.8 s: it is cut at the pace (0.6 s), DEADLINE_EXCEEDED `slow_stream`, counted; a
+    keeps its own state and round, backs off, and its next round runs."""
+    monkeypatch.setattr(catchup, "STATE_PACE", Pace(min_seconds=0.6, bytes_per_second=1e9))
+    loop, a, _b, trickle = setup(
+        synthetic_jsonl, pieces=6, gap=0.3, stream_idle_seconds=0.5, round_deadline=0.5
+    )
+    before = a.node.vector().copy()
+    t0 = time.monotonic()
+    asyncio.run(loop.catch_up())
+    took = time.monotonic() - t0
+    assert trickle.pulls == 1
+    assert 0.5 < took < 1.2, took
+    assert a.counters.rejected.get("slow_stream") == 1, a.counters.rejected
+    assert a.progress.round == 0
+    np.testing.assert_array_equal(a.node.vector(), before)
+    assert loop.catch_up_wait == 2 * CATCH_UP_EVERY
+    source = a.peers.get("b")
+    assert source is not None and source.claimed_round == source.round == 0
+    # it goes on: the next round runs (b's loop does not: a mixes with nobody)
+    asyncio.run(loop.run_round(train=False))
+    assert a.progress.round == 1 and trickle.pulls == 1
+
+
+def test_a_state_announced_at_another_size_is_refused_at_its_header(
+    synthetic_jsonl: Path,
+) -> None:
+    """A state header announcing more bytes than this adapter's state (for more time at
+    the pace) is refused before any data is read, `bad_values`."""
+    loop, a, _b, trickle = setup(synthetic_jsonl, pieces=2, gap=0.0, extra=4)
+    asyncio.run(loop.catch_up())
+    assert trickle.pulls == 1
+    assert a.counters.rejected.get("bad_values") == 1, a.counters.rejected
+    assert a.progress.round == 0 and loop.catch_up_wait == 2 * CATCH_UP_EVERY
+
+
+def test_a_slow_catch_up_backs_off_even_when_its_state_is_taken(
+    synthetic_jsonl: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A valid state served within the pace but slowly (0.45 s, over CATCH_UP_QUICK
+    shortened to 0.2 s) is taken, and the wait doubles as after a failure; each slow
+    one doubles it again."""
+    monkeypatch.setattr(rounds, "CATCH_UP_QUICK", 0.2)
+    loop, a, b, trickle = setup(synthetic_jsonl, pieces=3, gap=0.15)
+    waits = []
+    for _ in range(3):
+        asyncio.run(loop.catch_up())
+        assert a.progress.round == b.progress.round  # taken
+        np.testing.assert_array_equal(a.node.vector(), b.node.vector())
+        waits.append(loop.catch_up_wait)
+        b.progress.round += FAR  # b is far ahead again
+        source = a.peers.get("b")
+        assert source is not None
+        source.claimed_round = b.progress.round
+        loop.caught_up_from.clear()  # only the slowness counts here
+    assert trickle.pulls == 3
+    assert waits == [20.0, 40.0, 80.0]
+
+
+def test_back_to_back_catch_ups_from_one_source_back_off(synthetic_jsonl: Path) -> None:
+    """Quick catch-ups from one source: the first resets the wait, each further one
+    within CATCH_UP_MAX_WAIT of the last one from it doubles it; once that long has
+    passed, a quick one from it resets the wait again."""
+    loop, a, b, trickle = setup(synthetic_jsonl, pieces=1, gap=0.0)
+
+    def again() -> float:
+        b.progress.round += FAR
+        source = a.peers.get("b")
+        assert source is not None
+        source.claimed_round = b.progress.round
+        asyncio.run(loop.catch_up())
+        assert a.progress.round == b.progress.round
+        return loop.catch_up_wait
+
+    waits = [again() for _ in range(6)]
+    assert waits == [10.0, 20.0, 40.0, 80.0, 160.0, 160.0]
+    assert list(loop.caught_up_from) == ["b"]
+    loop.caught_up_from["b"] -= CATCH_UP_MAX_WAIT  # as if that long ago
+    assert again() == CATCH_UP_EVERY
+    assert trickle.pulls == 7
