@@ -36,6 +36,12 @@
   passes `check_hello` (how each dial ended is recorded by `startup.DialLog`); a
   Welcome accepted there but refused here is recorded as "not joining: ..." and
   followed by a Leave, so the peer drops this node again;
+- a Welcome for an id that is live here is refused ("live at another address") unless
+  the address dialled is that id's own and the Welcome names no other
+  (`PeerTable.dialled_elsewhere`): a server this node was made to dial cannot take
+  over a live neighbour's entry, nor have its token offered in later Hellos; a
+  neighbour restarted at its own address still renews, and one that is not live may
+  come back at a new address; it counts as a refusal for the dial backoff;
 - the reconnect loop re-dials known peers that are not live with the peer table's
   backoff, and candidates not in the table on every call, except one whose live node
   refused the handshake (`DialBackoff`: 2 s doubling to 8 s, forgotten on success);
@@ -45,12 +51,13 @@
 What open mode (no swarm secret, no mTLS) can and cannot protect. Nothing in a Hello
 proves who sent it, so the remote host is the only evidence: while a neighbour is
 live, a third party on another host can neither take over its entry nor receive its
-token (its Hello is refused: "live from another host"), nor push, pull or leave in
-its name (no token). A third party on the neighbour's own host (every node of a local
-lab shares 127.0.0.1), or one that can spoof source addresses or read the traffic
-(tokens travel in clear), can handshake in its name and push with the fresh token it
-gets (it never learns the neighbour's own token, which stays valid beside it, though
-its Hello's session replaces the one this node pushes with: the neighbour renews); and
+token (its Hello is refused: "live from another host"; the Welcome of a server of its
+that this node dials: "live at another address"), nor push, pull or leave in its
+name (no token). A third party on the neighbour's own host (every node of a local lab
+shares 127.0.0.1), or one that can spoof source addresses or read the traffic (tokens
+travel in clear), can handshake in its name and push with the fresh token it gets
+(it never learns the neighbour's own token, which stays valid beside it, though its
+Hello's session replaces the one this node pushes with: the neighbour renews); and
 anyone may claim the id of a neighbour that is not live. Only a swarm secret or mTLS
 binds an id to a key. The host check needs the caller's `context.peer()`
 (`answer(..., peer=)`); where the servicer passes none, only the address check holds.
@@ -471,7 +478,8 @@ class Handshaker:
 
     async def _dial(self, address: str, configured: bool) -> tuple[Peer | None, bool]:
         """`dial`, and whether it was refused: a Welcome with accepted=false, one
-        refused here, or a gRPC error in `REFUSING_CODES` (a live node said no)."""
+        refused here (among them one claiming a live id from another address), or a
+        gRPC error in `REFUSING_CODES` (a live node said no)."""
         channel = self.transport.channel(address)
         hello = self.hello(receiver=address, session=self.peers.token_for_dial(address))
         try:
@@ -496,6 +504,8 @@ class Handshaker:
                 and node.receiver != self.settings.node_id
             ):
                 reason = f"its welcome is for {shown(node.receiver)}, not this node"
+            if not reason and self.peers.dialled_elsewhere(node, address):
+                reason = f"node id {shown(node.node_id)} is live at another address"
             if not reason:
                 reason = await self._certificate_refusal(address, node.node_id)
             if reason:

@@ -18,6 +18,10 @@ Invariants callers may rely on:
   that id (`token_out`: the same incarnation renewing), so a Hello never learns the
   token another caller of that id holds; a Hello refused for want of room (`room_for`)
   changes nothing, tokens included;
+- an outbound handshake (a Welcome to this node's dial) for a live id is admitted only
+  from that id's own address (`dialled_elsewhere`): a dial of another address never
+  re-keys or re-addresses a live entry, so a live neighbour's token is offered
+  (`token_for_dial`) only in a Hello to the address it was admitted at;
 - `host` is the remote host (the IP of `context.peer()`) the peer's last accepted
   inbound Hello came from; `handshake` refuses a Hello for a live id from another
   host;
@@ -160,7 +164,10 @@ class PeerTable:
 
     # ------------------------------------------------------------ tokens
     def token_for_dial(self, address: str) -> bytes:
-        """The session token to offer in a Hello to `address` (the known peer's there)."""
+        """The session token to offer in a Hello to `address`: the token of the known
+        peer whose address it is, else a pending one for that address (installed by
+        `admit` when the dial joins). A live entry's address changes only by a Hello
+        or Welcome from that address (`admit`), so its token goes to no other."""
         peer = self.by_address(address)
         if peer is not None:
             return peer.token_in
@@ -189,8 +196,12 @@ class PeerTable:
         issued before it. The token of the peer's last validated payload (else the
         current one) stays valid as `token_prev`, however many such Hellos come.
 
+        An outbound handshake for a live id from another address than its entry's
+        (`dialled_elsewhere`) is refused: a dial never re-keys or re-addresses a live
+        entry from elsewhere (the handshake refuses it first: "live at another address").
+
         A refusal (`room_for` false) changes nothing: no token, no entry."""
-        if not self.room_for(hello):
+        if not self.room_for(hello) or (dialled and self.dialled_elsewhere(hello, dialled)):
             return None
         peer = self.peers.get(hello.node_id)
         if peer is None:
@@ -228,6 +239,17 @@ class PeerTable:
         peer.last_seen = time.time()
         self.metrics.neighbors.set(len(self.live))
         return peer
+
+    def dialled_elsewhere(self, welcome: pb.Hello, dialled: str) -> bool:
+        """Whether `welcome`, the answer to a dial of `dialled`, claims a live id from
+        another address than that entry's: `dialled` is not the entry's address, or the
+        Welcome names another listen address (the rule an inbound Hello gets, "live at
+        another address"). Where the id is not live, anyone may claim it, anywhere."""
+        peer = self.peers.get(welcome.node_id)
+        if peer is None or not peer.live:
+            return False
+        listen = welcome.listen_address
+        return dialled != peer.address or bool(listen and listen != peer.address)
 
     def room_for(self, hello: pb.Hello, freed: Peer | None = None) -> bool:
         """Whether `admit` takes `hello` in (it changes nothing): its id is live, or a
