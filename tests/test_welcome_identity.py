@@ -124,8 +124,9 @@ def test_a_welcome_claiming_a_live_id_from_another_address_is_refused(
 
 
 def test_a_refused_welcome_backs_the_candidate_off(synthetic_jsonl: Path) -> None:
-    """EVIL offered as a candidate (discovery): each refusal counts for the dial
-    backoff (2 s after the first), b's entry is untouched."""
+    """EVIL offered as a candidate (discovery): refused, it is not dialled again before
+    its backoff (2 s after the refusal) is due, nor while b (the id it claimed) is
+    live; b's entry is untouched."""
     _, a, _b, impostor = victim(synthetic_jsonl, "mine")
     held = a.peers.get("b")
     assert held is not None
@@ -140,12 +141,14 @@ def test_a_refused_welcome_backs_the_candidate_off(synthetic_jsonl: Path) -> Non
         await a.handshaker.connect_known(now=t0 + 1)
         assert len(impostor.hellos) == 1  # not due yet
         await a.handshaker.connect_known(now=t0 + BACKOFF_FIRST)
+        assert len(impostor.hellos) == 1  # due, but b is live: EVIL answered as b
+        assert entry(held) == before
+        assert not any(held.token_ok(bytes(h.session)) for h in impostor.hellos)
+        a.peers.drop(held, "test")  # b gone: its id is anyone's to claim (open mode)
+        await a.handshaker.connect_known(now=t0 + BACKOFF_FIRST)
         assert len(impostor.hellos) == 2
-        assert a.handshaker.backoff.next_dial(EVIL) == pytest.approx(t0 + 3 * BACKOFF_FIRST)
 
     asyncio.run(go())
-    assert entry(held) == before
-    assert not any(held.token_ok(bytes(h.session)) for h in impostor.hellos)
 
 
 def test_an_outbound_admit_never_moves_or_rekeys_a_live_entry(synthetic_jsonl: Path) -> None:
@@ -183,3 +186,30 @@ def test_an_outbound_admit_never_moves_or_rekeys_a_live_entry(synthetic_jsonl: P
     table.drop(held, "test")
     moved = table.admit(welcome(EVIL, b"M" * 16), dialled=EVIL)
     assert moved is held and held.live and held.address == EVIL and held.token_in == offered
+
+
+def test_another_name_for_a_live_neighbours_address_is_not_redialled(
+    synthetic_jsonl: Path,
+) -> None:
+    """`--peers localhost:7401` for a neighbour that advertises 127.0.0.1:7401: the
+    first dial of the alias admits it at its advertised address; while it is live the
+    alias is not dialled again (each such dial would be refused as "live at another
+    address" and end the link with a Leave); once it is gone, the alias is dialled."""
+    _, (a, b) = pair(synthetic_jsonl)
+    network = a.handshaker.transport.network  # type: ignore[attr-defined]
+    alias = "localhost:" + b.settings.advertise.rsplit(":", 1)[1]
+    network.serve(alias, network.services[b.settings.advertise])
+    a.handshaker.discovery = StaticDiscovery([alias], a.settings.advertise)
+
+    async def go() -> None:
+        for _ in range(4):
+            await a.handshaker.connect_known()
+
+    asyncio.run(go())
+    assert network.calls.count((alias, "Handshake")) == 1
+    peer_b, peer_a = a.peers.get("b"), b.peers.get("a")
+    assert peer_b is not None and peer_b.live and peer_b.address == b.settings.advertise
+    assert peer_a is not None and peer_a.live  # no Leave ended the link
+    a.peers.drop(peer_b, "test")
+    asyncio.run(a.handshaker.connect_known())
+    assert network.calls.count((alias, "Handshake")) == 2

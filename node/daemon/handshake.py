@@ -355,6 +355,7 @@ class Handshaker:
         self.refusals = RefusalLog("refused handshakes")
         self.releases = RefusalLog("released slots of silent neighbours")
         self.backoff = DialBackoff()  # candidates whose node refused: `connect_known`
+        self.answered_as: dict[str, str] = {}  # candidate address: the id that answered
 
     def hello(self, receiver: str = "", session: bytes = b"") -> pb.Hello:
         """This node's Hello for `receiver` with the token it must present to us;
@@ -505,6 +506,7 @@ class Handshaker:
             ):
                 reason = f"its welcome is for {shown(node.receiver)}, not this node"
             if not reason and self.peers.dialled_elsewhere(node, address):
+                self.answered_as[address] = node.node_id  # not dialled while that id is live
                 reason = f"node id {shown(node.node_id)} is live at another address"
             if not reason:
                 reason = await self._certificate_refusal(address, node.node_id)
@@ -514,7 +516,10 @@ class Handshaker:
                 return None, True
         finally:
             await channel.close()
-        return self._admit(node, dialled=address, configured=configured), False
+        peer = self._admit(node, dialled=address, configured=configured)
+        if peer is not None and peer.address != address:  # another name for its address
+            self.answered_as[address] = peer.node_id
+        return peer, False
 
     async def _certificate_refusal(self, address: str, node_id: str) -> str:
         """Under mTLS: '' when the server at `address` presents the certificate of
@@ -582,14 +587,20 @@ class Handshaker:
     async def connect_known(self, now: float | None = None) -> None:
         """Handshake with known peers due a re-dial (`PeerTable.due_for_dial`) and with
         every candidate not in the peer table, except one whose node refused the last
-        dial and is not yet due again (`backoff`); a candidate where nothing answers is
-        dialled on every call. `now`: monotonic seconds (default: the clock)."""
+        dial and is not yet due again (`backoff`), and one whose last answer came from
+        an id that is live now at its own address (`answered_as`: another name for a
+        neighbour's address, e.g. `--peers localhost:7401` for 127.0.0.1:7401, is not
+        re-dialled, which would be refused as "live at another address"); a candidate
+        where nothing answers is dialled on every call. `now`: monotonic seconds
+        (default: the clock)."""
         now = time.monotonic() if now is None else now
         candidates = self.candidates()
         for p in self.peers.all():  # one that introduced itself at a configured address
             p.configured = p.configured or p.address in candidates
         known = {p.address for p in self.peers.all()}
-        fresh = [a for a in candidates if a not in known]
+        live = {p.node_id for p in self.peers.live}
+        self.answered_as = {a: i for a, i in self.answered_as.items() if a in candidates}
+        fresh = [a for a in candidates if a not in known and self.answered_as.get(a) not in live]
         self.backoff.keep(fresh)
         due = [p for p in self.peers.due_for_dial(now) if p.address not in fresh]
         dials: list[Awaitable[object]] = [
