@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
+_DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 _ADDRESS = re.compile(
     r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>\d{1,5})$"
 )
@@ -41,3 +42,23 @@ def ip_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     return ip
+
+
+def address_problem(address: str) -> str:
+    """'' when `address` is a node's dial address: `host:port` with an IPv4 or [IPv6]
+    literal or a DNS name of letters, digits, '-' and '_' (port 1-65535), nothing
+    around it; else what is wrong, the address quoted (repr, at most 80 characters)."""
+    quoted = repr(address) if len(repr(address)) <= 80 else repr(address)[:77] + "..."
+    try:
+        if address != address.strip():
+            raise ValueError
+        host, _port = split_address(address)
+    except ValueError:
+        return f"{quoted} is not host:port"
+    if ip_of(host) is None and (
+        len(host) > 253
+        or not all(_DNS_LABEL.fullmatch(label) for label in host.removesuffix(".").split("."))
+        or re.fullmatch(r"[0-9.]+", host)
+    ):
+        return f"{quoted}: {host[:80]!r} is not a host name or IP"
+    return ""

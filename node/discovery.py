@@ -53,7 +53,7 @@ from zeroconf import (
 )
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from declora.node.address import ip_of, join_address, split_address
+from declora.node.address import address_problem, ip_of, join_address, split_address
 from declora.node.identity import node_id_problem, shown
 
 __all__ = [
@@ -537,9 +537,10 @@ class MdnsDiscovery:
 
 
 def service_address(info: ServiceInfo, addr: str) -> str | None:
-    """The dial address of a resolved service: its TXT ``addr`` if usable, else the
-    first resolved address and the SRV port; None without either."""
-    with contextlib.suppress(ValueError):
+    """The dial address of a resolved service: its TXT ``addr`` if usable (a dial
+    address as a Hello's listen address must be, `address_problem`, not 0.0.0.0 or
+    ::), else the first resolved address and the SRV port; None without either."""
+    if not address_problem(addr):
         host, port = split_address(addr)
         ip = ip_of(host)
         if ip is None or not ip.is_unspecified:

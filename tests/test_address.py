@@ -7,7 +7,8 @@ import ipaddress
 import pytest
 
 from declora.cli.client import target_problem
-from declora.node.address import ip_of, join_address, split_address
+from declora.node.address import address_problem, ip_of, join_address, split_address
+from declora.node.discovery import service_address
 from declora.node.settings import load_settings
 
 
@@ -44,3 +45,38 @@ def test_ip_of() -> None:
     assert ip_of("10.0.0.5") == ipaddress.IPv4Address("10.0.0.5")
     assert ip_of("::ffff:10.0.0.5") == ipaddress.IPv4Address("10.0.0.5")
     assert ip_of("node-a") is None
+
+
+@pytest.mark.parametrize(
+    "address, problem",
+    [
+        ("127.0.0.1:7070", ""),
+        ("[::1]:7070", ""),
+        ("node-1.lab.local:7070", ""),
+        ("node_1:7070", ""),
+        ("1.2.3.4.5:7070", "is not a host name or IP"),  # digits and dots: no name
+        ("bad..name:7070", "is not a host name or IP"),
+        ("-x:7070", "is not a host name or IP"),
+        (" 127.0.0.1:7070", "is not host:port"),
+        ("127.0.0.1:0", "is not host:port"),
+        ("127.0.0.1", "is not host:port"),
+        ("a" * 300 + ":1", "is not a host name or IP"),
+    ],
+)
+def test_a_dial_address_is_checked_in_one_place(address: str, problem: str) -> None:
+    """`address_problem`: a Hello's listen address and an mDNS record's addr alike."""
+    found = address_problem(address)
+    assert (problem in found) if problem else found == ""
+    assert len(found) < 200
+
+
+def test_an_mdns_addr_that_is_no_dial_address_falls_back_to_the_resolved_one() -> None:
+    class Info:  # the two things `service_address` reads of a zeroconf ServiceInfo
+        port = 7070
+
+        def parsed_addresses(self) -> list[str]:
+            return ["10.0.0.5"]
+
+    assert service_address(Info(), "10.0.0.9:7071") == "10.0.0.9:7071"  # type: ignore[arg-type]
+    for bad in ("1.2.3.4.5:7071", "0.0.0.0:7071", "no port", "x" * 300 + ":1"):
+        assert service_address(Info(), bad) == "10.0.0.5:7070"  # type: ignore[arg-type]

@@ -68,7 +68,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import re
 import time
 from collections.abc import Awaitable, Iterable
 from typing import Any
@@ -76,7 +75,7 @@ from typing import Any
 import grpc
 
 from declora.node import PROTOCOL_VERSION, __version__, logs
-from declora.node.address import ip_of, split_address
+from declora.node.address import address_problem, ip_of, split_address
 from declora.node.daemon.peers import BACKOFF_FIRST, BACKOFF_MAX_CONFIGURED, Peer, PeerTable
 from declora.node.daemon.state import Progress
 from declora.node.daemon.status import Counters
@@ -102,7 +101,6 @@ RECONNECT_SECONDS = 2.0
 DIAL_TIMEOUT = 5.0
 CLI_CERT = "cli"  # the common name `declora-node certs` gives the CLI's certificate
 SAME_SECRET = "give every node the same secret"
-_DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 # a gRPC error of a Handshake that is a live node's refusal, or its rate limit (anything
 # else, e.g. UNAVAILABLE: nothing listens yet or it is still loading, is no refusal)
 REFUSING_CODES = frozenset(
@@ -141,26 +139,6 @@ def same_host(a: str, b: str) -> bool:
     if ia is None or ib is None:
         return a == b
     return ia == ib or {ia, ib} <= _LOCALHOST
-
-
-def listen_address_problem(address: str) -> str:
-    """'' when `address` is `host:port` (an IPv4 or [IPv6] literal or a DNS name of
-    letters, digits, '-' and '_', port 1-65535) or empty, else what is wrong."""
-    if not address:
-        return ""
-    try:
-        if address != address.strip():
-            raise ValueError
-        host, _port = split_address(address)
-    except ValueError:
-        return f"listen address {shown(address)} is not host:port"
-    if ip_of(host) is None and (
-        len(host) > 253
-        or not all(_DNS_LABEL.fullmatch(label) for label in host.removesuffix(".").split("."))
-        or re.fullmatch(r"[0-9.]+", host)
-    ):
-        return f"listen address {shown(address)}: {shown(host)} is not a host name or IP"
-    return ""
 
 
 class DialBackoff:
@@ -320,9 +298,8 @@ def check_hello(
         return f"round {h.round}, seq {h.seq} or degree {h.live_degree} out of range"
     if len(h.listen_address) > 300 or len(h.session) > 64 or len(h.receiver) > 300:
         return "listen address, session or receiver too long"
-    problem = listen_address_problem(h.listen_address)
-    if problem:
-        return problem
+    if h.listen_address and (problem := address_problem(h.listen_address)):
+        return f"listen address {problem}"
     if len(h.recipe) > 32 or any(len(k) > 64 or len(v) > 4096 for k, v in h.recipe.items()):
         return "recipe too long"
     return ""
