@@ -12,8 +12,10 @@ unsupported type, empty file, bad JSON line, missing column, empty text, a label
 outside the declared set) raises `DataError` with a one-line message and a hint.
 Causal-LM formats (chat messages, prompt/response, instruction) are read by an
 `ExampleReader` (`lm_data.LmFormat`) handed to `load_dataset`; rows then carry `chats`.
-`load_dataset` drops exact and near-duplicate texts before it splits (node/dedupe.py),
-so no test text is a copy of a training text.
+`load_dataset` drops exact and near-duplicate texts before it splits (node/dedupe.py;
+conversations compared without their system turns), so no test text is a copy of a
+training text; a file that leaves no training row is a `DataError` counting the rows
+read, dropped and held out. A JSON or CSV file in UTF-16/32 is named as such.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import re
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -70,12 +72,15 @@ class TextDataset:
     """Texts with optional integer labels indexed into `label_names`.
 
     `chats` (conversational causal-LM data) holds each row's turns; `texts` then holds
-    a readable "role: content" rendering of them, and encoders read `chats`."""
+    a readable "role: content" rendering of them, and encoders read `chats`. `name` is
+    the split `load_dataset` made it as ("train", "test"; kept by `subset`), for
+    messages only."""
 
     texts: tuple[str, ...]
     labels: np.ndarray | None
     label_names: tuple[str, ...]
     chats: tuple[Chat, ...] | None = None
+    name: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if self.labels is not None and len(self.labels) != len(self.texts):
@@ -94,7 +99,12 @@ class TextDataset:
         idx = np.asarray(indices, dtype=np.int64)
         labels = None if self.labels is None else self.labels[idx]
         chats = None if self.chats is None else tuple(self.chats[i] for i in idx)
-        return TextDataset(tuple(self.texts[i] for i in idx), labels, self.label_names, chats)
+        texts = tuple(self.texts[i] for i in idx)
+        return TextDataset(texts, labels, self.label_names, chats, self.name)
+
+    def named(self, name: str) -> TextDataset:
+        """`data` as the split `name` (for messages)."""
+        return TextDataset(self.texts, self.labels, self.label_names, self.chats, name)
 
 
 def _bbc_root() -> Path:
@@ -299,7 +309,7 @@ def _diagnose_json(path: Path) -> DataError | None:
                     return None  # a JSON array file, not JSON lines
                 return DataError(
                     f"{path}:{lineno}: not valid JSON: {exc.msg}",
-                    'each line must be one JSON object, e.g. {"text": ..., "label": ...}',
+                    'each line must be one JSON object of columns, e.g. {"text": ...}',
                 )
             if not isinstance(value, dict):
                 return DataError(
@@ -359,6 +369,8 @@ def _read_file(path: Path) -> Any:
         raise DataError(f"{path}: unsupported data file type {suffix!r}", SUPPORTED_HINT)
     if path.stat().st_size == 0:
         raise DataError(f"{path}: no rows (the file is empty)", "write one example per row")
+    if builder in ("json", "csv"):
+        _check_utf8(path)
     with _quiet_datasets() as datasets, tempfile.TemporaryDirectory(prefix="declora-data-") as c:
         try:
             kwargs: dict[str, Any] = {}
@@ -378,6 +390,31 @@ def _read_file(path: Path) -> Any:
             raise
         except Exception as exc:  # every reader failure is the file's fault here
             raise _read_error(path, builder, exc) from exc
+
+
+# byte-order marks of the encodings that are not UTF-8 (UTF-32's first: it starts like UTF-16's)
+_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
+
+
+def _check_utf8(path: Path) -> None:
+    """A `DataError` for a text file (JSON, CSV) written as UTF-16 or UTF-32: a BOM of
+    theirs, or NUL bytes (which UTF-8 text never holds), in its first 4 KiB."""
+    with path.open("rb") as fh:
+        head = fh.read(4096)
+    found = next((name for bom, name in _BOMS if head.startswith(bom)), None)
+    if found is None and b"\x00" in head:
+        found = "UTF-32" if b"\x00\x00\x00" in head else "UTF-16"
+    if found is not None:
+        raise DataError(
+            f"{path}: not UTF-8 (looks like {found})",
+            "save it as UTF-8 (e.g. iconv -f " + found + " -t UTF-8, or your editor's "
+            "'save with encoding')",
+        )
 
 
 def _read_error(path: Path, builder: str, exc: Exception) -> DataError:
@@ -710,11 +747,14 @@ def load_dataset(
     BBC News data is always text. `dedupe` drops exact and near-duplicate texts
     (`dedupe.duplicate_rows`, first occurrence kept) before the split; of a saved
     train/test pair it dedupes each and drops the test rows that copy a train row.
+    A file that leaves no training row raises `DataError`. The two are `named`
+    "train" and "test" (for messages).
     """
     from declora.node.dedupe import dedupe as drop_duplicates
     from declora.node.dedupe import dedupe_split
 
     source = str(spec)
+    dropped = 0
     if examples is None:  # an `ExampleReader` may not read `text_column` at all
         _same_columns(text_column, label_column)
     if source in (EMBEDDED_DATA, EMBEDDED_CHAT):  # labelled even for causal LM
@@ -745,8 +785,18 @@ def load_dataset(
                 full, dropped = drop_duplicates(full)
                 _log_dropped(source, dropped)
             train, test = _split(full, test_fraction, 0)
+            if not len(train):
+                read = len(full) + dropped
+                raise DataError(
+                    f"{source}: no training example is left: {read} row(s) read, "
+                    f"{dropped} dropped as exact or near duplicates, "
+                    f"{len(test)} held out as the test split",
+                    "give the node more distinct examples (a file's rows are split "
+                    f"{1 - test_fraction:.0%} train / {test_fraction:.0%} test)"
+                    + (", or pass --no-dedupe if the duplicates are meant" if dropped else ""),
+                )
     if labels and label_column is not None and train.labels is not None:
         # split first, relabel after: the split does not depend on the declared order
         names = declared_labels(labels)
         train, test = _relabel(train, names, source), _relabel(test, names, source)
-    return train, test
+    return train.named(TRAIN_SPLIT), test.named("test")

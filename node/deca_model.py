@@ -50,7 +50,7 @@ from declora.node.adapter import (
 from declora.node.adapter_card import DECLORA_INFO, weights_sha256
 from declora.node.models import BaseModel, HFTokenizer, ModelError
 from declora.node.schedule import Schedule
-from declora.node.trainer import Encoded, LocalTrainer, LoraModel, LoraSpec
+from declora.node.trainer import Encoded, LocalTrainer, LoraModel, LoraSpec, training_rows
 
 LAYER = re.compile(r"^(.*?\.(?:layer|layers|h|block|blocks))\.(\d+)\.")
 HEADS = ("classifier.", "score.")  # what PEFT's SEQ_CLS also trains: the task head
@@ -207,8 +207,7 @@ class BlockTrainer(LocalTrainer):
         round_steps: int = 0,
     ) -> None:
         # not LocalTrainer.__init__: it binds and builds an optimizer over LoRA tensors
-        if len(data) == 0:
-            raise ValueError("a node needs at least one training example")
+        data = training_rows(data, lm.task)
         self.lm = lm
         self.data = data
         self.lr = lr

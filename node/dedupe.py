@@ -7,6 +7,10 @@ What callers may rely on:
   earlier kept row (exact), or if the Jaccard similarity of its word `shingle`-gram
   set with an earlier kept row's is >= `threshold` (near). A text shorter than
   `shingle` words is one shingle: the whole text.
+- A conversation (`TextDataset.chats`) is compared by its turns without the system
+  turn(s) (`compared_texts`): many distinct conversations share one long system prompt,
+  which would otherwise make them near duplicates. Two conversations that differ only
+  in their system prompt are therefore duplicates (and exact copies still are).
 - Rows are decided in index order, so the first occurrence (lowest index) of each
   duplicate group is kept and every dropped row is a duplicate of a kept one.
 - Near-duplicate candidates come from MinHash + LSH banding with a fixed seed; the
@@ -173,10 +177,23 @@ def duplicate_rows(texts: Sequence[str], threshold: float = 0.8, shingle: int = 
     return np.flatnonzero(drop).astype(np.int64)
 
 
+def compared_texts(data: TextDataset) -> tuple[str, ...]:
+    """What deduplication compares of each row: its text, or a conversation's
+    "role: content" lines without its system turns."""
+    if data.chats is None:
+        return data.texts
+    return tuple(
+        "\n".join(f"{role}: {content}" for role, content in chat if role != "system")
+        if any(role == "system" for role, _ in chat)
+        else text  # the same rendering (`lm_data.LmFormat` writes texts so)
+        for text, chat in zip(data.texts, data.chats, strict=True)
+    )
+
+
 def dedupe(data: TextDataset, threshold: float = 0.8, shingle: int = 5) -> tuple[TextDataset, int]:
     """`data` without its duplicate rows (order, labels and chats kept), and how many
     rows were dropped."""
-    drop = duplicate_rows(data.texts, threshold, shingle)
+    drop = duplicate_rows(compared_texts(data), threshold, shingle)
     return data.subset(np.setdiff1d(np.arange(len(data)), drop)), len(drop)
 
 
@@ -188,7 +205,7 @@ def dedupe_split(
     `train` is deduplicated on its own; a test row is dropped if it duplicates a kept
     train row or an earlier kept test row, so no test text copies a training text."""
     train, dropped = dedupe(train, threshold, shingle)
-    drop = duplicate_rows(train.texts + test.texts, threshold, shingle)
+    drop = duplicate_rows(compared_texts(train) + compared_texts(test), threshold, shingle)
     test_drop = drop[drop >= len(train)] - len(train)
     test = test.subset(np.setdiff1d(np.arange(len(test)), test_drop))
     return train, test, dropped + len(test_drop)

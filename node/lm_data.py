@@ -10,20 +10,27 @@ Formats (`Recipe.data_format`; `auto` picks the first whose columns are present)
 - `instruction`: the conventional `instruction`, optional `input` and `output` columns
   (the user turn is the instruction, then a blank line and the input when there is one);
 - `text`: one document per row in `text_column` (the fallback, and the embedded BBC News).
-The last three conversational formats become one user/assistant turn each. Every
+The last three conversational formats become one user/assistant turn each. Roles are
+read in lower case, and `model` (Gemma's name) as `assistant`. A `text_column` other
+than the default "text" is an explicit choice: `auto` then reads text. Every
 malformed row raises `DataError` naming the row, with a hint.
 
 Encoding (`encode_lm`), what training relies on:
 - text, packed (`packing`, the default): every document is tokenized, followed by EOS,
   concatenated in row order and cut into `max_length` blocks; no token is lost but the
-  final partial block; every token carries a label.
+  final partial block (a warning when it holds >= 1% of the tokens); every token
+  carries a label.
 - text, one example per row: the document plus EOS, truncated to `max_length`.
 - conversations, one example per row, truncated to `max_length`: rendered with the
   tokenizer's chat template when it has one (else "content\\n" per turn and
-  content + EOS for the assistant's); only the assistant turns' tokens, through the
-  EOS text that closes each one, carry labels. Spans are found by rendering the
-  conversation's prefixes and counting their tokens, so the trained ids are exactly the
-  tokenization of the whole rendered text.
+  content + EOS for the assistant's, logged as a warning); only the assistant turns'
+  tokens, through the EOS text that closes each one, carry labels. Spans are found by
+  rendering the conversation's prefixes and counting their tokens, so the trained ids
+  are exactly the tokenization of the whole rendered text. A conversation with no
+  trained token within `max_length` stays a row without labels (rows stay aligned
+  with the dataset) that the trainer skips; if none has one, `DataError`.
+- truncation is never silent: one warning per dataset counts the rows cut and the share
+  of tokens (and of trained tokens) dropped.
 - padding never carries a label (labels are -100 wherever no loss is taken).
 
 `render_prompt`/`encode_prompt` render a conversation for generation the way training
@@ -32,6 +39,7 @@ rendered it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +62,8 @@ INSTRUCTION, INPUT, OUTPUT = "instruction", "input", "output"
 COMPLETION = "completion"  # accepted for prompt-response when "response" is absent
 CONVERSATIONS = "conversations"  # ShareGPT's chat column, when "messages" is absent
 CHAT_EXAMPLE = '[{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]'
+WARN_DROPPED = 0.01  # a packed dataset's cut final block is a warning from this share on
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,8 @@ class LmFormat:
         """The format of a split with these columns ("text" when nothing else fits)."""
         if self.data_format != "auto":
             return self.data_format
+        if self.text_column != "text":
+            return "text"  # an explicit --text-column wins over the other formats' columns
         if self._messages(columns) in columns:
             return "messages"
         if self.prompt_column in columns and self._response(columns) in columns:
@@ -97,7 +109,8 @@ class LmFormat:
         columns = list(ds.column_names)
         fmt = self.detect(columns)
         if fmt == "text":
-            if self.data_format == "auto" and self.text_column not in columns:
+            default = self.text_column == "text"  # an explicit one: read_texts names it
+            if self.data_format == "auto" and default and self.text_column not in columns:
                 raise DataError(
                     f"{where}: no causal-LM columns; columns are {sorted(columns)}",
                     f"give a {self.text_column!r} column, {self.messages_column!r}, "
@@ -171,6 +184,11 @@ class LmFormat:
         return tuple(chats)
 
 
+def _a(word: str) -> str:
+    """`word` after its indefinite article ("an instruction", "a prompt")."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
 def _one_turn(prompt: str, response: str) -> Chat:
     return (("user", prompt), ("assistant", response))
 
@@ -183,13 +201,13 @@ def _strings(ds: Any, where: str, column: str, what: str, option: str) -> list[s
         if value is None:
             raise DataError(
                 f"{where}: row {number} has no column {column!r}",
-                f"every row needs a {what} in {column!r}",
+                f"every row needs {_a(what)} in {column!r}",
             )
         _check_text(value, where, number, what, column)
         if not str(value).strip():
             raise DataError(
                 f"{where}: row {number} has an empty {what} in column {column!r}",
-                f"remove the row or give it a {what}",
+                f"remove the row or give it {_a(what)}",
             )
         out.append(str(value))
     return out
@@ -216,7 +234,7 @@ def _check_text(value: object, where: str, number: int, what: str, column: str) 
     if isinstance(value, float) and value != value:  # NaN: a missing value, not "nan"
         raise DataError(
             f"{where}: row {number} has no {what} in column {column!r} (NaN)",
-            f"remove the row or give it a {what}",
+            f"remove the row or give it {_a(what)}",
         )
     if isinstance(value, bool):
         raise DataError(
@@ -247,14 +265,17 @@ def _chat(value: object, row: int, where: str, column: str) -> Chat:
         )
     turns = _chat_turns(list(value), row, where, column)
     if not any(role == "assistant" for role, _ in turns):
+        found = list(dict.fromkeys(role for role, _ in turns))
         raise DataError(
-            f"{at} has no assistant turn (nothing to train on)",
-            "end each conversation with the assistant's reply",
+            f"{at} has no assistant turn (nothing to train on); its roles are {found}",
+            "end each conversation with the assistant's reply; the reply's role is "
+            "'assistant' (also read: 'model', Gemma's name, and ShareGPT's 'gpt')",
         )
     return turns
 
 
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant"}  # ShareGPT's "from" -> role
+ROLE_ALIASES = {"model": "assistant"}  # Gemma's name of the assistant (its template maps back)
 
 
 def _chat_turns(value: list[object], row: int, where: str, column: str) -> Chat:
@@ -273,7 +294,9 @@ def _chat_turns(value: list[object], row: int, where: str, column: str) -> Chat:
         content = turn.get("value") if sharegpt else turn.get("content")
         if not isinstance(role, str) or not role.strip():
             raise DataError(f"{at}: turn {t} has no role", "give every turn a 'role' string")
+        role = role.strip().lower()  # "Assistant", "USER": a template expects lower case
         role = SHAREGPT_ROLES.get(role, role) if sharegpt else role
+        role = ROLE_ALIASES.get(role, role)
         if not isinstance(content, str):
             kind = "none" if content is None else f"a {type(content).__name__}"
             raise DataError(
@@ -373,29 +396,92 @@ def encode_prompt(tok: Tokenizer, messages: str | Sequence[Mapping[str, str]]) -
 def encode_lm(
     tok: Tokenizer, data: TextDataset, max_length: int, *, packing: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask, labels) for causal-LM `data` (see the module doc)."""
+    """(input_ids, attention_mask, labels) for causal-LM `data` (see the module doc).
+
+    What is cut to fit `max_length` is logged as one warning for `data`: the rows
+    truncated and the share of tokens dropped (for packing, the final partial block
+    when it holds at least `WARN_DROPPED` of the tokens)."""
+    what = _what(data)
     if data.chats is not None:
-        return _encode_chats(tok, data.chats, max_length)
+        return _encode_chats(tok, data.chats, max_length, what)
     eos, _ = _eos(tok)
     docs = [[*ids, eos] for ids in tok.encode(list(data.texts))]
+    total = sum(len(d) for d in docs)
     if not packing:
         seqs = [d[:max_length] for d in docs]
+        long = sum(len(d) > max_length for d in docs)
+        if long:
+            _log.warning(
+                "%s: %d of %d texts are longer than --max-length %d tokens and are "
+                "truncated: %s of the tokens are dropped, those texts' EOS included (raise "
+                "--max-length, or leave packing on: it keeps every token but the final "
+                "partial block)",
+                what,
+                long,
+                len(docs),
+                max_length,
+                _share(total - sum(len(q) for q in seqs), total),
+            )
         return _padded(seqs, seqs, max_length, tok.pad_id)
     stream = [t for d in docs for t in d]
     blocks = len(stream) // max_length
     if blocks == 0:
+        test = data.name == "test"
         raise DataError(
-            f"{len(data)} text(s) hold {len(stream)} tokens, less than one block of "
+            f"{what}: {len(data)} text(s) hold {len(stream)} tokens, less than one block of "
             f"max_length={max_length}",
-            "give this node more text, lower --max-length or pass --no-packing",
+            (
+                "give the data more text (the test split is a fifth of a data file's "
+                "rows, or a saved dataset's own 'test' split)"
+                if test
+                else "give this node more text"
+            )
+            + ", lower --max-length or pass --no-packing",
+        )
+    dropped = len(stream) - blocks * max_length
+    if dropped and dropped >= WARN_DROPPED * len(stream):
+        _log.warning(
+            "%s: packing into blocks of --max-length %d tokens drops the final partial "
+            "block: %d of %d tokens (%s) are not used (lower --max-length, or pass "
+            "--no-packing)",
+            what,
+            max_length,
+            dropped,
+            len(stream),
+            _share(dropped, len(stream)),
         )
     ids = torch.tensor(stream[: blocks * max_length], dtype=torch.long).view(blocks, max_length)
     return ids, torch.ones_like(ids), ids.clone()
 
 
+def _what(data: TextDataset) -> str:
+    """How a warning or an error names `data`."""
+    return {"train": "training data", "test": "the held-out test split"}.get(
+        data.name, "causal-LM data"
+    )
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{100 * part / max(whole, 1):.1f}%"
+
+
 def _encode_chats(
-    tok: Tokenizer, chats: Sequence[Chat], max_length: int
+    tok: Tokenizer, chats: Sequence[Chat], max_length: int, what: str = "causal-LM data"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Conversations, one example each, cut to `max_length`. A conversation none of
+    whose trained tokens fits is kept as a row with no labels (rows stay aligned with
+    the dataset's) and counted in a warning; the trainer skips it. None fitting at all
+    is a `DataError`."""
+    if not tok.has_chat_template:
+        _log.warning(
+            "%s: the tokenizer has no chat template, so conversations are rendered as "
+            "plain text: each turn's content on a line of its own, the assistant's closed "
+            "by EOS (%r), with no role marks (system, user and assistant turns look "
+            "alike); use a model with a chat template (an instruct model) to train the "
+            "format it will be prompted in",
+            what,
+            tok.eos_token,
+        )
     pieces = [_segments(tok, chat) for chat in chats]
     # every prefix at a piece boundary, tokenized from the start (the last is the whole)
     prefixes = [
@@ -404,23 +490,46 @@ def _encode_chats(
     encoded = iter(_encode(tok, prefixes))
     seqs: list[list[int]] = []
     labels: list[list[int]] = []
-    for chat, segs in zip(chats, pieces, strict=True):
+    total = kept = trained = trained_kept = long = cut = empty = 0
+    for segs in pieces:
         prefix_ids = [next(encoded) for _ in segs]
         ends, ids = [len(p) for p in prefix_ids], prefix_ids[-1]
         lab = [IGNORE] * len(ids)
         start = 0
-        for (_, trained), end in zip(segs, ends, strict=True):
-            if trained:
+        for (_, is_trained), end in zip(segs, ends, strict=True):
+            if is_trained:
                 lab[start:end] = ids[start:end]
             start = max(start, end)
-        if all(v == IGNORE for v in lab[:max_length]):
-            raise DataError(
-                f"the prompt of the conversation starting {chat[0][1][:40]!r} fills all "
-                f"{max_length} tokens, so no response token is trained",
-                "raise --max-length or shorten the conversation",
-            )
+        targets = sum(v != IGNORE for v in lab[1:])  # the model shifts labels by one
+        fitting = sum(v != IGNORE for v in lab[1:max_length])
+        total, kept = total + len(ids), kept + min(len(ids), max_length)
+        trained, trained_kept = trained + targets, trained_kept + fitting
+        long += len(ids) > max_length
+        cut += fitting < targets
+        empty += fitting == 0
         seqs.append(ids[:max_length])
         labels.append(lab[:max_length])
+    if chats and empty == len(chats):
+        raise DataError(
+            f"{what}: no conversation has a trained (assistant) token within "
+            f"--max-length {max_length} ({len(chats)} conversation(s): their prompts fill it)",
+            "raise --max-length or shorten the conversations",
+        )
+    if long:
+        _log.warning(
+            "%s: %d of %d conversations are longer than --max-length %d tokens and are "
+            "truncated: %s of the tokens and %s of the trained (assistant) tokens are "
+            "dropped; %d lose the end of a reply, the end-of-turn token that closes it "
+            "included, so the model is not taught to stop there%s (raise --max-length)",
+            what,
+            long,
+            len(chats),
+            max_length,
+            _share(total - kept, total),
+            _share(trained - trained_kept, trained),
+            cut,
+            f"; no trained token is left in {empty} of them, which training skips" if empty else "",
+        )
     return _padded(seqs, labels, max_length, tok.pad_id)
 
 

@@ -32,7 +32,7 @@ from declora.node.adapter import (
     trainable,
 )
 from declora.node.adapter_card import describe_adapter, describe_base
-from declora.node.data import TextDataset
+from declora.node.data import DataError, TextDataset
 from declora.node.lm_data import encode_lm
 from declora.node.methods import DEFAULT_METHOD, freeze_lora_a
 from declora.node.models import (
@@ -333,6 +333,31 @@ def count_targets(batch: Encoded, task: str) -> int:
     return int((batch.labels[:, 1:] != -100).sum())  # HF shifts the labels by one
 
 
+def training_rows(data: Encoded, task: str) -> Encoded:
+    """The examples of `data` a node trains on: for "lm" those with a target token (a
+    conversation whose reply lies beyond `max_length` has none: `lm_data` counts them
+    in a warning). A `DataError` when none is left."""
+    given = len(data)
+    if task != "cls" and given:
+        rows = torch.flatten(torch.nonzero((data.labels[:, 1:] != -100).any(dim=1)))
+        if len(rows) < given:
+            data = data.take(rows)
+    if len(data) == 0:
+        raise DataError(
+            "this node has no training example"
+            + (
+                f": none of its {given} example(s) has a trained token within --max-length"
+                if given
+                else " (its share of the training rows is empty)"
+            ),
+            "give it more data: its rows are what is left after deduplication, the "
+            "held-out test split, the partition among the nodes and "
+            "--validation-fraction (the log counts each; for causal LM a conversation "
+            "whose reply lies beyond --max-length is skipped), or use fewer nodes",
+        )
+    return data
+
+
 def _enable_checkpointing(base: BaseModel) -> None:
     model: Any = base.model
     kw = {"use_reentrant": False}
@@ -391,8 +416,7 @@ class LocalTrainer:
         schedule: Schedule | None = None,
         grad_weight: float = 1.0,
     ) -> None:
-        if len(data) == 0:
-            raise ValueError("a node needs at least one training example")
+        data = training_rows(data, lm.task)
         if not (math.isfinite(grad_weight) and grad_weight > 0):
             raise ValueError(f"grad_weight must be finite and > 0, got {grad_weight}")
         self.grad_weight = grad_weight
