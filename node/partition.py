@@ -279,10 +279,10 @@ def partition(scheme: str, labels: np.ndarray, n_nodes: int, seed: int) -> list[
     """
     labels = _check_labels(labels)
     kind, arg = _parse_scheme(scheme)
-    if n_nodes > len(labels) >= 1:
+    if n_nodes > len(labels) and n_nodes >= 1:
         raise PartitionError(
             f"cannot share {len(labels)} training rows among {n_nodes} nodes: each needs at "
-            f"least one (n_nodes must be in 1..{len(labels)})",
+            "least one",
             "use " + SHARE_HINT,
         )
     _check_nodes(labels, n_nodes)

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from declora.node.partition import (
+    PartitionError,
     dirichlet,
     format_label_counts,
     iid,
@@ -228,8 +229,15 @@ def test_partition_rejects_bad_schemes(scheme: str) -> None:
 
 @pytest.mark.parametrize("n_nodes", [0, -1, 51])
 def test_partition_rejects_bad_node_counts(n_nodes: int) -> None:
-    with pytest.raises(ValueError, match="n_nodes"):
+    with pytest.raises(ValueError, match="n_nodes" if n_nodes < 1 else "among 51 nodes"):
         partition("iid", make_labels(50, 2, 0), n_nodes, 0)
+
+
+def test_no_rows_for_nodes_is_the_users_error() -> None:
+    """No training row at all (everything deduplicated or held out): a PartitionError
+    (the user's, with a hint), not "n_nodes must be in 1..0"."""
+    with pytest.raises(PartitionError, match="cannot share 0 training rows among 2 nodes"):
+        partition("iid", np.array([], dtype=np.int64), 2, 0)
 
 
 def test_label_counts_and_format() -> None:
