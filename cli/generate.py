@@ -1,17 +1,23 @@
 """`declora-node generate`: continue prompts with a saved causal-LM adapter.
 
-Prompts come from `--prompt`, from a file (`--input`: one prompt a non-blank line, or,
-for a `.jsonl` file, one JSON object a line with a `prompt` string or a `messages`
-list of {role, content} turns) or from standard input (plain lines, or JSON lines
-when the first line is an object). All input is read and checked before the model
-loads.
+Prompts come from `--prompt`, from a file (`--input`) or from standard input (plain
+lines, or JSON lines when the first line is an object). A `.jsonl` file holds one JSON
+object a line with a `prompt` string or a `messages` list of {role, content} turns; a
+data file (.csv, .tsv, .parquet, .json, .arrow or a save_to_disk folder) is read as
+`predict` reads its --input (`predict.data_splits`), from its `prompt` column (texts)
+or `messages` column (turns); any other file (.txt) is one prompt a non-blank line. All
+input is read and checked before the model loads, and every prompt's length before
+anything is generated: prompt plus --max-new-tokens must fit the model's context.
 
 For a tokenizer with a chat template, a prompt becomes one user turn rendered with the
 template and its generation prompt, as training rendered conversations
 (`lm_data.encode_prompt`); `--no-chat-template` sends plain prompts as they are.
 Each prompt is generated on its own; sampling (`temperature` > 0) reseeds with `seed`
 before each prompt, so a prompt's output does not depend on the others; temperature 0
-is greedy decoding, the same tokens as `model.generate(do_sample=False)`.
+is greedy decoding, the same tokens as `model.generate(do_sample=False)`. Generation
+stops at the tokenizer's EOS or any end-of-turn id of the model's generation_config
+(`eos_token_id`, one id or a list: chat models such as Gemma-2-it end a reply with
+<end_of_turn>, not EOS); the completion's `stop` is then "eos".
 """
 
 from __future__ import annotations
@@ -24,9 +30,9 @@ from typing import Any, TextIO
 
 import torch
 
-from declora.cli.predict import text_lines
+from declora.cli.predict import data_splits, text_lines
 from declora.node.adapter_io import AdapterError, LoadedAdapter, adapter_folder
-from declora.node.data import DataError
+from declora.node.data import BUILDERS, DataError, column_values
 from declora.node.models import Tokenizer
 
 # a prompt: plain text, or a conversation as {role, content} turns
@@ -35,6 +41,10 @@ Prompt = str | list[dict[str, str]]
 
 MAX_NEW_TOKENS = 100_000  # tokens a prompt may ask for at most
 MAX_TEMPERATURE = 100.0
+JSON_LINES = (".jsonl", ".ndjson")  # read line by line, as stdin's JSON lines
+PROMPT, MESSAGES = "prompt", "messages"  # a data file's prompt columns
+# the config fields that hold a model's context length, by model family
+CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length")
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,41 @@ def _jsonl_prompts(lines: Sequence[str], source: str) -> list[Prompt]:
     return prompts
 
 
+def _table_prompts(path: Path) -> list[Prompt]:
+    """The prompts of a data file (or save_to_disk folder): each row's `messages` turns
+    when it has them, else its `prompt` text; read as `predict` reads --input."""
+    prompts: list[Prompt] = []
+    for where, ds in data_splits(path):
+        columns = list(ds.column_names)
+        if PROMPT not in columns and MESSAGES not in columns:
+            raise DataError(
+                f"{where}: no {PROMPT!r} or {MESSAGES!r} column; columns are {sorted(columns)}",
+                f"give the prompts a {PROMPT!r} column (one text a row) or a {MESSAGES!r} "
+                "column ({role, content} turns)",
+            )
+        empty: list[Any] = [None] * len(ds)
+        turns = (
+            column_values(ds, where, MESSAGES, "chat", "--input")[0]
+            if MESSAGES in columns
+            else empty
+        )
+        texts = (
+            column_values(ds, where, PROMPT, "prompt", "--input")[0] if PROMPT in columns else empty
+        )
+        for row, (chat, text) in enumerate(zip(turns, texts, strict=True), 1):
+            at = f"{where}: row {row}"
+            if chat is not None:
+                prompts.append(_messages(chat, at))
+            elif isinstance(text, str) and text.strip():
+                prompts.append(text)
+            else:
+                raise DataError(
+                    f"{at}: no non-empty {PROMPT!r} text or {MESSAGES!r} list",
+                    "give each row a prompt or messages, or remove it",
+                )
+    return prompts
+
+
 def read_prompts(prompt: str | None, source: str | None, stdin: TextIO) -> list[Prompt]:
     """The prompts in input order; `DataError` when there are none or one is malformed."""
     if prompt is not None and source is not None:
@@ -126,9 +171,12 @@ def read_prompts(prompt: str | None, source: str | None, stdin: TextIO) -> list[
     jsonl: bool | None = None  # None: stdin, JSON lines when its first line is an object
     if source not in (None, "-"):
         path = Path(str(source))
+        suffix = path.suffix.lower()
+        if path.is_dir() or (path.is_file() and suffix in BUILDERS and suffix not in JSON_LINES):
+            return _table_prompts(path)
         if not path.is_file():
             raise DataError(f"input file not found: {path}", "check the --input path")
-        jsonl = path.suffix.lower() == ".jsonl"
+        jsonl = suffix in JSON_LINES
     lines, label = text_lines(source or "-", stdin)
     first = next((line for line in lines if line.strip()), None)
     if first is None:
@@ -148,19 +196,68 @@ def prompt_ids(tok: Tokenizer, prompt: Prompt, chat_template: bool) -> list[int]
     return encode_prompt(tok, prompt)
 
 
+def _context_length(config: Any) -> tuple[int, str] | None:
+    """The most tokens the model's positions cover, and the config field that says so;
+    None when the config names none. (Private until `models.context_length` lands.)"""
+    for name in CONTEXT_FIELDS:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, name
+    return None
+
+
+def check_context(adapter: LoadedAdapter, lengths: Sequence[int], max_new_tokens: int) -> None:
+    """`DataError` naming the first prompt whose tokens plus `max_new_tokens` exceed the
+    model's context length (past it, positions have no embedding: an IndexError, or
+    garbage)."""
+    found = _context_length(getattr(adapter.model, "config", None))
+    if found is None:
+        return
+    context, field = found
+    for number, length in enumerate(lengths, 1):
+        if length + max_new_tokens <= context:
+            continue
+        room = context - length
+        raise DataError(
+            f"prompt {number} is {length} tokens: with --max-new-tokens {max_new_tokens} "
+            f"that is {length + max_new_tokens}, past the model's context length of "
+            f"{context} tokens ({field} in its config)",
+            f"lower --max-new-tokens to at most {room}"
+            if room > 0
+            else f"shorten the prompt to under {context} tokens",
+        )
+
+
+def stop_ids(adapter: LoadedAdapter) -> list[int]:
+    """The ids that end a completion: the tokenizer's EOS, then every `eos_token_id` of
+    the model's generation_config (an int or a list: a chat model's end of turn)."""
+    ids: list[int] = []
+    generation = getattr(adapter.model, "generation_config", None)
+    configured = getattr(generation, "eos_token_id", None)
+    if isinstance(configured, int):
+        configured = [configured]
+    for i in [adapter.tokenizer.eos_id, *(configured or ())]:
+        if isinstance(i, int) and not isinstance(i, bool) and i >= 0 and i not in ids:
+            ids.append(i)
+    return ids
+
+
 @torch.no_grad()
 def complete(adapter: LoadedAdapter, ids: list[int], sampling: Sampling) -> Completion:
     """Continue `ids` with the adapter's model (eval mode, its device)."""
     from transformers import GenerationConfig
 
     tok = adapter.tokenizer
-    eos = tok.eos_id
+    eos = stop_ids(adapter)
     kw: dict[str, Any] = {"do_sample": sampling.temperature > 0}
     if kw["do_sample"]:
         kw.update(temperature=sampling.temperature, top_p=sampling.top_p)
         torch.manual_seed(sampling.seed)
     config = GenerationConfig(
-        max_new_tokens=sampling.max_new_tokens, eos_token_id=eos, pad_token_id=tok.pad_id, **kw
+        max_new_tokens=sampling.max_new_tokens,
+        eos_token_id=(eos[0] if len(eos) == 1 else eos) if eos else None,
+        pad_token_id=tok.pad_id,
+        **kw,
     )
     adapter.model.eval()
     inputs = torch.tensor([ids], dtype=torch.long, device=adapter.lora.device)
@@ -168,7 +265,7 @@ def complete(adapter: LoadedAdapter, ids: list[int], sampling: Sampling) -> Comp
         input_ids=inputs, attention_mask=torch.ones_like(inputs), generation_config=config
     )
     new = [int(i) for i in out[0, len(ids) :]]
-    stop = "eos" if new and new[-1] == eos else "length"
+    stop = "eos" if new and new[-1] in eos else "length"
     return Completion(tok.decode(new), len(new), stop)
 
 
@@ -202,8 +299,10 @@ def run_generate(
         loaded = load_adapter(adapter, base=base)
     if loaded.task != "lm":
         raise AdapterError(f"{loaded.path} is a classifier, not a causal LM adapter", "use predict")
-    for p in prompts:
-        done = complete(loaded, prompt_ids(loaded.tokenizer, p, chat_template), sampling)
+    encoded = [prompt_ids(loaded.tokenizer, p, chat_template) for p in prompts]
+    check_context(loaded, [len(ids) for ids in encoded], sampling.max_new_tokens)
+    for p, ids in zip(prompts, encoded, strict=True):
+        done = complete(loaded, ids, sampling)
         if fmt == "json":
             row = {"prompt": p, "completion": done.text, "tokens": done.tokens, "stop": done.stop}
             out.write(json.dumps(row, ensure_ascii=False) + "\n")

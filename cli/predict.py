@@ -1,6 +1,6 @@
 """`declora-node predict` and `declora-node export`: use a saved adapter outside the swarm.
 
-`predict` reads texts (a .txt file of one text per line, any data file `load_file`
+`predict` reads texts (a .txt file of one text per line, any data file training
 reads, or standard input: plain lines, or JSON lines when the first line is an
 object), loads the adapter with `load_adapter` and prints one line per text: the
 label and its probability (classifier), or the mean token loss and perplexity
@@ -18,16 +18,23 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from declora.node.adapter_card import ADAPTER_CONFIG, ADAPTER_WEIGHTS, DECLORA_INFO, MODEL_CARD
 from declora.node.adapter_io import AdapterError, adapter_folder, export_merged, perplexity
-from declora.node.data import DataError, load_file
+from declora.node.data import DataError, column_values, is_chat_turns
+from declora.node.data import read_texts as column_texts
 from declora.node.models import ModelError
 
 # what `predict` and `export` report as one line `error: ...` (exit 2)
 USER_ERRORS = (AdapterError, DataError, ModelError)
 STDIN = "<stdin>"
+# chat turns given to predict: it scores texts; an LM adapter answers turns in `generate`
+CHAT_HINT = (
+    "predict reads one text a row: name a text column with --text-column; to answer "
+    "conversations with an LM adapter use `declora-node generate ADAPTER --input FILE` "
+    "(a 'messages' column)"
+)
 
 
 @contextmanager
@@ -65,7 +72,13 @@ def _jsonl_texts(lines: list[str], text_column: str, source: str) -> list[str]:
                 f"{source}:{lineno}: no text column {text_column!r}; columns are {sorted(row)}",
                 "name the text column with --text-column",
             )
-        text = "" if row[text_column] is None else str(row[text_column])
+        value = row[text_column]
+        if isinstance(value, (list, dict)):
+            what = "chat turns" if is_chat_turns(value) else f"a {type(value).__name__}"
+            raise DataError(
+                f"{source}:{lineno}: column {text_column!r} holds {what}, not a text", CHAT_HINT
+            )
+        text = "" if value is None else str(value)
         if not text.strip():
             raise DataError(f"{source}:{lineno}: empty text in column {text_column!r}")
         texts.append(text)
@@ -84,19 +97,52 @@ def text_lines(source: str, stdin: TextIO) -> tuple[list[str], str]:
         raise DataError(f"{label}: not UTF-8 text ({exc.reason})", "save it as UTF-8") from exc
 
 
+def data_splits(path: Path) -> list[tuple[str, Any]]:
+    """(where, rows) of each split of data file or save_to_disk folder `path`, read as
+    training reads --data (`datasets.Dataset`s, in order); `DataError` for a file that
+    cannot be read or a split without rows. The one reader of `predict` and `generate`."""
+    from declora.node.data import _read_splits, _where
+
+    splits = []
+    for name, ds in _read_splits(path).items():
+        where = _where(path, name)
+        if len(ds) == 0:
+            raise DataError(f"{where}: no rows", "write one example per row")
+        splits.append((where, ds))
+    return splits
+
+
+def _file_texts(path: Path, text_column: str) -> list[str]:
+    """The texts of `text_column` of every split of `path`; chat turns are refused with
+    a hint to `generate` (training's hint, --messages-column, is no predict option)."""
+    texts: list[str] = []
+    for where, ds in data_splits(path):
+        if text_column in ds.column_names:
+            values, _ = column_values(ds, where, text_column, "text", "--text-column")
+            for number, value in enumerate(values, 1):
+                if is_chat_turns(value):
+                    raise DataError(
+                        f"{where}: row {number}: column {text_column!r} holds chat turns, "
+                        "not a text",
+                        CHAT_HINT,
+                    )
+        texts.extend(column_texts(ds, where, text_column))
+    return texts
+
+
 def read_texts(source: str, text_column: str, stdin: TextIO) -> list[str]:
     """The texts to predict, in input order; `DataError` if there are none or they are bad.
 
     `source` "-" reads `stdin`: JSON lines when its first non-blank line starts with
     "{", else one text per non-blank line. A `.txt` file is one text per non-blank
-    line; any other file goes through `load_file` with `text_column` (labels ignored).
+    line; any other file goes through `data_splits` with `text_column` (labels ignored).
     """
     if source != "-":
         path = Path(source)
         if not path.exists():
             raise DataError(f"input file not found: {path}", "check the --input path")
         if path.suffix.lower() != ".txt":
-            return list(load_file(path, text_column=text_column, label_column=None).texts)
+            return _file_texts(path, text_column)
     lines, label = text_lines(source, stdin)
     first = next((line for line in lines if line.strip()), None)
     if first is None:

@@ -36,6 +36,7 @@ from declora.node.adapter import (
 )
 from declora.node.deca_model import BlockTrainer
 from declora.node.errors import HintedError
+from declora.node.lora_names import saved_name
 from declora.node.trainer import Encoded, LocalTrainer, LoraModel
 
 LATEST = "LATEST"
@@ -241,8 +242,9 @@ def load(root: Path, lm: LoraModel) -> NodeState:
 
 
 def peft_name(name: str) -> str:
-    """Our parameter name -> the key PEFT writes in adapter_model.safetensors."""
-    return name.replace(".default.", ".").replace(".modules_to_save.", ".")
+    """Our parameter name -> the key PEFT writes in adapter_model.safetensors (an
+    embedding's factors and DoRA's magnitudes too: `lora_names.saved_name`)."""
+    return saved_name(name)
 
 
 def peft_tensors_to_vector(tensors: dict[str, torch.Tensor], schema: AdapterSchema) -> np.ndarray:

@@ -19,6 +19,7 @@ once and a share takes its rows.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,9 @@ from declora.node.lm_data import LmFormat
 from declora.node.partition import partition
 from declora.node.recipe import Recipe
 from declora.node.trainer import Encoded, LocalTrainer, LoraModel, count_targets
+
+_log = logging.getLogger(__name__)
+PARTITION_SCHEME = "partition_scheme"
 
 
 def node_seed(seed: int, index: int) -> int:
@@ -172,6 +176,22 @@ def share_weight(data: Encoded, recipe: Recipe) -> float:
     return float(max(count_targets(data, recipe.task), 1))
 
 
+def _read(recipe: Recipe, label_column: str | None) -> tuple[TextDataset, TextDataset]:
+    """The recipe's (train, test), labelled by `label_column` (None: texts only)."""
+    cls = recipe.task == "cls"
+    return load_dataset(
+        recipe.data,
+        label_column=label_column,
+        text_column=recipe.text_column,
+        labels=recipe.labels or None,
+        examples=None if cls else LmFormat(
+            recipe.data_format, recipe.text_column, recipe.messages_column,
+            recipe.prompt_column, recipe.response_column,
+        ),
+        dedupe=recipe.dedupe,
+    )  # fmt: skip
+
+
 def load_workload(
     recipe: Recipe,
     nodes: int = 1,
@@ -190,17 +210,25 @@ def load_workload(
     cls = recipe.task == "cls"
     # causal LM: labels (e.g. a topic) only to share the data out by them
     labelled = cls or recipe.partition_scheme != "iid"
-    train, test = load_dataset(
-        recipe.data,
-        label_column=recipe.label_column if labelled else None,
-        text_column=recipe.text_column,
-        labels=recipe.labels or None,
-        examples=None if cls else LmFormat(
-            recipe.data_format, recipe.text_column, recipe.messages_column,
-            recipe.prompt_column, recipe.response_column,
-        ),
-        dedupe=recipe.dedupe,
-    )  # fmt: skip
+    try:
+        train, test = _read(recipe, recipe.label_column if labelled else None)
+    except DataError as exc:
+        if cls or not labelled or f"no label column {recipe.label_column!r}" not in exc.message:
+            raise
+        if PARTITION_SCHEME in recipe.model_fields_set:  # the user's choice: refused
+            raise DataError(
+                f"{exc.message}; --partition-scheme {recipe.partition_scheme} shares "
+                "causal-LM data out by a label column",
+                "use --partition-scheme iid for unlabelled data (or name its label column "
+                "with --label-column)",
+            ) from exc
+        # a caller's label-based default (simulate's dirichlet) on unlabelled LM data
+        _log.info(
+            "%s has no label column %r: sharing it out iid, not %s",
+            recipe.data, recipe.label_column, recipe.partition_scheme,
+        )  # fmt: skip
+        recipe = recipe.model_copy(update={PARTITION_SCHEME: "iid"})
+        train, test = _read(recipe, None)
     if cls and train.num_labels < 2:
         found = list(train.label_names)
         raise DataError(
