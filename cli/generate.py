@@ -202,7 +202,8 @@ def _context_length(config: Any) -> tuple[int, str] | None:
     for name in CONTEXT_FIELDS:
         value = getattr(config, name, None)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value, name
+            aliases = getattr(config, "attribute_map", None) or {}  # GPT-2's n_positions
+            return value, str(aliases.get(name, name))
     return None
 
 

@@ -103,7 +103,7 @@ def test_generate_refuses_prompt_and_new_tokens_past_the_context(tmp_path: Path)
     _, _, path = adapter_of(base, tmp_path / "adapter", max_length=16)
     gen = ["generate", str(path), "-p", PROMPT, "--no-chat-template"]
     res = runner.invoke(app, [*gen, "--max-new-tokens", "40"])
-    assert_user_error(res, "past the model's context length of 16 tokens")
+    assert_user_error(res, "past the model's context length of 16 tokens (n_positions")
     assert "hint: lower --max-new-tokens to at most 13" in res.stderr
     ok = runner.invoke(app, [*gen, "--max-new-tokens", "13"])
     assert ok.exit_code == 0, ok.output
