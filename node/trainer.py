@@ -310,7 +310,9 @@ class LoraModel:
         """
         build = new_build_dir(path)
         with self.using(vec):
-            self.model.save_pretrained(str(build))  # type: ignore[operator]
+            # the base's embedding is never resized here: an embedding target saves its
+            # LoRA factors only, not the whole vocab x dim base weight beside them
+            self.model.save_pretrained(str(build), save_embedding_layers=False)  # type: ignore[operator]
         info: dict[str, object] = {
             "fingerprint": self.fingerprint,
             "spec": self.spec.as_dict(),

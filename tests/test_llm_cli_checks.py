@@ -190,6 +190,11 @@ def test_an_embedding_or_dora_adapter_saves_loads_and_exports(
         merged = AutoModelForCausalLM.from_pretrained(out)(input_ids=ids).logits
     assert torch.allclose(merged, trained, atol=1e-4)
     assert float((trained - plain).abs().max()) > 1e-3  # the adapter changes the model
+    from safetensors import safe_open
+
+    with safe_open(str(path / "adapter_model.safetensors"), "pt") as saved:
+        names = list(saved.keys())
+    assert not any("base_layer" in n or n.endswith("embed_tokens.weight") for n in names), names
 
 
 def test_peft_names_follow_what_peft_saves() -> None:
