@@ -643,7 +643,9 @@ def predict(
     input_: Annotated[
         str,
         typer.Option(
-            "--input", "-i", help="A .txt (a text a line), .jsonl, .csv or .parquet file; - stdin."
+            "--input",
+            "-i",
+            help="A .txt (a text a line), .jsonl, .csv, .tsv or .parquet file; - stdin.",
         ),
     ] = "-",
     text_column: Annotated[str, typer.Option(help="The column that holds the texts.")] = "text",
@@ -681,8 +683,8 @@ def generate(
         typer.Option(
             "--input",
             "-i",
-            help="A file of prompts: one a line, or .jsonl with a prompt or messages field; "
-            "- stdin (the default without --prompt).",
+            help="A file of prompts: .txt one a line; .jsonl, .csv, .tsv or .parquet with a "
+            "prompt or messages column; - stdin (the default without --prompt).",
         ),
     ] = None,
     chat_template: Annotated[
