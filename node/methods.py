@@ -23,9 +23,10 @@ different methods refuse each other naming `--method`. Nothing here imports torc
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal
 
-from declora.node.lora_names import A_MARK
+from declora.node.lora_names import A_MARK, EMBEDDING_A_MARK, lora_module
 
 if TYPE_CHECKING:
     from torch import nn
@@ -86,6 +87,22 @@ def gossip_steps_problem(method: str, exchanges_per_round: int) -> str:
             "by message count, not by training round)"
         )
     return ""
+
+
+def embedding_problem(method: str, names: Iterable[str]) -> str:
+    """'' when `method` works with the adapter's tensors `names`, else the reason:
+    ConLoRA, DeCAF and Kill-and-Revive pair each linear layer's A and B factors
+    (`A_MARK`), so an embedding's LoRA factors (`--targets embed_tokens`) would be left
+    out of what they freeze, multiply or select."""
+    if method not in ("conlora", "decaf", "kill-revive"):
+        return ""
+    embedded = sorted({lora_module(n) for n in names if EMBEDDING_A_MARK in n})
+    if not embedded:
+        return ""
+    return (
+        f"--method {method} pairs the A and B factors of linear layers: it cannot adapt "
+        f"the embedding {embedded[0]!r}"
+    )
 
 
 def freeze_lora_a(model: nn.Module) -> int:

@@ -34,7 +34,7 @@ from declora.node.adapter import (
 from declora.node.adapter_card import describe_adapter, describe_base
 from declora.node.data import DataError, TextDataset
 from declora.node.lm_data import encode_lm
-from declora.node.methods import DEFAULT_METHOD, freeze_lora_a
+from declora.node.methods import DEFAULT_METHOD, embedding_problem, freeze_lora_a
 from declora.node.models import (
     BaseModel,
     ModelError,
@@ -176,6 +176,8 @@ class LoraModel:
             self.model.to(self.device)
         self.params = [p for _, p in trainable(self.model)]
         self.schema = AdapterSchema.of(trainable(self.model))
+        if problem := embedding_problem(spec.method, self.schema.names):
+            raise ModelError(problem, "give --targets linear layers only, or --method dec-lora")
         self.base_digest = base_digest(self.model)
         self.agreed: dict[str, object] = dict(agreed or {})
         identity: dict[str, object] = {**self.spec.as_dict(), **self.agreed}

@@ -248,3 +248,21 @@ def test_unlabelled_lm_data_falls_back_to_iid_unless_a_scheme_was_chosen(
     with pytest.raises(DataError, match="no label column 'label'") as err:
         load_workload(chosen, 2, lm=lm)
     assert "--partition-scheme iid" in err.value.hint
+
+
+@pytest.mark.parametrize("method", ["conlora", "decaf", "kill-revive"])
+def test_a_method_pairing_linear_factors_refuses_an_embedding_target(
+    method: str, tmp_path: Path
+) -> None:
+    """ConLoRA, DeCAF and Kill-and-Revive pair each linear layer's A and B: an
+    embedding's LoRA factors would be left out of what they freeze, multiply or select,
+    so `--targets embed_tokens` is refused with them (Dec-LoRA takes it, above)."""
+    from declora.node.models import ModelError
+
+    base = hf_folder(tmp_path / "base", llama_config())
+    spec = LoraSpec(
+        model=str(base), task="lm", rank=2, alpha=4, max_length=32, seed=0,
+        targets=("embed_tokens", "q_proj"), method=method,
+    )  # fmt: skip
+    with pytest.raises(ModelError, match=f"--method {method} pairs .* embedding"):
+        LoraModel(spec)
