@@ -23,6 +23,9 @@
   counted.
 - Pulls (a full state, the most expensive reply): a token bucket per remote address,
   `max_pulls_per_minute`; an honest node pulls once when it (re)joins behind.
+- Status: a token bucket per remote address, `STATUS_PER_MINUTE` (1200), with or
+  without a swarm secret: `lab` asks each node once a second, a test every 0.2 s, and
+  the CLI once, so four pollers at full speed fit; a flood gets 20 answers a second.
 
 A refused call changes nothing; the daemon answers RESOURCE_EXHAUSTED with the reason
 and counts it as `rate_limited`. Buckets that have refilled are forgotten, so memory
@@ -42,6 +45,7 @@ import grpc
 from declora.node.wire import WireError
 
 MAX_KEYS = 4096
+STATUS_PER_MINUTE = 1200  # Status requests a minute from one remote address
 RATE_LIMITED = "rate_limited"
 
 
@@ -160,7 +164,7 @@ class RoundCounter:
 
 
 class NodeLimits:
-    """The daemon's three limits; each `check_*` raises WireError(RESOURCE_EXHAUSTED)."""
+    """The daemon's four limits; each `check_*` raises WireError(RESOURCE_EXHAUSTED)."""
 
     def __init__(
         self,
@@ -173,6 +177,7 @@ class NodeLimits:
     ) -> None:
         self.handshakes = KeyedBuckets(handshakes_per_minute, clock)
         self.pulls = KeyedBuckets(pulls_per_minute, clock)
+        self.statuses = KeyedBuckets(STATUS_PER_MINUTE, clock)
         # before its first round a node reads pushes up to twice `rounds_ahead` ahead
         # (`Inbox._check_sender`): each of those rounds has its own slot
         self.pushes = RoundCounter(pushes_per_round, 2 * rounds_ahead)
@@ -187,6 +192,14 @@ class NodeLimits:
         node's last completed round."""
         if not self.pushes.allow(sender, round, current):
             raise limited(f"more than {self.pushes.limit} pushes for round {round} from {sender!r}")
+
+    def check_status(self, peer: str) -> None:
+        """One Status request from `peer` (`context.peer()`)."""
+        host = peer_host(peer)
+        if not self.statuses.allow(host):
+            raise limited(
+                f"more than {self.statuses.per_minute} Status requests a minute from {host}"
+            )
 
     def check_pull(self, host: str) -> None:
         """One pull from remote `host` (`peer_host`)."""

@@ -13,12 +13,11 @@ import pytest
 import torch
 from test_daemon_parts import pair, push_stream
 
-from declora.node.daemon import parts as parts_module
-from declora.node.daemon import service as service_module
+from declora.node.daemon import digests
 from declora.node.daemon.parts import Parts
 from declora.node.daemon.service import SwarmService
 from declora.node.daemon.status import state_digest
-from declora.node.limits import KeyedBuckets
+from declora.node.limits import STATUS_PER_MINUTE, KeyedBuckets
 from declora.proto import pb
 
 
@@ -51,7 +50,7 @@ class Hashes:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.reads = 0
         self.threads: list[str] = []
-        read, hashed = state_digest, getattr(parts_module, "_hash", None)
+        read, hashed = state_digest, digests._hash
 
         def counted_read(*args: Any) -> str:
             self.reads += 1
@@ -59,11 +58,10 @@ class Hashes:
 
         def counted_hash(*args: Any) -> Any:
             self.threads.append(threading.current_thread().name)
-            assert hashed is not None
             return hashed(*args)
 
-        monkeypatch.setattr(parts_module, "state_digest", counted_read)
-        monkeypatch.setattr(parts_module, "_hash", counted_hash, raising=False)
+        monkeypatch.setattr(digests, "state_digest", counted_read)
+        monkeypatch.setattr(digests, "_hash", counted_hash)
 
     def off_the_loop(self) -> bool:
         main = threading.main_thread().name
@@ -80,8 +78,8 @@ def test_a_status_flood_from_one_address_is_refused_while_another_is_served(
 ) -> None:
     _, (_a, b) = pair(synthetic_jsonl)
     service = SwarmService(b)
-    limit = getattr(service_module, "STATUS_PER_MINUTE", 1200)
-    service.statuses = KeyedBuckets(limit, clock=lambda: 0.0)  # no refill during the burst
+    limit = STATUS_PER_MINUTE
+    b.limits.statuses = KeyedBuckets(limit, clock=lambda: 0.0)  # no refill during the burst
     assert limit >= 600  # the CLI, `lab` (1/s a node) and the tests (5/s) stay far below
 
     async def go() -> None:
@@ -98,9 +96,8 @@ def test_a_status_flood_from_one_address_is_refused_while_another_is_served(
     asyncio.run(go())
     assert b.counters.rejected == {"rate_limited": 1}
     assert service.pools.in_use.get("Status", 0) == 0
-    service.statuses.clock = lambda: 60.0  # a minute on: the flooder is served again
+    b.limits.statuses.clock = lambda: 60.0  # a minute on: the flooder is served again
     assert asyncio.run(status(service, "ipv4:10.0.0.5:1")).node_id == "b"
-    assert SwarmService(b).statuses.per_minute == limit  # what a node's servicer gets
 
 
 def test_repeated_digests_of_an_unchanged_state_hash_once(
@@ -159,7 +156,7 @@ def test_a_digest_during_local_steps_is_the_one_before_them(
     _, (a, b) = pair(synthetic_jsonl)
     service = SwarmService(b)
     hashes = Hashes(monkeypatch)
-    monkeypatch.setattr(parts_module, "STEP_POLL", 0.01, raising=False)
+    monkeypatch.setattr(digests, "STEP_POLL", 0.01)
 
     def half_a_step() -> None:  # what a training thread does to the adapter, mid-step
         with torch.no_grad():

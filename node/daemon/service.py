@@ -6,7 +6,7 @@ part sees a call, this servicer checks what is the same for every RPC:
   streams`, at most `per_host` of them from one remote network, `limits.host_key`), so
   a flood of one kind never starves Status or Handshake;
 - rate limits (`limits`), keyed by the remote address for handshakes, pulls and
-  Status (`STATUS_PER_MINUTE`: a Status flood from one address, the swarm open or
+  Status (`limits.STATUS_PER_MINUTE`: a Status flood from one address, the swarm open or
   not, is refused before it costs a reply; the state digest is hashed off the
   event loop, once per state: `parts.StateDigests`);
 - identity: under mTLS the caller's certificate name must be the node id it claims
@@ -27,7 +27,7 @@ import grpc
 
 from declora.node.daemon.handshake import CLI_CERT
 from declora.node.identity import shown
-from declora.node.limits import KeyedBuckets, host_key, limited, peer_host
+from declora.node.limits import host_key, limited, peer_host
 from declora.node.wire import WireError
 from declora.proto import pb, pb_grpc
 
@@ -45,7 +45,6 @@ PULL_SECONDS = 30.0  # a state must be read within max(this, --round-deadline)
 # Honest callers poll: `declora-node lab` once a second per node, the tests' `wait_until`
 # every 0.2 s, all from one loopback address; 20 a second leaves room for several such
 # pollers at once. A flood beyond is refused, counted `rate_limited`.
-STATUS_PER_MINUTE = 1200
 
 
 def pool_total(max_push_streams: int) -> int:
@@ -100,7 +99,6 @@ class SwarmService(pb_grpc.SwarmServicer):
         self.parts = parts
         s = parts.settings
         self.pools = Pools(s.max_concurrent_streams, max(16, 2 * s.max_neighbors))
-        self.statuses = KeyedBuckets(STATUS_PER_MINUTE)  # by remote address, as handshakes
 
     async def _refuse(self, context: grpc.aio.ServicerContext, exc: WireError) -> None:
         self.parts.counters.refused(exc)
@@ -225,21 +223,12 @@ class SwarmService(pb_grpc.SwarmServicer):
             await self._refuse(context, exc)
             raise  # unreachable: abort raises
 
-    def check_status(self, peer: str) -> None:
-        """One Status request from `peer` (`context.peer()`): at most
-        `STATUS_PER_MINUTE` a minute per remote address."""
-        host = peer_host(peer)
-        if not self.statuses.allow(host):
-            raise limited(
-                f"more than {self.statuses.per_minute} Status requests a minute from {host}"
-            )
-
     async def Status(
         self, request: pb.StatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.StatusReply:
         try:
             with self.pools.hold("Status"):
-                await self._limit(context, self.check_status, context.peer())
+                await self._limit(context, self.parts.limits.check_status, context.peer())
                 refusal = self.parts.auth.refusal(request, "status request")
                 if refusal:
                     await context.abort(
