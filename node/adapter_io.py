@@ -5,8 +5,9 @@
     adapter.predict(["shares rose 3% today"])   # [Prediction(label='business', ...)]
 
 `load_adapter` rebuilds the base the adapter records in `declora.json` (the embedded
-MiniLM from its package, a tiny test model from its seed, a local folder by its path,
-or `base=` given by the caller), checks that it is the base the adapter was trained
+MiniLM from its package, a tiny test model from its seed, a local folder by the
+absolute path recorded when it was trained, else by its `--model` path as given, or
+`base=` given by the caller), checks that it is the base the adapter was trained
 on (fingerprint, or weight digest for a `base=` override), and loads the adapter
 tensors. A DECA result (a full model folder, `deca_model.BlockModel.save_adapter`)
 loads the same way: the recorded base rebuilt and checked, then every trained block
@@ -40,7 +41,14 @@ from declora.node.data import TextDataset
 from declora.node.deca_model import FULL_MODEL, MODEL_WEIGHTS, BlockModel
 from declora.node.errors import HintedError
 from declora.node.lm_data import IGNORE, encode_lm
-from declora.node.models import HeadSizeError, HFTokenizer, ModelError, Tokenizer
+from declora.node.models import (
+    HUB_IDS,
+    TINY_MODELS,
+    HeadSizeError,
+    HFTokenizer,
+    ModelError,
+    Tokenizer,
+)
 from declora.node.trainer import LoraModel, LoraSpec
 
 EXPORT_INFO = "declora_export.json"
@@ -272,8 +280,7 @@ def load_adapter(
     full = info.get("format") == FULL_MODEL
     spec_dict = dict(info["spec"])
     recorded = str(spec_dict.get("model"))
-    if base is not None:
-        spec_dict["model"] = base
+    spec_dict["model"] = base if base is not None else recorded_base(folder, info, recorded)
     spec_dict["targets"] = tuple(spec_dict.get("targets") or ())
     try:
         spec = LoraSpec(**spec_dict)
@@ -319,6 +326,28 @@ def load_adapter(
         info=info,
         path=folder,
         lora=lm,
+    )
+
+
+def recorded_base(folder: Path, info: dict[str, Any], recorded: str) -> str:
+    """The base to rebuild for the adapter in `folder` trained on --model `recorded`:
+    the absolute folder `declora.json` records (`base.local_path`) when it exists and
+    `recorded` (a relative path, seen from here) is not that folder; else `recorded`
+    (an embedded or tiny name, a hub id, a path that still resolves). `AdapterError`
+    naming both when the base was a local folder and neither path exists."""
+    if recorded in TINY_MODELS or recorded in HUB_IDS:
+        return recorded
+    local = (info.get("base") or {}).get("local_path")
+    here = Path(recorded).expanduser()
+    if local and Path(local).is_dir():
+        same = here.exists() and here.resolve() == Path(local).resolve()
+        return recorded if same else str(local)
+    if not local or here.exists():
+        return recorded  # a hub id, or the path as given
+    raise AdapterError(
+        f"the base model of {folder} is not here: neither {local} (the folder it was "
+        f"trained on) nor {recorded!r} (its --model, from {Path.cwd()}) exists",
+        "pass --base (base= in Python) with a local copy of that model",
     )
 
 

