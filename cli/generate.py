@@ -33,7 +33,7 @@ import torch
 from declora.cli.predict import data_splits, text_lines
 from declora.node.adapter_io import AdapterError, LoadedAdapter, adapter_folder
 from declora.node.data import BUILDERS, DataError, column_values
-from declora.node.models import Tokenizer
+from declora.node.models import Tokenizer, context_length
 
 # a prompt: plain text, or a conversation as {role, content} turns
 Prompt = str | list[dict[str, str]]
@@ -44,7 +44,6 @@ MAX_TEMPERATURE = 100.0
 JSON_LINES = (".jsonl", ".ndjson")  # read line by line, as stdin's JSON lines
 PROMPT, MESSAGES = "prompt", "messages"  # a data file's prompt columns
 # the config fields that hold a model's context length, by model family
-CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length")
 
 
 @dataclass(frozen=True)
@@ -196,25 +195,13 @@ def prompt_ids(tok: Tokenizer, prompt: Prompt, chat_template: bool) -> list[int]
     return encode_prompt(tok, prompt)
 
 
-def _context_length(config: Any) -> tuple[int, str] | None:
-    """The most tokens the model's positions cover, and the config field that says so;
-    None when the config names none. (Private until `models.context_length` lands.)"""
-    for name in CONTEXT_FIELDS:
-        value = getattr(config, name, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            aliases = getattr(config, "attribute_map", None) or {}  # GPT-2's n_positions
-            return value, str(aliases.get(name, name))
-    return None
-
-
 def check_context(adapter: LoadedAdapter, lengths: Sequence[int], max_new_tokens: int) -> None:
     """`DataError` naming the first prompt whose tokens plus `max_new_tokens` exceed the
     model's context length (past it, positions have no embedding: an IndexError, or
     garbage)."""
-    found = _context_length(getattr(adapter.model, "config", None))
-    if found is None:
+    context = context_length(getattr(adapter.model, "config", None))
+    if context is None:
         return
-    context, field = found
     for number, length in enumerate(lengths, 1):
         if length + max_new_tokens <= context:
             continue
@@ -222,7 +209,7 @@ def check_context(adapter: LoadedAdapter, lengths: Sequence[int], max_new_tokens
         raise DataError(
             f"prompt {number} is {length} tokens: with --max-new-tokens {max_new_tokens} "
             f"that is {length + max_new_tokens}, past the model's context length of "
-            f"{context} tokens ({field} in its config)",
+            f"{context} tokens",
             f"lower --max-new-tokens to at most {room}"
             if room > 0
             else f"shorten the prompt to under {context} tokens",

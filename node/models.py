@@ -739,6 +739,7 @@ def check_targets(base: BaseModel, targets: tuple[str, ...]) -> None:
     layers = lora_layers(base.model, base.task)
     unknown = [t for t in targets if not any(p == t or p.endswith("." + t) for p in layers)]
     if not unknown:
+        _check_tied(base, targets)
         return
     names = sorted({p.rsplit(".", 1)[-1] for p in layers})
     shown = ", ".join(names[:TARGETS_SHOWN]) + (
@@ -791,3 +792,24 @@ def wrap_lora(
         return get_peft_model(base.model, config)
     except ValueError as exc:
         raise ModelError(f"cannot apply LoRA to {base.name!r}: {exc}") from exc
+
+
+def _check_tied(base: BaseModel, targets: tuple[str, ...]) -> None:
+    """ModelError for a target that is the input embeddings or the output head of a model
+    that ties them: merging its LoRA into the shared weight would change both."""
+    model = base.model
+    get_in = getattr(model, "get_input_embeddings", None)
+    get_out = getattr(model, "get_output_embeddings", None)
+    inp = get_in() if callable(get_in) else None
+    out = get_out() if callable(get_out) else None
+    if inp is None or out is None or getattr(inp, "weight", None) is not getattr(out, "weight", 0):
+        return
+    paths = [p for p, m in model.named_modules() if m is inp or m is out]
+    tied = [t for t in targets if any(p == t or p.endswith("." + t) for p in paths)]
+    if tied:
+        raise ModelError(
+            f"--targets {','.join(tied)}: the model {base.name!r} ties its input embeddings "
+            "and output head (tie_word_embeddings), so merging this adapter would change both",
+            "adapt other layers (e.g. the attention projections), or use a model without "
+            "tied embeddings",
+        )

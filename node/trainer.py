@@ -153,7 +153,7 @@ class LoraModel:
             raise ModelError(f"{len(names)} label names {list(names)} but num_labels={num_labels}")
         base: BaseModel = load_base(
             spec.model, spec.task, num_labels, spec.seed,  # type: ignore[arg-type]
-            quantize=spec.quantize, device=device,
+            quantize=spec.quantize, device=device, max_length=spec.max_length,
         )  # fmt: skip
         if names:
             config: Any = base.model.config

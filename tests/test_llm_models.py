@@ -197,9 +197,6 @@ def test_max_length_past_the_context_is_refused_when_the_model_loads(tmp_path: P
     assert load_base("tiny-llama", "lm", 2, seed=0, max_length=400).family == "llama"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="until node/trainer.py passes max_length=spec.max_length to load_base"
-)
 def test_a_run_past_the_context_is_refused_before_training(tmp_path: Path) -> None:
     folder = str(tiny_folder(tmp_path / "gpt2", "gpt2", positions=64))
     with pytest.raises(ModelError, match="past the context length"):
