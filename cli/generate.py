@@ -4,7 +4,7 @@ Prompts come from `--prompt`, from a file (`--input`) or from standard input (pl
 lines, or JSON lines when the first line is an object). A `.jsonl` file holds one JSON
 object a line with a `prompt` string or a `messages` list of {role, content} turns; a
 data file (.csv, .tsv, .parquet, .json, .arrow or a save_to_disk folder) is read as
-`predict` reads its --input (`predict.data_splits`), from its `prompt` column (texts)
+`predict` reads its --input (`data.read_splits`), from its `prompt` column (texts)
 or `messages` column (turns); any other file (.txt) is one prompt a non-blank line. All
 input is read and checked before the model loads, and every prompt's length before
 anything is generated: prompt plus --max-new-tokens must fit the model's context.
@@ -30,9 +30,9 @@ from typing import Any, TextIO
 
 import torch
 
-from declora.cli.predict import data_splits, text_lines
+from declora.cli.predict import text_lines
 from declora.node.adapter_io import AdapterError, LoadedAdapter, adapter_folder
-from declora.node.data import BUILDERS, DataError, column_values
+from declora.node.data import BUILDERS, DataError, column_values, read_splits
 from declora.node.models import Tokenizer, context_length
 
 # a prompt: plain text, or a conversation as {role, content} turns
@@ -128,7 +128,7 @@ def _table_prompts(path: Path) -> list[Prompt]:
     """The prompts of a data file (or save_to_disk folder): each row's `messages` turns
     when it has them, else its `prompt` text; read as `predict` reads --input."""
     prompts: list[Prompt] = []
-    for where, ds in data_splits(path):
+    for where, ds in read_splits(path):
         columns = list(ds.column_names)
         if PROMPT not in columns and MESSAGES not in columns:
             raise DataError(

@@ -18,11 +18,11 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from declora.node.adapter_card import ADAPTER_CONFIG, ADAPTER_WEIGHTS, DECLORA_INFO, MODEL_CARD
 from declora.node.adapter_io import AdapterError, adapter_folder, export_merged, perplexity
-from declora.node.data import DataError, column_values, is_chat_turns
+from declora.node.data import DataError, column_values, is_chat_turns, read_splits
 from declora.node.data import read_texts as column_texts
 from declora.node.models import ModelError
 
@@ -97,26 +97,11 @@ def text_lines(source: str, stdin: TextIO) -> tuple[list[str], str]:
         raise DataError(f"{label}: not UTF-8 text ({exc.reason})", "save it as UTF-8") from exc
 
 
-def data_splits(path: Path) -> list[tuple[str, Any]]:
-    """(where, rows) of each split of data file or save_to_disk folder `path`, read as
-    training reads --data (`datasets.Dataset`s, in order); `DataError` for a file that
-    cannot be read or a split without rows. The one reader of `predict` and `generate`."""
-    from declora.node.data import _read_splits, _where
-
-    splits = []
-    for name, ds in _read_splits(path).items():
-        where = _where(path, name)
-        if len(ds) == 0:
-            raise DataError(f"{where}: no rows", "write one example per row")
-        splits.append((where, ds))
-    return splits
-
-
 def _file_texts(path: Path, text_column: str) -> list[str]:
     """The texts of `text_column` of every split of `path`; chat turns are refused with
     a hint to `generate` (training's hint, --messages-column, is no predict option)."""
     texts: list[str] = []
-    for where, ds in data_splits(path):
+    for where, ds in read_splits(path):
         if text_column in ds.column_names:
             values, _ = column_values(ds, where, text_column, "text", "--text-column")
             for number, value in enumerate(values, 1):
@@ -135,7 +120,7 @@ def read_texts(source: str, text_column: str, stdin: TextIO) -> list[str]:
 
     `source` "-" reads `stdin`: JSON lines when its first non-blank line starts with
     "{", else one text per non-blank line. A `.txt` file is one text per non-blank
-    line; any other file goes through `data_splits` with `text_column` (labels ignored).
+    line; any other file goes through `data.read_splits` with `text_column` (labels ignored).
     """
     if source != "-":
         path = Path(source)

@@ -459,6 +459,20 @@ def _where(path: Path, split: str) -> str:
     return f"{path}" if split == "all" else f"{path} [{split}]"
 
 
+def read_splits(path: Path) -> list[tuple[str, Any]]:
+    """(where, rows) of each split of data file or save_to_disk folder `path`, read as
+    training reads --data (`datasets.Dataset`s, in order); `DataError` for a file that
+    cannot be read or a split without rows. The one reader of `predict` and `generate`
+    input files."""
+    splits = []
+    for name, ds in _read_splits(path).items():
+        where = _where(path, name)
+        if len(ds) == 0:
+            raise DataError(f"{where}: no rows", "write one example per row")
+        splits.append((where, ds))
+    return splits
+
+
 def column_values(
     ds: Any, where: str, column: str, what: str, option: str
 ) -> tuple[list[Any], Any]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal
 
-from declora.node.lora_names import A_MARK, EMBEDDING_A_MARK, lora_module
+from declora.node.lora_names import A_MARK, EMBEDDING_A_MARK
 
 if TYPE_CHECKING:
     from torch import nn
@@ -96,7 +96,7 @@ def embedding_problem(method: str, names: Iterable[str]) -> str:
     out of what they freeze, multiply or select."""
     if method not in ("conlora", "decaf", "kill-revive"):
         return ""
-    embedded = sorted({lora_module(n) for n in names if EMBEDDING_A_MARK in n})
+    embedded = sorted({n.partition(EMBEDDING_A_MARK)[0] for n in names if EMBEDDING_A_MARK in n})
     if not embedded:
         return ""
     return (
