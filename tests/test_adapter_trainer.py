@@ -13,7 +13,7 @@ import torch
 from conftest import CLASS_NAMES, NUM_CLASSES, TINY_SPEC
 
 from declora.node.adapter import AdapterSchema, SchemaError, TensorSpec, trainable
-from declora.node.data import TextDataset
+from declora.node.data import DataError, TextDataset
 from declora.node.models import load_base
 from declora.node.trainer import Encoded, LocalTrainer, LoraModel, LoraSpec
 
@@ -196,7 +196,7 @@ def test_set_vector_overwrites_in_place(tiny_lm: LoraModel, enc: Encoded) -> Non
 
 
 def test_trainer_needs_data(tiny_lm: LoraModel, enc: Encoded) -> None:
-    with pytest.raises(ValueError, match="at least one"):
+    with pytest.raises(DataError, match="this node has no training example"):
         LocalTrainer(tiny_lm, enc.take(np.zeros(0, np.int64)), lr=LR, batch_size=BATCH, seed=0)
 
 
