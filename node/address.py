@@ -4,8 +4,10 @@ Standard library only, so the fast CLI paths can use it."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
+import socket
 
 _DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 _ADDRESS = re.compile(
@@ -62,3 +64,25 @@ def address_problem(address: str) -> str:
     ):
         return f"{quoted}: {host[:80]!r} is not a host name or IP"
     return ""
+
+
+async def endpoints(address: str, timeout: float = 2.0) -> frozenset[tuple[str, int]]:
+    """The (IP, port) pairs `address` reaches: the literal for an IP (IPv4-mapped as
+    IPv4), a host name's resolved IPs otherwise; empty when it is malformed or does not
+    resolve within `timeout` seconds."""
+    try:
+        host, port = split_address(address)
+    except ValueError:
+        return frozenset()
+    ip = ip_of(host)
+    if ip is not None:
+        return frozenset({(str(ip), port)})
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout
+        )
+    except (OSError, UnicodeError, TimeoutError):
+        return frozenset()
+    found = (ip_of(str(info[4][0]).split("%", 1)[0]) for info in infos)
+    return frozenset((str(f), port) for f in found if f is not None)

@@ -213,3 +213,27 @@ def test_another_name_for_a_live_neighbours_address_is_not_redialled(
     a.peers.drop(peer_b, "test")
     asyncio.run(a.handshaker.connect_known())
     assert network.calls.count((alias, "Handshake")) == 2
+
+
+def test_another_name_for_a_neighbour_already_live_is_never_dialled(
+    synthetic_jsonl: Path,
+) -> None:
+    """b joined first (it dialled a, or a dialled its advertised address); a's
+    `--peers localhost:PORT` for b resolves to b's 127.0.0.1:PORT, so it is not dialled
+    at all: a dial would be refused as "live at another address" and its Leave would
+    make b drop a (found by review: the link then held on a's side only)."""
+    _, (a, b) = pair(synthetic_jsonl)
+    network = a.handshaker.transport.network  # type: ignore[attr-defined]
+    alias = "localhost:" + b.settings.advertise.rsplit(":", 1)[1]
+    network.serve(alias, network.services[b.settings.advertise])
+
+    async def go() -> None:
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+        a.handshaker.discovery = StaticDiscovery([alias], a.settings.advertise)
+        for _ in range(3):
+            await a.handshaker.connect_known()
+
+    asyncio.run(go())
+    assert network.calls.count((alias, "Handshake")) == 0
+    peer_b, peer_a = a.peers.get("b"), b.peers.get("a")
+    assert peer_b is not None and peer_b.live and peer_a is not None and peer_a.live

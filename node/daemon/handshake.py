@@ -75,7 +75,7 @@ from typing import Any
 import grpc
 
 from declora.node import PROTOCOL_VERSION, __version__, logs
-from declora.node.address import address_problem, ip_of, split_address
+from declora.node.address import address_problem, endpoints, ip_of, split_address
 from declora.node.daemon.peers import BACKOFF_FIRST, BACKOFF_MAX_CONFIGURED, Peer, PeerTable
 from declora.node.daemon.state import Progress
 from declora.node.daemon.status import Counters
@@ -564,12 +564,13 @@ class Handshaker:
     async def connect_known(self, now: float | None = None) -> None:
         """Handshake with known peers due a re-dial (`PeerTable.due_for_dial`) and with
         every candidate not in the peer table, except one whose node refused the last
-        dial and is not yet due again (`backoff`), and one whose last answer came from
-        an id that is live now at its own address (`answered_as`: another name for a
-        neighbour's address, e.g. `--peers localhost:7401` for 127.0.0.1:7401, is not
-        re-dialled, which would be refused as "live at another address"); a candidate
-        where nothing answers is dialled on every call. `now`: monotonic seconds
-        (default: the clock)."""
+        dial and is not yet due again (`backoff`), and another name for a live
+        neighbour's address: one that resolves to the same IP and port (`--peers
+        localhost:7401` for 127.0.0.1:7401), or whose last answer came from an id that
+        is live now (`answered_as`); dialled, it would be refused as "live at another
+        address", and the Leave that follows would end the link. A candidate where
+        nothing answers is dialled on every call. `now`: monotonic seconds (default:
+        the clock)."""
         now = time.monotonic() if now is None else now
         candidates = self.candidates()
         for p in self.peers.all():  # one that introduced itself at a configured address
@@ -578,6 +579,9 @@ class Handshaker:
         live = {p.node_id for p in self.peers.live}
         self.answered_as = {a: i for a, i in self.answered_as.items() if a in candidates}
         fresh = [a for a in candidates if a not in known and self.answered_as.get(a) not in live]
+        if fresh and live:  # another name (localhost, a DNS name) for a live peer's address
+            reached = set().union(*[await endpoints(p.address) for p in self.peers.live])
+            fresh = [a for a in fresh if not (await endpoints(a)) & reached]
         self.backoff.keep(fresh)
         due = [p for p in self.peers.due_for_dial(now) if p.address not in fresh]
         dials: list[Awaitable[object]] = [
