@@ -327,16 +327,31 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def complete_snapshot(folder: Path) -> bool:
+    """Whether a hub cache snapshot holds what a model loads from: config.json, a
+    tokenizer and weights (a download cut short, or one of config.json alone, leaves a
+    snapshot without them: that one is loaded from the hub, not refused)."""
+
+    def has(*globs: str) -> bool:
+        return any(p.is_file() for g in globs for p in folder.glob(g))
+
+    return (
+        (folder / "config.json").is_file()
+        and has(*TOKENIZER_GLOBS)
+        and has("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
+    )
+
+
 def hub_snapshot(name: str) -> str | None:
-    """For a hub id: the folder of its snapshot in the local hub cache when that holds
-    its config.json (loading from the folder touches no network), else None after
+    """For a hub id: the folder of its snapshot in the local hub cache when that is
+    complete (`complete_snapshot`; loading from it touches no network), else None after
     checking that the hub can be reached: ModelError at once when HF_HUB_OFFLINE is
     set or the hub does not answer."""
     from huggingface_hub import snapshot_download
 
     try:
-        folder = snapshot_download(name, local_files_only=True)
-        if (Path(folder) / "config.json").is_file():
+        folder = Path(snapshot_download(name, local_files_only=True))
+        if complete_snapshot(folder):
             return str(folder)
     except (OSError, ValueError):  # not cached (LocalEntryNotFoundError), a bad id
         pass

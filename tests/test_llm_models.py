@@ -173,6 +173,30 @@ def test_a_cached_hub_id_loads_without_the_hub(
     assert base.family == "llama" and not no_hub
 
 
+def test_a_cached_snapshot_without_weights_or_tokenizer_goes_to_the_hub(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_hub: list[bool]
+) -> None:
+    """A snapshot holding config.json alone (a download cut short, or one refused after
+    its config) is no model: the hub is asked (here unreachable: one probe, an error
+    naming the hub), where before the node refused it forever as a tokenizer-less
+    folder, online or not (found by review)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--declora-test--partial"
+    snapshot = tiny_folder(repo / "snapshots" / ("0" * 40))
+    for path in snapshot.iterdir():
+        if path.name != "config.json":
+            path.unlink()
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelError, match="cannot be reached"):
+        load_base("declora-test/partial", "lm", 2, seed=0)
+    assert no_hub == [True]
+
+
 # 4. --max-length past the context length
 
 
