@@ -198,3 +198,30 @@ def test_a_digest_during_local_steps_is_the_one_before_them(
 
     asyncio.run(go())
     assert hashes.off_the_loop()
+
+
+def test_a_digest_request_waits_for_local_steps_only_so_long(
+    synthetic_jsonl: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no digest of the state before them, a request waits for the steps at most
+    `STEP_WAIT`, then is answered UNAVAILABLE (counted `busy`) and frees its Status
+    slot: 16 such requests parked for an LLM's minutes of steps held every slot."""
+    _, (a, b) = pair(synthetic_jsonl)
+    service = SwarmService(b)
+    monkeypatch.setattr(digests, "STEP_POLL", 0.01)
+    monkeypatch.setattr(digests, "STEP_WAIT", 0.1)
+
+    async def go() -> None:
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+        async with b.transfer.stepping():
+            with pytest.raises(Refused) as info:
+                await status(service)
+            assert info.value.code == grpc.StatusCode.UNAVAILABLE
+            assert "no state digest until they end" in info.value.details
+            plain = await service.Status(pb.StatusRequest(), Context("ipv4:127.0.0.1:1"))  # type: ignore[arg-type]
+            assert plain.node_id == "b"  # without the digest: answered at once
+        assert (await status(service)).state_digest == truth(b)
+
+    asyncio.run(go())
+    assert b.counters.rejected == {"busy": 1}
+    assert service.pools.in_use.get("Status", 0) == 0

@@ -10,15 +10,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import grpc
+
 from declora.node.daemon.catchup import Taken
 from declora.node.daemon.status import state_digest
 from declora.node.dec_lora import DecLoraNode
+from declora.node.wire import WireError
 
 if TYPE_CHECKING:
     from declora.node.daemon.inbox import Inbound
     from declora.node.daemon.parts import Parts
 
 STEP_POLL = 0.05  # seconds between looks at whether local steps have ended (`digest`)
+STEP_WAIT = 10.0  # seconds a digest request waits for them, holding its Status slot
 
 
 class _Chunks:
@@ -136,12 +140,13 @@ class StateDigests:
     (`StateTransfer.stepping`) the node is not read at all: as a Pull serves the state
     before the steps, the digest is the one of the state before them (a node's part
     taken before them, `_Digest.precedes`); without one, the request waits for the
-    steps to end."""
+    steps to end, at most `STEP_WAIT` seconds (then UNAVAILABLE, counted `busy`)."""
 
     def __init__(self) -> None:
         self.last: _Digest | None = None
 
     async def digest(self, parts: Parts) -> str:
+        waited = 0.0
         while True:
             loop, steps, held = _node_keys(parts)
             inbox, queued = _inbox_keys(parts.inbox.queued)
@@ -155,8 +160,16 @@ class StateDigests:
                 same_node = last.precedes(taken)
             if last is not None and same_node and last.inbox == inbox:
                 return (await asyncio.shield(last.done))[1]
-            if taken is not None and not same_node:
-                await asyncio.sleep(STEP_POLL)  # no digest of the state before the steps
+            if taken is not None and not same_node:  # no digest of the state before them
+                if waited >= STEP_WAIT:  # the request's Status slot is not held longer
+                    raise WireError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"local steps have run for over {STEP_WAIT:g}s: no state digest "
+                        "until they end, ask again",
+                        "busy",
+                    )
+                await asyncio.sleep(STEP_POLL)
+                waited += STEP_POLL
                 continue
             if last is not None and same_node:
                 if not last.done.done():
