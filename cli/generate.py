@@ -43,7 +43,6 @@ MAX_NEW_TOKENS = 100_000  # tokens a prompt may ask for at most
 MAX_TEMPERATURE = 100.0
 JSON_LINES = (".jsonl", ".ndjson")  # read line by line, as stdin's JSON lines
 PROMPT, MESSAGES = "prompt", "messages"  # a data file's prompt columns
-# the config fields that hold a model's context length, by model family
 
 
 @dataclass(frozen=True)

@@ -241,15 +241,9 @@ def load(root: Path, lm: LoraModel) -> NodeState:
     )
 
 
-def peft_name(name: str) -> str:
-    """Our parameter name -> the key PEFT writes in adapter_model.safetensors (an
-    embedding's factors and DoRA's magnitudes too: `lora_names.saved_name`)."""
-    return saved_name(name)
-
-
 def peft_tensors_to_vector(tensors: dict[str, torch.Tensor], schema: AdapterSchema) -> np.ndarray:
     """Flatten a PEFT safetensors mapping in our schema order."""
-    by_peft = {peft_name(n): n for n in schema.names}
+    by_peft = {saved_name(n): n for n in schema.names}
     missing = sorted(set(by_peft) - set(tensors))
     if missing:
         raise CheckpointError(f"adapter file lacks tensors {missing[:3]}")

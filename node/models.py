@@ -740,6 +740,12 @@ def lora_layers(model: nn.Module, task: Task) -> list[str]:
     return out
 
 
+def names_layer(target: str, path: str) -> bool:
+    """Whether --targets name `target` names the layer at module path `path`: the
+    whole path or a dotted end of it (PEFT's matching)."""
+    return path == target or path.endswith("." + target)
+
+
 def check_targets(base: BaseModel, targets: tuple[str, ...]) -> None:
     """ModelError, before LoRA is built, for any name in `targets` that matches no
     layer LoRA can adapt (PEFT's rule: a layer matches a name that is its path or a
@@ -752,7 +758,7 @@ def check_targets(base: BaseModel, targets: tuple[str, ...]) -> None:
             raise ModelError(f"--targets {ALL_LINEAR} cannot be combined with other targets")
         return
     layers = lora_layers(base.model, base.task)
-    unknown = [t for t in targets if not any(p == t or p.endswith("." + t) for p in layers)]
+    unknown = [t for t in targets if not any(names_layer(t, p) for p in layers)]
     if not unknown:
         _check_tied(base, targets)
         return
@@ -820,7 +826,7 @@ def _check_tied(base: BaseModel, targets: tuple[str, ...]) -> None:
     if inp is None or out is None or getattr(inp, "weight", None) is not getattr(out, "weight", 0):
         return
     paths = [p for p, m in model.named_modules() if m is inp or m is out]
-    tied = [t for t in targets if any(p == t or p.endswith("." + t) for p in paths)]
+    tied = [t for t in targets if any(names_layer(t, p) for p in paths)]
     if tied:
         raise ModelError(
             f"--targets {','.join(tied)}: the model {base.name!r} ties its input embeddings "

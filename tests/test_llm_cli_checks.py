@@ -198,7 +198,7 @@ def test_an_embedding_or_dora_adapter_saves_loads_and_exports(
 
 
 def test_peft_names_follow_what_peft_saves() -> None:
-    from declora.node.checkpoint import peft_name
+    from declora.node.lora_names import saved_name as peft_name
 
     pre = "base_model.model.model."
     assert peft_name(pre + "embed_tokens.lora_embedding_A.default") == (

@@ -8,7 +8,7 @@ part sees a call, this servicer checks what is the same for every RPC:
 - rate limits (`limits`), keyed by the remote address for handshakes, pulls and
   Status (`limits.STATUS_PER_MINUTE`: a Status flood from one address, the swarm open or
   not, is refused before it costs a reply; the state digest is hashed off the
-  event loop, once per state: `parts.StateDigests`);
+  event loop, once per state: `digests.StateDigests`);
 - identity: under mTLS the caller's certificate name must be the node id it claims
   (the CLI's certificate may only read Status); a Pull or a Leave must come from a
   live neighbour and carry the session token this node gave it and this node's id;
@@ -41,10 +41,6 @@ log = logging.getLogger(__name__)
 PULL_KINDS = (pb.PAYLOAD_KIND_UNSPECIFIED, pb.PAYLOAD_KIND_STATE)
 POOLS = {"Handshake": 32, "Pull": 8, "Leave": 16, "Status": 16}  # Push: settings
 PULL_SECONDS = 30.0  # a state must be read within max(this, --round-deadline)
-# Status requests a minute per remote address (a bucket of as many: a burst that size).
-# Honest callers poll: `declora-node lab` once a second per node, the tests' `wait_until`
-# every 0.2 s, all from one loopback address; 20 a second leaves room for several such
-# pollers at once. A flood beyond is refused, counted `rate_limited`.
 
 
 def pool_total(max_push_streams: int) -> int:
