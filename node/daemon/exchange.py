@@ -34,7 +34,7 @@ from declora.node import faults
 from declora.node.daemon.handshake import Auth, Handshaker
 from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD, Inbox
 from declora.node.daemon.peers import SILENT_GRACE, SILENT_ROUNDS, Peer, PeerTable
-from declora.node.daemon.sending import PROBATION_GRACE, Sender
+from declora.node.daemon.sending import PROBATION_GRACE, RoundPayload, Sender
 from declora.node.daemon.state import Identity, Progress
 from declora.node.daemon.status import Counters, RoundReport
 from declora.node.dec_lora import DecLoraNode, TrainerSnapshot
@@ -107,7 +107,8 @@ class Exchange:
         t0 = time.monotonic()
         deadline = t0 + self.deadline_seconds()
         crc = zlib.crc32(message)
-        late = await self.sender.send_round(live, r, message, degree, crc, len(tracker), deadline)
+        out = RoundPayload(r, message, degree, crc, len(tracker), deadline)
+        late = await self.sender.send_round(live, out)
         try:
             faults.crash_point("after_send")
             await self.wait_for(r, deadline)

@@ -25,6 +25,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -47,6 +48,20 @@ OVERRUNS_TO_DROP = 2  # rounds running whose ack a neighbour did not send in tim
 BUSY_RETRIES, BUSY_BACKOFF = 2, 0.25  # a RESOURCE_EXHAUSTED push: retries, first wait (s)
 REASON_CHARS = 200  # of a peer's free text in a log line
 PROBATION_GRACE = 1.0  # s a neighbour on probation may take beyond the round's other work
+
+
+@dataclass(frozen=True)
+class RoundPayload:
+    """What one exchange sends every live neighbour: round `r`'s `message` (CRC `crc`),
+    the adapter part then `tracker_bytes` of z, with this node's live `degree`, every
+    push ended by `deadline` (monotonic seconds)."""
+
+    r: int
+    message: bytes
+    degree: int
+    crc: int
+    tracker_bytes: int
+    deadline: float
 
 
 class PushOverdue(Exception):
@@ -84,26 +99,16 @@ class Sender:
         return self.overruns.get(peer.node_id, 0) >= OVERRUNS_TO_DROP
 
     async def send_round(
-        self,
-        live: list[Peer],
-        r: int,
-        message: bytes,
-        degree: int,
-        crc: int,
-        tracker_bytes: int,
-        deadline: float,
+        self, live: list[Peer], out: RoundPayload
     ) -> dict[asyncio.Task[None], Peer]:
-        """Push round `r`'s payload to each of `live` at once; by `deadline` (monotonic
-        time) every push has ended (those still waiting for an ack are cancelled), but
-        those to neighbours on probation, returned for `settle`."""
+        """Push the round's payload `out` to each of `live` at once; by its deadline
+        every push has ended (those still waiting for an ack are cancelled), but those
+        to neighbours on probation, returned for `settle`."""
         for pid in [pid for pid in self.overruns if self.peers.get(pid) is None]:
             del self.overruns[pid]
-        tasks = {
-            asyncio.create_task(self.push(p, r, message, degree, crc, tracker_bytes, deadline)): p
-            for p in live
-        }
+        tasks = {asyncio.create_task(self.push(p, out)): p for p in live}
         held = {t: p for t, p in tasks.items() if not self.on_probation(p)}
-        await self.settle(held, r, deadline)
+        await self.settle(held, out.r, out.deadline)
         return {t: p for t, p in tasks.items() if t not in held}
 
     async def settle(self, tasks: dict[asyncio.Task[None], Peer], r: int, until: float) -> None:
@@ -134,25 +139,18 @@ class Sender:
             log.info("%s sent no ack for round %d within the deadline", peer.node_id, r)
 
     def _header(
-        self,
-        peer: Peer,
-        r: int,
-        kind: int,
-        data: bytes,
-        degree: int,
-        crc: int | None,
-        tracker_bytes: int,
+        self, peer: Peer, out: RoundPayload, kind: int, data: bytes, crc: int | None
     ) -> pb.PayloadHeader:
         header = make_header(
             session=peer.token_out,
             receiver_id=peer.node_id,
-            tracker_bytes=tracker_bytes,
+            tracker_bytes=out.tracker_bytes,
             crc32=crc,
             sender_id=self.me.node_id,
             swarm_id=self.me.swarm_id,
             fingerprint=self.me.fingerprint,
-            round=r,
-            sender_degree=degree,
+            round=out.r,
+            sender_degree=out.degree,
             kind=kind,
             codec=self.me.codec if kind == pb.PAYLOAD_KIND_DELTA else "fp32",
             seq=self.progress.seq,
@@ -162,24 +160,18 @@ class Sender:
         return self.auth.sign_payload(header, data)
 
     async def push_one(
-        self,
-        peer: Peer,
-        r: int,
-        kind: int,
-        data: bytes,
-        degree: int,
-        crc: int | None,
-        tracker_bytes: int,
-        deadline: float,
+        self, peer: Peer, out: RoundPayload, kind: int, data: bytes, crc: int | None
     ) -> pb.PushAck:
-        """Stream `data` (an adapter message, then `tracker_bytes` of z) to `peer`;
-        a RESOURCE_EXHAUSTED answer is retried with backoff while `deadline` allows."""
+        """Stream `data` (`kind`: the round's delta or a keyframe, then the round's
+        tracker bytes of z) to `peer`; a RESOURCE_EXHAUSTED answer is retried with
+        backoff while the round's deadline allows."""
+        deadline = out.deadline
         wait = BUSY_BACKOFF
         for attempt in range(BUSY_RETRIES + 1):
             left = deadline - time.monotonic()
             if left <= 0:
                 raise PushOverdue
-            header = self._header(peer, r, kind, data, degree, crc, tracker_bytes)
+            header = self._header(peer, out, kind, data, crc)
             stream: Any = chunks(header, data, self.settings.chunk_kib * 1024)
             if faults.armed("mid_stream"):
                 stream = _crash_mid_stream(stream)
@@ -203,20 +195,10 @@ class Sender:
             return ack
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def push(
-        self,
-        peer: Peer,
-        r: int,
-        message: bytes,
-        degree: int,
-        crc: int,
-        tracker_bytes: int,
-        deadline: float,
-        retry: bool = True,
-    ) -> None:
-        """Send this round's payload `message` (CRC `crc`): the adapter delta, then
-        `tracker_bytes` of the exchange's z (gradient tracking). A keyframe replaces the
-        delta when the neighbour is out of step.
+    async def push(self, peer: Peer, out: RoundPayload, retry: bool = True) -> None:
+        """Send the round's payload `out` to `peer`: the adapter delta, then the
+        exchange's z (gradient tracking). A keyframe replaces the delta when the
+        neighbour is out of step.
 
         A refusal for being out of range or unknown renews the handshake instead of
         dropping the neighbour: the renewed round aligns the two at the next round
@@ -224,20 +206,19 @@ class Sender:
         not finished its side of the handshake) retries once. RESOURCE_EXHAUSTED skips
         the neighbour this round; a timeout counts as an overrun (`overran`).
         """
+        r, t = out.r, out.tracker_bytes
         try:
-            t = tracker_bytes
             if not peer.send_keyframe:
                 delta = pb.PAYLOAD_KIND_DELTA
-                ack = await self.push_one(peer, r, delta, message, degree, crc, t, deadline)
+                ack = await self.push_one(peer, out, delta, out.message, out.crc)
                 if ack.accepted or not ack.need_keyframe:
                     if not ack.accepted:
                         why = safe_text(ack.reason, REASON_CHARS)
                         log.info("%s refused round %d: %s", peer.node_id, r, why)
                     self.overruns.pop(peer.node_id, None)
                     return
-            keyframe = self.node.keyframe() + message[len(message) - t :]
-            kind = pb.PAYLOAD_KIND_KEYFRAME
-            ack = await self.push_one(peer, r, kind, keyframe, degree, None, t, deadline)
+            keyframe = self.node.keyframe() + out.message[len(out.message) - t :]
+            ack = await self.push_one(peer, out, pb.PAYLOAD_KIND_KEYFRAME, keyframe, None)
             self.counters.keyframes_sent += 1
             self.overruns.pop(peer.node_id, None)
             peer.send_keyframe = not ack.accepted
@@ -261,7 +242,7 @@ class Sender:
             if renew and not stopping and await self.handshaker.dial(peer.address) is not None:
                 log.info("%s refused round %d (%s): handshake renewed", peer.node_id, r, code.name)
                 if code == grpc.StatusCode.UNAUTHENTICATED and retry:
-                    await self.push(peer, r, message, degree, crc, t, deadline, retry=False)
+                    await self.push(peer, out, retry=False)
                 return
             self.peers.drop(peer, f"push failed: {code.name} {details}".strip())
         except Exception:  # one neighbour's failure never takes the node down
