@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from test_model_checks import hf_folder
+from test_model_checks import hf_folder, llama_config
 from test_predict_cli import assert_user_error
 from typer.testing import CliRunner
 
@@ -30,21 +30,6 @@ from declora.node.trainer import LoraModel, LoraSpec
 
 runner = CliRunner()
 PROMPT = "w1 w2 w3"
-
-
-def llama_config(**extra: Any) -> Any:
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=64,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        **extra,
-    )
 
 
 def adapter_of(base: Path, out: Path, **spec: Any) -> tuple[LoraModel, np.ndarray, Path]:

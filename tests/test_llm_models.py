@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from test_model_checks import hf_folder, llama_config
 
 from declora.node import models
 from declora.node.adapter_io import AdapterError, load_adapter
@@ -29,32 +30,12 @@ FAST = 5.0  # seconds a refusal may take (the hub's retries took about 25)
 
 def tiny_folder(path: Path, kind: str = "llama", positions: int = 128) -> Path:
     """A local transformers folder: a tiny random causal LM and a word-level tokenizer."""
-    tokenizers = pytest.importorskip("tokenizers")
-    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
+    from transformers import GPT2Config
 
-    config: Any
     if kind == "gpt2":
         config = GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2, n_positions=positions)
-    else:
-        config = LlamaConfig(
-            vocab_size=64,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=positions,
-        )
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    vocab = {"[UNK]": 0, "[PAD]": 1, "</s>": 2, **{f"w{i}": i + 3 for i in range(20)}}
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="</s>"
-    )
-    fast.save_pretrained(path)
-    return path
+        return hf_folder(path, config)
+    return hf_folder(path, llama_config(max_position_embeddings=positions))
 
 
 def refused(name: str, task: str = "lm", **kw: Any) -> ModelError:

@@ -68,6 +68,20 @@ def hf_folder(path: Path, config: Any) -> Path:
     return path
 
 
+def llama_config(**extra: Any) -> Any:
+    """A tiny Llama config (one layer, 64 tokens, context 128 unless `extra` says)."""
+    from transformers import LlamaConfig
+
+    options: dict[str, Any] = {
+        **SMALL,
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 128,
+    }
+    return LlamaConfig(**{**options, **extra})
+
+
 def configs() -> dict[str, Any]:
     from transformers import BertConfig, GPT2Config, LlamaConfig, T5Config
 
