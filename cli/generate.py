@@ -194,7 +194,9 @@ def prompt_ids(tok: Tokenizer, prompt: Prompt, chat_template: bool) -> list[int]
     return encode_prompt(tok, prompt)
 
 
-def check_context(adapter: LoadedAdapter, lengths: Sequence[int], max_new_tokens: int) -> None:
+def check_prompt_lengths(
+    adapter: LoadedAdapter, lengths: Sequence[int], max_new_tokens: int
+) -> None:
     """`DataError` naming the first prompt whose tokens plus `max_new_tokens` exceed the
     model's context length (past it, positions have no embedding: an IndexError, or
     garbage)."""
@@ -287,7 +289,7 @@ def run_generate(
     if loaded.task != "lm":
         raise AdapterError(f"{loaded.path} is a classifier, not a causal LM adapter", "use predict")
     encoded = [prompt_ids(loaded.tokenizer, p, chat_template) for p in prompts]
-    check_context(loaded, [len(ids) for ids in encoded], sampling.max_new_tokens)
+    check_prompt_lengths(loaded, [len(ids) for ids in encoded], sampling.max_new_tokens)
     for p, ids in zip(prompts, encoded, strict=True):
         done = complete(loaded, ids, sampling)
         if fmt == "json":
