@@ -580,8 +580,11 @@ class Handshaker:
         self.answered_as = {a: i for a, i in self.answered_as.items() if a in candidates}
         fresh = [a for a in candidates if a not in known and self.answered_as.get(a) not in live]
         if fresh and live:  # another name (localhost, a DNS name) for a live peer's address
-            reached = set().union(*[await endpoints(p.address) for p in self.peers.live])
-            fresh = [a for a in fresh if not (await endpoints(a)) & reached]
+            # resolved at once: a peer's slow name costs this call one timeout (2 s), once
+            ends = await asyncio.gather(*map(endpoints, [p.address for p in self.peers.live]))
+            named = await asyncio.gather(*map(endpoints, fresh))
+            reached = set().union(*ends)
+            fresh = [a for a, e in zip(fresh, named, strict=True) if not e & reached]
         self.backoff.keep(fresh)
         due = [p for p in self.peers.due_for_dial(now) if p.address not in fresh]
         dials: list[Awaitable[object]] = [
