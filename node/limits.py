@@ -1,8 +1,9 @@
 """Per-peer rate limits of the daemon's RPCs, sized so that an honest peer never hits them.
 
-- Handshakes: a token bucket per remote address (the IP of `context.peer()`; every
-  dial opens a new connection with a new port, so the port is not part of the key;
-  per address, not per network, so the nodes of one LAN never share a bucket). An
+- Handshakes: a token bucket per remote address (`address_key`: the IP of
+  `context.peer()`; every dial opens a new connection with a new port, so the port is
+  not part of the key; an IPv4 address exactly, so the nodes of one LAN never share a
+  bucket, an IPv6 one by its /64, which one machine may fill with addresses). An
   honest node dials a neighbour once to join, again every 2 s only while it is not
   live, and every 0.2 s while it waits at start-up; the default
   (`max_handshakes_per_minute` = 600, bucket of the same size) covers 20 such
@@ -21,9 +22,11 @@
   exhausts an allowance; rounds past `window` share its last slot, so the table stays
   small. Pushes from a sender that is not a live neighbour are refused before they are
   counted.
-- Pulls (a full state, the most expensive reply): a token bucket per remote address,
-  `max_pulls_per_minute`; an honest node pulls once when it (re)joins behind.
-- Status: a token bucket per remote address, `STATUS_PER_MINUTE` (1200), with or
+- Pulls (a full state, the most expensive reply): a token bucket per remote address
+  (`address_key`), `max_pulls_per_minute`; an honest node pulls once when it (re)joins
+  behind.
+- Status: a token bucket per remote address (`address_key`), `STATUS_PER_MINUTE`
+  (1200), with or
   without a swarm secret: `lab` asks each node once a second, a test every 0.2 s, and
   the CLI once, so four pollers at full speed fit; a flood gets 20 answers a second.
 
@@ -72,15 +75,33 @@ def host_key(host: str) -> str:
     only this machine's processes connect from one, and a local lab or test may stand
     for other hosts by other loopback addresses); anything that is not an IP
     unchanged."""
+    return _network_key(host, IPV4_PREFIX)
+
+
+def address_key(host: str) -> str:
+    """The key of the per-address rate limits (handshakes, pulls, Status) for remote
+    `host` (`peer_host`): an IPv4 address exactly (the nodes of one LAN never share a
+    bucket), an IPv6 one by its /64 (one machine may hold a whole /64, so rotating
+    addresses within it buys no tokens; the IPv6 nodes of one LAN share its bucket,
+    as nodes behind one NAT do: the handshake cap covers 20). '10.0.0.5' ->
+    '10.0.0.5', '2001:db8::1' -> '2001:db8::/64', an IPv4-mapped IPv6 address as its
+    IPv4 one, a loopback address ('::1', '127.0.0.2') as is; anything that is not an
+    IP unchanged."""
+    return _network_key(host, 32)
+
+
+def _network_key(host: str, ipv4_prefix: int) -> str:
+    """`host`'s network: `ipv4_prefix` bits of an IPv4 address (the address alone at
+    32), IPV6_PREFIX of an IPv6 one (IPv4-mapped: as IPv4), a loopback address alone."""
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
         return host
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    if ip.is_loopback:
+    prefix = ipv4_prefix if ip.version == 4 else IPV6_PREFIX
+    if ip.is_loopback or prefix == ip.max_prefixlen:
         return str(ip)
-    prefix = IPV4_PREFIX if ip.version == 4 else IPV6_PREFIX
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
 
@@ -183,9 +204,10 @@ class NodeLimits:
         self.pushes = RoundCounter(pushes_per_round, 2 * rounds_ahead)
 
     def check_handshake(self, peer: str) -> None:
-        host = peer_host(peer)
-        if not self.handshakes.allow(host):
-            raise limited(f"more than {self.handshakes.per_minute} handshakes a minute from {host}")
+        """One Handshake from `peer` (`context.peer()`), counted by `address_key`."""
+        key = address_key(peer_host(peer))
+        if not self.handshakes.allow(key):
+            raise limited(f"more than {self.handshakes.per_minute} handshakes a minute from {key}")
 
     def check_push(self, sender: str, round: int, current: int) -> None:
         """One push stream from live neighbour `sender` for `round`; `current` is this
@@ -194,14 +216,15 @@ class NodeLimits:
             raise limited(f"more than {self.pushes.limit} pushes for round {round} from {sender!r}")
 
     def check_status(self, peer: str) -> None:
-        """One Status request from `peer` (`context.peer()`)."""
-        host = peer_host(peer)
-        if not self.statuses.allow(host):
+        """One Status request from `peer` (`context.peer()`), counted by `address_key`."""
+        key = address_key(peer_host(peer))
+        if not self.statuses.allow(key):
             raise limited(
-                f"more than {self.statuses.per_minute} Status requests a minute from {host}"
+                f"more than {self.statuses.per_minute} Status requests a minute from {key}"
             )
 
     def check_pull(self, host: str) -> None:
-        """One pull from remote `host` (`peer_host`)."""
-        if not self.pulls.allow(host):
-            raise limited(f"more than {self.pulls.per_minute} pulls a minute from {host!r}")
+        """One pull from remote `host` (`peer_host`), counted by `address_key`."""
+        key = address_key(host)
+        if not self.pulls.allow(key):
+            raise limited(f"more than {self.pulls.per_minute} pulls a minute from {key!r}")

@@ -146,6 +146,53 @@ def test_node_limits_raise_resource_exhausted() -> None:
         limits.check_push("n1", 5, 4)
 
 
+def test_address_key_is_an_ipv4_address_or_an_ipv6_64() -> None:
+    from declora.node.limits import address_key
+
+    assert address_key("10.0.0.5") == "10.0.0.5" != address_key("10.0.0.6")  # a LAN
+    assert address_key("::ffff:10.0.0.5") == "10.0.0.5"  # IPv4-mapped: as IPv4
+    assert address_key("::1") == "::1" and address_key("127.0.0.2") == "127.0.0.2"
+    assert address_key("2001:db8::1") == address_key("2001:db8::abcd:1") == "2001:db8::/64"
+    assert address_key("2001:db8:0:1::1") == "2001:db8:0:1::/64"
+    assert address_key("fe80::1%eth0") == "fe80::/64"
+    assert address_key("unix:/tmp/sock") == "unix:/tmp/sock"
+
+
+@pytest.mark.parametrize("kind", ["handshake", "pull", "status"])
+def test_per_address_limits_count_an_ipv6_64_as_one_address(kind: str) -> None:
+    """Before, each IPv6 address had its own bucket: an attacker rotating addresses
+    within its /64 (2^64 of them) was never limited. Now the /64 shares one bucket,
+    another /64 and each IPv4 address keep their own, and the cap is unchanged."""
+    clock = FakeClock()
+    limits = NodeLimits(
+        handshakes_per_minute=2, pushes_per_round=3, pulls_per_minute=2, rounds_ahead=8, clock=clock
+    )
+    limits.statuses = KeyedBuckets(2, clock)  # the Status cap, shortened
+
+    def check(host: str, port: int = 4000) -> None:
+        peer = f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
+        if kind == "handshake":
+            limits.check_handshake(peer)
+        elif kind == "pull":
+            limits.check_pull(peer_host(peer))
+        else:
+            limits.check_status(peer)
+
+    check("2001:db8::1")
+    check("2001:db8::2", 4001)  # another address of the same /64: the same bucket
+    with pytest.raises(WireError, match=r"a minute from '?2001:db8::/64") as info:
+        check("2001:db8::3")
+    assert info.value.counter == RATE_LIMITED
+    check("2001:db8:0:1::1")  # the next /64: its own bucket
+    check("::ffff:10.0.0.5")  # IPv4-mapped, then the same IPv4 address: one bucket
+    check("10.0.0.5")
+    with pytest.raises(WireError, match=r"a minute from '?10\.0\.0\.5"):
+        check("10.0.0.5", 4001)
+    check("10.0.0.6")  # another IPv4 address (a LAN): its own
+    clock.now += 60.0  # refilled: the /64 is served again
+    check("2001:db8::4")
+
+
 @pytest.mark.parametrize(
     ("peer", "host"),
     [
