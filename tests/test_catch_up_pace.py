@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from test_daemon_parts import pair
 
-from declora.node.daemon import catchup, rounds
+from declora.node.daemon import catchup
 from declora.node.daemon.daemon import Parts
 from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD
 from declora.node.daemon.rounds import CATCH_UP_EVERY, CATCH_UP_MAX_WAIT, RoundLoop
@@ -33,6 +33,31 @@ from declora.proto import pb
 FAR = 5 * MAX_ROUNDS_AHEAD
 
 
+class Call:
+    """A streaming reply as a gRPC call is one: iterated, and `cancel`led; `cancelled`
+    tells whether it was cancelled before it ended (as `grpc.aio.Call.cancel`, a no-op
+    on an ended call)."""
+
+    def __init__(self, replies: AsyncIterator[pb.Chunk]) -> None:
+        self.replies, self.ended, self.cancelled = replies, False, False
+
+    def __aiter__(self) -> AsyncIterator[pb.Chunk]:
+        return self._read()
+
+    async def _read(self) -> AsyncIterator[pb.Chunk]:
+        async for chunk in self.replies:
+            if self.cancelled:
+                return
+            yield chunk
+        self.ended = True
+
+    def cancel(self) -> bool:
+        if self.ended or self.cancelled:
+            return False
+        self.cancelled = True
+        return True
+
+
 class Trickle:
     """The source's stub, except that Pull serves its real state (valid and signed) in
     `pieces` slices `gap` seconds apart (`extra` bytes announced beyond it)."""
@@ -40,15 +65,16 @@ class Trickle:
     def __init__(self, real: Any, source: Parts, pieces: int, gap: float, extra: int = 0) -> None:
         self.real, self.source = real, source
         self.pieces, self.gap, self.extra = pieces, gap, extra
-        self.pulls = 0
+        self.calls: list[Call] = []
+
+    @property
+    def pulls(self) -> int:
+        return len(self.calls)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
 
-    def Pull(
-        self, request: pb.PullRequest, timeout: float | None = None
-    ) -> AsyncIterator[pb.Chunk]:
-        self.pulls += 1
+    def Pull(self, request: pb.PullRequest, timeout: float | None = None) -> Call:
 
         async def replies() -> AsyncIterator[pb.Chunk]:
             served = list(await self.source.transfer.state_chunks())
@@ -63,7 +89,8 @@ class Trickle:
                 await asyncio.sleep(self.gap)
                 yield chunk
 
-        return replies()
+        self.calls.append(Call(replies()))
+        return self.calls[-1]
 
 
 def setup(
@@ -104,6 +131,7 @@ def test_a_trickled_valid_state_is_cut_at_the_pace_and_the_node_goes_on(
     assert trickle.pulls == 1
     assert 0.5 < took < 1.2, took
     assert a.counters.rejected.get("slow_stream") == 1, a.counters.rejected
+    assert trickle.calls[0].cancelled  # ended at the cut, not at the pull's timeout
     assert a.progress.round == 0
     np.testing.assert_array_equal(a.node.vector(), before)
     assert loop.catch_up_wait == 2 * CATCH_UP_EVERY
@@ -124,6 +152,15 @@ def test_a_state_announced_at_another_size_is_refused_at_its_header(
     assert trickle.pulls == 1
     assert a.counters.rejected.get("bad_values") == 1, a.counters.rejected
     assert a.progress.round == 0 and loop.catch_up_wait == 2 * CATCH_UP_EVERY
+    assert trickle.calls[0].cancelled  # refused at its header: ended there
+
+
+def test_a_taken_state_leaves_its_call_to_end_by_itself(synthetic_jsonl: Path) -> None:
+    """A state read to its end is taken; its call has ended, so nothing is cancelled."""
+    loop, a, b, trickle = setup(synthetic_jsonl, pieces=2, gap=0.0)
+    asyncio.run(loop.catch_up())
+    assert a.progress.round == b.progress.round
+    assert trickle.calls[0].ended and not trickle.calls[0].cancelled
 
 
 def test_a_slow_catch_up_backs_off_even_when_its_state_is_taken(
@@ -132,7 +169,7 @@ def test_a_slow_catch_up_backs_off_even_when_its_state_is_taken(
     """A valid state served within the pace but slowly (0.45 s, over CATCH_UP_QUICK
     shortened to 0.2 s) is taken, and the wait doubles as after a failure; each slow
     one doubles it again."""
-    monkeypatch.setattr(rounds, "CATCH_UP_QUICK", 0.2)
+    monkeypatch.setattr(catchup, "CATCH_UP_QUICK", Pace(min_seconds=0.2, bytes_per_second=1e12))
     loop, a, b, trickle = setup(synthetic_jsonl, pieces=3, gap=0.15)
     waits = []
     for _ in range(3):
@@ -147,6 +184,39 @@ def test_a_slow_catch_up_backs_off_even_when_its_state_is_taken(
         loop.caught_up_from.clear()  # only the slowness counts here
     assert trickle.pulls == 3
     assert waits == [20.0, 40.0, 80.0]
+
+
+@pytest.mark.parametrize(
+    ("size_seconds", "wait"), [(1.2, CATCH_UP_EVERY), (0.3, 2 * CATCH_UP_EVERY)]
+)
+def test_quick_scales_with_the_state_size(
+    synthetic_jsonl: Path, monkeypatch: pytest.MonkeyPatch, size_seconds: float, wait: float
+) -> None:
+    """A catch-up is quick within max(the floor, the state's size at CATCH_UP_QUICK's
+    rate): a state served in about 0.45 s, over the floor (0.2 s), is quick where its
+    size allows 1.2 s (an honest large state at link speed: the wait stays 10 s) and
+    slow where it allows 0.3 s. Before, the flat 5 s threshold made every state over
+    5 s slow, however large (100 MB over 100 Mbit/s: 8 s)."""
+    loop, a, _b, _trickle = setup(synthetic_jsonl, pieces=3, gap=0.15)
+    size = a.transfer.state_bytes()
+    rate = size / size_seconds
+    monkeypatch.setattr(catchup, "CATCH_UP_QUICK", Pace(min_seconds=0.2, bytes_per_second=rate))
+    assert a.transfer.quick_seconds() == pytest.approx(size_seconds)
+    t0 = time.monotonic()
+    asyncio.run(loop.catch_up())
+    assert 0.3 < time.monotonic() - t0 < 1.2
+    assert a.progress.round == FAR  # taken either way
+    assert loop.catch_up_wait == wait
+
+
+def test_the_real_quick_threshold_follows_the_size() -> None:
+    """5 s for a small state; 100 MB at 1 MiB/s (95 s) covers it over 100 Mbit/s (8 s);
+    never longer than the pace allows the pull itself."""
+    quick = catchup.CATCH_UP_QUICK
+    assert quick.seconds(4 * 2**20) == 5.0
+    assert quick.seconds(100 * 10**6) > 100 * 10**6 / (100 * 10**6 / 8)
+    for size in (0, 4 * 2**20, 100 * 10**6):
+        assert quick.seconds(size) <= catchup.STATE_PACE.seconds(size)
 
 
 def test_back_to_back_catch_ups_from_one_source_back_off(synthetic_jsonl: Path) -> None:

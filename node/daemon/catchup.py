@@ -20,7 +20,12 @@ start: 5 s, or that size at 32 KiB/s (`PUSH_PACE`'s rate) when longer, never bef
 after the pull's timeout, max(`--round-deadline`, 30 s). A source that trickles a
 valid state (each chunk just inside the idle cut) is cut then (`slow_stream`): a
 catch-up holds the round loop for that long at most (`rounds.RoundLoop.catch_up`
-then backs off).
+then backs off). A pull that ends early for any reason (cut, refused header,
+malformed stream) is cancelled at once, so the source's handler stops and neither
+side holds the stream until the call's timeout. A catch-up (pull, check and take)
+counts as quick when it took at most `CATCH_UP_QUICK` of the state's size (5 s, or
+that size at 1 MiB/s when longer: `quick_seconds`); a slower one backs off as a
+failed one does (`rounds.RoundLoop.catch_up`).
 
 A Pull never waits for local steps: while they run (off the event loop) it serves the
 state taken when they began (`stepping`), so no half-updated state is served and slow
@@ -64,6 +69,12 @@ log = logging.getLogger(__name__)
 # is one message at link speed, as a push is (`PUSH_PACE`), served without waiting for
 # local steps (`stepping`).
 STATE_PACE = Pace(min_seconds=5.0, bytes_per_second=PUSH_PACE.bytes_per_second)
+# A catch-up that took longer than 5 s, or than this adapter's state size at 1 MiB/s
+# (8 Mbit/s, a slow uplink) when that is longer, backs off as a failed one does: an
+# honest state comes at link speed (100 MB over 100 Mbit/s: 8 s, quick; a 4 MB fp32
+# state: 5 s). Always within STATE_PACE (the same floor, a faster rate), so a source
+# serving slowly but inside the pace still backs off.
+CATCH_UP_QUICK = Pace(min_seconds=STATE_PACE.min_seconds, bytes_per_second=1024 * 1024)
 
 
 @dataclass
@@ -186,6 +197,11 @@ class StateTransfer:
         target = self.catch_up_target()
         return target is not None and target[1] > self.progress.round + MAX_ROUNDS_AHEAD
 
+    def quick_seconds(self) -> float:
+        """How long a catch-up may take and still count as quick (`CATCH_UP_QUICK` of
+        `state_bytes`)."""
+        return CATCH_UP_QUICK.seconds(self.state_bytes())
+
     def state_bytes(self) -> int:
         """The size of a full state of this adapter (`full_state`: fp32, every entry),
         the only size a pulled state may have."""
@@ -230,17 +246,20 @@ class StateTransfer:
 
         timeout = max(self.settings.round_deadline, 30)
         stream = self.peers.stub(ahead).Pull(self.auth.sign(request), timeout=timeout)
-        payload = await read_stream(
-            stream,
-            swarm_id=me.swarm_id,
-            fingerprint=me.fingerprint,
-            schema=me.schema,
-            max_bytes=self.max_bytes,
-            auth=self.auth.secret,
-            on_header=sized,
-            idle_seconds=self.settings.stream_idle_seconds,
-            pace=STATE_PACE,  # looked up here: tests shorten it
-        )
+        try:
+            payload = await read_stream(
+                stream,
+                swarm_id=me.swarm_id,
+                fingerprint=me.fingerprint,
+                schema=me.schema,
+                max_bytes=self.max_bytes,
+                auth=self.auth.secret,
+                on_header=sized,
+                idle_seconds=self.settings.stream_idle_seconds,
+                pace=STATE_PACE,  # looked up here: tests shorten it
+            )
+        finally:
+            _cancel(stream)  # cut or refused: ended now, not at its timeout
         header = payload.header
         if header.kind != pb.PAYLOAD_KIND_STATE or header.sender_id != ahead.node_id:
             raise WireError(
@@ -271,3 +290,13 @@ class StateTransfer:
         log.info(
             "caught up from %s: starting after its round %d", ahead.node_id, self.progress.round
         )
+
+
+def _cancel(call: object) -> None:
+    """Cancel gRPC `call` (a stub's streaming reply) if it is still running: the
+    source's handler stops and the stream's resources are released at once. A no-op
+    on a call that has ended, and on a stream that is no gRPC call (an in-memory
+    transport's)."""
+    cancel = getattr(call, "cancel", None)
+    if callable(cancel):
+        cancel()

@@ -46,10 +46,6 @@ log = logging.getLogger(__name__)
 
 CATCH_UP_EVERY = 10.0  # seconds between catch-up attempts of a node far behind...
 CATCH_UP_MAX_WAIT = 160.0  # ...doubling after each failed one up to this
-# A catch-up that took longer than this (seconds: an honest state comes at link
-# speed, in well under a second for a small adapter) backs off as a failed one does,
-# even when its state was taken.
-CATCH_UP_QUICK = 5.0
 
 
 class RoundLoop:
@@ -72,7 +68,8 @@ class RoundLoop:
         """Take an advanced neighbour's state (`catchup`), then wait before the next
         attempt: CATCH_UP_EVERY seconds after a good catch-up, twice the last wait (up
         to CATCH_UP_MAX_WAIT) after any other, counted from its end. A good catch-up
-        took a state, within CATCH_UP_QUICK seconds, from a source this node has not
+        took a state quickly (`StateTransfer.quick_seconds`: max(5 s, the state's size
+        at `catchup.CATCH_UP_QUICK`'s 1 MiB/s)), from a source this node has not
         taken one from in the last CATCH_UP_MAX_WAIT seconds; a failed one (a refused
         state, counted by reason, or a timeout: this node keeps its own), a slow one
         or a repeat from the same source backs off. So a source that trickles its
@@ -104,17 +101,22 @@ class RoundLoop:
             end = time.monotonic()
             recent = {k: t for k, t in self.caught_up_from.items() if end - t < CATCH_UP_MAX_WAIT}
             repeat = source.node_id in recent
-            slow = end - start > CATCH_UP_QUICK
+            quick = parts.transfer.quick_seconds()
+            slow = end - start > quick
             recent[source.node_id] = end
             self.caught_up_from = recent
             good = not (slow or repeat)
             if not good:
-                why = f"within {CATCH_UP_MAX_WAIT:g}s of the last one from it" if repeat else ""
+                why = (
+                    f"within {CATCH_UP_MAX_WAIT:g}s of the last one from it"
+                    if repeat
+                    else f"over the {quick:.1f}s its size allows"
+                )
                 log.warning(
-                    "took %s's state in %.1fs%s: the next catch-up waits longer",
+                    "took %s's state in %.1fs, %s: the next catch-up waits longer",
                     source.node_id,
                     end - start,
-                    f", {why}" if why else "",
+                    why,
                 )
         if good:
             self.catch_up_wait = CATCH_UP_EVERY
