@@ -172,3 +172,35 @@ def test_the_backoff_forgets_addresses_no_longer_offered(synthetic_jsonl: Path) 
         assert handshakes(network, address) == 1
 
     asyncio.run(go())
+
+
+class SlowRefusing(Refusing):
+    """A node that takes `delay` seconds to refuse the handshake."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(grpc.StatusCode.PERMISSION_DENIED, "go away, slowly")
+        self.delay = delay
+
+    async def Handshake(self, request: pb.Hello, context: grpc.aio.ServicerContext) -> pb.Welcome:
+        await asyncio.sleep(self.delay)
+        return await super().Handshake(request, context)
+
+
+def test_the_backoff_counts_from_the_refusal(synthetic_jsonl: Path) -> None:
+    """A node that takes 0.5 s to refuse: its next dial is due BACKOFF_FIRST s after
+    the refusal arrived, not after the dial began (before, a node slow to refuse, up
+    to DIAL_TIMEOUT, took that much off each wait)."""
+    delay = 0.5
+    network, a, _b, address = two_nodes(synthetic_jsonl, "permission")
+    network.serve(address, SlowRefusing(delay))
+
+    async def go() -> tuple[float, float]:
+        began = time.monotonic()
+        await a.handshaker.connect_known()  # the clock runs
+        return began, time.monotonic()
+
+    began, ended = asyncio.run(go())
+    assert handshakes(network, address) == 1
+    due = a.handshaker.backoff.next_dial(address)
+    assert due is not None
+    assert began + delay + BACKOFF_FIRST <= due <= ended + BACKOFF_FIRST
