@@ -34,15 +34,9 @@ from declora.node.adapter import (
 from declora.node.adapter_card import describe_adapter, describe_base
 from declora.node.data import DataError, TextDataset
 from declora.node.lm_data import encode_lm
+from declora.node.lora_targets import check_targets, default_targets, wrap_lora
 from declora.node.methods import DEFAULT_METHOD, embedding_problem, freeze_lora_a
-from declora.node.models import (
-    BaseModel,
-    ModelError,
-    check_targets,
-    default_targets,
-    load_base,
-    wrap_lora,
-)
+from declora.node.models import BaseModel, ModelError, load_base
 from declora.node.quantize import check_runtime
 from declora.node.schedule import Schedule
 

@@ -1,11 +1,13 @@
 """Model folders and names that cannot load are refused at once, one line and a hint.
 
 A folder without a tokenizer or without config.json, a GGUF file or a folder of them,
-a mistyped local path, a hub id neither cached nor reachable: each is a `ModelError`
+a mistyped local path, a hub id neither cached nor reachable, a name that is neither a
+local path nor a hub model: each is a `ModelError`
 (the CLI's `error:` + `hint:`, exit 2), not a transformers traceback or half a minute
 of hub retries. A --max-length past the model's context length is refused when the
 model loads, not mid-run. An adapter trained on a relative --model path loads from
-any directory (the absolute path declora.json records), or names both paths.
+any directory (the absolute path declora.json records), or names both paths. A hub
+id whose owner is a folder here (`Qwen/...` beside `Qwen/`) is still tried as a hub id.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pytest
 import torch
 from test_model_checks import hf_folder, llama_config
 
-from declora.node import models
+from declora.node import model_source
 from declora.node.adapter_io import AdapterError, load_adapter
 from declora.node.models import ModelError, context_length, load_base
 from declora.node.trainer import LoraModel, LoraSpec
@@ -101,12 +103,12 @@ def no_hub(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
 
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(models, "hub_reachable", unreachable)
+    monkeypatch.setattr(model_source, "hub_reachable", unreachable)
     return probes
 
 
 @pytest.mark.parametrize(
-    "name", ["models/nonexist", "./x", "../nowhere/model", "ABSOLUTE", "~/declora-no-such-model"]
+    "name", ["models/a/b", "./x", "../nowhere/model", "ABSOLUTE", "~/declora-no-such-model"]
 )
 def test_a_mistyped_local_path_fails_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_hub: list[bool], name: str
@@ -135,6 +137,64 @@ def test_a_hub_id_neither_cached_nor_reachable_fails_at_once(
     assert "HF_HUB_OFFLINE is set" in err.message and no_hub == [True]
 
 
+def cache_snapshot(cache: Path, hub_id: str) -> Path:
+    """A complete snapshot of `hub_id` (a tiny Llama) in the hub cache at `cache`."""
+    repo = cache / ("models--" + hub_id.replace("/", "--"))
+    tiny_folder(repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    return repo
+
+
+def test_a_hub_id_whose_owner_is_a_folder_here_is_still_a_hub_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_hub: list[bool]
+) -> None:
+    """`Qwen/Qwen2-0.5B` beside a `Qwen` folder names nothing here: it is tried as a
+    hub id (here: found in the cache), where before it was refused as a mistyped local
+    path."""
+    from huggingface_hub import constants
+
+    cache_snapshot(tmp_path / "hub", "Qwen/tiny-llama")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "Qwen").mkdir()
+    base = load_base("Qwen/tiny-llama", "lm", 2, seed=0)
+    assert base.family == "llama" and not no_hub
+
+
+def test_a_name_neither_here_nor_on_the_hub_says_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_hub: list[bool]
+) -> None:
+    """`models/nonexist` beside a `models` folder, neither cached nor on the hub: one
+    line saying that neither the local path nor the hub id was found, whether the hub
+    is unreachable, offline, or answers that it has no such model."""
+    from huggingface_hub import constants
+    from transformers import AutoConfig
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    neither = "'models/nonexist' was found neither as a local folder"
+
+    def check(err: ModelError, why: str) -> None:
+        assert neither in err.message and "nor as a hub id" in err.message
+        assert why in err.message and str(tmp_path) in err.message
+        assert "check the path" in err.hint and "hub id (owner/name" in err.hint
+
+    check(refused("models/nonexist"), "the Hugging Face hub cannot be reached")
+    assert no_hub == [True]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    check(refused("models/nonexist"), "HF_HUB_OFFLINE is set")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+
+    def missing(path: str, **kw: Any) -> None:
+        raise OSError(f"{path} is not a local folder and is not a valid model identifier")
+
+    monkeypatch.setattr(model_source, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(AutoConfig, "from_pretrained", missing)
+    check(refused("models/nonexist"), "the hub says: models/nonexist is not a local folder")
+
+
 def test_a_cached_hub_id_loads_without_the_hub(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_hub: list[bool]
 ) -> None:
@@ -142,10 +202,7 @@ def test_a_cached_hub_id_loads_without_the_hub(
     from huggingface_hub import constants
 
     cache = tmp_path / "hub"
-    repo = cache / "models--declora-test--tiny-llama"
-    tiny_folder(repo / "snapshots" / ("0" * 40))
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("0" * 40)
+    cache_snapshot(cache, "declora-test/tiny-llama")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.chdir(tmp_path)
     start = time.monotonic()

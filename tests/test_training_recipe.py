@@ -29,7 +29,8 @@ from torch import nn
 from declora.node import checkpoint
 from declora.node.adapter import fingerprint
 from declora.node.daemon.handshake import recipe_differences, recipe_facts
-from declora.node.models import BaseModel, ByteTokenizer, ModelError, default_targets, wrap_lora
+from declora.node.lora_targets import default_targets, wrap_lora
+from declora.node.models import BaseModel, ByteTokenizer, ModelError
 from declora.node.quantize import check_runtime, quantization_kwargs
 from declora.node.recipe import Recipe
 from declora.node.schedule import Schedule
