@@ -4,11 +4,14 @@ event loop once per state (`parts.StateDigests`), never from a state mid-step.""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 import torch
 from test_daemon_parts import pair, push_stream
@@ -225,3 +228,41 @@ def test_a_digest_request_waits_for_local_steps_only_so_long(
     asyncio.run(go())
     assert b.counters.rejected == {"busy": 1}
     assert service.pools.in_use.get("Status", 0) == 0
+
+
+def test_the_kept_digest_holds_no_array_of_the_state(synthetic_jsonl: Path) -> None:
+    """The digest kept for the next request names the objects of the state it hashed
+    (a neighbour's copy, a queued payload) without keeping them alive: once the node
+    lets them go they are freed. Before, the kept digest held them (to keep their ids
+    from being reused) until the next digest replaced it."""
+    _, (a, b) = pair(synthetic_jsonl)
+    service = SwarmService(b)
+
+    async def go() -> None:
+        assert await a.handshaker.dial(b.settings.advertise) is not None  # b keeps a's copy
+        await b.inbox.receive(push_stream(a, 1))  # a's round-1 delta, queued
+        assert (await status(service)).state_digest == truth(b)
+        copies = b.node.gossip.peers
+        (pid,) = copies
+        copy = weakref.ref(copies[pid])
+        queued = [weakref.ref(msg) for by_id in b.inbox.queued.values() for msg in by_id.values()]
+        assert queued
+        copies[pid] = copies[pid].copy()  # a new copy (as a keyframe taken)
+        b.inbox.queued.clear()  # the payloads used (as a mix)
+        gc.collect()
+        assert copy() is None and all(q() is None for q in queued)
+        assert (await status(service)).state_digest == truth(b)  # a new state, a new digest
+
+    asyncio.run(go())
+
+
+def test_a_freed_object_is_never_taken_for_a_new_one() -> None:
+    """`_Same`: equal for one live object, never once it is freed (a new object may
+    take its address), and None (held) equals None."""
+    x = np.zeros(3, np.float32)
+    key = digests._Same(x)
+    assert key == digests._Same(x) and key != digests._Same(x.copy())
+    del x
+    gc.collect()
+    assert key != digests._Same(np.zeros(3, np.float32))
+    assert key != digests._Same(None) and digests._Same(None) == digests._Same(None)

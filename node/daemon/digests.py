@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -70,48 +71,71 @@ def _hash(chunks: _Chunks) -> tuple[Any, str]:
     return node_part, h.hexdigest()
 
 
-def _node_keys(parts: Parts) -> tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...]]:
+class _Same:
+    """Stands for one object in a digest's keys without keeping it alive: equal to a
+    `_Same` of the very same object while that object lives (a weak reference; once it
+    is collected nothing equals it, so a new object at its address is never taken for
+    it). An object that takes no weak reference (None) is held and compared by
+    identity."""
+
+    __slots__ = ("get", "weak")
+
+    def __init__(self, obj: object) -> None:
+        try:
+            self.get: Callable[[], object] = weakref.ref(obj)
+            self.weak = True
+        except TypeError:
+            self.get, self.weak = (lambda: obj), False
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Same):
+            return NotImplemented
+        mine = self.get()
+        return mine is other.get() and (mine is not None or not (self.weak or other.weak))
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _node_keys(parts: Parts) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
     """What says the node's part of the digest may have changed, cheaply: (what only the
-    event loop changes, what local steps change too, the objects whose identities these
-    name, held so that an id is not reused). Every change of the node's state moves one
-    of these (`status.state_digest`): steps move the trainer's step, a mix and a state
-    taken move the round or seq, a neighbour joining or dropped changes the copies, a
-    held-back step or Chebyshev's place change their objects."""
+    event loop changes, what local steps change too), the objects among them by
+    identity (`_Same`: the keys keep no array alive). Every change of the node's state
+    moves one of these (`status.state_digest`): steps move the trainer's step, a mix
+    and a state taken move the round or seq, a neighbour joining or dropped changes the
+    copies, a held-back step (its gradients) or Chebyshev's place change their
+    objects."""
     node, progress = parts.node, parts.progress
     copies = sorted(node.gossip.peers.items(), key=lambda kv: repr(kv[0]))
-    cheb = node.chebyshev
-    held = (node.gossip.public, cheb.older, node.trainer.deferred, *(c for _, c in copies))
+    cheb, deferred = node.chebyshev, node.trainer.deferred
     loop = (
         progress.round,
         progress.seq,
-        id(node.gossip.public),
-        tuple((repr(pid), id(copy)) for pid, copy in copies),
+        _Same(node.gossip.public),
+        tuple((repr(pid), _Same(copy)) for pid, copy in copies),
     )
-    steps = (node.trainer.step, cheb.k, id(cheb.older), id(node.trainer.deferred))
-    return loop, steps, held
+    held_back = None if deferred is None else tuple(map(_Same, deferred[0]))
+    steps = (node.trainer.step, cheb.k, _Same(cheb.older), held_back)
+    return loop, steps
 
 
-def _inbox_keys(inbox: Mapping[int, Mapping[str, Inbound]]) -> tuple[tuple[Any, ...], list[Any]]:
-    """The queued payloads by identity, and those payloads (held, as `_node_keys`)."""
-    queued = [(r, pid, inbox[r][pid]) for r in sorted(inbox) for pid in sorted(inbox[r])]
-    return tuple((r, pid, id(msg)) for r, pid, msg in queued), [msg for *_, msg in queued]
+def _inbox_keys(inbox: Mapping[int, Mapping[str, Inbound]]) -> tuple[Any, ...]:
+    """The queued payloads, by identity (`_Same`)."""
+    return tuple((r, pid, _Same(inbox[r][pid])) for r in sorted(inbox) for pid in sorted(inbox[r]))
 
 
 @dataclass
 class _Digest:
     """One digest of the state: the keys it was taken at, the adapter its node's part
-    holds (`adapter`: the first chunk `DecLoraNode.digest` feeds), the local steps it
-    was found to precede (`before`: a `stepping` taking), and (once hashed) the hash of
-    its node's part and its value."""
+    holds (`adapter`: a copy of the first chunk `DecLoraNode.digest` feeds), the local
+    steps it was found to precede (`before`: a `stepping` taking, not kept alive), and
+    (once hashed) the hash of its node's part and its value."""
 
     loop: tuple[Any, ...]
     steps: tuple[Any, ...]
-    held: tuple[Any, ...]
     adapter: bytes
     inbox: tuple[Any, ...]
-    queued: list[Any]
     done: asyncio.Future[tuple[Any, str]]
-    before: object = None
+    before: _Same | None = None
 
     def usable(self) -> bool:
         """Hashed or being hashed (a failed hash is taken again)."""
@@ -122,10 +146,10 @@ class _Digest:
         """Whether its node's part is the state `taken` when local steps began: same
         adapter (compared, not hashed), and the rest unchanged (`_node_keys`: only a
         step, a mix or a state taken change it, and only steps run in between)."""
-        if self.before is not taken:
+        if self.before is None or self.before.get() is not taken:
             if not self.adapter or taken.vector.tobytes() != self.adapter:
                 return False
-            self.before = taken
+            self.before = _Same(taken)
         return True
 
 
@@ -148,8 +172,8 @@ class StateDigests:
     async def digest(self, parts: Parts) -> str:
         waited = 0.0
         while True:
-            loop, steps, held = _node_keys(parts)
-            inbox, queued = _inbox_keys(parts.inbox.queued)
+            loop, steps = _node_keys(parts)
+            inbox = _inbox_keys(parts.inbox.queued)
             taken = parts.transfer.published  # local steps are running
             last = self.last if self.last is not None and self.last.usable() else None
             if last is None or last.loop != loop:
@@ -182,9 +206,9 @@ class StateDigests:
             state_digest(_Recorded(parts.node, chunks), parts.inbox.queued)  # type: ignore[arg-type]
             done = asyncio.ensure_future(asyncio.to_thread(_hash, chunks))
             if last is not None and same_node:  # the node's part is the one kept
-                kept = (last.loop, last.steps, last.held, last.adapter)
-                self.last = _Digest(*kept, inbox, queued, done, before=last.before)
+                kept = (last.loop, last.steps, last.adapter)
+                self.last = _Digest(*kept, inbox, done, before=last.before)
             else:
                 adapter = chunks.node[0] if chunks.node else b""
-                self.last = _Digest(loop, steps, held, adapter, inbox, queued, done)
+                self.last = _Digest(loop, steps, adapter, inbox, done)
             return (await asyncio.shield(done))[1]
