@@ -23,6 +23,11 @@ mix against the one before; the step after mixing (`step_after_mixing=True`) hol
 round's optimizer step back until the round's last exchange has mixed tracking's z
 (`acceleration.py`).
 
+The daemon receives in two halves: `PeerChecks` (the base class) decodes and bounds a
+neighbour's message off the event loop and changes nothing; `accept_delta`,
+`accept_keyframe` and `receive_tracker` apply what passed. `options_problem` says
+which option combinations a node refuses (its constructor raises ValueError).
+
 The simulator and the daemon both call exactly this sequence, so for the same seeds
 and the same live neighbour sets they produce the same adapters. The consensus finish is
 announced by `begin_finish()`; its gossip-only rounds skip `train` and send no
@@ -88,7 +93,95 @@ class TrainerSnapshot:
             node.trainer.optimizer.load_state_dict(self.optimizer)
 
 
-class DecLoraNode(Generic[K]):
+def options_problem(
+    method: str,
+    codec: str,
+    consensus_step: float | None,
+    robust: str,
+    tracking: bool,
+    *,
+    acceleration: float | None,
+    step_after_mixing: bool,
+    precision: str,
+) -> str:
+    """'' when a node can run `method` with these options (`codec` and `robust`: the
+    gossip state's specs; gradient tracking, Chebyshev `acceleration`, the step after
+    mixing at `precision`), else the one-line reason (the first problem found)."""
+    if tracking and robust != "none":
+        return (
+            "gradient tracking trusts every neighbour's gradient message: "
+            "it cannot be combined with robust mixing"
+        )
+    problem = combination_problem(method, codec, consensus_step, robust, tracking)
+    if not problem and acceleration is not None:
+        problem = acceleration_problem(method, robust)
+    if not problem and step_after_mixing:
+        problem = step_after_mixing_problem(method, tracking, 1, precision)
+    return problem
+
+
+class PeerChecks(Generic[K]):
+    """The pure half of receiving, for the daemon: decode and validate a neighbour's
+    message (off the event loop) while reading this node's state and changing
+    nothing; `DecLoraNode`'s `accept_*` and `receive_tracker` apply what passed. Every
+    value a peer sends is bounded (`value_limit`) before it may touch state; every
+    failure is a GossipError. Method nodes override these checks with their own
+    message formats (Kill-and-Revive's masks, DECA's blocks)."""
+
+    gossip: GossipState[K]
+    tracker: GradientTracker[K] | None
+    _initial_max: float  # the largest |value| of the initial adapter (DECA: block)
+
+    def value_limit(self, cap: float = float("inf")) -> float:
+        """The largest |value| a peer's adapter or delta may hold: `VALUE_RATIO` times
+        this node's largest (public copy or initial adapter), at least `VALUE_FLOOR`,
+        at most `cap`."""
+        own = max(float(np.abs(self.gossip.public).max(initial=0.0)), self._initial_max)
+        return min(cap, max(VALUE_FLOOR, VALUE_RATIO * own))
+
+    def check_payload(
+        self, peer: K, payload: bytes, spec: str | None = None, cap: float = float("inf")
+    ) -> np.ndarray:
+        """Decode and validate an adapter message without applying it (GossipError):
+        sizes, finite values, and every |value| within `value_limit(cap)`."""
+        vec = self.gossip.decode_checked(peer, payload, spec)
+        _check_bound(peer, vec, self.value_limit(cap))
+        return vec
+
+    def check_state(self, peer: K, payload: bytes, cap: float = float("inf")) -> np.ndarray:
+        """A full state (`full_state`, for `take_state`), checked as `check_payload` in
+        the fp32 codec states travel in; GossipError unless it holds every entry (a
+        masked delta passed off as a state does not)."""
+        vec = self.check_payload(peer, payload, KEYFRAME_CODEC, cap)
+        if not np.isfinite(vec).all():
+            raise GossipError(f"state from {peer!r} lacks entries: not a full state")
+        return vec
+
+    def check_keyframe(
+        self, peer: K, payload: bytes, spec: str | None = None, cap: float = float("inf")
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """A keyframe, checked as `check_payload`: the sender's full public copy, and
+        the entries it mixes this exchange (None: every entry; Kill-and-Revive says)."""
+        return self.check_payload(peer, payload, spec, cap), None
+
+    def check_tracker(self, peer: K, payload: bytes, cap: float = float("inf")) -> np.ndarray:
+        """Decode and validate a tracking message without keeping it (GossipError);
+        every |value| within `cap`."""
+        if self.tracker is None:
+            raise GossipError(f"{peer!r} sent a tracking message; this node does not track")
+        try:
+            vec = self.tracker.decode_checked(peer, payload)
+        except TrackingError as exc:
+            raise GossipError(str(exc)) from exc
+        _check_bound(peer, vec, cap)
+        return vec
+
+    def check_pair(self, peer: K, delta: np.ndarray, z: np.ndarray) -> None:
+        """Raise GossipError if a checked delta and the z that came with it disagree
+        (Kill-and-Revive: their entries); Dec-LoRA's always agree."""
+
+
+class DecLoraNode(PeerChecks[K]):
     """A node's trainer plus its gossip state; `peers` are keyed by any hashable id."""
 
     full_model = False  # whether `model_vector` is more than the adapter (DECA's)
@@ -110,19 +203,17 @@ class DecLoraNode(Generic[K]):
         self.trainer = trainer
         x0 = trainer.vector()
         self.gossip: GossipState[K] = GossipState(x0, codec, consensus_step, robust)
-        if tracking and self.gossip.robust.spec != "none":
-            raise ValueError(
-                "gradient tracking trusts every neighbour's gradient message: "
-                "it cannot be combined with robust mixing"
-            )
         self.method = trainer.lm.spec.method
-        problem = combination_problem(
-            self.method, self.gossip.codec.spec, consensus_step, self.gossip.robust.spec, tracking
+        problem = options_problem(
+            self.method,
+            self.gossip.codec.spec,
+            consensus_step,
+            self.gossip.robust.spec,
+            tracking,
+            acceleration=acceleration,
+            step_after_mixing=step_after_mixing,
+            precision=trainer.lm.precision,
         )
-        if not problem and acceleration is not None:
-            problem = acceleration_problem(self.method, self.gossip.robust.spec)
-        if not problem and step_after_mixing:
-            problem = step_after_mixing_problem(self.method, tracking, 1, trainer.lm.precision)
         if problem:
             raise ValueError(problem)
         self.chebyshev = ChebyshevSequence(acceleration)
@@ -256,8 +347,9 @@ class DecLoraNode(Generic[K]):
 
     # ------------------------------------------------------------ the daemon's API
     # A networked node receives payloads concurrently and checks them off the event
-    # loop before they may touch state; these methods split `receive` into a pure
-    # check and an apply, so nothing outside the core touches gossip internals.
+    # loop before they may touch state; `receive` is split into a pure check (the
+    # `PeerChecks` base) and the applies here, so nothing outside the core touches
+    # gossip internals.
 
     @property
     def codec_spec(self) -> str:
@@ -286,54 +378,6 @@ class DecLoraNode(Generic[K]):
         """Drop `peer`'s public copy: its next message must be a keyframe."""
         self.gossip.drop_peer(peer)
         self._tracker_in.pop(peer, None)
-
-    def value_limit(self, cap: float = float("inf")) -> float:
-        """The largest |value| a peer's adapter or delta may hold: `VALUE_RATIO` times
-        this node's largest (public copy or initial adapter), at least `VALUE_FLOOR`,
-        at most `cap`."""
-        own = max(float(np.abs(self.gossip.public).max(initial=0.0)), self._initial_max)
-        return min(cap, max(VALUE_FLOOR, VALUE_RATIO * own))
-
-    def check_payload(
-        self, peer: K, payload: bytes, spec: str | None = None, cap: float = float("inf")
-    ) -> np.ndarray:
-        """Decode and validate an adapter message without applying it (GossipError):
-        sizes, finite values, and every |value| within `value_limit(cap)`."""
-        vec = self.gossip.decode_checked(peer, payload, spec)
-        _check_bound(peer, vec, self.value_limit(cap))
-        return vec
-
-    def check_state(self, peer: K, payload: bytes, cap: float = float("inf")) -> np.ndarray:
-        """A full state (`full_state`, for `take_state`), checked as `check_payload` in
-        the fp32 codec states travel in; GossipError unless it holds every entry (a
-        masked delta passed off as a state does not)."""
-        vec = self.check_payload(peer, payload, KEYFRAME_CODEC, cap)
-        if not np.isfinite(vec).all():
-            raise GossipError(f"state from {peer!r} lacks entries: not a full state")
-        return vec
-
-    def check_keyframe(
-        self, peer: K, payload: bytes, spec: str | None = None, cap: float = float("inf")
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """A keyframe, checked as `check_payload`: the sender's full public copy, and
-        the entries it mixes this exchange (None: every entry; Kill-and-Revive says)."""
-        return self.check_payload(peer, payload, spec, cap), None
-
-    def check_tracker(self, peer: K, payload: bytes, cap: float = float("inf")) -> np.ndarray:
-        """Decode and validate a tracking message without keeping it (GossipError);
-        every |value| within `cap`."""
-        if self.tracker is None:
-            raise GossipError(f"{peer!r} sent a tracking message; this node does not track")
-        try:
-            vec = self.tracker.decode_checked(peer, payload)
-        except TrackingError as exc:
-            raise GossipError(str(exc)) from exc
-        _check_bound(peer, vec, cap)
-        return vec
-
-    def check_pair(self, peer: K, delta: np.ndarray, z: np.ndarray) -> None:
-        """Raise GossipError if a checked delta and the z that came with it disagree
-        (Kill-and-Revive: their entries); Dec-LoRA's always agree."""
 
     def accept_delta(self, peer: K, delta: np.ndarray, scale: float) -> None:
         """Add a checked delta (sent with a codec of update scale `scale`) to peer's copy."""
