@@ -290,7 +290,10 @@ class MdnsDiscovery:
         self._peers: dict[str, PeerInfo] = {}  # service name -> accepted peer
         self._generation: dict[str, int] = {}  # service name -> events seen
         self._tasks: dict[str, asyncio.Task[None]] = {}  # service name -> resolution
-        self._logged: set[tuple[str, str]] = set()
+        self._once = OnceLog(self.log)
+        self._filter = SwarmFilter(
+            node_id, swarm_id, fingerprint, protocol_version, self.advertise, self._once
+        )
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -422,7 +425,7 @@ class MdnsDiscovery:
             return
         if name.lower() == self.service_name.lower():
             if state_change is not ServiceStateChange.Removed:
-                self._check_own_name(zeroconf, name)
+                self._filter.check_own_name(zeroconf, name)
             return
         old = self._tasks.pop(name, None)
         if old is not None:
@@ -434,7 +437,7 @@ class MdnsDiscovery:
                 self.log.info("mDNS peer %s at %s left", gone.node_id, gone.address)
             return
         if name not in self._generation and len(self._generation) >= MAX_SERVICES:
-            self._log_once(
+            self._once(
                 logging.WARNING, "", "full", f"mDNS: over {MAX_SERVICES} services; ignoring more"
             )
             return
@@ -449,29 +452,6 @@ class MdnsDiscovery:
         if not task.cancelled() and (exc := task.exception()) is not None:
             self.log.warning("mDNS: resolving %s failed: %r", name, exc)
 
-    def _check_own_name(self, zc: Zeroconf, name: str) -> None:
-        """Warn if another node announces this node's instance name (a duplicate node id)."""
-        info = AsyncServiceInfo(SERVICE_TYPE, name)
-        if not info.load_from_cache(zc):
-            return
-        props = info.decoded_properties
-        theirs = (props.get("node_id") or "", props.get("addr") or "")
-        if theirs != (self.node_id, self.advertise):
-            self._log_once(
-                logging.WARNING,
-                name,
-                f"duplicate:{theirs}",
-                f"another mDNS node announces this node's name {self.instance!r} "
-                f"(node_id {theirs[0]!r} at {theirs[1]}); node ids must be unique",
-            )
-
-    def _log_once(self, level: int, peer: str, reason: str, message: str) -> None:
-        if (peer, reason) not in self._logged:
-            if len(self._logged) >= MAX_LOGGED:
-                self._logged.clear()
-            self._logged.add((peer, reason))
-            self.log.log(level, "%s", message)
-
     async def _resolve(self, zc: Zeroconf, name: str, generation: int) -> None:
         info = AsyncServiceInfo(SERVICE_TYPE, name)
         resolved = False
@@ -482,26 +462,63 @@ class MdnsDiscovery:
         if self._stopped or self._generation.get(name) != generation:
             return  # superseded by a later event for this service
         if not resolved:
-            self._log_once(
+            self._once(
                 logging.INFO, name, "unresolved", f"mDNS: could not resolve service {name!r}"
             )
             return
         previous = self._peers.pop(name, None)
-        peer = self._accept(name, info)
+        peer = self._filter.accept(name, info)
         if peer is not None:
             if peer != previous:
                 self.log.info("mDNS peer %s at %s found", peer.node_id, peer.address)
             self._peers[name] = peer
 
-    def _accept(self, name: str, info: ServiceInfo) -> PeerInfo | None:
+
+class OnceLog:
+    """Logs each (peer, reason) pair once, at the level given; remembers at most
+    `MAX_LOGGED` pairs, then forgets them all (a LAN's announcements bound nothing)."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+        self._logged: set[tuple[str, str]] = set()
+
+    def __call__(self, level: int, peer: str, reason: str, message: str) -> None:
+        if (peer, reason) not in self._logged:
+            if len(self._logged) >= MAX_LOGGED:
+                self._logged.clear()
+            self._logged.add((peer, reason))
+            self.log.log(level, "%s", message)
+
+
+class SwarmFilter:
+    """Which resolved mDNS services are peers of this node: a valid node id that is not
+    this node's, a dial address (`service_address`), and the same swarm id, protocol
+    version and fingerprint (`mismatches`). Each service ignored, and each other node
+    announcing this node's name, is logged once (`OnceLog`); nothing else changes."""
+
+    def __init__(
+        self,
+        node_id: str,
+        swarm_id: str,
+        fingerprint: str,
+        protocol_version: int,
+        advertise: str,
+        once: OnceLog,
+    ) -> None:
+        self.node_id, self.swarm_id = node_id, swarm_id
+        self.fingerprint, self.protocol_version = fingerprint, protocol_version
+        self.advertise = advertise
+        self._once = once
+
+    def accept(self, name: str, info: ServiceInfo) -> PeerInfo | None:
         """The peer described by a resolved service, or None (logged once) if ignored."""
         props = info.decoded_properties
         node_id = props.get("node_id") or ""
         address = service_address(info, props.get("addr") or "")
-        self.log.debug("mDNS: resolved %s -> %s at %s %s", name, node_id, address, props)
+        self._once.log.debug("mDNS: resolved %s -> %s at %s %s", name, node_id, address, props)
         problem = node_id_problem(node_id)
         if problem or address is None:
-            self._log_once(
+            self._once(
                 logging.INFO,
                 name,
                 "malformed",
@@ -510,7 +527,7 @@ class MdnsDiscovery:
             )
             return None
         if node_id == self.node_id:
-            self._log_once(
+            self._once(
                 logging.WARNING,
                 node_id,
                 f"self:{address}",
@@ -526,7 +543,7 @@ class MdnsDiscovery:
         )
         reason = mismatches(peer, self.swarm_id, self.fingerprint, self.protocol_version)
         if reason:
-            self._log_once(
+            self._once(
                 logging.INFO,
                 node_id,
                 reason,
@@ -534,6 +551,22 @@ class MdnsDiscovery:
             )
             return None
         return peer
+
+    def check_own_name(self, zc: Zeroconf, name: str) -> None:
+        """Warn if another node announces this node's instance name (a duplicate node id)."""
+        info = AsyncServiceInfo(SERVICE_TYPE, name)
+        if not info.load_from_cache(zc):
+            return
+        props = info.decoded_properties
+        theirs = (props.get("node_id") or "", props.get("addr") or "")
+        if theirs != (self.node_id, self.advertise):
+            self._once(
+                logging.WARNING,
+                name,
+                f"duplicate:{theirs}",
+                f"another mDNS node announces this node's name {instance_name(self.node_id)!r} "
+                f"(node_id {theirs[0]!r} at {theirs[1]}); node ids must be unique",
+            )
 
 
 def service_address(info: ServiceInfo, addr: str) -> str | None:
