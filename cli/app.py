@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from typer.core import TyperGroup
@@ -33,7 +34,20 @@ class _LazyGroup(TyperGroup):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in LAZY and cmd_name not in self.commands:
             self.commands[cmd_name] = LAZY[cmd_name]()
-        return super().get_command(ctx, cmd_name)
+        command = super().get_command(ctx, cmd_name)
+        if command is not None and command.callback is not None:
+            command.callback = _marks_began(command.callback)
+        return command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """A Ctrl-C is one line, exit 130 (a traceback too with --debug): before the
+        command began, nothing was written; `start`, `simulate` and `lab` say what is
+        true once they have begun; others, only that it was interrupted."""
+        STATE["began"] = False
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            interrupted("interrupted" if STATE["began"] else NOT_BEGUN)
 
     def main(
         self,
@@ -57,8 +71,11 @@ class _LazyGroup(TyperGroup):
 
         if not standalone_mode:
             return run(False)
+        STATE["began"] = None  # `invoke` not reached yet
         try:
             code = run(False)
+            if code == 130 and STATE["began"] is None:  # typer's exit for a Ctrl-C there
+                typer.echo(NOT_BEGUN, err=True)
         except errors.NoArgsIsHelpError:
             return run(True)  # the help, exactly as before
         except errors.UsageError as exc:
@@ -102,7 +119,63 @@ TlsCa = Annotated[
 ]
 
 
-STATE = {"debug": False}
+# --debug; whether a command's own code has begun (None: not even its parsing)
+STATE: dict[str, bool | None] = {"debug": False, "began": None}
+NOT_BEGUN = "interrupted before the command began; nothing was written"
+
+
+def _marks_began(callback: Any) -> Any:
+    """`callback` noting in STATE that it has begun (once wrapped, it is kept)."""
+    if getattr(callback, "marks_began", False):
+        return callback
+
+    def began(*args: Any, **kwargs: Any) -> Any:
+        STATE["began"] = True
+        return callback(*args, **kwargs)
+
+    began.marks_began = True  # type: ignore[attr-defined]
+    return began
+
+
+def interrupted(line: str) -> NoReturn:
+    """After a Ctrl-C: `line` on stderr (what the interrupt left, e.g. "nothing was
+    written"; with --debug the traceback first), exit 130."""
+    if STATE["debug"]:
+        import traceback
+
+        traceback.print_exc()
+    typer.echo(line, err=True)
+    raise typer.Exit(130)
+
+
+def _files(folder: Path) -> dict[str, float]:
+    """Every path under `folder` with its modification time."""
+    out = {}
+    for path in folder.rglob("*") if folder.is_dir() else ():
+        with contextlib.suppress(OSError):  # gone since
+            out[str(path)] = path.stat().st_mtime
+    return out
+
+
+class Interrupts:
+    """Within it a Ctrl-C is one line, exit 130 (`interrupted`): `untouched` while the
+    folder `watch`ed holds what it held then (or none is watched), else `touched`."""
+
+    def __init__(self, untouched: str, touched: str = "interrupted") -> None:
+        self.untouched, self.touched = untouched, touched
+        self.folder: Path | None = None
+        self.before: dict[str, float] = {}
+
+    def watch(self, folder: Path) -> None:
+        self.folder, self.before = folder, _files(folder)
+
+    def __enter__(self) -> Interrupts:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None and issubclass(kind, KeyboardInterrupt):
+            same = self.folder is None or _files(self.folder) == self.before
+            interrupted(self.untouched if same else self.touched)
 
 
 def _version(value: bool) -> None:
@@ -246,12 +319,17 @@ def start(config: ConfigOpt = None, options: dict[str, Any] | None = None) -> No
     file key (rank); a flag wins over the environment, which wins over the file.
     `declora-node config` shows what applies and where it came from.
     """
-    settings = _settings(options or {}, config).settings
-    from declora.node.daemon.launch import launch
-    from declora.node.daemon.startup import as_user_error
-
+    # once launch has checked the configuration, a stop signal stops the node (`signals`)
+    not_started = "interrupted before the node started; nothing was written"
+    with Interrupts(not_started):
+        settings = _settings(options or {}, config).settings
+        from declora.node.daemon.launch import launch
+        from declora.node.daemon.signals import NotStarted
+        from declora.node.daemon.startup import as_user_error
     try:
         code = launch(settings)
+    except NotStarted:
+        interrupted(not_started)
     except Exception as exc:
         mistake = as_user_error(exc)
         if mistake is None or STATE["debug"]:
@@ -384,16 +462,25 @@ def simulate(
     options: dict[str, Any] | None = None,
 ) -> None:
     """Run Dec-LoRA with N virtual nodes in this process, beside centralized LoRA."""
+    untouched = "interrupted before the simulation wrote its results; nothing was written"
+    with Interrupts(
+        untouched, f"interrupted while writing the results: {output} may hold some"
+    ) as guard:
+        _simulate(output, force, options or {}, guard)
+
+
+def _simulate(output: Path, force: bool, options: dict[str, Any], guard: Interrupts) -> None:
     from pydantic import ValidationError
 
     from declora.cli.experiment import run_one
     from declora.cli.options import given
     from declora.node.data import DataError
     from declora.node.models import ModelError
+    from declora.node.partition import scheme_for_data
     from declora.node.simulator import SimConfig
 
     try:
-        cfg = SimConfig(**given(options or {}))
+        cfg = SimConfig(**given(options))
     except ValidationError as exc:
         fail(
             "bad configuration: " + "; ".join(_problem(e["loc"], e["msg"]) for e in exc.errors()),
@@ -401,6 +488,21 @@ def simulate(
         )
         return
     _check_output(output, "--output", force)
+    try:  # the scheme the run uses is the one its header and run.json name
+        scheme, why = scheme_for_data(
+            cfg.partition_scheme,
+            "partition_scheme" in cfg.model_fields_set or bool(cfg.labels),
+            cfg.task,
+            cfg.data,
+            cfg.label_column,
+        )
+    except DataError as exc:
+        fail_with(exc)
+        return
+    if why:
+        typer.echo(f"simulate: {why}", err=True)
+        cfg = SimConfig(**given(options), partition_scheme=scheme)
+    guard.watch(output)  # run_one writes its results only at the end
     try:
         run_one(cfg, output)
     except (DataError, ModelError) as exc:  # the data (shared out among --nodes), the model
@@ -555,6 +657,12 @@ def lab(
     Shows every node live, then each node's accuracy (perplexity for --task lm) and
     its gap to a centralized reference trained on the same samples.
     """
+    stopped = "interrupted: every node was stopped; the output folder may hold partial results"
+    with Interrupts("interrupted before any node started; nothing was written", stopped) as guard:
+        _lab(fmt, force, options or {}, guard)
+
+
+def _lab(fmt: str, force: bool, options: dict[str, Any], guard: Interrupts) -> None:
     from pydantic import ValidationError
 
     from declora.cli.lab import LabConfig, run_lab
@@ -562,7 +670,7 @@ def lab(
 
     _check_format(fmt)
     try:
-        cfg = LabConfig(**given(options or {}))
+        cfg = LabConfig(**given(options))
     except ValidationError as exc:
         fail(
             "bad configuration: " + "; ".join(_problem(e["loc"], e["msg"]) for e in exc.errors()),
@@ -573,6 +681,7 @@ def lab(
     from declora.node.data import DataError
     from declora.node.models import ModelError
 
+    guard.watch(cfg.output)  # a Ctrl-C while the nodes run: run_lab stops them, sums up
     try:
         summary: dict[str, Any] = run_lab(cfg)
     except (DataError, ModelError) as exc:  # the reference's data or model, in process
@@ -590,14 +699,15 @@ def _one_command(
 ) -> click.Command:
     """`func` as a click command named `name`, with a flag for every field of `model`
     (a config class, imported only when the command is used)."""
-    from declora.cli.options import fields_command
+    from declora.cli.options import fields_command, fields_command_class
 
     single = typer.Typer(
         add_completion=False,
         pretty_exceptions_enable=False,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
-    single.command(name)(fields_command(model(), func, skip) if model else func)
+    cls = fields_command_class(model()) if model else None
+    single.command(name, cls=cls)(fields_command(model(), func, skip) if model else func)
     return typer.main.get_command(single)
 
 
@@ -773,13 +883,17 @@ def main() -> None:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     # transformers deprecation chatter is not the user's business
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
-    if sys.argv[1:2] == ["status"]:  # the plain forms without building the app
-        from declora.cli.fast import status_main
+    try:
+        if sys.argv[1:2] == ["status"]:  # the plain forms without building the app
+            from declora.cli.fast import status_main
 
-        code = status_main(sys.argv[2:])
-        if code is not None:
-            sys.exit(code)
-    app(prog_name="declora-node")
+            code = status_main(sys.argv[2:])
+            if code is not None:
+                sys.exit(code)
+        app(prog_name="declora-node")
+    except KeyboardInterrupt:  # before the app handles them (`_LazyGroup.invoke`)
+        typer.echo(NOT_BEGUN if STATE["began"] is None else "interrupted", err=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":  # pragma: no cover

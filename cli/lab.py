@@ -123,6 +123,33 @@ class LabNode:
     log: Any
 
 
+SCHEME = "partition_scheme"
+
+
+def lab_scheme(cfg: LabConfig) -> tuple[LabConfig, str]:
+    """`cfg` with the partition scheme its daemons are to use, and a line saying why
+    when it is not `cfg`'s (`partition.scheme_for_data`: causal-LM data without a label
+    column is shared out iid unless the user chose a scheme, in the flags or `extra`;
+    a chosen label-based one, or --labels, is a `DataError` before any daemon starts:
+    each daemon is handed its scheme, so cannot tell a default from a choice)."""
+    from declora.node.partition import scheme_for_data
+
+    chosen = {k: v for k, v in cfg.extra.items() if k in Recipe.model_fields}
+    chosen = {**cfg.model_dump(include=cfg.model_fields_set), **chosen}
+    merged = {**cfg.model_dump(), **chosen}
+    scheme, why = scheme_for_data(
+        str(merged[SCHEME]),
+        SCHEME in chosen or bool(merged["labels"]),
+        merged["task"],
+        merged["data"],
+        merged["label_column"],
+    )
+    if scheme == merged[SCHEME]:
+        return cfg, ""
+    iid = LabConfig.model_validate({**cfg.model_dump(include=cfg.model_fields_set), SCHEME: scheme})
+    return iid, f"lab: {why}"
+
+
 def _free_port(preferred: int) -> int:
     for port in (preferred, 0):
         with socket.socket() as s:
@@ -275,6 +302,23 @@ def summary_line(
     return f"  {node_id}: {score.key} {value:.4f}{versus}"
 
 
+def failure_line(node_id: str, code: int, log: Path) -> str:
+    """The lab summary's line for a node that exited with `code` and no final adapter:
+    the `error:` and `hint:` lines its log ends with (the daemon's own report), else
+    where the log is."""
+    try:
+        tail = log.read_text(errors="replace").splitlines()[-40:]
+    except OSError:
+        tail = []
+    errors = [i for i, line in enumerate(tail) if line.startswith("error: ")]
+    if not errors:
+        return f"  {node_id}: exited {code} (see {log})"
+    said = [tail[errors[-1]].removeprefix("error: ")]
+    hint = tail[errors[-1] + 1 : errors[-1] + 2]
+    said += [h.removeprefix("hint: ") for h in hint if h.startswith("hint: ")]
+    return f"  {node_id}: exited {code}: {'; '.join(said)} (log: {log})"
+
+
 class Reference(threading.Thread):
     """The centralized reference, trained beside the nodes (it fills a core the nodes
     leave idle while they wait for each other); `result` once done."""
@@ -325,11 +369,13 @@ def plot_lab(
     if score.percent:
         ax1.set_ylim(0, 1)
     ax1.grid(alpha=0.3)
-    ax1.legend(loc="lower right" if score.higher_is_better else "upper right")
+    if ax1.get_legend_handles_labels()[0]:  # nothing to plot: no node evaluated
+        ax1.legend(loc="lower right" if score.higher_is_better else "upper right")
     ax2.set_xlabel("round")
     ax2.set_ylabel("max ||x̂_j - x_i|| / ||x_i|| over neighbours")
     ax2.grid(alpha=0.3)
-    ax2.legend()
+    if ax2.get_legend_handles_labels()[0]:
+        ax2.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -344,6 +390,9 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
     from declora.node.topology import from_spec
 
     console = Console(stderr=True)
+    cfg, note = lab_scheme(cfg)
+    if note:
+        console.print(note, soft_wrap=True)
     key = score_for(cfg.task).key
     topo = from_spec(cfg.topology, cfg.nodes, seed=cfg.seed)
     out = cfg.output.resolve()
@@ -409,6 +458,8 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
             live.update(
                 _table(nodes, statuses, f"declora lab {swarm} ({time.time() - t0:.0f}s)", key)
             )
+        if not console.is_terminal:  # Live leaves its last table without a line end there
+            console.line()
     except KeyboardInterrupt:
         interrupted = True
         console.print("lab: interrupted, stopping every node (Ctrl-C again to kill)")
@@ -456,7 +507,12 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
     }
     (out / "results.json").write_text(json.dumps(summary, indent=1, default=str))
     plot_lab(histories, central, out / "results.png", score)
-    lines = [summary_line(k, a, ref, score) for k, a in accs.items()]
+    lines = [
+        failure_line(n.node_id, n.process.returncode, out / f"{n.node_id}.log")
+        if accs[n.node_id] is None and n.process.returncode and not interrupted
+        else summary_line(n.node_id, accs[n.node_id], ref, score)
+        for n in nodes
+    ]
     if ref is not None:
         lines.append(
             f"  centralized reference: {score.key} {ref:.4f} "
@@ -464,6 +520,12 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
             f"{cfg.central_lr:g}, all the data)"
         )
     console.print(
-        "lab finished in {:.0f}s\n{}\nresults: {}".format(summary["seconds"], "\n".join(lines), out)
+        "lab {} {:.0f}s\n{}\nresults: {}".format(
+            "interrupted after" if interrupted else "finished in",
+            summary["seconds"],
+            "\n".join(lines),
+            out,
+        ),
+        soft_wrap=True,
     )
     return summary

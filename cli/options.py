@@ -5,7 +5,9 @@ Every field becomes a flag of the same name (`rank` -> `--rank`,
 a bool -> `--mdns/--no-mdns`) whose help is the field's description and whose shown
 default is `settings.default_text`. The command receives the flags' values as
 `options`, None for every flag not given, so environment variables and the config
-file still apply underneath (`settings.resolve_settings`).
+file still apply underneath (`settings.resolve_settings`). A field that is a bool or a
+word (`resume`: bool or "auto") is one option that is a flag or takes that word:
+`--resume`, `--no-resume`, `--resume=auto` (`flag_words`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Annotated, Any, Literal
 import typer
 from pydantic import BaseModel as PydanticModel
 from pydantic.fields import FieldInfo
+from typer.core import TyperCommand
 
 from declora.node.recipe import Recipe
 from declora.node.settings import NodeSettings, default_text, option_name
@@ -62,8 +65,8 @@ def _cli_type(info: FieldInfo) -> type[Any]:
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
         annotation = args[0]
-    if bool in args:  # --resume: a flag; its other value, auto, comes from env or file
-        return bool
+    if bool in args:  # a flag; with a word beside (resume: auto), a str (`flag_words`)
+        return bool if len(args) == 1 else str
     if annotation in (bool, int, float, Path):
         return annotation  # type: ignore[return-value]
     if typing.get_origin(annotation) is Literal:
@@ -78,17 +81,52 @@ def help_text(name: str, model: type[PydanticModel] = NodeSettings) -> str:
     return text + (f"; {extra}" if extra else "")
 
 
+def _words(info: FieldInfo) -> tuple[str, ...]:
+    """The words a bool field also takes (`resume`: auto); empty for any other field."""
+    args = typing.get_args(info.annotation)
+    if bool not in args:
+        return ()
+    return tuple(w for a in args if typing.get_origin(a) is Literal for w in typing.get_args(a))
+
+
+def flag_words(args: list[str], model: type[PydanticModel]) -> list[str]:
+    """`args` with each bool field of `model` that also takes a word given as the one
+    option it is: `--resume` as `--resume=true`, `--no-resume` as `--resume=false`,
+    `--resume auto` as `--resume=auto` (`--resume=auto` is itself)."""
+    words = {option_name(n): _words(i) for n, i in model.model_fields.items() if _words(i)}
+    negated = {f"--no-{flag[2:]}": flag for flag in words}
+    out: list[str] = []
+    rest = iter(args)
+    for arg in rest:
+        if arg in negated:
+            out.append(f"{negated[arg]}=false")
+        elif arg in words:
+            word = next(rest, None)
+            if word in words[arg]:
+                out.append(f"{arg}={word}")
+            else:
+                out.append(f"{arg}=true")
+                out.extend([] if word is None else [word])
+        else:
+            out.append(arg)
+    return out
+
+
 def _parameter(name: str, model: type[PydanticModel]) -> inspect.Parameter:
-    kind = _cli_type(model.model_fields[name])
+    info = model.model_fields[name]
+    kind = _cli_type(info)
     flag = option_name(name)
     decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
     if name == "output":  # -o on every command with an output folder
         decls.append("-o")
+    words = _words(info)
     option = typer.Option(
         *decls,
         help=help_text(name, model),
         show_default=default_text(name, model),
         rich_help_panel=_panel(name),
+        # --resume[=auto]: shown as the flag it also is (`flag_words`)
+        metavar=f"[={'|'.join(words)}]" if words else None,
     )
     annotation = Annotated[kind | None, option]  # type: ignore[valid-type]
     return inspect.Parameter(
@@ -117,6 +155,17 @@ def fields_command(
     command.__name__ = func.__name__
     command.__doc__ = func.__doc__
     return command
+
+
+def fields_command_class(model: type[PydanticModel]) -> type[TyperCommand]:
+    """The click command class of a `fields_command` of `model`: its bool fields that
+    also take a word are flags too (`flag_words`)."""
+
+    class FieldsCommand(TyperCommand):
+        def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+            return super().parse_args(ctx, flag_words(args, model))
+
+    return FieldsCommand
 
 
 def given(options: dict[str, Any]) -> dict[str, Any]:

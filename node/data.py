@@ -473,6 +473,28 @@ def read_splits(path: Path) -> list[tuple[str, Any]]:
     return splits
 
 
+def missing_label_column(spec: str | Path, column: str) -> str | None:
+    """Why `load_dataset` would find no label column `column` in data `spec` (the
+    message of its `DataError`: "x.jsonl: no label column 'label'; columns are
+    ['text']"), or None when every split it reads has one (the embedded data is
+    labelled). Checks no value; `DataError` for data that cannot be read."""
+    if str(spec) in (EMBEDDED_DATA, EMBEDDED_CHAT):
+        return None
+    p = Path(spec)
+    splits = _read_splits(p)
+    test_name = next((n for n in TEST_SPLITS if n in splits), None)
+    if TRAIN_SPLIT in splits and test_name is not None:
+        splits = {n: splits[n] for n in (TRAIN_SPLIT, test_name)}
+    for name, ds in splits.items():
+        if column not in ds.column_names:
+            return _no_column(_where(p, name), "label", column, ds)
+    return None
+
+
+def _no_column(where: str, what: str, column: str, ds: Any) -> str:
+    return f"{where}: no {what} column {column!r}; columns are {sorted(ds.column_names)}"
+
+
 def column_values(
     ds: Any, where: str, column: str, what: str, option: str
 ) -> tuple[list[Any], Any]:
@@ -480,7 +502,7 @@ def column_values(
     naming the columns and the `option` that names it when it is missing."""
     if column not in ds.column_names:
         raise DataError(
-            f"{where}: no {what} column {column!r}; columns are {sorted(ds.column_names)}",
+            _no_column(where, what, column, ds),
             f"name the {what} column with {option}",
         )
     try:  # one batch: much faster than iterating the column row by row

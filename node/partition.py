@@ -26,6 +26,7 @@ __all__ = [
     "label_counts",
     "label_proportions",
     "partition",
+    "scheme_for_data",
     "shards",
     "skew_proportions",
 ]
@@ -259,6 +260,30 @@ def _parse_scheme(scheme: str) -> tuple[str, float | None]:
             raise _bad_scheme(scheme, "shards per node must be >= 1")
         return kind, k
     raise _bad_scheme(scheme, f"unknown kind {kind!r}")
+
+
+def scheme_for_data(
+    scheme: str, chosen: bool, task: str, data: str, label_column: str
+) -> tuple[str, str]:
+    """The scheme that shares `data` out, and a line saying why when it is not `scheme`:
+    causal-LM data without a label column (`data.missing_label_column`) is shared out
+    iid when `scheme` is a caller's default (as `workload.load_workload` does in
+    process); a label-based scheme the user `chosen` is a `DataError` with the hint.
+    What a command checks before handing its scheme to daemons, which cannot tell."""
+    from declora.node.data import missing_label_column
+
+    if task != "lm" or scheme == "iid":
+        return scheme, ""
+    missing = missing_label_column(data, label_column)
+    if missing is None:
+        return scheme, ""
+    if chosen:
+        raise DataError(
+            f"{missing}; --partition-scheme {scheme} shares causal-LM data out by a label column",
+            "use --partition-scheme iid for unlabelled data (or name its label column with "
+            "--label-column)",
+        )
+    return "iid", f"{missing}: sharing it out iid, not {scheme} (the default)"
 
 
 def check_scheme(scheme: str) -> str:

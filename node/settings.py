@@ -156,8 +156,8 @@ class NodeSettings(BaseSettings, Recipe):
     )
     resume: bool | Literal["auto"] = Field(
         False,
-        description="continue from the latest checkpoint (auto, set in the environment or a "
-        "config file: if there is one, else start afresh; for restart policies)",
+        description="continue from the latest checkpoint; --resume=auto (for restart "
+        "policies): if there is one, else start afresh",
     )
     # operations
     metrics_port: int = Field(0, ge=0, le=65535, description="0 = no metrics endpoint")
@@ -253,7 +253,7 @@ class NodeSettings(BaseSettings, Recipe):
     @classmethod
     def _resume_ok(cls, v: object) -> object:
         if isinstance(v, str) and v.strip().lower() not in BOOL_WORDS | {"auto"}:
-            raise ValueError("must be true, false or auto")
+            raise ValueError(f"must be true, false or auto, got {v.strip()!r}")
         return v.strip().lower() if isinstance(v, str) else v
 
     @field_validator("device")

@@ -60,7 +60,7 @@ def test_start_help_shows_every_option_with_help_and_default() -> None:
     rows = {
         m.group(1): line
         for line in res.stdout.splitlines()
-        if (m := re.search(r"(--[a-z-]+)(?:\s+--no-[a-z-]+)?\s+<", line))
+        if (m := re.search(r"(--[a-z-]+)(?:\s+--no-[a-z-]+)?\s+[<\[]", line))
     }
     for name in NodeSettings.model_fields:
         row = rows.get(option_name(name))

@@ -57,7 +57,7 @@ def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         (["lab", "--rank", "abc"], "Invalid value for '--rank'", "lab"),
         (["lab", "--bogus"], "No such option: --bogus", "lab"),
-        (["start", "--resume=auto"], "Option '--resume' does not take a value", "start"),
+        (["start", "--solo=yes"], "Option '--solo' does not take a value", "start"),
         (["predict"], "Missing argument", "predict"),
         (["status", "--timeout", "soon"], "Invalid value for '--timeout'", "status"),
         (["bogus"], "No such command 'bogus'", ""),

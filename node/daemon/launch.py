@@ -4,7 +4,8 @@
 reserves the listen port with a plain socket, and only then imports torch and builds
 the daemon, which swaps the reservation for its gRPC server before the model loads.
 So a port in use or a bad configuration fails within a second, with a `UserError`.
-A stop signal from here on is remembered until the daemon handles it (`signals`).
+A stop signal from here on is remembered until the daemon handles it (`signals`);
+one before, while the configuration is checked, is `NotStarted`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 import contextlib
 
 from declora.node import logs
-from declora.node.daemon.signals import stop_signals
+from declora.node.daemon.signals import NotStarted, stop_signals
 from declora.node.daemon.startup import check_config
 from declora.node.daemon.transport import Transport
 from declora.node.settings import NodeSettings
@@ -21,8 +22,11 @@ from declora.node.settings import NodeSettings
 
 def launch(settings: NodeSettings) -> int:
     """Run a node until it finishes or is stopped; the exit code (UserError: a mistake)."""
-    logs.configure(settings.node_id, settings.log_format, settings.log_level)
-    created = check_config(settings)
+    try:  # check_config imports torch: seconds in which a Ctrl-C is still raised
+        logs.configure(settings.node_id, settings.log_format, settings.log_level)
+        created = check_config(settings)
+    except KeyboardInterrupt as exc:
+        raise NotStarted from exc
     try:
         with stop_signals():
             transport = Transport(settings, settings.tls())

@@ -23,6 +23,11 @@ from typing import Any
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+class NotStarted(KeyboardInterrupt):
+    """A Ctrl-C before `launch` took over stop signals: the node never started and
+    nothing was written."""
+
+
 class StopSignals:
     """Where a stop signal goes: to the daemon once it has taken over, else remembered."""
 
