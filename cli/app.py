@@ -491,7 +491,8 @@ def _simulate(output: Path, force: bool, options: dict[str, Any], guard: Interru
     try:  # the scheme the run uses is the one its header and run.json name
         scheme, why = scheme_for_data(
             cfg.partition_scheme,
-            "partition_scheme" in cfg.model_fields_set or bool(cfg.labels),
+            "partition_scheme" in cfg.model_fields_set,
+            bool(cfg.labels),
             cfg.task,
             cfg.data,
             cfg.label_column,

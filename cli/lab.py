@@ -139,7 +139,8 @@ def lab_scheme(cfg: LabConfig) -> tuple[LabConfig, str]:
     merged = {**cfg.model_dump(), **chosen}
     scheme, why = scheme_for_data(
         str(merged[SCHEME]),
-        SCHEME in chosen or bool(merged["labels"]),
+        SCHEME in chosen,
+        bool(merged["labels"]),
         merged["task"],
         merged["data"],
         merged["label_column"],

@@ -263,13 +263,14 @@ def _parse_scheme(scheme: str) -> tuple[str, float | None]:
 
 
 def scheme_for_data(
-    scheme: str, chosen: bool, task: str, data: str, label_column: str
+    scheme: str, chosen: bool, labels: bool, task: str, data: str, label_column: str
 ) -> tuple[str, str]:
     """The scheme that shares `data` out, and a line saying why when it is not `scheme`:
     causal-LM data without a label column (`data.missing_label_column`) is shared out
     iid when `scheme` is a caller's default (as `workload.load_workload` does in
-    process); a label-based scheme the user `chosen` is a `DataError` with the hint.
-    What a command checks before handing its scheme to daemons, which cannot tell."""
+    process); a label-based scheme the user `chosen`, or declared `labels`, is a
+    `DataError` with the hint. What a command checks before handing its scheme to
+    daemons, which cannot tell a default from a choice."""
     from declora.node.data import missing_label_column
 
     if task != "lm" or scheme == "iid":
@@ -277,11 +278,16 @@ def scheme_for_data(
     missing = missing_label_column(data, label_column)
     if missing is None:
         return scheme, ""
+    name_it = "name its label column with --label-column"
     if chosen:
         raise DataError(
             f"{missing}; --partition-scheme {scheme} shares causal-LM data out by a label column",
-            "use --partition-scheme iid for unlabelled data (or name its label column with "
-            "--label-column)",
+            f"use --partition-scheme iid for unlabelled data (or {name_it})",
+        )
+    if labels:
+        raise DataError(
+            f"{missing}; --labels declares the classes of a label column",
+            f"drop --labels for unlabelled data (or {name_it})",
         )
     return "iid", f"{missing}: sharing it out iid, not {scheme} (the default)"
 

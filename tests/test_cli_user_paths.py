@@ -57,6 +57,10 @@ def test_lab_shares_unlabelled_lm_data_out_iid_unless_a_scheme_was_chosen(tmp_pa
             lab_scheme(chosen)
         assert "no label column 'label'" in info.value.message
         assert "--partition-scheme iid" in info.value.hint
+    with pytest.raises(DataError) as info:  # declared labels need a label column too
+        lab_scheme(LabConfig(task="lm", model="tiny-llama", data=data, labels="a,b"))
+    assert "--labels declares the classes of a label column" in info.value.message
+    assert info.value.hint.startswith("drop --labels for unlabelled data")
     # labelled data, classification and a chosen iid are the lab's as given
     for same in (
         LabConfig(task="lm", model="tiny-llama"),  # the embedded data is labelled
