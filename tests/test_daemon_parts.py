@@ -19,8 +19,8 @@ from pydantic import ValidationError
 from declora.node import PROTOCOL_VERSION
 from declora.node.codecs import make_codec
 from declora.node.daemon import Daemon
+from declora.node.daemon.admission import check_hello
 from declora.node.daemon.daemon import Parts
-from declora.node.daemon.handshake import check_hello
 from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD
 from declora.node.daemon.service import SwarmService
 from declora.node.daemon.status import state_digest

@@ -16,7 +16,7 @@ from test_daemon_parts import pair
 from transformers import AutoModelForSequenceClassification
 
 from declora.node.codecs import OVERHEAD, make_codec
-from declora.node.daemon.handshake import recipe_differences, recipe_facts
+from declora.node.daemon.admission import recipe_differences, recipe_facts
 from declora.node.data import TextDataset
 from declora.node.deca import CONSENSUS_BETAS, DecaNode
 from declora.node.deca_model import BlockModel, BlockTrainer, block_at

@@ -13,11 +13,8 @@ from pathlib import Path
 import pytest
 from test_daemon_parts import RULE, hello, pair
 
-from declora.node.daemon.handshake import (
-    RefusalLog,
-    check_hello,
-    same_host,
-)
+from declora.node.daemon.admission import check_hello, same_host
+from declora.node.daemon.handshake import RefusalLog
 from declora.node.daemon.parts import Parts
 from declora.node.limits import peer_host
 from declora.proto import pb

@@ -18,7 +18,7 @@ from test_daemon_parts import pair
 
 from declora.node.adapter_io import load_adapter
 from declora.node.codecs import OVERHEAD
-from declora.node.daemon.handshake import recipe_differences, recipe_facts
+from declora.node.daemon.admission import recipe_differences, recipe_facts
 from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD
 from declora.node.data import TextDataset
 from declora.node.dec_lora import DecLoraNode, TrainerSnapshot

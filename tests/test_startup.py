@@ -33,7 +33,7 @@ from daemon_helpers import (
 
 from declora.cli.client import StatusError, fetch_status
 from declora.node import PROTOCOL_VERSION
-from declora.node.daemon.handshake import REFUSALS_LOGGED
+from declora.node.logs import REFUSALS_LOGGED
 from declora.proto import pb, pb_grpc
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

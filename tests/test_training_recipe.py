@@ -28,7 +28,7 @@ from torch import nn
 
 from declora.node import checkpoint
 from declora.node.adapter import fingerprint
-from declora.node.daemon.handshake import recipe_differences, recipe_facts
+from declora.node.daemon.admission import recipe_differences, recipe_facts
 from declora.node.lora_targets import default_targets, wrap_lora
 from declora.node.models import BaseModel, ByteTokenizer, ModelError
 from declora.node.quantize import check_runtime, quantization_kwargs

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from test_training_recipe import LLAMA, encoded, grads_seen, on_step
 
 from declora.node.codecs import decode
-from declora.node.daemon.handshake import recipe_differences, recipe_facts
+from declora.node.daemon.admission import recipe_differences, recipe_facts
 from declora.node.recipe import Recipe
 from declora.node.simulator import Simulation
 from declora.node.trainer import Encoded, LocalTrainer, LoraModel

@@ -1,6 +1,6 @@
 """A Welcome (the answer to a Hello this node dialled) may not speak for a live
 neighbour's id from another address: the rule an inbound Hello gets ("live at another
-address", `Handshaker._identity_refusal`) holds for a dial too.
+address", `Admission._identity_refusal`) holds for a dial too.
 
 The attack this guards against (open mode): a third party gets this node to dial its
 server (it introduces itself under some id with that server as its listen address,

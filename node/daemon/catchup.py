@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from declora.node.daemon.handshake import Auth
+from declora.node.daemon.auth import Auth
 from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD, PUSH_PACE
 from declora.node.daemon.peers import Peer, PeerTable
 from declora.node.daemon.state import Identity, Progress

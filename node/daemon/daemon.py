@@ -28,8 +28,8 @@ import time
 from typing import Any
 
 from declora.node import PROTOCOL_VERSION, logs
+from declora.node.daemon.auth import Auth
 from declora.node.daemon.gate import LoadingGate
-from declora.node.daemon.handshake import Auth
 from declora.node.daemon.parts import Parts, build_parts, resolve_device
 from declora.node.daemon.peers import Peer
 from declora.node.daemon.persistence import Persistence

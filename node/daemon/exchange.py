@@ -31,7 +31,8 @@ import grpc
 import numpy as np
 
 from declora.node import faults
-from declora.node.daemon.handshake import Auth, Handshaker
+from declora.node.daemon.auth import Auth
+from declora.node.daemon.handshake import Handshaker
 from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD, Inbox
 from declora.node.daemon.peers import SILENT_GRACE, SILENT_ROUNDS, Peer, PeerTable
 from declora.node.daemon.sending import PROBATION_GRACE, RoundPayload, Sender

@@ -42,13 +42,8 @@ import grpc
 
 from declora.node import PROTOCOL_VERSION, __version__, logs
 from declora.node.address import endpoints
-from declora.node.daemon.admission import CLI_CERT as CLI_CERT  # re-exported
 from declora.node.daemon.admission import SAME_SECRET, Admission
-from declora.node.daemon.admission import check_hello as check_hello  # re-exported
-from declora.node.daemon.admission import recipe_differences as recipe_differences
-from declora.node.daemon.admission import recipe_facts as recipe_facts  # re-exported
-from declora.node.daemon.admission import same_host as same_host  # re-exported
-from declora.node.daemon.auth import Auth as Auth  # re-exported
+from declora.node.daemon.auth import Auth
 from declora.node.daemon.dial_backoff import DialBackoff
 from declora.node.daemon.peers import Peer, PeerTable
 from declora.node.daemon.state import Progress
@@ -57,7 +52,6 @@ from declora.node.daemon.transport import Transport
 from declora.node.discovery import Discovery, select_neighbors
 from declora.node.identity import shown
 from declora.node.limits import peer_host
-from declora.node.logs import REFUSALS_LOGGED as REFUSALS_LOGGED  # re-exported
 from declora.node.settings import NodeSettings
 from declora.proto import pb, pb_grpc
 

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from declora.node.daemon.handshake import CLI_CERT, Auth
+from declora.node.daemon.admission import CLI_CERT
+from declora.node.daemon.auth import Auth
 from declora.node.daemon.peers import Peer, PeerTable
 from declora.node.daemon.pushbuffer import PushBuffer
 from declora.node.daemon.state import Identity, Progress

@@ -12,10 +12,12 @@ from typing import Any
 
 import torch
 
+from declora.node.daemon.admission import recipe_facts
+from declora.node.daemon.auth import Auth
 from declora.node.daemon.catchup import StateTransfer
 from declora.node.daemon.digests import StateDigests
 from declora.node.daemon.exchange import Exchange
-from declora.node.daemon.handshake import Auth, Handshaker, recipe_facts
+from declora.node.daemon.handshake import Handshaker
 from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD, Inbox
 from declora.node.daemon.peers import PeerTable
 from declora.node.daemon.state import Identity, Progress

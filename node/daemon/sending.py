@@ -31,7 +31,8 @@ from typing import Any
 import grpc
 
 from declora.node import faults
-from declora.node.daemon.handshake import Auth, Handshaker
+from declora.node.daemon.auth import Auth
+from declora.node.daemon.handshake import Handshaker
 from declora.node.daemon.peers import Peer, PeerTable
 from declora.node.daemon.state import Identity, Progress
 from declora.node.daemon.status import Counters

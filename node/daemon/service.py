@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from declora.node.daemon.handshake import CLI_CERT
+from declora.node.daemon.admission import CLI_CERT
 from declora.node.identity import shown
 from declora.node.limits import host_key, limited, peer_host
 from declora.node.wire import WireError
