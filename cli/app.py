@@ -888,6 +888,7 @@ def main() -> None:
         if sys.argv[1:2] == ["status"]:  # the plain forms without building the app
             from declora.cli.fast import status_main
 
+            STATE["began"] = True
             code = status_main(sys.argv[2:])
             if code is not None:
                 sys.exit(code)

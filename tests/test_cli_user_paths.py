@@ -243,3 +243,27 @@ def test_a_ctrl_c_in_simulate_or_lab_says_what_was_written(
         runner.invoke(app, ["lab", "--model", "tiny-bert", "--output", str(tmp_path / "lab")]),
         "interrupted before any node started; nothing was written",
     )
+
+
+def test_a_ctrl_c_while_status_waits_is_one_line() -> None:
+    """`status` (answered without building the app) waiting for a node that never
+    answers: Ctrl-C is "interrupted", exit 130, no traceback."""
+    import signal
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        silent.settimeout(120)
+        target = f"127.0.0.1:{silent.getsockname()[1]}"
+        proc = subprocess.Popen(
+            [*CLI, "status", "--target", target, "--timeout", "60"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        conn, _ = silent.accept()  # the call is under way
+        with conn:
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err == "interrupted\n", err
