@@ -17,6 +17,7 @@ checkpoints are kept.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -208,7 +209,7 @@ def load(root: Path, lm: LoraModel) -> NodeState:
             + (f" (other checkpoints: {', '.join(others)})" if others else "")
         )
     raw = read_state(path)
-    if raw["fingerprint"] != lm.fingerprint:
+    if raw["fingerprint"] != lm.fingerprint and not labels_read_otherwise(path, raw, lm):
         from declora.node.adapter_io import recorded_differences
 
         diffs = recorded_differences(path / "adapter", lm)  # "there": the checkpoint's
@@ -239,6 +240,28 @@ def load(root: Path, lm: LoraModel) -> NodeState:
         method_state={k: v.numpy() for k, v in raw.get("method_state", {}).items()},
         share=raw.get("share"),
     )
+
+
+def labels_read_otherwise(path: Path, raw: dict[str, Any], lm: LoraModel) -> bool:
+    """Whether checkpoint `path` (its state `raw`) is `lm`'s but for how its labels were
+    spelled: recorded before whole-number labels were read in integer form ("2.0", now
+    "2": `data.label_name`), the same classes in the same order, and nothing else
+    differs (its fingerprint is `lm`'s with the recorded labels)."""
+    from declora.node.adapter import fingerprint
+    from declora.node.adapter_card import DECLORA_INFO
+    from declora.node.data import label_name
+
+    try:
+        info = json.loads((path / "adapter" / DECLORA_INFO).read_text())
+    except (OSError, ValueError):
+        return False
+    recorded = info.get("labels") if isinstance(info, dict) else None
+    if not lm.label_names or not isinstance(recorded, list):
+        return False
+    if [label_name(v) for v in recorded] != list(lm.label_names):
+        return False
+    identity = {**lm.identity, "labels": [str(v) for v in recorded]}
+    return fingerprint(lm.spec.model, lm.base_digest, identity, lm.schema) == raw["fingerprint"]
 
 
 def peft_tensors_to_vector(tensors: dict[str, torch.Tensor], schema: AdapterSchema) -> np.ndarray:

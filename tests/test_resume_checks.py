@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_SPEC
 from daemon_helpers import CLI, HOST, Cluster, free_ports, train_args
 
 from declora.node import checkpoint, run_folder
@@ -383,3 +384,24 @@ def test_a_stop_in_the_consensus_finish_resumes_into_it(cluster: Cluster) -> Non
     assert cluster.wait_exit([first], START) == [0], cluster.report()
     assert f"resumed from {path}" in first.log() and "past --rounds" not in first.log()
     assert "final adapter written" in first.log(), cluster.report()
+
+
+# ------------------------------------------------------------ labels recorded as decimals
+
+
+def test_a_checkpoint_with_decimal_labels_resumes_as_integers(tmp_path: Path) -> None:
+    """Labels were read as floats ("2.0") before they were read in integer form ("2"):
+    such a checkpoint's fingerprint covers "2.0", today's node has "2", and its resume
+    was refused naming the labels. It resumes (the same classes in the same order);
+    labels in another order are still refused, naming them."""
+    old = LoraModel(TINY_SPEC, label_names=("0.0", "1.0", "2.0"))
+    vec = np.concatenate([t.reshape(-1).numpy() for t in old.initial_tensors()])
+    trainer_state = {"optimizer": {}, "step": 0, "epoch": 1, "cursor": 0, "order": np.arange(4)}
+    state = checkpoint.NodeState(2, 2, vec, vec.copy(), trainer_state, old.fingerprint)
+    checkpoint.save(tmp_path, old, state, {})
+    now = LoraModel(TINY_SPEC, label_names=("0", "1", "2"))
+    assert now.fingerprint != old.fingerprint
+    assert checkpoint.load(tmp_path, now).round == 2
+    other = LoraModel(TINY_SPEC, label_names=("0", "2", "1"))  # other ids: not the same head
+    with pytest.raises(checkpoint.CheckpointMismatch, match=r"labels: 3 \['0.0', '1.0', '2.0'\]"):
+        checkpoint.load(tmp_path, other)
