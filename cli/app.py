@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -148,33 +148,52 @@ def interrupted(line: str) -> NoReturn:
     raise typer.Exit(130)
 
 
-def _files(folder: Path) -> dict[str, float]:
-    """Every path under `folder` with its modification time."""
-    out = {}
-    for path in folder.rglob("*") if folder.is_dir() else ():
-        with contextlib.suppress(OSError):  # gone since
-            out[str(path)] = path.stat().st_mtime
+def _entries(folder: Path, within: Iterable[str] = ()) -> dict[str, tuple[int, ...]]:
+    """What a write under `folder` changes: whether it exists, each entry directly in
+    it and each path under its entries named in `within` (what a command writes
+    deeper), with inode, size and modification time. Nothing else under `folder` is
+    read: the files a command writes all change what this holds."""
+
+    def key(path: Path) -> tuple[int, ...]:
+        st = path.lstat()
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    out: dict[str, tuple[int, ...]] = {}
+    with contextlib.suppress(OSError):  # none (yet)
+        out["."] = key(folder)
+        for entry in folder.iterdir():
+            with contextlib.suppress(OSError):  # gone since
+                out[entry.name] = key(entry)
+    for name in within:
+        for path in (folder / name).rglob("*"):
+            with contextlib.suppress(OSError):
+                out[str(path.relative_to(folder))] = key(path)
     return out
 
 
 class Interrupts:
     """Within it a Ctrl-C is one line, exit 130 (`interrupted`): `untouched` while the
-    folder `watch`ed holds what it held then (or none is watched), else `touched`."""
+    folder `watch`ed holds what it held then, as far as a command's writes change it
+    (`_entries`), or none is watched; else `touched`."""
 
     def __init__(self, untouched: str, touched: str = "interrupted") -> None:
         self.untouched, self.touched = untouched, touched
         self.folder: Path | None = None
-        self.before: dict[str, float] = {}
+        self.within: tuple[str, ...] = ()
+        self.before: dict[str, tuple[int, ...]] = {}
 
-    def watch(self, folder: Path) -> None:
-        self.folder, self.before = folder, _files(folder)
+    def watch(self, folder: Path, within: Iterable[str] = ()) -> None:
+        """Compare `folder` on a Ctrl-C with what it holds now: its entries, and
+        everything under those named in `within` (folders the command rewrites)."""
+        self.folder, self.within = folder, tuple(within)
+        self.before = _entries(folder, self.within)
 
     def __enter__(self) -> Interrupts:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         if kind is not None and issubclass(kind, KeyboardInterrupt):
-            same = self.folder is None or _files(self.folder) == self.before
+            same = self.folder is None or _entries(self.folder, self.within) == self.before
             interrupted(self.untouched if same else self.touched)
 
 
@@ -682,7 +701,8 @@ def _lab(fmt: str, force: bool, options: dict[str, Any], guard: Interrupts) -> N
     from declora.node.data import DataError
     from declora.node.models import ModelError
 
-    guard.watch(cfg.output)  # a Ctrl-C while the nodes run: run_lab stops them, sums up
+    # a Ctrl-C while the nodes run: run_lab stops them, sums up; it rewrites lab-N
+    guard.watch(cfg.output, [f"lab-{i}" for i in range(cfg.nodes)])
     try:
         summary: dict[str, Any] = run_lab(cfg)
     except (DataError, ModelError) as exc:  # the reference's data or model, in process

@@ -6,13 +6,14 @@ a bool -> `--mdns/--no-mdns`) whose help is the field's description and whose sh
 default is `settings.default_text`. The command receives the flags' values as
 `options`, None for every flag not given, so environment variables and the config
 file still apply underneath (`settings.resolve_settings`). A field that is a bool or a
-word (`resume`: bool or "auto") is one option that is a flag or takes that word:
-`--resume`, `--no-resume`, `--resume=auto` (`flag_words`).
+word (`resume`: bool or "auto") is one option that is a flag or takes a value:
+`--resume`, `--no-resume`, `--resume=auto`, `--resume auto` (`flag_words`).
 """
 
 from __future__ import annotations
 
 import inspect
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -89,24 +90,34 @@ def _words(info: FieldInfo) -> tuple[str, ...]:
     return tuple(w for a in args if typing.get_origin(a) is Literal for w in typing.get_args(a))
 
 
+# a word after `--resume` that is its value: letters and digits only (auto, true, no,
+# ...: any case; the field's validator refuses any other such word, naming the option)
+VALUE_WORD = re.compile(r"[A-Za-z0-9]+")
+
+
 def flag_words(args: list[str], model: type[PydanticModel]) -> list[str]:
     """`args` with each bool field of `model` that also takes a word given as the one
     option it is: `--resume` as `--resume=true`, `--no-resume` as `--resume=false`,
-    `--resume auto` as `--resume=auto` (`--resume=auto` is itself)."""
-    words = {option_name(n): _words(i) for n, i in model.model_fields.items() if _words(i)}
-    negated = {f"--no-{flag[2:]}": flag for flag in words}
+    `--resume WORD` as `--resume=WORD` when WORD is a `VALUE_WORD` (`--resume=WORD` is
+    itself). Whatever else follows `--resume` (an option, a path) is left as it is,
+    and so is everything after `--`."""
+    flags = {option_name(n) for n, i in model.model_fields.items() if _words(i)}
+    negated = {f"--no-{flag[2:]}": flag for flag in flags}
     out: list[str] = []
-    rest = iter(args)
-    for arg in rest:
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if arg == "--":
+            out.extend(args[i - 1 :])
+            break
         if arg in negated:
             out.append(f"{negated[arg]}=false")
-        elif arg in words:
-            word = next(rest, None)
-            if word in words[arg]:
-                out.append(f"{arg}={word}")
-            else:
-                out.append(f"{arg}=true")
-                out.extend([] if word is None else [word])
+        elif arg in flags:
+            word = args[i] if i < len(args) else ""
+            taken = VALUE_WORD.fullmatch(word) is not None
+            out.append(f"{arg}={word if taken else 'true'}")
+            i += taken
         else:
             out.append(arg)
     return out
@@ -125,7 +136,7 @@ def _parameter(name: str, model: type[PydanticModel]) -> inspect.Parameter:
         help=help_text(name, model),
         show_default=default_text(name, model),
         rich_help_panel=_panel(name),
-        # --resume[=auto]: shown as the flag it also is (`flag_words`)
+        # --resume/--no-resume [=auto]: the flag it also is (`flag_words`)
         metavar=f"[={'|'.join(words)}]" if words else None,
     )
     annotation = Annotated[kind | None, option]  # type: ignore[valid-type]
@@ -159,9 +170,17 @@ def fields_command(
 
 def fields_command_class(model: type[PydanticModel]) -> type[TyperCommand]:
     """The click command class of a `fields_command` of `model`: its bool fields that
-    also take a word are flags too (`flag_words`)."""
+    also take a word are flags too (`flag_words`), shown as `--x/--no-x [=word]`."""
+
+    negated = {n: f"--no-{option_name(n)[2:]}" for n, i in model.model_fields.items() if _words(i)}
 
     class FieldsCommand(TyperCommand):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            for param in self.params:  # shown beside the option, as a bool's --no-x
+                if param.name in negated:
+                    param.secondary_opts = [negated[param.name]]
+
         def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
             return super().parse_args(ctx, flag_words(args, model))
 

@@ -7,12 +7,15 @@ run started (one line, exit 130), and a lab node that exits with an error (its
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 from typer.testing import CliRunner, Result
 
 from declora.cli.app import app
@@ -174,8 +177,59 @@ def test_another_resume_value_is_one_error_line() -> None:
 
 
 def test_start_help_shows_resume_takes_auto() -> None:
+    """Shown as every other yes/no option is, `--resume` beside `--no-resume` (the
+    help never named --no-resume), and the word it also takes."""
     shown = runner.invoke(app, ["start", "--help"], terminal_width=200).stdout
-    assert "--resume" in shown and "[=auto]" in shown and "--resume=auto" in shown
+    (row,) = [line for line in shown.splitlines() if "--resume " in line]
+    assert row.split()[1:4] == ["--resume", "--no-resume", "[=auto]"], row
+    assert "--resume=auto" in shown
+
+
+def _resume_value(*args: str) -> bool | str:
+    res = _resume("--solo", *args)
+    assert res.exit_code == 0, (args, res.output)
+    return json.loads(res.stdout)["resume"]["value"]
+
+
+def test_resume_leaves_the_option_after_it_alone() -> None:
+    """The token after `--resume` was consumed and, unless `auto`, passed on raw:
+    `--resume --no-resume` was "No such option: --no-resume", `--resume --resume`
+    "requires an argument"."""
+    from declora.cli.options import flag_words
+    from declora.node.settings import NodeSettings
+
+    assert _resume_value("--resume", "--no-resume") is False  # the last one given wins
+    assert _resume_value("--no-resume", "--resume") is True
+    assert _resume_value("--resume", "--resume") is True
+    assert flag_words(["--resume", "--no-resume", "--rank", "4"], NodeSettings) == [
+        "--resume=true", "--resume=false", "--rank", "4",
+    ]  # fmt: skip
+    # after `--` nothing is an option
+    assert flag_words(["--", "--resume", "auto"], NodeSettings) == ["--", "--resume", "auto"]
+
+
+def test_resume_takes_its_words_in_any_case_and_refuses_others_by_name() -> None:
+    """`--resume=Auto` was accepted but `--resume Auto` (and `--resume sometimes`) was
+    "Got unexpected extra argument(s) (Auto)", naming no option. A word of letters and
+    digits after --resume is its value: any word --resume=WORD takes, in any case;
+    another is refused naming --resume and its values. Anything else there (a path) is
+    not --resume's: the command's own error for it."""
+    assert _resume_value("--resume", "Auto") is False  # nothing to resume: afresh
+    assert _resume_value("--resume", "AUTO", "--rank", "4") is False
+    assert _resume_value("--resume", "YES") is True
+    assert _resume_value("--resume", "no") is False
+    assert _resume_value("--resume", "True") is True
+    for word in ("sometimes", "Sometimes", "2"):
+        res = _resume("--solo", "--resume", word)
+        assert res.exit_code == 2, res.output
+        error, hint = res.stderr.strip().splitlines()
+        assert error == (
+            f"error: bad configuration: --resume: must be true, false or auto, got {word!r}"
+        )
+        assert hint.startswith("hint: see `declora-node config --help`")
+    res = _resume("--solo", "--resume", "./run.toml")
+    assert res.exit_code == 2
+    assert res.stderr.splitlines()[0] == "error: Got unexpected extra argument(s) (./run.toml)"
 
 
 # ------------------------------------------------------------ Ctrl-C before the start
@@ -218,6 +272,30 @@ def test_a_ctrl_c_before_the_node_started_is_one_line(
         )
 
 
+def test_a_ctrl_c_just_after_the_state_folder_was_made_leaves_no_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """check_config makes the state folder last: a Ctrl-C after that (before launch had
+    its list of the folders it made) left them there, while the line said "nothing
+    was written"."""
+    from declora.node.daemon import launch
+
+    check_config = launch.check_config
+
+    def made_then_interrupted(settings: Any) -> list[Path]:
+        created = check_config(settings)
+        assert settings.state_dir.is_dir() and created
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(launch, "check_config", made_then_interrupted)
+    top = tmp_path / "new"
+    one_line(
+        runner.invoke(app, ["start", "--solo", "--checkpoint-dir", str(top / "run" / "state")]),
+        "interrupted before the node started; nothing was written",
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_ctrl_c_in_simulate_or_lab_says_what_was_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -242,6 +320,100 @@ def test_a_ctrl_c_in_simulate_or_lab_says_what_was_written(
     one_line(
         runner.invoke(app, ["lab", "--model", "tiny-bert", "--output", str(tmp_path / "lab")]),
         "interrupted before any node started; nothing was written",
+    )
+
+
+def _old(path: Path) -> None:
+    """`path` as a previous run left it: written an hour ago."""
+    os.utime(path, (time.time() - 3600, time.time() - 3600))
+
+
+def _said(guard: Any, capsys: pytest.CaptureFixture[str]) -> str:
+    """The line `guard` (an `Interrupts` watching) prints for a Ctrl-C now."""
+    capsys.readouterr()
+    with pytest.raises(typer.Exit), guard:
+        raise KeyboardInterrupt
+    return capsys.readouterr().err.strip()
+
+
+def test_a_ctrl_c_looks_only_at_what_the_command_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--output . --force` in a checkout: every file under it (.venv) was read before
+    the run and again after a Ctrl-C (seconds). Now only the folder's own entries and
+    the folders the command rewrites (`watch`'s `within`), which every write changes."""
+    from declora.cli.app import Interrupts
+
+    out = tmp_path / "out"
+    deep = out / ".venv" / "lib"
+    deep.mkdir(parents=True)
+    for i in range(300):
+        (deep / f"m{i}.py").write_text("x")
+    (out / "run.json").write_text("{}")
+    _old(out / "run.json")
+    stats = 0
+    for name in ("stat", "lstat"):
+        real = getattr(Path, name)
+
+        def counted(self: Path, *a: Any, real: Any = real, **k: Any) -> Any:
+            nonlocal stats
+            stats += 1
+            return real(self, *a, **k)
+
+        monkeypatch.setattr(Path, name, counted)
+    guard = Interrupts("untouched", "touched")
+    guard.watch(out)
+    assert stats < 20, stats  # was one for each of the 300 files and more
+    assert _said(guard, capsys) == "untouched"
+    assert stats < 40, stats
+    monkeypatch.undo()
+    # what simulate does there is seen: a file replaced (write_json), one rewritten
+    (out / ".run.json.tmp").write_text("{}")
+    (out / ".run.json.tmp").replace(out / "run.json")
+    assert _said(guard, capsys) == "touched"
+    guard.watch(out)
+    (out / "run.json").write_text("{}")
+    assert _said(guard, capsys) == "touched"
+    guard.watch(tmp_path / "new" / "sim")  # a folder it makes
+    (tmp_path / "new" / "sim").mkdir(parents=True)
+    assert _said(guard, capsys) == "touched"
+    # lab rewrites lab-N: a file removed deep in one (rmtree's first steps) is seen
+    ckpt = tmp_path / "lab" / "lab-0" / "ckpt-00000001"
+    ckpt.mkdir(parents=True)
+    (ckpt / "state.pt").write_bytes(b"x")
+    for path in (ckpt / "state.pt", ckpt, ckpt.parent):
+        _old(path)
+    guard.watch(tmp_path / "lab", ["lab-0"])
+    assert _said(guard, capsys) == "untouched"
+    (ckpt / "state.pt").unlink()
+    assert ckpt.parent.stat().st_mtime < time.time() - 60  # lab-0 itself is unchanged
+    assert _said(guard, capsys) == "touched"
+
+
+def test_a_ctrl_c_in_simulate_over_a_big_output_folder_is_still_true(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`simulate --force` into a folder holding a deep tree of someone else's files:
+    "nothing was written" while run_one wrote nothing, "may hold some" once it has."""
+    out = tmp_path / "out"
+    (out / ".venv" / "lib").mkdir(parents=True)
+    (out / ".venv" / "lib" / "m.py").write_text("x")
+    (out / "run.json").write_text("{}")
+    _old(out / "run.json")
+    simulate = ["simulate", "--model", "tiny-bert", "--output", str(out), "--force"]
+    monkeypatch.setattr("declora.cli.experiment.run_one", _interrupt)
+    one_line(
+        runner.invoke(app, simulate),
+        "interrupted before the simulation wrote its results; nothing was written",
+    )
+
+    def rewrites(*_: Any, **__: Any) -> None:
+        (out / "run.json").write_text('{"rounds": []}')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("declora.cli.experiment.run_one", rewrites)
+    one_line(
+        runner.invoke(app, simulate), f"interrupted while writing the results: {out} may hold some"
     )
 
 

@@ -21,13 +21,17 @@ from declora.node.settings import NodeSettings
 
 
 def launch(settings: NodeSettings) -> int:
-    """Run a node until it finishes or is stopped; the exit code (UserError: a mistake)."""
-    try:  # check_config imports torch: seconds in which a Ctrl-C is still raised
-        logs.configure(settings.node_id, settings.log_format, settings.log_level)
-        created = check_config(settings)
-    except KeyboardInterrupt as exc:
-        raise NotStarted from exc
+    """Run a node until it finishes or is stopped; the exit code (UserError: a mistake).
+    A start that fails or is interrupted (`NotStarted` before stop signals are taken
+    over) leaves none of the folders it created behind while they are empty."""
+    state = settings.state_dir
+    created = [d for d in (state, *state.parents) if not d.exists()]  # check_config's
     try:
+        try:  # check_config imports torch: seconds in which a Ctrl-C is still raised
+            logs.configure(settings.node_id, settings.log_format, settings.log_level)
+            created = check_config(settings)
+        except KeyboardInterrupt as exc:
+            raise NotStarted from exc
         with stop_signals():
             transport = Transport(settings, settings.tls())
             transport.reserve()
