@@ -2,12 +2,14 @@
 
 - Handshakes: a token bucket per remote address (`address_key`: the IP of
   `context.peer()`; every dial opens a new connection with a new port, so the port is
-  not part of the key; an IPv4 address exactly, so the nodes of one LAN never share a
-  bucket, an IPv6 one by its /64, which one machine may fill with addresses). An
+  not part of the key; each IPv4 or IPv6 address its own, so the nodes of one LAN
+  never share a bucket), and for an IPv6 address one more per /64 (`subnet_key`) of
+  `SUBNET_SHARE` (16) times the per-address rate, so an attacker rotating addresses
+  within its /64 gains at most 16 addresses' allowance (see `AddressBuckets`). An
   honest node dials a neighbour once to join, again every 2 s only while it is not
   live, and every 0.2 s while it waits at start-up; the default
   (`max_handshakes_per_minute` = 600, bucket of the same size) covers 20 such
-  nodes behind one address (a local lab, NAT).
+  nodes behind one address (a local lab, NAT), and 320 in one IPv6 /64.
 - Pushes: at most `max_pushes_per_round` push streams per live neighbour and round,
   counted at the stream's header, once it named a live neighbour with that
   neighbour's session token (and, under mTLS, its certificate), so a flood past the
@@ -22,17 +24,17 @@
   exhausts an allowance; rounds past `window` share its last slot, so the table stays
   small. Pushes from a sender that is not a live neighbour are refused before they are
   counted.
-- Pulls (a full state, the most expensive reply): a token bucket per remote address
-  (`address_key`), `max_pulls_per_minute`; an honest node pulls once when it (re)joins
-  behind.
-- Status: a token bucket per remote address (`address_key`), `STATUS_PER_MINUTE`
-  (1200), with or
-  without a swarm secret: `lab` asks each node once a second, a test every 0.2 s, and
-  the CLI once, so four pollers at full speed fit; a flood gets 20 answers a second.
+- Pulls (a full state, the most expensive reply): per remote address and IPv6 /64 as
+  handshakes, `max_pulls_per_minute` (12; 192 for a /64); an honest node pulls once
+  when it (re)joins behind.
+- Status: per remote address and IPv6 /64 as handshakes, `STATUS_PER_MINUTE` (1200;
+  19200 for a /64), with or without a swarm secret: `lab` asks each node once a
+  second, a test every 0.2 s, and the CLI once, so four pollers at full speed fit; a
+  flood gets 20 answers a second.
 
 A refused call changes nothing; the daemon answers RESOURCE_EXHAUSTED with the reason
 and counts it as `rate_limited`. Buckets that have refilled are forgotten, so memory
-stays bounded by `MAX_KEYS` active keys.
+stays bounded by `MAX_KEYS` active keys a table (addresses and /64s have one each).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import ipaddress
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from urllib.parse import unquote
 
 import grpc
@@ -49,6 +52,10 @@ from declora.node.wire import WireError
 
 MAX_KEYS = 4096
 STATUS_PER_MINUTE = 1200  # Status requests a minute from one remote address
+# An IPv6 /64 (one LAN, one cloud subnet, or one machine that may fill it with
+# addresses) may spend this many addresses' allowance: 320 honest nodes dialling at
+# start-up pace, while an attacker rotating addresses within it gains 16x, not 2^64x.
+SUBNET_SHARE = 16
 RATE_LIMITED = "rate_limited"
 
 
@@ -75,34 +82,54 @@ def host_key(host: str) -> str:
     only this machine's processes connect from one, and a local lab or test may stand
     for other hosts by other loopback addresses); anything that is not an IP
     unchanged."""
-    return _network_key(host, IPV4_PREFIX)
+    ip = _ip(host.split("%", 1)[0])
+    if ip is None:
+        return host
+    if ip.is_loopback:
+        return str(ip)
+    prefix = IPV4_PREFIX if ip.version == 4 else IPV6_PREFIX
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """`host` as an IP (an IPv4-mapped IPv6 address as its IPv4 one, an IPv6 zone kept:
+    'fe80::1%eth0'); None when it is none."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def address_key(host: str) -> str:
     """The key of the per-address rate limits (handshakes, pulls, Status) for remote
-    `host` (`peer_host`): an IPv4 address exactly (the nodes of one LAN never share a
-    bucket), an IPv6 one by its /64 (one machine may hold a whole /64, so rotating
-    addresses within it buys no tokens; the IPv6 nodes of one LAN share its bucket,
-    as nodes behind one NAT do: the handshake cap covers 20). '10.0.0.5' ->
-    '10.0.0.5', '2001:db8::1' -> '2001:db8::/64', an IPv4-mapped IPv6 address as its
-    IPv4 one, a loopback address ('::1', '127.0.0.2') as is; anything that is not an
-    IP unchanged."""
-    return _network_key(host, 32)
+    `host` (`peer_host`): the address itself, so the nodes of one LAN never share a
+    bucket. '10.0.0.5' -> '10.0.0.5', '2001:db8::1' -> '2001:db8::1', a link-local
+    address with its zone ('fe80::1%eth0': another link is another host), an
+    IPv4-mapped IPv6 address as its IPv4 one; anything that is not an IP unchanged.
+    An IPv6 address also counts towards its /64 (`subnet_key`)."""
+    ip = _ip(host)
+    return host if ip is None else str(ip)
 
 
-def _network_key(host: str, ipv4_prefix: int) -> str:
-    """`host`'s network: `ipv4_prefix` bits of an IPv4 address (the address alone at
-    32), IPV6_PREFIX of an IPv6 one (IPv4-mapped: as IPv4), a loopback address alone."""
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    prefix = ipv4_prefix if ip.version == 4 else IPV6_PREFIX
-    if ip.is_loopback or prefix == ip.max_prefixlen:
-        return str(ip)
-    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+_EMBEDS_IPV4 = (ipaddress.ip_network("::/96"), ipaddress.ip_network("64:ff9b::/96"))
+
+
+def subnet_key(host: str) -> str | None:
+    """The IPv6 /64 whose addresses share one larger allowance (`SUBNET_SHARE`) for
+    remote `host` (`peer_host`): '2001:db8::1' -> '2001:db8::/64'. None for an IPv4
+    address, a loopback or link-local one (this machine; a link, where each address is
+    one of its hosts), one that stands for an IPv4 host (IPv4-mapped '::ffff:a.b.c.d',
+    IPv4-compatible '::a.b.c.d', NAT64 '64:ff9b::a.b.c.d'), and anything not an IP."""
+    ip = _ip(host)
+    if not isinstance(ip, ipaddress.IPv6Address) or ip.is_loopback or ip.is_link_local:
+        return None
+    bare = ipaddress.IPv6Address(ip.packed)  # without its zone
+    if any(bare in net for net in _EMBEDS_IPV4):
+        return None
+    return str(ipaddress.ip_network(f"{bare}/{IPV6_PREFIX}", strict=False))
 
 
 def limited(reason: str) -> WireError:
@@ -122,10 +149,14 @@ class TokenBucket:
         self.tokens = min(self.capacity, self.tokens + max(0.0, now - self.stamp) * self.rate)
         self.stamp = max(self.stamp, now)
 
+    def ready(self, now: float) -> bool:
+        """Whether it holds a token (spends nothing)."""
+        self._refill(now)
+        return self.tokens >= 1.0
+
     def take(self, now: float) -> bool:
         """Spend one token if there is one; False (and nothing spent) otherwise."""
-        self._refill(now)
-        if self.tokens < 1.0:
+        if not self.ready(now):
             return False
         self.tokens -= 1.0
         return True
@@ -145,17 +176,64 @@ class KeyedBuckets:
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
 
     def allow(self, key: str) -> bool:
+        """Spend one of `key`'s tokens; False (and nothing spent) when it has none."""
         now = self.clock()
+        bucket = self.bucket(key, now)
+        return bucket is not None and bucket.take(now)
+
+    def bucket(self, key: str, now: float) -> TokenBucket | None:
+        """`key`'s bucket, a full one if it had none; None when the table holds
+        `max_keys` buckets that are not full (newcomers are refused)."""
         bucket = self.buckets.get(key)
         if bucket is None:
             if len(self.buckets) >= self.max_keys:
                 # a full bucket is the same as a new one: forget those
                 self.buckets = {k: b for k, b in self.buckets.items() if not b.full(now)}
                 if len(self.buckets) >= self.max_keys:
-                    return False  # more active keys than the table holds: refuse newcomers
+                    return None  # more active keys than the table holds: refuse newcomers
             bucket = TokenBucket(self.per_minute, self.per_minute / 60.0, self.per_minute, now)
             self.buckets[key] = bucket
-        return bucket.take(now)
+        return bucket
+
+
+class AddressBuckets:
+    """The per-address limit of one RPC: a bucket of `per_minute` per remote address
+    (`address_key`) and, for an IPv6 address, one of `SUBNET_SHARE` x `per_minute`
+    per /64 (`subnet_key`). `refusal` spends a token from each, or from neither."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute = per_minute
+        self.clock = clock
+        self.addresses = KeyedBuckets(per_minute, clock)
+        self.subnets = KeyedBuckets(SUBNET_SHARE * per_minute, clock)
+
+    def refusal(self, host: str) -> Refused | None:
+        """None when remote `host` (`peer_host`) may make one more call (a token spent
+        from each of its buckets); else the limit it reached, nothing spent."""
+        now = self.clock()
+        subnet = subnet_key(host)
+        shared = None if subnet is None else self.subnets.bucket(subnet, now)
+        if subnet is not None and (shared is None or not shared.ready(now)):
+            return Refused(self.subnets.per_minute, subnet, subnet=True)
+        key = address_key(host)
+        own = self.addresses.bucket(key, now)
+        if own is None or not own.take(now):
+            return Refused(self.per_minute, key, subnet=False)
+        if shared is not None:
+            shared.take(now)
+        return None
+
+
+class Refused(NamedTuple):
+    """A limit reached: `per_minute` calls from `key`, an address or (`subnet`) a /64."""
+
+    per_minute: int
+    key: str
+    subnet: bool
+
+    def who(self, show: Callable[[str], str] = str) -> str:
+        """The caller as a refusal names it: its address, or the addresses of its /64."""
+        return f"the addresses of {show(self.key)}" if self.subnet else show(self.key)
 
 
 @dataclass
@@ -196,18 +274,19 @@ class NodeLimits:
         rounds_ahead: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.handshakes = KeyedBuckets(handshakes_per_minute, clock)
-        self.pulls = KeyedBuckets(pulls_per_minute, clock)
-        self.statuses = KeyedBuckets(STATUS_PER_MINUTE, clock)
+        self.handshakes = AddressBuckets(handshakes_per_minute, clock)
+        self.pulls = AddressBuckets(pulls_per_minute, clock)
+        self.statuses = AddressBuckets(STATUS_PER_MINUTE, clock)
         # before its first round a node reads pushes up to twice `rounds_ahead` ahead
         # (`Inbox._check_sender`): each of those rounds has its own slot
         self.pushes = RoundCounter(pushes_per_round, 2 * rounds_ahead)
 
     def check_handshake(self, peer: str) -> None:
-        """One Handshake from `peer` (`context.peer()`), counted by `address_key`."""
-        key = address_key(peer_host(peer))
-        if not self.handshakes.allow(key):
-            raise limited(f"more than {self.handshakes.per_minute} handshakes a minute from {key}")
+        """One Handshake from `peer` (`context.peer()`), counted per `AddressBuckets`."""
+        if refused := self.handshakes.refusal(peer_host(peer)):
+            raise limited(
+                f"more than {refused.per_minute} handshakes a minute from {refused.who()}"
+            )
 
     def check_push(self, sender: str, round: int, current: int) -> None:
         """One push stream from live neighbour `sender` for `round`; `current` is this
@@ -216,15 +295,13 @@ class NodeLimits:
             raise limited(f"more than {self.pushes.limit} pushes for round {round} from {sender!r}")
 
     def check_status(self, peer: str) -> None:
-        """One Status request from `peer` (`context.peer()`), counted by `address_key`."""
-        key = address_key(peer_host(peer))
-        if not self.statuses.allow(key):
+        """One Status request from `peer` (`context.peer()`), counted per `AddressBuckets`."""
+        if refused := self.statuses.refusal(peer_host(peer)):
             raise limited(
-                f"more than {self.statuses.per_minute} Status requests a minute from {key}"
+                f"more than {refused.per_minute} Status requests a minute from {refused.who()}"
             )
 
     def check_pull(self, host: str) -> None:
-        """One pull from remote `host` (`peer_host`), counted by `address_key`."""
-        key = address_key(host)
-        if not self.pulls.allow(key):
-            raise limited(f"more than {self.pulls.per_minute} pulls a minute from {key!r}")
+        """One pull from remote `host` (`peer_host`), counted per `AddressBuckets`."""
+        if refused := self.pulls.refusal(host):
+            raise limited(f"more than {refused.per_minute} pulls a minute from {refused.who(repr)}")

@@ -183,8 +183,12 @@ class NodeSettings(BaseSettings, Recipe):
         1e4, gt=0, le=1e30, description="largest |value| accepted in a peer's adapter or z message"
     )
     max_pushes_per_round: int = Field(6, ge=3, le=1000, description="per sender and round")
-    max_handshakes_per_minute: int = Field(600, ge=1, le=1_000_000, description="per remote host")
-    max_pulls_per_minute: int = Field(12, ge=1, le=100_000, description="per remote host")
+    max_handshakes_per_minute: int = Field(
+        600, ge=1, le=1_000_000, description="per remote address (16x per IPv6 /64)"
+    )
+    max_pulls_per_minute: int = Field(
+        12, ge=1, le=100_000, description="per remote address (16x per IPv6 /64)"
+    )
     # security (see node/security.py)
     tls_cert: Path | None = Field(None, description="this node's PEM certificate (mTLS)")
     tls_key: Path | None = Field(None, description="its PEM private key")

@@ -16,11 +16,15 @@ from daemon_helpers import HOST, Cluster, Node, free_ports, live_ids, serve_fake
 from declora.node import PROTOCOL_VERSION
 from declora.node.limits import (
     RATE_LIMITED,
+    SUBNET_SHARE,
+    AddressBuckets,
     KeyedBuckets,
     NodeLimits,
     RoundCounter,
     TokenBucket,
+    address_key,
     peer_host,
+    subnet_key,
 )
 from declora.node.trainer import LoraModel
 from declora.node.wire import WireError, chunks, make_header
@@ -146,28 +150,38 @@ def test_node_limits_raise_resource_exhausted() -> None:
         limits.check_push("n1", 5, 4)
 
 
-def test_address_key_is_an_ipv4_address_or_an_ipv6_64() -> None:
-    from declora.node.limits import address_key
-
+def test_address_key_is_the_address_and_subnet_key_an_ipv6_64() -> None:
+    """Each address is its own key (a link-local one with its zone: another link is
+    another host); only an IPv6 address that stands for no IPv4 host and no single
+    link also counts towards its /64."""
     assert address_key("10.0.0.5") == "10.0.0.5" != address_key("10.0.0.6")  # a LAN
     assert address_key("::ffff:10.0.0.5") == "10.0.0.5"  # IPv4-mapped: as IPv4
     assert address_key("::1") == "::1" and address_key("127.0.0.2") == "127.0.0.2"
-    assert address_key("2001:db8::1") == address_key("2001:db8::abcd:1") == "2001:db8::/64"
-    assert address_key("2001:db8:0:1::1") == "2001:db8:0:1::/64"
-    assert address_key("fe80::1%eth0") == "fe80::/64"
+    assert address_key("2001:db8::1") == "2001:db8::1" != address_key("2001:db8::2")
+    assert address_key("fe80::1%eth0") == "fe80::1%eth0" != address_key("fe80::1%wlan0")
+    assert address_key("::10.0.0.5") == "::a00:5" != address_key("::10.0.0.6")
     assert address_key("unix:/tmp/sock") == "unix:/tmp/sock"
+    assert subnet_key("2001:db8::1") == subnet_key("2001:db8::abcd:1") == "2001:db8::/64"
+    assert subnet_key("2001:db8:0:1::1%eth0") == "2001:db8:0:1::/64"
+    assert subnet_key("fd00::5") == "fd00::/64"  # a ULA LAN is a /64 too
+    for alone in ("10.0.0.5", "::ffff:10.0.0.5", "::10.0.0.5", "64:ff9b::a00:5", "::1"):
+        assert subnet_key(alone) is None, alone
+    assert subnet_key("fe80::1%eth0") is None and subnet_key("unix:/tmp/sock") is None
 
 
-@pytest.mark.parametrize("kind", ["handshake", "pull", "status"])
-def test_per_address_limits_count_an_ipv6_64_as_one_address(kind: str) -> None:
-    """Before, each IPv6 address had its own bucket: an attacker rotating addresses
-    within its /64 (2^64 of them) was never limited. Now the /64 shares one bucket,
-    another /64 and each IPv4 address keep their own, and the cap is unchanged."""
-    clock = FakeClock()
+def limits_of(
+    kind: str, per_minute: int, clock: FakeClock
+) -> tuple[NodeLimits, Callable[..., None]]:
+    """NodeLimits whose `kind` (handshake, pull or status) allows `per_minute`, and a
+    call of it from a host (and port)."""
     limits = NodeLimits(
-        handshakes_per_minute=2, pushes_per_round=3, pulls_per_minute=2, rounds_ahead=8, clock=clock
+        handshakes_per_minute=per_minute,
+        pushes_per_round=3,
+        pulls_per_minute=per_minute,
+        rounds_ahead=8,
+        clock=clock,
     )
-    limits.statuses = KeyedBuckets(2, clock)  # the Status cap, shortened
+    limits.statuses = AddressBuckets(per_minute, clock)  # the Status cap, shortened
 
     def check(host: str, port: int = 4000) -> None:
         peer = f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
@@ -178,19 +192,73 @@ def test_per_address_limits_count_an_ipv6_64_as_one_address(kind: str) -> None:
         else:
             limits.check_status(peer)
 
-    check("2001:db8::1")
-    check("2001:db8::2", 4001)  # another address of the same /64: the same bucket
-    with pytest.raises(WireError, match=r"a minute from '?2001:db8::/64") as info:
-        check("2001:db8::3")
+    return limits, check
+
+
+@pytest.mark.parametrize("kind", ["handshake", "pull", "status"])
+def test_the_ipv6_nodes_of_one_64_each_have_their_own_allowance(kind: str) -> None:
+    """Before (5abb1db), one IPv6 /64 shared a single address's bucket: 12 pulls a
+    minute for every node of an IPv6 LAN or cloud subnet together, and link-local
+    addresses of every link in one bucket ('fe80::/64'). Now each address has its own
+    bucket; the /64 caps their sum at SUBNET_SHARE addresses' worth."""
+    clock = FakeClock()
+    _limits, check = limits_of(kind, 2, clock)
+    lan = [f"2001:db8::{i:x}" for i in range(1, SUBNET_SHARE + 1)]  # 16 honest nodes
+    for host in lan:
+        check(host)
+        check(host, 4001)  # each one's whole allowance, however many share the /64
+    check("2001:db8:0:1::1")
+    check("2001:db8:0:1::1", 4001)
+    with pytest.raises(WireError, match=r"more than 2 .*a minute from '?2001:db8:0:1::1'?$"):
+        check("2001:db8:0:1::1", 4002)  # but each address still has only its own
+    for host in ("fe80::1%eth0", "fe80::1%wlan0", "::10.0.0.5", "::10.0.0.6"):
+        check(host)
+        check(host, 4001)  # each link, each IPv4-compatible address: its own bucket
+    with pytest.raises(WireError, match=r"a minute from '?fe80::1%eth0"):
+        check("fe80::1%eth0", 4002)
+
+
+@pytest.mark.parametrize("kind", ["handshake", "pull", "status"])
+def test_addresses_rotated_within_one_64_gain_at_most_subnet_share(kind: str) -> None:
+    """An attacker rotating addresses within its /64 (2^64 of them) gets SUBNET_SHARE
+    addresses' allowance a minute, then the /64 is refused as one, spending nothing;
+    another /64, IPv4 addresses and loopback keep theirs; a minute on it is served."""
+    clock = FakeClock()
+    limits, check = limits_of(kind, 2, clock)
+    cap = SUBNET_SHARE * 2
+    for i in range(cap):
+        check(f"2001:db8::{i + 1:x}")  # one call each from `cap` addresses
+    with pytest.raises(
+        WireError, match=rf"more than {cap} .*the addresses of '?2001:db8::/64"
+    ) as info:
+        check("2001:db8::ffff")
     assert info.value.counter == RATE_LIMITED
-    check("2001:db8:0:1::1")  # the next /64: its own bucket
-    check("::ffff:10.0.0.5")  # IPv4-mapped, then the same IPv4 address: one bucket
+    buckets = {"handshake": limits.handshakes, "pull": limits.pulls, "status": limits.statuses}[
+        kind
+    ]
+    assert "2001:db8::ffff" not in buckets.addresses.buckets  # refused: nothing spent, kept
+    check("2001:db8:0:1::1")  # the next /64: its own allowance
     check("10.0.0.5")
-    with pytest.raises(WireError, match=r"a minute from '?10\.0\.0\.5"):
+    check("::ffff:10.0.0.5")  # IPv4-mapped: the same address
+    with pytest.raises(WireError, match=r"a minute from '?10\.0\.0\.5'?$"):
         check("10.0.0.5", 4001)
-    check("10.0.0.6")  # another IPv4 address (a LAN): its own
+    check("::1")
     clock.now += 60.0  # refilled: the /64 is served again
-    check("2001:db8::4")
+    check("2001:db8::ffff")
+
+
+def test_an_address_refused_spends_nothing_from_its_64() -> None:
+    """A call refused by its address's own bucket takes no token from the /64, so one
+    busy address cannot use up its neighbours' share by being refused."""
+    clock = FakeClock()
+    buckets = AddressBuckets(1, clock)
+    assert buckets.refusal("2001:db8::1") is None
+    for _ in range(50):
+        refused = buckets.refusal("2001:db8::1")
+        assert refused is not None and not refused.subnet
+    shared = buckets.subnets.buckets["2001:db8::/64"]
+    assert shared.tokens == SUBNET_SHARE - 1
+    assert all(buckets.refusal(f"2001:db8::{i:x}") is None for i in range(2, SUBNET_SHARE + 1))
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from declora.node.daemon import digests
 from declora.node.daemon.parts import Parts
 from declora.node.daemon.service import SwarmService
 from declora.node.daemon.status import state_digest
-from declora.node.limits import STATUS_PER_MINUTE, KeyedBuckets
+from declora.node.limits import STATUS_PER_MINUTE, AddressBuckets
 from declora.proto import pb
 
 
@@ -82,7 +82,7 @@ def test_a_status_flood_from_one_address_is_refused_while_another_is_served(
     _, (_a, b) = pair(synthetic_jsonl)
     service = SwarmService(b)
     limit = STATUS_PER_MINUTE
-    b.limits.statuses = KeyedBuckets(limit, clock=lambda: 0.0)  # no refill during the burst
+    b.limits.statuses = AddressBuckets(limit, clock=lambda: 0.0)  # no refill during the burst
     assert limit >= 600  # the CLI, `lab` (1/s a node) and the tests (5/s) stay far below
 
     async def go() -> None:
