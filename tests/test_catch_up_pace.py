@@ -14,6 +14,7 @@ only once its handler ends, so it cannot trickle)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -58,14 +59,34 @@ class Call:
         return True
 
 
+class FakeClock:
+    """A clock that moves only when told (`RoundLoop.clock`)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class Trickle:
     """The source's stub, except that Pull serves its real state (valid and signed) in
-    `pieces` slices `gap` seconds apart (`extra` bytes announced beyond it)."""
+    `pieces` slices `gap` seconds apart (`extra` bytes announced beyond it): slept, or,
+    given a `clock`, added to it at once. `timeouts`: each Pull's timeout."""
 
-    def __init__(self, real: Any, source: Parts, pieces: int, gap: float, extra: int = 0) -> None:
+    def __init__(
+        self,
+        real: Any,
+        source: Parts,
+        pieces: int,
+        gap: float,
+        extra: int = 0,
+        clock: FakeClock | None = None,
+    ) -> None:
         self.real, self.source = real, source
-        self.pieces, self.gap, self.extra = pieces, gap, extra
+        self.pieces, self.gap, self.extra, self.clock = pieces, gap, extra, clock
         self.calls: list[Call] = []
+        self.timeouts: list[float | None] = []
 
     @property
     def pulls(self) -> int:
@@ -86,18 +107,27 @@ class Trickle:
             first, *rest = chunks(header, data, size)
             yield first
             for chunk in rest:
-                await asyncio.sleep(self.gap)
+                if self.clock is None:
+                    await asyncio.sleep(self.gap)
+                else:
+                    self.clock.now += self.gap
                 yield chunk
 
+        self.timeouts.append(timeout)
         self.calls.append(Call(replies()))
         return self.calls[-1]
 
 
 def setup(
-    data: Path, pieces: int, gap: float, extra: int = 0, **settings: object
+    data: Path,
+    pieces: int,
+    gap: float,
+    extra: int = 0,
+    clock: FakeClock | None = None,
+    **settings: object,
 ) -> tuple[RoundLoop, Parts, Parts, Trickle]:
     """a, b introduced; b trained and FAR rounds on, serving its state through a
-    Trickle; a's round loop."""
+    Trickle (its gaps on `clock`, which a's round loop then reads); a's round loop."""
     (da, _), (a, b) = pair(data, **settings)
     assert da.rounds is not None
     b.node.train(2)
@@ -109,8 +139,10 @@ def setup(
     asyncio.run(dial())
     source = a.peers.get("b")
     assert source is not None and source.claimed_round == FAR
-    trickle = Trickle(a.peers.stub(source), b, pieces, gap, extra)
+    trickle = Trickle(a.peers.stub(source), b, pieces, gap, extra, clock)
     source.stub = trickle  # type: ignore[assignment]
+    if clock is not None:
+        da.rounds.clock = clock
     return da.rounds, a, b, trickle
 
 
@@ -187,26 +219,28 @@ def test_a_slow_catch_up_backs_off_even_when_its_state_is_taken(
 
 
 @pytest.mark.parametrize(
-    ("size_seconds", "wait"), [(1.2, CATCH_UP_EVERY), (0.3, 2 * CATCH_UP_EVERY)]
+    ("size_seconds", "wait"), [(3.0, CATCH_UP_EVERY), (0.1, 2 * CATCH_UP_EVERY)]
 )
 def test_quick_scales_with_the_state_size(
     synthetic_jsonl: Path, monkeypatch: pytest.MonkeyPatch, size_seconds: float, wait: float
 ) -> None:
     """A catch-up is quick within max(the floor, the state's size at CATCH_UP_QUICK's
-    rate): a state served in about 0.45 s, over the floor (0.2 s), is quick where its
-    size allows 1.2 s (an honest large state at link speed: the wait stays 10 s) and
-    slow where it allows 0.3 s. Before, the flat 5 s threshold made every state over
-    5 s slow, however large (100 MB over 100 Mbit/s: 8 s)."""
-    loop, a, _b, _trickle = setup(synthetic_jsonl, pieces=3, gap=0.15)
+    rate): a state served in 1.5 s (on the loop's clock), over the floor (0.05 s), is
+    quick where its size allows 3 s (an honest large state at link speed: the wait
+    stays 10 s) and slow where it allows 0.1 s. Before, the flat 5 s threshold made
+    every state over 5 s slow, however large (100 MB over 100 Mbit/s: 8 s)."""
+    clock = FakeClock()
+    loop, a, _b, _trickle = setup(synthetic_jsonl, pieces=3, gap=0.5, clock=clock)
     size = a.transfer.state_bytes()
     rate = size / size_seconds
-    monkeypatch.setattr(catchup, "CATCH_UP_QUICK", Pace(min_seconds=0.2, bytes_per_second=rate))
+    monkeypatch.setattr(catchup, "CATCH_UP_QUICK", Pace(min_seconds=0.05, bytes_per_second=rate))
     assert a.transfer.quick_seconds() == pytest.approx(size_seconds)
-    t0 = time.monotonic()
+    t0 = clock.now
     asyncio.run(loop.catch_up())
-    assert 0.3 < time.monotonic() - t0 < 1.2
+    assert clock.now - t0 == pytest.approx(1.5)  # three gaps
     assert a.progress.round == FAR  # taken either way
     assert loop.catch_up_wait == wait
+    assert loop.next_catch_up == clock.now + wait  # from its end, on the same clock
 
 
 def test_the_real_quick_threshold_follows_the_size() -> None:
@@ -217,6 +251,45 @@ def test_the_real_quick_threshold_follows_the_size() -> None:
     assert quick.seconds(100 * 10**6) > 100 * 10**6 / (100 * 10**6 / 8)
     for size in (0, 4 * 2**20, 100 * 10**6):
         assert quick.seconds(size) <= catchup.STATE_PACE.seconds(size)
+
+
+@pytest.mark.parametrize("deadline", [0.5, 60.0, 300.0])
+def test_quick_never_outlasts_the_pull_timeout(synthetic_jsonl: Path, deadline: float) -> None:
+    """The pull's timeout is max(--round-deadline, 30 s) (`pull_seconds`, what Pull is
+    called with); quick is at most half of it, so a large state served slowly but just
+    inside the timeout still backs off. Before, a state over 60 MiB at the default
+    deadline (1 MiB/s: 60 s) could never be slow: quick outlasted the pull itself. A
+    small state keeps its size's threshold (5 s)."""
+    loop, a, _b, trickle = setup(synthetic_jsonl, pieces=1, gap=0.0, round_deadline=deadline)
+    timeout = max(deadline, 30.0)
+    assert a.transfer.pull_seconds() == timeout
+    assert a.transfer.quick_seconds() == 5.0  # a tiny adapter: the floor
+    asyncio.run(loop.catch_up())
+    assert trickle.timeouts == [timeout]
+    for mib in (30, 60, 100, 1000):
+        a.transfer._state_bytes = mib * 2**20
+        assert a.transfer.quick_seconds() == min(mib * 1.0, timeout / 2), mib
+        assert a.transfer.quick_seconds() < timeout
+
+
+def test_a_slow_repeat_logs_both_reasons(
+    synthetic_jsonl: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A catch-up both slow and a repeat from the same source says both. Before, only
+    the repeat was named."""
+    monkeypatch.setattr(catchup, "CATCH_UP_QUICK", Pace(min_seconds=0.2, bytes_per_second=1e12))
+    clock = FakeClock()
+    loop, a, b, _trickle = setup(synthetic_jsonl, pieces=3, gap=0.5, clock=clock)
+    loop.caught_up_from["b"] = clock.now  # as if just caught up from b
+    with caplog.at_level(logging.WARNING, logger="declora.node.daemon.rounds"):
+        asyncio.run(loop.catch_up())
+    assert a.progress.round == b.progress.round  # taken
+    warned = [r.getMessage() for r in caplog.records if "took b's state" in r.getMessage()]
+    assert warned == [
+        "took b's state in 1.5s, over the 0.2s its size allows and within "
+        f"{CATCH_UP_MAX_WAIT:g}s of the last one from it: the next catch-up waits longer"
+    ]
+    assert loop.catch_up_wait == 2 * CATCH_UP_EVERY
 
 
 def test_back_to_back_catch_ups_from_one_source_back_off(synthetic_jsonl: Path) -> None:

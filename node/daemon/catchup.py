@@ -24,8 +24,9 @@ then backs off). A pull that ends early for any reason (cut, refused header,
 malformed stream) is cancelled at once, so the source's handler stops and neither
 side holds the stream until the call's timeout. A catch-up (pull, check and take)
 counts as quick when it took at most `CATCH_UP_QUICK` of the state's size (5 s, or
-that size at 1 MiB/s when longer: `quick_seconds`); a slower one backs off as a
-failed one does (`rounds.RoundLoop.catch_up`).
+that size at 1 MiB/s when longer), and never more than half the pull's timeout
+(`quick_seconds`); a slower one backs off as a failed one does
+(`rounds.RoundLoop.catch_up`).
 
 A Pull never waits for local steps: while they run (off the event loop) it serves the
 state taken when they began (`stepping`), so no half-updated state is served and slow
@@ -72,9 +73,13 @@ STATE_PACE = Pace(min_seconds=5.0, bytes_per_second=PUSH_PACE.bytes_per_second)
 # A catch-up that took longer than 5 s, or than this adapter's state size at 1 MiB/s
 # (8 Mbit/s, a slow uplink) when that is longer, backs off as a failed one does: an
 # honest state comes at link speed (100 MB over 100 Mbit/s: 8 s, quick; a 4 MB fp32
-# state: 5 s). Always within STATE_PACE (the same floor, a faster rate), so a source
-# serving slowly but inside the pace still backs off.
+# state: 5 s). Within STATE_PACE (the same floor, a faster rate), and capped at
+# QUICK_SHARE of the pull's own timeout (`pull_seconds`; uncapped, a state over
+# 60 MiB at the default --round-deadline would be allowed longer than the pull may
+# take): so a source serving slowly, inside the pace and the timeout, still backs off
+# whatever the state's size.
 CATCH_UP_QUICK = Pace(min_seconds=STATE_PACE.min_seconds, bytes_per_second=1024 * 1024)
+QUICK_SHARE = 0.5
 
 
 @dataclass
@@ -198,9 +203,15 @@ class StateTransfer:
         return target is not None and target[1] > self.progress.round + MAX_ROUNDS_AHEAD
 
     def quick_seconds(self) -> float:
-        """How long a catch-up may take and still count as quick (`CATCH_UP_QUICK` of
-        `state_bytes`)."""
-        return CATCH_UP_QUICK.seconds(self.state_bytes())
+        """How long a catch-up may take and still count as quick: `CATCH_UP_QUICK` of
+        `state_bytes`, at most QUICK_SHARE of `pull_seconds` (always below the pull's
+        timeout, so a catch-up served slowly counts as slow whatever its size)."""
+        limit = QUICK_SHARE * self.pull_seconds()
+        return min(CATCH_UP_QUICK.seconds(self.state_bytes()), limit)
+
+    def pull_seconds(self) -> float:
+        """The timeout of a catch-up's pull: max(--round-deadline, 30 s)."""
+        return max(self.settings.round_deadline, 30.0)
 
     def state_bytes(self) -> int:
         """The size of a full state of this adapter (`full_state`: fp32, every entry),
@@ -244,8 +255,7 @@ class StateTransfer:
                     "bad_values",
                 )
 
-        timeout = max(self.settings.round_deadline, 30)
-        stream = self.peers.stub(ahead).Pull(self.auth.sign(request), timeout=timeout)
+        stream = self.peers.stub(ahead).Pull(self.auth.sign(request), timeout=self.pull_seconds())
         try:
             payload = await read_stream(
                 stream,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import grpc
 import numpy as np
@@ -58,10 +59,11 @@ class RoundLoop:
         self.settings = parts.settings
         self.progress = parts.progress
         self.report = parts.report
-        self.next_catch_up = 0.0  # monotonic time a node far behind may try again
+        self.clock: Callable[[], float] = time.monotonic  # of the catch-ups' timing
+        self.next_catch_up = 0.0  # `clock` time a node far behind may try again
         self.catch_up_wait = CATCH_UP_EVERY  # ...after this many seconds
         # sources of the catch-ups that took a state within the last CATCH_UP_MAX_WAIT
-        # seconds: node id -> monotonic time it ended (at most one per CATCH_UP_EVERY)
+        # seconds: node id -> `clock` time it ended (at most one per CATCH_UP_EVERY)
         self.caught_up_from: dict[str, float] = {}
 
     async def catch_up(self) -> None:
@@ -69,16 +71,18 @@ class RoundLoop:
         attempt: CATCH_UP_EVERY seconds after a good catch-up, twice the last wait (up
         to CATCH_UP_MAX_WAIT) after any other, counted from its end. A good catch-up
         took a state quickly (`StateTransfer.quick_seconds`: max(5 s, the state's size
-        at `catchup.CATCH_UP_QUICK`'s 1 MiB/s)), from a source this node has not
+        at `catchup.CATCH_UP_QUICK`'s 1 MiB/s), at most half the pull's timeout), from
+        a source this node has not
         taken one from in the last CATCH_UP_MAX_WAIT seconds; a failed one (a refused
         state, counted by reason, or a timeout: this node keeps its own), a slow one
         or a repeat from the same source backs off. So a source that trickles its
         state (cut at `catchup.STATE_PACE`), or serves it slowly but in time, or
         claims to be far ahead again right after being caught up from, costs this node
         one pull per wait, not one per round; the first catch-up (a start, a healed
-        partition) is never delayed."""
+        partition) is never delayed. A catch-up that backs off logs every reason (slow,
+        repeat). Times are `clock`'s (tests inject one)."""
         parts = self.parts
-        start = time.monotonic()
+        start = self.clock()
         try:
             source = await parts.transfer.catch_up()
             if source is None:
@@ -98,7 +102,7 @@ class RoundLoop:
             )
             good = False
         else:
-            end = time.monotonic()
+            end = self.clock()
             recent = {k: t for k, t in self.caught_up_from.items() if end - t < CATCH_UP_MAX_WAIT}
             repeat = source.node_id in recent
             quick = parts.transfer.quick_seconds()
@@ -107,22 +111,20 @@ class RoundLoop:
             self.caught_up_from = recent
             good = not (slow or repeat)
             if not good:
-                why = (
-                    f"within {CATCH_UP_MAX_WAIT:g}s of the last one from it"
-                    if repeat
-                    else f"over the {quick:.1f}s its size allows"
-                )
+                reasons = [f"over the {quick:.1f}s its size allows"] if slow else []
+                if repeat:
+                    reasons.append(f"within {CATCH_UP_MAX_WAIT:g}s of the last one from it")
                 log.warning(
                     "took %s's state in %.1fs, %s: the next catch-up waits longer",
                     source.node_id,
                     end - start,
-                    why,
+                    " and ".join(reasons),
                 )
         if good:
             self.catch_up_wait = CATCH_UP_EVERY
         else:
             self.catch_up_wait = min(2 * self.catch_up_wait, CATCH_UP_MAX_WAIT)
-        self.next_catch_up = time.monotonic() + self.catch_up_wait  # from its end
+        self.next_catch_up = self.clock() + self.catch_up_wait  # from its end
 
     async def run_round(self, train: bool) -> bool:
         """One exchange and mix, after K local steps when `train` is true and the
@@ -130,7 +132,7 @@ class RoundLoop:
         consensus finish). Whether it trained."""
         parts = self.parts
         progress, report, metrics = self.progress, self.report, self.metrics
-        if parts.transfer.far_behind() and time.monotonic() >= self.next_catch_up:
+        if parts.transfer.far_behind() and self.clock() >= self.next_catch_up:
             target = parts.transfer.catch_up_target()
             log.warning(
                 "neighbours are at round %d: skipping ahead from %d by taking a state",
