@@ -180,7 +180,8 @@ def check_hello(
 class Admission:
     """This node's checks of a peer's Hello (`hello_refusal`) and of the Welcome of a
     node it dialled (`welcome_refusal`, `certificate_refusal`): each gives '' when
-    the peer may join, else the reason, and changes nothing."""
+    the peer may join, else the reason, and changes nothing. It holds this node's
+    `fingerprint` and `recipe`, which its Hello states (`Handshaker.hello`)."""
 
     def __init__(
         self,

@@ -94,8 +94,6 @@ class Handshaker:
         discovery: Discovery | None = None,
     ) -> None:
         self.settings = settings
-        self.fingerprint = fingerprint
-        self.recipe = recipe
         self.progress = progress
         self.peers = peers
         self.transport = transport
@@ -107,6 +105,16 @@ class Handshaker:
         self.backoff = DialBackoff()  # candidates whose node refused: `connect_known`
         self.answered_as: dict[str, str] = {}  # candidate address: the id that answered
         self.admission = Admission(settings, fingerprint, recipe, peers, auth, transport)
+
+    @property
+    def fingerprint(self) -> str:
+        """This node's fingerprint, as its Hello states it (`Admission.fingerprint`)."""
+        return self.admission.fingerprint
+
+    @property
+    def recipe(self) -> dict[str, str]:
+        """This node's recipe, as its Hello states it (`Admission.recipe`)."""
+        return self.admission.recipe
 
     def hello(self, receiver: str = "", session: bytes = b"") -> pb.Hello:
         """This node's Hello for `receiver` with the token it must present to us;
