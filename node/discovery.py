@@ -251,9 +251,6 @@ class MdnsDiscovery:
         logger: logging.Logger | None = None,
     ) -> None:
         self.node_id = node_id
-        self.swarm_id = swarm_id
-        self.fingerprint = fingerprint
-        self.protocol_version = protocol_version
         self.interface = interface.strip()
         self.log = logger or _LOG
         self.instance = instance_name(node_id)

@@ -61,12 +61,14 @@ def make_node(
 
 
 def expected(node: MdnsDiscovery) -> PeerInfo:
+    """The peer others find: what `node` announces (its TXT `properties`)."""
+    txt = node.properties
     return PeerInfo(
-        address=node.advertise,
-        node_id=node.node_id,
-        swarm_id=node.swarm_id,
-        fingerprint=node.fingerprint,
-        protocol_version=node.protocol_version,
+        address=txt["addr"],
+        node_id=txt["node_id"],
+        swarm_id=txt["swarm_id"],
+        fingerprint=txt["fp"],
+        protocol_version=int(txt["proto"]),
     )
 
 
