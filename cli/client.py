@@ -6,7 +6,7 @@ import base64
 import math
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.descriptor import FieldDescriptor
@@ -17,6 +17,10 @@ from declora.node.errors import HintedError
 from declora.node.rpc_failure import Cause, cause
 from declora.node.security import SwarmAuth, TlsFiles
 from declora.proto import pb, pb_grpc
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 STATUS_TARGET = "127.0.0.1:7070"
 STATUS_TIMEOUT = 5.0  # seconds
@@ -202,23 +206,54 @@ def _size(n: float) -> str:
     return f"{n:.1f}G"  # unreachable
 
 
-def render_status(reply: pb.StatusReply, width: int | None = None) -> None:
-    """A node's status in short lines and a neighbour table, within 80 columns."""
+WIDE = 10_000  # columns of a report written to a pipe or file: no line is wrapped
+
+
+def report_console(width: int | None = None, stderr: bool = False) -> Console:
+    """The console a command prints a report on: a terminal's own width, else (a pipe,
+    a file) `WIDE` columns, so no line wraps and no table cell is cut; `width` forces
+    one."""
     from rich.console import Console
+
+    console = Console(width=width, stderr=stderr)
+    if width is None and not console.is_terminal:
+        console = Console(width=WIDE, stderr=stderr)
+    return console
+
+
+def folded(table: Table) -> Table:
+    """`table` with every column folding a value too wide for it onto more lines (a
+    narrow terminal) rather than cutting it with an ellipsis."""
+    for column in table.columns:
+        column.overflow = "fold"
+    return table
+
+
+def round_text(round_: int, total: int, state: str) -> str:
+    """A node's round as `status` shows it: "round 12/140" (`total`: the last round it
+    can reach, its training rounds' exchanges plus the most the consensus finish may
+    mix; 0: it trains until stopped), and in the finish (`state` consensus) "round
+    132/140 (ends once the neighbours agree)"."""
+    text = f"round {round_}" + (f"/{total}" if total else "")
+    return text + (" (ends once the neighbours agree)" if state == "consensus" else "")
+
+
+def render_status(reply: pb.StatusReply, width: int | None = None) -> None:
+    """A node's status in short lines and a neighbour table: a terminal's width (a
+    table's cells fold), else one line each, never cut (`report_console`)."""
     from rich.table import Table
 
-    console = Console(width=width)
-    total = f"/{reply.total_rounds}" if reply.total_rounds else ""
+    console = report_console(width)
     tracking = ", gradient tracking" if reply.gradient_tracking else ""
     tracking += f", weighting {reply.weighting}" if reply.weighting else ""
     evals = ", ".join(f"{k} {v:.4f}" for k, v in sorted(reply.last_eval.items())) or "none yet"
-    lines = [
+    lines = [  # each within 80 columns for the usual figures
         f"[bold]{reply.node_id}[/] on {reply.listen_address}  swarm {reply.swarm_id}",
-        f"state {reply.state}  round {reply.round}{total}  step {reply.step}  "
-        f"loss {reply.loss:.4f}  last round {reply.last_round_seconds:.2f}s",
+        f"state {reply.state}  {round_text(reply.round, reply.total_rounds, reply.state)}",
+        f"step {reply.step}  loss {reply.loss:.4f}  last round {reply.last_round_seconds:.2f}s  "
+        f"self weight {reply.self_weight:.3f}  keyframes {reply.keyframes_sent}",
         f"eval: {evals}",
-        f"codec {reply.codec}{tracking}  self weight {reply.self_weight:.3f}  "
-        f"keyframes {reply.keyframes_sent}",
+        f"codec {reply.codec}{tracking}",
         f"sent {_size(reply.bytes_sent)}  received {_size(reply.bytes_received)}  "
         f"fingerprint {reply.fingerprint}  declora {reply.package_version}",
     ]
@@ -242,4 +277,4 @@ def render_status(reply: pb.StatusReply, width: int | None = None) -> None:
             _size(n.bytes_received),
             str(n.missed_deadlines),
         )
-    console.print(table)
+    console.print(folded(table))

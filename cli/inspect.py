@@ -140,11 +140,12 @@ def inspect_target(target: str, tls: TlsFiles | None = None) -> dict[str, Any]:
 
 
 def render(info: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
+    from declora.cli.client import folded, report_console
+
+    console = report_console()  # to a pipe or file: no line wrapped, no value cut
     if info["kind"] == "node":
         console.print(
             f"[bold]{info['node_id']}[/] swarm {info['swarm_id']} round {info['round']} "
@@ -165,7 +166,7 @@ def render(info: dict[str, Any]) -> None:
                 f"{int(n['bytes_sent']):,}",
                 f"{int(n['bytes_received']):,}",
             )
-        console.print(table)
+        console.print(folded(table))
         return
     lora = info["lora"]
     recorded = info.get("recorded_weights_sha256")
@@ -200,4 +201,4 @@ def render(info: dict[str, Any]) -> None:
             f"{t['norm']:.4f}",
             str(t["finite"]),
         )
-    console.print(table)
+    console.print(folded(table))

@@ -4,10 +4,12 @@ Starts N `declora-node start` processes wired by a topology (static peers), each
 its own partition of the data, shows a live table of every node (from the Status
 RPC), and when all have finished writes `results.json` and `results.png` in the
 output folder beside each node's folder (logs, checkpoints, final PEFT adapter,
-rounds.jsonl). Ctrl-C (or any failure) stops every process with SIGTERM, so each
-one checkpoints; a second Ctrl-C kills them. The centralized reference trains one
-adapter on all of the nodes' data for the swarm's total number of samples, and the
-summary gives each node's gap to it in points.
+rounds.jsonl); the last table shows where each node ended (its rounds.jsonl). Ctrl-C,
+`--timeout` (or any failure) stops every process with SIGTERM, so each one
+checkpoints; a second Ctrl-C kills them. A lab holds its output folder's lock
+(`output_lock`) while it runs: a second lab into the same folder is refused. The
+centralized reference trains one adapter on all of the nodes' data for the swarm's
+total number of samples, and the summary gives each node's gap to it in points.
 
 The defaults are the swarm's recipe (`Recipe`, as for `simulate`): gradient tracking
 with every node's gradient weighed by its examples (`--weighting`), one local step per
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import signal
 import socket
 import subprocess
@@ -30,15 +33,17 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ConfigDict, Field, model_validator
 
+from declora.node.errors import HintedError
 from declora.node.recipe import Recipe
 from declora.node.scores import Score, score_for
-from declora.node.topology import SPEC_FORMS
+from declora.node.topology import SPEC_FORMS, Topology
 
 BASE_LR = 2e-3  # AdamW for one adapter at batch 16 (the centralized reference)
 # Recipe's adaptive defaults
@@ -215,33 +220,75 @@ def read_rounds(folder: Path) -> list[dict[str, Any]]:
     return out
 
 
+def _number(row: dict[str, Any], key: str) -> float | None:
+    """A finite number `row` holds under `key` (rounds.jsonl is the node's own file,
+    read leniently: anything else is None)."""
+    value = row.get(key)
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _last_figure(rows: list[dict[str, Any]], key: str) -> float | None:
+    """The last evaluation's `key` (accuracy, perplexity) in a node's history."""
+    for row in reversed(rows):
+        evals = row.get("eval")
+        if isinstance(evals, dict) and _number(evals, key) is not None:
+            return _number(evals, key)
+    return None
+
+
+def _ended_row(n: LabNode, code: int, rows: list[dict[str, Any]], st: Any, key: str) -> list[str]:
+    """An exited node's row: where it ended by its rounds.jsonl (its last status, else
+    nothing, when it recorded no round), no live neighbour."""
+    if rows:
+        last = rows[-1]
+        r, loss = _number(last, "round"), _number(last, "loss")
+        phase = last.get("phase")
+        where = "" if r is None else f"{r:.0f}" + (f" ({phase})" if isinstance(phase, str) else "")
+        acc, sent = _last_figure(rows, key), _number(last, "bytes_sent")
+    elif st is not None:
+        where, loss = f"{st.round}/{st.total_rounds or '∞'}", st.loss
+        acc, sent = st.last_eval.get(key), float(st.bytes_sent)
+    else:
+        where, loss, acc, sent = "", None, None, None
+    return [
+        n.node_id,
+        f"exited ({code})",
+        where,
+        "" if loss is None else f"{loss:.4f}",
+        "" if acc is None else f"{acc:.3f}",
+        "",
+        "" if sent is None else f"{sent / 1024:,.0f} KiB",
+        str(n.process.pid),
+    ]
+
+
 def _table(nodes: list[LabNode], statuses: dict[str, Any], title: str, key: str) -> Any:
+    """The lab's table: a running node's last status (the neighbours it sees live, less
+    the lab's nodes that exited); an exited node's end from its rounds.jsonl."""
     from rich.table import Table
+
+    from declora.cli.client import folded
 
     table = Table(title=title)
     for col in ("node", "state", "round", "loss", key, "live neighbours", "sent", "pid"):
         table.add_column(col)
+    exited = {n.node_id for n in nodes if n.process.poll() is not None}
     for n in nodes:
         st = statuses.get(n.node_id)
         code = n.process.poll()
+        if code is not None:
+            table.add_row(*_ended_row(n, code, read_rounds(n.folder), st, key))
+            continue
         if st is None:
-            state = "exited" if code is not None else "starting"
-            table.add_row(
-                n.node_id,
-                f"{state} ({code})" if code is not None else state,
-                "",
-                "",
-                "",
-                "",
-                "",
-                str(n.process.pid),
-            )
+            table.add_row(n.node_id, "starting", "", "", "", "", "", str(n.process.pid))
             continue
         acc = st.last_eval.get(key)
-        live = [p.node_id for p in st.neighbors if p.live]
+        live = [p.node_id for p in st.neighbors if p.live and p.node_id not in exited]
         table.add_row(
             n.node_id,
-            st.state if code is None else f"exited ({code})",
+            st.state,
             f"{st.round}/{st.total_rounds or '∞'}",
             f"{st.loss:.4f}",
             "" if acc is None else f"{acc:.3f}",
@@ -249,7 +296,7 @@ def _table(nodes: list[LabNode], statuses: dict[str, Any], title: str, key: str)
             f"{st.bytes_sent / 1024:,.0f} KiB",
             str(n.process.pid),
         )
-    return table
+    return folded(table)
 
 
 def _stop(nodes: list[LabNode], grace: float = 60.0) -> None:
@@ -382,22 +429,73 @@ def plot_lab(
     plt.close(fig)
 
 
-def run_lab(cfg: LabConfig) -> dict[str, Any]:
-    """Run the lab to the end (or Ctrl-C); returns the summary written to results.json."""
-    from rich.console import Console
-    from rich.live import Live
+LOCK = ".lab.lock"  # in the output folder: held by the lab that writes there
 
-    from declora.cli.client import StatusError, fetch_status
+
+class LabBusyError(HintedError):
+    """Another lab is writing into this output folder (it holds `LOCK`)."""
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold `out`'s lab lock (an flock on `out/.lab.lock`, which records the holder's
+    pid) for the block; `LabBusyError` at once, with nothing in `out` changed, while
+    another lab holds it. The kernel drops the lock with its process, so a lab that
+    crashed or was killed leaves none behind."""
+    import fcntl
+    import os
+
+    path = out / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            raise LabBusyError(
+                f"--output {out} is in use by another lab"
+                + (f" (pid {holder})" if holder.isdigit() else ""),
+                "wait for it to finish (or stop it), or choose another --output",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def run_lab(cfg: LabConfig) -> dict[str, Any]:
+    """Run the lab to the end, a Ctrl-C or `--timeout`; returns the summary written to
+    results.json (`ok` false unless every node finished). The output folder is the
+    lab's alone while it runs (`output_lock`): a second lab into it is refused, one
+    `error:` line and a hint, exit 2, before it touches anything. Past `--timeout` the
+    nodes are stopped (each checkpoints and writes its adapter), the summary is written
+    as far as they got (`timed_out`) and an `error:` line with a hint ends the report."""
     from declora.node.topology import from_spec
 
-    console = Console(stderr=True)
-    cfg, note = lab_scheme(cfg)
-    if note:
-        console.print(note, soft_wrap=True)
-    key = score_for(cfg.task).key
+    cfg, note = lab_scheme(cfg)  # these refuse bad input before the folder is made
     topo = from_spec(cfg.topology, cfg.nodes, seed=cfg.seed)
     out = cfg.output.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        with output_lock(out):
+            return _run_lab(cfg, out, note, topo)
+    except LabBusyError as exc:
+        from declora.cli.app import fail_with
+
+        fail_with(exc)  # exit 2
+        raise  # unreachable: fail_with exits
+
+
+def _run_lab(cfg: LabConfig, out: Path, note: str, topo: Topology) -> dict[str, Any]:
+    from rich.live import Live
+
+    from declora.cli.client import StatusError, fetch_status, report_console
+
+    console = report_console(stderr=True)
+    if note:
+        console.print(note, soft_wrap=True)
+    key = score_for(cfg.task).key
     swarm = f"lab-{uuid.uuid4().hex[:8]}"
     ports = []
     for i in range(cfg.nodes):
@@ -407,7 +505,7 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
         ports.append(port)
     addresses = [f"127.0.0.1:{p}" for p in ports]
     nodes: list[LabNode] = []
-    interrupted = False
+    interrupted = timed_out = False
     t0 = time.time()
     reference = Reference(cfg) if cfg.centralized else None
     if cfg.model == "minilm":
@@ -418,6 +516,7 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
             f"~{MIB_PER_MINILM_NODE / 1024:.1f} GB each) and minutes of CPU "
             f"({LAB_MINUTES} on 2 idle cores at the defaults, more when they are busy)"
         )
+    statuses: dict[str, Any] = {}
     try:
         for i in range(cfg.nodes):
             folder = out / f"lab-{i}"
@@ -443,11 +542,13 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
         if reference is not None:
             console.print("lab: training the centralized reference (same samples) beside them")
             reference.start()
-        statuses: dict[str, Any] = {}
-        with Live(console=console, refresh_per_second=2) as live:
+        # transient: the table printed once every node has stopped replaces it
+        with Live(console=console, refresh_per_second=2, transient=True) as live:
             while any(n.process.poll() is None for n in nodes):
                 if time.time() - t0 > cfg.timeout:
-                    raise TimeoutError(f"lab did not finish within {cfg.timeout:.0f}s")
+                    timed_out = True
+                    console.print(f"lab: --timeout {cfg.timeout:g}s reached, stopping every node")
+                    break
                 for n in nodes:
                     if n.process.poll() is None:
                         with contextlib.suppress(StatusError):
@@ -456,11 +557,6 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
                     _table(nodes, statuses, f"declora lab {swarm} ({time.time() - t0:.0f}s)", key)
                 )
                 time.sleep(1.0)
-            live.update(
-                _table(nodes, statuses, f"declora lab {swarm} ({time.time() - t0:.0f}s)", key)
-            )
-        if not console.is_terminal:  # Live leaves its last table without a line end there
-            console.line()
     except KeyboardInterrupt:
         interrupted = True
         console.print("lab: interrupted, stopping every node (Ctrl-C again to kill)")
@@ -472,18 +568,49 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
                 n.process.kill()
         for n in nodes:
             n.log.close()
+    if nodes:
+        console.print(
+            _table(nodes, statuses, f"declora lab {swarm} ({time.time() - t0:.0f}s)", key)
+        )
+    summary = _summarize(cfg, out, swarm, nodes, reference, t0, interrupted, timed_out, console)
+    if timed_out:
+        console.print(
+            f"[red]error: lab did not finish within {cfg.timeout:g}s[/]\n"
+            f"hint: raise --timeout (it was {cfg.timeout:g} seconds) or give fewer --rounds; "
+            f"results.json holds what the nodes had done (timed_out), each node's folder "
+            "its last checkpoint",
+            soft_wrap=True,
+        )
+    return summary
+
+
+def _summarize(
+    cfg: LabConfig,
+    out: Path,
+    swarm: str,
+    nodes: list[LabNode],
+    reference: Reference | None,
+    t0: float,
+    interrupted: bool,
+    timed_out: bool,
+    console: Any,
+) -> dict[str, Any]:
+    """Write results.json and results.png from what every (stopped) node left, print
+    the per-node summary; the summary. A lab cut short (interrupted, timed out) does
+    not wait for the centralized reference."""
+    cut = interrupted or timed_out
     histories = {n.node_id: read_rounds(n.folder) for n in nodes}
     finals = {}
     for n in nodes:
         meta = n.folder / "adapter" / "declora.json"
         finals[n.node_id] = json.loads(meta.read_text()) if meta.is_file() else None
     central = None
-    if reference is not None and reference.is_alive() and not interrupted:
+    if reference is not None and reference.is_alive() and not cut:
         console.print("lab: waiting for the centralized reference...")
         reference.join()
     if reference is not None and reference.error is not None:
         raise reference.error
-    if reference is not None and not interrupted:
+    if reference is not None and not cut:
         central = reference.result
     score = score_for(cfg.task)
     accs = {k: (v or {}).get("eval", {}).get(score.key) for k, v in finals.items()}
@@ -497,12 +624,13 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
         "swarm_id": swarm,
         "seconds": time.time() - t0,
         "interrupted": interrupted,
+        "timed_out": timed_out,
         "exit_codes": {n.node_id: n.process.returncode for n in nodes},
         f"final_{score.key}": accs,
         "gap_points" if score.percent else "perplexity_gap_percent": signed,
         "centralized": central,
         "histories": histories,
-        "ok": not interrupted
+        "ok": not cut
         and all(n.process.returncode == 0 for n in nodes)
         and all(a is not None for a in accs.values()),
     }
@@ -510,8 +638,9 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
     plot_lab(histories, central, out / "results.png", score)
     lines = [
         failure_line(n.node_id, n.process.returncode, out / f"{n.node_id}.log")
-        if accs[n.node_id] is None and n.process.returncode and not interrupted
+        if accs[n.node_id] is None and n.process.returncode and not cut
         else summary_line(n.node_id, accs[n.node_id], ref, score)
+        + _reached(histories[n.node_id], cut)
         for n in nodes
     ]
     if ref is not None:
@@ -520,13 +649,19 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
             f"({central['steps'] if central else '?'} steps of {cfg.batch_size} at lr "
             f"{cfg.central_lr:g}, all the data)"
         )
+    ended = (
+        "interrupted after" if interrupted else "timed out after" if timed_out else "finished in"
+    )
     console.print(
-        "lab {} {:.0f}s\n{}\nresults: {}".format(
-            "interrupted after" if interrupted else "finished in",
-            summary["seconds"],
-            "\n".join(lines),
-            out,
-        ),
+        f"lab {ended} {summary['seconds']:.0f}s\n" + "\n".join(lines) + f"\nresults: {out}",
         soft_wrap=True,
     )
     return summary
+
+
+def _reached(rows: list[dict[str, Any]], cut: bool) -> str:
+    """For a lab cut short: the round a node had reached ("" otherwise)."""
+    if not cut:
+        return ""
+    r = _number(rows[-1], "round") if rows else None
+    return f" (stopped at round {r:.0f})" if r is not None else " (no round done)"

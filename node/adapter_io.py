@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -228,8 +228,9 @@ def recorded_differences(folder: Path, lm: LoraModel) -> list[str]:
         if theirs != ours:
             out.append(f"labels: {len(theirs)} {theirs[:10]} there, {len(ours)} {ours[:10]} here")
     spec, recorded = lm.spec.as_dict(), dict(info.get("spec") or {})
+    defaults = {f.name: f.default for f in fields(LoraSpec)}  # as_dict leaves them out
     for key in sorted(set(spec) | set(recorded)):
-        a, b = recorded.get(key), spec.get(key)
+        a, b = recorded.get(key, defaults.get(key)), spec.get(key, defaults.get(key))
         if isinstance(a, list | tuple) and isinstance(b, list | tuple):
             a, b = list(a), list(b)
         if a != b:
@@ -237,8 +238,44 @@ def recorded_differences(folder: Path, lm: LoraModel) -> list[str]:
     agreed = dict(info.get("agreed") or {})
     for key in sorted(set(agreed) | set(lm.agreed)):
         if agreed.get(key) != lm.agreed.get(key):
-            out.append(f"{key}: {agreed.get(key)!r} there, {lm.agreed.get(key)!r} here")
+            out.append(_fact_difference(key, agreed.get(key), lm.agreed.get(key)))
     return out
+
+
+# an agreed recipe fact that a record leaves out (`Recipe.agreed_facts`): its value
+UNRECORDED_FACTS: dict[str, object] = {
+    "lr_schedule": "constant",
+    "warmup_steps": 0,
+    "weighting": "nodes",
+    "gossip_steps": 1,
+    "gossip_acceleration": "none",
+    "step_after_mixing": False,
+    "validation_fraction": 0.0,
+    "dedupe": True,
+}
+
+
+def _fact_difference(key: str, there: object, here: object) -> str:
+    """One agreed fact recorded as `there` and made as `here` (None: left out), named
+    as the option that sets it: tracking_exchanges is recorded only with gradient
+    tracking, and weighting 'examples' needs it (so the resolved weighting differs
+    after a --no-gradient-tracking)."""
+    if key == "tracking_exchanges" and (there is None or here is None):
+        return f"gradient_tracking: {_on(there)} there, {_on(here)} here"
+    a, b = (UNRECORDED_FACTS.get(key) if v is None else v for v in (there, here))
+    shown = ["unset" if v is None else repr(v) for v in (a, b)]
+    text = f"{key}: {shown[0]} there, {shown[1]} here"
+    if key == "weighting" and "examples" in (a, b):
+        side = "here" if b != "examples" else "there"
+        text += (
+            f" (weighting 'examples' needs gradient_tracking: it is off {side}, "
+            "or --weighting nodes was given)"
+        )
+    return text
+
+
+def _on(value: object) -> str:
+    return "off" if value is None else "on"
 
 
 def _check_labels(

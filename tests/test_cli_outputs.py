@@ -6,6 +6,7 @@ grids and studies resume in their folder by design and are not covered here."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -190,3 +191,50 @@ def test_force_has_one_name_and_help() -> None:
         assert res.exit_code == 0, res.output
         [line] = [line for line in res.stdout.splitlines() if "--force" in line]
         assert "Replace existing files." in line, (name, line)
+
+
+def test_a_lab_into_a_folder_another_lab_writes_is_refused_and_changes_nothing(
+    tmp_path: Path, adapter: Path
+) -> None:
+    """The first lab holds its output folder's lock (`output_lock`) for its life: a
+    second one, even with --force, is refused before it deletes or truncates anything
+    (before: it replaced the first one's node folders and logs under it)."""
+    from declora.cli.lab import output_lock
+
+    out = old_output(tmp_path / "out")
+    with output_lock(out):  # what a running lab holds
+        before = files(out)
+        res = runner.invoke(app, [*command("lab", tmp_path, adapter, out), "--force"])
+        assert res.exit_code == 2, res.output
+        assert res.stderr.strip().splitlines() == [
+            f"error: --output {out} is in use by another lab (pid {os.getpid()})",
+            "hint: wait for it to finish (or stop it), or choose another --output",
+        ]
+        assert files(out) == before and res.stdout == ""
+    res = runner.invoke(app, [*command("lab", tmp_path, adapter, out), "--force"])
+    assert res.exit_code == 0, res.output  # once it is done, the folder is free again
+
+
+def test_a_lab_past_its_timeout_stops_the_nodes_and_writes_what_they_did(
+    tmp_path: Path, adapter: Path
+) -> None:
+    """Past --timeout: one `error:` line and a hint, exit 1, no traceback; every node
+    stopped, results.json written and marked timed out (before: a TimeoutError
+    traceback and no results.json)."""
+    out = tmp_path / "out"
+    args = command("lab", tmp_path, adapter, out)
+    args[args.index("--rounds") + 1] = "100000"
+    res = runner.invoke(app, [*args, "--timeout", "2", "--format", "json"])
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.output
+    lines = res.stderr.strip().splitlines()
+    assert lines[-2:] == [
+        "error: lab did not finish within 2s",
+        "hint: raise --timeout (it was 2 seconds) or give fewer --rounds; results.json holds "
+        "what the nodes had done (timed_out), each node's folder its last checkpoint",
+    ], res.stderr
+    summary = json.loads((out / "results.json").read_text())
+    assert summary == json.loads(res.stdout)
+    assert summary["timed_out"] and not summary["ok"] and not summary["interrupted"]
+    assert summary["exit_codes"]["lab-0"] is not None  # stopped, not left running
+    assert "lab timed out after" in res.stderr and (out / "lab-0.log").is_file()

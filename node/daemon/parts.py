@@ -71,6 +71,16 @@ class Parts:
         )
 
 
+def last_round(s: NodeSettings) -> int:
+    """The `total_rounds` Status reports: the last round the node can reach, its
+    training rounds' exchanges (round numbers count exchanges) plus the most the
+    consensus finish may mix (it ends sooner once the neighbours agree); 0 with
+    `--rounds 0` (until stopped)."""
+    if s.rounds == 0:
+        return 0
+    return s.rounds * s.exchanges_per_round + s.consensus_rounds
+
+
 def build_parts(
     settings: NodeSettings,
     progress: Progress,
@@ -136,7 +146,7 @@ def build_parts(
         fingerprint=lm.fingerprint,
         listen_address=s.advertise,
         codec=s.codec,
-        total_rounds=s.rounds * s.exchanges_per_round,  # round numbers count exchanges
+        total_rounds=last_round(s),
         auth=auth_mode(transport.tls is not None, auth.secret is not None),
         gradient_tracking=bool(s.gradient_tracking),  # resolved: never None
         weighting=s.weighting,  # resolved: never "auto"

@@ -34,15 +34,30 @@ class Progress:
 
     A polite stop (`stop_after_round`) lets the round in progress finish, its local
     steps and its mix included: `stop_requested` turns true when `round` next advances.
+    Once the state has been CONSENSUS (the finish began), an exchange reads as
+    CONSENSUS (what `status` shows) while `in_round` still sees it as one.
     """
 
     def __init__(self) -> None:
         self._round = 0
         self.seq = 0
-        self.state = NodeState.STARTING
+        self._state = NodeState.STARTING
+        self.finishing = False  # the consensus finish began: its exchanges read CONSENSUS
         self.stop_requested = False
         self.stop_pending = False
         self.arrived = asyncio.Event()
+
+    @property
+    def state(self) -> NodeState:
+        if self.finishing and self._state is NodeState.EXCHANGING:
+            return NodeState.CONSENSUS
+        return self._state
+
+    @state.setter
+    def state(self, value: NodeState) -> None:
+        if value is NodeState.CONSENSUS:
+            self.finishing = True
+        self._state = value
 
     @property
     def round(self) -> int:
@@ -67,12 +82,12 @@ class Progress:
     @property
     def in_round(self) -> bool:
         """Training or exchanging: a round is between its start and its mix."""
-        return self.state in (NodeState.TRAINING, NodeState.EXCHANGING)
+        return self._state in (NodeState.TRAINING, NodeState.EXCHANGING)
 
     @property
     def before_first_round(self) -> bool:
         """Loading or connecting: the node may still catch up to a neighbour."""
-        return self.state in (NodeState.LOADING, NodeState.CONNECTING)
+        return self._state in (NodeState.LOADING, NodeState.CONNECTING)
 
     def wake(self) -> None:
         """Wake a round waiting for payloads (a payload, a leave or a stop arrived)."""
