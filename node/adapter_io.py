@@ -214,9 +214,11 @@ def _num_labels(info: dict[str, Any], tensors: dict[str, torch.Tensor]) -> int:
 def recorded_differences(folder: Path, lm: LoraModel) -> list[str]:
     """What the adapter saved in `folder` (a checkpoint's `adapter`) records otherwise
     than `lm`: its labels first (count and names), then each spec field and agreed
-    recipe fact, e.g. "labels: 3 ['a', 'b', 'c'] there, 2 ['a', 'b'] here". Empty
-    when nothing differs or `folder` holds no readable record. For a refusal to say
-    why two fingerprints differ (a --resume with another label set)."""
+    recipe fact, e.g. "labels: 3 ['a', 'b', 'c'] there, 2 ['a', 'b'] here"; a field or
+    fact a record leaves out is shown as the value that means (the default method
+    'dec-lora', weighting 'nodes'), named as the option that sets it (`_fact_difference`).
+    Empty when nothing differs or `folder` holds no readable record. For a refusal to
+    say why two fingerprints differ (a --resume with another label set or option)."""
     try:
         info = _read_info(folder)
     except AdapterError:
