@@ -1,8 +1,10 @@
 """What a failed gRPC call's status says about its cause (one reading for every caller).
 
 `cause(code, details, tls)` names the cause from the status code's name and its
-details; callers put it in their own words (`cli/client.py` for `status`,
-`node/daemon/startup.py` for a dial at start-up).
+details (gRPC's own texts, BoringSSL's reason among them); `tls_failure` says what a
+TLS cause means for the caller that dialled, and `TLS_HINT` what to do. Callers put
+the rest in their own words (`cli/client.py` for `status`, `node/daemon/startup.py`
+for a dial at start-up).
 """
 
 from __future__ import annotations
@@ -10,6 +12,10 @@ from __future__ import annotations
 from enum import Enum
 
 LOADING = "still loading its model"  # what a node answers while it loads
+TLS_HINT = (
+    "give every node the --tls-cert, --tls-key and --tls-ca of one swarm CA "
+    "(`declora-node certs`), valid now and naming each host they are dialled at (--hosts)"
+)
 
 
 class Cause(Enum):
@@ -21,14 +27,24 @@ class Cause(Enum):
     TIMEOUT = "timeout"  # no answer within the call's deadline
     NOT_TLS = "not_tls"  # TLS spoken to a node that serves without it
     TLS_UNTRUSTED = "tls_untrusted"  # the node's certificate is not signed by our CA
+    TLS_EXPIRED = "tls_expired"  # the node's certificate has expired
+    TLS_NOT_YET_VALID = "tls_not_yet_valid"  # the node's certificate is not valid yet
+    TLS_HOSTNAME = "tls_hostname"  # the node's certificate does not name the host dialled
     TLS = "tls"  # another TLS handshake failure
     CLOSED = "closed"  # the node closed the connection (it refused our TLS, or wants it)
     OTHER = "other"
 
 
+# BoringSSL's reasons after CERTIFICATE_VERIFY_FAILED (X509_verify_cert_error_string)
+_VERIFY_REASONS = (
+    ("certificate has expired", Cause.TLS_EXPIRED),
+    ("certificate is not yet valid", Cause.TLS_NOT_YET_VALID),
+)
+
+
 def cause(code: str, details: str, tls: bool = False) -> Cause:
     """The cause of a failed call with status `code` (its name, e.g. "UNAVAILABLE") and
-    `details`, made with TLS (`tls`) or without."""
+    `details`, made with TLS (`tls`) or without (TLS causes need `tls`)."""
     text = details.lower()
     if code == "UNAUTHENTICATED":
         return Cause.UNAUTHENTICATED
@@ -45,9 +61,32 @@ def cause(code: str, details: str, tls: bool = False) -> Cause:
     if tls and "wrong_version_number" in text:
         return Cause.NOT_TLS
     if tls and "certificate_verify_failed" in text:
-        return Cause.TLS_UNTRUSTED
+        return next((c for reason, c in _VERIFY_REASONS if reason in text), Cause.TLS_UNTRUSTED)
+    if tls and "hostname verification" in text:  # gRPC's own check of the SANs
+        return Cause.TLS_HOSTNAME
     if tls and ("handshake" in text or "ssl" in text or "certificate" in text):
         return Cause.TLS
     if "socket closed" in text or "connection reset" in text:
         return Cause.CLOSED
     return Cause.OTHER
+
+
+def tls_failure(why: Cause, tls: bool) -> str:
+    """What cause `why` of a failed dial means, from the dialler's side (`tls`: it
+    dialled with mTLS), when TLS explains it (the peer is "the peer"); '' otherwise."""
+    if why is Cause.CLOSED:  # a peer closes a connection at once when TLS does not match
+        return (
+            "the peer closed the connection in the TLS handshake: it refused this node's "
+            "certificate (not from its CA, or expired)"
+            if tls
+            else "the peer serves mTLS and this node does not"
+        )
+    return {
+        Cause.NOT_TLS: "the peer serves without TLS and this node uses mTLS",
+        Cause.TLS_UNTRUSTED: "its certificate is not from this node's --tls-ca",
+        Cause.TLS_EXPIRED: "the peer's certificate has expired",
+        Cause.TLS_NOT_YET_VALID: "the peer's certificate is not valid yet (a clock is wrong?)",
+        Cause.TLS_HOSTNAME: (
+            "the peer's certificate does not name the address dialled (Hostname Verification)"
+        ),
+    }.get(why, "")

@@ -47,6 +47,8 @@ NONCE_BYTES = 24  # 8-byte timestamp (unix ms, big-endian) + 16 random bytes
 WINDOW_SECONDS = 120.0
 MAX_NONCES = 100_000
 TLS_OPTIONS = ("--tls-cert", "--tls-key", "--tls-ca")
+EXPIRY_WARNING = dt.timedelta(days=7)  # a certificate ending sooner is warned about at start
+SECRET_SPACE = " \t\n\r\x0b\x0c"  # what str.strip and bytes.strip agree is whitespace
 
 
 class TlsError(ValueError):
@@ -164,6 +166,84 @@ def _dates_problem(option: str, path: Path, c: x509.Certificate, now: dt.datetim
     return ""
 
 
+def exposed_file_warning(what: str, path: Path) -> str:
+    """'' unless `path` (`what`: a private key, or a config file holding the swarm
+    secret) is open to others than its owner (any of mode 0o077, the bits ssh refuses a
+    key for; POSIX only): then a warning naming it, its mode and `chmod 600`. A warning,
+    not a refusal: container runtimes mount secrets 0644 by default."""
+    if os.name != "posix":
+        return ""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return ""
+    if not mode & 0o077:
+        return ""
+    who = "anyone on this machine" if mode & 0o007 else "its group"
+    return (
+        f"{what} {path}: permissions {mode:04o} are too open ({who} may read what "
+        f"should be private): run `chmod 600 {path}`"
+    )
+
+
+def expiry_warning(option: str, path: Path, cert: x509.Certificate, now: dt.datetime) -> str:
+    """'' unless `cert` (of `option` `path`), valid now, expires within EXPIRY_WARNING;
+    then a warning naming the date (an expired one is `certificate_problem`'s refusal)."""
+    end = cert.not_valid_after_utc
+    if not now <= end < now + EXPIRY_WARNING:
+        return ""
+    left = end - now
+    when = f"{left.days} days" if left.days >= 1 else f"{left.seconds // 3600} hours"
+    return (
+        f"{option}: {path} expires on {_when(end)} (in {when}): peers refuse it from then "
+        "on; mint a new one with `declora-node certs` before that"
+    )
+
+
+def _dns_name_matches(entry: str, host: str) -> bool:
+    """Whether DNS name `entry` of a certificate names `host`, as gRPC checks it: case
+    and one final dot aside, equal, or `*.parent` for a host one label under a parent of
+    at least two labels (no other wildcard, never one for an IP)."""
+    entry, host = entry.lower().removesuffix("."), host.lower().removesuffix(".")
+    if not entry or not host:
+        return False
+    if entry == host:
+        return True
+    label, _, parent = host.partition(".")
+    return entry.startswith("*.") and bool(label) and "." in parent and entry[2:] == parent
+
+
+def certificate_names(cert: x509.Certificate) -> tuple[list[str], list[str]]:
+    """The DNS names and the IP addresses (as text) of `cert`'s subject alternative
+    names; both empty when it has none."""
+    from cryptography import x509
+
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return [], []
+    return san.get_values_for_type(x509.DNSName), [
+        str(ip) for ip in san.get_values_for_type(x509.IPAddress)
+    ]
+
+
+def names_host(cert: x509.Certificate, host: str) -> bool:
+    """Whether a TLS client dialling `host` accepts `cert` (gRPC's Hostname
+    Verification): an IP host needs that IP among the IP names; a DNS host a DNS name
+    matching it (`_dns_name_matches`), or, for a certificate with no alternative names
+    at all, a matching common name."""
+    dns, ips = certificate_names(cert)
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])  # an IPv6 zone is no part of it
+    except ValueError:
+        ip = None
+    if ip is not None:
+        return any(ipaddress.ip_address(x) == ip for x in ips)
+    if not dns and not ips:
+        return _dns_name_matches(common_name(cert), host)
+    return any(_dns_name_matches(d, host) for d in dns)
+
+
 def certificate_problem(
     chain: list[x509.Certificate],
     cas: list[x509.Certificate],
@@ -235,6 +315,7 @@ class TlsFiles:
     ca: bytes
     cert_path: Path | None = field(default=None, compare=False)
     key_path: Path | None = field(default=None, compare=False)
+    ca_path: Path | None = field(default=None, compare=False)
 
     @classmethod
     def load(
@@ -264,6 +345,7 @@ class TlsFiles:
             _read_pem("--tls-ca", ca, "cert"),
             cert,
             key,
+            ca,
         )
         from cryptography import x509
         from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
@@ -291,6 +373,50 @@ class TlsFiles:
         if problem:
             raise TlsError(problem)
         return files
+
+    def warnings(self, now: dt.datetime | None = None) -> list[str]:
+        """A line for each thing to fix soon that does not stop a start: a private key
+        file open to others (`exposed_file_warning`), this end's certificate or its CA
+        expiring within EXPIRY_WARNING (`expiry_warning`)."""
+        from cryptography import x509
+
+        now = now or dt.datetime.now(dt.timezone.utc)
+        chain = x509.load_pem_x509_certificates(self.cert)
+        anchor = _anchor(chain, x509.load_pem_x509_certificates(self.ca))
+        found = [exposed_file_warning("--tls-key", self.key_path) if self.key_path else ""]
+        if self.cert_path is not None:
+            found.append(expiry_warning("--tls-cert", self.cert_path, chain[0], now))
+        if self.ca_path is not None and anchor is not None:
+            found.append(expiry_warning("--tls-ca", self.ca_path, anchor, now))
+        return [line for line in found if line]
+
+    def address_problem(self, option: str, address: str) -> str:
+        """'' when this end's certificate names the host of `address` (host:port, the
+        value of `option`) as peers dialling it check (`names_host`), or when that host
+        is unspecified (0.0.0.0, ::: no one dials it); else why not, with the
+        `declora-node certs` command that re-issues it."""
+        from cryptography import x509
+
+        host = split_address(address)[0]
+        try:
+            if ipaddress.ip_address(host.split("%", 1)[0]).is_unspecified:
+                return ""
+        except ValueError:
+            pass
+        leaf = x509.load_pem_x509_certificate(self.cert)
+        if names_host(leaf, host):
+            return ""
+        dns, ips = certificate_names(leaf)
+        named = ", ".join(dns + ips) or f"no alternative name; common name {common_name(leaf)!r}"
+        folder = self.ca_path.parent if self.ca_path is not None else Path("PKI-FOLDER")
+        hosts = ",".join(dict.fromkeys([host, *dns, *ips]))
+        return (
+            f"--tls-cert: {self.cert_path or 'the certificate'} does not name {host}, the "
+            f"host of {option} {address} that peers dial ({named}): they would refuse it "
+            f"(Hostname Verification), and the node would join and drop again and again; "
+            f"re-issue it with `declora-node certs --output {folder} --nodes {self.name} "
+            f"--hosts {hosts} --force` (or give the {option} it names)"
+        )
 
     @property
     def name(self) -> str:
@@ -355,6 +481,13 @@ class TlsFiles:
 
 
 # ---------------------------------------------------------------- swarm secret
+def secret_text(secret: str) -> str:
+    """The swarm secret as it signs: `secret` (from a flag, DECLORA_SWARM_SECRET or a
+    config file) less surrounding ASCII whitespace, as a file's final newline; inner
+    characters count. `SwarmAuth` strips its key the same way."""
+    return secret.strip(SECRET_SPACE)
+
+
 def new_nonce(now: float) -> bytes:
     """8-byte big-endian unix-ms timestamp of `now`, then 16 random bytes."""
     return struct.pack(">Q", int(now * 1000)) + os.urandom(NONCE_BYTES - 8)
@@ -373,6 +506,7 @@ def _mac_input(msg: Message) -> bytes:
 class SwarmAuth:
     """Signs and verifies messages with the swarm secret; remembers recent nonces.
 
+    The key is `secret` less surrounding whitespace (`secret_text`), whoever passes it.
     A nonce is accepted once: while its timestamp is within `window` seconds of this
     clock it stays in the replay cache; when the cache holds `max_nonces`, the oldest
     leave it and no message at or before their timestamp is accepted any more.
@@ -385,7 +519,7 @@ class SwarmAuth:
         max_nonces: int = MAX_NONCES,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._key = secret
+        self._key = secret.strip(SECRET_SPACE.encode())
         self.window_ms = int(window * 1000)
         self.max_nonces = max_nonces
         self.clock = clock

@@ -8,6 +8,7 @@ that names the option, before anything starts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -25,40 +26,79 @@ from pydantic_settings import (
 )
 
 from declora.node.address import split_address
+from declora.node.errors import HintedError, one_line
 from declora.node.identity import node_id_problem
 from declora.node.recipe import Recipe
-from declora.node.security import TlsFiles
+from declora.node.security import TlsFiles, exposed_file_warning, secret_text
 
 BOOL_WORDS = frozenset({"true", "false", "1", "0", "yes", "no", "on", "off", "t", "f", "y", "n"})
 
 
-class ConfigFileError(ValueError):
-    """The config file is missing, unreadable or not a mapping."""
+class ConfigFileError(HintedError):
+    """The config file is missing, unreadable, not valid TOML, JSON or YAML (the message
+    names the line and column, never the file's text: it may hold the swarm secret) or
+    not a mapping."""
+
+
+SYNTAX_HINT = "fix the syntax there (the file's text is not shown: it may hold the swarm secret)"
+
+
+def _at(line: int, column: int) -> str:
+    return f"line {line}, column {column}"
+
+
+def _syntax_error(path: Path, kind: str, exc: Exception) -> ConfigFileError:
+    """`exc`, a parser's error, as one line naming `path`, the line(s) and column(s) and
+    the parser's description, less any text of the file quoted in it."""
+    if isinstance(exc, json.JSONDecodeError):
+        what = f"{exc.msg.removesuffix(' at')} at {_at(exc.lineno, exc.colno)}"
+    elif kind == "TOML":  # "Invalid value (at line 2, column 7)"
+        what = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", r" at \1", str(exc))
+        what = what.replace("at end of document", "at the end of the file")
+    else:  # yaml.MarkedYAMLError: context and problem, each with a mark (0-based)
+        parts = []
+        for text_name, mark_name in (("context", "context_mark"), ("problem", "problem_mark")):
+            text, mark = getattr(exc, text_name, None), getattr(exc, mark_name, None)
+            if text or mark is not None:
+                at = f" at {_at(mark.line + 1, mark.column + 1)}" if mark is not None else ""
+                parts.append(f"{text or 'error'}{at}")
+        what = ": ".join(parts) or type(exc).__name__
+    what = re.sub(r"'[^'\s,]{5,}'", "'...'", one_line(what))  # an alias's name, say
+    return ConfigFileError(f"{path}: not valid {kind}: {what}", SYNTAX_HINT)
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
-    """Options from a TOML, JSON or YAML file (keys as in `NodeSettings`, - or _)."""
+    """Options from a TOML, JSON or YAML file (keys as in `NodeSettings`, - or _);
+    ConfigFileError when it cannot be read or parsed (naming the line and column, never
+    quoting the file) or is not a mapping."""
+    suffix = path.suffix.lower()
+    kinds = {".toml": "TOML", ".json": "JSON", ".yaml": "YAML", ".yml": "YAML"}
     if not path.is_file():
         raise ConfigFileError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    suffix = path.suffix.lower()
+    if suffix not in kinds:
+        raise ConfigFileError(f"{path}: use a .toml, .json or .yaml config file")
     try:
-        if suffix == ".toml":
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigFileError(f"{path}: not UTF-8 text", "save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    kind = kinds[suffix]
+    try:
+        if kind == "TOML":
             import tomllib
 
             data: object = tomllib.loads(text)
-        elif suffix == ".json":
+        elif kind == "JSON":
             data = json.loads(text)
-        elif suffix in (".yaml", ".yml"):
+        else:
             import yaml
 
             data = yaml.safe_load(text)
-        else:
-            raise ConfigFileError(f"{path}: use a .toml, .json or .yaml config file")
-    except (ValueError, ImportError) as exc:
-        if isinstance(exc, ConfigFileError):
-            raise
-        raise ConfigFileError(f"{path}: cannot parse: {exc}") from exc
+    except ImportError as exc:
+        raise ConfigFileError(f"{path}: cannot read {kind}: {exc}") from None
+    except Exception as exc:  # the parsers' own errors (yaml's are no ValueError)
+        raise _syntax_error(path, kind, exc) from None  # no chain: it quotes the file
     if not isinstance(data, dict):
         raise ConfigFileError(f"{path}: the top level must be a mapping of options")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
@@ -249,9 +289,14 @@ class NodeSettings(BaseSettings, Recipe):
     @field_validator("swarm_secret")
     @classmethod
     def _secret_ok(cls, v: SecretStr | None) -> SecretStr | None:
-        if v is not None and len(v.get_secret_value().strip()) < 16:
+        """The secret less surrounding whitespace (`security.secret_text`: a file's or a
+        block scalar's newline), as every user of it signs with; at least 16 characters."""
+        if v is None:
+            return v
+        text = secret_text(v.get_secret_value())
+        if len(text) < 16:
             raise ValueError("must be at least 16 characters (e.g. `openssl rand -hex 32`)")
-        return v
+        return SecretStr(text)
 
     @field_validator("resume", mode="before")
     @classmethod
@@ -269,6 +314,7 @@ class NodeSettings(BaseSettings, Recipe):
 
     @model_validator(mode="after")
     def _fill(self) -> NodeSettings:
+        dialled = "--advertise" if self.advertise else "--listen"  # the address peers dial
         if not self.advertise:
             self.advertise = self.listen
         if not self.node_id:  # under mTLS a node's id is its certificate's name
@@ -300,7 +346,10 @@ class NodeSettings(BaseSettings, Recipe):
 
             self.resume = resumable(self.state_dir)
         self.fill_daemon_defaults()
-        self.tls()  # TlsError is a ValueError: reported like any bad option
+        tls = self.tls()  # TlsError is a ValueError: reported like any bad option
+        problem = tls.address_problem(dialled, self.advertise) if tls is not None else ""
+        if problem:  # peers would refuse the certificate: joins and drops, over and over
+            raise ValueError(problem)
         return self
 
     def tls(self) -> TlsFiles | None:
@@ -417,10 +466,12 @@ def unknown_env_vars(environ: dict[str, str]) -> list[str]:
 
 @dataclass
 class Resolved:
-    """Settings and, per option, where its value came from."""
+    """Settings, per option where its value came from, and a line for each thing to
+    fix that does not stop a start (`start_warnings`)."""
 
     settings: NodeSettings
     sources: dict[str, str]
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
 
 def _env_var(field: str, environ: dict[str, str]) -> str | None:
@@ -477,4 +528,17 @@ def resolve_settings(cli: dict[str, Any], config_file: Path | None = None) -> Re
     except ValidationError as exc:
         problems = "; ".join(_problem(e, origins, config_file) for e in exc.errors())
         raise SettingsError(f"bad configuration: {problems}") from exc
-    return Resolved(settings, origins)
+    return Resolved(settings, origins, start_warnings(settings, config_file, data))
+
+
+def start_warnings(
+    settings: NodeSettings, config_file: Path | None, data: dict[str, Any]
+) -> list[str]:
+    """What to fix before it bites, one line each: a config file holding swarm_secret or
+    a --tls-key open to others than the owner (`chmod 600`), a certificate of this node
+    or its CA expiring within a week (`TlsFiles.warnings`)."""
+    found = []
+    if config_file is not None and data.get("swarm_secret") is not None:
+        found.append(exposed_file_warning("config file (holding swarm_secret)", config_file))
+    tls = settings.tls()
+    return [line for line in found if line] + (tls.warnings() if tls is not None else [])

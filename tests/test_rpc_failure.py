@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from declora.node.rpc_failure import LOADING, Cause, cause
+from declora.node.rpc_failure import LOADING, Cause, cause, tls_failure
 
 
 @pytest.mark.parametrize(
@@ -42,3 +42,63 @@ def test_a_failure_is_read_by_its_code_and_details(
     code: str, details: str, tls: bool, expected: Cause
 ) -> None:
     assert cause(code, details, tls) is expected
+
+
+def _handshake(reason: str) -> str:
+    """gRPC's details of a dial whose TLS handshake failed with BoringSSL's `reason`."""
+    return (
+        "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:27071: Tls "
+        "handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:SSL "
+        f"routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED: {reason}: OK"
+    )
+
+
+# the texts a grpcio 1.x client gets, each reproduced with a real server (see tls_failure)
+HOSTNAME = (
+    "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:27073: Custom "
+    "verification check failed with error: UNAUTHENTICATED: Hostname Verification Check failed."
+)
+CLOSED = (
+    "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:27071: "
+    "Socket closed"
+)
+
+
+@pytest.mark.parametrize(
+    "details, tls, expected, words",
+    [
+        (
+            _handshake("unable to get local issuer certificate"),
+            True,
+            Cause.TLS_UNTRUSTED,
+            "its certificate is not from this node's --tls-ca",
+        ),
+        (
+            _handshake("certificate has expired"),
+            True,
+            Cause.TLS_EXPIRED,
+            "the peer's certificate has expired",
+        ),
+        (
+            _handshake("certificate is not yet valid"),
+            True,
+            Cause.TLS_NOT_YET_VALID,
+            "the peer's certificate is not valid yet (a clock is wrong?)",
+        ),
+        (
+            HOSTNAME,
+            True,
+            Cause.TLS_HOSTNAME,
+            "the peer's certificate does not name the address dialled (Hostname Verification)",
+        ),
+        (CLOSED, False, Cause.CLOSED, "the peer serves mTLS and this node does not"),
+        (CLOSED, True, Cause.CLOSED, "it refused this node's certificate"),
+        ("Connection refused", True, Cause.REFUSED, ""),  # not a TLS matter
+    ],
+)
+def test_a_tls_failure_is_told_apart_and_explained(
+    details: str, tls: bool, expected: Cause, words: str
+) -> None:
+    why = cause("UNAVAILABLE", details, tls)
+    assert why is expected
+    assert words in tls_failure(why, tls) if words else tls_failure(why, tls) == ""

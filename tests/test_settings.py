@@ -322,3 +322,76 @@ def test_every_number_a_user_gives_is_bounded() -> None:
     for option, value in (("round_deadline", "inf"), ("seed", str(2**40)), ("threads", "10000")):
         with pytest.raises(SettingsError, match=f"--{option.replace('_', '-')}"):
             resolve_settings({option: value}, None)
+
+
+SECRET_LINE = "SUPERSECRET0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    "name, text, where",
+    [
+        # an unterminated quote on the secret's line: yaml quotes the line in its message
+        ("bad.yaml", f'swarm_secret: "{SECRET_LINE}\nmodel: tiny-bert\n', "line 1, column 15"),
+        ("alias.yaml", f"swarm_secret: *{SECRET_LINE}\n", "line 1, column 15"),
+        ("bad.json", f'{{"swarm_secret": "{SECRET_LINE}\n", "rank": 1}}', "line 1, column 46"),
+        ("bad.toml", f"swarm_secret = {SECRET_LINE}\n", "line 1, column 16"),
+    ],
+)
+def test_a_config_syntax_error_names_the_place_never_the_text(
+    tmp_path: Path, name: str, text: str, where: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from declora.cli.app import app
+
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigFileError) as caught:
+        read_config_file(path)
+    assert str(caught.value.message).startswith(f"{path}: not valid ")
+    assert where in caught.value.message and caught.value.hint
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__  # no chain
+    for command in ("config", "start"):
+        res = CliRunner().invoke(app, [command, "--config", str(path)])
+        assert res.exit_code == 2, res.output
+        assert SECRET_LINE[:8] not in res.output, res.output
+        assert f"error: {path}: not valid" in res.stderr and "\nhint: " in res.stderr
+        assert "Traceback" not in res.output
+
+
+def test_a_secret_is_its_text_less_surrounding_whitespace(tmp_path: Path) -> None:
+    """ "S\\n" (a file's newline, a YAML block scalar) and "S" are one secret: the same
+    key signs and verifies, wherever each was given."""
+    from declora.node.security import SwarmAuth
+    from declora.proto import pb
+
+    secret = "0123456789abcdef0123456789abcdef"
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text(f"swarm_secret: |\n  {secret}\n")
+    a = load_settings({}, cfg).swarm_secret
+    b = NodeSettings(swarm_secret=f" {secret}\t\r\n").swarm_secret
+    assert a is not None and b is not None
+    assert a.get_secret_value() == b.get_secret_value() == secret
+    hello = SwarmAuth(f"{secret}\n".encode()).sign(pb.Hello(node_id="a"))  # status's way
+    SwarmAuth(b.get_secret_value().encode()).verify(hello)
+    with pytest.raises(ValidationError, match="at least 16 characters"):
+        NodeSettings(swarm_secret=" " * 10 + "0123456789abcde" + "\n")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+def test_a_config_file_holding_the_secret_open_to_others_is_warned_about(
+    tmp_path: Path,
+) -> None:
+    cfg = write_config(tmp_path, "toml", {"swarm_secret": "0123456789abcdef0123"})
+    cfg.chmod(0o644)
+    (line,) = resolve_settings({}, cfg).warnings
+    assert line == (
+        f"config file (holding swarm_secret) {cfg}: permissions 0644 are too open (anyone "
+        f"on this machine may read what should be private): run `chmod 600 {cfg}`"
+    )
+    cfg.chmod(0o600)
+    assert resolve_settings({}, cfg).warnings == []
+    (tmp_path / "x").mkdir()
+    other = write_config(tmp_path / "x", "toml", {"rank": 4})
+    other.chmod(0o644)
+    assert resolve_settings({}, other).warnings == []  # no secret in it: nothing to hide
