@@ -16,8 +16,10 @@ checkpoints are kept.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -42,6 +44,8 @@ from declora.node.trainer import Encoded, LocalTrainer, LoraModel
 
 LATEST = "LATEST"
 KEEP = 2
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -81,6 +85,7 @@ class NodeState:
     # what identifies the node's training share (`training_share`); None: a checkpoint
     # written before it was recorded
     share: dict[str, Any] | None = None
+    path: Path | None = None  # the checkpoint it was read from (`load`)
 
 
 def trainer_state(trainer: LocalTrainer) -> dict[str, Any]:
@@ -121,7 +126,9 @@ def restore_trainer(trainer: LocalTrainer, state: dict[str, Any], vector: np.nda
 
 
 def save(root: Path, lm: LoraModel, state: NodeState, meta: dict[str, Any]) -> Path:
-    """Write checkpoint `ckpt-<round>` and point LATEST at it; returns its path."""
+    """Write checkpoint `ckpt-<round>` and point LATEST at it; returns its path. A
+    write that fails (OSError: a full or read-only disk) leaves no half-written folder
+    or pointer: LATEST and the checkpoints before stay as they were."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"ckpt-{state.round:08d}"
     build = new_build_dir(final)
@@ -155,10 +162,15 @@ def save(root: Path, lm: LoraModel, state: NodeState, meta: dict[str, Any]) -> P
         shutil.rmtree(build, ignore_errors=True)
         raise
     tmp = root / f".{LATEST}.tmp"
-    with tmp.open("w") as fh:
-        fh.write(final.name + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with tmp.open("w") as fh:
+            fh.write(final.name + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:  # LATEST still names the checkpoint before
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
     faults.crash_point("checkpoint_pointer")
     os.replace(tmp, root / LATEST)
     fsync_dir(root)
@@ -197,8 +209,10 @@ def read_state(path: Path) -> dict[str, Any]:
 
 
 def load(root: Path, lm: LoraModel) -> NodeState:
-    """Read the checkpoint `latest` picks; refuses one made for another adapter, or one
-    that cannot be read."""
+    """Read the checkpoint `latest` picks (its `path`); refuses one made for another
+    adapter. One that cannot be read (truncated, corrupt) gives way, with a warning
+    naming both, to the newest other complete checkpoint that can; CheckpointError
+    when none can."""
     path = latest(root)
     if path is None:
         named = run_folder.named(root) or ""
@@ -208,6 +222,33 @@ def load(root: Path, lm: LoraModel) -> NodeState:
             + (f": {LATEST} names {named!r}, which is missing or incomplete" if named else "")
             + (f" (other checkpoints: {', '.join(others)})" if others else "")
         )
+    try:
+        return _load(path, lm)
+    except CheckpointMismatch:
+        raise
+    except CheckpointError as damaged:
+        for other in reversed(run_folder.complete_checkpoints(root)):
+            if other == path:
+                continue
+            try:
+                state = _load(other, lm)
+            except CheckpointMismatch:
+                raise
+            except CheckpointError:
+                continue
+            log.warning(
+                "%s; resuming from the newest intact checkpoint, %s (round %d)",
+                damaged,
+                other,
+                state.round,
+            )
+            return state
+        raise
+
+
+def _load(path: Path, lm: LoraModel) -> NodeState:
+    """Read checkpoint `path`: CheckpointError when it cannot be read, CheckpointMismatch
+    when it was made for another adapter."""
     raw = read_state(path)
     if raw["fingerprint"] != lm.fingerprint and not labels_read_otherwise(path, raw, lm):
         from declora.node.adapter_io import recorded_differences
@@ -230,6 +271,7 @@ def load(root: Path, lm: LoraModel) -> NodeState:
             ) from exc
         vector = peft_tensors_to_vector(tensors, lm.schema)
     return NodeState(
+        path=path,
         round=int(raw["round"]),
         seq=int(raw["seq"]),
         vector=vector,

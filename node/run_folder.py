@@ -11,13 +11,27 @@ anything loads, `startup.check_config` decides what a start may do with it, and
   deleted), the newest complete one;
 - `earlier_run`: what an earlier run wrote (LATEST, the final adapter, rounds.jsonl,
   ckpt-* folders), none of which a fresh start may replace (a rounds.jsonl alone is
-  appended to).
+  appended to);
+- `hold`: one node per folder: an advisory lock (flock) on the folder itself, held by
+  the process until it exits (a kill -9 releases it too) or `release`; `FolderBusy`
+  names the process that holds it. Nothing is written for it, so a refused or failed
+  start leaves the folder as it found it;
+- `clear_builds`: the half-written `.ckpt-*` and `.adapter.*` folders a crash left
+  (only for the process that holds the folder).
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import shutil
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks, nothing is checked
+    fcntl = None  # type: ignore[assignment]
 
 LATEST = "LATEST"  # names the newest complete checkpoint
 STATE = "state.pt"  # what makes a checkpoint folder complete (written before its rename)
@@ -79,3 +93,81 @@ def earlier_run(folder: Path) -> list[str]:
     found = [name for name in RUN_FILES if (folder / name).exists()]
     found += sorted(p.name for p in folder.glob("ckpt-*") if p.is_dir())
     return found
+
+
+# ---------------------------------------------------------------- one node a folder
+class FolderBusy(Exception):
+    """`folder` is held by another running process: `pid` (None when it cannot be told)."""
+
+    def __init__(self, folder: Path, pid: int | None) -> None:
+        super().__init__(f"{folder} is held by {f'pid {pid}' if pid else 'another process'}")
+        self.folder, self.pid = folder, pid
+
+
+_HELD: dict[Path, int] = {}  # folder (resolved) -> the descriptor holding its lock
+
+
+def hold(folder: Path) -> bool:
+    """Lock existing folder `folder` for this process (again: a no-op) until `release`
+    or the process exits, whatever way. True when held; False where its file system
+    has no advisory locks (nothing is checked then); `FolderBusy` when another process
+    holds it."""
+    key = folder.resolve()
+    if key in _HELD:
+        held = os.fstat(_HELD[key])
+        here = os.stat(key)
+        if (held.st_dev, held.st_ino) == (here.st_dev, here.st_ino):
+            return True
+        release(key)  # deleted and made anew since: the lock is on the old folder
+    if fcntl is None:  # pragma: no cover - Windows
+        return False
+    fd = os.open(key, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise FolderBusy(folder, holder(key)) from None
+        return False  # ENOLCK, EBADF (NFS locks need a writable file): not checked
+    _HELD[key] = fd
+    return True
+
+
+def release(folder: Path) -> None:
+    """Let go of `folder`'s lock if this process holds it."""
+    fd = _HELD.pop(folder.resolve(), None)
+    if fd is not None:
+        os.close(fd)  # closing the last descriptor drops the flock
+
+
+def holder(folder: Path) -> int | None:
+    """The pid holding the flock on `folder`, from Linux's /proc/locks; None elsewhere,
+    or when none does."""
+    try:
+        st = os.stat(folder)
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:  # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:2933318 0 EOF"
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == ident:
+            pid = int(fields[4]) if fields[4].isdigit() else 0
+            return pid or None  # 0: a process of another pid namespace
+    return None
+
+
+BUILDS = (".ckpt-*", ".adapter.*")  # `adapter.new_build_dir`'s half-written folders
+
+
+def clear_builds(folder: Path) -> list[str]:
+    """Delete the half-written build folders (`BUILDS`) a crash left in `folder`; the
+    names deleted. Only for the process that holds the folder (`hold`): another's are
+    being written."""
+    gone = []
+    for pattern in BUILDS:
+        for build in folder.glob(pattern):
+            if build.is_dir():
+                shutil.rmtree(build, ignore_errors=True)
+                gone.append(build.name)
+    return sorted(gone)

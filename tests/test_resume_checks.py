@@ -386,6 +386,59 @@ def test_a_stop_in_the_consensus_finish_resumes_into_it(cluster: Cluster) -> Non
     assert "final adapter written" in first.log(), cluster.report()
 
 
+# ------------------------------------------------------------ a damaged checkpoint
+
+
+def test_a_damaged_checkpoint_gives_way_to_the_newest_intact_one(
+    tiny_lm: LoraModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: a truncated state.pt in the checkpoint LATEST names made --resume exit 1
+    with "begin afresh", though an intact older checkpoint was there. Now the newest
+    intact one is read, with a warning naming both; with none intact the refusal is
+    the folder's (exit 2)."""
+    vec = np.concatenate([t.reshape(-1).numpy() for t in tiny_lm.initial_tensors()])
+    trainer_state = {"optimizer": {}, "step": 0, "epoch": 1, "cursor": 0, "order": np.arange(4)}
+    for r in (1, 2, 3):
+        state = checkpoint.NodeState(r, r, vec, vec.copy(), trainer_state, tiny_lm.fingerprint)
+        checkpoint.save(tmp_path, tiny_lm, state, {})
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == ["ckpt-00000002", "ckpt-00000003"]
+    damaged = tmp_path / "ckpt-00000003" / "state.pt"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    with caplog.at_level("WARNING", logger="declora.node.checkpoint"):
+        loaded = checkpoint.load(tmp_path, tiny_lm)
+    assert (loaded.round, loaded.path) == (2, tmp_path / "ckpt-00000002")
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert f"{damaged} cannot be read" in warning, warning
+    assert f"resuming from the newest intact checkpoint, {loaded.path} (round 2)" in warning
+    assert (tmp_path / "LATEST").read_text().strip() == "ckpt-00000003"  # nothing changed
+    other = tmp_path / "ckpt-00000002" / "state.pt"
+    other.write_bytes(b"")
+    with pytest.raises(checkpoint.CheckpointError) as info:
+        checkpoint.load(tmp_path, tiny_lm)
+    assert f"{damaged} cannot be read" in str(info.value)
+    mistake = as_user_error(info.value)
+    assert mistake is not None and mistake.code == CONFIG
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(400)
+def test_resume_past_a_damaged_latest_trains_on_from_the_intact_one(
+    finished_run: Path, synthetic_jsonl: Path, tmp_path: Path
+) -> None:
+    """The same through `start --resume`: it resumes from ckpt-1, warning, trains on,
+    and points LATEST at its own new checkpoint."""
+    folder = tmp_path / "state"
+    shutil.copytree(finished_run, folder)
+    (folder / "ckpt-00000002" / "state.pt").write_bytes(b"PK\x03\x04")
+    more = ("--rounds", "3", "--local-steps", "2", "--checkpoint-every", "1")
+    res = _node(synthetic_jsonl, folder, "--resume", *more)
+    assert res.returncode == 0, res.stderr
+    assert "resuming from the newest intact checkpoint" in res.stderr, res.stderr
+    assert f"resumed from {folder / 'ckpt-00000001'} at round 1" in res.stderr, res.stderr
+    assert (folder / "LATEST").read_text().strip() == "ckpt-00000003"
+    checkpoint.read_state(folder / "ckpt-00000002")  # written anew at round 2
+
+
 # ------------------------------------------------------------ labels recorded as decimals
 
 

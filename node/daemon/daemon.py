@@ -10,8 +10,12 @@ Invariants callers may rely on:
 - checkpoints are written atomically (see `checkpoint`) every `checkpoint_every`
   training rounds and at exit, unless nothing was trained, mixed or taken since this
   start (then neither checkpoint nor adapter: a folder stays as the start found it);
-  SIGTERM/SIGINT finish the current step, tell neighbours, checkpoint and exit 0; a
-  second signal exits at once (130);
+  a checkpoint that cannot be written in a round (a full or read-only disk) is a
+  warning and training goes on; at exit, a final adapter (or a stopped run's
+  checkpoint) that cannot be written is a `UserError` (exit 1) raised once the
+  neighbours were told and the server stopped;
+  SIGTERM/SIGINT/SIGHUP finish the current step, tell neighbours, checkpoint and exit
+  0; a second signal exits at once (130);
 - after the last training round, gossip-only rounds (the consensus finish) run
   until every live neighbour is within `consensus_tol`, then the final adapter is
   written in the PEFT format to `<checkpoint_dir>/adapter`.
@@ -27,7 +31,7 @@ import os
 import time
 from typing import Any
 
-from declora.node import PROTOCOL_VERSION, logs
+from declora.node import PROTOCOL_VERSION, logs, run_folder
 from declora.node.daemon.auth import Auth
 from declora.node.daemon.gate import LoadingGate
 from declora.node.daemon.parts import Parts, build_parts, resolve_device
@@ -39,6 +43,7 @@ from declora.node.daemon.signals import take_over
 from declora.node.daemon.startup import (
     DialLog,
     StartupError,
+    UserError,
     check_device,
     serve_metrics,
     startup_failure,
@@ -192,7 +197,9 @@ class Daemon:
             save = False  # nothing trained: no checkpoint, no adapter
             raise
         finally:
-            await self._shutdown(save)
+            failure = await self._shutdown(save)  # the error raised, if any, wins
+        if failure is not None:
+            raise failure
         return 0
 
     async def _load(self) -> Parts:
@@ -226,7 +233,7 @@ class Daemon:
         await self.rounds.catch_up()
 
     def request_stop(self) -> None:
-        """SIGTERM/SIGINT: finish the round in progress, its local steps and its mix
+        """SIGTERM/SIGINT/SIGHUP: finish the round in progress, its local steps and its mix
         (at most `STOP_GRACE` s), then leave; a second signal exits at once (130)."""
         progress = self.progress
         if progress.stop_requested or progress.stop_pending:
@@ -240,10 +247,11 @@ class Daemon:
             log.info("stop requested")
             progress.stop_now()
 
-    async def _shutdown(self, save: bool = True) -> None:
+    async def _shutdown(self, save: bool = True) -> UserError | None:
         """Tell live neighbours, stop discovery, checkpoint and write the final adapter
         (unless not `save`, or nothing changed since this start and the run did not
-        finish), stop serving."""
+        finish), stop serving, whatever happened before. What could not be written (a
+        full or read-only disk): the exit error (`Persistence.save_at_exit`)."""
         # nothing trained, mixed or taken since this start (a stop before the first
         # round): nothing to save, so a fresh folder stays fresh and a resumed one as it
         # was; a finished run (DONE) writes its adapter even so
@@ -279,17 +287,21 @@ class Daemon:
                 await self._discovery.stop()
             except Exception:  # stopping must go on to the checkpoint
                 log.exception("stopping discovery failed")
-        if parts is not None and save and (moved or finished):
-            if moved and self.store.saved_round != self.progress.round:  # not LATEST's
-                await asyncio.to_thread(self.store.save_checkpoint)
-            await asyncio.to_thread(self.store.save_final)
-        if parts is not None:
-            await parts.peers.close()
-            parts.handshaker.flush_refusals(final=True)
-        await self.transport.stop(grace=1.0)
-        self.progress.state = NodeState.STOPPED
-        logs.flush_repeats()
+        failure: UserError | None = None
+        try:
+            if parts is not None and save and (moved or finished):
+                unsaved = moved and self.store.saved_round != self.progress.round  # not LATEST's
+                failure = await asyncio.to_thread(self.store.save_at_exit, unsaved, finished)
+        finally:  # a failure above still closes the server: no grpc noise at exit
+            if parts is not None:
+                await parts.peers.close()
+                parts.handshaker.flush_refusals(final=True)
+            await self.transport.stop(grace=1.0)
+            self.progress.state = NodeState.STOPPED
+            logs.flush_repeats()
+            run_folder.release(self.settings.state_dir)
         log.info("stopped after round %d", self.progress.round)
+        return failure
 
 
 def serve(settings: NodeSettings) -> int:

@@ -10,7 +10,10 @@
   changes (`check_rounds`), one of the consensus finish resumes into the finish;
 - the final adapter is written in the PEFT format to `<checkpoint_dir>/adapter`
   (DECA: the full model folder, `deca_model.BlockModel.save_adapter`);
-- `rounds.jsonl` gets one JSON line per completed round.
+- `rounds.jsonl` gets one JSON line per completed round;
+- a write that fails (a full or read-only disk) in a round is a warning and leaves
+  what was there (LATEST, the checkpoints, whole lines of rounds.jsonl); at exit it
+  is the node's exit error (`save_at_exit`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 from declora.node import checkpoint, run_folder
 from declora.node.adapter_card import DECLORA_INFO
 from declora.node.daemon.parts import Parts
+from declora.node.daemon.startup import UserError, disk_error
 from declora.node.daemon.status import append_round, round_entry
 from declora.node.dec_lora import NodeSnapshot
 from declora.node.schedule import training_round
@@ -39,6 +43,8 @@ class Persistence:
     def __init__(self, folder: Path) -> None:
         self.checkpoint_dir = folder
         self.saved_round = -1
+        self.failed: OSError | None = None  # why the last checkpoint was not written
+        self._history_failed = False  # the last line of rounds.jsonl was not written
         self._parts: Parts | None = None
         self._share: dict[str, Any] | None = None
 
@@ -65,11 +71,12 @@ class Persistence:
         return self._share
 
     def resume(self, parts: Parts) -> None:
-        """Continue from the checkpoint `checkpoint.latest` picks (CheckpointError
-        without one; CheckpointMismatch, before anything changes, for a checkpoint
-        written on another training share or trained past --rounds: `check_rounds`)."""
+        """Continue from the checkpoint `checkpoint.load` picks (`checkpoint.latest`'s,
+        or where that cannot be read the newest intact one; CheckpointError without
+        one; CheckpointMismatch, before anything changes, for a checkpoint written on
+        another training share or trained past --rounds: `check_rounds`)."""
         state = checkpoint.load(self.checkpoint_dir, parts.lm)
-        path = checkpoint.latest(self.checkpoint_dir)
+        path = state.path
         assert path is not None  # load found it
         if run_folder.named(self.checkpoint_dir) is None:
             log.warning(
@@ -98,14 +105,32 @@ class Persistence:
         log.info("resumed from %s at round %d", path, state.round)
 
     def record(self, phase: str, evaluated: bool) -> None:
-        """Append the round just completed to `rounds.jsonl`."""
+        """Append the round just completed to `rounds.jsonl`; a line that cannot be
+        written (a full or read-only disk) is left out with a warning (once until a
+        line is written again), and the node trains on."""
         parts = self.parts
         entry = round_entry(parts.progress, parts.report, parts.node, parts.peers, phase, evaluated)
-        append_round(self.checkpoint_dir, entry)
+        try:
+            append_round(self.checkpoint_dir, entry)
+        except OSError as exc:
+            if not self._history_failed:
+                log.warning(
+                    "cannot append round %d to %s: %s; the history misses rounds until it can",
+                    entry["round"],
+                    self.checkpoint_dir / "rounds.jsonl",
+                    exc.strerror or exc,
+                )
+            self._history_failed = True
+            return
+        if self._history_failed:
+            log.info("round history written again from round %d", entry["round"])
+            self._history_failed = False
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self) -> bool:
         """Write a checkpoint of the current round (atomically, see `checkpoint`); a
-        step held back for after mixing (a stop mid-round) is taken first."""
+        step held back for after mixing (a stop mid-round) is taken first. Whether it
+        was written: one that cannot be (a full or read-only disk: OSError) is a
+        warning, and the folder keeps its checkpoints and LATEST as they were."""
         parts = self.parts
         parts.node.apply_deferred_step()
         snap = parts.node.snapshot()
@@ -126,12 +151,27 @@ class Persistence:
         # how far it trained: past this only the consensus finish mixed (`check_rounds`)
         trained = min(state.round, last) if s.rounds else state.round
         meta = {"node_id": s.node_id, TRAINED: trained}
-        path = checkpoint.save(self.checkpoint_dir, parts.lm, state, meta)
-        self.saved_round = state.round
+        try:
+            path = checkpoint.save(self.checkpoint_dir, parts.lm, state, meta)
+        except OSError as exc:
+            self.failed = exc
+            kept = checkpoint.latest(self.checkpoint_dir)
+            log.warning(
+                "cannot write the checkpoint of round %d to %s: %s; %s",
+                state.round,
+                self.checkpoint_dir,
+                exc.strerror or exc,
+                f"a resume continues from {kept.name}" if kept else "there is none to resume",
+            )
+            return False
+        self.saved_round, self.failed = state.round, None
         log.info("checkpoint written: %s", path)
+        return True
 
     def save_final(self) -> Path:
-        """Write the final adapter (PEFT format) to `<checkpoint_dir>/adapter`."""
+        """Write the final adapter (PEFT format) to `<checkpoint_dir>/adapter`. A
+        `UserError` (exit 1) when it cannot be written (a full or read-only disk): the
+        adapter there before, if any, is kept whole and no half-written one is left."""
         parts = self.parts
         path = self.checkpoint_dir / "adapter"
         meta = {
@@ -139,9 +179,32 @@ class Persistence:
             "round": parts.progress.round,
             "eval": parts.report.last_eval,
         }
-        parts.lm.save_adapter(parts.node.model_vector(), path, meta)
+        try:
+            parts.lm.save_adapter(parts.node.model_vector(), path, meta)
+        except OSError as exc:
+            run_folder.clear_builds(self.checkpoint_dir)  # its own: the folder is held
+            what = f"cannot write the final adapter to {path}"
+            raise disk_error(what, exc, checkpoint.latest(self.checkpoint_dir)) from None
         log.info("final adapter written: %s", path)
         return path
+
+    def save_at_exit(self, with_checkpoint: bool, finished: bool) -> UserError | None:
+        """A checkpoint of the current round (`with_checkpoint`), then the final
+        adapter, each tried whatever became of the other. The exit error: the final
+        adapter's when it could not be written (a full or read-only disk), else the
+        checkpoint's of a run stopped before its end (what --resume needed; that of a
+        `finished` run is the warning `save_checkpoint` logs)."""
+        failure = None
+        if with_checkpoint and not self.save_checkpoint() and not finished:
+            assert self.failed is not None
+            round_ = self.parts.progress.round
+            what = f"cannot write the checkpoint of round {round_} to {self.checkpoint_dir}"
+            failure = disk_error(what, self.failed, checkpoint.latest(self.checkpoint_dir))
+        try:
+            self.save_final()
+        except UserError as exc:
+            failure = exc
+        return failure
 
 
 TRAINED = "trained_round"  # a checkpoint's declora.json: the round its training reached

@@ -1,7 +1,9 @@
-"""SIGINT/SIGTERM from `declora-node start`'s first instant to its exit.
+"""SIGINT/SIGTERM/SIGHUP from `declora-node start`'s first instant to its exit.
 
-`launch` installs the handlers (`stop_signals`) before it imports torch and starts the
-event loop, and they stay for the whole run: a signal before the daemon exists is
+SIGHUP (an ssh session that closes) stops a node as SIGTERM does, unless the node was
+started with it ignored (`nohup`). `launch` installs the handlers (`stop_signals`)
+before it imports torch and starts the event loop, and they stay for the whole
+run: a signal before the daemon exists is
 remembered, not raised (a KeyboardInterrupt inside asyncio's or grpc's start exited
 130 with grpc's InvalidStateError printed), and `Daemon.run` then acts on it as on
 one that comes later (`take_over`: stop requested, exit 0 once stopped). Each later
@@ -20,7 +22,20 @@ from contextlib import contextmanager, suppress
 from types import FrameType
 from typing import Any
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# SIGHUP too: an operator's ssh session that closes must stop a node politely (its
+# default action killed it with no leave and no checkpoint); Windows has none
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name)
+)
+
+
+def handled() -> tuple[signal.Signals, ...]:
+    """The `STOP_SIGNALS` a node acts on: a SIGHUP this process was started ignoring
+    (`nohup`) stays ignored."""
+    hup = getattr(signal, "SIGHUP", None)
+    return tuple(
+        sig for sig in STOP_SIGNALS if sig != hup or signal.getsignal(sig) is not signal.SIG_IGN
+    )
 
 
 class NotStarted(KeyboardInterrupt):
@@ -47,13 +62,14 @@ class StopSignals:
 
 @contextmanager
 def stop_signals() -> Iterator[None]:
-    """`StopSignals` handle SIGINT and SIGTERM until the end of the block; the handlers
+    """`StopSignals` handle `STOP_SIGNALS` until the end of the block; the handlers
     before are restored then (nothing is installed off the main thread)."""
     before: dict[signal.Signals, Any] = {}
+    wanted = handled()
     with suppress(ValueError):  # not the main thread
-        for sig in STOP_SIGNALS:
+        for sig in wanted:
             before[sig] = signal.signal(sig, StopSignals.handle)
-    StopSignals.installed = len(before) == len(STOP_SIGNALS)
+    StopSignals.installed = len(before) == len(wanted)
     try:
         yield
     finally:
@@ -68,7 +84,7 @@ def take_over(loop: asyncio.AbstractEventLoop, request_stop: Callable[[], None])
     calls it now. Without `stop_signals` (a daemon run in-process) the loop's own
     signal handlers do it."""
     if not StopSignals.installed:
-        for sig in STOP_SIGNALS:  # none off the main thread (RuntimeError: tests run
+        for sig in handled():  # none off the main thread (RuntimeError: tests run
             # daemons in threads) or where the loop has no signal support (NotImplemented)
             with suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, request_stop)

@@ -4,7 +4,7 @@
   configuration, 1: at run time) and a hint; `as_user_error` maps the library's own
   errors (bad data file, unknown model, missing checkpoint, port in use) to one;
 - `check_config` runs before anything loads (peers or --solo, --resume, an earlier
-  run's files: `earlier_run`), `check_device`
+  run's files: `earlier_run`, a writable folder no other node holds), `check_device`
   before the model loads;
 - `DialLog` records, per address, how this node's last handshake with it ended (as a
   gRPC client interceptor on the transport's channels), and `startup_failure` turns
@@ -14,8 +14,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,8 @@ from declora.node.settings import NodeSettings
 CONFIG = 2  # exit code: a configuration mistake
 RUNTIME = 1  # exit code: a failure at run time
 HANDSHAKE_METHOD = "/declora.v1.Swarm/Handshake"
+
+log = logging.getLogger(__name__)
 
 
 class UserError(Exception):
@@ -70,12 +75,31 @@ def as_user_error(exc: BaseException) -> UserError | None:
         cls = _error_class(module, name)
         if cls is not None and isinstance(exc, cls):
             return UserError(str(exc), CONFIG)
+    if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:  # a write the run could
+        # not go on without (`persistence` turns those it can into warnings)
+        return disk_error(f"cannot write {exc.filename or 'a file'}", exc)
     checkpoint_error = _error_class("declora.node.checkpoint", "CheckpointError")
     if checkpoint_error is not None and isinstance(exc, checkpoint_error):
-        return UserError(
-            str(exc), RUNTIME, "begin afresh in another --checkpoint-dir (this one is kept)"
+        return UserError(  # the folder, not the run: a configuration's mistake
+            str(exc), CONFIG, "begin afresh in another --checkpoint-dir (this one is kept)"
         )
     return None
+
+
+DISK_ERRORS = frozenset(
+    getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "EIO") if hasattr(errno, name)
+)  # a full, read-only or failing disk
+
+
+def disk_error(what: str, exc: OSError, resume_from: Path | None = None) -> UserError:
+    """`what` failed for want of disk (`exc`: no space, read-only, I/O error): exit 1,
+    with how to go on (from checkpoint `resume_from`, when there is one)."""
+    then = f"; --resume continues from {resume_from.name}" if resume_from is not None else ""
+    return UserError(
+        f"{what}: {exc.strerror or exc}",
+        RUNTIME,
+        f"free space on that disk or make it writable{then}",
+    )
 
 
 def earlier_run(folder: Path) -> list[str]:
@@ -91,8 +115,10 @@ def check_config(settings: NodeSettings) -> list[Path]:
     written, holding a checkpoint to resume with --resume (`run_folder.resume_point`:
     LATEST's, or without LATEST the newest complete ckpt-*) and none without (an
     earlier run's checkpoints and adapter are never replaced by a fresh start, LATEST
-    or not: `earlier_run`; a rounds.jsonl alone is appended to). The folders it
-    created, innermost first (`launch` removes those still empty when the start fails)."""
+    or not: `earlier_run`; a rounds.jsonl alone is appended to), held by no other
+    process and held by this one from here on (`run_folder.hold`; the half-written
+    folders a crash left in it are deleted then). The folders it created, innermost
+    first (`launch` removes those still empty when the start fails)."""
     s = settings
     if not (s.peers or s.mdns or s.solo):
         raise UserError(
@@ -102,8 +128,65 @@ def check_config(settings: NodeSettings) -> list[Path]:
         )
     flag = "--checkpoint-dir" if s.checkpoint_dir else "--checkpoint-dir (default)"
     where = f"{s.state_dir} ({flag})"
+    existed = s.state_dir.is_dir()
+    held = existed and _hold(s.state_dir, where)  # before anything in it is read
+    created: list[Path] = []
+    try:
+        created = _check_folder(s, where)
+        held = held or (not existed and _hold(s.state_dir, where))  # one it made
+        _check_writable(s.state_dir, where)
+    except BaseException:
+        run_folder.release(s.state_dir)
+        for folder in created:  # a refused start leaves no folder it made
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    if held:  # no other node writes here: a crash's half-written folders are garbage
+        gone = run_folder.clear_builds(s.state_dir)
+        if gone:
+            log.info("deleted what a crash left half-written in %s: %s", s.state_dir, gone)
+    return created
+
+
+def _hold(folder: Path, where: str) -> bool:
+    """`run_folder.hold`, refused (exit 2) when another process holds `folder`."""
+    try:
+        if run_folder.hold(folder):
+            return True
+        log.warning("%s cannot be locked here: a second node on it is not refused", folder)
+        return False
+    except run_folder.FolderBusy as busy:
+        holder = f"pid {busy.pid}" if busy.pid else "another process"
+        raise UserError(
+            f"{where} is in use by another node ({holder})",
+            CONFIG,
+            "stop that node first, or pass another --checkpoint-dir",
+        ) from None
+    except OSError as exc:  # the folder cannot be opened: its checks below say why
+        log.warning("cannot lock %s (%s): a second node on it is not refused", folder, exc)
+        return False
+
+
+def _check_writable(folder: Path, where: str) -> None:
+    """A file can be made in `folder` (a read-only mount, which `output_problem` cannot
+    see in an existing folder); the probe is deleted."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=folder)
+    except OSError as exc:
+        raise UserError(
+            f"cannot use {where} for checkpoints: {exc.strerror or exc}",
+            CONFIG,
+            "make it writable (a read-only mount?), or pass another --checkpoint-dir",
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _check_folder(s: NodeSettings, where: str) -> list[Path]:
+    """`check_config`'s checks of the folder's contents, then the folder made; the
+    folders made, innermost first."""
     found = earlier_run(s.state_dir)
-    held = run_folder.resumable(s.state_dir)  # LATEST, or a complete checkpoint
+    complete = run_folder.resumable(s.state_dir)  # LATEST, or a complete checkpoint
     if s.resume and not found:
         raise UserError(
             f"--resume: nothing to resume in {where}",
@@ -113,7 +196,7 @@ def check_config(settings: NodeSettings) -> list[Path]:
     listed = f"{', '.join(found[:4])}{', ...' if len(found) > 4 else ''}"
     # a history alone (a crash before the first checkpoint) is appended to by a fresh
     # start, so a restart policy (resume = auto) can start over; anything else is kept
-    if found and not held and (s.resume or found != ["rounds.jsonl"]):
+    if found and not complete and (s.resume or found != ["rounds.jsonl"]):
         raise UserError(
             f"{where} holds an earlier run's files ({listed}) but no complete checkpoint "
             "(a ckpt-* folder holding state.pt): "
@@ -122,7 +205,7 @@ def check_config(settings: NodeSettings) -> list[Path]:
             "pass another --checkpoint-dir to begin afresh (delete the old folder to "
             "start over in it)",
         )
-    if held and not s.resume:
+    if complete and not s.resume:
         point = run_folder.resume_point(s.state_dir)
         raise UserError(
             f"{where} holds an earlier run's checkpoints and adapter ({listed}): a fresh "

@@ -10,9 +10,11 @@ digest and the round history (`rounds.jsonl`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -166,10 +168,23 @@ def status_reply(
 
 
 def append_round(folder: Path, entry: dict[str, Any]) -> None:
-    """Append one JSON line to `<folder>/rounds.jsonl` (the node's history)."""
+    """Append one JSON line to `<folder>/rounds.jsonl` (the node's history). A line
+    that cannot be written whole (OSError: a full disk) is cut off again, so the file
+    holds whole lines only."""
     folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "rounds.jsonl").open("a") as fh:
-        fh.write(json.dumps(entry) + "\n")
+    line = memoryview((json.dumps(entry) + "\n").encode())
+    fd = os.open(folder / "rounds.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            while line:
+                line = line[os.write(fd, line) :]
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
 
 
 def round_entry(
