@@ -445,7 +445,16 @@ def inspect(
         render(info)
 
 
-@app.command()
+@app.command(
+    help=(
+        "Mint mTLS certificates for nodes, signed by the swarm CA in --output.\n\n"
+        "A folder without ca.pem gets a new CA, and a certificate for this CLI (cli.pem) too. "
+        "A folder with ca.pem and ca-key.pem keeps its CA: only the named nodes' certificates "
+        "are minted, so a node can join, or one node's certificate be renewed, while the "
+        "others stay valid. Existing node files are replaced only when forced, the CA only "
+        "with --new-ca. Nothing is written when any check fails."
+    )
+)
 def certs(
     out: Annotated[
         Path, typer.Option("--output", "-o", help="Folder to write the PEM files into.")
@@ -456,19 +465,29 @@ def certs(
     ] = "127.0.0.1,localhost",
     days: Annotated[int, typer.Option(help="Validity in days.")] = 365,
     force: ForceOpt = False,
+    new_ca: Annotated[
+        bool,
+        typer.Option(
+            "--new-ca",
+            help="Replace the CA in --output with a new one: every node's certificate "
+            "must then be re-issued.",
+        ),
+    ] = False,
 ) -> None:
-    """Mint a swarm CA and mTLS certificates for nodes and for this CLI (`cli.pem`)."""
-    from declora.cli.certs import CertsError, mint, usage
+    """Certificates for `nodes` signed by the CA in `out`, or a new one (the help above)."""
+    from declora.cli.certs import CertsError, mint, usage, warnings
 
     def split(v: str) -> list[str]:
         return [x.strip() for x in v.split(",") if x.strip()]
 
     _check_output(out, "--output")
     try:
-        minted = mint(out, split(nodes), split(hosts), days, force)
+        minted = mint(out, split(nodes), split(hosts), days, force, new_ca)
     except CertsError as exc:
-        fail(str(exc))
+        fail_with(exc, 2)
         return
+    for line in warnings(minted):
+        typer.secho(f"warning: {line}", err=True, fg=typer.colors.YELLOW)
     typer.echo(usage(minted))
 
 

@@ -1,79 +1,250 @@
 """`declora-node certs`: a private CA and mTLS certificates for a swarm.
 
-Writes `ca.pem` and `ca-key.pem`, then `NAME.pem` and `NAME-key.pem` for every node
-and for the `cli` client. Keys are EC P-256, private keys are written mode 0600.
-Node certificates carry every host as a subject alternative name (IP addresses as
-IPAddress entries) and serve both ends of a connection (serverAuth + clientAuth);
-the `cli` certificate is a client certificate only. Nothing is written when any
-target file exists, unless `force`.
+A folder without a CA gets a new one: `ca.pem` and `ca-key.pem`, then `NAME.pem` and
+`NAME-key.pem` for every node and for the `cli` client. A folder that holds `ca.pem`
+and `ca-key.pem` keeps its CA: only the named nodes' certificates are minted, signed
+by it (and `cli`'s, when that folder has none), so a node joins, or one node's
+certificate is renewed, without re-issuing the others; `new_ca` replaces the CA
+instead. A file that exists is replaced only with `force` (the CA's two, only with
+`new_ca`). Keys are EC P-256; private keys are mode 0600, and a folder made here 0700,
+whatever the umask. Node certificates carry every host as a subject alternative name
+(IP addresses as IPAddress entries, other names as IDNA A-labels) and serve both ends
+of a connection (serverAuth + clientAuth); the `cli` certificate is a client
+certificate only. Every name and host is checked, and everything is built, before
+anything is written; the files are written under temporary names and renamed into
+place at the end, so an error leaves the folder as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import os
 import re
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from declora.node.errors import HintedError
 
 CLIENT = "cli"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+MAX_NAME = 64  # a certificate's common name is at most 64 characters (RFC 5280)
+LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")  # a DNS name's label (_: compose)
 CLOCK_SKEW = dt.timedelta(minutes=5)  # certs are valid from a little before now
-
-
 MAX_DAYS = 36_500  # validity of a minted certificate at most
+HELP_HINT = "see `declora-node certs --help` for what each option accepts"
+CaKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey  # keys a CA here may have
+NEW_CA_HINT = (
+    "pass --new-ca to mint a new CA (then re-issue every node's certificate with it), "
+    "or give another --output"
+)
 
 
-class CertsError(ValueError):
-    """Bad names, hosts or days, or files that exist already; nothing was written."""
+class CertsError(HintedError):
+    """A bad name, host or day count, a file in the way, a CA that cannot sign, or a
+    folder that cannot be written: nothing was written."""
 
 
 @dataclass(frozen=True)
 class Minted:
+    """What one run wrote: `certs` maps each name to its (cert, key); `new_ca` is
+    whether `ca`/`ca_key` were written now (else the folder's CA signed); `stale` the
+    certificates left in the folder that a replaced CA had signed; `expires` the end
+    of the new certificates' validity, `capped` when the existing CA's end cut it
+    by over a day;
+    `replaced` when a CA that was there was replaced."""
+
     ca: Path
     ca_key: Path
-    certs: dict[str, tuple[Path, Path]]  # name -> (cert, key), nodes then the client
+    certs: dict[str, tuple[Path, Path]]
+    new_ca: bool
+    expires: dt.datetime
+    capped: bool = False
+    replaced: bool = False
+    stale: list[Path] = field(default_factory=list)
 
 
-def _check(nodes: list[str], hosts: list[str], days: int) -> None:
+def _host(host: str) -> str:
+    """`host` as it goes into a certificate: an IP address, or an ASCII DNS name (a
+    non-ASCII one as IDNA A-labels; a leading `*.` wildcard allowed)."""
+    if _is_ip(host):
+        if "%" in host:
+            raise CertsError(
+                f"--hosts: {host!r} has a zone (%...), which a certificate cannot hold",
+                hint="give the address without its zone, e.g. fe80::1",
+            )
+        return str(ipaddress.ip_address(host))
+    wildcard, name = ("*.", host[2:]) if host.startswith("*.") else ("", host)
+    try:
+        ascii_name = name.encode("idna").decode("ascii")
+    except UnicodeError:
+        ascii_name = ""
+    labels = ascii_name.split(".")
+    if not ascii_name or len(ascii_name) > 253 or not all(LABEL.match(x) for x in labels):
+        raise CertsError(
+            f"--hosts: {host!r} is neither an IP address nor a DNS name",
+            hint="give host names of letters, digits, '-' and '_' between dots (each part "
+            "1 to 63 characters; non-ASCII names are converted to IDNA) or IP addresses",
+        )
+    return wildcard + ascii_name
+
+
+def _check(nodes: list[str], hosts: list[str], days: int) -> list[str]:
+    """Raise CertsError for a bad node name, host or day count; the hosts as they go
+    into a certificate, each once."""
     if not nodes:
-        raise CertsError("--nodes: give at least one node name")
+        raise CertsError("--nodes: give at least one node name", hint="e.g. --nodes node-0,node-1")
     bad = [n for n in nodes if not NAME.match(n)]
     if bad:
-        raise CertsError(f"--nodes: {bad} are not file-name-safe (letters, digits, _ . -)")
+        raise CertsError(
+            f"--nodes: {bad} are not file-name-safe",
+            hint="use letters, digits, '_', '.' and '-', starting with a letter or digit",
+        )
+    long = [n for n in nodes if len(n) > MAX_NAME]
+    if long:
+        raise CertsError(
+            f"--nodes: {[n[:16] + '...' for n in long]} are over {MAX_NAME} characters",
+            hint=f"a certificate's name holds at most {MAX_NAME} characters: use shorter names",
+        )
     if len(set(nodes)) != len(nodes):
-        raise CertsError("--nodes: names must be unique")
+        raise CertsError("--nodes: names must be unique", hint="give each node name once")
     reserved = {CLIENT, "ca"} & set(nodes)
     if reserved:
-        raise CertsError(f"--nodes: {sorted(reserved)} are reserved for the client and the CA")
+        raise CertsError(
+            f"--nodes: {sorted(reserved)} are reserved for the client and the CA",
+            hint="choose other node names (cli.pem, the client's certificate, is minted "
+            "with every new CA)",
+        )
     if not hosts:
-        raise CertsError("--hosts: give at least one host name or IP address")
+        raise CertsError(
+            "--hosts: give at least one host name or IP address",
+            hint="give every name or IP the nodes are dialled at, e.g. 127.0.0.1,localhost",
+        )
     if not 1 <= days <= MAX_DAYS:
-        raise CertsError(f"--days: must be from 1 to {MAX_DAYS} (100 years)")
+        raise CertsError(
+            f"--days: must be from 1 to {MAX_DAYS} (100 years)", hint="e.g. --days 365"
+        )
+    return list(dict.fromkeys(_host(h) for h in hosts))
 
 
-def _san(host: str) -> x509.GeneralName:
+def _load_ca(cert_path: Path, key_path: Path, now: dt.datetime) -> tuple[x509.Certificate, CaKey]:
+    """The folder's CA, if it can sign now: a CA certificate, not expired, with its
+    key. CertsError otherwise."""
     try:
-        return x509.IPAddress(ipaddress.ip_address(host))
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise CertsError(
+            f"cannot read the CA in {cert_path.parent}: {exc}", hint=NEW_CA_HINT
+        ) from None
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if not isinstance(key, CaKey) or key.public_key().public_bytes(
+        *spki
+    ) != cert.public_key().public_bytes(*spki):
+        raise CertsError(
+            f"{key_path} is not the key of {cert_path}",
+            hint="put the CA's own key beside ca.pem, or " + NEW_CA_HINT,
+        )
+    with contextlib.suppress(x509.ExtensionNotFound):
+        if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            if cert.not_valid_after_utc <= now:
+                raise CertsError(
+                    f"the CA {cert_path} expired on {cert.not_valid_after_utc:%Y-%m-%d}",
+                    hint=NEW_CA_HINT,
+                )
+            return cert, key
+    raise CertsError(f"{cert_path} is not a CA certificate", hint=NEW_CA_HINT)
+
+
+def _new_ca(start: dt.datetime, end: dt.datetime) -> tuple[x509.Certificate, CaKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "declora swarm CA")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_usage(key_cert_sign=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def _usage(key_cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=not key_cert_sign,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=key_cert_sign,
+        crl_sign=key_cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _leaf(
+    name: str,
+    hosts: list[str],
+    ca: tuple[x509.Certificate, CaKey],
+    start: dt.datetime,
+    end: dt.datetime,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """`name`'s certificate and key, signed by `ca`: a node's (its hosts as SANs,
+    server and client) or, for CLIENT, the client's."""
+    ca_cert, ca_key = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    try:
+        ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski)
+    except x509.ExtensionNotFound:
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_usage(key_cert_sign=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .add_extension(aki, critical=False)
+    )
+    if name != CLIENT:
+        usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
+        san = [
+            x509.IPAddress(ipaddress.ip_address(h)) if _is_ip(h) else x509.DNSName(h) for h in hosts
+        ]
+        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+    cert = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    return cert.sign(ca_key, hashes.SHA256()), key
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
     except ValueError:
-        return x509.DNSName(host)
+        return False
+    return True
 
 
-def _write(path: Path, data: bytes, private: bool) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    if private:  # before the key is written: the file may exist with wider permissions
-        os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def _key_pem(key: CaKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -85,115 +256,147 @@ def _cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def mint(out: Path, nodes: list[str], hosts: list[str], days: int, force: bool) -> Minted:
-    """Create the CA, one certificate per node and one for the CLI under `out`."""
-    _check(nodes, hosts, days)
-    names = [*nodes, CLIENT]
-    minted = Minted(
-        out / "ca.pem",
-        out / "ca-key.pem",
-        {n: (out / f"{n}.pem", out / f"{n}-key.pem") for n in names},
-    )
-    targets = [minted.ca, minted.ca_key, *(p for pair in minted.certs.values() for p in pair)]
-    existing = [str(p) for p in targets if p.exists()]
-    if existing and not force:
-        raise CertsError(f"not overwriting {', '.join(existing)} (pass --force to replace)")
-    out.mkdir(parents=True, exist_ok=True)
+def _write_all(out: Path, files: dict[Path, tuple[bytes, bool]]) -> None:
+    """Write every (data, private) under a temporary name in `out` (private ones mode
+    0600, others 0644, whatever the umask), then rename each into place. Until the
+    renames all is undone on any error (a Ctrl-C too); the renames, in one folder,
+    do not fail short of the disk failing."""
+    temps: dict[Path, Path] = {}
+    try:
+        for path, (data, private) in files.items():
+            temp = out / f".{path.name}.{secrets.token_hex(4)}.tmp"
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            temps[path] = temp
+            os.fchmod(fd, 0o600 if private else 0o644)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for path, temp in temps.items():
+            os.replace(temp, path)
+        fd = os.open(out, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        for temp in temps.values():
+            with contextlib.suppress(OSError):
+                temp.unlink()
 
+
+def _folder(out: Path) -> None:
+    """`out` exists: made here mode 0700 (an existing folder keeps its mode)."""
+    if out.is_dir():
+        return
+    try:
+        out.mkdir(parents=True, mode=0o700)
+        os.chmod(out, 0o700)  # mkdir's mode is less the umask
+    except OSError as exc:
+        raise CertsError(
+            f"--output: cannot create {out}: {exc.strerror or exc}",
+            hint="give a folder that exists or can be created, where you can write",
+        ) from None
+
+
+def mint(
+    out: Path, nodes: list[str], hosts: list[str], days: int, force: bool, new_ca: bool = False
+) -> Minted:
+    """Certificates for `nodes` under `out`, signed by the CA there, or by a new one
+    (with one for the CLI) when there is none or `new_ca`. CertsError, with nothing
+    written, for bad input, a file in the way (unless `force`; the CA's, unless
+    `new_ca`), a CA that cannot sign, or a folder that cannot be written."""
+    checked = _check(nodes, hosts, days)
+    ca_paths = out / "ca.pem", out / "ca-key.pem"
+    ca_there = [p for p in ca_paths if p.exists()]
     now = dt.datetime.now(dt.timezone.utc)
     start, end = now - CLOCK_SKEW, now + dt.timedelta(days=days)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "declora swarm CA")])
-    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(ca_ski, critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    _write(minted.ca, _cert_pem(ca_cert), private=False)
-    _write(minted.ca_key, _key_pem(ca_key), private=True)
+    if ca_there and not new_ca:
+        if len(ca_there) == 1:
+            raise CertsError(
+                f"{out} holds {ca_there[0].name} but not "
+                f"{next(p.name for p in ca_paths if p not in ca_there)}: no CA to sign with",
+                hint="put the CA's two files there, or " + NEW_CA_HINT,
+            )
+        ca = _load_ca(*ca_paths, now)
+    else:
+        ca = _new_ca(start, end)
+    fresh = not ca_there or new_ca
+    capped = not fresh and end - ca[0].not_valid_after_utc > dt.timedelta(days=1)
+    end = min(end, ca[0].not_valid_after_utc)
 
-    for name, (cert_path, key_path) in minted.certs.items():
-        key = ec.generate_private_key(ec.SECP256R1())
-        usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(end)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-            )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
-                critical=False,
-            )
+    cli = [out / f"{CLIENT}.pem", out / f"{CLIENT}-key.pem"]
+    names = [*nodes, CLIENT] if fresh or not any(p.exists() for p in cli) else nodes
+    pairs = {n: (out / f"{n}.pem", out / f"{n}-key.pem") for n in names}
+    existing = [str(p) for pair in pairs.values() for p in pair if p.exists()]
+    if existing and not force:
+        raise CertsError(
+            f"not overwriting {', '.join(existing)}",
+            hint="pass --force to replace them, or choose other --nodes or another --output",
         )
-        if name != CLIENT:
-            usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False
+    files: dict[Path, tuple[bytes, bool]] = {}
+    for name, (cert_path, key_path) in pairs.items():
+        cert, key = _leaf(name, checked, ca, start, end)
+        files[cert_path] = (_cert_pem(cert), False)
+        files[key_path] = (_key_pem(key), True)
+    stale: list[Path] = []
+    if fresh:
+        files[ca_paths[0]] = (_cert_pem(ca[0]), False)
+        files[ca_paths[1]] = (_key_pem(ca[1]), True)
+        if ca_there:
+            stale = sorted(
+                p
+                for p in out.glob("*.pem")
+                if p not in files and p not in ca_paths and not p.name.endswith("-key.pem")
             )
-        cert = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False).sign(
-            ca_key, hashes.SHA256()
-        )
-        _write(cert_path, _cert_pem(cert), private=False)
-        _write(key_path, _key_pem(key), private=True)
-    return minted
+    _folder(out)
+    try:
+        _write_all(out, files)
+    except OSError as exc:
+        raise CertsError(
+            f"--output: cannot write into {out}: {exc.strerror or exc}",
+            hint="give a folder you can write to, with space left",
+        ) from None
+    return Minted(*ca_paths, pairs, fresh, end, capped, bool(ca_there) and new_ca, stale)
 
 
 def usage(minted: Minted) -> str:
     """What was written and the flags that use it, for the operator."""
-    lines = [f"wrote {minted.ca} and {minted.ca_key} (keep the CA key off the nodes)"]
-    lines += [f"wrote {cert} and {key}" for cert, key in minted.certs.values()]
     ca = minted.ca
+    if minted.new_ca:
+        lines = [f"wrote {ca} and {minted.ca_key} (keep the CA key off the nodes)"]
+    else:
+        lines = [f"signed with the existing CA {ca}"]
+    lines += [f"wrote {cert} and {key}" for cert, key in minted.certs.values()]
+    lines.append(f"the certificates are valid until {minted.expires:%Y-%m-%d %H:%M} UTC")
     lines.append("start each node NAME with:")
     lines.append(
         f"  declora-node start --tls-ca {ca} --tls-cert {ca.parent}/NAME.pem "
         f"--tls-key {ca.parent}/NAME-key.pem ..."
     )
-    cert, key = minted.certs[CLIENT]
+    cert, key = ca.parent / f"{CLIENT}.pem", ca.parent / f"{CLIENT}-key.pem"
     lines.append("ask a node for its status with:")
     lines.append(
         f"  declora-node status --target HOST:PORT --tls-ca {ca} --tls-cert {cert} --tls-key {key}"
     )
     return "\n".join(lines)
+
+
+def warnings(minted: Minted) -> list[str]:
+    """What the operator must act on: certificates a replaced CA had signed, and
+    validity cut short by the existing CA's end."""
+    lines = []
+    if minted.replaced:
+        left = f" (here: {', '.join(p.stem for p in minted.stale)})" if minted.stale else ""
+        lines.append(
+            f"replaced the swarm CA {minted.ca}: every other node's certificate of the old "
+            f"CA{left} no longer verifies; re-issue each one with `declora-node certs "
+            f"--output {minted.ca.parent} --nodes NAMES --force` and give every node the new "
+            "ca.pem"
+        )
+    if minted.capped:
+        lines.append(
+            f"the CA {minted.ca} expires on {minted.expires:%Y-%m-%d}: the new certificates "
+            "end with it (mint a new CA with --new-ca before then)"
+        )
+    return lines

@@ -330,8 +330,10 @@ def test_certs_command_mints_a_ca_and_node_and_client_certs(tmp_path: Path) -> N
     assert again.exit_code == 2 and "not overwriting" in again.stderr and "--force" in again.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     forced = runner.invoke(app, ["certs", "--output", str(out), "--nodes", "node-0", "--force"])
-    assert forced.exit_code == 0, forced.output
-    assert (out / "ca.pem").read_bytes() != before["ca.pem"]
+    assert forced.exit_code == 0, forced.output  # node-0 renewed under the same CA
+    assert (out / "ca.pem").read_bytes() == before["ca.pem"]
+    assert (out / "node-0.pem").read_bytes() != before["node-0.pem"]
+    TlsFiles.load(out / "node-0.pem", out / "node-0-key.pem", out / "ca.pem")
     bad = runner.invoke(app, ["certs", "--output", str(tmp_path / "x"), "--nodes", "cli"])
     assert bad.exit_code == 2 and "reserved" in bad.stderr and not (tmp_path / "x").exists()
 
