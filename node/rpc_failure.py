@@ -83,7 +83,7 @@ def tls_failure(why: Cause, tls: bool) -> str:
         )
     return {
         Cause.NOT_TLS: "the peer serves without TLS and this node uses mTLS",
-        Cause.TLS_UNTRUSTED: "its certificate is not from this node's --tls-ca",
+        Cause.TLS_UNTRUSTED: "the peer's certificate is not from this node's --tls-ca",
         Cause.TLS_EXPIRED: "the peer's certificate has expired",
         Cause.TLS_NOT_YET_VALID: "the peer's certificate is not valid yet (a clock is wrong?)",
         Cause.TLS_HOSTNAME: (

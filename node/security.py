@@ -192,8 +192,12 @@ def expiry_warning(option: str, path: Path, cert: x509.Certificate, now: dt.date
     end = cert.not_valid_after_utc
     if not now <= end < now + EXPIRY_WARNING:
         return ""
-    left = end - now
-    when = f"{left.days} days" if left.days >= 1 else f"{left.seconds // 3600} hours"
+    left = int((end - now).total_seconds())
+    when = next(
+        f"{left // unit} {name.removesuffix('s') if left // unit == 1 else name}"
+        for unit, name in ((86_400, "days"), (3600, "hours"), (60, "minutes"), (1, "seconds"))
+        if left >= unit or unit == 1
+    )
     return (
         f"{option}: {path} expires on {_when(end)} (in {when}): peers refuse it from then "
         "on; mint a new one with `declora-node certs` before that"

@@ -71,7 +71,7 @@ CLOSED = (
             _handshake("unable to get local issuer certificate"),
             True,
             Cause.TLS_UNTRUSTED,
-            "its certificate is not from this node's --tls-ca",
+            "the peer's certificate is not from this node's --tls-ca",
         ),
         (
             _handshake("certificate has expired"),
