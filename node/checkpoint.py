@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,8 +129,10 @@ def restore_trainer(trainer: LocalTrainer, state: dict[str, Any], vector: np.nda
 def save(root: Path, lm: LoraModel, state: NodeState, meta: dict[str, Any]) -> Path:
     """Write checkpoint `ckpt-<round>` and point LATEST at it; returns its path. A
     write that fails (OSError: a full or read-only disk) leaves no half-written folder
-    or pointer: LATEST and the checkpoints before stay as they were."""
-    root.mkdir(parents=True, exist_ok=True)
+    or pointer: LATEST and the checkpoints before stay as they were. The folder (when
+    this creates it) and every checkpoint are the user's alone (0700), LATEST too
+    (0600), whatever the umask: who may rewrite them chooses what a resume loads."""
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
     final = root / f"ckpt-{state.round:08d}"
     build = new_build_dir(final)
     try:
@@ -163,7 +166,8 @@ def save(root: Path, lm: LoraModel, state: NodeState, meta: dict[str, Any]) -> P
         raise
     tmp = root / f".{LATEST}.tmp"
     try:
-        with tmp.open("w") as fh:
+        tmp.unlink(missing_ok=True)  # a crash's leftover, perhaps of another mode
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
             fh.write(final.name + "\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -194,11 +198,36 @@ def latest(root: Path) -> Path | None:
     return run_folder.resume_point(root)
 
 
+def _array_globals() -> list[Any]:
+    """What a checkpoint's numpy arrays and scalars unpickle through (the sampler's
+    order, written as an ndarray): array reconstruction and every numpy dtype but
+    `object`, whose items would be arbitrary pickles."""
+    from numpy._core.multiarray import _reconstruct, scalar
+
+    dtypes = [
+        c
+        for c in vars(np.dtypes).values()
+        if isinstance(c, type) and issubclass(c, np.dtype) and c is not np.dtypes.ObjectDType
+    ]
+    return [_reconstruct, scalar, np.ndarray, np.dtype, *dtypes]
+
+
 def read_state(path: Path) -> dict[str, Any]:
     """The `state.pt` of checkpoint directory `path` (CheckpointError if it cannot be
-    read: truncated, corrupt, or not a checkpoint)."""
+    read: truncated, corrupt, or not a checkpoint). It is unpickled with torch's
+    `weights_only` loader, which builds tensors, containers, numbers, strings and
+    numpy arrays only: a file holding any other object is refused, never run, so
+    opening a checkpoint someone else wrote (`inspect`, `--resume`) cannot run code."""
     try:
-        raw = torch.load(path / "state.pt", weights_only=False)
+        with torch.serialization.safe_globals(_array_globals()):
+            raw = torch.load(path / "state.pt", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower():  # a damaged pickle, not a refused one
+            raise CheckpointError(f"{path / 'state.pt'} cannot be read: corrupt") from exc
+        raise CheckpointError(
+            f"{path / 'state.pt'} holds Python objects a declora checkpoint never holds "
+            "(refused unread: loading them could run code)"
+        ) from exc
     except Exception as exc:  # torch raises many kinds for a damaged file
         raise CheckpointError(
             f"{path / 'state.pt'} cannot be read ({type(exc).__name__}): truncated or corrupt"

@@ -222,7 +222,7 @@ def _check_folder(s: NodeSettings, where: str) -> list[Path]:
         raise UserError(f"cannot use {where} for checkpoints: {problem}", CONFIG, OUTPUT_HINT)
     created = [d for d in (s.state_dir, *s.state_dir.parents) if not d.exists()]
     try:  # what output_problem cannot see (a read-only file system, root on /proc)
-        s.state_dir.mkdir(parents=True, exist_ok=True)
+        s.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # its own: 0700
     except OSError as exc:
         for folder in created:  # what mkdir made before it failed
             with contextlib.suppress(OSError):
