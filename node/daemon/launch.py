@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from declora.node import logs
+from declora.node import logs, run_folder
 from declora.node.daemon.signals import NotStarted, stop_signals
 from declora.node.daemon.startup import check_config
 from declora.node.daemon.transport import Transport
@@ -41,6 +41,7 @@ def launch(settings: NodeSettings) -> int:
                 return asyncio.run(_run(settings, transport))
             return uvloop.run(_run(settings, transport))
     except BaseException:
+        run_folder.release(state)  # check_config's lock: free it for a caller that goes on
         for folder in created:  # a start that failed leaves no empty folder behind
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only while empty
