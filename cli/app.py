@@ -323,12 +323,17 @@ def _settings(options: dict[str, Any], config: Path | None, command: str = "star
     for line in unknown_env_vars(dict(os.environ)):
         typer.secho(f"warning: {line}", err=True, fg=typer.colors.YELLOW)
     try:
-        return resolve_settings(options, config)
+        resolved = resolve_settings(options, config)
     except (SettingsError, ConfigFileError) as exc:
         if STATE["debug"]:
             raise
+        if isinstance(exc, ConfigFileError):  # it says its own hint
+            fail(exc.message, hint=exc.hint or config_hint(command, config=command == "start"))
         fail(str(exc), hint=config_hint(command, config=command == "start"))
         raise  # unreachable: fail exits
+    for line in resolved.warnings:  # a key or secret open to others, a certificate ending
+        typer.secho(f"warning: {line}", err=True, fg=typer.colors.YELLOW)
+    return resolved
 
 
 def start(config: ConfigOpt = None, options: dict[str, Any] | None = None) -> None:

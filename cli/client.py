@@ -133,6 +133,23 @@ def status_failure(code: str, details: str, timeout: float, tls: bool) -> tuple[
             "(CERTIFICATE_VERIFY_FAILED)",
             "give the CA of the node's swarm as --tls-ca",
         )
+    if why is Cause.TLS_EXPIRED:
+        return (
+            "the TLS handshake failed: the node's certificate has expired",
+            "mint the node a new certificate (`declora-node certs`) and restart it",
+        )
+    if why is Cause.TLS_NOT_YET_VALID:
+        return (
+            "the TLS handshake failed: the node's certificate is not valid yet",
+            "check the clocks of this machine and the node's",
+        )
+    if why is Cause.TLS_HOSTNAME:
+        return (
+            "the TLS handshake failed: the node's certificate does not name the host of "
+            "--target (Hostname Verification)",
+            "give --target a host its certificate names, or re-issue it with "
+            "`declora-node certs --hosts` naming that host",
+        )
     if why is Cause.TLS:
         return (
             f"the TLS handshake failed: {details}",

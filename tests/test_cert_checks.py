@@ -166,3 +166,50 @@ def test_a_private_key_open_to_others_is_warned_about(tmp_path: Path) -> None:
     assert "its group may read" in resolve(files)[0]
     key.chmod(0o400)
     assert resolve(files) == []
+
+
+# ---------------------------------------------------------------- where the user sees them
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+def test_start_and_config_print_the_warnings(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from declora.cli.app import app
+
+    files = make_pki(tmp_path, ["127.0.0.1"], days=3, key_mode=0o644)
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in files.items()]
+    res = CliRunner().invoke(app, ["config", "--model", "tiny-bert", "--solo", *args])
+    assert res.exit_code == 0, res.output
+    assert f"warning: --tls-key {files['tls_key']}: permissions 0644 are too open" in res.stderr
+    assert f"warning: --tls-cert: {files['tls_cert']} expires on " in res.stderr
+
+
+def test_a_tls_dial_failure_is_explained_with_its_hint() -> None:
+    import grpc
+
+    from declora.cli.client import status_failure
+    from declora.node.daemon.startup import dial_failure, startup_failure
+    from declora.node.rpc_failure import TLS_HINT
+    from declora.node.settings import load_settings
+
+    closed = "failed to connect to all addresses; last error: UNAVAILABLE: x: Socket closed"
+    expired = (
+        "Tls handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:SSL "
+        "routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED: certificate has expired: OK"
+    )
+    down = grpc.StatusCode.UNAVAILABLE
+    plain = dial_failure("127.0.0.1:1", down, closed)
+    assert plain == "TLS: the peer serves mTLS and this node does not"
+    assert dial_failure("127.0.0.1:2", down, expired, tls=True) == (
+        "TLS: the peer's certificate has expired"
+    )
+    settings = load_settings({"model": "tiny-bert", "peers": "127.0.0.1:1,127.0.0.1:2"})
+    addresses = ["127.0.0.1:1", "127.0.0.1:2"]
+    failure = startup_failure(settings, 1, addresses, set(), {"127.0.0.1:1": plain})
+    assert "127.0.0.1:1: TLS: the peer serves mTLS" in failure.message
+    assert failure.hint == TLS_HINT
+    refused = "connection refused: nothing listens on that port"
+    other = startup_failure(settings, 1, addresses, set(), {"127.0.0.1:1": refused})
+    assert other.hint != TLS_HINT
+    why, hint = status_failure("UNAVAILABLE", expired, 5.0, True)
+    assert why == "the TLS handshake failed: the node's certificate has expired"
+    assert "declora-node certs" in hint

@@ -80,7 +80,7 @@ class Daemon:
         self.auth = Auth(
             SwarmAuth(secret.get_secret_value().encode()) if secret else None, self.counters
         )
-        self.dial_log = DialLog()  # how each handshake this node dialled ended
+        self.dial_log = DialLog(self.transport.tls is not None)  # each dial's last end
         self.transport.dial_log = self.dial_log
         self.gate = LoadingGate()  # what the server answers until the parts exist
         self.store = Persistence(settings.state_dir)

@@ -28,7 +28,7 @@ import grpc
 from declora.node import run_folder
 from declora.node.address import split_address
 from declora.node.logs import safe_text
-from declora.node.rpc_failure import LOADING, Cause, cause
+from declora.node.rpc_failure import LOADING, TLS_HINT, Cause, cause, tls_failure
 from declora.node.settings import NodeSettings
 
 CONFIG = 2  # exit code: a configuration mistake
@@ -274,9 +274,12 @@ def serve_metrics(metrics: Any, port: int) -> None:
 
 
 # ---------------------------------------------------------------- dial outcomes
-def dial_failure(address: str, code: grpc.StatusCode, details: str) -> str:
-    """Why a handshake call to `address` failed, in the user's words."""
-    why = cause(code.name, details)
+def dial_failure(address: str, code: grpc.StatusCode, details: str, tls: bool = False) -> str:
+    """Why a handshake call to `address` failed, in the user's words (`tls`: dialled
+    with mTLS; a TLS cause begins "TLS: ")."""
+    why = cause(code.name, details, tls)
+    if tls_failure(why, tls):
+        return f"TLS: {tls_failure(why, tls)}"
     if why is Cause.LOADING:
         return LOADING
     if why is Cause.REFUSED:
@@ -298,7 +301,8 @@ REFUSED = ("refused the handshake", "not joining")  # a dial outcome that says w
 class DialLog:
     """How this node's last handshake with each address ended ('' = accepted)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: bool = False) -> None:
+        self.tls = tls  # this node dials with mTLS
         self.outcomes: dict[str, str] = {}
         self.refused: dict[str, str] = {}  # each address's last refusal
 
@@ -332,7 +336,7 @@ class _HandshakeWatch(grpc.aio.UnaryUnaryClientInterceptor):
         try:
             welcome = await call
         except grpc.aio.AioRpcError as exc:
-            why = dial_failure(self.address, exc.code(), exc.details() or "")
+            why = dial_failure(self.address, exc.code(), exc.details() or "", self.log.tls)
             self.log.record(self.address, why)
             raise
         refused = "refused the handshake: " + safe_text(welcome.reason, 300)
@@ -371,4 +375,6 @@ def startup_failure(
         "start the missing peers or fix --peers; --startup-timeout waits longer, "
         "--min-peers 0 starts without them, --solo trains alone"
     )
+    if any(o.startswith("TLS: ") for a, o in outcomes.items() if a not in live_addresses):
+        hint = TLS_HINT  # a TLS line: starting peers or waiting longer changes nothing
     return StartupError("\n".join(lines), hint)
