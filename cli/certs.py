@@ -73,7 +73,10 @@ class Minted:
 
 def _host(host: str) -> str:
     """`host` as it goes into a certificate: an IP address, or an ASCII DNS name (a
-    non-ASCII one as IDNA A-labels; a leading `*.` wildcard allowed)."""
+    non-ASCII one as IDNA A-labels; a leading `*.` wildcard allowed; an IPv6 address
+    in brackets, as in a URL, taken without them)."""
+    if host.startswith("[") and host.endswith("]") and ":" in host and _is_ip(host[1:-1]):
+        host = host[1:-1]
     if _is_ip(host):
         if "%" in host:
             raise CertsError(
@@ -267,7 +270,11 @@ def _write_all(out: Path, files: dict[Path, tuple[bytes, bool]]) -> None:
             temp = out / f".{path.name}.{secrets.token_hex(4)}.tmp"
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             temps[path] = temp
-            os.fchmod(fd, 0o600 if private else 0o644)
+            try:
+                os.fchmod(fd, 0o600 if private else 0o644)
+            except BaseException:
+                os.close(fd)
+                raise
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()

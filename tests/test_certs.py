@@ -272,3 +272,28 @@ def test_keys_are_0600_and_a_new_folder_0700_under_umask_000(tmp_path: Path) -> 
     (out / "a-key.pem").chmod(0o666)  # a key a user left readable: replaced 0600
     assert certs(out, "a", "--force").exit_code == 0
     assert stat.S_IMODE((out / "a-key.pem").stat().st_mode) == 0o600
+
+
+def test_a_bracketed_ipv6_host_is_its_address(tmp_path: Path) -> None:
+    """`--hosts '[::1]'` (the form of a URL) was refused as neither an IP nor a DNS name."""
+    out = tmp_path / "pki"
+    res = certs(out, "a", "--hosts", "[::1],localhost")
+    assert res.exit_code == 0, res.output
+    san = cert(out / "a.pem").extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert [str(ip) for ip in san.value.get_values_for_type(x509.IPAddress)] == ["::1"]
+    hinted(certs(tmp_path / "x", "a", "--hosts", "[a.example]"), "'[a.example]' is neither")
+
+
+def test_a_failed_fchmod_closes_its_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The old code leaked the temporary file's descriptor when fchmod failed."""
+
+    def refuse(fd: int, mode: int) -> None:
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchmod", refuse)
+    before = len(os.listdir("/proc/self/fd"))
+    out = tmp_path / "pki"
+    res = certs(out, "a")
+    assert res.exit_code == 2 and "cannot write into" in res.stderr, res.output
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert not [p for p in files(out) if p.endswith(".tmp")]
