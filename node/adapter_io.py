@@ -238,7 +238,10 @@ def recorded_differences(folder: Path, lm: LoraModel) -> list[str]:
         if a != b:
             out.append(f"{key}: {a!r} there, {b!r} here")
     agreed = dict(info.get("agreed") or {})
+    steps_differ = agreed.get("gossip_steps") != lm.agreed.get("gossip_steps")
     for key in sorted(set(agreed) | set(lm.agreed)):
+        if key == "tracking_exchanges" and steps_differ:
+            continue  # it follows gossip_steps (recorded only past 1), named on its own line
         if agreed.get(key) != lm.agreed.get(key):
             out.append(_fact_difference(key, agreed.get(key), lm.agreed.get(key)))
     return out
@@ -260,9 +263,10 @@ UNRECORDED_FACTS: dict[str, object] = {
 def _fact_difference(key: str, there: object, here: object) -> str:
     """One agreed fact recorded as `there` and made as `here` (None: left out), named
     as the option that sets it: tracking_exchanges is recorded only with gradient
-    tracking, and weighting 'examples' needs it (so the resolved weighting differs
-    after a --no-gradient-tracking)."""
-    if key == "tracking_exchanges" and (there is None or here is None):
+    tracking and more than one exchange a round (the caller skips it where gossip_steps
+    differs, so here it differs only by tracking), and weighting 'examples' needs
+    tracking (so the resolved weighting differs after a --no-gradient-tracking)."""
+    if key == "tracking_exchanges":
         return f"gradient_tracking: {_on(there)} there, {_on(here)} here"
     a, b = (UNRECORDED_FACTS.get(key) if v is None else v for v in (there, here))
     shown = ["unset" if v is None else repr(v) for v in (a, b)]

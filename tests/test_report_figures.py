@@ -221,3 +221,48 @@ def test_a_refused_resume_names_gradient_tracking_and_the_default_method(
     assert "method" not in info["spec"]  # the default is left out of the record
     conlora = LoraModel(replace(TINY_SPEC, method="conlora"), label_names=CLASS_NAMES)
     assert recorded_differences(saved, conlora) == ["method: 'dec-lora' there, 'conlora' here"]
+
+
+def test_a_resume_with_other_gossip_steps_does_not_blame_gradient_tracking(
+    saved: Path, tmp_path: Path
+) -> None:
+    """tracking_exchanges is recorded only past one exchange a round: a tracked run
+    resumed with gossip_steps 1 -> 2 also said 'gradient_tracking: off there, on here'."""
+    from conftest import CLASS_NAMES, TINY_SPEC
+
+    from declora.node.adapter_io import recorded_differences
+    from declora.node.trainer import LoraModel
+
+    one = recorded_as(saved, tmp_path / "one", agreed={})
+    two = {"gossip_steps": 2, "tracking_exchanges": 2}
+    lm = LoraModel(TINY_SPEC, label_names=CLASS_NAMES, agreed=two)
+    assert recorded_differences(one, lm) == ["gossip_steps: 1 there, 2 here"]
+    three = recorded_as(
+        saved, tmp_path / "three", agreed={"gossip_steps": 3, "tracking_exchanges": 3}
+    )
+    assert recorded_differences(three, lm) == ["gossip_steps: 3 there, 2 here"]
+    untracked = recorded_as(saved, tmp_path / "untracked", agreed={"gossip_steps": 2})
+    assert recorded_differences(untracked, lm) == ["gradient_tracking: off there, on here"]
+
+
+def test_each_unrecorded_fact_is_what_agreed_facts_leaves_out() -> None:
+    """UNRECORDED_FACTS copies Recipe.agreed_facts' omissions: a recipe set to each
+    value records no such fact, and one set otherwise records it (no drift)."""
+    from declora.node.adapter_io import UNRECORDED_FACTS
+    from declora.node.recipe import Recipe
+
+    other = {
+        "lr_schedule": "cosine",  # with rounds
+        "warmup_steps": 5,
+        "weighting": "examples",
+        "gossip_steps": 2,
+        "gossip_acceleration": "chebyshev",
+        "step_after_mixing": True,
+        "validation_fraction": 0.1,
+        "dedupe": False,
+    }
+    assert set(other) == set(UNRECORDED_FACTS)
+    for key, value in UNRECORDED_FACTS.items():
+        assert key not in Recipe(**{key: value}).agreed_facts(), key
+        rounds = 10 if key == "lr_schedule" else 0  # a decaying schedule needs rounds
+        assert key in Recipe(**{key: other[key], "rounds": rounds}).agreed_facts(), key
