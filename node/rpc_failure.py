@@ -2,7 +2,8 @@
 
 `cause(code, details, tls)` names the cause from the status code's name and its
 details (gRPC's own texts, BoringSSL's reason among them); `tls_failure` says what a
-TLS cause means for the caller that dialled, and `TLS_HINT` what to do. Callers put
+cause TLS may explain means for the caller that dialled, and `TLS_HINT` what to do
+about a cause in `VERIFIED_TLS` (only there is TLS surely to blame). Callers put
 the rest in their own words (`cli/client.py` for `status`, `node/daemon/startup.py`
 for a dial at start-up).
 """
@@ -31,9 +32,15 @@ class Cause(Enum):
     TLS_NOT_YET_VALID = "tls_not_yet_valid"  # the node's certificate is not valid yet
     TLS_HOSTNAME = "tls_hostname"  # the node's certificate does not name the host dialled
     TLS = "tls"  # another TLS handshake failure
-    CLOSED = "closed"  # the node closed the connection (it refused our TLS, or wants it)
+    CLOSED = "closed"  # the node closed the connection (a TLS mismatch, or it went down)
     OTHER = "other"
 
+
+# the causes a certificate check verified: TLS_HINT fits these, and only these (a
+# closed connection or a non-TLS answer may be a peer going down or another service)
+VERIFIED_TLS = frozenset(
+    {Cause.TLS_UNTRUSTED, Cause.TLS_EXPIRED, Cause.TLS_NOT_YET_VALID, Cause.TLS_HOSTNAME}
+)
 
 # BoringSSL's reasons after CERTIFICATE_VERIFY_FAILED (X509_verify_cert_error_string)
 _VERIFY_REASONS = (
@@ -73,13 +80,15 @@ def cause(code: str, details: str, tls: bool = False) -> Cause:
 
 def tls_failure(why: Cause, tls: bool) -> str:
     """What cause `why` of a failed dial means, from the dialler's side (`tls`: it
-    dialled with mTLS), when TLS explains it (the peer is "the peer"); '' otherwise."""
-    if why is Cause.CLOSED:  # a peer closes a connection at once when TLS does not match
+    dialled with mTLS), when TLS may explain it (the peer is "the peer"); '' otherwise.
+    Only a cause in VERIFIED_TLS blames TLS alone."""
+    if why is Cause.CLOSED:  # a TLS mismatch closes it at once, but so does a crash
         return (
-            "the peer closed the connection in the TLS handshake: it refused this node's "
-            "certificate (not from its CA, or expired)"
+            "the peer closed the connection (it refused this node's certificate - not "
+            "from its CA, or expired - or it went down)"
             if tls
-            else "the peer serves mTLS and this node does not"
+            else "the peer closed the connection (a TLS mismatch - it serves mTLS and "
+            "this node does not - or it went down)"
         )
     return {
         Cause.NOT_TLS: "the peer serves without TLS and this node uses mTLS",

@@ -198,15 +198,22 @@ def test_a_tls_dial_failure_is_explained_with_its_hint() -> None:
     )
     down = grpc.StatusCode.UNAVAILABLE
     plain = dial_failure("127.0.0.1:1", down, closed)
-    assert plain == "TLS: the peer serves mTLS and this node does not"
-    assert dial_failure("127.0.0.1:2", down, expired, tls=True) == (
-        "TLS: the peer's certificate has expired"
-    )
+    lapsed = dial_failure("127.0.0.1:2", down, expired, tls=True)
+    assert lapsed == "TLS: the peer's certificate has expired"
     settings = load_settings({"model": "tiny-bert", "peers": "127.0.0.1:1,127.0.0.1:2"})
     addresses = ["127.0.0.1:1", "127.0.0.1:2"]
-    failure = startup_failure(settings, 1, addresses, set(), {"127.0.0.1:1": plain})
-    assert "127.0.0.1:1: TLS: the peer serves mTLS" in failure.message
+    failure = startup_failure(settings, 1, addresses, set(), {"127.0.0.1:2": lapsed})
+    assert "127.0.0.1:2: TLS: the peer's certificate has expired" in failure.message
     assert failure.hint == TLS_HINT
+    # a closed connection may be a TLS mismatch or a peer that went down: said so,
+    # without TLS_HINT's "waiting longer changes nothing" (the old code blamed TLS)
+    assert plain == (
+        "the peer closed the connection (a TLS mismatch - it serves mTLS and this node "
+        "does not - or it went down)"
+    )
+    closing = startup_failure(settings, 1, addresses, set(), {"127.0.0.1:1": plain})
+    assert f"127.0.0.1:1: {plain}" in closing.message
+    assert closing.hint != TLS_HINT and "--startup-timeout waits longer" in closing.hint
     refused = "connection refused: nothing listens on that port"
     other = startup_failure(settings, 1, addresses, set(), {"127.0.0.1:1": refused})
     assert other.hint != TLS_HINT

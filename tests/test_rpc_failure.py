@@ -3,9 +3,13 @@ and a node's start-up; the details are gRPC's own wording."""
 
 from __future__ import annotations
 
+import socket
+import threading
+
+import grpc
 import pytest
 
-from declora.node.rpc_failure import LOADING, Cause, cause, tls_failure
+from declora.node.rpc_failure import LOADING, VERIFIED_TLS, Cause, cause, tls_failure
 
 
 @pytest.mark.parametrize(
@@ -91,7 +95,7 @@ CLOSED = (
             Cause.TLS_HOSTNAME,
             "the peer's certificate does not name the address dialled (Hostname Verification)",
         ),
-        (CLOSED, False, Cause.CLOSED, "the peer serves mTLS and this node does not"),
+        (CLOSED, False, Cause.CLOSED, "a TLS mismatch - it serves mTLS and this node"),
         (CLOSED, True, Cause.CLOSED, "it refused this node's certificate"),
         ("Connection refused", True, Cause.REFUSED, ""),  # not a TLS matter
     ],
@@ -102,3 +106,38 @@ def test_a_tls_failure_is_told_apart_and_explained(
     why = cause("UNAVAILABLE", details, tls)
     assert why is expected
     assert words in tls_failure(why, tls) if words else tls_failure(why, tls) == ""
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_a_closed_connection_is_not_blamed_on_tls_alone(tls: bool) -> None:
+    """A plain TCP listener that accepts and closes (a peer restarting or crashing,
+    another service on the port) read as 'the peer serves mTLS and this node does not'
+    (or 'refused this node's certificate'), and start then added TLS_HINT."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    port = server.getsockname()[1]
+
+    def accept_and_close() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.close()
+
+    threading.Thread(target=accept_and_close, daemon=True).start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        with pytest.raises(grpc.RpcError) as failed:
+            channel.unary_unary("/declora.v1.Swarm/Handshake")(b"", timeout=5)
+    finally:
+        channel.close()
+        server.close()
+    err = failed.value
+    why = cause(err.code().name, err.details() or "", tls)  # type: ignore[attr-defined]
+    assert why is Cause.CLOSED, err
+    assert why not in VERIFIED_TLS
+    words = tls_failure(why, tls)
+    assert "or it went down" in words, words
+    assert "refused this node's certificate" in words if tls else "serves mTLS" in words
