@@ -5,9 +5,11 @@ its own partition of the data, shows a live table of every node (from the Status
 RPC), and when all have finished writes `results.json` and `results.png` in the
 output folder beside each node's folder (logs, checkpoints, final PEFT adapter,
 rounds.jsonl); the last table shows where each node ended (its rounds.jsonl). Ctrl-C,
-`--timeout` (or any failure) stops every process with SIGTERM, so each one
-checkpoints; a second Ctrl-C kills them. A lab holds its output folder's lock
-(`output_lock`) while it runs: a second lab into the same folder is refused. The
+a SIGTERM or SIGHUP to the lab (`kill`, a closed terminal), `--timeout` (or any
+failure) stops every process with SIGTERM, so each one checkpoints; a second one
+kills them. A lab holds its output folder's lock (`output_lock`) while it runs: a
+second lab into the same folder is refused, and so is one whose node folder a
+running process (a node left by a lab killed with SIGKILL) still holds. The
 centralized reference trains one adapter on all of the nodes' data for the swarm's
 total number of samples, and the summary gives each node's gap to it in points.
 
@@ -478,13 +480,63 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
     out = cfg.output.resolve()
     out.mkdir(parents=True, exist_ok=True)
     try:
-        with output_lock(out):
+        with output_lock(out), stops_as_interrupt():
+            _check_unheld(out, cfg.nodes)
             return _run_lab(cfg, out, note, topo)
     except LabBusyError as exc:
         from declora.cli.app import fail_with
 
         fail_with(exc)  # exit 2
         raise  # unreachable: fail_with exits
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def stops_as_interrupt() -> Iterator[None]:
+    """Within the block (in the main thread) SIGTERM and SIGHUP raise KeyboardInterrupt,
+    as Ctrl-C does, so a killed lab or a closed terminal stops the nodes (started in
+    their own sessions, they get neither signal) and writes the results as
+    interrupted; a SIGHUP ignored (nohup) stays ignored. The old handlers after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        for sig, handler in old.items():
+            if handler is not signal.SIG_IGN:
+                signal.signal(sig, _interrupt)
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _check_unheld(out: Path, nodes: int) -> None:
+    """`LabBusyError` when a process holds one of the node folders a lab replaces
+    (`run_folder.hold`: a node still running there, left by a lab killed with SIGKILL),
+    before any of them is deleted."""
+    from declora.node import run_folder
+
+    for i in range(nodes):
+        folder = out / f"lab-{i}"
+        if not folder.is_dir():
+            continue
+        try:
+            held = run_folder.hold(folder)
+        except run_folder.FolderBusy as busy:
+            who = f"pid {busy.pid}" if busy.pid else "another process"
+            raise LabBusyError(
+                f"--output {out}: {folder.name} is in use by a running node ({who})",
+                "stop that node first (it was left by a lab that was killed), or choose "
+                "another --output",
+            ) from None
+        except OSError:
+            continue  # an unreadable folder: rmtree says what is wrong
+        if held:
+            run_folder.release(folder)
 
 
 def _run_lab(cfg: LabConfig, out: Path, note: str, topo: Topology) -> dict[str, Any]:
