@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -91,7 +92,9 @@ class NodeState:
 
 def trainer_state(trainer: LocalTrainer) -> dict[str, Any]:
     """Optimizer, sampler, fp16's loss scaler (and a DECA trainer's block and trained
-    copies)."""
+    copies). The sampler's `order` is an int64 tensor, so the state pickles with no
+    numpy globals (checkpoints written before hold an ndarray; `restore_trainer`
+    takes either)."""
     blocks = trainer.block_state() if isinstance(trainer, BlockTrainer) else {}
     scaler = {} if trainer.scaler is None else {"scaler": trainer.scaler.state_dict()}
     return {
@@ -100,7 +103,7 @@ def trainer_state(trainer: LocalTrainer) -> dict[str, Any]:
         "step": trainer.step,
         "epoch": trainer.epoch,
         "cursor": trainer.cursor,
-        "order": trainer.order.copy(),
+        "order": torch.from_numpy(np.asarray(trainer.order, dtype=np.int64).copy()),
         **blocks,
     }
 
@@ -123,7 +126,10 @@ def restore_trainer(trainer: LocalTrainer, state: dict[str, Any], vector: np.nda
     trainer.step = int(state["step"])
     trainer.epoch = int(state["epoch"])
     trainer.cursor = int(state["cursor"])
-    trainer.order = np.asarray(state["order"], dtype=np.int64)
+    order = state["order"]
+    if isinstance(order, torch.Tensor):
+        order = order.numpy()
+    trainer.order = np.asarray(order, dtype=np.int64)
 
 
 def save(root: Path, lm: LoraModel, state: NodeState, meta: dict[str, Any]) -> Path:
@@ -198,18 +204,36 @@ def latest(root: Path) -> Path | None:
     return run_folder.resume_point(root)
 
 
+def _empty_bytes(*args: object) -> bytes:
+    """`bytes()` as protocol 2 pickles an empty buffer (an empty ndarray's data); any
+    argument is refused (`bytes(n)` would allocate n bytes)."""
+    if args:
+        raise pickle.UnpicklingError("bytes() with arguments is not allowed")
+    return b""
+
+
 def _array_globals() -> list[Any]:
     """What a checkpoint's numpy arrays and scalars unpickle through (the sampler's
-    order, written as an ndarray): array reconstruction and every numpy dtype but
-    `object`, whose items would be arbitrary pickles."""
-    from numpy._core.multiarray import _reconstruct, scalar
-
+    order, an ndarray in checkpoints written before it became a tensor): array
+    reconstruction under numpy 2's (`numpy._core`) and numpy 1's (`numpy.core`) names,
+    so either numpy reads what the other wrote, every numpy dtype but `object`, whose
+    items would be arbitrary pickles, and the empty `bytes()` an empty array's data
+    pickles as."""
+    try:
+        multiarray = importlib.import_module("numpy._core.multiarray")
+    except ImportError:  # a numpy 1 without numpy._core
+        multiarray = importlib.import_module("numpy.core.multiarray")
     dtypes = [
         c
         for c in vars(np.dtypes).values()
         if isinstance(c, type) and issubclass(c, np.dtype) and c is not np.dtypes.ObjectDType
     ]
-    return [_reconstruct, scalar, np.ndarray, np.dtype, *dtypes]
+    spelled = [
+        (obj, f"{module}.multiarray.{obj.__name__}")
+        for obj in (multiarray._reconstruct, multiarray.scalar)
+        for module in ("numpy._core", "numpy.core")
+    ]
+    return [*spelled, (_empty_bytes, "builtins.bytes"), np.ndarray, np.dtype, *dtypes]
 
 
 def read_state(path: Path) -> dict[str, Any]:
