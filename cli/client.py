@@ -157,15 +157,16 @@ def status_failure(code: str, details: str, timeout: float, tls: bool) -> tuple[
         )
     if why is Cause.CLOSED and tls:
         return (
-            "the node closed the connection in the TLS handshake: it refused this certificate",
+            "the node closed the connection: it refused this certificate, or it went down",
             "give a --tls-cert and --tls-key signed by the node's swarm CA "
-            "(`declora-node certs` mints cli.pem)",
+            "(`declora-node certs` mints cli.pem), or check that the node is running",
         )
     if why is Cause.CLOSED:
         return (
-            "the node closed the connection (a node that serves mTLS does so without TLS)",
-            "the node wants mTLS: give --tls-cert, --tls-key and --tls-ca "
-            "(`declora-node certs` mints cli.pem)",
+            "the node closed the connection (it serves mTLS and this command does not, "
+            "or it went down)",
+            "if the node uses mTLS, give --tls-cert, --tls-key and --tls-ca "
+            "(`declora-node certs` mints cli.pem); else check that it is running",
         )
     return f"{code}: {details}".strip(), "check --target, and that the node is running"
 

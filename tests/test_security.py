@@ -499,7 +499,7 @@ def test_mtls_swarm_mixes_and_strangers_cannot_join(cluster: Cluster, tmp_path: 
     bare = runner.invoke(app, ["status", "--target", n0.address, "--timeout", "3"])
     assert bare.exit_code == 1 and not bare.stdout
     assert f"cannot get status from {n0.address}: the node closed the connection" in bare.stderr
-    assert "hint: the node wants mTLS: give --tls-cert, --tls-key and --tls-ca" in bare.stderr
+    assert "hint: if the node uses mTLS, give --tls-cert, --tls-key and --tls-ca" in bare.stderr
     foreign = runner.invoke(
         app, ["status", "--target", n0.address, "--timeout", "3", *node_tls(other_pki, "x")]
     )
