@@ -9,12 +9,14 @@ config and a digest of its weights), the LoRA config and the tensor schema.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,3 +177,39 @@ def fsync_tree(root: Path) -> None:
 def new_build_dir(final: Path) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+
+
+MIN_FREE = 1 << 20  # less free than this in a folder being written: it is full
+
+
+def disk_cause(folder: Path, size: int) -> OSError | None:
+    """What `folder`'s file system says made a write there of about `size` bytes fail:
+    EROFS when it is mounted read-only, ENOSPC when less than `size` bytes (or
+    `MIN_FREE`) are free to this user; None when neither (or it cannot be asked)."""
+    try:
+        fs = os.statvfs(folder)
+    except OSError:
+        return None
+    if fs.f_flag & os.ST_RDONLY:
+        code = errno.EROFS
+    elif fs.f_bavail * fs.f_frsize < max(size, MIN_FREE):
+        code = errno.ENOSPC
+    else:
+        return None
+    return OSError(code, os.strerror(code), str(folder))
+
+
+@contextlib.contextmanager
+def disk_failures(folder: Path, size: int) -> Iterator[None]:
+    """Run a write of about `size` bytes into `folder`, raising a writer's failure that
+    is not an OSError (torch.save's RuntimeError, safetensors' SafetensorError on a
+    full disk) as the OSError `disk_cause` finds, chained to it; any other failure
+    unchanged. Put it inside the cleanup of a half-written build: the space the build
+    took counts."""
+    try:
+        yield
+    except Exception as exc:
+        cause = None if isinstance(exc, OSError) else disk_cause(folder, size)
+        if cause is None:
+            raise
+        raise cause from exc

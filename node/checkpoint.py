@@ -35,6 +35,7 @@ from declora.node import faults, run_folder
 from declora.node.adapter import (
     AdapterSchema,
     atomic_replace_dir,
+    disk_failures,
     fsync_dir,
     fsync_tree,
     new_build_dir,
@@ -134,39 +135,41 @@ def restore_trainer(trainer: LocalTrainer, state: dict[str, Any], vector: np.nda
 
 def save(root: Path, lm: LoraModel, state: NodeState, meta: dict[str, Any]) -> Path:
     """Write checkpoint `ckpt-<round>` and point LATEST at it; returns its path. A
-    write that fails (OSError: a full or read-only disk) leaves no half-written folder
-    or pointer: LATEST and the checkpoints before stay as they were. The folder (when
+    write that fails (OSError: a full or read-only disk, also when the writer raised
+    another kind: `adapter.disk_failures`) leaves no half-written folder or pointer:
+    LATEST and the checkpoints before stay as they were. The folder (when
     this creates it) and every checkpoint are the user's alone (0700), LATEST too
     (0600), whatever the umask: who may rewrite them chooses what a resume loads."""
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     final = root / f"ckpt-{state.round:08d}"
     build = new_build_dir(final)
+    size = sum(a.nbytes for a in (state.vector, state.public, folder_vector(state)))
     try:
-        peft_dir = build / "adapter"
-        folder = state.vector if state.saved is None else state.saved
-        lm.save_adapter(folder, peft_dir, {"round": state.round, **meta})
-        extra = {} if state.saved is None else {"vector": torch.from_numpy(state.vector.copy())}
-        torch.save(
-            {
-                **extra,
-                "round": state.round,
-                "seq": state.seq,
-                "public": torch.from_numpy(state.public.copy()),
-                "trainer": state.trainer,
-                "fingerprint": state.fingerprint,
-                "correction": None
-                if state.correction is None
-                else torch.from_numpy(state.correction.copy()),
-                "method_state": {
-                    k: torch.from_numpy(v.copy()) for k, v in state.method_state.items()
+        with disk_failures(root, size):  # a full disk is an OSError, whatever writes
+            peft_dir = build / "adapter"
+            lm.save_adapter(folder_vector(state), peft_dir, {"round": state.round, **meta})
+            extra = {} if state.saved is None else {"vector": torch.from_numpy(state.vector.copy())}
+            torch.save(
+                {
+                    **extra,
+                    "round": state.round,
+                    "seq": state.seq,
+                    "public": torch.from_numpy(state.public.copy()),
+                    "trainer": state.trainer,
+                    "fingerprint": state.fingerprint,
+                    "correction": None
+                    if state.correction is None
+                    else torch.from_numpy(state.correction.copy()),
+                    "method_state": {
+                        k: torch.from_numpy(v.copy()) for k, v in state.method_state.items()
+                    },
+                    **({} if state.share is None else {"share": dict(state.share)}),
                 },
-                **({} if state.share is None else {"share": dict(state.share)}),
-            },
-            build / "state.pt",
-        )
-        fsync_tree(build)
-        faults.crash_point("checkpoint")
-        atomic_replace_dir(build, final)
+                build / "state.pt",
+            )
+            fsync_tree(build)
+            faults.crash_point("checkpoint")
+            atomic_replace_dir(build, final)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         raise
@@ -188,13 +191,19 @@ def save(root: Path, lm: LoraModel, state: NodeState, meta: dict[str, Any]) -> P
     return final
 
 
+def folder_vector(state: NodeState) -> np.ndarray:
+    """What a checkpoint's model folder holds: the adapter, or DECA's whole model."""
+    return state.vector if state.saved is None else state.saved
+
+
 def _prune(root: Path, keep: str) -> None:
     ckpts = sorted(p for p in root.glob("ckpt-*") if p.is_dir())
     for old in ckpts[:-KEEP]:
         if old.name != keep:
             shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob(".ckpt-*"):  # half-written builds from a crash
-        shutil.rmtree(stale, ignore_errors=True)
+    if run_folder.held(root):  # else another node's may be being written
+        for stale in root.glob(".ckpt-*"):  # half-written builds from a crash
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def latest(root: Path) -> Path | None:

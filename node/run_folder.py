@@ -133,6 +133,19 @@ def hold(folder: Path) -> bool:
     return True
 
 
+def held(folder: Path) -> bool:
+    """Whether this process holds `folder`'s lock (`hold`): only then are half-written
+    builds in it garbage (`clear_builds`)."""
+    fd = _HELD.get(folder.resolve())
+    if fd is None:
+        return False
+    try:
+        here, locked = os.stat(folder), os.fstat(fd)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (locked.st_dev, locked.st_ino)
+
+
 def release(folder: Path) -> None:
     """Let go of `folder`'s lock if this process holds it."""
     fd = _HELD.pop(folder.resolve(), None)

@@ -10,15 +10,19 @@ holds, is refused before anything loads (exit 2)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -26,7 +30,9 @@ from daemon_helpers import CLI, HOST, Cluster, free_ports, train_args
 
 from declora.node import checkpoint, run_folder
 from declora.node.daemon import signals
+from declora.node.daemon.persistence import Persistence
 from declora.node.daemon.startup import CONFIG, RUNTIME, UserError, as_user_error, check_config
+from declora.node.dec_lora import NodeSnapshot
 from declora.node.settings import NodeSettings
 from declora.node.trainer import LoraModel
 
@@ -360,3 +366,159 @@ def test_a_duplicate_resume_is_refused_and_sighup_stops_the_node(cluster: Cluste
     latest = (node.ckpt / "LATEST").read_text().strip()
     assert latest == f"ckpt-{rounds[-1]:08d}"
     assert run_folder.holder(node.ckpt) is None  # its lock went with it
+
+
+# ---------------------------------------------------------------- a real full disk
+
+
+@contextlib.contextmanager
+def _small_tmpfs(folder: Path, size: str = "80k") -> Iterator[Path]:
+    """A real tmpfs of `size` mounted on `folder` (root only: the test is skipped
+    otherwise), unmounted after."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    folder.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)])
+    if res.returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_real_full_disk_fails_a_checkpoint_as_an_oserror(
+    tiny_lm: LoraModel, tmp_path: Path
+) -> None:
+    """On a real full disk torch.save raised RuntimeError ("unexpected pos") and
+    safetensors SafetensorError, which the node's OSError handling missed: a traceback.
+    Now, wherever in the write the disk fills, it fails with ENOSPC and leaves no
+    pointer and no half-written build."""
+    with _small_tmpfs(tmp_path / "disk", "64k") as disk:
+        folder, filler = disk / "state", disk / "filler"
+        failures = 0
+        for fill in range(0, 64 * 1024, 2048):  # less and less room for the checkpoint
+            try:
+                filler.write_bytes(bytes(fill))
+            except OSError:
+                break
+            try:
+                _save(tiny_lm, folder, 1)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+                failures += 1
+                left = [p.name for p in folder.iterdir()]
+                assert left in ([], ["ckpt-00000001"]), left  # no build, no LATEST
+            shutil.rmtree(folder, ignore_errors=True)
+            filler.unlink()
+        assert failures
+
+
+def test_a_writer_failure_with_room_to_spare_is_unchanged(
+    tiny_lm: LoraModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the file system's state makes a writer's failure a disk error."""
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(checkpoint.torch, "save", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        _save(tiny_lm, tmp_path / "state", 1)
+    assert not list((tmp_path / "state").glob(".ckpt-*"))
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_a_solo_node_on_a_real_full_disk_warns_then_exits_1(
+    tmp_path: Path, synthetic_jsonl: Path
+) -> None:
+    """Before: the first checkpoint on a full tmpfs crashed the node with a traceback.
+    Now each failed checkpoint is a warning, and the final adapter's failure is one
+    error line, exit 1."""
+    with _small_tmpfs(tmp_path / "disk") as disk:
+        folder = disk / "state"
+        [port] = free_ports(1)
+        args = [*CLI, "start", "--solo", *train_args(synthetic_jsonl), "--eval-every", "0"]
+        args += ["--listen", f"{HOST}:{port}", "--checkpoint-dir", str(folder)]
+        args += ["--rounds", "3", "--checkpoint-every", "1", "--consensus-rounds", "0"]
+        res = subprocess.run(args, capture_output=True, text=True, timeout=START)
+    assert res.returncode == 1, res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
+    assert "cannot write the checkpoint of round" in res.stderr, res.stderr
+    [error, hint] = _errors(res.stderr)
+    assert error.startswith("error: cannot write the final adapter to "), res.stderr
+    assert error.endswith(": No space left on device") and "free space" in hint, res.stderr
+
+
+# ---------------------------------------------------------------- persistence's errors
+
+
+def _persistence(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Persistence:
+    """A `Persistence` of stand-in parts (round 3, a 4-float adapter)."""
+    vec = np.zeros(4, dtype=np.float32)
+    node = SimpleNamespace(
+        apply_deferred_step=lambda: None,
+        snapshot=lambda: NodeSnapshot(vec, vec.copy(), None),
+        trainer=None,
+        full_model=False,
+        model_vector=lambda: vec,
+    )
+    settings = SimpleNamespace(rounds=0, exchanges_per_round=1, node_id="n")
+    parts = SimpleNamespace(
+        node=node,
+        lm=SimpleNamespace(fingerprint="f"),
+        progress=SimpleNamespace(round=3, seq=3),
+        settings=settings,
+        report=SimpleNamespace(last_eval=None),
+    )
+    monkeypatch.setattr(checkpoint, "trainer_state", lambda trainer: {})
+    store = Persistence(folder)
+    store.attach(parts)  # type: ignore[arg-type]
+    store._share = {}
+    return store
+
+
+def _fails(code: int) -> Callable[..., None]:
+    def write(*args: object, **kwargs: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    return write
+
+
+def test_only_disk_errors_make_a_checkpoint_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EACCES, EMFILE, ENAMETOOLONG were also "a resume continues from ..." warnings,
+    and the node trained on with no checkpoints. Now only the disk's state is."""
+    store = _persistence(tmp_path, monkeypatch)
+    for code in (errno.ENOSPC, errno.EROFS, errno.EFBIG):
+        monkeypatch.setattr(checkpoint, "save", _fails(code))
+        assert store.save_checkpoint() is False
+        assert store.failed is not None and store.failed.errno == code
+    for code in (errno.EACCES, errno.EMFILE, errno.ENAMETOOLONG):
+        monkeypatch.setattr(checkpoint, "save", _fails(code))
+        with pytest.raises(OSError) as raised:
+            store.save_checkpoint()
+        assert raised.value.errno == code
+
+
+def test_a_failed_final_adapter_clears_builds_only_in_a_held_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`save_final` cleared `.ckpt-*` builds even where the folder could not be locked
+    (NFS): another node's checkpoint being written there. Now only when held."""
+    folder = tmp_path / "state"
+    (folder / ".ckpt-00000007.x1").mkdir(parents=True)
+    store = _persistence(folder, monkeypatch)
+    store.parts.lm.save_adapter = _fails(errno.ENOSPC)
+    with pytest.raises(UserError, match="No space left on device"):
+        store.save_final()
+    assert (folder / ".ckpt-00000007.x1").is_dir()
+    assert run_folder.hold(folder)
+    try:
+        with pytest.raises(UserError, match="No space left on device"):
+            store.save_final()
+    finally:
+        run_folder.release(folder)
+    assert not (folder / ".ckpt-00000007.x1").exists()

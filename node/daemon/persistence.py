@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 
 from declora.node import checkpoint, run_folder
+from declora.node.adapter import disk_failures
 from declora.node.adapter_card import DECLORA_INFO
 from declora.node.daemon.parts import Parts
-from declora.node.daemon.startup import UserError, disk_error
+from declora.node.daemon.startup import DISK_ERRORS, UserError, disk_error
 from declora.node.daemon.status import append_round, round_entry
 from declora.node.dec_lora import NodeSnapshot
 from declora.node.schedule import training_round
@@ -129,8 +130,9 @@ class Persistence:
     def save_checkpoint(self) -> bool:
         """Write a checkpoint of the current round (atomically, see `checkpoint`); a
         step held back for after mixing (a stop mid-round) is taken first. Whether it
-        was written: one that cannot be (a full or read-only disk: OSError) is a
-        warning, and the folder keeps its checkpoints and LATEST as they were."""
+        was written: one that cannot be for the disk's state (`DISK_ERRORS`: full,
+        read-only, failing) is a warning, and the folder keeps its checkpoints and LATEST
+        as they were; any other OSError (EACCES, EMFILE...) is raised."""
         parts = self.parts
         parts.node.apply_deferred_step()
         snap = parts.node.snapshot()
@@ -154,6 +156,8 @@ class Persistence:
         try:
             path = checkpoint.save(self.checkpoint_dir, parts.lm, state, meta)
         except OSError as exc:
+            if exc.errno not in DISK_ERRORS:  # EACCES, EMFILE...: not the disk's state
+                raise
             self.failed = exc
             kept = checkpoint.latest(self.checkpoint_dir)
             log.warning(
@@ -170,8 +174,10 @@ class Persistence:
 
     def save_final(self) -> Path:
         """Write the final adapter (PEFT format) to `<checkpoint_dir>/adapter`. A
-        `UserError` (exit 1) when it cannot be written (a full or read-only disk): the
-        adapter there before, if any, is kept whole and no half-written one is left."""
+        `UserError` (exit 1) when it cannot be written (a full or read-only disk, also
+        when the writer raised another kind: `adapter.disk_failures`): the adapter there
+        before, if any, is kept whole, and no half-written one is left where this process
+        holds the folder (`run_folder.held`)."""
         parts = self.parts
         path = self.checkpoint_dir / "adapter"
         meta = {
@@ -179,10 +185,13 @@ class Persistence:
             "round": parts.progress.round,
             "eval": parts.report.last_eval,
         }
+        vector = parts.node.model_vector()
         try:
-            parts.lm.save_adapter(parts.node.model_vector(), path, meta)
+            with disk_failures(self.checkpoint_dir, vector.nbytes):
+                parts.lm.save_adapter(vector, path, meta)
         except OSError as exc:
-            run_folder.clear_builds(self.checkpoint_dir)  # its own: the folder is held
+            if run_folder.held(self.checkpoint_dir):  # else they may be another node's
+                run_folder.clear_builds(self.checkpoint_dir)
             what = f"cannot write the final adapter to {path}"
             raise disk_error(what, exc, checkpoint.latest(self.checkpoint_dir)) from None
         log.info("final adapter written: %s", path)

@@ -87,8 +87,10 @@ def as_user_error(exc: BaseException) -> UserError | None:
 
 
 DISK_ERRORS = frozenset(
-    getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "EIO") if hasattr(errno, name)
-)  # a full, read-only or failing disk
+    getattr(errno, name)
+    for name in ("ENOSPC", "EDQUOT", "EROFS", "EIO", "EFBIG")
+    if hasattr(errno, name)
+)  # a full, read-only or failing disk, or a file past its size limit
 
 
 def disk_error(what: str, exc: OSError, resume_from: Path | None = None) -> UserError:
