@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from daemon_helpers import HOST, Cluster, free_ports, train_args
 
+from declora.node import run_folder
 from declora.node.daemon.startup import check_config
 from declora.node.settings import NodeSettings
 
@@ -57,7 +58,10 @@ def test_sigint_right_after_start_stops_like_a_later_one(
     assert not [n for n in left if n in ("LATEST", "adapter") or n.startswith("ckpt-")], left
     assert "checkpoint written" not in node.log() and "final adapter written" not in node.log()
     settings = NodeSettings(solo=True, checkpoint_dir=node.ckpt, data=str(synthetic_jsonl))
-    check_config(settings)  # a plain start in it is not refused
+    try:
+        check_config(settings)  # a plain start in it is not refused
+    finally:
+        run_folder.release(node.ckpt)
     assert settings.resume is False
 
 

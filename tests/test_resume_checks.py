@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,17 @@ START = 150.0  # seconds for a node to import torch and build tiny-bert (a loade
 
 
 # ------------------------------------------------------------ optimizer options
+
+
+@pytest.fixture(autouse=True)
+def _no_folder_left_held() -> Iterator[None]:
+    """Each test lets go of the folders its `check_config` calls locked: a lock held
+    until pytest exits refuses a later test, or a node started on that folder."""
+    yield
+    left = list(run_folder._HELD)
+    for folder in left:
+        run_folder.release(folder)
+    assert not left, f"still held after the test: {left}"
 
 
 def _trained_state(lm: LoraModel, data: TextDataset) -> tuple[dict[str, object], np.ndarray]:
@@ -174,25 +186,30 @@ def test_a_folder_with_an_earlier_runs_files_but_no_checkpoint_is_not_empty(
         (folder / held / "adapter" / "weights").write_bytes(b"mine")
     before = _listing(folder)
     assert earlier_run(folder) == [held] and run_folder.resume_point(folder) is None
-    for resume in (False, True, "auto"):  # auto: a restart policy's start
-        settings = _settings(folder, resume=resume)
-        if held == "rounds.jsonl" and not settings.resume:
-            # a history alone (a crash before the first checkpoint): a fresh start
-            # appends to it, so a restart policy can start over
-            check_config(settings)
+    try:
+        for resume in (False, True, "auto"):  # auto: a restart policy's start
+            settings = _settings(folder, resume=resume)
+            if held == "rounds.jsonl" and not settings.resume:
+                # a history alone (a crash before the first checkpoint): a fresh start
+                # appends to it, so a restart policy can start over
+                check_config(settings)
+                assert _listing(folder) == before
+                continue
+            with pytest.raises(UserError) as info:
+                check_config(settings)
+            err = info.value
+            assert err.code == CONFIG, err.message
+            assert (
+                f"{folder} (--checkpoint-dir) holds an earlier run's files ({held})" in err.message
+            )
+            assert "but no complete checkpoint" in err.message
+            assert (
+                "cannot be resumed" if settings.resume else "a fresh start would replace them"
+            ) in err.message
+            assert "another --checkpoint-dir" in err.hint
             assert _listing(folder) == before
-            continue
-        with pytest.raises(UserError) as info:
-            check_config(settings)
-        err = info.value
-        assert err.code == CONFIG, err.message
-        assert f"{folder} (--checkpoint-dir) holds an earlier run's files ({held})" in err.message
-        assert "but no complete checkpoint" in err.message
-        assert (
-            "cannot be resumed" if settings.resume else "a fresh start would replace them"
-        ) in err.message
-        assert "another --checkpoint-dir" in err.hint
-        assert _listing(folder) == before
+    finally:
+        run_folder.release(folder)
 
 
 def test_a_checkpoint_without_latest_is_resumed_not_replaced(
@@ -216,12 +233,15 @@ def test_a_checkpoint_without_latest_is_resumed_not_replaced(
     assert run_folder.resume_point(folder) == folder / "ckpt-00000004"
     assert checkpoint.latest(folder) == folder / "ckpt-00000004"
     assert checkpoint.load(folder, tiny_lm).round == 4
-    for resume in (True, "auto"):
-        settings = _settings(folder, resume=resume)
-        assert settings.resume is True
-        check_config(settings)
-    with pytest.raises(UserError) as info:
-        check_config(_settings(folder))
+    try:
+        for resume in (True, "auto"):
+            settings = _settings(folder, resume=resume)
+            assert settings.resume is True
+            check_config(settings)
+        with pytest.raises(UserError) as info:
+            check_config(_settings(folder))
+    finally:
+        run_folder.release(folder)
     err = info.value
     assert err.code == CONFIG
     assert "holds an earlier run's checkpoints and adapter" in err.message
