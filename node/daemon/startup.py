@@ -28,7 +28,7 @@ import grpc
 from declora.node import run_folder
 from declora.node.address import split_address
 from declora.node.logs import safe_text
-from declora.node.rpc_failure import LOADING, TLS_HINT, Cause, cause, tls_failure
+from declora.node.rpc_failure import LOADING, TLS_HINT, VERIFIED_TLS, Cause, cause, tls_failure
 from declora.node.settings import NodeSettings
 
 CONFIG = 2  # exit code: a configuration mistake
@@ -278,10 +278,15 @@ def serve_metrics(metrics: Any, port: int) -> None:
 # ---------------------------------------------------------------- dial outcomes
 def dial_failure(address: str, code: grpc.StatusCode, details: str, tls: bool = False) -> str:
     """Why a handshake call to `address` failed, in the user's words (`tls`: dialled
-    with mTLS; a TLS cause begins "TLS: ")."""
+    with mTLS; a verified TLS cause begins "TLS: ", and startup_failure gives it
+    TLS_HINT; a closed connection or a non-TLS answer, which TLS may explain or not,
+    is told without)."""
     why = cause(code.name, details, tls)
-    if tls_failure(why, tls):
-        return f"TLS: {tls_failure(why, tls)}"
+    words = tls_failure(why, tls)
+    if why in VERIFIED_TLS:
+        return f"TLS: {words}"
+    if words:
+        return words
     if why is Cause.LOADING:
         return LOADING
     if why is Cause.REFUSED:
