@@ -213,3 +213,21 @@ def disk_failures(folder: Path, size: int) -> Iterator[None]:
         if cause is None:
             raise
         raise cause from exc
+
+
+@contextlib.contextmanager
+def built_atomically(final: Path, size: int) -> Iterator[Path]:
+    """A fresh build folder beside `final` for a write of about `size` bytes. When the
+    block ends, the build is fsynced and replaces `final` in one rename; when it
+    raises, the build is removed, and a writer's failure on a full or read-only disk is
+    raised as its OSError (`disk_failures`, judged before the build's space is freed).
+    So `final` is the old folder or the whole new one, and no build is left behind."""
+    build = new_build_dir(final)
+    try:
+        with disk_failures(final.parent, size):
+            yield build
+        fsync_tree(build)
+        atomic_replace_dir(build, final)
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        raise

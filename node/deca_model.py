@@ -42,10 +42,8 @@ from torch import nn
 
 from declora.node.adapter import (
     AdapterSchema,
-    atomic_replace_dir,
+    built_atomically,
     fingerprint,
-    fsync_tree,
-    new_build_dir,
 )
 from declora.node.adapter_card import DECLORA_INFO, weights_sha256
 from declora.node.models import BaseModel, HFTokenizer, ModelError
@@ -160,26 +158,25 @@ class BlockModel(LoraModel):
         `save_pretrained` files (`from_pretrained` loads them), the tokenizer when it
         is a transformers one, and `declora.json` (fingerprint, spec, agreed recipe
         facts, labels, base, the weights' sha256, `meta`): what `load_adapter` reads."""
-        build = new_build_dir(path)
-        with self.using(vec):
-            self.model.save_pretrained(str(build))  # type: ignore[operator]
-        if isinstance(self.tokenizer, HFTokenizer):
-            self.tokenizer.hf.save_pretrained(str(build))
-        info = {
-            "format": FULL_MODEL,
-            "fingerprint": self.fingerprint,
-            "spec": self.spec.as_dict(),
-            "agreed": self.agreed,
-            "task": self.task,
-            "labels": list(self.label_names),
-            "num_labels": self.num_labels if self.task == "cls" else 0,
-            "base": self.base_record(),
-            "weights_sha256": weights_sha256(build / MODEL_WEIGHTS),
-            **meta,
-        }
-        (build / DECLORA_INFO).write_text(json.dumps(info, indent=2, default=str) + "\n")
-        fsync_tree(build)
-        atomic_replace_dir(build, path)
+        size = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        with built_atomically(path, size) as build:
+            with self.using(vec):
+                self.model.save_pretrained(str(build))  # type: ignore[operator]
+            if isinstance(self.tokenizer, HFTokenizer):
+                self.tokenizer.hf.save_pretrained(str(build))
+            info = {
+                "format": FULL_MODEL,
+                "fingerprint": self.fingerprint,
+                "spec": self.spec.as_dict(),
+                "agreed": self.agreed,
+                "task": self.task,
+                "labels": list(self.label_names),
+                "num_labels": self.num_labels if self.task == "cls" else 0,
+                "base": self.base_record(),
+                "weights_sha256": weights_sha256(build / MODEL_WEIGHTS),
+                **meta,
+            }
+            (build / DECLORA_INFO).write_text(json.dumps(info, indent=2, default=str) + "\n")
 
 
 class BlockTrainer(LocalTrainer):

@@ -24,11 +24,9 @@ from torch import nn
 
 from declora.node.adapter import (
     AdapterSchema,
-    atomic_replace_dir,
     base_digest,
+    built_atomically,
     fingerprint,
-    fsync_tree,
-    new_build_dir,
     trainable,
 )
 from declora.node.adapter_card import describe_adapter, describe_base
@@ -304,24 +302,22 @@ class LoraModel:
         is a model card. For the embedded MiniLM, `adapter_config.json` names the
         portable hub id of the base instead of this machine's path.
         """
-        build = new_build_dir(path)
-        with self.using(vec):
-            # the base's embedding is never resized here: an embedding target saves its
-            # LoRA factors only, not the whole vocab x dim base weight beside them
-            self.model.save_pretrained(str(build), save_embedding_layers=False)  # type: ignore[operator]
-        info: dict[str, object] = {
-            "fingerprint": self.fingerprint,
-            "spec": self.spec.as_dict(),
-            "agreed": self.agreed,
-            "task": self.task,
-            "labels": list(self.label_names),
-            "num_labels": self.num_labels if self.task == "cls" else 0,
-            "base": self.base_record(),
-            **meta,
-        }
-        describe_adapter(build, info, final_path=path)
-        fsync_tree(build)
-        atomic_replace_dir(build, path)
+        with built_atomically(path, vec.nbytes) as build:
+            with self.using(vec):
+                # the base's embedding is never resized here: an embedding target saves its
+                # LoRA factors only, not the whole vocab x dim base weight beside them
+                self.model.save_pretrained(str(build), save_embedding_layers=False)  # type: ignore[operator]
+            info: dict[str, object] = {
+                "fingerprint": self.fingerprint,
+                "spec": self.spec.as_dict(),
+                "agreed": self.agreed,
+                "task": self.task,
+                "labels": list(self.label_names),
+                "num_labels": self.num_labels if self.task == "cls" else 0,
+                "base": self.base_record(),
+                **meta,
+            }
+            describe_adapter(build, info, final_path=path)
 
 
 def count_targets(batch: Encoded, task: str) -> int:

@@ -29,6 +29,7 @@ import pytest
 from daemon_helpers import CLI, HOST, Cluster, free_ports, train_args
 
 from declora.node import checkpoint, run_folder
+from declora.node.adapter import built_atomically
 from declora.node.daemon import signals
 from declora.node.daemon.persistence import Persistence
 from declora.node.daemon.startup import CONFIG, RUNTIME, UserError, as_user_error, check_config
@@ -503,22 +504,21 @@ def test_only_disk_errors_make_a_checkpoint_a_warning(
         assert raised.value.errno == code
 
 
-def test_a_failed_final_adapter_clears_builds_only_in_a_held_folder(
+def test_a_failed_final_adapter_leaves_no_build_and_no_other_is_touched(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`save_final` cleared `.ckpt-*` builds even where the folder could not be locked
-    (NFS): another node's checkpoint being written there. Now only when held."""
+    """`save_final` cleared every `.ckpt-*` build after a failed write, even where the
+    folder could not be locked (NFS): another node's checkpoint being written there.
+    Now the failed write removes its own build (`adapter.built_atomically`) and
+    nothing else."""
     folder = tmp_path / "state"
     (folder / ".ckpt-00000007.x1").mkdir(parents=True)
     store = _persistence(folder, monkeypatch)
     store.parts.lm.save_adapter = _fails(errno.ENOSPC)
     with pytest.raises(UserError, match="No space left on device"):
         store.save_final()
-    assert (folder / ".ckpt-00000007.x1").is_dir()
-    assert run_folder.hold(folder)
-    try:
-        with pytest.raises(UserError, match="No space left on device"):
-            store.save_final()
-    finally:
-        run_folder.release(folder)
-    assert not (folder / ".ckpt-00000007.x1").exists()
+    final = folder / "adapter"
+    with pytest.raises(RuntimeError, match="writer broke"), built_atomically(final, 10) as build:
+        (build / "weights").write_bytes(b"half")
+        raise RuntimeError("writer broke")  # room to spare: not a disk failure
+    assert sorted(p.name for p in folder.iterdir()) == [".ckpt-00000007.x1"]

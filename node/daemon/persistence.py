@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from declora.node import checkpoint, run_folder
-from declora.node.adapter import disk_failures
 from declora.node.adapter_card import DECLORA_INFO
 from declora.node.daemon.parts import Parts
 from declora.node.daemon.startup import DISK_ERRORS, UserError, disk_error
@@ -175,9 +174,8 @@ class Persistence:
     def save_final(self) -> Path:
         """Write the final adapter (PEFT format) to `<checkpoint_dir>/adapter`. A
         `UserError` (exit 1) when it cannot be written (a full or read-only disk, also
-        when the writer raised another kind: `adapter.disk_failures`): the adapter there
-        before, if any, is kept whole, and no half-written one is left where this process
-        holds the folder (`run_folder.held`)."""
+        when the writer raised another kind: `adapter.built_atomically`): the adapter
+        there before, if any, is kept whole, and no half-written one is left."""
         parts = self.parts
         path = self.checkpoint_dir / "adapter"
         meta = {
@@ -187,11 +185,8 @@ class Persistence:
         }
         vector = parts.node.model_vector()
         try:
-            with disk_failures(self.checkpoint_dir, vector.nbytes):
-                parts.lm.save_adapter(vector, path, meta)
+            parts.lm.save_adapter(vector, path, meta)  # adapter.built_atomically
         except OSError as exc:
-            if run_folder.held(self.checkpoint_dir):  # else they may be another node's
-                run_folder.clear_builds(self.checkpoint_dir)
             what = f"cannot write the final adapter to {path}"
             raise disk_error(what, exc, checkpoint.latest(self.checkpoint_dir)) from None
         log.info("final adapter written: %s", path)
