@@ -166,15 +166,8 @@ class BlockModel(LoraModel):
                 self.tokenizer.hf.save_pretrained(str(build))
             info = {
                 "format": FULL_MODEL,
-                "fingerprint": self.fingerprint,
-                "spec": self.spec.as_dict(),
-                "agreed": self.agreed,
-                "task": self.task,
-                "labels": list(self.label_names),
-                "num_labels": self.num_labels if self.task == "cls" else 0,
-                "base": self.base_record(),
                 "weights_sha256": weights_sha256(build / MODEL_WEIGHTS),
-                **meta,
+                **self.recorded(meta),
             }
             (build / DECLORA_INFO).write_text(json.dumps(info, indent=2, default=str) + "\n")
 

@@ -48,6 +48,7 @@ from urllib.parse import unquote
 
 import grpc
 
+from declora.node.address import ip_of
 from declora.node.wire import WireError
 
 MAX_KEYS = 4096
@@ -82,25 +83,13 @@ def host_key(host: str) -> str:
     only this machine's processes connect from one, and a local lab or test may stand
     for other hosts by other loopback addresses); anything that is not an IP
     unchanged."""
-    ip = _ip(host.split("%", 1)[0])
+    ip = ip_of(host.split("%", 1)[0])
     if ip is None:
         return host
     if ip.is_loopback:
         return str(ip)
     prefix = IPV4_PREFIX if ip.version == 4 else IPV6_PREFIX
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
-
-
-def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """`host` as an IP (an IPv4-mapped IPv6 address as its IPv4 one, an IPv6 zone kept:
-    'fe80::1%eth0'); None when it is none."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 def address_key(host: str) -> str:
@@ -110,7 +99,7 @@ def address_key(host: str) -> str:
     address with its zone ('fe80::1%eth0': another link is another host), an
     IPv4-mapped IPv6 address as its IPv4 one; anything that is not an IP unchanged.
     An IPv6 address also counts towards its /64 (`subnet_key`)."""
-    ip = _ip(host)
+    ip = ip_of(host)
     return host if ip is None else str(ip)
 
 
@@ -123,7 +112,7 @@ def subnet_key(host: str) -> str | None:
     address, a loopback or link-local one (this machine; a link, where each address is
     one of its hosts), one that stands for an IPv4 host (IPv4-mapped '::ffff:a.b.c.d',
     IPv4-compatible '::a.b.c.d', NAT64 '64:ff9b::a.b.c.d'), and anything not an IP."""
-    ip = _ip(host)
+    ip = ip_of(host)
     if not isinstance(ip, ipaddress.IPv6Address) or ip.is_loopback or ip.is_link_local:
         return None
     bare = ipaddress.IPv6Address(ip.packed)  # without its zone

@@ -307,17 +307,21 @@ class LoraModel:
                 # the base's embedding is never resized here: an embedding target saves its
                 # LoRA factors only, not the whole vocab x dim base weight beside them
                 self.model.save_pretrained(str(build), save_embedding_layers=False)  # type: ignore[operator]
-            info: dict[str, object] = {
-                "fingerprint": self.fingerprint,
-                "spec": self.spec.as_dict(),
-                "agreed": self.agreed,
-                "task": self.task,
-                "labels": list(self.label_names),
-                "num_labels": self.num_labels if self.task == "cls" else 0,
-                "base": self.base_record(),
-                **meta,
-            }
-            describe_adapter(build, info, final_path=path)
+            describe_adapter(build, self.recorded(meta), final_path=path)
+
+    def recorded(self, meta: dict[str, object]) -> dict[str, object]:
+        """What a saved adapter's `declora.json` records of this model beside `meta`:
+        its fingerprint, spec, agreed recipe facts, task, labels and base."""
+        return {
+            "fingerprint": self.fingerprint,
+            "spec": self.spec.as_dict(),
+            "agreed": self.agreed,
+            "task": self.task,
+            "labels": list(self.label_names),
+            "num_labels": self.num_labels if self.task == "cls" else 0,
+            "base": self.base_record(),
+            **meta,
+        }
 
 
 def count_targets(batch: Encoded, task: str) -> int:
