@@ -431,39 +431,34 @@ def plot_lab(
     plt.close(fig)
 
 
-LOCK = ".lab.lock"  # in the output folder: held by the lab that writes there
-
-
 class LabBusyError(HintedError):
-    """Another lab is writing into this output folder (it holds `LOCK`)."""
+    """Another lab is writing into this output folder (it holds the folder: `output_lock`)."""
 
 
 @contextlib.contextmanager
 def output_lock(out: Path) -> Iterator[None]:
-    """Hold `out`'s lab lock (an flock on `out/.lab.lock`, which records the holder's
-    pid) for the block; `LabBusyError` at once, with nothing in `out` changed, while
-    another lab holds it. The kernel drops the lock with its process, so a lab that
-    crashed or was killed leaves none behind."""
-    import fcntl
+    """Hold `out` for the block as a node holds its --checkpoint-dir (`run_folder.hold`:
+    an flock on the folder, which the kernel drops with its process, so a lab that
+    crashed or was killed leaves none behind); `LabBusyError` at once, with nothing in
+    `out` changed, while another process, or another lab of this one, holds it."""
     import os
 
-    path = out / LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    from declora.node import run_folder
+
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            raise LabBusyError(
-                f"--output {out} is in use by another lab"
-                + (f" (pid {holder})" if holder.isdigit() else ""),
-                "wait for it to finish (or stop it), or choose another --output",
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if run_folder.held(out):  # by another lab of this process
+            raise run_folder.FolderBusy(out, os.getpid())
+        held = run_folder.hold(out)
+    except run_folder.FolderBusy as busy:
+        raise LabBusyError(
+            f"--output {out} is in use by another lab" + (f" (pid {busy.pid})" if busy.pid else ""),
+            "wait for it to finish (or stop it), or choose another --output",
+        ) from None
+    try:
         yield
     finally:
-        os.close(fd)  # releases the lock
+        if held:
+            run_folder.release(out)
 
 
 def run_lab(cfg: LabConfig) -> dict[str, Any]:
