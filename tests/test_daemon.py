@@ -125,7 +125,7 @@ def test_static_swarm_trains_agrees_and_saves_peft(cluster: Cluster, n: int) -> 
         assert rel < MAX_DISAGREEMENT, f"{node.node_id} differs from n0 by {rel:.2e} (relative)"
     for node in nodes:
         # The last training round mixed with every neighbour (nobody missed a deadline).
-        done = rf"round {rounds} done in \S+: loss \S+, {min(n - 1, 2)} live neighbours"
+        done = rf"round {rounds} done in \S+: loss \S+, mixed with {min(n - 1, 2)} neighbours"
         assert re.search(done, node.log()), cluster.report()
         info = json.loads((final_adapter(node) / "declora.json").read_text())
         assert info["node_id"] == node.node_id and info["round"] >= rounds
@@ -191,8 +191,8 @@ def test_daemons_match_simulator(
     exchanges = rounds * gossip_steps  # the daemon's round numbers
     for i, node in enumerate(nodes):
         text = node.log()
-        for k in range(1, exchanges):  # the last round: a neighbour may be gone already
-            done = rf"round {k} done in \S+: loss \S+, 2 live neighbours"
+        for k in range(1, exchanges + 1):  # counts payloads mixed, not the live set after
+            done = rf"round {k} done in \S+: loss \S+, mixed with 2 neighbours"
             assert re.search(done, text), cluster.report()
         assert f"round {exchanges} done in" in text, cluster.report()
         # nobody was dropped: a neighbour may only have left politely after the last round
@@ -401,7 +401,7 @@ def test_sigterm_checkpoints_leaves_and_resumes(cluster: Cluster) -> None:
     assert saved >= 3 and f"stopped after round {saved}" in a.log(), cluster.report()
     # A polite leave: a finished the round in progress, its mix with b included (MH
     # weights 1/2 each: b's payload arrived), and only then said goodbye.
-    last = rf"round {saved} done in \S+: loss \S+, 1 live neighbours, self weight 0\.500"
+    last = rf"round {saved} done in \S+: loss \S+, mixed with 1 neighbours, self weight 0\.500"
     assert re.search(last, a.log()), cluster.report()
     cluster.wait_until(
         "b to see a leave",

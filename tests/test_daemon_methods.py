@@ -96,9 +96,11 @@ def test_daemon_processes_match_simulator(cluster: Cluster, case: str) -> None:
     for i, node in enumerate(nodes):
         log = node.log()
         last = ROUNDS * int(fields["gossip_steps"])
-        done = rf"round {last} done in \S+: loss \S+, {NODES - 1} live neighbours"
+        done = rf"round {last} done in \S+: loss \S+, mixed with {NODES - 1} neighbours"
         assert re.search(done, log), cluster.report()
-        assert "left the live set" not in log.split(f"round {last} done")[0], cluster.report()
+        # nobody was dropped: a neighbour may only have left politely after the last round
+        lefts = re.findall(r"left the live set: (.*)", log.split(f"round {last} done")[0])
+        assert all(why == f"it left after round {last}" for why in lefts), cluster.report()
         want, got = sim.nodes[i].snapshot(), checkpoint.load(node.ckpt, sim.lm)
         assert got.round == ROUNDS * int(fields["gossip_steps"])  # round numbers count exchanges
         np.testing.assert_array_equal(got.vector, want.vector, err_msg=node.node_id)

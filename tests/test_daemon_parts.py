@@ -761,3 +761,28 @@ def test_a_round_encodes_no_state_until_a_pull_asks(
         np.testing.assert_array_equal(state, before)
     np.testing.assert_array_equal(after, b.node.vector())
     assert np.abs(after - before).max() > 0.5
+
+
+def test_the_round_line_counts_the_payloads_mixed_not_who_is_left_after(
+    synthetic_jsonl: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A neighbour whose payload arrived and which then said goodbye in the same round
+    is mixed in and dropped after the mix: the round's line counts it as mixed."""
+    (da, db), (a, b) = pair(synthetic_jsonl)
+    mix = a.exchange.mix
+
+    def leave_then_mix(r: int, own_degree: int) -> None:
+        a.exchange.on_leave(a.peers.peers["b"], "it left after round 1")  # arrives mid-round
+        mix(r, own_degree)
+
+    a.exchange.mix = leave_then_mix  # type: ignore[method-assign]
+
+    async def go() -> None:
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+        await asyncio.gather(da.run_round(a, train=True), db.run_round(b, train=True))
+
+    with caplog.at_level("INFO"):
+        asyncio.run(go())
+    assert a.report.self_weight == pytest.approx(0.5) and a.peers.live == []
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("round 1 done")]
+    assert len(lines) == 2 and all("mixed with 1 neighbours" in line for line in lines), lines

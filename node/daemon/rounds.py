@@ -170,11 +170,11 @@ class RoundLoop:
         metrics.round.set(r)
         metrics.round_seconds.observe(report.last_round_seconds)
         log.info(
-            "round %d done in %.2fs: loss %.4f, %d live neighbours, self weight %.3f",
+            "round %d done in %.2fs: loss %.4f, mixed with %d neighbours, self weight %.3f",
             r,
             report.last_round_seconds,
             report.loss,
-            len(parts.peers.live),
+            len(parts.exchange.last_contributors),  # not the live set: one may leave after
             report.self_weight,
         )
         return train
