@@ -23,11 +23,11 @@
   neighbour restarted at its own address still renews, and one that is not live may
   come back at a new address; it counts as a refusal for the dial backoff;
 - the reconnect loop re-dials known peers that are not live with the peer table's
-  backoff, and candidates not in the table on every call, except one whose live node
-  refused the handshake (`DialBackoff`: 2 s doubling to 8 s, counted from the
-  refusal, forgotten on success); one where nothing answers yet (not listening, still
-  loading) is found at once; an unexpected error is logged, never swallowed, and the
-  loop goes on.
+  backoff (counted from each dial's end: `PeerTable.dial_ended`), and candidates not
+  in the table on every call, except one whose live node refused the handshake
+  (`DialBackoff`: 2 s doubling to 8 s, counted from the refusal, forgotten on
+  success); one where nothing answers yet (not listening, still loading) is found at
+  once; an unexpected error is logged, never swallowed, and the loop goes on.
 """
 
 from __future__ import annotations
@@ -271,8 +271,8 @@ class Handshaker:
         address", and the Leave that follows would end the link. A candidate where
         nothing answers is dialled on every call. `now`: monotonic seconds, a clock
         that stands still during the call (tests); by default the clock, read again
-        when a refusal comes (the backoff counts from it)."""
-        at = now  # None: the clock runs, and a refusal is stamped when it comes
+        when a dial ends (each backoff counts from then)."""
+        at = now  # None: the clock runs, and a dial's end is stamped when it comes
         now = time.monotonic() if now is None else now
         candidates = self.candidates()
         for p in self.peers.all():  # one that introduced itself at a configured address
@@ -292,9 +292,18 @@ class Handshaker:
         dials: list[Awaitable[object]] = [
             self._dial_candidate(a, at) for a in fresh if self.backoff.due(a, now)
         ]
-        dials += [self.dial(p.address, configured=p.configured) for p in due]
+        dials += [self._redial(p, at) for p in due]
         if dials:
             await asyncio.gather(*dials)
+
+    async def _redial(self, peer: Peer, at: float | None) -> None:
+        """Dial known `peer` (due by `PeerTable.due_for_dial`); however it ends, its
+        next backoff counts from the end (the clock then; `at` where the caller stands
+        the clock still)."""
+        try:
+            await self.dial(peer.address, configured=peer.configured)
+        finally:
+            self.peers.dial_ended(peer, time.monotonic() if at is None else at)
 
     async def _dial_candidate(self, address: str, at: float | None) -> None:
         """Dial candidate `address`: a refusal lengthens its backoff, counted from when

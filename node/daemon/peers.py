@@ -34,9 +34,10 @@ Invariants callers may rely on:
   that shake hands and then stay silent cannot keep honest peers out; an id that
   never delivered keeps its clock across re-handshakes, so re-joining does not buy it
   a new grace;
-- a peer that is not live is re-dialled with exponential backoff; one that introduced
-  itself (an inbound Hello) and never delivered a validated payload is re-dialled at
-  most once;
+- a peer that is not live is re-dialled with exponential backoff, counted from the
+  end of its last dial (`dial_ended`: a dial slow to fail takes nothing off the wait);
+  one that introduced itself (an inbound Hello) and never delivered a validated
+  payload is re-dialled at most once;
 - a dropped peer's channel closes with a grace longer than a push's deadline, so a
   push in flight ends by its own deadline instead of being cancelled.
 """
@@ -353,7 +354,8 @@ class PeerTable:
     # ------------------------------------------------------------ re-dialling
     def due_for_dial(self, now: float | None = None) -> list[Peer]:
         """Peers not live whose backoff has passed and that may still be dialled; each
-        one returned is counted as dialled (its next backoff doubles)."""
+        one returned is counted as dialled (its next backoff doubles) and is due again
+        that backoff after `now`, until `dial_ended` restarts the wait from the end."""
         now = time.monotonic() if now is None else now
         self.prune()
         due = []
@@ -363,10 +365,22 @@ class PeerTable:
             if not p.configured and not p.proven and p.dials >= 1:
                 continue  # introduced itself, never proved anything: dialled once
             p.dials += 1
-            cap = BACKOFF_MAX_CONFIGURED if p.configured else BACKOFF_MAX
-            p.next_dial = now + min(BACKOFF_FIRST * 2 ** min(p.dials - 1, 16), cap)
+            p.next_dial = now + self._backoff(p)
             due.append(p)
         return due
+
+    def dial_ended(self, peer: Peer, now: float | None = None) -> None:
+        """A dial of `peer` (from `due_for_dial`) ended at `now` (monotonic; by default
+        the clock): unless it joined, its backoff counts from then, so a dial slow to
+        fail or be refused (up to its timeout) does not shorten the wait."""
+        if not peer.live:
+            peer.next_dial = (time.monotonic() if now is None else now) + self._backoff(peer)
+
+    @staticmethod
+    def _backoff(peer: Peer) -> float:
+        """Seconds between `peer`'s dials: doubling with each dial since it was live."""
+        cap = BACKOFF_MAX_CONFIGURED if peer.configured else BACKOFF_MAX
+        return min(BACKOFF_FIRST * 2 ** min(max(peer.dials, 1) - 1, 16), cap)
 
     async def close(self) -> None:
         for p in self.peers.values():
