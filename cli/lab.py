@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import socket
 import subprocess
@@ -42,6 +43,7 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, model_validator
 
+from declora.node import run_folder
 from declora.node.errors import HintedError
 from declora.node.recipe import Recipe
 from declora.node.scores import Score, score_for
@@ -211,12 +213,25 @@ def node_command(
 
 
 def read_rounds(folder: Path) -> list[dict[str, Any]]:
-    """A node's `rounds.jsonl` history (a line still being written is skipped)."""
-    path = folder / "rounds.jsonl"
-    if not path.is_file():
-        return []
+    """A node's history, oldest round first: its rounds.jsonl.1 (the older lines a
+    rotation moved out, `status.HISTORY_CAP`), then its rounds.jsonl (a line still
+    being written is skipped); empty when it has neither."""
+    texts: list[str] = []  # newest file first: read before a rotation can move it
+    seen: set[tuple[int, int]] = set()
+    for name in (run_folder.HISTORY, run_folder.OLDER_HISTORY):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            with path.open("rb") as f:
+                st = os.fstat(f.fileno())
+                if (st.st_dev, st.st_ino) not in seen:  # else: rotated since read
+                    seen.add((st.st_dev, st.st_ino))
+                    texts.append(f.read().decode())
+        except FileNotFoundError:  # rotated away between the two looks
+            continue
     out = []
-    for line in path.read_text().splitlines():
+    for line in (line for text in reversed(texts) for line in text.splitlines()):
         with contextlib.suppress(json.JSONDecodeError):
             out.append(json.loads(line))
     return out
@@ -441,10 +456,6 @@ def output_lock(out: Path) -> Iterator[None]:
     an flock on the folder, which the kernel drops with its process, so a lab that
     crashed or was killed leaves none behind); `LabBusyError` at once, with nothing in
     `out` changed, while another process, or another lab of this one, holds it."""
-    import os
-
-    from declora.node import run_folder
-
     try:
         if run_folder.held(out):  # by another lab of this process
             raise run_folder.FolderBusy(out, os.getpid())
@@ -513,8 +524,6 @@ def _check_unheld(out: Path, nodes: int) -> None:
     """`LabBusyError` when a process holds one of the node folders a lab replaces
     (`run_folder.hold`: a node still running there, left by a lab killed with SIGKILL),
     before any of them is deleted."""
-    from declora.node import run_folder
-
     for i in range(nodes):
         folder = out / f"lab-{i}"
         if not folder.is_dir():

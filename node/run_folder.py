@@ -9,9 +9,9 @@ anything loads, `startup.check_config` decides what a start may do with it, and
 - `resume_point`: the checkpoint a resume continues from: the one LATEST names, or,
   without LATEST (a crash between a checkpoint's rename and LATEST's, or LATEST
   deleted), the newest complete one;
-- `earlier_run`: what an earlier run wrote (LATEST, the final adapter, rounds.jsonl,
-  ckpt-* folders), none of which a fresh start may replace (a rounds.jsonl alone is
-  appended to);
+- `earlier_run`: what an earlier run wrote (LATEST, the final adapter, the round
+  history `HISTORY` and its rotated older part `OLDER_HISTORY`, ckpt-* folders), none
+  of which a fresh start may replace (a history alone is appended to: `history_only`);
 - `hold`: one node per folder: an advisory lock (flock) on the folder itself, held by
   the process until it exits (a kill -9 releases it too) or `release`; `FolderBusy`
   names the process that holds it. Nothing is written for it, so a refused or failed
@@ -35,7 +35,9 @@ except ImportError:  # pragma: no cover - Windows: no advisory locks, nothing is
 
 LATEST = "LATEST"  # names the newest complete checkpoint
 STATE = "state.pt"  # what makes a checkpoint folder complete (written before its rename)
-RUN_FILES = (LATEST, "adapter", "rounds.jsonl")  # besides ckpt-* folders
+HISTORY = "rounds.jsonl"  # a node's round history, one JSON line a round
+OLDER_HISTORY = HISTORY + ".1"  # its older lines, rotated out at `status.HISTORY_CAP`
+RUN_FILES = (LATEST, "adapter", HISTORY, OLDER_HISTORY)  # besides ckpt-* folders
 _CHECKPOINT = re.compile(r"ckpt-(\d+)")
 
 
@@ -85,14 +87,21 @@ def resumable(folder: Path) -> bool:
 
 
 def earlier_run(folder: Path) -> list[str]:
-    """What in `folder` an earlier run wrote: those of LATEST, the final adapter and
-    rounds.jsonl it holds, then its ckpt-* folders (sorted, complete or not); empty
-    when nothing (or no such folder)."""
+    """What in `folder` an earlier run wrote: those of `RUN_FILES` (LATEST, the final
+    adapter, rounds.jsonl, rounds.jsonl.1) it holds, in that order, then its ckpt-*
+    folders (sorted, complete or not); empty when nothing (or no such folder)."""
     if not folder.is_dir():
         return []
     found = [name for name in RUN_FILES if (folder / name).exists()]
     found += sorted(p.name for p in folder.glob("ckpt-*") if p.is_dir())
     return found
+
+
+def history_only(found: list[str]) -> bool:
+    """Whether `earlier_run`'s `found` is a round history alone (rounds.jsonl, its
+    rotated rounds.jsonl.1, or both: a crash before the first checkpoint), which a
+    fresh start appends to."""
+    return bool(found) and set(found) <= {HISTORY, OLDER_HISTORY}
 
 
 # ---------------------------------------------------------------- one node a folder

@@ -10,14 +10,17 @@
   changes (`check_rounds`), one of the consensus finish resumes into the finish;
 - the final adapter is written in the PEFT format to `<checkpoint_dir>/adapter`
   (DECA: the full model folder, `deca_model.BlockModel.save_adapter`);
-- `rounds.jsonl` gets one JSON line per completed round;
+- `rounds.jsonl` gets one JSON line per completed round (rotated to rounds.jsonl.1
+  past `status.HISTORY_CAP`);
 - a write that fails (a full or read-only disk) in a round is a warning and leaves
   what was there (LATEST, the checkpoints, whole lines of rounds.jsonl); at exit it
-  is the node's exit error (`save_at_exit`).
+  is the node's exit error (`save_at_exit`). The history is a secondary record: a
+  line that cannot be written for any OSError is a warning naming it (`record`).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from pathlib import Path
@@ -44,7 +47,7 @@ class Persistence:
         self.checkpoint_dir = folder
         self.saved_round = -1
         self.failed: OSError | None = None  # why the last checkpoint was not written
-        self._history_failed = False  # the last line of rounds.jsonl was not written
+        self._history_failed: int | None = None  # errno (0: none) of a line not written
         self._parts: Parts | None = None
         self._share: dict[str, Any] | None = None
 
@@ -105,26 +108,23 @@ class Persistence:
         log.info("resumed from %s at round %d", path, state.round)
 
     def record(self, phase: str, evaluated: bool) -> None:
-        """Append the round just completed to `rounds.jsonl`; a line that cannot be
-        written (a full or read-only disk) is left out with a warning (once until a
-        line is written again), and the node trains on."""
+        """Append the round just completed to `rounds.jsonl` (`append_round`). A line
+        that cannot be written, for any OSError, is left out and the node trains on,
+        with a warning naming the error (once until a line is written again or the
+        error changes): a disk's state (`DISK_ERRORS`: full, read-only, failing) with
+        its remedy, any other (EACCES, EMFILE...) by its errno name."""
         parts = self.parts
         entry = round_entry(parts.progress, parts.report, parts.node, parts.peers, phase, evaluated)
         try:
             append_round(self.checkpoint_dir, entry)
         except OSError as exc:
-            if not self._history_failed:
-                log.warning(
-                    "cannot append round %d to %s: %s; the history misses rounds until it can",
-                    entry["round"],
-                    self.checkpoint_dir / "rounds.jsonl",
-                    exc.strerror or exc,
-                )
-            self._history_failed = True
+            if self._history_failed != (exc.errno or 0):
+                log.warning("%s", _history_warning(self.checkpoint_dir, entry["round"], exc))
+            self._history_failed = exc.errno or 0
             return
-        if self._history_failed:
+        if self._history_failed is not None:
             log.info("round history written again from round %d", entry["round"])
-            self._history_failed = False
+            self._history_failed = None
 
     def save_checkpoint(self) -> bool:
         """Write a checkpoint of the current round (atomically, see `checkpoint`); a
@@ -209,6 +209,24 @@ class Persistence:
         except UserError as exc:
             failure = exc
         return failure
+
+
+def _history_warning(folder: Path, round_: int, exc: OSError) -> str:
+    """The warning for round `round_`'s history line that `exc` kept out of `folder`:
+    a disk's state (`DISK_ERRORS`) with its remedy, another error by its errno name."""
+    path = folder / run_folder.HISTORY
+    rotating = f" (rotating it to {run_folder.OLDER_HISTORY})" if exc.filename2 else ""
+    reason = exc.strerror or str(exc)
+    if exc.errno in DISK_ERRORS:
+        until = "it can (free space on that disk or make it writable)"
+    else:  # EACCES, EMFILE...: not the disk's state
+        name = errno.errorcode.get(exc.errno or 0)
+        reason += f" ({name})" if name else ""
+        until = "it can be written"
+    return (
+        f"cannot append round {round_} to {path}{rotating}: {reason}; "
+        f"the history misses rounds until {until}"
+    )
 
 
 TRAINED = "trained_round"  # a checkpoint's declora.json: the round its training reached

@@ -106,9 +106,9 @@ def disk_error(what: str, exc: OSError, resume_from: Path | None = None) -> User
 
 def earlier_run(folder: Path) -> list[str]:
     """What in `folder` an earlier run wrote (`run_folder.earlier_run`: LATEST, the
-    final adapter, rounds.jsonl, ckpt-* folders). `run_folder` is what `settings`
-    (`resume = auto`: `resumable`), `check_config` and `checkpoint.load`
-    (`resume_point`) all read the folder with."""
+    final adapter, rounds.jsonl and rounds.jsonl.1, ckpt-* folders). `run_folder` is
+    what `settings` (`resume = auto`: `resumable`), `check_config` and
+    `checkpoint.load` (`resume_point`) all read the folder with."""
     return run_folder.earlier_run(folder)
 
 
@@ -117,7 +117,7 @@ def check_config(settings: NodeSettings) -> list[Path]:
     written, holding a checkpoint to resume with --resume (`run_folder.resume_point`:
     LATEST's, or without LATEST the newest complete ckpt-*) and none without (an
     earlier run's checkpoints and adapter are never replaced by a fresh start, LATEST
-    or not: `earlier_run`; a rounds.jsonl alone is appended to), held by no other
+    or not: `earlier_run`; a history alone is appended to), held by no other
     process and held by this one from here on (`run_folder.hold`; the half-written
     folders a crash left in it are deleted then). The folders it created, innermost
     first (`launch` removes those still empty when the start fails)."""
@@ -196,9 +196,10 @@ def _check_folder(s: NodeSettings, where: str) -> list[Path]:
             "start without --resume to begin afresh, or pass the --checkpoint-dir it used",
         )
     listed = f"{', '.join(found[:4])}{', ...' if len(found) > 4 else ''}"
-    # a history alone (a crash before the first checkpoint) is appended to by a fresh
-    # start, so a restart policy (resume = auto) can start over; anything else is kept
-    if found and not complete and (s.resume or found != ["rounds.jsonl"]):
+    # a history alone (rounds.jsonl and/or its rotated .1: a crash before the first
+    # checkpoint) is appended to by a fresh start, so a restart policy (resume = auto)
+    # can start over; anything else is kept
+    if found and not complete and (s.resume or not run_folder.history_only(found)):
         raise UserError(
             f"{where} holds an earlier run's files ({listed}) but no complete checkpoint "
             "(a ckpt-* folder holding state.pt): "

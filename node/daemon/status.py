@@ -5,7 +5,9 @@ digest and the round history (`rounds.jsonl`).
   `declora_rejected_total{reason}`;
 - the state digest is a SHA-256 over the adapter, every public copy, the tracking
   correction and every queued payload: equal digests mean nothing was touched;
-- `rounds.jsonl` gets one JSON line per completed round, appended.
+- `rounds.jsonl` gets one JSON line per completed round, appended; past
+  `HISTORY_CAP` bytes it is rotated to `rounds.jsonl.1` (`append_round`), so a node's
+  history takes at most about twice the cap on disk.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from declora.node import __version__
+from declora.node import __version__, run_folder
 from declora.node.daemon.peers import PeerTable
 from declora.node.daemon.state import Progress
 from declora.node.dec_lora import DecLoraNode
@@ -167,13 +169,26 @@ def status_reply(
     return reply
 
 
+HISTORY_CAP = 32 * 1024 * 1024  # bytes of rounds.jsonl: a line past it rotates the file
+
+
 def append_round(folder: Path, entry: dict[str, Any]) -> None:
     """Append one JSON line to `<folder>/rounds.jsonl` (the node's history). A line
-    that cannot be written whole (OSError: a full disk) is cut off again, so the file
-    holds whole lines only."""
+    that would take the file past `HISTORY_CAP` first rotates it, as logrotate does:
+    `os.replace` moves it whole to rounds.jsonl.1 (replacing the older one) and the
+    line begins a fresh rounds.jsonl; the two hold every line since the rotation
+    before the last. A line that cannot be written whole (OSError: a full disk) is cut
+    off again, so the files hold whole lines only; when the rotation fails (OSError)
+    the line is not written and the file is left as it was: past the cap it does not
+    grow. For the process holding the folder (`run_folder.hold`): the only writer."""
     folder.mkdir(parents=True, exist_ok=True)
     line = memoryview((json.dumps(entry) + "\n").encode())
-    fd = os.open(folder / "rounds.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    path = folder / run_folder.HISTORY
+    with contextlib.suppress(FileNotFoundError):  # none yet: the line begins it
+        size = path.stat().st_size
+        if size and size + len(line) > HISTORY_CAP:
+            os.replace(path, folder / run_folder.OLDER_HISTORY)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         size = os.fstat(fd).st_size
         try:
