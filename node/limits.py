@@ -79,17 +79,21 @@ def host_key(host: str) -> str:
     """The key of the per-host limits for remote `host` (`peer_host`): its network, so
     an attacker cannot multiply its share by the addresses of one allocation.
     '10.0.0.5' -> '10.0.0.0/24', '2001:db8::1' -> '2001:db8::/64', an IPv4-mapped
-    IPv6 address as its IPv4 one; a loopback address is its own key ('127.0.0.1':
-    only this machine's processes connect from one, and a local lab or test may stand
-    for other hosts by other loopback addresses); anything that is not an IP
-    unchanged."""
-    ip = ip_of(host.split("%", 1)[0])
+    IPv6 address as its IPv4 one; a link-local IPv6 address is its link's /64 with its
+    zone ('fe80::1%4' -> 'fe80::/64%4': the hosts of one link share a key, another
+    link is another network); a loopback address is its own key ('127.0.0.1': only
+    this machine's processes connect from one, and a local lab or test may stand for
+    other hosts by other loopback addresses); anything that is not an IP unchanged."""
+    ip = ip_of(host)
     if ip is None:
         return host
     if ip.is_loopback:
         return str(ip)
-    prefix = IPV4_PREFIX if ip.version == 4 else IPV6_PREFIX
-    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+    if isinstance(ip, ipaddress.IPv6Address):
+        zone = f"%{ip.scope_id}" if ip.scope_id and ip.is_link_local else ""
+        bare = ipaddress.IPv6Address(ip.packed)  # without its zone
+        return f"{ipaddress.ip_network(f'{bare}/{IPV6_PREFIX}', strict=False)}{zone}"
+    return str(ipaddress.ip_network(f"{ip}/{IPV4_PREFIX}", strict=False))
 
 
 def address_key(host: str) -> str:
