@@ -256,6 +256,24 @@ def round_text(round_: int, total: int, state: str) -> str:
     return text + (" (ends once the neighbours agree)" if state == "consensus" else "")
 
 
+AUTH_SHOWN = {  # StatusReply.auth (`security.auth_mode`) as `status` words it
+    "none": "open",
+    "secret": "shared secret",
+    "mtls": "mTLS",
+    "mtls+secret": "mTLS + shared secret",
+}
+
+
+def auth_text(auth: str) -> str:
+    """Who may connect, as `status` shows it: "auth mTLS"; '' when the node does not
+    say (an older one); a value this CLI does not know, as is (escaped, bounded)."""
+    from rich.markup import escape
+
+    if not auth:
+        return ""
+    return "auth " + AUTH_SHOWN.get(auth, escape(auth[:40]))
+
+
 def render_status(reply: pb.StatusReply, width: int | None = None) -> None:
     """A node's status in short lines and a neighbour table: a terminal's width (a
     table's cells fold), else one line each, never cut (`report_console`)."""
@@ -265,13 +283,14 @@ def render_status(reply: pb.StatusReply, width: int | None = None) -> None:
     tracking = ", gradient tracking" if reply.gradient_tracking else ""
     tracking += f", weighting {reply.weighting}" if reply.weighting else ""
     evals = ", ".join(f"{k} {v:.4f}" for k, v in sorted(reply.last_eval.items())) or "none yet"
+    auth = auth_text(reply.auth)
     lines = [  # each within 80 columns for the usual figures
         f"[bold]{reply.node_id}[/] on {reply.listen_address}  swarm {reply.swarm_id}",
         f"state {reply.state}  {round_text(reply.round, reply.total_rounds, reply.state)}",
         f"step {reply.step}  loss {reply.loss:.4f}  last round {reply.last_round_seconds:.2f}s  "
         f"self weight {reply.self_weight:.3f}  keyframes {reply.keyframes_sent}",
         f"eval: {evals}",
-        f"codec {reply.codec}{tracking}",
+        f"codec {reply.codec}{tracking}" + (f"  {auth}" if auth else ""),
         f"sent {_size(reply.bytes_sent)}  received {_size(reply.bytes_received)}  "
         f"fingerprint {reply.fingerprint}  declora {reply.package_version}",
     ]
