@@ -1,11 +1,34 @@
 """`declora-node`: start a node, look at nodes and adapters, run a lab or a simulation."""
 
+# ruff: noqa: E402 (a Ctrl-C handler is installed before the other imports)
 from __future__ import annotations
+
+import signal
+import sys
+from types import FrameType
+
+NOT_BEGUN = "interrupted before the command began; nothing was written"
+
+
+def _interrupted_loading(signum: int, frame: FrameType | None) -> None:
+    """A Ctrl-C while this module loads (typer, the node package), before `main` can
+    catch a KeyboardInterrupt: `NOT_BEGUN` on stderr, exit 130, no traceback."""
+    sys.stderr.write(NOT_BEGUN + "\n")
+    raise SystemExit(130)
+
+
+# the first thing this module does, so the imports below are covered; Python's own
+# handler (KeyboardInterrupt) is back once the module has loaded (its end)
+_LOADING = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+if _LOADING:
+    try:
+        signal.signal(signal.SIGINT, _interrupted_loading)
+    except ValueError:  # imported off the main thread: nothing to install
+        _LOADING = False
 
 import contextlib
 import json
 import os
-import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -121,7 +144,6 @@ TlsCa = Annotated[
 
 # --debug; whether a command's own code has begun (None: not even its parsing)
 STATE: dict[str, bool | None] = {"debug": False, "began": None}
-NOT_BEGUN = "interrupted before the command began; nothing was written"
 
 
 def _marks_began(callback: Any) -> Any:
@@ -941,6 +963,9 @@ def main() -> None:
         typer.echo(NOT_BEGUN if STATE["began"] is None else "interrupted", err=True)
         sys.exit(130)
 
+
+if _LOADING and signal.getsignal(signal.SIGINT) is _interrupted_loading:
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # loaded: `main` handles them
 
 if __name__ == "__main__":  # pragma: no cover
     main()
