@@ -2,16 +2,17 @@
 
 A checkpoint is a directory `ckpt-<round>` holding the adapter in the PEFT format
 (`adapter_config.json`, `adapter_model.safetensors`, `declora.json`) and `state.pt`
-(round, optimizer, sampler position, gossip public copy and sequence, the
-gradient-tracking correction when the node tracks, the method's own state:
+(round, optimizer, sampler position and batch size, gossip public copy, sequence and
+codec, the gradient-tracking correction when the node tracks, the method's own state:
 Kill-and-Revive's module scores, and what identifies the node's training share:
-`training_share`, checked by `check_share` before a resume). For DECA the folder holds the
-full model and `state.pt` also the active block's vector, the block and the node's
-trained copies of every block it visited. A file
-`LATEST` names the newest complete checkpoint; it is replaced by rename only after
-the directory is fully written and fsynced, so a crash at any moment leaves `LATEST`
-pointing at a complete checkpoint (or absent, before the first). The two newest
-checkpoints are kept.
+`training_share`, checked by `check_share` before a resume). A resume may change the
+batch size and codec: each one that differs is a warning (`option_change`). For DECA
+the folder holds the full model and `state.pt` also the active block's vector, the
+block and the node's trained copies of every block it visited. A file `LATEST` names
+the newest complete checkpoint; it is replaced by rename only after the directory is
+fully written and fsynced, so a crash at any moment leaves `LATEST` pointing at a
+complete checkpoint (or absent, before the first). The two newest checkpoints are
+kept.
 """
 
 from __future__ import annotations
@@ -88,14 +89,22 @@ class NodeState:
     # what identifies the node's training share (`training_share`); None: a checkpoint
     # written before it was recorded
     share: dict[str, Any] | None = None
+    # the message codec the run sent with (`--codec`: a resume may change it, each
+    # payload names its own); None: a checkpoint written before it was recorded
+    codec: str | None = None
     path: Path | None = None  # the checkpoint it was read from (`load`)
 
 
+# the sampler's options a resume may change (the swarm does not agree on them): the
+# trainer's attribute, as `trainer_state` records it, and its option
+SAMPLER_OPTIONS = (("batch_size", "--batch-size"), ("grad_accumulation", "--grad-accumulation"))
+
+
 def trainer_state(trainer: LocalTrainer) -> dict[str, Any]:
-    """Optimizer, sampler, fp16's loss scaler (and a DECA trainer's block and trained
-    copies). The sampler's `order` is an int64 tensor, so the state pickles with no
-    numpy globals (checkpoints written before hold an ndarray; `restore_trainer`
-    takes either)."""
+    """Optimizer, sampler (position and step size: `SAMPLER_OPTIONS`), fp16's loss
+    scaler (and a DECA trainer's block and trained copies). The sampler's `order` is
+    an int64 tensor, so the state pickles with no numpy globals (checkpoints written
+    before hold an ndarray; `restore_trainer` takes either)."""
     blocks = trainer.block_state() if isinstance(trainer, BlockTrainer) else {}
     scaler = {} if trainer.scaler is None else {"scaler": trainer.scaler.state_dict()}
     return {
@@ -105,8 +114,19 @@ def trainer_state(trainer: LocalTrainer) -> dict[str, Any]:
         "epoch": trainer.epoch,
         "cursor": trainer.cursor,
         "order": torch.from_numpy(np.asarray(trainer.order, dtype=np.int64).copy()),
+        **{key: int(getattr(trainer, key)) for key, _ in SAMPLER_OPTIONS},
         **blocks,
     }
+
+
+def option_change(option: str, there: object, here: object) -> str:
+    """The warning for a resume whose `option` is `here` where the checkpoint's run
+    used `there`, e.g. "resuming with --batch-size 8; the checkpoint's run used 16";
+    '' when they agree or the checkpoint does not record it (`there` None: written
+    before it was recorded, so unknown)."""
+    if there is None or there == here:
+        return ""
+    return f"resuming with {option} {here}; the checkpoint's run used {there}"
 
 
 def restore_trainer(trainer: LocalTrainer, state: dict[str, Any], vector: np.ndarray) -> None:
@@ -114,7 +134,13 @@ def restore_trainer(trainer: LocalTrainer, state: dict[str, Any], vector: np.nda
     The optimizer's hyperparameters (lr, weight decay, betas, eps) stay the ones this
     start built it with: `load_state_dict` would bring back the checkpoint's, so a
     resume with another --lr or --weight-decay would silently train with the old ones
-    (a decaying schedule sets each step's lr itself; a flat one never does)."""
+    (a decaying schedule sets each step's lr itself; a flat one never does). So do the
+    sampler's step size and micro-batches (`SAMPLER_OPTIONS`): the position indexes
+    the share's rows whatever the batch, and each option that differs from the
+    recorded one is a warning line (`option_change`)."""
+    for key, option in SAMPLER_OPTIONS:
+        if note := option_change(option, state.get(key), getattr(trainer, key)):
+            log.warning("%s", note)
     if isinstance(trainer, BlockTrainer):
         trainer.restore_blocks(state)  # first: the vector and optimizer are its block's
     trainer.set_vector(vector)
@@ -164,6 +190,7 @@ def save(root: Path, lm: LoraModel, state: NodeState, meta: dict[str, Any]) -> P
                         k: torch.from_numpy(v.copy()) for k, v in state.method_state.items()
                     },
                     **({} if state.share is None else {"share": dict(state.share)}),
+                    **({} if state.codec is None else {"codec": state.codec}),
                 },
                 build / "state.pt",
             )
@@ -343,6 +370,7 @@ def _load(path: Path, lm: LoraModel) -> NodeState:
         correction=None if raw.get("correction") is None else raw["correction"].numpy(),
         method_state={k: v.numpy() for k, v in raw.get("method_state", {}).items()},
         share=raw.get("share"),
+        codec=raw["codec"] if isinstance(raw.get("codec"), str) else None,
     )
 
 
