@@ -3,7 +3,11 @@
 - a resume with another --batch-size or --grad-accumulation (`checkpoint.
   SAMPLER_OPTIONS`) or --codec is accepted, with one warning line for each (the swarm
   does not agree on them: each payload names its codec); a checkpoint written before
-  they were recorded is not compared."""
+  they were recorded is not compared;
+- a node resumed into the consensus finish after its neighbours have finished waits
+  for them as long as any start does (--startup-timeout), then finishes alone,
+  warning, writes its final adapter and exits 0; a node with training left still
+  refuses to start without its neighbours."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from test_daemon_parts import settings
 from declora.node import checkpoint
 from declora.node.daemon import Daemon
 from declora.node.daemon.persistence import Persistence, trained_round
+from declora.node.daemon.startup import StartupError
 from declora.node.data import TextDataset
 from declora.node.settings import NodeSettings
 from declora.node.trainer import LocalTrainer, LoraModel
@@ -110,3 +115,34 @@ def test_a_checkpoint_records_the_codec(tiny_lm: LoraModel, tmp_path: Path) -> N
     )
     assert checkpoint.option_change("--codec", None, "fp32") == ""
     assert checkpoint.option_change("--codec", "q8", "q8") == ""
+
+
+# ------------------------------------------------------------ the finish, alone
+
+
+def test_a_node_resumed_into_the_finish_ends_it_alone(
+    synthetic_jsonl: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: `StartupError` (exit 1) "0 of 1 wanted neighbours", nothing written,
+    and the same at every restart under a restart policy. Now one warning, the final
+    adapter, exit 0; the checkpoint stays the one resumed (nothing moved)."""
+    s = _stopped_at(synthetic_jsonl, 4)
+    assert trained_round(s.state_dir / "ckpt-00000004") == 2  # within the finish
+    with caplog.at_level(logging.WARNING):
+        assert _run(s) == 0
+    [warning] = _warnings(caplog, "finishing")
+    assert warning == (
+        "0 of 1 wanted neighbours after 0.5 s (--startup-timeout) and no training round "
+        "left (round 4, --rounds 2): finishing alone"
+    )
+    assert (s.state_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert checkpoint.latest(s.state_dir) == s.state_dir / "ckpt-00000004"
+
+
+def test_a_node_with_training_left_still_waits_for_its_neighbours(
+    synthetic_jsonl: Path,
+) -> None:
+    s = _stopped_at(synthetic_jsonl, 1)
+    with pytest.raises(StartupError, match="0 of 1 wanted neighbours"):
+        _run(s)
+    assert not (s.state_dir / "adapter").exists()

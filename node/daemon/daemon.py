@@ -18,7 +18,9 @@ Invariants callers may rely on:
   0; a second signal exits at once (130);
 - after the last training round, gossip-only rounds (the consensus finish) run
   until every live neighbour is within `consensus_tol`, then the final adapter is
-  written in the PEFT format to `<checkpoint_dir>/adapter`.
+  written in the PEFT format to `<checkpoint_dir>/adapter`; a node resumed into the
+  finish whose neighbours do not come by `startup_timeout` (they finished and left)
+  finishes alone with a warning, writes its final adapter and exits 0.
 It owns the lifecycle only; `parts` builds the node, `rounds` runs its rounds and
 `persistence` keeps its files (the package docstring lists every part).
 """
@@ -215,7 +217,11 @@ class Daemon:
 
     async def _bootstrap(self, parts: Parts) -> None:
         """Wait for the wanted neighbours, then catch up; at the startup timeout with
-        too few, StartupError naming why each missing peer failed."""
+        too few, StartupError naming why each missing peer failed. A node with no
+        training round left (resumed into the consensus finish: its neighbours may
+        have finished and gone) goes on instead, with a warning, and mixes with
+        whoever is live: with nobody, the train loop ends the finish at once and the
+        node writes its final adapter from its own state and exits 0."""
         s = self.settings
         want = s.wanted_peers
         deadline = time.monotonic() + s.startup_timeout
@@ -225,12 +231,31 @@ class Daemon:
             if len(parts.peers.live) >= want:
                 break
             if time.monotonic() >= deadline:
+                if self._only_the_finish_left():
+                    live_now = len(parts.peers.live)
+                    log.warning(
+                        "%d of %d wanted neighbours after %g s (--startup-timeout) and no "
+                        "training round left (round %d, --rounds %d): finishing %s",
+                        live_now,
+                        want,
+                        s.startup_timeout,
+                        self.progress.round,
+                        s.rounds,
+                        f"with {live_now} neighbour(s)" if live_now else "alone",
+                    )
+                    break
                 wanted = [*s.peers, *parts.handshaker.candidates()]
                 live = {p.address for p in parts.peers.live}
                 raise startup_failure(s, want, wanted, live, self.dial_log.outcomes)
             await asyncio.sleep(0.2)  # between rounds of dialling
         assert self.rounds is not None
         await self.rounds.catch_up()
+
+    def _only_the_finish_left(self) -> bool:
+        """Whether the train loop has no training round left to run (--rounds reached:
+        a resume into the consensus finish)."""
+        s = self.settings
+        return s.rounds > 0 and self.progress.round >= s.rounds * s.exchanges_per_round
 
     def request_stop(self) -> None:
         """SIGTERM/SIGINT/SIGHUP: finish the round in progress, its local steps and its mix

@@ -15,8 +15,9 @@ Invariants callers may rely on:
   payloads its last mix used; it never exits because of what a peer sent;
 - after the last training round, gossip-only rounds run until every live neighbour
   is within `consensus_tol`, at most up to round `rounds` x G + `consensus_rounds`
-  (a node resumed within the finish runs only what is left of it), then a final
-  evaluation;
+  (a node resumed within the finish runs only what is left of it; none of it when
+  no neighbour is live: `Daemon._bootstrap` lets such a node start alone), then a
+  final evaluation;
 - every completed round is appended to the history (phase "train", or "gossip" for
   an exchange that only mixed); `eval_every` and `checkpoint_every` count training
   rounds: evaluation and checkpoints come after the last exchange of every N-th
