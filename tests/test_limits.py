@@ -124,7 +124,7 @@ def test_host_key_is_the_network() -> None:
     assert host_key("2001:db8::1") == host_key("2001:db8::ffff:1") == "2001:db8::/64"
     assert host_key("2001:db8:0:1::1") == "2001:db8:0:1::/64"
     assert host_key("::ffff:10.0.0.7") == "10.0.0.0/24"
-    assert host_key("fe80::1%eth0") == "fe80::/64"
+    assert host_key("fe80::1%eth0") == "fe80::/64%eth0" != host_key("fe80::1%eth1")
     assert host_key("unix:/tmp/sock") == "unix:/tmp/sock"
 
 
