@@ -265,7 +265,8 @@ def _fact_difference(key: str, there: object, here: object) -> str:
     as the option that sets it: tracking_exchanges is recorded only with gradient
     tracking and more than one exchange a round (the caller skips it where gossip_steps
     differs, so here it differs only by tracking), and weighting 'examples' needs
-    tracking (so the resolved weighting differs after a --no-gradient-tracking)."""
+    tracking and a codec other than fp16 (so the resolved weighting differs after a
+    --no-gradient-tracking or a --codec fp16)."""
     if key == "tracking_exchanges":
         return f"gradient_tracking: {_on(there)} there, {_on(here)} here"
     a, b = (UNRECORDED_FACTS.get(key) if v is None else v for v in (there, here))
@@ -274,8 +275,8 @@ def _fact_difference(key: str, there: object, here: object) -> str:
     if key == "weighting" and "examples" in (a, b):
         side = "here" if b != "examples" else "there"
         text += (
-            f" (weighting 'examples' needs gradient_tracking: it is off {side}, "
-            "or --weighting nodes was given)"
+            f" (weighting 'examples' needs gradient_tracking and a codec other than fp16: "
+            f"tracking is off {side}, --codec is fp16 {side}, or --weighting nodes was given)"
         )
     return text
 

@@ -211,7 +211,8 @@ def test_a_refused_resume_names_gradient_tracking_and_the_default_method(
     tracked = recorded_as(saved, tmp_path / "tracked", agreed={"weighting": "examples"})
     assert recorded_differences(tracked, plain) == [
         "weighting: 'examples' there, 'nodes' here (weighting 'examples' needs "
-        "gradient_tracking: it is off here, or --weighting nodes was given)"
+        "gradient_tracking and a codec other than fp16: tracking is off here, --codec is "
+        "fp16 here, or --weighting nodes was given)"
     ]
     grouped = recorded_as(
         saved, tmp_path / "grouped", agreed={"gossip_steps": 2, "tracking_exchanges": 2}

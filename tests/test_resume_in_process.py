@@ -117,6 +117,20 @@ def test_a_checkpoint_records_the_codec(tiny_lm: LoraModel, tmp_path: Path) -> N
     assert checkpoint.option_change("--codec", "q8", "q8") == ""
 
 
+def test_a_resume_with_another_codec_says_so(
+    synthetic_jsonl: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: a resume with another --codec sent with it silently. Now one warning
+    line names it (a --codec fp16 that changes the default weighting, which joins the
+    fingerprint, is refused as before)."""
+    s = _stopped_at(synthetic_jsonl, 1, codec="q8")
+    with caplog.at_level(logging.WARNING):
+        assert _run(s, codec="bf16", min_peers=0) == 0
+    assert _warnings(caplog, "resuming with") == [
+        "resuming with --codec bf16; the checkpoint's run used q8"
+    ]
+
+
 # ------------------------------------------------------------ the finish, alone
 
 

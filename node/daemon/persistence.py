@@ -8,6 +8,8 @@
   reached (`trained_round`: past it, only the consensus finish mixed); a resume on
   another share, or of a checkpoint trained past --rounds, is refused before anything
   changes (`check_rounds`), one of the consensus finish resumes into the finish;
+  it also records the run's --codec and batch size, which a resume may change with
+  a warning line each (`checkpoint.option_change`);
 - the final adapter is written in the PEFT format to `<checkpoint_dir>/adapter`
   (DECA: the full model folder, `deca_model.BlockModel.save_adapter`);
 - `rounds.jsonl` gets one JSON line per completed round (rotated to rounds.jsonl.1
@@ -77,7 +79,9 @@ class Persistence:
         """Continue from the checkpoint `checkpoint.load` picks (`checkpoint.latest`'s,
         or where that cannot be read the newest intact one; CheckpointError without
         one; CheckpointMismatch, before anything changes, for a checkpoint written on
-        another training share or trained past --rounds: `check_rounds`)."""
+        another training share or trained past --rounds: `check_rounds`). A --codec,
+        --batch-size or --grad-accumulation other than the checkpoint's run's is a
+        warning line each (`checkpoint.option_change`)."""
         state = checkpoint.load(self.checkpoint_dir, parts.lm)
         path = state.path
         assert path is not None  # load found it
@@ -99,6 +103,8 @@ class Persistence:
                 path,
             )
         checkpoint.restore_trainer(parts.node.trainer, state.trainer, state.vector)
+        if note := checkpoint.option_change("--codec", state.codec, parts.node.codec_spec):
+            log.warning("%s", note)
         snap = NodeSnapshot(
             state.vector, state.public, state.correction, method_state=state.method_state
         )
@@ -146,6 +152,7 @@ class Persistence:
             saved=parts.node.model_vector() if parts.node.full_model else None,
             method_state=snap.method_state,
             share=self.share(),
+            codec=parts.node.codec_spec,
         )
         s = parts.settings
         last = s.rounds * s.exchanges_per_round  # 0: trains until stopped
