@@ -4,7 +4,10 @@ Every refusal carries a status code and a reason and is counted. Before the owni
 part sees a call, this servicer checks what is the same for every RPC:
 - concurrency: each RPC kind has its own pool (`POOLS`; pushes: `--max-concurrent-
   streams`, at most `per_host` of them from one remote network, `limits.host_key`), so
-  a flood of one kind never starves Status or Handshake;
+  a flood of one kind never starves Status or Handshake; a push's first message (its
+  header, which `inbox` checks names a live neighbour) must come within
+  `HEADER_SECONDS`, and while it has not, the stream may give its place to a newer
+  one (`Pools.push`): streams that send nothing cannot keep a neighbour's push out;
 - rate limits (`limits`), keyed by the remote address for handshakes, pulls and
   Status (`limits.STATUS_PER_MINUTE`: a Status flood from one address, the swarm open or
   not, is refused before it costs a reply; the state digest is hashed off the
@@ -21,6 +24,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
@@ -40,6 +44,9 @@ log = logging.getLogger(__name__)
 # they belong to (a Kill-and-Revive keyframe names that exchange's modules)
 PULL_KINDS = (pb.PAYLOAD_KIND_UNSPECIFIED, pb.PAYLOAD_KIND_STATE)
 POOLS = {"Handshake": 32, "Pull": 8, "Leave": 16, "Status": 16}  # Push: settings
+# a push's header must come within this (or --stream-idle-seconds, if shorter): it is
+# its first message, well under 1 MiB, sent at once (a second at the slowest link assumed)
+HEADER_SECONDS = 3.0
 PULL_SECONDS = 30.0  # a state must be read within max(this, --round-deadline)
 
 
@@ -48,32 +55,138 @@ def pool_total(max_push_streams: int) -> int:
     return max_push_streams + sum(POOLS.values())
 
 
+@dataclass(eq=False)
+class PushSlot:
+    """One push stream's place in the pool: `waiting` for its header until it comes,
+    `cut` once the pool took the place back (it then ends at its next read)."""
+
+    host: str
+    order: int  # admission order: the oldest waiting stream gives way first
+    waiting: bool = True
+    cut: bool = False
+    timer: asyncio.Timeout | None = None  # its wait for the header, while it waits
+
+
 class Pools:
-    """RPCs in flight by kind, and pushes by remote host; `hold` refuses beyond."""
+    """RPCs in flight by kind, and pushes by remote network; refuses beyond.
+
+    Pushes: at most the pool's size in flight, `per_host` from one network. A push is
+    waiting until its first message (its header) has come in full (`HeaderFirst`). When
+    the pool is full, a new push takes the place of a waiting one (cut, RESOURCE_EXHAUSTED
+    `rate_limited`): the oldest of the network with the most waiting, if that is more
+    than the newcomer's own network has; else it is refused. So streams that send no
+    header, or drip one, from any number of networks hold places only until a newer
+    push wants them: a neighbour (which sends its header at once) is refused, or cut
+    before its header came, only while its own network has as many waiting as any."""
 
     def __init__(self, push_streams: int, per_host: int) -> None:
         self.limits = {**POOLS, "Push": push_streams}
         self.per_host = per_host
         self.in_use: dict[str, int] = {}
         self.push_hosts: dict[str, int] = {}
+        self.waiting: dict[str, list[PushSlot]] = {}  # by network, oldest first
+        self.admitted = 0
 
     @contextmanager
-    def hold(self, kind: str, host: str = "") -> Iterator[None]:
+    def hold(self, kind: str) -> Iterator[None]:
+        """A place for one call of `kind` (not Push), held until the block ends."""
         if self.in_use.get(kind, 0) >= self.limits[kind]:
             raise limited(f"{self.limits[kind]} {kind} calls already in flight")
-        if kind == "Push" and self.push_hosts.get(host, 0) >= self.per_host:
-            raise limited(f"{self.per_host} pushes from {host} already in flight")
         self.in_use[kind] = self.in_use.get(kind, 0) + 1
-        if kind == "Push":
-            self.push_hosts[host] = self.push_hosts.get(host, 0) + 1
         try:
             yield
         finally:
             self.in_use[kind] -= 1
-            if kind == "Push":
-                self.push_hosts[host] -= 1
-                if not self.push_hosts[host]:
-                    del self.push_hosts[host]
+
+    @contextmanager
+    def push(self, host: str) -> Iterator[PushSlot]:
+        """A place for one push from network `host`, held until the block ends or the
+        slot is `cut`; the caller reports its header with `header_came`."""
+        if self.push_hosts.get(host, 0) >= self.per_host:
+            raise limited(f"{self.per_host} pushes from {host} already in flight")
+        if self.in_use.get("Push", 0) >= self.limits["Push"]:
+            self._make_room(host)
+        self.admitted += 1
+        slot = PushSlot(host, self.admitted)
+        self.waiting.setdefault(host, []).append(slot)
+        self._count(host, 1)
+        try:
+            yield slot
+        finally:
+            self.header_came(slot)
+            if not slot.cut:
+                self._count(host, -1)
+
+    def header_came(self, slot: PushSlot) -> None:
+        """`slot`'s stream is no longer waiting for its header (idempotent)."""
+        if slot.waiting:
+            slot.waiting = False
+            queue = self.waiting[slot.host]
+            queue.remove(slot)
+            if not queue:
+                del self.waiting[slot.host]
+
+    def _make_room(self, host: str) -> None:
+        """Cut a waiting stream for a newcomer from `host`, or refuse it."""
+        own = len(self.waiting.get(host, ()))
+        most = max(self.waiting.values(), key=lambda q: (len(q), -q[0].order), default=[])
+        if len(most) <= own:
+            raise limited(f"{self.limits['Push']} Push calls already in flight")
+        slot = most[0]
+        self.header_came(slot)
+        slot.cut = True
+        self._count(slot.host, -1)
+        if slot.timer is not None and not slot.timer.expired():  # else it ends at once
+            slot.timer.reschedule(asyncio.get_running_loop().time())
+
+    def _count(self, host: str, n: int) -> None:
+        self.in_use["Push"] = self.in_use.get("Push", 0) + n
+        left = self.push_hosts.get(host, 0) + n
+        if left:
+            self.push_hosts[host] = left
+        else:
+            del self.push_hosts[host]
+
+
+class HeaderFirst:
+    """A push's messages, the first (its header) within `seconds` and before its
+    `slot` is cut (else WireError: DEADLINE_EXCEEDED `idle_stream`, or
+    RESOURCE_EXHAUSTED `rate_limited`); `pools` is told when it came."""
+
+    def __init__(
+        self, stream: AsyncIterator[pb.Chunk], slot: PushSlot, pools: Pools, seconds: float
+    ) -> None:
+        self.it = aiter(stream)
+        self.slot = slot
+        self.pools = pools
+        self.seconds = seconds
+
+    def __aiter__(self) -> HeaderFirst:
+        return self
+
+    async def __anext__(self) -> pb.Chunk:
+        slot = self.slot
+        if not slot.waiting and not slot.cut:
+            return await anext(self.it)
+        try:
+            if slot.cut:
+                raise TimeoutError
+            async with asyncio.timeout(self.seconds) as slot.timer:
+                return await anext(self.it)
+        except TimeoutError:
+            if slot.cut:
+                raise limited(
+                    f"{self.pools.limits['Push']} Push calls in flight: this one, without a "
+                    "header yet, gave way to a newer one"
+                ) from None
+            raise WireError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"stream idle for more than {self.seconds:g}s before its header",
+                "idle_stream",
+            ) from None
+        finally:
+            slot.timer = None
+            self.pools.header_came(slot)
 
 
 def cert_name(context: grpc.aio.ServicerContext) -> str | None:
@@ -95,6 +208,7 @@ class SwarmService(pb_grpc.SwarmServicer):
         self.parts = parts
         s = parts.settings
         self.pools = Pools(s.max_concurrent_streams, max(16, 2 * s.max_neighbors))
+        self.header_seconds = min(HEADER_SECONDS, s.stream_idle_seconds)
 
     async def _refuse(self, context: grpc.aio.ServicerContext, exc: WireError) -> None:
         self.parts.counters.refused(exc)
@@ -123,8 +237,9 @@ class SwarmService(pb_grpc.SwarmServicer):
     ) -> pb.PushAck:
         try:
             host = peer_host(context.peer())
-            with self.pools.hold("Push", host_key(host)):
-                return await self.parts.inbox.receive(request_iterator, cert_name(context), host)
+            with self.pools.push(host_key(host)) as slot:
+                stream = HeaderFirst(request_iterator, slot, self.pools, self.header_seconds)
+                return await self.parts.inbox.receive(stream, cert_name(context), host)
         except WireError as exc:
             await self._refuse(context, exc)
             raise  # unreachable: abort raises
