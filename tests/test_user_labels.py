@@ -7,6 +7,7 @@ both sides. With the set declared on every node, the same shards form a swarm.
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -31,16 +32,23 @@ def test_label_sets_must_agree_and_can_be_declared(tmp_path: Path, synthetic_jso
     shard = str(shard_without_last_class(tmp_path))
     cluster = Cluster(tmp_path / "undeclared", synthetic_jsonl)
     try:
-        a, b = cluster.static(2, [(0, 1)], [*RUN, "--startup-timeout", "8"])
-        a.start()
+        # b serves before a starts, and waits long: a's short wait (8 s from its own
+        # load) always finds b up. Started together, each waiting 8 s, a load 8 s
+        # apart (6.6 s measured beside two busy loops) left one without the other.
+        a, b = cluster.static(2, [(0, 1)], RUN)
         b.start(["--data", shard])
-        codes = cluster.wait_exit([a, b], START)
-        assert codes == [1, 1], cluster.report()  # neither found its neighbour
+        cluster.wait_until("b to serve", b.status, START, running=[b])
+        a.start(["--startup-timeout", "8"])
+        assert cluster.wait_exit([a], START) == [1], cluster.report()  # a never found b
         theirs = ",".join(CLASS_NAMES)
         ours = ",".join(CLASS_NAMES[:-1])
         named = f"--labels is '{theirs}' at '{a.node_id}', '{ours}' at '{b.node_id}'"
         assert named in b.log(), cluster.report()  # b refused a; a reads the same words
         assert named in a.log(), cluster.report()
+        b.signal(signal.SIGTERM)
+        assert cluster.wait_exit([b], START) == [0], cluster.report()
+        for node in (a, b):
+            assert "joined the live set" not in node.log(), cluster.report()
     finally:
         cluster.close()
 
