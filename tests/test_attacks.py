@@ -1005,6 +1005,8 @@ def test_pulls_need_a_handshake_a_session_and_are_limited_per_host(open_pair: Pa
 # ---------------------------------------------------------------- a ring: 9
 
 SLOW_STEPS = 60  # the victim's --local-steps: its neighbours wait for it most of a round
+# how a neighbour found the victim's port closed, by the reason it logged
+BY = {"its port refuses connections": "health probe", "push failed: UNAVAILABLE": "failed push"}
 
 
 def test_killed_neighbour_costs_its_ring_neighbours_seconds_not_the_deadline(
@@ -1065,8 +1067,8 @@ def test_killed_neighbour_costs_its_ring_neighbours_seconds_not_the_deadline(
         "kill -9 of one node of a 4-node ring (default `--round-deadline` 60 s) while its "
         "neighbours wait for its payload",
         "- (its port refuses connections)",
-        f"both neighbours dropped it ({' / '.join(sorted(set(probed)))}); their rounds: "
-        f"median {median:.2f}s "
+        f"both neighbours dropped it by {' / '.join(sorted(set(map(BY.get, probed))))}; "
+        f"their rounds: median {median:.2f}s "
         f"before, at most {worst:.2f}s after (adaptive deadline: "
         f"{min(60.0, max(10.0, 8 * median)):.0f}s)",
         (rss0, rss1),
