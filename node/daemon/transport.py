@@ -10,7 +10,11 @@
   plain socket first, at once (a port in use fails before anything heavy loads), and
   `start` swaps it for the gRPC server; the server never shares its port
   (`grpc.so_reuseport` off: a second node on a port in use is an error, not a twin);
-- with a `DialLog` every channel records how its handshakes end.
+- with a `DialLog` every channel records how its handshakes end;
+- health and reflection run on the event loop, `WATCHES` and `REFLECTIONS` streams
+  of each at most, with room of their own in gRPC's cap on calls in flight: streams
+  held open by anyone never take a thread of the default executor (training and
+  payload checks run there) nor the room of the Swarm service's calls.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ import asyncio
 import errno
 import os
 import socket
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from declora.node.address import split_address
 from declora.node.daemon.startup import CONFIG, DialLog, UserError
@@ -31,6 +37,8 @@ from declora.node.settings import NodeSettings
 from declora.proto import pb_grpc
 
 SERVICE_NAME = "declora.v1.Swarm"
+WATCHES = 8  # grpc.health.v1 Watch streams open at once (probes use Check)
+REFLECTIONS = 8  # server reflection streams open at once (grpcurl)
 
 
 class ServerError(UserError):
@@ -93,13 +101,82 @@ def grpc_options(settings: NodeSettings) -> list[tuple[str, int]]:
     ]
 
 
+def _too_many(what: str, most: int) -> str:
+    return f"{most} {what} streams already open on this node"
+
+
+class Health(health_pb2_grpc.HealthServicer):
+    """grpc.health.v1 on the event loop: Check, and Watch for at most `WATCHES` callers
+    at once (then RESOURCE_EXHAUSTED). `set` is synchronous."""
+
+    def __init__(self) -> None:
+        self.status: dict[str, health_pb2.HealthCheckResponse.ServingStatus] = {}
+        self.changed = asyncio.Event()
+        self.watching = 0
+
+    def set(self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        self.status[service] = status
+        self.changed.set()  # wakes the watchers of the status before
+        self.changed = asyncio.Event()
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        status = self.status.get(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no service {request.service!r}")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        if self.watching >= WATCHES:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, _too_many("Watch", WATCHES))
+        self.watching += 1
+        try:
+            last = None
+            while True:
+                changed = self.changed
+                status = self.status.get(
+                    request.service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+                )
+                if status != last:
+                    await context.write(health_pb2.HealthCheckResponse(status=status))
+                    last = status
+                await changed.wait()
+        finally:
+            self.watching -= 1
+
+
+class Reflection(reflection.aio.ReflectionServicer):
+    """Server reflection, at most `REFLECTIONS` streams at once (then RESOURCE_EXHAUSTED)."""
+
+    def __init__(self, service_names: tuple[str, ...]) -> None:
+        super().__init__(service_names)
+        self.streams = 0
+
+    async def ServerReflectionInfo(
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        if self.streams >= REFLECTIONS:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, _too_many("reflection", REFLECTIONS)
+            )
+        self.streams += 1
+        try:
+            async for reply in super().ServerReflectionInfo(request_iterator, context):
+                yield reply
+        finally:
+            self.streams -= 1
+
+
 class Transport:
     """Channels to peers and this node's server."""
 
     def __init__(self, settings: NodeSettings, tls: TlsFiles | None) -> None:
         self.settings = settings
         self.tls = tls
-        self.health = health.HealthServicer()
+        self.health = Health()
         self.server: grpc.aio.Server | None = None
         self.dial_log: DialLog | None = None
         self.reserved: socket.socket | None = None
@@ -126,15 +203,16 @@ class Transport:
 
     async def start(self, servicer: pb_grpc.SwarmServicer, max_rpcs: int) -> int:
         """Serve `servicer`, health and reflection on the listen address (at most
-        `max_rpcs` calls at once, gRPC's own cap); the bound port."""
+        `max_rpcs` Swarm calls at once, and the streams of health and reflection, in
+        gRPC's own cap on calls in flight); the bound port."""
         s = self.settings
         options = [*grpc_options(s), ("grpc.so_reuseport", 0)]
-        server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_rpcs)
+        cap = max_rpcs + WATCHES + REFLECTIONS
+        server = grpc.aio.server(options=options, maximum_concurrent_rpcs=cap)
         pb_grpc.add_SwarmServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(Reflection(names), server)
         if self.reserved is not None:  # hand the reserved port over to gRPC
             self.reserved.close()
             self.reserved = None
