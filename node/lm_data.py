@@ -11,9 +11,13 @@ Formats (`Recipe.data_format`; `auto` picks the first whose columns are present)
   (the user turn is the instruction, then a blank line and the input when there is one);
 - `text`: one document per row in `text_column` (the fallback, and the embedded BBC News).
 The last three conversational formats become one user/assistant turn each. Roles are
-read in lower case, and `model` (Gemma's name) as `assistant`. A `text_column` other
-than the default "text" is an explicit choice: `auto` then reads text. Every
-malformed row raises `DataError` naming the row, with a hint.
+read in lower case, and `model` (Gemma's name) as `assistant`. An assistant turn's
+`weight` (OpenAI's fine-tuning format: 0 or 1, default 1) says whether it is trained:
+a weight-0 reply is context only; a weight on another role's turn, any other value, or
+a conversation whose every reply has weight 0 is a `DataError`. Other keys of a turn
+(OpenAI's `name`, `tool_calls`, ...) are not read: one warning per split names them.
+A `text_column` other than the default "text" is an explicit choice: `auto` then
+reads text. Every malformed row raises `DataError` naming the row, with a hint.
 
 Encoding (`encode_lm`), what training relies on:
 - text, packed (`packing`, the default): every document is tokenized, followed by EOS,
@@ -122,6 +126,7 @@ class LmFormat:
             column = self._messages(columns)
             values, _ = column_values(ds, where, column, "chat", "--messages-column")
             chats = tuple(_chat(v, n, where, column) for n, v in enumerate(values, 1))
+            _warn_unread(where, values)
         elif fmt == "prompt-response":
             chats = self._pairs(ds, where, columns)
         else:
@@ -181,6 +186,7 @@ class LmFormat:
                 )
             completion = _chat(reply_turns, number, where, response)
             chats.append((*turns, *completion))
+        _warn_unread(where, [*raw, *replies])
         return tuple(chats)
 
 
@@ -271,7 +277,68 @@ def _chat(value: object, row: int, where: str, column: str) -> Chat:
             "end each conversation with the assistant's reply; the reply's role is "
             "'assistant' (also read: 'model', Gemma's name, and ShareGPT's 'gpt')",
         )
+    if not any(_trained(role) for role, _ in turns):
+        raise DataError(
+            f"{at}: every assistant turn has weight 0 (nothing to train on)",
+            "remove the row or give a reply weight 1",
+        )
     return turns
+
+
+class UntrainedRole(str):
+    """The role "assistant" of a reply with weight 0: rendered as any assistant turn
+    (it equals "assistant"), but none of its tokens carries a label."""
+
+    __slots__ = ()
+
+
+ASSISTANT_UNTRAINED = UntrainedRole("assistant")
+READ_KEYS = frozenset({"role", "content", "weight", "from", "value"})  # ShareGPT: from, value
+
+
+def _trained(role: str) -> bool:
+    """Whether a turn of `role` carries labels: an assistant turn not of weight 0."""
+    return role == "assistant" and not isinstance(role, UntrainedRole)
+
+
+def _weight(turn: Mapping[Any, Any], role: str, at: str, t: int) -> str:
+    """`role`, or `ASSISTANT_UNTRAINED` for an assistant turn of weight 0; a weight
+    other than 0 or 1, or one on another role's turn, is a `DataError`."""
+    weight = turn.get("weight")
+    if weight is None:  # absent (a file's other turns give it: the column reads None)
+        return role
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight not in (0, 1):
+        raise DataError(
+            f"{at}: turn {t} ({role}) has weight {weight!r}",
+            "a weight is 0 (not trained) or 1 (trained, the default)",
+        )
+    if role != "assistant":
+        raise DataError(
+            f"{at}: turn {t} ({role}) has a weight, but only assistant turns are trained",
+            "remove the weight from the turns that are not the assistant's",
+        )
+    return role if weight else ASSISTANT_UNTRAINED
+
+
+def _warn_unread(where: str, values: Sequence[object]) -> None:
+    """One warning naming the keys (with a value) of the turns in `values` (lists of
+    turns; anything else is skipped) that are not read."""
+    unread = {
+        str(key)
+        for value in values
+        if isinstance(value, (list, tuple))
+        for turn in value
+        if isinstance(turn, Mapping)
+        for key, v in turn.items()
+        if key not in READ_KEYS and v is not None  # None: absent from this turn
+    }
+    if unread:
+        _log.warning(
+            "%s: the chat turns' keys %s are not read (declora reads role, content and "
+            "weight, or ShareGPT's from and value): their information is not trained on",
+            where,
+            sorted(unread),
+        )
 
 
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant"}  # ShareGPT's "from" -> role
@@ -309,7 +376,7 @@ def _chat_turns(value: list[object], row: int, where: str, column: str) -> Chat:
                 f"{at}: turn {t} is an empty assistant reply",
                 "remove the row or write the reply",
             )
-        turns.append((role, content))
+        turns.append((_weight(turn, role, at, t), content))
     return tuple(turns)
 
 
@@ -317,7 +384,7 @@ def _chat_turns(value: list[object], row: int, where: str, column: str) -> Chat:
 
 
 def _messages(chat: Chat) -> list[dict[str, str]]:
-    return [{"role": role, "content": content} for role, content in chat]
+    return [{"role": str(role), "content": content} for role, content in chat]
 
 
 def _as_chat(messages: str | Sequence[Mapping[str, str]]) -> Chat:
@@ -346,16 +413,16 @@ def _template(tok: Tokenizer, messages: list[dict[str, str]], generation: bool) 
 
 def _segments(tok: Tokenizer, chat: Chat) -> list[tuple[str, bool]]:
     """The rendered conversation in pieces (text, trained); trained = an assistant turn
-    through the EOS text that closes it."""
+    (not of weight 0) through the EOS text that closes it."""
     _, eos = _eos(tok)
     if not tok.has_chat_template:
-        return [(c + eos, True) if r == "assistant" else (c + "\n", False) for r, c in chat]
+        return [(c + eos, _trained(r)) if r == "assistant" else (c + "\n", False) for r, c in chat]
     msgs = _messages(chat)
     full = _template(tok, msgs, False)
     out: list[tuple[str, bool]] = []
     pos = 0
     for i, (role, _) in enumerate(chat):
-        if role != "assistant":
+        if not _trained(role):  # another role's turn, or a reply of weight 0
             continue
         before = _template(tok, msgs[:i], True)
         after = _template(tok, msgs[: i + 1], False)
