@@ -22,6 +22,8 @@ error here is a one-line `ModelError` with a hint.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -40,6 +42,7 @@ HUB_IDS = {
     EMBEDDED_MODEL: "sentence-transformers/all-MiniLM-L6-v2",
     EMBEDDED_LLM: "HuggingFaceTB/SmolLM2-135M-Instruct",
 }
+_log = logging.getLogger(__name__)
 
 
 class ModelError(HintedError):
@@ -64,19 +67,75 @@ class HeadSizeError(ModelError):
         )
 
 
-def check_head(name: str, config: Any, num_labels: int) -> None:
-    """`HeadSizeError` when `config` is a sequence classifier's (a saved head) whose
+def _head_names(config: Any, count: int) -> tuple[str, ...]:
+    id2label = dict(getattr(config, "id2label", None) or {})
+    return tuple(str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(count))
+
+
+def check_head(
+    name: str, config: Any, num_labels: int, labels: Sequence[str] = ()
+) -> tuple[int, ...] | None:
+    """For a sequence classifier's `config` (a saved head): `HeadSizeError` when its
     number of labels is not `num_labels` (transformers would refuse it with a
-    RuntimeError about mismatched sizes, naming neither the data nor the labels)."""
+    RuntimeError about mismatched sizes, naming neither the data nor the labels).
+
+    With `labels` (the run's names, in id order) and a head whose config names its
+    labels (not transformers' generic LABEL_0, ...): the head's row for each of
+    `labels` when they are its names in another order (the caller reorders the
+    rows), else None; names that differ from the head's are logged as a warning
+    (its rows are then used by position)."""
     archs = getattr(config, "architectures", None) or []
     if not any(str(a).endswith("ForSequenceClassification") for a in archs):
-        return
+        return None
     have = int(getattr(config, "num_labels", num_labels))
-    if have == num_labels:
-        return
-    id2label = dict(getattr(config, "id2label", None) or {})
-    names = tuple(str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(have))
-    raise HeadSizeError(name, names, num_labels)
+    names = _head_names(config, have)
+    if have != num_labels:
+        raise HeadSizeError(name, names, num_labels)
+    wanted = tuple(str(n) for n in labels)
+    generic = names == tuple(f"LABEL_{i}" for i in range(have))
+    if not wanted or generic or names == wanted:
+        return None
+    if sorted(names) == sorted(wanted) and len(set(names)) == have:
+        return tuple(names.index(n) for n in wanted)
+    _log.warning(
+        "the model %r has a classification head for the labels %s, the run's are %s: "
+        "its rows are used in order (row i for the run's label i)",
+        name, list(names[:10]), list(wanted[:10]),
+    )  # fmt: skip
+    return None
+
+
+def _head_layer(model: nn.Module, num_labels: int) -> nn.Linear:
+    """The classifier's output layer: the one linear layer outside the backbone with
+    `num_labels` outputs (BERT's classifier, RoBERTa's classifier.out_proj, Llama's score)."""
+    prefix = str(getattr(model, "base_model_prefix", "")) + "."
+    found = [
+        m
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and m.out_features == num_labels and not n.startswith(prefix)
+    ]
+    if len(found) != 1:
+        raise ModelError(
+            f"cannot find the classification head's output layer ({len(found)} candidates) "
+            "to put its rows in the run's label order",
+            "give data or --labels with the head's classes in its order",
+        )
+    return found[0]
+
+
+def reorder_head(model: nn.Module, order: Sequence[int], labels: Sequence[str]) -> None:
+    """Put the saved head's rows in `labels`' order (`order[i]` the row of `labels[i]`,
+    from `check_head`), and name them so in the model's config."""
+    layer = _head_layer(model, len(order))
+    index = torch.tensor(list(order), dtype=torch.long, device=layer.weight.device)
+    with torch.no_grad():
+        layer.weight.copy_(layer.weight[index].clone())
+        if layer.bias is not None:
+            layer.bias.copy_(layer.bias[index].clone())
+    config: Any = getattr(model, "config", None)
+    if config is not None:
+        config.id2label = {i: str(n) for i, n in enumerate(labels)}
+        config.label2id = {str(n): i for i, n in enumerate(labels)}
 
 
 class Tokenizer(Protocol):
@@ -299,6 +358,7 @@ def load_base(
     quantize: str = "none",
     device: str = "cpu",
     max_length: int | None = None,
+    labels: Sequence[str] = (),
 ) -> BaseModel:
     """Load a frozen base model; random parts (tiny weights, a new head) come from `seed`.
 
@@ -307,7 +367,12 @@ def load_base(
     (tokens per example) a model whose context is shorter is refused before its
     weights load (`check_context`). A local path that is not a model folder, a folder
     without a tokenizer, or a hub id neither cached nor reachable is a `ModelError`
-    (`model_source.find_model`)."""
+    (`model_source.find_model`).
+
+    For task "cls", `labels` (the run's names in id order, optional) are compared with
+    the names a saved head's config gives its rows: the same names in another order
+    reorder its rows to `labels`' order (logged), other names are a warning
+    (`check_head`)."""
     if task == "cls" and num_labels < 2:
         raise ModelError(f"sequence classification needs >= 2 labels, got {num_labels}")
     torch.manual_seed(seed)
@@ -331,8 +396,7 @@ def load_base(
         config = source.config()
         family = str(config.model_type)
         check_task(name, config, task)
-        if task == "cls":
-            check_head(name, config, num_labels)
+        order = check_head(name, config, num_labels, labels) if task == "cls" else None
         if max_length is not None:
             check_context(name, config, max_length)
         hf_tok = source.tokenizer()
@@ -357,6 +421,13 @@ def load_base(
         finally:
             hf_logging.set_verbosity(verbosity)
         tokenizer = HFTokenizer(hf_tok)
+        if order is not None:
+            reorder_head(model, order, labels)
+            _log.info(
+                "the model %r's classification head names its labels %s: its rows are "
+                "reordered to the run's order %s",
+                name, list(_head_names(config, len(order))), list(labels),
+            )  # fmt: skip
         if task == "cls" and getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = tokenizer.pad_id
     for p in model.parameters():
