@@ -4,10 +4,13 @@ PATH may be a PEFT adapter folder (adapter_config.json + adapter_model.safetenso
 optionally declora.json), a DECA full model folder (model.safetensors + declora.json),
 a checkpoint folder (`ckpt-*` with adapter/ and state.pt) or a checkpoint root (its
 LATEST checkpoint, else its final adapter/): the folders predict and export accept,
-found by the same `adapter_io.adapter_folder`. Nothing is modified. Beside the config
-fingerprint it shows `weights_sha256`, a hash of the weights file's tensors (names
-sorted; name, dtype, shape and bytes of each), equal for two adapters exactly when their
-weights agree; and the hash `declora.json` recorded at save time, if any.
+found by the same `adapter_io.adapter_folder`; or a plain transformers model folder
+(model.safetensors without declora.json: a base model, `export --merge`'s output),
+shown as kind "model" with a line saying predict and export refuse it. Nothing is
+modified. Beside the config fingerprint it shows `weights_sha256`, a hash of the
+weights file's tensors (names sorted; name, dtype, shape and bytes of each), equal for
+two adapters exactly when their weights agree; and the hash `declora.json` recorded at
+save time, if any.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ def inspect_path(path: Path) -> dict[str, Any]:
     adapter, ckpt = _adapter_dir(path)
     meta = _read_json(adapter / DECLORA_INFO)
     full = meta.get("format") == FULL_MODEL or not (adapter / ADAPTER_CONFIG).is_file()
+    plain = full and meta.get("format") != FULL_MODEL  # no declora adapter: a model folder
     weights = adapter / (MODEL_WEIGHTS if full else ADAPTER_WEIGHTS)
     if not weights.is_file():
         raise InspectError(f"{adapter} has no {weights.name}")
@@ -96,7 +100,7 @@ def inspect_path(path: Path) -> dict[str, Any]:
     spec = meta.get("spec") or {}
     info: dict[str, Any] = {
         "path": str(adapter),
-        "kind": "checkpoint" if ckpt else "adapter",
+        "kind": "checkpoint" if ckpt else "model" if plain else "adapter",
         "fingerprint": meta.get("fingerprint", ""),
         "weights_sha256": digest,
         "recorded_weights_sha256": meta.get("weights_sha256"),
@@ -183,8 +187,15 @@ def render(info: dict[str, Any]) -> None:
         else f"LoRA r={lora['r']} alpha={lora['lora_alpha']} targets={lora['target_modules']} "
         f"task={lora['task_type']}" + (f" method={info['method']}" if info["method"] else "")
     )
+    plain = (
+        "a transformers model folder, not an adapter: predict and export take a node's "
+        "adapter/ or checkpoint; start and simulate take this folder as --model\n"
+        if info["kind"] == "model"
+        else ""
+    )
     console.print(
         f"[bold]{info['kind']}[/] {info['path']}\n"
+        f"{plain}"
         f"fingerprint {info['fingerprint'] or '(none: not written by declora)'}  "
         f"weights sha256 {info['weights_sha256'][:16]}{changed}\n"
         f"round {info['round']}  node {info['node_id']}\n"
