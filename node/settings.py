@@ -70,7 +70,7 @@ def _syntax_error(path: Path, kind: str, exc: Exception) -> ConfigFileError:
 def read_config_file(path: Path) -> dict[str, Any]:
     """Options from a TOML, JSON or YAML file (keys as in `NodeSettings`, - or _);
     ConfigFileError when it cannot be read or parsed (naming the line and column, never
-    quoting the file) or is not a mapping."""
+    quoting the file), is not a mapping, or spells one option both ways."""
     suffix = path.suffix.lower()
     kinds = {".toml": "TOML", ".json": "JSON", ".yaml": "YAML", ".yml": "YAML"}
     if not path.is_file():
@@ -101,7 +101,18 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise _syntax_error(path, kind, exc) from None  # no chain: it quotes the file
     if not isinstance(data, dict):
         raise ConfigFileError(f"{path}: the top level must be a mapping of options")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+    out: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
+    for k, v in data.items():
+        key = str(k).replace("-", "_")
+        if key in out:  # text-column and text_column: which one would win is a guess
+            raise ConfigFileError(
+                f"{path}: keys {spelled[key]!r} and {str(k)!r} are both the option "
+                f"{option_name(key)}",
+                "keep one of them",
+            )
+        out[key], spelled[key] = v, str(k)
+    return out
 
 
 def check_address(value: str) -> str:

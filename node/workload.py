@@ -237,6 +237,9 @@ def load_workload(
             "declare the swarm's classes with --labels a,b,... (or --labels @FILE) when this "
             "node's shard lacks some, or check --label-column",
         )
+    if cls:
+        _check_classes(recipe, train, test)
+    rows, held = len(train) + len(test), len(test)
     if max_train and max_train < len(train):  # a seeded subset, in the permuted order
         train = train.subset(np.random.default_rng(recipe.seed).permutation(len(train))[:max_train])
     test = cap(test, recipe.eval_cap, recipe.seed)
@@ -250,6 +253,12 @@ def load_workload(
     else:
         parts = [np.arange(len(train))]
     parts, validation = carve_validation(parts, recipe.validation_fraction, recipe.seed)
+    if recipe.validation_fraction and not len(validation):
+        problem = _no_validation(recipe, parts)
+        if "validation_fraction" in recipe.model_fields_set:  # the user's choice: refused
+            raise problem
+        _log.warning("%s; going on without validation (%s)", problem.message, problem.hint)
+    _log.info("%s", data_line(recipe, rows, held, parts, validation))
     if lm is None:
         names = train.label_names if cls else ()
         kind = model_type or (BlockModel if recipe.method == "deca" else LoraModel)
@@ -273,3 +282,72 @@ def carve_validation(
         held.append(rows[order[:n]])
         kept.append(np.sort(rows[order[n:]]))
     return kept, np.sort(np.concatenate(held)).astype(np.int64) if held else np.zeros(0, np.int64)
+
+
+# a label column with more classes than this, more than half of them on one row, is
+# refused: a score or an id column, not classes (`_check_classes`)
+MAX_SINGLETON_CLASSES = 10
+
+
+def _check_classes(recipe: Recipe, train: TextDataset, test: TextDataset) -> None:
+    """DataError when the label column is mostly singletons: more than
+    `MAX_SINGLETON_CLASSES` classes in the file and more than half of them on a single
+    row (a continuous score or an id, which would train an N-class classifier with one
+    row a class). A small real dataset (a few classes, several rows each) passes."""
+    rows = [d.labels for d in (train, test) if d.labels is not None and len(d.labels)]
+    if not rows:
+        return
+    counts = np.bincount(np.concatenate(rows))
+    present = int(np.count_nonzero(counts))
+    single = int(np.count_nonzero(counts == 1))
+    if present > MAX_SINGLETON_CLASSES and 2 * single > present:
+        raise DataError(
+            f"{recipe.data}: column {recipe.label_column!r} has {present} distinct labels "
+            f"in {int(counts.sum())} rows, {single} of them on a single row: that is no "
+            "class label (a score or an id?)",
+            "is --label-column the right column? a classifier needs several rows per label",
+        )
+
+
+def _no_validation(recipe: Recipe, parts: list[np.ndarray]) -> DataError:
+    """The error for a `validation_fraction` that holds out no row of any share, naming
+    the largest share and the smallest fraction (in hundredths) that holds one out."""
+    largest = max((len(p) for p in parts), default=0)
+    fraction = recipe.validation_fraction
+    smallest = next(
+        (k / 100 for k in range(1, 51) if min(round(largest * k / 100), largest - 1) >= 1), None
+    )
+    fix = (
+        f"use --validation-fraction {smallest:g} or more (one row of {largest}), or 0 for none"
+        if smallest is not None
+        else "use --validation-fraction 0: a share of one row keeps it to train on"
+    )
+    return DataError(
+        f"{recipe.data}: --validation-fraction {fraction:g} holds out no row: the largest "
+        f"share has {largest} row(s) to train on, and {fraction:g} x {largest} rounds to 0",
+        fix,
+    )
+
+
+def data_line(
+    recipe: Recipe, rows: int, held: int, parts: list[np.ndarray], validation: np.ndarray
+) -> str:
+    """What a run trains and evaluates on, for the log: the `rows` read (after dedupe),
+    those trained on (and how they are shared out), the `held` test rows the eval lines
+    score (held out of the file, or its own test split; `eval_cap` of them at most) and
+    the validation rows."""
+    trained = sum(len(p) for p in parts)
+    shares = ""
+    if len(parts) > 1:
+        sizes = [len(p) for p in parts]
+        shares = f" in {len(parts)} shares of {min(sizes)}-{max(sizes)}"
+    scored = min(held, recipe.eval_cap or held)
+    if not held:
+        test = "none held out as a test set (evaluation is off)"
+    else:
+        of = f", {scored} of them scored" if scored < held else ""
+        test = f"{held} held out as the test set of the eval lines{of}"
+    return (
+        f"DATA {recipe.data}: {rows} rows: {trained} to train on{shares}, {test}, "
+        f"{len(validation)} for validation"
+    )
