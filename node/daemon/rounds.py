@@ -27,6 +27,7 @@ Invariants callers may rely on:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -66,6 +67,7 @@ class RoundLoop:
         # sources of the catch-ups that took a state within the last CATCH_UP_MAX_WAIT
         # seconds: node id -> `clock` time it ended (at most one per CATCH_UP_EVERY)
         self.caught_up_from: dict[str, float] = {}
+        self.evaluated: bytes | None = None  # a digest of the adapter evaluated last
 
     async def catch_up(self) -> None:
         """Take an advanced neighbour's state (`catchup`), then wait before the next
@@ -220,17 +222,23 @@ class RoundLoop:
                 break
             await self.run_round(train=False)
             self.store.record("consensus", False)
-        await self.evaluate()
+        await self.evaluate(final=True)
         self.store.record("final", True)
         progress.state = NodeState.DONE
 
-    async def evaluate(self) -> None:
-        """Evaluate the adapter on the test set (when there is one)."""
+    async def evaluate(self, *, final: bool = False) -> None:
+        """Evaluate the adapter on the test set (when there is one) and log the result;
+        the `final` evaluation skips an adapter equal to the one evaluated last (its
+        result stands: a run whose last round evaluated logs no second line)."""
         parts = self.parts
         if parts.test is None:
             return
-        self.progress.state = NodeState.EVALUATING
         vec = parts.node.model_vector()
+        digest = hashlib.blake2b(np.ascontiguousarray(vec).data, digest_size=16).digest()
+        if final and digest == self.evaluated:
+            return
+        self.evaluated = digest
+        self.progress.state = NodeState.EVALUATING
         self.report.last_eval = await asyncio.to_thread(parts.lm.evaluate, vec, parts.test)
         if "accuracy" in self.report.last_eval:
             self.metrics.accuracy.set(self.report.last_eval["accuracy"])
