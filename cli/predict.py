@@ -4,16 +4,23 @@
 reads, or standard input: plain lines, or JSON lines when the first line is an
 object), loads the adapter with `load_adapter` and prints one line per text: the
 label and its probability (classifier), or the mean token loss and perplexity
-(causal LM); `--format json` prints one JSON object per line instead.
+(causal LM), tab-separated; `--format json` prints one JSON object per line instead.
+Line input (.txt, stdin) gives one output line per input line, in order, so `paste`
+lines them up: a blank line gives an empty line (json: its keys with null values).
+Input that is not UTF-8, on stdin as in a file, is a `DataError`.
 
 `export --merge` writes a plain transformers model folder (`export_merged`); without
 `--merge` it copies the PEFT adapter folder (out of a checkpoint, say). A DECA full
 model folder loads, predicts and copies the same way; `--merge` re-saves it as is.
+Its output may replace an earlier export, never what it reads (the adapter, its
+checkpoint root, a local base model), a declora run (`run_folder.earlier_run`) or a
+folder another process holds (`run_folder.hold`: a running node's) or anything in them.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,10 +32,14 @@ from declora.node.adapter_io import AdapterError, adapter_folder, export_merged,
 from declora.node.data import DataError, column_values, is_chat_turns, read_splits
 from declora.node.data import read_texts as column_texts
 from declora.node.models import ModelError
+from declora.node.run_folder import FolderBusy, earlier_run, held, hold, release
 
 # what `predict` and `export` report as one line `error: ...` (exit 2)
 USER_ERRORS = (AdapterError, DataError, ModelError)
 STDIN = "<stdin>"
+# where a text-mode file ends a line; str.splitlines also splits at \f, \x1c or U+2028,
+# which `paste` and `wc -l` do not
+LINE_END = re.compile(r"\r\n|\r|\n")
 # chat turns given to predict: it scores texts; an LM adapter answers turns in `generate`
 CHAT_HINT = (
     "predict reads one text a row: name a text column with --text-column; to answer "
@@ -58,6 +69,7 @@ def _jsonl_texts(lines: list[str], text_column: str, source: str) -> list[str]:
     texts = []
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
+            texts.append("")  # a blank line keeps its place in the output
             continue
         try:
             row = json.loads(line)
@@ -86,15 +98,22 @@ def _jsonl_texts(lines: list[str], text_column: str, source: str) -> list[str]:
 
 
 def text_lines(source: str, stdin: TextIO) -> tuple[list[str], str]:
-    """The lines of UTF-8 text file `source` ("-": `stdin`) without a byte-order mark,
-    and the name to report it by; `DataError` when it is not UTF-8."""
+    """The lines of UTF-8 text file `source` ("-": `stdin`, read as bytes when it has a
+    buffer) without a byte-order mark, split at \\n, \\r\\n or \\r only, and the name to
+    report it by; `DataError` when it is not UTF-8 (stdin as a file: never surrogates)."""
     label = STDIN if source == "-" else source
     try:
-        if source == "-":
-            return stdin.read().removeprefix("\ufeff").splitlines(), label
-        return Path(source).read_text(encoding="utf-8-sig").splitlines(), label
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{label}: not UTF-8 text ({exc.reason})", "save it as UTF-8") from exc
+        if source != "-":
+            text = Path(source).read_text(encoding="utf-8-sig")
+        elif (raw := getattr(stdin, "buffer", None)) is not None:
+            text = raw.read().decode("utf-8-sig")
+        else:  # a text stream: bytes it let through as surrogates are decoded again
+            text = stdin.read().encode("utf-8", "surrogateescape").decode("utf-8-sig")
+    except (UnicodeDecodeError, UnicodeEncodeError) as exc:
+        hint = "convert it with `iconv -t UTF-8`" if source == "-" else "save it as UTF-8"
+        raise DataError(f"{label}: not UTF-8 text ({exc.reason})", hint) from exc
+    lines = LINE_END.split(text)
+    return (lines[:-1] if lines[-1] == "" else lines), label
 
 
 def _file_texts(path: Path, text_column: str) -> list[str]:
@@ -116,11 +135,13 @@ def _file_texts(path: Path, text_column: str) -> list[str]:
 
 
 def read_texts(source: str, text_column: str, stdin: TextIO) -> list[str]:
-    """The texts to predict, in input order; `DataError` if there are none or they are bad.
+    """The texts to predict, in input order; "" for a blank line, which keeps its place
+    (`run_predict` writes an empty line for it); `DataError` if there are none or they
+    are bad.
 
     `source` "-" reads `stdin`: JSON lines when its first non-blank line starts with
-    "{", else one text per non-blank line. A `.txt` file is one text per non-blank
-    line; any other file goes through `data.read_splits` with `text_column` (labels ignored).
+    "{", else one text per line (stripped). A `.txt` file is one text per line; any
+    other file goes through `data.read_splits` with `text_column` (labels ignored).
     """
     if source != "-":
         path = Path(source)
@@ -134,7 +155,7 @@ def read_texts(source: str, text_column: str, stdin: TextIO) -> list[str]:
         raise DataError(f"{label}: no texts", "give one text per line, or JSON lines")
     if source == "-" and first.lstrip().startswith("{"):
         return _jsonl_texts(lines, text_column, label)
-    return [line.strip() for line in lines if line.strip()]
+    return [line.strip() for line in lines]
 
 
 def run_predict(
@@ -147,31 +168,34 @@ def run_predict(
     base: str | None = None,
     batch_size: int = 32,
 ) -> int:
-    """Print one prediction line per text to `out`; returns how many texts there were."""
+    """Print one prediction line per text to `out`, in input order; a blank line of the
+    input (`read_texts`' "") gets an empty line (json: its keys with null values).
+    Returns how many texts it scored."""
     from declora.node.adapter_io import load_adapter
 
     if batch_size < 1:
         raise DataError(f"--batch-size must be >= 1, got {batch_size}")
     adapter_folder(adapter)  # a wrong path fails before reading stdin
     texts = read_texts(source, text_column, stdin)  # bad input fails before the model loads
+    scored = [text for text in texts if text]
     with quiet_transformers():
         loaded = load_adapter(adapter, base=base)
+    rows: list[tuple[dict[str, object], str]] = []  # (json row, text line) per scored text
     if loaded.task == "cls":
-        for text, p in zip(texts, loaded.predict(texts, batch_size), strict=True):
-            if fmt == "json":
-                row = {"text": text, "label": p.label, "probability": p.probability}
-                out.write(json.dumps({**row, "scores": p.scores}) + "\n")
-            else:
-                out.write(f"{p.label}\t{p.probability:.4f}\n")
+        for text, p in zip(scored, loaded.predict(scored, batch_size), strict=True):
+            row = {"text": text, "label": p.label, "probability": p.probability}
+            rows.append(({**row, "scores": p.scores}, f"{p.label}\t{p.probability:.4f}"))
+        blank: dict[str, object] = {"label": None, "probability": None, "scores": None}
     else:
-        for text, loss in zip(texts, loaded.text_losses(texts, batch_size), strict=True):
-            if fmt == "json":
-                out.write(
-                    json.dumps({"text": text, "loss": loss, "perplexity": perplexity(loss)}) + "\n"
-                )
-            else:
-                out.write(f"{loss:.4f}\t{perplexity(loss):.2f}\n")
-    return len(texts)
+        for text, loss in zip(scored, loaded.text_losses(scored, batch_size), strict=True):
+            row = {"text": text, "loss": loss, "perplexity": perplexity(loss)}
+            rows.append((row, f"{loss:.4f}\t{perplexity(loss):.2f}"))
+        blank = {"loss": None, "perplexity": None}
+    done = iter(rows)
+    for text in texts:
+        row, line = next(done) if text else ({"text": "", **blank}, "")
+        out.write((json.dumps(row) if fmt == "json" else line) + "\n")
+    return len(scored)
 
 
 def _check_weights(path: Path) -> None:
@@ -186,12 +210,75 @@ def _check_weights(path: Path) -> None:
         raise AdapterError(f"{path} is not a readable safetensors file: {exc}") from exc
 
 
+def _holder(folder: Path) -> str | None:
+    """Who else holds existing folder `folder` (`run_folder.hold`: a running node, a
+    lab): "pid N" or "another process"; None when no other process does."""
+    if held(folder):
+        return None
+    try:
+        if hold(folder):
+            release(folder)
+    except FolderBusy as exc:
+        return f"pid {exc.pid}" if exc.pid else "another process"
+    except OSError:  # unreadable: not a folder a node could hold
+        pass
+    return None
+
+
+def _sources(adapter: Path, base: str | None) -> list[Path]:
+    """The folders `export` reads: `adapter` as given, its adapter folder, and the base
+    model when it is a local folder (`base`, or the one its declora.json records)."""
+    folder = adapter_folder(adapter)
+    found = [adapter, folder]
+    try:
+        info = json.loads((folder / DECLORA_INFO).read_text())
+        names = [base, (info.get("base") or {}).get("local_path"), info["spec"].get("model")]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        names = [base]  # no readable declora.json: `_export` says what is wrong
+    found += [Path(n).expanduser() for n in names if isinstance(n, str) and n]
+    return [p for p in found if p.exists()]
+
+
+def check_export_output(adapter: Path, output: Path, base: str | None = None) -> None:
+    """`AdapterError` (nothing written) when `export` may not replace `output`: it, or a
+    folder it is in, is held by another process (a running node's --checkpoint-dir); it
+    is, holds or is inside a folder export reads (`_sources`); it holds a declora run
+    (`run_folder.earlier_run`: LATEST, ckpt-*, rounds.jsonl) or is one of a run's parts.
+    --force replaces an earlier export, never a run nor what the user keeps with it."""
+    out = output.resolve()
+    for folder in (out, *out.parents):
+        who = _holder(folder) if folder.is_dir() else None
+        if who:
+            where = "is" if folder == out else f"is inside {folder}, which is"
+            raise AdapterError(
+                f"--output {output} {where} held by {who} (a running node's folder?)",
+                "stop that process first, or choose another --output",
+            )
+    for source in _sources(adapter, base):
+        src = source.resolve()
+        if out == src or out in src.parents or src in out.parents:
+            how = "is" if out == src else "holds" if out in src.parents else "is inside"
+            raise AdapterError(
+                f"--output {output} {how} {source}, which export reads",
+                f"choose an --output outside {source}",
+            )
+    run = earlier_run(out)
+    if run or out.name in earlier_run(out.parent):
+        what = f"holds a declora run ({', '.join(run[:3])})" if run else "is part of one"
+        raise AdapterError(
+            f"--output {output} {what}: --force replaces an earlier export, not a run",
+            "choose another --output (delete the run yourself if you mean to)",
+        )
+
+
 def run_export(adapter: Path, output: Path, merge: bool, base: str | None = None) -> str:
     """Write `output` (merged model, or a copy of the adapter); returns a summary line.
     An `output` that holds files is replaced whole, once the new one is written (the CLI
-    refuses it without --force); an empty one is filled."""
+    refuses it without --force); an empty one is filled. `check_export_output` first:
+    what export reads, a declora run or another process's folder is never replaced."""
     from declora.node.adapter import atomic_replace_dir, new_build_dir
 
+    check_export_output(adapter, output, base)
     target = output
     if output.is_dir() and any(output.iterdir()):
         target = new_build_dir(output)  # written beside it, then moved into its place
