@@ -836,8 +836,9 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 32,
     debug: DebugOpt = False,
 ) -> None:
-    """Classify texts with a saved adapter: label and probability per line (an LM adapter:
-    each text's mean token loss and perplexity)."""
+    """Classify texts with a saved adapter: one output line per input line, in order (a
+    blank line gives an empty one): label and probability (an LM adapter: each text's
+    mean token loss and perplexity)."""
     from declora.cli.predict import USER_ERRORS, run_predict
 
     _check_format(fmt)
@@ -926,7 +927,9 @@ def export(
     force: ForceOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Export a saved adapter: with --merge, a model transformers loads on its own."""
+    """Export a saved adapter: with --merge, a model transformers loads on its own.
+    --force replaces an earlier export, never the adapter's folder, a declora run or a
+    running node's folder."""
     from declora.cli.predict import USER_ERRORS, run_export
 
     if output is None:
