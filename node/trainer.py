@@ -146,6 +146,7 @@ class LoraModel:
         base: BaseModel = load_base(
             spec.model, spec.task, num_labels, spec.seed,  # type: ignore[arg-type]
             quantize=spec.quantize, device=device, max_length=spec.max_length,
+            labels=names,
         )  # fmt: skip
         if names:
             config: Any = base.model.config

@@ -71,3 +71,15 @@ def test_a_head_with_other_names_is_used_by_position_with_a_warning(
     with caplog.at_level(logging.INFO, logger="declora.node.models"):
         assert _answer(generic, ("negative", "positive")) == "negative"
     assert "declora.node.models" not in {r.name for r in caplog.records}
+
+
+def test_a_run_trains_the_reordered_head(tmp_path: Path) -> None:
+    from declora.node.trainer import LoraModel, LoraSpec
+
+    folder = _sentiment(tmp_path / "base", {0: "positive", 1: "negative"})
+    lm = LoraModel(LoraSpec(model=str(folder), task="cls", max_length=8), 2,
+                   label_names=("negative", "positive"))  # fmt: skip
+    ids, mask = lm.tokenizer(["a a"], 8)
+    with torch.no_grad():
+        row = int(lm.model(input_ids=ids, attention_mask=mask).logits.argmax(-1))
+    assert lm.model.config.id2label[row] == "positive"  # was "negative"
