@@ -15,7 +15,10 @@ Causal-LM formats (chat messages, prompt/response, instruction) are read by an
 `load_dataset` drops exact and near-duplicate texts before it splits (node/dedupe.py;
 conversations compared without their system turns), so no test text is a copy of a
 training text; a file that leaves no training row is a `DataError` counting the rows
-read, dropped and held out. A JSON or CSV file in UTF-16/32 is named as such.
+read, dropped and held out. A JSON or CSV file in UTF-16/32 is named as such. CSV/TSV
+files are read as spreadsheets write them (Excel's `sep=X` first line, a trailing comma
+on every line); a file pandas would misread silently (a stray quote mark swallowing
+rows, a `;`-separated file named .csv) is refused naming its line (`_csv_options`).
 """
 
 from __future__ import annotations
@@ -145,6 +148,34 @@ def stratified_split(
         test.append(idx[:n_test])
         train.append(idx[n_test:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def no_test_rows(
+    source: str, train: TextDataset, test_fraction: float = BBC_TEST_FRACTION
+) -> DataError:
+    """The `DataError` of a run that needs a test set when `load_dataset` left none:
+    it counts `train`'s rows and classes and, when that is the cause, says that each
+    class's `test_fraction` rounds to 0 rows (`stratified_split`) and how many rows a
+    class needs for one test row."""
+    fraction = f"{test_fraction:.0%}"
+    if train.labels is not None and len(train):
+        counts = np.bincount(train.labels)
+        counts = counts[counts > 0]
+        largest = int(counts.max())
+        if round(largest * test_fraction) == 0:
+            need = next(n for n in range(largest + 1, 10**6) if round(n * test_fraction) >= 1)
+            return DataError(
+                f"{source}: no test row: {len(train)} row(s) in {len(counts)} classes, at "
+                f"most {largest} a class, and {fraction} of each class (the held-out test "
+                f"split) rounds to 0 rows",
+                f"give each class at least {need} rows ({fraction} of {need} rounds to one "
+                "test row), or merge classes",
+            )
+    return DataError(
+        f"{source}: no test row is left ({len(train)} training row(s)): every test row was "
+        "dropped as a copy of a training row",
+        "give the test split rows of its own, or pass --no-dedupe if the copies are meant",
+    )
 
 
 # --------------------------------------------------------------------------- labels
@@ -320,45 +351,155 @@ def _diagnose_json(path: Path) -> DataError | None:
     return None
 
 
-def _csv_features(datasets: Any, path: Path, sep: str) -> Any:
-    """Every column read as a string, so texts and labels keep their spelling.
+# Excel's first line naming the separator ("sep=;"), skipped by Excel itself
+_SEP_LINE = re.compile(r"sep=([,;\t|])")
+_SEP_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+_QUOTE_HINT = (
+    "quote a text that starts with a quote mark whole, its quote marks doubled "
+    '("""Hamlet"" is a play"), or drop the stray quote mark'
+)
 
-    A row with more fields than the header is refused (pandas would otherwise take the
-    first column as an index and shift every column of every row by one)."""
+
+def _csv_options(datasets: Any, path: Path) -> dict[str, Any]:
+    """The `datasets` csv options that read `path` with every column as a string, so
+    texts and labels keep their spelling.
+
+    A `.tsv` file is tab-separated, any other comma-separated, unless its first line is
+    Excel's `sep=X` (X one of , ; tab |): then X, and that line is skipped. Trailing
+    header columns without a name (a comma at the end of every line) are dropped if they
+    hold no value. Refused with a `DataError` naming the line: a header that is one
+    column holding another separator (a `;`-separated file named .csv), a column name
+    that is empty (not trailing) or repeated, and every row `_check_rows` refuses."""
+    sep = "\t" if path.suffix.lower() == ".tsv" else ","
+    skip = 0
     with path.open(encoding="utf-8-sig", newline="") as fh:
-        reader = csv.reader(fh, delimiter=sep)
-        header = next(reader, None)
-        if not header:
-            return None
-        repeated = sorted({name for name in header if header.count(name) > 1})
-        if repeated:
+        declared = _SEP_LINE.fullmatch(fh.readline().rstrip("\r\n"))
+        if declared:
+            sep, skip = declared.group(1), 1
+        else:
+            fh.seek(0)
+        reader = csv.reader(fh, delimiter=sep, strict=True)
+        try:
+            header = next(reader, None)
+        except csv.Error as exc:
             raise DataError(
-                f"{path}: the header repeats column(s) {repeated}", "name each column once"
-            )
-        _check_field_counts(reader, path, len(header))
-    return datasets.Features({name: datasets.Value("string") for name in header})
+                f"{path}:{skip + 1}: cannot read the header line as csv",
+                "separate the column names by the separator, quoting a name only whole",
+            ) from exc
+        if not header:
+            return {"sep": sep, "skiprows": skip or None}
+        named = _check_header(header, path, sep, skip + 1)
+        _check_rows(reader, path, header, named, sep)
+    features = datasets.Features({name: datasets.Value("string") for name in header[:named]})
+    return {
+        "sep": sep,
+        "skiprows": skip or None,
+        "usecols": list(range(named)) if named < len(header) else None,
+        "features": features,
+        "na_filter": False,
+        "index_col": False,
+    }
 
 
-def _check_field_counts(reader: Any, path: Path, width: int) -> None:
-    """A `DataError` naming the first row of `reader` with more than `width` fields."""
-    row = 0
+def _check_header(header: list[str], path: Path, sep: str, line: int) -> int:
+    """How many leading columns of `header` are named (trailing empty names dropped);
+    a `DataError` for a one-column header holding another separator, an empty name
+    before a named column, or a repeated name."""
+    other = next((s for s in _SEP_NAMES if s != sep and len(header) == 1 and s in header[0]), None)
+    if other is not None:
+        fixes = {
+            "\t": "name the file .tsv (a .tsv file is read tab-separated)",
+            ",": "name the file .csv (a .csv file is read comma-separated)",
+        }
+        raise DataError(
+            f"{path}:{line}: the header {header[0]!r} is one column: the file looks "
+            f"{_SEP_NAMES[other]}-separated, but it is read {_SEP_NAMES[sep]}-separated",
+            fixes.get(other)
+            or f"save it comma-separated (Excel: 'CSV UTF-8 (Comma delimited)'), or put the "
+            f"line sep={other} above its header",
+        )
+    names = [name.strip() for name in header]
+    named = len(names)
+    while named and not names[named - 1]:
+        named -= 1
+    if "" in names[:named]:
+        raise DataError(
+            f"{path}:{line}: column {names.index('') + 1} of the header has no name",
+            "name every column in the header line",
+        )
+    repeated = sorted({name for name in header[:named] if header.count(name) > 1})
+    if repeated:
+        raise DataError(f"{path}: the header repeats column(s) {repeated}", "name each column once")
+    return named
+
+
+def _check_rows(reader: Any, path: Path, header: list[str], named: int, sep: str) -> None:
+    """A `DataError` naming the first row of `reader` (after the header) that cannot be
+    read as written: more fields than the header, a value in a trailing unnamed column,
+    a quoted field not closed before its row's separator or end of line (`"a"b`) or
+    the file's end, or a quoted field whose later line reads as a row of its own: the
+    header's number of fields there, one of them a value that column holds in another
+    row (a stray quote mark at a text's start swallowing the rows after it; files of
+    two or more columns). pandas
+    would read each of these silently otherwise (shifted columns, rows merged)."""
+    width, row, start = len(header), 0, reader.line_num + 1
+    seen: list[set[str]] = [set() for _ in header]
+    spanning: list[tuple[int, int, int, str]] = []  # (row, first line, column, value)
     try:
         for fields in reader:
             if not fields:  # a blank line: skipped by the reader too
+                start = reader.line_num + 1
                 continue
             row += 1
+            where = f"{path}:{start}: cannot read it as csv: row {row}"
             if len(fields) > width:
                 raise DataError(
-                    f"{path}:{reader.line_num}: cannot read it as csv: row {row} has "
-                    f"{len(fields)} fields "
-                    f"but the header has {width}",
+                    f"{where} has {len(fields)} fields but the header has {width}",
                     "check the quoting and the number of fields on every line; "
                     "quote a text that holds the separator",
                 )
+            extra = next((i for i in range(named, len(fields)) if fields[i].strip()), None)
+            if extra is not None:
+                raise DataError(
+                    f"{where} has the value {fields[extra][:40]!r} in column {extra + 1}, "
+                    "which the header does not name",
+                    "name the column in the header line, or remove the value",
+                )
+            for i, value in enumerate(fields):
+                if "\n" in value or "\r" in value:
+                    spanning.append((row, start, i, value))
+                elif len(value) <= 100:
+                    seen[i].add(value)
+            start = reader.line_num + 1
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text", "save the file as UTF-8") from exc
-    except csv.Error:
-        return  # left to the reader, which reports what it cannot parse
+    except csv.Error as exc:
+        if "expected after" not in str(exc) and "end of data" not in str(exc):
+            return  # e.g. a text over csv's field size limit: left to the reader
+        raise DataError(
+            f"{path}:{start}: cannot read it as csv: row {row + 1} opens a quoted field that "
+            + (
+                "is never closed (it runs to the end of the file)"
+                if "end of data" in str(exc)
+                else f"a quote mark on line {reader.line_num} closes, followed by more text "
+                "instead of a separator or the line's end"
+            ),
+            _QUOTE_HINT,
+        ) from exc
+    for number, first, column, value in spanning:
+        for offset, line in enumerate(value.splitlines()[1:], 1):
+            parts = line.split(sep)
+            if (
+                width > 1
+                and len(parts) == width
+                and any(p in seen[i] for i, p in enumerate(parts) if p)
+            ):
+                raise DataError(
+                    f"{path}:{first}: cannot read it as csv: row {number}'s quoted field in "
+                    f"column {column + 1} runs over line {first + offset}, which reads as a "
+                    f"row of its own ({line[:60]!r})",
+                    _QUOTE_HINT,
+                )
 
 
 def _read_file(path: Path) -> Any:
@@ -375,9 +516,7 @@ def _read_file(path: Path) -> Any:
         try:
             kwargs: dict[str, Any] = {}
             if builder == "csv":
-                sep = "\t" if suffix == ".tsv" else ","
-                features = _csv_features(datasets, path, sep)
-                kwargs = {"sep": sep, "na_filter": False, "features": features, "index_col": False}
+                kwargs = _csv_options(datasets, path)
             return datasets.load_dataset(
                 builder,
                 data_files=str(path),

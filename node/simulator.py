@@ -29,6 +29,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from declora.node.attacks import Attack, make_attack
+from declora.node.data import no_test_rows
 from declora.node.dec_lora import DecLoraNode
 from declora.node.deca_model import model_vector
 from declora.node.gossip import consensus_distance
@@ -207,9 +208,7 @@ class Simulation:
         self.topology = from_spec(cfg.topology, cfg.nodes, seed=cfg.seed)
         self.parts = work.parts
         self.train_enc: Encoded = work.encoded_train()
-        test_enc = work.encoded_test()
-        assert test_enc is not None, "the simulator needs a test set"
-        self.test_enc: Encoded = test_enc
+        self.test_enc: Encoded = _test_rows(work)
         self.validation_enc = work.encoded_validation()
         self.weights = _weights_for(self.topology, cfg.mixing)
         self.honest = [i for i in range(cfg.nodes) if i not in cfg.byzantine]
@@ -377,6 +376,15 @@ class Simulation:
         return train_centralized(self.workload, progress, evals)
 
 
+def _test_rows(work: Workload) -> Encoded:
+    """`work`'s encoded test set; a `DataError` (`data.no_test_rows`) when its data left
+    none (e.g. a small file whose classes are too small to hold one out)."""
+    test = work.encoded_test()
+    if test is None:
+        raise no_test_rows(str(work.recipe.data), work.train)
+    return test
+
+
 def train_centralized(
     work: Workload, progress: ProgressFn | None = None, evals: int = CENTRAL_EVALS
 ) -> dict[str, Any]:
@@ -387,8 +395,7 @@ def train_centralized(
     examples it got right, as 0/1 text, in "correct"). "seconds" is the whole loop,
     "train_seconds" its training steps alone (the curve's evaluations left out)."""
     cfg, lm = work.recipe, work.lm
-    test = work.encoded_test()
-    assert test is not None, "the centralized reference needs a test set"
+    test = _test_rows(work)
     validation = work.encoded_validation()
     trainer = work.centralized_trainer()
     steps = work.centralized_steps()
