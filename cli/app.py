@@ -33,11 +33,16 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import typer
-from typer.core import TyperGroup
+try:  # the slow imports; one that fails puts Python's own Ctrl-C handler back first
+    import typer
+    from typer.core import TyperGroup
 
-from declora.cli.fast import FORMATS
-from declora.node import __version__
+    from declora.cli.fast import FORMATS
+    from declora.node import __version__
+except BaseException:
+    if _LOADING and signal.getsignal(signal.SIGINT) is _interrupted_loading:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    raise
 
 if TYPE_CHECKING:
     from typer import _click as click  # the click typer bundles

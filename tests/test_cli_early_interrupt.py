@@ -68,3 +68,22 @@ def test_once_loaded_the_module_leaves_ctrl_c_to_python() -> None:
     code = "import signal, declora.cli.app; print(signal.getsignal(signal.SIGINT).__name__)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stdout.strip() == "default_int_handler", done.stderr[-2000:]
+
+
+def test_an_import_that_fails_puts_pythons_ctrl_c_handler_back() -> None:
+    """`declora.cli.app` failing to load (here: typer missing) leaves no handler of its
+    own behind: a later Ctrl-C is Python's KeyboardInterrupt again, not an exit 130."""
+    child = """
+import signal, sys
+sys.modules["typer"] = None  # an import of it raises ImportError
+try:
+    import declora.cli.app
+except ImportError:
+    pass
+print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", child], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True", done.stdout
