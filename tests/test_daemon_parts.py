@@ -147,7 +147,7 @@ def test_one_round_in_memory_mixes_to_the_mean(synthetic_jsonl: Path) -> None:
 
 
 def test_a_mix_gone_non_finite_drops_the_held_back_step_and_its_optimizer_move(
-    synthetic_jsonl: Path,
+    synthetic_jsonl: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """With the step after mixing, a round's last mix takes the held-back AdamW step;
     if the result is not finite the node rolls back to before the mix: adapter, and
@@ -167,9 +167,14 @@ def test_a_mix_gone_non_finite_drops_the_held_back_step_and_its_optimizer_move(
         assert await a.handshaker.dial(b.settings.advertise) is not None
         await asyncio.gather(da.run_round(a, train=True), db.run_round(b, train=True))
 
-    asyncio.run(go())
+    with caplog.at_level("INFO"):
+        asyncio.run(go())
     assert a.node.is_finite() and a.node.trainer.deferred is None
     np.testing.assert_array_equal(a.node.vector(), a.node.initial)  # as before the mix
+    assert a.exchange.last_contributors == []  # the mix was undone: nobody's payload used
+    lines = [r.getMessage() for r in caplog.records if "done in" in r.getMessage()]
+    mine = [line for line in lines if "self weight 1.000" in line]  # b's: 0.500
+    assert len(mine) == 1 and "mixed with 0 neighbours" in mine[0], lines
     assert not a.node.trainer.optimizer.state  # the step's moments were undone
     assert not a.peers.get("b").live  # type: ignore[union-attr]
     assert b.node.is_finite() and np.abs(b.node.vector() - b.node.initial).max() > 0

@@ -252,7 +252,7 @@ class Exchange:
             before.restore(self.node)  # ...and the step held back is dropped with it
             for pid in degrees:
                 self.peers.drop(self.peers.peers[pid], "mixing its payload gave non-finite values")
-            self_w, weights = 1.0, {}
+            self_w, weights, degrees = 1.0, {}, {}  # nothing was mixed
         self.last_contributors = sorted(degrees)
         self.report.self_weight = self_w
         for p in self.peers.all():
