@@ -115,6 +115,15 @@ class LabConfig(Recipe):
         return self
 
     @model_validator(mode="after")
+    def _test_set_ok(self) -> LabConfig:
+        if not self.test_fraction:
+            raise ValueError(
+                "--test-fraction 0 holds out no test set, and the lab scores its nodes on "
+                "it: give a share above 0 (0 is for `start`)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _swarm_defaults(self) -> LabConfig:
         """`swarm_size` (lr x sqrt(nodes)), `gossip_steps` and the acceleration
         (`Recipe.fill_swarm_defaults`) from the lab's swarm."""

@@ -256,6 +256,7 @@ UNRECORDED_FACTS: dict[str, object] = {
     "gossip_acceleration": "none",
     "step_after_mixing": False,
     "validation_fraction": 0.0,
+    "test_fraction": 0.2,
     "dedupe": True,
 }
 

@@ -892,7 +892,7 @@ def _split(full: TextDataset, test_fraction: float, seed: int) -> tuple[TextData
     if full.labels is None:
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(full))
-        n_test = max(1, round(len(full) * test_fraction))
+        n_test = max(1, round(len(full) * test_fraction)) if test_fraction else 0
         return full.subset(np.sort(order[n_test:])), full.subset(np.sort(order[:n_test]))
     train_idx, test_idx = stratified_split(full.labels, test_fraction, seed)
     return full.subset(train_idx), full.subset(test_idx)

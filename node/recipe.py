@@ -25,6 +25,7 @@ from declora.node.acceleration import (
     step_after_mixing_problem,
 )
 from declora.node.data import (
+    BBC_TEST_FRACTION,
     EMBEDDED_CHAT,
     EMBEDDED_DATA,
     DataFormat,
@@ -99,6 +100,13 @@ class DataRecipe(BaseModel):
         le=0.5,
         description="share of each node's training data held out for validation (model "
         "selection; the test set is only for the final figure); 0 = none",
+    )
+    test_fraction: float = Field(
+        BBC_TEST_FRACTION,
+        ge=0,
+        le=0.5,
+        description="share of a data file held out (per class, seed 0) as the test set "
+        "that eval lines score; 0 (start only) = train on every row, no evaluation",
     )
     partition_scheme: str = Field(
         "iid", description="how a dataset is shared out: iid, dirichlet:A, skew[:P], shards:K"
@@ -534,7 +542,7 @@ class Recipe(TrainingRecipe):
         per round when more than one (round numbers count exchanges; with tracking, z is
         mixed in each of them, which nodes before that change did not do), weighting by
         examples, and how the data is shared out when not the plain way (a held-out
-        share, no dedupe: every node must carve the same rows)."""
+        share, another test share, no dedupe: every node must carve the same rows)."""
         facts = self.schedule_facts()
         if self.exchanges_per_round > 1:
             facts["gossip_steps"] = self.exchanges_per_round
@@ -548,6 +556,8 @@ class Recipe(TrainingRecipe):
             facts["step_after_mixing"] = True
         if self.validation_fraction:
             facts["validation_fraction"] = self.validation_fraction
+        if self.test_fraction != BBC_TEST_FRACTION:
+            facts["test_fraction"] = self.test_fraction
         if not self.dedupe:
             facts["dedupe"] = False
         return facts

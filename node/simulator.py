@@ -111,6 +111,15 @@ class SimConfig(Recipe):
         return self
 
     @model_validator(mode="after")
+    def _test_set_ok(self) -> SimConfig:
+        if not self.test_fraction:
+            raise ValueError(
+                "--test-fraction 0 holds out no test set, and a simulated run is scored on "
+                "it: give a share above 0 (0 is for `start`)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _swarm_defaults(self) -> SimConfig:
         """`swarm_size` 0 is the simulated swarm's; `gossip_steps` unset comes from the
         topology's spectral gap, and the acceleration left to its defaults from the
@@ -381,7 +390,7 @@ def _test_rows(work: Workload) -> Encoded:
     none (e.g. a small file whose classes are too small to hold one out)."""
     test = work.encoded_test()
     if test is None:
-        raise no_test_rows(str(work.recipe.data), work.train)
+        raise no_test_rows(str(work.recipe.data), work.train, work.recipe.test_fraction)
     return test
 
 

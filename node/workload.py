@@ -181,6 +181,7 @@ def _read(recipe: Recipe, label_column: str | None) -> tuple[TextDataset, TextDa
     cls = recipe.task == "cls"
     return load_dataset(
         recipe.data,
+        recipe.test_fraction,
         label_column=label_column,
         text_column=recipe.text_column,
         labels=recipe.labels or None,

@@ -260,6 +260,7 @@ def test_each_unrecorded_fact_is_what_agreed_facts_leaves_out() -> None:
         "gossip_acceleration": "chebyshev",
         "step_after_mixing": True,
         "validation_fraction": 0.1,
+        "test_fraction": 0.0,
         "dedupe": False,
     }
     assert set(other) == set(UNRECORDED_FACTS)

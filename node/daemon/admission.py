@@ -87,7 +87,7 @@ RECIPE_KEYS = (
     *("method", "deca_blocks", "deca_block_rounds"),  # DECA's only when it runs
     *("lora_dropout", "rslora", "dora", "quantize", "lr_schedule", "warmup_steps"),
     *("rounds", "local_steps"),  # the span of a schedule: compared when both state it
-    *("gossip_steps", "weighting", "validation_fraction", "dedupe"),  # `Recipe.agreed_facts`
+    *("gossip_steps", "weighting", "validation_fraction", "test_fraction", "dedupe"),
 )
 # the value of a key the spec omits when it is the default (see `LoraSpec.as_dict`,
 # `Recipe.agreed_facts`)
@@ -95,6 +95,7 @@ RECIPE_DEFAULTS = {
     **{"lora_dropout": "0.0", "rslora": "False", "dora": "False", "quantize": "none"},
     **{"lr_schedule": "constant", "warmup_steps": "0", "gossip_steps": "1"},
     **{"weighting": "nodes", "validation_fraction": "0.0", "dedupe": "True"},
+    "test_fraction": "0.2",  # data.BBC_TEST_FRACTION
 }
 SCHEDULE_SPAN = ("rounds", "local_steps")
 
