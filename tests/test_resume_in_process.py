@@ -5,9 +5,10 @@
   does not agree on them: each payload names its codec); a checkpoint written before
   they were recorded is not compared;
 - a node resumed into the consensus finish after its neighbours have finished waits
-  for them as long as any start does (--startup-timeout), then finishes alone,
-  warning, writes its final adapter and exits 0; a node with training left still
-  refuses to start without its neighbours."""
+  for them as long as any start does (--startup-timeout), then, when nothing listens
+  at their addresses (real sockets on 127.0.0.1), finishes alone, warning, writes its
+  final adapter and exits 0; where a neighbour still listens (loading: a reserved
+  port, or the loading gate) it refuses to start, as does a node with training left."""
 
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ from test_daemon_parts import settings
 
 from declora.node import checkpoint
 from declora.node.daemon import Daemon
+from declora.node.daemon.gate import LoadingGate
 from declora.node.daemon.persistence import Persistence, trained_round
-from declora.node.daemon.startup import StartupError
+from declora.node.daemon.startup import DialLog, StartupError
+from declora.node.daemon.transport import Transport
 from declora.node.data import TextDataset
 from declora.node.settings import NodeSettings
 from declora.node.trainer import LocalTrainer, LoraModel
@@ -134,23 +137,73 @@ def test_a_resume_with_another_codec_says_so(
 # ------------------------------------------------------------ the finish, alone
 
 
+async def _run_beside(s: NodeSettings, loading: str) -> int:
+    """Run a daemon of `s` over real sockets to its end, its neighbour's address held
+    meanwhile as a node still loading holds it: "" nothing listens, "port" a plain
+    listening socket (`Transport.reserve`), "gate" gRPC answering "still loading"."""
+    [neighbour] = s.peers
+    held = Transport(s.model_copy(update={"listen": neighbour}), None)
+    if loading == "port":
+        held.reserve()
+    elif loading == "gate":
+        await held.start(LoadingGate(), 4)
+    try:
+        return await Daemon(s).run()
+    finally:
+        await held.stop(grace=0)
+
+
 def test_a_node_resumed_into_the_finish_ends_it_alone(
     synthetic_jsonl: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Before: `StartupError` (exit 1) "0 of 1 wanted neighbours", nothing written,
-    and the same at every restart under a restart policy. Now one warning, the final
+    and the same at every restart under a restart policy. Now, when its neighbour's
+    port refuses connections (it finished and exited), one warning, the final
     adapter, exit 0; the checkpoint stays the one resumed (nothing moved)."""
     s = _stopped_at(synthetic_jsonl, 4)
     assert trained_round(s.state_dir / "ckpt-00000004") == 2  # within the finish
     with caplog.at_level(logging.WARNING):
-        assert _run(s) == 0
+        assert asyncio.run(_run_beside(s, "")) == 0
     [warning] = _warnings(caplog, "finishing")
     assert warning == (
-        "0 of 1 wanted neighbours after 0.5 s (--startup-timeout) and no training round "
-        "left (round 4, --rounds 2): finishing alone"
+        "0 of 1 wanted neighbours after 0.5 s (--startup-timeout), nothing listening at "
+        "the others' addresses (finished and left) and no training round left (round 4, "
+        "--rounds 2): finishing alone"
     )
     assert (s.state_dir / "adapter" / "adapter_model.safetensors").is_file()
     assert checkpoint.latest(s.state_dir) == s.state_dir / "ckpt-00000004"
+
+
+@pytest.mark.parametrize(
+    ("loading", "why"),
+    [("port", "timed out: no answer to the handshake"), ("gate", "still loading its model")],
+)
+def test_a_node_resumed_into_the_finish_waits_for_a_loading_neighbour(
+    synthetic_jsonl: Path, loading: str, why: str
+) -> None:
+    """Before: a neighbour slower to load than --startup-timeout (a swarm restarted
+    together) left this node to finish alone, unconverged, with exit 0, so a restart
+    policy did not retry. Now a neighbour address that accepts connections (a loading
+    node's reserved port, or its loading gate) keeps the exit 1 of any start."""
+    s = _stopped_at(synthetic_jsonl, 4)
+    with pytest.raises(StartupError) as failure:
+        asyncio.run(_run_beside(s, loading))
+    assert f"{s.peers[0]}: {why}" in failure.value.message
+    assert failure.value.hint.startswith("no training round is left: this node finishes")
+    assert not (s.state_dir / "adapter").exists()
+
+
+def test_no_address_to_dial_shows_no_neighbour_gone() -> None:
+    """mDNS that found nobody: no dial says the neighbours left (a loading node is not
+    advertised yet), so the finish is not ended alone; one refused address of two is
+    not enough either."""
+    dials = DialLog()
+    assert not dials.all_gone([])
+    dials.record("a:1", "connection refused: nothing listens on that port")
+    dials.record("b:1", "timed out: no answer to the handshake")
+    assert dials.all_gone(["a:1"])
+    assert not dials.all_gone(["a:1", "b:1"])
+    assert not dials.all_gone(["a:1", "c:1"])  # never dialled
 
 
 def test_a_node_with_training_left_still_waits_for_its_neighbours(

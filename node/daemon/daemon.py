@@ -19,8 +19,10 @@ Invariants callers may rely on:
 - after the last training round, gossip-only rounds (the consensus finish) run
   until every live neighbour is within `consensus_tol`, then the final adapter is
   written in the PEFT format to `<checkpoint_dir>/adapter`; a node resumed into the
-  finish whose neighbours do not come by `startup_timeout` (they finished and left)
-  finishes alone with a warning, writes its final adapter and exits 0.
+  finish whose missing neighbours all refuse connections at `startup_timeout`
+  (nothing listens there: they finished and left) finishes alone with a warning,
+  writes its final adapter and exits 0; where one of them still listens (loading:
+  it reserved its port first) or never answered, it exits 1 as any start would.
 It owns the lifecycle only; `parts` builds the node, `rounds` runs its rounds and
 `persistence` keeps its files (the package docstring lists every part).
 """
@@ -218,10 +220,16 @@ class Daemon:
     async def _bootstrap(self, parts: Parts) -> None:
         """Wait for the wanted neighbours, then catch up; at the startup timeout with
         too few, StartupError naming why each missing peer failed. A node with no
-        training round left (resumed into the consensus finish: its neighbours may
-        have finished and gone) goes on instead, with a warning, and mixes with
-        whoever is live: with nobody, the train loop ends the finish at once and the
-        node writes its final adapter from its own state and exits 0."""
+        training round left (resumed into the consensus finish) goes on instead, with
+        a warning, only when the last dial of every missing wanted address (at least
+        one) was refused a connection (`DialLog.all_gone`: they finished and exited),
+        and mixes with whoever is live: with nobody, the train loop ends the finish at
+        once and the node writes its final adapter from its own state and exits 0. A
+        neighbour still loading listens on its port already (its dial times out or
+        answers "still loading"), so a swarm restarted together never finishes alone
+        for want of a slow neighbour: StartupError, and a restart policy retries. With
+        no address to dial (mDNS found nobody; a loading node is not advertised yet)
+        nothing shows the neighbours left: StartupError too."""
         s = self.settings
         want = s.wanted_peers
         deadline = time.monotonic() + s.startup_timeout
@@ -231,10 +239,15 @@ class Daemon:
             if len(parts.peers.live) >= want:
                 break
             if time.monotonic() >= deadline:
-                if self._only_the_finish_left():
+                wanted = [*s.peers, *parts.handshaker.candidates()]
+                live = {p.address for p in parts.peers.live}
+                missing = [a for a in dict.fromkeys(wanted) if a not in live]
+                finish = self._only_the_finish_left()
+                if finish and self.dial_log.all_gone(missing):
                     live_now = len(parts.peers.live)
                     log.warning(
-                        "%d of %d wanted neighbours after %g s (--startup-timeout) and no "
+                        "%d of %d wanted neighbours after %g s (--startup-timeout), nothing "
+                        "listening at the others' addresses (finished and left) and no "
                         "training round left (round %d, --rounds %d): finishing %s",
                         live_now,
                         want,
@@ -244,9 +257,13 @@ class Daemon:
                         f"with {live_now} neighbour(s)" if live_now else "alone",
                     )
                     break
-                wanted = [*s.peers, *parts.handshaker.candidates()]
-                live = {p.address for p in parts.peers.live}
-                raise startup_failure(s, want, wanted, live, self.dial_log.outcomes)
+                failure = startup_failure(s, want, wanted, live, self.dial_log.outcomes)
+                if finish:
+                    failure.hint = (
+                        "no training round is left: this node finishes alone once nothing "
+                        "listens at its missing peers' addresses; " + failure.hint
+                    )
+                raise failure
             await asyncio.sleep(0.2)  # between rounds of dialling
         assert self.rounds is not None
         await self.rounds.catch_up()

@@ -16,8 +16,8 @@ Invariants callers may rely on:
 - after the last training round, gossip-only rounds run until every live neighbour
   is within `consensus_tol`, at most up to round `rounds` x G + `consensus_rounds`
   (a node resumed within the finish runs only what is left of it; none of it when
-  no neighbour is live: `Daemon._bootstrap` lets such a node start alone), then a
-  final evaluation;
+  no neighbour is live: `Daemon._bootstrap` lets such a node start alone only when
+  nothing listens at any missing neighbour's address), then a final evaluation;
 - every completed round is appended to the history (phase "train", or "gossip" for
   an exchange that only mixed); `eval_every` and `checkpoint_every` count training
   rounds: evaluation and checkpoints come after the last exchange of every N-th

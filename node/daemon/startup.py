@@ -7,8 +7,9 @@
   run's files: `earlier_run`, a writable folder no other node holds), `check_device`
   before the model loads;
 - `DialLog` records, per address, how this node's last handshake with it ended (as a
-  gRPC client interceptor on the transport's channels), and `startup_failure` turns
-  that into the exit message of a node that found too few neighbours in time.
+  gRPC client interceptor on the transport's channels; `all_gone`: nothing listens at
+  any of some addresses), and `startup_failure` turns that into the exit message of a
+  node that found too few neighbours in time.
 """
 
 from __future__ import annotations
@@ -291,7 +292,7 @@ def dial_failure(address: str, code: grpc.StatusCode, details: str, tls: bool = 
     if why is Cause.LOADING:
         return LOADING
     if why is Cause.REFUSED:
-        return "connection refused: nothing listens on that port"
+        return NOTHING_LISTENS
     if why is Cause.DNS:
         try:
             host = split_address(address)[0]
@@ -304,6 +305,7 @@ def dial_failure(address: str, code: grpc.StatusCode, details: str, tls: bool = 
 
 
 REFUSED = ("refused the handshake", "not joining")  # a dial outcome that says why
+NOTHING_LISTENS = "connection refused: nothing listens on that port"  # no node is up
 
 
 class DialLog:
@@ -324,6 +326,18 @@ class DialLog:
         elif address in self.refused:
             why = f"{why}; before that: {self.refused[address]}"
         self.outcomes[address] = why
+
+    def all_gone(self, addresses: Iterable[str]) -> bool:
+        """Whether `addresses` name at least one address and the last dial of each was
+        refused a connection (`NOTHING_LISTENS`: no node is up there; one that finished
+        and exited, or whose process has not bound its port yet). A node still loading
+        listens on its port already (`Transport.reserve`, then the loading gate), so a
+        dial to it ends otherwise (timed out, "still loading its model"), as does a
+        dial that never ended."""
+        wanted = list(addresses)
+        return bool(wanted) and all(
+            self.outcomes.get(a, "").startswith(NOTHING_LISTENS) for a in wanted
+        )
 
     def interceptor(self, address: str) -> grpc.aio.UnaryUnaryClientInterceptor:
         """A client interceptor for a channel to `address` that records Handshakes."""
