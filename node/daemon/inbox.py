@@ -33,7 +33,7 @@ import numpy as np
 
 from declora.node.daemon.admission import CLI_CERT
 from declora.node.daemon.auth import Auth
-from declora.node.daemon.peers import Peer, PeerTable
+from declora.node.daemon.peers import TOKEN_BYTES, Peer, PeerTable
 from declora.node.daemon.pushbuffer import PushBuffer
 from declora.node.daemon.state import Identity, Progress
 from declora.node.dec_lora import DecLoraNode
@@ -42,7 +42,7 @@ from declora.node.identity import MAX_DEGREE, MAX_ROUND, MAX_SEQ, shown
 from declora.node.limits import NodeLimits
 from declora.node.metrics import NodeMetrics
 from declora.node.settings import NodeSettings
-from declora.node.wire import Pace, Payload, WireError, read_stream
+from declora.node.wire import MAX_CODEC, Pace, Payload, WireError, read_stream, tensor_meta
 from declora.proto import pb
 
 MAX_ROUNDS_AHEAD = 8
@@ -55,6 +55,32 @@ STREAMS_PER_PEER = 2  # push streams one neighbour may hold open at once
 # beyond the round trip of a small delta. A trickle (a byte every few seconds, never
 # idle long enough to be cut as idle) is cut then (`slow_stream`).
 PUSH_PACE = Pace(min_seconds=30.0, bytes_per_second=32 * 1024)
+MAC_BYTES = 32  # HMAC-SHA256
+
+
+def header_bytes(me: Identity) -> int:
+    """Bytes of the largest correct push header for this node's adapter, as its Chunk:
+    one `TensorMeta` per tensor of `me.schema` (what `wire.check_header` requires), 64-
+    character ids, the longest codec, every number at its largest, a MAC."""
+    top = 2**64 - 1
+    header = pb.PayloadHeader(
+        sender_id="x" * 64,
+        swarm_id=me.swarm_id,
+        fingerprint=me.fingerprint,
+        round=top,
+        sender_degree=2**32 - 1,
+        kind=pb.PAYLOAD_KIND_KEYFRAME,
+        codec="x" * MAX_CODEC,
+        seq=top,
+        total_bytes=top,
+        crc32=2**32 - 1,
+        tensors=tensor_meta(me.schema),
+        mac=b"x" * MAC_BYTES,
+        tracker_bytes=top,
+        session=b"x" * TOKEN_BYTES,
+        receiver_id="x" * 64,
+    )
+    return pb.Chunk(header=header).ByteSize()
 
 
 @dataclass

@@ -3,11 +3,15 @@
 Every refusal carries a status code and a reason and is counted. Before the owning
 part sees a call, this servicer checks what is the same for every RPC:
 - concurrency: each RPC kind has its own pool (`POOLS`; pushes: `--max-concurrent-
-  streams`, at most `per_host` of them from one remote network, `limits.host_key`), so
-  a flood of one kind never starves Status or Handshake; a push's first message (its
-  header, which `inbox` checks names a live neighbour) must come within
-  `HEADER_SECONDS`, and while it has not, the stream may give its place to a newer
-  one (`Pools.push`): streams that send nothing cannot keep a neighbour's push out;
+  streams`), so a flood of one kind never starves Status or Handshake. A push's first
+  message (its header, which `inbox` checks names a live neighbour) must come within
+  `header_seconds`: 3 s, or twice the time the largest correct header for this node's
+  adapter takes at `PUSH_PACE` when longer, at most `--stream-idle-seconds`. A push
+  from a live neighbour's IP takes a kept place while that IP has one free
+  (`STREAMS_PER_PEER` per neighbour there): it is never cut for a newer push. Any
+  other push counts towards its remote network's share (`limits.host_key`) and, until
+  its header came, may be cut for a newer push (`Pools.push` has the rule). Anyone
+  sharing a neighbour's IP shares its kept places;
 - rate limits (`limits`), keyed by the remote address for handshakes, pulls and
   Status (`limits.STATUS_PER_MINUTE`: a Status flood from one address, the swarm open or
   not, is refused before it costs a reply; the state digest is hashed off the
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,9 +34,10 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from declora.node.daemon.admission import CLI_CERT
+from declora.node.daemon.admission import CLI_CERT, address_ip
+from declora.node.daemon.inbox import PUSH_PACE, STREAMS_PER_PEER, header_bytes
 from declora.node.identity import shown
-from declora.node.limits import host_key, limited, peer_host
+from declora.node.limits import address_key, host_key, limited, peer_host
 from declora.node.wire import WireError
 from declora.proto import pb, pb_grpc
 
@@ -44,10 +50,18 @@ log = logging.getLogger(__name__)
 # they belong to (a Kill-and-Revive keyframe names that exchange's modules)
 PULL_KINDS = (pb.PAYLOAD_KIND_UNSPECIFIED, pb.PAYLOAD_KIND_STATE)
 POOLS = {"Handshake": 32, "Pull": 8, "Leave": 16, "Status": 16}  # Push: settings
-# a push's header must come within this (or --stream-idle-seconds, if shorter): it is
-# its first message, well under 1 MiB, sent at once (a second at the slowest link assumed)
-HEADER_SECONDS = 3.0
+HEADER_SECONDS = 3.0  # a push's header must come within this at least (`header_seconds`)
 PULL_SECONDS = 30.0  # a state must be read within max(this, --round-deadline)
+
+
+def header_seconds(expected_bytes: int, idle_seconds: float) -> float:
+    """How long a push's header (its first message) may take to come: `HEADER_SECONDS`,
+    or twice `expected_bytes` (the largest correct header for this node's adapter,
+    `inbox.header_bytes`: 89 KB for a 70B model's all-linear LoRA) at `PUSH_PACE`, the
+    slowest link a push may use, when longer; never more than `idle_seconds`
+    (--stream-idle-seconds)."""
+    at_pace = 2 * expected_bytes / PUSH_PACE.bytes_per_second
+    return min(max(HEADER_SECONDS, at_pace), idle_seconds)
 
 
 def pool_total(max_push_streams: int) -> int:
@@ -58,10 +72,13 @@ def pool_total(max_push_streams: int) -> int:
 @dataclass(eq=False)
 class PushSlot:
     """One push stream's place in the pool: `waiting` for its header until it comes,
-    `cut` once the pool took the place back (it then ends at its next read)."""
+    `cut` once the pool took the place back (it then ends at its next read); `kept`:
+    a place of a live neighbour's IP (`Pools.push`), never cut."""
 
-    host: str
+    host: str  # its remote network (`limits.host_key`)
+    ip: str  # its remote IP (`limits.address_key`)
     order: int  # admission order: the oldest waiting stream gives way first
+    kept: bool = False
     waiting: bool = True
     cut: bool = False
     timer: asyncio.Timeout | None = None  # its wait for the header, while it waits
@@ -70,21 +87,24 @@ class PushSlot:
 class Pools:
     """RPCs in flight by kind, and pushes by remote network; refuses beyond.
 
-    Pushes: at most the pool's size in flight, `per_host` from one network. A push is
-    waiting until its first message (its header) has come in full (`HeaderFirst`). When
-    the pool is full, a new push takes the place of a waiting one (cut, RESOURCE_EXHAUSTED
-    `rate_limited`): the oldest of the network with the most waiting, if that is more
-    than the newcomer's own network has; else it is refused. So streams that send no
-    header, or drip one, from any number of networks hold places only until a newer
-    push wants them: a neighbour (which sends its header at once) is refused, or cut
-    before its header came, only while its own network has as many waiting as any."""
+    Pushes: at most the pool's size hold a place. A push from an IP that `allowance`
+    says is a live neighbour's takes a `kept` place while that IP holds fewer kept
+    places than its allowance: it is never cut and needs no room in its network's
+    `per_host`. Any other push is waiting until its first message (its header) came
+    in full (`HeaderFirst`), and a waiting push may be cut (RESOURCE_EXHAUSTED
+    `rate_limited`) for a newer one: when its network holds `per_host` places, the
+    newcomer from that network cuts the network's oldest waiting push; when the pool
+    is full, a newcomer cuts the oldest waiting push of the network with the most
+    waiting, a kept newcomer always, another only if that network has more waiting
+    than the newcomer's own. With nothing to cut, the newcomer is refused."""
 
     def __init__(self, push_streams: int, per_host: int) -> None:
         self.limits = {**POOLS, "Push": push_streams}
         self.per_host = per_host
         self.in_use: dict[str, int] = {}
-        self.push_hosts: dict[str, int] = {}
-        self.waiting: dict[str, list[PushSlot]] = {}  # by network, oldest first
+        self.push_hosts: dict[str, int] = {}  # places held, not kept, by network
+        self.kept: dict[str, int] = {}  # kept places held, by IP
+        self.waiting: dict[str, list[PushSlot]] = {}  # not kept, by network, oldest first
         self.admitted = 0
 
     @contextmanager
@@ -99,53 +119,64 @@ class Pools:
             self.in_use[kind] -= 1
 
     @contextmanager
-    def push(self, host: str) -> Iterator[PushSlot]:
-        """A place for one push from network `host`, held until the block ends or the
-        slot is `cut`; the caller reports its header with `header_came`."""
-        if self.push_hosts.get(host, 0) >= self.per_host:
-            raise limited(f"{self.per_host} pushes from {host} already in flight")
-        if self.in_use.get("Push", 0) >= self.limits["Push"]:
-            self._make_room(host)
+    def push(self, host: str, ip: str = "", allowance: int = 0) -> Iterator[PushSlot]:
+        """A place for one push from IP `ip` of network `host`, held until the block
+        ends or the slot is `cut`; the caller reports its header with `header_came`.
+        `allowance`: the kept places `ip` may hold (0: none)."""
+        kept = self.kept.get(ip, 0) < allowance
+        if not kept and self.push_hosts.get(host, 0) >= self.per_host:
+            own = self.waiting.get(host)
+            if not own:
+                raise limited(f"{self.per_host} pushes from {host} already in flight")
+            self._cut(own[0])
+        elif self.in_use.get("Push", 0) >= self.limits["Push"]:
+            self._make_room(host, kept)
         self.admitted += 1
-        slot = PushSlot(host, self.admitted)
-        self.waiting.setdefault(host, []).append(slot)
-        self._count(host, 1)
+        slot = PushSlot(host, ip, self.admitted, kept)
+        if not kept:
+            self.waiting.setdefault(host, []).append(slot)
+        self._count(slot, 1)
         try:
             yield slot
         finally:
             self.header_came(slot)
             if not slot.cut:
-                self._count(host, -1)
+                self._count(slot, -1)
 
     def header_came(self, slot: PushSlot) -> None:
         """`slot`'s stream is no longer waiting for its header (idempotent)."""
         if slot.waiting:
             slot.waiting = False
-            queue = self.waiting[slot.host]
-            queue.remove(slot)
-            if not queue:
-                del self.waiting[slot.host]
+            if not slot.kept:
+                queue = self.waiting[slot.host]
+                queue.remove(slot)
+                if not queue:
+                    del self.waiting[slot.host]
 
-    def _make_room(self, host: str) -> None:
-        """Cut a waiting stream for a newcomer from `host`, or refuse it."""
-        own = len(self.waiting.get(host, ()))
+    def _make_room(self, host: str, kept: bool) -> None:
+        """Cut a waiting stream for a newcomer from `host` (`kept`: it takes a kept
+        place), or refuse it."""
+        own = 0 if kept else len(self.waiting.get(host, ()))
         most = max(self.waiting.values(), key=lambda q: (len(q), -q[0].order), default=[])
         if len(most) <= own:
             raise limited(f"{self.limits['Push']} Push calls already in flight")
-        slot = most[0]
+        self._cut(most[0])
+
+    def _cut(self, slot: PushSlot) -> None:
         self.header_came(slot)
         slot.cut = True
-        self._count(slot.host, -1)
+        self._count(slot, -1)
         if slot.timer is not None and not slot.timer.expired():  # else it ends at once
             slot.timer.reschedule(asyncio.get_running_loop().time())
 
-    def _count(self, host: str, n: int) -> None:
+    def _count(self, slot: PushSlot, n: int) -> None:
         self.in_use["Push"] = self.in_use.get("Push", 0) + n
-        left = self.push_hosts.get(host, 0) + n
+        counts, key = (self.kept, slot.ip) if slot.kept else (self.push_hosts, slot.host)
+        left = counts.get(key, 0) + n
         if left:
-            self.push_hosts[host] = left
+            counts[key] = left
         else:
-            del self.push_hosts[host]
+            del counts[key]
 
 
 class HeaderFirst:
@@ -208,7 +239,21 @@ class SwarmService(pb_grpc.SwarmServicer):
         self.parts = parts
         s = parts.settings
         self.pools = Pools(s.max_concurrent_streams, max(16, 2 * s.max_neighbors))
-        self.header_seconds = min(HEADER_SECONDS, s.stream_idle_seconds)
+        self.header_seconds = header_seconds(header_bytes(parts.inbox.me), s.stream_idle_seconds)
+        self._live: tuple[tuple[str, str], ...] = ()  # (host, address) of the live peers...
+        self._neighbour_ips: Counter[str] = Counter()  # ...and how many live at each IP
+
+    def allowance(self, ip: str) -> int:
+        """Kept push places (`Pools.push`) for remote IP `ip` (`limits.address_key`):
+        `STREAMS_PER_PEER` for each live neighbour whose IP it is (the host of its last
+        accepted inbound Hello, else its address's IP; none for a neighbour dialled by
+        DNS name that never called)."""
+        live = self.parts.peers.live
+        seen = tuple((p.host, p.address) for p in live)
+        if seen != self._live:
+            ips = (address_key(p.host) if p.host else address_ip(p.address) for p in live)
+            self._live, self._neighbour_ips = seen, Counter(str(i) for i in ips if i)
+        return STREAMS_PER_PEER * self._neighbour_ips[ip]
 
     async def _refuse(self, context: grpc.aio.ServicerContext, exc: WireError) -> None:
         self.parts.counters.refused(exc)
@@ -237,7 +282,8 @@ class SwarmService(pb_grpc.SwarmServicer):
     ) -> pb.PushAck:
         try:
             host = peer_host(context.peer())
-            with self.pools.push(host_key(host)) as slot:
+            ip = address_key(host)
+            with self.pools.push(host_key(host), ip, self.allowance(ip)) as slot:
                 stream = HeaderFirst(request_iterator, slot, self.pools, self.header_seconds)
                 return await self.parts.inbox.receive(stream, cert_name(context), host)
         except WireError as exc:
