@@ -933,8 +933,8 @@ def export(
     debug: DebugOpt = False,
 ) -> None:
     """Export a saved adapter: with --merge, a model transformers loads on its own.
-    --force replaces an earlier export, never the adapter's folder, a declora run or a
-    running node's folder."""
+    Replacing an earlier export is allowed; the adapter's folder, a declora run or a
+    running node's folder never is."""
     from declora.cli.predict import USER_ERRORS, run_export
 
     if output is None:

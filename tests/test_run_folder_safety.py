@@ -464,6 +464,7 @@ def _persistence(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Persistence:
         trainer=None,
         full_model=False,
         model_vector=lambda: vec,
+        codec_spec="fp32",
     )
     settings = SimpleNamespace(rounds=0, exchanges_per_round=1, node_id="n")
     parts = SimpleNamespace(
