@@ -9,13 +9,16 @@ or `messages` column (turns); any other file (.txt) is one prompt a non-blank li
 input is read and checked before the model loads, and every prompt's length before
 anything is generated: prompt plus --max-new-tokens must fit the model's context.
 
-For a tokenizer with a chat template, a prompt becomes one user turn rendered with the
-template and its generation prompt, as training rendered conversations
-(`lm_data.encode_prompt`); `--no-chat-template` sends plain prompts as they are.
+A text prompt becomes one user turn rendered as training rendered conversations
+(`lm_data.encode_prompt`): with the chat template and its generation prompt, or, for a
+tokenizer without one, the plain rendering (the text and a newline), whichever route
+(--prompt, a file, stdin) it came by; `--no-chat-template` sends plain prompts as they
+are (a model trained on plain text continues them).
 Each prompt is generated on its own; sampling (`temperature` > 0) reseeds with `seed`
 before each prompt, so a prompt's output does not depend on the others; temperature 0
 is greedy decoding, the same tokens as `model.generate(do_sample=False)`. Generation
-stops at the tokenizer's EOS or any end-of-turn id of the model's generation_config
+stops at the tokenizer's EOS, at the end-of-turn token training closed replies with
+(`lm_data.end_of_turn_id`), or at any end-of-turn id of the model's generation_config
 (`eos_token_id`, one id or a list: chat models such as Gemma-2-it end a reply with
 <end_of_turn>, not EOS); the completion's `stop` is then "eos".
 """
@@ -185,11 +188,14 @@ def read_prompts(prompt: str | None, source: str | None, stdin: TextIO) -> list[
 
 
 def prompt_ids(tok: Tokenizer, prompt: Prompt, chat_template: bool) -> list[int]:
-    """The ids the model continues: a chat model's template (with the generation prompt)
-    unless `chat_template` is off; otherwise the plain text with the special tokens."""
+    """The ids the model continues: a text prompt is one user turn, rendered as training
+    rendered conversations (`lm_data.encode_prompt`: the chat template with its
+    generation prompt, or, for a model without one, the plain rendering "text\n"), the
+    same whichever route it came by; with `chat_template` off, the text as it is (with
+    the special tokens)."""
     from declora.node.lm_data import encode_prompt
 
-    if isinstance(prompt, str) and not (chat_template and tok.has_chat_template):
+    if isinstance(prompt, str) and not chat_template:
         return tok.encode([prompt])[0]
     return encode_prompt(tok, prompt)
 
@@ -218,14 +224,19 @@ def check_prompt_lengths(
 
 
 def stop_ids(adapter: LoadedAdapter) -> list[int]:
-    """The ids that end a completion: the tokenizer's EOS, then every `eos_token_id` of
-    the model's generation_config (an int or a list: a chat model's end of turn)."""
+    """The ids that end a completion: the tokenizer's EOS, the end-of-turn token that
+    training taught to close a reply (`lm_data.end_of_turn_id`: ChatML's <|im_end|>
+    when EOS is <|endoftext|>), then every `eos_token_id` of the model's
+    generation_config (an int or a list: a chat model's end of turn)."""
+    from declora.node.lm_data import end_of_turn_id
+
     ids: list[int] = []
     generation = getattr(adapter.model, "generation_config", None)
     configured = getattr(generation, "eos_token_id", None)
     if isinstance(configured, int):
         configured = [configured]
-    for i in [adapter.tokenizer.eos_id, *(configured or ())]:
+    tok = adapter.tokenizer
+    for i in [tok.eos_id, end_of_turn_id(tok), *(configured or ())]:
         if isinstance(i, int) and not isinstance(i, bool) and i >= 0 and i not in ids:
             ids.append(i)
     return ids

@@ -28,9 +28,13 @@ Encoding (`encode_lm`), what training relies on:
 - conversations, one example per row, truncated to `max_length`: rendered with the
   tokenizer's chat template when it has one (else "content\\n" per turn and
   content + EOS for the assistant's, logged as a warning); only the assistant turns'
-  tokens, through the EOS text that closes each one, carry labels. Spans are found by
-  rendering the conversation's prefixes and counting their tokens, so the trained ids
-  are exactly the tokenization of the whole rendered text. A conversation with no
+  tokens, through the end-of-turn text that closes each one (EOS, or the template's
+  own end-of-turn token such as <|im_end|> when EOS is another; not the template's
+  text after it), carry labels. The ids are the tokenization of the whole rendered
+  text; a token is trained when its characters overlap a reply (a fast tokenizer's
+  offsets: a token the template and the reply share at their boundary is trained),
+  or, without offsets, by counting the tokens of the text before and through each
+  reply (a `DataError` when those are not a prefix of the whole). A conversation with no
   trained token within `max_length` stays a row without labels (rows stay aligned
   with the dataset) that the trainer skips; if none has one, `DataError`.
 - truncation is never silent: one warning per dataset counts the rows cut and the share
@@ -396,7 +400,11 @@ def _as_chat(messages: str | Sequence[Mapping[str, str]]) -> Chat:
 def _eos(tok: Tokenizer) -> tuple[int, str]:
     """The EOS token's id and text."""
     if tok.eos_token is None or tok.eos_id is None:
-        raise ModelError("the tokenizer has no EOS token, which causal-LM training needs")
+        raise ModelError(
+            "the tokenizer has no EOS token, which causal-LM training needs",
+            'set "eos_token" in the model\'s tokenizer_config.json (e.g. the token its '
+            "documents or replies end with), or pick a model whose tokenizer has one",
+        )
     return tok.eos_id, tok.eos_token
 
 
@@ -413,7 +421,7 @@ def _template(tok: Tokenizer, messages: list[dict[str, str]], generation: bool) 
 
 def _segments(tok: Tokenizer, chat: Chat) -> list[tuple[str, bool]]:
     """The rendered conversation in pieces (text, trained); trained = an assistant turn
-    (not of weight 0) through the EOS text that closes it."""
+    (not of weight 0) through the end-of-turn text that closes it (`_turn_end`)."""
     _, eos = _eos(tok)
     if not tok.has_chat_template:
         return [(c + eos, _trained(r)) if r == "assistant" else (c + "\n", False) for r, c in chat]
@@ -421,7 +429,7 @@ def _segments(tok: Tokenizer, chat: Chat) -> list[tuple[str, bool]]:
     full = _template(tok, msgs, False)
     out: list[tuple[str, bool]] = []
     pos = 0
-    for i, (role, _) in enumerate(chat):
+    for i, (role, content) in enumerate(chat):
         if not _trained(role):  # another role's turn, or a reply of weight 0
             continue
         before = _template(tok, msgs[:i], True)
@@ -433,12 +441,58 @@ def _segments(tok: Tokenizer, chat: Chat) -> list[tuple[str, bool]]:
                 "use a template whose rendering of a conversation's prefix is a prefix of it",
             )
         turn = after[len(before) :]
-        end = turn.rfind(eos)
-        cut = end + len(eos) if end >= 0 else len(turn)
+        cut, _ = _turn_end(tok, turn, content)
         out += [(full[pos : len(before)], False), (turn[:cut], True)]
         pos = len(before) + cut
     out.append((full[pos:], False))
     return [(text, trained) for text, trained in out if text]
+
+
+def _specials(tok: Tokenizer) -> list[str]:
+    """The texts of the tokenizer's special tokens (its added tokens marked special),
+    EOS first; for a tokenizer that lists none (`ByteTokenizer`), EOS alone."""
+    hf = getattr(tok, "hf", None)
+    found = [str(t) for t in getattr(hf, "all_special_tokens", None) or ()]
+    added = getattr(hf, "added_tokens_decoder", None) or {}
+    found += [str(t.content) for t in added.values() if getattr(t, "special", False)]
+    return list(dict.fromkeys([t for t in [tok.eos_token, *found] if t]))
+
+
+def _turn_end(tok: Tokenizer, turn: str, content: str) -> tuple[int, str | None]:
+    """How much of an assistant turn's rendering `turn` (its reply `content`, then the
+    template's closing text) is trained, and the end-of-turn text it ends with: the
+    first of the tokenizer's special tokens (EOS included) in the closing text, e.g.
+    ChatML's <|im_end|> when EOS is <|endoftext|> (Qwen2.5 base) or Gemma's
+    <end_of_turn>; the template's text after it (its newline) is not trained. A closing
+    with no special token is trained whole (None)."""
+    reply = content.strip()
+    at = turn.rfind(reply) if reply else -1
+    start = at + len(reply) if at >= 0 else 0
+    closing = turn[start:]
+    marks = [(closing.find(m), m) for m in _specials(tok) if m in closing]
+    if not marks:
+        return len(turn), None
+    where, mark = min(marks, key=lambda found: found[0])
+    return start + where + len(mark), mark
+
+
+def end_of_turn_id(tok: Tokenizer) -> int | None:
+    """The id of the token that closes a trained assistant turn (`_turn_end`), found by
+    rendering a one-reply conversation: EOS, or the template's own end-of-turn token;
+    None when the template closes a reply with no special token (or refuses the probe)."""
+    if not tok.has_chat_template:
+        return tok.eos_id
+    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    try:
+        before = _template(tok, msgs[:1], True)
+        after = _template(tok, msgs, False)
+    except DataError:
+        return None
+    if not after.startswith(before):
+        return None
+    _, mark = _turn_end(tok, after[len(before) :], "Hello")
+    ids = tok.encode([mark], add_special_tokens=False)[0] if mark else []
+    return ids[0] if len(ids) == 1 else None
 
 
 def render_prompt(tok: Tokenizer, messages: str | Sequence[Mapping[str, str]]) -> str:
@@ -461,13 +515,15 @@ def encode_prompt(tok: Tokenizer, messages: str | Sequence[Mapping[str, str]]) -
 
 
 def encode_lm(
-    tok: Tokenizer, data: TextDataset, max_length: int, *, packing: bool
+    tok: Tokenizer, data: TextDataset, max_length: int, *, packing: bool, scoring: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask, labels) for causal-LM `data` (see the module doc).
 
     What is cut to fit `max_length` is logged as one warning for `data`: the rows
     truncated and the share of tokens dropped (for packing, the final partial block
-    when it holds at least `WARN_DROPPED` of the tokens)."""
+    when it holds at least `WARN_DROPPED` of the tokens). `scoring`: `predict` asks,
+    scoring texts with a saved adapter whose training `max_length` this is; the
+    warning then says only the first tokens are scored, and how to score more."""
     what = _what(data)
     if data.chats is not None:
         return _encode_chats(tok, data.chats, max_length, what)
@@ -477,7 +533,18 @@ def encode_lm(
     if not packing:
         seqs = [d[:max_length] for d in docs]
         long = sum(len(d) > max_length for d in docs)
-        if long:
+        if long and scoring:
+            _log.warning(
+                "%d of %d texts are longer than the adapter's training --max-length of %d "
+                "tokens: only their first %d tokens are scored (%s of the tokens are not); "
+                "to score more, retrain the adapter with a larger --max-length",
+                long,
+                len(docs),
+                max_length,
+                max_length,
+                _share(total - sum(len(q) for q in seqs), total),
+            )
+        elif long:
             _log.warning(
                 "%s: %d of %d texts are longer than --max-length %d tokens and are "
                 "truncated: %s of the tokens are dropped, those texts' EOS included (raise "
@@ -549,24 +616,10 @@ def _encode_chats(
             what,
             tok.eos_token,
         )
-    pieces = [_segments(tok, chat) for chat in chats]
-    # every prefix at a piece boundary, tokenized from the start (the last is the whole)
-    prefixes = [
-        "".join(text for text, _ in segs[: k + 1]) for segs in pieces for k in range(len(segs))
-    ]
-    encoded = iter(_encode(tok, prefixes))
     seqs: list[list[int]] = []
     labels: list[list[int]] = []
     total = kept = trained = trained_kept = long = cut = empty = 0
-    for segs in pieces:
-        prefix_ids = [next(encoded) for _ in segs]
-        ends, ids = [len(p) for p in prefix_ids], prefix_ids[-1]
-        lab = [IGNORE] * len(ids)
-        start = 0
-        for (_, is_trained), end in zip(segs, ends, strict=True):
-            if is_trained:
-                lab[start:end] = ids[start:end]
-            start = max(start, end)
+    for ids, lab in _labelled(tok, [_segments(tok, chat) for chat in chats]):
         targets = sum(v != IGNORE for v in lab[1:])  # the model shifts labels by one
         fitting = sum(v != IGNORE for v in lab[1:max_length])
         total, kept = total + len(ids), kept + min(len(ids), max_length)
@@ -600,9 +653,71 @@ def _encode_chats(
     return _padded(seqs, labels, max_length, tok.pad_id)
 
 
-def _encode(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
-    """Conversation texts: a chat template's text holds its own special tokens."""
-    return tok.encode(texts, add_special_tokens=not tok.has_chat_template)
+def _labelled(
+    tok: Tokenizer, pieces: Sequence[list[tuple[str, bool]]]
+) -> list[tuple[list[int], list[int]]]:
+    """Each rendered conversation's ids (the tokenization of its whole text) and labels.
+
+    With a fast tokenizer's character offsets, a token is trained when its characters
+    overlap a trained piece: a token the template and the reply share at their boundary
+    (" Paris" after "ASSISTANT:", a newline merged into the reply's first one) is
+    trained; a token with no characters of its own (an added BOS) never is. Without
+    offsets, each trained piece's bounds are found by tokenizing the text before and
+    through it, which must give a prefix of the whole text's ids, else `DataError`."""
+    texts = ["".join(text for text, _ in segs) for segs in pieces]
+    special = not tok.has_chat_template  # a chat template's text holds its own
+    offsets = _offsets(tok, texts, special)
+    out = []
+    if offsets is not None:
+        for segs, (ids, spans) in zip(pieces, offsets, strict=True):
+            trained, pos = [], 0
+            for text, is_trained in segs:
+                trained += [(pos, pos + len(text))] if is_trained else []
+                pos += len(text)
+            lab = [
+                i if s < e and any(s < b and e > a for a, b in trained) else IGNORE
+                for i, (s, e) in zip(ids, spans, strict=True)
+            ]
+            out.append((ids, lab))
+        return out
+    # every prefix at a piece boundary, tokenized from the start (the last is the whole)
+    prefixes = [
+        "".join(text for text, _ in segs[: k + 1]) for segs in pieces for k in range(len(segs))
+    ]
+    encoded = iter(tok.encode(prefixes, add_special_tokens=special))
+    for segs in pieces:
+        prefix_ids = [next(encoded) for _ in segs]
+        ids = prefix_ids[-1]
+        lab, start = [IGNORE] * len(ids), 0
+        for (text, is_trained), head in zip(segs, prefix_ids, strict=True):
+            if head != ids[: len(head)]:
+                raise DataError(
+                    f"the tokenizer merges the text before and after {text[-20:]!r} into one "
+                    "token, and gives no character offsets to tell the reply's tokens from "
+                    "the template's",
+                    "use the model's fast tokenizer (its tokenizer.json), or a chat template "
+                    "whose text before each reply ends where a token ends (no trailing space)",
+                )
+            if is_trained:
+                lab[start : len(head)] = ids[start : len(head)]
+            start = max(start, len(head))
+        out.append((ids, lab))
+    return out
+
+
+def _offsets(
+    tok: Tokenizer, texts: list[str], special: bool
+) -> list[tuple[list[int], list[tuple[int, int]]]] | None:
+    """Each text's ids (as `tok.encode` gives them) and each id's character span, from
+    a transformers fast tokenizer; None for a tokenizer that gives no offsets."""
+    hf = getattr(tok, "hf", None)
+    if not texts or hf is None or not getattr(hf, "is_fast", False):
+        return None
+    out = hf(texts, add_special_tokens=special, return_offsets_mapping=True, verbose=False)
+    return [
+        ([int(i) for i in ids], [(int(s), int(e)) for s, e in spans])
+        for ids, spans in zip(out["input_ids"], out["offset_mapping"], strict=True)
+    ]
 
 
 def _padded(
