@@ -6,11 +6,12 @@ a checkpoint folder (`ckpt-*` with adapter/ and state.pt) or a checkpoint root (
 LATEST checkpoint, else its final adapter/): the folders predict and export accept,
 found by the same `adapter_io.adapter_folder`; or a plain transformers model folder
 (model.safetensors without declora.json: a base model, `export --merge`'s output),
-shown as kind "model" with a line saying predict and export refuse it. Nothing is
-modified. Beside the config fingerprint it shows `weights_sha256`, a hash of the
-weights file's tensors (names sorted; name, dtype, shape and bytes of each), equal for
-two adapters exactly when their weights agree; and the hash `declora.json` recorded at
-save time, if any.
+shown as kind "model" with a line saying predict and export refuse it (a merged
+export's line, and its `merged_from`, name the adapter its declora_export.json
+records). Nothing is modified. Beside the config fingerprint it shows `weights_sha256`,
+a hash of the weights file's tensors (names sorted; name, dtype, shape and bytes of
+each), equal for two adapters exactly when their weights agree; and the hash
+`declora.json` recorded at save time, if any.
 """
 
 from __future__ import annotations
@@ -122,6 +123,10 @@ def inspect_path(path: Path) -> dict[str, Any]:
         "bytes": weights.stat().st_size,
         "tensors": tensors,
     }
+    from declora.node.adapter_io import EXPORT_INFO, merged_source
+
+    if plain and (adapter / EXPORT_INFO).is_file():  # `export --merge`'s output
+        info["merged_from"] = merged_source(adapter) or "an adapter"
     if ckpt is not None:
         from declora.node.checkpoint import CheckpointError, read_state
 
@@ -187,9 +192,11 @@ def render(info: dict[str, Any]) -> None:
         else f"LoRA r={lora['r']} alpha={lora['lora_alpha']} targets={lora['target_modules']} "
         f"task={lora['task_type']}" + (f" method={info['method']}" if info["method"] else "")
     )
+    merged = info.get("merged_from")
+    what = f"a merged export of {merged}, " if merged is not None else ""
     plain = (
-        "a transformers model folder, not an adapter: predict and export take a node's "
-        "adapter/ or checkpoint; start and simulate take this folder as --model\n"
+        f"{escape(what)}a transformers model folder, not an adapter: predict and export "
+        "take a node's adapter/ or checkpoint; start and simulate take this folder as --model\n"
         if info["kind"] == "model"
         else ""
     )

@@ -27,7 +27,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from declora.node.adapter_card import ADAPTER_CONFIG, ADAPTER_WEIGHTS, DECLORA_INFO, MODEL_CARD
+from declora.node.adapter_card import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    DECLORA_INFO,
+    MODEL_CARD,
+    model_card,
+    portable_base,
+)
 from declora.node.adapter_io import AdapterError, adapter_folder, export_merged, perplexity
 from declora.node.data import DataError, column_values, is_chat_turns, read_splits
 from declora.node.data import read_texts as column_texts
@@ -78,7 +85,11 @@ def _jsonl_texts(lines: list[str], text_column: str, source: str) -> list[str]:
                 f"{source}:{lineno}: not valid JSON: {exc.msg}", "one JSON object per line"
             ) from exc
         if not isinstance(row, dict):
-            raise DataError(f"{source}:{lineno}: a {type(row).__name__}, not a JSON object")
+            raise DataError(
+                f"{source}:{lineno}: a {type(row).__name__}, not a JSON object",
+                f"one JSON object a line, the text in column {text_column!r}: "
+                f"{json.dumps({text_column: 'a text to score'})}",
+            )
         if text_column not in row:
             raise DataError(
                 f"{source}:{lineno}: no text column {text_column!r}; columns are {sorted(row)}",
@@ -283,7 +294,7 @@ def run_export(adapter: Path, output: Path, merge: bool, base: str | None = None
     if output.is_dir() and any(output.iterdir()):
         target = new_build_dir(output)  # written beside it, then moved into its place
     try:
-        line = _export(adapter, target, merge, base)
+        line = _export(adapter, target, merge, base, final=output)
         if target != output:
             atomic_replace_dir(target, output)
     finally:
@@ -292,8 +303,27 @@ def run_export(adapter: Path, output: Path, merge: bool, base: str | None = None
     return line.replace(str(target), str(output))
 
 
-def _export(adapter: Path, output: Path, merge: bool, base: str | None) -> str:
-    """`run_export` into `output`, a folder that does not exist or is empty."""
+def _describe_copy(output: Path, final: Path) -> None:
+    """The copied adapter in `output` (to be moved to `final`): its model card loads
+    `final`, not the folder it was copied from; its config names the base portably."""
+    info_file = output / DECLORA_INFO
+    if not all((output / n).is_file() for n in (MODEL_CARD, DECLORA_INFO, ADAPTER_CONFIG)):
+        return  # a DECA full model folder, or one not written by declora: as it is
+    try:
+        info = json.loads(info_file.read_text())
+    except json.JSONDecodeError:
+        return  # copied as it is: load_adapter reports it
+    if not isinstance(info, dict):
+        return
+    if isinstance(info.get("base"), dict):
+        portable_base(output / ADAPTER_CONFIG, info["base"])
+    (output / MODEL_CARD).write_text(model_card(info, str(final)))
+
+
+def _export(adapter: Path, output: Path, merge: bool, base: str | None, final: Path) -> str:
+    """`run_export` into `output`, a folder that does not exist or is empty, that will be
+    moved to `final`: a copied adapter's card names `final`, its config a base that loads
+    from any directory (`portable_base`)."""
     if not merge:
         folder = adapter_folder(adapter)
         if output.exists() and (not output.is_dir() or any(output.iterdir())):
@@ -308,6 +338,7 @@ def _export(adapter: Path, output: Path, merge: bool, base: str | None) -> str:
         for name in names:
             if (folder / name).is_file():
                 shutil.copy2(folder / name, output / name)
+        _describe_copy(output, final)
         return f"copied the adapter {folder} to {output}"
     with quiet_transformers():
         out, loaded = export_merged(adapter, output, base=base)

@@ -2,8 +2,8 @@
 
 `LoraModel.save_adapter` calls `describe_adapter` on the folder PEFT just wrote; it
 adds `declora.json` (fingerprint, spec, labels, base, weights hash, the caller's
-meta) and a `README.md` model card, and, for an embedded base, puts the base's
-portable hub id in `adapter_config.json` (PEFT writes this machine's path there).
+meta) and a `README.md` model card, and puts a base name that loads from any directory
+in `adapter_config.json` (`portable_base`: PEFT writes the --model as given there).
 """
 
 from __future__ import annotations
@@ -85,14 +85,27 @@ def describe_base(name: str, digest: str) -> dict[str, object]:
     return record
 
 
-def describe_adapter(folder: Path, info: dict[str, Any], final_path: Path) -> None:
-    """Complete a PEFT folder: hub id in its config, `declora.json` and `README.md`."""
-    base = info.get("base") or {}
-    config_file = folder / ADAPTER_CONFIG
-    if base.get("hub_id") and base.get("local_path"):  # an embedded base: portable name
+def portable_base(config_file: Path, base: Mapping[str, Any]) -> None:
+    """Set `base_model_name_or_path` in PEFT's `config_file` to a name that loads from
+    any directory: an embedded base's hub id, else a local base's absolute folder
+    (PEFT writes the --model as given, a path relative to the node's directory); a hub
+    id is kept. Neither the fingerprint nor the weights hash reads this file."""
+    name = base.get("hub_id") or base.get("local_path")
+    if not name or not config_file.is_file():
+        return
+    try:
         config = json.loads(config_file.read_text())
-        config["base_model_name_or_path"] = base["hub_id"]
+    except json.JSONDecodeError:
+        return  # not PEFT's file: left as it is, for the loader to report
+    if isinstance(config, dict) and config.get("base_model_name_or_path") != name:
+        config["base_model_name_or_path"] = name
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
+def describe_adapter(folder: Path, info: dict[str, Any], final_path: Path) -> None:
+    """Complete a PEFT folder: a portable base name in its config (`portable_base`),
+    `declora.json` and `README.md`."""
+    portable_base(folder / ADAPTER_CONFIG, info.get("base") or {})
     info = {**info, "weights_sha256": weights_sha256(folder / ADAPTER_WEIGHTS)}
     (folder / DECLORA_INFO).write_text(json.dumps(info, indent=2, default=str))
     (folder / MODEL_CARD).write_text(model_card(info, str(final_path)))

@@ -184,8 +184,27 @@ def adapter_folder(path: str | Path) -> Path:
     return p
 
 
+def merged_source(folder: Path) -> str | None:
+    """The adapter a merged export in `folder` records it came from (as `export` was
+    given it), or None when its declora_export.json names none."""
+    try:
+        source = json.loads((folder / EXPORT_INFO).read_text()).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return source if isinstance(source, str) and source else None
+
+
 def _read_info(folder: Path) -> dict[str, Any]:
     info_file = folder / DECLORA_INFO
+    if not info_file.is_file() and (folder / EXPORT_INFO).is_file():
+        source = merged_source(folder)
+        raise AdapterError(
+            f"{folder} is a merged export (`export --merge`): a plain transformers model, "
+            "not an adapter",
+            f"load it with transformers' from_pretrained or train on it with `start --model "
+            f"{folder}`; predict and generate take the adapter it was merged from"
+            + (f" ({source})" if source else ""),
+        )
     if not info_file.is_file():
         peft = (folder / ADAPTER_CONFIG).is_file()
         loader = "peft.PeftModel.from_pretrained" if peft else "transformers' from_pretrained"

@@ -116,7 +116,12 @@ def check_targets(base: BaseModel, targets: tuple[str, ...]) -> None:
         raise ModelError("--targets: no LoRA target given", "name layers, or all-linear")
     if ALL_LINEAR in targets:
         if len(targets) > 1:
-            raise ModelError(f"--targets {ALL_LINEAR} cannot be combined with other targets")
+            others = ",".join(t for t in targets if t != ALL_LINEAR)
+            raise ModelError(
+                f"--targets {ALL_LINEAR} cannot be combined with other targets",
+                f"give --targets {ALL_LINEAR} alone (it already adapts every linear layer), "
+                f"or name the layers alone: --targets {others}",
+            )
         return
     layers = lora_layers(base.model, base.task)
     unknown = [t for t in targets if not any(names_layer(t, p) for p in layers)]

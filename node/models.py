@@ -208,10 +208,33 @@ class ByteTokenizer:
         return bytes(i - 3 for i in ids if 3 <= i < self.vocab_size).decode(errors="replace")
 
 
+# how to give a model folder's tokenizer the EOS (and pad) token it lacks
+EOS_HINT = (
+    "set eos_token (and/or pad_token) in the model folder's tokenizer_config.json to a "
+    'token of its vocabulary, e.g. "eos_token": "</s>"'
+)
+
+
+def check_special_tokens(name: str, tokenizer: object, task: Task) -> None:
+    """`ModelError` (with `EOS_HINT`) when the transformers `tokenizer` of model `name`
+    lacks a token the task needs: an EOS token for "lm" (each text and reply ends with
+    it), a pad or an EOS token for "cls" (padding)."""
+    eos = getattr(tokenizer, "eos_token", None) is not None
+    eos = eos and getattr(tokenizer, "eos_token_id", None) is not None
+    if task == "lm" and not eos:
+        why = "no EOS token, which causal-LM training needs"
+    elif not eos and getattr(tokenizer, "pad_token", None) is None:
+        why = "neither a pad nor an EOS token, which padding needs"
+    else:
+        return
+    raise ModelError(f"the tokenizer of model {name!r} has {why}", EOS_HINT)
+
+
 class HFTokenizer:
     """Adapter around a transformers tokenizer with right padding and truncation."""
 
     def __init__(self, tokenizer: object) -> None:
+        """Without a pad token the EOS token pads (`check_special_tokens` first)."""
         self._tok = tokenizer
         if getattr(tokenizer, "pad_token", None) is None:
             tokenizer.pad_token = tokenizer.eos_token  # type: ignore[attr-defined]
@@ -367,7 +390,8 @@ def load_base(
     (tokens per example) a model whose context is shorter is refused before its
     weights load (`check_context`). A local path that is not a model folder, a folder
     without a tokenizer, or a hub id neither cached nor reachable is a `ModelError`
-    (`model_source.find_model`).
+    (`model_source.find_model`), and so is a tokenizer with no EOS token for task
+    "lm" or with neither a pad nor an EOS token, before the weights load.
 
     For task "cls", `labels` (the run's names in id order, optional) are compared with
     the names a saved head's config gives its rows: the same names in another order
@@ -400,6 +424,8 @@ def load_base(
         if max_length is not None:
             check_context(name, config, max_length)
         hf_tok = source.tokenizer()
+        check_special_tokens(name, hf_tok, task)
+        tokenizer = HFTokenizer(hf_tok)
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # a new task head is expected, not news
         try:
@@ -420,7 +446,6 @@ def load_base(
             ) from exc
         finally:
             hf_logging.set_verbosity(verbosity)
-        tokenizer = HFTokenizer(hf_tok)
         if order is not None:
             reorder_head(model, order, labels)
             _log.info(
