@@ -113,7 +113,11 @@ def _jsonl_prompts(lines: Sequence[str], source: str) -> list[Prompt]:
                 f"{where}: not valid JSON: {exc.msg}", "one JSON object a line"
             ) from exc
         if not isinstance(row, dict):
-            raise DataError(f"{where}: a {type(row).__name__}, not a JSON object")
+            raise DataError(
+                f"{where}: a {type(row).__name__}, not a JSON object",
+                'one JSON object a line: {"prompt": "..."} or '
+                '{"messages": [{"role": "user", "content": "..."}]}',
+            )
         if "messages" in row:
             prompts.append(_messages(row["messages"], where))
         elif isinstance(row.get("prompt"), str) and row["prompt"].strip():

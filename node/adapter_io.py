@@ -123,7 +123,9 @@ class LoadedAdapter:
         losses: list[float] = []
         for start in range(0, len(texts), batch_size):
             batch = TextDataset(tuple(texts[start : start + batch_size]), None, ())
-            ids, mask, labels = encode_lm(self.tokenizer, batch, self.max_length, packing=False)
+            ids, mask, labels = encode_lm(
+                self.tokenizer, batch, self.max_length, packing=False, scoring=True
+            )
             logits = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
             logits = logits.float()[:, :-1]
             target, keep = labels[:, 1:].to(dev), (labels[:, 1:] != IGNORE).to(dev).float()

@@ -63,7 +63,7 @@ from declora.node.data import (
     is_chat_turns,
     read_texts,
 )
-from declora.node.models import ModelError, Tokenizer
+from declora.node.models import EOS_HINT, ModelError, Tokenizer
 
 IGNORE = -100  # the label of a token that carries no loss
 INSTRUCTION, INPUT, OUTPUT = "instruction", "input", "output"
@@ -400,11 +400,7 @@ def _as_chat(messages: str | Sequence[Mapping[str, str]]) -> Chat:
 def _eos(tok: Tokenizer) -> tuple[int, str]:
     """The EOS token's id and text."""
     if tok.eos_token is None or tok.eos_id is None:
-        raise ModelError(
-            "the tokenizer has no EOS token, which causal-LM training needs",
-            'set "eos_token" in the model\'s tokenizer_config.json (e.g. the token its '
-            "documents or replies end with), or pick a model whose tokenizer has one",
-        )
+        raise ModelError("the tokenizer has no EOS token, which causal-LM training needs", EOS_HINT)
     return tok.eos_id, tok.eos_token
 
 

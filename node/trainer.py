@@ -300,8 +300,9 @@ class LoraModel:
         Beside the PEFT files, `declora.json` records the fingerprint, the spec, the
         agreed recipe facts (so `load_adapter` rebuilds the same fingerprint), the
         labels, the base (`base_record`), the weights' sha256 and `meta`; `README.md`
-        is a model card. For the embedded MiniLM, `adapter_config.json` names the
-        portable hub id of the base instead of this machine's path.
+        is a model card. `adapter_config.json` names the base so PEFT alone loads it
+        from any directory: a hub id (the embedded models'), else the local base's
+        absolute folder (`adapter_card.portable_base`).
         """
         with built_atomically(path, vec.nbytes) as build:
             with self.using(vec):

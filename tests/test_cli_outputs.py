@@ -144,7 +144,11 @@ def test_export_force_replaces_the_folder_whole(tmp_path: Path, adapter: Path, m
         assert "config.json" in written and "declora_export.json" in written
     else:
         assert written == ADAPTER_FILES
-        assert files(out) == {n: (adapter / n).read_bytes() for n in ADAPTER_FILES}
+        kept = [n for n in ADAPTER_FILES if n != "README.md"]  # the card names the copy
+        assert {n: b for n, b in files(out).items() if n in kept} == {
+            n: (adapter / n).read_bytes() for n in kept
+        }
+        assert f"load_adapter({str(out)!r})" in (out / "README.md").read_text()
     assert "notes.txt" not in written and "lab-0" not in written
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "rows.jsonl"]  # no build left
 

@@ -158,8 +158,12 @@ def test_export_without_merge_copies_the_adapter(
     _, _, path = saved
     res = runner.invoke(app, ["export", str(path), "-o", str(tmp_path / "copy")])
     assert res.exit_code == 0, res.output
-    for name in ("adapter_config.json", "adapter_model.safetensors", "declora.json", "README.md"):
+    for name in ("adapter_config.json", "adapter_model.safetensors", "declora.json"):
         assert (tmp_path / "copy" / name).read_bytes() == (path / name).read_bytes()
+    # the copy's card loads the copy, not the folder it came from
+    assert (
+        f"load_adapter({str(tmp_path / 'copy')!r})" in (tmp_path / "copy" / "README.md").read_text()
+    )
 
 
 def test_export_refuses_a_truncated_adapter_and_copies_nothing(
