@@ -492,7 +492,9 @@ def _check_rows(reader: Any, path: Path, header: list[str], named: int, sep: str
             if (
                 width > 1
                 and len(parts) == width
-                and any(p in seen[i] for i, p in enumerate(parts) if p)
+                # a value another row has in another column (the spanning one's own
+                # column may hold a short text such as "Thanks," by chance)
+                and any(p in seen[i] for i, p in enumerate(parts) if p and i != column)
             ):
                 raise DataError(
                     f"{path}:{first}: cannot read it as csv: row {number}'s quoted field in "

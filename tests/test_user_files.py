@@ -115,3 +115,15 @@ def test_spreadsheet_csvs_are_read_as_written(
     data = load_file(write(tmp_path, name, text))
     assert list(data.texts) == texts
     assert data.label_names == ("x", "y")
+
+
+def test_a_multi_line_text_whose_line_matches_another_rows_text_is_read(
+    tmp_path: Path,
+) -> None:
+    """A quoted e-mail signed "Thanks," beside a row whose text is "Thanks": the inner
+    line matches a value of the spanning field's own column only, so it is no row."""
+    email = "Hello,\n\nmy parcel has not arrived yet.\n\nThanks,\nAnna"
+    body = f'text,label\nThanks,thanks\n"{email}",order_status\n'
+    data = load_file(write(tmp_path, "emails.csv", body))
+    assert list(data.texts) == ["Thanks", email]
+    assert sorted(data.label_names) == ["order_status", "thanks"]

@@ -129,3 +129,17 @@ def test_a_config_file_spelling_an_option_both_ways_is_refused(
     one = tmp_path / "one.toml"
     one.write_text('text-column = "a"\nlabel_column = "b"\n', encoding="utf-8")
     assert read_config_file(one) == {"text_column": "a", "label_column": "b"}
+
+
+def test_a_small_share_of_a_many_class_swarm_passes_with_its_labels(
+    tmp_path: Path, tiny_lm: LoraModel
+) -> None:
+    """With --labels (a swarm of per-node files) one node's own share may hold most of
+    the classes once: not refused as a score column (labels outside the set are)."""
+    share = [f"intent{i}" for i in range(30)] + [f"intent{30 + i // 3}" for i in range(45)]
+    data = rows_file(tmp_path / "shard.jsonl", share)
+    names = tuple(f"intent{i}" for i in range(150))
+    with pytest.raises(DataError, match="45 distinct labels in 75 rows, 30 of them"):
+        load_workload(tiny_sim_config(data).recipe(), 1, lm=tiny_lm)
+    work = load_workload(tiny_sim_config(data, labels=names).recipe(), 1, lm=tiny_lm)
+    assert work.train.num_labels == 150
