@@ -204,6 +204,9 @@ def test_no_address_to_dial_shows_no_neighbour_gone() -> None:
     assert dials.all_gone(["a:1"])
     assert not dials.all_gone(["a:1", "b:1"])
     assert not dials.all_gone(["a:1", "c:1"])  # never dialled
+    # a compose service that finished: Docker's DNS no longer resolves its name
+    dials.record("node3:7070", "DNS lookup of node3 failed")
+    assert dials.all_gone(["a:1", "node3:7070"])
 
 
 def test_a_node_with_training_left_still_waits_for_its_neighbours(

@@ -222,7 +222,8 @@ class Daemon:
         too few, StartupError naming why each missing peer failed. A node with no
         training round left (resumed into the consensus finish) goes on instead, with
         a warning, only when the last dial of every missing wanted address (at least
-        one) was refused a connection (`DialLog.all_gone`: they finished and exited),
+        one) was refused a connection or named a host that no longer resolves
+        (`DialLog.all_gone`: they finished and exited),
         and mixes with whoever is live: with nobody, the train loop ends the finish at
         once and the node writes its final adapter from its own state and exits 0. A
         neighbour still loading listens on its port already (its dial times out or

@@ -298,7 +298,7 @@ def dial_failure(address: str, code: grpc.StatusCode, details: str, tls: bool = 
             host = split_address(address)[0]
         except ValueError:
             host = address
-        return f"DNS lookup of {host} failed"
+        return f"{NO_SUCH_HOST} {host} failed"
     if why is Cause.TIMEOUT:
         return "timed out: no answer to the handshake"
     return f"{code.name}: {details}".strip()
@@ -306,6 +306,7 @@ def dial_failure(address: str, code: grpc.StatusCode, details: str, tls: bool = 
 
 REFUSED = ("refused the handshake", "not joining")  # a dial outcome that says why
 NOTHING_LISTENS = "connection refused: nothing listens on that port"  # no node is up
+NO_SUCH_HOST = "DNS lookup of"  # the name resolves to nothing (a stopped container's)
 
 
 class DialLog:
@@ -330,13 +331,15 @@ class DialLog:
     def all_gone(self, addresses: Iterable[str]) -> bool:
         """Whether `addresses` name at least one address and the last dial of each was
         refused a connection (`NOTHING_LISTENS`: no node is up there; one that finished
-        and exited, or whose process has not bound its port yet). A node still loading
+        and exited, or whose process has not bound its port yet) or named a host that
+        does not resolve (`NO_SUCH_HOST`: Docker's DNS drops a stopped container's
+        name, so a compose service that finished is no longer found). A node still loading
         listens on its port already (`Transport.reserve`, then the loading gate), so a
         dial to it ends otherwise (timed out, "still loading its model"), as does a
         dial that never ended."""
         wanted = list(addresses)
         return bool(wanted) and all(
-            self.outcomes.get(a, "").startswith(NOTHING_LISTENS) for a in wanted
+            self.outcomes.get(a, "").startswith((NOTHING_LISTENS, NO_SUCH_HOST)) for a in wanted
         )
 
     def interceptor(self, address: str) -> grpc.aio.UnaryUnaryClientInterceptor:
