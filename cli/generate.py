@@ -9,11 +9,13 @@ or `messages` column (turns); any other file (.txt) is one prompt a non-blank li
 input is read and checked before the model loads, and every prompt's length before
 anything is generated: prompt plus --max-new-tokens must fit the model's context.
 
-A text prompt becomes one user turn rendered as training rendered conversations
-(`lm_data.encode_prompt`): with the chat template and its generation prompt, or, for a
-tokenizer without one, the plain rendering (the text and a newline), whichever route
-(--prompt, a file, stdin) it came by; `--no-chat-template` sends plain prompts as they
-are (a model trained on plain text continues them).
+A text prompt, whichever route (--prompt, a file, stdin) it came by, becomes one user
+turn rendered as training rendered conversations (`lm_data.encode_prompt`) with the chat
+template and its generation prompt; for a tokenizer without one, it gets the plain
+rendering (the text and a newline) only when the adapter's `declora.json` records that
+it trained on conversations (`lm_rows` "chats"), and is sent as it is when it trained on
+plain text or has no record (`renders_text`). `--no-chat-template` sends plain prompts as
+they are.
 Each prompt is generated on its own; sampling (`temperature` > 0) reseeds with `seed`
 before each prompt, so a prompt's output does not depend on the others; temperature 0
 is greedy decoding, the same tokens as `model.generate(do_sample=False)`. Generation
@@ -195,13 +197,21 @@ def prompt_ids(tok: Tokenizer, prompt: Prompt, chat_template: bool) -> list[int]
     """The ids the model continues: a text prompt is one user turn, rendered as training
     rendered conversations (`lm_data.encode_prompt`: the chat template with its
     generation prompt, or, for a model without one, the plain rendering "text\n"), the
-    same whichever route it came by; with `chat_template` off, the text as it is (with
-    the special tokens)."""
+    same whichever route it came by; with `chat_template` off (`renders_text`), the text
+    as it is (with the special tokens)."""
     from declora.node.lm_data import encode_prompt
 
     if isinstance(prompt, str) and not chat_template:
         return tok.encode([prompt])[0]
     return encode_prompt(tok, prompt)
+
+
+def renders_text(adapter: LoadedAdapter, chat_template: bool) -> bool:
+    """Whether a text prompt is rendered as a user turn (`prompt_ids`' `chat_template`):
+    unless `chat_template` is off, with the tokenizer's chat template, or without one
+    when the adapter trained on conversations (`LoadedAdapter.trained_on_chats`); one
+    trained on plain text, or saved before the record, continues the text as it is."""
+    return chat_template and (adapter.tokenizer.has_chat_template or adapter.trained_on_chats)
 
 
 def check_prompt_lengths(
@@ -303,7 +313,8 @@ def run_generate(
         loaded = load_adapter(adapter, base=base)
     if loaded.task != "lm":
         raise AdapterError(f"{loaded.path} is a classifier, not a causal LM adapter", "use predict")
-    encoded = [prompt_ids(loaded.tokenizer, p, chat_template) for p in prompts]
+    render = renders_text(loaded, chat_template)
+    encoded = [prompt_ids(loaded.tokenizer, p, render) for p in prompts]
     check_prompt_lengths(loaded, [len(ids) for ids in encoded], sampling.max_new_tokens)
     for p, ids in zip(prompts, encoded, strict=True):
         done = complete(loaded, ids, sampling)

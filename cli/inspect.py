@@ -112,6 +112,7 @@ def inspect_path(path: Path) -> dict[str, Any]:
         "spec": spec,
         "method": spec.get("method", "dec-lora") if spec else None,  # None: not declora's
         "task": meta.get("task") or spec.get("task"),
+        "lm_rows": meta.get("lm_rows"),  # a causal LM's "chats" or "text"; None: no record
         "lora": None
         if full
         else {

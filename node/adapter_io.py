@@ -49,7 +49,7 @@ from declora.node.models import (
     ModelError,
     Tokenizer,
 )
-from declora.node.trainer import LoraModel, LoraSpec
+from declora.node.trainer import CHATS, LM_ROWS, LoraModel, LoraSpec
 
 EXPORT_INFO = "declora_export.json"
 HEAD_SUFFIXES = (".classifier.weight", ".score.weight", ".classifier.out_proj.weight")
@@ -135,6 +135,13 @@ class LoadedAdapter:
             per_text = (ce * keep).sum(1) / keep.sum(1).clamp(min=1.0)
             losses.extend(float(v) for v in per_text.cpu())
         return losses
+
+    @property
+    def trained_on_chats(self) -> bool:
+        """Whether `declora.json` records that this causal LM trained on conversations
+        (LM_ROWS "chats"); False for plain text, another value, or an adapter saved
+        before the record."""
+        return self.info.get(LM_ROWS) == CHATS
 
     @property
     def full_model(self) -> bool:

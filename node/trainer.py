@@ -40,6 +40,10 @@ from declora.node.schedule import Schedule
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 LM_EVAL_LOGITS = 1 << 24  # logits an LM evaluation batch may hold (64 MiB in fp32)
+# declora.json's record of what a causal-LM adapter trained on: "chats" (rendered
+# conversations) or "text" (plain documents); absent from adapters saved before it
+LM_ROWS = "lm_rows"
+CHATS, TEXT = "chats", "text"
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,9 @@ class LoraModel:
             raise ModelError(problem, "give --targets linear layers only, or --method dec-lora")
         self.base_digest = base_digest(self.model)
         self.agreed: dict[str, object] = dict(agreed or {})
+        # what a causal LM trains on (CHATS or TEXT), recorded as LM_ROWS when set
+        # (`workload.load_workload` sets it from the data it read)
+        self.lm_rows: str | None = None
         identity: dict[str, object] = {**self.spec.as_dict(), **self.agreed}
         if names:
             identity = {**identity, "labels": list(names)}
@@ -313,7 +320,9 @@ class LoraModel:
 
     def recorded(self, meta: dict[str, object]) -> dict[str, object]:
         """What a saved adapter's `declora.json` records of this model beside `meta`:
-        its fingerprint, spec, agreed recipe facts, task, labels and base."""
+        its fingerprint, spec, agreed recipe facts, task, labels, base and, for a
+        causal LM whose `lm_rows` is set, what it trained on (LM_ROWS)."""
+        rows = {LM_ROWS: self.lm_rows} if self.task == "lm" and self.lm_rows else {}
         return {
             "fingerprint": self.fingerprint,
             "spec": self.spec.as_dict(),
@@ -322,6 +331,7 @@ class LoraModel:
             "labels": list(self.label_names),
             "num_labels": self.num_labels if self.task == "cls" else 0,
             "base": self.base_record(),
+            **rows,
             **meta,
         }
 

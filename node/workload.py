@@ -33,7 +33,7 @@ from declora.node.kill_revive import node_type
 from declora.node.lm_data import LmFormat
 from declora.node.partition import partition
 from declora.node.recipe import Recipe
-from declora.node.trainer import Encoded, LocalTrainer, LoraModel, count_targets
+from declora.node.trainer import CHATS, TEXT, Encoded, LocalTrainer, LoraModel, count_targets
 
 _log = logging.getLogger(__name__)
 PARTITION_SCHEME = "partition_scheme"
@@ -207,6 +207,7 @@ def load_workload(
     `max_train` keeps a seeded subset of the training set first (0 = all); `lm`
     reuses an already built model (same recipe); `model_type` builds another kind
     than the method's (`full_finetune.FullModel`: the full fine-tuning reference).
+    A causal LM's `lm_rows` is set to what it trains on (`trainer.CHATS` or `TEXT`).
     """
     cls = recipe.task == "cls"
     # causal LM: labels (e.g. a topic) only to share the data out by them
@@ -268,6 +269,8 @@ def load_workload(
             label_names=names if len(names) >= 2 else (), precision=recipe.precision,
             gradient_checkpointing=recipe.gradient_checkpointing, agreed=recipe.agreed_facts(),
         )  # fmt: skip
+    if recipe.task == "lm":  # what its saved adapters record it trained on
+        lm.lm_rows = TEXT if train.chats is None else CHATS
     return Workload(recipe, nodes, train, test, parts, lm, validation)
 
 
