@@ -874,7 +874,9 @@ def generate(
         bool,
         typer.Option(
             "--chat-template/--no-chat-template",
-            help="Render prompts with the tokenizer's chat template (chat models).",
+            help="Render text prompts as one user turn (the chat template; without one, "
+            "the plain rendering for an adapter trained on conversations); "
+            "--no-chat-template sends them as they are.",
         ),
     ] = True,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate at most.")] = 128,
