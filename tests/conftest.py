@@ -72,6 +72,19 @@ def tiny_sim_config(data: Path, **changes: object) -> SimConfig:
     return SimConfig.model_validate({**base, **changes})
 
 
+def save_word_tokenizer(path: Path) -> None:
+    """Save a three-word fast tokenizer (`[UNK]`, `[PAD]`, `a`) into the model folder
+    `path`, as a tiny classifier saved for a test needs one."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, "[PAD]": 1, "a": 2}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]")
+    fast.save_pretrained(path)
+
+
 def make_synthetic(n: int = 200, seed: int = 0) -> TextDataset:
     """`n` short texts, classes balanced and shuffled; 4 class words and one shared word."""
     rng = np.random.default_rng(seed)

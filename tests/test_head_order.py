@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import save_word_tokenizer
 
 from declora.node.models import load_base
 
 
 def _sentiment(path: Path, names: dict[int, str]) -> Path:
     """A tiny BERT classifier whose head always answers its row 0 (`names[0]`)."""
-    tokenizers = pytest.importorskip("tokenizers")
-    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+    from transformers import BertConfig, BertForSequenceClassification
 
     cfg = BertConfig(
         vocab_size=16, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
@@ -27,11 +27,7 @@ def _sentiment(path: Path, names: dict[int, str]) -> Path:
         model.classifier.weight.zero_()
         model.classifier.bias.copy_(torch.tensor([5.0] + [-5.0] * (len(names) - 1)))
     model.save_pretrained(path)
-    vocab = {"[UNK]": 0, "[PAD]": 1, "a": 2}
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]")
-    fast.save_pretrained(path)
+    save_word_tokenizer(path)
     return path
 
 

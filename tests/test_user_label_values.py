@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import save_word_tokenizer
 
 from declora.node.data import DataError, declared_labels, label_name, load_dataset, load_file
 from declora.node.lm_data import LmFormat
@@ -235,12 +236,7 @@ def test_supported_lm_formats_still_read(tmp_path: Path) -> None:
 
 def _classifier_folder(path: Path, num_labels: int) -> Path:
     """A tiny BERT sequence classifier saved with a head for `num_labels` labels."""
-    tokenizers = pytest.importorskip("tokenizers")
-    from transformers import (
-        AutoModelForSequenceClassification,
-        BertConfig,
-        PreTrainedTokenizerFast,
-    )
+    from transformers import AutoModelForSequenceClassification, BertConfig
 
     cfg = BertConfig(
         vocab_size=16, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
@@ -248,11 +244,7 @@ def _classifier_folder(path: Path, num_labels: int) -> Path:
         id2label={i: f"class-{i}" for i in range(num_labels)},
     )  # fmt: skip
     AutoModelForSequenceClassification.from_config(cfg).save_pretrained(path)
-    vocab = {"[UNK]": 0, "[PAD]": 1, "a": 2}
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]")
-    fast.save_pretrained(path)
+    save_word_tokenizer(path)
     return path
 
 
