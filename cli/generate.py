@@ -37,7 +37,8 @@ import torch
 
 from declora.cli.predict import text_lines
 from declora.node.adapter_io import AdapterError, LoadedAdapter, adapter_folder
-from declora.node.data import BUILDERS, DataError, column_values, read_splits
+from declora.node.data import column_values
+from declora.node.data_files import BUILDERS, DataError, read_splits
 from declora.node.models import Tokenizer, context_length
 
 # a prompt: plain text, or a conversation as {role, content} turns

@@ -36,8 +36,9 @@ from declora.node.adapter_card import (
     portable_base,
 )
 from declora.node.adapter_io import AdapterError, adapter_folder, export_merged, perplexity
-from declora.node.data import DataError, column_values, is_chat_turns, read_splits
+from declora.node.data import column_values, is_chat_turns
 from declora.node.data import read_texts as column_texts
+from declora.node.data_files import DataError, read_splits
 from declora.node.models import ModelError
 from declora.node.run_folder import FolderBusy, earlier_run, held, hold, release
 

@@ -5,39 +5,32 @@ label names. The embedded default reads the BBC News files of the `corpus4classi
 package directly, sorted by path, and splits them with a fixed seed, so every node
 and every run sees the same train/test split.
 
-User data is read with the Hugging Face `datasets` library: JSON lines (`.jsonl`,
-`.ndjson`, `.json`), CSV/TSV, parquet, arrow, or a folder written by
-`Dataset.save_to_disk` / `DatasetDict.save_to_disk`. Every user mistake (missing file,
-unsupported type, empty file, bad JSON line, missing column, empty text, a label
-outside the declared set) raises `DataError` with a one-line message and a hint.
+User data files are read by `data_files.read_splits` (JSON lines, CSV/TSV, parquet,
+arrow, a save_to_disk folder). Every user mistake (those of reading the file, a
+missing column, an empty text, a label outside the declared set) raises
+`data_files.DataError` with a one-line message and a hint.
 Causal-LM formats (chat messages, prompt/response, instruction) are read by an
 `ExampleReader` (`lm_data.LmFormat`) handed to `load_dataset`; rows then carry `chats`.
 `load_dataset` drops exact and near-duplicate texts before it splits (node/dedupe.py;
 conversations compared without their system turns), so no test text is a copy of a
 training text; a file that leaves no training row is a `DataError` counting the rows
-read, dropped and held out. A JSON or CSV file in UTF-16/32 is named as such. CSV/TSV
-files are read as spreadsheets write them (Excel's `sep=X` first line, a trailing comma
-on every line); a file pandas would misread silently (a stray quote mark swallowing
-rows, a `;`-separated file named .csv) is refused naming its line (`_csv_options`).
+read, dropped and held out.
 """
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 import logging
 import re
-import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from declora.node.errors import HintedError
+from declora.node.data_files import DataError, _read_splits, _where
 
 EMBEDDED_DATA = "bbcnews"
 EMBEDDED_CHAT = "bbc-headlines"  # the same articles as headline chats (node/headlines.py)
@@ -45,17 +38,6 @@ BBC_TEST_FRACTION = 0.2
 BBC_SPLIT_SEED = 0
 _log = logging.getLogger(__name__)
 
-# file suffix -> the `datasets` packaged builder that reads it
-BUILDERS = {
-    ".jsonl": "json",
-    ".ndjson": "json",
-    ".json": "json",
-    ".csv": "csv",
-    ".tsv": "csv",
-    ".parquet": "parquet",
-    ".arrow": "arrow",
-}
-SUPPORTED_HINT = "use .jsonl, .json, .csv, .tsv, .parquet, .arrow or a save_to_disk folder"
 TRAIN_SPLIT = "train"
 TEST_SPLITS = ("test", "validation")
 
@@ -64,10 +46,6 @@ DataFormat = Literal["auto", "text", "messages", "prompt-response", "instruction
 Chat = tuple[tuple[str, str], ...]  # one conversation: (role, content) turns
 # reads a split's examples: (datasets.Dataset, where) -> (texts, chats or None)
 ExampleReader = Callable[[Any, str], tuple[tuple[str, ...], tuple[Chat, ...] | None]]
-
-
-class DataError(HintedError):
-    """A dataset could not be read: `message`, then `hint` (`errors.HintedError`)."""
 
 
 @dataclass(frozen=True)
@@ -294,324 +272,6 @@ class _Raw:
     declared: tuple[str, ...] | None
     chats: tuple[Chat, ...] | None = None
     renamed: tuple[tuple[str, str], ...] = ()  # (as written, as read) for "2.0" -> "2"
-
-
-@contextmanager
-def _quiet_datasets() -> Iterator[Any]:
-    """Import `datasets` with its progress bars and logging silenced (restored after)."""
-    try:
-        import datasets
-    except ImportError as exc:  # pragma: no cover - a dependency
-        raise DataError(
-            "reading data files needs the 'datasets' package", "pip install datasets"
-        ) from exc
-    from datasets.utils import logging as ds_logging
-
-    bars_off = datasets.are_progress_bars_disabled()
-    verbosity = ds_logging.get_verbosity()
-    datasets.disable_progress_bars()
-    ds_logging.set_verbosity(ds_logging.CRITICAL)
-    try:
-        yield datasets
-    finally:
-        ds_logging.set_verbosity(verbosity)
-        if not bars_off:
-            datasets.enable_progress_bars()
-
-
-def _root_message(exc: BaseException) -> str:
-    while exc.__cause__ is not None or exc.__context__ is not None:
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    return str(exc) or type(exc).__name__
-
-
-def _diagnose_json(path: Path) -> DataError | None:
-    """Find the first line of a JSON-lines file that is not a JSON object."""
-    with path.open(encoding="utf-8", errors="replace") as fh:
-        row = 0
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            row += 1
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                if lineno == 1 and line.lstrip().startswith("["):
-                    return None  # a JSON array file, not JSON lines
-                return DataError(
-                    f"{path}:{lineno}: not valid JSON: {exc.msg}",
-                    'each line must be one JSON object of columns, e.g. {"text": ...}',
-                )
-            if not isinstance(value, dict):
-                return DataError(
-                    f"{path}:{lineno}: row {row} is a {type(value).__name__}, "
-                    "not a mapping of columns",
-                    'each line must be one JSON object, e.g. {"text": ..., "label": ...}',
-                )
-    return None
-
-
-# Excel's first line naming the separator ("sep=;"), skipped by Excel itself
-_SEP_LINE = re.compile(r"sep=([,;\t|])")
-_SEP_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
-_QUOTE_HINT = (
-    "quote a text that starts with a quote mark whole, its quote marks doubled "
-    '("""Hamlet"" is a play"), or drop the stray quote mark'
-)
-
-
-def _csv_options(datasets: Any, path: Path) -> dict[str, Any]:
-    """The `datasets` csv options that read `path` with every column as a string, so
-    texts and labels keep their spelling.
-
-    A `.tsv` file is tab-separated, any other comma-separated, unless its first line is
-    Excel's `sep=X` (X one of , ; tab |): then X, and that line is skipped. Trailing
-    header columns without a name (a comma at the end of every line) are dropped if they
-    hold no value. Refused with a `DataError` naming the line: a header that is one
-    column holding another separator (a `;`-separated file named .csv), a column name
-    that is empty (not trailing) or repeated, and every row `_check_rows` refuses."""
-    sep = "\t" if path.suffix.lower() == ".tsv" else ","
-    skip = 0
-    with path.open(encoding="utf-8-sig", newline="") as fh:
-        declared = _SEP_LINE.fullmatch(fh.readline().rstrip("\r\n"))
-        if declared:
-            sep, skip = declared.group(1), 1
-        else:
-            fh.seek(0)
-        reader = csv.reader(fh, delimiter=sep, strict=True)
-        try:
-            header = next(reader, None)
-        except csv.Error as exc:
-            raise DataError(
-                f"{path}:{skip + 1}: cannot read the header line as csv",
-                "separate the column names by the separator, quoting a name only whole",
-            ) from exc
-        if not header:
-            return {"sep": sep, "skiprows": skip or None}
-        named = _check_header(header, path, sep, skip + 1)
-        _check_rows(reader, path, header, named, sep)
-    features = datasets.Features({name: datasets.Value("string") for name in header[:named]})
-    return {
-        "sep": sep,
-        "skiprows": skip or None,
-        "usecols": list(range(named)) if named < len(header) else None,
-        "features": features,
-        "na_filter": False,
-        "index_col": False,
-    }
-
-
-def _check_header(header: list[str], path: Path, sep: str, line: int) -> int:
-    """How many leading columns of `header` are named (trailing empty names dropped);
-    a `DataError` for a one-column header holding another separator, an empty name
-    before a named column, or a repeated name."""
-    other = next((s for s in _SEP_NAMES if s != sep and len(header) == 1 and s in header[0]), None)
-    if other is not None:
-        fixes = {
-            "\t": "name the file .tsv (a .tsv file is read tab-separated)",
-            ",": "name the file .csv (a .csv file is read comma-separated)",
-        }
-        raise DataError(
-            f"{path}:{line}: the header {header[0]!r} is one column: the file looks "
-            f"{_SEP_NAMES[other]}-separated, but it is read {_SEP_NAMES[sep]}-separated",
-            fixes.get(other)
-            or f"save it comma-separated (Excel: 'CSV UTF-8 (Comma delimited)'), or put the "
-            f"line sep={other} above its header",
-        )
-    names = [name.strip() for name in header]
-    named = len(names)
-    while named and not names[named - 1]:
-        named -= 1
-    if "" in names[:named]:
-        raise DataError(
-            f"{path}:{line}: column {names.index('') + 1} of the header has no name",
-            "name every column in the header line",
-        )
-    repeated = sorted({name for name in header[:named] if header.count(name) > 1})
-    if repeated:
-        raise DataError(f"{path}: the header repeats column(s) {repeated}", "name each column once")
-    return named
-
-
-def _check_rows(reader: Any, path: Path, header: list[str], named: int, sep: str) -> None:
-    """A `DataError` naming the first row of `reader` (after the header) that cannot be
-    read as written: more fields than the header, a value in a trailing unnamed column,
-    a quoted field not closed before its row's separator or end of line (`"a"b`) or
-    the file's end, or a quoted field whose later line reads as a row of its own: the
-    header's number of fields there, one of them a value that column holds in another
-    row (a stray quote mark at a text's start swallowing the rows after it; files of
-    two or more columns). pandas
-    would read each of these silently otherwise (shifted columns, rows merged)."""
-    width, row, start = len(header), 0, reader.line_num + 1
-    seen: list[set[str]] = [set() for _ in header]
-    spanning: list[tuple[int, int, int, str]] = []  # (row, first line, column, value)
-    try:
-        for fields in reader:
-            if not fields:  # a blank line: skipped by the reader too
-                start = reader.line_num + 1
-                continue
-            row += 1
-            where = f"{path}:{start}: cannot read it as csv: row {row}"
-            if len(fields) > width:
-                raise DataError(
-                    f"{where} has {len(fields)} fields but the header has {width}",
-                    "check the quoting and the number of fields on every line; "
-                    "quote a text that holds the separator",
-                )
-            extra = next((i for i in range(named, len(fields)) if fields[i].strip()), None)
-            if extra is not None:
-                raise DataError(
-                    f"{where} has the value {fields[extra][:40]!r} in column {extra + 1}, "
-                    "which the header does not name",
-                    "name the column in the header line, or remove the value",
-                )
-            for i, value in enumerate(fields):
-                if "\n" in value or "\r" in value:
-                    spanning.append((row, start, i, value))
-                elif len(value) <= 100:
-                    seen[i].add(value)
-            start = reader.line_num + 1
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text", "save the file as UTF-8") from exc
-    except csv.Error as exc:
-        if "expected after" not in str(exc) and "end of data" not in str(exc):
-            return  # e.g. a text over csv's field size limit: left to the reader
-        raise DataError(
-            f"{path}:{start}: cannot read it as csv: row {row + 1} opens a quoted field that "
-            + (
-                "is never closed (it runs to the end of the file)"
-                if "end of data" in str(exc)
-                else f"a quote mark on line {reader.line_num} closes, followed by more text "
-                "instead of a separator or the line's end"
-            ),
-            _QUOTE_HINT,
-        ) from exc
-    for number, first, column, value in spanning:
-        for offset, line in enumerate(value.splitlines()[1:], 1):
-            parts = line.split(sep)
-            if (
-                width > 1
-                and len(parts) == width
-                # a value another row has in another column (the spanning one's own
-                # column may hold a short text such as "Thanks," by chance)
-                and any(p in seen[i] for i, p in enumerate(parts) if p and i != column)
-            ):
-                raise DataError(
-                    f"{path}:{first}: cannot read it as csv: row {number}'s quoted field in "
-                    f"column {column + 1} runs over line {first + offset}, which reads as a "
-                    f"row of its own ({line[:60]!r})",
-                    _QUOTE_HINT,
-                )
-
-
-def _read_file(path: Path) -> Any:
-    """A `datasets.Dataset` (in memory) of the rows of one data file."""
-    suffix = path.suffix.lower()
-    builder = BUILDERS.get(suffix)
-    if builder is None:
-        raise DataError(f"{path}: unsupported data file type {suffix!r}", SUPPORTED_HINT)
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: no rows (the file is empty)", "write one example per row")
-    if builder in ("json", "csv"):
-        _check_utf8(path)
-    with _quiet_datasets() as datasets, tempfile.TemporaryDirectory(prefix="declora-data-") as c:
-        try:
-            kwargs: dict[str, Any] = {}
-            if builder == "csv":
-                kwargs = _csv_options(datasets, path)
-            return datasets.load_dataset(
-                builder,
-                data_files=str(path),
-                split="train",
-                cache_dir=c,
-                keep_in_memory=True,
-                **kwargs,
-            )
-        except DataError:
-            raise
-        except Exception as exc:  # every reader failure is the file's fault here
-            raise _read_error(path, builder, exc) from exc
-
-
-# byte-order marks of the encodings that are not UTF-8 (UTF-32's first: it starts like UTF-16's)
-_BOMS = (
-    (b"\xff\xfe\x00\x00", "UTF-32"),
-    (b"\x00\x00\xfe\xff", "UTF-32"),
-    (b"\xff\xfe", "UTF-16"),
-    (b"\xfe\xff", "UTF-16"),
-)
-
-
-def _check_utf8(path: Path) -> None:
-    """A `DataError` for a text file (JSON, CSV) written as UTF-16 or UTF-32: a BOM of
-    theirs, or NUL bytes (which UTF-8 text never holds), in its first 4 KiB."""
-    with path.open("rb") as fh:
-        head = fh.read(4096)
-    found = next((name for bom, name in _BOMS if head.startswith(bom)), None)
-    if found is None and b"\x00" in head:
-        found = "UTF-32" if b"\x00\x00\x00" in head else "UTF-16"
-    if found is not None:
-        raise DataError(
-            f"{path}: not UTF-8 (looks like {found})",
-            "save it as UTF-8 (e.g. iconv -f " + found + " -t UTF-8, or your editor's "
-            "'save with encoding')",
-        )
-
-
-def _read_error(path: Path, builder: str, exc: Exception) -> DataError:
-    message = _root_message(exc)
-    if "corresponds to no data" in str(exc) or "No columns to parse" in message:
-        return DataError(f"{path}: no rows (the file is empty)", "write one example per row")
-    if builder == "json":
-        found = _diagnose_json(path)
-        if found is not None:
-            return found
-    if isinstance(exc, UnicodeDecodeError) or "codec can't decode" in message:
-        return DataError(f"{path}: not UTF-8 text", "save the file as UTF-8")
-    hints = {
-        "json": "write one JSON object per line",
-        "csv": "check the quoting and the number of fields on every line",
-        "parquet": "is it really a parquet file?",
-        "arrow": "is it really an arrow file?",
-    }
-    return DataError(f"{path}: cannot read it as {builder}: {message}", hints[builder])
-
-
-def _read_splits(path: Path) -> dict[str, Any]:
-    """Named `datasets.Dataset` splits: one ("all") for a file or a saved `Dataset`."""
-    if not path.exists():
-        raise DataError(f"data file not found: {path}", "check the --data path")
-    if path.is_file():
-        return {"all": _read_file(path)}
-    with _quiet_datasets() as datasets:
-        try:
-            loaded = datasets.load_from_disk(str(path), keep_in_memory=True)
-        except FileNotFoundError as exc:
-            raise DataError(
-                f"{path} is a folder but not one written by Dataset.save_to_disk",
-                f"pass a data file ({SUPPORTED_HINT.removeprefix('use ')})",
-            ) from exc
-        if isinstance(loaded, datasets.DatasetDict):
-            return dict(loaded.items())
-        return {"all": loaded}
-
-
-def _where(path: Path, split: str) -> str:
-    return f"{path}" if split == "all" else f"{path} [{split}]"
-
-
-def read_splits(path: Path) -> list[tuple[str, Any]]:
-    """(where, rows) of each split of data file or save_to_disk folder `path`, read as
-    training reads --data (`datasets.Dataset`s, in order); `DataError` for a file that
-    cannot be read or a split without rows. The one reader of `predict` and `generate`
-    input files."""
-    splits = []
-    for name, ds in _read_splits(path).items():
-        where = _where(path, name)
-        if len(ds) == 0:
-            raise DataError(f"{where}: no rows", "write one example per row")
-        splits.append((where, ds))
-    return splits
 
 
 def missing_label_column(spec: str | Path, column: str) -> str | None:

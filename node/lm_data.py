@@ -56,13 +56,13 @@ import torch
 
 from declora.node.data import (
     Chat,
-    DataError,
     DataFormat,
     TextDataset,
     column_values,
     is_chat_turns,
     read_texts,
 )
+from declora.node.data_files import DataError
 from declora.node.models import EOS_HINT, ModelError, Tokenizer
 
 IGNORE = -100  # the label of a token that carries no loss

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from declora.node.data import DataError
+from declora.node.data_files import DataError
 
 __all__ = [
     "SCHEME_FORMS",

@@ -30,7 +30,8 @@ from declora.node.adapter import (
     trainable,
 )
 from declora.node.adapter_card import describe_adapter, describe_base
-from declora.node.data import DataError, TextDataset
+from declora.node.data import TextDataset
+from declora.node.data_files import DataError
 from declora.node.lm_data import encode_lm
 from declora.node.lora_targets import check_targets, default_targets, wrap_lora
 from declora.node.methods import DEFAULT_METHOD, embedding_problem, freeze_lora_a

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from declora.node.data import DataError, TextDataset, load_dataset
+from declora.node.data import TextDataset, load_dataset
+from declora.node.data_files import DataError
 from declora.node.dec_lora import DecLoraNode
 from declora.node.deca import DecaNode
 from declora.node.deca_model import BlockModel, BlockTrainer

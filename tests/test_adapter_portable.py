@@ -19,7 +19,7 @@ from declora.cli.app import app
 from declora.cli.inspect import inspect_path
 from declora.cli.predict import _jsonl_texts, run_export
 from declora.node.adapter_io import AdapterError, export_merged, load_adapter
-from declora.node.data import DataError
+from declora.node.data_files import DataError
 from declora.node.lora_targets import check_targets
 from declora.node.models import ModelError, load_base
 

@@ -13,7 +13,8 @@ import torch
 from conftest import CLASS_NAMES, NUM_CLASSES, TINY_SPEC
 
 from declora.node.adapter import AdapterSchema, SchemaError, TensorSpec, trainable
-from declora.node.data import DataError, TextDataset
+from declora.node.data import TextDataset
+from declora.node.data_files import DataError
 from declora.node.models import load_base
 from declora.node.trainer import Encoded, LocalTrainer, LoraModel, LoraSpec
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from declora.node.data import DataError, TextDataset, load_dataset
+from declora.node.data import TextDataset, load_dataset
+from declora.node.data_files import DataError
 from declora.node.lm_data import IGNORE, LmFormat, encode_lm
 from declora.node.models import ByteTokenizer
 

@@ -16,7 +16,7 @@ from daemon_helpers import free_ports
 from typer.testing import CliRunner, Result
 
 from declora.cli.app import app
-from declora.node.data import DataError
+from declora.node.data_files import DataError
 from declora.node.partition import PartitionError, check_scheme, partition
 
 runner = CliRunner()

@@ -40,7 +40,7 @@ def test_lab_shares_unlabelled_lm_data_out_iid_unless_a_scheme_was_chosen(tmp_pa
     exited 2. Now the lab shares it out iid and says so; a scheme the user chose, in
     the flags or in `extra`, is refused with the hint before any daemon starts."""
     from declora.cli.lab import LabConfig, lab_scheme, node_config
-    from declora.node.data import DataError
+    from declora.node.data_files import DataError
     from declora.node.settings import NodeSettings
 
     data = str(_lm_data(tmp_path))

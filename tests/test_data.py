@@ -12,7 +12,6 @@ import pytest
 
 from declora.node.data import (
     BBC_TEST_FRACTION,
-    DataError,
     TextDataset,
     load_bbcnews,
     load_dataset,
@@ -20,6 +19,7 @@ from declora.node.data import (
     read_label_file,
     stratified_split,
 )
+from declora.node.data_files import DataError
 from declora.node.dedupe import dedupe
 
 BBC_LABELS = ("business", "entertainment", "politics", "sports", "tech")

@@ -25,7 +25,7 @@ from test_predict_cli import assert_user_error
 from typer.testing import CliRunner
 
 from declora.cli.app import app
-from declora.node.data import DataError
+from declora.node.data_files import DataError
 from declora.node.trainer import LoraModel, LoraSpec
 
 runner = CliRunner()

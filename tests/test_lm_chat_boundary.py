@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from declora.cli.generate import prompt_ids, stop_ids
-from declora.node.data import DataError, TextDataset
+from declora.node.data import TextDataset
+from declora.node.data_files import DataError
 from declora.node.lm_data import IGNORE, encode_lm, encode_prompt, end_of_turn_id
 from declora.node.models import ByteTokenizer, HFTokenizer, ModelError
 

@@ -18,7 +18,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from declora.node.data import DataError, TextDataset
+from declora.node.data import TextDataset
+from declora.node.data_files import DataError
 from declora.node.lm_data import IGNORE, LmFormat, encode_lm, encode_prompt, render_prompt
 from declora.node.models import ByteTokenizer, HFTokenizer, Tokenizer
 from declora.node.recipe import Recipe

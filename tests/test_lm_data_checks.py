@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import torch
 
-from declora.node.data import Chat, DataError, TextDataset, load_dataset
+from declora.node.data import Chat, TextDataset, load_dataset
+from declora.node.data_files import DataError
 from declora.node.deca_model import BlockModel, BlockTrainer
 from declora.node.dedupe import dedupe, dedupe_split
 from declora.node.lm_data import IGNORE, LmFormat, encode_lm

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from declora.cli.app import app
 from declora.cli.generate import Sampling, run_generate
 from declora.cli.predict import run_predict
-from declora.node.data import DataError
+from declora.node.data_files import DataError
 from declora.node.trainer import LoraModel, LoraSpec
 
 runner = CliRunner()

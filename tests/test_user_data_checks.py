@@ -18,7 +18,8 @@ from conftest import tiny_sim_config
 
 from declora.cli.generate import read_prompts
 from declora.cli.predict import read_texts
-from declora.node.data import DataError, label_variants, load_dataset, load_file
+from declora.node.data import label_variants, load_dataset, load_file
+from declora.node.data_files import DataError
 from declora.node.workload import load_workload
 
 

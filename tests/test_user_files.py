@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from declora.cli.app import app
-from declora.node.data import DataError, TextDataset, load_file, no_test_rows
+from declora.node.data import TextDataset, load_file, no_test_rows
+from declora.node.data_files import DataError
 
 QUOTE_HINT = "quote a text that starts with a quote mark whole"
 

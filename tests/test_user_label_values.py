@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from conftest import save_word_tokenizer
 
-from declora.node.data import DataError, declared_labels, label_name, load_dataset, load_file
+from declora.node.data import declared_labels, label_name, load_dataset, load_file
+from declora.node.data_files import DataError
 from declora.node.lm_data import LmFormat
 
 WARNING = "whole-number label(s) written as decimals are read as integers"
