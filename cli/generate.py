@@ -4,7 +4,7 @@ Prompts come from `--prompt`, from a file (`--input`) or from standard input (pl
 lines, or JSON lines when the first line is an object). A `.jsonl` file holds one JSON
 object a line with a `prompt` string or a `messages` list of {role, content} turns; a
 data file (.csv, .tsv, .parquet, .json, .arrow or a save_to_disk folder) is read as
-`predict` reads its --input (`data.read_splits`), from its `prompt` column (texts)
+`predict` reads its --input (`data_files.read_splits`), from its `prompt` column (texts)
 or `messages` column (turns); any other file (.txt) is one prompt a non-blank line. All
 input is read and checked before the model loads, and every prompt's length before
 anything is generated: prompt plus --max-new-tokens must fit the model's context.

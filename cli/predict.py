@@ -153,7 +153,7 @@ def read_texts(source: str, text_column: str, stdin: TextIO) -> list[str]:
 
     `source` "-" reads `stdin`: JSON lines when its first non-blank line starts with
     "{", else one text per line (stripped). A `.txt` file is one text per line; any
-    other file goes through `data.read_splits` with `text_column` (labels ignored).
+    other file goes through `data_files.read_splits` with `text_column` (labels ignored).
     """
     if source != "-":
         path = Path(source)
