@@ -115,17 +115,22 @@ class LoadedAdapter:
     @torch.no_grad()
     def text_losses(self, texts: Sequence[str], batch_size: int = 16) -> list[float]:
         """Mean next-token cross-entropy of each text, EOS included, as training encodes
-        one text per example (causal LM adapters only)."""
+        one text per example (causal LM adapters only). Texts longer than the adapter's
+        `max_length` are scored on their first tokens, told in one warning for all."""
         if self.task == "cls":
             raise AdapterError(f"{self.path} is a classifier: use predict")
         self.model.eval()
         dev = self.lora.device
         losses: list[float] = []
+        if not texts:
+            return losses
+        every = TextDataset(tuple(texts), None, ())
+        all_ids, all_mask, all_labels = encode_lm(
+            self.tokenizer, every, self.max_length, packing=False, scoring=True
+        )
         for start in range(0, len(texts), batch_size):
-            batch = TextDataset(tuple(texts[start : start + batch_size]), None, ())
-            ids, mask, labels = encode_lm(
-                self.tokenizer, batch, self.max_length, packing=False, scoring=True
-            )
+            rows = slice(start, start + batch_size)
+            ids, mask, labels = all_ids[rows], all_mask[rows], all_labels[rows]
             logits = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
             logits = logits.float()[:, :-1]
             target, keep = labels[:, 1:].to(dev), (labels[:, 1:] != IGNORE).to(dev).float()

@@ -339,6 +339,27 @@ def test_lm_adapter_reports_the_loss_evaluate_reports(tmp_path: Path) -> None:
     assert "causal language modelling" in (tmp_path / "lm" / "README.md").read_text()
 
 
+def test_long_texts_scored_in_batches_are_told_in_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Texts past the adapter's --max-length, over several batches: one warning counts
+    them all (was one a batch), and each is scored as alone."""
+    spec = LoraSpec(model="tiny-llama", task="lm", rank=4, alpha=8, max_length=16, seed=0)
+    lm = LoraModel(spec, num_labels=2)
+    vec = lm.schema.flatten(dict(zip(lm.schema.names, lm.initial_tensors(), strict=True)))
+    lm.save_adapter(vec, tmp_path / "lm", {"round": 1})
+    adapter = load_adapter(tmp_path / "lm")
+    texts = ["a long text " * 8] * 5 + ["short"]
+    alone = [adapter.text_losses([t]) for t in texts]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        losses = adapter.text_losses(texts, batch_size=2)
+    warned = [r.getMessage() for r in caplog.records if "are scored" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("5 of 6 texts"), warned
+    assert losses == pytest.approx([a[0] for a in alone], rel=1e-5)
+    assert adapter.text_losses([]) == []
+
+
 # --------------------------------------------------------------------------- MiniLM
 
 
