@@ -309,8 +309,12 @@ def test_secret_on_one_node_only_fails_both_starts(cluster: Cluster) -> None:
         )
         for i, name in enumerate(("a", "b"))
     )
-    a.start(env={"DECLORA_SWARM_SECRET": SECRET})
+    # b serves before a starts: a's 15 s (from its own load) always finds b up, and b's
+    # 30 s span a's load and a's first dials. Started together, loads 8.1 s apart (two
+    # busy loops beside them) took half of a's margin.
     b.start()
+    cluster.wait_until("b to serve", b.status, 120, running=[b])
+    a.start(env={"DECLORA_SWARM_SECRET": SECRET})
     assert cluster.wait_exit([a, b], 240) == [1, 1], cluster.report()
     told_a = "refused the handshake: 'a' uses --swarm-secret, this node has none: give every "
     told_b = (
