@@ -316,7 +316,7 @@ def mint(
     checked = _check(nodes, hosts, days)
     ca_paths = out / "ca.pem", out / "ca-key.pem"
     ca_there = [p for p in ca_paths if p.exists()]
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     start, end = now - CLOCK_SKEW, now + dt.timedelta(days=days)
     if ca_there and not new_ca:
         if len(ca_there) == 1:

@@ -265,7 +265,7 @@ def certificate_problem(
     own files; the CLI's are diagnosed when it connects) also: a certificate the CA did
     not sign (directly or through the intermediates after it in --tls-cert), one
     without serverAuth and clientAuth, a common name other than `node_id`."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     leaf = chain[0]
     problem = _dates_problem("--tls-cert", cert, leaf, now)
     if problem:
@@ -384,7 +384,7 @@ class TlsFiles:
         expiring within EXPIRY_WARNING (`expiry_warning`)."""
         from cryptography import x509
 
-        now = now or dt.datetime.now(dt.timezone.utc)
+        now = now or dt.datetime.now(dt.UTC)
         chain = x509.load_pem_x509_certificates(self.cert)
         anchor = _anchor(chain, x509.load_pem_x509_certificates(self.ca))
         found = [exposed_file_warning("--tls-key", self.key_path) if self.key_path else ""]
@@ -461,7 +461,7 @@ class TlsFiles:
                 ),
                 timeout,
             )
-        except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+        except (TimeoutError, OSError, ssl.SSLError) as exc:
             raise TlsError(f"cannot read the certificate of {host}:{port}: {exc}") from exc
         try:
             der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)

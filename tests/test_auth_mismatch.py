@@ -95,7 +95,7 @@ def pki(tmp_path: Path) -> Path:
 
 
 def test_tls_files_are_checked_against_each_other(pki: Path) -> None:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ok = TlsFiles.load(*files(pki, "a"), role="node", node_id="a")
     assert ok is not None and ok.name == "a"
     assert TlsFiles.load(*files(pki, "cli")) is not None  # either role: the CLI's own
@@ -141,7 +141,7 @@ def test_tls_files_are_checked_against_each_other(pki: Path) -> None:
 
 
 def test_start_refuses_certificates_that_do_not_fit_in_one_line(pki: Path) -> None:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     old = sign_node_cert(pki, "old", now - dt.timedelta(days=60), now - dt.timedelta(days=30))
     cases = [
         (tls_args(*old, pki / "ca.pem"), "expired on"),

@@ -175,7 +175,7 @@ def _ca(folder: Path, days: float) -> None:
     """A CA in `folder` that ends `days` from now (in the past when negative)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "old CA")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca = (
         x509.CertificateBuilder()
         .subject_name(name)

@@ -304,7 +304,7 @@ def test_certs_command_mints_a_ca_and_node_and_client_certs(tmp_path: Path) -> N
         cert = x509.load_pem_x509_certificate((out / f"{name}.pem").read_bytes())
         cert.verify_directly_issued_by(ca)  # raises unless the CA signed it
         assert cert.subject.rfc4514_string() == f"CN={name}"
-        days = (cert.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)).days
+        days = (cert.not_valid_after_utc - dt.datetime.now(dt.UTC)).days
         assert 29 <= days <= 30
         eku = set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
         key_mode = stat.S_IMODE((out / f"{name}-key.pem").stat().st_mode)

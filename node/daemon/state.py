@@ -14,7 +14,7 @@ from enum import Enum
 from declora.node.adapter import AdapterSchema
 
 
-class NodeState(str, Enum):
+class NodeState(str, Enum):  # noqa: UP042 (str() and format() keep their Enum form)
     """Where a daemon is in its life; `status` shows the value."""
 
     STARTING = "starting"
