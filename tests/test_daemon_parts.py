@@ -791,3 +791,22 @@ def test_the_round_line_counts_the_payloads_mixed_not_who_is_left_after(
     assert a.report.self_weight == pytest.approx(0.5) and a.peers.live == []
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("round 1 done")]
     assert len(lines) == 2 and all("mixed with 1 neighbours" in line for line in lines), lines
+
+
+def test_rounds_alone_leave_the_adaptive_deadline_as_it_was(synthetic_jsonl: Path) -> None:
+    """A node whose neighbours are all out trains alone in a blink: those rounds must
+    not pull the deadline down to its floor, below what the links need once the
+    neighbours are back (a real-network audit: a slow neighbour was then never kept)."""
+    (da, db), (a, b) = pair(synthetic_jsonl)
+
+    async def go() -> None:
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+        await asyncio.gather(da.run_round(a, train=True), db.run_round(b, train=True))
+        assert len(a.exchange.recent) == 1  # a round that mixed with b is observed
+        a.peers.drop(a.peers.peers["b"], "test: every neighbour out")
+        for _ in range(4):
+            await da.run_round(a, train=True)
+
+    asyncio.run(go())
+    assert a.progress.round == 5 and a.exchange.last_contributors == []
+    assert len(a.exchange.recent) == 1, a.exchange.recent  # the rounds alone are not

@@ -3,8 +3,9 @@
 Invariants callers may rely on:
 - a round never waits longer than its deadline for a neighbour, its pushes included
   (`sending`: an ack that has not come by then is not waited for): `round_deadline`
-  until 3 rounds were seen, then `ADAPTIVE_FACTOR` x the recent median round (at
-  least `ADAPTIVE_FLOOR`, at most `round_deadline`); a neighbour that misses it leaves
+  until 3 rounds were seen, then `ADAPTIVE_FACTOR` x the recent median round (rounds
+  that mixed with someone: `RoundLoop.run_round`; at least `ADAPTIVE_FLOOR`, at most
+  `round_deadline`); a neighbour that misses it leaves
   the live set and returns after a successful handshake;
 - a neighbour whose port refuses connections while this node waits for it (a health
   probe every `PROBE_EVERY` s after `PROBE_AFTER` s) is dropped at once;

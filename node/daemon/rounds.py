@@ -167,7 +167,10 @@ class RoundLoop:
         await parts.exchange.exchange(r)
         progress.round = r
         report.last_round_seconds = time.perf_counter() - t0
-        if not mixing_only:  # the deadline follows rounds that train (or the finish's)
+        # the deadline follows rounds that train (or the finish's) and mixed with someone:
+        # a round alone takes no network time, and a run of them (every neighbour out)
+        # would pull the deadline below what the links need when they come back
+        if not mixing_only and parts.exchange.last_contributors:
             parts.exchange.observe_round(report.last_round_seconds)
         metrics.rounds.inc()
         metrics.round.set(r)
