@@ -15,6 +15,10 @@ Invariants callers may rely on:
   limits, `rate_limited`) is the receiver's load, never by itself a reason to drop it:
   the push is retried after `BUSY_BACKOFF` s (doubling, at most `BUSY_RETRIES` times)
   while the deadline allows, else skipped this round (counted `push_busy`);
+- ABORTED (the receiver's own state moved on while the payload arrived or was
+  checked, its `raced`) is the receiver's race, never by itself a reason to drop it:
+  the round goes on without that delivery, not retried (its round or sequence has
+  moved, so the same payload would race again; counted `push_raced`);
 - a peer's free text (an ack's reason, a status's details) reaches the log escaped
   and bounded (`logs.safe_text`).
 """
@@ -204,8 +208,8 @@ class Sender:
         A refusal for being out of range or unknown renews the handshake instead of
         dropping the neighbour: the renewed round aligns the two at the next round
         start (`align_round`), and an unknown sender (the receiver restarted, or has
-        not finished its side of the handshake) retries once. RESOURCE_EXHAUSTED skips
-        the neighbour this round; a timeout counts as an overrun (`overran`).
+        not finished its side of the handshake) retries once. RESOURCE_EXHAUSTED and
+        ABORTED skip the neighbour this round; a timeout counts as an overrun (`overran`).
         """
         r, t = out.r, out.tracker_bytes
         try:
@@ -237,6 +241,10 @@ class Sender:
             if code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # its load: skip this round
                 self.counters.count("push_busy")
                 log.info("%s is busy, round %d not sent: %s", peer.node_id, r, details)
+                return
+            if code == grpc.StatusCode.ABORTED:  # its race: skip this round
+                self.counters.count("push_raced")
+                log.info("%s raced, round %d not delivered: %s", peer.node_id, r, details)
                 return
             renew = code in (grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.UNAUTHENTICATED)
             stopping = self.progress.stop_requested
