@@ -116,11 +116,7 @@ class LabConfig(Recipe):
 
     @model_validator(mode="after")
     def _test_set_ok(self) -> LabConfig:
-        if not self.test_fraction:
-            raise ValueError(
-                "--test-fraction 0 holds out no test set, and the lab scores its nodes on "
-                "it: give a share above 0 (0 is for `start`)"
-            )
+        self.require_test_set("a lab")
         return self
 
     @model_validator(mode="after")

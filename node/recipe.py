@@ -485,6 +485,15 @@ class Recipe(TrainingRecipe):
             raise ValueError(problem)
         return self
 
+    def require_test_set(self, run: str) -> None:
+        """ValueError when `test_fraction` is 0: `run` (a simulated or lab run) is scored
+        on the test set, so only `start` may hold none out."""
+        if not self.test_fraction:
+            raise ValueError(
+                f"--test-fraction 0 holds out no test set, and {run} is scored on it: give "
+                "a share above 0 (0 is for `start`)"
+            )
+
     def fill_swarm_defaults(self, nodes: int, topology: str, mixing: str = "mh") -> None:
         """For a caller that knows the swarm (simulate, lab): `swarm_size` 0 becomes
         `nodes`, `gossip_steps` unset comes from the topology's spectral gap

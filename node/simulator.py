@@ -112,11 +112,7 @@ class SimConfig(Recipe):
 
     @model_validator(mode="after")
     def _test_set_ok(self) -> SimConfig:
-        if not self.test_fraction:
-            raise ValueError(
-                "--test-fraction 0 holds out no test set, and a simulated run is scored on "
-                "it: give a share above 0 (0 is for `start`)"
-            )
+        self.require_test_set("a simulated run")
         return self
 
     @model_validator(mode="after")
