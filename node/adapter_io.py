@@ -49,6 +49,7 @@ from declora.node.models import (
     ModelError,
     Tokenizer,
 )
+from declora.node.recipe import UNRECORDED_FACTS
 from declora.node.trainer import CHATS, LM_ROWS, LoraModel, LoraSpec
 
 EXPORT_INFO = "declora_export.json"
@@ -278,20 +279,6 @@ def recorded_differences(folder: Path, lm: LoraModel) -> list[str]:
         if agreed.get(key) != lm.agreed.get(key):
             out.append(_fact_difference(key, agreed.get(key), lm.agreed.get(key)))
     return out
-
-
-# an agreed recipe fact that a record leaves out (`Recipe.agreed_facts`): its value
-UNRECORDED_FACTS: dict[str, object] = {
-    "lr_schedule": "constant",
-    "warmup_steps": 0,
-    "weighting": "nodes",
-    "gossip_steps": 1,
-    "gossip_acceleration": "none",
-    "step_after_mixing": False,
-    "validation_fraction": 0.0,
-    "test_fraction": 0.2,
-    "dedupe": True,
-}
 
 
 def _fact_difference(key: str, there: object, here: object) -> str:

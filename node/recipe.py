@@ -35,6 +35,21 @@ from declora.node.data import (
 from declora.node.methods import DEFAULT_METHOD, Method, combination_problem, gossip_steps_problem
 from declora.node.schedule import DECAYING, LrSchedule, Schedule
 
+# the value an agreed fact has when `Recipe.agreed_facts` leaves it out (the plain way;
+# lr_schedule and warmup_steps: a flat schedule, whose facts are all left out): a record
+# without the fact means this value (`adapter_io.recorded_differences` shows it so)
+UNRECORDED_FACTS: dict[str, object] = {
+    "lr_schedule": "constant",
+    "warmup_steps": 0,
+    "weighting": "nodes",
+    "gossip_steps": 1,
+    "gossip_acceleration": "none",
+    "step_after_mixing": False,
+    "validation_fraction": 0.0,
+    "test_fraction": BBC_TEST_FRACTION,
+    "dedupe": True,
+}
+
 if TYPE_CHECKING:  # the trainer imports torch: not needed to read a configuration
     from declora.node.trainer import LoraSpec
 
@@ -551,24 +566,23 @@ class Recipe(TrainingRecipe):
         per round when more than one (round numbers count exchanges; with tracking, z is
         mixed in each of them, which nodes before that change did not do), weighting by
         examples, and how the data is shared out when not the plain way (a held-out
-        share, another test share, no dedupe: every node must carve the same rows)."""
+        share, another test share, no dedupe: every node must carve the same rows).
+        A fact is left out when it has its `UNRECORDED_FACTS` value (the schedule's
+        facts all together, when it is flat)."""
         facts = self.schedule_facts()
-        if self.exchanges_per_round > 1:
-            facts["gossip_steps"] = self.exchanges_per_round
-            if self.gradient_tracking:
-                facts["tracking_exchanges"] = self.exchanges_per_round
-        if self.weighting == "examples":
-            facts["weighting"] = "examples"
-        if self.gossip_acceleration not in (AUTO, "none"):
-            facts["gossip_acceleration"] = self.gossip_acceleration
-        if self.step_after_mixing:
-            facts["step_after_mixing"] = True
-        if self.validation_fraction:
-            facts["validation_fraction"] = self.validation_fraction
-        if self.test_fraction != BBC_TEST_FRACTION:
-            facts["test_fraction"] = self.test_fraction
-        if not self.dedupe:
-            facts["dedupe"] = False
+        accelerated = self.gossip_acceleration
+        made: dict[str, object] = {
+            "gossip_steps": self.exchanges_per_round,
+            "weighting": "examples" if self.weighting == "examples" else "nodes",
+            "gossip_acceleration": "none" if accelerated == AUTO else accelerated,
+            "step_after_mixing": bool(self.step_after_mixing),
+            "validation_fraction": self.validation_fraction,
+            "test_fraction": self.test_fraction,
+            "dedupe": self.dedupe,
+        }
+        facts |= {key: v for key, v in made.items() if v != UNRECORDED_FACTS[key]}
+        if "gossip_steps" in facts and self.gradient_tracking:
+            facts["tracking_exchanges"] = facts["gossip_steps"]
         return facts
 
     def recipe(self) -> Recipe:

@@ -247,10 +247,13 @@ def test_a_resume_with_other_gossip_steps_does_not_blame_gradient_tracking(
 
 
 def test_each_unrecorded_fact_is_what_agreed_facts_leaves_out() -> None:
-    """UNRECORDED_FACTS copies Recipe.agreed_facts' omissions: a recipe set to each
-    value records no such fact, and one set otherwise records it (no drift)."""
-    from declora.node.adapter_io import UNRECORDED_FACTS
-    from declora.node.recipe import Recipe
+    """One table, recipe.UNRECORDED_FACTS, decides what Recipe.agreed_facts leaves out
+    and what adapter_io shows for a fact a record leaves out (no copy to drift): a
+    recipe set to each value records no such fact, and one set otherwise records it."""
+    from declora.node import adapter_io
+    from declora.node.recipe import UNRECORDED_FACTS, Recipe
+
+    assert adapter_io.UNRECORDED_FACTS is UNRECORDED_FACTS
 
     other = {
         "lr_schedule": "cosine",  # with rounds
@@ -268,3 +271,37 @@ def test_each_unrecorded_fact_is_what_agreed_facts_leaves_out() -> None:
         assert key not in Recipe(**{key: value}).agreed_facts(), key
         rounds = 10 if key == "lr_schedule" else 0  # a decaying schedule needs rounds
         assert key in Recipe(**{key: other[key], "rounds": rounds}).agreed_facts(), key
+
+
+PLAIN = {"weighting": "nodes", "validation_fraction": 0.0}  # Recipe() records both
+
+
+@pytest.mark.parametrize(
+    ("options", "facts"),
+    [
+        ({}, {"weighting": "examples", "validation_fraction": 0.1}),
+        ({**PLAIN, "gossip_acceleration": "none", "dedupe": True}, {}),
+        ({**PLAIN, "gossip_steps": 3}, {"gossip_steps": 3, "tracking_exchanges": 3}),
+        ({**PLAIN, "gossip_steps": 2, "gradient_tracking": False}, {"gossip_steps": 2}),
+        (
+            {"gossip_acceleration": "chebyshev:0.5", "step_after_mixing": True},
+            {
+                "weighting": "examples",
+                "gossip_acceleration": "chebyshev:0.5",
+                "step_after_mixing": True,
+                "validation_fraction": 0.1,
+            },
+        ),
+        ({**PLAIN, "test_fraction": 0.0, "dedupe": False}, {"test_fraction": 0.0, "dedupe": False}),
+        (
+            {**PLAIN, "lr_schedule": "cosine", "rounds": 10, "local_steps": 2, "warmup_steps": 3},
+            {"lr_schedule": "cosine", "warmup_steps": 3, "local_steps": 2, "rounds": 10},
+        ),
+    ],
+)
+def test_agreed_facts_are_what_they_were(options: dict[str, object], facts: dict) -> None:
+    """Deriving the omissions from UNRECORDED_FACTS changed no recipe's facts (nor so
+    any fingerprint)."""
+    from declora.node.recipe import Recipe
+
+    assert Recipe(**options).agreed_facts() == facts
