@@ -63,7 +63,7 @@ from declora.node.data import (
     read_texts,
 )
 from declora.node.data_files import DataError
-from declora.node.models import EOS_HINT, ModelError, Tokenizer
+from declora.node.models import EOS_HINT, ModelError, Offsets, Tokenizer
 
 IGNORE = -100  # the label of a token that carries no loss
 INSTRUCTION, INPUT, OUTPUT = "instruction", "input", "output"
@@ -701,19 +701,11 @@ def _labelled(
     return out
 
 
-def _offsets(
-    tok: Tokenizer, texts: list[str], special: bool
-) -> list[tuple[list[int], list[tuple[int, int]]]] | None:
-    """Each text's ids (as `tok.encode` gives them) and each id's character span, from
-    a transformers fast tokenizer; None for a tokenizer that gives no offsets."""
-    hf = getattr(tok, "hf", None)
-    if not texts or hf is None or not getattr(hf, "is_fast", False):
-        return None
-    out = hf(texts, add_special_tokens=special, return_offsets_mapping=True, verbose=False)
-    return [
-        ([int(i) for i in ids], [(int(s), int(e)) for s, e in spans])
-        for ids, spans in zip(out["input_ids"], out["offset_mapping"], strict=True)
-    ]
+def _offsets(tok: Tokenizer, texts: list[str], special: bool) -> Offsets | None:
+    """`tok.offsets` of `texts`; None when there are none to give (no texts, or a
+    stand-in without the method: labelled by token counts, as a slow tokenizer is)."""
+    offsets = getattr(tok, "offsets", None)
+    return offsets(texts, add_special_tokens=special) if texts and offsets else None
 
 
 def _padded(

@@ -138,9 +138,14 @@ def reorder_head(model: nn.Module, order: Sequence[int], labels: Sequence[str]) 
         config.label2id = {str(n): i for i, n in enumerate(labels)}
 
 
+# each text's ids and each id's character span (start, end) in it: `Tokenizer.offsets`
+Offsets = list[tuple[list[int], list[tuple[int, int]]]]
+
+
 class Tokenizer(Protocol):
     """The part of a tokenizer declora uses: texts -> padded id and mask tensors; for
-    causal LM also unpadded ids, the EOS token and a chat template (node/lm_data.py)."""
+    causal LM also unpadded ids, the EOS token, a chat template and character offsets
+    (node/lm_data.py)."""
 
     @property
     def pad_id(self) -> int: ...
@@ -165,6 +170,13 @@ class Tokenizer(Protocol):
 
     def decode(self, ids: list[int]) -> str:
         """Ids back to text, special tokens dropped."""
+        ...
+
+    def offsets(self, texts: list[str], add_special_tokens: bool = True) -> Offsets | None:
+        """Each text's ids (as `encode` gives them) and each id's character span
+        (start, end) in the text, empty for a token with no characters of its own (an
+        added BOS); None when this tokenizer gives no offsets (a slow transformers
+        tokenizer, the byte tokenizer)."""
         ...
 
 
@@ -206,6 +218,9 @@ class ByteTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return bytes(i - 3 for i in ids if 3 <= i < self.vocab_size).decode(errors="replace")
+
+    def offsets(self, texts: list[str], add_special_tokens: bool = True) -> Offsets | None:
+        return None  # none given: lm_data labels a chat's pieces by their token counts
 
 
 # how to give a model folder's tokenizer the EOS (and pad) token it lacks
@@ -277,6 +292,23 @@ class HFTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return str(self._tok.decode(ids, skip_special_tokens=True))  # type: ignore[attr-defined]
+
+    def offsets(self, texts: list[str], add_special_tokens: bool = True) -> Offsets | None:
+        """A fast (Rust) tokenizer's offsets; None for a slow one."""
+        if not getattr(self._tok, "is_fast", False):
+            return None
+        if not texts:
+            return []
+        out = self._tok(  # type: ignore[operator]
+            texts,
+            add_special_tokens=add_special_tokens,
+            return_offsets_mapping=True,
+            verbose=False,
+        )
+        return [
+            ([int(i) for i in ids], [(int(s), int(e)) for s, e in spans])
+            for ids, spans in zip(out["input_ids"], out["offset_mapping"], strict=True)
+        ]
 
 
 @dataclass
