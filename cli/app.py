@@ -936,15 +936,24 @@ def export(
 ) -> None:
     """Export a saved adapter: with --merge, a model transformers loads on its own.
     Replacing an earlier export is allowed; the adapter's folder, a declora run or a
-    running node's folder never is."""
-    from declora.cli.predict import USER_ERRORS, run_export
+    running node's folder never is. --output is held while it is written, as a running
+    node holds its folder: a node started on it meanwhile is refused."""
+    from declora.cli.predict import USER_ERRORS, check_export_output, run_export
+    from declora.node import run_folder
 
     if output is None:
         fail("--output is required: the folder to write")
         return
     _check_output(output, "--output", force, replaced="the whole folder")
     try:
-        typer.echo(run_export(adapter, output, merge, base))
+        check_export_output(adapter, output, base)  # before --output is made: none made
+        with run_folder.holding(output):
+            typer.echo(run_export(adapter, output, merge, base))  # checks it again, held
+    except run_folder.FolderBusy as busy:  # a node took it since the check
+        fail(
+            f"--output {output} is held by {busy.who} (a running node's folder?)",
+            hint="stop that process first, or choose another --output",
+        )
     except USER_ERRORS as exc:
         if debug or STATE["debug"]:
             raise

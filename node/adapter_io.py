@@ -468,11 +468,27 @@ def export_merged(
     `AutoModelForSequenceClassification.from_pretrained(output)` (or `...ForCausalLM`)
     loads it with the labels in its config; a transformers tokenizer is saved beside
     it (the tiny test models' byte tokenizer is not a transformers one: `declora_export.
-    json` says so). Refuses a non-empty `output`. Returns (output, the merged adapter).
+    json` says so). Refuses a non-empty `output`, and one another process holds (a
+    running node's folder, `run_folder.hold`); holds `output` while it is written, so a
+    node started on it meanwhile is refused. Returns (output, the merged adapter).
     """
     out = Path(output)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
         raise AdapterError(f"{out} already exists", "choose a new --output or remove it")
+    try:
+        with run_folder.holding(out):
+            if any(out.iterdir()):
+                raise AdapterError(f"{out} already exists", "choose a new --output or remove it")
+            return _write_merged(path, out, base)
+    except run_folder.FolderBusy as busy:
+        raise AdapterError(
+            f"{out} is held by {busy.who} (a running node's folder?)",
+            "stop that process first, or choose another --output",
+        ) from None
+
+
+def _write_merged(path: str | Path, out: Path, base: str | None) -> tuple[Path, LoadedAdapter]:
+    """`export_merged` into `out`, an empty folder this process holds."""
     adapter = load_adapter(path, base=base)
     merged = adapter.merge()
     build = new_build_dir(out)

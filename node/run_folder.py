@@ -14,18 +14,21 @@ anything loads, `startup.check_config` decides what a start may do with it, and
   of which a fresh start may replace (a history alone is appended to: `history_only`);
 - `hold`: one node per folder: an advisory lock (flock) on the folder itself, held by
   the process until it exits (a kill -9 releases it too) or `release`; `FolderBusy`
-  names the process that holds it. Nothing is written for it, so a refused or failed
-  start leaves the folder as it found it;
+  names the process that holds it (and its command: a node's start, an export). Nothing
+  is written for it, so a refused or failed start leaves the folder as it found it;
+  `holding` holds a folder for a block (an export's output while it is written);
 - `clear_builds`: the half-written `.ckpt-*` and `.adapter.*` folders a crash left
   (only for the process that holds the folder).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 try:
@@ -106,11 +109,42 @@ def history_only(found: list[str]) -> bool:
 
 # ---------------------------------------------------------------- one node a folder
 class FolderBusy(Exception):
-    """`folder` is held by another running process: `pid` (None when it cannot be told)."""
+    """`folder` is held by another running process: `pid` (None when it cannot be told),
+    running `command` (`command_of`: "declora-node export", ...; None when not told)."""
 
     def __init__(self, folder: Path, pid: int | None) -> None:
-        super().__init__(f"{folder} is held by {f'pid {pid}' if pid else 'another process'}")
         self.folder, self.pid = folder, pid
+        self.command = command_of(pid) if pid else None
+        super().__init__(f"{folder} is held by {self.who}")
+
+    @property
+    def who(self) -> str:
+        """The holder as a message names it: "pid 42 (declora-node export)", "pid 42"
+        or "another process"."""
+        if not self.pid:
+            return "another process"
+        return f"pid {self.pid}" + (f" ({self.command})" if self.command else "")
+
+
+def command_of(pid: int) -> str | None:
+    """What process `pid` runs when it is declora's CLI (its `declora-node` script, or
+    python -m declora.cli): "declora-node SUBCOMMAND"; None for another program, or
+    where Linux's /proc cannot tell."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    args = raw.decode(errors="replace").split("\0")
+    for i, arg in enumerate(args):
+        if Path(arg).name == "declora-node":
+            rest = args[i + 1 :]
+        elif arg == "-m" and args[i + 1 : i + 2] in (["declora.cli"], ["declora.cli.app"]):
+            rest = args[i + 2 :]
+        else:
+            continue
+        sub = next((a for a in rest if a and not a.startswith("-")), "")
+        return f"declora-node {sub}".rstrip()
+    return None
 
 
 _HELD: dict[Path, int] = {}  # folder (resolved) -> the descriptor holding its lock
@@ -160,6 +194,34 @@ def release(folder: Path) -> None:
     fd = _HELD.pop(folder.resolve(), None)
     if fd is not None:
         os.close(fd)  # closing the last descriptor drops the flock
+
+
+@contextlib.contextmanager
+def holding(folder: Path) -> Iterator[bool]:
+    """`hold` `folder` for the block, made first (with its missing parents) when it does
+    not exist: yields whether it is held (False where locks are not checked), and a node
+    started on it meanwhile is refused (`FolderBusy` names this process's command).
+    `FolderBusy` at once when another process holds it (what was made is left to it);
+    a hold this process had before is kept after the block. When the block fails, the
+    folders made for it that are still empty are removed (innermost first)."""
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    before = held(folder)
+    locked = hold(folder)  # FolderBusy: the folder is the holder's now, made or not
+    try:
+        yield locked
+    except BaseException:
+        _remove_empty(made)  # while still held: no node takes a folder about to go
+        raise
+    finally:
+        if locked and not before:
+            release(folder)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for made in folders:
+        with contextlib.suppress(OSError):
+            made.rmdir()  # only an empty folder: another's files are never removed
 
 
 def holder(folder: Path) -> int | None:
