@@ -159,6 +159,12 @@ def _hold(folder: Path, where: str) -> bool:
         log.warning("%s cannot be locked here: a second node on it is not refused", folder)
         return False
     except run_folder.FolderBusy as busy:
+        if busy.command and busy.command != "declora-node start":  # an export, a lab
+            raise UserError(
+                f"{where} is in use by `{busy.command}` (pid {busy.pid})",
+                CONFIG,
+                "wait for it to finish (or stop it), or pass another --checkpoint-dir",
+            ) from None
         holder = f"pid {busy.pid}" if busy.pid else "another process"
         raise UserError(
             f"{where} is in use by another node ({holder})",
