@@ -545,7 +545,7 @@ def _simulate(output: Path, force: bool, options: dict[str, Any], guard: Interru
     from declora.cli.experiment import run_one
     from declora.cli.options import given
     from declora.node.data_files import DataError
-    from declora.node.models import ModelError
+    from declora.node.model_source import ModelError
     from declora.node.partition import scheme_for_data
     from declora.node.simulator import SimConfig
 
@@ -750,7 +750,7 @@ def _lab(fmt: str, force: bool, options: dict[str, Any], guard: Interrupts) -> N
         return
     _check_output(cfg.output, "--output", force)
     from declora.node.data_files import DataError
-    from declora.node.models import ModelError
+    from declora.node.model_source import ModelError
 
     # a Ctrl-C while the nodes run: run_lab stops them, sums up; it rewrites lab-N
     guard.watch(cfg.output, [f"lab-{i}" for i in range(cfg.nodes)])

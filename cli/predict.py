@@ -39,7 +39,7 @@ from declora.node.adapter_io import AdapterError, adapter_folder, export_merged,
 from declora.node.data import column_values, is_chat_turns
 from declora.node.data import read_texts as column_texts
 from declora.node.data_files import DataError, read_splits
-from declora.node.models import ModelError
+from declora.node.model_source import ModelError
 from declora.node.run_folder import FolderBusy, earlier_run, held, hold, release
 
 # what `predict` and `export` report as one line `error: ...` (exit 2)

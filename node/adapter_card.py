@@ -58,8 +58,7 @@ def describe_base(name: str, digest: str) -> dict[str, object]:
     `MAX_HASH_BYTES`); `digest` is declora's sampled digest of the loaded weights
     (`adapter.base_digest`), which the loader checks.
     """
-    from declora.node.model_source import resolve_path
-    from declora.node.models import HUB_IDS, TINY_MODELS
+    from declora.node.model_source import HUB_IDS, TINY_MODELS, resolve_path
 
     record: dict[str, object] = {
         "name": name,

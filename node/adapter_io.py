@@ -41,14 +41,8 @@ from declora.node.data import TextDataset
 from declora.node.deca_model import FULL_MODEL, MODEL_WEIGHTS, BlockModel
 from declora.node.errors import HintedError
 from declora.node.lm_data import IGNORE, encode_lm
-from declora.node.models import (
-    HUB_IDS,
-    TINY_MODELS,
-    HeadSizeError,
-    HFTokenizer,
-    ModelError,
-    Tokenizer,
-)
+from declora.node.model_source import HUB_IDS, TINY_MODELS, ModelError
+from declora.node.models import HeadSizeError, HFTokenizer, Tokenizer
 from declora.node.recipe import UNRECORDED_FACTS
 from declora.node.trainer import CHATS, LM_ROWS, LoraModel, LoraSpec
 

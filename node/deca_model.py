@@ -46,7 +46,8 @@ from declora.node.adapter import (
     fingerprint,
 )
 from declora.node.adapter_card import DECLORA_INFO, weights_sha256
-from declora.node.models import BaseModel, HFTokenizer, ModelError
+from declora.node.model_source import ModelError
+from declora.node.models import BaseModel, HFTokenizer
 from declora.node.schedule import Schedule
 from declora.node.trainer import Encoded, LocalTrainer, LoraModel, LoraSpec, training_rows
 

@@ -63,7 +63,8 @@ from declora.node.data import (
     read_texts,
 )
 from declora.node.data_files import DataError
-from declora.node.models import EOS_HINT, ModelError, Offsets, Tokenizer
+from declora.node.model_source import ModelError
+from declora.node.models import EOS_HINT, Offsets, Tokenizer
 
 IGNORE = -100  # the label of a token that carries no loss
 INSTRUCTION, INPUT, OUTPUT = "instruction", "input", "output"
@@ -703,9 +704,8 @@ def _labelled(
 
 def _offsets(tok: Tokenizer, texts: list[str], special: bool) -> Offsets | None:
     """`tok.offsets` of `texts`; None when there are none to give (no texts, or a
-    stand-in without the method: labelled by token counts, as a slow tokenizer is)."""
-    offsets = getattr(tok, "offsets", None)
-    return offsets(texts, add_special_tokens=special) if texts and offsets else None
+    tokenizer without offsets: labelled by token counts, as a slow tokenizer is)."""
+    return tok.offsets(texts, add_special_tokens=special) if texts else None
 
 
 def _padded(

@@ -12,7 +12,7 @@ Callers may rely on:
   (base, LoRA config, seed) starts from identical adapter tensors, which lets the swarm
   skip sending a first full copy.
 
-Errors are `models.ModelError` (one line, with a hint).
+Errors are `model_source.ModelError` (one line, with a hint).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from declora.node.models import BaseModel, ModelError, Task
+from declora.node.model_source import ModelError
+from declora.node.models import BaseModel, Task
 
 ALL_LINEAR = "all-linear"  # every linear layer but the output head (PEFT's shorthand)
 QV = ("q_proj", "v_proj")

@@ -31,15 +31,7 @@ import torch
 from torch import nn
 
 from declora.node.errors import HintedError, one_line
-
-# the model names and ModelError are model_source's (it resolves names, and must not
-# import this module, which builds models): re-exported here for importers
-from declora.node.model_source import EMBEDDED_LLM as EMBEDDED_LLM
-from declora.node.model_source import EMBEDDED_MODEL as EMBEDDED_MODEL
-from declora.node.model_source import HUB_IDS as HUB_IDS
-from declora.node.model_source import TINY_MODELS as TINY_MODELS
-from declora.node.model_source import ModelError as ModelError
-from declora.node.model_source import find_model
+from declora.node.model_source import TINY_MODELS, ModelError, find_model
 
 Task = Literal["cls", "lm"]
 _log = logging.getLogger(__name__)

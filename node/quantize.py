@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from declora.node.models import ModelError
+from declora.node.model_source import ModelError
 
 QUANTIZE = ("none", "nf4", "fp4", "int8")
 PRECISIONS = ("fp32", "bf16", "fp16")

@@ -35,7 +35,8 @@ from declora.node.data_files import DataError
 from declora.node.lm_data import encode_lm
 from declora.node.lora_targets import check_targets, default_targets, wrap_lora
 from declora.node.methods import DEFAULT_METHOD, embedding_problem, freeze_lora_a
-from declora.node.models import BaseModel, ModelError, load_base
+from declora.node.model_source import ModelError
+from declora.node.models import BaseModel, load_base
 from declora.node.quantize import check_runtime
 from declora.node.schedule import Schedule
 

@@ -26,7 +26,8 @@ from declora.cli.inspect import inspect_path
 from declora.node.adapter_card import file_sha256, weights_sha256
 from declora.node.adapter_io import AdapterError, adapter_folder, load_adapter
 from declora.node.data import TextDataset
-from declora.node.models import ModelError, load_base
+from declora.node.model_source import ModelError
+from declora.node.models import load_base
 from declora.node.trainer import LocalTrainer, LoraModel, LoraSpec
 
 TEXTS = list(make_synthetic(12, seed=3).texts)

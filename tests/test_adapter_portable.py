@@ -21,7 +21,8 @@ from declora.cli.predict import _jsonl_texts, run_export
 from declora.node.adapter_io import AdapterError, export_merged, load_adapter
 from declora.node.data_files import DataError
 from declora.node.lora_targets import check_targets
-from declora.node.models import ModelError, load_base
+from declora.node.model_source import ModelError
+from declora.node.models import load_base
 
 runner = CliRunner()
 

@@ -339,7 +339,7 @@ def test_a_model_error_of_simulate_and_lab_is_two_lines(
     assert hint.startswith("hint: --task lm needs a decoder-only causal LM")
     assert "Traceback" not in proc.stderr
 
-    from declora.node.models import ModelError
+    from declora.node.model_source import ModelError
 
     def model_error(*_: Any, **__: Any) -> None:
         raise ModelError("the model 'm' is not there", "give a local folder")

@@ -21,7 +21,7 @@ from declora.node.data import TextDataset
 from declora.node.deca import CONSENSUS_BETAS, DecaNode
 from declora.node.deca_model import BlockModel, BlockTrainer, block_at
 from declora.node.gossip import GossipError, consensus_distance
-from declora.node.models import ModelError
+from declora.node.model_source import ModelError
 from declora.node.recipe import Recipe
 from declora.node.simulator import Simulation
 from declora.node.trainer import LoraSpec

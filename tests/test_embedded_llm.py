@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from declora.node import embedded_llm
-from declora.node.model_source import resolve_path
-from declora.node.models import HUB_IDS, ModelError, load_base
+from declora.node.model_source import HUB_IDS, ModelError, resolve_path
+from declora.node.models import load_base
 
 REAL_FIND_SPEC = importlib.util.find_spec
 needs_smollm2 = pytest.mark.skipif(

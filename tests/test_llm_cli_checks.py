@@ -201,7 +201,7 @@ def test_peft_names_follow_what_peft_saves() -> None:
 # --------------------------------------------------------------- 6. tied embeddings
 @pytest.mark.parametrize("target", ["lm_head", "embed_tokens"])
 def test_a_tied_embedding_target_is_refused(target: str, tmp_path: Path) -> None:
-    from declora.node.models import ModelError
+    from declora.node.model_source import ModelError
 
     base = hf_folder(tmp_path / "tied", llama_config(tie_word_embeddings=True))
     with pytest.raises(ModelError, match="tie"):
@@ -238,7 +238,7 @@ def test_a_method_pairing_linear_factors_refuses_an_embedding_target(
     """ConLoRA, DeCAF and Kill-and-Revive pair each linear layer's A and B: an
     embedding's LoRA factors would be left out of what they freeze, multiply or select,
     so `--targets embed_tokens` is refused with them (Dec-LoRA takes it, above)."""
-    from declora.node.models import ModelError
+    from declora.node.model_source import ModelError
 
     base = hf_folder(tmp_path / "base", llama_config())
     spec = LoraSpec(

@@ -24,7 +24,8 @@ from test_model_checks import hf_folder, llama_config
 
 from declora.node import model_source
 from declora.node.adapter_io import AdapterError, load_adapter
-from declora.node.models import ModelError, context_length, load_base
+from declora.node.model_source import ModelError
+from declora.node.models import context_length, load_base
 from declora.node.trainer import LoraModel, LoraSpec
 
 FAST = 5.0  # seconds a refusal may take (the hub's retries took about 25)

@@ -14,7 +14,8 @@ from declora.cli.generate import prompt_ids, stop_ids
 from declora.node.data import TextDataset
 from declora.node.data_files import DataError
 from declora.node.lm_data import IGNORE, encode_lm, encode_prompt, end_of_turn_id
-from declora.node.models import ByteTokenizer, HFTokenizer, ModelError
+from declora.node.model_source import ModelError
+from declora.node.models import ByteTokenizer, HFTokenizer
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{m['role']}}\n{{m['content']}}<|im_end|>\n"
@@ -68,6 +69,9 @@ class NoOffsets:
         self.pad_id, self.eos_id, self.eos_token = tok.pad_id, tok.eos_id, tok.eos_token
         self.has_chat_template = tok.has_chat_template
         self.encode, self.apply_chat_template = tok.encode, tok.apply_chat_template
+
+    def offsets(self, texts: list[str], add_special_tokens: bool = True) -> None:
+        return None  # as a slow tokenizer: no character offsets
 
 
 def test_a_reply_that_takes_the_generation_prompts_space_is_trained_from_its_first_word() -> None:

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from declora.node.lora_targets import lora_layers, wrap_lora
-from declora.node.models import BaseModel, ByteTokenizer, ModelError, check_causal, load_base
+from declora.node.model_source import ModelError
+from declora.node.models import BaseModel, ByteTokenizer, check_causal, load_base
 from declora.node.trainer import LoraModel, LoraSpec
 
 NOT_CAUSAL = "is not a causal (decoder) LM"

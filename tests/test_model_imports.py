@@ -1,14 +1,17 @@
 """node/models.py builds on node/model_source.py, never the other way: the model names
-and ModelError live in model_source (models re-exports them, the same objects), so
-both import at the top, and finding a model imports neither torch nor models."""
+and ModelError live in model_source, and are imported from there only, so both import
+at the top, and finding a model imports neither torch nor models."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 from declora.node import embedded_llm, model_source, models
 
+ROOT = Path(__file__).resolve().parents[1]
 SHARED = ("EMBEDDED_LLM", "EMBEDDED_MODEL", "HUB_IDS", "TINY_MODELS", "ModelError")
 
 
@@ -22,10 +25,15 @@ def loaded_after(module: str) -> set[str]:
     return set(out.stdout.split())
 
 
-def test_the_shared_names_are_model_sources_and_models_reexports_them() -> None:
-    for name in SHARED:
-        assert getattr(models, name) is getattr(model_source, name), name
-    assert models.ModelError.__module__ == model_source.__name__
+def test_the_shared_names_are_imported_from_model_source_only() -> None:
+    assert model_source.ModelError.__module__ == model_source.__name__
+    wrong = []
+    for folder in ("node", "cli", "tests", "bench"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module == "declora.node.models":
+                    wrong += [f"{path.name}: {a.name}" for a in node.names if a.name in SHARED]
+    assert not wrong  # one place to import each name from
     assert embedded_llm.ModelError is model_source.ModelError
     assert models.find_model is model_source.find_model  # imported at the top
 

@@ -30,7 +30,8 @@ from declora.node import checkpoint
 from declora.node.adapter import fingerprint
 from declora.node.daemon.admission import recipe_differences, recipe_facts
 from declora.node.lora_targets import default_targets, wrap_lora
-from declora.node.models import BaseModel, ByteTokenizer, ModelError
+from declora.node.model_source import ModelError
+from declora.node.models import BaseModel, ByteTokenizer
 from declora.node.quantize import check_runtime, quantization_kwargs
 from declora.node.recipe import Recipe
 from declora.node.schedule import Schedule

@@ -250,7 +250,8 @@ def _classifier_folder(path: Path, num_labels: int) -> Path:
 
 
 def test_a_base_with_another_head_size_names_both_counts(tmp_path: Path) -> None:
-    from declora.node.models import HeadSizeError, ModelError, load_base
+    from declora.node.model_source import ModelError
+    from declora.node.models import HeadSizeError, load_base
 
     folder = _classifier_folder(tmp_path / "base", 3)
     with pytest.raises(HeadSizeError) as info:
