@@ -22,6 +22,7 @@ import hashlib
 import importlib
 import json
 import logging
+import operator
 import os
 import pickle
 import shutil
@@ -43,6 +44,7 @@ from declora.node.adapter import (
 )
 from declora.node.deca_model import BlockTrainer
 from declora.node.errors import HintedError
+from declora.node.identity import MAX_OWN_ROUND, MAX_SEQ, shown
 from declora.node.lora_names import saved_name
 from declora.node.trainer import Encoded, LocalTrainer, LoraModel
 
@@ -297,6 +299,20 @@ def read_state(path: Path) -> dict[str, Any]:
     return raw
 
 
+def round_problem(round_: object, seq: object) -> str:
+    """'' when a checkpoint's `round_` and `seq` are ones a node may resume at (whole
+    numbers, round at most `MAX_OWN_ROUND`, seq at most `MAX_SEQ`), else what is out of
+    range (a round past it would soon pass the bound every neighbour's Hello check
+    holds this node to)."""
+    try:
+        r, q = operator.index(round_), operator.index(seq)  # type: ignore[arg-type]
+    except TypeError:
+        r, q = -1, -1
+    if 0 <= r <= MAX_OWN_ROUND and 0 <= q <= MAX_SEQ and not isinstance(round_, bool):
+        return ""
+    return f"round {shown(round_, 40)}, seq {shown(seq, 40)} (at most {MAX_OWN_ROUND}, {MAX_SEQ})"
+
+
 def load(root: Path, lm: LoraModel) -> NodeState:
     """Read the checkpoint `latest` picks (its `path`); refuses one made for another
     adapter. One that cannot be read (truncated, corrupt) gives way, with a warning
@@ -339,6 +355,12 @@ def _load(path: Path, lm: LoraModel) -> NodeState:
     """Read checkpoint `path`: CheckpointError when it cannot be read, CheckpointMismatch
     when it was made for another adapter."""
     raw = read_state(path)
+    bad = round_problem(raw["round"], raw["seq"])
+    if bad:
+        raise CheckpointError(
+            f"{path} is at {bad}: this node would run rounds its neighbours refuse; begin "
+            "afresh in another --checkpoint-dir (this one is kept)"
+        )
     if raw["fingerprint"] != lm.fingerprint and not labels_read_otherwise(path, raw, lm):
         from declora.node.adapter_io import recorded_differences
 

@@ -13,6 +13,10 @@ import re
 
 NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
 MAX_ROUND = 2**40  # a round a second for 34,000 years
+# The highest round this node may be moved to (a catch-up) or resume at (a checkpoint):
+# half of MAX_ROUND, so a node there still runs 2^39 rounds before its Hello, which
+# states its round, would exceed the bound every neighbour holds it to.
+MAX_OWN_ROUND = MAX_ROUND // 2
 MAX_SEQ = 2**62
 MAX_DEGREE = 4096
 

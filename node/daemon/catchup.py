@@ -3,14 +3,26 @@
 A node behind its neighbours (before its first round, or later more than
 `MAX_ROUNDS_AHEAD` rounds behind, where validated pushes cannot align it) takes an
 advanced neighbour's full state instead of trading stale refusals with it. A claimed
-round alone moves little: the state comes from the most advanced neighbour that has
-delivered a validated payload before, or, among newcomers only, from the
-second-most-advanced claimant where there are several; it is accepted only up to the
-claim (plus the rounds run meanwhile) and never past the planned end of this node's
-rounds (`planned_end`), its values are checked like a full state's
-(`DecLoraNode.check_state`), and every neighbour gets a keyframe afterwards. A failed
-catch-up (a refused state, a timeout) sets the source's claim back to the round it
-has proven, so the same claim is not tried again until its next handshake.
+round alone moves little (`catch_up_target`): with 3 or more live neighbours the
+target is the second-most-advanced claim of a neighbour that delivered a validated
+payload before (`proven`; with fewer than two proven, the second-highest claim of
+all), as `Exchange.align_round` has it, so one neighbour alone cannot move the node;
+with fewer, the most advanced proven claim, or among newcomers only the
+second-highest claim where there are several. A catch-up never moves the node past
+`reach`: the planned end of its rounds, or with `--rounds 0` (no end)
+`CATCH_UP_WINDOW` rounds past its own (more where two proven neighbours agree on a
+higher round), and never past `MAX_OWN_ROUND`. The state is accepted only up to the
+claim (plus `MAX_ROUNDS_AHEAD` rounds run meanwhile; a proven source that alone
+decides, within the plan's end, may be further on), its values are checked like a
+full state's (`DecLoraNode.check_state`), and every neighbour gets a keyframe
+afterwards. A failed catch-up (a refused state, a timeout) sets the source's claim
+back to the round it has proven, so the same claim is not tried again until its next
+handshake.
+
+With robust mixing on (`--robust-mixing` other than none) a catch-up takes no state:
+it moves only the round (to the same target) and keeps this node's own adapter, so
+what enters the model is still decided by the robust rule, one neighbour's payload
+at a time; every neighbour gets a keyframe, as after a taken state.
 
 A pulled state is held to a pace, as pushes are: its header must announce this
 adapter's own state size (`state_bytes`; another size is refused before any data is
@@ -36,9 +48,10 @@ encoded and signed when a Pull asks for it, off the event loop, once per taking
 however many Pulls come: a round without a Pull encodes nothing.
 
 What this trusts: a neighbour that delivered valid payloads (or the only one) can move
-this node's round forward, within the plan, and hand it its adapter (bounded like any
-payload). Robust mixing does not cover a catch-up; keep strangers out with
-`--swarm-secret` or mTLS.
+this node's round forward within `reach` where it has fewer than 3 live neighbours,
+and, without robust mixing, hand it its adapter (bounded like any payload); with 3
+or more, only two neighbours agreeing can. Without robust mixing a catch-up is not
+covered by any mixing rule; keep strangers out with `--swarm-secret` or mTLS.
 """
 
 from __future__ import annotations
@@ -57,7 +70,7 @@ from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD, PUSH_PACE
 from declora.node.daemon.peers import Peer, PeerTable
 from declora.node.daemon.state import Identity, Progress
 from declora.node.dec_lora import DecLoraNode
-from declora.node.identity import MAX_ROUND, shown
+from declora.node.identity import MAX_OWN_ROUND, MAX_ROUND, shown
 from declora.node.settings import NodeSettings
 from declora.node.wire import Pace, WireError, chunks, make_header, read_stream
 from declora.proto import pb
@@ -70,6 +83,14 @@ log = logging.getLogger(__name__)
 # is one message at link speed, as a push is (`PUSH_PACE`), served without waiting for
 # local steps (`stepping`).
 STATE_PACE = Pace(min_seconds=5.0, bytes_per_second=PUSH_PACE.bytes_per_second)
+# With --rounds 0 (no planned end) a catch-up moves this node at most this many rounds
+# past its own (a round a second for 12 days), or to the round two proven neighbours
+# agree on when that is further: an honest swarm far ahead is reached in one or a few
+# catch-ups (a node restarted without its checkpoint), while one neighbour alone needs
+# 2^19 catch-ups (two months at the least, one per `rounds.CATCH_UP_EVERY`) to push it
+# to MAX_OWN_ROUND, which still leaves 2^39 rounds below the Hello bound (MAX_ROUND).
+CATCH_UP_WINDOW = 2**20
+assert MAX_OWN_ROUND + CATCH_UP_WINDOW + MAX_ROUNDS_AHEAD < MAX_ROUND
 # A catch-up that took longer than 5 s, or than this adapter's state size at 1 MiB/s
 # (8 Mbit/s, a slow uplink) when that is longer, backs off as a failed one does: an
 # honest state comes at link speed (100 MB over 100 Mbit/s: 8 s, quick; a 4 MB fp32
@@ -168,33 +189,55 @@ class StateTransfer:
         return self.auth.sign_payload(header, data), data
 
     def catch_up_target(self) -> tuple[Peer, int] | None:
-        """The neighbour to take a full state from and the round it claims: the most
-        advanced claim of a neighbour that delivered a validated payload before
-        (`proven`); without one, the claim of the only neighbour, or where there are
-        several the second-highest claim and its claimant (one newcomer alone cannot
-        move a node far). None when no such claim is ahead of this node, or when its
-        method cannot take a state (`takes_state`)."""
+        """The neighbour to take a full state from and the round to move to (its claim,
+        at most `reach`). With 3 or more live neighbours: the second-most-advanced
+        claim among those that delivered a validated payload before (`proven`), or of
+        all of them where fewer than two are proven (one neighbour alone cannot move
+        the node: `Exchange.align_round`'s rule); with fewer: the most advanced proven
+        claim, else the claim of the only neighbour, or where there are two the lower
+        one. None when no such claim is ahead of this node, or when its method cannot
+        take a state (`takes_state`)."""
         if not self.node.takes_state or self.progress.round >= self.planned_end():
             return None
         live = sorted(self.peers.live, key=lambda p: p.claimed_round, reverse=True)
         proven = [p for p in live if p.proven]
-        if proven:
+        if len(live) >= 3:
+            source = proven[1] if len(proven) >= 2 else live[1]
+        elif proven:
             source = proven[0]
         elif live:
             source = live[0] if len(live) == 1 else live[1]
         else:
             return None
-        if source.claimed_round <= self.progress.round:
+        bound = min(source.claimed_round, self.reach())
+        if bound <= self.progress.round:
             return None
-        return source, min(source.claimed_round, self.planned_end())
+        return source, bound
 
     def planned_end(self) -> int:
         """The last round this node can reach: its training exchanges plus the consensus
-        finish's (unbounded with `--rounds 0`)."""
+        finish's (unbounded with `--rounds 0`: MAX_ROUND)."""
         s = self.settings
         if s.rounds == 0:
             return MAX_ROUND
         return s.rounds * s.exchanges_per_round + s.consensus_rounds
+
+    def reach(self) -> int:
+        """The furthest round a catch-up may move this node to now: `planned_end`;
+        with `--rounds 0`, `CATCH_UP_WINDOW` rounds past its own, or the second-highest
+        claim of its proven live neighbours when that is further (two agree); never
+        past `MAX_OWN_ROUND`."""
+        if self.settings.rounds:
+            return min(self.planned_end(), MAX_OWN_ROUND)
+        claims = sorted((p.claimed_round for p in self.peers.live if p.proven), reverse=True)
+        agreed = claims[1] if len(claims) >= 2 else 0
+        return min(max(self.progress.round + CATCH_UP_WINDOW, agreed), MAX_OWN_ROUND)
+
+    @property
+    def keeps_adapter(self) -> bool:
+        """Whether a catch-up moves only the round, keeping this node's adapter: robust
+        mixing is on, so no single neighbour's state may replace the model."""
+        return self.settings.robust_mixing != "none"
 
     def far_behind(self) -> bool:
         """Whether the claims (as `catch_up_target` weighs them) put this node more than
@@ -229,12 +272,43 @@ class StateTransfer:
         if target is None:
             return None
         ahead, bound = target
+        if self.keeps_adapter:
+            self._skip_to(ahead, bound)
+            return ahead
         try:
             await self._take_state(ahead, bound)
         except Exception:
             ahead.claimed_round = min(ahead.claimed_round, ahead.round)
             raise
         return ahead
+
+    def _skip_to(self, ahead: Peer, bound: int) -> None:
+        """Robust mixing's catch-up: move the round to `bound` (`catch_up_target`'s),
+        keep the adapter; every neighbour gets a keyframe."""
+        log.warning(
+            "robust mixing (%s) is on: skipping ahead from round %d to %d (claimed by %s) "
+            "without taking a neighbour's state; this node keeps its own adapter",
+            self.settings.robust_mixing,
+            self.progress.round,
+            bound,
+            shown(ahead.node_id),
+        )
+        self.node.end_round()  # the skipped group's z is not sent into later ones
+        self.peers.forget_all_copies()
+        self.progress.round = bound
+        self.progress.seq += 1  # as after a taken state: every neighbour gets a keyframe
+
+    def last_state_round(self, ahead: Peer, bound: int) -> int:
+        """The highest round a state pulled from `ahead` for target `bound` may have:
+        `bound` plus `MAX_ROUNDS_AHEAD` (rounds it ran since its claim), or, for a
+        proven source that alone decides (fewer than 3 live neighbours) within a
+        planned end, that end (its Hello can be stale: one sent during a partition
+        arrives when it heals; it could claim any round of the plan anyway). Never
+        past `MAX_OWN_ROUND`."""
+        end = min(self.planned_end(), MAX_OWN_ROUND)
+        if ahead.proven and self.settings.rounds and len(self.peers.live) < 3:
+            return end
+        return min(bound + MAX_ROUNDS_AHEAD, end)
 
     async def _take_state(self, ahead: Peer, bound: int) -> None:
         me = self.me
@@ -279,12 +353,7 @@ class StateTransfer:
                 "bad_kind",
             )
         state_round = int(header.round)
-        # It went on since its claim: a few rounds more than it claimed are fine. A
-        # proven source may be further on (its Hello can be stale: one sent during a
-        # partition arrives when it heals); it could claim any round of the plan anyway.
-        last = self.planned_end()
-        if not ahead.proven:
-            last = min(bound + MAX_ROUNDS_AHEAD, last)
+        last = self.last_state_round(ahead, bound)
         if not self.progress.round < state_round <= last:
             raise WireError(
                 grpc.StatusCode.OUT_OF_RANGE,

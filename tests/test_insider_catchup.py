@@ -1,0 +1,161 @@
+"""A swarm member (holding the secret, running modified code) against catch-up
+(node/daemon/catchup.py) and resume (node/checkpoint.py): with 3 or more neighbours one
+proven neighbour alone cannot move a node; with robust mixing a catch-up moves the round
+only and keeps the node's adapter; with --rounds 0 a catch-up moves a node by a bounded
+window, never near the Hello bound (MAX_ROUND); a checkpoint past MAX_OWN_ROUND is
+refused on resume."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_daemon_parts import hello, pair
+
+from declora.node.checkpoint import CheckpointError, round_problem
+from declora.node.daemon.catchup import CATCH_UP_WINDOW
+from declora.node.daemon.daemon import Parts
+from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD
+from declora.node.daemon.peers import Peer
+from declora.node.identity import MAX_OWN_ROUND, MAX_ROUND, MAX_SEQ
+from declora.node.wire import WireError
+
+
+def _more_neighbours(a: Parts, n: int, round_: int = 1) -> list[Peer]:
+    """`n` more live neighbours of `a`, not proven, claiming `round_`."""
+    added = []
+    for i in range(n):
+        p = a.peers.admit(hello(node_id=f"h{i}", listen_address=f"127.0.0.9:{i + 1}", round=round_))
+        assert p is not None
+        added.append(p)
+    return added
+
+
+def test_one_proven_neighbour_among_three_cannot_end_a_nodes_training(
+    synthetic_jsonl: Path,
+) -> None:
+    """b delivered before (proven) and claims the plan's end: with two more neighbours
+    it moves nothing; a second proven neighbour's claim does (the lower one)."""
+    (_, _), (a, b) = pair(synthetic_jsonl, rounds=20, consensus_rounds=5)
+    end = 20 * a.settings.exchanges_per_round + 5
+    b.progress.round = end
+
+    async def go() -> Peer:
+        source = await a.handshaker.dial(b.settings.advertise)
+        assert source is not None
+        return source
+
+    source = asyncio.run(go())
+    source.proven = True
+    assert source.claimed_round == end
+    a.progress.round = 1  # after a round with b
+    h0, _h1 = _more_neighbours(a, 2)
+    assert a.transfer.catch_up_target() is None
+    assert not a.transfer.far_behind()
+    h0.proven, h0.claimed_round = True, 3 * MAX_ROUNDS_AHEAD  # two proven agree this far
+    assert a.transfer.catch_up_target() == (h0, 3 * MAX_ROUNDS_AHEAD)
+
+
+@pytest.mark.parametrize("robust", ["clip", "trim"])
+def test_with_robust_mixing_a_catch_up_keeps_the_adapter(
+    synthetic_jsonl: Path, robust: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A proven neighbour serving a forged state at the plan's end: the node skips to
+    that round (its only neighbour decides the round, as without robust mixing) but
+    keeps its own adapter; every neighbour gets a keyframe."""
+    (_, _), (a, b) = pair(synthetic_jsonl, robust_mixing=robust, rounds=20, consensus_rounds=5)
+    end = 20 * a.settings.exchanges_per_round + 5
+    a.node.train(2)
+    own = a.node.vector().copy()
+    b.node.trainer.set_vector((-20.0 * own).astype(np.float32))
+    b.progress.round = end
+
+    async def go() -> None:
+        source = await a.handshaker.dial(b.settings.advertise)
+        assert source is not None and not source.send_keyframe  # both at the seeded init
+        source.proven = True
+        seq = a.progress.seq
+        with caplog.at_level(logging.WARNING, logger="declora.node.daemon.catchup"):
+            assert await a.transfer.catch_up() is source
+        assert a.progress.round == end
+        assert a.progress.seq == seq + 1 and source.send_keyframe
+
+    asyncio.run(go())
+    np.testing.assert_array_equal(a.node.vector(), own)
+    assert "keeps its own adapter" in caplog.text
+
+
+def test_with_no_planned_end_one_neighbour_moves_a_node_by_the_window(
+    synthetic_jsonl: Path,
+) -> None:
+    """--rounds 0: a proven neighbour claiming and serving MAX_ROUND moves nothing (a
+    node there would run past the Hello bound and every neighbour would refuse it);
+    a state within its window is taken."""
+    (_, _), (a, b) = pair(synthetic_jsonl)
+    assert a.settings.rounds == 0
+    b.node.train(2)
+    b.progress.round = MAX_ROUND
+
+    async def go() -> None:
+        source = await a.handshaker.dial(b.settings.advertise)
+        assert source is not None and source.claimed_round == MAX_ROUND
+        source.proven = True
+        assert a.transfer.catch_up_target() == (source, CATCH_UP_WINDOW)
+        with pytest.raises(WireError, match="outside"):
+            await a.transfer.catch_up()
+        assert a.progress.round == 0
+        source.claimed_round = MAX_ROUND  # claimed again
+        b.progress.round = CATCH_UP_WINDOW + 2  # a state a little past the target
+        assert await a.transfer.catch_up() is source
+        assert a.progress.round == CATCH_UP_WINDOW + 2
+
+    asyncio.run(go())
+    np.testing.assert_array_equal(a.node.vector(), b.node.vector())
+
+
+def test_with_no_planned_end_two_proven_neighbours_move_a_node_to_the_ceiling(
+    synthetic_jsonl: Path,
+) -> None:
+    """Two proven neighbours agreeing move a node past the window, never past
+    MAX_OWN_ROUND."""
+    (_, _), (a, _b) = pair(synthetic_jsonl)
+    peers = _more_neighbours(a, 3, round_=MAX_ROUND)
+    for p in peers[:2]:
+        p.proven = True
+    target = a.transfer.catch_up_target()
+    assert target is not None and target[1] == MAX_OWN_ROUND
+    a.progress.round = MAX_OWN_ROUND  # there: no catch-up moves it on, nor back
+    assert a.transfer.catch_up_target() is None
+
+
+def test_a_checkpoint_past_the_highest_own_round_is_refused(
+    synthetic_jsonl: Path, tmp_path: Path
+) -> None:
+    opts = {"checkpoint_dir": tmp_path / "a"}
+    (da, _), (a, _) = pair(synthetic_jsonl, **opts)
+    a.progress.round = MAX_ROUND + 1  # what the old catch-up left after one more round
+    da.store.save_checkpoint()
+    (db, _), (b, _) = pair(synthetic_jsonl, **{**opts, "resume": True})
+    with pytest.raises(CheckpointError, match=rf"round {MAX_ROUND + 1}, seq"):
+        db.store.resume(b)
+    assert b.progress.round == 0
+
+
+@pytest.mark.parametrize(
+    ("round_", "seq", "ok"),
+    [
+        (0, 0, True),
+        (MAX_OWN_ROUND, MAX_SEQ, True),
+        (MAX_OWN_ROUND + 1, 0, False),
+        (-1, 0, False),
+        (0, MAX_SEQ + 1, False),
+        (True, 0, False),
+        ("3", 0, False),
+        (3.0, 0, False),
+    ],
+)
+def test_checkpoint_rounds_are_bounded(round_: object, seq: object, ok: bool) -> None:
+    assert (round_problem(round_, seq) == "") is ok
