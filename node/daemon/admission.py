@@ -19,6 +19,13 @@ it claims.
 - a Hello's `listen_address` is `host:port` only (an IPv4 or [IPv6] literal or a DNS
   name, port 1-65535): never another gRPC target (`unix:`, `dns:///`, a list), so a
   peer cannot make this node dial a local socket or look up a name of its choosing;
+- a Hello from a peer that is not configured here (`Admission.configured`: not in
+  --peers, not offered by discovery, not a known configured entry) is refused while
+  its remote host (`slot_key`: an IPv4 address, or an IPv6 /64) holds
+  `SLOTS_PER_HOST` live slots of such peers already, so one member (one secret, any
+  number of ids) cannot fill this node's neighbour slots or outvote robust mixing
+  from one host; loopback hosts are exempt (every node of a one-machine lab, and of
+  the tests, calls from 127.0.0.1), and so is a Hello whose host is unknown;
 - a Hello for an id that is live at another address is refused, and so is one from
   another remote host (the IP of `context.peer()`) than the one the id's accepted
   Hellos came from (or, for a peer this node dialled, its address's IP; one dialled
@@ -45,6 +52,7 @@ check holds.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Collection
 
 from declora.node import PROTOCOL_VERSION, __version__
 from declora.node.address import address_problem, ip_of, split_address
@@ -52,11 +60,18 @@ from declora.node.daemon.auth import Auth
 from declora.node.daemon.peers import PeerTable
 from declora.node.daemon.transport import Transport
 from declora.node.identity import MAX_DEGREE, MAX_ROUND, MAX_SEQ, node_id_problem, shown
+from declora.node.limits import host_key
 from declora.node.methods import DEFAULT_METHOD
 from declora.node.security import TlsError
 from declora.node.settings import NodeSettings
 from declora.proto import pb
 
+# Live neighbour slots one remote host (`slot_key`) may hold for peers this node was
+# not configured with: two nodes on one machine or behind one NAT join unlisted, more
+# need --peers (or discovery). A member holding the swarm secret can mint any number
+# of ids, so ids are no measure of how many parties stand behind them; hosts are,
+# up to what the member controls: with N hosts it gets 2N slots, not max_neighbors.
+SLOTS_PER_HOST = 2
 CLI_CERT = "cli"  # the common name `declora-node certs` gives the CLI's certificate
 SAME_SECRET = "give every node the same secret"
 
@@ -80,6 +95,22 @@ def same_host(a: str, b: str) -> bool:
     if ia is None or ib is None:
         return a == b
     return ia == ib or {ia, ib} <= _LOCALHOST
+
+
+def slot_key(host: str) -> str | None:
+    """The key `SLOTS_PER_HOST` counts remote `host` (`limits.peer_host`) under: an
+    IPv4 address itself (the machines of one LAN stay apart), an IPv6 address's /64
+    (`limits.host_key`: one machine may fill it with addresses); None for a loopback
+    address (exempt: a one-machine lab runs every node on it) and for an empty host;
+    a host that is not an IP as is."""
+    if not host:
+        return None
+    ip = ip_of(host)
+    if ip is None:
+        return host
+    if ip.is_loopback:
+        return None
+    return str(ip) if isinstance(ip, ipaddress.IPv4Address) else host_key(host)
 
 
 RECIPE_KEYS = (
@@ -200,15 +231,56 @@ class Admission:
         self.auth = auth
         self.transport = transport
 
-    def hello_refusal(self, h: pb.Hello, cert_name: str | None, host: str) -> str:
-        """Why a peer's (authentic) Hello may not join: `secret_mismatch`, `check`, or
-        the identity it claims (`cert_name`: its TLS certificate's common name under
-        mTLS, else None; `host`: the caller's remote host, '' where unknown)."""
+    def hello_refusal(
+        self, h: pb.Hello, cert_name: str | None, host: str, configured: bool = False
+    ) -> str:
+        """Why a peer's (authentic) Hello may not join: `secret_mismatch`, `check`, the
+        identity it claims (`cert_name`: its TLS certificate's common name under mTLS,
+        else None; `host`: the caller's remote host, '' where unknown), or, where it is
+        not `configured` (`Admission.configured`), its host's share of the slots
+        (`host_refusal`)."""
         who = shown(h.node_id or "?")
         return (
             self.secret_mismatch(h, who)
             or self.check(h)
             or self._identity_refusal(h, cert_name, host)
+            or ("" if configured else self.host_refusal(h, host))
+        )
+
+    def configured(self, h: pb.Hello, host: str, discovered: Collection[str] = ()) -> bool:
+        """Whether Hello `h` comes from one of this node's configured addresses: in
+        --peers, among the addresses discovery offers (`discovered`), or a known entry
+        marked configured; where that address is an IP literal and `host` is known,
+        the call must come from that IP (so no Hello borrows another node's address)."""
+        address = h.listen_address
+        if not address:
+            return False
+        known = self.peers.by_address(address)
+        listed = address in self.settings.peers or address in discovered
+        if not (listed or (known is not None and known.configured)):
+            return False
+        ip = address_ip(address)
+        return not host or ip is None or same_host(host, str(ip))
+
+    def host_refusal(self, h: pb.Hello, host: str) -> str:
+        """Why `h`, from a peer that is not configured, may not take a live slot: its
+        remote host (`slot_key`) holds `SLOTS_PER_HOST` of them for other such peers
+        ('' for a loopback or unknown host, and for an id live already)."""
+        key = slot_key(host)
+        known = self.peers.get(h.node_id)
+        if key is None or (known is not None and known.live):
+            return ""
+        held = [
+            p.node_id
+            for p in self.peers.live
+            if not p.configured and slot_key(p.host or str(address_ip(p.address) or "")) == key
+        ]
+        if len(held) < SLOTS_PER_HOST:
+            return ""
+        return (
+            f"host {key} already holds {len(held)} of {self.settings.node_id!r}'s neighbour "
+            f"slots for peers not in its --peers (at most {SLOTS_PER_HOST} a host): list "
+            f"{shown(h.listen_address)} in its --peers to admit more"
         )
 
     def welcome_refusal(self, node: pb.Hello, address: str) -> str:

@@ -16,6 +16,10 @@
   passes `check_hello` (how each dial ended is recorded by `startup.DialLog`); a
   Welcome accepted there but refused here is recorded as "not joining: ..." and
   followed by a Leave, so the peer drops this node again;
+- a configured peer (--peers, discovered: `Admission.configured`) always finds room:
+  with every slot taken, a silent neighbour's slot is released for it, else that of a
+  live neighbour that is not configured (`_admit`); unlisted peers share slots by
+  remote host (`Admission.host_refusal`);
 - a Welcome for an id that is live here is refused ("live at another address") unless
   the address dialled is that id's own and the Welcome names no other
   (`PeerTable.dialled_elsewhere`): a server this node was made to dial cannot take
@@ -154,12 +158,13 @@ class Handshaker:
                 refusal += f" ({who} has none, this node has one: {SAME_SECRET})"
             return pb.Welcome(accepted=False, reason=f"not authenticated: {refusal}")
         host = peer_host(peer) if peer else ""
-        reason = self.admission.hello_refusal(request, cert_name, host)
+        configured = self.admission.configured(request, host, self.discovered())
+        reason = self.admission.hello_refusal(request, cert_name, host, configured)
         if reason:
             self.counters.count("handshake")
             self.refusals.warning("refused handshake from %s: %s", who, reason)
             return pb.Welcome(accepted=False, reason=reason)
-        admitted = self._admit(request, host=host)
+        admitted = self._admit(request, host=host, configured=configured)
         if admitted is None:
             return pb.Welcome(accepted=False, reason="node has its maximum of neighbours")
         return pb.Welcome(
@@ -239,7 +244,10 @@ class Handshaker:
     def _admit(self, hello: pb.Hello, **how: Any) -> Peer | None:
         """`PeerTable.admit`, once; where there is no room for `hello`, a silent
         neighbour's slot is released for it first (`PeerTable.release_silent`, only
-        when that makes room), logged rate-limited. A refusal changes nothing."""
+        when that makes room), and for a configured peer (`how["configured"]`) still
+        without room, the slot of a live peer that is not configured (one never proven
+        first, then the longest since its handshake): configured peers always find
+        room. Each logged rate-limited. A refusal changes nothing."""
         released = self.peers.release_silent(hello)
         if released is not None:
             self.releases.warning(
@@ -248,7 +256,21 @@ class Handshaker:
                 time.monotonic() - max(released.quiet_since, self.peers.rounds_began or 0.0),
                 shown(hello.node_id),
             )
+        elif how.get("configured") and not self.peers.room_for(hello):
+            others = [p for p in self.peers.live if not p.configured]
+            if others:
+                given = min(others, key=lambda p: (p.proven, p.last_seen))
+                self.peers.drop(given, f"its slot went to configured peer {shown(hello.node_id)}")
+                self.releases.warning(
+                    "released the slot of unlisted neighbour %s for configured peer %s",
+                    given.node_id,
+                    shown(hello.node_id),
+                )
         return self.peers.admit(hello, **how)
+
+    def discovered(self) -> list[str]:
+        """The addresses discovery offers now (none without discovery)."""
+        return [] if self.discovery is None else [p.address for p in self.discovery.peers()]
 
     def candidates(self) -> list[str]:
         """Addresses discovery offers: unnamed ones, and the chosen named ones."""
