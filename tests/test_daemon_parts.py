@@ -20,6 +20,7 @@ from declora.node import PROTOCOL_VERSION
 from declora.node.codecs import make_codec
 from declora.node.daemon import Daemon
 from declora.node.daemon.admission import check_hello
+from declora.node.daemon.catchup import CATCH_UP_WINDOW
 from declora.node.daemon.daemon import Parts
 from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD
 from declora.node.daemon.service import SwarmService
@@ -374,8 +375,9 @@ def test_catch_up_needs_a_second_claim_where_there_are_several(synthetic_jsonl: 
     assert target is not None and target[0] is liar
     liar.proven = False
     a.peers.drop(honest, "test")
-    target = a.transfer.catch_up_target()  # one neighbour: it is the swarm
-    assert target is not None and target[1] == 10**9
+    target = a.transfer.catch_up_target()  # one neighbour: it is the swarm...
+    # ...within --rounds 0's window (`catchup.CATCH_UP_WINDOW`)
+    assert target is not None and target[0] is liar and target[1] == CATCH_UP_WINDOW
 
 
 def test_a_catch_up_stays_within_the_plan_and_a_failed_one_drops_the_claim(
