@@ -18,6 +18,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 DECLORA_INFO = "declora.json"
 MODEL_CARD = "README.md"
+FULL_MODEL = "full-model"  # declora.json's "format" of a full model folder (DECA)
 WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
 # a local base's weight files are hashed only up to this size in all (the first save of
 # a node would otherwise stall a round reading a multi-GB base); beyond it, sizes only
@@ -120,7 +121,11 @@ def _fmt_eval(value: object) -> str:
 
 
 def model_card(info: Mapping[str, Any], path: str) -> str:
-    """A README.md for the adapter in `path`: what it is, where it came from, how to load."""
+    """A README.md for the adapter in `path`: what it is, where it came from, how to load;
+    for a full model folder (`FULL_MODEL`, DECA) what trained it and how transformers
+    loads it."""
+    if info.get("format") == FULL_MODEL:
+        return _full_model_card(info, path)
     base = info.get("base") or {}
     spec = info.get("spec") or {}
     task = info.get("task") or spec.get("task", "cls")
@@ -211,6 +216,75 @@ def model_card(info: Mapping[str, Any], path: str) -> str:
         "## Load it",
         "",
         *load,
+        "",
+    ]
+    return "\n".join([*front, "", *body])
+
+
+def _full_model_card(info: Mapping[str, Any], path: str) -> str:
+    """`model_card` of a DECA full model folder (`save_pretrained` files, no LoRA)."""
+    base = info.get("base") or {}
+    spec = info.get("spec") or {}
+    task = info.get("task") or spec.get("task", "cls")
+    labels = list(info.get("labels") or [])
+    base_name = base.get("hub_id") or base.get("local_path") or base.get("name") or "?"
+    is_cls = task == "cls"
+    title_task = "text classification" if is_cls else "causal language modelling"
+    rows = [
+        ("base model", f"`{base_name}` (declora `--model {base.get('name', spec.get('model'))}`)"),
+        ("task", f"{title_task}" + (f", {info.get('num_labels')} labels" if is_cls else "")),
+    ]
+    if is_cls:
+        rows.append(("labels", ", ".join(f"{i} `{n}`" for i, n in enumerate(labels)) or "-"))
+    rows += [
+        (
+            "training",
+            f"DECA block-wise full fine-tuning (no LoRA): {spec.get('deca_blocks')} blocks of "
+            f"layers, {spec.get('deca_block_rounds')} rounds a turn; max length "
+            f"{spec.get('max_length')}; seed {spec.get('seed')}",
+        ),
+        ("swarm", str(info.get("swarm_id") or "-")),
+        ("node", str(info.get("node_id") or "-")),
+        ("rounds", str(info.get("round") if info.get("round") is not None else "-")),
+        ("evaluation", _fmt_eval(info.get("eval"))),
+        ("fingerprint", f"`{info.get('fingerprint', '')}`"),
+        ("weights sha256", f"`{info.get('weights_sha256', '')}`"),
+    ]
+    auto = "AutoModelForSequenceClassification" if is_cls else "AutoModelForCausalLM"
+    front = [
+        "---",
+        f"base_model: {base_name}",
+        "library_name: transformers",
+        f"pipeline_tag: {'text-classification' if is_cls else 'text-generation'}",
+        "tags:",
+        "- deca",
+        "- declora",
+        "---",
+    ]
+    body = [
+        f"# Full model (DECA): {base_name}, {title_task}",
+        "",
+        "Trained with declora's DECA (decentralized block-wise full fine-tuning: every "
+        "node trains one block of layers at a time on its own data and mixes it with its "
+        "neighbours).",
+        "",
+        "| | |",
+        "|---|---|",
+        "\n".join(f"| {k} | {v} |" for k, v in rows),
+        "",
+        "## Load it",
+        "",
+        "```python",
+        "from declora.node.adapter_io import load_adapter",
+        f"model = load_adapter({path!r})  # .model, .tokenizer, .labels, .predict(texts)",
+        "```",
+        "",
+        "With transformers alone (the whole model is here):",
+        "",
+        "```python",
+        f"from transformers import {auto}",
+        f"model = {auto}.from_pretrained({path!r})",
+        "```",
         "",
     ]
     return "\n".join([*front, "", *body])

@@ -41,6 +41,7 @@ from declora.node.data import TextDataset
 from declora.node.deca_model import FULL_MODEL, MODEL_WEIGHTS, BlockModel
 from declora.node.errors import HintedError
 from declora.node.lm_data import IGNORE, encode_lm
+from declora.node.methods import DECA_DEFAULTS
 from declora.node.model_source import HUB_IDS, TINY_MODELS, ModelError
 from declora.node.models import HeadSizeError, HFTokenizer, Tokenizer
 from declora.node.recipe import UNRECORDED_FACTS
@@ -259,7 +260,12 @@ def recorded_differences(folder: Path, lm: LoraModel) -> list[str]:
             out.append(f"labels: {len(theirs)} {theirs[:10]} there, {len(ours)} {ours[:10]} here")
     spec, recorded = lm.spec.as_dict(), dict(info.get("spec") or {})
     defaults = {f.name: f.default for f in fields(LoraSpec)}  # as_dict leaves them out
-    for key in sorted(set(spec) | set(recorded)):
+    methods = [str(d.get("method", defaults["method"])) for d in (recorded, spec)]
+    keys = set(spec) | set(recorded)
+    if methods[0] != methods[1]:  # the method first; another's own options say nothing
+        out.append(f"method: {methods[0]!r} there, {methods[1]!r} here")
+        keys -= {"method", *(DECA_DEFAULTS if "deca" in methods else ())}
+    for key in sorted(keys):
         a, b = recorded.get(key, defaults.get(key)), spec.get(key, defaults.get(key))
         if isinstance(a, list | tuple) and isinstance(b, list | tuple):
             a, b = list(a), list(b)
@@ -271,23 +277,24 @@ def recorded_differences(folder: Path, lm: LoraModel) -> list[str]:
         if key == "tracking_exchanges" and steps_differ:
             continue  # it follows gossip_steps (recorded only past 1), named on its own line
         if agreed.get(key) != lm.agreed.get(key):
-            out.append(_fact_difference(key, agreed.get(key), lm.agreed.get(key)))
+            same = methods[0] == methods[1]  # else the method explains it
+            out.append(_fact_difference(key, agreed.get(key), lm.agreed.get(key), same))
     return out
 
 
-def _fact_difference(key: str, there: object, here: object) -> str:
+def _fact_difference(key: str, there: object, here: object, explain: bool = True) -> str:
     """One agreed fact recorded as `there` and made as `here` (None: left out), named
     as the option that sets it: tracking_exchanges is recorded only with gradient
     tracking and more than one exchange a round (the caller skips it where gossip_steps
     differs, so here it differs only by tracking), and weighting 'examples' needs
     tracking and a codec other than fp16 (so the resolved weighting differs after a
-    --no-gradient-tracking or a --codec fp16)."""
+    --no-gradient-tracking or a --codec fp16; not said unless `explain`)."""
     if key == "tracking_exchanges":
         return f"gradient_tracking: {_on(there)} there, {_on(here)} here"
     a, b = (UNRECORDED_FACTS.get(key) if v is None else v for v in (there, here))
     shown = ["unset" if v is None else repr(v) for v in (a, b)]
     text = f"{key}: {shown[0]} there, {shown[1]} here"
-    if key == "weighting" and "examples" in (a, b):
+    if explain and key == "weighting" and "examples" in (a, b):
         side = "here" if b != "examples" else "there"
         text += (
             f" (weighting 'examples' needs gradient_tracking and a codec other than fp16: "

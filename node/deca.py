@@ -47,10 +47,12 @@ node has trained, each as measured at its last mix against the neighbours heard 
 (a block trains no more after its last training round's mix, so in the finish that
 figure is current for the block; the head, sent with every block, is current in the
 newest one). With a lossy codec and short block turns the neighbours' copies restart
-coarse at every switch, so the daemon's figure can level off above `consensus_tol`
-(q8 with one-round turns: about 1e-2): the finish then ends at `consensus_rounds`.
-Robust mixing and gradient tracking are refused (`methods.combination_problem`), and
-so is `gossip_steps` > 1 (`methods.gossip_steps_problem`: blocks switch by message count).
+coarse at every switch and the nodes level off apart (q8 with one-round turns: about
+1e-2), so q2 and top-k are refused, and q8 and q4 with turns shorter than measured to
+agree (`methods.LOSSY_BLOCK_ROUNDS`); a finish that still ends at `consensus_rounds`
+above `consensus_tol` is warned about. Robust mixing and gradient tracking are refused
+(`methods.combination_problem`), and so is `gossip_steps` > 1
+(`methods.gossip_steps_problem`: blocks switch by message count).
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ the final norm and a pooler stay frozen; a classification head (`classifier.*`,
   them); `inject` adds DECA's consensus signal to its moments (`deca.py`).
 
 The saved result is a full model folder (`save_pretrained` of the base with the
-node's values, its tokenizer when it has a transformers one, and `declora.json`).
+node's values, its tokenizer when it has a transformers one, `declora.json` and a
+`README.md` model card, `adapter_card.model_card`).
 """
 
 from __future__ import annotations
@@ -45,7 +46,13 @@ from declora.node.adapter import (
     built_atomically,
     fingerprint,
 )
-from declora.node.adapter_card import DECLORA_INFO, weights_sha256
+from declora.node.adapter_card import (
+    DECLORA_INFO,
+    FULL_MODEL,
+    MODEL_CARD,
+    model_card,
+    weights_sha256,
+)
 from declora.node.model_source import ModelError
 from declora.node.models import BaseModel, HFTokenizer
 from declora.node.schedule import Schedule
@@ -54,7 +61,6 @@ from declora.node.trainer import Encoded, LocalTrainer, LoraModel, LoraSpec, tra
 LAYER = re.compile(r"^(.*?\.(?:layer|layers|h|block|blocks))\.(\d+)\.")
 HEADS = ("classifier.", "score.")  # what PEFT's SEQ_CLS also trains: the task head
 MODEL_WEIGHTS = "model.safetensors"
-FULL_MODEL = "full-model"  # declora.json's "format" of a full model folder
 
 
 def layer_groups(names: Iterable[str]) -> list[list[str]]:
@@ -66,7 +72,11 @@ def layer_groups(names: Iterable[str]) -> list[list[str]]:
         if m:
             runs.setdefault(m[1], {}).setdefault(int(m[2]), []).append(name)
     if not runs:
-        raise ModelError("--method deca: the model has no numbered transformer layers")
+        raise ModelError(
+            "--method deca: the model has no numbered transformer layers",
+            "use a transformer model (layers named layer.N, layers.N or h.N), or a LoRA "
+            "method such as --method dec-lora",
+        )
     layers = runs[max(runs, key=lambda k: len(runs[k]))]
     return [layers[i] for i in sorted(layers)]
 
@@ -75,7 +85,10 @@ def split_blocks(groups: Sequence[Sequence[str]], count: int) -> tuple[tuple[str
     """`count` blocks of consecutive layers (0 = one per 2 layers)."""
     count = count or max(1, len(groups) // 2)
     if count > len(groups):
-        raise ModelError(f"--deca-blocks {count}: the model has only {len(groups)} layers")
+        raise ModelError(
+            f"--deca-blocks {count}: the model has only {len(groups)} layers",
+            f"give --deca-blocks at most {len(groups)}, or 0 for one block per 2 layers",
+        )
     idx = np.array_split(np.arange(len(groups)), count)
     return tuple(tuple(n for i in part for n in groups[int(i)]) for part in idx)
 
@@ -94,7 +107,10 @@ class BlockModel(LoraModel):
 
     def __init__(self, spec: LoraSpec, num_labels: int | None = None, **kwargs: Any) -> None:
         if spec.quantize != "none":
-            raise ModelError("--method deca trains the base itself: it needs --quantize none")
+            raise ModelError(
+                "--method deca trains the base itself: it needs --quantize none",
+                "drop --quantize, or quantize the base with a LoRA method (--method dec-lora)",
+            )
         super().__init__(spec, num_labels, **kwargs)
         named = dict(self.model.named_parameters())
         self.blocks = split_blocks(layer_groups(named), spec.deca_blocks)
@@ -157,8 +173,9 @@ class BlockModel(LoraModel):
     def save_adapter(self, vec: np.ndarray, path: Path, meta: dict[str, object]) -> None:
         """Write the full model with the union vector `vec` atomically: transformers'
         `save_pretrained` files (`from_pretrained` loads them), the tokenizer when it
-        is a transformers one, and `declora.json` (fingerprint, spec, agreed recipe
-        facts, labels, base, the weights' sha256, `meta`): what `load_adapter` reads."""
+        is a transformers one, `declora.json` (fingerprint, spec, agreed recipe
+        facts, labels, base, the weights' sha256, `meta`): what `load_adapter` reads,
+        and a `README.md` model card."""
         size = sum(p.numel() * p.element_size() for p in self.model.parameters())
         with built_atomically(path, size) as build:
             with self.using(vec):
@@ -171,6 +188,7 @@ class BlockModel(LoraModel):
                 **self.recorded(meta),
             }
             (build / DECLORA_INFO).write_text(json.dumps(info, indent=2, default=str) + "\n")
+            (build / MODEL_CARD).write_text(model_card(info, str(path)))
 
 
 class BlockTrainer(LocalTrainer):

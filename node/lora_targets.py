@@ -163,7 +163,9 @@ def wrap_lora(
     from peft import LoraConfig, TaskType, get_peft_model
 
     if rank < 1:
-        raise ModelError(f"LoRA rank must be >= 1, got {rank}")
+        raise ModelError(
+            f"LoRA rank must be >= 1, got {rank}", "give --rank 1 or more (8 by default)"
+        )
     check_targets(base, targets)
     config = LoraConfig(
         r=rank,
@@ -179,7 +181,10 @@ def wrap_lora(
     try:
         return get_peft_model(base.model, config)
     except ValueError as exc:
-        raise ModelError(f"cannot apply LoRA to {base.name!r}: {exc}") from exc
+        raise ModelError(
+            f"cannot apply LoRA to {base.name!r}: {exc}",
+            f"name other --targets (linear layers are the safest), or {ALL_LINEAR}",
+        ) from exc
 
 
 def _check_tied(base: BaseModel, targets: tuple[str, ...]) -> None:

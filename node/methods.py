@@ -23,7 +23,7 @@ different methods refuse each other naming `--method`. Nothing here imports torc
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Literal
 
 from declora.node.lora_names import A_MARK, EMBEDDING_A_MARK
@@ -35,10 +35,40 @@ Method = Literal["dec-lora", "conlora", "decaf", "kill-revive", "deca"]
 DEFAULT_METHOD: Method = "dec-lora"
 
 
+Namer = Callable[[str], str]  # an option's field name -> how the user gave it
+
+
+def flag(field: str) -> str:
+    """`--field-name`: how a command-line flag names the option `field`."""
+    return "--" + field.replace("_", "-")
+
+
+# --deca-block-rounds a codec needs with DECA: at every block switch the public copies
+# restart from the base, so a turn's first message carries the block's whole change,
+# coarsely, and a turn too short to correct it leaves the finish above --consensus-tol.
+# Measured (4 tiny-bert nodes, 2 blocks, 4 rounds, lr 0.05, tol 1e-3, 150 finish
+# rounds): fp16 and bf16 agree with 1-round turns; q8 levels off at 7e-3 with 1, agrees
+# with 2; q4 levels off at 0.06, 0.10, 0.02 with 2, 3, 4, agrees with 5 (the default)
+# and 6; q2 stays above 0.3 with 12, topk:0.1 above 0.06 with 10 (both refused).
+LOSSY_BLOCK_ROUNDS = {"q8": 2, "q4": 5}
+NEVER_AGREE = ("q2", "topk")
+DEFAULT_BLOCK_ROUNDS = 5  # --deca-block-rounds' default (recipe.py)
+# DECA's own options, with their defaults (a LoRA method's spec leaves them out)
+DECA_DEFAULTS: dict[str, object] = {"deca_blocks": 0, "deca_block_rounds": DEFAULT_BLOCK_ROUNDS}
+
+
 def combination_problem(
-    method: str, codec: str, consensus_step: float | None, robust: str, tracking: bool
+    method: str,
+    codec: str,
+    consensus_step: float | None,
+    robust: str,
+    tracking: bool,
+    *,
+    block_rounds: int = DEFAULT_BLOCK_ROUNDS,
+    name: Namer = flag,
 ) -> str:
-    """'' when `method` works with these mixing options, else the one-line reason.
+    """'' when `method` works with these mixing options, else the one-line reason, each
+    option named by `name` (a field name -> how the user gave it: a flag by default).
 
     DeCAF refactorises the exact weighted sum of the neighbours' products: it needs
     exact public copies (fp32, gamma 1) and plain weights. CHOCO's gamma < 1 step and
@@ -49,42 +79,60 @@ def combination_problem(
     neighbours that sent it: robust rules assume every entry is mixed every round, so
     they are refused too (tracking works entry by entry: `kill_revive.py`). DECA's
     robust rules and tracking would need their state per block (reset at every block
-    switch): refused.
+    switch): refused; so are q2 and top-k, and q8 and q4 with `block_rounds` below
+    `LOSSY_BLOCK_ROUNDS` (measured: the nodes would not come to agree).
     """
+    m, c = f"{name('method')} {method}", name("codec")
     if method == "deca":
         if robust != "none":
-            return "--method deca cannot be combined with --robust-mixing"
+            return f"{m} cannot be combined with {name('robust_mixing')}"
         if tracking:
-            return "--method deca cannot be combined with --gradient-tracking"
+            return f"{m} cannot be combined with {name('gradient_tracking')}"
+        if codec.startswith(NEVER_AGREE):
+            return (
+                f"{m} cannot be combined with {c} {codec}: each block's turn restarts the "
+                f"neighbours' copies coarse and its nodes do not come to agree (use {c} "
+                "fp32, fp16, bf16, q8 or q4)"
+            )
+        least = max((n for q, n in LOSSY_BLOCK_ROUNDS.items() if codec.startswith(q)), default=1)
+        if block_rounds < least:
+            return (
+                f"{m} with {c} {codec} needs {name('deca_block_rounds')} {least} or more, "
+                f"not {block_rounds}: each block's turn restarts the neighbours' copies "
+                f"coarse, and shorter turns leave the nodes apart (or use {c} fp32, fp16 "
+                "or bf16)"
+            )
         return ""
     if method == "kill-revive":
         if robust != "none":
-            return "--method kill-revive cannot be combined with --robust-mixing"
+            return f"{m} cannot be combined with {name('robust_mixing')}"
         return ""
     if method != "decaf":
         return ""
     if codec != "fp32":
-        return f"--method decaf mixes exact products: it needs --codec fp32, not {codec}"
+        return f"{m} mixes exact products: it needs {c} fp32, not {codec}"
     if consensus_step not in (None, 1.0):
-        return f"--method decaf needs --consensus-step 1 (exact mixing), not {consensus_step}"
+        step = name("consensus_step")
+        return f"{m} needs {step} 1 (exact mixing), not {consensus_step}"
     if robust != "none":
-        return "--method decaf cannot be combined with --robust-mixing (it mixes products)"
+        return f"{m} cannot be combined with {name('robust_mixing')} (it mixes products)"
     if tracking:
-        return "--method decaf cannot be combined with --gradient-tracking (it mixes products)"
+        return f"{m} cannot be combined with {name('gradient_tracking')} (it mixes products)"
     return ""
 
 
-def gossip_steps_problem(method: str, exchanges_per_round: int) -> str:
+def gossip_steps_problem(method: str, exchanges_per_round: int, name: Namer = flag) -> str:
     """'' when `method` works with `exchanges_per_round` exchanges a training round,
-    else the one-line reason. DECA moves to the next block by its message count
-    (`deca.DecaNode.outgoing`), so the gossip-only exchanges after a block's last
-    training round would mix the next block instead: refused. Kill-and-Revive needs
-    nothing: its revives go by the training round, and a gossip-only exchange sends
-    every module, as in the consensus finish."""
+    else the one-line reason. DECA moves to the next block by the round of its message
+    (`deca.DecaNode.outgoing` counts them), so the gossip-only exchanges after a
+    block's last training round would mix the next block instead: refused when given
+    (`Recipe.fill_swarm_defaults` makes an unset `gossip_steps` 1 for it).
+    Kill-and-Revive needs nothing: its revives go by the training round, and a
+    gossip-only exchange sends every module, as in the consensus finish."""
     if method == "deca" and exchanges_per_round > 1:
         return (
-            "--method deca cannot be combined with --gossip-steps > 1 (its blocks switch "
-            "by message count, not by training round)"
+            f"{name('method')} deca cannot be combined with {name('gossip_steps')} > 1 (its "
+            "blocks switch by message count, not by training round)"
         )
     return ""
 

@@ -26,9 +26,15 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 def check_runtime(quantize: str, precision: str, device: str) -> None:
     """Raise ModelError if this machine cannot run `quantize` / `precision` on `device`."""
     if quantize not in QUANTIZE:
-        raise ModelError(f"--quantize {quantize}: expected one of {', '.join(QUANTIZE)}")
+        raise ModelError(
+            f"--quantize {quantize}: expected one of {', '.join(QUANTIZE)}",
+            "give --quantize none unless the node has a CUDA GPU",
+        )
     if precision not in PRECISIONS:
-        raise ModelError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
+        raise ModelError(
+            f"--precision {precision}: expected one of {', '.join(PRECISIONS)}",
+            "give --precision fp32 (bf16 on a recent GPU)",
+        )
     cuda = torch.device(device).type == "cuda" and torch.cuda.is_available()
     if quantize != "none":
         if not cuda:

@@ -12,6 +12,9 @@ meaning. Bad values raise a ValidationError naming the option.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -32,7 +35,14 @@ from declora.node.data import (
     declared_labels,
     read_label_file,
 )
-from declora.node.methods import DEFAULT_METHOD, Method, combination_problem, gossip_steps_problem
+from declora.node.methods import (
+    DEFAULT_METHOD,
+    Method,
+    Namer,
+    combination_problem,
+    flag,
+    gossip_steps_problem,
+)
 from declora.node.schedule import DECAYING, LrSchedule, Schedule
 
 # the value an agreed fact has when `Recipe.agreed_facts` leaves it out (the plain way;
@@ -49,6 +59,22 @@ UNRECORDED_FACTS: dict[str, object] = {
     "test_fraction": BBC_TEST_FRACTION,
     "dedupe": True,
 }
+
+# how the checks of several options name each (a field -> "--flag" by default): the
+# daemon's settings name an option as the user gave it (`named_as`)
+_NAMER: ContextVar[Namer] = ContextVar("option_namer", default=flag)
+
+
+@contextmanager
+def named_as(namer: Namer) -> Iterator[None]:
+    """While inside, the recipe's checks of several options name each by `namer` (a
+    field name -> how the user gave it, e.g. "n5.toml key 'method'"), not as a flag."""
+    token = _NAMER.set(namer)
+    try:
+        yield
+    finally:
+        _NAMER.reset(token)
+
 
 if TYPE_CHECKING:  # the trainer imports torch: not needed to read a configuration
     from declora.node.trainer import LoraSpec
@@ -444,31 +470,34 @@ class Recipe(TrainingRecipe):
 
     @model_validator(mode="after")
     def _recipe_ok(self) -> Recipe:
+        n = _NAMER.get()
+        tracking, weighting = n("gradient_tracking"), n("weighting")
         if self.gradient_tracking and self.robust_mixing != "none":
             raise ValueError(
-                "--gradient-tracking cannot be combined with --robust-mixing: tracking "
+                f"{tracking} cannot be combined with {n('robust_mixing')}: tracking "
                 "trusts every neighbour's gradient message"
             )
         if self.weighting == "examples" and not self.gradient_tracking:
             raise ValueError(
-                "--weighting examples needs --gradient-tracking: without it AdamW's "
-                "per-node step normalises a node's weight away (use --weighting nodes)"
+                f"{weighting} examples needs {tracking}: without it AdamW's "
+                f"per-node step normalises a node's weight away (use {weighting} nodes)"
             )
         if self.weighting == "examples" and "fp16" in self.codec:
             raise ValueError(
-                f"--codec {self.codec} cannot carry tracking's z under --weighting examples: "
-                "z scales with the share's examples and fp16 refuses |x| >= 65520 (use bf16, q8 "
-                "or fp32, or --weighting nodes)"
+                f"{n('codec')} {self.codec} cannot carry tracking's z under {weighting} "
+                "examples: z scales with the share's examples and fp16 refuses |x| >= 65520 "
+                f"(use bf16, q8 or fp32, or {weighting} nodes)"
             )
         if self.lr_schedule in DECAYING:
+            schedule = f"{n('lr_schedule')} {self.lr_schedule}"
             if self.rounds == 0:
                 raise ValueError(
-                    f"--lr-schedule {self.lr_schedule} needs --rounds > 0: it decays over "
+                    f"{schedule} needs {n('rounds')} > 0: it decays over "
                     "rounds x local steps (use constant to train until stopped)"
                 )
             if (self.warmup_steps or 0) >= self.rounds * self.local_steps:
                 raise ValueError(
-                    f"--warmup-steps {self.warmup_steps} leaves no step to decay over: "
+                    f"{n('warmup_steps')} {self.warmup_steps} leaves no step to decay over: "
                     f"rounds x local steps is {self.rounds * self.local_steps}"
                 )
         return self
@@ -483,13 +512,16 @@ class Recipe(TrainingRecipe):
 
     @model_validator(mode="after")
     def _method_ok(self) -> Recipe:
+        name = _NAMER.get()
         problem = combination_problem(
             self.method,
             self.codec,
             self.consensus_step,
             self.robust_mixing,
             bool(self.gradient_tracking),
-        ) or gossip_steps_problem(self.method, self.exchanges_per_round)
+            block_rounds=self.deca_block_rounds,
+            name=name,
+        ) or gossip_steps_problem(self.method, self.exchanges_per_round, name)
         if not problem and self.gossip_acceleration not in (AUTO, "none"):
             problem = acceleration_problem(self.method, self.robust_mixing)
         if not problem and self.step_after_mixing:

@@ -36,7 +36,9 @@ def _header(score: Score) -> str:
     best = "| best avg (round picked on test) " if score.percent else ""
     return (
         f"| setting | final avg {best}| mean node | worst node | worst before finish | "
-        "centralized | KiB sent/node | consensus dist. |\n" + "|---" * (8 + bool(best)) + "|\n"
+        "centralized | KiB sent/node | consensus dist. before → max after finish |\n"
+        + "|---" * (8 + bool(best))
+        + "|\n"
     )
 
 
@@ -48,7 +50,9 @@ def _honest(summary: dict[str, float], key: str) -> float:
 def table_row(name: str, res: dict[str, Any]) -> str:
     """One markdown row from a result dict (as written by `to_jsonable`); node
     figures are the honest nodes'. Classification rows also show the best round's
-    average (selected on the test set: a ceiling, not a result)."""
+    average (selected on the test set: a ceiling, not a result). The consensus
+    distance is the mean at the last training round → the largest after the finish
+    (run.json's final `consensus_max`)."""
     score = _score(res)
     key, show = score.key, score.shown
     final = res["final"]
@@ -63,15 +67,20 @@ def table_row(name: str, res: dict[str, Any]) -> str:
         f"| {show(_honest(final['after_consensus'], f'worst_{key}'))} "
         f"| {show(_honest(before, f'worst_{key}') if before else None)} "
         f"| {show((central.get('final') or {}).get(key))} "
-        f"| {final['bytes_sent_per_node'] / 1024:,.0f} | {dist:.2e} |\n"
+        f"| {final['bytes_sent_per_node'] / 1024:,.0f} "
+        f"| {dist:.2e} → {final.get('consensus_max', dist):.2e} |\n"
     )
 
 
 def markdown_table(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
     """Accuracies in percent (classification) or perplexities (causal LM) on the test
-    split; consensus distance before the finish. Rows share the first row's task."""
+    split; consensus distance before and after the finish; then a `warning:` line for
+    each of a row's `final["warnings"]` (a finish that ended with the nodes apart).
+    Rows share the first row's task."""
     score = _score(rows[0][1]) if rows else score_for("cls")
-    return _header(score) + "".join(table_row(name, res) for name, res in rows)
+    table = _header(score) + "".join(table_row(name, res) for name, res in rows)
+    warned = [(name, w) for name, res in rows for w in res["final"].get("warnings", ())]
+    return table + "".join(f"\nwarning: {name}: {line}\n" for name, line in warned)
 
 
 def plot(res: dict[str, Any], path: Path, title: str = "") -> None:

@@ -18,6 +18,7 @@ consensus finish and the `honest_*` accuracies cover the honest nodes only.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -184,6 +185,20 @@ class SimResult:
 
 
 ProgressFn = Callable[[str, int, int], None]
+log = logging.getLogger(__name__)
+
+
+def unfinished_warning(cfg: Recipe, worst: float) -> str:
+    """The line for a consensus finish that ended at `--consensus-rounds` with the nodes
+    `worst` apart (above `--consensus-tol`): they did not come to agree."""
+    longer = ", longer --deca-block-rounds" if cfg.method == "deca" else ""
+    return (
+        f"the consensus finish stopped at --consensus-rounds {cfg.consensus_rounds} with "
+        f"the nodes {worst:.2e} apart, above --consensus-tol {cfg.consensus_tol:g}: they "
+        f"do not agree (give more --consensus-rounds{longer}, or a finer --codec)"
+    )
+
+
 CENTRAL_EVALS = 5  # evaluation points along the centralized baseline
 
 
@@ -344,6 +359,9 @@ class Simulation:
         return result
 
     def _consensus_finish(self, result: SimResult, progress: ProgressFn | None) -> None:
+        """Gossip-only rounds until the nodes agree within `consensus_tol`, at most
+        `consensus_rounds`; a finish that ran out of rounds with the nodes still apart
+        adds a line to `result.final["warnings"]` (and logs it)."""
         cfg = self.cfg
         _, worst = consensus_distance(self.agreement_vectors())
         r = cfg.rounds
@@ -361,6 +379,10 @@ class Simulation:
             result.rounds.append(rec)
             if progress:
                 progress("consensus", done, cfg.consensus_rounds)
+        if done and worst > cfg.consensus_tol:
+            line = unfinished_warning(cfg, worst)
+            result.final.setdefault("warnings", []).append(line)
+            log.warning(line)
 
     def _record(
         self,

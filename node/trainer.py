@@ -169,14 +169,17 @@ class LoraModel:
         self.model: nn.Module = self._trainable_model(base, spec, tuple(targets))
         if gradient_checkpointing:
             _enable_checkpointing(base)
+        if problem := embedding_problem(spec.method, (n for n, _ in trainable(self.model))):
+            raise ModelError(problem, "give --targets linear layers only, or --method dec-lora")
         if spec.method == "conlora" and not freeze_lora_a(self.model):
-            raise ModelError("--method conlora: the model has no LoRA A factor to freeze")
+            raise ModelError(
+                "--method conlora: the model has no LoRA A factor to freeze",
+                "give --targets linear layers, or --method dec-lora",
+            )
         if spec.quantize == "none":  # a quantized base is already on its GPU
             self.model.to(self.device)
         self.params = [p for _, p in trainable(self.model)]
         self.schema = AdapterSchema.of(trainable(self.model))
-        if problem := embedding_problem(spec.method, self.schema.names):
-            raise ModelError(problem, "give --targets linear layers only, or --method dec-lora")
         self.base_digest = base_digest(self.model)
         self.agreed: dict[str, object] = dict(agreed or {})
         # what a causal LM trains on (CHATS or TEXT), recorded as LM_ROWS when set
