@@ -169,7 +169,10 @@ class NodeSettings(BaseSettings, Recipe):
         None,
         ge=-1,
         le=4096,
-        description="live neighbours to wait for at start; -1: every static peer",
+        description=(
+            "live neighbours to wait for at start; -1: every static peer; above 0, a "
+            "round with none live also waits for one, up to its deadline"
+        ),
         json_schema_extra={"default_text": "1 with --peers or --mdns, 0 with --solo"},
     )
     startup_timeout: float = Field(
@@ -374,7 +377,9 @@ class NodeSettings(BaseSettings, Recipe):
     @property
     def wanted_peers(self) -> int:
         """Live neighbours to wait for at start: --min-peers, -1 = every static peer
-        (one with mDNS alone), default 1 with --peers or --mdns, else 0."""
+        (one with mDNS alone), default 1 with --peers or --mdns, else 0. Above 0, a
+        training round with no live neighbour also waits for one, up to its deadline
+        (`rounds.Isolation`)."""
         if self.solo:
             return 0
         if self.min_peers is None:

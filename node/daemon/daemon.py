@@ -23,6 +23,11 @@ Invariants callers may rely on:
   (nothing listens there: they finished and left) finishes alone with a warning,
   writes its final adapter and exits 0; where one of them still listens (loading:
   it reserved its port first) or never answered, it exits 1 as any start would.
+- a node that wants neighbours (`--min-peers` above 0, its default with --peers or
+  --mdns) and has none live waits for one before each training round, up to the
+  round's deadline, then trains alone (`rounds.Isolation`): cut off, it falls behind
+  the swarm instead of racing ahead of it; once every known neighbour has left after
+  this node's last training round (finished), it trains alone at full speed.
 It owns the lifecycle only; `parts` builds the node, `rounds` runs its rounds and
 `persistence` keeps its files (the package docstring lists every part).
 """

@@ -14,6 +14,11 @@ Invariants callers may rely on:
 - mixing uses Metropolis-Hastings weights over the neighbours that delivered, from
   the live degrees their messages carry; a mix that gives non-finite values is undone
   and its contributors dropped;
+- a neighbour that joins the live set while the round waits gets the round's payload
+  too (keyframe fallback, by the same deadline): both sides of a handshake made
+  mid-round wait for each other, so neither may leave the other without one;
+- a neighbour is not waited for in a round it has already completed, by its verified
+  round or its handshake's claim (`due`): it sends no payload for it;
 - a round number moves this node only when a validated payload backs it, by at most
   `MAX_ROUNDS_AHEAD` per `MAX_ROUNDS_AHEAD` rounds, and with 3 or more neighbours only
   when two of them are ahead (`align_round`).
@@ -93,6 +98,7 @@ class Exchange:
         self.sender = Sender(
             settings, identity, node, progress, peers, handshaker, auth, counters, metrics
         )
+        peers.finish_round = settings.rounds * settings.exchanges_per_round  # `finished`
 
     # ------------------------------------------------------------ one round
     async def exchange(self, r: int) -> None:
@@ -111,11 +117,13 @@ class Exchange:
         crc = zlib.crc32(message)
         out = RoundPayload(r, message, degree, crc, len(tracker), deadline)
         late = await self.sender.send_round(live, out)
+        joined: dict[asyncio.Task[None], Peer] = {}  # pushes to those who joined meanwhile
         try:
             faults.crash_point("after_send")
-            await self.wait_for(r, deadline)
+            await self.wait_for(r, deadline, out, {p.node_id for p in live}, joined)
+            await self.sender.settle(joined, r, deadline)
         except BaseException:  # the round ends here (the node stops): no push outlives it
-            for task in late:
+            for task in [*late, *joined]:
                 task.cancel()
             raise
         if late:  # acks of neighbours on probation: a little beyond the round's work
@@ -163,13 +171,30 @@ class Exchange:
             self.next_skip = target + MAX_ROUNDS_AHEAD
             self.node.end_round()  # the skipped group's z is not sent into later ones
 
-    async def wait_for(self, r: int, deadline: float) -> None:
+    async def wait_for(
+        self,
+        r: int,
+        deadline: float,
+        out: RoundPayload | None = None,
+        sent: set[str] | None = None,
+        joined: dict[asyncio.Task[None], Peer] | None = None,
+    ) -> None:
         """Until every live neighbour's round-r payload is in, or the deadline; a
-        neighbour whose connection is refused meanwhile is dropped at once."""
+        neighbour whose connection is refused meanwhile is dropped at once. With `out`:
+        a live neighbour not in `sent` (node ids) joined (or came back) meanwhile and
+        gets `out` too, its push task put in `joined` (the caller settles or cancels it)."""
         probes: dict[str, asyncio.Task[None]] = {}
         next_probe = time.monotonic() + PROBE_AFTER
+        sent = set() if sent is None else sent
         try:
             while True:
+                if out is not None and joined is not None:
+                    live = self.peers.live
+                    sent &= {p.node_id for p in live}  # one that left and came back: again
+                    for p in live:
+                        if p.node_id not in sent:
+                            sent.add(p.node_id)
+                            joined[asyncio.create_task(self.sender.push(p, out))] = p
                 got = self.inbox.arrived(r)
                 waiting = [p for p in self.peers.live if p.node_id not in got and self.due(p, r)]
                 if not waiting or self.progress.stop_requested:
@@ -200,13 +225,13 @@ class Exchange:
     def due(peer: Peer, r: int) -> bool:
         """Whether `peer` can still deliver a round-r payload this node accepts.
 
-        One that already completed round r without us sends none: it is mixed again
-        once this node has aligned (`align_round`). One that claims to be more than
-        `MAX_ROUNDS_AHEAD` rounds ahead (the other side of a healed partition) sends
-        rounds the inbox refuses: waiting for it would hold every round to the
-        deadline and drop it just as its renewed handshake re-admits it; the next
-        round start takes its state instead (`catchup`)."""
-        return peer.round < r and peer.claimed_round < r - 1 + MAX_ROUNDS_AHEAD
+        One that has completed round r, by its verified round or its handshake's claim,
+        sends none: waiting for it would hold the round to the deadline and drop it,
+        again after every re-join (one round apart), or, one beyond `MAX_ROUNDS_AHEAD`
+        (a healed partition), just as its renewed handshake re-admits it. It is mixed
+        again once this node has aligned (`align_round`) or taken its state
+        (`catchup`). A claim only spares it the wait: it moves nothing."""
+        return max(peer.round, peer.claimed_round) < r
 
     async def _probe(self, peer: Peer) -> None:
         """Drop `peer` when its port refuses a health check (it crashed or left)."""
@@ -222,7 +247,9 @@ class Exchange:
                 self.progress.wake()
 
     def mix(self, r: int, own_degree: int) -> None:
-        """Apply round r's payloads and mix with MH weights over those who delivered."""
+        """Apply round r's payloads and mix with MH weights over those who delivered; a
+        delta whose sender's copy this node forgot after checking it (a renewed
+        handshake found the two out of step) is skipped, not held against the sender."""
         arrived = self.inbox.take(r)
         degrees: dict[str, int] = {}
         for pid in sorted(arrived):
@@ -230,6 +257,8 @@ class Exchange:
             peer = self.peers.get(pid)
             if peer is None or not peer.live:
                 continue
+            if msg.kind == pb.PAYLOAD_KIND_DELTA and peer.expected_seq is None:
+                continue  # its copy was forgotten since (a handshake out of step): a keyframe next
             try:
                 if msg.kind == pb.PAYLOAD_KIND_DELTA:
                     self.node.accept_delta(pid, msg.vector, msg.scale)
@@ -260,8 +289,10 @@ class Exchange:
             p.weight = weights.get(p.node_id, 0.0)
         self.peers.drop_leaving()
 
-    def on_leave(self, peer: Peer, why: str) -> None:
-        """A neighbour said goodbye; what it sent for the round in progress still counts."""
+    def on_leave(self, peer: Peer, why: str, left_after: int | None = None) -> None:
+        """A neighbour said goodbye (after its round `left_after`, when given: bounded
+        by `PeerTable.leave`); what it sent for the round in progress still counts."""
         has_payload = peer.node_id in self.inbox.arrived(self.progress.round + 1)
-        self.peers.leave(peer, why, after_mix=self.progress.in_round and peer.live and has_payload)
+        in_round = self.progress.in_round and peer.live and has_payload
+        self.peers.leave(peer, why, after_mix=in_round, left_after=left_after)
         self.progress.wake()

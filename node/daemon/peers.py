@@ -39,7 +39,13 @@ Invariants callers may rely on:
   one that introduced itself (an inbound Hello) and never delivered a validated
   payload is re-dialled at most once;
 - a dropped peer's channel closes with a grace longer than a push's deadline, so a
-  push in flight ends by its own deadline instead of being cancelled.
+  push in flight ends by its own deadline instead of being cancelled;
+- `left_after` is the round a peer's leave notice said it left after, clamped to
+  `MAX_ROUND`, until it joins again; a peer that left after `finish_round` (this
+  node's last training exchange; 0, until stopped: never) has `finished` and is not
+  pruned, so `all_finished` (every known peer finished, at least one) stays true
+  while nobody joins;
+- a peer joining the live set wakes a round or a wait (`Progress.wake`).
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ import grpc
 from declora.node.daemon.state import Progress
 from declora.node.daemon.transport import Transport
 from declora.node.dec_lora import DecLoraNode
+from declora.node.identity import MAX_ROUND
 from declora.node.logs import safe_text
 from declora.node.metrics import NodeMetrics
 from declora.proto import pb, pb_grpc
@@ -100,6 +107,7 @@ class Peer:
     host: str = ""  # the remote host of its last accepted inbound Hello ('' if none yet)
     configured: bool = False  # a static or discovered address: always re-dialled
     proven: bool = False  # delivered a validated payload at least once
+    left_after: int | None = None  # its leave notice's round (bounded); None since it joined
     dials: int = 0  # dials since it was last live
     next_dial: float = 0.0  # monotonic time of the next re-dial
     channel: grpc.aio.Channel | None = None
@@ -134,6 +142,7 @@ class PeerTable:
         self.pending_tokens: dict[str, bytes] = {}  # address -> token offered in a dial
         self.silence_limit = SILENT_GRACE  # seconds (`release_silent`); `Exchange` raises it
         self.rounds_began: float | None = None  # monotonic: silence counts from then on
+        self.finish_round = 0  # this node's last training exchange (0: none); `Exchange` sets it
 
     def get(self, node_id: str) -> Peer | None:
         return self.peers.get(node_id)
@@ -233,7 +242,9 @@ class PeerTable:
                 log.info("neighbour %s (%s) joined the live set", peer.node_id, peer.address)
                 if peer.proven:  # it delivered before: a new grace (one that never did: none)
                     peer.quiet_since = time.monotonic()
+                self.progress.wake()  # a round waiting for it, or for anyone
         peer.live = True
+        peer.left_after = None
         peer.missed = 0
         peer.dials = 0
         peer.claimed_round, peer.seq, peer.degree = hello.round, hello.seq, hello.live_degree
@@ -280,9 +291,10 @@ class PeerTable:
             self._forget(min(idle, key=lambda p: p.last_seen))
 
     def prune(self, now: float | None = None) -> None:
-        """Forget peers that are not live and were unseen for `FORGET_SECONDS`."""
+        """Forget peers that are not live and were unseen for `FORGET_SECONDS`, but
+        those that `finished` (a full table still evicts them, `_make_room`)."""
         now = time.time() if now is None else now
-        for p in [p for p in self.peers.values() if not p.live]:
+        for p in [p for p in self.peers.values() if not (p.live or self.finished(p))]:
             if now - p.last_seen > FORGET_SECONDS:
                 self._forget(p)
 
@@ -330,13 +342,27 @@ class PeerTable:
             self.transport.close_later(peer.channel, self.close_grace)
             peer.channel, peer.stub = None, None
 
-    def leave(self, peer: Peer, why: str, after_mix: bool) -> None:
-        """A neighbour said goodbye; with `after_mix` its payload of the round in
-        progress still counts and it is dropped by `drop_leaving` after the mix."""
+    def leave(self, peer: Peer, why: str, after_mix: bool, left_after: int | None = None) -> None:
+        """A neighbour said goodbye (after its round `left_after`, when known: clamped
+        to `MAX_ROUND`); with `after_mix` its payload of the round in progress still
+        counts and it is dropped by `drop_leaving` after the mix."""
+        if left_after is not None:
+            peer.left_after = min(max(int(left_after), 0), MAX_ROUND)
         if after_mix:
             self.leaving[peer.node_id] = why
         else:
             self.drop(peer, why)
+
+    def finished(self, peer: Peer) -> bool:
+        """Whether `peer` left after this node's last training exchange (`finish_round`,
+        0: never): it has finished its rounds and will not come back for ours."""
+        left = peer.left_after
+        return self.finish_round > 0 and left is not None and left >= self.finish_round
+
+    def all_finished(self) -> bool:
+        """Whether every known peer `finished` (false with none known)."""
+        peers = self.all()
+        return bool(peers) and all(self.finished(p) for p in peers)
 
     def drop_leaving(self) -> None:
         for pid, why in self.leaving.items():

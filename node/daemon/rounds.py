@@ -18,6 +18,16 @@ Invariants callers may rely on:
   (a node resumed within the finish runs only what is left of it; none of it when
   no neighbour is live: `Daemon._bootstrap` lets such a node start alone only when
   nothing listens at any missing neighbour's address), then a final evaluation;
+- isolation pacing (`Isolation`): in the training phase, a node that wants neighbours
+  (`wanted_peers` > 0, i.e. not --solo nor --min-peers 0) and has none live waits for
+  one before each exchange, up to that round's deadline (`Exchange.deadline_seconds`),
+  going on as soon as one is live; with none by then the exchange runs alone. So a
+  cut-off node advances at most one exchange per deadline and falls behind instead of
+  racing ahead (on re-join it is the one that aligns or catches up). When every known
+  peer has finished (`PeerTable.all_finished`: its leave notice came after this node's
+  last training exchange) it trains alone at full speed. A stop during the wait stops
+  at once (no round is in progress); one warning when the waits begin, one line when
+  they end;
 - every completed round is appended to the history (phase "train", or "gossip" for
   an exchange that only mixed); `eval_every` and `checkpoint_every` count training
   rounds: evaluation and checkpoints come after the last exchange of every N-th
@@ -27,6 +37,7 @@ Invariants callers may rely on:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -49,6 +60,68 @@ log = logging.getLogger(__name__)
 
 CATCH_UP_EVERY = 10.0  # seconds between catch-up attempts of a node far behind...
 CATCH_UP_MAX_WAIT = 160.0  # ...doubling after each failed one up to this
+ISOLATION_POLL = 0.25  # seconds between checks of a wait for a neighbour (and a stop)
+
+
+class Isolation:
+    """Isolation pacing: before a training exchange with no live neighbour, wait for
+    one up to the round's deadline (see the module's invariants)."""
+
+    def __init__(self, parts: Parts) -> None:
+        self.parts = parts
+        self.alone_since: float | None = None  # monotonic: when the waits began
+        self.said_finished = False  # "every neighbour finished" was logged
+
+    def needed(self) -> bool:
+        """Whether the next training exchange waits: this node wants neighbours, none
+        is live, and not every known peer has finished."""
+        parts = self.parts
+        if parts.settings.wanted_peers <= 0 or parts.peers.live:
+            return False
+        if parts.peers.all_finished():
+            if not self.said_finished:
+                self.said_finished, self.alone_since = True, None
+                log.warning(
+                    "every neighbour has finished (left after round %d or later): "
+                    "training alone at full speed",
+                    parts.peers.finish_round,
+                )
+            return False
+        return True
+
+    async def wait(self) -> None:
+        """Wait for a live neighbour when `needed`, up to the round's deadline; returns
+        at once when one is live or a stop comes (a stop asked for after the round in
+        progress stops now: none is)."""
+        parts, progress = self.parts, self.parts.progress
+        if self.needed():
+            seconds = parts.exchange.deadline_seconds()
+            if self.alone_since is None:
+                self.alone_since = time.monotonic()
+                self.said_finished = False
+                log.warning(
+                    "no live neighbour: each round waits up to %.0fs for one before "
+                    "training alone (--min-peers 0: never wait)",
+                    seconds,
+                )
+            end = time.monotonic() + seconds
+            while not parts.peers.live:
+                if progress.stop_pending:
+                    progress.stop_now()
+                left = end - time.monotonic()
+                if progress.stop_requested or left <= 0:
+                    return
+                progress.arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(progress.arrived.wait(), min(left, ISOLATION_POLL))
+        live = parts.peers.live
+        if self.alone_since is not None and live:
+            log.info(
+                "%s live after %.0fs without a neighbour: rounds no longer wait",
+                ", ".join(p.node_id for p in live),
+                time.monotonic() - self.alone_since,
+            )
+            self.alone_since = None
 
 
 class RoundLoop:
@@ -68,6 +141,7 @@ class RoundLoop:
         # seconds: node id -> `clock` time it ended (at most one per CATCH_UP_EVERY)
         self.caught_up_from: dict[str, float] = {}
         self.evaluated: bytes | None = None  # a digest of the adapter evaluated last
+        self.isolation = Isolation(parts)
 
     async def catch_up(self) -> None:
         """Take an advanced neighbour's state (`catchup`), then wait before the next
@@ -201,11 +275,15 @@ class RoundLoop:
 
     async def train_loop(self) -> None:
         """Training rounds (`rounds` of them: `rounds` x G exchanges; 0 = until
-        stopped), then the consensus finish and the final evaluation."""
+        stopped), each exchange paced by `Isolation`, then the consensus finish and
+        the final evaluation."""
         s, progress, parts = self.settings, self.progress, self.parts
         per_round = s.exchanges_per_round
         last = s.rounds * per_round
         while not progress.stop_requested and (s.rounds == 0 or progress.round < last):
+            await self.isolation.wait()
+            if progress.stop_requested:
+                break
             trained = await self.run_round(train=True)
             evaluated = bool(s.eval_every and progress.round % (s.eval_every * per_round) == 0)
             if evaluated:

@@ -36,7 +36,7 @@ import grpc
 
 from declora.node.daemon.admission import CLI_CERT, address_ip
 from declora.node.daemon.inbox import PUSH_PACE, STREAMS_PER_PEER, header_bytes
-from declora.node.identity import shown
+from declora.node.identity import MAX_ROUND, shown
 from declora.node.limits import address_key, host_key, limited, peer_host
 from declora.node.wire import WireError
 from declora.proto import pb, pb_grpc
@@ -374,7 +374,8 @@ class SwarmService(pb_grpc.SwarmServicer):
                 await self._member_only(context, request, "leave")
                 peer = parts.peers.get(request.node_id)
                 assert peer is not None
-                parts.exchange.on_leave(peer, f"it left after round {request.round}")
+                left = min(int(request.round), MAX_ROUND)  # a peer's number: bounded
+                parts.exchange.on_leave(peer, f"it left after round {left}", left_after=left)
                 return pb.LeaveAck()
         except WireError as exc:
             await self._refuse(context, exc)

@@ -1,0 +1,267 @@
+"""Isolation pacing (`rounds.Isolation`): a node that wants neighbours and has none
+live waits for one before each training exchange, up to the round's deadline, so a
+cut-off node falls behind the swarm instead of racing ahead of it; and the two sides
+of a handshake made mid-round (in step, or one round apart) mix instead of dropping
+each other at the deadline. In-process, over the in-memory transport."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from memory_transport import MemoryNetwork, MemoryTransport
+from test_daemon_parts import pair, settings
+
+from declora.node.daemon import Daemon
+from declora.node.daemon.daemon import Parts
+from declora.node.daemon.service import SwarmService
+from declora.node.daemon.state import NodeState
+from declora.node.identity import MAX_ROUND
+from declora.proto import pb
+
+WAITS = "no live neighbour: each round waits"
+
+
+def alone(
+    data: Path, peers: tuple[str, ...] = ("127.0.0.1:7499",), **extra: object
+) -> tuple[Daemon, Parts]:
+    """One daemon with static `peers` (by default it wants one live), none running."""
+    s = settings("a", data, 0, list(peers), **extra)
+    d = Daemon(s, MemoryTransport(MemoryNetwork(), s, None))
+    return d, d.build()
+
+
+def timed_train_loop(d: Daemon) -> float:
+    assert d.rounds is not None
+    t0 = time.monotonic()
+    asyncio.run(d.rounds.train_loop())
+    return time.monotonic() - t0
+
+
+def test_an_isolated_node_waits_a_deadline_before_each_round(
+    synthetic_jsonl: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: 3 rounds alone in a blink (a flap test saw 778 rounds in 10 s)."""
+    d, a = alone(synthetic_jsonl, round_deadline=0.5, rounds=3, consensus_rounds=0)
+    with caplog.at_level("INFO"):
+        took = timed_train_loop(d)
+    assert a.progress.round == 3 and took >= 3 * 0.5 - 0.05, took
+    warned = [r for r in caplog.records if WAITS in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelname == "WARNING"  # once, not every round
+    assert "--min-peers 0: never wait" in warned[0].getMessage()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"min_peers": 0}, {"peers": (), "solo": True}],
+    ids=["min-peers-0", "solo"],
+)
+def test_a_node_that_wants_no_neighbour_never_waits(
+    synthetic_jsonl: Path, caplog: pytest.LogCaptureFixture, extra: dict[str, object]
+) -> None:
+    d, a = alone(synthetic_jsonl, round_deadline=5.0, rounds=3, consensus_rounds=0, **extra)
+    with caplog.at_level("INFO"):
+        took = timed_train_loop(d)
+    assert a.progress.round == 3 and took < 5.0, took
+    assert not [r for r in caplog.records if WAITS in r.getMessage()]
+
+
+def test_the_wait_ends_as_soon_as_a_neighbour_is_live(
+    synthetic_jsonl: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (da, _), (a, b) = pair(synthetic_jsonl, min_peers=1, round_deadline=10.0)
+    assert da.rounds is not None
+
+    async def go() -> float:
+        async def join() -> None:
+            await asyncio.sleep(0.3)
+            assert await a.handshaker.dial(b.settings.advertise) is not None
+
+        t0 = time.monotonic()
+        await asyncio.gather(da.rounds.isolation.wait(), join())  # type: ignore[union-attr]
+        return time.monotonic() - t0
+
+    with caplog.at_level("INFO"):
+        took = asyncio.run(go())
+    assert 0.3 <= took < 1.5, took
+    assert [r for r in caplog.records if "rounds no longer wait" in r.getMessage()]
+
+
+@pytest.mark.parametrize(("left_after", "waits"), [(2, False), (10**9, False), (1, True)])
+def test_neighbours_that_finished_do_not_hold_a_node_behind_them(
+    synthetic_jsonl: Path, left_after: int, waits: bool
+) -> None:
+    """--rounds 2: a neighbour that left after round 2 or later has finished and will
+    not come back; one that left after round 1 (stopped mid-run) may: wait for it."""
+    (da, _), (a, b) = pair(
+        synthetic_jsonl, min_peers=1, round_deadline=3.0, rounds=2, consensus_rounds=0
+    )
+
+    async def go() -> None:
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+        a.exchange.on_leave(a.peers.peers["b"], "test", left_after=left_after)
+        assert a.peers.live == []
+
+    asyncio.run(go())
+    assert a.peers.finished(a.peers.peers["b"]) is not waits
+    took = timed_train_loop(da)
+    assert a.progress.round == 2
+    assert (took >= 2 * 3.0 - 0.05) if waits else (took < 3.0), took
+
+
+def test_a_peer_forgotten_after_its_leave_is_not_pruned_once_finished(
+    synthetic_jsonl: Path,
+) -> None:
+    """A finished neighbour stays known, so `all_finished` does not turn false (and the
+    node back to waiting) when the table would forget it."""
+    _, (a, b) = pair(synthetic_jsonl, rounds=2)
+
+    async def go() -> None:
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+
+    asyncio.run(go())
+    peer = a.peers.peers["b"]
+    a.exchange.on_leave(peer, "test", left_after=2)
+    a.peers.prune(now=time.time() + 10**6)
+    assert a.peers.get("b") is peer and a.peers.all_finished()
+    assert a.peers.admit(pb.Hello(node_id="b", listen_address=peer.address)) is peer
+    assert peer.left_after is None and not a.peers.all_finished()  # back: not finished
+
+
+def test_a_leave_notice_round_is_bounded(synthetic_jsonl: Path) -> None:
+    _, (a, b) = pair(synthetic_jsonl, rounds=2)
+
+    async def go() -> None:
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+        peer = a.peers.peers["b"]
+        notice = pb.LeaveNotice(
+            node_id="b",
+            swarm_id="parts",
+            round=2**64 - 1,
+            session=peer.token_in,
+            receiver_id="a",
+        )
+        await SwarmService(a).Leave(notice, object())  # type: ignore[arg-type]
+
+    asyncio.run(go())
+    peer = a.peers.peers["b"]
+    assert not peer.live and peer.left_after == MAX_ROUND and a.peers.finished(peer)
+
+
+@pytest.mark.parametrize("pending", [False, True], ids=["stop", "stop-after-round"])
+def test_a_stop_during_the_wait_stops_at_once(synthetic_jsonl: Path, pending: bool) -> None:
+    """SIGTERM while waiting for a neighbour: no round is in progress, so the node
+    stops within a poll, whether the signal found it between rounds (EXCHANGING
+    lingers after a mix: a stop after the round) or not. Before: rounds ran alone
+    until the stop."""
+    d, a = alone(synthetic_jsonl, round_deadline=30.0, rounds=0)
+
+    async def go() -> float:
+        assert d.rounds is not None
+        loop = d.rounds.train_loop()
+        task = asyncio.create_task(loop)
+        await asyncio.sleep(0.5)
+        if pending:
+            a.progress.state = NodeState.EXCHANGING
+        t0 = time.monotonic()
+        d.request_stop()
+        await asyncio.wait_for(task, timeout=5)
+        return time.monotonic() - t0
+
+    took = asyncio.run(go())
+    assert a.progress.stop_requested and a.progress.round == 0 and took < 1.0, took
+
+
+def test_a_handshake_made_mid_round_mixes_both_sides(synthetic_jsonl: Path) -> None:
+    """a and b, each in round 1 and waiting for c (which runs no round), shake hands:
+    each now waits for the other, so each must push its round to the other too.
+    Before: neither did, and both dropped each other at the deadline (as they did
+    again after every re-join)."""
+    (da, _), (a, b) = pair(synthetic_jsonl, round_deadline=2.0)
+    network = da.transport.network  # type: ignore[attr-defined]
+    address = "127.0.0.1:7409"
+    s = a.settings.model_copy(update={"node_id": "c", "listen": address, "advertise": address})
+    c = Daemon(s, MemoryTransport(network, s, None)).build()
+    network.serve(s.advertise, SwarmService(c))
+
+    async def go() -> None:
+        assert await a.handshaker.dial(s.advertise) is not None
+        assert await b.handshaker.dial(s.advertise) is not None
+
+        async def join() -> None:
+            await asyncio.sleep(0.3)
+            assert await a.handshaker.dial(b.settings.advertise) is not None
+
+        await asyncio.gather(a.exchange.exchange(1), b.exchange.exchange(1), join())
+
+    asyncio.run(go())
+    assert a.exchange.last_contributors == ["b"] and b.exchange.last_contributors == ["a"]
+    assert a.peers.peers["b"].live and b.peers.peers["a"].live
+
+
+def test_a_pair_one_round_apart_after_a_rejoin_mixes(synthetic_jsonl: Path) -> None:
+    """a at round 5, b at 4, both live at the round start: b goes on past its round 5
+    without a (which sends none), a's round 6 reaches b and b's round 6 reaches a: both
+    mix and stay live (a guard on `due` not waiting for a neighbour past the round)."""
+    (da, db), (a, b) = pair(synthetic_jsonl, round_deadline=5.0)
+    a.progress.round, b.progress.round = 5, 4
+
+    async def go() -> float:
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+
+        async def b_rounds() -> None:
+            await db.run_round(b, train=True)
+            await db.run_round(b, train=True)
+
+        t0 = time.monotonic()
+        await asyncio.gather(da.run_round(a, train=True), b_rounds())
+        return time.monotonic() - t0
+
+    took = asyncio.run(go())
+    assert a.progress.round == b.progress.round == 6
+    assert a.exchange.last_contributors == ["b"] and b.exchange.last_contributors == ["a"]
+    assert a.peers.peers["b"].live and b.peers.peers["a"].live
+    assert took < 4.0, took
+
+
+def test_a_neighbour_past_the_round_is_not_waited_for(synthetic_jsonl: Path) -> None:
+    """b (at round 4) shakes hands with a, which has completed round 5 and is busy
+    with its next local steps (slow steps: an LLM): a sends no round-5 payload, so b's
+    round 5 must not wait for it. Before: b waited until its deadline and dropped a,
+    one round apart, after every re-join."""
+    (_, db), (a, b) = pair(synthetic_jsonl, round_deadline=3.0)
+    a.progress.round, b.progress.round = 5, 4
+
+    async def go() -> float:
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+        t0 = time.monotonic()
+        await db.run_round(b, train=False)  # a runs no round meanwhile
+        return time.monotonic() - t0
+
+    took = asyncio.run(go())
+    assert b.progress.round == 5 and b.peers.peers["a"].live
+    assert took < 2.0, took
+
+
+def test_a_delta_queued_before_a_handshake_out_of_step_is_skipped_not_dropped(
+    synthetic_jsonl: Path,
+) -> None:
+    """a's round-1 delta is checked and queued at b; then a renewed handshake finds the
+    two out of step (a's sequence moved on: a push b never took) and b forgets a's
+    copy. b's mix skips the delta and keeps a. Before: the mix failed ("no public copy
+    of 'a'") and dropped a (the slow-link audit saw it after a re-join)."""
+    (da, _), (a, b) = pair(synthetic_jsonl, round_deadline=0.5)
+
+    async def go() -> None:
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+        await da.run_round(a, train=True)  # b runs no round: a's delta waits in b's inbox
+        assert "a" in b.inbox.arrived(1)
+        a.progress.seq += 1  # a payload of a's that b never took
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+        assert b.peers.peers["a"].expected_seq is None  # out of step: copy forgotten
+        b.exchange.mix(1, 1)
+
+    asyncio.run(go())
+    assert b.peers.peers["a"].live and b.exchange.last_contributors == []
