@@ -18,7 +18,6 @@ consensus finish and the `honest_*` accuracies cover the honest nodes only.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -185,7 +184,6 @@ class SimResult:
 
 
 ProgressFn = Callable[[str, int, int], None]
-log = logging.getLogger(__name__)
 
 
 def unfinished_warning(cfg: Recipe, worst: float) -> str:
@@ -361,7 +359,7 @@ class Simulation:
     def _consensus_finish(self, result: SimResult, progress: ProgressFn | None) -> None:
         """Gossip-only rounds until the nodes agree within `consensus_tol`, at most
         `consensus_rounds`; a finish that ran out of rounds with the nodes still apart
-        adds a line to `result.final["warnings"]` (and logs it)."""
+        adds a line to `result.final["warnings"]` (run.md shows it: `report`)."""
         cfg = self.cfg
         _, worst = consensus_distance(self.agreement_vectors())
         r = cfg.rounds
@@ -382,7 +380,6 @@ class Simulation:
         if done and worst > cfg.consensus_tol:
             line = unfinished_warning(cfg, worst)
             result.final.setdefault("warnings", []).append(line)
-            log.warning(line)
 
     def _record(
         self,
