@@ -2,6 +2,9 @@
 
 Invariants callers may rely on:
 - a round is: (when far behind) a catch-up, alignment, K local steps, one exchange;
+  a catch-up or alignment that brings the node to the end of its training rounds
+  (or of the finish, `StateTransfer.planned_end`) ends the round there, with no
+  exchange (`run_round` gives None), and that loop ends;
 - with `gossip_steps` G > 1 the round number (`progress.round`: messages,
   checkpoints, catch-up, status) counts exchanges: exchange e trains only when
   `schedule.is_training_exchange(e, G)` (e = 1, G + 1, 2G + 1, ...), at training
@@ -203,10 +206,12 @@ class RoundLoop:
             self.catch_up_wait = min(2 * self.catch_up_wait, CATCH_UP_MAX_WAIT)
         self.next_catch_up = self.clock() + self.catch_up_wait  # from its end
 
-    async def run_round(self, train: bool) -> bool:
+    async def run_round(self, train: bool) -> bool | None:
         """One exchange and mix, after K local steps when `train` is true and the
         exchange number says so (`is_training_exchange`); false: gossip only (the
-        consensus finish). Whether it trained."""
+        consensus finish). Whether it trained; None when a catch-up or alignment
+        brought the node to the end of its training (`train`) or of the finish
+        (`StateTransfer.planned_end`): no exchange ran and the round is not recorded."""
         parts = self.parts
         progress, report, metrics = self.progress, self.report, self.metrics
         if parts.transfer.far_behind() and self.clock() >= self.next_catch_up:
@@ -218,6 +223,12 @@ class RoundLoop:
             )
             await self.catch_up()
         parts.exchange.align_round()
+        end, what = parts.transfer.planned_end(), "the planned end of this node's rounds"
+        if train and self.settings.rounds:
+            end, what = self.settings.rounds * self.settings.exchanges_per_round, "its training"
+        if progress.round >= end:
+            log.warning("at round %d, the end of %s (%d): no more there", progress.round, what, end)
+            return None
         r = progress.round + 1
         logs.set_round(r)
         t0 = time.perf_counter()
@@ -285,6 +296,8 @@ class RoundLoop:
             if progress.stop_requested:
                 break
             trained = await self.run_round(train=True)
+            if trained is None:  # caught up to the end of training: on to the finish
+                break
             evaluated = bool(s.eval_every and progress.round % (s.eval_every * per_round) == 0)
             if evaluated:
                 await self.evaluate()
@@ -301,7 +314,8 @@ class RoundLoop:
                 break
             if parts.node.disagreement(live) <= s.consensus_tol:
                 break
-            await self.run_round(train=False)
+            if await self.run_round(train=False) is None:
+                break
             self.store.record("consensus", False)
         await self.evaluate(final=True)
         self.store.record("final", True)
