@@ -5,7 +5,8 @@ time (default: the first) it reaches `point`. Points, in the order a round meets
 
 - `before_send`: local steps done, nothing pushed;
 - `mid_stream`: a push has sent its header and first data chunk, the rest never follows;
-- `after_send`: every push of the round is answered, nothing mixed yet;
+- `after_send`: every push to the neighbours live at the round start is answered
+  (a neighbour that joined mid-round gets its push after this point), nothing mixed yet;
 - `checkpoint`: a checkpoint's files are written but not yet renamed into place;
 - `checkpoint_pointer`: the new `LATEST` is in its temporary file, not yet renamed.
 
