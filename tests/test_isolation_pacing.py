@@ -265,3 +265,21 @@ def test_a_delta_queued_before_a_handshake_out_of_step_is_skipped_not_dropped(
 
     asyncio.run(go())
     assert b.peers.peers["a"].live and b.exchange.last_contributors == []
+
+
+def test_status_shows_waiting_while_the_node_waits_for_a_neighbour(synthetic_jsonl: Path) -> None:
+    """`status` reads `waiting` during an isolation wait (it read `exchanging`)."""
+    d, a = alone(synthetic_jsonl, round_deadline=1.0, rounds=1, consensus_rounds=0)
+    assert d.rounds is not None
+    seen: list[NodeState] = []
+
+    async def go() -> None:
+        async def look() -> None:
+            await asyncio.sleep(0.3)
+            seen.append(a.progress.state)
+
+        await asyncio.gather(d.rounds.isolation.wait(), look())  # type: ignore[union-attr]
+
+    asyncio.run(go())
+    assert seen == [NodeState.WAITING]
+    assert not a.progress.in_round  # a polite stop need not wait for a round's end

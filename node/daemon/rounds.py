@@ -108,6 +108,7 @@ class Isolation:
                     seconds,
                 )
             end = time.monotonic() + seconds
+            progress.state = NodeState.WAITING  # `status` shows it; not in a round
             while not parts.peers.live:
                 if progress.stop_pending:
                     progress.stop_now()

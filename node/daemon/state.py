@@ -20,6 +20,7 @@ class NodeState(str, Enum):  # noqa: UP042 (str() and format() keep their Enum f
     STARTING = "starting"
     LOADING = "loading"
     CONNECTING = "connecting"
+    WAITING = "waiting"  # for a live neighbour, none being live (`rounds.Isolation`)
     TRAINING = "training"
     EXCHANGING = "exchanging"
     EVALUATING = "evaluating"
