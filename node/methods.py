@@ -53,7 +53,16 @@ def flag(field: str) -> str:
 LOSSY_BLOCK_ROUNDS = {"q8": 2, "q4": 5}
 NEVER_AGREE = ("q2", "topk")
 DEFAULT_BLOCK_ROUNDS = 5  # --deca-block-rounds' default (recipe.py)
-# DECA's own options, with their defaults (a LoRA method's spec leaves them out)
+# the LoRA options DECA (full fine-tuning) has no use for, with their defaults: a DECA
+# spec records them at these values (its fingerprint), so none may differ
+LORA_DEFAULTS: dict[str, object] = {
+    "rank": 8,
+    "alpha": None,
+    "targets": (),
+    "lora_dropout": 0.0,
+    "rslora": False,
+    "dora": False,
+}
 DECA_DEFAULTS: dict[str, object] = {"deca_blocks": 0, "deca_block_rounds": DEFAULT_BLOCK_ROUNDS}
 
 
@@ -118,6 +127,23 @@ def combination_problem(
         return f"{m} cannot be combined with {name('robust_mixing')} (it mixes products)"
     if tracking:
         return f"{m} cannot be combined with {name('gradient_tracking')} (it mixes products)"
+    return ""
+
+
+def ignored_options_problem(method: str, values: dict[str, object], name: Namer = flag) -> str:
+    """'' unless an option `method` ignores is away from its default in `values` (field
+    name -> value), else the one-line reason naming it by `name`: LoRA's options
+    (`LORA_DEFAULTS`) with `deca`, which trains the base model's blocks, and DECA's
+    (`DECA_DEFAULTS`) with any other method. Refused rather than ignored: DECA's
+    fingerprint records the LoRA options, so ignoring them would still part its nodes."""
+    ignored = LORA_DEFAULTS if method == "deca" else DECA_DEFAULTS
+    for field, default in ignored.items():
+        if field in values and values[field] != default:
+            deca = method == "deca"
+            what = (
+                "it trains the base model's blocks, not LoRA" if deca else "it is for --method deca"
+            )
+            return f"{name(field)} has no effect with {name('method')} {method} ({what})"
     return ""
 
 

@@ -36,12 +36,15 @@ from declora.node.data import (
     read_label_file,
 )
 from declora.node.methods import (
+    DECA_DEFAULTS,
     DEFAULT_METHOD,
+    LORA_DEFAULTS,
     Method,
     Namer,
     combination_problem,
     flag,
     gossip_steps_problem,
+    ignored_options_problem,
 )
 from declora.node.schedule import DECAYING, LrSchedule, Schedule
 
@@ -513,15 +516,23 @@ class Recipe(TrainingRecipe):
     @model_validator(mode="after")
     def _method_ok(self) -> Recipe:
         name = _NAMER.get()
-        problem = combination_problem(
-            self.method,
-            self.codec,
-            self.consensus_step,
-            self.robust_mixing,
-            bool(self.gradient_tracking),
-            block_rounds=self.deca_block_rounds,
-            name=name,
-        ) or gossip_steps_problem(self.method, self.exchanges_per_round, name)
+        ignored = LORA_DEFAULTS if self.method == "deca" else DECA_DEFAULTS
+        values = {f: getattr(self, f) for f in ignored}
+        if values.get("alpha") == 2 * self.rank:  # the default's value, given
+            values["alpha"] = None
+        problem = (
+            ignored_options_problem(self.method, values, name)
+            or combination_problem(
+                self.method,
+                self.codec,
+                self.consensus_step,
+                self.robust_mixing,
+                bool(self.gradient_tracking),
+                block_rounds=self.deca_block_rounds,
+                name=name,
+            )
+            or gossip_steps_problem(self.method, self.exchanges_per_round, name)
+        )
         if not problem and self.gossip_acceleration not in (AUTO, "none"):
             problem = acceleration_problem(self.method, self.robust_mixing)
         if not problem and self.step_after_mixing:

@@ -69,6 +69,8 @@ def tiny_sim_config(data: Path, **changes: object) -> SimConfig:
         "validation_fraction": 0.0,
         **UNACCELERATED,
     }
+    if changes.get("method") == "deca":  # DECA refuses LoRA's options (methods.options_problem)
+        del base["rank"], base["alpha"]
     return SimConfig.model_validate({**base, **changes})
 
 

@@ -99,11 +99,13 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def train_args(data: Path) -> list[str]:
+def train_args(data: Path, method: str = "dec-lora") -> list[str]:
     """Model, data and training flags shared by every node of a swarm: Dec-LoRA as
-    published (no tracking, a fixed lr, every row trained on) unless a test adds flags after."""
+    published (no tracking, a fixed lr, every row trained on) unless a test adds flags
+    after; without LoRA's options for `method` deca (it refuses them)."""
+    lora = "" if method == "deca" else f"--rank {RANK} --alpha {ALPHA} "
     flags = (
-        f"--model {MODEL} --rank {RANK} --alpha {ALPHA} --max-length {MAX_LENGTH} --lr {LR} "
+        f"--model {MODEL} {lora}--max-length {MAX_LENGTH} --lr {LR} "
         f"--batch-size {BATCH} --local-steps {LOCAL_STEPS} --seed {SEED} --threads 1 --device cpu "
         "--no-gradient-tracking --validation-fraction 0 --lr-schedule constant"
     )
@@ -135,6 +137,8 @@ def sim_config(data: Path, nodes: int, **changes: object) -> SimConfig:
         "lr_schedule": "constant",
         **UNACCELERATED,  # `start`'s defaults, which cannot know the swarm's graph
     }
+    if changes.get("method") == "deca":  # DECA refuses LoRA's options
+        del fields["rank"], fields["alpha"]
     return SimConfig.model_validate({**fields, **changes})
 
 
@@ -282,7 +286,8 @@ class Cluster:
             static = ",".join(f"{HOST}:{ports[j]}" for j in sorted(peers[i]))
             swarm = ["--swarm-id", self.swarm_id, "--peers", static, "--partition", f"{i}/{n}"]
             wait = ["--min-peers", "-1", "--startup-timeout", str(STARTUP_TIMEOUT)]
-            args = [*train_args(self.data), *swarm, *wait, *extra]
+            method = extra[list(extra).index("--method") + 1] if "--method" in extra else ""
+            args = [*train_args(self.data, method), *swarm, *wait, *extra]
             nodes.append(self.add(f"n{i}", ports[i], args))
         return nodes
 

@@ -74,14 +74,14 @@ def settings(name: str, data: Path, i: int, peers: list[str], **extra: object) -
         **plain,
         **extra,
     }
+    if extra.get("method") != "deca":  # DECA refuses LoRA's options
+        options |= {"rank": TINY_SPEC.rank, "alpha": TINY_SPEC.alpha}
     return NodeSettings(
         node_id=name,
         swarm_id="parts",
         listen=f"127.0.0.1:{7400 + i}",
         peers=peers,
         model=TINY_SPEC.model,
-        rank=TINY_SPEC.rank,
-        alpha=TINY_SPEC.alpha,
         max_length=TINY_SPEC.max_length,
         data=str(data),
         partition=f"{i}/2",

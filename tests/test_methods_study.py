@@ -45,7 +45,7 @@ def test_the_study_selects_on_validation_and_tables_every_row_and_seed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = write_jsonl(make_synthetic(160), tmp_path / "texts.jsonl")
-    tiny = {"model": "tiny-bert", "data": str(data), "rank": 4, "alpha": 8, "rounds": 3,
+    tiny = {"model": "tiny-bert", "data": str(data), "rounds": 3,
             "eval_every": 3, "nodes": 4, "consensus_rounds": 20}  # fmt: skip
     monkeypatch.setattr(ms, "SETTING", {**ms.SETTING, **tiny})
     monkeypatch.setattr(ms, "LORA_LRS", (1e-3, 3e-2))
