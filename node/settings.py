@@ -28,7 +28,7 @@ from pydantic_settings import (
 from declora.node.address import split_address
 from declora.node.errors import HintedError, one_line
 from declora.node.identity import node_id_problem
-from declora.node.recipe import Recipe
+from declora.node.recipe import Recipe, named_as
 from declora.node.security import TlsFiles, exposed_file_warning, secret_text
 
 BOOL_WORDS = frozenset({"true", "false", "1", "0", "yes", "no", "on", "off", "t", "f", "y", "n"})
@@ -512,6 +512,17 @@ def _origins(
     return out
 
 
+def given_name(field: str, origins: dict[str, str], config_file: Path | None) -> str:
+    """Option `field` named where its value came from (`_origins`): `DECLORA_X`,
+    `file.toml key 'x'`, else `--x` (a flag, or the default: the flag that sets it)."""
+    where = origins.get(field, "")
+    if where.startswith("env "):
+        return where.removeprefix("env ")
+    if where.startswith("file ") and config_file is not None:
+        return f"{config_file.name} key {field!r}"
+    return option_name(field)
+
+
 def _problem(error: Any, origins: dict[str, str], config_file: Path | None) -> str:
     """One validation error, named where the user gave the value."""
     loc = error["loc"]
@@ -540,7 +551,8 @@ def resolve_settings(cli: dict[str, Any], config_file: Path | None = None) -> Re
     data = read_config_file(config_file) if config_file else {}
     origins = _origins(cli, data, dict(os.environ), config_file)
     try:
-        settings = load_settings(cli, config_file)
+        with named_as(lambda field: given_name(field, origins, config_file)):
+            settings = load_settings(cli, config_file)
     except ValidationError as exc:
         problems = "; ".join(_problem(e, origins, config_file) for e in exc.errors())
         raise SettingsError(f"bad configuration: {problems}") from exc
