@@ -318,9 +318,29 @@ class RoundLoop:
             if await self.run_round(train=False) is None:
                 break
             self.store.record("consensus", False)
+        else:  # the finish ran out of rounds: say so when the nodes still disagree
+            self.warn_unfinished()
         await self.evaluate(final=True)
         self.store.record("final", True)
         progress.state = NodeState.DONE
+
+    def warn_unfinished(self) -> None:
+        """One warning when a consensus finish (`consensus_rounds` > 0) ended at its
+        last round with this node's `disagreement` with its live neighbours above
+        `consensus_tol`: the swarm's nodes end with models that differ."""
+        s, parts = self.settings, self.parts
+        live = [p.node_id for p in parts.peers.live]
+        if not s.consensus_rounds or not live:
+            return
+        gap = parts.node.disagreement(live)
+        if gap > s.consensus_tol:
+            longer = ", longer --deca-block-rounds" if s.method == "deca" else ""
+            log.warning(
+                "the consensus finish stopped at --consensus-rounds %d with this node %.2e "
+                "from its neighbours, above --consensus-tol %g: the nodes do not agree "
+                "(give more --consensus-rounds%s, or a finer --codec)",
+                s.consensus_rounds, gap, s.consensus_tol, longer,
+            )  # fmt: skip
 
     async def evaluate(self, *, final: bool = False) -> None:
         """Evaluate the adapter on the test set (when there is one) and log the result;
