@@ -308,8 +308,8 @@ def _describe_copy(output: Path, final: Path) -> None:
     """The copied adapter in `output` (to be moved to `final`): its model card loads
     `final`, not the folder it was copied from; its config names the base portably."""
     info_file = output / DECLORA_INFO
-    if not all((output / n).is_file() for n in (MODEL_CARD, DECLORA_INFO, ADAPTER_CONFIG)):
-        return  # a DECA full model folder, or one not written by declora: as it is
+    if not all((output / n).is_file() for n in (MODEL_CARD, DECLORA_INFO)):
+        return  # not written by declora, or a DECA folder saved before it had a card
     try:
         info = json.loads(info_file.read_text())
     except json.JSONDecodeError:
