@@ -50,6 +50,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from declora.node.methods import Namer, flag
+
 if TYPE_CHECKING:
     from declora.node.recipe import Recipe
 
@@ -142,31 +144,37 @@ class ChebyshevSequence:
             h.update(b"" if self.older is None else self.older.tobytes())
 
 
-def acceleration_problem(method: str, robust: str) -> str:
-    """'' when Chebyshev gossip works with `method` and `robust`, else the reason."""
+def acceleration_problem(method: str, robust: str, name: Namer = flag) -> str:
+    """'' when Chebyshev gossip works with `method` and `robust`, else the reason, each
+    option named by `name` (`methods.Namer`: as the user gave it)."""
+    cheb = f"{name('gossip_acceleration')} chebyshev cannot be combined with"
     if robust != "none":
         return (
-            "--gossip-acceleration chebyshev cannot be combined with --robust-mixing: a "
-            "robust rule is not a linear mixing step to extrapolate"
+            f"{cheb} {name('robust_mixing')}: a robust rule is not a linear mixing step "
+            "to extrapolate"
         )
     if method in ("decaf", "kill-revive", "deca"):
         return (
-            f"--gossip-acceleration chebyshev cannot be combined with --method {method}: its "
-            "mixing is not one linear step of the whole vector"
+            f"{cheb} {name('method')} {method}: its mixing is not one linear step of the "
+            "whole vector"
         )
     return ""
 
 
-def step_after_mixing_problem(method: str, tracking: bool, local_steps: int, precision: str) -> str:
-    """'' when `--step-after-mixing` works with these options, else the reason."""
+def step_after_mixing_problem(
+    method: str, tracking: bool, local_steps: int, precision: str, name: Namer = flag
+) -> str:
+    """'' when `--step-after-mixing` works with these options, else the reason, each
+    option named by `name`."""
+    sam = name("step_after_mixing")
     if not tracking:
-        return "--step-after-mixing needs --gradient-tracking: the step follows the mixed z"
+        return f"{sam} needs {name('gradient_tracking')}: the step follows the mixed z"
     if local_steps != 1:
-        return f"--step-after-mixing needs --local-steps 1 (one step a round), not {local_steps}"
+        return f"{sam} needs {name('local_steps')} 1 (one step a round), not {local_steps}"
     if method in ("kill-revive", "deca"):
-        return f"--step-after-mixing cannot be combined with --method {method}"
+        return f"{sam} cannot be combined with {name('method')} {method}"
     if precision == "fp16":
-        return "--step-after-mixing cannot be combined with --precision fp16 (its grad scaler)"
+        return f"{sam} cannot be combined with {name('precision')} fp16 (its grad scaler)"
     return ""
 
 

@@ -534,10 +534,10 @@ class Recipe(TrainingRecipe):
             or gossip_steps_problem(self.method, self.exchanges_per_round, name)
         )
         if not problem and self.gossip_acceleration not in (AUTO, "none"):
-            problem = acceleration_problem(self.method, self.robust_mixing)
+            problem = acceleration_problem(self.method, self.robust_mixing, name)
         if not problem and self.step_after_mixing:
             problem = step_after_mixing_problem(
-                self.method, bool(self.gradient_tracking), self.local_steps, self.precision
+                self.method, bool(self.gradient_tracking), self.local_steps, self.precision, name
             )
         if problem:
             raise ValueError(problem)
