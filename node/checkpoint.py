@@ -301,23 +301,26 @@ def read_state(path: Path) -> dict[str, Any]:
 
 def round_problem(round_: object, seq: object) -> str:
     """'' when a checkpoint's `round_` and `seq` are ones a node may resume at (whole
-    numbers, round at most `MAX_OWN_ROUND`, seq at most `MAX_SEQ`), else what is out of
-    range (a round past it would soon pass the bound every neighbour's Hello check
-    holds this node to)."""
+    numbers, not bools, round at most `MAX_OWN_ROUND`, seq at most `MAX_SEQ`), else
+    what is out of range (a round past it would soon pass the bound every neighbour's
+    Hello check holds this node to)."""
     try:
         r, q = operator.index(round_), operator.index(seq)  # type: ignore[arg-type]
     except TypeError:
         r, q = -1, -1
-    if 0 <= r <= MAX_OWN_ROUND and 0 <= q <= MAX_SEQ and not isinstance(round_, bool):
+    if isinstance(round_, bool) or isinstance(seq, bool):
+        r = -1
+    if 0 <= r <= MAX_OWN_ROUND and 0 <= q <= MAX_SEQ:
         return ""
     return f"round {shown(round_, 40)}, seq {shown(seq, 40)} (at most {MAX_OWN_ROUND}, {MAX_SEQ})"
 
 
 def load(root: Path, lm: LoraModel) -> NodeState:
     """Read the checkpoint `latest` picks (its `path`); refuses one made for another
-    adapter. One that cannot be read (truncated, corrupt) gives way, with a warning
-    naming both, to the newest other complete checkpoint that can; CheckpointError
-    when none can."""
+    adapter. One that cannot be read (truncated, corrupt) or is at a round or seq a
+    node may not resume at (`round_problem`) gives way, with a warning naming both,
+    to the newest other complete checkpoint that can be used; CheckpointError when
+    none can (`startup` tells the user to begin afresh in another --checkpoint-dir)."""
     path = latest(root)
     if path is None:
         named = run_folder.named(root) or ""
@@ -358,8 +361,7 @@ def _load(path: Path, lm: LoraModel) -> NodeState:
     bad = round_problem(raw["round"], raw["seq"])
     if bad:
         raise CheckpointError(
-            f"{path} is at {bad}: this node would run rounds its neighbours refuse; begin "
-            "afresh in another --checkpoint-dir (this one is kept)"
+            f"{path} is at {bad}: a node resumed there would run rounds its neighbours refuse"
         )
     if raw["fingerprint"] != lm.fingerprint and not labels_read_otherwise(path, raw, lm):
         from declora.node.adapter_io import recorded_differences

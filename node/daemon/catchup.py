@@ -5,15 +5,18 @@ A node behind its neighbours (before its first round, or later more than
 advanced neighbour's full state instead of trading stale refusals with it. A claimed
 round alone moves little (`catch_up_target`): with 3 or more live neighbours the
 target is the second-most-advanced claim of a neighbour that delivered a validated
-payload before (`proven`; with fewer than two proven, the second-highest claim of
-all), as `Exchange.align_round` has it, so one neighbour alone cannot move the node;
-with fewer, the most advanced proven claim, or among newcomers only the
-second-highest claim where there are several. A catch-up never moves the node past
-`reach`: the planned end of its rounds, or with `--rounds 0` (no end)
-`CATCH_UP_WINDOW` rounds past its own (more where two proven neighbours agree on a
-higher round), and never past `MAX_OWN_ROUND`. The state is accepted only up to the
+payload before (`proven`; with one proven, the lower of its claim and the
+second-highest claim of all; with none, the second-highest claim of all), so one
+neighbour alone, or ids that never delivered, cannot move the node; with fewer, the
+most advanced proven claim, or among newcomers only the second-highest claim where
+there are several. A catch-up never moves the node past `reach`: the planned end of
+its rounds, or with `--rounds 0` (no end) `CATCH_UP_WINDOW` rounds past its own (more
+where two proven neighbours agree on a higher round), and never past
+`MAX_OWN_ROUND`; with `--rounds 0` a claim beyond `reach` moves only the round, to
+`reach`, keeping the adapter (a state is taken once the claim is within reach). The
+state is accepted only up to the
 claim (plus `MAX_ROUNDS_AHEAD` rounds run meanwhile; a proven source that alone
-decides, within the plan's end, may be further on), its values are checked like a
+decides may be further on, within `reach`), its values are checked like a
 full state's (`DecLoraNode.check_state`), and every neighbour gets a keyframe
 afterwards. A failed catch-up (a refused state, a timeout) sets the source's claim
 back to the round it has proven, so the same claim is not tried again until its next
@@ -85,10 +88,13 @@ log = logging.getLogger(__name__)
 STATE_PACE = Pace(min_seconds=5.0, bytes_per_second=PUSH_PACE.bytes_per_second)
 # With --rounds 0 (no planned end) a catch-up moves this node at most this many rounds
 # past its own (a round a second for 12 days), or to the round two proven neighbours
-# agree on when that is further: an honest swarm far ahead is reached in one or a few
-# catch-ups (a node restarted without its checkpoint), while one neighbour alone needs
-# 2^19 catch-ups (two months at the least, one per `rounds.CATCH_UP_EVERY`) to push it
-# to MAX_OWN_ROUND, which still leaves 2^39 rounds below the Hello bound (MAX_ROUND).
+# agree on when that is further. A claim further than that moves only the round, by
+# this window, keeping this node's adapter; the state is taken once the claim is
+# within the window. So an honest swarm k windows ahead of a node with fewer than two
+# proven neighbours (always so after a restart) is reached in k + 1 catch-ups (one
+# per `rounds.CATCH_UP_EVERY`, doubling for a repeated source), while one neighbour
+# alone needs 2^19 catch-ups (two months at the least) to push it to MAX_OWN_ROUND,
+# which still leaves 2^39 rounds below the Hello bound (MAX_ROUND).
 CATCH_UP_WINDOW = 2**20
 assert MAX_OWN_ROUND + CATCH_UP_WINDOW + MAX_ROUNDS_AHEAD < MAX_ROUND
 # A catch-up that took longer than 5 s, or than this adapter's state size at 1 MiB/s
@@ -191,18 +197,23 @@ class StateTransfer:
     def catch_up_target(self) -> tuple[Peer, int] | None:
         """The neighbour to take a full state from and the round to move to (its claim,
         at most `reach`). With 3 or more live neighbours: the second-most-advanced
-        claim among those that delivered a validated payload before (`proven`), or of
-        all of them where fewer than two are proven (one neighbour alone cannot move
-        the node: `Exchange.align_round`'s rule); with fewer: the most advanced proven
-        claim, else the claim of the only neighbour, or where there are two the lower
-        one. None when no such claim is ahead of this node, or when its method cannot
-        take a state (`takes_state`)."""
+        claim among those that delivered a validated payload before (`proven`); with
+        one proven, the lower of its claim and the second-highest claim of all (ids
+        that never delivered cannot outvote it); with none, the second-highest claim
+        of all (one neighbour alone cannot move the node). With fewer: the most
+        advanced proven claim, else the claim of the only neighbour, or where there
+        are two the lower one. None when no such claim is ahead of this node, or when
+        its method cannot take a state (`takes_state`)."""
         if not self.node.takes_state or self.progress.round >= self.planned_end():
             return None
         live = sorted(self.peers.live, key=lambda p: p.claimed_round, reverse=True)
         proven = [p for p in live if p.proven]
-        if len(live) >= 3:
-            source = proven[1] if len(proven) >= 2 else live[1]
+        if len(live) >= 3 and len(proven) >= 2:
+            source = proven[1]
+        elif len(live) >= 3 and proven:  # on a tie the proven one
+            source = min(proven[0], live[1], key=lambda p: p.claimed_round)
+        elif len(live) >= 3:
+            source = live[1]
         elif proven:
             source = proven[0]
         elif live:
@@ -264,16 +275,20 @@ class StateTransfer:
         return self._state_bytes
 
     async def catch_up(self) -> Peer | None:
-        """A node behind its neighbours starts from an advanced one's full state; on
-        failure (raised) the source's claim falls back to the round it has proven.
-        The neighbour whose state it took (None: no neighbour is ahead, nothing
-        tried)."""
+        """A node behind its neighbours starts from an advanced one's full state (or
+        moves only its round: `_skip_to`); on failure (raised) the source's claim falls
+        back to the round it has proven. The neighbour whose state it took or whose
+        claim moved the round (None: no neighbour is ahead, nothing tried)."""
         target = self.catch_up_target()
         if target is None:
             return None
         ahead, bound = target
         if self.keeps_adapter:
-            self._skip_to(ahead, bound)
+            self._skip_to(ahead, bound, f"robust mixing ({self.settings.robust_mixing}) is on")
+            return ahead
+        if not self.settings.rounds and ahead.claimed_round > bound:
+            # its state (of its claim) would be refused as beyond reach: the round only
+            self._skip_to(ahead, bound, f"round {ahead.claimed_round} is beyond reach")
             return ahead
         try:
             await self._take_state(ahead, bound)
@@ -282,13 +297,14 @@ class StateTransfer:
             raise
         return ahead
 
-    def _skip_to(self, ahead: Peer, bound: int) -> None:
-        """Robust mixing's catch-up: move the round to `bound` (`catch_up_target`'s),
-        keep the adapter; every neighbour gets a keyframe."""
+    def _skip_to(self, ahead: Peer, bound: int, why: str) -> None:
+        """A catch-up that takes no state (robust mixing; with `--rounds 0` a claim
+        beyond `reach`): move the round to `bound` (`catch_up_target`'s), keep the
+        adapter; every neighbour gets a keyframe. `why`: the reason, logged."""
         log.warning(
-            "robust mixing (%s) is on: skipping ahead from round %d to %d (claimed by %s) "
+            "%s: skipping ahead from round %d to %d (claimed by %s) "
             "without taking a neighbour's state; this node keeps its own adapter",
-            self.settings.robust_mixing,
+            why,
             self.progress.round,
             bound,
             shown(ahead.node_id),
@@ -301,14 +317,14 @@ class StateTransfer:
     def last_state_round(self, ahead: Peer, bound: int) -> int:
         """The highest round a state pulled from `ahead` for target `bound` may have:
         `bound` plus `MAX_ROUNDS_AHEAD` (rounds it ran since its claim), or, for a
-        proven source that alone decides (fewer than 3 live neighbours) within a
-        planned end, that end (its Hello can be stale: one sent during a partition
-        arrives when it heals; it could claim any round of the plan anyway). Never
-        past `MAX_OWN_ROUND`."""
-        end = min(self.planned_end(), MAX_OWN_ROUND)
-        if ahead.proven and self.settings.rounds and len(self.peers.live) < 3:
-            return end
-        return min(bound + MAX_ROUNDS_AHEAD, end)
+        proven source that alone decides (fewer than 3 live neighbours), `reach` (the
+        planned end; with `--rounds 0` the window): its claim can be stale (a Hello
+        sent as a partition heals, the source running many short rounds before the
+        pull), and it could claim any round within reach anyway. Never past
+        `MAX_OWN_ROUND`."""
+        if ahead.proven and len(self.peers.live) < 3:
+            return self.reach()
+        return min(bound + MAX_ROUNDS_AHEAD, self.planned_end(), MAX_OWN_ROUND)
 
     async def _take_state(self, ahead: Peer, bound: int) -> None:
         me = self.me
