@@ -5,13 +5,14 @@ robust mixing or fill every slot, and a configured peer always finds room."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 from memory_transport import MemoryNetwork, MemoryTransport
 from test_daemon_parts import hello, settings
 
-from declora.node.daemon import Daemon
+from declora.node.daemon import Daemon, handshake
 from declora.node.daemon.admission import SLOTS_PER_HOST, slot_key
 from declora.node.daemon.daemon import Parts
 from declora.node.daemon.service import SwarmService
@@ -101,3 +102,99 @@ def test_a_configured_peer_always_finds_room(synthetic_jsonl: Path) -> None:
 )
 def test_slot_keys(host: str, key: str | None) -> None:
     assert slot_key(host) == key
+
+
+def _served(net: MemoryNetwork, name: str, data: Path, advertise: str) -> Parts:
+    """A node holding the secret, served on `net` at `advertise`."""
+    s = settings(name, data, 1, [], swarm_secret=SECRET, advertise=advertise)
+    parts = Daemon(s, MemoryTransport(net, s, None)).build()
+    net.serve(advertise, SwarmService(parts))
+    return parts
+
+
+def test_a_redial_of_an_unlisted_peer_keeps_the_host_share(synthetic_jsonl: Path) -> None:
+    """sybil0 and sybil1 join a from 10.0.0.2; sybil0 leaves, sybil2 takes its slot;
+    a re-dials sybil0 (`due_for_dial`: an unproven one once). Before, the dial admitted
+    it: 3 live from one host. Now the dial is held to the host's share."""
+    net = MemoryNetwork()
+    s = settings("a", synthetic_jsonl, 0, [], swarm_secret=SECRET)
+    a = Daemon(s, MemoryTransport(net, s, None)).build()
+    SwarmService(a)
+    sybil = _served(net, "sybil0", synthetic_jsonl, "10.0.0.2:7500")
+    w0 = a.handshaker.answer(
+        sybil.auth.sign(sybil.handshaker.hello(receiver=s.advertise)), None, "ipv4:10.0.0.2:1"
+    )
+    assert w0.accepted, w0.reason
+    assert join(a, "sybil1", "10.0.0.2:7501", "ipv4:10.0.0.2:40001").accepted
+    gone = a.peers.get("sybil0")
+    assert gone is not None
+    a.peers.drop(gone, "left")
+    assert join(a, "sybil2", "10.0.0.2:7502", "ipv4:10.0.0.2:40002").accepted
+    assert [p.node_id for p in a.peers.due_for_dial(now=1e12)] == ["sybil0"]
+    assert asyncio.run(a.handshaker.dial("10.0.0.2:7500", configured=False)) is None
+    assert sorted(p.node_id for p in a.peers.live) == ["sybil1", "sybil2"]
+    assert not sybil.peers.live  # told that a left again (the Leave after a refusal)
+
+
+def test_a_dns_name_in_peers_is_not_borrowed_from_another_host(
+    synthetic_jsonl: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--peers node3:7401 (docker-compose names). Before, Hellos claiming that address
+    counted as configured from any host, under any number of ids: no host share, and
+    each could evict an unlisted neighbour. Now the name counts only from the IPs it
+    resolved to when a dialled it, and for one live id at a time."""
+    a = node(synthetic_jsonl, ["node3:7401"])
+    got = [join(a, f"sybil{i}", "node3:7401", "ipv4:10.0.0.9:40000") for i in range(5)]
+    assert sum(w.accepted for w in got) == SLOTS_PER_HOST  # never resolved: vouches for none
+    assert "10.0.0.9 already holds 2" in got[-1].reason
+    assert "'node3:7401' is in its --peers, but another id holds it" in got[-1].reason
+
+    net = MemoryNetwork()
+    s = settings("a", synthetic_jsonl, 0, ["node3:7401"], swarm_secret=SECRET)
+    a = Daemon(s, MemoryTransport(net, s, None)).build()
+    SwarmService(a)
+    b = _served(net, "node3", synthetic_jsonl, "node3:7401")
+    resolved = frozenset({("10.0.3.1", 7401)})
+
+    async def endpoints(address: str, timeout: float = 2.0) -> frozenset[tuple[str, int]]:
+        return resolved if address == "node3:7401" else frozenset()
+
+    monkeypatch.setattr(handshake, "endpoints", endpoints)
+    assert asyncio.run(a.handshaker.dial("node3:7401", configured=True)) is not None
+    assert a.handshaker.admission.resolved == {"node3:7401": frozenset({"10.0.3.1"})}
+    # node3 is live: another id at its address, even from its host, is unlisted
+    other = signed_hello(a, "node3-bis", "node3:7401")
+    assert not a.handshaker.admission.configured(other, "10.0.3.1", s.peers)
+    node3 = a.peers.get("node3")
+    assert node3 is not None and b.peers.get("a") is not None
+    a.peers.drop(node3, "left")
+    n = a.settings.max_neighbors
+    for i in range(n):
+        assert join(a, f"honest{i}", f"10.0.{i}.1:7400", f"ipv4:10.0.{i}.1:4000").accepted
+    for p in a.peers.live:
+        p.proven = True
+    borrowed = [join(a, f"sybil{i}", "node3:7401", "ipv4:10.9.9.9:40000") for i in range(n)]
+    assert not any(w.accepted for w in borrowed)  # no eviction for a borrowed name
+    assert sorted(p.node_id for p in a.peers.live) == [f"honest{i}" for i in range(n)]
+    welcome = join(a, "node3", "node3:7401", "ipv4:10.0.3.1:40000")  # from its own IP
+    assert welcome.accepted, welcome.reason
+    live = [p.node_id for p in a.peers.live]
+    assert "node3" in live and len(live) == n
+
+
+def test_a_configured_address_counts_for_one_id_at_a_time(synthetic_jsonl: Path) -> None:
+    """b joins at its --peers address; before, more ids from b's host claiming that
+    address counted as configured too, each evicting an unlisted neighbour. Now the
+    address is b's while b is live: they are unlisted, and find no room."""
+    a = node(synthetic_jsonl, [HONEST])
+    n = a.settings.max_neighbors
+    for i in range(n - 1):
+        assert join(a, f"lan{i}", f"10.0.{i + 2}.1:7400", f"ipv4:10.0.{i + 2}.1:4000").accepted
+    for p in a.peers.live:
+        p.proven = True
+    assert join(a, "b", HONEST, "ipv4:10.0.1.1:40000").accepted
+    more = [join(a, f"b{i}", HONEST, "ipv4:10.0.1.1:40000") for i in range(3)]
+    assert not any(w.accepted for w in more)
+    assert sorted(p.node_id for p in a.peers.live) == sorted(
+        ["b", *(f"lan{i}" for i in range(n - 1))]
+    )

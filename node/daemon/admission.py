@@ -20,12 +20,15 @@ it claims.
   name, port 1-65535): never another gRPC target (`unix:`, `dns:///`, a list), so a
   peer cannot make this node dial a local socket or look up a name of its choosing;
 - a Hello from a peer that is not configured here (`Admission.configured`: not in
-  --peers, not offered by discovery, not a known configured entry) is refused while
-  its remote host (`slot_key`: an IPv4 address, or an IPv6 /64) holds
-  `SLOTS_PER_HOST` live slots of such peers already, so one member (one secret, any
-  number of ids) cannot fill this node's neighbour slots or outvote robust mixing
-  from one host; loopback hosts are exempt (every node of a one-machine lab, and of
-  the tests, calls from 127.0.0.1), and so is a Hello whose host is unknown;
+  --peers, not offered by discovery, not a known configured entry; or such an
+  address another live id holds; or a call from another host than that address's:
+  `Admission.vouched`) is refused while its remote host (`slot_key`: an IPv4
+  address, or an IPv6 /64) holds `SLOTS_PER_HOST` live slots of such peers already,
+  so one member (one secret, any number of ids) cannot fill this node's neighbour
+  slots or outvote robust mixing from one host; loopback hosts are exempt (every
+  node of a one-machine lab, and of the tests, calls from 127.0.0.1), and so is a
+  Hello whose host is unknown. A dial of such a peer (`Handshaker.dial`) is held to
+  the same share, by the dialled address's IP or the host its Hellos came from;
 - a Hello for an id that is live at another address is refused, and so is one from
   another remote host (the IP of `context.peer()`) than the one the id's accepted
   Hellos came from (or, for a peer this node dialled, its address's IP; one dialled
@@ -60,7 +63,7 @@ from declora.node.daemon.auth import Auth
 from declora.node.daemon.peers import PeerTable
 from declora.node.daemon.transport import Transport
 from declora.node.identity import MAX_DEGREE, MAX_ROUND, MAX_SEQ, node_id_problem, shown
-from declora.node.limits import host_key
+from declora.node.limits import address_key, host_key
 from declora.node.methods import DEFAULT_METHOD
 from declora.node.security import TlsError
 from declora.node.settings import NodeSettings
@@ -99,18 +102,14 @@ def same_host(a: str, b: str) -> bool:
 
 def slot_key(host: str) -> str | None:
     """The key `SLOTS_PER_HOST` counts remote `host` (`limits.peer_host`) under: an
-    IPv4 address itself (the machines of one LAN stay apart), an IPv6 address's /64
-    (`limits.host_key`: one machine may fill it with addresses); None for a loopback
-    address (exempt: a one-machine lab runs every node on it) and for an empty host;
-    a host that is not an IP as is."""
-    if not host:
-        return None
+    IPv4 address itself (`limits.address_key`: the machines of one LAN stay apart),
+    an IPv6 address's /64 (`limits.host_key`: one machine may fill it with
+    addresses); None for a loopback address (exempt: a one-machine lab runs every
+    node on it) and for an empty host; a host that is not an IP as is."""
     ip = ip_of(host)
-    if ip is None:
-        return host
-    if ip.is_loopback:
+    if not host or (ip is not None and ip.is_loopback):
         return None
-    return str(ip) if isinstance(ip, ipaddress.IPv4Address) else host_key(host)
+    return host_key(host) if isinstance(ip, ipaddress.IPv6Address) else address_key(host)
 
 
 RECIPE_KEYS = (
@@ -230,6 +229,9 @@ class Admission:
         self.peers = peers
         self.auth = auth
         self.transport = transport
+        # configured DNS-name address -> the IPs it resolved to when this node dialled
+        # it (`note_resolved`): the hosts that may speak for that address (`vouched`)
+        self.resolved: dict[str, frozenset[str]] = {}
 
     def hello_refusal(
         self, h: pb.Hello, cert_name: str | None, host: str, configured: bool = False
@@ -250,8 +252,9 @@ class Admission:
     def configured(self, h: pb.Hello, host: str, discovered: Collection[str] = ()) -> bool:
         """Whether Hello `h` comes from one of this node's configured addresses: in
         --peers, among the addresses discovery offers (`discovered`), or a known entry
-        marked configured; where that address is an IP literal and `host` is known,
-        the call must come from that IP (so no Hello borrows another node's address)."""
+        marked configured; called from a host that may speak for it (`vouched`), and
+        not held by another live id (one id at a time), so no Hello borrows another
+        node's address, nor mints ids at its own."""
         address = h.listen_address
         if not address:
             return False
@@ -259,13 +262,36 @@ class Admission:
         listed = address in self.settings.peers or address in discovered
         if not (listed or (known is not None and known.configured)):
             return False
+        held = any(
+            p.node_id != h.node_id and p.address == address and self.vouched(address, p.host)
+            for p in self.peers.live
+        )
+        return not held and self.vouched(address, host)
+
+    def vouched(self, address: str, host: str) -> bool:
+        """Whether a call from remote `host` may speak for `address`: `host` is the
+        IP of an IP-literal address, or one of the IPs a DNS name resolved to when this
+        node dialled it (`note_resolved`; none before: a name never resolved vouches
+        for no host). True where `host` is '' (unknown, or an entry only dialled:
+        this node reached it at that address)."""
+        if not host:
+            return True
         ip = address_ip(address)
-        return not host or ip is None or same_host(host, str(ip))
+        if ip is not None:
+            return same_host(host, str(ip))
+        return any(same_host(host, r) for r in self.resolved.get(address, ()))
+
+    def note_resolved(self, address: str, ips: Collection[str]) -> None:
+        """Record the IPs DNS-name `address` resolved to as this node dialled it (the
+        last resolution that found any; the record is kept for a failed one)."""
+        if ips and address_ip(address) is None:
+            self.resolved[address] = frozenset(ips)
 
     def host_refusal(self, h: pb.Hello, host: str) -> str:
         """Why `h`, from a peer that is not configured, may not take a live slot: its
         remote host (`slot_key`) holds `SLOTS_PER_HOST` of them for other such peers
-        ('' for a loopback or unknown host, and for an id live already)."""
+        (live entries not configured, or configured at an address their host does not
+        vouch for) ('' for a loopback or unknown host, and for an id live already)."""
         key = slot_key(host)
         known = self.peers.get(h.node_id)
         if key is None or (known is not None and known.live):
@@ -273,14 +299,20 @@ class Admission:
         held = [
             p.node_id
             for p in self.peers.live
-            if not p.configured and slot_key(p.host or str(address_ip(p.address) or "")) == key
+            if not (p.configured and self.vouched(p.address, p.host))
+            and slot_key(p.host or str(address_ip(p.address) or "")) == key
         ]
         if len(held) < SLOTS_PER_HOST:
             return ""
+        address = shown(h.listen_address)
+        hint = (
+            f"{address} is in its --peers, but another id holds it or this host is not its"
+            if h.listen_address in self.settings.peers
+            else f"list {address} in its --peers to admit more"
+        )
         return (
             f"host {key} already holds {len(held)} of {self.settings.node_id!r}'s neighbour "
-            f"slots for peers not in its --peers (at most {SLOTS_PER_HOST} a host): list "
-            f"{shown(h.listen_address)} in its --peers to admit more"
+            f"slots for peers not in its --peers (at most {SLOTS_PER_HOST} a host): {hint}"
         )
 
     def welcome_refusal(self, node: pb.Hello, address: str) -> str:

@@ -19,7 +19,11 @@
 - a configured peer (--peers, discovered: `Admission.configured`) always finds room:
   with every slot taken, a silent neighbour's slot is released for it, else that of a
   live neighbour that is not configured (`_admit`); unlisted peers share slots by
-  remote host (`Admission.host_refusal`);
+  remote host (`Admission.host_refusal`), whether they call or this node dials them
+  (the dialled address's IP, or the host the entry's Hellos came from); dialling a
+  configured DNS name records the IPs it resolves to (`endpoints`, off the event
+  loop, 2 s at most; `connect_known` resolves one not yet resolved), the hosts whose
+  Hellos may speak for that name (`Admission.vouched`);
 - a Welcome for an id that is live here is refused ("live at another address") unless
   the address dialled is that id's own and the Welcome names no other
   (`PeerTable.dialled_elsewhere`): a server this node was made to dial cannot take
@@ -46,7 +50,7 @@ import grpc
 
 from declora.node import PROTOCOL_VERSION, __version__, logs
 from declora.node.address import endpoints
-from declora.node.daemon.admission import SAME_SECRET, Admission
+from declora.node.daemon.admission import SAME_SECRET, Admission, address_ip
 from declora.node.daemon.auth import Auth
 from declora.node.daemon.dial_backoff import DialBackoff
 from declora.node.daemon.peers import Peer, PeerTable
@@ -184,6 +188,8 @@ class Handshaker:
         """`dial`, and whether it was refused: a Welcome with accepted=false, one
         refused here (among them one claiming a live id from another address), or a
         gRPC error in `REFUSING_CODES` (a live node said no)."""
+        if configured and address_ip(address) is None:  # who may speak for the name
+            self.admission.note_resolved(address, {ip for ip, _ in await endpoints(address)})
         channel = self.transport.channel(address)
         hello = self.hello(receiver=address, session=self.peers.token_for_dial(address))
         try:
@@ -209,6 +215,8 @@ class Handshaker:
                 reason = await self.admission.certificate_refusal(
                     address, node.node_id, DIAL_TIMEOUT
                 )
+            if not reason and not configured:
+                reason = self.admission.host_refusal(node, self._dialled_host(node, address))
             if reason:
                 log.warning("not joining %s: %s", address, reason)
                 await self._refused_welcome(channel, address, node, reason)
@@ -241,13 +249,24 @@ class Handshaker:
         except grpc.aio.AioRpcError as exc:
             log.debug("leave to %s failed: %s", address, exc.code().name)
 
+    def _dialled_host(self, node: pb.Hello, address: str) -> str:
+        """The remote host a dial of `address` (answered by `node`) reaches, for the
+        per-host share (`Admission.host_refusal`): the address's IP, else the host the
+        entry's Hellos came from ('' where neither is known)."""
+        ip = address_ip(address)
+        if ip is not None:
+            return str(ip)
+        known = self.peers.get(node.node_id) or self.peers.by_address(address)
+        return "" if known is None else known.host
+
     def _admit(self, hello: pb.Hello, **how: Any) -> Peer | None:
         """`PeerTable.admit`, once; where there is no room for `hello`, a silent
         neighbour's slot is released for it first (`PeerTable.release_silent`, only
         when that makes room), and for a configured peer (`how["configured"]`) still
         without room, the slot of a live peer that is not configured (one never proven
-        first, then the longest since its handshake): configured peers always find
-        room. Each logged rate-limited. A refusal changes nothing."""
+        first, then the one heard from least recently: `last_seen`, renewed by each
+        handshake and validated payload): configured peers always find room. Each
+        logged rate-limited. A refusal changes nothing."""
         released = self.peers.release_silent(hello)
         if released is not None:
             self.releases.warning(
@@ -297,8 +316,15 @@ class Handshaker:
         at = now  # None: the clock runs, and a dial's end is stamped when it comes
         now = time.monotonic() if now is None else now
         candidates = self.candidates()
+        resolved = self.admission.resolved
+        names = [a for a in candidates if address_ip(a) is None and a not in resolved]
+        if names:  # a configured name's hosts (`Admission.vouched`), until it resolves once
+            found = await asyncio.gather(*map(endpoints, names))
+            for a, pairs in zip(names, found, strict=True):
+                self.admission.note_resolved(a, {ip for ip, _ in pairs})
         for p in self.peers.all():  # one that introduced itself at a configured address
-            p.configured = p.configured or p.address in candidates
+            vouched = p.address in candidates and self.admission.vouched(p.address, p.host)
+            p.configured = p.configured or vouched
         known = {p.address for p in self.peers.all()}
         live = {p.node_id for p in self.peers.live}
         self.answered_as = {a: i for a, i in self.answered_as.items() if a in candidates}
