@@ -247,9 +247,9 @@ class Exchange:
                 self.progress.wake()
 
     def mix(self, r: int, own_degree: int) -> None:
-        """Apply round r's payloads and mix with MH weights over those who delivered; a
-        delta whose sender's copy this node forgot after checking it (a renewed
-        handshake found the two out of step) is skipped, not held against the sender."""
+        """Apply round r's payloads and mix with MH weights over those who delivered
+        (a delta whose sender's copy was forgotten since it was queued is no longer
+        there: `PeerTable.copy_forgotten`)."""
         arrived = self.inbox.take(r)
         degrees: dict[str, int] = {}
         for pid in sorted(arrived):
@@ -257,8 +257,6 @@ class Exchange:
             peer = self.peers.get(pid)
             if peer is None or not peer.live:
                 continue
-            if msg.kind == pb.PAYLOAD_KIND_DELTA and peer.expected_seq is None:
-                continue  # its copy was forgotten since (a handshake out of step): a keyframe next
             try:
                 if msg.kind == pb.PAYLOAD_KIND_DELTA:
                     self.node.accept_delta(pid, msg.vector, msg.scale)

@@ -18,7 +18,9 @@ Invariants callers may rely on:
 - the bytes of a push arriving at `PUSH_PACE` count as its sender's activity (its
   slot is not released as silent while they arrive, `_active`);
 - a peer's values are bounded, not only finite (`DecLoraNode.check_payload`);
-- only a validated payload sets a neighbour's (verified) round.
+- only a validated payload sets a neighbour's (verified) round;
+- a queued delta leaves the queue when its sender's copy is forgotten
+  (`PeerTable.copy_forgotten`): every delta queued can be applied at its mix.
 """
 
 from __future__ import annotations
@@ -130,6 +132,7 @@ class Inbox:
         self.budget = PushBuffer(self.max_bytes, settings.max_neighbors)
         self.open_streams: dict[str, int] = {}
         self.queued: dict[int, dict[str, Inbound]] = {}
+        peers.copy_forgotten = self.drop_deltas
 
     def arrived(self, r: int) -> dict[str, Inbound]:
         """Round r's payloads so far, by sender (do not modify)."""
@@ -141,6 +144,13 @@ class Inbox:
         for old in [k for k in self.queued if k <= r]:
             del self.queued[old]
         return arrived
+
+    def drop_deltas(self, node_id: str) -> None:
+        """Remove `node_id`'s queued deltas (its copy was forgotten; keyframes stay)."""
+        for queued in self.queued.values():
+            msg = queued.get(node_id)
+            if msg is not None and msg.kind == pb.PAYLOAD_KIND_DELTA:
+                del queued[node_id]
 
     def _check_sender(self, h: pb.PayloadHeader, cert_name: str | None) -> Peer:
         """Header-level checks, before any data is buffered (raises WireError)."""

@@ -7,6 +7,10 @@ Invariants callers may rely on:
 - `admit` decides how the two public copies get in step: both at the shared seeded
   init (seq 0) means no keyframe; a peer that is new, restarted or out of step is
   forgotten by the core and gets a keyframe next;
+- wherever a peer's public copy is forgotten (out of step, dropped, evicted, or
+  `forget_all_copies`), its deltas queued for later mixes go with it
+  (`copy_forgotten`, the inbox's): a delta can only be applied to the copy it
+  followed, so none is applied to a later one or held against its sender;
 - the table is bounded: at most `max_neighbors` live peers and `max_known` entries;
   a newcomer evicts the longest-unseen peer that is not live, entries unseen for
   `FORGET_SECONDS` are pruned, and a new id at the address of a peer that is not live
@@ -53,6 +57,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -143,6 +148,8 @@ class PeerTable:
         self.silence_limit = SILENT_GRACE  # seconds (`release_silent`); `Exchange` raises it
         self.rounds_began: float | None = None  # monotonic: silence counts from then on
         self.finish_round = 0  # this node's last training exchange (0: none); `Exchange` sets it
+        # called with a peer's id when its copy is forgotten; `Inbox` drops its queued deltas
+        self.copy_forgotten: Callable[[str], None] = lambda node_id: None
 
     def get(self, node_id: str) -> Peer | None:
         return self.peers.get(node_id)
@@ -236,8 +243,8 @@ class PeerTable:
                 self.node.add_peer(peer.node_id)  # both still at the shared seeded init
                 peer.expected_seq, peer.send_keyframe = 1, False
             else:
-                self.node.forget_peer(peer.node_id)
-                peer.expected_seq, peer.send_keyframe = None, True
+                self._forget_copy(peer)
+                peer.send_keyframe = True
             if not peer.live:
                 log.info("neighbour %s (%s) joined the live set", peer.node_id, peer.address)
                 if peer.proven:  # it delivered before: a new grace (one that never did: none)
@@ -299,7 +306,7 @@ class PeerTable:
                 self._forget(p)
 
     def _forget(self, peer: Peer) -> None:
-        self.node.forget_peer(peer.node_id)
+        self._forget_copy(peer)
         self.peers.pop(peer.node_id, None)
         if peer.channel is not None:
             self.transport.close_later(peer.channel, self.close_grace)
@@ -334,9 +341,8 @@ class PeerTable:
         if peer.live and not quiet:
             log.warning("neighbour %s left the live set: %s", peer.node_id, safe_text(why, WHY))
         peer.live = False
-        peer.expected_seq = None
         peer.next_dial = time.monotonic() + BACKOFF_FIRST
-        self.node.forget_peer(peer.node_id)
+        self._forget_copy(peer)
         self.metrics.neighbors.set(len(self.live))
         if peer.channel is not None:  # it may sit in reconnect backoff: a new one on return
             self.transport.close_later(peer.channel, self.close_grace)
@@ -372,10 +378,18 @@ class PeerTable:
         self.leaving.clear()
 
     def forget_all_copies(self) -> None:
-        """After this node's public copy jumped (catch-up): every peer needs a keyframe."""
+        """After this node's public copy jumped (catch-up): every peer needs a keyframe,
+        and sends one (its queued deltas are dropped)."""
         for p in self.peers.values():
             p.send_keyframe = True
             p.expected_seq = None
+            self.copy_forgotten(p.node_id)
+
+    def _forget_copy(self, peer: Peer) -> None:
+        """Forget `peer`'s public copy: the core's, its sequence, its queued deltas."""
+        self.node.forget_peer(peer.node_id)
+        peer.expected_seq = None
+        self.copy_forgotten(peer.node_id)
 
     # ------------------------------------------------------------ re-dialling
     def due_for_dial(self, now: float | None = None) -> list[Peer]:
