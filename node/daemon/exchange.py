@@ -15,8 +15,10 @@ Invariants callers may rely on:
   the live degrees their messages carry; a mix that gives non-finite values is undone
   and its contributors dropped;
 - a neighbour that joins the live set while the round waits gets the round's payload
-  too (keyframe fallback, by the same deadline): both sides of a handshake made
-  mid-round wait for each other, so neither may leave the other without one;
+  too (keyframe fallback, by the same deadline; one on probation, `sending`, only
+  `PROBATION_GRACE` s beyond the round's other work, as at the round's start): both
+  sides of a handshake made mid-round wait for each other, so neither may leave the
+  other without one;
 - a neighbour is not waited for in a round it has already completed, by its verified
   round or its handshake's claim (`due`): it sends no payload for it;
 - a round number moves this node only when a validated payload backs it, by at most
@@ -121,6 +123,9 @@ class Exchange:
         try:
             faults.crash_point("after_send")
             await self.wait_for(r, deadline, out, {p.node_id for p in live}, joined)
+            for task, p in list(joined.items()):  # on probation: no new full deadline
+                if self.sender.on_probation(p):
+                    late[task] = joined.pop(task)
             await self.sender.settle(joined, r, deadline)
         except BaseException:  # the round ends here (the node stops): no push outlives it
             for task in [*late, *joined]:
@@ -175,26 +180,24 @@ class Exchange:
         self,
         r: int,
         deadline: float,
-        out: RoundPayload | None = None,
-        sent: set[str] | None = None,
-        joined: dict[asyncio.Task[None], Peer] | None = None,
+        out: RoundPayload,
+        sent: set[str],
+        joined: dict[asyncio.Task[None], Peer],
     ) -> None:
         """Until every live neighbour's round-r payload is in, or the deadline; a
-        neighbour whose connection is refused meanwhile is dropped at once. With `out`:
-        a live neighbour not in `sent` (node ids) joined (or came back) meanwhile and
-        gets `out` too, its push task put in `joined` (the caller settles or cancels it)."""
+        neighbour whose connection is refused meanwhile is dropped at once. A live
+        neighbour not in `sent` (node ids) joined (or came back) meanwhile and gets
+        `out` too, its push task put in `joined` (the caller settles or cancels it)."""
         probes: dict[str, asyncio.Task[None]] = {}
         next_probe = time.monotonic() + PROBE_AFTER
-        sent = set() if sent is None else sent
         try:
             while True:
-                if out is not None and joined is not None:
-                    live = self.peers.live
-                    sent &= {p.node_id for p in live}  # one that left and came back: again
-                    for p in live:
-                        if p.node_id not in sent:
-                            sent.add(p.node_id)
-                            joined[asyncio.create_task(self.sender.push(p, out))] = p
+                live = self.peers.live
+                sent &= {p.node_id for p in live}  # one that left and came back: again
+                for p in live:
+                    if p.node_id not in sent:
+                        sent.add(p.node_id)
+                        joined[asyncio.create_task(self.sender.push(p, out))] = p
                 got = self.inbox.arrived(r)
                 waiting = [p for p in self.peers.live if p.node_id not in got and self.due(p, r)]
                 if not waiting or self.progress.stop_requested:

@@ -1,0 +1,63 @@
+"""A neighbour on probation (dropped for late acks, back since) holds a round only
+`PROBATION_GRACE` s beyond its other work (`sending`), also when it re-joins while the
+round waits: re-joining buys no new full deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from memory_transport import MemoryTransport
+from test_daemon_parts import pair
+
+from declora.node.daemon import Daemon
+from declora.node.daemon.sending import OVERRUNS_TO_DROP
+from declora.node.daemon.service import SwarmService
+
+
+@pytest.mark.parametrize("joins_mid_round", [False, True], ids=["live", "joins-mid-round"])
+def test_a_neighbour_on_probation_gets_no_full_deadline(
+    synthetic_jsonl: Path, joins_mid_round: bool
+) -> None:
+    """a's round 1 waits for c (delivering at 0.6 s); b, on probation at a and past
+    round 1 (a waits for no payload of it), acks a's push only after 10 s. Before: b
+    joining mid-round got the full 5 s deadline (the round took 5 s, not 1.6 s)."""
+    (da, _), (a, b) = pair(synthetic_jsonl, round_deadline=5.0)
+    network = da.transport.network  # type: ignore[attr-defined]
+    address = "127.0.0.1:7409"
+    s = a.settings.model_copy(update={"node_id": "c", "listen": address, "advertise": address})
+    c = Daemon(s, MemoryTransport(network, s, None)).build()
+    network.serve(s.advertise, SwarmService(c))
+    b.progress.round = 1  # b has completed round 1: a does not wait for its payload
+    a.exchange.sender.overruns["b"] = OVERRUNS_TO_DROP  # on probation at a
+    receive = b.inbox.receive
+
+    async def slow_receive(*args: Any, **kwargs: Any) -> Any:  # a slow link: a late ack
+        await asyncio.sleep(10)
+        return await receive(*args, **kwargs)
+
+    b.inbox.receive = slow_receive  # type: ignore[method-assign]
+
+    async def c_round() -> None:
+        await asyncio.sleep(0.6)
+        await c.exchange.exchange(1)
+
+    async def join() -> None:
+        await asyncio.sleep(0.3)
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+
+    async def go() -> float:
+        assert await a.handshaker.dial(address) is not None
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+        if joins_mid_round:  # dropped for its late acks; back while the round waits
+            a.peers.drop(a.peers.peers["b"], "no ack within the round deadline")
+        t0 = time.monotonic()
+        await asyncio.gather(a.exchange.exchange(1), c_round(), *[join()] * joins_mid_round)
+        return time.monotonic() - t0
+
+    took = asyncio.run(go())
+    assert a.exchange.last_contributors == ["c"]
+    assert took < 2.5, took
