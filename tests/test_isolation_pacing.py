@@ -283,3 +283,68 @@ def test_status_shows_waiting_while_the_node_waits_for_a_neighbour(synthetic_jso
     asyncio.run(go())
     assert seen == [NodeState.WAITING]
     assert not a.progress.in_round  # a polite stop need not wait for a round's end
+
+
+def test_a_stop_while_a_round_starts_after_a_wait_is_polite(synthetic_jsonl: Path) -> None:
+    """After an isolation wait the round's start (catch-up, alignment) is part of the
+    round: `status` no longer reads `waiting`, and a SIGTERM then lets the round train
+    and mix. Before: WAITING lingered, the stop was immediate, and the round trained 0
+    steps yet was recorded (and checkpointed) as "train"."""
+    d, a = alone(synthetic_jsonl, round_deadline=0.3, rounds=2, consensus_rounds=0)
+    assert d.rounds is not None
+    seen: list[NodeState] = []
+    align = a.exchange.align_round
+
+    def stop_while_aligning() -> None:
+        seen.append(a.progress.state)
+        d.request_stop()
+        align()
+
+    a.exchange.align_round = stop_while_aligning  # type: ignore[method-assign]
+    asyncio.run(d.rounds.train_loop())
+    assert seen == [NodeState.TRAINING]
+    assert a.progress.round == 1 and a.progress.stop_requested
+    assert a.report.loss > 0  # its local steps ran (a stopped train gives 0.0)
+
+
+def test_a_stop_between_rounds_starts_no_new_round(synthetic_jsonl: Path) -> None:
+    """SIGTERM while a completed round is recorded or checkpointed (the state still
+    reads `exchanging`, so it is a stop after the round): no new round starts. Before:
+    a node with a live neighbour, or one that waits for none, ran one more round."""
+    d, a = alone(synthetic_jsonl, min_peers=0, rounds=3, consensus_rounds=0, eval_every=0)
+    assert d.rounds is not None
+    record = d.rounds.store.record
+
+    def stop_while_recording(phase: str, evaluated: bool) -> None:
+        record(phase, evaluated)
+        if a.progress.round == 1:
+            d.request_stop()
+
+    d.rounds.store.record = stop_while_recording  # type: ignore[method-assign]
+    asyncio.run(d.rounds.train_loop())
+    assert a.progress.round == 1 and a.progress.stop_requested
+
+
+def test_a_wait_ends_when_the_last_neighbour_finishes_meanwhile(synthetic_jsonl: Path) -> None:
+    """b dropped (it may come back): a waits; b's leave notice then says it finished, so
+    the wait ends at its next poll. Before: it went on to the deadline."""
+    (da, _), (a, b) = pair(
+        synthetic_jsonl, min_peers=1, round_deadline=5.0, rounds=2, consensus_rounds=0
+    )
+    assert da.rounds is not None
+
+    async def go() -> float:
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+        peer = a.peers.peers["b"]
+        a.peers.drop(peer, "test")
+
+        async def finish() -> None:
+            await asyncio.sleep(0.3)
+            a.exchange.on_leave(peer, "test", left_after=2)
+
+        t0 = time.monotonic()
+        await asyncio.gather(da.rounds.isolation.wait(), finish())  # type: ignore[union-attr]
+        return time.monotonic() - t0
+
+    took = asyncio.run(go())
+    assert a.peers.all_finished() and took < 1.5, took

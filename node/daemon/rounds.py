@@ -28,9 +28,12 @@ Invariants callers may rely on:
   cut-off node advances at most one exchange per deadline and falls behind instead of
   racing ahead (on re-join it is the one that aligns or catches up). When every known
   peer has finished (`PeerTable.all_finished`: its leave notice came after this node's
-  last training exchange) it trains alone at full speed. A stop during the wait stops
-  at once (no round is in progress); one warning when the waits begin, one line when
-  they end;
+  last training exchange, also while a wait is under way) it trains alone at full
+  speed. A stop during the wait stops at once (no round is in progress); one warning
+  when the waits begin, one line when they end;
+- a round is in progress (`Progress.in_round`: a polite stop lets it train and mix)
+  from its start, catch-up and alignment included, until its mix; a polite stop asked
+  for between rounds (a record, a checkpoint) stops before the next round starts;
 - every completed round is appended to the history (phase "train", or "gossip" for
   an exchange that only mixed); `eval_every` and `checkpoint_every` count training
   rounds: evaluation and checkpoints come after the last exchange of every N-th
@@ -93,9 +96,9 @@ class Isolation:
         return True
 
     async def wait(self) -> None:
-        """Wait for a live neighbour when `needed`, up to the round's deadline; returns
-        at once when one is live or a stop comes (a stop asked for after the round in
-        progress stops now: none is)."""
+        """Wait for a live neighbour while `needed`, up to the round's deadline; returns
+        at once when one is live, every known peer has finished, or a stop comes (a
+        stop asked for after the round in progress stops now: none is)."""
         parts, progress = self.parts, self.parts.progress
         if self.needed():
             seconds = parts.exchange.deadline_seconds()
@@ -109,7 +112,7 @@ class Isolation:
                 )
             end = time.monotonic() + seconds
             progress.state = NodeState.WAITING  # `status` shows it; not in a round
-            while not parts.peers.live:
+            while self.needed():  # a leave notice may say meanwhile that all finished
                 if progress.stop_pending:
                     progress.stop_now()
                 left = end - time.monotonic()
@@ -215,10 +218,12 @@ class RoundLoop:
         (`StateTransfer.planned_end`): no exchange ran and the round is not recorded."""
         parts = self.parts
         progress, report, metrics = self.progress, self.report, self.metrics
+        # in a round from here (not `waiting`): a stop lets it train and mix first
+        progress.state = NodeState.TRAINING if train else NodeState.EXCHANGING
         if parts.transfer.far_behind() and self.clock() >= self.next_catch_up:
             target = parts.transfer.catch_up_target()
             log.warning(
-                "neighbours are at round %d: skipping ahead from %d by taking a state",
+                "neighbours are at round %d: skipping ahead from %d",
                 target[1] if target else -1,
                 progress.round,
             )
@@ -228,7 +233,9 @@ class RoundLoop:
         if train and self.settings.rounds:
             end, what = self.settings.rounds * self.settings.exchanges_per_round, "its training"
         if progress.round >= end:
-            log.warning("at round %d, the end of %s (%d): no more there", progress.round, what, end)
+            log.warning(
+                "at round %d, the end of %s (%d): no further exchange", progress.round, what, end
+            )
             return None
         r = progress.round + 1
         logs.set_round(r)
@@ -292,7 +299,7 @@ class RoundLoop:
         s, progress, parts = self.settings, self.progress, self.parts
         per_round = s.exchanges_per_round
         last = s.rounds * per_round
-        while not progress.stop_requested and (s.rounds == 0 or progress.round < last):
+        while not self.stopping() and (s.rounds == 0 or progress.round < last):
             await self.isolation.wait()
             if progress.stop_requested:
                 break
@@ -305,13 +312,13 @@ class RoundLoop:
             self.store.record("train" if trained else "gossip", evaluated)
             if progress.round % (s.checkpoint_every * per_round) == 0:
                 await asyncio.to_thread(self.store.save_checkpoint)
-        if progress.stop_requested:
+        if self.stopping():
             return
         progress.state = NodeState.CONSENSUS
         parts.node.begin_finish()
         while progress.round < last + s.consensus_rounds:  # a resume runs what is left
             live = [p.node_id for p in parts.peers.live]
-            if progress.stop_requested or not live:
+            if self.stopping() or not live:
                 break
             if parts.node.disagreement(live) <= s.consensus_tol:
                 break
@@ -323,6 +330,14 @@ class RoundLoop:
         await self.evaluate(final=True)
         self.store.record("final", True)
         progress.state = NodeState.DONE
+
+    def stopping(self) -> bool:
+        """Whether a stop was asked for; between rounds, one asked for after the round
+        in progress (the state still read as a round: a checkpoint, a record) stops
+        now, so no new round starts."""
+        if self.progress.stop_pending:
+            self.progress.stop_now()
+        return self.progress.stop_requested
 
     def warn_unfinished(self) -> None:
         """One warning when a consensus finish (`consensus_rounds` > 0) ended at its
