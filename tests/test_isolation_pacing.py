@@ -325,6 +325,24 @@ def test_a_stop_between_rounds_starts_no_new_round(synthetic_jsonl: Path) -> Non
     assert a.progress.round == 1 and a.progress.stop_requested
 
 
+def test_a_finished_peer_is_not_redialled(synthetic_jsonl: Path) -> None:
+    """A neighbour that left after this node's last training round will not come back
+    for it: it stays known (`all_finished`) but is dialled no more. Before: it was
+    re-dialled every minute for the rest of the run."""
+    _, (a, b) = pair(synthetic_jsonl, rounds=2)
+
+    async def go() -> None:
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+
+    asyncio.run(go())
+    peer = a.peers.peers["b"]
+    later = time.monotonic() + 10**6
+    a.exchange.on_leave(peer, "test", left_after=2)
+    assert a.peers.due_for_dial(now=later) == [] and a.peers.all_finished()
+    a.exchange.on_leave(peer, "test", left_after=1)  # stopped mid-run: it may come back
+    assert a.peers.due_for_dial(now=later) == [peer]
+
+
 def test_a_wait_ends_when_the_last_neighbour_finishes_meanwhile(synthetic_jsonl: Path) -> None:
     """b dropped (it may come back): a waits; b's leave notice then says it finished, so
     the wait ends at its next poll. Before: it went on to the deadline."""

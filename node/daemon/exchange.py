@@ -291,8 +291,8 @@ class Exchange:
         self.peers.drop_leaving()
 
     def on_leave(self, peer: Peer, why: str, left_after: int | None = None) -> None:
-        """A neighbour said goodbye (after its round `left_after`, when given: bounded
-        by `PeerTable.leave`); what it sent for the round in progress still counts."""
+        """A neighbour said goodbye (after its round `left_after`, when given: the
+        caller bounds it); what it sent for the round in progress still counts."""
         has_payload = peer.node_id in self.inbox.arrived(self.progress.round + 1)
         in_round = self.progress.in_round and peer.live and has_payload
         self.peers.leave(peer, why, after_mix=in_round, left_after=left_after)

@@ -44,11 +44,12 @@ Invariants callers may rely on:
   payload is re-dialled at most once;
 - a dropped peer's channel closes with a grace longer than a push's deadline, so a
   push in flight ends by its own deadline instead of being cancelled;
-- `left_after` is the round a peer's leave notice said it left after, clamped to
-  `MAX_ROUND`, until it joins again; a peer that left after `finish_round` (this
-  node's last training exchange; 0, until stopped: never) has `finished` and is not
-  pruned, so `all_finished` (every known peer finished, at least one) stays true
-  while nobody joins;
+- `left_after` is the round a peer's leave notice said it left after (clamped to
+  `MAX_ROUND` where the notice is read, `service`), until it joins again; a peer that
+  left after `finish_round` (this node's last training exchange; 0, until stopped:
+  never) has `finished`: it is not pruned, so `all_finished` (every known peer
+  finished, at least one) stays true while nobody joins, and not re-dialled (it may
+  still dial this node);
 - a peer joining the live set wakes a round or a wait (`Progress.wake`).
 """
 
@@ -65,7 +66,6 @@ import grpc
 from declora.node.daemon.state import Progress
 from declora.node.daemon.transport import Transport
 from declora.node.dec_lora import DecLoraNode
-from declora.node.identity import MAX_ROUND
 from declora.node.logs import safe_text
 from declora.node.metrics import NodeMetrics
 from declora.proto import pb, pb_grpc
@@ -349,11 +349,11 @@ class PeerTable:
             peer.channel, peer.stub = None, None
 
     def leave(self, peer: Peer, why: str, after_mix: bool, left_after: int | None = None) -> None:
-        """A neighbour said goodbye (after its round `left_after`, when known: clamped
-        to `MAX_ROUND`); with `after_mix` its payload of the round in progress still
+        """A neighbour said goodbye (after its round `left_after`, when known: the
+        caller bounds it); with `after_mix` its payload of the round in progress still
         counts and it is dropped by `drop_leaving` after the mix."""
         if left_after is not None:
-            peer.left_after = min(max(int(left_after), 0), MAX_ROUND)
+            peer.left_after = left_after
         if after_mix:
             self.leaving[peer.node_id] = why
         else:
@@ -393,14 +393,15 @@ class PeerTable:
 
     # ------------------------------------------------------------ re-dialling
     def due_for_dial(self, now: float | None = None) -> list[Peer]:
-        """Peers not live whose backoff has passed and that may still be dialled; each
+        """Peers not live whose backoff has passed and that may still be dialled (not
+        one that `finished`: it will not come back for this node's rounds); each
         one returned is counted as dialled (its next backoff doubles) and is due again
         that backoff after `now`, until `dial_ended` restarts the wait from the end."""
         now = time.monotonic() if now is None else now
         self.prune()
         due = []
         for p in self.all():
-            if p.live or now < p.next_dial or not p.address:
+            if p.live or now < p.next_dial or not p.address or self.finished(p):
                 continue
             if not p.configured and not p.proven and p.dials >= 1:
                 continue  # introduced itself, never proved anything: dialled once
