@@ -44,3 +44,14 @@ def test_a_catch_up_into_the_finish_trains_no_round_past_the_plan(synthetic_json
     assert asyncio.run(go()) is None
     assert a.progress.round == last + 2
     np.testing.assert_array_equal(a.node.vector(), b.node.vector())
+
+
+def test_a_round_says_whether_it_trained(synthetic_jsonl: Path) -> None:
+    """`Daemon.run_round` gives `RoundLoop.run_round`'s answer (it gave None always, so
+    the check of None above could not fail)."""
+    (da, _), (a, _) = pair(synthetic_jsonl, rounds=20)
+
+    async def go() -> tuple[bool | None, bool | None]:
+        return await da.run_round(a, train=True), await da.run_round(a, train=False)
+
+    assert asyncio.run(go()) == (True, False)

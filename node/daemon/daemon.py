@@ -114,10 +114,11 @@ class Daemon:
         self.rounds = RoundLoop(parts, self.store, self.metrics)
         return parts
 
-    async def run_round(self, parts: Parts, train: bool) -> None:
-        """One round of a built node (see `rounds.RoundLoop.run_round`)."""
+    async def run_round(self, parts: Parts, train: bool) -> bool | None:
+        """One round of a built node: whether it trained, None when none ran (see
+        `rounds.RoundLoop.run_round`)."""
         assert self.rounds is not None and self.rounds.parts is parts
-        await self.rounds.run_round(train)
+        return await self.rounds.run_round(train)
 
     def _discovery_for(self, parts: Parts) -> Discovery:
         s = self.settings
