@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -120,12 +120,21 @@ def _fmt_eval(value: object) -> str:
     return ", ".join(parts)
 
 
-def model_card(info: Mapping[str, Any], path: str) -> str:
-    """A README.md for the adapter in `path`: what it is, where it came from, how to load;
-    for a full model folder (`FULL_MODEL`, DECA) what trained it and how transformers
-    loads it."""
-    if info.get("format") == FULL_MODEL:
-        return _full_model_card(info, path)
+class CardHead(NamedTuple):
+    """What both kinds of card show first: the base's name, the task, the labels, and
+    the table rows (base, task, labels, what trained it, swarm, node, rounds,
+    evaluation, fingerprint, weights' sha256)."""
+
+    base_name: str
+    is_cls: bool
+    title_task: str
+    labels: list[str]
+    rows: list[tuple[str, str]]
+
+
+def _card_rows(info: Mapping[str, Any], training: tuple[str, str]) -> CardHead:
+    """`CardHead` of the folder `info` describes; `training`: the row saying what
+    trained it."""
     base = info.get("base") or {}
     spec = info.get("spec") or {}
     task = info.get("task") or spec.get("task", "cls")
@@ -139,20 +148,41 @@ def model_card(info: Mapping[str, Any], path: str) -> str:
     ]
     if is_cls:
         rows.append(("labels", ", ".join(f"{i} `{n}`" for i, n in enumerate(labels)) or "-"))
-    rows += [
+    return CardHead(
+        base_name,
+        is_cls,
+        title_task,
+        labels,
+        [
+            *rows,
+            training,
+            ("swarm", str(info.get("swarm_id") or "-")),
+            ("node", str(info.get("node_id") or "-")),
+            ("rounds", str(info.get("round") if info.get("round") is not None else "-")),
+            ("evaluation", _fmt_eval(info.get("eval"))),
+            ("fingerprint", f"`{info.get('fingerprint', '')}`"),
+            ("weights sha256", f"`{info.get('weights_sha256', '')}`"),
+        ],
+    )
+
+
+def model_card(info: Mapping[str, Any], path: str) -> str:
+    """A README.md for the adapter in `path`: what it is, where it came from, how to load;
+    for a full model folder (`FULL_MODEL`, DECA) what trained it and how transformers
+    loads it."""
+    if info.get("format") == FULL_MODEL:
+        return _full_model_card(info, path)
+    base = info.get("base") or {}
+    spec = info.get("spec") or {}
+    base_name, is_cls, title_task, labels, rows = _card_rows(
+        info,
         (
             "LoRA",
             f"r={spec.get('rank')}, alpha={spec.get('alpha')}, targets "
             f"{', '.join(spec.get('targets') or [])}; max length {spec.get('max_length')}; "
             f"seed {spec.get('seed')}",
         ),
-        ("swarm", str(info.get("swarm_id") or "-")),
-        ("node", str(info.get("node_id") or "-")),
-        ("rounds", str(info.get("round") if info.get("round") is not None else "-")),
-        ("evaluation", _fmt_eval(info.get("eval"))),
-        ("fingerprint", f"`{info.get('fingerprint', '')}`"),
-        ("weights sha256", f"`{info.get('weights_sha256', '')}`"),
-    ]
+    )
     files = base.get("files") or {}
     if files:
         described = [
@@ -223,33 +253,16 @@ def model_card(info: Mapping[str, Any], path: str) -> str:
 
 def _full_model_card(info: Mapping[str, Any], path: str) -> str:
     """`model_card` of a DECA full model folder (`save_pretrained` files, no LoRA)."""
-    base = info.get("base") or {}
     spec = info.get("spec") or {}
-    task = info.get("task") or spec.get("task", "cls")
-    labels = list(info.get("labels") or [])
-    base_name = base.get("hub_id") or base.get("local_path") or base.get("name") or "?"
-    is_cls = task == "cls"
-    title_task = "text classification" if is_cls else "causal language modelling"
-    rows = [
-        ("base model", f"`{base_name}` (declora `--model {base.get('name', spec.get('model'))}`)"),
-        ("task", f"{title_task}" + (f", {info.get('num_labels')} labels" if is_cls else "")),
-    ]
-    if is_cls:
-        rows.append(("labels", ", ".join(f"{i} `{n}`" for i, n in enumerate(labels)) or "-"))
-    rows += [
+    base_name, is_cls, title_task, _, rows = _card_rows(
+        info,
         (
             "training",
             f"DECA block-wise full fine-tuning (no LoRA): {spec.get('deca_blocks')} blocks of "
             f"layers, {spec.get('deca_block_rounds')} rounds a turn; max length "
             f"{spec.get('max_length')}; seed {spec.get('seed')}",
         ),
-        ("swarm", str(info.get("swarm_id") or "-")),
-        ("node", str(info.get("node_id") or "-")),
-        ("rounds", str(info.get("round") if info.get("round") is not None else "-")),
-        ("evaluation", _fmt_eval(info.get("eval"))),
-        ("fingerprint", f"`{info.get('fingerprint', '')}`"),
-        ("weights sha256", f"`{info.get('weights_sha256', '')}`"),
-    ]
+    )
     auto = "AutoModelForSequenceClassification" if is_cls else "AutoModelForCausalLM"
     front = [
         "---",
