@@ -8,21 +8,13 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from test_methods_audit import refusal
 from typer.testing import CliRunner
 
 from declora.cli.app import app
 from declora.node.recipe import Recipe, named_as
 
 runner = CliRunner()
-
-
-def refusal(**fields: object) -> str:
-    """The one message a `Recipe` of `fields` is refused with."""
-    with pytest.raises(ValidationError) as info:
-        Recipe(**fields)  # type: ignore[arg-type]
-    errors = info.value.errors()
-    assert len(errors) == 1, errors
-    return str(errors[0]["msg"]).removeprefix("Value error, ")
 
 
 @pytest.mark.parametrize(
