@@ -366,3 +366,30 @@ def test_a_wait_ends_when_the_last_neighbour_finishes_meanwhile(synthetic_jsonl:
 
     took = asyncio.run(go())
     assert a.peers.all_finished() and took < 1.5, took
+
+
+def test_a_stop_between_finish_rounds_starts_no_new_one(synthetic_jsonl: Path) -> None:
+    """As between training rounds: a polite stop asked for while a consensus round is
+    recorded ends the finish there. Before: one more finish round ran."""
+    (da, db), (a, b) = pair(
+        synthetic_jsonl, min_peers=1, round_deadline=1.0, rounds=1, consensus_rounds=4
+    )
+    assert da.rounds is not None and db.rounds is not None
+    last = a.settings.exchanges_per_round
+    for parts in (a, b):  # never close enough: only the stop ends a's finish
+        parts.node.disagreement = lambda live: 1.0  # type: ignore[method-assign]
+    record = da.rounds.store.record
+
+    def stop_while_recording(phase: str, evaluated: bool) -> None:
+        record(phase, evaluated)
+        if phase == "consensus" and not a.progress.stop_pending:  # once (twice: exit 130)
+            da.request_stop()
+
+    da.rounds.store.record = stop_while_recording  # type: ignore[method-assign]
+
+    async def go() -> None:
+        assert await a.handshaker.dial(b.settings.advertise) is not None
+        await asyncio.gather(da.rounds.train_loop(), db.rounds.train_loop())  # type: ignore[union-attr]
+
+    asyncio.run(go())
+    assert a.progress.stop_requested and a.progress.round == last + 1
