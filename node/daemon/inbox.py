@@ -132,25 +132,32 @@ class Inbox:
         self.budget = PushBuffer(self.max_bytes, settings.max_neighbors)
         self.open_streams: dict[str, int] = {}
         self.queued: dict[int, dict[str, Inbound]] = {}
+        # senders whose queued round-r delta `drop_deltas` removed: they delivered round
+        # r, and send no other, so a round does not wait for them again
+        self.dropped: dict[int, set[str]] = {}
         peers.copy_forgotten = self.drop_deltas
 
-    def arrived(self, r: int) -> dict[str, Inbound]:
-        """Round r's payloads so far, by sender (do not modify)."""
-        return self.queued.get(r, {})
+    def arrived(self, r: int) -> set[str]:
+        """The senders that delivered a round-r payload: queued, or a delta dropped
+        since (`drop_deltas`), which the mix does not use (`take`)."""
+        return set(self.queued.get(r, {})) | self.dropped.get(r, set())
 
     def take(self, r: int) -> dict[str, Inbound]:
-        """Round r's payloads, removed with every older round's."""
+        """Round r's queued payloads, removed with every older round's."""
         arrived = self.queued.pop(r, {})
         for old in [k for k in self.queued if k <= r]:
             del self.queued[old]
+        self.dropped = {k: v for k, v in self.dropped.items() if k > r}
         return arrived
 
     def drop_deltas(self, node_id: str) -> None:
-        """Remove `node_id`'s queued deltas (its copy was forgotten; keyframes stay)."""
-        for queued in self.queued.values():
+        """Remove `node_id`'s queued deltas (its copy was forgotten; keyframes stay);
+        each still counts as delivered (`arrived`)."""
+        for r, queued in self.queued.items():
             msg = queued.get(node_id)
             if msg is not None and msg.kind == pb.PAYLOAD_KIND_DELTA:
                 del queued[node_id]
+                self.dropped.setdefault(r, set()).add(node_id)
 
     def _check_sender(self, h: pb.PayloadHeader, cert_name: str | None) -> Peer:
         """Header-level checks, before any data is buffered (raises WireError)."""
