@@ -393,3 +393,21 @@ def test_a_stop_between_finish_rounds_starts_no_new_one(synthetic_jsonl: Path) -
 
     asyncio.run(go())
     assert a.progress.stop_requested and a.progress.round == last + 1
+
+
+def test_a_catch_up_or_alignment_that_moves_the_round_keeps_a_stop_polite() -> None:
+    """A polite stop asked for as a round starts waits for that round's mix even when
+    its catch-up or alignment moves the round first (before, moving the round made the
+    stop immediate: the round trained 0 steps and was recorded as trained)."""
+    from declora.node.daemon.state import Progress
+
+    async def go() -> tuple[bool, bool]:
+        p = Progress()
+        p.state = NodeState.TRAINING
+        p.stop_after_round()
+        p.round = 12  # a catch-up or an alignment
+        before = p.stop_requested
+        p.completed(13)  # the round mixed
+        return before, p.stop_requested
+
+    assert asyncio.run(go()) == (False, True)

@@ -258,7 +258,7 @@ class RoundLoop:
             metrics.loss.set(report.loss)
         progress.state = NodeState.EXCHANGING
         await parts.exchange.exchange(r)
-        progress.round = r
+        progress.completed(r)
         report.last_round_seconds = time.perf_counter() - t0
         # the deadline follows rounds that train (or the finish's) and mixed with someone:
         # a round alone takes no network time, and a run of them (every neighbour out)

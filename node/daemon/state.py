@@ -34,7 +34,8 @@ class Progress:
     """Rounds completed (mixed), payloads produced, state, and the wake-up event.
 
     A polite stop (`stop_after_round`) lets the round in progress finish, its local
-    steps and its mix included: `stop_requested` turns true when `round` next advances.
+    steps and its mix included: `stop_requested` turns true when the round is
+    `completed` (not when a catch-up or alignment moves `round`).
     Once the state has been CONSENSUS (the finish began), an exchange reads as
     CONSENSUS (what `status` shows) while `in_round` still sees it as one.
     """
@@ -66,9 +67,15 @@ class Progress:
 
     @round.setter
     def round(self, value: int) -> None:
-        advanced = value > self._round
+        """Move the round (a resume, a catch-up, an alignment): a polite stop asked for
+        meanwhile still waits for the round in progress (`completed`)."""
         self._round = value
-        if advanced and self.stop_pending:
+
+    def completed(self, r: int) -> None:
+        """Round `r` has mixed: the round is `r`, and a polite stop asked for while it
+        ran stops now."""
+        self._round = r
+        if self.stop_pending:
             self.stop_now()
 
     def stop_after_round(self) -> None:
