@@ -8,6 +8,7 @@ import asyncio
 import ipaddress
 import re
 import socket
+from typing import Any
 
 _DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 _ADDRESS = re.compile(
@@ -66,10 +67,37 @@ def address_problem(address: str) -> str:
     return ""
 
 
+# host name lookups in flight, one per (host, port): a lookup runs in a thread of the
+# event loop's default executor (which training and payload checks share) and goes on
+# after its caller's timeout, so with a slow or dead resolver a repeated call waits on
+# the lookup already running instead of taking one more thread
+_LOOKUPS: dict[tuple[str, int], asyncio.Task[Any]] = {}
+
+
+def _lookup(host: str, port: int) -> asyncio.Task[Any]:
+    """The running loop's lookup of (`host`, `port`): the one in flight, or a new one."""
+    loop = asyncio.get_running_loop()
+    key = (host, port)
+    task = _LOOKUPS.get(key)
+    if task is None or task.get_loop() is not loop:
+        task = loop.create_task(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        _LOOKUPS[key] = task
+
+        def done(t: asyncio.Task[Any]) -> None:
+            if _LOOKUPS.get(key) is t:
+                del _LOOKUPS[key]
+            if not t.cancelled():
+                t.exception()  # retrieved: a failure is the callers' empty answer
+
+        task.add_done_callback(done)
+    return task
+
+
 async def endpoints(address: str, timeout: float = 2.0) -> frozenset[tuple[str, int]]:
     """The (IP, port) pairs `address` reaches: the literal for an IP (IPv4-mapped as
     IPv4), a host name's resolved IPs otherwise; empty when it is malformed or does not
-    resolve within `timeout` seconds."""
+    resolve within `timeout` seconds. Calls for one name share the lookup in flight
+    (one thread per name however often it is asked while the resolver hangs)."""
     try:
         host, port = split_address(address)
     except ValueError:
@@ -77,11 +105,8 @@ async def endpoints(address: str, timeout: float = 2.0) -> frozenset[tuple[str, 
     ip = ip_of(host)
     if ip is not None:
         return frozenset({(str(ip), port)})
-    loop = asyncio.get_running_loop()
     try:
-        infos = await asyncio.wait_for(
-            loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout
-        )
+        infos = await asyncio.wait_for(asyncio.shield(_lookup(host, port)), timeout)
     except (OSError, UnicodeError, TimeoutError):
         return frozenset()
     found = (ip_of(str(info[4][0]).split("%", 1)[0]) for info in infos)

@@ -80,3 +80,40 @@ def test_an_mdns_addr_that_is_no_dial_address_falls_back_to_the_resolved_one() -
     assert service_address(Info(), "10.0.0.9:7071") == "10.0.0.9:7071"  # type: ignore[arg-type]
     for bad in ("1.2.3.4.5:7071", "0.0.0.0:7071", "no port", "x" * 300 + ":1"):
         assert service_address(Info(), bad) == "10.0.0.5:7070"  # type: ignore[arg-type]
+
+
+def test_a_hung_resolver_costs_one_lookup_per_name_not_one_per_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each lookup holds a thread of the default executor (shared with training) past
+    its caller's timeout; repeated calls for one name while the resolver hangs share
+    the lookup in flight (before: one more thread each call, every 2 s per name)."""
+    import asyncio
+    import socket
+    import threading
+    import time
+
+    from declora.node.address import endpoints
+
+    calls: list[str] = []
+    release = threading.Event()
+
+    def hung(host: str, *args: object, **kwargs: object) -> list[object]:
+        calls.append(host)
+        release.wait(5)
+        raise socket.gaierror(socket.EAI_AGAIN, "temporary failure")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hung)
+
+    async def go() -> list[frozenset[tuple[str, int]]]:
+        got = [await endpoints("node1:7070", timeout=0.05) for _ in range(4)]
+        got += await asyncio.gather(*(endpoints("node1:7070", timeout=0.05) for _ in range(4)))
+        got.append(await endpoints("node2:7070", timeout=0.05))
+        release.set()
+        await asyncio.sleep(0.1)  # the lookups end (failed)
+        return got
+
+    t0 = time.monotonic()
+    got = asyncio.run(go())
+    assert all(g == frozenset() for g in got) and time.monotonic() - t0 < 3
+    assert sorted(calls) == ["node1", "node2"]
