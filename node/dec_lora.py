@@ -103,16 +103,20 @@ def options_problem(
     acceleration: float | None,
     step_after_mixing: bool,
     precision: str,
+    block_rounds: int,
 ) -> str:
     """'' when a node can run `method` with these options (`codec` and `robust`: the
     gossip state's specs; gradient tracking, Chebyshev `acceleration`, the step after
-    mixing at `precision`), else the one-line reason (the first problem found)."""
+    mixing at `precision`, DECA's `block_rounds`), else the one-line reason (the first
+    problem found)."""
     if tracking and robust != "none":
         return (
             "gradient tracking trusts every neighbour's gradient message: "
             "it cannot be combined with robust mixing"
         )
-    problem = combination_problem(method, codec, consensus_step, robust, tracking)
+    problem = combination_problem(
+        method, codec, consensus_step, robust, tracking, block_rounds=block_rounds
+    )
     if not problem and acceleration is not None:
         problem = acceleration_problem(method, robust)
     if not problem and step_after_mixing:
@@ -213,6 +217,7 @@ class DecLoraNode(PeerChecks[K]):
             acceleration=acceleration,
             step_after_mixing=step_after_mixing,
             precision=trainer.lm.precision,
+            block_rounds=trainer.lm.spec.deca_block_rounds,
         )
         if problem:
             raise ValueError(problem)

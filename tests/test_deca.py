@@ -419,3 +419,16 @@ def test_nodes_must_agree_on_the_blocks(bert: BlockModel) -> None:
     assert "deca_blocks" not in plain and "deca_block_rounds" not in plain
     with pytest.raises(ModelError, match="needs --quantize none"):
         BlockModel(LoraSpec(model="tiny-bert", method="deca", quantize="nf4"), num_labels=2)
+
+
+def test_the_core_refuses_a_coarse_codec_with_short_block_turns(synthetic: TextDataset) -> None:
+    """The core's own check (`dec_lora.options_problem`) uses the model's block turns,
+    as the recipe's does: q4 with one round a turn is refused, as with 5 it is not
+    (it checked the default turns, so a node built in code accepted 1)."""
+    short = deca_model(rounds=1)
+    with pytest.raises(ValueError, match="deca-block-rounds"):
+        DecaNode[int](
+            BlockTrainer(short, short.encode(synthetic), 1e-2, 8, seed=0), "q4", None, seed=0
+        )
+    ok = deca_model(rounds=5)
+    DecaNode[int](BlockTrainer(ok, ok.encode(synthetic), 1e-2, 8, seed=0), "q4", None, seed=0)
