@@ -33,6 +33,18 @@ def _more_neighbours(a: Parts, n: int, round_: int = 1) -> list[Peer]:
     return added
 
 
+def forged_at_the_end(data: Path, robust: str) -> tuple[Parts, Parts, int, np.ndarray]:
+    """a (trained 2 steps, robust mixing `robust`) and b at the plan's end serving a
+    forged state (-20x a's adapter); the end, and a's own adapter."""
+    (_, _), (a, b) = pair(data, robust_mixing=robust, rounds=20, consensus_rounds=5)
+    end = 20 * a.settings.exchanges_per_round + 5
+    a.node.train(2)
+    own = a.node.vector().copy()
+    b.node.trainer.set_vector((-20.0 * own).astype(np.float32))
+    b.progress.round = end
+    return a, b, end, own
+
+
 def test_one_proven_neighbour_among_three_cannot_end_a_nodes_training(
     synthetic_jsonl: Path,
 ) -> None:
@@ -65,12 +77,7 @@ def test_with_robust_mixing_a_catch_up_keeps_the_adapter(
     """A proven neighbour serving a forged state at the plan's end: the node skips to
     that round (its only neighbour decides the round, as without robust mixing) but
     keeps its own adapter; every neighbour gets a keyframe."""
-    (_, _), (a, b) = pair(synthetic_jsonl, robust_mixing=robust, rounds=20, consensus_rounds=5)
-    end = 20 * a.settings.exchanges_per_round + 5
-    a.node.train(2)
-    own = a.node.vector().copy()
-    b.node.trainer.set_vector((-20.0 * own).astype(np.float32))
-    b.progress.round = end
+    a, b, end, own = forged_at_the_end(synthetic_jsonl, robust)
 
     async def go() -> None:
         source = await a.handshaker.dial(b.settings.advertise)
@@ -94,12 +101,7 @@ def test_with_robust_mixing_and_three_neighbours_two_proven_decide_the_round(
     state, h0 (proven) claims 10, h1 (never delivered) the end: the node moves to 10,
     the second proven claim, takes no state (h0 serves none) and keeps its adapter;
     every neighbour gets a keyframe."""
-    (_, _), (a, b) = pair(synthetic_jsonl, robust_mixing="trim", rounds=20, consensus_rounds=5)
-    end = 20 * a.settings.exchanges_per_round + 5
-    a.node.train(2)
-    own = a.node.vector().copy()
-    b.node.trainer.set_vector((-20.0 * own).astype(np.float32))
-    b.progress.round = end
+    a, b, end, own = forged_at_the_end(synthetic_jsonl, "trim")
 
     async def go() -> None:
         source = await a.handshaker.dial(b.settings.advertise)
