@@ -113,10 +113,8 @@ class Isolation:
             end = time.monotonic() + seconds
             progress.state = NodeState.WAITING  # `status` shows it; not in a round
             while self.needed():  # a leave notice may say meanwhile that all finished
-                if progress.stop_pending:
-                    progress.stop_now()
                 left = end - time.monotonic()
-                if progress.stop_requested or left <= 0:
+                if progress.stopping() or left <= 0:
                     return
                 progress.arrived.clear()
                 with contextlib.suppress(TimeoutError):
@@ -299,7 +297,7 @@ class RoundLoop:
         s, progress, parts = self.settings, self.progress, self.parts
         per_round = s.exchanges_per_round
         last = s.rounds * per_round
-        while not self.stopping() and (s.rounds == 0 or progress.round < last):
+        while not progress.stopping() and (s.rounds == 0 or progress.round < last):
             await self.isolation.wait()
             if progress.stop_requested:
                 break
@@ -312,13 +310,13 @@ class RoundLoop:
             self.store.record("train" if trained else "gossip", evaluated)
             if progress.round % (s.checkpoint_every * per_round) == 0:
                 await asyncio.to_thread(self.store.save_checkpoint)
-        if self.stopping():
+        if progress.stopping():
             return
         progress.state = NodeState.CONSENSUS
         parts.node.begin_finish()
         while progress.round < last + s.consensus_rounds:  # a resume runs what is left
             live = [p.node_id for p in parts.peers.live]
-            if self.stopping() or not live:
+            if progress.stopping() or not live:
                 break
             if parts.node.disagreement(live) <= s.consensus_tol:
                 break
@@ -330,14 +328,6 @@ class RoundLoop:
         await self.evaluate(final=True)
         self.store.record("final", True)
         progress.state = NodeState.DONE
-
-    def stopping(self) -> bool:
-        """Whether a stop was asked for; between rounds, one asked for after the round
-        in progress (the state still read as a round: a checkpoint, a record) stops
-        now, so no new round starts."""
-        if self.progress.stop_pending:
-            self.progress.stop_now()
-        return self.progress.stop_requested
 
     def warn_unfinished(self) -> None:
         """One warning when a consensus finish (`consensus_rounds` > 0) ended at its

@@ -82,6 +82,14 @@ class Progress:
         """Stop once the round in progress has mixed."""
         self.stop_pending = True
 
+    def stopping(self) -> bool:
+        """Between rounds: whether to stop, a polite stop asked for (the round in
+        progress has ended: a checkpoint or a record was being written) stopping now,
+        so no new round starts."""
+        if self.stop_pending:
+            self.stop_now()
+        return self.stop_requested
+
     def stop_now(self) -> None:
         """Stop at the next check (local steps stop, a round stops waiting)."""
         self.stop_requested = True
