@@ -6,6 +6,7 @@ import base64
 import math
 import os
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -174,13 +175,16 @@ def status_failure(code: str, details: str, timeout: float, tls: bool) -> tuple[
 def message_to_dict(msg: Message) -> dict[str, Any]:
     """A protobuf message as JSON-ready Python values of its own types: 64-bit integers
     stay numbers (MessageToDict writes them as strings), a NaN or infinite float is
-    None, every field is present."""
+    None, every field is present: a message field that is not set is None (a node
+    not running DECA has no `deca`)."""
     out: dict[str, Any] = {}
     for f in msg.DESCRIPTOR.fields:
         value = getattr(msg, f.name)
         if f.message_type is not None and f.message_type.GetOptions().map_entry:
             inner = f.message_type.fields_by_name["value"]
             out[f.name] = {k: _field_value(inner, v) for k, v in value.items()}
+        elif f.message_type is not None and not f.is_repeated and not msg.HasField(f.name):
+            out[f.name] = None
         elif f.is_repeated:
             out[f.name] = [_field_value(f, v) for v in value]
         else:
@@ -256,6 +260,9 @@ def round_text(round_: int, total: int, state: str) -> str:
     return text + (" (ends once the neighbours agree)" if state == "consensus" else "")
 
 
+SHOWN_TEXT = 40  # characters of a name a node gives (method, auth) that `status` shows
+
+
 AUTH_SHOWN = {  # StatusReply.auth (`security.auth_mode`) as `status` words it
     "none": "open",
     "secret": "shared secret",
@@ -271,7 +278,29 @@ def auth_text(auth: str) -> str:
 
     if not auth:
         return ""
-    return "auth " + AUTH_SHOWN.get(auth, escape(auth[:40]))
+    return "auth " + AUTH_SHOWN.get(auth, escape(auth[:SHOWN_TEXT]))
+
+
+def method_text(status: Mapping[str, Any]) -> str:
+    """The node's method as `status` and `inspect` show it, from the Status reply's
+    JSON form (`status_to_dict`): "method deca: block 2/4, 3 rounds left in its turn",
+    "method kill-revive: 3/24 modules active", "method dec-lora"; '' when the node does
+    not say (an older one). The name is the node's: escaped, bounded."""
+    from rich.markup import escape
+
+    if not (method := status.get("method")):
+        return ""
+    text = "method " + escape(str(method)[:SHOWN_TEXT])
+    if d := status.get("deca"):
+        left = (
+            "the last round of its turn"
+            if d["rounds_left"] == 1
+            else f"{d['rounds_left']} rounds left in its turn"
+        )
+        text += f": block {d['block']}/{d['blocks']}, {left}"
+    elif k := status.get("kill_revive"):
+        text += f": {k['active_modules']}/{k['modules']} modules active"
+    return text
 
 
 def render_status(reply: pb.StatusReply, width: int | None = None) -> None:
@@ -294,6 +323,8 @@ def render_status(reply: pb.StatusReply, width: int | None = None) -> None:
         f"sent {_size(reply.bytes_sent)}  received {_size(reply.bytes_received)}  "
         f"fingerprint {reply.fingerprint}  declora {reply.package_version}",
     ]
+    if method := method_text(status_to_dict(reply)):
+        lines.insert(2, method)
     if reply.rejected:
         lines.append("refused: " + ", ".join(f"{k} {v}" for k, v in sorted(reply.rejected.items())))
     console.print("\n".join(lines))

@@ -153,13 +153,14 @@ def render(info: dict[str, Any]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from declora.cli.client import folded, report_console
+    from declora.cli.client import folded, method_text, report_console
 
     console = report_console()  # to a pipe or file: no line wrapped, no value cut
     if info["kind"] == "node":
+        method = method_text(info)
         console.print(
             f"[bold]{info['node_id']}[/] swarm {info['swarm_id']} round {info['round']} "
-            f"fingerprint {info['fingerprint']}"
+            f"fingerprint {info['fingerprint']}" + (f"\n{method}" if method else "")
         )
         table = Table(
             "peer", "address", "live", "weight", "degree", "round", "missed", "sent B", "recv B"

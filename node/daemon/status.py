@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from declora.node import __version__, run_folder
+from declora.node.daemon.method_status import fill_method
 from declora.node.daemon.peers import PeerTable
 from declora.node.daemon.state import Progress
 from declora.node.dec_lora import DecLoraNode
@@ -149,6 +150,7 @@ def status_reply(
         weighting=facts.weighting,
         state_digest=digest,
     )
+    fill_method(reply, node, progress.round)
     reply.last_eval.update(report.last_eval)
     reply.rejected.update(counters.rejected)
     for p in peers.all():
