@@ -34,12 +34,15 @@
 
 A refused call changes nothing; the daemon answers RESOURCE_EXHAUSTED with the reason
 and counts it as `rate_limited`. Buckets that have refilled are forgotten, so memory
-stays bounded by `MAX_KEYS` active keys a table (addresses and /64s have one each).
+stays bounded by `MAX_KEYS` active keys a table (addresses and /64s have one each);
+the push counts keep at most `MAX_KEYS` (sender, round) slots, the oldest forgotten
+past that (only while this node's round stands still can ids that come and go fill it).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,7 +54,9 @@ import grpc
 from declora.node.address import ip_of
 from declora.node.wire import WireError
 
-MAX_KEYS = 4096
+log = logging.getLogger(__name__)
+
+MAX_KEYS = 4096  # keys of one table (`KeyedBuckets`, `RoundCounter`)
 STATUS_PER_MINUTE = 1200  # Status requests a minute from one remote address
 # An IPv6 /64 (one LAN, one cloud subnet, or one machine that may fill it with
 # addresses) may spend this many addresses' allowance: 320 honest nodes dialling at
@@ -235,12 +240,16 @@ class RoundCounter:
     last completed round), those past `current + window` sharing the last slot; a
     round at or before `current` is finished: always allowed and never counted (the
     caller refuses it, stale, before reading anything). Counts of finished rounds are
-    dropped when `current` moves on."""
+    dropped when `current` moves on. At most `max_keys` counts are kept: while
+    `current` stands still (a node waiting for its first round) the keys that come
+    and go (ids churning, or a member cycling ids) would pile up, so past it the
+    oldest count is forgotten (logged once a window: `logs.RepeatFilter`)."""
 
     limit: int
     window: int
     counts: dict[tuple[str, int], int] = field(default_factory=dict)
     current: int = 0
+    max_keys: int = MAX_KEYS
 
     def allow(self, key: str, round: int, current: int) -> bool:
         if current != self.current:
@@ -251,6 +260,11 @@ class RoundCounter:
         slot = (key, min(round, current + self.window))
         if self.counts.get(slot, 0) >= self.limit:
             return False
+        if slot not in self.counts and len(self.counts) >= self.max_keys:
+            del self.counts[next(iter(self.counts))]  # the oldest: insertion order
+            log.warning(
+                "push counts: over %d (sender, round) slots; forgetting the oldest", self.max_keys
+            )
         self.counts[slot] = self.counts.get(slot, 0) + 1
         return True
 

@@ -55,6 +55,7 @@ check holds.
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Collection
 
 from declora.node import PROTOCOL_VERSION, __version__
@@ -77,6 +78,9 @@ from declora.proto import pb
 SLOTS_PER_HOST = 2
 CLI_CERT = "cli"  # the common name `declora-node certs` gives the CLI's certificate
 SAME_SECRET = "give every node the same secret"
+MAX_RESOLVED = 1024  # DNS names whose resolved IPs are kept (`Admission.note_resolved`)
+
+log = logging.getLogger(__name__)
 
 
 def address_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -283,9 +287,20 @@ class Admission:
 
     def note_resolved(self, address: str, ips: Collection[str]) -> None:
         """Record the IPs DNS-name `address` resolved to as this node dialled it (the
-        last resolution that found any; the record is kept for a failed one)."""
+        last resolution that found any; the record is kept for a failed one). At most
+        `MAX_RESOLVED` names are kept, the one resolved longest ago forgotten past that
+        (names come from --peers and discovery, which over days of a LAN's
+        announcements bound nothing); a name forgotten is resolved again before it is
+        dialled (`Handshaker.connect_known`), and vouches for no host until then."""
         if ips and address_ip(address) is None:
+            self.resolved.pop(address, None)  # the newest last: insertion order
             self.resolved[address] = frozenset(ips)
+            if len(self.resolved) > MAX_RESOLVED:
+                del self.resolved[next(iter(self.resolved))]
+                log.warning(
+                    "over %d DNS names resolved for --peers and discovery: forgetting the oldest",
+                    MAX_RESOLVED,
+                )
 
     def host_refusal(self, h: pb.Hello, host: str) -> str:
         """Why `h`, from a peer that is not configured, may not take a live slot: its

@@ -20,7 +20,11 @@ Invariants callers may rely on:
 - a peer's values are bounded, not only finite (`DecLoraNode.check_payload`);
 - only a validated payload sets a neighbour's (verified) round;
 - a queued delta leaves the queue when its sender's copy is forgotten
-  (`PeerTable.copy_forgotten`): every delta queued can be applied at its mix.
+  (`PeerTable.copy_forgotten`): every delta queued can be applied at its mix;
+- the queue holds payloads of ids the peer table knows only: before one is queued,
+  those of senders the table has forgotten (evicted, pruned) go (`_forget_unknown`),
+  so ids that come and go while rounds stand still (a node waiting for its first
+  round, ids churning) hold at most one payload per known id and round in the window.
 """
 
 from __future__ import annotations
@@ -158,6 +162,19 @@ class Inbox:
             if msg is not None and msg.kind == pb.PAYLOAD_KIND_DELTA:
                 del queued[node_id]
                 self.dropped.setdefault(r, set()).add(node_id)
+
+    def _forget_unknown(self) -> None:
+        """Drop the queued payloads (and `dropped` marks) of senders the peer table no
+        longer knows: the mix skips them anyway (it uses live senders' only), and
+        without this each id that came and went would hold its payloads until its
+        round is mixed."""
+        known = self.peers.peers.keys()
+        for r, queued in list(self.queued.items()):
+            for pid in [pid for pid in queued if pid not in known]:
+                del queued[pid]
+            if not queued:
+                del self.queued[r]
+        self.dropped = {r: kept for r, ids in self.dropped.items() if (kept := ids & known)}
 
     def _check_sender(self, h: pb.PayloadHeader, cert_name: str | None) -> Peer:
         """Header-level checks, before any data is buffered (raises WireError)."""
@@ -309,6 +326,7 @@ class Inbox:
             raise WireError(
                 grpc.StatusCode.ABORTED, "state moved on while the payload was checked", "raced"
             )
+        self._forget_unknown()
         self.queued.setdefault(int(h.round), {})[peer.node_id] = Inbound(
             int(h.kind), vec, int(h.sender_degree), int(h.seq), update_scale(h.codec), z, entries
         )
