@@ -41,7 +41,7 @@ Invariants callers may rely on:
 - a peer that is not live is re-dialled with exponential backoff, counted from the
   end of its last dial (`dial_ended`: a dial slow to fail takes nothing off the wait);
   one that introduced itself (an inbound Hello) and never delivered a validated
-  payload is re-dialled at most once;
+  payload is re-dialled at most once (`redial.Redial`, the schedule);
 - a dropped peer's channel closes with a grace longer than a push's deadline, so a
   push in flight ends by its own deadline instead of being cancelled;
 - `left_after` is the round a peer's leave notice said it left after (clamped to
@@ -63,6 +63,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from declora.node.daemon.redial import Redial
 from declora.node.daemon.state import Progress
 from declora.node.daemon.transport import Transport
 from declora.node.dec_lora import DecLoraNode
@@ -148,6 +149,7 @@ class PeerTable:
         self.silence_limit = SILENT_GRACE  # seconds (`release_silent`); `Exchange` raises it
         self.rounds_began: float | None = None  # monotonic: silence counts from then on
         self.finish_round = 0  # this node's last training exchange (0: none); `Exchange` sets it
+        self.redial = Redial(BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_MAX_CONFIGURED)
         # called with a peer's id when its copy is forgotten; `Inbox` drops its queued deltas
         self.copy_forgotten: Callable[[str], None] = lambda node_id: None
 
@@ -341,7 +343,7 @@ class PeerTable:
         if peer.live and not quiet:
             log.warning("neighbour %s left the live set: %s", peer.node_id, safe_text(why, WHY))
         peer.live = False
-        peer.next_dial = time.monotonic() + BACKOFF_FIRST
+        self.redial.dropped(peer, time.monotonic())
         self._forget_copy(peer)
         self.metrics.neighbors.set(len(self.live))
         if peer.channel is not None:  # it may sit in reconnect backoff: a new one on return
@@ -399,29 +401,13 @@ class PeerTable:
         that backoff after `now`, until `dial_ended` restarts the wait from the end."""
         now = time.monotonic() if now is None else now
         self.prune()
-        due = []
-        for p in self.all():
-            if p.live or now < p.next_dial or not p.address or self.finished(p):
-                continue
-            if not p.configured and not p.proven and p.dials >= 1:
-                continue  # introduced itself, never proved anything: dialled once
-            p.dials += 1
-            p.next_dial = now + self._backoff(p)
-            due.append(p)
-        return due
+        return self.redial.due(self.all(), now, skip=self.finished)
 
     def dial_ended(self, peer: Peer, now: float | None = None) -> None:
         """A dial of `peer` (from `due_for_dial`) ended at `now` (monotonic; by default
         the clock): unless it joined, its backoff counts from then, so a dial slow to
         fail or be refused (up to its timeout) does not shorten the wait."""
-        if not peer.live:
-            peer.next_dial = (time.monotonic() if now is None else now) + self._backoff(peer)
-
-    @staticmethod
-    def _backoff(peer: Peer) -> float:
-        """Seconds between `peer`'s dials: doubling with each dial since it was live."""
-        cap = BACKOFF_MAX_CONFIGURED if peer.configured else BACKOFF_MAX
-        return min(BACKOFF_FIRST * 2 ** min(max(peer.dials, 1) - 1, 16), cap)
+        self.redial.ended(peer, time.monotonic() if now is None else now)
 
     async def close(self) -> None:
         for p in self.peers.values():
