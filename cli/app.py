@@ -145,6 +145,10 @@ TlsKey = Annotated[Path | None, typer.Option(rich_help_panel=SEC, help="Its PEM 
 TlsCa = Annotated[
     Path | None, typer.Option(rich_help_panel=SEC, help="The swarm CA's PEM certificate.")
 ]
+TlsCrl = Annotated[
+    Path | None,
+    typer.Option(rich_help_panel=SEC, help="The swarm CA's PEM revocation list (checked)."),
+]
 
 
 # --debug; whether a command's own code has begun (None: not even its parsing)
@@ -312,12 +316,15 @@ def _problem(loc: tuple[int | str, ...], msg: str) -> str:
     return f"--{option}: {msg}" if option else msg  # model-level checks name their options
 
 
-def _client_tls(cert: Path | None, key: Path | None, ca: Path | None) -> TlsFiles | None:
-    """The CLI's own TLS files (exit 2 naming the option when they are bad)."""
+def _client_tls(
+    cert: Path | None, key: Path | None, ca: Path | None, crl: Path | None = None
+) -> TlsFiles | None:
+    """The CLI's own TLS files (exit 2 naming the option when they are bad; a --tls-crl
+    must be the CA's and must not revoke the CLI's own certificate)."""
     from declora.node.security import TlsError, TlsFiles
 
     try:
-        return TlsFiles.load(cert, key, ca)
+        return TlsFiles.load(cert, key, ca, crl=crl)
     except TlsError as exc:
         fail(
             str(exc),
@@ -429,6 +436,7 @@ def status(
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
     tls_ca: TlsCa = None,
+    tls_crl: TlsCrl = None,
 ) -> None:
     """Show a node's round, loss, last evaluation and neighbours.
 
@@ -439,7 +447,7 @@ def status(
 
     _check_format(fmt)
     _check_call(target, timeout)
-    tls = _client_tls(tls_cert, tls_key, tls_ca)
+    tls = _client_tls(tls_cert, tls_key, tls_ca, tls_crl)
     raise typer.Exit(show_status(target, fmt == "json", timeout, tls))
 
 
@@ -455,6 +463,7 @@ def inspect(
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
     tls_ca: TlsCa = None,
+    tls_crl: TlsCrl = None,
 ) -> None:
     """Describe a saved adapter/checkpoint (config, tensors, fingerprint) or a node's peers."""
     from declora.cli.inspect import InspectError, inspect_path, inspect_target
@@ -463,7 +472,7 @@ def inspect(
     if (path is None) == (target is None):
         fail("give either PATH or --target")
     _check_call(target)
-    tls = _client_tls(tls_cert, tls_key, tls_ca)
+    tls = _client_tls(tls_cert, tls_key, tls_ca, tls_crl)
     try:
         info = inspect_path(path) if path is not None else inspect_target(str(target), tls)
     except InspectError as exc:  # a path that is no adapter: the user's; a node: runtime
@@ -477,7 +486,16 @@ def inspect(
         render(info)
 
 
-@app.command(
+certs_app = typer.Typer(
+    name="certs",
+    invoke_without_command=True,
+    no_args_is_help=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(certs_app)
+
+
+@certs_app.callback(
     help=(
         "Mint mTLS certificates for nodes, signed by the swarm CA in --output.\n\n"
         "A folder without ca.pem gets a new CA, and a certificate for this CLI (cli.pem) too. "
@@ -488,10 +506,13 @@ def inspect(
     )
 )
 def certs(
+    ctx: typer.Context,
     out: Annotated[
-        Path, typer.Option("--output", "-o", help="Folder to write the PEM files into.")
-    ],
-    nodes: Annotated[str, typer.Option(help="Node names, comma-separated: node-0,node-1.")],
+        Path | None, typer.Option("--output", "-o", help="Folder to write the PEM files into.")
+    ] = None,
+    nodes: Annotated[
+        str | None, typer.Option(help="Node names, comma-separated: node-0,node-1.")
+    ] = None,
     hosts: Annotated[
         str, typer.Option(help="Every host name or IP the nodes are dialled at, comma-separated.")
     ] = "127.0.0.1,localhost",
@@ -509,9 +530,22 @@ def certs(
     """Certificates for `nodes` signed by the CA in `out`, or a new one (the help above)."""
     from declora.cli.certs import CertsError, mint, usage, warnings
 
-    def split(v: str) -> list[str]:
-        return [x.strip() for x in v.split(",") if x.strip()]
+    def split(v: str | None) -> list[str]:
+        return [x.strip() for x in (v or "").split(",") if x.strip()]
 
+    if ctx.invoked_subcommand is not None:
+        if out is not None or nodes is not None:
+            fail(
+                f"the options of `certs {ctx.invoked_subcommand}` go after its name",
+                hint=f"e.g. `declora-node certs {ctx.invoked_subcommand} --output PKI-FOLDER ...`",
+            )
+        return
+    if out is None:
+        fail(
+            "--output: give the folder for the PEM files",
+            hint="e.g. `declora-node certs --output pki --nodes node-0,node-1`",
+        )
+        return
     _check_output(out, "--output")
     try:
         minted = mint(out, split(nodes), split(hosts), days, force, new_ca)
@@ -521,6 +555,46 @@ def certs(
     for line in warnings(minted):
         typer.secho(f"warning: {line}", err=True, fg=typer.colors.YELLOW)
     typer.echo(usage(minted))
+
+
+@certs_app.command("revoke")
+def certs_revoke(
+    out: Annotated[
+        Path, typer.Option("--output", "-o", help="The folder of the CA (ca.pem, ca-key.pem).")
+    ],
+    cert: Annotated[
+        list[Path] | None, typer.Option("--cert", help="A certificate to revoke (repeatable).")
+    ] = None,
+    serial: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--serial", help="A serial to revoke: decimal, 0x-hex or aa:bb:.. (repeatable)."
+        ),
+    ] = None,
+    crl: Annotated[
+        Path | None,
+        typer.Option("--crl", help="The revocation list to add to. [default: OUTPUT/crl.pem]"),
+    ] = None,
+    days: Annotated[int, typer.Option(help="Days until the list's nextUpdate.")] = 30,
+) -> None:
+    """Revoke certificates of the CA in --output: add them to its signed revocation list
+    (give it to every node as --tls-crl; running nodes re-read it within seconds)."""
+    from declora.cli.certs import CertsError, revoke
+
+    try:
+        done = revoke(out, cert or [], serial or [], crl, days)
+    except CertsError as exc:
+        fail_with(exc, 2)
+        return
+    for n in done.already:
+        typer.secho(f"warning: serial {n:#x} was already revoked", err=True, fg=typer.colors.YELLOW)
+    added = ", ".join(f"{n:#x}" for n in done.added) or "nothing new"
+    typer.echo(
+        f"revoked {added}: {done.crl} lists {done.total} certificates, until "
+        f"{done.next_update:%Y-%m-%d %H:%M} UTC (its nextUpdate: revoke again or re-sign "
+        "before then; nodes warn once it passed, and keep enforcing it)"
+    )
+    typer.echo(f"give every node --tls-crl {done.crl}; running nodes re-read it within seconds")
 
 
 def simulate(

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -407,3 +408,139 @@ def warnings(minted: Minted) -> list[str]:
             "end with it (mint a new CA with --new-ca before then)"
         )
     return lines
+
+
+# ---------------------------------------------------------------- revocation
+CRL_NAME = "crl.pem"  # the revocation list `revoke` writes beside ca.pem by default
+CRL_DAYS = 30  # default span until the list's nextUpdate
+MAX_SERIAL = 2**159  # a certificate serial is at most 20 octets, positive (RFC 5280)
+REVOKE_HINT = "give the --output folder of the `declora-node certs` run that made the CA"
+
+
+@dataclass(frozen=True)
+class Revoked:
+    """What one `revoke` wrote: the CRL, the serials it added now, those it already
+    listed, and how many it lists in all; its nextUpdate."""
+
+    crl: Path
+    added: list[int]
+    already: list[int]
+    total: int
+    next_update: dt.datetime
+
+
+def _serial(text: str) -> int:
+    """A serial given as decimal, 0x-hex, or hex octets with colons (as openssl shows it)."""
+    try:
+        value = int(text.replace(":", ""), 16) if ":" in text else int(text, 0)
+    except ValueError:
+        value = 0
+    if not 0 < value < MAX_SERIAL:
+        raise CertsError(
+            f"--serial: {text!r} is not a certificate serial",
+            hint="give it in decimal, as 0x... hex, or as hex octets like 3a:0f:...",
+        )
+    return value
+
+
+def _issued(path: Path, ca: x509.Certificate, ca_path: Path) -> int:
+    """The serial of the certificate in `path`, once `ca` issued it; CertsError if not."""
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        why = getattr(exc, "strerror", None) or "not a PEM certificate"
+        raise CertsError(f"--cert: cannot read {path}: {why}", hint=REVOKE_HINT) from None
+    if cert == ca:
+        raise CertsError(
+            f"--cert: {path} is the CA itself, which a list it signs cannot revoke",
+            hint=NEW_CA_HINT,
+        )
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise CertsError(
+            f"--cert: {path} was not issued by the CA {ca_path}: its list revokes only "
+            "that CA's certificates",
+            hint=REVOKE_HINT + " and signed this certificate",
+        ) from None
+    return cert.serial_number
+
+
+def _old_list(path: Path, ca: x509.Certificate) -> x509.CertificateRevocationList | None:
+    """The list already in `path` (None when there is none); CertsError when it is not
+    a PEM CRL `ca` signed (nothing is replaced then)."""
+    if not path.exists():
+        return None
+    try:
+        old = x509.load_pem_x509_crl(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        why = getattr(exc, "strerror", None) or "not a PEM revocation list"
+        raise CertsError(
+            f"--crl: cannot read {path}: {why}",
+            hint="move it away (a new list is started) or give another --crl",
+        ) from None
+    if old.issuer != ca.subject or not old.is_signature_valid(ca.public_key()):  # type: ignore[arg-type]
+        raise CertsError(
+            f"--crl: {path} was not signed by the CA in its folder: not adding to it",
+            hint="give the --crl of this CA, or another --crl for a new list",
+        )
+    return old
+
+
+def revoke(
+    out: Path, certs: list[Path], serials: list[str], crl: Path | None, days: int = CRL_DAYS
+) -> Revoked:
+    """Add the certificates `certs` (each one the CA in `out` issued) and `serials` to
+    that CA's revocation list `crl` (default `out`/crl.pem), keeping what it listed
+    (their dates too), signed by the CA, valid `days` (its nextUpdate), its CRL number
+    one above the old one's. Written under a temporary name and renamed into place.
+    CertsError, with nothing written, for bad input, a foreign certificate or list, no
+    CA in `out`, or a folder that cannot be written."""
+    if not certs and not serials:
+        raise CertsError(
+            "give the certificates to revoke: --cert FILE or --serial N",
+            hint="e.g. `declora-node certs revoke --output pki --cert pki/node-3.pem`",
+        )
+    if not 1 <= days <= MAX_DAYS:
+        raise CertsError(f"--days: must be from 1 to {MAX_DAYS}", hint="e.g. --days 30")
+    ca_paths = out / "ca.pem", out / "ca-key.pem"
+    missing = [p.name for p in ca_paths if not p.exists()]
+    if missing:
+        raise CertsError(
+            f"{out} holds no {' and no '.join(missing)}: no CA to sign with", hint=REVOKE_HINT
+        )
+    now = dt.datetime.now(dt.UTC)
+    ca, key = _load_ca(*ca_paths, now)
+    wanted = [_issued(p, ca, ca_paths[0]) for p in certs] + [_serial(s) for s in serials]
+    path = crl or out / CRL_NAME
+    old = _old_list(path, ca)
+    listed = [] if old is None else list(old)
+    known = {r.serial_number for r in listed}
+    added = [n for n in dict.fromkeys(wanted) if n not in known]
+    number = 0
+    if old is not None:
+        with contextlib.suppress(x509.ExtensionNotFound):
+            number = old.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    end = now + dt.timedelta(days=days)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.subject)
+        .last_update(now - CLOCK_SKEW)
+        .next_update(end)
+        .add_extension(x509.CRLNumber(number + 1), critical=False)
+    )
+    for entry in listed:
+        builder = builder.add_revoked_certificate(entry)
+    for serial in added:
+        entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+        builder = builder.add_revoked_certificate(entry)
+    signed = builder.sign(key, hashes.SHA256())
+    try:
+        _write_all(path.parent, {path: (signed.public_bytes(serialization.Encoding.PEM), False)})
+    except OSError as exc:
+        raise CertsError(
+            f"--crl: cannot write {path}: {exc.strerror or exc}",
+            hint="give a --crl in a folder you can write to",
+        ) from None
+    already = [n for n in dict.fromkeys(wanted) if n in known]
+    return Revoked(path, added, already, len(listed) + len(added), end)

@@ -5,7 +5,8 @@
   are checked against each other when loaded (`certificate_problem`: dates, the CA's
   signature, a CA's or the CLI's certificate as a node's, the node id);
   `TlsFiles.server_name` reads the name of the certificate a server presents (a
-  dialler checks a Welcome's node id against it).
+  dialler checks a Welcome's node id against it), refusing one without a name or
+  revoked by --tls-crl (`TlsFiles.crl`, `revocation.Revocations`).
 - Swarm secret (`SwarmAuth`): HMAC-SHA256 over each Hello, PullRequest and
   LeaveNotice (with a fresh nonce: an 8-byte big-endian unix-ms timestamp and 16
   random bytes) and over each payload header together with its data. It
@@ -42,6 +43,8 @@ from declora.proto import pb
 
 if TYPE_CHECKING:  # cryptography is imported where it is used: `status` starts fast
     from cryptography import x509
+
+    from declora.node.revocation import Revocations
 
 NONCE_BYTES = 24  # 8-byte timestamp (unix ms, big-endian) + 16 random bytes
 WINDOW_SECONDS = 120.0
@@ -320,6 +323,7 @@ class TlsFiles:
     cert_path: Path | None = field(default=None, compare=False)
     key_path: Path | None = field(default=None, compare=False)
     ca_path: Path | None = field(default=None, compare=False)
+    crl: Revocations | None = field(default=None, compare=False)  # --tls-crl, when given
 
     @classmethod
     def load(
@@ -330,14 +334,18 @@ class TlsFiles:
         *,
         role: Literal["node"] | None = None,
         node_id: str | None = None,
+        crl: Path | None = None,
     ) -> TlsFiles | None:
         """None when no file is given; TlsError (naming the option) when only some are,
         when one cannot be read or parsed, when the key does not match the cert, or
         when the certificate may not serve as `role` (`certificate_problem`: dates,
         the CA's signature, a CA or client-only certificate for a node, a name other
-        than `node_id`)."""
+        than `node_id`); `crl` (--tls-crl) also when it is not a CRL the CA signed, or
+        it revokes this end's own certificate."""
         given = [p is not None for p in (cert, key, ca)]
         if not any(given):
+            if crl is not None:
+                raise TlsError(f"--tls-crl needs mTLS: also give {', '.join(TLS_OPTIONS)}")
             return None
         if not all(given):
             missing = [o for o, g in zip(TLS_OPTIONS, given, strict=True) if not g]
@@ -376,7 +384,20 @@ class TlsFiles:
         )
         if problem:
             raise TlsError(problem)
-        return files
+        if crl is None:
+            return files
+        from dataclasses import replace
+
+        from declora.node.revocation import REVOKE_HINT, Revocations
+
+        revocations = Revocations(crl, ca, x509.load_pem_x509_certificates(files.ca))
+        own = revocations.revoked(chain)
+        if own:
+            raise TlsError(
+                f"--tls-crl: {crl} revokes this end's own --tls-cert {cert}: {own}; peers "
+                f"refuse it: mint a new one (`declora-node certs --force`), ({REVOKE_HINT})"
+            )
+        return replace(files, crl=revocations)
 
     def warnings(self, now: dt.datetime | None = None) -> list[str]:
         """A line for each thing to fix soon that does not stop a start: a private key
@@ -392,6 +413,8 @@ class TlsFiles:
             found.append(expiry_warning("--tls-cert", self.cert_path, chain[0], now))
         if self.ca_path is not None and anchor is not None:
             found.append(expiry_warning("--tls-ca", self.ca_path, anchor, now))
+        if self.crl is not None:
+            found.append(self.crl.stale_warning(now))
         return [line for line in found if line]
 
     def address_problem(self, option: str, address: str) -> str:
@@ -451,7 +474,10 @@ class TlsFiles:
     async def server_name(self, host: str, port: int, timeout: float) -> str:
         """The common name of the certificate the server at host:port presents, once
         its chain verifies against the CA; TlsError when it cannot be read (a TLS
-        connection of its own, closed at once: gRPC's channels do not expose it)."""
+        connection of its own, closed at once: gRPC's channels do not expose it), when
+        it has no common name (a node's id is its certificate's name), and
+        `revocation.RevokedError` when --tls-crl revokes a certificate of its chain
+        (the leaf, or an intermediate, as the server sent them)."""
         from cryptography import x509
 
         try:
@@ -464,12 +490,29 @@ class TlsFiles:
         except (TimeoutError, OSError, ssl.SSLError) as exc:
             raise TlsError(f"cannot read the certificate of {host}:{port}: {exc}") from exc
         try:
-            der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+            ssl_object = writer.get_extra_info("ssl_object")
+            der = ssl_object.getpeercert(binary_form=True)
+            chain = _sent_chain(ssl_object) if der and self.crl is not None else []
         finally:  # at once: a graceful close waits for the server (gRPC's: seconds)
             writer.transport.abort()
         if not der:
             raise TlsError(f"{host}:{port} presented no certificate")
-        return common_name(x509.load_der_x509_certificate(der))
+        leaf = x509.load_der_x509_certificate(der)
+        name = common_name(leaf)
+        if not name:
+            raise TlsError(
+                f"{host}:{port} serves a certificate without a common name (serial "
+                f"{leaf.serial_number:#x}): under mTLS a node's id is its certificate's name"
+            )
+        if self.crl is not None:
+            from declora.node.revocation import RevokedError
+
+            chain = chain or [leaf]
+            revoked = self.crl.revoked(chain)
+            if revoked:
+                raise RevokedError(f"{host}:{port} serves a revoked certificate: {revoked}")
+            self.crl.note(name, chain)
+        return name
 
     def server_credentials(self) -> grpc.ServerCredentials:
         """Serve with this cert; every client must present a cert signed by the CA."""
@@ -482,6 +525,24 @@ class TlsFiles:
         return grpc.ssl_channel_credentials(
             root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
         )
+
+
+def _sent_chain(ssl_object: ssl.SSLObject) -> list[x509.Certificate]:
+    """The chain a TLS server sent (leaf first), where this Python can read it
+    (3.13's `get_unverified_chain`, a private method before); [] where not."""
+    from cryptography import x509
+
+    getter = getattr(ssl_object, "get_unverified_chain", None)
+    getter = getter or getattr(getattr(ssl_object, "_sslobj", None), "get_unverified_chain", None)
+    if getter is None:
+        return []
+    try:
+        pems = [c.public_bytes() for c in getter()]  # PEM text by default
+        return [
+            x509.load_pem_x509_certificate(p.encode() if isinstance(p, str) else p) for p in pems
+        ]
+    except (ValueError, TypeError, AttributeError, ssl.SSLError):
+        return []
 
 
 # ---------------------------------------------------------------- swarm secret

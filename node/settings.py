@@ -247,6 +247,11 @@ class NodeSettings(BaseSettings, Recipe):
     tls_cert: Path | None = Field(None, description="this node's PEM certificate (mTLS)")
     tls_key: Path | None = Field(None, description="its PEM private key")
     tls_ca: Path | None = Field(None, description="the swarm CA's PEM certificate")
+    tls_crl: Path | None = Field(
+        None,
+        description="the swarm CA's PEM revocation list (re-read when it changes; "
+        "`declora-node certs revoke`)",
+    )
     swarm_secret: SecretStr | None = Field(
         None, description="shared secret (>= 16 characters) that signs every message"
     )
@@ -369,9 +374,15 @@ class NodeSettings(BaseSettings, Recipe):
     def tls(self) -> TlsFiles | None:
         """The TLS files read and checked for a node (TlsError naming the option): valid
         now, signed by --tls-ca, a node's certificate (not a CA's, not the CLI's), named
-        --node-id; None without TLS."""
+        --node-id, not revoked by --tls-crl (when given: a CRL the CA signed); None
+        without TLS."""
         return TlsFiles.load(
-            self.tls_cert, self.tls_key, self.tls_ca, role="node", node_id=self.node_id or None
+            self.tls_cert,
+            self.tls_key,
+            self.tls_ca,
+            role="node",
+            node_id=self.node_id or None,
+            crl=self.tls_crl,
         )
 
     @property

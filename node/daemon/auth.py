@@ -1,16 +1,27 @@
 """The swarm secret's signatures on this node's messages, and the check of a peer's
-(`Auth`): everything passes unchanged without a secret."""
+(`Auth`): everything passes unchanged without a secret. Under mTLS, `caller_refusal`
+is the check of a caller's certificate before any call is served: one without a
+common name, or revoked by --tls-crl, is refused."""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
+
+import grpc
 
 from declora.node import logs
 from declora.node.daemon.status import Counters
-from declora.node.security import AuthError, Signed, SignedT, SwarmAuth
+from declora.node.security import AuthError, Signed, SignedT, SwarmAuth, TlsFiles
+from declora.node.wire import WireError
 from declora.proto import pb
 
 log = logging.getLogger(__name__)
+
+NAMELESS = (  # why a caller whose certificate has no common name is refused under mTLS
+    "its certificate has no common name: under mTLS a node's id (and the CLI's) is its "
+    "certificate's name"
+)
 
 
 class Auth:
@@ -40,3 +51,32 @@ class Auth:
             self.refusals.warning("refused a message: %s: %s", what, exc.reason)
             return exc.reason
         return ""
+
+
+def caller_refusal(context: Any, tls: TlsFiles | None) -> WireError | None:
+    """Under mTLS (`tls`), why the caller of gRPC `context` may call nothing (the
+    caller answers it PERMISSION_DENIED, counted and logged rate-limited, as
+    `Counters.refused`): a certificate without a common name (`bad_identity`: a node's
+    id, and the CLI's, is its certificate's name, so no identity check could hold), or
+    one of its chain (the leaf, or an intermediate it sent) on --tls-crl's list as it
+    stands now (`revoked`). None otherwise, and always without mTLS or a gRPC context
+    (in-memory tests)."""
+    if tls is None:
+        return None
+    try:
+        auth = context.auth_context()
+    except Exception:  # not every context (in-memory tests) has one
+        return None
+    if not auth or not auth.get("x509_pem_cert"):
+        return None  # no TLS on this call: gRPC refused it before it came here
+    names = auth.get("x509_common_name") or [b""]  # gRPC gives b"" for none (or nothing)
+    if not bytes(names[0]).strip():
+        return WireError(grpc.StatusCode.PERMISSION_DENIED, NAMELESS, "bad_identity")
+    if tls.crl is None:
+        return None
+    pem = b"".join(bytes(p) for p in auth.get("x509_pem_cert", []))  # the leaf...
+    pem += b"".join(bytes(p) for p in auth.get("x509_pem_cert_chain", []))  # ...and the rest
+    reason = tls.crl.revoked_pem(pem)
+    if not reason:
+        return None
+    return WireError(grpc.StatusCode.PERMISSION_DENIED, reason, "revoked")

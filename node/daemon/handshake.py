@@ -35,7 +35,14 @@
   in the table on every call, except one whose live node refused the handshake
   (`DialBackoff`: 2 s doubling to 8 s, counted from the refusal, forgotten on
   success); one where nothing answers yet (not listening, still loading) is found at
-  once; an unexpected error is logged, never swallowed, and the loop goes on.
+  once; an unexpected error is logged, never swallowed, and the loop goes on;
+- under mTLS with --tls-crl the same loop re-reads the CRL once its file changed
+  (`check_revocations`, at most every `revocation.POLL_SECONDS`, in a thread) and drops
+  each live neighbour whose certificate (as last seen on one of its calls, or on the
+  dial of its server) is revoked now, counted `revoked`; its later calls are refused
+  (`auth.caller_refusal`), its server is refused at the next dial
+  (`TlsFiles.server_name`); a Hello whose caller's certificate has no common name is
+  refused (no id could be checked against it).
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ import grpc
 from declora.node import PROTOCOL_VERSION, __version__, logs
 from declora.node.address import endpoints
 from declora.node.daemon.admission import SAME_SECRET, Admission, address_ip
-from declora.node.daemon.auth import Auth
+from declora.node.daemon.auth import NAMELESS, Auth
 from declora.node.daemon.dial_backoff import DialBackoff
 from declora.node.daemon.peers import Peer, PeerTable
 from declora.node.daemon.state import Progress
@@ -164,6 +171,8 @@ class Handshaker:
         host = peer_host(peer) if peer else ""
         configured = self.admission.configured(request, host, self.discovered())
         reason = self.admission.hello_refusal(request, cert_name, host, configured)
+        if not cert_name and getattr(self.transport, "tls", None):
+            reason = NAMELESS  # no id to check the Hello's against
         if reason:
             self.counters.count("handshake")
             self.refusals.warning("refused handshake from %s: %s", who, reason)
@@ -373,11 +382,30 @@ class Handshaker:
         self.auth.refusals.flush(final)
         self.counters.flush_refusals(final)
 
+    async def check_revocations(self) -> list[str]:
+        """Under mTLS with --tls-crl: re-read the CRL when its file changed
+        (`Revocations.refresh`, in a thread: a bad file keeps the last good list), then
+        drop each live neighbour whose certificate, as last seen on one of its calls or
+        on a dial of its server, is revoked (counted `revoked`); the ids dropped."""
+        tls = getattr(self.transport, "tls", None)
+        crl = None if tls is None else tls.crl
+        if crl is None:
+            return []
+        await asyncio.to_thread(crl.refresh)
+        live = {p.node_id: p for p in self.peers.live}
+        revoked = crl.revoked_names(list(live))
+        for node_id, why in revoked.items():
+            self.counters.count("revoked")
+            self.peers.drop(live[node_id], why)
+        return list(revoked)
+
     async def reconnect_forever(self) -> None:
-        """Re-dial peers that are not live until the node stops."""
+        """Re-dial peers that are not live until the node stops (checking the CRL
+        first, under mTLS with --tls-crl: `check_revocations`)."""
         while not self.progress.stop_requested:
             self.flush_refusals()
             try:
+                await self.check_revocations()
                 await self.connect_known()
             except Exception:  # one bad round of dialling must not end reconnecting
                 log.exception("reconnecting failed; trying again in %gs", RECONNECT_SECONDS)

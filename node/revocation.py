@@ -1,0 +1,222 @@
+"""Certificate revocation under mTLS: the swarm CA's CRL (`--tls-crl`).
+
+`read_crl` reads a PEM CRL and checks it was signed by a CA of --tls-ca (TlsError naming
+--tls-crl otherwise). `Revocations` holds the serials it revokes and answers, for a
+peer's certificate chain (leaf first, then any intermediates), whether one of them is
+revoked: a certificate counts as revoked when its issuer is the CRL's issuer and its
+serial is listed. `Revocations.refresh` re-reads the file when its size or mtime
+changed (checked at most every `POLL_SECONDS`; it does file I/O: callers on the event
+loop run it in a thread); a file that became unreadable or invalid keeps the last good
+list and logs one warning until it is good again (it never empties the list). A CRL
+whose nextUpdate has passed is still enforced: the revocations in it stay true, only
+newer ones may be missing; it is warned about once per file version.
+
+Callers may rely on: `revoked` never raises for any chain; the list in use only ever
+changes to one that parsed and verified.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from declora.node.security import TlsError, common_name
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+log = logging.getLogger(__name__)
+
+OPTION = "--tls-crl"
+POLL_SECONDS = 2.0  # the CRL file is looked at (stat) at most this often
+SEEN_CHAINS = 1024  # certificates remembered by name (`note`) and parsed chains cached
+REVOKE_HINT = "revoke with `declora-node certs revoke --output PKI-FOLDER --cert NAME.pem`"
+
+
+class RevokedError(TlsError):
+    """A certificate of the chain is on the CRL; the message is the reason."""
+
+
+def read_crl(path: Path, cas: list[x509.Certificate], ca: Path) -> x509.CertificateRevocationList:
+    """The CRL of PEM file `path`, once it parses and a CA of `cas` (read from --tls-ca
+    `ca`) issued and signed it; TlsError naming --tls-crl otherwise."""
+    from cryptography import x509
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise TlsError(f"{OPTION}: file not found: {path}") from None
+    except OSError as exc:
+        raise TlsError(f"{OPTION}: cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        crl = x509.load_pem_x509_crl(data)
+    except ValueError:
+        raise TlsError(
+            f"{OPTION}: {path} is not a PEM certificate revocation list (X509 CRL): "
+            f"make one with `declora-node certs revoke`"
+        ) from None
+    for issuer in cas:
+        if issuer.subject == crl.issuer and crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
+            return crl
+    raise TlsError(
+        f"{OPTION}: {path} is not signed by the CA of --tls-ca {ca}: give the CRL of "
+        "that CA (`declora-node certs revoke --output` its folder)"
+    )
+
+
+@dataclass(frozen=True)
+class _List:
+    """One verified CRL: its issuer, the serials it revokes, its nextUpdate."""
+
+    issuer: x509.Name
+    serials: frozenset[int]
+    next_update: dt.datetime | None
+
+
+def _listed(crl: x509.CertificateRevocationList) -> _List:
+    return _List(crl.issuer, frozenset(r.serial_number for r in crl), crl.next_update_utc)
+
+
+class Revocations:
+    """The serials the CRL of `path` revokes, kept current by `refresh`."""
+
+    def __init__(
+        self,
+        path: Path,
+        ca: Path,
+        cas: list[x509.Certificate],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """TlsError (naming --tls-crl) when `path` is not a CRL a CA of `cas` signed."""
+        self.path, self.ca, self.cas, self.clock = path, ca, cas, clock
+        stamp = self._stamp()
+        self._list = _listed(read_crl(path, cas, ca))
+        self._stamp_seen = stamp
+        self._checked: float | None = None  # when the file was last looked at (`refresh`)
+        self._failing = ""  # the problem last warned about ('' while the file is good)
+        self._stale_warned: tuple[int, int] | None = None
+        self._lock = threading.Lock()  # one refresh at a time
+        self._chains: OrderedDict[bytes, tuple[tuple[x509.Name, int, str], ...]] = OrderedDict()
+        self._seen: OrderedDict[str, tuple[tuple[x509.Name, int, str], ...]] = OrderedDict()
+
+    @property
+    def serials(self) -> frozenset[int]:
+        """The serials revoked now (by the CRL's issuer)."""
+        return self._list.serials
+
+    def _stamp(self) -> tuple[int, int]:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return (-1, -1)
+        return (st.st_mtime_ns, st.st_size)
+
+    def revoked(self, chain: list[x509.Certificate]) -> str:
+        """'' when no certificate of `chain` is on the CRL, else the reason naming the
+        first revoked one's serial (and name)."""
+        return self._reason(tuple((c.issuer, c.serial_number, common_name(c)) for c in chain))
+
+    def _reason(self, keys: tuple[tuple[x509.Name, int, str], ...]) -> str:
+        now = self._list
+        for issuer, serial, name in keys:
+            if serial in now.serials and issuer == now.issuer:
+                return (
+                    f"certificate serial {serial:#x} ({name or 'no name'}) is revoked by {OPTION}"
+                )
+        return ""
+
+    def revoked_pem(self, pem: bytes) -> str:
+        """`revoked` for a chain given as PEM (as gRPC gives a caller's), parsed once
+        per distinct chain (cached); '' for bytes that hold no certificate."""
+        keys = self._chains.get(pem)
+        if keys is None:
+            from cryptography import x509
+
+            try:
+                chain = x509.load_pem_x509_certificates(pem)
+            except ValueError:
+                return ""
+            keys = tuple((c.issuer, c.serial_number, common_name(c)) for c in chain)
+            self._chains[pem] = keys
+            while len(self._chains) > SEEN_CHAINS:
+                self._chains.popitem(last=False)
+        if keys:
+            self.note_keys(keys[0][2], keys)
+        return self._reason(keys)
+
+    def note(self, name: str, chain: list[x509.Certificate]) -> None:
+        """Remember `chain` as the certificate last seen for node `name` (`revoked_names`)."""
+        self.note_keys(name, tuple((c.issuer, c.serial_number, common_name(c)) for c in chain))
+
+    def note_keys(self, name: str, keys: tuple[tuple[x509.Name, int, str], ...]) -> None:
+        self._seen[name] = keys
+        self._seen.move_to_end(name)
+        while len(self._seen) > SEEN_CHAINS:
+            self._seen.popitem(last=False)
+
+    def revoked_names(self, names: list[str]) -> dict[str, str]:
+        """Of `names`, those whose last seen certificate (`note`) is revoked now, with
+        the reason."""
+        found = {n: self._reason(self._seen.get(n, ())) for n in names}
+        return {n: why for n, why in found.items() if why}
+
+    def refresh(self, force: bool = False) -> bool:
+        """Re-read the CRL when its size or mtime changed (looked at once `POLL_SECONDS`
+        passed since the last look, or now with `force`); True when the list in use
+        changed. A file that cannot be read or verified keeps the last good list and
+        logs one warning (again only after it was good in between). File I/O: run it
+        off the event loop."""
+        with self._lock:
+            now = self.clock()
+            if not force and self._checked is not None and now - self._checked < POLL_SECONDS:
+                return False
+            self._checked = now
+            stamp = self._stamp()
+            if stamp == self._stamp_seen:
+                return False
+            try:
+                fresh = _listed(read_crl(self.path, self.cas, self.ca))
+            except TlsError as exc:
+                self._stamp_seen = stamp  # read again once the file changes again
+                if str(exc) != self._failing:  # once per problem, not once per look
+                    self._failing = str(exc)
+                    log.warning(
+                        "%s; keeping the %d revocations read before", exc, len(self.serials)
+                    )
+                return False
+            self._stamp_seen = stamp
+            self._failing = ""
+            changed = fresh != self._list
+            self._list = fresh
+            if changed:
+                log.warning(
+                    "%s %s re-read: %d certificates revoked", OPTION, self.path, len(fresh.serials)
+                )
+            self._warn_stale(stamp)
+            return changed
+
+    def stale_warning(self, now: dt.datetime | None = None) -> str:
+        """'' unless the CRL's nextUpdate has passed: then a line saying it is still
+        enforced and how to issue a new one."""
+        end = self._list.next_update
+        now = now or dt.datetime.now(dt.UTC)
+        if end is None or end >= now:
+            return ""
+        return (
+            f"{OPTION}: {self.path} was due for renewal on {end:%Y-%m-%d %H:%M} UTC (its "
+            "nextUpdate): still enforced, but revocations made since may be missing; "
+            "issue a fresh one with `declora-node certs revoke`"
+        )
+
+    def _warn_stale(self, stamp: tuple[int, int]) -> None:
+        line = self.stale_warning()
+        if line and self._stale_warned != stamp:
+            self._stale_warned = stamp
+            log.warning("%s", line)
