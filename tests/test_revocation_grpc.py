@@ -24,7 +24,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from test_auth_mismatch import files, live, serve, served_parts, stop
 
 from declora.cli.certs import mint, revoke
@@ -160,31 +160,57 @@ def test_a_crl_reread_while_running_drops_the_revoked_neighbours(
     assert a.counters.rejected.get("revoked", 0) >= 3  # 2 dropped, c's Hello refused
 
 
-def nameless(pki: Path) -> tuple[Path, Path]:
-    """A node certificate of pki's CA with no common name (serverAuth + clientAuth)."""
-    ca_key = serialization.load_pem_private_key((pki / "ca-key.pem").read_bytes(), None)
-    ca = x509.load_pem_x509_certificate((pki / "ca.pem").read_bytes())
+Signer = tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
+
+
+def root(pki: Path) -> Signer:
+    key = serialization.load_pem_private_key((pki / "ca-key.pem").read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return x509.load_pem_x509_certificate((pki / "ca.pem").read_bytes()), key
+
+
+def issue(name: str, signer: Signer | None, ca: bool = False) -> Signer:
+    """A certificate `name` ('': none) signed by `signer` (None: by itself): a CA (one
+    below the root at most), or a node's (127.0.0.1, serverAuth + clientAuth)."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
-    usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-    cert = (
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)] if name else [])
+    issuer, signing = (subject, key) if signer is None else (signer[0].subject, signer[1])
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([]))
-        .issuer_name(ca.subject)
+        .subject_name(subject)
+        .issuer_name(issuer)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .not_valid_after(now + dt.timedelta(days=2))
         .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
+            x509.BasicConstraints(
+                ca=ca, path_length=(None if signer is None else 0) if ca else None
+            ),
+            critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
     )
-    cert_path, key_path = pki / "nameless.pem", pki / "nameless-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    if not ca:
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+        ip = x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
+        builder = builder.add_extension(x509.SubjectAlternativeName([ip]), critical=False)
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    return builder.sign(signing, hashes.SHA256()), key
+
+
+def write(
+    pki: Path,
+    stem: str,
+    chain: list[x509.Certificate],
+    key: ec.EllipticCurvePrivateKey,
+    load: bool = True,
+) -> TlsFiles | None:
+    """`chain` (leaf first) and `key` as stem.pem (none: no chain) and stem-key.pem,
+    loaded with pki's CA (`load`)."""
+    cert_path, key_path = pki / f"{stem}.pem", pki / f"{stem}-key.pem"
+    if chain:
+        cert_path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain))
     key_path.write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,
@@ -192,7 +218,42 @@ def nameless(pki: Path) -> tuple[Path, Path]:
             serialization.NoEncryption(),
         )
     )
-    return cert_path, key_path
+    return TlsFiles.load(cert_path, key_path, pki / "ca.pem") if load else None
+
+
+def test_a_node_under_a_revoked_intermediate_is_refused_both_ways(
+    synthetic_jsonl: Path, pki: Path
+) -> None:
+    """m's certificate is signed by an intermediate CA of the swarm CA, and the swarm
+    CA's list revokes that intermediate: a refuses m's Hello and m's server."""
+    pki = pki.parent / "deep"  # a CA that allows intermediates (`certs`' allows none)
+    pki.mkdir()
+    top = issue("deep CA", None, ca=True)
+    (pki / "ca.pem").write_bytes(top[0].public_bytes(serialization.Encoding.PEM))
+    write(pki, "ca", [], top[1], load=False)
+    mint(pki, ["a"], ["127.0.0.1"], 1, False)
+    inter = issue("intermediate", top, ca=True)
+    leaf = issue("m", inter)
+    crl = revoke(pki, [], [str(inter[0].serial_number)], None).crl
+    nodes = served_parts(
+        synthetic_jsonl,
+        [("a", {}, load(pki, "a", crl)), ("m", {}, write(pki, "m", [leaf[0], inter[0]], leaf[1]))],
+    )
+    (da, a), (_dm, m) = nodes
+    why = f"certificate serial {inter[0].serial_number:#x} (intermediate) is revoked by --tls-crl"
+
+    async def go() -> None:
+        await serve(nodes)
+        try:
+            assert await m.handshaker.dial(a.settings.advertise) is None
+            assert await a.handshaker.dial(m.settings.advertise) is None
+            assert live(a) == live(m) == set()
+        finally:
+            await stop(nodes)
+
+    asyncio.run(go())
+    assert a.counters.rejected.get("revoked") == 1
+    assert da.dial_log.outcomes[m.settings.advertise].endswith(why)
 
 
 def test_a_certificate_without_a_common_name_is_refused_both_ways(
@@ -201,7 +262,8 @@ def test_a_certificate_without_a_common_name_is_refused_both_ways(
     """x serves and calls with a certificate of the CA that has no name: a refuses its
     Hello (once taken as a caller without TLS: it joined as 'x'), and refuses to join
     its server."""
-    unnamed = TlsFiles.load(*nameless(pki), pki / "ca.pem")
+    cert, key = issue("", root(pki))
+    unnamed = write(pki, "nameless", [cert], key)
     nodes = served_parts(synthetic_jsonl, [("a", {}, load(pki, "a")), ("x", {}, unnamed)])
     (da, a), (dx, x) = nodes
 
