@@ -95,11 +95,14 @@ def test_resolved_names_are_bounded(synthetic_jsonl: Path) -> None:
     """Before: every DNS name discovery offered over the node's life stayed recorded."""
     _, (_, b) = pair(synthetic_jsonl)
     table = b.handshaker.admission
+    table.settings = table.settings.model_copy(update={"peers": ["seed.lan:7070"]})
+    table.note_resolved("seed.lan:7070", {"10.1.0.1"})  # a --peers name: kept
     for i in range(10_000):
         table.note_resolved(f"node{i}.lan:7070", {f"10.0.{i // 250}.{i % 250 + 1}"})
     size = len(table.resolved)
     print(f"after 10,000 distinct DNS names resolved: len(resolved) = {size:,}")
-    assert size == admission.MAX_RESOLVED
+    assert size == admission.MAX_RESOLVED + 1
+    assert table.vouched("seed.lan:7070", "10.1.0.1")
     assert table.vouched("node9999.lan:7070", "10.0.39.250")  # the newest still vouch
     assert not table.vouched("node0.lan:7070", "10.0.0.1")  # the oldest, until resolved again
     table.note_resolved("node0.lan:7070", {"10.0.0.1"})

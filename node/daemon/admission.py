@@ -287,18 +287,19 @@ class Admission:
 
     def note_resolved(self, address: str, ips: Collection[str]) -> None:
         """Record the IPs DNS-name `address` resolved to as this node dialled it (the
-        last resolution that found any; the record is kept for a failed one). At most
-        `MAX_RESOLVED` names are kept, the one resolved longest ago forgotten past that
-        (names come from --peers and discovery, which over days of a LAN's
-        announcements bound nothing); a name forgotten is resolved again before it is
-        dialled (`Handshaker.connect_known`), and vouches for no host until then."""
+        last resolution that found any; the record is kept for a failed one). Besides
+        the names in --peers, at most `MAX_RESOLVED` are kept, the one resolved longest
+        ago forgotten past that (discovery's names, over days of a LAN's announcements,
+        bound nothing); a name forgotten vouches for no host until it is resolved again
+        (`Handshaker.connect_known` resolves a discovered name not on record)."""
         if ips and address_ip(address) is None:
             self.resolved.pop(address, None)  # the newest last: insertion order
             self.resolved[address] = frozenset(ips)
-            if len(self.resolved) > MAX_RESOLVED:
-                del self.resolved[next(iter(self.resolved))]
+            listed = set(self.settings.peers)
+            if len(self.resolved) - len(listed & self.resolved.keys()) > MAX_RESOLVED:
+                del self.resolved[next(a for a in self.resolved if a not in listed)]
                 log.warning(
-                    "over %d DNS names resolved for --peers and discovery: forgetting the oldest",
+                    "over %d DNS names from discovery resolved: forgetting the oldest",
                     MAX_RESOLVED,
                 )
 
