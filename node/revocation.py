@@ -18,6 +18,7 @@ changes to one that parsed and verified.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import threading
 import time
@@ -56,15 +57,20 @@ def read_crl(path: Path, cas: list[x509.Certificate], ca: Path) -> x509.Certific
     except OSError as exc:
         raise TlsError(f"{OPTION}: cannot read {path}: {exc.strerror or exc}") from None
     try:
-        crl = x509.load_pem_x509_crl(data)
+        crl = (
+            x509.load_pem_x509_crl(data) if b"-----BEGIN" in data else x509.load_der_x509_crl(data)
+        )
     except ValueError:
         raise TlsError(
             f"{OPTION}: {path} is not a PEM certificate revocation list (X509 CRL): "
             f"make one with `declora-node certs revoke`"
         ) from None
     for issuer in cas:
-        if issuer.subject == crl.issuer and crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
-            return crl
+        try:
+            if issuer.subject == crl.issuer and crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
+                return crl
+        except (ValueError, TypeError):  # a key this library cannot verify with: not it
+            continue
     raise TlsError(
         f"{OPTION}: {path} is not signed by the CA of --tls-ca {ca}: give the CRL of "
         "that CA (`declora-node certs revoke --output` its folder)"
@@ -78,6 +84,17 @@ class _List:
     issuer: x509.Name
     serials: frozenset[int]
     next_update: dt.datetime | None
+
+
+def _keys(chain: list[x509.Certificate]) -> tuple[tuple[x509.Name, int, str], ...]:
+    """(issuer, serial, common name) of each certificate of `chain` whose names parse."""
+    keys = []
+    for c in chain:
+        try:
+            keys.append((c.issuer, c.serial_number, common_name(c)))
+        except ValueError:  # a name this library cannot read: nothing to look up
+            continue
+    return tuple(keys)
 
 
 def _listed(crl: x509.CertificateRevocationList) -> _List:
@@ -101,7 +118,8 @@ class Revocations:
         self._stamp_seen = stamp
         self._checked: float | None = None  # when the file was last looked at (`refresh`)
         self._failing = ""  # the problem last warned about ('' while the file is good)
-        self._stale_warned: tuple[int, int] | None = None
+        # the file version whose passed nextUpdate was warned about (at start: `warnings`)
+        self._stale_warned = stamp if self.stale_warning() else None
         self._lock = threading.Lock()  # one refresh at a time
         self._chains: OrderedDict[bytes, tuple[tuple[x509.Name, int, str], ...]] = OrderedDict()
         self._seen: OrderedDict[str, tuple[tuple[x509.Name, int, str], ...]] = OrderedDict()
@@ -121,7 +139,7 @@ class Revocations:
     def revoked(self, chain: list[x509.Certificate]) -> str:
         """'' when no certificate of `chain` is on the CRL, else the reason naming the
         first revoked one's serial (and name)."""
-        return self._reason(tuple((c.issuer, c.serial_number, common_name(c)) for c in chain))
+        return self._reason(_keys(chain))
 
     def _reason(self, keys: tuple[tuple[x509.Name, int, str], ...]) -> str:
         now = self._list
@@ -135,7 +153,8 @@ class Revocations:
     def revoked_pem(self, pem: bytes) -> str:
         """`revoked` for a chain given as PEM (as gRPC gives a caller's), parsed once
         per distinct chain (cached); '' for bytes that hold no certificate."""
-        keys = self._chains.get(pem)
+        digest = hashlib.sha256(pem).digest()  # the cache holds 32 bytes a chain, not the chain
+        keys = self._chains.get(digest)
         if keys is None:
             from cryptography import x509
 
@@ -143,19 +162,19 @@ class Revocations:
                 chain = x509.load_pem_x509_certificates(pem)
             except ValueError:
                 return ""
-            keys = tuple((c.issuer, c.serial_number, common_name(c)) for c in chain)
-            self._chains[pem] = keys
+            keys = _keys(chain)
+            self._chains[digest] = keys
             while len(self._chains) > SEEN_CHAINS:
                 self._chains.popitem(last=False)
         if keys:
-            self.note_keys(keys[0][2], keys)
+            self._note(keys[0][2], keys)
         return self._reason(keys)
 
     def note(self, name: str, chain: list[x509.Certificate]) -> None:
         """Remember `chain` as the certificate last seen for node `name` (`revoked_names`)."""
-        self.note_keys(name, tuple((c.issuer, c.serial_number, common_name(c)) for c in chain))
+        self._note(name, _keys(chain))
 
-    def note_keys(self, name: str, keys: tuple[tuple[x509.Name, int, str], ...]) -> None:
+    def _note(self, name: str, keys: tuple[tuple[x509.Name, int, str], ...]) -> None:
         self._seen[name] = keys
         self._seen.move_to_end(name)
         while len(self._seen) > SEEN_CHAINS:
@@ -180,6 +199,7 @@ class Revocations:
             self._checked = now
             stamp = self._stamp()
             if stamp == self._stamp_seen:
+                self._warn_stale(stamp)  # its nextUpdate may pass while it stays
                 return False
             try:
                 fresh = _listed(read_crl(self.path, self.cas, self.ca))
