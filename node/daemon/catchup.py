@@ -25,7 +25,12 @@ handshake.
 With robust mixing on (`--robust-mixing` other than none) a catch-up takes no state:
 it moves only the round (to the same target) and keeps this node's own adapter, so
 what enters the model is still decided by the robust rule, one neighbour's payload
-at a time; every neighbour gets a keyframe, as after a taken state.
+at a time; every neighbour gets a keyframe, as after a taken state. With fewer than 3
+live neighbours one claim decides that round and nothing checks it, so a member
+claiming the plan's end would end the node's training: such a skip moves at most
+`LONE_SKIP_PACE` rounds per deadline (`round_seconds`: the exchange's) of the time
+since the node's last skip (or its start), counting at most `LONE_SKIP_SPAN` s of it
+(`lone_skip_limit`); a catch-up too soon for one round moves nothing.
 
 A pulled state is held to a pace, as pushes are: its header must announce this
 adapter's own state size (`state_bytes`; another size is refused before any data is
@@ -51,7 +56,8 @@ encoded and signed when a Pull asks for it, off the event loop, once per taking
 however many Pulls come: a round without a Pull encodes nothing.
 
 What this trusts: a neighbour that delivered valid payloads (or the only one) can move
-this node's round forward within `reach` where it has fewer than 3 live neighbours,
+this node's round forward within `reach` where it has fewer than 3 live neighbours
+(with robust mixing only at `LONE_SKIP_PACE` rounds a deadline),
 and, without robust mixing, hand it its adapter (bounded like any payload); with 3
 or more, only two neighbours agreeing can. Without robust mixing a catch-up is not
 covered by any mixing rule; keep strangers out with `--swarm-secret` or mTLS.
@@ -61,7 +67,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -107,6 +114,16 @@ assert MAX_OWN_ROUND + CATCH_UP_WINDOW + MAX_ROUNDS_AHEAD < MAX_ROUND
 # whatever the state's size.
 CATCH_UP_QUICK = Pace(min_seconds=STATE_PACE.min_seconds, bytes_per_second=1024 * 1024)
 QUICK_SHARE = 0.5
+CATCH_UP_MAX_WAIT = 160.0  # seconds: the longest wait between catch-ups (`rounds`)
+# Robust mixing with fewer than 3 live neighbours: one unchecked claim decides a skip,
+# which then moves at most this many rounds per deadline of the time since the last
+# skip, that time counted up to LONE_SKIP_SPAN (none banked for a later claim of the
+# plan's end). The adaptive deadline is 3 median rounds, so an honest swarm that ran at
+# most about 2.7 times the pace this node saw in step is caught up, and a member who
+# claims the end each time it may (a repeated source waits CATCH_UP_MAX_WAIT) moves the
+# node at most 8 rounds for every deadline it spends training: it cannot end it early.
+LONE_SKIP_PACE = MAX_ROUNDS_AHEAD
+LONE_SKIP_SPAN = CATCH_UP_MAX_WAIT
 
 
 @dataclass
@@ -145,6 +162,11 @@ class StateTransfer:
         # off the event loop (`stepping`): a Pull then serves it instead of waiting
         self.published: Taken | None = None
         self._state_bytes: int | None = None  # `state_bytes`, once known
+        # the pace of skips one claim decides (`lone_skip_limit`); `RoundLoop` gives the
+        # exchange's deadline as `round_seconds`, tests their own clock
+        self.clock: Callable[[], float] = time.monotonic
+        self.round_seconds: Callable[[], float] = lambda: settings.round_deadline
+        self.skipped_at = self.clock()  # the last skip, or the start
 
     @asynccontextmanager
     async def stepping(self) -> AsyncIterator[None]:
@@ -284,7 +306,14 @@ class StateTransfer:
             return None
         ahead, bound = target
         if self.keeps_adapter:
-            self._skip_to(ahead, bound, f"robust mixing ({self.settings.robust_mixing}) is on")
+            why = f"robust mixing ({self.settings.robust_mixing}) is on"
+            limit = self.lone_skip_limit()
+            if limit is not None and bound > self.progress.round + limit:
+                if limit == 0:
+                    return None  # too soon for one round: nothing tried
+                bound = self.progress.round + limit
+                why += f" with fewer than 3 live neighbours ({LONE_SKIP_PACE} rounds a deadline)"
+            self._skip_to(ahead, bound, why)
             return ahead
         if not self.settings.rounds and ahead.claimed_round > bound:
             # its state (of its claim) would be refused as beyond reach: the round only
@@ -296,6 +325,16 @@ class StateTransfer:
             ahead.claimed_round = min(ahead.claimed_round, ahead.round)
             raise
         return ahead
+
+    def lone_skip_limit(self) -> int | None:
+        """The most rounds a skip may move this node now where one claim decides it and
+        nothing checks it (robust mixing, fewer than 3 live neighbours): `LONE_SKIP_PACE`
+        per deadline (`round_seconds`) of the time since the last skip or the start,
+        counted up to `LONE_SKIP_SPAN` s; None where no such limit applies."""
+        if not self.keeps_adapter or len(self.peers.live) >= 3:
+            return None
+        span = min(max(self.clock() - self.skipped_at, 0.0), LONE_SKIP_SPAN)
+        return int(LONE_SKIP_PACE * span / max(self.round_seconds(), 1e-3))
 
     def _skip_to(self, ahead: Peer, bound: int, why: str) -> None:
         """A catch-up that takes no state (robust mixing; with `--rounds 0` a claim
@@ -313,6 +352,7 @@ class StateTransfer:
         self.peers.forget_all_copies()
         self.progress.round = bound
         self.progress.seq += 1  # as after a taken state: every neighbour gets a keyframe
+        self.skipped_at = self.clock()
 
     def last_state_round(self, ahead: Peer, bound: int) -> int:
         """The highest round a state pulled from `ahead` for target `bound` may have:

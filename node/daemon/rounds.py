@@ -53,6 +53,7 @@ import grpc
 import numpy as np
 
 from declora.node import logs
+from declora.node.daemon.catchup import CATCH_UP_MAX_WAIT
 from declora.node.daemon.parts import Parts
 from declora.node.daemon.persistence import Persistence
 from declora.node.daemon.state import NodeState
@@ -65,7 +66,7 @@ from declora.node.wire import WireError
 log = logging.getLogger(__name__)
 
 CATCH_UP_EVERY = 10.0  # seconds between catch-up attempts of a node far behind...
-CATCH_UP_MAX_WAIT = 160.0  # ...doubling after each failed one up to this
+# ...doubling after each failed one up to CATCH_UP_MAX_WAIT (catchup's: it paces skips too)
 ISOLATION_POLL = 0.25  # seconds between checks of a wait for a neighbour (and a stop)
 
 
@@ -147,6 +148,7 @@ class RoundLoop:
         self.caught_up_from: dict[str, float] = {}
         self.evaluated: bytes | None = None  # a digest of the adapter evaluated last
         self.isolation = Isolation(parts)
+        parts.transfer.round_seconds = parts.exchange.deadline_seconds  # paces lone skips
 
     async def catch_up(self) -> None:
         """Take an advanced neighbour's state (`catchup`), then wait before the next
