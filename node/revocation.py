@@ -117,7 +117,7 @@ class Revocations:
         self._list = _listed(read_crl(path, cas, ca))
         self._stamp_seen = stamp
         self._checked: float | None = None  # when the file was last looked at (`refresh`)
-        self._failing = ""  # the problem last warned about ('' while the file is good)
+        self._failing = False  # warned that the file went bad (until it is good again)
         # the file version whose passed nextUpdate was warned about (at start: `warnings`)
         self._stale_warned = stamp if self.stale_warning() else None
         self._lock = threading.Lock()  # one refresh at a time
@@ -205,14 +205,14 @@ class Revocations:
                 fresh = _listed(read_crl(self.path, self.cas, self.ca))
             except TlsError as exc:
                 self._stamp_seen = stamp  # read again once the file changes again
-                if str(exc) != self._failing:  # once per problem, not once per look
-                    self._failing = str(exc)
+                if not self._failing:  # once until the file is good again, not once a look
+                    self._failing = True
                     log.warning(
                         "%s; keeping the %d revocations read before", exc, len(self.serials)
                     )
                 return False
             self._stamp_seen = stamp
-            self._failing = ""
+            self._failing = False
             changed = fresh != self._list
             self._list = fresh
             if changed:
