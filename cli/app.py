@@ -557,28 +557,38 @@ def certs(
     typer.echo(usage(minted))
 
 
-@certs_app.command("revoke")
+@certs_app.command(
+    "revoke",
+    help=(
+        "Revoke certificates of the CA in --output (its signed list: --tls-crl).\n\n"
+        "Adds them to the CA's certificate revocation list, keeping what it held; give the "
+        "list to every node as --tls-crl: running nodes re-read it within seconds, drop a "
+        "neighbour it revokes and refuse its calls."
+    ),
+)
 def certs_revoke(
     out: Annotated[
         Path, typer.Option("--output", "-o", help="The folder of the CA (ca.pem, ca-key.pem).")
     ],
     cert: Annotated[
-        list[Path] | None, typer.Option("--cert", help="A certificate to revoke (repeatable).")
+        list[Path] | None,
+        typer.Option("--cert", metavar="FILE", help="A certificate to revoke (repeatable)."),
     ] = None,
     serial: Annotated[
         list[str] | None,
         typer.Option(
-            "--serial", help="A serial to revoke: decimal, 0x-hex or aa:bb:.. (repeatable)."
+            "--serial",
+            metavar="N",
+            help="A serial to revoke: decimal, 0x-hex or aa:bb:.. (repeatable).",
         ),
     ] = None,
     crl: Annotated[
         Path | None,
-        typer.Option("--crl", help="The revocation list to add to. [default: OUTPUT/crl.pem]"),
+        typer.Option("--crl", help="The revocation list to add to.", show_default="OUTPUT/crl.pem"),
     ] = None,
     days: Annotated[int, typer.Option(help="Days until the list's nextUpdate.")] = 30,
 ) -> None:
-    """Revoke certificates of the CA in --output: add them to its signed revocation list
-    (give it to every node as --tls-crl; running nodes re-read it within seconds)."""
+    """`certs.revoke` with the flags (the help above)."""
     from declora.cli.certs import CertsError, revoke
 
     try:

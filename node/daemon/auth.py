@@ -5,8 +5,9 @@ common name, or revoked by --tls-crl, is refused."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -15,6 +16,9 @@ from declora.node.daemon.status import Counters
 from declora.node.security import AuthError, Signed, SignedT, SwarmAuth, TlsFiles
 from declora.node.wire import WireError
 from declora.proto import pb
+
+if TYPE_CHECKING:
+    from declora.node.daemon.peers import PeerTable
 
 log = logging.getLogger(__name__)
 
@@ -80,3 +84,20 @@ def caller_refusal(context: Any, tls: TlsFiles | None) -> WireError | None:
     if not reason:
         return None
     return WireError(grpc.StatusCode.PERMISSION_DENIED, reason, "revoked")
+
+
+async def drop_revoked(tls: TlsFiles | None, peers: PeerTable, counters: Counters) -> list[str]:
+    """Under mTLS with --tls-crl (`tls.crl`): re-read the list when its file changed
+    (`Revocations.refresh`, in a thread: a bad file keeps the last good list), then drop
+    each live neighbour whose certificate, as last seen on one of its calls or on a dial
+    of its server, is revoked (counted `revoked`, logged by `PeerTable.drop`); the ids
+    dropped. Nothing without a list."""
+    if tls is None or tls.crl is None:
+        return []
+    await asyncio.to_thread(tls.crl.refresh)
+    live = {p.node_id: p for p in peers.live}
+    revoked = tls.crl.revoked_names(list(live))
+    for node_id, why in revoked.items():
+        counters.count("revoked")
+        peers.drop(live[node_id], why)
+    return list(revoked)

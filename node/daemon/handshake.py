@@ -37,7 +37,7 @@
   success); one where nothing answers yet (not listening, still loading) is found at
   once; an unexpected error is logged, never swallowed, and the loop goes on;
 - under mTLS with --tls-crl the same loop re-reads the CRL once its file changed
-  (`check_revocations`, at most every `revocation.POLL_SECONDS`, in a thread) and drops
+  (`auth.drop_revoked`, at most every `revocation.POLL_SECONDS`, in a thread) and drops
   each live neighbour whose certificate (as last seen on one of its calls, or on the
   dial of its server) is revoked now, counted `revoked`; its later calls are refused
   (`auth.caller_refusal`), its server is refused at the next dial
@@ -58,7 +58,7 @@ import grpc
 from declora.node import PROTOCOL_VERSION, __version__, logs
 from declora.node.address import endpoints
 from declora.node.daemon.admission import SAME_SECRET, Admission, address_ip
-from declora.node.daemon.auth import NAMELESS, Auth
+from declora.node.daemon.auth import NAMELESS, Auth, drop_revoked
 from declora.node.daemon.dial_backoff import DialBackoff
 from declora.node.daemon.peers import Peer, PeerTable
 from declora.node.daemon.state import Progress
@@ -382,30 +382,13 @@ class Handshaker:
         self.auth.refusals.flush(final)
         self.counters.flush_refusals(final)
 
-    async def check_revocations(self) -> list[str]:
-        """Under mTLS with --tls-crl: re-read the CRL when its file changed
-        (`Revocations.refresh`, in a thread: a bad file keeps the last good list), then
-        drop each live neighbour whose certificate, as last seen on one of its calls or
-        on a dial of its server, is revoked (counted `revoked`); the ids dropped."""
-        tls = getattr(self.transport, "tls", None)
-        crl = None if tls is None else tls.crl
-        if crl is None:
-            return []
-        await asyncio.to_thread(crl.refresh)
-        live = {p.node_id: p for p in self.peers.live}
-        revoked = crl.revoked_names(list(live))
-        for node_id, why in revoked.items():
-            self.counters.count("revoked")
-            self.peers.drop(live[node_id], why)
-        return list(revoked)
-
     async def reconnect_forever(self) -> None:
-        """Re-dial peers that are not live until the node stops (checking the CRL
-        first, under mTLS with --tls-crl: `check_revocations`)."""
+        """Re-dial peers that are not live until the node stops (under mTLS with
+        --tls-crl, dropping the neighbours it revokes first: `auth.drop_revoked`)."""
         while not self.progress.stop_requested:
             self.flush_refusals()
             try:
-                await self.check_revocations()
+                await drop_revoked(getattr(self.transport, "tls", None), self.peers, self.counters)
                 await self.connect_known()
             except Exception:  # one bad round of dialling must not end reconnecting
                 log.exception("reconnecting failed; trying again in %gs", RECONNECT_SECONDS)
