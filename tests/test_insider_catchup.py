@@ -16,7 +16,7 @@ import pytest
 from test_daemon_parts import hello, pair
 
 from declora.node.checkpoint import CheckpointError, round_problem
-from declora.node.daemon.catchup import CATCH_UP_WINDOW
+from declora.node.daemon.catchup import CATCH_UP_WINDOW, LONE_SKIP_SPAN
 from declora.node.daemon.daemon import Parts
 from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD
 from declora.node.daemon.peers import Peer
@@ -75,9 +75,12 @@ def test_with_robust_mixing_a_catch_up_keeps_the_adapter(
     synthetic_jsonl: Path, robust: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A proven neighbour serving a forged state at the plan's end: the node skips to
-    that round (its only neighbour decides the round, as without robust mixing) but
-    keeps its own adapter; every neighbour gets a keyframe."""
+    that round (its only neighbour decides the round, at the pace of one unchecked
+    claim: here long since the last skip, 1 s deadlines; tests/test_smalls_lone_skip.py)
+    but keeps its own adapter; every neighbour gets a keyframe."""
     a, b, end, own = forged_at_the_end(synthetic_jsonl, robust)
+    a.transfer.round_seconds = lambda: 1.0
+    a.transfer.skipped_at -= LONE_SKIP_SPAN
 
     async def go() -> None:
         source = await a.handshaker.dial(b.settings.advertise)

@@ -66,6 +66,7 @@ from declora.node.daemon.transport import Transport
 from declora.node.identity import MAX_DEGREE, MAX_ROUND, MAX_SEQ, node_id_problem, shown
 from declora.node.limits import address_key, host_key
 from declora.node.methods import DEFAULT_METHOD
+from declora.node.revocation import RevokedError
 from declora.node.security import TlsError
 from declora.node.settings import NodeSettings
 from declora.proto import pb
@@ -407,6 +408,8 @@ class Admission:
         try:
             host, port = split_address(address)
             name = await tls.server_name(host, port, timeout)
+        except RevokedError as exc:
+            return str(exc)
         except (ValueError, TlsError) as exc:  # TlsError is a ValueError
             return f"cannot check its certificate: {exc}"
         if name == CLI_CERT:

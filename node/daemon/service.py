@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from declora.node.daemon.admission import CLI_CERT, address_ip
+from declora.node.daemon.auth import caller_refusal
 from declora.node.daemon.inbox import PUSH_PACE, STREAMS_PER_PEER, header_bytes
 from declora.node.identity import MAX_ROUND, shown
 from declora.node.limits import address_key, host_key, limited, peer_host
@@ -255,6 +256,13 @@ class SwarmService(pb_grpc.SwarmServicer):
             self._live, self._neighbour_ips = seen, Counter(str(i) for i in ips if i)
         return STREAMS_PER_PEER * self._neighbour_ips[ip]
 
+    def _certificate(self, context: grpc.aio.ServicerContext) -> None:
+        """Raise WireError for a caller whose certificate may call nothing under mTLS
+        (no common name, revoked by --tls-crl: `auth.caller_refusal`)."""
+        bad = caller_refusal(context, self.parts.handshaker.transport.tls)
+        if bad is not None:
+            raise bad
+
     async def _refuse(self, context: grpc.aio.ServicerContext, exc: WireError) -> None:
         self.parts.counters.refused(exc)
         await context.abort(exc.code, exc.reason)
@@ -270,6 +278,7 @@ class SwarmService(pb_grpc.SwarmServicer):
 
     async def Handshake(self, request: pb.Hello, context: grpc.aio.ServicerContext) -> pb.Welcome:
         try:
+            self._certificate(context)
             with self.pools.hold("Handshake"):
                 await self._limit(context, self.parts.limits.check_handshake, context.peer())
                 return self.parts.handshaker.answer(request, cert_name(context), context.peer())
@@ -281,6 +290,7 @@ class SwarmService(pb_grpc.SwarmServicer):
         self, request_iterator: AsyncIterator[pb.Chunk], context: grpc.aio.ServicerContext
     ) -> pb.PushAck:
         try:
+            self._certificate(context)
             host = peer_host(context.peer())
             ip = address_key(host)
             with self.pools.push(host_key(host), ip, self.allowance(ip)) as slot:
@@ -342,6 +352,7 @@ class SwarmService(pb_grpc.SwarmServicer):
         parts = self.parts
         limit = max(parts.settings.round_deadline, PULL_SECONDS)
         try:
+            self._certificate(context)
             with self.pools.hold("Pull"):
                 await self._member_only(context, request, "pull")
                 parts.limits.check_pull(peer_host(context.peer()))
@@ -370,6 +381,7 @@ class SwarmService(pb_grpc.SwarmServicer):
     ) -> pb.LeaveAck:
         parts = self.parts
         try:
+            self._certificate(context)
             with self.pools.hold("Leave"):
                 await self._member_only(context, request, "leave")
                 peer = parts.peers.get(request.node_id)
@@ -385,6 +397,7 @@ class SwarmService(pb_grpc.SwarmServicer):
         self, request: pb.StatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.StatusReply:
         try:
+            self._certificate(context)
             with self.pools.hold("Status"):
                 await self._limit(context, self.parts.limits.check_status, context.peer())
                 refusal = self.parts.auth.refusal(request, "status request")
