@@ -47,7 +47,8 @@ class Score:
     def gap_text(self, value: float, reference: float) -> str:
         """`value` against `reference` in words: '-0.5 points', '+2.5% perplexity'."""
         g = self.gap(value, reference)
-        return f"{-g:+.1f} points" if self.percent else f"{g:+.1f}% perplexity"
+        shown = round(-g if self.percent else g, 1) + 0.0  # + 0.0: a tie reads +0.0, not -0.0
+        return f"{shown:+.1f} points" if self.percent else f"{shown:+.1f}% perplexity"
 
 
 SCORES = {
