@@ -13,6 +13,13 @@ of a connection (serverAuth + clientAuth); the `cli` certificate is a client
 certificate only. Every name and host is checked, and everything is built, before
 anything is written; the files are written under temporary names and renamed into
 place at the end, so an error leaves the folder as it was.
+
+`revoke` (`declora-node certs revoke`) adds certificates the folder's CA issued (by
+file, or by serial) to that CA's certificate revocation list (`crl.pem` beside it by
+default; a node's --tls-crl): the entries it held are kept with their dates, its CRL
+number goes up by one, its nextUpdate is `days` on; it is signed by the CA and
+renamed into place. A certificate another CA issued, the CA itself, or a list another
+CA signed is refused, and nothing is written.
 """
 
 from __future__ import annotations

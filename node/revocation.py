@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 OPTION = "--tls-crl"
 POLL_SECONDS = 2.0  # the CRL file is looked at (stat) at most this often
 SEEN_CHAINS = 1024  # certificates remembered by name (`note`) and parsed chains cached
-REVOKE_HINT = "revoke with `declora-node certs revoke --output PKI-FOLDER --cert NAME.pem`"
 
 
 class RevokedError(TlsError):

@@ -388,14 +388,15 @@ class TlsFiles:
             return files
         from dataclasses import replace
 
-        from declora.node.revocation import REVOKE_HINT, Revocations
+        from declora.node.revocation import Revocations
 
         revocations = Revocations(crl, ca, x509.load_pem_x509_certificates(files.ca))
         own = revocations.revoked(chain)
         if own:
             raise TlsError(
-                f"--tls-crl: {crl} revokes this end's own --tls-cert {cert}: {own}; peers "
-                f"refuse it: mint a new one (`declora-node certs --force`), ({REVOKE_HINT})"
+                f"--tls-crl: {crl} revokes this end's own --tls-cert {cert} ({own}): peers "
+                f"refuse it; mint a new one with `declora-node certs --output {ca.parent} "
+                f"--nodes {common_name(chain[0]) or 'NAME'} --force`"
             )
         return replace(files, crl=revocations)
 
