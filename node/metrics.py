@@ -4,10 +4,12 @@ The endpoint (`NodeMetrics.serve`) holds at most `MAX_CONNECTIONS` connections a
 once, each with a thread of its own, and closes one that sends or reads nothing for
 `IDLE_SECONDS`: a client that opens connections and leaves them idle (a scraper cut
 off mid-request, a stray process) never piles up threads in a node that runs for
-days. A connection past the limit is closed at once; a scraper asks again."""
+days. A connection past the limit is closed at once (logged once a window); a scraper
+asks again."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from socketserver import ThreadingMixIn
@@ -15,6 +17,8 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 16  # connections to the metrics endpoint served at once
 IDLE_SECONDS = 10.0  # a connection silent this long (either way) is closed
@@ -78,6 +82,10 @@ class _BoundedServer(ThreadingMixIn, WSGIServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):
             self.shutdown_request(request)  # too many at once: closed, the client asks again
+            log.warning(  # the same line each time: written once a window (`logs`)
+                "metrics endpoint: %d connections open already; closed a new one",
+                MAX_CONNECTIONS,
+            )
             return
         try:
             super().process_request(request, client_address)
