@@ -47,9 +47,12 @@ Invariants callers may rely on:
 - `left_after` is the round a peer's leave notice said it left after (clamped to
   `MAX_ROUND` where the notice is read, `service`), until it joins again; a peer that
   left after `finish_round` (this node's last training exchange; 0, until stopped:
-  never) has `finished`: it is not pruned, so `all_finished` (every known peer
-  finished, at least one) stays true while nobody joins, and not re-dialled (it may
-  still dial this node);
+  never), or that sent no leave notice since it joined and whose handshake claimed
+  that round or later (its goodbye lost, or never sent to this node, not live then),
+  has `finished`: it is not pruned, so `all_finished` (every known peer finished, at
+  least one) stays true while nobody joins, and not re-dialled (it may still dial
+  this node). A claim weighs no more than a leave notice here: either only spares
+  the wait for that peer, and a joining peer's new Hello replaces both;
 - a peer joining the live set wakes a round or a wait (`Progress.wake`).
 """
 
@@ -362,10 +365,11 @@ class PeerTable:
             self.drop(peer, why)
 
     def finished(self, peer: Peer) -> bool:
-        """Whether `peer` left after this node's last training exchange (`finish_round`,
-        0: never): it has finished its rounds and will not come back for ours."""
-        left = peer.left_after
-        return self.finish_round > 0 and left is not None and left >= self.finish_round
+        """Whether `peer` is past this node's last training exchange (`finish_round`, 0:
+        never) by its leave notice's round, or, without one since it joined, by its
+        handshake's claim: it has finished its rounds and will not come back for ours."""
+        past = peer.claimed_round if peer.left_after is None else peer.left_after
+        return self.finish_round > 0 and past >= self.finish_round
 
     def all_finished(self) -> bool:
         """Whether every known peer `finished` (false with none known)."""

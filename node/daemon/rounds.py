@@ -28,9 +28,10 @@ Invariants callers may rely on:
   cut-off node advances at most one exchange per deadline and falls behind instead of
   racing ahead (on re-join it is the one that aligns or catches up). When every known
   peer has finished (`PeerTable.all_finished`: its leave notice came after this node's
-  last training exchange, also while a wait is under way) it trains alone at full
-  speed. A stop during the wait stops at once (no round is in progress); one warning
-  when the waits begin, one line when they end;
+  last training exchange, also while a wait is under way, or without a notice its
+  last handshake claimed that round: a lost goodbye) it trains alone at full speed.
+  A stop during the wait stops at once (no round is in progress); one warning when
+  the waits begin, one line when they end;
 - a round is in progress (`Progress.in_round`: a polite stop lets it train and mix)
   from its start, catch-up and alignment included, until its mix; a polite stop asked
   for between rounds (a record, a checkpoint) stops before the next round starts;
@@ -89,7 +90,7 @@ class Isolation:
             if not self.said_finished:
                 self.said_finished, self.alone_since = True, None
                 log.warning(
-                    "every neighbour has finished (left after round %d or later): "
+                    "every neighbour has finished (left after, or claimed, round %d or later): "
                     "training alone at full speed",
                     parts.peers.finish_round,
                 )
