@@ -81,6 +81,7 @@ BACKOFF_FIRST = 2.0  # seconds before the first re-dial of a peer not live, then
 BACKOFF_MAX = 60.0  # up to this for peers that introduced themselves
 BACKOFF_MAX_CONFIGURED = 8.0  # and this for static or discovered addresses
 TOKEN_BYTES = 16
+PENDING_TOKENS = 4096  # tokens offered in dials not yet answered (`token_for_dial`)
 WHY = 500  # characters of why a neighbour left, as logged
 SILENT_GRACE = 60.0  # seconds a live neighbour may deliver nothing before its slot is free...
 SILENT_ROUNDS = 3  # ...or this many of this node's recent rounds, when that is longer
@@ -195,8 +196,12 @@ class PeerTable:
             return peer.token_in
         token = self.pending_tokens.get(address)
         if token is None:
-            if len(self.pending_tokens) >= self.max_known:
-                self.pending_tokens.clear()
+            # at most PENDING_TOKENS, the oldest offer forgotten past it: dropping them
+            # all would forget the offers of dials in flight (each candidate of
+            # discovery's is dialled at once), whose Welcome would then install another
+            # token than the one the peer holds, and its pushes be refused `bad_session`
+            if len(self.pending_tokens) >= PENDING_TOKENS:
+                del self.pending_tokens[next(iter(self.pending_tokens))]
             token = self.pending_tokens[address] = new_token()
         return token
 
