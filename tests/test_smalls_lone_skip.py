@@ -6,9 +6,11 @@ training early, and an honest node that fell behind still catches up."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import numpy as np
+import pytest
 from test_daemon_parts import hello, pair
 
 from declora.node.daemon.catchup import LONE_SKIP_PACE, LONE_SKIP_SPAN
@@ -111,3 +113,24 @@ def test_the_pace_goes_by_the_exchange_deadline(synthetic_jsonl: Path) -> None:
     (da, _), (a, _) = pair(synthetic_jsonl, robust_mixing="trim")
     assert da.rounds is not None
     assert a.transfer.round_seconds == a.exchange.deadline_seconds
+
+
+def test_a_round_too_soon_for_a_lone_skip_tries_none(
+    synthetic_jsonl: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The round loop neither tries nor announces a skip that one claim would decide
+    before a round's worth of time has passed: it trains its round. Before: it logged
+    "skipping ahead" each round and skipped nothing."""
+    (da, _), (a, _) = pair(
+        synthetic_jsonl, robust_mixing="trim", rounds=ROUNDS, consensus_rounds=0, round_deadline=1.0
+    )
+    clock = Clock()
+    a.transfer.clock, a.transfer.skipped_at = clock, clock.now
+    member = a.peers.admit(hello(node_id="m", listen_address="127.0.0.9:1", round=ROUNDS))
+    assert member is not None and da.rounds is not None
+    member.proven = True
+    assert a.transfer.far_behind() and a.transfer.lone_skip_limit() == 0
+    with caplog.at_level(logging.WARNING):
+        assert asyncio.run(da.rounds.run_round(train=True)) is True
+    assert a.progress.round == 1
+    assert "skipping ahead" not in caplog.text

@@ -221,7 +221,9 @@ class RoundLoop:
         progress, report, metrics = self.progress, self.report, self.metrics
         # in a round from here (not `waiting`): a stop lets it train and mix first
         progress.state = NodeState.TRAINING if train else NodeState.EXCHANGING
-        if parts.transfer.far_behind() and self.clock() >= self.next_catch_up:
+        # (a skip one unchecked claim decides, too soon for a round: nothing to try)
+        skip_due = parts.transfer.lone_skip_limit() != 0
+        if parts.transfer.far_behind() and self.clock() >= self.next_catch_up and skip_due:
             target = parts.transfer.catch_up_target()
             log.warning(
                 "neighbours are at round %d: skipping ahead from %d",
