@@ -8,15 +8,19 @@ remembered, not raised (a KeyboardInterrupt inside asyncio's or grpc's start exi
 130 with grpc's InvalidStateError printed), and `Daemon.run` then acts on it as on
 one that comes later (`take_over`: stop requested, exit 0 once stopped). Each later
 signal is handed to the daemon on its loop, so a second one exits at once (130)
-whenever both came. One handler for the whole run, not the loop's own from
-`Daemon.run` on: a signal in between would reach both (counted twice: 130).
+whenever both came. A signal within `ECHO_SECONDS` of the one before is that same stop
+delivered twice (`timeout` signals its child, then its process group), never a second.
+One handler for the whole run, not the loop's own from `Daemon.run` on: a signal in
+between would reach both (counted twice: 130).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from types import FrameType
@@ -27,6 +31,10 @@ from typing import Any
 STOP_SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name)
 )
+# a stop signal this soon after the one before is its echo: `timeout N declora-node start`
+# sends its TERM to the node and then to its process group, and the node took the
+# second for another Ctrl-C (exit 130: no checkpoint, no adapter, no leave)
+ECHO_SECONDS = 0.1
 
 
 def handled() -> tuple[signal.Signals, ...]:
@@ -49,9 +57,14 @@ class StopSignals:
     installed = False  # `stop_signals` is in force
     requested = False  # one came before the daemon took over
     deliver: Callable[[], None] | None = None
+    last = -math.inf  # time.monotonic() of the last stop signal acted on
 
     @classmethod
     def handle(cls, signum: int, frame: FrameType | None) -> None:
+        now = time.monotonic()
+        if now - cls.last < ECHO_SECONDS:
+            return  # the same stop, delivered twice
+        cls.last = now
         if cls.deliver is not None:
             cls.deliver()
         elif cls.requested:
@@ -77,6 +90,7 @@ def stop_signals() -> Iterator[None]:
             signal.signal(old, handler)
         StopSignals.installed = StopSignals.requested = False
         StopSignals.deliver = None
+        StopSignals.last = -math.inf
 
 
 def take_over(loop: asyncio.AbstractEventLoop, request_stop: Callable[[], None]) -> None:
