@@ -315,12 +315,19 @@ NOTHING_LISTENS = "connection refused: nothing listens on that port"  # no node 
 NO_SUCH_HOST = "DNS lookup of"  # the name resolves to nothing (a stopped container's)
 
 
+MAX_DIALLED = 4096  # addresses whose last dial `DialLog` keeps (discovery offers 1024)
+
+
 class DialLog:
-    """How this node's last handshake with each address ended ('' = accepted)."""
+    """How this node's last handshake with each address ended ('' = accepted), for
+    the `MAX_DIALLED` addresses dialled most recently: a node running for days dials
+    every address a peer introduced itself with, and discovery's, which churn bounds
+    nothing; the addresses a start waits for are dialled every few seconds, so
+    theirs stay."""
 
     def __init__(self, tls: bool = False) -> None:
         self.tls = tls  # this node dials with mTLS
-        self.outcomes: dict[str, str] = {}
+        self.outcomes: dict[str, str] = {}  # the most recent last
         self.refused: dict[str, str] = {}  # each address's last refusal
 
     def record(self, address: str, why: str) -> None:
@@ -332,7 +339,12 @@ class DialLog:
             self.refused.pop(address, None)
         elif address in self.refused:
             why = f"{why}; before that: {self.refused[address]}"
+        self.outcomes.pop(address, None)
         self.outcomes[address] = why
+        while len(self.outcomes) > MAX_DIALLED:  # forget the address dialled longest ago
+            oldest = next(iter(self.outcomes))
+            del self.outcomes[oldest]
+            self.refused.pop(oldest, None)
 
     def all_gone(self, addresses: Iterable[str]) -> bool:
         """Whether `addresses` name at least one address and the last dial of each was

@@ -39,6 +39,10 @@ from declora.proto import pb_grpc
 SERVICE_NAME = "declora.v1.Swarm"
 WATCHES = 8  # grpc.health.v1 Watch streams open at once (probes use Check)
 REFLECTIONS = 8  # server reflection streams open at once (grpcurl)
+# A connection with no call for this long is closed by the server (GOAWAY; the client
+# reconnects at its next call): keepalive pings keep an idle connection open, so a
+# client that connects and never calls would hold its socket for as long as it likes.
+IDLE_CONNECTION_MS = 300_000
 
 
 class ServerError(UserError):
@@ -206,7 +210,11 @@ class Transport:
         `max_rpcs` Swarm calls at once, and the streams of health and reflection, in
         gRPC's own cap on calls in flight); the bound port."""
         s = self.settings
-        options = [*grpc_options(s), ("grpc.so_reuseport", 0)]
+        options = [
+            *grpc_options(s),
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_connection_idle_ms", IDLE_CONNECTION_MS),
+        ]
         cap = max_rpcs + WATCHES + REFLECTIONS
         server = grpc.aio.server(options=options, maximum_concurrent_rpcs=cap)
         pb_grpc.add_SwarmServicer_to_server(servicer, server)
