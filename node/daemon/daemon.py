@@ -44,7 +44,7 @@ from declora.node import PROTOCOL_VERSION, logs, run_folder
 from declora.node.daemon.auth import Auth
 from declora.node.daemon.gate import LoadingGate
 from declora.node.daemon.parts import Parts, build_parts, resolve_device
-from declora.node.daemon.peers import Peer
+from declora.node.daemon.peers import Peer, PeerTable
 from declora.node.daemon.persistence import Persistence
 from declora.node.daemon.rounds import RoundLoop
 from declora.node.daemon.service import SwarmService, pool_total
@@ -325,10 +325,10 @@ class Daemon:
                     )
                 )
 
-            live = parts.peers.live
-            if live:
+            told = goodbye_to(parts.peers)
+            if told:
                 await asyncio.gather(
-                    *(parts.peers.stub(p).Leave(notice(p), timeout=2) for p in live),
+                    *(parts.peers.stub(p).Leave(notice(p), timeout=2) for p in told),
                     return_exceptions=True,
                 )
         if self._discovery is not None:
@@ -351,6 +351,15 @@ class Daemon:
             run_folder.release(self.settings.state_dir)
         log.info("stopped after round %d", self.progress.round)
         return failure
+
+
+def goodbye_to(peers: PeerTable) -> list[Peer]:
+    """Whom a stopping node says goodbye to: its live neighbours, and those not live
+    that delivered valid payloads (`proven`) and hold a session with it (`token_out`):
+    a neighbour dropped for lagging behind may still be training, and without the
+    goodbye it would wait a deadline per remaining round for this node (its isolation
+    pacing) and keep re-dialling it. Bounded by the peer table; each call by 2 s."""
+    return [p for p in peers.all() if p.live or (p.proven and p.token_out and p.address)]
 
 
 def serve(settings: NodeSettings) -> int:

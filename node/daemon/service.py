@@ -318,7 +318,9 @@ class SwarmService(pb_grpc.SwarmServicer):
     def _caller_refusal(
         self, context: grpc.aio.ServicerContext, request: pb.PullRequest | pb.LeaveNotice
     ) -> WireError | None:
-        """Why a Pull or Leave is not from the live neighbour it names."""
+        """Why a Pull or Leave is not from the live neighbour it names (a Leave may come
+        from a known one that is not live: a neighbour that dropped this node for
+        lagging, finishing, says goodbye with the session it holds)."""
         parts = self.parts
         node_id, swarm_id = request.node_id, request.swarm_id
         session, receiver_id = request.session, request.receiver_id
@@ -333,7 +335,8 @@ class SwarmService(pb_grpc.SwarmServicer):
             )
             return WireError(grpc.StatusCode.PERMISSION_DENIED, why, "bad_identity")
         peer = parts.peers.get(node_id)
-        if swarm_id != parts.settings.swarm_id or peer is None or not peer.live:
+        known = peer is not None and (peer.live or isinstance(request, pb.LeaveNotice))
+        if swarm_id != parts.settings.swarm_id or peer is None or not known:
             return WireError(
                 grpc.StatusCode.PERMISSION_DENIED, "needs a handshake first", "no_handshake"
             )
