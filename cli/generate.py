@@ -302,8 +302,8 @@ def run_generate(
     newlines: use `json` to tell them apart); `json` writes one object a line (JSON Lines):
     prompt, completion, tokens and stop ("eos" or "length").
     """
-    from declora.cli.predict import quiet_transformers
     from declora.node.adapter_io import load_adapter
+    from declora.node.models import quiet_transformers
 
     sampling.check()
     adapter_folder(adapter)  # a wrong path fails before reading stdin

@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
@@ -40,6 +38,7 @@ from declora.node.data import column_values, is_chat_turns
 from declora.node.data import read_texts as column_texts
 from declora.node.data_files import DataError, read_splits
 from declora.node.model_source import ModelError
+from declora.node.models import quiet_transformers
 from declora.node.run_folder import FolderBusy, earlier_run, held, hold, release
 
 # what `predict` and `export` report as one line `error: ...` (exit 2)
@@ -54,23 +53,6 @@ CHAT_HINT = (
     "conversations with an LM adapter use `declora-node generate ADAPTER --input FILE` "
     "(a 'messages' column)"
 )
-
-
-@contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """No transformers progress bars or load reports while the command runs."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _jsonl_texts(lines: list[str], text_column: str, source: str) -> list[str]:

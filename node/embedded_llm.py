@@ -88,18 +88,21 @@ def smollm2_folder() -> str:
 def _convert(source: Path, final: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from declora.node.models import quiet_transformers
+
     log.info("converting the embedded SmolLM2 once into %s (about half a minute)", final)
     build = new_build_dir(final)
     try:
         folder, name = str(source.parent), source.name
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
-        config = loaded.config
-        del config.quantization_config  # the saved weights are plain fp32, not GGUF
-        model = AutoModelForCausalLM.from_config(config)
-        model.load_state_dict(loaded.state_dict())
-        model.save_pretrained(str(build))
-        tokenizer.save_pretrained(str(build))
+        with quiet_transformers():  # its progress bars went into the node's log
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+            config = loaded.config
+            del config.quantization_config  # the saved weights are plain fp32, not GGUF
+            model = AutoModelForCausalLM.from_config(config)
+            model.load_state_dict(loaded.state_dict())
+            model.save_pretrained(str(build))
+            tokenizer.save_pretrained(str(build))
         fsync_tree(build)
         atomic_replace_dir(build, final)
     finally:

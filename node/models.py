@@ -23,7 +23,8 @@ error here is a one-line `ModelError` with a hint.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -385,6 +386,25 @@ def _tiny(name: str, task: Task, num_labels: int) -> tuple[nn.Module, str]:
     return _model_class(task).from_config(cfg), str(cfg.model_type)
 
 
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No transformers progress bars or load reports while inside (a progress bar wrote
+    a line of its own into a node's log, not JSON under --log-format json); the settings
+    from before are restored."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # a new task head is expected, not news
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def _model_class(task: Task) -> Any:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -429,8 +449,6 @@ def load_base(
             check_context(name, model.config, max_length)
         tokenizer: Tokenizer = ByteTokenizer()
     else:
-        from transformers.utils import logging as hf_logging
-
         source = find_model(name)
         path, local_only = source.path, source.local_only
         config = source.config()
@@ -442,17 +460,16 @@ def load_base(
         hf_tok = source.tokenizer()
         check_special_tokens(name, hf_tok, task)
         tokenizer = HFTokenizer(hf_tok)
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # a new task head is expected, not news
         try:
             kw: dict[str, Any] = {"num_labels": num_labels} if task == "cls" else {}
             kw["local_files_only"] = local_only
-            if quantize != "none":
-                from declora.node.quantize import load_quantized
+            with quiet_transformers():
+                if quantize != "none":
+                    from declora.node.quantize import load_quantized
 
-                model = load_quantized(_model_class(task), path, quantize, device, **kw)
-            else:
-                model = _model_class(task).from_pretrained(path, **kw)
+                    model = load_quantized(_model_class(task), path, quantize, device, **kw)
+                else:
+                    model = _model_class(task).from_pretrained(path, **kw)
         except HintedError:
             raise
         except (OSError, ValueError) as exc:
@@ -460,8 +477,6 @@ def load_base(
                 f"cannot load the weights of model {name!r}: {one_line(str(exc))}",
                 "the folder needs the weights save_pretrained writes (model.safetensors)",
             ) from exc
-        finally:
-            hf_logging.set_verbosity(verbosity)
         if order is not None:
             reorder_head(model, order, labels)
             _log.info(
