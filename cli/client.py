@@ -261,6 +261,31 @@ def round_text(round_: int, total: int, state: str) -> str:
 
 
 SHOWN_TEXT = 40  # characters of a name a node gives (method, auth) that `status` shows
+REMOTE_TEXT = 100  # characters of any other string a node gives (ids, addresses, names)
+
+
+def remote_text(value: object, limit: int = REMOTE_TEXT) -> str:
+    """A string a node (or a file) gave, as `status` and `inspect` print it: control
+    and invisible characters escaped (`logs.safe_text`), at most about `limit`
+    characters (the cut said), and rich markup escaped: a hostile node cannot style
+    or move the operator's terminal, nor flood it."""
+    from rich.markup import escape
+
+    from declora.node.logs import safe_text
+
+    return escape(safe_text(str(value), limit))
+
+
+MAX_ROWS = 256  # neighbours `status` and `inspect` list (--format json lists all)
+MAX_ITEMS = 32  # evaluation metrics and refusal reasons `status` lists
+
+
+def more_text(total: int, shown: int, what: str) -> str:
+    """'' when all `total` were shown, else "... and N more <what> (--format json
+    lists all)"."""
+    if total <= shown:
+        return ""
+    return f"... and {total - shown} more {what} (--format json lists all)"
 
 
 AUTH_SHOWN = {  # StatusReply.auth (`security.auth_mode`) as `status` words it
@@ -274,23 +299,19 @@ AUTH_SHOWN = {  # StatusReply.auth (`security.auth_mode`) as `status` words it
 def auth_text(auth: str) -> str:
     """Who may connect, as `status` shows it: "auth mTLS"; '' when the node does not
     say (an older one); a value this CLI does not know, as is (escaped, bounded)."""
-    from rich.markup import escape
-
     if not auth:
         return ""
-    return "auth " + AUTH_SHOWN.get(auth, escape(auth[:SHOWN_TEXT]))
+    return "auth " + AUTH_SHOWN.get(auth, remote_text(auth, SHOWN_TEXT))
 
 
 def method_text(status: Mapping[str, Any]) -> str:
     """The node's method as `status` and `inspect` show it, from the Status reply's
     JSON form (`status_to_dict`): "method deca: block 2/4, 3 rounds left in its turn",
     "method kill-revive: 3/24 modules active", "method dec-lora"; '' when the node does
-    not say (an older one). The name is the node's: escaped, bounded."""
-    from rich.markup import escape
-
+    not say (an older one). The name is the node's: escaped, bounded (`remote_text`)."""
     if not (method := status.get("method")):
         return ""
-    text = "method " + escape(str(method)[:SHOWN_TEXT])
+    text = "method " + remote_text(method, SHOWN_TEXT)
     if d := status.get("deca"):
         left = (
             "the last round of its turn"
@@ -309,34 +330,39 @@ def render_status(reply: pb.StatusReply, width: int | None = None) -> None:
     from rich.table import Table
 
     console = report_console(width)
+    show = remote_text  # every string below is the node's: escaped, bounded
     tracking = ", gradient tracking" if reply.gradient_tracking else ""
-    tracking += f", weighting {reply.weighting}" if reply.weighting else ""
-    evals = ", ".join(f"{k} {v:.4f}" for k, v in sorted(reply.last_eval.items())) or "none yet"
+    tracking += f", weighting {show(reply.weighting)}" if reply.weighting else ""
+    evals = ", ".join(f"{show(k)} {v:.4f}" for k, v in sorted(reply.last_eval.items())[:MAX_ITEMS])
     auth = auth_text(reply.auth)
     lines = [  # each within 80 columns for the usual figures
-        f"[bold]{reply.node_id}[/] on {reply.listen_address}  swarm {reply.swarm_id}",
-        f"state {reply.state}  {round_text(reply.round, reply.total_rounds, reply.state)}",
+        f"[bold]{show(reply.node_id)}[/] on {show(reply.listen_address)}  "
+        f"swarm {show(reply.swarm_id)}",
+        f"state {show(reply.state)}  " + round_text(reply.round, reply.total_rounds, reply.state),
         f"step {reply.step}  loss {reply.loss:.4f}  last round {reply.last_round_seconds:.2f}s  "
         f"self weight {reply.self_weight:.3f}  keyframes {reply.keyframes_sent}",
-        f"eval: {evals}",
-        f"codec {reply.codec}{tracking}" + (f"  {auth}" if auth else ""),
+        f"eval: {evals or 'none yet'}",
+        more_text(len(reply.last_eval), MAX_ITEMS, "evaluation results"),
+        f"codec {show(reply.codec)}{tracking}" + (f"  {auth}" if auth else ""),
         f"sent {_size(reply.bytes_sent)}  received {_size(reply.bytes_received)}  "
-        f"fingerprint {reply.fingerprint}  declora {reply.package_version}",
+        f"fingerprint {show(reply.fingerprint)}  declora {show(reply.package_version)}",
     ]
     if method := method_text(status_to_dict(reply)):
         lines.insert(2, method)
     if reply.rejected:
-        lines.append("refused: " + ", ".join(f"{k} {v}" for k, v in sorted(reply.rejected.items())))
-    console.print("\n".join(lines))
+        refused = sorted(reply.rejected.items())[:MAX_ITEMS]
+        lines.append("refused: " + ", ".join(f"{show(k)} {v}" for k, v in refused))
+        lines.append(more_text(len(reply.rejected), MAX_ITEMS, "refusal reasons"))
+    console.print("\n".join(line for line in lines if line))
     table = Table(box=None, pad_edge=False, header_style="bold underline")
     for column in ("neighbour", "address", "live", "weight", "round", "seen"):
         table.add_column(column)
     for column in ("sent", "recv", "missed"):
         table.add_column(column, justify="right")
-    for n in reply.neighbors:
+    for n in reply.neighbors[:MAX_ROWS]:
         table.add_row(
-            n.node_id,
-            n.address,
+            show(n.node_id),
+            show(n.address),
             "yes" if n.live else "no",
             f"{n.weight:.3f}",
             str(n.round),
@@ -346,3 +372,5 @@ def render_status(reply: pb.StatusReply, width: int | None = None) -> None:
             str(n.missed_deadlines),
         )
     console.print(folded(table))
+    if more := more_text(len(reply.neighbors), MAX_ROWS, "neighbours"):
+        console.print(more)

@@ -153,22 +153,32 @@ def render(info: dict[str, Any]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from declora.cli.client import folded, method_text, report_console
+    from declora.cli.client import (
+        MAX_ROWS,
+        folded,
+        method_text,
+        more_text,
+        remote_text,
+        report_console,
+    )
 
+    show = remote_text  # the node's strings, and a file's: escaped, bounded
     console = report_console()  # to a pipe or file: no line wrapped, no value cut
     if info["kind"] == "node":
         method = method_text(info)
         console.print(
-            f"[bold]{info['node_id']}[/] swarm {info['swarm_id']} round {info['round']} "
-            f"fingerprint {info['fingerprint']}" + (f"\n{method}" if method else "")
+            f"[bold]{show(info['node_id'])}[/] swarm {show(info['swarm_id'])} "
+            f"round {info['round']} fingerprint {show(info['fingerprint'])}"
+            + (f"\n{method}" if method else "")
         )
         table = Table(
             "peer", "address", "live", "weight", "degree", "round", "missed", "sent B", "recv B"
         )
-        for n in info.get("neighbors", []):
+        neighbours = info.get("neighbors", [])
+        for n in neighbours[:MAX_ROWS]:
             table.add_row(
-                n["node_id"],
-                n["address"],
+                show(n["node_id"]),
+                show(n["address"]),
                 "yes" if n["live"] else "no",
                 f"{n['weight']:.3f}",
                 str(n["degree"]),
@@ -178,46 +188,51 @@ def render(info: dict[str, Any]) -> None:
                 f"{int(n['bytes_received']):,}",
             )
         console.print(folded(table))
+        if more := more_text(len(neighbours), MAX_ROWS, "neighbours"):
+            console.print(more)
         return
     lora = info["lora"]
     recorded = info.get("recorded_weights_sha256")
     changed = (
-        f"  [red](declora.json recorded {recorded[:16]}: the weights changed)[/]"
+        f"  [red](declora.json recorded {show(str(recorded)[:16])}: the weights changed)[/]"
         if recorded and recorded != info["weights_sha256"]
         else ""
     )
-    labels = f"labels {escape(', '.join(info['labels']))}\n" if info.get("labels") else ""
-    method = f"method {info['method']}, " if info["method"] else ""
+    labels = f"labels {show(', '.join(info['labels']), 500)}\n" if info.get("labels") else ""
+    name = show(info["method"]) if info["method"] else ""
+    method = f"method {name}, " if name else ""
     model = (
-        f"full model ({method}no LoRA) task={info['task']}"
+        f"full model ({method}no LoRA) task={show(info['task'])}"
         if lora is None
-        else f"LoRA r={lora['r']} alpha={lora['lora_alpha']} targets={lora['target_modules']} "
-        f"task={lora['task_type']}" + (f" method={info['method']}" if info["method"] else "")
+        else f"LoRA r={lora['r']} alpha={lora['lora_alpha']} "
+        f"targets={show(lora['target_modules'], 500)} task={show(lora['task_type'])}"
+        + (f" method={name}" if name else "")
     )
     merged = info.get("merged_from")
     what = f"a merged export of {merged}, " if merged is not None else ""
     plain = (
-        f"{escape(what)}a transformers model folder, not an adapter: predict and export "
+        f"{show(what, 500)}a transformers model folder, not an adapter: predict and export "
         "take a node's adapter/ or checkpoint; start and simulate take this folder as --model\n"
         if info["kind"] == "model"
         else ""
     )
     console.print(
-        f"[bold]{info['kind']}[/] {info['path']}\n"
+        f"[bold]{info['kind']}[/] {escape(str(info['path']))}\n"
         f"{plain}"
-        f"fingerprint {info['fingerprint'] or '(none: not written by declora)'}  "
+        f"fingerprint {show(info['fingerprint'] or '(none: not written by declora)')}  "
         f"weights sha256 {info['weights_sha256'][:16]}{changed}\n"
-        f"round {info['round']}  node {info['node_id']}\n"
+        f"round {show(info['round'])}  node {show(info['node_id'])}\n"
         f"{labels}"
-        f"{model}  base={info['base_model']}\n"
-        f"{info['parameters']:,} parameters ({info['bytes']:,} bytes); eval {info['eval']}"
+        f"{model}  base={show(info['base_model'], 500)}\n"
+        f"{info['parameters']:,} parameters ({info['bytes']:,} bytes); "
+        f"eval {show(info['eval'], 500)}"
     )
     table = Table("tensor", "shape", "dtype", "L2 norm", "finite")
     for t in info["tensors"]:
         table.add_row(
-            t["name"],
+            show(t["name"], 500),
             "x".join(map(str, t["shape"])),
-            t["dtype"],
+            show(t["dtype"]),
             f"{t['norm']:.4f}",
             str(t["finite"]),
         )

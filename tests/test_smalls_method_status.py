@@ -89,7 +89,10 @@ def test_kill_revive_status_counts_the_active_modules(synthetic_jsonl: Path) -> 
             },
             "method kill-revive: 3/24 modules active",
         ),
-        ({"method": "[bold]x" * 30}, "method " + ("[bold]x" * 30)[:40]),  # as is, bounded
+        (  # as is, bounded (the cut said)
+            {"method": "[bold]x" * 30},
+            "method " + ("[bold]x" * 30)[:40] + "... [170 more characters cut]",
+        ),
     ],
 )
 def test_status_and_inspect_text_show_the_method(
