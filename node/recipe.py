@@ -68,6 +68,12 @@ UNRECORDED_FACTS: dict[str, object] = {
 _NAMER: ContextVar[Namer] = ContextVar("option_namer", default=flag)
 
 
+def given_as(field: str) -> str:
+    """Option `field` as the user gave it (`named_as`), else as its flag: for a check of
+    several options outside the recipe (the daemon's settings)."""
+    return _NAMER.get()(field)
+
+
 @contextmanager
 def named_as(namer: Namer) -> Iterator[None]:
     """While inside, the recipe's checks of several options name each by `namer` (a

@@ -28,7 +28,7 @@ from pydantic_settings import (
 from declora.node.address import split_address
 from declora.node.errors import HintedError, one_line
 from declora.node.identity import node_id_problem
-from declora.node.recipe import Recipe, named_as
+from declora.node.recipe import Recipe, given_as, named_as
 from declora.node.security import TlsFiles, exposed_file_warning, secret_text
 
 BOOL_WORDS = frozenset({"true", "false", "1", "0", "yes", "no", "on", "off", "t", "f", "y", "n"})
@@ -348,16 +348,20 @@ class NodeSettings(BaseSettings, Recipe):
             raise ValueError(f"--node-id: {problem}")
         if self.partition_scheme != "iid" and not self.partition:
             raise ValueError(
-                f"--partition-scheme {self.partition_scheme} shares a dataset out among nodes, "
-                "but there is no --partition i/N: this node would train on all of --data "
-                "(give --partition, or drop --partition-scheme)"
+                f"{given_as('partition_scheme')} {self.partition_scheme} shares a dataset out "
+                "among nodes, but there is no --partition i/N: this node would train on all "
+                f"of --data (give --partition, or drop {given_as('partition_scheme')})"
             )
         if self.solo and (self.peers or self.mdns):
-            raise ValueError("--solo trains alone: drop --peers and --mdns, or drop --solo")
+            other = given_as("peers" if self.peers else "mdns")
+            raise ValueError(
+                f"{given_as('solo')} trains alone: drop {other}, or drop {given_as('solo')}"
+            )
         if self.gossip_acceleration == "chebyshev":
             raise ValueError(
-                "--gossip-acceleration chebyshev needs the mixing matrix's second eigenvalue "
-                "of the swarm's graph, which a daemon does not know: give chebyshev:LAMBDA "
+                f"{given_as('gossip_acceleration')} chebyshev needs the mixing matrix's second "
+                "eigenvalue of the swarm's graph, which a daemon does not know: give "
+                "chebyshev:LAMBDA "
                 "(`declora-node lab` and `simulate` compute it from the topology)"
             )
         if self.resume == "auto":  # resolved once, here: the rest of the node sees a bool
