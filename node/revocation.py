@@ -1,10 +1,12 @@
 """Certificate revocation under mTLS: the swarm CA's CRL (`--tls-crl`).
 
-`read_crl` reads a PEM CRL and checks it was signed by a CA of --tls-ca (TlsError naming
---tls-crl otherwise). `Revocations` holds the serials it revokes and answers, for a
-peer's certificate chain (leaf first, then any intermediates), whether one of them is
-revoked: a certificate counts as revoked when its issuer is the CRL's issuer and its
-serial is listed. `Revocations.refresh` re-reads the file when its size or mtime
+`read_crl` reads a PEM or DER CRL of at most `MAX_BYTES` and checks it was signed by a
+CA of --tls-ca (TlsError naming --tls-crl otherwise). `Revocations` holds the serials it
+revokes and answers, for a peer's certificate chain (leaf first, then any intermediates
+it sent, then the CAs of --tls-ca that signed them: an intermediate kept in the --tls-ca
+bundle is checked even when a peer sends only its leaf), whether one of them is revoked:
+a certificate counts as revoked when its issuer is the CRL's issuer and its serial is
+listed. `Revocations.refresh` re-reads the file when its size or mtime
 changed (checked at most every `POLL_SECONDS`; it does file I/O: callers on the event
 loop run it in a thread); a file that became unreadable or invalid keeps the last good
 list and logs one warning until it is good again (it never empties the list). A CRL
@@ -12,7 +14,9 @@ whose nextUpdate has passed is still enforced: the revocations in it stay true, 
 newer ones may be missing; it is warned about once per file version.
 
 Callers may rely on: `revoked` never raises for any chain; the list in use only ever
-changes to one that parsed and verified.
+changes to one that parsed and verified; the certificate remembered for a name (`note`,
+`revoked_names`) is only one that was not revoked when it was seen, so a caller with a
+revoked certificate of a name cannot get the live holder of a re-issued one dropped.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ log = logging.getLogger(__name__)
 
 OPTION = "--tls-crl"
 POLL_SECONDS = 2.0  # the CRL file is looked at (stat) at most this often
+MAX_BYTES = 16 * 2**20  # a CRL file's size at most (about 500,000 revocations)
 SEEN_CHAINS = 1024  # certificates remembered by name (`note`) and parsed chains cached
 
 
@@ -50,11 +55,17 @@ def read_crl(path: Path, cas: list[x509.Certificate], ca: Path) -> x509.Certific
     from cryptography import x509
 
     try:
-        data = path.read_bytes()
+        with path.open("rb") as f:
+            data = f.read(MAX_BYTES + 1)  # never more: a wrong file may be any size
     except FileNotFoundError:
         raise TlsError(f"{OPTION}: file not found: {path}") from None
     except OSError as exc:
         raise TlsError(f"{OPTION}: cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_BYTES:
+        raise TlsError(
+            f"{OPTION}: {path} is over {MAX_BYTES // 2**20} MiB, too big for a revocation "
+            "list: give the CRL file (`declora-node certs revoke` writes crl.pem)"
+        )
     try:
         crl = (
             x509.load_pem_x509_crl(data) if b"-----BEGIN" in data else x509.load_der_x509_crl(data)
@@ -83,6 +94,27 @@ class _List:
     issuer: x509.Name
     serials: frozenset[int]
     next_update: dt.datetime | None
+
+
+def _with_issuers(
+    chain: list[x509.Certificate], cas: list[x509.Certificate]
+) -> list[x509.Certificate]:
+    """`chain`, then each CA of `cas` (not self-signed: a list cannot revoke its own
+    signer) that signed a certificate already in it, up the chain: the intermediates
+    TLS found in the --tls-ca bundle rather than in what the peer sent."""
+    from cryptography.exceptions import InvalidSignature
+
+    out = list(chain)
+    for cert in out:  # grows as issuers are found; each CA added once: bounded by cas
+        for ca in cas:
+            if ca in out or ca.subject != cert.issuer or ca.issuer == ca.subject:
+                continue
+            try:
+                cert.verify_directly_issued_by(ca)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            out.append(ca)
+    return out
 
 
 def _keys(chain: list[x509.Certificate]) -> tuple[tuple[x509.Name, int, str], ...]:
@@ -136,9 +168,10 @@ class Revocations:
         return (st.st_mtime_ns, st.st_size)
 
     def revoked(self, chain: list[x509.Certificate]) -> str:
-        """'' when no certificate of `chain` is on the CRL, else the reason naming the
-        first revoked one's serial (and name)."""
-        return self._reason(_keys(chain))
+        """'' when no certificate of `chain`, nor a CA of --tls-ca that signed one of
+        them (`_with_issuers`), is on the CRL, else the reason naming the first revoked
+        one's serial (and name)."""
+        return self._reason(_keys(_with_issuers(chain, self.cas)))
 
     def _reason(self, keys: tuple[tuple[x509.Name, int, str], ...]) -> str:
         now = self._list
@@ -151,7 +184,8 @@ class Revocations:
 
     def revoked_pem(self, pem: bytes) -> str:
         """`revoked` for a chain given as PEM (as gRPC gives a caller's), parsed once
-        per distinct chain (cached); '' for bytes that hold no certificate."""
+        per distinct chain (cached); '' for bytes that hold no certificate. A chain not
+        revoked is remembered for its leaf's name (`note`); a revoked one is not."""
         digest = hashlib.sha256(pem).digest()  # the cache holds 32 bytes a chain, not the chain
         keys = self._chains.get(digest)
         if keys is None:
@@ -161,17 +195,19 @@ class Revocations:
                 chain = x509.load_pem_x509_certificates(pem)
             except ValueError:
                 return ""
-            keys = _keys(chain)
+            keys = _keys(_with_issuers(chain, self.cas))
             self._chains[digest] = keys
             while len(self._chains) > SEEN_CHAINS:
                 self._chains.popitem(last=False)
-        if keys:
+        reason = self._reason(keys)
+        if keys and not reason:
             self._note(keys[0][2], keys)
-        return self._reason(keys)
+        return reason
 
     def note(self, name: str, chain: list[x509.Certificate]) -> None:
-        """Remember `chain` as the certificate last seen for node `name` (`revoked_names`)."""
-        self._note(name, _keys(chain))
+        """Remember `chain` (one `revoked` passed) as the certificate last seen for node
+        `name` (`revoked_names`)."""
+        self._note(name, _keys(_with_issuers(chain, self.cas)))
 
     def _note(self, name: str, keys: tuple[tuple[x509.Name, int, str], ...]) -> None:
         self._seen[name] = keys

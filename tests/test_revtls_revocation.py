@@ -1,0 +1,133 @@
+"""Revocation holes found in review (rev-tls), each over real gRPC or the real files:
+
+- a caller with a revoked certificate of a name (its key stolen, the name re-issued)
+  is refused, and no longer gets the live holder of the re-issued certificate dropped
+  (the refused chain was remembered as that name's, and every re-read dropped it);
+- a node under an intermediate CA that the swarm CA's list revokes is refused even
+  when it sends only its leaf and the intermediate sits in the --tls-ca bundle (only
+  what the peer sent was looked up);
+- a --tls-crl file over `revocation.MAX_BYTES` is refused at start in one line naming
+  the size, and a running node keeps its last good list when the file grows past it
+  (it was read whole, whatever its size).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from test_auth_mismatch import live, serve, served_parts, stop
+from test_revocation_grpc import Clock, issue, load, reread, status, write
+
+from declora.cli.certs import mint, revoke
+from declora.node.revocation import MAX_BYTES, Revocations
+from declora.node.security import TlsError, TlsFiles
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Path:
+    mint(tmp_path / "pki", ["a", "b"], ["127.0.0.1", "localhost"], 30, False)
+    return tmp_path / "pki"
+
+
+def test_a_revoked_caller_cannot_get_the_reissued_holder_of_its_name_dropped(
+    synthetic_jsonl: Path, pki: Path
+) -> None:
+    """b's key was stolen: its certificate is revoked and b re-issued. The thief's calls
+    are refused, and a's re-reads of the list leave the honest b live."""
+    for suffix in ("", "-key"):
+        (pki / f"old-b{suffix}.pem").write_bytes((pki / f"b{suffix}.pem").read_bytes())
+    crl = revoke(pki, [pki / "old-b.pem"], [], None).crl
+    mint(pki, ["b"], ["127.0.0.1", "localhost"], 30, True)
+    clock = Clock()
+    nodes = served_parts(
+        synthetic_jsonl, [("a", {}, load(pki, "a", crl, clock)), ("b", {}, load(pki, "b"))]
+    )
+    (_da, a), (_db, b) = nodes
+    thief = TlsFiles.load(pki / "old-b.pem", pki / "old-b-key.pem", pki / "ca.pem")
+    assert thief is not None
+
+    async def go() -> None:
+        await serve(nodes)
+        try:
+            assert await b.handshaker.dial(a.settings.advertise) is not None
+            assert live(a) == {"b"}
+            for _ in range(2):
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await status(a.settings.advertise, thief)
+                assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+                clock.now += 10
+                assert await reread(a) == []
+            assert live(a) == {"b"}
+        finally:
+            await stop(nodes)
+
+    asyncio.run(go())
+    assert a.counters.rejected.get("revoked") == 2  # the thief's two calls, nobody dropped
+
+
+def test_a_revoked_intermediate_in_the_ca_bundle_refuses_a_leaf_sent_alone(
+    synthetic_jsonl: Path, pki: Path
+) -> None:
+    """--tls-ca holds the root and the intermediate (as operators bundle them); m sends
+    only its leaf, so TLS takes the intermediate from the bundle: m is still refused,
+    as a caller and as a server."""
+    pki = pki.parent / "deep"
+    pki.mkdir()
+    top = issue("deep CA", None, ca=True)
+    (pki / "ca.pem").write_bytes(top[0].public_bytes(serialization.Encoding.PEM))
+    write(pki, "ca", [], top[1], load=False)
+    mint(pki, ["a"], ["127.0.0.1"], 1, False)
+    inter = issue("intermediate", top, ca=True)
+    leaf = issue("m", inter)
+    crl = revoke(pki, [], [str(inter[0].serial_number)], None).crl
+    bundle = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (top[0], inter[0]))
+    (pki / "ca.pem").write_bytes(bundle)
+    nodes = served_parts(
+        synthetic_jsonl,
+        [("a", {}, load(pki, "a", crl)), ("m", {}, write(pki, "m", [leaf[0]], leaf[1]))],
+    )
+    (da, a), (_dm, m) = nodes
+    why = f"certificate serial {inter[0].serial_number:#x} (intermediate) is revoked by --tls-crl"
+
+    async def go() -> None:
+        await serve(nodes)
+        try:
+            assert await m.handshaker.dial(a.settings.advertise) is None
+            assert await a.handshaker.dial(m.settings.advertise) is None
+            assert live(a) == live(m) == set()
+        finally:
+            await stop(nodes)
+
+    asyncio.run(go())
+    assert a.counters.rejected.get("revoked") == 1
+    assert da.dial_log.outcomes[m.settings.advertise].endswith(why)
+    with pytest.raises(TlsError, match="revokes this end's own --tls-cert"):  # m's own start
+        TlsFiles.load(pki / "m.pem", pki / "m-key.pem", pki / "ca.pem", crl=crl)
+
+
+def test_a_crl_file_too_big_is_refused_and_never_replaces_a_good_list(
+    pki: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    crl = revoke(pki, [], ["7"], None).crl
+    good = crl.read_bytes()
+    huge = pki / "huge.pem"
+    huge.write_bytes(good + b"\n" * (MAX_BYTES + 1 - len(good)))  # a list, padded past it
+    with pytest.raises(TlsError) as exc:
+        TlsFiles.load(pki / "a.pem", pki / "a-key.pem", pki / "ca.pem", crl=huge)
+    assert str(exc.value).startswith(f"--tls-crl: {huge} is over 16 MiB")
+    assert "\n" not in str(exc.value)
+    clock = Clock()
+    cas = [x509.load_pem_x509_certificate((pki / "ca.pem").read_bytes())]
+    held = Revocations(crl, pki / "ca.pem", cas, clock=clock)
+    caplog.set_level(logging.WARNING, logger="declora.node.revocation")
+    revoke(pki, [], ["8"], None)
+    crl.write_bytes(crl.read_bytes() + b"\n" * (MAX_BYTES + 1))
+    clock.now += 10
+    assert held.refresh() is False and held.serials == {7}
+    assert "is over 16 MiB" in caplog.text
