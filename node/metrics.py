@@ -4,11 +4,13 @@ The endpoint (`NodeMetrics.serve`) holds at most `MAX_CONNECTIONS` connections a
 once, each with a thread of its own, and closes one that sends or reads nothing for
 `IDLE_SECONDS`: a client that opens connections and leaves them idle (a scraper cut
 off mid-request, a stray process) never piles up threads in a node that runs for
-days. A connection past the limit is closed at once (logged once a window); a scraper
-asks again."""
+days. A connection past the limit closes the oldest one open (logged once a window),
+so a client holding every slot (idle, or trickling a byte before each timeout) cannot
+lock a scraper out: a scrape, served in milliseconds, is the newest connection."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -22,6 +24,7 @@ log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 16  # connections to the metrics endpoint served at once
 IDLE_SECONDS = 10.0  # a connection silent this long (either way) is closed
+EVICT_WAIT = 2.0  # seconds a new connection waits for the oldest one's thread to end
 
 
 class NodeMetrics:
@@ -71,33 +74,56 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 class _BoundedServer(ThreadingMixIn, WSGIServer):
-    """A thread per connection, at most `MAX_CONNECTIONS` at once."""
+    """A thread per connection, at most `MAX_CONNECTIONS` at once: a new one past that
+    closes the oldest (its thread ends, then the new one's starts)."""
 
     daemon_threads = True
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.lock = threading.Lock()
+        self.open: dict[Any, None] = {}  # connections served now, the oldest first
         super().__init__(*args, **kw)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):
-            self.shutdown_request(request)  # too many at once: closed, the client asks again
-            log.warning(  # the same line each time: written once a window (`logs`)
-                "metrics endpoint: %d connections open already; closed a new one",
-                MAX_CONNECTIONS,
-            )
-            return
+            self._close_oldest()
+            if not self.slots.acquire(timeout=EVICT_WAIT):  # its thread did not end
+                self.shutdown_request(request)
+                return
+        with self.lock:
+            self.open[request] = None
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self.slots.release()
+            self._ended(request)
             raise
+
+    def _close_oldest(self) -> None:
+        """Shut the oldest connection served (its thread's read or write fails, the
+        thread ends and frees its slot)."""
+        with self.lock:
+            oldest = next(iter(self.open), None)
+            self.open.pop(oldest, None)
+        if oldest is None:
+            return
+        log.warning(  # the same line each time: written once a window (`logs`)
+            "metrics endpoint: %d connections open already; closed the oldest",
+            MAX_CONNECTIONS,
+        )
+        with contextlib.suppress(OSError):  # it closed meanwhile
+            oldest.shutdown(socket.SHUT_RDWR)
+
+    def _ended(self, request: Any) -> None:
+        with self.lock:
+            self.open.pop(request, None)
+        self.slots.release()
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.slots.release()
+            self._ended(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A connection timed out or broke: closed, nothing printed (socketserver
