@@ -676,10 +676,12 @@ def _summarize(
     score = score_for(cfg.task)
     accs = {k: (v or {}).get("eval", {}).get(score.key) for k, v in finals.items()}
     ref = (central or {}).get("eval", {}).get(score.key)
-    gaps = {k: None if a is None or ref is None else score.gap(a, ref) for k, a in accs.items()}
     # results.json keeps its meaning: accuracy points above the reference (negative:
-    # below), or for perplexity the percent above the reference (positive: worse)
-    signed = {k: None if g is None else (-g if score.percent else g) for k, g in gaps.items()}
+    # below), or for perplexity the percent above the reference (positive: worse), to
+    # 0.1 as the summary lines show it (a tie is 0.0, not -0.0)
+    signed = {
+        k: None if a is None or ref is None else score.signed_gap(a, ref) for k, a in accs.items()
+    }
     summary: dict[str, Any] = {
         "config": cfg.model_dump(mode="json"),
         "swarm_id": swarm,

@@ -44,10 +44,17 @@ class Score:
             return 100 * (reference - value)
         return 100 * (value - reference) / reference
 
-    def gap_text(self, value: float, reference: float) -> str:
-        """`value` against `reference` in words: '-0.5 points', '+2.5% perplexity'."""
+    def signed_gap(self, value: float, reference: float) -> float:
+        """`value` against `reference` as reported, to 0.1: accuracy points above the
+        reference (negative: below), or percent of its perplexity above it (positive:
+        worse); a tie (or a gap that rounds to nothing) is 0.0, never -0.0."""
         g = self.gap(value, reference)
-        shown = round(-g if self.percent else g, 1) + 0.0  # + 0.0: a tie reads +0.0, not -0.0
+        return round(-g if self.percent else g, 1) + 0.0  # + 0.0 turns -0.0 into 0.0
+
+    def gap_text(self, value: float, reference: float) -> str:
+        """`value` against `reference` in words: '-0.5 points', '+2.5% perplexity' (the
+        figure `signed_gap` gives, which results files store)."""
+        shown = self.signed_gap(value, reference)
         return f"{shown:+.1f} points" if self.percent else f"{shown:+.1f}% perplexity"
 
 
