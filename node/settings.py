@@ -31,7 +31,9 @@ from declora.node.identity import node_id_problem
 from declora.node.recipe import Recipe, given_as, named_as
 from declora.node.security import TlsFiles, exposed_file_warning, secret_text
 
-BOOL_WORDS = frozenset({"true", "false", "1", "0", "yes", "no", "on", "off", "t", "f", "y", "n"})
+# the words a yes/no option takes (pydantic's, any case), in pairs as errors list them
+BOOL_PAIRS = (("true", "false"), ("yes", "no"), ("on", "off"), ("1", "0"), ("t", "f"), ("y", "n"))
+BOOL_WORDS = frozenset(word for pair in BOOL_PAIRS for word in pair)
 
 
 class ConfigFileError(HintedError):
@@ -321,7 +323,10 @@ class NodeSettings(BaseSettings, Recipe):
     @classmethod
     def _resume_ok(cls, v: object) -> object:
         if isinstance(v, str) and v.strip().lower() not in BOOL_WORDS | {"auto"}:
-            raise ValueError(f"must be true, false or auto, got {v.strip()!r}")
+            also = ", ".join("/".join(pair) for pair in BOOL_PAIRS[1:])
+            raise ValueError(
+                f"must be true, false or auto (or {also}; any case), got {v.strip()!r}"
+            )
         return v.strip().lower() if isinstance(v, str) else v
 
     @field_validator("device")
