@@ -13,12 +13,14 @@ import grpc
 
 from declora.node import logs
 from declora.node.daemon.status import Counters
+from declora.node.revocation import POLL_SECONDS
 from declora.node.security import AuthError, Signed, SignedT, SwarmAuth, TlsFiles
 from declora.node.wire import WireError
 from declora.proto import pb
 
 if TYPE_CHECKING:
     from declora.node.daemon.peers import PeerTable
+    from declora.node.daemon.state import Progress
 
 log = logging.getLogger(__name__)
 
@@ -101,3 +103,20 @@ async def drop_revoked(tls: TlsFiles | None, peers: PeerTable, counters: Counter
         counters.count("revoked")
         peers.drop(live[node_id], why)
     return list(revoked)
+
+
+async def watch_revocations(
+    tls: TlsFiles | None, peers: PeerTable, counters: Counters, progress: Progress
+) -> None:
+    """`drop_revoked` every `POLL_SECONDS` until the node stops, in a task of its own
+    (started before the node waits for its neighbours): a dial round slow to end (up to
+    three 5 s timeouts a peer) or the startup wait never delays a revocation. An
+    unexpected error is logged and the loop goes on. Returns at once without a list."""
+    if tls is None or tls.crl is None:
+        return
+    while not progress.stop_requested:
+        try:
+            await drop_revoked(tls, peers, counters)
+        except Exception:  # one bad look must not end the checks
+            log.exception("checking --tls-crl failed; trying again in %gs", POLL_SECONDS)
+        await asyncio.sleep(POLL_SECONDS)

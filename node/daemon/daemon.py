@@ -41,7 +41,7 @@ import time
 from typing import Any
 
 from declora.node import PROTOCOL_VERSION, logs, run_folder
-from declora.node.daemon.auth import Auth
+from declora.node.daemon.auth import Auth, watch_revocations
 from declora.node.daemon.gate import LoadingGate
 from declora.node.daemon.parts import Parts, build_parts, resolve_device
 from declora.node.daemon.peers import Peer, PeerTable
@@ -198,6 +198,9 @@ class Daemon:
                 "and lab scale it by sqrt(nodes))"
             )
         save = True
+        tls = getattr(self.transport, "tls", None)
+        watch = watch_revocations(tls, parts.peers, parts.counters, self.progress)
+        self._tasks.append(asyncio.create_task(watch))
         try:
             await self._bootstrap(parts)
             self._tasks.append(asyncio.create_task(parts.handshaker.reconnect_forever()))

@@ -36,11 +36,12 @@
   (`DialBackoff`: 2 s doubling to 8 s, counted from the refusal, forgotten on
   success); one where nothing answers yet (not listening, still loading) is found at
   once; an unexpected error is logged, never swallowed, and the loop goes on;
-- under mTLS with --tls-crl the same loop re-reads the CRL once its file changed
-  (`auth.drop_revoked`, at most every `revocation.POLL_SECONDS`, in a thread) and drops
-  each live neighbour whose certificate (as last seen on one of its calls, or on the
-  dial of its server) is revoked now, counted `revoked`; its later calls are refused
-  (`auth.caller_refusal`), its server is refused at the next dial
+- under mTLS with --tls-crl a loop of its own (`auth.watch_revocations`, started by the
+  daemon before it waits for neighbours, so no dial round delays it) re-reads the CRL
+  once its file changed (`auth.drop_revoked`, every `revocation.POLL_SECONDS`, in a
+  thread) and drops each live neighbour whose certificate (as last seen on one of its
+  calls, or on the dial of its server) is revoked now, counted `revoked`; its later
+  calls are refused (`auth.caller_refusal`), its server is refused at the next dial
   (`TlsFiles.server_name`); a Hello whose caller's certificate has no common name is
   refused (no id could be checked against it).
 """
@@ -58,7 +59,7 @@ import grpc
 from declora.node import PROTOCOL_VERSION, __version__, logs
 from declora.node.address import endpoints
 from declora.node.daemon.admission import SAME_SECRET, Admission, address_ip
-from declora.node.daemon.auth import NAMELESS, Auth, drop_revoked
+from declora.node.daemon.auth import NAMELESS, Auth
 from declora.node.daemon.dial_backoff import DialBackoff
 from declora.node.daemon.peers import Peer, PeerTable
 from declora.node.daemon.state import Progress
@@ -383,12 +384,10 @@ class Handshaker:
         self.counters.flush_refusals(final)
 
     async def reconnect_forever(self) -> None:
-        """Re-dial peers that are not live until the node stops (under mTLS with
-        --tls-crl, dropping the neighbours it revokes first: `auth.drop_revoked`)."""
+        """Re-dial peers that are not live until the node stops."""
         while not self.progress.stop_requested:
             self.flush_refusals()
             try:
-                await drop_revoked(getattr(self.transport, "tls", None), self.peers, self.counters)
                 await self.connect_known()
             except Exception:  # one bad round of dialling must not end reconnecting
                 log.exception("reconnecting failed; trying again in %gs", RECONNECT_SECONDS)
