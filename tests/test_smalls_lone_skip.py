@@ -30,10 +30,12 @@ class Clock:
         return self.now
 
 
-def robust_node(data: Path, claim: int, robust: str = "trim") -> tuple[Parts, Peer, Clock]:
-    """a (robust mixing, on a fake clock, at round 0) with one live proven neighbour
-    claiming `claim`."""
-    _, (a, _b) = pair(data, robust_mixing=robust, rounds=ROUNDS, consensus_rounds=0)
+def robust_node(
+    data: Path, claim: int, robust: str = "trim", rounds: int = ROUNDS
+) -> tuple[Parts, Peer, Clock]:
+    """a (robust mixing, on a fake clock, at round 0, `rounds` planned) with one live
+    proven neighbour claiming `claim`."""
+    _, (a, _b) = pair(data, robust_mixing=robust, rounds=rounds, consensus_rounds=0)
     clock = Clock()
     a.transfer.clock, a.transfer.skipped_at = clock, clock.now
     a.transfer.round_seconds = lambda: DEADLINE
@@ -134,3 +136,16 @@ def test_a_round_too_soon_for_a_lone_skip_tries_none(
         assert asyncio.run(da.rounds.run_round(train=True)) is True
     assert a.progress.round == 1
     assert "skipping ahead" not in caplog.text
+
+
+def test_with_rounds_0_a_node_joining_a_swarm_far_ahead_catches_up_at_once(
+    synthetic_jsonl: Path,
+) -> None:
+    """--rounds 0 has no end a claim could bring the node to (a lone claim moves it at
+    most CATCH_UP_WINDOW rounds a catch-up): no pace. Before: 8 rounds a deadline, so a
+    node joining 5000 rounds behind a swarm running a round a second (training alone a
+    little faster) took 3.6 hours of catch-ups to reach it (audit rev-bounds)."""
+    a, swarm, _clock = robust_node(synthetic_jsonl, claim=5000, rounds=0)
+    assert a.transfer.lone_skip_limit() is None
+    assert asyncio.run(a.transfer.catch_up()) is swarm
+    assert a.progress.round == 5000

@@ -30,7 +30,10 @@ live neighbours one claim decides that round and nothing checks it, so a member
 claiming the plan's end would end the node's training: such a skip moves at most
 `LONE_SKIP_PACE` rounds per deadline (`round_seconds`: the exchange's) of the time
 since the node's last skip (or its start), counting at most `LONE_SKIP_SPAN` s of it
-(`lone_skip_limit`); a catch-up too soon for one round moves nothing.
+(`lone_skip_limit`); a catch-up too soon for one round moves nothing. With `--rounds
+0` there is no end to claim (a lone claim moves the node at most `CATCH_UP_WINDOW`
+rounds a catch-up, `reach`) and no pace applies: a node that joins a swarm running
+for days catches up at its first catch-up, not hours later.
 
 A pulled state is held to a pace, as pushes are: its header must announce this
 adapter's own state size (`state_bytes`; another size is refused before any data is
@@ -57,7 +60,7 @@ however many Pulls come: a round without a Pull encodes nothing.
 
 What this trusts: a neighbour that delivered valid payloads (or the only one) can move
 this node's round forward within `reach` where it has fewer than 3 live neighbours
-(with robust mixing only at `LONE_SKIP_PACE` rounds a deadline),
+(with robust mixing and `--rounds` > 0 only at `LONE_SKIP_PACE` rounds a deadline),
 and, without robust mixing, hand it its adapter (bounded like any payload); with 3
 or more, only two neighbours agreeing can. Without robust mixing a catch-up is not
 covered by any mixing rule; keep strangers out with `--swarm-secret` or mTLS.
@@ -115,13 +118,16 @@ assert MAX_OWN_ROUND + CATCH_UP_WINDOW + MAX_ROUNDS_AHEAD < MAX_ROUND
 CATCH_UP_QUICK = Pace(min_seconds=STATE_PACE.min_seconds, bytes_per_second=1024 * 1024)
 QUICK_SHARE = 0.5
 CATCH_UP_MAX_WAIT = 160.0  # seconds: the longest wait between catch-ups (`rounds`)
-# Robust mixing with fewer than 3 live neighbours: one unchecked claim decides a skip,
-# which then moves at most this many rounds per deadline of the time since the last
-# skip, that time counted up to LONE_SKIP_SPAN (none banked for a later claim of the
-# plan's end). The adaptive deadline is 3 median rounds, so an honest swarm that ran at
-# most about 2.7 times the pace this node saw in step is caught up, and a member who
-# claims the end each time it may (a repeated source waits CATCH_UP_MAX_WAIT) moves the
-# node at most 8 rounds for every deadline it spends training: it cannot end it early.
+# Robust mixing with fewer than 3 live neighbours and a planned end (--rounds > 0): one
+# unchecked claim decides a skip, which then moves at most this many rounds per
+# deadline of the time since the last skip, that time counted up to LONE_SKIP_SPAN
+# (none banked for a later claim of the plan's end). The adaptive deadline is
+# `exchange.ADAPTIVE_FACTOR` (8) median rounds, so skips alone follow a swarm at the
+# pace this node saw in step (its own rounds, which do not wait for neighbours ahead,
+# close the gap); a fresh node's deadline is --round-deadline. A member who claims the
+# end each time it may (a repeated source waits CATCH_UP_MAX_WAIT) moves the node at
+# most 8 rounds a deadline: never at once to the end, though a node whose rounds take
+# longer than an eighth of a deadline loses more rounds to it than it trains.
 LONE_SKIP_PACE = MAX_ROUNDS_AHEAD
 LONE_SKIP_SPAN = CATCH_UP_MAX_WAIT
 
@@ -328,10 +334,11 @@ class StateTransfer:
 
     def lone_skip_limit(self) -> int | None:
         """The most rounds a skip may move this node now where one claim decides it and
-        nothing checks it (robust mixing, fewer than 3 live neighbours): `LONE_SKIP_PACE`
-        per deadline (`round_seconds`) of the time since the last skip or the start,
+        nothing checks it (robust mixing, fewer than 3 live neighbours) and a claim of
+        the plan's end would end its training (--rounds > 0): `LONE_SKIP_PACE` per
+        deadline (`round_seconds`) of the time since the last skip or the start,
         counted up to `LONE_SKIP_SPAN` s; None where no such limit applies."""
-        if not self.keeps_adapter or len(self.peers.live) >= 3:
+        if not self.keeps_adapter or not self.settings.rounds or len(self.peers.live) >= 3:
             return None
         span = min(max(self.clock() - self.skipped_at, 0.0), LONE_SKIP_SPAN)
         return int(LONE_SKIP_PACE * span / max(self.round_seconds(), 1e-3))
