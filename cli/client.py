@@ -100,8 +100,12 @@ def fetch_status(
 
 def status_failure(code: str, details: str, timeout: float, tls: bool) -> tuple[str, str]:
     """(why, hint) for a failed Status call: gRPC status `code` (its name) and `details`,
-    made with mTLS files (`tls`) or without."""
+    made with mTLS files (`tls`) or without. `details` may be the node's words: quoted
+    with control characters escaped, at most about `REMOTE_TEXT` x 3 characters."""
+    from declora.node.logs import safe_text
+
     why = cause(code, details, tls)
+    details = safe_text(details, 3 * REMOTE_TEXT)
     if why is Cause.UNAUTHENTICATED:
         return (
             f"the node refused the request: {details}",

@@ -69,3 +69,11 @@ def test_a_hostile_nodes_strings_are_escaped_and_bounded(show: object) -> None:
 def test_status_lists_at_most_max_rows_neighbours() -> None:
     out = printed(lambda: render_status(hostile_reply(MAX_ROWS + 5)), color=False)
     assert "... and 5 more neighbours (--format json lists all)" in out
+
+
+@pytest.mark.parametrize("code", ["UNAUTHENTICATED", "UNKNOWN", "INTERNAL"])
+def test_a_hostile_nodes_error_details_are_escaped_and_bounded(code: str) -> None:
+    """`status` prints why a call failed on stderr, the node's details in it."""
+    why, _hint = client.status_failure(code, EVIL, 5.0, False)
+    assert "\x1b" not in why and "\u202e" not in why and "\x07" not in why
+    assert len(why) < 600 and "more characters cut" in why
