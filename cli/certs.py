@@ -18,8 +18,8 @@ place at the end, so an error leaves the folder as it was.
 file, or by serial) to that CA's certificate revocation list (`crl.pem` beside it by
 default; a node's --tls-crl): the entries it held are kept with their dates, its CRL
 number goes up by one, its nextUpdate is `days` on; it is signed by the CA and
-renamed into place. A certificate another CA issued, the CA itself, or a list another
-CA signed is refused, and nothing is written.
+renamed into place. A certificate another CA issued, the CA itself (by file or by
+serial), or a list another CA signed is refused, and nothing is written.
 """
 
 from __future__ import annotations
@@ -519,6 +519,12 @@ def revoke(
     now = dt.datetime.now(dt.UTC)
     ca, key = _load_ca(*ca_paths, now)
     wanted = [_issued(p, ca, ca_paths[0]) for p in certs] + [_serial(s) for s in serials]
+    if ca.serial_number in wanted:  # as --cert of ca.pem: a list cannot revoke its signer
+        raise CertsError(
+            f"--serial: {ca.serial_number:#x} is the CA's own serial, which a list it signs "
+            "cannot revoke",
+            hint=NEW_CA_HINT,
+        )
     path = crl or out / CRL_NAME
     old = _old_list(path, ca)
     listed = [] if old is None else list(old)

@@ -118,10 +118,13 @@ def _with_issuers(
 
 
 def _keys(chain: list[x509.Certificate]) -> tuple[tuple[x509.Name, int, str], ...]:
-    """(issuer, serial, common name) of each certificate of `chain` whose names parse."""
+    """(issuer, serial, common name) of each certificate of `chain` whose names parse,
+    but a self-signed one (a CA a list cannot revoke: `certs revoke` refuses its serial)."""
     keys = []
     for c in chain:
         try:
+            if c.issuer == c.subject:
+                continue
             keys.append((c.issuer, c.serial_number, common_name(c)))
         except ValueError:  # a name this library cannot read: nothing to look up
             continue

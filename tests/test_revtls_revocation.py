@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from pathlib import Path
 
@@ -22,8 +23,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from test_auth_mismatch import live, serve, served_parts, stop
+from test_revocation_files import sign_crl
 from test_revocation_grpc import Clock, issue, load, reread, status, write
+from typer.testing import CliRunner
 
+from declora.cli.app import app
 from declora.cli.certs import mint, revoke
 from declora.node.revocation import MAX_BYTES, Revocations
 from declora.node.security import TlsError, TlsFiles
@@ -131,3 +135,22 @@ def test_a_crl_file_too_big_is_refused_and_never_replaces_a_good_list(
     clock.now += 10
     assert held.refresh() is False and held.serials == {7}
     assert "is over 16 MiB" in caplog.text
+
+
+def test_the_cas_own_serial_is_refused_by_revoke_and_ignored_in_a_list(pki: Path) -> None:
+    """`certs revoke --serial` of the CA's own serial is refused as `--cert ca.pem` is
+    (it wrote a list that refused only the peers that happen to send the CA in their
+    chain); a list that holds it anyway (made elsewhere) revokes no chain by it."""
+    ca = x509.load_pem_x509_certificate((pki / "ca.pem").read_bytes())
+    res = CliRunner().invoke(
+        app, ["certs", "revoke", "--output", str(pki), "--serial", hex(ca.serial_number)]
+    )
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.splitlines()
+    assert lines[0].startswith("error: --serial:") and "CA's own serial" in lines[0]
+    assert lines[1].startswith("hint:") and len(lines) == 2
+    assert not (pki / "crl.pem").exists()
+    stale = sign_crl(pki, [ca.serial_number], dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+    held = Revocations(stale, pki / "ca.pem", [ca])
+    b = x509.load_pem_x509_certificate((pki / "b.pem").read_bytes())
+    assert held.revoked([b, ca]) == held.revoked([b]) == ""
