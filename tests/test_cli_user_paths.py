@@ -171,7 +171,8 @@ def test_another_resume_value_is_one_error_line() -> None:
     assert res.exit_code == 2
     error, hint = res.stderr.strip().splitlines()
     assert (
-        error == "error: bad configuration: --resume: must be true, false or auto, got 'sometimes'"
+        error == "error: bad configuration: --resume: must be true, false or auto (or yes/no, "
+        "on/off, 1/0, t/f, y/n; any case), got 'sometimes'"
     )
     assert hint.startswith("hint: see `declora-node config --help`")
 
@@ -224,7 +225,8 @@ def test_resume_takes_its_words_in_any_case_and_refuses_others_by_name() -> None
         assert res.exit_code == 2, res.output
         error, hint = res.stderr.strip().splitlines()
         assert error == (
-            f"error: bad configuration: --resume: must be true, false or auto, got {word!r}"
+            "error: bad configuration: --resume: must be true, false or auto (or yes/no, "
+            f"on/off, 1/0, t/f, y/n; any case), got {word!r}"
         )
         assert hint.startswith("hint: see `declora-node config --help`")
     res = _resume("--solo", "--resume", "./run.toml")
