@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 OPTION = "--tls-crl"
 POLL_SECONDS = 2.0  # the CRL file is looked at (stat) at most this often
-MAX_BYTES = 16 * 2**20  # a CRL file's size at most (about 500,000 revocations)
+MAX_BYTES = 16 * 2**20  # a CRL file's size at most: some 300,000 revocations (PEM)
 SEEN_CHAINS = 1024  # certificates remembered by name (`note`) and parsed chains cached
 
 
