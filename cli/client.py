@@ -292,20 +292,14 @@ def more_text(total: int, shown: int, what: str) -> str:
     return f"... and {total - shown} more {what} (--format json lists all)"
 
 
-AUTH_SHOWN = {  # StatusReply.auth (`security.auth_mode`) as `status` words it
-    "none": "open",
-    "secret": "shared secret",
-    "mtls": "mTLS",
-    "mtls+secret": "mTLS + shared secret",
-}
-
-
 def auth_text(auth: str) -> str:
-    """Who may connect, as `status` shows it: "auth mTLS"; '' when the node does not
-    say (an older one); a value this CLI does not know, as is (escaped, bounded)."""
+    """Who may connect, as `status` shows it: "auth " and StatusReply.auth as
+    `--format json` has it (`security.auth_mode`: none, secret, mtls, mtls+secret),
+    one name for one thing; '' when the node does not say (an older one); any other
+    value as is (escaped, bounded)."""
     if not auth:
         return ""
-    return "auth " + AUTH_SHOWN.get(auth, remote_text(auth, SHOWN_TEXT))
+    return "auth " + remote_text(auth, SHOWN_TEXT)
 
 
 def method_text(status: Mapping[str, Any]) -> str:

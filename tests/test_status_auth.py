@@ -1,5 +1,6 @@
-"""`declora-node status` in text names who may connect to the node (StatusReply.auth,
-as `--format json` has it): open, shared secret, mTLS, or both."""
+"""`declora-node status` in text names who may connect to the node by the word
+`--format json` has for it (StatusReply.auth): none, secret, mtls or mtls+secret (the
+text said "open" where the JSON said "none")."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from declora.cli.client import render_status, status_to_dict
 @pytest.mark.parametrize(
     ("auth", "shown"),
     [
-        ("none", "auth open"),
-        ("secret", "auth shared secret"),
-        ("mtls", "auth mTLS"),
-        ("mtls+secret", "auth mTLS + shared secret"),
+        ("none", "auth none"),
+        ("secret", "auth secret"),
+        ("mtls", "auth mtls"),
+        ("mtls+secret", "auth mtls+secret"),
         ("[bold]x", "auth [bold]x"),  # one this CLI does not know: as is, not markup
     ],
 )
