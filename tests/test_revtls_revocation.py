@@ -29,6 +29,7 @@ from typer.testing import CliRunner
 
 from declora.cli.app import app
 from declora.cli.certs import mint, revoke
+from declora.node.daemon.daemon import goodbye_to
 from declora.node.revocation import MAX_BYTES, Revocations
 from declora.node.security import TlsError, TlsFiles
 
@@ -154,3 +155,34 @@ def test_the_cas_own_serial_is_refused_by_revoke_and_ignored_in_a_list(pki: Path
     held = Revocations(stale, pki / "ca.pem", [ca])
     b = x509.load_pem_x509_certificate((pki / "b.pem").read_bytes())
     assert held.revoked([b, ca]) == held.revoked([b]) == ""
+
+
+def test_a_stopping_node_says_no_goodbye_to_a_revoked_neighbour(
+    synthetic_jsonl: Path, pki: Path
+) -> None:
+    """b delivered, then its certificate was revoked and a dropped it: a's goodbye at
+    its stop (`goodbye_to`, to proven neighbours not live) no longer dials b's server."""
+    crl = revoke(pki, [], ["0x1234"], None).crl
+    clock = Clock()
+    nodes = served_parts(
+        synthetic_jsonl, [("a", {}, load(pki, "a", crl, clock)), ("b", {}, load(pki, "b"))]
+    )
+    (da, a), (_db, b) = nodes
+
+    async def go() -> None:
+        await serve(nodes)
+        try:
+            peer = await a.handshaker.dial(b.settings.advertise)
+            assert peer is not None
+            peer.proven = True  # it delivered
+            revoke(pki, [pki / "b.pem"], [], crl)
+            clock.now += 10
+            assert await reread(a) == ["b"]
+        finally:
+            await stop(nodes)
+
+    asyncio.run(go())
+    peer = a.peers.get("b")
+    assert peer is not None and not peer.live and peer.token_out
+    assert goodbye_to(a.peers, da.transport.tls) == []
+    assert goodbye_to(a.peers) == [peer]  # the control: without a list it would be told

@@ -66,7 +66,7 @@ from declora.node.daemon.transport import Transport
 from declora.node.discovery import Discovery, MdnsDiscovery, StaticDiscovery
 from declora.node.metrics import NodeMetrics
 from declora.node.quantize import check_runtime
-from declora.node.security import SwarmAuth, is_loopback
+from declora.node.security import SwarmAuth, TlsFiles, is_loopback
 from declora.node.settings import NodeSettings
 from declora.proto import pb
 
@@ -328,7 +328,7 @@ class Daemon:
                     )
                 )
 
-            told = goodbye_to(parts.peers)
+            told = goodbye_to(parts.peers, getattr(self.transport, "tls", None))
             if told:
                 await asyncio.gather(
                     *(parts.peers.stub(p).Leave(notice(p), timeout=2) for p in told),
@@ -356,13 +356,19 @@ class Daemon:
         return failure
 
 
-def goodbye_to(peers: PeerTable) -> list[Peer]:
+def goodbye_to(peers: PeerTable, tls: TlsFiles | None = None) -> list[Peer]:
     """Whom a stopping node says goodbye to: its live neighbours, and those not live
     that delivered valid payloads (`proven`) and hold a session with it (`token_out`):
     a neighbour dropped for lagging behind may still be training, and without the
     goodbye it would wait a deadline per remaining round for this node (its isolation
-    pacing) and keep re-dialling it. Bounded by the peer table; each call by 2 s."""
-    return [p for p in peers.all() if p.live or (p.proven and p.token_out and p.address)]
+    pacing) and keep re-dialling it. Not one whose certificate --tls-crl revokes (as
+    last seen: `Revocations.revoked_names`): this node dials no revoked server. Bounded
+    by the peer table; each call by 2 s."""
+    told = [p for p in peers.all() if p.live or (p.proven and p.token_out and p.address)]
+    if tls is None or tls.crl is None:
+        return told
+    revoked = tls.crl.revoked_names([p.node_id for p in told])
+    return [p for p in told if p.node_id not in revoked]
 
 
 def serve(settings: NodeSettings) -> int:
