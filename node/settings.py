@@ -358,7 +358,7 @@ class NodeSettings(BaseSettings, Recipe):
                 f"of --data (give --partition, or drop {given_as('partition_scheme')})"
             )
         if self.solo and (self.peers or self.mdns):
-            other = given_as("peers" if self.peers else "mdns")
+            other = " and ".join(given_as(f) for f in ("peers", "mdns") if getattr(self, f))
             raise ValueError(
                 f"{given_as('solo')} trains alone: drop {other}, or drop {given_as('solo')}"
             )

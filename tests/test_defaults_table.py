@@ -62,8 +62,9 @@ RULES = {
 
 @contextmanager
 def _no_environment() -> Iterator[None]:
-    """No `DECLORA_*` variable reaches `start`'s settings while inside."""
-    saved = {k: v for k, v in os.environ.items() if k.startswith("DECLORA_")}
+    """No `DECLORA_*` variable (any case: the settings read them so) reaches `start`'s
+    settings while inside."""
+    saved = {k: v for k, v in os.environ.items() if k.upper().startswith("DECLORA_")}
     for key in saved:
         del os.environ[key]
     try:
