@@ -23,6 +23,7 @@ error here is a one-line `ModelError` with a hint.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -386,23 +387,40 @@ def _tiny(name: str, task: Task, num_labels: int) -> tuple[nn.Module, str]:
     return _model_class(task).from_config(cfg), str(cfg.model_type)
 
 
+class _Quiet:
+    """`quiet_transformers`' count of blocks open (any thread) and the settings from
+    before the first: the last one out restores them."""
+
+    lock = threading.Lock()
+    depth = 0
+    verbosity = 0
+    bars = True
+
+
 @contextmanager
 def quiet_transformers() -> Iterator[None]:
     """No transformers progress bars or load reports while inside (a progress bar wrote
     a line of its own into a node's log, not JSON under --log-format json); the settings
-    from before are restored."""
+    from before the first block open are restored when the last one ends, whatever the
+    threads and however each ends (an exception included)."""
     from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()  # a new task head is expected, not news
-    hf_logging.disable_progress_bar()
+    with _Quiet.lock:
+        if _Quiet.depth == 0:
+            _Quiet.verbosity = hf_logging.get_verbosity()
+            _Quiet.bars = hf_logging.is_progress_bar_enabled()
+            hf_logging.set_verbosity_error()  # a new task head is expected, not news
+            hf_logging.disable_progress_bar()
+        _Quiet.depth += 1
     try:
         yield
     finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
+        with _Quiet.lock:
+            _Quiet.depth -= 1
+            if _Quiet.depth == 0:
+                hf_logging.set_verbosity(_Quiet.verbosity)
+                if _Quiet.bars:
+                    hf_logging.enable_progress_bar()
 
 
 def _model_class(task: Task) -> Any:
