@@ -8,8 +8,9 @@ bundle is checked even when a peer sends only its leaf), whether one of them is 
 a certificate counts as revoked when its issuer is the CRL's issuer and its serial is
 listed. `Revocations.refresh` re-reads the file when its size or mtime
 changed (checked at most every `POLL_SECONDS`; it does file I/O: callers on the event
-loop run it in a thread); a file that became unreadable or invalid keeps the last good
-list and logs one warning until it is good again (it never empties the list). A CRL
+loop run it in a thread); a file that became unreadable or invalid, or an older list of
+the same CA (a lower CRL number), keeps the last good list and logs one warning until it
+is good again (it never empties the list, nor takes a revocation back by a stale copy). A CRL
 whose nextUpdate has passed is still enforced: the revocations in it stay true, only
 newer ones may be missing; it is warned about once per file version.
 
@@ -89,11 +90,13 @@ def read_crl(path: Path, cas: list[x509.Certificate], ca: Path) -> x509.Certific
 
 @dataclass(frozen=True)
 class _List:
-    """One verified CRL: its issuer, the serials it revokes, its nextUpdate."""
+    """One verified CRL: its issuer, the serials it revokes, its nextUpdate, its CRL
+    number (None without one)."""
 
     issuer: x509.Name
     serials: frozenset[int]
     next_update: dt.datetime | None
+    number: int | None = None
 
 
 def _with_issuers(
@@ -132,7 +135,29 @@ def _keys(chain: list[x509.Certificate]) -> tuple[tuple[x509.Name, int, str], ..
 
 
 def _listed(crl: x509.CertificateRevocationList) -> _List:
-    return _List(crl.issuer, frozenset(r.serial_number for r in crl), crl.next_update_utc)
+    from cryptography import x509
+
+    try:
+        number: int | None = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except (x509.ExtensionNotFound, ValueError):
+        number = None
+    serials = frozenset(r.serial_number for r in crl)
+    return _List(crl.issuer, serials, crl.next_update_utc, number)
+
+
+def _older(fresh: _List, now: _List, path: Path) -> None:
+    """TlsError when `fresh` is an older list of the same issuer than the one in use:
+    a lower CRL number, or the same with other serials (a copy restored, or `certs
+    revoke` run on a stale copy, which numbers its list one above that copy's): it
+    would silently take back the revocations made since."""
+    if fresh.issuer != now.issuer or fresh.number is None or now.number is None:
+        return
+    if fresh.number < now.number or (fresh.number == now.number and fresh.serials != now.serials):
+        raise TlsError(
+            f"{OPTION}: {path} is an older list than the one in use (CRL number "
+            f"{fresh.number}, in use {now.number}): run `declora-node certs revoke` on the "
+            "newest copy (revocations made since would be lost)"
+        )
 
 
 class Revocations:
@@ -241,6 +266,7 @@ class Revocations:
                 return False
             try:
                 fresh = _listed(read_crl(self.path, self.cas, self.ca))
+                _older(fresh, self._list, self.path)
             except TlsError as exc:
                 self._stamp_seen = stamp  # read again once the file changes again
                 if not self._failing:  # once until the file is good again, not once a look

@@ -186,3 +186,32 @@ def test_a_stopping_node_says_no_goodbye_to_a_revoked_neighbour(
     assert peer is not None and not peer.live and peer.token_out
     assert goodbye_to(a.peers, da.transport.tls) == []
     assert goodbye_to(a.peers) == [peer]  # the control: without a list it would be told
+
+
+def test_an_older_copy_of_the_list_does_not_take_revocations_back(
+    pki: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The list in use (CRL number 2) revokes a and b; an older copy (number 1, only a)
+    put back in its place keeps both revoked, with one warning; a newer list is read."""
+    crl = revoke(pki, [pki / "a.pem"], [], None).crl
+    first = crl.read_bytes()
+    revoke(pki, [pki / "b.pem"], [], None)
+    clock = Clock()
+    cas = [x509.load_pem_x509_certificate((pki / "ca.pem").read_bytes())]
+    held = Revocations(crl, pki / "ca.pem", cas, clock=clock)
+    both = held.serials
+    assert len(both) == 2
+    caplog.set_level(logging.WARNING, logger="declora.node.revocation")
+    crl.write_bytes(first)
+    clock.now += 10
+    assert held.refresh() is False and held.serials == both
+    older = [r.message for r in caplog.records if "is an older list" in r.message]
+    assert len(older) == 1 and "(CRL number 1, in use 2)" in older[0], caplog.text
+    revoke(pki, [], ["7"], None)  # on the older copy: number 2, without b
+    clock.now += 10
+    assert held.refresh() is False and held.serials == both
+    crl.write_bytes(first)
+    revoke(pki, [], ["7"], None)
+    revoke(pki, [], ["8"], None)  # number 3: newer, read (b's revocation lost by the copy)
+    clock.now += 10
+    assert held.refresh() is True and 7 in held.serials and 8 in held.serials
