@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -423,6 +423,24 @@ def quiet_transformers() -> Iterator[None]:
                     hf_logging.enable_progress_bar()
 
 
+MAX_NAMED = 5  # missing weights `_warn_missing` names (the count says the rest)
+
+
+def _warn_missing(name: str, task: Task, model: Any, missing: Iterable[str]) -> None:
+    """A warning for the weights of `name` its files lack, which start random (hidden
+    with transformers' own reports by `quiet_transformers`): any for a causal LM, those
+    of the base model for `cls` (a new classification head is expected)."""
+    prefix = f"{getattr(model, 'base_model_prefix', '')}."
+    lacking = sorted(k for k in missing if task == "lm" or k.startswith(prefix))
+    if lacking:
+        more = f" and {len(lacking) - MAX_NAMED} more" if len(lacking) > MAX_NAMED else ""
+        _log.warning(
+            "model %r: %d weights are not in its files and start random (%s%s): it was "
+            "saved incomplete or for another architecture",
+            name, len(lacking), ", ".join(lacking[:MAX_NAMED]), more,
+        )  # fmt: skip
+
+
 def _model_class(task: Task) -> Any:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -487,7 +505,10 @@ def load_base(
 
                     model = load_quantized(_model_class(task), path, quantize, device, **kw)
                 else:
-                    model = _model_class(task).from_pretrained(path, **kw)
+                    model, info = _model_class(task).from_pretrained(
+                        path, output_loading_info=True, **kw
+                    )
+                    _warn_missing(name, task, model, info.get("missing_keys", ()))
         except HintedError:
             raise
         except (OSError, ValueError) as exc:
