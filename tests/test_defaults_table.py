@@ -151,7 +151,7 @@ def _flag(field: str) -> str:
 
 def _readme_table() -> str:
     """The table and the resolved defaults' lines of README's section."""
-    text = README.read_text()
+    text = README.read_text(encoding="utf-8")  # its dashes and signs, whatever the locale
     assert HEADING in text, f"README.md has no {HEADING!r} section"
     section = text.split(HEADING, 1)[1].split("\n#", 1)[0].splitlines()
     table = [line for line in section if line.startswith("|")]

@@ -15,7 +15,7 @@ def _anchor(heading: str) -> str:
 
 
 def _contents() -> tuple[str, list[str]]:
-    text = README.read_text()
+    text = README.read_text(encoding="utf-8")  # its dashes and signs, whatever the locale
     intro = text.split("\n## ", 1)[0]
     assert "Contents" in intro, "README.md has no contents before its first section"
     return text, re.findall(r"\]\(#([^)]+)\)", intro.split("Contents", 1)[1])
