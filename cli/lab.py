@@ -44,6 +44,7 @@ from typing import Any
 from pydantic import ConfigDict, Field, model_validator
 
 from declora.node import run_folder
+from declora.node.daemon.signals import ECHO_SECONDS
 from declora.node.errors import HintedError
 from declora.node.recipe import Recipe
 from declora.node.scores import Score, score_for
@@ -501,7 +502,15 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
         raise  # unreachable: fail_with exits
 
 
+class _LastStop:
+    at = -math.inf  # time.monotonic() of the last stop signal raised
+
+
 def _interrupt(signum: int, _frame: object) -> None:
+    now = time.monotonic()
+    if now - _LastStop.at < ECHO_SECONDS:
+        return  # the same stop delivered twice (`timeout` signals the lab, then its group)
+    _LastStop.at = now
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
@@ -510,11 +519,14 @@ def stops_as_interrupt() -> Iterator[None]:
     """Within the block (in the main thread) SIGTERM and SIGHUP raise KeyboardInterrupt,
     as Ctrl-C does, so a killed lab or a closed terminal stops the nodes (started in
     their own sessions, they get neither signal) and writes the results as
-    interrupted; a SIGHUP ignored (nohup) stays ignored. The old handlers after."""
+    interrupted; a SIGHUP ignored (nohup) stays ignored. A stop signal (Ctrl-C too)
+    within `ECHO_SECONDS` of the one before is that one delivered twice, not a second
+    (which kills the nodes). The old handlers after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    _LastStop.at = -math.inf
     try:
         for sig, handler in old.items():
             if handler is not signal.SIG_IGN:
