@@ -6,13 +6,14 @@ revokes and answers, for a peer's certificate chain (leaf first, then any interm
 it sent, then the CAs of --tls-ca that signed them: an intermediate kept in the --tls-ca
 bundle is checked even when a peer sends only its leaf), whether one of them is revoked:
 a certificate counts as revoked when its issuer is the CRL's issuer and its serial is
-listed. `Revocations.refresh` re-reads the file when its size or mtime
-changed (checked at most every `POLL_SECONDS`; it does file I/O: callers on the event
-loop run it in a thread); a file that became unreadable or invalid, or an older list of
-the same CA (a lower CRL number), keeps the last good list and logs one warning until it
-is good again (it never empties the list, nor takes a revocation back by a stale copy). A CRL
-whose nextUpdate has passed is still enforced: the revocations in it stay true, only
-newer ones may be missing; it is warned about once per file version.
+listed. `Revocations.refresh` re-reads the file when its size or mtime changed (checked
+at most every `POLL_SECONDS`; it does file I/O: callers on the event loop run it in a
+thread); a file that became unreadable or invalid keeps the last good list and logs one
+warning until it is good again (it never empties the list); a list of the same CA that
+is not newer (its CRL number not above the one in use: a restored or stale copy, or a
+list started anew) only adds its revocations, with a warning: none is taken back while
+the node runs. A CRL whose nextUpdate has passed is still enforced: the revocations in
+it stay true, only newer ones may be missing; it is warned about once per file version.
 
 Callers may rely on: `revoked` never raises for any chain; the list in use only ever
 changes to one that parsed and verified; the certificate remembered for a name (`note`,
@@ -29,7 +30,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -145,19 +146,15 @@ def _listed(crl: x509.CertificateRevocationList) -> _List:
     return _List(crl.issuer, serials, crl.next_update_utc, number)
 
 
-def _older(fresh: _List, now: _List, path: Path) -> None:
-    """TlsError when `fresh` is an older list of the same issuer than the one in use:
-    a lower CRL number, or the same with other serials (a copy restored, or `certs
-    revoke` run on a stale copy, which numbers its list one above that copy's): it
-    would silently take back the revocations made since."""
+def _older(fresh: _List, now: _List) -> bool:
+    """Whether `fresh` is not newer than the list in use `now`, of the same issuer: its
+    CRL number is not above (a copy restored, `certs revoke` run on a stale copy, or a
+    list started anew): taken whole, it could take back revocations made since."""
     if fresh.issuer != now.issuer or fresh.number is None or now.number is None:
-        return
-    if fresh.number < now.number or (fresh.number == now.number and fresh.serials != now.serials):
-        raise TlsError(
-            f"{OPTION}: {path} is an older list than the one in use (CRL number "
-            f"{fresh.number}, in use {now.number}): run `declora-node certs revoke` on the "
-            "newest copy (revocations made since would be lost)"
-        )
+        return False
+    return fresh.number < now.number or (
+        fresh.number == now.number and fresh.serials != now.serials
+    )
 
 
 class Revocations:
@@ -266,7 +263,6 @@ class Revocations:
                 return False
             try:
                 fresh = _listed(read_crl(self.path, self.cas, self.ca))
-                _older(fresh, self._list, self.path)
             except TlsError as exc:
                 self._stamp_seen = stamp  # read again once the file changes again
                 if not self._failing:  # once until the file is good again, not once a look
@@ -277,6 +273,18 @@ class Revocations:
                 return False
             self._stamp_seen = stamp
             self._failing = False
+            if _older(fresh, self._list):  # it only adds: no revocation is taken back
+                log.warning(
+                    "%s: %s is not newer than the list in use (CRL number %s, in use %s): "
+                    "its revocations are added to those in use, none is taken back; run "
+                    "`declora-node certs revoke` on the newest copy",
+                    OPTION,
+                    self.path,
+                    fresh.number,
+                    self._list.number,
+                )
+                kept = fresh.serials | self._list.serials
+                fresh = replace(fresh, serials=kept, number=self._list.number)
             changed = fresh != self._list
             self._list = fresh
             if changed:
