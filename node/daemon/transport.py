@@ -11,7 +11,9 @@
   `start` swaps it for the gRPC server; the server never shares its port
   (`grpc.so_reuseport` off: a second node on a port in use is an error, not a twin);
 - with a `DialLog` every channel records how its handshakes end;
-- health and reflection run on the event loop, `WATCHES` and `REFLECTIONS` streams
+- health and reflection refuse, under mTLS, a caller the Swarm service refuses for its
+  certificate (no common name, revoked by --tls-crl: `auth.caller_refusal`), with
+  PERMISSION_DENIED; they run on the event loop, `WATCHES` and `REFLECTIONS` streams
   of each at most, with room of their own in gRPC's cap on calls in flight: streams
   held open by anyone never take a thread of the default executor (training and
   payload checks run there) nor the room of the Swarm service's calls.
@@ -109,11 +111,22 @@ def _too_many(what: str, most: int) -> str:
     return f"{most} {what} streams already open on this node"
 
 
+async def _certificate(context: grpc.aio.ServicerContext, tls: TlsFiles | None) -> None:
+    """Abort (PERMISSION_DENIED) a caller whose certificate may call nothing under mTLS."""
+    from declora.node.daemon.auth import caller_refusal  # auth -> status -> peers -> here
+
+    bad = caller_refusal(context, tls)
+    if bad is not None:
+        await context.abort(bad.code, bad.reason)
+
+
 class Health(health_pb2_grpc.HealthServicer):
     """grpc.health.v1 on the event loop: Check, and Watch for at most `WATCHES` callers
-    at once (then RESOURCE_EXHAUSTED). `set` is synchronous."""
+    at once (then RESOURCE_EXHAUSTED); under mTLS (`tls`) not to a caller refused for
+    its certificate. `set` is synchronous."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: TlsFiles | None = None) -> None:
+        self.tls = tls
         self.status: dict[str, health_pb2.HealthCheckResponse.ServingStatus] = {}
         self.changed = asyncio.Event()
         self.watching = 0
@@ -126,6 +139,7 @@ class Health(health_pb2_grpc.HealthServicer):
     async def Check(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> health_pb2.HealthCheckResponse:
+        await _certificate(context, self.tls)
         status = self.status.get(request.service)
         if status is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no service {request.service!r}")
@@ -134,6 +148,7 @@ class Health(health_pb2_grpc.HealthServicer):
     async def Watch(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> None:
+        await _certificate(context, self.tls)
         if self.watching >= WATCHES:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, _too_many("Watch", WATCHES))
         self.watching += 1
@@ -153,15 +168,18 @@ class Health(health_pb2_grpc.HealthServicer):
 
 
 class Reflection(reflection.aio.ReflectionServicer):
-    """Server reflection, at most `REFLECTIONS` streams at once (then RESOURCE_EXHAUSTED)."""
+    """Server reflection, at most `REFLECTIONS` streams at once (then RESOURCE_EXHAUSTED);
+    under mTLS (`tls`) not to a caller refused for its certificate."""
 
-    def __init__(self, service_names: tuple[str, ...]) -> None:
+    def __init__(self, service_names: tuple[str, ...], tls: TlsFiles | None = None) -> None:
         super().__init__(service_names)
+        self.tls = tls
         self.streams = 0
 
     async def ServerReflectionInfo(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
+        await _certificate(context, self.tls)
         if self.streams >= REFLECTIONS:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, _too_many("reflection", REFLECTIONS)
@@ -180,7 +198,7 @@ class Transport:
     def __init__(self, settings: NodeSettings, tls: TlsFiles | None) -> None:
         self.settings = settings
         self.tls = tls
-        self.health = Health()
+        self.health = Health(tls)
         self.server: grpc.aio.Server | None = None
         self.dial_log: DialLog | None = None
         self.reserved: socket.socket | None = None
@@ -220,7 +238,9 @@ class Transport:
         pb_grpc.add_SwarmServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(Reflection(names), server)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            Reflection(names, self.tls), server
+        )
         if self.reserved is not None:  # hand the reserved port over to gRPC
             self.reserved.close()
             self.reserved = None
