@@ -322,12 +322,14 @@ class NodeSettings(BaseSettings, Recipe):
     @field_validator("resume", mode="before")
     @classmethod
     def _resume_ok(cls, v: object) -> object:
-        if isinstance(v, str) and v.strip().lower() not in BOOL_WORDS | {"auto"}:
+        """One error for any other value (a file's `resume = 5` got two of pydantic's)."""
+        word = v.strip().lower() if isinstance(v, str) else v
+        known = isinstance(word, str | int | float) and word in BOOL_WORDS | {"auto", 1, 0}
+        if not known:  # 1 and 0: also True, False (and 1.0, 0.0) as pydantic takes them
             also = ", ".join("/".join(pair) for pair in BOOL_PAIRS[1:])
-            raise ValueError(
-                f"must be true, false or auto (or {also}; any case), got {v.strip()!r}"
-            )
-        return v.strip().lower() if isinstance(v, str) else v
+            shown = v.strip() if isinstance(v, str) else v
+            raise ValueError(f"must be true, false or auto (or {also}; any case), got {shown!r}")
+        return word
 
     @field_validator("device")
     @classmethod

@@ -32,3 +32,29 @@ def test_the_defaults_table_sees_no_lowercase_variable(monkeypatch: pytest.Monke
     with _no_environment():
         assert resolve_settings({}, None).settings.rounds != 7
     # before: the table's `start` column read rounds 7 and the test failed
+
+
+@pytest.mark.parametrize(("value", "shown"), [("5", "5"), ("[1]", "[1]"), ("2.5", "2.5")])
+def test_resume_of_another_type_in_a_file_is_one_error(
+    tmp_path: Path, value: str, shown: str
+) -> None:
+    config = tmp_path / "n.toml"
+    config.write_text(f"solo = true\nresume = {value}\n")
+    with pytest.raises(SettingsError) as err:
+        resolve_settings({}, config)
+    # before: pydantic's two ("Input should be a valid boolean ...; Input should be 'auto'")
+    assert str(err.value) == (
+        "bad configuration: n.toml: key 'resume': must be true, false or auto (or yes/no, "
+        f"on/off, 1/0, t/f, y/n; any case), got {shown}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "resume"), [("true", True), ("1", True), ("0", False), ('"Off"', False)]
+)
+def test_resume_yes_no_values_in_a_file_still_work(
+    tmp_path: Path, value: str, resume: bool
+) -> None:
+    config = tmp_path / "n.toml"
+    config.write_text(f"solo = true\nresume = {value}\ncheckpoint_dir = '{tmp_path / 's'}'\n")
+    assert resolve_settings({}, config).settings.resume is resume
