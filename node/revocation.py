@@ -6,7 +6,7 @@ revokes and answers, for a peer's certificate chain (leaf first, then any interm
 it sent, then the CAs of --tls-ca that signed them: an intermediate kept in the --tls-ca
 bundle is checked even when a peer sends only its leaf), whether one of them is revoked:
 a certificate counts as revoked when its issuer is the CRL's issuer and its serial is
-listed. `Revocations.refresh` re-reads the file when its size or mtime changed (checked
+listed. `Revocations.refresh` re-reads the file when its size, mtime or inode changed (checked
 at most every `POLL_SECONDS`; it does file I/O: callers on the event loop run it in a
 thread); a file that became unreadable or invalid keeps the last good list and logs one
 warning until it is good again (it never empties the list); a list of the same CA that
@@ -174,6 +174,7 @@ class Revocations:
         self._stamp_seen = stamp
         self._checked: float | None = None  # when the file was last looked at (`refresh`)
         self._failing = False  # warned that the file went bad (until it is good again)
+        self._own_said = False  # `own_revoked` said so (until a list no longer revokes it)
         # the file version whose passed nextUpdate was warned about (at start: `warnings`)
         self._stale_warned = stamp if self.stale_warning() else None
         self._lock = threading.Lock()  # one refresh at a time
@@ -185,12 +186,14 @@ class Revocations:
         """The serials revoked now (by the CRL's issuer)."""
         return self._list.serials
 
-    def _stamp(self) -> tuple[int, int]:
+    def _stamp(self) -> tuple[int, ...]:
+        """What tells the file changed: its mtime, size, inode and device (a list renamed
+        into place of the same size, within a coarse clock's tick, is another inode)."""
         try:
             st = self.path.stat()
         except OSError:
-            return (-1, -1)
-        return (st.st_mtime_ns, st.st_size)
+            return (-1,)
+        return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
 
     def revoked(self, chain: list[x509.Certificate]) -> str:
         """'' when no certificate of `chain`, nor a CA of --tls-ca that signed one of
@@ -206,6 +209,13 @@ class Revocations:
                     f"certificate serial {serial:#x} ({name or 'no name'}) is revoked by {OPTION}"
                 )
         return ""
+
+    def own_revoked(self, chain: list[x509.Certificate]) -> str:
+        """`revoked` for this end's own `chain`, said once: '' again while the lists
+        that follow still revoke it (said anew once one did not)."""
+        reason = self.revoked(chain)
+        said, self._own_said = self._own_said, bool(reason)
+        return "" if said else reason
 
     def revoked_pem(self, pem: bytes) -> str:
         """`revoked` for a chain given as PEM (as gRPC gives a caller's), parsed once
@@ -247,7 +257,7 @@ class Revocations:
         return {n: why for n, why in found.items() if why}
 
     def refresh(self, force: bool = False) -> bool:
-        """Re-read the CRL when its size or mtime changed (looked at once `POLL_SECONDS`
+        """Re-read the CRL when its size, mtime or inode changed (looked at once `POLL_SECONDS`
         passed since the last look, or now with `force`); True when the list in use
         changed. A file that cannot be read or verified keeps the last good list and
         logs one warning (again only after it was good in between). File I/O: run it
@@ -307,7 +317,7 @@ class Revocations:
             "issue a fresh one with `declora-node certs revoke`"
         )
 
-    def _warn_stale(self, stamp: tuple[int, int]) -> None:
+    def _warn_stale(self, stamp: tuple[int, ...]) -> None:
         line = self.stale_warning()
         if line and self._stale_warned != stamp:
             self._stale_warned = stamp

@@ -14,7 +14,7 @@ import grpc
 from declora.node import logs
 from declora.node.daemon.status import Counters
 from declora.node.revocation import POLL_SECONDS
-from declora.node.security import AuthError, Signed, SignedT, SwarmAuth, TlsFiles
+from declora.node.security import AuthError, Signed, SignedT, SwarmAuth, TlsFiles, common_name
 from declora.node.wire import WireError
 from declora.proto import pb
 
@@ -88,15 +88,37 @@ def caller_refusal(context: Any, tls: TlsFiles | None) -> WireError | None:
     return WireError(grpc.StatusCode.PERMISSION_DENIED, reason, "revoked")
 
 
+def warn_own_revoked(tls: TlsFiles) -> None:
+    """One warning when --tls-crl's list (re-read) now revokes this node's own
+    --tls-cert: its peers refuse it from then on (`Revocations.own_revoked`: said once)."""
+    if tls.crl is None:
+        return
+    from cryptography import x509
+
+    chain = x509.load_pem_x509_certificates(tls.cert)
+    reason = tls.crl.own_revoked(chain)
+    if not reason:
+        return
+    pki = tls.ca_path.parent if tls.ca_path is not None else "PKI"
+    log.warning(
+        "--tls-crl: %s now revokes this node's own --tls-cert %s (%s): its peers will "
+        "refuse it; re-issue it with `declora-node certs --output %s --nodes %s --force` "
+        "and restart the node with the new certificate",
+        tls.crl.path, tls.cert_path or "", reason, pki, common_name(chain[0]) or "NAME",
+    )  # fmt: skip
+
+
 async def drop_revoked(tls: TlsFiles | None, peers: PeerTable, counters: Counters) -> list[str]:
     """Under mTLS with --tls-crl (`tls.crl`): re-read the list when its file changed
-    (`Revocations.refresh`, in a thread: a bad file keeps the last good list), then drop
+    (`Revocations.refresh`, in a thread: a bad file keeps the last good list), warn
+    once when it now revokes this node's own certificate (`warn_own_revoked`), then drop
     each live neighbour whose certificate, as last seen on one of its calls or on a dial
     of its server, is revoked (counted `revoked`, logged by `PeerTable.drop`); the ids
     dropped. Nothing without a list."""
     if tls is None or tls.crl is None:
         return []
-    await asyncio.to_thread(tls.crl.refresh)
+    if await asyncio.to_thread(tls.crl.refresh):
+        warn_own_revoked(tls)
     live = {p.node_id: p for p in peers.live}
     revoked = tls.crl.revoked_names(list(live))
     for node_id, why in revoked.items():
