@@ -19,7 +19,9 @@ file, or by serial) to that CA's certificate revocation list (`crl.pem` beside i
 default; a node's --tls-crl): the entries it held are kept with their dates, its CRL
 number goes up by one, its nextUpdate is `days` on; it is signed by the CA and
 renamed into place. A certificate another CA issued, the CA itself (by file or by
-serial), or a list another CA signed is refused, and nothing is written.
+serial), or a list another CA signed is refused, and nothing is written. Two revokes
+into one folder at once run one after the other (a lock on the folder): neither loses
+the other's entries.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import ipaddress
 import os
 import re
 import secrets
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +44,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from declora.node.errors import HintedError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks
+    fcntl = None  # type: ignore[assignment]
 
 CLIENT = "cli"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -421,6 +430,7 @@ def warnings(minted: Minted) -> list[str]:
 CRL_NAME = "crl.pem"  # the revocation list `revoke` writes beside ca.pem by default
 CRL_DAYS = 30  # default span until the list's nextUpdate
 MAX_SERIAL = 2**159  # a certificate serial is at most 20 octets, positive (RFC 5280)
+LOCK_WAIT = 30.0  # seconds a revoke waits for another one writing into the same folder
 REVOKE_HINT = "give the --output folder of the `declora-node certs` run that made the CA"
 
 
@@ -526,6 +536,62 @@ def revoke(
             hint=NEW_CA_HINT,
         )
     path = crl or out / CRL_NAME
+    with _list_lock(path):  # another revoke's read-modify-write waits: none is lost
+        return _add_to_list(path, ca, key, wanted, days)
+
+
+@contextlib.contextmanager
+def _list_lock(path: Path) -> Iterator[None]:
+    """Hold the exclusive lock of the folder of the list `path` for a block (a flock on
+    the folder: nothing is left in it): a second `revoke` into that folder waits for
+    the first to have written, up to `LOCK_WAIT` seconds (then a CertsError naming the
+    holder: a node holds its run folder while it runs). Where the file system has no
+    locks the block runs unlocked."""
+    folder = path.parent
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as exc:
+        raise CertsError(
+            f"--crl: cannot write {path}: {exc.strerror or exc}",
+            hint="give a --crl in a folder you can write to",
+        ) from None
+    try:
+        _lock(fd, folder)
+        yield
+    finally:
+        os.close(fd)  # drops the lock
+
+
+def _lock(fd: int, folder: Path) -> None:
+    """flock `fd` (of `folder`) exclusively, waiting up to `LOCK_WAIT` seconds."""
+    if fcntl is None:  # pragma: no cover - Windows
+        return
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                from declora.node.run_folder import holder
+
+                pid = holder(folder)
+                raise CertsError(
+                    f"--crl: {folder} stayed locked by another process"
+                    f"{f' (pid {pid})' if pid else ''} for {LOCK_WAIT:g}s: not revoking",
+                    hint="run it again once that process is done (a node holds its run "
+                    "folder while it runs: keep the list in the certificates' folder)",
+                ) from None
+            time.sleep(0.05)
+        except OSError:  # ENOLCK (some network file systems): nothing is checked
+            return
+
+
+def _add_to_list(
+    path: Path, ca: x509.Certificate, key: CaKey, wanted: list[int], days: int
+) -> Revoked:
+    """`revoke`'s read-modify-write of the list `path` (under `_list_lock`)."""
+    now = dt.datetime.now(dt.UTC)
     old = _old_list(path, ca)
     listed = [] if old is None else list(old)
     known = {r.serial_number for r in listed}
