@@ -272,12 +272,19 @@ def remote_text(value: object, limit: int = REMOTE_TEXT) -> str:
     """A string a node (or a file) gave, as `status` and `inspect` print it: control
     and invisible characters escaped (`logs.safe_text`), at most about `limit`
     characters (the cut said), and rich markup escaped: a hostile node cannot style
-    or move the operator's terminal, nor flood it."""
+    or move the operator's terminal, nor flood it. Shown as sent (backslashes too)
+    wherever it stands in markup, before a tag or not."""
     from rich.markup import escape
 
     from declora.node.logs import safe_text
 
-    return escape(safe_text(str(value), limit))
+    text = safe_text(str(value), limit)
+    body = text.rstrip("\\")
+    if body == text:
+        return escape(text)
+    # rich's escape doubles one trailing backslash (shown twice unless a tag follows):
+    # the run doubled before an empty tag shows as sent, and ends in no backslash
+    return escape(body) + "\\" * 2 * (len(text) - len(body)) + "[dim][/dim]"
 
 
 MAX_ROWS = 256  # neighbours `status` and `inspect` list (--format json lists all)
