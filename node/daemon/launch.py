@@ -3,7 +3,9 @@
 `launch` checks the configuration (someone to train with, a checkpoint to resume),
 reserves the listen port with a plain socket, and only then imports torch and builds
 the daemon, which swaps the reservation for its gRPC server before the model loads.
-So a port in use or a bad configuration fails within a second, with a `UserError`.
+So a port in use or a bad configuration fails within a second, with a `UserError`; so
+does a machine with no writable temporary folder (a container's read-only root
+filesystem without a tmpfs at /tmp), which torch's import needs.
 A stop signal from here on is remembered until the daemon handles it (`signals`);
 one before, while the configuration is checked, is `NotStarted`.
 """
@@ -12,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 
 from declora.node import logs, run_folder
 from declora.node.daemon.signals import NotStarted, stop_signals
-from declora.node.daemon.startup import check_config
+from declora.node.daemon.startup import CONFIG, UserError, check_config
 from declora.node.daemon.transport import Transport
 from declora.node.settings import NodeSettings
 
@@ -29,6 +32,7 @@ def launch(settings: NodeSettings) -> int:
     try:
         try:  # check_config imports torch: seconds in which a Ctrl-C is still raised
             logs.configure(settings.node_id, settings.log_format, settings.log_level)
+            check_temp_folder()
             created = check_config(settings)
         except KeyboardInterrupt as exc:
             raise NotStarted from exc
@@ -46,6 +50,22 @@ def launch(settings: NodeSettings) -> int:
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only while empty
         raise
+
+
+def check_temp_folder() -> None:
+    """A writable temporary folder exists (TMPDIR, else /tmp, /var/tmp, the working
+    folder), else a `UserError` (exit 2): torch's import needs one and crashed with a
+    traceback. Data files and TLS probes use it too; nothing stays there."""
+    try:
+        tempfile.gettempdir()
+    except OSError as exc:  # no usable temporary directory: none is writable
+        raise UserError(
+            "no writable temporary folder (TMPDIR, /tmp, /var/tmp): torch needs one "
+            "(a read-only root filesystem?)",
+            CONFIG,
+            "mount a tmpfs at /tmp (docker run --tmpfs /tmp, compose `tmpfs: [/tmp]`, "
+            "Kubernetes an emptyDir volume) or set TMPDIR to a writable folder",
+        ) from exc
 
 
 async def _run(settings: NodeSettings, transport: Transport) -> int:
