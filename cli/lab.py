@@ -336,6 +336,23 @@ def _stop(nodes: list[LabNode], grace: float = 60.0) -> None:
             n.process.wait()
 
 
+KILL_WAIT = 5.0  # seconds the lab waits for the nodes a second Ctrl-C killed
+
+
+def _kill(nodes: list[LabNode]) -> None:
+    """SIGKILL every node still running (a second Ctrl-C), then wait for them, up to
+    `KILL_WAIT` seconds in all (a third Ctrl-C ends the wait): each one's exit code is
+    then -9, as results.json records a node ended by a signal, not null."""
+    for n in nodes:
+        if n.process.poll() is None:
+            n.process.kill()
+    deadline = time.monotonic() + KILL_WAIT
+    with contextlib.suppress(KeyboardInterrupt):
+        for n in nodes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                n.process.wait(timeout=max(deadline - time.monotonic(), 0))
+
+
 def centralized_reference(cfg: LabConfig) -> dict[str, Any]:
     """One adapter on all the nodes' data, for the swarm's total samples, at the
     learning rate for one adapter (`central_lr`), not the swarm's scaled one; one torch
@@ -637,8 +654,7 @@ def _run_lab(cfg: LabConfig, out: Path, note: str, topo: Topology) -> dict[str, 
         try:
             _stop(nodes)
         except KeyboardInterrupt:
-            for n in nodes:
-                n.process.kill()
+            _kill(nodes)
         for n in nodes:
             n.log.close()
     if nodes:
