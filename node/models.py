@@ -503,12 +503,12 @@ def load_base(
                 if quantize != "none":
                     from declora.node.quantize import load_quantized
 
-                    model = load_quantized(_model_class(task), path, quantize, device, **kw)
+                    model, info = load_quantized(_model_class(task), path, quantize, device, **kw)
                 else:
                     model, info = _model_class(task).from_pretrained(
                         path, output_loading_info=True, **kw
                     )
-                    _warn_missing(name, task, model, info.get("missing_keys", ()))
+                _warn_missing(name, task, model, info.get("missing_keys", ()))
         except HintedError:
             raise
         except (OSError, ValueError) as exc:

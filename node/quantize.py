@@ -69,17 +69,21 @@ def quantization_kwargs(quantize: str) -> dict[str, Any]:
     raise ModelError(f"--quantize {quantize}: expected one of {', '.join(QUANTIZE)}")
 
 
-def load_quantized(model_class: Any, path: str, quantize: str, device: str, **kw: Any) -> Any:
-    """A pretrained base loaded in `quantize` onto CUDA `device`, ready for k-bit LoRA."""
+def load_quantized(
+    model_class: Any, path: str, quantize: str, device: str, **kw: Any
+) -> tuple[Any, dict[str, Any]]:
+    """A pretrained base loaded in `quantize` onto CUDA `device`, ready for k-bit LoRA,
+    and transformers' loading report (`missing_keys`: weights its files lack)."""
     from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 
     index = torch.device(device).index or 0
-    model = model_class.from_pretrained(
+    model, info = model_class.from_pretrained(
         path,
         quantization_config=BitsAndBytesConfig(**quantization_kwargs(quantize)),
         device_map={"": index},
+        output_loading_info=True,
         **kw,
     )
     # checkpointing is the recipe's choice (`gradient_checkpointing`), made later
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False), info
