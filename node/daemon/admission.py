@@ -162,6 +162,23 @@ def recipe_differences(
     return "; ".join(out)
 
 
+def protocol_refusal(h: pb.Hello, node_id: str) -> str:
+    """Why Hello `h` of another wire protocol version than this node's may not join:
+    both versions and both declora releases, each side named by its node id (the
+    reason is logged here and read by the peer, where "this node" would name the other
+    one), and which node to upgrade: the one of the older protocol."""
+    theirs, ours = f"{h.protocol_version}", f"{PROTOCOL_VERSION}"
+    who = shown(h.node_id or "?", 40)
+    release = shown(h.package_version, 40) if h.package_version else "(unknown)"
+    older = who if h.protocol_version < PROTOCOL_VERSION else repr(node_id)
+    return (
+        f"protocol version {theirs} != {ours}: {who} runs declora {release} (protocol "
+        f"{theirs}), {node_id!r} declora {__version__!r} (protocol {ours}); nodes of two "
+        f"protocol versions never mix: upgrade {older}, so that every node of the swarm "
+        "runs a release of one protocol version"
+    )
+
+
 def check_hello(
     h: pb.Hello,
     *,
@@ -176,11 +193,7 @@ def check_hello(
     logged here and read by the peer)."""
     sides = (f"at {shown(h.node_id, 40)}", f"at {node_id!r}")
     if h.protocol_version != PROTOCOL_VERSION:
-        return (
-            f"protocol version {h.protocol_version} != {PROTOCOL_VERSION} "
-            f"(peer runs declora {shown(h.package_version, 40) if h.package_version else '?'}, "
-            f"this node {__version__})"
-        )
+        return protocol_refusal(h, node_id)
     if h.swarm_id != swarm_id:
         return f"swarm {shown(h.swarm_id)} != {swarm_id!r}"
     if h.fingerprint != fingerprint:
