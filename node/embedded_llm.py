@@ -69,9 +69,9 @@ def smollm2_folder() -> str:
     except PackageNotFoundError:  # found on sys.path without its metadata
         tag = "local"
     final = cache_root() / f"{CACHE_NAME}-{tag}"
-    if (final / "config.json").is_file():
-        return str(final)
     try:
+        if (final / "config.json").is_file():  # PermissionError: another uid's 0700 folder
+            return str(final)
         final.parent.mkdir(parents=True, exist_ok=True)
         with open(final.parent / f".{final.name}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
