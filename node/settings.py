@@ -9,6 +9,7 @@ that names the option, before anything starts.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import re
@@ -217,6 +218,11 @@ class NodeSettings(BaseSettings, Recipe):
     )
     # operations
     metrics_port: int = Field(0, ge=0, le=65535, description="0 = no metrics endpoint")
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="IP the metrics endpoint binds (0.0.0.0 or :: in a container, for "
+        "Prometheus to reach it)",
+    )
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     threads: int = Field(0, ge=0, le=1024, description="torch threads (0 = torch default)")
     log_format: Literal["text", "json"] = Field("text", description="text or json lines")
@@ -290,6 +296,14 @@ class NodeSettings(BaseSettings, Recipe):
     @classmethod
     def _listen_ok(cls, v: str) -> str:
         return check_address(v)
+
+    @field_validator("metrics_host")
+    @classmethod
+    def _metrics_host_ok(cls, v: str) -> str:
+        try:
+            return str(ipaddress.ip_address(v.strip("[]")))
+        except ValueError:
+            raise ValueError(f"{v!r} is not an IP address (e.g. 127.0.0.1 or 0.0.0.0)") from None
 
     @field_validator("advertise")
     @classmethod

@@ -218,7 +218,7 @@ class Daemon:
     async def _load(self) -> Parts:
         """The metrics port, the device, data and model, the checkpoint (UserError)."""
         s = self.settings
-        serve_metrics(self.metrics, s.metrics_port)
+        serve_metrics(self.metrics, s.metrics_port, s.metrics_host)
         check_device(s.device)
         check_runtime(s.quantize, s.precision, resolve_device(s.device))  # before data loads
         parts = await asyncio.to_thread(self.build)

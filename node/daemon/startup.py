@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 
 from declora.node import run_folder
-from declora.node.address import split_address
+from declora.node.address import join_address, split_address
 from declora.node.logs import safe_text
 from declora.node.rpc_failure import LOADING, TLS_HINT, VERIFIED_TLS, Cause, cause, tls_failure
 from declora.node.settings import NodeSettings
@@ -267,19 +267,19 @@ def check_device(name: str) -> None:
         raise UserError("--device mps: MPS is not available here", CONFIG, "use --device cpu")
 
 
-def serve_metrics(metrics: Any, port: int) -> None:
-    """Serve `metrics` (a NodeMetrics) on 127.0.0.1:`port`; 0 = none. UserError when
-    the port is taken."""
+def serve_metrics(metrics: Any, port: int, host: str = "127.0.0.1") -> None:
+    """Serve `metrics` (a NodeMetrics) on `host`:`port`; 0 = none. UserError when
+    the port is taken (or the address is not this machine's)."""
     if not port:
         return
     try:
-        metrics.serve(port)
+        metrics.serve(port, host)
     except OSError as exc:
         why = os.strerror(exc.errno) if exc.errno else str(exc)
         raise UserError(
-            f"cannot serve metrics on 127.0.0.1:{port}: {why}",
+            f"cannot serve metrics on {join_address(host, port)}: {why}",
             CONFIG,
-            "pick another --metrics-port (0: no metrics endpoint)",
+            "pick another --metrics-port (0: no metrics endpoint) or --metrics-host",
         ) from exc
 
 
