@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from declora.node import PROTOCOL_VERSION, __version__
+from declora.node import PROTOCOL_VERSION, __version__, protocol_note
 from declora.node.daemon.admission import check_hello
 from declora.proto import pb
 
@@ -66,3 +66,16 @@ def test_a_protocol_refusal_bounds_what_the_peer_says() -> None:
     assert "\n" not in got and len(got) < 400
     bare = released_hello(protocol_version=PROTOCOL_VERSION + 1, package_version="")
     assert "'old' runs declora (unknown)" in check_hello(bare, **RULE)  # type: ignore[arg-type]
+
+
+def test_a_dialler_says_its_protocol_beside_an_older_release_refusal() -> None:
+    """950ddf3 words a refusal from its own side ("peer" is the dialler): the dialler
+    adds its protocol; this release's words, and other reasons, get nothing."""
+    older = (
+        f"protocol version {PROTOCOL_VERSION} != {PROTOCOL_VERSION - 1} "
+        "(peer runs declora '0.1.0', this node 0.1.0)"
+    )
+    assert f"its peer is this node, of protocol {PROTOCOL_VERSION}]" in protocol_note(older)
+    ours = check_hello(released_hello(protocol_version=PROTOCOL_VERSION + 1), **RULE)  # type: ignore[arg-type]
+    assert protocol_note(ours) == ""
+    assert protocol_note("swarm 'a' != 'b'") == ""

@@ -56,7 +56,7 @@ from typing import Any
 
 import grpc
 
-from declora.node import PROTOCOL_VERSION, __version__, logs
+from declora.node import PROTOCOL_VERSION, __version__, logs, protocol_note
 from declora.node.address import endpoints
 from declora.node.daemon.admission import SAME_SECRET, Admission, address_ip
 from declora.node.daemon.auth import NAMELESS, Auth
@@ -210,8 +210,9 @@ class Handshaker:
                 log.debug("handshake with %s failed: %s", address, why)
                 return None, exc.code() in REFUSING_CODES
             if not welcome.accepted:
+                reason = logs.safe_text(welcome.reason, 300)
                 log.warning(
-                    "%s refused the handshake: %s", address, logs.safe_text(welcome.reason, 300)
+                    "%s refused the handshake: %s%s", address, reason, protocol_note(reason)
                 )
                 return None, True
             node = welcome.node
