@@ -15,19 +15,12 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from test_revocation_grpc import Clock
 
 from declora.cli.certs import mint, revoke
 from declora.node.daemon.auth import drop_revoked
 from declora.node.revocation import POLL_SECONDS, Revocations
 from declora.node.security import TlsFiles
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ from test_auth_mismatch import files, live, serve, served_parts, stop
 
 from declora.cli.certs import mint, revoke
 from declora.node.daemon.auth import NAMELESS, drop_revoked
+from declora.node.daemon.daemon import Daemon
 from declora.node.daemon.parts import Parts
 from declora.node.security import TlsError, TlsFiles
 from declora.proto import pb, pb_grpc
@@ -245,21 +246,7 @@ def test_a_node_under_a_revoked_intermediate_is_refused_both_ways(
         synthetic_jsonl,
         [("a", {}, load(pki, "a", crl)), ("m", {}, write(pki, "m", [leaf[0], inter[0]], leaf[1]))],
     )
-    (da, a), (_dm, m) = nodes
-    why = f"certificate serial {inter[0].serial_number:#x} (intermediate) is revoked by --tls-crl"
-
-    async def go() -> None:
-        await serve(nodes)
-        try:
-            assert await m.handshaker.dial(a.settings.advertise) is None
-            assert await a.handshaker.dial(m.settings.advertise) is None
-            assert live(a) == live(m) == set()
-        finally:
-            await stop(nodes)
-
-    asyncio.run(go())
-    assert a.counters.rejected.get("revoked") == 1
-    assert da.dial_log.outcomes[m.settings.advertise].endswith(why)
+    refused_both_ways(nodes, inter[0].serial_number)
 
 
 def test_a_certificate_without_a_common_name_is_refused_both_ways(
@@ -291,3 +278,24 @@ def test_a_certificate_without_a_common_name_is_refused_both_ways(
     assert (
         "serves a certificate without a common name" in da.dial_log.outcomes[x.settings.advertise]
     )
+
+
+def refused_both_ways(nodes: list[tuple[Daemon, Parts]], revoked_serial: int) -> None:
+    """Serve nodes a and m; neither may join the other (m's chain holds the revoked
+    intermediate `revoked_serial`): a counts one `revoked` refusal and its dial log
+    names the intermediate."""
+    (da, a), (_dm, m) = nodes
+    why = f"certificate serial {revoked_serial:#x} (intermediate) is revoked by --tls-crl"
+
+    async def go() -> None:
+        await serve(nodes)
+        try:
+            assert await m.handshaker.dial(a.settings.advertise) is None
+            assert await a.handshaker.dial(m.settings.advertise) is None
+            assert live(a) == live(m) == set()
+        finally:
+            await stop(nodes)
+
+    asyncio.run(go())
+    assert a.counters.rejected.get("revoked") == 1
+    assert da.dial_log.outcomes[m.settings.advertise].endswith(why)

@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from test_auth_mismatch import live, serve, served_parts, stop
 from test_revocation_files import sign_crl
-from test_revocation_grpc import Clock, issue, load, reread, status, write
+from test_revocation_grpc import Clock, issue, load, refused_both_ways, reread, status, write
 from typer.testing import CliRunner
 
 from declora.cli.app import app
@@ -97,21 +97,7 @@ def test_a_revoked_intermediate_in_the_ca_bundle_refuses_a_leaf_sent_alone(
         synthetic_jsonl,
         [("a", {}, load(pki, "a", crl)), ("m", {}, write(pki, "m", [leaf[0]], leaf[1]))],
     )
-    (da, a), (_dm, m) = nodes
-    why = f"certificate serial {inter[0].serial_number:#x} (intermediate) is revoked by --tls-crl"
-
-    async def go() -> None:
-        await serve(nodes)
-        try:
-            assert await m.handshaker.dial(a.settings.advertise) is None
-            assert await a.handshaker.dial(m.settings.advertise) is None
-            assert live(a) == live(m) == set()
-        finally:
-            await stop(nodes)
-
-    asyncio.run(go())
-    assert a.counters.rejected.get("revoked") == 1
-    assert da.dial_log.outcomes[m.settings.advertise].endswith(why)
+    refused_both_ways(nodes, inter[0].serial_number)
     with pytest.raises(TlsError, match="revokes this end's own --tls-cert"):  # m's own start
         TlsFiles.load(pki / "m.pem", pki / "m-key.pem", pki / "ca.pem", crl=crl)
 
