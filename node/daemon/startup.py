@@ -26,7 +26,7 @@ from typing import Any
 
 import grpc
 
-from declora.node import run_folder
+from declora.node import protocol_note, run_folder
 from declora.node.address import join_address, split_address
 from declora.node.logs import safe_text
 from declora.node.rpc_failure import LOADING, TLS_HINT, VERIFIED_TLS, Cause, cause, tls_failure
@@ -382,10 +382,20 @@ class _HandshakeWatch(grpc.aio.UnaryUnaryClientInterceptor):
             why = dial_failure(self.address, exc.code(), exc.details() or "", self.log.tls)
             self.log.record(self.address, why)
             raise
-        refused = "refused the handshake: " + safe_text(welcome.reason, 300)
+        reason = safe_text(welcome.reason, 300)
+        refused = "refused the handshake: " + reason + protocol_note(reason)
         reason = "" if welcome.accepted else refused
         self.log.record(self.address, reason)
         return call
+
+
+# how a dial ends that a node of another wire protocol version refused (`DialLog`'s
+# line; an older release words the rest of it otherwise), and the hint for it
+PROTOCOL_REFUSED = "refused the handshake: protocol version "
+PROTOCOL_HINT = (
+    "nodes of two protocol versions never mix, and waiting longer changes nothing: run "
+    "one declora release on every node (upgrade the node of the older protocol)"
+)
 
 
 def startup_failure(
@@ -418,6 +428,9 @@ def startup_failure(
         "start the missing peers or fix --peers; --startup-timeout waits longer, "
         "--min-peers 0 starts without them, --solo trains alone"
     )
-    if any(o.startswith("TLS: ") for a, o in outcomes.items() if a not in live_addresses):
+    missing = [o for a, o in outcomes.items() if a not in live_addresses]
+    if any(o.startswith("TLS: ") for o in missing):
         hint = TLS_HINT  # a TLS line: starting peers or waiting longer changes nothing
+    elif missing and all(o.startswith(PROTOCOL_REFUSED) for o in missing):
+        hint = PROTOCOL_HINT  # the peers run: waiting longer changes nothing either
     return StartupError("\n".join(lines), hint)
