@@ -166,16 +166,16 @@ def protocol_refusal(h: pb.Hello, node_id: str) -> str:
     """Why Hello `h` of another wire protocol version than this node's may not join:
     both versions and both declora releases, each side named by its node id (the
     reason is logged here and read by the peer, where "this node" would name the other
-    one), and which node to upgrade: the one of the older protocol."""
+    one), and which node to upgrade: the one of the older protocol, named first (a
+    dialler logs only the first 300 characters of a refusal)."""
     theirs, ours = f"{h.protocol_version}", f"{PROTOCOL_VERSION}"
     who = shown(h.node_id or "?", 40)
     release = shown(h.package_version, 40) if h.package_version else "(unknown)"
     older = who if h.protocol_version < PROTOCOL_VERSION else repr(node_id)
-    return (
-        f"protocol version {theirs} != {ours}: {who} runs declora {release} (protocol "
-        f"{theirs}), {node_id!r} declora {__version__!r} (protocol {ours}); nodes of two "
-        f"protocol versions never mix: upgrade {older}, so that every node of the swarm "
-        "runs a release of one protocol version"
+    return (  # the action first: a dialler keeps only the first 300 characters
+        f"protocol version {theirs} != {ours}: upgrade {older}, as nodes of two protocol "
+        f"versions never mix; {who} runs declora {release} (protocol {theirs}), "
+        f"{node_id!r} declora {__version__!r} (protocol {ours})"
     )
 
 
