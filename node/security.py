@@ -393,10 +393,12 @@ class TlsFiles:
         revocations = Revocations(crl, ca, x509.load_pem_x509_certificates(files.ca))
         own = revocations.revoked(chain)
         if own:
+            dns, ips = certificate_names(chain[0])
+            hosts = f" --hosts {','.join(dns + ips)}" if dns or ips else ""  # else localhost
             raise TlsError(
                 f"--tls-crl: {crl} revokes this end's own --tls-cert {cert} ({own}): peers "
                 f"refuse it; mint a new one with `declora-node certs --output {ca.parent} "
-                f"--nodes {common_name(chain[0]) or 'NAME'} --force`"
+                f"--nodes {common_name(chain[0]) or 'NAME'}{hosts} --force`"
             )
         return replace(files, crl=revocations)
 

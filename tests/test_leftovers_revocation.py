@@ -55,7 +55,7 @@ def test_a_list_that_revokes_the_nodes_own_certificate_is_warned_about_once(
     assert len(said) == 1, said
     assert f"serial {serial:#x} (a)" in said[0]
     assert "its peers will refuse it" in said[0]
-    assert f"`declora-node certs --output {pki} --nodes a --force`" in said[0]
+    assert f"`declora-node certs --output {pki} --nodes a --hosts 127.0.0.1 --force`" in said[0]
 
 
 def test_the_own_warning_is_said_again_after_a_list_that_no_longer_revoked_it(

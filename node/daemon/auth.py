@@ -14,7 +14,15 @@ import grpc
 from declora.node import logs
 from declora.node.daemon.status import Counters
 from declora.node.revocation import POLL_SECONDS
-from declora.node.security import AuthError, Signed, SignedT, SwarmAuth, TlsFiles, common_name
+from declora.node.security import (
+    AuthError,
+    Signed,
+    SignedT,
+    SwarmAuth,
+    TlsFiles,
+    certificate_names,
+    common_name,
+)
 from declora.node.wire import WireError
 from declora.proto import pb
 
@@ -100,11 +108,13 @@ def warn_own_revoked(tls: TlsFiles) -> None:
     if not reason:
         return
     pki = tls.ca_path.parent if tls.ca_path is not None else "PKI"
+    dns, ips = certificate_names(chain[0])
+    hosts = f" --hosts {','.join(dns + ips)}" if dns or ips else ""  # else localhost
     log.warning(
         "--tls-crl: %s now revokes this node's own --tls-cert %s (%s): its peers will "
-        "refuse it; re-issue it with `declora-node certs --output %s --nodes %s --force` "
-        "and restart the node with the new certificate",
-        tls.crl.path, tls.cert_path or "", reason, pki, common_name(chain[0]) or "NAME",
+        "refuse it; re-issue it with `declora-node certs --output %s --nodes %s%s "
+        "--force` and restart the node with the new certificate",
+        tls.crl.path, tls.cert_path or "", reason, pki, common_name(chain[0]) or "NAME", hosts,
     )  # fmt: skip
 
 
