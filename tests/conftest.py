@@ -7,6 +7,7 @@ deselect them locally with ``-m "not slow"``.
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,24 @@ from declora.node.acceleration import UNACCELERATED
 from declora.node.data import TextDataset
 from declora.node.simulator import SimConfig
 from declora.node.trainer import LoraModel, LoraSpec
+
+
+def _hangup_ignored_in_this_process_only(signum: int, frame: object) -> None:
+    """SIGHUP for a test session started under `nohup` (nothing happens)."""
+
+
+# Under `nohup` the session inherits SIGHUP ignored (SIG_IGN), and so would every node
+# and lab the tests start, which then keep ignoring it as a user's `nohup` asks: the
+# tests that stop them with SIGHUP would wait in vain. A Python handler keeps the
+# session itself immune to a hangup, and the exec'd children start with SIGHUP's
+# default, as they do from a terminal. Tests that want it ignored set SIG_IGN themselves.
+@pytest.fixture(autouse=True)
+def _hangup_not_inherited_as_ignored() -> None:
+    """Before each test: SIGHUP ignored in the session (nohup, or left so by an earlier
+    test) becomes the no-op handler above."""
+    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _hangup_ignored_in_this_process_only)
+
 
 TINY_SPEC = LoraSpec(model="tiny-bert", rank=4, alpha=8, max_length=32, seed=0)
 NUM_CLASSES = 5
