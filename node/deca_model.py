@@ -54,7 +54,7 @@ from declora.node.adapter_card import (
     weights_sha256,
 )
 from declora.node.model_source import ModelError
-from declora.node.models import BaseModel, HFTokenizer
+from declora.node.models import BaseModel, HFTokenizer, quiet_transformers
 from declora.node.schedule import Schedule
 from declora.node.trainer import Encoded, LocalTrainer, LoraModel, LoraSpec, training_rows
 
@@ -177,8 +177,8 @@ class BlockModel(LoraModel):
         facts, labels, base, the weights' sha256, `meta`): what `load_adapter` reads,
         and a `README.md` model card."""
         size = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        with built_atomically(path, size) as build:
-            with self.using(vec):
+        with built_atomically(path, size) as build, quiet_transformers():
+            with self.using(vec):  # no "Writing model shards" bar in a node's log
                 self.model.save_pretrained(str(build))  # type: ignore[operator]
             if isinstance(self.tokenizer, HFTokenizer):
                 self.tokenizer.hf.save_pretrained(str(build))
