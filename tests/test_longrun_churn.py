@@ -8,35 +8,17 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import numpy as np
 from memory_transport import MemoryContext
 from test_daemon_parts import pair
+from test_longrun_bounds import keyframe_stream
 
 from declora.node import checkpoint
-from declora.node.codecs import make_codec
-from declora.node.daemon.daemon import Parts
 from declora.node.daemon.persistence import Persistence
 from declora.node.daemon.service import SwarmService
-from declora.node.wire import chunks, make_header
 from declora.proto import pb
 
 ROUNDS = 60
 AHEAD = 4  # rounds each id pushes for, from the one in progress
-
-
-def keyframe(b: Parts, sender: str, session: bytes, round: int):  # type: ignore[no-untyped-def]
-    data = make_codec("fp32").encode(np.zeros(b.node.size, np.float32), np.random.default_rng(0))
-    header = make_header(
-        sender_id=sender, swarm_id="parts", fingerprint=b.lm.fingerprint, round=round,
-        sender_degree=1, kind=pb.PAYLOAD_KIND_KEYFRAME, codec="fp32", seq=1, data=data,
-        schema=b.lm.schema, session=session, receiver_id="b",
-    )  # fmt: skip
-
-    async def stream():  # type: ignore[no-untyped-def]
-        for c in chunks(header, data, 1 << 20):
-            yield c
-
-    return stream()
 
 
 def test_rounds_among_ids_that_come_and_go_hold_bounded_state(synthetic_jsonl: Path) -> None:
@@ -60,7 +42,7 @@ def test_rounds_among_ids_that_come_and_go_hold_bounded_state(synthetic_jsonl: P
             welcome = await service.Handshake(joining, caller)  # type: ignore[arg-type]
             assert welcome.accepted, welcome.reason
             for ahead in range(r, r + AHEAD):
-                ack = await b.inbox.receive(keyframe(b, pid, welcome.node.session, ahead))
+                ack = await b.inbox.receive(keyframe_stream(b, pid, welcome.node.session, ahead))
                 assert ack.accepted, ack
             notice = pb.LeaveNotice(
                 node_id=pid, swarm_id="parts", round=r - 1, session=welcome.node.session,

@@ -233,15 +233,7 @@ def test_a_node_under_a_revoked_intermediate_is_refused_both_ways(
 ) -> None:
     """m's certificate is signed by an intermediate CA of the swarm CA, and the swarm
     CA's list revokes that intermediate: a refuses m's Hello and m's server."""
-    pki = pki.parent / "deep"  # a CA that allows intermediates (`certs`' allows none)
-    pki.mkdir()
-    top = issue("deep CA", None, ca=True)
-    (pki / "ca.pem").write_bytes(top[0].public_bytes(serialization.Encoding.PEM))
-    write(pki, "ca", [], top[1], load=False)
-    mint(pki, ["a"], ["127.0.0.1"], 1, False)
-    inter = issue("intermediate", top, ca=True)
-    leaf = issue("m", inter)
-    crl = revoke(pki, [], [str(inter[0].serial_number)], None).crl
+    pki, _top, inter, leaf, crl = deep_pki(pki)
     nodes = served_parts(
         synthetic_jsonl,
         [("a", {}, load(pki, "a", crl)), ("m", {}, write(pki, "m", [leaf[0], inter[0]], leaf[1]))],
@@ -299,3 +291,18 @@ def refused_both_ways(nodes: list[tuple[Daemon, Parts]], revoked_serial: int) ->
     asyncio.run(go())
     assert a.counters.rejected.get("revoked") == 1
     assert da.dial_log.outcomes[m.settings.advertise].endswith(why)
+
+
+def deep_pki(pki: Path) -> tuple[Path, Signer, Signer, Signer, Path]:
+    """A PKI beside `pki` whose CA allows intermediates (`certs`' allows none): node a
+    under the CA, m under an intermediate, and the CA's list revoking the intermediate.
+    The folder, the CA, the intermediate, m's pair and the list's path."""
+    pki = pki.parent / "deep"
+    pki.mkdir()
+    top = issue("deep CA", None, ca=True)
+    (pki / "ca.pem").write_bytes(top[0].public_bytes(serialization.Encoding.PEM))
+    write(pki, "ca", [], top[1], load=False)
+    mint(pki, ["a"], ["127.0.0.1"], 1, False)
+    inter = issue("intermediate", top, ca=True)
+    leaf = issue("m", inter)
+    return pki, top, inter, leaf, revoke(pki, [], [str(inter[0].serial_number)], None).crl

@@ -24,7 +24,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from test_auth_mismatch import live, serve, served_parts, stop
 from test_revocation_files import sign_crl
-from test_revocation_grpc import Clock, issue, load, refused_both_ways, reread, status, write
+from test_revocation_grpc import (
+    Clock,
+    deep_pki,
+    load,
+    refused_both_ways,
+    reread,
+    status,
+    write,
+)
 from typer.testing import CliRunner
 
 from declora.cli.app import app
@@ -82,15 +90,7 @@ def test_a_revoked_intermediate_in_the_ca_bundle_refuses_a_leaf_sent_alone(
     """--tls-ca holds the root and the intermediate (as operators bundle them); m sends
     only its leaf, so TLS takes the intermediate from the bundle: m is still refused,
     as a caller and as a server."""
-    pki = pki.parent / "deep"
-    pki.mkdir()
-    top = issue("deep CA", None, ca=True)
-    (pki / "ca.pem").write_bytes(top[0].public_bytes(serialization.Encoding.PEM))
-    write(pki, "ca", [], top[1], load=False)
-    mint(pki, ["a"], ["127.0.0.1"], 1, False)
-    inter = issue("intermediate", top, ca=True)
-    leaf = issue("m", inter)
-    crl = revoke(pki, [], [str(inter[0].serial_number)], None).crl
+    pki, top, inter, leaf, crl = deep_pki(pki)
     bundle = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (top[0], inter[0]))
     (pki / "ca.pem").write_bytes(bundle)
     nodes = served_parts(
