@@ -51,7 +51,9 @@ PANELS = {
         ],
         MODEL,
     ),
-    **dict.fromkeys(["tls_cert", "tls_key", "tls_ca", "tls_crl", "swarm_secret"], SEC),
+    **dict.fromkeys(
+        ["tls_cert", "tls_key", "tls_ca", "tls_crl", "swarm_secret", "swarm_secret_file"], SEC
+    ),
 }
 EXTRA_HELP = {"swarm_secret": "prefer DECLORA_SWARM_SECRET: flags show in ps"}
 

@@ -118,6 +118,32 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return out
 
 
+MAX_SECRET_FILE = 64 * 1024  # an `openssl rand -hex 32` secret is 65 bytes
+
+
+def read_secret_file(path: Path) -> str:
+    """The swarm secret `path` holds, as it signs (`security.secret_text`: less
+    surrounding whitespace, a final newline); ValueError (never quoting the file) when it
+    cannot be read, is larger than `MAX_SECRET_FILE`, is not UTF-8 or holds fewer than
+    16 characters."""
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_SECRET_FILE + 1)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_SECRET_FILE:
+        raise ValueError(f"{path}: larger than {MAX_SECRET_FILE // 1024} KiB: not a secret file")
+    try:
+        text = secret_text(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text (e.g. `openssl rand -hex 32 > FILE`)") from None
+    if len(text) < 16:
+        raise ValueError(
+            f"{path}: the secret must be at least 16 characters (e.g. `openssl rand -hex 32`)"
+        )
+    return text
+
+
 def check_address(value: str) -> str:
     """`value` if it is host:port or [IPv6]:port (ValueError naming it otherwise)."""
     split_address(value)
@@ -212,6 +238,13 @@ class NodeSettings(BaseSettings, NodeOptions):
             raise ValueError("must be at least 16 characters (e.g. `openssl rand -hex 32`)")
         return SecretStr(text)
 
+    @field_validator("swarm_secret_file")
+    @classmethod
+    def _secret_file_ok(cls, v: Path | None) -> Path | None:
+        if v is not None:
+            read_secret_file(v)  # its problems named as the option was given
+        return v
+
     @field_validator("resume", mode="before")
     @classmethod
     def _resume_ok(cls, v: object) -> object:
@@ -264,6 +297,13 @@ class NodeSettings(BaseSettings, NodeOptions):
                 "chebyshev:LAMBDA "
                 "(`declora-node lab` and `simulate` compute it from the topology)"
             )
+        if self.swarm_secret_file is not None:
+            if self.swarm_secret is not None:
+                raise ValueError(
+                    f"{given_as('swarm_secret')} and {given_as('swarm_secret_file')} both give "
+                    "the swarm secret: keep one"
+                )
+            self.swarm_secret = SecretStr(read_secret_file(self.swarm_secret_file))
         if self.resume == "auto":  # resolved once, here: the rest of the node sees a bool
             from declora.node.run_folder import resumable  # LATEST or a complete ckpt-*
 
@@ -471,17 +511,21 @@ def resolve_settings(cli: dict[str, Any], config_file: Path | None = None) -> Re
     except ValidationError as exc:
         problems = "; ".join(_problem(e, origins, config_file) for e in exc.errors())
         raise SettingsError(f"bad configuration: {problems}") from exc
+    if settings.swarm_secret_file is not None:  # the secret it holds: from there
+        origins["swarm_secret"] = "swarm-secret-file"
     return Resolved(settings, origins, start_warnings(settings, config_file, data))
 
 
 def start_warnings(
     settings: NodeSettings, config_file: Path | None, data: dict[str, Any]
 ) -> list[str]:
-    """What to fix before it bites, one line each: a config file holding swarm_secret or
-    a --tls-key open to others than the owner (`chmod 600`), a certificate of this node
-    or its CA expiring within a week (`TlsFiles.warnings`)."""
+    """What to fix before it bites, one line each: a config file holding swarm_secret,
+    a --swarm-secret-file or a --tls-key open to others than the owner (`chmod 600`), a
+    certificate of this node or its CA expiring within a week (`TlsFiles.warnings`)."""
     found = []
     if config_file is not None and data.get("swarm_secret") is not None:
         found.append(exposed_file_warning("config file (holding swarm_secret)", config_file))
+    if settings.swarm_secret_file is not None:
+        found.append(exposed_file_warning("--swarm-secret-file", settings.swarm_secret_file))
     tls = settings.tls()
     return [line for line in found if line] + (tls.warnings() if tls is not None else [])

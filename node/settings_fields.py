@@ -138,3 +138,8 @@ class NodeOptions(Recipe):
     swarm_secret: SecretStr | None = Field(
         None, description="shared secret (>= 16 characters) that signs every message"
     )
+    swarm_secret_file: Path | None = Field(
+        None,
+        description="file holding the swarm secret (a Docker or Kubernetes secret mount); "
+        "not with --swarm-secret",
+    )
