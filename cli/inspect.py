@@ -149,6 +149,39 @@ def inspect_target(target: str, tls: TlsFiles | None = None) -> dict[str, Any]:
         raise InspectError(exc.message, exc.hint) from exc
 
 
+NOT_RECORDED = "(not recorded)"
+
+
+def _or_unknown(value: object) -> str:
+    """`value` as `render` shows a file's value (escaped, bounded), `NOT_RECORDED` when
+    the folder holds none."""
+    from declora.cli.client import remote_text
+
+    return NOT_RECORDED if value is None or value == "" else remote_text(value, 500)
+
+
+def eval_text(info: dict[str, Any]) -> str:
+    """The evaluation an `inspect_path` folder records, as `metric value, ...`; else why
+    there is none: a checkpoint records none (a node evaluates apart from its
+    checkpoints; its rounds.jsonl has the figures), other folders did not record one."""
+    from declora.cli.client import remote_text
+
+    value = info.get("eval")
+    if isinstance(value, dict) and value:
+        return remote_text(
+            ", ".join(
+                f"{k} {v:.4g}"
+                if isinstance(v, int | float) and not isinstance(v, bool)
+                else f"{k} {v}"
+                for k, v in value.items()
+            ),
+            500,
+        )
+    if info["kind"] == "checkpoint":
+        return "not measured at this checkpoint (see the run's rounds.jsonl)"
+    return "not recorded"
+
+
 def render(info: dict[str, Any]) -> None:
     from rich.markup import escape
     from rich.table import Table
@@ -202,7 +235,7 @@ def render(info: dict[str, Any]) -> None:
     name = show(info["method"]) if info["method"] else ""
     method = f"method {name}, " if name else ""
     model = (
-        f"full model ({method}no LoRA) task={show(info['task'])}"
+        f"full model ({method}no LoRA) task={_or_unknown(info['task'])}"
         if lora is None
         else f"LoRA r={lora['r']} alpha={lora['lora_alpha']} "
         f"targets={show(lora['target_modules'], 500)} task={show(lora['task_type'])}"
@@ -221,11 +254,11 @@ def render(info: dict[str, Any]) -> None:
         f"{plain}"
         f"fingerprint {show(info['fingerprint'] or '(none: not written by declora)')}  "
         f"weights sha256 {info['weights_sha256'][:16]}{changed}\n"
-        f"round {show(info['round'])}  node {show(info['node_id'])}\n"
+        f"round {_or_unknown(info['round'])}  node {_or_unknown(info['node_id'])}\n"
         f"{labels}"
-        f"{model}  base={show(info['base_model'], 500)}\n"
+        f"{model}  base={_or_unknown(info['base_model'])}\n"
         f"{info['parameters']:,} parameters ({info['bytes']:,} bytes); "
-        f"eval {show(info['eval'], 500)}"
+        f"eval: {eval_text(info)}"
     )
     table = Table("tensor", "shape", "dtype", "L2 norm", "finite")
     for t in info["tensors"]:
