@@ -34,6 +34,7 @@ import contextlib
 import logging
 import time
 import zlib
+from collections.abc import Callable
 
 import grpc
 import numpy as np
@@ -97,6 +98,9 @@ class Exchange:
         self.recent: list[float] = []  # seconds of the last rounds (adaptive deadline)
         self.last_contributors: list[str] = []  # whose payloads the last mix used
         self.next_skip = 0  # the round from which `align_round` may skip ahead again
+        # the most rounds `align_round` may move now (None: no pace); `RoundLoop` gives
+        # the catch-ups' lone-skip pace, so one member cannot add the two
+        self.skip_limit: Callable[[], int | None] = lambda: None
         self.sender = Sender(
             settings, identity, node, progress, peers, handshaker, auth, counters, metrics
         )
@@ -151,30 +155,37 @@ class Exchange:
         median = float(np.median(self.recent))
         return min(cap, max(ADAPTIVE_FLOOR, ADAPTIVE_FACTOR * median))
 
-    def align_round(self) -> None:
-        """Skip ahead to an advanced live neighbour's round (re-join after a fault).
+    def align_round(self) -> bool:
+        """Skip ahead to an advanced live neighbour's round (re-join after a fault);
+        whether it skipped.
 
         In step, no live neighbour has completed more rounds than this node at the
         start of a round (each waits for this node's payload); one that has was cut
         off (partition, stall, restart). Skipping ahead keeps this node's own adapter
         and loses only the skipped rounds' local steps. Only validated payloads set a
-        neighbour's round; one skip moves at most `MAX_ROUNDS_AHEAD` rounds, the next
-        skip waits that many rounds, and with 3 or more live neighbours the target is
-        the second-most-advanced round (one neighbour alone cannot move the node).
+        neighbour's round; one skip moves at most `MAX_ROUNDS_AHEAD` rounds, and at
+        most `skip_limit()` (the lone-skip pace, `StateTransfer.lone_skip_limit`, where
+        one claim decides; 0: none now), the next skip waits that many rounds, and with 3
+        or more live neighbours the target is the second-most-advanced round (one
+        neighbour alone cannot move the node).
         """
         rounds = sorted((p.round for p in self.peers.live), reverse=True)
         if not rounds:
-            return
+            return False
         ahead = rounds[1] if len(rounds) >= 3 else rounds[0]
         current = self.progress.round
-        if ahead > current and current >= self.next_skip:
-            target = min(ahead, current + MAX_ROUNDS_AHEAD)
+        limit = self.skip_limit()
+        most = MAX_ROUNDS_AHEAD if limit is None else min(limit, MAX_ROUNDS_AHEAD)
+        if ahead > current and current >= self.next_skip and most > 0:
+            target = min(ahead, current + most)
             log.warning(
                 "neighbours are at round %d: skipping ahead from %d to %d", ahead, current, target
             )
             self.progress.round = target
             self.next_skip = target + MAX_ROUNDS_AHEAD
             self.node.end_round()  # the skipped group's z is not sent into later ones
+            return True
+        return False
 
     async def wait_for(
         self,

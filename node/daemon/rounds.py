@@ -150,6 +150,7 @@ class RoundLoop:
         self.evaluated: bytes | None = None  # a digest of the adapter evaluated last
         self.isolation = Isolation(parts)
         parts.transfer.round_seconds = parts.exchange.deadline_seconds  # paces lone skips
+        parts.exchange.skip_limit = parts.transfer.lone_skip_limit  # alignments too
 
     async def catch_up(self) -> None:
         """Take an advanced neighbour's state (`catchup`), then wait before the next
@@ -211,6 +212,14 @@ class RoundLoop:
             self.catch_up_wait = min(2 * self.catch_up_wait, CATCH_UP_MAX_WAIT)
         self.next_catch_up = self.clock() + self.catch_up_wait  # from its end
 
+    def align(self) -> None:
+        """Skip ahead to a live neighbour's validated round (`Exchange.align_round`) at
+        the pace of every skip one claim decides (`StateTransfer.lone_skip_limit`): an
+        alignment and a catch-up share it, so one member alone cannot add the two."""
+        transfer = self.parts.transfer
+        if self.parts.exchange.align_round():
+            transfer.skipped_at = transfer.clock()
+
     async def run_round(self, train: bool) -> bool | None:
         """One exchange and mix, after K local steps when `train` is true and the
         exchange number says so (`is_training_exchange`); false: gossip only (the
@@ -231,7 +240,7 @@ class RoundLoop:
                 progress.round,
             )
             await self.catch_up()
-        parts.exchange.align_round()
+        self.align()
         end, what = parts.transfer.planned_end(), "the planned end of this node's rounds"
         if train and self.settings.rounds:
             end, what = self.settings.rounds * self.settings.exchanges_per_round, "its training"
