@@ -61,11 +61,24 @@ class _LazyGroup(TyperGroup):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in LAZY and cmd_name not in self.commands:
+            if cmd_name in TORCH_OPTIONS and _no_temp_folder():
+                if self._listing:  # the help lists the others
+                    return None
+                _need_temp_folder()
             self.commands[cmd_name] = LAZY[cmd_name]()
         command = super().get_command(ctx, cmd_name)
         if command is not None and command.callback is not None:
-            command.callback = _marks_began(command.callback)
+            command.callback = _marks_began(command.callback, cmd_name not in NO_TORCH)
         return command
+
+    _listing = False  # inside `format_help` (which lists the commands)
+
+    def format_help(self, ctx: click.Context, formatter: Any) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
 
     def invoke(self, ctx: click.Context) -> Any:
         """A Ctrl-C is one line, exit 130 (a traceback too with --debug): before the
@@ -155,13 +168,40 @@ TlsCrl = Annotated[
 STATE: dict[str, bool | None] = {"debug": False, "began": None}
 
 
-def _marks_began(callback: Any) -> Any:
-    """`callback` noting in STATE that it has begun (once wrapped, it is kept)."""
+# commands that import no torch, so need no temporary folder; `start` checks it itself
+# (`launch`, after its log format is set), `inspect` after its arguments
+NO_TORCH = frozenset({"start", "config", "status", "inspect"})
+
+
+# commands whose options come from a module that imports torch (`SimConfig`)
+TORCH_OPTIONS = frozenset({"simulate"})
+
+
+def _no_temp_folder() -> bool:
+    from declora.node import temp_folder
+
+    return temp_folder.temp_folder_missing()
+
+
+def _need_temp_folder() -> None:
+    """Exit 2 with a hint when there is no writable temporary folder (torch's import
+    needs one: a read-only root filesystem without a tmpfs), before any work."""
+    from declora.node import temp_folder
+
+    if temp_folder.temp_folder_missing():
+        fail(temp_folder.PROBLEM, hint=temp_folder.HINT)
+
+
+def _marks_began(callback: Any, loads_torch: bool = False) -> Any:
+    """`callback` noting in STATE that it has begun (once wrapped, it is kept); for a
+    command that `loads_torch`, first `_need_temp_folder`."""
     if getattr(callback, "marks_began", False):
         return callback
 
     def began(*args: Any, **kwargs: Any) -> Any:
         STATE["began"] = True
+        if loads_torch:
+            _need_temp_folder()
         return callback(*args, **kwargs)
 
     began.marks_began = True  # type: ignore[attr-defined]
@@ -466,12 +506,13 @@ def inspect(
     tls_crl: TlsCrl = None,
 ) -> None:
     """Describe a saved adapter/checkpoint (config, tensors, fingerprint) or a node's peers."""
-    from declora.cli.inspect import InspectError, inspect_path, inspect_target
-
     _check_format(fmt)
     if (path is None) == (target is None):
         fail("give either PATH or --target")
     _check_call(target)
+    _need_temp_folder()  # cli.inspect imports torch (a --target too)
+    from declora.cli.inspect import InspectError, inspect_path, inspect_target
+
     tls = _client_tls(tls_cert, tls_key, tls_ca, tls_crl)
     try:
         info = inspect_path(path) if path is not None else inspect_target(str(target), tls)

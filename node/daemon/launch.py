@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import tempfile
 
-from declora.node import logs, run_folder
+from declora.node import logs, run_folder, temp_folder
 from declora.node.daemon.signals import NotStarted, stop_signals
 from declora.node.daemon.startup import CONFIG, UserError, check_config
 from declora.node.daemon.transport import Transport
@@ -53,19 +52,11 @@ def launch(settings: NodeSettings) -> int:
 
 
 def check_temp_folder() -> None:
-    """A writable temporary folder exists (TMPDIR, else /tmp, /var/tmp, the working
-    folder), else a `UserError` (exit 2): torch's import needs one and crashed with a
-    traceback. Data files and TLS probes use it too; nothing stays there."""
-    try:
-        tempfile.gettempdir()
-    except OSError as exc:  # no usable temporary directory: none is writable
-        raise UserError(
-            "no writable temporary folder (TMPDIR, /tmp, /var/tmp): torch needs one "
-            "(a read-only root filesystem?)",
-            CONFIG,
-            "mount a tmpfs at /tmp (docker run --tmpfs /tmp, compose `tmpfs: [/tmp]`, "
-            "Kubernetes an emptyDir volume) or set TMPDIR to a writable folder",
-        ) from exc
+    """A writable temporary folder exists (`temp_folder.temp_folder_missing`), else a
+    `UserError` (exit 2): torch's import needs one and crashed with a traceback. Data
+    files and TLS probes use it too; nothing stays there."""
+    if temp_folder.temp_folder_missing():
+        raise UserError(temp_folder.PROBLEM, CONFIG, temp_folder.HINT)
 
 
 async def _run(settings: NodeSettings, transport: Transport) -> int:
