@@ -18,7 +18,9 @@ neighbour.
   pulls (7). Its attacker connects through a relay from 127.0.0.2, so the node's
   per-host limits tell it apart from its honest neighbour on 127.0.0.1, as they would
   on a network;
-- a 4-node ring with the default `--round-deadline` (60 s), one node killed (9).
+- a 4-node ring with the default `--round-deadline` (60 s), one node killed (9);
+- a lone node with `--robust-mixing trim` and `--rounds 60` whose only neighbour pushes
+  valid keyframes for the furthest round it accepts (10).
 
 Attack 8 (a signed Hello replayed to another node) is tests/test_security.py's. Every
 test adds a row (the victim's RSS before and after) to the attacks table, printed at
@@ -1071,5 +1073,62 @@ def test_killed_neighbour_costs_its_ring_neighbours_seconds_not_the_deadline(
         f"their rounds: median {median:.2f}s "
         f"before, at most {worst:.2f}s after (adaptive deadline: "
         f"{min(60.0, max(10.0, 8 * median)):.0f}s)",
+        (rss0, rss1),
+    )
+
+
+# ---------------------------------------------------------------- a lone member: 10
+
+LONE_ROUNDS = 60  # the victim's --rounds (no consensus finish)
+
+
+def test_a_lone_member_with_valid_keyframes_ahead_cannot_halve_training(
+    cluster: Cluster,
+) -> None:
+    """n0 (`--robust-mixing trim`, `--rounds 60`) has one neighbour, mallory, who before
+    each of n0's rounds pushes a valid keyframe for the furthest round n0 accepts
+    (its round + 8). Before (62d8418^): each validated payload moved n0 7 rounds every
+    8 it trained (`align_round`), so it trained about half of its rounds; now an
+    alignment spends the lone-skip pace a catch-up does (8 rounds a deadline)."""
+    port, closed = free_ports(2)
+    run = ["--rounds", str(LONE_ROUNDS), "--consensus-rounds", "0", "--eval-every", "0"]
+    (victim,) = cluster.static(1, [], run)
+    server, _servicer = serve_attacker([port])
+    # a listed peer that never answers: n0 trains on, mallory its only live neighbour
+    victim.start(["--peers", f"{HOST}:{closed}", "--min-peers", "0", "--robust-mixing", "trim"])
+    try:
+        reply = cluster.wait_until("n0 answering", lambda: victim.status(), START, [victim])
+        mallory = Attacker(victim, cluster.swarm_id, reply.fingerprint)
+        mallory.schema = mallory.read_schema("scout", f"{HOST}:{closed}")
+        rss0 = rss_mib(victim)
+        session = mallory.join("mallory", f"{HOST}:{port}")
+        codes: Counter[str] = Counter()
+        while victim.running():
+            now = victim.status()
+            if now is None or now.round >= LONE_ROUNDS:
+                break
+            sent = mallory.push(mallory.keyframe("mallory", session, now.round + 8, 0.0))
+            codes["accepted" if sent.accepted else sent.code.name] += 1
+            time.sleep(0.05)
+        rss1 = rss_mib(victim)
+        assert cluster.wait_exit([victim], START) == [0], cluster.report()
+        mallory.close()
+    finally:
+        server.stop(grace=None)
+    trained = train_rounds(victim)
+    skips = len(re.findall(r"skipping ahead", victim.log()))
+    assert codes["accepted"] > 0, codes
+    assert finite_adapter(victim)
+    assert len(trained) >= 0.75 * LONE_ROUNDS, (len(trained), skips, cluster.report())
+    answers = "; ".join(f"{k} x{v}" for k, v in sorted(codes.items()))
+    record(
+        "10",
+        f"a member, n0's only neighbour, pushes a valid keyframe for n0's round + 8 before "
+        f"each of its rounds (n0: `--robust-mixing trim`, `--rounds {LONE_ROUNDS}`)",
+        f"{answers} (an accepted one is mixed at its round; the others were stale or over "
+        "the per-round push limit)",
+        f"n0 skipped ahead {skips} time(s) and trained {len(trained)} of its "
+        f"{LONE_ROUNDS} rounds (before, one run: 4 skips, 36 of 60 trained); exit 0, adapter "
+        "finite",
         (rss0, rss1),
     )
