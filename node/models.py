@@ -234,6 +234,26 @@ def check_special_tokens(name: str, tokenizer: object, task: Task) -> None:
     raise ModelError(f"the tokenizer of model {name!r} has {why}", EOS_HINT)
 
 
+def check_vocab(name: str, config: Any, tokenizer: Any) -> None:
+    """`ModelError` when the tokenizer of model `name` has more tokens than the model's
+    config embeds (`vocab_size`): a text with one of the extra tokens would index past
+    the embedding mid-run. A config that names no vocab size is not checked."""
+    cfg = getattr(config, "text_config", None) or config
+    embeds = getattr(cfg, "vocab_size", None)
+    if not isinstance(embeds, int) or isinstance(embeds, bool) or embeds <= 0:
+        return
+    tokens = len(tokenizer)
+    if tokens <= embeds:
+        return
+    raise ModelError(
+        f"the tokenizer of model {name!r} has {tokens} tokens, but the model embeds only "
+        f"{embeds} (vocab_size in its config.json): a token id past {embeds - 1} would "
+        "crash training",
+        "use the tokenizer saved with these weights; after adding tokens to a tokenizer, "
+        "call model.resize_token_embeddings(len(tokenizer)) and save_pretrained the model",
+    )
+
+
 class HFTokenizer:
     """Adapter around a transformers tokenizer with right padding and truncation."""
 
@@ -466,7 +486,8 @@ def load_base(
     weights load (`check_context`). A local path that is not a model folder, a folder
     without a tokenizer, or a hub id neither cached nor reachable is a `ModelError`
     (`model_source.find_model`), and so is a tokenizer with no EOS token for task
-    "lm" or with neither a pad nor an EOS token, before the weights load.
+    "lm" or with neither a pad nor an EOS token, or with more tokens than the model
+    embeds (`check_vocab`), before the weights load.
 
     For task "cls", `labels` (the run's names in id order, optional) are compared with
     the names a saved head's config gives its rows: the same names in another order
@@ -495,6 +516,7 @@ def load_base(
             check_context(name, config, max_length)
         hf_tok = source.tokenizer()
         check_special_tokens(name, hf_tok, task)
+        check_vocab(name, config, hf_tok)
         tokenizer = HFTokenizer(hf_tok)
         try:
             kw: dict[str, Any] = {"num_labels": num_labels} if task == "cls" else {}

@@ -1,0 +1,31 @@
+"""A user's own model folder whose tokenizer has more tokens than the model embeds
+(a tokenizer from another checkpoint, or tokens added without resizing the
+embeddings) is refused when it loads, one line naming both counts, instead of an
+IndexError from the embedding mid-run after the node has started serving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_model_checks import hf_folder, llama_config
+
+from declora.node.model_source import ModelError
+from declora.node.models import load_base
+
+
+@pytest.mark.parametrize("task", ["lm", "cls"])
+def test_a_tokenizer_larger_than_the_embedding_is_refused(tmp_path: Path, task: str) -> None:
+    folder = hf_folder(tmp_path / "m", llama_config(vocab_size=16))  # its tokenizer: 23 tokens
+    with pytest.raises(ModelError) as info:
+        load_base(str(folder), task, 2, seed=0)  # type: ignore[arg-type]
+    err = info.value
+    assert "23 tokens" in err.message and "embeds only 16" in err.message
+    assert "resize_token_embeddings" in (err.hint or "")
+
+
+def test_a_tokenizer_smaller_than_the_embedding_loads(tmp_path: Path) -> None:
+    """Padded embeddings (vocab_size above the tokenizer's count, as most LLMs ship) load."""
+    folder = hf_folder(tmp_path / "m", llama_config(vocab_size=64))
+    base = load_base(str(folder), "lm", 2, seed=0)
+    assert base.model.get_input_embeddings().num_embeddings == 64
