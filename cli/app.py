@@ -296,6 +296,47 @@ def fail(message: str, code: int = 2, hint: str = "") -> None:
     raise typer.Exit(code)
 
 
+def refuse(message: str, code: int = 2, hint: str = "", json_logs: bool = False) -> NoReturn:
+    """`fail`, or with `json_logs` (`start --log-format json`) the same as one JSON log
+    record on stderr (`logs.json_line`: level ERROR, `hint` and `exit_code` fields)."""
+    if json_logs:
+        from declora.node.logs import json_line
+
+        typer.echo(json_line("ERROR", message, hint=hint, exit_code=code), err=True)
+        raise typer.Exit(code)
+    fail(message, code, hint)
+    raise AssertionError("unreachable: fail exits")
+
+
+def _warn(line: str, json_logs: bool = False) -> None:
+    """`warning: line` on stderr, or a JSON log record of level WARNING (`refuse`)."""
+    if json_logs:
+        from declora.node.logs import json_line
+
+        typer.echo(json_line("WARNING", line), err=True)
+    else:
+        typer.secho(f"warning: {line}", err=True, fg=typer.colors.YELLOW)
+
+
+def json_logs_asked(options: dict[str, Any], config: Path | None) -> bool:
+    """Whether `start` was given --log-format json (flag, then DECLORA_LOG_FORMAT, then
+    the config file's log_format, as the settings take them), known before they are
+    built or when they are refused. A log format that is itself refused is not json:
+    what was asked is unknown, so that refusal is the plain `error:` line."""
+    from declora.node.settings import ConfigFileError, env_name, read_config_file
+
+    value = options.get("log_format")
+    if value is None:
+        name = env_name("log_format")
+        value = next((v for k, v in os.environ.items() if k.upper() == name), None)
+    if value is None and config is not None:
+        try:
+            value = read_config_file(config).get("log_format")
+        except ConfigFileError:
+            value = None
+    return value == "json"
+
+
 def fail_with(exc: BaseException, code: int = 2) -> None:
     """`fail` for an error that carries its hint apart (`errors.HintedError`: data,
     model and adapter errors; InspectError), printed as the `hint:` line."""
@@ -382,11 +423,12 @@ FormatOpt = Annotated[str, typer.Option("--format", help="text or json.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace existing files.")]
 
 
-def _settings(options: dict[str, Any], config: Path | None, command: str = "start") -> Resolved:
+def _settings(
+    options: dict[str, Any], config: Path | None, command: str = "start", json_logs: bool = False
+) -> Resolved:
     """Settings from flags, environment, file, defaults (exit 2 naming a bad value);
-    warns about DECLORA_* variables that are no option."""
-    import os
-
+    warns about DECLORA_* variables that are no option. With `json_logs` the warnings
+    and the refusal are JSON log records (`refuse`)."""
     from declora.node.settings import (
         ConfigFileError,
         SettingsError,
@@ -395,18 +437,18 @@ def _settings(options: dict[str, Any], config: Path | None, command: str = "star
     )
 
     for line in unknown_env_vars(dict(os.environ)):
-        typer.secho(f"warning: {line}", err=True, fg=typer.colors.YELLOW)
+        _warn(line, json_logs)
     try:
         resolved = resolve_settings(options, config)
     except (SettingsError, ConfigFileError) as exc:
         if STATE["debug"]:
             raise
+        hint = config_hint(command, config=command == "start")
         if isinstance(exc, ConfigFileError):  # it says its own hint
-            fail(exc.message, hint=exc.hint or config_hint(command, config=command == "start"))
-        fail(str(exc), hint=config_hint(command, config=command == "start"))
-        raise  # unreachable: fail exits
+            refuse(exc.message, hint=exc.hint or hint, json_logs=json_logs)
+        refuse(str(exc), hint=hint, json_logs=json_logs)
     for line in resolved.warnings:  # a key or secret open to others, a certificate ending
-        typer.secho(f"warning: {line}", err=True, fg=typer.colors.YELLOW)
+        _warn(line, json_logs)
     return resolved
 
 
@@ -420,7 +462,8 @@ def start(config: ConfigOpt = None, options: dict[str, Any] | None = None) -> No
     # once launch has checked the configuration, a stop signal stops the node (`signals`)
     not_started = "interrupted before the node started; nothing was written"
     with Interrupts(not_started):
-        settings = _settings(options or {}, config).settings
+        json_logs = json_logs_asked(options or {}, config)
+        settings = _settings(options or {}, config, json_logs=json_logs).settings
         from declora.node.daemon.launch import launch
         from declora.node.daemon.signals import NotStarted
         from declora.node.daemon.startup import as_user_error
@@ -432,8 +475,7 @@ def start(config: ConfigOpt = None, options: dict[str, Any] | None = None) -> No
         mistake = as_user_error(exc)
         if mistake is None or STATE["debug"]:
             raise
-        fail(mistake.message, mistake.code, mistake.hint)
-        return
+        refuse(mistake.message, mistake.code, mistake.hint, settings.log_format == "json")
     raise typer.Exit(code)
 
 

@@ -134,6 +134,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+def json_line(level: str, message: str, **fields: object) -> str:
+    """One line as `JsonFormatter` writes a record of the `declora` logger at `level`
+    (time, level, logger, node, round, message, then `fields`), its text escaped and
+    bounded (`safe_text`): what a command says outside the handler, e.g. a refused
+    start under --log-format json."""
+    record = logging.makeLogRecord(
+        {
+            "name": "declora",
+            "levelname": level,
+            "levelno": logging.getLevelName(level),
+            "msg": safe_text(message),
+            "node": _context["node"],
+            "round": _context["round"],
+            **{k: safe_text(v) if isinstance(v, str) else v for k, v in fields.items()},
+        }
+    )
+    return JsonFormatter().format(record)
+
+
 REPEAT_WINDOW = 30.0  # seconds
 MAX_TRACKED = 1000  # distinct messages remembered (each at most MAX_MESSAGE characters)
 PER_TEMPLATE = 60  # distinct messages of one template written per window
