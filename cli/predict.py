@@ -19,6 +19,7 @@ folder another process holds (`run_folder.hold`: a running node's) or anything i
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -36,7 +37,7 @@ from declora.node.adapter_card import (
 from declora.node.adapter_io import AdapterError, adapter_folder, export_merged, perplexity
 from declora.node.data import column_values, is_chat_turns
 from declora.node.data import read_texts as column_texts
-from declora.node.data_files import DataError, read_splits
+from declora.node.data_files import DataError, file_not_utf8, not_utf8, read_splits
 from declora.node.model_source import ModelError
 from declora.node.models import quiet_transformers
 from declora.node.run_folder import FolderBusy, earlier_run, held, hold, release
@@ -104,8 +105,11 @@ def text_lines(source: str, stdin: TextIO) -> tuple[list[str], str]:
         else:  # a text stream: bytes it let through as surrogates are decoded again
             text = stdin.read().encode("utf-8", "surrogateescape").decode("utf-8-sig")
     except (UnicodeDecodeError, UnicodeEncodeError) as exc:
-        hint = "convert it with `iconv -t UTF-8`" if source == "-" else "save it as UTF-8"
-        raise DataError(f"{label}: not UTF-8 text ({exc.reason})", hint) from exc
+        if source != "-":
+            raise file_not_utf8(Path(source)) from exc
+        raw = exc.object if isinstance(exc.object, bytes) else exc.object.encode(errors="replace")
+        hint = "convert it with `iconv -f CP1252 -t UTF-8` (from Latin-1 or Windows text)"
+        raise not_utf8(label, io.BytesIO(raw), hint) from exc
     lines = LINE_END.split(text)
     return (lines[:-1] if lines[-1] == "" else lines), label
 

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from declora.node.data_files import DataError, _read_splits, _where
+from declora.node.data_files import DataError, _read_splits, _where, file_not_utf8
 
 EMBEDDED_DATA = "bbcnews"
 EMBEDDED_CHAT = "bbc-headlines"  # the same articles as headline chats (node/headlines.py)
@@ -191,7 +191,7 @@ def read_label_file(path: str | Path) -> tuple[str, ...]:
     try:
         text = p.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{p}: not UTF-8 text ({exc.reason})", "save it as UTF-8") from exc
+        raise file_not_utf8(p) from exc
     if not text.strip():
         raise DataError(f"{p}: the label file is empty", "write one label per line")
     if text.lstrip().startswith("["):

@@ -15,11 +15,12 @@ swallowing rows, a `;`-separated file named .csv) is refused naming its line
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -219,7 +220,7 @@ def _check_rows(reader: Any, path: Path, header: list[str], named: int, sep: str
                     seen[i].add(value)
             start = reader.line_num + 1
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text", "save the file as UTF-8") from exc
+        raise file_not_utf8(path) from exc
     except csv.Error as exc:
         if "expected after" not in str(exc) and "end of data" not in str(exc):
             return  # e.g. a text over csv's field size limit: left to the reader
@@ -290,8 +291,9 @@ _BOMS = (
 
 
 def _check_utf8(path: Path) -> None:
-    """A `DataError` for a text file (JSON, CSV) written as UTF-16 or UTF-32: a BOM of
-    theirs, or NUL bytes (which UTF-8 text never holds), in its first 4 KiB."""
+    """A `DataError` for a text file (JSON, CSV) written as UTF-16 or UTF-32 (a BOM of
+    theirs, or NUL bytes, which UTF-8 text never holds, in its first 4 KiB), or holding
+    any other byte that is not UTF-8 (`file_not_utf8`: its line)."""
     with path.open("rb") as fh:
         head = fh.read(4096)
     found = next((name for bom, name in _BOMS if head.startswith(bom)), None)
@@ -303,6 +305,38 @@ def _check_utf8(path: Path) -> None:
             "save it as UTF-8 (e.g. iconv -f " + found + " -t UTF-8, or your editor's "
             "'save with encoding')",
         )
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with path.open("rb") as fh:
+        try:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as exc:
+            raise file_not_utf8(path) from exc
+
+
+UTF8_HINT = (
+    "save it as UTF-8 (a Latin-1 or Windows file: iconv -f CP1252 -t UTF-8 FILE > NEW, "
+    "or your editor's 'save with encoding')"
+)
+
+
+def not_utf8(label: str, lines: Iterable[bytes], hint: str = UTF8_HINT) -> DataError:
+    """The `DataError` for text that is not UTF-8, reported as `label`, naming the first
+    of its `lines` (bytes, as a binary file iterates) that is not and the byte."""
+    for number, line in enumerate(lines, 1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            at = f"line {number}, column {exc.start + 1}: byte 0x{line[exc.start]:02x}"
+            return DataError(f"{label}: not UTF-8 text ({at})", hint)
+    return DataError(f"{label}: not UTF-8 text", hint)
+
+
+def file_not_utf8(path: Path) -> DataError:
+    """`not_utf8` for the file at `path`."""
+    with path.open("rb") as fh:
+        return not_utf8(str(path), fh)
 
 
 def _read_error(path: Path, builder: str, exc: Exception) -> DataError:
@@ -314,7 +348,7 @@ def _read_error(path: Path, builder: str, exc: Exception) -> DataError:
         if found is not None:
             return found
     if isinstance(exc, UnicodeDecodeError) or "codec can't decode" in message:
-        return DataError(f"{path}: not UTF-8 text", "save the file as UTF-8")
+        return file_not_utf8(path)
     hints = {
         "json": "write one JSON object per line",
         "csv": "check the quoting and the number of fields on every line",
