@@ -77,7 +77,11 @@ def fetch_status(
 ) -> pb.StatusReply:
     """One Status call to `target` (host:port) over a fresh channel (mTLS with `tls`);
     signed with the swarm `secret` (default: DECLORA_SWARM_SECRET, when set), which a
-    node with a secret requires. StatusError says why it failed, with a hint."""
+    node with a secret requires. With a --tls-crl (`tls.crl`), a node whose certificate
+    it revokes is not asked (its certificate is read first, as a node's dial does).
+    StatusError says why it failed, with a hint."""
+    if tls is not None and tls.crl is not None:
+        revoked_server(target, timeout, tls)
     request = pb.StatusRequest(include_digest=include_digest)
     secret = secret if secret is not None else os.environ.get("DECLORA_SWARM_SECRET")
     if secret:
@@ -96,6 +100,28 @@ def fetch_status(
             why, hint = status_failure(code, details, timeout, tls is not None)
             raise StatusError(f"cannot get status from {target}: {why}", hint) from exc
     return reply
+
+
+def revoked_server(target: str, timeout: float, tls: TlsFiles) -> None:
+    """StatusError when the server at `target` presents a certificate --tls-crl
+    (`tls.crl`) revokes; nothing when it does not, or when its certificate cannot be
+    read here (the Status call then says why it fails)."""
+    import asyncio
+
+    from declora.node.revocation import RevokedError
+    from declora.node.security import TlsError
+
+    host, port = split_address(target)
+    try:
+        asyncio.run(tls.server_name(host, port, timeout))
+    except RevokedError as exc:
+        raise StatusError(
+            f"cannot get status from {target}: {exc}",
+            "the node's certificate is revoked: its operator re-issues it "
+            "(`declora-node certs --nodes NAME --force`); a node you trust is not asked",
+        ) from None
+    except TlsError:
+        return
 
 
 def status_failure(code: str, details: str, timeout: float, tls: bool) -> tuple[str, str]:
@@ -266,6 +292,7 @@ def round_text(round_: int, total: int, state: str) -> str:
 
 SHOWN_TEXT = 40  # characters of a name a node gives (method, auth) that `status` shows
 REMOTE_TEXT = 100  # characters of any other string a node gives (ids, addresses, names)
+UNKNOWN_RELEASE = "?"  # a neighbour's release where its node does not say (an older one)
 
 
 def remote_text(value: object, limit: int = REMOTE_TEXT) -> str:
@@ -360,7 +387,7 @@ def render_status(reply: pb.StatusReply, width: int | None = None) -> None:
         lines.append(more_text(len(reply.rejected), MAX_ITEMS, "refusal reasons"))
     console.print("\n".join(line for line in lines if line))
     table = Table(box=None, pad_edge=False, header_style="bold underline")
-    for column in ("neighbour", "address", "live", "weight", "round", "seen"):
+    for column in ("neighbour", "address", "live", "release", "weight", "round", "seen"):
         table.add_column(column)
     for column in ("sent", "recv", "missed"):
         table.add_column(column, justify="right")
@@ -369,6 +396,7 @@ def render_status(reply: pb.StatusReply, width: int | None = None) -> None:
             show(n.node_id),
             show(n.address),
             "yes" if n.live else "no",
+            show(n.package_version, SHOWN_TEXT) if n.package_version else UNKNOWN_RELEASE,
             f"{n.weight:.3f}",
             str(n.round),
             _ago(n.last_seen_unix),

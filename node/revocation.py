@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 OPTION = "--tls-crl"
 POLL_SECONDS = 2.0  # the CRL file is looked at (stat) at most this often
 MAX_BYTES = 16 * 2**20  # a CRL file's size at most: some 300,000 revocations (PEM)
+REVOKED = f"is revoked by {OPTION}"  # in every reason `Revocations.revoked` gives
 SEEN_CHAINS = 1024  # certificates remembered by name (`note`) and parsed chains cached
 
 
@@ -54,8 +56,6 @@ class RevokedError(TlsError):
 def read_crl(path: Path, cas: list[x509.Certificate], ca: Path) -> x509.CertificateRevocationList:
     """The CRL of PEM file `path`, once it parses and a CA of `cas` (read from --tls-ca
     `ca`) issued and signed it; TlsError naming --tls-crl otherwise."""
-    from cryptography import x509
-
     try:
         with path.open("rb") as f:
             data = f.read(MAX_BYTES + 1)  # never more: a wrong file may be any size
@@ -63,9 +63,20 @@ def read_crl(path: Path, cas: list[x509.Certificate], ca: Path) -> x509.Certific
         raise TlsError(f"{OPTION}: file not found: {path}") from None
     except OSError as exc:
         raise TlsError(f"{OPTION}: cannot read {path}: {exc.strerror or exc}") from None
+    return parse_crl(data, cas, f"{OPTION}: {path}", ca)
+
+
+def parse_crl(
+    data: bytes, cas: list[x509.Certificate], what: str, ca: Path | None = None
+) -> x509.CertificateRevocationList:
+    """The CRL of `data` (PEM or DER, at most `MAX_BYTES`), once it parses and a CA of
+    `cas` (read from --tls-ca `ca`) issued and signed it; TlsError starting with
+    `what` (the file, or the peer it came from) otherwise."""
+    from cryptography import x509
+
     if len(data) > MAX_BYTES:
         raise TlsError(
-            f"{OPTION}: {path} is over {MAX_BYTES // 2**20} MiB, too big for a revocation "
+            f"{what} is over {MAX_BYTES // 2**20} MiB, too big for a revocation "
             "list: give the CRL file (`declora-node certs revoke` writes crl.pem)"
         )
     try:
@@ -74,7 +85,7 @@ def read_crl(path: Path, cas: list[x509.Certificate], ca: Path) -> x509.Certific
         )
     except ValueError:
         raise TlsError(
-            f"{OPTION}: {path} is not a PEM certificate revocation list (X509 CRL): "
+            f"{what} is not a PEM certificate revocation list (X509 CRL): "
             f"make one with `declora-node certs revoke`"
         ) from None
     for issuer in cas:
@@ -84,7 +95,7 @@ def read_crl(path: Path, cas: list[x509.Certificate], ca: Path) -> x509.Certific
         except (ValueError, TypeError):  # a key this library cannot verify with: not it
             continue
     raise TlsError(
-        f"{OPTION}: {path} is not signed by the CA of --tls-ca {ca}: give the CRL of "
+        f"{what} is not signed by the CA of --tls-ca{f' {ca}' if ca else ''}: give the CRL of "
         "that CA (`declora-node certs revoke --output` its folder)"
     )
 
@@ -146,6 +157,26 @@ def _listed(crl: x509.CertificateRevocationList) -> _List:
     return _List(crl.issuer, serials, crl.next_update_utc, number)
 
 
+def _der(crl: x509.CertificateRevocationList) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return crl.public_bytes(Encoding.DER)
+
+
+def _write(path: Path, crl: x509.CertificateRevocationList) -> None:
+    """`crl` as PEM into `path`, whole or not at all (a temporary file renamed over it);
+    an OSError is logged (the list is still used while the node runs)."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(crl.public_bytes(Encoding.PEM))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("%s: cannot keep the learned list in %s: %s", OPTION, path, exc.strerror or exc)
+
+
 def _older(fresh: _List, now: _List) -> bool:
     """Whether `fresh` is not newer than the list in use `now`, of the same issuer: its
     CRL number is not above (a copy restored, `certs revoke` run on a stale copy, or a
@@ -170,7 +201,10 @@ class Revocations:
         """TlsError (naming --tls-crl) when `path` is not a CRL a CA of `cas` signed."""
         self.path, self.ca, self.cas, self.clock = path, ca, cas, clock
         stamp = self._stamp()
-        self._list = _listed(read_crl(path, cas, ca))
+        crl = read_crl(path, cas, ca)
+        self._list = _listed(crl)
+        self._signed = _der(crl)  # the signed list whose CRL number is in use (`signed`)
+        self.learned: Path | None = None  # where a list learned from a peer is kept (`learn`)
         self._stamp_seen = stamp
         self._checked: float | None = None  # when the file was last looked at (`refresh`)
         self._failing = False  # warned that the file went bad (until it is good again)
@@ -185,6 +219,63 @@ class Revocations:
     def serials(self) -> frozenset[int]:
         """The serials revoked now (by the CRL's issuer)."""
         return self._list.serials
+
+    @property
+    def number(self) -> int:
+        """The CRL number of the list in use (0 for a list without one): what this node
+        advertises (`Hello.crl_number`)."""
+        return self._list.number or 0
+
+    @property
+    def signed(self) -> bytes:
+        """The DER bytes of the signed list whose CRL number is in use: what peers fetch."""
+        return self._signed
+
+    def keep_learned(self, path: Path) -> None:
+        """Keep lists learned from peers (`learn`) in `path` (the node's state folder,
+        never --tls-crl), and take the one kept there by an earlier run when it is
+        newer than the file's; one that is not (or does not verify) is ignored with a
+        warning. File I/O."""
+        self.learned = path
+        try:
+            with path.open("rb") as f:
+                data = f.read(MAX_BYTES + 1)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("%s: cannot read the learned list %s: %s", OPTION, path, exc.strerror)
+            return
+        try:
+            self.learn(data, f"the learned list {path}", keep=False)
+        except TlsError as exc:
+            log.warning("%s: ignoring it", exc)
+
+    def learn(self, data: bytes, source: str, keep: bool = True) -> bool:
+        """Take the CRL of `data` (given by `source`, a peer) when it parses, is at most
+        `MAX_BYTES`, a CA of --tls-ca signed it, it has the issuer of the list in use
+        and its CRL number is above the one in use; then keep it in `learned` (`keep`)
+        and return True. False for a list not newer (nothing changes); TlsError naming
+        `source` for one that is refused (nothing changes). File I/O: run it off the
+        event loop. The --tls-crl file is never written."""
+        crl = parse_crl(data, self.cas, f"the revocation list of {source}")
+        fresh = _listed(crl)
+        with self._lock:
+            if fresh.issuer != self._list.issuer:
+                raise TlsError(
+                    f"the revocation list of {source} has another issuer than {OPTION} "
+                    f"{self.path}: not taken"
+                )
+            if fresh.number is None or fresh.number <= self.number:
+                return False
+            if keep and self.learned is not None:
+                _write(self.learned, crl)
+            self._list, self._signed = fresh, _der(crl)
+        log.warning(
+            "%s: took the newer revocation list of %s (CRL number %d): %d certificates "
+            "revoked",
+            OPTION, source, fresh.number, len(fresh.serials),
+        )  # fmt: skip
+        return True
 
     def _stamp(self) -> tuple[int, ...]:
         """What tells the file changed: its mtime, size, inode and device (a list renamed
@@ -205,9 +296,7 @@ class Revocations:
         now = self._list
         for issuer, serial, name in keys:
             if serial in now.serials and issuer == now.issuer:
-                return (
-                    f"certificate serial {serial:#x} ({name or 'no name'}) is revoked by {OPTION}"
-                )
+                return f"certificate serial {serial:#x} ({name or 'no name'}) {REVOKED}"
         return ""
 
     def own_revoked(self, chain: list[x509.Certificate]) -> str:
@@ -272,7 +361,7 @@ class Revocations:
                 self._warn_stale(stamp)  # its nextUpdate may pass while it stays
                 return False
             try:
-                fresh = _listed(read_crl(self.path, self.cas, self.ca))
+                crl = read_crl(self.path, self.cas, self.ca)
             except TlsError as exc:
                 self._stamp_seen = stamp  # read again once the file changes again
                 if not self._failing:  # once until the file is good again, not once a look
@@ -281,8 +370,10 @@ class Revocations:
                         "%s; keeping the %d revocations read before", exc, len(self.serials)
                     )
                 return False
+            fresh = _listed(crl)
             self._stamp_seen = stamp
             self._failing = False
+            signed = self._signed if _older(fresh, self._list) else _der(crl)
             if _older(fresh, self._list):  # it only adds: no revocation is taken back
                 log.warning(
                     "%s: %s is not newer than the list in use (CRL number %s, in use %s): "
@@ -296,7 +387,7 @@ class Revocations:
                 kept = fresh.serials | self._list.serials
                 fresh = replace(fresh, serials=kept, number=self._list.number)
             changed = fresh != self._list
-            self._list = fresh
+            self._list, self._signed = fresh, signed
             if changed:
                 log.warning(
                     "%s %s re-read: %d certificates revoked", OPTION, self.path, len(fresh.serials)

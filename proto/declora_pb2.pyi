@@ -19,7 +19,7 @@ PAYLOAD_KIND_KEYFRAME: PayloadKind
 PAYLOAD_KIND_STATE: PayloadKind
 
 class Hello(_message.Message):
-    __slots__ = ("protocol_version", "package_version", "node_id", "swarm_id", "fingerprint", "round", "live_degree", "listen_address", "seq", "nonce", "mac", "gradient_tracking", "receiver", "session", "recipe")
+    __slots__ = ("protocol_version", "package_version", "node_id", "swarm_id", "fingerprint", "round", "live_degree", "listen_address", "seq", "nonce", "mac", "gradient_tracking", "receiver", "session", "recipe", "crl_number")
     class RecipeEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,7 @@ class Hello(_message.Message):
     RECEIVER_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     RECIPE_FIELD_NUMBER: _ClassVar[int]
+    CRL_NUMBER_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     package_version: str
     node_id: str
@@ -57,7 +58,8 @@ class Hello(_message.Message):
     receiver: str
     session: bytes
     recipe: _containers.ScalarMap[str, str]
-    def __init__(self, protocol_version: _Optional[int] = ..., package_version: _Optional[str] = ..., node_id: _Optional[str] = ..., swarm_id: _Optional[str] = ..., fingerprint: _Optional[str] = ..., round: _Optional[int] = ..., live_degree: _Optional[int] = ..., listen_address: _Optional[str] = ..., seq: _Optional[int] = ..., nonce: _Optional[bytes] = ..., mac: _Optional[bytes] = ..., gradient_tracking: _Optional[bool] = ..., receiver: _Optional[str] = ..., session: _Optional[bytes] = ..., recipe: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    crl_number: int
+    def __init__(self, protocol_version: _Optional[int] = ..., package_version: _Optional[str] = ..., node_id: _Optional[str] = ..., swarm_id: _Optional[str] = ..., fingerprint: _Optional[str] = ..., round: _Optional[int] = ..., live_degree: _Optional[int] = ..., listen_address: _Optional[str] = ..., seq: _Optional[int] = ..., nonce: _Optional[bytes] = ..., mac: _Optional[bytes] = ..., gradient_tracking: _Optional[bool] = ..., receiver: _Optional[str] = ..., session: _Optional[bytes] = ..., recipe: _Optional[_Mapping[str, str]] = ..., crl_number: _Optional[int] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("accepted", "reason", "node")
@@ -171,6 +173,12 @@ class LeaveAck(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class RevocationsRequest(_message.Message):
+    __slots__ = ("crl_number",)
+    CRL_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    crl_number: int
+    def __init__(self, crl_number: _Optional[int] = ...) -> None: ...
+
 class StatusRequest(_message.Message):
     __slots__ = ("include_digest", "nonce", "mac")
     INCLUDE_DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -182,7 +190,7 @@ class StatusRequest(_message.Message):
     def __init__(self, include_digest: _Optional[bool] = ..., nonce: _Optional[bytes] = ..., mac: _Optional[bytes] = ...) -> None: ...
 
 class NeighborStatus(_message.Message):
-    __slots__ = ("node_id", "address", "live", "weight", "degree", "last_seen_unix", "bytes_sent", "bytes_received", "round", "missed_deadlines")
+    __slots__ = ("node_id", "address", "live", "weight", "degree", "last_seen_unix", "bytes_sent", "bytes_received", "round", "missed_deadlines", "package_version")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     LIVE_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +201,7 @@ class NeighborStatus(_message.Message):
     BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     MISSED_DEADLINES_FIELD_NUMBER: _ClassVar[int]
+    PACKAGE_VERSION_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     live: bool
@@ -203,7 +212,8 @@ class NeighborStatus(_message.Message):
     bytes_received: int
     round: int
     missed_deadlines: int
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., live: _Optional[bool] = ..., weight: _Optional[float] = ..., degree: _Optional[int] = ..., last_seen_unix: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., round: _Optional[int] = ..., missed_deadlines: _Optional[int] = ...) -> None: ...
+    package_version: str
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., live: _Optional[bool] = ..., weight: _Optional[float] = ..., degree: _Optional[int] = ..., last_seen_unix: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., round: _Optional[int] = ..., missed_deadlines: _Optional[int] = ..., package_version: _Optional[str] = ...) -> None: ...
 
 class StatusReply(_message.Message):
     __slots__ = ("node_id", "swarm_id", "fingerprint", "package_version", "state", "round", "step", "loss", "last_eval", "self_weight", "neighbors", "bytes_sent", "bytes_received", "rejected", "listen_address", "codec", "started_unix", "total_rounds", "last_round_seconds", "keyframes_sent", "state_digest", "auth", "gradient_tracking", "weighting", "method", "deca", "kill_revive")

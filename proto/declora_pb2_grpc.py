@@ -61,6 +61,11 @@ class SwarmStub:
                 request_serializer=declora_dot_proto_dot_declora__pb2.StatusRequest.SerializeToString,
                 response_deserializer=declora_dot_proto_dot_declora__pb2.StatusReply.FromString,
                 _registered_method=True)
+        self.Revocations = channel.unary_stream(
+                '/declora.v1.Swarm/Revocations',
+                request_serializer=declora_dot_proto_dot_declora__pb2.RevocationsRequest.SerializeToString,
+                response_deserializer=declora_dot_proto_dot_declora__pb2.Chunk.FromString,
+                _registered_method=True)
 
 
 class SwarmServicer:
@@ -104,6 +109,15 @@ class SwarmServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Revocations(self, request, context):
+        """Under mTLS with a revocation list: the caller says its list's CRL number; the
+        node streams its own list (data chunks of the DER CRL) only when its number is
+        higher, else nothing. A caller with the higher number is fetched from in turn.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SwarmServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +145,11 @@ def add_SwarmServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=declora_dot_proto_dot_declora__pb2.StatusRequest.FromString,
                     response_serializer=declora_dot_proto_dot_declora__pb2.StatusReply.SerializeToString,
+            ),
+            'Revocations': grpc.unary_stream_rpc_method_handler(
+                    servicer.Revocations,
+                    request_deserializer=declora_dot_proto_dot_declora__pb2.RevocationsRequest.FromString,
+                    response_serializer=declora_dot_proto_dot_declora__pb2.Chunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -270,6 +289,33 @@ class Swarm:
             '/declora.v1.Swarm/Status',
             declora_dot_proto_dot_declora__pb2.StatusRequest.SerializeToString,
             declora_dot_proto_dot_declora__pb2.StatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Revocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/declora.v1.Swarm/Revocations',
+            declora_dot_proto_dot_declora__pb2.RevocationsRequest.SerializeToString,
+            declora_dot_proto_dot_declora__pb2.Chunk.FromString,
             options,
             channel_credentials,
             insecure,

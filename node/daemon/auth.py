@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from declora.node import logs
+from declora.node.daemon.revocation_spread import Spreader
 from declora.node.daemon.status import Counters
 from declora.node.revocation import POLL_SECONDS
 from declora.node.security import (
@@ -97,8 +99,9 @@ def caller_refusal(context: Any, tls: TlsFiles | None) -> WireError | None:
 
 
 def warn_own_revoked(tls: TlsFiles) -> None:
-    """One warning when --tls-crl's list (re-read) now revokes this node's own
-    --tls-cert: its peers refuse it from then on (`Revocations.own_revoked`: said once)."""
+    """One warning when the list in use (re-read from --tls-crl, or learned from a
+    peer) now revokes this node's own --tls-cert: its peers refuse it from then on
+    (`Revocations.own_revoked`: said once)."""
     if tls.crl is None:
         return
     from cryptography import x509
@@ -111,24 +114,19 @@ def warn_own_revoked(tls: TlsFiles) -> None:
     dns, ips = certificate_names(chain[0])
     hosts = f" --hosts {','.join(dns + ips)}" if dns or ips else ""  # else localhost
     log.warning(
-        "--tls-crl: %s now revokes this node's own --tls-cert %s (%s): its peers will "
-        "refuse it; re-issue it with `declora-node certs --output %s --nodes %s%s "
-        "--force` and restart the node with the new certificate",
-        tls.crl.path, tls.cert_path or "", reason, pki, common_name(chain[0]) or "NAME", hosts,
+        "--tls-crl: the revocation list in use (CRL number %d) now revokes this node's "
+        "own --tls-cert %s (%s): its peers will refuse it; re-issue it with "
+        "`declora-node certs --output %s --nodes %s%s --force` and restart the node "
+        "with the new certificate",
+        tls.crl.number, tls.cert_path or "", reason, pki, common_name(chain[0]) or "NAME", hosts,
     )  # fmt: skip
 
 
-async def drop_revoked(tls: TlsFiles | None, peers: PeerTable, counters: Counters) -> list[str]:
-    """Under mTLS with --tls-crl (`tls.crl`): re-read the list when its file changed
-    (`Revocations.refresh`, in a thread: a bad file keeps the last good list), warn
-    once when it now revokes this node's own certificate (`warn_own_revoked`), then drop
-    each live neighbour whose certificate, as last seen on one of its calls or on a dial
-    of its server, is revoked (counted `revoked`, logged by `PeerTable.drop`); the ids
-    dropped. Nothing without a list."""
-    if tls is None or tls.crl is None:
-        return []
-    if await asyncio.to_thread(tls.crl.refresh):
-        warn_own_revoked(tls)
+def drop_now_revoked(tls: TlsFiles, peers: PeerTable, counters: Counters) -> list[str]:
+    """Drop each live neighbour whose certificate, as last seen on one of its calls or
+    on a dial of its server, the list in use revokes (counted `revoked`, logged by
+    `PeerTable.drop`); the ids dropped."""
+    assert tls.crl is not None
     live = {p.node_id: p for p in peers.live}
     revoked = tls.crl.revoked_names(list(live))
     for node_id, why in revoked.items():
@@ -137,18 +135,50 @@ async def drop_revoked(tls: TlsFiles | None, peers: PeerTable, counters: Counter
     return list(revoked)
 
 
+async def drop_revoked(tls: TlsFiles | None, peers: PeerTable, counters: Counters) -> list[str]:
+    """Under mTLS with --tls-crl (`tls.crl`): re-read the list when its file changed
+    (`Revocations.refresh`, in a thread: a bad file keeps the last good list), warn
+    once when it now revokes this node's own certificate (`warn_own_revoked`), then
+    `drop_now_revoked`; the ids dropped. Nothing without a list."""
+    if tls is None or tls.crl is None:
+        return []
+    if await asyncio.to_thread(tls.crl.refresh):
+        warn_own_revoked(tls)
+    return drop_now_revoked(tls, peers, counters)
+
+
+async def spread_revocations(spreader: Spreader, counters: Counters) -> list[str]:
+    """One `Spreader.spread` (lists exchanged with the live neighbours due); when a
+    newer list was taken, it is enforced as a re-read is (`warn_own_revoked`,
+    `drop_now_revoked`); the ids dropped."""
+    if not await spreader.spread():
+        return []
+    warn_own_revoked(spreader.tls)
+    return drop_now_revoked(spreader.tls, spreader.peers, counters)
+
+
 async def watch_revocations(
     tls: TlsFiles | None, peers: PeerTable, counters: Counters, progress: Progress
 ) -> None:
-    """`drop_revoked` every `POLL_SECONDS` until the node stops, in a task of its own
-    (started before the node waits for its neighbours): a dial round slow to end (up to
-    three 5 s timeouts a peer) or the startup wait never delays a revocation. An
-    unexpected error is logged and the loop goes on. Returns at once without a list."""
+    """Two loops until the node stops, in a task of its own (started before the node
+    waits for its neighbours: a dial round slow to end, or the startup wait, never
+    delays a revocation): `drop_revoked` every `POLL_SECONDS`, and beside it
+    `spread_revocations` every `POLL_SECONDS` (a slow neighbour's list delays no look
+    at the file). An unexpected error is logged and the loop goes on. Returns at once
+    without a list."""
     if tls is None or tls.crl is None:
         return
-    while not progress.stop_requested:
-        try:
-            await drop_revoked(tls, peers, counters)
-        except Exception:  # one bad look must not end the checks
-            log.exception("checking --tls-crl failed; trying again in %gs", POLL_SECONDS)
-        await asyncio.sleep(POLL_SECONDS)
+    spreader = Spreader(tls, peers)
+
+    async def loop(step: Callable[[], Awaitable[object]], what: str) -> None:
+        while not progress.stop_requested:
+            try:
+                await step()
+            except Exception:  # one bad look must not end the checks
+                log.exception("%s failed; trying again in %gs", what, POLL_SECONDS)
+            await asyncio.sleep(POLL_SECONDS)
+
+    await asyncio.gather(
+        loop(lambda: drop_revoked(tls, peers, counters), "checking --tls-crl"),
+        loop(lambda: spread_revocations(spreader, counters), "spreading revocation lists"),
+    )

@@ -51,13 +51,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import Any
 
 import grpc
 
 from declora.node import PROTOCOL_VERSION, __version__, logs, protocol_note
-from declora.node.address import endpoints
+from declora.node.address import endpoints, split_address
 from declora.node.daemon.admission import SAME_SECRET, Admission, address_ip
 from declora.node.daemon.auth import NAMELESS, Auth
 from declora.node.daemon.dial_backoff import DialBackoff
@@ -68,12 +69,15 @@ from declora.node.daemon.transport import Transport
 from declora.node.discovery import Discovery, select_neighbors
 from declora.node.identity import shown
 from declora.node.limits import peer_host
+from declora.node.revocation import REVOKED, RevokedError
 from declora.node.settings import NodeSettings
 from declora.proto import pb, pb_grpc
 
 log = logging.getLogger(__name__)
 
 RECONNECT_SECONDS = 2.0
+LEARNED_CRL = "crl-learned.pem"  # in the state folder: the newest list learned from peers
+REVOKED_SAID = 1024  # addresses whose revoked certificate (or refusal of ours) was logged
 DIAL_TIMEOUT = 5.0
 # a gRPC error of a Handshake that is a live node's refusal, or its rate limit (anything
 # else, e.g. UNAVAILABLE: nothing listens yet or it is still loading, is no refusal)
@@ -121,6 +125,10 @@ class Handshaker:
         self.backoff = DialBackoff()  # candidates whose node refused: `connect_known`
         self.answered_as: dict[str, str] = {}  # candidate address: the id that answered
         self.admission = Admission(settings, fingerprint, recipe, peers, auth, transport)
+        self.revoked_said: OrderedDict[str, str] = OrderedDict()  # address: revocation logged
+        tls = getattr(transport, "tls", None)
+        if tls is not None and tls.crl is not None:  # lists learned from peers: kept there
+            tls.crl.keep_learned(settings.state_dir / LEARNED_CRL)
 
     @property
     def fingerprint(self) -> str:
@@ -151,8 +159,14 @@ class Handshaker:
                 receiver=receiver,
                 session=session,
                 recipe=self.recipe,
+                crl_number=self._crl_number(),
             )
         )
+
+    def _crl_number(self) -> int:
+        """The CRL number of the list in use (0 without one): `Hello.crl_number`."""
+        tls = getattr(self.transport, "tls", None)
+        return 0 if tls is None or tls.crl is None else tls.crl.number
 
     def answer(
         self, request: pb.Hello, cert_name: str | None = None, peer: str | None = None
@@ -200,14 +214,27 @@ class Handshaker:
         gRPC error in `REFUSING_CODES` (a live node said no)."""
         if configured and address_ip(address) is None:  # who may speak for the name
             self.admission.note_resolved(address, {ip for ip, _ in await endpoints(address)})
+        revoked = await self._revoked_server(address)
+        if revoked:  # no Hello: the server would count this node joined, then left
+            self._say_revoked(
+                address, f"not joining {address}: {revoked}", f"not joining: {revoked}"
+            )
+            return None, True
         channel = self.transport.channel(address)
         hello = self.hello(receiver=address, session=self.peers.token_for_dial(address))
         try:
             try:
                 welcome = await pb_grpc.SwarmStub(channel).Handshake(hello, timeout=DIAL_TIMEOUT)
             except grpc.aio.AioRpcError as exc:
-                why = f"{exc.code().name} {logs.safe_text(exc.details() or '', 300)}".strip()
-                log.debug("handshake with %s failed: %s", address, why)
+                details = logs.safe_text(exc.details() or "", 300)
+                if exc.code() == grpc.StatusCode.PERMISSION_DENIED and REVOKED in details:
+                    line = (
+                        f"{address} refuses this node: {details}; its peers refuse a revoked "
+                        "--tls-cert: re-issue it (`declora-node certs --nodes NAME --force`) "
+                        "and restart the node with the new one"
+                    )
+                    self._say_revoked(address, line)  # the dial's end: recorded by `transport`
+                log.debug("handshake with %s failed: %s %s", address, exc.code().name, details)
                 return None, exc.code() in REFUSING_CODES
             if not welcome.accepted:
                 reason = logs.safe_text(welcome.reason, 300)
@@ -238,6 +265,38 @@ class Handshaker:
         if peer is not None and peer.address != address:  # another name for its address
             self.answered_as[address] = peer.node_id
         return peer, False
+
+    async def _revoked_server(self, address: str) -> str:
+        """Under mTLS with a revocation list: why the server at `address` may not be
+        joined (its certificate, read before any Hello is sent, is revoked); '' when
+        it is not, or it cannot be read (the dial goes on and says why)."""
+        tls = getattr(self.transport, "tls", None)
+        if tls is None or tls.crl is None:
+            return ""
+        try:
+            host, port = split_address(address)
+            await tls.server_name(host, port, DIAL_TIMEOUT)
+        except RevokedError as exc:
+            return str(exc)
+        except ValueError:  # TlsError too: not readable; the dial's own check says so
+            return ""
+        return ""
+
+    def _say_revoked(self, address: str, line: str, outcome: str = "") -> None:
+        """Record `outcome` (when given) as how the dial of `address` ended
+        (`startup.DialLog`) and log `line` at WARNING once per address and line (it
+        names the certificate), then at DEBUG."""
+        dial_log = getattr(self.transport, "dial_log", None)
+        if dial_log is not None and outcome:
+            dial_log.record(address, outcome)
+        if self.revoked_said.get(address) == line:
+            log.debug("%s", line)
+            return
+        self.revoked_said[address] = line
+        self.revoked_said.move_to_end(address)
+        while len(self.revoked_said) > REVOKED_SAID:
+            self.revoked_said.popitem(last=False)
+        log.warning("%s", line)
 
     async def _refused_welcome(
         self, channel: grpc.aio.Channel, address: str, node: pb.Hello, reason: str

@@ -83,6 +83,7 @@ BACKOFF_MAX_CONFIGURED = 8.0  # and this for static or discovered addresses
 TOKEN_BYTES = 16
 PENDING_TOKENS = 4096  # tokens offered in dials not yet answered (`token_for_dial`)
 WHY = 500  # characters of why a neighbour left, as logged
+RELEASE = 64  # characters of a neighbour's package_version kept (`Peer.release`)
 SILENT_GRACE = 60.0  # seconds a live neighbour may deliver nothing before its slot is free...
 SILENT_ROUNDS = 3  # ...or this many of this node's recent rounds, when that is longer
 
@@ -122,6 +123,11 @@ class Peer:
     next_dial: float = 0.0  # monotonic time of the next re-dial
     channel: grpc.aio.Channel | None = None
     stub: pb_grpc.SwarmStub | None = None
+    release: str = ""  # its Hello's package_version, at most RELEASE characters ('': unknown)
+    crl_number: int = 0  # the CRL number it said its list has, not fetched yet (a Hello)
+    crl_told: int = -1  # the CRL number this node last told it (-1: none yet)
+    crl_asked: float = float("-inf")  # monotonic time of this node's last call about lists
+    crl_served: float = float("-inf")  # monotonic time this node last gave it its list
 
     def token_ok(self, token: bytes) -> bool:
         return bool(token) and token in (self.token_in, self.token_prev)
@@ -265,6 +271,8 @@ class PeerTable:
         peer.missed = 0
         peer.dials = 0
         peer.claimed_round, peer.seq, peer.degree = hello.round, hello.seq, hello.live_degree
+        peer.release = hello.package_version[:RELEASE]
+        peer.crl_number = hello.crl_number
         peer.last_seen = time.time()
         self.metrics.neighbors.set(len(self.live))
         return peer

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+REVOKED_SAID = 1024  # revoked certificates whose refusal `Counters.refused` remembers saying
+
 
 @dataclass
 class Counters:
@@ -52,6 +55,8 @@ class Counters:
     # refused messages logged in full at most 20 a minute per counter, the rest summed up
     refusals: dict[str, RefusalLog] = field(default_factory=dict, repr=False)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
+    # the reasons of `revoked` refusals logged (each names one certificate): said once each
+    revoked_said: OrderedDict[str, None] = field(default_factory=OrderedDict, repr=False)
 
     def count(self, counter: str) -> None:
         """Count one refusal by reason."""
@@ -61,9 +66,12 @@ class Counters:
     def refused(self, exc: WireError) -> None:
         """Count and log a refused message: rate limiting at DEBUG, the rest at WARNING
         at most `REFUSALS_LOGGED` a minute per counter in full, then counted in one
-        line (`RefusalLog`): a flood, even a stranger's, must not flood the log too."""
+        line (`RefusalLog`): a flood, even a stranger's, must not flood the log too. A
+        revoked certificate's refusal is logged once per reason (per certificate: the
+        `REVOKED_SAID` latest), then at DEBUG: a revoked node re-dials for as long as it
+        runs."""
         self.count(exc.counter)
-        if exc.counter == RATE_LIMITED:
+        if exc.counter == RATE_LIMITED or self._said_before(exc):
             log.debug("refused a message: %s", exc.reason)
             return
         refusals = self.refusals.get(exc.counter)
@@ -71,6 +79,17 @@ class Counters:
             refusals = RefusalLog(f"refused messages ({exc.counter})", clock=self.clock, logger=log)
             self.refusals[exc.counter] = refusals
         refusals.warning("refused a message: %s", exc.reason)
+
+    def _said_before(self, exc: WireError) -> bool:
+        """Whether `exc` is a `revoked` refusal logged before (remembered from now on)."""
+        if exc.counter != "revoked":
+            return False
+        said = exc.reason in self.revoked_said
+        self.revoked_said[exc.reason] = None
+        self.revoked_said.move_to_end(exc.reason)
+        while len(self.revoked_said) > REVOKED_SAID:
+            self.revoked_said.popitem(last=False)
+        return said
 
     def flush_refusals(self, final: bool = False) -> None:
         """Sum up the refused messages not logged in full; `final` at exit."""
@@ -166,6 +185,7 @@ def status_reply(
                 bytes_received=p.bytes_received,
                 round=p.round,
                 missed_deadlines=p.missed,
+                package_version=p.release,
             )
         )
     return reply

@@ -1,0 +1,134 @@
+"""Spreading the swarm CA's revocation list between neighbours (mTLS with --tls-crl).
+
+A list the swarm CA signed proves itself, so a node takes one from any neighbour once
+`Revocations.learn` verifies it: at most `MAX_BYTES`, signed by a CA of this node's
+--tls-ca, of the issuer of the list in use, with a CRL number above the one in use.
+Anything else is refused with a warning and changes nothing. A list taken is kept in
+the node's state folder (never in the --tls-crl file) and enforced like a re-read.
+
+- each Hello (and so each Welcome) says its sender's CRL number (`Hello.crl_number`,
+  0 without a list or from an older node), kept as `Peer.crl_number`;
+- `list_chunks` answers a `Revocations` call of a live neighbour (anyone else gets
+  nothing): it notes the caller's CRL number when above this node's (fetched from in
+  turn), and gives this node's signed list in `CHUNK` pieces only when its own number
+  is above the caller's, at most once per `ASK_SECONDS / 2` a neighbour;
+- `spread` (every `POLL_SECONDS`, `auth.watch_revocations`) calls each live
+  neighbour not yet told this node's number (an announcement, once per number: it
+  fetches back when its own is lower) and each that said a higher number (a fetch,
+  at most once per `ASK_SECONDS` a neighbour); the number a neighbour said is
+  forgotten at each call, so a peer that says a number it does not serve makes this
+  node fetch once per claim, not once a look; a neighbour that does not know the
+  call (an older node: UNIMPLEMENTED) is left alone until this node's number changes.
+Nodes without --tls-crl neither ask nor answer: they enforce no list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import grpc
+
+from declora.node.daemon.peers import Peer, PeerTable
+from declora.node.logs import RefusalLog, safe_text
+from declora.node.revocation import MAX_BYTES
+from declora.node.security import TlsError, TlsFiles
+from declora.proto import pb
+
+log = logging.getLogger(__name__)
+
+CHUNK = 32 * 1024  # bytes of the list a `Revocations` message carries (under any gRPC limit)
+ASK_SECONDS = 10.0  # a neighbour is called about lists at most this often
+ASK_TIMEOUT = 30.0  # seconds one call (a 16 MiB list at the least) may take
+
+
+def list_chunks(
+    tls: TlsFiles | None,
+    peers: PeerTable,
+    caller: str | None,
+    number: int,
+    now: float | None = None,
+) -> list[pb.Chunk]:
+    """The answer to a `Revocations` call from `caller` (its certificate's name; None
+    without TLS) whose list has CRL `number`: this node's signed list in `CHUNK`
+    pieces when its own number is above and `caller` is a live neighbour not given it
+    within `ASK_SECONDS / 2` (`now`: monotonic seconds), else none; none without a
+    list. A live neighbour with the higher number is noted to be fetched from
+    (`Spreader.spread`)."""
+    peer = peers.get(caller) if caller else None
+    if tls is None or tls.crl is None or peer is None or not peer.live:
+        return []
+    mine = tls.crl.number
+    if number > mine:
+        peer.crl_number = number
+    now = time.monotonic() if now is None else now
+    if number >= mine or now - peer.crl_served < ASK_SECONDS / 2:
+        return []
+    peer.crl_served = now
+    data = tls.crl.signed
+    return [pb.Chunk(data=data[i : i + CHUNK]) for i in range(0, len(data), CHUNK)]
+
+
+class Spreader:
+    """`spread` and the warnings about the lists peers gave (rate-limited)."""
+
+    def __init__(self, tls: TlsFiles, peers: PeerTable) -> None:
+        self.tls, self.peers = tls, peers
+        self.refusals = RefusalLog("revocation lists refused", logger=log)
+
+    async def spread(self, now: float | None = None) -> bool:
+        """Call the live neighbours due at once (`now`: monotonic seconds): each not
+        yet told this node's CRL number (once per number), and each that said a
+        higher one, at most once per `ASK_SECONDS`; True when a list one gave was
+        taken (the caller enforces it)."""
+        crl = self.tls.crl
+        assert crl is not None
+        now = time.monotonic() if now is None else now
+        mine, due = crl.number, []
+        for p in self.peers.live:
+            fetch = p.crl_number > mine and now - p.crl_asked >= ASK_SECONDS
+            if fetch or p.crl_told != mine:
+                p.crl_asked = now if fetch else p.crl_asked
+                p.crl_told, p.crl_number = mine, 0  # said again only by a Hello or a call
+                due.append(p)
+        taken = await asyncio.gather(*(self._ask(p, mine) for p in due))
+        self.refusals.flush()
+        return any(taken)
+
+    async def _ask(self, peer: Peer, mine: int) -> bool:
+        """Tell `peer` CRL number `mine` and take the list it gives back, if any."""
+        crl = self.tls.crl
+        assert crl is not None
+        try:
+            data = await self._fetch(peer, mine)
+        except grpc.aio.AioRpcError as exc:  # UNIMPLEMENTED: an older node
+            log.debug("revocation list call to %s failed: %s", peer.node_id, exc.code().name)
+            return False
+        except TlsError as exc:
+            self.refusals.warning("%s: not taken", exc)
+            return False
+        if not data:
+            return False
+        try:
+            return await asyncio.to_thread(crl.learn, data, f"neighbour {peer.node_id}")
+        except TlsError as exc:
+            self.refusals.warning("%s", safe_text(str(exc), 500))
+            return False
+
+    async def _fetch(self, peer: Peer, mine: int) -> bytes:
+        """The bytes `peer` streams for a `Revocations` call with CRL number `mine`;
+        TlsError once they pass `MAX_BYTES` (the call is cancelled)."""
+        call = self.peers.stub(peer).Revocations(
+            pb.RevocationsRequest(crl_number=mine), timeout=ASK_TIMEOUT
+        )
+        data = bytearray()
+        async for chunk in call:
+            data += chunk.data
+            if len(data) > MAX_BYTES:
+                call.cancel()
+                raise TlsError(
+                    f"the revocation list of neighbour {peer.node_id} is over "
+                    f"{MAX_BYTES // 2**20} MiB"
+                )
+        return bytes(data)
