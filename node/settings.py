@@ -513,7 +513,41 @@ def resolve_settings(cli: dict[str, Any], config_file: Path | None = None) -> Re
         raise SettingsError(f"bad configuration: {problems}") from exc
     if settings.swarm_secret_file is not None:  # the secret it holds: from there
         origins["swarm_secret"] = "swarm-secret-file"
-    return Resolved(settings, origins, start_warnings(settings, config_file, data))
+    warnings = start_warnings(settings, config_file, data)
+    if line := advertise_warning(settings, origins, config_file):
+        warnings.insert(0, line)
+    return Resolved(settings, origins, warnings)
+
+
+def advertise_warning(
+    settings: NodeSettings, origins: dict[str, str], config_file: Path | None
+) -> str:
+    """'' unless a node that is not --solo advertises an unspecified address (0.0.0.0,
+    ::: the image's --listen without --advertise), which no peer can dial: then what to
+    set. A warning, not a refusal: peers given this node's real address (--peers) still
+    reach it, but one that redials it at the address its Hello gave reaches itself, and
+    a node id taken from it is the same on every node so started."""
+    if settings.solo:
+        return ""
+    host, port = split_address(settings.advertise)
+    try:
+        if not ipaddress.ip_address(host.split("%", 1)[0]).is_unspecified:
+            return ""
+    except ValueError:  # a DNS name
+        return ""
+    name = given_name("advertise", origins, config_file)
+    if origins.get("advertise") == "default":
+        name = f"{name} (unset: {given_name('listen', origins, config_file)})"
+    same_id = (
+        f"; --node-id {settings.node_id}, taken from it, is the same on every node so started"
+        if origins.get("node_id") == "default" and settings.tls() is None
+        else ""
+    )
+    return (
+        f"{name} is {settings.advertise}, which peers cannot dial: a peer keeps the "
+        f"address this node's Hello gives to reach it again{same_id}; set "
+        f"--advertise HOST:{port} (this machine's address as peers reach it)"
+    )
 
 
 def start_warnings(
