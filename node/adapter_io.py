@@ -19,6 +19,7 @@ labels in its config.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -43,9 +44,11 @@ from declora.node.errors import HintedError
 from declora.node.lm_data import IGNORE, encode_lm
 from declora.node.methods import DECA_DEFAULTS
 from declora.node.model_source import HUB_IDS, TINY_MODELS, ModelError
-from declora.node.models import HeadSizeError, HFTokenizer, Tokenizer
+from declora.node.models import HeadSizeError, HFTokenizer, Tokenizer, cut_tokens
 from declora.node.recipe import UNRECORDED_FACTS
 from declora.node.trainer import CHATS, LM_ROWS, LoraModel, LoraSpec
+
+_log = logging.getLogger(__name__)
 
 EXPORT_INFO = "declora_export.json"
 HEAD_SUFFIXES = (".classifier.weight", ".score.weight", ".classifier.out_proj.weight")
@@ -88,10 +91,20 @@ class LoadedAdapter:
         self.model.eval()
         out = []
         dev = self.lora.device
+        cut = 0
         for start in range(0, len(texts), batch_size):
-            ids, mask = self.tokenizer(list(texts[start : start + batch_size]), self.max_length)
+            batch = list(texts[start : start + batch_size])
+            ids, mask = self.tokenizer(batch, self.max_length)
+            cut += cut_tokens(self.tokenizer, batch, mask)[0] if self.task == "cls" else 0
             res = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev))
             out.append(res.logits.float().cpu())
+        if cut:
+            _log.warning(
+                "%d of %d texts are longer than the adapter's training --max-length of %d "
+                "tokens: only their first %d tokens are classified (to read more, retrain "
+                "the adapter with a larger --max-length)",
+                cut, len(texts), self.max_length, self.max_length,
+            )  # fmt: skip
         if not out:
             return torch.zeros((0, len(self.labels)))
         return torch.cat(out)

@@ -212,6 +212,17 @@ class ByteTokenizer:
         return None  # none given: lm_data labels a chat's pieces by their token counts
 
 
+def cut_tokens(tokenizer: Tokenizer, texts: Sequence[str], mask: torch.Tensor) -> tuple[int, int]:
+    """(texts cut, tokens dropped) when `texts` were encoded by `tokenizer(texts, n)`
+    into `mask` ((len(texts), n), 1 on a kept token): only the rows that fill all n
+    positions are encoded again, untruncated, to count what was cut."""
+    width = mask.shape[1]
+    full = (mask.sum(dim=1) >= width).nonzero().flatten().tolist()
+    over = [len(ids) - width for ids in tokenizer.encode([texts[i] for i in full])]
+    over = [n for n in over if n > 0]
+    return len(over), sum(over)
+
+
 # how to give a model folder's tokenizer the EOS (and pad) token it lacks
 EOS_HINT = (
     "set eos_token (and/or pad_token) in the model folder's tokenizer_config.json to a "

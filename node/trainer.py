@@ -11,6 +11,7 @@ simulator and in the daemon.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -36,10 +37,11 @@ from declora.node.lm_data import encode_lm
 from declora.node.lora_targets import check_targets, default_targets, wrap_lora
 from declora.node.methods import DEFAULT_METHOD, embedding_problem, freeze_lora_a
 from declora.node.model_source import ModelError
-from declora.node.models import BaseModel, load_base
+from declora.node.models import BaseModel, cut_tokens, load_base
 from declora.node.quantize import check_runtime
 from declora.node.schedule import Schedule
 
+_log = logging.getLogger(__name__)
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 LM_EVAL_LOGITS = 1 << 24  # logits an LM evaluation batch may hold (64 MiB in fp32)
 # declora.json's record of what a causal-LM adapter trained on: "chats" (rendered
@@ -228,6 +230,23 @@ class LoraModel:
         if data.labels is None:
             raise ValueError("classification data needs labels")
         return Encoded(ids, mask, torch.as_tensor(data.labels, dtype=torch.long))
+
+    def warn_cut(self, data: TextDataset, mask: torch.Tensor) -> None:
+        """One warning when texts of classification `data`, encoded into `mask`, pass
+        --max-length (the classifier sees only their first tokens)."""
+        cut, dropped = cut_tokens(self.tokenizer, data.texts, mask)
+        if not cut:
+            return
+        what = {"train": "training data", "test": "the held-out test split"}.get(
+            data.name, "classification data"
+        )
+        _log.warning(
+            "%s: %d of %d texts are longer than --max-length %d tokens and are truncated: "
+            "the classifier sees only their first %d tokens (%.1f%% of the tokens are "
+            "dropped; raise --max-length to read more)",
+            what, cut, len(data), self.spec.max_length, self.spec.max_length,
+            100 * dropped / max(int(mask.sum()) + dropped, 1),
+        )  # fmt: skip
 
     def vector_to_tensors(self, vec: np.ndarray) -> list[torch.Tensor]:
         return [t.to(self.device) for t in self.schema.unflatten(vec).values()]

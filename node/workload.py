@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from declora.node.data import TextDataset, load_dataset
+from declora.node.data import EMBEDDED_DATA, TextDataset, load_dataset
 from declora.node.data_files import DataError
 from declora.node.dec_lora import DecLoraNode
 from declora.node.deca import DecaNode
@@ -93,7 +93,12 @@ class Workload:
         return self._encoded["validation"]
 
     def _encode(self, data: TextDataset) -> Encoded:
-        return self.lm.encode(data, packing=self.recipe.packing)
+        """`data` tokenized; texts of the user's classification data cut at --max-length
+        are counted in one warning (the embedded BBC set is read by its first tokens)."""
+        encoded = self.lm.encode(data, packing=self.recipe.packing)
+        if self.recipe.task == "cls" and self.recipe.data != EMBEDDED_DATA:
+            self.lm.warn_cut(data, encoded.attention_mask)
+        return encoded
 
     def _encoded_rows(self, rows: np.ndarray) -> Encoded:
         packed = self.recipe.task == "lm" and self.recipe.packing and self.train.chats is None
