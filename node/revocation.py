@@ -1,7 +1,8 @@
 """Certificate revocation under mTLS: the swarm CA's CRL (`--tls-crl`).
 
 `read_crl` reads a PEM or DER CRL of at most `MAX_BYTES` and checks it was signed by a
-CA of --tls-ca (TlsError naming --tls-crl otherwise). `Revocations` holds the serials it
+CA of --tls-ca (TlsError naming --tls-crl otherwise; `parse_crl` the same for bytes a
+peer gave). `Revocations` holds the serials it
 revokes and answers, for a peer's certificate chain (leaf first, then any intermediates
 it sent, then the CAs of --tls-ca that signed them: an intermediate kept in the --tls-ca
 bundle is checked even when a peer sends only its leaf), whether one of them is revoked:
@@ -14,9 +15,14 @@ is not newer (its CRL number not above the one in use: a restored or stale copy,
 list started anew) only adds its revocations, with a warning: none is taken back while
 the node runs. A CRL whose nextUpdate has passed is still enforced: the revocations in
 it stay true, only newer ones may be missing; it is warned about once per file version.
+`Revocations.learn` takes a list a peer gave only when it verifies as the file must and
+its CRL number is above the one in use; it is kept in the node's state folder
+(`keep_learned`, read again at start: the newer of it and the file is used), never in
+the --tls-crl file.
 
 Callers may rely on: `revoked` never raises for any chain; the list in use only ever
-changes to one that parsed and verified; the certificate remembered for a name (`note`,
+changes to one that parsed and verified; `signed` is the signed list whose CRL number
+is in use; the certificate remembered for a name (`note`,
 `revoked_names`) is only one that was not revoked when it was seen, so a caller with a
 revoked certificate of a name cannot get the live holder of a re-issued one dropped.
 """
@@ -373,7 +379,7 @@ class Revocations:
             fresh = _listed(crl)
             self._stamp_seen = stamp
             self._failing = False
-            signed = self._signed if _older(fresh, self._list) else _der(crl)
+            signed = _der(crl)
             if _older(fresh, self._list):  # it only adds: no revocation is taken back
                 log.warning(
                     "%s: %s is not newer than the list in use (CRL number %s, in use %s): "
@@ -386,6 +392,7 @@ class Revocations:
                 )
                 kept = fresh.serials | self._list.serials
                 fresh = replace(fresh, serials=kept, number=self._list.number)
+                signed = self._signed  # the signed list of the number still in use
             changed = fresh != self._list
             self._list, self._signed = fresh, signed
             if changed:

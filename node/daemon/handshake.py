@@ -43,7 +43,15 @@
   calls, or on the dial of its server) is revoked now, counted `revoked`; its later
   calls are refused (`auth.caller_refusal`), its server is refused at the next dial
   (`TlsFiles.server_name`); a Hello whose caller's certificate has no common name is
-  refused (no id could be checked against it).
+  refused (no id could be checked against it);
+- under mTLS with --tls-crl a dial reads the server's certificate before it sends a
+  Hello: a revoked server is not joined and never admits this node (it logged it
+  joined, then left, on every re-dial); that refusal, and a server's refusal of this
+  node's own revoked certificate, are logged at WARNING once per address and
+  certificate (`revoked_said`), then at DEBUG;
+- a Hello says the CRL number of the list in use (`Hello.crl_number`, 0 without one);
+  lists learned from peers (`revocation_spread`) are kept in the state folder
+  (`LEARNED_CRL`) and read back at start.
 """
 
 from __future__ import annotations
@@ -60,7 +68,7 @@ import grpc
 from declora.node import PROTOCOL_VERSION, __version__, logs, protocol_note
 from declora.node.address import endpoints, split_address
 from declora.node.daemon.admission import SAME_SECRET, Admission, address_ip
-from declora.node.daemon.auth import NAMELESS, Auth
+from declora.node.daemon.auth import NAMELESS, Auth, warn_own_revoked
 from declora.node.daemon.dial_backoff import DialBackoff
 from declora.node.daemon.peers import Peer, PeerTable
 from declora.node.daemon.state import Progress
@@ -129,6 +137,7 @@ class Handshaker:
         tls = getattr(transport, "tls", None)
         if tls is not None and tls.crl is not None:  # lists learned from peers: kept there
             tls.crl.keep_learned(settings.state_dir / LEARNED_CRL)
+            warn_own_revoked(tls)  # a list learned before may revoke this node's own
 
     @property
     def fingerprint(self) -> str:
