@@ -30,7 +30,8 @@ Invariants callers may rely on:
   inbound Hello came from; `handshake` refuses a Hello for a live id from another
   host;
 - `round` is what this node verified (a validated payload's round - 1); `claimed_round`
-  is what the peer's Hello said, bounded, and moves nothing by itself;
+  is what the peer's Hello said, bounded, and moves nothing by itself; so are its
+  `release` (cut to `RELEASE` characters) and `crl_number` (only compared);
 - a live peer that has delivered no validated payload for `silence_limit` s of this
   node's rounds (`SILENT_GRACE`, or `SILENT_ROUNDS` of its recent rounds when longer;
   counted from its handshake, or from its last payload) holds its slot only until

@@ -2,7 +2,10 @@
 digest and the round history (`rounds.jsonl`).
 
 - every refusal is counted by reason, in `Status.rejected` and in
-  `declora_rejected_total{reason}`;
+  `declora_rejected_total{reason}`; one of a revoked certificate is logged at WARNING
+  once per certificate (`Counters.refused`), then at DEBUG;
+- each neighbour's row carries its release (`NeighborStatus.package_version`, from
+  its Hello, at most `peers.RELEASE` characters; empty from an older node);
 - the state digest is a SHA-256 over the adapter, every public copy, the tracking
   correction and every queued payload: equal digests mean nothing was touched;
 - `rounds.jsonl` gets one JSON line per completed round, appended; past
