@@ -35,7 +35,7 @@ from declora.node.adapter_card import (
     portable_base,
 )
 from declora.node.adapter_io import AdapterError, adapter_folder, export_merged, perplexity
-from declora.node.data import column_values, is_chat_turns
+from declora.node.data import column_hint, column_values, is_chat_turns
 from declora.node.data import read_texts as column_texts
 from declora.node.data_files import DataError, file_not_utf8, not_utf8, read_splits
 from declora.node.model_source import ModelError
@@ -77,7 +77,7 @@ def _jsonl_texts(lines: list[str], text_column: str, source: str) -> list[str]:
         if text_column not in row:
             raise DataError(
                 f"{source}:{lineno}: no text column {text_column!r}; columns are {sorted(row)}",
-                "name the text column with --text-column",
+                column_hint(list(row), "text", text_column, "--text-column"),
             )
         value = row[text_column]
         if isinstance(value, (list, dict)):

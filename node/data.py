@@ -23,6 +23,7 @@ import functools
 import json
 import logging
 import re
+import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -296,16 +297,28 @@ def _no_column(where: str, what: str, column: str, ds: Any) -> str:
     return f"{where}: no {what} column {column!r}; columns are {sorted(ds.column_names)}"
 
 
+def column_hint(columns: Sequence[str], what: str, column: str, option: str) -> str:
+    """How to name the missing `column` with `option`: the data's own spelling of it
+    when its `columns` write it with other case or spaces (` Text `, `TEXT`), which is
+    never matched silently."""
+    key = column.strip().casefold()
+    near = [c for c in columns if c.strip().casefold() == key]
+    if near and option.endswith("-column"):
+        return (
+            f"the header writes it {near[0]!r} (names are matched exactly, case and spaces "
+            f"included): pass {option} {shlex.quote(near[0])}, or rename the column"
+        )
+    return f"name the {what} column with {option}"
+
+
 def column_values(
     ds: Any, where: str, column: str, what: str, option: str
 ) -> tuple[list[Any], Any]:
     """The values and the feature of `column` of a `datasets.Dataset`; a `DataError`
     naming the columns and the `option` that names it when it is missing."""
     if column not in ds.column_names:
-        raise DataError(
-            _no_column(where, what, column, ds),
-            f"name the {what} column with {option}",
-        )
+        hint = column_hint(ds.column_names, what, column, option)
+        raise DataError(_no_column(where, what, column, ds), hint)
     try:  # one batch: much faster than iterating the column row by row
         values = list(ds.select_columns([column])[:][column])
     except UnicodeDecodeError as exc:

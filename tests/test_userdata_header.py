@@ -1,0 +1,42 @@
+"""A header that names the columns with other case or spaces (` Text , Label `, as
+spreadsheets write it) is never matched silently: the refusal's hint names the
+header's own spelling and the option that takes it, quoted for the shell."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from declora.cli.predict import read_texts
+from declora.node.data import load_file
+from declora.node.data_files import DataError
+
+
+def test_a_header_spelled_otherwise_is_named_in_the_hint(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_bytes("\ufeff Text ,LABEL\r\nhi,a\r\nho,b\r\n".encode())
+    with pytest.raises(DataError) as info:
+        load_file(path)
+    assert "no text column 'text'" in info.value.message
+    assert "pass --text-column ' Text '" in (info.value.hint or "")
+    with pytest.raises(DataError) as info:
+        load_file(path, text_column=" Text ")
+    assert "pass --label-column LABEL" in (info.value.hint or "")
+    assert len(load_file(path, text_column=" Text ", label_column="LABEL")) == 2
+
+
+def test_a_header_without_a_near_name_keeps_the_plain_hint(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("body,label\nhi,a\nho,b\n")
+    with pytest.raises(DataError) as info:
+        load_file(path)
+    assert info.value.hint == "name the text column with --text-column"
+
+
+def test_predict_stdin_jsonl_names_the_rows_own_spelling() -> None:
+    stdin = io.StringIO('{"Text ": "shares fell"}\n')
+    with pytest.raises(DataError) as info:
+        read_texts("-", "text", stdin)
+    assert "pass --text-column 'Text '" in (info.value.hint or "")
