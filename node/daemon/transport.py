@@ -16,17 +16,21 @@
   PERMISSION_DENIED; they run on the event loop, `WATCHES` and `REFLECTIONS` streams
   of each at most, with room of their own in gRPC's cap on calls in flight: streams
   held open by anyone never take a thread of the default executor (training and
-  payload checks run there) nor the room of the Swarm service's calls.
+  payload checks run there) nor the room of the Swarm service's calls;
+- health answers liveness for "" and the Swarm service (SERVING once the node serves)
+  and readiness for `READY_SERVICE` ("declora.ready": SERVING while it also has a live
+  neighbour, or is --solo; `ready_when`), for Kubernetes probes and load balancers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import socket
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeAlias
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -39,6 +43,10 @@ from declora.node.settings import NodeSettings
 from declora.proto import pb_grpc
 
 SERVICE_NAME = "declora.v1.Swarm"
+# grpc.health.v1's readiness: SERVING while the node serves and trains with at least one
+# live neighbour (or is --solo); "" and SERVICE_NAME are liveness (serving at all)
+READY_SERVICE = "declora.ready"
+READY_POLL = 1.0  # seconds between looks at the live neighbours for a Watch of it
 WATCHES = 8  # grpc.health.v1 Watch streams open at once (probes use Check)
 REFLECTIONS = 8  # server reflection streams open at once (grpcurl)
 # A connection with no call for this long is closed by the server (GOAWAY; the client
@@ -120,27 +128,42 @@ async def _certificate(context: grpc.aio.ServicerContext, tls: TlsFiles | None) 
         await context.abort(bad.code, bad.reason)
 
 
+Status: TypeAlias = health_pb2.HealthCheckResponse.ServingStatus
+SERVING, NOT_SERVING = (
+    health_pb2.HealthCheckResponse.SERVING,
+    health_pb2.HealthCheckResponse.NOT_SERVING,
+)
+
+
 class Health(health_pb2_grpc.HealthServicer):
     """grpc.health.v1 on the event loop: Check, and Watch for at most `WATCHES` callers
     at once (then RESOURCE_EXHAUSTED); under mTLS (`tls`) not to a caller refused for
-    its certificate. `set` is synchronous."""
+    its certificate. `set` is synchronous. `READY_SERVICE` is SERVING while "" is and
+    `ready()` is true (looked at on each Check, every `READY_POLL` s for a Watch)."""
 
     def __init__(self, tls: TlsFiles | None = None) -> None:
         self.tls = tls
-        self.status: dict[str, health_pb2.HealthCheckResponse.ServingStatus] = {}
+        self.status: dict[str, Status] = {}
         self.changed = asyncio.Event()
         self.watching = 0
+        self.ready: Callable[[], bool] = lambda: False
 
-    def set(self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+    def set(self, service: str, status: Status) -> None:
         self.status[service] = status
         self.changed.set()  # wakes the watchers of the status before
         self.changed = asyncio.Event()
+
+    def status_of(self, service: str) -> Status | None:
+        """What Check answers for `service`; None: no such service."""
+        if service == READY_SERVICE and "" in self.status:
+            return SERVING if self.status[""] == SERVING and self.ready() else NOT_SERVING
+        return self.status.get(service)
 
     async def Check(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> health_pb2.HealthCheckResponse:
         await _certificate(context, self.tls)
-        status = self.status.get(request.service)
+        status = self.status_of(request.service)
         if status is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no service {request.service!r}")
         return health_pb2.HealthCheckResponse(status=status)
@@ -154,15 +177,17 @@ class Health(health_pb2_grpc.HealthServicer):
         self.watching += 1
         try:
             last = None
+            polled = request.service == READY_SERVICE  # neighbours come and go unannounced
             while True:
                 changed = self.changed
-                status = self.status.get(
-                    request.service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
-                )
+                status = self.status_of(request.service)
+                if status is None:
+                    status = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
                 if status != last:
                     await context.write(health_pb2.HealthCheckResponse(status=status))
                     last = status
-                await changed.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), READY_POLL if polled else None)
         finally:
             self.watching -= 1
 
@@ -259,14 +284,17 @@ class Transport:
         return port
 
     def set_serving(self, serving: bool) -> None:
-        """What grpc.health.v1 answers, for the server and the Swarm service."""
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        """What grpc.health.v1 answers, for the server and the Swarm service (liveness);
+        `READY_SERVICE` also needs `ready_when`'s test."""
+        status = SERVING if serving else NOT_SERVING
         self.health.set("", status)
         self.health.set(SERVICE_NAME, status)
+
+    def ready_when(self, live_neighbours: Callable[[], int]) -> None:
+        """`READY_SERVICE` is SERVING while serving with `live_neighbours()` above 0, or
+        always while serving under --solo (it trains with no one to wait for)."""
+        solo = self.settings.solo
+        self.health.ready = lambda: solo or live_neighbours() > 0
 
     async def stop(self, grace: float = 1.0) -> None:
         if self.reserved is not None:
