@@ -30,7 +30,7 @@ from declora.cli.certs import mint, revoke
 from declora.node.daemon.auth import watch_revocations
 from declora.node.daemon.handshake import LEARNED_CRL
 from declora.node.daemon.peers import Peer
-from declora.node.daemon.revocation_spread import Spreader
+from declora.node.daemon.revocation_spread import Spreader, list_chunks
 from declora.node.daemon.service import SwarmService
 from declora.node.revocation import MAX_BYTES, Revocations
 from declora.proto import pb, pb_grpc
@@ -194,3 +194,30 @@ def test_a_learned_list_outlives_a_restart_and_a_newer_file_wins(pki: Path) -> N
     revoke(pki, [], ["0x79"], mine)  # now 3: newer than the learned copy
     restarted = started(kept)
     assert restarted.number == 3 and 0x79 in restarted.serials
+
+
+def test_a_node_gives_its_list_only_to_a_live_neighbour_with_an_older_one(
+    synthetic_jsonl: Path, pki: Path
+) -> None:
+    mine = copy_list(pki, "a")
+    revoke(pki, [], ["0x99"], mine)  # CRL number 2
+    nodes = served_parts(
+        synthetic_jsonl, [("a", {}, load(pki, "a", mine)), ("n", {}, load(pki, "b"))]
+    )
+    (_, a), (_, n) = nodes  # n: a node without --tls-crl
+    tls = a.handshaker.transport.tls
+    assert tls is not None and tls.crl is not None
+    a.peers.peers["b"] = Peer("b", "127.0.0.1:1", live=True)
+    a.peers.peers["gone"] = Peer("gone", "127.0.0.1:2", live=False)
+
+    def given(caller: str | None, number: int, now: float) -> bytes:
+        return b"".join(c.data for c in list_chunks(tls, a.peers, caller, number, now))
+
+    assert given("b", 1, 100.0) == tls.crl.signed  # older: the whole signed list
+    assert given("b", 1, 101.0) == b""  # given it a moment ago
+    assert given("b", 1, 106.0) == tls.crl.signed
+    assert given("b", 2, 200.0) == b"" and given("gone", 1, 300.0) == b""
+    assert given("cli", 1, 400.0) == given(None, 1, 500.0) == b""  # no neighbour
+    assert given("b", 7, 600.0) == b"" and a.peers.peers["b"].crl_number == 7  # fetched next
+    n.peers.peers["a"] = Peer("a", "127.0.0.1:3", live=True)
+    assert list_chunks(n.handshaker.transport.tls, n.peers, "a", 0) == []  # no list: nothing

@@ -39,7 +39,7 @@ from declora.proto import pb
 log = logging.getLogger(__name__)
 
 CHUNK = 32 * 1024  # bytes of the list a `Revocations` message carries (under any gRPC limit)
-ASK_SECONDS = 10.0  # a neighbour is called about lists at most this often
+ASK_SECONDS = 10.0  # a neighbour that said a higher CRL number is fetched from at most this often
 ASK_TIMEOUT = 30.0  # seconds one call (a 16 MiB list at the least) may take
 
 
