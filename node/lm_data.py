@@ -132,6 +132,7 @@ class LmFormat:
             values, _ = column_values(ds, where, column, "chat", "--messages-column")
             chats = tuple(_chat(v, n, where, column) for n, v in enumerate(values, 1))
             _warn_unread(where, values)
+            _warn_roles(where, chats)
         elif fmt == "prompt-response":
             chats = self._pairs(ds, where, columns)
         else:
@@ -344,6 +345,26 @@ def _warn_unread(where: str, values: Sequence[object]) -> None:
             where,
             sorted(unread),
         )
+
+
+KNOWN_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function", "ipython"})
+
+
+def _warn_roles(where: str, chats: Sequence[Chat]) -> None:
+    """One warning naming the roles other than `KNOWN_ROLES` (a misspelt "assistant",
+    "bot"), with the first row of each: their turns are context, never trained."""
+    first: dict[str, int] = {}
+    for row, chat in enumerate(chats, 1):
+        for role, _ in chat:
+            if role not in KNOWN_ROLES:
+                first.setdefault(role, row)
+    if first:
+        _log.warning(
+            "%s: the roles %s (first in rows %s) are not system, user, assistant or tool: "
+            "their turns are rendered as the chat template renders them and are not "
+            "trained on (the reply's role is 'assistant')",
+            where, sorted(first), [first[r] for r in sorted(first)],
+        )  # fmt: skip
 
 
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant"}  # ShareGPT's "from" -> role
