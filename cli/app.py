@@ -493,9 +493,9 @@ def config_command(
     if fmt == "json":
         typer.echo(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
+    from declora.cli.client import folded, report_console
     from declora.node.settings import default_text
 
     table = Table("option", "value", "source", box=None, pad_edge=False)
@@ -505,7 +505,7 @@ def config_command(
         if shown in (None, ""):
             shown = f"({default_text(name)})"
         table.add_row(name.replace("_", "-"), str(shown), row["source"])
-    Console().print(table)
+    report_console().print(folded(table))  # a long path folded, never cut with an ellipsis
 
 
 @app.command()
