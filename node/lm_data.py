@@ -281,7 +281,8 @@ def _chat(value: object, row: int, where: str, column: str) -> Chat:
         raise DataError(
             f"{at} has no assistant turn (nothing to train on); its roles are {found}",
             "end each conversation with the assistant's reply; the reply's role is "
-            "'assistant' (also read: 'model', Gemma's name, and ShareGPT's 'gpt')",
+            "'assistant' (also read: 'model', Gemma's name, and 'gpt' in ShareGPT's "
+            "{from, value} turns; a 'role' of 'gpt' or 'human' is not read as ShareGPT's)",
         )
     if not any(_trained(role) for role, _ in turns):
         raise DataError(

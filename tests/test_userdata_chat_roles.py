@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from declora.node.data import load_dataset
+from declora.node.data_files import DataError
 from declora.node.lm_data import LmFormat
 
 ROLES = "are not system, user, assistant or tool"
@@ -45,3 +46,14 @@ def test_unknown_roles_are_named_once(
         return
     assert len(found) == 1
     assert "['asistant', 'bot'] (first in rows [6, 4])" in found[0]
+
+
+def test_sharegpt_names_under_role_are_not_promised(tmp_path: Path) -> None:
+    """{"role": "gpt"} has no assistant turn: the hint does not claim 'gpt' is read."""
+    row = {"messages": [{"role": "human", "content": "q"}, {"role": "gpt", "content": "a"}]}
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(DataError) as info:
+        load_dataset(path, label_column=None, examples=LmFormat(), dedupe=False)
+    assert "roles are ['human', 'gpt']" in info.value.message
+    assert "'gpt' in ShareGPT's {from, value} turns" in (info.value.hint or "")
