@@ -358,7 +358,9 @@ def method_text(status: Mapping[str, Any]) -> str:
 
 def render_status(reply: pb.StatusReply, width: int | None = None) -> None:
     """A node's status in short lines and a neighbour table: a terminal's width (a
-    table's cells fold), else one line each, never cut (`report_console`)."""
+    table's cells fold), else one line each, never cut (`report_console`). The table
+    has a release column while a neighbour's release differs from the node's own (a
+    rolling upgrade; `UNKNOWN_RELEASE` for one that does not say)."""
     from rich.table import Table
 
     console = report_console(width)
@@ -387,16 +389,21 @@ def render_status(reply: pb.StatusReply, width: int | None = None) -> None:
         lines.append(more_text(len(reply.rejected), MAX_ITEMS, "refusal reasons"))
     console.print("\n".join(line for line in lines if line))
     table = Table(box=None, pad_edge=False, header_style="bold underline")
-    for column in ("neighbour", "address", "live", "release", "weight", "round", "seen"):
+    rows = reply.neighbors[:MAX_ROWS]
+    # a release column only while a neighbour's differs from this node's ('?': unsaid)
+    mixed = any(n.package_version != reply.package_version for n in rows)
+    for column in ("neighbour", "address", "live", *(["release"] * mixed), "weight", "round"):
         table.add_column(column)
+    table.add_column("seen")
     for column in ("sent", "recv", "missed"):
         table.add_column(column, justify="right")
-    for n in reply.neighbors[:MAX_ROWS]:
+    for n in rows:
+        release = show(n.package_version, SHOWN_TEXT) if n.package_version else UNKNOWN_RELEASE
         table.add_row(
             show(n.node_id),
             show(n.address),
             "yes" if n.live else "no",
-            show(n.package_version, SHOWN_TEXT) if n.package_version else UNKNOWN_RELEASE,
+            *([release] * mixed),
             f"{n.weight:.3f}",
             str(n.round),
             _ago(n.last_seen_unix),

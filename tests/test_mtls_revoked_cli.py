@@ -8,7 +8,8 @@
   sends a Hello to the revoked server (which logged it joined, then left, each time),
   and the revoked node's log says it is revoked;
 - Status lists each neighbour's release (its Hello's package_version), and the
-  neighbour table shows it escaped and bounded, "?" for a node that does not say.
+  neighbour table shows it (escaped and bounded, "?" for a node that does not say)
+  while the releases differ.
 """
 
 from __future__ import annotations
@@ -135,12 +136,17 @@ def test_status_shows_each_neighbours_release(synthetic_jsonl: Path, pki: Path) 
 def test_the_neighbour_table_shows_releases_escaped_and_bounded(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    reply = pb.StatusReply(node_id="a", state="training")
+    reply = pb.StatusReply(node_id="a", state="training", package_version="0.2.0")
     reply.neighbors.add(node_id="new", address="h:1", package_version="0.2.0", live=True)
     reply.neighbors.add(node_id="old", address="h:2", live=True)  # an older node says nothing
     reply.neighbors.add(node_id="odd", address="h:3", package_version="\x1b[31m[bold]" + "9" * 200)
     render_status(reply, width=300)
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line}
+    uniform = pb.StatusReply(node_id="a", state="training", package_version="0.2.0")
+    uniform.neighbors.add(node_id="new", address="h:1", package_version="0.2.0", live=True)
+    render_status(uniform, width=300)  # one release everywhere: no column for it
+    header = [line for line in capsys.readouterr().out.splitlines() if "neighbour" in line]
+    assert header and "release" not in header[0] and "weight" in header[0]
     assert "release" in rows["neighbour"]
     assert rows["new"][3] == "0.2.0" and rows["old"][3] == "?"
     odd = rows["odd"][3]
