@@ -164,18 +164,17 @@ def check_header(
             f"codec {shown(header.codec)} is not in canonical form {shown(canonical)}",
             "unknown_codec",
         )
-    theirs = [(t.name, tuple(t.shape), t.dtype) for t in header.tensors]
-    ours = [(t.name, t.shape, t.dtype) for t in schema.tensors]
-    if theirs != ours:
-        diff = next(
-            (
-                f"{shown(a, 200)} != {shown(b, 200)}"
-                for a, b in zip(theirs, ours, strict=False)
-                if a != b
-            ),
-            f"{len(theirs)} tensors, expected {len(ours)}",
-        )
+    # Counts first: a header may list ~100k tensors within the message limit, and
+    # listing them all took 0.3 s of the event loop a header, before any identity check.
+    if len(header.tensors) != len(schema.tensors):
+        diff = f"{len(header.tensors)} tensors, expected {len(schema.tensors)}"
         raise WireError(invalid, f"tensor schema differs: {diff}", "wrong_schema")
+    for t, spec in zip(header.tensors, schema.tensors, strict=True):
+        ours = (spec.name, spec.shape, spec.dtype)
+        theirs = (t.name, tuple(t.shape[: len(spec.shape) + 1]), t.dtype)  # enough to differ
+        if theirs != ours:
+            diff = f"{shown(theirs, 200)} != {shown(ours, 200)}"
+            raise WireError(invalid, f"tensor schema differs: {diff}", "wrong_schema")
 
 
 class ByteBudget:
