@@ -221,3 +221,43 @@ def test_a_node_gives_its_list_only_to_a_live_neighbour_with_an_older_one(
     assert given("b", 7, 600.0) == b"" and a.peers.peers["b"].crl_number == 7  # fetched next
     n.peers.peers["a"] = Peer("a", "127.0.0.1:3", live=True)
     assert list_chunks(n.handshaker.transport.tls, n.peers, "a", 0) == []  # no list: nothing
+
+
+class OlderService(SwarmService):
+    """A node's servicer as a release before spreading: it knows no `Revocations`
+    (UNIMPLEMENTED, as gRPC answers for it), counting the calls."""
+
+    calls = 0
+
+    def Revocations(self, request: pb.RevocationsRequest, context: grpc.ServicerContext):  # type: ignore[no-untyped-def, override]
+        OlderService.calls += 1
+        return pb_grpc.SwarmServicer.Revocations(self, request, context)
+
+
+def test_an_older_neighbour_stays_joined_and_is_asked_once(
+    synthetic_jsonl: Path, pki: Path
+) -> None:
+    mine = copy_list(pki, "a")
+    nodes = served_parts(
+        synthetic_jsonl, [("a", {}, load(pki, "a", mine)), ("b", {}, load(pki, "b"))]
+    )
+    (da, a), (db, b) = nodes  # b: no list, no call; its Hellos say CRL number 0
+    tls = a.handshaker.transport.tls
+    assert tls is not None and tls.crl is not None
+
+    async def go() -> list[bool]:
+        await da.transport.start(SwarmService(a), 64)
+        await db.transport.start(OlderService(b), 64)
+        for d in (da, db):
+            d.transport.set_serving(True)
+        try:
+            assert await a.handshaker.dial(b.settings.advertise) is not None
+            spreader = Spreader(tls, a.peers)
+            return [await spreader.spread(now=t) for t in (100.0, 200.0)]
+        finally:
+            await stop(nodes)
+
+    assert asyncio.run(go()) == [False, False]
+    peer = a.peers.get("b")
+    assert peer is not None and peer.live and peer.crl_told == tls.crl.number == 1
+    assert live(b) == {"a"} and OlderService.calls == 1
