@@ -237,12 +237,7 @@ class Handshaker:
             except grpc.aio.AioRpcError as exc:
                 details = logs.safe_text(exc.details() or "", 300)
                 if exc.code() == grpc.StatusCode.PERMISSION_DENIED and REVOKED in details:
-                    line = (
-                        f"{address} refuses this node: {details}; its peers refuse a revoked "
-                        "--tls-cert: re-issue it (`declora-node certs --nodes NAME --force`) "
-                        "and restart the node with the new one"
-                    )
-                    self._say_revoked(address, line)  # the dial's end: recorded by `transport`
+                    self._say_revoked(address, self._refused_as_revoked(address, details))
                 log.debug("handshake with %s failed: %s %s", address, exc.code().name, details)
                 return None, exc.code() in REFUSING_CODES
             if not welcome.accepted:
@@ -290,6 +285,18 @@ class Handshaker:
         except ValueError:  # TlsError too: not readable; the dial's own check says so
             return ""
         return ""
+
+    def _refused_as_revoked(self, address: str, details: str) -> str:
+        """The line saying `address` refused this node's revoked certificate (the
+        peer's `details`, escaped), with the command that re-issues it."""
+        tls = getattr(self.transport, "tls", None)
+        pki = tls.ca_path.parent if tls is not None and tls.ca_path is not None else "PKI"
+        name = tls.name if tls is not None else "NAME"
+        return (
+            f"{address} refuses this node: {details}; its peers refuse a revoked --tls-cert: "
+            f"re-issue it with `declora-node certs --output {pki} --nodes {name} --force` "
+            "(and its --hosts) and restart the node with the new one"
+        )
 
     def _say_revoked(self, address: str, line: str, outcome: str = "") -> None:
         """Record `outcome` (when given) as how the dial of `address` ended
