@@ -48,7 +48,7 @@
   Hello: a revoked server is not joined and never admits this node (it logged it
   joined, then left, on every re-dial); that refusal, and a server's refusal of this
   node's own revoked certificate, are logged at WARNING once per address and
-  certificate (`revoked_said`), then at DEBUG;
+  certificate, then at DEBUG (`revoked_dials`);
 - a Hello says the CRL number of the list in use (`Hello.crl_number`, 0 without one);
   lists learned from peers (`revocation_spread`) are kept in the state folder
   (`LEARNED_CRL`) and read back at start.
@@ -59,25 +59,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import Any
 
 import grpc
 
 from declora.node import PROTOCOL_VERSION, __version__, logs, protocol_note
-from declora.node.address import endpoints, split_address
+from declora.node.address import endpoints
 from declora.node.daemon.admission import SAME_SECRET, Admission, address_ip
 from declora.node.daemon.auth import NAMELESS, Auth, warn_own_revoked
 from declora.node.daemon.dial_backoff import DialBackoff
 from declora.node.daemon.peers import Peer, PeerTable
+from declora.node.daemon.revoked_dials import RevokedDials
 from declora.node.daemon.state import Progress
 from declora.node.daemon.status import Counters
 from declora.node.daemon.transport import Transport
 from declora.node.discovery import Discovery, select_neighbors
 from declora.node.identity import shown
 from declora.node.limits import peer_host
-from declora.node.revocation import REVOKED, RevokedError
+from declora.node.revocation import REVOKED
 from declora.node.settings import NodeSettings
 from declora.proto import pb, pb_grpc
 
@@ -85,7 +85,6 @@ log = logging.getLogger(__name__)
 
 RECONNECT_SECONDS = 2.0
 LEARNED_CRL = "crl-learned.pem"  # in the state folder: the newest list learned from peers
-REVOKED_SAID = 1024  # addresses whose revoked certificate (or refusal of ours) was logged
 DIAL_TIMEOUT = 5.0
 # a gRPC error of a Handshake that is a live node's refusal, or its rate limit (anything
 # else, e.g. UNAVAILABLE: nothing listens yet or it is still loading, is no refusal)
@@ -133,7 +132,7 @@ class Handshaker:
         self.backoff = DialBackoff()  # candidates whose node refused: `connect_known`
         self.answered_as: dict[str, str] = {}  # candidate address: the id that answered
         self.admission = Admission(settings, fingerprint, recipe, peers, auth, transport)
-        self.revoked_said: OrderedDict[str, str] = OrderedDict()  # address: revocation logged
+        self.revoked = RevokedDials(transport)  # revoked certificates met in dials
         tls = getattr(transport, "tls", None)
         if tls is not None and tls.crl is not None:  # lists learned from peers: kept there
             tls.crl.keep_learned(settings.state_dir / LEARNED_CRL)
@@ -223,9 +222,9 @@ class Handshaker:
         gRPC error in `REFUSING_CODES` (a live node said no)."""
         if configured and address_ip(address) is None:  # who may speak for the name
             self.admission.note_resolved(address, {ip for ip, _ in await endpoints(address)})
-        revoked = await self._revoked_server(address)
+        revoked = await self.revoked.server(address, DIAL_TIMEOUT)
         if revoked:  # no Hello: the server would count this node joined, then left
-            self._say_revoked(
+            self.revoked.say(
                 address, f"not joining {address}: {revoked}", f"not joining: {revoked}"
             )
             return None, True
@@ -237,7 +236,7 @@ class Handshaker:
             except grpc.aio.AioRpcError as exc:
                 details = logs.safe_text(exc.details() or "", 300)
                 if exc.code() == grpc.StatusCode.PERMISSION_DENIED and REVOKED in details:
-                    self._say_revoked(address, self._refused_as_revoked(address, details))
+                    self.revoked.say(address, self.revoked.refused_line(address, details))
                 log.debug("handshake with %s failed: %s %s", address, exc.code().name, details)
                 return None, exc.code() in REFUSING_CODES
             if not welcome.accepted:
@@ -269,50 +268,6 @@ class Handshaker:
         if peer is not None and peer.address != address:  # another name for its address
             self.answered_as[address] = peer.node_id
         return peer, False
-
-    async def _revoked_server(self, address: str) -> str:
-        """Under mTLS with a revocation list: why the server at `address` may not be
-        joined (its certificate, read before any Hello is sent, is revoked); '' when
-        it is not, or it cannot be read (the dial goes on and says why)."""
-        tls = getattr(self.transport, "tls", None)
-        if tls is None or tls.crl is None:
-            return ""
-        try:
-            host, port = split_address(address)
-            await tls.server_name(host, port, DIAL_TIMEOUT)
-        except RevokedError as exc:
-            return str(exc)
-        except ValueError:  # TlsError too: not readable; the dial's own check says so
-            return ""
-        return ""
-
-    def _refused_as_revoked(self, address: str, details: str) -> str:
-        """The line saying `address` refused this node's revoked certificate (the
-        peer's `details`, escaped), with the command that re-issues it."""
-        tls = getattr(self.transport, "tls", None)
-        pki = tls.ca_path.parent if tls is not None and tls.ca_path is not None else "PKI"
-        name = tls.name if tls is not None else "NAME"
-        return (
-            f"{address} refuses this node: {details}; its peers refuse a revoked --tls-cert: "
-            f"re-issue it with `declora-node certs --output {pki} --nodes {name} --force` "
-            "(and its --hosts) and restart the node with the new one"
-        )
-
-    def _say_revoked(self, address: str, line: str, outcome: str = "") -> None:
-        """Record `outcome` (when given) as how the dial of `address` ended
-        (`startup.DialLog`) and log `line` at WARNING once per address and line (it
-        names the certificate), then at DEBUG."""
-        dial_log = getattr(self.transport, "dial_log", None)
-        if dial_log is not None and outcome:
-            dial_log.record(address, outcome)
-        if self.revoked_said.get(address) == line:
-            log.debug("%s", line)
-            return
-        self.revoked_said[address] = line
-        self.revoked_said.move_to_end(address)
-        while len(self.revoked_said) > REVOKED_SAID:
-            self.revoked_said.popitem(last=False)
-        log.warning("%s", line)
 
     async def _refused_welcome(
         self, channel: grpc.aio.Channel, address: str, node: pb.Hello, reason: str
