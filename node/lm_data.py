@@ -63,6 +63,7 @@ from declora.node.data import (
     read_texts,
 )
 from declora.node.data_files import DataError
+from declora.node.errors import one_line
 from declora.node.model_source import ModelError
 from declora.node.models import EOS_HINT, Offsets, Tokenizer
 
@@ -431,10 +432,18 @@ def _template(tok: Tokenizer, messages: list[dict[str, str]], generation: bool) 
     try:
         return tok.apply_chat_template(messages, add_generation_prompt=generation)
     except Exception as exc:  # a template's own checks (turn order, roles) raise anything
-        first = messages[0]["content"][:40] if messages else ""
+        roles = [m["role"] for m in messages]
+        first = next((m["content"] for m in messages if m["role"] == "user"), "")
+        hint = "check its roles and their order"
+        if "system" in roles:
+            hint = (
+                "this model's template may take no system turn (Gemma's does not): fold "
+                "the system text into the first user turn, or " + hint
+            )
         raise DataError(
-            f"the chat template refuses the conversation starting {first!r}: {exc}",
-            "check its roles and their order",
+            f"the chat template refuses the conversation of roles {roles} whose first user "
+            f"turn starts {first[:40]!r}: {one_line(str(exc))}",
+            hint,
         ) from exc
 
 
@@ -638,7 +647,11 @@ def _encode_chats(
     seqs: list[list[int]] = []
     labels: list[list[int]] = []
     total = kept = trained = trained_kept = long = cut = empty = 0
-    for ids, lab in _labelled(tok, [_segments(tok, chat) for chat in chats]):
+    try:
+        pieces = [_segments(tok, chat) for chat in chats]
+    except DataError as exc:
+        raise DataError(f"{what}: {exc.message}", exc.hint) from exc
+    for ids, lab in _labelled(tok, pieces):
         targets = sum(v != IGNORE for v in lab[1:])  # the model shifts labels by one
         fitting = sum(v != IGNORE for v in lab[1:max_length])
         total, kept = total + len(ids), kept + min(len(ids), max_length)

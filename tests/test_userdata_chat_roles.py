@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from declora.node.data import load_dataset
+from declora.node.data import TextDataset, load_dataset
 from declora.node.data_files import DataError
-from declora.node.lm_data import LmFormat
+from declora.node.lm_data import LmFormat, encode_lm
+from declora.node.models import load_base
 
 ROLES = "are not system, user, assistant or tool"
 
@@ -57,3 +58,34 @@ def test_sharegpt_names_under_role_are_not_promised(tmp_path: Path) -> None:
         load_dataset(path, label_column=None, examples=LmFormat(), dedupe=False)
     assert "roles are ['human', 'gpt']" in info.value.message
     assert "'gpt' in ShareGPT's {from, value} turns" in (info.value.hint or "")
+
+
+def test_a_template_that_refuses_a_system_turn_names_the_conversation(tmp_path: Path) -> None:
+    """A Gemma-like template raises on a system turn: the error names the split, the
+    conversation's roles and its first user turn, and the hint says what to fold."""
+    from test_model_checks import hf_folder, llama_config
+
+    folder = hf_folder(tmp_path / "m", llama_config())
+    refuse = (
+        "{% if messages[0]['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% endif %}"
+    )
+    each = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({**config, "chat_template": refuse + each})
+    )
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    tok = load_base(str(folder), "lm", 2, seed=0).tokenizer
+    chats = (
+        (("user", "w1"), ("assistant", "w2")),
+        (("system", "Be brief."), ("user", "w3 w4"), ("assistant", "w5")),
+    )
+    data = TextDataset(("a", "b"), None, (), chats, "train")
+    with pytest.raises(DataError) as info:
+        encode_lm(tok, data, 32, packing=False)
+    message = info.value.message
+    assert message.startswith("training data: the chat template refuses the conversation")
+    assert "roles ['system', 'user', 'assistant']" in message and "starts 'w3 w4'" in message
+    assert "System role not supported" in message
+    assert "fold the system text into the first user turn" in (info.value.hint or "")
