@@ -392,6 +392,13 @@ def _chat_turns(value: list[object], row: int, where: str, column: str) -> Chat:
         role = role.strip().lower()  # "Assistant", "USER": a template expects lower case
         role = SHAREGPT_ROLES.get(role, role) if sharegpt else role
         role = ROLE_ALIASES.get(role, role)
+        if content is None and (turn.get("tool_calls") or turn.get("function_call")):
+            raise DataError(
+                f"{at}: turn {t} ({role}) is a tool call with no 'content' text: tool calls "
+                "are not read, so this turn would be empty",
+                "remove the tool-call turn and the 'tool' turns that answer it (or give "
+                "the turn a 'content' text to train on)",
+            )
         if not isinstance(content, str):
             kind = "none" if content is None else f"a {type(content).__name__}"
             raise DataError(

@@ -89,3 +89,21 @@ def test_a_template_that_refuses_a_system_turn_names_the_conversation(tmp_path: 
     assert "roles ['system', 'user', 'assistant']" in message and "starts 'w3 w4'" in message
     assert "System role not supported" in message
     assert "fold the system text into the first user turn" in (info.value.hint or "")
+
+
+def test_an_openai_tool_call_turn_is_named_as_one(tmp_path: Path) -> None:
+    """OpenAI's assistant tool-call turn ("content": null, "tool_calls": [...]) is
+    refused as a tool call, with what to remove; not as a missing content string."""
+    call = [{"id": "1", "type": "function", "function": {"name": "w", "arguments": "{}"}}]
+    turns = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": call},
+        {"role": "tool", "tool_call_id": "1", "content": "sunny"},
+        {"role": "assistant", "content": "Sunny."},
+    ]
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"messages": turns}) + "\n")
+    with pytest.raises(DataError) as info:
+        load_dataset(path, label_column=None, examples=LmFormat(), dedupe=False)
+    assert "row 1: turn 2 (assistant) is a tool call" in info.value.message
+    assert "remove the tool-call turn" in (info.value.hint or "")
