@@ -644,9 +644,10 @@ def certs(
     "revoke",
     help=(
         "Revoke certificates of the CA in --output (its signed list: --tls-crl).\n\n"
-        "Adds them to the CA's certificate revocation list, keeping what it held; give the "
-        "list to every node as --tls-crl: running nodes re-read it within seconds, drop a "
-        "neighbour it revokes and refuse its calls."
+        "Adds them to the CA's certificate revocation list, keeping what it held; put the "
+        "list in any running node's --tls-crl: it re-reads it within seconds, drops a "
+        "neighbour it revokes, refuses its calls, and passes the list on to the nodes "
+        "started with a --tls-crl of this CA (give each one the list once)."
     ),
 )
 def certs_revoke(
@@ -687,7 +688,11 @@ def certs_revoke(
         f"{done.next_update:%Y-%m-%d %H:%M} UTC (its nextUpdate: revoke again or re-sign "
         "before then; nodes warn once it passed, and keep enforcing it)"
     )
-    typer.echo(f"give every node --tls-crl {done.crl}; running nodes re-read it within seconds")
+    typer.echo(
+        f"copy {done.crl} over one running node's --tls-crl: it re-reads it within seconds "
+        "and passes it on to its neighbours (nodes started with a --tls-crl); a new node "
+        "gets it as --tls-crl"
+    )
 
 
 def simulate(

@@ -68,6 +68,25 @@ def show_status(target: str, as_json: bool, timeout: float, tls: TlsFiles | None
     return 0
 
 
+def env_secret() -> str | None:
+    """The swarm secret from DECLORA_SWARM_SECRET, else from the file
+    DECLORA_SWARM_SECRET_FILE names (as `start` reads it: `settings.read_secret_file`),
+    else None; StatusError for a file that cannot be used (never quoting it)."""
+    if "DECLORA_SWARM_SECRET" in os.environ:
+        return os.environ["DECLORA_SWARM_SECRET"]
+    path = os.environ.get("DECLORA_SWARM_SECRET_FILE")
+    if not path:
+        return None
+    from pathlib import Path
+
+    from declora.node.settings import read_secret_file
+
+    try:
+        return read_secret_file(Path(path))
+    except ValueError as exc:
+        raise StatusError(f"DECLORA_SWARM_SECRET_FILE: {exc}", "fix the file or unset it") from None
+
+
 def fetch_status(
     target: str,
     timeout: float = 5.0,
@@ -76,14 +95,14 @@ def fetch_status(
     secret: str | None = None,
 ) -> pb.StatusReply:
     """One Status call to `target` (host:port) over a fresh channel (mTLS with `tls`);
-    signed with the swarm `secret` (default: DECLORA_SWARM_SECRET, when set), which a
+    signed with the swarm `secret` (default: `env_secret`, when set), which a
     node with a secret requires. With a --tls-crl (`tls.crl`), a node whose certificate
     it revokes is not asked (its certificate is read first, as a node's dial does).
     StatusError says why it failed, with a hint."""
     if tls is not None and tls.crl is not None:
         revoked_server(target, timeout, tls)
     request = pb.StatusRequest(include_digest=include_digest)
-    secret = secret if secret is not None else os.environ.get("DECLORA_SWARM_SECRET")
+    secret = secret if secret is not None else env_secret()
     if secret:
         SwarmAuth(secret.encode()).sign(request)
     channel = (
@@ -135,7 +154,7 @@ def status_failure(code: str, details: str, timeout: float, tls: bool) -> tuple[
     if why is Cause.UNAUTHENTICATED:
         return (
             f"the node refused the request: {details}",
-            "set DECLORA_SWARM_SECRET to the swarm's secret",
+            "set DECLORA_SWARM_SECRET or DECLORA_SWARM_SECRET_FILE to the swarm's secret",
         )
     if why is Cause.LOADING:
         return f"the node is {details}", "try again in a moment"

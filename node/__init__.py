@@ -1,11 +1,6 @@
 """declora.node: the Dec-LoRA core (pure algorithm), its simulator, and the node daemon."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("declora")
-except PackageNotFoundError:  # pragma: no cover - running from an uninstalled tree
-    __version__ = "0+unknown"
+from declora.node.version import VERSION as __version__  # the source's, not stale metadata
 
 PROTOCOL_VERSION = 3  # 3: Kill-and-Revive keyframes name their modules (`KRK`)
 """Wire protocol version; peers with another version are refused at handshake."""

@@ -18,10 +18,12 @@ def test_generated_code_is_current(tmp_path: Path) -> None:
 def test_service_and_messages() -> None:
     service = pb.DESCRIPTOR.services_by_name["Swarm"]
     assert service.full_name == "declora.v1.Swarm"
-    assert {m.name for m in service.methods} == {"Handshake", "Push", "Pull", "Leave", "Status"}
+    names = {"Handshake", "Push", "Pull", "Leave", "Status", "Revocations"}
+    assert {m.name for m in service.methods} == names
     push = service.methods_by_name["Push"]
     assert push.client_streaming and not push.server_streaming
     assert service.methods_by_name["Pull"].server_streaming
+    assert service.methods_by_name["Revocations"].server_streaming
     hello = pb.Hello(protocol_version=1, node_id="a", swarm_id="s", fingerprint="f", round=3)
     assert pb.Hello.FromString(hello.SerializeToString()) == hello
     assert hasattr(pb_grpc, "SwarmStub") and hasattr(pb_grpc, "add_SwarmServicer_to_server")

@@ -49,6 +49,7 @@ def reply(**changes: object) -> pb.StatusReply:
             node_id="p2-with-a-long-name",
             address=ADDRESS,
             live=True,
+            package_version="0.1.0",  # the node's own: no release column
             weight=0.5,
             degree=1,
             bytes_sent=16593792,
