@@ -257,7 +257,13 @@ def _read_file(path: Path) -> Any:
     suffix = path.suffix.lower()
     builder = BUILDERS.get(suffix)
     if builder is None:
-        raise DataError(f"{path}: unsupported data file type {suffix!r}", SUPPORTED_HINT)
+        hint = SUPPORTED_HINT
+        if suffix in (".txt", ".md", ".text"):  # documents or texts, one a line or not
+            hint += (
+                ': for plain text, a .jsonl file of one {"text": ...} object per document '
+                "(with a label column for a classifier)"
+            )
+        raise DataError(f"{path}: unsupported data file type {suffix!r}", hint)
     if path.stat().st_size == 0:
         raise DataError(f"{path}: no rows (the file is empty)", "write one example per row")
     if builder in ("json", "csv"):

@@ -40,3 +40,13 @@ def test_predict_stdin_jsonl_names_the_rows_own_spelling() -> None:
     with pytest.raises(DataError) as info:
         read_texts("-", "text", stdin)
     assert "pass --text-column 'Text '" in (info.value.hint or "")
+
+
+def test_a_txt_data_file_is_told_how_to_write_plain_text(tmp_path: Path) -> None:
+    """`--data notes.txt` (plain documents for --task lm) says what file holds them."""
+    path = tmp_path / "notes.txt"
+    path.write_text("Once upon a time.\n")
+    with pytest.raises(DataError) as info:
+        load_file(path)
+    assert "unsupported data file type '.txt'" in info.value.message
+    assert 'one {"text": ...} object per document' in (info.value.hint or "")
