@@ -1132,3 +1132,67 @@ def test_a_lone_member_with_valid_keyframes_ahead_cannot_halve_training(
         "finite",
         (rss0, rss1),
     )
+
+
+# ---------------------------------------------------------------- the open pair: 12
+
+HEADER_FLOOD = 15.0  # seconds of the flood
+HEADER_THREADS = 8
+HEADER_TENSORS = 60_000  # entries of one header: 1.03 MB, within the message limit
+
+
+def test_headers_listing_many_tensors_cost_the_node_little(open_pair: Pair) -> None:
+    """A stranger (no handshake) opens push streams whose one message is a header
+    listing 60,000 tensors, 8 at a time for 15 s. The schema check runs before the
+    identity checks: before 364f789 it copied every entry (0.3 s of the event loop a
+    header); now the count refuses it. Figures only: Status latency, rounds."""
+    p = open_pair
+    a = p.a
+    att = p.attacker(a)
+    rss0 = rss_mib(a)
+    before = p.statuses()
+    h = pb.PayloadHeader(
+        sender_id="stranger",
+        swarm_id=p.cluster.swarm_id,
+        fingerprint=p.fingerprint,
+        round=before[0].round + 2,
+        kind=pb.PAYLOAD_KIND_KEYFRAME,
+        codec="fp32",
+        total_bytes=4,
+    )
+    for _ in range(HEADER_TENSORS):
+        h.tensors.add(name="x", shape=[1], dtype="float32")
+    chunk = pb.Chunk(header=h)
+    codes: Counter[str] = Counter()
+    end = time.monotonic() + HEADER_FLOOD
+
+    def flood() -> None:
+        while time.monotonic() < end:
+            codes[outcome(lambda: att.stub.Push(iter([chunk]), timeout=RPC)).code.name] += 1
+
+    threads = [threading.Thread(target=flood, daemon=True) for _ in range(HEADER_THREADS)]
+    for t in threads:
+        t.start()
+    latency: list[float] = []
+    while time.monotonic() < end:
+        t0 = time.monotonic()
+        reply = a.status()
+        latency.append(time.monotonic() - t0 if reply is not None else float("inf"))
+        time.sleep(0.2)
+    for t in threads:
+        t.join(RPC)
+    after = p.mixing(before[0].round + 3)
+    rss1 = rss_mib(a)
+    assert codes["INVALID_ARGUMENT"] > 0, codes
+    assert set(codes) <= {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"}, codes
+    answers = "; ".join(f"{k} x{v}" for k, v in sorted(codes.items()))
+    record(
+        "12",
+        f"a stranger opens push streams whose header lists {HEADER_TENSORS:,} tensors (1 MB), "
+        f"{HEADER_THREADS} at a time for {HEADER_FLOOD:g} s",
+        f"{answers} (`wrong_schema`: refused by the count, before 364f789 after copying "
+        "every entry)",
+        f"mixed on (rounds {before[0].round} -> {after[0].round}); Status answered in at "
+        f"most {max(latency):.2f}s (median {statistics.median(latency):.2f}s) meanwhile",
+        (rss0, rss1),
+    )
