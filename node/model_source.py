@@ -88,6 +88,17 @@ class ModelSource:
         except (OSError, ValueError) as exc:
             if self.also_path:
                 raise not_found(self.name, f"the hub says: {one_line(str(exc))}") from exc
+            unknown = re.search(r"model type `([^`]*)`|trust_remote_code", str(exc))
+            if unknown:
+                kind = f"model_type {unknown[1]!r}" if unknown[1] else "its own model code"
+                import transformers
+
+                raise ModelError(
+                    f"the model {self.name!r} needs {kind}, which transformers "
+                    f"{transformers.__version__} does not know",
+                    "declora runs no code from a model folder or the hub (trust_remote_code): "
+                    "use a model of an architecture transformers ships, or upgrade transformers",
+                ) from exc
             raise ModelError(
                 f"cannot load the config of model {self.name!r}: {exc}",
                 "a transformers config.json names its model_type; pass a folder written by "

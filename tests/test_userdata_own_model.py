@@ -5,6 +5,7 @@ IndexError from the embedding mid-run after the node has started serving."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,16 @@ def test_a_tokenizer_smaller_than_the_embedding_loads(tmp_path: Path) -> None:
     folder = hf_folder(tmp_path / "m", llama_config(vocab_size=64))
     base = load_base(str(folder), "lm", 2, seed=0)
     assert base.model.get_input_embeddings().num_embeddings == 64
+
+
+def test_a_model_type_transformers_does_not_know_says_so(tmp_path: Path) -> None:
+    """A folder of custom code (auto_map, an unknown model_type) is named as such, with
+    why declora will not run it, not transformers' paragraph about upgrading."""
+    folder = hf_folder(tmp_path / "m", llama_config())
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="mymodel", auto_map={"AutoModelForCausalLM": "my.MyLM"})
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError) as info:
+        load_base(str(folder), "lm", 2, seed=0)
+    assert "needs model_type 'mymodel', which transformers" in info.value.message
+    assert "trust_remote_code" in (info.value.hint or "")
