@@ -27,6 +27,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
@@ -472,6 +473,14 @@ def _warn_missing(name: str, task: Task, model: Any, missing: Iterable[str]) -> 
         )  # fmt: skip
 
 
+SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def _has(folder: object, name: str) -> bool:
+    """Whether the local model `folder` (a path, or a hub id: never) holds file `name`."""
+    return (Path(str(folder)) / name).is_file()
+
+
 def _model_class(task: Task) -> Any:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -545,9 +554,13 @@ def load_base(
         except HintedError:
             raise
         except (OSError, ValueError) as exc:
+            sharded = any(_has(path, i) for i in SHARD_INDEXES)
             raise ModelError(
                 f"cannot load the weights of model {name!r}: {one_line(str(exc))}",
-                "the folder needs the weights save_pretrained writes (model.safetensors)",
+                "the folder needs every weights file its index names (copy all the "
+                "model-0000N-of-0000M shards beside their index)"
+                if sharded
+                else "the folder needs the weights save_pretrained writes (model.safetensors)",
             ) from exc
         if order is not None:
             reorder_head(model, order, labels)

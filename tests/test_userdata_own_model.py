@@ -43,3 +43,23 @@ def test_a_model_type_transformers_does_not_know_says_so(tmp_path: Path) -> None
         load_base(str(folder), "lm", 2, seed=0)
     assert "needs model_type 'mymodel', which transformers" in info.value.message
     assert "trust_remote_code" in (info.value.hint or "")
+
+
+def test_a_shard_set_missing_a_shard_names_the_shards(tmp_path: Path) -> None:
+    """A sharded folder copied without one shard: the hint asks for every shard, not
+    for a single model.safetensors the folder never had."""
+    from safetensors.torch import load_file, save_file
+
+    folder = hf_folder(tmp_path / "m", llama_config())
+    weights = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    names = sorted(weights)
+    shards = {"model-00001-of-00002.safetensors": names[:2]}
+    shards["model-00002-of-00002.safetensors"] = names[2:]
+    save_file({k: weights[k] for k in names[:2]}, folder / "model-00001-of-00002.safetensors")
+    index = {"metadata": {}, "weight_map": {k: f for f, ks in shards.items() for k in ks}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelError) as info:
+        load_base(str(folder), "lm", 2, seed=0)
+    assert "model-00002-of-00002.safetensors" in info.value.message
+    assert "every weights file its index names" in (info.value.hint or "")
