@@ -2,7 +2,8 @@
 
 Prompts come from `--prompt`, from a file (`--input`) or from standard input (plain
 lines, or JSON lines when the first line is an object). A `.jsonl` file holds one JSON
-object a line with a `prompt` string or a `messages` list of {role, content} turns; a
+object a line with a `prompt` string or a `messages` list of {role, content} turns
+(roles read as training reads them; the last turn is not the assistant's); a
 data file (.csv, .tsv, .parquet, .json, .arrow or a save_to_disk folder) is read as
 `predict` reads its --input (`data_files.read_splits`), from its `prompt` column (texts)
 or `messages` column (turns); any other file (.txt) is one prompt a non-blank line. All
@@ -39,6 +40,7 @@ from declora.cli.predict import text_lines
 from declora.node.adapter_io import AdapterError, LoadedAdapter, adapter_folder
 from declora.node.data import column_values
 from declora.node.data_files import BUILDERS, DataError, read_splits
+from declora.node.lm_data import ROLE_ALIASES
 from declora.node.models import Tokenizer, context_length
 
 # a prompt: plain text, or a conversation as {role, content} turns
@@ -98,8 +100,20 @@ def _messages(value: object, where: str) -> list[dict[str, str]]:
             isinstance(turn.get(k), str) for k in ("role", "content")
         )
         if not ok:
-            raise DataError(f"{where}: turn {t} is not a {{role, content}} object of strings")
-        turns.append({"role": turn["role"], "content": turn["content"]})
+            raise DataError(
+                f"{where}: turn {t} is not a {{role, content}} object of strings",
+                'write {"role": "user", "content": "..."}; a tool-call turn (content null) '
+                "is not read: drop it and the tool turns that answer it",
+            )
+        role = turn["role"].strip().lower()  # as training reads roles
+        turns.append({"role": ROLE_ALIASES.get(role, role), "content": turn["content"]})
+    if turns[-1]["role"] == "assistant":
+        raise DataError(
+            f"{where}: the conversation ends with an assistant turn, so the reply would be "
+            "generated as a second assistant turn after it",
+            "end each prompt's messages with the turn to answer (drop a final assistant "
+            "turn, such as a training file's reference reply)",
+        )
     return turns
 
 
