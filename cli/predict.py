@@ -56,6 +56,9 @@ CHAT_HINT = (
 )
 
 
+CHAT_COLUMNS = ("messages", "conversations")  # a chat file's columns (lm_data's defaults)
+
+
 def _jsonl_texts(lines: list[str], text_column: str, source: str) -> list[str]:
     texts = []
     for lineno, line in enumerate(lines, 1):
@@ -119,6 +122,13 @@ def _file_texts(path: Path, text_column: str) -> list[str]:
     a hint to `generate` (training's hint, --messages-column, is no predict option)."""
     texts: list[str] = []
     for where, ds in read_splits(path):
+        chats = [c for c in ds.column_names if c in CHAT_COLUMNS]
+        if text_column not in ds.column_names and chats:
+            raise DataError(
+                f"{where}: no text column {text_column!r}; its {chats[0]!r} column holds "
+                "conversations",
+                CHAT_HINT,
+            )
         if text_column in ds.column_names:
             values, _ = column_values(ds, where, text_column, "text", "--text-column")
             for number, value in enumerate(values, 1):

@@ -50,3 +50,14 @@ def test_a_txt_data_file_is_told_how_to_write_plain_text(tmp_path: Path) -> None
         load_file(path)
     assert "unsupported data file type '.txt'" in info.value.message
     assert 'one {"text": ...} object per document' in (info.value.hint or "")
+
+
+def test_predict_on_a_chat_file_points_to_generate(tmp_path: Path) -> None:
+    """A chat file (a `messages` column, no `text`) given to predict: the refusal says
+    the column holds conversations and points to `generate`, as README promises."""
+    path = tmp_path / "chats.jsonl"
+    path.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    with pytest.raises(DataError) as info:
+        read_texts(str(path), "text", io.StringIO())
+    assert "its 'messages' column holds conversations" in info.value.message
+    assert "declora-node generate ADAPTER --input FILE" in (info.value.hint or "")
