@@ -86,10 +86,11 @@ def _diagnose_json(path: Path) -> DataError | None:
             except json.JSONDecodeError as exc:
                 if lineno == 1 and line.lstrip().startswith("["):
                     return None  # a JSON array file, not JSON lines
-                return DataError(
-                    f"{path}:{lineno}: not valid JSON: {exc.msg}",
-                    'each line must be one JSON object of columns, e.g. {"text": ...}',
-                )
+                hint = 'each line must be one JSON object of columns, e.g. {"text": ...}'
+                if exc.msg == "Extra data" and line[exc.pos :].strip() == ",":
+                    hint = "remove the comma after the object: JSON Lines has no separators"
+                    hint += " between lines (or write a .json file holding one [...] array)"
+                return DataError(f"{path}:{lineno}: not valid JSON: {exc.msg}", hint)
             if not isinstance(value, dict):
                 return DataError(
                     f"{path}:{lineno}: row {row} is a {type(value).__name__}, "

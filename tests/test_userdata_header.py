@@ -61,3 +61,12 @@ def test_predict_on_a_chat_file_points_to_generate(tmp_path: Path) -> None:
         read_texts(str(path), "text", io.StringIO())
     assert "its 'messages' column holds conversations" in info.value.message
     assert "declora-node generate ADAPTER --input FILE" in (info.value.hint or "")
+
+
+def test_a_jsonl_line_with_a_trailing_comma_is_told_so(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "a", "label": "x"},\n{"text": "b", "label": "y"},\n')
+    with pytest.raises(DataError) as info:
+        load_file(path)
+    assert info.value.message == f"{path}:1: not valid JSON: Extra data"
+    assert "remove the comma after the object" in (info.value.hint or "")
