@@ -208,13 +208,18 @@ def _marks_began(callback: Any, loads_torch: bool = False) -> Any:
     return began
 
 
-def interrupted(line: str) -> NoReturn:
+def interrupted(line: str, json_logs: bool = False) -> NoReturn:
     """After a Ctrl-C: `line` on stderr (what the interrupt left, e.g. "nothing was
-    written"; with --debug the traceback first), exit 130."""
+    written"; with --debug the traceback first), exit 130; with `json_logs` (`start
+    --log-format json`) as a JSON log record of level WARNING with `exit_code`."""
     if STATE["debug"]:
         import traceback
 
         traceback.print_exc()
+    if json_logs:
+        from declora.node.logs import json_line
+
+        line = json_line("WARNING", line, exit_code=130)
     typer.echo(line, err=True)
     raise typer.Exit(130)
 
@@ -252,6 +257,7 @@ class Interrupts:
         self.folder: Path | None = None
         self.within: tuple[str, ...] = ()
         self.before: dict[str, tuple[int, ...]] = {}
+        self.json_logs = False  # the line as a JSON log record (`interrupted`)
 
     def watch(self, folder: Path, within: Iterable[str] = ()) -> None:
         """Compare `folder` on a Ctrl-C with what it holds now: its entries, and
@@ -265,7 +271,7 @@ class Interrupts:
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         if kind is not None and issubclass(kind, KeyboardInterrupt):
             same = self.folder is None or _entries(self.folder, self.within) == self.before
-            interrupted(self.untouched if same else self.touched)
+            interrupted(self.untouched if same else self.touched, self.json_logs)
 
 
 def _version(value: bool) -> None:
@@ -461,8 +467,8 @@ def start(config: ConfigOpt = None, options: dict[str, Any] | None = None) -> No
     """
     # once launch has checked the configuration, a stop signal stops the node (`signals`)
     not_started = "interrupted before the node started; nothing was written"
-    with Interrupts(not_started):
-        json_logs = json_logs_asked(options or {}, config)
+    with Interrupts(not_started) as guard:
+        json_logs = guard.json_logs = json_logs_asked(options or {}, config)
         settings = _settings(options or {}, config, json_logs=json_logs).settings
         from declora.node.daemon.launch import launch
         from declora.node.daemon.signals import NotStarted
@@ -470,7 +476,7 @@ def start(config: ConfigOpt = None, options: dict[str, Any] | None = None) -> No
     try:
         code = launch(settings)
     except NotStarted:
-        interrupted(not_started)
+        interrupted(not_started, settings.log_format == "json")
     except Exception as exc:
         mistake = as_user_error(exc)
         if mistake is None or STATE["debug"]:
@@ -484,7 +490,8 @@ def config_command(
 ) -> None:
     """Print the settings `start` would use, and where each came from.
 
-    Sources: flag, env (the variable), file (the config file) or default.
+    Sources: flag, env (the variable), file (the config file), default, or the option
+    a value is taken from (advertise: listen; swarm-secret: swarm-secret-file).
     """
     _check_format(fmt)
     resolved = _settings(options or {}, config, "config")

@@ -13,6 +13,7 @@ import ipaddress
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,13 +125,23 @@ MAX_SECRET_FILE = 64 * 1024  # an `openssl rand -hex 32` secret is 65 bytes
 def read_secret_file(path: Path) -> str:
     """The swarm secret `path` holds, as it signs (`security.secret_text`: less
     surrounding whitespace, a final newline); ValueError (never quoting the file) when it
-    cannot be read, is larger than `MAX_SECRET_FILE`, is not UTF-8 or holds fewer than
-    16 characters."""
-    try:
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_SECRET_FILE + 1)
+    is not a regular file (a link to one is: a Kubernetes secret mount; a FIFO or a
+    device such as a terminal is refused without waiting for a writer), cannot be read, is
+    larger than `MAX_SECRET_FILE`, is not UTF-8 or holds fewer than 16 characters."""
+    try:  # O_NONBLOCK: opening a FIFO with no writer would wait forever
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path}: not a regular file (a folder, FIFO or device)")
+        raw = b""
+        while len(raw) <= MAX_SECRET_FILE and (more := os.read(fd, MAX_SECRET_FILE + 1 - len(raw))):
+            raw += more
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
     if len(raw) > MAX_SECRET_FILE:
         raise ValueError(f"{path}: larger than {MAX_SECRET_FILE // 1024} KiB: not a secret file")
     try:
@@ -238,11 +249,13 @@ class NodeSettings(BaseSettings, NodeOptions):
             raise ValueError("must be at least 16 characters (e.g. `openssl rand -hex 32`)")
         return SecretStr(text)
 
-    @field_validator("swarm_secret_file")
+    @field_validator("swarm_secret_file", "tls_crl", mode="before")
     @classmethod
-    def _secret_file_ok(cls, v: Path | None) -> Path | None:
-        if v is not None:
-            read_secret_file(v)  # its problems named as the option was given
+    def _path_given(cls, v: object) -> object:
+        """An empty value (`DECLORA_TLS_CRL=` from an unset compose variable) is refused
+        as such: it was taken as the working folder."""
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("is empty: give a file's path, or leave the option out")
         return v
 
     @field_validator("resume", mode="before")
@@ -266,6 +279,7 @@ class NodeSettings(BaseSettings, NodeOptions):
 
     @model_validator(mode="after")
     def _fill(self) -> NodeSettings:
+        self._tls_together()
         dialled = "--advertise" if self.advertise else "--listen"  # the address peers dial
         if not self.advertise:
             self.advertise = self.listen
@@ -303,7 +317,11 @@ class NodeSettings(BaseSettings, NodeOptions):
                     f"{given_as('swarm_secret')} and {given_as('swarm_secret_file')} both give "
                     "the swarm secret: keep one"
                 )
-            self.swarm_secret = SecretStr(read_secret_file(self.swarm_secret_file))
+            try:  # read once, here: the file's problems named as the option was given
+                text = read_secret_file(self.swarm_secret_file)
+            except ValueError as exc:
+                raise ValueError(f"{given_as('swarm_secret_file')}: {exc}") from None
+            self.swarm_secret = SecretStr(text)
         if self.resume == "auto":  # resolved once, here: the rest of the node sees a bool
             from declora.node.run_folder import resumable  # LATEST or a complete ckpt-*
 
@@ -314,6 +332,17 @@ class NodeSettings(BaseSettings, NodeOptions):
         if problem:  # peers would refuse the certificate: joins and drops, over and over
             raise ValueError(problem)
         return self
+
+    def _tls_together(self) -> None:
+        """--tls-cert, --tls-key and --tls-ca all or none, --tls-crl only with them:
+        else a ValueError naming each as it was given (`TlsFiles.load` names flags)."""
+        fields = ("tls_cert", "tls_key", "tls_ca")
+        missing = [option_name(f) for f in fields if getattr(self, f) is None]
+        if len(missing) == len(fields) and self.tls_crl is not None:
+            raise ValueError(f"{given_as('tls_crl')} needs mTLS: also give {', '.join(missing)}")
+        if 0 < len(missing) < len(fields):
+            named = ", ".join(given_as(f) for f in fields)
+            raise ValueError(f"{named} go together: also give {', '.join(missing)}")
 
     def tls(self) -> TlsFiles | None:
         """The TLS files read and checked for a node (TlsError naming the option): valid
@@ -513,7 +542,10 @@ def resolve_settings(cli: dict[str, Any], config_file: Path | None = None) -> Re
         raise SettingsError(f"bad configuration: {problems}") from exc
     if settings.swarm_secret_file is not None:  # the secret it holds: from there
         origins["swarm_secret"] = "swarm-secret-file"
-    warnings = start_warnings(settings, config_file, data)
+    if origins["advertise"] == "default":  # copied from --listen (`_fill`)
+        origins["advertise"] = "listen"
+    secret_file = given_name("swarm_secret_file", origins, config_file)
+    warnings = start_warnings(settings, config_file, data, secret_file)
     if line := advertise_warning(settings, origins, config_file):
         warnings.insert(0, line)
     return Resolved(settings, origins, warnings)
@@ -536,7 +568,7 @@ def advertise_warning(
     except ValueError:  # a DNS name
         return ""
     name = given_name("advertise", origins, config_file)
-    if origins.get("advertise") == "default":
+    if origins.get("advertise") == "listen":
         name = f"{name} (unset: {given_name('listen', origins, config_file)})"
     same_id = (
         f"; --node-id {settings.node_id}, taken from it, is the same on every node so started"
@@ -551,15 +583,19 @@ def advertise_warning(
 
 
 def start_warnings(
-    settings: NodeSettings, config_file: Path | None, data: dict[str, Any]
+    settings: NodeSettings,
+    config_file: Path | None,
+    data: dict[str, Any],
+    secret_file: str = "--swarm-secret-file",
 ) -> list[str]:
     """What to fix before it bites, one line each: a config file holding swarm_secret,
     a --swarm-secret-file or a --tls-key open to others than the owner (`chmod 600`), a
-    certificate of this node or its CA expiring within a week (`TlsFiles.warnings`)."""
+    certificate of this node or its CA expiring within a week (`TlsFiles.warnings`);
+    `secret_file` names the option as it was given."""
     found = []
     if config_file is not None and data.get("swarm_secret") is not None:
         found.append(exposed_file_warning("config file (holding swarm_secret)", config_file))
     if settings.swarm_secret_file is not None:
-        found.append(exposed_file_warning("--swarm-secret-file", settings.swarm_secret_file))
+        found.append(exposed_file_warning(secret_file, settings.swarm_secret_file))
     tls = settings.tls()
     return [line for line in found if line] + (tls.warnings() if tls is not None else [])

@@ -82,7 +82,9 @@ def test_a_bad_file_is_one_line_that_never_quotes_it(
 
 def test_a_missing_file_and_a_folder_are_refused(tmp_path: Path) -> None:
     for path in (tmp_path / "absent", tmp_path):
-        with pytest.raises(SettingsError, match=r"--swarm-secret-file: .*cannot read"):
+        with pytest.raises(
+            SettingsError, match=r"--swarm-secret-file: .*(cannot read|not a regular file)"
+        ):
             resolve_settings({"swarm_secret_file": path})
 
 
