@@ -6,7 +6,8 @@ written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`, the rows a
 are those of `BUILDERS` (JSON lines `.jsonl`, `.ndjson`, `.json`; CSV/TSV; parquet;
 arrow); CSV/TSV columns are all read as strings, so texts and labels keep their
 spelling. Every mistake (missing file, unsupported type, empty file, bad JSON line, a
-JSON or CSV file in UTF-16/32) raises `DataError` with a one-line message and a hint.
+JSON or CSV file in UTF-16/32 or holding a byte that is not UTF-8: its first such line
+named) raises `DataError` with a one-line message and a hint.
 CSV/TSV files are read as spreadsheets write them (Excel's `sep=X` first line, a
 trailing comma on every line); a file pandas would misread silently (a stray quote mark
 swallowing rows, a `;`-separated file named .csv) is refused naming its line
