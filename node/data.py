@@ -627,8 +627,16 @@ def load_dataset(
             ]
             train, test = _label_datasets(raws, None, source)
             if dedupe:
+                held = len(test)
                 train, test, dropped = dedupe_split(train, test)
                 _log_dropped(source, dropped)
+                if held and not len(test):
+                    _log.warning(
+                        "%s: every row of its %r split (%d) repeats a training text, so "
+                        "none is left to evaluate on: evaluation is off (give it rows "
+                        "the training split lacks, or pass --no-dedupe to keep them)",
+                        source, test_name, held,
+                    )  # fmt: skip
         else:
             full = _from_splits(p, splits, text_column, label_column, None, examples)
             if dedupe:
