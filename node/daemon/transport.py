@@ -138,8 +138,10 @@ SERVING, NOT_SERVING = (
 class Health(health_pb2_grpc.HealthServicer):
     """grpc.health.v1 on the event loop: Check, and Watch for at most `WATCHES` callers
     at once (then RESOURCE_EXHAUSTED); under mTLS (`tls`) not to a caller refused for
-    its certificate. `set` is synchronous. `READY_SERVICE` is SERVING while "" is and
-    `ready()` is true (looked at on each Check, every `READY_POLL` s for a Watch)."""
+    its certificate (a Watch looks again each time it wakes, and ends PERMISSION_DENIED
+    once --tls-crl revokes its caller). `set` is synchronous. `READY_SERVICE` is SERVING
+    while "" is and `ready()` is true (looked at on each Check, every `READY_POLL` s for
+    a Watch)."""
 
     def __init__(self, tls: TlsFiles | None = None) -> None:
         self.tls = tls
@@ -180,6 +182,8 @@ class Health(health_pb2_grpc.HealthServicer):
             polled = request.service == READY_SERVICE  # neighbours come and go unannounced
             while True:
                 changed = self.changed
+                if last is not None:  # its caller revoked since: the stream ends
+                    await _certificate(context, self.tls)
                 status = self.status_of(request.service)
                 if status is None:
                     status = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
