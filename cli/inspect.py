@@ -166,17 +166,14 @@ def eval_text(info: dict[str, Any]) -> str:
     checkpoints; its rounds.jsonl has the figures), other folders did not record one."""
     from declora.cli.client import remote_text
 
+    def number(v: object) -> str:
+        return f"{v:.4g}" if isinstance(v, int | float) and not isinstance(v, bool) else str(v)
+
     value = info.get("eval")
     if isinstance(value, dict) and value:
-        return remote_text(
-            ", ".join(
-                f"{k} {v:.4g}"
-                if isinstance(v, int | float) and not isinstance(v, bool)
-                else f"{k} {v}"
-                for k, v in value.items()
-            ),
-            500,
-        )
+        return remote_text(", ".join(f"{k} {number(v)}" for k, v in value.items()), 500)
+    if value not in (None, "", [], {}):  # another writer's one value: as it is
+        return remote_text(number(value), 500)
     if info["kind"] == "checkpoint":
         return "not measured at this checkpoint (see the run's rounds.jsonl)"
     return "not recorded"
@@ -238,7 +235,7 @@ def render(info: dict[str, Any]) -> None:
         f"full model ({method}no LoRA) task={_or_unknown(info['task'])}"
         if lora is None
         else f"LoRA r={lora['r']} alpha={lora['lora_alpha']} "
-        f"targets={show(lora['target_modules'], 500)} task={show(lora['task_type'])}"
+        f"targets={show(lora['target_modules'], 500)} task={_or_unknown(lora['task_type'])}"
         + (f" method={name}" if name else "")
     )
     merged = info.get("merged_from")
