@@ -131,3 +131,17 @@ def test_an_interrupted_start_under_json_logs_is_a_json_record(
     assert record["level"] == "WARNING" and record["exit_code"] == 130
     res = CliRunner().invoke(app, ["start"])  # the plain format: the plain line
     assert res.stderr == "interrupted before the node started; nothing was written\n"
+
+
+def test_status_refuses_a_fifo_secret_file_without_waiting(tmp_path: Path) -> None:
+    """`status` reads DECLORA_SWARM_SECRET_FILE as `start` does (`read_secret_file`)."""
+    fifo = tmp_path / "secret"
+    os.mkfifo(fifo)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DECLORA_")}
+    res = subprocess.run(
+        [str(EXE), "status", "--target", "127.0.0.1:9"],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        env={**env, "DECLORA_SWARM_SECRET_FILE": str(fifo)},
+    )  # fmt: skip
+    assert res.returncode != 0, res.stderr
+    assert f"DECLORA_SWARM_SECRET_FILE: {fifo}: not a regular file" in res.stderr, res.stderr
