@@ -577,7 +577,13 @@ class SwarmAuth:
     The key is `secret` less surrounding whitespace (`secret_text`), whoever passes it.
     A nonce is accepted once: while its timestamp is within `window` seconds of this
     clock it stays in the replay cache; when the cache holds `max_nonces`, the oldest
-    leave it and no message at or before their timestamp is accepted any more.
+    leave it and no message from their source (`verify`'s, the caller's address) at
+    or before their timestamp is accepted any more. So a holder of the secret that
+    floods signed calls dated ahead fills the cache and moves only its own source's
+    floor: honest senders, at other addresses, are still accepted (before, one floor
+    for all: 101,000 signed Leaves dated 110 s ahead, in 54 s, had every honest
+    Hello and Status refused as replayed). At most `max_nonces` sources keep a floor;
+    beyond, the oldest kept one folds into the floor of every source.
     """
 
     def __init__(
@@ -592,8 +598,10 @@ class SwarmAuth:
         self.max_nonces = max_nonces
         self.clock = clock
         self._seen: set[bytes] = set()
-        self._by_time: list[tuple[int, bytes]] = []  # heap of (timestamp ms, nonce)
-        self._floor_ms = -1  # nonces at or before this time were forgotten early
+        self._by_time: list[tuple[int, bytes, str]] = []  # heap of (ms, nonce, source)
+        # source -> nonces from it at or before this time were forgotten early
+        self._floors: dict[str, int] = {}
+        self._floor_ms = -1  # ...and from any source (floors folded when too many)
 
     def _mac(self, *parts: bytes) -> bytes:
         h = hmac.new(self._key, digestmod=hashlib.sha256)
@@ -609,8 +617,10 @@ class SwarmAuth:
         msg.mac = self._mac(_mac_input(msg))
         return msg
 
-    def verify(self, msg: Signed) -> None:
-        """Refuse (AuthError) a missing or bad mac, a malformed or stale nonce, a replay."""
+    def verify(self, msg: Signed, source: str = "") -> None:
+        """Refuse (AuthError) a missing or bad mac, a malformed or stale nonce, a replay.
+        `source`: where `msg` came from (the caller's IP; '' unknown), whose floor
+        alone a forgotten nonce of it moves."""
         if not msg.mac:
             raise AuthError("no mac: the sender has no --swarm-secret", "bad_auth")
         if not hmac.compare_digest(msg.mac, self._mac(_mac_input(msg))):
@@ -629,9 +639,10 @@ class SwarmAuth:
                 f"±{self.window_ms / 1000:g}s: clocks out of sync, or a replay",
                 "stale_nonce",
             )
-        if msg.nonce in self._seen or sent_ms <= self._floor_ms:
+        floor = max(self._floor_ms, self._floors.get(source, -1))
+        if msg.nonce in self._seen or sent_ms <= floor:
             raise AuthError("replayed nonce: this message was already received", "replay")
-        self._remember(sent_ms, bytes(msg.nonce))
+        self._remember(sent_ms, bytes(msg.nonce), source)
 
     @property
     def remembered(self) -> int:
@@ -642,13 +653,17 @@ class SwarmAuth:
         while self._by_time and self._by_time[0][0] < now_ms - self.window_ms:
             self._seen.discard(heapq.heappop(self._by_time)[1])
 
-    def _remember(self, sent_ms: int, nonce: bytes) -> None:
-        heapq.heappush(self._by_time, (sent_ms, nonce))
+    def _remember(self, sent_ms: int, nonce: bytes, source: str) -> None:
+        heapq.heappush(self._by_time, (sent_ms, nonce, source))
         self._seen.add(nonce)
         while len(self._by_time) > self.max_nonces:
-            oldest_ms, oldest = heapq.heappop(self._by_time)
+            oldest_ms, oldest, where = heapq.heappop(self._by_time)
             self._seen.discard(oldest)
-            self._floor_ms = max(self._floor_ms, oldest_ms)
+            floors = self._floors
+            floors[where] = max(floors.pop(where, -1), oldest_ms)  # now the newest kept
+            if len(floors) > self.max_nonces:  # many sources: the oldest kept folds in
+                first = next(iter(floors))
+                self._floor_ms = max(self._floor_ms, floors.pop(first))
 
     # ---------------------------------------------------- payloads
     def _payload_mac(self, header: pb.PayloadHeader, data: bytes) -> bytes:

@@ -22,7 +22,9 @@ neighbour.
 - a lone node with `--robust-mixing trim` and `--rounds 60` whose only neighbour pushes
   valid keyframes for the furthest round it accepts (10);
 - a pair whose n0 gets push headers listing 60,000 tensors from a stranger on
-  127.0.0.2 (12).
+  127.0.0.2 (12);
+- a pair with a swarm secret whose n0 gets 101,000 signed Leave notices dated ahead
+  from a member on 127.0.0.2 (11).
 
 Attack 8 (a signed Hello replayed to another node) is tests/test_security.py's. Every
 test adds a row (the victim's RSS before and after) to the attacks table, printed at
@@ -68,7 +70,7 @@ from declora.node import PROTOCOL_VERSION, __version__
 from declora.node.adapter import AdapterSchema, TensorSpec
 from declora.node.codecs import make_codec
 from declora.node.logs import REFUSALS_LOGGED
-from declora.node.security import TlsFiles
+from declora.node.security import MAX_NONCES, SwarmAuth, TlsFiles
 from declora.node.wire import chunks, make_header
 from declora.proto import pb, pb_grpc
 
@@ -1204,5 +1206,75 @@ def test_headers_listing_many_tensors_cost_the_node_little(cluster: Cluster) -> 
         f"most {max(latency):.2f}s (median {statistics.median(latency):.2f}s) meanwhile; "
         "before 201e6dd each refused header stayed in memory until a garbage collection "
         "(RSS 512 -> 3414 MiB in one run)",
+        (rss0, rss1),
+    )
+
+
+# ---------------------------------------------------------------- a secret swarm: 11
+
+FLOOD_NONCES = 101_000  # signed calls: past the replay cache (security.MAX_NONCES)
+SECRET = "attack-secret-" + "x" * 20
+
+
+def test_a_members_signed_flood_dated_ahead_locks_nobody_else_out(cluster: Cluster) -> None:
+    """A pair with a swarm secret; a member (it holds the secret), from 127.0.0.2, sends
+    n0 101,000 signed Leave notices dated 110 s ahead, 500 at a time, until the replay
+    cache overflows. Before (one floor for the cache): every honest signed call after
+    it was refused as a replay (`replayed nonce`) while the flood went on; now a
+    forgotten nonce moves its own source's floor only."""
+    assert FLOOD_NONCES > MAX_NONCES
+    a, b = cluster.static(2, [(0, 1)], ["--rounds", "0", "--eval-every", "0"])
+    env = {"DECLORA_SWARM_SECRET": SECRET}
+    for node in (a, b):
+        node.start(env=env)
+    relay = HostAlias(a.address)
+    try:
+        ra = cluster.wait_until("n0 answering", lambda: a.status(), START, [a, b])
+        pair = Pair(cluster, a, b, ra.fingerprint, AdapterSchema(()), "", "", AttackerServer())
+        before = pair.mixing(1)
+        rss0 = rss_mib(a)
+        ahead = SwarmAuth(SECRET.encode(), clock=lambda: time.time() + 110)
+        channel = grpc.insecure_channel(relay.address)
+        stub = pb_grpc.SwarmStub(channel)
+        codes: Counter[str] = Counter()
+        t0 = time.monotonic()
+        sent = 0
+        while sent < FLOOD_NONCES:
+            notice = pb.LeaveNotice(node_id="mallory", swarm_id=cluster.swarm_id)
+            calls = [stub.Leave.future(ahead.sign(notice), timeout=RPC) for _ in range(500)]
+            for call in calls:
+                codes[outcome(call.result).code.name] += 1
+            sent += len(calls)
+        took = time.monotonic() - t0
+        channel.close()
+        honest = SwarmAuth(SECRET.encode())
+        hello = honest.sign(
+            pb.Hello(
+                protocol_version=PROTOCOL_VERSION,
+                node_id="late",
+                swarm_id=cluster.swarm_id,
+                fingerprint=ra.fingerprint,
+                listen_address=f"{HOST}:{free_ports(1)[0]}",
+                receiver=a.address,
+            )
+        )
+        with grpc.insecure_channel(a.address) as ch:
+            welcome = outcome(lambda: pb_grpc.SwarmStub(ch).Handshake(hello, timeout=RPC))
+        statuses = [a.status() for _ in range(3)]
+        after = pair.mixing(max(r.round for r in before) + 3)
+        rss1 = rss_mib(a)
+    finally:
+        relay.close()
+    assert welcome.accepted, welcome
+    assert all(s is not None for s in statuses), "n0 refused the CLI's signed Status"
+    answers = "; ".join(f"{k} x{v}" for k, v in sorted(codes.items()))
+    record(
+        "11",
+        f"a member (swarm secret) sends n0 {sent:,} signed Leave notices dated 110 s ahead, "
+        f"from 127.0.0.2, in {took:.0f}s (the replay cache holds {MAX_NONCES:,})",
+        f"{answers} (`no_handshake`: a Leave from no neighbour; each nonce remembered)",
+        "then a signed Hello from 127.0.0.1 accepted and the CLI's signed Status answered "
+        f"(3 of 3; before, refused as `replayed nonce`); the pair kept mixing (rounds "
+        f"{before[0].round} -> {after[0].round})",
         (rss0, rss1),
     )

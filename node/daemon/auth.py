@@ -55,13 +55,14 @@ class Auth:
     def sign_payload(self, header: pb.PayloadHeader, data: bytes) -> pb.PayloadHeader:
         return header if self.secret is None else self.secret.sign_payload(header, data)
 
-    def refusal(self, msg: Signed, what: str) -> str:
+    def refusal(self, msg: Signed, what: str, source: str = "") -> str:
         """'' when no secret is set or `msg` is authentic and fresh; else the reason,
-        counted (`bad_auth`, `replay`, `stale_nonce`) and logged."""
+        counted (`bad_auth`, `replay`, `stale_nonce`) and logged. `source`: the
+        sender's IP ('' unknown; `SwarmAuth.verify`)."""
         if self.secret is None:
             return ""
         try:
-            self.secret.verify(msg)
+            self.secret.verify(msg, source)
         except AuthError as exc:
             self.counters.count(exc.counter)  # logged here, bounded: each `what` differs
             self.refusals.warning("refused a message: %s: %s", what, exc.reason)

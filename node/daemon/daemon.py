@@ -167,6 +167,7 @@ class Daemon:
         except BaseException:  # nothing trained: stop serving, save nothing
             await self._shutdown(save=False)
             raise
+        self.transport.ready_when(lambda: len(parts.peers.live))  # health's declora.ready
         self.transport.set_serving(True)
         log.info(
             "serving on %s (swarm %s, fingerprint %s, %d adapter values, codec %s, "

@@ -76,7 +76,7 @@ from declora.node.daemon.status import Counters
 from declora.node.daemon.transport import Transport
 from declora.node.discovery import Discovery, select_neighbors
 from declora.node.identity import shown
-from declora.node.limits import peer_host
+from declora.node.limits import address_key, peer_host
 from declora.node.revocation import REVOKED
 from declora.node.settings import NodeSettings
 from declora.proto import pb, pb_grpc
@@ -186,12 +186,12 @@ class Handshaker:
         while the id is live), None where unknown. A refusal carries its reason only;
         an accepted Welcome carries a session token issued for this Hello alone."""
         who = shown(request.node_id or "?")
-        refusal = self.auth.refusal(request, f"handshake from {who}")
+        host = peer_host(peer) if peer else ""
+        refusal = self.auth.refusal(request, f"handshake from {who}", address_key(host))
         if refusal:  # nothing about this node for a stranger
             if not request.mac:  # the operator's mistake, read on both sides
                 refusal += f" ({who} has none, this node has one: {SAME_SECRET})"
             return pb.Welcome(accepted=False, reason=f"not authenticated: {refusal}")
-        host = peer_host(peer) if peer else ""
         configured = self.admission.configured(request, host, self.discovered())
         reason = self.admission.hello_refusal(request, cert_name, host, configured)
         if not cert_name and getattr(self.transport, "tls", None):
@@ -246,7 +246,7 @@ class Handshaker:
                 )
                 return None, True
             node = welcome.node
-            if self.auth.refusal(node, f"the welcome of {address}"):
+            if self.auth.refusal(node, f"the welcome of {address}", address):
                 return None, True
             reason = self.admission.welcome_refusal(node, address)
             if not reason and self.peers.dialled_elsewhere(node, address):

@@ -37,6 +37,7 @@ import grpc
 from declora.node.daemon.admission import CLI_CERT, address_ip
 from declora.node.daemon.auth import caller_refusal
 from declora.node.daemon.inbox import PUSH_PACE, STREAMS_PER_PEER, header_bytes
+from declora.node.daemon.revocation_spread import list_chunks
 from declora.node.identity import MAX_ROUND, shown
 from declora.node.limits import address_key, host_key, limited, peer_host
 from declora.node.wire import WireError
@@ -50,7 +51,8 @@ log = logging.getLogger(__name__)
 # a pull serves the full adapter only: keyframes travel by Push, built with the exchange
 # they belong to (a Kill-and-Revive keyframe names that exchange's modules)
 PULL_KINDS = (pb.PAYLOAD_KIND_UNSPECIFIED, pb.PAYLOAD_KIND_STATE)
-POOLS = {"Handshake": 32, "Pull": 8, "Leave": 16, "Status": 16}  # Push: settings
+# Push: settings
+POOLS = {"Handshake": 32, "Pull": 8, "Leave": 16, "Status": 16, "Revocations": 8}
 HEADER_SECONDS = 3.0  # a push's header must come within this at least (`header_seconds`)
 PULL_SECONDS = 30.0  # a state must be read within max(this, --round-deadline)
 
@@ -313,7 +315,8 @@ class SwarmService(pb_grpc.SwarmServicer):
     ) -> None:
         """Abort a Pull or Leave that is not authentic (swarm secret); raise WireError
         for one that is not from the live neighbour it names (`_caller_refusal`)."""
-        refusal = self.parts.auth.refusal(request, f"{what} from {shown(request.node_id)}")
+        source = address_key(peer_host(context.peer()))
+        refusal = self.parts.auth.refusal(request, f"{what} from {shown(request.node_id)}", source)
         if refusal:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
         bad = self._caller_refusal(context, request)
@@ -401,6 +404,31 @@ class SwarmService(pb_grpc.SwarmServicer):
             await self._refuse(context, exc)
             raise  # unreachable: abort raises
 
+    async def Revocations(
+        self, request: pb.RevocationsRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        """This node's revocation list for a live neighbour whose own is older
+        (`revocation_spread.list_chunks`: nothing otherwise), within the Status rate;
+        a caller that stops reading is cut after `PULL_SECONDS` (`slow_stream`)."""
+        try:
+            self._certificate(context)
+            with self.pools.hold("Revocations"):
+                await self._limit(context, self.parts.limits.check_status, context.peer())
+                tls, peers = self.parts.handshaker.transport.tls, self.parts.peers
+                chunks = list_chunks(tls, peers, cert_name(context), request.crl_number)
+                try:
+                    async with asyncio.timeout(PULL_SECONDS):
+                        for chunk in chunks:
+                            await context.write(chunk)
+                except TimeoutError:
+                    raise WireError(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"the revocation list was not read within {PULL_SECONDS:g}s",
+                        "slow_stream",
+                    ) from None
+        except WireError as exc:
+            await self._refuse(context, exc)
+
     async def Status(
         self, request: pb.StatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.StatusReply:
@@ -408,7 +436,8 @@ class SwarmService(pb_grpc.SwarmServicer):
             self._certificate(context)
             with self.pools.hold("Status"):
                 await self._limit(context, self.parts.limits.check_status, context.peer())
-                refusal = self.parts.auth.refusal(request, "status request")
+                source = address_key(peer_host(context.peer()))
+                refusal = self.parts.auth.refusal(request, "status request", source)
                 if refusal:
                     await context.abort(
                         grpc.StatusCode.UNAUTHENTICATED,
