@@ -145,8 +145,9 @@ class Daemon:
         if self.transport.tls is None and self.auth.secret is None and not is_loopback(s.listen):
             log.warning(
                 "serving %s with neither mTLS nor a swarm secret: anyone who reaches this "
-                "port can join the swarm and read the adapter; set DECLORA_SWARM_SECRET or "
-                "--tls-cert/--tls-key/--tls-ca (`declora-node certs` mints them)",
+                "port can join the swarm and read the adapter; set DECLORA_SWARM_SECRET (or "
+                "DECLORA_SWARM_SECRET_FILE) or --tls-cert/--tls-key/--tls-ca (`declora-node "
+                "certs` mints them)",
                 s.listen,
             )
         self.progress.state = NodeState.LOADING
