@@ -53,6 +53,7 @@ POLL_SECONDS = 2.0  # the CRL file is looked at (stat) at most this often
 MAX_BYTES = 16 * 2**20  # a CRL file's size at most: some 300,000 revocations (PEM)
 REVOKED = f"is revoked by {OPTION}"  # in every reason `Revocations.revoked` gives
 SEEN_CHAINS = 1024  # certificates remembered by name (`note`) and parsed chains cached
+WIRE_MAX = 2**64 - 1  # the largest CRL number a Hello says (a CRL may number up to 2**159)
 
 
 class RevokedError(TlsError):
@@ -94,6 +95,12 @@ def parse_crl(
             f"{what} is not a PEM certificate revocation list (X509 CRL): "
             f"make one with `declora-node certs revoke`"
         ) from None
+    partial = _partial(crl)
+    if partial:
+        raise TlsError(
+            f"{what} is {partial}, not the CA's full revocation list: enforced alone it "
+            "would take back every revocation it leaves out; give the full list"
+        )
     for issuer in cas:
         try:
             if issuer.subject == crl.issuer and crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
@@ -104,6 +111,32 @@ def parse_crl(
         f"{what} is not signed by the CA of --tls-ca{f' {ca}' if ca else ''}: give the CRL of "
         "that CA (`declora-node certs revoke --output` its folder)"
     )
+
+
+def _partial(crl: x509.CertificateRevocationList) -> str:
+    """'' for a full list; else what it is: a delta CRL (only the changes since a base
+    list), or one whose issuing distribution point limits what it covers (some
+    reasons, some kinds of certificates, another issuer's)."""
+    from cryptography import x509
+
+    exts = crl.extensions
+    try:
+        exts.get_extension_for_class(x509.DeltaCRLIndicator)
+        return "a delta CRL"
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        idp = exts.get_extension_for_class(x509.IssuingDistributionPoint).value
+    except x509.ExtensionNotFound:
+        return ""
+    scoped = (
+        idp.only_some_reasons
+        or idp.indirect_crl
+        or idp.only_contains_ca_certs
+        or idp.only_contains_user_certs
+        or idp.only_contains_attribute_certs
+    )
+    return "a partial CRL (its issuing distribution point limits its scope)" if scoped else ""
 
 
 @dataclass(frozen=True)
@@ -177,7 +210,12 @@ def _write(path: Path, crl: x509.CertificateRevocationList) -> None:
     tmp = path.with_name(path.name + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(crl.public_bytes(Encoding.PEM))
+        tmp.unlink(missing_ok=True)  # a link left there is replaced, never followed
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644
+        )
+        with os.fdopen(fd, "wb") as f:
+            f.write(crl.public_bytes(Encoding.PEM))
         os.replace(tmp, path)
     except OSError as exc:
         log.warning("%s: cannot keep the learned list in %s: %s", OPTION, path, exc.strerror or exc)
@@ -211,6 +249,7 @@ class Revocations:
         self._list = _listed(crl)
         self._signed = _der(crl)  # the signed list whose CRL number is in use (`signed`)
         self.learned: Path | None = None  # where a list learned from a peer is kept (`learn`)
+        self._from_peer = False  # the list in use was learned (`learn`), not read from the file
         self._stamp_seen = stamp
         self._checked: float | None = None  # when the file was last looked at (`refresh`)
         self._failing = False  # warned that the file went bad (until it is good again)
@@ -231,6 +270,12 @@ class Revocations:
         """The CRL number of the list in use (0 for a list without one): what this node
         advertises (`Hello.crl_number`)."""
         return self._list.number or 0
+
+    @property
+    def said(self) -> int:
+        """`number` as a Hello or `Revocations` call says it (uint64): at most
+        `WIRE_MAX`."""
+        return min(self.number, WIRE_MAX)
 
     @property
     def signed(self) -> bytes:
@@ -276,6 +321,7 @@ class Revocations:
             if keep and self.learned is not None:
                 _write(self.learned, crl)
             self._list, self._signed = fresh, _der(crl)
+            self._from_peer = True
         log.warning(
             "%s: took the newer revocation list of %s (CRL number %d): %d certificates "
             "revoked",
@@ -381,18 +427,26 @@ class Revocations:
             self._failing = False
             signed = _der(crl)
             if _older(fresh, self._list):  # it only adds: no revocation is taken back
+                newest = (
+                    f" (the newest is the one learned from a peer, kept in {self.learned})"
+                    if self._from_peer and self.learned is not None
+                    else ""
+                )
                 log.warning(
                     "%s: %s is not newer than the list in use (CRL number %s, in use %s): "
                     "its revocations are added to those in use, none is taken back; run "
-                    "`declora-node certs revoke` on the newest copy",
+                    "`declora-node certs revoke` on the newest copy%s",
                     OPTION,
                     self.path,
                     fresh.number,
                     self._list.number,
+                    newest,
                 )
                 kept = fresh.serials | self._list.serials
                 fresh = replace(fresh, serials=kept, number=self._list.number)
                 signed = self._signed  # the signed list of the number still in use
+            else:
+                self._from_peer = False
             changed = fresh != self._list
             self._list, self._signed = fresh, signed
             if changed:

@@ -6,6 +6,7 @@ common name, or revoked by --tls-crl, is refused."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ import grpc
 from declora.node import logs
 from declora.node.daemon.revocation_spread import Spreader
 from declora.node.daemon.status import Counters
+from declora.node.limits import address_key, host_key, ip_of
 from declora.node.revocation import POLL_SECONDS
 from declora.node.security import (
     AuthError,
@@ -55,19 +57,28 @@ class Auth:
     def sign_payload(self, header: pb.PayloadHeader, data: bytes) -> pb.PayloadHeader:
         return header if self.secret is None else self.secret.sign_payload(header, data)
 
-    def refusal(self, msg: Signed, what: str, source: str = "") -> str:
+    def refusal(self, msg: Signed, what: str, host: str = "") -> str:
         """'' when no secret is set or `msg` is authentic and fresh; else the reason,
-        counted (`bad_auth`, `replay`, `stale_nonce`) and logged. `source`: the
-        sender's IP ('' unknown; `SwarmAuth.verify`)."""
+        counted (`bad_auth`, `replay`, `stale_nonce`) and logged. `host`: the sender's
+        remote host ('' unknown), whose replay floor (`source_key`) it moves."""
         if self.secret is None:
             return ""
         try:
-            self.secret.verify(msg, source)
+            self.secret.verify(msg, source_key(host) if host else "")
         except AuthError as exc:
             self.counters.count(exc.counter)  # logged here, bounded: each `what` differs
             self.refusals.warning("refused a message: %s: %s", what, exc.reason)
             return exc.reason
         return ""
+
+
+def source_key(host: str) -> str:
+    """The source whose replay floor a message from remote `host` moves
+    (`SwarmAuth.verify`): an IPv4 address itself, an IPv6 address's /64
+    (`limits.host_key`: one machine holds them all, and a floor per address would let
+    it fold its floors into one for every source), a loopback address itself."""
+    ip = ip_of(host)
+    return host_key(host) if isinstance(ip, ipaddress.IPv6Address) else address_key(host)
 
 
 def caller_refusal(context: Any, tls: TlsFiles | None) -> WireError | None:

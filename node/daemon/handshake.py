@@ -65,7 +65,7 @@ from typing import Any
 import grpc
 
 from declora.node import PROTOCOL_VERSION, __version__, logs, protocol_note
-from declora.node.address import endpoints
+from declora.node.address import endpoints, split_address
 from declora.node.daemon.admission import SAME_SECRET, Admission, address_ip
 from declora.node.daemon.auth import NAMELESS, Auth, warn_own_revoked
 from declora.node.daemon.dial_backoff import DialBackoff
@@ -76,7 +76,7 @@ from declora.node.daemon.status import Counters
 from declora.node.daemon.transport import Transport
 from declora.node.discovery import Discovery, select_neighbors
 from declora.node.identity import shown
-from declora.node.limits import address_key, peer_host
+from declora.node.limits import peer_host
 from declora.node.revocation import REVOKED
 from declora.node.settings import NodeSettings
 from declora.proto import pb, pb_grpc
@@ -103,6 +103,15 @@ class RefusalLog(logs.RefusalLog):
     def __init__(self, what: str, **kw: Any) -> None:
         kw.setdefault("logger", log)
         super().__init__(what, **kw)
+
+
+def _host(address: str) -> str:
+    """The host of a dialled `address` ('' when malformed): a Welcome's source, keyed
+    as a caller's host is (`auth.source_key`)."""
+    try:
+        return split_address(address)[0]
+    except ValueError:
+        return ""
 
 
 class Handshaker:
@@ -172,9 +181,10 @@ class Handshaker:
         )
 
     def _crl_number(self) -> int:
-        """The CRL number of the list in use (0 without one): `Hello.crl_number`."""
+        """The CRL number of the list in use as a Hello says it (`Revocations.said`; 0
+        without one): `Hello.crl_number`."""
         tls = getattr(self.transport, "tls", None)
-        return 0 if tls is None or tls.crl is None else tls.crl.number
+        return 0 if tls is None or tls.crl is None else tls.crl.said
 
     def answer(
         self, request: pb.Hello, cert_name: str | None = None, peer: str | None = None
@@ -187,7 +197,7 @@ class Handshaker:
         an accepted Welcome carries a session token issued for this Hello alone."""
         who = shown(request.node_id or "?")
         host = peer_host(peer) if peer else ""
-        refusal = self.auth.refusal(request, f"handshake from {who}", address_key(host))
+        refusal = self.auth.refusal(request, f"handshake from {who}", host)
         if refusal:  # nothing about this node for a stranger
             if not request.mac:  # the operator's mistake, read on both sides
                 refusal += f" ({who} has none, this node has one: {SAME_SECRET})"
@@ -246,7 +256,7 @@ class Handshaker:
                 )
                 return None, True
             node = welcome.node
-            if self.auth.refusal(node, f"the welcome of {address}", address):
+            if self.auth.refusal(node, f"the welcome of {address}", _host(address)):
                 return None, True
             reason = self.admission.welcome_refusal(node, address)
             if not reason and self.peers.dialled_elsewhere(node, address):

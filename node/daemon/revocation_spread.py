@@ -32,7 +32,7 @@ import grpc
 
 from declora.node.daemon.peers import Peer, PeerTable
 from declora.node.logs import RefusalLog, safe_text
-from declora.node.revocation import MAX_BYTES
+from declora.node.revocation import MAX_BYTES, WIRE_MAX
 from declora.node.security import TlsError, TlsFiles
 from declora.proto import pb
 
@@ -120,7 +120,7 @@ class Spreader:
         """The bytes `peer` streams for a `Revocations` call with CRL number `mine`;
         TlsError once they pass `MAX_BYTES` (the call is cancelled)."""
         call = self.peers.stub(peer).Revocations(
-            pb.RevocationsRequest(crl_number=mine), timeout=ASK_TIMEOUT
+            pb.RevocationsRequest(crl_number=min(mine, WIRE_MAX)), timeout=ASK_TIMEOUT
         )
         data = bytearray()
         async for chunk in call:

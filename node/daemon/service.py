@@ -315,8 +315,8 @@ class SwarmService(pb_grpc.SwarmServicer):
     ) -> None:
         """Abort a Pull or Leave that is not authentic (swarm secret); raise WireError
         for one that is not from the live neighbour it names (`_caller_refusal`)."""
-        source = address_key(peer_host(context.peer()))
-        refusal = self.parts.auth.refusal(request, f"{what} from {shown(request.node_id)}", source)
+        host = peer_host(context.peer())
+        refusal = self.parts.auth.refusal(request, f"{what} from {shown(request.node_id)}", host)
         if refusal:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
         bad = self._caller_refusal(context, request)
@@ -436,8 +436,8 @@ class SwarmService(pb_grpc.SwarmServicer):
             self._certificate(context)
             with self.pools.hold("Status"):
                 await self._limit(context, self.parts.limits.check_status, context.peer())
-                source = address_key(peer_host(context.peer()))
-                refusal = self.parts.auth.refusal(request, "status request", source)
+                host = peer_host(context.peer())
+                refusal = self.parts.auth.refusal(request, "status request", host)
                 if refusal:
                     await context.abort(
                         grpc.StatusCode.UNAUTHENTICATED,
