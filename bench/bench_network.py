@@ -334,12 +334,15 @@ class _Nothing:
 
 
 def _bytes_per_round(histories: dict[str, list[dict[str, Any]]]) -> float:
-    """Median over nodes of (bytes sent by the last train round) / (train rounds)."""
+    """Median over nodes of the bytes sent per train round, round 1 left out (as for
+    the round seconds: its keyframes after a slow handshake are a one-off)."""
     per_node = []
     for hist in histories.values():
         train = [r for r in hist if r.get("phase") == "train"]
-        if train:
-            per_node.append(float(train[-1]["bytes_sent"]) / max(int(train[-1]["round"]), 1))
+        if len(train) >= 2:
+            first, last = train[0], train[-1]
+            rounds = int(last["round"]) - int(first["round"])
+            per_node.append((float(last["bytes_sent"]) - float(first["bytes_sent"])) / rounds)
     return median(per_node)
 
 
