@@ -6,9 +6,12 @@ object a line with a `prompt` string or a `messages` list of {role, content} tur
 (roles read as training reads them; the last turn is not the assistant's); a
 data file (.csv, .tsv, .parquet, .json, .arrow or a save_to_disk folder) is read as
 `predict` reads its --input (`data_files.read_splits`), from its `prompt` column (texts)
-or `messages` column (turns); any other file (.txt) is one prompt a non-blank line. All
-input is read and checked before the model loads, and every prompt's length before
-anything is generated: prompt plus --max-new-tokens must fit the model's context.
+or `messages` column (turns); any other file (.txt) is one prompt a line. Line input
+(.txt, .jsonl, stdin) gives one output line per input line, as `predict` does: a blank
+line is no prompt and gives an empty line (json: its keys with null values), and prompt
+N is line N. All input is read and checked before the model loads, and every prompt's
+length before anything is generated: prompt plus --max-new-tokens must fit the model's
+context.
 
 A text prompt, whichever route (--prompt, a file, stdin) it came by, becomes one user
 turn rendered as training rendered conversations (`lm_data.encode_prompt`) with the chat
@@ -121,6 +124,7 @@ def _jsonl_prompts(lines: Sequence[str], source: str) -> list[Prompt]:
     prompts: list[Prompt] = []
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
+            prompts.append("")  # a blank line keeps its place in the output
             continue
         where = f"{source}:{lineno}"
         try:
@@ -183,7 +187,8 @@ def _table_prompts(path: Path) -> list[Prompt]:
 
 
 def read_prompts(prompt: str | None, source: str | None, stdin: TextIO) -> list[Prompt]:
-    """The prompts in input order; `DataError` when there are none or one is malformed."""
+    """The prompts in input order, "" for a blank line of line input (it keeps its
+    place); `DataError` when there are none or one is malformed."""
     if prompt is not None and source is not None:
         raise DataError("give --prompt or --input, not both")
     if prompt is not None:
@@ -205,7 +210,7 @@ def read_prompts(prompt: str | None, source: str | None, stdin: TextIO) -> list[
         raise DataError(f"{label}: no prompts", "give one prompt a line, or JSON lines")
     if jsonl or (jsonl is None and first.lstrip().startswith("{")):
         return _jsonl_prompts(lines, label)
-    return [line for line in lines if line.strip()]
+    return [line if line.strip() else "" for line in lines]
 
 
 def prompt_ids(tok: Tokenizer, prompt: Prompt, chat_template: bool) -> list[int]:
@@ -230,16 +235,16 @@ def renders_text(adapter: LoadedAdapter, chat_template: bool) -> bool:
 
 
 def check_prompt_lengths(
-    adapter: LoadedAdapter, lengths: Sequence[int], max_new_tokens: int
+    adapter: LoadedAdapter, lengths: Sequence[int | None], max_new_tokens: int
 ) -> None:
-    """`DataError` naming the first prompt whose tokens plus `max_new_tokens` exceed the
-    model's context length (past it, positions have no embedding: an IndexError, or
-    garbage)."""
+    """`DataError` naming the first prompt (by its place: `lengths` holds None for a
+    blank line) whose tokens plus `max_new_tokens` exceed the model's context length
+    (past it, positions have no embedding: an IndexError, or garbage)."""
     context = context_length(getattr(adapter.model, "config", None))
     if context is None:
         return
     for number, length in enumerate(lengths, 1):
-        if length + max_new_tokens <= context:
+        if length is None or length + max_new_tokens <= context:
             continue
         room = context - length
         raise DataError(
@@ -310,7 +315,9 @@ def run_generate(
     fmt: str = "text",
     base: str | None = None,
 ) -> int:
-    """Write one completion per prompt to `out`; returns how many prompts there were.
+    """Write one completion per prompt to `out`, in input order, and an empty line for a
+    blank input line (json: its keys with null values); returns how many prompts were
+    answered.
 
     `text` writes each completion followed by a newline (a completion may hold
     newlines: use `json` to tell them apart); `json` writes one object a line (JSON Lines):
@@ -329,14 +336,20 @@ def run_generate(
     if loaded.task != "lm":
         raise AdapterError(f"{loaded.path} is a classifier, not a causal LM adapter", "use predict")
     render = renders_text(loaded, chat_template)
-    encoded = [prompt_ids(loaded.tokenizer, p, render) for p in prompts]
-    check_prompt_lengths(loaded, [len(ids) for ids in encoded], sampling.max_new_tokens)
+    encoded = [prompt_ids(loaded.tokenizer, p, render) if p else None for p in prompts]
+    lengths = [None if ids is None else len(ids) for ids in encoded]
+    check_prompt_lengths(loaded, lengths, sampling.max_new_tokens)
     for p, ids in zip(prompts, encoded, strict=True):
-        done = complete(loaded, ids, sampling)
+        done = None if ids is None else complete(loaded, ids, sampling)
         if fmt == "json":
-            row = {"prompt": p, "completion": done.text, "tokens": done.tokens, "stop": done.stop}
+            row: dict[str, object] = {
+                "prompt": p,
+                **dict.fromkeys(("completion", "tokens", "stop")),
+            }
+            if done is not None:
+                row.update(completion=done.text, tokens=done.tokens, stop=done.stop)
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
         else:
-            out.write(done.text + "\n")
+            out.write(("" if done is None else done.text) + "\n")
         out.flush()
-    return len(prompts)
+    return sum(ids is not None for ids in encoded)
