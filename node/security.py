@@ -577,13 +577,16 @@ class SwarmAuth:
     The key is `secret` less surrounding whitespace (`secret_text`), whoever passes it.
     A nonce is accepted once: while its timestamp is within `window` seconds of this
     clock it stays in the replay cache; when the cache holds `max_nonces`, the oldest
-    leave it and no message from their source (`verify`'s, the caller's address) at
-    or before their timestamp is accepted any more. So a holder of the secret that
-    floods signed calls dated ahead fills the cache and moves only its own source's
-    floor: honest senders, at other addresses, are still accepted (before, one floor
-    for all: 101,000 signed Leaves dated 110 s ahead, in 54 s, had every honest
-    Hello and Status refused as replayed). At most `max_nonces` sources keep a floor;
-    beyond, the oldest kept one folds into the floor of every source.
+    leave it and no message from their source (`verify`'s: the caller's IPv4 address
+    or IPv6 /64, `auth.source_key`) at or before their timestamp is accepted any
+    more. So a holder of the secret that floods signed calls dated ahead fills the
+    cache and moves only its own source's floor: honest senders, at other addresses,
+    are still accepted (before, one floor for all: 101,000 signed Leaves dated 110 s
+    ahead, in 54 s, had every honest Hello and Status refused as replayed). At most
+    `max_nonces` sources keep a floor; beyond, the oldest kept one folds into the
+    floor of every source. The price: while such a flood overflows the cache, a
+    message whose nonce left it early may be replayed once from another source
+    within its `window` (a capture of it, replayed by someone on the path).
     """
 
     def __init__(

@@ -12,10 +12,12 @@ part sees a call, this servicer checks what is the same for every RPC:
   other push counts towards its remote network's share (`limits.host_key`) and, until
   its header came, may be cut for a newer push (`Pools.push` has the rule). Anyone
   sharing a neighbour's IP shares its kept places;
-- rate limits (`limits`), keyed by the remote address for handshakes, pulls and
-  Status (`limits.STATUS_PER_MINUTE`: a Status flood from one address, the swarm open or
-  not, is refused before it costs a reply; the state digest is hashed off the
-  event loop, once per state: `digests.StateDigests`);
+- rate limits (`limits`), keyed by the remote address for handshakes (Leaves count
+  as handshakes), pulls and Status (`limits.STATUS_PER_MINUTE`: a Status flood from
+  one address, the swarm open or not, is refused before it costs a reply; the state
+  digest is hashed off the event loop, once per state: `digests.StateDigests`); each
+  before a swarm secret's mac is checked, so one address's signed calls cannot fill
+  the replay cache (`security.SwarmAuth`);
 - identity: under mTLS the caller's certificate name must be the node id it claims
   (the CLI's certificate may only read Status); a Pull or a Leave must come from a
   live neighbour and carry the session token this node gave it and this node's id;
@@ -365,8 +367,8 @@ class SwarmService(pb_grpc.SwarmServicer):
         try:
             self._certificate(context)
             with self.pools.hold("Pull"):
+                parts.limits.check_pull(peer_host(context.peer()))  # before the mac is checked
                 await self._member_only(context, request, "pull")
-                parts.limits.check_pull(peer_host(context.peer()))
                 if request.kind not in PULL_KINDS:
                     raise WireError(
                         grpc.StatusCode.INVALID_ARGUMENT,
@@ -394,6 +396,9 @@ class SwarmService(pb_grpc.SwarmServicer):
         try:
             self._certificate(context)
             with self.pools.hold("Leave"):
+                # within the handshake rate, before the mac is checked: signed Leaves
+                # from one address fill no replay cache (attack 11 flooded them)
+                await self._limit(context, parts.limits.check_handshake, context.peer())
                 await self._member_only(context, request, "leave")
                 peer = parts.peers.get(request.node_id)
                 assert peer is not None

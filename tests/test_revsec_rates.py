@@ -1,0 +1,61 @@
+"""Pull and Leave are rate-limited before a swarm secret's mac is checked (review of
+attack 11's fix): a member's signed calls from one address no longer go into the
+replay cache unbounded. Before, a Pull was limited only after the identity check (a
+non-neighbour's were never limited) and a Leave not at all: attack 11's flood was
+101,000 signed Leaves in 54 s from one client. Real gRPC on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+from test_auth_mismatch import serve, served_parts, stop
+
+from declora.node.security import SwarmAuth
+from declora.proto import pb, pb_grpc
+
+SECRET = "revsec-secret-0123456789abcdef"
+LIMIT = 3  # pulls, and handshakes (Leaves count as those), a minute
+
+
+def test_signed_pulls_and_leaves_from_one_address_are_limited_first(synthetic_jsonl: Path) -> None:
+    extra = {
+        "swarm_secret": SECRET,
+        "max_pulls_per_minute": LIMIT,
+        "max_handshakes_per_minute": LIMIT,
+    }
+    nodes = served_parts(synthetic_jsonl, [("a", extra, None)])
+    [(_, a)] = nodes
+    member = SwarmAuth(SECRET.encode())
+    secret = a.handshaker.auth.secret
+    assert secret is not None
+    codes: dict[str, list[str]] = {"pull": [], "leave": []}
+
+    async def go() -> None:
+        await serve(nodes)
+        try:
+            async with grpc.aio.insecure_channel(a.settings.advertise) as channel:
+                stub = pb_grpc.SwarmStub(channel)
+                for kind, call, request in (
+                    ("pull", stub.Pull, pb.PullRequest),
+                    ("leave", stub.Leave, pb.LeaveNotice),
+                ):
+                    for _ in range(4 * LIMIT):
+                        msg = member.sign(request(node_id="m", swarm_id=a.settings.swarm_id))
+                        try:
+                            reply = call(msg, timeout=10)
+                            if kind == "pull":
+                                async for _ in reply:
+                                    pass
+                            else:
+                                await reply
+                        except grpc.aio.AioRpcError as exc:
+                            codes[kind].append(exc.code().name)
+        finally:
+            await stop(nodes)
+
+    asyncio.run(go())
+    for kind in codes:
+        assert codes[kind].count("RESOURCE_EXHAUSTED") >= 3 * LIMIT - 1, (kind, codes[kind])
+    assert secret.remembered <= 2 * (LIMIT + 1)  # only those within the rates were read
