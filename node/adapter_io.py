@@ -44,7 +44,7 @@ from declora.node.errors import HintedError
 from declora.node.lm_data import IGNORE, encode_lm
 from declora.node.methods import DECA_DEFAULTS
 from declora.node.model_source import HUB_IDS, TINY_MODELS, ModelError
-from declora.node.models import HeadSizeError, HFTokenizer, Tokenizer, cut_tokens
+from declora.node.models import HeadSizeError, HFTokenizer, Tokenizer, truncate_counted
 from declora.node.recipe import UNRECORDED_FACTS
 from declora.node.trainer import CHATS, LM_ROWS, LoraModel, LoraSpec
 
@@ -94,8 +94,11 @@ class LoadedAdapter:
         cut = 0
         for start in range(0, len(texts), batch_size):
             batch = list(texts[start : start + batch_size])
-            ids, mask = self.tokenizer(batch, self.max_length)
-            cut += cut_tokens(self.tokenizer, batch, mask)[0] if self.task == "cls" else 0
+            if self.task == "cls":
+                ids, mask, n, _ = truncate_counted(self.tokenizer, batch, self.max_length)
+                cut += n
+            else:
+                ids, mask = self.tokenizer(batch, self.max_length)
             res = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev))
             out.append(res.logits.float().cpu())
         if cut:

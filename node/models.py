@@ -213,15 +213,28 @@ class ByteTokenizer:
         return None  # none given: lm_data labels a chat's pieces by their token counts
 
 
-def cut_tokens(tokenizer: Tokenizer, texts: Sequence[str], mask: torch.Tensor) -> tuple[int, int]:
-    """(texts cut, tokens dropped) when `texts` were encoded by `tokenizer(texts, n)`
-    into `mask` ((len(texts), n), 1 on a kept token): only the rows that fill all n
-    positions are encoded again, untruncated, to count what was cut."""
-    width = mask.shape[1]
-    full = (mask.sum(dim=1) >= width).nonzero().flatten().tolist()
-    over = [len(ids) - width for ids in tokenizer.encode([texts[i] for i in full])]
-    over = [n for n in over if n > 0]
-    return len(over), sum(over)
+CUT_BATCH = 256  # texts encoded again at a time to count what truncation dropped
+
+
+def truncate_counted(
+    tokenizer: Tokenizer, texts: list[str], max_length: int
+) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """`tokenizer(texts, max_length)` plus (texts cut, content tokens dropped). A fast
+    transformers tokenizer reports what it cut as it truncates (its `overflowing`
+    pieces: nothing is encoded twice); any other encodes again, CUT_BATCH at a time,
+    only the texts that fill all `max_length` positions."""
+    if isinstance(tokenizer, HFTokenizer):
+        counted = tokenizer.truncate(texts, max_length)
+        if counted is not None:
+            return counted
+    ids, mask = tokenizer(texts, max_length)
+    full = (mask.sum(dim=1) >= max_length).nonzero().flatten().tolist()
+    cut = dropped = 0
+    for start in range(0, len(full), CUT_BATCH):
+        batch = [texts[i] for i in full[start : start + CUT_BATCH]]
+        for over in (len(row) - max_length for row in tokenizer.encode(batch)):
+            cut, dropped = cut + (over > 0), dropped + max(over, 0)
+    return ids, mask, cut, dropped
 
 
 # how to give a model folder's tokenizer the EOS (and pad) token it lacks
@@ -287,15 +300,37 @@ class HFTokenizer:
         """The wrapped transformers tokenizer (to save it beside an exported model)."""
         return self._tok
 
-    def __call__(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self._tok(  # type: ignore[operator]
+    def _padded(self, texts: list[str], max_length: int) -> Any:
+        return self._tok(  # type: ignore[operator]
             texts,
             padding="max_length",
             truncation=True,
             max_length=max_length,
             return_tensors="pt",
         )
+
+    def __call__(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self._padded(texts, max_length)
         return out["input_ids"], out["attention_mask"]
+
+    def truncate(
+        self, texts: list[str], max_length: int
+    ) -> tuple[torch.Tensor, torch.Tensor, int, int] | None:
+        """`self(texts, max_length)` and (texts cut, content tokens dropped), read from
+        the fast tokenizer's overflowing pieces; None for a slow tokenizer."""
+        if not getattr(self._tok, "is_fast", False) or not texts:
+            return None
+        out = self._padded(texts, max_length)
+        if out.encodings is None:
+            return None
+        cut = dropped = 0
+        for encoding in out.encodings:
+            pieces = [
+                sum(m > s for m, s in zip(o.attention_mask, o.special_tokens_mask, strict=True))
+                for o in encoding.overflowing
+            ]
+            cut, dropped = cut + bool(pieces), dropped + sum(pieces)
+        return out["input_ids"], out["attention_mask"], cut, dropped
 
     def encode(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
         if not texts:

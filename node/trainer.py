@@ -37,7 +37,7 @@ from declora.node.lm_data import encode_lm
 from declora.node.lora_targets import check_targets, default_targets, wrap_lora
 from declora.node.methods import DEFAULT_METHOD, embedding_problem, freeze_lora_a
 from declora.node.model_source import ModelError
-from declora.node.models import BaseModel, cut_tokens, load_base
+from declora.node.models import BaseModel, load_base, truncate_counted
 from declora.node.quantize import check_runtime
 from declora.node.schedule import Schedule
 
@@ -110,6 +110,22 @@ class Encoded:
     def take(self, idx: np.ndarray | torch.Tensor) -> Encoded:
         i = torch.as_tensor(idx, dtype=torch.long)
         return Encoded(self.input_ids[i], self.attention_mask[i], self.labels[i])
+
+
+def _warn_cut(data: TextDataset, max_length: int, cut: int, dropped: int, kept: int) -> None:
+    """One warning when `cut` texts of classification `data` passed `max_length`
+    (`dropped` tokens lost, `kept` read)."""
+    if not cut:
+        return
+    what = {"train": "training data", "test": "the held-out test split"}.get(
+        data.name, "classification data"
+    )
+    _log.warning(
+        "%s: %d of %d texts are longer than --max-length %d tokens and are truncated: "
+        "the classifier sees only their first %d tokens (%.1f%% of the tokens are "
+        "dropped; raise --max-length to read more)",
+        what, cut, len(data), max_length, max_length, 100 * dropped / max(kept + dropped, 1),
+    )  # fmt: skip
 
 
 class LoraModel:
@@ -221,32 +237,24 @@ class LoraModel:
             p.data = t
         self._owner = owner
 
-    def encode(self, data: TextDataset, *, packing: bool = False) -> Encoded:
+    def encode(
+        self, data: TextDataset, *, packing: bool = False, warn_cut: bool = False
+    ) -> Encoded:
         """Tensors of `data`: for "lm" as `lm_data.encode_lm` makes them (texts packed
-        into `max_length` blocks when `packing`, else one example per row)."""
+        into `max_length` blocks when `packing`, else one example per row). With
+        `warn_cut`, classification texts longer than --max-length are counted in one
+        warning (the classifier sees only their first tokens)."""
         if self.task != "cls":
             return Encoded(*encode_lm(self.tokenizer, data, self.spec.max_length, packing=packing))
-        ids, mask = self.tokenizer(list(data.texts), self.spec.max_length)
         if data.labels is None:
             raise ValueError("classification data needs labels")
+        n = self.spec.max_length
+        if warn_cut:
+            ids, mask, cut, dropped = truncate_counted(self.tokenizer, list(data.texts), n)
+            _warn_cut(data, n, cut, dropped, int(mask.sum()))
+        else:
+            ids, mask = self.tokenizer(list(data.texts), n)
         return Encoded(ids, mask, torch.as_tensor(data.labels, dtype=torch.long))
-
-    def warn_cut(self, data: TextDataset, mask: torch.Tensor) -> None:
-        """One warning when texts of classification `data`, encoded into `mask`, pass
-        --max-length (the classifier sees only their first tokens)."""
-        cut, dropped = cut_tokens(self.tokenizer, data.texts, mask)
-        if not cut:
-            return
-        what = {"train": "training data", "test": "the held-out test split"}.get(
-            data.name, "classification data"
-        )
-        _log.warning(
-            "%s: %d of %d texts are longer than --max-length %d tokens and are truncated: "
-            "the classifier sees only their first %d tokens (%.1f%% of the tokens are "
-            "dropped; raise --max-length to read more)",
-            what, cut, len(data), self.spec.max_length, self.spec.max_length,
-            100 * dropped / max(int(mask.sum()) + dropped, 1),
-        )  # fmt: skip
 
     def vector_to_tensors(self, vec: np.ndarray) -> list[torch.Tensor]:
         return [t.to(self.device) for t in self.schema.unflatten(vec).values()]

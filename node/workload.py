@@ -95,10 +95,8 @@ class Workload:
     def _encode(self, data: TextDataset) -> Encoded:
         """`data` tokenized; texts of the user's classification data cut at --max-length
         are counted in one warning (the embedded BBC set is read by its first tokens)."""
-        encoded = self.lm.encode(data, packing=self.recipe.packing)
-        if self.recipe.task == "cls" and self.recipe.data != EMBEDDED_DATA:
-            self.lm.warn_cut(data, encoded.attention_mask)
-        return encoded
+        warn = self.recipe.task == "cls" and self.recipe.data != EMBEDDED_DATA
+        return self.lm.encode(data, packing=self.recipe.packing, warn_cut=warn)
 
     def _encoded_rows(self, rows: np.ndarray) -> Encoded:
         packed = self.recipe.task == "lm" and self.recipe.packing and self.train.chats is None
