@@ -19,7 +19,6 @@ folder another process holds (`run_folder.hold`: a running node's) or anything i
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import shutil
@@ -37,7 +36,7 @@ from declora.node.adapter_card import (
 from declora.node.adapter_io import AdapterError, adapter_folder, export_merged, perplexity
 from declora.node.data import column_hint, column_values, is_chat_turns
 from declora.node.data import read_texts as column_texts
-from declora.node.data_files import DataError, file_not_utf8, not_utf8, read_splits
+from declora.node.data_files import DataError, read_splits, utf8_text
 from declora.node.model_source import ModelError
 from declora.node.models import quiet_transformers
 from declora.node.run_folder import FolderBusy, earlier_run, held, hold, release
@@ -98,23 +97,24 @@ def _jsonl_texts(lines: list[str], text_column: str, source: str) -> list[str]:
 def text_lines(source: str, stdin: TextIO) -> tuple[list[str], str]:
     """The lines of UTF-8 text file `source` ("-": `stdin`, read as bytes when it has a
     buffer) without a byte-order mark, split at \\n, \\r\\n or \\r only, and the name to
-    report it by; `DataError` when it is not UTF-8 (stdin as a file: never surrogates)."""
-    label = STDIN if source == "-" else source
-    try:
-        if source != "-":
-            text = Path(source).read_text(encoding="utf-8-sig")
-        elif (raw := getattr(stdin, "buffer", None)) is not None:
-            text = raw.read().decode("utf-8-sig")
-        else:  # a text stream: bytes it let through as surrogates are decoded again
-            text = stdin.read().encode("utf-8", "surrogateescape").decode("utf-8-sig")
-    except (UnicodeDecodeError, UnicodeEncodeError) as exc:
-        if source != "-":
-            raise file_not_utf8(Path(source)) from exc
-        raw = exc.object if isinstance(exc.object, bytes) else exc.object.encode(errors="replace")
-        hint = "convert it with `iconv -f CP1252 -t UTF-8` (from Latin-1 or Windows text)"
-        raise not_utf8(label, io.BytesIO(raw), hint) from exc
+    report it by; `DataError` when it is not UTF-8 (`data_files.utf8_text`: UTF-16/32
+    named as such; stdin as a file: never surrogates)."""
+    if source != "-":
+        return _split(utf8_text(source, Path(source).read_bytes())), source
+    hint = "convert it with `iconv -f CP1252 -t UTF-8` (from Latin-1 or Windows text)"
+    if (buffer := getattr(stdin, "buffer", None)) is not None:
+        raw = buffer.read()
+    else:  # a text stream: bytes it let through as surrogates are encoded back
+        try:
+            raw = stdin.read().encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError as exc:
+            raise DataError(f"{STDIN}: not UTF-8 text", hint) from exc
+    return _split(utf8_text(STDIN, raw, hint)), STDIN
+
+
+def _split(text: str) -> list[str]:
     lines = LINE_END.split(text)
-    return (lines[:-1] if lines[-1] == "" else lines), label
+    return lines[:-1] if lines[-1] == "" else lines
 
 
 def _file_texts(path: Path, text_column: str) -> list[str]:

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from declora.node.data_files import DataError, _read_splits, _where, file_not_utf8
+from declora.node.data_files import DataError, _read_splits, _where, utf8_text
 
 EMBEDDED_DATA = "bbcnews"
 EMBEDDED_CHAT = "bbc-headlines"  # the same articles as headline chats (node/headlines.py)
@@ -189,10 +189,7 @@ def read_label_file(path: str | Path) -> tuple[str, ...]:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"label file not found: {p}", "pass --labels @FILE with an existing file")
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise file_not_utf8(p) from exc
+    text = utf8_text(str(p), p.read_bytes())
     if not text.strip():
         raise DataError(f"{p}: the label file is empty", "write one label per line")
     if text.lstrip().startswith("["):

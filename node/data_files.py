@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import io
 import json
 import re
 import tempfile
@@ -303,16 +304,9 @@ def _check_utf8(path: Path) -> None:
     theirs, or NUL bytes, which UTF-8 text never holds, in its first 4 KiB), or holding
     any other byte that is not UTF-8 (`file_not_utf8`: its line)."""
     with path.open("rb") as fh:
-        head = fh.read(4096)
-    found = next((name for bom, name in _BOMS if head.startswith(bom)), None)
-    if found is None and b"\x00" in head:
-        found = "UTF-32" if b"\x00\x00\x00" in head else "UTF-16"
-    if found is not None:
-        raise DataError(
-            f"{path}: not UTF-8 (looks like {found})",
-            "save it as UTF-8 (e.g. iconv -f " + found + " -t UTF-8, or your editor's "
-            "'save with encoding')",
-        )
+        wide = _wide(str(path), fh.read(4096))
+    if wide is not None:
+        raise wide
     decoder = codecs.getincrementaldecoder("utf-8")()
     with path.open("rb") as fh:
         try:
@@ -323,6 +317,21 @@ def _check_utf8(path: Path) -> None:
             raise file_not_utf8(path) from exc
 
 
+def _wide(label: str, head: bytes) -> DataError | None:
+    """The `DataError` for text whose first bytes `head` are UTF-16 or UTF-32 (a BOM of
+    theirs, or NUL bytes, which UTF-8 text never holds); None when they are not."""
+    found = next((name for bom, name in _BOMS if head.startswith(bom)), None)
+    if found is None and b"\x00" in head:
+        found = "UTF-32" if b"\x00\x00\x00" in head else "UTF-16"
+    if found is None:
+        return None
+    return DataError(
+        f"{label}: not UTF-8 (looks like {found})",
+        "save it as UTF-8 (e.g. iconv -f " + found + " -t UTF-8, or your editor's "
+        "'save with encoding')",
+    )
+
+
 UTF8_HINT = (
     "save it as UTF-8 (a Latin-1 or Windows file: iconv -f CP1252 -t UTF-8 FILE > NEW, "
     "or your editor's 'save with encoding')"
@@ -330,15 +339,33 @@ UTF8_HINT = (
 
 
 def not_utf8(label: str, lines: Iterable[bytes], hint: str = UTF8_HINT) -> DataError:
-    """The `DataError` for text that is not UTF-8, reported as `label`, naming the first
-    of its `lines` (bytes, as a binary file iterates) that is not and the byte."""
+    """The `DataError` for text that is not UTF-8, reported as `label`: UTF-16 or
+    UTF-32 text (`_wide`, from its first line) as such, else naming the first of its
+    `lines` (bytes, as a binary file iterates) that is not, the column (in characters)
+    and the byte."""
     for number, line in enumerate(lines, 1):
+        wide = _wide(label, line[:4096]) if number == 1 else None
+        if wide is not None:
+            return wide
         try:
             line.decode("utf-8")
         except UnicodeDecodeError as exc:
-            at = f"line {number}, column {exc.start + 1}: byte 0x{line[exc.start]:02x}"
+            column = len(line[: exc.start].decode("utf-8-sig")) + 1
+            at = f"line {number}, column {column}: byte 0x{line[exc.start]:02x}"
             return DataError(f"{label}: not UTF-8 text ({at})", hint)
     return DataError(f"{label}: not UTF-8 text", hint)
+
+
+def utf8_text(label: str, raw: bytes, hint: str = UTF8_HINT) -> str:
+    """`raw` decoded as UTF-8 (a BOM dropped); else the `DataError` of `_wide` (UTF-16
+    or UTF-32, whose NULs would otherwise decode as text) or `not_utf8`."""
+    wide = _wide(label, raw[:4096])
+    if wide is not None:
+        raise wide
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise not_utf8(label, io.BytesIO(raw), hint) from exc
 
 
 def file_not_utf8(path: Path) -> DataError:
