@@ -1220,8 +1220,9 @@ def test_a_members_signed_flood_dated_ahead_locks_nobody_else_out(cluster: Clust
     """A pair with a swarm secret; a member (it holds the secret), from 127.0.0.2, sends
     n0 101,000 signed Leave notices dated 110 s ahead, 500 at a time, until the replay
     cache overflows. Before (one floor for the cache): every honest signed call after
-    it was refused as a replay (`replayed nonce`) while the flood went on; now a
-    forgotten nonce moves its own source's floor only."""
+    it was refused as a replay (`replayed nonce`) while the flood went on; now Leaves
+    are rate-limited (as handshakes) before their mac is read, so one address never
+    fills the cache, and a forgotten nonce moves its own source's floor only."""
     assert FLOOD_NONCES > MAX_NONCES
     a, b = cluster.static(2, [(0, 1)], ["--rounds", "0", "--eval-every", "0"])
     env = {"DECLORA_SWARM_SECRET": SECRET}
@@ -1272,7 +1273,9 @@ def test_a_members_signed_flood_dated_ahead_locks_nobody_else_out(cluster: Clust
         "11",
         f"a member (swarm secret) sends n0 {sent:,} signed Leave notices dated 110 s ahead, "
         f"from 127.0.0.2, in {took:.0f}s (the replay cache holds {MAX_NONCES:,})",
-        f"{answers} (`no_handshake`: a Leave from no neighbour; each nonce remembered)",
+        f"{answers} (RESOURCE_EXHAUSTED: past the handshake rate, refused before the mac "
+        "is read; PERMISSION_DENIED `no_handshake`: a Leave from no neighbour, its nonce "
+        "remembered)",
         "then a signed Hello from 127.0.0.1 accepted and the CLI's signed Status answered "
         f"(3 of 3; before, refused as `replayed nonce`); the pair kept mixing (rounds "
         f"{before[0].round} -> {after[0].round})",

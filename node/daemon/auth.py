@@ -190,7 +190,10 @@ async def watch_revocations(
                 log.exception("%s failed; trying again in %gs", what, POLL_SECONDS)
             await asyncio.sleep(POLL_SECONDS)
 
-    await asyncio.gather(
-        loop(lambda: drop_revoked(tls, peers, counters), "checking --tls-crl"),
-        loop(lambda: spread_revocations(spreader, counters), "spreading revocation lists"),
-    )
+    try:
+        await asyncio.gather(
+            loop(lambda: drop_revoked(tls, peers, counters), "checking --tls-crl"),
+            loop(lambda: spread_revocations(spreader, counters), "spreading revocation lists"),
+        )
+    finally:
+        spreader.close()

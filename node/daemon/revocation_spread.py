@@ -19,6 +19,9 @@ the node's state folder (never in the --tls-crl file) and enforced like a re-rea
   forgotten at each call, so a peer that says a number it does not serve makes this
   node fetch once per claim, not once a look; a neighbour that does not know the
   call (an older node: UNIMPLEMENTED) is left alone until this node's number changes.
+  A call runs on its own: `spread` waits `WAIT_SECONDS` for them, and one slower (a
+  neighbour that serves at a trickle, up to `ASK_TIMEOUT`) goes on while the next
+  looks call the others; a neighbour has one call at a time.
 Nodes without --tls-crl neither ask nor answer: they enforce no list.
 """
 
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 CHUNK = 32 * 1024  # bytes of the list a `Revocations` message carries (under any gRPC limit)
 ASK_SECONDS = 10.0  # a neighbour that said a higher CRL number is fetched from at most this often
 ASK_TIMEOUT = 30.0  # seconds one call (a 16 MiB list at the least) may take
+WAIT_SECONDS = 5.0  # a `spread` waits this long for its calls; slower ones go on alone
 
 
 def list_chunks(
@@ -76,25 +80,38 @@ class Spreader:
     def __init__(self, tls: TlsFiles, peers: PeerTable) -> None:
         self.tls, self.peers = tls, peers
         self.refusals = RefusalLog("revocation lists refused", logger=log)
+        self.asking: dict[str, asyncio.Task[bool]] = {}  # node id: its call in flight
 
     async def spread(self, now: float | None = None) -> bool:
-        """Call the live neighbours due at once (`now`: monotonic seconds): each not
-        yet told this node's CRL number (once per number), and each that said a
-        higher one, at most once per `ASK_SECONDS`; True when a list one gave was
-        taken (the caller enforces it)."""
+        """Call the live neighbours due, each without a call in flight (`now`:
+        monotonic seconds): each not yet told this node's CRL number (once per
+        number), and each that said a higher one, at most once per `ASK_SECONDS`;
+        then wait up to `WAIT_SECONDS` for the calls in flight. True when a list one
+        of the calls that ended gave was taken (the caller enforces it)."""
         crl = self.tls.crl
         assert crl is not None
         now = time.monotonic() if now is None else now
-        mine, due = crl.number, []
+        mine = crl.number
         for p in self.peers.live:
+            if p.node_id in self.asking:
+                continue
             fetch = p.crl_number > mine and now - p.crl_asked >= ASK_SECONDS
             if fetch or p.crl_told != mine:
                 p.crl_asked = now if fetch else p.crl_asked
                 p.crl_told, p.crl_number = mine, 0  # said again only by a Hello or a call
-                due.append(p)
-        taken = await asyncio.gather(*(self._ask(p, mine) for p in due))
+                self.asking[p.node_id] = asyncio.create_task(self._ask(p, mine))
+        if not self.asking:
+            return False
+        done, _ = await asyncio.wait(self.asking.values(), timeout=WAIT_SECONDS)
+        self.asking = {k: t for k, t in self.asking.items() if t not in done}
         self.refusals.flush()
-        return any(taken)
+        return any([t.result() for t in done])
+
+    def close(self) -> None:
+        """Cancel the calls in flight (the node stops)."""
+        for task in self.asking.values():
+            task.cancel()
+        self.asking.clear()
 
     async def _ask(self, peer: Peer, mine: int) -> bool:
         """Tell `peer` CRL number `mine` and take the list it gives back, if any."""
