@@ -350,6 +350,7 @@ def _warn_unread(where: str, values: Sequence[object]) -> None:
 
 
 KNOWN_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function", "ipython"})
+NAMED_ROLES = 8  # roles a message names (speaker names as roles can be thousands)
 
 
 def _warn_roles(where: str, chats: Sequence[Chat]) -> None:
@@ -361,11 +362,13 @@ def _warn_roles(where: str, chats: Sequence[Chat]) -> None:
             if role not in KNOWN_ROLES:
                 first.setdefault(role, row)
     if first:
+        named = sorted(first)[:NAMED_ROLES]
+        more = f" and {len(first) - len(named)} more" if len(first) > len(named) else ""
         _log.warning(
-            "%s: the roles %s (first in rows %s) are not system, user, assistant or tool: "
-            "their turns are rendered as the chat template renders them and are not "
+            "%s: the roles %s (first in rows %s)%s are not system, user, assistant or "
+            "tool: their turns are rendered as the chat template renders them and are not "
             "trained on (the reply's role is 'assistant')",
-            where, sorted(first), [first[r] for r in sorted(first)],
+            where, named, [first[r] for r in named], more,
         )  # fmt: skip
 
 
@@ -441,6 +444,9 @@ def _template(tok: Tokenizer, messages: list[dict[str, str]], generation: bool) 
     except Exception as exc:  # a template's own checks (turn order, roles) raise anything
         roles = [m["role"] for m in messages]
         first = next((m["content"] for m in messages if m["role"] == "user"), "")
+        shown = str(roles[:NAMED_ROLES])
+        if len(roles) > NAMED_ROLES:
+            shown = f"{shown[:-1]}, ...] ({len(roles)} turns)"
         hint = "check its roles and their order"
         if "system" in roles:
             hint = (
@@ -448,7 +454,7 @@ def _template(tok: Tokenizer, messages: list[dict[str, str]], generation: bool) 
                 "the system text into the first user turn, or " + hint
             )
         raise DataError(
-            f"the chat template refuses the conversation of roles {roles} whose first user "
+            f"the chat template refuses the conversation of roles {shown} whose first user "
             f"turn starts {first[:40]!r}: {one_line(str(exc))}",
             hint,
         ) from exc
