@@ -411,16 +411,19 @@ class Admission:
             return f"node id {shown(h.node_id)} is live from another host"
         return ""
 
-    async def certificate_refusal(self, address: str, node_id: str, timeout: float) -> str:
+    async def certificate_refusal(
+        self, address: str, node_id: str, timeout: float, name: str = ""
+    ) -> str:
         """Under mTLS: '' when the server at `address` presents the certificate of
         `node_id` (what its Welcome claims), else why not; '' without mTLS. `timeout`:
-        seconds for the TLS connection that reads it."""
+        seconds for the TLS connection that reads it; `name`: its certificate's name
+        as this dial read it already (`RevokedDials.server`), then not read again."""
         tls = getattr(self.transport, "tls", None)
         if tls is None:
             return ""
         try:
             host, port = split_address(address)
-            name = await tls.server_name(host, port, timeout)
+            name = name or await tls.server_name(host, port, timeout)
         except RevokedError as exc:
             return str(exc)
         except (ValueError, TlsError) as exc:  # TlsError is a ValueError

@@ -232,7 +232,7 @@ class Handshaker:
         gRPC error in `REFUSING_CODES` (a live node said no)."""
         if configured and address_ip(address) is None:  # who may speak for the name
             self.admission.note_resolved(address, {ip for ip, _ in await endpoints(address)})
-        revoked = await self.revoked.server(address, DIAL_TIMEOUT)
+        revoked, served_as = await self.revoked.server(address, DIAL_TIMEOUT)
         if revoked:  # no Hello: the server would count this node joined, then left
             self.revoked.say(
                 address, f"not joining {address}: {revoked}", f"not joining: {revoked}"
@@ -264,7 +264,7 @@ class Handshaker:
                 reason = f"node id {shown(node.node_id)} is live at another address"
             if not reason:
                 reason = await self.admission.certificate_refusal(
-                    address, node.node_id, DIAL_TIMEOUT
+                    address, node.node_id, DIAL_TIMEOUT, served_as
                 )
             if not reason and not configured:
                 reason = self.admission.host_refusal(node, self._dialled_host(node, address))

@@ -32,22 +32,22 @@ class RevokedDials:
         self.transport = transport
         self.said: OrderedDict[str, str] = OrderedDict()  # address: the line logged
 
-    async def server(self, address: str, timeout: float) -> str:
+    async def server(self, address: str, timeout: float) -> tuple[str, str]:
         """Under mTLS with a revocation list: why the server at `address` may not be
         joined (its certificate, read within `timeout` s before any Hello is sent, is
-        revoked); '' when it is not, or it cannot be read (the dial goes on and says
-        why)."""
+        revoked), and its certificate's name when read (for
+        `Admission.certificate_refusal`: not read again); ('', '') when it is not
+        revoked but cannot be read (the dial goes on and says why), or without a list."""
         tls = getattr(self.transport, "tls", None)
         if tls is None or tls.crl is None:
-            return ""
+            return "", ""
         try:
             host, port = split_address(address)
-            await tls.server_name(host, port, timeout)
+            return "", await tls.server_name(host, port, timeout)
         except RevokedError as exc:
-            return str(exc)
+            return str(exc), ""
         except ValueError:  # TlsError too: not readable; the dial's own check says so
-            return ""
-        return ""
+            return "", ""
 
     def refused_line(self, address: str, details: str) -> str:
         """The line saying `address` refused this node's revoked certificate (the
