@@ -191,7 +191,7 @@ def adapter_folder(path: str | Path) -> Path:
     checkpoint, or a checkpoint root."""
     p = Path(path)
     if not p.exists():
-        raise AdapterError(f"{p} does not exist", "pass the folder that save_adapter wrote")
+        raise AdapterError(f"{p} does not exist", "pass a node's adapter/ or a checkpoint folder")
     latest = run_folder.named(p)  # a checkpoint root: the checkpoint LATEST names
     if latest:
         p = p / latest

@@ -120,16 +120,18 @@ def test_bad_client_certificates_have_a_hint(tmp_path: Path) -> None:
     two_lines(res, "go together", "declora-node certs")
 
 
-@pytest.mark.parametrize("command", [["predict"], ["generate", "-p", "x"], ["export", "-o", "X"]])
+@pytest.mark.parametrize(
+    "command", [["predict"], ["generate", "-p", "x"], ["export", "-o", "X"], ["inspect"]]
+)
 def test_an_adapter_error_prints_its_hint_on_its_own_line(
     tmp_path: Path, command: list[str]
 ) -> None:
     name, *rest = command
     rest = [str(tmp_path / "out") if a == "X" else a for a in rest]
     res = runner.invoke(app, [name, str(tmp_path / "missing"), *rest])
-    [error, hint] = two_lines(res, "does not exist", "pass the folder that save_adapter wrote")
+    [error, hint] = two_lines(res, "does not exist", "pass a node's adapter/")
     assert error == f"error: {tmp_path / 'missing'} does not exist"
-    assert hint == "hint: pass the folder that save_adapter wrote"
+    assert hint == "hint: pass a node's adapter/ or a checkpoint folder"  # no internal name
 
 
 # experiment: options that do not apply are refused

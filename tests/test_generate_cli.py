@@ -70,7 +70,8 @@ def test_greedy_output_is_model_generate_and_deterministic(
     res = runner.invoke(app, [*args, "--format", "json"])
     assert res.exit_code == 0, res.output
     got = rows(res.stdout)
-    assert [r["prompt"] for r in got] == PROMPTS
+    assert [r["prompt"] for r in got] == [*PROMPTS, ""]  # the blank line keeps its place
+    assert got.pop()["completion"] is None
     for row, prompt in zip(got, PROMPTS, strict=True):
         want = direct(lm, vec, chat_ids(lm, prompt))
         assert row["completion"] == as_text(want)
@@ -80,7 +81,7 @@ def test_greedy_output_is_model_generate_and_deterministic(
     assert again.stdout == res.stdout
     plain = runner.invoke(app, args)
     assert plain.exit_code == 0, plain.output
-    assert plain.stdout == "".join(f"{r['completion']}\n" for r in got)
+    assert plain.stdout == "".join(f"{r['completion']}\n" for r in got) + "\n"
 
 
 def test_no_chat_template_continues_the_plain_text(
