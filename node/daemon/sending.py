@@ -20,7 +20,11 @@ Invariants callers may rely on:
   the round goes on without that delivery, not retried (its round or sequence has
   moved, so the same payload would race again; counted `push_raced`);
 - a peer's free text (an ack's reason, a status's details) reaches the log escaped
-  and bounded (`logs.safe_text`).
+  and bounded (`logs.safe_text`);
+- a push's data chunks are small enough that each arrives within a quarter of
+  `stream_idle_seconds` at the slowest pace receivers accept (`push_chunk_bytes`): a
+  receiver sees a stream chunk by chunk, so a larger chunk on a slow link (one that
+  slowed down mid-run) looked idle and was cut (`idle_stream`) though its bytes flowed.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import grpc
 from declora.node import faults
 from declora.node.daemon.auth import Auth
 from declora.node.daemon.handshake import Handshaker
+from declora.node.daemon.inbox import PUSH_PACE
 from declora.node.daemon.peers import Peer, PeerTable
 from declora.node.daemon.state import Identity, Progress
 from declora.node.daemon.status import Counters
@@ -53,6 +58,7 @@ OVERRUNS_TO_DROP = 2  # rounds running whose ack a neighbour did not send in tim
 BUSY_RETRIES, BUSY_BACKOFF = 2, 0.25  # a RESOURCE_EXHAUSTED push: retries, first wait (s)
 REASON_CHARS = 200  # of a peer's free text in a log line
 PROBATION_GRACE = 1.0  # s a neighbour on probation may take beyond the round's other work
+MIN_CHUNK = 4 * 1024  # bytes: the smallest data chunk a push uses
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,14 @@ class RoundPayload:
     crc: int
     tracker_bytes: int
     deadline: float
+
+
+def push_chunk_bytes(settings: NodeSettings) -> int:
+    """A push's data chunk size: `--chunk-kib`, but at most what arrives in a quarter
+    of `--stream-idle-seconds` at `PUSH_PACE` (the slowest receivers accept; 80 KiB at
+    the defaults), at least `MIN_CHUNK`."""
+    paced = int(PUSH_PACE.bytes_per_second * settings.stream_idle_seconds / 4)
+    return min(settings.chunk_kib * 1024, max(MIN_CHUNK, paced))
 
 
 class PushOverdue(Exception):
@@ -177,7 +191,7 @@ class Sender:
             if left <= 0:
                 raise PushOverdue
             header = self._header(peer, out, kind, data, crc)
-            stream: Any = chunks(header, data, self.settings.chunk_kib * 1024)
+            stream: Any = chunks(header, data, push_chunk_bytes(self.settings))
             if faults.armed("mid_stream"):
                 stream = _crash_mid_stream(stream)
             started = time.monotonic()
