@@ -15,9 +15,10 @@ the node's state folder (never in the --tls-crl file) and enforced like a re-rea
 - `spread` (every `POLL_SECONDS`, `auth.watch_revocations`) calls each live
   neighbour not yet told this node's number (an announcement, once per number: it
   fetches back when its own is lower) and each that said a higher number (a fetch,
-  at most once per `ASK_SECONDS` a neighbour); the number a neighbour said is
-  forgotten at each call, so a peer that says a number it does not serve makes this
-  node fetch once per claim, not once a look; a neighbour that does not know the
+  at most once per `ASK_SECONDS` a neighbour, and `REFUSED_SECONDS` after one whose
+  list was refused); the number a neighbour said is forgotten at each call, so a
+  peer that says a number it does not serve makes this node fetch once per claim,
+  not once a look; a neighbour that does not know the
   call (an older node: UNIMPLEMENTED) is left alone until this node's number changes.
   A call runs on its own: `spread` waits `WAIT_SECONDS` for them, and one slower (a
   neighbour that serves at a trickle, up to `ASK_TIMEOUT`) goes on while the next
@@ -45,6 +46,9 @@ CHUNK = 32 * 1024  # bytes of the list a `Revocations` message carries (under an
 ASK_SECONDS = 10.0  # a neighbour that said a higher CRL number is fetched from at most this often
 ASK_TIMEOUT = 30.0  # seconds one call (a 16 MiB list at the least) may take
 WAIT_SECONDS = 5.0  # a `spread` waits this long for its calls; slower ones go on alone
+# a neighbour whose list was refused is fetched from again only this much later (a
+# 16 MiB list signed by another key costs 0.2 s of CPU, 0.14 s of it holding the loop)
+REFUSED_SECONDS = 300.0
 
 
 def list_chunks(
@@ -99,7 +103,7 @@ class Spreader:
             if fetch or p.crl_told != mine:
                 p.crl_asked = now if fetch else p.crl_asked
                 p.crl_told, p.crl_number = mine, 0  # said again only by a Hello or a call
-                self.asking[p.node_id] = asyncio.create_task(self._ask(p, mine))
+                self.asking[p.node_id] = asyncio.create_task(self._ask(p, mine, now))
         if not self.asking:
             return False
         done, _ = await asyncio.wait(self.asking.values(), timeout=WAIT_SECONDS)
@@ -113,8 +117,9 @@ class Spreader:
             task.cancel()
         self.asking.clear()
 
-    async def _ask(self, peer: Peer, mine: int) -> bool:
-        """Tell `peer` CRL number `mine` and take the list it gives back, if any."""
+    async def _ask(self, peer: Peer, mine: int, now: float) -> bool:
+        """Tell `peer` CRL number `mine` and take the list it gives back, if any (asked
+        at `now`); a list refused puts off the next fetch from it `REFUSED_SECONDS`."""
         crl = self.tls.crl
         assert crl is not None
         try:
@@ -124,6 +129,7 @@ class Spreader:
             return False
         except TlsError as exc:
             self.refusals.warning("%s: not taken", exc)
+            peer.crl_asked = now + REFUSED_SECONDS - ASK_SECONDS
             return False
         if not data:
             return False
@@ -131,6 +137,7 @@ class Spreader:
             return await asyncio.to_thread(crl.learn, data, f"neighbour {peer.node_id}")
         except TlsError as exc:
             self.refusals.warning("%s", safe_text(str(exc), 500))
+            peer.crl_asked = now + REFUSED_SECONDS - ASK_SECONDS
             return False
 
     async def _fetch(self, peer: Peer, mine: int) -> bytes:
