@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from memory_transport import MemoryNetwork, MemoryTransport
+from memory_transport import MemoryContext, MemoryNetwork, MemoryTransport
 from test_daemon_parts import pair, settings
 
 from declora.node.daemon import Daemon
@@ -143,7 +143,8 @@ def test_a_leave_notice_round_is_bounded(synthetic_jsonl: Path) -> None:
             session=peer.token_in,
             receiver_id="a",
         )
-        await SwarmService(a).Leave(notice, object())  # type: ignore[arg-type]
+        caller = MemoryContext("ipv4:127.0.0.1:1")
+        await SwarmService(a).Leave(notice, caller)  # type: ignore[arg-type]
 
     asyncio.run(go())
     peer = a.peers.peers["b"]
