@@ -236,7 +236,8 @@ def round_entry(
     evaluated: bool,
 ) -> dict[str, Any]:
     """One line of the history: round, phase, loss, eval, live set, bytes, seconds,
-    disagreement (null while not measured: DECA after a resume)."""
+    disagreement (null while not measured: with no live neighbour, or DECA after a
+    resume)."""
     live = [p.node_id for p in peers.live]
     return {
         "time": time.time(),
@@ -250,5 +251,5 @@ def round_entry(
         "bytes_sent": node.bytes_sent,
         "bytes_received": node.bytes_received,
         "seconds": report.last_round_seconds,
-        "disagreement": gap if np.isfinite(gap := node.disagreement(live)) else None,
+        "disagreement": gap if live and np.isfinite(gap := node.disagreement(live)) else None,
     }
