@@ -11,10 +11,6 @@ Invariants callers may rely on:
   back, such a neighbour is on probation: the round waits for its ack only until its
   other work is done and `PROBATION_GRACE` s more (or one recent round, if longer),
   so re-joining buys no new full deadline;
-- a push still waiting for its ack at the round's deadline while its neighbour's own
-  payload of the round is arriving or in (`arriving`: the link works, only slower than
-  the deadline learnt from recent rounds) may go on until `RoundPayload.cap` (the
-  `--round-deadline` end), the limit the wait for payloads extends to as well;
 - RESOURCE_EXHAUSTED (the receiver's push buffer is full, `busy`, or one of its own
   limits, `rate_limited`) is the receiver's load, never by itself a reason to drop it:
   the push is retried after `BUSY_BACKOFF` s (doubling, at most `BUSY_RETRIES` times)
@@ -36,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,8 +65,7 @@ MIN_CHUNK = 4 * 1024  # bytes: the smallest data chunk a push uses
 class RoundPayload:
     """What one exchange sends every live neighbour: round `r`'s `message` (CRC `crc`),
     the adapter part then `tracker_bytes` of z, with this node's live `degree`, every
-    push ended by `deadline` (monotonic seconds), or by `cap` (None: never later) when
-    its neighbour's payload is arriving."""
+    push ended by `deadline` (monotonic seconds)."""
 
     r: int
     message: bytes
@@ -78,7 +73,6 @@ class RoundPayload:
     crc: int
     tracker_bytes: int
     deadline: float
-    cap: float | None = None
 
 
 def push_chunk_bytes(settings: NodeSettings) -> int:
@@ -118,8 +112,6 @@ class Sender:
         self.counters = counters
         self.metrics = metrics
         self.overruns: dict[str, int] = {}  # node id -> rounds running its ack came late
-        # whether a node id's round-r payload is arriving or in (set by the exchange)
-        self.arriving: Callable[[str, int], bool] = lambda node_id, r: False
 
     def on_probation(self, peer: Peer) -> bool:
         """Whether `peer` was dropped for late acks and has not acked in time since."""
@@ -135,32 +127,17 @@ class Sender:
             del self.overruns[pid]
         tasks = {asyncio.create_task(self.push(p, out)): p for p in live}
         held = {t: p for t, p in tasks.items() if not self.on_probation(p)}
-        await self.settle(held, out.r, out.deadline, out.cap)
+        await self.settle(held, out.r, out.deadline)
         return {t: p for t, p in tasks.items() if t not in held}
 
-    async def settle(
-        self,
-        tasks: dict[asyncio.Task[None], Peer],
-        r: int,
-        until: float,
-        cap: float | None = None,
-    ) -> None:
-        """Wait for the pushes `tasks` until `until` (monotonic time), those to a
-        neighbour whose round-r payload is arriving (`arriving`) until `cap`; those
-        still waiting for an ack then are cancelled, and count as overruns."""
+    async def settle(self, tasks: dict[asyncio.Task[None], Peer], r: int, until: float) -> None:
+        """Wait for the pushes `tasks` until `until` (monotonic time); those still
+        waiting for an ack then are cancelled, and count as overruns."""
         if not tasks:
             return
         pending = set(tasks)
         try:
             _, pending = await asyncio.wait(tasks, timeout=max(until - time.monotonic(), 0))
-            slow = {t for t in pending if cap and self.arriving(tasks[t].node_id, r)}
-            if slow and cap:
-                for task in pending - slow:
-                    task.cancel()
-                names = ", ".join(sorted(tasks[t].node_id for t in slow))
-                log.info("round %d: pushes to %s still going at the deadline: waiting on", r, names)
-                _, left = await asyncio.wait(slow, timeout=max(cap - time.monotonic(), 0))
-                pending = (pending - slow) | left
         finally:  # also when the round itself is cancelled (the node stops)
             for task in pending:
                 task.cancel()
@@ -208,7 +185,6 @@ class Sender:
         tracker bytes of z) to `peer`; a RESOURCE_EXHAUSTED answer is retried with
         backoff while the round's deadline allows."""
         deadline = out.deadline
-        latest = max(deadline, out.cap or deadline)  # `settle` ends it by `deadline` or this
         wait = BUSY_BACKOFF
         for attempt in range(BUSY_RETRIES + 1):
             left = deadline - time.monotonic()
@@ -220,8 +196,7 @@ class Sender:
                 stream = _crash_mid_stream(stream)
             started = time.monotonic()
             try:
-                timeout = latest - time.monotonic()
-                ack: pb.PushAck = await self.peers.stub(peer).Push(stream, timeout=timeout)
+                ack: pb.PushAck = await self.peers.stub(peer).Push(stream, timeout=left)
             except grpc.aio.AioRpcError as exc:
                 busy = exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 now = time.monotonic()
