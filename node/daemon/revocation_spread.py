@@ -15,10 +15,12 @@ the node's state folder (never in the --tls-crl file) and enforced like a re-rea
 - `spread` (every `POLL_SECONDS`, `auth.watch_revocations`) calls each live
   neighbour not yet told this node's number (an announcement, once per number: it
   fetches back when its own is lower) and each that said a higher number (a fetch,
-  at most once per `ASK_SECONDS` a neighbour, and `REFUSED_SECONDS` after one whose
-  list was refused); the number a neighbour said is forgotten at each call, so a
-  peer that says a number it does not serve makes this node fetch once per claim,
-  not once a look; a neighbour that does not know the
+  at most once per `ASK_SECONDS` after any call to it, so never within the
+  `ASK_SECONDS / 2` in which it gives this node nothing after its last list, and
+  `REFUSED_SECONDS` after one whose list was refused); the number a neighbour said
+  is forgotten at each fetch (an announcement keeps it), so a peer that says a
+  number it does not serve makes this node fetch once per claim, not once a look; a
+  neighbour that does not know the
   call (an older node: UNIMPLEMENTED) is left alone until this node's number changes.
   A call runs on its own: `spread` waits `WAIT_SECONDS` for them, and one slower (a
   neighbour that serves at a trickle, up to `ASK_TIMEOUT`) goes on while the next
@@ -101,8 +103,9 @@ class Spreader:
                 continue
             fetch = p.crl_number > mine and now - p.crl_asked >= ASK_SECONDS
             if fetch or p.crl_told != mine:
-                p.crl_asked = now if fetch else p.crl_asked
-                p.crl_told, p.crl_number = mine, 0  # said again only by a Hello or a call
+                if fetch:  # the claim is said again only by a Hello or a call
+                    p.crl_number = 0
+                p.crl_asked, p.crl_told = max(p.crl_asked, now), mine
                 self.asking[p.node_id] = asyncio.create_task(self._ask(p, mine, now))
         if not self.asking:
             return False
