@@ -29,7 +29,16 @@ MAX_TIMEOUT = 3600.0  # seconds: the longest --timeout of a call to a node
 
 
 class StatusError(HintedError):
-    """The node could not be reached or did not answer; `hint` says what to check."""
+    """The node could not be reached or did not answer; `hint` says what to check.
+    `code`: the exit code it means (1: runtime)."""
+
+    code = 1
+
+
+class SecretEnvError(StatusError):
+    """DECLORA_SWARM_SECRET(_FILE) cannot be used: configuration (exit code 2)."""
+
+    code = 2
 
 
 def target_problem(target: str) -> str | None:
@@ -50,7 +59,8 @@ def timeout_problem(timeout: float) -> str | None:
 
 def show_status(target: str, as_json: bool, timeout: float, tls: TlsFiles | None) -> int:
     """`declora-node status`: print the node's status (a table or JSON); the exit code
-    (1, with one `error:` line and a `hint:` line, when the node cannot be asked)."""
+    (with one `error:` line and a `hint:` line: 2 when the secret's environment cannot
+    be used, 1 when the node cannot be asked)."""
     import json
     import sys
 
@@ -60,7 +70,7 @@ def show_status(target: str, as_json: bool, timeout: float, tls: TlsFiles | None
         print(f"error: {exc.message}", file=sys.stderr)
         if exc.hint:
             print(f"hint: {exc.hint}", file=sys.stderr)
-        return 1
+        return exc.code
     if as_json:
         print(json.dumps(status_to_dict(reply), indent=2))
     else:
@@ -69,14 +79,23 @@ def show_status(target: str, as_json: bool, timeout: float, tls: TlsFiles | None
 
 
 def env_secret() -> str | None:
-    """The swarm secret from DECLORA_SWARM_SECRET, else from the file
-    DECLORA_SWARM_SECRET_FILE names (as `start` reads it: `settings.read_secret_file`),
-    else None; StatusError for a file that cannot be used (never quoting it)."""
-    if "DECLORA_SWARM_SECRET" in os.environ:
-        return os.environ["DECLORA_SWARM_SECRET"]
+    """The swarm secret from DECLORA_SWARM_SECRET or from the file
+    DECLORA_SWARM_SECRET_FILE names, with `start`'s rules (`settings.NodeSettings`):
+    not both, the file's path not empty, the file as `settings.read_secret_file` reads
+    it; else None. SecretEnvError (exit code 2) names the problem, never the secret."""
+    inline = os.environ.get("DECLORA_SWARM_SECRET")
     path = os.environ.get("DECLORA_SWARM_SECRET_FILE")
-    if not path:
-        return None
+    if inline is not None and path is not None:
+        raise SecretEnvError(
+            "DECLORA_SWARM_SECRET and DECLORA_SWARM_SECRET_FILE both give the swarm secret",
+            "keep one (unset the other)",
+        )
+    if path is None:
+        return inline
+    if not path.strip():
+        raise SecretEnvError(
+            "DECLORA_SWARM_SECRET_FILE is empty", "give the secret file's path, or unset it"
+        )
     from pathlib import Path
 
     from declora.node.settings import read_secret_file
@@ -84,7 +103,9 @@ def env_secret() -> str | None:
     try:
         return read_secret_file(Path(path))
     except ValueError as exc:
-        raise StatusError(f"DECLORA_SWARM_SECRET_FILE: {exc}", "fix the file or unset it") from None
+        raise SecretEnvError(
+            f"DECLORA_SWARM_SECRET_FILE: {exc}", "fix the file or unset it"
+        ) from None
 
 
 def fetch_status(
@@ -99,10 +120,10 @@ def fetch_status(
     node with a secret requires. With a --tls-crl (`tls.crl`), a node whose certificate
     it revokes is not asked (its certificate is read first, as a node's dial does).
     StatusError says why it failed, with a hint."""
+    secret = secret if secret is not None else env_secret()  # a bad one: before any call
     if tls is not None and tls.crl is not None:
         revoked_server(target, timeout, tls)
     request = pb.StatusRequest(include_digest=include_digest)
-    secret = secret if secret is not None else env_secret()
     if secret:
         SwarmAuth(secret.encode()).sign(request)
     channel = (
