@@ -54,7 +54,7 @@ def copy_list(pki: Path, name: str) -> Path:
 
 @pytest.mark.skipif(not SERVED, reason="needs service.py's Revocations (/tmp/mtls-service.patch)")
 def test_a_revocation_reaches_the_far_end_of_a_line_without_copying_files(
-    synthetic_jsonl: Path, pki: Path
+    synthetic_jsonl: Path, pki: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     lists = {n: copy_list(pki, n) for n in "abcd"}
     before = {n: p.read_bytes() for n, p in lists.items()}
@@ -85,10 +85,15 @@ def test_a_revocation_reaches_the_far_end_of_a_line_without_copying_files(
                 w.cancel()
             await stop(nodes)
 
-    asyncio.run(go())
+    with caplog.at_level(logging.WARNING, logger="declora.node.daemon.peers"):
+        asyncio.run(go())
     print(f"\nrevoked on a, dropped by c (2 hops on): {took[0]:.1f} s")
     assert live(c) == {"b"} and live(b) == {"a", "c"}
-    assert c.counters.rejected.get("revoked") == 1
+    # c dropped d for its certificate, once; a call d made after c took the list (d's
+    # own spread, racing c's) is refused and counted `revoked` too: at least one
+    (dropped,) = [r.getMessage() for r in caplog.records if "neighbour d left" in r.getMessage()]
+    assert "revoked" in dropped, dropped
+    assert c.counters.rejected.get("revoked", 0) >= 1
     for p in (b, c):  # learned, kept in the state folder
         tls = p.handshaker.transport.tls
         assert tls is not None and tls.crl is not None and tls.crl.number == 2

@@ -126,7 +126,7 @@ class Peer:
     stub: pb_grpc.SwarmStub | None = None
     release: str = ""  # its Hello's package_version, at most RELEASE characters ('': unknown)
     crl_number: int = 0  # the CRL number it said its list has, not fetched yet (a Hello)
-    crl_told: int = -1  # the CRL number this node last told it (-1: none yet)
+    crl_told: int = -1  # the CRL number this node last told it (-1: none since it joined)
     crl_asked: float = float("-inf")  # monotonic time of this node's last call about lists
     crl_served: float = float("-inf")  # monotonic time this node last gave it its list
 
@@ -264,6 +264,7 @@ class PeerTable:
                 peer.send_keyframe = True
             if not peer.live:
                 log.info("neighbour %s (%s) joined the live set", peer.node_id, peer.address)
+                peer.crl_told = -1  # a new session (a restart?): told our list's number again
                 if peer.proven:  # it delivered before: a new grace (one that never did: none)
                     peer.quiet_since = time.monotonic()
                 self.progress.wake()  # a round waiting for it, or for anyone

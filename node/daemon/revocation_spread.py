@@ -18,10 +18,12 @@ the node's state folder (never in the --tls-crl file) and enforced like a re-rea
   at most once per `ASK_SECONDS` after any call to it, so never within the
   `ASK_SECONDS / 2` in which it gives this node nothing after its last list, and
   `REFUSED_SECONDS` after one whose list was refused); the number a neighbour said
-  is forgotten at each fetch (an announcement keeps it), so a peer that says a
-  number it does not serve makes this node fetch once per claim, not once a look; a
-  neighbour that does not know the
-  call (an older node: UNIMPLEMENTED) is left alone until this node's number changes.
+  is forgotten at each fetch that ends (an announcement keeps it), so a peer that
+  says a number it does not serve makes this node fetch once per claim, not once a
+  look; a call that failed (unreachable, timed out, refused for rate) keeps the claim
+  and tells nothing: both are tried again `ASK_SECONDS` later, as for a neighbour that
+  (re-)joined (`PeerTable.admit`); a neighbour that does not know the call (an older
+  node: UNIMPLEMENTED) is left alone until this node's number changes.
   A call runs on its own: `spread` waits `WAIT_SECONDS` for them, and one slower (a
   neighbour that serves at a trickle, up to `ASK_TIMEOUT`) goes on while the next
   looks call the others; a neighbour has one call at a time.
@@ -101,12 +103,16 @@ class Spreader:
         for p in self.peers.live:
             if p.node_id in self.asking:
                 continue
-            fetch = p.crl_number > mine and now - p.crl_asked >= ASK_SECONDS
-            if fetch or p.crl_told != mine:
+            due = now - p.crl_asked >= ASK_SECONDS
+            fetch = p.crl_number > mine and due
+            # told nothing yet (-1: new, re-joined, or its last call failed): at most
+            # once per ASK_SECONDS; told an older number: at once
+            if fetch or (p.crl_told != mine and (p.crl_told >= 0 or due)):
+                claim = p.crl_number
                 if fetch:  # the claim is said again only by a Hello or a call
                     p.crl_number = 0
                 p.crl_asked, p.crl_told = max(p.crl_asked, now), mine
-                self.asking[p.node_id] = asyncio.create_task(self._ask(p, mine, now))
+                self.asking[p.node_id] = asyncio.create_task(self._ask(p, mine, now, claim))
         if not self.asking:
             return False
         done, _ = await asyncio.wait(self.asking.values(), timeout=WAIT_SECONDS)
@@ -120,15 +126,21 @@ class Spreader:
             task.cancel()
         self.asking.clear()
 
-    async def _ask(self, peer: Peer, mine: int, now: float) -> bool:
+    async def _ask(self, peer: Peer, mine: int, now: float, claim: int) -> bool:
         """Tell `peer` CRL number `mine` and take the list it gives back, if any (asked
-        at `now`); a list refused puts off the next fetch from it `REFUSED_SECONDS`."""
+        at `now`, when it claimed CRL number `claim`); a list refused puts off the next
+        fetch from it `REFUSED_SECONDS`; a call that failed (but for UNIMPLEMENTED: an
+        older node, left alone) told it nothing and keeps its claim, both asked again
+        `ASK_SECONDS` later."""
         crl = self.tls.crl
         assert crl is not None
         try:
             data = await self._fetch(peer, mine)
-        except grpc.aio.AioRpcError as exc:  # UNIMPLEMENTED: an older node
+        except grpc.aio.AioRpcError as exc:
             log.debug("revocation list call to %s failed: %s", peer.node_id, exc.code().name)
+            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                peer.crl_told = -1
+                peer.crl_number = max(peer.crl_number, claim)
             return False
         except TlsError as exc:
             self.refusals.warning("%s: not taken", exc)
