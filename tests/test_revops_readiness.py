@@ -1,6 +1,8 @@
-"""A health Watch of `declora.ready` (looked at every `READY_POLL` s) from a caller that
---tls-crl revokes while it watches ends PERMISSION_DENIED; it went on answering it for
-as long as the stream stayed open. Real gRPC on 127.0.0.1 around a `Transport`."""
+"""A health Watch of `declora.ready` or of "" (under --tls-crl both looked at every
+`READY_POLL` s) from a caller that --tls-crl revokes while it watches ends
+PERMISSION_DENIED; it went on answering it for as long as the stream stayed open (a
+Watch of "", woken only by a change of status, held its place for ever). Real gRPC on
+127.0.0.1 around a `Transport`."""
 
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from declora.node.daemon.transport import READY_SERVICE, Transport
 from declora.proto import pb_grpc
 
 
-def test_a_watch_ends_once_its_caller_is_revoked(tmp_path: Path) -> None:
+@pytest.mark.parametrize("service", [READY_SERVICE, ""])
+def test_a_watch_ends_once_its_caller_is_revoked(tmp_path: Path, service: str) -> None:
     pki = tmp_path / "pki"
     mint(pki, ["a", "b", "c", "d"], ["127.0.0.1"], 30, False)
     crl = revoke(pki, [pki / "d.pem"], [], None).crl  # a list that does not name c yet
@@ -32,7 +35,7 @@ def test_a_watch_ends_once_its_caller_is_revoked(tmp_path: Path) -> None:
         try:
             async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds) as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
-                seen = aiter(stub.Watch(health_pb2.HealthCheckRequest(service=READY_SERVICE)))
+                seen = aiter(stub.Watch(health_pb2.HealthCheckRequest(service=service)))
                 assert (await anext(seen)).status == SERVING  # c may watch: not revoked
                 revoke(pki, [pki / "c.pem"], [], crl)
                 assert transport.tls is not None and transport.tls.crl is not None

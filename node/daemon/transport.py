@@ -138,10 +138,10 @@ SERVING, NOT_SERVING = (
 class Health(health_pb2_grpc.HealthServicer):
     """grpc.health.v1 on the event loop: Check, and Watch for at most `WATCHES` callers
     at once (then RESOURCE_EXHAUSTED); under mTLS (`tls`) not to a caller refused for
-    its certificate (a Watch looks again each time it wakes, and ends PERMISSION_DENIED
-    once --tls-crl revokes its caller). `set` is synchronous. `READY_SERVICE` is SERVING
-    while "" is and `ready()` is true (looked at on each Check, every `READY_POLL` s for
-    a Watch)."""
+    its certificate (a Watch looks again each time it wakes, at least every
+    `READY_POLL` s under --tls-crl, and ends PERMISSION_DENIED once the list revokes
+    its caller). `set` is synchronous. `READY_SERVICE` is SERVING while "" is and
+    `ready()` is true (looked at on each Check, every `READY_POLL` s for a Watch)."""
 
     def __init__(self, tls: TlsFiles | None = None) -> None:
         self.tls = tls
@@ -179,7 +179,8 @@ class Health(health_pb2_grpc.HealthServicer):
         self.watching += 1
         try:
             last = None
-            polled = request.service == READY_SERVICE  # neighbours come and go unannounced
+            # neighbours come and go unannounced; a --tls-crl may revoke the caller
+            polled = request.service == READY_SERVICE or bool(self.tls and self.tls.crl)
             while True:
                 changed = self.changed
                 if last is not None:  # its caller revoked since: the stream ends
