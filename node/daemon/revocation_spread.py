@@ -20,10 +20,11 @@ the node's state folder (never in the --tls-crl file) and enforced like a re-rea
   `REFUSED_SECONDS` after one whose list was refused); the number a neighbour said
   is forgotten at each fetch that ends (an announcement keeps it), so a peer that
   says a number it does not serve makes this node fetch once per claim, not once a
-  look; a call that failed (unreachable, timed out, refused for rate) keeps the claim
-  and tells nothing: both are tried again `ASK_SECONDS` later, as for a neighbour that
-  (re-)joined (`PeerTable.admit`); a neighbour that does not know the call (an older
-  node: UNIMPLEMENTED) is left alone until this node's number changes.
+  look; a call that did not get through (`NOT_THROUGH`: unreachable, refused for
+  rate) keeps the claim and tells nothing: both are tried again `ASK_SECONDS` later, as
+  for a neighbour that (re-)joined (`PeerTable.admit`); a neighbour that does not know
+  the call (an older node: UNIMPLEMENTED) is left alone until this node's number
+  changes.
   A call runs on its own: `spread` waits `WAIT_SECONDS` for them, and one slower (a
   neighbour that serves at a trickle, up to `ASK_TIMEOUT`) goes on while the next
   looks call the others; a neighbour has one call at a time.
@@ -53,6 +54,9 @@ WAIT_SECONDS = 5.0  # a `spread` waits this long for its calls; slower ones go o
 # a neighbour whose list was refused is fetched from again only this much later (a
 # 16 MiB list signed by another key costs 0.2 s of CPU, 0.14 s of it holding the loop)
 REFUSED_SECONDS = 300.0
+# a call that failed so did not get through: the neighbour restarting or cut off, or
+# refusing for rate; one that timed out (a trickle) or is unknown (an older node) did
+NOT_THROUGH = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
 
 def list_chunks(
@@ -129,16 +133,15 @@ class Spreader:
     async def _ask(self, peer: Peer, mine: int, now: float, claim: int) -> bool:
         """Tell `peer` CRL number `mine` and take the list it gives back, if any (asked
         at `now`, when it claimed CRL number `claim`); a list refused puts off the next
-        fetch from it `REFUSED_SECONDS`; a call that failed (but for UNIMPLEMENTED: an
-        older node, left alone) told it nothing and keeps its claim, both asked again
-        `ASK_SECONDS` later."""
+        fetch from it `REFUSED_SECONDS`; a call that did not get through (`NOT_THROUGH`)
+        told it nothing and keeps its claim, both asked again `ASK_SECONDS` later."""
         crl = self.tls.crl
         assert crl is not None
         try:
             data = await self._fetch(peer, mine)
         except grpc.aio.AioRpcError as exc:
             log.debug("revocation list call to %s failed: %s", peer.node_id, exc.code().name)
-            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+            if exc.code() in NOT_THROUGH:
                 peer.crl_told = -1
                 peer.crl_number = max(peer.crl_number, claim)
             return False
