@@ -351,6 +351,12 @@ def _warn_unread(where: str, values: Sequence[object]) -> None:
 
 KNOWN_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function", "ipython"})
 NAMED_ROLES = 8  # roles a message names (speaker names as roles can be thousands)
+ROLE_CHARS = 40  # characters of a role a message shows (a role is any string of the file)
+
+
+def _shown_roles(roles: Sequence[str]) -> list[str]:
+    """`roles` as a message names them: each cut to `ROLE_CHARS` characters."""
+    return [r if len(r) <= ROLE_CHARS else r[:ROLE_CHARS] + "..." for r in roles]
 
 
 def _warn_roles(where: str, chats: Sequence[Chat]) -> None:
@@ -368,7 +374,7 @@ def _warn_roles(where: str, chats: Sequence[Chat]) -> None:
             "%s: the roles %s (first in rows %s)%s are not system, user, assistant or "
             "tool: their turns are rendered as the chat template renders them and are not "
             "trained on (the reply's role is 'assistant')",
-            where, named, [first[r] for r in named], more,
+            where, _shown_roles(named), [first[r] for r in named], more,
         )  # fmt: skip
 
 
@@ -444,7 +450,7 @@ def _template(tok: Tokenizer, messages: list[dict[str, str]], generation: bool) 
     except Exception as exc:  # a template's own checks (turn order, roles) raise anything
         roles = [m["role"] for m in messages]
         first = next((m["content"] for m in messages if m["role"] == "user"), "")
-        shown = str(roles[:NAMED_ROLES])
+        shown = str(_shown_roles(roles[:NAMED_ROLES]))
         if len(roles) > NAMED_ROLES:
             shown = f"{shown[:-1]}, ...] ({len(roles)} turns)"
         hint = "check its roles and their order"
