@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 from declora.node.address import split_address
 from declora.node.errors import HintedError
 from declora.node.rpc_failure import Cause, cause
-from declora.node.security import SwarmAuth, TlsFiles
+from declora.node.security import SwarmAuth, TlsFiles, secret_text
 from declora.proto import pb, pb_grpc
 
 if TYPE_CHECKING:
@@ -81,8 +81,9 @@ def show_status(target: str, as_json: bool, timeout: float, tls: TlsFiles | None
 def env_secret() -> str | None:
     """The swarm secret from DECLORA_SWARM_SECRET or from the file
     DECLORA_SWARM_SECRET_FILE names, with `start`'s rules (`settings.NodeSettings`):
-    not both, the file's path not empty, the file as `settings.read_secret_file` reads
-    it; else None. SecretEnvError (exit code 2) names the problem, never the secret."""
+    not both, an inline one of at least 16 characters, the file's path not empty, the
+    file as `settings.read_secret_file` reads it; else None. SecretEnvError (exit
+    code 2) names the problem, never the secret."""
     inline = os.environ.get("DECLORA_SWARM_SECRET")
     path = os.environ.get("DECLORA_SWARM_SECRET_FILE")
     if inline is not None and path is not None:
@@ -91,6 +92,11 @@ def env_secret() -> str | None:
             "keep one (unset the other)",
         )
     if path is None:
+        if inline is not None and len(secret_text(inline)) < 16:
+            raise SecretEnvError(
+                "DECLORA_SWARM_SECRET must be at least 16 characters",
+                "give the swarm's secret (e.g. `openssl rand -hex 32`), or unset it",
+            )
         return inline
     if not path.strip():
         raise SecretEnvError(

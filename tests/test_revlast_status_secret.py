@@ -1,7 +1,8 @@
 """`declora-node status` takes the swarm secret from its environment with `start`'s
-rules: both DECLORA_SWARM_SECRET and DECLORA_SWARM_SECRET_FILE, an empty
-DECLORA_SWARM_SECRET_FILE, or a file that cannot be used is refused as configuration
-(exit code 2, one `error:` line and a hint) before any call; nothing is asked."""
+rules: both DECLORA_SWARM_SECRET and DECLORA_SWARM_SECRET_FILE, an inline secret under
+16 characters, an empty DECLORA_SWARM_SECRET_FILE, or a file that cannot be used is
+refused as configuration (exit code 2, one `error:` line and a hint) before any call;
+nothing is asked."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ SECRET = "0123456789abcdef0123456789abcdef"
 EXE = Path(sys.executable).with_name("declora-node")
 
 
-@pytest.mark.parametrize("case", ["both", "empty", "missing", "short"])
+@pytest.mark.parametrize("case", ["both", "empty", "missing", "short", "short inline"])
 def test_a_secret_environment_start_refuses_is_refused_by_status(
     case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -31,6 +32,7 @@ def test_a_secret_environment_start_refuses_is_refused_by_status(
         "empty": {"DECLORA_SWARM_SECRET_FILE": ""},
         "missing": {"DECLORA_SWARM_SECRET_FILE": str(tmp_path / "absent")},
         "short": {"DECLORA_SWARM_SECRET_FILE": str(short)},
+        "short inline": {"DECLORA_SWARM_SECRET": " tooshort\n"},
     }[case]
     for key in ("DECLORA_SWARM_SECRET", "DECLORA_SWARM_SECRET_FILE"):
         monkeypatch.delenv(key, raising=False)
