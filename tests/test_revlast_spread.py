@@ -122,3 +122,38 @@ def test_a_neighbour_that_rejoins_is_told_again(synthetic_jsonl: Path, pki: Path
             await stop(nodes)
 
     assert asyncio.run(go()) == -1
+
+
+def test_one_calls_error_loses_no_other_calls_list(pki: Path) -> None:
+    """A call that raised what no call should (a bug, a channel torn down) is logged;
+    the list another call of the same look took is still reported taken."""
+    revoke(pki, [], ["0x99"], None)  # the swarm's newer list: CRL number 2
+    good = Flaky((pki / "crl.pem").read_bytes())
+    good.said.append(0)  # its first call already made: it gives the list
+    tls = load(pki, "a", pki / "a-crl.pem")
+    address = f"127.0.0.1:{free_ports(1)[0]}"
+    server = serve_fake_peer(good, address)
+
+    class Broken(Table):
+        def stub(self, peer: Peer) -> pb_grpc.SwarmStub:
+            if peer.node_id == "x":
+                raise RuntimeError("torn down")
+            return super().stub(peer)
+
+    async def go() -> bool:
+        b = Peer("b", address, live=True, crl_number=2)
+        b.channel = grpc.aio.insecure_channel(address)
+        b.stub = pb_grpc.SwarmStub(b.channel)
+        table = Broken(b)
+        table.live = [Peer("x", "127.0.0.1:9", live=True), b]
+        spreader = Spreader(tls, table)  # type: ignore[arg-type]
+        try:
+            return await spreader.spread(now=100.0)
+        finally:
+            await b.channel.close()
+
+    try:
+        assert asyncio.run(go()) is True
+    finally:
+        server.stop(0)
+    assert tls.crl is not None and tls.crl.number == 2

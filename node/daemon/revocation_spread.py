@@ -122,7 +122,15 @@ class Spreader:
         done, _ = await asyncio.wait(self.asking.values(), timeout=WAIT_SECONDS)
         self.asking = {k: t for k, t in self.asking.items() if t not in done}
         self.refusals.flush()
-        return any([t.result() for t in done])
+        taken = False
+        for task in done:  # one call's unexpected error loses no other call's list
+            if task.cancelled():
+                continue
+            if (exc := task.exception()) is not None:
+                log.error("a revocation list call failed", exc_info=exc)
+            elif task.result():
+                taken = True
+        return taken
 
     def close(self) -> None:
         """Cancel the calls in flight (the node stops)."""
