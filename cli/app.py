@@ -566,7 +566,8 @@ def inspect(
     try:
         info = inspect_path(path) if path is not None else inspect_target(str(target), tls)
     except InspectError as exc:  # a path that is no adapter: the user's; a node: runtime
-        fail_with(exc, 2 if path is not None else 1)
+        # (but a secret's environment that cannot be used: `client.SecretEnvError`, 2)
+        fail_with(exc, 2 if path is not None else getattr(exc.__cause__, "code", 1))
         return
     from declora.cli.inspect import render
 

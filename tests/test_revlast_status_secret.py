@@ -55,3 +55,16 @@ def test_the_status_command_exits_2_for_a_bad_secret_file(tmp_path: Path) -> Non
     )  # fmt: skip
     assert res.returncode == 2, res.stderr
     assert res.stderr.startswith("error: DECLORA_SWARM_SECRET_FILE: "), res.stderr
+
+
+def test_inspect_target_exits_2_for_a_bad_secret_file(tmp_path: Path) -> None:
+    """`inspect --target` asks a node as `status` does: the same configuration error."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DECLORA_")}
+    res = subprocess.run(
+        [str(EXE), "inspect", "--target", "127.0.0.1:9"],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        env={**env, "DECLORA_SWARM_SECRET_FILE": str(tmp_path / "absent")},
+    )  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith("error: "), res.stderr
+    assert "DECLORA_SWARM_SECRET_FILE" in res.stderr, res.stderr
