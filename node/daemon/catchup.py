@@ -81,6 +81,7 @@ import numpy as np
 from declora.node.daemon.auth import Auth
 from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD, PUSH_PACE
 from declora.node.daemon.peers import Peer, PeerTable
+from declora.node.daemon.sending import push_chunk_bytes
 from declora.node.daemon.state import Identity, Progress
 from declora.node.dec_lora import DecLoraNode
 from declora.node.identity import MAX_OWN_ROUND, MAX_ROUND, shown
@@ -202,7 +203,7 @@ class StateTransfer:
             degree = len(self.peers.live)
             state.signed = asyncio.ensure_future(asyncio.to_thread(self._signed, state, degree))
         header, data = await asyncio.shield(state.signed)  # one Pull cut: the rest go on
-        return chunks(header, data, self.settings.chunk_kib * 1024)
+        return chunks(header, data, push_chunk_bytes(self.settings))  # as a push's
 
     def _signed(self, state: Taken, degree: int) -> tuple[pb.PayloadHeader, bytes]:
         """The STATE payload of `state` and its signed header (in a worker thread:

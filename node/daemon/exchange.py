@@ -6,7 +6,10 @@ Invariants callers may rely on:
   until 3 rounds were seen, then `ADAPTIVE_FACTOR` x the recent median round (rounds
   that mixed with someone: `RoundLoop.run_round`; at least `ADAPTIVE_FLOOR`, at most
   `round_deadline`); a neighbour that misses it leaves
-  the live set and returns after a successful handshake;
+  the live set and returns after a successful handshake; one whose payload was still
+  arriving then (a link slower than the recent rounds: it degraded, or the payload
+  grew) makes the rounds wait up to `round_deadline` again, as at the start, until 3
+  rounds were seen (`relearn`);
 - a neighbour whose port refuses connections while this node waits for it (a health
   probe every `PROBE_EVERY` s after `PROBE_AFTER` s) is dropped at once;
 - public copies stay in step: a neighbour that is new, restarted or out of step gets
@@ -155,6 +158,32 @@ class Exchange:
         median = float(np.median(self.recent))
         return min(cap, max(ADAPTIVE_FLOOR, ADAPTIVE_FACTOR * median))
 
+    def relearn(self, r: int, arriving: list[str]) -> None:
+        """Round `r` ended at its deadline while the payloads of `arriving` (node ids)
+        were still coming in: the links are slower than the deadline. An adaptive
+        deadline forgets the recent rounds (the next ones wait up to `round_deadline`
+        and learn the links' pace again); one that is `round_deadline` already cannot
+        grow, and the warning says what can help."""
+        if not arriving:
+            return
+        seconds, cap = self.deadline_seconds(), self.settings.round_deadline
+        who = ", ".join(arriving)
+        if seconds < cap:
+            self.recent = []
+            log.warning(
+                "round %d: %s's payload was still arriving at the %.0fs deadline learnt "
+                "from recent rounds: the link is slower now; the next rounds wait up to "
+                "--round-deadline %.0fs again",
+                r, who, seconds, cap,
+            )  # fmt: skip
+        else:
+            log.warning(
+                "round %d: %s's payload was still arriving at --round-deadline %.0fs: the "
+                "link is too slow for it; give a longer --round-deadline, or a smaller "
+                "payload (--codec q4 sends about 8x fewer bytes than fp32)",
+                r, who, cap,
+            )  # fmt: skip
+
     def align_round(self) -> bool:
         """Skip ahead to an advanced live neighbour's round (re-join after a fault);
         whether it skipped.
@@ -216,6 +245,9 @@ class Exchange:
                 now = time.monotonic()
                 left = deadline - now
                 if left <= 0:
+                    self.relearn(
+                        r, [p.node_id for p in waiting if self.inbox.open_streams.get(p.node_id)]
+                    )
                     for p in waiting:
                         p.missed += 1
                         self.peers.drop(p, f"no payload for round {r} within the deadline")
