@@ -1,6 +1,8 @@
 """declora.node: the Dec-LoRA core (pure algorithm), its simulator, and the node daemon."""
 
-from declora.node.version import VERSION as __version__  # the source's, not stale metadata
+from declora.node.version import VERSION
+
+__version__ = VERSION  # the source's, not an install's metadata (stale in an editable one)
 
 PROTOCOL_VERSION = 3  # 3: Kill-and-Revive keyframes name their modules (`KRK`)
 """Wire protocol version; peers with another version are refused at handshake."""
