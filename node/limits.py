@@ -270,7 +270,7 @@ class RoundCounter:
 
 
 class NodeLimits:
-    """The daemon's four limits; each `check_*` raises WireError(RESOURCE_EXHAUSTED)."""
+    """The daemon's five limits; each `check_*` raises WireError(RESOURCE_EXHAUSTED)."""
 
     def __init__(
         self,
@@ -282,6 +282,9 @@ class NodeLimits:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.handshakes = AddressBuckets(handshakes_per_minute, clock)
+        # Leaves: as many as Hellos, in a bucket of their own (a join and its goodbye
+        # never spend one budget twice), checked before a swarm secret's mac
+        self.leaves = AddressBuckets(handshakes_per_minute, clock)
         self.pulls = AddressBuckets(pulls_per_minute, clock)
         self.statuses = AddressBuckets(STATUS_PER_MINUTE, clock)
         # before its first round a node reads pushes up to twice `rounds_ahead` ahead
@@ -294,6 +297,12 @@ class NodeLimits:
             raise limited(
                 f"more than {refused.per_minute} handshakes a minute from {refused.who()}"
             )
+
+    def check_leave(self, peer: str) -> None:
+        """One Leave from `peer` (`context.peer()`), counted per `AddressBuckets`, at the
+        handshakes' rate."""
+        if refused := self.leaves.refusal(peer_host(peer)):
+            raise limited(f"more than {refused.per_minute} leaves a minute from {refused.who()}")
 
     def check_push(self, sender: str, round: int, current: int) -> None:
         """One push stream from live neighbour `sender` for `round`; `current` is this

@@ -16,7 +16,7 @@ from declora.node.security import SwarmAuth
 from declora.proto import pb, pb_grpc
 
 SECRET = "revsec-secret-0123456789abcdef"
-LIMIT = 3  # pulls, and handshakes (Leaves count as those), a minute
+LIMIT = 3  # pulls, and Leaves (at the handshakes' rate), a minute
 
 
 def test_signed_pulls_and_leaves_from_one_address_are_limited_first(synthetic_jsonl: Path) -> None:
@@ -59,3 +59,26 @@ def test_signed_pulls_and_leaves_from_one_address_are_limited_first(synthetic_js
     for kind in codes:
         assert codes[kind].count("RESOURCE_EXHAUSTED") >= 3 * LIMIT - 1, (kind, codes[kind])
     assert secret.remembered <= 2 * (LIMIT + 1)  # only those within the rates were read
+
+
+def test_leaves_have_a_bucket_of_their_own() -> None:
+    """A join and its goodbye never spend one budget twice: an address at its Hello
+    limit may still say goodbye (attack 4's 500 Hellos + 500 Leaves from one address
+    were refused at 600 when Leaves counted as Hellos)."""
+    from declora.node.limits import NodeLimits
+
+    limits = NodeLimits(
+        handshakes_per_minute=2, pushes_per_round=4, pulls_per_minute=2, rounds_ahead=8,
+        clock=lambda: 0.0,
+    )  # fmt: skip
+    peer = "ipv4:10.0.0.5:7070"
+    for _ in range(2):
+        limits.check_handshake(peer)
+    for _ in range(2):
+        limits.check_leave(peer)  # the Hellos spent nothing of the Leaves'
+    try:
+        limits.check_leave(peer)
+    except Exception as exc:
+        assert "leaves a minute" in str(exc)
+    else:
+        raise AssertionError("a third Leave within the minute was not refused")

@@ -12,9 +12,10 @@ part sees a call, this servicer checks what is the same for every RPC:
   other push counts towards its remote network's share (`limits.host_key`) and, until
   its header came, may be cut for a newer push (`Pools.push` has the rule). Anyone
   sharing a neighbour's IP shares its kept places;
-- rate limits (`limits`), keyed by the remote address for handshakes (Leaves count
-  as handshakes), pulls and Status (`limits.STATUS_PER_MINUTE`: a Status flood from
-  one address, the swarm open or not, is refused before it costs a reply; the state
+- rate limits (`limits`), keyed by the remote address for handshakes, Leaves (a
+  bucket of their own at the handshakes' rate), pulls and Status
+  (`limits.STATUS_PER_MINUTE`: a Status flood from one address, the swarm open or
+  not, is refused before it costs a reply; the state
   digest is hashed off the event loop, once per state: `digests.StateDigests`); each
   before a swarm secret's mac is checked, so one address's signed calls cannot fill
   the replay cache (`security.SwarmAuth`);
@@ -396,9 +397,9 @@ class SwarmService(pb_grpc.SwarmServicer):
         try:
             self._certificate(context)
             with self.pools.hold("Leave"):
-                # within the handshake rate, before the mac is checked: signed Leaves
+                # at the handshakes' rate, before the mac is checked: signed Leaves
                 # from one address fill no replay cache (attack 11 flooded them)
-                await self._limit(context, parts.limits.check_handshake, context.peer())
+                await self._limit(context, parts.limits.check_leave, context.peer())
                 await self._member_only(context, request, "leave")
                 peer = parts.peers.get(request.node_id)
                 assert peer is not None
