@@ -107,7 +107,13 @@ class NodeOptions(Recipe):
     max_message_mib: int = Field(
         0, ge=0, le=4096, description="largest payload accepted (0 = from the adapter's size)"
     )
-    chunk_kib: int = Field(1024, ge=1, le=4096, description="chunk size of a streamed payload")
+    chunk_kib: int = Field(
+        1024,
+        ge=1,
+        le=4096,
+        description="largest chunk of a streamed payload (pushes and states send at most "
+        "what arrives in a quarter of --stream-idle-seconds at 32 KiB/s: 80 KiB by default)",
+    )
     # limits (see node/limits.py); an honest peer never reaches them
     max_concurrent_streams: int = Field(
         64, ge=4, le=4096, description="push streams served at once (other RPCs: own pools)"

@@ -1273,9 +1273,9 @@ def test_a_members_signed_flood_dated_ahead_locks_nobody_else_out(cluster: Clust
         "11",
         f"a member (swarm secret) sends n0 {sent:,} signed Leave notices dated 110 s ahead, "
         f"from 127.0.0.2, in {took:.0f}s (the replay cache holds {MAX_NONCES:,})",
-        f"{answers} (RESOURCE_EXHAUSTED: past the handshake rate, refused before the mac "
-        "is read; PERMISSION_DENIED `no_handshake`: a Leave from no neighbour, its nonce "
-        "remembered)",
+        f"{answers} (RESOURCE_EXHAUSTED: past the Leave rate (the handshakes'), refused "
+        "before the mac is read; PERMISSION_DENIED `no_handshake`: a Leave from no "
+        "neighbour, its nonce remembered)",
         "then a signed Hello from 127.0.0.1 accepted and the CLI's signed Status answered "
         f"(3 of 3; before, refused as `replayed nonce`); the pair kept mixing (rounds "
         f"{before[0].round} -> {after[0].round})",
