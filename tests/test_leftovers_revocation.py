@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from test_revocation_files import ca_list
 from test_revocation_grpc import Clock
 
 from declora.cli.certs import mint, revoke
@@ -74,20 +74,8 @@ def test_the_own_warning_is_said_again_after_a_list_that_no_longer_revoked_it(
 
 
 def _signed(pki: Path, number: int, serial: int) -> bytes:
-    ca = x509.load_pem_x509_certificate((pki / "ca.pem").read_bytes())
-    key: Any = serialization.load_pem_private_key((pki / "ca-key.pem").read_bytes(), None)
     now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-    entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
-    crl = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(ca.subject)
-        .last_update(now)
-        .next_update(now + dt.timedelta(days=3650))
-        .add_extension(x509.CRLNumber(number), critical=False)
-        .add_revoked_certificate(entry)
-        .sign(key, hashes.SHA256())
-    )
-    return crl.public_bytes(serialization.Encoding.PEM)
+    return ca_list(pki, [serial], number=number, now=now, next_update=now + dt.timedelta(days=3650))
 
 
 def test_a_list_renamed_into_place_with_the_same_size_and_mtime_is_read(pki: Path) -> None:

@@ -208,22 +208,44 @@ def test_a_list_that_turns_bad_keeps_the_last_good_one_with_one_warning(
     assert held.refresh() is True and held.serials == {7, 8}
 
 
-def sign_crl(pki: Path, serials: list[int], next_update: dt.datetime) -> Path:
+def ca_list(
+    pki: Path,
+    serials: list[int],
+    *extensions: x509.ExtensionType,
+    number: int | None = None,
+    now: dt.datetime | None = None,
+    next_update: dt.datetime | None = None,
+) -> bytes:
+    """A CRL (PEM) the swarm CA of `pki` signs, revoking `serials` as of `now` (default:
+    the present), valid until `next_update` (default: a week on), with CRL number
+    `number` when given and `extensions` marked critical."""
     ca = x509.load_pem_x509_certificate((pki / "ca.pem").read_bytes())
     key = serialization.load_pem_private_key((pki / "ca-key.pem").read_bytes(), None)
-    now = dt.datetime.now(dt.UTC)
+    now = now or dt.datetime.now(dt.UTC)
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca.subject)
-        .last_update(next_update - dt.timedelta(days=30))
-        .next_update(next_update)
+        .last_update(now)
+        .next_update(next_update or now + dt.timedelta(days=7))
     )
+    if number is not None:
+        builder = builder.add_extension(x509.CRLNumber(number), critical=False)
+    for ext in extensions:
+        builder = builder.add_extension(ext, critical=True)
     for n in serials:
         builder = builder.add_revoked_certificate(
             x509.RevokedCertificateBuilder().serial_number(n).revocation_date(now).build()
         )
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)  # type: ignore[arg-type]
+
+
+def sign_crl(pki: Path, serials: list[int], next_update: dt.datetime) -> Path:
+    """`ca_list` without a CRL number, issued 30 days before `next_update`, written
+    to `pki/stale.pem`."""
     path = pki / "stale.pem"
-    path.write_bytes(builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))  # type: ignore[arg-type]
+    path.write_bytes(
+        ca_list(pki, serials, now=next_update - dt.timedelta(days=30), next_update=next_update)
+    )
     return path
 
 

@@ -14,14 +14,13 @@ be taken as the list in use (review of the spread of revocation lists):
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from test_auth_mismatch import served_parts
+from test_revocation_files import ca_list
 from test_revocation_grpc import load
 
 from declora.cli.certs import mint, revoke
@@ -40,24 +39,7 @@ def signed_list(
     pki: Path, number: int, serials: list[int], *extensions: x509.ExtensionType
 ) -> bytes:
     """A CRL the swarm CA of `pki` signs, CRL number `number`, revoking `serials`."""
-    ca = x509.load_pem_x509_certificate((pki / "ca.pem").read_bytes())
-    key = serialization.load_pem_private_key((pki / "ca-key.pem").read_bytes(), None)
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(ca.subject)
-        .last_update(now)
-        .next_update(now + dt.timedelta(days=7))
-        .add_extension(x509.CRLNumber(number), critical=False)
-    )
-    for ext in extensions:
-        builder = builder.add_extension(ext, critical=True)
-    for serial in serials:
-        builder = builder.add_revoked_certificate(
-            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
-        )
-    crl = builder.sign(key, hashes.SHA256())  # type: ignore[arg-type]
-    return crl.public_bytes(serialization.Encoding.PEM)
+    return ca_list(pki, serials, *extensions, number=number)
 
 
 def revocations(pki: Path) -> Revocations:
