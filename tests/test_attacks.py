@@ -1216,6 +1216,7 @@ FLOOD_NONCES = 101_000  # signed calls: past the replay cache (security.MAX_NONC
 SECRET = "attack-secret-" + "x" * 20
 
 
+@pytest.mark.slow  # ~1 min of flood; `pytest tests/test_attacks.py -s` (the table) runs it
 def test_a_members_signed_flood_dated_ahead_locks_nobody_else_out(cluster: Cluster) -> None:
     """A pair with a swarm secret; a member (it holds the secret), from 127.0.0.2, sends
     n0 101,000 signed Leave notices dated 110 s ahead, 500 at a time, until the replay

@@ -15,15 +15,12 @@ from daemon_helpers import Cluster, live_ids
 from test_revocation_daemons import RUN, revoke
 from test_security import START, log_has, mint, node_tls
 
-from declora.node.daemon.service import SwarmService
 from declora.node.security import TlsFiles
-
-SERVED = "Revocations" in vars(SwarmService)  # the node's servicer answers the call
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ~1 min of real processes; test_mtls_spread.py has the same line in-process
 @pytest.mark.timeout(420)
-@pytest.mark.skipif(not SERVED, reason="needs service.py's Revocations (/tmp/mtls-service.patch)")
 def test_a_revocation_on_one_node_reaches_the_far_end_of_a_line(
     cluster: Cluster, tmp_path: Path
 ) -> None:
