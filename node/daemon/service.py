@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -238,6 +238,23 @@ def cert_name(context: grpc.aio.ServicerContext) -> str | None:
     return bytes(names[0]).decode("utf-8", "replace")
 
 
+async def write_within(
+    context: grpc.aio.ServicerContext, chunks: Iterable[pb.Chunk], limit: float, what: str
+) -> None:
+    """Write `chunks` to the caller; WireError DEADLINE_EXCEEDED (`slow_stream`) when it
+    has not read them all within `limit` seconds."""
+    try:
+        async with asyncio.timeout(limit):
+            for chunk in chunks:
+                await context.write(chunk)
+    except TimeoutError:
+        raise WireError(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            f"{what} was not read within {limit:g}s",
+            "slow_stream",
+        ) from None
+
+
 class SwarmService(pb_grpc.SwarmServicer):
     """Thin servicer over a daemon's parts."""
 
@@ -377,16 +394,7 @@ class SwarmService(pb_grpc.SwarmServicer):
                         "bad_kind",
                     )
                 chunks = await parts.transfer.state_chunks()  # between training steps
-                try:
-                    async with asyncio.timeout(limit):
-                        for chunk in chunks:
-                            await context.write(chunk)
-                except TimeoutError:
-                    raise WireError(
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                        f"the state was not read within {limit:g}s",
-                        "slow_stream",
-                    ) from None
+                await write_within(context, chunks, limit, "the state")
         except WireError as exc:
             await self._refuse(context, exc)
 
@@ -422,16 +430,7 @@ class SwarmService(pb_grpc.SwarmServicer):
                 await self._limit(context, self.parts.limits.check_status, context.peer())
                 tls, peers = self.parts.handshaker.transport.tls, self.parts.peers
                 chunks = list_chunks(tls, peers, cert_name(context), request.crl_number)
-                try:
-                    async with asyncio.timeout(PULL_SECONDS):
-                        for chunk in chunks:
-                            await context.write(chunk)
-                except TimeoutError:
-                    raise WireError(
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                        f"the revocation list was not read within {PULL_SECONDS:g}s",
-                        "slow_stream",
-                    ) from None
+                await write_within(context, chunks, PULL_SECONDS, "the revocation list")
         except WireError as exc:
             await self._refuse(context, exc)
 
