@@ -290,10 +290,25 @@ def status_to_dict(reply: pb.StatusReply) -> dict[str, Any]:
 
 
 def _ago(ts: float) -> str:
-    if ts <= 0:
+    if not ts > 0:  # unset, or a node's NaN
         return "-"
     seconds = max(time.time() - ts, 0.0)
     return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.0f}m"
+
+
+WIDEST = 1e9  # a number at or above this (in magnitude) is shown as `figure` shows it
+
+
+def figure(value: float | None, digits: int) -> str:
+    """A number a node gave, as `status` and `inspect` show it: `digits` decimals, or 4
+    significant digits (1e+308) when it is `WIDEST` or more, so no node's number fills
+    the terminal (1e308 at 2 decimals is 312 characters); nan and inf as such; '-' for
+    None (a NaN or infinity in `status_to_dict`'s form)."""
+    if value is None:
+        return "-"
+    if not math.isfinite(value) or abs(value) >= WIDEST:
+        return f"{value:.4g}"
+    return f"{value:.{digits}f}"
 
 
 def _size(n: float) -> str:
@@ -413,14 +428,17 @@ def render_status(reply: pb.StatusReply, width: int | None = None) -> None:
     show = remote_text  # every string below is the node's: escaped, bounded
     tracking = ", gradient tracking" if reply.gradient_tracking else ""
     tracking += f", weighting {show(reply.weighting)}" if reply.weighting else ""
-    evals = ", ".join(f"{show(k)} {v:.4f}" for k, v in sorted(reply.last_eval.items())[:MAX_ITEMS])
+    evals = ", ".join(
+        f"{show(k)} {figure(v, 4)}" for k, v in sorted(reply.last_eval.items())[:MAX_ITEMS]
+    )
     auth = auth_text(reply.auth)
     lines = [  # each within 80 columns for the usual figures
         f"[bold]{show(reply.node_id)}[/] on {show(reply.listen_address)}  "
         f"swarm {show(reply.swarm_id)}",
         f"state {show(reply.state)}  " + round_text(reply.round, reply.total_rounds, reply.state),
-        f"step {reply.step}  loss {reply.loss:.4f}  last round {reply.last_round_seconds:.2f}s  "
-        f"self weight {reply.self_weight:.3f}  keyframes {reply.keyframes_sent}",
+        f"step {reply.step}  loss {figure(reply.loss, 4)}  "
+        f"last round {figure(reply.last_round_seconds, 2)}s  "
+        f"self weight {figure(reply.self_weight, 3)}  keyframes {reply.keyframes_sent}",
         f"eval: {evals or 'none yet'}",
         more_text(len(reply.last_eval), MAX_ITEMS, "evaluation results"),
         f"codec {show(reply.codec)}{tracking}" + (f"  {auth}" if auth else ""),
@@ -450,7 +468,7 @@ def render_status(reply: pb.StatusReply, width: int | None = None) -> None:
             show(n.address),
             "yes" if n.live else "no",
             *([release] * mixed),
-            f"{n.weight:.3f}",
+            figure(n.weight, 3),
             str(n.round),
             _ago(n.last_seen_unix),
             _size(n.bytes_sent),

@@ -185,6 +185,7 @@ def render(info: dict[str, Any]) -> None:
 
     from declora.cli.client import (
         MAX_ROWS,
+        figure,
         folded,
         method_text,
         more_text,
@@ -210,7 +211,7 @@ def render(info: dict[str, Any]) -> None:
                 show(n["node_id"]),
                 show(n["address"]),
                 "yes" if n["live"] else "no",
-                f"{n['weight']:.3f}",
+                figure(n["weight"], 3),  # None: the node sent a NaN
                 str(n["degree"]),
                 str(n["round"]),
                 str(n["missed_deadlines"]),
