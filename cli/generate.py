@@ -2,11 +2,12 @@
 
 Prompts come from `--prompt`, from a file (`--input`) or from standard input (plain
 lines, or JSON lines when the first line is an object). A `.jsonl` file holds one JSON
-object a line with a `prompt` string or a `messages` list of {role, content} turns
-(roles read as training reads them; the last turn is not the assistant's); a
-data file (.csv, .tsv, .parquet, .json, .arrow or a save_to_disk folder) is read as
-`predict` reads its --input (`data_files.read_splits`), from its `prompt` column (texts)
-or `messages` column (turns); any other file (.txt) is one prompt a line. Line input
+object a line with a `prompt` string or a `messages` list of {role, content} turns (or
+ShareGPT's `conversations` of {from, value} turns; roles read as training reads them;
+the last turn is not the assistant's); a data file (.csv, .tsv, .parquet, .json, .arrow
+or a save_to_disk folder) is read as `predict` reads its --input
+(`data_files.read_splits`), from its `prompt` column (texts) or `messages` (else
+`conversations`) column (turns); any other file (.txt) is one prompt a line. Line input
 (.txt, .jsonl, stdin) gives one output line per input line, as `predict` does: a blank
 line is no prompt and gives an empty line (json: its keys with null values), and prompt
 N is line N. All input is read and checked before the model loads, and every prompt's
@@ -43,7 +44,7 @@ from declora.cli.predict import text_lines
 from declora.node.adapter_io import AdapterError, LoadedAdapter, adapter_folder
 from declora.node.data import column_values
 from declora.node.data_files import BUILDERS, DataError, read_splits
-from declora.node.lm_data import ROLE_ALIASES
+from declora.node.lm_data import CONVERSATIONS, ROLE_ALIASES, SHAREGPT_ROLES
 from declora.node.models import Tokenizer, context_length
 
 # a prompt: plain text, or a conversation as {role, content} turns
@@ -99,17 +100,21 @@ def _messages(value: object, where: str) -> list[dict[str, str]]:
         )
     turns = []
     for t, turn in enumerate(value, 1):
+        sharegpt = isinstance(turn, dict) and turn.get("role") is None and "from" in turn
+        role_key, text_key = ("from", "value") if sharegpt else ("role", "content")
         ok = isinstance(turn, dict) and all(
-            isinstance(turn.get(k), str) for k in ("role", "content")
+            isinstance(turn.get(k), str) for k in (role_key, text_key)
         )
         if not ok:
             raise DataError(
                 f"{where}: turn {t} is not a {{role, content}} object of strings",
-                'write {"role": "user", "content": "..."}; a tool-call turn (content null) '
-                "is not read: drop it and the tool turns that answer it",
+                'write {"role": "user", "content": "..."} (or ShareGPT\'s {"from": "human", '
+                '"value": "..."}); a tool-call turn (content null) is not read: drop it and '
+                "the tool turns that answer it",
             )
-        role = turn["role"].strip().lower()  # as training reads roles
-        turns.append({"role": ROLE_ALIASES.get(role, role), "content": turn["content"]})
+        role = turn[role_key].strip().lower()  # as training reads roles
+        role = SHAREGPT_ROLES.get(role, role) if sharegpt else role
+        turns.append({"role": ROLE_ALIASES.get(role, role), "content": turn[text_key]})
     if turns[-1]["role"] == "assistant":
         raise DataError(
             f"{where}: the conversation ends with an assistant turn, so the reply would be "
@@ -139,8 +144,9 @@ def _jsonl_prompts(lines: Sequence[str], source: str) -> list[Prompt]:
                 'one JSON object a line: {"prompt": "..."} or '
                 '{"messages": [{"role": "user", "content": "..."}]}',
             )
-        if "messages" in row:
-            prompts.append(_messages(row["messages"], where))
+        chat = MESSAGES if MESSAGES in row else CONVERSATIONS
+        if chat in row:
+            prompts.append(_messages(row[chat], where))
         elif isinstance(row.get("prompt"), str) and row["prompt"].strip():
             prompts.append(row["prompt"])
         else:
@@ -152,23 +158,21 @@ def _jsonl_prompts(lines: Sequence[str], source: str) -> list[Prompt]:
 
 
 def _table_prompts(path: Path) -> list[Prompt]:
-    """The prompts of a data file (or save_to_disk folder): each row's `messages` turns
-    when it has them, else its `prompt` text; read as `predict` reads --input."""
+    """The prompts of a data file (or save_to_disk folder): each row's `messages` (else
+    `conversations`) turns when it has them, else its `prompt` text; read as `predict`
+    reads --input."""
     prompts: list[Prompt] = []
     for where, ds in read_splits(path):
         columns = list(ds.column_names)
-        if PROMPT not in columns and MESSAGES not in columns:
+        chats = MESSAGES if MESSAGES in columns else CONVERSATIONS
+        if PROMPT not in columns and chats not in columns:
             raise DataError(
                 f"{where}: no {PROMPT!r} or {MESSAGES!r} column; columns are {sorted(columns)}",
                 f"give the prompts a {PROMPT!r} column (one text a row) or a {MESSAGES!r} "
                 "column ({role, content} turns)",
             )
         empty: list[Any] = [None] * len(ds)
-        turns = (
-            column_values(ds, where, MESSAGES, "chat", "--input")[0]
-            if MESSAGES in columns
-            else empty
-        )
+        turns = column_values(ds, where, chats, "chat", "--input")[0] if chats in columns else empty
         texts = (
             column_values(ds, where, PROMPT, "prompt", "--input")[0] if PROMPT in columns else empty
         )

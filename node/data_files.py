@@ -300,9 +300,9 @@ _BOMS = (
 
 
 def _check_utf8(path: Path) -> None:
-    """A `DataError` for a text file (JSON, CSV) written as UTF-16 or UTF-32 (a BOM of
-    theirs, or NUL bytes, which UTF-8 text never holds, in its first 4 KiB), or holding
-    any other byte that is not UTF-8 (`file_not_utf8`: its line)."""
+    """A `DataError` for a text file (JSON, CSV) written as UTF-16 or UTF-32 (`_wide`,
+    from its first 4 KiB), or holding any other byte that is not UTF-8 (`file_not_utf8`:
+    its line)."""
     with path.open("rb") as fh:
         wide = _wide(str(path), fh.read(4096))
     if wide is not None:
@@ -318,10 +318,11 @@ def _check_utf8(path: Path) -> None:
 
 
 def _wide(label: str, head: bytes) -> DataError | None:
-    """The `DataError` for text whose first bytes `head` are UTF-16 or UTF-32 (a BOM of
-    theirs, or NUL bytes, which UTF-8 text never holds); None when they are not."""
+    """The `DataError` for text whose first bytes `head` are UTF-16 or UTF-32: a BOM of
+    theirs, or NULs as a quarter of the bytes or more (UTF-16 text of Latin letters is
+    half NULs; a stray NUL in UTF-8 text is read as text); None when they are not."""
     found = next((name for bom, name in _BOMS if head.startswith(bom)), None)
-    if found is None and b"\x00" in head:
+    if found is None and b"\x00" in head and 4 * head.count(b"\x00") >= len(head):
         found = "UTF-32" if b"\x00\x00\x00" in head else "UTF-16"
     if found is None:
         return None
