@@ -327,11 +327,14 @@ class RefusalLog:
         self.start, self.logged, self.suppressed = now, 0, 0
 
 
-def configure(node_id: str, fmt: str = "text", level: str = "INFO") -> logging.Logger:
-    _context["node"] = node_id
-    logger = logging.getLogger("declora")
-    logger.handlers.clear()
-    handler = logging.StreamHandler(sys.stderr)
+class _LibraryHandler(logging.StreamHandler):
+    """The root logger's handler `configure` installs (and replaces on the next call)."""
+
+
+def _handler(fmt: str, cls: type[logging.StreamHandler] = logging.StreamHandler) -> logging.Handler:
+    """A stderr handler writing `fmt`: node and round on each record, escaped, bounded,
+    repeats counted."""
+    handler = cls(sys.stderr)
     handler.addFilter(_ContextFilter())
     handler.addFilter(SafeFilter())
     handler.addFilter(RepeatFilter())
@@ -341,9 +344,27 @@ def configure(node_id: str, fmt: str = "text", level: str = "INFO") -> logging.L
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s [%(node)s r%(round)s] %(message)s")
         )
-    logger.addHandler(handler)
+    return handler
+
+
+def configure(node_id: str, fmt: str = "text", level: str = "INFO") -> logging.Logger:
+    """The `declora` logger writes to stderr in `fmt` from `level` on; so do other
+    libraries' loggers and Python warnings (`warnings.warn`) from WARNING on, so under
+    "json" every line on stderr is one JSON object (asyncio's or a library's warning
+    went out as plain text through logging's last resort)."""
+    _context["node"] = node_id
+    logger = logging.getLogger("declora")
+    logger.handlers.clear()
+    logger.addHandler(_handler(fmt))
     logger.setLevel(level)
     logger.propagate = False
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _LibraryHandler)]:
+        root.removeHandler(old)
+    libraries = _handler(fmt, _LibraryHandler)
+    libraries.setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    root.addHandler(libraries)
+    logging.captureWarnings(True)
     return logger
 
 
