@@ -10,21 +10,61 @@ from types import FrameType
 NOT_BEGUN = "interrupted before the command began; nothing was written"
 
 
+# SIGTERM (docker stop, systemctl stop) and SIGHUP (a closed ssh session) are a Ctrl-C
+# until a command takes them over (`start` once its configuration is checked, `lab`):
+# their default action killed a node still loading with no word (exit 143, 129)
+_OTHER_STOPS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+def _ignored(signum: int, frame: FrameType | None) -> None:
+    """A stop signal after the one being handled: the same stop delivered again
+    (`timeout` signals its child, then its process group), the process is exiting."""
+
+
 def _interrupted_loading(signum: int, frame: FrameType | None) -> None:
-    """A Ctrl-C while this module loads (typer, the node package), before `main` can
-    catch a KeyboardInterrupt: `NOT_BEGUN` on stderr, exit 130, no traceback."""
+    """A stop signal while this module loads (typer, the node package), before `main`
+    can catch a KeyboardInterrupt: `NOT_BEGUN` on stderr, exit 130, no traceback."""
+    for sig in (signal.SIGINT, *_OTHER_STOPS):
+        signal.signal(sig, _ignored)
     sys.stderr.write(NOT_BEGUN + "\n")
     raise SystemExit(130)
 
 
-# the first thing this module does, so the imports below are covered; Python's own
-# handler (KeyboardInterrupt) is back once the module has loaded (its end)
-_LOADING = signal.getsignal(signal.SIGINT) is signal.default_int_handler
-if _LOADING:
-    try:
-        signal.signal(signal.SIGINT, _interrupted_loading)
-    except ValueError:  # imported off the main thread: nothing to install
-        _LOADING = False
+def _stop_interrupts(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM or SIGHUP once this module has loaded: a Ctrl-C (KeyboardInterrupt),
+    once; the same stop delivered again is ignored while that one unwinds."""
+    for sig in _OTHER_STOPS:
+        signal.signal(sig, _ignored)
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _taken_over(handler: object, signals: tuple[signal.Signals, ...]) -> list[signal.Signals]:
+    """Those of `signals` still at their default (an ignored SIGHUP, `nohup`, stays
+    ignored; SIGINT's raises KeyboardInterrupt) now go to `handler`."""
+    taken = []
+    for sig in signals:
+        default = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+        if signal.getsignal(sig) is default:
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+            taken.append(sig)
+    return taken
+
+
+# the first thing this module does, so the imports below are covered; the handlers
+# before are back once the module has loaded (its end)
+try:
+    _LOADING = _taken_over(_interrupted_loading, (signal.SIGINT, *_OTHER_STOPS))
+except ValueError:  # imported off the main thread: nothing to install
+    _LOADING = []
+
+
+def _loaded() -> None:
+    """The handlers `_interrupted_loading` replaced are back (it is still in place)."""
+    for sig in _LOADING:
+        if signal.getsignal(sig) is _interrupted_loading:
+            default = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+            signal.signal(sig, default)
+
 
 import contextlib
 import json
@@ -40,8 +80,7 @@ try:  # the slow imports; one that fails puts Python's own Ctrl-C handler back f
     from declora.cli.fast import FORMATS
     from declora.node import __version__
 except BaseException:
-    if _LOADING and signal.getsignal(signal.SIGINT) is _interrupted_loading:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    _loaded()
     raise
 
 if TYPE_CHECKING:
@@ -1149,6 +1188,8 @@ def main() -> None:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     # transformers deprecation chatter is not the user's business
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    with contextlib.suppress(ValueError):  # not the main thread: nothing to install
+        _taken_over(_stop_interrupts, _OTHER_STOPS)
     try:
         if sys.argv[1:2] == ["status"]:  # the plain forms without building the app
             from declora.cli.fast import status_main
@@ -1163,8 +1204,7 @@ def main() -> None:
         sys.exit(130)
 
 
-if _LOADING and signal.getsignal(signal.SIGINT) is _interrupted_loading:
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # loaded: `main` handles them
+_loaded()  # `main` handles them
 
 if __name__ == "__main__":  # pragma: no cover
     main()
