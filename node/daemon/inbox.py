@@ -24,14 +24,18 @@ Invariants callers may rely on:
 - the queue holds payloads of ids the peer table knows only: before one is queued,
   those of senders the table has forgotten (evicted, pruned) go (`_forget_unknown`),
   so ids that come and go while rounds stand still (a node waiting for its first
-  round, ids churning) hold at most one payload per known id and round in the window.
+  round, ids churning) hold at most one payload per known id and round in the window;
+- once the node stops (`stop`), a push still arriving is read no further: it is
+  answered not accepted (`STOPPING`) within the server's grace, so gRPC cancels no call
+  under its handler (that logged a CancelledError traceback at exit).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -40,7 +44,7 @@ import numpy as np
 from declora.node.daemon.admission import CLI_CERT
 from declora.node.daemon.auth import Auth
 from declora.node.daemon.peers import TOKEN_BYTES, Peer, PeerTable
-from declora.node.daemon.pushbuffer import PushBuffer
+from declora.node.daemon.pushbuffer import PushBuffer, StreamShare
 from declora.node.daemon.state import Identity, Progress
 from declora.node.dec_lora import DecLoraNode
 from declora.node.gossip import GossipError, update_scale
@@ -50,6 +54,8 @@ from declora.node.metrics import NodeMetrics
 from declora.node.settings import NodeSettings
 from declora.node.wire import MAX_CODEC, Pace, Payload, WireError, read_stream, tensor_meta
 from declora.proto import pb
+
+log = logging.getLogger(__name__)
 
 MAX_ROUNDS_AHEAD = 8
 STREAMS_PER_PEER = 2  # push streams one neighbour may hold open at once
@@ -62,6 +68,7 @@ STREAMS_PER_PEER = 2  # push streams one neighbour may hold open at once
 # idle long enough to be cut as idle) is cut then (`slow_stream`).
 PUSH_PACE = Pace(min_seconds=30.0, bytes_per_second=32 * 1024)
 MAC_BYTES = 32  # HMAC-SHA256
+STOPPING = "this node is stopping"  # the reason of a push's ack when the node stopped
 
 
 def header_bytes(me: Identity) -> int:
@@ -135,11 +142,24 @@ class Inbox:
         self.max_bytes = max_message_bytes(settings, identity.schema.numel)
         self.budget = PushBuffer(self.max_bytes, settings.max_neighbors)
         self.open_streams: dict[str, int] = {}
+        self.stopped = False
+        self.reading: set[asyncio.Task[object]] = set()  # handlers reading a push now
         self.queued: dict[int, dict[str, Inbound]] = {}
         # senders whose queued round-r delta `drop_deltas` removed: they delivered round
         # r, and send no other, so a round does not wait for them again
         self.dropped: dict[int, set[str]] = {}
         peers.copy_forgotten = self.drop_deltas
+
+    def stop(self) -> None:
+        """The node stops: pushes still arriving end now, and later ones at once, each
+        answered not accepted (`STOPPING`); one line says how many were cut. Once."""
+        if self.stopped:
+            return
+        self.stopped = True
+        if self.reading:
+            log.info("stopping: %d push(es) still arriving, not read", len(self.reading))
+        for task in self.reading:
+            task.cancel()
 
     def arrived(self, r: int) -> set[str]:
         """The senders that delivered a round-r payload: queued, or a delta dropped
@@ -248,7 +268,6 @@ class Inbox:
 
         `cert_name`: the common name of the caller's certificate under mTLS; `host`:
         the caller's remote host (its share of the push buffer; '' unknown)."""
-        me = self.me
         held: list[str] = []
         share = self.budget.stream(host)
 
@@ -260,7 +279,33 @@ class Inbox:
             share.on_take = lambda n: self._active(peer, n)
 
         try:
-            payload = await read_stream(
+            payload = await self._read(stream, on_header, share)
+            if payload is None:
+                return pb.PushAck(accepted=False, reason=STOPPING)
+            return await self._accept(payload)
+        finally:
+            for pid in held:
+                left = self.open_streams.get(pid, 1) - 1
+                if left > 0:
+                    self.open_streams[pid] = left
+                else:
+                    self.open_streams.pop(pid, None)
+
+    async def _read(
+        self,
+        stream: AsyncIterator[pb.Chunk],
+        on_header: Callable[[pb.PayloadHeader], None],
+        share: StreamShare,
+    ) -> Payload | None:
+        """One push's checked payload (`wire.read_stream`); None once the node stopped
+        (`stop`), before or while it arrived."""
+        task = asyncio.current_task()
+        if self.stopped or task is None:
+            return None
+        self.reading.add(task)
+        me = self.me
+        try:
+            return await read_stream(
                 stream,
                 swarm_id=me.swarm_id,
                 fingerprint=me.fingerprint,
@@ -272,14 +317,13 @@ class Inbox:
                 budget=share,
                 pace=PUSH_PACE,
             )
-            return await self._accept(payload)
+        except asyncio.CancelledError:
+            if not self.stopped:  # gRPC's own (the caller went away): not ours to keep
+                raise
+            task.uncancel()
+            return None
         finally:
-            for pid in held:
-                left = self.open_streams.get(pid, 1) - 1
-                if left > 0:
-                    self.open_streams[pid] = left
-                else:
-                    self.open_streams.pop(pid, None)
+            self.reading.discard(task)
 
     def _active(self, peer: Peer, n: int) -> None:
         """`n` bytes of a push from `peer` arrived: they buy it `n / PUSH_PACE` seconds

@@ -126,6 +126,7 @@ def build_parts(
     )
     identity = Identity(s.node_id, s.swarm_id, lm.fingerprint, lm.schema, node.codec_spec)
     inbox = Inbox(s, identity, node, progress, peers, auth, limits, metrics)
+    transport.on_stop(inbox.stop)
     exchange = Exchange(
         s,
         identity,

@@ -233,6 +233,7 @@ class Transport:
         self.dial_log: DialLog | None = None
         self.reserved: socket.socket | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        self._before_stop: list[Callable[[], None]] = []
 
     def reserve(self) -> None:
         """Hold the listen port now (ServerError when it is taken); `start` binds it."""
@@ -301,7 +302,15 @@ class Transport:
         solo = self.settings.solo
         self.health.ready = lambda: solo or live_neighbours() > 0
 
+    def on_stop(self, end_calls: Callable[[], None]) -> None:
+        """Call `end_calls` when the server stops, before its grace: a part whose calls
+        may outlast the grace (a push still arriving) ends them, so gRPC cancels none
+        under its handler (a CancelledError traceback at exit)."""
+        self._before_stop.append(end_calls)
+
     async def stop(self, grace: float = 1.0) -> None:
+        for end_calls in self._before_stop:
+            end_calls()
         if self.reserved is not None:
             self.reserved.close()
             self.reserved = None
