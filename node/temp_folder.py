@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import tempfile
 
+# where `tempfile.gettempdir` looks, in its order (the variables TMPDIR, TEMP and TMP
+# are folders it tries, before the fixed ones and the working folder)
+PLACES = ("TMPDIR", "TEMP", "TMP", "/tmp", "/var/tmp", "/usr/tmp", "the working folder")
 PROBLEM = (
-    "no writable temporary folder (TMPDIR, /tmp, /var/tmp): torch needs one "
+    f"no writable temporary folder ({', '.join(PLACES)}): torch needs one "
     "(a read-only root filesystem?)"
 )
 HINT = (
@@ -18,9 +21,8 @@ HINT = (
 
 
 def temp_folder_missing() -> bool:
-    """True when no writable temporary folder exists (TMPDIR, else /tmp, /var/tmp, the
-    working folder: `tempfile.gettempdir`); then `PROBLEM` and `HINT` say so. Nothing
-    stays behind."""
+    """True when none of `PLACES` is a writable folder (`tempfile.gettempdir`); then
+    `PROBLEM` and `HINT` say so. Nothing stays behind."""
     try:
         tempfile.gettempdir()
     except OSError:  # no usable temporary directory: none is writable
