@@ -1,0 +1,139 @@
+"""grpc.health.v1 and server reflection of a daemon, on the event loop.
+
+- health and reflection refuse, under mTLS, a caller the Swarm service refuses for its
+  certificate (no common name, revoked by --tls-crl: `auth.caller_refusal`), with
+  PERMISSION_DENIED; they run on the event loop, `WATCHES` and `REFLECTIONS` streams
+  of each at most (then RESOURCE_EXHAUSTED): streams held open by anyone never take a
+  thread of the default executor (training and payload checks run there);
+- health answers liveness for "" and the Swarm service (SERVING once the node serves)
+  and readiness for `READY_SERVICE` ("declora.ready": SERVING while it also has a live
+  neighbour, or is --solo), for Kubernetes probes and load balancers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeAlias
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from declora.node.security import TlsFiles
+
+SERVICE_NAME = "declora.v1.Swarm"
+# grpc.health.v1's readiness: SERVING while the node serves and trains with at least one
+# live neighbour (or is --solo); "" and SERVICE_NAME are liveness (serving at all)
+READY_SERVICE = "declora.ready"
+READY_POLL = 1.0  # seconds between looks at the live neighbours for a Watch of it
+WATCHES = 8  # grpc.health.v1 Watch streams open at once (probes use Check)
+REFLECTIONS = 8  # server reflection streams open at once (grpcurl)
+
+
+def _too_many(what: str, most: int) -> str:
+    return f"{most} {what} streams already open on this node"
+
+
+async def _certificate(context: grpc.aio.ServicerContext, tls: TlsFiles | None) -> None:
+    """Abort (PERMISSION_DENIED) a caller whose certificate may call nothing under mTLS."""
+    from declora.node.daemon.auth import caller_refusal  # auth -> status -> peers -> here
+
+    bad = caller_refusal(context, tls)
+    if bad is not None:
+        await context.abort(bad.code, bad.reason)
+
+
+Status: TypeAlias = health_pb2.HealthCheckResponse.ServingStatus
+SERVING, NOT_SERVING = (
+    health_pb2.HealthCheckResponse.SERVING,
+    health_pb2.HealthCheckResponse.NOT_SERVING,
+)
+
+
+class Health(health_pb2_grpc.HealthServicer):
+    """grpc.health.v1 on the event loop: Check, and Watch for at most `WATCHES` callers
+    at once (then RESOURCE_EXHAUSTED); under mTLS (`tls`) not to a caller refused for
+    its certificate (a Watch looks again each time it wakes, at least every
+    `READY_POLL` s under --tls-crl, and ends PERMISSION_DENIED once the list revokes
+    its caller). `set` is synchronous. `READY_SERVICE` is SERVING while "" is and
+    `ready()` is true (looked at on each Check, every `READY_POLL` s for a Watch)."""
+
+    def __init__(self, tls: TlsFiles | None = None) -> None:
+        self.tls = tls
+        self.status: dict[str, Status] = {}
+        self.changed = asyncio.Event()
+        self.watching = 0
+        self.ready: Callable[[], bool] = lambda: False
+
+    def set(self, service: str, status: Status) -> None:
+        self.status[service] = status
+        self.changed.set()  # wakes the watchers of the status before
+        self.changed = asyncio.Event()
+
+    def status_of(self, service: str) -> Status | None:
+        """What Check answers for `service`; None: no such service."""
+        if service == READY_SERVICE and "" in self.status:
+            return SERVING if self.status[""] == SERVING and self.ready() else NOT_SERVING
+        return self.status.get(service)
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        await _certificate(context, self.tls)
+        status = self.status_of(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no service {request.service!r}")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        await _certificate(context, self.tls)
+        if self.watching >= WATCHES:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, _too_many("Watch", WATCHES))
+        self.watching += 1
+        try:
+            last = None
+            # neighbours come and go unannounced; a --tls-crl may revoke the caller
+            polled = request.service == READY_SERVICE or bool(self.tls and self.tls.crl)
+            while True:
+                changed = self.changed
+                if last is not None:  # its caller revoked since: the stream ends
+                    await _certificate(context, self.tls)
+                status = self.status_of(request.service)
+                if status is None:
+                    status = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+                if status != last:
+                    await context.write(health_pb2.HealthCheckResponse(status=status))
+                    last = status
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), READY_POLL if polled else None)
+        finally:
+            self.watching -= 1
+
+
+class Reflection(reflection.aio.ReflectionServicer):
+    """Server reflection, at most `REFLECTIONS` streams at once (then RESOURCE_EXHAUSTED);
+    under mTLS (`tls`) not to a caller refused for its certificate."""
+
+    def __init__(self, service_names: tuple[str, ...], tls: TlsFiles | None = None) -> None:
+        super().__init__(service_names)
+        self.tls = tls
+        self.streams = 0
+
+    async def ServerReflectionInfo(
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        await _certificate(context, self.tls)
+        if self.streams >= REFLECTIONS:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, _too_many("reflection", REFLECTIONS)
+            )
+        self.streams += 1
+        try:
+            async for reply in super().ServerReflectionInfo(request_iterator, context):
+                yield reply
+        finally:
+            self.streams -= 1
