@@ -4,10 +4,12 @@
 written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`, the rows a
 `datasets.Dataset` held in memory (nothing is left in a cache on disk). The file types
 are those of `BUILDERS` (JSON lines `.jsonl`, `.ndjson`, `.json`; CSV/TSV; parquet;
-arrow); CSV/TSV columns are all read as strings, so texts and labels keep their
-spelling. Every mistake (missing file, unsupported type, empty file, bad JSON line, a
-JSON or CSV file in UTF-16/32 or holding a byte that is not UTF-8: its first such line
-named) raises `DataError` with a one-line message and a hint.
+arrow), each also compressed as `COMPRESSIONS` name (`data.jsonl.gz`: decompressed into
+a temporary folder, then read as `data.jsonl`, errors naming the compressed file);
+CSV/TSV columns are all read as strings, so texts and labels keep their spelling. Every
+mistake (missing file, unsupported type, empty file, bad JSON line, a JSON or CSV file
+in UTF-16/32 or holding a byte that is not UTF-8: its first such line named) raises
+`DataError` with a one-line message and a hint.
 CSV/TSV files are read as spreadsheets write them (Excel's `sep=X` first line, a
 trailing comma on every line); a file pandas would misread silently (a stray quote mark
 swallowing rows, a `;`-separated file named .csv) is refused naming its line
@@ -16,11 +18,15 @@ swallowing rows, a `;`-separated file named .csv) is refused naming its line
 
 from __future__ import annotations
 
+import bz2
 import codecs
 import csv
+import gzip
 import io
 import json
+import lzma
 import re
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -39,7 +45,21 @@ BUILDERS = {
     ".parquet": "parquet",
     ".arrow": "arrow",
 }
-SUPPORTED_HINT = "use .jsonl, .json, .csv, .tsv, .parquet, .arrow or a save_to_disk folder"
+# a compressed data file's last suffix -> the stdlib module that opens it
+COMPRESSIONS: dict[str, Any] = {".gz": gzip, ".bz2": bz2, ".xz": lzma}
+SUPPORTED_HINT = (
+    "use .jsonl, .json, .csv, .tsv, .parquet, .arrow (each may be compressed: .gz, .bz2, "
+    ".xz) or a save_to_disk folder"
+)
+
+
+def data_suffix(path: Path) -> str:
+    """The lower-case suffix that names the type of the data file at `path`: a
+    compressed file's inner one (".jsonl" for `data.jsonl.gz`)."""
+    suffix = path.suffix.lower()
+    if suffix in COMPRESSIONS:
+        return Path(path.stem).suffix.lower()
+    return suffix
 
 
 class DataError(HintedError):
@@ -255,9 +275,33 @@ def _check_rows(reader: Any, path: Path, header: list[str], named: int, sep: str
                 )
 
 
+def _read_compressed(path: Path) -> Any:
+    """`_read_file` of the file compressed at `path`, decompressed into a temporary
+    folder; a `DataError` that names the decompressed file names `path`."""
+    opener = COMPRESSIONS[path.suffix.lower()]
+    with tempfile.TemporaryDirectory(prefix="declora-data-") as folder:
+        inner = Path(folder) / path.stem
+        try:
+            with opener.open(path, "rb") as src, inner.open("wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        except (OSError, EOFError, lzma.LZMAError) as exc:
+            if isinstance(exc, OSError) and exc.filename == str(inner):
+                raise  # the temporary folder's fault (a full disk), not the file's
+            raise DataError(
+                f"{path}: cannot decompress it as {path.suffix.lower()}: {exc}",
+                f"is it really a {path.suffix.lower()} file? or decompress it first",
+            ) from exc
+        try:
+            return _read_file(inner)
+        except DataError as exc:
+            raise DataError(exc.message.replace(str(inner), str(path)), exc.hint) from exc
+
+
 def _read_file(path: Path) -> Any:
     """A `datasets.Dataset` (in memory) of the rows of one data file."""
     suffix = path.suffix.lower()
+    if suffix in COMPRESSIONS and data_suffix(path) in BUILDERS:
+        return _read_compressed(path)
     builder = BUILDERS.get(suffix)
     if builder is None:
         hint = SUPPORTED_HINT
