@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,38 @@ from declora.node.schedule import training_round
 from declora.node.settings import NodeSettings
 
 log = logging.getLogger(__name__)
+
+
+def mend_history(folder: Path) -> None:
+    """Cut off a last line of `rounds.jsonl` that a crash or power loss left without
+    its end (a warning says how many bytes), so the lines a resume appends begin lines
+    of their own: the first was glued onto it, two records unreadable. A file that
+    cannot be read or cut is left as it is (the history is a secondary record)."""
+    path = folder / run_folder.HISTORY
+    try:
+        with path.open("r+b") as fh:
+            end = keep = fh.seek(0, os.SEEK_END)
+            if not end:
+                return
+            while keep > 0:  # back to the last newline, a block at a time
+                start = max(0, keep - 65536)
+                fh.seek(start)
+                block = fh.read(keep - start)
+                if start + len(block) == end and block.endswith(b"\n"):
+                    return  # whole lines only
+                newline = block.rfind(b"\n")
+                if newline >= 0:
+                    keep = start + newline + 1
+                    break
+                keep = start
+            fh.truncate(keep)
+    except OSError:
+        return
+    log.warning(
+        "%s ended in a line cut short (a crash while it was written): its %d bytes were cut off",
+        path,
+        end - keep,
+    )
 
 
 class Persistence:
@@ -94,6 +127,7 @@ class Persistence:
                 path,
             )
         check_rounds(path, parts.settings, state.round, trained_round(path))
+        mend_history(self.checkpoint_dir)
         self.attach(parts)
         order = np.asarray(state.trainer.get("order", ()))
         if not checkpoint.check_share(path, state.share, self.share(), order):
