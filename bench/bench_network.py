@@ -13,6 +13,8 @@ delay, loss; see its docstring: the kernel's `sch_netem` is often missing). Prof
     wan       100 Mbit/s, 20 ms
     home      10 Mbit/s, 40 ms, 0.5% loss
     bad       2 Mbit/s, 100 ms, 2% loss
+    congested 0.5 Mbit/s, 100 ms (two fp32 pushes share it near the receivers' minimum)
+    thin      0.3 Mbit/s, 100 ms (two fp32 pushes in parallel: each below that minimum)
 
 The model is tiny-bert at `--rank 288`: its q/v adapter has 2 x 2 x 2 x 32 x 288 =
 73,728 values, the size of MiniLM-L6's at r = 8, while a step costs little CPU, so the
@@ -23,6 +25,7 @@ the round seconds over all nodes and training rounds but the first (median, p90,
 the payload bytes each node sent per round and the rate that makes over a median round
 (and its share of the uplink's rate), rounds that did not mix with every neighbour, neighbours
 that left a live set (from the logs: missed deadline, refused port, overrun acks),
+streams a receiver cut while they flowed (too slow for their pace, or idle),
 the largest disagreement at the end, and the emulator's packet counts. Nothing is
 asserted: the exit code is 1 only when a node exited non-zero or was still running at
 the timeout.
@@ -78,6 +81,8 @@ NS_NAME = re.compile(rf"^{NS_PREFIX}(\d+)n\d+$")
 PORT = 7400  # every node's port inside its own namespace
 SMOKE = {"profiles": "tun", "codecs": "fp32", "rounds": 2, "consensus_rounds": 0, "timeout": 60.0}
 LEFT = re.compile(r"neighbour (\S+) left the live set: (.*)$")
+# a push (or state) a receiver cut while it flowed: too slow for its pace, or idle
+CUT = re.compile(r"refused a message: stream (too slow|idle for)")
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,7 @@ PROFILES = {
         Profile("home", 10e6, 0.040, 0.005),
         Profile("bad", 2e6, 0.100, 0.02),
         Profile("congested", 0.5e6, 0.100, 0.0),  # for --degrade: a link that falls off
+        Profile("thin", 0.3e6, 0.100, 0.0),  # two fp32 pushes in parallel: each too slow
     )
 }
 
@@ -288,6 +294,7 @@ def run_one(args: argparse.Namespace, profile: Profile, codec: str, out: Path) -
                 if (m := LEFT.search(line)) and "left after round" not in line
             ]
             warnings = swarm.log_problems(expected="left the live set: it left after round")
+            cut = sum(1 for _, line in swarm.log_lines() if CUT.search(line))
         if isinstance(net, Network):
             net.close()
             counts = net.counts
@@ -307,6 +314,7 @@ def run_one(args: argparse.Namespace, profile: Profile, codec: str, out: Path) -
         "unmixed": sum(1 for p in found if "mixed without" in p),
         "problems": problems + [p for p in found if "mixed without" not in p] + warnings,
         "left": left,
+        "cut": cut,
         "disagreement": max(finals, default=float("nan")),
         "emulator": counts,
         "failed": bool(problems) or not seconds,
@@ -355,15 +363,15 @@ def row(profile: Profile, codec: str, res: dict[str, Any]) -> str:
     return (
         f"| {profile.name} | {codec} | {median(xs):.2f} | {quantile(xs, 0.9):.2f} | "
         f"{max(xs, default=float('nan')):.2f} | {res['sent_per_round'] / 1e3:.0f} | "
-        f"{send:.2f} | {use} | {res['unmixed']} | {len(res['left'])} | "
+        f"{send:.2f} | {use} | {res['unmixed']} | {len(res['left'])} | {res['cut']} | "
         f"{res['disagreement']:.1e} | {lost} |"
     )
 
 
 HEADER = (
     "| profile | codec | round s median | p90 | max | kB sent/node/round | Mbit/s sent/node "
-    "| uplink use | rounds not fully mixed | neighbours left | final disagreement "
-    "| pkts lost/tail-dropped |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| uplink use | rounds not fully mixed | neighbours left | streams cut | final "
+    "disagreement | pkts lost/tail-dropped |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 

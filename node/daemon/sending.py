@@ -24,12 +24,19 @@ Invariants callers may rely on:
 - a push's data chunks are small enough that each arrives within a quarter of
   `stream_idle_seconds` at the slowest pace receivers accept (`push_chunk_bytes`): a
   receiver sees a stream chunk by chunk, so a larger chunk on a slow link (one that
-  slowed down mid-run) looked idle and was cut (`idle_stream`) though its bytes flowed.
+  slowed down mid-run) looked idle and was cut (`idle_stream`) though its bytes flowed;
+- pushes that share a slow uplink go one at a time: when a round's pushes took more
+  than `ONE_AT_A_TIME_ABOVE` of the time a receiver gives one of them (`PUSH_PACE`), the
+  next rounds' pushes stream one after another, each at the whole uplink's rate (in
+  parallel each got a share, and one could fall below the receivers' minimum and be
+  cut, `slow_stream`); the round takes about as long, since the uplink is the limit.
+  Once they take less than `IN_PARALLEL_BELOW` of it, they go in parallel again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -59,6 +66,9 @@ BUSY_RETRIES, BUSY_BACKOFF = 2, 0.25  # a RESOURCE_EXHAUSTED push: retries, firs
 REASON_CHARS = 200  # of a peer's free text in a log line
 PROBATION_GRACE = 1.0  # s a neighbour on probation may take beyond the round's other work
 MIN_CHUNK = 4 * 1024  # bytes: the smallest data chunk a push uses
+# of the time a receiver gives one push (`PUSH_PACE`): a round's pushes that took longer
+# go one at a time from the next round on, and in parallel again below the other
+ONE_AT_A_TIME_ABOVE, IN_PARALLEL_BELOW = 0.5, 0.25
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,9 @@ class Sender:
         self.counters = counters
         self.metrics = metrics
         self.overruns: dict[str, int] = {}  # node id -> rounds running its ack came late
+        self.one_at_a_time = False  # the uplink is slow: pushes stream one after another
+        self._turn: asyncio.Lock | None = None  # held by the push streaming (one at a time)
+        self._largest = 0  # bytes of the round's largest push
 
     def on_probation(self, peer: Peer) -> bool:
         """Whether `peer` was dropped for late acks and has not acked in time since."""
@@ -125,10 +138,36 @@ class Sender:
         to neighbours on probation, returned for `settle`."""
         for pid in [pid for pid in self.overruns if self.peers.get(pid) is None]:
             del self.overruns[pid]
+        self._turn = asyncio.Lock() if self.one_at_a_time else None
+        self._largest = 0
+        started = time.monotonic()
         tasks = {asyncio.create_task(self.push(p, out)): p for p in live}
         held = {t: p for t, p in tasks.items() if not self.on_probation(p)}
         await self.settle(held, out.r, out.deadline)
+        self._choose_order(len(held), time.monotonic() - started)
         return {t: p for t, p in tasks.items() if t not in held}
+
+    def _choose_order(self, pushes: int, took: float) -> None:
+        """The round's `pushes` all ended `took` s after the first began: about what each
+        takes in parallel (the uplink is shared), so compare it with what a receiver
+        gives one push, and go one at a time, or in parallel again (see the module)."""
+        if pushes < 2 or not self._largest:
+            return
+        allowed = PUSH_PACE.seconds(self._largest)
+        if not self.one_at_a_time and took > ONE_AT_A_TIME_ABOVE * allowed:
+            self.one_at_a_time = True
+            log.info(
+                "the uplink is slow (%d pushes took %.1fs, a receiver allows one %.0fs): "
+                "pushing to neighbours one at a time",
+                pushes,
+                took,
+                allowed,
+            )
+        elif self.one_at_a_time and took < IN_PARALLEL_BELOW * allowed:
+            self.one_at_a_time = False
+            log.info(
+                "the uplink keeps up (%d pushes took %.1fs): pushing in parallel", pushes, took
+            )
 
     async def settle(self, tasks: dict[asyncio.Task[None], Peer], r: int, until: float) -> None:
         """Wait for the pushes `tasks` until `until` (monotonic time); those still
@@ -194,9 +233,14 @@ class Sender:
             stream: Any = chunks(header, data, push_chunk_bytes(self.settings))
             if faults.armed("mid_stream"):
                 stream = _crash_mid_stream(stream)
+            self._largest = max(self._largest, len(data))
             started = time.monotonic()
             try:
-                ack: pb.PushAck = await self.peers.stub(peer).Push(stream, timeout=left)
+                async with self._turn or contextlib.nullcontext():
+                    left = deadline - time.monotonic()  # after its turn came
+                    if left <= 0:
+                        raise PushOverdue
+                    ack: pb.PushAck = await self.peers.stub(peer).Push(stream, timeout=left)
             except grpc.aio.AioRpcError as exc:
                 busy = exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 now = time.monotonic()
