@@ -523,23 +523,31 @@ def _turn_end(tok: Tokenizer, turn: str, content: str) -> tuple[int, str | None]
     return start + where + len(mark), mark
 
 
+# end_of_turn_id's probes: a reply to a user turn, then with a system turn first (for a
+# template that requires one)
+_PROBE = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+_PROBES = (_PROBE, [{"role": "system", "content": "Be brief."}, *_PROBE])
+
+
 def end_of_turn_id(tok: Tokenizer) -> int | None:
     """The id of the token that closes a trained assistant turn (`_turn_end`), found by
-    rendering a one-reply conversation: EOS, or the template's own end-of-turn token;
-    None when the template closes a reply with no special token (or refuses the probe)."""
+    rendering a one-reply conversation (with a system turn first when the template
+    refuses it without): EOS, or the template's own end-of-turn token; None when the
+    template closes a reply with no special token (or refuses both probes)."""
     if not tok.has_chat_template:
         return tok.eos_id
-    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
-    try:
-        before = _template(tok, msgs[:1], True)
-        after = _template(tok, msgs, False)
-    except DataError:
-        return None
-    if not after.startswith(before):
-        return None
-    _, mark = _turn_end(tok, after[len(before) :], "Hello")
-    ids = tok.encode([mark], add_special_tokens=False)[0] if mark else []
-    return ids[0] if len(ids) == 1 else None
+    for msgs in _PROBES:
+        try:
+            before = _template(tok, msgs[:-1], True)
+            after = _template(tok, msgs, False)
+        except DataError:
+            continue
+        if not after.startswith(before):
+            return None
+        _, mark = _turn_end(tok, after[len(before) :], "Hello")
+        ids = tok.encode([mark], add_special_tokens=False)[0] if mark else []
+        return ids[0] if len(ids) == 1 else None
+    return None
 
 
 def render_prompt(tok: Tokenizer, messages: str | Sequence[Mapping[str, str]]) -> str:
