@@ -8,7 +8,8 @@ anything loads, `startup.check_config` decides what a start may do with it, and
   (`checkpoint.save` moves it into place whole, then points LATEST at it);
 - `resume_point`: the checkpoint a resume continues from: the one LATEST names, or,
   without LATEST (a crash between a checkpoint's rename and LATEST's, or LATEST
-  deleted), the newest complete one;
+  deleted) or with one naming no checkpoint (empty, zeros: a damaged disk), the
+  newest complete one;
 - `earlier_run`: what an earlier run wrote (LATEST, the final adapter, the round
   history `HISTORY` and its rotated older part `OLDER_HISTORY`, ckpt-* folders), none
   of which a fresh start may replace (a history alone is appended to: `history_only`);
@@ -61,24 +62,36 @@ def complete_checkpoints(folder: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+MAX_POINTER = 64  # bytes of LATEST read: a checkpoint's name is 13
+
+
 def named(folder: Path) -> str | None:
-    """What LATEST names ('' when it is empty or unreadable); None without LATEST."""
+    """What LATEST names (its first `MAX_POINTER` bytes; '' when it is empty or
+    unreadable); None without LATEST."""
     pointer = folder / LATEST
     if not pointer.is_file():
         return None
     try:
-        return pointer.read_text().strip()
+        with pointer.open("rb") as fh:
+            return fh.read(MAX_POINTER).decode().strip()
     except (OSError, UnicodeDecodeError):
         return ""
 
 
+def names_checkpoint(name: str | None) -> bool:
+    """Whether `name` (`named`'s answer) is a checkpoint's name, `ckpt-<round>`; not
+    when LATEST is absent, empty, unreadable or garbage (zeros from a damaged disk)."""
+    return name is not None and _CHECKPOINT.fullmatch(name) is not None
+
+
 def resume_point(folder: Path) -> Path | None:
     """The checkpoint a resume continues from: the one LATEST names when it is complete
-    (None when it is not: LATEST decides), else the newest complete one; None if none."""
+    (None when it is not: LATEST decides), else, LATEST absent or naming no checkpoint
+    at all (`names_checkpoint`), the newest complete one; None if none."""
     name = named(folder)
-    if name is not None:
-        path = folder / name
-        return path if name and is_complete(path) else None
+    if names_checkpoint(name):
+        path = folder / str(name)
+        return path if is_complete(path) else None
     complete = complete_checkpoints(folder)
     return complete[-1] if complete else None
 

@@ -118,12 +118,21 @@ class Persistence:
         state = checkpoint.load(self.checkpoint_dir, parts.lm)
         path = state.path
         assert path is not None  # load found it
-        if run_folder.named(self.checkpoint_dir) is None:
+        pointer = run_folder.named(self.checkpoint_dir)
+        if pointer is None:
             log.warning(
                 "%s holds no LATEST (a stop between writing %s and pointing LATEST at "
                 "it): resuming from its newest complete checkpoint, %s",
                 self.checkpoint_dir,
                 path.name,
+                path,
+            )
+        elif not run_folder.names_checkpoint(pointer):
+            log.warning(
+                "%s: LATEST names no checkpoint (%r: damaged): resuming from the newest "
+                "complete checkpoint, %s",
+                self.checkpoint_dir,
+                pointer,
                 path,
             )
         check_rounds(path, parts.settings, state.round, trained_round(path))
