@@ -225,11 +225,11 @@ def prompt_ids(tok: Tokenizer, prompt: Prompt, chat_template: bool) -> list[int]
     rendered conversations (`lm_data.encode_prompt`: the chat template with its
     generation prompt, or, for a model without one, the plain rendering "text\n"), the
     same whichever route it came by; with `chat_template` off (`renders_text`), the text
-    as it is (with the special tokens)."""
-    from declora.node.lm_data import encode_prompt
+    as it is (with the special tokens, `lm_data.encode_text`)."""
+    from declora.node.lm_data import encode_prompt, encode_text
 
     if isinstance(prompt, str) and not chat_template:
-        return tok.encode([prompt])[0]
+        return encode_text(tok, prompt)
     return encode_prompt(tok, prompt)
 
 

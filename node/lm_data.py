@@ -20,10 +20,10 @@ A `text_column` other than the default "text" is an explicit choice: `auto` then
 reads text. Every malformed row raises `DataError` naming the row, with a hint.
 
 Encoding (`encode_lm`), what training relies on:
-- text, packed (`packing`, the default): every document is tokenized, followed by EOS,
-  concatenated in row order and cut into `max_length` blocks; no token is lost but the
-  final partial block (a warning when it holds >= 1% of the tokens); every token
-  carries a label.
+- text, packed (`packing`, the default): every document is tokenized, followed by one
+  EOS (a tokenizer that appends its own gets no second), concatenated in row order and
+  cut into `max_length` blocks; no token is lost but the final partial block (a warning
+  when it holds >= 1% of the tokens); every token carries a label.
 - text, one example per row: the document plus EOS, truncated to `max_length`.
 - conversations, one example per row, truncated to `max_length`: rendered with the
   tokenizer's chat template when it has one (else "content\\n" per turn and
@@ -444,6 +444,14 @@ def _eos(tok: Tokenizer) -> tuple[int, str]:
     return tok.eos_id, tok.eos_token
 
 
+def _appends_eos(tok: Tokenizer) -> bool:
+    """Whether `tok.encode` with special tokens ends a text with EOS itself (a tokenizer
+    saved with `add_eos_token`): the EOS declora adds then would be a second one."""
+    added = tok.encode(["a"], add_special_tokens=True)[0]
+    plain = tok.encode(["a"], add_special_tokens=False)[0]
+    return added[-1:] == [tok.eos_id] and plain[-1:] != [tok.eos_id]
+
+
 def _template(tok: Tokenizer, messages: list[dict[str, str]], generation: bool) -> str:
     try:
         return tok.apply_chat_template(messages, add_generation_prompt=generation)
@@ -561,9 +569,18 @@ def render_prompt(tok: Tokenizer, messages: str | Sequence[Mapping[str, str]]) -
 
 def encode_prompt(tok: Tokenizer, messages: str | Sequence[Mapping[str, str]]) -> list[int]:
     """`render_prompt`'s ids, tokenized as training tokenizes (special tokens added only
-    without a chat template, whose text holds its own)."""
+    without a chat template, whose text holds its own: `encode_text`)."""
     text = render_prompt(tok, messages)
-    return tok.encode([text], add_special_tokens=not tok.has_chat_template)[0]
+    if tok.has_chat_template:
+        return tok.encode([text], add_special_tokens=False)[0]
+    return encode_text(tok, text)
+
+
+def encode_text(tok: Tokenizer, text: str) -> list[int]:
+    """The ids a model continues `text` from: with the tokenizer's special tokens (a
+    BOS), but never an EOS after it, which a tokenizer that appends one would add."""
+    ids = tok.encode([text])[0]
+    return ids[:-1] if _appends_eos(tok) else ids
 
 
 # --------------------------------------------------------------------------- encoding
@@ -583,7 +600,8 @@ def encode_lm(
     if data.chats is not None:
         return _encode_chats(tok, data.chats, max_length, what)
     eos, _ = _eos(tok)
-    docs = [[*ids, eos] for ids in tok.encode(list(data.texts))]
+    added = [eos] if not _appends_eos(tok) else []  # one EOS after each document
+    docs = [[*ids, *added] for ids in tok.encode(list(data.texts))]
     total = sum(len(d) for d in docs)
     if not packing:
         seqs = [d[:max_length] for d in docs]

@@ -1,5 +1,7 @@
-"""Chat templates as users' models ship them: one that requires a system turn first
-still gives `generate` the end-of-turn token training closed replies with."""
+"""Tokenizers and chat templates as users' models ship them: one that requires a system
+turn first still gives `generate` the end-of-turn token training closed replies with;
+one saved with add_eos_token (it ends every text with EOS) gets one EOS after each
+document, not two, and no EOS after a prompt to continue."""
 
 from __future__ import annotations
 
@@ -7,8 +9,10 @@ from types import SimpleNamespace
 
 from test_lm_chat_boundary import CHATML, bpe, trained
 
-from declora.cli.generate import stop_ids
-from declora.node.lm_data import end_of_turn_id
+from declora.cli.generate import prompt_ids, stop_ids
+from declora.node.data import TextDataset
+from declora.node.lm_data import IGNORE, encode_lm, encode_prompt, end_of_turn_id
+from declora.node.models import HFTokenizer
 
 SYSTEM_FIRST = (
     "{% if messages[0]['role'] != 'system' %}{{ raise_exception('a system turn must come "
@@ -25,3 +29,34 @@ def test_a_template_that_needs_a_system_turn_still_stops_at_its_end_of_turn() ->
     model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=None))
     adapter = SimpleNamespace(model=model, tokenizer=tok)
     assert stop_ids(adapter) == [tok.eos_id, im_end]  # type: ignore[arg-type]
+
+
+def eos_appending(template: str | None = None) -> HFTokenizer:
+    """`bpe`'s tokenizer saved with add_eos_token: it ends every text with EOS itself."""
+    from tokenizers import processors
+
+    tok = bpe(template, eos="<|endoftext|>")
+    eos = ("<|endoftext|>", tok.hf.convert_tokens_to_ids("<|endoftext|>"))
+    tok.hf.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A <|endoftext|>", special_tokens=[eos]
+    )
+    assert tok.encode(["Paris"])[0][-1] == tok.eos_id  # the tokenizer appends EOS
+    return tok
+
+
+def test_a_tokenizer_that_appends_eos_gets_one_eos_after_each_document() -> None:
+    tok = eos_appending()
+    docs = TextDataset(("Paris is it.", "Capital of France?"), None, ())
+    ids, _, _ = encode_lm(tok, docs, 1, packing=True)  # blocks of 1: no token dropped
+    stream = ids.flatten().tolist()
+    assert stream.count(tok.eos_id) == 2 and [tok.eos_id] * 2 not in [
+        stream[i : i + 2] for i in range(len(stream))
+    ]
+    _, _, one = encode_lm(tok, TextDataset(("Paris is it.",), None, ()), 16, packing=False)
+    assert [int(i) for i in one[0] if i != IGNORE].count(tok.eos_id) == 1  # trained once
+
+
+def test_a_prompt_never_ends_with_the_eos_a_tokenizer_appends() -> None:
+    tok = eos_appending()
+    assert prompt_ids(tok, "Capital of France?", chat_template=False)[-1] != tok.eos_id
+    assert encode_prompt(tok, "Capital of France?")[-1] != tok.eos_id  # plain "text\n"
