@@ -268,8 +268,10 @@ def _mark_held(record: logging.LogRecord, count: int, seconds: float, last: bool
 
 
 def flush_repeats() -> None:
-    """Write the repeats the `declora` handler's RepeatFilter has counted but not shown."""
-    for handler in logging.getLogger("declora").handlers:
+    """Write the repeats the handlers `configure` installed (the `declora` logger's,
+    the other libraries') have counted but not shown."""
+    root = [h for h in logging.getLogger().handlers if isinstance(h, _LibraryHandler)]
+    for handler in [*logging.getLogger("declora").handlers, *root]:
         for f in handler.filters:
             if isinstance(f, RepeatFilter):
                 for record in f.pending():

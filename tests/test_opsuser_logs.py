@@ -18,6 +18,8 @@ logging.getLogger("declora.node.x").info("ours")
 logging.getLogger("asyncio").warning("Executing <Task> took 0.2 seconds")
 logging.getLogger("transformers").info("chatter below WARNING")
 warnings.warn("a library's warning\\nsecond line", UserWarning, stacklevel=1)
+logging.getLogger("asyncio").warning("Executing <Task> took 0.2 seconds")  # held back
+logs.flush_repeats()  # at exit: the count of what was held back
 """
 
 
@@ -37,12 +39,14 @@ def test_json_logs_carry_other_libraries_and_warnings_as_json() -> None:
         ("declora.node.x", "INFO"),
         ("asyncio", "WARNING"),
         ("py.warnings", "WARNING"),
+        ("asyncio", "WARNING"),
     ]
+    assert "(repeated 1 times in the last" in records[3]["message"]
     assert all(r["node"] == "n0" for r in records)
     assert "a library's warning\\nsecond line" in records[2]["message"]
 
 
 def test_text_logs_give_a_library_warning_one_prefixed_line() -> None:
     lines = _stderr("text")
-    assert len(lines) == 3, lines
+    assert len(lines) == 4, lines
     assert all(" [n0 r0] " in line for line in lines), lines
