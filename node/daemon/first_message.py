@@ -16,8 +16,9 @@ call of the network (`limits.host_key`) with the most calls waiting, its own whe
 that is the newcomer's. A caller that sends its message at once (every honest one)
 waits for a round trip, so it is not cut unless `WAITING` newer calls come within
 it. The server's cap needs `WAITING` places beyond its pools (`transport.start`).
-A request message after the first is ignored (gRPC refused it); one that does not
-parse is INVALID_ARGUMENT (gRPC answered UNKNOWN, naming its DecodeError).
+A request message after the first is ignored; one that does not parse is
+INVALID_ARGUMENT (gRPC answered UNKNOWN, naming its DecodeError). These refusals are
+not counted in `status` (the interceptor sees no node's counters).
 """
 
 from __future__ import annotations
