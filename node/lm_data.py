@@ -48,6 +48,7 @@ rendered it.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -679,6 +680,7 @@ def _encode_chats(
     whose trained tokens fits is kept as a row with no labels (rows stay aligned with
     the dataset's) and counted in a warning; the trainer skips it. None fitting at all
     is a `DataError`."""
+    _warn_rendered(tok, chats, what)
     if not tok.has_chat_template:
         _log.warning(
             "%s: the tokenizer has no chat template, so conversations are rendered as "
@@ -728,6 +730,26 @@ def _encode_chats(
             f"; no trained token is left in {empty} of them, which training skips" if empty else "",
         )
     return _padded(seqs, labels, max_length, tok.pad_id)
+
+
+def _warn_rendered(tok: Tokenizer, chats: Sequence[Chat], what: str) -> None:
+    """One warning when turns' texts hold the tokenizer's special tokens (a chat
+    template's marks such as <|im_start|>, or EOS): text already rendered with a template
+    is rendered again, its marks doubled."""
+    marks = [m for m in _specials(tok) if len(m) > 1]
+    if not marks or not chats:
+        return
+    pattern = re.compile("|".join(re.escape(m) for m in sorted(marks, key=len, reverse=True)))
+    hits = [next(filter(None, (pattern.search(c) for _, c in chat)), None) for chat in chats]
+    found = [hit.group(0) for hit in hits if hit is not None]
+    if found:
+        _log.warning(
+            "%s: %d of %d conversations hold the tokenizer's special token %r in a turn's "
+            "text: text already rendered with a chat template is rendered again (its marks "
+            "doubled); give each turn its plain text (or train rendered text as documents: "
+            "--data-format text)",
+            what, len(found), len(chats), found[0][:40],
+        )  # fmt: skip
 
 
 def _labelled(

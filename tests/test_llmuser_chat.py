@@ -1,12 +1,15 @@
 """Tokenizers and chat templates as users' models ship them: one that requires a system
 turn first still gives `generate` the end-of-turn token training closed replies with;
 one saved with add_eos_token (it ends every text with EOS) gets one EOS after each
-document, not two, and no EOS after a prompt to continue."""
+document, not two, and no EOS after a prompt to continue; turns whose text is already
+rendered with the template are named in a warning."""
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
+import pytest
 from test_lm_chat_boundary import CHATML, bpe, trained
 
 from declora.cli.generate import prompt_ids, stop_ids
@@ -14,6 +17,7 @@ from declora.node.data import TextDataset
 from declora.node.lm_data import IGNORE, encode_lm, encode_prompt, end_of_turn_id
 from declora.node.models import HFTokenizer
 
+CHAT_PLAIN = (("user", "Capital of Italy?"), ("assistant", "Rome."))
 SYSTEM_FIRST = (
     "{% if messages[0]['role'] != 'system' %}{{ raise_exception('a system turn must come "
     "first') }}{% endif %}" + CHATML
@@ -60,3 +64,19 @@ def test_a_prompt_never_ends_with_the_eos_a_tokenizer_appends() -> None:
     tok = eos_appending()
     assert prompt_ids(tok, "Capital of France?", chat_template=False)[-1] != tok.eos_id
     assert encode_prompt(tok, "Capital of France?")[-1] != tok.eos_id  # plain "text\n"
+
+
+def test_turns_already_rendered_with_the_template_are_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tok = bpe(CHATML)
+    rendered = "<|im_start|>user\nCapital of France?<|im_end|>\n<|im_start|>assistant\n"
+    chats = [(("user", rendered), ("assistant", "Paris.")), CHAT_PLAIN]
+    with caplog.at_level(logging.WARNING, logger="declora"):
+        encode_lm(tok, TextDataset(("", ""), None, (), tuple(chats)), 64, packing=False)
+    said = [r.getMessage() for r in caplog.records if "special token" in r.getMessage()]
+    assert len(said) == 1 and "1 of 2 conversations" in said[0] and "'<|im_start|>'" in said[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="declora"):
+        encode_lm(tok, TextDataset(("",), None, (), (CHAT_PLAIN,)), 64, packing=False)
+    assert not [r for r in caplog.records if "special token" in r.getMessage()]
