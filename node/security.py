@@ -571,6 +571,18 @@ def _mac_input(msg: Message) -> bytes:
     )
 
 
+def floor_network(source: str) -> str:
+    """The network a replay floor of `source` (`auth.source_key`: an IPv4 address, an
+    IPv6 /64) folds into (`SwarmAuth`): its IPv4 /16 or IPv6 /48 ('10.1.2.3' ->
+    '10.1.0.0/16'); '' for a source that is no IP."""
+    try:
+        net = ipaddress.ip_network(source.split("%")[0], strict=False)
+    except ValueError:
+        return ""
+    wide = 16 if net.version == 4 else 48
+    return str(net if net.prefixlen <= wide else net.supernet(new_prefix=wide))
+
+
 class SwarmAuth:
     """Signs and verifies messages with the swarm secret; remembers recent nonces.
 
@@ -584,7 +596,11 @@ class SwarmAuth:
     are still accepted (before, one floor for all: 101,000 signed Leaves dated 110 s
     ahead, in 54 s, had every honest Hello and Status refused as replayed). At most
     `max_nonces` sources keep a floor; beyond, the oldest kept one folds into the
-    floor of every source. The price: while such a flood overflows the cache, a
+    floor of its network (`floor_network`: an IPv4 /16, an IPv6 /48), and only past
+    `max_nonces` such networks into the floor of every source (before, straight into
+    that: a holder of the secret signing from more than `max_nonces` addresses, such
+    as 127.0.0.0/8 on a node's own host, had every honest sender refused as
+    replayed). The price: while such a flood overflows the cache, a
     message whose nonce left it early may be replayed once from another source
     within its `window` (a capture of it, replayed by someone on the path).
     """
@@ -604,7 +620,8 @@ class SwarmAuth:
         self._by_time: list[tuple[int, bytes, str]] = []  # heap of (ms, nonce, source)
         # source -> nonces from it at or before this time were forgotten early
         self._floors: dict[str, int] = {}
-        self._floor_ms = -1  # ...and from any source (floors folded when too many)
+        self._networks: dict[str, int] = {}  # ...from any source of a network (folded)
+        self._floor_ms = -1  # ...and from any source (networks folded when too many)
 
     def _mac(self, *parts: bytes) -> bytes:
         h = hmac.new(self._key, digestmod=hashlib.sha256)
@@ -643,6 +660,8 @@ class SwarmAuth:
                 "stale_nonce",
             )
         floor = max(self._floor_ms, self._floors.get(source, -1))
+        if self._networks:
+            floor = max(floor, self._networks.get(floor_network(source), -1))
         if msg.nonce in self._seen or sent_ms <= floor:
             raise AuthError("replayed nonce: this message was already received", "replay")
         self._remember(sent_ms, bytes(msg.nonce), source)
@@ -666,7 +685,11 @@ class SwarmAuth:
             floors[where] = max(floors.pop(where, -1), oldest_ms)  # now the newest kept
             if len(floors) > self.max_nonces:  # many sources: the oldest kept folds in
                 first = next(iter(floors))
-                self._floor_ms = max(self._floor_ms, floors.pop(first))
+                networks, network = self._networks, floor_network(first)
+                networks[network] = max(networks.pop(network, -1), floors.pop(first))
+                if len(networks) > self.max_nonces:  # many networks: one floor for all
+                    kept_longest = next(iter(networks))
+                    self._floor_ms = max(self._floor_ms, networks.pop(kept_longest))
 
     # ---------------------------------------------------- payloads
     def _payload_mac(self, header: pb.PayloadHeader, data: bytes) -> bytes:
