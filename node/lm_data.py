@@ -468,6 +468,12 @@ def _template(tok: Tokenizer, messages: list[dict[str, str]], generation: bool) 
                 "this model's template may take no system turn (Gemma's does not): fold "
                 "the system text into the first user turn, or " + hint
             )
+        elif "system" in str(exc).lower():
+            hint = (
+                "this model's template may need a system turn first: add one (generate: "
+                '--input JSON lines of {"messages": [{"role": "system", "content": ...}, '
+                '{"role": "user", "content": ...}]}), or ' + hint
+            )
         raise DataError(
             f"the chat template refuses the conversation of roles {shown} whose first user "
             f"turn starts {first[:40]!r}: {one_line(str(exc))}",

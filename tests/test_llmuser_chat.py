@@ -14,6 +14,7 @@ from test_lm_chat_boundary import CHATML, bpe, trained
 
 from declora.cli.generate import prompt_ids, stop_ids
 from declora.node.data import TextDataset
+from declora.node.data_files import DataError
 from declora.node.lm_data import IGNORE, encode_lm, encode_prompt, end_of_turn_id
 from declora.node.models import HFTokenizer
 
@@ -80,3 +81,10 @@ def test_turns_already_rendered_with_the_template_are_named(
     with caplog.at_level(logging.WARNING, logger="declora"):
         encode_lm(tok, TextDataset(("",), None, (), (CHAT_PLAIN,)), 64, packing=False)
     assert not [r for r in caplog.records if "special token" in r.getMessage()]
+
+
+def test_a_prompt_a_template_refuses_without_a_system_turn_says_to_add_one() -> None:
+    with pytest.raises(DataError) as info:
+        encode_prompt(bpe(SYSTEM_FIRST), "Capital of France?")
+    assert "a system turn must come first" in info.value.message
+    assert "need a system turn first: add one" in (info.value.hint or "")
