@@ -182,13 +182,39 @@ def _check_writable(folder: Path, where: str) -> None:
     try:
         fd, probe = tempfile.mkstemp(prefix=".probe-", dir=folder)
     except OSError as exc:
+        owner = _owner(folder) if exc.errno == errno.EACCES else None
+        remedy = "make it writable (a read-only mount?)"
+        if owner:
+            remedy = f"make it the node's (chown -R {os.geteuid()} {folder})"
         raise UserError(
-            f"cannot use {where} for checkpoints: {exc.strerror or exc}",
+            f"cannot use {where} for checkpoints: {exc.strerror or exc}"
+            + (f" ({owner[0]}; this node runs as {owner[1]})" if owner else ""),
             CONFIG,
-            "make it writable (a read-only mount?), or pass another --checkpoint-dir",
+            f"{remedy}, or pass another --checkpoint-dir",
         ) from None
     os.close(fd)
     os.unlink(probe)
+
+
+def _owner(folder: Path) -> tuple[str, str] | None:
+    """Who owns `folder` and who this process is ("uid 0 (root)"), when they differ:
+    a state folder made by root (a `mkdir` before the unit ran as its user); None when
+    they are the same user (then its mode is what refuses) or it cannot be looked at."""
+    try:
+        uid = folder.stat().st_uid
+    except OSError:
+        return None
+    me = os.geteuid()
+    return None if uid == me else (f"owned by {_user(uid)}", _user(me))
+
+
+def _user(uid: int) -> str:
+    try:
+        import pwd
+
+        return f"uid {uid} ({safe_text(pwd.getpwuid(uid).pw_name, 32)})"
+    except (ImportError, KeyError):  # no such user here (a container's), or Windows
+        return f"uid {uid}"
 
 
 def _check_folder(s: NodeSettings, where: str) -> list[Path]:
