@@ -273,9 +273,13 @@ def _chat(value: object, row: int, where: str, column: str) -> Chat:
         raise DataError(f"{at} has no column {column!r}", f"every row needs a {column!r} list")
     if not isinstance(value, (list, tuple)) or not value:
         what = "an empty list" if isinstance(value, (list, tuple)) else f"a {type(value).__name__}"
+        encoded = isinstance(value, str) and value.lstrip().startswith("[")
         raise DataError(
             f"{at}: {column!r} is {what}, not a list of {{role, content}} turns",
-            f"write {CHAT_EXAMPLE}",
+            "the turns are written as JSON text: store them as a list (decode each row's "
+            f"text with json.loads before saving), e.g. {CHAT_EXAMPLE}"
+            if encoded
+            else f"write {CHAT_EXAMPLE}",
         )
     turns = _chat_turns(list(value), row, where, column)
     if not any(role == "assistant" for role, _ in turns):

@@ -69,3 +69,17 @@ def test_training_reads_sharegpt_rows_beside_role_rows(tmp_path: Path) -> None:
     train, test = load_dataset(path, label_column=None, examples=LmFormat(), dedupe=False)
     chats = [*(train.chats or ()), *(test.chats or ())]
     assert (("user", "q9"), ("assistant", "b")) in chats
+
+
+def test_turns_stored_as_json_text_say_to_decode_them(tmp_path: Path) -> None:
+    """A parquet or JSON export whose messages column holds json.dumps(turns)."""
+    from declora.node.data import load_dataset
+    from declora.node.lm_data import LmFormat
+
+    turns = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    path = tmp_path / "chats.jsonl"
+    path.write_text(json.dumps({"messages": json.dumps(turns)}) + "\n")
+    with pytest.raises(DataError) as info:
+        load_dataset(path, label_column=None, examples=LmFormat(), dedupe=False)
+    assert "row 1: 'messages' is a str" in info.value.message
+    assert "written as JSON text" in (info.value.hint or "")
