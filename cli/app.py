@@ -3,8 +3,10 @@
 # ruff: noqa: E402 (a Ctrl-C handler is installed before the other imports)
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import time
 from types import FrameType
 
 NOT_BEGUN = "interrupted before the command began; nothing was written"
@@ -23,11 +25,34 @@ def _ignored(signum: int, frame: FrameType | None) -> None:
 
 def _interrupted_loading(signum: int, frame: FrameType | None) -> None:
     """A stop signal while this module loads (typer, the node package), before `main`
-    can catch a KeyboardInterrupt: `NOT_BEGUN` on stderr, exit 130, no traceback."""
+    can catch a KeyboardInterrupt: `NOT_BEGUN` on stderr, exit 130, no traceback; as
+    a JSON record when the command line or DECLORA_LOG_FORMAT asks for JSON logs
+    (nothing is imported here: the import it interrupted may hold a module's lock)."""
     for sig in (signal.SIGINT, *_OTHER_STOPS):
         signal.signal(sig, _ignored)
-    sys.stderr.write(NOT_BEGUN + "\n")
+    line = NOT_BEGUN
+    if _json_asked():  # the fields and order of `logs.json_line`
+        now = time.time()
+        stamp = (
+            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+        )
+        line = (
+            f'{{"time": "{stamp}", "level": "WARNING", "logger": "declora", "node": "-", '
+            f'"round": 0, "message": "{NOT_BEGUN}", "exit_code": 130}}'
+        )
+    sys.stderr.write(line + "\n")
     raise SystemExit(130)
+
+
+def _json_asked() -> bool:
+    """--log-format json on the command line, else DECLORA_LOG_FORMAT=json."""
+    args = sys.argv[1:]
+    for i, arg in enumerate(args):
+        if arg.startswith("--log-format="):
+            return arg.partition("=")[2].strip().lower() == "json"
+        if arg == "--log-format" and i + 1 < len(args):
+            return args[i + 1].strip().lower() == "json"
+    return os.environ.get("DECLORA_LOG_FORMAT", "").strip().lower() == "json"
 
 
 def _stop_interrupts(signum: int, frame: FrameType | None) -> None:
@@ -68,7 +93,6 @@ def _loaded() -> None:
 
 import contextlib
 import json
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn

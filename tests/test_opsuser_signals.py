@@ -9,6 +9,7 @@ import hook), so it lands in the phase named, with no timing."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -31,7 +32,9 @@ main()
 """
 
 
-def _start(tmp_path: Path, module: str, sig: int, *extra: str) -> subprocess.CompletedProcess[str]:
+def _start(
+    tmp_path: Path, module: str, sig: int, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     state = tmp_path / "state"
     args = ["start", "--solo", "--model", "tiny-bert", "--listen", "127.0.0.1:1"]  # never bound
     args += ["--checkpoint-dir", str(state), *extra]
@@ -39,6 +42,7 @@ def _start(tmp_path: Path, module: str, sig: int, *extra: str) -> subprocess.Com
     return subprocess.run(
         [sys.executable, "-c", script],
         capture_output=True, text=True, timeout=300, cwd=tmp_path, stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
     )  # fmt: skip
 
 
@@ -65,3 +69,21 @@ def test_a_sigterm_while_start_checks_its_configuration(tmp_path: Path, fmt: str
     else:
         assert lines == [line]
     assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize(
+    ("env", "flags"),
+    [({"DECLORA_LOG_FORMAT": "json"}, ()), ({}, ("--log-format", "json"))],
+    ids=["env", "flag"],
+)
+def test_json_logs_asked_make_the_loading_line_a_json_record(
+    tmp_path: Path, env: dict[str, str], flags: tuple[str, ...]
+) -> None:
+    """The systemd unit sets DECLORA_LOG_FORMAT=json: its journal gets a record."""
+    res = _start(tmp_path, "typer", signal.SIGTERM, *flags, env=env)
+    assert res.returncode == 130, (res.returncode, res.stderr)
+    (line,) = res.stderr.splitlines()
+    record = json.loads(line)
+    assert record["message"] == "interrupted before the command began; nothing was written"
+    assert (record["level"], record["logger"], record["exit_code"]) == ("WARNING", "declora", 130)
+    assert list(record) == ["time", "level", "logger", "node", "round", "message", "exit_code"]
