@@ -33,6 +33,7 @@ stops at the tokenizer's EOS, at the end-of-turn token training closed replies w
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,8 @@ from declora.node.data import column_values
 from declora.node.data_files import BUILDERS, COMPRESSIONS, DataError, data_suffix, read_splits
 from declora.node.lm_data import CONVERSATIONS, ROLE_ALIASES, SHAREGPT_ROLES
 from declora.node.models import Tokenizer, context_length
+
+_log = logging.getLogger(__name__)
 
 # a prompt: plain text, or a conversation as {role, content} turns
 Prompt = str | list[dict[str, str]]
@@ -241,6 +244,23 @@ def renders_text(adapter: LoadedAdapter, chat_template: bool) -> bool:
     return chat_template and (adapter.tokenizer.has_chat_template or adapter.trained_on_chats)
 
 
+def _warn_rendered(tok: Tokenizer, prompts: Sequence[Prompt]) -> None:
+    """One warning when text prompts hold the tokenizer's special tokens: a prompt already
+    rendered with the chat template would be rendered again, as a user turn."""
+    from declora.node.lm_data import special_tokens_in
+
+    texts = [p for p in prompts if isinstance(p, str)]
+    found = [(n, m) for n, m in enumerate(special_tokens_in(tok, texts), 1) if m]
+    if found:
+        _log.warning(
+            "%d prompt(s) hold the tokenizer's special token %r (first: prompt %d): each "
+            "text prompt is rendered as a user turn with the chat template, so a prompt "
+            "already rendered gets its marks twice; pass --no-chat-template to send "
+            "rendered prompts as they are",
+            len(found), found[0][1][:40], found[0][0],
+        )  # fmt: skip
+
+
 def check_prompt_lengths(
     adapter: LoadedAdapter, lengths: Sequence[int | None], max_new_tokens: int
 ) -> None:
@@ -343,6 +363,8 @@ def run_generate(
     if loaded.task != "lm":
         raise AdapterError(f"{loaded.path} is a classifier, not a causal LM adapter", "use predict")
     render = renders_text(loaded, chat_template)
+    if render:
+        _warn_rendered(loaded.tokenizer, prompts)
     encoded = [prompt_ids(loaded.tokenizer, p, render) if p else None for p in prompts]
     lengths = [None if ids is None else len(ids) for ids in encoded]
     check_prompt_lengths(loaded, lengths, sampling.max_new_tokens)

@@ -742,16 +742,24 @@ def _encode_chats(
     return _padded(seqs, labels, max_length, tok.pad_id)
 
 
+def special_tokens_in(tok: Tokenizer, texts: Sequence[str]) -> list[str | None]:
+    """For each of `texts`, the first of the tokenizer's special tokens (of more than one
+    character: a chat template's marks, EOS) it holds, else None."""
+    marks = [m for m in _specials(tok) if len(m) > 1]
+    if not marks:
+        return [None] * len(texts)
+    pattern = re.compile("|".join(re.escape(m) for m in sorted(marks, key=len, reverse=True)))
+    return [hit.group(0) if (hit := pattern.search(text)) else None for text in texts]
+
+
 def _warn_rendered(tok: Tokenizer, chats: Sequence[Chat], what: str) -> None:
     """One warning when turns' texts hold the tokenizer's special tokens (a chat
     template's marks such as <|im_start|>, or EOS): text already rendered with a template
     is rendered again, its marks doubled."""
-    marks = [m for m in _specials(tok) if len(m) > 1]
-    if not marks or not chats:
-        return
-    pattern = re.compile("|".join(re.escape(m) for m in sorted(marks, key=len, reverse=True)))
-    hits = [next(filter(None, (pattern.search(c) for _, c in chat)), None) for chat in chats]
-    found = [hit.group(0) for hit in hits if hit is not None]
+    hits = [
+        next(filter(None, special_tokens_in(tok, [c for _, c in chat])), None) for chat in chats
+    ]
+    found = [hit for hit in hits if hit is not None]
     if found:
         _log.warning(
             "%s: %d of %d conversations hold the tokenizer's special token %r in a turn's "

@@ -88,3 +88,15 @@ def test_a_prompt_a_template_refuses_without_a_system_turn_says_to_add_one() -> 
         encode_prompt(bpe(SYSTEM_FIRST), "Capital of France?")
     assert "a system turn must come first" in info.value.message
     assert "need a system turn first: add one" in (info.value.hint or "")
+
+
+def test_a_prompt_already_rendered_is_named_by_generate(caplog: pytest.LogCaptureFixture) -> None:
+    from declora.cli.generate import _warn_rendered
+
+    tok = bpe(CHATML)
+    rendered = "<|im_start|>user\nCapital of France?<|im_end|>\n<|im_start|>assistant\n"
+    with caplog.at_level(logging.WARNING, logger="declora"):
+        _warn_rendered(tok, ["Capital of Italy?", rendered])
+        _warn_rendered(tok, ["Capital of Italy?", [{"role": "user", "content": "Hi"}]])
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert "'<|im_start|>' (first: prompt 2)" in said and "--no-chat-template" in said
