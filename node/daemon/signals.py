@@ -1,8 +1,10 @@
 """SIGINT/SIGTERM/SIGHUP from `declora-node start`'s first instant to its exit.
 
 SIGHUP (an ssh session that closes) stops a node as SIGTERM does, unless the node was
-started with it ignored (`nohup`). `launch` installs the handlers (`stop_signals`)
-before it imports torch and starts the event loop, and they stay for the whole
+started with it ignored (`nohup`). Until `launch` has checked the configuration (which
+imports torch), the CLI makes all three a Ctrl-C (`cli.app`: one line, exit 130,
+nothing written: `NotStarted`). Then `launch` installs the handlers (`stop_signals`)
+before it starts the event loop, and they stay for the whole
 run: a signal before the daemon exists is
 remembered, not raised (a KeyboardInterrupt inside asyncio's or grpc's start exited
 130 with grpc's InvalidStateError printed), and `Daemon.run` then acts on it as on
