@@ -13,7 +13,8 @@
 - with a `DialLog` every channel records how its handshakes end;
 - the server serves health and reflection (`health`), with room of their own in gRPC's
   cap on calls in flight, so streams held open by anyone never take the room of the
-  Swarm service's calls;
+  Swarm service's calls; so do calls waiting for their request message
+  (`first_message`: calls that send headers and never a message keep no caller out);
 - `stop` first lets the parts end calls that would outlast its grace (`on_stop`).
 """
 
@@ -27,6 +28,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from declora.node.daemon.first_message import WAITING, FirstMessage
 from declora.node.daemon.health import (
     NOT_SERVING,
     READY_SERVICE,
@@ -110,8 +112,10 @@ class Transport:
             ("grpc.so_reuseport", 0),
             ("grpc.max_connection_idle_ms", IDLE_CONNECTION_MS),
         ]
-        cap = max_rpcs + WATCHES + REFLECTIONS
-        server = grpc.aio.server(options=options, maximum_concurrent_rpcs=cap)
+        cap = max_rpcs + WATCHES + REFLECTIONS + WAITING
+        server = grpc.aio.server(
+            options=options, maximum_concurrent_rpcs=cap, interceptors=[FirstMessage()]
+        )
         pb_grpc.add_SwarmServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
