@@ -38,8 +38,13 @@ class Uplink:
 
 
 class Neighbour(pb_grpc.SwarmServicer):
-    def __init__(self, uplink: Uplink) -> None:
+    """Takes each push, records its round, and acks it after the uplink's `hold` s
+    (its own `hold`, when set)."""
+
+    def __init__(self, uplink: Uplink, hold: float | None = None) -> None:
         self.uplink = uplink
+        self.hold = hold
+        self.rounds: list[int] = []
 
     def Push(
         self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext
@@ -51,7 +56,8 @@ class Neighbour(pb_grpc.SwarmServicer):
         r = int(chunks[0].header.round)
         with up.lock:
             up.most[r] = max(up.most.get(r, 0), up.now)
-        threading.Event().wait(up.hold)
+        self.rounds.append(r)
+        threading.Event().wait(up.hold if self.hold is None else self.hold)
         with up.lock:
             up.now -= 1
         return pb.PushAck(accepted=True)
@@ -71,15 +77,27 @@ def run_rounds(parts: Parts, uplink: Uplink, holds: list[float]) -> dict[int, in
 
 
 @pytest.fixture
+def neighbours(uplink: Uplink) -> list[Neighbour]:
+    return [Neighbour(uplink), Neighbour(uplink)]
+
+
+@pytest.fixture
+def uplink() -> Uplink:
+    return Uplink()
+
+
+@pytest.fixture
 def pair_of_neighbours(
-    synthetic_jsonl: Path, monkeypatch: pytest.MonkeyPatch
+    synthetic_jsonl: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    uplink: Uplink,
+    neighbours: list[Neighbour],
 ) -> Iterator[tuple[Parts, Uplink]]:
     monkeypatch.setattr(sending, "PUSH_PACE", Pace(min_seconds=ALLOWED, bytes_per_second=1e9))
-    uplink = Uplink()
     servers = []
     a = node_a(synthetic_jsonl)
-    for name, port in zip(("n1", "n2"), free_ports(2), strict=True):
-        servers.append(serve_fake_peer(Neighbour(uplink), f"{HOST}:{port}"))
+    for i, (name, port) in enumerate(zip(("n1", "n2"), free_ports(2), strict=True)):
+        servers.append(serve_fake_peer(neighbours[i], f"{HOST}:{port}"))
         welcome = hello(
             node_id=name, swarm_id="parts", listen_address=f"{HOST}:{port}", round=10**6
         )
@@ -96,13 +114,28 @@ def test_a_slow_uplinks_pushes_go_one_at_a_time(
 ) -> None:
     """Before: both pushes of every round streamed at once."""
     a, uplink = pair_of_neighbours
-    # round 1 in parallel was slow: rounds 2 and 3 one at a time; round 3's were quick
-    # again (2 x QUICK < ALLOWED / 4): round 4 in parallel again
+    # unmeasured, round 1 goes one at a time; it was slow: rounds 2 and 3 too; round 3's
+    # were quick again (2 x QUICK < ALLOWED / 4): round 4 in parallel again
     most = run_rounds(a, uplink, [HOLD, HOLD, QUICK, QUICK])
-    assert most == {1: 2, 2: 1, 3: 1, 4: 2}, most
+    assert most == {1: 1, 2: 1, 3: 1, 4: 2}, most
     assert all(p.live for p in a.peers.peers.values())
 
 
 def test_a_fast_uplinks_pushes_stay_parallel(pair_of_neighbours: tuple[Parts, Uplink]) -> None:
     a, uplink = pair_of_neighbours
-    assert run_rounds(a, uplink, [QUICK, QUICK, QUICK]) == {1: 2, 2: 2, 3: 2}
+    # unmeasured, round 1 goes one at a time; quick: in parallel from round 2
+    assert run_rounds(a, uplink, [QUICK, QUICK, QUICK]) == {1: 1, 2: 2, 3: 2}
+
+
+def test_a_neighbour_that_holds_its_ack_delays_the_other_by_its_share_only(
+    pair_of_neighbours: tuple[Parts, Uplink], neighbours: list[Neighbour]
+) -> None:
+    """Guard: one at a time (round 1, unmeasured), n1 holds its ack past the round's
+    deadline (10 s); its turn ends at its share of the round (5 s), so n2 still gets
+    round 1's push (a turn held until the ack: n2's push waited past the deadline)."""
+    a, uplink = pair_of_neighbours
+    neighbours[0].hold = 12.0
+    uplink.hold = 0.0
+    run_rounds(a, uplink, [0.0])
+    assert neighbours[1].rounds == [1], (neighbours[0].rounds, neighbours[1].rounds)
+    assert a.counters.rejected["push_timeout"] == 1  # n1's ack: late, counted

@@ -30,13 +30,16 @@ Invariants callers may rely on:
   next rounds' pushes stream one after another, each at the whole uplink's rate (in
   parallel each got a share, and one could fall below the receivers' minimum and be
   cut, `slow_stream`); the round takes about as long, since the uplink is the limit.
-  Once they take less than `IN_PARALLEL_BELOW` of it, they go in parallel again.
+  Once they take less than `IN_PARALLEL_BELOW` of it, they go in parallel again. A
+  push holds its turn until it ends or for its share of the round's time, whichever
+  comes first: a neighbour that holds its ack delays the others by that much at most.
+  Until a round has measured the uplink, pushes go one at a time (the first round's
+  are the largest risk: a slow link cut them all; on a fast one it costs milliseconds).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -122,8 +125,10 @@ class Sender:
         self.counters = counters
         self.metrics = metrics
         self.overruns: dict[str, int] = {}  # node id -> rounds running its ack came late
-        self.one_at_a_time = False  # the uplink is slow: pushes stream one after another
+        self.one_at_a_time = True  # the uplink is slow, or not measured yet: one by one
+        self.measured = False  # a round's pushes measured the uplink (`_choose_order`)
         self._turn: asyncio.Lock | None = None  # held by the push streaming (one at a time)
+        self._share = 0.0  # s one push may hold the turn: its share of the round
         self._largest = 0  # bytes of the round's largest push
 
     def on_probation(self, peer: Peer) -> bool:
@@ -139,6 +144,7 @@ class Sender:
         for pid in [pid for pid in self.overruns if self.peers.get(pid) is None]:
             del self.overruns[pid]
         self._turn = asyncio.Lock() if self.one_at_a_time else None
+        self._share = (out.deadline - time.monotonic()) / max(len(live), 1)
         self._largest = 0
         started = time.monotonic()
         tasks = {asyncio.create_task(self.push(p, out)): p for p in live}
@@ -154,8 +160,16 @@ class Sender:
         if pushes < 2 or not self._largest:
             return
         allowed = PUSH_PACE.seconds(self._largest)
-        if not self.one_at_a_time and took > ONE_AT_A_TIME_ABOVE * allowed:
-            self.one_at_a_time = True
+        if self.one_at_a_time:
+            serial = took >= IN_PARALLEL_BELOW * allowed
+        else:
+            serial = took > ONE_AT_A_TIME_ABOVE * allowed
+        said = self.measured  # the first measurement says a slow uplink only
+        self.measured = True
+        if serial == self.one_at_a_time and said:
+            return
+        self.one_at_a_time = serial
+        if serial:
             log.info(
                 "the uplink is slow (%d pushes took %.1fs, a receiver allows one %.0fs): "
                 "pushing to neighbours one at a time",
@@ -163,8 +177,7 @@ class Sender:
                 took,
                 allowed,
             )
-        elif self.one_at_a_time and took < IN_PARALLEL_BELOW * allowed:
-            self.one_at_a_time = False
+        elif said:
             log.info(
                 "the uplink keeps up (%d pushes took %.1fs): pushing in parallel", pushes, took
             )
@@ -236,7 +249,7 @@ class Sender:
             self._largest = max(self._largest, len(data))
             started = time.monotonic()
             try:
-                async with self._turn or contextlib.nullcontext():
+                async with _Turn(self._turn, self._share):
                     left = deadline - time.monotonic()  # after its turn came
                     if left <= 0:
                         raise PushOverdue
@@ -315,6 +328,31 @@ class Sender:
         except Exception:  # one neighbour's failure never takes the node down
             log.exception("push to %s failed unexpectedly", peer.node_id)
             self.peers.drop(peer, "push failed unexpectedly (traceback above)")
+
+
+class _Turn:
+    """One push's turn on a shared uplink (`lock`; None: no turns, pushes in parallel):
+    it ends when the push ends or after `share` s, whichever comes first, so a neighbour
+    that holds its ack (or reads at a trickle) delays the others by its share at most."""
+
+    def __init__(self, lock: asyncio.Lock | None, share: float) -> None:
+        self.lock = lock
+        self.share = share
+        self.timer: asyncio.TimerHandle | None = None
+
+    async def __aenter__(self) -> None:
+        if self.lock is not None:
+            await self.lock.acquire()
+            self.timer = asyncio.get_running_loop().call_later(self.share, self.end)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.end()
+
+    def end(self) -> None:
+        if self.timer is not None and self.lock is not None:
+            self.timer.cancel()
+            self.timer = None
+            self.lock.release()
 
 
 async def _crash_mid_stream(stream: Iterator[pb.Chunk]) -> AsyncIterator[pb.Chunk]:
