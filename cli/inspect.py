@@ -118,6 +118,7 @@ def inspect_path(path: Path) -> dict[str, Any]:
         else {
             k: config.get(k)
             for k in ("r", "lora_alpha", "target_modules", "task_type", "modules_to_save")
+            + ("use_dora", "use_rslora")
         },
         "base_model": base_of(meta, config, full),
         "parameters": total,
@@ -237,6 +238,8 @@ def render(info: dict[str, Any]) -> None:
         if lora is None
         else f"LoRA r={lora['r']} alpha={lora['lora_alpha']} "
         f"targets={show(lora['target_modules'], 500)} task={_or_unknown(lora['task_type'])}"
+        + (" dora" if lora.get("use_dora") else "")
+        + (" rslora" if lora.get("use_rslora") else "")
         + (f" method={name}" if name else "")
     )
     merged = info.get("merged_from")
