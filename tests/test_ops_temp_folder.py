@@ -18,7 +18,10 @@ from typer.testing import CliRunner
 from declora.cli.app import app
 
 runner = CliRunner()
-ERROR = "error: no writable temporary folder (TMPDIR, /tmp, /var/tmp): torch needs one"
+ERROR = (
+    "error: no writable temporary folder (TMPDIR, TEMP, TMP, /tmp, /var/tmp, /usr/tmp, "
+    "the working folder): torch needs one"
+)
 
 
 def _no_temp_folder(monkeypatch: pytest.MonkeyPatch) -> None:
