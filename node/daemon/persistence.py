@@ -44,10 +44,11 @@ log = logging.getLogger(__name__)
 
 
 def mend_history(folder: Path) -> None:
-    """Cut off a last line of `rounds.jsonl` that a crash or power loss left without
-    its end (a warning says how many bytes), so the lines a resume appends begin lines
-    of their own: the first was glued onto it, two records unreadable. A file that
-    cannot be read or cut is left as it is (the history is a secondary record)."""
+    """End `rounds.jsonl` with a whole line, so the lines a resume appends begin lines
+    of their own (the first was glued onto a torn one: two records unreadable). A last
+    line a crash or power loss left without its end is cut off, or, when it is a whole
+    JSON object that lacks only its newline, ended (a warning says which). A file that
+    cannot be read or mended is left as it is (the history is a secondary record)."""
     path = folder / run_folder.HISTORY
     try:
         with path.open("r+b") as fh:
@@ -65,6 +66,11 @@ def mend_history(folder: Path) -> None:
                     keep = start + newline + 1
                     break
                 keep = start
+            fh.seek(keep)
+            if _whole_record(fh.read(min(end - keep, MAX_RECORD + 1))):
+                fh.write(b"\n")
+                log.warning("%s ended without its last newline: one was added", path)
+                return
             fh.truncate(keep)
     except OSError:
         return
@@ -73,6 +79,19 @@ def mend_history(folder: Path) -> None:
         path,
         end - keep,
     )
+
+
+MAX_RECORD = 1 << 20  # bytes of a last line read to see whether it is whole
+
+
+def _whole_record(tail: bytes) -> bool:
+    """Whether `tail` (at most `MAX_RECORD` bytes) is one whole JSON object."""
+    if len(tail) > MAX_RECORD:
+        return False
+    try:
+        return isinstance(json.loads(tail), dict)
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError: torn
+        return False
 
 
 class Persistence:

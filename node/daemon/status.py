@@ -205,7 +205,8 @@ def append_round(folder: Path, entry: dict[str, Any]) -> None:
     before the last. A line that cannot be written whole (OSError: a full disk) is cut
     off again, so the files hold whole lines only; when the rotation fails (OSError)
     the line is not written and the file is left as it was: past the cap it does not
-    grow. For the process holding the folder (`run_folder.hold`): the only writer."""
+    grow. The file is its owner's only (0600), as the rest of the folder. For the
+    process holding the folder (`run_folder.hold`): the only writer."""
     folder.mkdir(parents=True, exist_ok=True)
     line = memoryview((json.dumps(entry) + "\n").encode())
     path = folder / run_folder.HISTORY
@@ -213,9 +214,13 @@ def append_round(folder: Path, entry: dict[str, Any]) -> None:
         size = path.stat().st_size
         if size and size + len(line) > HISTORY_CAP:
             os.replace(path, folder / run_folder.OLDER_HISTORY)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        size = os.fstat(fd).st_size
+        info = os.fstat(fd)
+        if info.st_mode & 0o077:  # an earlier version's 0644: the folder's own, 0600
+            with contextlib.suppress(OSError):  # not ours to change: the line still goes
+                os.fchmod(fd, 0o600)
+        size = info.st_size
         try:
             while line:
                 line = line[os.write(fd, line) :]
