@@ -5,7 +5,10 @@ written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`, the rows a
 `datasets.Dataset` held in memory (nothing is left in a cache on disk). The file types
 are those of `BUILDERS` (JSON lines `.jsonl`, `.ndjson`, `.json`; CSV/TSV; parquet;
 arrow), each also compressed as `COMPRESSIONS` name (`data.jsonl.gz`: decompressed into
-a temporary folder, then read as `data.jsonl`, errors naming the compressed file);
+tempfile's folder, removed after, then read as `data.jsonl`, errors naming the
+compressed file; one that would leave less than `KEEP_FREE` of that disk free is
+refused; an archive, .zip or .tar.gz, is refused with a hint to extract it); a name
+holding a glob character is read as that one file;
 CSV/TSV columns are all read as strings, so texts and labels keep their spelling. Every
 mistake (missing file, unsupported type, empty file, bad JSON line, a JSON or CSV file
 in UTF-16/32 or holding a byte that is not UTF-8: its first such line named) raises
@@ -275,26 +278,74 @@ def _check_rows(reader: Any, path: Path, header: list[str], named: int, sep: str
                 )
 
 
+# free space a decompressed data file must leave on its temporary folder's disk: a small
+# file that inflates past the rest (a "zip bomb") is refused, not left to fill the disk
+KEEP_FREE = 1 << 30
+
+
 def _read_compressed(path: Path) -> Any:
     """`_read_file` of the file compressed at `path`, decompressed into a temporary
-    folder; a `DataError` that names the decompressed file names `path`."""
-    opener = COMPRESSIONS[path.suffix.lower()]
+    folder (`tempfile`'s, removed on every exit, a Ctrl-C's too) under a plain name; a
+    `DataError` that names the decompressed file names `path`."""
     with tempfile.TemporaryDirectory(prefix="declora-data-") as folder:
-        inner = Path(folder) / path.stem
-        try:
-            with opener.open(path, "rb") as src, inner.open("wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-        except (OSError, EOFError, lzma.LZMAError) as exc:
-            if isinstance(exc, OSError) and exc.filename == str(inner):
-                raise  # the temporary folder's fault (a full disk), not the file's
-            raise DataError(
-                f"{path}: cannot decompress it as {path.suffix.lower()}: {exc}",
-                f"is it really a {path.suffix.lower()} file? or decompress it first",
-            ) from exc
+        inner = Path(folder) / f"data{data_suffix(path)}"
+        _decompress(path, inner)
         try:
             return _read_file(inner)
         except DataError as exc:
             raise DataError(exc.message.replace(str(inner), str(path)), exc.hint) from exc
+
+
+def _decompress(path: Path, inner: Path) -> None:
+    """Write the file compressed at `path` out to `inner`; a `DataError` when it cannot
+    be decompressed, or when it inflates past the free space of `inner`'s disk but
+    `KEEP_FREE` (nothing more is written) or that disk is full."""
+    kind = path.suffix.lower()
+    room = shutil.disk_usage(inner.parent).free - KEEP_FREE
+    where = f"the temporary folder {inner.parent.parent}"
+    tmp_hint = (
+        "decompress it onto a disk with room and pass that file, or set TMPDIR to a "
+        "folder on such a disk"
+    )
+    written = 0
+    with COMPRESSIONS[kind].open(path, "rb") as src, inner.open("wb") as dst:
+        while True:
+            try:
+                chunk = src.read(1 << 20)
+            except (OSError, EOFError, lzma.LZMAError) as exc:
+                raise DataError(
+                    f"{path}: cannot decompress it as {kind}: {exc}",
+                    f"is it really a {kind} file? or decompress it first",
+                ) from exc
+            if not chunk:
+                return
+            written += len(chunk)
+            if written > room:
+                raise DataError(
+                    f"{path}: decompressed, it is over {_mib(written)}, more than "
+                    f"{where} has free ({_mib(max(room, 0))}, keeping {_mib(KEEP_FREE)} free)",
+                    tmp_hint,
+                )
+            try:
+                dst.write(chunk)
+            except OSError as exc:
+                raise DataError(
+                    f"{path}: no room to decompress it in {where}: {exc.strerror}", tmp_hint
+                ) from exc
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):,.1f} MiB"
+
+
+# characters `datasets` reads as a glob pattern in a data file's path
+_GLOB = re.compile(r"[*?\[\]]")
+# archives of files, which declora does not open: the data file inside is wanted
+_ARCHIVES = (".zip", ".tar", ".tgz", ".7z", ".rar")
+_ARCHIVE_HINT = (
+    "an archive of files: extract it (unzip, tar -xf) and pass the data file inside "
+    "(one data file may be compressed: data.jsonl.gz, .bz2, .xz)"
+)
 
 
 def _read_file(path: Path) -> Any:
@@ -305,12 +356,18 @@ def _read_file(path: Path) -> Any:
     builder = BUILDERS.get(suffix)
     if builder is None:
         hint = SUPPORTED_HINT
-        if suffix in (".txt", ".md", ".text"):  # documents or texts, one a line or not
+        inner = data_suffix(path)
+        if suffix in _ARCHIVES or inner in _ARCHIVES:
+            hint = _ARCHIVE_HINT
+        elif suffix in COMPRESSIONS:
+            hint = f"name it by the type of the file inside (data.jsonl{suffix}); {hint}"
+        elif suffix in (".txt", ".md", ".text"):  # documents or texts, one a line or not
             hint += (
                 ': for plain text, a .jsonl file of one {"text": ...} object per document '
                 "(with a label column for a classifier)"
             )
-        raise DataError(f"{path}: unsupported data file type {suffix!r}", hint)
+        shown = inner + suffix if inner in _ARCHIVES and suffix in COMPRESSIONS else suffix
+        raise DataError(f"{path}: unsupported data file type {shown!r}", hint)
     if path.stat().st_size == 0:
         raise DataError(f"{path}: no rows (the file is empty)", "write one example per row")
     if builder in ("json", "csv"):
@@ -322,7 +379,7 @@ def _read_file(path: Path) -> Any:
                 kwargs = _csv_options(datasets, path)
             return datasets.load_dataset(
                 builder,
-                data_files=str(path),
+                data_files=_plain_name(path, Path(c)),
                 split="train",
                 cache_dir=c,
                 keep_in_memory=True,
@@ -332,6 +389,17 @@ def _read_file(path: Path) -> Any:
             raise
         except Exception as exc:  # every reader failure is the file's fault here
             raise _read_error(path, builder, exc) from exc
+
+
+def _plain_name(path: Path, folder: Path) -> str:
+    """A name of the file at `path` that `datasets` reads as that one file: `path`, or
+    when it holds a glob character (`data[1].jsonl`, which `datasets` matches against
+    other files' names) a link to it in `folder` under a plain one."""
+    if not _GLOB.search(str(path.absolute())):
+        return str(path)
+    link = folder / f"data{path.suffix.lower()}"
+    link.symlink_to(path.absolute())
+    return str(link)
 
 
 # byte-order marks of the encodings that are not UTF-8 (UTF-32's first: it starts like UTF-16's)
