@@ -104,7 +104,8 @@ class Peer:
     round: int = 0  # verified: the last validated payload's round - 1
     claimed_round: int = 0  # what its Hello said (bounded); moves nothing by itself
     seq: int = 0
-    last_seen: float = 0.0
+    last_seen: float = 0.0  # wall clock of `heard`, for display (`status`) only
+    heard: float = 0.0  # `PeerTable.clock` (monotonic) at its last Hello or payload
     quiet_since: float = field(default_factory=time.monotonic)  # no valid payload since
     missed: int = 0
     bytes_sent: int = 0
@@ -163,6 +164,9 @@ class PeerTable:
         self.redial = Redial(BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_MAX_CONFIGURED)
         # called with a peer's id when its copy is forgotten; `Inbox` drops its queued deltas
         self.copy_forgotten: Callable[[str], None] = lambda node_id: None
+        # what a peer's stay is measured with (`heard`, `prune`): a wall clock's step
+        # (NTP, a suspended laptop) must not forget every idle peer at once
+        self.clock: Callable[[], float] = time.monotonic
 
     def get(self, node_id: str) -> Peer | None:
         return self.peers.get(node_id)
@@ -279,7 +283,7 @@ class PeerTable:
         peer.claimed_round, peer.seq, peer.degree = hello.round, hello.seq, hello.live_degree
         peer.release = hello.package_version[:RELEASE]
         peer.crl_number = hello.crl_number
-        peer.last_seen = time.time()
+        self.heard_from(peer)
         self.metrics.neighbors.set(len(self.live))
         return peer
 
@@ -319,15 +323,22 @@ class PeerTable:
                 self._forget(old)
         idle = [p for p in self.peers.values() if not p.live]
         if len(self.peers) >= self.max_known and idle:
-            self._forget(min(idle, key=lambda p: p.last_seen))
+            self._forget(min(idle, key=lambda p: p.heard))
 
     def prune(self, now: float | None = None) -> None:
-        """Forget peers that are not live and were unseen for `FORGET_SECONDS`, but
-        those that `finished` (a full table still evicts them, `_make_room`)."""
-        now = time.time() if now is None else now
+        """Forget peers that are not live and were unheard for `FORGET_SECONDS` of
+        `clock` (`now`: its reading), but those that `finished` (a full table still
+        evicts them, `_make_room`)."""
+        now = self.clock() if now is None else now
         for p in [p for p in self.peers.values() if not (p.live or self.finished(p))]:
-            if now - p.last_seen > FORGET_SECONDS:
+            if now - p.heard > FORGET_SECONDS:
                 self._forget(p)
+
+    def heard_from(self, peer: Peer) -> None:
+        """`peer` was just heard from (a Hello, a validated payload): its stay counts
+        from now (`heard`, by `clock`); `last_seen` is the wall clock shown."""
+        peer.heard = self.clock()
+        peer.last_seen = time.time()
 
     def _forget(self, peer: Peer) -> None:
         self._forget_copy(peer)
