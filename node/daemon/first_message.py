@@ -17,8 +17,20 @@ that is the newcomer's. A caller that sends its message at once (every honest on
 waits for a round trip, so it is not cut unless `WAITING` newer calls come within
 it. The server's cap needs `WAITING` places beyond its pools (`transport.start`).
 A request message after the first is ignored; one that does not parse is
-INVALID_ARGUMENT (gRPC answered UNKNOWN, naming its DecodeError). These refusals are
-not counted in `status` (the interceptor sees no node's counters).
+INVALID_ARGUMENT (gRPC answered UNKNOWN, naming its DecodeError).
+
+A unary answer keeps its call's place in gRPC's cap until the caller took it: a caller
+that announces a window of 0 bytes (HTTP/2 SETTINGS) or never reads gets no byte of
+it, and gRPC waits for ever and cannot be told to give up (an answer that was not
+read held its place when the handler aborted or was cancelled too). 224 Check calls
+on one such connection held every place of a node, no credentials needed. So
+`Unread` counts the answers handed to gRPC whose calls are not done: at most
+`UNREAD_PER_NETWORK` of one network (its calls are refused before their handler runs
+while it has so many, its answer refused after it when it reached so many) and
+`UNREAD` in all (an answer past them is refused). A refusal carries no message, so
+it is taken whatever the caller's window. Answers written by a streaming handler
+(Pull, Revocations, Watch) wait within their handler, under its own bounds.
+These refusals are not counted in `status` (the interceptor sees no node's counters).
 """
 
 from __future__ import annotations
@@ -36,6 +48,8 @@ from declora.node.limits import host_key, peer_host
 
 WAIT_SECONDS = 10.0  # a call's request message must come within this
 WAITING = 64  # calls waiting for their request message at once
+UNREAD = 32  # unary answers not yet taken by their callers, at once (`Unread`)
+UNREAD_PER_NETWORK = 8  # ...from one network (`limits.host_key`)
 
 
 @dataclass(eq=False)
@@ -75,13 +89,50 @@ class Room:
             self.calls.remove(call)
 
 
+class Unread:
+    """Unary answers handed to gRPC and not yet taken, by network (`FirstMessage`)."""
+
+    def __init__(self, size: int = UNREAD, per_network: int = UNREAD_PER_NETWORK) -> None:
+        self.size = size
+        self.per_network = per_network
+        self.total = 0
+        self.by_network: dict[str, int] = {}
+
+    def refusal(self, network: str, answering: bool) -> str | None:
+        """Why a call of `network` may not go on (None: it may): before its handler
+        runs (`answering` False) while its network has `per_network` answers unread;
+        with its answer (`answering`) also while `size` answers in all are."""
+        if self.by_network.get(network, 0) >= self.per_network:
+            return f"{self.per_network} answers to {network} are not yet read by their callers"
+        if answering and self.total >= self.size:
+            return f"{self.size} answers are not yet read by their callers"
+        return None
+
+    def take(self, network: str) -> None:
+        self.total += 1
+        self.by_network[network] = self.by_network.get(network, 0) + 1
+
+    def taken(self, network: str) -> None:
+        """One answer to `network` was taken (its call is done)."""
+        self.total -= 1
+        left = self.by_network[network] - 1
+        if left:
+            self.by_network[network] = left
+        else:
+            del self.by_network[network]
+
+
 class FirstMessage(grpc.aio.ServerInterceptor):
     """Serves each unary-request method as a streaming one whose request is awaited
-    in `Room` (this module's docstring); streaming-request methods as they are."""
+    in `Room`, its unary answer counted in `Unread` (this module's docstring);
+    streaming-request methods as they are."""
 
-    def __init__(self, wait_seconds: float = WAIT_SECONDS, room: int = WAITING) -> None:
+    def __init__(
+        self, wait_seconds: float = WAIT_SECONDS, room: int = WAITING, unread: Unread | None = None
+    ) -> None:
         self.wait_seconds = wait_seconds
         self.room = Room(room)
+        self.unread = unread or Unread()
 
     async def intercept_service(
         self,
@@ -99,7 +150,8 @@ class FirstMessage(grpc.aio.ServerInterceptor):
             stream = handler.unary_stream
 
             async def streamed(requests: Any, context: grpc.aio.ServicerContext) -> None:
-                result = stream(await self.request(context), context)
+                network = host_key(peer_host(context.peer()))
+                result = stream(await self.request(context, network), context)
                 if inspect.isasyncgen(result):
                     async for reply in result:
                         await context.write(reply)
@@ -110,14 +162,26 @@ class FirstMessage(grpc.aio.ServerInterceptor):
         unary = handler.unary_unary
 
         async def answered(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-            return await unary(await self.request(context), context)
+            network = host_key(peer_host(context.peer()))
+            await self.admit(context, network, answering=False)
+            reply = await unary(await self.request(context, network), context)
+            await self.admit(context, network, answering=True)
+            self.unread.take(network)
+            context.add_done_callback(lambda _: self.unread.taken(network))
+            return reply
 
         return grpc.stream_unary_rpc_method_handler(answered, **serializers)
 
-    async def request(self, context: grpc.aio.ServicerContext) -> Any:
-        """The call's one request message, read within the room's rules; the call is
-        aborted when it does not come (a cut, the wait over, the caller done)."""
-        network = host_key(peer_host(context.peer()))
+    async def admit(self, context: grpc.aio.ServicerContext, network: str, answering: bool) -> None:
+        """Abort the call (RESOURCE_EXHAUSTED) when `Unread.refusal` says so."""
+        refusal = self.unread.refusal(network, answering)
+        if refusal is not None:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+
+    async def request(self, context: grpc.aio.ServicerContext, network: str) -> Any:
+        """The call's one request message, read within the room's rules (`network`:
+        the caller's); the call is aborted when it does not come (a cut, the wait
+        over, the caller done)."""
         message: Any = grpc.aio.EOF
         waiting: Waiting | None = None
         malformed = False
