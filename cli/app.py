@@ -55,14 +55,6 @@ def _json_asked() -> bool:
     return os.environ.get("DECLORA_LOG_FORMAT", "").strip().lower() == "json"
 
 
-def _stop_interrupts(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM or SIGHUP once this module has loaded: a Ctrl-C (KeyboardInterrupt),
-    once; the same stop delivered again is ignored while that one unwinds."""
-    for sig in _OTHER_STOPS:
-        signal.signal(sig, _ignored)
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def _taken_over(handler: object, signals: tuple[signal.Signals, ...]) -> list[signal.Signals]:
     """Those of `signals` still at their default (an ignored SIGHUP, `nohup`, stays
     ignored; SIGINT's raises KeyboardInterrupt) now go to `handler`."""
@@ -1212,8 +1204,10 @@ def main() -> None:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     # transformers deprecation chatter is not the user's business
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    from declora.node.daemon.signals import Interrupt
+
     with contextlib.suppress(ValueError):  # not the main thread: nothing to install
-        _taken_over(_stop_interrupts, _OTHER_STOPS)
+        _taken_over(Interrupt.handle, _OTHER_STOPS)
     try:
         if sys.argv[1:2] == ["status"]:  # the plain forms without building the app
             from declora.cli.fast import status_main

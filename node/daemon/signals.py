@@ -2,23 +2,22 @@
 
 SIGHUP (an ssh session that closes) stops a node as SIGTERM does, unless the node was
 started with it ignored (`nohup`). Until `launch` has checked the configuration (which
-imports torch), the CLI makes all three a Ctrl-C (`cli.app`: one line, exit 130,
-nothing written: `NotStarted`). Then `launch` installs the handlers (`stop_signals`)
-before it starts the event loop, and they stay for the whole
-run: a signal before the daemon exists is
-remembered, not raised (a KeyboardInterrupt inside asyncio's or grpc's start exited
-130 with grpc's InvalidStateError printed), and `Daemon.run` then acts on it as on
-one that comes later (`take_over`: stop requested, exit 0 once stopped). Each later
-signal is handed to the daemon on its loop, so a second one exits at once (130)
-whenever both came. A signal within `ECHO_SECONDS` of the one before is that same stop
-delivered twice (`timeout` signals its child, then its process group), never a second.
-One handler for the whole run, not the loop's own from `Daemon.run` on: a signal in
-between would reach both (counted twice: 130).
+imports torch), the CLI makes all three a Ctrl-C (`Interrupt`; `cli.app`: one line,
+exit 130, nothing written: `NotStarted`). Then `launch` installs the handlers
+(`stop_signals`) before it starts the event loop, and they stay for the whole run: a
+signal before the daemon exists is remembered, not raised (a KeyboardInterrupt
+inside asyncio's or grpc's start exited 130 with grpc's InvalidStateError printed),
+and `Daemon.run` then acts on it as on one that comes later (`take_over`: stop
+requested, exit 0 once stopped). Each later signal is handed to the daemon on its
+loop, so a second one exits at once (130) whenever both came. A signal within
+`ECHO_SECONDS` of the one before is that same stop delivered twice (`timeout` signals
+its child, then its process group), never a second. One handler for the whole run,
+not the loop's own from `Daemon.run` on: a signal in between would reach both
+(counted twice: 130).
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import signal
@@ -26,7 +25,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # this module loads light: the CLI's `main` imports it
+    import asyncio
 
 # SIGHUP too: an operator's ssh session that closes must stop a node politely (its
 # default action killed it with no leave and no checkpoint); Windows has none
@@ -46,6 +48,24 @@ def handled() -> tuple[signal.Signals, ...]:
     return tuple(
         sig for sig in STOP_SIGNALS if sig != hup or signal.getsignal(sig) is not signal.SIG_IGN
     )
+
+
+class Interrupt:
+    """A stop signal as a Ctrl-C where no daemon takes them (the CLI until `launch`
+    does, `lab`): a KeyboardInterrupt at each one, but for its echo, one within
+    `ECHO_SECONDS` of the one before (the same stop delivered twice). A later one
+    interrupts again, as a second Ctrl-C does: a cleanup that hangs can be stopped."""
+
+    clock: Callable[[], float] = time.monotonic
+    last = -math.inf  # `clock` at the last one raised
+
+    @classmethod
+    def handle(cls, signum: int, frame: FrameType | None) -> None:
+        now = cls.clock()
+        if now - cls.last < ECHO_SECONDS:
+            return
+        cls.last = now
+        raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 class NotStarted(KeyboardInterrupt):
