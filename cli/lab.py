@@ -166,6 +166,28 @@ def lab_scheme(cfg: LabConfig) -> tuple[LabConfig, str]:
     return iid, f"lab: {why}"
 
 
+FRACTION = "validation_fraction"
+
+
+def lab_validation(cfg: LabConfig) -> tuple[LabConfig, str]:
+    """`cfg` with no validation share, and a warning line, when its validation fraction
+    is the lab's default and holds out no row of the nodes' shares (as `simulate` goes
+    on without one: `workload.validation_problem`); else `cfg` and "". A fraction the
+    user chose (a flag or `extra`) is handed to each daemon, which refuses it: a daemon
+    takes every option it is given as chosen."""
+    from declora.node.workload import validation_problem
+
+    own = {k: v for k, v in cfg.extra.items() if k in Recipe.model_fields}
+    if FRACTION in cfg.model_fields_set or FRACTION in own or not cfg.validation_fraction:
+        return cfg, ""
+    merged = LabConfig.model_validate({**cfg.model_dump(exclude_unset=True), **own})
+    problem = validation_problem(merged.recipe(), cfg.nodes)
+    if problem is None:
+        return cfg, ""
+    none = LabConfig.model_validate({**cfg.model_dump(exclude_unset=True), FRACTION: 0.0})
+    return none, f"lab: {problem.message}; going on without validation ({problem.hint})"
+
+
 def _free_port(preferred: int) -> int:
     for port in (preferred, 0):
         with socket.socket() as s:
@@ -505,6 +527,8 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
     from declora.node.topology import from_spec
 
     cfg, note = lab_scheme(cfg)  # these refuse bad input before the folder is made
+    cfg, held = lab_validation(cfg)
+    note = "\n".join(line for line in (note, held) if line)
     topo = from_spec(cfg.topology, cfg.nodes, seed=cfg.seed)
     out = cfg.output.resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -212,7 +212,61 @@ def load_workload(
     reuses an already built model (same recipe); `model_type` builds another kind
     than the method's (`full_finetune.FullModel`: the full fine-tuning reference).
     A causal LM's `lm_rows` is set to what it trains on (`trainer.CHATS` or `TEXT`).
+    A `validation_fraction` that holds out no row is refused when the recipe's user
+    chose it, else a warning (`no_validation`).
     """
+    shared = _share_out(recipe, nodes, max_train)
+    recipe, train, test, parts = shared.recipe, shared.train, shared.test, shared.parts
+    cls = recipe.task == "cls"
+    problem = no_validation(shared)
+    if problem is not None:
+        if "validation_fraction" in recipe.model_fields_set:  # the user's choice: refused
+            raise problem
+        _log.warning("%s; going on without validation (%s)", problem.message, problem.hint)
+    _log.info("%s", data_line(recipe, shared.read, shared.held, parts, shared.validation))
+    if lm is None:
+        names = train.label_names if cls else ()
+        kind = model_type or (BlockModel if recipe.method == "deca" else LoraModel)
+        lm = kind(
+            recipe.lora_spec(), num_labels=max(train.num_labels, 2), device=device,
+            label_names=names if len(names) >= 2 else (), precision=recipe.precision,
+            gradient_checkpointing=recipe.gradient_checkpointing, agreed=recipe.agreed_facts(),
+        )  # fmt: skip
+    if recipe.task == "lm":  # what its saved adapters record it trained on
+        lm.lm_rows = TEXT if train.chats is None else CHATS
+    return Workload(recipe, nodes, train, test, parts, lm, shared.validation)
+
+
+@dataclass
+class Shares:
+    """A recipe's data read and shared out among nodes (`_share_out`)."""
+
+    recipe: Recipe  # with the partition scheme the data was shared out by
+    train: TextDataset
+    test: TextDataset  # capped at `eval_cap`
+    parts: list[np.ndarray]  # each node's share of `train`, less its validation rows
+    validation: np.ndarray  # the rows held out of the shares
+    read: int  # rows read (after dedupe)
+    held: int  # of them in the test set, before the cap
+
+
+def no_validation(shared: Shares) -> DataError | None:
+    """The error for a nonzero `validation_fraction` that held out no row of any of
+    `shared`'s shares (`_no_validation`), else None."""
+    if shared.recipe.validation_fraction and not len(shared.validation):
+        return _no_validation(shared.recipe, shared.parts)
+    return None
+
+
+def validation_problem(recipe: Recipe, nodes: int) -> DataError | None:
+    """`no_validation` of `recipe`'s data shared out among `nodes` as `load_workload`
+    shares it (the data read, no model built): what a caller checks before handing a
+    default fraction to daemons, which take every option they are given as chosen."""
+    return no_validation(_share_out(recipe, nodes, 0))
+
+
+def _share_out(recipe: Recipe, nodes: int, max_train: int) -> Shares:
+    """`load_workload`'s data: read, the test set capped, shared out, validation held."""
     cls = recipe.task == "cls"
     # causal LM: labels (e.g. a topic) only to share the data out by them
     labelled = cls or recipe.partition_scheme != "iid"
@@ -245,7 +299,7 @@ def load_workload(
         )
     if cls:
         _check_classes(recipe, train, test)
-    rows, held = len(train) + len(test), len(test)
+    read, held = len(train) + len(test), len(test)
     if max_train and max_train < len(train):  # a seeded subset, in the permuted order
         train = train.subset(np.random.default_rng(recipe.seed).permutation(len(train))[:max_train])
     test = cap(test, recipe.eval_cap, recipe.seed)
@@ -259,23 +313,7 @@ def load_workload(
     else:
         parts = [np.arange(len(train))]
     parts, validation = carve_validation(parts, recipe.validation_fraction, recipe.seed)
-    if recipe.validation_fraction and not len(validation):
-        problem = _no_validation(recipe, parts)
-        if "validation_fraction" in recipe.model_fields_set:  # the user's choice: refused
-            raise problem
-        _log.warning("%s; going on without validation (%s)", problem.message, problem.hint)
-    _log.info("%s", data_line(recipe, rows, held, parts, validation))
-    if lm is None:
-        names = train.label_names if cls else ()
-        kind = model_type or (BlockModel if recipe.method == "deca" else LoraModel)
-        lm = kind(
-            recipe.lora_spec(), num_labels=max(train.num_labels, 2), device=device,
-            label_names=names if len(names) >= 2 else (), precision=recipe.precision,
-            gradient_checkpointing=recipe.gradient_checkpointing, agreed=recipe.agreed_facts(),
-        )  # fmt: skip
-    if recipe.task == "lm":  # what its saved adapters record it trained on
-        lm.lm_rows = TEXT if train.chats is None else CHATS
-    return Workload(recipe, nodes, train, test, parts, lm, validation)
+    return Shares(recipe, train, test, parts, validation, read, held)
 
 
 def carve_validation(

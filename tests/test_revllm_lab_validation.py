@@ -1,0 +1,76 @@
+"""`lab` on data too small for its default validation fraction goes on without a
+validation share, as `simulate` does: each daemon took the fraction the lab wrote into
+its node.json as the user's choice and refused it (every node exited 2). A fraction the
+user chose is still handed to the daemons, which refuse it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from declora.cli.lab import LabConfig, lab_scheme, lab_validation, node_config
+from declora.node.settings import NodeSettings
+
+CLI = [sys.executable, "-m", "declora.cli"]
+CAPITALS = ["France", "Italy", "Spain", "Peru", "Chile", "Kenya"] * 2
+
+
+def chats(folder: Path, rows: int = 12) -> Path:
+    """`rows` one-reply conversations: 2 nodes get 5 each to train on, 0.1 x 5 -> 0."""
+    path = folder / "chats.jsonl"
+    turns = [
+        [
+            {"role": "user", "content": f"Capital of {CAPITALS[i % 12]}? ({i})"},
+            {"role": "assistant", "content": f"Its capital, number {i}."},
+        ]
+        for i in range(rows)
+    ]
+    lines = [json.dumps({"messages": t}) for t in turns]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def lab_config(data: Path, **chosen: object) -> LabConfig:
+    cfg, _ = lab_scheme(LabConfig(task="lm", model="tiny-llama", data=str(data), nodes=2, **chosen))
+    return cfg
+
+
+def test_the_lab_default_fraction_that_holds_out_no_row_becomes_none(tmp_path: Path) -> None:
+    cfg, line = lab_validation(lab_config(chats(tmp_path)))
+    assert cfg.validation_fraction == 0.0
+    assert "--validation-fraction 0.1 holds out no row" in line
+    assert "going on without validation" in line
+    options = node_config(cfg, 0, "127.0.0.1:7001", ["127.0.0.1:7002"], tmp_path, "s")
+    assert NodeSettings(**options).validation_fraction == 0.0
+
+
+@pytest.mark.parametrize(
+    "chosen", [{"validation_fraction": 0.1}, {"extra": {"validation_fraction": 0.1}}]
+)
+def test_a_chosen_fraction_is_left_to_the_daemons(tmp_path: Path, chosen: dict) -> None:
+    cfg = lab_config(chats(tmp_path), **chosen)
+    assert lab_validation(cfg) == (cfg, "")  # a guard: each daemon refuses it
+
+
+def test_a_default_fraction_that_holds_out_rows_is_kept(tmp_path: Path) -> None:
+    cfg = lab_config(chats(tmp_path, rows=60))
+    assert lab_validation(cfg) == (cfg, "")  # a guard
+
+
+@pytest.mark.integration
+def test_a_lab_on_twelve_conversations_runs_and_says_why_there_is_no_validation(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "lab"
+    res = subprocess.run([
+        *CLI, "lab", "--task", "lm", "--model", "tiny-llama", "--data", str(chats(tmp_path)),
+        "--nodes", "2", "--rounds", "1", "--consensus-rounds", "0", "--no-centralized",
+        "--base-port", "0", "--output", str(out), "--format", "json",
+    ], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads(res.stdout)["ok"]
+    assert "holds out no row" in res.stderr and "going on without validation" in res.stderr
