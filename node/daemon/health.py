@@ -7,7 +7,10 @@
   thread of the default executor (training and payload checks run there);
 - health answers liveness for "" and the Swarm service (SERVING once the node serves)
   and readiness for `READY_SERVICE` ("declora.ready": SERVING while it also has a live
-  neighbour, or is --solo), for Kubernetes probes and load balancers.
+  neighbour, or is --solo), for Kubernetes probes and load balancers;
+- Check is rate-limited per remote address (and IPv6 /64) as Status is:
+  `CHECKS_PER_MINUTE`, then RESOURCE_EXHAUSTED (a flood of Checks from one address,
+  1,500 a second, halved a node's training steps; a probe asks once in seconds).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from declora.node.limits import STATUS_PER_MINUTE, AddressBuckets, peer_host
 from declora.node.security import TlsFiles
 
 SERVICE_NAME = "declora.v1.Swarm"
@@ -30,6 +34,7 @@ READY_SERVICE = "declora.ready"
 READY_POLL = 1.0  # seconds between looks at the live neighbours for a Watch of it
 WATCHES = 8  # grpc.health.v1 Watch streams open at once (probes use Check)
 REFLECTIONS = 8  # server reflection streams open at once (grpcurl)
+CHECKS_PER_MINUTE = STATUS_PER_MINUTE  # Check calls a minute from one remote address
 
 
 def _too_many(what: str, most: int) -> str:
@@ -53,12 +58,13 @@ SERVING, NOT_SERVING = (
 
 
 class Health(health_pb2_grpc.HealthServicer):
-    """grpc.health.v1 on the event loop: Check, and Watch for at most `WATCHES` callers
-    at once (then RESOURCE_EXHAUSTED); under mTLS (`tls`) not to a caller refused for
-    its certificate (a Watch looks again each time it wakes, at least every
-    `READY_POLL` s under --tls-crl, and ends PERMISSION_DENIED once the list revokes
-    its caller). `set` is synchronous. `READY_SERVICE` is SERVING while "" is and
-    `ready()` is true (looked at on each Check, every `READY_POLL` s for a Watch)."""
+    """grpc.health.v1 on the event loop: Check (`CHECKS_PER_MINUTE` from one address),
+    and Watch for at most `WATCHES` callers at once (then RESOURCE_EXHAUSTED); under
+    mTLS (`tls`) not to a caller refused for its certificate (a Watch looks again each
+    time it wakes, at least every `READY_POLL` s under --tls-crl, and ends
+    PERMISSION_DENIED once the list revokes its caller). `set` is synchronous.
+    `READY_SERVICE` is SERVING while "" is and `ready()` is true (looked at on each
+    Check, every `READY_POLL` s for a Watch)."""
 
     def __init__(self, tls: TlsFiles | None = None) -> None:
         self.tls = tls
@@ -66,6 +72,7 @@ class Health(health_pb2_grpc.HealthServicer):
         self.changed = asyncio.Event()
         self.watching = 0
         self.ready: Callable[[], bool] = lambda: False
+        self.checks = AddressBuckets(CHECKS_PER_MINUTE)
 
     def set(self, service: str, status: Status) -> None:
         self.status[service] = status
@@ -82,6 +89,11 @@ class Health(health_pb2_grpc.HealthServicer):
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> health_pb2.HealthCheckResponse:
         await _certificate(context, self.tls)
+        if refused := self.checks.refusal(peer_host(context.peer())):
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"more than {refused.per_minute} Check requests a minute from {refused.who()}",
+            )
         status = self.status_of(request.service)
         if status is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no service {request.service!r}")
