@@ -27,7 +27,8 @@ Encoding (`encode_lm`), what training relies on:
 - text, one example per row: the document plus EOS, truncated to `max_length`.
 - conversations, one example per row, truncated to `max_length`: rendered with the
   tokenizer's chat template when it has one (else "content\\n" per turn and
-  content + EOS for the assistant's, logged as a warning); only the assistant turns'
+  content + EOS for the assistant's, no EOS a tokenizer appends after that, logged as a
+  warning); only the assistant turns'
   tokens, through the end-of-turn text that closes each one (EOS, or the template's
   own end-of-turn token such as <|im_end|> when EOS is another; not the template's
   text after it), carry labels. The ids are the tokenization of the whole rendered
@@ -783,10 +784,13 @@ def _labelled(
     through it, which must give a prefix of the whole text's ids, else `DataError`."""
     texts = ["".join(text for text, _ in segs) for segs in pieces]
     special = not tok.has_chat_template  # a chat template's text holds its own
+    # the plain rendering closes a reply with EOS itself: not a second from the tokenizer
+    cut = 1 if special and _appends_eos(tok) else 0
     offsets = _offsets(tok, texts, special)
     out = []
     if offsets is not None:
-        for segs, (ids, spans) in zip(pieces, offsets, strict=True):
+        for segs, (whole, marks) in zip(pieces, offsets, strict=True):
+            ids, spans = whole[: len(whole) - cut], marks[: len(marks) - cut]
             trained, pos = [], 0
             for text, is_trained in segs:
                 trained += [(pos, pos + len(text))] if is_trained else []
@@ -803,7 +807,7 @@ def _labelled(
     ]
     encoded = iter(tok.encode(prefixes, add_special_tokens=special))
     for segs in pieces:
-        prefix_ids = [next(encoded) for _ in segs]
+        prefix_ids = [(ids := next(encoded))[: len(ids) - cut] for _ in segs]
         ids = prefix_ids[-1]
         lab, start = [IGNORE] * len(ids), 0
         for (text, is_trained), head in zip(segs, prefix_ids, strict=True):
