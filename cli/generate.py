@@ -249,14 +249,15 @@ def _warn_rendered(tok: Tokenizer, prompts: Sequence[Prompt]) -> None:
     rendered with the chat template would be rendered again, as a user turn."""
     from declora.node.lm_data import special_tokens_in
 
+    numbers = [n for n, p in enumerate(prompts, 1) if isinstance(p, str)]
     texts = [p for p in prompts if isinstance(p, str)]
-    found = [(n, m) for n, m in enumerate(special_tokens_in(tok, texts), 1) if m]
+    found = [(n, m) for n, m in zip(numbers, special_tokens_in(tok, texts), strict=True) if m]
     if found:
         _log.warning(
-            "%d prompt(s) hold the tokenizer's special token %r (first: prompt %d): each "
-            "text prompt is rendered as a user turn with the chat template, so a prompt "
-            "already rendered gets its marks twice; pass --no-chat-template to send "
-            "rendered prompts as they are",
+            "%d prompt(s) hold the tokenizer's special token %r (first: prompt %d), read as "
+            "that token, not as its characters: each text prompt is rendered as a user turn "
+            "with the chat template, so a prompt already rendered gets its marks twice; pass "
+            "--no-chat-template to send rendered prompts as they are",
             len(found), found[0][1][:40], found[0][0],
         )  # fmt: skip
 

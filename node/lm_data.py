@@ -755,8 +755,8 @@ def special_tokens_in(tok: Tokenizer, texts: Sequence[str]) -> list[str | None]:
 
 def _warn_rendered(tok: Tokenizer, chats: Sequence[Chat], what: str) -> None:
     """One warning when turns' texts hold the tokenizer's special tokens (a chat
-    template's marks such as <|im_start|>, or EOS): text already rendered with a template
-    is rendered again, its marks doubled."""
+    template's marks such as <|im_start|>, or EOS), which the tokenizer reads as those
+    tokens: text already rendered with a template is rendered again, its marks doubled."""
     hits = [
         next(filter(None, special_tokens_in(tok, [c for _, c in chat])), None) for chat in chats
     ]
@@ -764,9 +764,10 @@ def _warn_rendered(tok: Tokenizer, chats: Sequence[Chat], what: str) -> None:
     if found:
         _log.warning(
             "%s: %d of %d conversations hold the tokenizer's special token %r in a turn's "
-            "text: text already rendered with a chat template is rendered again (its marks "
-            "doubled); give each turn its plain text (or train rendered text as documents: "
-            "--data-format text)",
+            "text, where it is read as that token, not as its characters: text already "
+            "rendered with a chat template is rendered again (its marks doubled), and a text "
+            "that only names the token trains the token itself; give each turn its plain text "
+            "(or train rendered text as documents: --data-format text)",
             what, len(found), len(chats), found[0][:40],
         )  # fmt: skip
 
