@@ -44,7 +44,7 @@ import torch
 from declora.cli.predict import text_lines
 from declora.node.adapter_io import AdapterError, LoadedAdapter, adapter_folder
 from declora.node.data import column_values
-from declora.node.data_files import BUILDERS, COMPRESSIONS, DataError, data_suffix, read_splits
+from declora.node.data_files import ARCHIVES, BUILDERS, COMPRESSIONS, DataError, read_splits
 from declora.node.lm_data import CONVERSATIONS, ROLE_ALIASES, SHAREGPT_ROLES
 from declora.node.models import Tokenizer, context_length
 
@@ -206,8 +206,8 @@ def read_prompts(prompt: str | None, source: str | None, stdin: TextIO) -> list[
     if source not in (None, "-"):
         path = Path(str(source))
         suffix = path.suffix.lower()  # a compressed file is read whole, as a table is
-        table = data_suffix(path) in BUILDERS and (
-            suffix in COMPRESSIONS or suffix not in JSON_LINES
+        table = suffix in (*COMPRESSIONS, *ARCHIVES) or (
+            suffix in BUILDERS and suffix not in JSON_LINES
         )
         if path.is_dir() or (path.is_file() and table):
             return _table_prompts(path)

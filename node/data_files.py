@@ -341,7 +341,7 @@ def _mib(size: int) -> str:
 # characters `datasets` reads as a glob pattern in a data file's path
 _GLOB = re.compile(r"[*?\[\]]")
 # archives of files, which declora does not open: the data file inside is wanted
-_ARCHIVES = (".zip", ".tar", ".tgz", ".7z", ".rar")
+ARCHIVES = (".zip", ".tar", ".tgz", ".7z", ".rar")
 _ARCHIVE_HINT = (
     "an archive of files: extract it (unzip, tar -xf) and pass the data file inside "
     "(one data file may be compressed: data.jsonl.gz, .bz2, .xz)"
@@ -357,8 +357,10 @@ def _read_file(path: Path) -> Any:
     if builder is None:
         hint = SUPPORTED_HINT
         inner = data_suffix(path)
-        if suffix in _ARCHIVES or inner in _ARCHIVES:
+        if suffix in ARCHIVES or inner in ARCHIVES:
             hint = _ARCHIVE_HINT
+        elif suffix in COMPRESSIONS and inner:  # data.txt.gz
+            hint = f"decompress it first: a {inner} file is no data file; {hint}"
         elif suffix in COMPRESSIONS:
             hint = f"name it by the type of the file inside (data.jsonl{suffix}); {hint}"
         elif suffix in (".txt", ".md", ".text"):  # documents or texts, one a line or not
@@ -366,7 +368,7 @@ def _read_file(path: Path) -> Any:
                 ': for plain text, a .jsonl file of one {"text": ...} object per document '
                 "(with a label column for a classifier)"
             )
-        shown = inner + suffix if inner in _ARCHIVES and suffix in COMPRESSIONS else suffix
+        shown = inner + suffix if inner in ARCHIVES and suffix in COMPRESSIONS else suffix
         raise DataError(f"{path}: unsupported data file type {shown!r}", hint)
     if path.stat().st_size == 0:
         raise DataError(f"{path}: no rows (the file is empty)", "write one example per row")

@@ -6,6 +6,7 @@ that one file; an archive gets a hint to extract it."""
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import shutil
 import tarfile
@@ -126,3 +127,36 @@ def test_a_gz_file_without_its_inner_type_is_told_to_name_it(tmp_path: Path) -> 
     with pytest.raises(DataError) as err:
         read_splits(path)
     assert "data.jsonl.gz" in (err.value.hint or "")
+
+
+def test_a_compressed_text_file_is_told_to_be_decompressed(tmp_path: Path) -> None:
+    path = tmp_path / "texts.txt.gz"
+    path.write_bytes(gzip.compress(b"one text\nanother\n"))
+    with pytest.raises(DataError) as err:
+        read_splits(path)
+    assert "decompress it first: a .txt file is no data file" in (err.value.hint or "")
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [
+        ("prompts.tar.gz", "extract it"),
+        ("prompts.zip", "extract it"),
+        ("prompts.txt.gz", "decompress it first"),
+    ],
+)
+def test_generate_input_archives_get_the_data_files_hint(
+    tmp_path: Path, name: str, hint: str
+) -> None:
+    """They were read as lines of text: 'not UTF-8 ... iconv -f CP1252' (a .zip:
+    'looks like UTF-32')."""
+    from declora.cli.generate import read_prompts
+
+    path = tmp_path / name
+    if name.endswith(".txt.gz"):
+        path.write_bytes(gzip.compress(b"Capital of France?\n"))
+    else:
+        archive(path)
+    with pytest.raises(DataError) as err:
+        read_prompts(None, str(path), io.StringIO())
+    assert hint in (err.value.hint or ""), err.value
