@@ -160,3 +160,27 @@ def test_generate_input_archives_get_the_data_files_hint(
     with pytest.raises(DataError) as err:
         read_prompts(None, str(path), io.StringIO())
     assert hint in (err.value.hint or ""), err.value
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_chinese_text_in_utf16_without_a_bom_is_named_utf16(tmp_path: Path, encoding: str) -> None:
+    """Under a tenth of its bytes are NULs (the ASCII characters' other byte), so it was
+    refused as 'not UTF-8 text' with the hint for Latin-1 files (iconv -f CP1252)."""
+    texts = [
+        "".join(chr(0x4E00 + (i * 7919 + k * 104729) % 0x5000) for k in range(60))
+        for i in range(20)
+    ]
+    path = tmp_path / "cjk.jsonl"
+    rows = "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts)
+    path.write_bytes(rows.encode(encoding))
+    with pytest.raises(DataError) as err:
+        read_splits(path)
+    assert err.value.message.endswith("not UTF-8 (looks like UTF-16)")
+
+
+def test_utf8_text_with_stray_nuls_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "nul.csv"
+    rows = [f"row {'x' * i}\x00 with a NUL,a" for i in range(12)]  # at even and odd offsets
+    path.write_bytes(("text,label\n" + "\n".join(rows) + "\n").encode())
+    [(_, ds)] = read_splits(path)
+    assert len(ds) == 12 and ds["text"][0] == "row \x00 with a NUL"  # a guard
