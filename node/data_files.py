@@ -6,9 +6,9 @@ written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`, the rows a
 are those of `BUILDERS` (JSON lines `.jsonl`, `.ndjson`, `.json`; CSV/TSV; parquet;
 arrow), each also compressed as `COMPRESSIONS` name (`data.jsonl.gz`: decompressed into
 tempfile's folder, removed after, then read as `data.jsonl`, errors naming the
-compressed file; one that would leave less than `KEEP_FREE` of that disk free is
-refused; an archive, .zip or .tar.gz, is refused with a hint to extract it); a name
-holding a glob character is read as that one file;
+compressed file; one that would leave less than `KEEP_FREE` of that disk free, a tenth
+of a disk under 10 GiB, is refused; an archive, .zip or .tar.gz, is refused with a hint
+to extract it); a name holding a glob character is read as that one file;
 CSV/TSV columns are all read as strings, so texts and labels keep their spelling. Every
 mistake (missing file, unsupported type, empty file, bad JSON line, a JSON or CSV file
 in UTF-16/32 or holding a byte that is not UTF-8: its first such line named) raises
@@ -278,8 +278,9 @@ def _check_rows(reader: Any, path: Path, header: list[str], named: int, sep: str
                 )
 
 
-# free space a decompressed data file must leave on its temporary folder's disk: a small
-# file that inflates past the rest (a "zip bomb") is refused, not left to fill the disk
+# free space a decompressed data file must leave on its temporary folder's disk (at most
+# a tenth of that disk: a small tmpfs), so a small file that inflates past the rest (a
+# "zip bomb") is refused, not left to fill the disk
 KEEP_FREE = 1 << 30
 
 
@@ -301,7 +302,9 @@ def _decompress(path: Path, inner: Path) -> None:
     be decompressed, or when it inflates past the free space of `inner`'s disk but
     `KEEP_FREE` (nothing more is written) or that disk is full."""
     kind = path.suffix.lower()
-    room = shutil.disk_usage(inner.parent).free - KEEP_FREE
+    disk = shutil.disk_usage(inner.parent)
+    keep = min(KEEP_FREE, disk.total // 10)
+    room = disk.free - keep
     where = f"the temporary folder {inner.parent.parent}"
     tmp_hint = (
         "decompress it onto a disk with room and pass that file, or set TMPDIR to a "
@@ -323,7 +326,7 @@ def _decompress(path: Path, inner: Path) -> None:
             if written > room:
                 raise DataError(
                     f"{path}: decompressed, it is over {_mib(written)}, more than "
-                    f"{where} has free ({_mib(max(room, 0))}, keeping {_mib(KEEP_FREE)} free)",
+                    f"{where} has free ({_mib(max(room, 0))}, keeping {_mib(keep)} free)",
                     tmp_hint,
                 )
             try:

@@ -184,3 +184,19 @@ def test_utf8_text_with_stray_nuls_is_read(tmp_path: Path) -> None:
     path.write_bytes(("text,label\n" + "\n".join(rows) + "\n").encode())
     [(_, ds)] = read_splits(path)
     assert len(ds) == 12 and ds["text"][0] == "row \x00 with a NUL"  # a guard
+
+
+def test_a_small_temporary_disk_keeps_a_tenth_free_not_a_gibibyte(
+    tmp_path: Path, tmp_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 512 MiB tmpfs with 400 MiB free refused every compressed file, a few rows too."""
+    small = shutil.disk_usage(tmp_folder)._replace(total=512 << 20, free=400 << 20)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _p: small)
+    path = tmp_path / "rows.jsonl.gz"
+    path.write_bytes(gzip.compress(ROWS))
+    [(_, rows)] = read_splits(path)
+    assert len(rows) == 5
+    with pytest.raises(DataError) as err:  # yet 4 MiB past its last 10 MiB is refused
+        monkeypatch.setattr(shutil, "disk_usage", lambda _p: small._replace(free=54 << 20))
+        read_splits(bomb(tmp_path / "bomb.jsonl.gz"))
+    assert "keeping 51.2 MiB free" in err.value.message
