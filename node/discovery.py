@@ -20,6 +20,18 @@ Rules callers rely on:
   mDNS goodbyes) leaves ``peers()`` as soon as the goodbye arrives; one that vanishes
   silently leaves when its records expire (:attr:`MdnsDiscovery.ttl`, 120 s).
   ``PeerInfo.address`` is the peer's advertised ``addr`` (its ``--advertise``).
+* Anyone on the LAN may announce services, as many as it likes and posing as members
+  of an open swarm (swarm id, fingerprint and protocol are in every member's TXT), so
+  discovery trusts a dial's outcome more than an announcement: the caller reports each
+  dial of a discovered address (``dialled``). An address whose dial did not join
+  leaves ``peers()`` for :data:`SILENT_SECONDS`, doubled for each such dial in a row
+  (at most :data:`SILENT_MOST`), so services where nothing answers cannot keep the
+  neighbour places (:func:`select_neighbors`) from the members that do. At most
+  :data:`MAX_SERVICES` services are tracked; a newcomer to a full table takes the place
+  of the oldest that is no peer (another swarm, malformed, unresolved) or whose address
+  did not join its last dial, else of the oldest never dialled; only when every one
+  joined is it ignored (a stranger's 1,024 announcements kept every honest newcomer
+  out).
 * Node ids must be unique. ``start()`` raises zeroconf's ``NonUniqueNameException``
   when its probe finds the name taken; probe answers are unicast, so with several
   nodes on one host (loopback) they can miss, and then both nodes log a WARNING once
@@ -40,7 +52,8 @@ import hashlib
 import logging
 import re
 import socket
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -73,6 +86,8 @@ _MAX_LABEL = 63  # bytes in one DNS label (the service instance name)
 _MAX_TXT_ENTRY = 255  # bytes in one TXT "key=value" string
 MAX_SERVICES = 1024  # services tracked at once (the LAN's announcements bound nothing)
 MAX_LOGGED = 4096  # (peer, reason) pairs remembered for logging once; then forgotten
+SILENT_SECONDS = 60.0  # an address whose dial did not join leaves peers() this long...
+SILENT_MOST = 3600.0  # ...doubled for each such dial in a row, at most this
 
 
 @dataclass(frozen=True)
@@ -93,6 +108,10 @@ class Discovery(Protocol):
 
     def peers(self) -> list[PeerInfo]:
         """Current candidates, never including this node."""
+        ...
+
+    def dialled(self, address: str, joined: bool) -> None:
+        """How a dial of candidate `address` ended (`joined`: a handshake both accepted)."""
         ...
 
 
@@ -140,6 +159,9 @@ class StaticDiscovery:
 
     def peers(self) -> list[PeerInfo]:
         return list(self._peers)
+
+    def dialled(self, address: str, joined: bool) -> None:
+        """Nothing: configured peers are dialled whatever they answered."""
 
 
 # --------------------------------------------------------------------------- selection
@@ -287,6 +309,7 @@ class MdnsDiscovery:
         self._peers: dict[str, PeerInfo] = {}  # service name -> accepted peer
         self._generation: dict[str, int] = {}  # service name -> events seen
         self._tasks: dict[str, asyncio.Task[None]] = {}  # service name -> resolution
+        self._dials = Dials()
         self._once = OnceLog(self.log)
         self._filter = SwarmFilter(
             node_id, swarm_id, fingerprint, protocol_version, self.advertise, self._once
@@ -375,8 +398,16 @@ class MdnsDiscovery:
     # ----------------------------------------------------------------- queries
 
     def peers(self) -> list[PeerInfo]:
-        """Accepted peers, sorted by node id (then address); never this node."""
-        return sorted(self._peers.values(), key=_peer_key)
+        """Accepted peers, sorted by node id (then address); never this node, nor one
+        whose address is silent (`dialled`)."""
+        silent = self._dials.silent
+        return sorted((p for p in self._peers.values() if not silent(p.address)), key=_peer_key)
+
+    def dialled(self, address: str, joined: bool) -> None:
+        """How a dial of `address` (of a peer of `peers()`) ended: `joined`, a handshake
+        both sides accepted; else (no answer, a refusal) it is silent for a while
+        (module docstring)."""
+        self._dials.note(address, joined)
 
     # ----------------------------------------------------------------- internals
 
@@ -434,14 +465,36 @@ class MdnsDiscovery:
                 self.log.info("mDNS peer %s at %s left", gone.node_id, gone.address)
             return
         if name not in self._generation and len(self._generation) >= MAX_SERVICES:
+            given = self._place()
             self._once(
-                logging.WARNING, "", "full", f"mDNS: over {MAX_SERVICES} services; ignoring more"
+                logging.WARNING,
+                "",
+                "full",
+                f"mDNS: over {MAX_SERVICES} services; a newcomer takes the place of one that "
+                "is no peer or did not join a dial, else it is ignored",
             )
-            return
+            if given is None:
+                return
+            self._generation.pop(given)
+            self._peers.pop(given, None)
+            if (task := self._tasks.pop(given, None)) is not None:
+                task.cancel()
         self._generation[name] = generation = self._generation.get(name, 0) + 1
         task = asyncio.get_running_loop().create_task(self._resolve(zeroconf, name, generation))
         self._tasks[name] = task
         task.add_done_callback(functools.partial(self._resolved, name))
+
+    def _place(self) -> str | None:
+        """The service a newcomer to a full table replaces (module docstring), or None."""
+        never_dialled = None
+        for name in self._generation:  # the oldest first
+            peer = self._peers.get(name)
+            rank = 0 if peer is None else self._dials.rank(peer.address)
+            if rank == 0:
+                return name
+            if rank == 1 and never_dialled is None:
+                never_dialled = name
+        return never_dialled
 
     def _resolved(self, name: str, task: asyncio.Task[None]) -> None:
         if self._tasks.get(name) is task:
@@ -469,6 +522,37 @@ class MdnsDiscovery:
             if peer != previous:
                 self.log.info("mDNS peer %s at %s found", peer.node_id, peer.address)
             self._peers[name] = peer
+
+
+class Dials:
+    """How the dials of discovered addresses ended (`MdnsDiscovery.dialled`), for at
+    most `MAX_SERVICES` addresses (the oldest forgotten); `clock`: monotonic seconds."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.joined: dict[str, None] = {}  # addresses whose last dial joined
+        self.failed: dict[str, tuple[int, float]] = {}  # address -> (dials, silent until)
+
+    def note(self, address: str, joined: bool) -> None:
+        self.joined.pop(address, None)
+        dials = self.failed.pop(address, (0, 0.0))[0]
+        if joined:
+            self.joined[address] = None
+        else:
+            wait = min(SILENT_SECONDS * 2.0 ** min(dials, 32), SILENT_MOST)
+            self.failed[address] = (dials + 1, self.clock() + wait)
+        for table in (self.joined, self.failed):
+            while len(table) > MAX_SERVICES:
+                del table[next(iter(table))]
+
+    def silent(self, address: str) -> bool:
+        """Whether `address`'s last dial did not join, within its wait."""
+        failed = self.failed.get(address)
+        return failed is not None and self.clock() < failed[1]
+
+    def rank(self, address: str) -> int:
+        """0: its last dial did not join; 1: never dialled (or forgotten); 2: joined."""
+        return 0 if address in self.failed else 2 if address in self.joined else 1
 
 
 class OnceLog:
