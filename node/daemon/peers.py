@@ -260,16 +260,12 @@ class PeerTable:
         peer.token_out = bytes(hello.session)
         in_step = peer.live and peer.expected_seq is not None and peer.expected_seq == hello.seq + 1
         if not in_step:
-            # A delta with seq 1 is relative to the shared seeded init: a copy held at
-            # the init takes the peer's seq-1 delta (it may have been built just before
-            # this handshake, as ours may), and any later one is out of step there and
-            # asks for a keyframe (`Inbox._accept`), as a forgotten copy would.
-            if hello.seq <= 1:
-                self.node.add_peer(peer.node_id)
-                peer.expected_seq = 1
+            if self.progress.seq == 0 and hello.seq == 0:
+                self.node.add_peer(peer.node_id)  # both still at the shared seeded init
+                peer.expected_seq, peer.send_keyframe = 1, False
             else:
                 self._forget_copy(peer)
-            peer.send_keyframe = self.progress.seq > 1
+                peer.send_keyframe = True
             if not peer.live:
                 log.info("neighbour %s (%s) joined the live set", peer.node_id, peer.address)
                 peer.crl_told = -1  # a new session (a restart?): told our list's number again
