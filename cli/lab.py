@@ -170,20 +170,22 @@ FRACTION = "validation_fraction"
 
 
 def lab_validation(cfg: LabConfig) -> tuple[LabConfig, str]:
-    """`cfg` with no validation share, and a warning line, when its validation fraction
-    is the lab's default and holds out no row of the nodes' shares (as `simulate` goes
-    on without one: `workload.validation_problem`); else `cfg` and "". A fraction the
-    user chose (a flag or `extra`) is handed to each daemon, which refuses it: a daemon
-    takes every option it is given as chosen."""
+    """`cfg` and "" when its validation fraction holds out a row of the nodes' shares
+    (`workload.validation_problem`, the data read, no model built), or is 0. One that
+    holds out none is, as `simulate` has it, a `DataError` before any daemon starts when
+    the user chose it (a flag or `extra`), else dropped: `cfg` with none, and a warning
+    line (each daemon, handed the lab's default, would take it as chosen and refuse)."""
     from declora.node.workload import validation_problem
 
     own = {k: v for k, v in cfg.extra.items() if k in Recipe.model_fields}
-    if FRACTION in cfg.model_fields_set or FRACTION in own or not cfg.validation_fraction:
-        return cfg, ""
     merged = LabConfig.model_validate({**cfg.model_dump(exclude_unset=True), **own})
+    if not merged.validation_fraction:
+        return cfg, ""
     problem = validation_problem(merged.recipe(), cfg.nodes)
     if problem is None:
         return cfg, ""
+    if FRACTION in cfg.model_fields_set or FRACTION in own:
+        raise problem
     none = LabConfig.model_validate({**cfg.model_dump(exclude_unset=True), FRACTION: 0.0})
     return none, f"lab: {problem.message}; going on without validation ({problem.hint})"
 

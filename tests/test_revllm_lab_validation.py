@@ -1,7 +1,7 @@
 """`lab` on data too small for its default validation fraction goes on without a
 validation share, as `simulate` does: each daemon took the fraction the lab wrote into
 its node.json as the user's choice and refused it (every node exited 2). A fraction the
-user chose is still handed to the daemons, which refuse it."""
+user chose is refused, as before, but by the lab before any daemon starts."""
 
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from declora.cli.app import app
 from declora.cli.lab import LabConfig, lab_scheme, lab_validation, node_config
+from declora.node.data_files import DataError
 from declora.node.settings import NodeSettings
 
 CLI = [sys.executable, "-m", "declora.cli"]
@@ -51,9 +54,25 @@ def test_the_lab_default_fraction_that_holds_out_no_row_becomes_none(tmp_path: P
 @pytest.mark.parametrize(
     "chosen", [{"validation_fraction": 0.1}, {"extra": {"validation_fraction": 0.1}}]
 )
-def test_a_chosen_fraction_is_left_to_the_daemons(tmp_path: Path, chosen: dict) -> None:
-    cfg = lab_config(chats(tmp_path), **chosen)
-    assert lab_validation(cfg) == (cfg, "")  # a guard: each daemon refuses it
+def test_a_chosen_fraction_that_holds_out_no_row_is_refused(tmp_path: Path, chosen: dict) -> None:
+    with pytest.raises(DataError) as err:
+        lab_validation(lab_config(chats(tmp_path), **chosen))
+    assert "--validation-fraction 0.1 holds out no row" in err.value.message
+
+
+def test_the_lab_refuses_a_chosen_fraction_before_any_daemon(tmp_path: Path) -> None:
+    """Each daemon refused it, after the lab had made its folder and started them all."""
+    out = tmp_path / "lab"
+    res = CliRunner().invoke(app, [
+        "lab", "--task", "lm", "--model", "tiny-llama", "--data", str(chats(tmp_path)),
+        "--nodes", "2", "--rounds", "1", "--validation-fraction", "0.1", "--no-centralized",
+        "--base-port", "0", "--output", str(out),
+    ])  # fmt: skip
+    assert res.exit_code == 2, res.output
+    error, hint = res.stderr.strip().splitlines()[-2:]
+    assert error.startswith("error: ") and "holds out no row" in error
+    assert hint.startswith("hint: use --validation-fraction 0.11 or more")
+    assert not out.exists()
 
 
 def test_a_default_fraction_that_holds_out_rows_is_kept(tmp_path: Path) -> None:
