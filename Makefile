@@ -43,8 +43,8 @@ test: $(VENV)/.dev
 	$(PY) -m pytest -m "not slow and not faults"
 	$(MAKE) bench-smoke
 
-## make test-slow: the tests on the real MiniLM model and BBC News, and every method
-## with real daemon processes (minutes)
+## make test-slow: the tests on the real MiniLM model and BBC News, every method and the
+## attack table with real daemon processes, the longer real-process swarms (minutes)
 test-slow: $(VENV)/.dev
 	$(PY) -m pytest -m slow
 

@@ -15,9 +15,9 @@ neighbour.
   its 120 real rounds with exit 0 and finite adapters;
 - an open pair (no auth, `--stream-idle-seconds 2`): idle push streams (3), a
   handshake flood (4), huge node ids (5), a third party speaking for a neighbour (6),
-  pulls (7), calls that send headers and never a message (13). Its attacker connects through a relay from 127.0.0.2, so the node's
-  per-host limits tell it apart from its honest neighbour on 127.0.0.1, as they would
-  on a network;
+  pulls (7), calls that send headers and never a message (13). Its attacker connects
+  through a relay from 127.0.0.2, so the node's per-host limits tell it apart from its
+  honest neighbour on 127.0.0.1, as they would on a network;
 - a 4-node ring with the default `--round-deadline` (60 s), one node killed (9);
 - a lone node with `--robust-mixing trim` and `--rounds 60` whose only neighbour pushes
   valid keyframes for the furthest round it accepts (10);
@@ -75,7 +75,7 @@ from declora.node.security import MAX_NONCES, SwarmAuth, TlsFiles
 from declora.node.wire import chunks, make_header
 from declora.proto import pb, pb_grpc
 
-pytestmark = [pytest.mark.integration]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # the attack table: make test-slow
 
 START = 150.0  # seconds for daemons to import torch, build tiny-bert and mix (loaded machine)
 RPC = 10.0  # seconds for one call of the attacker

@@ -291,6 +291,7 @@ def test_the_server_certificate_is_read_and_verified_against_the_ca(
 
 @pytest.mark.integration
 @pytest.mark.timeout(300)
+@pytest.mark.slow  # ~20 s of processes; make test-slow
 def test_secret_on_one_node_only_fails_both_starts(cluster: Cluster) -> None:
     """Real daemons: a has --swarm-secret, b has none. Neither joins the other, so each
     one's --min-peers fails at --startup-timeout (exit 1); a, first to give up, names

@@ -102,7 +102,9 @@ def vector(adapter: dict[str, np.ndarray]) -> np.ndarray:
 # ---------------------------------------------------------------- 1, 2: static swarms
 
 
-@pytest.mark.parametrize("n", [2, 4], ids=["pair", "ring4"])
+@pytest.mark.parametrize(
+    "n", [2, pytest.param(4, marks=pytest.mark.slow)], ids=["pair", "ring4"]
+)  # ring4: make test-slow
 def test_static_swarm_trains_agrees_and_saves_peft(cluster: Cluster, n: int) -> None:
     rounds = 10
     nodes = cluster.static(
@@ -149,7 +151,12 @@ def test_static_swarm_trains_agrees_and_saves_peft(cluster: Cluster, n: int) -> 
 
 @pytest.mark.parametrize(
     ("codec", "tracking", "gossip_steps"),
-    [("fp32", False, 1), ("q8", False, 1), ("q8", True, 1), ("q8", True, 2)],
+    [  # make test runs the one that combines the most (q8, tracking, 2 exchanges)
+        pytest.param("fp32", False, 1, marks=pytest.mark.slow),
+        pytest.param("q8", False, 1, marks=pytest.mark.slow),
+        pytest.param("q8", True, 1, marks=pytest.mark.slow),
+        ("q8", True, 2),
+    ],
     ids=["fp32", "q8", "q8+gt", "q8+gt+2-gossip-steps"],
 )
 def test_daemons_match_simulator(
@@ -220,6 +227,7 @@ def test_daemons_match_simulator(
 # ---------------------------------------------------------------- 4: mDNS
 
 
+@pytest.mark.slow  # ~25 s; test_discovery.py keeps real mDNS in make test
 def test_mdns_swarm_forms_and_ignores_other_swarm(cluster: Cluster) -> None:
     ports = free_ports(4)
     common = [*train_args(cluster.data), "--mdns", "--mdns-interface", HOST, "--rounds", "0"]
@@ -327,6 +335,7 @@ def test_status_cli(idle_pair: tuple[Cluster, Node, Node]) -> None:
     assert "hint: is the node running" in down.stderr
 
 
+@pytest.mark.slow  # ~12 s of processes; test_daemon_parts.py: check_hello's reasons
 def test_handshake_refuses_other_fingerprint_and_swarm(
     idle_pair: tuple[Cluster, Node, Node],
 ) -> None:
@@ -378,6 +387,7 @@ def test_handshake_refuses_other_fingerprint_and_swarm(
 # ---------------------------------------------------------------- 6: SIGTERM and --resume
 
 
+@pytest.mark.slow  # ~20 s; test_resume_in_process.py keeps a resume in make test
 def test_sigterm_checkpoints_leaves_and_resumes(cluster: Cluster) -> None:
     # Longer rounds (the last --local-steps wins) make b, training alone while a restarts,
     # push less often: fewer pushes land in a rejoin's few-millisecond handshake gap.

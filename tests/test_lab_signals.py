@@ -75,7 +75,11 @@ def test_a_node_folder_a_running_process_holds_is_refused_and_kept(tmp_path: Pat
         holder.wait()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
+@pytest.mark.parametrize(
+    "sig",
+    [signal.SIGTERM, pytest.param(signal.SIGHUP, marks=pytest.mark.slow)],
+    ids=["TERM", "HUP"],
+)  # HUP: make test-slow
 def test_a_lab_stopped_by_a_signal_stops_its_nodes(tmp_path: Path, sig: signal.Signals) -> None:
     """Before: `kill <lab>` or a closed terminal ended the lab alone; its nodes (in their
     own sessions) trained on, and no results.json was written."""

@@ -342,6 +342,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, synthetic_jsonl: Path
     ],
     ids=["another partition", "past --rounds"],
 )
+@pytest.mark.slow  # ~25 s of processes; make test-slow
 def test_a_refused_resume_writes_nothing(
     finished_run: Path, synthetic_jsonl: Path, more: tuple[str, ...], words: str
 ) -> None:
@@ -381,6 +382,7 @@ def test_auto_resumes_a_checkpoint_that_lost_its_latest(
 
 @pytest.mark.integration
 @pytest.mark.timeout(400)
+@pytest.mark.slow  # ~30 s of processes; make test-slow
 def test_a_stop_in_the_consensus_finish_resumes_into_it(cluster: Cluster) -> None:
     """A SIGTERM during the consensus finish checkpoints a round past --rounds x G
     (gossip rounds advance the round). Before: the restart (DECLORA_RESUME=auto, as

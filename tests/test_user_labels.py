@@ -28,6 +28,7 @@ def shard_without_last_class(tmp_path: Path) -> Path:
     return write_jsonl(data.subset(keep), tmp_path / "shard.jsonl")
 
 
+@pytest.mark.slow  # ~20 s of processes; make test-slow
 def test_label_sets_must_agree_and_can_be_declared(tmp_path: Path, synthetic_jsonl: Path) -> None:
     shard = str(shard_without_last_class(tmp_path))
     cluster = Cluster(tmp_path / "undeclared", synthetic_jsonl)
