@@ -4,10 +4,11 @@ Prompts come from `--prompt`, from a file (`--input`) or from standard input (pl
 lines, or JSON lines when the first line is an object). A `.jsonl` file holds one JSON
 object a line with a `prompt` string or a `messages` list of {role, content} turns (or
 ShareGPT's `conversations` of {from, value} turns; roles read as training reads them;
-the last turn is not the assistant's); a data file (.csv, .tsv, .parquet, .json, .arrow
-or a save_to_disk folder) is read as `predict` reads its --input
-(`data_files.read_splits`), from its `prompt` column (texts) or `messages` (else
-`conversations`) column (turns); any other file (.txt) is one prompt a line. Line input
+the last turn is not the assistant's); a data file (.csv, .tsv, .parquet, .json, .arrow,
+any compressed file or archive, or a save_to_disk folder) is read as `predict` reads its
+--input (`data_files.read_splits`: an archive or a compressed .txt refused), from its
+`prompt` column (texts) or `messages` (else `conversations`) column (turns); any other
+file (.txt) is one prompt a line. Line input
 (.txt, .jsonl, stdin) gives one output line per input line, as `predict` does: a blank
 line is no prompt and gives an empty line (json: its keys with null values), and prompt
 N is line N. All input is read and checked before the model loads, and every prompt's
