@@ -11,7 +11,7 @@ import socket
 import struct
 import threading
 
-DATA, HEADERS, SETTINGS, PING, GOAWAY = 0, 1, 4, 6, 7
+DATA, HEADERS, RST_STREAM, SETTINGS, PING = 0, 1, 3, 4, 6
 END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
 INITIAL_WINDOW_SIZE = 0x4
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -54,26 +54,34 @@ class Stalled:
         with self.lock:
             self.sock.sendall(data)
 
-    def call(self, path: str, message: bytes = b"") -> int:
-        """A unary call to `path` ('/pkg.Service/Method') with `message` (serialized);
-        its stream id."""
-        stream, self.next_stream = self.next_stream, self.next_stream + 2
-        block = b"".join(
-            literal(k, v)
-            for k, v in (
-                (":method", "POST"),
-                (":scheme", "http"),
-                (":path", path),
-                (":authority", self.authority),
-                ("content-type", "application/grpc"),
-                ("te", "trailers"),
-            )
+    def headers(self, path: str) -> bytes:
+        """The HEADERS block of a call to `path` ('/pkg.Service/Method')."""
+        fields = (
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", self.authority),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
         )
+        return b"".join(literal(k, v) for k, v in fields)
+
+    def call(self, path: str, message: bytes = b"") -> int:
+        """A unary call to `path` with `message` (serialized); its stream id."""
+        stream, self.next_stream = self.next_stream, self.next_stream + 2
         body = b"\x00" + struct.pack(">I", len(message)) + message
         self.send(
-            frame(HEADERS, END_HEADERS, stream, block) + frame(DATA, END_STREAM, stream, body)
+            frame(HEADERS, END_HEADERS, stream, self.headers(path))
+            + frame(DATA, END_STREAM, stream, body)
         )
         return stream
+
+    def open_calls(self, path: str, n: int) -> None:
+        """`n` calls to `path` that send their headers and never a message, in one
+        write, whatever the server's limit on streams (SETTINGS) says."""
+        block = self.headers(path)
+        first, self.next_stream = self.next_stream, self.next_stream + 2 * n
+        self.send(b"".join(frame(HEADERS, END_HEADERS, first + 2 * i, block) for i in range(n)))
 
     def _read(self) -> None:
         buf = b""
@@ -99,8 +107,13 @@ class Stalled:
             return
 
     def ended(self) -> set[int]:
-        """The streams the server ended (its trailers, END_STREAM, came)."""
-        return {s for kind, flags, s in self.frames if kind == HEADERS and flags & END_STREAM}
+        """The streams the server ended: its trailers (END_STREAM) came, or it refused
+        the stream (RST_STREAM: past its limit on streams a connection holds)."""
+        return {
+            s
+            for kind, flags, s in self.frames
+            if kind == RST_STREAM or (kind == HEADERS and flags & END_STREAM)
+        }
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
