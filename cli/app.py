@@ -116,24 +116,11 @@ class _LazyGroup(TyperGroup):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in LAZY and cmd_name not in self.commands:
-            if cmd_name in TORCH_OPTIONS and _no_temp_folder():
-                if self._listing:  # the help lists the others
-                    return None
-                _need_temp_folder()
             self.commands[cmd_name] = LAZY[cmd_name]()
         command = super().get_command(ctx, cmd_name)
         if command is not None and command.callback is not None:
             command.callback = _marks_began(command.callback, cmd_name not in NO_TORCH)
         return command
-
-    _listing = False  # inside `format_help` (which lists the commands)
-
-    def format_help(self, ctx: click.Context, formatter: Any) -> None:
-        self._listing = True
-        try:
-            super().format_help(ctx, formatter)
-        finally:
-            self._listing = False
 
     def invoke(self, ctx: click.Context) -> Any:
         """A Ctrl-C is one line, exit 130 (a traceback too with --debug): before the
@@ -226,16 +213,6 @@ STATE: dict[str, bool | None] = {"debug": False, "began": None}
 # commands that import no torch, so need no temporary folder; `start` checks it itself
 # (`launch`, after its log format is set), `inspect` after its arguments
 NO_TORCH = frozenset({"start", "config", "status", "inspect"})
-
-
-# commands whose options come from a module that imports torch (`SimConfig`)
-TORCH_OPTIONS = frozenset({"simulate"})
-
-
-def _no_temp_folder() -> bool:
-    from declora.node import temp_folder
-
-    return temp_folder.temp_folder_missing()
 
 
 def _need_temp_folder() -> None:
@@ -782,7 +759,7 @@ def _simulate(output: Path, force: bool, options: dict[str, Any], guard: Interru
     from declora.node.data_files import DataError
     from declora.node.model_source import ModelError
     from declora.node.partition import scheme_for_data
-    from declora.node.simulator import SimConfig
+    from declora.node.sim_config import SimConfig
 
     try:
         cfg = SimConfig(**given(options))
@@ -1025,7 +1002,7 @@ def _node_settings() -> Any:
 
 
 def _sim_config() -> Any:
-    from declora.node.simulator import SimConfig
+    from declora.node.sim_config import SimConfig
 
     return SimConfig
 
