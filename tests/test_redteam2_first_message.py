@@ -18,6 +18,17 @@ from declora.proto import pb, pb_grpc
 CAP = 6  # the test server's maximum_concurrent_rpcs
 
 
+class Arrivals(grpc.aio.ServerInterceptor):
+    """Counts the calls that reached the server (with or without their message)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        self.count += 1
+        return await continuation(details)
+
+
 class Answers(pb_grpc.SwarmServicer):
     """Status, Pull (written with `context.write`) and Revocations (an async generator)."""
 
@@ -36,10 +47,13 @@ class Answers(pb_grpc.SwarmServicer):
 
 
 async def served(
-    interceptor: FirstMessage | None, test: Callable[[grpc.aio.Channel], Awaitable[None]]
+    interceptor: FirstMessage | None,
+    test: Callable[[grpc.aio.Channel], Awaitable[None]],
+    arrivals: Arrivals | None = None,
 ) -> None:
+    first = [arrivals] if arrivals else []
     server = grpc.aio.server(
-        maximum_concurrent_rpcs=CAP, interceptors=[interceptor] if interceptor else []
+        maximum_concurrent_rpcs=CAP, interceptors=first + ([interceptor] if interceptor else [])
     )
     pb_grpc.add_SwarmServicer_to_server(Answers(), server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -72,10 +86,13 @@ def test_every_kind_of_answer_still_comes() -> None:
 @pytest.mark.parametrize("guarded", [False, True])
 def test_calls_without_their_message_keep_no_caller_out(guarded: bool) -> None:
     codes: list[str] = []
+    arrivals = Arrivals()
 
     async def test(channel: grpc.aio.Channel) -> None:
         held = half_open(channel, 3 * CAP)
-        await asyncio.sleep(0.5)  # let them reach the server
+        async with asyncio.timeout(30):  # until they all reached the server
+            while arrivals.count < 3 * CAP:
+                await asyncio.sleep(0.01)
         try:
             reply = await pb_grpc.SwarmStub(channel).Status(pb.StatusRequest(), timeout=10)
             codes.append(reply.node_id)
@@ -86,7 +103,7 @@ def test_calls_without_their_message_keep_no_caller_out(guarded: bool) -> None:
         for c in held:
             c.cancel()
 
-    asyncio.run(served(FirstMessage(room=CAP - 2) if guarded else None, test))
+    asyncio.run(served(FirstMessage(room=CAP - 2) if guarded else None, test, arrivals))
     # unguarded, as gRPC serves: the half-open calls fill the cap and the call is refused
     # (the calls past the cap are refused as well); guarded: the oldest are cut instead
     assert codes == (["ok", "RESOURCE_EXHAUSTED"] if guarded else ["RESOURCE_EXHAUSTED"] * 2)

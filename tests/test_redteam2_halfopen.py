@@ -41,7 +41,9 @@ class HalfOpen:
             return channels[i % 4].stream_unary("/declora.v1.Swarm/Handshake")()
 
         calls = [call(i) for i in range(HALF_OPEN)]
-        await asyncio.sleep(1.0)  # let them reach the node
+        async with asyncio.timeout(60):  # they reached the node: it ended some (cut)
+            while not any(c.done() for c in calls):
+                await asyncio.sleep(0.1)
         self.opened.set()
         while not self.done.is_set():
             await asyncio.sleep(0.1)
