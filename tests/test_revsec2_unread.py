@@ -139,3 +139,27 @@ def test_a_node_serves_on_beside_a_stranger_that_reads_no_answer(node: Any) -> N
         assert reply is not None and reply.node_id == node.node_id
     finally:
         stalled.close()
+
+
+def test_calls_cancelled_while_waiting_leave_nothing_behind() -> None:
+    """A guard (it passed before): a caller that gives up while its call waits for
+    its message (or for its answer to be read) leaves no place taken in the room."""
+    interceptor = FirstMessage(unread=Unread(CAP // 2, SHARE))
+
+    async def test(address: str) -> None:
+        async with grpc.aio.insecure_channel(address) as channel:
+            waiting = [channel.stream_unary(STATUS)() for _ in range(CAP // 2)]
+            await asyncio.to_thread(
+                poll, "the calls to wait", lambda: len(interceptor.room.calls) == CAP // 2
+            )
+            for call in waiting:
+                call.cancel()
+            await asyncio.to_thread(poll, "an empty room", lambda: not interceptor.room.calls)
+        stalled = await asyncio.to_thread(Stalled, address, STRANGER)
+        stalled.call(CHECK)
+        await asyncio.to_thread(poll, "an unread answer", lambda: interceptor.unread.total == 1)
+        await asyncio.to_thread(stalled.close)
+        await asyncio.to_thread(poll, "no unread answer", lambda: not interceptor.unread.total)
+        assert await status_code(address) == "ok"
+
+    asyncio.run(served(interceptor, test))
