@@ -31,6 +31,7 @@ import lzma
 import re
 import shutil
 import tempfile
+import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -315,7 +316,7 @@ def _decompress(path: Path, inner: Path) -> None:
         while True:
             try:
                 chunk = src.read(1 << 20)
-            except (OSError, EOFError, lzma.LZMAError) as exc:
+            except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
                 raise DataError(
                     f"{path}: cannot decompress it as {kind}: {exc}",
                     f"is it really a {kind} file? or decompress it first",

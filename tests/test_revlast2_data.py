@@ -1,0 +1,39 @@
+"""revlast2: user data files as they come damaged or odd, each refused with one
+`DataError` line and a hint, nothing left behind."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from declora.node.data_files import DataError, read_splits
+
+ROWS = "".join(json.dumps({"text": f"row {i} " + "x" * 50}) + "\n" for i in range(2000))
+
+
+@pytest.fixture
+def tmp_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def test_a_gz_file_damaged_inside_is_a_data_error(tmp_path: Path, tmp_folder: Path) -> None:
+    """zlib's own error (a flipped byte in the deflate stream) was no DataError: a
+    traceback ('Error -3 while decompressing data')."""
+    data = bytearray(gzip.compress(ROWS.encode()))
+    for i in range(40, len(data) - 20, 7):
+        data[i] ^= 0x55
+    path = tmp_path / "damaged.jsonl.gz"
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError) as err:
+        read_splits(path)
+    assert err.value.message.startswith(f"{path}: cannot decompress it as .gz: ")
+    assert "\n" not in err.value.message
+    assert "is it really a .gz file?" in (err.value.hint or "")
+    assert list(tmp_folder.iterdir()) == []  # its partial copy removed
