@@ -367,7 +367,24 @@ def configure(node_id: str, fmt: str = "text", level: str = "INFO") -> logging.L
     libraries.setLevel(max(logging.WARNING, logging.getLevelName(level)))
     root.addHandler(libraries)
     logging.captureWarnings(True)
+    route_libraries()
     return logger
+
+
+# libraries whose loggers write through a stderr handler of their own and do not
+# propagate: their warnings went around `configure`'s handler (plain text under json)
+OWN_HANDLERS = ("transformers.utils.logging", "datasets.utils.logging")
+
+
+def route_libraries() -> None:
+    """The libraries of `OWN_HANDLERS` imported by now log through the handler
+    `configure` installs, not their own (a library imported later keeps its own: call
+    this again once it is)."""
+    for name in OWN_HANDLERS:
+        module = sys.modules.get(name)
+        if module is not None:
+            module.disable_default_handler()
+            module.enable_propagation()
 
 
 def set_round(r: int) -> None:

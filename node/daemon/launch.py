@@ -38,6 +38,9 @@ def launch(settings: NodeSettings) -> int:
         with stop_signals():
             transport = Transport(settings, settings.tls())
             transport.reserve()
+            import transformers.utils.logging  # noqa: F401 (the daemon's, imported next)
+
+            logs.route_libraries()  # its warnings in the node's log format
             try:
                 import uvloop
             except ImportError:  # pragma: no cover - uvloop is optional off Linux/macOS
