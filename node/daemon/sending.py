@@ -31,8 +31,10 @@ Invariants callers may rely on:
   parallel each got a share, and one could fall below the receivers' minimum and be
   cut, `slow_stream`); the round takes about as long, since the uplink is the limit.
   Once they take less than `IN_PARALLEL_BELOW` of it, they go in parallel again. A
-  push holds its turn until it ends or for its share of the round's time, whichever
-  comes first: a neighbour that holds its ack delays the others by that much at most.
+  push holds its turn until its last chunk is written (not until its ack: a
+  neighbour that holds its ack delays no other push) or for its share of the round's
+  time, whichever comes first: one that reads at a trickle delays the others by that
+  much at most.
   Until a round has measured the uplink, pushes go one at a time (the first round's
   are the largest risk: a slow link cut them all; on a fast one it costs milliseconds).
 """
@@ -243,13 +245,14 @@ class Sender:
             if left <= 0:
                 raise PushOverdue
             header = self._header(peer, out, kind, data, crc)
-            stream: Any = chunks(header, data, push_chunk_bytes(self.settings))
+            turn = _Turn(self._turn, self._share)
+            stream: Any = _written(chunks(header, data, push_chunk_bytes(self.settings)), turn)
             if faults.armed("mid_stream"):
                 stream = _crash_mid_stream(stream)
             self._largest = max(self._largest, len(data))
             started = time.monotonic()
             try:
-                async with _Turn(self._turn, self._share):
+                async with turn:
                     left = deadline - time.monotonic()  # after its turn came
                     if left <= 0:
                         raise PushOverdue
@@ -332,8 +335,9 @@ class Sender:
 
 class _Turn:
     """One push's turn on a shared uplink (`lock`; None: no turns, pushes in parallel):
-    it ends when the push ends or after `share` s, whichever comes first, so a neighbour
-    that holds its ack (or reads at a trickle) delays the others by its share at most."""
+    it ends when its last chunk is written (`_written`), when the push ends, or after
+    `share` s, whichever comes first, so a neighbour that reads at a trickle delays
+    the others by its share at most, and one that holds its ack not at all."""
 
     def __init__(self, lock: asyncio.Lock | None, share: float) -> None:
         self.lock = lock
@@ -355,10 +359,20 @@ class _Turn:
             self.lock.release()
 
 
-async def _crash_mid_stream(stream: Iterator[pb.Chunk]) -> AsyncIterator[pb.Chunk]:
+async def _written(stream: Iterator[pb.Chunk], turn: _Turn) -> AsyncIterator[pb.Chunk]:
+    """`stream`'s chunks, then the end of `turn`: gRPC asks for the next chunk once it
+    has written the one before, so the turn ends with the data, not with the ack."""
+    for chunk in stream:
+        yield chunk
+    turn.end()
+
+
+async def _crash_mid_stream(stream: AsyncIterator[pb.Chunk]) -> AsyncIterator[pb.Chunk]:
     """Pass the header and first data chunk, give them time to leave, then crash."""
-    for i, chunk in enumerate(stream):
+    i = 0
+    async for chunk in stream:
         if i == 2:
             await asyncio.sleep(0.3)
             faults.crash_point("mid_stream")
+        i += 1
         yield chunk
