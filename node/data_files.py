@@ -11,7 +11,8 @@ of a disk under 10 GiB, is refused; an archive, .zip or .tar.gz, is refused with
 to extract it); a name holding a glob character is read as that one file;
 CSV/TSV columns are all read as strings, so texts and labels keep their spelling. Every
 mistake (missing file, unsupported type, empty file, bad JSON line, a JSON or CSV file
-in UTF-16/32 or holding a byte that is not UTF-8: its first such line named) raises
+in UTF-16/32 or holding a byte that is not UTF-8: its first such line named; no room
+in the temporary folder for the table `datasets` copies the rows into) raises
 `DataError` with a one-line message and a hint.
 CSV/TSV files are read as spreadsheets write them (Excel's `sep=X` first line, a
 trailing comma on every line); a file pandas would misread silently (a stray quote mark
@@ -24,6 +25,7 @@ from __future__ import annotations
 import bz2
 import codecs
 import csv
+import errno
 import gzip
 import io
 import json
@@ -93,10 +95,11 @@ def _quiet_datasets() -> Iterator[Any]:
             datasets.enable_progress_bars()
 
 
-def _root_message(exc: BaseException) -> str:
+def _root(exc: BaseException) -> BaseException:
+    """The first exception of the chain that ends in `exc`."""
     while exc.__cause__ is not None or exc.__context__ is not None:
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    return str(exc) or type(exc).__name__
+    return exc
 
 
 def _diagnose_json(path: Path) -> DataError | None:
@@ -499,7 +502,15 @@ def file_not_utf8(path: Path) -> DataError:
 
 
 def _read_error(path: Path, builder: str, exc: Exception) -> DataError:
-    message = _root_message(exc)
+    root = _root(exc)
+    message = str(root) or type(root).__name__
+    if isinstance(root, OSError) and root.errno == errno.ENOSPC:  # datasets' table copy
+        return DataError(
+            f"{path}: no room to read it in the temporary folder {tempfile.gettempdir()}: "
+            f"{root.strerror}",
+            "set TMPDIR to a folder on a disk with room (the file is copied there as a "
+            "table while it is read)",
+        )
     if "corresponds to no data" in str(exc) or "No columns to parse" in message:
         return DataError(f"{path}: no rows (the file is empty)", "write one example per row")
     if builder == "json":

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -37,3 +39,31 @@ def test_a_gz_file_damaged_inside_is_a_data_error(tmp_path: Path, tmp_folder: Pa
     assert "\n" not in err.value.message
     assert "is it really a .gz file?" in (err.value.hint or "")
     assert list(tmp_folder.iterdir()) == []  # its partial copy removed
+
+
+def test_a_full_temporary_disk_while_reading_is_named(
+    tmp_path: Path, tmp_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`datasets` copies the rows into a table in the temporary folder; a disk that
+    fills then (40 MiB of rows gzipped to 40 KiB on a 64 MiB tmpfs: the decompressed
+    file fit, its table did not) was 'cannot read it as json: [Errno 28] ...' with the
+    hint 'write one JSON object per line'. The chain is the one datasets 2.x raised."""
+    import datasets
+    from datasets.exceptions import DatasetGenerationError
+
+    def full_disk(*_args: object, **_kwargs: object) -> None:
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as exc:
+            raise DatasetGenerationError("An error occurred while generating the dataset") from exc
+
+    monkeypatch.setattr(datasets, "load_dataset", full_disk)
+    path = tmp_path / "rows.jsonl.gz"
+    path.write_bytes(gzip.compress(ROWS.encode()))
+    with pytest.raises(DataError) as err:
+        read_splits(path)
+    assert err.value.message == (
+        f"{path}: no room to read it in the temporary folder {tmp_folder}: No space left on device"
+    )
+    assert "TMPDIR" in (err.value.hint or "")
+    assert list(tmp_folder.iterdir()) == []
