@@ -44,7 +44,7 @@ from typing import Any
 from pydantic import ConfigDict, Field, model_validator
 
 from declora.node import run_folder
-from declora.node.daemon.signals import ECHO_SECONDS
+from declora.node.daemon.signals import Interrupt
 from declora.node.errors import HintedError
 from declora.node.recipe import Recipe
 from declora.node.scores import Score, score_for
@@ -141,6 +141,11 @@ class LabNode:
 SCHEME = "partition_scheme"
 
 
+def _own(cfg: LabConfig) -> dict[str, Any]:
+    """The recipe options in `cfg.extra`: the lab's own, chosen as a flag is."""
+    return {k: v for k, v in cfg.extra.items() if k in Recipe.model_fields}
+
+
 def lab_scheme(cfg: LabConfig) -> tuple[LabConfig, str]:
     """`cfg` with the partition scheme its daemons are to use, and a line saying why
     when it is not `cfg`'s (`partition.scheme_for_data`: causal-LM data without a label
@@ -149,8 +154,7 @@ def lab_scheme(cfg: LabConfig) -> tuple[LabConfig, str]:
     each daemon is handed its scheme, so cannot tell a default from a choice)."""
     from declora.node.partition import scheme_for_data
 
-    chosen = {k: v for k, v in cfg.extra.items() if k in Recipe.model_fields}
-    chosen = {**cfg.model_dump(include=cfg.model_fields_set), **chosen}
+    chosen = {**cfg.model_dump(include=cfg.model_fields_set), **_own(cfg)}
     merged = {**cfg.model_dump(), **chosen}
     scheme, why = scheme_for_data(
         str(merged[SCHEME]),
@@ -177,7 +181,7 @@ def lab_validation(cfg: LabConfig) -> tuple[LabConfig, str]:
     line (each daemon, handed the lab's default, would take it as chosen and refuse)."""
     from declora.node.workload import validation_problem
 
-    own = {k: v for k, v in cfg.extra.items() if k in Recipe.model_fields}
+    own = _own(cfg)
     merged = LabConfig.model_validate({**cfg.model_dump(exclude_unset=True), **own})
     if not merged.validation_fraction:
         return cfg, ""
@@ -208,7 +212,7 @@ def node_config(
     recipe, and every neighbour awaited at start (a lone node trains --solo). Recipe
     options in `extra` count as the lab's own: the swarm's defaults are resolved with
     them."""
-    own = {k: v for k, v in cfg.extra.items() if k in Recipe.model_fields}
+    own = _own(cfg)
     if own:
         cfg = LabConfig.model_validate({**cfg.model_dump(exclude_unset=True), **own})
     recipe = cfg.recipe().model_dump(mode="json", exclude_none=True)
@@ -545,18 +549,6 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
         raise  # unreachable: fail_with exits
 
 
-class _LastStop:
-    at = -math.inf  # time.monotonic() of the last stop signal raised
-
-
-def _interrupt(signum: int, _frame: object) -> None:
-    now = time.monotonic()
-    if now - _LastStop.at < ECHO_SECONDS:
-        return  # the same stop delivered twice (`timeout` signals the lab, then its group)
-    _LastStop.at = now
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 @contextlib.contextmanager
 def stops_as_interrupt() -> Iterator[None]:
     """Within the block (in the main thread) SIGTERM and SIGHUP raise KeyboardInterrupt,
@@ -569,11 +561,11 @@ def stops_as_interrupt() -> Iterator[None]:
         yield
         return
     old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
-    _LastStop.at = -math.inf
+    Interrupt.last = -math.inf
     try:
         for sig, handler in old.items():
             if handler is not signal.SIG_IGN:
-                signal.signal(sig, _interrupt)
+                signal.signal(sig, Interrupt.handle)
         yield
     finally:
         for sig, handler in old.items():

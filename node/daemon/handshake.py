@@ -315,7 +315,7 @@ class Handshaker:
         neighbour's slot is released for it first (`PeerTable.release_silent`, only
         when that makes room), and for a configured peer (`how["configured"]`) still
         without room, the slot of a live peer that is not configured (one never proven
-        first, then the one heard from least recently: `last_seen`, renewed by each
+        first, then the one heard from least recently: `heard`, renewed by each
         handshake and validated payload): configured peers always find room. Each
         logged rate-limited. A refusal changes nothing."""
         released = self.peers.release_silent(hello)
@@ -329,7 +329,7 @@ class Handshaker:
         elif how.get("configured") and not self.peers.room_for(hello):
             others = [p for p in self.peers.live if not p.configured]
             if others:
-                given = min(others, key=lambda p: (p.proven, p.last_seen))
+                given = min(others, key=lambda p: (p.proven, p.heard))
                 self.peers.drop(given, f"its slot went to configured peer {shown(hello.node_id)}")
                 self.releases.warning(
                     "released the slot of unlisted neighbour %s for configured peer %s",

@@ -379,7 +379,7 @@ class Inbox:
         peer.token_used = bytes(h.session)
         peer.expected_seq = int(h.seq) + 1
         peer.bytes_received += len(payload.data)
-        peer.last_seen = time.time()
+        self.peers.heard_from(peer)  # its stay counts from now (a monotonic clock)
         peer.quiet_since = time.monotonic()  # it holds its slot (`PeerTable.silent`)
         self.node.bytes_received += len(payload.data)
         self.metrics.bytes_received.inc(len(payload.data))
