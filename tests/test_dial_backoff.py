@@ -144,7 +144,7 @@ def test_a_success_forgets_the_backoff(synthetic_jsonl: Path) -> None:
         peer_b, peer_a = a.peers.get("b"), b.peers.get("a")
         assert peer_b is not None and peer_a is not None
         a.peers.drop(peer_b, "test")
-        a.peers.prune(now=time.time() + FORGET_SECONDS + 1)
+        a.peers.prune(now=time.monotonic() + FORGET_SECONDS + 1)
         assert a.peers.get("b") is None
         b.peers.drop(peer_a, "test")
         fill(b)

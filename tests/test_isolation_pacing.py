@@ -124,7 +124,7 @@ def test_a_peer_forgotten_after_its_leave_is_not_pruned_once_finished(
     asyncio.run(go())
     peer = a.peers.peers["b"]
     a.exchange.on_leave(peer, "test", left_after=2)
-    a.peers.prune(now=time.time() + 10**6)
+    a.peers.prune(now=time.monotonic() + 10**6)
     assert a.peers.get("b") is peer and a.peers.all_finished()
     assert a.peers.admit(pb.Hello(node_id="b", listen_address=peer.address)) is peer
     assert peer.left_after is None and not a.peers.all_finished()  # back: not finished
