@@ -287,22 +287,14 @@ def check_prompt_lengths(
 
 
 def stop_ids(adapter: LoadedAdapter) -> list[int]:
-    """The ids that end a completion: the tokenizer's EOS, the end-of-turn token that
-    training taught to close a reply (`lm_data.end_of_turn_id`: ChatML's <|im_end|>
-    when EOS is <|endoftext|>), then every `eos_token_id` of the model's
-    generation_config (an int or a list: a chat model's end of turn)."""
-    from declora.node.lm_data import end_of_turn_id
+    """The ids that end a completion (`lm_data.stop_token_ids`): every `eos_token_id`
+    of the model's generation_config (an int or a list: a chat model's end of turn),
+    the tokenizer's EOS, and the end-of-turn token training taught to close a reply
+    (ChatML's <|im_end|> when EOS is <|endoftext|>)."""
+    from declora.node.lm_data import stop_token_ids
 
-    ids: list[int] = []
     generation = getattr(adapter.model, "generation_config", None)
-    configured = getattr(generation, "eos_token_id", None)
-    if isinstance(configured, int):
-        configured = [configured]
-    tok = adapter.tokenizer
-    for i in [tok.eos_id, end_of_turn_id(tok), *(configured or ())]:
-        if isinstance(i, int) and not isinstance(i, bool) and i >= 0 and i not in ids:
-            ids.append(i)
-    return ids
+    return stop_token_ids(adapter.tokenizer, getattr(generation, "eos_token_id", None))
 
 
 @torch.no_grad()

@@ -41,7 +41,7 @@ from declora.node.adapter_card import (
 from declora.node.data import TextDataset
 from declora.node.deca_model import FULL_MODEL, MODEL_WEIGHTS, BlockModel
 from declora.node.errors import HintedError
-from declora.node.lm_data import IGNORE, encode_lm, end_of_turn_id
+from declora.node.lm_data import IGNORE, encode_lm, stop_token_ids
 from declora.node.methods import DECA_DEFAULTS
 from declora.node.model_source import HUB_IDS, TINY_MODELS, ModelError
 from declora.node.models import HeadSizeError, HFTokenizer, Tokenizer, truncate_counted
@@ -506,17 +506,13 @@ def export_merged(
 
 def _stop_at_turn_end(model: nn.Module, tok: HFTokenizer) -> None:
     """Add EOS and the end-of-turn token training closed replies with
-    (`lm_data.end_of_turn_id`: ChatML's <|im_end|> when EOS is another) to `model`'s
+    (`lm_data.stop_token_ids`: ChatML's <|im_end|> when EOS is another) to `model`'s
     generation_config `eos_token_id`, so transformers' `generate` on the export stops
     where `declora-node generate` stops."""
     config = getattr(model, "generation_config", None)
     if config is None:
         return
-    have = config.eos_token_id
-    ids = [have] if isinstance(have, int) else list(have or [])
-    for i in (tok.eos_id, end_of_turn_id(tok)):
-        if isinstance(i, int) and i not in ids:
-            ids.append(i)
+    ids = stop_token_ids(tok, config.eos_token_id)
     if ids:
         config.eos_token_id = ids[0] if len(ids) == 1 else ids
 

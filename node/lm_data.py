@@ -570,6 +570,18 @@ def end_of_turn_id(tok: Tokenizer) -> int | None:
     return None
 
 
+def stop_token_ids(tok: Tokenizer, configured: object = None) -> list[int]:
+    """The ids that end a reply, each once: `configured` (a generation_config's
+    `eos_token_id`, an int or a list) first, then EOS and `end_of_turn_id`'s token;
+    what `generate` stops at and what `export --merge` writes, so both stop alike."""
+    given = [configured] if isinstance(configured, int) else configured
+    ids: list[int] = []
+    for i in [*(given if isinstance(given, list | tuple) else ()), tok.eos_id, end_of_turn_id(tok)]:
+        if isinstance(i, int) and not isinstance(i, bool) and i >= 0 and i not in ids:
+            ids.append(i)
+    return ids
+
+
 def render_prompt(tok: Tokenizer, messages: str | Sequence[Mapping[str, str]]) -> str:
     """The text a model continues to answer `messages` (a string is one user turn):
     the chat template with its generation prompt, or the plain rendering training uses."""
