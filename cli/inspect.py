@@ -117,8 +117,15 @@ def inspect_path(path: Path) -> dict[str, Any]:
         if full
         else {
             k: config.get(k)
-            for k in ("r", "lora_alpha", "target_modules", "task_type", "modules_to_save")
-            + ("use_dora", "use_rslora")
+            for k in (
+                "r",
+                "lora_alpha",
+                "target_modules",
+                "task_type",
+                "modules_to_save",
+                "use_dora",
+                "use_rslora",
+            )
         },
         "base_model": base_of(meta, config, full),
         "parameters": total,
