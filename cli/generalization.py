@@ -37,14 +37,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
+from declora.cli.job_pool import run_in_pool
 from declora.node.acceleration import UNACCELERATED
 from declora.node.report import to_jsonable, write_json
 from declora.node.simulator import CENTRAL_EVALS, SimConfig, Simulation
@@ -207,10 +206,7 @@ def run_jobs(
         for job in todo:
             say(f"done {run(job, output)}")
         return
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(run, job, output) for job in todo]
-        for fut in futures:
-            say(f"done {fut.result()}")
+    run_in_pool(run, todo, output, workers, say)
 
 
 def row_lrs(study: Study, row: str) -> tuple[float, ...]:

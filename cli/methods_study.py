@@ -62,9 +62,7 @@ import gc
 import json
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +80,7 @@ from declora.cli.generalization import (
     run_jobs,
     worst_node_outcomes,
 )
+from declora.cli.job_pool import run_in_pool
 from declora.node.acceleration import UNACCELERATED
 from declora.node.full_finetune import FullModel
 from declora.node.mixing import local_mh_weights
@@ -237,10 +236,7 @@ def measure_memory(
     if not todo:
         return
     say(f"{len(todo)} memory measurements ({workers} at a time, a fresh process each)")
-    ctx = get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx, max_tasks_per_child=1) as pool:
-        for fut in [pool.submit(run, j, output) for j in todo]:
-            say(f"done {fut.result()}")
+    run_in_pool(run, todo, output, workers, say, fresh_process=True)
 
 
 def selection_jobs() -> list[MethodJob]:
