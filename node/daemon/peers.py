@@ -135,6 +135,23 @@ class Peer:
         return bool(token) and token in (self.token_in, self.token_prev)
 
 
+class PendingTokens(dict[str, bytes]):
+    """Address -> the session token offered in a dial to it, not yet answered."""
+
+    def offer(self, address: str) -> bytes:
+        """The token to offer `address`: the one offered before, else a new one. At
+        most `PENDING_TOKENS`, the oldest forgotten past it: dropping them all would
+        forget the offers of dials in flight (each candidate of discovery's is dialled
+        at once), whose Welcome would then install another token than the one the peer
+        holds, and its pushes be refused `bad_session`."""
+        token = self.get(address)
+        if token is None:
+            if len(self) >= PENDING_TOKENS:
+                del self[next(iter(self))]
+            token = self[address] = new_token()
+        return token
+
+
 class PeerTable:
     """Neighbours by node id, the live set, and each one's channel."""
 
@@ -157,7 +174,7 @@ class PeerTable:
         self.close_grace = close_grace
         self.peers: dict[str, Peer] = {}
         self.leaving: dict[str, str] = {}  # left after sending this round's payload: why
-        self.pending_tokens: dict[str, bytes] = {}  # address -> token offered in a dial
+        self.pending_tokens = PendingTokens()  # tokens offered in dials not yet answered
         self.silence_limit = SILENT_GRACE  # seconds (`release_silent`); `Exchange` raises it
         self.rounds_began: float | None = None  # monotonic: silence counts from then on
         self.finish_round = 0  # this node's last training exchange (0: none); `Exchange` sets it
@@ -205,16 +222,7 @@ class PeerTable:
         peer = self.by_address(address)
         if peer is not None:
             return peer.token_in
-        token = self.pending_tokens.get(address)
-        if token is None:
-            # at most PENDING_TOKENS, the oldest offer forgotten past it: dropping them
-            # all would forget the offers of dials in flight (each candidate of
-            # discovery's is dialled at once), whose Welcome would then install another
-            # token than the one the peer holds, and its pushes be refused `bad_session`
-            if len(self.pending_tokens) >= PENDING_TOKENS:
-                del self.pending_tokens[next(iter(self.pending_tokens))]
-            token = self.pending_tokens[address] = new_token()
-        return token
+        return self.pending_tokens.offer(address)
 
     # ------------------------------------------------------------ membership
     def admit(
