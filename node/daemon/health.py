@@ -8,6 +8,9 @@
 - health answers liveness for "" and the Swarm service (SERVING once the node serves)
   and readiness for `READY_SERVICE` ("declora.ready": SERVING while it also has a live
   neighbour, or is --solo), for Kubernetes probes and load balancers;
+- a reflection stream lasts at most `REFLECTION_SECONDS` (then DEADLINE_EXCEEDED), and
+  one network (`limits.host_key`) holds at most `REFLECTIONS_PER_NETWORK` of them: a
+  stranger's 8 streams that sent no request held every place for as long as it liked;
 - Check is rate-limited per remote address (and IPv6 /64) as Status is:
   `CHECKS_PER_MINUTE`, then RESOURCE_EXHAUSTED (a flood of Checks from one address,
   1,500 a second, halved a node's training steps; a probe asks once in seconds).
@@ -24,7 +27,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from declora.node.limits import STATUS_PER_MINUTE, AddressBuckets, peer_host
+from declora.node.limits import STATUS_PER_MINUTE, AddressBuckets, host_key, peer_host
 from declora.node.security import TlsFiles
 
 SERVICE_NAME = "declora.v1.Swarm"
@@ -34,6 +37,8 @@ READY_SERVICE = "declora.ready"
 READY_POLL = 1.0  # seconds between looks at the live neighbours for a Watch of it
 WATCHES = 8  # grpc.health.v1 Watch streams open at once (probes use Check)
 REFLECTIONS = 8  # server reflection streams open at once (grpcurl)
+REFLECTIONS_PER_NETWORK = 2  # ...from one network (grpcurl opens one a command)
+REFLECTION_SECONDS = 30.0  # a reflection stream's life (grpcurl's lasts milliseconds)
 CHECKS_PER_MINUTE = STATUS_PER_MINUTE  # Check calls a minute from one remote address
 
 
@@ -127,25 +132,61 @@ class Health(health_pb2_grpc.HealthServicer):
 
 
 class Reflection(reflection.aio.ReflectionServicer):
-    """Server reflection, at most `REFLECTIONS` streams at once (then RESOURCE_EXHAUSTED);
-    under mTLS (`tls`) not to a caller refused for its certificate."""
+    """Server reflection, at most `REFLECTIONS` streams at once and
+    `REFLECTIONS_PER_NETWORK` from one network (then RESOURCE_EXHAUSTED), each for
+    `REFLECTION_SECONDS` at most (then DEADLINE_EXCEEDED); under mTLS (`tls`) not to
+    a caller refused for its certificate."""
 
     def __init__(self, service_names: tuple[str, ...], tls: TlsFiles | None = None) -> None:
         super().__init__(service_names)
         self.tls = tls
         self.streams = 0
+        self.by_network: dict[str, int] = {}
 
     async def ServerReflectionInfo(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
         await _certificate(context, self.tls)
+        network = host_key(peer_host(context.peer()))
         if self.streams >= REFLECTIONS:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, _too_many("reflection", REFLECTIONS)
             )
+        if self.by_network.get(network, 0) >= REFLECTIONS_PER_NETWORK:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{_too_many('reflection', REFLECTIONS_PER_NETWORK)} from {network}",
+            )
         self.streams += 1
+        self.by_network[network] = self.by_network.get(network, 0) + 1
+        end = asyncio.get_running_loop().time() + REFLECTION_SECONDS
         try:
-            async for reply in super().ServerReflectionInfo(request_iterator, context):
+            requests = _read_until(request_iterator, context, end)
+            async for reply in super().ServerReflectionInfo(requests, context):
                 yield reply
         finally:
             self.streams -= 1
+            left = self.by_network[network] - 1
+            if left:
+                self.by_network[network] = left
+            else:
+                del self.by_network[network]
+
+
+async def _read_until(
+    requests: AsyncIterator[Any], context: grpc.aio.ServicerContext, end: float
+) -> AsyncIterator[Any]:
+    """`requests`, each read before loop time `end` (else the call is aborted)."""
+    it = aiter(requests)
+    while True:
+        try:
+            async with asyncio.timeout_at(end):
+                request = await anext(it)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"a reflection stream lasts at most {REFLECTION_SECONDS:g}s",
+            )
+        yield request
