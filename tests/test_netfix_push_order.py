@@ -1,15 +1,14 @@
 """Pushes that share a slow uplink go one at a time (`sending.Sender._choose_order`):
 in parallel each got a share of the uplink, and at 0.5 Mbit/s with two neighbours one
 fell below the receivers' minimum pace now and then and was cut (`slow_stream`). Real
-gRPC on 127.0.0.1: node a's parts push to two fake neighbours served in-process; the
-slow link is node a's writing: each push's chunks leave `HOLD` s apart in all (`paced`,
-around `sending._written`, which ends the push's turn after its last chunk)."""
+gRPC on 127.0.0.1: node a's parts push to two fake neighbours served in-process, whose
+acks take `HOLD` s (a slow transfer, as a receiver sees it)."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -29,56 +28,39 @@ QUICK = 0.4  # s a quick one takes (long enough that two pushes in parallel over
 
 
 class Uplink:
-    """What the fake neighbours saw: the most pushes streaming at once, per round; and
-    the seconds a push takes to leave node a (`hold`; a receiver's own, by id)."""
+    """What the fake neighbours saw: the most pushes streaming at once, per round."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.now = 0
         self.most: dict[int, int] = {}
         self.hold = HOLD
-        self.holds: dict[str, float] = {}
 
 
 class Neighbour(pb_grpc.SwarmServicer):
-    """Takes each push (counted streaming from its header to its end), records its
-    round, and acks it."""
+    """Takes each push, records its round, and acks it after the uplink's `hold` s
+    (its own `hold`, when set)."""
 
-    def __init__(self, uplink: Uplink) -> None:
+    def __init__(self, uplink: Uplink, hold: float | None = None) -> None:
         self.uplink = uplink
+        self.hold = hold
         self.rounds: list[int] = []
 
     def Push(
         self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext
     ) -> pb.PushAck:
         up = self.uplink
-        first = next(request_iterator)
-        r = int(first.header.round)
         with up.lock:
             up.now += 1
+        chunks = list(request_iterator)
+        r = int(chunks[0].header.round)
+        with up.lock:
             up.most[r] = max(up.most.get(r, 0), up.now)
-        for _ in request_iterator:
-            pass
+        self.rounds.append(r)
+        threading.Event().wait(up.hold if self.hold is None else self.hold)
         with up.lock:
             up.now -= 1
-        self.rounds.append(r)
         return pb.PushAck(accepted=True)
-
-
-def paced(uplink: Uplink) -> object:
-    """`sending._written` with a slow link: each of a push's chunks (a header and one
-    or two data chunks) leaves a third of its receiver's hold after the one before."""
-    written = sending._written
-
-    async def slow(stream: Iterator[pb.Chunk], turn: object) -> AsyncIterator[pb.Chunk]:
-        pace = None
-        async for chunk in written(stream, turn):  # type: ignore[arg-type]
-            if pace is None:
-                pace = uplink.holds.get(chunk.header.receiver_id, uplink.hold) / 3
-            await asyncio.sleep(pace)
-            yield chunk
-
-    return slow
 
 
 def run_rounds(parts: Parts, uplink: Uplink, holds: list[float]) -> dict[int, int]:
@@ -112,7 +94,6 @@ def pair_of_neighbours(
     neighbours: list[Neighbour],
 ) -> Iterator[tuple[Parts, Uplink]]:
     monkeypatch.setattr(sending, "PUSH_PACE", Pace(min_seconds=ALLOWED, bytes_per_second=1e9))
-    monkeypatch.setattr(sending, "_written", paced(uplink))
     servers = []
     a = node_a(synthetic_jsonl)
     for i, (name, port) in enumerate(zip(("n1", "n2"), free_ports(2), strict=True)):
@@ -146,15 +127,15 @@ def test_a_fast_uplinks_pushes_stay_parallel(pair_of_neighbours: tuple[Parts, Up
     assert run_rounds(a, uplink, [QUICK, QUICK, QUICK]) == {1: 1, 2: 2, 3: 2}
 
 
-def test_a_push_at_a_trickle_delays_the_other_by_its_share_only(
+def test_a_neighbour_that_holds_its_ack_delays_the_other_by_its_share_only(
     pair_of_neighbours: tuple[Parts, Uplink], neighbours: list[Neighbour]
 ) -> None:
-    """Guard: one at a time (round 1, unmeasured), n1's push trickles past the round's
+    """Guard: one at a time (round 1, unmeasured), n1 holds its ack past the round's
     deadline (10 s); its turn ends at its share of the round (5 s), so n2 still gets
-    round 1's push (a turn held until the push ended: n2's waited past the deadline)."""
+    round 1's push (a turn held until the ack: n2's push waited past the deadline)."""
     a, uplink = pair_of_neighbours
-    uplink.holds["n1"] = 30.0
+    neighbours[0].hold = 12.0
     uplink.hold = 0.0
     run_rounds(a, uplink, [0.0])
     assert neighbours[1].rounds == [1], (neighbours[0].rounds, neighbours[1].rounds)
-    assert a.counters.rejected["push_timeout"] == 1  # n1's push: late, counted
+    assert a.counters.rejected["push_timeout"] == 1  # n1's ack: late, counted

@@ -31,10 +31,12 @@ Invariants callers may rely on:
   parallel each got a share, and one could fall below the receivers' minimum and be
   cut, `slow_stream`); the round takes about as long, since the uplink is the limit.
   Once they take less than `IN_PARALLEL_BELOW` of it, they go in parallel again. A
-  push holds its turn until its last chunk is written (not until its ack: a
-  neighbour that holds its ack delays no other push) or for its share of the round's
-  time, whichever comes first: one that reads at a trickle delays the others by that
-  much at most.
+  push holds its turn until it ends or for its share of the round's time, whichever
+  comes first: a neighbour that holds its ack delays the others by that much at most,
+  and in one round only: turns go in the order of how long each neighbour's last turn
+  lasted, shortest first (a new one counts 0), so one slow to ack goes last and keeps
+  no other push waiting. (A turn cannot end once the data is written: on a slow link
+  the socket still holds most of the push then, and the next push would share it.)
   Until a round has measured the uplink, pushes go one at a time (the first round's
   are the largest risk: a slow link cut them all; on a fast one it costs milliseconds).
 """
@@ -127,6 +129,7 @@ class Sender:
         self.counters = counters
         self.metrics = metrics
         self.overruns: dict[str, int] = {}  # node id -> rounds running its ack came late
+        self.turn_seconds: dict[str, float] = {}  # node id -> how long its last turn lasted
         self.one_at_a_time = True  # the uplink is slow, or not measured yet: one by one
         self.measured = False  # a round's pushes measured the uplink (`_choose_order`)
         self._turn: asyncio.Lock | None = None  # held by the push streaming (one at a time)
@@ -145,10 +148,14 @@ class Sender:
         to neighbours on probation, returned for `settle`."""
         for pid in [pid for pid in self.overruns if self.peers.get(pid) is None]:
             del self.overruns[pid]
+        for pid in [pid for pid in self.turn_seconds if self.peers.get(pid) is None]:
+            del self.turn_seconds[pid]
         self._turn = asyncio.Lock() if self.one_at_a_time else None
         self._share = (out.deadline - time.monotonic()) / max(len(live), 1)
         self._largest = 0
         started = time.monotonic()
+        # the turns go in the order the pushes begin (`asyncio.Lock` is FIFO)
+        live = sorted(live, key=lambda p: self.turn_seconds.get(p.node_id, 0.0))
         tasks = {asyncio.create_task(self.push(p, out)): p for p in live}
         held = {t: p for t, p in tasks.items() if not self.on_probation(p)}
         await self.settle(held, out.r, out.deadline)
@@ -245,18 +252,21 @@ class Sender:
             if left <= 0:
                 raise PushOverdue
             header = self._header(peer, out, kind, data, crc)
-            turn = _Turn(self._turn, self._share)
-            stream: Any = _written(chunks(header, data, push_chunk_bytes(self.settings)), turn)
+            stream: Any = chunks(header, data, push_chunk_bytes(self.settings))
             if faults.armed("mid_stream"):
                 stream = _crash_mid_stream(stream)
             self._largest = max(self._largest, len(data))
             started = time.monotonic()
             try:
-                async with turn:
-                    left = deadline - time.monotonic()  # after its turn came
+                async with _Turn(self._turn, self._share):
+                    began = time.monotonic()  # its turn came
+                    left = deadline - began
                     if left <= 0:
                         raise PushOverdue
-                    ack: pb.PushAck = await self.peers.stub(peer).Push(stream, timeout=left)
+                    try:
+                        ack: pb.PushAck = await self.peers.stub(peer).Push(stream, timeout=left)
+                    finally:  # also when cut at the deadline: a long turn
+                        self.turn_seconds[peer.node_id] = time.monotonic() - began
             except grpc.aio.AioRpcError as exc:
                 busy = exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 now = time.monotonic()
@@ -335,9 +345,8 @@ class Sender:
 
 class _Turn:
     """One push's turn on a shared uplink (`lock`; None: no turns, pushes in parallel):
-    it ends when its last chunk is written (`_written`), when the push ends, or after
-    `share` s, whichever comes first, so a neighbour that reads at a trickle delays
-    the others by its share at most, and one that holds its ack not at all."""
+    it ends when the push ends or after `share` s, whichever comes first, so a neighbour
+    that holds its ack (or reads at a trickle) delays the others by its share at most."""
 
     def __init__(self, lock: asyncio.Lock | None, share: float) -> None:
         self.lock = lock
@@ -359,20 +368,10 @@ class _Turn:
             self.lock.release()
 
 
-async def _written(stream: Iterator[pb.Chunk], turn: _Turn) -> AsyncIterator[pb.Chunk]:
-    """`stream`'s chunks, then the end of `turn`: gRPC asks for the next chunk once it
-    has written the one before, so the turn ends with the data, not with the ack."""
-    for chunk in stream:
-        yield chunk
-    turn.end()
-
-
-async def _crash_mid_stream(stream: AsyncIterator[pb.Chunk]) -> AsyncIterator[pb.Chunk]:
+async def _crash_mid_stream(stream: Iterator[pb.Chunk]) -> AsyncIterator[pb.Chunk]:
     """Pass the header and first data chunk, give them time to leave, then crash."""
-    i = 0
-    async for chunk in stream:
+    for i, chunk in enumerate(stream):
         if i == 2:
             await asyncio.sleep(0.3)
             faults.crash_point("mid_stream")
-        i += 1
         yield chunk
