@@ -414,7 +414,8 @@ def test_bad_ids_are_ignored_and_services_are_bounded(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A service whose node id is no valid id is ignored (logged escaped); past
-    MAX_SERVICES tracked services, more are ignored."""
+    MAX_SERVICES tracked services a newcomer takes the place of one that is no peer
+    (the bad id), and is ignored once every tracked one joined a dial."""
     from declora.node import discovery
 
     caplog.set_level(logging.DEBUG, logger=LOG_NAME)
@@ -443,17 +444,23 @@ def test_bad_ids_are_ignored_and_services_are_bounded(
             assert a.peers() == []
             assert "\x1b" not in caplog.text
             assert len(a._generation) == 1  # bad's service, nothing else of this type
-            limit = 2  # room for one more
+            limit = 2  # room for one more, and bad's place
             monkeypatch.setattr(discovery, "MAX_SERVICES", limit)
             more = [make_node(f"m{i}", swarm=swarm, port=17213 + i) for i in range(2)]
             nodes += more
             await asyncio.gather(*(n.start() for n in more))
             await wait_for(
-                lambda: bool(warnings(a, f"over {limit} services")) and len(a.peers()) == 1,
-                lambda: f"a tracks one more ({a.peers()}) and warns ({caplog.text[-500:]})",
+                lambda: bool(warnings(a, f"over {limit} services")) and len(a.peers()) == 2,
+                lambda: f"a tracks both ({a.peers()}) and warns ({caplog.text[-500:]})",
             )
+            assert len(a._generation) == limit  # bad's service gave its place
+            for m in more:  # a's handshakes with them
+                a.dialled(m.advertise, joined=True)
+            late = make_node("m2", swarm=swarm, port=17215)
+            nodes.append(late)
+            await late.start()
             await asyncio.sleep(1.0)
-            assert len(a.peers()) == 1 and len(warnings(a, f"over {limit} services")) == 1
+            assert len(a.peers()) == 2 and len(warnings(a, f"over {limit} services")) == 1
         finally:
             await stop_all(nodes)
 

@@ -89,4 +89,7 @@ def test_half_open_calls_keep_no_caller_out(half_open: tuple[Cluster, HalfOpen])
     attacker.done.set()
     attacker.thread.join(60)
     assert attacker.codes
-    assert set(attacker.codes) <= {"RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}, attacker.codes
+    # (UNAVAILABLE: a call past a connection's transport.STREAMS_PER_CONNECTION, refused
+    # before the node saw it)
+    ended = {"RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "UNAVAILABLE"}
+    assert set(attacker.codes) <= ended, attacker.codes

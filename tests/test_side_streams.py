@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from test_daemon_parts import settings
 
+from declora.node.daemon import health as side
 from declora.node.daemon.service import pool_total
 from declora.node.daemon.transport import Transport
 from declora.proto import pb, pb_grpc
@@ -46,13 +47,17 @@ def test_held_health_and_reflection_streams_leave_the_node_its_threads_and_calls
         transport = Transport(s, None)
         port = await transport.start(pb_grpc.SwarmServicer(), pool_total(s.max_concurrent_streams))
         transport.set_serving(True)
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        # 4 connections: each holds at most transport.STREAMS_PER_CONNECTION calls
+        own = [("grpc.use_local_subchannel_pool", 1)]  # a connection each
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", own) for _ in range(4)]
+        channel = channels[0]
         stop = asyncio.Event()
         health = health_pb2_grpc.HealthStub(channel)
         ask = health_pb2.HealthCheckRequest(service="")
-        reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
-        calls = [health.Watch(ask) for _ in range(WATCHES)]
-        calls += [reflect.ServerReflectionInfo(asks_once(stop)) for _ in range(REFLECTIONS)]
+        healths = [health_pb2_grpc.HealthStub(c) for c in channels]
+        reflects = [reflection_pb2_grpc.ServerReflectionStub(c) for c in channels]
+        calls = [healths[i % 4].Watch(ask) for i in range(WATCHES)]
+        calls += [reflects[i % 4].ServerReflectionInfo(asks_once(stop)) for i in range(REFLECTIONS)]
         try:
             held = await asyncio.wait_for(asyncio.gather(*map(first, calls)), 10)
             threads = await asyncio.wait_for(asyncio.to_thread(sum, [1, 2]), 5)
@@ -67,7 +72,8 @@ def test_held_health_and_reflection_streams_leave_the_node_its_threads_and_calls
             stop.set()
             for call in calls:
                 call.cancel()
-            await channel.close()
+            for c in channels:
+                await c.close()
             await transport.stop(grace=0)
 
     loop = asyncio.new_event_loop()  # closed without waiting for its executor's threads
@@ -79,4 +85,6 @@ def test_held_health_and_reflection_streams_leave_the_node_its_threads_and_calls
     assert status == health_pb2.HealthCheckResponse.SERVING
     assert swarm == grpc.StatusCode.UNIMPLEMENTED  # the Swarm call reached its servicer
     opened = held.count(grpc.StatusCode.OK)
-    assert opened == 16 and held.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == n - opened, held
+    # every Watch place, and the reflection places of one network (this test's caller)
+    assert opened == side.WATCHES + side.REFLECTIONS_PER_NETWORK
+    assert held.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == n - opened, held

@@ -407,8 +407,11 @@ class Handshaker:
     async def _dial_candidate(self, address: str, at: float | None) -> None:
         """Dial candidate `address`: a refusal lengthens its backoff, counted from when
         the refusal came (the clock then; `at` where the caller stands the clock
-        still), a join forgets it."""
+        still), a join forgets it; discovery is told how it ended (`Discovery.dialled`:
+        mDNS services where nothing joins give way to those that do)."""
         peer, refused = await self._dial(address, configured=True)
+        if self.discovery is not None:
+            self.discovery.dialled(address, joined=peer is not None)
         if peer is not None:
             self.backoff.succeeded(address)
         elif refused:
