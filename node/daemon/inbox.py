@@ -19,8 +19,9 @@ Invariants callers may rely on:
   slot is not released as silent while they arrive, `_active`);
 - a peer's values are bounded, not only finite (`DecLoraNode.check_payload`);
 - only a validated payload sets a neighbour's (verified) round;
-- a queued delta leaves the queue when its sender's copy is forgotten
-  (`PeerTable.copy_forgotten`): every delta queued can be applied at its mix;
+- a queued payload leaves the queue when its sender's copy is forgotten or restarts
+  at the init (`PeerTable.copy_forgotten`): every payload queued can be applied at
+  its mix;
 - the queue holds payloads of ids the peer table knows only: before one is queued,
   those of senders the table has forgotten (evicted, pruned) go (`_forget_unknown`),
   so ids that come and go while rounds stand still (a node waiting for its first
@@ -145,10 +146,10 @@ class Inbox:
         self.stopped = False
         self.reading: set[asyncio.Task[object]] = set()  # handlers reading a push now
         self.queued: dict[int, dict[str, Inbound]] = {}
-        # senders whose queued round-r delta `drop_deltas` removed: they delivered round
-        # r, and send no other, so a round does not wait for them again
+        # senders whose queued round-r payload `drop_queued` removed: they delivered
+        # round r, and send no other, so a round does not wait for them again
         self.dropped: dict[int, set[str]] = {}
-        peers.copy_forgotten = self.drop_deltas
+        peers.copy_forgotten = self.drop_queued
 
     def stop(self) -> None:
         """The node stops: pushes still arriving end now, and later ones at once, each
@@ -163,7 +164,7 @@ class Inbox:
 
     def arrived(self, r: int) -> set[str]:
         """The senders that delivered a round-r payload: queued, or a delta dropped
-        since (`drop_deltas`), which the mix does not use (`take`)."""
+        since (`drop_queued`), which the mix does not use (`take`)."""
         return set(self.queued.get(r, {})) | self.dropped.get(r, set())
 
     def take(self, r: int) -> dict[str, Inbound]:
@@ -174,13 +175,12 @@ class Inbox:
         self.dropped = {k: v for k, v in self.dropped.items() if k > r}
         return arrived
 
-    def drop_deltas(self, node_id: str) -> None:
-        """Remove `node_id`'s queued deltas (its copy was forgotten; keyframes stay);
-        each still counts as delivered (`arrived`)."""
+    def drop_queued(self, node_id: str) -> None:
+        """Remove `node_id`'s queued payloads (its copy was forgotten, or restarts at
+        the init: a keyframe of before would move it off what its seq says); each
+        still counts as delivered (`arrived`)."""
         for r, queued in self.queued.items():
-            msg = queued.get(node_id)
-            if msg is not None and msg.kind == pb.PAYLOAD_KIND_DELTA:
-                del queued[node_id]
+            if queued.pop(node_id, None) is not None:
                 self.dropped.setdefault(r, set()).add(node_id)
 
     def _forget_unknown(self) -> None:

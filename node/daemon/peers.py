@@ -8,9 +8,10 @@ Invariants callers may rely on:
   init (seq 0) means no keyframe; a peer that is new, restarted or out of step is
   forgotten by the core and gets a keyframe next;
 - wherever a peer's public copy is forgotten (out of step, dropped, evicted, or
-  `forget_all_copies`), its deltas queued for later mixes go with it
-  (`copy_forgotten`, the inbox's): a delta can only be applied to the copy it
-  followed, so none is applied to a later one or held against its sender;
+  `forget_all_copies`) or restarts at the init (a Hello out of step at seq 0), its
+  payloads queued for later mixes go with it (`copy_forgotten`, the inbox's): a
+  payload can only be applied to the copy it followed, so none is applied to a later
+  one or held against its sender;
 - the table is bounded: at most `max_neighbors` live peers and `max_known` entries;
   a newcomer evicts the longest-unseen peer that is not live, entries unseen for
   `FORGET_SECONDS` are pruned, and a new id at the address of a peer that is not live
@@ -179,7 +180,7 @@ class PeerTable:
         self.rounds_began: float | None = None  # monotonic: silence counts from then on
         self.finish_round = 0  # this node's last training exchange (0: none); `Exchange` sets it
         self.redial = Redial(BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_MAX_CONFIGURED)
-        # called with a peer's id when its copy is forgotten; `Inbox` drops its queued deltas
+        # called with a peer's id when its copy is forgotten; `Inbox` drops its queued payloads
         self.copy_forgotten: Callable[[str], None] = lambda node_id: None
         # what a peer's stay is measured with (`heard`, `prune`): a wall clock's step
         # (NTP, a suspended laptop) must not forget every idle peer at once
@@ -268,11 +269,12 @@ class PeerTable:
         peer.token_out = bytes(hello.session)
         in_step = peer.live and peer.expected_seq is not None and peer.expected_seq == hello.seq + 1
         if not in_step:
+            # what it queued followed another copy (a restart): never applied to this one
+            self._forget_copy(peer)
             if self.progress.seq == 0 and hello.seq == 0:
                 self.node.add_peer(peer.node_id)  # both still at the shared seeded init
                 peer.expected_seq, peer.send_keyframe = 1, False
             else:
-                self._forget_copy(peer)
                 peer.send_keyframe = True
             if not peer.live:
                 log.info("neighbour %s (%s) joined the live set", peer.node_id, peer.address)
@@ -426,7 +428,7 @@ class PeerTable:
             self.copy_forgotten(p.node_id)
 
     def _forget_copy(self, peer: Peer) -> None:
-        """Forget `peer`'s public copy: the core's, its sequence, its queued deltas."""
+        """Forget `peer`'s public copy: the core's, its sequence, its queued payloads."""
         self.node.forget_peer(peer.node_id)
         peer.expected_seq = None
         self.copy_forgotten(peer.node_id)

@@ -33,9 +33,9 @@ Invariants callers may rely on:
   Once they take less than `IN_PARALLEL_BELOW` of it, they go in parallel again. A
   push holds its turn until it ends or for its share of the round's time, whichever
   comes first: a neighbour that holds its ack delays the others by that much at most,
-  and in one round only: turns go in the order of how long each neighbour's last turn
-  lasted, shortest first (a new one counts 0), so one slow to ack goes last and keeps
-  no other push waiting. (A turn cannot end once the data is written: on a slow link
+  and in one round only: neighbours on probation go last, the others in the order of
+  how long each one's last turn lasted, shortest first (a new one counts 0), so one
+  slow to ack goes last and keeps no other push waiting. (A turn cannot end once the data is written: on a slow link
   the socket still holds most of the push then, and the next push would share it.)
   Until a round has measured the uplink, pushes go one at a time (the first round's
   are the largest risk: a slow link cut them all; on a fast one it costs milliseconds).
@@ -154,8 +154,11 @@ class Sender:
         self._share = (out.deadline - time.monotonic()) / max(len(live), 1)
         self._largest = 0
         started = time.monotonic()
-        # the turns go in the order the pushes begin (`asyncio.Lock` is FIFO)
-        live = sorted(live, key=lambda p: self.turn_seconds.get(p.node_id, 0.0))
+        # the turns go in the order the pushes begin (`asyncio.Lock` is FIFO): those on
+        # probation (late acks) last, then the shortest last turn first
+        live = sorted(
+            live, key=lambda p: (self.on_probation(p), self.turn_seconds.get(p.node_id, 0.0))
+        )
         tasks = {asyncio.create_task(self.push(p, out)): p for p in live}
         held = {t: p for t, p in tasks.items() if not self.on_probation(p)}
         await self.settle(held, out.r, out.deadline)
