@@ -962,6 +962,70 @@ def test_a_third_party_cannot_speak_for_a_neighbour(open_pair: Pair) -> None:
     )
 
 
+# ---------------------------------------------------------------- headers, no message: 13
+
+HALF_OPEN = 300  # more than a node's cap on calls in flight (160 for the open pair)
+HALF_OPEN_SECONDS = 15.0  # how long the attacker keeps them open
+
+
+def test_calls_without_a_message_keep_no_caller_out(open_pair: Pair) -> None:
+    """A stranger opens 300 Handshake calls through the relay (127.0.0.2) that send
+    their headers and never a message, and opens again each that ends, for 15 s: the
+    node's neighbour and the operator's Status must still get through (before
+    first_message: gRPC held each call's place until its message came, and with all
+    160 held every other call was refused `Concurrent RPC limit exceeded!`)."""
+    p = open_pair
+    a = p.a
+    rss0 = rss_mib(a)
+    before = p.statuses()
+    codes: Counter[str] = Counter()
+    answered = refused = 0
+
+    async def hold() -> None:
+        nonlocal answered, refused
+        channels = [grpc.aio.insecure_channel(p.via) for _ in range(4)]
+
+        def call(i: int) -> grpc.aio.StreamUnaryCall:  # headers only, never a message
+            return channels[i % 4].stream_unary("/declora.v1.Swarm/Handshake")()
+
+        calls = [call(i) for i in range(HALF_OPEN)]
+        end = time.monotonic() + HALF_OPEN_SECONDS
+        async with grpc.aio.insecure_channel(a.address) as operator:
+            while time.monotonic() < end:
+                await asyncio.sleep(0.5)
+                for i, c in enumerate(calls):
+                    if c.done():
+                        codes[(await c.code()).name] += 1
+                        calls[i] = call(i)
+                try:
+                    await pb_grpc.SwarmStub(operator).Status(pb.StatusRequest(), timeout=RPC)
+                    answered += 1
+                except grpc.aio.AioRpcError:
+                    refused += 1
+        for c in calls:
+            c.cancel()
+        for ch in channels:
+            await ch.close()
+
+    asyncio.run(hold())
+    after = p.mixing(before[0].round + 3)
+    assert answered and not refused, (answered, refused)
+    assert codes and set(codes) <= {"RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}, codes
+    ended = "; ".join(f"{k} x{v}" for k, v in sorted(codes.items()))
+    record(
+        "13",
+        f"a stranger holds {HALF_OPEN} Handshake calls open through the relay (127.0.0.2) "
+        f"with headers and no message, re-opening each that ends, for {HALF_OPEN_SECONDS:g}s",
+        f"{ended} (RESOURCE_EXHAUSTED: cut for a newer one, 64 wait at most; "
+        "DEADLINE_EXCEEDED: no message within 10 s)",
+        f"the operator's Status answered {answered} of {answered + refused} (before: every "
+        "call refused `Concurrent RPC limit exceeded!` while they stayed open: 0 of 45 in "
+        f"45 s); the pair mixed on (rounds {before[0].round} -> {after[0].round})",
+        (rss0, rss_mib(a)),
+    )
+
+
+# (attack 7 runs last of the open pair's: it stops the pair)
 def test_pulls_need_a_handshake_a_session_and_are_limited_per_host(open_pair: Pair) -> None:
     p = open_pair
     a, b = p.a, p.b
@@ -1282,67 +1346,4 @@ def test_a_members_signed_flood_dated_ahead_locks_nobody_else_out(cluster: Clust
         f"(3 of 3; before, refused as `replayed nonce`); the pair kept mixing (rounds "
         f"{before[0].round} -> {after[0].round})",
         (rss0, rss1),
-    )
-
-
-# ---------------------------------------------------------------- headers, no message: 13
-
-HALF_OPEN = 300  # more than a node's cap on calls in flight (160 for the open pair)
-HALF_OPEN_SECONDS = 15.0  # how long the attacker keeps them open
-
-
-def test_calls_without_a_message_keep_no_caller_out(open_pair: Pair) -> None:
-    """A stranger opens 300 Handshake calls through the relay (127.0.0.2) that send
-    their headers and never a message, and opens again each that ends, for 15 s: the
-    node's neighbour and the operator's Status must still get through (before
-    first_message: gRPC held each call's place until its message came, and with all
-    160 held every other call was refused `Concurrent RPC limit exceeded!`)."""
-    p = open_pair
-    a = p.a
-    rss0 = rss_mib(a)
-    before = p.statuses()
-    codes: Counter[str] = Counter()
-    answered = refused = 0
-
-    async def hold() -> None:
-        nonlocal answered, refused
-        channels = [grpc.aio.insecure_channel(p.via) for _ in range(4)]
-
-        def call(i: int) -> grpc.aio.StreamUnaryCall:  # headers only, never a message
-            return channels[i % 4].stream_unary("/declora.v1.Swarm/Handshake")()
-
-        calls = [call(i) for i in range(HALF_OPEN)]
-        end = time.monotonic() + HALF_OPEN_SECONDS
-        async with grpc.aio.insecure_channel(a.address) as operator:
-            while time.monotonic() < end:
-                await asyncio.sleep(0.5)
-                for i, c in enumerate(calls):
-                    if c.done():
-                        codes[(await c.code()).name] += 1
-                        calls[i] = call(i)
-                try:
-                    await pb_grpc.SwarmStub(operator).Status(pb.StatusRequest(), timeout=RPC)
-                    answered += 1
-                except grpc.aio.AioRpcError:
-                    refused += 1
-        for c in calls:
-            c.cancel()
-        for ch in channels:
-            await ch.close()
-
-    asyncio.run(hold())
-    after = p.mixing(before[0].round + 3)
-    assert answered and not refused, (answered, refused)
-    assert codes and set(codes) <= {"RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}, codes
-    ended = "; ".join(f"{k} x{v}" for k, v in sorted(codes.items()))
-    record(
-        "13",
-        f"a stranger holds {HALF_OPEN} Handshake calls open through the relay (127.0.0.2) "
-        f"with headers and no message, re-opening each that ends, for {HALF_OPEN_SECONDS:g}s",
-        f"{ended} (RESOURCE_EXHAUSTED: cut for a newer one, 64 wait at most; "
-        "DEADLINE_EXCEEDED: no message within 10 s)",
-        f"the operator's Status answered {answered} of {answered + refused} (before: every "
-        "call refused `Concurrent RPC limit exceeded!` while they stayed open: 0 of 45 in "
-        f"45 s); the pair mixed on (rounds {before[0].round} -> {after[0].round})",
-        (rss0, rss_mib(a)),
     )
