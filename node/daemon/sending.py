@@ -35,8 +35,9 @@ Invariants callers may rely on:
   comes first: a neighbour that holds its ack delays the others by that much at most,
   and in one round only: neighbours on probation go last, the others in the order of
   how long each one's last turn lasted, shortest first (a new one counts 0), so one
-  slow to ack goes last and keeps no other push waiting. (A turn cannot end once the data is written: on a slow link
-  the socket still holds most of the push then, and the next push would share it.)
+  slow to ack goes last and keeps no other push waiting. (A turn cannot end once the
+  data is written: on a slow link the socket still holds most of the push then, and
+  the next push would share it.)
   Until a round has measured the uplink, pushes go one at a time (the first round's
   are the largest risk: a slow link cut them all; on a fast one it costs milliseconds).
 """
