@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import signal
@@ -185,7 +186,13 @@ def lab_validation(cfg: LabConfig) -> tuple[LabConfig, str]:
     merged = LabConfig.model_validate({**cfg.model_dump(exclude_unset=True), **own})
     if not merged.validation_fraction:
         return cfg, ""
-    problem = validation_problem(merged.recipe(), cfg.nodes)
+    log = logging.getLogger("declora")  # the read's info lines (duplicates dropped)
+    level = log.level  # come again from the nodes and the reference: not twice
+    log.setLevel(max(level, logging.WARNING))
+    try:
+        problem = validation_problem(merged.recipe(), cfg.nodes)
+    finally:
+        log.setLevel(level)
     if problem is None:
         return cfg, ""
     if FRACTION in cfg.model_fields_set or FRACTION in own:

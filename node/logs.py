@@ -381,10 +381,11 @@ def route_libraries() -> None:
     `configure` installs, not their own (a library imported later keeps its own: call
     this again once it is)."""
     for name in OWN_HANDLERS:
-        module = sys.modules.get(name)
-        if module is not None:
-            module.disable_default_handler()
-            module.enable_propagation()
+        if name in sys.modules:  # its root logger has its stderr handler by now
+            root = logging.getLogger(name.split(".")[0])
+            for handler in [h for h in root.handlers if type(h) is logging.StreamHandler]:
+                root.removeHandler(handler)  # (datasets 5 has no disable_default_handler)
+            root.propagate = True
 
 
 def set_round(r: int) -> None:
