@@ -20,6 +20,8 @@ from declora.node.trainer import LoraModel
 from declora.node.wire import chunks, make_header
 from declora.proto import pb, pb_grpc
 
+pytestmark = pytest.mark.slow  # real daemons stopped mid-push; make test-slow
+
 START = 240  # s for a node to load and run its first rounds (a loaded machine)
 EVERY = 0.5  # s between the trickled push's chunks
 

@@ -18,6 +18,8 @@ import grpc
 import pytest
 from daemon_helpers import Cluster, live_ids
 
+pytestmark = pytest.mark.slow  # a real pair under 300 header-only calls (attack 13)
+
 HALF_OPEN = 300  # more than the node's cap (64 push streams + 96 other places)
 PAIR_WAIT = 120.0  # seconds for the pair to start mixing (a loaded machine)
 

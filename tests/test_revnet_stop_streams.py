@@ -19,6 +19,8 @@ from declora.node import PROTOCOL_VERSION
 from declora.node.trainer import LoraModel
 from declora.proto import pb, pb_grpc
 
+pytestmark = pytest.mark.slow  # real daemons stopped mid-stream (guards); make test-slow
+
 START = 240  # s for a node to load and run its first rounds (a loaded machine)
 
 
