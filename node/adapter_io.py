@@ -188,13 +188,12 @@ def perplexity(loss: float) -> float:
 
 def adapter_folder(path: str | Path) -> Path:
     """The adapter folder of `path`: a PEFT adapter or DECA full model folder, a
-    checkpoint, or a checkpoint root."""
+    checkpoint, or a checkpoint root (`from_root`: the checkpoint a resume would
+    continue from)."""
     p = Path(path)
     if not p.exists():
         raise AdapterError(f"{p} does not exist", "pass a node's adapter/ or a checkpoint folder")
-    latest = run_folder.named(p)  # a checkpoint root: the checkpoint LATEST names
-    if latest:
-        p = p / latest
+    p = from_root(p)
     if any((p / "adapter" / name).is_file() for name in (ADAPTER_CONFIG, MODEL_WEIGHTS)):
         p = p / "adapter"
     if (p / MODEL_WEIGHTS).is_file() and not (p / ADAPTER_CONFIG).is_file():
@@ -208,6 +207,36 @@ def adapter_folder(path: str | Path) -> Path:
     if not (p / ADAPTER_WEIGHTS).is_file():
         raise AdapterError(f"{p} has no {ADAPTER_WEIGHTS}", "the save did not finish")
     return p
+
+
+_told: set[Path] = set()  # checkpoint roots whose damaged or absent LATEST was warned of
+
+
+def from_root(p: Path) -> Path:
+    """The checkpoint of checkpoint root `p` that a resume continues from
+    (`run_folder.resume_point`): LATEST's, or, LATEST damaged or absent (a warning,
+    once a root), the newest complete ckpt-*; `p` itself when it is no root (no
+    LATEST, no complete ckpt-*) or holds its final adapter and no LATEST.
+    AdapterError when LATEST names a checkpoint that is missing or incomplete."""
+    name = run_folder.named(p)
+    if name is None and ((p / "adapter").is_dir() or not run_folder.complete_checkpoints(p)):
+        return p
+    found = run_folder.resume_point(p)
+    others = [c.name for c in run_folder.complete_checkpoints(p)]
+    if found is None:
+        what = "which is missing or incomplete" if name else "and it holds no complete ckpt-*"
+        raise AdapterError(
+            f"{p}: {run_folder.LATEST} names {name!r}, {what}",
+            f"pass one of its complete checkpoints ({', '.join(others)}), or a checkpoint "
+            "folder itself: its adapter/ is what predict, generate and export read"
+            if others
+            else "pass a checkpoint folder itself: its adapter/ is what is read",
+        )
+    if not run_folder.names_checkpoint(name) and p not in _told:
+        _told.add(p)
+        what = "holds no LATEST" if name is None else f"LATEST names no checkpoint ({name!r})"
+        _log.warning("%s %s: using its newest complete checkpoint, %s", p, what, found.name)
+    return found
 
 
 def merged_source(folder: Path) -> str | None:
