@@ -121,6 +121,7 @@ def test_simulate_force_replaces_its_results(tmp_path: Path, adapter: Path) -> N
     assert (out / "run.md").is_file() and (out / "run.png").is_file()
 
 
+@pytest.mark.slow  # a 2-node lab; simulate's --force stays; make test-slow
 def test_lab_force_replaces_its_results(tmp_path: Path, adapter: Path) -> None:
     out = old_output(tmp_path / "out")
     (out / "results.json").write_text('{"old": true}\n')
@@ -197,6 +198,7 @@ def test_force_has_one_name_and_help() -> None:
         assert "Replace existing files." in line, (name, line)
 
 
+@pytest.mark.slow  # two labs; the refused outputs of simulate stay; make test-slow
 def test_a_lab_into_a_folder_another_lab_writes_is_refused_and_changes_nothing(
     tmp_path: Path, adapter: Path
 ) -> None:

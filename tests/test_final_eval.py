@@ -16,7 +16,9 @@ START = 150.0  # seconds for a node to import torch and build tiny-bert (a loade
 
 @pytest.mark.integration
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize(("every", "lines"), [("1", 2), ("0", 1)])
+@pytest.mark.parametrize(
+    ("every", "lines"), [pytest.param("1", 2, marks=pytest.mark.slow), ("0", 1)]
+)  # [1-2]: ~10 s of a real node, make test-slow
 def test_the_final_eval_line_is_logged_once(
     synthetic_jsonl: Path, tmp_path: Path, every: str, lines: int
 ) -> None:

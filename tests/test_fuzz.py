@@ -523,6 +523,7 @@ def tcp_garbage(address: str, src: Source) -> None:
             pass  # the server may close first: that is a fine answer to garbage
 
 
+@pytest.mark.slow  # ~15 s of processes, make test-slow; in-process fuzzing stays
 @pytest.mark.integration
 @pytest.mark.timeout(360)
 def test_live_swarm_survives_fuzzing(

@@ -127,6 +127,7 @@ def test_a_fast_uplinks_pushes_stay_parallel(pair_of_neighbours: tuple[Parts, Up
     assert run_rounds(a, uplink, [QUICK, QUICK, QUICK]) == {1: 1, 2: 2, 3: 2}
 
 
+@pytest.mark.slow  # ~10 s of pushes; test_revnet_push_turn.py's held ack stays; make test-slow
 def test_a_neighbour_that_holds_its_ack_delays_the_other_by_its_share_only(
     pair_of_neighbours: tuple[Parts, Uplink], neighbours: list[Neighbour]
 ) -> None:

@@ -8,6 +8,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 from daemon_helpers import CLI, HOST, free_ports, train_args
 
 from declora.node.daemon.persistence import mend_history
@@ -24,6 +25,7 @@ def _start(folder: Path, data: Path, port: int, *extra: str) -> subprocess.Compl
     )  # fmt: skip
 
 
+@pytest.mark.slow  # ~15 s of processes, make test-slow; test_mend_history_... stays
 def test_a_resume_cuts_off_a_torn_last_line(tmp_path: Path, synthetic_jsonl: Path) -> None:
     folder = tmp_path / "state"
     (port,) = free_ports(1)

@@ -40,6 +40,7 @@ def test_a_latest_naming_a_missing_checkpoint_still_decides(tmp_path: Path) -> N
     assert run_folder.resume_point(tmp_path) == tmp_path / "ckpt-00000002"
 
 
+@pytest.mark.slow  # ~12 s, make test-slow; the in-process LATEST cases stay
 def test_a_node_resumes_past_a_zeroed_latest(tmp_path: Path, synthetic_jsonl: Path) -> None:
     folder = tmp_path / "state"
     (port,) = free_ports(1)

@@ -80,6 +80,7 @@ def test_a_default_fraction_that_holds_out_rows_is_kept(tmp_path: Path) -> None:
     assert lab_validation(cfg) == (cfg, "")  # a guard
 
 
+@pytest.mark.slow  # a 2-node LM lab; lab_validation's in-process cases stay; make test-slow
 @pytest.mark.integration
 def test_a_lab_on_twelve_conversations_runs_and_says_why_there_is_no_validation(
     tmp_path: Path,

@@ -330,6 +330,7 @@ def honest_worst(res: SimResult) -> float:
     return float(res.final["before_consensus"]["honest_worst_accuracy"])
 
 
+@pytest.mark.slow  # three 8-node simulations; the clip and trim properties stay; make test-slow
 def test_one_attacker_wrecks_plain_gossip(ring_runs: dict[str, SimResult]) -> None:
     clean, attacked = ring_runs["none"], ring_runs["none+attack"]
     assert honest_worst(clean) >= 0.6  # the setting learns without an attacker
@@ -337,6 +338,7 @@ def test_one_attacker_wrecks_plain_gossip(ring_runs: dict[str, SimResult]) -> No
     assert attacked.final["average"]["accuracy"] <= CHANCE + 0.1
 
 
+@pytest.mark.slow  # the ring_runs simulations; the clip and trim properties stay; make test-slow
 @pytest.mark.parametrize("robust", ["clip", "trim"])
 def test_robust_mixing_keeps_honest_nodes_good(
     ring_runs: dict[str, SimResult], robust: str
@@ -346,6 +348,7 @@ def test_robust_mixing_keeps_honest_nodes_good(
     assert res.final["average"]["accuracy"] >= 0.6
 
 
+@pytest.mark.slow  # the ring_runs simulations; the clip and trim properties stay; make test-slow
 def test_byzantine_nodes_are_left_out_of_honest_metrics(ring_runs: dict[str, SimResult]) -> None:
     res = ring_runs["none+attack"]
     before = res.final["before_consensus"]

@@ -118,6 +118,7 @@ def test_a_full_disk_warns_in_training_and_fails_the_final_adapter_cleanly(
     assert rounds[:4] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow  # ~10 s of processes; the full disk in training stays; make test-slow
 @pytest.mark.integration
 @pytest.mark.timeout(300)
 def test_a_stop_whose_checkpoint_cannot_be_written_exits_1(
@@ -429,6 +430,7 @@ def test_a_writer_failure_with_room_to_spare_is_unchanged(
     assert not list((tmp_path / "state").glob(".ckpt-*"))
 
 
+@pytest.mark.slow  # ~10 s of processes; the full disk in training stays; make test-slow
 @pytest.mark.integration
 @pytest.mark.timeout(300)
 def test_a_solo_node_on_a_real_full_disk_warns_then_exits_1(
