@@ -7,7 +7,8 @@ are those of `BUILDERS` (JSON lines `.jsonl`, `.ndjson`, `.json`; CSV/TSV; parqu
 arrow), each also compressed as `COMPRESSIONS` name (`data.jsonl.gz`: decompressed into
 tempfile's folder, removed after, then read as `data.jsonl`, errors naming the
 compressed file; one that would leave less than `KEEP_FREE` of that disk free, a tenth
-of a disk under 10 GiB, is refused; an archive, .zip or .tar.gz, is refused with a hint
+of a disk under 10 GiB, is refused, counting the Arrow table `datasets` copies its rows
+into there too (`table_bound`); an archive, .zip or .tar.gz, is refused with a hint
 to extract it); a name holding a glob character is read as that one file;
 CSV/TSV columns are all read as strings, so texts and labels keep their spelling. Every
 mistake (missing file, unsupported type, empty file, bad JSON line, a JSON or CSV file
@@ -294,27 +295,36 @@ def _read_compressed(path: Path) -> Any:
     `DataError` that names the decompressed file names `path`."""
     with tempfile.TemporaryDirectory(prefix="declora-data-") as folder:
         inner = Path(folder) / f"data{data_suffix(path)}"
-        _decompress(path, inner)
+        cells = _decompress(path, inner)
+        _check_table_room(path, inner, cells)
         try:
             return _read_file(inner)
         except DataError as exc:
             raise DataError(exc.message.replace(str(inner), str(path)), exc.hint) from exc
 
 
-def _decompress(path: Path, inner: Path) -> None:
-    """Write the file compressed at `path` out to `inner`; a `DataError` when it cannot
-    be decompressed, or when it inflates past the free space of `inner`'s disk but
-    `KEEP_FREE` (nothing more is written) or that disk is full."""
-    kind = path.suffix.lower()
-    disk = shutil.disk_usage(inner.parent)
+_TMP_HINT = (
+    "decompress it onto a disk with room and pass that file, or set TMPDIR to a folder on "
+    "such a disk"
+)
+
+
+def _room(folder: Path) -> tuple[int, int]:
+    """(bytes that may still be written to `folder`'s disk, bytes kept free there)."""
+    disk = shutil.disk_usage(folder)
     keep = min(KEEP_FREE, disk.total // 10)
-    room = disk.free - keep
+    return disk.free - keep, keep
+
+
+def _decompress(path: Path, inner: Path) -> int:
+    """Write the file compressed at `path` out to `inner`; returns how many delimiters
+    (`_DELIMITERS`) it holds. A `DataError` when it cannot be decompressed, or when it
+    inflates past the free space of `inner`'s disk but `KEEP_FREE` (nothing more is
+    written) or that disk is full."""
+    kind = path.suffix.lower()
+    room, keep = _room(inner.parent)
     where = f"the temporary folder {inner.parent.parent}"
-    tmp_hint = (
-        "decompress it onto a disk with room and pass that file, or set TMPDIR to a "
-        "folder on such a disk"
-    )
-    written = 0
+    written = cells = 0
     with COMPRESSIONS[kind].open(path, "rb") as src, inner.open("wb") as dst:
         while True:
             try:
@@ -325,20 +335,79 @@ def _decompress(path: Path, inner: Path) -> None:
                     f"is it really a {kind} file? or decompress it first",
                 ) from exc
             if not chunk:
-                return
+                return cells
             written += len(chunk)
+            cells += sum(chunk.count(d) for d in _DELIMITERS)
             if written > room:
                 raise DataError(
                     f"{path}: decompressed, it is over {_mib(written)}, more than "
                     f"{where} has free ({_mib(max(room, 0))}, keeping {_mib(keep)} free)",
-                    tmp_hint,
+                    _TMP_HINT,
                 )
             try:
                 dst.write(chunk)
             except OSError as exc:
                 raise DataError(
-                    f"{path}: no room to decompress it in {where}: {exc.strerror}", tmp_hint
+                    f"{path}: no room to decompress it in {where}: {exc.strerror}", _TMP_HINT
                 ) from exc
+
+
+# bytes that end a value in a JSON or CSV/TSV file: each value `datasets` reads costs
+# its Arrow table at most its text's bytes and 8 more (an offset, an int64 or a double)
+_DELIMITERS = (b",", b"\n", b"}", b"]", b"\t", b";", b"|")
+_TABLE_OVERHEAD = 1 << 20  # the table file's schema and metadata
+
+
+def table_bound(inner: Path, cells: int) -> int:
+    """Bytes the Arrow table `datasets` writes of decompressed data file `inner` (into
+    its cache folder, `tempfile`'s, before it is read into memory) may take at most:
+    its size and 8 a delimiter (`cells`, `_decompress`'s count) for JSON and CSV/TSV;
+    its columns decoded, batch by batch, for parquet and arrow (a parquet file of one
+    repeated value decodes to many times its size), or its size when it cannot be read
+    (`datasets` says why)."""
+    size = inner.stat().st_size
+    builder = BUILDERS[inner.suffix.lower()]
+    if builder in ("json", "csv"):
+        return size + 8 * cells + _TABLE_OVERHEAD
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        if builder == "parquet":
+            batches: Iterable[Any] = pq.ParquetFile(inner).iter_batches(batch_size=1 << 16)
+        else:
+            batches = _arrow_batches(pa, inner)
+        decoded = sum(batch.nbytes for batch in batches)
+    except (pa.ArrowException, OSError, ValueError):
+        decoded = 0
+    return max(size, decoded) + _TABLE_OVERHEAD
+
+
+def _arrow_batches(pa: Any, inner: Path) -> Iterator[Any]:
+    """The record batches of Arrow IPC file `inner`, stream format or file format, one
+    at a time."""
+    try:
+        stream = pa.ipc.open_stream(inner)
+    except pa.ArrowInvalid:
+        reader = pa.ipc.open_file(inner)
+        yield from (reader.get_batch(i) for i in range(reader.num_record_batches))
+        return
+    yield from stream
+
+
+def _check_table_room(path: Path, inner: Path, cells: int) -> None:
+    """A `DataError` when the table `datasets` copies decompressed `inner` into
+    (`table_bound`) would leave its disk less than `KEEP_FREE` free."""
+    need = table_bound(inner, cells)
+    room, keep = _room(inner.parent)
+    if need > room:
+        raise DataError(
+            f"{path}: read, its rows take up to {_mib(need)} as the table datasets copies "
+            f"them into, besides the {_mib(inner.stat().st_size)} decompressed, more than "
+            f"the temporary folder {inner.parent.parent} has free ({_mib(max(room, 0))}, "
+            f"keeping {_mib(keep)} free)",
+            _TMP_HINT,
+        )
 
 
 def _mib(size: int) -> str:
