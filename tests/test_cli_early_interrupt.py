@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from declora.cli.app import NOT_BEGUN
+from declora.cli.loading import NOT_BEGUN
 
 CHILD = """
 import os, signal, sys

@@ -92,6 +92,7 @@ def test_lab_refuses_a_chosen_scheme_on_unlabelled_lm_data_before_any_node(
     assert not out.exists()  # no daemon started, nothing written
 
 
+@pytest.mark.slow  # a 2-node LM lab; the LM simulate and experiment runs stay; make test-slow
 @pytest.mark.integration
 def test_a_lab_of_lm_nodes_trains_on_unlabelled_data(tmp_path: Path) -> None:
     """Two tiny-llama daemons on a text-only file, no scheme given: both finish."""
@@ -255,7 +256,7 @@ def test_a_ctrl_c_before_the_node_started_is_one_line(
     folder = tmp_path / "state"
     start = ["start", "--solo", "--checkpoint-dir", str(folder)]
     with monkeypatch.context() as patch:  # reading the settings, importing the daemon
-        patch.setattr("declora.cli.app._settings", _interrupt)
+        patch.setattr("declora.cli.start_command._settings", _interrupt)
         one_line(
             runner.invoke(app, start), "interrupted before the node started; nothing was written"
         )
@@ -268,7 +269,7 @@ def test_a_ctrl_c_before_the_node_started_is_one_line(
         )
     assert not folder.exists()
     with monkeypatch.context() as patch:  # before the command began: building it
-        patch.setattr("declora.cli.app._node_settings", _interrupt)
+        patch.setattr("declora.cli.lazy_group._node_settings", _interrupt)
         one_line(
             runner.invoke(app, start), "interrupted before the command began; nothing was written"
         )
@@ -344,7 +345,7 @@ def test_a_ctrl_c_looks_only_at_what_the_command_writes(
     """`--output . --force` in a checkout: every file under it (.venv) was read before
     the run and again after a Ctrl-C (seconds). Now only the folder's own entries and
     the folders the command rewrites (`watch`'s `within`), which every write changes."""
-    from declora.cli.app import Interrupts
+    from declora.cli.exits import Interrupts
 
     out = tmp_path / "out"
     deep = out / ".venv" / "lib"

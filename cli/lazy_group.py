@@ -1,0 +1,164 @@
+"""The `declora-node` command group: `start`, `config`, `simulate` and `lab` built
+only when one is invoked or help lists them (their options come from the settings
+models: pydantic-settings, numpy, which `status` and the others need not load), a
+usage error as `error:` and `hint:` lines, a Ctrl-C as one line (exit 130)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import typer
+from typer.core import TyperGroup
+
+from declora.cli.checks import need_temp_folder
+from declora.cli.exits import STATE, interrupted
+from declora.cli.loading import NOT_BEGUN
+from declora.cli.run_commands import lab, simulate
+from declora.cli.start_command import config_command, start
+
+if TYPE_CHECKING:
+    from typer import _click as click  # the click typer bundles
+
+
+class LazyGroup(TyperGroup):
+    """Builds `start`, `config` and `lab` only when one is invoked or help lists them:
+    their options come from the settings models (pydantic-settings, numpy), which
+    `status` and the other commands need not load."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*LAZY, *(n for n in super().list_commands(ctx) if n not in LAZY)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY and cmd_name not in self.commands:
+            self.commands[cmd_name] = LAZY[cmd_name]()
+        command = super().get_command(ctx, cmd_name)
+        if command is not None and command.callback is not None:
+            command.callback = _marks_began(command.callback, cmd_name not in NO_TORCH)
+        return command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """A Ctrl-C is one line, exit 130 (a traceback too with --debug): before the
+        command began, nothing was written; `start`, `simulate` and `lab` say what is
+        true once they have begun; others, only that it was interrupted."""
+        STATE["began"] = False
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            interrupted("interrupted" if STATE["began"] else NOT_BEGUN)
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Click's own handling, except that a usage error (a bad value, an unknown
+        option, a missing argument) is our two lines, `error:` and `hint:`, exit 2,
+        rather than a boxed panel (help, and a bare `declora-node`, stay as they are)."""
+        from typer._click import exceptions as errors
+        from typer.exceptions import Abort
+
+        def run(standalone: bool) -> Any:
+            return super(LazyGroup, self).main(
+                args, prog_name, complete_var, standalone, windows_expand_args, **extra
+            )
+
+        if not standalone_mode:
+            return run(False)
+        STATE["began"] = None  # `invoke` not reached yet
+        try:
+            code = run(False)
+            if code == 130 and STATE["began"] is None:  # typer's exit for a Ctrl-C there
+                typer.echo(NOT_BEGUN, err=True)
+        except errors.NoArgsIsHelpError:
+            return run(True)  # the help, exactly as before
+        except errors.UsageError as exc:
+            message = " ".join(exc.format_message().split())
+            typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+            typer.echo(f"hint: see `{self._where(exc.ctx, args)} --help`", err=True)
+            sys.exit(exc.exit_code)
+        except errors.ClickException as exc:
+            typer.secho(f"error: {exc.format_message()}", err=True, fg=typer.colors.RED)
+            sys.exit(exc.exit_code)
+        except Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+    def _where(self, ctx: click.Context | None, args: Sequence[str] | None) -> str:
+        """The command a usage error is about: `declora-node lab` (click leaves the
+        context out of some errors: then the first command named in the arguments)."""
+        if ctx is not None and ctx.parent is not None:
+            return f"declora-node {ctx.info_name}"
+        words = list(sys.argv[1:] if args is None else args)
+        named = [w for w in words if w in LAZY or w in self.commands]
+        return f"declora-node {named[0]}" if named else "declora-node"
+
+
+# commands that import no torch, so need no temporary folder; `start` checks it itself
+# (`launch`, after its log format is set), `inspect` after its arguments
+NO_TORCH = frozenset({"start", "config", "status", "inspect"})
+
+
+def _marks_began(callback: Any, loads_torch: bool = False) -> Any:
+    """`callback` noting in STATE that it has begun (once wrapped, it is kept); for a
+    command that `loads_torch`, first `need_temp_folder`."""
+    if getattr(callback, "marks_began", False):
+        return callback
+
+    def began(*args: Any, **kwargs: Any) -> Any:
+        STATE["began"] = True
+        if loads_torch:
+            need_temp_folder()
+        return callback(*args, **kwargs)
+
+    began.marks_began = True  # type: ignore[attr-defined]
+    return began
+
+
+def _one_command(
+    func: Any, name: str, model: Any = None, skip: tuple[str, ...] = ()
+) -> click.Command:
+    """`func` as a click command named `name`, with a flag for every field of `model`
+    (a config class, imported only when the command is used)."""
+    from declora.cli.options import fields_command, fields_command_class
+
+    single = typer.Typer(
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    cls = fields_command_class(model()) if model else None
+    single.command(name, cls=cls)(fields_command(model(), func, skip) if model else func)
+    return typer.main.get_command(single)
+
+
+def _node_settings() -> Any:
+    from declora.node.settings import NodeSettings
+
+    return NodeSettings
+
+
+def _sim_config() -> Any:
+    from declora.node.sim_config import SimConfig
+
+    return SimConfig
+
+
+def _lab_config() -> Any:
+    from declora.cli.lab import LabConfig
+
+    return LabConfig
+
+
+LAZY = {
+    "start": lambda: _one_command(start, "start", _node_settings),
+    "config": lambda: _one_command(config_command, "config", _node_settings),
+    "simulate": lambda: _one_command(simulate, "simulate", _sim_config),
+    "lab": lambda: _one_command(lab, "lab", _lab_config, skip=("extra",)),
+}

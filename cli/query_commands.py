@@ -1,0 +1,74 @@
+"""`status` and `inspect`: ask a running node (over gRPC, with the CLI's own TLS
+files), or describe a saved adapter or checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from declora.cli.checks import check_call, check_format, client_tls, need_temp_folder
+from declora.cli.exits import fail, fail_with
+from declora.cli.flags import FormatOpt, TlsCa, TlsCert, TlsCrl, TlsKey
+
+
+def status(
+    target: Annotated[str, typer.Option(help="host:port of a running node.")] = "127.0.0.1:7070",
+    fmt: FormatOpt = "text",
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the answer (at most 3600).")
+    ] = 5.0,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_ca: TlsCa = None,
+    tls_crl: TlsCrl = None,
+) -> None:
+    """Show a node's round, loss, last evaluation and neighbours.
+
+    `main` answers the plain forms without this app (`cli/fast.py`), in a fraction of
+    the time; both end in `client.show_status`.
+    """
+    from declora.cli.client import show_status
+
+    check_format(fmt)
+    check_call(target, timeout)
+    tls = client_tls(tls_cert, tls_key, tls_ca, tls_crl)
+    raise typer.Exit(show_status(target, fmt == "json", timeout, tls))
+
+
+def inspect(
+    path: Annotated[
+        Path | None, typer.Argument(help="A saved adapter or checkpoint directory.")
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option(help="host:port: show that node's peer view.")
+    ] = None,
+    fmt: FormatOpt = "text",
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_ca: TlsCa = None,
+    tls_crl: TlsCrl = None,
+) -> None:
+    """Describe a saved adapter/checkpoint (config, tensors, fingerprint) or a node's peers."""
+    check_format(fmt)
+    if (path is None) == (target is None):
+        fail("give either PATH or --target")
+    check_call(target)
+    need_temp_folder()  # cli.inspect imports torch (a --target too)
+    from declora.cli.inspect import InspectError, inspect_path, inspect_target
+
+    tls = client_tls(tls_cert, tls_key, tls_ca, tls_crl)
+    try:
+        info = inspect_path(path) if path is not None else inspect_target(str(target), tls)
+    except InspectError as exc:  # a path that is no adapter: the user's; a node: runtime
+        # (but a secret's environment that cannot be used: `client.SecretEnvError`, 2)
+        fail_with(exc, 2 if path is not None else getattr(exc.__cause__, "code", 1))
+        return
+    from declora.cli.inspect import render
+
+    if fmt == "json":
+        typer.echo(json.dumps(info, indent=2, default=str))
+    else:
+        render(info)
