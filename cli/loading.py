@@ -22,6 +22,8 @@ NOT_BEGUN = "interrupted before the command began; nothing was written"
 OTHER_STOPS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
 
 _COVERED: list[signal.Signals] = []  # the signals `cover` took over
+# "json": whether the --config file asks for JSON logs (`cover`; unread: False)
+_FILE_LOG_FORMAT: dict[str, bool] = {}
 
 
 def _ignored(signum: int, frame: FrameType | None) -> None:
@@ -30,8 +32,8 @@ def _ignored(signum: int, frame: FrameType | None) -> None:
 
 
 def _interrupted_loading(signum: int, frame: FrameType | None) -> None:
-    """`NOT_BEGUN` on stderr and exit 130; as a JSON record when the command line or
-    DECLORA_LOG_FORMAT asks for JSON logs."""
+    """`NOT_BEGUN` on stderr and exit 130; as a JSON record when the command line,
+    DECLORA_LOG_FORMAT or the --config file asks for JSON logs (`_json_asked`)."""
     for sig in (signal.SIGINT, *OTHER_STOPS):
         signal.signal(sig, _ignored)
     line = NOT_BEGUN
@@ -49,14 +51,56 @@ def _interrupted_loading(signum: int, frame: FrameType | None) -> None:
 
 
 def _json_asked() -> bool:
-    """--log-format json on the command line, else DECLORA_LOG_FORMAT=json."""
-    args = sys.argv[1:]
+    """--log-format json on the command line, else DECLORA_LOG_FORMAT=json, else the
+    --config file's log_format = "json" (read by `cover`), as the settings take them."""
+    flag = _option(sys.argv[1:], "--log-format")
+    if flag is not None:
+        return flag.strip().lower() == "json"
+    env = os.environ.get("DECLORA_LOG_FORMAT")
+    if env is not None:
+        return env.strip().lower() == "json"
+    return _FILE_LOG_FORMAT.get("json", False)
+
+
+def _option(args: list[str], flag: str) -> str | None:
+    """The value of `flag` in `args` (`--flag=value` or `--flag value`), or None."""
     for i, arg in enumerate(args):
-        if arg.startswith("--log-format="):
-            return arg.partition("=")[2].strip().lower() == "json"
-        if arg == "--log-format" and i + 1 < len(args):
-            return args[i + 1].strip().lower() == "json"
-    return os.environ.get("DECLORA_LOG_FORMAT", "").strip().lower() == "json"
+        if arg.startswith(f"{flag}="):
+            return arg.partition("=")[2]
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+    return None
+
+
+def _file_log_format(path: str) -> str | None:
+    """The log_format key (or log-format) of the TOML, JSON or YAML config file `path`,
+    parsed as `settings.read_config_file` does; None when there is none or the file
+    cannot be used (the settings refuse it later, naming why)."""
+    parsers = {".toml": "tomllib", ".json": "json", ".yaml": "yaml", ".yml": "yaml"}
+    parser = parsers.get(os.path.splitext(path)[1].lower())
+    if parser is None or not os.path.isfile(path):  # never a FIFO: it might block
+        return None
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+        if parser == "tomllib":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif parser == "json":
+            import json
+
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception:  # unreadable, not UTF-8, a syntax error, no yaml installed
+        return None
+    if not isinstance(data, dict):
+        return None
+    values = [v for k, v in data.items() if str(k).replace("-", "_") == "log_format"]
+    return values[0] if len(values) == 1 and isinstance(values[0], str) else None
 
 
 def taken_over(handler: object, signals: tuple[signal.Signals, ...]) -> list[signal.Signals]:
@@ -73,11 +117,17 @@ def taken_over(handler: object, signals: tuple[signal.Signals, ...]) -> list[sig
 
 def cover() -> None:
     """SIGINT and the other stops still at their default go to `_interrupted_loading`
-    (imported off the main thread: nothing is installed)."""
+    (imported off the main thread: nothing is installed); then the --config file's
+    log_format is read, where neither the flag nor DECLORA_LOG_FORMAT sets one (a stop
+    meanwhile is a plain line)."""
     try:
         _COVERED[:] = taken_over(_interrupted_loading, (signal.SIGINT, *OTHER_STOPS))
     except ValueError:
         _COVERED.clear()
+    config = _option(sys.argv[1:], "--config")
+    unset = _option(sys.argv[1:], "--log-format") is None and "DECLORA_LOG_FORMAT" not in os.environ
+    if config is not None and unset:
+        _FILE_LOG_FORMAT["json"] = (_file_log_format(config) or "").strip().lower() == "json"
 
 
 def uncover() -> None:
