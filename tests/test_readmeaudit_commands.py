@@ -1,5 +1,5 @@
-"""README.md against the CLI: every `declora-node` command line it shows parses, and
-every `--option` and `DECLORA_*` variable it names exists.
+"""README.md against the code: every `declora-node` command line it shows parses; every
+`--option`, `DECLORA_*` variable, `make` target and repository path it names exists.
 
 The command lines are those of fenced blocks (backslash continuations joined, shell
 variables of the block expanded) and inline code spans. Each is parsed by click as the
@@ -136,6 +136,30 @@ def unknown_variables(text: str) -> set[str]:
     return {v for v in named if v not in fields and not re.search(rf"\b{v}\b", source)}
 
 
+def missing_paths(text: str) -> list[str]:
+    """Repository paths in code spans of `text` (`node/...`, `tests/x.py::test_y`, a
+    `bench_*.py`) and `make` targets that do not exist."""
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    targets = set(re.findall(r"^([a-z][a-z-]*):", makefile, re.M))
+    missing = [f"make {t}" for t in re.findall(r"`make ([a-z][a-z-]*)", text) if t not in targets]
+    spans = re.findall(r"`([^`\n]+)`", text)
+    words = [w for span in spans for w in span.split()]
+    for word in words:
+        word = word.rstrip(".,;:)")
+        path, _, test = word.partition("::")
+        if re.fullmatch(r"bench_\w+\.py", path):
+            path = f"bench/{path}"
+        if not re.match(r"(node|cli|tests|bench|deploy|results|proto)/\S", path):
+            continue
+        if "<" in path or "*" in path:
+            continue
+        exists = (ROOT / path).exists()
+        text_of = (ROOT / path).read_text(encoding="utf-8") if exists and test else ""
+        if not exists or (test and not re.search(rf"def {re.escape(test)}\b", text_of)):
+            missing.append(word)
+    return missing
+
+
 COMMANDS = command_lines(README)
 
 
@@ -167,6 +191,10 @@ def test_every_declora_variable_readme_names_exists() -> None:
     assert unknown_variables(README) == set()
 
 
+def test_every_path_and_make_target_readme_names_exists() -> None:
+    assert missing_paths(README) == []
+
+
 def test_the_checks_catch_a_wrong_name() -> None:
     """The checks above fail on a renamed option, a misspelt variable, a bad value."""
     text = (
@@ -181,3 +209,11 @@ def test_the_checks_catch_a_wrong_name() -> None:
             parse(arguments(command))
     assert unknown_options(text, cli_options()) == {"--no-such-option": 1}
     assert unknown_variables(text) == {"DECLORA_NO_SUCH_VARIABLE"}
+    paths = "`make tset`, `node/gone.py`, `bench_gone.py`, `tests/test_cli.py::test_gone`"
+    assert missing_paths(paths) == [
+        "make tset",
+        "node/gone.py",
+        "bench_gone.py",
+        "tests/test_cli.py::test_gone",
+    ]
+    assert missing_paths("`make test`, `node/recipe.py`, `bench_codecs.py`") == []
