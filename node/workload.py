@@ -11,7 +11,7 @@ the seed `node_seed(seed, i)` on its share; the centralized reference trains one
 adapter on the union of the shares with the seed itself (its lr schedule spans the
 swarm's total steps). Two callers with the same recipe therefore build the same nodes.
 
-Causal-LM rows are read in `data_format` (node/lm_data.py). Packed text (`packing`)
+Causal-LM rows are read in `data_format` (node/lm_data/). Packed text (`packing`)
 becomes blocks that are not rows, so each node's share, and the reference's union,
 is packed on its own (packing never crosses a share); everything else is tokenized
 once and a share takes its rows.
