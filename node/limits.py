@@ -130,6 +130,19 @@ def subnet_key(host: str) -> str | None:
     return str(ipaddress.ip_network(f"{bare}/{IPV6_PREFIX}", strict=False))
 
 
+IPV6_SITE_PREFIX = 48  # one IPv6 site (what one customer is routed), many /64s
+
+
+def site_key(host: str) -> str | None:
+    """The IPv6 /48 of remote `host` (`peer_host`) whose /64s (`host_key`) share one
+    larger bound, so one site cannot take every place by its many /64s:
+    '2001:db8:1:2::1' -> '2001:db8:1::/48'. None where `subnet_key` is None."""
+    subnet = subnet_key(host)
+    if subnet is None:
+        return None
+    return str(ipaddress.ip_network(subnet).supernet(new_prefix=IPV6_SITE_PREFIX))
+
+
 def limited(reason: str) -> WireError:
     return WireError(grpc.StatusCode.RESOURCE_EXHAUSTED, reason, RATE_LIMITED)
 

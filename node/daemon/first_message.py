@@ -27,9 +27,17 @@ on one such connection held every place of a node, no credentials needed. So
 `Unread` counts the answers handed to gRPC whose calls are not done: at most
 `UNREAD_PER_NETWORK` of one network (its calls are refused before their handler runs
 while it has so many, its answer refused after it when it reached so many) and
-`UNREAD` in all (an answer past them is refused). A refusal carries no message, so
-it is taken whatever the caller's window. Answers written by a streaming handler
-(Pull, Revocations, Watch) wait within their handler, under its own bounds.
+`UNREAD` in all (an answer past them is refused); an IPv6 site (`limits.site_key`,
+a /48) holds at most `SITE_SHARE` networks' shares (4 /64s of one site took all 32).
+A refusal carries no message, so it is taken whatever the caller's window.
+
+A streamed answer (Pull, Revocations, health's Watch, reflection) to such a caller
+holds its place the same way once its handler gave up on it (a Pull cut after 30 s
+left its place held: 16 places lost every 30 s, until every call was refused). So
+`streams` (an `Unread`) counts the calls with a streamed answer from their request on
+until they are done: at most `STREAMS_PER_NETWORK` of one network (its site: twice
+that), `STREAMS` in all (then RESOURCE_EXHAUSTED before the handler runs), so a
+network's stalled answers hold a few places for ever and no other network's.
 These refusals are not counted in `status` (the interceptor sees no node's counters).
 """
 
@@ -44,12 +52,18 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from declora.node.limits import host_key, peer_host
+from declora.node.limits import host_key, peer_host, site_key
 
 WAIT_SECONDS = 10.0  # a call's request message must come within this
 WAITING = 64  # calls waiting for their request message at once
 UNREAD = 32  # unary answers not yet taken by their callers, at once (`Unread`)
 UNREAD_PER_NETWORK = 8  # ...from one network (`limits.host_key`)
+SITE_SHARE = 2  # an IPv6 site (`limits.site_key`) holds this many networks' shares
+# calls with a streamed answer at once, from their request on until done: the room the
+# cap has for them (the pools of Pull and Revocations, 8 each; health.WATCHES and
+# REFLECTIONS, 8 each), however long their callers leave them unread
+STREAMS = 32
+STREAMS_PER_NETWORK = 4  # ...of one network: less than the Pull pool
 
 
 @dataclass(eq=False)
@@ -90,49 +104,71 @@ class Room:
 
 
 class Unread:
-    """Unary answers handed to gRPC and not yet taken, by network (`FirstMessage`)."""
+    """Answers handed to gRPC and not yet taken, by network (`limits.host_key`) and, for
+    IPv6, by site (`limits.site_key`: its /64s together hold at most `SITE_SHARE`
+    networks' shares, so one site cannot take `size` by 4 of its /64s) (`FirstMessage`)."""
 
-    def __init__(self, size: int = UNREAD, per_network: int = UNREAD_PER_NETWORK) -> None:
+    def __init__(
+        self, size: int = UNREAD, per_network: int = UNREAD_PER_NETWORK, what: str = "answers"
+    ) -> None:
         self.size = size
         self.per_network = per_network
+        self.what = what
         self.total = 0
-        self.by_network: dict[str, int] = {}
+        self.by_network: dict[str, int] = {}  # by network and by site
 
-    def refusal(self, network: str, answering: bool) -> str | None:
-        """Why a call of `network` may not go on (None: it may): before its handler
-        runs (`answering` False) while its network has `per_network` answers unread;
-        with its answer (`answering`) also while `size` answers in all are."""
-        if self.by_network.get(network, 0) >= self.per_network:
-            return f"{self.per_network} answers to {network} are not yet read by their callers"
+    def _keys(self, host: str) -> list[tuple[str, int]]:
+        """The keys `host` counts towards, each with its bound."""
+        keys = [(host_key(host), self.per_network)]
+        site = site_key(host)
+        if site is not None:
+            keys.append((site, SITE_SHARE * self.per_network))
+        return keys
+
+    def refusal(self, host: str, answering: bool) -> str | None:
+        """Why a call from remote `host` (`limits.peer_host`) may not go on (None: it
+        may): before its handler runs (`answering` False) while its network or site
+        has its share unread; with its answer (`answering`) also while `size` are."""
+        for key, most in self._keys(host):
+            if self.by_network.get(key, 0) >= most:
+                return f"{most} {self.what} to {key} are not yet read by their callers"
         if answering and self.total >= self.size:
-            return f"{self.size} answers are not yet read by their callers"
+            return f"{self.size} {self.what} are not yet read by their callers"
         return None
 
-    def take(self, network: str) -> None:
+    def take(self, host: str) -> None:
         self.total += 1
-        self.by_network[network] = self.by_network.get(network, 0) + 1
+        for key, _ in self._keys(host):
+            self.by_network[key] = self.by_network.get(key, 0) + 1
 
-    def taken(self, network: str) -> None:
-        """One answer to `network` was taken (its call is done)."""
+    def taken(self, host: str) -> None:
+        """One answer to `host` was taken (its call is done)."""
         self.total -= 1
-        left = self.by_network[network] - 1
-        if left:
-            self.by_network[network] = left
-        else:
-            del self.by_network[network]
+        for key, _ in self._keys(host):
+            left = self.by_network[key] - 1
+            if left:
+                self.by_network[key] = left
+            else:
+                del self.by_network[key]
 
 
 class FirstMessage(grpc.aio.ServerInterceptor):
     """Serves each unary-request method as a streaming one whose request is awaited
-    in `Room`, its unary answer counted in `Unread` (this module's docstring);
-    streaming-request methods as they are."""
+    in `Room`, its unary answer counted in `Unread`, its streamed answer in `streams`
+    (this module's docstring); a streaming-request method as it is, but for the
+    streamed answer of one that has one (reflection), counted in `streams` too."""
 
     def __init__(
-        self, wait_seconds: float = WAIT_SECONDS, room: int = WAITING, unread: Unread | None = None
+        self,
+        wait_seconds: float = WAIT_SECONDS,
+        room: int = WAITING,
+        unread: Unread | None = None,
+        streams: Unread | None = None,
     ) -> None:
         self.wait_seconds = wait_seconds
         self.room = Room(room)
         self.unread = unread or Unread()
+        self.streams = streams or Unread(STREAMS, STREAMS_PER_NETWORK, "streamed answers")
 
     async def intercept_service(
         self,
@@ -140,41 +176,59 @@ class FirstMessage(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming:
+        if handler is None or (handler.request_streaming and not handler.response_streaming):
             return handler
         serializers = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
         }
+        if handler.request_streaming:
+            both = handler.stream_stream
+
+            async def relayed(requests: Any, context: grpc.aio.ServicerContext) -> None:
+                await self.stream(
+                    context, peer_host(context.peer()), lambda: both(requests, context)
+                )
+
+            return grpc.stream_stream_rpc_method_handler(relayed, **serializers)
         if handler.response_streaming:
             stream = handler.unary_stream
 
             async def streamed(requests: Any, context: grpc.aio.ServicerContext) -> None:
-                network = host_key(peer_host(context.peer()))
-                result = stream(await self.request(context, network), context)
-                if inspect.isasyncgen(result):
-                    async for reply in result:
-                        await context.write(reply)
-                elif inspect.isawaitable(result):
-                    await result
+                host = peer_host(context.peer())
+                request = await self.request(context, host_key(host))
+                await self.stream(context, host, lambda: stream(request, context))
 
             return grpc.stream_stream_rpc_method_handler(streamed, **serializers)
         unary = handler.unary_unary
 
         async def answered(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-            network = host_key(peer_host(context.peer()))
-            await self.admit(context, network, answering=False)
-            reply = await unary(await self.request(context, network), context)
-            await self.admit(context, network, answering=True)
-            self.unread.take(network)
-            context.add_done_callback(lambda _: self.unread.taken(network))
+            host = peer_host(context.peer())
+            await self.admit(context, self.unread, host, answering=False)
+            reply = await unary(await self.request(context, host_key(host)), context)
+            await self.admit(context, self.unread, host, answering=True)
+            self.unread.take(host)
+            context.add_done_callback(lambda _: self.unread.taken(host))
             return reply
 
         return grpc.stream_unary_rpc_method_handler(answered, **serializers)
 
-    async def admit(self, context: grpc.aio.ServicerContext, network: str, answering: bool) -> None:
-        """Abort the call (RESOURCE_EXHAUSTED) when `Unread.refusal` says so."""
-        refusal = self.unread.refusal(network, answering)
+    async def stream(
+        self, context: grpc.aio.ServicerContext, host: str, handle: Callable[[], Any]
+    ) -> None:
+        """Write the streamed answer to `host` that `handle()` (its handler) makes,
+        counted in `streams` until its call is done (else RESOURCE_EXHAUSTED, before
+        the handler runs)."""
+        await self.admit(context, self.streams, host, answering=True)
+        self.streams.take(host)
+        context.add_done_callback(lambda _: self.streams.taken(host))
+        await _written(handle(), context)
+
+    async def admit(
+        self, context: grpc.aio.ServicerContext, unread: Unread, host: str, answering: bool
+    ) -> None:
+        """Abort the call (RESOURCE_EXHAUSTED) when `unread.refusal` says so."""
+        refusal = unread.refusal(host, answering)
         if refusal is not None:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
 
@@ -212,3 +266,12 @@ class FirstMessage(grpc.aio.ServerInterceptor):
                 f"no request message within {self.wait_seconds:g}s",
             )
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message")
+
+
+async def _written(result: Any, context: grpc.aio.ServicerContext) -> None:
+    """Write what a streaming handler's `result` yields (a coroutine writes its own)."""
+    if inspect.isasyncgen(result):
+        async for reply in result:
+            await context.write(reply)
+    elif inspect.isawaitable(result):
+        await result

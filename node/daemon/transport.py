@@ -15,7 +15,9 @@
   cap on calls in flight, so streams held open by anyone never take the room of the
   Swarm service's calls; so do calls waiting for their request message
   (`first_message`: calls that send headers and never a message keep no caller out)
-  and unary answers their callers have not read yet (`first_message.Unread`);
+  and unary answers their callers have not read yet (`first_message.Unread`); calls
+  with a streamed answer, read or not, are at most `first_message.STREAMS`, within the
+  room of the Pull and Revocations pools, the Watches and the reflection streams;
 - `stop` first lets the parts end calls that would outlast its grace (`on_stop`).
 """
 
