@@ -216,11 +216,11 @@ def _check_rows(reader: Any, path: Path, header: list[str], named: int, sep: str
     """A `DataError` naming the first row of `reader` (after the header) that cannot be
     read as written: more fields than the header, a value in a trailing unnamed column,
     a quoted field not closed before its row's separator or end of line (`"a"b`) or
-    the file's end, or a quoted field whose later line reads as a row of its own: the
-    header's number of fields there, one of them a value that column holds in another
-    row (a stray quote mark at a text's start swallowing the rows after it; files of
-    two or more columns). pandas
-    would read each of these silently otherwise (shifted columns, rows merged)."""
+    the file's end, or a quoted field that reads as rows swallowed (a stray quote mark
+    at a text's start; files of two or more columns): its first line the opening row's
+    rest (its other fields) and every line after it but the last a row of its own
+    (`_reads_as_row`), so a quoted text with one list-like line ("price,good") is read.
+    pandas would read each of these silently otherwise (shifted columns, rows merged)."""
     width, row, start = len(header), 0, reader.line_num + 1
     seen: list[set[str]] = [set() for _ in header]
     spanning: list[tuple[int, int, int, str]] = []  # (row, first line, column, value)
@@ -266,21 +266,34 @@ def _check_rows(reader: Any, path: Path, header: list[str], named: int, sep: str
             _QUOTE_HINT,
         ) from exc
     for number, first, column, value in spanning:
-        for offset, line in enumerate(value.splitlines()[1:], 1):
-            parts = line.split(sep)
-            if (
-                width > 1
-                and len(parts) == width
-                # a value another row has in another column (the spanning one's own
-                # column may hold a short text such as "Thanks," by chance)
-                and any(p in seen[i] for i, p in enumerate(parts) if p and i != column)
-            ):
-                raise DataError(
-                    f"{path}:{first}: cannot read it as csv: row {number}'s quoted field in "
-                    f"column {column + 1} runs over line {first + offset}, which reads as a "
-                    f"row of its own ({line[:60]!r})",
-                    _QUOTE_HINT,
-                )
+        lines = value.splitlines()
+        # the lines whole rows would be: all but the opening row's rest and the closing
+        # row's start (none when the quote closes at a line's start)
+        end = None if value.endswith(("\n", "\r")) else -1
+        rows = [(n, line) for n, line in enumerate(lines[1:end], 1) if line]
+        if (
+            width > 1
+            and rows
+            and len(lines[0].split(sep)) == width - column  # the opening row's other fields
+            and all(_reads_as_row(line, sep, seen, column) for _, line in rows)
+        ):
+            offset, line = rows[0]
+            raise DataError(
+                f"{path}:{first}: cannot read it as csv: row {number}'s quoted field in "
+                f"column {column + 1} runs over line {first + offset}, which reads as a "
+                f"row of its own ({line[:60]!r})",
+                _QUOTE_HINT,
+            )
+
+
+def _reads_as_row(line: str, sep: str, seen: list[set[str]], column: int) -> bool:
+    """Whether `line` of a quoted field in `column` reads as a row: the header's number
+    of fields, one of them a value another row has in another column (the field's own
+    column may hold a short text such as "Thanks," by chance)."""
+    parts = line.split(sep)
+    return len(parts) == len(seen) and any(
+        p in seen[i] for i, p in enumerate(parts) if p and i != column
+    )
 
 
 # free space a decompressed data file must leave on its temporary folder's disk (at most

@@ -1,0 +1,55 @@
+"""A user's own classification files as spreadsheets and pandas write them: a quoted
+multi-line text is read as written, a stray quote mark that swallows rows is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from declora.node.data import load_file
+from declora.node.data_files import DataError
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_bytes(text.encode("utf-8"))
+    return path
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Pros and cons:\nprice,good\nservice,bad",  # a line like a row: the old check refused
+        "Order:\nsize,2\nqty,1\nThanks",  # a list whose lines hold labels of other rows
+        "Hi,\n\nprice,good",  # a blank line, and a first line with the header's fields
+    ],
+)
+def test_a_quoted_multi_line_text_with_list_like_lines_is_read(tmp_path: Path, text: str) -> None:
+    body = f'text,label\n"{text}",good\nfine food,bad\nslow,2\ngreat,1\n'
+    data = load_file(_write(tmp_path, "reviews.csv", body))
+    assert list(data.texts) == [text, "fine food", "slow", "great"]
+    assert sorted(data.label_names) == ["1", "2", "bad", "good"]
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "needle"),
+    [
+        (  # the stray quote swallows two rows, a blank line between them
+            "blank.csv",
+            'text,label\nq r,a\n"x y,a\nm n,b\n\ns t,a\nfoo",b\n',
+            "row 2's quoted field in column 1 runs over line 4, which reads as a row",
+        ),
+        (  # the quote closes at a line's start: the last swallowed line is a whole row
+            "start.tsv",
+            'text\tlabel\nq r\ta\n"x y\ta\nm n\tb\n"\tb\n',
+            "row 2's quoted field in column 1 runs over line 4",
+        ),
+    ],
+)
+def test_a_stray_quote_that_swallows_rows_is_still_refused(
+    tmp_path: Path, name: str, body: str, needle: str
+) -> None:
+    with pytest.raises(DataError) as caught:
+        load_file(_write(tmp_path, name, body))
+    assert needle in caught.value.message, caught.value.message
