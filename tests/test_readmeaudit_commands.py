@@ -138,14 +138,14 @@ def unknown_variables(text: str) -> set[str]:
 
 def missing_paths(text: str) -> list[str]:
     """Repository paths in code spans of `text` (`node/...`, `tests/x.py::test_y`, a
-    `bench_*.py`) and `make` targets that do not exist."""
+    `bench_*.py`; test and bench files anywhere) and `make` targets that do not exist."""
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     targets = set(re.findall(r"^([a-z][a-z-]*):", makefile, re.M))
     missing = [f"make {t}" for t in re.findall(r"`make ([a-z][a-z-]*)", text) if t not in targets]
     spans = re.findall(r"`([^`\n]+)`", text)
     words = [w for span in spans for w in span.split()]
-    for word in words:
-        word = word.rstrip(".,;:)")
+    words += re.findall(r"(?<![\w/])(?:tests|bench)/\w+\.py(?:::\w+)?", text)  # outside spans
+    for word in dict.fromkeys(w.rstrip(".,;:)") for w in words):
         path, _, test = word.partition("::")
         if re.fullmatch(r"bench_\w+\.py", path):
             path = f"bench/{path}"
@@ -210,10 +210,11 @@ def test_the_checks_catch_a_wrong_name() -> None:
     assert unknown_options(text, cli_options()) == {"--no-such-option": 1}
     assert unknown_variables(text) == {"DECLORA_NO_SUCH_VARIABLE"}
     paths = "`make tset`, `node/gone.py`, `bench_gone.py`, `tests/test_cli.py::test_gone`"
-    assert missing_paths(paths) == [
+    assert missing_paths(paths + " (tests/test_gone.py)") == [
         "make tset",
         "node/gone.py",
         "bench_gone.py",
         "tests/test_cli.py::test_gone",
+        "tests/test_gone.py",
     ]
     assert missing_paths("`make test`, `node/recipe.py`, `bench_codecs.py`") == []
