@@ -8,7 +8,7 @@ import pytest
 
 from declora.cli.client import target_problem
 from declora.node.address import address_problem, ip_of, join_address, split_address
-from declora.node.discovery import service_address
+from declora.node.mdns_services import service_address
 from declora.node.settings import load_settings
 
 

@@ -416,13 +416,13 @@ def test_bad_ids_are_ignored_and_services_are_bounded(
     """A service whose node id is no valid id is ignored (logged escaped); past
     MAX_SERVICES tracked services a newcomer takes the place of one that is no peer
     (the bad id), and is ignored once every tracked one joined a dial."""
-    from declora.node import discovery
+    from declora.node import mdns_services
 
     caplog.set_level(logging.DEBUG, logger=LOG_NAME)
     swarm = f"swarm-{uid()}"
     # a service type of this test's own: any other announcement (an earlier test's, a
     # concurrent run's) could take or free a slot of the bound while m0 and m1 come
-    monkeypatch.setattr(discovery, "SERVICE_TYPE", f"_dl-{uid()[:8]}._tcp.local.")
+    monkeypatch.setattr(mdns_services, "SERVICE_TYPE", f"_dl-{uid()[:8]}._tcp.local.")
 
     def warnings(node: MdnsDiscovery, text: str) -> list[str]:
         return [
@@ -445,7 +445,7 @@ def test_bad_ids_are_ignored_and_services_are_bounded(
             assert "\x1b" not in caplog.text
             assert len(a._generation) == 1  # bad's service, nothing else of this type
             limit = 2  # room for one more, and bad's place
-            monkeypatch.setattr(discovery, "MAX_SERVICES", limit)
+            monkeypatch.setattr(mdns_services, "MAX_SERVICES", limit)
             more = [make_node(f"m{i}", swarm=swarm, port=17213 + i) for i in range(2)]
             nodes += more
             await asyncio.gather(*(n.start() for n in more))

@@ -20,14 +20,9 @@ import pytest
 from zeroconf import DNSAddress, DNSOutgoing, DNSPointer, DNSService, DNSText, const
 from zeroconf.asyncio import AsyncZeroconf
 
-from declora.node import discovery
-from declora.node.discovery import (
-    SILENT_MOST,
-    SILENT_SECONDS,
-    Dials,
-    MdnsDiscovery,
-    select_neighbors,
-)
+from declora.node import mdns_services
+from declora.node.discovery import MdnsDiscovery, select_neighbors
+from declora.node.mdns_services import SILENT_MOST, SILENT_SECONDS, Dials
 
 LOOPBACK = "127.0.0.1"
 FAKES = 1100  # more services than a node tracks (MAX_SERVICES, 1024)
@@ -60,7 +55,7 @@ async def announce(swarm: str, ids: list[str], addresses: list[str]) -> None:
     `addresses`, in as few packets as fit, sent from its own zeroconf on 127.0.0.1."""
     zc = AsyncZeroconf(interfaces=[LOOPBACK])
     try:
-        kind, ttl = discovery.SERVICE_TYPE, 120
+        kind, ttl = mdns_services.SERVICE_TYPE, 120
         for start in range(0, len(ids), 8):
             out = DNSOutgoing(const._FLAGS_QR_RESPONSE | const._FLAGS_AA)
             for node_id, address in zip(
@@ -109,7 +104,7 @@ def near(victim: str, count: int) -> list[str]:
 @pytest.fixture
 def own_type(monkeypatch: pytest.MonkeyPatch) -> None:
     """A service type of this test's own: no other test's announcements count."""
-    monkeypatch.setattr(discovery, "SERVICE_TYPE", f"_rs-{uid()[:8]}._tcp.local.")
+    monkeypatch.setattr(mdns_services, "SERVICE_TYPE", f"_rs-{uid()[:8]}._tcp.local.")
 
 
 @pytest.mark.usefixtures("own_type")
@@ -127,7 +122,7 @@ def test_a_full_table_of_strangers_keeps_no_newcomer_out() -> None:
             await honest.start()
             # before: 'over 1024 services; ignoring more', and the newcomer never came
             await wait_for("the newcomer", lambda: honest.node_id in ids_of(victim))
-            assert len(victim._generation) <= discovery.MAX_SERVICES
+            assert len(victim._generation) <= mdns_services.MAX_SERVICES
         finally:
             await asyncio.gather(victim.stop(), honest.stop())
 
