@@ -22,8 +22,8 @@ NOT_BEGUN = "interrupted before the command began; nothing was written"
 OTHER_STOPS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
 
 _COVERED: list[signal.Signals] = []  # the signals `cover` took over
-# "json": whether the --config file asks for JSON logs (`cover`; unread: False)
-_FILE_LOG_FORMAT: dict[str, bool] = {}
+# "json": whether the --config file asks for JSON logs (read by `cover`; unread: no)
+_CONFIG_FILE: dict[str, bool] = {}
 
 
 def _ignored(signum: int, frame: FrameType | None) -> None:
@@ -59,7 +59,7 @@ def _json_asked() -> bool:
     env = os.environ.get("DECLORA_LOG_FORMAT")
     if env is not None:
         return env.strip().lower() == "json"
-    return _FILE_LOG_FORMAT.get("json", False)
+    return _CONFIG_FILE.get("json", False)
 
 
 def _option(args: list[str], flag: str) -> str | None:
@@ -127,7 +127,7 @@ def cover() -> None:
     config = _option(sys.argv[1:], "--config")
     unset = _option(sys.argv[1:], "--log-format") is None and "DECLORA_LOG_FORMAT" not in os.environ
     if config is not None and unset:
-        _FILE_LOG_FORMAT["json"] = (_file_log_format(config) or "").strip().lower() == "json"
+        _CONFIG_FILE["json"] = (_file_log_format(config) or "").strip().lower() == "json"
 
 
 def uncover() -> None:
