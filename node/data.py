@@ -556,8 +556,21 @@ def _bbcnews_unique() -> tuple[TextDataset, int]:
     return dedupe(load_bbcnews())
 
 
-def _log_dropped(source: str, dropped: int) -> None:
-    _log.info("%s: dropped %d exact or near-duplicate texts before the split", source, dropped)
+def _log_dropped(source: str, dropped: int, kept: int) -> None:
+    """Log the rows dedupe dropped: a warning for a user's data (rows they wrote are not
+    trained on), an info line for the embedded corpus (its known copies)."""
+    if not dropped:
+        return
+    if source in (EMBEDDED_DATA, EMBEDDED_CHAT):
+        _log.info("%s: dropped %d exact or near-duplicate texts before the split", source, dropped)
+        return
+    _log.warning(
+        "%s: %d of %d rows dropped before the split as exact or near duplicates of an "
+        "earlier row's text (the first kept, with its label); pass --no-dedupe to keep them",
+        source,
+        dropped,
+        kept + dropped,
+    )
 
 
 def _split(full: TextDataset, test_fraction: float, seed: int) -> tuple[TextDataset, TextDataset]:
@@ -606,8 +619,7 @@ def load_dataset(
         _same_columns(text_column, label_column)
     if source in (EMBEDDED_DATA, EMBEDDED_CHAT):  # labelled even for causal LM
         full, dropped = _bbcnews_unique() if dedupe else (load_bbcnews(), 0)
-        if dedupe:
-            _log_dropped(source, dropped)
+        _log_dropped(source, dropped, len(full))
         train, test = _split(full, test_fraction, BBC_SPLIT_SEED)
         if source == EMBEDDED_CHAT:
             from declora.node.headlines import as_headlines
@@ -626,7 +638,7 @@ def load_dataset(
             if dedupe:
                 held = len(test)
                 train, test, dropped = dedupe_split(train, test)
-                _log_dropped(source, dropped)
+                _log_dropped(source, dropped, len(train) + len(test))
                 if held and not len(test):
                     _log.warning(
                         "%s: every row of its %r split (%d) repeats a training text, so "
@@ -638,7 +650,7 @@ def load_dataset(
             full = _from_splits(p, splits, text_column, label_column, None, examples)
             if dedupe:
                 full, dropped = drop_duplicates(full)
-                _log_dropped(source, dropped)
+                _log_dropped(source, dropped, len(full))
             train, test = _split(full, test_fraction, 0)
             if not len(train):
                 read = len(full) + dropped

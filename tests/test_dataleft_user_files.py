@@ -53,3 +53,26 @@ def test_a_stray_quote_that_swallows_rows_is_still_refused(
     with pytest.raises(DataError) as caught:
         load_file(_write(tmp_path, name, body))
     assert needle in caught.value.message, caught.value.message
+
+
+def test_rows_dedupe_drops_from_a_user_file_are_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """59 of 60 rows copies of one text: the share was refused as "1 training rows" with
+    the drop only at info level, so the user saw 1 row of their 60 and no reason."""
+    import json
+    import logging
+
+    from declora.node.data import load_dataset
+
+    rows = [{"text": "same text", "label": "ab"[i % 2]} for i in range(59)]
+    body = "".join(json.dumps(r) + "\n" for r in [*rows, {"text": "other", "label": "a"}])
+    path = _write(tmp_path, "rows.jsonl", body)
+    with caplog.at_level(logging.WARNING, logger="declora.node.data"):
+        load_dataset(path)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("58 of 60 rows dropped" in m and "--no-dedupe" in m for m in warned), warned
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="declora.node.data"):
+        load_dataset(path, dedupe=False)
+    assert not [r for r in caplog.records if "dropped" in r.getMessage()]
