@@ -32,12 +32,13 @@ a /48) holds at most `SITE_SHARE` networks' shares (4 /64s of one site took all 
 A refusal carries no message, so it is taken whatever the caller's window.
 
 A streamed answer (Pull, Revocations, health's Watch, reflection) to such a caller
-holds its place the same way once its handler gave up on it (a Pull cut after 30 s
-left its place held: 16 places lost every 30 s, until every call was refused). So
-`streams` (an `Unread`) counts the calls with a streamed answer from their request on
-until they are done: at most `STREAMS_PER_NETWORK` of one network (its site: twice
-that), `STREAMS` in all (then RESOURCE_EXHAUSTED before the handler runs), so a
-network's stalled answers hold a few places for ever and no other network's.
+holds its place the same way, after its handler gave up on it too (`service`'s
+`write_within`): 24 such Pulls held every place of a server whose cap was 16, and a
+member's 12 Pulls held a node's Pull pool. So `streams` (an `Unread`) counts the
+calls with a streamed answer from their request on until they are done: at most
+`STREAMS_PER_NETWORK` of one network (its site: `SITE_SHARE` times that), `STREAMS`
+in all (then RESOURCE_EXHAUSTED before the handler runs), so a network's unread
+answers hold a few places while its connection lasts, and no other network's.
 These refusals are not counted in `status` (the interceptor sees no node's counters).
 """
 
