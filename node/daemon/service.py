@@ -379,7 +379,8 @@ class SwarmService(pb_grpc.SwarmServicer):
     async def Pull(self, request: pb.PullRequest, context: grpc.aio.ServicerContext) -> None:
         """The full state, written chunk by chunk; the Pool slot is held until it is all
         written, at most `max(round_deadline, PULL_SECONDS)` s (a caller that stops
-        reading is cut, DEADLINE_EXCEEDED `slow_stream`, and frees its slot)."""
+        reading is cut, DEADLINE_EXCEEDED `slow_stream`, and frees its slot; its call
+        keeps a place among its network's `first_message.STREAMS_PER_NETWORK`)."""
         parts = self.parts
         limit = max(parts.settings.round_deadline, PULL_SECONDS)
         try:
