@@ -23,9 +23,8 @@ if TYPE_CHECKING:
 
 
 class LazyGroup(TyperGroup):
-    """Builds `start`, `config` and `lab` only when one is invoked or help lists them:
-    their options come from the settings models (pydantic-settings, numpy), which
-    `status` and the other commands need not load."""
+    """The group: the `LAZY` commands built when one is invoked or help lists them,
+    listed first; every command's callback marks in `STATE` that it has begun."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [*LAZY, *(n for n in super().list_commands(ctx) if n not in LAZY)]
