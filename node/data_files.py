@@ -593,8 +593,10 @@ def _read_error(path: Path, builder: str, exc: Exception) -> DataError:
             "set TMPDIR to a folder on a disk with room (the file is copied there as a "
             "table while it is read)",
         )
-    if "corresponds to no data" in str(exc) or "No columns to parse" in message:
-        return DataError(f"{path}: no rows (the file is empty)", "write one example per row")
+    if "corresponds to no data" in str(exc) or "No columns to parse" in message or _no_rows(path):
+        return DataError(
+            f"{path}: no rows (columns or blank lines at most)", "write one example per row"
+        )
     if builder == "json":
         found = _diagnose_json(path)
         if found is not None:
@@ -608,6 +610,19 @@ def _read_error(path: Path, builder: str, exc: Exception) -> DataError:
         "arrow": "is it really an arrow file?",
     }
     return DataError(f"{path}: cannot read it as {builder}: {message}", hints[builder])
+
+
+def _no_rows(path: Path) -> bool:
+    """Whether `path` is a parquet file of columns and no row (which `datasets` fails to
+    read with an Arrow error of batch sizes)."""
+    if path.suffix.lower() != ".parquet":
+        return False
+    import pyarrow.parquet as pq
+
+    try:
+        return bool(pq.read_metadata(path).num_rows == 0)
+    except Exception:  # not parquet: the reader's own error says so
+        return False
 
 
 def _read_splits(path: Path) -> dict[str, Any]:

@@ -76,3 +76,24 @@ def test_rows_dedupe_drops_from_a_user_file_are_a_warning(
     with caplog.at_level(logging.WARNING, logger="declora.node.data"):
         load_dataset(path, dedupe=False)
     assert not [r for r in caplog.records if "dropped" in r.getMessage()]
+
+
+def test_a_parquet_file_of_columns_and_no_row_has_no_rows(tmp_path: Path) -> None:
+    """pandas writes an empty frame as parquet with its columns: it was "cannot read it
+    as parquet: BatchSize must be greater than 0", hint "is it really a parquet file?"."""
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "rows.parquet"
+    pq.write_table(
+        pa.table({"text": pa.array([], pa.string()), "label": pa.array([], pa.int64())}), path
+    )
+    packed = tmp_path / "rows.parquet.gz"
+    packed.write_bytes(gzip.compress(path.read_bytes()))
+    for given in (path, packed):
+        with pytest.raises(DataError) as caught:
+            load_file(given)
+        assert caught.value.message.startswith(f"{given}: no rows"), caught.value.message
+        assert caught.value.hint == "write one example per row"
