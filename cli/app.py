@@ -24,7 +24,6 @@ try:  # the slow imports; one that fails puts Python's own Ctrl-C handler back f
     from declora.cli.adapter_commands import export, generate, predict
     from declora.cli.certs_command import certs_app
     from declora.cli.exits import STATE
-    from declora.cli.exits import fail_with as fail_with  # cli/lab.py imports it from here
     from declora.cli.experiment_command import experiment
     from declora.cli.lazy_group import LazyGroup
     from declora.cli.query_commands import inspect, status

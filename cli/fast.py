@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 # every --format's values (status, config, inspect, lab, predict, generate); here so that
-# this path reads them without the typer app. `app._check_format` is the one check.
+# this path reads them without the typer app. `checks.check_format` is the one check.
 FORMATS = ("text", "json")
 
 

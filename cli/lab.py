@@ -550,7 +550,7 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
             _check_unheld(out, cfg.nodes)
             return _run_lab(cfg, out, note, topo)
     except LabBusyError as exc:
-        from declora.cli.app import fail_with
+        from declora.cli.exits import fail_with
 
         fail_with(exc)  # exit 2
         raise  # unreachable: fail_with exits
