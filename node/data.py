@@ -334,7 +334,7 @@ def is_chat_turns(value: object) -> bool:
 
 
 def _check_scalar(value: Any, where: str, number: int, what: str, column: str) -> None:
-    """A `DataError` when a row's `what` is a list or a mapping, not one value (e.g.
+    """A `DataError` when a row's `what` is a list or a mapping, not one value (a list:
     column-oriented JSON, {"text": [...], "label": [...]}, read as a single row)."""
     if isinstance(value, (list, tuple, dict)):
         raise DataError(
@@ -343,6 +343,8 @@ def _check_scalar(value: Any, where: str, number: int, what: str, column: str) -
             "these are chat turns: causal-LM chat data is read from a 'messages' column "
             "(--task lm; name yours with --messages-column)"
             if is_chat_turns(value)
+            else f"write the {what} as one value (a string or a number), not an object"
+            if isinstance(value, dict)
             else 'write one object per record, e.g. JSON Lines: {"text": "...", "label": "..."} '
             'a line, or a JSON array of such objects; not {"text": [...], "label": [...]}',
         )

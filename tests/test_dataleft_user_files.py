@@ -97,3 +97,17 @@ def test_a_parquet_file_of_columns_and_no_row_has_no_rows(tmp_path: Path) -> Non
             load_file(given)
         assert caught.value.message.startswith(f"{given}: no rows"), caught.value.message
         assert caught.value.hint == "write one example per row"
+
+
+def test_an_object_as_a_row_s_label_is_told_to_be_one_value(tmp_path: Path) -> None:
+    """The hint was the one for column-oriented JSON ({"text": [...], ...}), which the
+    file is not."""
+    import json
+
+    rows = [{"text": f"text {i}", "label": "ab"[i % 2]} for i in range(10)]
+    rows[2]["label"] = {"name": "a"}
+    path = _write(tmp_path, "rows.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError) as caught:
+        load_file(path)
+    assert "row 3: the label in column 'label' is a dict" in caught.value.message
+    assert caught.value.hint == "write the label as one value (a string or a number), not an object"
