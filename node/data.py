@@ -380,6 +380,28 @@ def read_texts(ds: Any, where: str, text_column: str) -> tuple[str, ...]:
     return tuple(str(t) for t in texts)
 
 
+def _check_nested(ds: Any, where: str, text_column: str) -> None:
+    """A `DataError` for a JSON file of one object whose rows are a list under a key
+    ({"data": [{"text": ...}, ...]}), read as one row without `text_column`."""
+    if len(ds) != 1 or text_column in ds.column_names:
+        return
+    row = ds[0]
+    for key in sorted(ds.column_names):
+        value = row[key]
+        if (
+            isinstance(value, list)
+            and value
+            and isinstance(value[0], Mapping)
+            and (text_column in value[0])
+        ):
+            raise DataError(
+                f"{where}: one object whose rows are nested under {key!r} "
+                f"({len(value)} of them), not rows of their own",
+                "write the rows one JSON object a line (JSON Lines) or as a top-level "
+                f"[...] array, e.g. jq -c '.{key}[]' FILE > rows.jsonl",
+            )
+
+
 def _raw(
     ds: Any,
     path: Path,
@@ -392,6 +414,7 @@ def _raw(
     if len(ds) == 0:
         raise DataError(f"{where}: no rows", "write one example per row")
     if examples is None:
+        _check_nested(ds, where, text_column)
         texts, chats = read_texts(ds, where, text_column), None
     else:
         texts, chats = examples(ds, where)

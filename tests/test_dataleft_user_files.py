@@ -111,3 +111,17 @@ def test_an_object_as_a_row_s_label_is_told_to_be_one_value(tmp_path: Path) -> N
         load_file(path)
     assert "row 3: the label in column 'label' is a dict" in caught.value.message
     assert caught.value.hint == "write the label as one value (a string or a number), not an object"
+
+
+def test_rows_nested_under_a_key_are_told_to_be_rows(tmp_path: Path) -> None:
+    """{"data": [{"text": ..., "label": ...}, ...]} read as one row: the hint was to name
+    the text column with --text-column, and --text-column data then refused a list."""
+    import json
+
+    rows = [{"text": f"text {i}", "label": "ab"[i % 2]} for i in range(10)]
+    path = _write(tmp_path, "rows.json", json.dumps({"version": 1, "data": rows}))
+    with pytest.raises(DataError) as caught:
+        load_file(path)
+    assert "rows are nested under 'data' (10 of them)" in caught.value.message
+    assert "jq -c '.data[]'" in (caught.value.hint or "")
+    assert len(load_file(_write(tmp_path, "rows2.json", json.dumps(rows)))) == 10
