@@ -151,7 +151,7 @@ def _csv_options(datasets: Any, path: Path) -> dict[str, Any]:
     that is empty (not trailing) or repeated, and every row `_check_rows` refuses."""
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
     skip = 0
-    with path.open(encoding="utf-8-sig", newline="") as fh:
+    with _field_limit(path.stat().st_size), path.open(encoding="utf-8-sig", newline="") as fh:
         declared = _SEP_LINE.fullmatch(fh.readline().rstrip("\r\n"))
         if declared:
             sep, skip = declared.group(1), 1
@@ -178,6 +178,18 @@ def _csv_options(datasets: Any, path: Path) -> dict[str, Any]:
         "na_filter": False,
         "index_col": False,
     }
+
+
+@contextmanager
+def _field_limit(size: int) -> Iterator[None]:
+    """csv's field size limit (131,072 characters) raised to `size` for a block, so a
+    long text does not end the check of the rows after it (pandas reads it whole)."""
+    before = csv.field_size_limit()
+    csv.field_size_limit(max(before, size))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(before)
 
 
 def _check_header(header: list[str], path: Path, sep: str, line: int) -> int:
@@ -254,7 +266,7 @@ def _check_rows(reader: Any, path: Path, header: list[str], named: int, sep: str
         raise file_not_utf8(path) from exc
     except csv.Error as exc:
         if "expected after" not in str(exc) and "end of data" not in str(exc):
-            return  # e.g. a text over csv's field size limit: left to the reader
+            return  # e.g. a NUL byte: left to the reader
         raise DataError(
             f"{path}:{start}: cannot read it as csv: row {row + 1} opens a quoted field that "
             + (

@@ -125,3 +125,15 @@ def test_rows_nested_under_a_key_are_told_to_be_rows(tmp_path: Path) -> None:
     assert "rows are nested under 'data' (10 of them)" in caught.value.message
     assert "jq -c '.data[]'" in (caught.value.hint or "")
     assert len(load_file(_write(tmp_path, "rows2.json", json.dumps(rows)))) == 10
+
+
+def test_a_long_text_does_not_end_the_check_of_the_rows_after_it(tmp_path: Path) -> None:
+    """A text over csv's 131,072-character field limit ended the check silently: a stray
+    quote mark after it swallowed rows that pandas then merged into one."""
+    long_text = "word " * 40_000  # 200,000 characters
+    body = f'text,label\nq r,a\n"{long_text}",b\n"x y,a\nm n,b\nfoo",b\n'
+    with pytest.raises(DataError) as caught:
+        load_file(_write(tmp_path, "long.csv", body))
+    assert "row 3's quoted field in column 1 runs over line 5" in caught.value.message
+    data = load_file(_write(tmp_path, "fine.csv", f'text,label\nq r,a\n"{long_text}",b\n'))
+    assert data.texts[1] == long_text
