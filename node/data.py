@@ -521,6 +521,22 @@ def _label_datasets(
     return out
 
 
+def _warn_test_only(train: TextDataset, test: TextDataset, source: str, split: str) -> None:
+    """One warning naming the labels of a saved dataset's test split that its training
+    split lacks: no node learns them, so each of those test rows is scored wrong."""
+    if train.labels is None or test.labels is None:
+        return
+    missing = np.setdiff1d(np.unique(test.labels), np.unique(train.labels))
+    if len(missing):
+        rows = int(np.isin(test.labels, missing).sum())
+        _log.warning(
+            "%s: label(s) %s are in its %r split only, on %d row(s): no node trains on "
+            "them, so those rows are always scored wrong (give the training split rows of "
+            "them, or drop them from the %r split)",
+            source, [train.label_names[i] for i in missing[:5]], split, rows, split,
+        )  # fmt: skip
+
+
 def load_file(
     path: str | Path,
     text_column: str = "text",
@@ -660,6 +676,7 @@ def load_dataset(
                 for name in (TRAIN_SPLIT, test_name)
             ]
             train, test = _label_datasets(raws, None, source)
+            _warn_test_only(train, test, source, test_name)
             if dedupe:
                 held = len(test)
                 train, test, dropped = dedupe_split(train, test)

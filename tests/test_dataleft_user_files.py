@@ -137,3 +137,27 @@ def test_a_long_text_does_not_end_the_check_of_the_rows_after_it(tmp_path: Path)
     assert "row 3's quoted field in column 1 runs over line 5" in caught.value.message
     data = load_file(_write(tmp_path, "fine.csv", f'text,label\nq r,a\n"{long_text}",b\n'))
     assert data.texts[1] == long_text
+
+
+def test_a_label_of_the_saved_test_split_only_is_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A saved train/test pair whose test split holds a class the training split lacks:
+    the class got a head row no node trained, its test rows always wrong, silently."""
+    import logging
+
+    import datasets
+
+    from declora.node.data import load_dataset
+
+    train = {"text": [f"train text {i}" for i in range(12)], "label": ["a", "b"] * 6}
+    test = {"text": ["test one", "test two", "test three"], "label": ["a", "c", "c"]}
+    folder = tmp_path / "saved"
+    datasets.DatasetDict(
+        train=datasets.Dataset.from_dict(train), test=datasets.Dataset.from_dict(test)
+    ).save_to_disk(str(folder))
+    with caplog.at_level(logging.WARNING, logger="declora.node.data"):
+        _, held = load_dataset(folder)
+    assert held.label_names == ("a", "b", "c")
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("['c'] are in its 'test' split only, on 2 row(s)" in m for m in warned), warned
