@@ -234,8 +234,16 @@ def from_root(p: Path) -> Path:
         )
     if not run_folder.names_checkpoint(name) and p not in _told:
         _told.add(p)
-        what = "holds no LATEST" if name is None else f"LATEST names no checkpoint ({name!r})"
-        _log.warning("%s %s: using its newest complete checkpoint, %s", p, what, found.name)
+        if name is None:
+            _log.warning("%s holds no LATEST: using its newest complete checkpoint, %s", p, found)
+        else:
+            _log.warning(
+                "%s: LATEST names no checkpoint (%r: damaged): using its newest complete "
+                "checkpoint, %s",
+                p,
+                name,
+                found,
+            )
     return found
 
 
