@@ -647,9 +647,14 @@ def _read_splits(path: Path) -> dict[str, Any]:
         try:
             loaded = datasets.load_from_disk(str(path), keep_in_memory=True)
         except FileNotFoundError as exc:
+            files = sorted(str(f) for f in path.iterdir() if data_suffix(f) in BUILDERS)
             raise DataError(
                 f"{path} is a folder but not one written by Dataset.save_to_disk",
-                f"pass a data file ({SUPPORTED_HINT.removeprefix('use ')})",
+                f"pass one of its data files ({', '.join(files[:3])}"
+                + (", ..." if len(files) > 3 else "")
+                + "); a train/test pair is read from a folder DatasetDict.save_to_disk wrote"
+                if files
+                else f"pass a data file ({SUPPORTED_HINT.removeprefix('use ')})",
             ) from exc
         if isinstance(loaded, datasets.DatasetDict):
             return dict(loaded.items())

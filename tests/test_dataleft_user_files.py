@@ -161,3 +161,18 @@ def test_a_label_of_the_saved_test_split_only_is_a_warning(
     assert held.label_names == ("a", "b", "c")
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("['c'] are in its 'test' split only, on 2 row(s)" in m for m in warned), warned
+
+
+def test_a_folder_of_data_files_is_told_to_pass_one(tmp_path: Path) -> None:
+    """A folder holding train.jsonl (not a save_to_disk folder) got the generic list of
+    file types; its own data files are named now."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    _write(folder, "train.jsonl", '{"text": "a", "label": "x"}\n')
+    _write(folder, "notes.txt", "my notes\n")
+    with pytest.raises(DataError) as caught:
+        load_file(folder)
+    assert "is a folder but not one written by Dataset.save_to_disk" in caught.value.message
+    assert (caught.value.hint or "").startswith(
+        f"pass one of its data files ({folder}/train.jsonl)"
+    )
