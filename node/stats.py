@@ -100,7 +100,8 @@ def summarize(
     again inside the replicate) and their mean. [low, high] is the central `level`
     percentile interval of those means, widened at level 0.95 to at least the
     Student-t interval mean ± t(S-1) std / sqrt(S) over the S seeds (a percentile
-    bootstrap of 3 seeds understates their spread). Deterministic for a given `seed`.
+    bootstrap of 3 seeds understates their spread), then cut to what the figure can be
+    (an accuracy: [0, 100]; a difference: [-100, 100]). Deterministic for a given `seed`.
     Raises ValueError on empty input, mismatched lengths, reps < 1 or level outside
     (0, 1).
     """
@@ -139,6 +140,8 @@ def summarize(
     if n_seeds > 1 and level == 0.95:
         half = t95(n_seeds - 1) * std / np.sqrt(n_seeds)
         low, high = min(low, mean - half), max(high, mean + half)
+    bound = 100.0  # an accuracy lies in [0, 100] points, a difference in [-100, 100]
+    low, high = max(low, 0.0 if reference is None else -bound), min(high, bound)
     return Interval(mean=mean, std=std, low=low, high=high, seeds=n_seeds)
 
 

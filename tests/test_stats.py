@@ -24,9 +24,13 @@ def test_seeds_are_resampled() -> None:
     iv = summarize([np.ones(40, dtype=bool), np.zeros(60, dtype=bool)], level=0.9)
     assert (iv.mean, iv.low, iv.high) == (50.0, 0.0, 100.0)
     assert iv.std == pytest.approx(100 / np.sqrt(2))
-    # at 0.95 the interval is at least Student's: 50 +- t(1) 100 / sqrt(2) / sqrt(2)
+    # at 0.95 the interval is at least Student's, 50 +- t(1) 100 / sqrt(2) / sqrt(2),
+    # cut to the [0, 100] an accuracy lies in
     wide = summarize([np.ones(40, dtype=bool), np.zeros(60, dtype=bool)])
-    assert (wide.low, wide.high) == pytest.approx((50 - 12.706 * 50, 50 + 12.706 * 50))
+    assert (wide.low, wide.high) == (0.0, 100.0)
+    halves = [np.ones(40) * 0.5, np.ones(60) * 0.5]
+    pair = summarize([np.ones(40) * 0.55, np.ones(60) * 0.45], halves)  # +5 and -5 points
+    assert (pair.low, pair.high) == pytest.approx((-12.706 * 5, 12.706 * 5))
 
 
 def test_mean_and_std_are_over_per_seed_accuracies() -> None:
@@ -37,7 +41,7 @@ def test_mean_and_std_are_over_per_seed_accuracies() -> None:
     assert iv.std == pytest.approx(np.std(per_seed, ddof=1))
     assert iv.seeds == 3
     half = 4.303 * iv.std / np.sqrt(3)  # Student's t, 2 degrees of freedom
-    assert iv.low <= iv.mean - half and iv.high >= iv.mean + half
+    assert iv.low <= max(0.0, iv.mean - half) and iv.high >= min(100.0, iv.mean + half)
     one = summarize([np.array([1, 0, 1, 1])], reps=500)
     assert (one.mean, one.std) == (75.0, 0.0)
 
@@ -167,3 +171,19 @@ def test_shared_examples_widen_when_seeds_share_hard_examples() -> None:
 def test_shared_examples_need_one_test_set() -> None:
     with pytest.raises(ValueError, match="one test set"):
         summarize([np.ones(3), np.ones(4)], shared_examples=True)
+
+
+def test_an_interval_never_leaves_what_the_figure_can_be() -> None:
+    """Three seeds far apart near 100%: the Student-t widening alone reached past 100
+    (the methods table once showed decaf at [81.2, 101.4])."""
+    n = 100
+    seeds = [np.r_[np.ones(k), np.zeros(n - k)] for k in (100, 99, 75)]
+    iv = summarize(seeds)
+    half = 4.303 * iv.std / np.sqrt(3)
+    assert iv.mean + half > 100  # the widening alone would pass 100
+    assert iv.high == 100.0 and 0.0 <= iv.low < iv.mean
+    low = summarize([np.r_[np.zeros(n - k), np.ones(k)] for k in (0, 1, 25)])
+    assert low.mean - 4.303 * low.std / np.sqrt(3) < 0
+    assert low.low == 0.0 and low.high <= 100.0
+    diff = summarize(seeds, [np.zeros(n)] * 3)  # against a reference that is always wrong
+    assert diff.high == 100.0 and diff.low >= -100.0
