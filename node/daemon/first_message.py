@@ -38,7 +38,11 @@ member's 12 Pulls held a node's Pull pool. So `streams` (an `Unread`) counts the
 calls with a streamed answer from their request on until they are done: at most
 `STREAMS_PER_NETWORK` of one network (its site: `SITE_SHARE` times that), `STREAMS`
 in all (then RESOURCE_EXHAUSTED before the handler runs), so a network's unread
-answers hold a few places while its connection lasts, and no other network's.
+answers hold a few places while its connection lasts, and no other network's. The IP
+of a live neighbour (`neighbours`, told by `service.SwarmService`) holds
+`STREAMS_PER_NEIGHBOUR` kept places per live neighbour there before its network's
+share: the nodes of one lab (127.0.0.1) or LAN (one /24) share a network, and 3 of 7
+neighbours that pulled a state at once were refused (a failed catch-up: it backs off).
 These refusals are not counted in `status` (the interceptor sees no node's counters).
 """
 
@@ -53,7 +57,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from declora.node.limits import host_key, peer_host, site_key
+from declora.node.limits import address_key, host_key, peer_host, site_key
 
 WAIT_SECONDS = 10.0  # a call's request message must come within this
 WAITING = 64  # calls waiting for their request message at once
@@ -65,6 +69,10 @@ SITE_SHARE = 2  # an IPv6 site (`limits.site_key`) holds this many networks' sha
 # REFLECTIONS, 8 each), however long their callers leave them unread
 STREAMS = 32
 STREAMS_PER_NETWORK = 4  # ...of one network: less than the Pull pool
+# ...kept for a live neighbour's IP, beyond its network's share, per live neighbour
+# there (its Pull and its Revocations): the nodes of one LAN or lab share a network
+STREAMS_PER_NEIGHBOUR = 2
+KEPT = "kept:"  # `Unread`'s key prefix of a live neighbour's IP's kept places
 
 
 @dataclass(eq=False)
@@ -110,42 +118,51 @@ class Unread:
     networks' shares, so one site cannot take `size` by 4 of its /64s) (`FirstMessage`)."""
 
     def __init__(
-        self, size: int = UNREAD, per_network: int = UNREAD_PER_NETWORK, what: str = "answers"
+        self,
+        size: int = UNREAD,
+        per_network: int = UNREAD_PER_NETWORK,
+        what: str = "answers",
+        done: str = "read by their callers",
     ) -> None:
         self.size = size
         self.per_network = per_network
         self.what = what
+        self.done = done  # what a refusal says the counted calls are not yet
         self.total = 0
         self.by_network: dict[str, int] = {}  # by network and by site
 
-    def _keys(self, host: str) -> list[tuple[str, int]]:
-        """The keys `host` counts towards, each with its bound."""
+    def _keys(self, host: str, kept: bool = False) -> list[tuple[str, int]]:
+        """The keys `host` counts towards, each with its bound (`kept`: a live
+        neighbour's IP's own places, which `FirstMessage.stream` bounds)."""
+        if kept:
+            return [(KEPT + address_key(host), self.size)]
         keys = [(host_key(host), self.per_network)]
         site = site_key(host)
         if site is not None:
             keys.append((site, SITE_SHARE * self.per_network))
         return keys
 
-    def refusal(self, host: str, answering: bool) -> str | None:
+    def refusal(self, host: str, answering: bool, kept: bool = False) -> str | None:
         """Why a call from remote `host` (`limits.peer_host`) may not go on (None: it
         may): before its handler runs (`answering` False) while its network or site
-        has its share unread; with its answer (`answering`) also while `size` are."""
-        for key, most in self._keys(host):
+        has its share unread (not for a `kept` place); with its answer (`answering`)
+        also while `size` are."""
+        for key, most in self._keys(host, kept):
             if self.by_network.get(key, 0) >= most:
-                return f"{most} {self.what} to {key} are not yet read by their callers"
+                return f"{most} {self.what} to {key} are not yet {self.done}"
         if answering and self.total >= self.size:
-            return f"{self.size} {self.what} are not yet read by their callers"
+            return f"{self.size} {self.what} are not yet {self.done}"
         return None
 
-    def take(self, host: str) -> None:
+    def take(self, host: str, kept: bool = False) -> None:
         self.total += 1
-        for key, _ in self._keys(host):
+        for key, _ in self._keys(host, kept):
             self.by_network[key] = self.by_network.get(key, 0) + 1
 
-    def taken(self, host: str) -> None:
-        """One answer to `host` was taken (its call is done)."""
+    def taken(self, host: str, kept: bool = False) -> None:
+        """One answer to `host` was taken (its call is done); `kept` as it was taken."""
         self.total -= 1
-        for key, _ in self._keys(host):
+        for key, _ in self._keys(host, kept):
             left = self.by_network[key] - 1
             if left:
                 self.by_network[key] = left
@@ -169,7 +186,10 @@ class FirstMessage(grpc.aio.ServerInterceptor):
         self.wait_seconds = wait_seconds
         self.room = Room(room)
         self.unread = unread or Unread()
-        self.streams = streams or Unread(STREAMS, STREAMS_PER_NETWORK, "streamed answers")
+        self.streams = streams or Unread(STREAMS, STREAMS_PER_NETWORK, "streamed answers", "done")
+        # live neighbours at a remote IP (`limits.address_key`): none until the Swarm
+        # service says (`service.SwarmService`)
+        self.neighbours: Callable[[str], int] = lambda ip: 0
 
     async def intercept_service(
         self,
@@ -219,17 +239,27 @@ class FirstMessage(grpc.aio.ServerInterceptor):
     ) -> None:
         """Write the streamed answer to `host` that `handle()` (its handler) makes,
         counted in `streams` until its call is done (else RESOURCE_EXHAUSTED, before
-        the handler runs)."""
-        await self.admit(context, self.streams, host, answering=True)
-        self.streams.take(host)
-        context.add_done_callback(lambda _: self.streams.taken(host))
+        the handler runs): in a kept place while its IP holds fewer than
+        `STREAMS_PER_NEIGHBOUR` for each live neighbour there, else in its network's
+        share."""
+        ip = address_key(host)
+        keep = STREAMS_PER_NEIGHBOUR * self.neighbours(ip)
+        kept = self.streams.by_network.get(KEPT + ip, 0) < keep
+        await self.admit(context, self.streams, host, answering=True, kept=kept)
+        self.streams.take(host, kept)
+        context.add_done_callback(lambda _: self.streams.taken(host, kept))
         await _written(handle(), context)
 
     async def admit(
-        self, context: grpc.aio.ServicerContext, unread: Unread, host: str, answering: bool
+        self,
+        context: grpc.aio.ServicerContext,
+        unread: Unread,
+        host: str,
+        answering: bool,
+        kept: bool = False,
     ) -> None:
         """Abort the call (RESOURCE_EXHAUSTED) when `unread.refusal` says so."""
-        refusal = unread.refusal(host, answering)
+        refusal = unread.refusal(host, answering, kept)
         if refusal is not None:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
 

@@ -265,18 +265,24 @@ class SwarmService(pb_grpc.SwarmServicer):
         self.header_seconds = header_seconds(header_bytes(parts.inbox.me), s.stream_idle_seconds)
         self._live: tuple[tuple[str, str], ...] = ()  # (host, address) of the live peers...
         self._neighbour_ips: Counter[str] = Counter()  # ...and how many live at each IP
+        # streamed answers keep places for live neighbours' IPs (`first_message`)
+        parts.handshaker.transport.neighbours = self.neighbours_at
 
-    def allowance(self, ip: str) -> int:
-        """Kept push places (`Pools.push`) for remote IP `ip` (`limits.address_key`):
-        `STREAMS_PER_PEER` for each live neighbour whose IP it is (the host of its last
-        accepted inbound Hello, else its address's IP; none for a neighbour dialled by
-        DNS name that never called)."""
+    def neighbours_at(self, ip: str) -> int:
+        """Live neighbours whose IP is remote IP `ip` (`limits.address_key`): the host
+        of its last accepted inbound Hello, else its address's IP; none for a neighbour
+        dialled by DNS name that never called."""
         live = self.parts.peers.live
         seen = tuple((p.host, p.address) for p in live)
         if seen != self._live:
             ips = (address_key(p.host) if p.host else address_ip(p.address) for p in live)
             self._live, self._neighbour_ips = seen, Counter(str(i) for i in ips if i)
-        return STREAMS_PER_PEER * self._neighbour_ips[ip]
+        return self._neighbour_ips[ip]
+
+    def allowance(self, ip: str) -> int:
+        """Kept push places (`Pools.push`) for remote IP `ip`: `STREAMS_PER_PEER` for
+        each live neighbour there (`neighbours_at`)."""
+        return STREAMS_PER_PEER * self.neighbours_at(ip)
 
     def _certificate(self, context: grpc.aio.ServicerContext) -> None:
         """Raise WireError for a caller whose certificate may call nothing under mTLS

@@ -91,6 +91,9 @@ class Transport:
         self.reserved: socket.socket | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self._before_stop: list[Callable[[], None]] = []
+        # live neighbours at a remote IP, for `first_message.FirstMessage.neighbours`
+        # (set by `service.SwarmService`; none before)
+        self.neighbours: Callable[[str], int] = lambda ip: 0
 
     def reserve(self) -> None:
         """Hold the listen port now (ServerError when it is taken); `start` binds it."""
@@ -123,8 +126,10 @@ class Transport:
             ("grpc.max_concurrent_streams", STREAMS_PER_CONNECTION),
         ]
         cap = max_rpcs + WATCHES + REFLECTIONS + WAITING + UNREAD
+        first_message = FirstMessage()
+        first_message.neighbours = lambda ip: self.neighbours(ip)  # looked up at each call
         server = grpc.aio.server(
-            options=options, maximum_concurrent_rpcs=cap, interceptors=[FirstMessage()]
+            options=options, maximum_concurrent_rpcs=cap, interceptors=[first_message]
         )
         pb_grpc.add_SwarmServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
