@@ -135,7 +135,7 @@ Offsets = list[tuple[list[int], list[tuple[int, int]]]]
 class Tokenizer(Protocol):
     """The part of a tokenizer declora uses: texts -> padded id and mask tensors; for
     causal LM also unpadded ids, the EOS token, a chat template and character offsets
-    (node/lm_data.py)."""
+    (node/lm_data/)."""
 
     @property
     def pad_id(self) -> int: ...

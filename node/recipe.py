@@ -119,7 +119,7 @@ class DataRecipe(BaseModel):
         (),
         description="the swarm's label set, in order: a,b,c or @FILE (default: from the data)",
     )
-    # causal-LM data (node/lm_data.py)
+    # causal-LM data (node/lm_data/)
     data_format: DataFormat = Field(
         "auto",
         description="lm data: auto, text, messages, prompt-response or instruction "

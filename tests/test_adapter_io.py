@@ -165,6 +165,7 @@ def test_checkpoint_layouts_resolve_to_their_adapter(
     _, _, path = saved
     ckpt = tmp_path / "ckpt-00000012"
     shutil.copytree(path, ckpt / "adapter")
+    (ckpt / "state.pt").write_bytes(b"")  # complete: LATEST names no half checkpoint
     (tmp_path / "LATEST").write_text("ckpt-00000012\n")
     assert adapter_folder(tmp_path) == ckpt / "adapter"
     assert adapter_folder(ckpt) == ckpt / "adapter"

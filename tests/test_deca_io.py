@@ -76,6 +76,7 @@ def test_load_adapter_gives_the_in_process_classifier(cls_folder: Saved, tmp_pat
     assert adapter.merge() is adapter.model  # nothing to merge
     ckpt = tmp_path / "ckpt-00000004"  # a checkpoint root resolves to its model folder
     shutil.copytree(path, ckpt / "adapter")
+    (ckpt / "state.pt").write_bytes(b"")  # complete: LATEST names no half checkpoint
     (tmp_path / "LATEST").write_text(ckpt.name + "\n")
     torch.testing.assert_close(load_adapter(tmp_path).logits(TEXTS), ours, atol=1e-6, rtol=0)
 
