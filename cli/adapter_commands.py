@@ -134,7 +134,10 @@ def export(
     from declora.node import run_folder
 
     if output is None:
-        fail("--output is required: the folder to write")
+        fail(
+            "--output is required: the folder to write",
+            hint=f"e.g. declora-node export {adapter} --output exported",
+        )
         return
     check_output(output, "--output", force, replaced="the whole folder")
     try:

@@ -26,7 +26,7 @@ def check_format(fmt: str) -> None:
     """Exit 2 unless `fmt` is one of FORMATS, the values of every --format (before any
     work)."""
     if fmt not in FORMATS:
-        hint = "use --format json" if fmt == "jsonl" else ""
+        hint = "use --format json" if fmt == "jsonl" else "leave --format out for text"
         fail(f"--format must be {' or '.join(FORMATS)}, got {fmt!r}", hint=hint)
 
 
@@ -52,14 +52,16 @@ def check_output(
 
 
 def check_call(target: str | None, timeout: float | None = None) -> None:
-    """Exit 2 when --target is not host:port or --timeout is out of range (before any call)."""
-    from declora.cli.client import target_problem, timeout_problem
+    """Exit 2 with a hint when --target is not host:port or --timeout is out of range
+    (before any call)."""
+    from declora.cli.client import MAX_TIMEOUT, target_problem, timeout_problem
 
-    problem = (target_problem(target) if target is not None else None) or (
-        timeout_problem(timeout) if timeout is not None else None
-    )
+    problem = target_problem(target) if target is not None else None
     if problem:
-        fail(problem)
+        fail(problem, hint="give the address and port the node listens on, as its --advertise says")
+    problem = timeout_problem(timeout) if timeout is not None else None
+    if problem:
+        fail(problem, hint=f"give seconds between 0 and {MAX_TIMEOUT:g}, e.g. --timeout 30")
 
 
 def client_tls(

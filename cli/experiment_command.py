@@ -96,7 +96,7 @@ def experiment(
         return
 
     if task not in GRIDS:
-        fail(f"--task must be one of {', '.join([*GRIDS, *STUDIES])}, got {task!r}")
+        fail(f"--task must be one of {', '.join([*GRIDS, *STUDIES])}, got {task!r}", hint=help_hint)
     if workers is not None:
         fail(
             f"--workers is for --task {', '.join(STUDIES)}: --task {task} runs its grid one "

@@ -54,7 +54,11 @@ def inspect(
     """Describe a saved adapter/checkpoint (config, tensors, fingerprint) or a node's peers."""
     check_format(fmt)
     if (path is None) == (target is None):
-        fail("give either PATH or --target")
+        fail(
+            "give either PATH or --target",
+            hint="a saved adapter's folder (e.g. declora-state/NODE/adapter), or a node's "
+            "host:port (e.g. --target 127.0.0.1:7070)",
+        )
     check_call(target)
     need_temp_folder()  # cli.inspect imports torch (a --target too)
     from declora.cli.inspect import InspectError, inspect_path, inspect_target

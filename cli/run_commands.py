@@ -123,12 +123,14 @@ def _lab(fmt: str, force: bool, options: dict[str, Any], guard: Interrupts) -> N
 
 def _bad_configuration(exc: ValidationError, command: str) -> None:
     """Exit 2 naming each bad option of `command`'s config model: `--option: message`."""
-    problems = "; ".join(_problem(e["loc"], e["msg"]) for e in exc.errors())
-    fail(f"bad configuration: {problems}", hint=config_hint(command))
+    from declora.node.settings import error_hints, error_message
+
+    errors = exc.errors()
+    problems = "; ".join(_problem(e["loc"], error_message(e)) for e in errors)
+    fail(f"bad configuration: {problems}", hint=error_hints(errors) or config_hint(command))
 
 
 def _problem(loc: tuple[int | str, ...], msg: str) -> str:
     """One validation error as the user would fix it: `--option: message`."""
-    msg = msg.removeprefix("Value error, ")
     option = "-".join(str(p) for p in loc).replace("_", "-")
     return f"--{option}: {msg}" if option else msg  # model-level checks name their options

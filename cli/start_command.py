@@ -58,10 +58,8 @@ def _settings(
     except (SettingsError, ConfigFileError) as exc:
         if STATE["debug"]:
             raise
-        hint = config_hint(command, config=command == "start")
-        if isinstance(exc, ConfigFileError):  # it says its own hint
-            refuse(exc.message, hint=exc.hint or hint, json_logs=json_logs)
-        refuse(str(exc), hint=hint, json_logs=json_logs)
+        hint = exc.hint or config_hint(command, config=command == "start")
+        refuse(exc.message, hint=hint, json_logs=json_logs)
     for line in resolved.warnings:  # a key or secret open to others, a certificate ending
         warn(line, json_logs)
     return resolved

@@ -418,9 +418,10 @@ ENV_PREFIX = "DECLORA_"
 OTHER_VARIABLES = frozenset({"DECLORA_CRASH_AT", "DECLORA_CRASH_ARM_FILE"})
 
 
-class SettingsError(ValueError):
-    """Settings that cannot be built; `str()` is one line naming each bad value where it
-    was given: `--flag`, `DECLORA_VARIABLE` or `file: key 'k'`."""
+class SettingsError(HintedError):
+    """Settings that cannot be built: `message` is one line naming each bad value where
+    it was given (`--flag`, `DECLORA_VARIABLE` or `file: key 'k'`); `hint` joins the
+    hints its validators gave apart (`error_hints`), '' when none did."""
 
 
 def option_name(field: str) -> str:
@@ -507,10 +508,25 @@ def given_name(field: str, origins: dict[str, str], config_file: Path | None) ->
     return option_name(field)
 
 
+def error_message(error: Any) -> str:
+    """One pydantic validation error's message; a validator's `HintedError` (data,
+    model, TLS files) without its hint, which `error_hints` gives apart."""
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, HintedError):
+        return cause.message
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def error_hints(errors: list[Any]) -> str:
+    """The hints of pydantic validation errors' `HintedError`s, each once, in order."""
+    hints = (getattr(e.get("ctx", {}).get("error"), "hint", "") for e in errors)
+    return "; ".join(dict.fromkeys(h for h in hints if h))
+
+
 def _problem(error: Any, origins: dict[str, str], config_file: Path | None) -> str:
     """One validation error, named where the user gave the value."""
     loc = error["loc"]
-    msg = str(error["msg"]).removeprefix("Value error, ")
+    msg = error_message(error)
     if not loc:
         return msg  # model-level checks name their options
     field = str(loc[0])
@@ -528,8 +544,9 @@ def _problem(error: Any, origins: dict[str, str], config_file: Path | None) -> s
 
 
 def resolve_settings(cli: dict[str, Any], config_file: Path | None = None) -> Resolved:
-    """`load_settings` with each value's origin; SettingsError (one line) naming every bad
-    value as the user gave it, ConfigFileError for a missing or unreadable file."""
+    """`load_settings` with each value's origin; SettingsError naming every bad value as
+    the user gave it (with its validators' hints), ConfigFileError for a missing or
+    unreadable file."""
     from pydantic import ValidationError
 
     data = read_config_file(config_file) if config_file else {}
@@ -538,8 +555,9 @@ def resolve_settings(cli: dict[str, Any], config_file: Path | None = None) -> Re
         with named_as(lambda field: given_name(field, origins, config_file)):
             settings = load_settings(cli, config_file)
     except ValidationError as exc:
-        problems = "; ".join(_problem(e, origins, config_file) for e in exc.errors())
-        raise SettingsError(f"bad configuration: {problems}") from exc
+        errors = exc.errors()
+        problems = "; ".join(_problem(e, origins, config_file) for e in errors)
+        raise SettingsError(f"bad configuration: {problems}", error_hints(errors)) from exc
     if settings.swarm_secret_file is not None:  # the secret it holds: from there
         origins["swarm_secret"] = "swarm-secret-file"
     if origins["advertise"] == "default":  # copied from --listen (`_fill`)
