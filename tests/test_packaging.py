@@ -1,48 +1,32 @@
-"""The wheel `pip install .` builds (the Docker image's install) holds every module.
+"""The wheel `pip install .` builds (the Docker image's install) holds every file.
 
-An editable install finds subpackages on disk whatever pyproject lists; a wheel holds
-only the packages listed, so a subpackage missing from the list is missing for users.
+An editable install finds subpackages and data files on disk whatever pyproject lists;
+a wheel holds only the packages and package-data listed, so one missing from the lists
+is missing for users.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("node", "cli", "proto")
+from pkgcheck_wheel import PARTS, build_wheel, copy_sources
 
 
 @pytest.mark.integration
 @pytest.mark.timeout(300)
-def test_the_wheel_holds_every_module_of_the_tree(tmp_path: Path) -> None:
-    src = tmp_path / "src"  # setuptools writes build/ beside the sources: not in the tree
-    src.mkdir()
-    shutil.copy(ROOT / "pyproject.toml", src)
-    for name in ("README.md", "LICENSE"):
-        if (ROOT / name).is_file():
-            shutil.copy(ROOT / name, src)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for part in PARTS:
-        shutil.copytree(ROOT / part, src / part, ignore=ignore)
-    out = tmp_path / "wheel"
-    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
-    done = subprocess.run(
-        [*build, "-q", "-w", str(out), str(src)], capture_output=True, text=True, timeout=240
-    )
-    assert done.returncode == 0, done.stderr
-    [wheel] = out.glob("declora-*.whl")
+def test_the_wheel_holds_every_file_of_the_tree(tmp_path: Path) -> None:
+    """Modules, py.typed, declora.proto and the .pyi stubs alike."""
+    src = copy_sources(tmp_path / "src")
+    wheel = build_wheel(src, tmp_path / "wheel")
     held = set(zipfile.ZipFile(wheel).namelist())
-    modules = {
+    files = {
         f"declora/{path.relative_to(src).as_posix()}"
         for part in PARTS
-        for path in (src / part).rglob("*.py")
+        for path in (src / part).rglob("*")
+        if path.is_file()
     }
-    assert modules, "no module found in the tree"
-    assert sorted(modules - held) == []
+    assert sorted(files - held) == []
+    assert "declora/proto/declora.proto" in held  # a data file: package-data
     assert "declora/node/daemon/daemon.py" in held  # the daemon itself
