@@ -7,6 +7,7 @@ deselect them locally with ``-m "not slow"``.
 from __future__ import annotations
 
 import json
+import logging
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,30 @@ def _hangup_not_inherited_as_ignored() -> None:
     test) becomes the no-op handler above."""
     if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
         signal.signal(signal.SIGHUP, _hangup_ignored_in_this_process_only)
+
+
+def _ours(handler: logging.Handler) -> bool:
+    """Whether `handler` is not one of pytest's (which it adds and removes itself)."""
+    return not type(handler).__module__.startswith("_pytest.")
+
+
+# `logs.configure` (an in-process `start` under CliRunner) binds handlers to the
+# runner's stderr, closed once the command returns: a later test's log line then went
+# to a closed file, "--- Logging error ---" on that test's stderr.
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """After each test, the root and `declora` loggers' own handlers (not pytest's),
+    level and propagation as they were before it."""
+    loggers = [logging.getLogger(), logging.getLogger("declora")]
+    saved = [(lg, [h for h in lg.handlers if _ours(h)], lg.level, lg.propagate) for lg in loggers]
+    yield
+    for logger, handlers, level, propagate in saved:
+        for handler in [h for h in logger.handlers if _ours(h) and h not in handlers]:
+            logger.removeHandler(handler)
+        for handler in handlers:
+            logger.addHandler(handler)  # a no-op for one it still has
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 TINY_SPEC = LoraSpec(model="tiny-bert", rank=4, alpha=8, max_length=32, seed=0)
