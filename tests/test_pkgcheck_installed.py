@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sysconfig
 import venv
@@ -91,3 +92,14 @@ def test_a_solo_node_trains_and_saves_its_adapter(installed: Path, tmp_path: Pat
     inspect = run(installed, "declora-node", "inspect", str(folder / "adapter"), "--format", "json")
     assert inspect.returncode == 0, inspect.stderr
     assert json.loads(inspect.stdout)["round"] == 2
+
+
+def test_the_service_names_only_what_the_install_makes(installed: Path) -> None:
+    """The files deploy/declora-node.service's settings name under /opt/declora (the
+    venv its comment installs into) exist in such a venv: it named a deploy/README.md
+    there, which no install makes."""
+    text = (ROOT / "deploy" / "declora-node.service").read_text(encoding="utf-8")
+    settings = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+    named = set(re.findall(r"/opt/declora/(\S+)", settings))
+    assert "bin/declora-node" in named
+    assert sorted(p for p in named if not (installed.parent / p).exists()) == []
