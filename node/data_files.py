@@ -388,24 +388,52 @@ def table_bound(inner: Path, cells: int) -> int:
     its cache folder, `tempfile`'s, before it is read into memory) may take at most:
     its size and 8 a delimiter (`cells`, `_decompress`'s count) for JSON and CSV/TSV;
     its columns decoded, batch by batch, for parquet and arrow (a parquet file of one
-    repeated value decodes to many times its size), or its size when it cannot be read
+    repeated value decodes to many times its size; its texts are sized through their
+    dictionary, never decoded: `_parquet_decoded`), or its size when it cannot be read
     (`datasets` says why)."""
     size = inner.stat().st_size
     builder = BUILDERS[inner.suffix.lower()]
     if builder in ("json", "csv"):
         return size + 8 * cells + _TABLE_OVERHEAD
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     try:
         if builder == "parquet":
-            batches: Iterable[Any] = pq.ParquetFile(inner).iter_batches(batch_size=1 << 16)
+            decoded = _parquet_decoded(inner)
         else:
-            batches = _arrow_batches(pa, inner)
-        decoded = sum(batch.nbytes for batch in batches)
+            decoded = sum(batch.nbytes for batch in _arrow_batches(pa, inner))
     except (pa.ArrowException, OSError, ValueError):
         decoded = 0
     return max(size, decoded) + _TABLE_OVERHEAD
+
+
+def _parquet_decoded(inner: Path) -> int:
+    """Bytes parquet file `inner`'s columns take decoded, at most: its text and binary
+    columns read as dictionaries, each value counted as its bytes and 8 (its offset),
+    so what is held at once is a batch's indices and its row group's distinct values,
+    never the repeated values decoded (a 17 KB file of 65,536 copies of a 16 KiB text
+    held 1 GiB); other columns by their batches' size."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    kinds = (
+        pa.types.is_string,
+        pa.types.is_large_string,
+        pa.types.is_binary,
+        pa.types.is_large_binary,
+    )
+    schema = pq.read_schema(inner)
+    texts = [field.name for field in schema if any(kind(field.type) for kind in kinds)]
+    total = 0
+    for batch in pq.ParquetFile(inner, read_dictionary=texts).iter_batches(batch_size=1 << 12):
+        for column in batch.columns:
+            if pa.types.is_dictionary(column.type):
+                lengths = pc.take(pc.binary_length(column.dictionary), column.indices)
+                total += (pc.sum(lengths).as_py() or 0) + 8 * len(column)
+            else:
+                total += column.nbytes
+    return int(total)
 
 
 def _arrow_batches(pa: Any, inner: Path) -> Iterator[Any]:
