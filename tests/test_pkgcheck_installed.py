@@ -103,3 +103,11 @@ def test_the_service_names_only_what_the_install_makes(installed: Path) -> None:
     named = set(re.findall(r"/opt/declora/(\S+)", settings))
     assert "bin/declora-node" in named
     assert sorted(p for p in named if not (installed.parent / p).exists()) == []
+
+
+def test_the_images_entry_point_is_an_installed_script(installed: Path) -> None:
+    """deploy/Dockerfile's ENTRYPOINT runs a program pip installs (tini, then it)."""
+    text = (ROOT / "deploy" / "Dockerfile").read_text(encoding="utf-8")
+    [entry] = re.findall(r"^ENTRYPOINT (\[.*\])\s*$", text, re.M)
+    program = json.loads(entry)[-1]
+    assert (installed / program).is_file(), program
