@@ -230,8 +230,10 @@ def _check_rows(reader: Any, path: Path, header: list[str], named: int, sep: str
     a quoted field not closed before its row's separator or end of line (`"a"b`) or
     the file's end, or a quoted field that reads as rows swallowed (a stray quote mark
     at a text's start; files of two or more columns): its first line the opening row's
-    rest (its other fields) and every line after it but the last a row of its own
-    (`_reads_as_row`), so a quoted text with one list-like line ("price,good") is read.
+    rest (its other fields), every line after it but the last the header's number of
+    fields, one of them a value another row holds (`_holds_a_value`; a swallowed row of
+    a rare label or none still counts), so a quoted text with one list-like line
+    ("price,good") is read.
     pandas would read each of these silently otherwise (shifted columns, rows merged)."""
     width, row, start = len(header), 0, reader.line_num + 1
     seen: list[set[str]] = [set() for _ in header]
@@ -287,7 +289,8 @@ def _check_rows(reader: Any, path: Path, header: list[str], named: int, sep: str
             width > 1
             and rows
             and len(lines[0].split(sep)) == width - column  # the opening row's other fields
-            and all(_reads_as_row(line, sep, seen, column) for _, line in rows)
+            and all(len(line.split(sep)) == width for _, line in rows)
+            and any(_holds_a_value(line, sep, seen, column) for _, line in rows)
         ):
             offset, line = rows[0]
             raise DataError(
@@ -298,14 +301,11 @@ def _check_rows(reader: Any, path: Path, header: list[str], named: int, sep: str
             )
 
 
-def _reads_as_row(line: str, sep: str, seen: list[set[str]], column: int) -> bool:
-    """Whether `line` of a quoted field in `column` reads as a row: the header's number
-    of fields, one of them a value another row has in another column (the field's own
-    column may hold a short text such as "Thanks," by chance)."""
-    parts = line.split(sep)
-    return len(parts) == len(seen) and any(
-        p in seen[i] for i, p in enumerate(parts) if p and i != column
-    )
+def _holds_a_value(line: str, sep: str, seen: list[set[str]], column: int) -> bool:
+    """Whether `line` of a quoted field in `column`, split as a row, holds a value
+    another row has in another column (the field's own column may hold a short text
+    such as "Thanks," by chance)."""
+    return any(p in seen[i] for i, p in enumerate(line.split(sep)) if p and i != column)
 
 
 # free space a decompressed data file must leave on its temporary folder's disk (at most

@@ -36,3 +36,26 @@ def test_sizing_a_parquet_table_never_decodes_its_repeated_texts(
     bound = data_files.table_bound(inner, 0)
     assert held and max(held) < 1 << 20, max(held)
     assert bound >= 65_536 * (1024 + 1), bound
+
+
+@pytest.mark.parametrize(
+    "swallowed",
+    [
+        "Terrible,neg\nOkay I guess,neutral\n",  # a label no row outside the swallow has
+        "Terrible,neg\nNo label here,\n",  # a row that left its label out
+    ],
+)
+def test_a_stray_quote_is_refused_when_a_swallowed_row_has_a_rare_label(
+    tmp_path: Path, swallowed: str
+) -> None:
+    """A stray quote mark (`"Loved it`) swallows rows up to a later quote mark that ends
+    a field (`55"`, inches); one swallowed row whose label no other row holds let all
+    of them through silently as one text labelled pos."""
+    from declora.node.data import load_file
+
+    path = tmp_path / "reviews.csv"
+    body = f'text,label\n"Loved it,pos\n{swallowed}TV is 55",pos\nBad,neg\nGood,pos\n'
+    path.write_text(body, encoding="utf-8")
+    with pytest.raises(data_files.DataError) as caught:
+        load_file(path)
+    assert "row 1's quoted field in column 1 runs over line 3" in caught.value.message
