@@ -217,7 +217,8 @@ def from_root(p: Path) -> Path:
     (`run_folder.resume_point`): LATEST's, or, LATEST damaged or absent (a warning,
     once a root), the newest complete ckpt-*; `p` itself when it is no root (no
     LATEST, no complete ckpt-*) or holds its final adapter and no LATEST.
-    AdapterError when LATEST names a checkpoint that is missing or incomplete."""
+    AdapterError when LATEST names a checkpoint that is missing or incomplete (its hint
+    names the root's final adapter/ when it holds one)."""
     name = run_folder.named(p)
     if name is None and ((p / "adapter").is_dir() or not run_folder.complete_checkpoints(p)):
         return p
@@ -225,13 +226,15 @@ def from_root(p: Path) -> Path:
     others = [c.name for c in run_folder.complete_checkpoints(p)]
     if found is None:
         what = "which is missing or incomplete" if name else "and it holds no complete ckpt-*"
-        raise AdapterError(
-            f"{p}: {run_folder.LATEST} names {name!r}, {what}",
-            f"pass one of its complete checkpoints ({', '.join(others)}), or a checkpoint "
+        hint = (
+            f"one of its complete checkpoints ({', '.join(others)}), or a checkpoint "
             "folder itself: its adapter/ is what predict, generate and export read"
             if others
-            else "pass a checkpoint folder itself: its adapter/ is what is read",
+            else "a checkpoint folder itself: its adapter/ is what is read"
         )
+        if (p / "adapter").is_dir():  # its checkpoints deleted, its final adapter kept
+            hint = f"{p / 'adapter'} for the run's final adapter, or {hint}"
+        raise AdapterError(f"{p}: {run_folder.LATEST} names {name!r}, {what}", f"pass {hint}")
     if not run_folder.names_checkpoint(name) and p not in _told:
         _told.add(p)
         if name is None:
