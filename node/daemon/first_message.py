@@ -29,7 +29,14 @@ on one such connection held every place of a node, no credentials needed. So
 while it has so many, its answer refused after it when it reached so many) and
 `UNREAD` in all (an answer past them is refused); an IPv6 site (`limits.site_key`,
 a /48) holds at most `SITE_SHARE` networks' shares (4 /64s of one site took all 32).
-A refusal carries no message, so it is taken whatever the caller's window.
+A push's acknowledgement (Push: a streamed request, a unary answer) is counted so
+too: a member that read none of its acks held a place for each push the node took
+(--max-pushes-per-round for every round it would read, each round), after its
+handler had freed the Push pool's. An answer refused past the bounds was handled (a
+push taken, a Hello answered) all the same. The IP of a live neighbour (`neighbours`,
+told by `service.SwarmService`) holds `ANSWERS_PER_NEIGHBOUR` kept places per live
+neighbour there before its network's share. A refusal carries no message, so it is
+taken whatever the caller's window.
 
 A streamed answer (Pull, Revocations, health's Watch, reflection) to such a caller
 holds its place the same way, after its handler gave up on it too (`service`'s
@@ -38,11 +45,11 @@ member's 12 Pulls held a node's Pull pool. So `streams` (an `Unread`) counts the
 calls with a streamed answer from their request on until they are done: at most
 `STREAMS_PER_NETWORK` of one network (its site: `SITE_SHARE` times that), `STREAMS`
 in all (then RESOURCE_EXHAUSTED before the handler runs), so a network's unread
-answers hold a few places while its connection lasts, and no other network's. The IP
-of a live neighbour (`neighbours`, told by `service.SwarmService`) holds
-`STREAMS_PER_NEIGHBOUR` kept places per live neighbour there before its network's
-share: the nodes of one lab (127.0.0.1) or LAN (one /24) share a network, and 3 of 7
-neighbours that pulled a state at once were refused (a failed catch-up: it backs off).
+answers hold a few places while its connection lasts, and no other network's. A live
+neighbour's IP holds `STREAMS_PER_NEIGHBOUR` kept places per live neighbour there
+before its network's share: the nodes of one lab (127.0.0.1) or LAN (one /24) share a
+network, and 3 of 7 neighbours that pulled a state at once were refused (a failed
+catch-up: it backs off).
 These refusals are not counted in `status` (the interceptor sees no node's counters).
 """
 
@@ -72,6 +79,9 @@ STREAMS_PER_NETWORK = 4  # ...of one network: less than the Pull pool
 # ...kept for a live neighbour's IP, beyond its network's share, per live neighbour
 # there (its Pull and its Revocations): the nodes of one LAN or lab share a network
 STREAMS_PER_NEIGHBOUR = 2
+# unread answers kept for a live neighbour's IP per live neighbour there: its Hello,
+# Leave and push acknowledgements (`inbox.STREAMS_PER_PEER` pushes at once)
+ANSWERS_PER_NEIGHBOUR = 4
 KEPT = "kept:"  # `Unread`'s key prefix of a live neighbour's IP's kept places
 
 
@@ -171,10 +181,9 @@ class Unread:
 
 
 class FirstMessage(grpc.aio.ServerInterceptor):
-    """Serves each unary-request method as a streaming one whose request is awaited
-    in `Room`, its unary answer counted in `Unread`, its streamed answer in `streams`
-    (this module's docstring); a streaming-request method as it is, but for the
-    streamed answer of one that has one (reflection), counted in `streams` too."""
+    """Serves each method as a streaming one: a unary request is awaited in `Room`; a
+    unary answer (a push's acknowledgement too) is counted in `unread`, a streamed
+    one (reflection's too) in `streams` (this module's docstring)."""
 
     def __init__(
         self,
@@ -197,12 +206,19 @@ class FirstMessage(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or (handler.request_streaming and not handler.response_streaming):
+        if handler is None:
             return handler
         serializers = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
         }
+        if handler.request_streaming and not handler.response_streaming:
+            pushed = handler.stream_unary
+
+            async def acknowledged(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+                return await self.answer(context, lambda: pushed(requests, context))
+
+            return grpc.stream_unary_rpc_method_handler(acknowledged, **serializers)
         if handler.request_streaming:
             both = handler.stream_stream
 
@@ -224,15 +240,35 @@ class FirstMessage(grpc.aio.ServerInterceptor):
         unary = handler.unary_unary
 
         async def answered(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-            host = peer_host(context.peer())
-            await self.admit(context, self.unread, host, answering=False)
-            reply = await unary(await self.request(context, host_key(host)), context)
-            await self.admit(context, self.unread, host, answering=True)
-            self.unread.take(host)
-            context.add_done_callback(lambda _: self.unread.taken(host))
-            return reply
+            async def handle() -> Any:
+                host = peer_host(context.peer())
+                return await unary(await self.request(context, host_key(host)), context)
+
+            return await self.answer(context, handle)
 
         return grpc.stream_unary_rpc_method_handler(answered, **serializers)
+
+    async def answer(self, context: grpc.aio.ServicerContext, handle: Callable[[], Any]) -> Any:
+        """The unary answer `await handle()` (its handler) makes, counted in `unread`
+        until its call is done (else RESOURCE_EXHAUSTED, before the handler runs or
+        instead of the answer): in a kept place while its IP holds fewer than
+        `ANSWERS_PER_NEIGHBOUR` for each live neighbour there, else in its network's
+        share."""
+        host = peer_host(context.peer())
+        kept = self.kept(self.unread, host, ANSWERS_PER_NEIGHBOUR)
+        await self.admit(context, self.unread, host, answering=False, kept=kept)
+        reply = await handle()
+        kept = self.kept(self.unread, host, ANSWERS_PER_NEIGHBOUR)
+        await self.admit(context, self.unread, host, answering=True, kept=kept)
+        self.unread.take(host, kept)
+        context.add_done_callback(lambda _: self.unread.taken(host, kept))
+        return reply
+
+    def kept(self, unread: Unread, host: str, per_neighbour: int) -> bool:
+        """Whether remote `host`'s IP has a kept place free in `unread`: fewer than
+        `per_neighbour` for each live neighbour there (`neighbours`)."""
+        ip = address_key(host)
+        return unread.by_network.get(KEPT + ip, 0) < per_neighbour * self.neighbours(ip)
 
     async def stream(
         self, context: grpc.aio.ServicerContext, host: str, handle: Callable[[], Any]
@@ -242,9 +278,7 @@ class FirstMessage(grpc.aio.ServerInterceptor):
         the handler runs): in a kept place while its IP holds fewer than
         `STREAMS_PER_NEIGHBOUR` for each live neighbour there, else in its network's
         share."""
-        ip = address_key(host)
-        keep = STREAMS_PER_NEIGHBOUR * self.neighbours(ip)
-        kept = self.streams.by_network.get(KEPT + ip, 0) < keep
+        kept = self.kept(self.streams, host, STREAMS_PER_NEIGHBOUR)
         await self.admit(context, self.streams, host, answering=True, kept=kept)
         self.streams.take(host, kept)
         context.add_done_callback(lambda _: self.streams.taken(host, kept))
