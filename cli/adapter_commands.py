@@ -138,7 +138,6 @@ def export(
             "--output is required: the folder to write",
             hint=f"e.g. declora-node export {adapter} --output exported",
         )
-        return
     check_output(output, "--output", force, replaced="the whole folder")
     try:
         check_export_output(adapter, output, base)  # before --output is made: none made

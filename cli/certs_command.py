@@ -70,13 +70,11 @@ def certs(
             "--output: give the folder for the PEM files",
             hint="e.g. `declora-node certs --output pki --nodes node-0,node-1`",
         )
-        return
     check_output(out, "--output")
     try:
         minted = mint(out, split(nodes), split(hosts), days, force, new_ca)
     except CertsError as exc:
         fail_with(exc, 2)
-        return
     for line in warnings(minted):
         typer.secho(f"warning: {line}", err=True, fg=typer.colors.YELLOW)
     typer.echo(usage(minted))
@@ -121,7 +119,6 @@ def certs_revoke(
         done = revoke(out, cert or [], serial or [], crl, days)
     except CertsError as exc:
         fail_with(exc, 2)
-        return
     for n in done.already:
         typer.secho(f"warning: serial {n:#x} was already revoked", err=True, fg=typer.colors.YELLOW)
     added = ", ".join(f"{n:#x}" for n in done.added) or "nothing new"

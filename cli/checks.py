@@ -79,4 +79,3 @@ def client_tls(
             hint="give --tls-cert, --tls-key and --tls-ca of one `declora-node certs` run "
             "(cli.pem, cli-key.pem and ca.pem)",
         )
-        raise  # unreachable: fail exits

@@ -82,24 +82,29 @@ class Interrupts:
             interrupted(self.untouched if same else self.touched, self.json_logs)
 
 
-def fail(message: str, code: int = 2, hint: str = "") -> None:
-    """Print `error: message` (and `hint: ...`) on stderr and exit with `code`."""
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    if hint:
-        typer.echo(f"hint: {hint}", err=True)
-    raise typer.Exit(code)
-
-
-def refuse(message: str, code: int = 2, hint: str = "", json_logs: bool = False) -> NoReturn:
-    """`fail`, or with `json_logs` (`start --log-format json`) the same as one JSON log
-    record on stderr (`logs.json_line`: level ERROR, `hint` and `exit_code` fields)."""
+def say_error(message: str, code: int = 2, hint: str = "", json_logs: bool = False) -> None:
+    """`error: message` (and `hint: ...`) on stderr; with `json_logs` (`start
+    --log-format json`) the same as one JSON log record (`logs.json_line`: level ERROR,
+    `hint` and `exit_code` fields). Exiting with `code` is the caller's."""
     if json_logs:
         from declora.node.logs import json_line
 
         typer.echo(json_line("ERROR", message, hint=hint, exit_code=code), err=True)
-        raise typer.Exit(code)
-    fail(message, code, hint)
-    raise AssertionError("unreachable: fail exits")
+        return
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    if hint:
+        typer.echo(f"hint: {hint}", err=True)
+
+
+def fail(message: str, code: int = 2, hint: str = "") -> NoReturn:
+    """Print `error: message` (and `hint: ...`) on stderr and exit with `code`."""
+    refuse(message, code, hint)
+
+
+def refuse(message: str, code: int = 2, hint: str = "", json_logs: bool = False) -> NoReturn:
+    """`say_error`, then exit with `code`."""
+    say_error(message, code, hint, json_logs)
+    raise typer.Exit(code)
 
 
 def warn(line: str, json_logs: bool = False) -> None:
@@ -112,7 +117,7 @@ def warn(line: str, json_logs: bool = False) -> None:
         typer.secho(f"warning: {line}", err=True, fg=typer.colors.YELLOW)
 
 
-def fail_with(exc: BaseException, code: int = 2) -> None:
+def fail_with(exc: BaseException, code: int = 2) -> NoReturn:
     """`fail` for an error that carries its hint apart (`errors.HintedError`: data,
     model and adapter errors; InspectError), printed as the `hint:` line."""
     message, hint = str(getattr(exc, "message", "") or exc), str(getattr(exc, "hint", "") or "")

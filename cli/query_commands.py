@@ -69,7 +69,6 @@ def inspect(
     except InspectError as exc:  # a path that is no adapter: the user's; a node: runtime
         # (but a secret's environment that cannot be used: `client.SecretEnvError`, 2)
         fail_with(exc, 2 if path is not None else getattr(exc.__cause__, "code", 1))
-        return
     from declora.cli.inspect import render
 
     if fmt == "json":

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -48,7 +48,6 @@ def _simulate(output: Path, force: bool, options: dict[str, Any], guard: Interru
         cfg = SimConfig(**given(options))
     except ValidationError as exc:
         _bad_configuration(exc, "simulate")
-        return
     check_output(output, "--output", force)
     try:  # the scheme the run uses is the one its header and run.json name
         scheme, why = scheme_for_data(
@@ -61,7 +60,6 @@ def _simulate(output: Path, force: bool, options: dict[str, Any], guard: Interru
         )
     except DataError as exc:
         fail_with(exc)
-        return
     if why:
         typer.echo(f"simulate: {why}", err=True)
         cfg = SimConfig(**given(options), partition_scheme=scheme)
@@ -102,7 +100,6 @@ def _lab(fmt: str, force: bool, options: dict[str, Any], guard: Interrupts) -> N
         cfg = LabConfig(**given(options))
     except ValidationError as exc:
         _bad_configuration(exc, "lab")
-        return
     check_output(cfg.output, "--output", force)
     from declora.node.data_files import DataError
     from declora.node.model_source import ModelError
@@ -115,13 +112,12 @@ def _lab(fmt: str, force: bool, options: dict[str, Any], guard: Interrupts) -> N
         if STATE["debug"]:
             raise
         fail_with(exc)
-        return
     if fmt == "json":
         typer.echo(json.dumps(summary, indent=2, default=str))
     raise typer.Exit(0 if summary.get("ok") else 1)
 
 
-def _bad_configuration(exc: ValidationError, command: str) -> None:
+def _bad_configuration(exc: ValidationError, command: str) -> NoReturn:
     """Exit 2 naming each bad option of `command`'s config model: `--option: message`."""
     from declora.node.settings import error_hints, error_message
 

@@ -164,6 +164,3 @@ def select_neighbors(
                 chosen.append(node_id)
         step += 1
     return [by_id[i] for i in sorted(chosen)]
-
-
-# --------------------------------------------------------------------------- mDNS
