@@ -13,10 +13,10 @@ import typer
 from typer.core import TyperGroup
 
 from declora.cli.checks import need_temp_folder
-from declora.cli.exits import STATE, interrupted
+from declora.cli.exits import STATE, interrupted, say_error
 from declora.cli.loading import NOT_BEGUN
 from declora.cli.run_commands import lab, simulate
-from declora.cli.start_command import config_command, start
+from declora.cli.start_command import config_command, json_logs_in, start
 
 if TYPE_CHECKING:
     from typer import _click as click  # the click typer bundles
@@ -57,8 +57,9 @@ class LazyGroup(TyperGroup):
         **extra: Any,
     ) -> Any:
         """Click's own handling, except that a usage error (a bad value, an unknown
-        option, a missing argument) is our two lines, `error:` and `hint:`, exit 2,
-        rather than a boxed panel (help, and a bare `declora-node`, stay as they are)."""
+        option, a missing argument) is our two lines, `error:` and `hint:`, exit 2 (of
+        `start` with JSON logs asked, one JSON log record: `say_error`), rather than a
+        boxed panel (help, and a bare `declora-node`, stay as they are)."""
         from typer._click import exceptions as errors
         from typer.exceptions import Abort
 
@@ -78,8 +79,10 @@ class LazyGroup(TyperGroup):
             return run(True)  # the help, exactly as before
         except errors.UsageError as exc:
             message = " ".join(exc.format_message().split())
-            typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-            typer.echo(f"hint: see `{self._where(exc.ctx, args)} --help`", err=True)
+            where = self._where(exc.ctx, args)
+            words = list(sys.argv[1:] if args is None else args)
+            json_logs = where == "declora-node start" and json_logs_in(words)
+            say_error(message, exc.exit_code, f"see `{where} --help`", json_logs)
             sys.exit(exc.exit_code)
         except errors.ClickException as exc:
             typer.secho(f"error: {exc.format_message()}", err=True, fg=typer.colors.RED)

@@ -52,17 +52,23 @@ def _interrupted_loading(signum: int, frame: FrameType | None) -> None:
 
 def _json_asked() -> bool:
     """--log-format json on the command line, else DECLORA_LOG_FORMAT=json, else the
-    --config file's log_format = "json" (read by `cover`), as the settings take them."""
-    flag = _option(sys.argv[1:], "--log-format")
+    --config file's log_format = "json" (read by `cover`), as the settings take them: a
+    value they refuse ("JSON") is not json, a variable's name is read in any case."""
+    flag = option_value(sys.argv[1:], "--log-format")
     if flag is not None:
-        return flag.strip().lower() == "json"
-    env = os.environ.get("DECLORA_LOG_FORMAT")
+        return flag == "json"
+    env = _env_log_format()
     if env is not None:
-        return env.strip().lower() == "json"
+        return env == "json"
     return _CONFIG_FILE.get("json", False)
 
 
-def _option(args: list[str], flag: str) -> str | None:
+def _env_log_format() -> str | None:
+    """DECLORA_LOG_FORMAT's value (its name in any case, as the settings read it)."""
+    return next((v for k, v in os.environ.items() if k.upper() == "DECLORA_LOG_FORMAT"), None)
+
+
+def option_value(args: list[str], flag: str) -> str | None:
     """The value of `flag` in `args` (`--flag=value` or `--flag value`), or None."""
     for i, arg in enumerate(args):
         if arg.startswith(f"{flag}="):
@@ -124,10 +130,10 @@ def cover() -> None:
         _COVERED[:] = taken_over(_interrupted_loading, (signal.SIGINT, *OTHER_STOPS))
     except ValueError:
         _COVERED.clear()
-    config = _option(sys.argv[1:], "--config")
-    unset = _option(sys.argv[1:], "--log-format") is None and "DECLORA_LOG_FORMAT" not in os.environ
+    config = option_value(sys.argv[1:], "--config")
+    unset = option_value(sys.argv[1:], "--log-format") is None and _env_log_format() is None
     if config is not None and unset:
-        _CONFIG_FILE["json"] = (_file_log_format(config) or "").strip().lower() == "json"
+        _CONFIG_FILE["json"] = _file_log_format(config) == "json"
 
 
 def uncover() -> None:

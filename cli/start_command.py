@@ -38,6 +38,16 @@ def json_logs_asked(options: dict[str, Any], config: Path | None) -> bool:
     return value == "json"
 
 
+def json_logs_in(args: list[str]) -> bool:
+    """`json_logs_asked` of `start`'s command line `args` that did not parse (a usage
+    error): --log-format and --config as given there."""
+    from declora.cli.loading import option_value
+
+    config = option_value(args, "--config")
+    options = {"log_format": option_value(args, "--log-format")}
+    return json_logs_asked(options, Path(config) if config else None)
+
+
 def _settings(
     options: dict[str, Any], config: Path | None, command: str = "start", json_logs: bool = False
 ) -> Resolved:
