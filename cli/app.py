@@ -91,11 +91,16 @@ def main() -> None:
             STATE["began"] = True
             code = status_main(sys.argv[2:])
             if code is not None:
+                sys.stdout.flush()  # a closed pipe fails here, not in the exit's flush
                 sys.exit(code)
         app(prog_name="declora-node")
     except KeyboardInterrupt:  # before the app handles them (`LazyGroup.invoke`)
         typer.echo(loading.NOT_BEGUN if STATE["began"] is None else "interrupted", err=True)
         sys.exit(130)
+    except BrokenPipeError:  # `status | head`: the reader left (click's commands say
+        # nothing and exit 1 too); stdout to /dev/null, or the exit's flush fails again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 loading.uncover()  # `main` handles them
