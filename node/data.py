@@ -457,8 +457,24 @@ def _raw(
         if name != str(value).strip():
             renamed.setdefault(str(value).strip(), name)
         labels.append(name)
+    if names is None and _mixed_types(feature):
+        _log.warning(
+            "%s: column %r holds labels of more than one type (numbers and texts): a "
+            'number and the same text (1 and "1") are read as one class; write every '
+            "label one way if they are not",
+            where,
+            label_column,
+        )
     declared = tuple(label_name(n) for n in names) if names else None
     return _Raw(texts, tuple(labels), declared, chats, tuple(renamed.items()))
+
+
+def _mixed_types(feature: Any) -> bool:
+    """Whether a column's `datasets` feature is that of values of more than one JSON
+    type (its `Json` feature: no single `Value` type held them all)."""
+    import datasets
+
+    return not isinstance(feature, (datasets.Value, datasets.ClassLabel))
 
 
 def label_variants(names: Sequence[str]) -> list[list[str]]:
@@ -597,9 +613,10 @@ def _bbcnews_unique() -> tuple[TextDataset, int]:
     return dedupe(load_bbcnews())
 
 
-def _log_dropped(source: str, dropped: int, kept: int) -> None:
+def _log_dropped(source: str, dropped: int, kept: int, conflicting: int = 0) -> None:
     """Log the rows dedupe dropped: a warning for a user's data (rows they wrote are not
-    trained on), an info line for the embedded corpus (its known copies)."""
+    trained on; `conflicting` of them labelled otherwise than the row they copy), an
+    info line for the embedded corpus (its known copies)."""
     if not dropped:
         return
     if source in (EMBEDDED_DATA, EMBEDDED_CHAT):
@@ -607,10 +624,14 @@ def _log_dropped(source: str, dropped: int, kept: int) -> None:
         return
     _log.warning(
         "%s: %d of %d rows dropped before the split as exact or near duplicates of an "
-        "earlier row's text (the first kept, with its label); pass --no-dedupe to keep them",
+        "earlier row's text (the first kept, with its label)%s; pass --no-dedupe to keep them",
         source,
         dropped,
         kept + dropped,
+        f", {conflicting} of them with a conflicting label (the first's is trained: fix "
+        "the rows whose label is wrong)"
+        if conflicting
+        else "",
     )
 
 
@@ -651,8 +672,7 @@ def load_dataset(
     A file that leaves no training row raises `DataError`. The two are `named`
     "train" and "test" (for messages).
     """
-    from declora.node.dedupe import dedupe as drop_duplicates
-    from declora.node.dedupe import dedupe_split
+    from declora.node.dedupe import dedupe_labelled, dedupe_split
 
     source = str(spec)
     dropped = 0
@@ -691,8 +711,8 @@ def load_dataset(
         else:
             full = _from_splits(p, splits, text_column, label_column, None, examples)
             if dedupe:
-                full, dropped = drop_duplicates(full)
-                _log_dropped(source, dropped, len(full))
+                full, dropped, conflicting = dedupe_labelled(full)
+                _log_dropped(source, dropped, len(full), conflicting)
             train, test = _split(full, test_fraction, 0)
             if not len(train):
                 read = len(full) + dropped

@@ -145,16 +145,22 @@ def _candidates(signatures: np.ndarray, rows: int) -> np.ndarray:
 
 def duplicate_rows(texts: Sequence[str], threshold: float = 0.8, shingle: int = 5) -> np.ndarray:
     """Sorted int64 indices of the rows of `texts` to drop (see the module docstring)."""
+    return np.flatnonzero(duplicate_of(texts, threshold, shingle) >= 0).astype(np.int64)
+
+
+def duplicate_of(texts: Sequence[str], threshold: float = 0.8, shingle: int = 5) -> np.ndarray:
+    """For each row of `texts`, the kept row it duplicates (int64), or -1 when it is
+    kept itself; the rows to drop are `duplicate_rows`'."""
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
     if shingle < 1:
         raise ValueError(f"shingle must be >= 1, got {shingle}")
     first: dict[str, int] = {}  # normalized text -> its first row
-    drop = np.zeros(len(texts), dtype=bool)
+    of = np.full(len(texts), -1, dtype=np.int64)
     for row, text in enumerate(texts):
         key = normalize(text)
         if key in first:
-            drop[row] = True
+            of[row] = first[key]
         else:
             first[key] = row
     unique = list(first.values())  # in row order (dicts keep insertion order)
@@ -172,9 +178,12 @@ def duplicate_rows(texts: Sequence[str], threshold: float = 0.8, shingle: int = 
     for earlier, later in _candidates(signatures, _rows_per_band(threshold)).tolist():
         if near[later] or near[earlier]:  # decided, or not a kept row to compare with
             continue
-        near[later] = _jaccard(shingles(earlier), shingles(later)) >= threshold
-    drop[np.asarray(unique, dtype=np.int64)[near]] = True
-    return np.flatnonzero(drop).astype(np.int64)
+        if _jaccard(shingles(earlier), shingles(later)) >= threshold:
+            near[later] = True
+            of[unique[later]] = unique[earlier]
+    copied = of >= 0
+    of[copied] = np.where(of[of[copied]] >= 0, of[of[copied]], of[copied])  # a near copy's copies
+    return of
 
 
 def compared_texts(data: TextDataset) -> tuple[str, ...]:
@@ -193,8 +202,21 @@ def compared_texts(data: TextDataset) -> tuple[str, ...]:
 def dedupe(data: TextDataset, threshold: float = 0.8, shingle: int = 5) -> tuple[TextDataset, int]:
     """`data` without its duplicate rows (order, labels and chats kept), and how many
     rows were dropped."""
-    drop = duplicate_rows(compared_texts(data), threshold, shingle)
-    return data.subset(np.setdiff1d(np.arange(len(data)), drop)), len(drop)
+    kept, dropped, _ = dedupe_labelled(data, threshold, shingle)
+    return kept, dropped
+
+
+def dedupe_labelled(
+    data: TextDataset, threshold: float = 0.8, shingle: int = 5
+) -> tuple[TextDataset, int, int]:
+    """`dedupe`'s answer and how many of the dropped rows have a label other than the
+    kept row they copy (the kept row's label is what is trained; 0 without labels)."""
+    of = duplicate_of(compared_texts(data), threshold, shingle)
+    copied = np.flatnonzero(of >= 0)
+    conflicting = 0
+    if data.labels is not None:
+        conflicting = int((data.labels[copied] != data.labels[of[copied]]).sum())
+    return data.subset(np.flatnonzero(of < 0)), len(copied), conflicting
 
 
 def dedupe_split(
