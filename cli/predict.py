@@ -5,8 +5,9 @@ reads, or standard input: plain lines, or JSON lines when the first line is an
 object), loads the adapter with `load_adapter` and prints one line per text: the
 label and its probability (classifier), or the mean token loss and perplexity
 (causal LM), tab-separated; `--format json` prints one JSON object per line instead.
-Line input (.txt, stdin) gives one output line per input line, in order, so `paste`
-lines them up: a blank line gives an empty line (json: its keys with null values).
+Line input (.txt, stdin) gives one output line per input line, and a data file one per
+row, in order, so `paste` lines them up: a blank line, or a row or JSON line whose text
+is empty or null, gives an empty line (json: its keys with null values).
 Input that is not UTF-8, on stdin as in a file, is a `DataError`.
 
 `export --merge` writes a plain transformers model folder (`export_merged`); without
@@ -56,6 +57,7 @@ CHAT_HINT = (
 
 
 CHAT_COLUMNS = ("messages", "conversations")  # a chat file's columns (lm_data's defaults)
+TEXTS_HINT = "give one text per line, or JSON lines"
 
 
 def _jsonl_texts(lines: list[str], text_column: str, source: str) -> list[str]:
@@ -88,9 +90,7 @@ def _jsonl_texts(lines: list[str], text_column: str, source: str) -> list[str]:
                 f"{source}:{lineno}: column {text_column!r} holds {what}, not a text", CHAT_HINT
             )
         text = "" if value is None else str(value)
-        if not text.strip():
-            raise DataError(f"{source}:{lineno}: empty text in column {text_column!r}")
-        texts.append(text)
+        texts.append(text if text.strip() else "")  # keeps its place, like a blank line
     return texts
 
 
@@ -138,14 +138,16 @@ def _file_texts(path: Path, text_column: str) -> list[str]:
                         "not a text",
                         CHAT_HINT,
                     )
-        texts.extend(column_texts(ds, where, text_column))
+        texts.extend(column_texts(ds, where, text_column, blank=True))
+    if not any(texts):
+        raise DataError(f"{path}: no texts (every row's {text_column!r} is empty)", TEXTS_HINT)
     return texts
 
 
 def read_texts(source: str, text_column: str, stdin: TextIO) -> list[str]:
-    """The texts to predict, in input order; "" for a blank line, which keeps its place
-    (`run_predict` writes an empty line for it); `DataError` if there are none or they
-    are bad.
+    """The texts to predict, in input order; "" for a blank line or a row whose text is
+    empty or null, which keeps its place (`run_predict` writes an empty line for it);
+    `DataError` if there are none or they are bad.
 
     `source` "-" reads `stdin`: JSON lines when its first non-blank line starts with
     "{", else one text per line (stripped). A `.txt` file is one text per line; any
@@ -160,9 +162,14 @@ def read_texts(source: str, text_column: str, stdin: TextIO) -> list[str]:
     lines, label = text_lines(source, stdin)
     first = next((line for line in lines if line.strip()), None)
     if first is None:
-        raise DataError(f"{label}: no texts", "give one text per line, or JSON lines")
+        raise DataError(f"{label}: no texts", TEXTS_HINT)
     if source == "-" and first.lstrip().startswith("{"):
-        return _jsonl_texts(lines, text_column, label)
+        texts = _jsonl_texts(lines, text_column, label)
+        if not any(texts):
+            raise DataError(
+                f"{label}: no texts (every line's {text_column!r} is empty)", TEXTS_HINT
+            )
+        return texts
     return [line.strip() for line in lines]
 
 

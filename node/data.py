@@ -350,9 +350,13 @@ def _check_scalar(value: Any, where: str, number: int, what: str, column: str) -
         )
 
 
-def read_texts(ds: Any, where: str, text_column: str) -> tuple[str, ...]:
-    """The non-empty texts of `text_column`; a `DataError` naming the first bad row."""
+def read_texts(ds: Any, where: str, text_column: str, *, blank: bool = False) -> tuple[str, ...]:
+    """The non-empty texts of `text_column`; a `DataError` naming the first bad row.
+    `blank` (predict's rows, each an output line): an empty, null or NaN text is ""
+    instead, keeping its place."""
     texts, _ = column_values(ds, where, text_column, "text", "--text-column")
+    if blank:
+        texts = ["" if _no_text(t) else t for t in texts]
     for number, text in enumerate(texts, 1):
         if text is None:  # a missing key, a JSON null, or a NaN pandas wrote as null
             raise DataError(
@@ -372,12 +376,19 @@ def read_texts(ds: Any, where: str, text_column: str) -> tuple[str, ...]:
                 f"{str(text).lower()}, not a text",
                 "write the text as a string, or name the text column with --text-column",
             )
-        if not str(text).strip():
+        if not str(text).strip() and not blank:
             raise DataError(
                 f"{where}: row {number} has an empty text in column {text_column!r}",
                 "remove the row or give it a text",
             )
     return tuple(str(t) for t in texts)
+
+
+def _no_text(value: Any) -> bool:
+    """Whether a text column's value is no text: None, NaN, or blank."""
+    if isinstance(value, float):
+        return value != value
+    return value is None or (isinstance(value, str) and not value.strip())
 
 
 def _check_nested(ds: Any, where: str, text_column: str) -> None:
