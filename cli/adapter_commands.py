@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from declora.cli.checks import check_format, check_output
-from declora.cli.exits import STATE, fail, fail_with
+from declora.cli.exits import fail, fail_with, show_traceback
 from declora.cli.flags import AdapterArg, BaseOpt, DebugOpt, ForceOpt
 
 
@@ -44,8 +44,7 @@ def predict(
     try:
         run_predict(adapter, input_, text_column, fmt, sys.stdout, sys.stdin, base, batch_size)
     except USER_ERRORS as exc:
-        if debug or STATE["debug"]:
-            raise
+        show_traceback(debug)
         fail_with(exc)
 
 
@@ -106,8 +105,7 @@ def generate(
             base=base,
         )
     except USER_ERRORS as exc:
-        if debug or STATE["debug"]:
-            raise
+        show_traceback(debug)
         fail_with(exc)
 
 
@@ -149,6 +147,5 @@ def export(
             hint="stop that process first, or choose another --output",
         )
     except USER_ERRORS as exc:
-        if debug or STATE["debug"]:
-            raise
+        show_traceback(debug)
         fail_with(exc)

@@ -16,14 +16,20 @@ import typer
 STATE: dict[str, bool | None] = {"debug": False, "began": None}
 
 
+def show_traceback(debug: bool = False) -> None:
+    """With --debug (or a command's own `debug`), the traceback of the exception being
+    handled on stderr: --debug adds it before the `error:` line; the exit code stays."""
+    if debug or STATE["debug"]:
+        import traceback
+
+        traceback.print_exc()
+
+
 def interrupted(line: str, json_logs: bool = False) -> NoReturn:
     """After a Ctrl-C: `line` on stderr (what the interrupt left, e.g. "nothing was
     written"; with --debug the traceback first), exit 130; with `json_logs` (`start
     --log-format json`) as a JSON log record of level WARNING with `exit_code`."""
-    if STATE["debug"]:
-        import traceback
-
-        traceback.print_exc()
+    show_traceback()
     if json_logs:
         from declora.node.logs import json_line
 

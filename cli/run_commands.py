@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 from declora.cli.checks import check_format, check_output
-from declora.cli.exits import STATE, Interrupts, config_hint, fail, fail_with
+from declora.cli.exits import Interrupts, config_hint, fail, fail_with, show_traceback
 from declora.cli.flags import ForceOpt
 
 if TYPE_CHECKING:
@@ -67,8 +67,7 @@ def _simulate(output: Path, force: bool, options: dict[str, Any], guard: Interru
     try:
         run_one(cfg, output)
     except (DataError, ModelError) as exc:  # the data (shared out among --nodes), the model
-        if STATE["debug"]:
-            raise
+        show_traceback()
         fail_with(exc)
 
 
@@ -109,8 +108,7 @@ def _lab(fmt: str, force: bool, options: dict[str, Any], guard: Interrupts) -> N
     try:
         summary: dict[str, Any] = run_lab(cfg)
     except (DataError, ModelError) as exc:  # the reference's data or model, in process
-        if STATE["debug"]:
-            raise
+        show_traceback()
         fail_with(exc)
     if fmt == "json":
         typer.echo(json.dumps(summary, indent=2, default=str))

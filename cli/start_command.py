@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from declora.cli.checks import check_format
-from declora.cli.exits import STATE, Interrupts, config_hint, interrupted, refuse, warn
+from declora.cli.exits import Interrupts, config_hint, interrupted, refuse, show_traceback, warn
 from declora.cli.flags import ConfigOpt, FormatOpt
 
 if TYPE_CHECKING:
@@ -66,8 +66,7 @@ def _settings(
     try:
         resolved = resolve_settings(options, config)
     except (SettingsError, ConfigFileError) as exc:
-        if STATE["debug"]:
-            raise
+        show_traceback()
         hint = exc.hint or config_hint(command, config=command == "start")
         refuse(exc.message, hint=hint, json_logs=json_logs)
     for line in resolved.warnings:  # a key or secret open to others, a certificate ending
@@ -96,8 +95,9 @@ def start(config: ConfigOpt = None, options: dict[str, Any] | None = None) -> No
         interrupted(not_started, settings.log_format == "json")
     except Exception as exc:
         mistake = as_user_error(exc)
-        if mistake is None or STATE["debug"]:
+        if mistake is None:  # a bug: its traceback
             raise
+        show_traceback()
         refuse(mistake.message, mistake.code, mistake.hint, settings.log_format == "json")
     raise typer.Exit(code)
 
