@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from declora.cli.checks import check_output
-from declora.cli.exits import fail, fail_with
+from declora.cli.exits import fail, fail_with, warn
 from declora.cli.flags import ForceOpt
 
 certs_app = typer.Typer(
@@ -76,7 +76,7 @@ def certs(
     except CertsError as exc:
         fail_with(exc, 2)
     for line in warnings(minted):
-        typer.secho(f"warning: {line}", err=True, fg=typer.colors.YELLOW)
+        warn(line)
     typer.echo(usage(minted))
 
 
@@ -120,7 +120,7 @@ def certs_revoke(
     except CertsError as exc:
         fail_with(exc, 2)
     for n in done.already:
-        typer.secho(f"warning: serial {n:#x} was already revoked", err=True, fg=typer.colors.YELLOW)
+        warn(f"serial {n:#x} was already revoked")
     added = ", ".join(f"{n:#x}" for n in done.added) or "nothing new"
     typer.echo(
         f"revoked {added}: {done.crl} lists {done.total} certificates, until "
