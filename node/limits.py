@@ -143,6 +143,14 @@ def site_key(host: str) -> str | None:
     return str(ipaddress.ip_network(subnet).supernet(new_prefix=IPV6_SITE_PREFIX))
 
 
+def group_key(host: str) -> str:
+    """The key by which the rules that cut the oldest waiting call of the busiest
+    network (`first_message.Room`, `service.Pools`) count remote `host` (`peer_host`):
+    its IPv6 site (`site_key`), so the /64s of one /48 count as one network, else its
+    network (`host_key`)."""
+    return site_key(host) or host_key(host)
+
+
 def limited(reason: str) -> WireError:
     return WireError(grpc.StatusCode.RESOURCE_EXHAUSTED, reason, RATE_LIMITED)
 

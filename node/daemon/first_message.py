@@ -12,12 +12,15 @@ its connections open.
 its handler at once, as a streaming one that reads the one request itself: it must
 come within `WAIT_SECONDS` (else DEADLINE_EXCEEDED), and at most `WAITING` calls
 wait at once: a newcomer to a full room cuts (RESOURCE_EXHAUSTED) the oldest waiting
-call of the network (`limits.host_key`) with the most calls waiting, its own when
-that is the newcomer's. A caller that sends its message at once (every honest one)
-waits for a round trip, so it is not cut unless `WAITING` newer calls come within
-it. The server's cap needs `WAITING` places beyond its pools (`transport.start`).
-A request message after the first is ignored; one that does not parse is
-INVALID_ARGUMENT (gRPC answered UNKNOWN, naming its DecodeError).
+call of the network (`limits.group_key`: an IPv6 /48, else `limits.host_key`) with
+the most calls waiting, its own when that is the newcomer's (keyed by /64, one /48's
+calls from 64 /64s each counted one, as many as an honest network's: the oldest
+waiting call of any was cut, an honest one among them). A caller that sends its
+message at once (every honest one) waits for a round trip, so it is not cut unless
+`WAITING` newer calls come within it. The server's cap needs `WAITING` places beyond
+its pools (`transport.start`). A request message after the first is ignored; one
+that does not parse is INVALID_ARGUMENT (gRPC answered UNKNOWN, naming its
+DecodeError).
 
 A unary answer keeps its call's place in gRPC's cap until the caller took it: a caller
 that announces a window of 0 bytes (HTTP/2 SETTINGS) or never reads gets no byte of
@@ -64,7 +67,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from declora.node.limits import address_key, host_key, peer_host, site_key
+from declora.node.limits import address_key, group_key, host_key, peer_host, site_key
 
 WAIT_SECONDS = 10.0  # a call's request message must come within this
 WAITING = 64  # calls waiting for their request message at once
@@ -233,7 +236,7 @@ class FirstMessage(grpc.aio.ServerInterceptor):
 
             async def streamed(requests: Any, context: grpc.aio.ServicerContext) -> None:
                 host = peer_host(context.peer())
-                request = await self.request(context, host_key(host))
+                request = await self.request(context, host)
                 await self.stream(context, host, lambda: stream(request, context))
 
             return grpc.stream_stream_rpc_method_handler(streamed, **serializers)
@@ -242,7 +245,7 @@ class FirstMessage(grpc.aio.ServerInterceptor):
         async def answered(requests: Any, context: grpc.aio.ServicerContext) -> Any:
             async def handle() -> Any:
                 host = peer_host(context.peer())
-                return await unary(await self.request(context, host_key(host)), context)
+                return await unary(await self.request(context, host), context)
 
             return await self.answer(context, handle)
 
@@ -297,16 +300,16 @@ class FirstMessage(grpc.aio.ServerInterceptor):
         if refusal is not None:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
 
-    async def request(self, context: grpc.aio.ServicerContext, network: str) -> Any:
-        """The call's one request message, read within the room's rules (`network`:
-        the caller's); the call is aborted when it does not come (a cut, the wait
-        over, the caller done)."""
+    async def request(self, context: grpc.aio.ServicerContext, host: str) -> Any:
+        """The call's one request message, read within the room's rules (`host`: the
+        caller's, counted by `limits.group_key`); the call is aborted when it does not
+        come (a cut, the wait over, the caller done)."""
         message: Any = grpc.aio.EOF
         waiting: Waiting | None = None
         malformed = False
         try:
             async with asyncio.timeout(self.wait_seconds) as timer:
-                waiting = Waiting(network, timer)
+                waiting = Waiting(group_key(host), timer)
                 self.room.enter(waiting)
                 message = await context.read()
         except TimeoutError:

@@ -42,7 +42,7 @@ from declora.node.daemon.auth import caller_refusal
 from declora.node.daemon.inbox import PUSH_PACE, STREAMS_PER_PEER, header_bytes
 from declora.node.daemon.revocation_spread import list_chunks
 from declora.node.identity import MAX_ROUND, shown
-from declora.node.limits import address_key, host_key, limited, peer_host
+from declora.node.limits import address_key, group_key, host_key, limited, peer_host
 from declora.node.wire import WireError
 from declora.proto import pb, pb_grpc
 
@@ -83,6 +83,7 @@ class PushSlot:
 
     host: str  # its remote network (`limits.host_key`)
     ip: str  # its remote IP (`limits.address_key`)
+    group: str  # its network as `Pools._make_room` counts it (`limits.group_key`)
     order: int  # admission order: the oldest waiting stream gives way first
     kept: bool = False
     waiting: bool = True
@@ -101,8 +102,9 @@ class Pools:
     `rate_limited`) for a newer one: when its network holds `per_host` places, the
     newcomer from that network cuts the network's oldest waiting push; when the pool
     is full, a newcomer cuts the oldest waiting push of the network with the most
-    waiting, a kept newcomer always, another only if that network has more waiting
-    than the newcomer's own. With nothing to cut, the newcomer is refused."""
+    waiting (the /64s of an IPv6 /48 counted as one: `limits.group_key`), a kept
+    newcomer always, another only if that network has more waiting than the
+    newcomer's own. With nothing to cut, the newcomer is refused."""
 
     def __init__(self, push_streams: int, per_host: int) -> None:
         self.limits = {**POOLS, "Push": push_streams}
@@ -130,15 +132,16 @@ class Pools:
         ends or the slot is `cut`; the caller reports its header with `header_came`.
         `allowance`: the kept places `ip` may hold (0: none)."""
         kept = self.kept.get(ip, 0) < allowance
+        group = group_key(ip) if ip else host
         if not kept and self.push_hosts.get(host, 0) >= self.per_host:
             own = self.waiting.get(host)
             if not own:
                 raise limited(f"{self.per_host} pushes from {host} already in flight")
             self._cut(own[0])
         elif self.in_use.get("Push", 0) >= self.limits["Push"]:
-            self._make_room(host, kept)
+            self._make_room(group, kept)
         self.admitted += 1
-        slot = PushSlot(host, ip, self.admitted, kept)
+        slot = PushSlot(host, ip, group, self.admitted, kept)
         if not kept:
             self.waiting.setdefault(host, []).append(slot)
         self._count(slot, 1)
@@ -159,11 +162,15 @@ class Pools:
                 if not queue:
                     del self.waiting[slot.host]
 
-    def _make_room(self, host: str, kept: bool) -> None:
-        """Cut a waiting stream for a newcomer from `host` (`kept`: it takes a kept
-        place), or refuse it."""
-        own = 0 if kept else len(self.waiting.get(host, ()))
-        most = max(self.waiting.values(), key=lambda q: (len(q), -q[0].order), default=[])
+    def _make_room(self, group: str, kept: bool) -> None:
+        """Cut a waiting stream for a newcomer of `group` (`PushSlot.group`; `kept`: it
+        takes a kept place), or refuse it: the oldest of the group with the most
+        waiting (an IPv6 /48: one site's /64s count as one network)."""
+        groups: dict[str, list[PushSlot]] = {}  # waiting, by `group`, oldest first
+        for slot in sorted((s for q in self.waiting.values() for s in q), key=lambda s: s.order):
+            groups.setdefault(slot.group, []).append(slot)
+        own = 0 if kept else len(groups.get(group, ()))
+        most = max(groups.values(), key=lambda q: (len(q), -q[0].order), default=[])
         if len(most) <= own:
             raise limited(f"{self.limits['Push']} Push calls already in flight")
         self._cut(most[0])
