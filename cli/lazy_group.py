@@ -1,7 +1,8 @@
 """The `declora-node` command group: `start`, `config`, `simulate` and `lab` built
 only when one is invoked or help lists them (their options come from the settings
 models: pydantic-settings, numpy, which `status` and the others need not load), a
-usage error as `error:` and `hint:` lines, a Ctrl-C as one line (exit 130)."""
+usage error as `error:` and `hint:` lines (of `start` with JSON logs asked, one JSON
+log record), a Ctrl-C as one line (exit 130)."""
 
 from __future__ import annotations
 
