@@ -25,11 +25,9 @@ def status(
     tls_ca: TlsCa = None,
     tls_crl: TlsCrl = None,
 ) -> None:
-    """Show a node's round, loss, last evaluation and neighbours.
-
-    `main` answers the plain forms without this app (`cli/fast.py`), in a fraction of
-    the time; both end in `client.show_status`.
-    """
+    """Show a node's round, loss, last evaluation and neighbours."""
+    # `main` answers the plain forms without this app (`cli/fast.py`), in a fraction of
+    # the time; both end in `client.show_status`.
     from declora.cli.client import show_status
 
     check_format(fmt)
