@@ -24,7 +24,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ from declora.node.lm_data import IGNORE, encode_lm, stop_token_ids
 from declora.node.methods import DECA_DEFAULTS
 from declora.node.model_source import HUB_IDS, TINY_MODELS, ModelError
 from declora.node.models import HeadSizeError, HFTokenizer, Tokenizer, truncate_counted
-from declora.node.recipe import UNRECORDED_FACTS
+from declora.node.recipe import UNRECORDED_FACTS, Recipe
 from declora.node.trainer import CHATS, LM_ROWS, LoraModel, LoraSpec
 
 _log = logging.getLogger(__name__)
@@ -279,21 +279,32 @@ def _read_info(folder: Path) -> dict[str, Any]:
             f"load it with {loader}",
         )
     try:
-        info: dict[str, Any] = json.loads(info_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise AdapterError(f"{info_file} is not valid JSON: {exc.msg}") from exc
+        info: dict[str, Any] = json.loads(info_file.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        what = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+        raise AdapterError(f"{info_file} is not valid JSON: {what}", _DAMAGED) from exc
+    if not isinstance(info, dict):
+        raise AdapterError(f"{info_file} is a JSON {type(info).__name__}, not an object", _DAMAGED)
     if not isinstance(info.get("spec"), dict):
         raise AdapterError(f"{info_file} has no spec", "an adapter from an older declora?")
     return info
 
 
-def _num_labels(info: dict[str, Any], tensors: dict[str, torch.Tensor]) -> int:
-    if info.get("num_labels"):
-        return int(info["num_labels"])
+_DAMAGED = "the file was edited or damaged: save the adapter again, or use a checkpoint's adapter/"
+
+
+def _num_labels(folder: Path, info: dict[str, Any], tensors: dict[str, torch.Tensor]) -> int:
+    recorded = info.get("num_labels")
+    if recorded:
+        if not isinstance(recorded, int) or isinstance(recorded, bool) or recorded < 1:
+            raise AdapterError(
+                f"{folder / DECLORA_INFO}: num_labels {recorded!r} is no label count", _DAMAGED
+            )
+        return recorded
     for name, t in tensors.items():  # adapters written before labels were recorded
         if name.endswith(HEAD_SUFFIXES):
             return int(t.shape[0])
-    raise AdapterError("cannot tell how many labels the adapter's head has")
+    raise AdapterError(f"{folder}: cannot tell how many labels the adapter's head has", _DAMAGED)
 
 
 def recorded_differences(folder: Path, lm: LoraModel) -> list[str]:
@@ -386,6 +397,32 @@ def _check_labels(
             )
 
 
+def _checked_spec(folder: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """`spec` (a declora.json's) with each value a training option has checked by that
+    option's type and bounds (`Recipe`: rank 1..1024, ...); an `AdapterError` naming
+    the first that fails (a hand-edited "rank": "x" reached the model as a traceback)."""
+    from pydantic import TypeAdapter, ValidationError
+
+    checked = dict(spec)
+    for name, value in spec.items():
+        option = Recipe.model_fields.get(name)
+        if option is None or name == "model":  # the base: replaced, or loaded by name
+            continue
+        kind: Any = option.annotation
+        if option.metadata:  # its bounds
+            kind = Annotated[(kind, *option.metadata)]
+        try:
+            checked[name] = TypeAdapter(kind).validate_python(value)
+            why = "no value" if value is None else ""  # LoraSpec has no optional field
+        except ValidationError as exc:
+            why = exc.errors()[0]["msg"]
+        if why:
+            raise AdapterError(
+                f"{folder}/{DECLORA_INFO}: bad spec: {name} {value!r} ({why})", _DAMAGED
+            )
+    return checked
+
+
 def load_adapter(
     path: str | Path, *, base: str | None = None, device: str = "cpu"
 ) -> LoadedAdapter:
@@ -405,13 +442,13 @@ def load_adapter(
     spec_dict["model"] = base if base is not None else recorded_base(folder, info, recorded)
     spec_dict["targets"] = tuple(spec_dict.get("targets") or ())
     try:
-        spec = LoraSpec(**spec_dict)
+        spec = LoraSpec(**_checked_spec(folder, spec_dict))
     except TypeError as exc:
-        raise AdapterError(f"{folder}/{DECLORA_INFO}: bad spec: {exc}") from exc
+        raise AdapterError(f"{folder}/{DECLORA_INFO}: bad spec: {exc}", _DAMAGED) from exc
     weights = folder / (MODEL_WEIGHTS if full else ADAPTER_WEIGHTS)
     tensors = _load_tensors(weights)
     labels = tuple(str(n) for n in info.get("labels") or ())
-    num_labels = _num_labels(info, tensors) if spec.task == "cls" else 2
+    num_labels = _num_labels(folder, info, tensors) if spec.task == "cls" else 2
     if spec.task == "cls":
         _check_labels(folder, labels, num_labels, tensors)
     try:
