@@ -61,11 +61,21 @@ def base_of(meta: dict[str, Any], config: dict[str, Any], full: bool) -> str | N
     return next((str(n) for n in names if n), None)
 
 
+_DAMAGED = "the file was edited or damaged: save the adapter again, or use a checkpoint's adapter/"
+
+
 def _read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in `path` ({} when there is no such file); an `InspectError`
+    with a hint when it holds anything else (a list too: it was read as no record)."""
+    if not path.is_file():
+        return {}
     try:
-        return dict(json.loads(path.read_text())) if path.is_file() else {}
-    except (json.JSONDecodeError, TypeError, ValueError) as exc:
-        raise InspectError(f"{path} is not a JSON object: {exc}") from exc
+        found = json.loads(path.read_bytes().decode("utf-8"))
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise InspectError(f"{path} is not a JSON object: {exc}", _DAMAGED) from exc
+    if not isinstance(found, dict):
+        raise InspectError(f"{path} is a JSON {type(found).__name__}, not an object", _DAMAGED)
+    return found
 
 
 def inspect_path(path: Path) -> dict[str, Any]:
@@ -82,7 +92,9 @@ def inspect_path(path: Path) -> dict[str, Any]:
     try:
         digest = weights_sha256(weights)
     except Exception as exc:  # a truncated or foreign file: say so, do not trace back
-        raise InspectError(f"{weights} is not a readable safetensors file: {exc}") from exc
+        raise InspectError(
+            f"{weights} is not a readable safetensors file: {exc}", _DAMAGED
+        ) from exc
     tensors = []
     total = 0
     with safe_open(str(weights), "pt") as fh:

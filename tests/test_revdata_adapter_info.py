@@ -61,3 +61,19 @@ def test_a_damaged_declora_json_is_one_error_line(
 def test_an_intact_declora_json_still_predicts(saved: Path) -> None:
     res = CliRunner().invoke(app, ["predict", str(saved)], input="some text\n")
     assert res.exit_code == 0 and len(res.stdout.splitlines()) == 1, res.output
+
+
+@pytest.mark.parametrize("raw", [b"[]", b'[["spec", 1]]', b"\xff\xfe\x00 garbage"])
+def test_inspect_refuses_a_declora_json_that_is_no_object(
+    saved: Path, tmp_path: Path, raw: bytes
+) -> None:
+    """A list was read as no record at all ('not written by declora'), a list of pairs
+    as a dict; text that is not UTF-8 had no hint."""
+    folder = tmp_path / "adapter"
+    shutil.copytree(saved, folder)
+    (folder / DECLORA_INFO).write_bytes(raw)
+    res = CliRunner().invoke(app, ["inspect", str(folder)])
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert lines[0].startswith(f"error: {folder / DECLORA_INFO}"), lines
+    assert lines[1].startswith("hint: ") and "save the adapter again" in lines[1], lines
