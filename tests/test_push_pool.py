@@ -339,7 +339,10 @@ def test_the_header_time_follows_the_adapters_header_size() -> None:
     assert header_seconds(big, 10.0) == 2 * big / (32 * 1024)  # twice its time at PUSH_PACE
     assert header_seconds(big, 4.0) == 4.0  # never past --stream-idle-seconds
     s = SimpleNamespace(max_concurrent_streams=64, max_neighbors=8, stream_idle_seconds=10.0)
-    parts = SimpleNamespace(settings=s, inbox=SimpleNamespace(me=big_identity(80)))
+    me, transport = big_identity(80), SimpleNamespace()  # the service tells the transport
+    parts = SimpleNamespace(
+        settings=s, inbox=SimpleNamespace(me=me), handshaker=SimpleNamespace(transport=transport)
+    )
     assert SwarmService(parts).header_seconds > 5.4  # type: ignore[arg-type]
 
 

@@ -20,7 +20,8 @@ decides may be further on, within `reach`), its values are checked like a
 full state's (`DecLoraNode.check_state`), and every neighbour gets a keyframe
 afterwards. A failed catch-up (a refused state, a timeout) sets the source's claim
 back to the round it has proven, so the same claim is not tried again until its next
-handshake.
+handshake; a Pull the source refused as busy (RESOURCE_EXHAUSTED: its Pull pool full,
+its callers' network at its share of streamed answers) keeps it, for the next catch-up.
 
 With robust mixing on (`--robust-mixing` other than none) a catch-up takes no state:
 it moves only the round (to the same target) and keeps this node's own adapter, so
@@ -328,8 +329,9 @@ class StateTransfer:
             return ahead
         try:
             await self._take_state(ahead, bound)
-        except Exception:
-            ahead.claimed_round = min(ahead.claimed_round, ahead.round)
+        except Exception as exc:
+            if not _busy(exc):  # a source too busy to serve did not lie: its claim stands
+                ahead.claimed_round = min(ahead.claimed_round, ahead.round)
             raise
         return ahead
 
@@ -433,6 +435,14 @@ class StateTransfer:
         log.info(
             "caught up from %s: starting after its round %d", ahead.node_id, self.progress.round
         )
+
+
+def _busy(exc: Exception) -> bool:
+    """Whether a Pull failed because its source could not serve it now (its Pull pool
+    full, its callers' network at its share: RESOURCE_EXHAUSTED), not for its state."""
+    return (
+        isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
 
 
 def _cancel(call: object) -> None:
