@@ -683,7 +683,7 @@ def load_dataset(
     A file that leaves no training row raises `DataError`. The two are `named`
     "train" and "test" (for messages).
     """
-    from declora.node.dedupe import dedupe_labelled, dedupe_split
+    from declora.node.dedupe import dedupe_labelled, dedupe_split_labelled
 
     source = str(spec)
     dropped = 0
@@ -710,8 +710,8 @@ def load_dataset(
             _warn_test_only(train, test, source, test_name)
             if dedupe:
                 held = len(test)
-                train, test, dropped = dedupe_split(train, test)
-                _log_dropped(source, dropped, len(train) + len(test))
+                train, test, dropped, conflicting = dedupe_split_labelled(train, test)
+                _log_dropped(source, dropped, len(train) + len(test), conflicting)
                 if held and not len(test):
                     _log.warning(
                         "%s: every row of its %r split (%d) repeats a training text, so "

@@ -226,8 +226,22 @@ def dedupe_split(
 
     `train` is deduplicated on its own; a test row is dropped if it duplicates a kept
     train row or an earlier kept test row, so no test text copies a training text."""
-    train, dropped = dedupe(train, threshold, shingle)
-    drop = duplicate_rows(compared_texts(train) + compared_texts(test), threshold, shingle)
-    test_drop = drop[drop >= len(train)] - len(train)
-    test = test.subset(np.setdiff1d(np.arange(len(test)), test_drop))
-    return train, test, dropped + len(test_drop)
+    train, test, dropped, _ = dedupe_split_labelled(train, test, threshold, shingle)
+    return train, test, dropped
+
+
+def dedupe_split_labelled(
+    train: TextDataset, test: TextDataset, threshold: float = 0.8, shingle: int = 5
+) -> tuple[TextDataset, TextDataset, int, int]:
+    """`dedupe_split`'s answer and how many of the dropped rows have a label other
+    than the kept row they copy (`dedupe_labelled`'s count; both splits share label
+    ids, as `data.load_dataset` reads them)."""
+    train, dropped, conflicting = dedupe_labelled(train, threshold, shingle)
+    of = duplicate_of(compared_texts(train) + compared_texts(test), threshold, shingle)
+    copied = np.flatnonzero(of[len(train) :] >= 0)
+    if train.labels is not None and test.labels is not None:
+        labels = np.concatenate([train.labels, test.labels])
+        kept = of[len(train) + copied]
+        conflicting += int((test.labels[copied] != labels[kept]).sum())
+    test = test.subset(np.flatnonzero(of[len(train) :] < 0))
+    return train, test, dropped + len(copied), conflicting

@@ -79,3 +79,29 @@ def test_a_copy_of_a_near_duplicate_names_the_row_kept() -> None:
     data = TextDataset(tuple(texts), np.array([0, 1, 1, 0]), ("a", "b"))
     kept, dropped, conflicting = dedupe_labelled(data)
     assert kept.texts == (base, "something else entirely here") and (dropped, conflicting) == (2, 1)
+
+
+def test_a_saved_split_s_conflicting_copies_are_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A test row copying a training row under another label is dropped: the warning
+    counts it as a conflict, as it does a training copy's."""
+    import datasets
+
+    train = [(f"distinct training review {i}", "ab"[i % 2]) for i in range(6)]
+    train += [("distinct training review 0", "b")]  # a training copy, other label
+    test = [("distinct training review 1", "a"), ("a test review of its own", "a")]
+    datasets.DatasetDict(
+        {
+            name: datasets.Dataset.from_dict(
+                {"text": [t for t, _ in rows], "label": [v for _, v in rows]}
+            )
+            for name, rows in (("train", train), ("test", test))
+        }
+    ).save_to_disk(str(tmp_path / "saved"))
+    with caplog.at_level(logging.WARNING, logger="declora.node.data"):
+        kept_train, kept_test = load_dataset(tmp_path / "saved")
+    assert (len(kept_train), len(kept_test)) == (6, 1)
+    warned = [m for m in _warnings(caplog) if "rows dropped" in m]
+    assert len(warned) == 1 and "2 of 9 rows dropped" in warned[0], warned
+    assert "2 of them with a conflicting label" in warned[0], warned
