@@ -25,6 +25,7 @@ try:  # the slow imports; one that fails puts Python's own Ctrl-C handler back f
     from declora.cli.certs_command import certs_app
     from declora.cli.exits import STATE
     from declora.cli.experiment_command import experiment
+    from declora.cli.flags import DebugOpt
     from declora.cli.lazy_group import LazyGroup
     from declora.cli.query_commands import inspect, status
     from declora.node import __version__
@@ -55,9 +56,7 @@ def main_callback(
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
-    debug: Annotated[
-        bool, typer.Option("--debug", help="Show a traceback with an error (for bug reports).")
-    ] = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Peer-to-peer decentralized LoRA fine-tuning (Dec-LoRA)."""
     STATE["debug"] = debug

@@ -102,19 +102,15 @@ def say_error(message: str, code: int = 2, hint: str = "", json_logs: bool = Fal
         typer.echo(f"hint: {hint}", err=True)
 
 
-def fail(message: str, code: int = 2, hint: str = "") -> NoReturn:
-    """Print `error: message` (and `hint: ...`) on stderr and exit with `code`."""
-    refuse(message, code, hint)
-
-
-def refuse(message: str, code: int = 2, hint: str = "", json_logs: bool = False) -> NoReturn:
-    """`say_error`, then exit with `code`."""
+def fail(message: str, code: int = 2, hint: str = "", json_logs: bool = False) -> NoReturn:
+    """`error: message` (and `hint: ...`) on stderr, or one JSON log record with
+    `json_logs` (`say_error`), then exit with `code`."""
     say_error(message, code, hint, json_logs)
     raise typer.Exit(code)
 
 
 def warn(line: str, json_logs: bool = False) -> None:
-    """`warning: line` on stderr, or a JSON log record of level WARNING (`refuse`)."""
+    """`warning: line` on stderr, or a JSON log record of level WARNING (`say_error`)."""
     if json_logs:
         from declora.node.logs import json_line
 

@@ -36,4 +36,7 @@ BaseOpt = Annotated[
     str | None,
     typer.Option(help="A local copy of the base model (default: the base the adapter records)."),
 ]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+# `declora-node --debug CMD`, and after the name of predict, generate and export: one help
+DebugOpt = Annotated[
+    bool, typer.Option("--debug", help="Show a traceback with an error (for bug reports).")
+]

@@ -553,7 +553,6 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
         from declora.cli.exits import fail_with
 
         fail_with(exc)  # exit 2
-        raise  # unreachable: fail_with exits
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from declora.cli.checks import check_format
-from declora.cli.exits import Interrupts, config_hint, interrupted, refuse, show_traceback, warn
+from declora.cli.exits import Interrupts, config_hint, fail, interrupted, show_traceback, warn
 from declora.cli.flags import ConfigOpt, FormatOpt
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ def _settings(
 ) -> Resolved:
     """Settings from flags, environment, file, defaults (exit 2 naming a bad value);
     warns about DECLORA_* variables that are no option. With `json_logs` the warnings
-    and the refusal are JSON log records (`refuse`)."""
+    and the refusal are JSON log records (`exits.fail`)."""
     from declora.node.settings import (
         ConfigFileError,
         SettingsError,
@@ -68,7 +68,7 @@ def _settings(
     except (SettingsError, ConfigFileError) as exc:
         show_traceback()
         hint = exc.hint or config_hint(command, config=command == "start")
-        refuse(exc.message, hint=hint, json_logs=json_logs)
+        fail(exc.message, hint=hint, json_logs=json_logs)
     for line in resolved.warnings:  # a key or secret open to others, a certificate ending
         warn(line, json_logs)
     return resolved
@@ -98,7 +98,7 @@ def start(config: ConfigOpt = None, options: dict[str, Any] | None = None) -> No
         if mistake is None:  # a bug: its traceback
             raise
         show_traceback()
-        refuse(mistake.message, mistake.code, mistake.hint, settings.log_format == "json")
+        fail(mistake.message, mistake.code, mistake.hint, settings.log_format == "json")
     raise typer.Exit(code)
 
 
