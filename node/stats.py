@@ -46,7 +46,8 @@ def _as_arrays(
     correct: Sequence[np.ndarray], reference: Sequence[np.ndarray] | None
 ) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """Per seed: the outcomes as 2-D float arrays (rows: nodes; one row for a 1-D
-    input), checked (non-empty, paired lengths)."""
+    input), checked (non-empty, paired lengths, every outcome in [0, 1]: the interval
+    is cut to the figures such outcomes can give)."""
     if len(correct) == 0:
         raise ValueError("summarize: no seeds given (correct is empty)")
     if reference is not None and len(reference) != len(correct):
@@ -70,6 +71,9 @@ def _as_arrays(
                     f"summarize: seed {s} has {ca.shape[1]} outcomes per node but its "
                     f"reference {ra.shape} (they must be scored on the same examples)"
                 )
+        for name, arr in (("outcomes", ca), ("reference", ra)):
+            if arr is not None and not ((arr >= 0) & (arr <= 1)).all():  # NaN too
+                raise ValueError(f"summarize: seed {s}'s {name} must lie in [0, 1]")
         out.append((ca, ra))
     return out
 
@@ -102,8 +106,8 @@ def summarize(
     Student-t interval mean ± t(S-1) std / sqrt(S) over the S seeds (a percentile
     bootstrap of 3 seeds understates their spread), then cut to what the figure can be
     (an accuracy: [0, 100]; a difference: [-100, 100]). Deterministic for a given `seed`.
-    Raises ValueError on empty input, mismatched lengths, reps < 1 or level outside
-    (0, 1).
+    Raises ValueError on empty input, mismatched lengths, an outcome outside [0, 1],
+    reps < 1 or level outside (0, 1).
     """
     if reps < 1:
         raise ValueError(f"summarize: reps must be >= 1, got {reps}")

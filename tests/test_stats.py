@@ -187,3 +187,14 @@ def test_an_interval_never_leaves_what_the_figure_can_be() -> None:
     assert low.low == 0.0 and low.high <= 100.0
     diff = summarize(seeds, [np.zeros(n)] * 3)  # against a reference that is always wrong
     assert diff.high == 100.0 and diff.low >= -100.0
+
+
+@pytest.mark.parametrize("bad", [2.0, -0.5, float("nan")])
+def test_an_outcome_outside_0_and_1_is_refused(bad: float) -> None:
+    """The interval is cut to [0, 100]: outcomes 2, 1, 1, 1 gave mean 125 in [100, 100],
+    an interval that missed its own mean (NaN: NaN everywhere); now refused, as a
+    reference's is."""
+    with pytest.raises(ValueError, match=r"seed 1's outcomes must lie in \[0, 1\]"):
+        summarize([np.ones(4), np.array([1.0, bad, 0.0, 1.0])])
+    with pytest.raises(ValueError, match=r"seed 0's reference must lie in \[0, 1\]"):
+        summarize([np.ones(4)], [np.array([1.0, bad, 0.0, 1.0])])
