@@ -198,15 +198,19 @@ def test_force_has_one_name_and_help() -> None:
         assert "Replace existing files." in line, (name, line)
 
 
-@pytest.mark.slow  # two labs; the refused outputs of simulate stay; make test-slow
 def test_a_lab_into_a_folder_another_lab_writes_is_refused_and_changes_nothing(
-    tmp_path: Path, adapter: Path
+    tmp_path: Path, adapter: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first lab holds its output folder's lock (`output_lock`) for its life: a
     second one, even with --force, is refused before it deletes or truncates anything
-    (before: it replaced the first one's node folders and logs under it)."""
+    (before: it replaced the first one's node folders and logs under it). The lab's
+    run past the lock is left out (a real one: test_lab_force_replaces_its_results)."""
     from declora.cli.lab import output_lock
 
+    ran: list[Path] = []
+    monkeypatch.setattr(
+        "declora.cli.lab._run_lab", lambda _, out, *__: ran.append(out) or {"ok": True}
+    )
     out = old_output(tmp_path / "out")
     with output_lock(out):  # what a running lab holds
         before = files(out)
@@ -216,9 +220,10 @@ def test_a_lab_into_a_folder_another_lab_writes_is_refused_and_changes_nothing(
             f"error: --output {out} is in use by another lab (pid {os.getpid()})",
             "hint: wait for it to finish (or stop it), or choose another --output",
         ]
-        assert files(out) == before and res.stdout == ""
+        assert files(out) == before and res.stdout == "" and ran == []
     res = runner.invoke(app, [*command("lab", tmp_path, adapter, out), "--force"])
     assert res.exit_code == 0, res.output  # once it is done, the folder is free again
+    assert ran == [out.resolve()]
 
 
 def test_a_lab_past_its_timeout_stops_the_nodes_and_writes_what_they_did(
