@@ -9,9 +9,10 @@ any compressed file or archive, or a save_to_disk folder) is read as `predict` r
 --input (`data_files.read_splits`: an archive or a compressed .txt refused), from its
 `prompt` column (texts) or `messages` (else `conversations`) column (turns); any other
 file (.txt) is one prompt a line. Line input
-(.txt, .jsonl, stdin) gives one output line per input line, as `predict` does: a blank
-line is no prompt and gives an empty line (json: its keys with null values), and prompt
-N is line N. All input is read and checked before the model loads, and every prompt's
+(.txt, .jsonl, stdin) gives one output line per input line, and a data file one per
+row, as `predict` does: a blank line, or a line or row whose prompt is empty or null, is
+no prompt and gives an empty line (json: its keys with null values), and prompt N is
+line N. All input is read and checked before the model loads, and every prompt's
 length before anything is generated: prompt plus --max-new-tokens must fit the model's
 context.
 
@@ -59,6 +60,7 @@ MAX_NEW_TOKENS = 100_000  # tokens a prompt may ask for at most
 MAX_TEMPERATURE = 100.0
 JSON_LINES = (".jsonl", ".ndjson")  # read line by line, as stdin's JSON lines
 PROMPT, MESSAGES = "prompt", "messages"  # a data file's prompt columns
+PROMPTS_HINT = "give one prompt a line, or JSON lines"
 
 
 @dataclass(frozen=True)
@@ -151,13 +153,21 @@ def _jsonl_prompts(lines: Sequence[str], source: str) -> list[Prompt]:
         chat = MESSAGES if MESSAGES in row else CONVERSATIONS
         if chat in row:
             prompts.append(_messages(row[chat], where))
-        elif isinstance(row.get("prompt"), str) and row["prompt"].strip():
-            prompts.append(row["prompt"])
+        elif isinstance(row.get("prompt"), str) or (PROMPT in row and row[PROMPT] is None):
+            text = row[PROMPT] or ""
+            prompts.append(text if text.strip() else "")  # keeps its place, as a blank line
         else:
             raise DataError(
                 f"{where}: no non-empty 'prompt' string or 'messages' list; keys are {sorted(row)}",
                 "give each line a prompt or messages field",
             )
+    return _some(prompts, source)
+
+
+def _some(prompts: list[Prompt], source: str) -> list[Prompt]:
+    """`prompts`, unless every one is empty (a `DataError`: there is nothing to do)."""
+    if not any(prompts):
+        raise DataError(f"{source}: no prompts (every one is empty)", PROMPTS_HINT)
     return prompts
 
 
@@ -184,19 +194,19 @@ def _table_prompts(path: Path) -> list[Prompt]:
             at = f"{where}: row {row}"
             if chat is not None:
                 prompts.append(_messages(chat, at))
-            elif isinstance(text, str) and text.strip():
-                prompts.append(text)
+            elif isinstance(text, str) or (text is None and PROMPT in columns):
+                prompts.append(text if text and text.strip() else "")  # keeps its place
             else:
                 raise DataError(
                     f"{at}: no non-empty {PROMPT!r} text or {MESSAGES!r} list",
                     "give each row a prompt or messages, or remove it",
                 )
-    return prompts
+    return _some(prompts, str(path))
 
 
 def read_prompts(prompt: str | None, source: str | None, stdin: TextIO) -> list[Prompt]:
-    """The prompts in input order, "" for a blank line of line input (it keeps its
-    place); `DataError` when there are none or one is malformed."""
+    """The prompts in input order, "" for a blank line or an empty or null prompt (it
+    keeps its place); `DataError` when there are none or one is malformed."""
     if prompt is not None and source is not None:
         raise DataError("give --prompt or --input, not both")
     if prompt is not None:
@@ -218,7 +228,7 @@ def read_prompts(prompt: str | None, source: str | None, stdin: TextIO) -> list[
     lines, label = text_lines(source or "-", stdin)
     first = next((line for line in lines if line.strip()), None)
     if first is None:
-        raise DataError(f"{label}: no prompts", "give one prompt a line, or JSON lines")
+        raise DataError(f"{label}: no prompts", PROMPTS_HINT)
     if jsonl or (jsonl is None and first.lstrip().startswith("{")):
         return _jsonl_prompts(lines, label)
     return [line if line.strip() else "" for line in lines]

@@ -70,3 +70,33 @@ def test_predict_writes_an_empty_line_for_an_empty_row(tmp_path: Path) -> None:
     res = runner.invoke(app, ["predict", str(tmp_path / "adapter"), "-i", empty])
     assert res.exit_code == 2 and res.stderr.startswith("error: "), res.output
     assert "no texts" in res.stderr and "hint: " in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "body"),
+    [
+        ("p.jsonl", '{"prompt": "first"}\n{"prompt": " "}\n{"prompt": "third"}\n'),
+        ("n.jsonl", '{"prompt": "first"}\n{"prompt": null}\n{"prompt": "third"}\n'),
+        ("p.csv", 'prompt\nfirst\n""\nthird\n'),
+    ],
+)
+def test_generate_keeps_an_empty_prompt_s_place_as_predict_does(
+    tmp_path: Path, name: str, body: str
+) -> None:
+    """generate refused the whole file for one empty prompt of a JSON line or a row."""
+    from declora.cli.generate import read_prompts
+
+    assert read_prompts(None, _write(tmp_path, name, body), io.StringIO()) == [
+        "first",
+        "",
+        "third",
+    ]
+
+
+def test_generate_refuses_input_of_only_empty_prompts(tmp_path: Path) -> None:
+    from declora.cli.generate import read_prompts
+
+    for name, body in (("e.jsonl", '{"prompt": ""}\n'), ("e.csv", 'prompt\n""\n')):
+        with pytest.raises(DataError, match="no prompts") as err:
+            read_prompts(None, _write(tmp_path, name, body), io.StringIO())
+        assert err.value.hint
