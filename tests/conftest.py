@@ -1,7 +1,8 @@
 """Shared fixtures: one tiny-bert LoRA model per session and a small learnable dataset.
 
-Tests marked ``@pytest.mark.slow`` (real MiniLM + BBC News) run by default, as in CI;
-deselect them locally with ``-m "not slow"``.
+Tests marked ``@pytest.mark.slow`` (pyproject.toml's markers say which) are left out of
+`make test`, which runs ``-m "not slow and not faults"``; `make test-slow` runs them, and
+so does a plain ``pytest``.
 """
 
 from __future__ import annotations
@@ -174,13 +175,6 @@ def synthetic_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The synthetic data as a JSONL file (for `Simulation(data=...)`)."""
     path = tmp_path_factory.mktemp("data") / "synthetic.jsonl"
     return write_jsonl(make_synthetic(250, seed=2), path)
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """Register `slow` even when pytest runs without pyproject.toml (it is not skipped)."""
-    config.addinivalue_line(
-        "markers", "slow: uses the real MiniLM model and BBC News (runs by default, as in CI)"
-    )
 
 
 @pytest.fixture

@@ -60,3 +60,11 @@ def test_nothing_follows_a_call_that_never_returns() -> None:
                     if name in exits:
                         dead.append(f"{path.name}:{after.lineno}")
     assert dead == []
+
+
+def test_the_slow_mark_is_described_once(pytestconfig: pytest.Config) -> None:
+    """pyproject.toml's description of `slow` is the one `pytest --markers` shows: the
+    conftest added a second, stale one ("real MiniLM + BBC News, runs by default, as in
+    CI"; make test leaves slow tests out)."""
+    slow = [m for m in pytestconfig.getini("markers") if m.split(":")[0].strip() == "slow"]
+    assert len(slow) == 1 and "make test" in slow[0], slow
