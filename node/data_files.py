@@ -185,7 +185,7 @@ def _field_limit(size: int) -> Iterator[None]:
     """csv's field size limit (131,072 characters) raised to `size` for a block, so a
     long text does not end the check of the rows after it (pandas reads it whole)."""
     before = csv.field_size_limit()
-    csv.field_size_limit(max(before, size))
+    csv.field_size_limit(max(before, min(size, 2**31 - 1)))  # a C long on every platform
     try:
         yield
     finally:
