@@ -76,17 +76,24 @@ class Sampling:
         """`DataError` naming the option that is out of range."""
         if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
             raise DataError(
-                f"--max-new-tokens must be in [1, {MAX_NEW_TOKENS}], got {self.max_new_tokens}"
+                f"--max-new-tokens must be in [1, {MAX_NEW_TOKENS}], got {self.max_new_tokens}",
+                "the new tokens of one completion, e.g. --max-new-tokens 128 (the default)",
             )
         if not 0 <= self.temperature <= MAX_TEMPERATURE:  # NaN fails both
             raise DataError(
                 f"--temperature must be in [0, {MAX_TEMPERATURE:g}] (0 = greedy), "
-                f"got {self.temperature}"
+                f"got {self.temperature}",
+                "leave it out for greedy decoding, or sample with e.g. --temperature 0.7",
             )
         if not 0 <= self.seed < 2**32:
-            raise DataError(f"--seed must be in [0, 2**32), got {self.seed}")
+            raise DataError(
+                f"--seed must be in [0, 2**32), got {self.seed}", "e.g. --seed 0 (the default)"
+            )
         if not 0 < self.top_p <= 1:
-            raise DataError(f"--top-p must be in (0, 1], got {self.top_p}")
+            raise DataError(
+                f"--top-p must be in (0, 1], got {self.top_p}",
+                "1 (the default) keeps every token; e.g. --top-p 0.9 keeps the likeliest 90%",
+            )
 
 
 @dataclass(frozen=True)

@@ -189,7 +189,9 @@ def run_predict(
     from declora.node.adapter_io import load_adapter
 
     if batch_size < 1:
-        raise DataError(f"--batch-size must be >= 1, got {batch_size}")
+        raise DataError(
+            f"--batch-size must be >= 1, got {batch_size}", "e.g. --batch-size 32 (the default)"
+        )
     adapter_folder(adapter)  # a wrong path fails before reading stdin
     texts = read_texts(source, text_column, stdin)  # bad input fails before the model loads
     scored = [text for text in texts if text]
