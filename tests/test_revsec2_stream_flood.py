@@ -32,7 +32,8 @@ def node(cluster: Cluster) -> Iterator[Any]:
     yield n0
 
 
-@pytest.mark.slow  # ~15 s of a real node, make test-slow (so is attack 13)
+@pytest.mark.slow  # ~15 s of a real node, make test-slow (so is attack 13); test_side_streams.py
+# (calls per connection) and test_redteam2_first_message.py (header-only calls) stay
 def test_a_flood_of_header_only_calls_keeps_no_caller_out(node: Any) -> None:
     conns = [Stalled(node.address, STRANGER) for _ in range(CONNECTIONS)]
     done = threading.Event()
