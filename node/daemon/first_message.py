@@ -53,7 +53,10 @@ neighbour's IP holds `STREAMS_PER_NEIGHBOUR` kept places per live neighbour ther
 before its network's share: the nodes of one lab (127.0.0.1) or LAN (one /24) share a
 network, and 3 of 7 neighbours that pulled a state at once were refused (a failed
 catch-up: it backs off).
-These refusals are not counted in `status` (the interceptor sees no node's counters).
+
+Each refusal is counted by reason (`REFUSALS`, a bounded set) through `refused`, which
+the transport points at the node's counters, so `status` shows them (`Status.rejected`,
+`declora_rejected_total`); none is logged: the caller needs no credentials.
 """
 
 from __future__ import annotations
@@ -86,6 +89,13 @@ STREAMS_PER_NEIGHBOUR = 2
 # Leave and push acknowledgements (`inbox.STREAMS_PER_PEER` pushes at once)
 ANSWERS_PER_NEIGHBOUR = 4
 KEPT = "kept:"  # `Unread`'s key prefix of a live neighbour's IP's kept places
+# the counters of this interceptor's refusals (`FirstMessage.refused`)
+REQUEST_TIMEOUT = "request_timeout"  # no request message within `WAIT_SECONDS`
+WAITING_ROOM_CUT = "waiting_room_cut"  # cut as the oldest of the busiest network
+UNREAD_SHARE = "unread_share"  # past `Unread`'s bounds of unary answers
+STREAM_SHARE = "stream_share"  # past `streams`' bounds
+MALFORMED = "malformed"  # a request message that does not parse (as other messages)
+REFUSALS = (REQUEST_TIMEOUT, WAITING_ROOM_CUT, UNREAD_SHARE, STREAM_SHARE, MALFORMED)
 
 
 @dataclass(eq=False)
@@ -136,11 +146,13 @@ class Unread:
         per_network: int = UNREAD_PER_NETWORK,
         what: str = "answers",
         done: str = "read by their callers",
+        counter: str = UNREAD_SHARE,
     ) -> None:
         self.size = size
         self.per_network = per_network
         self.what = what
         self.done = done  # what a refusal says the counted calls are not yet
+        self.counter = counter  # its refusals' reason (`REFUSALS`)
         self.total = 0
         self.by_network: dict[str, int] = {}  # by network and by site
 
@@ -198,10 +210,14 @@ class FirstMessage(grpc.aio.ServerInterceptor):
         self.wait_seconds = wait_seconds
         self.room = Room(room)
         self.unread = unread or Unread()
-        self.streams = streams or Unread(STREAMS, STREAMS_PER_NETWORK, "streamed answers", "done")
+        self.streams = streams or Unread(
+            STREAMS, STREAMS_PER_NETWORK, "streamed answers", "done", STREAM_SHARE
+        )
         # live neighbours at a remote IP (`limits.address_key`): none until the Swarm
         # service says (`service.SwarmService`)
         self.neighbours: Callable[[str], int] = lambda ip: 0
+        # counts one refusal by reason (`REFUSALS`): none until the transport says
+        self.refused: Callable[[str], None] = lambda reason: None
 
     async def intercept_service(
         self,
@@ -298,6 +314,7 @@ class FirstMessage(grpc.aio.ServerInterceptor):
         """Abort the call (RESOURCE_EXHAUSTED) when `unread.refusal` says so."""
         refusal = unread.refusal(host, answering, kept)
         if refusal is not None:
+            self.refused(unread.counter)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
 
     async def request(self, context: grpc.aio.ServicerContext, host: str) -> Any:
@@ -322,13 +339,16 @@ class FirstMessage(grpc.aio.ServerInterceptor):
         if message is not grpc.aio.EOF:
             return message
         if malformed:
+            self.refused(MALFORMED)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed request message")
         if waiting is not None and waiting.cut:
+            self.refused(WAITING_ROOM_CUT)
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{self.room.size} calls already wait for their request message",
             )
         if waiting is not None and waiting.timer.expired():
+            self.refused(REQUEST_TIMEOUT)
             await context.abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"no request message within {self.wait_seconds:g}s",
