@@ -417,6 +417,18 @@ def method_text(status: Mapping[str, Any]) -> str:
     return text
 
 
+def refused_text(rejected: Mapping[str, int]) -> str:
+    """The node's refusals by reason as `status` and `inspect --target` show them:
+    "refused: handshake 2, request_timeout 64" (the first `MAX_ITEMS` by name, then
+    how many more; the names are the node's: escaped, bounded); '' when none."""
+    if not rejected:
+        return ""
+    refused = sorted(rejected.items())[:MAX_ITEMS]
+    text = "refused: " + ", ".join(f"{remote_text(k)} {v}" for k, v in refused)
+    more = more_text(len(rejected), MAX_ITEMS, "refusal reasons")
+    return text + (f"\n{more}" if more else "")
+
+
 def render_status(reply: pb.StatusReply, width: int | None = None) -> None:
     """A node's status in short lines and a neighbour table: a terminal's width (a
     table's cells fold), else one line each, never cut (`report_console`). The table
@@ -447,10 +459,7 @@ def render_status(reply: pb.StatusReply, width: int | None = None) -> None:
     ]
     if method := method_text(status_to_dict(reply)):
         lines.insert(2, method)
-    if reply.rejected:
-        refused = sorted(reply.rejected.items())[:MAX_ITEMS]
-        lines.append("refused: " + ", ".join(f"{show(k)} {v}" for k, v in refused))
-        lines.append(more_text(len(reply.rejected), MAX_ITEMS, "refusal reasons"))
+    lines.append(refused_text(reply.rejected))
     console.print("\n".join(line for line in lines if line))
     table = Table(box=None, pad_edge=False, header_style="bold underline")
     rows = reply.neighbors[:MAX_ROWS]
