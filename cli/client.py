@@ -13,6 +13,7 @@ import grpc
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from declora.cli.lines import error_lines
 from declora.node.address import split_address
 from declora.node.errors import HintedError
 from declora.node.rpc_failure import Cause, cause
@@ -67,9 +68,7 @@ def show_status(target: str, as_json: bool, timeout: float, tls: TlsFiles | None
     try:
         reply = fetch_status(target, timeout, tls=tls)
     except StatusError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
+        print(*error_lines(exc.message, exc.hint), sep="\n", file=sys.stderr)
         return exc.code
     if as_json:
         print(json.dumps(status_to_dict(reply), indent=2))

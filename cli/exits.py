@@ -12,6 +12,8 @@ from typing import NoReturn
 
 import typer
 
+from declora.cli.lines import error_lines
+
 # --debug; whether a command's own code has begun (None: not even its parsing)
 STATE: dict[str, bool | None] = {"debug": False, "began": None}
 
@@ -97,9 +99,10 @@ def say_error(message: str, code: int = 2, hint: str = "", json_logs: bool = Fal
 
         typer.echo(json_line("ERROR", message, hint=hint, exit_code=code), err=True)
         return
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    if hint:
-        typer.echo(f"hint: {hint}", err=True)
+    error, *rest = error_lines(message, hint)
+    typer.secho(error, err=True, fg=typer.colors.RED)
+    for line in rest:
+        typer.echo(line, err=True)
 
 
 def fail(message: str, code: int = 2, hint: str = "", json_logs: bool = False) -> NoReturn:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from typer.core import TyperGroup
 
 from declora.cli.checks import need_temp_folder
-from declora.cli.exits import STATE, interrupted, say_error
+from declora.cli.exits import STATE, interrupted, say_error, show_traceback
 from declora.cli.loading import NOT_BEGUN
 from declora.cli.run_commands import lab, simulate
 from declora.cli.start_command import config_command, json_logs_in, start
@@ -58,9 +58,11 @@ class LazyGroup(TyperGroup):
         **extra: Any,
     ) -> Any:
         """Click's own handling, except that a usage error (a bad value, an unknown
-        option, a missing argument) is our two lines, `error:` and `hint:`, exit 2 (of
-        `start` with JSON logs asked, one JSON log record: `say_error`), rather than a
-        boxed panel (help, and a bare `declora-node`, stay as they are)."""
+        option, a missing argument) or another of click's errors is our two lines,
+        `error:` and `hint:`, with its exit code (2 for a usage error; of `start` with
+        JSON logs asked, one JSON log record: `say_error`), rather than a boxed panel
+        (help, and a bare `declora-node`, stay as they are), and an EOFError out of a
+        command is too, exit 1 (typer said 'Aborted!')."""
         from typer._click import exceptions as errors
         from typer.exceptions import Abort
 
@@ -78,20 +80,27 @@ class LazyGroup(TyperGroup):
                 typer.echo(NOT_BEGUN, err=True)
         except errors.NoArgsIsHelpError:
             return run(True)  # the help, exactly as before
-        except errors.UsageError as exc:
+        except errors.ClickException as exc:  # a usage error, or another of click's
+            where = self._where(getattr(exc, "ctx", None), args)
             message = " ".join(exc.format_message().split())
-            where = self._where(exc.ctx, args)
-            words = list(sys.argv[1:] if args is None else args)
-            json_logs = where == "declora-node start" and json_logs_in(words)
-            say_error(message, exc.exit_code, f"see `{where} --help`", json_logs)
-            sys.exit(exc.exit_code)
-        except errors.ClickException as exc:
-            typer.secho(f"error: {exc.format_message()}", err=True, fg=typer.colors.RED)
-            sys.exit(exc.exit_code)
-        except Abort:
-            typer.echo("Aborted!", err=True)
-            sys.exit(1)
+            self._fail(message, exc.exit_code, f"see `{where} --help`", where, args)
+        except Abort as exc:  # typer's for an EOFError out of a command (was 'Aborted!')
+            show_traceback()
+            said = str(exc.__cause__ or "")  # the EOFError's words, if any
+            message = "an input ended early" + (f" ({said})" if said else "")
+            hint = "check that the files and standard input it reads are whole; --debug shows where"
+            self._fail(message, 1, hint, self._where(None, args), args)
         sys.exit(code if isinstance(code, int) else 0)
+
+    def _fail(
+        self, message: str, code: int, hint: str, where: str, args: Sequence[str] | None
+    ) -> NoReturn:
+        """`error:` and `hint:` lines, exit `code` (of `start` with JSON logs asked,
+        one JSON log record: `say_error`)."""
+        words = list(sys.argv[1:] if args is None else args)
+        json_logs = where == "declora-node start" and json_logs_in(words)
+        say_error(message, code, hint, json_logs)
+        sys.exit(code)
 
     def _where(self, ctx: click.Context | None, args: Sequence[str] | None) -> str:
         """The command a usage error is about: `declora-node lab` (click leaves the
