@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import logging
 import os
@@ -226,13 +227,21 @@ class Persistence:
         except OSError as exc:
             if exc.errno not in DISK_ERRORS:  # EACCES, EMFILE...: not the disk's state
                 raise
-            self.failed = exc
+            failed = OSError(exc.errno, exc.strerror or str(exc))  # a bare copy, see below
+        else:
+            failed = None
+        if failed is not None:
+            # `exc` chained the writer's error, whose frames (in reference cycles) held
+            # its removed file open: the build's space stayed taken, and the final
+            # adapter written next failed on a disk that had room for it
+            gc.collect()
+            self.failed = failed
             kept = checkpoint.latest(self.checkpoint_dir)
             log.warning(
                 "cannot write the checkpoint of round %d to %s: %s; %s",
                 state.round,
                 self.checkpoint_dir,
-                exc.strerror or exc,
+                failed.strerror,
                 f"a resume continues from {kept.name}" if kept else "there is none to resume",
             )
             return False
