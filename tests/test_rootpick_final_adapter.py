@@ -78,6 +78,7 @@ def test_a_finished_solo_run_root_gives_its_final_weights(
     assert_root_gives_final(state)
 
 
+@pytest.mark.slow  # guards of real runs, make test-slow; the solo run stays
 @pytest.mark.integration
 @pytest.mark.timeout(400)
 def test_a_run_stopped_by_sigterm_mid_training_root_gives_its_final_weights(
@@ -93,6 +94,7 @@ def test_a_run_stopped_by_sigterm_mid_training_root_gives_its_final_weights(
     assert_root_gives_final(node.ckpt)
 
 
+@pytest.mark.slow  # guards of real runs, make test-slow; the solo run stays
 @pytest.mark.integration
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize(
@@ -112,6 +114,7 @@ def test_a_pair_through_the_consensus_finish_roots_give_their_final_weights(
         assert_root_gives_final(node.ckpt)
 
 
+@pytest.mark.slow  # guards of real runs, make test-slow; the solo run stays
 @pytest.mark.integration
 @pytest.mark.timeout(400)
 def test_a_resume_that_dies_leaves_latest_newer_than_the_final_adapter(
