@@ -222,14 +222,13 @@ class Persistence:
         # how far it trained: past this only the consensus finish mixed (`check_rounds`)
         trained = min(state.round, last) if s.rounds else state.round
         meta = {"node_id": s.node_id, TRAINED: trained}
+        failed: OSError | None = None
         try:
             path = checkpoint.save(self.checkpoint_dir, parts.lm, state, meta)
         except OSError as exc:
             if exc.errno not in DISK_ERRORS:  # EACCES, EMFILE...: not the disk's state
                 raise
             failed = OSError(exc.errno, exc.strerror or str(exc))  # a bare copy, see below
-        else:
-            failed = None
         if failed is not None:
             # `exc` chained the writer's error, whose frames (in reference cycles) held
             # its removed file open: the build's space stayed taken, and the final
