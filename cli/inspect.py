@@ -209,6 +209,7 @@ def render(info: dict[str, Any]) -> None:
         folded,
         method_text,
         more_text,
+        refused_text,
         remote_text,
         report_console,
     )
@@ -222,6 +223,8 @@ def render(info: dict[str, Any]) -> None:
             f"round {info['round']} fingerprint {show(info['fingerprint'])}"
             + (f"\n{method}" if method else "")
         )
+        if refused := refused_text(info.get("rejected") or {}):
+            console.print(refused)
         table = Table(
             "peer", "address", "live", "weight", "degree", "round", "missed", "sent B", "recv B"
         )

@@ -272,8 +272,10 @@ class SwarmService(pb_grpc.SwarmServicer):
         self.header_seconds = header_seconds(header_bytes(parts.inbox.me), s.stream_idle_seconds)
         self._live: tuple[tuple[str, str], ...] = ()  # (host, address) of the live peers...
         self._neighbour_ips: Counter[str] = Counter()  # ...and how many live at each IP
-        # streamed answers keep places for live neighbours' IPs (`first_message`)
+        # streamed answers keep places for live neighbours' IPs (`first_message`), whose
+        # refusals Status counts
         parts.handshaker.transport.neighbours = self.neighbours_at
+        parts.handshaker.transport.refused = parts.counters.count
 
     def neighbours_at(self, ip: str) -> int:
         """Live neighbours whose IP is remote IP `ip` (`limits.address_key`): the host

@@ -94,6 +94,9 @@ class Transport:
         # live neighbours at a remote IP, for `first_message.FirstMessage.neighbours`
         # (set by `service.SwarmService`; none before)
         self.neighbours: Callable[[str], int] = lambda ip: 0
+        # counts one of `first_message`'s refusals by reason (set by
+        # `service.SwarmService`: the node's counters; none before)
+        self.refused: Callable[[str], None] = lambda reason: None
 
     def reserve(self) -> None:
         """Hold the listen port now (ServerError when it is taken); `start` binds it."""
@@ -128,6 +131,7 @@ class Transport:
         cap = max_rpcs + WATCHES + REFLECTIONS + WAITING + UNREAD
         first_message = FirstMessage()
         first_message.neighbours = lambda ip: self.neighbours(ip)  # looked up at each call
+        first_message.refused = lambda reason: self.refused(reason)
         server = grpc.aio.server(
             options=options, maximum_concurrent_rpcs=cap, interceptors=[first_message]
         )
