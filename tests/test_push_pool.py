@@ -341,7 +341,10 @@ def test_the_header_time_follows_the_adapters_header_size() -> None:
     s = SimpleNamespace(max_concurrent_streams=64, max_neighbors=8, stream_idle_seconds=10.0)
     me, transport = big_identity(80), SimpleNamespace()  # the service tells the transport
     parts = SimpleNamespace(
-        settings=s, inbox=SimpleNamespace(me=me), handshaker=SimpleNamespace(transport=transport)
+        settings=s,
+        inbox=SimpleNamespace(me=me),
+        handshaker=SimpleNamespace(transport=transport),
+        counters=SimpleNamespace(count=lambda reason: None),  # the interceptor's refusals
     )
     assert SwarmService(parts).header_seconds > 5.4  # type: ignore[arg-type]
 
