@@ -18,7 +18,7 @@
   followed by a Leave, so the peer drops this node again;
 - a configured peer (--peers, discovered: `Admission.configured`) always finds room:
   with every slot taken, a silent neighbour's slot is released for it, else that of a
-  live neighbour that is not configured (`_admit`); unlisted peers share slots by
+  live neighbour that is not configured (`admit_with_room`); unlisted peers share slots by
   remote host (`Admission.host_refusal`), whether they call or this node dials them
   (the dialled address's IP, or the host the entry's Hellos came from); dialling a
   configured DNS name records the IPs it resolves to (`endpoints`, off the event
@@ -112,6 +112,60 @@ def _host(address: str) -> str:
         return split_address(address)[0]
     except ValueError:
         return ""
+
+
+def dialled_host(peers: PeerTable, node: pb.Hello, address: str) -> str:
+    """The remote host a dial of `address` (answered by `node`) reaches, for the
+    per-host share (`Admission.host_refusal`): the address's IP, else the host the
+    entry's Hellos came from ('' where neither is known)."""
+    ip = address_ip(address)
+    if ip is not None:
+        return str(ip)
+    known = peers.get(node.node_id) or peers.by_address(address)
+    return "" if known is None else known.host
+
+
+def offered_addresses(discovery: Discovery | None, node_id: str, max_neighbors: int) -> list[str]:
+    """Addresses `discovery` offers: unnamed ones, and the named ones this node chooses
+    (`select_neighbors`), each once; none without discovery."""
+    if discovery is None:
+        return []
+    found = discovery.peers()
+    named = [p for p in found if p.node_id]
+    chosen = select_neighbors(named, node_id, max_neighbors) if named else []
+    addresses = [p.address for p in found if not p.node_id] + [p.address for p in chosen]
+    return list(dict.fromkeys(addresses))
+
+
+def admit_with_room(
+    peers: PeerTable, releases: RefusalLog, hello: pb.Hello, **how: Any
+) -> Peer | None:
+    """`PeerTable.admit`, once; where there is no room for `hello`, a silent
+    neighbour's slot is released for it first (`PeerTable.release_silent`, only
+    when that makes room), and for a configured peer (`how["configured"]`) still
+    without room, the slot of a live peer that is not configured (one never proven
+    first, then the one heard from least recently: `heard`, renewed by each
+    handshake and validated payload): configured peers always find room. Each
+    logged rate-limited. A refusal changes nothing."""
+    released = peers.release_silent(hello)
+    if released is not None:
+        releases.warning(
+            "released the slot of neighbour %s (no valid payload for %.0f s) for %s",
+            released.node_id,
+            time.monotonic() - max(released.quiet_since, peers.rounds_began or 0.0),
+            shown(hello.node_id),
+        )
+    elif how.get("configured") and not peers.room_for(hello):
+        others = [p for p in peers.live if not p.configured]
+        if others:
+            given = min(others, key=lambda p: (p.proven, p.heard))
+            peers.drop(given, f"its slot went to configured peer {shown(hello.node_id)}")
+            releases.warning(
+                "released the slot of unlisted neighbour %s for configured peer %s",
+                given.node_id,
+                shown(hello.node_id),
+            )
+    return peers.admit(hello, **how)
 
 
 class Handshaker:
@@ -210,7 +264,9 @@ class Handshaker:
             self.counters.count("handshake")
             self.refusals.warning("refused handshake from %s: %s", who, reason)
             return pb.Welcome(accepted=False, reason=reason)
-        admitted = self._admit(request, host=host, configured=configured)
+        admitted = admit_with_room(
+            self.peers, self.releases, request, host=host, configured=configured
+        )
         if admitted is None:
             return pb.Welcome(accepted=False, reason="node has its maximum of neighbours")
         return pb.Welcome(
@@ -267,14 +323,16 @@ class Handshaker:
                     address, node.node_id, DIAL_TIMEOUT, served_as
                 )
             if not reason and not configured:
-                reason = self.admission.host_refusal(node, self._dialled_host(node, address))
+                reason = self.admission.host_refusal(node, dialled_host(self.peers, node, address))
             if reason:
                 log.warning("not joining %s: %s", address, reason)
                 await self._refused_welcome(channel, address, node, reason)
                 return None, True
         finally:
             await channel.close()
-        peer = self._admit(node, dialled=address, configured=configured)
+        peer = admit_with_room(
+            self.peers, self.releases, node, dialled=address, configured=configured
+        )
         if peer is not None and peer.address != address:  # another name for its address
             self.answered_as[address] = peer.node_id
         return peer, False
@@ -300,58 +358,14 @@ class Handshaker:
         except grpc.aio.AioRpcError as exc:
             log.debug("leave to %s failed: %s", address, exc.code().name)
 
-    def _dialled_host(self, node: pb.Hello, address: str) -> str:
-        """The remote host a dial of `address` (answered by `node`) reaches, for the
-        per-host share (`Admission.host_refusal`): the address's IP, else the host the
-        entry's Hellos came from ('' where neither is known)."""
-        ip = address_ip(address)
-        if ip is not None:
-            return str(ip)
-        known = self.peers.get(node.node_id) or self.peers.by_address(address)
-        return "" if known is None else known.host
-
-    def _admit(self, hello: pb.Hello, **how: Any) -> Peer | None:
-        """`PeerTable.admit`, once; where there is no room for `hello`, a silent
-        neighbour's slot is released for it first (`PeerTable.release_silent`, only
-        when that makes room), and for a configured peer (`how["configured"]`) still
-        without room, the slot of a live peer that is not configured (one never proven
-        first, then the one heard from least recently: `heard`, renewed by each
-        handshake and validated payload): configured peers always find room. Each
-        logged rate-limited. A refusal changes nothing."""
-        released = self.peers.release_silent(hello)
-        if released is not None:
-            self.releases.warning(
-                "released the slot of neighbour %s (no valid payload for %.0f s) for %s",
-                released.node_id,
-                time.monotonic() - max(released.quiet_since, self.peers.rounds_began or 0.0),
-                shown(hello.node_id),
-            )
-        elif how.get("configured") and not self.peers.room_for(hello):
-            others = [p for p in self.peers.live if not p.configured]
-            if others:
-                given = min(others, key=lambda p: (p.proven, p.heard))
-                self.peers.drop(given, f"its slot went to configured peer {shown(hello.node_id)}")
-                self.releases.warning(
-                    "released the slot of unlisted neighbour %s for configured peer %s",
-                    given.node_id,
-                    shown(hello.node_id),
-                )
-        return self.peers.admit(hello, **how)
-
     def discovered(self) -> list[str]:
         """The addresses discovery offers now (none without discovery)."""
         return [] if self.discovery is None else [p.address for p in self.discovery.peers()]
 
     def candidates(self) -> list[str]:
         """Addresses discovery offers: unnamed ones, and the chosen named ones."""
-        if self.discovery is None:
-            return []
-        found = self.discovery.peers()
-        named = [p for p in found if p.node_id]
         s = self.settings
-        chosen = select_neighbors(named, s.node_id, s.max_neighbors) if named else []
-        addresses = [p.address for p in found if not p.node_id] + [p.address for p in chosen]
-        return list(dict.fromkeys(addresses))
+        return offered_addresses(self.discovery, s.node_id, s.max_neighbors)
 
     async def connect_known(self, now: float | None = None) -> None:
         """Handshake with known peers due a re-dial (`PeerTable.due_for_dial`) and with
