@@ -434,12 +434,14 @@ def test_a_writer_failure_with_room_to_spare_is_unchanged(
 @pytest.mark.slow  # ~10 s of processes; the full disk in training stays; make test-slow
 @pytest.mark.integration
 @pytest.mark.timeout(300)
-def test_a_solo_node_on_a_real_full_disk_warns_then_exits_1(
+def test_a_solo_node_on_a_real_full_disk_warns_and_still_saves_its_final_adapter(
     tmp_path: Path, synthetic_jsonl: Path
 ) -> None:
     """Before: the first checkpoint on a full tmpfs crashed the node with a traceback.
-    Now each failed checkpoint is a warning, and the final adapter's failure is one
-    error line, exit 1."""
+    Then each failed checkpoint was a warning, but its removed file stayed allocated
+    (torch's writer held it open), so the final adapter failed too: exit 1 on a disk
+    with room for it. Now the failed checkpoints give their space back, and the finished
+    run saves its final adapter (a finished run's checkpoint is a warning): exit 0."""
     with _small_tmpfs(tmp_path / "disk") as disk:
         folder = disk / "state"
         [port] = free_ports(1)
@@ -447,12 +449,13 @@ def test_a_solo_node_on_a_real_full_disk_warns_then_exits_1(
         args += ["--listen", f"{HOST}:{port}", "--checkpoint-dir", str(folder)]
         args += ["--rounds", "3", "--checkpoint-every", "1", "--consensus-rounds", "0"]
         res = subprocess.run(args, capture_output=True, text=True, timeout=START)
-    assert res.returncode == 1, res.stderr
+        saved = (folder / "adapter" / "adapter_model.safetensors").is_file()
+        latest = (folder / "LATEST").read_text().strip()
+    assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr, res.stderr
     assert "cannot write the checkpoint of round" in res.stderr, res.stderr
-    [error, hint] = _errors(res.stderr)
-    assert error.startswith("error: cannot write the final adapter to "), res.stderr
-    assert error.endswith(": No space left on device") and "free space" in hint, res.stderr
+    assert "final adapter written" in res.stderr and saved, res.stderr
+    assert latest == "ckpt-00000001", latest  # the one that fitted
 
 
 # ---------------------------------------------------------------- persistence's errors
