@@ -9,13 +9,13 @@ written next failed on a disk that had room for it.
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
+from disk_helpers import small_tmpfs
 
 from declora.node import checkpoint
 from declora.node.adapter import disk_failures
@@ -27,16 +27,10 @@ def free_bytes(path: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
 def test_a_failed_checkpoint_holds_no_space_on_a_full_disk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)])
-    if made.returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with small_tmpfs(tmp_path / "disk", "1m") as disk:
         empty = free_bytes(disk)
 
         def save(root: Path, *args: Any) -> Path:  # checkpoint.save's writes, too large
@@ -75,5 +69,3 @@ def test_a_failed_checkpoint_holds_no_space_on_a_full_disk(
         assert keeper.save_checkpoint() is False
         assert keeper.failed is not None and keeper.failed.strerror
         assert free_bytes(disk) == empty  # before: 0 bytes free until the node exited
-    finally:
-        subprocess.run(["umount", "-l", str(disk)])  # lazy: held open, it was busy

@@ -10,7 +10,6 @@ holds, is refused before anything loads (exit 2)."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
@@ -20,13 +19,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from daemon_helpers import CLI, HOST, Cluster, free_ports, train_args
+from disk_helpers import small_tmpfs
 
 from declora.node import checkpoint, run_folder
 from declora.node.adapter import built_atomically
@@ -374,22 +374,6 @@ def test_a_duplicate_resume_is_refused_and_sighup_stops_the_node(cluster: Cluste
 # ---------------------------------------------------------------- a real full disk
 
 
-@contextlib.contextmanager
-def _small_tmpfs(folder: Path, size: str = "80k") -> Iterator[Path]:
-    """A real tmpfs of `size` mounted on `folder` (root only: the test is skipped
-    otherwise), unmounted after."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    folder.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)])
-    if res.returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
-
-
 def test_a_real_full_disk_fails_a_checkpoint_as_an_oserror(
     tiny_lm: LoraModel, tmp_path: Path
 ) -> None:
@@ -397,7 +381,7 @@ def test_a_real_full_disk_fails_a_checkpoint_as_an_oserror(
     safetensors SafetensorError, which the node's OSError handling missed: a traceback.
     Now, wherever in the write the disk fills, it fails with ENOSPC and leaves no
     pointer and no half-written build."""
-    with _small_tmpfs(tmp_path / "disk", "64k") as disk:
+    with small_tmpfs(tmp_path / "disk", "64k") as disk:
         folder, filler = disk / "state", disk / "filler"
         failures = 0
         for fill in range(0, 64 * 1024, 2048):  # less and less room for the checkpoint
@@ -442,7 +426,7 @@ def test_a_solo_node_on_a_real_full_disk_warns_and_still_saves_its_final_adapter
     (torch's writer held it open), so the final adapter failed too: exit 1 on a disk
     with room for it. Now the failed checkpoints give their space back, and the finished
     run saves its final adapter (a finished run's checkpoint is a warning): exit 0."""
-    with _small_tmpfs(tmp_path / "disk") as disk:
+    with small_tmpfs(tmp_path / "disk") as disk:
         folder = disk / "state"
         [port] = free_ports(1)
         args = [*CLI, "start", "--solo", *train_args(synthetic_jsonl), "--eval-every", "0"]
