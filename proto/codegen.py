@@ -1,8 +1,11 @@
 """Regenerate the committed gRPC/protobuf modules from declora.proto.
 
-Run `python -m declora.proto.codegen` (needs grpcio-tools, a dev dependency). The
-test suite calls `generate()` into a temporary folder and compares, so committed code
-that no longer matches the .proto fails CI.
+Run `python -m declora.proto.codegen [OUT_DIR]` (needs grpcio-tools, a dev dependency;
+`make proto`). Without OUT_DIR it writes next to declora.proto only in a source
+checkout (the folder `proto/` beside the project's pyproject.toml); an installed copy
+(site-packages) is refused with exit 2, nothing written. The test suite calls
+`generate()` into a temporary folder and compares, so committed code that no longer
+matches the .proto fails CI.
 """
 
 from __future__ import annotations
@@ -37,5 +40,28 @@ def generate(out_dir: Path) -> None:
             shutil.copyfile(Path(tmp) / "declora" / "proto" / name, out_dir / name)
 
 
+def in_checkout(folder: Path = HERE) -> bool:
+    """Whether `folder` is a source checkout's `proto/` (beside its pyproject.toml)."""
+    return folder.name == "proto" and (folder.parent / "pyproject.toml").is_file()
+
+
+def main(argv: list[str]) -> int:
+    """`python -m declora.proto.codegen [OUT_DIR]`: its exit code (2: refused)."""
+    if len(argv) > 1 or (not argv and not in_checkout()):
+        why = (
+            "more than one argument"
+            if argv
+            else f"no OUT_DIR, and {HERE} is an installed copy, not a source checkout"
+        )
+        print(f"error: {why}", file=sys.stderr)
+        print(
+            "hint: give the folder to write into: python -m declora.proto.codegen OUT_DIR",
+            file=sys.stderr,
+        )
+        return 2
+    generate(Path(argv[0]) if argv else HERE)
+    return 0
+
+
 if __name__ == "__main__":
-    generate(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE)
+    sys.exit(main(sys.argv[1:]))
