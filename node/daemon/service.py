@@ -113,6 +113,7 @@ class Pools:
         self.push_hosts: dict[str, int] = {}  # places held, not kept, by network
         self.kept: dict[str, int] = {}  # kept places held, by IP
         self.waiting: dict[str, list[PushSlot]] = {}  # not kept, by network, oldest first
+        self.pull_ips: Counter[str] = Counter()  # Pull places held, by remote IP
         self.admitted = 0
 
     @contextmanager
@@ -125,6 +126,29 @@ class Pools:
             yield
         finally:
             self.in_use[kind] -= 1
+
+    @contextmanager
+    def pull(self, ip: str, neighbour_ips: Iterable[str]) -> Iterator[None]:
+        """A Pull place for remote IP `ip` (`limits.address_key`), held until the block
+        ends. One place stays free for each other IP in `neighbour_ips` (the live
+        neighbours') that holds none (at most all but one): one IP, however many live
+        ids it holds, cannot fill the pool and refuse another IP's catch-up; the nodes
+        of a lab (one IP) may take every place."""
+        others = sum(1 for n in set(neighbour_ips) if n != ip and not self.pull_ips[n])
+        kept = min(others, self.limits["Pull"] - 1)
+        if self.limits["Pull"] - self.in_use.get("Pull", 0) <= kept:
+            raise limited(
+                f"{self.in_use.get('Pull', 0)} Pull calls in flight, {kept} place(s) kept "
+                "for other neighbours' addresses"
+            )
+        self.pull_ips[ip] += 1
+        try:
+            with self.hold("Pull"):
+                yield
+        finally:
+            self.pull_ips[ip] -= 1
+            if not self.pull_ips[ip]:
+                del self.pull_ips[ip]
 
     @contextmanager
     def push(self, host: str, ip: str = "", allowance: int = 0) -> Iterator[PushSlot]:
@@ -281,12 +305,16 @@ class SwarmService(pb_grpc.SwarmServicer):
         """Live neighbours whose IP is remote IP `ip` (`limits.address_key`): the host
         of its last accepted inbound Hello, else its address's IP; none for a neighbour
         dialled by DNS name that never called."""
+        return self.neighbour_ips()[ip]
+
+    def neighbour_ips(self) -> Counter[str]:
+        """Live neighbours by remote IP (`neighbours_at`)."""
         live = self.parts.peers.live
         seen = tuple((p.host, p.address) for p in live)
         if seen != self._live:
             ips = (address_key(p.host) if p.host else address_ip(p.address) for p in live)
             self._live, self._neighbour_ips = seen, Counter(str(i) for i in ips if i)
-        return self._neighbour_ips[ip]
+        return self._neighbour_ips
 
     def allowance(self, ip: str) -> int:
         """Kept push places (`Pools.push`) for remote IP `ip`: `STREAMS_PER_PEER` for
@@ -400,7 +428,8 @@ class SwarmService(pb_grpc.SwarmServicer):
         limit = max(parts.settings.round_deadline, PULL_SECONDS)
         try:
             self._certificate(context)
-            with self.pools.hold("Pull"):
+            ip = address_key(peer_host(context.peer()))
+            with self.pools.pull(ip, self.neighbour_ips()):
                 parts.limits.check_pull(peer_host(context.peer()))  # before the mac is checked
                 await self._member_only(context, request, "pull")
                 if request.kind not in PULL_KINDS:
