@@ -342,12 +342,16 @@ def folded(table: Table) -> Table:
 
 
 def round_text(round_: int, total: int, state: str) -> str:
-    """A node's round as `status` shows it: "round 12/140" (`total`: the last round it
-    can reach, its training rounds' exchanges plus the most the consensus finish may
-    mix; 0: it trains until stopped), and in the finish (`state` consensus) "round
-    132/140 (ends once the neighbours agree)"."""
-    text = f"round {round_}" + (f"/{total}" if total else "")
-    return text + (" (ends once the neighbours agree)" if state == "consensus" else "")
+    """A node's round as `status` shows it: "round 12/140" (`total`: its planned
+    rounds, --rounds' exchanges; 0: it trains until stopped), and in the finish
+    (`state` consensus) the rounds past them apart: "round 152 (140 planned + 12 of
+    the consensus finish, which ends once the neighbours agree)"."""
+    if state == "consensus":
+        past = f"{total} planned + {round_ - total}" if 0 < total <= round_ else "rounds"
+        return (
+            f"round {round_} ({past} of the consensus finish, which ends once the neighbours agree)"
+        )
+    return f"round {round_}" + (f"/{total}" if total else "")
 
 
 SHOWN_TEXT = 40  # characters of a name a node gives (method, auth) that `status` shows
