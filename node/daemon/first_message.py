@@ -56,7 +56,10 @@ catch-up: it backs off).
 
 Each refusal is counted by reason (`REFUSALS`, a bounded set) through `refused`, which
 the transport points at the node's counters, so `status` shows them (`Status.rejected`,
-`declora_rejected_total`); none is logged: the caller needs no credentials.
+`declora_rejected_total`); none is logged: the caller needs no credentials. A
+request that does not parse is `malformed_request`, apart from a push's `malformed`
+messages (a member's), and a call its caller ended without a request message is
+`no_request` (it cost the node one handler's start: counted so that a flood shows).
 """
 
 from __future__ import annotations
@@ -94,8 +97,17 @@ REQUEST_TIMEOUT = "request_timeout"  # no request message within `WAIT_SECONDS`
 WAITING_ROOM_CUT = "waiting_room_cut"  # cut as the oldest of the busiest network
 UNREAD_SHARE = "unread_share"  # past `Unread`'s bounds of unary answers
 STREAM_SHARE = "stream_share"  # past `streams`' bounds
-MALFORMED = "malformed"  # a request message that does not parse (as other messages)
-REFUSALS = (REQUEST_TIMEOUT, WAITING_ROOM_CUT, UNREAD_SHARE, STREAM_SHARE, MALFORMED)
+# a request message that does not parse (`malformed`: a push's bad message, `wire`)
+MALFORMED = "malformed_request"
+NO_REQUEST = "no_request"  # a call its caller ended without a request message
+REFUSALS = (
+    REQUEST_TIMEOUT,
+    WAITING_ROOM_CUT,
+    UNREAD_SHARE,
+    STREAM_SHARE,
+    MALFORMED,
+    NO_REQUEST,
+)
 
 
 @dataclass(eq=False)
@@ -353,6 +365,7 @@ class FirstMessage(grpc.aio.ServerInterceptor):
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"no request message within {self.wait_seconds:g}s",
             )
+        self.refused(NO_REQUEST)
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message")
 
 
