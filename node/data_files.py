@@ -320,10 +320,9 @@ def _read_compressed(path: Path) -> Any:
     `DataError` that names the decompressed file names `path`."""
     with tempfile.TemporaryDirectory(prefix="declora-data-") as folder:
         inner = Path(folder) / f"data{data_suffix(path)}"
-        cells = _decompress(path, inner)
-        _check_table_room(path, inner, cells)
+        _decompress(path, inner)
         try:
-            return _read_file(inner)
+            return _read_plain(inner, f" besides the {_mib(inner.stat().st_size)} decompressed")
         except DataError as exc:
             raise DataError(exc.message.replace(str(inner), str(path)), exc.hint) from exc
 
@@ -341,15 +340,14 @@ def _room(folder: Path) -> tuple[int, int]:
     return disk.free - keep, keep
 
 
-def _decompress(path: Path, inner: Path) -> int:
-    """Write the file compressed at `path` out to `inner`; returns how many delimiters
-    (`_DELIMITERS`) it holds. A `DataError` when it cannot be decompressed, or when it
-    inflates past the free space of `inner`'s disk but `KEEP_FREE` (nothing more is
-    written) or that disk is full."""
+def _decompress(path: Path, inner: Path) -> None:
+    """Write the file compressed at `path` out to `inner`. A `DataError` when it cannot
+    be decompressed, or when it inflates past the free space of `inner`'s disk but
+    `KEEP_FREE` (nothing more is written) or that disk is full."""
     kind = path.suffix.lower()
     room, keep = _room(inner.parent)
     where = f"the temporary folder {inner.parent.parent}"
-    written = cells = 0
+    written = 0
     with COMPRESSIONS[kind].open(path, "rb") as src, inner.open("wb") as dst:
         while True:
             try:
@@ -360,9 +358,8 @@ def _decompress(path: Path, inner: Path) -> int:
                     f"is it really a {kind} file? or decompress it first",
                 ) from exc
             if not chunk:
-                return cells
+                return
             written += len(chunk)
-            cells += sum(chunk.count(d) for d in _DELIMITERS)
             if written > room:
                 raise DataError(
                     f"{path}: decompressed, it is over {_mib(written)}, more than "
@@ -384,9 +381,9 @@ _TABLE_OVERHEAD = 1 << 20  # the table file's schema and metadata
 
 
 def table_bound(inner: Path, cells: int) -> int:
-    """Bytes the Arrow table `datasets` writes of decompressed data file `inner` (into
+    """Bytes the Arrow table `datasets` writes of plain data file `inner` (into
     its cache folder, `tempfile`'s, before it is read into memory) may take at most:
-    its size and 8 a delimiter (`cells`, `_decompress`'s count) for JSON and CSV/TSV;
+    its size and 8 a delimiter (`cells`, `_check_utf8`'s count) for JSON and CSV/TSV;
     its columns decoded, batch by batch, for parquet and arrow (a parquet file of one
     repeated value decodes to many times its size; its texts are sized through their
     dictionary, never decoded: `_parquet_decoded`), or its size when it cannot be read
@@ -448,19 +445,23 @@ def _arrow_batches(pa: Any, inner: Path) -> Iterator[Any]:
     yield from stream
 
 
-def _check_table_room(path: Path, inner: Path, cells: int) -> None:
-    """A `DataError` when the table `datasets` copies decompressed `inner` into
-    (`table_bound`) would leave its disk less than `KEEP_FREE` free."""
-    need = table_bound(inner, cells)
-    room, keep = _room(inner.parent)
+def _check_table_room(path: Path, cells: int, besides: str = "") -> None:
+    """A `DataError` when the table `datasets` copies data file `path` (`cells` its
+    delimiters; a decompressed copy: `besides` says so) into, in tempfile's folder
+    (`table_bound`), would leave that disk less than `KEEP_FREE` free."""
+    need = table_bound(path, cells)
+    folder = Path(tempfile.gettempdir())
+    room, keep = _room(folder)
     if need > room:
         raise DataError(
             f"{path}: read, its rows take up to {_mib(need)} as the table datasets copies "
-            f"them into, besides the {_mib(inner.stat().st_size)} decompressed, more than "
-            f"the temporary folder {inner.parent.parent} has free ({_mib(max(room, 0))}, "
-            f"keeping {_mib(keep)} free)",
-            _TMP_HINT,
+            f"them into{besides}, more than the temporary folder {folder} has free "
+            f"({_mib(max(room, 0))}, keeping {_mib(keep)} free)",
+            _TMP_HINT if besides else _TABLE_HINT,
         )
+
+
+_TABLE_HINT = "set TMPDIR to a folder on a disk with room, or free space in the temporary folder"
 
 
 def _mib(size: int) -> str:
@@ -499,10 +500,19 @@ def _read_file(path: Path) -> Any:
             )
         shown = inner + suffix if inner in ARCHIVES and suffix in COMPRESSIONS else suffix
         raise DataError(f"{path}: unsupported data file type {shown!r}", hint)
+    return _read_plain(path)
+
+
+def _read_plain(path: Path, besides: str = "") -> Any:
+    """A `datasets.Dataset` (in memory) of the rows of uncompressed data file `path`,
+    refused (`DataError`) when empty, not UTF-8 (JSON, CSV) or when its table would not
+    fit in the temporary folder (`_check_table_room`; `besides`: its decompressed copy
+    is there too)."""
+    builder = BUILDERS[path.suffix.lower()]
     if path.stat().st_size == 0:
         raise DataError(f"{path}: no rows (the file is empty)", "write one example per row")
-    if builder in ("json", "csv"):
-        _check_utf8(path)
+    cells = _check_utf8(path) if builder in ("json", "csv") else 0
+    _check_table_room(path, cells, besides)
     with _quiet_datasets() as datasets, tempfile.TemporaryDirectory(prefix="declora-data-") as c:
         try:
             kwargs: dict[str, Any] = {}
@@ -542,22 +552,25 @@ _BOMS = (
 )
 
 
-def _check_utf8(path: Path) -> None:
-    """A `DataError` for a text file (JSON, CSV) written as UTF-16 or UTF-32 (`_wide`,
-    from its first 4 KiB), or holding any other byte that is not UTF-8 (`file_not_utf8`:
-    its line)."""
+def _check_utf8(path: Path) -> int:
+    """How many delimiters (`_DELIMITERS`) text file (JSON, CSV) `path` holds; a
+    `DataError` for one written as UTF-16 or UTF-32 (`_wide`, from its first 4 KiB), or
+    holding any other byte that is not UTF-8 (`file_not_utf8`: its line)."""
     with path.open("rb") as fh:
         wide = _wide(str(path), fh.read(4096))
     if wide is not None:
         raise wide
     decoder = codecs.getincrementaldecoder("utf-8")()
+    cells = 0
     with path.open("rb") as fh:
         try:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 decoder.decode(chunk)
+                cells += sum(chunk.count(d) for d in _DELIMITERS)
             decoder.decode(b"", final=True)
         except UnicodeDecodeError as exc:
             raise file_not_utf8(path) from exc
+    return cells
 
 
 def _wide(label: str, head: bytes) -> DataError | None:
@@ -626,6 +639,8 @@ def file_not_utf8(path: Path) -> DataError:
 def _read_error(path: Path, builder: str, exc: Exception) -> DataError:
     root = _root(exc)
     message = str(root) or type(root).__name__
+    if isinstance(root, PermissionError):
+        return _unreadable(path, root)
     if isinstance(root, OSError) and root.errno == errno.ENOSPC:  # datasets' table copy
         return DataError(
             f"{path}: no room to read it in the temporary folder {tempfile.gettempdir()}: "
@@ -666,7 +681,33 @@ def _no_rows(path: Path) -> bool:
 
 
 def _read_splits(path: Path) -> dict[str, Any]:
-    """Named `datasets.Dataset` splits: one ("all") for a file or a saved `Dataset`."""
+    """Named `datasets.Dataset` splits: one ("all") for a file or a saved `Dataset`; a
+    `DataError` naming what could not be read (`_unreadable`)."""
+    try:
+        return _splits(path)
+    except OSError as exc:
+        raise _unreadable(path, exc) from exc
+
+
+_ACCESS_HINT = (
+    "make it readable by the user declora runs as (a file needs chmod u+r, a folder u+rx; "
+    "ls -ld shows its owner and mode)"
+)
+
+
+def _unreadable(path: Path, exc: OSError) -> DataError:
+    """The `DataError` of an `OSError` met reading data `path`: the file or folder it
+    names (a file inside a folder `path` too), the reason, and for a permission error
+    how to grant it."""
+    name = exc.filename if exc.filename not in (None, str(path)) else None
+    what = f"{path}: cannot read {name}" if name else f"{path}: cannot read it"
+    reason = exc.strerror or type(exc).__name__
+    if isinstance(exc, PermissionError):
+        return DataError(f"{what}: permission denied", _ACCESS_HINT)
+    return DataError(f"{what}: {reason}", "check the --data path and its disk")
+
+
+def _splits(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise DataError(f"data file not found: {path}", "check the --data path")
     if path.is_file():

@@ -98,7 +98,8 @@ def test_the_bound_holds_the_table_datasets_writes(tmp_path: Path, name: str, te
     compressed = tmp_path / f"{name}.gz"
     compressed.write_bytes(gzip.compress(text.encode()))
     inner = tmp_path / f"data{Path(name).suffix}"
-    bound = data_files.table_bound(inner, data_files._decompress(compressed, inner))
+    data_files._decompress(compressed, inner)
+    bound = data_files.table_bound(inner, data_files._check_utf8(inner))
     options = data_files._csv_options(datasets, inner) if name.endswith(("csv", "tsv")) else {}
     builder = data_files.BUILDERS[inner.suffix]
     cache = tmp_path / "cache"
