@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from declora.cli.checks import check_call, check_format, client_tls, need_temp_folder
 from declora.cli.exits import fail, fail_with
 from declora.cli.flags import FormatOpt, TlsCa, TlsCert, TlsCrl, TlsKey
+
+if TYPE_CHECKING:
+    from declora.node.security import TlsFiles
 
 
 def status(
@@ -24,6 +27,15 @@ def status(
     tls_key: TlsKey = None,
     tls_ca: TlsCa = None,
     tls_crl: TlsCrl = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Only whether the node serves (grpc.health.v1): exit 0, else 1; a "
+            "healthcheck's command. Without --tls-* it presents the node's own "
+            "DECLORA_TLS_* files, as `start` reads them.",
+        ),
+    ] = False,
 ) -> None:
     """Show a node's round, loss, last evaluation and neighbours."""
     # `main` answers the plain forms without this app (`cli/fast.py`), in a fraction of
@@ -33,7 +45,24 @@ def status(
     check_format(fmt)
     check_call(target, timeout)
     tls = client_tls(tls_cert, tls_key, tls_ca, tls_crl)
+    if check:
+        probe(target, fmt, timeout, tls)
     raise typer.Exit(show_status(target, fmt == "json", timeout, tls))
+
+
+def probe(target: str, fmt: str, timeout: float, tls: TlsFiles | None) -> NoReturn:
+    """`status --check` (`cli.health_check`): one line, exit 0 while the node serves."""
+    from declora.cli.client import StatusError
+    from declora.cli.health_check import check, node_tls
+
+    if fmt != "text":
+        fail("--check prints one line, no --format json", hint="leave out --format")
+    try:
+        own = tls is None and (tls := node_tls()) is not None
+        typer.echo(check(target, timeout, tls, own))
+    except StatusError as exc:
+        fail_with(exc, exc.code)
+    raise typer.Exit(0)
 
 
 def inspect(

@@ -1,0 +1,91 @@
+"""`declora-node status --check`: a probe of the node beside it, for a container's
+healthcheck, systemd or a script.
+
+- it asks grpc.health.v1 Check for the Swarm service (`health.SERVICE_NAME`): exit 0
+  and one line while the node serves, else one `error:` line and a hint, exit 1 (not
+  serving yet or any more, unreachable); exit 2 for files that cannot be used;
+- its TLS files are --tls-cert/--tls-key/--tls-ca(/--tls-crl), else the node's own
+  from the variables `start` reads (DECLORA_TLS_CERT, _KEY, _CA, _CRL), so one probe
+  command serves plain and mTLS containers alike; with the node's own files it accepts
+  the node's certificate under a name the certificate gives when it does not name the
+  dialled host (a node's certificate names its advertised host, the probe dials
+  127.0.0.1); the chain is still checked against the CA.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from declora.cli.client import StatusError, status_failure
+from declora.node.address import split_address
+from declora.node.daemon.health import SERVICE_NAME
+from declora.node.security import TlsError, TlsFiles, certificate_names, names_host
+from declora.node.settings import env_name
+
+TLS_FIELDS = ("tls_cert", "tls_key", "tls_ca", "tls_crl")
+
+
+class CheckConfigError(StatusError):
+    """The node's TLS variables cannot be used: configuration (exit code 2)."""
+
+    code = 2
+
+
+def node_tls() -> TlsFiles | None:
+    """The node's own TLS files from DECLORA_TLS_CERT, _KEY, _CA and _CRL (None when
+    none is set); CheckConfigError when they cannot be used."""
+    paths = [os.environ.get(env_name(f)) or None for f in TLS_FIELDS]
+    cert, key, ca, crl = (Path(p) if p else None for p in paths)
+    try:
+        return TlsFiles.load(cert, key, ca, crl=crl)
+    except TlsError as exc:
+        raise CheckConfigError(
+            f"the node's own TLS files ({', '.join(map(env_name, TLS_FIELDS[:3]))}): {exc}",
+            "fix the DECLORA_TLS_* variables, or give --tls-cert, --tls-key and --tls-ca",
+        ) from None
+
+
+def probe_options(target: str, tls: TlsFiles) -> list[tuple[str, str]]:
+    """The channel options that let the node's own certificate answer for `target`'s
+    host: a name it gives when it does not name that host; none when it does."""
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(tls.cert)
+    host = split_address(target)[0]
+    if names_host(cert, host):
+        return []
+    dns, ips = certificate_names(cert)
+    names = dns + ips
+    return [("grpc.ssl_target_name_override", names[0])] if names else []
+
+
+def check(target: str, timeout: float, tls: TlsFiles | None, own: bool) -> str:
+    """The line for a node at `target` that serves; StatusError (hinted) otherwise.
+    `own`: `tls` are the node's own files (`node_tls`)."""
+    if tls is None:
+        channel = grpc.insecure_channel(target)
+    else:
+        options = probe_options(target, tls) if own else []
+        channel = grpc.secure_channel(target, tls.channel_credentials(), options=options)
+    request = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
+    with channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            code = exc.code().name if hasattr(exc, "code") else "ERROR"
+            details = (exc.details() if hasattr(exc, "details") else "") or ""
+            why, hint = status_failure(code, details, timeout, tls is not None)
+            if tls is None and code == "UNAVAILABLE":
+                hint += "; a node serving mTLS: set DECLORA_TLS_* as for `start`"
+            raise StatusError(f"{target} is not healthy: {why}", hint) from exc
+    state = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    if reply.status != health_pb2.HealthCheckResponse.SERVING:
+        raise StatusError(
+            f"{target} is not healthy: {state} (loading its model, or stopping)",
+            "a node answers SERVING once its model is loaded: try again in a moment",
+        )
+    return f"{target} {state}"
