@@ -33,6 +33,7 @@ import json
 import lzma
 import re
 import shutil
+import struct
 import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
@@ -40,6 +41,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from declora.node.data_ipc import ipc_decoded
 from declora.node.errors import HintedError
 
 # file suffix -> the `datasets` packaged builder that reads it
@@ -384,10 +386,10 @@ def table_bound(inner: Path, cells: int) -> int:
     """Bytes the Arrow table `datasets` writes of plain data file `inner` (into
     its cache folder, `tempfile`'s, before it is read into memory) may take at most:
     its size and 8 a delimiter (`cells`, `_check_utf8`'s count) for JSON and CSV/TSV;
-    its columns decoded, batch by batch, for parquet and arrow (a parquet file of one
-    repeated value decodes to many times its size; its texts are sized through their
-    dictionary, never decoded: `_parquet_decoded`), or its size when it cannot be read
-    (`datasets` says why)."""
+    its columns decoded for parquet and arrow (a file of one repeated value decodes to
+    many times its size; parquet's texts are sized through their dictionary, never
+    decoded: `_parquet_decoded`; arrow's from its batches' metadata: `ipc_decoded`),
+    or its size when it cannot be read (`datasets` says why)."""
     size = inner.stat().st_size
     builder = BUILDERS[inner.suffix.lower()]
     if builder in ("json", "csv"):
@@ -395,11 +397,8 @@ def table_bound(inner: Path, cells: int) -> int:
     import pyarrow as pa
 
     try:
-        if builder == "parquet":
-            decoded = _parquet_decoded(inner)
-        else:
-            decoded = sum(batch.nbytes for batch in _arrow_batches(pa, inner))
-    except (pa.ArrowException, OSError, ValueError):
+        decoded = _parquet_decoded(inner) if builder == "parquet" else ipc_decoded(inner)
+    except (pa.ArrowException, OSError, ValueError, IndexError, struct.error):
         decoded = 0
     return max(size, decoded) + _TABLE_OVERHEAD
 
@@ -431,18 +430,6 @@ def _parquet_decoded(inner: Path) -> int:
             else:
                 total += column.nbytes
     return int(total)
-
-
-def _arrow_batches(pa: Any, inner: Path) -> Iterator[Any]:
-    """The record batches of Arrow IPC file `inner`, stream format or file format, one
-    at a time."""
-    try:
-        stream = pa.ipc.open_stream(inner)
-    except pa.ArrowInvalid:
-        reader = pa.ipc.open_file(inner)
-        yield from (reader.get_batch(i) for i in range(reader.num_record_batches))
-        return
-    yield from stream
 
 
 def _check_table_room(path: Path, cells: int, besides: str = "") -> None:

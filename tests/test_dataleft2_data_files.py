@@ -12,6 +12,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from disk_helpers import small_tmpfs
@@ -22,6 +23,7 @@ from declora.node.data_files import DataError, read_splits
 _AS_NOBODY = """
 import json, os, sys
 from pathlib import Path
+from typing import Any
 from declora.node.data import load_file
 from declora.node.data_files import DataError
 import datasets, pyarrow  # imported as root: the interpreter's files may be root's only
@@ -146,3 +148,69 @@ def test_a_plain_file_on_a_real_small_disk_is_refused_before_it_is_written(
             read_splits(data)
         assert "as the table datasets copies them into, more than" in err.value.message
         assert list(small.iterdir()) == []
+
+
+def _ipc(path: Path, table: Any, compression: str | None, file_format: bool) -> Path:
+    import pyarrow as pa
+
+    options = pa.ipc.IpcWriteOptions(compression=compression)
+    new = pa.ipc.new_file if file_format else pa.ipc.new_stream
+    with pa.OSFile(str(path), "wb") as sink, new(sink, table.schema, options=options) as out:
+        out.write_table(table, max_chunksize=1500)
+    return path
+
+
+_SIZED = """
+import sys
+from pathlib import Path
+from typing import Any
+import pyarrow as pa
+from declora.node.data_files import table_bound
+bound = table_bound(Path(sys.argv[1]), 0)
+print(bound, pa.default_memory_pool().max_memory())
+"""
+
+
+@pytest.mark.parametrize("file_format", [False, True])
+def test_a_compressed_arrow_file_is_sized_without_decoding_it(
+    tmp_path: Path, file_format: bool
+) -> None:
+    """64 MiB of one repeated text, zstd-compressed into an .arrow file of a few KiB:
+    sized from its batches' metadata, so Arrow's memory pool never holds a batch
+    (before: each batch decoded, 16 MiB at once here; 1 GiB for 65,536 rows)."""
+    import pyarrow as pa
+
+    table = pa.table({"text": ["x" * (16 << 10)] * 4096, "label": ["a"] * 4096})
+    data = _ipc(tmp_path / "rows.arrow", table, "zstd", file_format)
+    assert data.stat().st_size < 1 << 20
+    out = subprocess.run(
+        [sys.executable, "-c", _SIZED, str(data)], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    bound, peak = map(int, out.stdout.split())
+    assert bound >= table.nbytes
+    assert peak < 1 << 20, peak
+
+
+@pytest.mark.parametrize("compression", [None, "zstd", "lz4"])
+@pytest.mark.parametrize("file_format", [False, True])
+@pytest.mark.parametrize("dictionary", [False, True])
+def test_the_arrow_bound_holds_the_table_datasets_writes(
+    tmp_path: Path, compression: str | None, file_format: bool, dictionary: bool
+) -> None:
+    """Measured: the .arrow files `datasets` writes in its cache folder for an .arrow
+    file stay within `table_bound`, a dictionary-encoded text column (which `datasets`
+    decodes: before, only its dictionary and indices were counted) included."""
+    import datasets
+    import pyarrow as pa
+
+    texts = pa.array([f"text {i % 3} " * 300 for i in range(6000)])
+    table = pa.table(
+        {"text": texts.dictionary_encode() if dictionary else texts, "n": list(range(6000))}
+    )
+    data = _ipc(tmp_path / "rows.arrow", table, compression, file_format)
+    bound = data_files.table_bound(data, 0)
+    cache = tmp_path / "cache"
+    datasets.load_dataset("arrow", data_files=str(data), split="train", cache_dir=str(cache))
+    written = sum(f.stat().st_size for f in cache.rglob("*.arrow"))
+    assert 10 << 20 < written <= bound, (written, bound)
