@@ -6,6 +6,7 @@ json`, and one line with exit 130 after a Ctrl-C (`Interrupts`). `STATE` holds
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NoReturn
@@ -18,24 +19,30 @@ from declora.cli.lines import error_lines
 STATE: dict[str, bool | None] = {"debug": False, "began": None}
 
 
-def show_traceback(debug: bool = False) -> None:
+def show_traceback(debug: bool = False, json_logs: bool = False) -> None:
     """With --debug (or a command's own `debug`), the traceback of the exception being
-    handled on stderr: --debug adds it before the `error:` line; the exit code stays."""
-    if debug or STATE["debug"]:
+    handled on stderr: --debug adds it before the `error:` line; the exit code stays.
+    With `json_logs` nothing here: the JSON record of the error carries it (`exc`)."""
+    if (debug or STATE["debug"]) and not json_logs:
         import traceback
 
         traceback.print_exc()
+
+
+def _traced() -> BaseException | None:
+    """With --debug, the exception being handled: the `exc` field of a JSON record."""
+    return sys.exc_info()[1] if STATE["debug"] else None
 
 
 def interrupted(line: str, json_logs: bool = False) -> NoReturn:
     """After a Ctrl-C: `line` on stderr (what the interrupt left, e.g. "nothing was
     written"; with --debug the traceback first), exit 130; with `json_logs` (`start
     --log-format json`) as a JSON log record of level WARNING with `exit_code`."""
-    show_traceback()
+    show_traceback(json_logs=json_logs)
     if json_logs:
         from declora.node.logs import json_line
 
-        line = json_line("WARNING", line, exit_code=130)
+        line = json_line("WARNING", line, _traced(), exit_code=130)
     typer.echo(line, err=True)
     raise typer.Exit(130)
 
@@ -93,11 +100,13 @@ class Interrupts:
 def say_error(message: str, code: int = 2, hint: str = "", json_logs: bool = False) -> None:
     """`error: message` (and `hint: ...`) on stderr; with `json_logs` (`start
     --log-format json`) the same as one JSON log record (`logs.json_line`: level ERROR,
-    `hint` and `exit_code` fields). Exiting with `code` is the caller's."""
+    `hint` and `exit_code` fields; with --debug the traceback of the exception being
+    handled, if any, as its `exc` field). Exiting with `code` is the caller's."""
     if json_logs:
         from declora.node.logs import json_line
 
-        typer.echo(json_line("ERROR", message, hint=hint, exit_code=code), err=True)
+        line = json_line("ERROR", message, _traced(), hint=hint, exit_code=code)
+        typer.echo(line, err=True)
         return
     error, *rest = error_lines(message, hint)
     typer.secho(error, err=True, fg=typer.colors.RED)

@@ -43,7 +43,7 @@ from typing import Any, TextIO
 
 import torch
 
-from declora.cli.predict import text_lines
+from declora.cli.predict import input_path, text_lines
 from declora.node.adapter_io import AdapterError, LoadedAdapter, adapter_folder
 from declora.node.data import column_values
 from declora.node.data_files import ARCHIVES, BUILDERS, COMPRESSIONS, DataError, read_splits
@@ -211,18 +211,20 @@ def _table_prompts(path: Path) -> list[Prompt]:
     return _some(prompts, str(path))
 
 
-def read_prompts(prompt: str | None, source: str | None, stdin: TextIO) -> list[Prompt]:
+def read_prompts(prompt: str | None, source: str | None, stdin: TextIO | None) -> list[Prompt]:
     """The prompts in input order, "" for a blank line or an empty or null prompt (it
     keeps its place); `DataError` when there are none or one is malformed."""
     if prompt is not None and source is not None:
-        raise DataError("give --prompt or --input, not both")
+        raise DataError(
+            "give --prompt or --input, not both", "leave --input out to continue --prompt"
+        )
     if prompt is not None:
         if not prompt.strip():
             raise DataError("empty prompt", "give the text to continue with --prompt")
         return [prompt]
     jsonl: bool | None = None  # None: stdin, JSON lines when its first line is an object
     if source not in (None, "-"):
-        path = Path(str(source))
+        path = input_path(str(source))
         suffix = path.suffix.lower()  # a compressed file is read whole, as a table is
         table = suffix in (*COMPRESSIONS, *ARCHIVES) or (
             suffix in BUILDERS and suffix not in JSON_LINES
@@ -346,7 +348,7 @@ def run_generate(
     prompt: str | None,
     source: str | None,
     out: TextIO,
-    stdin: TextIO,
+    stdin: TextIO | None,
     *,
     sampling: Sampling,
     chat_template: bool = True,

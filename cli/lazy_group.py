@@ -6,6 +6,7 @@ log record), a Ctrl-C as one line (exit 130)."""
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -34,6 +35,10 @@ class LazyGroup(TyperGroup):
         if cmd_name in LAZY and cmd_name not in self.commands:
             self.commands[cmd_name] = LAZY[cmd_name]()
         command = super().get_command(ctx, cmd_name)
+        if command is not None and command.help:
+            command.help = reflowed(command.help)
+        if command is not None:
+            _refuse_empty_paths(command)
         if command is not None and command.callback is not None:
             command.callback = _marks_began(command.callback, cmd_name not in NO_TORCH)
         return command
@@ -47,6 +52,8 @@ class LazyGroup(TyperGroup):
             return super().invoke(ctx)
         except KeyboardInterrupt:
             interrupted("interrupted" if STATE["began"] else NOT_BEGUN)
+        except EOFError as exc:  # before typer's handler, which wrote an empty line
+            raise _InputEnded(str(exc)) from exc
 
     def main(
         self,
@@ -62,9 +69,8 @@ class LazyGroup(TyperGroup):
         `error:` and `hint:`, with its exit code (2 for a usage error; of `start` with
         JSON logs asked, one JSON log record: `say_error`), rather than a boxed panel
         (help, and a bare `declora-node`, stay as they are), and an EOFError out of a
-        command is too, exit 1 (typer said 'Aborted!')."""
+        command is too, exit 1 (typer said 'Aborted!' after an empty line)."""
         from typer._click import exceptions as errors
-        from typer.exceptions import Abort
 
         def run(standalone: bool) -> Any:
             return super(LazyGroup, self).main(
@@ -84,21 +90,28 @@ class LazyGroup(TyperGroup):
             where = self._where(getattr(exc, "ctx", None), args)
             message = " ".join(exc.format_message().split())
             self._fail(message, exc.exit_code, f"see `{where} --help`", where, args)
-        except Abort as exc:  # typer's for an EOFError out of a command (was 'Aborted!')
-            show_traceback()
-            said = str(exc.__cause__ or "")  # the EOFError's words, if any
-            message = "an input ended early" + (f" ({said})" if said else "")
+        except _InputEnded as exc:  # an EOFError out of a command
+            message = "an input ended early" + (f" ({exc})" if str(exc) else "")
             hint = "check that the files and standard input it reads are whole; --debug shows where"
-            self._fail(message, 1, hint, self._where(None, args), args)
+            self._fail(message, 1, hint, self._where(None, args), args, traced=True)
         sys.exit(code if isinstance(code, int) else 0)
 
     def _fail(
-        self, message: str, code: int, hint: str, where: str, args: Sequence[str] | None
+        self,
+        message: str,
+        code: int,
+        hint: str,
+        where: str,
+        args: Sequence[str] | None,
+        traced: bool = False,
     ) -> NoReturn:
         """`error:` and `hint:` lines, exit `code` (of `start` with JSON logs asked,
-        one JSON log record: `say_error`)."""
+        one JSON log record: `say_error`); `traced`: with --debug, the traceback of the
+        exception being handled too (`show_traceback`)."""
         words = list(sys.argv[1:] if args is None else args)
         json_logs = where == "declora-node start" and json_logs_in(words)
+        if traced:
+            show_traceback(json_logs=json_logs)
         say_error(message, code, hint, json_logs)
         sys.exit(code)
 
@@ -110,6 +123,39 @@ class LazyGroup(TyperGroup):
         words = list(sys.argv[1:] if args is None else args)
         named = [w for w in words if w in LAZY or w in self.commands]
         return f"declora-node {named[0]}" if named else "declora-node"
+
+
+def reflowed(text: str) -> str:
+    """`text` (a docstring) with each paragraph on one line, so that help wraps every
+    paragraph to the terminal's width (typer keeps the hard line breaks of all but the
+    first; a paragraph that begins with click's \\b stays as written)."""
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(p if p.startswith("\b") else " ".join(p.split("\n")) for p in paragraphs)
+
+
+def _refuse_empty_paths(command: click.Command) -> None:
+    """Every path option and argument of `command` refuses an empty value as a usage
+    error: typer took "" for the current folder (`export --output "$UNSET" --force`
+    replaced it)."""
+    from typer._click.exceptions import BadParameter
+
+    for param in command.params:
+        descriptor = getattr(param, "type_descriptor", None)
+        if descriptor is None or not descriptor.is_path or "process_value" in vars(param):
+            continue
+
+        def process_value(
+            ctx: click.Context, value: Any, param: Any = param, process: Any = param.process_value
+        ) -> Any:
+            if value == "" or (isinstance(value, (list, tuple)) and "" in value):
+                raise BadParameter("an empty path", ctx=ctx, param=param)
+            return process(ctx, value)
+
+        param.process_value = process_value  # type: ignore[method-assign]
+
+
+class _InputEnded(Exception):
+    """An EOFError out of a command (its cause), carried past typer's own handler."""
 
 
 # commands that import no torch, so need no temporary folder; `start` checks it itself

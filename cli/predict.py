@@ -94,13 +94,17 @@ def _jsonl_texts(lines: list[str], text_column: str, source: str) -> list[str]:
     return texts
 
 
-def text_lines(source: str, stdin: TextIO) -> tuple[list[str], str]:
+def text_lines(source: str, stdin: TextIO | None) -> tuple[list[str], str]:
     """The lines of UTF-8 text file `source` ("-": `stdin`, read as bytes when it has a
     buffer) without a byte-order mark, split at \\n, \\r\\n or \\r only, and the name to
     report it by; `DataError` when it is not UTF-8 (`data_files.utf8_text`: UTF-16/32
-    named as such; stdin as a file: never surrogates)."""
+    named as such; stdin as a file: never surrogates) or stdin is closed (None)."""
     if source != "-":
         return _split(utf8_text(source, Path(source).read_bytes())), source
+    if stdin is None:  # the shell closed it (`<&-`): Python has no sys.stdin
+        raise DataError(
+            f"{STDIN}: standard input is closed", "pipe the input in, or give a file with --input"
+        )
     hint = "convert it with `iconv -f CP1252 -t UTF-8` (from Latin-1 or Windows text)"
     if (buffer := getattr(stdin, "buffer", None)) is not None:
         raw = buffer.read()
@@ -144,7 +148,14 @@ def _file_texts(path: Path, text_column: str) -> list[str]:
     return texts
 
 
-def read_texts(source: str, text_column: str, stdin: TextIO) -> list[str]:
+def input_path(source: str) -> Path:
+    """--input `source` as a path; `DataError` when it is empty (not the current folder)."""
+    if not source:
+        raise DataError("--input is empty", "give a file, or - for standard input")
+    return Path(source)
+
+
+def read_texts(source: str, text_column: str, stdin: TextIO | None) -> list[str]:
     """The texts to predict, in input order; "" for a blank line or a row whose text is
     empty or null, which keeps its place (`run_predict` writes an empty line for it);
     `DataError` if there are none or they are bad.
@@ -154,7 +165,7 @@ def read_texts(source: str, text_column: str, stdin: TextIO) -> list[str]:
     other file goes through `data_files.read_splits` with `text_column` (labels ignored).
     """
     if source != "-":
-        path = Path(source)
+        path = input_path(source)
         if not path.exists():
             raise DataError(f"input file not found: {path}", "check the --input path")
         if path.suffix.lower() != ".txt":
@@ -179,7 +190,7 @@ def run_predict(
     text_column: str,
     fmt: str,
     out: TextIO,
-    stdin: TextIO,
+    stdin: TextIO | None,
     base: str | None = None,
     batch_size: int = 32,
 ) -> int:

@@ -66,7 +66,7 @@ def _settings(
     try:
         resolved = resolve_settings(options, config)
     except (SettingsError, ConfigFileError) as exc:
-        show_traceback()
+        show_traceback(json_logs=json_logs)
         hint = exc.hint or config_hint(command, config=command == "start")
         fail(exc.message, hint=hint, json_logs=json_logs)
     for line in resolved.warnings:  # a key or secret open to others, a certificate ending
@@ -97,8 +97,9 @@ def start(config: ConfigOpt = None, options: dict[str, Any] | None = None) -> No
         mistake = as_user_error(exc)
         if mistake is None:  # a bug: its traceback
             raise
-        show_traceback()
-        fail(mistake.message, mistake.code, mistake.hint, settings.log_format == "json")
+        json_logs = settings.log_format == "json"
+        show_traceback(json_logs=json_logs)
+        fail(mistake.message, mistake.code, mistake.hint, json_logs)
     raise typer.Exit(code)
 
 

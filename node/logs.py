@@ -134,11 +134,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def json_line(level: str, message: str, **fields: object) -> str:
+def json_line(
+    level: str, message: str, exc_info: BaseException | None = None, **fields: object
+) -> str:
     """One line as `JsonFormatter` writes a record of the `declora` logger at `level`
-    (time, level, logger, node, round, message, then `fields`), its text escaped and
-    bounded (`safe_text`): what a command says outside the handler, e.g. a refused
-    start under --log-format json."""
+    (time, level, logger, node, round, message, then `fields`, and `exc_info`'s
+    traceback as its `exc` field, `safe_traceback`), its text escaped and bounded
+    (`safe_text`): what a command says outside the handler, e.g. a refused start under
+    --log-format json."""
     record = logging.makeLogRecord(
         {
             "name": "declora",
@@ -150,6 +153,8 @@ def json_line(level: str, message: str, **fields: object) -> str:
             **{k: safe_text(v) if isinstance(v, str) else v for k, v in fields.items()},
         }
     )
+    if exc_info is not None:
+        record.exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
     return JsonFormatter().format(record)
 
 
