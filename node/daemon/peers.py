@@ -271,11 +271,14 @@ class PeerTable:
         if not in_step:
             # what it queued followed another copy (a restart): never applied to this one
             self._forget_copy(peer)
-            if self.progress.seq == 0 and hello.seq == 0:
-                self.node.add_peer(peer.node_id)  # both still at the shared seeded init
-                peer.expected_seq, peer.send_keyframe = 1, False
-            else:
-                peer.send_keyframe = True
+            # a delta with seq 1 is relative to the shared seeded init: a copy held at
+            # the init takes the peer's seq-1 delta (it may have been built just before
+            # this handshake, as ours may), and a later one is out of step there and
+            # asks for a keyframe (`Inbox`), as a forgotten copy's would
+            if hello.seq <= 1:
+                self.node.add_peer(peer.node_id)
+                peer.expected_seq = 1
+            peer.send_keyframe = self.progress.seq > 1
             if not peer.live:
                 log.info("neighbour %s (%s) joined the live set", peer.node_id, peer.address)
                 peer.crl_told = -1  # a new session (a restart?): told our list's number again
