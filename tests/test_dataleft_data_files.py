@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from declora.node import data_files
+from declora.node import data_csv, data_files, data_text
 from declora.node.data_files import DataError, read_splits
 
 
@@ -99,8 +99,8 @@ def test_the_bound_holds_the_table_datasets_writes(tmp_path: Path, name: str, te
     compressed.write_bytes(gzip.compress(text.encode()))
     inner = tmp_path / f"data{Path(name).suffix}"
     data_files._decompress(compressed, inner)
-    bound = data_files.table_bound(inner, data_files._check_utf8(inner))
-    options = data_files._csv_options(datasets, inner) if name.endswith(("csv", "tsv")) else {}
+    bound = data_files.table_bound(inner, data_text.check_utf8(inner))
+    options = data_csv.csv_options(datasets, inner) if name.endswith(("csv", "tsv")) else {}
     builder = data_files.BUILDERS[inner.suffix]
     cache = tmp_path / "cache"
     datasets.load_dataset(
