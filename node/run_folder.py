@@ -19,13 +19,16 @@ anything loads, `startup.check_config` decides what a start may do with it, and
   is written for it, so a refused or failed start leaves the folder as it found it;
   `holding` holds a folder for a block (an export's output while it is written);
 - `clear_builds`: the half-written `.ckpt-*` and `.adapter.*` folders a crash left
-  (only for the process that holds the folder).
+  (only for the process that holds the folder);
+- `recorded_id`: the node id the run's resume point records (its adapter's
+  declora.json), which a resume keeps.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import shutil
@@ -100,6 +103,28 @@ def resumable(folder: Path) -> bool:
     """Whether `folder` holds a run to resume: LATEST, or a complete checkpoint
     (`resume = "auto"` resumes then, and begins afresh otherwise)."""
     return named(folder) is not None or bool(complete_checkpoints(folder))
+
+
+INFO = "declora.json"  # a checkpoint's adapter/ card: its node_id among the rest
+MAX_INFO = 1 << 20  # bytes of it read: a card is a few KiB
+
+
+def recorded_id(folder: Path) -> str | None:
+    """The node id `resume_point(folder)`'s card records (`adapter/declora.json`);
+    None without a resume point, or when the card cannot be read or holds no valid id
+    (`identity.node_id_problem`)."""
+    from declora.node.identity import node_id_problem
+
+    point = resume_point(folder)
+    if point is None:
+        return None
+    try:
+        with (point / "adapter" / INFO).open("rb") as fh:
+            info = json.loads(fh.read(MAX_INFO))
+    except (OSError, ValueError):
+        return None
+    found = info.get("node_id") if isinstance(info, dict) else None
+    return found if isinstance(found, str) and not node_id_problem(found) else None
 
 
 def earlier_run(folder: Path) -> list[str]:

@@ -283,6 +283,7 @@ class NodeSettings(BaseSettings, NodeOptions):
         dialled = "--advertise" if self.advertise else "--listen"  # the address peers dial
         if not self.advertise:
             self.advertise = self.listen
+        given_id = self.node_id  # '' unless --node-id (its variable, its key) gave one
         if not self.node_id:  # under mTLS a node's id is its certificate's name
             tls = self.tls()
             self.node_id = (
@@ -326,12 +327,34 @@ class NodeSettings(BaseSettings, NodeOptions):
             from declora.node.run_folder import resumable  # LATEST or a complete ckpt-*
 
             self.resume = resumable(self.state_dir)
+        if self.resume:
+            self._keep_recorded_id(given_id)
         self.fill_daemon_defaults()
         tls = self.tls()  # TlsError is a ValueError: reported like any bad option
         problem = tls.address_problem(dialled, self.advertise) if tls is not None else ""
         if problem:  # peers would refuse the certificate: joins and drops, over and over
             raise ValueError(problem)
         return self
+
+    def _keep_recorded_id(self, given: str) -> None:
+        """A resume keeps the node id its run recorded (`run_folder.recorded_id`): taken
+        when none was given (the id from --listen/--advertise would change with the
+        port); refused when --node-id or the certificate's name differs, since the
+        neighbours know the run under its id (their copies of its adapter, its round)."""
+        from declora.node.run_folder import recorded_id
+
+        recorded = recorded_id(self.state_dir)
+        if recorded is None or recorded == self.node_id:
+            return
+        if not given and self.tls() is None:
+            self.node_id = recorded
+            return
+        source = given_as("node_id") if given else "--tls-cert's name"
+        raise ValueError(
+            f"--resume: {self.state_dir} is the run of node {recorded}, but {source} is "
+            f"{self.node_id}: its neighbours know that run as {recorded} (give --node-id "
+            f"{recorded}, or begin afresh in another --checkpoint-dir)"
+        )
 
     def _tls_together(self) -> None:
         """--tls-cert, --tls-key and --tls-ca all or none, --tls-crl only with them:

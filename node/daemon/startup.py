@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import sys
@@ -217,17 +218,36 @@ def _user(uid: int) -> str:
         return f"uid {uid}"
 
 
+SIBLINGS_LOOKED_AT = 256  # entries of the default folder's parent a refusal looks at
+
+
+def resume_hint(s: NodeSettings) -> str:
+    """The hint of a --resume with nothing to resume; with the default folder, named
+    after the node id (from --listen's port when --node-id is not given), the ids whose
+    runs its parent holds (a few of the first `SIBLINGS_LOOKED_AT` entries)."""
+    hint = "start without --resume to begin afresh, or pass the --checkpoint-dir it used"
+    parent = s.state_dir.parent
+    if s.checkpoint_dir is not None or not parent.is_dir():
+        return hint
+    with contextlib.suppress(OSError):
+        entries = itertools.islice(parent.iterdir(), SIBLINGS_LOOKED_AT)
+        runs = sorted(e.name for e in entries if e.is_dir() and run_folder.resumable(e))
+        if runs:
+            shown = ", ".join(runs[:3]) + (", ..." if len(runs) > 3 else "")
+            return (
+                f"{parent} holds the runs of {shown}: its folder is named after the node "
+                f"id, so pass --node-id {runs[0]} (or --checkpoint-dir {parent / runs[0]})"
+            )
+    return hint
+
+
 def _check_folder(s: NodeSettings, where: str) -> list[Path]:
     """`check_config`'s checks of the folder's contents, then the folder made; the
     folders made, innermost first."""
     found = earlier_run(s.state_dir)
     complete = run_folder.resumable(s.state_dir)  # LATEST, or a complete checkpoint
     if s.resume and not found:
-        raise UserError(
-            f"--resume: nothing to resume in {where}",
-            CONFIG,
-            "start without --resume to begin afresh, or pass the --checkpoint-dir it used",
-        )
+        raise UserError(f"--resume: nothing to resume in {where}", CONFIG, resume_hint(s))
     listed = f"{', '.join(found[:4])}{', ...' if len(found) > 4 else ''}"
     # a history alone (rounds.jsonl and/or its rotated .1: a crash before the first
     # checkpoint) is appended to by a fresh start, so a restart policy (resume = auto)
