@@ -2,7 +2,8 @@
 100000` said "round 3/100050" (the training exchanges plus the most the consensus
 finish may mix, which a solo node never runs); now "round 3/100000" in text and
 `total_rounds` 100000 in json, and in the finish the rounds past the plan apart.
-Needs /tmp/opsleft-total-rounds.patch (node/daemon/parts.py)."""
+Needs /tmp/opsleft-total-rounds.patch (node/daemon/parts.py) and
+/tmp/opsleft-start-log.patch (start's log line of the rounds, node/daemon/daemon.py)."""
 
 from __future__ import annotations
 
@@ -42,3 +43,5 @@ def test_status_of_a_real_node_shows_its_planned_rounds(cluster: Cluster) -> Non
     )
     assert shown["total_rounds"] == 100000, shown["total_rounds"]
     assert "/100000\n" in text.stdout and "100050" not in text.stdout, text.stdout
+    said = "rounds: 100000 planned (--rounds 100000), then a consensus finish of at most 50"
+    assert said in node.log(), node.tail()  # start's own log says the same
