@@ -6,7 +6,8 @@ package directly, sorted by path, and splits them with a fixed seed, so every no
 and every run sees the same train/test split.
 
 User data files are read by `data_files.read_splits` (JSON lines, CSV/TSV, parquet,
-arrow, a save_to_disk folder). Every user mistake (those of reading the file, a
+arrow, a save_to_disk folder), their columns by `data_columns` and their labels by
+`data_labels`. Every user mistake (those of reading the file, a
 missing column, an empty text, a label outside the declared set) raises
 `data_files.DataError` with a one-line message and a hint.
 Causal-LM formats (chat messages, prompt/response, instruction) are read by an
@@ -20,18 +21,35 @@ read, dropped and held out.
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import re
-import shlex
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from declora.node.data_files import DataError, _read_splits, _where, utf8_text
+from declora.node.data_columns import (
+    check_nested,
+    check_scalar,
+    column_values,
+    no_column,
+    read_texts,
+)
+from declora.node.data_columns import column_hint as column_hint  # data.py's API before
+from declora.node.data_columns import is_chat_turns as is_chat_turns  # data.py's API before
+from declora.node.data_files import DataError, _read_splits, _where
+from declora.node.data_labels import (
+    declared_labels,
+    is_nan,
+    label_name,
+    mixed_types,
+    natural_key,
+    warn_label_variants,
+    warn_renamed,
+)
+from declora.node.data_labels import label_variants as label_variants  # data.py's API before
+from declora.node.data_labels import read_label_file as read_label_file  # data.py's API before
 
 EMBEDDED_DATA = "bbcnews"
 EMBEDDED_CHAT = "bbc-headlines"  # the same articles as headline chats (node/headlines.py)
@@ -157,107 +175,6 @@ def no_test_rows(
     )
 
 
-# --------------------------------------------------------------------------- labels
-
-
-def declared_labels(labels: Sequence[str], source: str = "the label set") -> tuple[str, ...]:
-    """Check a declared label set: >= 2 distinct non-empty names; returned as a tuple."""
-    if isinstance(labels, str):
-        raise DataError(f"{source}: a label set is a sequence of names, not the string {labels!r}")
-    names = tuple(label_name(n) for n in labels)
-    _warn_renamed({str(o).strip(): n for o, n in zip(labels, names, strict=True)}, source)
-    if len(names) < 2:
-        raise DataError(
-            f"{source} declares {len(names)} label(s); classification needs at least 2",
-            "list every class of the swarm, one per line",
-        )
-    if "" in names:
-        raise DataError(f"{source} has an empty label name", "remove the blank entry")
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise DataError(f"{source} names {dupes[:5]} more than once", "list each label once")
-    return names
-
-
-def read_label_file(path: str | Path) -> tuple[str, ...]:
-    """The label set in `path`: a JSON list of names, or one name per line.
-
-    Blank lines and surrounding whitespace are ignored; the order is kept (it fixes the
-    label ids). Raises `DataError` for a missing or empty file, bad JSON, duplicates or
-    fewer than two labels.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"label file not found: {p}", "pass --labels @FILE with an existing file")
-    text = utf8_text(str(p), p.read_bytes())
-    if not text.strip():
-        raise DataError(f"{p}: the label file is empty", "write one label per line")
-    if text.lstrip().startswith("["):
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                f"{p}:{exc.lineno}: not a valid JSON list: {exc.msg}",
-                'write ["a", "b", ...] or one label per line',
-            ) from exc
-        if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in raw):
-            raise DataError(
-                f"{p}: the JSON list must hold label names (strings)", 'write ["a", "b", ...]'
-            )
-        names = [v if isinstance(v, str) else label_name(v) for v in raw]
-    else:
-        names = [line.strip() for line in text.splitlines() if line.strip()]
-    return declared_labels(names, source=str(p))
-
-
-# a whole number written as a decimal: "2.0", "2.", "-3.00" (not "2.5", "1e3" or "02")
-_WHOLE_DECIMAL = re.compile(r"[+-]?\d+\.0*")
-_NAN_NAMES = frozenset({"nan", "+nan", "-nan"})
-
-
-def label_name(value: Any) -> str:
-    """A label value's class name: its text, stripped, with a whole number written as a
-    float (2.0 read from JSON or parquet, "2.0" in a CSV) in its integer form ("2"),
-    so 2 and 2.0 are one class wherever labels are read (data, --labels). Other values
-    keep their spelling ("2.5", "02", "Tech"). A NaN stays "nan" (callers refuse it)."""
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, (float, np.floating)):
-        number = float(value)
-        if number.is_integer():
-            return str(int(number))
-        return "nan" if number != number else str(number)
-    text = str(value).strip()
-    if _WHOLE_DECIMAL.fullmatch(text):
-        whole = text.split(".")[0]
-        return str(int(whole))  # "-0.0" -> "0", "+2.0" -> "2"
-    return text
-
-
-def _is_nan(name: str) -> bool:
-    return name.casefold() in _NAN_NAMES
-
-
-def _warn_renamed(renamed: dict[str, str], source: str) -> None:
-    """Log a warning naming labels read in their integer form ("2.0" -> "2")."""
-    changed = sorted({(o, n) for o, n in renamed.items() if o != n}, key=lambda p: p[1])
-    if changed:
-        _log.warning(
-            "%s: whole-number label(s) written as decimals are read as integers: %s "
-            "(2 and 2.0 are one class)",
-            source,
-            ", ".join(f"{o!r} -> {n!r}" for o, n in changed[:5])
-            + (f" and {len(changed) - 5} more" if len(changed) > 5 else ""),
-        )
-
-
-def _natural_key(value: str) -> tuple[int, float | str]:
-    try:
-        return (0, float(value))
-    except ValueError:
-        return (1, value)
-
-
 # --------------------------------------------------------------------------- reading
 
 
@@ -286,131 +203,8 @@ def missing_label_column(spec: str | Path, column: str) -> str | None:
         splits = {n: splits[n] for n in (TRAIN_SPLIT, test_name)}
     for name, ds in splits.items():
         if column not in ds.column_names:
-            return _no_column(_where(p, name), "label", column, ds)
+            return no_column(_where(p, name), "label", column, ds)
     return None
-
-
-def _no_column(where: str, what: str, column: str, ds: Any) -> str:
-    return f"{where}: no {what} column {column!r}; columns are {sorted(ds.column_names)}"
-
-
-def column_hint(columns: Sequence[str], what: str, column: str, option: str) -> str:
-    """How to name the missing `column` with `option`: the data's own spelling of it
-    when its `columns` write it with other case or spaces (` Text `, `TEXT`), which is
-    never matched silently."""
-    key = column.strip().casefold()
-    near = [c for c in columns if c.strip().casefold() == key]
-    if near and option.endswith("-column"):
-        return (
-            f"the header writes it {near[0]!r} (names are matched exactly, case and spaces "
-            f"included): pass {option} {shlex.quote(near[0])}, or rename the column"
-        )
-    return f"name the {what} column with {option}"
-
-
-def column_values(
-    ds: Any, where: str, column: str, what: str, option: str
-) -> tuple[list[Any], Any]:
-    """The values and the feature of `column` of a `datasets.Dataset`; a `DataError`
-    naming the columns and the `option` that names it when it is missing."""
-    if column not in ds.column_names:
-        hint = column_hint(ds.column_names, what, column, option)
-        raise DataError(_no_column(where, what, column, ds), hint)
-    try:  # one batch: much faster than iterating the column row by row
-        values = list(ds.select_columns([column])[:][column])
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{where}: not UTF-8 text", "save the file as UTF-8") from exc
-    return values, ds.features[column]
-
-
-def is_chat_turns(value: object) -> bool:
-    """Whether `value` looks like chat turns: a non-empty list of mappings with a role
-    ({role, content}) or a speaker (ShareGPT's {from, value})."""
-    return (
-        isinstance(value, (list, tuple))
-        and bool(value)
-        and all(isinstance(t, Mapping) and ("role" in t or "from" in t) for t in value)
-    )
-
-
-def _check_scalar(value: Any, where: str, number: int, what: str, column: str) -> None:
-    """A `DataError` when a row's `what` is a list or a mapping, not one value (a list:
-    column-oriented JSON, {"text": [...], "label": [...]}, read as a single row)."""
-    if isinstance(value, (list, tuple, dict)):
-        raise DataError(
-            f"{where}: row {number}: the {what} in column {column!r} is a "
-            f"{type(value).__name__}, not a single value",
-            "these are chat turns: causal-LM chat data is read from a 'messages' column "
-            "(--task lm; name yours with --messages-column)"
-            if is_chat_turns(value)
-            else f"write the {what} as one value (a string or a number), not an object"
-            if isinstance(value, dict)
-            else 'write one object per record, e.g. JSON Lines: {"text": "...", "label": "..."} '
-            'a line, or a JSON array of such objects; not {"text": [...], "label": [...]}',
-        )
-
-
-def read_texts(ds: Any, where: str, text_column: str, *, blank: bool = False) -> tuple[str, ...]:
-    """The non-empty texts of `text_column`; a `DataError` naming the first bad row.
-    `blank` (predict's rows, each an output line): an empty, null or NaN text is ""
-    instead, keeping its place."""
-    texts, _ = column_values(ds, where, text_column, "text", "--text-column")
-    if blank:
-        texts = ["" if _no_text(t) else t for t in texts]
-    for number, text in enumerate(texts, 1):
-        if text is None:  # a missing key, a JSON null, or a NaN pandas wrote as null
-            raise DataError(
-                f"{where}: row {number} has no value in column {text_column!r} "
-                "(missing, null or NaN)",
-                f"every row needs a {text_column!r} value",
-            )
-        _check_scalar(text, where, number, "text", text_column)
-        if isinstance(text, float) and text != text:  # NaN: a missing value, not "nan"
-            raise DataError(
-                f"{where}: row {number} has no value in column {text_column!r} (NaN)",
-                "remove the row or give it a text",
-            )
-        if isinstance(text, bool):  # a JSON true/false: never a document
-            raise DataError(
-                f"{where}: row {number}: the text in column {text_column!r} is the boolean "
-                f"{str(text).lower()}, not a text",
-                "write the text as a string, or name the text column with --text-column",
-            )
-        if not str(text).strip() and not blank:
-            raise DataError(
-                f"{where}: row {number} has an empty text in column {text_column!r}",
-                "remove the row or give it a text",
-            )
-    return tuple(str(t) for t in texts)
-
-
-def _no_text(value: Any) -> bool:
-    """Whether a text column's value is no text: None, NaN, or blank."""
-    if isinstance(value, float):
-        return value != value
-    return value is None or (isinstance(value, str) and not value.strip())
-
-
-def _check_nested(ds: Any, where: str, text_column: str) -> None:
-    """A `DataError` for a JSON file of one object whose rows are a list under a key
-    ({"data": [{"text": ...}, ...]}), read as one row without `text_column`."""
-    if len(ds) != 1 or text_column in ds.column_names:
-        return
-    row = ds[0]
-    for key in sorted(ds.column_names):
-        value = row[key]
-        if (
-            isinstance(value, list)
-            and value
-            and isinstance(value[0], Mapping)
-            and (text_column in value[0])
-        ):
-            raise DataError(
-                f"{where}: one object whose rows are nested under {key!r} "
-                f"({len(value)} of them), not rows of their own",
-                "write the rows one JSON object a line (JSON Lines) or as a top-level "
-                f"[...] array, e.g. jq -c '.{key}[]' FILE > rows.jsonl",
-            )
 
 
 def _raw(
@@ -425,7 +219,7 @@ def _raw(
     if len(ds) == 0:
         raise DataError(f"{where}: no rows", "write one example per row")
     if examples is None:
-        _check_nested(ds, where, text_column)
+        check_nested(ds, where, text_column)
         texts, chats = read_texts(ds, where, text_column), None
     else:
         texts, chats = examples(ds, where)
@@ -442,7 +236,7 @@ def _raw(
                 "(missing, null or NaN)",
                 f"every row needs a {label_column!r} value: give the row its label or remove it",
             )
-        _check_scalar(value, where, number, "label", label_column)
+        check_scalar(value, where, number, "label", label_column)
         if names is not None and isinstance(value, int) and not isinstance(value, bool):
             if not 0 <= value < len(names):  # -1: datasets' mark of an unlabelled row
                 raise DataError(
@@ -459,7 +253,7 @@ def _raw(
                 f"{where}: row {number} has an empty label in column {label_column!r}",
                 "give the row its label or remove it",
             )
-        if _is_nan(name) or (isinstance(value, float) and not np.isfinite(value)):
+        if is_nan(name) or (isinstance(value, float) and not np.isfinite(value)):
             raise DataError(
                 f"{where}: row {number} has the label {str(value).strip()!r} in column "
                 f"{label_column!r}: a missing value, not a class",
@@ -468,7 +262,7 @@ def _raw(
         if name != str(value).strip():
             renamed.setdefault(str(value).strip(), name)
         labels.append(name)
-    if names is None and _mixed_types(feature):
+    if names is None and mixed_types(feature):
         _log.warning(
             "%s: column %r holds labels of more than one type (numbers and texts): a "
             'number and the same text (1 and "1") are read as one class; write every '
@@ -478,35 +272,6 @@ def _raw(
         )
     declared = tuple(label_name(n) for n in names) if names else None
     return _Raw(texts, tuple(labels), declared, chats, tuple(renamed.items()))
-
-
-def _mixed_types(feature: Any) -> bool:
-    """Whether a column's `datasets` feature is that of values of more than one JSON
-    type (its `Json` feature: no single `Value` type held them all)."""
-    import datasets
-
-    return not isinstance(feature, (datasets.Value, datasets.ClassLabel))
-
-
-def label_variants(names: Sequence[str]) -> list[list[str]]:
-    """Groups (sorted) of the label names that differ only by case or whitespace."""
-    groups: dict[str, set[str]] = {}
-    for name in names:
-        groups.setdefault(" ".join(name.split()).casefold(), set()).add(name)
-    return sorted(sorted(g) for g in groups.values() if len(g) > 1)
-
-
-def _warn_label_variants(names: set[str], source: str) -> None:
-    """Log a warning for labels that differ only by case or whitespace: they stay separate
-    classes (never merged), but are most likely one class spelled two ways."""
-    variants = label_variants(sorted(names))
-    if variants:
-        _log.warning(
-            "%s: label(s) that differ only by case or whitespace are separate classes: %s "
-            "(fix the rows if each group is one class)",
-            source,
-            "; ".join(", ".join(repr(n) for n in group) for group in variants),
-        )
 
 
 def _same_columns(text_column: str, label_column: str | None) -> None:
@@ -530,14 +295,14 @@ def _label_datasets(
         names = raws[0].declared
     else:
         seen = {v for r in raws for v in r.labels or ()}
-        names = tuple(sorted(seen, key=_natural_key))
-    _warn_renamed(dict(p for r in raws for p in r.renamed), source)
-    _warn_label_variants({v for r in raws for v in r.labels or ()}, source)
+        names = tuple(sorted(seen, key=natural_key))
+    warn_renamed(dict(p for r in raws for p in r.renamed), source)
+    warn_label_variants({v for r in raws for v in r.labels or ()}, source)
     index = {name: i for i, name in enumerate(names)}
     out = []
     for r in raws:
         assert r.labels is not None
-        unknown = sorted(set(r.labels) - set(index), key=_natural_key)
+        unknown = sorted(set(r.labels) - set(index), key=natural_key)
         if unknown:
             raise DataError(
                 f"{source}: label(s) {unknown[:5]} are not among the declared labels {list(names)}",
