@@ -142,7 +142,8 @@ def test_experiment_lists_runs_and_tables_what_is_finished(tmp_path: Path) -> No
 
 
 def test_lab_nodes_get_the_whole_recipe_and_wait_for_every_neighbour(tmp_path: Path) -> None:
-    from declora.cli.lab import LabConfig, node_config, summary_line
+    from declora.cli.lab import LabConfig, node_config
+    from declora.cli.lab_summary import summary_line
     from declora.node.scores import score_for
     from declora.node.settings import NodeSettings
 

@@ -205,11 +205,11 @@ def test_a_lab_into_a_folder_another_lab_writes_is_refused_and_changes_nothing(
     second one, even with --force, is refused before it deletes or truncates anything
     (before: it replaced the first one's node folders and logs under it). The lab's
     run past the lock is left out (a real one: test_lab_force_replaces_its_results)."""
-    from declora.cli.lab import output_lock
+    from declora.cli.lab_lock import output_lock
 
     ran: list[Path] = []
     monkeypatch.setattr(
-        "declora.cli.lab._run_lab", lambda _, out, *__: ran.append(out) or {"ok": True}
+        "declora.cli.lab_swarm.run_swarm", lambda _, out, *__: ran.append(out) or {"ok": True}
     )
     out = old_output(tmp_path / "out")
     with output_lock(out):  # what a running lab holds

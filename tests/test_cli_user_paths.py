@@ -126,7 +126,7 @@ def test_simulate_names_the_iid_share_it_falls_back_to(tmp_path: Path) -> None:
 def test_the_lab_summary_says_why_a_node_exited(tmp_path: Path) -> None:
     """A node that exited with an error was "no final adapter", its reason only in its
     log; the summary line now quotes its `error:` and `hint:` lines."""
-    from declora.cli.lab import failure_line
+    from declora.cli.lab_summary import failure_line
 
     log = tmp_path / "lab-0.log"
     log.write_text("some output\nerror: x.jsonl: no label column 'label'\nhint: name it\n")

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from declora.cli.lab import LabConfig, LabNode, _summarize
+from declora.cli.lab import LabConfig, LabNode
+from declora.cli.lab_summary import summarize
 from declora.node.scores import score_for
 
 
@@ -36,7 +37,7 @@ def _lab(tmp_path: Path, accuracies: list[float], reference: float) -> dict[str,
     central = _Done({"eval": {"accuracy": reference}, "steps": 1})
     console = SimpleNamespace(print=lambda *a, **k: None)
     cfg = LabConfig(nodes=len(nodes))
-    _summarize(cfg, tmp_path, "s", nodes, central, 0.0, False, False, console)  # type: ignore[arg-type]
+    summarize(cfg, tmp_path, "s", nodes, central, 0.0, False, False, console)  # type: ignore[arg-type]
     return json.loads((tmp_path / "results.json").read_text())
 
 

@@ -35,7 +35,7 @@ import pytest
 import torch
 from daemon_helpers import Cluster, Node, free_ports, live_ids, read_adapter, train_args, uid
 
-from declora.cli.lab import read_rounds
+from declora.cli.lab_summary import read_rounds
 from declora.node import checkpoint
 from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD
 

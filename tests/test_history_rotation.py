@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from declora.cli.lab import _ended_row, read_rounds
+from declora.cli.lab_summary import _ended_row, read_rounds
 from declora.node import run_folder
 from declora.node.daemon import persistence, status
 from declora.node.daemon.startup import UserError, check_config, earlier_run

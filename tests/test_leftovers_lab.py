@@ -12,7 +12,7 @@ import pytest
 from test_lab_signals import lab_args
 from typer.testing import CliRunner
 
-from declora.cli import lab
+from declora.cli import lab_swarm
 from declora.cli.app import app
 
 STUBBORN = (  # a node that ignores SIGTERM: only SIGKILL ends it
@@ -31,8 +31,8 @@ def test_nodes_killed_by_a_second_ctrl_c_have_their_exit_code_recorded(
     def second_ctrl_c(_: Any, grace: float = 60.0) -> None:
         raise KeyboardInterrupt  # while the lab waits for the nodes to stop
 
-    monkeypatch.setattr(lab, "node_command", stubborn)
-    monkeypatch.setattr(lab, "_stop", second_ctrl_c)
+    monkeypatch.setattr(lab_swarm, "node_command", stubborn)
+    monkeypatch.setattr(lab_swarm, "_stop", second_ctrl_c)
     out = tmp_path / "out"
     args = [*lab_args(tmp_path, out), "--nodes", "2", "--topology", "ring", "--timeout", "1"]
     res = CliRunner().invoke(app, args)

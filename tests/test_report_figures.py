@@ -144,7 +144,8 @@ def test_the_labs_last_table_shows_where_each_node_ended(tmp_path: Path) -> None
     """Before: the last poll's figures (55/60, an old loss) and the exited neighbour
     still listed live; now an exited node's round, loss and accuracy are its
     rounds.jsonl's last ones, and no exited node is anyone's live neighbour."""
-    from declora.cli.lab import LabNode, _table
+    from declora.cli.lab import LabNode
+    from declora.cli.lab_summary import lab_table
 
     nodes, statuses = [], {}
     for i, code in enumerate((0, None)):
@@ -167,7 +168,7 @@ def test_the_labs_last_table_shows_where_each_node_ended(tmp_path: Path) -> None
         statuses[f"lab-{i}"].neighbors[0].node_id = f"lab-{1 - i}"
     try:
         console = Console(width=200, record=True)
-        console.print(_table(nodes, statuses, "lab", "accuracy"))
+        console.print(lab_table(nodes, statuses, "lab", "accuracy"))
     finally:
         nodes[1].process.kill()
         nodes[1].process.wait()

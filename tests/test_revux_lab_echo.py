@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from declora.cli.lab import stops_as_interrupt
+from declora.cli.lab_swarm import stops_as_interrupt
 from declora.node.daemon.signals import ECHO_SECONDS
 
 
