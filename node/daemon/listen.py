@@ -4,6 +4,12 @@
 in use (another node), an address not of this machine or a privileged port fails with a
 `ServerError` (a configuration error, exit 2, with a hint) before the model loads;
 `Transport.start` later swaps the socket for the gRPC server.
+
+Every connection a node serves holds a file descriptor, from its TCP accept on, before
+any TLS or HTTP/2 handshake (gRPC drops one that made none after 120 s): a stranger's
+2,000 silent connections took all 1,024 of a node's default soft limit, and the node
+answered no Status and lost its neighbours while they stayed. So `reserve_port` first
+raises the soft limit of open files to the hard one (`raise_file_limit`).
 """
 
 from __future__ import annotations
@@ -31,9 +37,33 @@ BIND_HINTS = {
 }
 
 
+FILES_WANTED = 1 << 20  # the soft limit of open files asked for when the hard one has none
+
+
+def raise_file_limit() -> int:
+    """Raise this process's soft limit of open files to its hard limit (at most
+    `FILES_WANTED`); the soft limit now. Where the system refuses, or has no such
+    limit (Windows), it stays as it was."""
+    try:
+        import resource
+    except ImportError:  # not POSIX: no such limit
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = FILES_WANTED if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):  # above the kernel's nr_open: keep the old one
+            return soft
+        return wanted
+    return soft
+
+
 def reserve_port(listen: str) -> socket.socket | None:
-    """Bind and listen on `listen` with a plain socket (ServerError when it cannot);
-    None for port 0 (any free port: nothing to reserve)."""
+    """Bind and listen on `listen` with a plain socket (ServerError when it cannot),
+    once the limit of open files is raised (`raise_file_limit`); None for port 0 (any
+    free port: nothing to reserve)."""
+    raise_file_limit()
     if listen.endswith(":0"):  # any free port: nothing to reserve
         return None
     host, port = split_address(listen)

@@ -1,0 +1,106 @@
+"""Attacks not in the attack table, against real daemon processes (secleft2): a
+stranger that opens many TCP connections to a node and never sends a byte (no TLS or
+HTTP/2 handshake), and calls with 16 KB of metadata or 300 headers. Printed with -s."""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+from contextlib import suppress
+
+import grpc
+import pytest
+from daemon_helpers import Cluster, live_ids
+
+from declora.proto import pb, pb_grpc
+
+STRANGER = "127.0.0.2"
+CONNECTIONS = 2000
+START = 120.0
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def silent_connections(address: str, n: int) -> list[socket.socket]:
+    """`n` TCP connections to `address` from `STRANGER` that send nothing (fewer when
+    one cannot be made)."""
+    host, port = address.rsplit(":", 1)
+    held = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind((STRANGER, 0))
+        s.settimeout(5)
+        try:
+            s.connect((host, int(port)))
+        except OSError:
+            s.close()
+            break
+        held.append(s)
+    return held
+
+
+def status_answered(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            pb_grpc.SwarmStub(channel).Status(pb.StatusRequest(), timeout=5)
+            return True
+        except grpc.RpcError:
+            return False
+
+
+@pytest.mark.slow
+def test_silent_connections_from_a_stranger_keep_no_caller_out(cluster: Cluster) -> None:
+    """n0 runs with a soft limit of 1,024 open files (most systems' default) and this
+    machine's hard one. Before, 2,000 silent connections took every descriptor: Status
+    answered 0 of 5, and n0 and n1 dropped each other (n0's soft limit is now raised
+    to the hard one at start)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard < 2 * CONNECTIONS:
+        pytest.skip(f"a hard limit of {hard} open files leaves no room above 1,024")
+    a, b = cluster.static(2, [(0, 1)], ["--rounds", "0", "--eval-every", "0"])
+    a.prefix = ["prlimit", f"--nofile=1024:{hard}", "--"]
+    a.start()
+    b.start()
+    cluster.wait_until("n0 and n1 live", lambda: live_ids(a.status()) == {"n1"}, START, [a, b])
+    assert a.proc is not None
+    pid = a.proc.pid
+    before = open_fds(pid)
+    held = silent_connections(a.address, CONNECTIONS)
+    try:
+        cluster.wait_until("n0 accepted them", lambda: open_fds(pid) >= before + CONNECTIONS, 30)
+        answered = [status_answered(a.address) for _ in range(5)]
+        live = live_ids(a.status())
+        print(
+            f"\n{len(held)} silent connections from {STRANGER}: n0's open files {before} -> "
+            f"{open_fds(pid)}; Status answered {sum(answered)}/5; n0's live {sorted(live)}"
+        )
+        assert answered == [True] * 5 and live == {"n1"} and a.running()
+    finally:
+        for s in held:
+            with suppress(OSError):
+                s.close()
+
+
+@pytest.mark.slow
+def test_calls_with_huge_metadata(cluster: Cluster) -> None:
+    (a,) = cluster.static(1, [], ["--rounds", "0", "--eval-every", "0", "--solo"])
+    a.start()
+    cluster.wait_until("n0 answering", lambda: a.status(), START, [a])
+    codes = []
+    with grpc.insecure_channel(a.address) as channel:
+        stub = pb_grpc.SwarmStub(channel)
+        for metadata in (
+            [("x-big", "a" * 16_384)],
+            [(f"x-h{i}", "v") for i in range(300)],
+            [("x-big-bin", b"\0" * 65_536)],
+        ):
+            try:
+                stub.Status(pb.StatusRequest(), timeout=5, metadata=metadata)
+                codes.append("OK")
+            except grpc.RpcError as exc:
+                codes.append(exc.code().name)  # type: ignore[attr-defined]
+    print(f"\nStatus with 16 KB, 300 headers, 64 KB binary metadata: {codes}")
+    assert a.running() and a.status() is not None
