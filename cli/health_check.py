@@ -15,18 +15,22 @@ healthcheck, systemd or a script.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from declora.cli.client import StatusError, status_failure
+from declora.cli.lines import error_lines
 from declora.node.address import split_address
-from declora.node.daemon.health import SERVICE_NAME
 from declora.node.security import TlsError, TlsFiles, certificate_names, names_host
-from declora.node.settings import env_name
+from declora.proto import pb
 
-TLS_FIELDS = ("tls_cert", "tls_key", "tls_ca", "tls_crl")
+# `start`'s variables of --tls-cert, --tls-key, --tls-ca and --tls-crl
+# (`settings.env_name`, not imported: a probe runs every few seconds, without pydantic)
+TLS_VARIABLES = ("DECLORA_TLS_CERT", "DECLORA_TLS_KEY", "DECLORA_TLS_CA", "DECLORA_TLS_CRL")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Swarm"].full_name  # `health.SERVICE_NAME`
 
 
 class CheckConfigError(StatusError):
@@ -38,13 +42,13 @@ class CheckConfigError(StatusError):
 def node_tls() -> TlsFiles | None:
     """The node's own TLS files from DECLORA_TLS_CERT, _KEY, _CA and _CRL (None when
     none is set); CheckConfigError when they cannot be used."""
-    paths = [os.environ.get(env_name(f)) or None for f in TLS_FIELDS]
+    paths = [os.environ.get(name) or None for name in TLS_VARIABLES]
     cert, key, ca, crl = (Path(p) if p else None for p in paths)
     try:
         return TlsFiles.load(cert, key, ca, crl=crl)
     except TlsError as exc:
         raise CheckConfigError(
-            f"the node's own TLS files ({', '.join(map(env_name, TLS_FIELDS[:3]))}): {exc}",
+            f"the node's own TLS files ({', '.join(TLS_VARIABLES[:3])}): {exc}",
             "fix the DECLORA_TLS_* variables, or give --tls-cert, --tls-key and --tls-ca",
         ) from None
 
@@ -63,6 +67,19 @@ def probe_options(target: str, tls: TlsFiles) -> list[tuple[str, str]]:
     return [("grpc.ssl_target_name_override", names[0])] if names else []
 
 
+def check_main(target: str, timeout: float, tls: TlsFiles | None) -> int:
+    """`status --check` (the typer command and `cli.fast`'s path): one line on stdout
+    and 0 while the node serves, else `error:` and `hint:` lines on stderr and the
+    exit code (`StatusError.code`). Without `tls`, the node's own (`node_tls`)."""
+    try:
+        own = tls is None and (tls := node_tls()) is not None
+        print(check(target, timeout, tls, own))
+    except StatusError as exc:
+        print(*error_lines(exc.message, exc.hint), sep="\n", file=sys.stderr)
+        return exc.code
+    return 0
+
+
 def check(target: str, timeout: float, tls: TlsFiles | None, own: bool) -> str:
     """The line for a node at `target` that serves; StatusError (hinted) otherwise.
     `own`: `tls` are the node's own files (`node_tls`)."""
@@ -79,8 +96,6 @@ def check(target: str, timeout: float, tls: TlsFiles | None, own: bool) -> str:
             code = exc.code().name if hasattr(exc, "code") else "ERROR"
             details = (exc.details() if hasattr(exc, "details") else "") or ""
             why, hint = status_failure(code, details, timeout, tls is not None)
-            if tls is None and code == "UNAVAILABLE":
-                hint += "; a node serving mTLS: set DECLORA_TLS_* as for `start`"
             raise StatusError(f"{target} is not healthy: {why}", hint) from exc
     state = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     if reply.status != health_pb2.HealthCheckResponse.SERVING:

@@ -52,17 +52,11 @@ def status(
 
 def probe(target: str, fmt: str, timeout: float, tls: TlsFiles | None) -> NoReturn:
     """`status --check` (`cli.health_check`): one line, exit 0 while the node serves."""
-    from declora.cli.client import StatusError
-    from declora.cli.health_check import check, node_tls
+    from declora.cli.health_check import check_main
 
     if fmt != "text":
         fail("--check prints one line, no --format json", hint="leave out --format")
-    try:
-        own = tls is None and (tls := node_tls()) is not None
-        typer.echo(check(target, timeout, tls, own))
-    except StatusError as exc:
-        fail_with(exc, exc.code)
-    raise typer.Exit(0)
+    raise typer.Exit(check_main(target, timeout, tls))
 
 
 def inspect(

@@ -117,3 +117,25 @@ def test_unusable_tls_variables_are_a_configuration_error(tmp_path: Path) -> Non
 def test_check_refuses_json(not_serving: int) -> None:
     run = probe([*CLI, "status", "--check", "--format", "json"], {})
     assert run.returncode == 2 and run.stderr.startswith("error: --check"), run.stderr
+
+
+def test_the_probe_names_what_start_reads() -> None:
+    """The probe loads no pydantic (it runs every few seconds): its names are copies."""
+    from declora.cli.health_check import SERVICE_NAME as probed
+    from declora.cli.health_check import TLS_VARIABLES
+    from declora.node.settings import env_name
+
+    assert tuple(env_name(f"tls_{k}") for k in ("cert", "key", "ca", "crl")) == TLS_VARIABLES
+    assert probed == SERVICE_NAME
+
+
+def test_the_image_probes_as_compose_does() -> None:
+    """deploy/Dockerfile's HEALTHCHECK (for `docker run`) is compose's probe command."""
+    import json
+    import re
+
+    text = (COMPOSE.parent / "deploy" / "Dockerfile").read_text(encoding="utf-8")
+    found = re.search(r"^HEALTHCHECK .*\\\n\s+CMD (\[.*\])$", text, re.MULTILINE)
+    assert found, "no HEALTHCHECK in deploy/Dockerfile"
+    test = yaml.safe_load(COMPOSE.read_text())["x-node"]["healthcheck"]["test"]
+    assert json.loads(found.group(1)) == test[1:]
