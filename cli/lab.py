@@ -50,7 +50,7 @@ RESOLVED = ("lr_schedule", "warmup_steps", "gradient_tracking", "weighting")
 class LabConfig(Recipe):
     """A lab: the swarm's `Recipe` (lab defaults) plus how many daemons, wired how."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN: "a finite number"
 
     nodes: int = Field(4, ge=1, le=64, description="daemons on 127.0.0.1")
     topology: str = Field(
