@@ -24,6 +24,7 @@ import gzip
 import json
 import lzma
 import re
+import stat
 import tempfile
 import zlib
 from collections.abc import Iterator
@@ -111,7 +112,9 @@ def _diagnose_json(path: Path) -> DataError | None:
                 if lineno == 1 and line.lstrip().startswith("["):
                     return None  # a JSON array file, not JSON lines
                 hint = 'each line must be one JSON object of columns, e.g. {"text": ...}'
-                if exc.msg == "Extra data" and line[exc.pos :].strip() == ",":
+                if line.lstrip("\ufeff \t").startswith(("#", "//")):
+                    hint = f"JSON Lines has no comment lines: delete line {lineno} (and any other)"
+                elif exc.msg == "Extra data" and line[exc.pos :].strip() == ",":
                     hint = "remove the comma after the object: JSON Lines has no separators"
                     hint += " between lines (or write a .json file holding one [...] array)"
                 return DataError(f"{path}:{lineno}: not valid JSON: {exc.msg}", hint)
@@ -317,9 +320,24 @@ def _unreadable(path: Path, exc: OSError) -> DataError:
     return DataError(f"{what}: {reason}", "check the --data path and its disk")
 
 
+_SPECIAL = {
+    stat.S_IFIFO: "FIFO (named pipe)",
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+    stat.S_IFSOCK: "socket",
+}
+
+
 def _splits(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise DataError(f"data file not found: {path}", "check the --data path")
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):  # never opened: a FIFO would block
+        raise DataError(
+            f"{path}: not a data file but a {_SPECIAL.get(stat.S_IFMT(mode), 'special file')}",
+            "pass a data file or a save_to_disk folder (save what a pipe or a device gives "
+            "to a file first)",
+        )
     if path.is_file():
         return {"all": _read_file(path)}
     with _quiet_datasets() as datasets:
