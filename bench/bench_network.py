@@ -311,6 +311,7 @@ def run_one(args: argparse.Namespace, profile: Profile, codec: str, out: Path) -
     return {
         "seconds": seconds,
         "sent_per_round": sent_per_round,
+        "sent_round_1": _first_round_bytes(histories),
         "unmixed": sum(1 for p in found if "mixed without" in p),
         "problems": problems + [p for p in found if "mixed without" not in p] + warnings,
         "left": left,
@@ -354,6 +355,16 @@ def _bytes_per_round(histories: dict[str, list[dict[str, Any]]]) -> float:
     return median(per_node)
 
 
+def _first_round_bytes(histories: dict[str, list[dict[str, Any]]]) -> float:
+    """Median over nodes of the bytes sent in train round 1 (its keyframes included)."""
+    firsts = [
+        float(train[0]["bytes_sent"])
+        for hist in histories.values()
+        if (train := [r for r in hist if r.get("phase") == "train"]) and int(train[0]["round"]) == 1
+    ]
+    return median(firsts)
+
+
 def row(profile: Profile, codec: str, res: dict[str, Any]) -> str:
     xs = res["seconds"]
     emu = res["emulator"]
@@ -364,14 +375,15 @@ def row(profile: Profile, codec: str, res: dict[str, Any]) -> str:
         f"| {profile.name} | {codec} | {median(xs):.2f} | {quantile(xs, 0.9):.2f} | "
         f"{max(xs, default=float('nan')):.2f} | {res['sent_per_round'] / 1e3:.0f} | "
         f"{send:.2f} | {use} | {res['unmixed']} | {len(res['left'])} | {res['cut']} | "
-        f"{res['disagreement']:.1e} | {lost} |"
+        f"{res['disagreement']:.1e} | {lost} | {res['sent_round_1'] / 1e3:.0f} |"
     )
 
 
 HEADER = (
     "| profile | codec | round s median | p90 | max | kB sent/node/round | Mbit/s sent/node "
     "| uplink use | rounds not fully mixed | neighbours left | streams cut | final "
-    "disagreement | pkts lost/tail-dropped |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "disagreement | pkts lost/tail-dropped | kB sent/node in round 1 |"
+    "\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
