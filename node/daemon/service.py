@@ -11,7 +11,9 @@ part sees a call, this servicer checks what is the same for every RPC:
   (`STREAMS_PER_PEER` per neighbour there): it is never cut for a newer push. Any
   other push counts towards its remote network's share (`limits.host_key`) and, until
   its header came, may be cut for a newer push (`Pools.push` has the rule). Anyone
-  sharing a neighbour's IP shares its kept places;
+  sharing a neighbour's IP shares its kept places. The Pull pool keeps a place for
+  each other live neighbour's IP that holds none (`Pools.pull`): a member's ids at one
+  IP (2 of them held all 8 places with unread Pulls) leave another IP's catch-up room;
 - rate limits (`limits`), keyed by the remote address for handshakes, Leaves (a
   bucket of their own at the handshakes' rate), pulls and Status
   (`limits.STATUS_PER_MINUTE`: a Status flood from one address, the swarm open or
