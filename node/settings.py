@@ -585,6 +585,11 @@ def resolve_settings(cli: dict[str, Any], config_file: Path | None = None) -> Re
         origins["swarm_secret"] = "swarm-secret-file"
     if origins["advertise"] == "default":  # copied from --listen (`_fill`)
         origins["advertise"] = "listen"
+    if origins["node_id"] == "default" and settings.resume and settings.tls_cert is None:
+        from declora.node.run_folder import recorded_id  # kept by `_keep_recorded_id`
+
+        if recorded_id(settings.state_dir) == settings.node_id:
+            origins["node_id"] = "checkpoint"
     secret_file = given_name("swarm_secret_file", origins, config_file)
     warnings = start_warnings(settings, config_file, data, secret_file)
     if line := advertise_warning(settings, origins, config_file):

@@ -120,3 +120,14 @@ def test_a_resume_in_the_default_folder_names_the_runs_there(
     assert "nothing to resume" in refused.value.message
     assert "--node-id node-127.0.0.1-7071" in refused.value.hint, refused.value.hint
     assert not (tmp_path / "declora-state" / "node-127.0.0.1-7072").exists()
+
+
+def test_config_says_the_id_came_from_the_checkpoint(tmp_path: Path) -> None:
+    from declora.node.settings import resolve_settings
+
+    state = tmp_path / "state"
+    fake_run(state, "lab-a")
+    resolved = resolve_settings({"solo": True, "checkpoint_dir": str(state), "resume": True})
+    assert (resolved.settings.node_id, resolved.sources["node_id"]) == ("lab-a", "checkpoint")
+    fresh = resolve_settings({"solo": True, "checkpoint_dir": str(tmp_path / "new")})
+    assert fresh.sources["node_id"] == "default"
