@@ -347,10 +347,8 @@ def round_text(round_: int, total: int, state: str) -> str:
     (`state` consensus) the rounds past them apart: "round 152 (140 planned + 12 of
     the consensus finish, which ends once the neighbours agree)"."""
     if state == "consensus":
-        past = f"{total} planned + {round_ - total}" if 0 < total <= round_ else "rounds"
-        return (
-            f"round {round_} ({past} of the consensus finish, which ends once the neighbours agree)"
-        )
+        past = f"{total} planned + {round_ - total} of " if 0 < total <= round_ else ""
+        return f"round {round_} ({past}the consensus finish, which ends once the neighbours agree)"
     return f"round {round_}" + (f"/{total}" if total else "")
 
 
