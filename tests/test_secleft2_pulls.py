@@ -92,3 +92,12 @@ def test_a_labs_neighbours_at_one_ip_take_every_place(synthetic_jsonl: Path) -> 
     lab = [("127.0.0.1", member(b, f"n{i}", "127.0.0.1")) for i in range(7)]
     aborted, held = pulls(b, lab)
     assert (aborted, held) == ([], 7)
+
+
+def test_the_neighbours_of_a_lan_each_take_a_place(synthetic_jsonl: Path) -> None:
+    """Neighbours at 10 IPs pulling at once take all 8 places, one each (a rule that
+    kept places for IPs holding none whatever the caller held let 1 in)."""
+    _, (_, b) = pair(synthetic_jsonl, max_neighbors=16)
+    lan = [(f"10.0.0.{i}", member(b, f"n{i}", f"10.0.0.{i}")) for i in range(10)]
+    aborted, held = pulls(b, lan)
+    assert (len(aborted), held) == (2, 8)

@@ -11,9 +11,10 @@ part sees a call, this servicer checks what is the same for every RPC:
   (`STREAMS_PER_PEER` per neighbour there): it is never cut for a newer push. Any
   other push counts towards its remote network's share (`limits.host_key`) and, until
   its header came, may be cut for a newer push (`Pools.push` has the rule). Anyone
-  sharing a neighbour's IP shares its kept places. The Pull pool keeps a place for
-  each other live neighbour's IP that holds none (`Pools.pull`): a member's ids at one
-  IP (2 of them held all 8 places with unread Pulls) leave another IP's catch-up room;
+  sharing a neighbour's IP shares its kept places. An IP's further Pull leaves a
+  place for each other live neighbour's IP that holds none (`Pools.pull`): a member's
+  ids at one IP (2 of them held all 8 places with unread Pulls) leave another IP's
+  catch-up room;
 - rate limits (`limits`), keyed by the remote address for handshakes, Leaves (a
   bucket of their own at the handshakes' rate), pulls and Status
   (`limits.STATUS_PER_MINUTE`: a Status flood from one address, the swarm open or
@@ -132,12 +133,13 @@ class Pools:
     @contextmanager
     def pull(self, ip: str, neighbour_ips: Iterable[str]) -> Iterator[None]:
         """A Pull place for remote IP `ip` (`limits.address_key`), held until the block
-        ends. One place stays free for each other IP in `neighbour_ips` (the live
-        neighbours') that holds none (at most all but one): one IP, however many live
-        ids it holds, cannot fill the pool and refuse another IP's catch-up; the nodes
-        of a lab (one IP) may take every place."""
+        ends. An IP's first Pull takes any free place; a further one leaves a place
+        free for each other IP in `neighbour_ips` (the live neighbours') that holds
+        none (at most all but one): one IP, however many live ids it holds, cannot fill
+        the pool and refuse another IP's catch-up; the nodes of a lab (one IP) may
+        take every place, and those of a LAN one each."""
         others = sum(1 for n in set(neighbour_ips) if n != ip and not self.pull_ips[n])
-        kept = min(others, self.limits["Pull"] - 1)
+        kept = min(others, self.limits["Pull"] - 1) if self.pull_ips[ip] else 0
         if self.limits["Pull"] - self.in_use.get("Pull", 0) <= kept:
             raise limited(
                 f"{self.in_use.get('Pull', 0)} Pull calls in flight, {kept} place(s) kept "
