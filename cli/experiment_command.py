@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from declora.cli.checks import check_output
 from declora.cli.exits import fail
 
 STUDIES = ("swarm", "lm-parity", "methods")  # experiment --task: selection, then seeds
@@ -92,6 +93,8 @@ def experiment(
             )
         if table and workers is not None:
             fail("--workers runs studies: --table runs nothing", hint="leave out --workers")
+        if output is not None and not table:
+            check_output(output, "--output")  # a file there: refused before any run
         typer.echo(_study(task, output, workers or 2, table))
         return
 
@@ -126,6 +129,7 @@ def experiment(
             )
         typer.echo(write_table(folder, grid))
         return
+    check_output(folder, "--output")  # a file there: refused before any run
     names = None
     if only is not None:
         names = [n.strip() for n in only.split(",")]

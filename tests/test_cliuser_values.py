@@ -49,3 +49,24 @@ def test_a_bad_value_is_one_error_and_one_hint(
     assert lines[0].startswith("error: ") and said in lines[0], lines
     assert lines[1].startswith("hint: ") and "hint:" not in lines[0]
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("task", ["cls", "swarm"])
+def test_experiment_refuses_a_file_as_its_output_before_any_run(
+    task: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, the grid or study began (minutes of work) with a file as its --output."""
+    from declora.cli import experiment, generalization
+
+    ran: list[object] = []
+    monkeypatch.setattr(experiment, "run_grid", lambda *a: ran.append(a))
+    monkeypatch.setattr(generalization, "run_study", lambda *a, **k: ran.append(a) or "")
+    kept = tmp_path / "notes.txt"
+    kept.write_text("mine")
+    res = runner.invoke(app, ["experiment", "--task", task, "--output", str(kept)])
+    assert res.exit_code == 2 and not ran
+    assert res.stderr.splitlines() == [
+        f"error: --output {kept} is a file, not a folder",
+        "hint: give a folder that exists or can be created (not a file, nor inside one)",
+    ]
+    assert kept.read_text() == "mine"
