@@ -108,10 +108,19 @@ def say_error(message: str, code: int = 2, hint: str = "", json_logs: bool = Fal
         line = json_line("ERROR", message, _traced(), hint=hint, exit_code=code)
         typer.echo(line, err=True)
         return
-    error, *rest = error_lines(message, hint)
+    error, *rest = error_lines(_as_bytes_shown(message), _as_bytes_shown(hint))
     typer.secho(error, err=True, fg=typer.colors.RED)
     for line in rest:
         typer.echo(line, err=True)
+
+
+def _as_bytes_shown(text: str) -> str:
+    """`text` with the bytes of a non-UTF-8 path (which Python holds as surrogates) shown
+    as \\xff escapes, as `ls -b` shows them (they printed as \\udcff)."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate not from a file name: left as it is
+        return text
 
 
 def fail(message: str, code: int = 2, hint: str = "", json_logs: bool = False) -> NoReturn:

@@ -3,6 +3,7 @@ that says what is wrong and one `hint:` line, exit 2, and nothing written."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,20 @@ def test_experiment_refuses_a_file_as_its_output_before_any_run(
         "hint: give a folder that exists or can be created (not a file, nor inside one)",
     ]
     assert kept.read_text() == "mine"
+
+
+def test_a_non_utf8_path_is_shown_with_its_bytes_escaped(tmp_path: Path) -> None:
+    """A file name that is not UTF-8 printed as \\udcff (Python's surrogate), not \\xff."""
+    import subprocess
+    import sys
+
+    path = os.fsencode(tmp_path) + b"/q\xffz"
+    res = subprocess.run(
+        [sys.executable, "-m", "declora.cli", "inspect", path],
+        capture_output=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert res.returncode == 2
+    error = res.stderr.splitlines()[0]
+    assert error == b"error: " + os.fsencode(tmp_path) + b"/q\\xffz does not exist"
