@@ -4,10 +4,13 @@ leave the temporary folder's disk less than `KEEP_FREE` free (`check_table_room`
 
 from __future__ import annotations
 
+import json
 import shutil
 import struct
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from declora.node.data_error import DataError
 from declora.node.data_ipc import ipc_decoded
@@ -30,24 +33,33 @@ def disk_room(folder: Path) -> tuple[int, int]:
     return disk.free - keep, keep
 
 
-# bytes that end a value in a JSON or CSV/TSV file: each value `datasets` reads costs
-# its Arrow table at most its text's bytes and 8 more (an offset, an int64 or a double)
+# bytes that end a value in a JSON or CSV/TSV file (each ends one value at most)
 DELIMITERS = (b",", b"\n", b"}", b"]", b"\t", b";", b"|")
 _TABLE_OVERHEAD = 1 << 20  # the table file's schema and metadata
+# what one value costs a table beyond its text: a JSON one at most 8 bytes (an int64, a
+# double, an offset) and its validity bit; a CSV one, always a string, its 4-byte
+# offset and its validity bit
+_JSON_SLOT, _CSV_VALUE = 9, 5
 
 
-def table_bound(inner: Path, cells: int) -> int:
+def table_bound(inner: Path, delimiters: int) -> int:
     """Bytes the Arrow table `datasets` writes of plain data file `inner` (into
     its cache folder, `tempfile`'s, before it is read into memory) may take at most:
-    its size and 8 a delimiter (`cells`, `check_utf8`'s count) for JSON and CSV/TSV;
-    its columns decoded for parquet and arrow (a file of one repeated value decodes to
-    many times its size; parquet's texts are sized through their dictionary, never
-    decoded: `_parquet_decoded`; arrow's from its batches' metadata: `ipc_decoded`),
-    or its size when it cannot be read (`datasets` says why)."""
+    its size and 9 a slot of its table (`json_slots`) for JSON, its size and 5 a
+    delimiter (`delimiters`, `check_utf8`'s count: each ends one value at most) for
+    CSV/TSV; its columns decoded for parquet and arrow (a file of one repeated value
+    decodes to many times its size; parquet's texts are sized through their
+    dictionary, never decoded: `_parquet_decoded`; arrow's from its batches' metadata:
+    `ipc_decoded`), or what it would be read as when it cannot be (`datasets` says
+    why)."""
     size = inner.stat().st_size
     suffix = inner.suffix.lower()
-    if suffix not in (".parquet", ".arrow"):  # JSON or CSV/TSV
-        return size + 8 * cells + _TABLE_OVERHEAD
+    if suffix in (".csv", ".tsv"):
+        return size + _CSV_VALUE * (delimiters + 1) + _TABLE_OVERHEAD
+    if suffix not in (".parquet", ".arrow"):  # JSON
+        slots = json_slots(inner)
+        extra = 8 * delimiters if slots is None else _JSON_SLOT * slots
+        return size + extra + _TABLE_OVERHEAD
     import pyarrow as pa
 
     try:
@@ -55,6 +67,82 @@ def table_bound(inner: Path, cells: int) -> int:
     except (pa.ArrowException, OSError, ValueError, IndexError, struct.error):
         decoded = 0
     return max(size, decoded) + _TABLE_OVERHEAD
+
+
+class _Column:
+    """One column of a JSON file's table (a nested one: a mapping's key, a list's
+    elements): its own columns, how many values it was given (not null), and for a
+    list's elements column how many values it holds, over every row."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, _Column] = {}
+        self.elements: _Column | None = None
+        self.count = 0
+        self.given = 0
+        self.key_set: frozenset[str] | None = None
+        self.kinds: set[type] = set()
+        self.as_text = False  # mappings of other keys, or mixed kinds: JSON text
+
+
+def json_slots(inner: Path) -> int | None:
+    """How many slots (values, nulls included) the Arrow table of JSON file `inner`
+    holds, at most, as `datasets` reads it: every row has a slot in every column any row
+    has (a file of rows that each name a key of their own is a table of rows times
+    keys: 3,000 rows of 25 bytes, a 74 MB table), a nested mapping a slot in each of its
+    keys' columns, and a list's elements likewise; a nested column whose mappings differ
+    in keys, or that mixes mappings or lists with other values, is stored as JSON text:
+    a slot, and one a value inside for its text's spacing. None when it is not JSON
+    lines nor one JSON array of rows (`datasets` refuses it)."""
+    root, rows = _Column(), 0
+    try:
+        with inner.open(encoding="utf-8-sig") as fh:
+            first = next((line for line in fh if line.strip()), "")
+            fh.seek(0)
+            array = first.lstrip().startswith("[")
+            lines = (json.loads(line) for line in fh if line.strip())
+            values: Iterable[Any] = json.load(fh) if array else lines
+            for row in values:
+                _add(root, row)
+                rows += 1
+    except (ValueError, RecursionError):
+        return None
+    return sum(_slots(column, rows) for column in root.keys.values())
+
+
+def _add(column: _Column, value: Any) -> None:
+    """Record `value` in `column`: a mapping's keys, a list's elements, its kind."""
+    if value is None:
+        return
+    column.given += 1
+    column.kinds.add(dict if isinstance(value, dict) else list if isinstance(value, list) else str)
+    column.as_text |= len(column.kinds) > 1 and bool(column.kinds & {dict, list})
+    if isinstance(value, dict):
+        keys = frozenset(value)
+        column.key_set = keys if column.key_set is None else column.key_set
+        column.as_text |= keys != column.key_set or not keys
+        for key, inner in value.items():
+            _add(column.keys.setdefault(key, _Column()), inner)
+    elif isinstance(value, list):
+        column.elements = column.elements or _Column()
+        column.elements.count += len(value)
+        for inner in value:
+            _add(column.elements, inner)
+
+
+def _slots(column: _Column, count: int) -> int:
+    """Slots of `column`, `count` values long, and of every column inside it."""
+    if column.as_text:
+        return count + _given(column)
+    total = count + sum(_slots(inner, count) for inner in column.keys.values())
+    if column.elements is not None:
+        total += _slots(column.elements, column.elements.count)
+    return total
+
+
+def _given(column: _Column) -> int:
+    """The values given to `column` and to every column inside it."""
+    inside = [*column.keys.values(), *([column.elements] if column.elements else [])]
+    return column.given + sum(_given(inner) for inner in inside)
 
 
 def _parquet_decoded(inner: Path) -> int:
