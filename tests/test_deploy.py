@@ -133,10 +133,8 @@ def test_healthcheck_on_every_node(services: dict[str, dict[str, Any]]) -> None:
     for name, svc in services.items():
         hc = svc.get("healthcheck")
         assert hc and not hc.get("disable"), name
-        test = hc["test"]
-        assert test[:3] == ["CMD", "python", "-c"], (name, test)
-        assert "grpc_health.v1" in test[3] and f"'{SERVICE}'" in test[3], name
-        assert "'127.0.0.1:7070'" in test[3], name
+        test = hc["test"]  # plain and mTLS alike (tests/test_opsleft_health_check.py)
+        assert test == PROBE, (name, test)
         assert seconds(hc["start_period"]) >= 60, name  # torch + model loading
         assert seconds(hc["timeout"]) <= seconds(hc["interval"]), name
         assert hc["retries"] >= 2, name
@@ -246,11 +244,7 @@ def test_healthcheck_command_against_a_health_server(
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        code = services["node0"]["healthcheck"]["test"][3]
-        code = code.replace("127.0.0.1:7070", f"127.0.0.1:{port}")
-        proc = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-        )
+        proc = run_probe(services["node0"]["healthcheck"]["test"], f"127.0.0.1:{port}")
     finally:
         server.stop(None)
     assert proc.returncode == (0 if state == "SERVING" else 1), proc.stderr
@@ -259,12 +253,27 @@ def test_healthcheck_command_against_a_health_server(
 def test_healthcheck_command_fails_without_a_server(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    code = services["node0"]["healthcheck"]["test"][3].replace("127.0.0.1:7070", "127.0.0.1:9")
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    proc = run_probe(services["node0"]["healthcheck"]["test"], "127.0.0.1:9")
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("error: 127.0.0.1:9 is not healthy"), proc.stderr
+
+
+PROBE = ["CMD", "declora-node", "status", "--check", "--target", "127.0.0.1:7070"]
+
+
+def run_probe(test: list[str], target: str) -> subprocess.CompletedProcess[str]:
+    """The compose probe `test` (`PROBE`) run here against `target`, without the
+    environment's DECLORA_* variables (a container without mTLS)."""
+    args = [word.replace("127.0.0.1:7070", target) for word in test[2:]]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DECLORA_")}
+    return subprocess.run(
+        [sys.executable, "-m", "declora.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
     )
-    assert proc.returncode != 0
-    assert "UNAVAILABLE" in proc.stderr, proc.stderr  # not a SyntaxError or ImportError
 
 
 def test_dockerfile_essentials() -> None:

@@ -99,14 +99,18 @@ def test_inspect_target_to_a_pipe_shows_every_byte_count_whole(
 @pytest.mark.parametrize(
     ("state", "shown"),
     [
-        ("training", "state training  round 30/440\n"),
-        ("consensus", "state consensus  round 262/440 (ends once the neighbours agree)\n"),
+        ("training", "state training  round 30/240\n"),
+        (
+            "consensus",
+            "state consensus  round 262 (240 planned + 22 of the consensus finish, which ends "
+            "once the neighbours agree)\n",
+        ),
     ],
 )  # fmt: skip
 def test_status_names_the_consensus_finish(
     capsys: pytest.CaptureFixture[str], state: str, shown: str
 ) -> None:
-    render_status(reply(state=state, round=30 if state == "training" else 262, total_rounds=440))
+    render_status(reply(state=state, round=30 if state == "training" else 262, total_rounds=240))
     assert shown in capsys.readouterr().out
 
 
@@ -115,8 +119,9 @@ def test_the_consensus_finish_reads_consensus_with_a_total_that_includes_it(
 ) -> None:
     """In the finish each gossip round's exchange set the state to 'exchanging' and
     total_rounds left the finish out: `status` said 'exchanging round 262/40'. Now the
-    state is 'consensus' and the total is the training exchanges plus the most the
-    finish may run, while a stop during the finish's exchange still lets it mix."""
+    state is 'consensus' and the total is the planned training exchanges (`status`
+    shows the finish's rounds past them apart, opsleft), while a stop during the
+    finish's exchange still lets it mix."""
     from test_daemon_parts import pair
 
     (da, _), (a, b) = pair(synthetic_jsonl, rounds=2, consensus_rounds=5)
@@ -136,7 +141,7 @@ def test_the_consensus_finish_reads_consensus_with_a_total_that_includes_it(
         await da.rounds.train_loop()  # type: ignore[union-attr]
 
     asyncio.run(go())
-    assert seen == [("consensus", end + 5, True)] * 5
+    assert seen == [("consensus", end, True)] * 5
     assert a.progress.state.value == "done"
 
 

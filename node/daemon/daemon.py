@@ -194,6 +194,17 @@ class Daemon:
             s.weighting,
             parts.node.trainer.grad_weight,
         )
+        planned = s.rounds * s.exchanges_per_round  # Status' total_rounds
+        if planned:
+            log.info(
+                "rounds: %d planned (--rounds %d), then a consensus finish of at most %d "
+                "(--consensus-rounds; it ends once the neighbours agree)",
+                planned,
+                s.rounds,
+                s.consensus_rounds,
+            )
+        else:
+            log.info("rounds: until stopped (--rounds 0)")
         if s.swarm_size == 0:
             log.info(
                 "--swarm-size not given: the lr is not scaled for the swarm (simulate "

@@ -72,13 +72,11 @@ class Parts:
 
 
 def last_round(s: NodeSettings) -> int:
-    """The `total_rounds` Status reports: the last round the node can reach, its
-    training rounds' exchanges (round numbers count exchanges) plus the most the
-    consensus finish may mix (it ends sooner once the neighbours agree); 0 with
-    `--rounds 0` (until stopped)."""
-    if s.rounds == 0:
-        return 0
-    return s.rounds * s.exchanges_per_round + s.consensus_rounds
+    """The `total_rounds` Status reports: the node's planned rounds, its training
+    rounds' exchanges (round numbers count exchanges); the consensus finish after them
+    is not counted in (it ends once the neighbours agree, and a solo node has none:
+    `status` shows its rounds apart); 0 with `--rounds 0` (until stopped)."""
+    return s.rounds * s.exchanges_per_round
 
 
 def build_parts(
