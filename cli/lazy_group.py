@@ -116,10 +116,15 @@ class LazyGroup(TyperGroup):
         sys.exit(code)
 
     def _where(self, ctx: click.Context | None, args: Sequence[str] | None) -> str:
-        """The command a usage error is about: `declora-node lab` (click leaves the
-        context out of some errors: then the first command named in the arguments)."""
-        if ctx is not None and ctx.parent is not None:
-            return f"declora-node {ctx.info_name}"
+        """The command a usage error is about: `declora-node lab`, `declora-node certs
+        revoke` (click leaves the context out of some errors: then the first command
+        named in the arguments)."""
+        names: list[str] = []
+        while ctx is not None and ctx.parent is not None:
+            names.insert(0, str(ctx.info_name))
+            ctx = ctx.parent
+        if names:
+            return f"declora-node {' '.join(names)}"
         words = list(sys.argv[1:] if args is None else args)
         named = [w for w in words if w in LAZY or w in self.commands]
         return f"declora-node {named[0]}" if named else "declora-node"
@@ -139,6 +144,8 @@ def _refuse_empty_paths(command: click.Command) -> None:
     replaced it)."""
     from typer._click.exceptions import BadParameter
 
+    for sub in getattr(command, "commands", {}).values():  # a group's (`certs revoke`)
+        _refuse_empty_paths(sub)
     for param in command.params:
         descriptor = getattr(param, "type_descriptor", None)
         if descriptor is None or not descriptor.is_path or "process_value" in vars(param):

@@ -98,6 +98,7 @@ EMPTY_PATHS = [
     (["predict", ""], "'adapter': an empty path"),
     (["inspect", ""], "'path': an empty path"),
     (["certs", "--output", ""], "'--output' / '-o': an empty path"),
+    (["certs", "revoke", "--output", ""], "'--output' / '-o': an empty path"),
     (["start", "--config", ""], "'--config': an empty path"),
     (["lab", "--output", ""], "'--output' / '-o': an empty path"),
     (["status", "--tls-ca", "", "--target", "127.0.0.1:1"], "'--tls-ca': an empty path"),

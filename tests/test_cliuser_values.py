@@ -88,3 +88,10 @@ def test_a_non_utf8_path_is_shown_with_its_bytes_escaped(tmp_path: Path) -> None
     assert res.returncode == 2
     error = res.stderr.splitlines()[0]
     assert error == b"error: " + os.fsencode(tmp_path) + b"/q\\xffz does not exist"
+
+
+def test_a_subcommands_usage_error_points_at_its_own_help() -> None:
+    """`certs revoke`'s hint named `declora-node revoke --help`, no such command."""
+    res = runner.invoke(app, ["certs", "revoke", "--output", "x", "--nodes", "a"])
+    assert res.exit_code == 2
+    assert res.stderr.splitlines()[-1] == "hint: see `declora-node certs revoke --help`"
