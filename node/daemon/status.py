@@ -4,8 +4,9 @@ digest and the round history (`rounds.jsonl`).
 - every refusal is counted by reason, in `Status.rejected` and in
   `declora_rejected_total{reason}`; one of a revoked certificate is logged at WARNING
   once per certificate (`Counters.refused`), then at DEBUG; the gRPC interceptor's
-  refusals (`first_message.REFUSALS`: a request message that never came or was cut
-  from the waiting room, an answer past a network's share) are counted there too
+  refusals (`first_message.REFUSALS`: a request message that never came, did not
+  parse (`malformed_request`, apart from a push's `malformed`) or was cut from the
+  waiting room, an answer past a network's share) are counted there too
   (the transport's `refused`, set by `service.SwarmService`), not logged;
 - each neighbour's row carries its release (`NeighborStatus.package_version`, from
   its Hello, at most `peers.RELEASE` characters; empty from an older node);
