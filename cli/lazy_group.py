@@ -2,7 +2,8 @@
 only when one is invoked or help lists them (their options come from the settings
 models: pydantic-settings, numpy, which `status` and the others need not load), a
 usage error as `error:` and `hint:` lines (of `start` with JSON logs asked, one JSON
-log record), a Ctrl-C as one line (exit 130)."""
+log record), a Ctrl-C as one line (exit 130). Every command's help wraps each
+paragraph to the terminal (`reflowed`), and its path options refuse an empty value."""
 
 from __future__ import annotations
 
