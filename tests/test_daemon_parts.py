@@ -89,12 +89,15 @@ def settings(name: str, data: Path, i: int, peers: list[str], **extra: object) -
     )
 
 
-def pair(data: Path, **extra: object) -> tuple[list[Daemon], list[Parts]]:
-    """Two daemons' parts, served on one in-memory network, not yet introduced."""
+def pair(
+    data: Path, first: dict[str, object] | None = None, **extra: object
+) -> tuple[list[Daemon], list[Parts]]:
+    """Two daemons' parts, served on one in-memory network, not yet introduced; `first`
+    holds options for node a only (e.g. resuming a's run, which b may not)."""
     network = MemoryNetwork()
     daemons, parts = [], []
     for i, name in enumerate(("a", "b")):
-        s = settings(name, data, i, [], **extra)
+        s = settings(name, data, i, [], **extra, **((first or {}) if i == 0 else {}))
         d = Daemon(s, MemoryTransport(network, s, None))
         p = d.build()
         network.serve(s.advertise, SwarmService(p))

@@ -366,7 +366,7 @@ def test_a_checkpoint_round_trips(synthetic_jsonl: Path, tmp_path: Path) -> None
     a.progress.round = 1
     da.store.save_checkpoint()
     assert (tmp_path / "a" / "ckpt-00000001" / "adapter" / "model.safetensors").is_file()
-    (db, _), (b, _) = pair(synthetic_jsonl, **{**opts, "resume": True})
+    (db, _), (b, _) = pair(synthetic_jsonl, first={"resume": True}, **opts)
     db.store.resume(b)
     assert b.progress.round == 1
     assert b.node.deca.block == a.node.deca.block  # type: ignore[attr-defined]

@@ -250,7 +250,7 @@ def test_a_checkpoint_past_the_highest_own_round_is_refused(
     (da, _), (a, _) = pair(synthetic_jsonl, **opts)
     a.progress.round = MAX_ROUND + 1  # what the old catch-up left after one more round
     da.store.save_checkpoint()
-    (db, _), (b, _) = pair(synthetic_jsonl, **{**opts, "resume": True})
+    (db, _), (b, _) = pair(synthetic_jsonl, first={"resume": True}, **opts)
     with pytest.raises(CheckpointError, match=rf"round {MAX_ROUND + 1}, seq"):
         db.store.resume(b)
     assert b.progress.round == 0
@@ -268,7 +268,7 @@ def test_a_checkpoint_past_the_highest_own_round_gives_way_to_an_older_one(
     da.store.save_checkpoint()
     a.progress.round = MAX_OWN_ROUND + 1
     da.store.save_checkpoint()
-    (db, _), (b, _) = pair(synthetic_jsonl, **{**opts, "resume": True})
+    (db, _), (b, _) = pair(synthetic_jsonl, first={"resume": True}, **opts)
     with caplog.at_level(logging.WARNING, logger="declora.node.checkpoint"):
         db.store.resume(b)
     assert b.progress.round == 5

@@ -750,7 +750,7 @@ def test_a_kill_revive_checkpoint_resumes_the_active_set(
         a.node.mix({})
     a.progress.round = 2
     da.store.save_checkpoint()
-    (db, _), (b, _) = pair(synthetic_jsonl, **{**opts, "resume": True})
+    (db, _), (b, _) = pair(synthetic_jsonl, first={"resume": True}, **opts)
     db.store.resume(b)
     np.testing.assert_array_equal(b.node.scores, a.node.scores)  # type: ignore[attr-defined]
     for node in (a.node, b.node):
