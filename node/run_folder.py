@@ -121,7 +121,7 @@ def recorded_id(folder: Path) -> str | None:
     try:
         with (point / "adapter" / INFO).open("rb") as fh:
             info = json.loads(fh.read(MAX_INFO))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a damaged card: deep nesting too
         return None
     found = info.get("node_id") if isinstance(info, dict) else None
     return found if isinstance(found, str) and not node_id_problem(found) else None

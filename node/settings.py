@@ -340,20 +340,27 @@ class NodeSettings(BaseSettings, NodeOptions):
         """A resume keeps the node id its run recorded (`run_folder.recorded_id`): taken
         when none was given (the id from --listen/--advertise would change with the
         port); refused when --node-id or the certificate's name differs, since the
-        neighbours know the run under its id (their copies of its adapter, its round)."""
+        neighbours know the run under its id (their copies of its adapter, its round).
+        The folder stays the one resumed: the default one is named after the id."""
         from declora.node.run_folder import recorded_id
 
         recorded = recorded_id(self.state_dir)
         if recorded is None or recorded == self.node_id:
             return
         if not given and self.tls() is None:
+            self.checkpoint_dir = self.state_dir
             self.node_id = recorded
             return
-        source = given_as("node_id") if given else "--tls-cert's name"
+        source = given_as("node_id") if given else f"the name of {given_as('tls_cert')}"
+        fix = (  # under mTLS the id is the certificate's name (`security_certs`)
+            f"present the certificate of {recorded}"
+            if self.tls_cert is not None
+            else f"give {given_as('node_id')} {recorded}"
+        )
         raise ValueError(
             f"--resume: {self.state_dir} is the run of node {recorded}, but {source} is "
-            f"{self.node_id}: its neighbours know that run as {recorded} (give --node-id "
-            f"{recorded}, or begin afresh in another --checkpoint-dir)"
+            f"{self.node_id}: its neighbours know that run as {recorded} ({fix}, or begin "
+            "afresh in another --checkpoint-dir)"
         )
 
     def _tls_together(self) -> None:

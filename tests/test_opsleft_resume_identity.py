@@ -99,7 +99,7 @@ def test_a_certificate_naming_another_node_is_refused(tmp_path: Path) -> None:
         for k, v in (("cert", "lab-b.pem"), ("key", "lab-b-key.pem"), ("ca", "ca.pem"))
     }
     with pytest.raises(
-        SettingsError, match="is the run of node lab-a, but --tls-cert's name is lab-b"
+        SettingsError, match="is the run of node lab-a, but the name of --tls-cert is lab-b"
     ):
         resolve_settings({"solo": True, "checkpoint_dir": str(state), "resume": True, **files})
     assert (state / "LATEST").read_text() == "ckpt-00000003"
