@@ -488,3 +488,7 @@ def render_status(reply: pb.StatusReply, width: int | None = None) -> None:
     console.print(folded(table))
     if more := more_text(len(reply.neighbors), MAX_ROWS, "neighbours"):
         console.print(more)
+    for p in reply.pending[:MAX_ROWS]:  # configured peers not joined: why, so far
+        console.print(f"not joined: {show(p.address)} ({show(p.reach, SHOWN_TEXT)})")
+    if more := more_text(len(reply.pending), MAX_ROWS, "configured peers not joined"):
+        console.print(more)

@@ -25,6 +25,7 @@ from declora.node.daemon.status import (
     Counters,
     NodeFacts,
     RoundReport,
+    pending_peers,
     status_reply,
 )
 from declora.node.daemon.transport import Transport
@@ -66,8 +67,19 @@ class Parts:
 
     async def status(self, include_digest: bool = False) -> Any:
         digest = await self.digests.digest(self) if include_digest else ""
+        dial_log = self.handshaker.transport.dial_log  # set by `Daemon`
+        outcomes = {} if dial_log is None else dial_log.outcomes
+        resolved = self.handshaker.admission.resolved
+        pending = pending_peers(self.settings.peers, self.peers, outcomes, resolved)
         return status_reply(
-            self.facts, self.progress, self.report, self.counters, self.node, self.peers, digest
+            self.facts,
+            self.progress,
+            self.report,
+            self.counters,
+            self.node,
+            self.peers,
+            digest,
+            pending,
         )
 
 

@@ -8,6 +8,10 @@ digest and the round history (`rounds.jsonl`).
   parse (`malformed_request`, apart from a push's `malformed`) or was cut from the
   waiting room, an answer past a network's share) are counted there too
   (the transport's `refused`, set by `service.SwarmService`), not logged;
+- `pending` lists the configured peers (`--peers`) no table entry stands for yet,
+  each with how far it got: "resolving" (a DNS name: the lookup has not answered),
+  "dialling", or its last dial's outcome ("DNS lookup of NAME failed": unresolved),
+  bounded (`REACH_CHARS`); one that joined is a neighbour row instead;
 - each neighbour's row carries its release (`NeighborStatus.package_version`, from
   its Hello, at most `peers.RELEASE` characters; empty from an older node);
 - the state digest is a SHA-256 over the adapter, every public copy, the tracking
@@ -26,7 +30,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,12 +38,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from declora.node import __version__, run_folder
+from declora.node.address import ip_of, split_address
 from declora.node.daemon.method_status import fill_method
 from declora.node.daemon.peers import PeerTable
 from declora.node.daemon.state import Progress
 from declora.node.dec_lora import DecLoraNode
 from declora.node.limits import RATE_LIMITED
-from declora.node.logs import RefusalLog
+from declora.node.logs import RefusalLog, safe_text
 from declora.node.metrics import NodeMetrics
 from declora.node.wire import WireError
 from declora.proto import pb
@@ -143,6 +148,38 @@ class NodeFacts:
     started_unix: float = field(default_factory=time.time)
 
 
+RESOLVING, DIALLING = "resolving", "dialling"  # a configured peer no dial of which ended
+REACH_CHARS = 200  # of a pending peer's reach (a dial's outcome may quote the peer)
+
+
+def pending_peers(
+    configured: Sequence[str],
+    peers: PeerTable,
+    outcomes: Mapping[str, str],
+    resolved: Collection[str],
+) -> list[pb.PendingPeer]:
+    """The `configured` addresses that neither a table entry's address is nor joined
+    at their last dial ('' in `outcomes`), in order, each with its `reach` (see the
+    module); `resolved`: the names that resolved once."""
+    known = {p.address for p in peers.all()}
+    pending = []
+    for address in dict.fromkeys(a.strip() for a in configured):
+        why = outcomes.get(address)
+        if why == "" or address in known:
+            continue
+        if why is None:
+            why = DIALLING if _is_ip(address) or address in resolved else RESOLVING
+        pending.append(pb.PendingPeer(address=address, reach=safe_text(why, REACH_CHARS)))
+    return pending
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        return ip_of(split_address(address)[0]) is not None
+    except ValueError:  # malformed: no name to resolve either
+        return True
+
+
 def status_reply(
     facts: NodeFacts,
     progress: Progress,
@@ -151,8 +188,9 @@ def status_reply(
     node: DecLoraNode[str],
     peers: PeerTable,
     digest: str = "",
+    pending: Sequence[pb.PendingPeer] = (),
 ) -> pb.StatusReply:
-    """The Status RPC's answer."""
+    """The Status RPC's answer (`pending`: see `pending_peers`)."""
     reply = pb.StatusReply(
         node_id=facts.node_id,
         swarm_id=facts.swarm_id,
@@ -195,6 +233,7 @@ def status_reply(
                 package_version=p.release,
             )
         )
+    reply.pending.extend(pending)
     return reply
 
 
