@@ -6,10 +6,11 @@ healthcheck, systemd or a script.
   serving yet or any more, unreachable); exit 2 for files that cannot be used;
 - its TLS files are --tls-cert/--tls-key/--tls-ca(/--tls-crl), else the node's own
   from the variables `start` reads (DECLORA_TLS_CERT, _KEY, _CA, _CRL), so one probe
-  command serves plain and mTLS containers alike; with the node's own files it accepts
-  the node's certificate under a name the certificate gives when it does not name the
-  dialled host (a node's certificate names its advertised host, the probe dials
-  127.0.0.1); the chain is still checked against the CA.
+  command serves plain and mTLS containers alike; with the node's own files and a
+  loopback target (the node beside it) it accepts the node's certificate under a name
+  the certificate gives when it does not name the dialled host (a node's certificate
+  names its advertised host, the probe dials 127.0.0.1); the chain is still checked
+  against the CA, and another host must be named by its own certificate.
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from declora.cli.client import StatusError, status_failure
 from declora.cli.lines import error_lines
 from declora.node.address import split_address
-from declora.node.security import TlsError, TlsFiles, certificate_names, names_host
+from declora.node.security import (
+    TlsError,
+    TlsFiles,
+    certificate_names,
+    is_loopback,
+    names_host,
+)
 from declora.proto import pb
 
 # `start`'s variables of --tls-cert, --tls-key, --tls-ca and --tls-crl
@@ -55,9 +62,12 @@ def node_tls() -> TlsFiles | None:
 
 def probe_options(target: str, tls: TlsFiles) -> list[tuple[str, str]]:
     """The channel options that let the node's own certificate answer for `target`'s
-    host: a name it gives when it does not name that host; none when it does."""
+    host: a name it gives when it does not name that host; none when it does, or when
+    `target` is not loopback (another host, which its own certificate must name)."""
     from cryptography import x509
 
+    if not is_loopback(target):
+        return []
     cert = x509.load_pem_x509_certificate(tls.cert)
     host = split_address(target)[0]
     if names_host(cert, host):
