@@ -47,7 +47,8 @@ def table_bound(inner: Path, delimiters: int) -> int:
     its cache folder, `tempfile`'s, before it is read into memory) may take at most:
     its size and 9 a slot of its table (`json_slots`) for JSON, its size and 5 a
     delimiter (`delimiters`, `check_utf8`'s count: each ends one value at most) for
-    CSV/TSV; its columns decoded for parquet and arrow (a file of one repeated value
+    CSV/TSV, with what each column costs the schema and batches (`_columns_cost`);
+    its columns decoded for parquet and arrow (a file of one repeated value
     decodes to many times its size; parquet's texts are sized through their
     dictionary, never decoded: `_parquet_decoded`; arrow's from its batches' metadata:
     `ipc_decoded`), or what it would be read as when it cannot be (`datasets` says
@@ -55,10 +56,15 @@ def table_bound(inner: Path, delimiters: int) -> int:
     size = inner.stat().st_size
     suffix = inner.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        return size + _CSV_VALUE * (delimiters + 1) + _TABLE_OVERHEAD
+        columns, rows = _csv_shape(inner)
+        extra = _CSV_VALUE * (delimiters + 1) + _columns_cost(columns, rows, size)
+        return size + extra + _TABLE_OVERHEAD
     if suffix not in (".parquet", ".arrow"):  # JSON
-        slots = json_slots(inner)
-        extra = 8 * delimiters if slots is None else _JSON_SLOT * slots
+        shape = json_slots(inner)
+        if shape is None:
+            return size + 8 * delimiters + _TABLE_OVERHEAD
+        slots, columns, rows = shape
+        extra = _JSON_SLOT * slots + _columns_cost(columns, rows, size)
         return size + extra + _TABLE_OVERHEAD
     import pyarrow as pa
 
@@ -84,15 +90,33 @@ class _Column:
         self.as_text = False  # mappings of other keys, or mixed kinds: JSON text
 
 
-def json_slots(inner: Path) -> int | None:
+def _columns_cost(columns: int, rows: int, size: int) -> int:
+    """What `columns` cost a table file besides their values: 256 bytes each in its
+    schema and in each record batch (their buffers' places and padding), a batch
+    every 1,000 rows (`datasets`' writer batch) and every MiB read (a reader block)."""
+    return 256 * columns * (2 + rows // 1000 + (size >> 20))
+
+
+def _csv_shape(inner: Path) -> tuple[int, int]:
+    """(columns, rows) of CSV/TSV file `inner`, at most: a field a separator of any kind
+    on its first two lines (an Excel `sep=` line, then the header), a row a line."""
+    with inner.open("rb") as fh:
+        head = fh.readline() + fh.readline()
+        fh.seek(0)
+        lines = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+    return 1 + sum(head.count(d) for d in (b",", b"\t", b";", b"|")), lines + 1
+
+
+def json_slots(inner: Path) -> tuple[int, int, int] | None:
     """How many slots (values, nulls included) the Arrow table of JSON file `inner`
     holds, at most, as `datasets` reads it: every row has a slot in every column any row
     has (a file of rows that each name a key of their own is a table of rows times
     keys: 3,000 rows of 25 bytes, a 74 MB table), a nested mapping a slot in each of its
     keys' columns, and a list's elements likewise; a nested column whose mappings differ
     in keys, or that mixes mappings or lists with other values, is stored as JSON text:
-    a slot, and one a value inside for its text's spacing. None when it is not JSON
-    lines nor one JSON array of rows (`datasets` refuses it)."""
+    a slot, and one a value inside for its text's spacing. Returned with the table's
+    columns (nested ones too) and rows; None when it is not JSON lines nor one JSON
+    array of rows (`datasets` refuses it)."""
     root, rows = _Column(), 0
     try:
         with inner.open(encoding="utf-8-sig") as fh:
@@ -106,7 +130,8 @@ def json_slots(inner: Path) -> int | None:
                 rows += 1
     except (ValueError, RecursionError):
         return None
-    return sum(_slots(column, rows) for column in root.keys.values())
+    slots = sum(_slots(column, rows) for column in root.keys.values())
+    return slots, _columns(root) - 1, rows
 
 
 def _add(column: _Column, value: Any) -> None:
@@ -137,6 +162,14 @@ def _slots(column: _Column, count: int) -> int:
     if column.elements is not None:
         total += _slots(column.elements, column.elements.count)
     return total
+
+
+def _columns(column: _Column) -> int:
+    """`column` and the columns inside it (one, stored as JSON text)."""
+    if column.as_text:
+        return 1
+    inside = [*column.keys.values(), *([column.elements] if column.elements else [])]
+    return 1 + sum(_columns(inner) for inner in inside)
 
 
 def _given(column: _Column) -> int:

@@ -235,15 +235,18 @@ def _rows(make: Any, n: int) -> str:
         ("rows.json", json.dumps([{"text": f"row {i}", "label": i % 3} for i in range(20_000)])),
         ("text.csv", "text,label\n" + "".join(f"review number {i},pos\n" for i in range(20_000))),
         ("blank.csv", "a,b,c\n" + ",,\n" * 20_000),
+        ("wide.csv", ",".join(f"c{i}" for i in range(20_000)) + "\n" + "1," * 19_999 + "1\n"),
+        ("wide.jsonl", json.dumps({f"c{i}": 1 for i in range(20_000)}) + "\n"),
     ],
 )
 def test_the_json_and_csv_bound_holds_the_table_datasets_writes(
     tmp_path: Path, name: str, text: str
 ) -> None:
     """Measured: `table_bound` holds the .arrow files `datasets` writes for rows whose
-    keys differ (before: 8 bytes a delimiter bounded keys.jsonl's table of rows times keys,
-    about 18 MB, at 1.1 MiB), a mapping null in all rows but one (under-counted too),
-    and plain files."""
+    keys differ (before: 8 bytes a delimiter bounded keys.jsonl's table of rows times
+    keys, about 18 MB, at 1.1 MiB), a mapping null in all rows but one (under-counted
+    too), a row of 20,000 columns (each costs the table's schema and batches more than
+    its value: 3.4 MB for a 170 KB CSV file, bounded at 1.5 MB before), plain files."""
     import datasets
 
     from declora.node import data_csv, data_text
