@@ -67,6 +67,7 @@ bench: $(VENV)/.dev
 	$(PY) bench/bench_load.py
 	$(PY) bench/bench_kill_revive.py
 	$(PY) bench/bench_network.py
+	$(PY) bench/bench_chunks.py
 
 ## make bench-smoke: every benchmark at tiny sizes (seconds each), so none of them rots
 bench-smoke: $(VENV)/.dev
@@ -78,6 +79,7 @@ bench-smoke: $(VENV)/.dev
 	$(PY) bench/bench_load.py --smoke
 	$(PY) bench/bench_kill_revive.py --smoke
 	$(PY) bench/bench_network.py --smoke
+	$(PY) bench/bench_chunks.py --smoke
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache runs

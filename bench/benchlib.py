@@ -31,7 +31,8 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from declora.cli.lab import LabConfig, node_command, read_rounds
+from declora.cli.lab import LabConfig, node_command
+from declora.cli.lab_summary import read_rounds
 from declora.node.mixing import local_mh_weights
 from declora.node.topology import Topology, from_spec
 
