@@ -5,7 +5,7 @@
   errors (bad data file, unknown model, missing checkpoint, port in use) to one;
 - `check_config` runs before anything loads (peers or --solo, --resume, an earlier
   run's files: `earlier_run`, a writable folder no other node holds), `check_device`
-  before the model loads;
+  before the model loads; `plan_line` is the log line of the rounds it plans;
 - `DialLog` records, per address, how this node's last handshake with it ended (as a
   gRPC client interceptor on the transport's channels; `all_gone`: nothing listens at
   any of some addresses), and `startup_failure` turns that into the exit message of a
@@ -216,6 +216,22 @@ def _user(uid: int) -> str:
         return f"uid {uid} ({safe_text(pwd.getpwuid(uid).pw_name, 32)})"
     except (ImportError, KeyError):  # no such user here (a container's), or Windows
         return f"uid {uid}"
+
+
+def plan_line(s: NodeSettings) -> str:
+    """`start`'s log line of its rounds, as `status` counts them (`parts.last_round`):
+    the planned exchanges, then the consensus finish where one can run (a node with
+    neighbours and --consensus-rounds above 0)."""
+    planned = s.rounds * s.exchanges_per_round
+    if not planned:
+        return "rounds: until stopped (--rounds 0)"
+    line = f"rounds: {planned} planned (--rounds {s.rounds})"
+    if s.solo or not s.consensus_rounds:
+        return line
+    return (
+        f"{line}, then a consensus finish of at most {s.consensus_rounds} "
+        "(--consensus-rounds; it ends once the neighbours agree)"
+    )
 
 
 SIBLINGS_LOOKED_AT = 256  # entries of the default folder's parent a refusal looks at

@@ -1,0 +1,29 @@
+"""`start`'s log line of its rounds (revops3's review of c744f89): a solo node, or one
+with --consensus-rounds 0, runs no consensus finish, so its line names none (it said
+"then a consensus finish of at most 50" on a --solo node). Used by the daemon with
+/tmp/revops3-plan-line.patch (node/daemon/daemon.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from declora.node.daemon.startup import plan_line
+from declora.node.settings import load_settings
+
+FINISH = ", then a consensus finish of at most 50 (--consensus-rounds; it ends once the "
+PEERS = {"peers": "127.0.0.1:9"}
+
+
+@pytest.mark.parametrize(
+    ("options", "line"),
+    [
+        (PEERS, "rounds: 20 planned (--rounds 20)" + FINISH + "neighbours agree)"),
+        ({"solo": True}, "rounds: 20 planned (--rounds 20)"),
+        ({**PEERS, "consensus_rounds": 0}, "rounds: 20 planned (--rounds 20)"),
+        ({**PEERS, "rounds": 0}, "rounds: until stopped (--rounds 0)"),
+    ],
+)
+def test_the_plan_names_a_finish_only_where_one_runs(options: dict[str, object], line: str) -> None:
+    settings = load_settings({"rounds": 20, "consensus_rounds": 50, **options})
+    assert settings.exchanges_per_round == 1
+    assert plan_line(settings) == line
