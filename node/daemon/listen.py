@@ -9,17 +9,21 @@ Every connection a node serves holds a file descriptor, from its TCP accept on, 
 any TLS or HTTP/2 handshake (gRPC drops one that made none after 120 s): a stranger's
 2,000 silent connections took all 1,024 of a node's default soft limit, and the node
 answered no Status and lost its neighbours while they stayed. So `reserve_port` first
-raises the soft limit of open files to the hard one (`raise_file_limit`).
+raises the soft limit of open files to the hard one, at most 2**20
+(`raise_file_limit`).
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 
 from declora.node.address import split_address
 from declora.node.daemon.startup import CONFIG, UserError
+
+log = logging.getLogger(__name__)
 
 
 class ServerError(UserError):
@@ -37,24 +41,31 @@ BIND_HINTS = {
 }
 
 
-FILES_WANTED = 1 << 20  # the soft limit of open files asked for when the hard one has none
+FILES_WANTED = 1 << 20  # the highest soft limit of open files asked for
 
 
 def raise_file_limit() -> int:
-    """Raise this process's soft limit of open files to its hard limit (at most
-    `FILES_WANTED`); the soft limit now. Where the system refuses, or has no such
-    limit (Windows), it stays as it was."""
+    """Raise this process's soft limit of open files towards its hard limit, at most
+    `FILES_WANTED` (a hard limit of a billion, or none, would give every child
+    process a limit its libraries may size tables by), and log the change; never
+    lower it. The soft limit now; -1 where there is no such limit (Windows). Where the
+    system refuses a limit (macOS: above its per-process maximum), half of it is
+    tried, down to the old one."""
     try:
         import resource
     except ImportError:  # not POSIX: no such limit
         return -1
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = FILES_WANTED if hard == resource.RLIM_INFINITY else hard
-    if soft != resource.RLIM_INFINITY and soft < wanted:
+    wanted = FILES_WANTED if hard == resource.RLIM_INFINITY else min(hard, FILES_WANTED)
+    if soft == resource.RLIM_INFINITY:
+        return soft
+    while wanted > soft:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-        except (ValueError, OSError):  # above the kernel's nr_open: keep the old one
-            return soft
+        except (ValueError, OSError):  # above the system's maximum: try less
+            wanted //= 2
+            continue
+        log.info("open files: soft limit raised from %d to %d", soft, wanted)
         return wanted
     return soft
 
