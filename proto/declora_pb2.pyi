@@ -216,7 +216,7 @@ class NeighborStatus(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., live: _Optional[bool] = ..., weight: _Optional[float] = ..., degree: _Optional[int] = ..., last_seen_unix: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., round: _Optional[int] = ..., missed_deadlines: _Optional[int] = ..., package_version: _Optional[str] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("node_id", "swarm_id", "fingerprint", "package_version", "state", "round", "step", "loss", "last_eval", "self_weight", "neighbors", "bytes_sent", "bytes_received", "rejected", "listen_address", "codec", "started_unix", "total_rounds", "last_round_seconds", "keyframes_sent", "state_digest", "auth", "gradient_tracking", "weighting", "method", "deca", "kill_revive", "pending")
+    __slots__ = ("node_id", "swarm_id", "fingerprint", "package_version", "state", "round", "step", "loss", "last_eval", "self_weight", "neighbors", "bytes_sent", "bytes_received", "rejected", "listen_address", "codec", "started_unix", "total_rounds", "last_round_seconds", "keyframes_sent", "state_digest", "auth", "gradient_tracking", "weighting", "method", "deca", "kill_revive", "pending", "consensus_rounds")
     class LastEvalEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -259,6 +259,7 @@ class StatusReply(_message.Message):
     DECA_FIELD_NUMBER: _ClassVar[int]
     KILL_REVIVE_FIELD_NUMBER: _ClassVar[int]
     PENDING_FIELD_NUMBER: _ClassVar[int]
+    CONSENSUS_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     swarm_id: str
     fingerprint: str
@@ -287,7 +288,8 @@ class StatusReply(_message.Message):
     deca: DecaStatus
     kill_revive: KillReviveStatus
     pending: _containers.RepeatedCompositeFieldContainer[PendingPeer]
-    def __init__(self, node_id: _Optional[str] = ..., swarm_id: _Optional[str] = ..., fingerprint: _Optional[str] = ..., package_version: _Optional[str] = ..., state: _Optional[str] = ..., round: _Optional[int] = ..., step: _Optional[int] = ..., loss: _Optional[float] = ..., last_eval: _Optional[_Mapping[str, float]] = ..., self_weight: _Optional[float] = ..., neighbors: _Optional[_Iterable[_Union[NeighborStatus, _Mapping]]] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., rejected: _Optional[_Mapping[str, int]] = ..., listen_address: _Optional[str] = ..., codec: _Optional[str] = ..., started_unix: _Optional[float] = ..., total_rounds: _Optional[int] = ..., last_round_seconds: _Optional[float] = ..., keyframes_sent: _Optional[int] = ..., state_digest: _Optional[str] = ..., auth: _Optional[str] = ..., gradient_tracking: _Optional[bool] = ..., weighting: _Optional[str] = ..., method: _Optional[str] = ..., deca: _Optional[_Union[DecaStatus, _Mapping]] = ..., kill_revive: _Optional[_Union[KillReviveStatus, _Mapping]] = ..., pending: _Optional[_Iterable[_Union[PendingPeer, _Mapping]]] = ...) -> None: ...
+    consensus_rounds: int
+    def __init__(self, node_id: _Optional[str] = ..., swarm_id: _Optional[str] = ..., fingerprint: _Optional[str] = ..., package_version: _Optional[str] = ..., state: _Optional[str] = ..., round: _Optional[int] = ..., step: _Optional[int] = ..., loss: _Optional[float] = ..., last_eval: _Optional[_Mapping[str, float]] = ..., self_weight: _Optional[float] = ..., neighbors: _Optional[_Iterable[_Union[NeighborStatus, _Mapping]]] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., rejected: _Optional[_Mapping[str, int]] = ..., listen_address: _Optional[str] = ..., codec: _Optional[str] = ..., started_unix: _Optional[float] = ..., total_rounds: _Optional[int] = ..., last_round_seconds: _Optional[float] = ..., keyframes_sent: _Optional[int] = ..., state_digest: _Optional[str] = ..., auth: _Optional[str] = ..., gradient_tracking: _Optional[bool] = ..., weighting: _Optional[str] = ..., method: _Optional[str] = ..., deca: _Optional[_Union[DecaStatus, _Mapping]] = ..., kill_revive: _Optional[_Union[KillReviveStatus, _Mapping]] = ..., pending: _Optional[_Iterable[_Union[PendingPeer, _Mapping]]] = ..., consensus_rounds: _Optional[int] = ...) -> None: ...
 
 class PendingPeer(_message.Message):
     __slots__ = ("address", "reach")

@@ -27,3 +27,19 @@ def test_the_plan_names_a_finish_only_where_one_runs(options: dict[str, object],
     settings = load_settings({"rounds": 20, "consensus_rounds": 50, **options})
     assert settings.exchanges_per_round == 1
     assert plan_line(settings) == line
+
+
+@pytest.mark.parametrize(
+    ("options", "most"),
+    [(PEERS, 50), ({"solo": True}, 0), ({**PEERS, "rounds": 0}, 0)],
+)
+def test_status_says_the_most_the_finish_may_run(options: dict[str, object], most: int) -> None:
+    """Status' `consensus_rounds` (JSON too): before, nothing said how long the finish
+    past `total_rounds` may run."""
+    from declora.cli.client import status_to_dict
+    from declora.node.daemon.startup import finish_rounds
+    from declora.proto import pb
+
+    settings = load_settings({"rounds": 20, "consensus_rounds": 50, **options})
+    reply = pb.StatusReply(total_rounds=20, consensus_rounds=finish_rounds(settings))
+    assert status_to_dict(reply)["consensus_rounds"] == most

@@ -5,7 +5,8 @@
   errors (bad data file, unknown model, missing checkpoint, port in use) to one;
 - `check_config` runs before anything loads (peers or --solo, --resume, an earlier
   run's files: `earlier_run`, a writable folder no other node holds), `check_device`
-  before the model loads; `plan_line` is the log line of the rounds it plans;
+  before the model loads; `plan_line` is the log line of the rounds it plans
+  (`finish_rounds`: the most of the consensus finish);
 - `DialLog` records, per address, how this node's last handshake with it ended (as a
   gRPC client interceptor on the transport's channels; `all_gone`: nothing listens at
   any of some addresses), and `startup_failure` turns that into the exit message of a
@@ -218,18 +219,24 @@ def _user(uid: int) -> str:
         return f"uid {uid}"
 
 
+def finish_rounds(s: NodeSettings) -> int:
+    """The most rounds the consensus finish may run past the planned ones (Status'
+    `consensus_rounds`): --consensus-rounds, 0 where none runs (--solo, --rounds 0)."""
+    return 0 if s.solo or not s.rounds else s.consensus_rounds
+
+
 def plan_line(s: NodeSettings) -> str:
     """`start`'s log line of its rounds, as `status` counts them (`parts.last_round`):
-    the planned exchanges, then the consensus finish where one can run (a node with
-    neighbours and --consensus-rounds above 0)."""
+    the planned exchanges, then the consensus finish where one can run
+    (`finish_rounds`)."""
     planned = s.rounds * s.exchanges_per_round
     if not planned:
         return "rounds: until stopped (--rounds 0)"
     line = f"rounds: {planned} planned (--rounds {s.rounds})"
-    if s.solo or not s.consensus_rounds:
+    if not finish_rounds(s):
         return line
     return (
-        f"{line}, then a consensus finish of at most {s.consensus_rounds} "
+        f"{line}, then a consensus finish of at most {finish_rounds(s)} "
         "(--consensus-rounds; it ends once the neighbours agree)"
     )
 

@@ -146,6 +146,7 @@ class NodeFacts:
     gradient_tracking: bool
     weighting: str
     started_unix: float = field(default_factory=time.time)
+    consensus_rounds: int = 0  # the most the finish may run past total_rounds
 
 
 RESOLVING, DIALLING = "resolving", "dialling"  # a configured peer no dial of which ended
@@ -207,6 +208,7 @@ def status_reply(
         codec=facts.codec,
         started_unix=facts.started_unix,
         total_rounds=facts.total_rounds,
+        consensus_rounds=facts.consensus_rounds,
         last_round_seconds=report.last_round_seconds,
         keyframes_sent=counters.keyframes_sent,
         auth=facts.auth,
