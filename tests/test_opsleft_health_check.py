@@ -86,12 +86,11 @@ def test_the_compose_healthcheck_passes_in_plain_and_mtls_modes(
 @pytest.fixture
 def not_serving() -> Iterator[int]:
     """A grpc.health.v1 server on 127.0.0.1 whose Swarm service is NOT_SERVING."""
-    (port,) = free_ports(1)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     servicer = health.HealthServicer()
     servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    port = server.add_insecure_port("127.0.0.1:0")  # the kernel's free port: no race
     server.start()
     yield port
     server.stop(None)
