@@ -50,6 +50,8 @@ def read_label_file(path: str | Path) -> tuple[str, ...]:
     fewer than two labels.
     """
     p = Path(path)
+    if p.is_dir():
+        raise DataError(f"label file {p} is a folder", "pass --labels @FILE with a file of names")
     if not p.is_file():
         raise DataError(f"label file not found: {p}", "pass --labels @FILE with an existing file")
     text = utf8_text(str(p), p.read_bytes())

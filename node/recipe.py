@@ -99,7 +99,7 @@ MAX_GOSSIP_STEPS = 16
 class DataRecipe(BaseModel):
     """The model, the data and the LoRA shape: what every node of a swarm trains."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN: "a finite number"
 
     # model and data
     model: str = Field(

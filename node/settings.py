@@ -77,6 +77,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
     quoting the file), is not a mapping, or spells one option both ways."""
     suffix = path.suffix.lower()
     kinds = {".toml": "TOML", ".json": "JSON", ".yaml": "YAML", ".yml": "YAML"}
+    if path.is_dir():
+        raise ConfigFileError(f"config file {path} is a folder, not a file")
     if not path.is_file():
         raise ConfigFileError(f"config file not found: {path}")
     if suffix not in kinds:
