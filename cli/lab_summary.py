@@ -63,6 +63,14 @@ def _last_figure(rows: list[dict[str, Any]], key: str) -> float | None:
     return None
 
 
+def round_cell(st: Any) -> str:
+    """A status' round in the lab's table: "30/240" (its planned rounds; "∞" with
+    --rounds 0), and in the consensus finish, past the plan, "262 (finish)"."""
+    if st.state == "consensus":
+        return f"{st.round} (finish)"
+    return f"{st.round}/{st.total_rounds or '∞'}"
+
+
 def _ended_row(n: LabNode, code: int, rows: list[dict[str, Any]], st: Any, key: str) -> list[str]:
     """An exited node's row: where it ended by its rounds.jsonl (its last status, else
     nothing, when it recorded no round), no live neighbour."""
@@ -73,7 +81,7 @@ def _ended_row(n: LabNode, code: int, rows: list[dict[str, Any]], st: Any, key: 
         where = "" if r is None else f"{r:.0f}" + (f" ({phase})" if isinstance(phase, str) else "")
         acc, sent = _last_figure(rows, key), _number(last, "bytes_sent")
     elif st is not None:
-        where, loss = f"{st.round}/{st.total_rounds or '∞'}", st.loss
+        where, loss = round_cell(st), st.loss
         acc, sent = st.last_eval.get(key), float(st.bytes_sent)
     else:
         where, loss, acc, sent = "", None, None, None
@@ -114,7 +122,7 @@ def lab_table(nodes: list[LabNode], statuses: dict[str, Any], title: str, key: s
         table.add_row(
             n.node_id,
             st.state,
-            f"{st.round}/{st.total_rounds or '∞'}",
+            round_cell(st),
             f"{st.loss:.4f}",
             "" if acc is None else f"{acc:.3f}",
             ", ".join(live),

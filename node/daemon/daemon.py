@@ -54,6 +54,7 @@ from declora.node.daemon.startup import (
     StartupError,
     UserError,
     check_device,
+    plan_line,
     serve_metrics,
     startup_failure,
 )
@@ -194,17 +195,7 @@ class Daemon:
             s.weighting,
             parts.node.trainer.grad_weight,
         )
-        planned = s.rounds * s.exchanges_per_round  # Status' total_rounds
-        if planned:
-            log.info(
-                "rounds: %d planned (--rounds %d), then a consensus finish of at most %d "
-                "(--consensus-rounds; it ends once the neighbours agree)",
-                planned,
-                s.rounds,
-                s.consensus_rounds,
-            )
-        else:
-            log.info("rounds: until stopped (--rounds 0)")
+        log.info("%s", plan_line(s))  # the rounds as Status' total_rounds counts them
         if s.swarm_size == 0:
             log.info(
                 "--swarm-size not given: the lr is not scaled for the swarm (simulate "

@@ -20,6 +20,7 @@ from declora.node.daemon.exchange import Exchange
 from declora.node.daemon.handshake import Handshaker
 from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD, Inbox
 from declora.node.daemon.peers import PeerTable
+from declora.node.daemon.startup import finish_rounds
 from declora.node.daemon.state import Identity, Progress
 from declora.node.daemon.status import (
     Counters,
@@ -158,6 +159,7 @@ def build_parts(
         listen_address=s.advertise,
         codec=s.codec,
         total_rounds=last_round(s),
+        consensus_rounds=finish_rounds(s),
         auth=auth_mode(transport.tls is not None, auth.secret is not None),
         gradient_tracking=bool(s.gradient_tracking),  # resolved: never None
         weighting=s.weighting,  # resolved: never "auto"
