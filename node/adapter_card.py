@@ -95,7 +95,7 @@ def portable_base(config_file: Path, base: Mapping[str, Any]) -> None:
         return
     try:
         config = json.loads(config_file.read_text())
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # undecodable, not JSON, or nested too deeply
         return  # not PEFT's file: left as it is, for the loader to report
     if isinstance(config, dict) and config.get("base_model_name_or_path") != name:
         config["base_model_name_or_path"] = name

@@ -255,7 +255,7 @@ def merged_source(folder: Path) -> str | None:
     given it), or None when its declora_export.json names none."""
     try:
         source = json.loads((folder / EXPORT_INFO).read_text()).get("source")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return None
     return source if isinstance(source, str) and source else None
 
@@ -280,8 +280,9 @@ def _read_info(folder: Path) -> dict[str, Any]:
         )
     try:
         info: dict[str, Any] = json.loads(info_file.read_bytes().decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        what = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        what = "nested too deeply" if isinstance(exc, RecursionError) else "not UTF-8"
+        what = exc.msg if isinstance(exc, json.JSONDecodeError) else what
         raise AdapterError(f"{info_file} is not valid JSON: {what}", _DAMAGED) from exc
     if not isinstance(info, dict):
         raise AdapterError(f"{info_file} is a JSON {type(info).__name__}, not an object", _DAMAGED)

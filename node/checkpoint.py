@@ -409,7 +409,7 @@ def labels_read_otherwise(path: Path, raw: dict[str, Any], lm: LoraModel) -> boo
 
     try:
         info = json.loads((path / "adapter" / DECLORA_INFO).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a damaged card: deep nesting too
         return False
     recorded = info.get("labels") if isinstance(info, dict) else None
     if not lm.label_names or not isinstance(recorded, list):

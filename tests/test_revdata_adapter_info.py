@@ -33,6 +33,7 @@ def _spec(info: dict[str, Any], **values: Any) -> bytes:
     [
         ("binary", lambda info: b"\xff\xfe\x00 garbage", "is not valid JSON: not UTF-8"),
         ("list", lambda info: b"[]", "is a JSON list, not an object"),
+        ("deep", lambda info: b"[" * 100_000 + b"]" * 100_000, "is not valid JSON: nested too"),
         (
             "labels",
             lambda info: json.dumps({**info, "num_labels": "many"}).encode(),
@@ -63,7 +64,9 @@ def test_an_intact_declora_json_still_predicts(saved: Path) -> None:
     assert res.exit_code == 0 and len(res.stdout.splitlines()) == 1, res.output
 
 
-@pytest.mark.parametrize("raw", [b"[]", b'[["spec", 1]]', b"\xff\xfe\x00 garbage"])
+@pytest.mark.parametrize(
+    "raw", [b"[]", b'[["spec", 1]]', b"\xff\xfe\x00 garbage", b"[" * 100_000 + b"]" * 100_000]
+)
 def test_inspect_refuses_a_declora_json_that_is_no_object(
     saved: Path, tmp_path: Path, raw: bytes
 ) -> None:

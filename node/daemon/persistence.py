@@ -91,7 +91,7 @@ def _whole_record(tail: bytes) -> bool:
         return False
     try:
         return isinstance(json.loads(tail), dict)
-    except ValueError:  # JSONDecodeError, UnicodeDecodeError: torn
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, too deep
         return False
 
 
@@ -314,7 +314,7 @@ def trained_round(path: Path) -> int | None:
     adapter's declora.json; None for one written before it was recorded."""
     try:
         info = json.loads((path / "adapter" / DECLORA_INFO).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a damaged card: deep nesting too
         return None
     value = info.get(TRAINED) if isinstance(info, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) else None
