@@ -71,7 +71,7 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
     try:
         found = json.loads(path.read_bytes().decode("utf-8"))
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, deep
         raise InspectError(f"{path} is not a JSON object: {exc}", _DAMAGED) from exc
     if not isinstance(found, dict):
         raise InspectError(f"{path} is a JSON {type(found).__name__}, not an object", _DAMAGED)
