@@ -45,6 +45,7 @@ from declora.node.run_folder import FolderBusy, earlier_run, held, hold, release
 # what `predict` and `export` report as one line `error: ...` (exit 2)
 USER_ERRORS = (AdapterError, DataError, ModelError)
 STDIN = "<stdin>"
+MAX_BATCH_SIZE = 65_536  # texts per forward pass at most, as `start --batch-size`
 # where a text-mode file ends a line; str.splitlines also splits at \f, \x1c or U+2028,
 # which `paste` and `wc -l` do not
 LINE_END = re.compile(r"\r\n|\r|\n")
@@ -199,9 +200,10 @@ def run_predict(
     Returns how many texts it scored."""
     from declora.node.adapter_io import load_adapter
 
-    if batch_size < 1:
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise DataError(
-            f"--batch-size must be >= 1, got {batch_size}", "e.g. --batch-size 32 (the default)"
+            f"--batch-size must be 1 to {MAX_BATCH_SIZE:,}, got {batch_size}",
+            "e.g. --batch-size 32 (the default)",
         )
     adapter_folder(adapter)  # a wrong path fails before reading stdin
     texts = read_texts(source, text_column, stdin)  # bad input fails before the model loads

@@ -99,7 +99,9 @@ MAX_GOSSIP_STEPS = 16
 class DataRecipe(BaseModel):
     """The model, the data and the LoRA shape: what every node of a swarm trains."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN: "a finite number"
+    # NaN: "a finite number"; no input in an error's text (a --debug traceback quotes it:
+    # a swarm secret too short)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, hide_input_in_errors=True)
 
     # model and data
     model: str = Field(
@@ -190,6 +192,17 @@ class DataRecipe(BaseModel):
     def _split(cls, v: object) -> object:
         if isinstance(v, str):
             return tuple(p.strip() for p in v.split(",") if p.strip())
+        return v
+
+    @field_validator("data")
+    @classmethod
+    def _data_given(cls, v: str) -> str:
+        """An empty --data (`--data "$UNSET"`) is refused: it was read as the working folder."""
+        if not v.strip():
+            raise ValueError(
+                f"is empty: give a data file or folder, or {EMBEDDED_DATA} or {EMBEDDED_CHAT}, "
+                "or leave the option out"
+            )
         return v
 
     @field_validator("labels", mode="before")
