@@ -45,7 +45,8 @@ _JSON_SLOT, _CSV_VALUE = 9, 5
 def table_bound(inner: Path, delimiters: int) -> int:
     """Bytes the Arrow table `datasets` writes of plain data file `inner` (into
     its cache folder, `tempfile`'s, before it is read into memory) may take at most:
-    its size and 9 a slot of its table (`json_slots`) for JSON, its size and 5 a
+    its size, 9 a slot of its table and its JSON texts' escapes (`json_slots`) for
+    JSON, its size and 5 a
     delimiter (`delimiters`, `check_utf8`'s count: each ends one value at most) for
     CSV/TSV, with what each column costs the schema and batches (`_columns_cost`);
     its columns decoded for parquet and arrow (a file of one repeated value
@@ -63,8 +64,8 @@ def table_bound(inner: Path, delimiters: int) -> int:
         shape = json_slots(inner)
         if shape is None:
             return size + 8 * delimiters + _TABLE_OVERHEAD
-        slots, columns, rows = shape
-        extra = _JSON_SLOT * slots + _columns_cost(columns, rows, size)
+        slots, columns, rows, escapes = shape
+        extra = _JSON_SLOT * slots + escapes + _columns_cost(columns, rows, size)
         return size + extra + _TABLE_OVERHEAD
     import pyarrow as pa
 
@@ -87,6 +88,7 @@ class _Column:
         self.given = 0
         self.key_set: frozenset[str] | None = None
         self.kinds: set[type] = set()
+        self.wide = 0  # UTF-8 bytes past the first of each non-ASCII character given
         self.as_text = False  # mappings of other keys, or mixed kinds: JSON text
 
 
@@ -99,24 +101,31 @@ def _columns_cost(columns: int, rows: int, size: int) -> int:
 
 def _csv_shape(inner: Path) -> tuple[int, int]:
     """(columns, rows) of CSV/TSV file `inner`, at most: a field a separator of any kind
-    on its first two lines (an Excel `sep=` line, then the header), a row a line."""
+    in its header (the line after an Excel `sep=` line, and those a quoted name goes on
+    to, its first MiB), a row a line."""
     with inner.open("rb") as fh:
-        head = fh.readline() + fh.readline()
+        head = fh.readline()
+        if head.lstrip(b"\xef\xbb\xbf").lower().startswith(b"sep="):
+            head = fh.readline()
+        while head.count(b'"') % 2 and len(head) < 1 << 20 and (line := fh.readline(1 << 20)):
+            head += line
         fh.seek(0)
         lines = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
     return 1 + sum(head.count(d) for d in (b",", b"\t", b";", b"|")), lines + 1
 
 
-def json_slots(inner: Path) -> tuple[int, int, int] | None:
+def json_slots(inner: Path) -> tuple[int, int, int, int] | None:
     """How many slots (values, nulls included) the Arrow table of JSON file `inner`
     holds, at most, as `datasets` reads it: every row has a slot in every column any row
     has (a file of rows that each name a key of their own is a table of rows times
     keys: 3,000 rows of 25 bytes, a 74 MB table), a nested mapping a slot in each of its
-    keys' columns, and a list's elements likewise; a nested column whose mappings differ
-    in keys, or that mixes mappings or lists with other values, is stored as JSON text:
+    keys' columns, and a list's elements likewise; a column whose mappings differ in
+    keys, or that mixes kinds of values (mappings, lists, texts, booleans, numbers), is
+    stored as JSON text:
     a slot, and one a value inside for its text's spacing. Returned with the table's
-    columns (nested ones too) and rows; None when it is not JSON lines nor one JSON
-    array of rows (`datasets` refuses it)."""
+    columns (nested ones too), rows, and the bytes JSON text's escapes add (a
+    non-ASCII character is written \\uXXXX: up to 3 times its UTF-8 bytes); None when
+    it is not JSON lines nor one JSON array of rows (`datasets` refuses it)."""
     root, rows = _Column(), 0
     try:
         with inner.open(encoding="utf-8-sig") as fh:
@@ -131,7 +140,9 @@ def json_slots(inner: Path) -> tuple[int, int, int] | None:
     except (ValueError, RecursionError):
         return None
     slots = sum(_slots(column, rows) for column in root.keys.values())
-    return slots, _columns(root) - 1, rows
+    # a \uXXXX escape adds 4 bytes to a 2-byte character, 3 to a 3-byte one, 8 to a
+    # 4-byte one (two escapes): at most 4 a byte past each character's first
+    return slots, _columns(root) - 1, rows, 4 * _wide(root)
 
 
 def _add(column: _Column, value: Any) -> None:
@@ -139,9 +150,13 @@ def _add(column: _Column, value: Any) -> None:
     if value is None:
         return
     column.given += 1
-    column.kinds.add(dict if isinstance(value, dict) else list if isinstance(value, list) else str)
-    column.as_text |= len(column.kinds) > 1 and bool(column.kinds & {dict, list})
+    kind = type(value)
+    column.kinds.add(float if kind is int else kind)  # ints and floats are doubles
+    column.as_text |= len(column.kinds) > 1
+    if isinstance(value, str) and not value.isascii():
+        column.wide += len(value.encode()) - len(value)
     if isinstance(value, dict):
+        column.wide += sum(len(key.encode()) - len(key) for key in value if not key.isascii())
         keys = frozenset(value)
         column.key_set = keys if column.key_set is None else column.key_set
         column.as_text |= keys != column.key_set or not keys
@@ -157,7 +172,7 @@ def _add(column: _Column, value: Any) -> None:
 def _slots(column: _Column, count: int) -> int:
     """Slots of `column`, `count` values long, and of every column inside it."""
     if column.as_text:
-        return count + _given(column)
+        return count + _sum(column, "given")
     total = count + sum(_slots(inner, count) for inner in column.keys.values())
     if column.elements is not None:
         total += _slots(column.elements, column.elements.count)
@@ -172,10 +187,18 @@ def _columns(column: _Column) -> int:
     return 1 + sum(_columns(inner) for inner in inside)
 
 
-def _given(column: _Column) -> int:
-    """The values given to `column` and to every column inside it."""
+def _wide(column: _Column) -> int:
+    """The `wide` bytes of the columns stored as JSON text in and under `column`."""
+    if column.as_text:
+        return _sum(column, "wide")
     inside = [*column.keys.values(), *([column.elements] if column.elements else [])]
-    return column.given + sum(_given(inner) for inner in inside)
+    return sum(_wide(inner) for inner in inside)
+
+
+def _sum(column: _Column, count: str) -> int:
+    """`count` ("given": values given, "wide") of `column` and every column inside it."""
+    inside = [*column.keys.values(), *([column.elements] if column.elements else [])]
+    return int(getattr(column, count)) + sum(_sum(inner, count) for inner in inside)
 
 
 def _parquet_decoded(inner: Path) -> int:
