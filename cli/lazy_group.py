@@ -134,9 +134,16 @@ class LazyGroup(TyperGroup):
 def reflowed(text: str) -> str:
     """`text` (a docstring) with each paragraph on one line, so that help wraps every
     paragraph to the terminal's width (typer keeps the hard line breaks of all but the
-    first; a paragraph that begins with click's \\b stays as written)."""
+    first). A paragraph stays as written when it begins with click's \\b or a line of it
+    past the first is indented or a list item (`- `, `* `): an example or a list."""
     paragraphs = inspect.cleandoc(text).split("\n\n")
-    return "\n\n".join(p if p.startswith("\b") else " ".join(p.split("\n")) for p in paragraphs)
+    return "\n\n".join(p if _as_written(p) else " ".join(p.split("\n")) for p in paragraphs)
+
+
+def _as_written(paragraph: str) -> bool:
+    """Whether `reflowed` keeps `paragraph`'s line breaks."""
+    rest = paragraph.split("\n")[1:]
+    return paragraph.startswith("\b") or any(line.startswith((" ", "- ", "* ")) for line in rest)
 
 
 def _refuse_empty_paths(command: click.Command) -> None:

@@ -89,3 +89,32 @@ def test_predict_batch_size_is_bounded_before_anything_is_read(size: int, tmp_pa
     with pytest.raises(DataError) as caught:
         run_predict(tmp_path / "missing", "-", "text", "text", io.StringIO(), None, None, size)
     assert str(caught.value.message) == f"--batch-size must be 1 to 65,536, got {size}"
+
+
+def test_the_help_reflow_keeps_an_example_or_a_list_as_written() -> None:
+    """cliuser's reflow joined every paragraph's lines: an indented example or a list in
+    a command's docstring became one run-on line."""
+    from declora.cli.lazy_group import reflowed
+
+    doc = """Run a node.
+
+    Every option is also an environment
+    variable.
+
+    Examples:
+      declora-node start --solo
+      declora-node start --peers 10.0.0.2:7070
+
+    - one
+    - two
+
+    \b
+    kept
+    too"""
+    assert reflowed(doc).split("\n\n") == [
+        "Run a node.",
+        "Every option is also an environment variable.",
+        "Examples:\n  declora-node start --solo\n  declora-node start --peers 10.0.0.2:7070",
+        "- one\n- two",
+        "\b\nkept\ntoo",
+    ]
