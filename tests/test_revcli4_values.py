@@ -118,3 +118,17 @@ def test_the_help_reflow_keeps_an_example_or_a_list_as_written() -> None:
         "- one\n- two",
         "\b\nkept\ntoo",
     ]
+
+
+def test_an_empty_peers_list_means_no_static_peers() -> None:
+    """A guard: `--peers ''` (DECLORA_PEERS= from an unset compose variable) is the
+    default, no static peers: with --solo or --mdns a node starts; alone it is refused
+    exactly as with --peers left out."""
+    for extra in (["--solo"], ["--mdns"]):
+        res = runner.invoke(app, ["config", "--peers", "", *extra, "--format", "json"])
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout)["peers"]["value"] == []
+    empty = runner.invoke(app, ["start", "--peers", ""])
+    left_out = runner.invoke(app, ["start"])
+    assert empty.exit_code == left_out.exit_code == 2
+    assert empty.stderr == left_out.stderr and "no peers" in empty.stderr
