@@ -1,7 +1,9 @@
 """`declora-node start`'s path into a daemon: check, bind, then load.
 
 `launch` checks the configuration (someone to train with, a checkpoint to resume),
-reserves the listen port with a plain socket, and only then imports torch and builds
+raises the soft limit of open files (`listen.raise_file_limit`: every connection
+holds a descriptor from its accept on), reserves the listen port with a plain socket,
+and only then imports torch and builds
 the daemon, which swaps the reservation for its gRPC server before the model loads.
 So a port in use or a bad configuration fails within a second, with a `UserError`; so
 does a machine with no writable temporary folder (a container's read-only root
@@ -16,6 +18,7 @@ import asyncio
 import contextlib
 
 from declora.node import logs, run_folder, temp_folder
+from declora.node.daemon.listen import raise_file_limit
 from declora.node.daemon.signals import NotStarted, stop_signals
 from declora.node.daemon.startup import CONFIG, UserError, check_config
 from declora.node.daemon.transport import Transport
@@ -36,6 +39,7 @@ def launch(settings: NodeSettings) -> int:
         except KeyboardInterrupt as exc:
             raise NotStarted from exc
         with stop_signals():
+            raise_file_limit()  # process-wide: only a node's own process
             transport = Transport(settings, settings.tls())
             transport.reserve()
             import transformers.utils.logging  # noqa: F401 (the daemon's, imported next)

@@ -6,11 +6,10 @@ in use (another node), an address not of this machine or a privileged port fails
 `Transport.start` later swaps the socket for the gRPC server.
 
 Every connection a node serves holds a file descriptor, from its TCP accept on, before
-any TLS or HTTP/2 handshake (gRPC drops one that made none after 120 s): a stranger's
+any TLS or HTTP/2 handshake (the transport drops one that made none after 10 s): a stranger's
 2,000 silent connections took all 1,024 of a node's default soft limit, and the node
-answered no Status and lost its neighbours while they stayed. So `reserve_port` first
-raises the soft limit of open files to the hard one, at most 2**20
-(`raise_file_limit`).
+answered no Status and lost its neighbours while they stayed. So `launch` first raises
+the soft limit of open files to the hard one, at most 2**20 (`raise_file_limit`).
 """
 
 from __future__ import annotations
@@ -71,10 +70,8 @@ def raise_file_limit() -> int:
 
 
 def reserve_port(listen: str) -> socket.socket | None:
-    """Bind and listen on `listen` with a plain socket (ServerError when it cannot),
-    once the limit of open files is raised (`raise_file_limit`); None for port 0 (any
-    free port: nothing to reserve)."""
-    raise_file_limit()
+    """Bind and listen on `listen` with a plain socket (ServerError when it cannot);
+    None for port 0 (any free port: nothing to reserve)."""
     if listen.endswith(":0"):  # any free port: nothing to reserve
         return None
     host, port = split_address(listen)
