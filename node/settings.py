@@ -251,7 +251,15 @@ class NodeSettings(BaseSettings, NodeOptions):
             raise ValueError("must be at least 16 characters (e.g. `openssl rand -hex 32`)")
         return SecretStr(text)
 
-    @field_validator("swarm_secret_file", "tls_crl", mode="before")
+    @field_validator(
+        "swarm_secret_file",
+        "tls_cert",
+        "tls_key",
+        "tls_ca",
+        "tls_crl",
+        "checkpoint_dir",
+        mode="before",
+    )
     @classmethod
     def _path_given(cls, v: object) -> object:
         """An empty value (`DECLORA_TLS_CRL=` from an unset compose variable) is refused
