@@ -147,10 +147,9 @@ def _jsonl_prompts(lines: Sequence[str], source: str) -> list[Prompt]:
         where = f"{source}:{lineno}"
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                f"{where}: not valid JSON: {exc.msg}", "one JSON object a line"
-            ) from exc
+        except (json.JSONDecodeError, RecursionError) as exc:
+            what = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+            raise DataError(f"{where}: not valid JSON: {what}", "one JSON object a line") from exc
         if not isinstance(row, dict):
             raise DataError(
                 f"{where}: a {type(row).__name__}, not a JSON object",

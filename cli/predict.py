@@ -69,9 +69,10 @@ def _jsonl_texts(lines: list[str], text_column: str, source: str) -> list[str]:
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
+            what = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
             raise DataError(
-                f"{source}:{lineno}: not valid JSON: {exc.msg}", "one JSON object per line"
+                f"{source}:{lineno}: not valid JSON: {what}", "one JSON object per line"
             ) from exc
         if not isinstance(row, dict):
             raise DataError(
