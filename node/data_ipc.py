@@ -13,11 +13,12 @@ _DICTIONARY_BATCH, _RECORD_BATCH = 2, 3
 
 def ipc_decoded(inner: Path) -> int:
     """Bytes Arrow IPC file `inner` (stream or file format) takes decoded, at most:
-    its record and dictionary batches' buffers (`_buffers_decoded`: no batch is
+    its record and dictionary batches' buffers (`_message_decoded`: no batch is
     decoded, so a small file of compressed repeated values costs no memory), and the
-    values of its dictionary-encoded columns, which `datasets` decodes, counted through
-    their dictionaries (`_dictionary_values`). `struct.error` or an Arrow error for a
-    file that is not IPC (an IndexError for one whose metadata points past its end)."""
+    values of its dictionary-encoded columns (nested in a struct or a list too), which
+    `datasets` decodes, counted through their dictionaries (`_dictionary_values`).
+    `struct.error` or an Arrow error for a file that is not IPC (an IndexError for one
+    whose metadata points past its end)."""
     import pyarrow as pa
 
     with pa.memory_map(str(inner)) as source:
@@ -27,40 +28,55 @@ def ipc_decoded(inner: Path) -> int:
         source.seek(0)
         schema = (pa.ipc.open_file if file_format else pa.ipc.open_stream)(source).schema
         for i, field in enumerate(schema):
-            if pa.types.is_dictionary(field.type):
+            if _has_dictionary(pa, field.type):
                 source.seek(0)
                 total += _dictionary_values(pa, source, file_format, i)
     return total
 
 
 def _dictionary_values(pa: Any, source: Any, file_format: bool, column: int) -> int:
-    """Bytes dictionary-encoded `column` of the IPC file open as `source` takes
-    decoded: each row's value's length and 8 (its offset) for texts and bytes, read
-    through the dictionary a batch at a time (only that column is read); other value
-    types decoded a batch at a time."""
-    import pyarrow.compute as pc
-
+    """Bytes the dictionary-encoded values in `column` of the IPC file open as `source`
+    take decoded (`_decoded`), read a batch at a time (only that column is read)."""
     options = pa.ipc.IpcReadOptions(included_fields=[column])
     if file_format:
         reader = pa.ipc.open_file(source, options=options)
         batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
     else:
         batches = iter(pa.ipc.open_stream(source, options=options))
-    total = 0
-    for batch in batches:
-        values = batch.column(0)
-        kind = values.type.value_type
+    return sum(_decoded(pa, batch.column(0)) for batch in batches)
+
+
+def _has_dictionary(pa: Any, kind: Any) -> bool:
+    """Whether Arrow type `kind` is, or holds, a dictionary type."""
+    if pa.types.is_dictionary(kind):
+        return True
+    return any(_has_dictionary(pa, kind.field(i).type) for i in range(kind.num_fields))
+
+
+def _decoded(pa: Any, values: Any) -> int:
+    """Bytes the dictionary arrays in and under Arrow array `values` take decoded: each
+    value's length and 8 (its offset) for texts and bytes, through the dictionary;
+    other value types decoded. A struct's or union's fields and a list's or map's
+    values are searched whole (an upper bound of a slice's)."""
+    import pyarrow.compute as pc
+
+    kind = values.type
+    if pa.types.is_dictionary(kind):
+        value = kind.value_type
         if (
-            pa.types.is_string(kind)
-            or pa.types.is_large_string(kind)
-            or pa.types.is_binary(kind)
-            or pa.types.is_large_binary(kind)
+            pa.types.is_string(value)
+            or pa.types.is_large_string(value)
+            or pa.types.is_binary(value)
+            or pa.types.is_large_binary(value)
         ):
             lengths = pc.take(pc.binary_length(values.dictionary), values.indices)
-            total += (pc.sum(lengths).as_py() or 0) + 8 * len(values)
-        else:
-            total += pc.take(values.dictionary, values.indices).nbytes
-    return int(total)
+            return int(pc.sum(lengths).as_py() or 0) + 8 * len(values)
+        return int(pc.take(values.dictionary, values.indices).nbytes)
+    if pa.types.is_struct(kind) or pa.types.is_union(kind):
+        inside = [values.field(i) for i in range(kind.num_fields)]
+    else:
+        inside = [values.values] if kind.num_fields else []
+    return sum(_decoded(pa, inner) for inner in inside)
 
 
 def _message_decoded(message: Any) -> int:
