@@ -344,7 +344,9 @@ def _splits(path: Path) -> dict[str, Any]:
         try:
             loaded = datasets.load_from_disk(str(path), keep_in_memory=True)
         except FileNotFoundError as exc:
-            files = sorted(str(f) for f in path.iterdir() if data_suffix(f) in BUILDERS)
+            files = sorted(
+                str(f) for f in path.iterdir() if data_suffix(f) in BUILDERS and f.is_file()
+            )
             raise DataError(
                 f"{path} is a folder but not one written by Dataset.save_to_disk",
                 f"pass one of its data files ({', '.join(files[:3])}"
