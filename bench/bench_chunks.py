@@ -10,7 +10,8 @@ receiver in namespace 1 that only drains (`bench_network.Network`: `netemu.py` s
 each uplink), alternating a push in paced chunks and one in adaptive chunks (sized by
 the previous adaptive push's rate, payload bytes over the time from the call to its
 ack). The first push of each kind is a warm-up (the adaptive one is not measured yet);
-the figure is the median of the others. MB = 10**6 bytes. Without root and network
+the figure is the median of the others, both kinds from the same run; each row ends
+with the 1-minute load average after it. MB = 10**6 bytes. Without root and network
 namespaces (and with `--smoke`) it runs on 127.0.0.1 only.
 
     python bench/bench_chunks.py                      # a few minutes
@@ -166,7 +167,7 @@ def row(profile: Profile, size: int, res: dict[str, Any]) -> str:
     return (
         f"| {profile.name} ({profile.describe()}) | {size / 1e6:.1f} MB | "
         f"{size / paced / 1e6:.2f} | {size / adaptive / 1e6:.2f} | {paced / adaptive:.2f}x | "
-        f"{chunk} KiB |"
+        f"{chunk} KiB | {load_average().split()[0]} |"
     )
 
 
@@ -198,8 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     pushes = 2 if args.smoke else args.pushes
     sweep_leftovers()
     print(f"# load average {load_average()}; pushes of each kind: {pushes} (1 warm-up)")
-    print("| profile | payload | paced MB/s | adaptive MB/s | adaptive/paced | last chunk |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| profile | payload | paced MB/s | adaptive MB/s | adaptive/paced | last chunk "
+        "| load (1 min) after |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for name in names:
         p = PROFILES[name]
         size = 10**6 if args.smoke else int(min(MOST_BYTES, (p.rate or 1e10) / 8 * SECONDS_A_PUSH))
