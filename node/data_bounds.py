@@ -134,8 +134,8 @@ def json_slots(inner: Path) -> tuple[int, int, int, int] | None:
             array = first.lstrip().startswith("[")
             lines = (json.loads(line) for line in fh if line.strip())
             values: Iterable[Any] = json.load(fh) if array else lines
-            for row in values:
-                _add(root, row)
+            for row in values:  # an array of texts is read as a "text" column
+                _add(root, row if isinstance(row, dict) else {"text": row})
                 rows += 1
     except (ValueError, RecursionError):
         return None

@@ -31,13 +31,19 @@ def _rows(make: Callable[[int], object], n: int) -> str:
         ("emoji.jsonl", _rows(lambda i: {"text": "t", "m": {f"k{i % 2}": _EMOJI}}, 3000)),
         # texts and numbers in one column: JSON text too
         ("cjk.jsonl", _rows(lambda i: {"text": "t", "m": _CJK if i % 2 else 1}, 3000)),
+        pytest.param(  # 20 s; test_an_array_of_texts_has_a_slot_a_text checks it fast
+            "texts.json",
+            json.dumps(["a"] * 2_000_000, separators=(",", ":")),
+            marks=pytest.mark.slow,
+        ),
         ("mixed.jsonl", _rows(lambda i: {"text": "t", "m": _ACCENTS if i % 2 else True}, 3000)),
     ],
 )
 def test_the_bound_holds_columns_stored_as_json_text(tmp_path: Path, name: str, text: str) -> None:
     """Measured: the .arrow files `datasets` writes stay within `table_bound` (before:
     emoji.jsonl, 2.5 MB, wrote 7.3 MB against a bound of 3.7 MB; cjk.jsonl 2.7 MB
-    against 2.5 MB; mixed.jsonl, texts and booleans, was bounded as texts)."""
+    against 2.5 MB; mixed.jsonl, texts and booleans, was bounded as texts; texts.json,
+    8 MB, wrote 10.4 MB against 9.0 MB)."""
     import datasets
 
     path = tmp_path / name
@@ -47,6 +53,17 @@ def test_the_bound_holds_columns_stored_as_json_text(tmp_path: Path, name: str, 
     datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=str(cache))
     written = sum(f.stat().st_size for f in cache.rglob("*.arrow"))
     assert written <= bound, (written, bound)
+
+
+def test_an_array_of_texts_has_a_slot_a_text(tmp_path: Path) -> None:
+    """A .json array of texts is read by `datasets` as a "text" column, a row each:
+    a slot each in the bound (before: none, and an 8 MB file of 2,000,000 texts
+    wrote 10.4 MB against a bound of 9.0 MB)."""
+    from declora.node import data_bounds
+
+    path = tmp_path / "texts.json"
+    path.write_text(json.dumps(["a"] * 1000, separators=(",", ":")))
+    assert data_bounds.json_slots(path) == (1000, 1, 1000, 0)
 
 
 def test_a_csv_first_row_of_many_commas_is_not_counted_as_columns(
