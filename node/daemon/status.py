@@ -157,21 +157,34 @@ def pending_peers(
     configured: Sequence[str],
     peers: PeerTable,
     outcomes: Mapping[str, str],
-    resolved: Collection[str],
+    resolved: Mapping[str, Collection[str]],
 ) -> list[pb.PendingPeer]:
     """The `configured` addresses that neither a table entry's address is nor joined
-    at their last dial ('' in `outcomes`), in order, each with its `reach` (see the
-    module); `resolved`: the names that resolved once."""
+    at their last dial ('' in `outcomes`) nor name an entry's IP and port (`localhost:7401`
+    for 127.0.0.1:7401: never dialled), in order, each with its `reach` (see the
+    module); `resolved`: the IPs of the names that resolved once."""
     known = {p.address for p in peers.all()}
+    ends = set().union(*(_ends(a, {}) for a in known))
     pending = []
     for address in dict.fromkeys(a.strip() for a in configured):
         why = outcomes.get(address)
-        if why == "" or address in known:
+        if why == "" or address in known or _ends(address, resolved) & ends:
             continue
         if why is None:
             why = DIALLING if _is_ip(address) or address in resolved else RESOLVING
         pending.append(pb.PendingPeer(address=address, reach=safe_text(why, REACH_CHARS)))
     return pending
+
+
+def _ends(address: str, resolved: Mapping[str, Collection[str]]) -> set[tuple[str, int]]:
+    """The (IP, port) pairs `address` stands for: its IP, or those its name resolved to
+    (`resolved`; none before it did, or when it is malformed)."""
+    try:
+        host, port = split_address(address)
+    except ValueError:
+        return set()
+    hosts = [host] if ip_of(host) is not None else resolved.get(address, ())
+    return {(str(ip), port) for h in hosts if (ip := ip_of(h)) is not None}
 
 
 def _is_ip(address: str) -> bool:
