@@ -56,6 +56,7 @@ def solo(cluster: Cluster, name: str, port: int, extra: Sequence[str] = ()) -> N
     return cluster.add(name, port, args)
 
 
+@pytest.mark.integration
 @pytest.mark.slow  # two real nodes (~40 s on a loaded machine): make test-slow
 def test_the_compose_healthcheck_passes_in_plain_and_mtls_modes(
     cluster: Cluster, tmp_path: Path

@@ -39,6 +39,7 @@ def recorded(state: Path) -> str:
     return json.loads((state / "adapter" / "declora.json").read_text())["node_id"]
 
 
+@pytest.mark.integration
 @pytest.mark.slow  # three real solo runs (~40 s on a loaded machine): make test-slow
 def test_a_resume_on_another_port_keeps_the_node_id(synthetic_jsonl: Path, tmp_path: Path) -> None:
     first, second = free_ports(2)

@@ -27,6 +27,7 @@ def test_the_finish_is_shown_apart_from_the_planned_rounds() -> None:
     assert round_text(7, 0, "training") == "round 7"  # until stopped
 
 
+@pytest.mark.integration
 @pytest.mark.slow  # a real node (~20 s on a loaded machine): make test-slow
 def test_status_of_a_real_node_shows_its_planned_rounds(cluster: Cluster) -> None:
     (port,) = free_ports(1)

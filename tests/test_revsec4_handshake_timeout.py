@@ -24,6 +24,7 @@ START = 120.0
 READ_SECONDS = 40.0  # well past the node's 10 s, well before gRPC's default 120 s
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_a_silent_connection_is_closed_by_the_node(cluster: Cluster) -> None:
     (a,) = cluster.static(1, [], ["--rounds", "0", "--eval-every", "0", "--solo"])
@@ -116,6 +117,7 @@ def slow_link(target: str) -> tuple[str, Callable[[], None]]:
     return address, stop
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_a_tls_node_on_a_slow_link_still_shakes_hands(cluster: Cluster, tmp_path: Path) -> None:
     """A guard: an mTLS Status call over a 1 Mbit/s link with 100 ms each way (a new

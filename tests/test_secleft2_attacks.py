@@ -54,6 +54,7 @@ def status_answered(address: str) -> bool:
             return False
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_silent_connections_from_a_stranger_keep_no_caller_out(cluster: Cluster) -> None:
     """n0 runs with a soft limit of 1,024 open files (most systems' default) and this
@@ -95,6 +96,7 @@ def test_silent_connections_from_a_stranger_keep_no_caller_out(cluster: Cluster)
                 s.close()
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_calls_with_huge_metadata(cluster: Cluster) -> None:
     (a,) = cluster.static(1, [], ["--rounds", "0", "--eval-every", "0", "--solo"])

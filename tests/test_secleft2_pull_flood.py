@@ -17,6 +17,7 @@ PULL = "/declora.v1.Swarm/Pull"
 HELD = 8  # the Pull pool's size
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_two_ids_at_one_ip_leave_the_honest_catch_up_a_place(open_pair: Pair) -> None:  # noqa: F811
     pair = open_pair
