@@ -47,8 +47,9 @@ def target_problem(target: str) -> str | None:
     try:
         split_address(target)
     except ValueError:
-        port = target.rpartition(":")[2]
-        if port.isascii() and port.isdigit() and len(port) <= 20 and not 0 < int(port) < 65536:
+        host, _, port = target.rpartition(":")  # no host (a bare number): not host:port
+        numeric = port.isascii() and port.isdigit() and len(port) <= 20
+        if host and numeric and not 0 < int(port) < 65536:
             return f"--target {target!r}: port {port} is not in 1-65535"
         return f"--target must be host:port (127.0.0.1:7070, [::1]:7070), got {target!r}"
     return None
