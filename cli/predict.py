@@ -100,9 +100,15 @@ def text_lines(source: str, stdin: TextIO | None) -> tuple[list[str], str]:
     """The lines of UTF-8 text file `source` ("-": `stdin`, read as bytes when it has a
     buffer) without a byte-order mark, split at \\n, \\r\\n or \\r only, and the name to
     report it by; `DataError` when it is not UTF-8 (`data_files.utf8_text`: UTF-16/32
-    named as such; stdin as a file: never surrogates) or stdin is closed (None)."""
+    named as such; stdin as a file: never surrogates), cannot be read (a folder named
+    .txt) or stdin is closed (None)."""
     if source != "-":
-        return _split(utf8_text(source, Path(source).read_bytes())), source
+        try:
+            raw = Path(source).read_bytes()
+        except OSError as exc:  # a folder, no permission: a traceback before
+            why = exc.strerror or type(exc).__name__
+            raise DataError(f"{source} cannot be read: {why}", "give a text file") from exc
+        return _split(utf8_text(source, raw)), source
     if stdin is None:  # the shell closed it (`<&-`): Python has no sys.stdin
         raise DataError(
             f"{STDIN}: standard input is closed", "pipe the input in, or give a file with --input"
