@@ -107,10 +107,14 @@ def check(target: str, timeout: float, tls: TlsFiles | None, own: bool) -> str:
             details = (exc.details() if hasattr(exc, "details") else "") or ""
             why, hint = status_failure(code, details, timeout, tls is not None)
             raise StatusError(f"{target} is not healthy: {why}", hint) from exc
-    state = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    if reply.status != health_pb2.HealthCheckResponse.SERVING:
-        raise StatusError(
-            f"{target} is not healthy: {state} (loading its model, or stopping)",
-            "a node answers SERVING once its model is loaded: try again in a moment",
-        )
-    return f"{target} {state}"
+    states = health_pb2.HealthCheckResponse.ServingStatus
+    if reply.status not in states.values():  # a value the protocol does not define
+        why = f"status {reply.status} (not SERVING)"
+    elif reply.status != health_pb2.HealthCheckResponse.SERVING:
+        why = f"{states.Name(reply.status)} (loading its model, or stopping)"
+    else:
+        return f"{target} {states.Name(reply.status)}"
+    raise StatusError(
+        f"{target} is not healthy: {why}",
+        "a node answers SERVING once its model is loaded: try again in a moment",
+    )
