@@ -88,7 +88,7 @@ class _Column:
         self.given = 0
         self.key_set: frozenset[str] | None = None
         self.kinds: set[type] = set()
-        self.wide = 0  # UTF-8 bytes past the first of each non-ASCII character given
+        self.escapes = 0  # bytes the values' texts grow by written as JSON (`_escapes`)
         self.as_text = False  # mappings of other keys, or mixed kinds: JSON text
 
 
@@ -123,8 +123,8 @@ def json_slots(inner: Path) -> tuple[int, int, int, int] | None:
     keys, or that mixes kinds of values (mappings, lists, texts, booleans, numbers), is
     stored as JSON text:
     a slot, and one a value inside for its text's spacing. Returned with the table's
-    columns (nested ones too), rows, and the bytes JSON text's escapes add (a
-    non-ASCII character is written \\uXXXX: up to 3 times its UTF-8 bytes); None when
+    columns (nested ones too), rows, and the bytes the escapes of its JSON text add
+    (`_escapes`: a non-ASCII character up to 3 times its UTF-8 bytes); None when
     it is not JSON lines nor one JSON array of rows (`datasets` refuses it)."""
     root, rows = _Column(), 0
     try:
@@ -140,9 +140,7 @@ def json_slots(inner: Path) -> tuple[int, int, int, int] | None:
     except (ValueError, RecursionError):
         return None
     slots = sum(_slots(column, rows) for column in root.keys.values())
-    # a \uXXXX escape adds 4 bytes to a 2-byte character, 3 to a 3-byte one, 8 to a
-    # 4-byte one (two escapes): at most 4 a byte past each character's first
-    return slots, _columns(root) - 1, rows, 4 * _wide(root)
+    return slots, _columns(root) - 1, rows, _text_escapes(root)
 
 
 def _add(column: _Column, value: Any) -> None:
@@ -153,10 +151,10 @@ def _add(column: _Column, value: Any) -> None:
     kind = type(value)
     column.kinds.add(float if kind is int else kind)  # ints and floats are doubles
     column.as_text |= len(column.kinds) > 1
-    if isinstance(value, str) and not value.isascii():
-        column.wide += len(value.encode()) - len(value)
+    if isinstance(value, str):
+        column.escapes += _escapes(value)
     if isinstance(value, dict):
-        column.wide += sum(len(key.encode()) - len(key) for key in value if not key.isascii())
+        column.escapes += sum(_escapes(key) for key in value)
         keys = frozenset(value)
         column.key_set = keys if column.key_set is None else column.key_set
         column.as_text |= keys != column.key_set or not keys
@@ -187,16 +185,27 @@ def _columns(column: _Column) -> int:
     return 1 + sum(_columns(inner) for inner in inside)
 
 
-def _wide(column: _Column) -> int:
-    """The `wide` bytes of the columns stored as JSON text in and under `column`."""
+def _escapes(text: str) -> int:
+    """Bytes `text` grows by written as JSON text (`datasets` writes it with pandas'
+    ujson): 1 a "/" (written \\/), and as \\uXXXX each non-ASCII character: 4 bytes
+    more than a 2-byte one, 3 than a 3-byte one, 8 than a 4-byte one (two escapes), so
+    at most 4 a byte past each character's first."""
+    grows = text.count("/")
+    if not text.isascii():
+        grows += 4 * (len(text.encode()) - len(text))
+    return grows
+
+
+def _text_escapes(column: _Column) -> int:
+    """The `escapes` of the columns stored as JSON text in and under `column`."""
     if column.as_text:
-        return _sum(column, "wide")
+        return _sum(column, "escapes")
     inside = [*column.keys.values(), *([column.elements] if column.elements else [])]
-    return sum(_wide(inner) for inner in inside)
+    return sum(_text_escapes(inner) for inner in inside)
 
 
 def _sum(column: _Column, count: str) -> int:
-    """`count` ("given": values given, "wide") of `column` and every column inside it."""
+    """`count` ("given": values given, "escapes") of `column` and every column inside it."""
     inside = [*column.keys.values(), *([column.elements] if column.elements else [])]
     return int(getattr(column, count)) + sum(_sum(inner, count) for inner in inside)
 

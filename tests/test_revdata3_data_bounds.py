@@ -29,6 +29,8 @@ def _rows(make: Callable[[int], object], n: int) -> str:
     [
         # mappings of two key sets: JSON text, each emoji written as two \\u escapes
         ("emoji.jsonl", _rows(lambda i: {"text": "t", "m": {f"k{i % 2}": _EMOJI}}, 3000)),
+        # JSON text written by ujson: each "/" escaped \\/
+        ("slash.jsonl", _rows(lambda i: {"text": "t", "m": "/" * 800 if i % 2 else 1}, 8000)),
         # texts and numbers in one column: JSON text too
         ("cjk.jsonl", _rows(lambda i: {"text": "t", "m": _CJK if i % 2 else 1}, 3000)),
         pytest.param(  # 20 s; test_an_array_of_texts_has_a_slot_a_text checks it fast
@@ -43,7 +45,7 @@ def test_the_bound_holds_columns_stored_as_json_text(tmp_path: Path, name: str, 
     """Measured: the .arrow files `datasets` writes stay within `table_bound` (before:
     emoji.jsonl, 2.5 MB, wrote 7.3 MB against a bound of 3.7 MB; cjk.jsonl 2.7 MB
     against 2.5 MB; mixed.jsonl, texts and booleans, was bounded as texts; texts.json,
-    8 MB, wrote 10.4 MB against 9.0 MB)."""
+    8 MB, wrote 10.4 MB against 9.0 MB; slash.jsonl 6.5 MB against 4.7 MB)."""
     import datasets
 
     path = tmp_path / name
