@@ -20,7 +20,7 @@ from declora.node.daemon.exchange import Exchange
 from declora.node.daemon.handshake import Handshaker
 from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD, Inbox
 from declora.node.daemon.peers import PeerTable
-from declora.node.daemon.startup import finish_rounds
+from declora.node.daemon.startup import finish_rounds, planned_rounds
 from declora.node.daemon.state import Identity, Progress
 from declora.node.daemon.status import (
     Counters,
@@ -82,14 +82,6 @@ class Parts:
             digest,
             pending,
         )
-
-
-def last_round(s: NodeSettings) -> int:
-    """The `total_rounds` Status reports: the node's planned rounds, its training
-    rounds' exchanges (round numbers count exchanges); the consensus finish after them
-    is not counted in (it ends once the neighbours agree, and a solo node has none:
-    `status` shows its rounds apart); 0 with `--rounds 0` (until stopped)."""
-    return s.rounds * s.exchanges_per_round
 
 
 def build_parts(
@@ -158,7 +150,7 @@ def build_parts(
         fingerprint=lm.fingerprint,
         listen_address=s.advertise,
         codec=s.codec,
-        total_rounds=last_round(s),
+        total_rounds=planned_rounds(s),
         consensus_rounds=finish_rounds(s),
         auth=auth_mode(transport.tls is not None, auth.secret is not None),
         gradient_tracking=bool(s.gradient_tracking),  # resolved: never None

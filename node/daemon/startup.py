@@ -6,7 +6,7 @@
 - `check_config` runs before anything loads (peers or --solo, --resume, an earlier
   run's files: `earlier_run`, a writable folder no other node holds), `check_device`
   before the model loads; `plan_line` is the log line of the rounds it plans
-  (`finish_rounds`: the most of the consensus finish);
+  (`planned_rounds`, Status' total; `finish_rounds`: the most of the consensus finish);
 - `DialLog` records, per address, how this node's last handshake with it ended (as a
   gRPC client interceptor on the transport's channels; `all_gone`: nothing listens at
   any of some addresses), and `startup_failure` turns that into the exit message of a
@@ -219,6 +219,14 @@ def _user(uid: int) -> str:
         return f"uid {uid}"
 
 
+def planned_rounds(s: NodeSettings) -> int:
+    """The `total_rounds` Status reports: the node's planned rounds, its training
+    rounds' exchanges (round numbers count exchanges); the consensus finish after them
+    is not counted in (it ends once the neighbours agree, and a solo node has none:
+    `status` shows its rounds apart); 0 with `--rounds 0` (until stopped)."""
+    return s.rounds * s.exchanges_per_round
+
+
 def finish_rounds(s: NodeSettings) -> int:
     """The most rounds the consensus finish may run past the planned ones (Status'
     `consensus_rounds`): --consensus-rounds, 0 where none runs (--solo, --rounds 0)."""
@@ -226,10 +234,9 @@ def finish_rounds(s: NodeSettings) -> int:
 
 
 def plan_line(s: NodeSettings) -> str:
-    """`start`'s log line of its rounds, as `status` counts them (`parts.last_round`):
-    the planned exchanges, then the consensus finish where one can run
-    (`finish_rounds`)."""
-    planned = s.rounds * s.exchanges_per_round
+    """`start`'s log line of its rounds, as `status` counts them (`planned_rounds`),
+    then the consensus finish where one can run (`finish_rounds`)."""
+    planned = planned_rounds(s)
     if not planned:
         return "rounds: until stopped (--rounds 0)"
     line = f"rounds: {planned} planned (--rounds {s.rounds})"
