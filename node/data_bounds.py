@@ -125,7 +125,9 @@ def json_slots(inner: Path) -> tuple[int, int, int, int] | None:
     a slot, and one a value inside for its text's spacing. Returned with the table's
     columns (nested ones too), rows, and the bytes the escapes of its JSON text add
     (`_escapes`: a non-ASCII character up to 3 times its UTF-8 bytes); None when
-    it is not JSON lines nor one JSON array of rows (`datasets` refuses it)."""
+    it is not JSON lines nor one JSON array of rows (`datasets` refuses it); a
+    `DataError` when a value nests past Python's recursion limit, which pyarrow's
+    reader, given it, can crash on (a segmentation fault at some thousands of levels)."""
     root, rows = _Column(), 0
     try:
         with inner.open(encoding="utf-8-sig") as fh:
@@ -137,8 +139,14 @@ def json_slots(inner: Path) -> tuple[int, int, int, int] | None:
             for row in values:  # an array of texts is read as a "text" column
                 _add(root, row if isinstance(row, dict) else {"text": row})
                 rows += 1
-    except (ValueError, RecursionError):
+    except ValueError:
         return None
+    except RecursionError:  # pyarrow's reader would crash the process on it (C stack)
+        raise DataError(
+            f"{inner}: a value nests JSON arrays or objects too deeply to be read (hundreds "
+            "of levels inside each other)",
+            "flatten that value, or store it as a JSON text in a string",
+        ) from None
     slots = sum(_slots(column, rows) for column in root.keys.values())
     return slots, _columns(root) - 1, rows, _text_escapes(root)
 

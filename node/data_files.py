@@ -108,6 +108,11 @@ def _diagnose_json(path: Path) -> DataError | None:
             row += 1
             try:
                 value = json.loads(line)
+            except RecursionError:
+                return DataError(
+                    f"{path}:{lineno}: a value nests JSON arrays or objects too deeply",
+                    "flatten that value, or store it as a JSON text in a string",
+                )
             except json.JSONDecodeError as exc:
                 if lineno == 1 and line.lstrip().startswith("["):
                     return None  # a JSON array file, not JSON lines
