@@ -47,9 +47,11 @@ def in_checkout(folder: Path = HERE) -> bool:
 
 def main(argv: list[str]) -> int:
     """`python -m declora.proto.codegen [OUT_DIR]`: its exit code (2: refused)."""
-    if len(argv) > 1 or (not argv and not in_checkout()):
+    if len(argv) > 1 or (argv and not argv[0]) or (not argv and not in_checkout()):
         why = (
             "more than one argument"
+            if len(argv) > 1
+            else "an empty OUT_DIR (not the current folder)"
             if argv
             else f"no OUT_DIR, and {HERE} is an installed copy, not a source checkout"
         )
