@@ -40,12 +40,12 @@ from declora.node.data import read_texts as column_texts
 from declora.node.data_files import DataError, read_splits, utf8_text
 from declora.node.model_source import ModelError
 from declora.node.models import quiet_transformers
+from declora.node.recipe import MAX_BATCH_SIZE
 from declora.node.run_folder import FolderBusy, earlier_run, held, hold, release
 
 # what `predict` and `export` report as one line `error: ...` (exit 2)
 USER_ERRORS = (AdapterError, DataError, ModelError)
 STDIN = "<stdin>"
-MAX_BATCH_SIZE = 65_536  # texts per forward pass at most, as `start --batch-size`
 # where a text-mode file ends a line; str.splitlines also splits at \f, \x1c or U+2028,
 # which `paste` and `wc -l` do not
 LINE_END = re.compile(r"\r\n|\r|\n")

@@ -94,6 +94,7 @@ Precision = Literal["fp32", "bf16", "fp16"]
 LM_EVAL_CAP = 128  # held-out texts a causal LM evaluates on unless told (a forward pass each)
 WARMUP_SHARE = 0.1  # of a decaying schedule's steps warm up, unless --warmup-steps says
 MAX_GOSSIP_STEPS = 16
+MAX_BATCH_SIZE = 65_536  # examples a step (`start`) or texts a forward pass (`predict`)
 
 
 class DataRecipe(BaseModel):
@@ -266,7 +267,7 @@ class TrainingRecipe(DataRecipe):
     lr: float = Field(
         4e-3, gt=0, le=1, description="AdamW learning rate (each node's: x sqrt(--swarm-size))"
     )
-    batch_size: int = Field(16, ge=1, le=65_536, description="examples per local step")
+    batch_size: int = Field(16, ge=1, le=MAX_BATCH_SIZE, description="examples per local step")
     seed: int = Field(
         0, ge=0, le=2**32 - 1, description="swarm-wide seed (adapter init, data split)"
     )
