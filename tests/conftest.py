@@ -33,11 +33,16 @@ def _hangup_ignored_in_this_process_only(signum: int, frame: object) -> None:
 # session itself immune to a hangup, and the exec'd children start with SIGHUP's
 # default, as they do from a terminal. Tests that want it ignored set SIG_IGN themselves.
 @pytest.fixture(autouse=True)
-def _hangup_not_inherited_as_ignored() -> None:
+def _signals_not_inherited_as_ignored() -> None:
     """Before each test: SIGHUP ignored in the session (nohup, or left so by an earlier
-    test) becomes the no-op handler above."""
+    test) becomes the no-op handler above, SIGINT ignored Python's default handler."""
     if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
         signal.signal(signal.SIGHUP, _hangup_ignored_in_this_process_only)
+    # A session a shell started in the background without job control (`make test &`
+    # from a script) inherits SIGINT ignored, and so would every child it starts, which
+    # then never see a Ctrl-C: Python's own handler, as from a terminal.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _ours(handler: logging.Handler) -> bool:
