@@ -90,8 +90,21 @@ def write_data(tmp_path: Path, case: str) -> tuple[Path, str]:
     return path, word
 
 
+# make test starts a real node on two mistakes; the other three are slow here, and
+# test_data.py's test_bad_files_are_one_line_errors and label-column checks refuse
+# them in-process (each start loads the model first: about 10 s)
+SLOW_DATA = pytest.mark.slow
+
+
 @pytest.mark.parametrize(
-    "case", ["missing", "no label column", "empty", "bad json line", "unsupported type"]
+    "case",
+    [
+        "missing",
+        pytest.param("no label column", marks=SLOW_DATA),
+        pytest.param("empty", marks=SLOW_DATA),
+        "bad json line",
+        pytest.param("unsupported type", marks=SLOW_DATA),
+    ],
 )
 def test_a_bad_data_file_is_one_error_line(tmp_path: Path, case: str) -> None:
     data, word = write_data(tmp_path, case)
@@ -104,6 +117,7 @@ def test_a_bad_data_file_is_one_error_line(tmp_path: Path, case: str) -> None:
     assert "hint:" in res.stderr
 
 
+@pytest.mark.slow  # a real node (16 s); test_revsplit_debug, test_cliuser_endings: in-process
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     [port] = free_ports(1)
     res = run("--debug", *solo(tmp_path / "nope.jsonl", port))
