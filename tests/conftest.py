@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,6 +44,16 @@ def _signals_not_inherited_as_ignored() -> None:
     # then never see a Ctrl-C: Python's own handler, as from a terminal.
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.fixture
+def tmp_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The temporary folder tempfile gives, empty, in the test's own tmp_path: what a
+    data read leaves there is seen, and its free space can be faked."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
 
 
 def _ours(handler: logging.Handler) -> bool:

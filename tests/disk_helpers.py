@@ -1,9 +1,11 @@
-"""A real small disk for tests of what a full disk does (root only)."""
+"""Disks for tests of what a full disk does: a real small one (root only), or a
+faked free space."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,3 +27,11 @@ def small_tmpfs(folder: Path, size: str = "80k") -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fake_free(monkeypatch: pytest.MonkeyPatch, folder: Path, mib: float) -> None:
+    """`shutil.disk_usage` says `mib` MiB are free past what a data read keeps free."""
+    from declora.node.data_bounds import KEEP_FREE
+
+    usage = shutil.disk_usage(folder)._replace(free=KEEP_FREE + int(mib * (1 << 20)))
+    monkeypatch.setattr(shutil, "disk_usage", lambda _p: usage)

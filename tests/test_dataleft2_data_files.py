@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from disk_helpers import small_tmpfs
+from disk_helpers import fake_free, small_tmpfs
 
 from declora.node import data_files
 from declora.node.data_files import DataError, read_splits
@@ -101,19 +101,6 @@ def test_data_that_cannot_be_read_is_named_with_a_hint(shared: Path, kind: str) 
     assert "chmod" in hint
 
 
-@pytest.fixture
-def tmp_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "tmp"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
-
-
-def _free(monkeypatch: pytest.MonkeyPatch, folder: Path, mib: float) -> None:
-    usage = shutil.disk_usage(folder)._replace(free=data_files.KEEP_FREE + int(mib * (1 << 20)))
-    monkeypatch.setattr(shutil, "disk_usage", lambda _p: usage)
-
-
 def _jsonl(path: Path, rows: int) -> Path:
     path.write_text(
         "".join(json.dumps({"text": f"row {i}", "label": "a"}) + "\n" for i in range(rows))
@@ -125,7 +112,7 @@ def test_a_plain_file_whose_table_would_not_fit_is_refused(
     tmp_path: Path, tmp_folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = _jsonl(tmp_path / "rows.jsonl", 50_000)  # 1.7 MB, a table of up to 4.5 MiB
-    _free(monkeypatch, tmp_folder, 2)
+    fake_free(monkeypatch, tmp_folder, 2)
     with pytest.raises(DataError) as err:
         read_splits(data)
     message = err.value.message
@@ -139,7 +126,7 @@ def test_a_plain_file_whose_table_fits_is_read(
     tmp_path: Path, tmp_folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = _jsonl(tmp_path / "rows.jsonl", 50_000)
-    _free(monkeypatch, tmp_folder, 8)
+    fake_free(monkeypatch, tmp_folder, 8)
     [(_, rows)] = read_splits(data)
     assert len(rows) == 50_000
 
@@ -282,7 +269,7 @@ def test_rows_of_keys_of_their_own_are_refused_before_their_table_fills_the_disk
     (before: bounded at 1.1 MiB and read, filling the disk)."""
     data = tmp_path / "rows.jsonl"
     data.write_text(_rows(lambda i: {"text": "t", f"k{i}": 1}, 1500))
-    _free(monkeypatch, tmp_folder, 16)
+    fake_free(monkeypatch, tmp_folder, 16)
     with pytest.raises(DataError) as err:
         read_splits(data)
     assert "as the table datasets copies them into" in err.value.message

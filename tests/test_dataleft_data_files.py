@@ -5,30 +5,15 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from disk_helpers import fake_free
 
 from declora.node import data_csv, data_files, data_text
 from declora.node.data_files import DataError, read_splits
-
-
-@pytest.fixture
-def tmp_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The temporary folder tempfile gives, with `free` MiB past what must stay free."""
-    folder = tmp_path / "tmp"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
-
-
-def _free(monkeypatch: pytest.MonkeyPatch, folder: Path, mib: float) -> None:
-    usage = shutil.disk_usage(folder)._replace(free=data_files.KEEP_FREE + int(mib * (1 << 20)))
-    monkeypatch.setattr(shutil, "disk_usage", lambda _p: usage)
 
 
 def _parquet_bomb(path: Path) -> Path:
@@ -50,7 +35,7 @@ def _jsonl(path: Path, rows: int) -> Path:
 def test_a_file_whose_table_copy_would_fill_the_disk_is_refused(
     tmp_path: Path, tmp_folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _free(monkeypatch, tmp_folder, 3)  # the decompressed file fits, its 6 MB table not
+    fake_free(monkeypatch, tmp_folder, 3)  # the decompressed file fits, its 6 MB table not
     with pytest.raises(DataError) as err:
         read_splits(_parquet_bomb(tmp_path / "rows.parquet.gz"))
     assert "as the table datasets copies them into" in err.value.message
@@ -63,7 +48,7 @@ def test_json_lines_count_their_table_copy(
     tmp_path: Path, tmp_folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = _jsonl(tmp_path / "rows.jsonl.gz", 40_000)  # 1.3 MB decompressed
-    _free(monkeypatch, tmp_folder, 2)  # room for the file, not for it and its table
+    fake_free(monkeypatch, tmp_folder, 2)  # room for the file, not for it and its table
     with pytest.raises(DataError, match="as the table datasets copies them into"):
         read_splits(path)
     assert list(tmp_folder.iterdir()) == []
@@ -72,7 +57,7 @@ def test_json_lines_count_their_table_copy(
 def test_a_file_with_room_for_both_is_read(
     tmp_path: Path, tmp_folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _free(monkeypatch, tmp_folder, 16)
+    fake_free(monkeypatch, tmp_folder, 16)
     [(_, rows)] = read_splits(_parquet_bomb(tmp_path / "rows.parquet.gz"))
     assert len(rows) == 200_000
     [(_, rows)] = read_splits(_jsonl(tmp_path / "rows.jsonl.gz", 40_000))

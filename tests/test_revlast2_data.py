@@ -7,7 +7,6 @@ import errno
 import gzip
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,6 @@ import pytest
 from declora.node.data_files import DataError, read_splits
 
 ROWS = "".join(json.dumps({"text": f"row {i} " + "x" * 50}) + "\n" for i in range(2000))
-
-
-@pytest.fixture
-def tmp_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "tmp"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
 
 
 def test_a_gz_file_damaged_inside_is_a_data_error(tmp_path: Path, tmp_folder: Path) -> None:

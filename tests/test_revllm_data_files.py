@@ -24,15 +24,6 @@ ROWS = b"".join(json.dumps({"text": f"row {i}"}).encode() + b"\n" for i in range
 KEEP_FREE = getattr(data_files, "KEEP_FREE", 1 << 30)
 
 
-@pytest.fixture
-def tmp_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The temporary folder tempfile gives, empty: what a read leaves there is seen."""
-    folder = tmp_path / "tmp"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
-
-
 def bomb(path: Path) -> Path:
     """4 MiB of one repeated row, gzipped to a few KiB."""
     path.write_bytes(gzip.compress(b'{"text": "a"}\n' * (4 << 18), 9))
