@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -34,7 +33,7 @@ from typing import Any
 
 import netemu
 from bench_network import Network, Profile, namespaces_usable, sweep_leftovers
-from benchlib import free_ports, load_average, median, stop_processes
+from benchlib import free_ports, load_average, median, serve_until_sigterm, stop_processes
 
 from declora.node.settings import NodeSettings
 
@@ -83,13 +82,7 @@ async def serve(host: str, port: int) -> None:
 
     server = grpc.aio.server(options=grpc_options(settings("server")))
     pb_grpc.add_SwarmServicer_to_server(Receiver(), server)
-    server.add_insecure_port(f"{host}:{port}")
-    await server.start()
-    print("ready", flush=True)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    await server.stop(grace=0.5)
+    await serve_until_sigterm(server, f"{host}:{port}")
 
 
 async def client(address: str, size: int, pushes: int) -> dict[str, Any]:

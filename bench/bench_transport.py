@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import socket
 import struct
 import subprocess
@@ -45,7 +44,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from benchlib import free_ports, load_average, median, sigterm_as_exit, stop_processes
+from benchlib import (
+    free_ports,
+    load_average,
+    median,
+    serve_until_sigterm,
+    sigterm_as_exit,
+    stop_processes,
+)
 
 from declora.node.adapter import AdapterSchema, TensorSpec
 from declora.node.codecs import decode, make_codec
@@ -114,13 +120,7 @@ async def serve(port: int, chunk_kib: int, checks: bool, layers: int) -> None:
     options = grpc_options(settings("server", f"127.0.0.1:{port}", chunk_kib))
     server = grpc.aio.server(options=options)
     pb_grpc.add_SwarmServicer_to_server(Receiver(), server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    print("ready", flush=True)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    await server.stop(grace=0.5)
+    await serve_until_sigterm(server, f"127.0.0.1:{port}")
 
 
 def raw_server(port: int) -> None:

@@ -111,6 +111,20 @@ def sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+async def serve_until_sigterm(server: Any, address: str) -> None:
+    """Start grpc.aio `server` on `address` (insecure), print "ready" for the parent,
+    and serve until SIGTERM."""
+    import asyncio
+
+    server.add_insecure_port(address)
+    await server.start()
+    print("ready", flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await server.stop(grace=0.5)
+
+
 def load_average() -> str:
     try:
         one, five, fifteen = os.getloadavg()
