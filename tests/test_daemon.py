@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -303,8 +305,9 @@ def health(node: Node) -> str:
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}  # rich would wrap the table in a narrow pipe
+def cli(*args: str, columns: int = 200) -> subprocess.CompletedProcess[str]:
+    """`declora-node ARGS` in a terminal `columns` wide (rich wraps a table to fit it)."""
+    env = {**os.environ, "COLUMNS": str(columns)}
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60, env=env)
 
 
@@ -333,6 +336,60 @@ def test_status_cli(idle_pair: tuple[Cluster, Node, Node]) -> None:
     assert down.returncode == 1 and not down.stdout
     assert f"error: cannot get status from {HOST}:{closed}: connection refused" in down.stderr
     assert "hint: is the node running" in down.stderr
+
+
+# The status checks of test_startup.py share this file's idle pair (one pair to start).
+
+
+def test_status_json_keeps_types(idle_pair: tuple[Cluster, Node, Node]) -> None:
+    _, a, b = idle_pair
+    res = cli("status", "--target", a.address, "--format", "json", columns=80)
+    assert res.returncode == 0, res.stderr
+    reply = json.loads(res.stdout)
+    for key in ("round", "step", "bytes_sent", "bytes_received", "total_rounds"):
+        assert type(reply[key]) is int, (key, reply[key])
+    assert type(reply["started_unix"]) is float and reply["loss"] is None  # NaN: no loss yet
+    assert reply["state"] == "connecting"
+    [peer] = reply["neighbors"]
+    assert peer["node_id"] == b.node_id and peer["live"] is True
+    assert type(peer["bytes_received"]) is int and type(peer["round"]) is int
+
+
+def test_status_table_fits_80_columns(idle_pair: tuple[Cluster, Node, Node]) -> None:
+    _, a, b = idle_pair
+    res = cli("status", "--target", a.address, columns=80)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, res.stdout
+    [row] = [line for line in lines if b.node_id in line.split()]
+    assert b.address in row.split() and "yes" in row.split(), res.stdout
+    assert "…" not in res.stdout, res.stdout
+
+
+def test_status_answers_without_building_the_cli(idle_pair: tuple[Cluster, Node, Node]) -> None:
+    """`status` skips the typer app, which imports pydantic and builds every command:
+    most of the 0.3-0.5 s of CPU it took (over a second of wall time on a loaded
+    machine; the RPC itself takes milliseconds)."""
+    _, a, _ = idle_pair
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.monotonic()
+    res = subprocess.run(
+        [sys.executable, "-X", "importtime", *CLI[1:], "status", "--target", a.address,
+         "--format", "json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    wall = time.monotonic() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    print(f"status --format json: {wall:.2f}s wall, {cpu:.2f}s CPU (with -X importtime)")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout)["node_id"] == a.node_id
+    imported = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in res.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "pydantic" not in imported and "rich" not in imported, sorted(imported)
 
 
 @pytest.mark.slow  # ~12 s of processes; test_daemon_parts.py: check_hello's reasons

@@ -9,11 +9,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import resource
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,9 +22,7 @@ from daemon_helpers import (
     CLI,
     HOST,
     Cluster,
-    Node,
     free_ports,
-    live_ids,
     serve_fake_peer,
     train_args,
 )
@@ -337,81 +333,3 @@ def test_refused_handshakes_are_logged_once_then_counted(cluster: Cluster) -> No
         node.log(),
     ), node.log()
     assert f"{tries - REFUSALS_LOGGED} more refused handshakes not logged" in node.log()
-
-
-# ---------------------------------------------------------------- status
-
-
-@pytest.fixture(scope="module")
-def idle_pair(
-    tmp_path_factory: pytest.TempPathFactory, synthetic_jsonl: Path
-) -> Iterator[tuple[Cluster, Node, Node]]:
-    """Two nodes live with each other that never train: each waits for a second peer."""
-    c = Cluster(tmp_path_factory.mktemp("status"), synthetic_jsonl)
-    try:
-        a, b = c.static(2, [(0, 1)], ["--min-peers", "2", "--startup-timeout", "600"])
-        a.start()
-        b.start()
-        c.wait_until(
-            "the pair to be live with each other",
-            lambda: live_ids(a.status()) == {b.node_id} and live_ids(b.status()) == {a.node_id},
-            START,
-            running=[a, b],
-        )
-        yield c, a, b
-        for n in (a, b):
-            n.signal(signal.SIGTERM)
-        c.wait_exit([a, b], STOP)
-    finally:
-        c.close()
-
-
-def test_status_json_keeps_types(idle_pair: tuple[Cluster, Node, Node]) -> None:
-    _, a, b = idle_pair
-    res = run("status", "--target", a.address, "--format", "json")
-    assert res.returncode == 0, res.stderr
-    reply = json.loads(res.stdout)
-    for key in ("round", "step", "bytes_sent", "bytes_received", "total_rounds"):
-        assert type(reply[key]) is int, (key, reply[key])
-    assert type(reply["started_unix"]) is float and reply["loss"] is None  # NaN: no loss yet
-    assert reply["state"] == "connecting"
-    [peer] = reply["neighbors"]
-    assert peer["node_id"] == b.node_id and peer["live"] is True
-    assert type(peer["bytes_received"]) is int and type(peer["round"]) is int
-
-
-def test_status_table_fits_80_columns(idle_pair: tuple[Cluster, Node, Node]) -> None:
-    _, a, b = idle_pair
-    res = run("status", "--target", a.address)
-    assert res.returncode == 0, res.stderr
-    lines = res.stdout.splitlines()
-    assert max(len(line) for line in lines) <= 80, res.stdout
-    [row] = [line for line in lines if b.node_id in line.split()]
-    assert b.address in row.split() and "yes" in row.split(), res.stdout
-    assert "…" not in res.stdout, res.stdout
-
-
-def test_status_answers_without_building_the_cli(idle_pair: tuple[Cluster, Node, Node]) -> None:
-    """`status` skips the typer app, which imports pydantic and builds every command:
-    most of the 0.3-0.5 s of CPU it took (over a second of wall time on a loaded
-    machine; the RPC itself takes milliseconds)."""
-    _, a, _ = idle_pair
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.monotonic()
-    res = subprocess.run(
-        [sys.executable, "-X", "importtime", *CLI[1:], "status", "--target", a.address,
-         "--format", "json"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    wall = time.monotonic() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-    print(f"status --format json: {wall:.2f}s wall, {cpu:.2f}s CPU (with -X importtime)")
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert json.loads(res.stdout)["node_id"] == a.node_id
-    imported = {
-        line.rsplit("|", 1)[-1].strip()
-        for line in res.stderr.splitlines()
-        if line.startswith("import time:")
-    }
-    assert "pydantic" not in imported and "rich" not in imported, sorted(imported)
