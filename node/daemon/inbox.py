@@ -19,6 +19,10 @@ Invariants callers may rely on:
   slot is not released as silent while they arrive, `_active`);
 - a peer's values are bounded, not only finite (`DecLoraNode.check_payload`);
 - only a validated payload sets a neighbour's (verified) round;
+- a push is queued only onto the copy it followed: one whose sender's copy was
+  forgotten or restarted at the init (`Peer.copy`) after its header was checked (a
+  restarted process's Hello admitted while its old process's push was checked) is
+  refused `raced`;
 - a queued payload leaves the queue when its sender's copy is forgotten or restarts
   at the init (`PeerTable.copy_forgotten`): every payload queued can be applied at
   its mix;
@@ -271,8 +275,11 @@ class Inbox:
         held: list[str] = []
         share = self.budget.stream(host)
 
+        copy: list[int] = []  # the sender's `Peer.copy` when its header was checked
+
         def on_header(h: pb.PayloadHeader) -> None:
             peer = self._check_sender(h, cert_name)
+            copy.append(peer.copy)
             self.open_streams[peer.node_id] = self.open_streams.get(peer.node_id, 0) + 1
             held.append(peer.node_id)
             share.sender, share.peer = peer.node_id, peer
@@ -282,7 +289,7 @@ class Inbox:
             payload = await self._read(stream, on_header, share)
             if payload is None:
                 return pb.PushAck(accepted=False, reason=STOPPING)
-            return await self._accept(payload)
+            return await self._accept(payload, copy[0])
         finally:
             for pid in held:
                 left = self.open_streams.get(pid, 1) - 1
@@ -336,10 +343,12 @@ class Inbox:
         since = peer.quiet_since if began is None else max(peer.quiet_since, began)
         peer.quiet_since = min(now, since + n / PUSH_PACE.bytes_per_second)
 
-    async def _accept(self, payload: Payload) -> pb.PushAck:
+    async def _accept(self, payload: Payload, copy: int) -> pb.PushAck:
+        """Queue `payload`, checked, unless its sender's public copy moved on since its
+        header was checked (`copy`: its `Peer.copy` then): a push follows one copy."""
         h = payload.header
         peer = self.peers.get(h.sender_id)
-        if peer is None or not peer.live:  # dropped while the data arrived
+        if peer is None or not peer.live or peer.copy != copy:  # moved on while it arrived
             raise WireError(
                 grpc.StatusCode.ABORTED, "state moved on while the payload arrived", "raced"
             )
@@ -366,7 +375,8 @@ class Inbox:
         except GossipError as exc:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), "bad_values") from exc
         in_step = h.kind != pb.PAYLOAD_KIND_DELTA or peer.expected_seq == h.seq
-        if not peer.live or h.round <= self.progress.round or not in_step:  # moved meanwhile
+        moved = peer.copy != copy or self.peers.get(pid) is not peer
+        if moved or not peer.live or h.round <= self.progress.round or not in_step:
             raise WireError(
                 grpc.StatusCode.ABORTED, "state moved on while the payload was checked", "raced"
             )

@@ -12,6 +12,9 @@ Invariants callers may rely on:
   payloads queued for later mixes go with it (`copy_forgotten`, the inbox's): a
   payload can only be applied to the copy it followed, so none is applied to a later
   one or held against its sender;
+- `Peer.copy` changes whenever the peer's public copy is forgotten or restarts at
+  the init: a push checked while it changed followed another copy (an old process's
+  push, checked while its restart's Hello was admitted) and is refused (`Inbox`);
 - the table is bounded: at most `max_neighbors` live peers and `max_known` entries;
   a newcomer evicts the longest-unseen peer that is not live, entries unseen for
   `FORGET_SECONDS` are pruned, and a new id at the address of a peer that is not live
@@ -114,6 +117,7 @@ class Peer:
     weight: float = 0.0
     send_keyframe: bool = False
     expected_seq: int | None = None  # None: no copy of its public state yet
+    copy: int = 0  # counts the copies forgotten (`PeerTable._forget_copy`): which one is held
     token_in: bytes = field(default_factory=new_token)  # what it must present to us
     token_prev: bytes = b""  # the token before the current one (a renewal in flight)
     token_used: bytes = b""  # the token of its last validated payload (kept valid)
@@ -431,9 +435,11 @@ class PeerTable:
             self.copy_forgotten(p.node_id)
 
     def _forget_copy(self, peer: Peer) -> None:
-        """Forget `peer`'s public copy: the core's, its sequence, its queued payloads."""
+        """Forget `peer`'s public copy: the core's, its sequence, its queued payloads;
+        a push checked meanwhile is not queued (`copy` moved on)."""
         self.node.forget_peer(peer.node_id)
         peer.expected_seq = None
+        peer.copy += 1
         self.copy_forgotten(peer.node_id)
 
     # ------------------------------------------------------------ re-dialling
