@@ -11,10 +11,12 @@ part sees a call, this servicer checks what is the same for every RPC:
   (`STREAMS_PER_PEER` per neighbour there): it is never cut for a newer push. Any
   other push counts towards its remote network's share (`limits.host_key`) and, until
   its header came, may be cut for a newer push (`Pools.push` has the rule). Anyone
-  sharing a neighbour's IP shares its kept places. An IP's further Pull leaves a
-  place for each other live neighbour's IP that holds none (`Pools.pull`): a member's
-  ids at one IP (2 of them held all 8 places with unread Pulls) leave another IP's
-  catch-up room;
+  sharing a neighbour's IP shares its kept places. The Pull pool has a place for
+  every live neighbour (`--max-neighbors`, at least `POOLS`' 8), and a Pull leaves a
+  place free for each other live neighbour id that holds none (`Pools.pull`),
+  counted once the caller is known to be the live neighbour it names: a member's ids,
+  at one IP or at many (8 ids at 8 loopback IPs, one Pull each, held all 8 places),
+  leave every other live neighbour its catch-up;
 - rate limits (`limits`), keyed by the remote address for handshakes, Leaves (a
   bucket of their own at the handshakes' rate), pulls and Status
   (`limits.STATUS_PER_MINUTE`: a Status flood from one address, the swarm open or
@@ -73,9 +75,14 @@ def header_seconds(expected_bytes: int, idle_seconds: float) -> float:
     return min(max(HEADER_SECONDS, at_pace), idle_seconds)
 
 
-def pool_total(max_push_streams: int) -> int:
+def pull_places(max_neighbors: int) -> int:
+    """The Pull pool's size: a place for every live neighbour, at least `POOLS`'."""
+    return max(POOLS["Pull"], max_neighbors)
+
+
+def pool_total(max_push_streams: int, max_neighbors: int = 0) -> int:
     """RPCs the server may run at once: every pool full (gRPC's own cap)."""
-    return max_push_streams + sum(POOLS.values())
+    return max_push_streams + sum(POOLS.values()) - POOLS["Pull"] + pull_places(max_neighbors)
 
 
 @dataclass(eq=False)
@@ -109,14 +116,14 @@ class Pools:
     newcomer always, another only if that network has more waiting than the
     newcomer's own. With nothing to cut, the newcomer is refused."""
 
-    def __init__(self, push_streams: int, per_host: int) -> None:
-        self.limits = {**POOLS, "Push": push_streams}
+    def __init__(self, push_streams: int, per_host: int, pulls: int = POOLS["Pull"]) -> None:
+        self.limits = {**POOLS, "Push": push_streams, "Pull": pulls}
         self.per_host = per_host
         self.in_use: dict[str, int] = {}
         self.push_hosts: dict[str, int] = {}  # places held, not kept, by network
         self.kept: dict[str, int] = {}  # kept places held, by IP
         self.waiting: dict[str, list[PushSlot]] = {}  # not kept, by network, oldest first
-        self.pull_ips: Counter[str] = Counter()  # Pull places held, by remote IP
+        self.pull_ids: Counter[str] = Counter()  # Pull places held, by caller's node id
         self.admitted = 0
 
     @contextmanager
@@ -131,28 +138,27 @@ class Pools:
             self.in_use[kind] -= 1
 
     @contextmanager
-    def pull(self, ip: str, neighbour_ips: Iterable[str]) -> Iterator[None]:
-        """A Pull place for remote IP `ip` (`limits.address_key`), held until the block
-        ends. An IP's first Pull takes any free place; a further one leaves a place
-        free for each other IP in `neighbour_ips` (the live neighbours') that holds
-        none (at most all but one): one IP, however many live ids it holds, cannot fill
-        the pool and refuse another IP's catch-up; the nodes of a lab (one IP) may
-        take every place, and those of a LAN one each."""
-        others = sum(1 for n in set(neighbour_ips) if n != ip and not self.pull_ips[n])
-        kept = min(others, self.limits["Pull"] - 1) if self.pull_ips[ip] else 0
-        if self.limits["Pull"] - self.in_use.get("Pull", 0) <= kept:
+    def pull(self, node_id: str, live_ids: Iterable[str]) -> Iterator[None]:
+        """A Pull place for live neighbour `node_id`, held until the block ends, while
+        more places are free than the other ids of `live_ids` (the live neighbours')
+        that hold none: whatever ids or IPs a member holds, every other live
+        neighbour keeps a place (the pool has one for each, `SwarmService`); the nodes
+        of a lab (one IP) take a place each. An id that left the live set keeps its
+        place until its Pull ends (at most the Pull's time limit)."""
+        others = sum(1 for n in set(live_ids) if n != node_id and not self.pull_ids[n])
+        if self.limits["Pull"] - self.in_use.get("Pull", 0) <= others:
             raise limited(
-                f"{self.in_use.get('Pull', 0)} Pull calls in flight, {kept} place(s) kept "
-                "for other neighbours' addresses"
+                f"{self.in_use.get('Pull', 0)} Pull calls in flight, {others} place(s) kept "
+                "for other neighbours"
             )
-        self.pull_ips[ip] += 1
+        self.pull_ids[node_id] += 1
         try:
             with self.hold("Pull"):
                 yield
         finally:
-            self.pull_ips[ip] -= 1
-            if not self.pull_ips[ip]:
-                del self.pull_ips[ip]
+            self.pull_ids[node_id] -= 1
+            if not self.pull_ids[node_id]:
+                del self.pull_ids[node_id]
 
     @contextmanager
     def push(self, host: str, ip: str = "", allowance: int = 0) -> Iterator[PushSlot]:
@@ -296,7 +302,8 @@ class SwarmService(pb_grpc.SwarmServicer):
     def __init__(self, parts: Parts) -> None:
         self.parts = parts
         s = parts.settings
-        self.pools = Pools(s.max_concurrent_streams, max(16, 2 * s.max_neighbors))
+        per_host = max(16, 2 * s.max_neighbors)
+        self.pools = Pools(s.max_concurrent_streams, per_host, pull_places(s.max_neighbors))
         self.header_seconds = header_seconds(header_bytes(parts.inbox.me), s.stream_idle_seconds)
         self._live: tuple[tuple[str, str], ...] = ()  # (host, address) of the live peers...
         self._neighbour_ips: Counter[str] = Counter()  # ...and how many live at each IP
@@ -432,10 +439,9 @@ class SwarmService(pb_grpc.SwarmServicer):
         limit = max(parts.settings.round_deadline, PULL_SECONDS)
         try:
             self._certificate(context)
-            ip = address_key(peer_host(context.peer()))
-            with self.pools.pull(ip, self.neighbour_ips()):
-                parts.limits.check_pull(peer_host(context.peer()))  # before the mac is checked
-                await self._member_only(context, request, "pull")
+            parts.limits.check_pull(peer_host(context.peer()))  # before the mac is checked
+            await self._member_only(context, request, "pull")
+            with self.pools.pull(request.node_id, (p.node_id for p in parts.peers.live)):
                 if request.kind not in PULL_KINDS:
                     raise WireError(
                         grpc.StatusCode.INVALID_ARGUMENT,
