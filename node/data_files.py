@@ -24,6 +24,7 @@ import gzip
 import json
 import lzma
 import re
+import shlex
 import stat
 import tempfile
 import zlib
@@ -333,6 +334,28 @@ _SPECIAL = {
 }
 
 
+# One JSON line a .txt file, labelled by its folder's name (the file's text unchanged).
+_TXT_TO_JSONL = (
+    'python3 -c \'import json, pathlib, sys; [print(json.dumps({"text": f.read_text(), '
+    '"label": f.parent.name})) for f in sorted(pathlib.Path(sys.argv[1]).glob("*/*.txt"))]\''
+)
+
+
+def _class_folders_hint(path: Path) -> str | None:
+    """The command that writes a folder of class folders of .txt files (`path/sport/1.txt`)
+    as JSON Lines, or None when `path` has no subfolder holding a .txt file."""
+    try:
+        if not any(any(sub.glob("*.txt")) for sub in path.iterdir() if sub.is_dir()):
+            return None
+    except OSError:
+        return None
+    return (
+        "a folder of class folders of .txt files is not read as data: write it as JSON "
+        f"Lines (one row a file, labelled by its folder) and pass that file: "
+        f"{_TXT_TO_JSONL} {shlex.quote(str(path))} > data.jsonl"
+    )
+
+
 def _splits(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise DataError(f"data file not found: {path}", "check the --data path")
@@ -358,7 +381,8 @@ def _splits(path: Path) -> dict[str, Any]:
                 + (", ..." if len(files) > 3 else "")
                 + "); a train/test pair is read from a folder DatasetDict.save_to_disk wrote"
                 if files
-                else f"pass a data file ({SUPPORTED_HINT.removeprefix('use ')})",
+                else _class_folders_hint(path)
+                or f"pass a data file ({SUPPORTED_HINT.removeprefix('use ')})",
             ) from exc
         if isinstance(loaded, datasets.DatasetDict):
             return dict(loaded.items())

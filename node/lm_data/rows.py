@@ -317,9 +317,9 @@ def _warn_roles(where: str, chats: Sequence[Chat]) -> None:
         named = sorted(first)[:NAMED_ROLES]
         more = f" and {len(first) - len(named)} more" if len(first) > len(named) else ""
         _log.warning(
-            "%s: the roles %s (first in rows %s)%s are not system, user, assistant or "
-            "tool: their turns are rendered as the chat template renders them and are not "
-            "trained on (the reply's role is 'assistant')",
+            "%s: the roles %s (first in rows %s)%s are not system, user, assistant or tool "
+            "(nor developer, function or ipython): their turns are rendered as the chat "
+            "template renders them and are not trained on (the reply's role is 'assistant')",
             where, shown_roles(named), [first[r] for r in named], more,
         )  # fmt: skip
 

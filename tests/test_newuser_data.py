@@ -1,0 +1,73 @@
+"""What a new user's own data meets: a folder of class folders of .txt files gets a
+command that writes it as JSON Lines (the hint named only data files before), and the
+unknown-roles warning names every role that is known (it named four of seven)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from declora.node.data import load_dataset
+from declora.node.data_error import DataError
+from declora.node.data_files import read_splits
+from declora.node.lm_data import LmFormat
+from declora.node.lm_data.rows import KNOWN_ROLES
+
+
+def test_class_folders_get_a_command_that_makes_them_data(tmp_path: Path) -> None:
+    """`--data news/` holding news/sport/1.txt ...: the hint's command, run in a shell,
+    writes one row a file labelled by its folder, and that file reads."""
+    root = tmp_path / "my news"  # a space: the command quotes the folder
+    files = {"sport": ["goal in the match", "the coach left"], "tech": ["new chip"]}
+    for label, texts in files.items():
+        (root / label).mkdir(parents=True)
+        for i, text in enumerate(texts):
+            (root / label / f"{i}.txt").write_text(text)
+    with pytest.raises(DataError) as err:
+        read_splits(root)
+    hint = err.value.hint or ""
+    assert "class folders of .txt files" in hint
+    command = hint.split("pass that file: ", 1)[1].replace("python3 ", f"{sys.executable} ", 1)
+    subprocess.run(command, shell=True, cwd=tmp_path, check=True, timeout=60)
+    rows = [json.loads(line) for line in (tmp_path / "data.jsonl").read_text().splitlines()]
+    assert rows == [
+        {"text": "goal in the match", "label": "sport"},
+        {"text": "the coach left", "label": "sport"},
+        {"text": "new chip", "label": "tech"},
+    ]
+    [(_, table)] = read_splits(tmp_path / "data.jsonl")
+    assert table.num_rows == 3
+
+
+def test_a_folder_without_class_folders_keeps_the_data_file_hint(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError) as err:
+        read_splits(tmp_path)
+    assert "class folders" not in (err.value.hint or "")
+
+
+def test_the_roles_warning_names_every_known_role(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A chat with a system turn and a `narrator` turn: the warning names `narrator`
+    and lists each role that is read without a warning (developer, function, ipython
+    were left out, as if they were unknown too)."""
+    turns = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Capital of Peru?"},
+        {"role": "narrator", "content": "(thinking)"},
+        {"role": "assistant", "content": "Lima."},
+    ]
+    path = tmp_path / "chat.jsonl"
+    rows = [{"messages": turns, "id": i} for i in range(5)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with caplog.at_level(logging.WARNING):
+        load_dataset(path, label_column=None, examples=LmFormat(), dedupe=False)
+    [warning] = [r.getMessage() for r in caplog.records if "'narrator'" in r.getMessage()]
+    said = warning.split(" are not ", 1)[1].split(":", 1)[0]
+    assert all(role in said for role in KNOWN_ROLES), said
