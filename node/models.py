@@ -610,6 +610,8 @@ def load_base(
         p.requires_grad_(False)
     if task == "lm":
         check_causal(name, family, model)
+        if getattr(model, "loss_type", "") is None:  # GPT-2's class names no loss
+            model.loss_type = "ForCausalLM"  # what transformers uses, minus its warning
     return BaseModel(model=model, tokenizer=tokenizer, task=task, name=name, family=family)
 
 

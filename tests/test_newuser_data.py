@@ -71,3 +71,24 @@ def test_the_roles_warning_names_every_known_role(
     [warning] = [r.getMessage() for r in caplog.records if "'narrator'" in r.getMessage()]
     said = warning.split(" are not ", 1)[1].split(":", 1)[0]
     assert all(role in said for role in KNOWN_ROLES), said
+
+
+def test_a_gpt2_folder_trains_without_transformers_loss_type_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GPT-2's class name names no loss: transformers warned "`loss_type=None` was set
+    in the config but it is unrecognized" into the node's log at its first step, though
+    the user set nothing; the loss is the causal LM's either way."""
+    import torch
+    from test_model_checks import configs, hf_folder
+    from transformers import modeling_utils
+
+    from declora.node.models import load_base
+
+    said: list[str] = []
+    monkeypatch.setattr(modeling_utils.logger, "warning_once", lambda msg, *a: said.append(msg))
+    base = load_base(str(hf_folder(tmp_path / "gpt2", configs()["gpt2"])), "lm", 0, seed=0)
+    ids = torch.tensor([[3, 4, 5, 2]])
+    loss = base.model(input_ids=ids, labels=ids).loss
+    assert torch.isfinite(loss)
+    assert not [m for m in said if "loss_type" in m], said
