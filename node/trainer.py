@@ -34,6 +34,7 @@ from declora.node.adapter_card import describe_adapter, describe_base
 from declora.node.data import TextDataset
 from declora.node.data_files import DataError
 from declora.node.lm_data import encode_lm
+from declora.node.lm_data.encoding import percent
 from declora.node.lora_targets import check_targets, default_targets, wrap_lora
 from declora.node.methods import DEFAULT_METHOD, embedding_problem, freeze_lora_a
 from declora.node.model_source import ModelError
@@ -122,9 +123,9 @@ def _warn_cut(data: TextDataset, max_length: int, cut: int, dropped: int, kept: 
     )
     _log.warning(
         "%s: %d of %d texts are longer than --max-length %d tokens and are truncated: "
-        "the classifier sees only their first %d tokens (%.1f%% of the tokens are "
+        "the classifier sees only their first %d tokens (%s of the tokens are "
         "dropped; raise --max-length to read more)",
-        what, cut, len(data), max_length, max_length, 100 * dropped / max(kept + dropped, 1),
+        what, cut, len(data), max_length, max_length, percent(dropped, kept + dropped),
     )  # fmt: skip
 
 

@@ -9,6 +9,7 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -92,3 +93,20 @@ def test_a_gpt2_folder_trains_without_transformers_loss_type_warning(
     loss = base.model(input_ids=ids, labels=ids).loss
     assert torch.isfinite(loss)
     assert not [m for m in said if "loss_type" in m], said
+
+
+def test_a_cut_too_small_to_show_is_not_called_none(
+    tiny_lm: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One text a token over --max-length among a thousand short ones: the warning said
+    "1 of 1001 texts ... are truncated ... (0.0% of the tokens are dropped)"."""
+    import numpy as np
+
+    from declora.node.data import TextDataset
+
+    texts = ("ab",) * 1000 + ("a" * tiny_lm.spec.max_length,)  # with its two marks: over
+    data = TextDataset(texts, np.zeros(len(texts), dtype=np.int64), ("x", "y"), name="train")
+    with caplog.at_level(logging.WARNING):
+        tiny_lm.encode(data, warn_cut=True)
+    [said] = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
+    assert "1 of 1001 texts" in said and "(under 0.1% of the tokens are dropped" in said

@@ -48,7 +48,7 @@ def encode_lm(
                 len(docs),
                 max_length,
                 max_length,
-                _share(total - sum(len(q) for q in seqs), total),
+                percent(total - sum(len(q) for q in seqs), total),
             )
         elif long:
             _log.warning(
@@ -60,7 +60,7 @@ def encode_lm(
                 long,
                 len(docs),
                 max_length,
-                _share(total - sum(len(q) for q in seqs), total),
+                percent(total - sum(len(q) for q in seqs), total),
             )
         return _padded(seqs, seqs, max_length, tok.pad_id)
     stream = [t for d in docs for t in d]
@@ -88,7 +88,7 @@ def encode_lm(
             max_length,
             dropped,
             len(stream),
-            _share(dropped, len(stream)),
+            percent(dropped, len(stream)),
         )
     ids = torch.tensor(stream[: blocks * max_length], dtype=torch.long).view(blocks, max_length)
     return ids, torch.ones_like(ids), ids.clone()
@@ -101,8 +101,11 @@ def _what(data: TextDataset) -> str:
     )
 
 
-def _share(part: int, whole: int) -> str:
-    return f"{100 * part / max(whole, 1):.1f}%"
+def percent(part: int, whole: int) -> str:
+    """`part` of `whole` to 0.1%; "under 0.1%" when some but not that much (a warning
+    that texts were cut said "0.0% of the tokens are dropped")."""
+    share = 100 * part / max(whole, 1)
+    return "under 0.1%" if 0 < share < 0.05 else f"{share:.1f}%"
 
 
 def _encode_chats(
@@ -156,8 +159,8 @@ def _encode_chats(
             long,
             len(chats),
             max_length,
-            _share(total - kept, total),
-            _share(trained - trained_kept, trained),
+            percent(total - kept, total),
+            percent(trained - trained_kept, trained),
             cut,
             f"; no trained token is left in {empty} of them, which training skips" if empty else "",
         )
