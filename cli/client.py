@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import math
 import os
 import time
@@ -14,8 +15,9 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from declora.cli.lines import error_lines
-from declora.node.address import split_address
+from declora.node.address import join_address, split_address
 from declora.node.errors import HintedError
+from declora.node.option_values import BLANK_PATH, blank_path, env_value
 from declora.node.rpc_failure import Cause, cause
 from declora.node.security import SwarmAuth, TlsFiles, secret_text
 from declora.proto import pb, pb_grpc
@@ -24,7 +26,9 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
-STATUS_TARGET = "127.0.0.1:7070"
+# no --target: the node beside this one (`own_target`), as `start` would listen here
+STATUS_TARGET: str | None = None
+DEFAULT_LISTEN = "127.0.0.1:7070"  # `start`'s --listen default (`settings_fields`)
 STATUS_TIMEOUT = 5.0  # seconds
 MAX_TIMEOUT = 3600.0  # seconds: the longest --timeout of a call to a node
 
@@ -42,8 +46,36 @@ class SecretEnvError(StatusError):
     code = 2
 
 
-def target_problem(target: str) -> str | None:
-    """Why `target` is not a node's address (host:port, [IPv6]:port), or None."""
+def own_target(environ: Mapping[str, str] = os.environ) -> str:
+    """The address of the node beside this one, from its --listen as `start` reads it
+    (DECLORA_LISTEN in any case, else 127.0.0.1:7070): an unspecified host (0.0.0.0,
+    ::) as the loopback address of its family, any other as it is (the one address
+    the node binds). ValueError naming DECLORA_LISTEN when it is not host:port."""
+    import ipaddress
+
+    listen = env_value("DECLORA_LISTEN", environ)
+    if listen is None:
+        return DEFAULT_LISTEN
+    try:
+        host, port = split_address(listen)
+    except ValueError:
+        raise ValueError(f"DECLORA_LISTEN must be host:port, got {listen!r}") from None
+    with contextlib.suppress(ValueError):  # a name: as it is
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+        if ip.is_unspecified:
+            host = "::1" if ip.version == 6 else "127.0.0.1"
+    return join_address(host, port)
+
+
+def target_problem(target: str | None) -> str | None:
+    """Why `target` is not a node's address (host:port, [IPv6]:port), or None; None
+    (no --target): why `own_target` cannot be worked out, or None."""
+    if target is None:
+        try:
+            own_target()
+        except ValueError as exc:
+            return f"{exc} (the node whose --listen `status` asks without --target)"
+        return None
     try:
         split_address(target)
     except ValueError:
@@ -62,15 +94,15 @@ def timeout_problem(timeout: float) -> str | None:
     return f"--timeout must be > 0 and at most {MAX_TIMEOUT:g} seconds, got {timeout:g}"
 
 
-def show_status(target: str, as_json: bool, timeout: float, tls: TlsFiles | None) -> int:
+def show_status(target: str | None, as_json: bool, timeout: float, tls: TlsFiles | None) -> int:
     """`declora-node status`: print the node's status (a table or JSON); the exit code
     (with one `error:` line and a `hint:` line: 2 when the secret's environment cannot
-    be used, 1 when the node cannot be asked)."""
+    be used, 1 when the node cannot be asked). No `target`: `own_target`."""
     import json
     import sys
 
     try:
-        reply = fetch_status(target, timeout, tls=tls)
+        reply = fetch_status(target or own_target(), timeout, tls=tls)
     except StatusError as exc:
         print(*error_lines(exc.message, exc.hint), sep="\n", file=sys.stderr)
         return exc.code
@@ -87,8 +119,8 @@ def env_secret() -> str | None:
     not both, an inline one of at least 16 characters, the file's path not empty, the
     file as `settings.read_secret_file` reads it; else None. SecretEnvError (exit
     code 2) names the problem, never the secret."""
-    inline = os.environ.get("DECLORA_SWARM_SECRET")
-    path = os.environ.get("DECLORA_SWARM_SECRET_FILE")
+    inline = env_value("DECLORA_SWARM_SECRET", os.environ)
+    path = env_value("DECLORA_SWARM_SECRET_FILE", os.environ)
     if inline is not None and path is not None:
         raise SecretEnvError(
             "DECLORA_SWARM_SECRET and DECLORA_SWARM_SECRET_FILE both give the swarm secret",
@@ -101,9 +133,9 @@ def env_secret() -> str | None:
                 "give the swarm's secret (e.g. `openssl rand -hex 32`), or unset it",
             )
         return inline
-    if not path.strip():
+    if blank_path(path):
         raise SecretEnvError(
-            "DECLORA_SWARM_SECRET_FILE is empty", "give the secret file's path, or unset it"
+            f"DECLORA_SWARM_SECRET_FILE: {BLANK_PATH}", "give the secret file's path, or unset it"
         )
     from pathlib import Path
 

@@ -30,8 +30,21 @@ def show_traceback(debug: bool = False, json_logs: bool = False) -> None:
 
 
 def _traced() -> BaseException | None:
-    """With --debug, the exception being handled: the `exc` field of a JSON record."""
-    return sys.exc_info()[1] if STATE["debug"] else None
+    """With --debug, the exception being handled: the `exc` field of a JSON record;
+    None for a usage error (click's: a bad or unknown option), which is no crash and
+    shows no traceback in text either."""
+    exc = sys.exc_info()[1]
+    return exc if STATE["debug"] and not _usage_error(exc) else None
+
+
+def _usage_error(exc: BaseException | None) -> bool:
+    """Whether `exc` is click's (typer's copy or click itself): a mistake on the
+    command line, reported by `LazyGroup.main` without a traceback."""
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        cls = getattr(sys.modules.get(module), "ClickException", None)
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return True
+    return False
 
 
 def interrupted(line: str, json_logs: bool = False) -> NoReturn:
@@ -108,19 +121,10 @@ def say_error(message: str, code: int = 2, hint: str = "", json_logs: bool = Fal
         line = json_line("ERROR", message, _traced(), hint=hint, exit_code=code)
         typer.echo(line, err=True)
         return
-    error, *rest = error_lines(_as_bytes_shown(message), _as_bytes_shown(hint))
+    error, *rest = error_lines(message, hint)
     typer.secho(error, err=True, fg=typer.colors.RED)
     for line in rest:
         typer.echo(line, err=True)
-
-
-def _as_bytes_shown(text: str) -> str:
-    """`text` with the bytes of a non-UTF-8 path (which Python holds as surrogates) shown
-    as \\xff escapes, as `ls -b` shows them (they printed as \\udcff)."""
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a lone surrogate not from a file name: left as it is
-        return text
 
 
 def fail(message: str, code: int = 2, hint: str = "", json_logs: bool = False) -> NoReturn:

@@ -1,6 +1,9 @@
 """`declora-node status --check`: a probe of the node beside it, for a container's
 healthcheck, systemd or a script.
 
+- without --target it asks the node beside it, at the address its own --listen gives
+  (`client.own_target`: DECLORA_LISTEN, an unspecified host as loopback), so one
+  command serves a container on any port;
 - it asks grpc.health.v1 Check for the Swarm service (`health.SERVICE_NAME`): exit 0
   and one line while the node serves, else one `error:` line and a hint, exit 1 (not
   serving yet or any more, unreachable); exit 2 for files that cannot be used;
@@ -17,14 +20,16 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from declora.cli.client import StatusError, status_failure
+from declora.cli.client import StatusError, own_target, status_failure
 from declora.cli.lines import error_lines
 from declora.node.address import split_address
+from declora.node.option_values import BLANK_PATH, blank_path, env_value
 from declora.node.security import (
     TlsError,
     TlsFiles,
@@ -46,11 +51,17 @@ class CheckConfigError(StatusError):
     code = 2
 
 
-def node_tls() -> TlsFiles | None:
-    """The node's own TLS files from DECLORA_TLS_CERT, _KEY, _CA and _CRL (None when
-    none is set); CheckConfigError when they cannot be used."""
-    paths = [os.environ.get(name) or None for name in TLS_VARIABLES]
-    cert, key, ca, crl = (Path(p) if p else None for p in paths)
+def node_tls(environ: Mapping[str, str] = os.environ) -> TlsFiles | None:
+    """The node's own TLS files from DECLORA_TLS_CERT, _KEY, _CA and _CRL, read as
+    `start` reads them (any case; an empty one refused: `option_values`); None when none
+    is set; CheckConfigError when they cannot be used."""
+    paths = [env_value(name, environ) for name in TLS_VARIABLES]
+    for name, value in zip(TLS_VARIABLES, paths, strict=True):
+        if value is not None and blank_path(value):
+            raise CheckConfigError(
+                f"{name}: {BLANK_PATH}", f"set {name} to the node's file, or unset it"
+            )
+    cert, key, ca, crl = (Path(p) if p is not None else None for p in paths)
     try:
         return TlsFiles.load(cert, key, ca, crl=crl)
     except TlsError as exc:
@@ -77,13 +88,14 @@ def probe_options(target: str, tls: TlsFiles) -> list[tuple[str, str]]:
     return [("grpc.ssl_target_name_override", names[0])] if names else []
 
 
-def check_main(target: str, timeout: float, tls: TlsFiles | None) -> int:
+def check_main(target: str | None, timeout: float, tls: TlsFiles | None) -> int:
     """`status --check` (the typer command and `cli.fast`'s path): one line on stdout
     and 0 while the node serves, else `error:` and `hint:` lines on stderr and the
-    exit code (`StatusError.code`). Without `tls`, the node's own (`node_tls`)."""
+    exit code (`StatusError.code`). Without `tls`, the node's own (`node_tls`); without
+    `target`, the node's own address (`client.own_target`: its DECLORA_LISTEN)."""
     try:
         own = tls is None and (tls := node_tls()) is not None
-        print(check(target, timeout, tls, own))
+        print(check(target or own_target(), timeout, tls, own))
     except StatusError as exc:
         print(*error_lines(exc.message, exc.hint), sep="\n", file=sys.stderr)
         return exc.code

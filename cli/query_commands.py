@@ -18,7 +18,14 @@ if TYPE_CHECKING:
 
 
 def status(
-    target: Annotated[str, typer.Option(help="host:port of a running node.")] = "127.0.0.1:7070",
+    target: Annotated[
+        str | None,
+        typer.Option(
+            help="host:port of a running node.",
+            show_default="the node beside it: DECLORA_LISTEN's port on loopback, else "
+            "127.0.0.1:7070",
+        ),
+    ] = None,
     fmt: FormatOpt = "text",
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for the answer (at most 3600).")
@@ -44,13 +51,18 @@ def status(
 
     check_format(fmt)
     check_call(target, timeout)
+    if target is None:  # the node beside it (`client.own_target`)
+        from declora.cli.client import target_problem
+
+        if problem := target_problem(None):
+            fail(problem, hint="set DECLORA_LISTEN as `start` takes it, or give --target")
     tls = client_tls(tls_cert, tls_key, tls_ca, tls_crl)
     if check:
         probe(target, fmt, timeout, tls)
     raise typer.Exit(show_status(target, fmt == "json", timeout, tls))
 
 
-def probe(target: str, fmt: str, timeout: float, tls: TlsFiles | None) -> NoReturn:
+def probe(target: str | None, fmt: str, timeout: float, tls: TlsFiles | None) -> NoReturn:
     """`status --check` (`cli.health_check`): one line, exit 0 while the node serves."""
     from declora.cli.health_check import check_main
 

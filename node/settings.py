@@ -29,6 +29,7 @@ from pydantic_settings import (
 from declora.node.address import split_address
 from declora.node.errors import HintedError, one_line
 from declora.node.identity import node_id_problem
+from declora.node.option_values import BLANK_PATH, blank_path
 from declora.node.recipe import given_as, named_as
 from declora.node.security import TlsFiles, exposed_file_warning, secret_text
 from declora.node.settings_fields import NodeOptions
@@ -262,10 +263,11 @@ class NodeSettings(BaseSettings, NodeOptions):
     )
     @classmethod
     def _path_given(cls, v: object) -> object:
-        """An empty value (`DECLORA_TLS_CRL=` from an unset compose variable) is refused
-        as such: it was taken as the working folder."""
-        if isinstance(v, str) and not v.strip():
-            raise ValueError("is empty: give a file's path, or leave the option out")
+        """An empty value (`DECLORA_TLS_CRL=` from an unset compose variable) or one of
+        only spaces is refused as such (`blank_path`), from a flag too: an empty one was
+        taken as the working folder."""
+        if blank_path(v):
+            raise ValueError(BLANK_PATH)
         return v
 
     @field_validator("resume", mode="before")
@@ -363,14 +365,14 @@ class NodeSettings(BaseSettings, NodeOptions):
             return
         source = given_as("node_id") if given else f"the name of {given_as('tls_cert')}"
         fix = (  # under mTLS the id is the certificate's name (`security_certs`)
-            f"present the certificate of {recorded}"
+            f"present the certificate of {recorded} ({given_as('tls_cert')}, {given_as('tls_key')})"
             if self.tls_cert is not None
             else f"give {given_as('node_id')} {recorded}"
         )
-        raise ValueError(
+        raise HintedError(
             f"--resume: {self.state_dir} is the run of node {recorded}, but {source} is "
-            f"{self.node_id}: its neighbours know that run as {recorded} ({fix}, or begin "
-            "afresh in another --checkpoint-dir)"
+            f"{self.node_id}: its neighbours know that run as {recorded}",
+            f"{fix}, or begin afresh in another --checkpoint-dir (this one is kept)",
         )
 
     def _tls_together(self) -> None:

@@ -30,6 +30,7 @@ import grpc
 
 from declora.node import protocol_note, run_folder
 from declora.node.address import join_address, split_address
+from declora.node.identity import node_id_problem
 from declora.node.logs import safe_text
 from declora.node.rpc_failure import LOADING, TLS_HINT, VERIFIED_TLS, Cause, cause, tls_failure
 from declora.node.settings import NodeSettings
@@ -253,20 +254,31 @@ SIBLINGS_LOOKED_AT = 256  # entries of the default folder's parent a refusal loo
 
 def resume_hint(s: NodeSettings) -> str:
     """The hint of a --resume with nothing to resume; with the default folder, named
-    after the node id (from --listen's port when --node-id is not given), the ids whose
-    runs its parent holds (a few of the first `SIBLINGS_LOOKED_AT` entries)."""
+    after the node id (from --listen's port when --node-id is not given, the
+    certificate's name under mTLS), the ids whose runs its parent holds (a few of the
+    first `SIBLINGS_LOOKED_AT` entries; only folders named as a node id can be: no
+    name can forge a line) and what to pass to resume one."""
     hint = "start without --resume to begin afresh, or pass the --checkpoint-dir it used"
     parent = s.state_dir.parent
     if s.checkpoint_dir is not None or not parent.is_dir():
         return hint
     with contextlib.suppress(OSError):
         entries = itertools.islice(parent.iterdir(), SIBLINGS_LOOKED_AT)
-        runs = sorted(e.name for e in entries if e.is_dir() and run_folder.resumable(e))
+        runs = sorted(
+            e.name
+            for e in entries
+            if not node_id_problem(e.name) and e.is_dir() and run_folder.resumable(e)
+        )
         if runs:
             shown = ", ".join(runs[:3]) + (", ..." if len(runs) > 3 else "")
+            other = (  # under mTLS the id is the certificate's name, never --node-id
+                f"present the certificate of {runs[0]} (--tls-cert, --tls-key)"
+                if s.tls_cert is not None
+                else f"pass --node-id {runs[0]}"
+            )
             return (
                 f"{parent} holds the runs of {shown}: its folder is named after the node "
-                f"id, so pass --node-id {runs[0]} (or --checkpoint-dir {parent / runs[0]})"
+                f"id, so {other} (or --checkpoint-dir {parent / runs[0]})"
             )
     return hint
 
