@@ -316,30 +316,27 @@ def test_inspect_predict_and_export_accept_the_same_checkpoint_root(
     assert exported.exit_code == 0, exported.output
 
 
-def test_a_model_error_of_simulate_and_lab_is_two_lines(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """simulate and lab build models in process (the nodes, the reference): a ModelError
-    there is the user's (exit 2, two lines), as it is in `start`."""
+def lm_on_an_encoder(tmp_path: Path) -> list[str]:
+    """`simulate`'s arguments for a causal-LM run on tiny-bert (an encoder): a ModelError."""
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"text": f"w{i} x y", "label": "ab"[i % 2]}) + "\n"
                             for i in range(40)))  # fmt: skip
     args = ["--task", "lm", "--model", "tiny-bert", "--data", str(data), "--nodes", "2"]
-    cli = [
-        sys.executable,
-        "-m",
-        "declora.cli",
-        "simulate",
-        *args,
-        "--output",
-        str(tmp_path / "sim"),
-    ]
-    proc = subprocess.run(cli, capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode == 2, proc.stderr
-    error, hint = proc.stderr.strip().splitlines()[-2:]
-    assert error.startswith("error: ") and "is not a causal (decoder) LM" in error
-    assert hint.startswith("hint: --task lm needs a decoder-only causal LM")
-    assert "Traceback" not in proc.stderr
+    return ["simulate", *args, "--output", str(tmp_path / "sim")]
+
+
+LM_ERROR = "is not a causal (decoder) LM"
+LM_HINT = "--task lm needs a decoder-only causal LM"
+
+
+def test_a_model_error_of_simulate_and_lab_is_two_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """simulate and lab build models in process (the nodes, the reference): a ModelError
+    there is the user's (exit 2, two lines), as it is in `start`. In-process here (torch
+    loaded once); test_a_model_error_of_simulate_is_two_lines_in_a_real_process runs
+    `python -m declora.cli simulate` (make test-slow)."""
+    two_lines(runner.invoke(app, lm_on_an_encoder(tmp_path)), LM_ERROR, LM_HINT)
 
     from declora.node.model_source import ModelError
 
@@ -349,6 +346,17 @@ def test_a_model_error_of_simulate_and_lab_is_two_lines(
     monkeypatch.setattr("declora.cli.lab.run_lab", model_error)
     res = runner.invoke(app, ["lab", "--output", str(tmp_path / "lab")])
     two_lines(res, "the model 'm' is not there", "give a local folder")
+
+
+@pytest.mark.slow  # a real process importing torch (~12 s); the test above: in-process
+def test_a_model_error_of_simulate_is_two_lines_in_a_real_process(tmp_path: Path) -> None:
+    cli = [sys.executable, "-m", "declora.cli", *lm_on_an_encoder(tmp_path)]
+    proc = subprocess.run(cli, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2, proc.stderr
+    error, hint = proc.stderr.strip().splitlines()[-2:]
+    assert error.startswith("error: ") and LM_ERROR in error
+    assert hint.startswith(f"hint: {LM_HINT}")
+    assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize(
