@@ -38,7 +38,9 @@ too: a member that read none of its acks held a place for each push the node too
 handler had freed the Push pool's. An answer refused past the bounds was handled (a
 push taken, a Hello answered) all the same. The IP of a live neighbour (`neighbours`,
 told by `service.SwarmService`) holds `ANSWERS_PER_NEIGHBOUR` kept places per live
-neighbour there before its network's share. A refusal carries no message, so it is
+neighbour there before its network's share, outside `UNREAD` (and a streamed
+answer's, below, outside `STREAMS`): the unread answers of other networks, however
+many, cannot take them. A refusal carries no message, so it is
 taken whatever the caller's window.
 
 A streamed answer (Pull, Revocations, health's Watch, reflection) to such a caller
@@ -165,7 +167,8 @@ class Unread:
         self.what = what
         self.done = done  # what a refusal says the counted calls are not yet
         self.counter = counter  # its refusals' reason (`REFUSALS`)
-        self.total = 0
+        self.total = 0  # answers not yet taken...
+        self.shared = 0  # ...of which in no kept place (at most `size`)
         self.by_network: dict[str, int] = {}  # by network and by site
 
     def _keys(self, host: str, kept: bool = False) -> list[tuple[str, int]]:
@@ -183,22 +186,28 @@ class Unread:
         """Why a call from remote `host` (`limits.peer_host`) may not go on (None: it
         may): before its handler runs (`answering` False) while its network or site
         has its share unread (not for a `kept` place); with its answer (`answering`)
-        also while `size` are."""
+        also while `size` are in other places than kept ones (`shared`), but for a
+        `kept` place: networks that are no neighbour's, however many, cannot take a
+        live neighbour's places."""
         for key, most in self._keys(host, kept):
             if self.by_network.get(key, 0) >= most:
                 return f"{most} {self.what} to {key} are not yet {self.done}"
-        if answering and self.total >= self.size:
+        if answering and not kept and self.shared >= self.size:
             return f"{self.size} {self.what} are not yet {self.done}"
         return None
 
     def take(self, host: str, kept: bool = False) -> None:
         self.total += 1
+        if not kept:
+            self.shared += 1
         for key, _ in self._keys(host, kept):
             self.by_network[key] = self.by_network.get(key, 0) + 1
 
     def taken(self, host: str, kept: bool = False) -> None:
         """One answer to `host` was taken (its call is done); `kept` as it was taken."""
         self.total -= 1
+        if not kept:
+            self.shared -= 1
         for key, _ in self._keys(host, kept):
             left = self.by_network[key] - 1
             if left:

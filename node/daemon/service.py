@@ -44,6 +44,7 @@ import grpc
 
 from declora.node.daemon.admission import CLI_CERT, address_ip
 from declora.node.daemon.auth import caller_refusal
+from declora.node.daemon.first_message import ANSWERS_PER_NEIGHBOUR, STREAMS_PER_NEIGHBOUR
 from declora.node.daemon.inbox import PUSH_PACE, STREAMS_PER_PEER, header_bytes
 from declora.node.daemon.revocation_spread import list_chunks
 from declora.node.identity import MAX_ROUND, shown
@@ -81,8 +82,11 @@ def pull_places(max_neighbors: int) -> int:
 
 
 def pool_total(max_push_streams: int, max_neighbors: int = 0) -> int:
-    """RPCs the server may run at once: every pool full (gRPC's own cap)."""
-    return max_push_streams + sum(POOLS.values()) - POOLS["Pull"] + pull_places(max_neighbors)
+    """RPCs the server may run at once (gRPC's own cap): every pool full, and the
+    answers kept for `max_neighbors` live neighbours not yet taken (`first_message`:
+    beside its `UNREAD` and `STREAMS`)."""
+    pools = max_push_streams + sum(POOLS.values()) - POOLS["Pull"] + pull_places(max_neighbors)
+    return pools + (ANSWERS_PER_NEIGHBOUR + STREAMS_PER_NEIGHBOUR) * max_neighbors
 
 
 @dataclass(eq=False)
