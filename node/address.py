@@ -12,8 +12,8 @@ from typing import Any
 
 _DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 _ADDRESS = re.compile(
-    r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>\d{1,5})$"
-)
+    r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>[0-9]{1,5})$"
+)  # ASCII digits only: `\d` took '７０００' (fullwidth) and '١٢', int() read them
 
 
 def split_address(address: str) -> tuple[str, int]:
