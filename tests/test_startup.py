@@ -26,7 +26,9 @@ from daemon_helpers import (
     serve_fake_peer,
     train_args,
 )
+from typer.testing import CliRunner
 
+from declora.cli.app import app
 from declora.cli.client import StatusError, fetch_status
 from declora.node import PROTOCOL_VERSION
 from declora.node.logs import REFUSALS_LOGGED
@@ -86,22 +88,14 @@ def write_data(tmp_path: Path, case: str) -> tuple[Path, str]:
     return path, word
 
 
-# make test starts a real node on two mistakes; the other three are slow here, and
-# test_data.py's test_bad_files_are_one_line_errors and label-column checks refuse
-# them in-process (each start loads the model first: about 10 s)
-SLOW_DATA = pytest.mark.slow
+CASES = ["missing", "no label column", "empty", "bad json line", "unsupported type"]
 
 
 @pytest.mark.parametrize(
     "case",
-    [
-        "missing",
-        pytest.param("no label column", marks=SLOW_DATA),
-        pytest.param("empty", marks=SLOW_DATA),
-        "bad json line",
-        pytest.param("unsupported type", marks=SLOW_DATA),
-    ],
-)
+    ["missing", *(pytest.param(c, marks=pytest.mark.slow) for c in CASES[1:])],
+)  # make test starts a real node on one mistake (about 10 s each), and
+# test_a_bad_data_file_is_one_error_line_in_process below refuses all five
 def test_a_bad_data_file_is_one_error_line(tmp_path: Path, case: str) -> None:
     data, word = write_data(tmp_path, case)
     [port] = free_ports(1)
@@ -111,6 +105,21 @@ def test_a_bad_data_file_is_one_error_line(tmp_path: Path, case: str) -> None:
     assert data.name in line and word in line, line
     assert "Traceback" not in res.stderr, res.stderr
     assert "hint:" in res.stderr
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_bad_data_file_is_one_error_line_in_process(tmp_path: Path, case: str) -> None:
+    """`start` as above, in this process (torch is loaded once)."""
+    data, word = write_data(tmp_path, case)
+    [port] = free_ports(1)
+    state = ["--checkpoint-dir", str(tmp_path / "state")]
+    res = CliRunner().invoke(app, [*solo(data, port), *state])
+    assert res.exit_code == 2, res.output
+    [line] = errors(res.stderr)
+    assert data.name in line and word in line, line
+    assert "Traceback" not in res.output, res.output
+    assert "hint:" in res.stderr
+    assert not (tmp_path / "state").exists()
 
 
 @pytest.mark.slow  # a real node (16 s); test_revsplit_debug, test_cliuser_endings: in-process
