@@ -46,20 +46,24 @@ class SecretEnvError(StatusError):
     code = 2
 
 
-def own_target(environ: Mapping[str, str] = os.environ) -> str:
-    """The address of the node beside this one, from its --listen as `start` reads it
-    (DECLORA_LISTEN in any case, else 127.0.0.1:7070): an unspecified host (0.0.0.0,
-    ::) as the loopback address of its family, any other as it is (the one address
-    the node binds). ValueError naming DECLORA_LISTEN when it is not host:port."""
+def own_target(environ: Mapping[str, str] = os.environ, listen: str | None = None) -> str:
+    """The address of the node beside this one, from its --listen as `start` reads it:
+    DECLORA_LISTEN in any case, else `listen` (its config file's), else 127.0.0.1:7070;
+    an unspecified host (0.0.0.0, ::) as the loopback address of its family, any other
+    as it is (the one address the node binds). ValueError naming where the address
+    came from when it is not host:port."""
     import ipaddress
 
-    listen = env_value("DECLORA_LISTEN", environ)
-    if listen is None:
+    value = env_value("DECLORA_LISTEN", environ)
+    where = "DECLORA_LISTEN"
+    if value is None:
+        value, where = listen, "the config file's listen"
+    if value is None:
         return DEFAULT_LISTEN
     try:
-        host, port = split_address(listen)
+        host, port = split_address(value)
     except ValueError:
-        raise ValueError(f"DECLORA_LISTEN must be host:port, got {listen!r}") from None
+        raise ValueError(f"{where} must be host:port, got {value!r}") from None
     with contextlib.suppress(ValueError):  # a name: as it is
         ip = ipaddress.ip_address(host.split("%", 1)[0])
         if ip.is_unspecified:

@@ -22,8 +22,8 @@ def status(
         str | None,
         typer.Option(
             help="host:port of a running node.",
-            show_default="the node beside it: DECLORA_LISTEN's port on loopback, else "
-            "127.0.0.1:7070",
+            show_default="the node beside it: the port of its --listen (DECLORA_LISTEN, "
+            "else --config's listen) on loopback, else 127.0.0.1:7070",
         ),
     ] = None,
     fmt: FormatOpt = "text",
@@ -34,6 +34,14 @@ def status(
     tls_key: TlsKey = None,
     tls_ca: TlsCa = None,
     tls_crl: TlsCrl = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="The node's config file (`start --config`): without --target, its "
+            "listen is the node asked.",
+        ),
+    ] = None,
     check: Annotated[
         bool,
         typer.Option(
@@ -51,15 +59,32 @@ def status(
 
     check_format(fmt)
     check_call(target, timeout)
-    if target is None:  # the node beside it (`client.own_target`)
-        from declora.cli.client import target_problem
-
-        if problem := target_problem(None):
-            fail(problem, hint="set DECLORA_LISTEN as `start` takes it, or give --target")
+    if target is None:  # the node beside it
+        target = node_target(config)
     tls = client_tls(tls_cert, tls_key, tls_ca, tls_crl)
     if check:
         probe(target, fmt, timeout, tls)
     raise typer.Exit(show_status(target, fmt == "json", timeout, tls))
+
+
+def node_target(config: Path | None) -> str:
+    """The address of the node beside this one (`client.own_target`), its --listen from
+    DECLORA_LISTEN or the `config` file as `start` reads them; exit 2 when they cannot
+    be used."""
+    from declora.cli.client import own_target
+
+    listen = None
+    if config is not None:
+        from declora.node.settings import ConfigFileError, read_config_file
+
+        try:
+            listen = read_config_file(config).get("listen")
+        except ConfigFileError as exc:
+            fail(exc.message, hint=exc.hint or "fix the file, or give --target")
+    try:
+        return own_target(listen=None if listen is None else str(listen))
+    except ValueError as exc:
+        fail(str(exc), hint="set --listen as `start` takes it, or give --target")
 
 
 def probe(target: str | None, fmt: str, timeout: float, tls: TlsFiles | None) -> NoReturn:

@@ -213,3 +213,23 @@ def test_a_usage_error_under_debug_and_json_logs_has_no_traceback(no_declora_env
     record = json.loads(res.stderr.splitlines()[-1])
     assert record["message"].startswith("No such option: --no-such"), record
     assert "exc" not in record and record["exit_code"] == 2
+
+
+def test_check_without_target_reads_the_config_file_as_start_does(
+    serving: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_declora_env: None
+) -> None:
+    """A systemd node's --listen is in its config file: `status --config FILE` asks
+    there; DECLORA_LISTEN wins over the file, as for `start`."""
+    config = tmp_path / "node.toml"
+    config.write_text(f'listen = "0.0.0.0:{serving}"\nsolo = true\n')
+    res = runner.invoke(app, ["status", "--check", "--config", str(config)])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.strip() == f"127.0.0.1:{serving} SERVING"
+    monkeypatch.setenv("DECLORA_LISTEN", "127.0.0.1:9")
+    res = runner.invoke(app, ["status", "--check", "--config", str(config), "--timeout", "2"])
+    assert res.exit_code == 1 and "127.0.0.1:9 is not healthy" in res.stderr, res.output
+    config.write_text('listen = "nowhere"\n')
+    monkeypatch.delenv("DECLORA_LISTEN")
+    res = runner.invoke(app, ["status", "--check", "--config", str(config)])
+    assert res.exit_code == 2, res.output
+    assert res.stderr.startswith("error: the config file's listen must be host:port")
