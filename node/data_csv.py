@@ -3,12 +3,15 @@
 CSV/TSV files are read as spreadsheets write them (Excel's `sep=X` first line, a
 trailing comma on every line), every column as a string, so texts and labels keep
 their spelling; a file pandas would misread silently (a stray quote mark swallowing
-rows, a `;`-separated file named .csv) is refused with a `DataError` naming its line.
+rows, a header that is one column holding `;` or a tab) is refused with a `DataError`
+naming its line. A `.csv` file whose header has no comma but `;`-separated names is
+read `;`-separated, as Excel writes CSV where `;` is the list separator.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +22,7 @@ from declora.node.data_error import DataError
 from declora.node.data_text import file_not_utf8
 
 # Excel's first line naming the separator ("sep=;"), skipped by Excel itself
+_log = logging.getLogger(__name__)
 _SEP_LINE = re.compile(r"sep=([,;\t|])")
 _SEP_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 _QUOTE_HINT = (
@@ -32,7 +36,8 @@ def csv_options(datasets: Any, path: Path) -> dict[str, Any]:
     texts and labels keep their spelling.
 
     A `.tsv` file is tab-separated, any other comma-separated, unless its first line is
-    Excel's `sep=X` (X one of , ; tab |): then X, and that line is skipped. Trailing
+    Excel's `sep=X` (X one of , ; tab |): then X, and that line is skipped; a header with
+    no comma and two or more `;`-separated names reads `;`-separated. Trailing
     header columns without a name (a comma at the end of every line) are dropped if they
     hold no value. Refused with a `DataError` naming the line: a header that is one
     column holding another separator (a `;`-separated file named .csv), a column name
@@ -40,11 +45,18 @@ def csv_options(datasets: Any, path: Path) -> dict[str, Any]:
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
     skip = 0
     with _field_limit(path.stat().st_size), path.open(encoding="utf-8-sig", newline="") as fh:
-        declared = _SEP_LINE.fullmatch(fh.readline().rstrip("\r\n"))
+        first = fh.readline().rstrip("\r\n")
+        declared = _SEP_LINE.fullmatch(first)
         if declared:
             sep, skip = declared.group(1), 1
         else:
             fh.seek(0)
+            if sep == "," and _semicolon_header(first):
+                sep = ";"
+                _log.info(
+                    "%s: read semicolon-separated (its header has no comma and names its "
+                    "columns between semicolons; a first line sep=; says so outright)", path,
+                )  # fmt: skip
         reader = csv.reader(fh, delimiter=sep, strict=True)
         try:
             header = next(reader, None)
@@ -66,6 +78,18 @@ def csv_options(datasets: Any, path: Path) -> dict[str, Any]:
         "na_filter": False,
         "index_col": False,
     }
+
+
+def _semicolon_header(line: str) -> bool:
+    """Whether header `line` is a spreadsheet's `;`-separated one (Excel where the list
+    separator is `;`): no comma, and two or more named columns between semicolons."""
+    if "," in line or ";" not in line:
+        return False
+    try:
+        names = next(csv.reader([line], delimiter=";", strict=True))
+    except csv.Error:
+        return False
+    return sum(bool(name.strip()) for name in names) >= 2
 
 
 @contextmanager

@@ -110,3 +110,31 @@ def test_a_cut_too_small_to_show_is_not_called_none(
         tiny_lm.encode(data, warn_cut=True)
     [said] = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
     assert "1 of 1001 texts" in said and "(under 0.1% of the tokens are dropped" in said
+
+
+def test_a_european_excel_csv_is_read_as_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Excel where `;` is the list separator writes `;` even for 'CSV UTF-8': a BOM,
+    CRLF, a `;` after every line's last value, a quoted text over two lines. It was
+    refused ("the file looks semicolon-separated") with a hint that such an Excel
+    cannot follow; now it reads, and one line says how."""
+    lines = ["headline;category;"]
+    lines += [f"shares fell {i};business;" for i in range(5)]
+    lines += [f"a goal in match {i};sport;" for i in range(4)]
+    lines.append('"Dear reader;\r\nthe final;";sport;')
+    path = tmp_path / "sheet.csv"
+    path.write_bytes("\ufeff".encode() + "\r\n".join(lines).encode() + b"\r\n")
+    with caplog.at_level(logging.INFO):
+        train, _ = load_dataset(path, 0.0, "category", text_column="headline", dedupe=False)
+    assert train.label_names == ("business", "sport") and len(train) == 10
+    assert "Dear reader;\r\nthe final;" in train.texts
+    assert any("read semicolon-separated" in r.getMessage() for r in caplog.records)
+
+
+def test_a_comma_in_the_header_keeps_the_comma(tmp_path: Path) -> None:
+    """Guard: a comma-separated file whose texts hold `;` stays comma-separated."""
+    path = tmp_path / "c.csv"
+    path.write_text("text,label\na;b,x\nc;d,y\ne;f,x\ng;h,y\n")
+    train, _ = load_dataset(path, 0.0, dedupe=False)
+    assert sorted(train.texts) == ["a;b", "c;d", "e;f", "g;h"]
