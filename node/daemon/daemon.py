@@ -152,7 +152,8 @@ class Daemon:
                 s.listen,
             )
         self.progress.state = NodeState.LOADING
-        await self.transport.start(self.gate, pool_total(s.max_concurrent_streams))
+        places = pool_total(s.max_concurrent_streams, s.max_neighbors)  # the Pull pool's too
+        await self.transport.start(self.gate, places)
         try:
             parts = await self._load()
         except BaseException:
