@@ -258,14 +258,16 @@ def test_healthcheck_command_fails_without_a_server(
     assert proc.stderr.startswith("error: 127.0.0.1:9 is not healthy"), proc.stderr
 
 
-PROBE = ["CMD", "declora-node", "status", "--check", "--target", "127.0.0.1:7070"]
+PROBE = ["CMD", "declora-node", "status", "--check"]  # at DECLORA_LISTEN's port
 
 
 def run_probe(test: list[str], target: str) -> subprocess.CompletedProcess[str]:
-    """The compose probe `test` (`PROBE`) run here against `target`, without the
-    environment's DECLORA_* variables (a container without mTLS)."""
-    args = [word.replace("127.0.0.1:7070", target) for word in test[2:]]
+    """The compose probe `test` (`PROBE`) run here against `target`, the node's
+    DECLORA_LISTEN, without the environment's other DECLORA_* variables (a container
+    without mTLS)."""
+    args = test[2:]
     env = {k: v for k, v in os.environ.items() if not k.startswith("DECLORA_")}
+    env["DECLORA_LISTEN"] = target
     return subprocess.run(
         [sys.executable, "-m", "declora.cli", *args],
         capture_output=True,

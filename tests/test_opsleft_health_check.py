@@ -25,11 +25,12 @@ START = 150.0  # seconds for a node to import torch, build its model and serve
 COMPOSE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
 
 
-def compose_probe(port: int) -> list[str]:
-    """docker-compose.yml's healthcheck command, run here on `port` (not 7070)."""
+def compose_probe() -> list[str]:
+    """docker-compose.yml's healthcheck command, run here (it asks the port of the
+    node's DECLORA_LISTEN)."""
     test = yaml.safe_load(COMPOSE.read_text())["x-node"]["healthcheck"]["test"]
     assert test[0] == "CMD", test
-    command = [word.replace("127.0.0.1:7070", f"127.0.0.1:{port}") for word in test[1:]]
+    command = test[1:]
     if command[0] == "declora-node":  # the image's console script
         return [*CLI, *command[1:]]
     assert command[0] == "python", command
@@ -63,7 +64,8 @@ def test_the_compose_healthcheck_passes_in_plain_and_mtls_modes(
 ) -> None:
     plain_port, tls_port = free_ports(2)
     plain = solo(cluster, "plain", plain_port).start()
-    out = serving(cluster, plain, compose_probe(plain_port), {})
+    listen = {"DECLORA_LISTEN": f"0.0.0.0:{plain_port}"}  # as the image's, on another port
+    out = serving(cluster, plain, compose_probe(), listen)
     assert out.strip() == f"127.0.0.1:{plain_port} SERVING", out
 
     # a node certificate naming only `localhost`, the host it advertises: the probe
@@ -77,9 +79,10 @@ def test_the_compose_healthcheck_passes_in_plain_and_mtls_modes(
     }
     secure = solo(cluster, "secure", tls_port, ["--advertise", f"localhost:{tls_port}"])
     secure.start(env=env)
-    out = serving(cluster, secure, compose_probe(tls_port), env)
+    listen = {"DECLORA_LISTEN": f"127.0.0.1:{tls_port}"}
+    out = serving(cluster, secure, compose_probe(), {**env, **listen})
     assert out.strip() == f"127.0.0.1:{tls_port} SERVING", out
-    plainly = probe(compose_probe(tls_port), {})  # the old probe's insecure channel
+    plainly = probe(compose_probe(), listen)  # the old probe's insecure channel
     assert plainly.returncode == 1, plainly.stderr
     assert plainly.stderr.startswith("error: ") and "\nhint: " in plainly.stderr
 
