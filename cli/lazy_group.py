@@ -147,9 +147,11 @@ def _as_written(paragraph: str) -> bool:
 
 
 def _refuse_empty_paths(command: click.Command) -> None:
-    """Every path option and argument of `command` refuses an empty value as a usage
+    """Every path option and argument of `command` refuses an empty value, or one of
+    only spaces (`option_values.blank_path`, the rule of settings too), as a usage
     error: typer took "" for the current folder (`export --output "$UNSET" --force`
     replaced it)."""
+    from declora.node.option_values import blank_path
     from typer._click.exceptions import BadParameter
 
     for sub in getattr(command, "commands", {}).values():  # a group's (`certs revoke`)
@@ -162,7 +164,8 @@ def _refuse_empty_paths(command: click.Command) -> None:
         def process_value(
             ctx: click.Context, value: Any, param: Any = param, process: Any = param.process_value
         ) -> Any:
-            if value == "" or (isinstance(value, (list, tuple)) and "" in value):
+            values = value if isinstance(value, (list, tuple)) else [value]
+            if any(blank_path(v) for v in values):
                 raise BadParameter("an empty path", ctx=ctx, param=param)
             return process(ctx, value)
 

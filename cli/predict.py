@@ -157,8 +157,11 @@ def _file_texts(path: Path, text_column: str) -> list[str]:
 
 
 def input_path(source: str) -> Path:
-    """--input `source` as a path; `DataError` when it is empty (not the current folder)."""
-    if not source:
+    """--input `source` as a path; `DataError` when it is empty or only spaces
+    (`option_values.blank_path`: not the current folder)."""
+    from declora.node.option_values import blank_path
+
+    if blank_path(source):
         raise DataError("--input is empty", "give a file, or - for standard input")
     return Path(source)
 

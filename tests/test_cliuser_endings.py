@@ -104,6 +104,11 @@ EMPTY_PATHS = [
     (["status", "--tls-ca", "", "--target", "127.0.0.1:1"], "'--tls-ca': an empty path"),
     (["predict", "ADAPTER", "--input", ""], "--input is empty"),
     (["generate", "ADAPTER", "--input", ""], "--input is empty"),
+    # only spaces, as settings refuse it (opsleft3: typer took it for a file named so)
+    (["export", "ADAPTER", "-o", " ", "--force"], "'--output' / '-o': an empty path"),
+    (["lab", "--output", "  "], "'--output' / '-o': an empty path"),
+    (["certs", "--output", " "], "'--output' / '-o': an empty path"),
+    (["predict", "ADAPTER", "--input", "  "], "--input is empty"),
     (["generate", "ADAPTER", "--prompt", "x", "--input", "y"], "not both"),
 ]
 
