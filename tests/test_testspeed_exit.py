@@ -1,0 +1,34 @@
+"""A command's end (`declora.cli.app.main`): the heap is frozen (`gc.freeze`) before the
+interpreter exits, so its last collections skip the ~400k objects torch and
+transformers made (seconds of CPU after a node has stopped, tens on a loaded machine;
+every real-process test waited them out)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from declora.node import __version__
+
+PROBE = """
+import gc, sys
+sys.argv = ["declora-node", *sys.argv[1:]]
+from declora.cli.app import main
+try:
+    main()
+finally:
+    print("frozen", gc.get_freeze_count(), flush=True)
+"""
+
+
+@pytest.mark.parametrize("args", [["--version"], ["config", "--nope"]], ids=["done", "error"])
+def test_a_command_freezes_the_heap_before_the_exit(args: list[str]) -> None:
+    res = subprocess.run(
+        [sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == (0 if args == ["--version"] else 2), res.stderr
+    assert args != ["--version"] or __version__ in res.stdout
+    [line] = [x for x in res.stdout.splitlines() if x.startswith("frozen ")]
+    assert int(line.split()[1]) > 0, res.stdout
