@@ -14,11 +14,12 @@ from daemon_helpers import CLI, HOST, free_ports, train_args
 START = 150.0  # seconds for a node to import torch and build tiny-bert (a loaded machine)
 
 
+# A real node each (~10-17 s): make test-slow; make test checks both cases on an
+# in-process daemon (test_testspeed_final_eval.py)
 @pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize(
-    ("every", "lines"), [pytest.param("1", 2, marks=pytest.mark.slow), ("0", 1)]
-)  # [1-2]: ~10 s of a real node, make test-slow
+@pytest.mark.parametrize(("every", "lines"), [("1", 2), ("0", 1)])
 def test_the_final_eval_line_is_logged_once(
     synthetic_jsonl: Path, tmp_path: Path, every: str, lines: int
 ) -> None:
