@@ -49,9 +49,9 @@ class SecretEnvError(StatusError):
 def own_target(environ: Mapping[str, str] = os.environ, listen: str | None = None) -> str:
     """The address of the node beside this one, from its --listen as `start` reads it:
     DECLORA_LISTEN in any case, else `listen` (its config file's), else 127.0.0.1:7070;
-    an unspecified host (0.0.0.0, ::) as the loopback address of its family, any other
-    as it is (the one address the node binds). ValueError naming where the address
-    came from when it is not host:port."""
+    an unspecified host (0.0.0.0, ::) as 127.0.0.1, any other as it is (the one address
+    the node binds). ValueError naming where the address came from when it is not
+    host:port."""
     import ipaddress
 
     value = env_value("DECLORA_LISTEN", environ)
@@ -65,9 +65,10 @@ def own_target(environ: Mapping[str, str] = os.environ, listen: str | None = Non
     except ValueError:
         raise ValueError(f"{where} must be host:port, got {value!r}") from None
     with contextlib.suppress(ValueError):  # a name: as it is
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-        if ip.is_unspecified:
-            host = "::1" if ip.version == 6 else "127.0.0.1"
+        if ipaddress.ip_address(host.split("%", 1)[0]).is_unspecified:
+            # 127.0.0.1 for :: too: gRPC's [::] is dual-stack, and binds 0.0.0.0 where
+            # IPv6 is off (Docker's default network), which ::1 would not reach
+            host = "127.0.0.1"
     return join_address(host, port)
 
 

@@ -2,7 +2,7 @@
 healthcheck, systemd or a script.
 
 - without --target it asks the node beside it, at the address its own --listen gives
-  (`client.own_target`: DECLORA_LISTEN, an unspecified host as loopback), so one
+  (`client.own_target`: DECLORA_LISTEN, 0.0.0.0 or :: as 127.0.0.1), so one
   command serves a container on any port;
 - it asks grpc.health.v1 Check for the Swarm service (`health.SERVICE_NAME`): exit 0
   and one line while the node serves, else one `error:` line and a hint, exit 1 (not

@@ -119,7 +119,7 @@ def no_declora_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name)
 
 
-@pytest.mark.parametrize("listen", ["0.0.0.0:{port}", "127.0.0.1:{port}"])
+@pytest.mark.parametrize("listen", ["0.0.0.0:{port}", "[::]:{port}", "127.0.0.1:{port}"])
 def test_check_without_target_probes_the_nodes_own_listen_port(
     serving: int, listen: str, monkeypatch: pytest.MonkeyPatch, no_declora_env: None
 ) -> None:
@@ -131,7 +131,8 @@ def test_check_without_target_probes_the_nodes_own_listen_port(
 
 def test_own_target_reads_listen_as_start_does() -> None:
     assert client.own_target({}) == "127.0.0.1:7070"
-    assert client.own_target({"declora_listen": "[::]:8080"}) == "[::1]:8080"
+    assert client.own_target({"declora_listen": "[::]:8080"}) == "127.0.0.1:8080"
+    assert client.own_target({"DECLORA_LISTEN": "[::1]:8080"}) == "[::1]:8080"
     assert client.own_target({"DECLORA_LISTEN": "127.0.0.2:81"}) == "127.0.0.2:81"
     with pytest.raises(ValueError, match="DECLORA_LISTEN must be host:port"):
         client.own_target({"DECLORA_LISTEN": "7070"})
