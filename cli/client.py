@@ -79,7 +79,7 @@ def target_problem(target: str | None) -> str | None:
         try:
             own_target()
         except ValueError as exc:
-            return f"{exc} (the node whose --listen `status` asks without --target)"
+            return str(exc)
         return None
     try:
         split_address(target)

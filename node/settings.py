@@ -367,7 +367,7 @@ class NodeSettings(BaseSettings, NodeOptions):
         fix = (  # under mTLS the id is the certificate's name (`security_certs`)
             f"present the certificate of {recorded} ({given_as('tls_cert')}, {given_as('tls_key')})"
             if self.tls_cert is not None
-            else f"give {given_as('node_id')} {recorded}"
+            else f"leave out {given_as('node_id')} (a resume takes the id its run recorded)"
         )
         raise HintedError(
             f"--resume: {self.state_dir} is the run of node {recorded}, but {source} is "

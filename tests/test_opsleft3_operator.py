@@ -53,8 +53,10 @@ def test_a_resume_under_another_id_hints_what_to_pass(tmp_path: Path) -> None:
     given = {"solo": True, "checkpoint_dir": str(state), "resume": True, "node_id": "lab-b"}
     with pytest.raises(SettingsError) as refused:
         resolve_settings(given)
-    assert refused.value.hint.startswith("give --node-id lab-a, or begin afresh"), refused.value
-    assert "--node-id lab-a" not in refused.value.message  # the fix is the hint's
+    hint = refused.value.hint
+    assert hint.startswith("leave out --node-id (a resume takes the id its run recorded)"), hint
+    assert hint.endswith("or begin afresh in another --checkpoint-dir (this one is kept)")
+    assert "afresh" not in refused.value.message  # the fix is the hint's
     assert (state / "LATEST").read_text() == "ckpt-00000003"
 
 
