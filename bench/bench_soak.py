@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import IO
 
 import grpc
-from benchlib import HOST, free_ports, load_average, parse_args, stop_processes
+from benchlib import HOST, free_ports, load_average, parse_args, sigterm_as_exit, stop_processes
 
 from declora.cli.client import StatusError, fetch_status
 from declora.node import PROTOCOL_VERSION
@@ -278,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(tempfile.mkdtemp(prefix="declora-soak-"))
     soak = Soak(args, out)
     try:
-        return soak.run()
+        with sigterm_as_exit():
+            return soak.run()
     except KeyboardInterrupt:
         soak.summary()
         return 130
