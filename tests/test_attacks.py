@@ -1026,6 +1026,54 @@ def test_calls_without_a_message_keep_no_caller_out(open_pair: Pair) -> None:
     )
 
 
+def test_a_strangers_unread_answers_at_four_ips_keep_no_neighbour_out(open_pair: Pair) -> None:
+    """A stranger at 4 more loopback IPs (4 networks: `limits.host_key`) makes 8 health
+    Checks at each on connections that announce a window of 0 bytes, so it takes none
+    of their answers: all of `first_message.UNREAD` (32). A live member at 127.0.0.1
+    renews its handshake meanwhile and the pair mixes on (before secleft3: the member's
+    Welcome was refused RESOURCE_EXHAUSTED "32 answers are not yet read by their
+    callers", and so was every live neighbour's answer, push acknowledgements too)."""
+    from revsec2_h2 import END_STREAM, HEADERS, Stalled
+
+    from declora.node.daemon.first_message import UNREAD, UNREAD_PER_NETWORK
+
+    p = open_pair
+    a = p.a
+    rss0 = rss_mib(a)
+    before = p.statuses()
+    member = p.attacker(a, via="")  # from 127.0.0.1, a live neighbour's IP
+    member.join("renewer", p.member)
+    stalled = [Stalled(a.address, f"127.0.0.{i}") for i in range(3, 7)]
+    try:
+        for conn in stalled:
+            for _ in range(UNREAD_PER_NETWORK):
+                conn.call("/grpc.health.v1.Health/Check")
+
+        def held() -> int | None:  # every Check answered (its headers came) or ended
+            heads = [[f for k, f, _ in c.frames if k == HEADERS] for c in stalled]
+            if min(len(h) for h in heads) < UNREAD_PER_NETWORK:
+                return None
+            return sum(not f & END_STREAM for h in heads for f in h)
+
+        unread = p.cluster.wait_until("the stranger's Checks answered", held, 30)
+        renewed = member.handshake("renewer", listen_address=p.member)
+        after = p.mixing(before[0].round + 2)
+    finally:
+        for c in stalled:
+            c.close()
+    assert unread == UNREAD and renewed.accepted, renewed
+    record(
+        "14",
+        f"a stranger at 4 loopback IPs (127.0.0.3-6) holds {unread} health Check answers it "
+        "never reads (a window of 0 bytes)",
+        f"all of UNREAD ({UNREAD}) held; a live member's renewed Hello from 127.0.0.1: "
+        f"{renewed.code.name}, accepted (a live neighbour's kept places are outside UNREAD; "
+        "before: RESOURCE_EXHAUSTED '32 answers are not yet read by their callers')",
+        f"kept mixing (rounds {before[0].round} -> {after[0].round})",
+        (rss0, rss_mib(a)),
+    )
+
+
 # (attack 7 runs last of the open pair's: it stops the pair)
 def test_pulls_need_a_handshake_a_session_and_are_limited_per_host(open_pair: Pair) -> None:
     p = open_pair
