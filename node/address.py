@@ -16,12 +16,26 @@ _ADDRESS = re.compile(
 )  # ASCII digits only: `\d` took '７０００' (fullwidth) and '١٢', int() read them
 
 
+class PortOutOfRange(ValueError):
+    """A `host:port` whose port is not 1-65535 (`port` holds it)."""
+
+    def __init__(self, message: str, port: int) -> None:
+        super().__init__(message)
+        self.port = port
+
+    @staticmethod
+    def what(port: int) -> str:
+        return f"port {port} is not 1-65535"
+
+
 def split_address(address: str) -> tuple[str, int]:
     """``"host:port"`` or ``"[v6]:port"`` -> ``(host, port)``; ValueError if malformed."""
     m = _ADDRESS.match(address.strip())
-    port = int(m.group("port")) if m else 0
-    if not m or not 0 < port < 65536:
+    if not m:
         raise ValueError(f"{address!r} is not host:port")
+    port = int(m.group("port"))
+    if not 0 < port < 65536:  # 0 too: a node's peers must know its port
+        raise PortOutOfRange(f"{address!r}: {PortOutOfRange.what(port)}", port)
     host = m.group("v6") or m.group("host")
     if m.group("v6"):
         try:
@@ -56,6 +70,8 @@ def address_problem(address: str) -> str:
         if address != address.strip():
             raise ValueError
         host, _port = split_address(address)
+    except PortOutOfRange as exc:
+        return f"{quoted}: {PortOutOfRange.what(exc.port)}"
     except ValueError:
         return f"{quoted} is not host:port"
     if ip_of(host) is None and (

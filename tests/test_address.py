@@ -32,7 +32,7 @@ def test_split_and_join_round_trip(address: str, parts: tuple[str, int]) -> None
 )
 def test_the_options_refuse_what_the_parser_refuses(bad: str) -> None:
     """--peers, --listen and status --target agree on what an address is."""
-    with pytest.raises(ValueError, match=r"not host:port|not an IPv6 address"):
+    with pytest.raises(ValueError, match=r"not host:port|not an IPv6 address|is not 1-65535"):
         split_address(bad)
     with pytest.raises(ValueError, match="peers"):
         load_settings({"peers": bad})
@@ -58,7 +58,7 @@ def test_ip_of() -> None:
         ("bad..name:7070", "is not a host name or IP"),
         ("-x:7070", "is not a host name or IP"),
         (" 127.0.0.1:7070", "is not host:port"),
-        ("127.0.0.1:0", "is not host:port"),
+        ("127.0.0.1:0", "port 0 is not 1-65535"),
         ("127.0.0.1", "is not host:port"),
         ("a" * 300 + ":1", "is not a host name or IP"),
     ],

@@ -116,9 +116,9 @@ def test_env_types(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("listen", "127.0.0.1:70000", "not host:port"),
+        ("listen", "127.0.0.1:70000", "port 70000 is not 1-65535"),
         ("listen", "localhost", "not host:port"),
-        ("peers", "127.0.0.1:0", "not host:port"),
+        ("peers", "127.0.0.1:0", "port 0 is not 1-65535"),
         ("metrics_port", 70000, "less than or equal to 65535"),
         ("codec", "q9", "bad codec spec 'q9'"),
         ("partition", "3/2", "need 0 <= i < N"),
