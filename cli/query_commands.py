@@ -22,8 +22,8 @@ def status(
         str | None,
         typer.Option(
             help="host:port of a running node.",
-            show_default="the node beside it: the port of its --listen (DECLORA_LISTEN, "
-            "else --config's listen) on loopback, else 127.0.0.1:7070",
+            show_default="the node beside it: its --listen (DECLORA_LISTEN, else "
+            "--config's listen; 0.0.0.0 or :: as 127.0.0.1), else 127.0.0.1:7070",
         ),
     ] = None,
     fmt: FormatOpt = "text",
