@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import torch
 from torch import nn
@@ -611,7 +611,7 @@ def load_base(
     if task == "lm":
         check_causal(name, family, model)
         if getattr(model, "loss_type", "") is None:  # GPT-2's class names no loss
-            model.loss_type = "ForCausalLM"  # what transformers uses, minus its warning
+            cast(Any, model).loss_type = "ForCausalLM"  # its default, without a warning
     return BaseModel(model=model, tokenizer=tokenizer, task=task, name=name, family=family)
 
 
