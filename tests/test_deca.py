@@ -95,7 +95,13 @@ def test_the_schedule_cycles_through_every_block_the_same_everywhere() -> None:
 
 def test_simulated_nodes_switch_blocks_together(synthetic_jsonl: Path) -> None:
     cfg = tiny_sim_config(
-        synthetic_jsonl, method="deca", deca_blocks=2, deca_block_rounds=1, nodes=3, rounds=4
+        synthetic_jsonl,
+        method="deca",
+        deca_blocks=2,
+        deca_block_rounds=1,
+        nodes=3,
+        rounds=4,
+        local_steps=1,  # one step a round shows the blocks switching as well as 5 do
     )
     sim = Simulation(cfg)
     seen = set()
