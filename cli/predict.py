@@ -21,6 +21,7 @@ folder another process holds (`run_folder.hold`: a running node's) or anything i
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -42,6 +43,8 @@ from declora.node.model_source import ModelError
 from declora.node.models import quiet_transformers
 from declora.node.recipe import MAX_BATCH_SIZE
 from declora.node.run_folder import FolderBusy, earlier_run, held, hold, release
+
+_log = logging.getLogger(__name__)
 
 # what `predict` and `export` report as one line `error: ...` (exit 2)
 USER_ERRORS = (AdapterError, DataError, ModelError)
@@ -130,10 +133,18 @@ def _split(text: str) -> list[str]:
 
 
 def _file_texts(path: Path, text_column: str) -> list[str]:
-    """The texts of `text_column` of every split of `path`; chat turns are refused with
-    a hint to `generate` (training's hint, --messages-column, is no predict option)."""
+    """The texts of `text_column` of every split of `path`, split after split (a warning
+    names them when there are several); chat turns are refused with a hint to
+    `generate` (training's hint, --messages-column, is no predict option)."""
     texts: list[str] = []
-    for where, ds in read_splits(path):
+    splits = read_splits(path)
+    if len(splits) > 1:  # a saved DatasetDict: say whose rows the lines are
+        named = [f"{where.removeprefix(f'{path} ')} ({ds.num_rows} rows)" for where, ds in splits]
+        _log.warning(
+            "%s holds %d splits: one line a row of each, in this order: %s",
+            path, len(splits), ", ".join(named),
+        )  # fmt: skip
+    for where, ds in splits:
         chats = [c for c in ds.column_names if c in CHAT_COLUMNS]
         if text_column not in ds.column_names and chats:
             raise DataError(

@@ -138,3 +138,28 @@ def test_a_comma_in_the_header_keeps_the_comma(tmp_path: Path) -> None:
     path.write_text("text,label\na;b,x\nc;d,y\ne;f,x\ng;h,y\n")
     train, _ = load_dataset(path, 0.0, dedupe=False)
     assert sorted(train.texts) == ["a;b", "c;d", "e;f", "g;h"]
+
+
+def test_predict_on_a_saved_train_test_pair_names_its_splits(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`predict --input` a DatasetDict folder writes a line for each row of every split,
+    train then test: it did so without a word, so 70 lines came back for a 10-row test
+    split; now one warning names the splits, their order and their rows."""
+    import datasets
+    from adapter_helpers import save_trained_tiny
+    from typer.testing import CliRunner
+
+    from declora.cli.app import app
+
+    adapter = tmp_path / "adapter"
+    save_trained_tiny(adapter)
+    rows = {"text": ["aaa abba", "ccc cdc", "eee efe"], "label": ["alpha", "bravo", "charlie"]}
+    train, test = datasets.Dataset.from_dict(rows), datasets.Dataset.from_dict(rows).select([0])
+    datasets.DatasetDict({"train": train, "test": test}).save_to_disk(str(tmp_path / "pair"))
+    with caplog.at_level(logging.WARNING, logger="declora.cli.predict"):
+        res = CliRunner().invoke(app, ["predict", str(adapter), "-i", str(tmp_path / "pair")])
+    assert res.exit_code == 0, res.output
+    assert len(res.stdout.splitlines()) == 4
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "in this order: [train] (3 rows), [test] (1 rows)" in said, said
