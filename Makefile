@@ -68,6 +68,7 @@ bench: $(VENV)/.dev
 	$(PY) bench/bench_kill_revive.py
 	$(PY) bench/bench_network.py
 	$(PY) bench/bench_chunks.py
+	$(PY) bench/bench_soak.py
 
 ## make bench-smoke: every benchmark at tiny sizes (seconds each), so none of them rots
 bench-smoke: $(VENV)/.dev
@@ -80,6 +81,7 @@ bench-smoke: $(VENV)/.dev
 	$(PY) bench/bench_kill_revive.py --smoke
 	$(PY) bench/bench_network.py --smoke
 	$(PY) bench/bench_chunks.py --smoke
+	$(PY) bench/bench_soak.py --smoke
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache runs
