@@ -14,7 +14,7 @@ import os
 import struct
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple, TypeGuard
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -26,56 +26,106 @@ WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
 # a node would otherwise stall a round reading a multi-GB base); beyond it, sizes only
 MAX_HASH_BYTES = 2 << 30
 MAX_HEADER_BYTES = 100 << 20  # safetensors' own bound on a header
-# safetensors' dtype names as torch spells them (the hash's text, as when torch read it)
-TORCH_DTYPES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
-    "U16": "uint16", "U32": "uint32", "U64": "uint64", "BOOL": "bool",
-    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+# safetensors' dtypes that its torch reader reads (the hashes recorded so far came from
+# it): each as torch spells it (the hash's text) and its bytes per element
+DTYPES = {
+    "F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2),
+    "BF16": ("bfloat16", 2), "I64": ("int64", 8), "I32": ("int32", 4),
+    "I16": ("int16", 2), "I8": ("int8", 1), "U8": ("uint8", 1), "U16": ("uint16", 2),
+    "U32": ("uint32", 4), "U64": ("uint64", 8), "BOOL": ("bool", 1),
+    "F8_E4M3": ("float8_e4m3fn", 1), "F8_E4M3FNUZ": ("float8_e4m3fnuz", 1),
+    "F8_E5M2": ("float8_e5m2", 1), "F8_E5M2FNUZ": ("float8_e5m2fnuz", 1),
+    "C64": ("complex64", 8),
 }  # fmt: skip
+
+
+class Tensor(NamedTuple):
+    """One checked header entry: name, torch's dtype name, shape, byte span in the file."""
+
+    name: str
+    dtype: str
+    shape: list[int]
+    start: int
+    end: int
 
 
 def weights_sha256(path: Path) -> str:
     """sha256 of a safetensors file's tensors: names sorted, each name, dtype, shape, bytes.
 
     Independent of the file's header layout and metadata, so two adapters with equal
-    tensors hash equal however they were written. Read from the file itself (header,
-    then each tensor's bytes in blocks), not through safetensors' torch reader, which
-    keeps about 60 bytes for good per tensor read (0.8.0): a node that checkpoints every
-    few rounds grew without bound. A file that is not safetensors raises ValueError.
+    tensors hash equal however they were written; equal to the hash safetensors' torch
+    reader gave. Read from the file itself: that reader keeps about 60 bytes for good
+    per tensor read (0.8.0; a node checkpointing every few rounds grew without bound),
+    and its numpy reader, which does not, knows no bfloat16. The header is checked as
+    safetensors checks it (`read_header`), so each byte is hashed once. A file that is
+    not safetensors, or a dtype that reader did not read, raises ValueError.
     """
-    try:
-        return _tensors_sha256(path)
-    except (KeyError, TypeError) as exc:  # a header entry without its fields
-        raise ValueError(f"not a safetensors header entry: {exc}") from exc
-
-
-def _tensors_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
-        total = os.fstat(fh.fileno()).st_size
-        (size,) = struct.unpack("<Q", fh.read(8).ljust(8, b"\xff"))
-        if size > min(total - 8, MAX_HEADER_BYTES):
-            raise ValueError(f"header of {size} bytes in a file of {total}")
-        header = json.loads(fh.read(size))
-        if not isinstance(header, dict):
-            raise ValueError("header is not a JSON object")
-        header.pop("__metadata__", None)
-        for name in sorted(header):
-            entry = header[name]
-            dtype = TORCH_DTYPES.get(entry["dtype"], str(entry["dtype"]).lower())
-            h.update(f"{name}|{dtype}|{list(entry['shape'])}\n".encode())
-            start, end = (8 + size + int(o) for o in entry["data_offsets"])
-            if not 8 + size <= start <= end <= total:
-                raise ValueError(f"tensor {name!r} lies outside the file")
-            fh.seek(start)
-            while start < end:
-                block = fh.read(min(end - start, 1 << 20))
+        for t in sorted(read_header(fh), key=lambda t: t.name):
+            h.update(f"{t.name}|{t.dtype}|{t.shape}\n".encode())
+            fh.seek(t.start)
+            left = t.end - t.start
+            while left:
+                block = fh.read(min(left, 1 << 20))
                 if not block:
-                    raise ValueError(f"tensor {name!r} is cut short")
+                    raise ValueError(f"tensor {t.name!r} is cut short")
                 h.update(block)
-                start += len(block)
+                left -= len(block)
     return h.hexdigest()
+
+
+def read_header(fh: BinaryIO) -> list[Tensor]:
+    """The tensors the header of open safetensors file `fh` lists, every number bounded:
+    a header of at most `MAX_HEADER_BYTES` inside the file, known dtypes, shapes of
+    non-negative ints, and byte spans that match them and tile the data that follows the
+    header in order up to the end of the file (raises ValueError)."""
+    total = os.fstat(fh.fileno()).st_size
+    (size,) = struct.unpack("<Q", fh.read(8).ljust(8, b"\xff"))
+    if size > min(total - 8, MAX_HEADER_BYTES):
+        raise ValueError(f"header of {size} bytes in a file of {total}")
+    try:
+        header = json.loads(fh.read(size))
+    except RecursionError:  # JSON nested thousands deep
+        raise ValueError("header nested too deeply") from None
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    header.pop("__metadata__", None)
+    tensors = [_entry(name, e, 8 + size) for name, e in header.items()]
+    tensors.sort(key=lambda t: (t.start, t.end))
+    at = 8 + size
+    for t in tensors:
+        if t.start != at:
+            raise ValueError(f"tensor {t.name!r} overlaps another or leaves a gap before it")
+        at = t.end
+    if at != total:
+        raise ValueError(f"the tensors end at {at} in a file of {total} bytes")
+    return tensors
+
+
+def _entry(name: str, entry: object, base: int) -> Tensor:
+    """Header entry `name` checked; its offsets made absolute (`base`: the data's start)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str):
+        raise ValueError(f"tensor {name!r}: not a header entry with a dtype")
+    dtype, width = DTYPES.get(entry["dtype"]) or (None, 0)
+    if dtype is None:
+        raise ValueError(f"tensor {name!r}: dtype {entry['dtype'][:20]!r} is not one torch reads")
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not (_ints(shape) and _ints(offsets) and len(offsets) == 2):
+        raise ValueError(f"tensor {name!r}: shape and data_offsets must be non-negative ints")
+    start, end = offsets
+    count = 0 if 0 in shape else 1
+    for dim in shape if count else ():
+        count *= dim
+        if count > end:  # no product of a thousand big dims computed
+            break
+    if end - start != count * width:
+        raise ValueError(f"tensor {name!r}: {end - start} bytes for shape {shape[:8]} {dtype}")
+    return Tensor(name, dtype, shape, base + start, base + end)
+
+
+def _ints(value: object) -> TypeGuard[list[int]]:
+    return isinstance(value, list) and all(type(v) is int and v >= 0 for v in value)
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
