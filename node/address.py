@@ -83,6 +83,34 @@ def address_problem(address: str) -> str:
     return ""
 
 
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
+def dial_problem(address: str) -> str:
+    """'' unless `address` (one `address_problem` passes) names an IP no peer can dial:
+    unspecified (0.0.0.0, ::), multicast (224.0.0.0/4, ff00::/8) or the broadcast
+    255.255.255.255 (IPv4-mapped ones too); else why, the address quoted. Link-local
+    addresses (169.254.0.0/16, fe80::/10) are dialable on a LAN without DHCP, as
+    zeroconf hands them out, and pass; a cloud's metadata service among them
+    (169.254.169.254) is harmless to a peer's dial: it answers no gRPC call and
+    gets nothing but a Hello."""
+    try:
+        ip = ip_of(split_address(address)[0])
+    except ValueError:
+        return ""
+    if ip is None:  # a DNS name: what it resolves to is the dialler's business
+        return ""
+    if ip.is_unspecified:
+        what = "an unspecified address"
+    elif ip.is_multicast:
+        what = "a multicast address"
+    elif ip == _BROADCAST:
+        what = "the broadcast address"
+    else:
+        return ""
+    return f"{address[:80]!r} is {what}: no peer can dial it"
+
+
 # host name lookups in flight, one per (host, port): a lookup runs in a thread of the
 # event loop's default executor (which training and payload checks share) and goes on
 # after its caller's timeout, so with a slow or dead resolver a repeated call waits on

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from zeroconf import ServiceInfo, Zeroconf
 from zeroconf.asyncio import AsyncServiceInfo
 
-from declora.node.address import address_problem, ip_of, join_address, split_address
+from declora.node.address import address_problem, dial_problem, join_address, split_address
 from declora.node.identity import node_id_problem, shown
 from declora.node.peer_info import PeerInfo
 
@@ -174,13 +174,10 @@ class SwarmFilter:
 
 def service_address(info: ServiceInfo, addr: str) -> str | None:
     """The dial address of a resolved service: its TXT ``addr`` if usable (a dial
-    address as a Hello's listen address must be, `address_problem`, not 0.0.0.0 or
-    ::), else the first resolved address and the SRV port; None without either."""
-    if not address_problem(addr):
-        host, port = split_address(addr)
-        ip = ip_of(host)
-        if ip is None or not ip.is_unspecified:
-            return join_address(host, port)
+    address as a Hello's listen address must be: `address_problem`, `dial_problem`),
+    else the first resolved address and the SRV port; None without either."""
+    if not (address_problem(addr) or dial_problem(addr)):
+        return join_address(*split_address(addr))
     addresses = info.parsed_addresses()
     if addresses and info.port:
         return join_address(addresses[0], info.port)

@@ -19,6 +19,10 @@ it claims.
 - a Hello's `listen_address` is `host:port` only (an IPv4 or [IPv6] literal or a DNS
   name, port 1-65535): never another gRPC target (`unix:`, `dns:///`, a list), so a
   peer cannot make this node dial a local socket or look up a name of its choosing;
+  nor one no peer can dial (`address.dial_problem`: unspecified, multicast,
+  broadcast), which this node would re-dial in vain (0.0.0.0: its own host);
+  link-local addresses pass (a LAN without DHCP); a node advertising one states none
+  (`Handshaker.hello`);
 - a Hello from a peer that is not configured here (`Admission.configured`: not in
   --peers, not offered by discovery, not a known configured entry; or such an
   address another live id holds; or a call from another host than that address's:
@@ -59,7 +63,7 @@ import logging
 from collections.abc import Collection
 
 from declora.node import PROTOCOL_VERSION, __version__
-from declora.node.address import address_problem, ip_of, split_address
+from declora.node.address import address_problem, dial_problem, ip_of, split_address
 from declora.node.daemon.auth import Auth
 from declora.node.daemon.peers import PeerTable
 from declora.node.daemon.transport import Transport
@@ -221,6 +225,8 @@ def check_hello(
         return "listen address, session or receiver too long"
     if h.listen_address and (problem := address_problem(h.listen_address)):
         return f"listen address {problem}"
+    if problem := dial_problem(h.listen_address):  # its peers would dial that, in vain
+        return f"listen address {problem}: set --advertise to the address peers reach"
     if len(h.recipe) > 32 or any(len(k) > 64 or len(v) > 4096 for k, v in h.recipe.items()):
         return "recipe too long"
     return ""
@@ -391,14 +397,14 @@ class Admission:
                 f"this Hello is for {shown(h.receiver)}, not this node: dial its advertised "
                 f"address {self.settings.advertise}"
             )
-        ip = address_ip(h.listen_address)
-        own = h.listen_address in (self.settings.advertise, self.settings.listen)
-        if own and not (ip is not None and ip.is_unspecified):  # 0.0.0.0:7070 twice: fine
+        if h.listen_address in (self.settings.advertise, self.settings.listen):
             return f"listen address {shown(h.listen_address)} is this node's own"
         known = self.peers.get(h.node_id)
         if known is None or not known.live:
             return ""
-        if known.address != h.listen_address:
+        # a Hello stating no address (its --advertise no peer can dial) keeps the one
+        # this node dialled; the host check below still holds for it
+        if h.listen_address and known.address != h.listen_address:
             return f"node id {shown(h.node_id)} is live at another address"
         renewal = bool(h.session) and h.session == known.token_out
         if not host or renewal:

@@ -65,7 +65,7 @@ from typing import Any
 import grpc
 
 from declora.node import PROTOCOL_VERSION, __version__, logs, protocol_note
-from declora.node.address import endpoints, split_address
+from declora.node.address import dial_problem, endpoints, split_address
 from declora.node.daemon.admission import SAME_SECRET, Admission, address_ip
 from declora.node.daemon.auth import NAMELESS, Auth, warn_own_revoked
 from declora.node.daemon.dial_backoff import DialBackoff
@@ -213,7 +213,9 @@ class Handshaker:
 
     def hello(self, receiver: str = "", session: bytes = b"") -> pb.Hello:
         """This node's Hello for `receiver` with the token it must present to us;
-        signed (with a fresh nonce) when a swarm secret is set."""
+        signed (with a fresh nonce) when a swarm secret is set. An --advertise no peer
+        can dial (`dial_problem`: 0.0.0.0, the image's --listen, left unset) is not
+        stated: peers refuse one, and keep the address they dialled instead."""
         s = self.settings
         return self.auth.sign(
             pb.Hello(
@@ -224,7 +226,7 @@ class Handshaker:
                 fingerprint=self.fingerprint,
                 round=self.progress.round,
                 live_degree=len(self.peers.live),
-                listen_address=s.advertise,
+                listen_address="" if dial_problem(s.advertise) else s.advertise,
                 seq=self.progress.seq,
                 gradient_tracking=s.gradient_tracking,
                 receiver=receiver,

@@ -237,7 +237,8 @@ class PeerTable:
         its maximum of neighbours (or of known peers, all live).
 
         `dialled`: the address this node dialled (an outbound handshake), whose
-        offered token becomes the peer's `token_in`; `configured`: that address is a
+        offered token becomes the peer's `token_in` (and a new entry's address where
+        the Welcome states none); `configured`: that address is a
         static or discovered one (the peer is then always re-dialled); `host`: the
         remote host an inbound Hello came from (remembered as the peer's `host`).
 
@@ -257,7 +258,7 @@ class PeerTable:
         peer = self.peers.get(hello.node_id)
         if peer is None:
             self._make_room(hello)  # cannot fail: `room_for` said so
-            peer = Peer(node_id=hello.node_id, address=hello.listen_address)
+            peer = Peer(node_id=hello.node_id, address=hello.listen_address or dialled)
             self.peers[hello.node_id] = peer
         elif not dialled and bytes(hello.session) != peer.token_out:
             peer.token_prev, peer.token_in = peer.token_used or peer.token_in, new_token()
