@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import math
-import os
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -17,7 +16,7 @@ from google.protobuf.message import Message
 from declora.cli.lines import error_lines
 from declora.node.address import join_address, split_address
 from declora.node.errors import HintedError
-from declora.node.option_values import BLANK_PATH, blank_path, env_value
+from declora.node.option_values import BLANK_PATH, OptionValues, blank_path
 from declora.node.rpc_failure import Cause, cause
 from declora.node.security import SwarmAuth, TlsFiles, secret_text
 from declora.proto import pb, pb_grpc
@@ -41,27 +40,26 @@ class StatusError(HintedError):
 
 
 class SecretEnvError(StatusError):
-    """DECLORA_SWARM_SECRET(_FILE) cannot be used: configuration (exit code 2)."""
+    """The swarm secret (DECLORA_SWARM_SECRET(_FILE), a config file's swarm_secret(_file))
+    cannot be used: configuration (exit code 2)."""
 
     code = 2
 
 
-def own_target(environ: Mapping[str, str] = os.environ, listen: str | None = None) -> str:
-    """The address of the node beside this one, from its --listen as `start` reads it:
-    DECLORA_LISTEN in any case, else `listen` (its config file's), else 127.0.0.1:7070;
-    an unspecified host (0.0.0.0, ::) as 127.0.0.1, any other as it is (the one address
-    the node binds). ValueError naming where the address came from when it is not
-    host:port."""
+def own_target(values: OptionValues | None = None) -> str:
+    """The address of the node beside this one, from its --listen as `start` reads it
+    (`values`, default the environment's: DECLORA_LISTEN, else the config file's
+    listen), else 127.0.0.1:7070; an unspecified host (0.0.0.0, ::) as 127.0.0.1, any
+    other as it is (the one address the node binds). ValueError naming where the
+    address came from when it is not host:port."""
     import ipaddress
 
-    value = env_value("DECLORA_LISTEN", environ)
-    where = "DECLORA_LISTEN"
-    if value is None:
-        value, where = listen, "the config file's listen"
-    if value is None:
+    given = (values or OptionValues()).get("listen")
+    if given is None:
         return DEFAULT_LISTEN
+    value, where = given
     try:
-        host, port = split_address(value)
+        host, port = split_address(str(value))  # a file's number too: not host:port
     except ValueError:
         raise ValueError(f"{where} must be host:port, got {value!r}") from None
     with contextlib.suppress(ValueError):  # a name: as it is
@@ -99,15 +97,24 @@ def timeout_problem(timeout: float) -> str | None:
     return f"--timeout must be > 0 and at most {MAX_TIMEOUT:g} seconds, got {timeout:g}"
 
 
-def show_status(target: str | None, as_json: bool, timeout: float, tls: TlsFiles | None) -> int:
+def show_status(
+    target: str | None,
+    as_json: bool,
+    timeout: float,
+    tls: TlsFiles | None,
+    values: OptionValues | None = None,
+) -> int:
     """`declora-node status`: print the node's status (a table or JSON); the exit code
-    (with one `error:` line and a `hint:` line: 2 when the secret's environment cannot
-    be used, 1 when the node cannot be asked). No `target`: `own_target`."""
+    (with one `error:` line and a `hint:` line: 2 when the swarm secret's variables or
+    config keys cannot be used, 1 when the node cannot be asked). The node's own
+    `values` (default the environment's) give its secret (`own_secret`) and, without
+    `target`, its address (`own_target`)."""
     import json
     import sys
 
     try:
-        reply = fetch_status(target or own_target(), timeout, tls=tls)
+        secret = own_secret(values)  # a bad one: before any call
+        reply = fetch_status(target or own_target(values), timeout, tls=tls, secret=secret)
     except StatusError as exc:
         print(*error_lines(exc.message, exc.hint), sep="\n", file=sys.stderr)
         return exc.code
@@ -118,40 +125,40 @@ def show_status(target: str | None, as_json: bool, timeout: float, tls: TlsFiles
     return 0
 
 
-def env_secret() -> str | None:
-    """The swarm secret from DECLORA_SWARM_SECRET or from the file
-    DECLORA_SWARM_SECRET_FILE names, with `start`'s rules (`settings.NodeSettings`):
-    not both, an inline one of at least 16 characters, the file's path not empty, the
-    file as `settings.read_secret_file` reads it; else None. SecretEnvError (exit
-    code 2) names the problem, never the secret."""
-    inline = env_value("DECLORA_SWARM_SECRET", os.environ)
-    path = env_value("DECLORA_SWARM_SECRET_FILE", os.environ)
+def own_secret(values: OptionValues | None = None) -> str | None:
+    """The swarm secret the node's own `values` give (default the environment's:
+    DECLORA_SWARM_SECRET or the file DECLORA_SWARM_SECRET_FILE names, else its config
+    file's keys), with `start`'s rules (`settings.NodeSettings`): not both, an inline one
+    of at least 16 characters, the file's path not empty, the file as
+    `settings.read_secret_file` reads it; else None. SecretEnvError (exit code 2) names
+    the problem where it was given, never the secret."""
+    values = values or OptionValues()
+    inline, path = values.get("swarm_secret"), values.get("swarm_secret_file")
     if inline is not None and path is not None:
         raise SecretEnvError(
-            "DECLORA_SWARM_SECRET and DECLORA_SWARM_SECRET_FILE both give the swarm secret",
-            "keep one (unset the other)",
+            f"{inline[1]} and {path[1]} both give the swarm secret", "keep one (unset the other)"
         )
-    if path is None:
-        if inline is not None and len(secret_text(inline)) < 16:
+    if inline is not None:
+        text, where = inline
+        if not isinstance(text, str) or len(secret_text(text)) < 16:
             raise SecretEnvError(
-                "DECLORA_SWARM_SECRET must be at least 16 characters",
+                f"{where} must be at least 16 characters",
                 "give the swarm's secret (e.g. `openssl rand -hex 32`), or unset it",
             )
-        return inline
-    if blank_path(path):
-        raise SecretEnvError(
-            f"DECLORA_SWARM_SECRET_FILE: {BLANK_PATH}", "give the secret file's path, or unset it"
-        )
+        return secret_text(text)
+    if path is None:
+        return None
+    file, where = path
+    if not isinstance(file, str) or blank_path(file):
+        raise SecretEnvError(f"{where}: {BLANK_PATH}", "give the secret file's path, or unset it")
     from pathlib import Path
 
     from declora.node.settings import read_secret_file
 
     try:
-        return read_secret_file(Path(path))
+        return read_secret_file(Path(file))
     except ValueError as exc:
-        raise SecretEnvError(
-            f"DECLORA_SWARM_SECRET_FILE: {exc}", "fix the file or unset it"
-        ) from None
+        raise SecretEnvError(f"{where}: {exc}", "fix the file or unset it") from None
 
 
 def fetch_status(
@@ -162,11 +169,11 @@ def fetch_status(
     secret: str | None = None,
 ) -> pb.StatusReply:
     """One Status call to `target` (host:port) over a fresh channel (mTLS with `tls`);
-    signed with the swarm `secret` (default: `env_secret`, when set), which a
+    signed with the swarm `secret` (default: `own_secret`, when set), which a
     node with a secret requires. With a --tls-crl (`tls.crl`), a node whose certificate
     it revokes is not asked (its certificate is read first, as a node's dial does).
     StatusError says why it failed, with a hint."""
-    secret = secret if secret is not None else env_secret()  # a bad one: before any call
+    secret = secret if secret is not None else own_secret()  # a bad one: before any call
     if tls is not None and tls.crl is not None:
         revoked_server(target, timeout, tls)
     request = pb.StatusRequest(include_digest=include_digest)

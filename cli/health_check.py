@@ -2,13 +2,14 @@
 healthcheck, systemd or a script.
 
 - without --target it asks the node beside it, at the address its own --listen gives
-  (`client.own_target`: DECLORA_LISTEN, 0.0.0.0 or :: as 127.0.0.1), so one
-  command serves a container on any port;
+  (`client.own_target`: DECLORA_LISTEN, else --config's listen; 0.0.0.0 or :: as
+  127.0.0.1), so one command serves a container on any port;
 - it asks grpc.health.v1 Check for the Swarm service (`health.SERVICE_NAME`): exit 0
   and one line while the node serves, else one `error:` line and a hint, exit 1 (not
   serving yet or any more, unreachable); exit 2 for files that cannot be used;
 - its TLS files are --tls-cert/--tls-key/--tls-ca(/--tls-crl), else the node's own
-  from the variables `start` reads (DECLORA_TLS_CERT, _KEY, _CA, _CRL), so one probe
+  as `start` reads them (DECLORA_TLS_CERT, _KEY, _CA, _CRL, else --config's tls_cert,
+  tls_key, tls_ca, tls_crl: `option_values.OptionValues`), so one probe
   command serves plain and mTLS containers alike; with the node's own files and a
   loopback target (the node beside it) it accepts the node's certificate under a name
   the certificate gives when it does not name the dialled host (a node's certificate
@@ -18,9 +19,7 @@ healthcheck, systemd or a script.
 
 from __future__ import annotations
 
-import os
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
@@ -29,7 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from declora.cli.client import StatusError, own_target, status_failure
 from declora.cli.lines import error_lines
 from declora.node.address import split_address
-from declora.node.option_values import BLANK_PATH, blank_path, env_value
+from declora.node.option_values import BLANK_PATH, OptionValues, blank_path
 from declora.node.security import (
     TlsError,
     TlsFiles,
@@ -39,9 +38,7 @@ from declora.node.security import (
 )
 from declora.proto import pb
 
-# `start`'s variables of --tls-cert, --tls-key, --tls-ca and --tls-crl
-# (`settings.env_name`, not imported: a probe runs every few seconds, without pydantic)
-TLS_VARIABLES = ("DECLORA_TLS_CERT", "DECLORA_TLS_KEY", "DECLORA_TLS_CA", "DECLORA_TLS_CRL")
+TLS_OPTIONS = ("tls_cert", "tls_key", "tls_ca", "tls_crl")  # the node's own TLS files
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Swarm"].full_name  # `health.SERVICE_NAME`
 
 
@@ -51,23 +48,31 @@ class CheckConfigError(StatusError):
     code = 2
 
 
-def node_tls(environ: Mapping[str, str] = os.environ) -> TlsFiles | None:
-    """The node's own TLS files from DECLORA_TLS_CERT, _KEY, _CA and _CRL, read as
-    `start` reads them (any case; an empty one refused: `option_values`); None when none
-    is set; CheckConfigError when they cannot be used."""
-    paths = [env_value(name, environ) for name in TLS_VARIABLES]
-    for name, value in zip(TLS_VARIABLES, paths, strict=True):
-        if value is not None and blank_path(value):
+def node_tls(values: OptionValues | None = None) -> TlsFiles | None:
+    """The node's own TLS files as `start` reads them from its `values` (default the
+    environment's: DECLORA_TLS_CERT, _KEY, _CA and _CRL in any case, else its config
+    file's keys; an empty one refused: `option_values`); None when none is given;
+    CheckConfigError naming where they were given when they cannot be used."""
+    given = {option: (values or OptionValues()).get(option) for option in TLS_OPTIONS}
+    paths: list[Path | None] = []
+    for got in given.values():
+        if got is None:
+            paths.append(None)
+            continue
+        value, where = got
+        if not isinstance(value, str) or blank_path(value):
             raise CheckConfigError(
-                f"{name}: {BLANK_PATH}", f"set {name} to the node's file, or unset it"
+                f"{where}: {BLANK_PATH}", f"set {where} to the node's file, or remove it"
             )
-    cert, key, ca, crl = (Path(p) if p is not None else None for p in paths)
+        paths.append(Path(value))
+    cert, key, ca, crl = paths
     try:
         return TlsFiles.load(cert, key, ca, crl=crl)
     except TlsError as exc:
+        named = ", ".join(got[1] for got in given.values() if got is not None)
         raise CheckConfigError(
-            f"the node's own TLS files ({', '.join(TLS_VARIABLES[:3])}): {exc}",
-            "fix the DECLORA_TLS_* variables, or give --tls-cert, --tls-key and --tls-ca",
+            f"the node's own TLS files ({named}): {exc}",
+            "fix the node's --tls-* options there, or give --tls-cert, --tls-key and --tls-ca",
         ) from None
 
 
@@ -88,14 +93,17 @@ def probe_options(target: str, tls: TlsFiles) -> list[tuple[str, str]]:
     return [("grpc.ssl_target_name_override", names[0])] if names else []
 
 
-def check_main(target: str | None, timeout: float, tls: TlsFiles | None) -> int:
+def check_main(
+    target: str | None, timeout: float, tls: TlsFiles | None, values: OptionValues | None = None
+) -> int:
     """`status --check` (the typer command and `cli.fast`'s path): one line on stdout
     and 0 while the node serves, else `error:` and `hint:` lines on stderr and the
     exit code (`StatusError.code`). Without `tls`, the node's own (`node_tls`); without
-    `target`, the node's own address (`client.own_target`: its DECLORA_LISTEN)."""
+    `target`, the node's own address (`client.own_target`), each from the node's own
+    `values` (default the environment's)."""
     try:
-        own = tls is None and (tls := node_tls()) is not None
-        print(check(target or own_target(), timeout, tls, own))
+        own = tls is None and (tls := node_tls(values)) is not None
+        print(check(target or own_target(values), timeout, tls, own))
     except StatusError as exc:
         print(*error_lines(exc.message, exc.hint), sep="\n", file=sys.stderr)
         return exc.code

@@ -14,6 +14,7 @@ from declora.cli.exits import fail, fail_with
 from declora.cli.flags import FormatOpt, TlsCa, TlsCert, TlsCrl, TlsKey
 
 if TYPE_CHECKING:
+    from declora.node.option_values import OptionValues
     from declora.node.security import TlsFiles
 
 
@@ -38,8 +39,9 @@ def status(
         Path | None,
         typer.Option(
             "--config",
-            help="The node's config file (`start --config`): without --target, its "
-            "listen is the node asked.",
+            help="The node's config file (`start --config`), read as `start` reads it "
+            "(DECLORA_* win): its listen is the node asked without --target, its "
+            "swarm_secret(_file) signs, and --check presents its tls_* files.",
         ),
     ] = None,
     check: Annotated[
@@ -48,7 +50,7 @@ def status(
             "--check",
             help="Only whether the node serves (grpc.health.v1): exit 0, else 1; a "
             "healthcheck's command. Without --tls-* it presents the node's own "
-            "DECLORA_TLS_* files, as `start` reads them.",
+            "TLS files (DECLORA_TLS_*, else --config's), as `start` reads them.",
         ),
     ] = False,
 ) -> None:
@@ -59,41 +61,50 @@ def status(
 
     check_format(fmt)
     check_call(target, timeout)
+    values = node_values(config)
     if target is None:  # the node beside it
-        target = node_target(config)
+        target = node_target(values)
     tls = client_tls(tls_cert, tls_key, tls_ca, tls_crl)
     if check:
-        probe(target, fmt, timeout, tls)
-    raise typer.Exit(show_status(target, fmt == "json", timeout, tls))
+        probe(target, fmt, timeout, tls, values)
+    raise typer.Exit(show_status(target, fmt == "json", timeout, tls, values))
 
 
-def node_target(config: Path | None) -> str:
+def node_values(config: Path | None) -> OptionValues:
+    """The node's own options as `start` reads them less its flags (DECLORA_*, else the
+    `config` file's keys); exit 2 when the file cannot be read."""
+    from declora.node.option_values import OptionValues
+
+    if config is None:
+        return OptionValues()
+    from declora.node.settings import ConfigFileError, read_config_file
+
+    try:
+        return OptionValues(config=read_config_file(config), config_name=config.name)
+    except ConfigFileError as exc:
+        fail(exc.message, hint=exc.hint or "fix the file, or give --target")
+
+
+def node_target(values: OptionValues) -> str:
     """The address of the node beside this one (`client.own_target`), its --listen from
-    DECLORA_LISTEN or the `config` file as `start` reads them; exit 2 when they cannot
-    be used."""
+    its `values`; exit 2 when it is not host:port."""
     from declora.cli.client import own_target
 
-    listen = None
-    if config is not None:
-        from declora.node.settings import ConfigFileError, read_config_file
-
-        try:
-            listen = read_config_file(config).get("listen")
-        except ConfigFileError as exc:
-            fail(exc.message, hint=exc.hint or "fix the file, or give --target")
     try:
-        return own_target(listen=None if listen is None else str(listen))
+        return own_target(values)
     except ValueError as exc:
         fail(str(exc), hint="set --listen as `start` takes it, or give --target")
 
 
-def probe(target: str | None, fmt: str, timeout: float, tls: TlsFiles | None) -> NoReturn:
+def probe(
+    target: str, fmt: str, timeout: float, tls: TlsFiles | None, values: OptionValues
+) -> NoReturn:
     """`status --check` (`cli.health_check`): one line, exit 0 while the node serves."""
     from declora.cli.health_check import check_main
 
     if fmt != "text":
         fail("--check prints one line, no --format json", hint="leave out --format")
-    raise typer.Exit(check_main(target, timeout, tls))
+    raise typer.Exit(check_main(target, timeout, tls, values))
 
 
 def inspect(

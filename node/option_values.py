@@ -1,19 +1,33 @@
-"""Rules every reader of the options applies, whichever source a value comes from
-(flag, `DECLORA_*` variable, config file) and whichever command reads it (`start`'s
-settings, `status --check`'s probe, which loads no pydantic):
+"""How every reader takes a node's options, whichever source a value comes from (flag,
+`DECLORA_*` variable, config file) and whichever command reads it (`start`'s settings,
+`status`' probe of the node beside it, which loads no pydantic):
 
-- a path that is empty or only spaces is refused (`blank_path`, `BLANK_PATH`): it
-  was taken for the working folder (or a file named by spaces);
 - a `DECLORA_*` variable is found in any case, as pydantic-settings finds it
-  (`env_value`).
+  (`env_key`), and wins over the config file's key (`OptionValues`);
+- a path that is empty or only spaces is refused (`blank_path`, `BLANK_PATH`): it
+  was taken for the working folder (or a file named by spaces).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
+ENV_PREFIX = "DECLORA_"
 BLANK_PATH = "is empty: give a file's path, or leave the option out"
+
+
+def env_name(option: str) -> str:
+    """The variable of option `option` (a field name: tls_cert -> DECLORA_TLS_CERT)."""
+    return ENV_PREFIX + option.upper()
+
+
+def env_key(name: str, environ: Mapping[str, str]) -> str | None:
+    """The key of variable `name` in `environ` as it is spelled there (any case), None
+    when it is unset."""
+    return next((k for k in environ if k.upper() == name), None)
 
 
 def blank_path(value: object) -> bool:
@@ -21,6 +35,23 @@ def blank_path(value: object) -> bool:
     return isinstance(value, str | Path) and not str(value).strip()
 
 
-def env_value(name: str, environ: Mapping[str, str]) -> str | None:
-    """The value of variable `name` (any case) in `environ`, None when it is unset."""
-    return next((v for k, v in environ.items() if k.upper() == name), None)
+@dataclass(frozen=True)
+class OptionValues:
+    """A node's options as `start` takes them, less its flags (a caller's own flags
+    win): `DECLORA_<OPTION>` in any case, else the key of its config file (`config`:
+    `settings.read_config_file`'s mapping of the file named `config_name`)."""
+
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    config: Mapping[str, object] = field(default_factory=dict)
+    config_name: str = "the config file"
+
+    def get(self, option: str) -> tuple[object, str] | None:
+        """(value, where) for option `option` (a field name): its variable's value and
+        name, else the config file's value and `NAME key 'option'` (a null there is
+        no value); None when neither gives it."""
+        key = env_key(env_name(option), self.environ)
+        if key is not None:
+            return self.environ[key], key
+        if self.config.get(option) is not None:
+            return self.config[option], f"{self.config_name} key {option!r}"
+        return None

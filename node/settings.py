@@ -29,7 +29,7 @@ from pydantic_settings import (
 from declora.node.address import split_address
 from declora.node.errors import HintedError, one_line
 from declora.node.identity import node_id_problem
-from declora.node.option_values import BLANK_PATH, blank_path
+from declora.node.option_values import BLANK_PATH, ENV_PREFIX, blank_path, env_key, env_name
 from declora.node.recipe import given_as, named_as
 from declora.node.security import TlsFiles, exposed_file_warning, secret_text
 from declora.node.settings_fields import NodeOptions
@@ -455,7 +455,6 @@ def load_settings(cli: dict[str, Any], config_file: Path | None = None) -> NodeS
 
 
 # ---------------------------------------------------------------- where a value came from
-ENV_PREFIX = "DECLORA_"
 # variables the daemon reads that are not options (fault injection, node/faults.py)
 OTHER_VARIABLES = frozenset({"DECLORA_CRASH_AT", "DECLORA_CRASH_ARM_FILE"})
 
@@ -468,10 +467,6 @@ class SettingsError(HintedError):
 
 def option_name(field: str) -> str:
     return "--" + field.replace("_", "-")
-
-
-def env_name(field: str) -> str:
-    return ENV_PREFIX + field.upper()
 
 
 def default_text(field: str, model: type[BaseModel] | None = None) -> str:
@@ -517,17 +512,13 @@ class Resolved:
     warnings: list[str] = dataclasses.field(default_factory=list)
 
 
-def _env_var(field: str, environ: dict[str, str]) -> str | None:
-    return next((k for k in environ if k.upper() == env_name(field)), None)
-
-
 def _origins(
     cli: dict[str, Any], data: dict[str, Any], environ: dict[str, str], config_file: Path | None
 ) -> dict[str, str]:
     """Per option: 'flag', 'env DECLORA_X', 'file <name>' or 'default'."""
     out = {}
     for field in NodeSettings.model_fields:
-        var = _env_var(field, environ)
+        var = env_key(env_name(field), environ)
         if cli.get(field) is not None:
             out[field] = "flag"
         elif var is not None:

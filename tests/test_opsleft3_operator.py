@@ -22,6 +22,7 @@ from declora.cli.app import app
 from declora.cli.exits import STATE
 from declora.cli.lines import error_lines
 from declora.node.daemon.health import SERVICE_NAME
+from declora.node.option_values import OptionValues
 from declora.node.settings import SettingsError, load_settings, resolve_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,12 +133,15 @@ def test_check_without_target_probes_the_nodes_own_listen_port(
 
 
 def test_own_target_reads_listen_as_start_does() -> None:
-    assert client.own_target({}) == "127.0.0.1:7070"
-    assert client.own_target({"declora_listen": "[::]:8080"}) == "127.0.0.1:8080"
-    assert client.own_target({"DECLORA_LISTEN": "[::1]:8080"}) == "[::1]:8080"
-    assert client.own_target({"DECLORA_LISTEN": "127.0.0.2:81"}) == "127.0.0.2:81"
+    def own(environ: dict[str, str]) -> str:
+        return client.own_target(OptionValues(environ))
+
+    assert own({}) == "127.0.0.1:7070"
+    assert own({"declora_listen": "[::]:8080"}) == "127.0.0.1:8080"
+    assert own({"DECLORA_LISTEN": "[::1]:8080"}) == "[::1]:8080"
+    assert own({"DECLORA_LISTEN": "127.0.0.2:81"}) == "127.0.0.2:81"
     with pytest.raises(ValueError, match="DECLORA_LISTEN must be host:port"):
-        client.own_target({"DECLORA_LISTEN": "7070"})
+        own({"DECLORA_LISTEN": "7070"})
 
 
 def test_a_bad_listen_without_target_is_a_configuration_error(
@@ -183,7 +187,7 @@ def test_an_empty_tls_variable_is_refused_by_the_probe_as_by_start(
 def test_the_probe_finds_a_variable_in_any_case_as_start_does(tmp_path: Path) -> None:
     missing = str(tmp_path / "missing.pem")
     with pytest.raises(health_check.CheckConfigError, match="the node's own TLS files"):
-        health_check.node_tls({"declora_tls_cert": missing})
+        health_check.node_tls(OptionValues({"declora_tls_cert": missing}))
 
 
 # ------------------------------------------------------------ 4. paths of only spaces
@@ -235,4 +239,4 @@ def test_check_without_target_reads_the_config_file_as_start_does(
     monkeypatch.delenv("DECLORA_LISTEN")
     res = runner.invoke(app, ["status", "--check", "--config", str(config)])
     assert res.exit_code == 2, res.output
-    assert res.stderr.startswith("error: the config file's listen must be host:port")
+    assert res.stderr.startswith("error: node.toml key 'listen' must be host:port")

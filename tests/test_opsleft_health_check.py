@@ -125,10 +125,10 @@ def test_check_refuses_json(not_serving: int) -> None:
 def test_the_probe_names_what_start_reads() -> None:
     """The probe loads no pydantic (it runs every few seconds): its names are copies."""
     from declora.cli.health_check import SERVICE_NAME as probed
-    from declora.cli.health_check import TLS_VARIABLES
-    from declora.node.settings import env_name
+    from declora.cli.health_check import TLS_OPTIONS
+    from declora.node.settings import NodeSettings
 
-    assert tuple(env_name(f"tls_{k}") for k in ("cert", "key", "ca", "crl")) == TLS_VARIABLES
+    assert set(TLS_OPTIONS) <= set(NodeSettings.model_fields)
     assert probed == SERVICE_NAME
 
 
