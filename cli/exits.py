@@ -13,7 +13,7 @@ from typing import NoReturn
 
 import typer
 
-from declora.cli.lines import error_lines
+from declora.cli.lines import error_lines, shown_text
 
 # --debug; whether a command's own code has begun (None: not even its parsing)
 STATE: dict[str, bool | None] = {"debug": False, "began": None}
@@ -114,11 +114,14 @@ def say_error(message: str, code: int = 2, hint: str = "", json_logs: bool = Fal
     """`error: message` (and `hint: ...`) on stderr; with `json_logs` (`start
     --log-format json`) the same as one JSON log record (`logs.json_line`: level ERROR,
     `hint` and `exit_code` fields; with --debug the traceback of the exception being
-    handled, if any, as its `exc` field). Exiting with `code` is the caller's."""
+    handled, if any, as its `exc` field). Either way the text is `lines.shown_text`'s,
+    escaped once (a non-UTF-8 path's bytes as \\xff: no lone surrogate in the JSON).
+    Exiting with `code` is the caller's."""
     if json_logs:
         from declora.node.logs import json_line
 
-        line = json_line("ERROR", message, _traced(), hint=hint, exit_code=code)
+        shown = shown_text(message)
+        line = json_line("ERROR", shown, _traced(), hint=shown_text(hint), exit_code=code)
         typer.echo(line, err=True)
         return
     error, *rest = error_lines(message, hint)
@@ -135,13 +138,14 @@ def fail(message: str, code: int = 2, hint: str = "", json_logs: bool = False) -
 
 
 def warn(line: str, json_logs: bool = False) -> None:
-    """`warning: line` on stderr, or a JSON log record of level WARNING (`say_error`)."""
+    """`warning: line` on stderr, or a JSON log record of level WARNING (`say_error`);
+    `line` as `lines.shown_text` shows it (a name holding a newline cannot forge a line)."""
     if json_logs:
         from declora.node.logs import json_line
 
-        typer.echo(json_line("WARNING", line), err=True)
+        typer.echo(json_line("WARNING", shown_text(line)), err=True)
     else:
-        typer.secho(f"warning: {line}", err=True, fg=typer.colors.YELLOW)
+        typer.secho(f"warning: {shown_text(line)}", err=True, fg=typer.colors.YELLOW)
 
 
 def fail_with(exc: BaseException, code: int = 2) -> NoReturn:

@@ -15,7 +15,7 @@ def shown_text(text: str) -> str:
     """`text` on one line: control characters escaped (`logs.safe_text`: a folder name
     holding a newline cannot forge a line), the bytes of a non-UTF-8 path (which Python
     holds as surrogates) as \\xff escapes, as `ls -b` shows them (not \\udcff)."""
-    text = safe_text(text, limit=6 * len(text) + 1)  # whole: an escape is <= 6 characters
+    text = safe_text(text, limit=None)
     try:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # a lone surrogate not from a file name: left as it is

@@ -55,10 +55,13 @@ def _escape(match: re.Match[str]) -> str:
     )
 
 
-def safe_text(text: str, limit: int = MAX_MESSAGE) -> str:
+def safe_text(text: str, limit: int | None = MAX_MESSAGE) -> str:
     """`text` on one line: control and invisible characters escaped, at most about
-    `limit` characters ("... [N more characters cut]" says how much was cut).
-    Backslashes are left alone, so text escaped before is not escaped twice."""
+    `limit` characters ("... [N more characters cut]" says how much was cut; None:
+    never cut, for text of a bounded source such as the CLI's own errors). Backslashes
+    are left alone, so text escaped before is not escaped twice."""
+    if limit is None:
+        return _UNSAFE.sub(_escape, text)
     head = _UNSAFE.sub(_escape, text[:limit]) if _UNSAFE.search(text, 0, limit) else text[:limit]
     if len(head) > limit:  # escaping made it longer
         head = head[:limit]
