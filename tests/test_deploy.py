@@ -140,6 +140,21 @@ def test_healthcheck_on_every_node(services: dict[str, dict[str, Any]]) -> None:
         assert hc["retries"] >= 2, name
 
 
+def test_the_probe_asks_where_each_node_listens(services: dict[str, dict[str, Any]]) -> None:
+    """Guard: the probe follows DECLORA_LISTEN (`client.own_target`), never a `--listen`
+    flag of the command, so no service gives one; each node's port is the one it
+    advertises and (node0) publishes."""
+    from declora.cli.client import own_target
+    from declora.node.option_values import OptionValues
+
+    for name, svc in services.items():
+        assert not any(a.startswith(("--listen", "--config")) for a in svc["command"]), name
+        env = env_of(svc)
+        port = own_target(OptionValues(env)).rpartition(":")[2]
+        assert env["DECLORA_ADVERTISE"].rpartition(":")[2] == port, name
+        assert all(str(p["target"]) == port for p in svc.get("ports", [])), name
+
+
 def test_results_volume_on_every_node(config: dict[str, Any]) -> None:
     assert "results" in config.get("volumes", {}), "no top-level `results` volume"
     for name, svc in config["services"].items():
