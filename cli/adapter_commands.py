@@ -25,6 +25,13 @@ def predict(
         ),
     ] = "-",
     text_column: Annotated[str, typer.Option(help="The column that holds the texts.")] = "text",
+    label_column: Annotated[
+        str,
+        typer.Option(
+            help="The column of given labels: when every row has one, the accuracy is "
+            "printed to stderr (json: each row's given_label and correct)."
+        ),
+    ] = "label",
     fmt: Annotated[
         str,
         typer.Option(
@@ -37,12 +44,24 @@ def predict(
 ) -> None:
     """Classify texts with a saved adapter: one output line per input line, in order (a
     blank line gives an empty one): label and probability (an LM adapter: each text's
-    mean token loss and perplexity)."""
+    mean token loss and perplexity). A file whose every row has a label gets its
+    accuracy on stderr."""
     from declora.cli.predict import USER_ERRORS, run_predict
 
     check_format(fmt)
     try:
-        run_predict(adapter, input_, text_column, fmt, sys.stdout, sys.stdin, base, batch_size)
+        run_predict(
+            adapter,
+            input_,
+            text_column,
+            fmt,
+            sys.stdout,
+            sys.stdin,
+            base,
+            batch_size,
+            label_column=label_column,
+            err=sys.stderr,
+        )
     except USER_ERRORS as exc:
         show_traceback(debug)
         fail_with(exc)

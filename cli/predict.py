@@ -24,8 +24,9 @@ import json
 import logging
 import re
 import shutil
+import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from declora.node.adapter_card import (
     ADAPTER_CONFIG,
@@ -39,6 +40,7 @@ from declora.node.adapter_io import AdapterError, adapter_folder, export_merged,
 from declora.node.data import column_hint, column_values, is_chat_turns
 from declora.node.data import read_texts as column_texts
 from declora.node.data_files import DataError, read_splits, utf8_text
+from declora.node.data_labels import is_nan, label_name
 from declora.node.model_source import ModelError
 from declora.node.models import quiet_transformers
 from declora.node.recipe import MAX_BATCH_SIZE
@@ -64,11 +66,17 @@ CHAT_COLUMNS = ("messages", "conversations")  # a chat file's columns (lm_data's
 TEXTS_HINT = "give one text per line, or JSON lines"
 
 
-def _jsonl_texts(lines: list[str], text_column: str, source: str) -> list[str]:
-    texts = []
+def _jsonl_texts(
+    lines: list[str], text_column: str, source: str, label_column: str
+) -> tuple[list[str], list[str | None]]:
+    """The texts of JSON lines `lines` and each one's label in `label_column` (None
+    where it has none)."""
+    texts: list[str] = []
+    given: list[str | None] = []
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             texts.append("")  # a blank line keeps its place in the output
+            given.append(None)
             continue
         try:
             row = json.loads(line)
@@ -96,7 +104,8 @@ def _jsonl_texts(lines: list[str], text_column: str, source: str) -> list[str]:
             )
         text = "" if value is None else str(value)
         texts.append(text if text.strip() else "")  # keeps its place, like a blank line
-    return texts
+        given.append(_given(row.get(label_column)))
+    return texts, given
 
 
 def text_lines(source: str, stdin: TextIO | None) -> tuple[list[str], str]:
@@ -132,14 +141,21 @@ def _split(text: str) -> list[str]:
     return lines[:-1] if lines[-1] == "" else lines
 
 
-def _file_texts(path: Path, text_column: str) -> list[str]:
+def _file_texts(
+    path: Path, text_column: str, label_column: str
+) -> tuple[list[str], list[str | None]]:
     """The texts of `text_column` of every split of `path`, split after split (a warning
-    names them when there are several); chat turns are refused with a hint to
-    `generate` (training's hint, --messages-column, is no predict option)."""
+    names them when there are several), and each row's given label in `label_column`
+    (`given_labels`); chat turns are refused with a hint to `generate` (training's
+    hint, --messages-column, is no predict option)."""
     texts: list[str] = []
+    given: list[str | None] = []
     splits = read_splits(path)
     if len(splits) > 1:  # a saved DatasetDict: say whose rows the lines are
-        named = [f"{where.removeprefix(f'{path} ')} ({ds.num_rows} rows)" for where, ds in splits]
+        named = [
+            f"{where.removeprefix(f'{path} ')} ({ds.num_rows} row{'s' * (ds.num_rows != 1)})"
+            for where, ds in splits
+        ]
         _log.warning(
             "%s holds %d splits: one line a row of each, in this order: %s",
             path, len(splits), ", ".join(named),
@@ -162,9 +178,56 @@ def _file_texts(path: Path, text_column: str) -> list[str]:
                         CHAT_HINT,
                     )
         texts.extend(column_texts(ds, where, text_column, blank=True))
+        given.extend(given_labels(ds, where, label_column))
     if not any(texts):
         raise DataError(f"{path}: no texts (every row's {text_column!r} is empty)", TEXTS_HINT)
-    return texts
+    return texts, given
+
+
+def given_labels(ds: Any, where: str, label_column: str) -> list[str | None]:
+    """Each row's label in `label_column` as training names it (`label_name`; a
+    ClassLabel id its name); None for a row without one (no such column, a null, NaN,
+    empty or non-scalar value, an id outside the names)."""
+    if label_column not in ds.column_names:
+        return [None] * ds.num_rows
+    values, feature = column_values(ds, where, label_column, "label", "--label-column")
+    names = getattr(feature, "names", None)
+    given: list[str | None] = []
+    for value in values:
+        if names is not None and isinstance(value, int) and not isinstance(value, bool):
+            value = names[value] if 0 <= value < len(names) else None
+        given.append(_given(value))
+    return given
+
+
+def _given(value: Any) -> str | None:
+    """A label value's class name as training reads it (`label_name`), or None for no
+    label (null, empty, NaN, a list or a mapping)."""
+    if value is None or isinstance(value, (list, dict)):
+        return None
+    name = label_name(value)
+    return name if name and not is_nan(name) else None
+
+
+def accuracy_line(predicted: list[str], given: list[str], known: tuple[str, ...]) -> str:
+    """The summary of `predicted` labels against the `given` ones (every scored row's):
+    accuracy over the rows whose label the adapter `known`s, the others named."""
+    unknown = sorted({g for g in given if g not in known})
+    kept = [(p, g) for p, g in zip(predicted, given, strict=True) if g in known]
+    shown = ", ".join(repr(u) for u in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+    left = (
+        f" ({len(unknown)} label{'s' * (len(unknown) != 1)} the adapter does not know, "
+        f"{len(given) - len(kept)} rows left out: {shown})"
+        if unknown
+        else ""
+    )
+    if not kept:
+        return (
+            f"no accuracy: none of the {len(given)} labelled rows has a label the adapter "
+            f"knows{left}"
+        )
+    right = sum(p == g for p, g in kept)
+    return f"accuracy {right / len(kept):.3f} on {len(kept)} labelled rows{left}"
 
 
 def input_path(source: str) -> Path:
@@ -178,32 +241,40 @@ def input_path(source: str) -> Path:
 
 
 def read_texts(source: str, text_column: str, stdin: TextIO | None) -> list[str]:
-    """The texts to predict, in input order; "" for a blank line or a row whose text is
-    empty or null, which keeps its place (`run_predict` writes an empty line for it);
-    `DataError` if there are none or they are bad.
+    """The texts to predict, in input order (`read_rows` without the labels)."""
+    return read_rows(source, text_column, stdin)[0]
+
+
+def read_rows(
+    source: str, text_column: str, stdin: TextIO | None, label_column: str = "label"
+) -> tuple[list[str], list[str | None]]:
+    """The texts to predict, in input order, and each one's given label (a data file's
+    `label_column`, `given_labels`; None for lines); "" for a blank line or a row whose
+    text is empty or null, which keeps its place (`run_predict` writes an empty line for
+    it); `DataError` if there are none or they are bad.
 
     `source` "-" reads `stdin`: JSON lines when its first non-blank line starts with
     "{", else one text per line (stripped). A `.txt` file is one text per line; any
-    other file goes through `data_files.read_splits` with `text_column` (labels ignored).
+    other file goes through `data_files.read_splits` with `text_column`.
     """
     if source != "-":
         path = input_path(source)
         if not path.exists():
             raise DataError(f"input file not found: {path}", "check the --input path")
         if path.suffix.lower() != ".txt":
-            return _file_texts(path, text_column)
+            return _file_texts(path, text_column, label_column)
     lines, label = text_lines(source, stdin)
     first = next((line for line in lines if line.strip()), None)
     if first is None:
         raise DataError(f"{label}: no texts", TEXTS_HINT)
     if source == "-" and first.lstrip().startswith("{"):
-        texts = _jsonl_texts(lines, text_column, label)
+        texts, given = _jsonl_texts(lines, text_column, label, label_column)
         if not any(texts):
             raise DataError(
                 f"{label}: no texts (every line's {text_column!r} is empty)", TEXTS_HINT
             )
-        return texts
-    return [line.strip() for line in lines]
+        return texts, given
+    return [line.strip() for line in lines], [None] * len(lines)
 
 
 def run_predict(
@@ -215,9 +286,15 @@ def run_predict(
     stdin: TextIO | None,
     base: str | None = None,
     batch_size: int = 32,
+    *,
+    label_column: str = "label",
+    err: TextIO | None = None,
 ) -> int:
     """Print one prediction line per text to `out`, in input order; a blank line of the
     input (`read_texts`' "") gets an empty line (json: its keys with null values).
+    A classifier's input whose every scored row has a label (`given_labels`) gets one
+    summary line on `err` (`accuracy_line`), and in json each row its "given_label"
+    and whether it is "correct" (null for a label the adapter does not know).
     Returns how many texts it scored."""
     from declora.node.adapter_io import load_adapter
 
@@ -227,16 +304,28 @@ def run_predict(
             "e.g. --batch-size 32 (the default)",
         )
     adapter_folder(adapter)  # a wrong path fails before reading stdin
-    texts = read_texts(source, text_column, stdin)  # bad input fails before the model loads
+    # bad input fails before the model loads
+    texts, given = read_rows(source, text_column, stdin, label_column)
     scored = [text for text in texts if text]
+    labelled = [g for t, g in zip(texts, given, strict=True) if t]
     with quiet_transformers():
         loaded = load_adapter(adapter, base=base)
     rows: list[tuple[dict[str, object], str]] = []  # (json row, text line) per scored text
+    summary = None
     if loaded.task == "cls":
-        for text, p in zip(scored, loaded.predict(scored, batch_size), strict=True):
-            row = {"text": text, "label": p.label, "probability": p.probability}
-            rows.append(({**row, "scores": p.scores}, f"{p.label}\t{p.probability:.4f}"))
+        measured = None not in labelled
+        predicted = loaded.predict(scored, batch_size)
+        for text, p, g in zip(scored, predicted, labelled, strict=True):
+            row: dict[str, object] = {"text": text, "label": p.label, "probability": p.probability}
+            row["scores"] = p.scores
+            if measured:
+                row |= {"given_label": g, "correct": p.label == g if g in loaded.labels else None}
+            rows.append((row, f"{p.label}\t{p.probability:.4f}"))
         blank: dict[str, object] = {"label": None, "probability": None, "scores": None}
+        if measured:
+            blank |= {"given_label": None, "correct": None}
+            gold = [g for g in labelled if g is not None]
+            summary = accuracy_line([p.label for p in predicted], gold, loaded.labels)
     else:
         for text, loss in zip(scored, loaded.text_losses(scored, batch_size), strict=True):
             row = {"text": text, "loss": loss, "perplexity": perplexity(loss)}
@@ -246,6 +335,9 @@ def run_predict(
     for text in texts:
         row, line = next(done) if text else ({"text": "", **blank}, "")
         out.write((json.dumps(row) if fmt == "json" else line) + "\n")
+    if summary is not None:
+        out.flush()
+        print(summary, file=err or sys.stderr)
     return len(scored)
 
 

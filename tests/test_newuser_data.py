@@ -162,4 +162,4 @@ def test_predict_on_a_saved_train_test_pair_names_its_splits(
     assert res.exit_code == 0, res.output
     assert len(res.stdout.splitlines()) == 4
     said = " ".join(r.getMessage() for r in caplog.records)
-    assert "in this order: [train] (3 rows), [test] (1 rows)" in said, said
+    assert "in this order: [train] (3 rows), [test] (1 row)" in said, said
