@@ -128,7 +128,7 @@ def inspect_path(path: Path) -> dict[str, Any]:
         "lora": None
         if full
         else {
-            k: config.get(k)
+            k: _sorted_names(config.get(k))
             for k in (
                 "r",
                 "lora_alpha",
@@ -158,6 +158,14 @@ def inspect_path(path: Path) -> dict[str, Any]:
         info["checkpoint"] = {"path": str(ckpt), "round": state["round"], "seq": state["seq"]}
         info["round"] = state["round"]
     return info
+
+
+def _sorted_names(value: Any) -> Any:
+    """A list of module names (PEFT's target_modules, modules_to_save: sets saved in
+    any order) sorted; any other value (a regex string, a number, None) as it is."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return sorted(value)
+    return value
 
 
 def inspect_target(target: str, tls: TlsFiles | None = None) -> dict[str, Any]:
