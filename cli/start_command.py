@@ -24,17 +24,17 @@ def json_logs_asked(options: dict[str, Any], config: Path | None) -> bool:
     the config file's log_format, as the settings take them), known before they are
     built or when they are refused. A log format that is itself refused is not json:
     what was asked is unknown, so that refusal is the plain `error:` line."""
-    from declora.node.settings import ConfigFileError, env_name, read_config_file
+    from declora.node.option_values import OptionValues
+    from declora.node.settings import ConfigFileError, read_config_file
 
     value = options.get("log_format")
     if value is None:
-        name = env_name("log_format")
-        value = next((v for k, v in os.environ.items() if k.upper() == name), None)
-    if value is None and config is not None:
         try:
-            value = read_config_file(config).get("log_format")
+            data = read_config_file(config) if config is not None else {}
         except ConfigFileError:
-            value = None
+            data = {}
+        given = OptionValues(config=data).get("log_format")
+        value = given[0] if given is not None else None
     return value == "json"
 
 

@@ -224,3 +224,28 @@ def test_a_systemd_style_node_is_probed_and_asked_from_its_config_file(
     asked = run(*cli, "--tls-ca", str(files["ca"]), "--format", "json")
     assert asked.returncode == 0, asked.stderr  # signed with the file's secret
     assert '"node_id": "n0"' in asked.stdout
+
+
+# ----------------------------- one reader of a node's options: start's --log-format too
+@pytest.mark.parametrize(
+    ("flag", "env", "key", "json_logs"),
+    [
+        (None, {"declora_log_format": "json"}, "text", True),  # any case, over the file
+        ("text", {"DECLORA_LOG_FORMAT": "json"}, "json", False),  # the flag over both
+        (None, {}, "json", True),
+        (None, {"DECLORA_LOG_FORMAT": "text"}, "json", False),
+    ],
+)
+def test_starts_log_format_is_read_by_the_same_rule(
+    flag: str | None, env: dict[str, str], key: str, json_logs: bool, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, no_declora_env: None,
+) -> None:  # fmt: skip
+    """Guard: `start_command.json_logs_asked` (known before the settings are built)
+    takes --log-format as `OptionValues` does."""
+    from declora.cli.start_command import json_logs_asked
+
+    config = tmp_path / "node.toml"
+    config.write_text(f'log_format = "{key}"\n')
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert json_logs_asked({"log_format": flag}, config) is json_logs
