@@ -141,8 +141,8 @@ def own_secret(values: OptionValues | None = None) -> str | None:
     if inline is not None:
         text, where = inline
         if not isinstance(text, str) or len(secret_text(text)) < 16:
-            raise SecretEnvError(
-                f"{where} must be at least 16 characters",
+            raise SecretEnvError(  # never the secret: not even a number's
+                f"{where} must be text of at least 16 characters",
                 "give the swarm's secret (e.g. `openssl rand -hex 32`), or unset it",
             )
         return secret_text(text)
@@ -150,7 +150,8 @@ def own_secret(values: OptionValues | None = None) -> str | None:
         return None
     file, where = path
     if not isinstance(file, str) or blank_path(file):
-        raise SecretEnvError(f"{where}: {BLANK_PATH}", "give the secret file's path, or unset it")
+        why = BLANK_PATH if isinstance(file, str) else f"must be a file's path, got {file!r}"
+        raise SecretEnvError(f"{where}: {why}", "give the secret file's path, or unset it")
     from pathlib import Path
 
     from declora.node.settings import read_secret_file

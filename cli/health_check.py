@@ -61,8 +61,9 @@ def node_tls(values: OptionValues | None = None) -> TlsFiles | None:
             continue
         value, where = got
         if not isinstance(value, str) or blank_path(value):
+            why = BLANK_PATH if isinstance(value, str) else f"must be a file's path, got {value!r}"
             raise CheckConfigError(
-                f"{where}: {BLANK_PATH}", f"set {where} to the node's file, or remove it"
+                f"{where}: {why}", f"set {where} to the node's file, or remove it"
             )
         paths.append(Path(value))
     cert, key, ca, crl = paths

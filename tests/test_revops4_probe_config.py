@@ -164,7 +164,11 @@ def test_the_probe_takes_each_option_from_where_start_takes_it(
         ("tls_crl = ' '", {}, "node.toml key 'tls_crl': is empty"),
         (f"swarm_secret_file = '{'{secret}'}'", {"DECLORA_SWARM_SECRET": SECRET},
          "DECLORA_SWARM_SECRET and node.toml key 'swarm_secret_file' both give the swarm secret"),
-        ("swarm_secret = 'short'", {}, "node.toml key 'swarm_secret' must be at least 16"),
+        ("swarm_secret = 'short'", {}, "node.toml key 'swarm_secret' must be text of at least 16"),
+        ("swarm_secret = 12345678901234567890", {},
+         "node.toml key 'swarm_secret' must be text of at least 16"),
+        ("tls_cert = 5", {}, "node.toml key 'tls_cert': must be a file's path, got 5"),
+        ("swarm_secret_file = 5", {}, "node.toml key 'swarm_secret_file': must be a file's path"),
     ],
 )  # fmt: skip
 def test_what_start_refuses_in_the_file_the_probe_refuses_naming_the_key(
@@ -181,6 +185,7 @@ def test_what_start_refuses_in_the_file_the_probe_refuses_naming_the_key(
     argv = ["status", *check, "--config", str(config), "--target", "127.0.0.1:9"]
     res = runner.invoke(app, argv)
     assert res.exit_code == 2 and res.stderr.startswith(f"error: {said}"), res.output
+    assert "12345678901234567890" not in res.stderr  # a secret is never shown
 
 
 # ----------------------------------------------------------------- real node (slow)
