@@ -16,7 +16,9 @@ part sees a call, this servicer checks what is the same for every RPC:
   place free for each other live neighbour id that holds none (`Pools.pull`),
   counted once the caller is known to be the live neighbour it names: a member's ids,
   at one IP or at many (8 ids at 8 loopback IPs, one Pull each, held all 8 places),
-  leave every other live neighbour its catch-up;
+  leave every other live neighbour its catch-up; the place of an id that left the
+  live set is cut for a live one that needs it (ids minted one after another, each
+  live for one Pull, held every place for the Pulls' time limit);
 - rate limits (`limits`), keyed by the remote address for handshakes, Leaves (a
   bucket of their own at the handshakes' rate), pulls and Status
   (`limits.STATUS_PER_MINUTE`: a Status flood from one address, the swarm open or
@@ -105,6 +107,17 @@ class PushSlot:
     timer: asyncio.Timeout | None = None  # its wait for the header, while it waits
 
 
+@dataclass(eq=False)
+class PullHold:
+    """One Pull's place (`Pools.pull`): its caller's id; `cut` once the pool gave the
+    place to a live neighbour (its caller left the live set), which ends its writes
+    (`timer`, while it writes: `write_within`)."""
+
+    node_id: str
+    cut: bool = False
+    timer: asyncio.Timeout | None = None
+
+
 class Pools:
     """RPCs in flight by kind, and pushes by remote network; refuses beyond.
 
@@ -128,6 +141,7 @@ class Pools:
         self.kept: dict[str, int] = {}  # kept places held, by IP
         self.waiting: dict[str, list[PushSlot]] = {}  # not kept, by network, oldest first
         self.pull_ids: Counter[str] = Counter()  # Pull places held, by caller's node id
+        self.pull_holds: list[PullHold] = []  # ...oldest first
         self.admitted = 0
 
     @contextmanager
@@ -142,27 +156,44 @@ class Pools:
             self.in_use[kind] -= 1
 
     @contextmanager
-    def pull(self, node_id: str, live_ids: Iterable[str]) -> Iterator[None]:
+    def pull(self, node_id: str, live_ids: Iterable[str]) -> Iterator[PullHold]:
         """A Pull place for live neighbour `node_id`, held until the block ends, while
         more places are free than the other ids of `live_ids` (the live neighbours')
         that hold none: whatever ids or IPs a member holds, every other live
         neighbour keeps a place (the pool has one for each, `SwarmService`); the nodes
         of a lab (one IP) take a place each. An id that left the live set keeps its
-        place until its Pull ends (at most the Pull's time limit)."""
-        others = sum(1 for n in set(live_ids) if n != node_id and not self.pull_ids[n])
-        if self.limits["Pull"] - self.in_use.get("Pull", 0) <= others:
-            raise limited(
-                f"{self.in_use.get('Pull', 0)} Pull calls in flight, {others} place(s) kept "
-                "for other neighbours"
-            )
+        place until a live id needs it: the oldest such place is then `cut` (a member
+        minting ids, each live for one Pull then leaving, held every place for the
+        Pulls' time limit)."""
+        live = set(live_ids)
+        others = sum(1 for n in live if n != node_id and not self.pull_ids[n])
+        while self.limits["Pull"] - self.in_use.get("Pull", 0) <= others:
+            stale = next((h for h in self.pull_holds if h.node_id not in live), None)
+            if stale is None:
+                raise limited(
+                    f"{self.in_use.get('Pull', 0)} Pull calls in flight, {others} place(s) "
+                    "kept for other neighbours"
+                )
+            self._release(stale)
+            stale.cut = True
+            if stale.timer is not None:  # it ends at once; else at its first write
+                stale.timer.reschedule(asyncio.get_running_loop().time())
+        hold = PullHold(node_id)
+        self.pull_holds.append(hold)
         self.pull_ids[node_id] += 1
+        self.in_use["Pull"] = self.in_use.get("Pull", 0) + 1
         try:
-            with self.hold("Pull"):
-                yield
+            yield hold
         finally:
-            self.pull_ids[node_id] -= 1
-            if not self.pull_ids[node_id]:
-                del self.pull_ids[node_id]
+            if not hold.cut:
+                self._release(hold)
+
+    def _release(self, hold: PullHold) -> None:
+        self.pull_holds.remove(hold)
+        self.in_use["Pull"] -= 1
+        self.pull_ids[hold.node_id] -= 1
+        if not self.pull_ids[hold.node_id]:
+            del self.pull_ids[hold.node_id]
 
     @contextmanager
     def push(self, host: str, ip: str = "", allowance: int = 0) -> Iterator[PushSlot]:
@@ -284,15 +315,26 @@ def cert_name(context: grpc.aio.ServicerContext) -> str | None:
 
 
 async def write_within(
-    context: grpc.aio.ServicerContext, chunks: Iterable[pb.Chunk], limit: float, what: str
+    context: grpc.aio.ServicerContext,
+    chunks: Iterable[pb.Chunk],
+    limit: float,
+    what: str,
+    hold: PullHold | None = None,
 ) -> None:
     """Write `chunks` to the caller; WireError DEADLINE_EXCEEDED (`slow_stream`) when it
-    has not read them all within `limit` seconds."""
+    has not read them all within `limit` seconds, RESOURCE_EXHAUSTED once its `hold`
+    (a Pull's place) is cut."""
     try:
-        async with asyncio.timeout(limit):
+        async with asyncio.timeout(limit) as timer:
+            if hold is not None:
+                if hold.cut:
+                    raise TimeoutError
+                hold.timer = timer
             for chunk in chunks:
                 await context.write(chunk)
     except TimeoutError:
+        if hold is not None and hold.cut:
+            raise limited(f"{what}: its Pull place went to a live neighbour") from None
         raise WireError(
             grpc.StatusCode.DEADLINE_EXCEEDED,
             f"{what} was not read within {limit:g}s",
@@ -438,14 +480,17 @@ class SwarmService(pb_grpc.SwarmServicer):
         """The full state, written chunk by chunk; the Pool slot is held until it is all
         written, at most `max(round_deadline, PULL_SECONDS)` s (a caller that stops
         reading is cut, DEADLINE_EXCEEDED `slow_stream`, and frees its slot; its call
-        keeps a place among its network's `first_message.STREAMS_PER_NETWORK`)."""
+        keeps a place among its network's `first_message.STREAMS_PER_NETWORK`), or until
+        a live neighbour takes the place of a caller that left the live set
+        (RESOURCE_EXHAUSTED `rate_limited`: `Pools.pull`)."""
         parts = self.parts
         limit = max(parts.settings.round_deadline, PULL_SECONDS)
         try:
             self._certificate(context)
             parts.limits.check_pull(peer_host(context.peer()))  # before the mac is checked
             await self._member_only(context, request, "pull")
-            with self.pools.pull(request.node_id, (p.node_id for p in parts.peers.live)):
+            live = (p.node_id for p in parts.peers.live)
+            with self.pools.pull(request.node_id, live) as hold:
                 if request.kind not in PULL_KINDS:
                     raise WireError(
                         grpc.StatusCode.INVALID_ARGUMENT,
@@ -453,7 +498,7 @@ class SwarmService(pb_grpc.SwarmServicer):
                         "bad_kind",
                     )
                 chunks = await parts.transfer.state_chunks()  # between training steps
-                await write_within(context, chunks, limit, "the state")
+                await write_within(context, chunks, limit, "the state", hold)
         except WireError as exc:
             await self._refuse(context, exc)
 
