@@ -18,12 +18,13 @@ lists and its refusal counters are sampled. The table is printed as it goes; at 
 end the growth per 1,000 rounds of each column (a least-squares slope over the
 samples after `--warmup` rounds: the first ~3,000 held a one-time step of about 4 MiB
 in every run, with or without churn). Nothing is asserted; a non-zero exit only when the
-node exited or recorded no round.
+node exited or recorded no round (its folder is kept then, as with `--keep`). The nodes
+are stopped and the folder removed on any other end, Ctrl-C and SIGTERM too.
 
     python bench/bench_soak.py                      # 10 min, prints the table
     python bench/bench_soak.py --rounds 3000
     python bench/bench_soak.py --events 3            # one of each churn event
-    python bench/bench_soak.py --smoke               # about a minute
+    python bench/bench_soak.py --smoke               # seconds: every path once
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ from declora.cli.client import StatusError, fetch_status
 from declora.node import PROTOCOL_VERSION
 from declora.proto import pb, pb_grpc
 
-SMOKE = {"events": 3, "minutes": 1.5, "sample_every": 10, "churn_every": 10, "warmup": 10}
+# one event of each kind on consecutive rounds, not waiting for the new processes to
+# start: every code path once, in the time three nodes take to start
+SMOKE = {"events": 3, "minutes": 1.0, "sample_every": 1, "churn_every": 1, "warmup": 0}
 CYCLE = ("restart", "replace", "stranger")
 COLUMNS = ("rss_mib", "threads", "fds", "state_kib", "neighbors", "pending", "refused")
 WORDS = ["alpha", "beta", "gamma", "delta", "river", "stone", "cloud", "field"]
@@ -94,11 +97,16 @@ class Proc:
         )  # fmt: skip
 
     def stop(self) -> None:
-        if self.proc is not None:
-            stop_processes([self.proc])
-        for log in self.logs:
+        stop_all([self])
+
+
+def stop_all(procs: list[Proc]) -> None:
+    """SIGTERM the processes of `procs` at once (`stop_processes`), close their logs."""
+    stop_processes([p.proc for p in procs if p.proc is not None])
+    for p in procs:
+        for log in p.logs:
             log.close()
-        self.logs.clear()
+        p.logs.clear()
 
 
 def node_args(data: Path, swarm: str, peers: list[str], deadline: float) -> list[str]:
@@ -112,7 +120,8 @@ def node_args(data: Path, swarm: str, peers: list[str], deadline: float) -> list
 
 
 def proc_sample(pid: int) -> dict[str, float]:
-    """RSS (MiB), threads and open descriptors of process `pid`, from /proc."""
+    """RSS (MiB), threads and open descriptors of process `pid`, from /proc (KeyError,
+    OSError: it has exited)."""
     fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
@@ -240,7 +249,10 @@ class Soak:
                 event = self.churn(CYCLE[turn % len(CYCLE)])
                 turn += 1
                 next_churn = reply.round + args.churn_every
-            row = self.sample(reply)
+            try:
+                row = self.sample(reply)
+            except (KeyError, OSError):  # t exited since its Status: said at the top
+                continue
             cells = " ".join(f"{row[c]:>10.1f}" for c in COLUMNS)
             print(f"{int(row['round']):>7} {cells}  {event}", flush=True)
             next_sample = reply.round + args.sample_every
@@ -261,8 +273,7 @@ class Soak:
             print(f"  {c:<10} {slope_per_1000(xs, ys):>+10.2f}   ({first} -> {lastv})")
 
     def stop(self) -> None:
-        for p in (self.t, self.a, self.b):
-            p.stop()
+        stop_all([self.t, self.a, self.b])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,19 +288,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the nodes' folder")
     args = parse_args(ap, SMOKE, argv)
     out = Path(tempfile.mkdtemp(prefix="declora-soak-"))
-    soak = Soak(args, out)
+    soak: Soak | None = None
+    rc = 1
     try:
         with sigterm_as_exit():
-            return soak.run()
+            soak = Soak(args, out)
+            rc = soak.run()
     except KeyboardInterrupt:
-        soak.summary()
-        return 130
+        if soak is not None:
+            soak.summary()
+        rc = 130
     finally:
-        soak.stop()
-        if args.keep:
+        if soak is not None:
+            soak.stop()
+        if args.keep or rc == 1:  # a failed run keeps the logs it names
             print(f"nodes' folder: {out}")
         else:
             shutil.rmtree(out, ignore_errors=True)
+    return rc
 
 
 if __name__ == "__main__":
