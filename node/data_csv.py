@@ -3,9 +3,10 @@
 CSV/TSV files are read as spreadsheets write them (Excel's `sep=X` first line, a
 trailing comma on every line), every column as a string, so texts and labels keep
 their spelling; a file pandas would misread silently (a stray quote mark swallowing
-rows, a header that is one column holding `;` or a tab) is refused with a `DataError`
-naming its line. A `.csv` file whose header has no comma but `;`-separated names is
-read `;`-separated, as Excel writes CSV where `;` is the list separator.
+rows, a header that is one unquoted column holding `;` or a tab) is refused with a `DataError`
+naming its line. A `.csv` file whose header is one column comma-separated but
+`;`-separated names is read `;`-separated, as Excel writes CSV where `;` is the list
+separator.
 """
 
 from __future__ import annotations
@@ -31,16 +32,18 @@ _QUOTE_HINT = (
 )
 
 
-def csv_options(datasets: Any, path: Path) -> dict[str, Any]:
+def csv_options(datasets: Any, path: Path, shown: Path | None = None) -> dict[str, Any]:
     """The `datasets` csv options that read `path` with every column as a string, so
-    texts and labels keep their spelling.
+    texts and labels keep their spelling (`shown`: the name its log line gives it, a
+    compressed file's own for its decompressed copy).
 
     A `.tsv` file is tab-separated, any other comma-separated, unless its first line is
-    Excel's `sep=X` (X one of , ; tab |): then X, and that line is skipped; a header with
-    no comma and two or more `;`-separated names reads `;`-separated. Trailing
+    Excel's `sep=X` (X one of , ; tab |): then X, and that line is skipped; a header of
+    one comma-separated name (a comma only inside quotes) but two or more `;`-separated
+    ones reads `;`-separated (one info line). Trailing
     header columns without a name (a comma at the end of every line) are dropped if they
     hold no value. Refused with a `DataError` naming the line: a header that is one
-    column holding another separator (a `;`-separated file named .csv), a column name
+    column holding another separator unquoted (a `;`-separated file named .csv), a column name
     that is empty (not trailing) or repeated, and every row `_check_rows` refuses."""
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
     skip = 0
@@ -54,8 +57,9 @@ def csv_options(datasets: Any, path: Path) -> dict[str, Any]:
             if sep == "," and _semicolon_header(first):
                 sep = ";"
                 _log.info(
-                    "%s: read semicolon-separated (its header has no comma and names its "
-                    "columns between semicolons; a first line sep=; says so outright)", path,
+                    "%s: read semicolon-separated (its header names its columns between "
+                    "semicolons, not commas; a first line sep=; says so outright)",
+                    shown or path,
                 )  # fmt: skip
         reader = csv.reader(fh, delimiter=sep, strict=True)
         try:
@@ -67,7 +71,8 @@ def csv_options(datasets: Any, path: Path) -> dict[str, Any]:
             ) from exc
         if not header:
             return {"sep": sep, "skiprows": skip or None}
-        named = _check_header(header, path, sep, skip + 1)
+        quoted = not declared and first.startswith('"')  # a name quoted whole: as meant
+        named = _check_header(header, path, sep, skip + 1, quoted)
         _check_rows(reader, path, header, named, sep)
     features = datasets.Features({name: datasets.Value("string") for name in header[:named]})
     return {
@@ -82,14 +87,20 @@ def csv_options(datasets: Any, path: Path) -> dict[str, Any]:
 
 def _semicolon_header(line: str) -> bool:
     """Whether header `line` is a spreadsheet's `;`-separated one (Excel where the list
-    separator is `;`): no comma, and two or more named columns between semicolons."""
-    if "," in line or ";" not in line:
+    separator is `;`): one column read comma-separated (a comma only inside a quoted
+    name, "price, EUR";label), two or more named ones read `;`-separated."""
+    commas = _fields(line, ",")
+    if ";" not in line or (commas is not None and len(commas) > 1):
         return False
+    return sum(bool(name.strip()) for name in _fields(line, ";") or ()) >= 2
+
+
+def _fields(line: str, sep: str) -> list[str] | None:
+    """The fields of one csv `line` separated by `sep`; None when it is not csv so."""
     try:
-        names = next(csv.reader([line], delimiter=";", strict=True))
+        return next(csv.reader([line], delimiter=sep, strict=True))
     except csv.Error:
-        return False
-    return sum(bool(name.strip()) for name in names) >= 2
+        return None
 
 
 @contextmanager
@@ -104,11 +115,13 @@ def _field_limit(size: int) -> Iterator[None]:
         csv.field_size_limit(before)
 
 
-def _check_header(header: list[str], path: Path, sep: str, line: int) -> int:
+def _check_header(header: list[str], path: Path, sep: str, line: int, quoted: bool) -> int:
     """How many leading columns of `header` are named (trailing empty names dropped);
-    a `DataError` for a one-column header holding another separator, an empty name
-    before a named column, or a repeated name."""
-    other = next((s for s in _SEP_NAMES if s != sep and len(header) == 1 and s in header[0]), None)
+    a `DataError` for a one-column header holding another separator (unless `quoted`:
+    its line quotes the name, `"notes; misc"`), an empty name before a named column, or
+    a repeated name."""
+    one = len(header) == 1 and not quoted
+    other = next((s for s in _SEP_NAMES if s != sep and one and s in header[0]), None)
     if other is not None:
         fixes = {
             "\t": "name the file .tsv (a .tsv file is read tab-separated)",

@@ -141,7 +141,8 @@ def _read_compressed(path: Path) -> Any:
         inner = Path(folder) / f"data{data_suffix(path)}"
         _decompress(path, inner)
         try:
-            return _read_plain(inner, f" besides the {mib(inner.stat().st_size)} decompressed")
+            room = f" besides the {mib(inner.stat().st_size)} decompressed"
+            return _read_plain(inner, room, shown=path)
         except DataError as exc:
             raise DataError(exc.message.replace(str(inner), str(path)), exc.hint) from exc
 
@@ -215,11 +216,11 @@ def _read_file(path: Path) -> Any:
     return _read_plain(path)
 
 
-def _read_plain(path: Path, besides: str = "") -> Any:
+def _read_plain(path: Path, besides: str = "", shown: Path | None = None) -> Any:
     """A `datasets.Dataset` (in memory) of the rows of uncompressed data file `path`,
     refused (`DataError`) when empty, not UTF-8 (JSON, CSV) or when its table would not
     fit in the temporary folder (`check_table_room`; `besides`: its decompressed copy
-    is there too)."""
+    is there too; `shown`: the compressed file it came from, named in its log lines)."""
     builder = BUILDERS[path.suffix.lower()]
     if path.stat().st_size == 0:
         raise DataError(f"{path}: no rows (the file is empty)", "write one example per row")
@@ -229,7 +230,7 @@ def _read_plain(path: Path, besides: str = "") -> Any:
         try:
             kwargs: dict[str, Any] = {}
             if builder == "csv":
-                kwargs = csv_options(datasets, path)
+                kwargs = csv_options(datasets, path, shown)
             return datasets.load_dataset(
                 builder,
                 data_files=_plain_name(path, Path(c)),
@@ -343,16 +344,20 @@ _TXT_TO_JSONL = (
 
 def _class_folders_hint(path: Path) -> str | None:
     """The command that writes a folder of class folders of .txt files (`path/sport/1.txt`)
-    as JSON Lines, or None when `path` has no subfolder holding a .txt file."""
+    as JSON Lines, or None when `path` has no subfolder holding a .txt file. The folder
+    is shell-quoted; a path an error line cannot show as typed (a newline, bytes that
+    are not UTF-8) is FOLDER, to be replaced."""
     try:
         if not any(any(sub.glob("*.txt")) for sub in path.iterdir() if sub.is_dir()):
             return None
     except OSError:
         return None
+    typed = str(path).isprintable()  # a surrogate (a byte not UTF-8) is not printable
     return (
         "a folder of class folders of .txt files is not read as data: write it as JSON "
         f"Lines (one row a file, labelled by its folder) and pass that file: "
-        f"{_TXT_TO_JSONL} {shlex.quote(str(path))} > data.jsonl"
+        f"{_TXT_TO_JSONL} {shlex.quote(str(path)) if typed else 'FOLDER'} > data.jsonl"
+        + ("" if typed else " (FOLDER: the path of this folder)")
     )
 
 
