@@ -26,7 +26,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from declora.node.address import split_address
+from declora.node.address import dial_problem, split_address
 from declora.node.errors import HintedError, one_line
 from declora.node.identity import node_id_problem
 from declora.node.option_values import BLANK_PATH, ENV_PREFIX, blank_path, env_key, env_name
@@ -227,7 +227,12 @@ class NodeSettings(BaseSettings, NodeOptions):
     @field_validator("advertise")
     @classmethod
     def _advertise_ok(cls, v: str) -> str:
-        return check_address(v) if v else v
+        if not v:
+            return v
+        address = check_address(v)
+        if problem := dial_problem(address):  # peers refuse a Hello stating it
+            raise ValueError(f"{problem}: give this machine's address as peers reach it")
+        return address
 
     @field_validator("partition")
     @classmethod
@@ -611,10 +616,11 @@ def advertise_warning(
     settings: NodeSettings, origins: dict[str, str], config_file: Path | None
 ) -> str:
     """'' unless a node that is not --solo advertises an unspecified address (0.0.0.0,
-    ::: the image's --listen without --advertise), which no peer can dial: then what to
-    set. A warning, not a refusal: peers given this node's real address (--peers) still
-    reach it, but one that redials it at the address its Hello gave reaches itself, and
-    a node id taken from it is the same on every node so started."""
+    ::: the image's --listen without --advertise, which a given --advertise may not
+    be), which no peer can dial: then what to set. A warning, not a refusal: its Hello
+    states no address (`Handshaker.hello`), but peers given this node's real address
+    (--peers) still reach it; a node id taken from it is the same on every node so
+    started."""
     if settings.solo:
         return ""
     host, port = split_address(settings.advertise)
@@ -632,8 +638,8 @@ def advertise_warning(
         else ""
     )
     return (
-        f"{name} is {settings.advertise}, which peers cannot dial: a peer keeps the "
-        f"address this node's Hello gives to reach it again{same_id}; set "
+        f"{name} is {settings.advertise}, which peers cannot dial: its Hello states no "
+        f"address, so only peers given this node's (--peers) reach it{same_id}; set "
         f"--advertise HOST:{port} (this machine's address as peers reach it)"
     )
 
