@@ -185,7 +185,8 @@ class ByteTokenizer:
         ids = torch.zeros((len(texts), max_length), dtype=torch.long)
         mask = torch.zeros((len(texts), max_length), dtype=torch.long)
         for row, text in enumerate(texts):
-            raw = [1, *(b + 3 for b in text.encode("utf-8"))][:max_length]
+            # only the bytes that fit are read (a long text costs no more than a short one)
+            raw = [1, *(b + 3 for b in text.encode("utf-8")[:max_length])][:max_length]
             ids[row, : len(raw)] = torch.tensor(raw, dtype=torch.long)
             mask[row, : len(raw)] = 1
         return ids, mask
