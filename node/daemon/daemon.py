@@ -57,6 +57,7 @@ from declora.node.daemon.startup import (
     plan_line,
     serve_metrics,
     startup_failure,
+    stop_line,
 )
 from declora.node.daemon.state import NodeState, Progress
 from declora.node.daemon.status import (
@@ -357,7 +358,7 @@ class Daemon:
             self.progress.state = NodeState.STOPPED
             logs.flush_repeats()
             run_folder.release(self.settings.state_dir)
-        log.info("stopped after round %d", self.progress.round)
+        log.info("%s", stop_line(self.settings, self.progress.round))
         return failure
 
 

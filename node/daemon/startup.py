@@ -234,6 +234,19 @@ def finish_rounds(s: NodeSettings) -> int:
     return 0 if s.solo or not s.rounds else s.consensus_rounds
 
 
+def stop_line(s: NodeSettings, round_: int) -> str:
+    """The exit's log line of the round a node stopped after, as `status` counts it: the
+    rounds past the planned ones (`planned_rounds`) apart, as the consensus finish's
+    ("stopped after round 2 (1 planned + 1 of the consensus finish)")."""
+    planned = planned_rounds(s)
+    if 0 < planned < round_:
+        return (
+            f"stopped after round {round_} ({planned} planned + {round_ - planned} of the "
+            "consensus finish)"
+        )
+    return f"stopped after round {round_}"
+
+
 def plan_line(s: NodeSettings) -> str:
     """`start`'s log line of its rounds, as `status` counts them (`planned_rounds`),
     then the consensus finish where one can run (`finish_rounds`)."""
