@@ -1,9 +1,10 @@
-"""Kept answer places are bounded by the live set (revsec5). A live neighbour's IP
-holds `first_message.ANSWERS_PER_NEIGHBOUR` kept unary answer places (and
-`STREAMS_PER_NEIGHBOUR` streamed ones) outside the node-wide totals; those held by an
+"""Kept answer places held by departed neighbours are bounded (revsec5). A live
+neighbour's IP holds `first_message.ANSWERS_PER_NEIGHBOUR` kept unary answer places
+(and `STREAMS_PER_NEIGHBOUR` streamed ones) outside the node-wide totals; those of an
 IP whose neighbours left stay held while their callers leave them unread. A member
 cycling ids through IPs (live, 4 unread Checks, Leave, the next IP) held 4 more at
-each IP, without bound, until gRPC's cap on calls in flight refused every call."""
+each IP, without bound, until gRPC's cap on calls in flight refused every call; now
+no kept place is taken while IPs whose neighbours left hold `size` of them."""
 
 from __future__ import annotations
 
@@ -28,9 +29,17 @@ def cycled(per: int, unread: fm.Unread, ips: int) -> fm.Unread:
 
 
 @pytest.mark.parametrize("per", [fm.ANSWERS_PER_NEIGHBOUR, fm.STREAMS_PER_NEIGHBOUR])
-def test_kept_places_of_departed_neighbours_are_not_renewed_at_another_ip(per: int) -> None:
+def test_kept_places_of_departed_neighbours_are_bounded(per: int) -> None:
     unread = cycled(per, fm.Unread(), 50)
-    assert unread.total - unread.shared == per  # before: 50 x per, one IP after another
+    assert unread.total - unread.shared == unread.size  # before: 50 x per, without bound
+
+
+def test_a_live_neighbour_keeps_its_places_beside_those_of_departed_ones() -> None:
+    """A guard: a member's ids that left hold kept places; a live one still gets its."""
+    unread = cycled(fm.ANSWERS_PER_NEIGHBOUR, fm.Unread(), 3)
+    interceptor = fm.FirstMessage(unread=unread)
+    interceptor.neighbours = lambda ip: int(ip == "127.0.0.1")  # the member's ids left
+    assert interceptor.kept(unread, "127.0.0.1", fm.ANSWERS_PER_NEIGHBOUR)
 
 
 def test_a_live_neighbour_keeps_its_places_beside_others_held() -> None:

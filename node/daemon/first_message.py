@@ -40,10 +40,10 @@ push taken, a Hello answered) all the same. The IP of a live neighbour (`neighbo
 told by `service.SwarmService`) holds `ANSWERS_PER_NEIGHBOUR` kept places per live
 neighbour there before its network's share, outside `UNREAD` (and a streamed
 answer's, below, outside `STREAMS`): the unread answers of other networks, however
-many, cannot take them; kept places held in all stay below `ANSWERS_PER_NEIGHBOUR`
-for each live neighbour at the IPs holding them (`FirstMessage.kept`): an IP whose
-neighbours left takes no more, and what it holds counts until its calls are done. A
-refusal carries no message, so it is taken whatever the caller's window.
+many, cannot take them; an IP whose neighbours left takes no more, and what it
+holds counts until its calls are done: no IP takes a kept place while such IPs hold
+`UNREAD` (`FirstMessage.kept`). A refusal carries no message, so it is taken
+whatever the caller's window.
 
 A streamed answer (Pull, Revocations, health's Watch, reflection) to such a caller
 holds its place the same way, after its handler gave up on it too (`service`'s
@@ -308,19 +308,19 @@ class FirstMessage(grpc.aio.ServerInterceptor):
 
     def kept(self, unread: Unread, host: str, per_neighbour: int) -> bool:
         """Whether remote `host`'s IP has a kept place free in `unread`: fewer than
-        `per_neighbour` for each live neighbour there (`neighbours`), and fewer kept
-        places held in all than `per_neighbour` for each live neighbour at the IPs
-        holding them and at `host`'s. An IP whose neighbours left keeps what it holds
-        until those calls are done (gRPC waits for ever for an unread answer) and
-        takes no more: a member cycling ids through IPs (live, 4 unread Checks, Leave,
-        the next IP) held 4 more at each, without bound, until gRPC's cap refused every
-        call; so kept places never exceed `per_neighbour` x the live set (at most
-        --max-neighbors: `service.pool_total` counts them)."""
+        `per_neighbour` for each live neighbour there (`neighbours`), while the kept
+        places of IPs whose neighbours all left number fewer than `unread.size`. Such
+        an IP keeps what it holds until those calls are done (gRPC waits for ever for
+        an unread answer): a member cycling ids through IPs (live, 4 unread Checks,
+        Leave, the next IP) held 4 more at each, without bound, until gRPC's cap
+        refused every call; now its cycles stop there, and live neighbours keep their
+        places until then."""
         ip = address_key(host)
         if unread.by_network.get(KEPT + ip, 0) >= per_neighbour * self.neighbours(ip):
             return False
-        ips = {k.removeprefix(KEPT) for k in unread.by_network if k.startswith(KEPT)} | {ip}
-        return unread.total - unread.shared < per_neighbour * sum(map(self.neighbours, ips))
+        held = ((k[len(KEPT) :], n) for k, n in unread.by_network.items() if k.startswith(KEPT))
+        left = sum(n for i, n in held if not self.neighbours(i))
+        return left < unread.size
 
     async def stream(
         self, context: grpc.aio.ServicerContext, host: str, handle: Callable[[], Any]
