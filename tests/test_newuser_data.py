@@ -153,7 +153,7 @@ def test_predict_on_a_saved_train_test_pair_names_its_splits(
     from declora.cli.app import app
 
     adapter = tmp_path / "adapter"
-    save_trained_tiny(adapter)
+    save_trained_tiny(adapter, steps=1)  # the lines, not the answers, are checked
     rows = {"text": ["aaa abba", "ccc cdc", "eee efe"], "label": ["alpha", "bravo", "charlie"]}
     train, test = datasets.Dataset.from_dict(rows), datasets.Dataset.from_dict(rows).select([0])
     datasets.DatasetDict({"train": train, "test": test}).save_to_disk(str(tmp_path / "pair"))

@@ -19,7 +19,7 @@ DATA = make_synthetic(40, seed=3)
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("acc") / "cls"
-    save_trained_tiny(path, steps=10)
+    save_trained_tiny(path, steps=2)
     return path
 
 
@@ -115,3 +115,22 @@ def test_the_cli_reads_labels_from_label_column(adapter: Path, tmp_path: Path) -
     assert res.exit_code == 0, res.output
     assert len(res.stdout.splitlines()) == 40
     assert res.stderr.startswith("accuracy ") and "on 40 labelled rows" in res.stderr
+
+
+def test_a_saved_dataset_s_class_label_ids_are_its_names(adapter: Path, tmp_path: Path) -> None:
+    """A save_to_disk folder whose label column is a ClassLabel (ids 0..4): the ids are
+    read as their names, as training reads them."""
+    import datasets
+
+    features = datasets.Features(
+        {
+            "text": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=list(DATA.label_names)),
+        }
+    )
+    rows = {"text": list(DATA.texts), "label": [int(i) for i in DATA.labels]}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "saved"))
+    out, err = _predict(adapter, tmp_path / "saved")
+    predicted = [line.split("\t")[0] for line in out.splitlines()]
+    right = sum(p == DATA.label_names[i] for p, i in zip(predicted, DATA.labels, strict=True))
+    assert err == f"accuracy {right / 40:.3f} on 40 labelled rows\n"
