@@ -8,7 +8,9 @@ label and its probability (classifier), or the mean token loss and perplexity
 Line input (.txt, stdin) gives one output line per input line, and a data file one per
 row, in order, so `paste` lines them up: a blank line, or a row or JSON line whose text
 is empty or null, gives an empty line (json: its keys with null values).
-Input that is not UTF-8, on stdin as in a file, is a `DataError`.
+Input that is not UTF-8, on stdin as in a file, is a `DataError`. A classifier's input
+whose every row has a label (--label-column; data files and JSON lines) gets its accuracy
+in one line on stderr, and in json each row its "given_label" and "correct".
 
 `export --merge` writes a plain transformers model folder (`export_merged`); without
 `--merge` it copies the PEFT adapter folder (out of a checkpoint, say). A DECA full
