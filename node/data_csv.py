@@ -88,10 +88,10 @@ def csv_options(datasets: Any, path: Path, shown: Path | None = None) -> dict[st
 def _semicolon_header(line: str) -> bool:
     """Whether header `line` is a spreadsheet's `;`-separated one (Excel where the list
     separator is `;`): one column read comma-separated (a comma only inside a quoted
-    name, "price, EUR";label), two or more named ones read `;`-separated."""
+    name, "price, EUR";label), no tab, two or more named ones read `;`-separated."""
     commas = _fields(line, ",")
-    if ";" not in line or (commas is not None and len(commas) > 1):
-        return False
+    if ";" not in line or "\t" in line or (commas is not None and len(commas) > 1):
+        return False  # a tab: a tab-separated file named .csv (`_check_header` says so)
     return sum(bool(name.strip()) for name in _fields(line, ";") or ()) >= 2
 
 
@@ -121,7 +121,8 @@ def _check_header(header: list[str], path: Path, sep: str, line: int, quoted: bo
     its line quotes the name, `"notes; misc"`), an empty name before a named column, or
     a repeated name."""
     one = len(header) == 1 and not quoted
-    other = next((s for s in _SEP_NAMES if s != sep and one and s in header[0]), None)
+    # a tab first: it is in no name, while `;` and `|` may be
+    other = next((s for s in ("\t", ";", "|", ",") if s != sep and one and s in header[0]), None)
     if other is not None:
         fixes = {
             "\t": "name the file .tsv (a .tsv file is read tab-separated)",

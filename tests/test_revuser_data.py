@@ -81,3 +81,13 @@ def test_a_quote_in_the_folder_name_is_shell_quoted(tmp_path: Path) -> None:
     subprocess.run(command, shell=True, cwd=tmp_path, check=True, timeout=60)
     rows = [json.loads(line) for line in (tmp_path / "data.jsonl").read_text().splitlines()]
     assert rows == [{"text": "a goal", "label": "sport"}, {"text": "new chip", "label": "tech"}]
+
+
+def test_a_tab_separated_file_named_csv_is_still_named_so(tmp_path: Path) -> None:
+    """A tab-separated header whose last name holds `;` was read `;`-separated, its
+    columns 'text<TAB>label' and 'x'; it is refused with the hint to name it .tsv."""
+    path = tmp_path / "sheet.csv"
+    path.write_text("text\tlabel;x\n" + "".join(f"{t}\t{g}\n" for t, g in ROWS))
+    with pytest.raises(DataError) as err:
+        read_splits(path)
+    assert "looks tab-separated" in err.value.message and ".tsv" in (err.value.hint or "")
