@@ -7,8 +7,17 @@ from declora.node.logs import safe_text
 
 
 def error_lines(message: str, hint: str = "") -> list[str]:
-    """`error: message`, then `hint: hint` when there is one, each `shown_text`."""
-    return [f"error: {shown_text(message)}", *([f"hint: {shown_text(hint)}"] if hint else [])]
+    """`error: message`, then `hint: hint` when there is one, each `shown_lines`."""
+    return [f"error: {shown_lines(message)}", *([f"hint: {shown_lines(hint)}"] if hint else [])]
+
+
+def shown_lines(text: str) -> str:
+    """`text`'s own lines, each `shown_text`, every line after the first indented by at
+    least two spaces: a message of several lines (the startup timeout's, a line per
+    missing peer) keeps them, and no line of it passes for an `error:` or `hint:` line
+    of its own (a folder name holding a newline)."""
+    first, *rest = (shown_text(line) for line in text.split("\n"))
+    return "\n".join([first, *(x if x.startswith("  ") else f"  {x}" for x in rest)])
 
 
 def shown_text(text: str) -> str:

@@ -97,7 +97,7 @@ def test_nothing_to_resume_lists_only_node_folders_and_no_node_id_under_mtls(
 
 def test_an_error_line_escapes_control_characters() -> None:
     lines = error_lines("folder x\nerror: forged", "a\x1b[2Jb \udcff")
-    assert lines == ["error: folder x\\nerror: forged", "hint: a\\x1b[2Jb \\xff"]
+    assert lines == ["error: folder x\n  error: forged", "hint: a\\x1b[2Jb \\xff"]
 
 
 # --------------------------------------------------- 2. status without --target, deploy/*

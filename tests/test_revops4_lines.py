@@ -25,13 +25,15 @@ def test_a_json_error_record_carries_the_text_lines_message(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     say_error(NAME, 2, hint=f"rename {NAME}")
-    error, hint = capsys.readouterr().err.splitlines()
+    error, more, hint, hint_more = capsys.readouterr().err.splitlines()
     say_error(NAME, 2, hint=f"rename {NAME}", json_logs=True)
     [line] = capsys.readouterr().err.splitlines()
     record = json.loads(line)
-    assert error == "error: folder a\\nerror: forged \\x1b[2J \\xff"
-    assert f"error: {record['message']}" == error
-    assert f"hint: {record['hint']}" == hint
+    # the text keeps the newline as a line of its own, indented: it forges no error line
+    assert (error, more) == ("error: folder a", "  error: forged \\x1b[2J \\xff")
+    assert (hint, hint_more) == ("hint: rename folder a", "  error: forged \\x1b[2J \\xff")
+    assert record["message"] == "folder a\\nerror: forged \\x1b[2J \\xff"
+    assert record["hint"] == "rename folder a\\nerror: forged \\x1b[2J \\xff"
     line.encode("utf-8")  # no lone surrogate (it was \udcff)
 
 
