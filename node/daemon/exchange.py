@@ -111,10 +111,7 @@ class Exchange:
 
     # ------------------------------------------------------------ one round
     async def exchange(self, r: int) -> None:
-        """Push round `r`'s payload to every live neighbour that is `due` (one that has
-        completed round `r` refuses it as stale: a node far behind, a replacement that
-        starts at round 0, would trade a refusal and a renewed handshake with it every
-        round until it catches up), wait for theirs, mix."""
+        """Push round `r`'s payload to every live neighbour, wait for theirs, mix."""
         faults.crash_point("before_send")
         if self.peers.rounds_began is None:  # neighbours' silence counts from now
             self.peers.rounds_began = time.monotonic()
@@ -128,7 +125,7 @@ class Exchange:
         deadline = t0 + self.deadline_seconds()
         crc = zlib.crc32(message)
         out = RoundPayload(r, message, degree, crc, len(tracker), deadline)
-        late = await self.sender.send_round([p for p in live if self.due(p, r)], out)
+        late = await self.sender.send_round(live, out)
         joined: dict[asyncio.Task[None], Peer] = {}  # pushes to those who joined meanwhile
         try:
             faults.crash_point("after_send")
@@ -230,8 +227,7 @@ class Exchange:
         """Until every live neighbour's round-r payload is in, or the deadline; a
         neighbour whose connection is refused meanwhile is dropped at once. A live
         neighbour not in `sent` (node ids) joined (or came back) meanwhile and gets
-        `out` too where `due`, its push task put in `joined` (the caller settles or
-        cancels it)."""
+        `out` too, its push task put in `joined` (the caller settles or cancels it)."""
         probes: dict[str, asyncio.Task[None]] = {}
         next_probe = time.monotonic() + PROBE_AFTER
         try:
@@ -241,8 +237,7 @@ class Exchange:
                 for p in live:
                     if p.node_id not in sent:
                         sent.add(p.node_id)
-                        if self.due(p, r):
-                            joined[asyncio.create_task(self.sender.push(p, out))] = p
+                        joined[asyncio.create_task(self.sender.push(p, out))] = p
                 got = self.inbox.arrived(r)
                 waiting = [p for p in self.peers.live if p.node_id not in got and self.due(p, r)]
                 if not waiting or self.progress.stop_requested:
@@ -274,8 +269,7 @@ class Exchange:
 
     @staticmethod
     def due(peer: Peer, r: int) -> bool:
-        """Whether `peer` can still deliver a round-r payload this node accepts, and
-        accept this node's (it refuses rounds it has completed).
+        """Whether `peer` can still deliver a round-r payload this node accepts.
 
         One that has completed round r, by its verified round or its handshake's claim,
         sends none: waiting for it would hold the round to the deadline and drop it,

@@ -19,6 +19,12 @@ Invariants callers may rely on:
   checked, its `raced`) is the receiver's race, never by itself a reason to drop it:
   the round goes on without that delivery, not retried (its round or sequence has
   moved, so the same payload would race again; counted `push_raced`);
+- a neighbour that refused a round as one it has completed (OUT_OF_RANGE, and its
+  renewed handshake claims that round or later: this node is behind, e.g. a
+  replacement that starts at round 0 beside a swarm far ahead) is pushed nothing more
+  until this node's round passes its claimed or verified one (`behind`): until a
+  catch-up, every push would be refused, logged there and answered by a new
+  handshake (~500 per replacement in `bench/bench_soak.py`);
 - a peer's free text (an ack's reason, a status's details) reaches the log escaped
   and bounded (`logs.safe_text`);
 - a push's data chunks are small enough that each arrives within a quarter of
@@ -130,6 +136,7 @@ class Sender:
         self.counters = counters
         self.metrics = metrics
         self.overruns: dict[str, int] = {}  # node id -> rounds running its ack came late
+        self.ahead: set[str] = set()  # node ids that refused a round they had completed
         self.turn_seconds: dict[str, float] = {}  # node id -> how long its last turn lasted
         self.one_at_a_time = True  # the uplink is slow, or not measured yet: one by one
         self.measured = False  # a round's pushes measured the uplink (`_choose_order`)
@@ -149,6 +156,8 @@ class Sender:
         to neighbours on probation, returned for `settle`."""
         for pid in [pid for pid in self.overruns if self.peers.get(pid) is None]:
             del self.overruns[pid]
+        self.ahead = {pid for pid in self.ahead if self.peers.get(pid) is not None}
+        live = [p for p in live if not self.behind(p, out.r)]
         for pid in [pid for pid in self.turn_seconds if self.peers.get(pid) is None]:
             del self.turn_seconds[pid]
         self._turn = asyncio.Lock() if self.one_at_a_time else None
@@ -288,6 +297,17 @@ class Sender:
             return ack
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def behind(self, peer: Peer, r: int) -> bool:
+        """Whether `peer` refused a round it had completed and has completed round `r`
+        too, by its claim or verified round (it would refuse it: not pushed); once a
+        round is past both, it is pushed again."""
+        if peer.node_id not in self.ahead:
+            return False
+        if max(peer.round, peer.claimed_round) >= r:
+            return True
+        self.ahead.discard(peer.node_id)
+        return False
+
     async def push(self, peer: Peer, out: RoundPayload, retry: bool = True) -> None:
         """Send the round's payload `out` to `peer`: the adapter delta, then the
         exchange's z (gradient tracking). A keyframe replaces the delta when the
@@ -298,8 +318,11 @@ class Sender:
         start (`align_round`), and an unknown sender (the receiver restarted, or has
         not finished its side of the handshake) retries once. RESOURCE_EXHAUSTED and
         ABORTED skip the neighbour this round; a timeout counts as an overrun (`overran`).
+        Nothing is pushed to a neighbour this node is `behind`.
         """
         r, t = out.r, out.tracker_bytes
+        if self.behind(peer, r):  # one that joined the round meanwhile (`Exchange`)
+            return
         try:
             if not peer.send_keyframe:
                 delta = pb.PAYLOAD_KIND_DELTA
@@ -338,6 +361,8 @@ class Sender:
             stopping = self.progress.stop_requested
             if renew and not stopping and await self.handshaker.dial(peer.address) is not None:
                 log.info("%s refused round %d (%s): handshake renewed", peer.node_id, r, code.name)
+                if code == grpc.StatusCode.OUT_OF_RANGE and peer.claimed_round >= r:
+                    self.ahead.add(peer.node_id)  # this node is behind it: `behind`
                 if code == grpc.StatusCode.UNAUTHENTICATED and retry:
                     await self.push(peer, out, retry=False)
                 return
