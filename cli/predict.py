@@ -213,23 +213,28 @@ def _given(value: Any) -> str | None:
 
 def accuracy_line(predicted: list[str], given: list[str], known: tuple[str, ...]) -> str:
     """The summary of `predicted` labels against the `given` ones (every scored row's):
-    accuracy over the rows whose label the adapter `known`s, the others named."""
+    accuracy over the rows whose label the adapter `known`s, the others named (five at
+    most, each cut to 40 characters)."""
     unknown = sorted({g for g in given if g not in known})
     kept = [(p, g) for p, g in zip(predicted, given, strict=True) if g in known]
-    shown = ", ".join(repr(u) for u in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+    shown = ", ".join(repr(u[:40]) for u in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
     left = (
-        f" ({len(unknown)} label{'s' * (len(unknown) != 1)} the adapter does not know, "
-        f"{len(given) - len(kept)} rows left out: {shown})"
+        f" ({_count(len(unknown), 'label')} the adapter does not know, "
+        f"{_count(len(given) - len(kept), 'row')} left out: {shown})"
         if unknown
         else ""
     )
     if not kept:
         return (
-            f"no accuracy: none of the {len(given)} labelled rows has a label the adapter "
-            f"knows{left}"
+            f"no accuracy: none of the {_count(len(given), 'labelled row')} has a label the "
+            f"adapter knows{left}"
         )
     right = sum(p == g for p, g in kept)
-    return f"accuracy {right / len(kept):.3f} on {len(kept)} labelled rows{left}"
+    return f"accuracy {right / len(kept):.3f} on {_count(len(kept), 'labelled row')}{left}"
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
 
 
 def input_path(source: str) -> Path:

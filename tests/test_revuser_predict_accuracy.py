@@ -61,7 +61,10 @@ def test_json_rows_carry_the_given_label(adapter: Path, tmp_path: Path) -> None:
     assert rows[0]["correct"] is None
     assert [r["correct"] for r in rows[1:]] == [r["label"] == r["given_label"] for r in rows[1:]]
     right = sum(bool(r["correct"]) for r in rows)
-    assert err.startswith(f"accuracy {right / 39:.3f} on 39 labelled rows")
+    assert err == (
+        f"accuracy {right / 39:.3f} on 39 labelled rows "
+        "(1 label the adapter does not know, 1 row left out: 'zulu')\n"
+    )
 
 
 def test_labelled_json_lines_on_stdin_get_their_accuracy(adapter: Path) -> None:
