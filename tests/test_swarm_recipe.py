@@ -4,19 +4,22 @@ study that checks it (`cli/generalization.py`) on a tiny model."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_sim_config
 
 from declora.node.mixing import gossip_steps_for, metropolis_hastings, second_eigenvalue
 from declora.node.recipe import Recipe
 from declora.node.simulator import SimConfig, Simulation
 from declora.node.topology import from_spec
-from declora.node.trainer import LoraModel
+from declora.node.trainer import LoraModel, LoraSpec
 from declora.node.workload import carve_validation
 
 # ------------------------------------------------------------------ resolved defaults
@@ -148,6 +151,29 @@ def test_extra_exchanges_tighten_consensus(tiny_lm: LoraModel, synthetic_jsonl: 
 # ------------------------------------------------------------------ the study
 
 
+@pytest.fixture
+def models_built_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each model `load_workload` builds is built once per test, then deep-copied, the
+    torch RNG set as that build left it: every run is bit-identical to one with a fresh
+    build (load_base and wrap_lora seed torch first), without rebuilding tiny-bert."""
+    from declora.node import workload
+
+    built: dict[str, tuple[LoraModel, torch.Tensor]] = {}
+
+    def build(spec: LoraSpec, **kwargs: Any) -> LoraModel:
+        key = repr((spec, sorted(kwargs.items())))
+        if key not in built:
+            lm = LoraModel(spec, **kwargs)
+            built[key] = (copy.deepcopy(lm), torch.get_rng_state())
+            return lm
+        pristine, rng = built[key]
+        torch.set_rng_state(rng)
+        return copy.deepcopy(pristine)
+
+    monkeypatch.setattr(workload, "LoraModel", build)
+
+
+@pytest.mark.usefixtures("models_built_once")
 def test_the_study_selects_on_validation_and_tables_every_setting(tmp_path: Path) -> None:
     from declora.cli.generalization import Study, run_study
 
