@@ -335,9 +335,10 @@ _SPECIAL = {
 }
 
 
-# One JSON line a .txt file, labelled by its folder's name (the file's text unchanged).
+# One JSON line a .txt file, labelled by its folder's name (the file's text unchanged,
+# read as UTF-8 whatever the locale, as declora reads data)
 _TXT_TO_JSONL = (
-    'python3 -c \'import json, pathlib, sys; [print(json.dumps({"text": f.read_text(), '
+    'python3 -c \'import json, pathlib, sys; [print(json.dumps({"text": f.read_text("utf-8"), '
     '"label": f.parent.name})) for f in sorted(pathlib.Path(sys.argv[1]).glob("*/*.txt"))]\''
 )
 

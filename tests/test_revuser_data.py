@@ -91,3 +91,23 @@ def test_a_tab_separated_file_named_csv_is_still_named_so(tmp_path: Path) -> Non
     with pytest.raises(DataError) as err:
         read_splits(path)
     assert "looks tab-separated" in err.value.message and ".tsv" in (err.value.hint or "")
+
+
+def test_the_command_reads_the_texts_as_utf8_in_any_locale(tmp_path: Path) -> None:
+    """Under a locale that is not UTF-8 (LC_ALL=C without Python's UTF-8 fallbacks, as
+    Windows' cp1252 is) the command's read_text() failed on 'café' or misread it."""
+    import os
+
+    root = tmp_path / "news"
+    (root / "food").mkdir(parents=True)
+    (root / "food" / "1.txt").write_text("café au lait", encoding="utf-8")
+    (root / "tech").mkdir()
+    (root / "tech" / "1.txt").write_text("new chip", encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        read_splits(root)
+    command = (err.value.hint or "").split("pass that file: ", 1)[1]
+    command = command.replace("python3 ", f"{sys.executable} ", 1)
+    env = {**os.environ, "LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    subprocess.run(command, shell=True, cwd=tmp_path, check=True, timeout=60, env=env)
+    rows = [json.loads(line) for line in (tmp_path / "data.jsonl").read_text().splitlines()]
+    assert rows[0] == {"text": "café au lait", "label": "food"}
