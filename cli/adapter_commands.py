@@ -26,12 +26,14 @@ def predict(
     ] = "-",
     text_column: Annotated[str, typer.Option(help="The column that holds the texts.")] = "text",
     label_column: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="The column of given labels: when every row has one, the accuracy is "
-            "printed to stderr (json: each row's given_label and correct)."
+            help="The column of given labels (default: label, where there is one): when "
+            "every row has one, the accuracy is printed to stderr (json: each row's "
+            "given_label and correct).",
+            show_default=False,
         ),
-    ] = "label",
+    ] = None,
     fmt: Annotated[
         str,
         typer.Option(

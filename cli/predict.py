@@ -39,7 +39,7 @@ from declora.node.adapter_card import (
     portable_base,
 )
 from declora.node.adapter_io import AdapterError, adapter_folder, export_merged, perplexity
-from declora.node.data import column_hint, column_values, is_chat_turns
+from declora.node.data import column_hint, column_values, is_chat_turns, same_columns
 from declora.node.data import read_texts as column_texts
 from declora.node.data_files import DataError, read_splits, utf8_text
 from declora.node.data_labels import is_nan, label_name
@@ -66,15 +66,20 @@ CHAT_HINT = (
 
 CHAT_COLUMNS = ("messages", "conversations")  # a chat file's columns (lm_data's defaults)
 TEXTS_HINT = "give one text per line, or JSON lines"
+LABEL_COLUMN = "label"  # the given labels' column when --label-column is not given
+LABEL_COLUMN_HINT = "name the column of given labels with --label-column, or leave it out"
 
 
 def _jsonl_texts(
-    lines: list[str], text_column: str, source: str, label_column: str
+    lines: list[str], text_column: str, source: str, label_column: str | None
 ) -> tuple[list[str], list[str | None]]:
     """The texts of JSON lines `lines` and each one's label in `label_column` (None
-    where it has none)."""
+    where it has none; "label" when None: a named one no line has is a `DataError`)."""
     texts: list[str] = []
     given: list[str | None] = []
+    named = label_column is not None
+    label_column = label_column or LABEL_COLUMN
+    seen = False
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             texts.append("")  # a blank line keeps its place in the output
@@ -107,6 +112,11 @@ def _jsonl_texts(
         text = "" if value is None else str(value)
         texts.append(text if text.strip() else "")  # keeps its place, like a blank line
         given.append(_given(row.get(label_column)))
+        seen = seen or label_column in row
+    if named and not seen:
+        raise DataError(
+            f"{source}: no label column {label_column!r} in any line", LABEL_COLUMN_HINT
+        )
     return texts, given
 
 
@@ -144,7 +154,7 @@ def _split(text: str) -> list[str]:
 
 
 def _file_texts(
-    path: Path, text_column: str, label_column: str
+    path: Path, text_column: str, label_column: str | None
 ) -> tuple[list[str], list[str | None]]:
     """The texts of `text_column` of every split of `path`, split after split (a warning
     names them when there are several), and each row's given label in `label_column`
@@ -186,12 +196,15 @@ def _file_texts(
     return texts, given
 
 
-def given_labels(ds: Any, where: str, label_column: str) -> list[str | None]:
+def given_labels(ds: Any, where: str, label_column: str | None) -> list[str | None]:
     """Each row's label in `label_column` as training names it (`label_name`; a
-    ClassLabel id its name); None for a row without one (no such column, a null, NaN,
-    empty or non-scalar value, an id outside the names)."""
-    if label_column not in ds.column_names:
-        return [None] * ds.num_rows
+    ClassLabel id its name); None for a row without one (a null, NaN, empty or
+    non-scalar value, an id outside the names). `label_column` None reads "label" where
+    there is one; a named column that is missing is a `DataError`, as for training."""
+    if label_column is None:
+        if LABEL_COLUMN not in ds.column_names:
+            return [None] * ds.num_rows
+        label_column = LABEL_COLUMN
     values, feature = column_values(ds, where, label_column, "label", "--label-column")
     names = getattr(feature, "names", None)
     given: list[str | None] = []
@@ -247,23 +260,20 @@ def input_path(source: str) -> Path:
     return Path(source)
 
 
-def read_texts(source: str, text_column: str, stdin: TextIO | None) -> list[str]:
-    """The texts to predict, in input order (`read_rows` without the labels)."""
-    return read_rows(source, text_column, stdin)[0]
-
-
 def read_rows(
-    source: str, text_column: str, stdin: TextIO | None, label_column: str = "label"
+    source: str, text_column: str, stdin: TextIO | None, label_column: str | None = None
 ) -> tuple[list[str], list[str | None]]:
     """The texts to predict, in input order, and each one's given label (a data file's
-    `label_column`, `given_labels`; None for lines); "" for a blank line or a row whose
-    text is empty or null, which keeps its place (`run_predict` writes an empty line for
-    it); `DataError` if there are none or they are bad.
+    or JSON lines' `label_column`, `given_labels`; None for lines, which a named
+    `label_column` refuses, as one equal to `text_column`); "" for a blank line or a row
+    whose text is empty or null, which keeps its place (`run_predict` writes an empty
+    line for it); `DataError` if there are none or they are bad.
 
     `source` "-" reads `stdin`: JSON lines when its first non-blank line starts with
     "{", else one text per line (stripped). A `.txt` file is one text per line; any
     other file goes through `data_files.read_splits` with `text_column`.
     """
+    same_columns(text_column, label_column)
     if source != "-":
         path = input_path(source)
         if not path.exists():
@@ -281,6 +291,11 @@ def read_rows(
                 f"{label}: no texts (every line's {text_column!r} is empty)", TEXTS_HINT
             )
         return texts, given
+    if label_column is not None:
+        raise DataError(
+            f"{label}: --label-column {label_column!r} names a column, but lines have none",
+            "give a data file or JSON lines with that column, or leave --label-column out",
+        )
     return [line.strip() for line in lines], [None] * len(lines)
 
 
@@ -294,11 +309,11 @@ def run_predict(
     base: str | None = None,
     batch_size: int = 32,
     *,
-    label_column: str = "label",
+    label_column: str | None = None,
     err: TextIO | None = None,
 ) -> int:
     """Print one prediction line per text to `out`, in input order; a blank line of the
-    input (`read_texts`' "") gets an empty line (json: its keys with null values).
+    input (`read_rows`' "") gets an empty line (json: its keys with null values).
     A classifier's input whose every scored row has a label (`given_labels`) gets one
     summary line on `err` (`accuracy_line`), and in json each row its "given_label"
     and whether it is "correct" (null for a label the adapter does not know).

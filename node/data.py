@@ -274,7 +274,7 @@ def _raw(
     return _Raw(texts, tuple(labels), declared, chats, tuple(renamed.items()))
 
 
-def _same_columns(text_column: str, label_column: str | None) -> None:
+def same_columns(text_column: str, label_column: str | None) -> None:
     """A `DataError` when the text column is also the label column."""
     if label_column is not None and label_column == text_column:
         raise DataError(
@@ -343,7 +343,7 @@ def load_file(
     order). `label_column=None` reads texts only (causal LM). All splits of a saved
     `DatasetDict` are read, in its order.
     """
-    _same_columns(text_column, label_column)
+    same_columns(text_column, label_column)
     p = Path(path)
     return _from_splits(p, _read_splits(p), text_column, label_column, label_names)
 
@@ -453,7 +453,7 @@ def load_dataset(
     source = str(spec)
     dropped = 0
     if examples is None:  # an `ExampleReader` may not read `text_column` at all
-        _same_columns(text_column, label_column)
+        same_columns(text_column, label_column)
     if source in (EMBEDDED_DATA, EMBEDDED_CHAT):  # labelled even for causal LM
         full, dropped = _bbcnews_unique() if dedupe else (load_bbcnews(), 0)
         _log_dropped(source, dropped, len(full))

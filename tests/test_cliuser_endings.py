@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from declora.cli import client
 from declora.cli.app import app
 from declora.cli.generate import read_prompts
-from declora.cli.predict import read_texts
+from declora.cli.predict import read_rows
 from declora.node.data_files import DataError
 
 runner = CliRunner()
@@ -43,7 +43,7 @@ def test_an_eof_error_is_exactly_an_error_and_a_hint_line(monkeypatch: pytest.Mo
 def test_a_closed_stdin_is_a_user_error() -> None:
     """`declora-node predict ADAPTER <&-`: Python's sys.stdin is None."""
     with pytest.raises(DataError, match="standard input is closed") as predicted:
-        read_texts("-", "text", None)
+        read_rows("-", "text", None)[0]
     with pytest.raises(DataError, match="standard input is closed") as generated:
         read_prompts(None, None, None)
     assert predicted.value.hint and generated.value.hint

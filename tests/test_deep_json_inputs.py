@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from declora.cli.generate import read_prompts
-from declora.cli.predict import read_texts
+from declora.cli.predict import read_rows
 from declora.node.data_error import DataError
 
 DEEP = '{"text": ' + "[" * 100_000 + "]" * 100_000 + "}\n"
@@ -17,7 +17,7 @@ DEEP = '{"text": ' + "[" * 100_000 + "]" * 100_000 + "}\n"
 
 def test_predict_names_a_line_nested_too_deeply_on_stdin() -> None:
     with pytest.raises(DataError, match=r"<stdin>:2: not valid JSON: nested too deeply"):
-        read_texts("-", "text", io.StringIO('{"text": "fine"}\n' + DEEP))
+        read_rows("-", "text", io.StringIO('{"text": "fine"}\n' + DEEP))[0]
 
 
 def test_generate_names_a_line_nested_too_deeply(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from conftest import CLASS_NAMES, make_synthetic
 from typer.testing import CliRunner
 
 from declora.cli.app import app
-from declora.cli.predict import read_texts
+from declora.cli.predict import read_rows
 from declora.node.data_files import DataError
 
 runner = CliRunner()
@@ -35,12 +35,16 @@ def _write(tmp_path: Path, name: str, body: str) -> str:
     ],
 )
 def test_an_empty_text_of_a_data_file_keeps_its_place(tmp_path: Path, name: str, body: str) -> None:
-    assert read_texts(_write(tmp_path, name, body), "text", io.StringIO()) == ["first", "", "third"]
+    assert read_rows(_write(tmp_path, name, body), "text", io.StringIO())[0] == [
+        "first",
+        "",
+        "third",
+    ]
 
 
 def test_an_empty_text_on_stdin_json_lines_keeps_its_place() -> None:
     lines = '{"text": "first"}\n{"text": ""}\n\n{"text": "third"}\n'
-    assert read_texts("-", "text", io.StringIO(lines)) == ["first", "", "", "third"]
+    assert read_rows("-", "text", io.StringIO(lines))[0] == ["first", "", "", "third"]
 
 
 def test_only_empty_texts_are_still_refused(tmp_path: Path) -> None:
@@ -49,7 +53,7 @@ def test_only_empty_texts_are_still_refused(tmp_path: Path) -> None:
         ("-", '{"text": ""}\n'),
     ):
         with pytest.raises(DataError, match="no texts") as err:
-            read_texts(source, "text", io.StringIO(stdin))
+            read_rows(source, "text", io.StringIO(stdin))[0]
         assert err.value.hint
 
 

@@ -17,7 +17,7 @@ import pytest
 from conftest import tiny_sim_config
 
 from declora.cli.generate import read_prompts
-from declora.cli.predict import read_texts
+from declora.cli.predict import read_rows
 from declora.node.data import label_variants, load_dataset, load_file
 from declora.node.data_files import DataError
 from declora.node.workload import load_workload
@@ -36,7 +36,7 @@ def test_csv_row_with_an_extra_field_is_refused_with_its_row(tmp_path: Path) -> 
     ):
         load_file(ragged)
     with pytest.raises(DataError, match="row 1 has 4 fields"):  # predict reads it too
-        read_texts(str(ragged), "text", io.StringIO())
+        read_rows(str(ragged), "text", io.StringIO())[0]
     # a later row, after blank lines and a quoted separator, is counted as a row
     later = write(tmp_path / "later.csv", 'text,label\n"a, b",x\n\nc,y\nd,z,extra\n')
     with pytest.raises(DataError, match=r"later\.csv:5: cannot read it as csv: row 3 has 3 fields"):
@@ -100,14 +100,14 @@ def test_label_variants_are_warned_about_not_merged(
 
 def test_byte_order_mark_is_not_part_of_the_first_text(tmp_path: Path) -> None:
     bom = write(tmp_path / "bom.txt", "one\ntwo\n", encoding="utf-8-sig")
-    assert read_texts(str(bom), "text", io.StringIO()) == ["one", "two"]
+    assert read_rows(str(bom), "text", io.StringIO())[0] == ["one", "two"]
     assert read_prompts(None, str(bom), io.StringIO()) == ["one", "two"]
-    assert read_texts("-", "text", io.StringIO("\ufeffone\ntwo\n")) == ["one", "two"]
+    assert read_rows("-", "text", io.StringIO("\ufeffone\ntwo\n"))[0] == ["one", "two"]
     assert read_prompts(None, "-", io.StringIO("\ufeffone\n")) == ["one"]
     latin = tmp_path / "latin.txt"
     latin.write_bytes("caf\xe9\n".encode("latin-1"))
     with pytest.raises(DataError, match="not UTF-8"):
-        read_texts(str(latin), "text", io.StringIO())
+        read_rows(str(latin), "text", io.StringIO())[0]
     with pytest.raises(DataError, match="not UTF-8"):
         read_prompts(None, str(latin), io.StringIO())
 
@@ -127,14 +127,14 @@ def test_input_that_is_not_utf8_is_one_data_error(tmp_path: Path) -> None:
     latin = "café\n".encode("latin-1")
     stdin = io.TextIOWrapper(io.BytesIO(latin), encoding="utf-8")
     with pytest.raises(DataError, match="<stdin>: not UTF-8 text"):
-        read_texts("-", "text", stdin)
+        read_rows("-", "text", stdin)[0]
     stdin = io.TextIOWrapper(io.BytesIO(latin), encoding="utf-8")
     with pytest.raises(DataError, match="<stdin>: not UTF-8 text"):
         read_prompts(None, "-", stdin)
     path = tmp_path / "latin.txt"
     path.write_bytes(latin)
     for read in (
-        lambda: read_texts(str(path), "text", io.StringIO()),
+        lambda: read_rows(str(path), "text", io.StringIO())[0],
         lambda: read_prompts(None, str(path), io.StringIO()),
     ):
         with pytest.raises(DataError, match=r"latin\.txt: not UTF-8 text"):

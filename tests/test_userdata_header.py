@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from declora.cli.predict import read_texts
+from declora.cli.predict import read_rows
 from declora.node.data import load_file
 from declora.node.data_files import DataError
 
@@ -38,7 +38,7 @@ def test_a_header_without_a_near_name_keeps_the_plain_hint(tmp_path: Path) -> No
 def test_predict_stdin_jsonl_names_the_rows_own_spelling() -> None:
     stdin = io.StringIO('{"Text ": "shares fell"}\n')
     with pytest.raises(DataError) as info:
-        read_texts("-", "text", stdin)
+        read_rows("-", "text", stdin)[0]
     assert "pass --text-column 'Text '" in (info.value.hint or "")
 
 
@@ -58,7 +58,7 @@ def test_predict_on_a_chat_file_points_to_generate(tmp_path: Path) -> None:
     path = tmp_path / "chats.jsonl"
     path.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
     with pytest.raises(DataError) as info:
-        read_texts(str(path), "text", io.StringIO())
+        read_rows(str(path), "text", io.StringIO())[0]
     assert "its 'messages' column holds conversations" in info.value.message
     assert "declora-node generate ADAPTER --input FILE" in (info.value.hint or "")
 
