@@ -153,11 +153,12 @@ def test_static_swarm_trains_agrees_and_saves_peft(cluster: Cluster, n: int) -> 
 
 @pytest.mark.parametrize(
     ("codec", "tracking", "gossip_steps"),
-    [  # make test runs the one that combines the most (q8, tracking, 2 exchanges)
+    [  # all make test-slow; make test runs the one that combines the most (q8, tracking,
+        # 2 exchanges) in-process: test_testspeed3_simulator.py
         pytest.param("fp32", False, 1, marks=pytest.mark.slow),
         pytest.param("q8", False, 1, marks=pytest.mark.slow),
         pytest.param("q8", True, 1, marks=pytest.mark.slow),
-        ("q8", True, 2),
+        pytest.param("q8", True, 2, marks=pytest.mark.slow),
     ],
     ids=["fp32", "q8", "q8+gt", "q8+gt+2-gossip-steps"],
 )
