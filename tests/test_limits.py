@@ -8,6 +8,7 @@ import re
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 import pytest
@@ -317,19 +318,34 @@ class AcceptAll(pb_grpc.SwarmServicer):
         return pb.PushAck(accepted=True)
 
 
-@pytest.mark.integration
-@pytest.mark.timeout(360)
-def test_flood_is_refused_counted_and_the_node_keeps_mixing(
-    pair: tuple[Cluster, Node, Node], tiny_lm: LoraModel
+class Member(Protocol):
+    """What the flood's checks use of a running node (a process or in-process)."""
+
+    node_id: str
+    address: str
+
+    def status(self) -> pb.StatusReply | None: ...
+
+    def log(self) -> str: ...
+
+
+def flood(
+    a: Member,
+    b: Member,
+    swarm_id: str,
+    wait: Callable[[str, Callable[[], pb.StatusReply | None]], pb.StatusReply],
+    tiny_lm: LoraModel,
 ) -> None:
-    cluster, a, b = pair
+    """The flood of a (limited as `pair` starts it) from a raw gRPC member while a
+    mixes with b, and its checks: refused, counted, logged at DEBUG, and a keeps
+    mixing with b. `wait(what, check)` polls `check` until it returns a reply."""
 
     def mixing_with_b() -> pb.StatusReply | None:
         reply = a.status()
         ok = reply is not None and b.node_id in live_ids(reply) and reply.round >= 2
         return reply if ok else None
 
-    before = cluster.wait_until("a and b mixing", mixing_with_b, START, running=[a, b])
+    before = wait("a and b mixing", mixing_with_b)
     assert before.fingerprint == tiny_lm.fingerprint  # the raw client's header matches
     assert "robust mixing clip:1.0)" in a.log() and "robust mixing none)" in b.log()
     # The flooder is a member (it shook hands, so it holds a session with a) that serves
@@ -342,7 +358,7 @@ def test_flood_is_refused_counted_and_the_node_keeps_mixing(
             pb.Hello(
                 protocol_version=PROTOCOL_VERSION,
                 node_id="flooder",
-                swarm_id=cluster.swarm_id,
+                swarm_id=swarm_id,
                 fingerprint=tiny_lm.fingerprint,
                 listen_address=f"{HOST}:{port}",
                 seq=5,
@@ -360,7 +376,7 @@ def test_flood_is_refused_counted_and_the_node_keeps_mixing(
             data = b"\0" * 64
             header = make_header(
                 sender_id="flooder",
-                swarm_id=cluster.swarm_id,
+                swarm_id=swarm_id,
                 fingerprint=tiny_lm.fingerprint,
                 round=r + ahead,
                 sender_degree=1,
@@ -387,7 +403,7 @@ def test_flood_is_refused_counted_and_the_node_keeps_mixing(
 
         request = pb.PullRequest(
             node_id="flooder",
-            swarm_id=cluster.swarm_id,
+            swarm_id=swarm_id,
             kind=pb.PAYLOAD_KIND_STATE,
             session=session,
             receiver_id=a.node_id,
@@ -418,14 +434,28 @@ def test_flood_is_refused_counted_and_the_node_keeps_mixing(
     assert after.rejected[RATE_LIMITED] == limited
     assert after.rejected["future_round"] == pushes.count(grpc.StatusCode.OUT_OF_RANGE)
     # and it keeps mixing with b: two more rounds with b live
-    cluster.wait_until(
+    wait(
         "a to mix two more rounds with b",
-        lambda: (r := mixing_with_b()) is not None and r.round >= after.round + 2,
-        START,
-        running=[a, b],
+        lambda: r if (r := mixing_with_b()) is not None and r.round >= after.round + 2 else None,
     )
     assert "refused a message: more than" not in a.log()  # refusals of a flood log at DEBUG
-    assert not re.search(rf"neighbour {b.node_id} left the live set", a.log()), cluster.report()
+    assert not re.search(rf"neighbour {b.node_id} left the live set", a.log()), a.log()[-3000:]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(360)
+@pytest.mark.slow  # ~16 s of processes; test_testspeed3_limits.py: the same flood in-process
+def test_flood_is_refused_counted_and_the_node_keeps_mixing(
+    pair: tuple[Cluster, Node, Node], tiny_lm: LoraModel
+) -> None:
+    """`flood` against two `declora-node start` processes; make test floods two
+    in-process daemons over real gRPC the same way (test_testspeed3_limits.py)."""
+    cluster, a, b = pair
+
+    def wait(what: str, check: Callable[[], pb.StatusReply | None]) -> pb.StatusReply:
+        return cluster.wait_until(what, check, START, running=[a, b])
+
+    flood(a, b, cluster.swarm_id, wait, tiny_lm)
     for node in (a, b):
         node.signal(signal.SIGTERM)
     assert cluster.wait_exit([a, b], 60) == [0, 0], cluster.report()

@@ -346,12 +346,14 @@ def test_why_a_neighbour_left_is_escaped_and_bounded(log_text: io.StringIO) -> N
 
 @pytest.mark.integration
 @pytest.mark.timeout(300)
+@pytest.mark.slow  # ~17 s of a process; test_testspeed3_flood_log.py: the same in-process
 def test_a_stranger_without_the_secret_cannot_flood_a_real_nodes_log(cluster: Cluster) -> None:
     """A real `declora-node start` with a swarm secret; a stranger without it pushes
     header-only streams with random 900 kB swarm ids (the header is checked before
     any mac). Before: 1,561 MB of log in 20 s and RSS 510 -> 3,940 MiB. Now: every
     push refused and counted, 20 lines logged in full, each a few hundred bytes, and
-    the rest summed up in one line when the node stops."""
+    the rest summed up in one line when the node stops. make test checks the same on
+    an in-process daemon served over real gRPC (test_testspeed3_flood_log.py)."""
     closed, port = free_ports(2)
     args = [*train_args(cluster.data), "--peers", f"{HOST}:{closed}"]
     node = cluster.add("victim", port, [*args, "--startup-timeout", "600"])
