@@ -1,5 +1,5 @@
-"""fp16 and bf16 values: range checks and fast float32 -> 16-bit rounding (to
-nearest even, the same bits as numpy's casts); decoding's finiteness check."""
+"""fp16 and bf16 values: range checks and fast float32 -> 16-bit rounding to nearest
+even (fp16: the same bits as numpy's cast); the finiteness check of decoded values."""
 
 from __future__ import annotations
 
