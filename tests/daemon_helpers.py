@@ -9,16 +9,20 @@ still running when the test ends, so no test leaves processes behind.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import random
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -32,6 +36,8 @@ from declora.node.security import TlsFiles
 from declora.proto import pb, pb_grpc
 
 if TYPE_CHECKING:
+    from declora.node.daemon import Daemon
+    from declora.node.settings import NodeSettings
     from declora.node.simulator import SimConfig, Simulation
 
 HOST = "127.0.0.1"
@@ -343,3 +349,105 @@ def read_adapter(path: Path) -> dict[str, np.ndarray]:
         k: v.astype(np.float32)
         for k, v in load_file(str(path / "adapter_model.safetensors")).items()
     }
+
+
+def node_settings(flags: Sequence[str], **fields: object) -> NodeSettings:
+    """The settings `start` builds from `flags` (`--a-b V` is a_b=V, `--x` x=True,
+    `--no-x` x=False, the last of a name wins) and `fields` (node_id, listen, ...)."""
+    from declora.node.settings import NodeSettings
+
+    out: dict[str, object] = {}
+    i = 0
+    while i < len(flags):
+        name = flags[i].removeprefix("--").replace("-", "_")
+        if i + 1 < len(flags) and not flags[i + 1].startswith("--"):
+            out[name], i = flags[i + 1], i + 2
+        else:
+            out[name.removeprefix("no_")], i = not name.startswith("no_"), i + 1
+    return NodeSettings(**{**out, **fields})  # type: ignore[arg-type]
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.extend(record.getMessage().splitlines())
+
+
+@dataclass
+class InProcessNode:
+    """A daemon of an `InProcess` swarm as a test sees a `Node`; `log` is the swarm's
+    one log (its daemons share the logger), so a line's absence holds for all."""
+
+    daemon: Daemon
+    swarm: InProcess
+
+    @property
+    def node_id(self) -> str:
+        return self.daemon.settings.node_id
+
+    @property
+    def address(self) -> str:
+        return self.daemon.settings.advertise
+
+    def status(self) -> pb.StatusReply | None:
+        secret = self.daemon.settings.swarm_secret
+        return status_or_none(self.address, secret=secret.get_secret_value() if secret else "")
+
+    def log(self) -> str:
+        return "\n".join(self.swarm.log.lines)
+
+
+class InProcess:
+    """Daemons run by `Daemon.run` (as `start` runs one, served over real gRPC) in one
+    event loop on a thread of its own, so a test's blocking gRPC client runs beside
+    them; INFO lines (a node's default --log-level) kept in `log`. Each is built before
+    the next starts: two builds in threads share torch's global seed, so the base
+    weights and fingerprint. `close` stops them all; their exit codes."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.threads = torch.get_num_threads()
+        self.log, self.logger = _Lines(), logging.getLogger("declora")
+        self.level = self.logger.level
+        self.logger.addHandler(self.log)
+        self.logger.setLevel(logging.INFO)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.runs: list[tuple[Daemon, Future[int]]] = []
+
+    def start(self, settings: NodeSettings) -> InProcessNode:
+        from declora.node.daemon import Daemon
+        from declora.node.daemon.transport import Transport
+
+        daemon = Daemon(settings, Transport(settings, None))
+        run = asyncio.run_coroutine_threadsafe(daemon.run(), self.loop)
+        self.runs.append((daemon, run))
+        while daemon.parts is None:  # built (a failed start: its error here)
+            if run.done():
+                raise AssertionError(f"{settings.node_id} ended: {run.result()}")
+            time.sleep(POLL)
+        return InProcessNode(daemon, self)
+
+    def running(self) -> bool:
+        return all(not run.done() and not d.progress.stop_requested for d, run in self.runs)
+
+    def close(self) -> list[int]:
+        import torch
+
+        try:
+            for daemon, run in self.runs:
+                if not run.done() and not daemon.progress.stop_requested:
+                    self.loop.call_soon_threadsafe(daemon.request_stop)
+            return [run.result(timeout=120) for _, run in self.runs]
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=60)
+            self.loop.close()
+            self.logger.removeHandler(self.log)
+            self.logger.setLevel(self.level)
+            torch.set_num_threads(self.threads)

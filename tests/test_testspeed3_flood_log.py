@@ -15,15 +15,13 @@ from pathlib import Path
 
 import grpc
 import pytest
-from daemon_helpers import HOST, free_ports, status_or_none, train_args
+from daemon_helpers import HOST, free_ports, node_settings, status_or_none, train_args
 from test_peer_logs import header
-from test_testspeed3_simulator import options
 
 from declora.node.daemon import Daemon
 from declora.node.daemon.state import NodeState
 from declora.node.daemon.transport import Transport
 from declora.node.logs import REFUSALS_LOGGED
-from declora.node.settings import NodeSettings
 from declora.proto import pb, pb_grpc
 
 SECRET = "s3cret-" + "x" * 32
@@ -45,7 +43,8 @@ def test_a_stranger_without_the_secret_cannot_flood_an_in_process_nodes_log(
 ) -> None:
     closed, port = free_ports(2)
     address = f"{HOST}:{port}"
-    s = NodeSettings(
+    s = node_settings(
+        train_args(synthetic_jsonl),
         node_id="victim",
         swarm_id="flood",
         listen=address,
@@ -53,7 +52,6 @@ def test_a_stranger_without_the_secret_cannot_flood_an_in_process_nodes_log(
         checkpoint_dir=tmp_path / "victim",
         startup_timeout=600,
         swarm_secret=SECRET,
-        **options(train_args(synthetic_jsonl)),
     )
     daemon = Daemon(s, Transport(s, None))
     seen = _Lines()

@@ -15,30 +15,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from daemon_helpers import sim_config, simulate, train_args
+from daemon_helpers import node_settings, sim_config, simulate, train_args
 from memory_transport import MemoryNetwork, MemoryTransport
 
 from declora.node.daemon import Daemon
 from declora.node.daemon.daemon import Parts
 from declora.node.daemon.service import SwarmService
-from declora.node.settings import NodeSettings
 
 NODES, ROUNDS, GOSSIP, CODEC, SCHEME = 3, 3, 2, "q8", "dirichlet:1.0"
-
-
-def options(flags: list[str]) -> dict[str, Any]:
-    """`start`'s flags as settings fields: `--a-b V` is a_b=V, `--x` x=True, `--no-x`
-    x=False (the values as typed; the settings read them)."""
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(flags):
-        name = flags[i].removeprefix("--").replace("-", "_")
-        if i + 1 < len(flags) and not flags[i + 1].startswith("--"):
-            out[name], i = flags[i + 1], i + 2
-        else:
-            value = not name.startswith("no_")
-            out[name.removeprefix("no_")], i = value, i + 1
-    return out
 
 
 def swarm(data: Path, root: Path) -> tuple[list[Daemon], list[Parts]]:
@@ -56,14 +40,14 @@ def swarm(data: Path, root: Path) -> tuple[list[Daemon], list[Parts]]:
     network = MemoryNetwork()
     daemons, parts = [], []
     for i in range(NODES):
-        s = NodeSettings(
+        s = node_settings(
+            flags,
             node_id=f"n{i}",
             swarm_id="sim",
             listen=addresses[i],
             peers=[a for a in addresses if a != addresses[i]],
             partition=f"{i}/{NODES}",
             checkpoint_dir=root / f"n{i}",
-            **options(flags),
         )
         d = Daemon(s, MemoryTransport(network, s, None))
         p = d.build()
