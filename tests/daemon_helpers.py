@@ -25,7 +25,7 @@ from concurrent import futures
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import grpc
 import numpy as np
@@ -365,6 +365,20 @@ def node_settings(flags: Sequence[str], **fields: object) -> NodeSettings:
         else:
             out[name.removeprefix("no_")], i = not name.startswith("no_"), i + 1
     return NodeSettings(**{**out, **fields})  # type: ignore[arg-type]
+
+
+class Member(Protocol):
+    """What shared checks use of a running node: a `Node` or an `InProcessNode`."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def address(self) -> str: ...
+
+    def status(self) -> pb.StatusReply | None: ...
+
+    def log(self) -> str: ...
 
 
 class _Lines(logging.Handler):

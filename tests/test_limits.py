@@ -8,11 +8,10 @@ import re
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
 
 import grpc
 import pytest
-from daemon_helpers import HOST, Cluster, Node, free_ports, live_ids, serve_fake_peer
+from daemon_helpers import HOST, Cluster, Member, Node, free_ports, live_ids, serve_fake_peer
 
 from declora.node import PROTOCOL_VERSION
 from declora.node.limits import (
@@ -316,17 +315,6 @@ class AcceptAll(pb_grpc.SwarmServicer):
         for _ in request_iterator:
             pass
         return pb.PushAck(accepted=True)
-
-
-class Member(Protocol):
-    """What the flood's checks use of a running node (a process or in-process)."""
-
-    node_id: str
-    address: str
-
-    def status(self) -> pb.StatusReply | None: ...
-
-    def log(self) -> str: ...
 
 
 def flood(

@@ -22,7 +22,7 @@ import re
 import stat
 import zlib
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
@@ -32,6 +32,7 @@ from cryptography import x509
 from daemon_helpers import (
     HOST,
     Cluster,
+    Member,
     Node,
     free_ports,
     known_ids,
@@ -507,8 +508,6 @@ def test_mtls_swarm_mixes_and_strangers_cannot_join(cluster: Cluster, tmp_path: 
     assert foreign.exit_code == 1 and "CERTIFICATE_VERIFY_FAILED" in foreign.stderr
 
 
-@pytest.mark.integration
-@pytest.mark.timeout(300)
 class TakesPushes(pb_grpc.SwarmServicer):
     def Push(self, request_iterator: object, context: object) -> pb.PushAck:
         for _ in request_iterator:  # type: ignore[attr-defined]
@@ -516,24 +515,37 @@ class TakesPushes(pb_grpc.SwarmServicer):
         return pb.PushAck(accepted=True)
 
 
-def test_secret_swarm_mixes_and_refuses_forgeries_and_replays(
-    cluster: Cluster, tiny_lm: LoraModel
+def secret_swarm_checks(
+    s0: Member,
+    s1: Member,
+    intruder: Member,
+    swarm_id: str,
+    wait: Callable[[str, Callable[[], object]], object],
+    tiny_lm: LoraModel,
 ) -> None:
-    s0, s1 = pair(cluster, ("s0", "s1"), RUN_PAIR)
-    for node in (s0, s1):
-        node.start(env={"DECLORA_SWARM_SECRET": SECRET})
-    intruder = stranger(cluster, "wrong", [s0], ["--swarm-secret", "not the swarm secret"])
-    intruder.start()
-    wait_mixing(cluster, [s0, s1], rounds=2)
-    cluster.wait_until(
+    """s0 and s1 (swarm secret `SECRET`) mix; `intruder` (another secret) dials s0 and
+    is refused; forged, replayed and misdirected raw messages to s1 are refused and
+    counted exactly, and the pair goes on mixing. `wait(what, check)` polls `check`
+    until it is true (and fails when a node stops)."""
+
+    def mixing(rounds: int) -> Callable[[], bool]:
+        def ok() -> bool:
+            replies = [s0.status(), s1.status()]
+            return all(
+                r is not None and live_ids(r) == {"s0", "s1"} - {r.node_id} and r.round >= rounds
+                for r in replies
+            )
+
+        return ok
+
+    wait("s0 and s1 mixing 2 rounds", mixing(2))
+    wait(
         "the wrong-secret node refused",
-        lambda: log_has(intruder, r"refused the handshake: not authenticated: bad mac"),
-        START,
-        running=[intruder],
+        lambda: re.search(r"refused the handshake: not authenticated: bad mac", intruder.log()),
     )
     reply = s0.status()
     assert reply is not None and reply.auth == "secret"
-    assert reply.rejected["bad_auth"] >= 1 and known_ids(reply) == {"s1"}, cluster.report()
+    assert reply.rejected["bad_auth"] >= 1 and known_ids(reply) == {"s1"}, s0.log()[-3000:]
     assert SECRET not in s0.log() and "not the swarm secret" not in intruder.log()
 
     # Raw messages to s1 (that nothing else disturbs): exact counters.
@@ -546,7 +558,7 @@ def test_secret_swarm_mixes_and_refuses_forgeries_and_replays(
         pb.Hello(
             protocol_version=PROTOCOL_VERSION,
             node_id="ghost",
-            swarm_id=cluster.swarm_id,
+            swarm_id=swarm_id,
             fingerprint=before.fingerprint,
             listen_address=f"{HOST}:{port}",
             receiver=s1.address,  # signed: this Hello is for s1 only
@@ -561,7 +573,7 @@ def test_secret_swarm_mixes_and_refuses_forgeries_and_replays(
     data = np.zeros(tiny_lm.schema.numel, dtype=np.float32).tobytes()
     header = make_header(
         sender_id="ghost",
-        swarm_id=cluster.swarm_id,
+        swarm_id=swarm_id,
         fingerprint=before.fingerprint,
         round=before.round + 4,  # ahead of s1 (ghost is live and silent: s1 waits)
         sender_degree=1,
@@ -592,7 +604,7 @@ def test_secret_swarm_mixes_and_refuses_forgeries_and_replays(
                 forger.sign(
                     pb.LeaveNotice(
                         node_id="ghost",
-                        swarm_id=cluster.swarm_id,
+                        swarm_id=swarm_id,
                         session=session,
                         receiver_id="s1",
                     )
@@ -603,7 +615,7 @@ def test_secret_swarm_mixes_and_refuses_forgeries_and_replays(
                 stub.Pull(
                     pb.PullRequest(
                         node_id="ghost",
-                        swarm_id=cluster.swarm_id,
+                        swarm_id=swarm_id,
                         session=session,
                         receiver_id="s1",
                     ),
@@ -621,7 +633,7 @@ def test_secret_swarm_mixes_and_refuses_forgeries_and_replays(
         stub.Leave(  # ghost's own, valid leave
             auth.sign(
                 pb.LeaveNotice(
-                    node_id="ghost", swarm_id=cluster.swarm_id, session=session, receiver_id="s1"
+                    node_id="ghost", swarm_id=swarm_id, session=session, receiver_id="s1"
                 )
             ),
             timeout=10,
@@ -632,6 +644,26 @@ def test_secret_swarm_mixes_and_refuses_forgeries_and_replays(
     assert after is not None
     grew = Counter(after.rejected)
     grew.subtract(before.rejected)
-    assert +grew == Counter(replay=1, bad_auth=3), cluster.report()
+    assert +grew == Counter(replay=1, bad_auth=3), s1.log()[-3000:]
     assert "ghost" in known_ids(after) and "ghost" not in live_ids(after)
-    wait_mixing(cluster, [s0, s1], rounds=after.round + 2)  # the pair goes on unharmed
+    wait("the pair mixing on", mixing(after.round + 2))  # the pair goes on unharmed
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+@pytest.mark.slow  # ~18 s of processes; test_testspeed3_secret_swarm.py: the same in-process
+def test_secret_swarm_mixes_and_refuses_forgeries_and_replays(
+    cluster: Cluster, tiny_lm: LoraModel
+) -> None:
+    """`secret_swarm_checks` on three `declora-node start` processes; make test runs
+    them on in-process daemons over real gRPC (test_testspeed3_secret_swarm.py)."""
+    s0, s1 = pair(cluster, ("s0", "s1"), RUN_PAIR)
+    for node in (s0, s1):
+        node.start(env={"DECLORA_SWARM_SECRET": SECRET})
+    intruder = stranger(cluster, "wrong", [s0], ["--swarm-secret", "not the swarm secret"])
+    intruder.start()
+
+    def wait(what: str, check: Callable[[], object]) -> object:
+        return cluster.wait_until(what, check, START, running=[s0, s1, intruder])
+
+    secret_swarm_checks(s0, s1, intruder, cluster.swarm_id, wait, tiny_lm)
