@@ -14,6 +14,9 @@ _DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 _ADDRESS = re.compile(
     r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>[0-9]{1,5})$"
 )  # ASCII digits only: `\d` took '７０００' (fullwidth) and '١٢', int() read them
+# a name made of numbers only, which the C library reads as an IPv4 address however
+# written ('127.1', '0x7f000001', '0x0': 0.0.0.0), past `dial_problem`
+_NUMBER = re.compile(r"[0-9]+|0[xX][0-9a-fA-F]+")
 
 
 class PortOutOfRange(ValueError):
@@ -63,8 +66,9 @@ def ip_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 def address_problem(address: str) -> str:
     """'' when `address` is a node's dial address: `host:port` with an IPv4 or [IPv6]
-    literal or a DNS name of letters, digits, '-' and '_' (port 1-65535), nothing
-    around it; else what is wrong, the address quoted (repr, at most 80 characters)."""
+    literal or a DNS name of letters, digits, '-' and '_', not of numbers alone
+    (port 1-65535), nothing around it; else what is wrong, the address quoted (repr,
+    at most 80 characters)."""
     quoted = repr(address) if len(repr(address)) <= 80 else repr(address)[:77] + "..."
     try:
         if address != address.strip():
@@ -74,10 +78,11 @@ def address_problem(address: str) -> str:
         return f"{quoted}: {PortOutOfRange.what(exc.port)}"
     except ValueError:
         return f"{quoted} is not host:port"
+    labels = host.removesuffix(".").split(".")
     if ip_of(host) is None and (
         len(host) > 253
-        or not all(_DNS_LABEL.fullmatch(label) for label in host.removesuffix(".").split("."))
-        or re.fullmatch(r"[0-9.]+", host)
+        or not all(_DNS_LABEL.fullmatch(label) for label in labels)
+        or all(_NUMBER.fullmatch(label) for label in labels)
     ):
         return f"{quoted}: {host[:80]!r} is not a host name or IP"
     return ""

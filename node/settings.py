@@ -26,7 +26,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from declora.node.address import dial_problem, split_address
+from declora.node.address import address_problem, dial_problem, split_address
 from declora.node.errors import HintedError, one_line
 from declora.node.identity import node_id_problem
 from declora.node.option_values import BLANK_PATH, ENV_PREFIX, blank_path, env_key, env_name
@@ -159,8 +159,11 @@ def read_secret_file(path: Path) -> str:
 
 
 def check_address(value: str) -> str:
-    """`value` if it is host:port or [IPv6]:port (ValueError naming it otherwise)."""
-    split_address(value)
+    """`value`, stripped, if it is host:port or [IPv6]:port as a peer's Hello must state
+    it (`address_problem`: a DNS name or IP literal); ValueError naming it otherwise."""
+    split_address(value)  # its own message for a port out of range
+    if problem := address_problem(value.strip()):
+        raise ValueError(problem)
     return value.strip()
 
 
