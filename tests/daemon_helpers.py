@@ -370,6 +370,8 @@ def node_settings(flags: Sequence[str], **fields: object) -> NodeSettings:
 class Member(Protocol):
     """What shared checks use of a running node: a `Node` or an `InProcessNode`."""
 
+    tls: TlsFiles | None  # what its Status calls present
+
     @property
     def node_id(self) -> str: ...
 
@@ -387,16 +389,18 @@ class _Lines(logging.Handler):
         self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.lines.extend(record.getMessage().splitlines())
+        self.lines.extend(f"{record.levelname} {record.getMessage()}".splitlines())
 
 
 @dataclass
 class InProcessNode:
-    """A daemon of an `InProcess` swarm as a test sees a `Node`; `log` is the swarm's
-    one log (its daemons share the logger), so a line's absence holds for all."""
+    """A daemon of an `InProcess` swarm as a test sees a `Node` (`tls`: the files its
+    Status calls present); `log` is the swarm's one log, 'LEVEL message' a line (its
+    daemons share the logger), so a line's absence holds for all."""
 
     daemon: Daemon
     swarm: InProcess
+    tls: TlsFiles | None = None
 
     @property
     def node_id(self) -> str:
@@ -408,7 +412,8 @@ class InProcessNode:
 
     def status(self) -> pb.StatusReply | None:
         secret = self.daemon.settings.swarm_secret
-        return status_or_none(self.address, secret=secret.get_secret_value() if secret else "")
+        secret_text = secret.get_secret_value() if secret else ""
+        return status_or_none(self.address, tls=self.tls, secret=secret_text)
 
     def log(self) -> str:
         return "\n".join(self.swarm.log.lines)
@@ -438,7 +443,7 @@ class InProcess:
         from declora.node.daemon import Daemon
         from declora.node.daemon.transport import Transport
 
-        daemon = Daemon(settings, Transport(settings, None))
+        daemon = Daemon(settings, Transport(settings, settings.tls()))
         run = asyncio.run_coroutine_threadsafe(daemon.run(), self.loop)
         self.runs.append((daemon, run))
         while daemon.parts is None:  # built (a failed start: its error here)
