@@ -13,6 +13,7 @@ from declora.cli import loading
 
 loading.cover()  # the first thing, so the imports below are covered; `uncover` at the end
 
+import atexit
 import contextlib
 import gc
 import os
@@ -104,8 +105,9 @@ def main() -> None:
     finally:
         # The exit's collections would walk every object torch and transformers made
         # (~400k for a node: seconds of CPU, tens on a loaded machine, after the node
-        # has stopped); frozen, they are skipped. Files still flush and atexit still runs.
-        gc.freeze()
+        # has stopped); frozen, they are skipped. Frozen at the exit (atexit), not here:
+        # a process that called `main` and goes on (a test run) keeps collecting.
+        atexit.register(gc.freeze)
 
 
 loading.uncover()  # `main` handles them
