@@ -232,6 +232,11 @@ class Node:
     def status(self) -> pb.StatusReply | None:
         return status_or_none(self.address, tls=self.tls, secret=self.secret)
 
+    def wait_exit(self, node: InProcessNode, timeout: float) -> int:
+        """`node`'s exit code once its run ends by itself (TimeoutError after `timeout`)."""
+        [run] = [run for daemon, run in self.runs if daemon is node.daemon]
+        return run.result(timeout=timeout)
+
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -384,12 +389,15 @@ class Member(Protocol):
 
 
 class _Lines(logging.Handler):
+    """A log's INFO lines as 'LEVEL message', a logged traceback's lines after."""
+
     def __init__(self) -> None:
         super().__init__(logging.INFO)
+        self.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
         self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.lines.extend(f"{record.levelname} {record.getMessage()}".splitlines())
+        self.lines.extend(self.format(record).splitlines())
 
 
 @dataclass
@@ -451,6 +459,11 @@ class InProcess:
                 raise AssertionError(f"{settings.node_id} ended: {run.result()}")
             time.sleep(POLL)
         return InProcessNode(daemon, self)
+
+    def wait_exit(self, node: InProcessNode, timeout: float) -> int:
+        """`node`'s exit code once its run ends by itself (TimeoutError after `timeout`)."""
+        [run] = [run for daemon, run in self.runs if daemon is node.daemon]
+        return run.result(timeout=timeout)
 
     def running(self) -> bool:
         return all(not run.done() and not d.progress.stop_requested for d, run in self.runs)

@@ -564,9 +564,11 @@ class LeavingPeer(pb_grpc.SwarmServicer):
         return pb.PushAck(accepted=True)
 
 
+@pytest.mark.slow  # ~16 s of a process; test_testspeed3_leaving.py: the same in-process
 def test_a_neighbour_leaving_during_a_push_does_not_stop_the_node(cluster: Cluster) -> None:
     """Dropping a neighbour closes its channel while this round's push to it is in flight;
-    a cancelled grpc.aio call raises CancelledError, which once ended the node (exit 1)."""
+    a cancelled grpc.aio call raises CancelledError, which once ended the node (exit 1).
+    make test checks it on an in-process daemon over real gRPC (test_testspeed3_leaving.py)."""
     f_port, d_port = free_ports(2)
     fake = LeavingPeer(f"{HOST}:{f_port}")
     server = serve_fake_peer(fake, fake.address)
