@@ -435,7 +435,7 @@ RUN_PAIR = ["--rounds", "0", "--local-steps", "1", "--eval-every", "0", "--round
 
 @pytest.mark.integration
 @pytest.mark.timeout(300)
-@pytest.mark.slow  # ~15 s of processes; test_revocation_daemons.py keeps an mTLS swarm in make test
+@pytest.mark.slow  # ~15 s of processes; test_testspeed3_revocation.py: an in-process mTLS pair
 def test_mtls_swarm_mixes_and_strangers_cannot_join(cluster: Cluster, tmp_path: Path) -> None:
     pki, other_pki = tmp_path / "pki", tmp_path / "other-pki"
     mint(pki, "n0,n1")
