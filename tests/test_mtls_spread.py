@@ -52,7 +52,7 @@ def copy_list(pki: Path, name: str) -> Path:
     return path
 
 
-@pytest.mark.slow  # a 3-node line; test_revocation_daemons.py keeps a real node; make test-slow
+@pytest.mark.slow  # a 3-node line; test_testspeed3_revocation.py keeps one node in make test
 @pytest.mark.skipif(not SERVED, reason="needs service.py's Revocations (/tmp/mtls-service.patch)")
 def test_a_revocation_reaches_the_far_end_of_a_line_without_copying_files(
     synthetic_jsonl: Path, pki: Path, caplog: pytest.LogCaptureFixture
