@@ -151,8 +151,9 @@ def _refuse_empty_paths(command: click.Command) -> None:
     only spaces (`option_values.blank_path`, the rule of settings too), as a usage
     error: typer took "" for the current folder (`export --output "$UNSET" --force`
     replaced it)."""
-    from declora.node.option_values import blank_path
     from typer._click.exceptions import BadParameter
+
+    from declora.node.option_values import blank_path
 
     for sub in getattr(command, "commands", {}).values():  # a group's (`certs revoke`)
         _refuse_empty_paths(sub)
