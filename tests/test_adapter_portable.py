@@ -118,6 +118,6 @@ def test_all_linear_with_other_targets_has_a_hint() -> None:
 
 def test_a_json_line_that_is_not_an_object_shows_the_line_expected() -> None:
     with pytest.raises(DataError) as info:
-        _jsonl_texts(['{"body": "a"}', '["x"]'], "body", "in.jsonl")
+        _jsonl_texts(['{"body": "a"}', '["x"]'], "body", "in.jsonl", None)
     assert info.value.message == "in.jsonl:2: a list, not a JSON object"
     assert '{"body": "a text to score"}' in info.value.hint
