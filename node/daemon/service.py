@@ -164,11 +164,18 @@ class Pools:
         of a lab (one IP) take a place each. An id that left the live set keeps its
         place until a live id needs it: the oldest such place is then `cut` (a member
         minting ids, each live for one Pull then leaving, held every place for the
-        Pulls' time limit)."""
+        Pulls' time limit). Failing that, a live id holding none takes the oldest place
+        of the id holding the most, if that id holds more than one (a member's 2 ids
+        that took 7 places before another neighbour joined kept it out); an id holding
+        one place is never cut for another."""
         live = set(live_ids)
         others = sum(1 for n in live if n != node_id and not self.pull_ids[n])
         while self.limits["Pull"] - self.in_use.get("Pull", 0) <= others:
             stale = next((h for h in self.pull_holds if h.node_id not in live), None)
+            if stale is None and not self.pull_ids[node_id]:
+                most = max(self.pull_ids, key=self.pull_ids.__getitem__, default="")
+                if self.pull_ids[most] > 1:
+                    stale = next(h for h in self.pull_holds if h.node_id == most)
             if stale is None:
                 raise limited(
                     f"{self.in_use.get('Pull', 0)} Pull calls in flight, {others} place(s) "
