@@ -8,7 +8,6 @@ parts); against a real node with real gRPC on 127.0.0.2-9 in the slow test."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,35 +16,14 @@ from daemon_helpers import Cluster, free_ports
 from revsec2_h2 import END_STREAM, HEADERS, Stalled
 from test_attacks import HOST, START, Attacker, HostAlias, serve_attacker
 from test_daemon_parts import pair
-from test_secleft2_pulls import Stuck, member
+from test_secleft2_pulls import member, pulls
 
 from declora.node.daemon import service
-from declora.node.daemon.daemon import Parts
 from declora.node.wire import WireError
 from declora.proto import pb
 
 IPS = [f"127.0.0.{i}" for i in range(2, 10)]  # the member's 8 IPs
 PULL = "/declora.v1.Swarm/Pull"
-
-
-def pulls(node: Parts, callers: list[tuple[str, pb.PullRequest]]) -> tuple[list[str], int]:
-    """Every caller's Pull to `node` at once, none read: (each refused caller's IP and
-    code, the Pulls in flight once each held its place or was refused)."""
-    svc = service.SwarmService(node)
-    aborted: list[str] = []
-
-    async def go() -> int:
-        calls = [svc.Pull(r, Stuck(ip, aborted)) for ip, r in callers]  # type: ignore[arg-type]
-        tasks = [asyncio.create_task(c) for c in calls]
-        for _ in range(200):  # each Pull holds its place or was refused in a few steps
-            await asyncio.sleep(0)
-        held = svc.pools.in_use.get("Pull", 0)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        return held
-
-    return aborted, asyncio.run(go())
 
 
 def test_ids_at_eight_ips_leave_an_honest_neighbour_its_pull(synthetic_jsonl: Path) -> None:
