@@ -336,27 +336,33 @@ _SPECIAL = {
 
 
 # One JSON line a .txt file, labelled by its folder's name (the file's text unchanged,
-# read as UTF-8 whatever the locale, as declora reads data)
+# read as UTF-8 whatever the locale, as declora reads data). Names that begin with a
+# dot are left out: pathlib's `*` matches them, and `.ipynb_checkpoints/1.txt` (a
+# notebook's copies) or `._1.txt` (macOS metadata) would become rows of a class.
+_VISIBLE_TXT = "[!.]*/[!.]*.txt"
 _TXT_TO_JSONL = (
     'python3 -c \'import json, pathlib, sys; [print(json.dumps({"text": f.read_text("utf-8"), '
-    '"label": f.parent.name})) for f in sorted(pathlib.Path(sys.argv[1]).glob("*/*.txt"))]\''
+    f'"label": f.parent.name}})) for f in sorted(pathlib.Path(sys.argv[1])'
+    f'.glob("{_VISIBLE_TXT}"))]\''
 )
 
 
 def _class_folders_hint(path: Path) -> str | None:
     """The command that writes a folder of class folders of .txt files (`path/sport/1.txt`)
-    as JSON Lines, or None when `path` has no subfolder holding a .txt file. The folder
-    is shell-quoted; a path an error line cannot show as typed (a newline, bytes that
+    as JSON Lines, or None when `path` has no subfolder holding a .txt file (hidden
+    folders and files, whose names begin with a dot, are left out). The folder is
+    shell-quoted; a path an error line cannot show as typed (a newline, bytes that
     are not UTF-8) is FOLDER, to be replaced."""
     try:
-        if not any(any(sub.glob("*.txt")) for sub in path.iterdir() if sub.is_dir()):
+        if not any(path.glob(_VISIBLE_TXT)):
             return None
     except OSError:
         return None
     typed = str(path).isprintable()  # a surrogate (a byte not UTF-8) is not printable
     return (
         "a folder of class folders of .txt files is not read as data: write it as JSON "
-        f"Lines (one row a file, labelled by its folder) and pass that file: "
+        "Lines (one row a file, labelled by its folder; hidden folders and files, such as "
+        ".ipynb_checkpoints, left out) and pass that file: "
         f"{_TXT_TO_JSONL} {shlex.quote(str(path)) if typed else 'FOLDER'} > data.jsonl"
         + ("" if typed else " (FOLDER: the path of this folder)")
     )
