@@ -154,7 +154,7 @@ def own_secret(values: OptionValues | None = None) -> str | None:
         raise SecretEnvError(f"{where}: {why}", "give the secret file's path, or unset it")
     from pathlib import Path
 
-    from declora.node.settings import read_secret_file
+    from declora.node.config_file import read_secret_file
 
     try:
         return read_secret_file(Path(file))

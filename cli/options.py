@@ -25,8 +25,9 @@ from pydantic import BaseModel as PydanticModel
 from pydantic.fields import FieldInfo
 from typer.core import TyperCommand
 
+from declora.node.option_values import option_name
 from declora.node.recipe import Recipe
-from declora.node.settings import NodeSettings, default_text, option_name
+from declora.node.settings import NodeSettings, default_text
 
 NET = "Network"
 MODEL = "Model and data"

@@ -77,7 +77,7 @@ def node_values(config: Path | None) -> OptionValues:
 
     if config is None:
         return OptionValues()
-    from declora.node.settings import ConfigFileError, read_config_file
+    from declora.node.config_file import ConfigFileError, read_config_file
 
     try:
         return OptionValues(config=read_config_file(config), config_name=config.name)

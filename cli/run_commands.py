@@ -117,7 +117,7 @@ def _lab(fmt: str, force: bool, options: dict[str, Any], guard: Interrupts) -> N
 
 def _bad_configuration(exc: ValidationError, command: str) -> NoReturn:
     """Exit 2 naming each bad option of `command`'s config model: `--option: message`."""
-    from declora.node.settings import error_hints, error_message
+    from declora.node.settings_report import error_hints, error_message
 
     errors = exc.errors()
     problems = "; ".join(_problem(e["loc"], error_message(e)) for e in errors)

@@ -24,8 +24,8 @@ def json_logs_asked(options: dict[str, Any], config: Path | None) -> bool:
     the config file's log_format, as the settings take them), known before they are
     built or when they are refused. A log format that is itself refused is not json:
     what was asked is unknown, so that refusal is the plain `error:` line."""
+    from declora.node.config_file import ConfigFileError, read_config_file
     from declora.node.option_values import OptionValues
-    from declora.node.settings import ConfigFileError, read_config_file
 
     value = options.get("log_format")
     if value is None:
@@ -54,12 +54,9 @@ def _settings(
     """Settings from flags, environment, file, defaults (exit 2 naming a bad value);
     warns about DECLORA_* variables that are no option. With `json_logs` the warnings
     and the refusal are JSON log records (`exits.fail`)."""
-    from declora.node.settings import (
-        ConfigFileError,
-        SettingsError,
-        resolve_settings,
-        unknown_env_vars,
-    )
+    from declora.node.config_file import ConfigFileError
+    from declora.node.settings import resolve_settings, unknown_env_vars
+    from declora.node.settings_report import SettingsError
 
     for line in unknown_env_vars(dict(os.environ)):
         warn(line, json_logs)

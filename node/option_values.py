@@ -24,6 +24,11 @@ def env_name(option: str) -> str:
     return ENV_PREFIX + option.upper()
 
 
+def option_name(option: str) -> str:
+    """The flag of option `option` (a field name: tls_cert -> --tls-cert)."""
+    return "--" + option.replace("_", "-")
+
+
 def env_key(name: str, environ: Mapping[str, str]) -> str | None:
     """The key of variable `name` in `environ` as it is spelled there (any case), None
     when it is unset."""

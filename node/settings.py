@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import json
 import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,135 +25,34 @@ from pydantic_settings import (
 )
 
 from declora.node.address import address_problem, dial_problem, split_address
-from declora.node.errors import HintedError, one_line
+from declora.node.config_file import ConfigFileError as ConfigFileError  # importers' name
+from declora.node.config_file import read_config_file, read_secret_file
+from declora.node.errors import HintedError
 from declora.node.identity import node_id_problem
-from declora.node.option_values import BLANK_PATH, ENV_PREFIX, blank_path, env_key, env_name
+from declora.node.option_values import (
+    BLANK_PATH,
+    ENV_PREFIX,
+    blank_path,
+    env_key,
+    env_name,
+    option_name,
+)
 from declora.node.recipe import given_as, named_as
-from declora.node.security import TlsFiles, exposed_file_warning, secret_text
+from declora.node.security import TlsFiles, secret_text
 from declora.node.settings_fields import NodeOptions
+from declora.node.settings_report import (
+    SettingsError,
+    advertise_warning,
+    error_hints,
+    given_name,
+    problem,
+    start_warnings,
+    suggest,
+)
 
 # the words a yes/no option takes (pydantic's, any case), in pairs as errors list them
 BOOL_PAIRS = (("true", "false"), ("yes", "no"), ("on", "off"), ("1", "0"), ("t", "f"), ("y", "n"))
 BOOL_WORDS = frozenset(word for pair in BOOL_PAIRS for word in pair)
-
-
-class ConfigFileError(HintedError):
-    """The config file is missing, unreadable, not valid TOML, JSON or YAML (the message
-    names the line and column, never the file's text: it may hold the swarm secret) or
-    not a mapping."""
-
-
-SYNTAX_HINT = "fix the syntax there (the file's text is not shown: it may hold the swarm secret)"
-
-
-def _at(line: int, column: int) -> str:
-    return f"line {line}, column {column}"
-
-
-def _syntax_error(path: Path, kind: str, exc: Exception) -> ConfigFileError:
-    """`exc`, a parser's error, as one line naming `path`, the line(s) and column(s) and
-    the parser's description, less any text of the file quoted in it."""
-    if isinstance(exc, json.JSONDecodeError):
-        what = f"{exc.msg.removesuffix(' at')} at {_at(exc.lineno, exc.colno)}"
-    elif kind == "TOML":  # "Invalid value (at line 2, column 7)"
-        what = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", r" at \1", str(exc))
-        what = what.replace("at end of document", "at the end of the file")
-    else:  # yaml.MarkedYAMLError: context and problem, each with a mark (0-based)
-        parts = []
-        for text_name, mark_name in (("context", "context_mark"), ("problem", "problem_mark")):
-            text, mark = getattr(exc, text_name, None), getattr(exc, mark_name, None)
-            if text or mark is not None:
-                at = f" at {_at(mark.line + 1, mark.column + 1)}" if mark is not None else ""
-                parts.append(f"{text or 'error'}{at}")
-        what = ": ".join(parts) or type(exc).__name__
-    what = re.sub(r"'[^'\s,]{5,}'", "'...'", one_line(what))  # an alias's name, say
-    return ConfigFileError(f"{path}: not valid {kind}: {what}", SYNTAX_HINT)
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    """Options from a TOML, JSON or YAML file (keys as in `NodeSettings`, - or _);
-    ConfigFileError when it cannot be read or parsed (naming the line and column, never
-    quoting the file), is not a mapping, or spells one option both ways."""
-    suffix = path.suffix.lower()
-    kinds = {".toml": "TOML", ".json": "JSON", ".yaml": "YAML", ".yml": "YAML"}
-    if path.is_dir():
-        raise ConfigFileError(f"config file {path} is a folder, not a file")
-    if not path.is_file():
-        raise ConfigFileError(f"config file not found: {path}")
-    if suffix not in kinds:
-        raise ConfigFileError(f"{path}: use a .toml, .json or .yaml config file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigFileError(f"{path}: not UTF-8 text", "save it as UTF-8") from None
-    except OSError as exc:
-        raise ConfigFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    kind = kinds[suffix]
-    try:
-        if kind == "TOML":
-            import tomllib
-
-            data: object = tomllib.loads(text)
-        elif kind == "JSON":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except ImportError as exc:
-        raise ConfigFileError(f"{path}: cannot read {kind}: {exc}") from None
-    except Exception as exc:  # the parsers' own errors (yaml's are no ValueError)
-        raise _syntax_error(path, kind, exc) from None  # no chain: it quotes the file
-    if not isinstance(data, dict):
-        raise ConfigFileError(f"{path}: the top level must be a mapping of options")
-    out: dict[str, Any] = {}
-    spelled: dict[str, str] = {}
-    for k, v in data.items():
-        key = str(k).replace("-", "_")
-        if key in out:  # text-column and text_column: which one would win is a guess
-            raise ConfigFileError(
-                f"{path}: keys {spelled[key]!r} and {str(k)!r} are both the option "
-                f"{option_name(key)}",
-                "keep one of them",
-            )
-        out[key], spelled[key] = v, str(k)
-    return out
-
-
-MAX_SECRET_FILE = 64 * 1024  # an `openssl rand -hex 32` secret is 65 bytes
-
-
-def read_secret_file(path: Path) -> str:
-    """The swarm secret `path` holds, as it signs (`security.secret_text`: less
-    surrounding whitespace, a final newline); ValueError (never quoting the file) when it
-    is not a regular file (a link to one is: a Kubernetes secret mount; a FIFO or a
-    device such as a terminal is refused without waiting for a writer), cannot be read, is
-    larger than `MAX_SECRET_FILE`, is not UTF-8 or holds fewer than 16 characters."""
-    try:  # O_NONBLOCK: opening a FIFO with no writer would wait forever
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError(f"{path}: not a regular file (a folder, FIFO or device)")
-        raw = b""
-        while len(raw) <= MAX_SECRET_FILE and (more := os.read(fd, MAX_SECRET_FILE + 1 - len(raw))):
-            raw += more
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    if len(raw) > MAX_SECRET_FILE:
-        raise ValueError(f"{path}: larger than {MAX_SECRET_FILE // 1024} KiB: not a secret file")
-    try:
-        text = secret_text(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not UTF-8 text (e.g. `openssl rand -hex 32 > FILE`)") from None
-    if len(text) < 16:
-        raise ValueError(
-            f"{path}: the secret must be at least 16 characters (e.g. `openssl rand -hex 32`)"
-        )
-    return text
 
 
 def check_address(value: str) -> str:
@@ -467,16 +364,6 @@ def load_settings(cli: dict[str, Any], config_file: Path | None = None) -> NodeS
 OTHER_VARIABLES = frozenset({"DECLORA_CRASH_AT", "DECLORA_CRASH_ARM_FILE"})
 
 
-class SettingsError(HintedError):
-    """Settings that cannot be built: `message` is one line naming each bad value where
-    it was given (`--flag`, `DECLORA_VARIABLE` or `file: key 'k'`); `hint` joins the
-    hints its validators gave apart (`error_hints`), '' when none did."""
-
-
-def option_name(field: str) -> str:
-    return "--" + field.replace("_", "-")
-
-
 def default_text(field: str, model: type[BaseModel] | None = None) -> str:
     """The default of option `field` of `model` (`NodeSettings` unless given) as
     `--help` and `config` show it."""
@@ -492,20 +379,13 @@ def default_text(field: str, model: type[BaseModel] | None = None) -> str:
     return str(value)
 
 
-def _suggest(word: str, choices: list[str]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(word, choices, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def unknown_env_vars(environ: dict[str, str]) -> list[str]:
     """One warning line per `DECLORA_*` variable that is not an option."""
     known = {env_name(f) for f in NodeSettings.model_fields} | OTHER_VARIABLES
     out = []
     for var in sorted(environ):
         if var.upper().startswith(ENV_PREFIX) and var.upper() not in known:
-            hint = _suggest(var.upper(), sorted(known - OTHER_VARIABLES))
+            hint = suggest(var.upper(), sorted(known - OTHER_VARIABLES))
             out.append(f"environment variable {var} is not an option (ignored){hint}")
     return out
 
@@ -538,52 +418,6 @@ def _origins(
     return out
 
 
-def given_name(field: str, origins: dict[str, str], config_file: Path | None) -> str:
-    """Option `field` named where its value came from (`_origins`): `DECLORA_X`,
-    `file.toml key 'x'`, else `--x` (a flag, or the default: the flag that sets it)."""
-    where = origins.get(field, "")
-    if where.startswith("env "):
-        return where.removeprefix("env ")
-    if where.startswith("file ") and config_file is not None:
-        return f"{config_file.name} key {field!r}"
-    return option_name(field)
-
-
-def error_message(error: Any) -> str:
-    """One pydantic validation error's message; a validator's `HintedError` (data,
-    model, TLS files) without its hint, which `error_hints` gives apart."""
-    cause = error.get("ctx", {}).get("error")
-    if isinstance(cause, HintedError):
-        return cause.message
-    return str(error["msg"]).removeprefix("Value error, ")
-
-
-def error_hints(errors: list[Any]) -> str:
-    """The hints of pydantic validation errors' `HintedError`s, each once, in order."""
-    hints = (getattr(e.get("ctx", {}).get("error"), "hint", "") for e in errors)
-    return "; ".join(dict.fromkeys(h for h in hints if h))
-
-
-def _problem(error: Any, origins: dict[str, str], config_file: Path | None) -> str:
-    """One validation error, named where the user gave the value."""
-    loc = error["loc"]
-    msg = error_message(error)
-    if not loc:
-        return msg  # model-level checks name their options
-    field = str(loc[0])
-    where = origins.get(field, "")
-    if error["type"] == "extra_forbidden":
-        name = config_file.name if config_file else "config"
-        return f"{name}: key {field!r} is not an option" + _suggest(
-            field, list(NodeSettings.model_fields)
-        )
-    if where.startswith("env "):
-        return f"{where.removeprefix('env ')}: {msg}"
-    if where.startswith("file ") and config_file is not None:
-        return f"{config_file.name}: key {field!r}: {msg}"
-    return f"{option_name(field)}: {msg}"
-
-
 def resolve_settings(cli: dict[str, Any], config_file: Path | None = None) -> Resolved:
     """`load_settings` with each value's origin; SettingsError naming every bad value as
     the user gave it (with its validators' hints), ConfigFileError for a missing or
@@ -597,7 +431,8 @@ def resolve_settings(cli: dict[str, Any], config_file: Path | None = None) -> Re
             settings = load_settings(cli, config_file)
     except ValidationError as exc:
         errors = exc.errors()
-        problems = "; ".join(_problem(e, origins, config_file) for e in errors)
+        options = list(NodeSettings.model_fields)
+        problems = "; ".join(problem(e, origins, config_file, options) for e in errors)
         raise SettingsError(f"bad configuration: {problems}", error_hints(errors)) from exc
     if settings.swarm_secret_file is not None:  # the secret it holds: from there
         origins["swarm_secret"] = "swarm-secret-file"
@@ -613,54 +448,3 @@ def resolve_settings(cli: dict[str, Any], config_file: Path | None = None) -> Re
     if line := advertise_warning(settings, origins, config_file):
         warnings.insert(0, line)
     return Resolved(settings, origins, warnings)
-
-
-def advertise_warning(
-    settings: NodeSettings, origins: dict[str, str], config_file: Path | None
-) -> str:
-    """'' unless a node that is not --solo advertises an unspecified address (0.0.0.0,
-    ::: the image's --listen without --advertise, which a given --advertise may not
-    be), which no peer can dial: then what to set. A warning, not a refusal: its Hello
-    states no address (`Handshaker.hello`), but peers given this node's real address
-    (--peers) still reach it; a node id taken from it is the same on every node so
-    started."""
-    if settings.solo:
-        return ""
-    host, port = split_address(settings.advertise)
-    try:
-        if not ipaddress.ip_address(host.split("%", 1)[0]).is_unspecified:
-            return ""
-    except ValueError:  # a DNS name
-        return ""
-    name = given_name("advertise", origins, config_file)
-    if origins.get("advertise") == "listen":
-        name = f"{name} (unset: {given_name('listen', origins, config_file)})"
-    same_id = (
-        f"; --node-id {settings.node_id}, taken from it, is the same on every node so started"
-        if origins.get("node_id") == "default" and settings.tls() is None
-        else ""
-    )
-    return (
-        f"{name} is {settings.advertise}, which peers cannot dial: its Hello states no "
-        f"address, so only peers given this node's (--peers) reach it{same_id}; set "
-        f"--advertise HOST:{port} (this machine's address as peers reach it)"
-    )
-
-
-def start_warnings(
-    settings: NodeSettings,
-    config_file: Path | None,
-    data: dict[str, Any],
-    secret_file: str = "--swarm-secret-file",
-) -> list[str]:
-    """What to fix before it bites, one line each: a config file holding swarm_secret,
-    a --swarm-secret-file or a --tls-key open to others than the owner (`chmod 600`), a
-    certificate of this node or its CA expiring within a week (`TlsFiles.warnings`);
-    `secret_file` names the option as it was given."""
-    found = []
-    if config_file is not None and data.get("swarm_secret") is not None:
-        found.append(exposed_file_warning("config file (holding swarm_secret)", config_file))
-    if settings.swarm_secret_file is not None:
-        found.append(exposed_file_warning(secret_file, settings.swarm_secret_file))
-    tls = settings.tls()
-    return [line for line in found if line] + (tls.warnings() if tls is not None else [])

@@ -73,8 +73,8 @@ def as_user_error(exc: BaseException) -> UserError | None:
         return UserError(getattr(exc, "message", str(exc)), CONFIG, getattr(exc, "hint", ""))
     for module, name in (
         ("declora.node.security", "TlsError"),
-        ("declora.node.settings", "ConfigFileError"),
-        ("declora.node.settings", "SettingsError"),
+        ("declora.node.config_file", "ConfigFileError"),
+        ("declora.node.settings_report", "SettingsError"),
     ):
         cls = _error_class(module, name)
         if cls is not None and isinstance(exc, cls):
