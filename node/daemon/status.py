@@ -194,6 +194,30 @@ def _is_ip(address: str) -> bool:
         return True
 
 
+def neighbor_statuses(peers: PeerTable) -> list[pb.NeighborStatus]:
+    """Each known peer as `status` shows it. Its `last_seen_unix` is this node's wall
+    clock now less the monotonic time since it was heard (`Peer.heard`), so a wall-clock
+    step since then (NTP, a resumed VM) does not move the "last seen" ago; 0 when it
+    was never heard."""
+    wall, mono = time.time(), peers.clock()
+    return [
+        pb.NeighborStatus(
+            node_id=p.node_id,
+            address=p.address,
+            live=p.live,
+            weight=p.weight,
+            degree=p.degree,
+            last_seen_unix=wall - max(mono - p.heard, 0.0) if p.heard > 0 else 0.0,
+            bytes_sent=p.bytes_sent,
+            bytes_received=p.bytes_received,
+            round=p.round,
+            missed_deadlines=p.missed,
+            package_version=p.release,
+        )
+        for p in peers.all()
+    ]
+
+
 def status_reply(
     facts: NodeFacts,
     progress: Progress,
@@ -232,22 +256,7 @@ def status_reply(
     fill_method(reply, node, progress.round)
     reply.last_eval.update(report.last_eval)
     reply.rejected.update(counters.rejected)
-    for p in peers.all():
-        reply.neighbors.append(
-            pb.NeighborStatus(
-                node_id=p.node_id,
-                address=p.address,
-                live=p.live,
-                weight=p.weight,
-                degree=p.degree,
-                last_seen_unix=p.last_seen,
-                bytes_sent=p.bytes_sent,
-                bytes_received=p.bytes_received,
-                round=p.round,
-                missed_deadlines=p.missed,
-                package_version=p.release,
-            )
-        )
+    reply.neighbors.extend(neighbor_statuses(peers))
     reply.pending.extend(pending)
     return reply
 
