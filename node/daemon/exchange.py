@@ -107,6 +107,7 @@ class Exchange:
         self.sender = Sender(
             settings, identity, node, progress, peers, handshaker, auth, counters, metrics
         )
+        self.sender.verified_round = inbox.verified_round
         peers.finish_round = settings.rounds * settings.exchanges_per_round  # `finished`
 
     # ------------------------------------------------------------ one round
@@ -198,7 +199,7 @@ class Exchange:
         or more live neighbours the target is the second-most-advanced round (one
         neighbour alone cannot move the node).
         """
-        rounds = sorted((p.round for p in self.peers.live), reverse=True)
+        rounds = sorted((self.inbox.verified_round(p) for p in self.peers.live), reverse=True)
         if not rounds:
             return False
         ahead = rounds[1] if len(rounds) >= 3 else rounds[0]
@@ -267,8 +268,7 @@ class Exchange:
             for task in probes.values():
                 task.cancel()
 
-    @staticmethod
-    def due(peer: Peer, r: int) -> bool:
+    def due(self, peer: Peer, r: int) -> bool:
         """Whether `peer` can still deliver a round-r payload this node accepts.
 
         One that has completed round r, by its verified round or its handshake's claim,
@@ -277,7 +277,7 @@ class Exchange:
         (a healed partition), just as its renewed handshake re-admits it. It is mixed
         again once this node has aligned (`align_round`) or taken its state
         (`catchup`). A claim only spares it the wait: it moves nothing."""
-        return max(peer.round, peer.claimed_round) < r
+        return max(self.inbox.verified_round(peer), peer.claimed_round) < r
 
     async def _probe(self, peer: Peer) -> None:
         """Drop `peer` when its port refuses a health check (it crashed or left)."""

@@ -18,7 +18,11 @@ Invariants callers may rely on:
 - the bytes of a push arriving at `PUSH_PACE` count as its sender's activity (its
   slot is not released as silent while they arrive, `_active`);
 - a peer's values are bounded, not only finite (`DecLoraNode.check_payload`);
-- only a validated payload sets a neighbour's (verified) round;
+- only a validated payload sets a neighbour's (verified) round, and it holds for the
+  copy that payload followed (`verified_round`): once the neighbour is re-admitted
+  (a re-join, or a restart of its id, perhaps from an older checkpoint) it is at most
+  what its new Hello claims, so a restarted process is never taken for as far on as
+  its old one was (an alignment to that round, pushes held back as if it were ahead);
 - a push is queued only onto the copy it followed: one whose sender's copy was
   forgotten or restarted at the init (`Peer.copy`) after its header was checked (a
   restarted process's Hello admitted while its old process's push was checked) is
@@ -150,6 +154,7 @@ class Inbox:
         self.stopped = False
         self.reading: set[asyncio.Task[object]] = set()  # handlers reading a push now
         self.queued: dict[int, dict[str, Inbound]] = {}
+        self.verified: dict[str, int] = {}  # node id -> `Peer.copy` its round was verified for
         # senders whose queued round-r payload `drop_queued` removed: they delivered
         # round r, and send no other, so a round does not wait for them again
         self.dropped: dict[int, set[str]] = {}
@@ -187,6 +192,18 @@ class Inbox:
             if queued.pop(node_id, None) is not None:
                 self.dropped.setdefault(r, set()).add(node_id)
 
+    def verified_round(self, peer: Peer) -> int:
+        """`peer.round`, the round its validated payloads proved, while its public copy
+        is the one they followed; once its copy was forgotten or restarted (`Peer.copy`:
+        it was re-admitted), at most the round its Hello claimed then (a process of the
+        same id restarted from an older checkpoint claims less than its old one proved;
+        a re-join of the same process claims at least that), set as its round."""
+        copy = self.verified.get(peer.node_id)
+        if copy is not None and copy != peer.copy:
+            peer.round = min(peer.round, peer.claimed_round)
+            del self.verified[peer.node_id]
+        return peer.round
+
     def _forget_unknown(self) -> None:
         """Drop the queued payloads (and `dropped` marks) of senders the peer table no
         longer knows: the mix skips them anyway (it uses live senders' only), and
@@ -199,6 +216,7 @@ class Inbox:
             if not queued:
                 del self.queued[r]
         self.dropped = {r: kept for r, ids in self.dropped.items() if (kept := ids & known)}
+        self.verified = {pid: c for pid, c in self.verified.items() if pid in known}
 
     def _check_sender(self, h: pb.PayloadHeader, cert_name: str | None) -> Peer:
         """Header-level checks, before any data is buffered (raises WireError)."""
@@ -246,7 +264,8 @@ class Inbox:
         # Before its first round this node may still catch up (`catch_up`) while a
         # neighbour ahead already pushes the rounds after its handshake round.
         claimed = min(peer.claimed_round, current + MAX_ROUNDS_AHEAD)
-        base = max(current, peer.round, claimed) if self.progress.before_first_round else current
+        first = self.progress.before_first_round
+        base = max(current, self.verified_round(peer), claimed) if first else current
         if h.round <= current or h.round > base + MAX_ROUNDS_AHEAD:
             # Refused unchanged: the sender's next delta fails the seq check below, so
             # it resyncs by keyframe; its renewed handshake tells us its round.
@@ -385,6 +404,7 @@ class Inbox:
             int(h.kind), vec, int(h.sender_degree), int(h.seq), update_scale(h.codec), z, entries
         )
         peer.round = int(h.round) - 1  # validated: what the sender has completed
+        self.verified[peer.node_id] = peer.copy  # ...as of this copy (`verified_round`)
         peer.proven = True
         peer.token_used = bytes(h.session)
         peer.expected_seq = int(h.seq) + 1

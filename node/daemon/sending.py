@@ -22,9 +22,17 @@ Invariants callers may rely on:
 - a neighbour that refused a round as one it has completed (OUT_OF_RANGE, and its
   renewed handshake claims that round or later: this node is behind, e.g. a
   replacement that starts at round 0 beside a swarm far ahead) is pushed nothing more
-  until this node's round passes its claimed or verified one (`behind`): until a
+  until this node's round passes its claimed or verified one (`held`): until a
   catch-up, every push would be refused, logged there and answered by a new
   handshake (~500 per replacement in `bench/bench_soak.py`);
+- conversely, a neighbour that refused a round as too far ahead of its own (OUT_OF_RANGE,
+  and its renewed handshake claims a round more than `MAX_ROUNDS_AHEAD` before it:
+  it is behind, e.g. restarted from an old checkpoint) is pushed nothing more while
+  each round would be as far ahead of its claimed and verified round (`held`): it
+  catches up from a neighbour's state (Pull, `catchup`), and its next push or Hello
+  says so; logged once and counted once (`push_held`) per time it falls behind, not
+  every round. Both holds go by the neighbour's verified round of its current copy
+  only (`Inbox.verified_round`): a restart of its id starts from what it claims then;
 - a peer's free text (an ack's reason, a status's details) reaches the log escaped
   and bounded (`logs.safe_text`);
 - a push's data chunks are small enough that each arrives within a quarter of
@@ -53,7 +61,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,7 +70,7 @@ import grpc
 from declora.node import faults
 from declora.node.daemon.auth import Auth
 from declora.node.daemon.handshake import Handshaker
-from declora.node.daemon.inbox import PUSH_PACE
+from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD, PUSH_PACE
 from declora.node.daemon.peers import Peer, PeerTable
 from declora.node.daemon.state import Identity, Progress
 from declora.node.daemon.status import Counters
@@ -137,6 +145,10 @@ class Sender:
         self.metrics = metrics
         self.overruns: dict[str, int] = {}  # node id -> rounds running its ack came late
         self.ahead: set[str] = set()  # node ids that refused a round they had completed
+        self.lagging: set[str] = set()  # node ids that refused a round as too far ahead
+        # what a neighbour has completed by its validated payloads (`Exchange` gives the
+        # inbox's `verified_round`, which forgets a restarted process's)
+        self.verified_round: Callable[[Peer], int] = lambda peer: peer.round
         self.turn_seconds: dict[str, float] = {}  # node id -> how long its last turn lasted
         self.one_at_a_time = True  # the uplink is slow, or not measured yet: one by one
         self.measured = False  # a round's pushes measured the uplink (`_choose_order`)
@@ -157,7 +169,8 @@ class Sender:
         for pid in [pid for pid in self.overruns if self.peers.get(pid) is None]:
             del self.overruns[pid]
         self.ahead = {pid for pid in self.ahead if self.peers.get(pid) is not None}
-        live = [p for p in live if not self.behind(p, out.r)]
+        self.lagging = {pid for pid in self.lagging if self.peers.get(pid) is not None}
+        live = [p for p in live if not self.held(p, out.r)]
         for pid in [pid for pid in self.turn_seconds if self.peers.get(pid) is None]:
             del self.turn_seconds[pid]
         self._turn = asyncio.Lock() if self.one_at_a_time else None
@@ -297,16 +310,37 @@ class Sender:
             return ack
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def behind(self, peer: Peer, r: int) -> bool:
-        """Whether `peer` refused a round it had completed and has completed round `r`
-        too, by its claim or verified round (it would refuse it: not pushed); once a
-        round is past both, it is pushed again."""
-        if peer.node_id not in self.ahead:
-            return False
-        if max(peer.round, peer.claimed_round) >= r:
-            return True
-        self.ahead.discard(peer.node_id)
-        return False
+    def held(self, peer: Peer, r: int) -> bool:
+        """Whether round `r` is not pushed to `peer`: it refused a round it had completed
+        and has completed `r` too, or it refused a round as too far ahead and `r` is
+        more than `MAX_ROUNDS_AHEAD` past what it has completed, by its claim or
+        verified round (either way it would refuse `r`). Once neither holds, it is
+        pushed again."""
+        known = max(self.verified_round(peer), peer.claimed_round)
+        pid = peer.node_id
+        if pid in self.ahead and known < r:
+            self.ahead.discard(pid)
+        if pid in self.lagging and r <= known + MAX_ROUNDS_AHEAD:
+            self.lagging.discard(pid)
+            log.info("%s has caught up (round %d): pushing to it again", pid, known)
+        return pid in self.ahead or pid in self.lagging
+
+    def _refused_out_of_range(self, peer: Peer, r: int) -> None:
+        """`peer` refused round `r` as out of range and its renewed handshake gave its
+        claim: hold the pushes it would refuse (`held`)."""
+        if peer.claimed_round >= r:
+            self.ahead.add(peer.node_id)  # this node is behind it
+        elif r > peer.claimed_round + MAX_ROUNDS_AHEAD and peer.node_id not in self.lagging:
+            self.lagging.add(peer.node_id)  # it is behind this node
+            self.counters.count("push_held")
+            log.info(
+                "%s is at round %d, more than %d rounds behind round %d: not pushed to until "
+                "it catches up (from a neighbour's state)",
+                peer.node_id,
+                peer.claimed_round,
+                MAX_ROUNDS_AHEAD,
+                r,
+            )
 
     async def push(self, peer: Peer, out: RoundPayload, retry: bool = True) -> None:
         """Send the round's payload `out` to `peer`: the adapter delta, then the
@@ -318,10 +352,10 @@ class Sender:
         start (`align_round`), and an unknown sender (the receiver restarted, or has
         not finished its side of the handshake) retries once. RESOURCE_EXHAUSTED and
         ABORTED skip the neighbour this round; a timeout counts as an overrun (`overran`).
-        Nothing is pushed to a neighbour this node is `behind`.
+        Nothing is pushed to a neighbour whose pushes are `held`.
         """
         r, t = out.r, out.tracker_bytes
-        if self.behind(peer, r):  # one that joined the round meanwhile (`Exchange`)
+        if self.held(peer, r):  # one that joined the round meanwhile (`Exchange`)
             return
         try:
             if not peer.send_keyframe:
@@ -361,8 +395,8 @@ class Sender:
             stopping = self.progress.stop_requested
             if renew and not stopping and await self.handshaker.dial(peer.address) is not None:
                 log.info("%s refused round %d (%s): handshake renewed", peer.node_id, r, code.name)
-                if code == grpc.StatusCode.OUT_OF_RANGE and peer.claimed_round >= r:
-                    self.ahead.add(peer.node_id)  # this node is behind it: `behind`
+                if code == grpc.StatusCode.OUT_OF_RANGE:
+                    self._refused_out_of_range(peer, r)
                 if code == grpc.StatusCode.UNAUTHENTICATED and retry:
                     await self.push(peer, out, retry=False)
                 return
