@@ -3,8 +3,9 @@
 Every refusal carries a status code and a reason and is counted. Before the owning
 part sees a call, this servicer checks what is the same for every RPC:
 - concurrency: each RPC kind has its own pool (`POOLS`; pushes: `--max-concurrent-
-  streams`), so a flood of one kind never starves Status or Handshake. A push's first
-  message (its header, which `inbox` checks names a live neighbour) must come within
+  streams`, at least every live neighbour's kept places: `push_places`), so a flood
+  of one kind never starves Status or Handshake. A push's first message (its
+  header, which `inbox` checks names a live neighbour) must come within
   `header_seconds`: 3 s, or twice the time the largest correct header for this node's
   adapter takes at `PUSH_PACE` when longer, at most `--stream-idle-seconds`. A push
   from a live neighbour's IP takes a kept place while that IP has one free
@@ -83,11 +84,20 @@ def pull_places(max_neighbors: int) -> int:
     return max(POOLS["Pull"], max_neighbors)
 
 
+def push_places(max_push_streams: int, max_neighbors: int) -> int:
+    """The Push pool's size: `--max-concurrent-streams`, but at least the kept places of
+    `max_neighbors` live neighbours (`STREAMS_PER_PEER` each, `Pools.push`): kept
+    pushes cut nothing that is not waiting, so a smaller pool refused a live
+    neighbour's push (busy) while the others' held it full."""
+    return max(max_push_streams, STREAMS_PER_PEER * max_neighbors)
+
+
 def pool_total(max_push_streams: int, max_neighbors: int = 0) -> int:
-    """RPCs the server may run at once (gRPC's own cap): every pool full, and the
-    answers kept for `max_neighbors` live neighbours not yet taken (`first_message`:
-    beside its `UNREAD` and `STREAMS`)."""
-    pools = max_push_streams + sum(POOLS.values()) - POOLS["Pull"] + pull_places(max_neighbors)
+    """RPCs the server may run at once (gRPC's own cap): every pool full (`push_places`,
+    `pull_places`), and the answers kept for `max_neighbors` live neighbours not yet
+    taken (`first_message`: beside its `UNREAD` and `STREAMS`)."""
+    pushes = push_places(max_push_streams, max_neighbors)
+    pools = pushes + sum(POOLS.values()) - POOLS["Pull"] + pull_places(max_neighbors)
     return pools + (ANSWERS_PER_NEIGHBOUR + STREAMS_PER_NEIGHBOUR) * max_neighbors
 
 
@@ -356,7 +366,8 @@ class SwarmService(pb_grpc.SwarmServicer):
         self.parts = parts
         s = parts.settings
         per_host = max(16, 2 * s.max_neighbors)
-        self.pools = Pools(s.max_concurrent_streams, per_host, pull_places(s.max_neighbors))
+        pushes = push_places(s.max_concurrent_streams, s.max_neighbors)
+        self.pools = Pools(pushes, per_host, pull_places(s.max_neighbors))
         self.header_seconds = header_seconds(header_bytes(parts.inbox.me), s.stream_idle_seconds)
         self._live: tuple[tuple[str, str], ...] = ()  # (host, address) of the live peers...
         self._neighbour_ips: Counter[str] = Counter()  # ...and how many live at each IP
