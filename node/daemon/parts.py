@@ -127,6 +127,7 @@ def build_parts(
         auth,
         counters,
     )
+    peers.chosen = lambda: {*s.peers, *handshaker.candidates()}  # `PeerTable.displaced`
     identity = Identity(s.node_id, s.swarm_id, lm.fingerprint, lm.schema, node.codec_spec)
     inbox = Inbox(s, identity, node, progress, peers, auth, limits, metrics)
     transport.on_stop(inbox.stop)

@@ -15,6 +15,11 @@ Invariants callers may rely on:
 - `Peer.copy` changes whenever the peer's public copy is forgotten or restarts at
   the init: a push checked while it changed followed another copy (an old process's
   push, checked while its restart's Hello was admitted) and is refused (`Inbox`);
+- with every slot taken, a configured newcomer (`admit`'s `configured`) whose address
+  this node chose (`chosen`: its static peers and the mDNS `select_neighbors` choice)
+  takes the slot of a live peer it did not choose (`displaced`), so links made first
+  come, first served give way to the chosen graph, which is connected (a swarm split
+  in two trains two adapters and says nothing);
 - the table is bounded: at most `max_neighbors` live peers and `max_known` entries;
   a newcomer evicts the longest-unseen peer that is not live, entries unseen for
   `FORGET_SECONDS` are pruned, and a new id at the address of a peer that is not live
@@ -66,7 +71,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import grpc
@@ -157,6 +162,17 @@ class PendingTokens(dict[str, bytes]):
         return token
 
 
+def displaced(live: list[Peer], chosen: Collection[str], address: str) -> Peer | None:
+    """The live peer whose slot a configured newcomer at `address` takes where there is
+    no room (`PeerTable.admit` drops it): where `address` is `chosen` and not every live
+    peer's, of those not chosen one never proven first, then the one heard from least
+    recently; else None."""
+    if not address or address not in chosen:
+        return None
+    others = [p for p in live if p.address not in chosen]
+    return min(others, key=lambda p: (p.proven, p.heard), default=None)
+
+
 class PeerTable:
     """Neighbours by node id, the live set, and each one's channel."""
 
@@ -186,6 +202,8 @@ class PeerTable:
         self.redial = Redial(BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_MAX_CONFIGURED)
         # called with a peer's id when its copy is forgotten; `Inbox` drops its queued payloads
         self.copy_forgotten: Callable[[str], None] = lambda node_id: None
+        # the addresses this node chose to mix with (`displaced`); `build_parts` sets it
+        self.chosen: Callable[[], Collection[str]] = tuple
         # what a peer's stay is measured with (`heard`, `prune`): a wall clock's step
         # (NTP, a suspended laptop) must not forget every idle peer at once
         self.clock: Callable[[], float] = time.monotonic
@@ -252,8 +270,20 @@ class PeerTable:
         (`dialled_elsewhere`) is refused: a dial never re-keys or re-addresses a live
         entry from elsewhere (the handshake refuses it first: "live at another address").
 
-        A refusal (`room_for` false) changes nothing: no token, no entry."""
-        if not self.room_for(hello) or (dialled and self.dialled_elsewhere(hello, dialled)):
+        Where there is no room (`room_for` false), a configured `hello` this node
+        chose takes the slot of `displaced` (dropped), if any; else the refusal changes
+        nothing: no token, no entry."""
+        if dialled and self.dialled_elsewhere(hello, dialled):
+            return None
+        room = self.room_for(hello)
+        gone = (
+            None
+            if room or not configured
+            else displaced(self.live, self.chosen(), hello.listen_address)
+        )
+        if gone is not None:
+            self.drop(gone, f"its slot went to chosen neighbour {safe_text(hello.node_id)!r}")
+        elif not room:
             return None
         peer = self.peers.get(hello.node_id)
         if peer is None:
