@@ -1,6 +1,7 @@
 """A node's config file (`--config`: TOML, JSON or YAML) and its swarm secret file, read
 as `start` reads them. Errors name the file, the line and the column, never quote its
-text (it may hold the swarm secret)."""
+text (it may hold the swarm secret). A relative path in the file is read against the
+current folder, as a flag's is (`check_paths` refuses one meant for another)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import json
 import os
 import re
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from declora.node.errors import HintedError, one_line
-from declora.node.option_values import option_name
+from declora.node.option_values import blank_path, option_name
 from declora.node.security import secret_text
 
 
@@ -133,3 +135,52 @@ def read_secret_file(path: Path) -> str:
             f"{path}: the secret must be at least 16 characters (e.g. `openssl rand -hex 32`)"
         )
     return text
+
+
+# options whose value may be a path (`labels` as "@FILE"; `model` and `data` also take
+# names: a name that is no path is never found beside the file either)
+PATH_OPTIONS = (
+    "checkpoint_dir",
+    "data",
+    "model",
+    "labels",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
+    "tls_crl",
+    "swarm_secret_file",
+)
+
+
+def check_paths(config_file: Path, data: dict[str, Any], keys: Iterable[str]) -> None:
+    """The first `misplaced_path` among the path options of `keys` (those whose value
+    `data`, the file's, gives), raised."""
+    for key in (k for k in PATH_OPTIONS if k in keys and k in data):
+        if misplaced := misplaced_path(config_file, key, data[key]):
+            raise misplaced
+
+
+def misplaced_path(config_file: Path, key: str, value: object) -> ConfigFileError | None:
+    """A ConfigFileError when `value`, option `key`'s relative path in `config_file`,
+    names nothing against the current folder (where it is read, as a flag's is) but
+    something beside the config file: the file was written to be used from its own
+    folder. Never guessed either way: a `checkpoint_dir` read against the other folder
+    would begin a fresh run beside the one it was meant to resume."""
+    if not isinstance(value, str) or blank_path(value):
+        return None
+    text = value[1:] if key == "labels" and value.startswith("@") else value
+    path = Path(text)
+    beside = config_file.parent / path
+    try:
+        if path.is_absolute() or path.exists() or not beside.exists():
+            return None
+        here, there = Path.cwd(), beside.absolute()
+    except OSError:  # the current folder was deleted, a name too long...
+        return None
+    return ConfigFileError(
+        f"{config_file}: key {key!r}: {text} is not in the current folder ({here}) but "
+        f"beside the config file ({there})",
+        "a relative path in the config file is read against the current folder, not the "
+        f"file's: give {key} = {json.dumps(str(there))}, or start in {there.parent} "
+        "(systemd: WorkingDirectory=)",
+    )

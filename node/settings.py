@@ -26,7 +26,7 @@ from pydantic_settings import (
 
 from declora.node.address import address_problem, dial_problem, split_address
 from declora.node.config_file import ConfigFileError as ConfigFileError  # importers' name
-from declora.node.config_file import read_config_file, read_secret_file
+from declora.node.config_file import check_paths, read_config_file, read_secret_file
 from declora.node.errors import HintedError
 from declora.node.identity import node_id_problem
 from declora.node.option_values import (
@@ -421,11 +421,13 @@ def _origins(
 def resolve_settings(cli: dict[str, Any], config_file: Path | None = None) -> Resolved:
     """`load_settings` with each value's origin; SettingsError naming every bad value as
     the user gave it (with its validators' hints), ConfigFileError for a missing or
-    unreadable file."""
+    unreadable file or a relative path in it meant for another folder (`check_paths`)."""
     from pydantic import ValidationError
 
     data = read_config_file(config_file) if config_file else {}
     origins = _origins(cli, data, dict(os.environ), config_file)
+    if config_file:  # the file's own relative paths (a flag's or variable's win)
+        check_paths(config_file, data, [k for k, v in origins.items() if v.startswith("file ")])
     try:
         with named_as(lambda field: given_name(field, origins, config_file)):
             settings = load_settings(cli, config_file)
