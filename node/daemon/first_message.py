@@ -20,7 +20,10 @@ message at once (every honest one) waits for a round trip, so it is not cut unle
 `WAITING` newer calls come within it. The server's cap needs `WAITING` places beyond
 its pools (`transport.start`). A request message after the first is ignored; one
 that does not parse is INVALID_ARGUMENT (gRPC answered UNKNOWN, naming its
-DecodeError).
+DecodeError), and so is any message of a streamed request (`Parsed`: a push's or a
+reflection stream's, each of which logged an ERROR traceback, no credentials needed).
+A method the node does not serve but a generated servicer declares (grpc.health.v1's
+List) is UNIMPLEMENTED before any handler runs (it logged a traceback too).
 
 A unary answer keeps its call's place in gRPC's cap until the caller took it: a caller
 that announces a window of 0 bytes (HTTP/2 SETTINGS) or never reads gets no byte of
@@ -248,8 +251,8 @@ class FirstMessage(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
+        if handler is None or _generated_default(handler):
+            return None  # UNIMPLEMENTED, as for a method no service has
         serializers = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
@@ -258,16 +261,16 @@ class FirstMessage(grpc.aio.ServerInterceptor):
             pushed = handler.stream_unary
 
             async def acknowledged(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-                return await self.answer(context, lambda: pushed(requests, context))
+                parsed = Parsed(requests, context, self.refused)
+                return await self.answer(context, lambda: pushed(parsed, context))
 
             return grpc.stream_unary_rpc_method_handler(acknowledged, **serializers)
         if handler.request_streaming:
             both = handler.stream_stream
 
             async def relayed(requests: Any, context: grpc.aio.ServicerContext) -> None:
-                await self.stream(
-                    context, peer_host(context.peer()), lambda: both(requests, context)
-                )
+                parsed = Parsed(requests, context, self.refused)
+                await self.stream(context, peer_host(context.peer()), lambda: both(parsed, context))
 
             return grpc.stream_stream_rpc_method_handler(relayed, **serializers)
         if handler.response_streaming:
@@ -388,6 +391,44 @@ class FirstMessage(grpc.aio.ServerInterceptor):
             )
         self.refused(NO_REQUEST)
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message")
+
+
+class Parsed:
+    """A streamed request's messages: one that does not parse aborts the call
+    INVALID_ARGUMENT, counted `MALFORMED` (gRPC raised its DecodeError into the
+    handler: UNKNOWN, and an ERROR traceback in the node's log for each such call)."""
+
+    def __init__(
+        self, requests: Any, context: grpc.aio.ServicerContext, refused: Callable[[str], None]
+    ) -> None:
+        self.it = aiter(requests)
+        self.context = context
+        self.refused = refused
+
+    def __aiter__(self) -> Parsed:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await anext(self.it)
+        except DecodeError:
+            self.refused(MALFORMED)
+            await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed request message")
+            raise  # unreachable: abort raises
+
+
+def _generated_default(handler: grpc.RpcMethodHandler) -> bool:
+    """Whether `handler` is a generated servicer's placeholder (a `*_pb2_grpc` module's
+    method, which raises NotImplementedError: gRPC logged an ERROR traceback for each
+    call, such as grpc.health.v1's List, which the node does not serve)."""
+    behaviours = (
+        handler.unary_unary,
+        handler.unary_stream,
+        handler.stream_unary,
+        handler.stream_stream,
+    )
+    behaviour = next(b for b in behaviours if b is not None)
+    return str(getattr(behaviour, "__module__", "")).endswith("_pb2_grpc")
 
 
 async def _written(result: Any, context: grpc.aio.ServicerContext) -> None:
