@@ -16,6 +16,9 @@ from declora.node.models import Offsets, Tokenizer
 
 IGNORE = -100  # the label of a token that carries no loss
 WARN_DROPPED = 0.01  # a packed dataset's cut final block is a warning from this share on
+# Rows tokenized at a time: only a chunk's Python lists of ids and offsets live at once
+# (a 10 MB chat file's 12,425 rows, all at once, took 580 MB more), beside the tensors.
+CHUNK = 1024
 _log = logging.getLogger(__name__)
 
 
@@ -34,41 +37,19 @@ def encode_lm(
         return _encode_chats(tok, data.chats, max_length, what)
     eos, _ = eos_of(tok)
     added = [eos] if not appends_eos(tok) else []  # one EOS after each document
-    docs = [[*ids, *added] for ids in tok.encode(list(data.texts))]
-    total = sum(len(d) for d in docs)
     if not packing:
-        seqs = [d[:max_length] for d in docs]
-        long = sum(len(d) > max_length for d in docs)
-        if long and scoring:
-            _log.warning(
-                "%d of %d texts are longer than the adapter's training --max-length of %d "
-                "tokens: only their first %d tokens are scored (%s of the tokens are not); "
-                "to score more, retrain the adapter with a larger --max-length",
-                long,
-                len(docs),
-                max_length,
-                max_length,
-                percent(total - sum(len(q) for q in seqs), total),
-            )
-        elif long:
-            _log.warning(
-                "%s: %d of %d texts are longer than --max-length %d tokens and are "
-                "truncated: %s of the tokens are dropped, those texts' EOS included (raise "
-                "--max-length, or leave packing on: it keeps every token but the final "
-                "partial block)",
-                what,
-                long,
-                len(docs),
-                max_length,
-                percent(total - sum(len(q) for q in seqs), total),
-            )
-        return _padded(seqs, seqs, max_length, tok.pad_id)
-    stream = [t for d in docs for t in d]
-    blocks = len(stream) // max_length
+        return _encode_rows(tok, data.texts, added, max_length, what, scoring)
+    parts, total = [], 0
+    for start in range(0, len(data.texts), CHUNK):
+        chunk = tok.encode(list(data.texts[start : start + CHUNK]))
+        flat = [t for ids in chunk for t in (*ids, *added)]
+        parts.append(torch.tensor(flat, dtype=torch.long))
+        total += len(flat)
+    blocks = total // max_length
     if blocks == 0:
         test = data.name == "test"
         raise DataError(
-            f"{what}: {len(data)} text(s) hold {len(stream)} tokens, less than one block of "
+            f"{what}: {len(data)} text(s) hold {total} tokens, less than one block of "
             f"max_length={max_length}",
             (
                 "give the data more text (the test split is a fifth of a data file's "
@@ -78,8 +59,8 @@ def encode_lm(
             )
             + ", lower --max-length or pass --no-packing",
         )
-    dropped = len(stream) - blocks * max_length
-    if dropped and dropped >= WARN_DROPPED * len(stream):
+    dropped = total - blocks * max_length
+    if dropped and dropped >= WARN_DROPPED * total:
         _log.warning(
             "%s: packing into blocks of --max-length %d tokens drops the final partial "
             "block: %d of %d tokens (%s) are not used (lower --max-length, or pass "
@@ -87,11 +68,59 @@ def encode_lm(
             what,
             max_length,
             dropped,
-            len(stream),
-            percent(dropped, len(stream)),
+            total,
+            percent(dropped, total),
         )
-    ids = torch.tensor(stream[: blocks * max_length], dtype=torch.long).view(blocks, max_length)
+    ids = torch.cat(parts)[: blocks * max_length].view(blocks, max_length)
     return ids, torch.ones_like(ids), ids.clone()
+
+
+def _encode_rows(
+    tok: Tokenizer,
+    texts: Sequence[str],
+    added: list[int],
+    max_length: int,
+    what: str,
+    scoring: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One example a text (its ids and `added`), cut to `max_length`; what was cut is
+    one warning (see `encode_lm`)."""
+    out = _empty(len(texts), max_length, tok.pad_id)
+    total = kept = long = 0
+    for start in range(0, len(texts), CHUNK):
+        chunk = tok.encode(list(texts[start : start + CHUNK]))
+        for row, ids in enumerate(chunk, start):
+            seq = [*ids, *added]
+            total, kept, long = (
+                total + len(seq),
+                kept + min(len(seq), max_length),
+                long + (len(seq) > max_length),
+            )
+            _fill(out, row, seq[:max_length], seq[:max_length])
+    if long and scoring:
+        _log.warning(
+            "%d of %d texts are longer than the adapter's training --max-length of %d "
+            "tokens: only their first %d tokens are scored (%s of the tokens are not); "
+            "to score more, retrain the adapter with a larger --max-length",
+            long,
+            len(texts),
+            max_length,
+            max_length,
+            percent(total - kept, total),
+        )
+    elif long:
+        _log.warning(
+            "%s: %d of %d texts are longer than --max-length %d tokens and are "
+            "truncated: %s of the tokens are dropped, those texts' EOS included (raise "
+            "--max-length, or leave packing on: it keeps every token but the final "
+            "partial block)",
+            what,
+            long,
+            len(texts),
+            max_length,
+            percent(total - kept, total),
+        )
+    return out
 
 
 def _what(data: TextDataset) -> str:
@@ -126,23 +155,22 @@ def _encode_chats(
             what,
             tok.eos_token,
         )
-    seqs: list[list[int]] = []
-    labels: list[list[int]] = []
+    out = _empty(len(chats), max_length, tok.pad_id)
     total = kept = trained = trained_kept = long = cut = empty = 0
-    try:
-        pieces = [segments(tok, chat) for chat in chats]
-    except DataError as exc:
-        raise DataError(f"{what}: {exc.message}", exc.hint) from exc
-    for ids, lab in _labelled(tok, pieces):
-        targets = sum(v != IGNORE for v in lab[1:])  # the model shifts labels by one
-        fitting = sum(v != IGNORE for v in lab[1:max_length])
-        total, kept = total + len(ids), kept + min(len(ids), max_length)
-        trained, trained_kept = trained + targets, trained_kept + fitting
-        long += len(ids) > max_length
-        cut += fitting < targets
-        empty += fitting == 0
-        seqs.append(ids[:max_length])
-        labels.append(lab[:max_length])
+    for start in range(0, len(chats), CHUNK):
+        try:
+            pieces = [segments(tok, chat) for chat in chats[start : start + CHUNK]]
+        except DataError as exc:
+            raise DataError(f"{what}: {exc.message}", exc.hint) from exc
+        for row, (ids, lab) in enumerate(_labelled(tok, pieces), start):
+            targets = sum(v != IGNORE for v in lab[1:])  # the model shifts labels by one
+            fitting = sum(v != IGNORE for v in lab[1:max_length])
+            total, kept = total + len(ids), kept + min(len(ids), max_length)
+            trained, trained_kept = trained + targets, trained_kept + fitting
+            long += len(ids) > max_length
+            cut += fitting < targets
+            empty += fitting == 0
+            _fill(out, row, ids[:max_length], lab[:max_length])
     if chats and empty == len(chats):
         raise DataError(
             f"{what}: no conversation has a trained (assistant) token within "
@@ -164,7 +192,7 @@ def _encode_chats(
             cut,
             f"; no trained token is left in {empty} of them, which training skips" if empty else "",
         )
-    return _padded(seqs, labels, max_length, tok.pad_id)
+    return out
 
 
 def _warn_rendered(tok: Tokenizer, chats: Sequence[Chat], what: str) -> None:
@@ -247,14 +275,23 @@ def _offsets(tok: Tokenizer, texts: list[str], special: bool) -> Offsets | None:
     return tok.offsets(texts, add_special_tokens=special) if texts else None
 
 
-def _padded(
-    seqs: Sequence[list[int]], labels: Sequence[list[int]], max_length: int, pad_id: int
+def _empty(
+    rows: int, max_length: int, pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    ids = torch.full((len(seqs), max_length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), max_length), dtype=torch.long)
-    lab = torch.full((len(seqs), max_length), IGNORE, dtype=torch.long)
-    for row, (seq, label) in enumerate(zip(seqs, labels, strict=True)):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = 1
-        lab[row, : len(label)] = torch.tensor(label, dtype=torch.long)
-    return ids, mask, lab
+    """(ids, mask, labels) of `rows` examples holding only padding."""
+    ids = torch.full((rows, max_length), pad_id, dtype=torch.long)
+    mask = torch.zeros((rows, max_length), dtype=torch.long)
+    return ids, mask, torch.full((rows, max_length), IGNORE, dtype=torch.long)
+
+
+def _fill(
+    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    row: int,
+    seq: list[int],
+    label: list[int],
+) -> None:
+    """Row `row` of `out` set to `seq` and its `label`, padded."""
+    ids, mask, lab = out
+    ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    mask[row, : len(seq)] = 1
+    lab[row, : len(label)] = torch.tensor(label, dtype=torch.long)
