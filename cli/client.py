@@ -6,7 +6,7 @@ import base64
 import contextlib
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -107,14 +107,20 @@ def show_status(
     """`declora-node status`: print the node's status (a table or JSON); the exit code
     (with one `error:` line and a `hint:` line: 2 when the swarm secret's variables or
     config keys cannot be used, 1 when the node cannot be asked). The node's own
-    `values` (default the environment's) give its secret (`own_secret`) and, without
-    `target`, its address (`own_target`)."""
+    `values` (default the environment's) give its secret (`own_secret`), without
+    `target` its address (`own_target`) and without `tls` its TLS files, as `status
+    --check` presents them (`health_check.node_tls`, `probe_options`)."""
     import json
     import sys
 
+    from declora.cli.health_check import node_tls, probe_options
+
     try:
         secret = own_secret(values)  # a bad one: before any call
-        reply = fetch_status(target or own_target(values), timeout, tls=tls, secret=secret)
+        own = tls is None and (tls := node_tls(values)) is not None
+        address = target or own_target(values)
+        options = probe_options(address, tls) if own and tls is not None else []
+        reply = fetch_status(address, timeout, tls=tls, secret=secret, options=options)
     except StatusError as exc:
         print(*error_lines(exc.message, exc.hint), sep="\n", file=sys.stderr)
         return exc.code
@@ -168,8 +174,10 @@ def fetch_status(
     include_digest: bool = False,
     tls: TlsFiles | None = None,
     secret: str | None = None,
+    options: Sequence[tuple[str, str]] = (),
 ) -> pb.StatusReply:
-    """One Status call to `target` (host:port) over a fresh channel (mTLS with `tls`);
+    """One Status call to `target` (host:port) over a fresh channel (mTLS with `tls`,
+    its channel `options`);
     signed with the swarm `secret` (default: `own_secret`, when set), which a
     node with a secret requires. With a --tls-crl (`tls.crl`), a node whose certificate
     it revokes is not asked (its certificate is read first, as a node's dial does).
@@ -183,7 +191,7 @@ def fetch_status(
     channel = (
         grpc.insecure_channel(target)
         if tls is None
-        else grpc.secure_channel(target, tls.channel_credentials())
+        else grpc.secure_channel(target, tls.channel_credentials(), options=options)
     )
     with channel:
         try:

@@ -41,7 +41,7 @@ def status(
             "--config",
             help="The node's config file (`start --config`), read as `start` reads it "
             "(DECLORA_* win): its listen is the node asked without --target, its "
-            "swarm_secret(_file) signs, and --check presents its tls_* files.",
+            "swarm_secret(_file) signs, and its tls_* files are presented without --tls-*.",
         ),
     ] = None,
     check: Annotated[
@@ -49,12 +49,13 @@ def status(
         typer.Option(
             "--check",
             help="Only whether the node serves (grpc.health.v1): exit 0, else 1; a "
-            "healthcheck's command. Without --tls-* it presents the node's own "
-            "TLS files (DECLORA_TLS_*, else --config's), as `start` reads them.",
+            "healthcheck's command.",
         ),
     ] = False,
 ) -> None:
-    """Show a node's round, loss, last evaluation and neighbours."""
+    """Show a node's round, loss, last evaluation and neighbours. Without --tls-* it
+    presents the node's own TLS files (DECLORA_TLS_*, else --config's), as `start`
+    reads them."""
     # `main` answers the plain forms without this app (`cli/fast.py`), in a fraction of
     # the time; both end in `client.show_status`.
     from declora.cli.client import show_status
