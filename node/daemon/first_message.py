@@ -23,7 +23,8 @@ that does not parse is INVALID_ARGUMENT (gRPC answered UNKNOWN, naming its
 DecodeError), and so is any message of a streamed request (`Parsed`: a push's or a
 reflection stream's, each of which logged an ERROR traceback, no credentials needed).
 A method the node does not serve but a generated servicer declares (grpc.health.v1's
-List) is UNIMPLEMENTED before any handler runs (it logged a traceback too).
+List) reads its request as any other, then answers UNIMPLEMENTED (its placeholder
+raised NotImplementedError, and gRPC logged a traceback for each call).
 
 A unary answer keeps its call's place in gRPC's cap until the caller took it: a caller
 that announces a window of 0 bytes (HTTP/2 SETTINGS) or never reads gets no byte of
@@ -251,8 +252,10 @@ class FirstMessage(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or _generated_default(handler):
-            return None  # UNIMPLEMENTED, as for a method no service has
+        if handler is None:
+            return handler
+        if _generated_default(handler):
+            handler = _refusing(handler)
         serializers = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
@@ -429,6 +432,25 @@ def _generated_default(handler: grpc.RpcMethodHandler) -> bool:
     )
     behaviour = next(b for b in behaviours if b is not None)
     return str(getattr(behaviour, "__module__", "")).endswith("_pb2_grpc")
+
+
+def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """`handler` (of its kind and serializers) answering UNIMPLEMENTED."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this node does not serve it")
+
+    make = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[(handler.request_streaming, handler.response_streaming)]
+    return make(
+        refuse,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 async def _written(result: Any, context: grpc.aio.ServicerContext) -> None:
