@@ -40,7 +40,10 @@ Rules callers rely on:
   are not subject to selection. It is deterministic, bounded by ``max_neighbors``,
   independent of the input order, and symmetric (i keeps j iff j keeps i) when every
   node sees the same node set and ``max_neighbors`` is even or at least the number of
-  other nodes.
+  other nodes. Once every node hears the same set, the choice is a ring lattice, so
+  connected; the peer table enforces it (`PeerTable.admit`: a chosen newcomer takes
+  the slot of a live peer not chosen), so links made first come, first served while
+  the nodes heard only part of the swarm do not keep it split.
 
 This module holds the static list and neighbour selection, and is where callers
 import discovery from; `peer_info` holds `PeerInfo` and `Discovery`, `mdns` the
