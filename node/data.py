@@ -348,6 +348,28 @@ def load_file(
     return _from_splits(p, _read_splits(p), text_column, label_column, label_names)
 
 
+def _warn_splits(source: str, splits: dict[str, Any], test_name: str | None) -> None:
+    """One warning when a saved DatasetDict's splits are not read as their names say: a
+    split beside "train" and the held-out one is left out; splits without that pair are
+    pooled and split again."""
+    if len(splits) < 2:
+        return
+    if TRAIN_SPLIT in splits and test_name is not None:
+        unread = [n for n in splits if n not in (TRAIN_SPLIT, test_name)]
+        if unread:
+            _log.warning(
+                "%s: split(s) %s are not read: %r trains and %r is the held-out test set "
+                "(validation is carved from %r by --validation-fraction)",
+                source, unread, TRAIN_SPLIT, test_name, TRAIN_SPLIT,
+            )  # fmt: skip
+        return
+    _log.warning(
+        "%s: its splits %s are pooled and split again (a %r split and a %s split are "
+        "used as they are: rename them so)",
+        source, list(splits), TRAIN_SPLIT, " or ".join(repr(n) for n in TEST_SPLITS),
+    )  # fmt: skip
+
+
 def _from_splits(
     p: Path,
     splits: dict[str, Any],
@@ -466,6 +488,7 @@ def load_dataset(
         p = Path(spec)
         splits = _read_splits(p)
         test_name = next((n for n in TEST_SPLITS if n in splits), None)
+        _warn_splits(source, splits, test_name)
         if TRAIN_SPLIT in splits and test_name is not None:
             raws = [
                 _raw(splits[name], p, name, text_column, label_column, examples)
