@@ -194,12 +194,13 @@ class Inbox:
 
     def verified_round(self, peer: Peer) -> int:
         """`peer.round`, the round its validated payloads proved, while its public copy
-        is the one they followed; once its copy was forgotten or restarted (`Peer.copy`:
-        it was re-admitted), at most the round its Hello claimed then (a process of the
-        same id restarted from an older checkpoint claims less than its old one proved;
-        a re-join of the same process claims at least that), set as its round."""
+        is the one they followed; once it was re-admitted on another copy (`Peer.copy`
+        moved on and it is live again), at most the round its Hello claimed then (a
+        process of the same id restarted from an older checkpoint claims less than its
+        old one proved; a re-join of the same process claims at least that), set as its
+        round. While it is not live its claim is its old Hello's: nothing is reset."""
         copy = self.verified.get(peer.node_id)
-        if copy is not None and copy != peer.copy:
+        if copy is not None and copy != peer.copy and peer.live:
             peer.round = min(peer.round, peer.claimed_round)
             del self.verified[peer.node_id]
         return peer.round
