@@ -109,18 +109,17 @@ def show_status(
     config keys cannot be used, 1 when the node cannot be asked). The node's own
     `values` (default the environment's) give its secret (`own_secret`), without
     `target` its address (`own_target`) and without `tls` its TLS files, as `status
-    --check` presents them (`health_check.node_tls`, `probe_options`)."""
+    --check` presents them (`health_check.call_tls`)."""
     import json
     import sys
 
-    from declora.cli.health_check import node_tls, probe_options
+    from declora.cli.health_check import call_tls
 
     try:
         secret = own_secret(values)  # a bad one: before any call
-        own = tls is None and (tls := node_tls(values)) is not None
         address = target or own_target(values)
-        options = probe_options(address, tls) if own and tls is not None else []
-        reply = fetch_status(address, timeout, tls=tls, secret=secret, options=options)
+        tls, options, own = call_tls(address, tls, values)
+        reply = fetch_status(address, timeout, tls=tls, secret=secret, options=options, own=own)
     except StatusError as exc:
         print(*error_lines(exc.message, exc.hint), sep="\n", file=sys.stderr)
         return exc.code
@@ -175,9 +174,11 @@ def fetch_status(
     tls: TlsFiles | None = None,
     secret: str | None = None,
     options: Sequence[tuple[str, str]] = (),
+    own: str = "",
 ) -> pb.StatusReply:
-    """One Status call to `target` (host:port) over a fresh channel (mTLS with `tls`,
-    its channel `options`);
+    """One Status call to `target` (host:port) over a fresh channel (mTLS with `tls`
+    and the channel `options`; `own`: where `tls`, the node's own files, were given, for
+    the hints: `health_check.call_tls`);
     signed with the swarm `secret` (default: `own_secret`, when set), which a
     node with a secret requires. With a --tls-crl (`tls.crl`), a node whose certificate
     it revokes is not asked (its certificate is read first, as a node's dial does).
@@ -199,7 +200,7 @@ def fetch_status(
         except grpc.RpcError as exc:
             code = exc.code().name if hasattr(exc, "code") else "ERROR"
             details = (exc.details() if hasattr(exc, "details") else "") or ""
-            why, hint = status_failure(code, details, timeout, tls is not None)
+            why, hint = status_failure(code, details, timeout, tls is not None, own)
             raise StatusError(f"cannot get status from {target}: {why}", hint) from exc
     return reply
 
@@ -226,10 +227,14 @@ def revoked_server(target: str, timeout: float, tls: TlsFiles) -> None:
         return
 
 
-def status_failure(code: str, details: str, timeout: float, tls: bool) -> tuple[str, str]:
+def status_failure(
+    code: str, details: str, timeout: float, tls: bool, own: str = ""
+) -> tuple[str, str]:
     """(why, hint) for a failed Status call: gRPC status `code` (its name) and `details`,
-    made with mTLS files (`tls`) or without. `details` may be the node's words: quoted
-    with control characters escaped, at most about `REMOTE_TEXT` x 3 characters."""
+    made with mTLS files (`tls`) or without; `own` names where they were given when they
+    are the node's own (`health_check.call_tls`), not --tls-* flags. `details` may be the
+    node's words: quoted with control characters escaped, at most about `REMOTE_TEXT` x 3
+    characters."""
     from declora.node.logs import safe_text
 
     why = cause(code, details, tls)
@@ -254,6 +259,12 @@ def status_failure(code: str, details: str, timeout: float, tls: bool) -> tuple[
         return (
             f"no answer within {timeout:g}s",
             "the node may be busy, or a firewall drops the connection: raise --timeout",
+        )
+    if why is Cause.NOT_TLS and own:
+        return (
+            "the TLS handshake failed: the node does not serve TLS (the TLS files "
+            f"presented were the node's own: {own})",
+            _own_tls_hint(own),
         )
     if why is Cause.NOT_TLS:
         return (
@@ -302,6 +313,16 @@ def status_failure(code: str, details: str, timeout: float, tls: bool) -> tuple[
             "(`declora-node certs` mints cli.pem); else check that it is running",
         )
     return f"{code}: {details}".strip(), "check --target, and that the node is running"
+
+
+def _own_tls_hint(own: str) -> str:
+    """How to ask a node without TLS when the node's own files, given where `own` names
+    (`DECLORA_TLS_*` variables, a config file's keys), were presented."""
+    variables = [name for name in own.split(", ") if name.upper().startswith("DECLORA_")]
+    ways = [f"unset {', '.join(variables)} for this command"] if variables else []
+    if len(variables) < len(own.split(", ")):
+        ways.append("leave out --config (its tls_* keys) and give --target")
+    return "to ask a node without TLS, " + ", and ".join(ways)
 
 
 def message_to_dict(msg: Message) -> dict[str, Any]:

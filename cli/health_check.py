@@ -20,6 +20,7 @@ healthcheck, systemd or a script.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -77,6 +78,24 @@ def node_tls(values: OptionValues | None = None) -> TlsFiles | None:
         ) from None
 
 
+def call_tls(
+    target: str, tls: TlsFiles | None, values: OptionValues | None = None
+) -> tuple[TlsFiles | None, list[tuple[str, str]], str]:
+    """What a call to the node at `target` presents, one rule for `status`, `status
+    --check` and `inspect --target`: (files, channel options, own). Without `tls` (the
+    --tls-* flags) the node's own files from its `values` (`node_tls`) with
+    `probe_options`, and `own` names where they were given ("" for flags, or none);
+    CheckConfigError as `node_tls`."""
+    if tls is not None:
+        return tls, [], ""
+    own = node_tls(values)
+    if own is None:
+        return None, [], ""
+    given = (values or OptionValues()).get
+    where = ", ".join(got[1] for option in TLS_OPTIONS if (got := given(option)))
+    return own, probe_options(target, own), where
+
+
 def probe_options(target: str, tls: TlsFiles) -> list[tuple[str, str]]:
     """The channel options that let the node's own certificate answer for `target`'s
     host: a name it gives when it does not name that host; none when it does, or when
@@ -103,21 +122,26 @@ def check_main(
     `target`, the node's own address (`client.own_target`), each from the node's own
     `values` (default the environment's)."""
     try:
-        own = tls is None and (tls := node_tls(values)) is not None
-        print(check(target or own_target(values), timeout, tls, own))
+        address = target or own_target(values)
+        print(check(address, timeout, *call_tls(address, tls, values)))
     except StatusError as exc:
         print(*error_lines(exc.message, exc.hint), sep="\n", file=sys.stderr)
         return exc.code
     return 0
 
 
-def check(target: str, timeout: float, tls: TlsFiles | None, own: bool) -> str:
+def check(
+    target: str,
+    timeout: float,
+    tls: TlsFiles | None,
+    options: Sequence[tuple[str, str]] = (),
+    own: str = "",
+) -> str:
     """The line for a node at `target` that serves; StatusError (hinted) otherwise.
-    `own`: `tls` are the node's own files (`node_tls`)."""
+    `options` and `own`: `call_tls`'s."""
     if tls is None:
         channel = grpc.insecure_channel(target)
     else:
-        options = probe_options(target, tls) if own else []
         channel = grpc.secure_channel(target, tls.channel_credentials(), options=options)
     request = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
     with channel:
@@ -126,7 +150,7 @@ def check(target: str, timeout: float, tls: TlsFiles | None, own: bool) -> str:
         except grpc.RpcError as exc:
             code = exc.code().name if hasattr(exc, "code") else "ERROR"
             details = (exc.details() if hasattr(exc, "details") else "") or ""
-            why, hint = status_failure(code, details, timeout, tls is not None)
+            why, hint = status_failure(code, details, timeout, tls is not None, own)
             raise StatusError(f"{target} is not healthy: {why}", hint) from exc
     states = health_pb2.HealthCheckResponse.ServingStatus
     if reply.status not in states.values():  # a value the protocol does not define

@@ -25,6 +25,7 @@ from declora.node.deca_model import FULL_MODEL, MODEL_WEIGHTS
 from declora.node.errors import HintedError
 
 if TYPE_CHECKING:
+    from declora.node.option_values import OptionValues
     from declora.node.security import TlsFiles
 
 
@@ -168,13 +169,24 @@ def _sorted_names(value: Any) -> Any:
     return value
 
 
-def inspect_target(target: str, tls: TlsFiles | None = None) -> dict[str, Any]:
-    from declora.cli.client import StatusError, fetch_status, status_to_dict
+def inspect_target(
+    target: str, tls: TlsFiles | None = None, values: OptionValues | None = None
+) -> dict[str, Any]:
+    """The Status of the node at `target` as `status --format json` shows it, asked as
+    `status` asks (`client.show_status`): without `tls` (--tls-* flags) presenting the
+    node's own TLS files and signing with its secret, from its own `values` (default
+    the environment's). InspectError from the `client.StatusError` (its `__cause__`,
+    whose `code` is the exit code)."""
+    from declora.cli.client import StatusError, fetch_status, own_secret, status_to_dict
+    from declora.cli.health_check import call_tls
 
     try:
-        return {"kind": "node", **status_to_dict(fetch_status(target, tls=tls))}
+        secret = own_secret(values)
+        tls, options, own = call_tls(target, tls, values)
+        reply = fetch_status(target, tls=tls, secret=secret, options=options, own=own)
     except StatusError as exc:
         raise InspectError(exc.message, exc.hint) from exc
+    return {"kind": "node", **status_to_dict(reply)}
 
 
 NOT_RECORDED = "(not recorded)"

@@ -120,8 +120,19 @@ def inspect(
     tls_key: TlsKey = None,
     tls_ca: TlsCa = None,
     tls_crl: TlsCrl = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="With --target: the node's config file (`start --config`), read as "
+            "`status --config` reads it: its swarm_secret(_file) signs, and its tls_* files "
+            "are presented without --tls-*.",
+        ),
+    ] = None,
 ) -> None:
-    """Describe a saved adapter/checkpoint (config, tensors, fingerprint) or a node's peers."""
+    """Describe a saved adapter/checkpoint (config, tensors, fingerprint) or a node's
+    peers. With --target and without --tls-* it presents the node's own TLS files
+    (DECLORA_TLS_*, else --config's), as `status` does."""
     check_format(fmt)
     if (path is None) == (target is None):
         fail(
@@ -129,13 +140,16 @@ def inspect(
             hint="a saved adapter's folder (e.g. declora-state/NODE/adapter), or a node's "
             "host:port (e.g. --target 127.0.0.1:7070)",
         )
+    if config is not None and path is not None:
+        fail("--config is the node's, for --target", hint="leave out --config with PATH")
     check_call(target)
+    values = node_values(config)
     need_temp_folder()  # cli.inspect imports torch (a --target too)
     from declora.cli.inspect import InspectError, inspect_path, inspect_target
 
     tls = client_tls(tls_cert, tls_key, tls_ca, tls_crl)
     try:
-        info = inspect_path(path) if path is not None else inspect_target(str(target), tls)
+        info = inspect_path(path) if path is not None else inspect_target(str(target), tls, values)
     except InspectError as exc:  # a path that is no adapter: the user's; a node: runtime
         # (but a secret's environment that cannot be used: `client.SecretEnvError`, 2)
         fail_with(exc, 2 if path is not None else getattr(exc.__cause__, "code", 1))
