@@ -69,6 +69,7 @@ bench: $(VENV)/.dev
 	$(PY) bench/bench_network.py
 	$(PY) bench/bench_chunks.py
 	$(PY) bench/bench_soak.py
+	$(PY) bench/bench_scale.py
 
 ## make bench-smoke: every benchmark at tiny sizes (seconds each), so none of them rots
 bench-smoke: $(VENV)/.dev
@@ -82,6 +83,7 @@ bench-smoke: $(VENV)/.dev
 	$(PY) bench/bench_network.py --smoke
 	$(PY) bench/bench_chunks.py --smoke
 	$(PY) bench/bench_soak.py --smoke
+	$(PY) bench/bench_scale.py --smoke
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache runs
