@@ -113,7 +113,6 @@ class Peer:
     round: int = 0  # verified: the last validated payload's round - 1
     claimed_round: int = 0  # what its Hello said (bounded); moves nothing by itself
     seq: int = 0
-    last_seen: float = 0.0  # wall clock of `heard`, for display (`status`) only
     heard: float = 0.0  # `PeerTable.clock` (monotonic) at its last Hello or payload
     quiet_since: float = field(default_factory=time.monotonic)  # no valid payload since
     missed: int = 0
@@ -380,9 +379,8 @@ class PeerTable:
 
     def heard_from(self, peer: Peer) -> None:
         """`peer` was just heard from (a Hello, a validated payload): its stay counts
-        from now (`heard`, by `clock`); `last_seen` is the wall clock shown."""
+        from now (`heard`, by `clock`; `status` shows it as a wall-clock time)."""
         peer.heard = self.clock()
-        peer.last_seen = time.time()
 
     def _forget(self, peer: Peer) -> None:
         self._forget_copy(peer)
