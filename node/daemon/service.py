@@ -367,6 +367,14 @@ class SwarmService(pb_grpc.SwarmServicer):
         s = parts.settings
         per_host = max(16, 2 * s.max_neighbors)
         pushes = push_places(s.max_concurrent_streams, s.max_neighbors)
+        if pushes > s.max_concurrent_streams:
+            log.warning(
+                "--max-concurrent-streams %d is below the %d pushes --max-neighbors %d "
+                "live neighbours keep open (%d each): serving %d at once; set "
+                "--max-concurrent-streams %d or more to say so",
+                *(s.max_concurrent_streams, pushes, s.max_neighbors, STREAMS_PER_PEER),
+                *(pushes, pushes),
+            )
         self.pools = Pools(pushes, per_host, pull_places(s.max_neighbors))
         self.header_seconds = header_seconds(header_bytes(parts.inbox.me), s.stream_idle_seconds)
         self._live: tuple[tuple[str, str], ...] = ()  # (host, address) of the live peers...
