@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from daemon_helpers import CLI
+from daemon_helpers import CLI, HOST, free_ports, train_args
 
 from declora.node.config_file import ConfigFileError
 from declora.node.settings import resolve_settings
@@ -71,10 +71,15 @@ def test_paths_found_here_or_given_otherwise_are_read_as_before(
 
 
 @pytest.mark.slow  # a real `declora-node start` (its CLI's start-up): a few seconds
-def test_start_from_another_folder_refuses_and_writes_nothing(tmp_path: Path) -> None:
+def test_start_from_another_folder_refuses_and_writes_nothing(
+    tmp_path: Path, synthetic_jsonl: Path
+) -> None:
+    """The old code began a fresh run of the tiny model: `--rounds 1` ends it in seconds."""
     config, cwd = _site(tmp_path)
+    [port] = free_ports(1)
+    run = [*train_args(synthetic_jsonl), "--rounds", "1", "--eval-every", "0"]
     res = subprocess.run(
-        [*CLI, "start", "--config", str(config)],
+        [*CLI, "start", "--config", str(config), *run, "--listen", f"{HOST}:{port}"],
         cwd=cwd,
         capture_output=True,
         text=True,
