@@ -18,22 +18,12 @@ Invariants callers may rely on:
 - the bytes of a push arriving at `PUSH_PACE` count as its sender's activity (its
   slot is not released as silent while they arrive, `_active`);
 - a peer's values are bounded, not only finite (`DecLoraNode.check_payload`);
-- only a validated payload sets a neighbour's (verified) round, and it holds for the
-  copy that payload followed (`verified_round`): once the neighbour is re-admitted
-  (a re-join, or a restart of its id, perhaps from an older checkpoint) it is at most
-  what its new Hello claims, so a restarted process is never taken for as far on as
-  its old one was (an alignment to that round, pushes held back as if it were ahead);
-- a push is queued only onto the copy it followed: one whose sender's copy was
-  forgotten or restarted at the init (`Peer.copy`) after its header was checked (a
-  restarted process's Hello admitted while its old process's push was checked) is
-  refused `raced`;
-- a queued payload leaves the queue when its sender's copy is forgotten or restarts
-  at the init (`PeerTable.copy_forgotten`): every payload queued can be applied at
-  its mix;
-- the queue holds payloads of ids the peer table knows only: before one is queued,
-  those of senders the table has forgotten (evicted, pruned) go (`_forget_unknown`),
-  so ids that come and go while rounds stand still (a node waiting for its first
-  round, ids churning) hold at most one payload per known id and round in the window;
+- only a validated payload sets a neighbour's (verified) round, for the copy that
+  payload followed (`RoundQueue.verified_round`); a push is queued only onto the copy
+  it followed: one whose sender's copy was forgotten or restarted at the init
+  (`Peer.copy`) after its header was checked (a restarted process's Hello admitted
+  while its old process's push was checked) is refused `raced`; the queue's own
+  rules: `roundqueue`;
 - once the node stops (`stop`), a push still arriving is read no further: it is
   answered not accepted (`STOPPING`) within the server's grace, so gRPC cancels no call
   under its handler (that logged a CancelledError traceback at exit).
@@ -45,7 +35,6 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -54,6 +43,7 @@ from declora.node.daemon.admission import CLI_CERT
 from declora.node.daemon.auth import Auth
 from declora.node.daemon.peers import TOKEN_BYTES, Peer, PeerTable
 from declora.node.daemon.pushbuffer import PushBuffer, StreamShare
+from declora.node.daemon.roundqueue import Inbound, RoundQueue
 from declora.node.daemon.state import Identity, Progress
 from declora.node.dec_lora import DecLoraNode
 from declora.node.gossip import GossipError, update_scale
@@ -105,19 +95,6 @@ def header_bytes(me: Identity) -> int:
     return pb.Chunk(header=header).ByteSize()
 
 
-@dataclass
-class Inbound:
-    """A neighbour's checked payload, queued for the mix of its round."""
-
-    kind: int
-    vector: np.ndarray
-    degree: int
-    seq: int
-    scale: float = 1.0  # update_scale of the sender's codec (deltas only)
-    tracker: np.ndarray | None = None  # the sender's z (gradient tracking), checked
-    entries: np.ndarray | None = None  # keyframes: those the sender mixes (None: all)
-
-
 def max_message_bytes(settings: NodeSettings, numel: int) -> int:
     """`--max-message-mib`, or (0) what this adapter needs: a fp32 keyframe and a fp32
     tracking message with headroom (twice that, plus 1 MiB)."""
@@ -126,8 +103,8 @@ def max_message_bytes(settings: NodeSettings, numel: int) -> int:
     return 2 * (2 * 4 * numel + 4096) + (1 << 20)
 
 
-class Inbox:
-    """Payloads queued by round, and the checks that admit them."""
+class Inbox(RoundQueue):
+    """The checks that admit a push, and its payload queued by round (`RoundQueue`)."""
 
     def __init__(
         self,
@@ -140,11 +117,11 @@ class Inbox:
         limits: NodeLimits,
         metrics: NodeMetrics,
     ) -> None:
+        super().__init__(peers)
         self.settings = settings
         self.me = identity
         self.node = node
         self.progress = progress
-        self.peers = peers
         self.auth = auth
         self.limits = limits
         self.metrics = metrics
@@ -153,12 +130,6 @@ class Inbox:
         self.open_streams: dict[str, int] = {}
         self.stopped = False
         self.reading: set[asyncio.Task[object]] = set()  # handlers reading a push now
-        self.queued: dict[int, dict[str, Inbound]] = {}
-        self.verified: dict[str, int] = {}  # node id -> `Peer.copy` its round was verified for
-        # senders whose queued round-r payload `drop_queued` removed: they delivered
-        # round r, and send no other, so a round does not wait for them again
-        self.dropped: dict[int, set[str]] = {}
-        peers.copy_forgotten = self.drop_queued
 
     def stop(self) -> None:
         """The node stops: pushes still arriving end now, and later ones at once, each
@@ -170,54 +141,6 @@ class Inbox:
             log.info("stopping: %d push(es) still arriving, not read", len(self.reading))
         for task in self.reading:
             task.cancel()
-
-    def arrived(self, r: int) -> set[str]:
-        """The senders that delivered a round-r payload: queued, or a delta dropped
-        since (`drop_queued`), which the mix does not use (`take`)."""
-        return set(self.queued.get(r, {})) | self.dropped.get(r, set())
-
-    def take(self, r: int) -> dict[str, Inbound]:
-        """Round r's queued payloads, removed with every older round's."""
-        arrived = self.queued.pop(r, {})
-        for old in [k for k in self.queued if k <= r]:
-            del self.queued[old]
-        self.dropped = {k: v for k, v in self.dropped.items() if k > r}
-        return arrived
-
-    def drop_queued(self, node_id: str) -> None:
-        """Remove `node_id`'s queued payloads (its copy was forgotten, or restarts at
-        the init: a keyframe of before would move it off what its seq says); each
-        still counts as delivered (`arrived`)."""
-        for r, queued in self.queued.items():
-            if queued.pop(node_id, None) is not None:
-                self.dropped.setdefault(r, set()).add(node_id)
-
-    def verified_round(self, peer: Peer) -> int:
-        """`peer.round`, the round its validated payloads proved, while its public copy
-        is the one they followed; once it was re-admitted on another copy (`Peer.copy`
-        moved on and it is live again), at most the round its Hello claimed then (a
-        process of the same id restarted from an older checkpoint claims less than its
-        old one proved; a re-join of the same process claims at least that), set as its
-        round. While it is not live its claim is its old Hello's: nothing is reset."""
-        copy = self.verified.get(peer.node_id)
-        if copy is not None and copy != peer.copy and peer.live:
-            peer.round = min(peer.round, peer.claimed_round)
-            del self.verified[peer.node_id]
-        return peer.round
-
-    def _forget_unknown(self) -> None:
-        """Drop the queued payloads (and `dropped` marks) of senders the peer table no
-        longer knows: the mix skips them anyway (it uses live senders' only), and
-        without this each id that came and went would hold its payloads until its
-        round is mixed."""
-        known = self.peers.peers.keys()
-        for r, queued in list(self.queued.items()):
-            for pid in [pid for pid in queued if pid not in known]:
-                del queued[pid]
-            if not queued:
-                del self.queued[r]
-        self.dropped = {r: kept for r, ids in self.dropped.items() if (kept := ids & known)}
-        self.verified = {pid: c for pid, c in self.verified.items() if pid in known}
 
     def _check_sender(self, h: pb.PayloadHeader, cert_name: str | None) -> Peer:
         """Header-level checks, before any data is buffered (raises WireError)."""
@@ -400,12 +323,9 @@ class Inbox:
             raise WireError(
                 grpc.StatusCode.ABORTED, "state moved on while the payload was checked", "raced"
             )
-        self._forget_unknown()
-        self.queued.setdefault(int(h.round), {})[peer.node_id] = Inbound(
-            int(h.kind), vec, int(h.sender_degree), int(h.seq), update_scale(h.codec), z, entries
-        )
-        peer.round = int(h.round) - 1  # validated: what the sender has completed
-        self.verified[peer.node_id] = peer.copy  # ...as of this copy (`verified_round`)
+        scale = update_scale(h.codec)
+        inbound = Inbound(int(h.kind), vec, int(h.sender_degree), int(h.seq), scale, z, entries)
+        self.queue(int(h.round), peer, inbound)  # validated: its round is proven
         peer.proven = True
         peer.token_used = bytes(h.session)
         peer.expected_seq = int(h.seq) + 1
