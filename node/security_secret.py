@@ -65,6 +65,17 @@ def _mac_input(msg: Message) -> bytes:
     )
 
 
+def stale_reason(ahead_ms: int, window_ms: int) -> str:
+    """Why a message dated `ahead_ms` after the receiver's clock (negative: before) is
+    refused, worded alike for the receiver's log and the sender, which reads it as
+    the peer's answer: "this node's clock" there named the sender's own."""
+    side = "ahead of" if ahead_ms > 0 else "behind"
+    return (
+        f"its timestamp is {abs(ahead_ms) / 1000:.1f}s {side} the receiving node's clock, "
+        f"outside ±{window_ms / 1000:g}s: set both machines' clocks (NTP), or it is a replay"
+    )
+
+
 def floor_network(source: str) -> str:
     """The network a replay floor of `source` (`auth.source_key`: an IPv4 address, an
     IPv6 /64) folds into (`SwarmAuth`): its IPv4 /16 or IPv6 /48 ('10.1.2.3' ->
@@ -148,11 +159,7 @@ class SwarmAuth:
         now_ms = int(self.clock() * 1000)
         self._expire(now_ms)
         if abs(now_ms - sent_ms) > self.window_ms:
-            raise AuthError(
-                f"timestamp {(sent_ms - now_ms) / 1000:+.1f}s from this node's clock, outside "
-                f"±{self.window_ms / 1000:g}s: clocks out of sync, or a replay",
-                "stale_nonce",
-            )
+            raise AuthError(stale_reason(sent_ms - now_ms, self.window_ms), "stale_nonce")
         floor = max(self._floor_ms, self._floors.get(source, -1))
         if self._networks:
             floor = max(floor, self._networks.get(floor_network(source), -1))
