@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 from declora.cli.lines import error_lines
 from declora.node.address import join_address, split_address
 from declora.node.errors import HintedError
-from declora.node.option_values import BLANK_PATH, OptionValues, blank_path
+from declora.node.option_values import BLANK_PATH, OptionValues, blank_path, home_path
 from declora.node.rpc_failure import Cause, cause
 from declora.node.security import SwarmAuth, TlsFiles, secret_text
 from declora.proto import pb, pb_grpc
@@ -157,12 +157,10 @@ def own_secret(values: OptionValues | None = None) -> str | None:
     if not isinstance(file, str) or blank_path(file):
         why = BLANK_PATH if isinstance(file, str) else f"must be a file's path, got {file!r}"
         raise SecretEnvError(f"{where}: {why}", "give the secret file's path, or unset it")
-    from pathlib import Path
-
     from declora.node.config_file import read_secret_file
 
     try:
-        return read_secret_file(Path(file))
+        return read_secret_file(home_path(file))
     except ValueError as exc:
         raise SecretEnvError(f"{where}: {exc}", "fix the file or unset it") from None
 

@@ -29,7 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from declora.cli.client import StatusError, own_target, status_failure
 from declora.cli.lines import error_lines
 from declora.node.address import split_address
-from declora.node.option_values import BLANK_PATH, OptionValues, blank_path
+from declora.node.option_values import BLANK_PATH, OptionValues, blank_path, home_path
 from declora.node.security import (
     TlsError,
     TlsFiles,
@@ -66,7 +66,10 @@ def node_tls(values: OptionValues | None = None) -> TlsFiles | None:
             raise CheckConfigError(
                 f"{where}: {why}", f"set {where} to the node's file, or remove it"
             )
-        paths.append(Path(value))
+        try:
+            paths.append(home_path(value))
+        except ValueError as exc:
+            raise CheckConfigError(f"{where}: {exc}", "give the file's full path") from None
     cert, key, ca, crl = paths
     try:
         return TlsFiles.load(cert, key, ca, crl=crl)

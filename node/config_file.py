@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import stat
 from collections.abc import Iterable
 from pathlib import Path
@@ -165,22 +166,30 @@ def misplaced_path(config_file: Path, key: str, value: object) -> ConfigFileErro
     names nothing against the current folder (where it is read, as a flag's is) but
     something beside the config file: the file was written to be used from its own
     folder. Never guessed either way: a `checkpoint_dir` read against the other folder
-    would begin a fresh run beside the one it was meant to resume."""
+    would begin a fresh run beside the one it was meant to resume. None for a path that
+    names something here (both places too), nothing in either (a new run's folder),
+    an absolute or `~` path, and `labels` other than "@FILE"."""
     if not isinstance(value, str) or blank_path(value):
         return None
-    text = value[1:] if key == "labels" and value.startswith("@") else value
+    if key == "labels" and not value.startswith("@"):  # names, not "@FILE"
+        return None
+    text = value.removeprefix("@") if key == "labels" else value
+    if text.startswith("~"):  # the home folder's (`option_values.home_path`)
+        return None
     path = Path(text)
     beside = config_file.parent / path
     try:
         if path.is_absolute() or path.exists() or not beside.exists():
             return None
-        here, there = Path.cwd(), beside.absolute()
+        here, there, folder = Path.cwd(), beside.absolute(), config_file.parent.absolute()
     except OSError:  # the current folder was deleted, a name too long...
         return None
+    fresh = f"; a new run here: --checkpoint-dir {shlex.quote(text)}"
+    absolute = value.replace(text, str(there), 1)  # labels: "@" kept
     return ConfigFileError(
         f"{config_file}: key {key!r}: {text} is not in the current folder ({here}) but "
         f"beside the config file ({there})",
         "a relative path in the config file is read against the current folder, not the "
-        f"file's: give {key} = {json.dumps(str(there))}, or start in {there.parent} "
-        "(systemd: WorkingDirectory=)",
+        f"file's: give {key} = {json.dumps(absolute)}, or start in {folder} "
+        "(systemd: WorkingDirectory=)" + (fresh if key == "checkpoint_dir" else ""),
     )

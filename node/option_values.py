@@ -5,7 +5,9 @@
 - a `DECLORA_*` variable is found in any case, as pydantic-settings finds it
   (`env_key`), and wins over the config file's key (`OptionValues`);
 - a path that is empty or only spaces is refused (`blank_path`, `BLANK_PATH`): it
-  was taken for the working folder (or a file named by spaces).
+  was taken for the working folder (or a file named by spaces);
+- a path's leading `~` is the home folder (`home_path`), as a shell reads a flag's: no
+  shell reads a config file's key or a variable given by systemd or Docker.
 """
 
 from __future__ import annotations
@@ -38,6 +40,16 @@ def env_key(name: str, environ: Mapping[str, str]) -> str | None:
 def blank_path(value: object) -> bool:
     """Whether `value`, a path option's text, is empty or only spaces."""
     return isinstance(value, str | Path) and not str(value).strip()
+
+
+def home_path(value: str | Path) -> Path:
+    """`value` as a path, a leading `~` or `~user` read as that home folder (any other
+    path unchanged); ValueError naming it when that home folder is unknown."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:  # no HOME, no such user
+        home = str(value).split("/", 1)[0]
+        raise ValueError(f"{home} in {str(value)!r}: no such home folder here") from None
 
 
 @dataclass(frozen=True)

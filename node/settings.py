@@ -35,6 +35,7 @@ from declora.node.option_values import (
     blank_path,
     env_key,
     env_name,
+    home_path,
     option_name,
 )
 from declora.node.recipe import given_as, named_as
@@ -170,10 +171,11 @@ class NodeSettings(BaseSettings, NodeOptions):
     def _path_given(cls, v: object) -> object:
         """An empty value (`DECLORA_TLS_CRL=` from an unset compose variable) or one of
         only spaces is refused as such (`blank_path`), from a flag too: an empty one was
-        taken as the working folder."""
+        taken as the working folder. A leading `~` is the home folder (`home_path`): a
+        config file's `checkpoint_dir = "~/state"` made a folder named `~` here."""
         if blank_path(v):
             raise ValueError(BLANK_PATH)
-        return v
+        return home_path(v) if isinstance(v, str | Path) else v
 
     @field_validator("resume", mode="before")
     @classmethod
