@@ -25,7 +25,6 @@ from pydantic_settings import (
 )
 
 from declora.node.address import address_problem, dial_problem, split_address
-from declora.node.config_file import ConfigFileError as ConfigFileError  # importers' name
 from declora.node.config_file import check_paths, read_config_file, read_secret_file
 from declora.node.errors import HintedError
 from declora.node.identity import node_id_problem

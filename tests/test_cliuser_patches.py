@@ -9,10 +9,10 @@ import pytest
 from pydantic import ValidationError
 
 from declora.cli.client import target_problem
+from declora.node.config_file import ConfigFileError, read_config_file
 from declora.node.data_error import DataError
 from declora.node.data_labels import read_label_file
 from declora.node.recipe import TrainingRecipe
-from declora.node.settings import ConfigFileError, read_config_file
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])

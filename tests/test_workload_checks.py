@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import make_synthetic, tiny_sim_config, write_jsonl
 
+from declora.node.config_file import ConfigFileError, read_config_file
 from declora.node.data_files import DataError
-from declora.node.settings import ConfigFileError, read_config_file
 from declora.node.simulator import SimConfig
 from declora.node.trainer import LoraModel
 from declora.node.workload import load_workload
