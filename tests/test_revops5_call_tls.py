@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from declora.cli.app import app
 from declora.cli.client import show_status
+from declora.cli.health_check import check_main
 from declora.cli.inspect import InspectError, inspect_target
 from declora.node.option_values import OptionValues
 from declora.proto import pb, pb_grpc
@@ -114,6 +115,8 @@ def test_a_node_without_tls_asked_with_its_own_files_names_where_they_came_from(
     assert "does not serve TLS" in err and "DECLORA_TLS_CERT" in err, err
     assert "unset DECLORA_TLS_CERT, DECLORA_TLS_KEY, DECLORA_TLS_CA" in err, err
     assert "leave out --tls-cert" not in err  # never given
+    assert check_main(plain_node, 5.0, None) == 1  # status --check: the same words
+    assert "unset DECLORA_TLS_CERT" in capsys.readouterr().err
     with pytest.raises(InspectError) as exc:  # inspect --target: the same words
         inspect_target(plain_node)
     assert "unset DECLORA_TLS_CERT" in (exc.value.hint or "")
