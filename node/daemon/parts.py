@@ -19,6 +19,7 @@ from declora.node.daemon.digests import StateDigests
 from declora.node.daemon.exchange import Exchange
 from declora.node.daemon.handshake import Handshaker
 from declora.node.daemon.inbox import MAX_ROUNDS_AHEAD, Inbox
+from declora.node.daemon.peer_exchange import PeerExchange
 from declora.node.daemon.peers import PeerTable
 from declora.node.daemon.startup import finish_rounds, planned_rounds
 from declora.node.daemon.state import Identity, Progress
@@ -64,6 +65,7 @@ class Parts:
     inbox: Inbox
     exchange: Exchange
     transfer: StateTransfer
+    pex: PeerExchange  # `Daemon` runs it from the start on
     digests: StateDigests = field(default_factory=StateDigests, repr=False)
 
     async def status(self, include_digest: bool = False) -> Any:
@@ -173,4 +175,5 @@ def build_parts(
         inbox,
         exchange,
         transfer,
+        PeerExchange(handshaker),
     )

@@ -20,6 +20,13 @@ Invariants callers may rely on:
   takes the slot of a live peer it did not choose (`displaced`), so links made first
   come, first served give way to the chosen graph, which is connected (a swarm split
   in two trains two adapters and says nothing);
+- with every slot taken, a newcomer with no live neighbour (its Hello's
+  `live_degree` 0) splits a link (`split`): the slot of a live peer this node did not
+  choose and whose degree is 2 or more (it keeps a neighbour) goes to it, at most
+  once every `SPLIT_SECONDS`; the newcomer, which learnt that peer's address (peer
+  exchange), dials it next, so the link A-B becomes A-new-B, degrees unchanged: nodes
+  that found a full swarm (a closed ring) are not left alone, and a Hello that lies
+  costs this node one link a period;
 - the table is bounded: at most `max_neighbors` live peers and `max_known` entries;
   a newcomer evicts the longest-unseen peer that is not live, entries unseen for
   `FORGET_SECONDS` are pruned, and a new id at the address of a peer that is not live
@@ -96,6 +103,7 @@ WHY = 500  # characters of why a neighbour left, as logged
 RELEASE = 64  # characters of a neighbour's package_version kept (`Peer.release`)
 SILENT_GRACE = 60.0  # seconds a live neighbour may deliver nothing before its slot is free...
 SILENT_ROUNDS = 3  # ...or this many of this node's recent rounds, when that is longer
+SPLIT_SECONDS = 30.0  # at most one link split for a newcomer with no neighbour this often
 
 
 def new_token() -> bytes:
@@ -172,6 +180,14 @@ def displaced(live: list[Peer], chosen: Collection[str], address: str) -> Peer |
     return min(others, key=lambda p: (p.proven, p.heard), default=None)
 
 
+def split(live: list[Peer], chosen: Collection[str]) -> Peer | None:
+    """The live peer whose slot a newcomer with no neighbour takes where there is no
+    room (`PeerTable.admit`): of those not `chosen` with a degree of 2 or more, the
+    highest degree, then the one heard from least recently; else None."""
+    others = [p for p in live if p.address not in chosen and p.degree >= 2]
+    return min(others, key=lambda p: (-p.degree, p.heard), default=None)
+
+
 class PeerTable:
     """Neighbours by node id, the live set, and each one's channel."""
 
@@ -206,6 +222,7 @@ class PeerTable:
         # what a peer's stay is measured with (`heard`, `prune`): a wall clock's step
         # (NTP, a suspended laptop) must not forget every idle peer at once
         self.clock: Callable[[], float] = time.monotonic
+        self.split_at = float("-inf")  # `clock` at the last link split (`split`)
 
     def get(self, node_id: str) -> Peer | None:
         return self.peers.get(node_id)
@@ -270,8 +287,9 @@ class PeerTable:
         entry from elsewhere (the handshake refuses it first: "live at another address").
 
         Where there is no room (`room_for` false), a configured `hello` this node
-        chose takes the slot of `displaced` (dropped), if any; else the refusal changes
-        nothing: no token, no entry."""
+        chose takes the slot of `displaced` (dropped), if any, and one with no live
+        neighbour that of `split` (`_split_for`); else the refusal changes nothing: no
+        token, no entry."""
         if dialled and self.dialled_elsewhere(hello, dialled):
             return None
         room = self.room_for(hello)
@@ -282,6 +300,8 @@ class PeerTable:
         )
         if gone is not None:
             self.drop(gone, f"its slot went to chosen neighbour {safe_text(hello.node_id)!r}")
+        elif not room and (gone := self._split_for(hello)) is not None:
+            self.drop(gone, f"its slot went to {safe_text(hello.node_id)!r}, which had none")
         elif not room:
             return None
         peer = self.peers.get(hello.node_id)
@@ -329,6 +349,19 @@ class PeerTable:
         self.heard_from(peer)
         self.metrics.neighbors.set(len(self.live))
         return peer
+
+    def _split_for(self, hello: pb.Hello) -> Peer | None:
+        """The peer `split` names for `hello` where it has no live neighbour, that
+        peer's slot frees room for it, and no link was split for `SPLIT_SECONDS`; the
+        split is counted from now."""
+        now = self.clock()
+        if hello.live_degree or now - self.split_at < SPLIT_SECONDS:
+            return None
+        gone = split(self.live, self.chosen())
+        if gone is None or not self.room_for(hello, freed=gone):
+            return None
+        self.split_at = now
+        return gone
 
     def dialled_elsewhere(self, welcome: pb.Hello, dialled: str) -> bool:
         """Whether `welcome`, the answer to a dial of `dialled`, claims a live id from
