@@ -16,6 +16,7 @@ from daemon_helpers import HOST, free_ports, serve_fake_peer
 
 from declora.node.daemon import peer_exchange as px
 from declora.node.daemon.peers import Peer
+from declora.node.security_secret import SwarmAuth
 from declora.proto import pb, pb_grpc
 
 OWN = f"{HOST}:1"
@@ -118,3 +119,33 @@ def test_nothing_is_asked_or_dialled_without_room() -> None:
     finally:
         server.stop(grace=None)
     assert flooder.asked == 0 and h.dials == []
+
+
+class Verifier(Flooder):
+    """A member under a swarm secret: answers only Status requests it can verify."""
+
+    def __init__(self, auth: SwarmAuth) -> None:
+        super().__init__()
+        self.auth = auth
+
+    def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
+        try:
+            self.auth.verify(request)
+        except Exception as exc:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        return super().Status(request, context)
+
+
+def test_status_calls_are_signed_under_a_swarm_secret() -> None:
+    (port,) = free_ports(1)
+    seed = f"{HOST}:{port}"
+    member = Verifier(SwarmAuth(b"pex secret of the swarm"))
+    server = serve_fake_peer(member, seed)
+    h = FakeHandshaker(seed)
+    h.auth = SimpleNamespace(sign=SwarmAuth(b"pex secret of the swarm").sign)
+    pex = px.PeerExchange(h)  # type: ignore[arg-type]
+    try:
+        learnt = asyncio.run(pex.ask(seed))
+    finally:
+        server.stop(grace=None)
+    assert member.asked == 1 and len(learnt) == px.TAKE
