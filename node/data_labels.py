@@ -19,6 +19,7 @@ import numpy as np
 
 from declora.node.data_error import DataError
 from declora.node.data_text import utf8_text
+from declora.node.option_values import home_path
 
 _log = logging.getLogger("declora.node.data")  # the data loading's logger (data.py's)
 
@@ -46,10 +47,16 @@ def read_label_file(path: str | Path) -> tuple[str, ...]:
     """The label set in `path`: a JSON list of names, or one name per line.
 
     Blank lines and surrounding whitespace are ignored; the order is kept (it fixes the
-    label ids). Raises `DataError` for a missing or empty file, bad JSON, duplicates or
-    fewer than two labels.
+    label ids). A leading `~` is the home folder (`option_values.home_path`: no shell
+    reads it after `@`). Raises `DataError` for a missing or empty file, bad JSON,
+    duplicates or fewer than two labels.
     """
-    p = Path(path)
+    try:
+        p = home_path(path)
+    except ValueError as exc:
+        raise DataError(
+            f"label file {path}: {exc}", "pass --labels @FILE with its full path"
+        ) from None
     if p.is_dir():
         raise DataError(f"label file {p} is a folder", "pass --labels @FILE with a file of names")
     if not p.is_file():

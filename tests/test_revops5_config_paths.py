@@ -20,6 +20,7 @@ from test_security import mint
 from declora.cli.client import own_secret
 from declora.cli.health_check import CheckConfigError, node_tls
 from declora.node.config_file import ConfigFileError
+from declora.node.data_labels import read_label_file
 from declora.node.option_values import OptionValues
 from declora.node.settings import SettingsError, resolve_settings
 
@@ -98,3 +99,15 @@ def test_labels_are_a_path_only_as_at_file(tmp_path: Path, monkeypatch: pytest.M
     config.write_text('labels = "@labels.txt"\nsolo = true\n')
     with pytest.raises(ConfigFileError):  # guard: "@FILE" is still checked
         resolve_settings({}, config)
+
+
+def test_a_label_file_in_the_home_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--labels @~/labels.txt`: no shell reads `~` after `@` (old: "label file not
+    found: ~/labels.txt")."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "labels.txt").write_text("neg\npos\n")
+    config = tmp_path / "node.toml"
+    config.write_text('labels = "@~/labels.txt"\nsolo = true\n')
+    assert resolve_settings({}, config).settings.labels == ("neg", "pos")
+    assert read_label_file("~/labels.txt") == ("neg", "pos")
