@@ -15,7 +15,8 @@ neighbour.
   its 120 real rounds with exit 0 and finite adapters;
 - an open pair (no auth, `--stream-idle-seconds 2`): idle push streams (3), a
   handshake flood (4), huge node ids (5), a third party speaking for a neighbour (6),
-  pulls (7), calls that send headers and never a message (13). Its attacker connects
+  pulls (7), calls that send headers and never a message (13), compression bombs and
+  unparsable stream messages (15). Its attacker connects
   through a relay from 127.0.0.2, so the node's per-host limits tell it apart from its
   honest neighbour on 127.0.0.1, as they would on a network;
 - a 4-node ring with the default `--round-deadline` (60 s), one node killed (9);
@@ -93,6 +94,14 @@ WINDOW = 20.0  # seconds over which dials to them are counted
 # mix 3 rounds once took all 20 with probes: test 5 then saw none of its lines)
 HANDSHAKE_PROBES = REFUSALS_LOGGED - 6 - 4
 BIG_ID = 300_000  # characters of a huge node id (5)
+BOMB = 16 << 20  # bytes a compressed request inflates to (15): 16 times its limit
+MALFORMED_STREAMS = 20  # push and reflection streams with an unparsable message (15)
+REFLECTION_PATH = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+BOMBED = {  # the methods a bomb goes to (15): whether the answer is streamed
+    **{f"/declora.v1.Swarm/{m}": False for m in ("Handshake", "Leave", "Status")},
+    **{f"/declora.v1.Swarm/{m}": True for m in ("Pull", "Revocations")},
+    "/grpc.health.v1.Health/Check": False,
+}
 PULLS = 12  # --max-pulls-per-minute (default)
 
 
@@ -1072,6 +1081,80 @@ def test_a_strangers_unread_answers_at_four_ips_keep_no_neighbour_out(open_pair:
         f"kept mixing (rounds {before[0].round} -> {after[0].round})",
         (rss0, rss_mib(a)),
     )
+
+
+def test_bombs_and_unparsable_stream_messages_cost_a_stranger_nothing(open_pair: Pair) -> None:
+    """A stranger (127.0.0.2) sends Swarm and health methods a gzip bomb (16 MiB of
+    zeros, 16 KiB on the wire), then push streams whose first message and reflection
+    streams whose second message does not parse. gRPC stops inflating at the message
+    limit; an unparsable streamed message is INVALID_ARGUMENT `malformed_request`
+    (before 28cffae: UNKNOWN, and an ERROR traceback in the node's log for each, no
+    credentials needed)."""
+    p = open_pair
+    a = p.a
+    rss0 = rss_mib(a)
+    before = p.statuses()
+    size0 = a.log_path.stat().st_size
+    same: Callable[[bytes], bytes] = lambda b: b  # noqa: E731
+    codes: Counter[str] = Counter()
+    options = [("grpc.max_send_message_length", -1)]
+    with grpc.insecure_channel(p.via, options=options) as channel:
+        for path, streamed in BOMBED.items():
+            codes[f"bomb {_bombed(channel, path, streamed).name}"] += 1
+        push = channel.stream_unary("/declora.v1.Swarm/Push", same, same)
+        reflect = channel.stream_stream(REFLECTION_PATH, same, same)
+        for _ in range(MALFORMED_STREAMS):
+            got = outcome(lambda: push(iter([b"\xff\xff"]), timeout=RPC))
+            codes[f"push {got.code.name}"] += 1
+            got = outcome(lambda: list(reflect(iter([b"", b"\xff\xff"]), timeout=RPC)))
+            codes[f"reflection {got.code.name}"] += 1
+    after = p.mixing(before[0].round + 2)
+    with a.log_path.open("rb") as log:
+        log.seek(size0)
+        logged = log.read().decode("utf-8", "replace")
+    refused = after[0].rejected["malformed_request"] - before[0].rejected["malformed_request"]
+    streams = 2 * MALFORMED_STREAMS
+    assert codes == {
+        "bomb RESOURCE_EXHAUSTED": len(BOMBED),
+        "push INVALID_ARGUMENT": MALFORMED_STREAMS,
+        "reflection INVALID_ARGUMENT": MALFORMED_STREAMS,
+    }, codes
+    assert refused == streams, (refused, after[0].rejected)
+    assert "Traceback" not in logged and "Unexpected" not in logged, logged[-3000:]
+    record(
+        "15",
+        f"a stranger (127.0.0.2) sends {len(BOMBED)} methods a gzip bomb ({BOMB >> 20} MiB "
+        f"of zeros, ~16 KiB sent), then {MALFORMED_STREAMS} push streams whose first message "
+        f"and {MALFORMED_STREAMS} reflection streams whose second message does not parse",
+        "; ".join(f"{k} x{v}" for k, v in sorted(codes.items()))
+        + " (bombs: 'Decompressed message larger than max', gRPC stops inflating at the "
+        f"limit; streams: counted `malformed_request` x{refused}; before 28cffae: UNKNOWN "
+        "and an ERROR traceback logged for each)",
+        f"kept mixing (rounds {before[0].round} -> {after[0].round}); no traceback logged",
+        (rss0, rss_mib(a)),
+    )
+
+
+def _bombed(channel: grpc.Channel, path: str, streamed: bool) -> Code:
+    """The status one gzip bomb (a field 1 of `BOMB` zero bytes) sent to `path` ends with
+    (a unary request; a `streamed` answer or a unary one)."""
+    same: Callable[[bytes], bytes] = lambda b: b  # noqa: E731
+    bomb = b"\x0a" + _varint(BOMB) + bytes(BOMB)
+    gzip = grpc.Compression.Gzip
+    if streamed:
+        pull = channel.unary_stream(path, same, same)
+        return outcome(lambda: list(pull(bomb, timeout=RPC, compression=gzip))).code
+    unary = channel.unary_unary(path, same, same)
+    return outcome(lambda: unary(bomb, timeout=RPC, compression=gzip)).code
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
 
 
 # (attack 7 runs last of the open pair's: it stops the pair)
