@@ -20,6 +20,7 @@ from declora.node.data import (
     read_label_file,
 )
 from declora.node.methods import DEFAULT_METHOD, Method
+from declora.node.option_values import home_path
 from declora.node.schedule import DECAYING, LrSchedule, Schedule
 
 if TYPE_CHECKING:  # the trainer imports torch: not needed to read a configuration
@@ -134,13 +135,15 @@ class DataRecipe(BaseModel):
     @field_validator("data")
     @classmethod
     def _data_given(cls, v: str) -> str:
-        """An empty --data (`--data "$UNSET"`) is refused: it was read as the working folder."""
+        """An empty --data (`--data "$UNSET"`) is refused: it was read as the working
+        folder. A leading `~` is the home folder (`option_values.home_path`): a config
+        file's or variable's `~/train.jsonl` was looked for in a folder named `~`."""
         if not v.strip():
             raise ValueError(
                 f"is empty: give a data file or folder, or {EMBEDDED_DATA} or {EMBEDDED_CHAT}, "
                 "or leave the option out"
             )
-        return v
+        return str(home_path(v)) if v.startswith("~") else v
 
     @field_validator("labels", mode="before")
     @classmethod

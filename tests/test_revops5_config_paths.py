@@ -111,3 +111,14 @@ def test_a_label_file_in_the_home_folder(tmp_path: Path, monkeypatch: pytest.Mon
     config.write_text('labels = "@~/labels.txt"\nsolo = true\n')
     assert resolve_settings({}, config).settings.labels == ("neg", "pos")
     assert read_label_file("~/labels.txt") == ("neg", "pos")
+
+
+def test_a_data_file_in_the_home_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`data = "~/train.jsonl"` in a config file (or DECLORA_DATA): no shell reads it; it
+    was looked for in a folder named `~` here."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "node.toml"
+    config.write_text('data = "~/train.jsonl"\nsolo = true\n')
+    assert resolve_settings({}, config).settings.data == str(tmp_path / "train.jsonl")
+    assert resolve_settings({"data": "ag_news"}, config).settings.data == "ag_news"  # guard
