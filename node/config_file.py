@@ -190,6 +190,15 @@ def misplaced_path(config_file: Path, key: str, value: object) -> ConfigFileErro
         f"{config_file}: key {key!r}: {text} is not in the current folder ({here}) but "
         f"beside the config file ({there})",
         "a relative path in the config file is read against the current folder, not the "
-        f"file's: give {key} = {json.dumps(absolute)}, or start in {folder} "
+        f"file's: give {_key_line(config_file, key, absolute)}, or start in {folder} "
         "(systemd: WorkingDirectory=)" + (fresh if key == "checkpoint_dir" else ""),
     )
+
+
+def _key_line(config_file: Path, key: str, value: str) -> str:
+    """The line that gives option `key` the text `value` in `config_file`'s language."""
+    quoted = json.dumps(value)  # a TOML basic string and a YAML double-quoted one too
+    suffix = config_file.suffix.lower()
+    if suffix == ".json":
+        return f"{json.dumps(key)}: {quoted}"
+    return f"{key}: {quoted}" if suffix in (".yaml", ".yml") else f"{key} = {quoted}"

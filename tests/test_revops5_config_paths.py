@@ -122,3 +122,25 @@ def test_a_data_file_in_the_home_folder(tmp_path: Path, monkeypatch: pytest.Monk
     config.write_text('data = "~/train.jsonl"\nsolo = true\n')
     assert resolve_settings({}, config).settings.data == str(tmp_path / "train.jsonl")
     assert resolve_settings({"data": "ag_news"}, config).settings.data == "ag_news"  # guard
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "line"),
+    [
+        ("node.yaml", "checkpoint_dir: state\n", 'checkpoint_dir: "{}"'),
+        ("node.json", '{"checkpoint_dir": "state"}', '"checkpoint_dir": "{}"'),
+        ("node.toml", 'checkpoint_dir = "state"\n', 'checkpoint_dir = "{}"'),
+    ],
+)
+def test_the_refusal_writes_the_line_in_the_files_language(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, text: str, line: str
+) -> None:
+    """The line to write is YAML or JSON for such a file (it was always TOML's)."""
+    etc, cwd = tmp_path / "etc", tmp_path / "cwd"
+    (etc / "state").mkdir(parents=True)
+    cwd.mkdir()
+    (etc / name).write_text(text)
+    monkeypatch.chdir(cwd)
+    with pytest.raises(ConfigFileError) as err:
+        resolve_settings({}, etc / name)
+    assert f"give {line.format(etc / 'state')}, or start in" in (err.value.hint or "")
