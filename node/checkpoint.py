@@ -437,13 +437,14 @@ SHARE_ROWS = 4096  # rows hashed at a time (bounded memory on a large share)
 def training_share(encoded: Encoded, /, **named: Any) -> dict[str, Any]:
     """What identifies a node's training share: the options that chose it (`named`:
     --data as given, --partition, ...), its number of examples and a digest of their
-    tokens and labels in order (the sampler's order and cursor index these rows)."""
+    tokens and labels in order (the sampler's order and cursor index these rows),
+    read as int64 whatever dtype holds them (a compact int32 copy digests the same)."""
     digest = hashlib.blake2b(digest_size=16)
     for tensor in (encoded.input_ids, encoded.attention_mask, encoded.labels):
-        digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(f"{torch.int64}{tuple(tensor.shape)}".encode())
         for start in range(0, int(tensor.shape[0]), SHARE_ROWS):
-            chunk = tensor[start : start + SHARE_ROWS].detach().cpu().contiguous()
-            digest.update(chunk.numpy().tobytes())
+            chunk = tensor[start : start + SHARE_ROWS].detach().to("cpu", torch.int64)
+            digest.update(chunk.contiguous().numpy().tobytes())
     return {**named, "examples": len(encoded), "digest": digest.hexdigest()}
 
 

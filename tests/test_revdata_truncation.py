@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from declora.node import models
+from declora.node import models, tokenizers
 from declora.node.models import ByteTokenizer, HFTokenizer, truncate_counted
 from declora.node.recipe import Recipe
 from declora.node.workload import load_workload
@@ -59,7 +59,7 @@ def test_the_fast_count_is_the_untruncated_count(n: int) -> None:
 
 
 def test_other_tokenizers_are_counted_a_batch_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(models, "CUT_BATCH", 2)
+    monkeypatch.setattr(tokenizers, "CUT_BATCH", 2)
     texts = [t * k for k in range(1, 8) for t in ("ab", "é")]
     tok = ByteTokenizer()
     assert tuple(truncate_counted(tok, texts, 6)[2:]) == expected(tok, texts, 6)
