@@ -207,6 +207,7 @@ class Daemon:
         tls = getattr(self.transport, "tls", None)
         watch = watch_revocations(tls, parts.peers, parts.counters, self.progress)
         self._tasks.append(asyncio.create_task(watch))
+        self._tasks.append(asyncio.create_task(parts.pex.run()))  # learns from the start
         try:
             await self._bootstrap(parts)
             self._tasks.append(asyncio.create_task(parts.handshaker.reconnect_forever()))

@@ -69,6 +69,7 @@ from declora.node.address import dial_problem, endpoints, split_address
 from declora.node.daemon.admission import SAME_SECRET, Admission, address_ip
 from declora.node.daemon.auth import NAMELESS, Auth, warn_own_revoked
 from declora.node.daemon.dial_backoff import DialBackoff
+from declora.node.daemon.peer_exchange import FULL  # peers that refused as full are asked
 from declora.node.daemon.peers import Peer, PeerTable
 from declora.node.daemon.revoked_dials import RevokedDials
 from declora.node.daemon.state import Progress
@@ -270,7 +271,7 @@ class Handshaker:
             self.peers, self.releases, request, host=host, configured=configured
         )
         if admitted is None:
-            return pb.Welcome(accepted=False, reason="node has its maximum of neighbours")
+            return pb.Welcome(accepted=False, reason=FULL)
         return pb.Welcome(
             accepted=True, node=self.hello(receiver=request.node_id, session=admitted.token_in)
         )

@@ -2,12 +2,16 @@
 Status of the peers it reaches (`PeerExchange`), with no change to the wire protocol.
 
 What callers may rely on:
-- nothing is asked or dialled while this node has `max_neighbors` live neighbours;
+- nothing is asked or dialled while this node has `max_neighbors` live neighbours,
+  nor before a node refused one of its dials as full (its Welcome said `FULL`): a
+  node whose given peers all have room keeps exactly the neighbours it was given (a
+  ring built with `--peers` stays a ring; the daemon stays bit-identical to the
+  simulator); once one has, this node stays in the exchange;
 - the sources asked are the live neighbours, and the addresses (configured or learnt)
-  whose node refused this node's last dial as full (its Welcome said `FULL`): nodes
-  this node reaches; each at most once per `ASK_FIRST` s, the wait doubling (to
-  `ASK_MOST`) after each ask that taught nothing new or failed; a Status call is
-  signed (swarm secret) and presents this node's certificate (mTLS), as a dial does;
+  whose node refused this node's last dial as full: nodes this node reaches; each at
+  most once per `ASK_FIRST` s, the wait doubling (to `ASK_MOST`) after each ask that
+  taught nothing new or failed; a Status call is signed (swarm secret) and presents this
+  node's certificate (mTLS), as a dial does;
 - an answer is read bounded: at most `READ` of its neighbour entries, of which only
   live ones whose address passes a Hello's advertised-address rules
   (`address_problem`, `dial_problem`), is not this node's own, not configured and
@@ -82,6 +86,7 @@ class PeerExchange:
         self.backoff = DialBackoff()  # learnt candidates whose dial failed
         self.asked: dict[str, Asked] = {}  # source address: when it may be asked again
         self.given_up: OrderedDict[str, None] = OrderedDict()  # the most recent last
+        self.joined = False  # a node refused a dial as full: the swarm is larger
 
     def room(self) -> int:
         """Live slots free."""
@@ -96,8 +101,9 @@ class PeerExchange:
         return {_same(s.advertise), _same(s.listen)}
 
     def sources(self) -> list[str]:
-        """The addresses to ask: live neighbours', and those whose node refused this
-        node's last dial as full (`FULL`)."""
+        """The addresses to ask: none before a node refused a dial as full (`FULL`);
+        then live neighbours', and those whose node refused this node's last dial as
+        full."""
         dial_log = self.handshaker.transport.dial_log
         outcomes = {} if dial_log is None else dial_log.outcomes
         s = self.handshaker.settings
@@ -106,6 +112,9 @@ class PeerExchange:
             for a in dict.fromkeys([*s.peers, *self.handshaker.candidates(), *self.learnt])
             if outcomes.get(a, "").endswith(FULL)
         ]
+        self.joined = self.joined or bool(full)
+        if not self.joined:
+            return []
         return list(dict.fromkeys([*(p.address for p in self.peers.live), *full]))
 
     def learn(self, reply: pb.StatusReply) -> list[str]:
