@@ -45,7 +45,7 @@ from declora.node.data_files import DataError, read_splits, utf8_text
 from declora.node.data_labels import is_nan, label_name
 from declora.node.model_source import ModelError
 from declora.node.models import quiet_transformers
-from declora.node.recipe import MAX_BATCH_SIZE
+from declora.node.recipe_fields import MAX_BATCH_SIZE
 from declora.node.run_folder import FolderBusy, earlier_run, held, hold, release
 
 _log = logging.getLogger(__name__)

@@ -105,7 +105,9 @@ def test_status_with_config_signs_with_the_files_secret(
 ) -> None:
     asked: list[tuple[str, str | None]] = []
 
-    def fetch(target: str, timeout: float, tls: object = None, secret: str | None = None):
+    def fetch(
+        target: str, timeout: float, tls: object = None, secret: str | None = None, **_: object
+    ):
         asked.append((target, secret))
         return pb.StatusReply(node_id="n0")
 
