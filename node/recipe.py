@@ -38,7 +38,6 @@ from declora.node.methods import (
     ignored_options_problem,
 )
 from declora.node.recipe_fields import LM_EVAL_CAP, WARMUP_SHARE, TrainingRecipe
-from declora.node.recipe_fields import MAX_BATCH_SIZE as MAX_BATCH_SIZE  # importers' name
 from declora.node.schedule import DECAYING
 
 MAX_GOSSIP_STEPS = 16  # exchanges a training round (--gossip-steps)
