@@ -10,7 +10,8 @@ Invariants callers may rely on:
   each is queued), at most one per known id and round;
 - a neighbour's verified round (`verified_round`) holds for the copy its validated
   payloads followed: once it is live again on another copy it is at most what its new
-  Hello claims; while it is not live nothing is reset.
+  Hello claims, on every copy after until a payload proves more; while it is not
+  live nothing is reset.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class RoundQueue:
     def __init__(self, peers: PeerTable) -> None:
         self.peers = peers
         self.queued: dict[int, dict[str, Inbound]] = {}
-        self.verified: dict[str, int] = {}  # node id -> `Peer.copy` its round was verified for
+        self.verified: dict[str, int] = {}  # node id -> `Peer.copy` its round holds for
         # senders whose queued round-r payload `drop_queued` removed: they delivered
         # round r, and send no other, so a round does not wait for them again
         self.dropped: dict[int, set[str]] = {}
@@ -83,11 +84,12 @@ class RoundQueue:
         moved on and it is live again), at most the round its Hello claimed then (a
         process of the same id restarted from an older checkpoint claims less than its
         old one proved; a re-join of the same process claims at least that), set as its
-        round. While it is not live its claim is its old Hello's: nothing is reset."""
+        round, and so again on each copy after (a second restart from an older
+        checkpoint). While it is not live its claim is its old Hello's: nothing is reset."""
         copy = self.verified.get(peer.node_id)
         if copy is not None and copy != peer.copy and peer.live:
             peer.round = min(peer.round, peer.claimed_round)
-            del self.verified[peer.node_id]
+            self.verified[peer.node_id] = peer.copy  # a later copy is cut again
         return peer.round
 
     def forget_unknown(self) -> None:
