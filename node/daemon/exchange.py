@@ -104,10 +104,8 @@ class Exchange:
         # the most rounds `align_round` may move now (None: no pace); `RoundLoop` gives
         # the catch-ups' lone-skip pace, so one member cannot add the two
         self.skip_limit: Callable[[], int | None] = lambda: None
-        self.sender = Sender(
-            settings, identity, node, progress, peers, handshaker, auth, counters, metrics
-        )
-        self.sender.verified_round = inbox.verified_round
+        shared = (settings, identity, node, progress, peers, handshaker, auth, counters, metrics)
+        self.sender = Sender(*shared, inbox.verified_round)
         peers.finish_round = settings.rounds * settings.exchanges_per_round  # `finished`
 
     # ------------------------------------------------------------ one round

@@ -133,6 +133,7 @@ class Sender:
         auth: Auth,
         counters: Counters,
         metrics: NodeMetrics,
+        verified_round: Callable[[Peer], int],
     ) -> None:
         self.settings = settings
         self.me = identity
@@ -146,9 +147,9 @@ class Sender:
         self.overruns: dict[str, int] = {}  # node id -> rounds running its ack came late
         self.ahead: set[str] = set()  # node ids that refused a round they had completed
         self.lagging: set[str] = set()  # node ids that refused a round as too far ahead
-        # what a neighbour has completed by its validated payloads (`Exchange` gives the
-        # inbox's `verified_round`, which forgets a restarted process's)
-        self.verified_round: Callable[[Peer], int] = lambda peer: peer.round
+        # what a neighbour has completed by its validated payloads, on its current copy
+        # (the inbox's `verified_round`)
+        self.verified_round = verified_round
         self.turn_seconds: dict[str, float] = {}  # node id -> how long its last turn lasted
         self.one_at_a_time = True  # the uplink is slow, or not measured yet: one by one
         self.measured = False  # a round's pushes measured the uplink (`_choose_order`)
