@@ -40,7 +40,7 @@ import grpc
 
 from declora.node.address import address_problem, dial_problem
 from declora.node.daemon.dial_backoff import DialBackoff
-from declora.node.discovery import normalize_address
+from declora.node.daemon.peers import same_address
 from declora.proto import pb, pb_grpc
 
 if TYPE_CHECKING:
@@ -68,14 +68,6 @@ class Asked:
     wait: float
 
 
-def _same(address: str) -> str:
-    """`address` as compared with others (its normalised spelling, else as given)."""
-    try:
-        return normalize_address(address)
-    except ValueError:
-        return address
-
-
 class PeerExchange:
     """Learnt candidate addresses, the sources asked for them, and their dials."""
 
@@ -94,11 +86,11 @@ class PeerExchange:
 
     def _configured(self) -> set[str]:
         s = self.handshaker.settings
-        return {_same(a) for a in (*s.peers, *self.handshaker.candidates())}
+        return {same_address(a) for a in (*s.peers, *self.handshaker.candidates())}
 
     def _own(self) -> set[str]:
         s = self.handshaker.settings
-        return {_same(s.advertise), _same(s.listen)}
+        return {same_address(s.advertise), same_address(s.listen)}
 
     def sources(self) -> list[str]:
         """The addresses to ask: none before a node refused a dial as full (`FULL`);
@@ -120,14 +112,16 @@ class PeerExchange:
     def learn(self, reply: pb.StatusReply) -> list[str]:
         """Take at most `TAKE` addresses of `reply`'s live neighbours (see the module's
         rules); those newly learnt."""
-        skip = self._own() | self._configured() | {_same(p.address) for p in self.peers.all()}
-        skip |= {_same(a) for a in (*self.learnt, *self.given_up)}
+        skip = (
+            self._own() | self._configured() | {same_address(p.address) for p in self.peers.all()}
+        )
+        skip |= {same_address(a) for a in (*self.learnt, *self.given_up)}
         found = []
         for n in reply.neighbors[:READ]:
             a = n.address
-            if not n.live or address_problem(a) or dial_problem(a) or _same(a) in skip:
+            if not n.live or address_problem(a) or dial_problem(a) or same_address(a) in skip:
                 continue
-            skip.add(_same(a))
+            skip.add(same_address(a))
             found.append(a)
         taken = random.sample(found, min(TAKE, len(found)))
         for a in taken:
@@ -170,8 +164,8 @@ class PeerExchange:
             self.asked[a] = Asked(now + wait, wait)
             if new:
                 log.info("peer exchange: learnt %d address(es) from %s", len(new), a)
-        known = {_same(p.address) for p in self.peers.all()}
-        for a in [a for a in self.learnt if _same(a) in known]:
+        known = {same_address(p.address) for p in self.peers.all()}
+        for a in [a for a in self.learnt if same_address(a) in known]:
             del self.learnt[a]  # in the peer table now: re-dialled there
             self.backoff.succeeded(a)
         dials = [a for a in self.learnt if self.backoff.due(a, now)][: max(self.room(), 0)]
@@ -200,10 +194,16 @@ class PeerExchange:
 
     async def run(self) -> None:
         """`step` every `STEP` s until the node stops; an unexpected error is logged
-        and the next step goes on."""
+        with its traceback unless the step before failed the same way (a fault that
+        repeats is logged once, not every second), and the next step goes on."""
+        last = ""  # the error of the last step ("": it went well)
         while not self.handshaker.progress.stop_requested:
             try:
                 await self.step()
-            except Exception:  # one bad step must not end the exchange
-                log.exception("peer exchange failed; trying again in %g s", STEP)
+                last = ""
+            except Exception as exc:  # one bad step must not end the exchange
+                error = f"{type(exc).__name__}: {exc}"
+                if error != last:
+                    log.exception("peer exchange failed; trying again every %g s", STEP)
+                last = error
             await asyncio.sleep(STEP)

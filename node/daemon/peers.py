@@ -87,6 +87,7 @@ from declora.node.daemon.redial import Redial
 from declora.node.daemon.state import Progress
 from declora.node.daemon.transport import Transport
 from declora.node.dec_lora import DecLoraNode
+from declora.node.discovery import normalize_address
 from declora.node.logs import safe_text
 from declora.node.metrics import NodeMetrics
 from declora.proto import pb, pb_grpc
@@ -169,14 +170,24 @@ class PendingTokens(dict[str, bytes]):
         return token
 
 
+def same_address(address: str) -> str:
+    """`address` as compared with others: its normalised spelling (`normalize_address`:
+    `LOCALHOST:7000` and `localhost:7000` are one), else as given."""
+    try:
+        return normalize_address(address)
+    except ValueError:
+        return address
+
+
 def displaced(live: list[Peer], chosen: Collection[str], address: str) -> Peer | None:
     """The live peer whose slot a configured newcomer at `address` takes where there is
     no room (`PeerTable.admit` drops it): where `address` is `chosen` and not every live
     peer's, of those not chosen one never proven first, then the one heard from least
-    recently; else None."""
-    if not address or address not in chosen:
+    recently; else None. Addresses compare as `same_address` spells them."""
+    chosen = {same_address(a) for a in chosen}
+    if not address or same_address(address) not in chosen:
         return None
-    others = [p for p in live if p.address not in chosen]
+    others = [p for p in live if same_address(p.address) not in chosen]
     return min(others, key=lambda p: (p.proven, p.heard), default=None)
 
 
@@ -184,7 +195,8 @@ def split(live: list[Peer], chosen: Collection[str]) -> Peer | None:
     """The live peer whose slot a newcomer with no neighbour takes where there is no
     room (`PeerTable.admit`): of those not `chosen` with a degree of 2 or more, the
     highest degree, then the one heard from least recently; else None."""
-    others = [p for p in live if p.address not in chosen and p.degree >= 2]
+    chosen = {same_address(a) for a in chosen}
+    others = [p for p in live if same_address(p.address) not in chosen and p.degree >= 2]
     return min(others, key=lambda p: (-p.degree, p.heard), default=None)
 
 
