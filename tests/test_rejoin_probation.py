@@ -17,15 +17,18 @@ from declora.node.daemon import Daemon
 from declora.node.daemon.sending import OVERRUNS_TO_DROP
 from declora.node.daemon.service import SwarmService
 
+DEADLINE = 120.0  # s: far beyond any load, so ending before it means not waiting for it
+
 
 @pytest.mark.parametrize("joins_mid_round", [False, True], ids=["live", "joins-mid-round"])
 def test_a_neighbour_on_probation_gets_no_full_deadline(
     synthetic_jsonl: Path, joins_mid_round: bool
 ) -> None:
     """a's round 1 waits for c (delivering at 0.6 s); b, on probation at a and past
-    round 1 (a waits for no payload of it), acks a's push only after 10 s. Before: b
-    joining mid-round got the full 5 s deadline (the round took 5 s, not 1.6 s)."""
-    (da, _), (a, b) = pair(synthetic_jsonl, round_deadline=5.0)
+    round 1 (a waits for no payload of it), never acks a's push. The round ends
+    before its deadline (far beyond any load). Before: b joining mid-round got the
+    full deadline."""
+    (da, _), (a, b) = pair(synthetic_jsonl, round_deadline=DEADLINE)
     network = da.transport.network  # type: ignore[attr-defined]
     address = "127.0.0.1:7409"
     s = a.settings.model_copy(update={"node_id": "c", "listen": address, "advertise": address})
@@ -36,7 +39,7 @@ def test_a_neighbour_on_probation_gets_no_full_deadline(
     receive = b.inbox.receive
 
     async def slow_receive(*args: Any, **kwargs: Any) -> Any:  # a slow link: a late ack
-        await asyncio.sleep(10)
+        await asyncio.sleep(10 * DEADLINE)
         return await receive(*args, **kwargs)
 
     b.inbox.receive = slow_receive  # type: ignore[method-assign]
@@ -49,16 +52,15 @@ def test_a_neighbour_on_probation_gets_no_full_deadline(
         await asyncio.sleep(0.3)
         assert await a.handshaker.dial(b.settings.advertise) is not None
 
-    async def go() -> float:
+    async def go() -> bool:
         assert await a.handshaker.dial(address) is not None
         assert await a.handshaker.dial(b.settings.advertise) is not None
         if joins_mid_round:  # dropped for its late acks; back while the round waits
             a.peers.drop(a.peers.peers["b"], "no ack within the round deadline")
-        t0 = time.monotonic()
+        deadline = time.monotonic() + DEADLINE  # at or before the round's own
         joins = [join()] if joins_mid_round else []
         await asyncio.gather(a.exchange.exchange(1), c_round(), *joins)
-        return time.monotonic() - t0
+        return time.monotonic() < deadline
 
-    took = asyncio.run(go())
+    assert asyncio.run(go()), "the round waited its full deadline for b's ack"
     assert a.exchange.last_contributors == ["c"]
-    assert took < 2.5, took
