@@ -20,8 +20,9 @@ What callers may rely on:
   dialled only while this node has room, never as configured (it displaces no live
   peer: `peers.displaced`), with `DialBackoff`'s schedule, and is forgotten once it
   joins, appears in the peer table, or fails `FAILS` dials in a row; learning it
-  again changes nothing of its record, and one given up is not learnt again while it
-  is among the last `GIVEN_UP` given up (a peer cannot renew its dials);
+  again changes nothing of its record, and one given up (or pushed out of the `LEARNT`
+  after a failed dial) is not learnt again while it is among the last `GIVEN_UP` given
+  up (a peer cannot renew its dials, nor by flooding it out first);
 - so a peer naming any number of third-party addresses makes this node dial at most
   `TAKE` new ones per ask of it, each at most `FAILS` times, at the backoff's rate.
 """
@@ -127,9 +128,17 @@ class PeerExchange:
         for a in taken:
             self.learnt[a] = 0
             while len(self.learnt) > LEARNT:
-                oldest, _ = self.learnt.popitem(last=False)
+                oldest, fails = self.learnt.popitem(last=False)
                 self.backoff.succeeded(oldest)  # its entry goes with it
+                if fails:  # its failures are not wiped by learning it again
+                    self._give_up(oldest)
         return taken
+
+    def _give_up(self, address: str) -> None:
+        """Remember `address` among the last `GIVEN_UP` given up (not learnt again)."""
+        self.given_up[address] = None
+        while len(self.given_up) > GIVEN_UP:
+            self.given_up.popitem(last=False)
 
     async def ask(self, address: str) -> list[str]:
         """Ask `address` for its Status and learn from it; the addresses learnt (none
@@ -186,9 +195,7 @@ class PeerExchange:
         if self.learnt[address] >= FAILS:
             del self.learnt[address]
             self.backoff.succeeded(address)
-            self.given_up[address] = None
-            while len(self.given_up) > GIVEN_UP:
-                self.given_up.popitem(last=False)
+            self._give_up(address)
         else:
             self.backoff.refused(address, time.monotonic() if at is None else at)
 
