@@ -30,6 +30,7 @@ from declora.node.settings import NodeSettings
 from declora.node.wire import WireError, chunks, make_header
 from declora.proto import pb
 
+FAR = 120.0  # s: a deadline beyond any load; a round that ended before it did not wait
 RULE = {"node_id": "me", "swarm_id": "s", "fingerprint": "f" * 16, "gradient_tracking": False}
 
 
@@ -196,8 +197,8 @@ def test_a_silent_neighbour_is_dropped_at_the_deadline(synthetic_jsonl: Path) ->
 
     took = asyncio.run(go())
     peer = a.peers.get("b")
-    assert peer is not None and not peer.live and peer.missed == 1
-    assert a.settings.round_deadline <= took < a.settings.round_deadline + 2
+    assert peer is not None and not peer.live and peer.missed == 1  # one deadline missed
+    assert took >= a.settings.round_deadline  # at the deadline, not before it
     assert a.report.self_weight == 1.0  # nobody delivered: the node keeps its own
 
 
@@ -287,21 +288,20 @@ def test_a_huge_but_finite_keyframe_is_refused(synthetic_jsonl: Path) -> None:
 def test_a_crashed_neighbour_is_dropped_by_the_probe_not_the_deadline(
     synthetic_jsonl: Path,
 ) -> None:
-    (da, _db), (a, b) = pair(synthetic_jsonl, round_deadline=30.0)
+    (da, _db), (a, b) = pair(synthetic_jsonl, round_deadline=FAR)
     network = da.transport.network  # type: ignore[attr-defined]
 
-    async def go() -> float:
+    async def go() -> bool:
         assert await a.handshaker.dial(b.settings.advertise) is not None
         network.take_down(b.settings.advertise)  # its port now refuses connections
         loop = asyncio.get_running_loop()
-        t0 = loop.time()
+        deadline = loop.time() + FAR  # at or before the round's own
         await da.run_round(a, train=False)
-        return loop.time() - t0
+        return loop.time() < deadline
 
-    took = asyncio.run(go())
+    assert asyncio.run(go()), "waited the deadline for a neighbour whose port refuses"
     peer = a.peers.get("b")
     assert peer is not None and not peer.live
-    assert took < 5.0, f"waited {took:.1f}s for a neighbour whose port refuses connections"
 
 
 def test_one_neighbour_moves_a_node_by_at_most_the_window(synthetic_jsonl: Path) -> None:
@@ -336,17 +336,13 @@ def test_a_node_far_behind_takes_the_state_instead_of_waiting(synthetic_jsonl: P
     a.node.train(3)  # a state that differs from b's
     a.progress.round = far
 
-    async def go() -> float:
+    async def go() -> None:
         assert await a.handshaker.dial(b.settings.advertise) is not None  # mid-round
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
         await b.exchange.exchange(1)
-        return loop.time() - t0
 
-    took = asyncio.run(go())
+    asyncio.run(go())
     peer = b.peers.get("a")
-    assert peer is not None and peer.live, "dropped as if it had been silent"
-    assert took < b.settings.round_deadline / 2
+    assert peer is not None and peer.live, "waited for it and dropped it at the deadline"
     asyncio.run(db.run_round(b, train=False))  # a does not run: b mixes with nobody
     assert b.progress.round == far + 1
     np.testing.assert_array_equal(b.node.vector(), a.node.vector())
@@ -654,25 +650,24 @@ def test_a_pull_during_slow_steps_serves_the_state_before_them(synthetic_jsonl: 
     """Local steps that take 3 s (an LLM on CPU) and have half-updated the adapter:
     a Pull meanwhile answers at once with the state from before them (it waited for
     the steps before, and a puller's timeout could run out)."""
-    import time
-
     from declora.node.wire import read_stream
 
     (_da, db), (a, b) = pair(synthetic_jsonl)
     before = b.node.vector().copy()
-    mid_step = threading.Event()
+    mid_step, served_first = threading.Event(), threading.Event()
+    released: list[bool] = []
     train = b.node.train
 
     def slow(steps: int, stop: object, r: int) -> float:
         with torch.no_grad():
             b.node.trainer.tensors[0].add_(1.0)  # half-way through an update...
         mid_step.set()
-        time.sleep(3.0)  # ...for a while
+        released.append(served_first.wait(FAR))  # ...until the pull was served
         return train(steps, stop, r)
 
     b.node.train = slow  # type: ignore[method-assign]
 
-    async def go() -> tuple[np.ndarray, float]:
+    async def go() -> np.ndarray:
         assert await a.handshaker.dial(b.settings.advertise) is not None
         steps = asyncio.create_task(db.run_round(b, train=True))
         while not mid_step.is_set():
@@ -684,21 +679,18 @@ def test_a_pull_during_slow_steps_serves_the_state_before_them(synthetic_jsonl: 
             node_id="a", swarm_id="parts", kind=pb.PAYLOAD_KIND_STATE,
             session=peer.token_out, receiver_id="b",
         )  # fmt: skip
-        t0 = time.monotonic()
-        stream = a.peers.stub(peer).Pull(request, timeout=10)
+        stream = a.peers.stub(peer).Pull(request, timeout=2 * FAR)
         payload = await read_stream(
             stream, swarm_id="parts", fingerprint=a.lm.fingerprint, schema=a.lm.schema,
             max_bytes=a.inbox.max_bytes,
         )  # fmt: skip
-        took = time.monotonic() - t0
-        assert not steps.done()
+        served_first.set()
         await steps
         assert payload.header.round == 0
-        return a.node.check_state("b", payload.data), took
+        return a.node.check_state("b", payload.data)
 
-    served, took = asyncio.run(go())
-    print(f"\npull served in {took:.2f}s while a 3 s step ran")
-    assert took < 1.5, f"the pull waited {took:.1f}s for the steps"
+    served = asyncio.run(go())
+    assert released == [True], "the pull waited for the steps"
     np.testing.assert_array_equal(served, before)
     assert b.progress.round == 1 and np.abs(b.node.vector() - before).max() > 0.5
 
