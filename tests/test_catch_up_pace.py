@@ -161,8 +161,8 @@ def test_a_trickled_valid_state_is_cut_at_the_pace_and_the_node_goes_on(
     asyncio.run(loop.catch_up())
     took = time.monotonic() - t0
     assert trickle.pulls == 1
-    assert 0.5 < took < 1.2, took
-    assert a.counters.rejected.get("slow_stream") == 1, a.counters.rejected
+    assert took > 0.5, took  # it ran past the idle cut (load only adds to it)
+    assert a.counters.rejected.get("slow_stream") == 1, a.counters.rejected  # cut early
     assert trickle.calls[0].cancelled  # ended at the cut, not at the pull's timeout
     assert a.progress.round == 0
     np.testing.assert_array_equal(a.node.vector(), before)
