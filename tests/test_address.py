@@ -91,7 +91,6 @@ def test_a_hung_resolver_costs_one_lookup_per_name_not_one_per_call(
     import asyncio
     import socket
     import threading
-    import time
 
     from declora.node.address import endpoints
 
@@ -113,7 +112,6 @@ def test_a_hung_resolver_costs_one_lookup_per_name_not_one_per_call(
         await asyncio.sleep(0.1)  # the lookups end (failed)
         return got
 
-    t0 = time.monotonic()
-    got = asyncio.run(go())
-    assert all(g == frozenset() for g in got) and time.monotonic() - t0 < 3
+    got = asyncio.run(go())  # a lookup that waited for the hung one would never end
+    assert all(g == frozenset() for g in got)
     assert sorted(calls) == ["node1", "node2"]

@@ -254,15 +254,12 @@ def test_status_of_a_closed_port_asks_whether_the_node_runs() -> None:
 
 def test_status_of_a_silent_port_says_raise_the_timeout() -> None:
     import socket
-    import time
 
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()  # accepts, never answers
         port = listener.getsockname()[1]
-        t0 = time.monotonic()
         res = runner.invoke(app, ["status", "--target", f"127.0.0.1:{port}", "--timeout", "0.5"])
-    assert time.monotonic() - t0 < 5
     refused_with(res, "no answer within 0.5s", "raise --timeout")
 
 
