@@ -483,3 +483,13 @@ class InProcess:
             self.logger.removeHandler(self.log)
             self.logger.setLevel(self.level)
             torch.set_num_threads(self.threads)
+
+
+def varint(n: int) -> bytes:
+    """`n` (>= 0) as a protobuf varint: the length prefix of a hand-built message."""
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)

@@ -63,6 +63,7 @@ from daemon_helpers import (
     free_ports,
     live_ids,
     read_adapter,
+    varint,
 )
 from grpc import StatusCode as Code
 
@@ -1139,22 +1140,13 @@ def _bombed(channel: grpc.Channel, path: str, streamed: bool) -> Code:
     """The status one gzip bomb (a field 1 of `BOMB` zero bytes) sent to `path` ends with
     (a unary request; a `streamed` answer or a unary one)."""
     same: Callable[[bytes], bytes] = lambda b: b  # noqa: E731
-    bomb = b"\x0a" + _varint(BOMB) + bytes(BOMB)
+    bomb = b"\x0a" + varint(BOMB) + bytes(BOMB)
     gzip = grpc.Compression.Gzip
     if streamed:
         pull = channel.unary_stream(path, same, same)
         return outcome(lambda: list(pull(bomb, timeout=RPC, compression=gzip))).code
     unary = channel.unary_unary(path, same, same)
     return outcome(lambda: unary(bomb, timeout=RPC, compression=gzip)).code
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
 
 
 # (attack 7 runs last of the open pair's: it stops the pair)

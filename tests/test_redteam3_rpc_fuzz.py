@@ -24,7 +24,15 @@ from typing import Any
 
 import grpc
 import pytest
-from daemon_helpers import HOST, InProcess, free_ports, node_settings, status_or_none, train_args
+from daemon_helpers import (
+    HOST,
+    InProcess,
+    free_ports,
+    node_settings,
+    status_or_none,
+    train_args,
+    varint,
+)
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
@@ -176,7 +184,7 @@ def fuzzed_calls(rng: random.Random) -> Iterator[tuple[str, Callable[[grpc.Chann
         requests = [request_bytes(rng, method) for _ in range(n)]
         yield f"#{i} {method.name}", lambda ch, m=method, r=requests: call(ch, m, r)
     bomb = b"\0" * BOMB  # a field 1 (string/bytes/message) of BOMB bytes: ~16 KiB gzipped
-    bomb_message = b"\x0a" + _varint(BOMB) + bomb
+    bomb_message = b"\x0a" + varint(BOMB) + bomb
     for method in METHODS:
         for kind in (grpc.Compression.Gzip, grpc.Compression.Deflate):
             yield (
@@ -190,15 +198,6 @@ def fuzzed_calls(rng: random.Random) -> Iterator[tuple[str, Callable[[grpc.Chann
     yield "a 1 MB metadata value", lambda ch: call(ch, status, empty, (("x-fuzz", "v" * 2**20),))
     yield "a 64 KiB path", lambda ch: call(ch, status, empty, at="/" + "a" * 65536)
     yield "unknown method", lambda ch: call(ch, status, empty, at="/declora.v1.Swarm/Nope")
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
 
 
 @pytest.mark.timeout(600)
