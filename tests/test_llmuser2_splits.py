@@ -1,13 +1,13 @@
 """A saved DatasetDict whose splits are not all read as their names say is named in one
 warning: a 'validation' split beside 'train' and 'test' was left out, and splits named
-otherwise ('training', 'eval') were pooled and split again, both silently. Needs
-/tmp/llmuser2-splits.patch (node/data.py)."""
+otherwise ('training', 'eval') were pooled and split again, both silently."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+import datasets
 import pytest
 
 from declora.node.data import load_dataset
@@ -15,7 +15,6 @@ from declora.node.lm_data import LmFormat
 
 
 def saved(path: Path, names: tuple[str, ...]) -> Path:
-    datasets = pytest.importorskip("datasets")
     rows = {n: [{"text": f"{n} row {i} " * (i + 1)} for i in range(4)] for n in names}
     datasets.DatasetDict({n: datasets.Dataset.from_list(r) for n, r in rows.items()}).save_to_disk(
         path
