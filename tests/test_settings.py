@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from declora.node.config_file import ConfigFileError
 from declora.node.settings import (
-    ConfigFileError,
     NodeSettings,
     SettingsError,
     default_text,
