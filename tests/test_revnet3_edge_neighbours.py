@@ -3,7 +3,9 @@ one (`Daemon.run`), pushing over real gRPC on 127.0.0.1:
 - one whose push handler holds each push of its neighbour until exactly that round's
   deadline (`RoundPayload.deadline`, the sender's clock: both share one loop);
 - one that leaves (a signed leave notice) and shakes hands again after every round.
-Either way both nodes finish their rounds, exit 0, with no traceback."""
+Either way both nodes finish their rounds, exit 0, with no traceback. Guards (they pass
+on the code before them too) taking ~30 s together: slow, beside test_peer_stall's and
+test_rejoin_probation's checks of the same paths in `make test`."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from declora.node.daemon.exchange import Exchange
 from declora.node.daemon.inbox import Inbox
 from declora.node.daemon.sending import RoundPayload, Sender
 from declora.proto import pb
+
+pytestmark = pytest.mark.slow
 
 ROUNDS = 4
 
